@@ -1,0 +1,214 @@
+//! Pack a directory tree into an index plus chunks in a store.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::chunk::{chunk_reader, encode_object};
+use crate::error::{Error, IoContext, Result};
+use crate::format::{encode, ChunkInfo, EncodeStats, Meta, Node, NodeKind, Tree};
+use crate::hash::Hash;
+use crate::progress::Progress;
+use crate::sign;
+use crate::store::{Object, Store};
+
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// Worker threads for chunking/compression (0 = all cores).
+    pub threads: usize,
+    pub show_progress: bool,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions { threads: 0, show_progress: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PackResult {
+    pub root: Hash,
+    pub index_len: u64,
+    pub stats: EncodeStats,
+    /// Stored bytes newly written to the store (what was not there yet).
+    pub new_bytes: u64,
+}
+
+fn meta_of(md: &fs::Metadata) -> Meta {
+    Meta {
+        perm: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+    }
+}
+
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        // Filesystems without xattr support simply have none.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+    };
+    for name in names {
+        if let Some(value) = xattr::get(path, &name).at(path)? {
+            out.push((name.as_bytes().to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+struct Walker {
+    tree: Tree,
+    /// (dev, ino) -> node, to turn hardlinks back into one inode.
+    seen: HashMap<(u64, u64), usize>,
+    files: Vec<(usize, PathBuf, u64)>,
+}
+
+impl Walker {
+    fn add(&mut self, path: &Path, md: &fs::Metadata) -> Result<usize> {
+        let ft = md.file_type();
+        if !ft.is_dir() && md.nlink() > 1 {
+            if let Some(id) = self.seen.get(&(md.dev(), md.ino())) {
+                return Ok(*id);
+            }
+        }
+        let kind = if ft.is_dir() {
+            NodeKind::Dir(Vec::new())
+        } else if ft.is_file() {
+            NodeKind::File { size: md.len(), chunks: Vec::new() }
+        } else if ft.is_symlink() {
+            NodeKind::Symlink(fs::read_link(path).at(path)?.as_os_str().as_bytes().to_vec())
+        } else if ft.is_char_device() {
+            NodeKind::CharDev(md.rdev())
+        } else if ft.is_block_device() {
+            NodeKind::BlockDev(md.rdev())
+        } else if ft.is_fifo() {
+            NodeKind::Fifo
+        } else if ft.is_socket() {
+            NodeKind::Socket
+        } else {
+            return Err(Error::InvalidInput(format!("{}: unsupported file type", path.display())));
+        };
+        let id = self.tree.nodes.len();
+        if ft.is_file() {
+            self.files.push((id, path.to_path_buf(), md.len()));
+        }
+        self.tree.nodes.push(Node { meta: meta_of(md), kind, xattrs: read_xattrs(path)? });
+        if !ft.is_dir() && md.nlink() > 1 {
+            self.seen.insert((md.dev(), md.ino()), id);
+        }
+        if ft.is_dir() {
+            let mut names: Vec<OsString> = fs::read_dir(path)
+                .at(path)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<_>>()
+                .at(path)?;
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut entries = Vec::with_capacity(names.len());
+            for name in names {
+                let child = path.join(&name);
+                let md = fs::symlink_metadata(&child).at(&child)?;
+                let child_id = self.add(&child, &md)?;
+                entries.push((name.as_bytes().to_vec(), child_id));
+            }
+            self.tree.nodes[id].kind = NodeKind::Dir(entries);
+        }
+        Ok(id)
+    }
+}
+
+/// Walk `src` into a tree (file contents not read yet).
+fn walk(src: &Path) -> Result<(Tree, Vec<(usize, PathBuf, u64)>)> {
+    let md = fs::symlink_metadata(src).at(src)?;
+    if !md.is_dir() {
+        return Err(Error::InvalidInput(format!("{} is not a directory", src.display())));
+    }
+    let mut w = Walker { tree: Tree::default(), seen: HashMap::new(), files: Vec::new() };
+    w.add(src, &md)?;
+    Ok((w.tree, w.files))
+}
+
+/// Chunk one file, storing every chunk the store does not have yet.
+fn pack_file(store: &dyn Store, path: &Path, size: u64, progress: &Progress) -> Result<(Vec<ChunkInfo>, u64)> {
+    let file = fs::File::open(path).at(path)?;
+    let mut chunks = Vec::new();
+    let mut new_bytes = 0u64;
+    let read = chunk_reader(std::io::BufReader::with_capacity(1 << 20, file), size, |plain| {
+        let hash = Hash::of(plain);
+        let object = Object::Chunk(hash);
+        // Already stored by an earlier pack: the object's size is all the index needs.
+        let stored_len = store.size(object)?.unwrap_or(0) as u32;
+        let stored_len = if stored_len == 0 {
+            let encoded = encode_object(plain);
+            store.put(object, &encoded)?;
+            new_bytes += encoded.len() as u64;
+            encoded.len() as u32
+        } else {
+            stored_len
+        };
+        chunks.push(ChunkInfo { hash, raw_len: plain.len() as u32, stored_len });
+        progress.inc(plain.len() as u64);
+        Ok(())
+    })
+    .at(path)?;
+    if read != size {
+        return Err(Error::InvalidInput(format!(
+            "{}: file changed while packing ({size} bytes expected, {read} read)",
+            path.display()
+        )));
+    }
+    Ok((chunks, new_bytes))
+}
+
+/// Pack `src` into `store`; optionally sign the root. Returns the image root.
+pub fn pack_dir(
+    src: &Path,
+    store: Arc<dyn Store>,
+    signer: Option<&ed25519_dalek::SigningKey>,
+    opts: &PackOptions,
+) -> Result<PackResult> {
+    let (mut tree, files) = walk(src)?;
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let progress = Progress::bytes(opts.show_progress, total, "packing");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let results: Vec<Result<(Vec<ChunkInfo>, u64)>> = pool.install(|| {
+        files.par_iter().map(|(_, path, size)| pack_file(&*store, path, *size, &progress)).collect()
+    });
+    progress.finish();
+    let mut new_bytes = 0;
+    for ((id, _, size), result) in files.iter().zip(results) {
+        let (chunks, added) = result?;
+        new_bytes += added;
+        tree.nodes[*id].kind = NodeKind::File { size: *size, chunks };
+    }
+    finish_image(&tree, store.as_ref(), signer, new_bytes)
+}
+
+/// Encode the tree, store index and signature.
+pub fn finish_image(
+    tree: &Tree,
+    store: &dyn Store,
+    signer: Option<&ed25519_dalek::SigningKey>,
+    new_bytes: u64,
+) -> Result<PackResult> {
+    let (index, stats) = encode(tree)?;
+    let root = Hash::of(&index);
+    store.put(Object::Index(root), &index)?;
+    if let Some(key) = signer {
+        store.put(Object::Signature(root), &sign::sign(&root, key))?;
+    }
+    Ok(PackResult { root, index_len: index.len() as u64, stats, new_bytes })
+}
