@@ -3,6 +3,7 @@
 //! (`.wh.<name>` deletes a lower entry, `.wh..wh..opq` hides a directory's lower contents);
 //! the result is then packed like any directory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
@@ -116,8 +117,9 @@ fn entry_path(entry: &tar::Entry<'_, impl Read>) -> Result<String> {
     Ok(p.to_string_lossy().into_owned())
 }
 
-/// Apply one layer on top of `rootfs`.
-fn apply_layer(layer: &Path, rootfs: &Path) -> Result<()> {
+/// Apply one layer on top of `rootfs`. Directory mtimes from the layer headers are collected in
+/// `dir_mtimes`: extracting later entries disturbs them, so they are restored at the end.
+fn apply_layer(layer: &Path, rootfs: &Path, dir_mtimes: &mut HashMap<PathBuf, u64>) -> Result<()> {
     // Pass 1: whiteouts only affect lower layers, so collect and apply them before extracting.
     let mut whiteouts = Vec::new();
     let mut opaque = Vec::new();
@@ -162,6 +164,9 @@ fn apply_layer(layer: &Path, rootfs: &Path) -> Result<()> {
         }
         let dest = safe_join(rootfs, &path)?;
         let is_dir = entry.header().entry_type().is_dir();
+        if is_dir {
+            dir_mtimes.insert(dest.clone(), entry.header().mtime().unwrap_or(0));
+        }
         if let Ok(md) = fs::symlink_metadata(&dest) {
             // Keep existing directories when the new entry is a directory too (their lower
             // contents stay visible); replace everything else.
@@ -190,8 +195,30 @@ pub fn build_rootfs(input: &Path, rootfs: &Path, scratch: &Path) -> Result<()> {
         dir
     };
     fs::create_dir_all(rootfs).at(rootfs)?;
+    let mut dir_mtimes = HashMap::new();
     for layer in layer_paths(&layout)? {
-        apply_layer(&layer, rootfs)?;
+        apply_layer(&layer, rootfs, &mut dir_mtimes)?;
+    }
+    // Same image in, same tree out: every directory gets the mtime of its last header (or the
+    // epoch when no layer had an entry for it), deepest first.
+    let mut dirs = Vec::new();
+    collect_dirs(rootfs, &mut dirs)?;
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in dirs {
+        let secs = dir_mtimes.get(&dir).copied().unwrap_or(0);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        fs::File::open(&dir).and_then(|f| f.set_modified(t)).at(&dir)?;
+    }
+    Ok(())
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    out.push(dir.to_path_buf());
+    for e in fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        if e.file_type().at(e.path())?.is_dir() {
+            collect_dirs(&e.path(), out)?;
+        }
     }
     Ok(())
 }

@@ -240,6 +240,7 @@ pub fn wait_mounted(p: &Path) {
 }
 
 pub fn force_unmount(p: &Path) {
-    let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(p).status();
-    let _ = Command::new("umount").arg("-l").arg(p).status();
+    let quiet = |c: &mut Command| { let _ = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status(); };
+    quiet(Command::new("fusermount3").arg("-u").arg("-z").arg(p));
+    quiet(Command::new("umount").arg("-l").arg(p));
 }
