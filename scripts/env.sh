@@ -6,3 +6,6 @@ _zos_env="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/.toolchain-env"
 # shellcheck disable=SC1090
 [ -f "$_zos_env" ] && . "$_zos_env"
 unset _zos_env
+# The wasm builder looks for Cargo.lock upwards from its build directory, which lies outside the
+# clone: tell it where the workspace is.
+export WASM_BUILD_WORKSPACE_HINT="${WASM_BUILD_WORKSPACE_HINT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"

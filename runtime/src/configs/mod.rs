@@ -1,7 +1,8 @@
 //! Configuration of each pallet in the runtime.
 
 use frame_support::{
-    derive_impl, parameter_types,
+    derive_impl,
+    dispatch::DispatchClass, parameter_types,
     traits::{ConstBool, ConstU128, ConstU32, ConstU64, ConstU8, VariantCountOf},
     weights::{
         constants::{ParityDbWeight, WEIGHT_REF_TIME_PER_SECOND},
@@ -31,8 +32,11 @@ parameter_types! {
         Weight::from_parts(2u64 * WEIGHT_REF_TIME_PER_SECOND, u64::MAX),
         NORMAL_DISPATCH_RATIO,
     );
-    pub RuntimeBlockLength: BlockLength =
-        BlockLength::max_with_normal_ratio(5 * 1024 * 1024, NORMAL_DISPATCH_RATIO);
+    /// 5 MiB blocks; ordinary extrinsics may fill the normal share of it.
+    pub RuntimeBlockLength: BlockLength = BlockLength::builder()
+        .max_length(5 * 1024 * 1024)
+        .modify_max_length_for_class(DispatchClass::Normal, |max| *max = NORMAL_DISPATCH_RATIO * *max)
+        .build();
     pub const SS58Prefix: u16 = SS58_PREFIX;
 }
 
