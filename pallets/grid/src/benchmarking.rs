@@ -1,0 +1,314 @@
+//! Benchmarks of every extrinsic at the worst case of its bounds: the longest names and
+//! descriptions, full IP pools, and the branches that touch the most storage items.
+
+use super::*;
+use crate::Pallet as Grid;
+use frame_benchmarking::v2::*;
+use frame_support::traits::EnsureOrigin;
+use frame_system::RawOrigin;
+use zos_primitives::{Ipv6Cidr, PublicIpv6Config};
+
+fn assert_last_event<T: Config>(event: Event<T>) {
+    frame_system::Pallet::<T>::assert_last_event(event.into());
+}
+
+/// A 40-character name (the maximum), distinct per `tag`.
+fn max_name(tag: u8) -> FarmName {
+    let mut name = alloc::vec![b'f'; MAX_FARM_NAME_LEN as usize];
+    name[0] = b'a' + tag % 26;
+    FarmName::truncate_from(name)
+}
+
+fn max_capacity() -> Resources {
+    Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX)
+}
+
+fn max_location() -> Location {
+    Location {
+        city: LocationName::truncate_from(alloc::vec![b'c'; MAX_LOCATION_NAME_LEN as usize]),
+        country: LocationName::truncate_from(alloc::vec![b'k'; MAX_LOCATION_NAME_LEN as usize]),
+        latitude: -MAX_LATITUDE,
+        longitude: MAX_LONGITUDE,
+    }
+}
+
+/// Every optional field present and the domain at its 253-byte maximum.
+fn max_public_config<T: Config>(ip_seed: u32) -> PublicConfig {
+    let label = alloc::vec![b'a'; 63];
+    let mut domain = Vec::new();
+    for _ in 0..3 {
+        domain.extend_from_slice(&label);
+        domain.push(b'.');
+    }
+    domain.extend_from_slice(&label[..61]);
+    PublicConfig {
+        ipv4: Some(Grid::<T>::test_ip(ip_seed)),
+        ipv6: Some(PublicIpv6Config {
+            ip: Ipv6Cidr {
+                ip: (0x2a02_1802_005eu128 << 80 | u128::from(ip_seed) + 2).to_be_bytes(),
+                prefix_len: 64,
+            },
+            gateway: (0x2a02_1802_005eu128 << 80 | 1).to_be_bytes(),
+        }),
+        domain: Some(Domain::truncate_from(domain)),
+    }
+}
+
+fn max_version() -> ExecutorVersion {
+    ExecutorVersion::truncate_from(alloc::vec![b'v'; MAX_EXECUTOR_VERSION_LEN as usize])
+}
+
+/// A farm with a maximum-length name and `ips` pool addresses.
+fn farm_with_ips<T: Config>(owner: &T::AccountId, ips: u32) -> Result<FarmId, BenchmarkError> {
+    let farm_id = NextFarmId::<T>::get();
+    Grid::<T>::create_farm(RawOrigin::Signed(owner.clone()).into(), max_name(farm_id as u8))?;
+    for i in 0..ips {
+        Grid::<T>::add_farm_ip(RawOrigin::Signed(owner.clone()).into(), farm_id, Grid::<T>::test_ip(i))?;
+    }
+    Ok(farm_id)
+}
+
+/// A node with every field at its maximum size and a public IPv4 address of its own.
+fn max_node<T: Config>(account: &T::AccountId, farm_id: FarmId) -> Result<NodeId, BenchmarkError> {
+    Grid::<T>::register_node(
+        RawOrigin::Signed(account.clone()).into(),
+        farm_id,
+        max_capacity(),
+        [1; 32],
+        max_location(),
+        Some(max_public_config::<T>(1_000_000)),
+        max_version(),
+    )?;
+    NodeIdByAccount::<T>::get(account).ok_or(BenchmarkError::Stop("node not registered"))
+}
+
+#[benchmarks]
+mod benchmarks {
+    use super::*;
+
+    #[benchmark]
+    fn create_farm() {
+        let caller: T::AccountId = whitelisted_caller();
+        let name = max_name(0);
+        let farm_id = NextFarmId::<T>::get();
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(caller.clone()), name.clone());
+
+        assert_last_event::<T>(Event::FarmCreated { farm_id, owner: caller, name });
+    }
+
+    #[benchmark]
+    fn rename_farm() -> Result<(), BenchmarkError> {
+        let caller: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&caller, T::MaxIpsPerFarm::get())?;
+        let name = max_name(25);
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(caller.clone()), farm_id, name.clone());
+
+        assert_last_event::<T>(Event::FarmRenamed { farm_id, owner: caller, name });
+        Ok(())
+    }
+
+    #[benchmark]
+    fn remove_farm(i: Linear<0, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
+        let caller: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&caller, i)?;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(caller.clone()), farm_id);
+
+        assert_last_event::<T>(Event::FarmRemoved { farm_id, owner: caller, ips_released: i });
+        assert_eq!(IpOwner::<T>::iter().count(), 0);
+        Ok(())
+    }
+
+    #[benchmark]
+    fn set_farm_certification() -> Result<(), BenchmarkError> {
+        let origin =
+            T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+
+        #[extrinsic_call]
+        _(origin as T::RuntimeOrigin, farm_id, FarmCertification::Gold);
+
+        assert_last_event::<T>(Event::FarmCertificationSet {
+            farm_id,
+            certification: FarmCertification::Gold,
+        });
+        Ok(())
+    }
+
+    #[benchmark]
+    fn set_farm_pricing_policy() -> Result<(), BenchmarkError> {
+        let origin =
+            T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+
+        #[extrinsic_call]
+        _(origin as T::RuntimeOrigin, farm_id, 7);
+
+        assert_last_event::<T>(Event::FarmPricingPolicySet { farm_id, pricing_policy: 7 });
+        Ok(())
+    }
+
+    /// `i` addresses already in the pool; the worst case fills the last slot.
+    #[benchmark]
+    fn add_farm_ip(
+        i: Linear<0, { T::MaxIpsPerFarm::get().saturating_sub(1) }>,
+    ) -> Result<(), BenchmarkError> {
+        let caller: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&caller, i)?;
+        let ip = Grid::<T>::test_ip(i);
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(caller.clone()), farm_id, ip);
+
+        assert_last_event::<T>(Event::FarmIpAdded { farm_id, owner: caller, ip });
+        Ok(())
+    }
+
+    /// `i` addresses in the pool; the one removed is the last, found after a full scan.
+    #[benchmark]
+    fn remove_farm_ip(i: Linear<1, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
+        let caller: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&caller, i)?;
+        let ip = Grid::<T>::test_ip(i - 1).ip.ip;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(caller.clone()), farm_id, ip);
+
+        assert_last_event::<T>(Event::FarmIpRemoved { farm_id, owner: caller, ip });
+        Ok(())
+    }
+
+    #[benchmark]
+    fn register_node() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = NextNodeId::<T>::get();
+
+        #[extrinsic_call]
+        _(
+            RawOrigin::Signed(node.clone()),
+            farm_id,
+            max_capacity(),
+            [1; 32],
+            max_location(),
+            Some(max_public_config::<T>(1_000_000)),
+            max_version(),
+        );
+
+        assert_last_event::<T>(Event::NodeRegistered { node_id, farm_id, account: node });
+        Ok(())
+    }
+
+    /// The node moves to another public IPv4 address: both index entries change.
+    #[benchmark]
+    fn update_node() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+
+        #[extrinsic_call]
+        _(
+            RawOrigin::Signed(node.clone()),
+            max_capacity(),
+            max_location(),
+            Some(max_public_config::<T>(1_000_001)),
+            max_version(),
+            [2; 32],
+        );
+
+        assert_last_event::<T>(Event::NodeUpdated { node_id, farm_id, account: node });
+        Ok(())
+    }
+
+    /// Removed by the farm owner (one more read than by the node) with a public IP to free.
+    #[benchmark]
+    fn remove_node() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner.clone()), node_id);
+
+        assert_last_event::<T>(Event::NodeRemoved {
+            node_id,
+            farm_id,
+            account: node,
+            removed_by: owner,
+        });
+        Ok(())
+    }
+
+    /// A heartbeat continuing a run (the uptime branch) when the clock allows setting one up.
+    #[benchmark]
+    fn heartbeat() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+        let now = Grid::<T>::now_ms();
+        if let Some(last) = now.checked_sub(T::MinHeartbeatIntervalMs::get()) {
+            Nodes::<T>::mutate(node_id, |n| {
+                if let Some(n) = n {
+                    n.last_heartbeat = Some(Heartbeat {
+                        block: frame_system::Pallet::<T>::block_number(),
+                        timestamp_ms: last,
+                    });
+                    n.online_since_ms = last;
+                }
+            });
+        }
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(node.clone()));
+
+        let stored = Nodes::<T>::get(node_id).ok_or(BenchmarkError::Stop("node gone"))?;
+        assert_eq!(stored.last_heartbeat.map(|h| h.timestamp_ms), Some(now));
+        Ok(())
+    }
+
+    #[benchmark]
+    fn set_power_target() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner.clone()), node_id, Power::Down);
+
+        assert_last_event::<T>(Event::PowerTargetSet {
+            node_id,
+            farm_id,
+            by: owner,
+            target: Power::Down,
+        });
+        Ok(())
+    }
+
+    #[benchmark]
+    fn set_power_state() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(node.clone()), Power::Down);
+
+        assert_last_event::<T>(Event::PowerStateSet { node_id, account: node, state: Power::Down });
+        Ok(())
+    }
+
+    impl_benchmark_test_suite!(Grid, crate::mock::new_test_ext(), crate::mock::Test);
+}

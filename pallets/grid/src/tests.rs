@@ -1,0 +1,987 @@
+use crate::{mock::*, *};
+use frame_support::{
+    assert_noop, assert_ok,
+    dispatch::{DispatchErrorWithPostInfo, Pays},
+    BoundedVec,
+};
+use sp_runtime::{DispatchError, DispatchResult};
+use zos_primitives::{
+    GridCapacity, IpError, Ipv4Cidr, Ipv6Cidr, NodeStatus, PublicIpv4Config, PublicIpv6Config,
+    Resources, SpecialRange, DEFAULT_PRICING_POLICY, GIB,
+};
+
+const FARMER: u64 = 1;
+const OTHER: u64 = 2;
+const NODE: u64 = 10;
+const NODE2: u64 = 11;
+
+type GridError = Error<Test>;
+type GridEvent = Event<Test>;
+
+fn signed(who: u64) -> RuntimeOrigin {
+    RuntimeOrigin::signed(who)
+}
+
+fn name(s: &str) -> FarmName {
+    FarmName::try_from(s.as_bytes().to_vec()).unwrap()
+}
+
+fn ipv4(ip: [u8; 4], prefix_len: u8, gateway: [u8; 4]) -> PublicIpv4Config {
+    PublicIpv4Config { ip: Ipv4Cidr { ip, prefix_len }, gateway }
+}
+
+fn farm_ip(last: u8) -> PublicIpv4Config {
+    ipv4([185, 69, 166, last], 24, [185, 69, 166, 1])
+}
+
+fn capacity() -> Resources {
+    Resources::new(8, 16 * GIB, 500 * GIB, 1000 * GIB)
+}
+
+fn location() -> Location {
+    Location {
+        city: BoundedVec::truncate_from(b"Ghent".to_vec()),
+        country: BoundedVec::truncate_from(b"Belgium".to_vec()),
+        latitude: 51_054_342,
+        longitude: 3_717_424,
+    }
+}
+
+fn version() -> ExecutorVersion {
+    ExecutorVersion::truncate_from(b"v1.2.3".to_vec())
+}
+
+fn create_farm(owner: u64, farm_name: &str) -> FarmId {
+    let id = NextFarmId::<Test>::get();
+    assert_ok!(Grid::create_farm(signed(owner), name(farm_name)));
+    id
+}
+
+fn register_with(account: u64, farm_id: FarmId, public_config: Option<PublicConfig>) -> NodeId {
+    let id = NextNodeId::<Test>::get();
+    assert_ok!(Grid::register_node(
+        signed(account),
+        farm_id,
+        capacity(),
+        [9; 32],
+        location(),
+        public_config,
+        version()
+    ));
+    id
+}
+
+fn register(account: u64, farm_id: FarmId) -> NodeId {
+    register_with(account, farm_id, None)
+}
+
+/// A farm with `ips` pool addresses and an online node.
+fn farm_with_online_node(ips: u8) -> (FarmId, NodeId) {
+    let farm = create_farm(FARMER, "farm");
+    for i in 0..ips {
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), farm, farm_ip(10 + i)));
+    }
+    let node = register(NODE, farm);
+    assert_ok!(Grid::heartbeat(signed(NODE)));
+    (farm, node)
+}
+
+fn node(id: NodeId) -> Node<Test> {
+    Nodes::<Test>::get(id).unwrap()
+}
+
+fn update(account: u64, capacity: Resources, public_config: Option<PublicConfig>) -> DispatchResult {
+    Grid::update_node(signed(account), capacity, location(), public_config, version(), [9; 32])
+}
+
+fn public_v4(ip: PublicIpv4Config) -> Option<PublicConfig> {
+    Some(PublicConfig { ipv4: Some(ip), ipv6: None, domain: None })
+}
+
+// ---------------------------------------------------------------- farms
+
+#[test]
+fn create_farm_stores_farm_and_indexes() {
+    run_test(|| {
+        let id = create_farm(FARMER, "My-Farm_1");
+        assert_eq!(id, 1);
+        let farm = Farms::<Test>::get(id).unwrap();
+        assert_eq!(farm.owner, FARMER);
+        assert_eq!(farm.name, name("My-Farm_1"));
+        assert_eq!(farm.certification, FarmCertification::NotCertified);
+        assert_eq!(farm.pricing_policy, DEFAULT_PRICING_POLICY);
+        assert_eq!(FarmIdByName::<Test>::get(name("my-farm_1")), Some(id));
+        assert_eq!(FarmNodeCount::<Test>::get(id), 0);
+        assert_eq!(NextFarmId::<Test>::get(), 2);
+        System::assert_last_event(
+            GridEvent::FarmCreated { farm_id: id, owner: FARMER, name: name("My-Farm_1") }.into(),
+        );
+        assert_eq!(create_farm(OTHER, "second"), 2);
+    });
+}
+
+#[test]
+fn farm_name_rules() {
+    run_test(|| {
+        assert_noop!(Grid::create_farm(signed(FARMER), name("ab")), GridError::FarmNameTooShort);
+        assert_noop!(Grid::create_farm(signed(FARMER), name("")), GridError::FarmNameTooShort);
+        for bad in ["my farm", "farm.io", "farm/1", "ferm\u{e9}", "farm!", "a\0b"] {
+            assert_noop!(
+                Grid::create_farm(signed(FARMER), name(bad)),
+                GridError::FarmNameInvalidCharacter
+            );
+        }
+        // Bounds: 3 and 40 characters are accepted, 41 cannot even be built.
+        create_farm(FARMER, "abc");
+        create_farm(FARMER, &"x".repeat(40));
+        assert!(FarmName::try_from(vec![b'a'; 41]).is_err());
+    });
+}
+
+#[test]
+fn farm_names_are_unique_case_insensitively() {
+    run_test(|| {
+        let id = create_farm(FARMER, "MyFarm");
+        for clash in ["myfarm", "MYFARM", "mYfArM"] {
+            assert_noop!(Grid::create_farm(signed(OTHER), name(clash)), GridError::FarmNameTaken);
+        }
+        // The display name keeps its case; look-ups ignore it.
+        assert_eq!(Farms::<Test>::get(id).unwrap().name, name("MyFarm"));
+        assert_eq!(Grid::farm_by_name(b"MYFARM".to_vec()), Some(id));
+        assert_eq!(Grid::farm_by_name(b"other".to_vec()), None);
+        assert_eq!(Grid::farm_by_name(vec![b'a'; 100]), None);
+    });
+}
+
+#[test]
+fn farm_ids_exhausted() {
+    run_test(|| {
+        NextFarmId::<Test>::put(u32::MAX);
+        assert_noop!(Grid::create_farm(signed(FARMER), name("last")), GridError::FarmIdsExhausted);
+    });
+}
+
+#[test]
+fn rename_farm_moves_the_name_index() {
+    run_test(|| {
+        let id = create_farm(FARMER, "alpha");
+        create_farm(OTHER, "beta");
+        assert_ok!(Grid::rename_farm(signed(FARMER), id, name("Gamma")));
+        System::assert_last_event(
+            GridEvent::FarmRenamed { farm_id: id, owner: FARMER, name: name("Gamma") }.into(),
+        );
+        assert_eq!(FarmIdByName::<Test>::get(name("alpha")), None);
+        assert_eq!(FarmIdByName::<Test>::get(name("gamma")), Some(id));
+        // Only the letter case changes: the farm keeps its own name.
+        assert_ok!(Grid::rename_farm(signed(FARMER), id, name("GAMMA")));
+        assert_eq!(Farms::<Test>::get(id).unwrap().name, name("GAMMA"));
+        // The old name is free again.
+        create_farm(OTHER, "alpha");
+
+        assert_noop!(Grid::rename_farm(signed(FARMER), id, name("BETA")), GridError::FarmNameTaken);
+        assert_noop!(Grid::rename_farm(signed(OTHER), id, name("delta")), GridError::NotFarmOwner);
+        assert_noop!(Grid::rename_farm(signed(FARMER), 99, name("delta")), GridError::FarmNotFound);
+        assert_noop!(Grid::rename_farm(signed(FARMER), id, name("de")), GridError::FarmNameTooShort);
+        assert_noop!(
+            Grid::rename_farm(signed(FARMER), id, name("de lta")),
+            GridError::FarmNameInvalidCharacter
+        );
+    });
+}
+
+#[test]
+fn remove_farm_cleans_every_index() {
+    run_test(|| {
+        let id = create_farm(FARMER, "Doomed");
+        for i in 0..MAX_IPS as u8 {
+            assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10 + i)));
+        }
+        assert_noop!(Grid::remove_farm(signed(OTHER), id), GridError::NotFarmOwner);
+        assert_noop!(Grid::remove_farm(signed(FARMER), 99), GridError::FarmNotFound);
+        let result = Grid::remove_farm(signed(FARMER), id).unwrap();
+        // The fee is for the IPs actually removed.
+        assert_eq!(result.actual_weight, Some(<() as WeightInfo>::remove_farm(MAX_IPS)));
+        System::assert_last_event(
+            GridEvent::FarmRemoved { farm_id: id, owner: FARMER, ips_released: MAX_IPS }.into(),
+        );
+        assert_eq!(Farms::<Test>::iter().count(), 0);
+        assert_eq!(FarmIdByName::<Test>::iter().count(), 0);
+        assert_eq!(FarmNodeCount::<Test>::iter().count(), 0);
+        assert_eq!(IpOwner::<Test>::iter().count(), 0);
+        // Name and addresses are reusable; the id is not.
+        let again = create_farm(OTHER, "doomed");
+        assert_eq!(again, id + 1);
+        assert_ok!(Grid::add_farm_ip(signed(OTHER), again, farm_ip(10)));
+    });
+}
+
+#[test]
+fn remove_farm_refuses_with_nodes_or_assigned_ips() {
+    // Not `run_test`: reaching the second check needs a state the pallet never produces.
+    new_test_ext().execute_with(|| {
+        let (farm, node_id) = farm_with_online_node(2);
+        assert_noop!(Grid::remove_farm(signed(FARMER), farm), GridError::FarmHasNodes);
+        assert_ok!(Grid::assign_public_ips(node_id, 7, 1));
+        // Simulate the node having vanished without its assignments being released, to reach
+        // the second check (the pallet itself never allows this state).
+        Nodes::<Test>::mutate(node_id, |n| n.as_mut().unwrap().assigned_ips = 0);
+        NodesByFarm::<Test>::remove(farm, node_id);
+        FarmNodeCount::<Test>::insert(farm, 0);
+        assert_noop!(Grid::remove_farm(signed(FARMER), farm), GridError::FarmHasAssignedIps);
+    });
+}
+
+#[test]
+fn governance_sets_certification_and_pricing_policy() {
+    run_test(|| {
+        let id = create_farm(FARMER, "farm");
+        assert_noop!(
+            Grid::set_farm_certification(signed(FARMER), id, FarmCertification::Gold),
+            DispatchError::BadOrigin
+        );
+        assert_noop!(
+            Grid::set_farm_certification(RuntimeOrigin::root(), 99, FarmCertification::Gold),
+            GridError::FarmNotFound
+        );
+        assert_ok!(Grid::set_farm_certification(RuntimeOrigin::root(), id, FarmCertification::Gold));
+        System::assert_last_event(
+            GridEvent::FarmCertificationSet { farm_id: id, certification: FarmCertification::Gold }
+                .into(),
+        );
+        assert_eq!(Farms::<Test>::get(id).unwrap().certification, FarmCertification::Gold);
+
+        assert_noop!(Grid::set_farm_pricing_policy(signed(FARMER), id, 3), DispatchError::BadOrigin);
+        assert_noop!(
+            Grid::set_farm_pricing_policy(RuntimeOrigin::root(), 99, 3),
+            GridError::FarmNotFound
+        );
+        assert_ok!(Grid::set_farm_pricing_policy(RuntimeOrigin::root(), id, 3));
+        System::assert_last_event(
+            GridEvent::FarmPricingPolicySet { farm_id: id, pricing_policy: 3 }.into(),
+        );
+        assert_eq!(Grid::farm_pricing_policy(id), Some(3));
+        assert_eq!(Grid::farm_pricing_policy(99), None);
+    });
+}
+
+// ---------------------------------------------------------------- farm IP pool
+
+#[test]
+fn add_farm_ip_validates_and_indexes() {
+    run_test(|| {
+        let id = create_farm(FARMER, "farm");
+        let other = create_farm(OTHER, "other");
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10)));
+        System::assert_last_event(
+            GridEvent::FarmIpAdded { farm_id: id, owner: FARMER, ip: farm_ip(10) }.into(),
+        );
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 10]), Some(IpHolder::Farm(id)));
+        assert_eq!(Grid::free_public_ips(id), vec![farm_ip(10)]);
+
+        // Unique chain-wide, whatever the prefix or gateway.
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, farm_ip(10)),
+            GridError::IpAlreadyRegistered
+        );
+        assert_noop!(
+            Grid::add_farm_ip(signed(OTHER), other, ipv4([185, 69, 166, 10], 25, [185, 69, 166, 2])),
+            GridError::IpAlreadyRegistered
+        );
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, ipv4([10, 0, 0, 5], 24, [10, 0, 0, 1])),
+            GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
+        );
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, ipv4([185, 69, 166, 20], 24, [185, 69, 166, 20])),
+            GridError::InvalidPublicIpv4(IpError::GatewayEqualsIp)
+        );
+        assert_noop!(Grid::add_farm_ip(signed(OTHER), id, farm_ip(11)), GridError::NotFarmOwner);
+        assert_noop!(Grid::add_farm_ip(signed(FARMER), 99, farm_ip(11)), GridError::FarmNotFound);
+    });
+}
+
+#[test]
+fn add_farm_ip_refuses_a_node_address_and_a_full_pool() {
+    run_test(|| {
+        let id = create_farm(FARMER, "farm");
+        register_with(NODE, id, public_v4(farm_ip(200)));
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, farm_ip(200)),
+            GridError::IpAlreadyRegistered
+        );
+        for i in 0..MAX_IPS as u8 {
+            assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10 + i)));
+        }
+        assert_noop!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(100)), GridError::TooManyFarmIps);
+    });
+}
+
+#[test]
+fn remove_farm_ip_rules() {
+    run_test(|| {
+        let (farm, node_id) = farm_with_online_node(2);
+        assert_noop!(
+            Grid::remove_farm_ip(signed(OTHER), farm, [185, 69, 166, 10]),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::remove_farm_ip(signed(FARMER), 99, [185, 69, 166, 10]),
+            GridError::FarmNotFound
+        );
+        assert_noop!(
+            Grid::remove_farm_ip(signed(FARMER), farm, [185, 69, 166, 99]),
+            GridError::IpNotInFarm
+        );
+        let assigned = Grid::assign_public_ips(node_id, 5, 1).unwrap();
+        assert_noop!(
+            Grid::remove_farm_ip(signed(FARMER), farm, assigned[0].ip.ip),
+            GridError::IpAssigned
+        );
+        assert_ok!(Grid::remove_farm_ip(signed(FARMER), farm, [185, 69, 166, 11]));
+        System::assert_last_event(
+            GridEvent::FarmIpRemoved { farm_id: farm, owner: FARMER, ip: [185, 69, 166, 11] }
+                .into(),
+        );
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 11]), None);
+        assert_eq!(Farms::<Test>::get(farm).unwrap().public_ips.len(), 1);
+    });
+}
+
+// ---------------------------------------------------------------- nodes
+
+#[test]
+fn register_node_stores_node_and_indexes() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let config = PublicConfig {
+            ipv4: Some(farm_ip(50)),
+            ipv6: Some(PublicIpv6Config {
+                ip: Ipv6Cidr { ip: (0x2a02_1802_005eu128 << 80 | 0x10).to_be_bytes(), prefix_len: 64 },
+                gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
+            }),
+            domain: Some(Domain::truncate_from(b"node-1.example.com".to_vec())),
+        };
+        let id = register_with(NODE, farm, Some(config.clone()));
+        System::assert_last_event(
+            GridEvent::NodeRegistered { node_id: id, farm_id: farm, account: NODE }.into(),
+        );
+        let n = node(id);
+        assert_eq!((n.id, n.farm_id, n.account), (id, farm, NODE));
+        assert_eq!(n.capacity, capacity());
+        assert!(n.reserved.is_zero());
+        assert_eq!(n.public_config, Some(config));
+        assert_eq!((n.power_target, n.power_state), (Power::Up, Power::Up));
+        assert_eq!((n.active_contracts, n.assigned_ips, n.uptime_seconds), (0, 0, 0));
+        assert_eq!(n.last_heartbeat, None);
+        assert_eq!(n.registered_at, 1);
+        assert_eq!(Grid::node_by_account(NODE), Some(id));
+        assert_eq!(Grid::nodes_of_farm(farm), vec![id]);
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 50]), Some(IpHolder::Node(id)));
+        // No heartbeat yet: registered but not online.
+        assert_eq!(Grid::node_status(id), Some(NodeStatus::Offline));
+        assert_eq!(Grid::node_status(99), None);
+
+        assert_noop!(
+            Grid::register_node(signed(NODE), farm, capacity(), [9; 32], location(), None, version()),
+            GridError::AccountAlreadyHasNode
+        );
+        assert_noop!(
+            Grid::register_node(signed(NODE2), farm, capacity(), [9; 32], location(), public_v4(farm_ip(50)), version()),
+            GridError::IpAlreadyRegistered
+        );
+    });
+}
+
+#[test]
+fn register_node_rejects_bad_fields() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let reg = |farm_id: FarmId,
+                   cap: Resources,
+                   key: BoxKey,
+                   loc: Location,
+                   cfg: Option<PublicConfig>,
+                   ver: &[u8]| {
+            Grid::register_node(
+                signed(NODE),
+                farm_id,
+                cap,
+                key,
+                loc,
+                cfg,
+                ExecutorVersion::truncate_from(ver.to_vec()),
+            )
+        };
+        let v = b"v1".as_slice();
+        assert_noop!(reg(99, capacity(), [9; 32], location(), None, v), GridError::FarmNotFound);
+        let min = MinCapacity::get();
+        for below in [
+            Resources { cru: min.cru - 1, ..capacity() },
+            Resources { mru: min.mru - 1, ..capacity() },
+            Resources { sru: min.sru - 1, ..capacity() },
+        ] {
+            assert_noop!(
+                reg(farm, below, [9; 32], location(), None, v),
+                GridError::CapacityBelowMinimum
+            );
+        }
+        // Exactly the minimum is enough (hru minimum is 0: SSD-only nodes).
+        assert_ok!(reg(farm, min, [9; 32], location(), None, v));
+        assert_ok!(Grid::remove_node(signed(NODE), 1));
+
+        assert_noop!(reg(farm, capacity(), [0; 32], location(), None, v), GridError::InvalidBoxKey);
+        for (lat, lon) in [(90_000_001, 0), (-90_000_001, 0), (0, 180_000_001), (0, -180_000_001)] {
+            let loc = Location { latitude: lat, longitude: lon, ..location() };
+            assert_noop!(reg(farm, capacity(), [9; 32], loc, None, v), GridError::InvalidCoordinates);
+        }
+        let edge = Location { latitude: -90_000_000, longitude: 180_000_000, ..location() };
+        assert_ok!(reg(farm, capacity(), [9; 32], edge, None, v));
+        assert_ok!(Grid::remove_node(signed(NODE), 2));
+
+        let bad_city = Location { city: BoundedVec::truncate_from(vec![0xff, 0xfe]), ..location() };
+        assert_noop!(
+            reg(farm, capacity(), [9; 32], bad_city, None, v),
+            GridError::InvalidLocationName
+        );
+        let bad_country = Location { country: BoundedVec::truncate_from(vec![0xc3]), ..location() };
+        assert_noop!(
+            reg(farm, capacity(), [9; 32], bad_country, None, v),
+            GridError::InvalidLocationName
+        );
+        let versions: [&[u8]; 4] = [b"", b"v 1", b"v1\n", &[0x80]];
+        for ver in versions {
+            assert_noop!(
+                reg(farm, capacity(), [9; 32], location(), None, ver),
+                GridError::InvalidExecutorVersion
+            );
+        }
+        let bad_v4 = public_v4(ipv4([185, 69, 166, 0], 24, [185, 69, 166, 1]));
+        assert_noop!(
+            reg(farm, capacity(), [9; 32], location(), bad_v4, v),
+            GridError::InvalidPublicIpv4(IpError::IpIsNetworkAddress)
+        );
+        let bad_v6 = Some(PublicConfig {
+            ipv4: None,
+            ipv6: Some(PublicIpv6Config {
+                ip: Ipv6Cidr { ip: (0xfd00u128 << 112 | 1).to_be_bytes(), prefix_len: 64 },
+                gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
+            }),
+            domain: None,
+        });
+        assert_noop!(
+            reg(farm, capacity(), [9; 32], location(), bad_v6, v),
+            GridError::InvalidPublicIpv6(IpError::IpNotPublic(SpecialRange::Private))
+        );
+        let domains: [&[u8]; 8] = [
+            b"",
+            b"-node.example.com",
+            b"node-.example.com",
+            b"node..example.com",
+            b"node.example.com.",
+            b"no de.example.com",
+            b"node_1.example.com",
+            &[b'a'; 64],
+        ];
+        for domain in domains {
+            let cfg = Some(PublicConfig {
+                ipv4: None,
+                ipv6: None,
+                domain: Some(Domain::truncate_from(domain.to_vec())),
+            });
+            assert_noop!(
+                reg(farm, capacity(), [9; 32], location(), cfg, v),
+                GridError::InvalidDomain
+            );
+        }
+        // A 63-character label is the longest allowed.
+        let long_label = Some(PublicConfig {
+            ipv4: None,
+            ipv6: None,
+            domain: Some(Domain::truncate_from([vec![b'a'; 63], b".io".to_vec()].concat())),
+        });
+        assert_ok!(reg(farm, capacity(), [9; 32], location(), long_label, v));
+    });
+}
+
+#[test]
+fn node_ids_exhausted() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        NextNodeId::<Test>::put(u32::MAX);
+        assert_noop!(
+            Grid::register_node(signed(NODE), farm, capacity(), [9; 32], location(), None, version()),
+            GridError::NodeIdsExhausted
+        );
+    });
+}
+
+#[test]
+fn update_node_replaces_fields_but_keeps_reservations_covered() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(0);
+        assert_noop!(update(OTHER, capacity(), None), GridError::NotANode);
+        assert_noop!(
+            update(NODE, Resources { mru: 1, ..capacity() }, None),
+            GridError::CapacityBelowMinimum
+        );
+
+        assert_ok!(Grid::reserve(id, &Resources::new(20, 8 * GIB, 100 * GIB, 0)));
+        // CPU may shrink to reserved / overcommit (20 / 4 = 5 cores), not below.
+        assert_ok!(update(NODE, Resources { cru: 5, ..capacity() }, None));
+        assert_noop!(
+            update(NODE, Resources { cru: 4, ..capacity() }, None),
+            GridError::CapacityBelowReserved
+        );
+        assert_noop!(
+            update(NODE, Resources { mru: 8 * GIB - 1, ..capacity() }, None),
+            GridError::CapacityBelowReserved
+        );
+        assert_noop!(
+            update(NODE, Resources { sru: 100 * GIB - 1, ..capacity() }, None),
+            GridError::CapacityBelowReserved
+        );
+        assert_ok!(update(NODE, Resources { mru: 8 * GIB, sru: 100 * GIB, ..capacity() }, None));
+        System::assert_last_event(
+            GridEvent::NodeUpdated { node_id: id, farm_id: farm, account: NODE }.into(),
+        );
+        assert_eq!(node(id).capacity.mru, 8 * GIB);
+
+        let new_loc = Location { latitude: 1, ..location() };
+        assert_ok!(Grid::update_node(
+            signed(NODE),
+            capacity(),
+            new_loc.clone(),
+            None,
+            ExecutorVersion::truncate_from(b"v2".to_vec()),
+            [3; 32]
+        ));
+        let n = node(id);
+        assert_eq!((n.location, n.box_key, n.executor_version.to_vec()), (new_loc, [3; 32], b"v2".to_vec()));
+        assert_noop!(
+            Grid::update_node(signed(NODE), capacity(), location(), None, version(), [0; 32]),
+            GridError::InvalidBoxKey
+        );
+    });
+}
+
+#[test]
+fn update_node_moves_its_public_ip_in_the_index() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), farm, farm_ip(10)));
+        let id = register_with(NODE, farm, public_v4(farm_ip(50)));
+        register_with(NODE2, farm, public_v4(farm_ip(60)));
+        // Keeping the same address is not a conflict with itself.
+        assert_ok!(update(NODE, capacity(), public_v4(farm_ip(50))));
+        assert_noop!(update(NODE, capacity(), public_v4(farm_ip(60))), GridError::IpAlreadyRegistered);
+        assert_noop!(update(NODE, capacity(), public_v4(farm_ip(10))), GridError::IpAlreadyRegistered);
+        assert_noop!(
+            update(NODE, capacity(), public_v4(ipv4([192, 168, 1, 2], 24, [192, 168, 1, 1]))),
+            GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
+        );
+        assert_ok!(update(NODE, capacity(), public_v4(farm_ip(51))));
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 50]), None);
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), Some(IpHolder::Node(id)));
+        assert_ok!(update(NODE, capacity(), None));
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), None);
+    });
+}
+
+#[test]
+fn remove_node_by_node_or_farmer_cleans_every_index() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let a = register_with(NODE, farm, public_v4(farm_ip(50)));
+        let b = register(NODE2, farm);
+        assert_noop!(Grid::remove_node(signed(OTHER), a), GridError::NotNodeOrFarmOwner);
+        assert_noop!(Grid::remove_node(signed(NODE2), a), GridError::NotNodeOrFarmOwner);
+        assert_noop!(Grid::remove_node(signed(NODE), 99), GridError::NodeNotFound);
+
+        assert_ok!(Grid::remove_node(signed(NODE), a));
+        System::assert_last_event(
+            GridEvent::NodeRemoved { node_id: a, farm_id: farm, account: NODE, removed_by: NODE }
+                .into(),
+        );
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
+        assert_ok!(Grid::remove_node(signed(FARMER), b));
+        System::assert_last_event(
+            GridEvent::NodeRemoved { node_id: b, farm_id: farm, account: NODE2, removed_by: FARMER }
+                .into(),
+        );
+        assert_eq!(Nodes::<Test>::iter().count(), 0);
+        assert_eq!(NodeIdByAccount::<Test>::iter().count(), 0);
+        assert_eq!(NodesByFarm::<Test>::iter().count(), 0);
+        assert_eq!(IpOwner::<Test>::iter().count(), 0);
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 0);
+        assert!(Grid::nodes_of_farm(farm).is_empty());
+        // The account may register again, under a new id, and the farm can now go.
+        assert_eq!(register(NODE, farm), b + 1);
+        assert_ok!(Grid::remove_node(signed(NODE), b + 1));
+        assert_ok!(Grid::remove_farm(signed(FARMER), farm));
+    });
+}
+
+#[test]
+fn remove_node_refuses_with_contracts_or_ips() {
+    run_test(|| {
+        let (_, id) = farm_with_online_node(1);
+        assert_ok!(Grid::contract_started(id));
+        assert_noop!(Grid::remove_node(signed(FARMER), id), GridError::NodeHasActiveContracts);
+        assert_noop!(Grid::remove_node(signed(NODE), id), GridError::NodeHasActiveContracts);
+        assert_ok!(Grid::assign_public_ips(id, 1, 1));
+        assert_ok!(Grid::contract_ended(id));
+        assert_noop!(Grid::remove_node(signed(NODE), id), GridError::NodeHasAssignedIps);
+        assert_ok!(Grid::release_public_ips(id, 1));
+        assert_ok!(Grid::remove_node(signed(NODE), id));
+    });
+}
+
+// ---------------------------------------------------------------- liveness
+
+#[test]
+fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let id = register(NODE, farm);
+        assert_noop!(Grid::heartbeat(signed(OTHER)), GridError::NotANode);
+
+        let post = Grid::heartbeat(signed(NODE)).unwrap();
+        assert_eq!(post.pays_fee, Pays::No);
+        System::assert_last_event(
+            GridEvent::NodeHeartbeat {
+                node_id: id,
+                account: NODE,
+                timestamp_ms: START_MS,
+                uptime_seconds: 0,
+            }
+            .into(),
+        );
+        assert_eq!(node(id).last_heartbeat, Some(Heartbeat { block: 1, timestamp_ms: START_MS }));
+        assert_eq!(Grid::node_status(id), Some(NodeStatus::Online));
+
+        // Too soon: an error that pays its fee (default post info).
+        advance_ms(MIN_INTERVAL_MS - 1);
+        let err = Grid::heartbeat(signed(NODE)).unwrap_err();
+        assert_eq!(
+            err,
+            DispatchErrorWithPostInfo { post_info: Default::default(), error: GridError::HeartbeatTooSoon.into() }
+        );
+        assert_eq!(err.post_info.pays_fee, Pays::Yes);
+        assert_noop!(Grid::heartbeat(signed(NODE)), GridError::HeartbeatTooSoon);
+
+        // Exactly the minimum interval is enough; uptime counts the whole run.
+        advance_ms(1);
+        assert_ok!(Grid::heartbeat(signed(NODE)));
+        assert_eq!(node(id).uptime_seconds, MIN_INTERVAL_MS / 1000);
+        // A gap of exactly the timeout still continues the run.
+        advance_ms(TIMEOUT_MS);
+        assert_eq!(Grid::node_status(id), Some(NodeStatus::Online));
+        assert_ok!(Grid::heartbeat(signed(NODE)));
+        assert_eq!(node(id).uptime_seconds, (MIN_INTERVAL_MS + TIMEOUT_MS) / 1000);
+        assert_eq!(node(id).last_heartbeat.unwrap().block, 4);
+
+        // Sub-second remainders are not lost across beats.
+        for _ in 0..3 {
+            advance_ms(MIN_INTERVAL_MS + 400);
+            assert_ok!(Grid::heartbeat(signed(NODE)));
+        }
+        assert_eq!(node(id).uptime_seconds, (4 * MIN_INTERVAL_MS + TIMEOUT_MS + 1200) / 1000);
+
+        // A longer gap: Offline in between, and the run restarts.
+        advance_ms(TIMEOUT_MS + 1);
+        assert_eq!(Grid::node_status(id), Some(NodeStatus::Offline));
+        assert!(!Grid::node_is_online(id));
+        assert_ok!(Grid::heartbeat(signed(NODE)));
+        assert_eq!(node(id).uptime_seconds, 0);
+        assert!(Grid::node_is_online(id));
+        advance_ms(MIN_INTERVAL_MS);
+        assert_ok!(Grid::heartbeat(signed(NODE)));
+        assert_eq!(node(id).uptime_seconds, MIN_INTERVAL_MS / 1000);
+    });
+}
+
+#[test]
+fn power_target_and_state() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(0);
+        assert_noop!(Grid::set_power_target(signed(NODE), id, Power::Down), GridError::NotFarmOwner);
+        assert_noop!(Grid::set_power_target(signed(FARMER), 99, Power::Down), GridError::NodeNotFound);
+        assert_noop!(Grid::set_power_state(signed(OTHER), Power::Down), GridError::NotANode);
+
+        assert_ok!(Grid::contract_started(id));
+        assert_noop!(
+            Grid::set_power_target(signed(FARMER), id, Power::Down),
+            GridError::NodeHasActiveContracts
+        );
+        assert_noop!(Grid::set_power_state(signed(NODE), Power::Down), GridError::NodeHasActiveContracts);
+        // Up is always allowed.
+        assert_ok!(Grid::set_power_target(signed(FARMER), id, Power::Up));
+        assert_ok!(Grid::set_power_state(signed(NODE), Power::Up));
+        assert_ok!(Grid::contract_ended(id));
+
+        assert_ok!(Grid::set_power_target(signed(FARMER), id, Power::Down));
+        System::assert_last_event(
+            GridEvent::PowerTargetSet { node_id: id, farm_id: farm, by: FARMER, target: Power::Down }
+                .into(),
+        );
+        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodePowerTargetDown.into()));
+        assert_ok!(Grid::set_power_state(signed(NODE), Power::Down));
+        System::assert_last_event(
+            GridEvent::PowerStateSet { node_id: id, account: NODE, state: Power::Down }.into(),
+        );
+        assert_eq!((node(id).power_target, node(id).power_state), (Power::Down, Power::Down));
+    });
+}
+
+#[test]
+fn node_accepts_workloads_checks_each_condition() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        assert_eq!(Grid::node_accepts_workloads(1), Err(GridError::NodeNotFound.into()));
+        let id = register(NODE, farm);
+        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodeOffline.into()));
+        assert_ok!(Grid::heartbeat(signed(NODE)));
+        assert_ok!(Grid::node_accepts_workloads(id));
+        assert_ok!(Grid::set_power_state(signed(NODE), Power::Down));
+        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodePoweredDown.into()));
+        assert_ok!(Grid::set_power_state(signed(NODE), Power::Up));
+        advance_ms(TIMEOUT_MS + 1);
+        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodeOffline.into()));
+    });
+}
+
+// ---------------------------------------------------------------- capacity ledger
+
+#[test]
+fn reserve_and_release_follow_capacity_and_overcommit() {
+    run_test(|| {
+        let (_, id) = farm_with_online_node(0);
+        let cap = capacity();
+        assert_eq!(Grid::free_capacity(id), Some(Resources { cru: cap.cru * OVERCOMMIT as u64, ..cap }));
+        assert_eq!(Grid::free_capacity(99), None);
+
+        let need = Resources::new(2, 4 * GIB, 50 * GIB, 0);
+        assert_ok!(Grid::reserve(id, &need));
+        System::assert_last_event(
+            GridEvent::CapacityReserved { node_id: id, resources: need, reserved: need }.into(),
+        );
+        // Memory and disks are never overcommitted: one byte above is refused.
+        for extra in [
+            Resources::new(0, cap.mru - need.mru + 1, 0, 0),
+            Resources::new(0, 0, cap.sru - need.sru + 1, 0),
+            Resources::new(0, 0, 0, cap.hru + 1),
+            Resources::new(cap.cru * OVERCOMMIT as u64 - need.cru + 1, 0, 0, 0),
+        ] {
+            assert_noop!(Grid::reserve(id, &extra), GridError::InsufficientCapacity);
+        }
+        // Exactly the rest fits, CPU up to cores x overcommit.
+        let rest = Grid::free_capacity(id).unwrap();
+        assert_eq!(rest.cru, cap.cru * OVERCOMMIT as u64 - 2);
+        assert_ok!(Grid::reserve(id, &rest));
+        assert!(Grid::free_capacity(id).unwrap().is_zero());
+        assert_noop!(Grid::reserve(id, &Resources::new(1, 0, 0, 0)), GridError::InsufficientCapacity);
+
+        assert_ok!(Grid::release(id, &need));
+        System::assert_last_event(
+            GridEvent::CapacityReleased { node_id: id, resources: need, reserved: rest }.into(),
+        );
+        assert_noop!(
+            Grid::release(id, &Resources { cru: rest.cru + 1, ..rest }),
+            GridError::ReleaseExceedsReserved
+        );
+        assert_ok!(Grid::release(id, &rest));
+        assert!(node(id).reserved.is_zero());
+        assert_noop!(Grid::release(id, &Resources::new(0, 0, 0, 1)), GridError::ReleaseExceedsReserved);
+        assert_noop!(Grid::reserve(99, &need), GridError::NodeNotFound);
+        assert_noop!(Grid::release(99, &need), GridError::NodeNotFound);
+        // Zero-sized reservations are harmless no-ops with an event.
+        assert_ok!(Grid::reserve(id, &Resources::zero()));
+    });
+}
+
+#[test]
+fn reservation_arithmetic_at_u64_max() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let max = Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        assert_ok!(Grid::register_node(signed(NODE), farm, max, [9; 32], location(), None, version()));
+        let id = Grid::node_by_account(NODE).unwrap();
+        // CPU capacity x overcommit saturates instead of wrapping.
+        assert_eq!(Grid::free_capacity(id), Some(max));
+        assert_ok!(Grid::reserve(id, &max));
+        assert_eq!(Grid::free_capacity(id), Some(Resources::zero()));
+        for one in [
+            Resources::new(1, 0, 0, 0),
+            Resources::new(0, 1, 0, 0),
+            Resources::new(0, 0, 1, 0),
+            Resources::new(0, 0, 0, 1),
+        ] {
+            assert_noop!(Grid::reserve(id, &one), GridError::CapacityOverflow);
+        }
+        assert_ok!(Grid::release(id, &max));
+        assert!(node(id).reserved.is_zero());
+
+        // CPU overcommit near the top: cores = MAX / 4 + 1 lets MAX cores be reserved.
+        let cores = u64::MAX / OVERCOMMIT as u64 + 1;
+        assert_ok!(update(NODE, Resources { cru: cores, ..max }, None));
+        assert_ok!(Grid::reserve(id, &Resources::new(u64::MAX, 0, 0, 0)));
+        assert_ok!(Grid::release(id, &Resources::new(u64::MAX, 0, 0, 0)));
+        assert_ok!(update(NODE, Resources { cru: cores - 1, ..max }, None));
+        assert_noop!(
+            Grid::reserve(id, &Resources::new(u64::MAX, 0, 0, 0)),
+            GridError::InsufficientCapacity
+        );
+    });
+}
+
+#[test]
+fn public_ips_are_assigned_all_or_nothing_and_released() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(3);
+        assert_eq!(Grid::assign_public_ips(id, 1, 0), Ok(vec![]));
+        assert_eq!(Grid::assign_public_ips(99, 1, 1), Err(GridError::NodeNotFound.into()));
+
+        let got = Grid::assign_public_ips(id, 1, 2).unwrap();
+        assert_eq!(got, vec![farm_ip(10), farm_ip(11)]);
+        System::assert_last_event(
+            GridEvent::PublicIpsAssigned {
+                farm_id: farm,
+                node_id: id,
+                contract_id: 1,
+                ips: vec![[185, 69, 166, 10], [185, 69, 166, 11]],
+            }
+            .into(),
+        );
+        assert_eq!(node(id).assigned_ips, 2);
+        assert_eq!(Grid::free_public_ips(farm), vec![farm_ip(12)]);
+
+        // Two requested, one free: nothing is taken.
+        assert_noop!(Grid::assign_public_ips(id, 2, 2), GridError::NotEnoughFreeIps);
+        assert_eq!(Grid::free_public_ips(farm), vec![farm_ip(12)]);
+        assert_eq!(Grid::assign_public_ips(id, 2, 1), Ok(vec![farm_ip(12)]));
+        assert!(Grid::free_public_ips(farm).is_empty());
+
+        // Releasing a contract without IPs is fine and silent.
+        let events = System::events().len();
+        assert_ok!(Grid::release_public_ips(id, 77));
+        assert_eq!(System::events().len(), events);
+        assert_eq!(Grid::release_public_ips(99, 1), Err(GridError::NodeNotFound.into()));
+
+        assert_ok!(Grid::release_public_ips(id, 1));
+        System::assert_last_event(
+            GridEvent::PublicIpsReleased {
+                farm_id: farm,
+                node_id: id,
+                contract_id: 1,
+                ips: vec![[185, 69, 166, 10], [185, 69, 166, 11]],
+            }
+            .into(),
+        );
+        assert_eq!(node(id).assigned_ips, 1);
+        assert_eq!(Grid::free_public_ips(farm), vec![farm_ip(10), farm_ip(11)]);
+        assert_eq!(Grid::free_public_ips(99), vec![]);
+    });
+}
+
+#[test]
+fn assign_public_ips_counter_overflow() {
+    run_test(|| {
+        let (_, id) = farm_with_online_node(1);
+        let stored = node(id);
+        Nodes::<Test>::mutate(id, |n| n.as_mut().unwrap().assigned_ips = u32::MAX);
+        assert_noop!(Grid::assign_public_ips(id, 1, 1), GridError::CounterOverflow);
+        Nodes::<Test>::insert(id, stored);
+    });
+}
+
+#[test]
+fn contract_counter() {
+    run_test(|| {
+        let (_, id) = farm_with_online_node(0);
+        assert_noop!(Grid::contract_ended(id), GridError::NoActiveContracts);
+        assert_noop!(Grid::contract_started(99), GridError::NodeNotFound);
+        assert_noop!(Grid::contract_ended(99), GridError::NodeNotFound);
+        assert_ok!(Grid::contract_started(id));
+        System::assert_last_event(
+            GridEvent::NodeContractStarted { node_id: id, active_contracts: 1 }.into(),
+        );
+        assert_ok!(Grid::contract_started(id));
+        assert_eq!(node(id).active_contracts, 2);
+        assert_ok!(Grid::contract_ended(id));
+        System::assert_last_event(
+            GridEvent::NodeContractEnded { node_id: id, active_contracts: 1 }.into(),
+        );
+        Nodes::<Test>::mutate(id, |n| n.as_mut().unwrap().active_contracts = u32::MAX);
+        assert_noop!(Grid::contract_started(id), GridError::CounterOverflow);
+    });
+}
+
+// ---------------------------------------------------------------- queries and helpers
+
+#[test]
+fn queries() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let other = create_farm(OTHER, "other");
+        let ids: Vec<NodeId> = (20..30).map(|acc| register(acc, farm)).collect();
+        let lone = register(NODE, other);
+        assert_eq!(Grid::nodes_of_farm(farm), ids);
+        assert_eq!(Grid::nodes_of_farm(other), vec![lone]);
+        assert!(Grid::nodes_of_farm(99).is_empty());
+        assert_eq!(Grid::node_by_account(NODE), Some(lone));
+        assert_eq!(Grid::node_by_account(OTHER), None);
+        assert_eq!(Grid::node_account(lone), Some(NODE));
+        assert_eq!(Grid::node_account(99), None);
+        assert_eq!(Grid::node_farm(lone), Some(other));
+        assert_eq!(Grid::node_farm(99), None);
+        assert_eq!(Grid::farm_owner(other), Some(OTHER));
+        assert_eq!(Grid::farm_owner(99), None);
+        assert!(!Grid::node_is_online(99));
+        assert_eq!(<Grid as GridCapacity<u64>>::free_capacity(lone), Grid::free_capacity(lone));
+    });
+}
+
+#[test]
+fn setup_online_node_helper() {
+    run_test(|| {
+        let (farm, id) = Grid::setup_online_node(FARMER, NODE, capacity(), 4).unwrap();
+        assert_ok!(Grid::node_accepts_workloads(id));
+        assert_eq!(Grid::free_public_ips(farm).len(), 4);
+        let (farm2, _) = Grid::setup_online_node(FARMER, NODE2, capacity(), 4).unwrap();
+        assert_ne!(farm, farm2);
+        assert_eq!(Grid::free_public_ips(farm2).len(), 4);
+    });
+}
+
+#[test]
+fn try_state_detects_broken_indexes() {
+    let broken: [fn(); 12] = [
+        || FarmIdByName::<Test>::remove(name("farm")),
+        || FarmIdByName::<Test>::insert(name("ghost"), 1),
+        || FarmNodeCount::<Test>::insert(1, 5),
+        || NodeIdByAccount::<Test>::remove(NODE),
+        || NodeIdByAccount::<Test>::insert(OTHER, 1),
+        || NodesByFarm::<Test>::insert(1, 42, ()),
+        || IpOwner::<Test>::remove([185, 69, 166, 10]),
+        || IpOwner::<Test>::insert([1, 1, 1, 1], IpHolder::Farm(1)),
+        || Nodes::<Test>::mutate(1, |n| n.as_mut().unwrap().reserved.mru = u64::MAX),
+        || Nodes::<Test>::mutate(1, |n| n.as_mut().unwrap().assigned_ips = 3),
+        || NextNodeId::<Test>::put(1),
+        || {
+            Farms::<Test>::mutate(1, |f| {
+                let f = f.as_mut().unwrap();
+                f.public_ips.get_mut(0).unwrap().assigned =
+                    Some(IpAssignment { contract: 1, node: 42 });
+            })
+        },
+    ];
+    for corrupt in broken {
+        new_test_ext().execute_with(|| {
+            farm_with_online_node(2);
+            assert_ok!(Grid::do_try_state());
+            corrupt();
+            assert!(Grid::do_try_state().is_err());
+        });
+    }
+}

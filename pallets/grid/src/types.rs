@@ -1,0 +1,244 @@
+//! Stored and call-argument types of the grid pallet.
+
+use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
+use frame_support::{
+    pallet_prelude::ConstU32, BoundedVec, CloneNoBound, EqNoBound, PartialEqNoBound,
+    DebugNoBound,
+};
+use frame_system::pallet_prelude::BlockNumberFor;
+use scale_info::TypeInfo;
+use zos_primitives::{
+    ContractId, FarmId, NodeId, PricingPolicyId, PublicIpv4Config, PublicIpv6Config, Resources,
+};
+
+use crate::Config;
+
+pub const MIN_FARM_NAME_LEN: u32 = 3;
+pub const MAX_FARM_NAME_LEN: u32 = 40;
+pub const MAX_LOCATION_NAME_LEN: u32 = 64;
+/// Longest DNS name (RFC 1035, without the trailing dot).
+pub const MAX_DOMAIN_LEN: u32 = 253;
+pub const MAX_EXECUTOR_VERSION_LEN: u32 = 32;
+/// Latitude range in micro-degrees.
+pub const MAX_LATITUDE: i32 = 90_000_000;
+/// Longitude range in micro-degrees.
+pub const MAX_LONGITUDE: i32 = 180_000_000;
+
+/// Farm display name: 3-40 bytes of `[A-Za-z0-9_-]`.
+pub type FarmName = BoundedVec<u8, ConstU32<MAX_FARM_NAME_LEN>>;
+/// UTF-8 city or country name.
+pub type LocationName = BoundedVec<u8, ConstU32<MAX_LOCATION_NAME_LEN>>;
+/// A DNS name the node answers on.
+pub type Domain = BoundedVec<u8, ConstU32<MAX_DOMAIN_LEN>>;
+/// Printable ASCII version string of the node's executor.
+pub type ExecutorVersion = BoundedVec<u8, ConstU32<MAX_EXECUTOR_VERSION_LEN>>;
+/// x25519 public key deployers seal secrets to.
+pub type BoxKey = [u8; 32];
+
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub enum FarmCertification {
+    #[default]
+    NotCertified,
+    Gold,
+}
+
+/// Power of a node: the farmer's target and the node's reported state use the same values.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub enum Power {
+    #[default]
+    Up,
+    Down,
+}
+
+/// Which contract, running on which node, holds a farm IP.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub struct IpAssignment {
+    pub contract: ContractId,
+    pub node: NodeId,
+}
+
+/// One address of a farm's public IPv4 pool.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub struct PublicIpEntry {
+    pub config: PublicIpv4Config,
+    /// `None` while the address is free.
+    pub assigned: Option<IpAssignment>,
+}
+
+/// What holds an IPv4 address, so an address appears once on the whole chain.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub enum IpHolder {
+    /// In the farm's public IP pool.
+    Farm(FarmId),
+    /// The node's own public address.
+    Node(NodeId),
+}
+
+#[derive(
+    CloneNoBound,
+    PartialEqNoBound,
+    EqNoBound,
+    Encode,
+    Decode,
+    MaxEncodedLen,
+    TypeInfo,
+    DebugNoBound,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct Farm<T: Config> {
+    pub id: FarmId,
+    pub owner: T::AccountId,
+    /// As given by the owner; the name index holds the lowercase form.
+    pub name: FarmName,
+    pub certification: FarmCertification,
+    pub pricing_policy: PricingPolicyId,
+    pub public_ips: BoundedVec<PublicIpEntry, T::MaxIpsPerFarm>,
+}
+
+/// Where a node stands. Coordinates are micro-degrees so they stay integers.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub struct Location {
+    pub city: LocationName,
+    pub country: LocationName,
+    /// -90_000_000 ..= 90_000_000.
+    pub latitude: i32,
+    /// -180_000_000 ..= 180_000_000.
+    pub longitude: i32,
+}
+
+/// Public reachability of the node itself (not the farm's pool).
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub struct PublicConfig {
+    pub ipv4: Option<PublicIpv4Config>,
+    pub ipv6: Option<PublicIpv6Config>,
+    pub domain: Option<Domain>,
+}
+
+/// When the chain last heard from a node.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Encode, Decode, MaxEncodedLen, TypeInfo, Debug,
+)]
+pub struct Heartbeat<BlockNumber> {
+    pub block: BlockNumber,
+    /// Chain time (timestamp pallet), milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+}
+
+#[derive(
+    CloneNoBound,
+    PartialEqNoBound,
+    EqNoBound,
+    Encode,
+    Decode,
+    MaxEncodedLen,
+    TypeInfo,
+    DebugNoBound,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct Node<T: Config> {
+    pub id: NodeId,
+    pub farm_id: FarmId,
+    /// The executor's key; it signs heartbeats and updates.
+    pub account: T::AccountId,
+    pub capacity: Resources,
+    /// Sum of the live reservations; never above `capacity` (CPU times the overcommit factor).
+    pub reserved: Resources,
+    pub box_key: BoxKey,
+    pub location: Location,
+    pub public_config: Option<PublicConfig>,
+    pub executor_version: ExecutorVersion,
+    pub power_target: Power,
+    pub power_state: Power,
+    /// Contracts running here; a node with any cannot be removed or powered down.
+    pub active_contracts: u32,
+    /// Farm IPs assigned to contracts on this node.
+    pub assigned_ips: u32,
+    /// `None` until the first heartbeat.
+    pub last_heartbeat: Option<Heartbeat<BlockNumberFor<T>>>,
+    /// Start of the current run of heartbeats with no gap above the timeout.
+    pub online_since_ms: u64,
+    /// Length of that run, seconds.
+    pub uptime_seconds: u64,
+    pub registered_at: BlockNumberFor<T>,
+}
