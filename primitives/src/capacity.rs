@@ -44,7 +44,12 @@ pub struct Resources {
 
 impl Resources {
     pub const fn zero() -> Self {
-        Resources { cru: 0, mru: 0, sru: 0, hru: 0 }
+        Resources {
+            cru: 0,
+            mru: 0,
+            sru: 0,
+            hru: 0,
+        }
     }
 
     pub const fn new(cru: u64, mru: u64, sru: u64, hru: u64) -> Self {
@@ -97,7 +102,10 @@ impl Resources {
     /// misconfigured constant, whereas 0 would make every node unusable.
     pub fn with_cru_overcommit(&self, cru_overcommit: u32) -> Self {
         let factor = u64::from(cru_overcommit.max(1));
-        Resources { cru: self.cru.saturating_mul(factor), ..*self }
+        Resources {
+            cru: self.cru.saturating_mul(factor),
+            ..*self
+        }
     }
 
     /// True if `self` (an amount already reserved plus a new need) fits in `capacity`.
@@ -105,7 +113,9 @@ impl Resources {
     /// Memory and disks are never overcommitted: a VM touching its memory or disk must find it.
     /// CPU time is shared, so `cru` may exceed the cores by `cru_overcommit` times.
     pub fn fits_in(&self, capacity: &Self, cru_overcommit: u32) -> bool {
-        capacity.with_cru_overcommit(cru_overcommit).all_at_least(self)
+        capacity
+            .with_cru_overcommit(cru_overcommit)
+            .all_at_least(self)
     }
 }
 
@@ -182,10 +192,15 @@ mod tests {
         assert_eq!(MAX.checked_add(&Resources::zero()), Some(MAX));
         assert_eq!(MAX.checked_add(&Resources::new(0, 0, 0, 1)), None);
         assert_eq!(MAX.checked_sub(&MAX), Some(Resources::zero()));
-        assert_eq!(Resources::zero().checked_sub(&Resources::new(0, 1, 0, 0)), None);
+        assert_eq!(
+            Resources::zero().checked_sub(&Resources::new(0, 1, 0, 0)),
+            None
+        );
         assert_eq!(Resources::zero().saturating_sub(&one), Resources::zero());
-        assert_eq!(Resources::new(5, 5, 5, 5).saturating_sub(&Resources::new(1, 9, 2, 5)),
-            Resources::new(4, 0, 3, 0));
+        assert_eq!(
+            Resources::new(5, 5, 5, 5).saturating_sub(&Resources::new(1, 9, 2, 5)),
+            Resources::new(4, 0, 3, 0)
+        );
         assert!(Resources::zero().is_zero());
         assert!(!one.is_zero());
     }
@@ -207,6 +222,7 @@ mod tests {
         // The multiplied capacity saturates instead of wrapping.
         assert!(MAX.fits_in(&MAX, u32::MAX));
         assert_eq!(MAX.with_cru_overcommit(u32::MAX).cru, u64::MAX);
-        assert!(Resources::new(u64::MAX, 0, 0, 0).fits_in(&Resources::new(u64::MAX / 2 + 1, 0, 0, 0), 2));
+        assert!(Resources::new(u64::MAX, 0, 0, 0)
+            .fits_in(&Resources::new(u64::MAX / 2 + 1, 0, 0, 0), 2));
     }
 }

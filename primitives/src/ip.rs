@@ -44,7 +44,9 @@ pub struct Ipv4Cidr {
 impl Ipv4Cidr {
     fn mask(&self) -> u32 {
         // `checked_shl(32)` is `None`, which is exactly the /0 mask.
-        u32::MAX.checked_shl(32u32.saturating_sub(u32::from(self.prefix_len))).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32u32.saturating_sub(u32::from(self.prefix_len)))
+            .unwrap_or(0)
     }
 
     /// The first address of the subnet.
@@ -103,7 +105,9 @@ pub struct Ipv6Cidr {
 
 impl Ipv6Cidr {
     fn mask(&self) -> u128 {
-        u128::MAX.checked_shl(128u32.saturating_sub(u32::from(self.prefix_len))).unwrap_or(0)
+        u128::MAX
+            .checked_shl(128u32.saturating_sub(u32::from(self.prefix_len)))
+            .unwrap_or(0)
     }
 
     /// The first address of the subnet (the subnet-router anycast address).
@@ -220,7 +224,9 @@ pub enum IpError {
 }
 
 fn in_v4(addr: u32, net: [u8; 4], prefix: u32) -> bool {
-    let mask = u32::MAX.checked_shl(32u32.saturating_sub(prefix)).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32u32.saturating_sub(prefix))
+        .unwrap_or(0);
     addr & mask == u32::from_be_bytes(net) & mask
 }
 
@@ -248,7 +254,10 @@ pub fn classify_ipv4(ip: [u8; 4]) -> Option<SpecialRange> {
         ([240, 0, 0, 0], 4, Reserved),
     ];
     let a = u32::from_be_bytes(ip);
-    TABLE.iter().find(|(net, len, _)| in_v4(a, *net, *len)).map(|(_, _, class)| *class)
+    TABLE
+        .iter()
+        .find(|(net, len, _)| in_v4(a, *net, *len))
+        .map(|(_, _, class)| *class)
 }
 
 /// Checks that `config` is a usable public IPv4 address: see [`IpError`] for each rule.
@@ -286,7 +295,9 @@ pub fn validate_public_ipv4(config: &PublicIpv4Config) -> Result<(), IpError> {
 }
 
 fn in_v6(addr: u128, net: u128, prefix: u32) -> bool {
-    let mask = u128::MAX.checked_shl(128u32.saturating_sub(prefix)).unwrap_or(0);
+    let mask = u128::MAX
+        .checked_shl(128u32.saturating_sub(prefix))
+        .unwrap_or(0);
     addr & mask == net & mask
 }
 
@@ -333,7 +344,7 @@ pub fn validate_public_ipv6(config: &PublicIpv6Config) -> Result<(), IpError> {
     }
     let gw_class = classify_ipv6(gw);
     match gw_class {
-        Some(SpecialRange::LinkLocal) => {},
+        Some(SpecialRange::LinkLocal) => {}
         Some(class) => return Err(IpError::GatewayNotPublic(class)),
         None => {
             if gw == cidr.ip {
@@ -342,7 +353,7 @@ pub fn validate_public_ipv6(config: &PublicIpv6Config) -> Result<(), IpError> {
             if !cidr.contains(gw) {
                 return Err(IpError::GatewayNotInSubnet);
             }
-        },
+        }
     }
     // The all-zero host is the subnet-router anycast address; only a /128 has no other host.
     if cidr.prefix_len < 128 {

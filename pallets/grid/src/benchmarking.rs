@@ -61,9 +61,16 @@ fn max_version() -> ExecutorVersion {
 /// A farm with a maximum-length name and `ips` pool addresses.
 fn farm_with_ips<T: Config>(owner: &T::AccountId, ips: u32) -> Result<FarmId, BenchmarkError> {
     let farm_id = NextFarmId::<T>::get();
-    Grid::<T>::create_farm(RawOrigin::Signed(owner.clone()).into(), max_name(farm_id as u8))?;
+    Grid::<T>::create_farm(
+        RawOrigin::Signed(owner.clone()).into(),
+        max_name(farm_id as u8),
+    )?;
     for i in 0..ips {
-        Grid::<T>::add_farm_ip(RawOrigin::Signed(owner.clone()).into(), farm_id, Grid::<T>::test_ip(i))?;
+        Grid::<T>::add_farm_ip(
+            RawOrigin::Signed(owner.clone()).into(),
+            farm_id,
+            Grid::<T>::test_ip(i),
+        )?;
     }
     Ok(farm_id)
 }
@@ -95,7 +102,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(caller.clone()), name.clone());
 
-        assert_last_event::<T>(Event::FarmCreated { farm_id, owner: caller, name });
+        assert_last_event::<T>(Event::FarmCreated {
+            farm_id,
+            owner: caller,
+            name,
+        });
     }
 
     #[benchmark]
@@ -107,7 +118,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(caller.clone()), farm_id, name.clone());
 
-        assert_last_event::<T>(Event::FarmRenamed { farm_id, owner: caller, name });
+        assert_last_event::<T>(Event::FarmRenamed {
+            farm_id,
+            owner: caller,
+            name,
+        });
         Ok(())
     }
 
@@ -119,7 +134,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(caller.clone()), farm_id);
 
-        assert_last_event::<T>(Event::FarmRemoved { farm_id, owner: caller, ips_released: i });
+        assert_last_event::<T>(Event::FarmRemoved {
+            farm_id,
+            owner: caller,
+            ips_released: i,
+        });
         assert_eq!(IpOwner::<T>::iter().count(), 0);
         Ok(())
     }
@@ -151,7 +170,10 @@ mod benchmarks {
         #[extrinsic_call]
         _(origin as T::RuntimeOrigin, farm_id, 7);
 
-        assert_last_event::<T>(Event::FarmPricingPolicySet { farm_id, pricing_policy: 7 });
+        assert_last_event::<T>(Event::FarmPricingPolicySet {
+            farm_id,
+            pricing_policy: 7,
+        });
         Ok(())
     }
 
@@ -167,7 +189,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(caller.clone()), farm_id, ip);
 
-        assert_last_event::<T>(Event::FarmIpAdded { farm_id, owner: caller, ip });
+        assert_last_event::<T>(Event::FarmIpAdded {
+            farm_id,
+            owner: caller,
+            ip,
+        });
         Ok(())
     }
 
@@ -181,7 +207,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(caller.clone()), farm_id, ip);
 
-        assert_last_event::<T>(Event::FarmIpRemoved { farm_id, owner: caller, ip });
+        assert_last_event::<T>(Event::FarmIpRemoved {
+            farm_id,
+            owner: caller,
+            ip,
+        });
         Ok(())
     }
 
@@ -203,7 +233,11 @@ mod benchmarks {
             max_version(),
         );
 
-        assert_last_event::<T>(Event::NodeRegistered { node_id, farm_id, account: node });
+        assert_last_event::<T>(Event::NodeRegistered {
+            node_id,
+            farm_id,
+            account: node,
+        });
         Ok(())
     }
 
@@ -225,7 +259,11 @@ mod benchmarks {
             [2; 32],
         );
 
-        assert_last_event::<T>(Event::NodeUpdated { node_id, farm_id, account: node });
+        assert_last_event::<T>(Event::NodeUpdated {
+            node_id,
+            farm_id,
+            account: node,
+        });
         Ok(())
     }
 
@@ -306,7 +344,11 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(node.clone()), Power::Down);
 
-        assert_last_event::<T>(Event::PowerStateSet { node_id, account: node, state: Power::Down });
+        assert_last_event::<T>(Event::PowerStateSet {
+            node_id,
+            account: node,
+            state: Power::Down,
+        });
         Ok(())
     }
 

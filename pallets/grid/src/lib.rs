@@ -89,7 +89,8 @@ pub mod pallet {
 
     /// Lowercase farm name -> farm, for case-insensitive uniqueness.
     #[pallet::storage]
-    pub type FarmIdByName<T: Config> = StorageMap<_, Blake2_128Concat, FarmName, FarmId, OptionQuery>;
+    pub type FarmIdByName<T: Config> =
+        StorageMap<_, Blake2_128Concat, FarmName, FarmId, OptionQuery>;
 
     /// Id the next farm gets; ids start at 1 and are never reused.
     #[pallet::storage]
@@ -123,16 +124,50 @@ pub mod pallet {
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
-        FarmCreated { farm_id: FarmId, owner: T::AccountId, name: FarmName },
-        FarmRenamed { farm_id: FarmId, owner: T::AccountId, name: FarmName },
+        FarmCreated {
+            farm_id: FarmId,
+            owner: T::AccountId,
+            name: FarmName,
+        },
+        FarmRenamed {
+            farm_id: FarmId,
+            owner: T::AccountId,
+            name: FarmName,
+        },
         /// The farm and its whole (unassigned) IP pool are gone.
-        FarmRemoved { farm_id: FarmId, owner: T::AccountId, ips_released: u32 },
-        FarmCertificationSet { farm_id: FarmId, certification: FarmCertification },
-        FarmPricingPolicySet { farm_id: FarmId, pricing_policy: PricingPolicyId },
-        FarmIpAdded { farm_id: FarmId, owner: T::AccountId, ip: PublicIpv4Config },
-        FarmIpRemoved { farm_id: FarmId, owner: T::AccountId, ip: [u8; 4] },
-        NodeRegistered { node_id: NodeId, farm_id: FarmId, account: T::AccountId },
-        NodeUpdated { node_id: NodeId, farm_id: FarmId, account: T::AccountId },
+        FarmRemoved {
+            farm_id: FarmId,
+            owner: T::AccountId,
+            ips_released: u32,
+        },
+        FarmCertificationSet {
+            farm_id: FarmId,
+            certification: FarmCertification,
+        },
+        FarmPricingPolicySet {
+            farm_id: FarmId,
+            pricing_policy: PricingPolicyId,
+        },
+        FarmIpAdded {
+            farm_id: FarmId,
+            owner: T::AccountId,
+            ip: PublicIpv4Config,
+        },
+        FarmIpRemoved {
+            farm_id: FarmId,
+            owner: T::AccountId,
+            ip: [u8; 4],
+        },
+        NodeRegistered {
+            node_id: NodeId,
+            farm_id: FarmId,
+            account: T::AccountId,
+        },
+        NodeUpdated {
+            node_id: NodeId,
+            farm_id: FarmId,
+            account: T::AccountId,
+        },
         NodeRemoved {
             node_id: NodeId,
             farm_id: FarmId,
@@ -145,11 +180,28 @@ pub mod pallet {
             timestamp_ms: u64,
             uptime_seconds: u64,
         },
-        PowerTargetSet { node_id: NodeId, farm_id: FarmId, by: T::AccountId, target: Power },
-        PowerStateSet { node_id: NodeId, account: T::AccountId, state: Power },
+        PowerTargetSet {
+            node_id: NodeId,
+            farm_id: FarmId,
+            by: T::AccountId,
+            target: Power,
+        },
+        PowerStateSet {
+            node_id: NodeId,
+            account: T::AccountId,
+            state: Power,
+        },
         /// `reserved` is the node's total afterwards.
-        CapacityReserved { node_id: NodeId, resources: Resources, reserved: Resources },
-        CapacityReleased { node_id: NodeId, resources: Resources, reserved: Resources },
+        CapacityReserved {
+            node_id: NodeId,
+            resources: Resources,
+            reserved: Resources,
+        },
+        CapacityReleased {
+            node_id: NodeId,
+            resources: Resources,
+            reserved: Resources,
+        },
         PublicIpsAssigned {
             farm_id: FarmId,
             node_id: NodeId,
@@ -162,8 +214,14 @@ pub mod pallet {
             contract_id: ContractId,
             ips: Vec<[u8; 4]>,
         },
-        NodeContractStarted { node_id: NodeId, active_contracts: u32 },
-        NodeContractEnded { node_id: NodeId, active_contracts: u32 },
+        NodeContractStarted {
+            node_id: NodeId,
+            active_contracts: u32,
+        },
+        NodeContractEnded {
+            node_id: NodeId,
+            active_contracts: u32,
+        },
     }
 
     #[pallet::error]
@@ -260,7 +318,10 @@ pub mod pallet {
         pub fn create_farm(origin: OriginFor<T>, name: FarmName) -> DispatchResult {
             let owner = ensure_signed(origin)?;
             let key = Self::name_key(&name)?;
-            ensure!(!FarmIdByName::<T>::contains_key(&key), Error::<T>::FarmNameTaken);
+            ensure!(
+                !FarmIdByName::<T>::contains_key(&key),
+                Error::<T>::FarmNameTaken
+            );
             let farm_id = NextFarmId::<T>::get();
             let next = farm_id.checked_add(1).ok_or(Error::<T>::FarmIdsExhausted)?;
 
@@ -278,14 +339,22 @@ pub mod pallet {
             FarmIdByName::<T>::insert(key, farm_id);
             FarmNodeCount::<T>::insert(farm_id, 0);
             NextFarmId::<T>::put(next);
-            Self::deposit_event(Event::FarmCreated { farm_id, owner, name });
+            Self::deposit_event(Event::FarmCreated {
+                farm_id,
+                owner,
+                name,
+            });
             Ok(())
         }
 
         /// Renames a farm; changing only the letter case of its own name is allowed.
         #[pallet::call_index(1)]
         #[pallet::weight(T::WeightInfo::rename_farm())]
-        pub fn rename_farm(origin: OriginFor<T>, farm_id: FarmId, name: FarmName) -> DispatchResult {
+        pub fn rename_farm(
+            origin: OriginFor<T>,
+            farm_id: FarmId,
+            name: FarmName,
+        ) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let mut farm = Self::owned_farm(farm_id, &who)?;
             let key = Self::name_key(&name)?;
@@ -296,7 +365,11 @@ pub mod pallet {
             FarmIdByName::<T>::insert(key, farm_id);
             farm.name = name.clone();
             Farms::<T>::insert(farm_id, farm);
-            Self::deposit_event(Event::FarmRenamed { farm_id, owner: who, name });
+            Self::deposit_event(Event::FarmRenamed {
+                farm_id,
+                owner: who,
+                name,
+            });
             Ok(())
         }
 
@@ -306,7 +379,10 @@ pub mod pallet {
         pub fn remove_farm(origin: OriginFor<T>, farm_id: FarmId) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let farm = Self::owned_farm(farm_id, &who)?;
-            ensure!(FarmNodeCount::<T>::get(farm_id) == 0, Error::<T>::FarmHasNodes);
+            ensure!(
+                FarmNodeCount::<T>::get(farm_id) == 0,
+                Error::<T>::FarmHasNodes
+            );
             ensure!(
                 farm.public_ips.iter().all(|e| e.assigned.is_none()),
                 Error::<T>::FarmHasAssignedIps
@@ -318,7 +394,11 @@ pub mod pallet {
             FarmNodeCount::<T>::remove(farm_id);
             Farms::<T>::remove(farm_id);
             let ips_released = farm.public_ips.len() as u32;
-            Self::deposit_event(Event::FarmRemoved { farm_id, owner: who, ips_released });
+            Self::deposit_event(Event::FarmRemoved {
+                farm_id,
+                owner: who,
+                ips_released,
+            });
             Ok(Some(T::WeightInfo::remove_farm(ips_released)).into())
         }
 
@@ -335,7 +415,10 @@ pub mod pallet {
                 farm.certification = certification;
                 Ok(())
             })?;
-            Self::deposit_event(Event::FarmCertificationSet { farm_id, certification });
+            Self::deposit_event(Event::FarmCertificationSet {
+                farm_id,
+                certification,
+            });
             Ok(())
         }
 
@@ -352,7 +435,10 @@ pub mod pallet {
                 farm.pricing_policy = pricing_policy;
                 Ok(())
             })?;
-            Self::deposit_event(Event::FarmPricingPolicySet { farm_id, pricing_policy });
+            Self::deposit_event(Event::FarmPricingPolicySet {
+                farm_id,
+                pricing_policy,
+            });
             Ok(())
         }
 
@@ -367,14 +453,24 @@ pub mod pallet {
             let who = ensure_signed(origin)?;
             let mut farm = Self::owned_farm(farm_id, &who)?;
             validate_public_ipv4(&ip).map_err(Error::<T>::InvalidPublicIpv4)?;
-            ensure!(!IpOwner::<T>::contains_key(ip.ip.ip), Error::<T>::IpAlreadyRegistered);
+            ensure!(
+                !IpOwner::<T>::contains_key(ip.ip.ip),
+                Error::<T>::IpAlreadyRegistered
+            );
             let before = farm.public_ips.len() as u32;
             farm.public_ips
-                .try_push(PublicIpEntry { config: ip, assigned: None })
+                .try_push(PublicIpEntry {
+                    config: ip,
+                    assigned: None,
+                })
                 .map_err(|_| Error::<T>::TooManyFarmIps)?;
             IpOwner::<T>::insert(ip.ip.ip, IpHolder::Farm(farm_id));
             Farms::<T>::insert(farm_id, farm);
-            Self::deposit_event(Event::FarmIpAdded { farm_id, owner: who, ip });
+            Self::deposit_event(Event::FarmIpAdded {
+                farm_id,
+                owner: who,
+                ip,
+            });
             Ok(Some(T::WeightInfo::add_farm_ip(before)).into())
         }
 
@@ -400,7 +496,11 @@ pub mod pallet {
             farm.public_ips.remove(index);
             IpOwner::<T>::remove(ip);
             Farms::<T>::insert(farm_id, farm);
-            Self::deposit_event(Event::FarmIpRemoved { farm_id, owner: who, ip });
+            Self::deposit_event(Event::FarmIpRemoved {
+                farm_id,
+                owner: who,
+                ip,
+            });
             Ok(Some(T::WeightInfo::remove_farm_ip(before)).into())
         }
 
@@ -422,11 +522,22 @@ pub mod pallet {
                 Error::<T>::AccountAlreadyHasNode
             );
             ensure!(Farms::<T>::contains_key(farm_id), Error::<T>::FarmNotFound);
-            ensure!(capacity.all_at_least(&T::MinNodeCapacity::get()), Error::<T>::CapacityBelowMinimum);
-            Self::check_node_fields(&box_key, &location, public_config.as_ref(), &executor_version)?;
+            ensure!(
+                capacity.all_at_least(&T::MinNodeCapacity::get()),
+                Error::<T>::CapacityBelowMinimum
+            );
+            Self::check_node_fields(
+                &box_key,
+                &location,
+                public_config.as_ref(),
+                &executor_version,
+            )?;
             let ipv4 = public_config.as_ref().and_then(|c| c.ipv4).map(|c| c.ip.ip);
             if let Some(ip) = ipv4 {
-                ensure!(!IpOwner::<T>::contains_key(ip), Error::<T>::IpAlreadyRegistered);
+                ensure!(
+                    !IpOwner::<T>::contains_key(ip),
+                    Error::<T>::IpAlreadyRegistered
+                );
             }
             let node_id = NextNodeId::<T>::get();
             let next = node_id.checked_add(1).ok_or(Error::<T>::NodeIdsExhausted)?;
@@ -461,7 +572,11 @@ pub mod pallet {
                 IpOwner::<T>::insert(ip, IpHolder::Node(node_id));
             }
             NextNodeId::<T>::put(next);
-            Self::deposit_event(Event::NodeRegistered { node_id, farm_id, account });
+            Self::deposit_event(Event::NodeRegistered {
+                node_id,
+                farm_id,
+                account,
+            });
             Ok(())
         }
 
@@ -480,17 +595,28 @@ pub mod pallet {
             let account = ensure_signed(origin)?;
             let node_id = NodeIdByAccount::<T>::get(&account).ok_or(Error::<T>::NotANode)?;
             let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            ensure!(capacity.all_at_least(&T::MinNodeCapacity::get()), Error::<T>::CapacityBelowMinimum);
+            ensure!(
+                capacity.all_at_least(&T::MinNodeCapacity::get()),
+                Error::<T>::CapacityBelowMinimum
+            );
             ensure!(
                 node.reserved.fits_in(&capacity, T::CruOvercommit::get()),
                 Error::<T>::CapacityBelowReserved
             );
-            Self::check_node_fields(&box_key, &location, public_config.as_ref(), &executor_version)?;
+            Self::check_node_fields(
+                &box_key,
+                &location,
+                public_config.as_ref(),
+                &executor_version,
+            )?;
             let old_ip = Self::node_ipv4(&node);
             let new_ip = public_config.as_ref().and_then(|c| c.ipv4).map(|c| c.ip.ip);
             if old_ip != new_ip {
                 if let Some(ip) = new_ip {
-                    ensure!(!IpOwner::<T>::contains_key(ip), Error::<T>::IpAlreadyRegistered);
+                    ensure!(
+                        !IpOwner::<T>::contains_key(ip),
+                        Error::<T>::IpAlreadyRegistered
+                    );
                 }
                 if let Some(ip) = old_ip {
                     IpOwner::<T>::remove(ip);
@@ -506,7 +632,11 @@ pub mod pallet {
             node.box_key = box_key;
             let farm_id = node.farm_id;
             Nodes::<T>::insert(node_id, node);
-            Self::deposit_event(Event::NodeUpdated { node_id, farm_id, account });
+            Self::deposit_event(Event::NodeUpdated {
+                node_id,
+                farm_id,
+                account,
+            });
             Ok(())
         }
 
@@ -521,7 +651,10 @@ pub mod pallet {
                 let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
                 ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
             }
-            ensure!(node.active_contracts == 0, Error::<T>::NodeHasActiveContracts);
+            ensure!(
+                node.active_contracts == 0,
+                Error::<T>::NodeHasActiveContracts
+            );
             ensure!(node.assigned_ips == 0, Error::<T>::NodeHasAssignedIps);
 
             if let Some(ip) = Self::node_ipv4(&node) {
@@ -551,9 +684,12 @@ pub mod pallet {
             let continuous = match node.last_heartbeat {
                 Some(last) => {
                     let gap = now.saturating_sub(last.timestamp_ms);
-                    ensure!(gap >= T::MinHeartbeatIntervalMs::get(), Error::<T>::HeartbeatTooSoon);
+                    ensure!(
+                        gap >= T::MinHeartbeatIntervalMs::get(),
+                        Error::<T>::HeartbeatTooSoon
+                    );
                     gap <= T::HeartbeatTimeoutMs::get()
-                },
+                }
                 None => false,
             };
             if !continuous {
@@ -588,12 +724,20 @@ pub mod pallet {
             let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
             Self::owned_farm(node.farm_id, &who)?;
             if target == Power::Down {
-                ensure!(node.active_contracts == 0, Error::<T>::NodeHasActiveContracts);
+                ensure!(
+                    node.active_contracts == 0,
+                    Error::<T>::NodeHasActiveContracts
+                );
             }
             node.power_target = target;
             let farm_id = node.farm_id;
             Nodes::<T>::insert(node_id, node);
-            Self::deposit_event(Event::PowerTargetSet { node_id, farm_id, by: who, target });
+            Self::deposit_event(Event::PowerTargetSet {
+                node_id,
+                farm_id,
+                by: who,
+                target,
+            });
             Ok(())
         }
 
@@ -605,11 +749,18 @@ pub mod pallet {
             let node_id = NodeIdByAccount::<T>::get(&account).ok_or(Error::<T>::NotANode)?;
             let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
             if state == Power::Down {
-                ensure!(node.active_contracts == 0, Error::<T>::NodeHasActiveContracts);
+                ensure!(
+                    node.active_contracts == 0,
+                    Error::<T>::NodeHasActiveContracts
+                );
             }
             node.power_state = state;
             Nodes::<T>::insert(node_id, node);
-            Self::deposit_event(Event::PowerStateSet { node_id, account, state });
+            Self::deposit_event(Event::PowerStateSet {
+                node_id,
+                account,
+                state,
+            });
             Ok(())
         }
     }
@@ -637,7 +788,11 @@ pub mod pallet {
         pub fn free_public_ips(farm_id: FarmId) -> Vec<PublicIpv4Config> {
             Farms::<T>::get(farm_id)
                 .map(|f| {
-                    f.public_ips.iter().filter(|e| e.assigned.is_none()).map(|e| e.config).collect()
+                    f.public_ips
+                        .iter()
+                        .filter(|e| e.assigned.is_none())
+                        .map(|e| e.config)
+                        .collect()
                 })
                 .unwrap_or_default()
         }
@@ -667,9 +822,13 @@ impl<T: Config> Pallet<T> {
 
     /// Validates a farm name and returns its index key.
     fn name_key(name: &FarmName) -> Result<FarmName, Error<T>> {
-        ensure!(name.len() as u32 >= MIN_FARM_NAME_LEN, Error::<T>::FarmNameTooShort);
         ensure!(
-            name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-'),
+            name.len() as u32 >= MIN_FARM_NAME_LEN,
+            Error::<T>::FarmNameTooShort
+        );
+        ensure!(
+            name.iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-'),
             Error::<T>::FarmNameInvalidCharacter
         );
         Ok(Self::lowercase(name))
@@ -690,13 +849,13 @@ impl<T: Config> Pallet<T> {
         // The all-zero point is a low-order x25519 key: sealing to it protects nothing.
         ensure!(box_key.iter().any(|b| *b != 0), Error::<T>::InvalidBoxKey);
         ensure!(
-            (-MAX_LATITUDE..=MAX_LATITUDE).contains(&location.latitude) &&
-                (-MAX_LONGITUDE..=MAX_LONGITUDE).contains(&location.longitude),
+            (-MAX_LATITUDE..=MAX_LATITUDE).contains(&location.latitude)
+                && (-MAX_LONGITUDE..=MAX_LONGITUDE).contains(&location.longitude),
             Error::<T>::InvalidCoordinates
         );
         ensure!(
-            core::str::from_utf8(&location.city).is_ok() &&
-                core::str::from_utf8(&location.country).is_ok(),
+            core::str::from_utf8(&location.city).is_ok()
+                && core::str::from_utf8(&location.country).is_ok(),
             Error::<T>::InvalidLocationName
         );
         ensure!(
@@ -718,18 +877,26 @@ impl<T: Config> Pallet<T> {
     }
 
     fn node_ipv4(node: &Node<T>) -> Option<[u8; 4]> {
-        node.public_config.as_ref().and_then(|c| c.ipv4).map(|c| c.ip.ip)
+        node.public_config
+            .as_ref()
+            .and_then(|c| c.ipv4)
+            .map(|c| c.ip.ip)
     }
 
     fn free_of(node: &Node<T>) -> Resources {
-        node.capacity.with_cru_overcommit(T::CruOvercommit::get()).saturating_sub(&node.reserved)
+        node.capacity
+            .with_cru_overcommit(T::CruOvercommit::get())
+            .saturating_sub(&node.reserved)
     }
 
     fn status_of(node: &Node<T>) -> NodeStatus {
         match node.last_heartbeat {
-            Some(hb) if Self::now_ms().saturating_sub(hb.timestamp_ms) <=
-                T::HeartbeatTimeoutMs::get() =>
-                NodeStatus::Online,
+            Some(hb)
+                if Self::now_ms().saturating_sub(hb.timestamp_ms)
+                    <= T::HeartbeatTimeoutMs::get() =>
+            {
+                NodeStatus::Online
+            }
             _ => NodeStatus::Offline,
         }
     }
@@ -737,13 +904,15 @@ impl<T: Config> Pallet<T> {
 
 /// RFC 1123 host name: dot-separated labels of 1-63 letters, digits and inner hyphens.
 fn is_valid_domain(domain: &[u8]) -> bool {
-    !domain.is_empty() &&
-        domain.split(|c| *c == b'.').all(|label| {
-            !label.is_empty() &&
-                label.len() <= 63 &&
-                label.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') &&
-                label.first() != Some(&b'-') &&
-                label.last() != Some(&b'-')
+    !domain.is_empty()
+        && domain.split(|c| *c == b'.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+                && label.first() != Some(&b'-')
+                && label.last() != Some(&b'-')
         })
 }
 
@@ -770,8 +939,14 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
 
     fn node_accepts_workloads(node: NodeId) -> Result<(), DispatchError> {
         let node = Nodes::<T>::get(node).ok_or(Error::<T>::NodeNotFound)?;
-        ensure!(Self::status_of(&node) == NodeStatus::Online, Error::<T>::NodeOffline);
-        ensure!(node.power_target == Power::Up, Error::<T>::NodePowerTargetDown);
+        ensure!(
+            Self::status_of(&node) == NodeStatus::Online,
+            Error::<T>::NodeOffline
+        );
+        ensure!(
+            node.power_target == Power::Up,
+            Error::<T>::NodePowerTargetDown
+        );
         ensure!(node.power_state == Power::Up, Error::<T>::NodePoweredDown);
         Ok(())
     }
@@ -782,24 +957,37 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
 
     fn reserve(node_id: NodeId, resources: &Resources) -> DispatchResult {
         let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        let reserved = node.reserved.checked_add(resources).ok_or(Error::<T>::CapacityOverflow)?;
+        let reserved = node
+            .reserved
+            .checked_add(resources)
+            .ok_or(Error::<T>::CapacityOverflow)?;
         ensure!(
             reserved.fits_in(&node.capacity, T::CruOvercommit::get()),
             Error::<T>::InsufficientCapacity
         );
         node.reserved = reserved;
         Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::CapacityReserved { node_id, resources: *resources, reserved });
+        Self::deposit_event(Event::CapacityReserved {
+            node_id,
+            resources: *resources,
+            reserved,
+        });
         Ok(())
     }
 
     fn release(node_id: NodeId, resources: &Resources) -> DispatchResult {
         let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        let reserved =
-            node.reserved.checked_sub(resources).ok_or(Error::<T>::ReleaseExceedsReserved)?;
+        let reserved = node
+            .reserved
+            .checked_sub(resources)
+            .ok_or(Error::<T>::ReleaseExceedsReserved)?;
         node.reserved = reserved;
         Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::CapacityReleased { node_id, resources: *resources, reserved });
+        Self::deposit_event(Event::CapacityReleased {
+            node_id,
+            resources: *resources,
+            reserved,
+        });
         Ok(())
     }
 
@@ -823,12 +1011,18 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
             .take(count as usize)
             .collect();
         ensure!(free.len() as u32 == count, Error::<T>::NotEnoughFreeIps);
-        node.assigned_ips = node.assigned_ips.checked_add(count).ok_or(Error::<T>::CounterOverflow)?;
+        node.assigned_ips = node
+            .assigned_ips
+            .checked_add(count)
+            .ok_or(Error::<T>::CounterOverflow)?;
 
         let mut configs = Vec::with_capacity(free.len());
         for i in free {
             if let Some(entry) = farm.public_ips.get_mut(i) {
-                entry.assigned = Some(IpAssignment { contract, node: node_id });
+                entry.assigned = Some(IpAssignment {
+                    contract,
+                    node: node_id,
+                });
                 configs.push(entry.config);
             }
         }
@@ -847,7 +1041,10 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
         let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
         let farm_id = node.farm_id;
         let mut farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-        let holder = Some(IpAssignment { contract, node: node_id });
+        let holder = Some(IpAssignment {
+            contract,
+            node: node_id,
+        });
         let mut ips = Vec::new();
         for entry in farm.public_ips.iter_mut().filter(|e| e.assigned == holder) {
             entry.assigned = None;
@@ -860,27 +1057,42 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
         node.assigned_ips = node.assigned_ips.saturating_sub(ips.len() as u32);
         Farms::<T>::insert(farm_id, farm);
         Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::PublicIpsReleased { farm_id, node_id, contract_id: contract, ips });
+        Self::deposit_event(Event::PublicIpsReleased {
+            farm_id,
+            node_id,
+            contract_id: contract,
+            ips,
+        });
         Ok(())
     }
 
     fn contract_started(node_id: NodeId) -> DispatchResult {
         let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        node.active_contracts =
-            node.active_contracts.checked_add(1).ok_or(Error::<T>::CounterOverflow)?;
+        node.active_contracts = node
+            .active_contracts
+            .checked_add(1)
+            .ok_or(Error::<T>::CounterOverflow)?;
         let active_contracts = node.active_contracts;
         Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::NodeContractStarted { node_id, active_contracts });
+        Self::deposit_event(Event::NodeContractStarted {
+            node_id,
+            active_contracts,
+        });
         Ok(())
     }
 
     fn contract_ended(node_id: NodeId) -> DispatchResult {
         let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        node.active_contracts =
-            node.active_contracts.checked_sub(1).ok_or(Error::<T>::NoActiveContracts)?;
+        node.active_contracts = node
+            .active_contracts
+            .checked_sub(1)
+            .ok_or(Error::<T>::NoActiveContracts)?;
         let active_contracts = node.active_contracts;
         Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::NodeContractEnded { node_id, active_contracts });
+        Self::deposit_event(Event::NodeContractEnded {
+            node_id,
+            active_contracts,
+        });
         Ok(())
     }
 }
@@ -908,20 +1120,26 @@ impl<T: Config> Pallet<T> {
             );
             let members = NodesByFarm::<T>::iter_key_prefix(farm_id).count() as u32;
             ensure!(
-                FarmNodeCount::<T>::contains_key(farm_id) &&
-                    FarmNodeCount::<T>::get(farm_id) == members,
+                FarmNodeCount::<T>::contains_key(farm_id)
+                    && FarmNodeCount::<T>::get(farm_id) == members,
                 "farm node count differs from its members"
             );
             for entry in farm.public_ips.iter() {
                 validate_public_ipv4(&entry.config).map_err(|_| "stored farm IP is invalid")?;
                 ensure!(
-                    claimed_ips.insert(entry.config.ip.ip, IpHolder::Farm(farm_id)).is_none(),
+                    claimed_ips
+                        .insert(entry.config.ip.ip, IpHolder::Farm(farm_id))
+                        .is_none(),
                     "IP listed twice"
                 );
                 if let Some(assignment) = entry.assigned {
                     // The holder is a live node of this farm that has the IP in its counter.
-                    let node = Nodes::<T>::get(assignment.node).ok_or("IP assigned to a missing node")?;
-                    ensure!(node.farm_id == farm_id, "IP assigned to a node of another farm");
+                    let node =
+                        Nodes::<T>::get(assignment.node).ok_or("IP assigned to a missing node")?;
+                    ensure!(
+                        node.farm_id == farm_id,
+                        "IP assigned to a node of another farm"
+                    );
                     let n = ips_per_node.entry(assignment.node).or_insert(0);
                     *n = n.saturating_add(1);
                 }
@@ -929,16 +1147,25 @@ impl<T: Config> Pallet<T> {
         }
         for (key, farm_id) in FarmIdByName::<T>::iter() {
             let farm = Farms::<T>::get(farm_id).ok_or("name index points at a missing farm")?;
-            ensure!(Self::lowercase(&farm.name) == key, "name index key is not the farm's name");
+            ensure!(
+                Self::lowercase(&farm.name) == key,
+                "name index key is not the farm's name"
+            );
         }
         for (farm_id, _) in FarmNodeCount::<T>::iter() {
-            ensure!(Farms::<T>::contains_key(farm_id), "node count kept for a missing farm");
+            ensure!(
+                Farms::<T>::contains_key(farm_id),
+                "node count kept for a missing farm"
+            );
         }
 
         for (node_id, node) in Nodes::<T>::iter() {
             ensure!(node.id == node_id, "node stored under another id");
             ensure!(node_id < next_node, "node id not below NextNodeId");
-            ensure!(Farms::<T>::contains_key(node.farm_id), "node of a missing farm");
+            ensure!(
+                Farms::<T>::contains_key(node.farm_id),
+                "node of a missing farm"
+            );
             ensure!(
                 NodesByFarm::<T>::contains_key(node.farm_id, node_id),
                 "node missing from its farm's index"
@@ -947,7 +1174,10 @@ impl<T: Config> Pallet<T> {
                 NodeIdByAccount::<T>::get(&node.account) == Some(node_id),
                 "account index does not point at the node"
             );
-            ensure!(node.reserved.fits_in(&node.capacity, overcommit), "reserved above capacity");
+            ensure!(
+                node.reserved.fits_in(&node.capacity, overcommit),
+                "reserved above capacity"
+            );
             ensure!(
                 ips_per_node.get(&node_id).copied().unwrap_or(0) == node.assigned_ips,
                 "node IP counter differs from the farm's assignments"
@@ -961,11 +1191,17 @@ impl<T: Config> Pallet<T> {
         }
         for (account, node_id) in NodeIdByAccount::<T>::iter() {
             let node = Nodes::<T>::get(node_id).ok_or("account index points at a missing node")?;
-            ensure!(node.account == account, "account index key is not the node's account");
+            ensure!(
+                node.account == account,
+                "account index key is not the node's account"
+            );
         }
         for (farm_id, node_id, ()) in NodesByFarm::<T>::iter() {
             let node = Nodes::<T>::get(node_id).ok_or("farm index points at a missing node")?;
-            ensure!(node.farm_id == farm_id, "farm index puts the node in another farm");
+            ensure!(
+                node.farm_id == farm_id,
+                "farm index puts the node in another farm"
+            );
         }
 
         ensure!(
@@ -973,7 +1209,10 @@ impl<T: Config> Pallet<T> {
             "IP index size differs from the IPs held"
         );
         for (ip, holder) in claimed_ips {
-            ensure!(IpOwner::<T>::get(ip) == Some(holder), "IP index does not point at the holder");
+            ensure!(
+                IpOwner::<T>::get(ip) == Some(holder),
+                "IP index does not point at the holder"
+            );
         }
         Ok(())
     }
@@ -1012,8 +1251,12 @@ impl<T: Config> Pallet<T> {
         )?;
         for i in 0..ip_count {
             let seed = farm_id.wrapping_mul(4096).wrapping_add(i);
-            Self::add_farm_ip(RawOrigin::Signed(farm_owner.clone()).into(), farm_id, Self::test_ip(seed))
-                .map_err(|e| e.error)?;
+            Self::add_farm_ip(
+                RawOrigin::Signed(farm_owner.clone()).into(),
+                farm_id,
+                Self::test_ip(seed),
+            )
+            .map_err(|e| e.error)?;
         }
         Self::register_node(
             RawOrigin::Signed(node_account.clone()).into(),

@@ -64,7 +64,9 @@ impl pallet_grid::Config for Test {
 }
 
 pub fn new_test_ext() -> sp_io::TestExternalities {
-    let storage = frame_system::GenesisConfig::<Test>::default().build_storage().unwrap();
+    let storage = frame_system::GenesisConfig::<Test>::default()
+        .build_storage()
+        .unwrap();
     let mut ext = sp_io::TestExternalities::new(storage);
     ext.execute_with(|| {
         // Events are only collected from block 1 on.

@@ -27,7 +27,10 @@ fn name(s: &str) -> FarmName {
 }
 
 fn ipv4(ip: [u8; 4], prefix_len: u8, gateway: [u8; 4]) -> PublicIpv4Config {
-    PublicIpv4Config { ip: Ipv4Cidr { ip, prefix_len }, gateway }
+    PublicIpv4Config {
+        ip: Ipv4Cidr { ip, prefix_len },
+        gateway,
+    }
 }
 
 fn farm_ip(last: u8) -> PublicIpv4Config {
@@ -90,12 +93,27 @@ fn node(id: NodeId) -> Node<Test> {
     Nodes::<Test>::get(id).unwrap()
 }
 
-fn update(account: u64, capacity: Resources, public_config: Option<PublicConfig>) -> DispatchResult {
-    Grid::update_node(signed(account), capacity, location(), public_config, version(), [9; 32])
+fn update(
+    account: u64,
+    capacity: Resources,
+    public_config: Option<PublicConfig>,
+) -> DispatchResult {
+    Grid::update_node(
+        signed(account),
+        capacity,
+        location(),
+        public_config,
+        version(),
+        [9; 32],
+    )
 }
 
 fn public_v4(ip: PublicIpv4Config) -> Option<PublicConfig> {
-    Some(PublicConfig { ipv4: Some(ip), ipv6: None, domain: None })
+    Some(PublicConfig {
+        ipv4: Some(ip),
+        ipv6: None,
+        domain: None,
+    })
 }
 
 // ---------------------------------------------------------------- farms
@@ -114,7 +132,12 @@ fn create_farm_stores_farm_and_indexes() {
         assert_eq!(FarmNodeCount::<Test>::get(id), 0);
         assert_eq!(NextFarmId::<Test>::get(), 2);
         System::assert_last_event(
-            GridEvent::FarmCreated { farm_id: id, owner: FARMER, name: name("My-Farm_1") }.into(),
+            GridEvent::FarmCreated {
+                farm_id: id,
+                owner: FARMER,
+                name: name("My-Farm_1"),
+            }
+            .into(),
         );
         assert_eq!(create_farm(OTHER, "second"), 2);
     });
@@ -123,9 +146,22 @@ fn create_farm_stores_farm_and_indexes() {
 #[test]
 fn farm_name_rules() {
     run_test(|| {
-        assert_noop!(Grid::create_farm(signed(FARMER), name("ab")), GridError::FarmNameTooShort);
-        assert_noop!(Grid::create_farm(signed(FARMER), name("")), GridError::FarmNameTooShort);
-        for bad in ["my farm", "farm.io", "farm/1", "ferm\u{e9}", "farm!", "a\0b"] {
+        assert_noop!(
+            Grid::create_farm(signed(FARMER), name("ab")),
+            GridError::FarmNameTooShort
+        );
+        assert_noop!(
+            Grid::create_farm(signed(FARMER), name("")),
+            GridError::FarmNameTooShort
+        );
+        for bad in [
+            "my farm",
+            "farm.io",
+            "farm/1",
+            "ferm\u{e9}",
+            "farm!",
+            "a\0b",
+        ] {
             assert_noop!(
                 Grid::create_farm(signed(FARMER), name(bad)),
                 GridError::FarmNameInvalidCharacter
@@ -143,7 +179,10 @@ fn farm_names_are_unique_case_insensitively() {
     run_test(|| {
         let id = create_farm(FARMER, "MyFarm");
         for clash in ["myfarm", "MYFARM", "mYfArM"] {
-            assert_noop!(Grid::create_farm(signed(OTHER), name(clash)), GridError::FarmNameTaken);
+            assert_noop!(
+                Grid::create_farm(signed(OTHER), name(clash)),
+                GridError::FarmNameTaken
+            );
         }
         // The display name keeps its case; look-ups ignore it.
         assert_eq!(Farms::<Test>::get(id).unwrap().name, name("MyFarm"));
@@ -157,7 +196,10 @@ fn farm_names_are_unique_case_insensitively() {
 fn farm_ids_exhausted() {
     run_test(|| {
         NextFarmId::<Test>::put(u32::MAX);
-        assert_noop!(Grid::create_farm(signed(FARMER), name("last")), GridError::FarmIdsExhausted);
+        assert_noop!(
+            Grid::create_farm(signed(FARMER), name("last")),
+            GridError::FarmIdsExhausted
+        );
     });
 }
 
@@ -168,7 +210,12 @@ fn rename_farm_moves_the_name_index() {
         create_farm(OTHER, "beta");
         assert_ok!(Grid::rename_farm(signed(FARMER), id, name("Gamma")));
         System::assert_last_event(
-            GridEvent::FarmRenamed { farm_id: id, owner: FARMER, name: name("Gamma") }.into(),
+            GridEvent::FarmRenamed {
+                farm_id: id,
+                owner: FARMER,
+                name: name("Gamma"),
+            }
+            .into(),
         );
         assert_eq!(FarmIdByName::<Test>::get(name("alpha")), None);
         assert_eq!(FarmIdByName::<Test>::get(name("gamma")), Some(id));
@@ -178,10 +225,22 @@ fn rename_farm_moves_the_name_index() {
         // The old name is free again.
         create_farm(OTHER, "alpha");
 
-        assert_noop!(Grid::rename_farm(signed(FARMER), id, name("BETA")), GridError::FarmNameTaken);
-        assert_noop!(Grid::rename_farm(signed(OTHER), id, name("delta")), GridError::NotFarmOwner);
-        assert_noop!(Grid::rename_farm(signed(FARMER), 99, name("delta")), GridError::FarmNotFound);
-        assert_noop!(Grid::rename_farm(signed(FARMER), id, name("de")), GridError::FarmNameTooShort);
+        assert_noop!(
+            Grid::rename_farm(signed(FARMER), id, name("BETA")),
+            GridError::FarmNameTaken
+        );
+        assert_noop!(
+            Grid::rename_farm(signed(OTHER), id, name("delta")),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::rename_farm(signed(FARMER), 99, name("delta")),
+            GridError::FarmNotFound
+        );
+        assert_noop!(
+            Grid::rename_farm(signed(FARMER), id, name("de")),
+            GridError::FarmNameTooShort
+        );
         assert_noop!(
             Grid::rename_farm(signed(FARMER), id, name("de lta")),
             GridError::FarmNameInvalidCharacter
@@ -196,13 +255,27 @@ fn remove_farm_cleans_every_index() {
         for i in 0..MAX_IPS as u8 {
             assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10 + i)));
         }
-        assert_noop!(Grid::remove_farm(signed(OTHER), id), GridError::NotFarmOwner);
-        assert_noop!(Grid::remove_farm(signed(FARMER), 99), GridError::FarmNotFound);
+        assert_noop!(
+            Grid::remove_farm(signed(OTHER), id),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::remove_farm(signed(FARMER), 99),
+            GridError::FarmNotFound
+        );
         let result = Grid::remove_farm(signed(FARMER), id).unwrap();
         // The fee is for the IPs actually removed.
-        assert_eq!(result.actual_weight, Some(<() as WeightInfo>::remove_farm(MAX_IPS)));
+        assert_eq!(
+            result.actual_weight,
+            Some(<() as WeightInfo>::remove_farm(MAX_IPS))
+        );
         System::assert_last_event(
-            GridEvent::FarmRemoved { farm_id: id, owner: FARMER, ips_released: MAX_IPS }.into(),
+            GridEvent::FarmRemoved {
+                farm_id: id,
+                owner: FARMER,
+                ips_released: MAX_IPS,
+            }
+            .into(),
         );
         assert_eq!(Farms::<Test>::iter().count(), 0);
         assert_eq!(FarmIdByName::<Test>::iter().count(), 0);
@@ -220,14 +293,20 @@ fn remove_farm_refuses_with_nodes_or_assigned_ips() {
     // Not `run_test`: reaching the second check needs a state the pallet never produces.
     new_test_ext().execute_with(|| {
         let (farm, node_id) = farm_with_online_node(2);
-        assert_noop!(Grid::remove_farm(signed(FARMER), farm), GridError::FarmHasNodes);
+        assert_noop!(
+            Grid::remove_farm(signed(FARMER), farm),
+            GridError::FarmHasNodes
+        );
         assert_ok!(Grid::assign_public_ips(node_id, 7, 1));
         // Simulate the node having vanished without its assignments being released, to reach
         // the second check (the pallet itself never allows this state).
         Nodes::<Test>::mutate(node_id, |n| n.as_mut().unwrap().assigned_ips = 0);
         NodesByFarm::<Test>::remove(farm, node_id);
         FarmNodeCount::<Test>::insert(farm, 0);
-        assert_noop!(Grid::remove_farm(signed(FARMER), farm), GridError::FarmHasAssignedIps);
+        assert_noop!(
+            Grid::remove_farm(signed(FARMER), farm),
+            GridError::FarmHasAssignedIps
+        );
     });
 }
 
@@ -243,21 +322,38 @@ fn governance_sets_certification_and_pricing_policy() {
             Grid::set_farm_certification(RuntimeOrigin::root(), 99, FarmCertification::Gold),
             GridError::FarmNotFound
         );
-        assert_ok!(Grid::set_farm_certification(RuntimeOrigin::root(), id, FarmCertification::Gold));
+        assert_ok!(Grid::set_farm_certification(
+            RuntimeOrigin::root(),
+            id,
+            FarmCertification::Gold
+        ));
         System::assert_last_event(
-            GridEvent::FarmCertificationSet { farm_id: id, certification: FarmCertification::Gold }
-                .into(),
+            GridEvent::FarmCertificationSet {
+                farm_id: id,
+                certification: FarmCertification::Gold,
+            }
+            .into(),
         );
-        assert_eq!(Farms::<Test>::get(id).unwrap().certification, FarmCertification::Gold);
+        assert_eq!(
+            Farms::<Test>::get(id).unwrap().certification,
+            FarmCertification::Gold
+        );
 
-        assert_noop!(Grid::set_farm_pricing_policy(signed(FARMER), id, 3), DispatchError::BadOrigin);
+        assert_noop!(
+            Grid::set_farm_pricing_policy(signed(FARMER), id, 3),
+            DispatchError::BadOrigin
+        );
         assert_noop!(
             Grid::set_farm_pricing_policy(RuntimeOrigin::root(), 99, 3),
             GridError::FarmNotFound
         );
         assert_ok!(Grid::set_farm_pricing_policy(RuntimeOrigin::root(), id, 3));
         System::assert_last_event(
-            GridEvent::FarmPricingPolicySet { farm_id: id, pricing_policy: 3 }.into(),
+            GridEvent::FarmPricingPolicySet {
+                farm_id: id,
+                pricing_policy: 3,
+            }
+            .into(),
         );
         assert_eq!(Grid::farm_pricing_policy(id), Some(3));
         assert_eq!(Grid::farm_pricing_policy(99), None);
@@ -273,9 +369,17 @@ fn add_farm_ip_validates_and_indexes() {
         let other = create_farm(OTHER, "other");
         assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10)));
         System::assert_last_event(
-            GridEvent::FarmIpAdded { farm_id: id, owner: FARMER, ip: farm_ip(10) }.into(),
+            GridEvent::FarmIpAdded {
+                farm_id: id,
+                owner: FARMER,
+                ip: farm_ip(10),
+            }
+            .into(),
         );
-        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 10]), Some(IpHolder::Farm(id)));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 10]),
+            Some(IpHolder::Farm(id))
+        );
         assert_eq!(Grid::free_public_ips(id), vec![farm_ip(10)]);
 
         // Unique chain-wide, whatever the prefix or gateway.
@@ -284,7 +388,11 @@ fn add_farm_ip_validates_and_indexes() {
             GridError::IpAlreadyRegistered
         );
         assert_noop!(
-            Grid::add_farm_ip(signed(OTHER), other, ipv4([185, 69, 166, 10], 25, [185, 69, 166, 2])),
+            Grid::add_farm_ip(
+                signed(OTHER),
+                other,
+                ipv4([185, 69, 166, 10], 25, [185, 69, 166, 2])
+            ),
             GridError::IpAlreadyRegistered
         );
         assert_noop!(
@@ -292,11 +400,21 @@ fn add_farm_ip_validates_and_indexes() {
             GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
         );
         assert_noop!(
-            Grid::add_farm_ip(signed(FARMER), id, ipv4([185, 69, 166, 20], 24, [185, 69, 166, 20])),
+            Grid::add_farm_ip(
+                signed(FARMER),
+                id,
+                ipv4([185, 69, 166, 20], 24, [185, 69, 166, 20])
+            ),
             GridError::InvalidPublicIpv4(IpError::GatewayEqualsIp)
         );
-        assert_noop!(Grid::add_farm_ip(signed(OTHER), id, farm_ip(11)), GridError::NotFarmOwner);
-        assert_noop!(Grid::add_farm_ip(signed(FARMER), 99, farm_ip(11)), GridError::FarmNotFound);
+        assert_noop!(
+            Grid::add_farm_ip(signed(OTHER), id, farm_ip(11)),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), 99, farm_ip(11)),
+            GridError::FarmNotFound
+        );
     });
 }
 
@@ -312,7 +430,10 @@ fn add_farm_ip_refuses_a_node_address_and_a_full_pool() {
         for i in 0..MAX_IPS as u8 {
             assert_ok!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(10 + i)));
         }
-        assert_noop!(Grid::add_farm_ip(signed(FARMER), id, farm_ip(100)), GridError::TooManyFarmIps);
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, farm_ip(100)),
+            GridError::TooManyFarmIps
+        );
     });
 }
 
@@ -337,10 +458,18 @@ fn remove_farm_ip_rules() {
             Grid::remove_farm_ip(signed(FARMER), farm, assigned[0].ip.ip),
             GridError::IpAssigned
         );
-        assert_ok!(Grid::remove_farm_ip(signed(FARMER), farm, [185, 69, 166, 11]));
+        assert_ok!(Grid::remove_farm_ip(
+            signed(FARMER),
+            farm,
+            [185, 69, 166, 11]
+        ));
         System::assert_last_event(
-            GridEvent::FarmIpRemoved { farm_id: farm, owner: FARMER, ip: [185, 69, 166, 11] }
-                .into(),
+            GridEvent::FarmIpRemoved {
+                farm_id: farm,
+                owner: FARMER,
+                ip: [185, 69, 166, 11],
+            }
+            .into(),
         );
         assert_eq!(IpOwner::<Test>::get([185, 69, 166, 11]), None);
         assert_eq!(Farms::<Test>::get(farm).unwrap().public_ips.len(), 1);
@@ -356,14 +485,22 @@ fn register_node_stores_node_and_indexes() {
         let config = PublicConfig {
             ipv4: Some(farm_ip(50)),
             ipv6: Some(PublicIpv6Config {
-                ip: Ipv6Cidr { ip: (0x2a02_1802_005eu128 << 80 | 0x10).to_be_bytes(), prefix_len: 64 },
+                ip: Ipv6Cidr {
+                    ip: (0x2a02_1802_005eu128 << 80 | 0x10).to_be_bytes(),
+                    prefix_len: 64,
+                },
                 gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
             }),
             domain: Some(Domain::truncate_from(b"node-1.example.com".to_vec())),
         };
         let id = register_with(NODE, farm, Some(config.clone()));
         System::assert_last_event(
-            GridEvent::NodeRegistered { node_id: id, farm_id: farm, account: NODE }.into(),
+            GridEvent::NodeRegistered {
+                node_id: id,
+                farm_id: farm,
+                account: NODE,
+            }
+            .into(),
         );
         let n = node(id);
         assert_eq!((n.id, n.farm_id, n.account), (id, farm, NODE));
@@ -371,23 +508,45 @@ fn register_node_stores_node_and_indexes() {
         assert!(n.reserved.is_zero());
         assert_eq!(n.public_config, Some(config));
         assert_eq!((n.power_target, n.power_state), (Power::Up, Power::Up));
-        assert_eq!((n.active_contracts, n.assigned_ips, n.uptime_seconds), (0, 0, 0));
+        assert_eq!(
+            (n.active_contracts, n.assigned_ips, n.uptime_seconds),
+            (0, 0, 0)
+        );
         assert_eq!(n.last_heartbeat, None);
         assert_eq!(n.registered_at, 1);
         assert_eq!(Grid::node_by_account(NODE), Some(id));
         assert_eq!(Grid::nodes_of_farm(farm), vec![id]);
         assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
-        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 50]), Some(IpHolder::Node(id)));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 50]),
+            Some(IpHolder::Node(id))
+        );
         // No heartbeat yet: registered but not online.
         assert_eq!(Grid::node_status(id), Some(NodeStatus::Offline));
         assert_eq!(Grid::node_status(99), None);
 
         assert_noop!(
-            Grid::register_node(signed(NODE), farm, capacity(), [9; 32], location(), None, version()),
+            Grid::register_node(
+                signed(NODE),
+                farm,
+                capacity(),
+                [9; 32],
+                location(),
+                None,
+                version()
+            ),
             GridError::AccountAlreadyHasNode
         );
         assert_noop!(
-            Grid::register_node(signed(NODE2), farm, capacity(), [9; 32], location(), public_v4(farm_ip(50)), version()),
+            Grid::register_node(
+                signed(NODE2),
+                farm,
+                capacity(),
+                [9; 32],
+                location(),
+                public_v4(farm_ip(50)),
+                version()
+            ),
             GridError::IpAlreadyRegistered
         );
     });
@@ -414,12 +573,24 @@ fn register_node_rejects_bad_fields() {
             )
         };
         let v = b"v1".as_slice();
-        assert_noop!(reg(99, capacity(), [9; 32], location(), None, v), GridError::FarmNotFound);
+        assert_noop!(
+            reg(99, capacity(), [9; 32], location(), None, v),
+            GridError::FarmNotFound
+        );
         let min = MinCapacity::get();
         for below in [
-            Resources { cru: min.cru - 1, ..capacity() },
-            Resources { mru: min.mru - 1, ..capacity() },
-            Resources { sru: min.sru - 1, ..capacity() },
+            Resources {
+                cru: min.cru - 1,
+                ..capacity()
+            },
+            Resources {
+                mru: min.mru - 1,
+                ..capacity()
+            },
+            Resources {
+                sru: min.sru - 1,
+                ..capacity()
+            },
         ] {
             assert_noop!(
                 reg(farm, below, [9; 32], location(), None, v),
@@ -430,21 +601,46 @@ fn register_node_rejects_bad_fields() {
         assert_ok!(reg(farm, min, [9; 32], location(), None, v));
         assert_ok!(Grid::remove_node(signed(NODE), 1));
 
-        assert_noop!(reg(farm, capacity(), [0; 32], location(), None, v), GridError::InvalidBoxKey);
-        for (lat, lon) in [(90_000_001, 0), (-90_000_001, 0), (0, 180_000_001), (0, -180_000_001)] {
-            let loc = Location { latitude: lat, longitude: lon, ..location() };
-            assert_noop!(reg(farm, capacity(), [9; 32], loc, None, v), GridError::InvalidCoordinates);
+        assert_noop!(
+            reg(farm, capacity(), [0; 32], location(), None, v),
+            GridError::InvalidBoxKey
+        );
+        for (lat, lon) in [
+            (90_000_001, 0),
+            (-90_000_001, 0),
+            (0, 180_000_001),
+            (0, -180_000_001),
+        ] {
+            let loc = Location {
+                latitude: lat,
+                longitude: lon,
+                ..location()
+            };
+            assert_noop!(
+                reg(farm, capacity(), [9; 32], loc, None, v),
+                GridError::InvalidCoordinates
+            );
         }
-        let edge = Location { latitude: -90_000_000, longitude: 180_000_000, ..location() };
+        let edge = Location {
+            latitude: -90_000_000,
+            longitude: 180_000_000,
+            ..location()
+        };
         assert_ok!(reg(farm, capacity(), [9; 32], edge, None, v));
         assert_ok!(Grid::remove_node(signed(NODE), 2));
 
-        let bad_city = Location { city: BoundedVec::truncate_from(vec![0xff, 0xfe]), ..location() };
+        let bad_city = Location {
+            city: BoundedVec::truncate_from(vec![0xff, 0xfe]),
+            ..location()
+        };
         assert_noop!(
             reg(farm, capacity(), [9; 32], bad_city, None, v),
             GridError::InvalidLocationName
         );
-        let bad_country = Location { country: BoundedVec::truncate_from(vec![0xc3]), ..location() };
+        let bad_country = Location {
+            country: BoundedVec::truncate_from(vec![0xc3]),
+            ..location()
+        };
         assert_noop!(
             reg(farm, capacity(), [9; 32], bad_country, None, v),
             GridError::InvalidLocationName
@@ -464,7 +660,10 @@ fn register_node_rejects_bad_fields() {
         let bad_v6 = Some(PublicConfig {
             ipv4: None,
             ipv6: Some(PublicIpv6Config {
-                ip: Ipv6Cidr { ip: (0xfd00u128 << 112 | 1).to_be_bytes(), prefix_len: 64 },
+                ip: Ipv6Cidr {
+                    ip: (0xfd00u128 << 112 | 1).to_be_bytes(),
+                    prefix_len: 64,
+                },
                 gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
             }),
             domain: None,
@@ -498,7 +697,9 @@ fn register_node_rejects_bad_fields() {
         let long_label = Some(PublicConfig {
             ipv4: None,
             ipv6: None,
-            domain: Some(Domain::truncate_from([vec![b'a'; 63], b".io".to_vec()].concat())),
+            domain: Some(Domain::truncate_from(
+                [vec![b'a'; 63], b".io".to_vec()].concat(),
+            )),
         });
         assert_ok!(reg(farm, capacity(), [9; 32], location(), long_label, v));
     });
@@ -510,7 +711,15 @@ fn node_ids_exhausted() {
         let farm = create_farm(FARMER, "farm");
         NextNodeId::<Test>::put(u32::MAX);
         assert_noop!(
-            Grid::register_node(signed(NODE), farm, capacity(), [9; 32], location(), None, version()),
+            Grid::register_node(
+                signed(NODE),
+                farm,
+                capacity(),
+                [9; 32],
+                location(),
+                None,
+                version()
+            ),
             GridError::NodeIdsExhausted
         );
     });
@@ -522,32 +731,86 @@ fn update_node_replaces_fields_but_keeps_reservations_covered() {
         let (farm, id) = farm_with_online_node(0);
         assert_noop!(update(OTHER, capacity(), None), GridError::NotANode);
         assert_noop!(
-            update(NODE, Resources { mru: 1, ..capacity() }, None),
+            update(
+                NODE,
+                Resources {
+                    mru: 1,
+                    ..capacity()
+                },
+                None
+            ),
             GridError::CapacityBelowMinimum
         );
 
-        assert_ok!(Grid::reserve(id, &Resources::new(20, 8 * GIB, 100 * GIB, 0)));
+        assert_ok!(Grid::reserve(
+            id,
+            &Resources::new(20, 8 * GIB, 100 * GIB, 0)
+        ));
         // CPU may shrink to reserved / overcommit (20 / 4 = 5 cores), not below.
-        assert_ok!(update(NODE, Resources { cru: 5, ..capacity() }, None));
+        assert_ok!(update(
+            NODE,
+            Resources {
+                cru: 5,
+                ..capacity()
+            },
+            None
+        ));
         assert_noop!(
-            update(NODE, Resources { cru: 4, ..capacity() }, None),
+            update(
+                NODE,
+                Resources {
+                    cru: 4,
+                    ..capacity()
+                },
+                None
+            ),
             GridError::CapacityBelowReserved
         );
         assert_noop!(
-            update(NODE, Resources { mru: 8 * GIB - 1, ..capacity() }, None),
+            update(
+                NODE,
+                Resources {
+                    mru: 8 * GIB - 1,
+                    ..capacity()
+                },
+                None
+            ),
             GridError::CapacityBelowReserved
         );
         assert_noop!(
-            update(NODE, Resources { sru: 100 * GIB - 1, ..capacity() }, None),
+            update(
+                NODE,
+                Resources {
+                    sru: 100 * GIB - 1,
+                    ..capacity()
+                },
+                None
+            ),
             GridError::CapacityBelowReserved
         );
-        assert_ok!(update(NODE, Resources { mru: 8 * GIB, sru: 100 * GIB, ..capacity() }, None));
+        assert_ok!(update(
+            NODE,
+            Resources {
+                mru: 8 * GIB,
+                sru: 100 * GIB,
+                ..capacity()
+            },
+            None
+        ));
         System::assert_last_event(
-            GridEvent::NodeUpdated { node_id: id, farm_id: farm, account: NODE }.into(),
+            GridEvent::NodeUpdated {
+                node_id: id,
+                farm_id: farm,
+                account: NODE,
+            }
+            .into(),
         );
         assert_eq!(node(id).capacity.mru, 8 * GIB);
 
-        let new_loc = Location { latitude: 1, ..location() };
+        let new_loc = Location {
+            latitude: 1,
+            ..location()
+        };
         assert_ok!(Grid::update_node(
             signed(NODE),
             capacity(),
@@ -557,9 +820,19 @@ fn update_node_replaces_fields_but_keeps_reservations_covered() {
             [3; 32]
         ));
         let n = node(id);
-        assert_eq!((n.location, n.box_key, n.executor_version.to_vec()), (new_loc, [3; 32], b"v2".to_vec()));
+        assert_eq!(
+            (n.location, n.box_key, n.executor_version.to_vec()),
+            (new_loc, [3; 32], b"v2".to_vec())
+        );
         assert_noop!(
-            Grid::update_node(signed(NODE), capacity(), location(), None, version(), [0; 32]),
+            Grid::update_node(
+                signed(NODE),
+                capacity(),
+                location(),
+                None,
+                version(),
+                [0; 32]
+            ),
             GridError::InvalidBoxKey
         );
     });
@@ -574,15 +847,28 @@ fn update_node_moves_its_public_ip_in_the_index() {
         register_with(NODE2, farm, public_v4(farm_ip(60)));
         // Keeping the same address is not a conflict with itself.
         assert_ok!(update(NODE, capacity(), public_v4(farm_ip(50))));
-        assert_noop!(update(NODE, capacity(), public_v4(farm_ip(60))), GridError::IpAlreadyRegistered);
-        assert_noop!(update(NODE, capacity(), public_v4(farm_ip(10))), GridError::IpAlreadyRegistered);
         assert_noop!(
-            update(NODE, capacity(), public_v4(ipv4([192, 168, 1, 2], 24, [192, 168, 1, 1]))),
+            update(NODE, capacity(), public_v4(farm_ip(60))),
+            GridError::IpAlreadyRegistered
+        );
+        assert_noop!(
+            update(NODE, capacity(), public_v4(farm_ip(10))),
+            GridError::IpAlreadyRegistered
+        );
+        assert_noop!(
+            update(
+                NODE,
+                capacity(),
+                public_v4(ipv4([192, 168, 1, 2], 24, [192, 168, 1, 1]))
+            ),
             GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
         );
         assert_ok!(update(NODE, capacity(), public_v4(farm_ip(51))));
         assert_eq!(IpOwner::<Test>::get([185, 69, 166, 50]), None);
-        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), Some(IpHolder::Node(id)));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 51]),
+            Some(IpHolder::Node(id))
+        );
         assert_ok!(update(NODE, capacity(), None));
         assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), None);
     });
@@ -594,20 +880,36 @@ fn remove_node_by_node_or_farmer_cleans_every_index() {
         let farm = create_farm(FARMER, "farm");
         let a = register_with(NODE, farm, public_v4(farm_ip(50)));
         let b = register(NODE2, farm);
-        assert_noop!(Grid::remove_node(signed(OTHER), a), GridError::NotNodeOrFarmOwner);
-        assert_noop!(Grid::remove_node(signed(NODE2), a), GridError::NotNodeOrFarmOwner);
+        assert_noop!(
+            Grid::remove_node(signed(OTHER), a),
+            GridError::NotNodeOrFarmOwner
+        );
+        assert_noop!(
+            Grid::remove_node(signed(NODE2), a),
+            GridError::NotNodeOrFarmOwner
+        );
         assert_noop!(Grid::remove_node(signed(NODE), 99), GridError::NodeNotFound);
 
         assert_ok!(Grid::remove_node(signed(NODE), a));
         System::assert_last_event(
-            GridEvent::NodeRemoved { node_id: a, farm_id: farm, account: NODE, removed_by: NODE }
-                .into(),
+            GridEvent::NodeRemoved {
+                node_id: a,
+                farm_id: farm,
+                account: NODE,
+                removed_by: NODE,
+            }
+            .into(),
         );
         assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
         assert_ok!(Grid::remove_node(signed(FARMER), b));
         System::assert_last_event(
-            GridEvent::NodeRemoved { node_id: b, farm_id: farm, account: NODE2, removed_by: FARMER }
-                .into(),
+            GridEvent::NodeRemoved {
+                node_id: b,
+                farm_id: farm,
+                account: NODE2,
+                removed_by: FARMER,
+            }
+            .into(),
         );
         assert_eq!(Nodes::<Test>::iter().count(), 0);
         assert_eq!(NodeIdByAccount::<Test>::iter().count(), 0);
@@ -627,11 +929,20 @@ fn remove_node_refuses_with_contracts_or_ips() {
     run_test(|| {
         let (_, id) = farm_with_online_node(1);
         assert_ok!(Grid::contract_started(id));
-        assert_noop!(Grid::remove_node(signed(FARMER), id), GridError::NodeHasActiveContracts);
-        assert_noop!(Grid::remove_node(signed(NODE), id), GridError::NodeHasActiveContracts);
+        assert_noop!(
+            Grid::remove_node(signed(FARMER), id),
+            GridError::NodeHasActiveContracts
+        );
+        assert_noop!(
+            Grid::remove_node(signed(NODE), id),
+            GridError::NodeHasActiveContracts
+        );
         assert_ok!(Grid::assign_public_ips(id, 1, 1));
         assert_ok!(Grid::contract_ended(id));
-        assert_noop!(Grid::remove_node(signed(NODE), id), GridError::NodeHasAssignedIps);
+        assert_noop!(
+            Grid::remove_node(signed(NODE), id),
+            GridError::NodeHasAssignedIps
+        );
         assert_ok!(Grid::release_public_ips(id, 1));
         assert_ok!(Grid::remove_node(signed(NODE), id));
     });
@@ -657,7 +968,13 @@ fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
             }
             .into(),
         );
-        assert_eq!(node(id).last_heartbeat, Some(Heartbeat { block: 1, timestamp_ms: START_MS }));
+        assert_eq!(
+            node(id).last_heartbeat,
+            Some(Heartbeat {
+                block: 1,
+                timestamp_ms: START_MS
+            })
+        );
         assert_eq!(Grid::node_status(id), Some(NodeStatus::Online));
 
         // Too soon: an error that pays its fee (default post info).
@@ -665,7 +982,10 @@ fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
         let err = Grid::heartbeat(signed(NODE)).unwrap_err();
         assert_eq!(
             err,
-            DispatchErrorWithPostInfo { post_info: Default::default(), error: GridError::HeartbeatTooSoon.into() }
+            DispatchErrorWithPostInfo {
+                post_info: Default::default(),
+                error: GridError::HeartbeatTooSoon.into()
+            }
         );
         assert_eq!(err.post_info.pays_fee, Pays::Yes);
         assert_noop!(Grid::heartbeat(signed(NODE)), GridError::HeartbeatTooSoon);
@@ -678,7 +998,10 @@ fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
         advance_ms(TIMEOUT_MS);
         assert_eq!(Grid::node_status(id), Some(NodeStatus::Online));
         assert_ok!(Grid::heartbeat(signed(NODE)));
-        assert_eq!(node(id).uptime_seconds, (MIN_INTERVAL_MS + TIMEOUT_MS) / 1000);
+        assert_eq!(
+            node(id).uptime_seconds,
+            (MIN_INTERVAL_MS + TIMEOUT_MS) / 1000
+        );
         assert_eq!(node(id).last_heartbeat.unwrap().block, 4);
 
         // Sub-second remainders are not lost across beats.
@@ -686,7 +1009,10 @@ fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
             advance_ms(MIN_INTERVAL_MS + 400);
             assert_ok!(Grid::heartbeat(signed(NODE)));
         }
-        assert_eq!(node(id).uptime_seconds, (4 * MIN_INTERVAL_MS + TIMEOUT_MS + 1200) / 1000);
+        assert_eq!(
+            node(id).uptime_seconds,
+            (4 * MIN_INTERVAL_MS + TIMEOUT_MS + 1200) / 1000
+        );
 
         // A longer gap: Offline in between, and the run restarts.
         advance_ms(TIMEOUT_MS + 1);
@@ -705,16 +1031,28 @@ fn heartbeat_is_free_rate_limited_and_tracks_uptime() {
 fn power_target_and_state() {
     run_test(|| {
         let (farm, id) = farm_with_online_node(0);
-        assert_noop!(Grid::set_power_target(signed(NODE), id, Power::Down), GridError::NotFarmOwner);
-        assert_noop!(Grid::set_power_target(signed(FARMER), 99, Power::Down), GridError::NodeNotFound);
-        assert_noop!(Grid::set_power_state(signed(OTHER), Power::Down), GridError::NotANode);
+        assert_noop!(
+            Grid::set_power_target(signed(NODE), id, Power::Down),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::set_power_target(signed(FARMER), 99, Power::Down),
+            GridError::NodeNotFound
+        );
+        assert_noop!(
+            Grid::set_power_state(signed(OTHER), Power::Down),
+            GridError::NotANode
+        );
 
         assert_ok!(Grid::contract_started(id));
         assert_noop!(
             Grid::set_power_target(signed(FARMER), id, Power::Down),
             GridError::NodeHasActiveContracts
         );
-        assert_noop!(Grid::set_power_state(signed(NODE), Power::Down), GridError::NodeHasActiveContracts);
+        assert_noop!(
+            Grid::set_power_state(signed(NODE), Power::Down),
+            GridError::NodeHasActiveContracts
+        );
         // Up is always allowed.
         assert_ok!(Grid::set_power_target(signed(FARMER), id, Power::Up));
         assert_ok!(Grid::set_power_state(signed(NODE), Power::Up));
@@ -722,15 +1060,31 @@ fn power_target_and_state() {
 
         assert_ok!(Grid::set_power_target(signed(FARMER), id, Power::Down));
         System::assert_last_event(
-            GridEvent::PowerTargetSet { node_id: id, farm_id: farm, by: FARMER, target: Power::Down }
-                .into(),
+            GridEvent::PowerTargetSet {
+                node_id: id,
+                farm_id: farm,
+                by: FARMER,
+                target: Power::Down,
+            }
+            .into(),
         );
-        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodePowerTargetDown.into()));
+        assert_eq!(
+            Grid::node_accepts_workloads(id),
+            Err(GridError::NodePowerTargetDown.into())
+        );
         assert_ok!(Grid::set_power_state(signed(NODE), Power::Down));
         System::assert_last_event(
-            GridEvent::PowerStateSet { node_id: id, account: NODE, state: Power::Down }.into(),
+            GridEvent::PowerStateSet {
+                node_id: id,
+                account: NODE,
+                state: Power::Down,
+            }
+            .into(),
         );
-        assert_eq!((node(id).power_target, node(id).power_state), (Power::Down, Power::Down));
+        assert_eq!(
+            (node(id).power_target, node(id).power_state),
+            (Power::Down, Power::Down)
+        );
     });
 }
 
@@ -738,16 +1092,28 @@ fn power_target_and_state() {
 fn node_accepts_workloads_checks_each_condition() {
     run_test(|| {
         let farm = create_farm(FARMER, "farm");
-        assert_eq!(Grid::node_accepts_workloads(1), Err(GridError::NodeNotFound.into()));
+        assert_eq!(
+            Grid::node_accepts_workloads(1),
+            Err(GridError::NodeNotFound.into())
+        );
         let id = register(NODE, farm);
-        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodeOffline.into()));
+        assert_eq!(
+            Grid::node_accepts_workloads(id),
+            Err(GridError::NodeOffline.into())
+        );
         assert_ok!(Grid::heartbeat(signed(NODE)));
         assert_ok!(Grid::node_accepts_workloads(id));
         assert_ok!(Grid::set_power_state(signed(NODE), Power::Down));
-        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodePoweredDown.into()));
+        assert_eq!(
+            Grid::node_accepts_workloads(id),
+            Err(GridError::NodePoweredDown.into())
+        );
         assert_ok!(Grid::set_power_state(signed(NODE), Power::Up));
         advance_ms(TIMEOUT_MS + 1);
-        assert_eq!(Grid::node_accepts_workloads(id), Err(GridError::NodeOffline.into()));
+        assert_eq!(
+            Grid::node_accepts_workloads(id),
+            Err(GridError::NodeOffline.into())
+        );
     });
 }
 
@@ -758,13 +1124,24 @@ fn reserve_and_release_follow_capacity_and_overcommit() {
     run_test(|| {
         let (_, id) = farm_with_online_node(0);
         let cap = capacity();
-        assert_eq!(Grid::free_capacity(id), Some(Resources { cru: cap.cru * OVERCOMMIT as u64, ..cap }));
+        assert_eq!(
+            Grid::free_capacity(id),
+            Some(Resources {
+                cru: cap.cru * OVERCOMMIT as u64,
+                ..cap
+            })
+        );
         assert_eq!(Grid::free_capacity(99), None);
 
         let need = Resources::new(2, 4 * GIB, 50 * GIB, 0);
         assert_ok!(Grid::reserve(id, &need));
         System::assert_last_event(
-            GridEvent::CapacityReserved { node_id: id, resources: need, reserved: need }.into(),
+            GridEvent::CapacityReserved {
+                node_id: id,
+                resources: need,
+                reserved: need,
+            }
+            .into(),
         );
         // Memory and disks are never overcommitted: one byte above is refused.
         for extra in [
@@ -780,19 +1157,36 @@ fn reserve_and_release_follow_capacity_and_overcommit() {
         assert_eq!(rest.cru, cap.cru * OVERCOMMIT as u64 - 2);
         assert_ok!(Grid::reserve(id, &rest));
         assert!(Grid::free_capacity(id).unwrap().is_zero());
-        assert_noop!(Grid::reserve(id, &Resources::new(1, 0, 0, 0)), GridError::InsufficientCapacity);
+        assert_noop!(
+            Grid::reserve(id, &Resources::new(1, 0, 0, 0)),
+            GridError::InsufficientCapacity
+        );
 
         assert_ok!(Grid::release(id, &need));
         System::assert_last_event(
-            GridEvent::CapacityReleased { node_id: id, resources: need, reserved: rest }.into(),
+            GridEvent::CapacityReleased {
+                node_id: id,
+                resources: need,
+                reserved: rest,
+            }
+            .into(),
         );
         assert_noop!(
-            Grid::release(id, &Resources { cru: rest.cru + 1, ..rest }),
+            Grid::release(
+                id,
+                &Resources {
+                    cru: rest.cru + 1,
+                    ..rest
+                }
+            ),
             GridError::ReleaseExceedsReserved
         );
         assert_ok!(Grid::release(id, &rest));
         assert!(node(id).reserved.is_zero());
-        assert_noop!(Grid::release(id, &Resources::new(0, 0, 0, 1)), GridError::ReleaseExceedsReserved);
+        assert_noop!(
+            Grid::release(id, &Resources::new(0, 0, 0, 1)),
+            GridError::ReleaseExceedsReserved
+        );
         assert_noop!(Grid::reserve(99, &need), GridError::NodeNotFound);
         assert_noop!(Grid::release(99, &need), GridError::NodeNotFound);
         // Zero-sized reservations are harmless no-ops with an event.
@@ -805,7 +1199,15 @@ fn reservation_arithmetic_at_u64_max() {
     run_test(|| {
         let farm = create_farm(FARMER, "farm");
         let max = Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
-        assert_ok!(Grid::register_node(signed(NODE), farm, max, [9; 32], location(), None, version()));
+        assert_ok!(Grid::register_node(
+            signed(NODE),
+            farm,
+            max,
+            [9; 32],
+            location(),
+            None,
+            version()
+        ));
         let id = Grid::node_by_account(NODE).unwrap();
         // CPU capacity x overcommit saturates instead of wrapping.
         assert_eq!(Grid::free_capacity(id), Some(max));
@@ -827,7 +1229,14 @@ fn reservation_arithmetic_at_u64_max() {
         assert_ok!(update(NODE, Resources { cru: cores, ..max }, None));
         assert_ok!(Grid::reserve(id, &Resources::new(u64::MAX, 0, 0, 0)));
         assert_ok!(Grid::release(id, &Resources::new(u64::MAX, 0, 0, 0)));
-        assert_ok!(update(NODE, Resources { cru: cores - 1, ..max }, None));
+        assert_ok!(update(
+            NODE,
+            Resources {
+                cru: cores - 1,
+                ..max
+            },
+            None
+        ));
         assert_noop!(
             Grid::reserve(id, &Resources::new(u64::MAX, 0, 0, 0)),
             GridError::InsufficientCapacity
@@ -840,7 +1249,10 @@ fn public_ips_are_assigned_all_or_nothing_and_released() {
     run_test(|| {
         let (farm, id) = farm_with_online_node(3);
         assert_eq!(Grid::assign_public_ips(id, 1, 0), Ok(vec![]));
-        assert_eq!(Grid::assign_public_ips(99, 1, 1), Err(GridError::NodeNotFound.into()));
+        assert_eq!(
+            Grid::assign_public_ips(99, 1, 1),
+            Err(GridError::NodeNotFound.into())
+        );
 
         let got = Grid::assign_public_ips(id, 1, 2).unwrap();
         assert_eq!(got, vec![farm_ip(10), farm_ip(11)]);
@@ -857,7 +1269,10 @@ fn public_ips_are_assigned_all_or_nothing_and_released() {
         assert_eq!(Grid::free_public_ips(farm), vec![farm_ip(12)]);
 
         // Two requested, one free: nothing is taken.
-        assert_noop!(Grid::assign_public_ips(id, 2, 2), GridError::NotEnoughFreeIps);
+        assert_noop!(
+            Grid::assign_public_ips(id, 2, 2),
+            GridError::NotEnoughFreeIps
+        );
         assert_eq!(Grid::free_public_ips(farm), vec![farm_ip(12)]);
         assert_eq!(Grid::assign_public_ips(id, 2, 1), Ok(vec![farm_ip(12)]));
         assert!(Grid::free_public_ips(farm).is_empty());
@@ -866,7 +1281,10 @@ fn public_ips_are_assigned_all_or_nothing_and_released() {
         let events = System::events().len();
         assert_ok!(Grid::release_public_ips(id, 77));
         assert_eq!(System::events().len(), events);
-        assert_eq!(Grid::release_public_ips(99, 1), Err(GridError::NodeNotFound.into()));
+        assert_eq!(
+            Grid::release_public_ips(99, 1),
+            Err(GridError::NodeNotFound.into())
+        );
 
         assert_ok!(Grid::release_public_ips(id, 1));
         System::assert_last_event(
@@ -890,7 +1308,10 @@ fn assign_public_ips_counter_overflow() {
         let (_, id) = farm_with_online_node(1);
         let stored = node(id);
         Nodes::<Test>::mutate(id, |n| n.as_mut().unwrap().assigned_ips = u32::MAX);
-        assert_noop!(Grid::assign_public_ips(id, 1, 1), GridError::CounterOverflow);
+        assert_noop!(
+            Grid::assign_public_ips(id, 1, 1),
+            GridError::CounterOverflow
+        );
         Nodes::<Test>::insert(id, stored);
     });
 }
@@ -904,13 +1325,21 @@ fn contract_counter() {
         assert_noop!(Grid::contract_ended(99), GridError::NodeNotFound);
         assert_ok!(Grid::contract_started(id));
         System::assert_last_event(
-            GridEvent::NodeContractStarted { node_id: id, active_contracts: 1 }.into(),
+            GridEvent::NodeContractStarted {
+                node_id: id,
+                active_contracts: 1,
+            }
+            .into(),
         );
         assert_ok!(Grid::contract_started(id));
         assert_eq!(node(id).active_contracts, 2);
         assert_ok!(Grid::contract_ended(id));
         System::assert_last_event(
-            GridEvent::NodeContractEnded { node_id: id, active_contracts: 1 }.into(),
+            GridEvent::NodeContractEnded {
+                node_id: id,
+                active_contracts: 1,
+            }
+            .into(),
         );
         Nodes::<Test>::mutate(id, |n| n.as_mut().unwrap().active_contracts = u32::MAX);
         assert_noop!(Grid::contract_started(id), GridError::CounterOverflow);
@@ -938,7 +1367,10 @@ fn queries() {
         assert_eq!(Grid::farm_owner(other), Some(OTHER));
         assert_eq!(Grid::farm_owner(99), None);
         assert!(!Grid::node_is_online(99));
-        assert_eq!(<Grid as GridCapacity<u64>>::free_capacity(lone), Grid::free_capacity(lone));
+        assert_eq!(
+            <Grid as GridCapacity<u64>>::free_capacity(lone),
+            Grid::free_capacity(lone)
+        );
     });
 }
 
@@ -971,8 +1403,10 @@ fn try_state_detects_broken_indexes() {
         || {
             Farms::<Test>::mutate(1, |f| {
                 let f = f.as_mut().unwrap();
-                f.public_ips.get_mut(0).unwrap().assigned =
-                    Some(IpAssignment { contract: 1, node: 42 });
+                f.public_ips.get_mut(0).unwrap().assigned = Some(IpAssignment {
+                    contract: 1,
+                    node: 42,
+                });
             })
         },
     ];

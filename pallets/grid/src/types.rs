@@ -2,8 +2,7 @@
 
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
 use frame_support::{
-    pallet_prelude::ConstU32, BoundedVec, CloneNoBound, EqNoBound, PartialEqNoBound,
-    DebugNoBound,
+    pallet_prelude::ConstU32, BoundedVec, CloneNoBound, DebugNoBound, EqNoBound, PartialEqNoBound,
 };
 use frame_system::pallet_prelude::BlockNumberFor;
 use scale_info::TypeInfo;
@@ -132,14 +131,7 @@ pub enum IpHolder {
 }
 
 #[derive(
-    CloneNoBound,
-    PartialEqNoBound,
-    EqNoBound,
-    Encode,
-    Decode,
-    MaxEncodedLen,
-    TypeInfo,
-    DebugNoBound,
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
 )]
 #[scale_info(skip_type_params(T))]
 #[codec(mel_bound())]
@@ -195,9 +187,7 @@ pub struct PublicConfig {
 }
 
 /// When the chain last heard from a node.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Encode, Decode, MaxEncodedLen, TypeInfo, Debug,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode, MaxEncodedLen, TypeInfo, Debug)]
 pub struct Heartbeat<BlockNumber> {
     pub block: BlockNumber,
     /// Chain time (timestamp pallet), milliseconds since the Unix epoch.
@@ -205,14 +195,7 @@ pub struct Heartbeat<BlockNumber> {
 }
 
 #[derive(
-    CloneNoBound,
-    PartialEqNoBound,
-    EqNoBound,
-    Encode,
-    Decode,
-    MaxEncodedLen,
-    TypeInfo,
-    DebugNoBound,
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
 )]
 #[scale_info(skip_type_params(T))]
 #[codec(mel_bound())]

@@ -3,9 +3,14 @@ use IpError::*;
 use SpecialRange::*;
 
 fn v4(ip: [u8; 4], prefix_len: u8, gateway: [u8; 4]) -> PublicIpv4Config {
-    PublicIpv4Config { ip: Ipv4Cidr { ip, prefix_len }, gateway }
+    PublicIpv4Config {
+        ip: Ipv4Cidr { ip, prefix_len },
+        gateway,
+    }
 }
 
+// One case per line reads as a table; keep rustfmt from splitting them.
+#[rustfmt::skip]
 #[test]
 fn ipv4_validation_table() {
     let cases: &[(&str, PublicIpv4Config, Result<(), IpError>)] = &[
@@ -70,11 +75,15 @@ fn ipv4_validation_table() {
 
 fn v6(ip: u128, prefix_len: u8, gateway: u128) -> PublicIpv6Config {
     PublicIpv6Config {
-        ip: Ipv6Cidr { ip: ip.to_be_bytes(), prefix_len },
+        ip: Ipv6Cidr {
+            ip: ip.to_be_bytes(),
+            prefix_len,
+        },
         gateway: gateway.to_be_bytes(),
     }
 }
 
+#[rustfmt::skip]
 #[test]
 fn ipv6_validation_table() {
     let public = 0x2a02_1802_005e_0000_0000_0000_0000_0010u128;
@@ -110,27 +119,47 @@ fn ipv6_validation_table() {
 
 #[test]
 fn cidr_helpers() {
-    let c = Ipv4Cidr { ip: [185, 69, 166, 10], prefix_len: 24 };
+    let c = Ipv4Cidr {
+        ip: [185, 69, 166, 10],
+        prefix_len: 24,
+    };
     assert_eq!(c.network(), [185, 69, 166, 0]);
     assert_eq!(c.broadcast(), [185, 69, 166, 255]);
     assert!(c.contains([185, 69, 166, 77]));
     assert!(!c.contains([185, 69, 167, 77]));
     // Degenerate prefixes must not panic on shifts.
-    let all = Ipv4Cidr { ip: [1, 2, 3, 4], prefix_len: 0 };
+    let all = Ipv4Cidr {
+        ip: [1, 2, 3, 4],
+        prefix_len: 0,
+    };
     assert!(all.contains([200, 1, 1, 1]));
-    let host = Ipv4Cidr { ip: [1, 2, 3, 4], prefix_len: 200 };
+    let host = Ipv4Cidr {
+        ip: [1, 2, 3, 4],
+        prefix_len: 200,
+    };
     assert_eq!(host.network(), [1, 2, 3, 4]);
     assert_eq!(host.broadcast(), [1, 2, 3, 4]);
-    let v6all = Ipv6Cidr { ip: [0xab; 16], prefix_len: 0 };
+    let v6all = Ipv6Cidr {
+        ip: [0xab; 16],
+        prefix_len: 0,
+    };
     assert!(v6all.contains([0; 16]));
 }
 
 #[test]
 fn public_addresses_classify_as_none() {
-    for ip in [[1, 1, 1, 1], [8, 8, 8, 8], [185, 69, 166, 10], [223, 255, 255, 255]] {
+    for ip in [
+        [1, 1, 1, 1],
+        [8, 8, 8, 8],
+        [185, 69, 166, 10],
+        [223, 255, 255, 255],
+    ] {
         assert_eq!(classify_ipv4(ip), None, "{ip:?}");
     }
-    assert_eq!(classify_ipv6((0x2606_4700u128 << 96 | 1).to_be_bytes()), None);
+    assert_eq!(
+        classify_ipv6((0x2606_4700u128 << 96 | 1).to_be_bytes()),
+        None
+    );
 }
 
 #[test]
