@@ -88,7 +88,7 @@ async fn dev_chain_finalizes_and_accepts_a_transfer() -> Result<()> {
 async fn chain_properties_are_set_for_wallets() -> Result<()> {
     let node = start_node()?;
     let api = OnlineClient::<SubstrateConfig>::from_url(node.ws_url()).await?;
-    let rpc = subxt::rpcs::LegacyRpcMethods::<SubstrateConfig>::new(
+    let rpc = subxt::rpcs::LegacyRpcMethods::<subxt::config::RpcConfigFor<SubstrateConfig>>::new(
         subxt::rpcs::RpcClient::from_url(node.ws_url()).await?,
     );
     let props = rpc.system_properties().await?;

@@ -139,7 +139,6 @@ impl ChainNode {
         cmd.arg("--base-path")
             .arg(&base_path)
             .args(["--rpc-port", &rpc_port.to_string()])
-            .args(["--port", &p2p_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
             .args(["--no-prometheus", "--no-telemetry", "--no-mdns", "--rpc-cors", "all"])
             .args(["--rpc-methods", "unsafe"])

@@ -37,7 +37,7 @@ export async function startDevChain() {
   const log = createWriteStream(logPath);
   const child = spawn(nodeBinary(), [
     '--dev', '--base-path', join(dir, 'db'), '--rpc-port', String(rpcPort),
-    '--port', String(p2pPort), '--listen-addr', `/ip4/127.0.0.1/tcp/${p2pPort}`,
+    '--listen-addr', `/ip4/127.0.0.1/tcp/${p2pPort}`,
     '--no-prometheus', '--no-telemetry', '--no-mdns', '--rpc-cors', 'all',
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout.pipe(log);
