@@ -1,1 +1,1024 @@
+//! # Deployments pallet
+//!
+//! Multisig workload contracts. A contract binds an owner, a node, a set of weighted signers
+//! and a typed [`DeploymentSpec`]; the node runs a spec only after the signers approved exactly
+//! that spec, and derives what to run from the chain alone ([`Pallet::contracts_of_node`]).
+//!
+//! - `create` proposes a node, the first spec (version 0), the signers and a weight threshold.
+//!   The owner must be a signer and approves by creating.
+//! - Every change is a proposal: `propose_update` (the next version) or `propose_cancel`. A
+//!   contract has at most one pending proposal. Approvals name the proposal's hash, so a stale
+//!   or swapped proposal can never be approved by mistake.
+//! - A proposal passes when the approving weight reaches the threshold and every required
+//!   signer approved. A required signer may `reject` it; otherwise it expires after
+//!   `ProposalTtl` blocks.
+//! - When a spec passes, the node must accept workloads; its resources are reserved and public
+//!   IPv4 addresses assigned from the node's farm, all or nothing (an update reserves only the
+//!   difference). Cancelling releases everything and removes the contract.
+//! - The node reports per workload whether the active version deployed (`report_deployment`).
+//! - A deposit proportional to the stored spec size is held from the owner while the contract
+//!   exists.
+//!
+//! Billing uses [`ContractsForBilling`] (grace period, out-of-funds cancellation) and is told
+//! of every ending through `Config::OnContractEnded`.
 #![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+#[cfg(feature = "runtime-benchmarks")]
+mod benchmarking;
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+pub mod types;
+pub mod weights;
+#[cfg(any(feature = "std", feature = "runtime-benchmarks"))]
+pub mod worst_case;
+
+pub use pallet::*;
+pub use types::*;
+pub use weights::WeightInfo;
+
+use alloc::vec::Vec;
+use codec::Encode;
+use frame_support::{
+    dispatch::DispatchResult,
+    ensure,
+    traits::{
+        fungible::{InspectHold, MutateHold},
+        tokens::Precision,
+        Get,
+    },
+    BoundedVec,
+};
+use frame_system::pallet_prelude::BlockNumberFor;
+use sp_runtime::{
+    traits::{CheckedAdd, CheckedMul, One, Saturating, Zero},
+    DispatchError,
+};
+use zos_primitives::{
+    contracts::{
+        BillingInfo, CancelCause, ContractState, ContractSummary, ContractsForBilling,
+        FailureReason, NodeContract, OnContractEnded,
+    },
+    spec::{DeploymentSpec, SpecHash, WorkloadName},
+    ContractId, GridCapacity, NodeId, Resources,
+};
+
+/// Blocks after the TTL searched for room in the expiry queue before `create` and the
+/// propose calls give up (each step is one storage read).
+pub const EXPIRY_SEARCH_BLOCKS: u32 = 8;
+
+#[frame_support::pallet]
+pub mod pallet {
+    use super::*;
+    use frame_support::pallet_prelude::*;
+    use frame_system::pallet_prelude::*;
+    use zos_primitives::spec::SpecError;
+
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+
+    #[pallet::pallet]
+    #[pallet::storage_version(STORAGE_VERSION)]
+    pub struct Pallet<T>(_);
+
+    /// Sets up what benchmarks need from other pallets.
+    #[cfg(feature = "runtime-benchmarks")]
+    pub trait BenchmarkHelper<AccountId> {
+        /// An online node accepting workloads with `capacity`, in a farm with `ips` free public
+        /// IPv4 addresses. Returns the node and its account.
+        fn online_node(capacity: Resources, ips: u32) -> (NodeId, AccountId);
+    }
+
+    #[pallet::config]
+    pub trait Config: frame_system::Config {
+        type RuntimeHoldReason: From<HoldReason>;
+        /// Holds the storage deposit.
+        type Currency: MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>
+            + frame_support::traits::fungible::Mutate<Self::AccountId>;
+        /// Nodes, capacity and public IPs; the grid pallet in the runtime.
+        type Grid: GridCapacity<Self::AccountId>;
+        /// Told when a contract ends (billing settles the last period).
+        type OnContractEnded: OnContractEnded<Self::AccountId, BlockNumberFor<Self>>;
+        /// Signers of one contract.
+        #[pallet::constant]
+        type MaxSigners: Get<u32>;
+        /// Blocks a proposal may wait for approval.
+        #[pallet::constant]
+        type ProposalTtl: Get<BlockNumberFor<Self>>;
+        /// Proposals that may expire in one block (bounds the `on_initialize` work).
+        #[pallet::constant]
+        type MaxExpiriesPerBlock: Get<u32>;
+        /// Deposit of every contract, whatever its size.
+        #[pallet::constant]
+        type DepositBase: Get<BalanceOf<Self>>;
+        /// Deposit per byte of an encoded spec kept in storage (active or proposed).
+        #[pallet::constant]
+        type DepositPerByte: Get<BalanceOf<Self>>;
+        #[cfg(feature = "runtime-benchmarks")]
+        type BenchmarkHelper: BenchmarkHelper<Self::AccountId>;
+        type WeightInfo: WeightInfo;
+    }
+
+    /// Why this pallet holds funds.
+    #[pallet::composite_enum]
+    pub enum HoldReason {
+        /// Storage deposit of a contract's specs.
+        ContractDeposit,
+    }
+
+    #[pallet::type_value]
+    pub fn FirstContractId() -> ContractId {
+        1
+    }
+
+    #[pallet::storage]
+    pub type Contracts<T: Config> = StorageMap<_, Twox64Concat, ContractId, Contract<T>, OptionQuery>;
+
+    /// The approved spec each activated contract runs (kept apart: it is large).
+    #[pallet::storage]
+    pub type ActiveSpecs<T: Config> =
+        StorageMap<_, Twox64Concat, ContractId, DeploymentSpec, OptionQuery>;
+
+    /// The pending proposal of a contract; one at most.
+    #[pallet::storage]
+    pub type Proposals<T: Config> = StorageMap<_, Twox64Concat, ContractId, Proposal<T>, OptionQuery>;
+
+    /// Contracts whose proposal expires at the start of a block.
+    #[pallet::storage]
+    pub type ProposalExpiries<T: Config> = StorageMap<
+        _,
+        Twox64Concat,
+        BlockNumberFor<T>,
+        BoundedVec<ContractId, T::MaxExpiriesPerBlock>,
+        ValueQuery,
+    >;
+
+    #[pallet::storage]
+    pub type ContractsByNode<T: Config> =
+        StorageDoubleMap<_, Twox64Concat, NodeId, Twox64Concat, ContractId, (), OptionQuery>;
+
+    #[pallet::storage]
+    pub type ContractsByOwner<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, ContractId, (), OptionQuery>;
+
+    /// Capacity this pallet holds reserved on each node: the sum over its activated contracts.
+    #[pallet::storage]
+    pub type NodeReserved<T: Config> = StorageMap<_, Twox64Concat, NodeId, Resources, ValueQuery>;
+
+    /// The node's last report for each contract's active version.
+    #[pallet::storage]
+    pub type Reports<T: Config> =
+        StorageMap<_, Twox64Concat, ContractId, DeploymentReport<T>, OptionQuery>;
+
+    /// Id the next contract gets; ids start at 1 and are never reused.
+    #[pallet::storage]
+    pub type NextContractId<T: Config> = StorageValue<_, ContractId, ValueQuery, FirstContractId>;
+
+    #[pallet::event]
+    #[pallet::generate_deposit(pub(super) fn deposit_event)]
+    pub enum Event<T: Config> {
+        ContractCreated {
+            contract: ContractId,
+            owner: T::AccountId,
+            node: NodeId,
+            deposit: BalanceOf<T>,
+        },
+        /// Approvals must name `hash`.
+        ProposalCreated {
+            contract: ContractId,
+            proposer: T::AccountId,
+            hash: SpecHash,
+            kind: ProposalKind,
+            expires_at: BlockNumberFor<T>,
+        },
+        /// `approved_weight` is the total after this approval.
+        ProposalApproved {
+            contract: ContractId,
+            signer: T::AccountId,
+            hash: SpecHash,
+            approved_weight: u32,
+        },
+        ProposalRejected { contract: ContractId, signer: T::AccountId, hash: SpecHash },
+        ProposalExpired { contract: ContractId, hash: SpecHash },
+        /// The first spec passed: capacity is reserved and the node should deploy it.
+        ContractActivated { contract: ContractId, node: NodeId, spec_hash: SpecHash, version: u32 },
+        /// A new version passed and replaced the active one.
+        ContractUpdated { contract: ContractId, node: NodeId, spec_hash: SpecHash, version: u32 },
+        /// The contract ended and was removed; its capacity, IPs and deposit are released.
+        ContractCancelled { contract: ContractId, node: NodeId, cause: CancelCause },
+        /// `failed` names the first workload that failed, if any.
+        DeploymentReported {
+            contract: ContractId,
+            node: NodeId,
+            version: u32,
+            failed: Option<WorkloadName>,
+        },
+        GracePeriodStarted { contract: ContractId },
+        GracePeriodEnded { contract: ContractId },
+    }
+
+    #[pallet::error]
+    pub enum Error<T> {
+        /// The spec breaks a rule; the field names it.
+        InvalidSpec(SpecError),
+        /// A new contract's spec must have version 0.
+        FirstVersionMustBeZero,
+        /// An update must carry exactly the active version plus one.
+        NotTheNextVersion,
+        /// The version counter is exhausted.
+        VersionOverflow,
+        /// No node has this id.
+        UnknownNode,
+        /// A contract needs at least one signer.
+        NoSigners,
+        /// An account appears twice in the signer set.
+        DuplicateSigner,
+        /// Every signer needs a weight of at least 1.
+        ZeroSignerWeight,
+        /// The creator must be one of the signers.
+        OwnerNotSigner,
+        /// The threshold must be at least 1.
+        ZeroThreshold,
+        /// The signers' total weight is below the threshold: no proposal could ever pass.
+        ThresholdUnreachable,
+        /// The signers' total weight overflows.
+        WeightOverflow,
+        ContractNotFound,
+        /// The signer is not in the contract's signer set.
+        NotASigner,
+        /// Only a required signer may reject.
+        NotARequiredSigner,
+        /// The contract already has a pending proposal; approve, reject or let it expire first.
+        ProposalPending,
+        /// The contract has no pending proposal.
+        NoPendingProposal,
+        /// The pending proposal has another hash: it changed, or the hash is wrong.
+        ProposalHashMismatch,
+        /// The signer already approved this proposal.
+        AlreadyApproved,
+        /// The contract has not been activated yet.
+        NotActivated,
+        /// Only the owner may withdraw a contract that never activated.
+        NotOwner,
+        /// The contract is in its grace period: top up before updating it.
+        InGracePeriod,
+        /// Only the contract's node may report on it.
+        NotContractNode,
+        /// The report is for another version than the active one.
+        ReportForInactiveVersion,
+        /// The report must list every workload of the active spec, in spec order.
+        ReportDoesNotMatchSpec,
+        /// Every expiry slot in the search window is full; try again in a later block.
+        ExpiryQueueFull,
+        /// The deposit computation overflows.
+        DepositOverflow,
+        /// The node's capacity ledger in this pallet would overflow or underflow.
+        ReservationAccounting,
+        /// The farm returned a different number of addresses than asked for.
+        IpAssignmentMismatch,
+        /// All contract ids are used.
+        ContractIdsExhausted,
+        /// The contract is already in (or out of) its grace period.
+        GracePeriodUnchanged,
+    }
+
+    #[pallet::hooks]
+    impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        fn on_initialize(now: BlockNumberFor<T>) -> Weight {
+            let expiring = ProposalExpiries::<T>::take(now);
+            let count = expiring.len() as u32;
+            for contract in expiring {
+                Self::expire(contract, now);
+            }
+            T::WeightInfo::expire_proposals(count)
+        }
+
+        #[cfg(feature = "try-runtime")]
+        fn try_state(_n: BlockNumberFor<T>) -> Result<(), sp_runtime::TryRuntimeError> {
+            Self::do_try_state()
+        }
+    }
+
+    #[pallet::call]
+    impl<T: Config> Pallet<T> {
+        /// Creates a contract on `node` proposing `spec` (version 0) to `signers`; the signer
+        /// (the owner, who must be one of them) approves by creating. Holds the deposit.
+        #[pallet::call_index(0)]
+        #[pallet::weight(T::WeightInfo::create())]
+        pub fn create(
+            origin: OriginFor<T>,
+            node: NodeId,
+            spec: alloc::boxed::Box<DeploymentSpec>,
+            signers: SignersOf<T>,
+            threshold: u32,
+        ) -> DispatchResult {
+            let owner = ensure_signed(origin)?;
+            spec.validate().map_err(Error::<T>::InvalidSpec)?;
+            ensure!(spec.version == 0, Error::<T>::FirstVersionMustBeZero);
+            ensure!(T::Grid::node_account(node).is_some(), Error::<T>::UnknownNode);
+            Self::check_signers(&owner, &signers, threshold)?;
+
+            let contract_id = NextContractId::<T>::get();
+            let next = contract_id.checked_add(1).ok_or(Error::<T>::ContractIdsExhausted)?;
+            let deposit = Self::deposit_for(&spec, true)?;
+            T::Currency::hold(&HoldReason::ContractDeposit.into(), &owner, deposit)?;
+
+            let now = frame_system::Pallet::<T>::block_number();
+            let contract = Contract::<T> {
+                owner: owner.clone(),
+                node,
+                signers,
+                threshold,
+                state: ContractState::PendingApproval,
+                active: None,
+                public_ips: BoundedVec::new(),
+                deposit,
+                created_at: now,
+                activated_at: None,
+            };
+            Contracts::<T>::insert(contract_id, &contract);
+            ContractsByNode::<T>::insert(node, contract_id, ());
+            ContractsByOwner::<T>::insert(&owner, contract_id, ());
+            NextContractId::<T>::put(next);
+            Self::deposit_event(Event::ContractCreated { contract: contract_id, owner: owner.clone(), node, deposit });
+
+            let hash = spec.hash();
+            Self::open_proposal(contract_id, contract, owner, ProposalAction::Deploy(*spec), hash, Zero::zero())
+        }
+
+        /// Approves the contract's pending proposal, which must have `proposal_hash`. Passes it
+        /// when the threshold and all required signers are reached.
+        #[pallet::call_index(1)]
+        #[pallet::weight(T::WeightInfo::approve())]
+        pub fn approve(
+            origin: OriginFor<T>,
+            contract_id: ContractId,
+            proposal_hash: SpecHash,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            let mut proposal = Proposals::<T>::get(contract_id).ok_or(Error::<T>::NoPendingProposal)?;
+            ensure!(proposal.hash == proposal_hash, Error::<T>::ProposalHashMismatch);
+            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
+            ensure!(!proposal.approvals.contains(&who), Error::<T>::AlreadyApproved);
+            // Approvals are distinct signers, so they fit in `MaxSigners`.
+            proposal.approvals.try_push(who.clone()).map_err(|_| Error::<T>::AlreadyApproved)?;
+            let approved_weight = Self::approved_weight(&contract, &proposal);
+            Self::deposit_event(Event::ProposalApproved {
+                contract: contract_id,
+                signer: who,
+                hash: proposal_hash,
+                approved_weight,
+            });
+            if Self::passes(&contract, &proposal) {
+                Self::execute(contract_id, contract, proposal)
+            } else {
+                Proposals::<T>::insert(contract_id, proposal);
+                Ok(())
+            }
+        }
+
+        /// A required signer vetoes the pending proposal. Rejecting the creation proposal
+        /// ends the contract.
+        #[pallet::call_index(2)]
+        #[pallet::weight(T::WeightInfo::reject())]
+        pub fn reject(
+            origin: OriginFor<T>,
+            contract_id: ContractId,
+            proposal_hash: SpecHash,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            let proposal = Proposals::<T>::get(contract_id).ok_or(Error::<T>::NoPendingProposal)?;
+            ensure!(proposal.hash == proposal_hash, Error::<T>::ProposalHashMismatch);
+            ensure!(
+                contract.signers.iter().any(|s| s.account == who && s.required),
+                Error::<T>::NotARequiredSigner
+            );
+            Self::close_proposal(contract_id, contract, &proposal)?;
+            Self::deposit_event(Event::ProposalRejected { contract: contract_id, signer: who, hash: proposal_hash });
+            if Self::never_activated(contract_id)? {
+                Self::do_cancel(contract_id, CancelCause::Rejected)?;
+            }
+            Ok(())
+        }
+
+        /// Proposes the next version of an activated contract's spec. The node keeps running
+        /// the active version until this one passes. Holds a deposit for the proposed spec.
+        #[pallet::call_index(3)]
+        #[pallet::weight(T::WeightInfo::propose_update())]
+        pub fn propose_update(
+            origin: OriginFor<T>,
+            contract_id: ContractId,
+            spec: alloc::boxed::Box<DeploymentSpec>,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
+            let active = contract.active.ok_or(Error::<T>::NotActivated)?;
+            ensure!(contract.state != ContractState::GracePeriod, Error::<T>::InGracePeriod);
+            ensure!(!Proposals::<T>::contains_key(contract_id), Error::<T>::ProposalPending);
+            spec.validate().map_err(Error::<T>::InvalidSpec)?;
+            let next = active.version.checked_add(1).ok_or(Error::<T>::VersionOverflow)?;
+            ensure!(spec.version == next, Error::<T>::NotTheNextVersion);
+
+            let deposit = Self::deposit_for(&spec, false)?;
+            T::Currency::hold(&HoldReason::ContractDeposit.into(), &contract.owner, deposit)?;
+            let mut contract = contract;
+            contract.deposit = contract.deposit.checked_add(&deposit).ok_or(Error::<T>::DepositOverflow)?;
+            Contracts::<T>::insert(contract_id, &contract);
+            let hash = spec.hash();
+            Self::open_proposal(contract_id, contract, who, ProposalAction::Deploy(*spec), hash, deposit)
+        }
+
+        /// Proposes to end an activated contract (needs the threshold like any proposal). For a
+        /// contract that never activated, the owner alone withdraws it at once.
+        #[pallet::call_index(4)]
+        #[pallet::weight(T::WeightInfo::propose_cancel())]
+        pub fn propose_cancel(origin: OriginFor<T>, contract_id: ContractId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            let Some(active) = contract.active else {
+                ensure!(contract.owner == who, Error::<T>::NotOwner);
+                return Self::do_cancel(contract_id, CancelCause::Withdrawn);
+            };
+            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
+            ensure!(!Proposals::<T>::contains_key(contract_id), Error::<T>::ProposalPending);
+            let hash = Self::cancel_hash(contract_id, active.version);
+            Self::open_proposal(contract_id, contract, who, ProposalAction::Cancel, hash, Zero::zero())
+        }
+
+        /// The contract's node reports the outcome of deploying `version` (the active one): one
+        /// entry per workload, in spec order.
+        #[pallet::call_index(5)]
+        #[pallet::weight(T::WeightInfo::report_deployment())]
+        pub fn report_deployment(
+            origin: OriginFor<T>,
+            contract_id: ContractId,
+            version: u32,
+            workloads: WorkloadReports,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            ensure!(T::Grid::node_account(contract.node) == Some(who), Error::<T>::NotContractNode);
+            let active = contract.active.ok_or(Error::<T>::NotActivated)?;
+            ensure!(active.version == version, Error::<T>::ReportForInactiveVersion);
+            let spec = ActiveSpecs::<T>::get(contract_id).ok_or(Error::<T>::NotActivated)?;
+            ensure!(
+                spec.workloads.len() == workloads.len() &&
+                    spec.workloads.iter().zip(workloads.iter()).all(|(w, r)| w.name == r.name),
+                Error::<T>::ReportDoesNotMatchSpec
+            );
+            let failure = Self::first_failure(&workloads);
+            let failed = failure.as_ref().map(|f| f.workload.clone());
+            if contract.state != ContractState::GracePeriod {
+                contract.state = match failure {
+                    Some(reason) => ContractState::Failed(reason),
+                    None => ContractState::Deployed,
+                };
+                Contracts::<T>::insert(contract_id, &contract);
+            }
+            let at = frame_system::Pallet::<T>::block_number();
+            Reports::<T>::insert(contract_id, DeploymentReport { version, workloads, at });
+            Self::deposit_event(Event::DeploymentReported {
+                contract: contract_id,
+                node: contract.node,
+                version,
+                failed,
+            });
+            Ok(())
+        }
+    }
+}
+
+impl<T: Config> Pallet<T> {
+    /// What approvals of a cancel proposal name: blake2-256 of
+    /// `(b"zos/cancel", contract, active version)` in SCALE.
+    pub fn cancel_hash(contract: ContractId, version: u32) -> SpecHash {
+        sp_crypto_hashing::blake2_256(&(b"zos/cancel", contract, version).encode())
+    }
+
+    /// Deposit for keeping `spec` in storage; `with_base` for the contract's own spec.
+    pub fn deposit_for(spec: &DeploymentSpec, with_base: bool) -> Result<BalanceOf<T>, DispatchError> {
+        let len: BalanceOf<T> = (spec.encoded_size() as u32).into();
+        let bytes = T::DepositPerByte::get().checked_mul(&len).ok_or(Error::<T>::DepositOverflow)?;
+        if with_base {
+            Ok(bytes.checked_add(&T::DepositBase::get()).ok_or(Error::<T>::DepositOverflow)?)
+        } else {
+            Ok(bytes)
+        }
+    }
+
+    fn check_signers(owner: &T::AccountId, signers: &SignersOf<T>, threshold: u32) -> DispatchResult {
+        ensure!(!signers.is_empty(), Error::<T>::NoSigners);
+        let mut total: u32 = 0;
+        for (i, s) in signers.iter().enumerate() {
+            ensure!(s.weight > 0, Error::<T>::ZeroSignerWeight);
+            ensure!(
+                !signers.iter().take(i).any(|o| o.account == s.account),
+                Error::<T>::DuplicateSigner
+            );
+            total = total.checked_add(s.weight).ok_or(Error::<T>::WeightOverflow)?;
+        }
+        ensure!(signers.iter().any(|s| &s.account == owner), Error::<T>::OwnerNotSigner);
+        ensure!(threshold > 0, Error::<T>::ZeroThreshold);
+        ensure!(total >= threshold, Error::<T>::ThresholdUnreachable);
+        Ok(())
+    }
+
+    /// Sum of the approving signers' weights (cannot overflow: checked at creation).
+    fn approved_weight(contract: &Contract<T>, proposal: &Proposal<T>) -> u32 {
+        contract
+            .signers
+            .iter()
+            .filter(|s| proposal.approvals.contains(&s.account))
+            .fold(0u32, |acc, s| acc.saturating_add(s.weight))
+    }
+
+    /// Threshold reached and every required signer approved.
+    pub fn passes(contract: &Contract<T>, proposal: &Proposal<T>) -> bool {
+        Self::approved_weight(contract, proposal) >= contract.threshold &&
+            contract
+                .signers
+                .iter()
+                .filter(|s| s.required)
+                .all(|s| proposal.approvals.contains(&s.account))
+    }
+
+    fn never_activated(contract_id: ContractId) -> Result<bool, DispatchError> {
+        Ok(Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?.active.is_none())
+    }
+
+    /// Stores a proposal approved by its proposer, and passes it at once if that is enough.
+    fn open_proposal(
+        contract_id: ContractId,
+        contract: Contract<T>,
+        proposer: T::AccountId,
+        action: ProposalAction,
+        hash: SpecHash,
+        deposit: BalanceOf<T>,
+    ) -> DispatchResult {
+        let expires_at = Self::schedule_expiry(contract_id)?;
+        let kind = match &action {
+            ProposalAction::Deploy(spec) => ProposalKind::Deploy { version: spec.version },
+            ProposalAction::Cancel => ProposalKind::Cancel,
+        };
+        let mut approvals = BoundedVec::new();
+        approvals.try_push(proposer.clone()).map_err(|_| Error::<T>::NotASigner)?;
+        let proposal = Proposal::<T> { action, hash, proposer: proposer.clone(), approvals, expires_at, deposit };
+        Self::deposit_event(Event::ProposalCreated { contract: contract_id, proposer, hash, kind, expires_at });
+        if Self::passes(&contract, &proposal) {
+            Self::execute(contract_id, contract, proposal)
+        } else {
+            Proposals::<T>::insert(contract_id, proposal);
+            Ok(())
+        }
+    }
+
+    /// First block at or after `now + ProposalTtl` with room in its expiry queue.
+    fn schedule_expiry(contract_id: ContractId) -> Result<BlockNumberFor<T>, DispatchError> {
+        let now = frame_system::Pallet::<T>::block_number();
+        let mut at = now.checked_add(&T::ProposalTtl::get()).ok_or(Error::<T>::ExpiryQueueFull)?;
+        for _ in 0..EXPIRY_SEARCH_BLOCKS {
+            if ProposalExpiries::<T>::try_mutate(at, |q| q.try_push(contract_id)).is_ok() {
+                return Ok(at);
+            }
+            at = at.checked_add(&One::one()).ok_or(Error::<T>::ExpiryQueueFull)?;
+        }
+        Err(Error::<T>::ExpiryQueueFull.into())
+    }
+
+    fn unschedule_expiry(contract_id: ContractId, at: BlockNumberFor<T>) {
+        ProposalExpiries::<T>::mutate_exists(at, |q| {
+            if let Some(list) = q {
+                list.retain(|c| *c != contract_id);
+                if list.is_empty() {
+                    *q = None;
+                }
+            }
+        });
+    }
+
+    /// Removes a proposal that did not pass and releases its part of the deposit.
+    fn close_proposal(
+        contract_id: ContractId,
+        mut contract: Contract<T>,
+        proposal: &Proposal<T>,
+    ) -> DispatchResult {
+        Proposals::<T>::remove(contract_id);
+        Self::unschedule_expiry(contract_id, proposal.expires_at);
+        if !proposal.deposit.is_zero() {
+            T::Currency::release(
+                &HoldReason::ContractDeposit.into(),
+                &contract.owner,
+                proposal.deposit,
+                Precision::BestEffort,
+            )?;
+            contract.deposit = contract.deposit.saturating_sub(proposal.deposit);
+            Contracts::<T>::insert(contract_id, contract);
+        }
+        Ok(())
+    }
+
+    /// Carries out a proposal that passed.
+    fn execute(contract_id: ContractId, contract: Contract<T>, proposal: Proposal<T>) -> DispatchResult {
+        Proposals::<T>::remove(contract_id);
+        Self::unschedule_expiry(contract_id, proposal.expires_at);
+        match proposal.action {
+            ProposalAction::Cancel => Self::do_cancel(contract_id, CancelCause::Signers),
+            ProposalAction::Deploy(spec) =>
+                Self::apply_spec(contract_id, contract, spec, proposal.hash),
+        }
+    }
+
+    /// Makes `spec` the active one: checks the node, reserves the resource difference and
+    /// assigns the public IPs, adjusts the deposit. Any failure fails the whole call.
+    fn apply_spec(
+        contract_id: ContractId,
+        mut contract: Contract<T>,
+        spec: DeploymentSpec,
+        hash: SpecHash,
+    ) -> DispatchResult {
+        let node = contract.node;
+        T::Grid::node_accepts_workloads(node)?;
+        let new = spec.required_resources();
+        let old = contract.active.map(|a| a.required).unwrap_or_default();
+
+        // Capacity: release what shrinks first, so a reshuffle fits whenever the result does.
+        let release = old.resources.saturating_sub(&new.resources);
+        let reserve = new.resources.saturating_sub(&old.resources);
+        if !release.is_zero() {
+            T::Grid::release(node, &release)?;
+        }
+        if !reserve.is_zero() {
+            T::Grid::reserve(node, &reserve)?;
+        }
+        NodeReserved::<T>::try_mutate(node, |total| -> DispatchResult {
+            *total = total
+                .checked_sub(&release)
+                .and_then(|t| t.checked_add(&reserve))
+                .ok_or(Error::<T>::ReservationAccounting)?;
+            Ok(())
+        })?;
+
+        contract.public_ips = Self::assign_ips(contract_id, &contract, &spec)?;
+
+        let now = frame_system::Pallet::<T>::block_number();
+        let first = contract.active.is_none();
+        if first {
+            T::Grid::contract_started(node)?;
+            contract.activated_at = Some(now);
+        }
+        // The contract keeps the deposit of the new spec alone (the old spec's and the
+        // proposal's were held until now); the rest goes back to the owner.
+        let keep = Self::deposit_for(&spec, true)?;
+        if contract.deposit > keep {
+            T::Currency::release(
+                &HoldReason::ContractDeposit.into(),
+                &contract.owner,
+                contract.deposit.saturating_sub(keep),
+                Precision::BestEffort,
+            )?;
+            contract.deposit = keep;
+        }
+
+        let version = spec.version;
+        contract.active = Some(ActiveSpecInfo { hash, version, required: new });
+        contract.state = ContractState::Active;
+        Contracts::<T>::insert(contract_id, &contract);
+        ActiveSpecs::<T>::insert(contract_id, spec);
+        Reports::<T>::remove(contract_id);
+        if first {
+            Self::deposit_event(Event::ContractActivated { contract: contract_id, node, spec_hash: hash, version });
+        } else {
+            Self::deposit_event(Event::ContractUpdated { contract: contract_id, node, spec_hash: hash, version });
+        }
+        Ok(())
+    }
+
+    /// Public IPv4 addresses for the spec's IPv4 public IP workloads. Workloads that keep their
+    /// name keep their address as long as no addressed workload is dropped; otherwise the
+    /// contract's addresses are returned to the farm and assigned anew (the grid interface
+    /// releases a contract's addresses all together).
+    fn assign_ips(
+        contract_id: ContractId,
+        contract: &Contract<T>,
+        spec: &DeploymentSpec,
+    ) -> Result<AssignedIps, DispatchError> {
+        let node = contract.node;
+        let wanted: Vec<WorkloadName> = spec.public_ipv4_workloads().cloned().collect();
+        let keep_all = contract.public_ips.iter().all(|(name, _)| wanted.contains(name));
+        let mut result: Vec<_> = if keep_all {
+            contract.public_ips.to_vec()
+        } else {
+            T::Grid::release_public_ips(node, contract_id)?;
+            Vec::new()
+        };
+        let missing: Vec<WorkloadName> = wanted
+            .iter()
+            .filter(|name| !result.iter().any(|(held, _)| held == *name))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let ips = T::Grid::assign_public_ips(node, contract_id, missing.len() as u32)?;
+            ensure!(ips.len() == missing.len(), Error::<T>::IpAssignmentMismatch);
+            result.extend(missing.into_iter().zip(ips));
+        }
+        // Spec order, so the listing is stable.
+        result.sort_by_key(|(name, _)| wanted.iter().position(|w| w == name));
+        BoundedVec::try_from(result).map_err(|_| Error::<T>::IpAssignmentMismatch.into())
+    }
+
+    /// Ends a contract: releases capacity, IPs, the node's contract count and the deposit,
+    /// and removes every trace of it.
+    pub(crate) fn do_cancel(contract_id: ContractId, cause: CancelCause) -> DispatchResult {
+        let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+        let node = contract.node;
+        let info = Self::billing_info(&contract);
+        if let Some(proposal) = Proposals::<T>::take(contract_id) {
+            Self::unschedule_expiry(contract_id, proposal.expires_at);
+        }
+        if let Some(active) = contract.active {
+            let resources = active.required.resources;
+            if !resources.is_zero() {
+                T::Grid::release(node, &resources)?;
+                NodeReserved::<T>::try_mutate_exists(node, |total| -> DispatchResult {
+                    let left = total
+                        .unwrap_or_default()
+                        .checked_sub(&resources)
+                        .ok_or(Error::<T>::ReservationAccounting)?;
+                    *total = if left.is_zero() { None } else { Some(left) };
+                    Ok(())
+                })?;
+            }
+            if !contract.public_ips.is_empty() {
+                T::Grid::release_public_ips(node, contract_id)?;
+            }
+            T::Grid::contract_ended(node)?;
+        }
+        T::Currency::release(
+            &HoldReason::ContractDeposit.into(),
+            &contract.owner,
+            contract.deposit,
+            Precision::BestEffort,
+        )?;
+        T::OnContractEnded::on_contract_ended(contract_id, cause, info);
+        Contracts::<T>::remove(contract_id);
+        ActiveSpecs::<T>::remove(contract_id);
+        Reports::<T>::remove(contract_id);
+        ContractsByNode::<T>::remove(node, contract_id);
+        ContractsByOwner::<T>::remove(&contract.owner, contract_id);
+        Self::deposit_event(Event::ContractCancelled { contract: contract_id, node, cause });
+        Ok(())
+    }
+
+    /// Drops a proposal whose time ran out; a contract whose creation expired ends.
+    fn expire(contract_id: ContractId, now: BlockNumberFor<T>) {
+        let Some(proposal) = Proposals::<T>::get(contract_id) else { return };
+        if proposal.expires_at != now {
+            return;
+        }
+        let result = frame_support::storage::with_storage_layer(|| -> DispatchResult {
+            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            Self::close_proposal(contract_id, contract, &proposal)?;
+            Self::deposit_event(Event::ProposalExpired { contract: contract_id, hash: proposal.hash });
+            if Self::never_activated(contract_id)? {
+                Self::do_cancel(contract_id, CancelCause::Expired)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            log::error!(target: "runtime::deployments", "expiring proposal of contract {contract_id} failed: {e:?}");
+        }
+    }
+
+    fn first_failure(workloads: &WorkloadReports) -> Option<FailureReason> {
+        workloads.iter().find_map(|w| match &w.result {
+            WorkloadResult::Ok => None,
+            WorkloadResult::Error(reason) =>
+                Some(FailureReason { workload: w.name.clone(), reason: reason.clone() }),
+        })
+    }
+
+    /// The state the node's last report gives the active version (`Active` if none).
+    fn reported_state(contract_id: ContractId, version: u32) -> ContractState {
+        match Reports::<T>::get(contract_id) {
+            Some(report) if report.version == version => match Self::first_failure(&report.workloads) {
+                Some(reason) => ContractState::Failed(reason),
+                None => ContractState::Deployed,
+            },
+            _ => ContractState::Active,
+        }
+    }
+
+    fn billing_info(contract: &Contract<T>) -> Option<BillingInfo<T::AccountId, BlockNumberFor<T>>> {
+        let active = contract.active?;
+        Some(BillingInfo {
+            owner: contract.owner.clone(),
+            node: contract.node,
+            required: active.required,
+            state: contract.state.clone(),
+            activated_at: contract.activated_at.unwrap_or(contract.created_at),
+        })
+    }
+
+    /// Every contract of `node` with an approved spec, by ascending id: the executor's
+    /// desired state.
+    pub fn contracts_of_node(node: NodeId) -> Vec<(ContractId, NodeContract)> {
+        let mut ids: Vec<ContractId> = ContractsByNode::<T>::iter_key_prefix(node).collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let contract = Contracts::<T>::get(id)?;
+                let active = contract.active?;
+                let spec = ActiveSpecs::<T>::get(id)?;
+                Some((
+                    id,
+                    NodeContract {
+                        contract: id,
+                        state: contract.state,
+                        spec,
+                        spec_hash: active.hash,
+                        public_ips: contract.public_ips,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Every contract of `owner`, by ascending id.
+    pub fn contracts_of_owner(owner: &T::AccountId) -> Vec<ContractSummary> {
+        let mut ids: Vec<ContractId> = ContractsByOwner::<T>::iter_key_prefix(owner).collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let contract = Contracts::<T>::get(id)?;
+                Some(ContractSummary {
+                    contract: id,
+                    node: contract.node,
+                    state: contract.state,
+                    active: contract.active.map(|a| (a.hash, a.version)),
+                    pending_proposal: Proposals::<T>::get(id).map(|p| p.hash),
+                })
+            })
+            .collect()
+    }
+}
+
+impl<T: Config> ContractsForBilling<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
+    fn contract_billing_info(
+        contract: ContractId,
+    ) -> Option<BillingInfo<T::AccountId, BlockNumberFor<T>>> {
+        Contracts::<T>::get(contract).and_then(|c| Self::billing_info(&c))
+    }
+
+    fn set_grace_period(contract_id: ContractId, in_grace: bool) -> DispatchResult {
+        let mut contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+        let active = contract.active.ok_or(Error::<T>::NotActivated)?;
+        let is_in_grace = contract.state == ContractState::GracePeriod;
+        if in_grace == is_in_grace {
+            return Ok(());
+        }
+        contract.state = if in_grace {
+            ContractState::GracePeriod
+        } else {
+            Self::reported_state(contract_id, active.version)
+        };
+        Contracts::<T>::insert(contract_id, contract);
+        Self::deposit_event(if in_grace {
+            Event::GracePeriodStarted { contract: contract_id }
+        } else {
+            Event::GracePeriodEnded { contract: contract_id }
+        });
+        Ok(())
+    }
+
+    fn cancel_out_of_funds(contract: ContractId) -> DispatchResult {
+        frame_support::storage::with_storage_layer(|| {
+            Self::do_cancel(contract, CancelCause::OutOfFunds)
+        })
+    }
+}
+
+#[cfg(any(feature = "try-runtime", feature = "std"))]
+impl<T: Config> Pallet<T> {
+    /// Checks every invariant of the pallet's storage; used by `try_state` and after each test.
+    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        use alloc::collections::{btree_map::BTreeMap, btree_set::BTreeSet};
+        let next_id = NextContractId::<T>::get();
+        let mut reserved: BTreeMap<NodeId, Resources> = BTreeMap::new();
+        let mut deposits: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
+        let mut contract_count: usize = 0;
+
+        for (id, c) in Contracts::<T>::iter() {
+            contract_count = contract_count.saturating_add(1);
+            ensure!(id < next_id, "contract id not below NextContractId");
+            ensure!(ContractsByNode::<T>::contains_key(c.node, id), "contract missing from node index");
+            ensure!(ContractsByOwner::<T>::contains_key(&c.owner, id), "contract missing from owner index");
+            Self::check_signers(&c.owner, &c.signers, c.threshold).map_err(|_| "stored signer set invalid")?;
+            let held = deposits.entry(c.owner.clone()).or_insert_with(Zero::zero);
+            *held = held.saturating_add(c.deposit);
+
+            let proposal = Proposals::<T>::get(id);
+            match (&c.active, ActiveSpecs::<T>::get(id)) {
+                (None, None) => {
+                    ensure!(c.state == ContractState::PendingApproval, "inactive contract not pending");
+                    ensure!(c.public_ips.is_empty(), "inactive contract holds IPs");
+                    let Some(ProposalAction::Deploy(spec)) = proposal.as_ref().map(|p| &p.action) else {
+                        return Err("pending contract without a creation proposal".into());
+                    };
+                    let deposit = Self::deposit_for(spec, true).map_err(|_| "deposit overflow")?;
+                    ensure!(c.deposit == deposit, "pending contract deposit differs from its spec");
+                },
+                (Some(active), Some(spec)) => {
+                    ensure!(c.state != ContractState::PendingApproval, "activated contract pending");
+                    ensure!(spec.hash() == active.hash, "active spec hash differs");
+                    ensure!(spec.version == active.version, "active spec version differs");
+                    ensure!(spec.required_resources() == active.required, "stored requirement stale");
+                    let names: Vec<&WorkloadName> = spec.public_ipv4_workloads().collect();
+                    ensure!(
+                        c.public_ips.len() == names.len() &&
+                            c.public_ips.iter().zip(names).all(|((n, _), w)| n == w),
+                        "assigned IPs differ from the spec's public IPv4 workloads"
+                    );
+                    let total = reserved.entry(c.node).or_insert_with(Resources::zero);
+                    *total = total
+                        .checked_add(&active.required.resources)
+                        .ok_or("reserved sum overflows")?;
+                    ensure!(c.activated_at.is_some(), "activated contract without activation block");
+                    let deposit = Self::deposit_for(&spec, true).map_err(|_| "deposit overflow")?;
+                    let pending = proposal.as_ref().map(|p| p.deposit).unwrap_or_else(Zero::zero);
+                    ensure!(c.deposit == deposit.saturating_add(pending), "contract deposit differs from its specs");
+                },
+                _ => return Err("active info and active spec disagree".into()),
+            }
+            if let Some(report) = Reports::<T>::get(id) {
+                ensure!(c.active.map(|a| a.version) == Some(report.version), "report for another version");
+            }
+        }
+
+        for (node, total) in NodeReserved::<T>::iter() {
+            ensure!(!total.is_zero(), "zero reservation entry kept");
+            ensure!(
+                reserved.get(&node).copied().unwrap_or_default() == total,
+                "node reservation differs from the sum over its contracts"
+            );
+        }
+        for (node, total) in reserved.iter() {
+            ensure!(
+                total.is_zero() || NodeReserved::<T>::get(node) == *total,
+                "contracts reserve capacity the node ledger lacks"
+            );
+        }
+
+        for (owner, total) in deposits {
+            ensure!(
+                T::Currency::balance_on_hold(&HoldReason::ContractDeposit.into(), &owner) == total,
+                "held deposit differs from the owner's contracts"
+            );
+        }
+
+        let mut scheduled: BTreeSet<ContractId> = BTreeSet::new();
+        for (at, list) in ProposalExpiries::<T>::iter() {
+            ensure!(!list.is_empty(), "empty expiry queue kept");
+            for id in list {
+                ensure!(scheduled.insert(id), "contract scheduled to expire twice");
+                let p = Proposals::<T>::get(id).ok_or("expiry scheduled for a missing proposal")?;
+                ensure!(p.expires_at == at, "expiry scheduled at the wrong block");
+            }
+        }
+        let mut proposal_count: usize = 0;
+        for (id, p) in Proposals::<T>::iter() {
+            proposal_count = proposal_count.saturating_add(1);
+            let c = Contracts::<T>::get(id).ok_or("proposal of a missing contract")?;
+            ensure!(scheduled.contains(&id), "proposal never expires");
+            ensure!(!p.approvals.is_empty(), "proposal without approvals");
+            for (i, a) in p.approvals.iter().enumerate() {
+                ensure!(c.signers.iter().any(|s| &s.account == a), "approval by a non-signer");
+                ensure!(!p.approvals.iter().take(i).any(|o| o == a), "approval counted twice");
+            }
+            ensure!(!Self::passes(&c, &p), "a passing proposal was not executed");
+        }
+        // One storage entry per contract: at most one pending proposal each.
+        ensure!(proposal_count <= contract_count, "more proposals than contracts");
+        ensure!(scheduled.len() == proposal_count, "expiry queue and proposals differ");
+
+        for (node, id, ()) in ContractsByNode::<T>::iter() {
+            let c = Contracts::<T>::get(id).ok_or("node index points at a missing contract")?;
+            ensure!(c.node == node, "node index puts the contract on another node");
+        }
+        for (owner, id, ()) in ContractsByOwner::<T>::iter() {
+            let c = Contracts::<T>::get(id).ok_or("owner index points at a missing contract")?;
+            ensure!(c.owner == owner, "owner index names another owner");
+        }
+        for (id, _) in ActiveSpecs::<T>::iter() {
+            ensure!(Contracts::<T>::contains_key(id), "active spec of a missing contract");
+        }
+        for (id, _) in Reports::<T>::iter() {
+            ensure!(Contracts::<T>::contains_key(id), "report of a missing contract");
+        }
+        Ok(())
+    }
+}
