@@ -15,6 +15,7 @@ pub mod contracts;
 pub mod deployments_api;
 #[cfg(feature = "sealing")]
 pub mod sealing;
+pub mod billing;
 pub mod spec;
 pub mod units;
 

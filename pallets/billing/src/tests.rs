@@ -1,0 +1,659 @@
+use crate::{mock::*, *};
+use frame_support::{
+    assert_noop, assert_ok,
+    dispatch::{Pays, PostDispatchInfo},
+    traits::{fungible::Mutate, Get, Hooks},
+    weights::Weight,
+    BoundedVec,
+};
+use sp_runtime::{DispatchError, Perbill};
+use zos_primitives::{contracts::ContractState, spec::RequiredResources, Resources, GIB};
+
+/// 2 CPUs and 4 GiB (1 CU), 100 GiB SSD (0.5 SU), one public IPv4.
+fn small_vm() -> RequiredResources {
+    RequiredResources { resources: Resources::new(2, 4 * GIB, 100 * GIB, 0), public_ipv4: 1 }
+}
+
+/// Price of `small_vm` for one hour under `test_policy`: CU 3600 + SU 180 + IPv4 7200.
+const SMALL_VM_HOUR: Balance = 3_600 + 180 + 7_200;
+
+fn report(contract: ContractId, start: u64, end: u64, uptime: u64) -> ConsumptionReport {
+    ConsumptionReport {
+        contract,
+        window_start: start,
+        window_end: end,
+        uptime_seconds: uptime,
+        public_bytes_in: 0,
+        public_bytes_out: 0,
+    }
+}
+
+fn submit(signer: AccountId, reports: Vec<ConsumptionReport>) -> PostDispatchInfo {
+    let batch = BoundedVec::try_from(reports).expect("within the batch limit");
+    Billing::report_consumption(RuntimeOrigin::signed(signer), batch).expect("a batch never fails")
+}
+
+fn billing_events() -> Vec<Event<Test>> {
+    System::events()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            RuntimeEvent::Billing(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejections() -> Vec<(ContractId, RejectReason)> {
+    billing_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ReportRejected { contract, reason } => Some((contract, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn balance(who: AccountId) -> Balance {
+    Balances::free_balance(who)
+}
+
+/// Moves funds from OWNER (minting would change the issuance the harness checks).
+fn top_up(who: AccountId, amount: Balance) {
+    assert_ok!(<Balances as Mutate<_>>::transfer(
+        &OWNER,
+        &who,
+        amount,
+        frame_support::traits::tokens::Preservation::Preserve
+    ));
+}
+
+fn debt(contract: ContractId) -> Balance {
+    ContractBillings::<Test>::get(contract).map(|b| b.debt).unwrap_or(0)
+}
+
+/// A contract of OWNER on NODE activated at START, with the clock one hour later.
+fn contract_after_an_hour() -> ContractId {
+    let c = add_contract(OWNER, NODE, small_vm());
+    advance_secs(3_600);
+    c
+}
+
+#[test]
+fn genesis_installs_the_default_policy() {
+    run_test(|| {
+        let dev = PricingPolicies::<Test>::get(zos_primitives::DEFAULT_PRICING_POLICY).unwrap();
+        assert_eq!(dev, dev_pricing_policy());
+        assert!(dev.shares_are_complete());
+        assert_eq!(PricingPolicies::<Test>::get(1), Some(test_policy()));
+    });
+}
+
+#[test]
+fn pricing_policy_needs_governance_and_complete_shares() {
+    run_test(|| {
+        let mut policy = test_policy();
+        assert_noop!(
+            Billing::set_pricing_policy(RuntimeOrigin::signed(OWNER), 7, policy.clone()),
+            DispatchError::BadOrigin
+        );
+        policy.burn_share = Perbill::from_percent(11);
+        assert_noop!(
+            Billing::set_pricing_policy(RuntimeOrigin::root(), 7, policy.clone()),
+            Error::<Test>::SharesNotComplete
+        );
+        policy.burn_share = Perbill::from_percent(9);
+        assert_noop!(
+            Billing::set_pricing_policy(RuntimeOrigin::root(), 7, policy.clone()),
+            Error::<Test>::SharesNotComplete
+        );
+        // All to the treasury is a valid split.
+        policy.farm_owner_share = Perbill::zero();
+        policy.burn_share = Perbill::zero();
+        policy.treasury_share = Perbill::one();
+        assert_ok!(Billing::set_pricing_policy(RuntimeOrigin::root(), 7, policy.clone()));
+        assert_eq!(PricingPolicies::<Test>::get(7), Some(policy.clone()));
+        System::assert_last_event(Event::<Test>::PricingPolicySet { policy_id: 7, policy }.into());
+    });
+}
+
+#[test]
+fn shares_round_down_and_the_treasury_gets_the_dust() {
+    let policy = test_policy();
+    let all = |amount: Balance| {
+        let p = policy.split(amount);
+        assert_eq!(p.farm_owner + p.treasury + p.burn, amount, "nothing lost for {amount}");
+        (p.farm_owner, p.treasury, p.burn)
+    };
+    assert_eq!(all(0), (0, 0, 0));
+    assert_eq!(all(1), (0, 1, 0));
+    assert_eq!(all(9), (6, 3, 0));
+    assert_eq!(all(10), (7, 2, 1));
+    assert_eq!(all(19), (13, 5, 1));
+    assert_eq!(all(13_980), (9_786, 2_796, 1_398));
+    let (farm, treasury, burn) = all(u128::MAX);
+    assert_eq!(farm, Perbill::from_percent(70).mul_floor(u128::MAX));
+    assert_eq!(burn, Perbill::from_percent(10).mul_floor(u128::MAX));
+    assert!(treasury >= Perbill::from_percent(20).mul_floor(u128::MAX));
+    // Odd thirds: 333_333_333 + 333_333_333 + 333_333_334 parts per billion.
+    let thirds = PricingPolicy::<Balance> {
+        farm_owner_share: Perbill::from_parts(333_333_333),
+        burn_share: Perbill::from_parts(333_333_333),
+        treasury_share: Perbill::from_parts(333_333_334),
+        ..test_policy()
+    };
+    assert!(thirds.shares_are_complete());
+    for amount in [1, 2, 3, 100, 1_000_000_007, u128::MAX] {
+        let p = thirds.split(amount);
+        assert_eq!(p.farm_owner + p.treasury + p.burn, amount);
+        assert!(p.treasury >= p.farm_owner && p.treasury >= p.burn);
+    }
+}
+
+#[test]
+fn charge_at_the_bounds_saturates_instead_of_overflowing() {
+    let max = RequiredResources {
+        resources: Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+        public_ipv4: u32::MAX,
+    };
+    let priciest = PricingPolicy::<Balance> {
+        cu_hour: u128::MAX,
+        su_hour: u128::MAX,
+        ipv4_hour: u128::MAX,
+        traffic_gib: u128::MAX,
+        ..test_policy()
+    };
+    let long = ConsumptionReport {
+        contract: 1,
+        window_start: 0,
+        window_end: u64::MAX,
+        uptime_seconds: u64::MAX,
+        public_bytes_in: u64::MAX,
+        public_bytes_out: u64::MAX,
+    };
+    assert_eq!(priciest.charge(&max, &long), u128::MAX);
+    // Nothing reserved and no traffic: nothing to pay, whatever the prices.
+    let idle = ConsumptionReport { public_bytes_in: 0, public_bytes_out: 0, ..long.clone() };
+    assert_eq!(priciest.charge(&RequiredResources::default(), &idle), 0);
+    // Largest traffic at a unit price: (2^65 - 2) bytes / 2^30 rounded down.
+    let unit = PricingPolicy::<Balance> { traffic_gib: 1, ..test_policy() };
+    assert_eq!(unit.charge(&RequiredResources::default(), &long), (2 * u128::from(u64::MAX)) >> 30);
+    // One hour of the largest machine at 1 per CU-hour: exactly its milli-CU / 1000.
+    let cheap = PricingPolicy::<Balance> { cu_hour: 1, su_hour: 0, ipv4_hour: 0, traffic_gib: 0, ..test_policy() };
+    let hour = ConsumptionReport { uptime_seconds: 3_600, ..idle };
+    assert_eq!(
+        cheap.charge(&max, &hour),
+        zos_primitives::units::cu_milli(&max.resources) / 1_000
+    );
+}
+
+#[test]
+fn an_unpayable_charge_at_the_bounds_becomes_debt_and_totals_still_add_up() {
+    run_test(|| {
+        let huge = PricingPolicy::<Balance> {
+            cu_hour: u128::MAX,
+            su_hour: u128::MAX,
+            ipv4_hour: u128::MAX,
+            traffic_gib: u128::MAX,
+            ..test_policy()
+        };
+        assert_ok!(Billing::set_pricing_policy(RuntimeOrigin::root(), 1, huge));
+        let max = Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        with_world(|w| w.nodes.get_mut(&NODE).unwrap().reserved = Resources::zero());
+        let c = add_contract(OWNER, NODE, RequiredResources { resources: max, public_ipv4: u32::MAX });
+        advance_secs(MAX_WINDOW);
+        let mut r = report(c, START, START + MAX_WINDOW, MAX_WINDOW);
+        r.public_bytes_in = u64::MAX;
+        r.public_bytes_out = u64::MAX;
+        assert_eq!(submit(NODE_ACCOUNT, vec![r]).pays_fee, Pays::No);
+        // Everything but the existential deposit was taken; the rest is debt.
+        assert_eq!(balance(OWNER), ED);
+        assert_eq!(debt(c), u128::MAX - (OWNER_FUNDS - ED));
+        let totals = LedgerTotals::<Test>::get();
+        assert_eq!(totals.charged, u128::MAX);
+        assert_eq!(totals.collected, OWNER_FUNDS - ED);
+        assert!(totals.is_consistent());
+        assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
+    });
+}
+
+#[test]
+fn a_report_moves_funds_from_owner_to_farmer_treasury_and_burn() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        let mut r = report(c, START, START + 3_600, 3_600);
+        r.public_bytes_in = 2 * GIB;
+        r.public_bytes_out = GIB;
+        let charge = SMALL_VM_HOUR + 3_000;
+        assert_eq!(charge, 13_980);
+        let issuance = Balances::total_issuance();
+
+        let info = submit(NODE_ACCOUNT, vec![r]);
+        assert_eq!(info.pays_fee, Pays::No);
+
+        assert_eq!(balance(OWNER), OWNER_FUNDS - charge);
+        assert_eq!(balance(FARMER), ED + 9_786);
+        assert_eq!(balance(TREASURY), ED + 2_796);
+        assert_eq!(Balances::total_issuance(), issuance - 1_398);
+        System::assert_last_event(
+            Event::<Test>::ReportSettled {
+                contract: c,
+                owner: OWNER,
+                window_start: START,
+                window_end: START + 3_600,
+                charged: charge,
+                collected: charge,
+                farm_owner: FARMER,
+                to_farm_owner: 9_786,
+                to_treasury: 2_796,
+                burned: 1_398,
+                debt: 0,
+            }
+            .into(),
+        );
+        let billing = ContractBillings::<Test>::get(c).unwrap();
+        assert_eq!(billing.billed_until(), START + 3_600);
+        assert_eq!(billing.node, NODE);
+        let totals = LedgerTotals::<Test>::get();
+        assert_eq!((totals.charged, totals.collected, totals.burned), (charge, charge, 1_398));
+        assert_eq!((totals.to_farm_owners, totals.to_treasury, totals.debt), (9_786, 2_796, 0));
+    });
+}
+
+#[test]
+fn partial_uptime_is_charged_pro_rata() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 900)]);
+        assert_eq!(balance(OWNER), OWNER_FUNDS - SMALL_VM_HOUR / 4);
+    });
+}
+
+#[test]
+fn zero_uptime_windows_charge_nothing_for_compute() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        let info = submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 0)]);
+        assert_eq!(info.pays_fee, Pays::No);
+        assert_eq!(balance(OWNER), OWNER_FUNDS);
+        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 3_600);
+        // Traffic is still what it is.
+        advance_secs(3_600);
+        let mut r = report(c, START + 3_600, START + 7_200, 0);
+        r.public_bytes_out = GIB;
+        submit(NODE_ACCOUNT, vec![r]);
+        assert_eq!(balance(OWNER), OWNER_FUNDS - 1_000);
+    });
+}
+
+#[test]
+fn resending_the_last_accepted_report_is_a_no_op() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        let r = report(c, START, START + 3_600, 3_600);
+        assert_eq!(submit(NODE_ACCOUNT, vec![r.clone()]).pays_fee, Pays::No);
+        let after_first = balance(OWNER);
+        let events = System::events().len();
+
+        // A batch of resends only: nothing happens, and it pays (free resends would be spam).
+        assert_eq!(submit(NODE_ACCOUNT, vec![r.clone(), r.clone()]).pays_fee, Pays::Yes);
+        assert_eq!(balance(OWNER), after_first);
+        assert_eq!(System::events().len(), events);
+
+        // A retry of a batch that also carries a new window stays free.
+        advance_secs(3_600);
+        let next = report(c, START + 3_600, START + 7_200, 3_600);
+        assert_eq!(submit(NODE_ACCOUNT, vec![r.clone(), next.clone()]).pays_fee, Pays::No);
+        assert_eq!(balance(OWNER), after_first - SMALL_VM_HOUR);
+        // The old report is no longer the last one: sending it again is an overlap.
+        assert_eq!(submit(NODE_ACCOUNT, vec![next]).pays_fee, Pays::Yes);
+        assert!(rejections().is_empty());
+        submit(NODE_ACCOUNT, vec![r]);
+        assert_eq!(rejections(), vec![(c, RejectReason::WindowOverlap)]);
+        // A changed report for the same window is not a resend either.
+        let mut changed = report(c, START + 3_600, START + 7_200, 1);
+        changed.public_bytes_in = 1;
+        submit(NODE_ACCOUNT, vec![changed]);
+        assert_eq!(rejections().last(), Some(&(c, RejectReason::WindowOverlap)));
+        assert_eq!(balance(OWNER), after_first - SMALL_VM_HOUR);
+    });
+}
+
+#[test]
+fn gapped_and_overlapping_windows_are_rejected() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(3 * 3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        let paid = balance(OWNER);
+
+        let gap = report(c, START + 3_601, START + 7_200, 10);
+        let overlap = report(c, START + 3_599, START + 3_700, 10);
+        let info = submit(NODE_ACCOUNT, vec![gap, overlap]);
+        assert_eq!(info.pays_fee, Pays::Yes);
+        assert_eq!(
+            rejections(),
+            vec![(c, RejectReason::WindowGap), (c, RejectReason::WindowOverlap)]
+        );
+        assert_eq!(balance(OWNER), paid);
+        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 3_600);
+
+        // Contiguous windows in one batch are all accepted, in order.
+        let a = report(c, START + 3_600, START + 7_200, 3_600);
+        let b = report(c, START + 7_200, START + 10_800, 3_600);
+        assert_eq!(submit(NODE_ACCOUNT, vec![a, b]).pays_fee, Pays::No);
+        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 10_800);
+        assert_eq!(balance(OWNER), paid - 2 * SMALL_VM_HOUR);
+    });
+}
+
+#[test]
+fn window_rules_each_have_their_reason() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(2 * 3_600);
+        let now = START + 2 * 3_600;
+        let cases = [
+            (report(c, START + 10, START + 10, 0), RejectReason::EmptyWindow),
+            (report(c, START + 10, START + 5, 0), RejectReason::EmptyWindow),
+            (report(c, START, START + MAX_WINDOW + 1, 0), RejectReason::WindowTooLong),
+            (report(c, now + DRIFT - 100, now + DRIFT + 1, 0), RejectReason::WindowInFuture),
+            (report(c, START, START + 100, 101), RejectReason::UptimeExceedsWindow),
+            // The first window cannot start before activation (minus the drift).
+            (report(c, START - DRIFT - 1, START + 100, 0), RejectReason::StartsBeforeActivation),
+            (report(77, START, START + 100, 0), RejectReason::UnknownContract),
+        ];
+        for (r, reason) in cases.iter() {
+            System::reset_events();
+            assert_eq!(submit(NODE_ACCOUNT, vec![r.clone()]).pays_fee, Pays::Yes);
+            assert_eq!(rejections(), vec![(r.contract, *reason)], "{r:?}");
+        }
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        // Within the drift on both sides is fine.
+        assert_eq!(
+            submit(NODE_ACCOUNT, vec![report(c, START - DRIFT, START + 3_000, 0)]).pays_fee,
+            Pays::No
+        );
+        assert_eq!(
+            submit(NODE_ACCOUNT, vec![report(c, START + 3_000, START + 6_600, 0)]).pays_fee,
+            Pays::No
+        );
+        assert_eq!(
+            submit(NODE_ACCOUNT, vec![report(c, START + 6_600, now + DRIFT, 0)]).pays_fee,
+            Pays::No
+        );
+    });
+}
+
+#[test]
+fn reports_from_another_node_are_rejected_without_failing_the_batch() {
+    run_test(|| {
+        let mine = add_contract(OWNER, NODE, small_vm());
+        let theirs = add_contract(OWNER, OTHER_NODE, small_vm());
+        advance_secs(3_600);
+        let info = submit(
+            OTHER_NODE_ACCOUNT,
+            vec![report(mine, START, START + 3_600, 3_600), report(theirs, START, START + 3_600, 3_600)],
+        );
+        assert_eq!(info.pays_fee, Pays::Yes);
+        assert_eq!(rejections(), vec![(mine, RejectReason::NotContractNode)]);
+        assert!(ContractBillings::<Test>::get(mine).is_none());
+        assert_eq!(ContractBillings::<Test>::get(theirs).unwrap().billed_until(), START + 3_600);
+        assert_eq!(balance(OTHER_FARMER), Perbill::from_percent(70).mul_floor(SMALL_VM_HOUR));
+        // Any other account, too.
+        System::reset_events();
+        submit(OWNER, vec![report(mine, START, START + 3_600, 3_600)]);
+        assert_eq!(rejections(), vec![(mine, RejectReason::NotContractNode)]);
+    });
+}
+
+#[test]
+fn empty_batches_fail() {
+    run_test(|| {
+        assert_noop!(
+            Billing::report_consumption(RuntimeOrigin::signed(NODE_ACCOUNT), BoundedVec::new()),
+            Error::<Test>::EmptyBatch
+        );
+    });
+}
+
+#[test]
+fn a_farm_without_a_policy_or_owner_cannot_be_billed() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        add_farm(FARM, FARMER, 42);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::NoPricingPolicy)]);
+        with_world(|w| w.farms.remove(&FARM));
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::FarmUnknown)]);
+        assert_eq!(balance(OWNER), OWNER_FUNDS);
+    });
+}
+
+#[test]
+fn a_payout_too_small_for_a_new_account_goes_to_the_treasury() {
+    run_test(|| {
+        // OTHER_FARMER has no account; 70% of 10 is below the existential deposit.
+        let c = add_contract(OWNER, OTHER_NODE, RequiredResources::default());
+        advance_secs(60);
+        let mut r = report(c, START, START + 60, 60);
+        // Just over 10/1000 GiB: a charge of exactly 10.
+        r.public_bytes_out = 10 * GIB / 1_000 + 1;
+        submit(OTHER_NODE_ACCOUNT, vec![r]);
+        assert_eq!(balance(OWNER), OWNER_FUNDS - 10);
+        assert_eq!(balance(OTHER_FARMER), 0);
+        assert_eq!(balance(TREASURY), ED + 9);
+        let totals = LedgerTotals::<Test>::get();
+        assert_eq!((totals.to_farm_owners, totals.to_treasury, totals.burned), (0, 9, 1));
+    });
+}
+
+#[test]
+fn grace_then_top_up_then_resume() {
+    run_test(|| {
+        let c = add_contract(POOR, NODE, small_vm());
+        advance_secs(3_600);
+        // POOR holds 1000 and keeps the existential deposit: 990 collected, the rest owed.
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        assert_eq!(balance(POOR), ED);
+        let owed = SMALL_VM_HOUR - 990;
+        assert_eq!(debt(c), owed);
+        assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
+        assert_eq!(GraceSince::<Test>::get(c), Some(System::block_number()));
+        System::assert_has_event(
+            Event::<Test>::GracePeriodStarted { contract: c, owner: POOR, debt: owed }.into(),
+        );
+        let grace_start = System::block_number();
+
+        // In grace the node stops serving: zero uptime, nothing new to pay, still in debt.
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START + 3_600, START + 7_200, 0)]);
+        assert_eq!(debt(c), owed);
+        assert_eq!(GraceSince::<Test>::get(c), Some(grace_start), "the grace clock does not restart");
+
+        // A partial top-up pays part of the debt.
+        top_up(POOR, 1_000);
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START + 7_200, START + 10_800, 0)]);
+        assert_eq!(debt(c), owed - 1_000);
+        assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
+
+        // Enough funds: the debt is settled first, then the contract resumes.
+        top_up(POOR, 100_000);
+        advance_secs(3_600);
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START + 10_800, START + 14_400, 0)]);
+        assert_eq!(debt(c), 0);
+        assert_eq!(balance(POOR), ED + 100_000 - (owed - 1_000));
+        assert_eq!(contract_state(c), Some(ContractState::Deployed));
+        assert_eq!(GraceSince::<Test>::get(c), None);
+        System::assert_last_event(Event::<Test>::ContractResumed { contract: c, owner: POOR }.into());
+
+        // And the grace sweep leaves it alone.
+        advance_blocks(GRACE_BLOCKS * 2);
+        Billing::on_idle(System::block_number(), Weight::MAX);
+        assert_eq!(contract_state(c), Some(ContractState::Deployed));
+    });
+}
+
+#[test]
+fn grace_expiry_cancels_and_releases_capacity() {
+    run_test(|| {
+        let c = add_contract(POOR, NODE, small_vm());
+        assert_eq!(reserved(NODE), small_vm().resources);
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        let owed = debt(c);
+        assert!(owed > 0);
+        let since = GraceSince::<Test>::get(c).unwrap();
+
+        // One block short of the grace length: nothing happens.
+        System::set_block_number(since + GRACE_BLOCKS - 1);
+        Billing::on_idle(System::block_number(), Weight::MAX);
+        assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
+
+        System::set_block_number(since + GRACE_BLOCKS);
+        Billing::on_idle(System::block_number(), Weight::MAX);
+        assert_eq!(contract_state(c), None);
+        assert_eq!(with_world(|w| w.cancelled.clone()), vec![c]);
+        assert_eq!(reserved(NODE), Resources::zero());
+        assert!(with_world(|w| !w.ips.contains_key(&c)));
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        assert!(GraceSince::<Test>::get(c).is_none());
+        System::assert_has_event(Event::<Test>::BillingClosed { contract: c, debt_written_off: owed }.into());
+        System::assert_has_event(Event::<Test>::GracePeriodExpired { contract: c, debt: owed }.into());
+        let totals = LedgerTotals::<Test>::get();
+        assert_eq!((totals.debt, totals.written_off), (0, owed));
+        // Later reports for it are rejected.
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START + 3_600, START + 3_700, 0)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::UnknownContract)]);
+    });
+}
+
+#[test]
+fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
+    run_test(|| {
+        let contracts: Vec<_> = (0..5).map(|_| add_contract(POOR, NODE, RequiredResources::default())).collect();
+        advance_secs(60);
+        for c in &contracts {
+            // 2 GiB of traffic each = 2000: more than POOR can pay even once.
+            let mut r = report(*c, START, START + 60, 60);
+            r.public_bytes_out = 2 * GIB;
+            submit(NODE_ACCOUNT, vec![r]);
+        }
+        assert_eq!(GraceSince::<Test>::iter().count(), 5);
+        advance_blocks(GRACE_BLOCKS);
+
+        let base = <<Test as frame_system::Config>::DbWeight as Get<frame_support::weights::RuntimeDbWeight>>::get()
+            .reads_writes(1, 1);
+        let step = <() as WeightInfo>::on_idle_step();
+        // Not even one step fits: nothing is done.
+        assert_eq!(Billing::on_idle(System::block_number(), base), Weight::zero());
+        assert_eq!(GraceSince::<Test>::iter().count(), 5);
+        // Two steps per block.
+        let limit = base + step * 2;
+        let used = Billing::on_idle(System::block_number(), limit);
+        assert!(used.all_lte(limit));
+        assert_eq!(GraceSince::<Test>::iter().count(), 3);
+        assert!(GraceCursor::<Test>::get().is_some());
+        Billing::on_idle(System::block_number(), limit);
+        assert_eq!(GraceSince::<Test>::iter().count(), 1);
+        Billing::on_idle(System::block_number(), limit);
+        assert_eq!(GraceSince::<Test>::iter().count(), 0);
+        assert_eq!(GraceCursor::<Test>::get(), None, "a finished pass resets the cursor");
+        let mut cancelled = with_world(|w| w.cancelled.clone());
+        cancelled.sort();
+        assert_eq!(cancelled, contracts);
+    });
+}
+
+#[test]
+fn the_sweep_skips_contracts_whose_grace_has_not_run_out() {
+    run_test(|| {
+        let early = add_contract(POOR, NODE, RequiredResources::default());
+        advance_secs(60);
+        let mut r = report(early, START, START + 60, 60);
+        r.public_bytes_out = 2 * GIB;
+        submit(NODE_ACCOUNT, vec![r]);
+        advance_blocks(GRACE_BLOCKS / 2);
+        let late = add_contract(POOR, NODE, RequiredResources::default());
+        advance_secs(60);
+        let now = START + 60 + GRACE_BLOCKS / 2 * 6 + 60;
+        let mut r = report(late, now - 60, now, 60);
+        r.public_bytes_out = GIB;
+        submit(NODE_ACCOUNT, vec![r]);
+        advance_blocks(GRACE_BLOCKS / 2);
+        Billing::on_idle(System::block_number(), Weight::MAX);
+        assert_eq!(contract_state(early), None);
+        assert_eq!(contract_state(late), Some(ContractState::GracePeriod));
+    });
+}
+
+#[test]
+fn ended_contracts_lose_their_billing_state() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        assert!(ContractBillings::<Test>::get(c).is_some());
+        <Billing as zos_primitives::contracts::OnContractEnded<_, _>>::on_contract_ended(
+            c,
+            zos_primitives::contracts::CancelCause::Signers,
+            None,
+        );
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        System::assert_last_event(Event::<Test>::BillingClosed { contract: c, debt_written_off: 0 }.into());
+        // A contract billing never saw: nothing to do, no event.
+        let events = System::events().len();
+        <Billing as zos_primitives::contracts::OnContractEnded<_, _>>::on_contract_ended(
+            999,
+            zos_primitives::contracts::CancelCause::Withdrawn,
+            None,
+        );
+        assert_eq!(System::events().len(), events);
+    });
+}
+
+#[test]
+fn stale_contracts_are_listed_and_accrue_nothing() {
+    run_test(|| {
+        let silent = add_contract(OWNER, OTHER_NODE, small_vm());
+        let reported = contract_after_an_hour();
+        submit(NODE_ACCOUNT, vec![report(reported, START, START + 3_600, 3_600)]);
+        let paid = balance(OWNER);
+        assert!(Billing::stale_contracts().is_empty());
+        assert!(!Billing::contract_billing(reported).unwrap().stale);
+
+        advance_secs(STALE_AFTER + 1);
+        assert_eq!(Billing::stale_contracts(), vec![(reported, NODE, START + 3_600)]);
+        let status = Billing::contract_billing(reported).unwrap();
+        assert!(status.stale);
+        assert_eq!(status.billed_until, Some(START + 3_600));
+        assert_eq!(status.debt, 0);
+        // Never reported, activated long ago: stale too.
+        let status = Billing::contract_billing(silent).unwrap();
+        assert!(status.stale);
+        assert_eq!(status.billed_until, None);
+        assert_eq!(status.node, OTHER_NODE);
+        assert_eq!(Billing::contract_billing(12_345), None);
+
+        // Time passing without reports costs nothing.
+        advance_blocks(10 * GRACE_BLOCKS);
+        Billing::on_idle(System::block_number(), Weight::MAX);
+        assert_eq!(balance(OWNER), paid);
+    });
+}
+
+#[test]
+fn the_owner_is_never_reaped() {
+    run_test(|| {
+        top_up(5, 10_000);
+        let c = add_contract(5, NODE, small_vm());
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        assert_eq!(balance(5), ED);
+        assert_eq!(debt(c), SMALL_VM_HOUR - (10_000 - ED));
+        assert!(frame_system::Pallet::<Test>::account_exists(&5));
+    });
+}
