@@ -46,7 +46,7 @@ use frame_support::{
     dispatch::DispatchResult,
     ensure,
     traits::{
-        fungible::{InspectHold, MutateHold},
+        fungible::MutateHold,
         tokens::Precision,
         Get,
     },
@@ -907,6 +907,7 @@ impl<T: Config> Pallet<T> {
     /// Checks every invariant of the pallet's storage; used by `try_state` and after each test.
     pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
         use alloc::collections::{btree_map::BTreeMap, btree_set::BTreeSet};
+        use frame_support::traits::fungible::InspectHold;
         let next_id = NextContractId::<T>::get();
         let mut reserved: BTreeMap<NodeId, Resources> = BTreeMap::new();
         let mut deposits: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
