@@ -657,3 +657,80 @@ fn the_owner_is_never_reaped() {
         assert!(frame_system::Pallet::<Test>::account_exists(&5));
     });
 }
+
+/// Native execution time of the worst-case report path (settlement of a debt and a charge,
+/// three payouts, leaving grace), without database costs: the input of the estimates in
+/// `weights.rs`. Run with `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_worst_case_reports() {
+    run_test(|| {
+        const BATCHES: u64 = 50;
+        let mut batches = Vec::new();
+        for b in 0..BATCHES {
+            let mut reports = Vec::new();
+            for i in 0..u64::from(MAX_BATCH) {
+                let owner = 1_000 + b * 100 + i;
+                top_up(owner, 1_000);
+                let c = add_contract(owner, NODE, RequiredResources::default());
+                reports.push((c, owner));
+            }
+            batches.push(reports);
+        }
+        advance_secs(60);
+        // Each contract gets a debt and enters grace...
+        for batch in &batches {
+            let reports = batch
+                .iter()
+                .map(|(c, _)| {
+                    let mut r = report(*c, START, START + 30, 30);
+                    r.public_bytes_out = 2 * GIB;
+                    r
+                })
+                .collect();
+            submit(NODE_ACCOUNT, reports);
+        }
+        for batch in &batches {
+            for (_, owner) in batch {
+                top_up(*owner, 1_000_000);
+            }
+        }
+        assert_eq!(GraceSince::<Test>::iter().count(), batches.len() * MAX_BATCH as usize);
+        // ...and the timed reports settle it with a new charge, paying out three ways.
+        let started = std::time::Instant::now();
+        for batch in &batches {
+            let reports = batch
+                .iter()
+                .map(|(c, _)| {
+                    let mut r = report(*c, START + 30, START + 60, 30);
+                    r.public_bytes_out = GIB;
+                    r
+                })
+                .collect();
+            assert_eq!(submit(NODE_ACCOUNT, reports).pays_fee, Pays::No);
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(GraceSince::<Test>::iter().count(), 0);
+        let per_report = elapsed.as_nanos() / u128::from(BATCHES * u64::from(MAX_BATCH));
+        println!("worst-case report: {per_report} ns native (in-memory storage)");
+    });
+}
+
+/// The throughput goal: at least 50,000 contract-reports per hour in 25% of a block of 2 s of
+/// compute at 6 s blocks. Checked with the `()` weights, which price storage as RocksDB (slower
+/// than the runtime's ParityDB), in full batches, each paying the extrinsic base weight.
+#[test]
+fn reports_per_hour_fit_the_goal() {
+    use frame_support::weights::constants::{ExtrinsicBaseWeight, WEIGHT_REF_TIME_PER_SECOND};
+    let budget = 2 * WEIGHT_REF_TIME_PER_SECOND / 4;
+    let per_hour = |batch: u32| {
+        let batch_weight = <() as WeightInfo>::report_consumption(batch).ref_time() +
+            ExtrinsicBaseWeight::get().ref_time();
+        let batches_per_block = budget / batch_weight;
+        batches_per_block * u64::from(batch) * 600
+    };
+    for batch in [1, MAX_BATCH, 256] {
+        assert!(per_hour(batch) >= 50_000, "batch {batch}: {} per hour", per_hour(batch));
+    }
+    assert!(per_hour(256) > 400_000);
+}
