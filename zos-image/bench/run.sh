@@ -51,7 +51,7 @@ start_mount() { # root mnt cache store...
   local root=$1 mnt=$2 cache=$3; shift 3
   local args=(); for s in "$@"; do args+=(--store "$s"); done
   mkdir -p "$mnt"
-  "$BIN" mount "$root" "$mnt" --cache "$cache" "${args[@]}" 2>"$mnt.log" &
+  "$BIN" mount "$root" "$mnt" --cache "$cache" "${args[@]}" >/dev/null 2>"$mnt.log" &
   local pid=$!
   for _ in $(seq 200); do grep -q " $mnt fuse" /proc/mounts && break; sleep 0.05; done
   echo "$pid"

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 use crate::format::{ChunkInfo, MAX_CHUNK_LEN};
 use crate::hash::Hash;
 
+/// Files up to this size are packed together with their neighbours (in tree order) into shared
+/// chunks of about PACK_TARGET bytes: one hash and one fetch for a whole directory of small files.
+pub const PACK_FILE_MAX: u64 = 32 << 10;
+pub const PACK_TARGET: u64 = 256 << 10;
 /// Files up to this size are stored as a single chunk.
 pub const SMALL_FILE_MAX: u64 = 256 << 10;
 /// FastCDC bounds for larger files. Small enough that a lazy mount fetches little more than
@@ -23,6 +27,28 @@ const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
 const ZSTD_LEVEL: i32 = 3;
 
+thread_local! {
+    // Compression contexts are expensive to set up (hundreds of KB of tables): one per thread
+    // and level, reused for every chunk.
+    static PROBE: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static FULL: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress_with(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>>,
+    level: i32,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    slot.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::bulk::Compressor::new(level).ok();
+        }
+        cell.as_mut()?.compress(data).ok()
+    })
+}
+
 /// A chunk ready to be stored.
 pub struct EncodedChunk {
     pub info: ChunkInfo,
@@ -34,7 +60,7 @@ pub fn encode_chunk(plain: &[u8]) -> EncodedChunk {
     let hash = Hash::of(plain);
     let object = encode_object(plain);
     EncodedChunk {
-        info: ChunkInfo { hash, raw_len: plain.len() as u32, stored_len: object.len() as u32 },
+        info: ChunkInfo { hash, raw_len: plain.len() as u32 },
         object,
     }
 }
@@ -45,7 +71,7 @@ pub fn encode_chunk(plain: &[u8]) -> EncodedChunk {
 pub fn encode_object(plain: &[u8]) -> Vec<u8> {
     let worth_trying = plain.len() >= 64 && (plain.len() < 32 << 10 || probe_compressible(plain));
     if worth_trying {
-        if let Ok(compressed) = zstd::bulk::compress(plain, ZSTD_LEVEL) {
+        if let Some(compressed) = compress_with(&FULL, ZSTD_LEVEL, plain) {
             if compressed.len() + compressed.len() / 15 < plain.len() {
                 let mut out = Vec::with_capacity(compressed.len() + 1);
                 out.push(CODEC_ZSTD);
@@ -66,7 +92,7 @@ fn probe_compressible(plain: &[u8]) -> bool {
     let mut saved = 0usize;
     for start in [0, mid, plain.len() - SAMPLE] {
         let sample = &plain[start..start + SAMPLE];
-        if let Ok(c) = zstd::bulk::compress(sample, 1) {
+        if let Some(c) = compress_with(&PROBE, 1, sample) {
             saved += SAMPLE.saturating_sub(c.len());
         }
     }
@@ -81,7 +107,18 @@ pub fn decode_object(hash: &Hash, object: &[u8], expected_len: Option<u32>) -> R
         CODEC_RAW => payload.to_vec(),
         CODEC_ZSTD => {
             let limit = expected_len.unwrap_or(MAX_CHUNK_LEN) as usize;
-            zstd::bulk::decompress(payload, limit).map_err(|e| bad(format!("zstd: {e}")))?
+            DECOMPRESSOR
+                .with(|cell| {
+                    let mut cell = cell.borrow_mut();
+                    if cell.is_none() {
+                        *cell = Some(zstd::bulk::Decompressor::new()?);
+                    }
+                    match cell.as_mut() {
+                        Some(d) => d.decompress(payload, limit),
+                        None => Err(std::io::Error::other("no zstd context")),
+                    }
+                })
+                .map_err(|e| bad(format!("zstd: {e}")))?
         }
         other => return Err(bad(format!("unknown codec {other}"))),
     };

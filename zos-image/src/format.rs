@@ -6,11 +6,16 @@
 //! ```text
 //! header      64 bytes   magic "ZOSIMG\0\0", version, counts
 //! inodes      64 bytes each, indexed by inode number (0 = root directory)
-//! dirents     12 bytes each, grouped per directory, sorted by raw name bytes
-//! chunk refs  12 bytes each, grouped per regular file, in file order
-//! chunks      40 bytes each, unique, sorted by hash
-//! blob        names, symlink targets and xattrs, referenced by (offset, length)
+//! dirents      8 bytes each (name end, inode), grouped per directory, sorted by raw name
+//! chunk refs  16 bytes each (file offset, chunk, offset in chunk), per regular file, in order
+//! chunks      36 bytes each (BLAKE3, length), unique, in order of first use
+//! names       entry names back to back, in dirent order
+//! blob        symlink targets and xattrs, referenced by (offset, length)
 //! ```
+//!
+//! Small files are packed together into shared chunks (a chunk ref says where in the chunk a
+//! file's bytes are); large files are cut into content-defined chunks. Every table is laid out
+//! so that neighbouring records differ little, which is what makes the index compress well.
 //!
 //! Fixed-size records make every lookup O(1) or a binary search directly on the (possibly
 //! memory-mapped) bytes: nothing has to be loaded or parsed up front beyond one validation pass.
@@ -28,9 +33,9 @@ pub const MAGIC: [u8; 8] = *b"ZOSIMG\0\0";
 pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 64;
 pub const INODE_LEN: usize = 64;
-pub const DIRENT_LEN: usize = 12;
-pub const CHUNK_REF_LEN: usize = 12;
-pub const CHUNK_LEN: usize = 40;
+pub const DIRENT_LEN: usize = 8;
+pub const CHUNK_REF_LEN: usize = 16;
+pub const CHUNK_LEN: usize = 36;
 /// Upper bound on a chunk's plaintext size; a decoder never allocates more than this per chunk.
 pub const MAX_CHUNK_LEN: u32 = 4 << 20;
 pub const MAX_NAME_LEN: usize = 255;
@@ -122,20 +127,21 @@ impl Inode {
     }
 }
 
-/// A chunk as listed in the index: its name (BLAKE3 of the plaintext), plaintext length and the
-/// length of the stored (possibly compressed) object, which is what a fetch costs.
+/// A chunk as listed in the index: its name (BLAKE3 of the plaintext) and plaintext length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkInfo {
     pub hash: Hash,
     pub raw_len: u32,
-    pub stored_len: u32,
 }
 
-/// Where a piece of a regular file lives.
+/// Where a piece of a regular file lives: bytes `file_offset..file_offset+len` of the file are
+/// bytes `chunk_offset..chunk_offset+len` of chunk number `chunk`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkRef {
     pub file_offset: u64,
     pub chunk: u32,
+    pub chunk_offset: u32,
+    pub len: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,19 +151,21 @@ pub struct Header {
     pub chunk_ref_count: u64,
     pub chunk_count: u64,
     pub blob_len: u64,
+    pub names_len: u64,
 }
 
 impl Header {
-    fn section_ranges(&self) -> FResult<[Range<usize>; 5]> {
+    fn section_ranges(&self) -> FResult<[Range<usize>; 6]> {
         let sizes = [
             self.inode_count.checked_mul(INODE_LEN as u64),
             self.dirent_count.checked_mul(DIRENT_LEN as u64),
             self.chunk_ref_count.checked_mul(CHUNK_REF_LEN as u64),
             self.chunk_count.checked_mul(CHUNK_LEN as u64),
+            Some(self.names_len),
             Some(self.blob_len),
         ];
         let mut start = HEADER_LEN as u64;
-        let mut out: [Range<usize>; 5] = Default::default();
+        let mut out: [Range<usize>; 6] = Default::default();
         for (slot, size) in out.iter_mut().zip(sizes) {
             let end = size
                 .and_then(|s| start.checked_add(s))
@@ -170,7 +178,7 @@ impl Header {
     }
 
     fn total_len(&self) -> FResult<u64> {
-        Ok(self.section_ranges()?[4].end as u64)
+        Ok(self.section_ranges()?[BLOB].end as u64)
     }
 }
 
@@ -204,7 +212,7 @@ impl std::ops::Deref for IndexBytes {
 pub struct Index {
     bytes: IndexBytes,
     header: Header,
-    sections: [Range<usize>; 5],
+    sections: [Range<usize>; 6],
 }
 
 impl std::fmt::Debug for Index {
@@ -217,7 +225,8 @@ const INODES: usize = 0;
 const DIRENTS: usize = 1;
 const CHUNK_REFS: usize = 2;
 const CHUNKS: usize = 3;
-const BLOB: usize = 4;
+const NAMES: usize = 4;
+const BLOB: usize = 5;
 
 impl Index {
     /// Decode and fully validate an index. Never panics on any input.
@@ -305,16 +314,18 @@ impl Index {
         })
     }
 
-    /// Entry `i` (absolute dirent index): (raw name, inode).
+    /// Entry `i` (absolute dirent index): (raw name, inode). A name runs from the previous
+    /// entry's end to this entry's end in the names section.
     fn dirent(&self, i: u64) -> FResult<(&[u8], u32)> {
         let r = self.record(DIRENTS, DIRENT_LEN, i)?;
-        let name_off = u32_at(r, 0);
+        let end = u64::from(u32_at(r, 0));
         let ino = u32_at(r, 4);
-        let name_len = u16_at(r, 8);
-        if u16_at(r, 10) != 0 {
-            return corrupt(format!("dirent {i}: reserved bytes set"));
+        let start = if i == 0 { 0 } else { u64::from(u32_at(self.record(DIRENTS, DIRENT_LEN, i - 1)?, 0)) };
+        let names = &self.bytes[self.sections[NAMES].clone()];
+        if start >= end || end > names.len() as u64 {
+            return corrupt(format!("dirent {i}: name out of range"));
         }
-        Ok((self.blob(u64::from(name_off), u64::from(name_len))?, ino))
+        Ok((&names[start as usize..end as usize], ino))
     }
 
     fn expect_kind(inode: &Inode, kind: Kind) -> FResult<()> {
@@ -432,7 +443,18 @@ impl Index {
             return corrupt("chunk reference index out of range");
         }
         let r = self.record(CHUNK_REFS, CHUNK_REF_LEN, file.a + u64::from(i))?;
-        Ok(ChunkRef { file_offset: u64_at(r, 0), chunk: u32_at(r, 8) })
+        let file_offset = u64_at(r, 0);
+        let end = if i + 1 < file.b {
+            u64_at(self.record(CHUNK_REFS, CHUNK_REF_LEN, file.a + u64::from(i) + 1)?, 0)
+        } else {
+            file.size
+        };
+        let len = end
+            .checked_sub(file_offset)
+            .and_then(|l| u32::try_from(l).ok())
+            .filter(|l| *l > 0 && *l <= MAX_CHUNK_LEN)
+            .ok_or(FormatError::Corrupt(format!("file {}: bad piece {i}", file.ino)))?;
+        Ok(ChunkRef { file_offset, chunk: u32_at(r, 8), chunk_offset: u32_at(r, 12), len })
     }
 
     /// Index (within the file) of the chunk reference covering byte `offset`.
@@ -458,21 +480,7 @@ impl Index {
         let r = self.record(CHUNKS, CHUNK_LEN, u64::from(i))?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&r[..32]);
-        Ok(ChunkInfo { hash: Hash(hash), raw_len: u32_at(r, 32), stored_len: u32_at(r, 36) })
-    }
-
-    /// Position of a chunk in the (hash-sorted) chunk table.
-    pub fn find_chunk(&self, hash: &Hash) -> FResult<Option<u32>> {
-        let (mut lo, mut hi) = (0u32, self.chunk_count());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.chunk(mid)?.hash.cmp(hash) {
-                std::cmp::Ordering::Equal => return Ok(Some(mid)),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-            }
-        }
-        Ok(None)
+        Ok(ChunkInfo { hash: Hash(hash), raw_len: u32_at(r, 32) })
     }
 
     /// Check every structural invariant once, so later accessors can only fail on a bug.
@@ -484,17 +492,19 @@ impl Index {
         if h.inode_count > u64::from(u32::MAX) || h.chunk_count > u64::from(u32::MAX) {
             return corrupt("too many inodes or chunks");
         }
-        let mut prev: Option<Hash> = None;
+        let mut hashes = std::collections::HashSet::with_capacity(h.chunk_count as usize);
         for i in 0..h.chunk_count as u32 {
             let c = self.chunk(i)?;
-            if prev.is_some_and(|p| p >= c.hash) {
-                return corrupt("chunk table not strictly sorted by hash");
+            if !hashes.insert(c.hash) {
+                return corrupt("chunk listed twice");
             }
-            if c.raw_len == 0 || c.raw_len > MAX_CHUNK_LEN || c.stored_len == 0 {
+            if c.raw_len == 0 || c.raw_len > MAX_CHUNK_LEN {
                 return corrupt(format!("chunk {i} has invalid length"));
             }
-            prev = Some(c.hash);
         }
+        drop(hashes);
+        // Chunks must appear in order of first use (canonical, and every chunk is used).
+        let mut next_new_chunk = 0u64;
         // Directory and chunk-ref ranges must tile their sections in inode order.
         let mut next_dirent = 0u64;
         let mut next_ref = 0u64;
@@ -534,14 +544,28 @@ impl Index {
                         return corrupt(format!("file {ino}: chunk refs out of place"));
                     }
                     next_ref += u64::from(inode.b);
+                    if (inode.b == 0) != (inode.size == 0) {
+                        return corrupt(format!("file {ino}: chunks do not add up to its size"));
+                    }
                     let mut expect = 0u64;
                     for i in 0..inode.b {
+                        // file_chunk checks that pieces are non-empty and in increasing order.
                         let r = self.file_chunk(&inode, i)?;
-                        let c = self.chunk(r.chunk)?;
                         if r.file_offset != expect {
                             return corrupt(format!("file {ino}: chunk offsets inconsistent"));
                         }
-                        expect += u64::from(c.raw_len);
+                        match u64::from(r.chunk).cmp(&next_new_chunk) {
+                            std::cmp::Ordering::Less => {}
+                            std::cmp::Ordering::Equal => next_new_chunk += 1,
+                            std::cmp::Ordering::Greater => {
+                                return corrupt(format!("file {ino}: chunk table not in order of first use"))
+                            }
+                        }
+                        let c = self.chunk(r.chunk)?;
+                        if u64::from(r.chunk_offset) + u64::from(r.len) > u64::from(c.raw_len) {
+                            return corrupt(format!("file {ino}: piece {i} lies outside its chunk"));
+                        }
+                        expect += u64::from(r.len);
                     }
                     if expect != inode.size {
                         return corrupt(format!("file {ino}: chunks do not add up to its size"));
@@ -561,8 +585,15 @@ impl Index {
                 }
             }
         }
-        if next_dirent != h.dirent_count || next_ref != h.chunk_ref_count {
-            return corrupt("directory or chunk-ref section has unreferenced records");
+        if next_dirent != h.dirent_count || next_ref != h.chunk_ref_count || next_new_chunk != h.chunk_count {
+            return corrupt("directory, chunk-ref or chunk section has unreferenced records");
+        }
+        let names_end = match h.dirent_count {
+            0 => 0,
+            n => u64::from(u32_at(self.record(DIRENTS, DIRENT_LEN, n - 1)?, 0)),
+        };
+        if names_end != h.names_len {
+            return corrupt("names section has unreferenced bytes");
         }
         // A directory reachable twice (or the root reachable at all) would make the tree a graph
         // with cycles; hardlinks are only legal for non-directories.
@@ -625,7 +656,7 @@ pub fn parse_header(bytes: &[u8]) -> FResult<Header> {
     if version != FORMAT_VERSION {
         return Err(FormatError::UnsupportedVersion(version));
     }
-    if u32_at(bytes, 12) != 0 || bytes[56..64].iter().any(|b| *b != 0) {
+    if u32_at(bytes, 12) != 0 {
         return corrupt("reserved header bytes set");
     }
     Ok(Header {
@@ -634,6 +665,7 @@ pub fn parse_header(bytes: &[u8]) -> FResult<Header> {
         chunk_ref_count: u64_at(bytes, 32),
         chunk_count: u64_at(bytes, 40),
         blob_len: u64_at(bytes, 48),
+        names_len: u64_at(bytes, 56),
     })
 }
 
@@ -645,12 +677,27 @@ pub fn parse_header(bytes: &[u8]) -> FResult<Header> {
 pub enum NodeKind {
     /// Entries: (raw name, node id). Any order; the encoder sorts.
     Dir(Vec<(Vec<u8>, usize)>),
-    File { size: u64, chunks: Vec<ChunkInfo> },
+    File { size: u64, pieces: Vec<Piece> },
     Symlink(Vec<u8>),
     CharDev(u64),
     BlockDev(u64),
     Fifo,
     Socket,
+}
+
+/// Part of a file's content: `len` bytes at `offset` inside `chunk`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub chunk: ChunkInfo,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Piece {
+    /// A piece that is a whole chunk.
+    pub fn whole(chunk: ChunkInfo) -> Piece {
+        Piece { chunk, offset: 0, len: chunk.raw_len }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -675,30 +722,16 @@ pub struct EncodeStats {
     pub chunk_refs: u64,
     pub unique_chunks: u64,
     pub unique_bytes: u64,
-    pub stored_bytes: u64,
 }
 
 struct BlobWriter {
     data: Vec<u8>,
-    names: HashMap<Vec<u8>, u32>,
 }
 
 impl BlobWriter {
     fn add(&mut self, bytes: &[u8]) -> Result<u64, FormatError> {
         let off = self.data.len() as u64;
         self.data.extend_from_slice(bytes);
-        Ok(off)
-    }
-
-    /// Names repeat a lot (`__init__.py`, `Makefile`), so each distinct name is stored once.
-    fn add_name(&mut self, name: &[u8]) -> Result<u32, FormatError> {
-        if let Some(off) = self.names.get(name) {
-            return Ok(*off);
-        }
-        let off = u32::try_from(self.data.len())
-            .map_err(|_| FormatError::Corrupt("name table exceeds 4 GiB".into()))?;
-        self.data.extend_from_slice(name);
-        self.names.insert(name.to_vec(), off);
         Ok(off)
     }
 }
@@ -746,19 +779,27 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
         }
     }
 
-    // Unique chunks sorted by hash.
+    // Unique chunks in order of first use: consecutive files mostly use consecutive chunks, so
+    // chunk numbers in the ref table are small deltas that compress to almost nothing.
     let mut chunk_table: Vec<ChunkInfo> = Vec::new();
+    let mut chunk_pos: HashMap<Hash, u32> = HashMap::new();
     for &id in &order {
-        if let NodeKind::File { chunks, .. } = &nodes[id].kind {
-            chunk_table.extend_from_slice(chunks);
+        if let NodeKind::File { pieces, .. } = &nodes[id].kind {
+            for p in pieces {
+                if let Some(&pos) = chunk_pos.get(&p.chunk.hash) {
+                    if chunk_table[pos as usize].raw_len != p.chunk.raw_len {
+                        return corrupt("one chunk hash with two lengths");
+                    }
+                } else {
+                    chunk_pos.insert(p.chunk.hash, chunk_table.len() as u32);
+                    chunk_table.push(p.chunk);
+                }
+            }
         }
     }
-    chunk_table.sort_by(|a, b| a.hash.cmp(&b.hash));
-    chunk_table.dedup_by(|a, b| a.hash == b.hash);
-    let chunk_pos: HashMap<Hash, u32> =
-        chunk_table.iter().enumerate().map(|(i, c)| (c.hash, i as u32)).collect();
 
-    let mut blob = BlobWriter { data: Vec::new(), names: HashMap::new() };
+    let mut blob = BlobWriter { data: Vec::new() };
+    let mut names: Vec<u8> = Vec::new();
     let mut inodes = Vec::with_capacity(order.len() * INODE_LEN);
     let mut dirents = Vec::new();
     let mut refs = Vec::new();
@@ -770,31 +811,35 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
                 let entries = &sorted_dirs[&id];
                 let first = (dirents.len() / DIRENT_LEN) as u64;
                 for (name, child) in entries {
-                    let off = blob.add_name(name)?;
-                    dirents.extend_from_slice(&off.to_le_bytes());
+                    names.extend_from_slice(name);
+                    let end = u32::try_from(names.len())
+                        .map_err(|_| FormatError::Corrupt("names exceed 4 GiB".into()))?;
+                    dirents.extend_from_slice(&end.to_le_bytes());
                     dirents.extend_from_slice(&number[*child].unwrap_or(0).to_le_bytes());
-                    dirents.extend_from_slice(&(name.len() as u16).to_le_bytes());
-                    dirents.extend_from_slice(&0u16.to_le_bytes());
                 }
                 (Kind::Dir, entries.len() as u64, first, entries.len() as u32)
             }
-            NodeKind::File { size, chunks } => {
+            NodeKind::File { size, pieces } => {
                 let first = (refs.len() / CHUNK_REF_LEN) as u64;
                 let mut offset = 0u64;
-                for c in chunks {
-                    if c.raw_len == 0 || c.raw_len > MAX_CHUNK_LEN {
-                        return corrupt("chunk with invalid length");
+                for p in pieces {
+                    let c = p.chunk;
+                    if c.raw_len == 0 || c.raw_len > MAX_CHUNK_LEN || p.len == 0
+                        || u64::from(p.offset) + u64::from(p.len) > u64::from(c.raw_len)
+                    {
+                        return corrupt("file piece with invalid length");
                     }
                     refs.extend_from_slice(&offset.to_le_bytes());
                     refs.extend_from_slice(&chunk_pos[&c.hash].to_le_bytes());
-                    offset += u64::from(c.raw_len);
+                    refs.extend_from_slice(&p.offset.to_le_bytes());
+                    offset += u64::from(p.len);
                 }
                 if offset != *size {
                     return corrupt("file chunks do not add up to its size");
                 }
                 stats.file_bytes += size;
-                stats.chunk_refs += chunks.len() as u64;
-                let count = u32::try_from(chunks.len())
+                stats.chunk_refs += pieces.len() as u64;
+                let count = u32::try_from(pieces.len())
                     .map_err(|_| FormatError::Corrupt("file has too many chunks".into()))?;
                 (Kind::File, *size, first, count)
             }
@@ -861,14 +906,12 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
     for c in &chunk_table {
         chunks.extend_from_slice(&c.hash.0);
         chunks.extend_from_slice(&c.raw_len.to_le_bytes());
-        chunks.extend_from_slice(&c.stored_len.to_le_bytes());
         stats.unique_bytes += u64::from(c.raw_len);
-        stats.stored_bytes += u64::from(c.stored_len);
     }
     stats.unique_chunks = chunk_table.len() as u64;
 
     let mut out = Vec::with_capacity(
-        HEADER_LEN + inodes.len() + dirents.len() + refs.len() + chunks.len() + blob.data.len(),
+        HEADER_LEN + inodes.len() + dirents.len() + refs.len() + chunks.len() + names.len() + blob.data.len(),
     );
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -879,15 +922,16 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
         (refs.len() / CHUNK_REF_LEN) as u64,
         chunk_table.len() as u64,
         blob.data.len() as u64,
+        names.len() as u64,
     ] {
         out.extend_from_slice(&count.to_le_bytes());
     }
-    out.extend_from_slice(&[0u8; 8]);
     debug_assert_eq!(out.len(), HEADER_LEN);
     out.extend_from_slice(&inodes);
     out.extend_from_slice(&dirents);
     out.extend_from_slice(&refs);
     out.extend_from_slice(&chunks);
+    out.extend_from_slice(&names);
     out.extend_from_slice(&blob.data);
     Ok((out, stats))
 }
@@ -901,7 +945,7 @@ mod tests {
     }
 
     fn sample() -> Tree {
-        let chunk = ChunkInfo { hash: Hash::of(b"hello"), raw_len: 5, stored_len: 6 };
+        let chunk = Piece::whole(ChunkInfo { hash: Hash::of(b"hello"), raw_len: 5 });
         Tree {
             nodes: vec![
                 Node {
@@ -916,7 +960,7 @@ mod tests {
                 },
                 Node {
                     meta: meta(),
-                    kind: NodeKind::File { size: 10, chunks: vec![chunk, chunk] },
+                    kind: NodeKind::File { size: 10, pieces: vec![chunk, chunk] },
                     xattrs: vec![(b"user.x".to_vec(), b"1".to_vec())],
                 },
                 Node { meta: meta(), kind: NodeKind::Symlink(b"b".to_vec()), xattrs: vec![] },

@@ -219,12 +219,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let s = &result.stats;
             eprintln!(
-                "packed {} inodes, {} of file data in {} chunk refs ({} unique chunks, {} stored, {} new) in {:.2?}; index {}",
+                "packed {} inodes, {} of file data in {} chunk refs ({} unique chunks, {} newly stored) in {:.2?}; index {}",
                 s.inodes,
                 human(s.file_bytes),
                 s.chunk_refs,
                 s.unique_chunks,
-                human(s.stored_bytes),
                 human(result.new_bytes),
                 started.elapsed(),
                 human(result.index_len)
@@ -374,11 +373,8 @@ fn inspect(image: &zos_image::image::Image, tree: bool) -> anyhow::Result<()> {
         }
     }
     let mut unique = 0u64;
-    let mut stored = 0u64;
     for i in 0..index.chunk_count() {
-        let c = index.chunk(i)?;
-        unique += u64::from(c.raw_len);
-        stored += u64::from(c.stored_len);
+        unique += u64::from(index.chunk(i)?.raw_len);
     }
     refs_bytes += file_bytes;
     println!("root:        {}", image.root);
@@ -391,10 +387,9 @@ fn inspect(image: &zos_image::image::Image, tree: bool) -> anyhow::Result<()> {
         println!("{:<12} {n}", format!("{k}:"));
     }
     println!("file bytes:  {}", human(refs_bytes));
-    println!("chunks:      {} unique, {} plaintext, {} stored", index.chunk_count(), human(unique), human(stored));
+    println!("chunks:      {} unique, {} plaintext", index.chunk_count(), human(unique));
     if unique > 0 {
         println!("dedup ratio: {:.2}x (file bytes / unique chunk bytes)", refs_bytes as f64 / unique as f64);
-        println!("compression: {:.2}x (unique bytes / stored bytes)", unique as f64 / stored.max(1) as f64);
     }
     if tree {
         print_tree(index, 0, &mut Vec::new())?;

@@ -138,6 +138,7 @@ impl Shared {
             return;
         }
         let end = (pos + 1 + SIBLING_PREFETCH).min(self.index.dir_len(dir));
+        let mut last_queued = None;
         for i in pos + 1..end {
             let Ok((_, ino)) = self.index.dir_entry(dir, i) else { return };
             let Ok(inode) = self.index.inode(ino) else { return };
@@ -145,6 +146,10 @@ impl Shared {
                 continue;
             }
             let Ok(first) = self.index.file_chunk(&inode, 0) else { return };
+            if last_queued == Some(first.chunk) {
+                continue; // packed into the same chunk as the previous file
+            }
+            last_queued = Some(first.chunk);
             let Ok(info) = self.index.chunk(first.chunk) else { return };
             if !self.fetcher.is_cached(&info.hash) && self.queue.try_send(info).is_err() {
                 return;
@@ -163,12 +168,15 @@ impl Shared {
             let info = self.index.chunk(r.chunk)?;
             self.record(info.hash);
             let data = self.fetcher.get(&info)?;
+            let piece = data
+                .get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize)
+                .ok_or_else(|| Error::ChunkCorrupt { hash: info.hash, reason: "chunk shorter than index says".into() })?;
             let from = (pos - r.file_offset) as usize;
-            let to = ((end - r.file_offset) as usize).min(data.len());
+            let to = ((end - r.file_offset) as usize).min(piece.len());
             if from >= to {
-                return Err(Error::ChunkCorrupt { hash: info.hash, reason: "chunk shorter than index says".into() });
+                break;
             }
-            out.extend_from_slice(&data[from..to]);
+            out.extend_from_slice(&piece[from..to]);
             pos += (to - from) as u64;
             k += 1;
         }
@@ -418,12 +426,10 @@ pub fn mount(index: Index, fetcher: Arc<Fetcher>, mountpoint: &Path, opts: &Moun
     let (tx, rx) = sync_channel(256);
     spawn_workers(rx, fetcher.clone(), opts.prefetch_workers);
     let mut prefetch = Vec::new();
-    for hash in &opts.prefetch {
-        if let Some(i) = index.find_chunk(hash).ok().flatten() {
-            if let Ok(info) = index.chunk(i) {
-                prefetch.push(info);
-            }
-        }
+    if !opts.prefetch.is_empty() {
+        let by_hash: std::collections::HashMap<Hash, ChunkInfo> =
+            (0..index.chunk_count()).filter_map(|i| index.chunk(i).ok()).map(|c| (c.hash, c)).collect();
+        prefetch.extend(opts.prefetch.iter().filter_map(|h| by_hash.get(h).copied()));
     }
     let shared = Arc::new(Shared {
         index,

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::chunk::{chunk_reader, encode_object};
+use std::io::Read;
+
+use crate::chunk::{chunk_reader, encode_object, PACK_FILE_MAX, PACK_TARGET};
 use crate::error::{Error, IoContext, Result};
-use crate::format::{encode, ChunkInfo, EncodeStats, Meta, Node, NodeKind, Tree};
+use crate::format::{encode, ChunkInfo, EncodeStats, Meta, Node, NodeKind, Piece, Tree};
 use crate::hash::Hash;
 use crate::progress::Progress;
 use crate::sign;
@@ -85,7 +87,7 @@ impl Walker {
         let kind = if ft.is_dir() {
             NodeKind::Dir(Vec::new())
         } else if ft.is_file() {
-            NodeKind::File { size: md.len(), chunks: Vec::new() }
+            NodeKind::File { size: md.len(), pieces: Vec::new() }
         } else if ft.is_symlink() {
             NodeKind::Symlink(fs::read_link(path).at(path)?.as_os_str().as_bytes().to_vec())
         } else if ft.is_char_device() {
@@ -138,36 +140,96 @@ fn walk(src: &Path) -> Result<(Tree, Vec<(usize, PathBuf, u64)>)> {
     Ok((w.tree, w.files))
 }
 
-/// Chunk one file, storing every chunk the store does not have yet.
-fn pack_file(store: &dyn Store, path: &Path, size: u64, progress: &Progress) -> Result<(Vec<ChunkInfo>, u64)> {
+/// Store one chunk unless the store already has it; returns its info and the bytes written.
+fn store_chunk(store: &dyn Store, plain: &[u8]) -> Result<(ChunkInfo, u64)> {
+    let hash = Hash::of(plain);
+    let object = Object::Chunk(hash);
+    let info = ChunkInfo { hash, raw_len: plain.len() as u32 };
+    if store.size(object)?.is_some_and(|n| n > 0) {
+        return Ok((info, 0));
+    }
+    let encoded = encode_object(plain);
+    store.put(object, &encoded)?;
+    Ok((info, encoded.len() as u64))
+}
+
+fn changed(path: &Path, size: u64, read: u64) -> Error {
+    Error::InvalidInput(format!(
+        "{}: file changed while packing ({size} bytes expected, {read} read)",
+        path.display()
+    ))
+}
+
+/// What one worker does: a group of small files sharing a chunk, or one larger file.
+enum Job<'a> {
+    Packed(Vec<&'a (usize, PathBuf, u64)>),
+    Single(&'a (usize, PathBuf, u64)),
+}
+
+type JobResult = Result<(Vec<(usize, Vec<Piece>)>, u64)>;
+
+/// Small files are concatenated into one chunk; each gets a piece pointing into it.
+fn pack_small_files(store: &dyn Store, files: &[&(usize, PathBuf, u64)], progress: &Progress) -> JobResult {
+    let mut buf = Vec::with_capacity(files.iter().map(|f| f.2 as usize).sum());
+    let mut spans = Vec::with_capacity(files.len());
+    for (id, path, size) in files.iter().map(|f| (f.0, &f.1, f.2)) {
+        let start = buf.len();
+        fs::File::open(path).and_then(|f| f.take(size + 1).read_to_end(&mut buf)).at(path)?;
+        let read = (buf.len() - start) as u64;
+        if read != size {
+            return Err(changed(path, size, read));
+        }
+        spans.push((id, start as u32, size as u32));
+    }
+    let (info, new_bytes) = store_chunk(store, &buf)?;
+    progress.inc(buf.len() as u64);
+    let pieces = spans.into_iter().map(|(id, offset, len)| (id, vec![Piece { chunk: info, offset, len }])).collect();
+    Ok((pieces, new_bytes))
+}
+
+/// A larger file: whole, or cut with FastCDC.
+fn pack_file(store: &dyn Store, id: usize, path: &Path, size: u64, progress: &Progress) -> JobResult {
     let file = fs::File::open(path).at(path)?;
-    let mut chunks = Vec::new();
+    let mut pieces = Vec::new();
     let mut new_bytes = 0u64;
     let read = chunk_reader(std::io::BufReader::with_capacity(1 << 20, file), size, |plain| {
-        let hash = Hash::of(plain);
-        let object = Object::Chunk(hash);
-        // Already stored by an earlier pack: the object's size is all the index needs.
-        let stored_len = store.size(object)?.unwrap_or(0) as u32;
-        let stored_len = if stored_len == 0 {
-            let encoded = encode_object(plain);
-            store.put(object, &encoded)?;
-            new_bytes += encoded.len() as u64;
-            encoded.len() as u32
-        } else {
-            stored_len
-        };
-        chunks.push(ChunkInfo { hash, raw_len: plain.len() as u32, stored_len });
+        let (info, added) = store_chunk(store, plain)?;
+        new_bytes += added;
+        pieces.push(Piece::whole(info));
         progress.inc(plain.len() as u64);
         Ok(())
     })
     .at(path)?;
     if read != size {
-        return Err(Error::InvalidInput(format!(
-            "{}: file changed while packing ({size} bytes expected, {read} read)",
-            path.display()
-        )));
+        return Err(changed(path, size, read));
     }
-    Ok((chunks, new_bytes))
+    Ok((vec![(id, pieces)], new_bytes))
+}
+
+/// Group files into jobs in tree order; the grouping depends only on the tree, never on timing.
+fn plan_jobs(files: &[(usize, PathBuf, u64)]) -> Vec<Job<'_>> {
+    let mut jobs = Vec::new();
+    let mut group: Vec<&(usize, PathBuf, u64)> = Vec::new();
+    let mut group_bytes = 0u64;
+    for f in files {
+        if f.2 == 0 {
+            continue;
+        }
+        if f.2 <= PACK_FILE_MAX {
+            group.push(f);
+            group_bytes += f.2;
+            if group_bytes >= PACK_TARGET {
+                jobs.push(Job::Packed(std::mem::take(&mut group)));
+                group_bytes = 0;
+            }
+        } else {
+            jobs.push(Job::Single(f));
+        }
+    }
+    if !group.is_empty() {
+        jobs.push(Job::Packed(group));
+    }
+    jobs
 }
 
 /// Pack `src` into `store`; optionally sign the root. Returns the image root.
@@ -184,15 +246,25 @@ pub fn pack_dir(
         .num_threads(opts.threads)
         .build()
         .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
-    let results: Vec<Result<(Vec<ChunkInfo>, u64)>> = pool.install(|| {
-        files.par_iter().map(|(_, path, size)| pack_file(&*store, path, *size, &progress)).collect()
+    let jobs = plan_jobs(&files);
+    let results: Vec<JobResult> = pool.install(|| {
+        jobs.par_iter()
+            .map(|job| match job {
+                Job::Packed(group) => pack_small_files(&*store, group, &progress),
+                Job::Single(f) => pack_file(&*store, f.0, &f.1, f.2, &progress),
+            })
+            .collect()
     });
     progress.finish();
     let mut new_bytes = 0;
-    for ((id, _, size), result) in files.iter().zip(results) {
-        let (chunks, added) = result?;
+    for result in results {
+        let (assigned, added) = result?;
         new_bytes += added;
-        tree.nodes[*id].kind = NodeKind::File { size: *size, chunks };
+        for (id, pieces) in assigned {
+            if let NodeKind::File { pieces: slot, .. } = &mut tree.nodes[id].kind {
+                *slot = pieces;
+            }
+        }
     }
     finish_image(&tree, store.as_ref(), signer, new_bytes)
 }

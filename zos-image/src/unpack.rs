@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::Fetcher;
-use crate::format::{Index, Inode, Kind};
+use crate::format::{ChunkRef, Index, Inode, Kind};
 use crate::progress::Progress;
 
 /// Chunks fetched concurrently within one file.
@@ -69,17 +69,20 @@ fn write_file(index: &Index, fetcher: &Fetcher, inode: &Inode, path: &Path, prog
     let mut start = 0;
     while start < count {
         let end = (start + FILE_FETCH_WINDOW as u32).min(count);
-        let batch: Vec<Result<std::sync::Arc<Vec<u8>>>> = (start..end)
+        let batch: Vec<Result<(std::sync::Arc<Vec<u8>>, ChunkRef)>> = (start..end)
             .into_par_iter()
             .map(|i| {
                 let r = index.file_chunk(inode, i)?;
-                fetcher.get(&index.chunk(r.chunk)?)
+                Ok((fetcher.get(&index.chunk(r.chunk)?)?, r))
             })
             .collect();
-        for data in batch {
-            let data = data?;
-            out.write_all(&data).at(path)?;
-            progress.inc(data.len() as u64);
+        for item in batch {
+            let (data, r) = item?;
+            let piece = data.get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize).ok_or_else(|| {
+                Error::InvalidInput(format!("{}: chunk shorter than the index says", path.display()))
+            })?;
+            out.write_all(piece).at(path)?;
+            progress.inc(piece.len() as u64);
         }
         start = end;
     }

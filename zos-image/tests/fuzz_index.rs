@@ -2,7 +2,7 @@
 //! that decodes can be walked completely without panicking.
 
 use proptest::prelude::*;
-use zos_image::format::{encode, ChunkInfo, Index, Kind, Meta, Node, NodeKind, Tree};
+use zos_image::format::{encode, ChunkInfo, Index, Kind, Meta, Node, NodeKind, Piece, Tree};
 use zos_image::Hash;
 
 fn walk(index: &Index) {
@@ -37,12 +37,12 @@ fn walk(index: &Index) {
 
 fn sample_index() -> Vec<u8> {
     let meta = Meta { perm: 0o644, uid: 1, gid: 2, mtime_sec: 5, mtime_nsec: 6 };
-    let c1 = ChunkInfo { hash: Hash::of(b"1"), raw_len: 10, stored_len: 11 };
-    let c2 = ChunkInfo { hash: Hash::of(b"2"), raw_len: 20, stored_len: 5 };
+    let c1 = ChunkInfo { hash: Hash::of(b"1"), raw_len: 10 };
+    let c2 = ChunkInfo { hash: Hash::of(b"2"), raw_len: 20 };
     let tree = Tree {
         nodes: vec![
             Node { meta, kind: NodeKind::Dir(vec![(b"f".to_vec(), 1), (b"d".to_vec(), 2), (b"l".to_vec(), 3), (b"h".to_vec(), 1)]), xattrs: vec![] },
-            Node { meta, kind: NodeKind::File { size: 30, chunks: vec![c1, c2] }, xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())] },
+            Node { meta, kind: NodeKind::File { size: 27, pieces: vec![Piece::whole(c1), Piece { chunk: c2, offset: 3, len: 17 }] }, xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())] },
             Node { meta, kind: NodeKind::Dir(vec![(b"dev".to_vec(), 4), (b"\xff\xfe".to_vec(), 5)]), xattrs: vec![] },
             Node { meta, kind: NodeKind::Symlink(b"../x".to_vec()), xattrs: vec![] },
             Node { meta, kind: NodeKind::CharDev(0x103), xattrs: vec![] },
