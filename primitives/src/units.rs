@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(su_milli(&Resources::new(0, 0, GIB, GIB)), 5);
         // 600 GiB HDD + 100 GiB SSD = 0.5 + 0.5 = 1 SU exactly.
         assert_eq!(su_milli(&Resources::new(0, 0, 100 * GIB, 600 * GIB)), 1_000);
-        assert_eq!(su_milli(&Resources::new(0, 0, 200 * GIB, 1_200 * GIB)), 2_000);
+        assert_eq!(
+            su_milli(&Resources::new(0, 0, 200 * GIB, 1_200 * GIB)),
+            2_000
+        );
     }
 
     #[test]
@@ -134,7 +137,10 @@ mod tests {
         let m = u128::from(u64::MAX);
         let g = u128::from(GIB);
         // CPU terms dominate memory ones (in GiB, u64::MAX bytes is only 2^34).
-        assert_eq!(cu_milli(&max), (m * 1000 / 2).min(m * 1000).min(m * 1000 / 4));
+        assert_eq!(
+            cu_milli(&max),
+            (m * 1000 / 2).min(m * 1000).min(m * 1000 / 4)
+        );
         assert_eq!(su_milli(&max), 7 * m * 1000 / (1200 * g));
         let mem = Resources::new(0, u64::MAX, 0, 0);
         assert_eq!(cu_milli(&mem), m * 1000 / (8 * g));

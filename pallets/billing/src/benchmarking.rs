@@ -21,7 +21,10 @@ const WINDOW: u64 = 60;
 
 /// A machine with every kind of resource and a public IP, so every price term is computed.
 fn required() -> RequiredResources {
-    RequiredResources { resources: Resources::new(4, 8 * GIB, 200 * GIB, 1_000 * GIB), public_ipv4: 1 }
+    RequiredResources {
+        resources: Resources::new(4, 8 * GIB, 200 * GIB, 1_000 * GIB),
+        public_ipv4: 1,
+    }
 }
 
 fn policy<T: Config>() -> PricingPolicy<BalanceOf<T>> {
@@ -48,7 +51,11 @@ fn node<T: Config>() -> (T::AccountId, NodeId) {
 }
 
 /// A contract billed until `START` with `debt` owed, in grace since the current block.
-fn contract_in_grace<T: Config>(owner: &T::AccountId, node: NodeId, debt: BalanceOf<T>) -> ContractId {
+fn contract_in_grace<T: Config>(
+    owner: &T::AccountId,
+    node: NodeId,
+    debt: BalanceOf<T>,
+) -> ContractId {
     let contract = T::BenchmarkHelper::create_contract(owner, node, &required());
     let last_report = ConsumptionReport {
         contract,
@@ -58,7 +65,14 @@ fn contract_in_grace<T: Config>(owner: &T::AccountId, node: NodeId, debt: Balanc
         public_bytes_in: 0,
         public_bytes_out: 0,
     };
-    ContractBillings::<T>::insert(contract, ContractBilling { node, last_report, debt });
+    ContractBillings::<T>::insert(
+        contract,
+        ContractBilling {
+            node,
+            last_report,
+            debt,
+        },
+    );
     GraceSince::<T>::insert(contract, frame_system::Pallet::<T>::block_number());
     LedgerTotals::<T>::mutate(|t| {
         t.charged = t.charged.saturating_add(debt);
@@ -86,7 +100,9 @@ mod benchmarks {
     }
 
     #[benchmark]
-    fn report_consumption(n: Linear<1, { T::MaxReportsPerBatch::get() }>) -> Result<(), BenchmarkError> {
+    fn report_consumption(
+        n: Linear<1, { T::MaxReportsPerBatch::get() }>,
+    ) -> Result<(), BenchmarkError> {
         T::BenchmarkHelper::set_time_ms(START_MS);
         let (node_account, node) = node::<T>();
         let debt = BalanceOf::<T>::unique_saturated_from(1_000_000u128);
@@ -111,7 +127,8 @@ mod benchmarks {
         _(RawOrigin::Signed(node_account), reports);
 
         if let Some(contract) = first {
-            let billing = ContractBillings::<T>::get(contract).ok_or(BenchmarkError::Stop("not billed"))?;
+            let billing =
+                ContractBillings::<T>::get(contract).ok_or(BenchmarkError::Stop("not billed"))?;
             assert_eq!(billing.billed_until(), START + WINDOW);
             assert!(billing.debt.is_zero());
             assert!(!GraceSince::<T>::contains_key(contract));
@@ -124,9 +141,13 @@ mod benchmarks {
         T::BenchmarkHelper::set_time_ms(START_MS);
         let (_, node) = node::<T>();
         let owner = funded::<T>("owner", 0);
-        let contract =
-            contract_in_grace::<T>(&owner, node, BalanceOf::<T>::unique_saturated_from(1_000u128));
-        let now = frame_system::Pallet::<T>::block_number().saturating_add(T::GracePeriodBlocks::get());
+        let contract = contract_in_grace::<T>(
+            &owner,
+            node,
+            BalanceOf::<T>::unique_saturated_from(1_000u128),
+        );
+        let now =
+            frame_system::Pallet::<T>::block_number().saturating_add(T::GracePeriodBlocks::get());
         frame_system::Pallet::<T>::set_block_number(now);
 
         #[block]

@@ -117,8 +117,11 @@ pub type BalanceOf<T> =
 pub trait BenchmarkHelper<AccountId> {
     /// Registers a farm owned by `farm_owner` with pricing policy `policy`, and in it a node
     /// signing with `node_account`. Returns the node.
-    fn create_node(farm_owner: &AccountId, node_account: &AccountId, policy: PricingPolicyId)
-        -> NodeId;
+    fn create_node(
+        farm_owner: &AccountId,
+        node_account: &AccountId,
+        policy: PricingPolicyId,
+    ) -> NodeId;
     /// Creates a contract of `owner` on `node` reserving `required`, activated now.
     fn create_contract(
         owner: &AccountId,
@@ -220,7 +223,10 @@ pub mod pallet {
         /// The development policy as policy 0, so a dev chain bills out of the box.
         fn default() -> Self {
             Self {
-                policies: alloc::vec![(zos_primitives::DEFAULT_PRICING_POLICY, dev_pricing_policy())],
+                policies: alloc::vec![(
+                    zos_primitives::DEFAULT_PRICING_POLICY,
+                    dev_pricing_policy()
+                )],
                 _config: Default::default(),
             }
         }
@@ -235,7 +241,10 @@ pub mod pallet {
                     policy.shares_are_complete(),
                     "pricing policy {id}: the shares must add up to 100%"
                 );
-                PricingPolicies::<T>::insert(id, policy.map_prices(BalanceOf::<T>::unique_saturated_from));
+                PricingPolicies::<T>::insert(
+                    id,
+                    policy.map_prices(BalanceOf::<T>::unique_saturated_from),
+                );
             }
         }
     }
@@ -243,7 +252,10 @@ pub mod pallet {
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
-        PricingPolicySet { policy_id: PricingPolicyId, policy: PricingPolicy<BalanceOf<T>> },
+        PricingPolicySet {
+            policy_id: PricingPolicyId,
+            policy: PricingPolicy<BalanceOf<T>>,
+        },
         /// A report was accepted and settled. `charged` is its price, `collected` what was
         /// taken from the owner (it may include earlier debt), `debt` what is owed afterwards.
         ReportSettled {
@@ -260,17 +272,36 @@ pub mod pallet {
             debt: BalanceOf<T>,
         },
         /// A report broke `reason`; it changed nothing. The rest of its batch was processed.
-        ReportRejected { contract: ContractId, reason: RejectReason },
+        ReportRejected {
+            contract: ContractId,
+            reason: RejectReason,
+        },
         /// The owner could not pay; the node must stop serving the contract and keep its data.
-        GracePeriodStarted { contract: ContractId, owner: T::AccountId, debt: BalanceOf<T> },
+        GracePeriodStarted {
+            contract: ContractId,
+            owner: T::AccountId,
+            debt: BalanceOf<T>,
+        },
         /// The debt is paid; the contract is back in its previous state.
-        ContractResumed { contract: ContractId, owner: T::AccountId },
+        ContractResumed {
+            contract: ContractId,
+            owner: T::AccountId,
+        },
         /// The grace period ran out: the contract was cancelled for lack of funds.
-        GracePeriodExpired { contract: ContractId, debt: BalanceOf<T> },
+        GracePeriodExpired {
+            contract: ContractId,
+            debt: BalanceOf<T>,
+        },
         /// Cancelling a contract whose grace period ran out failed; the sweep retries it.
-        GraceExpiryFailed { contract: ContractId, error: DispatchError },
+        GraceExpiryFailed {
+            contract: ContractId,
+            error: DispatchError,
+        },
         /// A contract ended and its billing state was removed; its debt was written off.
-        BillingClosed { contract: ContractId, debt_written_off: BalanceOf<T> },
+        BillingClosed {
+            contract: ContractId,
+            debt_written_off: BalanceOf<T>,
+        },
     }
 
     #[pallet::error]
@@ -312,15 +343,25 @@ pub mod pallet {
             for report in reports.iter() {
                 match Self::process_report(&signer, report, now_ms, now_block) {
                     Ok(ReportOutcome::Settled) => accepted_new = true,
-                    Ok(ReportOutcome::Resend) => {},
+                    Ok(ReportOutcome::Resend) => {}
                     Err(reason) => {
                         rejected = true;
-                        Self::deposit_event(Event::ReportRejected { contract: report.contract, reason });
-                    },
+                        Self::deposit_event(Event::ReportRejected {
+                            contract: report.contract,
+                            reason,
+                        });
+                    }
                 }
             }
-            let pays_fee = if accepted_new && !rejected { Pays::No } else { Pays::Yes };
-            Ok(PostDispatchInfo { actual_weight: None, pays_fee })
+            let pays_fee = if accepted_new && !rejected {
+                Pays::No
+            } else {
+                Pays::Yes
+            };
+            Ok(PostDispatchInfo {
+                actual_weight: None,
+                pays_fee,
+            })
         }
 
         /// Creates or replaces pricing policy `policy_id`. Farms referencing it are billed by the
@@ -384,7 +425,9 @@ impl<T: Config> Pallet<T> {
         now_ms: u64,
         now_block: BlockNumberFor<T>,
     ) -> u64 {
-        let blocks: u64 = now_block.saturating_sub(activated_at).unique_saturated_into();
+        let blocks: u64 = now_block
+            .saturating_sub(activated_at)
+            .unique_saturated_into();
         let estimate_ms = now_ms.saturating_sub(blocks.saturating_mul(T::BlockTimeMs::get()));
         (estimate_ms / 1000).saturating_sub(T::MaxClockDriftSecs::get())
     }
@@ -420,7 +463,7 @@ impl<T: Config> Pallet<T> {
             Some(billing) => match report.window_start.cmp(&billing.billed_until()) {
                 core::cmp::Ordering::Less => return Err(WindowOverlap),
                 core::cmp::Ordering::Greater => return Err(WindowGap),
-                core::cmp::Ordering::Equal => {},
+                core::cmp::Ordering::Equal => {}
             },
             None => check(
                 report.window_start >= Self::activation_floor(info.activated_at, now_ms, now_block),
@@ -436,7 +479,15 @@ impl<T: Config> Pallet<T> {
 
         let charge = policy.charge(&info.required, report);
         let debt_before = previous.map(|b| b.debt).unwrap_or_else(Zero::zero);
-        Self::settle(report, &info, &farm_owner, &policy, charge, debt_before, now_block);
+        Self::settle(
+            report,
+            &info,
+            &farm_owner,
+            &policy,
+            charge,
+            debt_before,
+            now_block,
+        );
         Ok(ReportOutcome::Settled)
     }
 
@@ -454,7 +505,10 @@ impl<T: Config> Pallet<T> {
         let contract = report.contract;
         let due = debt_before.saturating_add(charge);
         let payout = Self::collect(&info.owner, farm_owner, policy, due);
-        let collected = payout.farm_owner.saturating_add(payout.treasury).saturating_add(payout.burn);
+        let collected = payout
+            .farm_owner
+            .saturating_add(payout.treasury)
+            .saturating_add(payout.burn);
         let debt = due.saturating_sub(collected);
 
         LedgerTotals::<T>::mutate(|t| {
@@ -467,7 +521,11 @@ impl<T: Config> Pallet<T> {
         });
         ContractBillings::<T>::insert(
             contract,
-            ContractBilling { node: info.node, last_report: report.clone(), debt },
+            ContractBilling {
+                node: info.node,
+                last_report: report.clone(),
+                debt,
+            },
         );
         Self::deposit_event(Event::ReportSettled {
             contract,
@@ -500,7 +558,10 @@ impl<T: Config> Pallet<T> {
             if let Err(e) = T::Contracts::set_grace_period(contract, false) {
                 log::error!(target: LOG_TARGET, "contract {contract}: leaving grace failed: {e:?}");
             }
-            Self::deposit_event(Event::ContractResumed { contract, owner: info.owner.clone() });
+            Self::deposit_event(Event::ContractResumed {
+                contract,
+                owner: info.owner.clone(),
+            });
         }
     }
 
@@ -512,11 +573,16 @@ impl<T: Config> Pallet<T> {
         policy: &PricingPolicy<BalanceOf<T>>,
         due: BalanceOf<T>,
     ) -> Payout<BalanceOf<T>> {
-        let nothing = Payout { farm_owner: Zero::zero(), treasury: Zero::zero(), burn: Zero::zero() };
+        let nothing = Payout {
+            farm_owner: Zero::zero(),
+            treasury: Zero::zero(),
+            burn: Zero::zero(),
+        };
         if due.is_zero() {
             return nothing;
         }
-        let available = T::Currency::reducible_balance(owner, Preservation::Preserve, Fortitude::Polite);
+        let available =
+            T::Currency::reducible_balance(owner, Preservation::Preserve, Fortitude::Polite);
         let take = due.min(available);
         if take.is_zero() {
             return nothing;
@@ -534,19 +600,23 @@ impl<T: Config> Pallet<T> {
                 // `take` is at most the reducible balance, so this cannot happen.
                 defensive!("withdrawing the reducible balance failed", e);
                 return nothing;
-            },
+            }
         };
 
         let planned = policy.split(take);
         let (burn_credit, rest) = credit.split(planned.burn);
         let (farm_credit, treasury_credit) = rest.split(planned.farm_owner);
-        let mut payout = Payout { farm_owner: planned.farm_owner, treasury: Zero::zero(), burn: planned.burn };
+        let mut payout = Payout {
+            farm_owner: planned.farm_owner,
+            treasury: Zero::zero(),
+            burn: planned.burn,
+        };
         let treasury_credit = match T::Currency::resolve(farm_owner, farm_credit) {
             Ok(()) => treasury_credit,
             Err(unpaid) => {
                 payout.farm_owner = Zero::zero();
                 treasury_credit.merge(unpaid)
-            },
+            }
         };
         let to_treasury = treasury_credit.peek();
         match T::Currency::resolve(&T::TreasuryAccount::get(), treasury_credit) {
@@ -555,7 +625,7 @@ impl<T: Config> Pallet<T> {
                 // Dropping a credit burns it; counted as burned, so nothing goes unaccounted.
                 payout.burn = payout.burn.saturating_add(unpaid.peek());
                 drop(unpaid);
-            },
+            }
         }
         drop(burn_credit);
 
@@ -572,11 +642,21 @@ impl<T: Config> Pallet<T> {
     fn sweep_grace(now: BlockNumberFor<T>, limit: Weight) -> Weight {
         let base = T::DbWeight::get().reads_writes(1, 1);
         let step = T::WeightInfo::on_idle_step();
-        let Some(budget) = limit.checked_sub(&base) else { return Weight::zero() };
+        let Some(budget) = limit.checked_sub(&base) else {
+            return Weight::zero();
+        };
         // A zero component of `step` does not limit the count; the constant cap still does.
-        let by_time = budget.ref_time().checked_div(step.ref_time()).unwrap_or(u64::MAX);
-        let by_proof = budget.proof_size().checked_div(step.proof_size()).unwrap_or(u64::MAX);
-        let steps = by_time.min(by_proof).min(u64::from(MAX_GRACE_STEPS_PER_BLOCK));
+        let by_time = budget
+            .ref_time()
+            .checked_div(step.ref_time())
+            .unwrap_or(u64::MAX);
+        let by_proof = budget
+            .proof_size()
+            .checked_div(step.proof_size())
+            .unwrap_or(u64::MAX);
+        let steps = by_time
+            .min(by_proof)
+            .min(u64::from(MAX_GRACE_STEPS_PER_BLOCK));
         if steps == 0 {
             return Weight::zero();
         }
@@ -605,20 +685,23 @@ impl<T: Config> Pallet<T> {
 
     /// Cancels a contract whose grace period ran out.
     fn expire_grace(contract: ContractId) {
-        let debt = ContractBillings::<T>::get(contract).map(|b| b.debt).unwrap_or_else(Zero::zero);
+        let debt = ContractBillings::<T>::get(contract)
+            .map(|b| b.debt)
+            .unwrap_or_else(Zero::zero);
         match T::Contracts::cancel_out_of_funds(contract) {
             Ok(()) => {
                 Self::deposit_event(Event::GracePeriodExpired { contract, debt });
                 // Normally done already through `OnContractEnded`; idempotent.
                 Self::close(contract);
-            },
-            Err(error) =>
+            }
+            Err(error) => {
                 if T::Contracts::contract_billing_info(contract).is_none() {
                     // Already gone without telling billing.
                     Self::close(contract);
                 } else {
                     Self::deposit_event(Event::GraceExpiryFailed { contract, error });
-                },
+                }
+            }
         }
     }
 
@@ -633,7 +716,10 @@ impl<T: Config> Pallet<T> {
                     t.written_off = t.written_off.saturating_add(debt);
                 });
             }
-            Self::deposit_event(Event::BillingClosed { contract, debt_written_off: debt });
+            Self::deposit_event(Event::BillingClosed {
+                contract,
+                debt_written_off: debt,
+            });
         }
     }
 
@@ -648,8 +734,12 @@ impl<T: Config> Pallet<T> {
             (Some(b), _) => (b.node, b.billed_until()),
             (None, Some(i)) => (
                 i.node,
-                Self::activation_floor(i.activated_at, now_ms, frame_system::Pallet::<T>::block_number())
-                    .saturating_add(T::MaxClockDriftSecs::get()),
+                Self::activation_floor(
+                    i.activated_at,
+                    now_ms,
+                    frame_system::Pallet::<T>::block_number(),
+                )
+                .saturating_add(T::MaxClockDriftSecs::get()),
             ),
             (None, None) => return None,
         };
@@ -700,20 +790,38 @@ impl<T: Config> Pallet<T> {
         for (id, billing) in ContractBillings::<T>::iter() {
             debt = debt.saturating_add(billing.debt);
             let report = &billing.last_report;
-            ensure!(report.contract == id, "billing state holds another contract's report");
-            ensure!(report.window_start < report.window_end, "empty window accepted");
-            ensure!(billing.billed_until() <= latest_end, "billed beyond chain time");
+            ensure!(
+                report.contract == id,
+                "billing state holds another contract's report"
+            );
+            ensure!(
+                report.window_start < report.window_end,
+                "empty window accepted"
+            );
+            ensure!(
+                billing.billed_until() <= latest_end,
+                "billed beyond chain time"
+            );
             ensure!(
                 billing.debt.is_zero() != GraceSince::<T>::contains_key(id),
                 "a contract is in grace exactly when it has a debt"
             );
         }
-        ensure!(debt == totals.debt, "total debt is not the sum of contract debts");
+        ensure!(
+            debt == totals.debt,
+            "total debt is not the sum of contract debts"
+        );
         for (id, _) in GraceSince::<T>::iter() {
-            ensure!(ContractBillings::<T>::contains_key(id), "contract in grace without billing state");
+            ensure!(
+                ContractBillings::<T>::contains_key(id),
+                "contract in grace without billing state"
+            );
         }
         for (_, policy) in PricingPolicies::<T>::iter() {
-            ensure!(policy.shares_are_complete(), "pricing policy shares do not add up to 100%");
+            ensure!(
+                policy.shares_are_complete(),
+                "pricing policy shares do not add up to 100%"
+            );
         }
         Ok(())
     }

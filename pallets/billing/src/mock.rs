@@ -171,15 +171,27 @@ impl GridCapacity<AccountId> for MockGrid {
     }
     fn reserve(node: NodeId, resources: &Resources) -> DispatchResult {
         with_world(|w| {
-            let n = w.nodes.get_mut(&node).ok_or(DispatchError::Other("no node"))?;
-            n.reserved = n.reserved.checked_add(resources).ok_or(DispatchError::Other("overflow"))?;
+            let n = w
+                .nodes
+                .get_mut(&node)
+                .ok_or(DispatchError::Other("no node"))?;
+            n.reserved = n
+                .reserved
+                .checked_add(resources)
+                .ok_or(DispatchError::Other("overflow"))?;
             Ok(())
         })
     }
     fn release(node: NodeId, resources: &Resources) -> DispatchResult {
         with_world(|w| {
-            let n = w.nodes.get_mut(&node).ok_or(DispatchError::Other("no node"))?;
-            n.reserved = n.reserved.checked_sub(resources).ok_or(DispatchError::Other("underflow"))?;
+            let n = w
+                .nodes
+                .get_mut(&node)
+                .ok_or(DispatchError::Other("no node"))?;
+            n.reserved = n
+                .reserved
+                .checked_sub(resources)
+                .ok_or(DispatchError::Other("underflow"))?;
             Ok(())
         })
     }
@@ -211,15 +223,18 @@ impl ContractsForBilling<AccountId, BlockNumber> for MockContracts {
     }
     fn set_grace_period(contract: ContractId, in_grace: bool) -> DispatchResult {
         with_world(|w| {
-            let c = w.contracts.get_mut(&contract).ok_or(DispatchError::Other("no contract"))?;
+            let c = w
+                .contracts
+                .get_mut(&contract)
+                .ok_or(DispatchError::Other("no contract"))?;
             match (in_grace, c.before_grace.take()) {
                 (true, None) => {
                     c.before_grace = Some(c.info.state.clone());
                     c.info.state = ContractState::GracePeriod;
-                },
+                }
                 (true, Some(before)) => c.before_grace = Some(before),
                 (false, Some(before)) => c.info.state = before,
-                (false, None) => {},
+                (false, None) => {}
             }
             Ok(())
         })
@@ -246,7 +261,16 @@ pub fn add_farm(farm: FarmId, owner: AccountId, policy: PricingPolicyId) {
 }
 
 pub fn add_node(node: NodeId, account: AccountId, farm: FarmId) {
-    with_world(|w| w.nodes.insert(node, MockNode { account, farm, reserved: Resources::zero() }));
+    with_world(|w| {
+        w.nodes.insert(
+            node,
+            MockNode {
+                account,
+                farm,
+                reserved: Resources::zero(),
+            },
+        )
+    });
 }
 
 /// Creates a contract activated at the current block, reserving its resources and IPs.
@@ -269,7 +293,15 @@ fn insert_contract(owner: AccountId, node: NodeId, required: RequiredResources) 
         state: ContractState::Deployed,
         activated_at: System::block_number(),
     };
-    with_world(|w| w.contracts.insert(id, MockContract { info, before_grace: None }));
+    with_world(|w| {
+        w.contracts.insert(
+            id,
+            MockContract {
+                info,
+                before_grace: None,
+            },
+        )
+    });
     id
 }
 
@@ -297,9 +329,16 @@ pub fn test_policy() -> pallet_billing::PricingPolicy<Balance> {
 
 pub fn new_test_ext() -> sp_io::TestExternalities {
     WORLD.with(|w| *w.borrow_mut() = World::default());
-    let mut storage = frame_system::GenesisConfig::<Test>::default().build_storage().unwrap();
+    let mut storage = frame_system::GenesisConfig::<Test>::default()
+        .build_storage()
+        .unwrap();
     pallet_balances::GenesisConfig::<Test> {
-        balances: vec![(OWNER, OWNER_FUNDS), (POOR, 1_000), (TREASURY, ED), (FARMER, ED)],
+        balances: vec![
+            (OWNER, OWNER_FUNDS),
+            (POOR, 1_000),
+            (TREASURY, ED),
+            (FARMER, ED),
+        ],
         ..Default::default()
     }
     .assimilate_storage(&mut storage)
@@ -331,7 +370,11 @@ pub fn run_test(test: impl FnOnce()) {
         test();
         Billing::do_try_state().expect("storage invariants hold");
         let burned = pallet_billing::LedgerTotals::<Test>::get().burned;
-        assert_eq!(Balances::total_issuance(), issuance - burned, "issuance changed only by burns");
+        assert_eq!(
+            Balances::total_issuance(),
+            issuance - burned,
+            "issuance changed only by burns"
+        );
     })
 }
 
@@ -350,7 +393,11 @@ pub struct MockHelper;
 
 #[cfg(feature = "runtime-benchmarks")]
 impl pallet_billing::BenchmarkHelper<AccountId> for MockHelper {
-    fn create_node(farm_owner: &AccountId, node_account: &AccountId, policy: PricingPolicyId) -> NodeId {
+    fn create_node(
+        farm_owner: &AccountId,
+        node_account: &AccountId,
+        policy: PricingPolicyId,
+    ) -> NodeId {
         let (farm, node) = with_world(|w| {
             let farm = w.farms.keys().last().copied().unwrap_or(0) + 1;
             let node = w.nodes.keys().last().copied().unwrap_or(0) + 1;
@@ -360,7 +407,11 @@ impl pallet_billing::BenchmarkHelper<AccountId> for MockHelper {
         add_node(node, *node_account, farm);
         node
     }
-    fn create_contract(owner: &AccountId, node: NodeId, required: &RequiredResources) -> ContractId {
+    fn create_contract(
+        owner: &AccountId,
+        node: NodeId,
+        required: &RequiredResources,
+    ) -> ContractId {
         insert_contract(*owner, node, *required)
     }
     fn set_time_ms(now_ms: u64) {

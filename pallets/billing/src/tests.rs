@@ -11,7 +11,10 @@ use zos_primitives::{contracts::ContractState, spec::RequiredResources, Resource
 
 /// 2 CPUs and 4 GiB (1 CU), 100 GiB SSD (0.5 SU), one public IPv4.
 fn small_vm() -> RequiredResources {
-    RequiredResources { resources: Resources::new(2, 4 * GIB, 100 * GIB, 0), public_ipv4: 1 }
+    RequiredResources {
+        resources: Resources::new(2, 4 * GIB, 100 * GIB, 0),
+        public_ipv4: 1,
+    }
 }
 
 /// Price of `small_vm` for one hour under `test_policy`: CU 3600 + SU 180 + IPv4 7200.
@@ -68,7 +71,9 @@ fn top_up(who: AccountId, amount: Balance) {
 }
 
 fn debt(contract: ContractId) -> Balance {
-    ContractBillings::<Test>::get(contract).map(|b| b.debt).unwrap_or(0)
+    ContractBillings::<Test>::get(contract)
+        .map(|b| b.debt)
+        .unwrap_or(0)
 }
 
 /// A contract of OWNER on NODE activated at START, with the clock one hour later.
@@ -110,9 +115,19 @@ fn pricing_policy_needs_governance_and_complete_shares() {
         policy.farm_owner_share = Perbill::zero();
         policy.burn_share = Perbill::zero();
         policy.treasury_share = Perbill::one();
-        assert_ok!(Billing::set_pricing_policy(RuntimeOrigin::root(), 7, policy.clone()));
+        assert_ok!(Billing::set_pricing_policy(
+            RuntimeOrigin::root(),
+            7,
+            policy.clone()
+        ));
         assert_eq!(PricingPolicies::<Test>::get(7), Some(policy.clone()));
-        System::assert_last_event(Event::<Test>::PricingPolicySet { policy_id: 7, policy }.into());
+        System::assert_last_event(
+            Event::<Test>::PricingPolicySet {
+                policy_id: 7,
+                policy,
+            }
+            .into(),
+        );
     });
 }
 
@@ -121,7 +136,11 @@ fn shares_round_down_and_the_treasury_gets_the_dust() {
     let policy = test_policy();
     let all = |amount: Balance| {
         let p = policy.split(amount);
-        assert_eq!(p.farm_owner + p.treasury + p.burn, amount, "nothing lost for {amount}");
+        assert_eq!(
+            p.farm_owner + p.treasury + p.burn,
+            amount,
+            "nothing lost for {amount}"
+        );
         (p.farm_owner, p.treasury, p.burn)
     };
     assert_eq!(all(0), (0, 0, 0));
@@ -172,14 +191,33 @@ fn charge_at_the_bounds_saturates_instead_of_overflowing() {
     };
     assert_eq!(priciest.charge(&max, &long), u128::MAX);
     // Nothing reserved and no traffic: nothing to pay, whatever the prices.
-    let idle = ConsumptionReport { public_bytes_in: 0, public_bytes_out: 0, ..long.clone() };
+    let idle = ConsumptionReport {
+        public_bytes_in: 0,
+        public_bytes_out: 0,
+        ..long.clone()
+    };
     assert_eq!(priciest.charge(&RequiredResources::default(), &idle), 0);
     // Largest traffic at a unit price: (2^65 - 2) bytes / 2^30 rounded down.
-    let unit = PricingPolicy::<Balance> { traffic_gib: 1, ..test_policy() };
-    assert_eq!(unit.charge(&RequiredResources::default(), &long), (2 * u128::from(u64::MAX)) >> 30);
+    let unit = PricingPolicy::<Balance> {
+        traffic_gib: 1,
+        ..test_policy()
+    };
+    assert_eq!(
+        unit.charge(&RequiredResources::default(), &long),
+        (2 * u128::from(u64::MAX)) >> 30
+    );
     // One hour of the largest machine at 1 per CU-hour: exactly its milli-CU / 1000.
-    let cheap = PricingPolicy::<Balance> { cu_hour: 1, su_hour: 0, ipv4_hour: 0, traffic_gib: 0, ..test_policy() };
-    let hour = ConsumptionReport { uptime_seconds: 3_600, ..idle };
+    let cheap = PricingPolicy::<Balance> {
+        cu_hour: 1,
+        su_hour: 0,
+        ipv4_hour: 0,
+        traffic_gib: 0,
+        ..test_policy()
+    };
+    let hour = ConsumptionReport {
+        uptime_seconds: 3_600,
+        ..idle
+    };
     assert_eq!(
         cheap.charge(&max, &hour),
         zos_primitives::units::cu_milli(&max.resources) / 1_000
@@ -199,7 +237,14 @@ fn an_unpayable_charge_at_the_bounds_becomes_debt_and_totals_still_add_up() {
         assert_ok!(Billing::set_pricing_policy(RuntimeOrigin::root(), 1, huge));
         let max = Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
         with_world(|w| w.nodes.get_mut(&NODE).unwrap().reserved = Resources::zero());
-        let c = add_contract(OWNER, NODE, RequiredResources { resources: max, public_ipv4: u32::MAX });
+        let c = add_contract(
+            OWNER,
+            NODE,
+            RequiredResources {
+                resources: max,
+                public_ipv4: u32::MAX,
+            },
+        );
         advance_secs(MAX_WINDOW);
         let mut r = report(c, START, START + MAX_WINDOW, MAX_WINDOW);
         r.public_bytes_in = u64::MAX;
@@ -254,8 +299,14 @@ fn a_report_moves_funds_from_owner_to_farmer_treasury_and_burn() {
         assert_eq!(billing.billed_until(), START + 3_600);
         assert_eq!(billing.node, NODE);
         let totals = LedgerTotals::<Test>::get();
-        assert_eq!((totals.charged, totals.collected, totals.burned), (charge, charge, 1_398));
-        assert_eq!((totals.to_farm_owners, totals.to_treasury, totals.debt), (9_786, 2_796, 0));
+        assert_eq!(
+            (totals.charged, totals.collected, totals.burned),
+            (charge, charge, 1_398)
+        );
+        assert_eq!(
+            (totals.to_farm_owners, totals.to_treasury, totals.debt),
+            (9_786, 2_796, 0)
+        );
     });
 }
 
@@ -275,7 +326,10 @@ fn zero_uptime_windows_charge_nothing_for_compute() {
         let info = submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 0)]);
         assert_eq!(info.pays_fee, Pays::No);
         assert_eq!(balance(OWNER), OWNER_FUNDS);
-        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 3_600);
+        assert_eq!(
+            ContractBillings::<Test>::get(c).unwrap().billed_until(),
+            START + 3_600
+        );
         // Traffic is still what it is.
         advance_secs(3_600);
         let mut r = report(c, START + 3_600, START + 7_200, 0);
@@ -295,14 +349,20 @@ fn resending_the_last_accepted_report_is_a_no_op() {
         let events = System::events().len();
 
         // A batch of resends only: nothing happens, and it pays (free resends would be spam).
-        assert_eq!(submit(NODE_ACCOUNT, vec![r.clone(), r.clone()]).pays_fee, Pays::Yes);
+        assert_eq!(
+            submit(NODE_ACCOUNT, vec![r.clone(), r.clone()]).pays_fee,
+            Pays::Yes
+        );
         assert_eq!(balance(OWNER), after_first);
         assert_eq!(System::events().len(), events);
 
         // A retry of a batch that also carries a new window stays free.
         advance_secs(3_600);
         let next = report(c, START + 3_600, START + 7_200, 3_600);
-        assert_eq!(submit(NODE_ACCOUNT, vec![r.clone(), next.clone()]).pays_fee, Pays::No);
+        assert_eq!(
+            submit(NODE_ACCOUNT, vec![r.clone(), next.clone()]).pays_fee,
+            Pays::No
+        );
         assert_eq!(balance(OWNER), after_first - SMALL_VM_HOUR);
         // The old report is no longer the last one: sending it again is an overlap.
         assert_eq!(submit(NODE_ACCOUNT, vec![next]).pays_fee, Pays::Yes);
@@ -332,16 +392,25 @@ fn gapped_and_overlapping_windows_are_rejected() {
         assert_eq!(info.pays_fee, Pays::Yes);
         assert_eq!(
             rejections(),
-            vec![(c, RejectReason::WindowGap), (c, RejectReason::WindowOverlap)]
+            vec![
+                (c, RejectReason::WindowGap),
+                (c, RejectReason::WindowOverlap)
+            ]
         );
         assert_eq!(balance(OWNER), paid);
-        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 3_600);
+        assert_eq!(
+            ContractBillings::<Test>::get(c).unwrap().billed_until(),
+            START + 3_600
+        );
 
         // Contiguous windows in one batch are all accepted, in order.
         let a = report(c, START + 3_600, START + 7_200, 3_600);
         let b = report(c, START + 7_200, START + 10_800, 3_600);
         assert_eq!(submit(NODE_ACCOUNT, vec![a, b]).pays_fee, Pays::No);
-        assert_eq!(ContractBillings::<Test>::get(c).unwrap().billed_until(), START + 10_800);
+        assert_eq!(
+            ContractBillings::<Test>::get(c).unwrap().billed_until(),
+            START + 10_800
+        );
         assert_eq!(balance(OWNER), paid - 2 * SMALL_VM_HOUR);
     });
 }
@@ -353,14 +422,35 @@ fn window_rules_each_have_their_reason() {
         advance_secs(2 * 3_600);
         let now = START + 2 * 3_600;
         let cases = [
-            (report(c, START + 10, START + 10, 0), RejectReason::EmptyWindow),
-            (report(c, START + 10, START + 5, 0), RejectReason::EmptyWindow),
-            (report(c, START, START + MAX_WINDOW + 1, 0), RejectReason::WindowTooLong),
-            (report(c, now + DRIFT - 100, now + DRIFT + 1, 0), RejectReason::WindowInFuture),
-            (report(c, START, START + 100, 101), RejectReason::UptimeExceedsWindow),
+            (
+                report(c, START + 10, START + 10, 0),
+                RejectReason::EmptyWindow,
+            ),
+            (
+                report(c, START + 10, START + 5, 0),
+                RejectReason::EmptyWindow,
+            ),
+            (
+                report(c, START, START + MAX_WINDOW + 1, 0),
+                RejectReason::WindowTooLong,
+            ),
+            (
+                report(c, now + DRIFT - 100, now + DRIFT + 1, 0),
+                RejectReason::WindowInFuture,
+            ),
+            (
+                report(c, START, START + 100, 101),
+                RejectReason::UptimeExceedsWindow,
+            ),
             // The first window cannot start before activation (minus the drift).
-            (report(c, START - DRIFT - 1, START + 100, 0), RejectReason::StartsBeforeActivation),
-            (report(77, START, START + 100, 0), RejectReason::UnknownContract),
+            (
+                report(c, START - DRIFT - 1, START + 100, 0),
+                RejectReason::StartsBeforeActivation,
+            ),
+            (
+                report(77, START, START + 100, 0),
+                RejectReason::UnknownContract,
+            ),
         ];
         for (r, reason) in cases.iter() {
             System::reset_events();
@@ -370,11 +460,19 @@ fn window_rules_each_have_their_reason() {
         assert!(ContractBillings::<Test>::get(c).is_none());
         // Within the drift on both sides is fine.
         assert_eq!(
-            submit(NODE_ACCOUNT, vec![report(c, START - DRIFT, START + 3_000, 0)]).pays_fee,
+            submit(
+                NODE_ACCOUNT,
+                vec![report(c, START - DRIFT, START + 3_000, 0)]
+            )
+            .pays_fee,
             Pays::No
         );
         assert_eq!(
-            submit(NODE_ACCOUNT, vec![report(c, START + 3_000, START + 6_600, 0)]).pays_fee,
+            submit(
+                NODE_ACCOUNT,
+                vec![report(c, START + 3_000, START + 6_600, 0)]
+            )
+            .pays_fee,
             Pays::No
         );
         assert_eq!(
@@ -392,13 +490,24 @@ fn reports_from_another_node_are_rejected_without_failing_the_batch() {
         advance_secs(3_600);
         let info = submit(
             OTHER_NODE_ACCOUNT,
-            vec![report(mine, START, START + 3_600, 3_600), report(theirs, START, START + 3_600, 3_600)],
+            vec![
+                report(mine, START, START + 3_600, 3_600),
+                report(theirs, START, START + 3_600, 3_600),
+            ],
         );
         assert_eq!(info.pays_fee, Pays::Yes);
         assert_eq!(rejections(), vec![(mine, RejectReason::NotContractNode)]);
         assert!(ContractBillings::<Test>::get(mine).is_none());
-        assert_eq!(ContractBillings::<Test>::get(theirs).unwrap().billed_until(), START + 3_600);
-        assert_eq!(balance(OTHER_FARMER), Perbill::from_percent(70).mul_floor(SMALL_VM_HOUR));
+        assert_eq!(
+            ContractBillings::<Test>::get(theirs)
+                .unwrap()
+                .billed_until(),
+            START + 3_600
+        );
+        assert_eq!(
+            balance(OTHER_FARMER),
+            Perbill::from_percent(70).mul_floor(SMALL_VM_HOUR)
+        );
         // Any other account, too.
         System::reset_events();
         submit(OWNER, vec![report(mine, START, START + 3_600, 3_600)]);
@@ -445,7 +554,10 @@ fn a_payout_too_small_for_a_new_account_goes_to_the_treasury() {
         assert_eq!(balance(OTHER_FARMER), 0);
         assert_eq!(balance(TREASURY), ED + 9);
         let totals = LedgerTotals::<Test>::get();
-        assert_eq!((totals.to_farm_owners, totals.to_treasury, totals.burned), (0, 9, 1));
+        assert_eq!(
+            (totals.to_farm_owners, totals.to_treasury, totals.burned),
+            (0, 9, 1)
+        );
     });
 }
 
@@ -462,20 +574,35 @@ fn grace_then_top_up_then_resume() {
         assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
         assert_eq!(GraceSince::<Test>::get(c), Some(System::block_number()));
         System::assert_has_event(
-            Event::<Test>::GracePeriodStarted { contract: c, owner: POOR, debt: owed }.into(),
+            Event::<Test>::GracePeriodStarted {
+                contract: c,
+                owner: POOR,
+                debt: owed,
+            }
+            .into(),
         );
         let grace_start = System::block_number();
 
         // In grace the node stops serving: zero uptime, nothing new to pay, still in debt.
         advance_secs(3_600);
-        submit(NODE_ACCOUNT, vec![report(c, START + 3_600, START + 7_200, 0)]);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 3_600, START + 7_200, 0)],
+        );
         assert_eq!(debt(c), owed);
-        assert_eq!(GraceSince::<Test>::get(c), Some(grace_start), "the grace clock does not restart");
+        assert_eq!(
+            GraceSince::<Test>::get(c),
+            Some(grace_start),
+            "the grace clock does not restart"
+        );
 
         // A partial top-up pays part of the debt.
         top_up(POOR, 1_000);
         advance_secs(3_600);
-        submit(NODE_ACCOUNT, vec![report(c, START + 7_200, START + 10_800, 0)]);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 7_200, START + 10_800, 0)],
+        );
         assert_eq!(debt(c), owed - 1_000);
         assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
 
@@ -483,12 +610,21 @@ fn grace_then_top_up_then_resume() {
         top_up(POOR, 100_000);
         advance_secs(3_600);
         System::reset_events();
-        submit(NODE_ACCOUNT, vec![report(c, START + 10_800, START + 14_400, 0)]);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 10_800, START + 14_400, 0)],
+        );
         assert_eq!(debt(c), 0);
         assert_eq!(balance(POOR), ED + 100_000 - (owed - 1_000));
         assert_eq!(contract_state(c), Some(ContractState::Deployed));
         assert_eq!(GraceSince::<Test>::get(c), None);
-        System::assert_last_event(Event::<Test>::ContractResumed { contract: c, owner: POOR }.into());
+        System::assert_last_event(
+            Event::<Test>::ContractResumed {
+                contract: c,
+                owner: POOR,
+            }
+            .into(),
+        );
 
         // And the grace sweep leaves it alone.
         advance_blocks(GRACE_BLOCKS * 2);
@@ -521,13 +657,28 @@ fn grace_expiry_cancels_and_releases_capacity() {
         assert!(with_world(|w| !w.ips.contains_key(&c)));
         assert!(ContractBillings::<Test>::get(c).is_none());
         assert!(GraceSince::<Test>::get(c).is_none());
-        System::assert_has_event(Event::<Test>::BillingClosed { contract: c, debt_written_off: owed }.into());
-        System::assert_has_event(Event::<Test>::GracePeriodExpired { contract: c, debt: owed }.into());
+        System::assert_has_event(
+            Event::<Test>::BillingClosed {
+                contract: c,
+                debt_written_off: owed,
+            }
+            .into(),
+        );
+        System::assert_has_event(
+            Event::<Test>::GracePeriodExpired {
+                contract: c,
+                debt: owed,
+            }
+            .into(),
+        );
         let totals = LedgerTotals::<Test>::get();
         assert_eq!((totals.debt, totals.written_off), (0, owed));
         // Later reports for it are rejected.
         System::reset_events();
-        submit(NODE_ACCOUNT, vec![report(c, START + 3_600, START + 3_700, 0)]);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 3_600, START + 3_700, 0)],
+        );
         assert_eq!(rejections(), vec![(c, RejectReason::UnknownContract)]);
     });
 }
@@ -535,7 +686,9 @@ fn grace_expiry_cancels_and_releases_capacity() {
 #[test]
 fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
     run_test(|| {
-        let contracts: Vec<_> = (0..5).map(|_| add_contract(POOR, NODE, RequiredResources::default())).collect();
+        let contracts: Vec<_> = (0..5)
+            .map(|_| add_contract(POOR, NODE, RequiredResources::default()))
+            .collect();
         advance_secs(60);
         for c in &contracts {
             // 2 GiB of traffic each = 2000: more than POOR can pay even once.
@@ -546,11 +699,16 @@ fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
         assert_eq!(GraceSince::<Test>::iter().count(), 5);
         advance_blocks(GRACE_BLOCKS);
 
-        let base = <<Test as frame_system::Config>::DbWeight as Get<frame_support::weights::RuntimeDbWeight>>::get()
-            .reads_writes(1, 1);
+        let base = <<Test as frame_system::Config>::DbWeight as Get<
+            frame_support::weights::RuntimeDbWeight,
+        >>::get()
+        .reads_writes(1, 1);
         let step = <() as WeightInfo>::on_idle_step();
         // Not even one step fits: nothing is done.
-        assert_eq!(Billing::on_idle(System::block_number(), base), Weight::zero());
+        assert_eq!(
+            Billing::on_idle(System::block_number(), base),
+            Weight::zero()
+        );
         assert_eq!(GraceSince::<Test>::iter().count(), 5);
         // Two steps per block.
         let limit = base + step * 2;
@@ -562,7 +720,11 @@ fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
         assert_eq!(GraceSince::<Test>::iter().count(), 1);
         Billing::on_idle(System::block_number(), limit);
         assert_eq!(GraceSince::<Test>::iter().count(), 0);
-        assert_eq!(GraceCursor::<Test>::get(), None, "a finished pass resets the cursor");
+        assert_eq!(
+            GraceCursor::<Test>::get(),
+            None,
+            "a finished pass resets the cursor"
+        );
         let mut cancelled = with_world(|w| w.cancelled.clone());
         cancelled.sort();
         assert_eq!(cancelled, contracts);
@@ -603,7 +765,13 @@ fn ended_contracts_lose_their_billing_state() {
             None,
         );
         assert!(ContractBillings::<Test>::get(c).is_none());
-        System::assert_last_event(Event::<Test>::BillingClosed { contract: c, debt_written_off: 0 }.into());
+        System::assert_last_event(
+            Event::<Test>::BillingClosed {
+                contract: c,
+                debt_written_off: 0,
+            }
+            .into(),
+        );
         // A contract billing never saw: nothing to do, no event.
         let events = System::events().len();
         <Billing as zos_primitives::contracts::OnContractEnded<_, _>>::on_contract_ended(
@@ -620,13 +788,19 @@ fn stale_contracts_are_listed_and_accrue_nothing() {
     run_test(|| {
         let silent = add_contract(OWNER, OTHER_NODE, small_vm());
         let reported = contract_after_an_hour();
-        submit(NODE_ACCOUNT, vec![report(reported, START, START + 3_600, 3_600)]);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(reported, START, START + 3_600, 3_600)],
+        );
         let paid = balance(OWNER);
         assert!(Billing::stale_contracts().is_empty());
         assert!(!Billing::contract_billing(reported).unwrap().stale);
 
         advance_secs(STALE_AFTER + 1);
-        assert_eq!(Billing::stale_contracts(), vec![(reported, NODE, START + 3_600)]);
+        assert_eq!(
+            Billing::stale_contracts(),
+            vec![(reported, NODE, START + 3_600)]
+        );
         let status = Billing::contract_billing(reported).unwrap();
         assert!(status.stale);
         assert_eq!(status.billed_until, Some(START + 3_600));
@@ -695,7 +869,10 @@ fn time_worst_case_reports() {
                 top_up(*owner, 1_000_000);
             }
         }
-        assert_eq!(GraceSince::<Test>::iter().count(), batches.len() * MAX_BATCH as usize);
+        assert_eq!(
+            GraceSince::<Test>::iter().count(),
+            batches.len() * MAX_BATCH as usize
+        );
         // ...and the timed reports settle it with a new charge, paying out three ways.
         let started = std::time::Instant::now();
         for batch in &batches {
@@ -724,13 +901,17 @@ fn reports_per_hour_fit_the_goal() {
     use frame_support::weights::constants::{ExtrinsicBaseWeight, WEIGHT_REF_TIME_PER_SECOND};
     let budget = 2 * WEIGHT_REF_TIME_PER_SECOND / 4;
     let per_hour = |batch: u32| {
-        let batch_weight = <() as WeightInfo>::report_consumption(batch).ref_time() +
-            ExtrinsicBaseWeight::get().ref_time();
+        let batch_weight = <() as WeightInfo>::report_consumption(batch).ref_time()
+            + ExtrinsicBaseWeight::get().ref_time();
         let batches_per_block = budget / batch_weight;
         batches_per_block * u64::from(batch) * 600
     };
     for batch in [1, MAX_BATCH, 256] {
-        assert!(per_hour(batch) >= 50_000, "batch {batch}: {} per hour", per_hour(batch));
+        assert!(
+            per_hour(batch) >= 50_000,
+            "batch {batch}: {} per hour",
+            per_hour(batch)
+        );
     }
     assert!(per_hour(256) > 400_000);
 }

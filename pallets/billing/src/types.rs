@@ -63,7 +63,9 @@ impl<Balance: BalanceT> PricingPolicy<Balance> {
     /// True if the shares add up to exactly 100%.
     pub fn shares_are_complete(&self) -> bool {
         let parts = [self.farm_owner_share, self.treasury_share, self.burn_share];
-        let total = parts.iter().fold(0u64, |acc, p| acc.saturating_add(u64::from(p.deconstruct())));
+        let total = parts.iter().fold(0u64, |acc, p| {
+            acc.saturating_add(u64::from(p.deconstruct()))
+        });
         total == u64::from(Perbill::one().deconstruct())
     }
 
@@ -75,7 +77,11 @@ impl<Balance: BalanceT> PricingPolicy<Balance> {
         // farm_owner + burn <= amount because both round down and their shares are <= 100%;
         // saturating anyway so a malformed policy cannot underflow.
         let treasury = amount.saturating_sub(farm_owner).saturating_sub(burn);
-        Payout { farm_owner, treasury, burn }
+        Payout {
+            farm_owner,
+            treasury,
+            burn,
+        }
     }
 
     /// What `report` costs for a contract holding `required`, in the smallest balance unit:
@@ -85,16 +91,28 @@ impl<Balance: BalanceT> PricingPolicy<Balance> {
     pub fn charge(&self, required: &RequiredResources, report: &ConsumptionReport) -> Balance {
         let price = |b: Balance| -> u128 { b.saturated_into_u128() };
         let uptime = report.uptime_seconds;
-        let cu = units::price_for(units::cu_milli(&required.resources), uptime, price(self.cu_hour));
-        let su = units::price_for(units::su_milli(&required.resources), uptime, price(self.su_hour));
+        let cu = units::price_for(
+            units::cu_milli(&required.resources),
+            uptime,
+            price(self.cu_hour),
+        );
+        let su = units::price_for(
+            units::su_milli(&required.resources),
+            uptime,
+            price(self.su_hour),
+        );
         let ipv4 = units::price_for(
             u128::from(required.public_ipv4).saturating_mul(MILLI),
             uptime,
             price(self.ipv4_hour),
         );
-        let bytes = u128::from(report.public_bytes_in).saturating_add(u128::from(report.public_bytes_out));
+        let bytes =
+            u128::from(report.public_bytes_in).saturating_add(u128::from(report.public_bytes_out));
         let traffic = units::traffic_price(bytes, price(self.traffic_gib));
-        let total = cu.saturating_add(su).saturating_add(ipv4).saturating_add(traffic);
+        let total = cu
+            .saturating_add(su)
+            .saturating_add(ipv4)
+            .saturating_add(traffic);
         sp_runtime::traits::UniqueSaturatedFrom::unique_saturated_from(total)
     }
 }
@@ -124,15 +142,7 @@ pub struct Payout<Balance> {
 /// Times are unix seconds of the chain clock (the timestamp pallet). The window is half-open,
 /// `[window_start, window_end)`.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub struct ConsumptionReport {
     pub contract: ContractId,
@@ -184,15 +194,7 @@ pub enum RejectReason {
 
 /// What billing keeps per contract from its first accepted report until the contract ends.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub struct ContractBilling<Balance> {
     pub node: NodeId,
@@ -244,8 +246,14 @@ pub struct Totals<Balance> {
 
 impl<Balance: BalanceT> Totals<Balance> {
     pub fn is_consistent(&self) -> bool {
-        let accounted = self.collected.saturating_add(self.debt).saturating_add(self.written_off);
-        let paid = self.to_farm_owners.saturating_add(self.to_treasury).saturating_add(self.burned);
+        let accounted = self
+            .collected
+            .saturating_add(self.debt)
+            .saturating_add(self.written_off);
+        let paid = self
+            .to_farm_owners
+            .saturating_add(self.to_treasury)
+            .saturating_add(self.burned);
         accounted == self.charged && paid == self.collected
     }
 }
