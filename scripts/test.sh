@@ -1,9 +1,33 @@
 #!/usr/bin/env bash
-# Every test of the project, in one cargo profile shared with the node binary.
-set -euo pipefail
+# Every test of the project. One cargo profile (`ci`) and one feature set (`--workspace`) for the
+# node binary and all test targets, so nothing is compiled twice.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 profile="${CARGO_PROFILE:-ci}"
+failed=()
+step() {
+  local name="$1"; shift
+  echo
+  echo "== $name"
+  local start=$SECONDS
+  if "$@"; then
+    echo "== $name: ok ($((SECONDS - start)) s)"
+  else
+    echo "== $name: FAILED ($((SECONDS - start)) s)"
+    failed+=("$name")
+  fi
+}
 
-echo "== cargo test (workspace, profile $profile, target $CARGO_TARGET_DIR)"
-cargo test --profile "$profile" --workspace --no-fail-fast
+step "cargo test (workspace)" cargo test --profile "$profile" --workspace --no-fail-fast
+# FRAME benchmarks run as tests against the pallets' mock runtimes.
+step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$profile" \
+  -p pallet-grid -p pallet-deployments -p pallet-billing --features runtime-benchmarks --no-fail-fast
+step "polkadot.js suite" bash -c 'cd tests/polkadot-js && { [ -d node_modules ] && npm ls >/dev/null 2>&1 || npm ci --no-audit --no-fund; } && npm test'
+
+echo
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "FAILED steps: ${failed[*]}"
+  exit 1
+fi
+echo "all test steps passed"

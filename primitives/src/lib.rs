@@ -25,7 +25,8 @@ pub use ip::{
     Ipv6Cidr, PublicIpv4Config, PublicIpv6Config, SpecialRange, MAX_IPV4_PREFIX, MAX_IPV6_PREFIX,
     MIN_IPV4_PREFIX, MIN_IPV6_PREFIX,
 };
-#[cfg(feature = "runtime-api")]
+/// The client-side trait exists with `std` only; the runtime names `runtime_api::GridApi`.
+#[cfg(all(feature = "runtime-api", feature = "std"))]
 pub use runtime_api::GridApi;
 
 /// Identifier of a farm (a farmer's group of nodes sharing a public IP pool and a pricing policy).

@@ -17,7 +17,7 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Aura, Balance, Block, Executive, Grandpa, InherentDataExt, Nonce, Runtime,
+    AccountId, Aura, Balance, Billing, Block, BlockNumber, Deployments, Executive, Grandpa, Grid, InherentDataExt, Nonce, Runtime,
     RuntimeCall, RuntimeGenesisConfig, SessionKeys, System, TransactionPayment, VERSION,
 };
 
@@ -138,6 +138,49 @@ impl_runtime_apis! {
         }
         fn query_weight_to_fee(weight: Weight) -> Balance { TransactionPayment::weight_to_fee(weight) }
         fn query_length_to_fee(length: u32) -> Balance { TransactionPayment::length_to_fee(length) }
+    }
+
+    impl zos_primitives::runtime_api::GridApi<Block, AccountId> for Runtime {
+        fn node_by_account(account: AccountId) -> Option<zos_primitives::NodeId> {
+            Grid::node_by_account(account)
+        }
+        fn nodes_of_farm(farm: zos_primitives::FarmId) -> Vec<zos_primitives::NodeId> {
+            Grid::nodes_of_farm(farm)
+        }
+        fn free_capacity(node: zos_primitives::NodeId) -> Option<zos_primitives::Resources> {
+            Grid::free_capacity(node)
+        }
+        fn free_public_ips(farm: zos_primitives::FarmId) -> Vec<zos_primitives::PublicIpv4Config> {
+            Grid::free_public_ips(farm)
+        }
+        fn node_status(node: zos_primitives::NodeId) -> Option<zos_primitives::NodeStatus> {
+            Grid::node_status(node)
+        }
+        fn farm_by_name(name: Vec<u8>) -> Option<zos_primitives::FarmId> {
+            Grid::farm_by_name(name)
+        }
+    }
+
+    impl zos_primitives::deployments_api::DeploymentsApi<Block, AccountId> for Runtime {
+        fn contracts_of_node(
+            node: zos_primitives::NodeId,
+        ) -> Vec<(zos_primitives::ContractId, zos_primitives::contracts::NodeContract)> {
+            Deployments::contracts_of_node(node)
+        }
+        fn contracts_of_owner(owner: AccountId) -> Vec<zos_primitives::contracts::ContractSummary> {
+            Deployments::contracts_of_owner(&owner)
+        }
+    }
+
+    impl zos_primitives::billing::BillingApi<Block, Balance, BlockNumber> for Runtime {
+        fn contract_billing(
+            contract: zos_primitives::ContractId,
+        ) -> Option<zos_primitives::billing::ContractBillingStatus<Balance, BlockNumber>> {
+            Billing::contract_billing(contract)
+        }
+        fn stale_contracts() -> Vec<(zos_primitives::ContractId, zos_primitives::NodeId, u64)> {
+            Billing::stale_contracts()
+        }
     }
 
     impl sp_genesis_builder::GenesisBuilder<Block> for Runtime {

@@ -5,4 +5,5 @@ frame_benchmarking::define_benchmarks!(
     [pallet_timestamp, Timestamp]
     [pallet_sudo, Sudo]
     [pallet_utility, Utility]
+    [pallet_grid, Grid]
 );

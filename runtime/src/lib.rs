@@ -156,4 +156,12 @@ mod runtime {
     pub type Sudo = pallet_sudo;
     #[runtime::pallet_index(7)]
     pub type Utility = pallet_utility;
+
+    // The grid: farms and nodes, deployment contracts, billing.
+    #[runtime::pallet_index(20)]
+    pub type Grid = pallet_grid;
+    #[runtime::pallet_index(21)]
+    pub type Deployments = pallet_deployments;
+    #[runtime::pallet_index(22)]
+    pub type Billing = pallet_billing;
 }

@@ -43,6 +43,6 @@ test('a failing call surfaces the module error name from metadata', async () => 
   // Only the sudo key (Alice) may use sudo: Bob gets the pallet's typed error.
   await assert.rejects(
     submitFinalized(api, api.tx.sudo.sudo(api.tx.system.remark('0x00')), bob),
-    /^sudo\.RequireSudo: /,
+    /sudo\.RequireSudo: /,
   );
 });

@@ -12,13 +12,15 @@ use frame_support::{
 use frame_system::limits::{BlockLength, BlockWeights};
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
-use sp_runtime::{traits::One, Perbill};
+use sp_runtime::{traits::{AccountIdConversion, One}, Perbill};
 use sp_version::RuntimeVersion;
+use frame_system::EnsureRoot;
+use zos_primitives::{Resources, GIB, MIB};
 
 use super::{
     AccountId, Aura, Balance, Balances, Block, BlockNumber, Hash, Nonce, OriginCaller, PalletInfo,
     Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason, RuntimeHoldReason, RuntimeOrigin,
-    RuntimeTask, System, EXISTENTIAL_DEPOSIT, SLOT_DURATION, SS58_PREFIX, VERSION,
+    RuntimeTask, System, Timestamp, Deployments, Grid, Billing, DAYS, HOURS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, UNIT, EXISTENTIAL_DEPOSIT, SLOT_DURATION, SS58_PREFIX, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -124,4 +126,73 @@ impl pallet_utility::Config for Runtime {
     type RuntimeCall = RuntimeCall;
     type PalletsOrigin = OriginCaller;
     type WeightInfo = pallet_utility::weights::SubstrateWeight<Runtime>;
+}
+
+parameter_types! {
+    /// Smallest node the grid accepts: small on purpose, so test VMs can join a dev chain.
+    pub const MinNodeCapacity: Resources = Resources::new(1, 256 * MIB, GIB, 0);
+}
+
+impl pallet_grid::Config for Runtime {
+    type GovernanceOrigin = EnsureRoot<AccountId>;
+    type MaxIpsPerFarm = ConstU32<256>;
+    type MinNodeCapacity = MinNodeCapacity;
+    /// Logical cores may be sold twice; memory and disks never.
+    type CruOvercommit = ConstU32<2>;
+    /// Executors beat every minute: five missed beats make a node Offline.
+    type HeartbeatTimeoutMs = ConstU64<{ 5 * 60 * 1000 }>;
+    type MinHeartbeatIntervalMs = ConstU64<{ 10 * 1000 }>;
+    type Time = Timestamp;
+    type WeightInfo = pallet_grid::weights::SubstrateWeight<Runtime>;
+}
+
+parameter_types! {
+    /// Holding a spec on chain costs a base plus a price per encoded byte, returned on removal:
+    /// the largest accepted spec (~160 KB) holds ~161 tokens.
+    pub const ContractDepositBase: Balance = UNIT;
+    pub const ContractDepositPerByte: Balance = MILLI_UNIT;
+}
+
+impl pallet_deployments::Config for Runtime {
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Currency = Balances;
+    type Grid = Grid;
+    type OnContractEnded = Billing;
+    type MaxSigners = ConstU32<16>;
+    /// A proposal not approved within a day expires.
+    type ProposalTtl = ConstU32<DAYS>;
+    type MaxExpiriesPerBlock = ConstU32<64>;
+    type DepositBase = ContractDepositBase;
+    type DepositPerByte = ContractDepositPerByte;
+    #[cfg(feature = "runtime-benchmarks")]
+    type BenchmarkHelper = crate::benchmarks::GridSetup;
+    type WeightInfo = pallet_deployments::weights::SubstrateWeight<Runtime>;
+}
+
+parameter_types! {
+    /// Receives the treasury share of every payment and the rounding dust.
+    pub TreasuryAccount: AccountId =
+        frame_support::PalletId(*b"zos/trsy").into_account_truncating();
+}
+
+impl pallet_billing::Config for Runtime {
+    type Currency = Balances;
+    type GovernanceOrigin = EnsureRoot<AccountId>;
+    type Grid = Grid;
+    type Contracts = Deployments;
+    type Time = Timestamp;
+    type TreasuryAccount = TreasuryAccount;
+    type MaxReportsPerBatch = ConstU32<256>;
+    /// A window covers at most an hour of consumption.
+    type MaxWindowSecs = ConstU64<3600>;
+    /// Reports may end at most a minute after chain time (node clocks drift).
+    type MaxClockDriftSecs = ConstU64<60>;
+    type BlockTimeMs = ConstU64<MILLI_SECS_PER_BLOCK>;
+    /// Unpaid contracts keep their data for a day, then are cancelled.
+    type GracePeriodBlocks = ConstU32<DAYS>;
+    /// A node silent for two hours makes its contracts stale.
+    type StaleAfterSecs = ConstU64<{ 2 * 3600 }>;
+    type WeightInfo = pallet_billing::weights::SubstrateWeight<Runtime>;
+    #[cfg(feature = "runtime-benchmarks")]
+    type BenchmarkHelper = crate::benchmarks::GridSetup;
 }

@@ -17,6 +17,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// Where the node binary is: `ZOS_CHAIN_NODE_BIN`, else the shared build directory.
+/// subxt helpers for tests: connect, submit and wait for finality, read storage.
+pub mod client;
+
 pub fn node_binary() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("ZOS_CHAIN_NODE_BIN") {
         return Ok(PathBuf::from(path));
