@@ -1,7 +1,10 @@
 //! Genesis presets: `development` (Alice validates and is sudo) and `local_testnet`
 //! (Alice and Bob validate). Chain specs are built from these (see chain-spec/).
 
-use crate::{AccountId, BalancesConfig, RuntimeGenesisConfig, SudoConfig, UNIT};
+use crate::{
+    configs::TreasuryAccount, AccountId, BalancesConfig, RuntimeGenesisConfig, SudoConfig,
+    EXISTENTIAL_DEPOSIT, UNIT,
+};
 use alloc::{vec, vec::Vec};
 use frame_support::build_struct_json_patch;
 use serde_json::Value;
@@ -32,7 +35,14 @@ fn testnet_genesis(
 ) -> Value {
     build_struct_json_patch!(RuntimeGenesisConfig {
         balances: BalancesConfig {
-            balances: endowed.iter().cloned().map(|k| (k, DEV_ENDOWMENT)).collect::<Vec<_>>(),
+            balances: endowed
+                .iter()
+                .cloned()
+                .map(|k| (k, DEV_ENDOWMENT))
+                // The treasury exists from genesis, so even payouts below the existential
+                // deposit reach it.
+                .chain(core::iter::once((TreasuryAccount::get(), EXISTENTIAL_DEPOSIT)))
+                .collect::<Vec<_>>(),
         },
         aura: pallet_aura::GenesisConfig {
             authorities: authorities.iter().map(|a| a.0.clone()).collect::<Vec<_>>(),

@@ -1,0 +1,257 @@
+//! The executor's only door to the chain: a subxt client with static code generated from the
+//! committed runtime metadata (`metadata/zos-runtime.scale`, refreshed by
+//! `scripts/refresh-metadata.sh`; a test fails when it no longer matches the runtime).
+//!
+//! Reads happen at the latest FINALIZED block. Writes are signed with the node key, mortal
+//! (64 blocks), take their nonce from the chain (pool included), are watched until finalized,
+//! and are retried with backoff by the callers; every call the executor sends is idempotent
+//! on chain (heartbeats are rate-limited, reports are keyed by contract + window / version).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use codec::{Decode, Encode};
+use subxt::{
+    config::{RpcConfigFor, SubstrateExtrinsicParamsBuilder},
+    error::{DispatchError, TransactionEventsError, TransactionFinalizedSuccessError},
+    rpcs::{client::ReconnectingRpcClient, LegacyRpcMethods, RpcClient},
+    transactions::Payload,
+    OnlineClient, SubstrateConfig,
+};
+use subxt_signer::sr25519::Keypair;
+use zos_primitives::{contracts::NodeContract, ContractId, FarmId, NodeId, Resources};
+
+#[subxt::subxt(
+    runtime_metadata_path = "metadata/zos-runtime.scale",
+    derive_for_all_types = "Clone, PartialEq, Eq, ::subxt::ext::codec::Encode, ::subxt::ext::codec::Decode"
+)]
+pub mod runtime {}
+
+use runtime::runtime_types;
+
+pub type Client = OnlineClient<SubstrateConfig>;
+/// Events of one finalized extrinsic.
+pub type Events = subxt::extrinsics::ExtrinsicEvents<SubstrateConfig>;
+
+/// A finalized block the follower has seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub number: u64,
+    pub hash: [u8; 32],
+}
+
+/// Why an extrinsic did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The runtime refused it: `Pallet::Error` from the metadata. Retrying is pointless.
+    #[error("{0}")]
+    Dispatch(String),
+    /// Connection, pool or timeout trouble: retry.
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+/// SCALE re-encoding between a primitives type and its generated twin: the runtime defines
+/// the generated type from the very same Rust type, so the layouts are identical.
+pub fn convert<A: Encode, B: Decode>(value: &A) -> Result<B> {
+    B::decode(&mut &value.encode()[..]).context("primitives and generated types disagree (stale metadata?)")
+}
+
+pub struct Chain {
+    pub api: Client,
+    rpc: LegacyRpcMethods<RpcConfigFor<SubstrateConfig>>,
+    /// Held from nonce lookup until the transaction is in the pool, so concurrent submissions
+    /// from the node key get consecutive nonces; released before waiting for finality.
+    submit_lock: tokio::sync::Mutex<()>,
+}
+
+impl Chain {
+    /// Connects through a reconnecting RPC client: a node restart does not kill the executor.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let inner = ReconnectingRpcClient::builder()
+            .build(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let rpc_client = RpcClient::new(inner);
+        let api = Client::from_rpc_client(rpc_client.clone()).await.context("fetching chain metadata")?;
+        if !runtime::is_codegen_valid_for(api.at_current_block().await?.metadata_ref()) {
+            tracing::warn!("the chain's runtime differs from the metadata this executor was built with");
+        }
+        Ok(Self { api, rpc: LegacyRpcMethods::new(rpc_client), submit_lock: Default::default() })
+    }
+
+    pub async fn finalized(&self) -> Result<BlockRef> {
+        let hash = self.rpc.chain_get_finalized_head().await?;
+        let header = self.rpc.chain_get_header(Some(hash)).await?.context("finalized header missing")?;
+        Ok(BlockRef { number: header.number, hash: hash.0 })
+    }
+
+    /// Calls a runtime API at the latest finalized block, decoding the answer with `codec`
+    /// straight into primitives types.
+    async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
+        let at = self.api.at_current_block().await?;
+        let bytes = at.runtime_apis().call_raw(method, Some(args)).await.with_context(|| format!("calling {method}"))?;
+        R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {method}"))
+    }
+
+    pub async fn node_of(&self, account: &subxt::utils::AccountId32) -> Result<Option<NodeId>> {
+        self.runtime_call("GridApi_node_by_account", &account.0.encode()).await
+    }
+
+    /// The desired state: every contract on `node` with its active spec.
+    pub async fn contracts_of_node(&self, node: NodeId) -> Result<Vec<NodeContract>> {
+        let list: Vec<(ContractId, NodeContract)> =
+            self.runtime_call("DeploymentsApi_contracts_of_node", &node.encode()).await?;
+        Ok(list.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// Where billing stands for a contract: the end of its last accepted window (unix s).
+    pub async fn billed_until(&self, contract: ContractId) -> Result<Option<u64>> {
+        let status: Option<zos_primitives::billing::ContractBillingStatus<u128, u32>> =
+            self.runtime_call("BillingApi_contract_billing", &contract.encode()).await?;
+        Ok(status.and_then(|s| s.billed_until))
+    }
+
+    pub async fn free_balance(&self, account: &subxt::utils::AccountId32) -> Result<u128> {
+        let at = self.api.at_current_block().await?;
+        let info = at.storage().fetch(runtime::storage().system().account(), (account.clone(),)).await?.decode()?;
+        Ok(info.data.free)
+    }
+
+    /// Signs, submits and waits until finalized. The nonce includes pending pool transactions,
+    /// so back-to-back submissions from the node key do not collide.
+    pub async fn submit<C: Payload>(&self, call: &C, signer: &Keypair, timeout: Duration) -> Result<Events, TxError> {
+        let account = signer.public_key().to_account_id();
+        let run = async {
+            let progress = {
+                let _guard = self.submit_lock.lock().await;
+                let nonce =
+                    self.rpc.system_account_next_index(&account).await.map_err(|e| TxError::Transient(e.into()))?;
+                let params =
+                    SubstrateExtrinsicParamsBuilder::<SubstrateConfig>::new().nonce(nonce).mortal(64).build();
+                self.api
+                    .at_current_block()
+                    .await
+                    .map_err(|e| TxError::Transient(e.into()))?
+                    .tx()
+                    .sign_and_submit_then_watch(call, signer, params)
+                    .await
+                    .map_err(|e| TxError::Transient(anyhow!("submitting: {e}")))?
+            };
+            match progress.wait_for_finalized_success().await {
+                Ok(events) => Ok(events),
+                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(
+                    DispatchError::Module(e),
+                ))) => Err(TxError::Dispatch(e.details_string())),
+                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(e))) => {
+                    Err(TxError::Dispatch(e.to_string()))
+                },
+                Err(e) => Err(TxError::Transient(anyhow!("waiting for finality: {e}"))),
+            }
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| TxError::Transient(anyhow!("not finalized within {timeout:?}")))?
+    }
+}
+
+/// Calls the executor sends, built from primitives values.
+pub mod calls {
+    use super::*;
+    use zos_primitives::contracts::FailureText;
+
+    pub fn register_node(farm: FarmId, capacity: Resources, box_key: [u8; 32], version: &str) -> Result<impl Payload> {
+        let location = runtime_types::pallet_grid::types::Location {
+            city: bounded(b"unknown")?,
+            country: bounded(b"unknown")?,
+            latitude: 0,
+            longitude: 0,
+        };
+        Ok(runtime::tx().grid().register_node(
+            farm,
+            convert(&capacity)?,
+            box_key,
+            location,
+            None,
+            bounded(version.as_bytes())?,
+        ))
+    }
+
+    pub fn update_capacity(
+        capacity: Resources,
+        box_key: [u8; 32],
+        version: &str,
+        node: &runtime_types::pallet_grid::types::Node,
+    ) -> Result<impl Payload> {
+        Ok(runtime::tx().grid().update_node(
+            convert(&capacity)?,
+            node.location.clone(),
+            node.public_config.clone(),
+            bounded(version.as_bytes())?,
+            box_key,
+        ))
+    }
+
+    pub fn heartbeat() -> impl Payload {
+        runtime::tx().grid().heartbeat()
+    }
+
+    /// One entry per workload of the spec, in spec order, as the pallet requires.
+    pub fn report_deployment(
+        contract: ContractId,
+        version: u32,
+        outcomes: &[(Vec<u8>, Option<String>)],
+    ) -> Result<impl Payload> {
+        use runtime_types::pallet_deployments::types::{WorkloadReport, WorkloadResult};
+        let mut reports = Vec::with_capacity(outcomes.len());
+        for (name, error) in outcomes {
+            let result = match error {
+                None => WorkloadResult::Ok,
+                Some(reason) => {
+                    // Reasons longer than the chain's bound are cut at a char boundary.
+                    let max = zos_primitives::contracts::MAX_FAILURE_REASON_LEN as usize;
+                    let mut end = reason.len().min(max);
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let text: FailureText = FailureText::truncate_from(reason.as_bytes()[..end].to_vec());
+                    WorkloadResult::Error(convert(&text)?)
+                },
+            };
+            reports.push(WorkloadReport { name: convert(&zos_primitives::spec::WorkloadName::try_from(name.as_slice()).map_err(|_| anyhow!("workload name too long"))?)?, result });
+        }
+        Ok(runtime::tx().deployments().report_deployment(contract, version, runtime_types::bounded_collections::bounded_vec::BoundedVec(reports)))
+    }
+
+    pub fn report_consumption(reports: &[ConsumptionReport]) -> Result<impl Payload> {
+        let reports: Vec<runtime_types::pallet_billing::types::ConsumptionReport> =
+            reports.iter().map(convert).collect::<Result<_>>()?;
+        Ok(runtime::tx().billing().report_consumption(runtime_types::bounded_collections::bounded_vec::BoundedVec(reports)))
+    }
+
+    fn bounded<T: Decode>(bytes: &[u8]) -> Result<T> {
+        // A bounded byte vector is SCALE-encoded exactly like a Vec<u8>.
+        convert(&bytes.to_vec())
+    }
+}
+
+/// The billing pallet's report, mirrored here (the pallet crate is not a dependency of the
+/// executor); `report_consumption` checks the layout against the metadata via `convert`.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ConsumptionReport {
+    pub contract: ContractId,
+    pub window_start: u64,
+    pub window_end: u64,
+    pub uptime_seconds: u64,
+    pub public_bytes_in: u64,
+    pub public_bytes_out: u64,
+}
+
+/// Reads the node's on-chain record (for capacity updates).
+pub async fn node_record(chain: &Chain, node: NodeId) -> Result<runtime_types::pallet_grid::types::Node> {
+    let at = chain.api.at_current_block().await?;
+    let Some(node) = at.storage().try_fetch(runtime::storage().grid().nodes(), (node,)).await? else {
+        bail!("node {node} not found on chain");
+    };
+    Ok(node.decode()?)
+}

@@ -1,0 +1,189 @@
+//! Configuration: defaults, overridden by a TOML file, overridden by environment variables and
+//! flags (clap reads both; flags win).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use zos_primitives::{FarmId, Resources};
+
+#[derive(Parser, Debug, Default)]
+#[command(name = "zos-executor", version, about = "Runs the approved workloads of this grid node.")]
+pub struct Flags {
+    /// TOML configuration file; its values are overridden by flags and environment.
+    #[arg(long, env = "ZOS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Chain RPC endpoint (ws:// or wss://). Default ws://127.0.0.1:9944.
+    #[arg(long, env = "ZOS_CHAIN_URL")]
+    pub chain_url: Option<String>,
+    /// Farm to register this node into.
+    #[arg(long, env = "ZOS_FARM_ID")]
+    pub farm_id: Option<FarmId>,
+    /// Directory for the node's keys, state database and workload data. Default /var/lib/zos.
+    #[arg(long, env = "ZOS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Key file. Default <data-dir>/identity.json.
+    #[arg(long, env = "ZOS_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Seconds of consumption in one report window. Default 300.
+    #[arg(long, env = "ZOS_REPORT_INTERVAL")]
+    pub report_interval_secs: Option<u64>,
+    /// Seconds between heartbeats. Default 60.
+    #[arg(long, env = "ZOS_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Prometheus endpoint address. Default 127.0.0.1:9101; "off" disables it.
+    #[arg(long, env = "ZOS_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+    /// Capacity to offer, overriding what is measured: "cru=4,mru_mib=8192,sru_gib=100,hru_gib=0".
+    #[arg(long, env = "ZOS_CAPACITY")]
+    pub capacity: Option<String>,
+}
+
+/// The TOML file's shape: every key optional, same names as the flags.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub chain_url: Option<String>,
+    pub farm_id: Option<FarmId>,
+    pub data_dir: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub report_interval_secs: Option<u64>,
+    pub heartbeat_interval_secs: Option<u64>,
+    pub metrics_addr: Option<String>,
+    pub capacity: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub chain_url: String,
+    pub farm_id: Option<FarmId>,
+    pub data_dir: PathBuf,
+    pub key_file: PathBuf,
+    pub report_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub metrics_addr: Option<SocketAddr>,
+    /// `None`: measure the host.
+    pub capacity: Option<Resources>,
+}
+
+impl Config {
+    pub fn load(flags: Flags) -> Result<Self> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            },
+            None => FileConfig::default(),
+        };
+        let data_dir = flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("/var/lib/zos"));
+        let key_file = flags.key_file.or(file.key_file).unwrap_or_else(|| data_dir.join("identity.json"));
+        let report_interval_secs = flags.report_interval_secs.or(file.report_interval_secs).unwrap_or(300);
+        anyhow::ensure!(report_interval_secs >= 1, "report interval must be at least 1 second");
+        let heartbeat_secs = flags.heartbeat_interval_secs.or(file.heartbeat_interval_secs).unwrap_or(60);
+        anyhow::ensure!(heartbeat_secs >= 1, "heartbeat interval must be at least 1 second");
+        let metrics_addr = match flags.metrics_addr.or(file.metrics_addr).as_deref() {
+            None => Some("127.0.0.1:9101".parse()?),
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().with_context(|| format!("metrics address {addr:?}"))?),
+        };
+        let capacity = flags.capacity.or(file.capacity).map(|s| parse_capacity(&s)).transpose()?;
+        Ok(Self {
+            chain_url: flags.chain_url.or(file.chain_url).unwrap_or_else(|| "ws://127.0.0.1:9944".into()),
+            farm_id: flags.farm_id.or(file.farm_id),
+            data_dir,
+            key_file,
+            report_interval: Duration::from_secs(report_interval_secs),
+            heartbeat_interval: Duration::from_secs(heartbeat_secs),
+            metrics_addr,
+            capacity,
+        })
+    }
+}
+
+/// "cru=4,mru_mib=8192,sru_gib=100,hru_gib=0" -> Resources (bytes).
+pub fn parse_capacity(text: &str) -> Result<Resources> {
+    use zos_primitives::{GIB, MIB};
+    let mut r = Resources::zero();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').with_context(|| format!("capacity item {part:?} is not key=value"))?;
+        let n: u64 = value.trim().parse().with_context(|| format!("capacity {key}: {value:?} is not a number"))?;
+        let bytes = |unit: u64| n.checked_mul(unit).with_context(|| format!("capacity {key} overflows"));
+        match key.trim() {
+            "cru" => r.cru = n,
+            "mru_mib" => r.mru = bytes(MIB)?,
+            "mru_gib" => r.mru = bytes(GIB)?,
+            "sru_gib" => r.sru = bytes(GIB)?,
+            "sru_mib" => r.sru = bytes(MIB)?,
+            "hru_gib" => r.hru = bytes(GIB)?,
+            other => anyhow::bail!("unknown capacity key {other:?} (cru, mru_mib, mru_gib, sru_gib, sru_mib, hru_gib)"),
+        }
+    }
+    Ok(r)
+}
+
+/// What this host can offer: its CPUs, its memory, and the free space of the data directory.
+pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
+    let cru = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let mru = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+    std::fs::create_dir_all(data_dir)?;
+    let path = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid out pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("statvfs of the data directory");
+    }
+    let sru = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Ok(Resources { cru, mru, sru, hru: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_strings_parse_with_units() {
+        let r = parse_capacity("cru=2, mru_mib=1024,sru_gib=3").unwrap();
+        assert_eq!((r.cru, r.mru, r.sru, r.hru), (2, 1 << 30, 3 << 30, 0));
+        assert!(parse_capacity("cpu=2").is_err());
+        assert!(parse_capacity("sru_gib=99999999999999999").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "chain_url = \"ws://127.0.0.1:1\"\nfarm_id = 3\nreport_interval_secs = 10\n").unwrap();
+        let cfg = Config::load(Flags {
+            config: Some(file),
+            farm_id: Some(4),
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.chain_url, "ws://127.0.0.1:1");
+        assert_eq!(cfg.farm_id, Some(4));
+        assert_eq!(cfg.report_interval, Duration::from_secs(10));
+        assert_eq!(cfg.key_file, dir.path().join("identity.json"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "chain = 1\n").unwrap();
+        assert!(Config::load(Flags { config: Some(file), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn host_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = measure_host(dir.path()).unwrap();
+        assert!(r.cru >= 1 && r.mru > 0 && r.sru > 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! Disk driver: a raw block device for a VM, stored as a sparse file
+//! `<contract dir>/disks/<name>.raw` of exactly the spec's size. Grown in place on update;
+//! shrinking would destroy data, so it is refused. Removed with the contract.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use zos_primitives::{
+    spec::{Workload, WorkloadKind},
+    MIB,
+};
+
+use super::{Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
+
+#[derive(Default)]
+pub struct DiskDriver;
+
+/// The disk file of `workload` in `ctx`; shared with the VM driver, which attaches it.
+pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
+    ctx.dir.join("disks").join(format!("{}.raw", String::from_utf8_lossy(workload.name.as_bytes())))
+}
+
+fn size_bytes(workload: &Workload) -> DriverResult<u64> {
+    match &workload.kind {
+        WorkloadKind::Disk(d) => d
+            .size_mib
+            .checked_mul(MIB)
+            .ok_or_else(|| DriverError::permanent("disk size overflows u64 bytes")),
+        _ => Err(DriverError::permanent("not a disk workload")),
+    }
+}
+
+#[async_trait]
+impl Driver for DiskDriver {
+    fn kind(&self) -> &'static str {
+        "disk"
+    }
+
+    async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let path = disk_path(ctx, workload);
+        let size = size_bytes(workload)?;
+        tokio::task::spawn_blocking(move || -> DriverResult<()> {
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if meta.len() > size {
+                    return Err(DriverError::permanent(format!(
+                        "existing disk is {} bytes, larger than the spec's {size}: refusing to shrink",
+                        meta.len()
+                    )));
+                }
+            }
+            let dir = path.parent().context("disk path has no parent")?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // set_len extends sparsely: no blocks are allocated until the guest writes.
+            file.set_len(size).with_context(|| format!("sizing {}", path.display()))?;
+            file.sync_all().context("syncing the disk file")?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| DriverError::Transient(e.into()))?
+    }
+
+    async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
+        if size_bytes(new)? < size_bytes(old)? {
+            return Err(DriverError::permanent("a disk cannot shrink: its data would be cut off"));
+        }
+        self.install(ctx, new).await
+    }
+
+    async fn remove(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let path = disk_path(ctx, workload);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::Transient(anyhow::Error::new(e).context(format!("removing {}", path.display())))),
+        }
+    }
+
+    // A disk has nothing to serve by itself: the VM using it is paused instead.
+    async fn pause(&self, _ctx: &WorkloadCtx, _workload: &Workload) -> DriverResult<()> {
+        Ok(())
+    }
+
+    async fn resume(&self, _ctx: &WorkloadCtx, _workload: &Workload) -> DriverResult<()> {
+        Ok(())
+    }
+
+    async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed> {
+        let want = size_bytes(workload)?;
+        match tokio::fs::metadata(disk_path(ctx, workload)).await {
+            Ok(meta) if meta.len() == want => Ok(Observed::Running),
+            Ok(meta) => Ok(Observed::Broken(format!("disk is {} bytes, spec says {want}", meta.len()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Observed::Missing),
+            Err(e) => Err(DriverError::Transient(e.into())),
+        }
+    }
+
+    async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = tokio::fs::metadata(disk_path(ctx, workload)).await.map_err(|e| DriverError::Transient(e.into()))?;
+        // Allocated, not apparent, size: what the sparse file really occupies.
+        Ok(Usage { disk_bytes: meta.blocks().saturating_mul(512), ..Default::default() })
+    }
+}

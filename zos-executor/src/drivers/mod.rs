@@ -1,0 +1,93 @@
+//! Workload drivers: one per workload kind, behind one trait so the engine can be tested with
+//! doubles and each backend (disk files, QEMU, networks) stays at the edge.
+
+pub mod disk;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use zos_primitives::{spec::Workload, ContractId};
+
+/// Where a workload lives: its contract and a private directory for its files.
+#[derive(Clone, Debug)]
+pub struct WorkloadCtx {
+    pub contract: ContractId,
+    /// `<data>/contracts/<contract>`; drivers keep their files beneath it.
+    pub dir: PathBuf,
+}
+
+/// What a driver reports about an installed workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// Installed and serving.
+    Running,
+    /// Installed, intentionally not serving (grace period).
+    Paused,
+    /// Not installed (never, or lost, e.g. deleted behind the executor's back).
+    Missing,
+    /// Installed but broken; the engine repairs it (reinstall) and reports the reason.
+    Broken(String),
+}
+
+/// Resource use measured from the real backend since install.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_time_ms: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub public_bytes_in: u64,
+    pub public_bytes_out: u64,
+}
+
+/// Why a driver call failed. Only `Permanent` fails a deployment: everything else is retried
+/// with backoff, because a node must not turn a passing problem into a lost workload.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The spec cannot be satisfied on this node (e.g. shrinking a disk); reported on chain.
+    #[error("{0}")]
+    Permanent(String),
+    /// Retry later (I/O error, backend busy, image source down).
+    #[error(transparent)]
+    Transient(#[from] anyhow::Error),
+}
+
+impl DriverError {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent(reason.into())
+    }
+}
+
+pub type DriverResult<T> = Result<T, DriverError>;
+
+/// The kind names the engine dispatches on (`WorkloadKind` variant names).
+pub fn kind_name(w: &Workload) -> &'static str {
+    use zos_primitives::spec::WorkloadKind::*;
+    match &w.kind {
+        Vm(_) => "vm",
+        Disk(_) => "disk",
+        Volume(_) => "volume",
+        Network(_) => "network",
+        PublicIp(_) => "public_ip",
+    }
+}
+
+/// A backend for one workload kind. Every call must be idempotent: the engine re-runs calls
+/// after crashes and retries, and level-triggered reconciliation repeats `install` when state
+/// diverges.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The `kind_name` this driver serves.
+    fn kind(&self) -> &'static str;
+    /// Creates the workload; succeeds without change when it already exists as specified.
+    async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
+    /// Moves an installed workload from `old` to `new` (same name and kind).
+    async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()>;
+    /// Removes the workload and its data; succeeds when it is already gone.
+    async fn remove(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
+    /// Stops serving, keeps data (grace period).
+    async fn pause(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
+    /// Serves again after `pause`.
+    async fn resume(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
+    async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed>;
+    async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage>;
+}

@@ -1,0 +1,416 @@
+//! The reconciler: level-triggered. Each pass compares the desired state (this node's contracts
+//! with their approved specs, read from finalized chain state) with the local state, and drives
+//! the drivers until they agree. Chain events only make a pass start early; a pass never depends
+//! on having seen an event, so nothing is lost when events are missed.
+//!
+//! Rules:
+//! - contracts are reconciled concurrently, workloads of one contract in dependency order
+//!   (disks and volumes, networks, public IPs, VMs) and in reverse for removal;
+//! - transient driver errors are retried with backoff and never become a terminal state;
+//! - a spec that fails validation, or a sealed secret this node cannot open, fails that contract
+//!   only, with the reason, which is reported on chain;
+//! - grace period pauses the workloads and keeps their data; Active again resumes them; a
+//!   contract that disappears from the desired state (cancelled) is removed with its data.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Result;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::{info, warn, Instrument};
+use zos_primitives::{
+    contracts::{ContractState, NodeContract},
+    spec::{DeploymentSpec, Workload, WorkloadKind},
+    ContractId,
+};
+
+use crate::{
+    drivers::{kind_name, Driver, DriverError, Observed, WorkloadCtx},
+    store::{LocalContract, Store, WorkloadOutcome},
+};
+
+/// Install order of a workload kind: what others depend on comes first.
+fn install_rank(w: &Workload) -> u8 {
+    match &w.kind {
+        WorkloadKind::Disk(_) | WorkloadKind::Volume(_) => 0,
+        WorkloadKind::Network(_) => 1,
+        WorkloadKind::PublicIp(_) => 2,
+        WorkloadKind::Vm(_) => 3,
+    }
+}
+
+fn ordered(spec: &DeploymentSpec) -> Vec<&Workload> {
+    let mut list: Vec<&Workload> = spec.workloads.iter().collect();
+    list.sort_by_key(|w| install_rank(w));
+    list
+}
+
+/// The result of deploying one version of a contract, to report on chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentResult {
+    pub contract: ContractId,
+    pub version: u32,
+    pub outcomes: Vec<(Vec<u8>, WorkloadOutcome)>,
+}
+
+impl DeploymentResult {
+    pub fn all_ok(&self) -> bool {
+        self.outcomes.iter().all(|(_, o)| *o == WorkloadOutcome::Ok)
+    }
+}
+
+/// Summary of one pass.
+#[derive(Debug, Default)]
+pub struct PassSummary {
+    /// Results that differ from what was last reported: to be sent with report_deployment.
+    pub to_report: Vec<DeploymentResult>,
+    pub removed: Vec<ContractId>,
+    /// Contracts left with transient errors (retried next pass).
+    pub pending: Vec<ContractId>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { attempts: 4, first_backoff: Duration::from_millis(200) }
+    }
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    drivers: HashMap<&'static str, Arc<dyn Driver>>,
+    contracts_dir: PathBuf,
+    /// Contracts reconciled at the same time.
+    parallelism: usize,
+    retry: RetryPolicy,
+    /// Opens secrets sealed to this node; `None` in tests without networks.
+    box_secret: Option<[u8; 32]>,
+}
+
+/// What one contract task ended with.
+enum ContractOutcome {
+    Reconciled(Option<DeploymentResult>),
+    Removed,
+    Pending,
+}
+
+impl Engine {
+    pub fn new(store: Arc<Store>, contracts_dir: PathBuf, drivers: Vec<Arc<dyn Driver>>) -> Self {
+        let drivers = drivers.into_iter().map(|d| (d.kind(), d)).collect();
+        Self { store, drivers, contracts_dir, parallelism: 8, retry: RetryPolicy::default(), box_secret: None }
+    }
+
+    pub fn with_parallelism(mut self, n: usize) -> Self {
+        self.parallelism = n.max(1);
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn with_box_secret(mut self, secret: [u8; 32]) -> Self {
+        self.box_secret = Some(secret);
+        self
+    }
+
+    fn ctx(&self, contract: ContractId) -> WorkloadCtx {
+        WorkloadCtx { contract, dir: self.contracts_dir.join(contract.to_string()) }
+    }
+
+    /// One reconcile pass over every contract, desired or local.
+    pub async fn reconcile(self: &Arc<Self>, desired: Vec<NodeContract>) -> Result<PassSummary> {
+        let local: HashMap<ContractId, LocalContract> =
+            self.store.contracts()?.into_iter().map(|c| (c.contract, c)).collect();
+        let desired_ids: std::collections::HashSet<ContractId> = desired.iter().map(|c| c.contract).collect();
+
+        let permits = Arc::new(Semaphore::new(self.parallelism));
+        let mut tasks = JoinSet::new();
+        for want in desired {
+            let engine = self.clone();
+            let permits = permits.clone();
+            let span = tracing::info_span!("contract", id = want.contract, version = want.spec.version);
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    let id = want.contract;
+                    (id, engine.reconcile_contract(&want).await)
+                }
+                .instrument(span),
+            );
+        }
+        for (id, gone) in local.into_iter().filter(|(id, _)| !desired_ids.contains(id)) {
+            let engine = self.clone();
+            let permits = permits.clone();
+            tasks.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    (id, engine.remove_contract(&gone).await)
+                }
+                .instrument(tracing::info_span!("contract", id)),
+            );
+        }
+
+        let mut summary = PassSummary::default();
+        while let Some(joined) = tasks.join_next().await {
+            let (id, outcome) = joined?;
+            match outcome {
+                Ok(ContractOutcome::Reconciled(Some(result))) => summary.to_report.push(result),
+                Ok(ContractOutcome::Reconciled(None)) => {},
+                Ok(ContractOutcome::Removed) => summary.removed.push(id),
+                Ok(ContractOutcome::Pending) => summary.pending.push(id),
+                Err(e) => {
+                    warn!(contract = id, error = %format!("{e:#}"), "reconcile failed; retried next pass");
+                    summary.pending.push(id);
+                },
+            }
+        }
+        summary.to_report.sort_by_key(|r| r.contract);
+        Ok(summary)
+    }
+
+    /// Runs a driver call with retries; `Err(Permanent)` or the last transient error.
+    async fn with_retries<F, Fut, T>(&self, what: &str, mut call: F) -> Result<T, DriverError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DriverError>>,
+    {
+        let mut backoff = self.retry.first_backoff;
+        let mut attempt = 1;
+        loop {
+            match call().await {
+                Ok(v) => return Ok(v),
+                Err(DriverError::Permanent(reason)) => return Err(DriverError::Permanent(reason)),
+                Err(DriverError::Transient(e)) if attempt >= self.retry.attempts => {
+                    return Err(DriverError::Transient(e));
+                },
+                Err(DriverError::Transient(e)) => {
+                    warn!(%what, attempt, error = %format!("{e:#}"), "transient error, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                },
+            }
+        }
+    }
+
+    fn driver(&self, w: &Workload) -> Result<&Arc<dyn Driver>, DriverError> {
+        self.drivers.get(kind_name(w)).ok_or_else(|| {
+            DriverError::permanent(format!("this node has no driver for {} workloads", kind_name(w)))
+        })
+    }
+
+    /// Checks what the chain cannot: secrets sealed to this node must open with its key.
+    fn check_secrets(&self, spec: &DeploymentSpec) -> Result<(), String> {
+        for w in spec.workloads.iter() {
+            if let WorkloadKind::Network(net) = &w.kind {
+                let secret = self.box_secret.ok_or("this node has no box key to open sealed secrets")?;
+                zos_primitives::sealing::open(&secret, &net.private_key.0).map_err(|e| {
+                    format!("cannot open the sealed private key of network '{}': {e}", String::from_utf8_lossy(w.name.as_bytes()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_contract(&self, want: &NodeContract) -> Result<ContractOutcome> {
+        let ctx = self.ctx(want.contract);
+        let serving = !matches!(want.state, ContractState::GracePeriod);
+        let mut local = self.store.contract(want.contract)?;
+
+        // A spec this node cannot run fails as a whole, before anything is touched.
+        let rejection = want
+            .spec
+            .validate()
+            .map_err(|e| format!("invalid spec: {e:?}"))
+            .and_then(|()| self.check_secrets(&want.spec));
+        if let Err(reason) = rejection {
+            warn!(%reason, "contract cannot be deployed");
+            let outcomes = want
+                .spec
+                .workloads
+                .iter()
+                .map(|w| (w.name.as_bytes().to_vec(), WorkloadOutcome::Failed(reason.clone())))
+                .collect();
+            return self.finish(want, local.as_ref(), outcomes, serving).await;
+        }
+
+        // Which workloads of the previously deployed spec are gone or changed.
+        let previous: HashMap<Vec<u8>, Workload> = match &local {
+            Some(l) if l.spec_hash != want.spec_hash => {
+                l.spec.workloads.iter().map(|w| (w.name.as_bytes().to_vec(), w.clone())).collect()
+            },
+            _ => HashMap::new(),
+        };
+        let known_outcomes: HashMap<Vec<u8>, WorkloadOutcome> = match &local {
+            Some(l) if l.spec_hash == want.spec_hash => l.outcomes.iter().cloned().collect(),
+            _ => HashMap::new(),
+        };
+
+        // Removal of workloads dropped by an update: reverse dependency order.
+        if let Some(old) = local.as_ref().filter(|l| l.spec_hash != want.spec_hash) {
+            let mut dropped: Vec<&Workload> = ordered(&old.spec)
+                .into_iter()
+                .filter(|w| want.spec.workload(&w.name).is_none_or(|n| kind_name(n) != kind_name(w)))
+                .collect();
+            dropped.reverse();
+            for w in dropped {
+                let driver = match self.driver(w) {
+                    Ok(d) => d,
+                    Err(_) => continue, // never installed
+                };
+                match self.with_retries("remove", || driver.remove(&ctx, w)).await {
+                    Ok(()) => {},
+                    Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
+                    Err(DriverError::Permanent(reason)) => warn!(%reason, "removing a dropped workload failed"),
+                }
+            }
+        }
+
+        let mut outcomes = Vec::new();
+        let mut pending = false;
+        for w in ordered(&want.spec) {
+            let name = w.name.as_bytes().to_vec();
+            // A permanent failure of this exact spec is not retried: the chain already knows.
+            if let Some(WorkloadOutcome::Failed(reason)) = known_outcomes.get(&name) {
+                outcomes.push((name, WorkloadOutcome::Failed(reason.clone())));
+                continue;
+            }
+            let outcome = self.converge_workload(&ctx, previous.get(&name), w, serving).await;
+            match outcome {
+                Ok(()) => outcomes.push((name, WorkloadOutcome::Ok)),
+                Err(DriverError::Permanent(reason)) => {
+                    warn!(workload = %String::from_utf8_lossy(&name), %reason, "workload failed");
+                    outcomes.push((name, WorkloadOutcome::Failed(reason)));
+                },
+                Err(DriverError::Transient(e)) => {
+                    warn!(workload = %String::from_utf8_lossy(&name), error = %format!("{e:#}"), "still failing, retried next pass");
+                    pending = true;
+                },
+            }
+        }
+        if pending {
+            // Keep the old local record (if any): the next pass redoes what is missing.
+            if let Some(l) = local.as_mut() {
+                if l.spec_hash == want.spec_hash {
+                    l.serving = serving;
+                    self.store.put_contract(l)?;
+                }
+            }
+            return Ok(ContractOutcome::Pending);
+        }
+        self.finish(want, local.as_ref(), outcomes, serving).await
+    }
+
+    /// Brings one workload to the spec: install, update, repair, pause or resume as needed.
+    async fn converge_workload(
+        &self,
+        ctx: &WorkloadCtx,
+        previous: Option<&Workload>,
+        w: &Workload,
+        serving: bool,
+    ) -> Result<(), DriverError> {
+        let driver = self.driver(w)?;
+        match previous {
+            Some(old) if old != w && kind_name(old) == kind_name(w) => {
+                self.with_retries("update", || driver.update(ctx, old, w)).await?;
+            },
+            _ => {},
+        }
+        let observed = self.with_retries("inspect", || driver.inspect(ctx, w)).await?;
+        match observed {
+            Observed::Missing => {
+                info!(workload = %String::from_utf8_lossy(w.name.as_bytes()), kind = kind_name(w), "installing");
+                self.with_retries("install", || driver.install(ctx, w)).await?;
+            },
+            Observed::Broken(reason) => {
+                warn!(workload = %String::from_utf8_lossy(w.name.as_bytes()), %reason, "repairing");
+                self.with_retries("install", || driver.install(ctx, w)).await?;
+            },
+            Observed::Running | Observed::Paused => {},
+        }
+        let observed = self.with_retries("inspect", || driver.inspect(ctx, w)).await?;
+        match (serving, observed) {
+            (false, Observed::Running) => self.with_retries("pause", || driver.pause(ctx, w)).await?,
+            (true, Observed::Paused) => self.with_retries("resume", || driver.resume(ctx, w)).await?,
+            _ => {},
+        }
+        Ok(())
+    }
+
+    /// Stores the new local record; returns the result when it must be (re)reported.
+    async fn finish(
+        &self,
+        want: &NodeContract,
+        previous: Option<&LocalContract>,
+        outcomes: Vec<(Vec<u8>, WorkloadOutcome)>,
+        serving: bool,
+    ) -> Result<ContractOutcome> {
+        let record = LocalContract {
+            contract: want.contract,
+            spec: want.spec.clone(),
+            spec_hash: want.spec_hash,
+            outcomes: outcomes.clone(),
+            serving,
+        };
+        if previous != Some(&record) {
+            self.store.put_contract(&record)?;
+        }
+        let result = DeploymentResult { contract: want.contract, version: want.spec.version, outcomes };
+        // Report while the chain does not reflect this version's result yet.
+        let chain_has_it = match &want.state {
+            ContractState::Deployed => result.all_ok(),
+            ContractState::Failed(_) => !result.all_ok(),
+            ContractState::GracePeriod => true,
+            _ => false,
+        };
+        Ok(ContractOutcome::Reconciled((!chain_has_it).then_some(result)))
+    }
+
+    /// Whether every workload of a deployed contract is up right now (what uptime counts).
+    pub async fn is_up(&self, local: &LocalContract) -> bool {
+        if local.outcomes.is_empty() || local.outcomes.iter().any(|(_, o)| *o != WorkloadOutcome::Ok) {
+            return false;
+        }
+        let ctx = self.ctx(local.contract);
+        for w in local.spec.workloads.iter() {
+            let Ok(driver) = self.driver(w) else { return false };
+            if !matches!(driver.inspect(&ctx, w).await, Ok(Observed::Running)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn remove_contract(&self, gone: &LocalContract) -> Result<ContractOutcome> {
+        let ctx = self.ctx(gone.contract);
+        let mut list = ordered(&gone.spec);
+        list.reverse();
+        for w in list {
+            let Ok(driver) = self.driver(w) else { continue };
+            match self.with_retries("remove", || driver.remove(&ctx, w)).await {
+                Ok(()) => {},
+                Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
+                Err(DriverError::Permanent(reason)) => warn!(%reason, "removal failed permanently; forgetting it"),
+            }
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&ctx.dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(error = %e, dir = %ctx.dir.display(), "could not remove the contract directory");
+                return Ok(ContractOutcome::Pending);
+            }
+        }
+        self.store.remove_contract(gone.contract)?;
+        info!("contract removed");
+        Ok(ContractOutcome::Removed)
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -1,0 +1,288 @@
+//! Engine tests with recording test drivers: ordering, concurrency, retries, failure isolation,
+//! grace / resume / cancel, and the real disk driver underneath.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use zos_primitives::{
+    contracts::{ContractState, NodeContract},
+    spec::{DeploymentSpec, Workload},
+};
+
+use super::*;
+use crate::drivers::{disk::DiskDriver, DriverResult, Usage};
+
+/// Records every call as "op:contract:name" and keeps what is installed in memory.
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+    installed: Mutex<HashMap<(u64, String), Observed>>,
+    /// Transient failures still to inject per workload name.
+    transient: Mutex<HashMap<String, u32>>,
+    /// Workload names whose install fails permanently.
+    permanent: Mutex<Vec<String>>,
+    in_flight: Mutex<(usize, usize)>,
+}
+
+struct TestDriver {
+    kind: &'static str,
+    rec: Arc<Recorder>,
+    delay: Duration,
+}
+
+fn wname(w: &Workload) -> String {
+    String::from_utf8_lossy(w.name.as_bytes()).into_owned()
+}
+
+impl TestDriver {
+    fn log(&self, op: &str, ctx: &WorkloadCtx, w: &Workload) {
+        self.rec.calls.lock().unwrap().push(format!("{op}:{}:{}", ctx.contract, wname(w)));
+    }
+}
+
+#[async_trait]
+impl Driver for TestDriver {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    async fn install(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        {
+            let mut f = self.rec.in_flight.lock().unwrap();
+            f.0 += 1;
+            f.1 = f.1.max(f.0);
+        }
+        tokio::time::sleep(self.delay).await;
+        self.rec.in_flight.lock().unwrap().0 -= 1;
+        self.log("install", ctx, w);
+        if let Some(n) = self.rec.transient.lock().unwrap().get_mut(&wname(w)) {
+            if *n > 0 {
+                *n -= 1;
+                return Err(DriverError::Transient(anyhow::anyhow!("backend busy")));
+            }
+        }
+        if self.rec.permanent.lock().unwrap().contains(&wname(w)) {
+            return Err(DriverError::permanent("image not bootable"));
+        }
+        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Running);
+        Ok(())
+    }
+    async fn update(&self, ctx: &WorkloadCtx, _old: &Workload, new: &Workload) -> DriverResult<()> {
+        self.log("update", ctx, new);
+        Ok(())
+    }
+    async fn remove(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        self.log("remove", ctx, w);
+        self.rec.installed.lock().unwrap().remove(&(ctx.contract, wname(w)));
+        Ok(())
+    }
+    async fn pause(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        self.log("pause", ctx, w);
+        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Paused);
+        Ok(())
+    }
+    async fn resume(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        self.log("resume", ctx, w);
+        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Running);
+        Ok(())
+    }
+    async fn inspect(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Observed> {
+        Ok(self.rec.installed.lock().unwrap().get(&(ctx.contract, wname(w))).cloned().unwrap_or(Observed::Missing))
+    }
+    async fn usage(&self, _ctx: &WorkloadCtx, _w: &Workload) -> DriverResult<Usage> {
+        Ok(Usage::default())
+    }
+}
+
+struct Harness {
+    engine: Arc<Engine>,
+    rec: Arc<Recorder>,
+    store: Arc<Store>,
+    dir: tempfile::TempDir,
+}
+
+fn harness(delay: Duration, parallelism: usize) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("state.redb")).unwrap());
+    let rec = Arc::new(Recorder::default());
+    let drivers: Vec<Arc<dyn Driver>> = ["vm", "volume", "network", "public_ip"]
+        .into_iter()
+        .map(|kind| Arc::new(TestDriver { kind, rec: rec.clone(), delay }) as Arc<dyn Driver>)
+        .chain(std::iter::once(Arc::new(DiskDriver) as Arc<dyn Driver>))
+        .collect();
+    let engine = Engine::new(store.clone(), dir.path().join("contracts"), drivers)
+        .with_parallelism(parallelism)
+        .with_retry(RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(1) });
+    Harness { engine: Arc::new(engine), rec, store, dir }
+}
+
+fn spec(json: &str) -> DeploymentSpec {
+    serde_json::from_str(json).unwrap()
+}
+
+const VM_WITH_DISK: &str = r#"{"version":0,"workloads":[
+  {"name":"web","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"http://127.0.0.1/img"},
+   "vcpus":1,"memory_mib":256,"rootfs_mib":256,"mounts":[{"workload":"data","path":"/data"}]}}},
+  {"name":"data","kind":{"disk":{"size_mib":4}}},
+  {"name":"files","kind":{"volume":{"size_mib":8}}}]}"#;
+
+fn contract(id: u64, state: ContractState, spec: DeploymentSpec) -> NodeContract {
+    NodeContract {
+        contract: id,
+        state,
+        spec_hash: spec.hash(),
+        spec,
+        public_ips: Default::default(),
+    }
+}
+
+fn calls(h: &Harness) -> Vec<String> {
+    h.rec.calls.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn installs_in_dependency_order_and_reports_once() {
+    let h = harness(Duration::ZERO, 4);
+    let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
+    let pass = h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    assert_eq!(calls(&h), vec!["install:1:files", "install:1:web"]);
+    // The real disk driver made the sparse file of the spec's size.
+    let disk = h.dir.path().join("contracts/1/disks/data.raw");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
+    assert_eq!(pass.to_report.len(), 1);
+    assert!(pass.to_report[0].all_ok());
+
+    // Once the chain shows Deployed, a second pass changes nothing and reports nothing.
+    let deployed = NodeContract { state: ContractState::Deployed, ..c };
+    let pass = h.engine.reconcile(vec![deployed]).await.unwrap();
+    assert_eq!(calls(&h).len(), 2);
+    assert!(pass.to_report.is_empty());
+}
+
+#[tokio::test]
+async fn contracts_are_reconciled_concurrently() {
+    let h = harness(Duration::from_millis(100), 8);
+    let one_vm = r#"{"version":0,"workloads":[{"name":"v","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}}]}"#;
+    let desired: Vec<_> = (1..=6).map(|i| contract(i, ContractState::Active, spec(one_vm))).collect();
+    let started = std::time::Instant::now();
+    let pass = h.engine.reconcile(desired).await.unwrap();
+    assert_eq!(pass.to_report.len(), 6);
+    assert!(h.rec.in_flight.lock().unwrap().1 >= 2, "installs never overlapped");
+    assert!(started.elapsed() < Duration::from_millis(550), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_and_never_terminal() {
+    let h = harness(Duration::ZERO, 2);
+    // More failures than one pass retries: the first pass leaves it pending, the next succeeds.
+    h.rec.transient.lock().unwrap().insert("web".into(), 4);
+    let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
+    let pass = h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    assert_eq!(pass.pending, vec![1]);
+    assert!(pass.to_report.is_empty(), "a transient error must not be reported as a failure");
+    let pass = h.engine.reconcile(vec![c]).await.unwrap();
+    assert!(pass.pending.is_empty());
+    assert!(pass.to_report[0].all_ok());
+}
+
+#[tokio::test]
+async fn a_bad_contract_fails_alone_with_its_reason() {
+    let h = harness(Duration::ZERO, 2);
+    h.rec.permanent.lock().unwrap().push("broken".into());
+    let bad = r#"{"version":0,"workloads":[{"name":"broken","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}}]}"#;
+    let pass = h
+        .engine
+        .reconcile(vec![contract(1, ContractState::Active, spec(bad)), contract(2, ContractState::Active, spec(VM_WITH_DISK))])
+        .await
+        .unwrap();
+    let by_id: HashMap<_, _> = pass.to_report.iter().map(|r| (r.contract, r)).collect();
+    assert_eq!(by_id[&1].outcomes[0].1, WorkloadOutcome::Failed("image not bootable".into()));
+    assert!(by_id[&2].all_ok());
+    // The failure of that exact spec is not retried on the next pass.
+    let before = calls(&h).len();
+    h.engine.reconcile(vec![contract(1, ContractState::Active, spec(bad))]).await.unwrap();
+    assert!(!calls(&h)[before..].iter().any(|c| c.starts_with("install:1")));
+}
+
+#[tokio::test]
+async fn an_invalid_spec_fails_before_anything_is_installed() {
+    let h = harness(Duration::ZERO, 2);
+    // Two workloads with the same name: validation rejects it.
+    let dup = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":1}}},{"name":"d","kind":{"disk":{"size_mib":1}}}]}"#;
+    let pass = h.engine.reconcile(vec![contract(9, ContractState::Active, spec(dup))]).await.unwrap();
+    assert!(calls(&h).is_empty());
+    match &pass.to_report[0].outcomes[0].1 {
+        WorkloadOutcome::Failed(reason) => assert!(reason.contains("invalid spec"), "{reason}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert!(!h.dir.path().join("contracts/9").exists());
+}
+
+#[tokio::test]
+async fn grace_pauses_keeps_data_and_active_resumes() {
+    let h = harness(Duration::ZERO, 2);
+    let s = spec(VM_WITH_DISK);
+    h.engine.reconcile(vec![contract(1, ContractState::Deployed, s.clone())]).await.unwrap();
+    h.engine.reconcile(vec![contract(1, ContractState::GracePeriod, s.clone())]).await.unwrap();
+    assert!(calls(&h).contains(&"pause:1:web".to_string()));
+    assert!(h.dir.path().join("contracts/1/disks/data.raw").exists(), "data kept in grace");
+    assert!(!h.store.contract(1).unwrap().unwrap().serving);
+    h.engine.reconcile(vec![contract(1, ContractState::Deployed, s)]).await.unwrap();
+    assert!(calls(&h).contains(&"resume:1:web".to_string()));
+    assert!(h.store.contract(1).unwrap().unwrap().serving);
+}
+
+#[tokio::test]
+async fn cancellation_removes_in_reverse_order_with_data() {
+    let h = harness(Duration::ZERO, 2);
+    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(VM_WITH_DISK))]).await.unwrap();
+    let pass = h.engine.reconcile(vec![]).await.unwrap();
+    assert_eq!(pass.removed, vec![1]);
+    let removes: Vec<_> = calls(&h).into_iter().filter(|c| c.starts_with("remove")).collect();
+    assert_eq!(removes, vec!["remove:1:web", "remove:1:files"]);
+    assert!(!h.dir.path().join("contracts/1").exists());
+    assert!(h.store.contract(1).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn update_grows_the_disk_in_place_and_drops_removed_workloads() {
+    let h = harness(Duration::ZERO, 2);
+    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(VM_WITH_DISK))]).await.unwrap();
+    let disk = h.dir.path().join("contracts/1/disks/data.raw");
+    std::fs::write(&disk, b"keep me").unwrap();
+    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(4 << 20).unwrap();
+    let v1 = VM_WITH_DISK
+        .replace(r#""version":0"#, r#""version":1"#)
+        .replace(r#""size_mib":4"#, r#""size_mib":16"#)
+        .replace(r#",
+  {"name":"files","kind":{"volume":{"size_mib":8}}}"#, "");
+    let pass = h.engine.reconcile(vec![contract(1, ContractState::Active, spec(&v1))]).await.unwrap();
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20);
+    assert_eq!(&std::fs::read(&disk).unwrap()[..7], b"keep me");
+    assert!(calls(&h).contains(&"remove:1:files".to_string()));
+    assert_eq!(pass.to_report[0].version, 1);
+}
+
+#[tokio::test]
+async fn a_deleted_disk_is_repaired() {
+    let h = harness(Duration::ZERO, 2);
+    let c = contract(1, ContractState::Deployed, spec(VM_WITH_DISK));
+    h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    let disk = h.dir.path().join("contracts/1/disks/data.raw");
+    std::fs::remove_file(&disk).unwrap();
+    h.engine.reconcile(vec![c]).await.unwrap();
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
+}
+
+#[tokio::test]
+async fn shrinking_a_disk_is_a_permanent_failure() {
+    let h = harness(Duration::ZERO, 2);
+    let v0 = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":8}}}]}"#;
+    let v1 = r#"{"version":1,"workloads":[{"name":"d","kind":{"disk":{"size_mib":4}}}]}"#;
+    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(v0))]).await.unwrap();
+    let pass = h.engine.reconcile(vec![contract(1, ContractState::Active, spec(v1))]).await.unwrap();
+    assert!(matches!(&pass.to_report[0].outcomes[0].1, WorkloadOutcome::Failed(r) if r.contains("shrink")));
+}

@@ -1,0 +1,25 @@
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use zos_executor::{
+    config::{Config, Flags},
+    service::Executor,
+};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = Config::load(Flags::parse())?;
+    let executor = Arc::new(Executor::start(config, Vec::new()).await?);
+    tokio::select! {
+        r = executor.run() => r,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("stopping");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Durable local state in one redb database (transactional, crash-safe):
+//! the finalized-block cursor, what is deployed per contract, metering windows and the outbox of
+//! reports not yet accepted on chain. Values are SCALE-encoded primitives types.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use codec::{Decode, Encode};
+use redb::{Database, ReadableTable, TableDefinition};
+use zos_primitives::{spec::DeploymentSpec, ContractId};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const CONTRACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("contracts");
+const METERS: TableDefinition<u64, &[u8]> = TableDefinition::new("meters");
+/// (contract, window start) -> encoded consumption report waiting for acceptance.
+const OUTBOX: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("outbox");
+/// contract -> encoded deployment result last accepted on chain.
+const DEPLOY_REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deploy_reports");
+
+/// The last finalized block whose events were processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Cursor {
+    pub number: u64,
+    pub hash: [u8; 32],
+}
+
+/// Outcome of installing one workload.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum WorkloadOutcome {
+    Ok,
+    /// Permanent failure with the reason reported on chain.
+    Failed(String),
+}
+
+/// What this node has deployed for one contract.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct LocalContract {
+    pub contract: ContractId,
+    pub spec: DeploymentSpec,
+    pub spec_hash: [u8; 32],
+    /// Outcome per workload name of the last reconcile of `spec`.
+    pub outcomes: Vec<(Vec<u8>, WorkloadOutcome)>,
+    /// False while the contract is in its grace period: workloads stopped, data kept.
+    pub serving: bool,
+}
+
+/// Uptime accumulated in the current metering window of a contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct MeterState {
+    /// Window start, unix seconds; equals the end of the last report handed to the outbox.
+    pub window_start: u64,
+    pub up_seconds: u64,
+    /// Last time uptime was sampled, unix seconds.
+    pub last_sample: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn decode<T: Decode>(bytes: &[u8], what: &str) -> Result<T> {
+    T::decode(&mut &bytes[..]).with_context(|| format!("corrupt {what} record in the local store"))
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Database::create(path).with_context(|| format!("opening {}", path.display()))?;
+        // Create every table up front so readers never see "table does not exist".
+        let tx = db.begin_write()?;
+        tx.open_table(META)?;
+        tx.open_table(CONTRACTS)?;
+        tx.open_table(METERS)?;
+        tx.open_table(OUTBOX)?;
+        tx.open_table(DEPLOY_REPORTS)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    pub fn cursor(&self) -> Result<Option<Cursor>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(META)?;
+        let value = table.get("cursor")?;
+        value.map(|v| decode(v.value(), "cursor")).transpose()
+    }
+
+    pub fn set_cursor(&self, cursor: Cursor) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert("cursor", cursor.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn contract(&self, id: ContractId) -> Result<Option<LocalContract>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CONTRACTS)?;
+        let value = table.get(id)?;
+        value.map(|v| decode(v.value(), "contract")).transpose()
+    }
+
+    pub fn contracts(&self) -> Result<Vec<LocalContract>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CONTRACTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(decode(v.value(), "contract")?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_contract(&self, c: &LocalContract) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CONTRACTS)?.insert(c.contract, c.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a removed contract and its meter (its outbox entries stay until accepted).
+    pub fn remove_contract(&self, id: ContractId) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CONTRACTS)?.remove(id)?;
+        tx.open_table(METERS)?.remove(id)?;
+        tx.open_table(DEPLOY_REPORTS)?.remove(id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn meter(&self, id: ContractId) -> Result<Option<MeterState>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(METERS)?;
+        let value = table.get(id)?;
+        value.map(|v| decode(v.value(), "meter")).transpose()
+    }
+
+    pub fn put_meter(&self, id: ContractId, meter: &MeterState) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(METERS)?.insert(id, meter.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Closes windows atomically: their reports go into the outbox and the meter moves on in
+    /// the same transaction, so a crash can neither lose nor double a window.
+    pub fn close_windows(&self, id: ContractId, reports: &[(u64, Vec<u8>)], next: &MeterState) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut outbox = tx.open_table(OUTBOX)?;
+            for (window_start, report) in reports {
+                outbox.insert((id, *window_start), report.as_slice())?;
+            }
+        }
+        tx.open_table(METERS)?.insert(id, next.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reports waiting to be accepted, oldest window first per contract.
+    pub fn outbox(&self) -> Result<Vec<((ContractId, u64), Vec<u8>)>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_from_outbox(&self, keys: &[(ContractId, u64)]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(OUTBOX)?;
+            for key in keys {
+                table.remove(*key)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn deploy_report(&self, id: ContractId) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(DEPLOY_REPORTS)?;
+        let value = table.get(id)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_deploy_report(&self, id: ContractId, report: &[u8]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DEPLOY_REPORTS)?.insert(id, report)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.cursor().unwrap(), None);
+            store.set_cursor(Cursor { number: 7, hash: [1; 32] }).unwrap();
+            let meter = MeterState { window_start: 100, ..Default::default() };
+            store.close_windows(3, &[(40, b"report".to_vec())], &meter).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.cursor().unwrap(), Some(Cursor { number: 7, hash: [1; 32] }));
+        assert_eq!(store.meter(3).unwrap().unwrap().window_start, 100);
+        assert_eq!(store.outbox().unwrap(), vec![((3, 40), b"report".to_vec())]);
+        store.remove_from_outbox(&[(3, 40)]).unwrap();
+        assert!(store.outbox().unwrap().is_empty());
+    }
+}
