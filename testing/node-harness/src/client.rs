@@ -98,3 +98,69 @@ pub async fn runtime_call<R: subxt::ext::codec::Decode>(api: &Client, method: &s
     let bytes = at.runtime_apis().call_raw(method, Some(args)).await?;
     R::decode(&mut &bytes[..]).with_context(|| format!("decoding the result of {method}"))
 }
+
+/// A runtime call as a value, e.g. for `Utility.batch_all`: `Pallet::call(args...)`, the
+/// arguments by position.
+pub fn call_value(pallet: &str, call: &str, args: Vec<Value>) -> Value {
+    Value::unnamed_variant(pallet, [Value::unnamed_variant(call, args)])
+}
+
+/// `Utility.batch_all(calls)` signed by `signer`: all calls in one extrinsic (one block), or none.
+pub async fn batch_all(api: &Client, calls: Vec<Value>, signer: &Keypair) -> Result<Events> {
+    submit(api, &dynamic::tx("Utility", "batch_all", vec![Value::unnamed_composite(calls)]), signer).await
+}
+
+/// The value of argument `arg` of `Pallet::call` from its SCALE encoding, decoded against the
+/// chain's metadata: build complex arguments with the runtime's own Rust types, encode them,
+/// and pass the result to a dynamic call. Fails if the bytes do not match the argument's type
+/// exactly (nothing left over).
+pub async fn arg_from_scale(api: &Client, pallet: &str, call: &str, arg: &str, encoded: &[u8]) -> Result<Value> {
+    let at = api.at_current_block().await?;
+    let metadata = at.metadata_ref();
+    let variant = metadata
+        .pallet_by_name(pallet)
+        .and_then(|p| p.call_variant_by_name(call))
+        .with_context(|| format!("no call {pallet}.{call} in the metadata"))?;
+    let field = variant
+        .fields
+        .iter()
+        .find(|f| f.name.as_deref() == Some(arg))
+        .with_context(|| format!("{pallet}.{call} has no argument `{arg}`"))?;
+    let mut input = encoded;
+    let value = subxt::ext::scale_value::scale::decode_as_type(&mut input, field.ty.id, metadata.types())
+        .map_err(|e| anyhow!("decoding {pallet}.{call}({arg}): {e}"))?;
+    if !input.is_empty() {
+        bail!("{} bytes left over decoding {pallet}.{call}({arg})", input.len());
+    }
+    Ok(value.remove_context())
+}
+
+/// The bytes of a value holding a byte array or sequence (`[u8; N]`, `Vec<u8>`, a hash).
+pub fn value_bytes(value: &Value) -> Option<Vec<u8>> {
+    use subxt::ext::scale_value::{Composite, ValueDef};
+    match &value.value {
+        // A newtype around the bytes (an account id).
+        ValueDef::Composite(Composite::Unnamed(items))
+            if items.len() == 1 && matches!(items[0].value, ValueDef::Composite(_)) =>
+            value_bytes(&items[0]),
+        ValueDef::Composite(Composite::Unnamed(items)) => items
+            .iter()
+            .map(|v| v.as_u128().and_then(|b| u8::try_from(b).ok()))
+            .collect(),
+        ValueDef::Composite(Composite::Named(fields)) if fields.len() == 1 => value_bytes(&fields[0].1),
+        _ => None,
+    }
+}
+
+/// Chain time (`Timestamp.Now`, unix milliseconds) at the latest finalized block.
+pub async fn now_ms(api: &Client) -> Result<u64> {
+    let at = api.at_current_block().await?;
+    let now = at
+        .storage()
+        .fetch(&dynamic::storage::<(), Value>("Timestamp", "Now"), ())
+        .await?
+        .decode()?;
+    now.as_u128()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .context("Timestamp.Now is not a u64")
+}
