@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, SessionACL,
+    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -23,7 +24,7 @@ use crate::hash::Hash;
 /// The image never changes, so the kernel may cache attributes and entries for long.
 const TTL: Duration = Duration::from_secs(3600);
 /// Files after a looked-up file whose first chunk is fetched in the background.
-const SIBLING_PREFETCH: u32 = 8;
+const SIBLING_PREFETCH: u32 = 32;
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -45,8 +46,8 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             threads: 4,
-            readahead_chunks: 8,
-            prefetch_workers: 4,
+            readahead_chunks: 16,
+            prefetch_workers: 8,
             allow_other: true,
             record_trace: None,
             prefetch: Vec::new(),
@@ -312,6 +313,25 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok(); // nothing is ever buffered for writing
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY); // e.g. isatty() probes: these are not terminals
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let h = self.0.index.header();
         let mut bytes = 0u64;
@@ -423,7 +443,7 @@ pub fn mount(index: Index, fetcher: Arc<Fetcher>, mountpoint: &Path, opts: &Moun
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::InvalidInput("/dev/fuse is not available on this machine".into()));
     }
-    let (tx, rx) = sync_channel(256);
+    let (tx, rx) = sync_channel(1024);
     spawn_workers(rx, fetcher.clone(), opts.prefetch_workers);
     let mut prefetch = Vec::new();
     if !opts.prefetch.is_empty() {
