@@ -20,17 +20,11 @@ use crate::progress::Progress;
 use crate::sign;
 use crate::store::{Object, Store};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackOptions {
     /// Worker threads for chunking/compression (0 = all cores).
     pub threads: usize,
     pub show_progress: bool,
-}
-
-impl Default for PackOptions {
-    fn default() -> Self {
-        PackOptions { threads: 0, show_progress: false }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,8 +123,11 @@ impl Walker {
     }
 }
 
+/// Regular files found by the walk: (node id, path, size), in tree order.
+type FileList = Vec<(usize, PathBuf, u64)>;
+
 /// Walk `src` into a tree (file contents not read yet).
-fn walk(src: &Path) -> Result<(Tree, Vec<(usize, PathBuf, u64)>)> {
+fn walk(src: &Path) -> Result<(Tree, FileList)> {
     let md = fs::symlink_metadata(src).at(src)?;
     if !md.is_dir() {
         return Err(Error::InvalidInput(format!("{} is not a directory", src.display())));

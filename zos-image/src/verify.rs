@@ -34,10 +34,10 @@ pub fn verify_image(
     let results: Vec<(Hash, u32, Result<()>)> = (0..count)
         .into_par_iter()
         .map(|i| {
-            let outcome = image.index.chunk(i).map_err(Error::from).and_then(|info| {
+            let outcome = image.index.chunk(i).map_err(Error::from).map(|info| {
                 let r = fetcher.fetch_remote(&info).map(|_| ());
                 progress.inc(1);
-                Ok((info.hash, info.raw_len, r))
+                (info.hash, info.raw_len, r)
             });
             match outcome {
                 Ok(t) => t,

@@ -38,16 +38,16 @@ fn hub_end_to_end_on_loopback() {
 
     // Without the token nothing can be uploaded.
     let anonymous = HttpStore::new(&url, None);
-    let err = transfer::copy_image(&[local.clone()], &anonymous, &root, &Trust::default(), false).unwrap_err();
+    let err = transfer::copy_image(std::slice::from_ref(&local), &anonymous, &root, &Trust::default(), false).unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
     let wrong = HttpStore::new(&url, Some("wrong-token-0123456789".into()));
     assert!(wrong.put(Object::Chunk(Hash::of(b"x")), &encode_object(b"x")).is_err());
 
     // With the token: everything arrives; a second push uploads nothing.
     let hub_store = HttpStore::new(&url, Some(TOKEN.into()));
-    let first = transfer::copy_image(&[local.clone()], &hub_store, &root, &Trust::default(), false).unwrap();
+    let first = transfer::copy_image(std::slice::from_ref(&local), &hub_store, &root, &Trust::default(), false).unwrap();
     assert_eq!(first.copied_chunks, first.chunks);
-    let again = transfer::copy_image(&[local.clone()], &hub_store, &root, &Trust::default(), false).unwrap();
+    let again = transfer::copy_image(std::slice::from_ref(&local), &hub_store, &root, &Trust::default(), false).unwrap();
     assert_eq!(again.copied_chunks, 0);
 
     // The hub checks content against names even for token holders.
