@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Builds the guest initramfs: busybox-static, the kernel modules the guest needs (virtio PCI/MMIO,
+# block, net, virtio-fs, FUSE, overlay) with their dependencies, and guest/init as /init.
+#
+# Usage: build-initramfs.sh [KERNEL_DIR] [OUTPUT]
+#   KERNEL_DIR  from fetch-kernel.sh (default: <cache>/kernel, fetched when missing)
+#   OUTPUT      default: <cache>/initramfs.cpio.gz
+#   <cache> is $ZOS_GUEST_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
+#   BUSYBOX names a static busybox binary (default: busybox on PATH; package busybox-static).
+# Idempotent: rebuilds only when the init script, this script, the kernel or busybox changed.
+# Prints the output path on stdout; everything else goes to stderr.
+#
+# The per-VM configuration is not in this archive: the VM library appends a second (uncompressed)
+# cpio archive with /zos/config to it, which the kernel unpacks over this one.
+set -euo pipefail
+
+log() { printf '[build-initramfs] %s\n' "$*" >&2; }
+die() { printf '[build-initramfs] ERROR: %s\n' "$*" >&2; exit 1; }
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+init_src="$here/../guest/init"
+cache="${ZOS_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest}"
+kdir="${1:-}"
+if [ -z "$kdir" ]; then
+  kdir="$("$here/fetch-kernel.sh" "$cache")" || die "fetching the guest kernel failed"
+fi
+out="${2:-$cache/initramfs.cpio.gz}"
+
+[ -f "$kdir/.complete" ] || die "$kdir is not a complete kernel directory (run fetch-kernel.sh)"
+[ -f "$init_src" ] || die "missing $init_src"
+busybox="${BUSYBOX:-$(command -v busybox || true)}"
+[ -n "$busybox" ] && [ -x "$busybox" ] || die "busybox not found (install busybox-static)"
+if ldd "$busybox" >/dev/null 2>&1; then
+  die "$busybox is dynamically linked; install busybox-static or set BUSYBOX"
+fi
+for tool in cpio gzip sha256sum; do
+  command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+# Modules the guest loads, in this order after their dependencies.
+wanted=(virtio virtio_ring virtio_pci virtio_mmio virtio_blk virtio_net virtio_console
+  fuse virtiofs overlay)
+
+stamp_of() {
+  {
+    sha256sum "$init_src" "${BASH_SOURCE[0]}" "$busybox" | cut -d' ' -f1
+    cat "$kdir/version"
+    printf '%s\n' "${wanted[@]}"
+  } | sha256sum | cut -d' ' -f1
+}
+stamp="$(stamp_of)"
+if [ -f "$out" ] && [ -f "$out.stamp" ] && [ "$(cat "$out.stamp")" = "$stamp" ]; then
+  printf '%s\n' "$out"
+  exit 0
+fi
+
+mods="$kdir/modules/kernel"
+declare -A path_of=()
+while IFS= read -r f; do
+  name="${f##*/}"; name="${name%%.ko*}"
+  path_of[$name]="$f"
+  # modules.dep/modinfo use either spelling.
+  path_of[${name//-/_}]="$f"
+done < <(find "$mods" -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst')
+
+builtin_of() { grep -q "/$1\.ko$" "$kdir/modules/modules.builtin" 2>/dev/null; }
+
+ko_text() { # module file -> uncompressed bytes on stdout
+  case "$1" in
+    *.xz) xz -dc "$1" ;;
+    *.zst) zstd -dc "$1" ;;
+    *) cat "$1" ;;
+  esac
+}
+
+declare -A seen=()
+order=()
+visit() {
+  local m="${1//-/_}"
+  [ -n "${seen[$m]:-}" ] && return 0
+  seen[$m]=1
+  if [ -z "${path_of[$m]:-}" ]; then
+    builtin_of "$m" && return 0
+    builtin_of "${1}" && return 0
+    die "module $1 is neither built in nor shipped by the kernel package"
+  fi
+  local deps
+  deps="$(ko_text "${path_of[$m]}" | "$busybox" strings | sed -n 's/^depends=//p' | head -n1)"
+  local d
+  for d in ${deps//,/ }; do visit "$d"; done
+  order+=("$m")
+}
+for m in "${wanted[@]}"; do visit "$m"; done
+
+stage="$(mktemp -d "${TMPDIR:-/tmp}/zos-initramfs.XXXXXX")"
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp,run,mnt,newroot,etc,root,zos/config,lib/modules}
+ln -s bin "$stage/sbin"
+mkdir -p "$stage/usr"
+ln -s ../bin "$stage/usr/bin"
+ln -s ../bin "$stage/usr/sbin"
+cp "$busybox" "$stage/bin/busybox"
+for applet in $("$busybox" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$stage/bin/$applet"
+done
+: >"$stage/lib/modules/load-order"
+for m in "${order[@]}"; do
+  ko_text "${path_of[$m]}" >"$stage/lib/modules/$m.ko"
+  printf '%s\n' "$m" >>"$stage/lib/modules/load-order"
+done
+cp "$init_src" "$stage/init"
+chmod 0755 "$stage/init"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+printf 'root:x:0:\n' >"$stage/etc/group"
+# The kernel opens /dev/console before /init runs; only root can create the node here. The VM
+# library's config appendix carries it too, and /init reopens the console after mounting devtmpfs.
+if [ "$(id -u)" = 0 ]; then mknod -m 0600 "$stage/dev/console" c 5 1; fi
+
+mkdir -p "$(dirname "$out")"
+tmp_out="$out.tmp.$$"
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+  | gzip -9 -n >"$tmp_out"
+mv "$tmp_out" "$out"
+printf '%s\n' "$stamp" >"$out.stamp"
+log "built $out ($(du -h "$out" | cut -f1), modules: ${order[*]})"
+printf '%s\n' "$out"

@@ -1,0 +1,311 @@
+//! Real guests under QEMU (TCG unless ZOS_VM_ACCEL says otherwise). The guest kernel is
+//! fetched from Debian and the initramfs built on first use; a test fails (never skips) when
+//! they cannot be obtained.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::broadcast;
+use zos_vm::{
+    AccelChoice, BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, Qemu, QemuOptions,
+    RestartPolicy, RunState, Vm, VmConfig, VmEvent, VmOptions, VmState, WritableLayer,
+};
+
+const MIB: u64 = 1 << 20;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "zos_vm=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn assets() -> GuestAssets {
+    static ASSETS: OnceLock<GuestAssets> = OnceLock::new();
+    ASSETS
+        .get_or_init(|| {
+            GuestAssets::prepare(None).unwrap_or_else(|e| {
+                panic!("the guest kernel/initramfs could not be obtained (needs apt access to Debian and busybox-static): {e:#}")
+            })
+        })
+        .clone()
+}
+
+fn qemu() -> Arc<Qemu> {
+    let mut o = QemuOptions::new(assets());
+    o.accel = match AccelChoice::from_env().unwrap() {
+        AccelChoice::Auto => AccelChoice::Tcg,
+        other => other,
+    };
+    Arc::new(Qemu::new(o))
+}
+
+fn opts() -> VmOptions {
+    VmOptions {
+        restart: RestartPolicy {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+            ..Default::default()
+        },
+        console_max_bytes: 256 * 1024,
+        // The project's init has no ACPI power-button handler.
+        stop_grace: Duration::ZERO,
+        sample_every: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+fn sparse_disk(path: &Path, bytes: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(bytes).unwrap();
+}
+
+fn base_config(name: &str) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 256,
+        boot: BootMode::Initramfs,
+        disks: vec![],
+        nics: vec![],
+        guest: GuestConfig::default(),
+    }
+}
+
+async fn next_event(
+    rx: &mut broadcast::Receiver<VmEvent>,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&VmEvent) -> bool,
+) -> VmEvent {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Ok(ev)) if pred(&ev) => return ev,
+            Ok(Ok(ev)) => eprintln!("event (skipped): {ev:?}"),
+            Ok(Err(e)) => panic!("event channel: {e}"),
+            Err(_) => panic!("no {what} event within {timeout:?}"),
+        }
+    }
+}
+
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_writes_marker_to_disk_and_powers_off() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("data.raw");
+    sparse_disk(&disk, 16 * MIB);
+    let mut cfg = base_config("marker-vm");
+    cfg.disks = vec![DiskAttachment { id: "data".into(), path: disk.clone(), mount: None, read_only: false }];
+    // The only disk is /dev/vda; the marker carries the hostname set through the config channel.
+    cfg.guest.entrypoint = r#"sh -c 'echo "ZOS-DISK-MARKER $(hostname)" > /dev/vda && sync'"#.into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    assert_eq!(vm.state().await, VmState::PoweredOff);
+    let console = vm.console_text();
+    assert!(console.contains("ZOS-GUEST-EXIT 0"), "console:\n{console}");
+    let head = std::fs::read(&disk).unwrap();
+    let text = String::from_utf8_lossy(&head[..64]);
+    assert!(text.starts_with("ZOS-DISK-MARKER marker-vm\n"), "disk starts with {text:?}");
+    vm.delete().await.unwrap();
+    assert!(disk.exists(), "delete must leave the disk driver's file alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_resize_and_restart_after_kill() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("data.raw");
+    sparse_disk(&disk, 8 * MIB);
+    let mut cfg = base_config("long-vm");
+    cfg.disks = vec![DiskAttachment { id: "data".into(), path: disk.clone(), mount: None, read_only: false }];
+    cfg.guest.entrypoint =
+        r#"sh -c 'echo data > /dev/vda; sync; i=0; while :; do i=$((i+1)); echo "tick $i sectors=$(cat /sys/block/vda/size)"; sleep 1; done'"#.into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    vm.wait_console("sectors=16384", Duration::from_secs(120)).await.unwrap();
+    assert_eq!(vm.run_state().await.unwrap(), RunState::Running);
+
+    // Pause: QMP says paused and the guest's clock-driven output stops.
+    vm.pause().await.unwrap();
+    assert_eq!(vm.run_state().await.unwrap(), RunState::Paused);
+    assert_eq!(vm.state().await, VmState::Paused);
+    let frozen = vm.console_text().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(vm.console_text().len(), frozen, "a paused guest kept writing to its console");
+    vm.resume().await.unwrap();
+    assert_eq!(vm.run_state().await.unwrap(), RunState::Running);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm.console_text().len() == frozen {
+        assert!(Instant::now() < deadline, "no console output after resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Grow the disk in place: the guest sees the new capacity.
+    vm.resize_disk("data", 16 * MIB).await.unwrap();
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 * MIB);
+    vm.wait_console("sectors=32768", Duration::from_secs(30)).await.unwrap();
+    let err = vm.resize_disk("data", 4 * MIB).await.unwrap_err();
+    assert!(format!("{err:#}").contains("shrinking"), "{err:#}");
+
+    let usage = vm.usage().await.unwrap();
+    assert!(usage.cpu_time_ms > 0 && usage.memory_bytes > 16 * MIB, "{usage:?}");
+    assert!(usage.disk_bytes > 0, "{usage:?}");
+
+    // kill -9 the hypervisor: the supervisor reports the crash and starts it again.
+    let old_pid = vm.pid().await.unwrap();
+    assert!(unsafe { libc::kill(old_pid as i32, libc::SIGKILL) } == 0);
+    let crash = next_event(&mut ev, Duration::from_secs(30), "Crashed", |e| matches!(e, VmEvent::Crashed { .. })).await;
+    match &crash {
+        VmEvent::Crashed { reason, restarts, .. } => {
+            assert!(reason.contains("signal 9"), "{reason}");
+            assert_eq!(*restarts, 1);
+        }
+        _ => unreachable!(),
+    }
+    let started = next_event(&mut ev, Duration::from_secs(30), "Started", |e| matches!(e, VmEvent::Started { .. })).await;
+    let VmEvent::Started { pid: new_pid, restarts, .. } = started else { unreachable!() };
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(restarts, 1);
+    assert!(!is_alive(old_pid));
+    assert_eq!(vm.state().await, VmState::Running);
+    // The restarted guest runs again (its console continues in the same log).
+    let before = vm.console_text().matches("tick 1 ").count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while vm.console_text().matches("tick 1 ").count() == before {
+        assert!(Instant::now() < deadline, "restarted guest did not run its entrypoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = vm.usage().await.unwrap();
+    assert!(after.cpu_time_ms >= usage.cpu_time_ms, "CPU time must survive restarts: {after:?} < {usage:?}");
+
+    let dir = vm.dir().to_path_buf();
+    vm.stop().await.unwrap();
+    assert_eq!(vm.state().await, VmState::Stopped);
+    assert!(!is_alive(new_pid));
+    next_event(&mut ev, Duration::from_secs(10), "Stopped", |e| matches!(e, VmEvent::Stopped { .. })).await;
+    vm.delete().await.unwrap();
+    assert!(!dir.exists());
+}
+
+fn busybox_rootfs(dir: &Path) {
+    let bb = which("busybox").expect("busybox on PATH (busybox-static)");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "hostname", "ls", "test", "mount"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("etc/image-release"), "zos test image 1\n").unwrap();
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let data = tmp.path().join("data.raw");
+    sparse_disk(&data, 32 * MIB);
+    let mut cfg = base_config("container-vm");
+    cfg.boot = BootMode::Container { rootfs_dir: rootfs.clone(), writable: WritableLayer::Tmpfs { size_mib: 64 } };
+    cfg.disks = vec![DiskAttachment { id: "vol1".into(), path: data.clone(), mount: Some("/data".into()), read_only: false }];
+    cfg.guest = GuestConfig {
+        hostname: "web-1".into(),
+        env: vec![("GREETING".into(), "hello from the spec".into()), ("MODE".into(), "a $b 'c'".into())],
+        entrypoint: r#"/bin/sh -c 'echo "ENV GREETING=$GREETING MODE=$MODE"; echo "ARGS $0 $1"; echo "HOST $(hostname)"; cat /etc/image-release; echo written > /data/f && cat /data/f; echo x > /etc/new && echo "overlay writable"; cat /root/.ssh/authorized_keys' first "second word""#.into(),
+        ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos".into()],
+    };
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    let console = vm.console_text();
+    for needle in [
+        "ENV GREETING=hello from the spec MODE=a $b 'c'",
+        "ARGS first second word",
+        "HOST web-1",
+        "zos test image 1",
+        "written",
+        "overlay writable",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos",
+        "ZOS-GUEST-EXIT 0",
+    ] {
+        assert!(console.contains(needle), "missing {needle:?} in console:\n{console}");
+    }
+    // The image directory is the read-only lower layer: guest writes do not reach it.
+    assert!(!rootfs.join("etc/new").exists());
+    vm.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvm_probe_decides_accel() {
+    init_tracing();
+    let mut o = QemuOptions::new(assets());
+    o.accel = AccelChoice::Auto;
+    o.probe_timeout = Duration::from_secs(10);
+    let q = Qemu::new(o);
+    let probe = q.probe_kvm().await;
+    let accel = q.accel().await.unwrap();
+    eprintln!("KVM probe: {probe:?}; accel chosen: {accel}");
+    assert_eq!(accel == zos_vm::Accel::Kvm, probe.is_ok());
+}
+
+/// Measurements for README.md: `cargo test ... -- --ignored measure --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_boot_and_overhead() {
+    init_tracing();
+    let hv = qemu();
+    let accel = hv.accel().await.unwrap();
+    let mut boots = Vec::new();
+    let mut starts = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..5 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = base_config(&format!("measure-{i}"));
+        cfg.guest.entrypoint = "sleep 3600".into();
+        let t0 = Instant::now();
+        let vm = Vm::create(hv.clone(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+        vm.start().await.unwrap();
+        let started = t0.elapsed();
+        vm.wait_console("ZOS-GUEST-INIT", Duration::from_secs(120)).await.unwrap();
+        let to_init = t0.elapsed();
+        vm.wait_console("ZOS-GUEST-READY", Duration::from_secs(60)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let u = vm.usage().await.unwrap();
+        eprintln!("run {i}: start() {started:?}, to /init {to_init:?}, rss {} MiB", u.memory_bytes / MIB);
+        starts.push(started);
+        boots.push(to_init);
+        rss.push(u.memory_bytes);
+        vm.delete().await.unwrap();
+    }
+    boots.sort();
+    starts.sort();
+    rss.sort();
+    eprintln!(
+        "accel {accel}: median boot to /init {:?} (min {:?}, max {:?}); median install->running {:?}; median RSS {} MiB (256 MiB guest)",
+        boots[2], boots[0], boots[4], starts[2], rss[2] / MIB
+    );
+}
