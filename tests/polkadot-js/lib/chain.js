@@ -77,18 +77,25 @@ function tail(path, n = 40) {
  * Signs and submits `tx`, resolving with the events once the block that includes it is
  * FINALIZED. A dispatch error rejects with `pallet.ErrorName: docs` decoded from metadata.
  */
-export function submitFinalized(api, tx, signer) {
+export async function submitFinalized(api, tx, signer) {
+  return (await submitFinalizedAt(api, tx, signer)).events;
+}
+
+/** Like `submitFinalized`, and also gives the hash of the finalized block that included `tx`. */
+export function submitFinalizedAt(api, tx, signer) {
   return new Promise((resolve, reject) => {
     let unsub;
     tx.signAndSend(signer, ({ status, events, dispatchError }) => {
       if (dispatchError) {
         unsub?.();
-        reject(new Error(describeDispatchError(api, dispatchError)));
+        const err = new Error(describeDispatchError(api, dispatchError));
+        err.dispatchError = dispatchError;
+        reject(err);
         return;
       }
       if (status.isFinalized) {
         unsub?.();
-        resolve(events.map(({ event }) => event));
+        resolve({ events: events.map(({ event }) => event), blockHash: status.asFinalized.toHex() });
       } else if (status.isDropped || status.isInvalid || status.isUsurped) {
         unsub?.();
         reject(new Error(`transaction ${status.type}`));
