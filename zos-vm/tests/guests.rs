@@ -141,6 +141,15 @@ async fn pause_resume_resize_and_restart_after_kill() {
     vm.start().await.unwrap();
     vm.wait_console("sectors=16384", Duration::from_secs(120)).await.unwrap();
     assert_eq!(vm.run_state().await.unwrap(), RunState::Running);
+    // Least privilege: started as root, QEMU runs as nobody with a seccomp filter.
+    let pid = vm.pid().await.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    if unsafe { libc::geteuid() } == 0 {
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65534"), "{uid_line}");
+    }
+    let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+    assert!(seccomp.ends_with('2'), "no seccomp filter: {seccomp}");
 
     // Pause: QMP says paused and the guest's clock-driven output stops.
     vm.pause().await.unwrap();
@@ -257,6 +266,44 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
     // The image directory is the read-only lower layer: guest writes do not reach it.
     assert!(!rootfs.join("etc/new").exists());
     vm.delete().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_image_boots_from_its_root_filesystem() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    busybox_rootfs(&tree);
+    std::fs::write(tree.join("etc/image-release"), "full disk image 7\n").unwrap();
+    let image = tmp.path().join("root.raw");
+    let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| which("mke2fs"))
+        .expect("mke2fs (e2fsprogs) is needed to build the test disk image");
+    let out = std::process::Command::new(mke2fs)
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mke2fs: {}", String::from_utf8_lossy(&out.stderr));
+    let mut cfg = base_config("disk-vm");
+    cfg.disks = vec![DiskAttachment { id: "root".into(), path: image.clone(), mount: None, read_only: false }];
+    cfg.boot = BootMode::Disk { root_disk: "root".into() };
+    cfg.guest.entrypoint = r#"/bin/sh -c 'cat /etc/image-release; echo persisted > /etc/written-by-guest'"#.into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    let console = vm.console_text();
+    assert!(console.contains("full disk image 7") && console.contains("ZOS-GUEST-EXIT 0"), "console:\n{console}");
+    vm.delete().await.unwrap();
+    // The write landed in the image's ext4 filesystem.
+    let bytes = std::fs::read(&image).unwrap();
+    assert!(bytes.windows(10).any(|w| w == b"persisted\n"), "guest write not found in the disk image");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
