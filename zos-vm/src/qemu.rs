@@ -291,6 +291,7 @@ impl Qemu {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0)
+            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", self.opts.virtiofsd_binary.display()))?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -434,6 +435,9 @@ impl Hypervisor for Qemu {
             .stderr(log)
             // Own process group: a signal to the executor's group does not reach guests.
             .process_group(0)
+            // Dropping the reaper (runtime shut down, e.g. a test that panicked) ends QEMU
+            // rather than leaving an unsupervised guest on the VM's disks.
+            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", self.opts.qemu_binary.display()));
         let mut child = match spawned {
