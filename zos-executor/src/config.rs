@@ -27,10 +27,10 @@ pub struct Flags {
     #[arg(long, env = "ZOS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// Seconds of consumption in one report window. Default 300.
-    #[arg(long, env = "ZOS_REPORT_INTERVAL")]
+    #[arg(long = "report-interval", env = "ZOS_REPORT_INTERVAL", value_name = "SECS")]
     pub report_interval_secs: Option<u64>,
     /// Seconds between heartbeats. Default 60.
-    #[arg(long, env = "ZOS_HEARTBEAT_INTERVAL")]
+    #[arg(long = "heartbeat-interval", env = "ZOS_HEARTBEAT_INTERVAL", value_name = "SECS")]
     pub heartbeat_interval_secs: Option<u64>,
     /// Prometheus endpoint address. Default 127.0.0.1:9101; "off" disables it.
     #[arg(long, env = "ZOS_METRICS_ADDR")]

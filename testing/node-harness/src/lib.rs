@@ -70,6 +70,8 @@ impl Default for NodeOptions {
 /// A running node process. Killed on drop.
 pub struct ChainNode {
     child: Option<Child>,
+    /// How it was started, to restart it with the same ports and database.
+    command: Vec<std::ffi::OsString>,
     pub rpc_port: u16,
     pub p2p_port: u16,
     pub log_path: PathBuf,
@@ -135,6 +137,8 @@ impl ChainNode {
         let p2p_port = free_port()?;
 
         let mut cmd = Command::new(&binary);
+        // A restarted node must find its database: keep it out of `--tmp`.
+        std::fs::create_dir_all(&base_path).context("creating the node's base path")?;
         match &opts.chain {
             None => cmd.arg("--dev"),
             Some(chain) => cmd.args(["--chain", chain]),
@@ -146,16 +150,45 @@ impl ChainNode {
             .args(["--no-prometheus", "--no-telemetry", "--no-mdns", "--rpc-cors", "all"])
             .args(["--rpc-methods", "unsafe"])
             .args(&opts.extra_args);
-        let log = File::create(&log_path).context("creating the node log")?;
-        cmd.stdout(log.try_clone()?).stderr(log).stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-
-        let mut node =
-            Self { child: Some(child), rpc_port, p2p_port, log_path, base_path, workdir: Some(workdir) };
+        let command: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
+            .chain(cmd.get_args().map(|a| a.to_owned()))
+            .collect();
+        let mut node = Self {
+            child: None,
+            command,
+            rpc_port,
+            p2p_port,
+            log_path,
+            base_path,
+            workdir: Some(workdir),
+        };
+        node.spawn()?;
         node.wait_rpc_ready(opts.ready_timeout)?;
         Ok(node)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .context("opening the node log")?;
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {:?}", self.command[0]))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the node and starts it again on the same ports with the same database.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()?;
+        self.wait_rpc_ready(Duration::from_secs(120))
     }
 
     /// `ws://127.0.0.1:<port>`: the node serves WebSocket and HTTP JSON-RPC on one port.
