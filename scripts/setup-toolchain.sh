@@ -33,8 +33,11 @@ wasm_debian_packages=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22)
 missing=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
+# ZOS_WASM_ROUTE=debian forces the registry-only route (to check it on a machine with internet).
 wasm_route=""
-if rustup target list --installed 2>/dev/null | grep -qx wasm32v1-none; then
+if [ "${ZOS_WASM_ROUTE:-}" = debian ]; then
+  :
+elif rustup target list --installed 2>/dev/null | grep -qx wasm32v1-none; then
   wasm_route=rustup
 elif [ -d /usr/lib/rustlib/wasm32v1-none/lib ] && ls /usr/lib/rustlib/wasm32v1-none/lib/libcore-*.rlib >/dev/null 2>&1; then
   wasm_route=debian
@@ -43,7 +46,8 @@ fi
 for p in "${apt_packages[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if [ "$wasm_route" != rustup ]; then
   # Try the ordinary route first; rustup refuses at once when it cannot download.
-  if [ -z "$wasm_route" ] && timeout 60 rustup target add wasm32v1-none >/dev/null 2>&1; then
+  if [ -z "$wasm_route" ] && [ "${ZOS_WASM_ROUTE:-}" != debian ] \
+    && timeout 60 rustup target add wasm32v1-none >/dev/null 2>&1; then
     wasm_route=rustup
   else
     for p in "${wasm_debian_packages[@]}"; do have_pkg "$p" || missing+=("$p"); done
@@ -89,10 +93,20 @@ TOML
       || die "building core/alloc for wasm32v1-none failed"
     SUDO=$(need_root "the wasm32v1-none sysroot")
     $SUDO mkdir -p "$sysroot_lib"
-    $SUDO cp "$work"/target/wasm32v1-none/release/deps/lib{core,alloc,compiler_builtins,rustc_std_workspace_core}-*.rlib "$sysroot_lib"/ 2>/dev/null \
-      || $SUDO cp "$work"/target/wasm32v1-none/release/deps/lib*.rlib "$sysroot_lib"/
+    for lib in core alloc compiler_builtins rustc_std_workspace_core; do
+      for f in "$work"/target/wasm32v1-none/release/deps/lib"$lib"-*.rlib; do
+        [ -e "$f" ] && $SUDO cp "$f" "$sysroot_lib"/
+      done
+    done
   fi
-  # Check the sysroot is usable without build-std (what substrate-wasm-builder probes first).
+  # The sysroot must work without build-std: substrate-wasm-builder probes exactly that.
+  probe="$(mktemp -d)"
+  mkdir -p "$probe/src"
+  printf '[package]\nname = "wasm-probe"\nversion = "0.0.0"\nedition = "2021"\n[lib]\ncrate-type = ["rlib"]\n' >"$probe/Cargo.toml"
+  printf '#![no_std]\nextern crate alloc;\npub fn probe() -> alloc::vec::Vec<u8> { alloc::vec::Vec::new() }\n' >"$probe/src/lib.rs"
+  (cd "$probe" && CARGO_TARGET_DIR="$probe/target" cargo +debian build -q --release --target wasm32v1-none) \
+    || die "the wasm32v1-none sysroot in $sysroot_lib does not work without build-std; delete it and rerun"
+  rm -rf "$probe"
   wasm_route=debian
 fi
 
