@@ -38,6 +38,13 @@ pub struct Flags {
     /// Capacity to offer, overriding what is measured: "cru=4,mru_mib=8192,sru_gib=100,hru_gib=0".
     #[arg(long, env = "ZOS_CAPACITY")]
     pub capacity: Option<String>,
+    /// Do not run VM workloads on this node (they then fail with "no driver for vm workloads").
+    #[arg(long, env = "ZOS_NO_VM")]
+    pub no_vm: bool,
+    /// Cache of the guest kernel and initramfs. Default $ZOS_GUEST_CACHE, else
+    /// ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
+    #[arg(long, env = "ZOS_GUEST_CACHE")]
+    pub guest_cache: Option<PathBuf>,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -52,6 +59,8 @@ pub struct FileConfig {
     pub heartbeat_interval_secs: Option<u64>,
     pub metrics_addr: Option<String>,
     pub capacity: Option<String>,
+    pub no_vm: Option<bool>,
+    pub guest_cache: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +74,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// `None`: measure the host.
     pub capacity: Option<Resources>,
+    /// Run VM workloads when the host can (QEMU and FUSE present).
+    pub vm_enabled: bool,
+    pub guest_cache: Option<PathBuf>,
 }
 
 impl Config {
@@ -99,6 +111,8 @@ impl Config {
             heartbeat_interval: Duration::from_secs(heartbeat_secs),
             metrics_addr,
             capacity,
+            vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
+            guest_cache: flags.guest_cache.or(file.guest_cache),
         })
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub chain_lag_seconds: Gauge,
     pub reports_sent: Family<KindLabel, Counter>,
     pub reports_failed: Family<KindLabel, Counter>,
+    /// Guest crashes (including entrypoint exits) seen by the VM driver.
+    pub vm_crashes: Counter,
 }
 
 impl Metrics {
@@ -45,6 +47,8 @@ impl Metrics {
         registry.register("reports_sent", "Reports accepted on chain", reports_sent.clone());
         let reports_failed = Family::<KindLabel, Counter>::default();
         registry.register("reports_failed", "Report submissions that failed", reports_failed.clone());
+        let vm_crashes = Counter::default();
+        registry.register("vm_crashes", "Guest crashes restarted by the VM driver", vm_crashes.clone());
         Arc::new(Self {
             registry,
             deployments,
@@ -53,6 +57,7 @@ impl Metrics {
             chain_lag_seconds,
             reports_sent,
             reports_failed,
+            vm_crashes,
         })
     }
 

@@ -12,7 +12,11 @@ use zos_primitives::{contracts::NodeContract, NodeId};
 use crate::{
     chain::{calls, Chain, ConsumptionReport, TxError},
     config::{measure_host, Config},
-    drivers::{disk::DiskDriver, Driver},
+    drivers::{
+        disk::DiskDriver,
+        vm::{host_support as vm_host_support, VmDriver, VmDriverConfig},
+        Driver,
+    },
     engine::{DeploymentResult, Engine},
     follower::{self, unix_ms},
     identity::NodeIdentity,
@@ -90,6 +94,21 @@ impl Executor {
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
         let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver)];
+        if !config.vm_enabled {
+            info!("VM workloads disabled by configuration: they will fail with \"this node has no driver for vm workloads\"");
+        } else {
+            match vm_host_support() {
+                Ok(()) => {
+                    let vm_config = VmDriverConfig { guest_cache: config.guest_cache.clone() };
+                    drivers.push(Arc::new(VmDriver::new(vm_config, metrics.clone())));
+                    info!("VM driver enabled");
+                },
+                Err(reason) => warn!(
+                    %reason,
+                    "this host cannot run VMs: vm workloads will fail with \"this node has no driver for vm workloads\""
+                ),
+            }
+        }
         drivers.extend(extra_drivers);
         let engine = Arc::new(
             Engine::new(store.clone(), config.data_dir.join("contracts"), drivers)

@@ -1,0 +1,538 @@
+//! VM driver: a `Vm` workload becomes a supervised guest (zos-vm) booting the spec's image in
+//! container mode.
+//!
+//! Install: the image index is fetched from `image.source` (an `http(s)://` hub or an absolute
+//! path to a directory store) and must hash to `image.root_hash` (anything else is refused for
+//! good). It is mounted read-only with zos-image's verifying FUSE mount at
+//! `<contract dir>/vms/<name>/rootfs`, and the guest boots over it (virtio-fs, tmpfs overlay of
+//! `rootfs_mib`), with the spec's `Disk` mounts attached as virtio-blk devices, its env,
+//! entrypoint and SSH keys delivered through zos-vm's configuration channel.
+//!
+//! A VM is a service: when its entrypoint exits the guest is started again with backoff, like
+//! a crash. Crashes are logged as warnings and counted in `zos_executor_vm_crashes`; while a
+//! guest waits to restart, `inspect` reports it `Broken` with the last error.
+//!
+//! State kept per workload: the `Vm` handle, the image mount and an event forwarder. After an
+//! executor restart nothing is kept: `inspect` says `Missing`, `install` mounts again (a dead
+//! mount left by the old process is detached) and starts the guest (zos-vm kills a QEMU left by
+//! the old process first).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex as StdMutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context};
+use async_trait::async_trait;
+use tokio::{sync::Mutex, task::JoinHandle};
+use tracing::{info, warn};
+use zos_image::{
+    cache::ChunkCache,
+    fetch::Fetcher,
+    image::{open_image, Trust},
+    mount::{MountHandle, MountOptions},
+    store::{DirStore, HttpStore, Store},
+};
+use zos_primitives::{
+    spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
+    ContractId,
+};
+use zos_vm::{
+    BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, RestartPolicy, Vm, VmConfig, VmEvent, VmOptions,
+    VmState, WritableLayer,
+};
+
+use super::{disk::disk_path, Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
+use crate::metrics::Metrics;
+
+/// Chunk cache bound per VM (HTTP sources only; a directory store is local already).
+const IMAGE_CACHE_BYTES: u64 = 1 << 30;
+/// zos-vm's limit on VM names.
+const MAX_VM_NAME: usize = 48;
+
+/// Settings of the VM driver.
+#[derive(Clone, Debug, Default)]
+pub struct VmDriverConfig {
+    /// Guest kernel and initramfs cache; `None`: `$ZOS_GUEST_CACHE`, else
+    /// `${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest`.
+    pub guest_cache: Option<PathBuf>,
+}
+
+/// Whether this host can run VM workloads: QEMU on PATH and FUSE for image mounts.
+pub fn host_support() -> Result<(), String> {
+    let qemu = std::env::var_os("ZOS_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let qemu = PathBuf::from(qemu);
+    let found = if qemu.components().count() > 1 {
+        qemu.is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(&qemu).is_file()))
+            .unwrap_or(false)
+    };
+    if !found {
+        return Err(format!("{} is not on PATH", qemu.display()));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing (image mounts need FUSE)".into());
+    }
+    Ok(())
+}
+
+type Key = (ContractId, Vec<u8>);
+
+/// What the driver keeps for one installed VM.
+struct Installed {
+    /// The workload as installed: a different one means re-create.
+    workload: Workload,
+    vm: Vm,
+    mount: Option<MountHandle>,
+    events: JoinHandle<()>,
+}
+
+pub struct VmDriver {
+    config: VmDriverConfig,
+    metrics: Arc<Metrics>,
+    hypervisor: tokio::sync::OnceCell<Arc<dyn Hypervisor>>,
+    /// One slot per workload so calls on different VMs do not wait for each other.
+    slots: StdMutex<HashMap<Key, Arc<Mutex<Option<Installed>>>>>,
+}
+
+fn name_str(w: &Workload) -> String {
+    String::from_utf8_lossy(w.name.as_bytes()).into_owned()
+}
+
+fn vm_spec(w: &Workload) -> DriverResult<&VmSpec> {
+    match &w.kind {
+        WorkloadKind::Vm(vm) => Ok(vm),
+        _ => Err(DriverError::permanent("not a vm workload")),
+    }
+}
+
+/// `<contract dir>/vms/<name>`: the VM's files (console log, sockets) and its image mount.
+pub fn vm_dir(ctx: &WorkloadCtx, w: &Workload) -> PathBuf {
+    ctx.dir.join("vms").join(name_str(w))
+}
+
+fn rootfs_dir(ctx: &WorkloadCtx, w: &Workload) -> PathBuf {
+    vm_dir(ctx, w).join("rootfs")
+}
+
+/// Unique on the node, `[a-z0-9_-]{1,48}`: `c<contract>-<workload>`, shortened with a hash
+/// suffix when too long.
+fn vm_name(contract: ContractId, w: &Workload) -> String {
+    let full = format!("c{contract}-{}", name_str(w));
+    if full.len() <= MAX_VM_NAME {
+        return full;
+    }
+    let tag = &zos_image::Hash::of(full.as_bytes()).to_hex()[..8];
+    format!("{}-{tag}", &full[..MAX_VM_NAME - 9])
+}
+
+fn transient(e: anyhow::Error) -> DriverError {
+    DriverError::Transient(e)
+}
+
+/// Detaches a FUSE mount whose server died with an earlier executor process (ENOTCONN).
+fn detach_dead_mount(path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            warn!(path = %path.display(), "detaching a dead image mount left by an earlier run");
+            if let Err(e) = zos_image::overlay::unmount_detach(path) {
+                warn!(path = %path.display(), error = %e, "detaching the dead mount failed");
+            }
+        }
+    }
+}
+
+/// The store named by `source`: a hub URL or an existing directory store.
+fn open_source(source: &str) -> DriverResult<Arc<dyn Store>> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return Ok(Arc::new(HttpStore::new(source, None)));
+    }
+    let path = Path::new(source);
+    if !path.is_absolute() {
+        return Err(DriverError::permanent(format!(
+            "image source {source:?} is neither an http(s) hub URL nor an absolute directory store path"
+        )));
+    }
+    if !path.join("images").is_dir() || !path.join("chunks").is_dir() {
+        return Err(DriverError::permanent(format!(
+            "image source {source}: not a directory store on this node (no images/ and chunks/)"
+        )));
+    }
+    let store = DirStore::open(path).map_err(|e| transient(anyhow!(e).context(format!("opening store {source}"))))?;
+    Ok(Arc::new(store))
+}
+
+/// Fetches and checks the index, then mounts it read-only at `mountpoint`. Blocking.
+fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult<MountHandle> {
+    use zos_image::Error as E;
+    let source = std::str::from_utf8(vm.image.source.as_bytes())
+        .map_err(|_| DriverError::permanent("image source is not UTF-8"))?;
+    let root = zos_image::Hash(vm.image.root_hash);
+    let store = open_source(source)?;
+    let remote = source.starts_with("http");
+    let sources = vec![store];
+    let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
+        E::RootMismatch { .. } | E::ImageNotFound(_) | E::Format(_) | E::Signature(_) => {
+            DriverError::permanent(format!("image {root} from {source} refused: {e}"))
+        },
+        other => transient(anyhow!(other).context(format!("fetching the index of image {root} from {source}"))),
+    })?;
+    let cache = if remote {
+        let (cache, _) = ChunkCache::open(cache_dir, IMAGE_CACHE_BYTES)
+            .map_err(|e| transient(anyhow!(e).context("opening the image chunk cache")))?;
+        Some(cache)
+    } else {
+        None
+    };
+    let fetcher = Arc::new(Fetcher::new(sources, cache));
+    detach_dead_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("creating {}", mountpoint.display()))
+        .map_err(transient)?;
+    let opts = MountOptions { threads: 2, prefetch_workers: 4, ..Default::default() };
+    let handle = zos_image::mount::mount(image.index, fetcher, mountpoint, &opts)
+        .map_err(|e| transient(anyhow!(e).context(format!("mounting image {root} at {}", mountpoint.display()))))?;
+    if !zos_image::mount::wait_until_mounted(mountpoint, Duration::from_secs(10)) {
+        return Err(transient(anyhow!("image mount at {} did not appear", mountpoint.display())));
+    }
+    Ok(handle)
+}
+
+/// Unmounts off the async runtime (FUSE teardown blocks).
+async fn unmount(handle: MountHandle) -> DriverResult<()> {
+    tokio::task::spawn_blocking(move || handle.unmount())
+        .await
+        .map_err(|e| transient(e.into()))?
+        .map_err(|e| transient(anyhow!(e).context("unmounting the image")))
+}
+
+impl VmDriver {
+    pub fn new(config: VmDriverConfig, metrics: Arc<Metrics>) -> Self {
+        Self { config, metrics, hypervisor: tokio::sync::OnceCell::new(), slots: StdMutex::new(HashMap::new()) }
+    }
+
+    fn slot(&self, ctx: &WorkloadCtx, w: &Workload) -> Arc<Mutex<Option<Installed>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry((ctx.contract, w.name.as_bytes().to_vec())).or_default().clone()
+    }
+
+    fn forget(&self, ctx: &WorkloadCtx, w: &Workload) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(&(ctx.contract, w.name.as_bytes().to_vec()));
+    }
+
+    /// The hypervisor, prepared on first use: guest assets (kernel fetch, initramfs build) and
+    /// the backend choice (KVM probe) take a while and are not needed by nodes without VMs.
+    async fn hypervisor(&self) -> DriverResult<Arc<dyn Hypervisor>> {
+        self.hypervisor
+            .get_or_try_init(|| async {
+                let cache = self.config.guest_cache.clone();
+                let assets = tokio::task::spawn_blocking(move || GuestAssets::prepare(cache.as_deref()))
+                    .await
+                    .map_err(|e| transient(e.into()))?
+                    .context("preparing the guest kernel and initramfs")
+                    .map_err(transient)?;
+                info!(kernel = %assets.kernel_version, "guest assets ready");
+                let mut opts = zos_vm::QemuOptions::new(assets);
+                opts.accel = zos_vm::AccelChoice::from_env().map_err(transient)?;
+                Ok::<_, DriverError>(zos_vm::select_hypervisor(opts).await)
+            })
+            .await
+            .cloned()
+    }
+
+    fn vm_options() -> VmOptions {
+        VmOptions {
+            restart: RestartPolicy { restart_on_poweroff: true, ..Default::default() },
+            // The project's guest init has no ACPI handler: waiting for a power-down is useless.
+            stop_grace: Duration::ZERO,
+            ..Default::default()
+        }
+    }
+
+    /// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here).
+    fn vm_config(ctx: &WorkloadCtx, w: &Workload, rootfs: PathBuf) -> DriverResult<VmConfig> {
+        let vm = vm_spec(w)?;
+        if !vm.networks.is_empty() || vm.public_ip.is_some() {
+            return Err(DriverError::permanent("network attachments and public IPs are not supported by this node's VM driver yet"));
+        }
+        let mut disks = Vec::new();
+        for (i, m) in vm.mounts.iter().enumerate() {
+            let target = Workload { name: m.workload.clone(), kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }) };
+            let path = disk_path(ctx, &target);
+            let target_name = name_str(&target);
+            if !path.is_file() {
+                return Err(DriverError::permanent(format!(
+                    "mount {target_name}: no disk of that name on this node (only disks can be mounted; volumes are not supported yet)"
+                )));
+            }
+            // The guest finds a disk by its virtio serial (at most 20 bytes).
+            let id = if target_name.len() <= zos_vm::config::MAX_DISK_ID_LEN { target_name } else { format!("d{i}") };
+            disks.push(DiskAttachment {
+                id,
+                path,
+                mount: Some(String::from_utf8_lossy(m.path.as_bytes()).into_owned()),
+                read_only: false,
+            });
+        }
+        let text = |b: &[u8], what: &str| {
+            String::from_utf8(b.to_vec()).map_err(|_| DriverError::permanent(format!("{what} is not UTF-8")))
+        };
+        let guest = GuestConfig {
+            hostname: name_str(w).replace('_', "-"),
+            env: vm
+                .env
+                .iter()
+                .map(|e| Ok((text(e.key.as_bytes(), "env key")?, text(e.value.as_bytes(), "env value")?)))
+                .collect::<DriverResult<_>>()?,
+            entrypoint: text(vm.entrypoint.as_bytes(), "entrypoint")?,
+            ssh_keys: vm.ssh_keys.iter().map(|k| text(k.as_bytes(), "ssh key")).collect::<DriverResult<_>>()?,
+        };
+        let cfg = VmConfig {
+            name: vm_name(ctx.contract, w),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            boot: BootMode::Container { rootfs_dir: rootfs, writable: WritableLayer::Tmpfs { size_mib: vm.rootfs_mib } },
+            disks,
+            nics: Vec::new(),
+            guest,
+        };
+        cfg.validate().map_err(|e| DriverError::permanent(format!("VM configuration refused: {e:#}")))?;
+        Ok(cfg)
+    }
+
+    fn forward_events(&self, vm: &Vm, workload: String, contract: ContractId) -> JoinHandle<()> {
+        let mut rx = vm.events();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match rx.recv().await {
+                    Ok(VmEvent::Crashed { reason, restarts, restart_in, .. }) => {
+                        metrics.vm_crashes.inc();
+                        warn!(contract, %workload, %reason, restarts, ?restart_in, "guest crashed; restarting it");
+                    },
+                    Ok(VmEvent::RestartFailed { error, retry_in, .. }) => {
+                        warn!(contract, %workload, %error, ?retry_in, "guest restart failed");
+                    },
+                    Ok(VmEvent::Started { pid, accel, restarts, .. }) => {
+                        info!(contract, %workload, pid, %accel, restarts, "guest started");
+                    },
+                    Ok(other) => tracing::debug!(contract, %workload, event = ?other, "vm event"),
+                    Err(RecvError::Lagged(n)) => warn!(contract, %workload, missed = n, "vm events lagged"),
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    /// Stops the guest, unmounts its image and removes its directory.
+    async fn teardown(&self, ctx: &WorkloadCtx, w: &Workload, slot: &mut Option<Installed>) -> DriverResult<()> {
+        let dir = vm_dir(ctx, w);
+        if let Some(inst) = slot.take() {
+            inst.events.abort();
+            if let Err(e) = inst.vm.stop().await {
+                // Keep everything so the next call retries.
+                let err = e.context(format!("stopping VM {}", inst.vm.name()));
+                *slot = Some(Installed { events: self.forward_events(&inst.vm, name_str(w), ctx.contract), ..inst });
+                return Err(transient(err));
+            }
+            if let Some(mount) = inst.mount {
+                unmount(mount).await?;
+            }
+            inst.vm.delete().await.map_err(|e| transient(e.context("deleting the VM")))?;
+        } else if tokio::fs::try_exists(&dir).await.unwrap_or(true) {
+            // Left by an earlier executor process: its QEMU may still run, its mount is dead.
+            match self.hypervisor().await {
+                Ok(hv) => {
+                    if hv.kill_stale(&zos_vm::VmLayout::new(&dir)).await.map_err(transient)? {
+                        info!(dir = %dir.display(), "killed a guest left by an earlier run");
+                    }
+                },
+                Err(e) => warn!(error = %e, "cannot check for a guest left by an earlier run"),
+            }
+            let rootfs = rootfs_dir(ctx, w);
+            tokio::task::spawn_blocking(move || detach_dead_mount(&rootfs))
+                .await
+                .map_err(|e| transient(e.into()))?;
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(transient(anyhow::Error::new(e).context(format!("removing {}", dir.display())))),
+        }
+    }
+
+    async fn install_locked(&self, ctx: &WorkloadCtx, w: &Workload, slot: &mut Option<Installed>) -> DriverResult<()> {
+        if let Some(inst) = slot.as_ref() {
+            if inst.workload == *w {
+                return match inst.vm.state().await {
+                    VmState::Running | VmState::Paused | VmState::Restarting { .. } => Ok(()),
+                    _ => inst.vm.start().await.map_err(|e| transient(e.context("starting the guest again"))),
+                };
+            }
+            info!(workload = %name_str(w), "installed VM differs from the spec: re-creating it");
+            self.teardown(ctx, w, slot).await?;
+        }
+        let vm_spec = vm_spec(w)?.clone();
+        let dir = std::path::absolute(vm_dir(ctx, w))
+            .with_context(|| format!("resolving {}", vm_dir(ctx, w).display()))
+            .map_err(transient)?;
+        let rootfs = dir.join("rootfs");
+        // Everything about the spec is checked before anything is fetched or mounted.
+        let cfg = Self::vm_config(ctx, w, rootfs.clone())?;
+        let hv = self.hypervisor().await?;
+        let started = std::time::Instant::now();
+        let cache_dir = dir.join("image-cache");
+        let mount = {
+            let rootfs = rootfs.clone();
+            tokio::task::spawn_blocking(move || mount_image(&vm_spec, &rootfs, &cache_dir))
+                .await
+                .map_err(|e| transient(e.into()))??
+        };
+        let mounted = started.elapsed();
+        let vm = match Vm::create(hv, &dir, cfg, Self::vm_options()).await {
+            Ok(vm) => vm,
+            Err(e) => {
+                unmount(mount).await?;
+                return Err(transient(e.context("creating the VM")));
+            },
+        };
+        let events = self.forward_events(&vm, name_str(w), ctx.contract);
+        if let Err(e) = vm.start().await {
+            events.abort();
+            unmount(mount).await?;
+            return Err(transient(e.context("starting the guest")));
+        }
+        info!(workload = %name_str(w), vm = %vm.name(), ?mounted, total = ?started.elapsed(), "VM installed");
+        *slot = Some(Installed { workload: w.clone(), vm, mount: Some(mount), events });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Driver for VmDriver {
+    fn kind(&self) -> &'static str {
+        "vm"
+    }
+
+    async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let slot = self.slot(ctx, workload);
+        let mut slot = slot.lock().await;
+        self.install_locked(ctx, workload, &mut slot).await
+    }
+
+    /// Any change of the VM itself needs a new guest (its configuration is read at boot):
+    /// stop, re-create, start. Grown disks are separate workloads; a running guest is told
+    /// their new size on the next `inspect`.
+    async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
+        let slot = self.slot(ctx, new);
+        let mut slot = slot.lock().await;
+        if old != new {
+            self.teardown(ctx, old, &mut slot).await?;
+        }
+        self.install_locked(ctx, new, &mut slot).await
+    }
+
+    async fn remove(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let slot = self.slot(ctx, workload);
+        let mut guard = slot.lock().await;
+        self.teardown(ctx, workload, &mut guard).await?;
+        drop(guard);
+        self.forget(ctx, workload);
+        Ok(())
+    }
+
+    async fn pause(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let slot = self.slot(ctx, workload);
+        let slot = slot.lock().await;
+        let inst = slot.as_ref().ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
+        if inst.vm.state().await == VmState::Paused {
+            return Ok(());
+        }
+        inst.vm.pause().await.map_err(|e| transient(e.context("pausing the guest")))
+    }
+
+    async fn resume(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        let slot = self.slot(ctx, workload);
+        let slot = slot.lock().await;
+        let inst = slot.as_ref().ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
+        if inst.vm.state().await != VmState::Paused {
+            return Ok(());
+        }
+        inst.vm.resume().await.map_err(|e| transient(e.context("resuming the guest")))
+    }
+
+    async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed> {
+        let slot = self.slot(ctx, workload);
+        let slot = slot.lock().await;
+        let Some(inst) = slot.as_ref() else { return Ok(Observed::Missing) };
+        if inst.workload != *workload {
+            return Ok(Observed::Broken("the installed VM was made from another spec".into()));
+        }
+        Ok(match inst.vm.state().await {
+            VmState::Running => Observed::Running,
+            VmState::Paused => Observed::Paused,
+            VmState::Restarting { last_error, restarts } => {
+                Observed::Broken(format!("guest failed ({restarts} restarts so far): {last_error}"))
+            },
+            VmState::Created => Observed::Broken("guest created but not started".into()),
+            VmState::Stopped => Observed::Broken("guest is stopped".into()),
+            VmState::PoweredOff => Observed::Broken("guest powered off".into()),
+        })
+    }
+
+    async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage> {
+        let slot = self.slot(ctx, workload);
+        let slot = slot.lock().await;
+        let Some(inst) = slot.as_ref() else { return Ok(Usage::default()) };
+        let u = inst.vm.usage().await.map_err(|e| transient(e.context("metering the guest")))?;
+        // Disk files are metered by the disk driver; counting them here too would bill twice.
+        Ok(Usage { cpu_time_ms: u.cpu_time_ms, memory_bytes: u.memory_bytes, ..Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_workload(name: &str) -> Workload {
+        serde_json::from_str(&format!(
+            r#"{{"name":"{name}","kind":{{"vm":{{"image":{{"root_hash":"{}","source":"/nonexistent-store"}},"vcpus":1,"memory_mib":256,"rootfs_mib":256,"mounts":[{{"workload":"data","path":"/data"}}]}}}}}}"#,
+            "11".repeat(32)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn vm_names_fit_zos_vm_limits() {
+        let short = vm_name(7, &vm_workload("web"));
+        assert_eq!(short, "c7-web");
+        let long_name = "a".repeat(36);
+        let long = vm_name(u64::MAX, &vm_workload(&long_name));
+        assert!(long.len() <= MAX_VM_NAME, "{long}");
+        assert_ne!(long, vm_name(u64::MAX - 1, &vm_workload(&long_name)));
+    }
+
+    #[test]
+    fn missing_disk_and_bad_source_are_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = WorkloadCtx { contract: 1, dir: dir.path().into() };
+        let w = vm_workload("web");
+        match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")) {
+            Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),
+            other => panic!("expected a permanent error, got {:?}", other.map(|c| c.name)),
+        }
+        std::fs::create_dir_all(dir.path().join("disks")).unwrap();
+        std::fs::write(dir.path().join("disks/data.raw"), b"").unwrap();
+        let cfg = VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")).unwrap();
+        assert_eq!(cfg.disks[0].id, "data");
+        assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
+        assert!(matches!(open_source("relative/store"), Err(DriverError::Permanent(_))));
+        assert!(matches!(open_source("/nonexistent-store"), Err(DriverError::Permanent(_))));
+    }
+}

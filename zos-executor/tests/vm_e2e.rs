@@ -1,0 +1,325 @@
+//! The real executor binary, a real chain node and a real guest: a 2-of-2 contract with a Vm
+//! (a busybox image packed with zos-image, served by a loopback hub) and a Disk mounted at
+//! /data boots a guest whose console shows the spec's env and entrypoint output; the chain
+//! shows Deployed; an image whose index does not hash to the pinned root is refused for good;
+//! cancelling stops QEMU, unmounts the image and removes the VM's directory.
+//!
+//! Needs QEMU, /dev/fuse, root (FUSE mount with allow_other, virtiofsd) and busybox-static; the
+//! guest kernel comes from zos-vm's cache (fetched once by its scripts).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use codec::Encode;
+use node_harness::{
+    client::{self, runtime_call, Client},
+    ChainNode, NodeOptions,
+};
+use subxt::{
+    dynamic::{At, Value},
+    utils::AccountId32,
+};
+use subxt_signer::sr25519::{dev, Keypair};
+use zos_executor::{
+    chain::{convert, runtime},
+    identity::NodeIdentity,
+};
+use zos_image::store::{DirStore, Object, Store};
+use zos_primitives::{
+    contracts::{ContractState, NodeContract},
+    spec::DeploymentSpec,
+    ContractId, NodeId,
+};
+
+const GREETING: &str = "hello from the chain";
+
+struct Executor {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Executor {
+    fn spawn(data_dir: &Path, url: &str, farm: u32) -> Result<Self> {
+        let log = data_dir.join("executor.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_zos-executor"))
+            .args(["--chain-url", url, "--farm-id", &farm.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--report-interval", "6", "--heartbeat-interval", "20", "--metrics-addr", "off"])
+            .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
+            // No KVM probe: the development machines' /dev/kvm cannot run nested guests.
+            .env("ZOS_VM_ACCEL", "tcg")
+            .env("RUST_LOG", "info,zos_executor=debug,zos_vm=info")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning zos-executor")?;
+        Ok(Self { child: Some(child), log })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM is not handled by the executor; SIGINT is (ctrl_c): guests and mounts go
+            // down with its runtime.
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        eprintln!("---- executor log ----\n{}\n----", self.log_tail());
+    }
+}
+
+async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {},
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
+            Err(_) => {},
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+}
+
+/// A minimal container image: busybox-static and its applets.
+fn busybox_rootfs(dir: &Path) -> Result<()> {
+    let bb = which("busybox").context("busybox (busybox-static) on PATH")?;
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::create_dir_all(dir.join("etc"))?;
+    std::fs::copy(&bb, dir.join("bin/busybox"))?;
+    for applet in ["sh", "echo", "cat", "sleep", "hostname", "ls", "mount"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    std::fs::write(dir.join("etc/image-release"), "vm e2e image\n")?;
+    Ok(())
+}
+
+fn vm_spec(root: &str, source: &str) -> Result<DeploymentSpec> {
+    let entrypoint = "/bin/sh -c 'echo \"GREETING=$GREETING\"; cat /etc/image-release; \
+                      echo disk-ok > /data/marker && cat /data/marker; echo ENTRYPOINT-DONE; exec sleep 3600'";
+    let spec = serde_json::json!({
+        "version": 0,
+        "workloads": [
+            { "name": "data", "kind": { "disk": { "size_mib": 64 } } },
+            { "name": "web", "kind": { "vm": {
+                "image": { "root_hash": root, "source": source },
+                "vcpus": 1,
+                "memory_mib": 256,
+                "rootfs_mib": 256,
+                "mounts": [ { "workload": "data", "path": "/data" } ],
+                "env": [ { "key": "GREETING", "value": GREETING } ],
+                "entrypoint": entrypoint,
+            } } },
+        ],
+    });
+    let spec: DeploymentSpec = serde_json::from_value(spec)?;
+    spec.validate().map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    Ok(spec)
+}
+
+async fn contracts_of(api: &Client, node: NodeId) -> Result<Vec<(ContractId, NodeContract)>> {
+    runtime_call(api, "DeploymentsApi_contracts_of_node", &node.encode()).await
+}
+
+async fn state_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<ContractState>> {
+    Ok(contracts_of(api, node).await?.into_iter().find(|(id, _)| *id == contract).map(|(_, c)| c.state))
+}
+
+async fn submit_static<C: subxt::transactions::Payload>(api: &Client, call: &C, signer: &Keypair) -> Result<client::Events> {
+    client::submit(api, call, signer).await
+}
+
+async fn setup_farm(api: &Client) -> Result<u32> {
+    let call = subxt::dynamic::tx("Grid", "create_farm", vec![Value::from_bytes(b"vm-e2e-farm")]);
+    let events = client::submit(api, &call, &dev::alice()).await?;
+    let farm = client::find_event(&events, "Grid", "FarmCreated")?.at("farm_id").and_then(|v| v.as_u128()).context("farm id")?;
+    Ok(farm as u32)
+}
+
+async fn funded_identity(api: &Client, data_dir: &Path) -> Result<AccountId32> {
+    let id = NodeIdentity::load_or_create(&data_dir.join("identity.json"))?;
+    let account = id.account_id();
+    client::fund(api, &dev::alice(), &account, 50_000_000_000_000).await?;
+    Ok(account)
+}
+
+async fn registered_node(api: &Client, account: &AccountId32) -> Result<NodeId> {
+    until("node registration", Duration::from_secs(120), || async {
+        Ok(runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode()).await?)
+    })
+    .await
+}
+
+/// Alice creates a 2-of-2 contract with Bob; Bob approves (finalized). Returns the id.
+async fn create_approved_contract(api: &Client, node: NodeId, spec: &DeploymentSpec) -> Result<ContractId> {
+    use runtime::runtime_types::pallet_deployments::types::Signer;
+    let signers = vec![
+        Signer { account: dev::alice().public_key().to_account_id(), weight: 1, required: true },
+        Signer { account: dev::bob().public_key().to_account_id(), weight: 1, required: true },
+    ];
+    let create = runtime::tx().deployments().create(
+        node,
+        convert(spec)?,
+        runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec(signers),
+        2,
+    );
+    let events = submit_static(api, &create, &dev::alice()).await?;
+    let contract = client::find_event(&events, "Deployments", "ContractCreated")?
+        .at("contract")
+        .and_then(|v| v.as_u128())
+        .context("contract id")? as ContractId;
+    let events = submit_static(api, &runtime::tx().deployments().approve(contract, spec.hash()), &dev::bob()).await?;
+    client::find_event(&events, "Deployments", "ContractActivated")?;
+    Ok(contract)
+}
+
+async fn cancel(api: &Client, contract: ContractId) -> Result<()> {
+    submit_static(api, &runtime::tx().deployments().propose_cancel(contract), &dev::alice()).await?;
+    let owner = dev::alice().public_key().to_account_id();
+    let pending = until("cancel proposal", Duration::from_secs(30), || async {
+        let list: Vec<zos_primitives::contracts::ContractSummary> =
+            runtime_call(api, "DeploymentsApi_contracts_of_owner", &owner.0.encode()).await?;
+        Ok(list.into_iter().find(|c| c.contract == contract).and_then(|c| c.pending_proposal))
+    })
+    .await?;
+    let events = submit_static(api, &runtime::tx().deployments().approve(contract, pending), &dev::bob()).await?;
+    client::find_event(&events, "Deployments", "ContractCancelled")?;
+    Ok(())
+}
+
+fn is_alive(pid: i32) -> bool {
+    // A zombie is gone for our purposes (its parent may not have reaped it yet).
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn mounted(path: &Path) -> bool {
+    let needle = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(needle.as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel() -> Result<()> {
+    ensure!(Path::new("/dev/fuse").exists(), "/dev/fuse is needed for the image mount");
+    ensure!(which("qemu-system-x86_64").is_some(), "qemu-system-x86_64 is needed");
+    let tmp = tempfile::tempdir()?;
+
+    // The image: packed into a directory store, served by a hub on a loopback port.
+    let rootfs = tmp.path().join("image-tree");
+    busybox_rootfs(&rootfs)?;
+    let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
+    let packed = zos_image::pack::pack_dir(&rootfs, store.clone(), None, &Default::default())?;
+    let root = packed.root.to_hex();
+    let hub = zos_image::hub::spawn_background("127.0.0.1:0".parse()?, DirStore::open(tmp.path().join("hub-store"))?, "unused".into())?;
+    let source = format!("http://{hub}");
+
+    let chain = ChainNode::start(NodeOptions::default())?;
+    let api = client::connect(&chain.ws_url()).await?;
+    client::wait_finalized(&api, 1, Duration::from_secs(60)).await?;
+    let farm = setup_farm(&api).await?;
+    let data_dir = tmp.path().join("executor");
+    std::fs::create_dir_all(&data_dir)?;
+    let account = funded_identity(&api, &data_dir).await?;
+    let executor = Executor::spawn(&data_dir, &chain.ws_url(), farm)?;
+    let node = registered_node(&api, &account).await?;
+
+    // ---- a VM + disk contract
+    let spec = vm_spec(&root, &source)?;
+    let contract = create_approved_contract(&api, node, &spec).await?;
+    let activated = Instant::now();
+    until("Deployed on chain", Duration::from_secs(240), || async {
+        match state_of(&api, node, contract).await? {
+            Some(ContractState::Deployed) => Ok(Some(())),
+            Some(ContractState::Failed(reason)) => bail!("contract failed: {reason:?}"),
+            _ => Ok(None),
+        }
+    })
+    .await
+    .with_context(|| executor.log_tail())?;
+    let to_deployed = activated.elapsed();
+
+    let vm_dir = data_dir.join("contracts").join(contract.to_string()).join("vms/web");
+    let console = vm_dir.join("console.log");
+    let text = until("the guest's entrypoint output on its console", Duration::from_secs(240), || async {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        Ok(text.contains("ENTRYPOINT-DONE").then_some(text))
+    })
+    .await
+    .with_context(|| format!("console so far:\n{}", std::fs::read_to_string(&console).unwrap_or_default()))?;
+    let to_entrypoint = activated.elapsed();
+    for needle in [format!("GREETING={GREETING}"), "vm e2e image".into(), "disk-ok".into()] {
+        ensure!(text.contains(&needle), "missing {needle:?} on the console:\n{text}");
+    }
+    ensure!(mounted(&vm_dir.join("rootfs")), "the image is not mounted at the VM's rootfs");
+    let pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?.trim().parse()?;
+    ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
+    eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
+
+    // ---- an image whose index does not hash to the pinned root is refused for good
+    let fake_root = zos_image::Hash::of(b"not the index");
+    let index = store.get(Object::Index(packed.root))?.context("packed index")?;
+    store.put(Object::Index(fake_root), &index)?;
+    let bad = vm_spec(&fake_root.to_hex(), &source)?;
+    let bad_contract = create_approved_contract(&api, node, &bad).await?;
+    let reason = until("the tampered image's contract Failed", Duration::from_secs(120), || async {
+        Ok(match state_of(&api, node, bad_contract).await? {
+            Some(ContractState::Failed(reason)) => Some(format!("{reason:?}")),
+            _ => None,
+        })
+    })
+    .await?;
+    eprintln!("tampered image refused: {reason}");
+    let log = std::fs::read_to_string(&executor.log)?;
+    ensure!(log.contains("index content hashes to"), "the refusal reason is not in the executor log");
+
+    // ---- cancel: QEMU stopped, image unmounted, VM directory removed
+    cancel(&api, contract).await?;
+    let cancelled = Instant::now();
+    until("the VM directory removed", Duration::from_secs(90), || async { Ok((!vm_dir.exists()).then_some(())) }).await?;
+    until("QEMU gone", Duration::from_secs(30), || async { Ok((!is_alive(pid)).then_some(())) }).await?;
+    ensure!(!mounted(&vm_dir.join("rootfs")), "the image is still mounted");
+    eprintln!("cancel (finalized) -> QEMU gone and VM removed: {:?}", cancelled.elapsed());
+    drop(executor);
+    Ok(())
+}
