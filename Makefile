@@ -1,11 +1,11 @@
 # The two entry points of the project. Both install what a new Debian 12 machine lacks first.
-#   make run   - build and start a single-validator development chain on 127.0.0.1
+#   make run   - build and start a whole local grid (chain, node, image hub, a deployed VM)
 #   make test  - run every test (unit, pallet, real-node end to end)
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 CARGO := $(ENV) && cargo
 
-.PHONY: run test setup build node fmt clippy chain-specs
+.PHONY: run chain test setup build node fmt clippy chain-specs
 
 setup:
 	@bash scripts/setup-toolchain.sh
@@ -13,7 +13,12 @@ setup:
 build: setup
 	@$(CARGO) build --profile $${CARGO_PROFILE:-ci} -p zos-chain-node
 
-run: build
+# The local grid builds every binary it needs itself (cargo build --workspace --bins).
+run: setup
+	@$(ENV) && bash scripts/run-local-grid.sh $(ARGS)
+
+# A bare single-validator development chain on 127.0.0.1.
+chain: build
 	@$(ENV) && bash scripts/run-dev-chain.sh
 
 test: setup

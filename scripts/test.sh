@@ -23,6 +23,9 @@ step "cargo test (workspace)" cargo test --profile "$profile" --workspace --no-f
 # FRAME benchmarks run as tests against the pallets' mock runtimes.
 step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$profile" \
   -p pallet-grid -p pallet-deployments -p pallet-billing --features runtime-benchmarks --no-fail-fast
+# The README's `make run` flow, non-interactively: chain, executor node, image hub, a 2-of-2
+# contract, the guest's entrypoint line and a settled consumption report.
+step "local grid (make run --check)" bash scripts/run-local-grid.sh --check
 step "polkadot.js suite" bash -c 'cd tests/polkadot-js && { [ -d node_modules ] && npm ls >/dev/null 2>&1 || npm ci --no-audit --no-fund; } && npm test'
 
 echo

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# A whole grid on this machine, from one command (`make run`):
+#   builds what is missing, starts a dev chain and one executor node, registers a farm, packs a
+#   busybox image and serves it from a local hub, deploys examples/vm.toml with a 2-of-2 contract
+#   approved by //Alice and //Bob, waits for the guest, then prints its console and the billing
+#   events as they come. Ctrl-C stops everything.
+#
+#   scripts/run-local-grid.sh [--check] [--data-dir DIR] [--keep] [--no-build]
+#     --check       non-interactive: exit 0 once the guest printed its entrypoint line and one
+#                   consumption report was settled on chain; non-zero with logs otherwise
+#     --data-dir    keep chain-independent data (node, image, hub, logs) in DIR (default: a
+#                   temporary directory, removed on exit)
+#     --keep        do not remove the temporary directory on exit
+#     --no-build    use the binaries already built
+#   Environment: RPC_PORT (default 9944; --check picks a free one), HUB_PORT (default 8420;
+#   --check picks a free one), ZOS_RUN_SPEC (another spec to deploy), CHECK_TIMEOUT (s, 300),
+#   ZOS_EXECUTOR_ARGS (extra executor flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root_dir="$(pwd)"
+source scripts/env.sh
+profile="${CARGO_PROFILE:-ci}"
+bin="$CARGO_TARGET_DIR/$profile"
+
+check=0 keep=0 build=1 data_dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) check=1 ;;
+    --keep) keep=1 ;;
+    --no-build) build=0 ;;
+    --data-dir) data_dir="${2:?--data-dir needs a directory}"; shift ;;
+    --data-dir=*) data_dir="${1#--data-dir=}" ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+timeout_total="${CHECK_TIMEOUT:-300}"
+
+# ---- output helpers
+if [ -t 1 ]; then bold=$'\e[1m' dim=$'\e[2m' green=$'\e[32m' red=$'\e[31m' cyan=$'\e[36m' off=$'\e[0m'; else bold="" dim="" green="" red="" cyan="" off=""; fi
+t0=$SECONDS
+say() { printf '%s[%4ss]%s %s\n' "$dim" "$((SECONDS - t0))" "$off" "$*"; }
+step() { printf '%s[%4ss]%s %s%s%s\n' "$dim" "$((SECONDS - t0))" "$off" "$bold" "$*" "$off"; }
+fail() { printf '%s[%4ss] FAILED:%s %s\n' "$red" "$((SECONDS - t0))" "$off" "$*" >&2; show_logs; exit 1; }
+
+# wait_for <what> <timeout s> <command...>: runs the command every second until it succeeds,
+# showing the time spent; fails (with logs) at the timeout.
+wait_for() {
+  local what="$1" limit="$2"; shift 2
+  local start=$SECONDS
+  while ! "$@" >/dev/null 2>&1; do
+    if [ $((SECONDS - start)) -ge "$limit" ]; then
+      [ -t 1 ] && printf '\n'
+      fail "no $what after ${limit}s"
+    fi
+    if [ -t 1 ]; then printf '\r%s[%4ss]%s   waiting for %s… %ss ' "$dim" "$((SECONDS - t0))" "$off" "$what" "$((SECONDS - start))"; fi
+    sleep 1
+  done
+  if [ -t 1 ]; then printf '\r\e[K'; fi
+  say "  $what: ${green}ok${off} ($((SECONDS - start))s)"
+}
+
+free_port() {
+  local port
+  for _ in $(seq 50); do
+    port=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
+  done
+  echo "no free port found" >&2; return 1
+}
+
+# ---- build
+if [ "$build" = 1 ]; then
+  step "Building (cargo build --profile $profile --workspace --bins; only what changed)…"
+  cargo build --profile "$profile" --workspace --bins
+fi
+for b in zos-chain-node zos-executor zos-image zos; do
+  [ -x "$bin/$b" ] || { echo "missing $bin/$b (run without --no-build)" >&2; exit 1; }
+done
+zos() { "$bin/zos" --url "$url" "$@"; }
+export ZOS_IMAGE_BIN="$bin/zos-image"
+
+# ---- working directory
+if [ -n "$data_dir" ]; then
+  mkdir -p "$data_dir"
+  data_dir="$(cd "$data_dir" && pwd)"
+  if [ -n "$(ls -A "$data_dir")" ] && [ ! -f "$data_dir/.zos-local-grid" ]; then
+    echo "--data-dir $data_dir is not empty and was not made by this script; refusing to use it" >&2
+    exit 2
+  fi
+  # Every run starts a fresh chain: node state from an earlier chain must go.
+  rm -rf "$data_dir/node" "$data_dir/hub" "$data_dir/image" "$data_dir/logs" "$data_dir/chain"
+  owned_dir=0
+else
+  data_dir="$(mktemp -d "${TMPDIR:-/tmp}/zos-grid.XXXXXX")"
+  owned_dir=1
+fi
+touch "$data_dir/.zos-local-grid"
+logs="$data_dir/logs"
+mkdir -p "$logs" "$data_dir/node"
+
+if [ "$check" = 1 ]; then
+  rpc_port="${RPC_PORT:-$(free_port)}"
+  hub_port="${HUB_PORT:-$(free_port)}"
+else
+  rpc_port="${RPC_PORT:-9944}"
+  hub_port="${HUB_PORT:-8420}"
+fi
+url="ws://127.0.0.1:$rpc_port"
+hub_url="http://127.0.0.1:$hub_port"
+
+# ---- cleanup: every process started here, by pid
+pids=()
+chain_pid="" executor_pid=""
+show_logs() {
+  for f in "$logs"/*.log; do
+    [ -f "$f" ] || continue
+    printf '\n%s---- %s (last 40 lines)%s\n' "$bold" "$(basename "$f")" "$off" >&2
+    tail -n 40 "$f" >&2
+  done
+  local console
+  console="$(find "$data_dir/node" -name console.log 2>/dev/null | head -n 1)"
+  if [ -n "$console" ]; then printf '\n%s---- guest console%s\n' "$bold" "$off" >&2; tail -n 40 "$console" >&2; fi
+}
+stop_pid() { # stop_pid <pid> <signal>: signal, wait up to 10 s, then SIGKILL
+  local pid="$1" sig="$2"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill "-$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+cleaned=0
+cleanup() {
+  [ "$cleaned" = 1 ] && return
+  cleaned=1
+  trap '' INT TERM
+  printf '\n'
+  step "Stopping…"
+  # Followers and the hub first, then the executor (it stops its VMs), then the chain.
+  for p in "${pids[@]}"; do
+    [ "$p" = "$executor_pid" ] || [ "$p" = "$chain_pid" ] || stop_pid "$p" TERM
+  done
+  [ -n "$executor_pid" ] && stop_pid "$executor_pid" INT
+  # A hypervisor the executor left behind: its pid file names it; the command line must too.
+  while IFS= read -r pidfile; do
+    local pid
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$pidfile"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done < <(find "$data_dir/node" -name hypervisor.pid 2>/dev/null)
+  # Image mounts left under the data directory.
+  awk -v d="$data_dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r | while read -r m; do
+    fusermount3 -u "$m" 2>/dev/null || fusermount -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+  done
+  [ -n "$chain_pid" ] && stop_pid "$chain_pid" TERM
+  wait 2>/dev/null || true
+  if [ "$owned_dir" = 1 ] && [ "$keep" = 0 ]; then
+    rm -rf "$data_dir" 2>/dev/null || true
+    say "stopped; temporary data removed"
+  else
+    say "stopped; data and logs kept in $data_dir"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+spawn() { # spawn <log name> <command...>: background, output to logs/<name>.log
+  local name="$1"; shift
+  "$@" >"$logs/$name.log" 2>&1 </dev/null &
+  pids+=("$!")
+}
+
+# ---- chain
+step "Starting a dev chain on $url"
+spawn chain "$bin/zos-chain-node" --dev --base-path "$data_dir/chain" --rpc-port "$rpc_port" \
+  --listen-addr /ip4/127.0.0.1/tcp/0 --no-mdns --no-telemetry --no-prometheus --rpc-cors all
+chain_pid="${pids[-1]}"
+wait_for "chain RPC" 60 zos farm list
+
+# ---- farm and node
+step "Registering a farm and a node"
+farm="$(zos --key //Alice --json farm create "local-farm" | sed -n 's/.*"farm":\([0-9]*\).*/\1/p')"
+[ -n "$farm" ] || fail "creating the farm"
+say "  farm $farm created by //Alice"
+node_account="$(zos --json key new "$data_dir/node/identity.json" | sed -n 's/.*"account":"\([^"]*\)".*/\1/p')"
+zos --key //Alice transfer "$node_account" 1000 >/dev/null || fail "funding the node account"
+say "  node account $node_account funded with 1000 ZGT"
+# shellcheck disable=SC2086
+spawn executor env RUST_LOG="${RUST_LOG:-info}" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
+  --data-dir "$data_dir/node" --report-interval 10 --heartbeat-interval 15 --metrics-addr off \
+  --capacity cru=2,mru_mib=4096,sru_gib=50 ${ZOS_EXECUTOR_ARGS:-}
+executor_pid="${pids[-1]}"
+node_online() { zos --json node list --farm "$farm" | grep -q '"status":"online"'; }
+wait_for "node registered and online" 120 node_online
+node_id="$(zos --json node list --farm "$farm" | sed -n 's/.*"node":\([0-9]*\).*/\1/p' | head -n 1)"
+say "  node $node_id online"
+
+# ---- image
+step "Packing a busybox image and serving it on $hub_url"
+rootfs="$data_dir/image/rootfs"
+mkdir -p "$rootfs"/{bin,sbin,etc,proc,sys,dev,tmp,run,data,root}
+busybox_bin="$(command -v busybox || true)"
+[ -n "$busybox_bin" ] || fail "busybox is not installed (apt-get install busybox-static)"
+cp "$busybox_bin" "$rootfs/bin/busybox"
+for applet in $("$rootfs/bin/busybox" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$rootfs/bin/$applet"
+done
+echo "zos-example" >"$rootfs/etc/hostname"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$rootfs/etc/passwd"
+image_root="$(zos image pack "$rootfs" --store "$data_dir/hub" 2>"$logs/pack.log" | tail -n 1 | grep -oE '[0-9a-f]{64}' || true)"
+[ -n "$image_root" ] || fail "packing the image"
+say "  image root $image_root"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data_dir/hub.token"
+spawn hub "$bin/zos-image" serve --store "$data_dir/hub" --listen "127.0.0.1:$hub_port" --token-file "$data_dir/hub.token"
+wait_for "image hub" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$hub_port"
+
+# ---- the contract
+spec="${ZOS_RUN_SPEC:-}"
+if [ -z "$spec" ]; then
+  if [ -f "$root_dir/zos-executor/src/drivers/vm.rs" ]; then
+    spec="$root_dir/examples/vm.toml"
+  else
+    # This executor has no VM driver yet: deploy the example's disk alone.
+    spec="$data_dir/disk.toml"
+    printf 'version = 0\n\n[[workloads]]\nname = "data"\nkind.disk.size_mib = 1024\n' >"$spec"
+    say "  ${red}note:${off} this executor has no VM driver: deploying a disk-only contract"
+  fi
+fi
+has_vm=0
+grep -q 'kind.vm' "$spec" && has_vm=1
+step "Deploying $(basename "$spec") on node $node_id: 2-of-2 contract, //Alice and //Bob required"
+deploy_out="$(zos --key //Alice --json deploy "$spec" --node "$node_id" \
+  --signer //Alice:1:required --signer //Bob:1:required --threshold 2 \
+  --image-root "$image_root" --image-source "$hub_url")" || fail "deploying $spec"
+contract="$(sed -n 's/^{"contract":\([0-9]*\).*/\1/p' <<<"$deploy_out")"
+[ -n "$contract" ] || fail "no contract id in: $deploy_out"
+say "  contract $contract created by //Alice (waiting for //Bob)"
+zos --key //Bob approve "$contract" | sed 's/^/  /'
+
+# Chain events of the contract (deployment reports, billing) as they are finalized.
+spawn events "$bin/zos" --url "$url" events --follow --from 1 --contract "$contract"
+events_pid="${pids[-1]}"
+deployed() { zos --json contract show "$contract" | grep -qE '"state":"(Deployed|Failed)'; }
+wait_for "contract $contract deployed by the node" 180 deployed
+state="$(zos --json contract show "$contract" | sed -n 's/.*"state":"\([^"]*\)".*/\1/p')"
+[ "$state" = Deployed ] || fail "the node reported: $state"
+zos contract show "$contract" | sed 's/^/  /'
+
+console=""
+if [ "$has_vm" = 1 ]; then
+  find_console() { console="$(find "$data_dir/node/contracts/$contract" -name console.log 2>/dev/null | head -n 1)"; [ -n "$console" ]; }
+  wait_for "guest console" 120 find_console
+  wait_for "the entrypoint's line on the guest console" 180 grep -q "hello from" "$console"
+fi
+
+if [ "$check" = 1 ]; then
+  wait_for "a settled consumption report (Billing.ReportSettled)" 120 grep -q "ReportSettled" "$logs/events.log"
+  [ -n "$console" ] && { printf '%s---- guest console%s\n' "$bold" "$off"; grep -a "hello from" "$console" | head -n 3; }
+  grep ReportSettled "$logs/events.log" | head -n 3
+  step "${green}local grid check passed${off} in $((SECONDS - t0))s"
+  exit 0
+fi
+
+# ---- interactive: follow the guest console and the chain until Ctrl-C
+step "Running. Guest console (${cyan}guest |${off}) and chain events (${cyan}chain |${off}) follow; Ctrl-C stops everything."
+cat <<MSG
+  try in another terminal:
+    $bin/zos --url $url contract show $contract
+    $bin/zos --url $url node show $node_id
+  logs: $logs
+MSG
+if [ -n "$console" ]; then
+  tail --pid=$$ -n +1 -F "$console" 2>/dev/null | sed -u "s/^/${cyan}guest |${off} /" &
+  pids+=("$!")
+fi
+tail --pid=$$ -n +1 -F "$logs/events.log" 2>/dev/null | sed -u "s/^/${cyan}chain |${off} /" &
+pids+=("$!")
+while kill -0 "$chain_pid" 2>/dev/null && kill -0 "$executor_pid" 2>/dev/null && kill -0 "$events_pid" 2>/dev/null; do
+  sleep 1
+done
+fail "a grid process exited on its own"

@@ -1,0 +1,707 @@
+//! The commands. Each builds a JSON value (for `--json`) and a human rendering of it.
+
+use std::{collections::BTreeSet, path::PathBuf, process::Command as Process, time::Duration};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value as Json};
+use subxt::{dynamic::At, ext::scale_value::Value, utils::AccountId32};
+use subxt_signer::sr25519::Keypair;
+use zos_executor::chain::{convert, runtime};
+use zos_primitives::{
+    billing::ContractBillingStatus,
+    contracts::{ContractState, ContractSummary},
+    spec::DeploymentSpec,
+    ContractId, NodeStatus, PublicIpv4Config, Resources,
+};
+
+use crate::{
+    client::{arg, event_list, Chain, TxEvents},
+    format,
+    keys::{parse_account, parse_key},
+    specfile::{load_spec, parse_amount, parse_cidr, parse_hash, parse_ipv4, SignerArg},
+    Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NodeCmd,
+};
+
+use runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec;
+
+/// What a command prints.
+struct Out {
+    json: Json,
+    human: String,
+}
+
+impl Out {
+    fn new(json: Json, human: impl Into<String>) -> Self {
+        Self { json, human: human.into() }
+    }
+}
+
+struct Ctx {
+    url: String,
+    key: Option<String>,
+    json: bool,
+    timeout: Duration,
+}
+
+impl Ctx {
+    fn signer(&self) -> Result<Keypair> {
+        let key = self.key.as_deref().ok_or_else(|| anyhow!("this command signs a transaction: give --key (e.g. --key //Alice)"))?;
+        parse_key(key).map_err(Into::into)
+    }
+
+    async fn chain(&self) -> Result<Chain> {
+        Chain::connect(&self.url).await
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<i32> {
+    let ctx = Ctx { url: cli.url, key: cli.key, json: cli.json, timeout: Duration::from_secs(cli.timeout.max(1)) };
+    let out = match cli.command {
+        Command::Image { args } => return image_passthrough(&args),
+        Command::Events { contract, from, follow } => return events(&ctx, contract, from, follow).await,
+        Command::Farm(FarmCmd::Create { name }) => farm_create(&ctx, &name).await?,
+        Command::Farm(FarmCmd::Ip(FarmIpCmd::Add { farm, cidr, gateway })) => farm_ip_add(&ctx, farm, &cidr, &gateway).await?,
+        Command::Farm(FarmCmd::List) => farm_list(&ctx).await?,
+        Command::Node(NodeCmd::List { farm }) => node_list(&ctx, farm).await?,
+        Command::Node(NodeCmd::Show { id }) => node_show(&ctx, id).await?,
+        Command::Deploy { spec, node, signers, image } => {
+            let spec = load_spec(&spec, &image)?;
+            deploy(&ctx, spec, node, &signers.signers, signers.threshold).await?
+        },
+        Command::Approve { contract, hash } => vote(&ctx, contract, hash.as_deref(), true).await?,
+        Command::Reject { contract, hash } => vote(&ctx, contract, hash.as_deref(), false).await?,
+        Command::Update { contract, spec, image } => update(&ctx, contract, spec, &image).await?,
+        Command::Cancel { contract } => cancel(&ctx, contract).await?,
+        Command::Contract(ContractCmd::Show { id }) => contract_show(&ctx, id).await?,
+        Command::Contract(ContractCmd::List { owner }) => contract_list(&ctx, owner.as_deref()).await?,
+        Command::Transfer { to, amount } => transfer(&ctx, &to, &amount).await?,
+        Command::Key(KeyCmd::Show) => {
+            let account = ctx.signer()?.public_key().to_account_id();
+            Out::new(json!({ "account": account.to_string() }), account.to_string())
+        },
+        Command::Key(KeyCmd::New { path }) => {
+            let id = zos_executor::identity::NodeIdentity::load_or_create(&path)?;
+            let account = id.account_id().to_string();
+            Out::new(
+                json!({ "account": account, "box_key": hex::encode(id.box_public), "path": path.display().to_string() }),
+                format!("{}\naccount {account}\nbox key {}", path.display(), hex::encode(id.box_public)),
+            )
+        },
+        Command::Check { spec, image } => {
+            let spec = load_spec(&spec, &image)?;
+            let required = spec.required_resources();
+            let mut human = format!("ok: version {}, hash 0x{}\n", spec.version, hex::encode(spec.hash()));
+            human.push_str(&format!("needs {}, {} public IPv4\n", format::resources(&required.resources), required.public_ipv4));
+            for line in format::spec_lines(&spec) {
+                human.push_str(&format!("  {line}\n"));
+            }
+            Out::new(json!({ "hash": hex0x(&spec.hash()), "required": required, "spec": spec }), human.trim_end())
+        },
+        Command::SealKey { node, wg_key } => seal_key(&ctx, node, wg_key.as_deref()).await?,
+    };
+    if ctx.json {
+        println!("{}", out.json);
+    } else {
+        println!("{}", out.human);
+    }
+    Ok(0)
+}
+
+fn hex0x(bytes: &[u8]) -> String {
+    format!("0x{}", hex::encode(bytes))
+}
+
+/// The zos-image binary: `ZOS_IMAGE_BIN`, else next to this executable, else on PATH.
+fn image_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ZOS_IMAGE_BIN") {
+        return path.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let sibling = dir.join("zos-image");
+            if sibling.is_file() {
+                return sibling;
+            }
+        }
+    }
+    PathBuf::from("zos-image")
+}
+
+fn image_passthrough(args: &[String]) -> Result<i32> {
+    let bin = image_binary();
+    let status = Process::new(&bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {} (build it with `cargo build -p zos-image` or set ZOS_IMAGE_BIN)", bin.display()))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn bounded_bytes<T: codec::Decode>(bytes: &[u8]) -> Result<T> {
+    // A bounded byte vector is SCALE-encoded exactly like a Vec<u8>.
+    convert(&bytes.to_vec())
+}
+
+fn events_json(events: &TxEvents) -> Result<Json> {
+    Ok(Json::Array(
+        event_list(events)?
+            .into_iter()
+            .map(|(p, n, f)| json!({ "event": format!("{p}.{n}"), "fields": f.to_string() }))
+            .collect(),
+    ))
+}
+
+fn field_u128(v: &Value, name: &str) -> Option<u128> {
+    v.at(name).and_then(|x| x.as_u128())
+}
+
+// ---- farms and nodes
+
+async fn farm_create(ctx: &Ctx, name: &str) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let call = runtime::tx().grid().create_farm(bounded_bytes(name.as_bytes())?);
+    let events = chain.submit(&call, &signer, ctx.timeout).await?;
+    let created = events
+        .find_first::<runtime::grid::events::FarmCreated>()
+        .ok_or_else(|| anyhow!("no FarmCreated event"))??;
+    Ok(Out::new(
+        json!({ "farm": created.farm_id, "name": name, "owner": created.owner.to_string() }),
+        format!("farm {} created: {name}", created.farm_id),
+    ))
+}
+
+async fn farm_ip_add(ctx: &Ctx, farm: u32, cidr: &str, gateway: &str) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let config = PublicIpv4Config { ip: parse_cidr(cidr)?, gateway: parse_ipv4(gateway)? };
+    let chain = ctx.chain().await?;
+    let call = runtime::tx().grid().add_farm_ip(farm, convert(&config)?);
+    chain.submit(&call, &signer, ctx.timeout).await?;
+    Ok(Out::new(
+        json!({ "farm": farm, "ip": format::cidr(&config.ip), "gateway": format::ip(config.gateway) }),
+        format!("farm {farm}: added {} (gateway {})", format::cidr(&config.ip), format::ip(config.gateway)),
+    ))
+}
+
+async fn farm_list(ctx: &Ctx) -> Result<Out> {
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let mut entries = at.storage().iter(runtime::storage().grid().farms(), ()).await?;
+    let mut farms = Vec::new();
+    while let Some(kv) = entries.next().await {
+        farms.push(kv?.value().decode()?);
+    }
+    farms.sort_by_key(|f| f.id);
+    let mut rows = Vec::new();
+    let mut human = vec![format!("{:>5}  {:<24} {:<50} {:>4} {:>4}", "FARM", "NAME", "OWNER", "IPS", "FREE")];
+    for f in &farms {
+        let name = format::text(&f.name.0);
+        let free = f.public_ips.0.iter().filter(|e| e.assigned.is_none()).count();
+        let ips: Vec<Json> = f
+            .public_ips
+            .0
+            .iter()
+            .map(|e| {
+                let c: PublicIpv4Config = convert(&e.config).unwrap_or(PublicIpv4Config {
+                    ip: zos_primitives::Ipv4Cidr { ip: [0; 4], prefix_len: 0 },
+                    gateway: [0; 4],
+                });
+                json!({ "ip": format::cidr(&c.ip), "gateway": format::ip(c.gateway), "assigned": e.assigned.is_some() })
+            })
+            .collect();
+        human.push(format!("{:>5}  {:<24} {:<50} {:>4} {:>4}", f.id, name, f.owner.to_string(), ips.len(), free));
+        rows.push(json!({ "farm": f.id, "name": name, "owner": f.owner.to_string(), "public_ips": ips }));
+    }
+    if farms.is_empty() {
+        human = vec!["no farms".into()];
+    }
+    Ok(Out::new(Json::Array(rows), human.join("\n")))
+}
+
+async fn node_status(chain: &Chain, node: u32) -> Result<&'static str> {
+    let status: Option<NodeStatus> = chain.runtime_call("GridApi_node_status", &arg(&node)).await?;
+    Ok(match status {
+        Some(NodeStatus::Online) => "online",
+        Some(NodeStatus::Offline) => "offline",
+        None => "unknown",
+    })
+}
+
+async fn node_list(ctx: &Ctx, farm: Option<u32>) -> Result<Out> {
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let mut entries = at.storage().iter(runtime::storage().grid().nodes(), ()).await?;
+    let mut nodes = Vec::new();
+    while let Some(kv) = entries.next().await {
+        let node = kv?.value().decode()?;
+        if farm.is_none_or(|f| f == node.farm_id) {
+            nodes.push(node);
+        }
+    }
+    nodes.sort_by_key(|n| n.id);
+    let mut rows = Vec::new();
+    let mut human = vec![format!("{:>5} {:>5}  {:<8} {:>9}  {:<50} CAPACITY", "NODE", "FARM", "STATUS", "CONTRACTS", "ACCOUNT")];
+    for n in &nodes {
+        let status = node_status(&chain, n.id).await?;
+        let capacity: Resources = convert(&n.capacity)?;
+        human.push(format!(
+            "{:>5} {:>5}  {:<8} {:>9}  {:<50} {}",
+            n.id,
+            n.farm_id,
+            status,
+            n.active_contracts,
+            n.account.to_string(),
+            format::resources(&capacity)
+        ));
+        rows.push(json!({
+            "node": n.id, "farm": n.farm_id, "status": status, "account": n.account.to_string(),
+            "active_contracts": n.active_contracts, "capacity": capacity,
+        }));
+    }
+    if nodes.is_empty() {
+        human = vec!["no nodes".into()];
+    }
+    Ok(Out::new(Json::Array(rows), human.join("\n")))
+}
+
+async fn node_show(ctx: &Ctx, id: u32) -> Result<Out> {
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let Some(n) = at.storage().try_fetch(runtime::storage().grid().nodes(), (id,)).await? else {
+        bail!("node {id} not found");
+    };
+    let n = n.decode()?;
+    let status = node_status(&chain, id).await?;
+    let capacity: Resources = convert(&n.capacity)?;
+    let reserved: Resources = convert(&n.reserved)?;
+    let free: Option<Resources> = chain.runtime_call("GridApi_free_capacity", &arg(&id)).await?;
+    let version = format::text(&n.executor_version.0);
+    let heartbeat = n.last_heartbeat.as_ref().map(|h| h.block);
+    let human = format!(
+        "node {id} (farm {})\n  account    {}\n  status     {status}{}\n  executor   {version}\n  box key    {}\n  capacity   {}\n  reserved   {}\n  free       {}\n  contracts  {} (public IPs {})",
+        n.farm_id,
+        n.account,
+        heartbeat.map(|b| format!(", last heartbeat at block {b}")).unwrap_or_default(),
+        hex::encode(n.box_key),
+        format::resources(&capacity),
+        format::resources(&reserved),
+        free.as_ref().map(format::resources).unwrap_or_else(|| "-".into()),
+        n.active_contracts,
+        n.assigned_ips,
+    );
+    Ok(Out::new(
+        json!({
+            "node": id, "farm": n.farm_id, "account": n.account.to_string(), "status": status,
+            "executor_version": version, "box_key": hex::encode(n.box_key), "capacity": capacity,
+            "reserved": reserved, "free": free, "active_contracts": n.active_contracts,
+            "assigned_ips": n.assigned_ips, "last_heartbeat_block": heartbeat,
+        }),
+        human,
+    ))
+}
+
+// ---- contracts
+
+async fn deploy(ctx: &Ctx, spec: DeploymentSpec, node: u32, signers: &[String], threshold: Option<u32>) -> Result<Out> {
+    use runtime::runtime_types::pallet_deployments::types::Signer;
+    let key = ctx.signer()?;
+    let me = key.public_key().to_account_id();
+    let mut list: Vec<SignerArg> = signers.iter().map(|s| s.parse()).collect::<Result<_>>()?;
+    if list.is_empty() {
+        list.push(SignerArg { account: me.clone(), weight: 1, required: true });
+    }
+    if !list.iter().any(|s| s.account == me) {
+        bail!("the account of --key ({me}) must be one of the --signer accounts: the creator approves by creating");
+    }
+    let total: u32 = list.iter().map(|s| s.weight).sum();
+    let threshold = threshold.unwrap_or(total);
+    let hash = spec.hash();
+    let chain = ctx.chain().await?;
+    let signer_values: Vec<Signer<AccountId32>> =
+        list.iter().map(|s| Signer { account: s.account.clone(), weight: s.weight, required: s.required }).collect();
+    let call = runtime::tx().deployments().create(node, convert(&spec)?, BoundedVec(signer_values), threshold);
+    let events = chain.submit(&call, &key, ctx.timeout).await?;
+    let created = events
+        .find_first::<runtime::deployments::events::ContractCreated>()
+        .ok_or_else(|| anyhow!("no ContractCreated event"))??;
+    let activated = events.find_first::<runtime::deployments::events::ContractActivated>().is_some();
+    let human = format!(
+        "contract {} created on node {node}, spec hash 0x{}, deposit {}\n{}",
+        created.contract,
+        hex::encode(hash),
+        format::zgt(created.deposit),
+        if activated {
+            "activated: the node deploys it now".to_string()
+        } else {
+            format!("waiting for approvals (threshold {threshold}): zos approve {} --key <signer>", created.contract)
+        }
+    );
+    Ok(Out::new(
+        json!({
+            "contract": created.contract, "node": node, "spec_hash": hex0x(&hash),
+            "deposit": created.deposit.to_string(), "threshold": threshold, "activated": activated,
+            "events": events_json(&events)?,
+        }),
+        human,
+    ))
+}
+
+async fn pending_hash(chain: &Chain, contract: ContractId) -> Result<[u8; 32]> {
+    let at = chain.api.at_current_block().await?;
+    if at.storage().try_fetch(runtime::storage().deployments().contracts(), (contract,)).await?.is_none() {
+        bail!("contract {contract} not found (cancelled contracts are removed)");
+    }
+    let Some(p) = at.storage().try_fetch(runtime::storage().deployments().proposals(), (contract,)).await? else {
+        bail!("contract {contract} has no pending proposal");
+    };
+    Ok(p.decode()?.hash)
+}
+
+async fn vote(ctx: &Ctx, contract: ContractId, hash: Option<&str>, approve: bool) -> Result<Out> {
+    use runtime::deployments::events::{ContractActivated, ContractCancelled, ContractUpdated, ProposalApproved};
+    let key = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let hash = match hash {
+        Some(h) => parse_hash(h)?,
+        None => pending_hash(&chain, contract).await?,
+    };
+    let events = if approve {
+        chain.submit(&runtime::tx().deployments().approve(contract, hash), &key, ctx.timeout).await?
+    } else {
+        chain.submit(&runtime::tx().deployments().reject(contract, hash), &key, ctx.timeout).await?
+    };
+    let mut outcome = if approve { "approved".to_string() } else { "rejected".to_string() };
+    if let Some(Ok(a)) = events.find_first::<ProposalApproved>() {
+        outcome = format!("approved (approving weight now {})", a.approved_weight);
+    }
+    if let Some(Ok(a)) = events.find_first::<ContractActivated>() {
+        outcome.push_str(&format!("; contract activated (version {}) on node {}", a.version, a.node));
+    }
+    if let Some(Ok(u)) = events.find_first::<ContractUpdated>() {
+        outcome.push_str(&format!("; contract updated to version {}", u.version));
+    }
+    if events.find_first::<ContractCancelled>().is_some() {
+        outcome.push_str("; contract cancelled");
+    }
+    Ok(Out::new(
+        json!({ "contract": contract, "hash": hex0x(&hash), "events": events_json(&events)? }),
+        format!("contract {contract}: proposal 0x{}… {outcome}", &hex::encode(hash)[..16]),
+    ))
+}
+
+async fn update(ctx: &Ctx, contract: ContractId, path: PathBuf, image: &crate::ImageOverride) -> Result<Out> {
+    let key = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let Some(c) = at.storage().try_fetch(runtime::storage().deployments().contracts(), (contract,)).await? else {
+        bail!("contract {contract} not found");
+    };
+    let active = c.decode()?.active.ok_or_else(|| anyhow!("contract {contract} was never activated: nothing to update"))?;
+    // Parse first, then set the version: files are kept at any version.
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut spec = crate::specfile::parse_spec(&text, &path)?;
+    crate::specfile::apply_image_override(&mut spec, image)?;
+    spec.version = active.version.checked_add(1).ok_or_else(|| anyhow!("version counter exhausted"))?;
+    spec.validate().map_err(|e| anyhow!("spec {} breaks a rule: {e:?}", path.display()))?;
+    let hash = spec.hash();
+    let events = chain.submit(&runtime::tx().deployments().propose_update(contract, convert(&spec)?), &key, ctx.timeout).await?;
+    Ok(Out::new(
+        json!({ "contract": contract, "version": spec.version, "hash": hex0x(&hash), "events": events_json(&events)? }),
+        format!(
+            "contract {contract}: update to version {} proposed, hash 0x{}\nsigners approve with: zos approve {contract} --key <signer>",
+            spec.version,
+            hex::encode(hash)
+        ),
+    ))
+}
+
+async fn cancel(ctx: &Ctx, contract: ContractId) -> Result<Out> {
+    let key = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let events = chain.submit(&runtime::tx().deployments().propose_cancel(contract), &key, ctx.timeout).await?;
+    let human = if events.find_first::<runtime::deployments::events::ContractCancelled>().is_some() {
+        format!("contract {contract} cancelled")
+    } else if let Some(Ok(p)) = events.find_first::<runtime::deployments::events::ProposalCreated>() {
+        format!(
+            "contract {contract}: cancellation proposed (hash 0x{}); signers approve with: zos approve {contract}",
+            hex::encode(p.hash)
+        )
+    } else {
+        format!("contract {contract}: cancellation submitted")
+    };
+    Ok(Out::new(json!({ "contract": contract, "events": events_json(&events)? }), human))
+}
+
+async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let storage = at.storage();
+    let Some(c) = storage.try_fetch(runtime::storage().deployments().contracts(), (id,)).await? else {
+        bail!("contract {id} not found (cancelled contracts are removed from the chain)");
+    };
+    let c = c.decode()?;
+    let state: ContractState = convert(&c.state)?;
+    let spec: Option<DeploymentSpec> = match storage.try_fetch(runtime::storage().deployments().active_specs(), (id,)).await? {
+        Some(s) => Some(convert(&s.decode()?)?),
+        None => None,
+    };
+    let proposal = match storage.try_fetch(runtime::storage().deployments().proposals(), (id,)).await? {
+        Some(p) => Some(p.decode()?),
+        None => None,
+    };
+    let report = match storage.try_fetch(runtime::storage().deployments().reports(), (id,)).await? {
+        Some(r) => Some(r.decode()?),
+        None => None,
+    };
+    let billing: Option<ContractBillingStatus<u128, u32>> = chain.runtime_call("BillingApi_contract_billing", &arg(&id)).await?;
+
+    let mut h = Vec::new();
+    h.push(format!("contract {id} on node {}: {}", c.node, format::state(&state)));
+    h.push(format!("  owner      {}", c.owner));
+    h.push(format!("  deposit    {}", format::zgt(c.deposit)));
+    h.push(format!(
+        "  created at block {}{}",
+        c.created_at,
+        c.activated_at.map(|b| format!(", activated at block {b}")).unwrap_or_default()
+    ));
+    h.push(format!("  signers (threshold {}):", c.threshold));
+    let signers: Vec<Json> = c
+        .signers
+        .0
+        .iter()
+        .map(|s| {
+            h.push(format!("    {} weight {}{}", s.account, s.weight, if s.required { ", required" } else { "" }));
+            json!({ "account": s.account.to_string(), "weight": s.weight, "required": s.required })
+        })
+        .collect();
+    if let Some(active) = &c.active {
+        h.push(format!("  active spec: version {}, hash 0x{}", active.version, hex::encode(active.hash)));
+    }
+    if let Some(spec) = &spec {
+        for line in format::spec_lines(spec) {
+            h.push(format!("    {line}"));
+        }
+    }
+    let proposal_json = proposal.as_ref().map(|p| {
+        use runtime::runtime_types::pallet_deployments::types::ProposalAction;
+        let kind = match &p.action {
+            ProposalAction::Deploy(s) => format!("deploy version {}", s.version),
+            ProposalAction::Cancel => "cancel".into(),
+        };
+        let approvals: Vec<String> = p.approvals.0.iter().map(|a| a.to_string()).collect();
+        h.push(format!(
+            "  pending proposal: {kind}, hash 0x{}, expires at block {}, approved by {}",
+            hex::encode(p.hash),
+            p.expires_at,
+            if approvals.is_empty() { "nobody".to_string() } else { approvals.join(", ") }
+        ));
+        json!({ "kind": kind, "hash": hex0x(&p.hash), "expires_at": p.expires_at, "approvals": approvals })
+    });
+    let report_json = report.as_ref().map(|r| {
+        use runtime::runtime_types::pallet_deployments::types::WorkloadResult;
+        h.push(format!("  last report: version {} at block {}", r.version, r.at));
+        let workloads: Vec<Json> = r
+            .workloads
+            .0
+            .iter()
+            .map(|w| {
+                let name = format::text(&w.name.0 .0);
+                let (ok, why) = match &w.result {
+                    WorkloadResult::Ok => (true, None),
+                    WorkloadResult::Error(e) => (false, Some(format::text(&e.0))),
+                };
+                h.push(format!("    {name}: {}", why.clone().map(|w| format!("error: {w}")).unwrap_or_else(|| "ok".into())));
+                json!({ "name": name, "ok": ok, "error": why })
+            })
+            .collect();
+        json!({ "version": r.version, "at": r.at, "workloads": workloads })
+    });
+    let billing_json = billing.as_ref().map(|b| {
+        h.push(format!(
+            "  billing: billed until {}, debt {}{}{}",
+            b.billed_until.map(|t| format!("unix {t}")).unwrap_or_else(|| "- (no report yet)".into()),
+            format::zgt(b.debt),
+            b.grace_since.map(|g| format!(", in grace since block {g}")).unwrap_or_default(),
+            if b.stale { ", STALE (no recent report)" } else { "" }
+        ));
+        json!({ "billed_until": b.billed_until, "debt": b.debt.to_string(), "grace_since": b.grace_since, "stale": b.stale })
+    });
+    Ok(Out::new(
+        json!({
+            "contract": id, "node": c.node, "owner": c.owner.to_string(), "state": format::state(&state),
+            "threshold": c.threshold, "signers": signers, "deposit": c.deposit.to_string(),
+            "created_at": c.created_at, "activated_at": c.activated_at,
+            "active": c.active.as_ref().map(|a| json!({ "version": a.version, "hash": hex0x(&a.hash) })),
+            "spec": spec, "proposal": proposal_json, "report": report_json, "billing": billing_json,
+        }),
+        h.join("\n"),
+    ))
+}
+
+async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out> {
+    let owner = match (owner, ctx.key.as_deref()) {
+        (Some(o), _) => Some(parse_account(o)?),
+        (None, Some(k)) => Some(parse_key(k)?.public_key().to_account_id()),
+        (None, None) => None,
+    };
+    let chain = ctx.chain().await?;
+    let list: Vec<ContractSummary> = match &owner {
+        Some(o) => chain.runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o.0)).await?,
+        None => {
+            let at = chain.api.at_current_block().await?;
+            let mut ids = BTreeSet::new();
+            let mut entries = at.storage().iter(runtime::storage().deployments().contracts(), ()).await?;
+            let mut owners = BTreeSet::new();
+            while let Some(kv) = entries.next().await {
+                let c = kv?.value().decode()?;
+                owners.insert(c.owner.0);
+            }
+            let mut all = Vec::new();
+            for o in owners {
+                let mine: Vec<ContractSummary> = chain.runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o)).await?;
+                for s in mine {
+                    if ids.insert(s.contract) {
+                        all.push(s);
+                    }
+                }
+            }
+            all.sort_by_key(|s| s.contract);
+            all
+        },
+    };
+    let mut human = vec![format!("{:>8} {:>5}  {:<28} {:>7}  PENDING", "CONTRACT", "NODE", "STATE", "VERSION")];
+    let rows: Vec<Json> = list
+        .iter()
+        .map(|s| {
+            let version = s.active.map(|(_, v)| v.to_string()).unwrap_or_else(|| "-".into());
+            let pending = s.pending_proposal.map(|h| format!("0x{}…", &hex::encode(h)[..16])).unwrap_or_else(|| "-".into());
+            human.push(format!("{:>8} {:>5}  {:<28} {:>7}  {pending}", s.contract, s.node, format::state(&s.state), version));
+            json!({
+                "contract": s.contract, "node": s.node, "state": format::state(&s.state),
+                "active": s.active.map(|(h, v)| json!({ "hash": hex0x(&h), "version": v })),
+                "pending_proposal": s.pending_proposal.map(|h| hex0x(&h)),
+            })
+        })
+        .collect();
+    if list.is_empty() {
+        human = vec!["no contracts".into()];
+    }
+    Ok(Out::new(Json::Array(rows), human.join("\n")))
+}
+
+// ---- accounts and keys
+
+async fn transfer(ctx: &Ctx, to: &str, amount: &str) -> Result<Out> {
+    let key = ctx.signer()?;
+    let to = parse_account(to)?;
+    let value = parse_amount(amount)?;
+    let chain = ctx.chain().await?;
+    let call = runtime::tx()
+        .balances()
+        .transfer_keep_alive(subxt::utils::MultiAddress::Id(to.clone()), value);
+    chain.submit(&call, &key, ctx.timeout).await?;
+    let balance = chain.free_balance(&to).await?;
+    Ok(Out::new(
+        json!({ "to": to.to_string(), "amount": value.to_string(), "balance": balance.to_string() }),
+        format!("sent {} to {to} (balance now {})", format::zgt(value), format::zgt(balance)),
+    ))
+}
+
+async fn seal_key(ctx: &Ctx, node: u32, wg_key: Option<&str>) -> Result<Out> {
+    let (secret, generated) = match wg_key {
+        Some(k) => (zeroize::Zeroizing::new(parse_hash(k).context("--wg-key")?), false),
+        None => {
+            let mut k = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::getrandom(&mut k[..]).map_err(|e| anyhow!("no randomness: {e}"))?;
+            (k, true)
+        },
+    };
+    let chain = ctx.chain().await?;
+    let at = chain.api.at_current_block().await?;
+    let Some(n) = at.storage().try_fetch(runtime::storage().grid().nodes(), (node,)).await? else {
+        bail!("node {node} not found");
+    };
+    let box_key = n.decode()?.box_key;
+    let sealed = zos_primitives::sealing::seal_wireguard_key(&box_key, &secret)
+        .map_err(|e| anyhow!("sealing failed: {e:?}"))?;
+    let public = zos_primitives::sealing::box_public_key(&secret);
+    let mut human = format!("private_key = \"{}\"   # sealed to node {node}\npublic key  {}", hex::encode(&sealed.0), hex::encode(public));
+    if generated {
+        human.push_str(&format!("\nnew WireGuard private key (keep it secret) {}", hex::encode(*secret)));
+    }
+    Ok(Out::new(
+        json!({
+            "node": node, "sealed": hex::encode(&sealed.0), "public_key": hex::encode(public),
+            "private_key": generated.then(|| hex::encode(*secret)),
+        }),
+        human,
+    ))
+}
+
+// ---- events
+
+/// Pallets whose events concern deployers.
+const EVENT_PALLETS: [&str; 3] = ["Deployments", "Billing", "Grid"];
+
+async fn events(ctx: &Ctx, contract: Option<ContractId>, from: Option<u64>, follow: bool) -> Result<i32> {
+    let chain = ctx.chain().await?;
+    let head = chain.api.at_current_block().await?.block_number();
+    let mut next = from.unwrap_or(head);
+    let print_range = |chain: &Chain, start: u64, end: u64| {
+        let api = chain.api.clone();
+        async move {
+            for n in start..=end {
+                let at = api.at_block(n).await?;
+                for ev in at.events().fetch().await?.iter() {
+                    let ev = ev?;
+                    if !EVENT_PALLETS.contains(&ev.pallet_name()) {
+                        continue;
+                    }
+                    let fields = ev.decode_fields_unchecked_as::<Value>()?;
+                    if let Some(c) = contract {
+                        if field_u128(&fields, "contract") != Some(c as u128) {
+                            continue;
+                        }
+                    }
+                    print_event(ctx.json, n, ev.pallet_name(), ev.event_name(), &fields);
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    if next <= head {
+        print_range(&chain, next, head).await?;
+        next = head + 1;
+    }
+    if !follow {
+        return Ok(0);
+    }
+    let mut blocks = chain.api.stream_blocks().await?;
+    while let Some(block) = blocks.next().await {
+        let n = block?.number();
+        if n >= next {
+            print_range(&chain, next, n).await?;
+            next = n + 1;
+        }
+    }
+    bail!("the chain closed the finalized block stream")
+}
+
+fn print_event(json: bool, block: u64, pallet: &str, name: &str, fields: &Value) {
+    if json {
+        println!("{}", json!({ "block": block, "event": format!("{pallet}.{name}"), "fields": fields.to_string() }));
+        return;
+    }
+    let detail = match (pallet, name) {
+        ("Billing", "ReportSettled") => format!(
+            "contract {} window {}..{} charged {} collected {} debt {}",
+            field_u128(fields, "contract").unwrap_or_default(),
+            field_u128(fields, "window_start").unwrap_or_default(),
+            field_u128(fields, "window_end").unwrap_or_default(),
+            format::zgt(field_u128(fields, "charged").unwrap_or_default()),
+            format::zgt(field_u128(fields, "collected").unwrap_or_default()),
+            format::zgt(field_u128(fields, "debt").unwrap_or_default()),
+        ),
+        _ => fields.to_string(),
+    };
+    println!("#{block} {pallet}.{name} {detail}");
+}

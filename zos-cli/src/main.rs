@@ -1,0 +1,217 @@
+//! `zos`: the command line of the Zero-OS grid for deployers and farmers.
+
+mod client;
+mod commands;
+mod format;
+mod keys;
+mod specfile;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "zos", version, about = "Deploy on and farm for the Zero-OS grid.")]
+pub struct Cli {
+    /// Chain RPC endpoint.
+    #[arg(long, global = true, env = "ZOS_URL", default_value = "ws://127.0.0.1:9944")]
+    pub url: String,
+    /// Signing key: a dev name (//Alice), a mnemonic or secret URI, a 0x seed, or a key file
+    /// (executor identity JSON, hex seed or mnemonic).
+    #[arg(long, global = true, env = "ZOS_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for a transaction to be finalized.
+    #[arg(long, global = true, default_value_t = 120)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Farms: create, add public IPs, list.
+    #[command(subcommand)]
+    Farm(FarmCmd),
+    /// Nodes: list, show.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Create a contract proposing a spec (TOML or JSON) to its signers.
+    Deploy {
+        spec: PathBuf,
+        /// Node to deploy on.
+        #[arg(long)]
+        node: u32,
+        #[command(flatten)]
+        signers: SignerArgs,
+        #[command(flatten)]
+        image: ImageOverride,
+    },
+    /// Approve a contract's pending proposal.
+    Approve {
+        contract: u64,
+        /// Hash of the proposal (default: the pending proposal's, read from the chain).
+        #[arg(long)]
+        hash: Option<String>,
+    },
+    /// Reject (veto) a contract's pending proposal; needs a required signer.
+    Reject {
+        contract: u64,
+        #[arg(long)]
+        hash: Option<String>,
+    },
+    /// Propose the next version of an active contract's spec (the version is set for you).
+    Update {
+        contract: u64,
+        spec: PathBuf,
+        #[command(flatten)]
+        image: ImageOverride,
+    },
+    /// Propose to end a contract (a never-activated one is withdrawn at once by its owner).
+    Cancel { contract: u64 },
+    /// Contracts: show, list.
+    #[command(subcommand)]
+    Contract(ContractCmd),
+    /// Grid events (deployments, billing) of finalized blocks.
+    Events {
+        /// Only events about this contract.
+        #[arg(long)]
+        contract: Option<u64>,
+        /// First block to show (default: the latest finalized one).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Keep following new finalized blocks until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Transfer ZGT (decimal amount, e.g. 12.5) to an account (SS58 or dev name).
+    Transfer { to: String, amount: String },
+    /// Keys: show the account of --key, or create an executor identity file.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Check a spec file as the chain would; prints its hash and required resources.
+    Check {
+        spec: PathBuf,
+        #[command(flatten)]
+        image: ImageOverride,
+    },
+    /// Seal a WireGuard private key to a node, for a network spec's `private_key`.
+    SealKey {
+        /// The node the network runs on.
+        #[arg(long)]
+        node: u32,
+        /// The WireGuard private key, 32 bytes hex (default: a new random key, printed).
+        #[arg(long)]
+        wg_key: Option<String>,
+    },
+    /// Run the zos-image tool (pack, serve, push, mount, ...) with these arguments.
+    #[command(disable_help_flag = true)]
+    Image {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FarmCmd {
+    /// Create a farm owned by --key.
+    Create { name: String },
+    /// Public IPv4 pool of a farm.
+    #[command(subcommand)]
+    Ip(FarmIpCmd),
+    /// Every farm.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FarmIpCmd {
+    /// Add a public IPv4 (CIDR, e.g. 185.1.2.10/24) with its gateway to the farm's pool.
+    Add { farm: u32, cidr: String, gateway: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Every node, or those of one farm.
+    List {
+        #[arg(long)]
+        farm: Option<u32>,
+    },
+    /// One node: capacity, reservations, status.
+    Show { id: u32 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContractCmd {
+    /// A contract: state, signers, spec, pending proposal, last report, billing.
+    Show { id: u64 },
+    /// Contracts of an owner (default: the account of --key; every contract without either).
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// The SS58 account of --key.
+    Show,
+    /// Create an executor identity file (account and box keys, mode 0600) unless it exists.
+    New { path: PathBuf },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SignerArgs {
+    /// ACCOUNT:WEIGHT[:required], ACCOUNT an SS58 address or a dev name. Repeatable.
+    /// Default: the account of --key alone, weight 1, required.
+    #[arg(long = "signer", value_name = "ACC:WEIGHT[:required]")]
+    pub signers: Vec<String>,
+    /// Approving weight a proposal needs (default: the signers' total weight).
+    #[arg(long)]
+    pub threshold: Option<u32>,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ImageOverride {
+    /// Replace the image root hash of every VM of the spec (e.g. the one `zos image pack` printed).
+    #[arg(long, value_name = "HEX")]
+    pub image_root: Option<String>,
+    /// Replace the image source (hub URL) of every VM of the spec.
+    #[arg(long, value_name = "URL")]
+    pub image_source: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => match rt.block_on(commands::run(cli)) {
+            Ok(code) => code,
+            Err(e) => {
+                report_error(&e, json);
+                1
+            },
+        },
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            1
+        },
+    };
+    std::process::exit(code);
+}
+
+fn report_error(e: &anyhow::Error, json: bool) {
+    let chain = e.downcast_ref::<client::ChainError>();
+    if json {
+        let value = match chain {
+            Some(c) => serde_json::json!({ "error": format!("{e:#}"), "chain_error": c }),
+            None => serde_json::json!({ "error": format!("{e:#}") }),
+        };
+        println!("{value}");
+    } else if let Some(c) = chain {
+        eprintln!("error: the chain refused it: {c}");
+    } else {
+        eprintln!("error: {e:#}");
+    }
+}
