@@ -165,6 +165,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# json_num <key> / json_str <key>: the first such field of the JSON on stdin.
+json_num() { grep -o "\"$1\":[0-9]*" | head -n 1 | cut -d: -f2; }
+json_str() { grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d'"' -f4; }
+
 spawn() { # spawn <log name> <command...>: background, output to logs/<name>.log
   local name="$1"; shift
   "$@" >"$logs/$name.log" 2>&1 </dev/null &
@@ -180,12 +184,17 @@ wait_for "chain RPC" 60 zos farm list
 
 # ---- farm and node
 step "Registering a farm and a node"
-farm="$(zos --key //Alice --json farm create "local-farm" | sed -n 's/.*"farm":\([0-9]*\).*/\1/p')"
+node_account="$(zos --json key new "$data_dir/node/identity.json" | json_str account)"
+[ -n "$node_account" ] || fail "creating the node identity"
+# Two signers, two transactions in the same blocks: //Ferdie funds the node while //Alice
+# creates the farm.
+zos --key //Ferdie transfer "$node_account" 1000 >"$logs/fund.out" 2>&1 &
+fund_pid=$!
+farm="$(zos --key //Alice --json farm create "local-farm" | json_num farm)"
 [ -n "$farm" ] || fail "creating the farm"
 say "  farm $farm created by //Alice"
-node_account="$(zos --json key new "$data_dir/node/identity.json" | sed -n 's/.*"account":"\([^"]*\)".*/\1/p')"
-zos --key //Alice transfer "$node_account" 1000 >/dev/null || fail "funding the node account"
-say "  node account $node_account funded with 1000 ZGT"
+wait "$fund_pid" || { cat "$logs/fund.out" >&2; fail "funding the node account"; }
+say "  node account $node_account funded with 1000 ZGT by //Ferdie"
 # shellcheck disable=SC2086
 spawn executor env RUST_LOG="${RUST_LOG:-info}" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
   --data-dir "$data_dir/node" --report-interval 10 --heartbeat-interval 15 --metrics-addr off \
@@ -193,7 +202,7 @@ spawn executor env RUST_LOG="${RUST_LOG:-info}" "$bin/zos-executor" --chain-url 
 executor_pid="${pids[-1]}"
 node_online() { zos --json node list --farm "$farm" | grep -q '"status":"online"'; }
 wait_for "node registered and online" 120 node_online
-node_id="$(zos --json node list --farm "$farm" | sed -n 's/.*"node":\([0-9]*\).*/\1/p' | head -n 1)"
+node_id="$(zos --json node list --farm "$farm" | json_num node)"
 say "  node $node_id online"
 
 # ---- image
@@ -233,7 +242,7 @@ step "Deploying $(basename "$spec") on node $node_id: 2-of-2 contract, //Alice a
 deploy_out="$(zos --key //Alice --json deploy "$spec" --node "$node_id" \
   --signer //Alice:1:required --signer //Bob:1:required --threshold 2 \
   --image-root "$image_root" --image-source "$hub_url")" || fail "deploying $spec"
-contract="$(sed -n 's/^{"contract":\([0-9]*\).*/\1/p' <<<"$deploy_out")"
+contract="$(json_num contract <<<"$deploy_out")"
 [ -n "$contract" ] || fail "no contract id in: $deploy_out"
 say "  contract $contract created by //Alice (waiting for //Bob)"
 zos --key //Bob approve "$contract" | sed 's/^/  /'
@@ -243,7 +252,7 @@ spawn events "$bin/zos" --url "$url" events --follow --from 1 --contract "$contr
 events_pid="${pids[-1]}"
 deployed() { zos --json contract show "$contract" | grep -qE '"state":"(Deployed|Failed)'; }
 wait_for "contract $contract deployed by the node" 180 deployed
-state="$(zos --json contract show "$contract" | sed -n 's/.*"state":"\([^"]*\)".*/\1/p')"
+state="$(zos --json contract show "$contract" | json_str state)"
 [ "$state" = Deployed ] || fail "the node reported: $state"
 zos contract show "$contract" | sed 's/^/  /'
 
