@@ -1,7 +1,7 @@
 //! The real executor binary, a real chain node and a real guest: a 2-of-2 contract with a Vm
 //! (a busybox image packed with zos-image, served by a loopback hub) and a Disk mounted at
 //! /data boots a guest whose console shows the spec's env and entrypoint output; the chain
-//! shows Deployed; an image whose index does not hash to the pinned root is refused for good;
+//! shows Deployed; a disk grown by a spec update is seen by the running guest; an image whose index does not hash to the pinned root is refused for good;
 //! cancelling stops QEMU, unmounts the image and removes the VM's directory.
 //!
 //! Needs QEMU, /dev/fuse, root (FUSE mount with allow_other, virtiofsd) and busybox-static; the
@@ -130,13 +130,16 @@ fn busybox_rootfs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn vm_spec(root: &str, source: &str) -> Result<DeploymentSpec> {
+fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
+    // Prints the env and proves the image and the disk, then reports the disk's size as the
+    // guest sees it every second (to see an in-place growth).
     let entrypoint = "/bin/sh -c 'echo \"GREETING=$GREETING\"; cat /etc/image-release; \
-                      echo disk-ok > /data/marker && cat /data/marker; echo ENTRYPOINT-DONE; exec sleep 3600'";
+                      echo disk-ok > /data/marker && cat /data/marker; echo ENTRYPOINT-DONE; \
+                      while true; do echo \"VDA-SECTORS $(cat /sys/class/block/vda/size)\"; sleep 1; done'";
     let spec = serde_json::json!({
-        "version": 0,
+        "version": version,
         "workloads": [
-            { "name": "data", "kind": { "disk": { "size_mib": 64 } } },
+            { "name": "data", "kind": { "disk": { "size_mib": disk_mib } } },
             { "name": "web", "kind": { "vm": {
                 "image": { "root_hash": root, "source": source },
                 "vcpus": 1,
@@ -158,7 +161,11 @@ async fn contracts_of(api: &Client, node: NodeId) -> Result<Vec<(ContractId, Nod
 }
 
 async fn state_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<ContractState>> {
-    Ok(contracts_of(api, node).await?.into_iter().find(|(id, _)| *id == contract).map(|(_, c)| c.state))
+    Ok(contract_of(api, node, contract).await?.map(|c| c.state))
+}
+
+async fn contract_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<NodeContract>> {
+    Ok(contracts_of(api, node).await?.into_iter().find(|(id, _)| *id == contract).map(|(_, c)| c))
 }
 
 async fn submit_static<C: subxt::transactions::Payload>(api: &Client, call: &C, signer: &Keypair) -> Result<client::Events> {
@@ -265,29 +272,37 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let node = registered_node(&api, &account).await?;
 
     // ---- a VM + disk contract
-    let spec = vm_spec(&root, &source)?;
+    let spec = vm_spec(&root, &source, 0, 64)?;
     let contract = create_approved_contract(&api, node, &spec).await?;
     let activated = Instant::now();
-    until("Deployed on chain", Duration::from_secs(240), || async {
-        match state_of(&api, node, contract).await? {
-            Some(ContractState::Deployed) => Ok(Some(())),
-            Some(ContractState::Failed(reason)) => bail!("contract failed: {reason:?}"),
-            _ => Ok(None),
-        }
-    })
-    .await
-    .with_context(|| executor.log_tail())?;
-    let to_deployed = activated.elapsed();
-
     let vm_dir = data_dir.join("contracts").join(contract.to_string()).join("vms/web");
     let console = vm_dir.join("console.log");
-    let text = until("the guest's entrypoint output on its console", Duration::from_secs(240), || async {
+    // Both watched together so each time is measured from activation.
+    let (mut to_deployed, mut to_entrypoint) = (None, None);
+    let deadline = activated + Duration::from_secs(300);
+    let text = loop {
+        if to_deployed.is_none() {
+            match state_of(&api, node, contract).await? {
+                Some(ContractState::Deployed) => to_deployed = Some(activated.elapsed()),
+                Some(ContractState::Failed(reason)) => bail!("contract failed: {reason:?}\n{}", executor.log_tail()),
+                _ => {},
+            }
+        }
         let text = std::fs::read_to_string(&console).unwrap_or_default();
-        Ok(text.contains("ENTRYPOINT-DONE").then_some(text))
-    })
-    .await
-    .with_context(|| format!("console so far:\n{}", std::fs::read_to_string(&console).unwrap_or_default()))?;
-    let to_entrypoint = activated.elapsed();
+        if to_entrypoint.is_none() && text.contains("ENTRYPOINT-DONE") {
+            to_entrypoint = Some(activated.elapsed());
+        }
+        if to_deployed.is_some() && to_entrypoint.is_some() {
+            break text;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no Deployed ({to_deployed:?}) or no entrypoint output ({to_entrypoint:?}); console:\n{text}\n{}",
+            executor.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (to_deployed, to_entrypoint) = (to_deployed.unwrap_or_default(), to_entrypoint.unwrap_or_default());
     for needle in [format!("GREETING={GREETING}"), "vm e2e image".into(), "disk-ok".into()] {
         ensure!(text.contains(&needle), "missing {needle:?} on the console:\n{text}");
     }
@@ -296,22 +311,47 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
     eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
 
+    until("the guest seeing its 64 MiB disk", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        Ok(text.contains(&format!("VDA-SECTORS {}", 64 * 2048)).then_some(()))
+    })
+    .await?;
+
+    // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
+    let grown = vm_spec(&root, &source, 1, 128)?;
+    submit_static(&api, &runtime::tx().deployments().propose_update(contract, convert(&grown)?), &dev::alice()).await?;
+    submit_static(&api, &runtime::tx().deployments().approve(contract, grown.hash()), &dev::bob()).await?;
+    let updated = Instant::now();
+    until("version 1 Deployed", Duration::from_secs(120), || async {
+        let c = contract_of(&api, node, contract).await?;
+        Ok(c.filter(|c| c.spec.version == 1 && c.state == ContractState::Deployed).map(|_| ()))
+    })
+    .await?;
+    until("the guest seeing the grown disk", Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        Ok(text.contains(&format!("VDA-SECTORS {}", 128 * 2048)).then_some(()))
+    })
+    .await
+    .with_context(|| executor.log_tail())?;
+    let now_pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?.trim().parse()?;
+    ensure!(now_pid == pid && is_alive(pid), "the guest was restarted for a disk growth");
+    eprintln!("update (finalized) -> version 1 Deployed and the guest sees 128 MiB: {:?}", updated.elapsed());
+
     // ---- an image whose index does not hash to the pinned root is refused for good
     let fake_root = zos_image::Hash::of(b"not the index");
     let index = store.get(Object::Index(packed.root))?.context("packed index")?;
     store.put(Object::Index(fake_root), &index)?;
-    let bad = vm_spec(&fake_root.to_hex(), &source)?;
+    let bad = vm_spec(&fake_root.to_hex(), &source, 0, 64)?;
     let bad_contract = create_approved_contract(&api, node, &bad).await?;
     let reason = until("the tampered image's contract Failed", Duration::from_secs(120), || async {
         Ok(match state_of(&api, node, bad_contract).await? {
-            Some(ContractState::Failed(reason)) => Some(format!("{reason:?}")),
+            Some(ContractState::Failed(f)) => Some(String::from_utf8_lossy(&f.reason).into_owned()),
             _ => None,
         })
     })
     .await?;
     eprintln!("tampered image refused: {reason}");
-    let log = std::fs::read_to_string(&executor.log)?;
-    ensure!(log.contains("index content hashes to"), "the refusal reason is not in the executor log");
+    ensure!(reason.contains("refused: index content hashes to"), "unexpected failure reason: {reason}");
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed
     cancel(&api, contract).await?;

@@ -250,19 +250,18 @@ impl Vm {
     }
 
     /// Grows attached disk `id` to `new_bytes` in place. Refuses to shrink. When the VM is not
-    /// running only the file grows; the guest sees the size at its next start.
+    /// running only the file grows; the guest sees the size at its next start. A running guest
+    /// is told the size even when the file already has it (grown by someone else).
     pub async fn resize_disk(&self, id: &str, new_bytes: u64) -> Result<()> {
         let disk = self.inner.cfg.disk(id).with_context(|| format!("no disk {id} attached"))?;
         let cur = std::fs::metadata(&disk.path).with_context(|| format!("stat {}", disk.path.display()))?.len();
         if new_bytes < cur {
             bail!("disk {id} is {cur} bytes: shrinking to {new_bytes} would destroy data");
         }
-        if new_bytes == cur {
-            return Ok(());
-        }
         let inst = self.inner.shared.lock().await.instance.clone();
         match inst {
             Some(i) => i.resize_disk(id, new_bytes).await,
+            None if new_bytes == cur => Ok(()),
             None => {
                 let f = std::fs::OpenOptions::new().write(true).open(&disk.path)?;
                 f.set_len(new_bytes).with_context(|| format!("growing {}", disk.path.display()))?;

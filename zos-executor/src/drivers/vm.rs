@@ -89,6 +89,8 @@ struct Installed {
     vm: Vm,
     mount: Option<MountHandle>,
     events: JoinHandle<()>,
+    /// Size of each attached disk file as the guest knows it: (id, file, bytes).
+    disk_sizes: Vec<(String, PathBuf, u64)>,
 }
 
 pub struct VmDriver {
@@ -177,7 +179,7 @@ fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult
     let sources = vec![store];
     let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
         E::RootMismatch { .. } | E::ImageNotFound(_) | E::Format(_) | E::Signature(_) => {
-            DriverError::permanent(format!("image {root} from {source} refused: {e}"))
+            DriverError::permanent(format!("image from {source} refused: {e}"))
         },
         other => transient(anyhow!(other).context(format!("fetching the index of image {root} from {source}"))),
     })?;
@@ -200,6 +202,31 @@ fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult
         return Err(transient(anyhow!("image mount at {} did not appear", mountpoint.display())));
     }
     Ok(handle)
+}
+
+fn disk_sizes(vm: &Vm) -> Vec<(String, PathBuf, u64)> {
+    vm.config()
+        .disks
+        .iter()
+        .map(|d| (d.id.clone(), d.path.clone(), std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0)))
+        .collect()
+}
+
+/// Tells a running guest about disk files grown since it last looked (the disk driver grows
+/// them in place on update; QEMU's `block_resize` makes the guest see the new capacity).
+async fn propagate_disk_growth(inst: &mut Installed) -> DriverResult<()> {
+    for (id, path, known) in inst.disk_sizes.iter_mut() {
+        let Ok(meta) = tokio::fs::metadata(&*path).await else { continue };
+        if meta.len() > *known {
+            inst.vm
+                .resize_disk(id, meta.len())
+                .await
+                .map_err(|e| transient(e.context(format!("telling the guest disk {id} grew"))))?;
+            info!(vm = %inst.vm.name(), disk = %id, from = *known, to = meta.len(), "disk grown in place");
+            *known = meta.len();
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts off the async runtime (FUSE teardown blocks).
@@ -409,7 +436,8 @@ impl VmDriver {
             return Err(transient(e.context("starting the guest")));
         }
         info!(workload = %name_str(w), vm = %vm.name(), ?mounted, total = ?started.elapsed(), "VM installed");
-        *slot = Some(Installed { workload: w.clone(), vm, mount: Some(mount), events });
+        let disk_sizes = disk_sizes(&vm);
+        *slot = Some(Installed { workload: w.clone(), vm, mount: Some(mount), events, disk_sizes });
         Ok(())
     }
 }
@@ -427,8 +455,8 @@ impl Driver for VmDriver {
     }
 
     /// Any change of the VM itself needs a new guest (its configuration is read at boot):
-    /// stop, re-create, start. Grown disks are separate workloads; a running guest is told
-    /// their new size on the next `inspect`.
+    /// stop, re-create, start. Grown disks are separate workloads (grown in place by the disk
+    /// driver); a running guest is told their new size by the next `inspect`.
     async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
         let slot = self.slot(ctx, new);
         let mut slot = slot.lock().await;
@@ -469,13 +497,16 @@ impl Driver for VmDriver {
 
     async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed> {
         let slot = self.slot(ctx, workload);
-        let slot = slot.lock().await;
-        let Some(inst) = slot.as_ref() else { return Ok(Observed::Missing) };
+        let mut slot = slot.lock().await;
+        let Some(inst) = slot.as_mut() else { return Ok(Observed::Missing) };
         if inst.workload != *workload {
             return Ok(Observed::Broken("the installed VM was made from another spec".into()));
         }
         Ok(match inst.vm.state().await {
-            VmState::Running => Observed::Running,
+            VmState::Running => {
+                propagate_disk_growth(inst).await?;
+                Observed::Running
+            },
             VmState::Paused => Observed::Paused,
             VmState::Restarting { last_error, restarts } => {
                 Observed::Broken(format!("guest failed ({restarts} restarts so far): {last_error}"))
