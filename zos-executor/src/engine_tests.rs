@@ -286,3 +286,24 @@ async fn shrinking_a_disk_is_a_permanent_failure() {
     let pass = h.engine.reconcile(vec![contract(1, ContractState::Active, spec(v1))]).await.unwrap();
     assert!(matches!(&pass.to_report[0].outcomes[0].1, WorkloadOutcome::Failed(r) if r.contains("shrink")));
 }
+
+/// Fifty contracts with a disk and a VM each on one node: every one converges in one pass.
+/// Prints the pass time (the figure quoted in the docs); asserts only correctness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_contracts_reconcile_on_one_node() {
+    let h = harness(Duration::ZERO, 8);
+    let desired: Vec<_> = (1..=50).map(|i| contract(i, ContractState::Active, spec(VM_WITH_DISK))).collect();
+    let started = std::time::Instant::now();
+    let pass = h.engine.reconcile(desired.clone()).await.unwrap();
+    let first = started.elapsed();
+    assert_eq!(pass.to_report.len(), 50);
+    for i in 1..=50 {
+        assert!(h.dir.path().join(format!("contracts/{i}/disks/data.raw")).exists());
+    }
+    let started = std::time::Instant::now();
+    let desired: Vec<_> = desired.into_iter().map(|c| NodeContract { state: ContractState::Deployed, ..c }).collect();
+    let pass = h.engine.reconcile(desired).await.unwrap();
+    let steady = started.elapsed();
+    assert!(pass.to_report.is_empty());
+    eprintln!("reconcile of 50 contracts: first pass {first:?}, steady-state pass {steady:?}");
+}
