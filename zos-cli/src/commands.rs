@@ -145,7 +145,7 @@ fn events_json(events: &TxEvents) -> Result<Json> {
     Ok(Json::Array(
         event_list(events)?
             .into_iter()
-            .map(|(p, n, f)| json!({ "event": format!("{p}.{n}"), "fields": f.to_string() }))
+            .map(|(p, n, f)| json!({ "event": format!("{p}.{n}"), "fields": pretty_fields(&f) }))
             .collect(),
     ))
 }
@@ -688,7 +688,7 @@ async fn events(ctx: &Ctx, contract: Option<ContractId>, from: Option<u64>, foll
 
 fn print_event(json: bool, block: u64, pallet: &str, name: &str, fields: &Value) {
     if json {
-        println!("{}", json!({ "block": block, "event": format!("{pallet}.{name}"), "fields": fields.to_string() }));
+        println!("{}", json!({ "block": block, "event": format!("{pallet}.{name}"), "fields": pretty_fields(fields) }));
         return;
     }
     let detail = match (pallet, name) {
@@ -701,7 +701,57 @@ fn print_event(json: bool, block: u64, pallet: &str, name: &str, fields: &Value)
             format::zgt(field_u128(fields, "collected").unwrap_or_default()),
             format::zgt(field_u128(fields, "debt").unwrap_or_default()),
         ),
-        _ => fields.to_string(),
+        _ => pretty_fields(fields),
     };
     println!("#{block} {pallet}.{name} {detail}");
+}
+
+/// Field names that hold accounts (shown as SS58); other 32-byte values are hashes (hex).
+const ACCOUNT_FIELDS: [&str; 6] = ["owner", "signer", "proposer", "who", "account", "farm_owner"];
+
+/// `{ a: 1, owner: 5Grw…, hash: 0x12… }`: top-level fields, byte arrays made readable.
+fn pretty_fields(fields: &Value) -> String {
+    use subxt::ext::scale_value::{Composite, ValueDef};
+    let ValueDef::Composite(Composite::Named(named)) = &fields.value else {
+        return fields.to_string();
+    };
+    let parts: Vec<String> = named
+        .iter()
+        .map(|(name, v)| {
+            let shown = match byte_array(v) {
+                Some(bytes) if bytes.len() == 32 && ACCOUNT_FIELDS.contains(&name.as_str()) => {
+                    AccountId32(bytes.try_into().unwrap_or([0; 32])).to_string()
+                },
+                Some(bytes) if bytes.len() == 32 => hex0x(&bytes),
+                Some(bytes) if bytes.len() > 1 && bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => {
+                    format!("{:?}", String::from_utf8_lossy(&bytes))
+                },
+                _ => v.to_string(),
+            };
+            format!("{name}: {shown}")
+        })
+        .collect();
+    format!("{{ {} }}", parts.join(", "))
+}
+
+/// The bytes of a value that is (possibly nested in one-field wrappers) an array of u8.
+fn byte_array(v: &Value) -> Option<Vec<u8>> {
+    use subxt::ext::scale_value::{Composite, Primitive, ValueDef};
+    let ValueDef::Composite(c) = &v.value else { return None };
+    let items: Vec<&Value> = match c {
+        Composite::Unnamed(items) => items.iter().collect(),
+        Composite::Named(items) => items.iter().map(|(_, v)| v).collect(),
+    };
+    if items.len() == 1 {
+        if let Some(inner) = byte_array(items[0]) {
+            return Some(inner);
+        }
+    }
+    items
+        .iter()
+        .map(|x| match &x.value {
+            ValueDef::Primitive(Primitive::U128(n)) => u8::try_from(*n).ok(),
+            _ => None,
+        })
+        .collect()
 }
