@@ -20,7 +20,7 @@ use zos_primitives::{Resources, GIB, MIB};
 use super::{
     AccountId, Aura, Balance, Balances, Block, BlockNumber, Hash, Nonce, OriginCaller, PalletInfo,
     Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason, RuntimeHoldReason, RuntimeOrigin,
-    RuntimeTask, System, Timestamp, Deployments, Grid, Billing, DAYS, HOURS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, UNIT, EXISTENTIAL_DEPOSIT, SLOT_DURATION, SS58_PREFIX, VERSION,
+    RuntimeTask, System, Timestamp, Deployments, Grid, Billing, DAYS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, UNIT, EXISTENTIAL_DEPOSIT, SLOT_DURATION, SS58_PREFIX, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -143,7 +143,7 @@ impl pallet_grid::Config for Runtime {
     type HeartbeatTimeoutMs = ConstU64<{ 5 * 60 * 1000 }>;
     type MinHeartbeatIntervalMs = ConstU64<{ 10 * 1000 }>;
     type Time = Timestamp;
-    type WeightInfo = pallet_grid::weights::SubstrateWeight<Runtime>;
+    type WeightInfo = crate::weights::pallet_grid::WeightInfo<Runtime>;
 }
 
 parameter_types! {
@@ -166,7 +166,7 @@ impl pallet_deployments::Config for Runtime {
     type DepositPerByte = ContractDepositPerByte;
     #[cfg(feature = "runtime-benchmarks")]
     type BenchmarkHelper = crate::benchmarks::GridSetup;
-    type WeightInfo = pallet_deployments::weights::SubstrateWeight<Runtime>;
+    type WeightInfo = crate::weights::pallet_deployments::WeightInfo<Runtime>;
 }
 
 parameter_types! {
@@ -192,7 +192,7 @@ impl pallet_billing::Config for Runtime {
     type GracePeriodBlocks = ConstU32<DAYS>;
     /// A node silent for two hours makes its contracts stale.
     type StaleAfterSecs = ConstU64<{ 2 * 3600 }>;
-    type WeightInfo = pallet_billing::weights::SubstrateWeight<Runtime>;
+    type WeightInfo = crate::weights::pallet_billing::WeightInfo<Runtime>;
     #[cfg(feature = "runtime-benchmarks")]
     type BenchmarkHelper = crate::benchmarks::GridSetup;
 }
