@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup-toolchain.sh
 
 build: setup
-	@$(CARGO) build --profile $${CARGO_PROFILE:-ci} -p zos-chain-node
+	@$(CARGO) build --profile $${CARGO_PROFILE:-ci} --workspace --bins
 
 # The local grid builds every binary it needs itself (cargo build --workspace --bins).
 run: setup
