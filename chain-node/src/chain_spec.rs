@@ -28,7 +28,12 @@ fn from_preset(name: &str, id: &str, kind: ChainType, preset: &str) -> Result<Ch
 
 /// Single validator (Alice), Alice is sudo.
 pub fn development() -> Result<ChainSpec, String> {
-    from_preset("ZOS Grid Development", "zos_dev", ChainType::Development, sp_genesis_builder::DEV_RUNTIME_PRESET)
+    from_preset(
+        "ZOS Grid Development",
+        "zos_dev",
+        ChainType::Development,
+        sp_genesis_builder::DEV_RUNTIME_PRESET,
+    )
 }
 
 /// Alice and Bob validate.

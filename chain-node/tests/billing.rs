@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use node_harness::{
-    client::{self, arg_from_scale, batch_all, call_value, find_event, free_balance, runtime_call, submit, value_bytes},
+    client::{
+        self, arg_from_scale, batch_all, call_value, find_event, free_balance, runtime_call,
+        submit, value_bytes,
+    },
     ChainNode, NodeOptions,
 };
 use sp_runtime::{BoundedVec, Perbill};
@@ -33,7 +36,10 @@ where
 /// A small VM and a 20 GiB disk: both CU and SU are charged.
 fn spec() -> DeploymentSpec {
     let vm = VmSpec {
-        image: ImageRef { root_hash: [0x7e; 32], source: name("https://images.example/alpine") },
+        image: ImageRef {
+            root_hash: [0x7e; 32],
+            source: name("https://images.example/alpine"),
+        },
         vcpus: 1,
         memory_mib: 1024,
         rootfs_mib: 2048,
@@ -47,8 +53,16 @@ fn spec() -> DeploymentSpec {
     DeploymentSpec {
         version: 0,
         workloads: BoundedVec::truncate_from(vec![
-            Workload { name: name("vm"), kind: WorkloadKind::Vm(vm) },
-            Workload { name: name("scratch"), kind: WorkloadKind::Disk(DiskSpec { size_mib: 20 * 1024 }) },
+            Workload {
+                name: name("vm"),
+                kind: WorkloadKind::Vm(vm),
+            },
+            Workload {
+                name: name("scratch"),
+                kind: WorkloadKind::Disk(DiskSpec {
+                    size_mib: 20 * 1024,
+                }),
+            },
         ]),
         metadata: Default::default(),
     }
@@ -63,13 +77,19 @@ fn account(key: &Keypair) -> AccountId32 {
 }
 
 fn u128_field(fields: &Value, name: &str) -> Result<u128> {
-    fields.at(name).and_then(|v| v.as_u128()).with_context(|| format!("field {name} in {fields}"))
+    fields
+        .at(name)
+        .and_then(|v| v.as_u128())
+        .with_context(|| format!("field {name} in {fields}"))
 }
 
 /// A `Perbill` value (a newtype around its parts per billion).
 fn perbill_field(fields: &Value, name: &str) -> Result<Perbill> {
     let v = fields.at(name).with_context(|| format!("field {name}"))?;
-    let parts = v.as_u128().or_else(|| v.at(0).and_then(|p| p.as_u128())).with_context(|| format!("{name}: {v}"))?;
+    let parts = v
+        .as_u128()
+        .or_else(|| v.at(0).and_then(|p| p.as_u128()))
+        .with_context(|| format!("{name}: {v}"))?;
     Ok(Perbill::from_parts(u32::try_from(parts)?))
 }
 
@@ -82,7 +102,10 @@ async fn online_node(api: &client::Client, node_key: &Keypair) -> Result<NodeId>
             call_value(
                 "Balances",
                 "transfer_keep_alive",
-                vec![Value::unnamed_variant("Id", [Value::from_bytes(account(node_key).0)]), Value::u128(10_000_000_000_000)],
+                vec![
+                    Value::unnamed_variant("Id", [Value::from_bytes(account(node_key).0)]),
+                    Value::u128(10_000_000_000_000),
+                ],
             ),
         ],
         &dev::alice(),
@@ -112,9 +135,15 @@ async fn online_node(api: &client::Client, node_key: &Keypair) -> Result<NodeId>
             text("0.1.0"),
         ],
     );
-    let events = batch_all(api, vec![register, call_value("Grid", "heartbeat", vec![])], node_key).await?;
+    let events = batch_all(
+        api,
+        vec![register, call_value("Grid", "heartbeat", vec![])],
+        node_key,
+    )
+    .await?;
     let node_id = u128_field(find_event(&events, "Grid", "NodeRegistered")?, "node_id")? as NodeId;
-    let status: Option<NodeStatus> = runtime_call(api, "GridApi_node_status", &node_id.encode()).await?;
+    let status: Option<NodeStatus> =
+        runtime_call(api, "GridApi_node_status", &node_id.encode()).await?;
     ensure!(status == Some(NodeStatus::Online), "node status {status:?}");
     Ok(node_id)
 }
@@ -136,13 +165,20 @@ impl Report {
             ("window_end", Value::u128(self.window_end.into())),
             ("uptime_seconds", Value::u128(self.uptime_seconds.into())),
             ("public_bytes_in", Value::u128(self.public_bytes_in.into())),
-            ("public_bytes_out", Value::u128(self.public_bytes_out.into())),
+            (
+                "public_bytes_out",
+                Value::u128(self.public_bytes_out.into()),
+            ),
         ])
     }
 }
 
 fn report_consumption(reports: &[&Report]) -> impl subxt::transactions::Payload {
-    dynamic::tx("Billing", "report_consumption", vec![Value::unnamed_composite(reports.iter().map(|r| r.value()))])
+    dynamic::tx(
+        "Billing",
+        "report_consumption",
+        vec![Value::unnamed_composite(reports.iter().map(|r| r.value()))],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,17 +211,26 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
         ],
     );
     let events = submit(&api, &create, &bob).await?;
-    let contract = u128_field(find_event(&events, "Deployments", "ContractActivated")?, "contract")? as ContractId;
+    let contract = u128_field(
+        find_event(&events, "Deployments", "ContractActivated")?,
+        "contract",
+    )? as ContractId;
 
     // The farm's (the default) pricing policy, as stored.
     let at = api.at_current_block().await?;
     let policy = at
         .storage()
-        .fetch(&dynamic::storage::<(u32,), Value>("Billing", "PricingPolicies"), (DEFAULT_PRICING_POLICY,))
+        .fetch(
+            &dynamic::storage::<(u32,), Value>("Billing", "PricingPolicies"),
+            (DEFAULT_PRICING_POLICY,),
+        )
         .await?
         .decode()?;
     let price = |field: &str| u128_field(&policy, field);
-    let (farm_share, burn_share) = (perbill_field(&policy, "farm_owner_share")?, perbill_field(&policy, "burn_share")?);
+    let (farm_share, burn_share) = (
+        perbill_field(&policy, "farm_owner_share")?,
+        perbill_field(&policy, "burn_share")?,
+    );
 
     // One window from the chain's current second: 30 s up, 1 GiB in and 0.5 GiB out.
     let now_s = client::now_ms(&api).await? / 1000;
@@ -197,9 +242,18 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
         public_bytes_in: GIB,
         public_bytes_out: GIB / 2,
     };
-    let expected = units::price_for(units::cu_milli(&required.resources), first.uptime_seconds, price("cu_hour")?) +
-        units::price_for(units::su_milli(&required.resources), first.uptime_seconds, price("su_hour")?) +
-        units::traffic_price((first.public_bytes_in + first.public_bytes_out).into(), price("traffic_gib")?);
+    let expected = units::price_for(
+        units::cu_milli(&required.resources),
+        first.uptime_seconds,
+        price("cu_hour")?,
+    ) + units::price_for(
+        units::su_milli(&required.resources),
+        first.uptime_seconds,
+        price("su_hour")?,
+    ) + units::traffic_price(
+        (first.public_bytes_in + first.public_bytes_out).into(),
+        price("traffic_gib")?,
+    );
     ensure!(expected > 0, "nothing to charge");
 
     let treasury: AccountId32 = AccountId32(zos_runtime::configs::TreasuryAccount::get().into());
@@ -213,40 +267,82 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
         ])
     };
     let [owner_before, farmer_before, treasury_before, node_before] = balances().await?;
-    ensure!(treasury_before > 0, "the treasury is not endowed at genesis");
+    ensure!(
+        treasury_before > 0,
+        "the treasury is not endowed at genesis"
+    );
 
     let events = submit(&api, &report_consumption(&[&first]), &node_key).await?;
     let settled = find_event(&events, "Billing", "ReportSettled")?;
-    ensure!(u128_field(settled, "contract")? == u128::from(contract), "{settled}");
     ensure!(
-        u128_field(settled, "window_start")? == u128::from(first.window_start) &&
-            u128_field(settled, "window_end")? == u128::from(first.window_end),
+        u128_field(settled, "contract")? == u128::from(contract),
+        "{settled}"
+    );
+    ensure!(
+        u128_field(settled, "window_start")? == u128::from(first.window_start)
+            && u128_field(settled, "window_end")? == u128::from(first.window_end),
         "{settled}"
     );
     let charged = u128_field(settled, "charged")?;
-    ensure!(charged == expected, "charged {charged}, the policy prices it at {expected}");
-    ensure!(u128_field(settled, "collected")? == charged && u128_field(settled, "debt")? == 0, "{settled}");
-    let farm_owner = settled.at("farm_owner").and_then(value_bytes).context("farm_owner")?;
-    ensure!(farm_owner == alice_account.0, "the farm owner paid is not Alice: {settled}");
-    let (to_farmer, to_treasury, burned) =
-        (u128_field(settled, "to_farm_owner")?, u128_field(settled, "to_treasury")?, u128_field(settled, "burned")?);
-    ensure!(to_farmer == farm_share.mul_floor(charged) && burned == burn_share.mul_floor(charged), "{settled}");
-    ensure!(to_farmer + to_treasury + burned == charged && to_treasury > 0, "{settled}");
+    ensure!(
+        charged == expected,
+        "charged {charged}, the policy prices it at {expected}"
+    );
+    ensure!(
+        u128_field(settled, "collected")? == charged && u128_field(settled, "debt")? == 0,
+        "{settled}"
+    );
+    let farm_owner = settled
+        .at("farm_owner")
+        .and_then(value_bytes)
+        .context("farm_owner")?;
+    ensure!(
+        farm_owner == alice_account.0,
+        "the farm owner paid is not Alice: {settled}"
+    );
+    let (to_farmer, to_treasury, burned) = (
+        u128_field(settled, "to_farm_owner")?,
+        u128_field(settled, "to_treasury")?,
+        u128_field(settled, "burned")?,
+    );
+    ensure!(
+        to_farmer == farm_share.mul_floor(charged) && burned == burn_share.mul_floor(charged),
+        "{settled}"
+    );
+    ensure!(
+        to_farmer + to_treasury + burned == charged && to_treasury > 0,
+        "{settled}"
+    );
 
     let [owner, farmer, treasury_now, node_now] = balances().await?;
-    ensure!(owner_before - owner == charged, "owner paid {} for a charge of {charged}", owner_before as i128 - owner as i128);
-    ensure!(farmer - farmer_before == to_farmer, "farm owner got {}, expected {to_farmer}", farmer as i128 - farmer_before as i128);
+    ensure!(
+        owner_before - owner == charged,
+        "owner paid {} for a charge of {charged}",
+        owner_before as i128 - owner as i128
+    );
+    ensure!(
+        farmer - farmer_before == to_farmer,
+        "farm owner got {}, expected {to_farmer}",
+        farmer as i128 - farmer_before as i128
+    );
     ensure!(
         treasury_now - treasury_before == to_treasury,
         "treasury got {}, expected {to_treasury}",
         treasury_now as i128 - treasury_before as i128
     );
-    ensure!(node_now == node_before, "an accepted report must be free: the node paid {}", node_before - node_now);
+    ensure!(
+        node_now == node_before,
+        "an accepted report must be free: the node paid {}",
+        node_before - node_now
+    );
 
     let status: Option<ContractBillingStatus<u128, u32>> =
         runtime_call(&api, "BillingApi_contract_billing", &contract.encode()).await?;
     let status = status.context("billing status")?;
-    ensure!(status.billed_until == Some(first.window_end) && status.debt == 0 && !status.stale, "{status:?}");
+    ensure!(
+        status.billed_until == Some(first.window_end) && status.debt == 0 && !status.stale,
+        "{status:?}"
+    );
 
     // One batch: the same report again (a retry) and a window starting 10 s after the billed
     // end. The retry is a no-op and the gap is rejected by name; nobody is charged.
@@ -260,18 +356,27 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
     };
     let events = submit(&api, &report_consumption(&[&first, &gapped]), &node_key).await?;
     ensure!(
-        events.iter().all(|(p, v, _)| !(p == "Billing" && v == "ReportSettled")),
+        events
+            .iter()
+            .all(|(p, v, _)| !(p == "Billing" && v == "ReportSettled")),
         "a resend or a gapped window was settled: {events:?}"
     );
     let rejected = find_event(&events, "Billing", "ReportRejected")?;
-    ensure!(u128_field(rejected, "contract")? == u128::from(contract), "{rejected}");
+    ensure!(
+        u128_field(rejected, "contract")? == u128::from(contract),
+        "{rejected}"
+    );
     let reason = rejected.at("reason").context("reason")?;
     ensure!(
         matches!(&reason.value, subxt::ext::scale_value::ValueDef::Variant(v) if v.name == "WindowGap"),
         "rejected for {reason}"
     );
     ensure!(
-        events.iter().filter(|(p, v, _)| p == "Billing" && v == "ReportRejected").count() == 1,
+        events
+            .iter()
+            .filter(|(p, v, _)| p == "Billing" && v == "ReportRejected")
+            .count()
+            == 1,
         "the resend was rejected: {events:?}"
     );
     let [owner_after, farmer_after, treasury_after, _] = balances().await?;
@@ -281,6 +386,9 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
     );
     let status: Option<ContractBillingStatus<u128, u32>> =
         runtime_call(&api, "BillingApi_contract_billing", &contract.encode()).await?;
-    ensure!(status.and_then(|s| s.billed_until) == Some(first.window_end), "billed-until moved");
+    ensure!(
+        status.and_then(|s| s.billed_until) == Some(first.window_end),
+        "billed-until moved"
+    );
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use node_harness::{
-    client::{self, arg_from_scale, batch_all, call_value, find_event, runtime_call, submit, value_bytes},
+    client::{
+        self, arg_from_scale, batch_all, call_value, find_event, runtime_call, submit, value_bytes,
+    },
     ChainNode, NodeOptions,
 };
 use sp_runtime::BoundedVec;
@@ -33,11 +35,17 @@ where
 /// A 10 GiB disk mounted in a small VM.
 fn spec() -> DeploymentSpec {
     let vm = VmSpec {
-        image: ImageRef { root_hash: [0x5a; 32], source: name("https://images.example/ubuntu-24.04") },
+        image: ImageRef {
+            root_hash: [0x5a; 32],
+            source: name("https://images.example/ubuntu-24.04"),
+        },
         vcpus: 1,
         memory_mib: 512,
         rootfs_mib: 1024,
-        mounts: BoundedVec::truncate_from(vec![Mount { workload: name("data"), path: name("/data") }]),
+        mounts: BoundedVec::truncate_from(vec![Mount {
+            workload: name("data"),
+            path: name("/data"),
+        }]),
         env: Default::default(),
         entrypoint: Default::default(),
         ssh_keys: Default::default(),
@@ -47,8 +55,16 @@ fn spec() -> DeploymentSpec {
     DeploymentSpec {
         version: 0,
         workloads: BoundedVec::truncate_from(vec![
-            Workload { name: name("data"), kind: WorkloadKind::Disk(DiskSpec { size_mib: 10 * 1024 }) },
-            Workload { name: name("vm"), kind: WorkloadKind::Vm(vm) },
+            Workload {
+                name: name("data"),
+                kind: WorkloadKind::Disk(DiskSpec {
+                    size_mib: 10 * 1024,
+                }),
+            },
+            Workload {
+                name: name("vm"),
+                kind: WorkloadKind::Vm(vm),
+            },
         ]),
         metadata: name("real-node deployments test"),
     }
@@ -71,12 +87,20 @@ fn signer(key: &Keypair) -> Value {
 }
 
 fn hash_field(fields: &Value, name: &str) -> Result<[u8; 32]> {
-    let bytes = fields.at(name).and_then(value_bytes).with_context(|| format!("event field {name}"))?;
-    bytes.try_into().map_err(|b: Vec<u8>| anyhow::anyhow!("{name} has {} bytes", b.len()))
+    let bytes = fields
+        .at(name)
+        .and_then(value_bytes)
+        .with_context(|| format!("event field {name}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| anyhow::anyhow!("{name} has {} bytes", b.len()))
 }
 
 fn u128_field(fields: &Value, name: &str) -> Result<u128> {
-    fields.at(name).and_then(|v| v.as_u128()).with_context(|| format!("event field {name}"))
+    fields
+        .at(name)
+        .and_then(|v| v.as_u128())
+        .with_context(|| format!("event field {name}"))
 }
 
 /// Alice's farm with one Online node (capacity 4 cores, 8 GiB, 100 GiB SSD) signing with
@@ -89,7 +113,10 @@ async fn online_node(api: &client::Client, node_key: &Keypair) -> Result<NodeId>
             call_value(
                 "Balances",
                 "transfer_keep_alive",
-                vec![Value::unnamed_variant("Id", [Value::from_bytes(account(node_key).0)]), Value::u128(10_000_000_000_000)],
+                vec![
+                    Value::unnamed_variant("Id", [Value::from_bytes(account(node_key).0)]),
+                    Value::u128(10_000_000_000_000),
+                ],
             ),
         ],
         &dev::alice(),
@@ -121,10 +148,16 @@ async fn online_node(api: &client::Client, node_key: &Keypair) -> Result<NodeId>
             text("0.1.0"),
         ],
     );
-    let events = batch_all(api, vec![register, call_value("Grid", "heartbeat", vec![])], node_key).await?;
+    let events = batch_all(
+        api,
+        vec![register, call_value("Grid", "heartbeat", vec![])],
+        node_key,
+    )
+    .await?;
     let node_id = u128_field(find_event(&events, "Grid", "NodeRegistered")?, "node_id")? as NodeId;
     find_event(&events, "Grid", "NodeHeartbeat")?;
-    let status: Option<NodeStatus> = runtime_call(api, "GridApi_node_status", &node_id.encode()).await?;
+    let status: Option<NodeStatus> =
+        runtime_call(api, "GridApi_node_status", &node_id.encode()).await?;
     ensure!(status == Some(NodeStatus::Online), "node status {status:?}");
     Ok(node_id)
 }
@@ -140,13 +173,17 @@ async fn multisig_contract_lifecycle_on_a_real_node() -> Result<()> {
     let (bob, charlie, dave) = (dev::bob(), dev::charlie(), dev::dave());
     let node_key = Keypair::from_uri(&"//deploy-test-node".parse::<SecretUri>()?)?;
     let node_id = online_node(&api, &node_key).await?;
-    let free_before: Option<Resources> = runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
+    let free_before: Option<Resources> =
+        runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
     let free_before = free_before.context("free capacity of the node")?;
 
     // Bob proposes the spec to Bob, Charlie and Dave, two approvals needed; creating approves.
     let spec = spec();
     let required = spec.required_resources();
-    ensure!(!required.resources.is_zero() && required.public_ipv4 == 0, "{required:?}");
+    ensure!(
+        !required.resources.is_zero() && required.public_ipv4 == 0,
+        "{required:?}"
+    );
     let create = dynamic::tx(
         "Deployments",
         "create",
@@ -160,34 +197,59 @@ async fn multisig_contract_lifecycle_on_a_real_node() -> Result<()> {
     let events = submit(&api, &create, &bob).await?;
     let created = find_event(&events, "Deployments", "ContractCreated")?;
     let contract_id = u128_field(created, "contract")? as ContractId;
-    ensure!(u128_field(created, "node")? == u128::from(node_id), "{created}");
+    ensure!(
+        u128_field(created, "node")? == u128::from(node_id),
+        "{created}"
+    );
     let proposal = find_event(&events, "Deployments", "ProposalCreated")?;
     let hash = hash_field(proposal, "hash")?;
-    ensure!(hash == spec.hash(), "proposal hash is not the blake2-256 of the encoded spec");
+    ensure!(
+        hash == spec.hash(),
+        "proposal hash is not the blake2-256 of the encoded spec"
+    );
     let deposit = u128_field(created, "deposit")?;
-    ensure!(deposit > 0 && held_balance(&api, &account(&bob)).await? == deposit, "deposit {deposit} not held");
+    ensure!(
+        deposit > 0 && held_balance(&api, &account(&bob)).await? == deposit,
+        "deposit {deposit} not held"
+    );
 
-    let owned: Vec<ContractSummary> = runtime_call(&api, "DeploymentsApi_contracts_of_owner", &account(&bob).0.encode()).await?;
+    let owned: Vec<ContractSummary> = runtime_call(
+        &api,
+        "DeploymentsApi_contracts_of_owner",
+        &account(&bob).0.encode(),
+    )
+    .await?;
     ensure!(owned.len() == 1, "{owned:?}");
     ensure!(
-        owned[0].contract == contract_id &&
-            owned[0].state == ContractState::PendingApproval &&
-            owned[0].active.is_none() &&
-            owned[0].pending_proposal == Some(hash),
+        owned[0].contract == contract_id
+            && owned[0].state == ContractState::PendingApproval
+            && owned[0].active.is_none()
+            && owned[0].pending_proposal == Some(hash),
         "{owned:?}"
     );
-    let running: Vec<(ContractId, NodeContract)> = runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
-    ensure!(running.is_empty(), "a pending contract is not the node's to run: {running:?}");
+    let running: Vec<(ContractId, NodeContract)> =
+        runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
+    ensure!(
+        running.is_empty(),
+        "a pending contract is not the node's to run: {running:?}"
+    );
 
     // An approval must name the pending proposal: the hash of another spec is refused.
     let mut other = spec.clone();
     other.metadata = name("something else");
     let approve = |h: [u8; 32]| {
-        dynamic::tx("Deployments", "approve", vec![Value::u128(contract_id.into()), Value::from_bytes(h)])
+        dynamic::tx(
+            "Deployments",
+            "approve",
+            vec![Value::u128(contract_id.into()), Value::from_bytes(h)],
+        )
     };
     let wrong = submit(&api, &approve(other.hash()), &charlie).await;
     ensure!(
-        wrong.as_ref().err().is_some_and(|e| e.to_string() == "Deployments::ProposalHashMismatch"),
+        wrong
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string() == "Deployments::ProposalHashMismatch"),
         "approval with a wrong hash: {wrong:?}"
     );
 
@@ -196,16 +258,34 @@ async fn multisig_contract_lifecycle_on_a_real_node() -> Result<()> {
     let approved = find_event(&events, "Deployments", "ProposalApproved")?;
     ensure!(u128_field(approved, "approved_weight")? == 2, "{approved}");
     let activated = find_event(&events, "Deployments", "ContractActivated")?;
-    ensure!(u128_field(activated, "contract")? == u128::from(contract_id), "{activated}");
-    ensure!(hash_field(activated, "spec_hash")? == hash && u128_field(activated, "version")? == 0, "{activated}");
+    ensure!(
+        u128_field(activated, "contract")? == u128::from(contract_id),
+        "{activated}"
+    );
+    ensure!(
+        hash_field(activated, "spec_hash")? == hash && u128_field(activated, "version")? == 0,
+        "{activated}"
+    );
 
-    let running: Vec<(ContractId, NodeContract)> = runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
-    ensure!(running.len() == 1 && running[0].0 == contract_id, "{running:?}");
+    let running: Vec<(ContractId, NodeContract)> =
+        runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
+    ensure!(
+        running.len() == 1 && running[0].0 == contract_id,
+        "{running:?}"
+    );
     let desired = &running[0].1;
-    ensure!(desired.state == ContractState::Active, "{:?}", desired.state);
-    ensure!(desired.spec_hash == hash && desired.spec == spec, "the node is told another spec");
+    ensure!(
+        desired.state == ContractState::Active,
+        "{:?}",
+        desired.state
+    );
+    ensure!(
+        desired.spec_hash == hash && desired.spec == spec,
+        "the node is told another spec"
+    );
     ensure!(desired.public_ips.is_empty(), "{:?}", desired.public_ips);
-    let free: Option<Resources> = runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
+    let free: Option<Resources> =
+        runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
     ensure!(
         free.and_then(|f| f.checked_add(&required.resources)) == Some(free_before),
         "free capacity {free:?}, before {free_before:?}, required {required:?}"
@@ -227,36 +307,77 @@ async fn multisig_contract_lifecycle_on_a_real_node() -> Result<()> {
             })),
         ],
     );
-    let (by_node, by_other) = tokio::join!(submit(&api, &report, &node_key), submit(&api, &report, &dave));
+    let (by_node, by_other) = tokio::join!(
+        submit(&api, &report, &node_key),
+        submit(&api, &report, &dave)
+    );
     ensure!(
-        by_other.as_ref().err().is_some_and(|e| e.to_string() == "Deployments::NotContractNode"),
+        by_other
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string() == "Deployments::NotContractNode"),
         "report by a signer that is not the node: {by_other:?}"
     );
     let reported = by_node?;
     let reported = find_event(&reported, "Deployments", "DeploymentReported")?;
-    ensure!(format!("{}", reported.at("failed").context("failed")?).contains("None"), "{reported}");
-    let running: Vec<(ContractId, NodeContract)> = runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
-    ensure!(running.len() == 1 && running[0].1.state == ContractState::Deployed, "{running:?}");
+    ensure!(
+        format!("{}", reported.at("failed").context("failed")?).contains("None"),
+        "{reported}"
+    );
+    let running: Vec<(ContractId, NodeContract)> =
+        runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
+    ensure!(
+        running.len() == 1 && running[0].1.state == ContractState::Deployed,
+        "{running:?}"
+    );
 
     // Cancelling is a proposal too: Dave proposes, Bob's approval passes it.
-    let events = submit(&api, &dynamic::tx("Deployments", "propose_cancel", vec![Value::u128(contract_id.into())]), &dave).await?;
+    let events = submit(
+        &api,
+        &dynamic::tx(
+            "Deployments",
+            "propose_cancel",
+            vec![Value::u128(contract_id.into())],
+        ),
+        &dave,
+    )
+    .await?;
     let cancel = find_event(&events, "Deployments", "ProposalCreated")?;
     let cancel_hash = hash_field(cancel, "hash")?;
     ensure!(
         cancel_hash == sp_io::hashing::blake2_256(&(b"zos/cancel", contract_id, 0u32).encode()),
         "cancel proposal hash {cancel}"
     );
-    ensure!(events.iter().all(|(_, v, _)| v != "ContractCancelled"), "one approval must not cancel");
+    ensure!(
+        events.iter().all(|(_, v, _)| v != "ContractCancelled"),
+        "one approval must not cancel"
+    );
     let events = submit(&api, &approve(cancel_hash), &bob).await?;
     let cancelled = find_event(&events, "Deployments", "ContractCancelled")?;
-    ensure!(u128_field(cancelled, "contract")? == u128::from(contract_id), "{cancelled}");
-    ensure!(format!("{}", cancelled.at("cause").context("cause")?).contains("Signers"), "{cancelled}");
+    ensure!(
+        u128_field(cancelled, "contract")? == u128::from(contract_id),
+        "{cancelled}"
+    );
+    ensure!(
+        format!("{}", cancelled.at("cause").context("cause")?).contains("Signers"),
+        "{cancelled}"
+    );
 
-    let free: Option<Resources> = runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
-    ensure!(free == Some(free_before), "capacity after cancel {free:?}, before {free_before:?}");
-    let running: Vec<(ContractId, NodeContract)> = runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
+    let free: Option<Resources> =
+        runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
+    ensure!(
+        free == Some(free_before),
+        "capacity after cancel {free:?}, before {free_before:?}"
+    );
+    let running: Vec<(ContractId, NodeContract)> =
+        runtime_call(&api, "DeploymentsApi_contracts_of_node", &node_id.encode()).await?;
     ensure!(running.is_empty(), "{running:?}");
-    let owned: Vec<ContractSummary> = runtime_call(&api, "DeploymentsApi_contracts_of_owner", &account(&bob).0.encode()).await?;
+    let owned: Vec<ContractSummary> = runtime_call(
+        &api,
+        "DeploymentsApi_contracts_of_owner",
+        &account(&bob).0.encode(),
+    )
+    .await?;
     ensure!(owned.is_empty(), "{owned:?}");
     let held = held_balance(&api, &account(&bob)).await?;
     ensure!(held == 0, "Bob's deposit still held: {held}");
@@ -268,5 +389,9 @@ async fn held_balance(api: &client::Client, who: &AccountId32) -> Result<u128> {
     let at = api.at_current_block().await?;
     let addr = dynamic::storage::<(AccountId32,), Value>("System", "Account");
     let account = at.storage().fetch(&addr, (who.clone(),)).await?.decode()?;
-    account.at("data").at("reserved").and_then(|v| v.as_u128()).context("System.Account has no data.reserved")
+    account
+        .at("data")
+        .at("reserved")
+        .and_then(|v| v.as_u128())
+        .context("System.Account has no data.reserved")
 }

@@ -55,13 +55,19 @@ async fn dev_chain_finalizes_and_accepts_a_transfer() -> Result<()> {
     let alice = dev::alice();
     let bob: AccountId32 = dev::bob().public_key().to_account_id();
     let alice_id: AccountId32 = alice.public_key().to_account_id();
-    let (alice_before, bob_before) = (free_balance(&api, &alice_id).await?, free_balance(&api, &bob).await?);
+    let (alice_before, bob_before) = (
+        free_balance(&api, &alice_id).await?,
+        free_balance(&api, &bob).await?,
+    );
 
     let amount: u128 = 1_234_000_000_000;
     let transfer = dynamic::tx(
         "Balances",
         "transfer_keep_alive",
-        vec![Value::unnamed_variant("Id", [Value::from_bytes(bob.0)]), Value::u128(amount)],
+        vec![
+            Value::unnamed_variant("Id", [Value::from_bytes(bob.0)]),
+            Value::u128(amount),
+        ],
     );
     let events = api
         .at_current_block()
@@ -71,15 +77,28 @@ async fn dev_chain_finalizes_and_accepts_a_transfer() -> Result<()> {
         .await?
         .wait_for_finalized_success()
         .await?;
-    let transferred = events.iter().filter_map(Result::ok).any(|e| {
-        e.pallet_name() == "Balances" && e.event_name() == "Transfer"
-    });
-    ensure!(transferred, "no Balances.Transfer event in the extrinsic's events");
+    let transferred = events
+        .iter()
+        .filter_map(Result::ok)
+        .any(|e| e.pallet_name() == "Balances" && e.event_name() == "Transfer");
+    ensure!(
+        transferred,
+        "no Balances.Transfer event in the extrinsic's events"
+    );
 
-    let (alice_after, bob_after) = (free_balance(&api, &alice_id).await?, free_balance(&api, &bob).await?);
-    ensure!(bob_after == bob_before + amount, "Bob: {bob_before} -> {bob_after}, expected +{amount}");
+    let (alice_after, bob_after) = (
+        free_balance(&api, &alice_id).await?,
+        free_balance(&api, &bob).await?,
+    );
+    ensure!(
+        bob_after == bob_before + amount,
+        "Bob: {bob_before} -> {bob_after}, expected +{amount}"
+    );
     let fee = alice_before - amount - alice_after;
-    ensure!(alice_after < alice_before - amount, "Alice paid no fee: {alice_before} -> {alice_after}");
+    ensure!(
+        alice_after < alice_before - amount,
+        "Alice paid no fee: {alice_before} -> {alice_after}"
+    );
     ensure!(fee < amount, "fee {fee} is implausibly large");
     Ok(())
 }
@@ -92,11 +111,24 @@ async fn chain_properties_are_set_for_wallets() -> Result<()> {
         subxt::rpcs::RpcClient::from_url(node.ws_url()).await?,
     );
     let props = rpc.system_properties().await?;
-    ensure!(props.get("tokenSymbol").and_then(|v| v.as_str()) == Some("ZGT"), "tokenSymbol: {props:?}");
-    ensure!(props.get("tokenDecimals").and_then(|v| v.as_u64()) == Some(12), "tokenDecimals: {props:?}");
-    ensure!(props.get("ss58Format").and_then(|v| v.as_u64()) == Some(42), "ss58Format: {props:?}");
+    ensure!(
+        props.get("tokenSymbol").and_then(|v| v.as_str()) == Some("ZGT"),
+        "tokenSymbol: {props:?}"
+    );
+    ensure!(
+        props.get("tokenDecimals").and_then(|v| v.as_u64()) == Some(12),
+        "tokenDecimals: {props:?}"
+    );
+    ensure!(
+        props.get("ss58Format").and_then(|v| v.as_u64()) == Some(42),
+        "ss58Format: {props:?}"
+    );
     // The runtime reports the same prefix the spec advertises.
-    let prefix: u16 = api.at_current_block().await?.constants().entry(dynamic::constant::<u16>("System", "SS58Prefix"))?;
+    let prefix: u16 = api
+        .at_current_block()
+        .await?
+        .constants()
+        .entry(dynamic::constant::<u16>("System", "SS58Prefix"))?;
     ensure!(prefix == 42, "runtime SS58Prefix {prefix}");
     Ok(())
 }
@@ -109,10 +141,21 @@ fn build_spec_from_presets() -> Result<()> {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_zos-chain-node"))
             .args(["build-spec", "--chain", chain, "--raw"])
             .output()?;
-        ensure!(out.status.success(), "build-spec --chain {chain}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "build-spec --chain {chain}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let spec: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        ensure!(spec["properties"]["tokenSymbol"] == "ZGT", "{chain}: properties {}", spec["properties"]);
-        ensure!(spec["genesis"]["raw"]["top"].is_object(), "{chain}: raw genesis missing");
+        ensure!(
+            spec["properties"]["tokenSymbol"] == "ZGT",
+            "{chain}: properties {}",
+            spec["properties"]
+        );
+        ensure!(
+            spec["genesis"]["raw"]["top"].is_object(),
+            "{chain}: raw genesis missing"
+        );
     }
     Ok(())
 }

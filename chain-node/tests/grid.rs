@@ -39,23 +39,76 @@ async fn farm_ip_node_and_heartbeat_over_rpc() -> Result<()> {
     let farmer = dev::alice();
 
     // The farmer creates a farm; names are unique regardless of case.
-    let events = submit(&api, &dynamic::tx("Grid", "create_farm", vec![text("Lisbon-Farm_1")]), &farmer).await?;
+    let events = submit(
+        &api,
+        &dynamic::tx("Grid", "create_farm", vec![text("Lisbon-Farm_1")]),
+        &farmer,
+    )
+    .await?;
     let created = find_event(&events, "Grid", "FarmCreated")?;
-    let farm_id = created.at("farm_id").and_then(|v| v.as_u128()).context("farm_id")? as u32;
-    let dup = submit(&api, &dynamic::tx("Grid", "create_farm", vec![text("lisbon-farm_1")]), &dev::bob()).await;
-    ensure!(dup.as_ref().err().is_some_and(|e| e.to_string().contains("Grid::")), "duplicate name accepted: {dup:?}");
+    let farm_id = created
+        .at("farm_id")
+        .and_then(|v| v.as_u128())
+        .context("farm_id")? as u32;
+    let dup = submit(
+        &api,
+        &dynamic::tx("Grid", "create_farm", vec![text("lisbon-farm_1")]),
+        &dev::bob(),
+    )
+    .await;
+    ensure!(
+        dup.as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("Grid::")),
+        "duplicate name accepted: {dup:?}"
+    );
 
     // A public IPv4 with its gateway; a private one is refused with the pallet's error.
     let ip = |a: [u8; 4], prefix: u8, gw: [u8; 4]| {
         Value::named_composite([
-            ("ip", Value::named_composite([("ip", Value::from_bytes(a)), ("prefix_len", Value::u128(prefix.into()))])),
+            (
+                "ip",
+                Value::named_composite([
+                    ("ip", Value::from_bytes(a)),
+                    ("prefix_len", Value::u128(prefix.into())),
+                ]),
+            ),
             ("gateway", Value::from_bytes(gw)),
         ])
     };
-    submit(&api, &dynamic::tx("Grid", "add_farm_ip", vec![Value::u128(farm_id.into()), ip([185, 20, 30, 10], 24, [185, 20, 30, 1])]), &farmer)
-        .await?;
-    let private = submit(&api, &dynamic::tx("Grid", "add_farm_ip", vec![Value::u128(farm_id.into()), ip([192, 168, 1, 10], 24, [192, 168, 1, 1])]), &farmer).await;
-    ensure!(private.as_ref().err().is_some_and(|e| e.to_string().contains("Grid::InvalidPublicIpv4")), "{private:?}");
+    submit(
+        &api,
+        &dynamic::tx(
+            "Grid",
+            "add_farm_ip",
+            vec![
+                Value::u128(farm_id.into()),
+                ip([185, 20, 30, 10], 24, [185, 20, 30, 1]),
+            ],
+        ),
+        &farmer,
+    )
+    .await?;
+    let private = submit(
+        &api,
+        &dynamic::tx(
+            "Grid",
+            "add_farm_ip",
+            vec![
+                Value::u128(farm_id.into()),
+                ip([192, 168, 1, 10], 24, [192, 168, 1, 1]),
+            ],
+        ),
+        &farmer,
+    )
+    .await;
+    ensure!(
+        private
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("Grid::InvalidPublicIpv4")),
+        "{private:?}"
+    );
 
     // The node's own key registers it; the farmer funds the account first.
     let node_key = Keypair::from_uri(&"//grid-test-node".parse::<SecretUri>()?)?;
@@ -81,39 +134,76 @@ async fn farm_ip_node_and_heartbeat_over_rpc() -> Result<()> {
         ],
     );
     let events = submit(&api, &register, &node_key).await?;
-    let node_id = find_event(&events, "Grid", "NodeRegistered")?.at("node_id").and_then(|v| v.as_u128()).context("node_id")? as NodeId;
+    let node_id = find_event(&events, "Grid", "NodeRegistered")?
+        .at("node_id")
+        .and_then(|v| v.as_u128())
+        .context("node_id")? as NodeId;
 
     // Offline until the first heartbeat, Online after it.
-    let status: Option<NodeStatus> = runtime_call(&api, "GridApi_node_status", &node_id.encode()).await?;
-    ensure!(status == Some(NodeStatus::Offline), "before heartbeat: {status:?}");
+    let status: Option<NodeStatus> =
+        runtime_call(&api, "GridApi_node_status", &node_id.encode()).await?;
+    ensure!(
+        status == Some(NodeStatus::Offline),
+        "before heartbeat: {status:?}"
+    );
     let balance_before = client::free_balance(&api, &node_account).await?;
-    let events = submit(&api, &dynamic::tx("Grid", "heartbeat", Vec::<Value>::new()), &node_key).await?;
+    let events = submit(
+        &api,
+        &dynamic::tx("Grid", "heartbeat", Vec::<Value>::new()),
+        &node_key,
+    )
+    .await?;
     find_event(&events, "Grid", "NodeHeartbeat")?;
-    ensure!(client::free_balance(&api, &node_account).await? == balance_before, "a valid heartbeat must be free");
-    let status: Option<NodeStatus> = runtime_call(&api, "GridApi_node_status", &node_id.encode()).await?;
-    ensure!(status == Some(NodeStatus::Online), "after heartbeat: {status:?}");
+    ensure!(
+        client::free_balance(&api, &node_account).await? == balance_before,
+        "a valid heartbeat must be free"
+    );
+    let status: Option<NodeStatus> =
+        runtime_call(&api, "GridApi_node_status", &node_id.encode()).await?;
+    ensure!(
+        status == Some(NodeStatus::Online),
+        "after heartbeat: {status:?}"
+    );
 
     // Read back: runtime API queries and raw storage.
-    let by_account: Option<NodeId> = runtime_call(&api, "GridApi_node_by_account", &node_account.0.encode()).await?;
+    let by_account: Option<NodeId> =
+        runtime_call(&api, "GridApi_node_by_account", &node_account.0.encode()).await?;
     ensure!(by_account == Some(node_id));
     let nodes: Vec<NodeId> = runtime_call(&api, "GridApi_nodes_of_farm", &farm_id.encode()).await?;
     ensure!(nodes == vec![node_id], "{nodes:?}");
-    let free: Option<Resources> = runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
-    ensure!(free.map(|r| (r.mru, r.sru)) == Some((8 * GIB, 100 * GIB)), "{free:?}");
-    let ips: Vec<zos_primitives::PublicIpv4Config> = runtime_call(&api, "GridApi_free_public_ips", &farm_id.encode()).await?;
-    ensure!(ips.len() == 1 && ips[0].ip.ip == [185, 20, 30, 10], "{ips:?}");
+    let free: Option<Resources> =
+        runtime_call(&api, "GridApi_free_capacity", &node_id.encode()).await?;
+    ensure!(
+        free.map(|r| (r.mru, r.sru)) == Some((8 * GIB, 100 * GIB)),
+        "{free:?}"
+    );
+    let ips: Vec<zos_primitives::PublicIpv4Config> =
+        runtime_call(&api, "GridApi_free_public_ips", &farm_id.encode()).await?;
+    ensure!(
+        ips.len() == 1 && ips[0].ip.ip == [185, 20, 30, 10],
+        "{ips:?}"
+    );
 
     let at = api.at_current_block().await?;
     let farm = at
         .storage()
-        .fetch(&dynamic::storage::<(u32,), Value>("Grid", "Farms"), (farm_id,))
+        .fetch(
+            &dynamic::storage::<(u32,), Value>("Grid", "Farms"),
+            (farm_id,),
+        )
         .await?
         .decode()?;
     let ips = farm.at("public_ips").context("farm public_ips")?;
-    ensure!(format!("{ips}").contains("185, 20, 30, 10"), "farm IPs stored: {ips}");
+    ensure!(
+        format!("{ips}").contains("185, 20, 30, 10"),
+        "farm IPs stored: {ips}"
+    );
     let stored = at
         .storage()
-        .fetch(&dynamic::storage::<(u32,), Value>("Grid", "Nodes"), (node_id,))
+        .fetch(
+            &dynamic::storage::<(u32,), Value>("Grid", "Nodes"),
+            (node_id,),
+        )
         .await?
         .decode()?;
     ensure!(stored.at("capacity").at("mru").and_then(|v| v.as_u128()) == Some((8 * GIB).into()));

@@ -20,15 +20,7 @@ pub type FailureText = BoundedVec<u8, ConstU32<MAX_FAILURE_REASON_LEN>>;
 
 /// The first failed workload of a deployment report.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub struct FailureReason {
     pub workload: WorkloadName,
@@ -68,15 +60,7 @@ pub enum CancelCause {
 /// active version. Billing may put an activated contract in `GracePeriod` and take it out again.
 /// `Cancelled` is final: the contract is removed in the same block and only the event keeps it.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub enum ContractState {
     PendingApproval,

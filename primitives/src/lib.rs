@@ -10,12 +10,12 @@ mod ip;
 #[cfg(feature = "runtime-api")]
 pub mod runtime_api;
 
+pub mod billing;
 pub mod contracts;
 #[cfg(feature = "runtime-api")]
 pub mod deployments_api;
 #[cfg(feature = "sealing")]
 pub mod sealing;
-pub mod billing;
 pub mod spec;
 pub mod units;
 

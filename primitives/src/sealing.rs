@@ -59,7 +59,9 @@ pub fn seal(recipient: &[u8; 32], plaintext: &[u8]) -> Result<Vec<u8>, SealError
     if recipient == &[0u8; 32] {
         return Err(SealError::InvalidPublicKey);
     }
-    PublicKey::from(*recipient).seal(&mut OsRng, plaintext).map_err(|_| SealError::SealFailed)
+    PublicKey::from(*recipient)
+        .seal(&mut OsRng, plaintext)
+        .map_err(|_| SealError::SealFailed)
 }
 
 /// Opens a sealed box with the recipient's secret key.
@@ -79,7 +81,10 @@ pub fn seal_wireguard_key(
     wireguard_key: &[u8; 32],
 ) -> Result<SealedSecret, SealError> {
     let sealed = seal(node_box_key, wireguard_key)?;
-    sealed.try_into().map(SealedSecret).map_err(|_| SealError::WrongLength)
+    sealed
+        .try_into()
+        .map(SealedSecret)
+        .map_err(|_| SealError::WrongLength)
 }
 
 /// Opens a network's sealed WireGuard private key with the node's secret box key.
@@ -91,8 +96,10 @@ pub fn open_wireguard_key(
         return Err(SealError::WrongLength);
     }
     let plain = open(node_secret, &sealed.0)?;
-    let key: [u8; WIREGUARD_KEY_LEN as usize] =
-        plain.as_slice().try_into().map_err(|_| SealError::WrongLength)?;
+    let key: [u8; WIREGUARD_KEY_LEN as usize] = plain
+        .as_slice()
+        .try_into()
+        .map_err(|_| SealError::WrongLength)?;
     Ok(Zeroizing::new(key))
 }
 
@@ -108,7 +115,10 @@ mod tests {
 
         let sealed = seal(&node_public, secret).unwrap();
         assert_eq!(sealed.len(), secret.len() + SEALED_BOX_OVERHEAD as usize);
-        assert!(!sealed.windows(secret.len()).any(|w| w == secret), "plaintext leaked");
+        assert!(
+            !sealed.windows(secret.len()).any(|w| w == secret),
+            "plaintext leaked"
+        );
         assert_eq!(open(&node_secret, &sealed).unwrap().as_slice(), secret);
         // Randomised: the same secret seals differently each time.
         assert_ne!(seal(&node_public, secret).unwrap(), sealed);
@@ -119,7 +129,10 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert_eq!(open(&node_secret, &tampered), Err(SealError::OpenFailed));
-        assert_eq!(open(&node_secret, &sealed[..47]), Err(SealError::WrongLength));
+        assert_eq!(
+            open(&node_secret, &sealed[..47]),
+            Err(SealError::WrongLength)
+        );
         assert_eq!(seal(&[0u8; 32], secret), Err(SealError::InvalidPublicKey));
     }
 
@@ -131,6 +144,9 @@ mod tests {
         assert_eq!(sealed.0.len() as u32, SEALED_WIREGUARD_KEY_LEN);
         assert_eq!(*open_wireguard_key(&node_secret, &sealed).unwrap(), wg_key);
         let short = SealedSecret(sealed.0[..40].to_vec().try_into().unwrap());
-        assert_eq!(open_wireguard_key(&node_secret, &short), Err(SealError::WrongLength));
+        assert_eq!(
+            open_wireguard_key(&node_secret, &short),
+            Err(SealError::WrongLength)
+        );
     }
 }

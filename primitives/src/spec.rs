@@ -244,15 +244,7 @@ impl<'de> serde::Deserialize<'de> for SealedSecret {
 
 /// The deployment a contract runs: a versioned set of named workloads.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -266,15 +258,7 @@ pub struct DeploymentSpec {
 
 /// One named unit of a deployment.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -284,15 +268,7 @@ pub struct Workload {
 }
 
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(rename_all = "snake_case"))]
@@ -312,15 +288,7 @@ pub enum WorkloadKind {
 /// The image a VM boots: the root hash of its content-addressed index, and where to get it.
 /// The executor refuses an index whose hash differs, whatever the source serves.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -332,15 +300,7 @@ pub struct ImageRef {
 
 /// A disk or volume of the same spec, mounted in a VM.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -351,15 +311,7 @@ pub struct Mount {
 }
 
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -370,15 +322,7 @@ pub struct EnvVar {
 
 /// A VM's address in one of the spec's private networks.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -391,15 +335,7 @@ pub struct NetworkAttachment {
 }
 
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -503,22 +439,20 @@ impl<'de> serde::Deserialize<'de> for PeerEndpoint {
         let text = <std::string::String as serde::Deserialize>::deserialize(d)?;
         let addr: std::net::SocketAddr = text.parse().map_err(serde::de::Error::custom)?;
         Ok(match addr {
-            std::net::SocketAddr::V4(a) => PeerEndpoint::V4 { ip: a.ip().octets(), port: a.port() },
-            std::net::SocketAddr::V6(a) => PeerEndpoint::V6 { ip: a.ip().octets(), port: a.port() },
+            std::net::SocketAddr::V4(a) => PeerEndpoint::V4 {
+                ip: a.ip().octets(),
+                port: a.port(),
+            },
+            std::net::SocketAddr::V6(a) => PeerEndpoint::V6 {
+                ip: a.ip().octets(),
+                port: a.port(),
+            },
         })
     }
 }
 
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -535,15 +469,7 @@ pub struct WireguardPeer {
 
 /// A private network: a /16 shared by all its nodes, of which this node serves one /24.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 #[cfg_attr(feature = "std", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "std", serde(deny_unknown_fields))]
@@ -707,26 +633,31 @@ pub enum SpecError {
 }
 
 fn is_valid_name(name: &WorkloadName) -> bool {
-    !name.is_empty() &&
-        name.as_bytes()
+    !name.is_empty()
+        && name
+            .as_bytes()
             .iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 fn is_valid_mount_path(path: &MountPath) -> bool {
     let p = path.as_bytes();
-    p.len() > 1 &&
-        p.first() == Some(&b'/') &&
-        p.last() != Some(&b'/') &&
-        p.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'/')) &&
-        p.split(|c| *c == b'/').skip(1).all(|seg| !seg.is_empty() && seg != b"." && seg != b"..")
+    p.len() > 1
+        && p.first() == Some(&b'/')
+        && p.last() != Some(&b'/')
+        && p.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'/'))
+        && p.split(|c| *c == b'/')
+            .skip(1)
+            .all(|seg| !seg.is_empty() && seg != b"." && seg != b"..")
 }
 
 fn is_valid_env_key(key: &EnvKey) -> bool {
     let k = key.as_bytes();
     match k.first() {
-        Some(first) if first.is_ascii_alphabetic() || *first == b'_' =>
-            k.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_'),
+        Some(first) if first.is_ascii_alphabetic() || *first == b'_' => {
+            k.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        }
         _ => false,
     }
 }
@@ -737,8 +668,8 @@ fn is_text(bytes: &[u8]) -> bool {
 
 fn is_valid_ssh_key(key: &SshKey) -> bool {
     let k = key.as_bytes();
-    (k.starts_with(b"ssh-") || k.starts_with(b"ecdsa-") || k.starts_with(b"sk-")) &&
-        k.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
+    (k.starts_with(b"ssh-") || k.starts_with(b"ecdsa-") || k.starts_with(b"sk-"))
+        && k.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
 }
 
 fn host_bits_clear(cidr: &Ipv4Cidr) -> bool {
@@ -746,8 +677,9 @@ fn host_bits_clear(cidr: &Ipv4Cidr) -> bool {
 }
 
 fn is_private_v4(ip: [u8; 4]) -> bool {
-    matches!(ip, [10, ..]) || matches!(ip, [172, b, ..] if (16..=31).contains(&b)) ||
-        matches!(ip, [192, 168, ..])
+    matches!(ip, [10, ..])
+        || matches!(ip, [172, b, ..] if (16..=31).contains(&b))
+        || matches!(ip, [192, 168, ..])
 }
 
 fn mib_to_bytes(mib: u64) -> u64 {
@@ -784,7 +716,10 @@ impl DeploymentSpec {
     /// Names of the public IP workloads that need an IPv4 address, in spec order. The chain
     /// assigns one farm address to each.
     pub fn public_ipv4_workloads(&self) -> impl Iterator<Item = &WorkloadName> {
-        self.workloads.iter().filter(|w| w.needs_public_ipv4()).map(|w| &w.name)
+        self.workloads
+            .iter()
+            .filter(|w| w.needs_public_ipv4())
+            .map(|w| &w.name)
     }
 
     /// blake2-256 of the SCALE encoding: the identity signers approve.
@@ -810,28 +745,39 @@ impl DeploymentSpec {
                     r.cru = r.cru.saturating_add(u64::from(vm.vcpus));
                     r.mru = r.mru.saturating_add(mib_to_bytes(vm.memory_mib));
                     r.sru = r.sru.saturating_add(mib_to_bytes(vm.rootfs_mib));
-                },
+                }
                 WorkloadKind::Disk(d) => r.sru = r.sru.saturating_add(mib_to_bytes(d.size_mib)),
                 WorkloadKind::Volume(v) => r.sru = r.sru.saturating_add(mib_to_bytes(v.size_mib)),
-                WorkloadKind::Network(_) => {},
-                WorkloadKind::PublicIp(p) =>
+                WorkloadKind::Network(_) => {}
+                WorkloadKind::PublicIp(p) => {
                     if p.v4 {
                         public_ipv4 = public_ipv4.saturating_add(1);
-                    },
+                    }
+                }
             }
         }
-        RequiredResources { resources: r, public_ipv4 }
+        RequiredResources {
+            resources: r,
+            public_ipv4,
+        }
     }
 
     /// Checks every rule; returns the first one broken.
     pub fn validate(&self) -> Result<(), SpecError> {
         use SpecError::*;
         ensure(!self.workloads.is_empty(), NoWorkloads)?;
-        ensure(core::str::from_utf8(self.metadata.as_bytes()).is_ok(), MetadataNotUtf8)?;
+        ensure(
+            core::str::from_utf8(self.metadata.as_bytes()).is_ok(),
+            MetadataNotUtf8,
+        )?;
         for (i, w) in self.workloads.iter().enumerate() {
             ensure(is_valid_name(&w.name), InvalidWorkloadName)?;
             ensure(
-                !self.workloads.iter().take(i).any(|other| other.name == w.name),
+                !self
+                    .workloads
+                    .iter()
+                    .take(i)
+                    .any(|other| other.name == w.name),
                 DuplicateWorkloadName,
             )?;
         }
@@ -853,7 +799,7 @@ impl DeploymentSpec {
                     if p.v4 {
                         public_ipv4 = public_ipv4.saturating_add(1);
                     }
-                },
+                }
             }
         }
         ensure(public_ipv4 <= MAX_PUBLIC_IPV4, TooManyPublicIpv4)?;
@@ -864,10 +810,19 @@ impl DeploymentSpec {
         use SpecError::*;
         ensure(vm.image.root_hash != [0u8; 32], ImageHashZero)?;
         let source = vm.image.source.as_bytes();
-        ensure(!source.is_empty() && source.iter().all(u8::is_ascii_graphic), InvalidImageSource)?;
+        ensure(
+            !source.is_empty() && source.iter().all(u8::is_ascii_graphic),
+            InvalidImageSource,
+        )?;
         ensure((MIN_VCPUS..=MAX_VCPUS).contains(&vm.vcpus), VcpusOutOfRange)?;
-        ensure((MIN_VM_MEMORY_MIB..=MAX_VM_MEMORY_MIB).contains(&vm.memory_mib), MemoryOutOfRange)?;
-        ensure((MIN_ROOTFS_MIB..=MAX_ROOTFS_MIB).contains(&vm.rootfs_mib), RootfsOutOfRange)?;
+        ensure(
+            (MIN_VM_MEMORY_MIB..=MAX_VM_MEMORY_MIB).contains(&vm.memory_mib),
+            MemoryOutOfRange,
+        )?;
+        ensure(
+            (MIN_ROOTFS_MIB..=MAX_ROOTFS_MIB).contains(&vm.rootfs_mib),
+            RootfsOutOfRange,
+        )?;
 
         for (i, m) in vm.mounts.iter().enumerate() {
             let target = self.workload(&m.workload).ok_or(UnknownMountTarget)?;
@@ -878,11 +833,17 @@ impl DeploymentSpec {
             ensure(is_valid_mount_path(&m.path), InvalidMountPath)?;
             let earlier = || vm.mounts.iter().take(i);
             ensure(!earlier().any(|o| o.path == m.path), DuplicateMountPath)?;
-            ensure(!earlier().any(|o| o.workload == m.workload), DuplicateMountTarget)?;
+            ensure(
+                !earlier().any(|o| o.workload == m.workload),
+                DuplicateMountTarget,
+            )?;
         }
         for (i, e) in vm.env.iter().enumerate() {
             ensure(is_valid_env_key(&e.key), InvalidEnvKey)?;
-            ensure(!vm.env.iter().take(i).any(|o| o.key == e.key), DuplicateEnvKey)?;
+            ensure(
+                !vm.env.iter().take(i).any(|o| o.key == e.key),
+                DuplicateEnvKey,
+            )?;
             ensure(is_text(e.value.as_bytes()), InvalidText)?;
         }
         ensure(is_text(vm.entrypoint.as_bytes()), InvalidText)?;
@@ -904,7 +865,10 @@ impl DeploymentSpec {
         }
         if let Some(name) = &vm.public_ip {
             let target = self.workload(name).ok_or(UnknownPublicIp)?;
-            ensure(matches!(target.kind, WorkloadKind::PublicIp(_)), NotAPublicIp)?;
+            ensure(
+                matches!(target.kind, WorkloadKind::PublicIp(_)),
+                NotAPublicIp,
+            )?;
         }
         Ok(())
     }
@@ -928,11 +892,18 @@ impl DeploymentSpec {
                 }
             }
             if let Some(ip) = &vm.public_ip {
-                ensure(!earlier().any(|o| o.public_ip.as_ref() == Some(ip)), PublicIpUsedTwice)?;
+                ensure(
+                    !earlier().any(|o| o.public_ip.as_ref() == Some(ip)),
+                    PublicIpUsedTwice,
+                )?;
             }
             for a in vm.networks.iter() {
                 ensure(
-                    !earlier().any(|o| o.networks.iter().any(|oa| oa.network == a.network && oa.ip == a.ip)),
+                    !earlier().any(|o| {
+                        o.networks
+                            .iter()
+                            .any(|oa| oa.network == a.network && oa.ip == a.ip)
+                    }),
                     DuplicateIp,
                 )?;
             }
@@ -943,7 +914,10 @@ impl DeploymentSpec {
 
 fn check_network(net: &NetworkSpec) -> Result<(), SpecError> {
     use SpecError::*;
-    ensure(net.ip_range.prefix_len == 16 && is_private_v4(net.ip_range.ip), InvalidIpRange)?;
+    ensure(
+        net.ip_range.prefix_len == 16 && is_private_v4(net.ip_range.ip),
+        InvalidIpRange,
+    )?;
     ensure(host_bits_clear(&net.ip_range), CidrHostBitsSet)?;
     ensure(net.subnet.prefix_len == 24, SubnetNotSlash24)?;
     ensure(host_bits_clear(&net.subnet), CidrHostBitsSet)?;
@@ -951,7 +925,13 @@ fn check_network(net: &NetworkSpec) -> Result<(), SpecError> {
     ensure(net.listen_port != 0, ListenPortZero)?;
     for (i, peer) in net.peers.iter().enumerate() {
         ensure(peer.public_key != [0u8; 32], PeerKeyZero)?;
-        ensure(!net.peers.iter().take(i).any(|o| o.public_key == peer.public_key), DuplicatePeer)?;
+        ensure(
+            !net.peers
+                .iter()
+                .take(i)
+                .any(|o| o.public_key == peer.public_key),
+            DuplicatePeer,
+        )?;
         ensure(
             !peer.allowed_ips.is_empty() && peer.allowed_ips.iter().all(|c| c.prefix_len <= 32),
             InvalidAllowedIps,
@@ -960,7 +940,10 @@ fn check_network(net: &NetworkSpec) -> Result<(), SpecError> {
             ensure(endpoint.port() != 0, InvalidPeerEndpoint)?;
         }
     }
-    ensure(net.private_key.0.len() as u32 == SEALED_WIREGUARD_KEY_LEN, SealedKeyWrongLength)
+    ensure(
+        net.private_key.0.len() as u32 == SEALED_WIREGUARD_KEY_LEN,
+        SealedKeyWrongLength,
+    )
 }
 
 fn ensure(condition: bool, error: SpecError) -> Result<(), SpecError> {
@@ -1015,7 +998,9 @@ mod serde_text {
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 4], D::Error> {
             let text = String::deserialize(d)?;
-            text.parse::<std::net::Ipv4Addr>().map(|a| a.octets()).map_err(D::Error::custom)
+            text.parse::<std::net::Ipv4Addr>()
+                .map(|a| a.octets())
+                .map_err(D::Error::custom)
         }
     }
 
@@ -1024,9 +1009,13 @@ mod serde_text {
     }
 
     fn parse_cidr(text: &str) -> Result<Ipv4Cidr, String> {
-        let (ip, prefix) =
-            text.split_once('/').ok_or_else(|| std::format!("`{text}` is not address/prefix"))?;
-        let ip = ip.parse::<std::net::Ipv4Addr>().map_err(|e| e.to_string())?.octets();
+        let (ip, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| std::format!("`{text}` is not address/prefix"))?;
+        let ip = ip
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|e| e.to_string())?
+            .octets();
         let prefix_len = prefix.parse::<u8>().map_err(|e| e.to_string())?;
         if prefix_len > 32 {
             return Err(std::format!("prefix /{prefix_len} is longer than 32"));

@@ -17,8 +17,9 @@ use sp_runtime::{
 use sp_version::RuntimeVersion;
 
 use super::{
-    AccountId, Aura, Balance, Billing, Block, BlockNumber, Deployments, Executive, Grandpa, Grid, InherentDataExt, Nonce, Runtime,
-    RuntimeCall, RuntimeGenesisConfig, SessionKeys, System, TransactionPayment, VERSION,
+    AccountId, Aura, Balance, Billing, Block, BlockNumber, Deployments, Executive, Grandpa, Grid,
+    InherentDataExt, Nonce, Runtime, RuntimeCall, RuntimeGenesisConfig, SessionKeys, System,
+    TransactionPayment, VERSION,
 };
 
 type PaymentInfo = pallet_transaction_payment_rpc_runtime_api::RuntimeDispatchInfo<Balance>;

@@ -22,8 +22,8 @@ mod setup {
     use frame_system::RawOrigin;
     use zos_primitives::{
         spec::{
-            DeploymentSpec, ImageRef, ImageSource, PublicIpSpec, RequiredResources, VmSpec, Workload,
-            WorkloadKind, WorkloadName,
+            DeploymentSpec, ImageRef, ImageSource, PublicIpSpec, RequiredResources, VmSpec,
+            Workload, WorkloadKind, WorkloadName,
         },
         ContractId, NodeId, PricingPolicyId, Resources, GIB, MIB,
     };
@@ -53,7 +53,10 @@ mod setup {
     /// A spec requiring `required`: one VM for compute and disk, one public IP per IPv4.
     fn spec_for(required: &RequiredResources) -> DeploymentSpec {
         let vm = VmSpec {
-            image: ImageRef { root_hash: [1; 32], source: ImageSource::try_from(&b"bench"[..]).expect("short") },
+            image: ImageRef {
+                root_hash: [1; 32],
+                source: ImageSource::try_from(&b"bench"[..]).expect("short"),
+            },
             vcpus: required.resources.cru.max(1) as u32,
             memory_mib: (required.resources.mru / MIB).max(256),
             rootfs_mib: (required.resources.sru / MIB).max(256),
@@ -64,9 +67,18 @@ mod setup {
             networks: Default::default(),
             public_ip: (required.public_ipv4 > 0).then(|| name(b"ip")),
         };
-        let mut workloads = vec![Workload { name: name(b"vm"), kind: WorkloadKind::Vm(vm) }];
+        let mut workloads = vec![Workload {
+            name: name(b"vm"),
+            kind: WorkloadKind::Vm(vm),
+        }];
         if required.public_ipv4 > 0 {
-            workloads.push(Workload { name: name(b"ip"), kind: WorkloadKind::PublicIp(PublicIpSpec { v4: true, v6: false }) });
+            workloads.push(Workload {
+                name: name(b"ip"),
+                kind: WorkloadKind::PublicIp(PublicIpSpec {
+                    v4: true,
+                    v6: false,
+                }),
+            });
         }
         DeploymentSpec {
             version: 0,
@@ -80,33 +92,55 @@ mod setup {
             let (owner, node_account) = (account(1), account(2));
             fund(&owner);
             fund(&node_account);
-            let (_, node) =
-                pallet_grid::Pallet::<Runtime>::setup_online_node(owner, node_account.clone(), capacity, ips)
-                    .expect("benchmark setup: node registration");
+            let (_, node) = pallet_grid::Pallet::<Runtime>::setup_online_node(
+                owner,
+                node_account.clone(),
+                capacity,
+                ips,
+            )
+            .expect("benchmark setup: node registration");
             (node, node_account)
         }
     }
 
     impl pallet_billing::BenchmarkHelper<AccountId> for GridSetup {
-        fn create_node(farm_owner: &AccountId, node_account: &AccountId, policy: PricingPolicyId) -> NodeId {
+        fn create_node(
+            farm_owner: &AccountId,
+            node_account: &AccountId,
+            policy: PricingPolicyId,
+        ) -> NodeId {
             // One public IP per contract of the largest report batch.
             let node = big_node(farm_owner.clone(), node_account.clone(), 256);
-            let farm = pallet_grid::Nodes::<Runtime>::get(node).map(|n| n.farm_id).expect("node exists");
-            Grid::set_farm_pricing_policy(RawOrigin::Root.into(), farm, policy).expect("policy set");
+            let farm = pallet_grid::Nodes::<Runtime>::get(node)
+                .map(|n| n.farm_id)
+                .expect("node exists");
+            Grid::set_farm_pricing_policy(RawOrigin::Root.into(), farm, policy)
+                .expect("policy set");
             node
         }
 
-        fn create_contract(owner: &AccountId, node: NodeId, required: &RequiredResources) -> ContractId {
+        fn create_contract(
+            owner: &AccountId,
+            node: NodeId,
+            required: &RequiredResources,
+        ) -> ContractId {
             fund(owner);
             let id = pallet_deployments::NextContractId::<Runtime>::get();
-            let signers = frame_support::BoundedVec::truncate_from(vec![pallet_deployments::types::Signer {
-                account: owner.clone(),
-                weight: 1,
-                required: true,
-            }]);
+            let signers =
+                frame_support::BoundedVec::truncate_from(vec![pallet_deployments::types::Signer {
+                    account: owner.clone(),
+                    weight: 1,
+                    required: true,
+                }]);
             // The owner alone reaches the threshold: the contract activates on creation.
-            Deployments::create(RawOrigin::Signed(owner.clone()).into(), node, Box::new(spec_for(required)), signers, 1)
-                .expect("benchmark setup: contract creation");
+            Deployments::create(
+                RawOrigin::Signed(owner.clone()).into(),
+                node,
+                Box::new(spec_for(required)),
+                signers,
+                1,
+            )
+            .expect("benchmark setup: contract creation");
             id
         }
 

@@ -41,14 +41,20 @@ fn testnet_genesis(
                 .map(|k| (k, DEV_ENDOWMENT))
                 // The treasury exists from genesis, so even payouts below the existential
                 // deposit reach it.
-                .chain(core::iter::once((TreasuryAccount::get(), EXISTENTIAL_DEPOSIT)))
+                .chain(core::iter::once((
+                    TreasuryAccount::get(),
+                    EXISTENTIAL_DEPOSIT
+                )))
                 .collect::<Vec<_>>(),
         },
         aura: pallet_aura::GenesisConfig {
             authorities: authorities.iter().map(|a| a.0.clone()).collect::<Vec<_>>(),
         },
         grandpa: pallet_grandpa::GenesisConfig {
-            authorities: authorities.iter().map(|a| (a.1.clone(), 1)).collect::<Vec<_>>(),
+            authorities: authorities
+                .iter()
+                .map(|a| (a.1.clone(), 1))
+                .collect::<Vec<_>>(),
         },
         sudo: SudoConfig { key: Some(root) },
     })
@@ -72,7 +78,10 @@ pub fn development_genesis() -> Value {
 
 pub fn local_testnet_genesis() -> Value {
     testnet_genesis(
-        vec![authority(Sr25519Keyring::Alice), authority(Sr25519Keyring::Bob)],
+        vec![
+            authority(Sr25519Keyring::Alice),
+            authority(Sr25519Keyring::Bob),
+        ],
         dev_accounts(),
         Sr25519Keyring::Alice.to_account_id(),
     )
@@ -89,5 +98,8 @@ pub fn get_preset(id: &PresetId) -> Option<Vec<u8>> {
 }
 
 pub fn preset_names() -> Vec<PresetId> {
-    vec![PresetId::from(DEV_RUNTIME_PRESET), PresetId::from(LOCAL_TESTNET_RUNTIME_PRESET)]
+    vec![
+        PresetId::from(DEV_RUNTIME_PRESET),
+        PresetId::from(LOCAL_TESTNET_RUNTIME_PRESET),
+    ]
 }

@@ -33,20 +33,32 @@ impl ChainError {
     fn from_module(e: &subxt::error::ModuleError) -> Self {
         match e.details() {
             Ok(details) => {
-                let doc = details.variant.docs.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                let doc = details
+                    .variant
+                    .docs
+                    .iter()
+                    .map(|l| l.trim())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let detail = if details.variant.fields.is_empty() {
                     None
                 } else {
                     // Outer enum -> pallet enum -> this variant: show what is inside.
-                    e.as_root_error::<Value>().ok().map(|v| strip_outer(&v.to_string(), details.pallet.name()))
+                    e.as_root_error::<Value>()
+                        .ok()
+                        .map(|v| strip_outer(&v.to_string(), details.pallet.name()))
                 };
                 ChainError {
                     pallet: details.pallet.name().to_string(),
                     name: details.variant.name.clone(),
-                    doc: if doc.is_empty() { "(undocumented)".into() } else { doc },
+                    doc: if doc.is_empty() {
+                        "(undocumented)".into()
+                    } else {
+                        doc
+                    },
                     detail,
                 }
-            },
+            }
             Err(_) => ChainError {
                 pallet: format!("pallet #{}", e.pallet_index()),
                 name: format!("error #{}", e.error_index()),
@@ -57,7 +69,12 @@ impl ChainError {
     }
 
     fn other(name: &str, doc: String) -> Self {
-        ChainError { pallet: "System".into(), name: name.into(), doc, detail: None }
+        ChainError {
+            pallet: "System".into(),
+            name: name.into(),
+            doc,
+            detail: None,
+        }
     }
 }
 
@@ -66,7 +83,11 @@ fn strip_outer(text: &str, pallet: &str) -> String {
     text.strip_prefix(pallet)
         .map(|rest| {
             let rest = rest.trim();
-            rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')).unwrap_or(rest).trim().to_string()
+            rest.strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .unwrap_or(rest)
+                .trim()
+                .to_string()
         })
         .unwrap_or_else(|| text.to_string())
 }
@@ -80,7 +101,9 @@ impl Chain {
         let api = tokio::time::timeout(Duration::from_secs(30), Api::from_insecure_url(url))
             .await
             .map_err(|_| anyhow!("connecting to {url}: no answer within 30 s"))?
-            .with_context(|| format!("connecting to {url} (is the chain running? `make chain` starts one)"))?;
+            .with_context(|| {
+                format!("connecting to {url} (is the chain running? `make chain` starts one)")
+            })?;
         Ok(Self { api })
     }
 
@@ -88,12 +111,21 @@ impl Chain {
     /// straight into primitives types.
     pub async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
         let at = self.api.at_current_block().await?;
-        let bytes = at.runtime_apis().call_raw(method, Some(args)).await.with_context(|| format!("calling {method}"))?;
+        let bytes = at
+            .runtime_apis()
+            .call_raw(method, Some(args))
+            .await
+            .with_context(|| format!("calling {method}"))?;
         R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {method}"))
     }
 
     /// Signs, submits and waits until the transaction is in a finalized block.
-    pub async fn submit<C: Payload>(&self, call: &C, signer: &Keypair, timeout: Duration) -> Result<TxEvents> {
+    pub async fn submit<C: Payload>(
+        &self,
+        call: &C,
+        signer: &Keypair,
+        timeout: Duration,
+    ) -> Result<TxEvents> {
         let run = async {
             let progress = self
                 .api
@@ -105,31 +137,41 @@ impl Chain {
                 .map_err(|e| explain_submit_error(e.to_string()))?;
             match progress.wait_for_finalized_success().await {
                 Ok(events) => Ok(events),
-                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(
-                    DispatchError::Module(e),
-                ))) => Err(ChainError::from_module(&e).into()),
-                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(e))) => {
-                    Err(ChainError::other("DispatchError", e.to_string()).into())
-                },
+                Err(TransactionFinalizedSuccessError::SuccessError(
+                    TransactionEventsError::ExtrinsicFailed(DispatchError::Module(e)),
+                )) => Err(ChainError::from_module(&e).into()),
+                Err(TransactionFinalizedSuccessError::SuccessError(
+                    TransactionEventsError::ExtrinsicFailed(e),
+                )) => Err(ChainError::other("DispatchError", e.to_string()).into()),
                 Err(e) => Err(anyhow!("waiting for finality: {e}")),
             }
         };
-        tokio::time::timeout(timeout, run).await.map_err(|_| anyhow!("not finalized within {timeout:?}"))?
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| anyhow!("not finalized within {timeout:?}"))?
     }
 
     pub async fn free_balance(&self, account: &AccountId32) -> Result<u128> {
         use zos_executor::chain::runtime;
         let at = self.api.at_current_block().await?;
-        let info = at.storage().fetch(runtime::storage().system().account(), (account.clone(),)).await?.decode()?;
+        let info = at
+            .storage()
+            .fetch(runtime::storage().system().account(), (account.clone(),))
+            .await?
+            .decode()?;
         Ok(info.data.free)
     }
 }
 
 /// The pool's refusals (no funds for fees, bad nonce) as readable errors.
 fn explain_submit_error(text: String) -> anyhow::Error {
-    if text.contains("Inability to pay some fees") || text.contains("1010") && text.contains("pay") {
-        return ChainError::other("Payment", "the signer cannot pay the transaction fee (fund the account first)".into())
-            .into();
+    if text.contains("Inability to pay some fees") || text.contains("1010") && text.contains("pay")
+    {
+        return ChainError::other(
+            "Payment",
+            "the signer cannot pay the transaction fee (fund the account first)".into(),
+        )
+        .into();
     }
     anyhow!("submitting: {text}")
 }
@@ -140,7 +182,11 @@ pub fn event_list(events: &TxEvents) -> Result<Vec<(String, String, Value)>> {
     for ev in events.iter() {
         let ev = ev?;
         let fields = ev.decode_fields_unchecked_as::<Value>()?;
-        out.push((ev.pallet_name().to_string(), ev.event_name().to_string(), fields));
+        out.push((
+            ev.pallet_name().to_string(),
+            ev.event_name().to_string(),
+            fields,
+        ));
     }
     Ok(out)
 }
@@ -156,13 +202,21 @@ mod tests {
 
     #[test]
     fn outer_pallet_name_is_stripped() {
-        assert_eq!(strip_outer("Deployments (InvalidSpec (ImageHashZero))", "Deployments"), "InvalidSpec (ImageHashZero)");
+        assert_eq!(
+            strip_outer("Deployments (InvalidSpec (ImageHashZero))", "Deployments"),
+            "InvalidSpec (ImageHashZero)"
+        );
         assert_eq!(strip_outer("Other (X)", "Deployments"), "Other (X)");
     }
 
     #[test]
     fn chain_error_shows_name_and_doc() {
-        let e = ChainError { pallet: "Grid".into(), name: "FarmNotFound".into(), doc: "No farm.".into(), detail: None };
+        let e = ChainError {
+            pallet: "Grid".into(),
+            name: "FarmNotFound".into(),
+            doc: "No farm.".into(),
+            detail: None,
+        };
         assert_eq!(e.to_string(), "Grid::FarmNotFound: No farm.");
     }
 }

@@ -32,7 +32,10 @@ struct Out {
 
 impl Out {
     fn new(json: Json, human: impl Into<String>) -> Self {
-        Self { json, human: human.into() }
+        Self {
+            json,
+            human: human.into(),
+        }
     }
 }
 
@@ -45,7 +48,9 @@ struct Ctx {
 
 impl Ctx {
     fn signer(&self) -> Result<Keypair> {
-        let key = self.key.as_deref().ok_or_else(|| anyhow!("this command signs a transaction: give --key (e.g. --key //Alice)"))?;
+        let key = self.key.as_deref().ok_or_else(|| {
+            anyhow!("this command signs a transaction: give --key (e.g. --key //Alice)")
+        })?;
         parse_key(key).map_err(Into::into)
     }
 
@@ -55,48 +60,90 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> Result<i32> {
-    let ctx = Ctx { url: cli.url, key: cli.key, json: cli.json, timeout: Duration::from_secs(cli.timeout.max(1)) };
+    let ctx = Ctx {
+        url: cli.url,
+        key: cli.key,
+        json: cli.json,
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+    };
     let out = match cli.command {
         Command::Image { args } => return image_passthrough(&args),
-        Command::Events { contract, from, follow } => return events(&ctx, contract, from, follow).await,
+        Command::Events {
+            contract,
+            from,
+            follow,
+        } => return events(&ctx, contract, from, follow).await,
         Command::Farm(FarmCmd::Create { name }) => farm_create(&ctx, &name).await?,
-        Command::Farm(FarmCmd::Ip(FarmIpCmd::Add { farm, cidr, gateway })) => farm_ip_add(&ctx, farm, &cidr, &gateway).await?,
+        Command::Farm(FarmCmd::Ip(FarmIpCmd::Add {
+            farm,
+            cidr,
+            gateway,
+        })) => farm_ip_add(&ctx, farm, &cidr, &gateway).await?,
         Command::Farm(FarmCmd::List) => farm_list(&ctx).await?,
         Command::Node(NodeCmd::List { farm }) => node_list(&ctx, farm).await?,
         Command::Node(NodeCmd::Show { id }) => node_show(&ctx, id).await?,
-        Command::Deploy { spec, node, signers, image } => {
+        Command::Deploy {
+            spec,
+            node,
+            signers,
+            image,
+        } => {
             let spec = load_spec(&spec, &image)?;
             deploy(&ctx, spec, node, &signers.signers, signers.threshold).await?
-        },
+        }
         Command::Approve { contract, hash } => vote(&ctx, contract, hash.as_deref(), true).await?,
         Command::Reject { contract, hash } => vote(&ctx, contract, hash.as_deref(), false).await?,
-        Command::Update { contract, spec, image } => update(&ctx, contract, spec, &image).await?,
+        Command::Update {
+            contract,
+            spec,
+            image,
+        } => update(&ctx, contract, spec, &image).await?,
         Command::Cancel { contract } => cancel(&ctx, contract).await?,
         Command::Contract(ContractCmd::Show { id }) => contract_show(&ctx, id).await?,
-        Command::Contract(ContractCmd::List { owner }) => contract_list(&ctx, owner.as_deref()).await?,
+        Command::Contract(ContractCmd::List { owner }) => {
+            contract_list(&ctx, owner.as_deref()).await?
+        }
         Command::Transfer { to, amount } => transfer(&ctx, &to, &amount).await?,
         Command::Key(KeyCmd::Show) => {
             let account = ctx.signer()?.public_key().to_account_id();
-            Out::new(json!({ "account": account.to_string() }), account.to_string())
-        },
+            Out::new(
+                json!({ "account": account.to_string() }),
+                account.to_string(),
+            )
+        }
         Command::Key(KeyCmd::New { path }) => {
             let id = zos_executor::identity::NodeIdentity::load_or_create(&path)?;
             let account = id.account_id().to_string();
             Out::new(
                 json!({ "account": account, "box_key": hex::encode(id.box_public), "path": path.display().to_string() }),
-                format!("{}\naccount {account}\nbox key {}", path.display(), hex::encode(id.box_public)),
+                format!(
+                    "{}\naccount {account}\nbox key {}",
+                    path.display(),
+                    hex::encode(id.box_public)
+                ),
             )
-        },
+        }
         Command::Check { spec, image } => {
             let spec = load_spec(&spec, &image)?;
             let required = spec.required_resources();
-            let mut human = format!("ok: version {}, hash 0x{}\n", spec.version, hex::encode(spec.hash()));
-            human.push_str(&format!("needs {}, {} public IPv4\n", format::resources(&required.resources), required.public_ipv4));
+            let mut human = format!(
+                "ok: version {}, hash 0x{}\n",
+                spec.version,
+                hex::encode(spec.hash())
+            );
+            human.push_str(&format!(
+                "needs {}, {} public IPv4\n",
+                format::resources(&required.resources),
+                required.public_ipv4
+            ));
             for line in format::spec_lines(&spec) {
                 human.push_str(&format!("  {line}\n"));
             }
-            Out::new(json!({ "hash": hex0x(&spec.hash()), "required": required, "spec": spec }), human.trim_end())
-        },
+            Out::new(
+                json!({ "hash": hex0x(&spec.hash()), "required": required, "spec": spec }),
+                human.trim_end(),
+            )
+        }
         Command::SealKey { node, wg_key } => seal_key(&ctx, node, wg_key.as_deref()).await?,
     };
     if ctx.json {
@@ -129,10 +176,12 @@ fn image_binary() -> PathBuf {
 
 fn image_passthrough(args: &[String]) -> Result<i32> {
     let bin = image_binary();
-    let status = Process::new(&bin)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {} (build it with `cargo build -p zos-image` or set ZOS_IMAGE_BIN)", bin.display()))?;
+    let status = Process::new(&bin).args(args).status().with_context(|| {
+        format!(
+            "running {} (build it with `cargo build -p zos-image` or set ZOS_IMAGE_BIN)",
+            bin.display()
+        )
+    })?;
     Ok(status.code().unwrap_or(1))
 }
 
@@ -159,7 +208,9 @@ fn field_u128(v: &Value, name: &str) -> Option<u128> {
 async fn farm_create(ctx: &Ctx, name: &str) -> Result<Out> {
     let signer = ctx.signer()?;
     let chain = ctx.chain().await?;
-    let call = runtime::tx().grid().create_farm(bounded_bytes(name.as_bytes())?);
+    let call = runtime::tx()
+        .grid()
+        .create_farm(bounded_bytes(name.as_bytes())?);
     let events = chain.submit(&call, &signer, ctx.timeout).await?;
     let created = events
         .find_first::<runtime::grid::events::FarmCreated>()
@@ -172,30 +223,48 @@ async fn farm_create(ctx: &Ctx, name: &str) -> Result<Out> {
 
 async fn farm_ip_add(ctx: &Ctx, farm: u32, cidr: &str, gateway: &str) -> Result<Out> {
     let signer = ctx.signer()?;
-    let config = PublicIpv4Config { ip: parse_cidr(cidr)?, gateway: parse_ipv4(gateway)? };
+    let config = PublicIpv4Config {
+        ip: parse_cidr(cidr)?,
+        gateway: parse_ipv4(gateway)?,
+    };
     let chain = ctx.chain().await?;
     let call = runtime::tx().grid().add_farm_ip(farm, convert(&config)?);
     chain.submit(&call, &signer, ctx.timeout).await?;
     Ok(Out::new(
         json!({ "farm": farm, "ip": format::cidr(&config.ip), "gateway": format::ip(config.gateway) }),
-        format!("farm {farm}: added {} (gateway {})", format::cidr(&config.ip), format::ip(config.gateway)),
+        format!(
+            "farm {farm}: added {} (gateway {})",
+            format::cidr(&config.ip),
+            format::ip(config.gateway)
+        ),
     ))
 }
 
 async fn farm_list(ctx: &Ctx) -> Result<Out> {
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
-    let mut entries = at.storage().iter(runtime::storage().grid().farms(), ()).await?;
+    let mut entries = at
+        .storage()
+        .iter(runtime::storage().grid().farms(), ())
+        .await?;
     let mut farms = Vec::new();
     while let Some(kv) = entries.next().await {
         farms.push(kv?.value().decode()?);
     }
     farms.sort_by_key(|f| f.id);
     let mut rows = Vec::new();
-    let mut human = vec![format!("{:>5}  {:<24} {:<50} {:>4} {:>4}", "FARM", "NAME", "OWNER", "IPS", "FREE")];
+    let mut human = vec![format!(
+        "{:>5}  {:<24} {:<50} {:>4} {:>4}",
+        "FARM", "NAME", "OWNER", "IPS", "FREE"
+    )];
     for f in &farms {
         let name = format::text(&f.name.0);
-        let free = f.public_ips.0.iter().filter(|e| e.assigned.is_none()).count();
+        let free = f
+            .public_ips
+            .0
+            .iter()
+            .filter(|e| e.assigned.is_none())
+            .count();
         let ips: Vec<Json> = f
             .public_ips
             .0
@@ -208,8 +277,17 @@ async fn farm_list(ctx: &Ctx) -> Result<Out> {
                 json!({ "ip": format::cidr(&c.ip), "gateway": format::ip(c.gateway), "assigned": e.assigned.is_some() })
             })
             .collect();
-        human.push(format!("{:>5}  {:<24} {:<50} {:>4} {:>4}", f.id, name, f.owner.to_string(), ips.len(), free));
-        rows.push(json!({ "farm": f.id, "name": name, "owner": f.owner.to_string(), "public_ips": ips }));
+        human.push(format!(
+            "{:>5}  {:<24} {:<50} {:>4} {:>4}",
+            f.id,
+            name,
+            f.owner.to_string(),
+            ips.len(),
+            free
+        ));
+        rows.push(
+            json!({ "farm": f.id, "name": name, "owner": f.owner.to_string(), "public_ips": ips }),
+        );
     }
     if farms.is_empty() {
         human = vec!["no farms".into()];
@@ -218,7 +296,9 @@ async fn farm_list(ctx: &Ctx) -> Result<Out> {
 }
 
 async fn node_status(chain: &Chain, node: u32) -> Result<&'static str> {
-    let status: Option<NodeStatus> = chain.runtime_call("GridApi_node_status", &arg(&node)).await?;
+    let status: Option<NodeStatus> = chain
+        .runtime_call("GridApi_node_status", &arg(&node))
+        .await?;
     Ok(match status {
         Some(NodeStatus::Online) => "online",
         Some(NodeStatus::Offline) => "offline",
@@ -229,7 +309,10 @@ async fn node_status(chain: &Chain, node: u32) -> Result<&'static str> {
 async fn node_list(ctx: &Ctx, farm: Option<u32>) -> Result<Out> {
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
-    let mut entries = at.storage().iter(runtime::storage().grid().nodes(), ()).await?;
+    let mut entries = at
+        .storage()
+        .iter(runtime::storage().grid().nodes(), ())
+        .await?;
     let mut nodes = Vec::new();
     while let Some(kv) = entries.next().await {
         let node = kv?.value().decode()?;
@@ -239,7 +322,10 @@ async fn node_list(ctx: &Ctx, farm: Option<u32>) -> Result<Out> {
     }
     nodes.sort_by_key(|n| n.id);
     let mut rows = Vec::new();
-    let mut human = vec![format!("{:>5} {:>5}  {:<8} {:>9}  {:<50} CAPACITY", "NODE", "FARM", "STATUS", "CONTRACTS", "ACCOUNT")];
+    let mut human = vec![format!(
+        "{:>5} {:>5}  {:<8} {:>9}  {:<50} CAPACITY",
+        "NODE", "FARM", "STATUS", "CONTRACTS", "ACCOUNT"
+    )];
     for n in &nodes {
         let status = node_status(&chain, n.id).await?;
         let capacity: Resources = convert(&n.capacity)?;
@@ -266,14 +352,20 @@ async fn node_list(ctx: &Ctx, farm: Option<u32>) -> Result<Out> {
 async fn node_show(ctx: &Ctx, id: u32) -> Result<Out> {
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
-    let Some(n) = at.storage().try_fetch(runtime::storage().grid().nodes(), (id,)).await? else {
+    let Some(n) = at
+        .storage()
+        .try_fetch(runtime::storage().grid().nodes(), (id,))
+        .await?
+    else {
         bail!("node {id} not found");
     };
     let n = n.decode()?;
     let status = node_status(&chain, id).await?;
     let capacity: Resources = convert(&n.capacity)?;
     let reserved: Resources = convert(&n.reserved)?;
-    let free: Option<Resources> = chain.runtime_call("GridApi_free_capacity", &arg(&id)).await?;
+    let free: Option<Resources> = chain
+        .runtime_call("GridApi_free_capacity", &arg(&id))
+        .await?;
     let version = format::text(&n.executor_version.0);
     let heartbeat = n.last_heartbeat.as_ref().map(|h| h.block);
     let human = format!(
@@ -301,13 +393,23 @@ async fn node_show(ctx: &Ctx, id: u32) -> Result<Out> {
 
 // ---- contracts
 
-async fn deploy(ctx: &Ctx, spec: DeploymentSpec, node: u32, signers: &[String], threshold: Option<u32>) -> Result<Out> {
+async fn deploy(
+    ctx: &Ctx,
+    spec: DeploymentSpec,
+    node: u32,
+    signers: &[String],
+    threshold: Option<u32>,
+) -> Result<Out> {
     use runtime::runtime_types::pallet_deployments::types::Signer;
     let key = ctx.signer()?;
     let me = key.public_key().to_account_id();
     let mut list: Vec<SignerArg> = signers.iter().map(|s| s.parse()).collect::<Result<_>>()?;
     if list.is_empty() {
-        list.push(SignerArg { account: me.clone(), weight: 1, required: true });
+        list.push(SignerArg {
+            account: me.clone(),
+            weight: 1,
+            required: true,
+        });
     }
     if !list.iter().any(|s| s.account == me) {
         bail!("the account of --key ({me}) must be one of the --signer accounts: the creator approves by creating");
@@ -316,14 +418,27 @@ async fn deploy(ctx: &Ctx, spec: DeploymentSpec, node: u32, signers: &[String], 
     let threshold = threshold.unwrap_or(total);
     let hash = spec.hash();
     let chain = ctx.chain().await?;
-    let signer_values: Vec<Signer<AccountId32>> =
-        list.iter().map(|s| Signer { account: s.account.clone(), weight: s.weight, required: s.required }).collect();
-    let call = runtime::tx().deployments().create(node, convert(&spec)?, BoundedVec(signer_values), threshold);
+    let signer_values: Vec<Signer<AccountId32>> = list
+        .iter()
+        .map(|s| Signer {
+            account: s.account.clone(),
+            weight: s.weight,
+            required: s.required,
+        })
+        .collect();
+    let call = runtime::tx().deployments().create(
+        node,
+        convert(&spec)?,
+        BoundedVec(signer_values),
+        threshold,
+    );
     let events = chain.submit(&call, &key, ctx.timeout).await?;
     let created = events
         .find_first::<runtime::deployments::events::ContractCreated>()
         .ok_or_else(|| anyhow!("no ContractCreated event"))??;
-    let activated = events.find_first::<runtime::deployments::events::ContractActivated>().is_some();
+    let activated = events
+        .find_first::<runtime::deployments::events::ContractActivated>()
+        .is_some();
     let human = format!(
         "contract {} created on node {node}, spec hash 0x{}, deposit {}\n{}",
         created.contract,
@@ -332,7 +447,10 @@ async fn deploy(ctx: &Ctx, spec: DeploymentSpec, node: u32, signers: &[String], 
         if activated {
             "activated: the node deploys it now".to_string()
         } else {
-            format!("waiting for approvals (threshold {threshold}): zos approve {} --key <signer>", created.contract)
+            format!(
+                "waiting for approvals (threshold {threshold}): zos approve {} --key <signer>",
+                created.contract
+            )
         }
     );
     Ok(Out::new(
@@ -347,17 +465,28 @@ async fn deploy(ctx: &Ctx, spec: DeploymentSpec, node: u32, signers: &[String], 
 
 async fn pending_hash(chain: &Chain, contract: ContractId) -> Result<[u8; 32]> {
     let at = chain.api.at_current_block().await?;
-    if at.storage().try_fetch(runtime::storage().deployments().contracts(), (contract,)).await?.is_none() {
+    if at
+        .storage()
+        .try_fetch(runtime::storage().deployments().contracts(), (contract,))
+        .await?
+        .is_none()
+    {
         bail!("contract {contract} not found (cancelled contracts are removed)");
     }
-    let Some(p) = at.storage().try_fetch(runtime::storage().deployments().proposals(), (contract,)).await? else {
+    let Some(p) = at
+        .storage()
+        .try_fetch(runtime::storage().deployments().proposals(), (contract,))
+        .await?
+    else {
         bail!("contract {contract} has no pending proposal");
     };
     Ok(p.decode()?.hash)
 }
 
 async fn vote(ctx: &Ctx, contract: ContractId, hash: Option<&str>, approve: bool) -> Result<Out> {
-    use runtime::deployments::events::{ContractActivated, ContractCancelled, ContractUpdated, ProposalApproved};
+    use runtime::deployments::events::{
+        ContractActivated, ContractCancelled, ContractUpdated, ProposalApproved,
+    };
     let key = ctx.signer()?;
     let chain = ctx.chain().await?;
     let hash = match hash {
@@ -365,16 +494,35 @@ async fn vote(ctx: &Ctx, contract: ContractId, hash: Option<&str>, approve: bool
         None => pending_hash(&chain, contract).await?,
     };
     let events = if approve {
-        chain.submit(&runtime::tx().deployments().approve(contract, hash), &key, ctx.timeout).await?
+        chain
+            .submit(
+                &runtime::tx().deployments().approve(contract, hash),
+                &key,
+                ctx.timeout,
+            )
+            .await?
     } else {
-        chain.submit(&runtime::tx().deployments().reject(contract, hash), &key, ctx.timeout).await?
+        chain
+            .submit(
+                &runtime::tx().deployments().reject(contract, hash),
+                &key,
+                ctx.timeout,
+            )
+            .await?
     };
-    let mut outcome = if approve { "approved".to_string() } else { "rejected".to_string() };
+    let mut outcome = if approve {
+        "approved".to_string()
+    } else {
+        "rejected".to_string()
+    };
     if let Some(Ok(a)) = events.find_first::<ProposalApproved>() {
         outcome = format!("approved (approving weight now {})", a.approved_weight);
     }
     if let Some(Ok(a)) = events.find_first::<ContractActivated>() {
-        outcome.push_str(&format!("; contract activated (version {}) on node {}", a.version, a.node));
+        outcome.push_str(&format!(
+            "; contract activated (version {}) on node {}",
+            a.version, a.node
+        ));
     }
     if let Some(Ok(u)) = events.find_first::<ContractUpdated>() {
         outcome.push_str(&format!("; contract updated to version {}", u.version));
@@ -384,26 +532,54 @@ async fn vote(ctx: &Ctx, contract: ContractId, hash: Option<&str>, approve: bool
     }
     Ok(Out::new(
         json!({ "contract": contract, "hash": hex0x(&hash), "events": events_json(&events)? }),
-        format!("contract {contract}: proposal 0x{}… {outcome}", &hex::encode(hash)[..16]),
+        format!(
+            "contract {contract}: proposal 0x{}… {outcome}",
+            &hex::encode(hash)[..16]
+        ),
     ))
 }
 
-async fn update(ctx: &Ctx, contract: ContractId, path: PathBuf, image: &crate::ImageOverride) -> Result<Out> {
+async fn update(
+    ctx: &Ctx,
+    contract: ContractId,
+    path: PathBuf,
+    image: &crate::ImageOverride,
+) -> Result<Out> {
     let key = ctx.signer()?;
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
-    let Some(c) = at.storage().try_fetch(runtime::storage().deployments().contracts(), (contract,)).await? else {
+    let Some(c) = at
+        .storage()
+        .try_fetch(runtime::storage().deployments().contracts(), (contract,))
+        .await?
+    else {
         bail!("contract {contract} not found");
     };
-    let active = c.decode()?.active.ok_or_else(|| anyhow!("contract {contract} was never activated: nothing to update"))?;
+    let active = c
+        .decode()?
+        .active
+        .ok_or_else(|| anyhow!("contract {contract} was never activated: nothing to update"))?;
     // Parse first, then set the version: files are kept at any version.
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut spec = crate::specfile::parse_spec(&text, &path)?;
     crate::specfile::apply_image_override(&mut spec, image)?;
-    spec.version = active.version.checked_add(1).ok_or_else(|| anyhow!("version counter exhausted"))?;
-    spec.validate().map_err(|e| anyhow!("spec {} breaks a rule: {e:?}", path.display()))?;
+    spec.version = active
+        .version
+        .checked_add(1)
+        .ok_or_else(|| anyhow!("version counter exhausted"))?;
+    spec.validate()
+        .map_err(|e| anyhow!("spec {} breaks a rule: {e:?}", path.display()))?;
     let hash = spec.hash();
-    let events = chain.submit(&runtime::tx().deployments().propose_update(contract, convert(&spec)?), &key, ctx.timeout).await?;
+    let events = chain
+        .submit(
+            &runtime::tx()
+                .deployments()
+                .propose_update(contract, convert(&spec)?),
+            &key,
+            ctx.timeout,
+        )
+        .await?;
     Ok(Out::new(
         json!({ "contract": contract, "version": spec.version, "hash": hex0x(&hash), "events": events_json(&events)? }),
         format!(
@@ -417,10 +593,20 @@ async fn update(ctx: &Ctx, contract: ContractId, path: PathBuf, image: &crate::I
 async fn cancel(ctx: &Ctx, contract: ContractId) -> Result<Out> {
     let key = ctx.signer()?;
     let chain = ctx.chain().await?;
-    let events = chain.submit(&runtime::tx().deployments().propose_cancel(contract), &key, ctx.timeout).await?;
-    let human = if events.find_first::<runtime::deployments::events::ContractCancelled>().is_some() {
+    let events = chain
+        .submit(
+            &runtime::tx().deployments().propose_cancel(contract),
+            &key,
+            ctx.timeout,
+        )
+        .await?;
+    let human = if events
+        .find_first::<runtime::deployments::events::ContractCancelled>()
+        .is_some()
+    {
         format!("contract {contract} cancelled")
-    } else if let Some(Ok(p)) = events.find_first::<runtime::deployments::events::ProposalCreated>() {
+    } else if let Some(Ok(p)) = events.find_first::<runtime::deployments::events::ProposalCreated>()
+    {
         format!(
             "contract {contract}: cancellation proposed (hash 0x{}); signers approve with: zos approve {contract}",
             hex::encode(p.hash)
@@ -428,40 +614,63 @@ async fn cancel(ctx: &Ctx, contract: ContractId) -> Result<Out> {
     } else {
         format!("contract {contract}: cancellation submitted")
     };
-    Ok(Out::new(json!({ "contract": contract, "events": events_json(&events)? }), human))
+    Ok(Out::new(
+        json!({ "contract": contract, "events": events_json(&events)? }),
+        human,
+    ))
 }
 
 async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
     let storage = at.storage();
-    let Some(c) = storage.try_fetch(runtime::storage().deployments().contracts(), (id,)).await? else {
+    let Some(c) = storage
+        .try_fetch(runtime::storage().deployments().contracts(), (id,))
+        .await?
+    else {
         bail!("contract {id} not found (cancelled contracts are removed from the chain)");
     };
     let c = c.decode()?;
     let state: ContractState = convert(&c.state)?;
-    let spec: Option<DeploymentSpec> = match storage.try_fetch(runtime::storage().deployments().active_specs(), (id,)).await? {
+    let spec: Option<DeploymentSpec> = match storage
+        .try_fetch(runtime::storage().deployments().active_specs(), (id,))
+        .await?
+    {
         Some(s) => Some(convert(&s.decode()?)?),
         None => None,
     };
-    let proposal = match storage.try_fetch(runtime::storage().deployments().proposals(), (id,)).await? {
+    let proposal = match storage
+        .try_fetch(runtime::storage().deployments().proposals(), (id,))
+        .await?
+    {
         Some(p) => Some(p.decode()?),
         None => None,
     };
-    let report = match storage.try_fetch(runtime::storage().deployments().reports(), (id,)).await? {
+    let report = match storage
+        .try_fetch(runtime::storage().deployments().reports(), (id,))
+        .await?
+    {
         Some(r) => Some(r.decode()?),
         None => None,
     };
-    let billing: Option<ContractBillingStatus<u128, u32>> = chain.runtime_call("BillingApi_contract_billing", &arg(&id)).await?;
+    let billing: Option<ContractBillingStatus<u128, u32>> = chain
+        .runtime_call("BillingApi_contract_billing", &arg(&id))
+        .await?;
 
     let mut h = Vec::new();
-    h.push(format!("contract {id} on node {}: {}", c.node, format::state(&state)));
+    h.push(format!(
+        "contract {id} on node {}: {}",
+        c.node,
+        format::state(&state)
+    ));
     h.push(format!("  owner      {}", c.owner));
     h.push(format!("  deposit    {}", format::zgt(c.deposit)));
     h.push(format!(
         "  created at block {}{}",
         c.created_at,
-        c.activated_at.map(|b| format!(", activated at block {b}")).unwrap_or_default()
+        c.activated_at
+            .map(|b| format!(", activated at block {b}"))
+            .unwrap_or_default()
     ));
     h.push(format!("  signers (threshold {}):", c.threshold));
     let signers: Vec<Json> = c
@@ -469,12 +678,21 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
         .0
         .iter()
         .map(|s| {
-            h.push(format!("    {} weight {}{}", s.account, s.weight, if s.required { ", required" } else { "" }));
+            h.push(format!(
+                "    {} weight {}{}",
+                s.account,
+                s.weight,
+                if s.required { ", required" } else { "" }
+            ));
             json!({ "account": s.account.to_string(), "weight": s.weight, "required": s.required })
         })
         .collect();
     if let Some(active) = &c.active {
-        h.push(format!("  active spec: version {}, hash 0x{}", active.version, hex::encode(active.hash)));
+        h.push(format!(
+            "  active spec: version {}, hash 0x{}",
+            active.version,
+            hex::encode(active.hash)
+        ));
     }
     if let Some(spec) = &spec {
         for line in format::spec_lines(spec) {
@@ -498,7 +716,10 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
     });
     let report_json = report.as_ref().map(|r| {
         use runtime::runtime_types::pallet_deployments::types::WorkloadResult;
-        h.push(format!("  last report: version {} at block {}", r.version, r.at));
+        h.push(format!(
+            "  last report: version {} at block {}",
+            r.version, r.at
+        ));
         let workloads: Vec<Json> = r
             .workloads
             .0
@@ -509,7 +730,12 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
                     WorkloadResult::Ok => (true, None),
                     WorkloadResult::Error(e) => (false, Some(format::text(&e.0))),
                 };
-                h.push(format!("    {name}: {}", why.clone().map(|w| format!("error: {w}")).unwrap_or_else(|| "ok".into())));
+                h.push(format!(
+                    "    {name}: {}",
+                    why.clone()
+                        .map(|w| format!("error: {w}"))
+                        .unwrap_or_else(|| "ok".into())
+                ));
                 json!({ "name": name, "ok": ok, "error": why })
             })
             .collect();
@@ -545,11 +771,18 @@ async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out> {
     };
     let chain = ctx.chain().await?;
     let list: Vec<ContractSummary> = match &owner {
-        Some(o) => chain.runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o.0)).await?,
+        Some(o) => {
+            chain
+                .runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o.0))
+                .await?
+        }
         None => {
             let at = chain.api.at_current_block().await?;
             let mut ids = BTreeSet::new();
-            let mut entries = at.storage().iter(runtime::storage().deployments().contracts(), ()).await?;
+            let mut entries = at
+                .storage()
+                .iter(runtime::storage().deployments().contracts(), ())
+                .await?;
             let mut owners = BTreeSet::new();
             while let Some(kv) = entries.next().await {
                 let c = kv?.value().decode()?;
@@ -557,7 +790,9 @@ async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out> {
             }
             let mut all = Vec::new();
             for o in owners {
-                let mine: Vec<ContractSummary> = chain.runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o)).await?;
+                let mine: Vec<ContractSummary> = chain
+                    .runtime_call("DeploymentsApi_contracts_of_owner", &arg(&o))
+                    .await?;
                 for s in mine {
                     if ids.insert(s.contract) {
                         all.push(s);
@@ -566,15 +801,30 @@ async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out> {
             }
             all.sort_by_key(|s| s.contract);
             all
-        },
+        }
     };
-    let mut human = vec![format!("{:>8} {:>5}  {:<28} {:>7}  PENDING", "CONTRACT", "NODE", "STATE", "VERSION")];
+    let mut human = vec![format!(
+        "{:>8} {:>5}  {:<28} {:>7}  PENDING",
+        "CONTRACT", "NODE", "STATE", "VERSION"
+    )];
     let rows: Vec<Json> = list
         .iter()
         .map(|s| {
-            let version = s.active.map(|(_, v)| v.to_string()).unwrap_or_else(|| "-".into());
-            let pending = s.pending_proposal.map(|h| format!("0x{}…", &hex::encode(h)[..16])).unwrap_or_else(|| "-".into());
-            human.push(format!("{:>8} {:>5}  {:<28} {:>7}  {pending}", s.contract, s.node, format::state(&s.state), version));
+            let version = s
+                .active
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| "-".into());
+            let pending = s
+                .pending_proposal
+                .map(|h| format!("0x{}…", &hex::encode(h)[..16]))
+                .unwrap_or_else(|| "-".into());
+            human.push(format!(
+                "{:>8} {:>5}  {:<28} {:>7}  {pending}",
+                s.contract,
+                s.node,
+                format::state(&s.state),
+                version
+            ));
             json!({
                 "contract": s.contract, "node": s.node, "state": format::state(&s.state),
                 "active": s.active.map(|(h, v)| json!({ "hash": hex0x(&h), "version": v })),
@@ -602,31 +852,49 @@ async fn transfer(ctx: &Ctx, to: &str, amount: &str) -> Result<Out> {
     let balance = chain.free_balance(&to).await?;
     Ok(Out::new(
         json!({ "to": to.to_string(), "amount": value.to_string(), "balance": balance.to_string() }),
-        format!("sent {} to {to} (balance now {})", format::zgt(value), format::zgt(balance)),
+        format!(
+            "sent {} to {to} (balance now {})",
+            format::zgt(value),
+            format::zgt(balance)
+        ),
     ))
 }
 
 async fn seal_key(ctx: &Ctx, node: u32, wg_key: Option<&str>) -> Result<Out> {
     let (secret, generated) = match wg_key {
-        Some(k) => (zeroize::Zeroizing::new(parse_hash(k).context("--wg-key")?), false),
+        Some(k) => (
+            zeroize::Zeroizing::new(parse_hash(k).context("--wg-key")?),
+            false,
+        ),
         None => {
             let mut k = zeroize::Zeroizing::new([0u8; 32]);
             getrandom::getrandom(&mut k[..]).map_err(|e| anyhow!("no randomness: {e}"))?;
             (k, true)
-        },
+        }
     };
     let chain = ctx.chain().await?;
     let at = chain.api.at_current_block().await?;
-    let Some(n) = at.storage().try_fetch(runtime::storage().grid().nodes(), (node,)).await? else {
+    let Some(n) = at
+        .storage()
+        .try_fetch(runtime::storage().grid().nodes(), (node,))
+        .await?
+    else {
         bail!("node {node} not found");
     };
     let box_key = n.decode()?.box_key;
     let sealed = zos_primitives::sealing::seal_wireguard_key(&box_key, &secret)
         .map_err(|e| anyhow!("sealing failed: {e:?}"))?;
     let public = zos_primitives::sealing::box_public_key(&secret);
-    let mut human = format!("private_key = \"{}\"   # sealed to node {node}\npublic key  {}", hex::encode(&sealed.0), hex::encode(public));
+    let mut human = format!(
+        "private_key = \"{}\"   # sealed to node {node}\npublic key  {}",
+        hex::encode(&sealed.0),
+        hex::encode(public)
+    );
     if generated {
-        human.push_str(&format!("\nnew WireGuard private key (keep it secret) {}", hex::encode(*secret)));
+        human.push_str(&format!(
+            "\nnew WireGuard private key (keep it secret) {}",
+            hex::encode(*secret)
+        ));
     }
     Ok(Out::new(
         json!({
@@ -642,7 +910,12 @@ async fn seal_key(ctx: &Ctx, node: u32, wg_key: Option<&str>) -> Result<Out> {
 /// Pallets whose events concern deployers.
 const EVENT_PALLETS: [&str; 3] = ["Deployments", "Billing", "Grid"];
 
-async fn events(ctx: &Ctx, contract: Option<ContractId>, from: Option<u64>, follow: bool) -> Result<i32> {
+async fn events(
+    ctx: &Ctx,
+    contract: Option<ContractId>,
+    from: Option<u64>,
+    follow: bool,
+) -> Result<i32> {
     let chain = ctx.chain().await?;
     let head = chain.api.at_current_block().await?.block_number();
     let mut next = from.unwrap_or(head);
@@ -688,7 +961,10 @@ async fn events(ctx: &Ctx, contract: Option<ContractId>, from: Option<u64>, foll
 
 fn print_event(json: bool, block: u64, pallet: &str, name: &str, fields: &Value) {
     if json {
-        println!("{}", json!({ "block": block, "event": format!("{pallet}.{name}"), "fields": pretty_fields(fields) }));
+        println!(
+            "{}",
+            json!({ "block": block, "event": format!("{pallet}.{name}"), "fields": pretty_fields(fields) })
+        );
         return;
     }
     let detail = match (pallet, name) {
@@ -707,7 +983,14 @@ fn print_event(json: bool, block: u64, pallet: &str, name: &str, fields: &Value)
 }
 
 /// Field names that hold accounts (shown as SS58); other 32-byte values are hashes (hex).
-const ACCOUNT_FIELDS: [&str; 6] = ["owner", "signer", "proposer", "who", "account", "farm_owner"];
+const ACCOUNT_FIELDS: [&str; 6] = [
+    "owner",
+    "signer",
+    "proposer",
+    "who",
+    "account",
+    "farm_owner",
+];
 
 /// `{ a: 1, owner: 5Grw…, hash: 0x12… }`: top-level fields, byte arrays made readable.
 fn pretty_fields(fields: &Value) -> String {
@@ -721,11 +1004,14 @@ fn pretty_fields(fields: &Value) -> String {
             let shown = match byte_array(v) {
                 Some(bytes) if bytes.len() == 32 && ACCOUNT_FIELDS.contains(&name.as_str()) => {
                     AccountId32(bytes.try_into().unwrap_or([0; 32])).to_string()
-                },
+                }
                 Some(bytes) if bytes.len() == 32 => hex0x(&bytes),
-                Some(bytes) if bytes.len() > 1 && bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') => {
+                Some(bytes)
+                    if bytes.len() > 1
+                        && bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') =>
+                {
                     format!("{:?}", String::from_utf8_lossy(&bytes))
-                },
+                }
                 _ => v.to_string(),
             };
             format!("{name}: {shown}")
@@ -737,7 +1023,9 @@ fn pretty_fields(fields: &Value) -> String {
 /// The bytes of a value that is (possibly nested in one-field wrappers) an array of u8.
 fn byte_array(v: &Value) -> Option<Vec<u8>> {
     use subxt::ext::scale_value::{Composite, Primitive, ValueDef};
-    let ValueDef::Composite(c) = &v.value else { return None };
+    let ValueDef::Composite(c) = &v.value else {
+        return None;
+    };
     let items: Vec<&Value> = match c {
         Composite::Unnamed(items) => items.iter().collect(),
         Composite::Named(items) => items.iter().map(|(_, v)| v).collect(),

@@ -40,7 +40,13 @@ pub fn bytes_human(bytes: u64) -> String {
 }
 
 pub fn resources(r: &Resources) -> String {
-    format!("cpu {} · mem {} · ssd {} · hdd {}", r.cru, bytes_human(r.mru), bytes_human(r.sru), bytes_human(r.hru))
+    format!(
+        "cpu {} · mem {} · ssd {} · hdd {}",
+        r.cru,
+        bytes_human(r.mru),
+        bytes_human(r.sru),
+        bytes_human(r.hru)
+    )
 }
 
 pub fn state(s: &ContractState) -> String {
@@ -48,7 +54,11 @@ pub fn state(s: &ContractState) -> String {
         ContractState::PendingApproval => "PendingApproval".into(),
         ContractState::Active => "Active".into(),
         ContractState::Deployed => "Deployed".into(),
-        ContractState::Failed(f) => format!("Failed ({}: {})", text(f.workload.as_bytes()), text(&f.reason)),
+        ContractState::Failed(f) => format!(
+            "Failed ({}: {})",
+            text(f.workload.as_bytes()),
+            text(&f.reason)
+        ),
         ContractState::GracePeriod => "GracePeriod".into(),
         ContractState::Cancelled(c) => format!("Cancelled ({})", cause(c)),
     }
@@ -81,13 +91,17 @@ pub fn spec_lines(spec: &DeploymentSpec) -> Vec<String> {
                         text(vm.image.source.as_bytes())
                     );
                     for m in vm.mounts.iter() {
-                        s.push_str(&format!(", {} at {}", text(m.workload.as_bytes()), text(m.path.as_bytes())));
+                        s.push_str(&format!(
+                            ", {} at {}",
+                            text(m.workload.as_bytes()),
+                            text(m.path.as_bytes())
+                        ));
                     }
                     if !vm.entrypoint.is_empty() {
                         s.push_str(&format!(", runs `{}`", text(vm.entrypoint.as_bytes())));
                     }
                     s
-                },
+                }
                 WorkloadKind::Disk(d) => format!("disk: {} MiB", d.size_mib),
                 WorkloadKind::Volume(v) => format!("volume: {} MiB", v.size_mib),
                 WorkloadKind::Network(n) => format!(

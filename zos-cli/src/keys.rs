@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 pub enum KeyError {
     #[error("key file {path}: {reason}")]
     File { path: String, reason: String },
-    #[error("{0:?} is not a dev name (//Alice), a mnemonic, a secret URI, a 0x seed or a key file")]
+    #[error(
+        "{0:?} is not a dev name (//Alice), a mnemonic, a secret URI, a 0x seed or a key file"
+    )]
     Unrecognised(String),
     #[error("invalid secret: {0}")]
     Invalid(String),
@@ -50,7 +52,8 @@ fn dev_uri(text: &str) -> Option<String> {
 
 fn from_seed_hex(text: &str) -> Result<Keypair, KeyError> {
     let bytes = Zeroizing::new(
-        hex::decode(text.trim().trim_start_matches("0x")).map_err(|e| KeyError::Invalid(format!("seed is not hex: {e}")))?,
+        hex::decode(text.trim().trim_start_matches("0x"))
+            .map_err(|e| KeyError::Invalid(format!("seed is not hex: {e}")))?,
     );
     let seed: [u8; 32] = bytes
         .as_slice()
@@ -70,7 +73,10 @@ fn from_uri(text: &str) -> Result<Keypair, KeyError> {
 }
 
 fn from_file(path: &Path) -> Result<Keypair, KeyError> {
-    let file_err = |reason: String| KeyError::File { path: path.display().to_string(), reason };
+    let file_err = |reason: String| KeyError::File {
+        path: path.display().to_string(),
+        reason,
+    };
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?);
     let trimmed = text.trim();
     if trimmed.starts_with('{') {
@@ -79,7 +85,9 @@ fn from_file(path: &Path) -> Result<Keypair, KeyError> {
         let seed = value
             .get("account_seed")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| file_err("JSON without an \"account_seed\" (not an executor identity file)".into()))?;
+            .ok_or_else(|| {
+                file_err("JSON without an \"account_seed\" (not an executor identity file)".into())
+            })?;
         return from_seed_hex(seed).map_err(|e| file_err(e.to_string()));
     }
     if is_seed_hex(trimmed) {
@@ -123,10 +131,19 @@ mod tests {
     #[test]
     fn dev_names_in_both_spellings() {
         let alice = dev::alice().public_key().to_account_id();
-        assert_eq!(parse_key("//Alice").unwrap().public_key().to_account_id(), alice);
-        assert_eq!(parse_key("alice").unwrap().public_key().to_account_id(), alice);
+        assert_eq!(
+            parse_key("//Alice").unwrap().public_key().to_account_id(),
+            alice
+        );
+        assert_eq!(
+            parse_key("alice").unwrap().public_key().to_account_id(),
+            alice
+        );
         assert_eq!(parse_account("Alice").unwrap(), alice);
-        assert_eq!(parse_account("//Bob").unwrap(), dev::bob().public_key().to_account_id());
+        assert_eq!(
+            parse_account("//Bob").unwrap(),
+            dev::bob().public_key().to_account_id()
+        );
         assert_ne!(parse_account("//Alice//stash").unwrap(), alice);
     }
 
@@ -134,8 +151,14 @@ mod tests {
     fn ss58_addresses_and_garbage() {
         let bob = dev::bob().public_key().to_account_id();
         assert_eq!(parse_account(&bob.to_string()).unwrap(), bob);
-        assert!(matches!(parse_account("nobody"), Err(KeyError::UnknownAccount(_))));
-        assert!(matches!(parse_key("nobody"), Err(KeyError::Unrecognised(_))));
+        assert!(matches!(
+            parse_account("nobody"),
+            Err(KeyError::UnknownAccount(_))
+        ));
+        assert!(matches!(
+            parse_key("nobody"),
+            Err(KeyError::Unrecognised(_))
+        ));
         assert!(parse_key("0x1234").is_err());
     }
 
@@ -143,13 +166,19 @@ mod tests {
     fn mnemonic_and_seed() {
         let phrase = subxt_signer::DEV_PHRASE;
         let from_phrase = parse_key(phrase).unwrap().public_key().to_account_id();
-        let alice = parse_key(&format!("{phrase}//Alice")).unwrap().public_key().to_account_id();
+        let alice = parse_key(&format!("{phrase}//Alice"))
+            .unwrap()
+            .public_key()
+            .to_account_id();
         assert_eq!(alice, dev::alice().public_key().to_account_id());
         assert_ne!(from_phrase, alice);
         let seed = format!("0x{}", "11".repeat(32));
         assert_eq!(
             parse_key(&seed).unwrap().public_key().to_account_id(),
-            Keypair::from_secret_key([0x11; 32]).unwrap().public_key().to_account_id()
+            Keypair::from_secret_key([0x11; 32])
+                .unwrap()
+                .public_key()
+                .to_account_id()
         );
     }
 
@@ -157,24 +186,52 @@ mod tests {
     fn key_files() {
         let dir = tempfile::tempdir().unwrap();
         let identity = dir.path().join("identity.json");
-        std::fs::write(&identity, format!(r#"{{"account_seed":"{}","box_secret":"{}"}}"#, "22".repeat(32), "33".repeat(32)))
-            .unwrap();
-        let expected = Keypair::from_secret_key([0x22; 32]).unwrap().public_key().to_account_id();
-        assert_eq!(parse_key(identity.to_str().unwrap()).unwrap().public_key().to_account_id(), expected);
+        std::fs::write(
+            &identity,
+            format!(
+                r#"{{"account_seed":"{}","box_secret":"{}"}}"#,
+                "22".repeat(32),
+                "33".repeat(32)
+            ),
+        )
+        .unwrap();
+        let expected = Keypair::from_secret_key([0x22; 32])
+            .unwrap()
+            .public_key()
+            .to_account_id();
+        assert_eq!(
+            parse_key(identity.to_str().unwrap())
+                .unwrap()
+                .public_key()
+                .to_account_id(),
+            expected
+        );
 
         let raw = dir.path().join("seed");
         std::fs::write(&raw, format!("{}\n", "22".repeat(32))).unwrap();
-        assert_eq!(parse_key(raw.to_str().unwrap()).unwrap().public_key().to_account_id(), expected);
+        assert_eq!(
+            parse_key(raw.to_str().unwrap())
+                .unwrap()
+                .public_key()
+                .to_account_id(),
+            expected
+        );
 
         let phrase = dir.path().join("phrase");
         std::fs::write(&phrase, format!("{}//Alice\n", subxt_signer::DEV_PHRASE)).unwrap();
         assert_eq!(
-            parse_key(phrase.to_str().unwrap()).unwrap().public_key().to_account_id(),
+            parse_key(phrase.to_str().unwrap())
+                .unwrap()
+                .public_key()
+                .to_account_id(),
             dev::alice().public_key().to_account_id()
         );
 
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{}").unwrap();
-        assert!(matches!(parse_key(bad.to_str().unwrap()), Err(KeyError::File { .. })));
+        assert!(matches!(
+            parse_key(bad.to_str().unwrap()),
+            Err(KeyError::File { .. })
+        ));
     }
 }

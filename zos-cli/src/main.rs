@@ -11,10 +11,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "zos", version, about = "Deploy on and farm for the Zero-OS grid.")]
+#[command(
+    name = "zos",
+    version,
+    about = "Deploy on and farm for the Zero-OS grid."
+)]
 pub struct Cli {
     /// Chain RPC endpoint.
-    #[arg(long, global = true, env = "ZOS_URL", default_value = "ws://127.0.0.1:9944")]
+    #[arg(
+        long,
+        global = true,
+        env = "ZOS_URL",
+        default_value = "ws://127.0.0.1:9944"
+    )]
     pub url: String,
     /// Signing key: a dev name (//Alice), a mnemonic or secret URI, a 0x seed, or a key file
     /// (executor identity JSON, hex seed or mnemonic).
@@ -128,7 +137,11 @@ pub enum FarmCmd {
 #[derive(Subcommand, Debug)]
 pub enum FarmIpCmd {
     /// Add a public IPv4 (CIDR, e.g. 185.1.2.10/24) with its gateway to the farm's pool.
-    Add { farm: u32, cidr: String, gateway: String },
+    Add {
+        farm: u32,
+        cidr: String,
+        gateway: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,18 +198,21 @@ pub struct ImageOverride {
 fn main() {
     let cli = Cli::parse();
     let json = cli.json;
-    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => match rt.block_on(commands::run(cli)) {
             Ok(code) => code,
             Err(e) => {
                 report_error(&e, json);
                 1
-            },
+            }
         },
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
             1
-        },
+        }
     };
     std::process::exit(code);
 }

@@ -14,27 +14,39 @@ use crate::{keys::parse_account, ImageOverride};
 /// Parses a spec: JSON for `.json` files, TOML otherwise (JSON tried too when TOML fails on a
 /// file without extension).
 pub fn parse_spec(text: &str, path: &Path) -> Result<DeploymentSpec> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "json" => serde_json::from_str(text).context("not a valid JSON spec"),
         "toml" => toml::from_str(text).map_err(|e| anyhow!("not a valid TOML spec: {e}")),
         _ => toml::from_str(text).or_else(|toml_err| {
-            serde_json::from_str(text).map_err(|_| anyhow!("neither a valid TOML nor JSON spec: {toml_err}"))
+            serde_json::from_str(text)
+                .map_err(|_| anyhow!("neither a valid TOML nor JSON spec: {toml_err}"))
         }),
     }
 }
 
 /// Reads, overrides the image where asked, and validates as the chain does.
 pub fn load_spec(path: &Path, image: &ImageOverride) -> Result<DeploymentSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut spec = parse_spec(&text, path).with_context(|| format!("spec {}", path.display()))?;
     apply_image_override(&mut spec, image)?;
-    spec.validate().map_err(|e| anyhow!("spec {} breaks a rule: {e:?}", path.display()))?;
+    spec.validate()
+        .map_err(|e| anyhow!("spec {} breaks a rule: {e:?}", path.display()))?;
     Ok(spec)
 }
 
 pub fn apply_image_override(spec: &mut DeploymentSpec, image: &ImageOverride) -> Result<()> {
-    let root = image.image_root.as_deref().map(parse_hash).transpose().context("--image-root")?;
+    let root = image
+        .image_root
+        .as_deref()
+        .map(parse_hash)
+        .transpose()
+        .context("--image-root")?;
     let source = image
         .image_source
         .as_deref()
@@ -55,8 +67,12 @@ pub fn apply_image_override(spec: &mut DeploymentSpec, image: &ImageOverride) ->
 
 /// 32 bytes, hex, with or without 0x.
 pub fn parse_hash(text: &str) -> Result<[u8; 32]> {
-    let bytes = hex::decode(text.trim().trim_start_matches("0x")).map_err(|e| anyhow!("{text:?} is not hex: {e}"))?;
-    bytes.as_slice().try_into().map_err(|_| anyhow!("a hash is 32 bytes, {text:?} has {}", bytes.len()))
+    let bytes = hex::decode(text.trim().trim_start_matches("0x"))
+        .map_err(|e| anyhow!("{text:?} is not hex: {e}"))?;
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("a hash is 32 bytes, {text:?} has {}", bytes.len()))
 }
 
 /// One `--signer`.
@@ -72,9 +88,14 @@ impl FromStr for SignerArg {
     fn from_str(text: &str) -> Result<Self> {
         // An SS58 address has no ':'; dev names neither.
         let mut parts = text.split(':');
-        let account = parts.next().filter(|a| !a.is_empty()).ok_or_else(|| anyhow!("signer {text:?}: no account"))?;
+        let account = parts
+            .next()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| anyhow!("signer {text:?}: no account"))?;
         let weight = match parts.next() {
-            Some(w) => w.parse::<u32>().map_err(|_| anyhow!("signer {text:?}: weight {w:?} is not a number"))?,
+            Some(w) => w
+                .parse::<u32>()
+                .map_err(|_| anyhow!("signer {text:?}: weight {w:?} is not a number"))?,
             None => 1,
         };
         let required = match parts.next() {
@@ -85,20 +106,35 @@ impl FromStr for SignerArg {
         if parts.next().is_some() {
             bail!("signer {text:?}: expected ACCOUNT:WEIGHT[:required]");
         }
-        Ok(Self { account: parse_account(account)?, weight, required })
+        Ok(Self {
+            account: parse_account(account)?,
+            weight,
+            required,
+        })
     }
 }
 
 /// `a.b.c.d/n`.
 pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr> {
-    let (ip, len) = text.split_once('/').ok_or_else(|| anyhow!("{text:?} is not a CIDR (a.b.c.d/n)"))?;
+    let (ip, len) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{text:?} is not a CIDR (a.b.c.d/n)"))?;
     let ip = Ipv4Addr::from_str(ip).map_err(|_| anyhow!("{ip:?} is not an IPv4 address"))?;
-    let prefix_len: u8 = len.parse().ok().filter(|n| *n <= 32).ok_or_else(|| anyhow!("{len:?} is not a prefix length 0-32"))?;
-    Ok(Ipv4Cidr { ip: ip.octets(), prefix_len })
+    let prefix_len: u8 = len
+        .parse()
+        .ok()
+        .filter(|n| *n <= 32)
+        .ok_or_else(|| anyhow!("{len:?} is not a prefix length 0-32"))?;
+    Ok(Ipv4Cidr {
+        ip: ip.octets(),
+        prefix_len,
+    })
 }
 
 pub fn parse_ipv4(text: &str) -> Result<[u8; 4]> {
-    Ok(Ipv4Addr::from_str(text).map_err(|_| anyhow!("{text:?} is not an IPv4 address"))?.octets())
+    Ok(Ipv4Addr::from_str(text)
+        .map_err(|_| anyhow!("{text:?} is not an IPv4 address"))?
+        .octets())
 }
 
 /// Decimal ZGT (12 decimals) -> planck.
@@ -112,9 +148,19 @@ pub fn parse_amount(text: &str) -> Result<u128> {
     if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
-    let frac_val: u128 = if frac.is_empty() { 0 } else { format!("{frac:0<DECIMALS$}").parse().map_err(|_| bad())? };
-    int.checked_mul(10u128.pow(DECIMALS as u32)).and_then(|v| v.checked_add(frac_val)).ok_or_else(bad)
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let frac_val: u128 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<DECIMALS$}").parse().map_err(|_| bad())?
+    };
+    int.checked_mul(10u128.pow(DECIMALS as u32))
+        .and_then(|v| v.checked_add(frac_val))
+        .ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -125,7 +171,14 @@ mod tests {
     #[test]
     fn signers_parse() {
         let s: SignerArg = "//Alice:2:required".parse().unwrap();
-        assert_eq!(s, SignerArg { account: dev::alice().public_key().to_account_id(), weight: 2, required: true });
+        assert_eq!(
+            s,
+            SignerArg {
+                account: dev::alice().public_key().to_account_id(),
+                weight: 2,
+                required: true
+            }
+        );
         let s: SignerArg = "bob:1".parse().unwrap();
         assert!(!s.required);
         let addr = dev::bob().public_key().to_account_id().to_string();
@@ -138,7 +191,13 @@ mod tests {
 
     #[test]
     fn values_parse() {
-        assert_eq!(parse_cidr("185.1.2.10/24").unwrap(), Ipv4Cidr { ip: [185, 1, 2, 10], prefix_len: 24 });
+        assert_eq!(
+            parse_cidr("185.1.2.10/24").unwrap(),
+            Ipv4Cidr {
+                ip: [185, 1, 2, 10],
+                prefix_len: 24
+            }
+        );
         assert!(parse_cidr("185.1.2.10").is_err());
         assert!(parse_cidr("185.1.2.10/33").is_err());
         assert_eq!(parse_amount("1").unwrap(), 1_000_000_000_000);
@@ -148,6 +207,9 @@ mod tests {
         assert!(parse_amount("-1").is_err());
         assert!(parse_amount("").is_err());
         assert!(parse_hash("00").is_err());
-        assert_eq!(parse_hash(&format!("0x{}", "ab".repeat(32))).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_hash(&format!("0x{}", "ab".repeat(32))).unwrap(),
+            [0xab; 32]
+        );
     }
 }

@@ -6,18 +6,24 @@ use std::{path::PathBuf, process::Command};
 use zos_primitives::spec::{DeploymentSpec, WorkloadKind};
 
 fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
 }
 
 fn parse(name: &str) -> DeploymentSpec {
     let text = std::fs::read_to_string(example(name)).expect("example file");
     let spec: DeploymentSpec = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-    spec.validate().unwrap_or_else(|e| panic!("{name} breaks a rule: {e:?}"));
+    spec.validate()
+        .unwrap_or_else(|e| panic!("{name} breaks a rule: {e:?}"));
     spec
 }
 
 fn zos(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_zos")).args(args).output().expect("running zos")
+    Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(args)
+        .output()
+        .expect("running zos")
 }
 
 #[test]
@@ -35,25 +41,45 @@ fn vm_example_is_a_valid_spec_with_a_disk_env_and_entrypoint() {
     assert_eq!(vm.mounts.len(), 1);
     assert_eq!(vm.mounts[0].path.as_bytes(), b"/data");
     assert!(!vm.env.is_empty());
-    assert!(std::str::from_utf8(vm.entrypoint.as_bytes()).unwrap().contains("hello from"));
-    assert!(spec.workloads.iter().any(|w| matches!(w.kind, WorkloadKind::Disk(_))));
+    assert!(std::str::from_utf8(vm.entrypoint.as_bytes())
+        .unwrap()
+        .contains("hello from"));
+    assert!(spec
+        .workloads
+        .iter()
+        .any(|w| matches!(w.kind, WorkloadKind::Disk(_))));
 }
 
 #[test]
 fn network_example_is_a_valid_spec_with_a_sealed_key_of_the_right_length() {
     let spec = parse("network.toml");
-    let WorkloadKind::Network(net) = &spec.workloads[0].kind else { panic!("not a network") };
-    assert_eq!(net.private_key.0.len() as u32, zos_primitives::spec::SEALED_WIREGUARD_KEY_LEN);
+    let WorkloadKind::Network(net) = &spec.workloads[0].kind else {
+        panic!("not a network")
+    };
+    assert_eq!(
+        net.private_key.0.len() as u32,
+        zos_primitives::spec::SEALED_WIREGUARD_KEY_LEN
+    );
 }
 
 #[test]
 fn zos_check_accepts_the_examples_and_applies_image_overrides() {
     for name in ["vm.toml", "network.toml"] {
         let out = zos(&["check", example(name).to_str().unwrap()]);
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let root = "ab".repeat(32);
-    let out = zos(&["--json", "check", example("vm.toml").to_str().unwrap(), "--image-root", &root]);
+    let out = zos(&[
+        "--json",
+        "check",
+        example("vm.toml").to_str().unwrap(),
+        "--image-root",
+        &root,
+    ]);
     assert!(out.status.success());
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let text = value.to_string();
@@ -69,12 +95,24 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NoWorkloads"));
 
-    let out = zos(&["check", example("vm.toml").to_str().unwrap(), "--image-root", "zz"]);
+    let out = zos(&[
+        "check",
+        example("vm.toml").to_str().unwrap(),
+        "--image-root",
+        "zz",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not hex"));
 
     // Nothing listens on port 9: a clear connection error.
-    let out = zos(&["--url", "ws://127.0.0.1:9", "--key", "//Alice", "farm", "list"]);
+    let out = zos(&[
+        "--url",
+        "ws://127.0.0.1:9",
+        "--key",
+        "//Alice",
+        "farm",
+        "list",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to ws://127.0.0.1:9"));
 

@@ -54,7 +54,8 @@ pub enum TxError {
 /// SCALE re-encoding between a primitives type and its generated twin: the runtime defines
 /// the generated type from the very same Rust type, so the layouts are identical.
 pub fn convert<A: Encode, B: Decode>(value: &A) -> Result<B> {
-    B::decode(&mut &value.encode()[..]).context("primitives and generated types disagree (stale metadata?)")
+    B::decode(&mut &value.encode()[..])
+        .context("primitives and generated types disagree (stale metadata?)")
 }
 
 pub struct Chain {
@@ -73,62 +74,98 @@ impl Chain {
             .await
             .with_context(|| format!("connecting to {url}"))?;
         let rpc_client = RpcClient::new(inner);
-        let api = Client::from_rpc_client(rpc_client.clone()).await.context("fetching chain metadata")?;
+        let api = Client::from_rpc_client(rpc_client.clone())
+            .await
+            .context("fetching chain metadata")?;
         if !runtime::is_codegen_valid_for(api.at_current_block().await?.metadata_ref()) {
-            tracing::warn!("the chain's runtime differs from the metadata this executor was built with");
+            tracing::warn!(
+                "the chain's runtime differs from the metadata this executor was built with"
+            );
         }
-        Ok(Self { api, rpc: LegacyRpcMethods::new(rpc_client), submit_lock: Default::default() })
+        Ok(Self {
+            api,
+            rpc: LegacyRpcMethods::new(rpc_client),
+            submit_lock: Default::default(),
+        })
     }
 
     pub async fn finalized(&self) -> Result<BlockRef> {
         let hash = self.rpc.chain_get_finalized_head().await?;
-        let header = self.rpc.chain_get_header(Some(hash)).await?.context("finalized header missing")?;
-        Ok(BlockRef { number: header.number, hash: hash.0 })
+        let header = self
+            .rpc
+            .chain_get_header(Some(hash))
+            .await?
+            .context("finalized header missing")?;
+        Ok(BlockRef {
+            number: header.number,
+            hash: hash.0,
+        })
     }
 
     /// Calls a runtime API at the latest finalized block, decoding the answer with `codec`
     /// straight into primitives types.
     async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
         let at = self.api.at_current_block().await?;
-        let bytes = at.runtime_apis().call_raw(method, Some(args)).await.with_context(|| format!("calling {method}"))?;
+        let bytes = at
+            .runtime_apis()
+            .call_raw(method, Some(args))
+            .await
+            .with_context(|| format!("calling {method}"))?;
         R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {method}"))
     }
 
     pub async fn node_of(&self, account: &subxt::utils::AccountId32) -> Result<Option<NodeId>> {
-        self.runtime_call("GridApi_node_by_account", &account.0.encode()).await
+        self.runtime_call("GridApi_node_by_account", &account.0.encode())
+            .await
     }
 
     /// The desired state: every contract on `node` with its active spec.
     pub async fn contracts_of_node(&self, node: NodeId) -> Result<Vec<NodeContract>> {
-        let list: Vec<(ContractId, NodeContract)> =
-            self.runtime_call("DeploymentsApi_contracts_of_node", &node.encode()).await?;
+        let list: Vec<(ContractId, NodeContract)> = self
+            .runtime_call("DeploymentsApi_contracts_of_node", &node.encode())
+            .await?;
         Ok(list.into_iter().map(|(_, c)| c).collect())
     }
 
     /// Where billing stands for a contract: the end of its last accepted window (unix s).
     pub async fn billed_until(&self, contract: ContractId) -> Result<Option<u64>> {
-        let status: Option<zos_primitives::billing::ContractBillingStatus<u128, u32>> =
-            self.runtime_call("BillingApi_contract_billing", &contract.encode()).await?;
+        let status: Option<zos_primitives::billing::ContractBillingStatus<u128, u32>> = self
+            .runtime_call("BillingApi_contract_billing", &contract.encode())
+            .await?;
         Ok(status.and_then(|s| s.billed_until))
     }
 
     pub async fn free_balance(&self, account: &subxt::utils::AccountId32) -> Result<u128> {
         let at = self.api.at_current_block().await?;
-        let info = at.storage().fetch(runtime::storage().system().account(), (account.clone(),)).await?.decode()?;
+        let info = at
+            .storage()
+            .fetch(runtime::storage().system().account(), (account.clone(),))
+            .await?
+            .decode()?;
         Ok(info.data.free)
     }
 
     /// Signs, submits and waits until finalized. The nonce includes pending pool transactions,
     /// so back-to-back submissions from the node key do not collide.
-    pub async fn submit<C: Payload>(&self, call: &C, signer: &Keypair, timeout: Duration) -> Result<Events, TxError> {
+    pub async fn submit<C: Payload>(
+        &self,
+        call: &C,
+        signer: &Keypair,
+        timeout: Duration,
+    ) -> Result<Events, TxError> {
         let account = signer.public_key().to_account_id();
         let run = async {
             let progress = {
                 let _guard = self.submit_lock.lock().await;
-                let nonce =
-                    self.rpc.system_account_next_index(&account).await.map_err(|e| TxError::Transient(e.into()))?;
-                let params =
-                    SubstrateExtrinsicParamsBuilder::<SubstrateConfig>::new().nonce(nonce).mortal(64).build();
+                let nonce = self
+                    .rpc
+                    .system_account_next_index(&account)
+                    .await
+                    .map_err(|e| TxError::Transient(e.into()))?;
+                let params = SubstrateExtrinsicParamsBuilder::<SubstrateConfig>::new()
+                    .nonce(nonce)
+                    .mortal(64)
+                    .build();
                 self.api
                     .at_current_block()
                     .await
@@ -140,12 +177,12 @@ impl Chain {
             };
             match progress.wait_for_finalized_success().await {
                 Ok(events) => Ok(events),
-                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(
-                    DispatchError::Module(e),
-                ))) => Err(TxError::Dispatch(e.details_string())),
-                Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(e))) => {
-                    Err(TxError::Dispatch(e.to_string()))
-                },
+                Err(TransactionFinalizedSuccessError::SuccessError(
+                    TransactionEventsError::ExtrinsicFailed(DispatchError::Module(e)),
+                )) => Err(TxError::Dispatch(e.details_string())),
+                Err(TransactionFinalizedSuccessError::SuccessError(
+                    TransactionEventsError::ExtrinsicFailed(e),
+                )) => Err(TxError::Dispatch(e.to_string())),
                 Err(e) => Err(TxError::Transient(anyhow!("waiting for finality: {e}"))),
             }
         };
@@ -160,7 +197,12 @@ pub mod calls {
     use super::*;
     use zos_primitives::contracts::FailureText;
 
-    pub fn register_node(farm: FarmId, capacity: Resources, box_key: [u8; 32], version: &str) -> Result<impl Payload> {
+    pub fn register_node(
+        farm: FarmId,
+        capacity: Resources,
+        box_key: [u8; 32],
+        version: &str,
+    ) -> Result<impl Payload> {
         let location = runtime_types::pallet_grid::types::Location {
             city: bounded(b"unknown")?,
             country: bounded(b"unknown")?,
@@ -214,19 +256,32 @@ pub mod calls {
                     while !reason.is_char_boundary(end) {
                         end -= 1;
                     }
-                    let text: FailureText = FailureText::truncate_from(reason.as_bytes()[..end].to_vec());
+                    let text: FailureText =
+                        FailureText::truncate_from(reason.as_bytes()[..end].to_vec());
                     WorkloadResult::Error(convert(&text)?)
-                },
+                }
             };
-            reports.push(WorkloadReport { name: convert(&zos_primitives::spec::WorkloadName::try_from(name.as_slice()).map_err(|_| anyhow!("workload name too long"))?)?, result });
+            reports.push(WorkloadReport {
+                name: convert(
+                    &zos_primitives::spec::WorkloadName::try_from(name.as_slice())
+                        .map_err(|_| anyhow!("workload name too long"))?,
+                )?,
+                result,
+            });
         }
-        Ok(runtime::tx().deployments().report_deployment(contract, version, runtime_types::bounded_collections::bounded_vec::BoundedVec(reports)))
+        Ok(runtime::tx().deployments().report_deployment(
+            contract,
+            version,
+            runtime_types::bounded_collections::bounded_vec::BoundedVec(reports),
+        ))
     }
 
     pub fn report_consumption(reports: &[ConsumptionReport]) -> Result<impl Payload> {
         let reports: Vec<runtime_types::pallet_billing::types::ConsumptionReport> =
             reports.iter().map(convert).collect::<Result<_>>()?;
-        Ok(runtime::tx().billing().report_consumption(runtime_types::bounded_collections::bounded_vec::BoundedVec(reports)))
+        Ok(runtime::tx().billing().report_consumption(
+            runtime_types::bounded_collections::bounded_vec::BoundedVec(reports),
+        ))
     }
 
     fn bounded<T: Decode>(bytes: &[u8]) -> Result<T> {
@@ -248,9 +303,16 @@ pub struct ConsumptionReport {
 }
 
 /// Reads the node's on-chain record (for capacity updates).
-pub async fn node_record(chain: &Chain, node: NodeId) -> Result<runtime_types::pallet_grid::types::Node> {
+pub async fn node_record(
+    chain: &Chain,
+    node: NodeId,
+) -> Result<runtime_types::pallet_grid::types::Node> {
     let at = chain.api.at_current_block().await?;
-    let Some(node) = at.storage().try_fetch(runtime::storage().grid().nodes(), (node,)).await? else {
+    let Some(node) = at
+        .storage()
+        .try_fetch(runtime::storage().grid().nodes(), (node,))
+        .await?
+    else {
         bail!("node {node} not found on chain");
     };
     Ok(node.decode()?)

@@ -9,7 +9,11 @@ use serde::Deserialize;
 use zos_primitives::{FarmId, Resources};
 
 #[derive(Parser, Debug, Default)]
-#[command(name = "zos-executor", version, about = "Runs the approved workloads of this grid node.")]
+#[command(
+    name = "zos-executor",
+    version,
+    about = "Runs the approved workloads of this grid node."
+)]
 pub struct Flags {
     /// TOML configuration file; its values are overridden by flags and environment.
     #[arg(long, env = "ZOS_CONFIG")]
@@ -27,10 +31,18 @@ pub struct Flags {
     #[arg(long, env = "ZOS_KEY_FILE")]
     pub key_file: Option<PathBuf>,
     /// Seconds of consumption in one report window. Default 300.
-    #[arg(long = "report-interval", env = "ZOS_REPORT_INTERVAL", value_name = "SECS")]
+    #[arg(
+        long = "report-interval",
+        env = "ZOS_REPORT_INTERVAL",
+        value_name = "SECS"
+    )]
     pub report_interval_secs: Option<u64>,
     /// Seconds between heartbeats. Default 60.
-    #[arg(long = "heartbeat-interval", env = "ZOS_HEARTBEAT_INTERVAL", value_name = "SECS")]
+    #[arg(
+        long = "heartbeat-interval",
+        env = "ZOS_HEARTBEAT_INTERVAL",
+        value_name = "SECS"
+    )]
     pub heartbeat_interval_secs: Option<u64>,
     /// Prometheus endpoint address. Default 127.0.0.1:9101; "off" disables it.
     #[arg(long, env = "ZOS_METRICS_ADDR")]
@@ -87,23 +99,51 @@ impl Config {
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("parsing config file {}", path.display()))?
-            },
+            }
             None => FileConfig::default(),
         };
-        let data_dir = flags.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("/var/lib/zos"));
-        let key_file = flags.key_file.or(file.key_file).unwrap_or_else(|| data_dir.join("identity.json"));
-        let report_interval_secs = flags.report_interval_secs.or(file.report_interval_secs).unwrap_or(300);
-        anyhow::ensure!(report_interval_secs >= 1, "report interval must be at least 1 second");
-        let heartbeat_secs = flags.heartbeat_interval_secs.or(file.heartbeat_interval_secs).unwrap_or(60);
-        anyhow::ensure!(heartbeat_secs >= 1, "heartbeat interval must be at least 1 second");
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/zos"));
+        let key_file = flags
+            .key_file
+            .or(file.key_file)
+            .unwrap_or_else(|| data_dir.join("identity.json"));
+        let report_interval_secs = flags
+            .report_interval_secs
+            .or(file.report_interval_secs)
+            .unwrap_or(300);
+        anyhow::ensure!(
+            report_interval_secs >= 1,
+            "report interval must be at least 1 second"
+        );
+        let heartbeat_secs = flags
+            .heartbeat_interval_secs
+            .or(file.heartbeat_interval_secs)
+            .unwrap_or(60);
+        anyhow::ensure!(
+            heartbeat_secs >= 1,
+            "heartbeat interval must be at least 1 second"
+        );
         let metrics_addr = match flags.metrics_addr.or(file.metrics_addr).as_deref() {
             None => Some("127.0.0.1:9101".parse()?),
             Some("off") => None,
-            Some(addr) => Some(addr.parse().with_context(|| format!("metrics address {addr:?}"))?),
+            Some(addr) => Some(
+                addr.parse()
+                    .with_context(|| format!("metrics address {addr:?}"))?,
+            ),
         };
-        let capacity = flags.capacity.or(file.capacity).map(|s| parse_capacity(&s)).transpose()?;
+        let capacity = flags
+            .capacity
+            .or(file.capacity)
+            .map(|s| parse_capacity(&s))
+            .transpose()?;
         Ok(Self {
-            chain_url: flags.chain_url.or(file.chain_url).unwrap_or_else(|| "ws://127.0.0.1:9944".into()),
+            chain_url: flags
+                .chain_url
+                .or(file.chain_url)
+                .unwrap_or_else(|| "ws://127.0.0.1:9944".into()),
             farm_id: flags.farm_id.or(file.farm_id),
             data_dir,
             key_file,
@@ -122,9 +162,17 @@ pub fn parse_capacity(text: &str) -> Result<Resources> {
     use zos_primitives::{GIB, MIB};
     let mut r = Resources::zero();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = part.split_once('=').with_context(|| format!("capacity item {part:?} is not key=value"))?;
-        let n: u64 = value.trim().parse().with_context(|| format!("capacity {key}: {value:?} is not a number"))?;
-        let bytes = |unit: u64| n.checked_mul(unit).with_context(|| format!("capacity {key} overflows"));
+        let (key, value) = part
+            .split_once('=')
+            .with_context(|| format!("capacity item {part:?} is not key=value"))?;
+        let n: u64 = value
+            .trim()
+            .parse()
+            .with_context(|| format!("capacity {key}: {value:?} is not a number"))?;
+        let bytes = |unit: u64| {
+            n.checked_mul(unit)
+                .with_context(|| format!("capacity {key} overflows"))
+        };
         match key.trim() {
             "cru" => r.cru = n,
             "mru_mib" => r.mru = bytes(MIB)?,
@@ -132,7 +180,9 @@ pub fn parse_capacity(text: &str) -> Result<Resources> {
             "sru_gib" => r.sru = bytes(GIB)?,
             "sru_mib" => r.sru = bytes(MIB)?,
             "hru_gib" => r.hru = bytes(GIB)?,
-            other => anyhow::bail!("unknown capacity key {other:?} (cru, mru_mib, mru_gib, sru_gib, sru_mib, hru_gib)"),
+            other => anyhow::bail!(
+                "unknown capacity key {other:?} (cru, mru_mib, mru_gib, sru_gib, sru_mib, hru_gib)"
+            ),
         }
     }
     Ok(r)
@@ -140,7 +190,9 @@ pub fn parse_capacity(text: &str) -> Result<Resources> {
 
 /// What this host can offer: its CPUs, its memory, and the free space of the data directory.
 pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
-    let cru = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let cru = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
     // SAFETY: sysconf has no preconditions.
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -153,7 +205,12 @@ pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
         return Err(std::io::Error::last_os_error()).context("statvfs of the data directory");
     }
     let sru = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
-    Ok(Resources { cru, mru, sru, hru: 0 })
+    Ok(Resources {
+        cru,
+        mru,
+        sru,
+        hru: 0,
+    })
 }
 
 #[cfg(test)]
@@ -172,7 +229,11 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "chain_url = \"ws://127.0.0.1:1\"\nfarm_id = 3\nreport_interval_secs = 10\n").unwrap();
+        std::fs::write(
+            &file,
+            "chain_url = \"ws://127.0.0.1:1\"\nfarm_id = 3\nreport_interval_secs = 10\n",
+        )
+        .unwrap();
         let cfg = Config::load(Flags {
             config: Some(file),
             farm_id: Some(4),
@@ -191,7 +252,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "chain = 1\n").unwrap();
-        assert!(Config::load(Flags { config: Some(file), ..Default::default() }).is_err());
+        assert!(Config::load(Flags {
+            config: Some(file),
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]

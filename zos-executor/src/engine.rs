@@ -76,7 +76,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { attempts: 4, first_backoff: Duration::from_millis(200) }
+        Self {
+            attempts: 4,
+            first_backoff: Duration::from_millis(200),
+        }
     }
 }
 
@@ -101,7 +104,14 @@ enum ContractOutcome {
 impl Engine {
     pub fn new(store: Arc<Store>, contracts_dir: PathBuf, drivers: Vec<Arc<dyn Driver>>) -> Self {
         let drivers = drivers.into_iter().map(|d| (d.kind(), d)).collect();
-        Self { store, drivers, contracts_dir, parallelism: 8, retry: RetryPolicy::default(), box_secret: None }
+        Self {
+            store,
+            drivers,
+            contracts_dir,
+            parallelism: 8,
+            retry: RetryPolicy::default(),
+            box_secret: None,
+        }
     }
 
     pub fn with_parallelism(mut self, n: usize) -> Self {
@@ -120,21 +130,30 @@ impl Engine {
     }
 
     fn ctx(&self, contract: ContractId) -> WorkloadCtx {
-        WorkloadCtx { contract, dir: self.contracts_dir.join(contract.to_string()) }
+        WorkloadCtx {
+            contract,
+            dir: self.contracts_dir.join(contract.to_string()),
+        }
     }
 
     /// One reconcile pass over every contract, desired or local.
     pub async fn reconcile(self: &Arc<Self>, desired: Vec<NodeContract>) -> Result<PassSummary> {
-        let local: HashMap<ContractId, LocalContract> =
-            self.store.contracts()?.into_iter().map(|c| (c.contract, c)).collect();
-        let desired_ids: std::collections::HashSet<ContractId> = desired.iter().map(|c| c.contract).collect();
+        let local: HashMap<ContractId, LocalContract> = self
+            .store
+            .contracts()?
+            .into_iter()
+            .map(|c| (c.contract, c))
+            .collect();
+        let desired_ids: std::collections::HashSet<ContractId> =
+            desired.iter().map(|c| c.contract).collect();
 
         let permits = Arc::new(Semaphore::new(self.parallelism));
         let mut tasks = JoinSet::new();
         for want in desired {
             let engine = self.clone();
             let permits = permits.clone();
-            let span = tracing::info_span!("contract", id = want.contract, version = want.spec.version);
+            let span =
+                tracing::info_span!("contract", id = want.contract, version = want.spec.version);
             tasks.spawn(
                 async move {
                     let _permit = permits.acquire_owned().await;
@@ -144,7 +163,10 @@ impl Engine {
                 .instrument(span),
             );
         }
-        for (id, gone) in local.into_iter().filter(|(id, _)| !desired_ids.contains(id)) {
+        for (id, gone) in local
+            .into_iter()
+            .filter(|(id, _)| !desired_ids.contains(id))
+        {
             let engine = self.clone();
             let permits = permits.clone();
             tasks.spawn(
@@ -161,13 +183,13 @@ impl Engine {
             let (id, outcome) = joined?;
             match outcome {
                 Ok(ContractOutcome::Reconciled(Some(result))) => summary.to_report.push(result),
-                Ok(ContractOutcome::Reconciled(None)) => {},
+                Ok(ContractOutcome::Reconciled(None)) => {}
                 Ok(ContractOutcome::Removed) => summary.removed.push(id),
                 Ok(ContractOutcome::Pending) => summary.pending.push(id),
                 Err(e) => {
                     warn!(contract = id, error = %format!("{e:#}"), "reconcile failed; retried next pass");
                     summary.pending.push(id);
-                },
+                }
             }
         }
         summary.to_report.sort_by_key(|r| r.contract);
@@ -188,20 +210,23 @@ impl Engine {
                 Err(DriverError::Permanent(reason)) => return Err(DriverError::Permanent(reason)),
                 Err(DriverError::Transient(e)) if attempt >= self.retry.attempts => {
                     return Err(DriverError::Transient(e));
-                },
+                }
                 Err(DriverError::Transient(e)) => {
                     warn!(%what, attempt, error = %format!("{e:#}"), "transient error, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = backoff.saturating_mul(2);
                     attempt += 1;
-                },
+                }
             }
         }
     }
 
     fn driver(&self, w: &Workload) -> Result<&Arc<dyn Driver>, DriverError> {
         self.drivers.get(kind_name(w)).ok_or_else(|| {
-            DriverError::permanent(format!("this node has no driver for {} workloads", kind_name(w)))
+            DriverError::permanent(format!(
+                "this node has no driver for {} workloads",
+                kind_name(w)
+            ))
         })
     }
 
@@ -209,9 +234,14 @@ impl Engine {
     fn check_secrets(&self, spec: &DeploymentSpec) -> Result<(), String> {
         for w in spec.workloads.iter() {
             if let WorkloadKind::Network(net) = &w.kind {
-                let secret = self.box_secret.ok_or("this node has no box key to open sealed secrets")?;
+                let secret = self
+                    .box_secret
+                    .ok_or("this node has no box key to open sealed secrets")?;
                 zos_primitives::sealing::open(&secret, &net.private_key.0).map_err(|e| {
-                    format!("cannot open the sealed private key of network '{}': {e}", String::from_utf8_lossy(w.name.as_bytes()))
+                    format!(
+                        "cannot open the sealed private key of network '{}': {e}",
+                        String::from_utf8_lossy(w.name.as_bytes())
+                    )
                 })?;
             }
         }
@@ -235,16 +265,24 @@ impl Engine {
                 .spec
                 .workloads
                 .iter()
-                .map(|w| (w.name.as_bytes().to_vec(), WorkloadOutcome::Failed(reason.clone())))
+                .map(|w| {
+                    (
+                        w.name.as_bytes().to_vec(),
+                        WorkloadOutcome::Failed(reason.clone()),
+                    )
+                })
                 .collect();
             return self.finish(want, local.as_ref(), outcomes, serving).await;
         }
 
         // Which workloads of the previously deployed spec are gone or changed.
         let previous: HashMap<Vec<u8>, Workload> = match &local {
-            Some(l) if l.spec_hash != want.spec_hash => {
-                l.spec.workloads.iter().map(|w| (w.name.as_bytes().to_vec(), w.clone())).collect()
-            },
+            Some(l) if l.spec_hash != want.spec_hash => l
+                .spec
+                .workloads
+                .iter()
+                .map(|w| (w.name.as_bytes().to_vec(), w.clone()))
+                .collect(),
             _ => HashMap::new(),
         };
         let known_outcomes: HashMap<Vec<u8>, WorkloadOutcome> = match &local {
@@ -256,7 +294,11 @@ impl Engine {
         if let Some(old) = local.as_ref().filter(|l| l.spec_hash != want.spec_hash) {
             let mut dropped: Vec<&Workload> = ordered(&old.spec)
                 .into_iter()
-                .filter(|w| want.spec.workload(&w.name).is_none_or(|n| kind_name(n) != kind_name(w)))
+                .filter(|w| {
+                    want.spec
+                        .workload(&w.name)
+                        .is_none_or(|n| kind_name(n) != kind_name(w))
+                })
                 .collect();
             dropped.reverse();
             for w in dropped {
@@ -265,9 +307,11 @@ impl Engine {
                     Err(_) => continue, // never installed
                 };
                 match self.with_retries("remove", || driver.remove(&ctx, w)).await {
-                    Ok(()) => {},
+                    Ok(()) => {}
                     Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
-                    Err(DriverError::Permanent(reason)) => warn!(%reason, "removing a dropped workload failed"),
+                    Err(DriverError::Permanent(reason)) => {
+                        warn!(%reason, "removing a dropped workload failed")
+                    }
                 }
             }
         }
@@ -281,17 +325,19 @@ impl Engine {
                 outcomes.push((name, WorkloadOutcome::Failed(reason.clone())));
                 continue;
             }
-            let outcome = self.converge_workload(&ctx, previous.get(&name), w, serving).await;
+            let outcome = self
+                .converge_workload(&ctx, previous.get(&name), w, serving)
+                .await;
             match outcome {
                 Ok(()) => outcomes.push((name, WorkloadOutcome::Ok)),
                 Err(DriverError::Permanent(reason)) => {
                     warn!(workload = %String::from_utf8_lossy(&name), %reason, "workload failed");
                     outcomes.push((name, WorkloadOutcome::Failed(reason)));
-                },
+                }
                 Err(DriverError::Transient(e)) => {
                     warn!(workload = %String::from_utf8_lossy(&name), error = %format!("{e:#}"), "still failing, retried next pass");
                     pending = true;
-                },
+                }
             }
         }
         if pending {
@@ -318,27 +364,39 @@ impl Engine {
         let driver = self.driver(w)?;
         match previous {
             Some(old) if old != w && kind_name(old) == kind_name(w) => {
-                self.with_retries("update", || driver.update(ctx, old, w)).await?;
-            },
-            _ => {},
+                self.with_retries("update", || driver.update(ctx, old, w))
+                    .await?;
+            }
+            _ => {}
         }
-        let observed = self.with_retries("inspect", || driver.inspect(ctx, w)).await?;
+        let observed = self
+            .with_retries("inspect", || driver.inspect(ctx, w))
+            .await?;
         match observed {
             Observed::Missing => {
                 info!(workload = %String::from_utf8_lossy(w.name.as_bytes()), kind = kind_name(w), "installing");
-                self.with_retries("install", || driver.install(ctx, w)).await?;
-            },
+                self.with_retries("install", || driver.install(ctx, w))
+                    .await?;
+            }
             Observed::Broken(reason) => {
                 warn!(workload = %String::from_utf8_lossy(w.name.as_bytes()), %reason, "repairing");
-                self.with_retries("install", || driver.install(ctx, w)).await?;
-            },
-            Observed::Running | Observed::Paused => {},
+                self.with_retries("install", || driver.install(ctx, w))
+                    .await?;
+            }
+            Observed::Running | Observed::Paused => {}
         }
-        let observed = self.with_retries("inspect", || driver.inspect(ctx, w)).await?;
+        let observed = self
+            .with_retries("inspect", || driver.inspect(ctx, w))
+            .await?;
         match (serving, observed) {
-            (false, Observed::Running) => self.with_retries("pause", || driver.pause(ctx, w)).await?,
-            (true, Observed::Paused) => self.with_retries("resume", || driver.resume(ctx, w)).await?,
-            _ => {},
+            (false, Observed::Running) => {
+                self.with_retries("pause", || driver.pause(ctx, w)).await?
+            }
+            (true, Observed::Paused) => {
+                self.with_retries("resume", || driver.resume(ctx, w))
+                    .await?
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -361,7 +419,11 @@ impl Engine {
         if previous != Some(&record) {
             self.store.put_contract(&record)?;
         }
-        let result = DeploymentResult { contract: want.contract, version: want.spec.version, outcomes };
+        let result = DeploymentResult {
+            contract: want.contract,
+            version: want.spec.version,
+            outcomes,
+        };
         // Report while the chain does not reflect this version's result yet.
         let chain_has_it = match &want.state {
             ContractState::Deployed => result.all_ok(),
@@ -369,17 +431,26 @@ impl Engine {
             ContractState::GracePeriod => true,
             _ => false,
         };
-        Ok(ContractOutcome::Reconciled((!chain_has_it).then_some(result)))
+        Ok(ContractOutcome::Reconciled(
+            (!chain_has_it).then_some(result),
+        ))
     }
 
     /// Whether every workload of a deployed contract is up right now (what uptime counts).
     pub async fn is_up(&self, local: &LocalContract) -> bool {
-        if local.outcomes.is_empty() || local.outcomes.iter().any(|(_, o)| *o != WorkloadOutcome::Ok) {
+        if local.outcomes.is_empty()
+            || local
+                .outcomes
+                .iter()
+                .any(|(_, o)| *o != WorkloadOutcome::Ok)
+        {
             return false;
         }
         let ctx = self.ctx(local.contract);
         for w in local.spec.workloads.iter() {
-            let Ok(driver) = self.driver(w) else { return false };
+            let Ok(driver) = self.driver(w) else {
+                return false;
+            };
             if !matches!(driver.inspect(&ctx, w).await, Ok(Observed::Running)) {
                 return false;
             }
@@ -394,9 +465,11 @@ impl Engine {
         for w in list {
             let Ok(driver) = self.driver(w) else { continue };
             match self.with_retries("remove", || driver.remove(&ctx, w)).await {
-                Ok(()) => {},
+                Ok(()) => {}
                 Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
-                Err(DriverError::Permanent(reason)) => warn!(%reason, "removal failed permanently; forgetting it"),
+                Err(DriverError::Permanent(reason)) => {
+                    warn!(%reason, "removal failed permanently; forgetting it")
+                }
             }
         }
         if let Err(e) = tokio::fs::remove_dir_all(&ctx.dir).await {

@@ -40,7 +40,11 @@ fn wname(w: &Workload) -> String {
 
 impl TestDriver {
     fn log(&self, op: &str, ctx: &WorkloadCtx, w: &Workload) {
-        self.rec.calls.lock().unwrap().push(format!("{op}:{}:{}", ctx.contract, wname(w)));
+        self.rec
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("{op}:{}:{}", ctx.contract, wname(w)));
     }
 }
 
@@ -67,7 +71,11 @@ impl Driver for TestDriver {
         if self.rec.permanent.lock().unwrap().contains(&wname(w)) {
             return Err(DriverError::permanent("image not bootable"));
         }
-        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Running);
+        self.rec
+            .installed
+            .lock()
+            .unwrap()
+            .insert((ctx.contract, wname(w)), Observed::Running);
         Ok(())
     }
     async fn update(&self, ctx: &WorkloadCtx, _old: &Workload, new: &Workload) -> DriverResult<()> {
@@ -76,21 +84,40 @@ impl Driver for TestDriver {
     }
     async fn remove(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
         self.log("remove", ctx, w);
-        self.rec.installed.lock().unwrap().remove(&(ctx.contract, wname(w)));
+        self.rec
+            .installed
+            .lock()
+            .unwrap()
+            .remove(&(ctx.contract, wname(w)));
         Ok(())
     }
     async fn pause(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
         self.log("pause", ctx, w);
-        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Paused);
+        self.rec
+            .installed
+            .lock()
+            .unwrap()
+            .insert((ctx.contract, wname(w)), Observed::Paused);
         Ok(())
     }
     async fn resume(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
         self.log("resume", ctx, w);
-        self.rec.installed.lock().unwrap().insert((ctx.contract, wname(w)), Observed::Running);
+        self.rec
+            .installed
+            .lock()
+            .unwrap()
+            .insert((ctx.contract, wname(w)), Observed::Running);
         Ok(())
     }
     async fn inspect(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Observed> {
-        Ok(self.rec.installed.lock().unwrap().get(&(ctx.contract, wname(w))).cloned().unwrap_or(Observed::Missing))
+        Ok(self
+            .rec
+            .installed
+            .lock()
+            .unwrap()
+            .get(&(ctx.contract, wname(w)))
+            .cloned()
+            .unwrap_or(Observed::Missing))
     }
     async fn usage(&self, _ctx: &WorkloadCtx, _w: &Workload) -> DriverResult<Usage> {
         Ok(Usage::default())
@@ -110,13 +137,27 @@ fn harness(delay: Duration, parallelism: usize) -> Harness {
     let rec = Arc::new(Recorder::default());
     let drivers: Vec<Arc<dyn Driver>> = ["vm", "volume", "network", "public_ip"]
         .into_iter()
-        .map(|kind| Arc::new(TestDriver { kind, rec: rec.clone(), delay }) as Arc<dyn Driver>)
+        .map(|kind| {
+            Arc::new(TestDriver {
+                kind,
+                rec: rec.clone(),
+                delay,
+            }) as Arc<dyn Driver>
+        })
         .chain(std::iter::once(Arc::new(DiskDriver) as Arc<dyn Driver>))
         .collect();
     let engine = Engine::new(store.clone(), dir.path().join("contracts"), drivers)
         .with_parallelism(parallelism)
-        .with_retry(RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(1) });
-    Harness { engine: Arc::new(engine), rec, store, dir }
+        .with_retry(RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_millis(1),
+        });
+    Harness {
+        engine: Arc::new(engine),
+        rec,
+        store,
+        dir,
+    }
 }
 
 fn spec(json: &str) -> DeploymentSpec {
@@ -156,7 +197,10 @@ async fn installs_in_dependency_order_and_reports_once() {
     assert!(pass.to_report[0].all_ok());
 
     // Once the chain shows Deployed, a second pass changes nothing and reports nothing.
-    let deployed = NodeContract { state: ContractState::Deployed, ..c };
+    let deployed = NodeContract {
+        state: ContractState::Deployed,
+        ..c
+    };
     let pass = h.engine.reconcile(vec![deployed]).await.unwrap();
     assert_eq!(calls(&h).len(), 2);
     assert!(pass.to_report.is_empty());
@@ -166,12 +210,21 @@ async fn installs_in_dependency_order_and_reports_once() {
 async fn contracts_are_reconciled_concurrently() {
     let h = harness(Duration::from_millis(100), 8);
     let one_vm = r#"{"version":0,"workloads":[{"name":"v","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}}]}"#;
-    let desired: Vec<_> = (1..=6).map(|i| contract(i, ContractState::Active, spec(one_vm))).collect();
+    let desired: Vec<_> = (1..=6)
+        .map(|i| contract(i, ContractState::Active, spec(one_vm)))
+        .collect();
     let started = std::time::Instant::now();
     let pass = h.engine.reconcile(desired).await.unwrap();
     assert_eq!(pass.to_report.len(), 6);
-    assert!(h.rec.in_flight.lock().unwrap().1 >= 2, "installs never overlapped");
-    assert!(started.elapsed() < Duration::from_millis(550), "took {:?}", started.elapsed());
+    assert!(
+        h.rec.in_flight.lock().unwrap().1 >= 2,
+        "installs never overlapped"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -182,7 +235,10 @@ async fn transient_errors_are_retried_and_never_terminal() {
     let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
     let pass = h.engine.reconcile(vec![c.clone()]).await.unwrap();
     assert_eq!(pass.pending, vec![1]);
-    assert!(pass.to_report.is_empty(), "a transient error must not be reported as a failure");
+    assert!(
+        pass.to_report.is_empty(),
+        "a transient error must not be reported as a failure"
+    );
     let pass = h.engine.reconcile(vec![c]).await.unwrap();
     assert!(pass.pending.is_empty());
     assert!(pass.to_report[0].all_ok());
@@ -195,16 +251,27 @@ async fn a_bad_contract_fails_alone_with_its_reason() {
     let bad = r#"{"version":0,"workloads":[{"name":"broken","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}}]}"#;
     let pass = h
         .engine
-        .reconcile(vec![contract(1, ContractState::Active, spec(bad)), contract(2, ContractState::Active, spec(VM_WITH_DISK))])
+        .reconcile(vec![
+            contract(1, ContractState::Active, spec(bad)),
+            contract(2, ContractState::Active, spec(VM_WITH_DISK)),
+        ])
         .await
         .unwrap();
     let by_id: HashMap<_, _> = pass.to_report.iter().map(|r| (r.contract, r)).collect();
-    assert_eq!(by_id[&1].outcomes[0].1, WorkloadOutcome::Failed("image not bootable".into()));
+    assert_eq!(
+        by_id[&1].outcomes[0].1,
+        WorkloadOutcome::Failed("image not bootable".into())
+    );
     assert!(by_id[&2].all_ok());
     // The failure of that exact spec is not retried on the next pass.
     let before = calls(&h).len();
-    h.engine.reconcile(vec![contract(1, ContractState::Active, spec(bad))]).await.unwrap();
-    assert!(!calls(&h)[before..].iter().any(|c| c.starts_with("install:1")));
+    h.engine
+        .reconcile(vec![contract(1, ContractState::Active, spec(bad))])
+        .await
+        .unwrap();
+    assert!(!calls(&h)[before..]
+        .iter()
+        .any(|c| c.starts_with("install:1")));
 }
 
 #[tokio::test]
@@ -212,7 +279,11 @@ async fn an_invalid_spec_fails_before_anything_is_installed() {
     let h = harness(Duration::ZERO, 2);
     // Two workloads with the same name: validation rejects it.
     let dup = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":1}}},{"name":"d","kind":{"disk":{"size_mib":1}}}]}"#;
-    let pass = h.engine.reconcile(vec![contract(9, ContractState::Active, spec(dup))]).await.unwrap();
+    let pass = h
+        .engine
+        .reconcile(vec![contract(9, ContractState::Active, spec(dup))])
+        .await
+        .unwrap();
     assert!(calls(&h).is_empty());
     match &pass.to_report[0].outcomes[0].1 {
         WorkloadOutcome::Failed(reason) => assert!(reason.contains("invalid spec"), "{reason}"),
@@ -225,12 +296,24 @@ async fn an_invalid_spec_fails_before_anything_is_installed() {
 async fn grace_pauses_keeps_data_and_active_resumes() {
     let h = harness(Duration::ZERO, 2);
     let s = spec(VM_WITH_DISK);
-    h.engine.reconcile(vec![contract(1, ContractState::Deployed, s.clone())]).await.unwrap();
-    h.engine.reconcile(vec![contract(1, ContractState::GracePeriod, s.clone())]).await.unwrap();
+    h.engine
+        .reconcile(vec![contract(1, ContractState::Deployed, s.clone())])
+        .await
+        .unwrap();
+    h.engine
+        .reconcile(vec![contract(1, ContractState::GracePeriod, s.clone())])
+        .await
+        .unwrap();
     assert!(calls(&h).contains(&"pause:1:web".to_string()));
-    assert!(h.dir.path().join("contracts/1/disks/data.raw").exists(), "data kept in grace");
+    assert!(
+        h.dir.path().join("contracts/1/disks/data.raw").exists(),
+        "data kept in grace"
+    );
     assert!(!h.store.contract(1).unwrap().unwrap().serving);
-    h.engine.reconcile(vec![contract(1, ContractState::Deployed, s)]).await.unwrap();
+    h.engine
+        .reconcile(vec![contract(1, ContractState::Deployed, s)])
+        .await
+        .unwrap();
     assert!(calls(&h).contains(&"resume:1:web".to_string()));
     assert!(h.store.contract(1).unwrap().unwrap().serving);
 }
@@ -238,10 +321,20 @@ async fn grace_pauses_keeps_data_and_active_resumes() {
 #[tokio::test]
 async fn cancellation_removes_in_reverse_order_with_data() {
     let h = harness(Duration::ZERO, 2);
-    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(VM_WITH_DISK))]).await.unwrap();
+    h.engine
+        .reconcile(vec![contract(
+            1,
+            ContractState::Deployed,
+            spec(VM_WITH_DISK),
+        )])
+        .await
+        .unwrap();
     let pass = h.engine.reconcile(vec![]).await.unwrap();
     assert_eq!(pass.removed, vec![1]);
-    let removes: Vec<_> = calls(&h).into_iter().filter(|c| c.starts_with("remove")).collect();
+    let removes: Vec<_> = calls(&h)
+        .into_iter()
+        .filter(|c| c.starts_with("remove"))
+        .collect();
     assert_eq!(removes, vec!["remove:1:web", "remove:1:files"]);
     assert!(!h.dir.path().join("contracts/1").exists());
     assert!(h.store.contract(1).unwrap().is_none());
@@ -250,16 +343,35 @@ async fn cancellation_removes_in_reverse_order_with_data() {
 #[tokio::test]
 async fn update_grows_the_disk_in_place_and_drops_removed_workloads() {
     let h = harness(Duration::ZERO, 2);
-    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(VM_WITH_DISK))]).await.unwrap();
+    h.engine
+        .reconcile(vec![contract(
+            1,
+            ContractState::Deployed,
+            spec(VM_WITH_DISK),
+        )])
+        .await
+        .unwrap();
     let disk = h.dir.path().join("contracts/1/disks/data.raw");
     std::fs::write(&disk, b"keep me").unwrap();
-    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(4 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
     let v1 = VM_WITH_DISK
         .replace(r#""version":0"#, r#""version":1"#)
         .replace(r#""size_mib":4"#, r#""size_mib":16"#)
-        .replace(r#",
-  {"name":"files","kind":{"volume":{"size_mib":8}}}"#, "");
-    let pass = h.engine.reconcile(vec![contract(1, ContractState::Active, spec(&v1))]).await.unwrap();
+        .replace(
+            r#",
+  {"name":"files","kind":{"volume":{"size_mib":8}}}"#,
+            "",
+        );
+    let pass = h
+        .engine
+        .reconcile(vec![contract(1, ContractState::Active, spec(&v1))])
+        .await
+        .unwrap();
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20);
     assert_eq!(&std::fs::read(&disk).unwrap()[..7], b"keep me");
     assert!(calls(&h).contains(&"remove:1:files".to_string()));
@@ -282,9 +394,18 @@ async fn shrinking_a_disk_is_a_permanent_failure() {
     let h = harness(Duration::ZERO, 2);
     let v0 = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":8}}}]}"#;
     let v1 = r#"{"version":1,"workloads":[{"name":"d","kind":{"disk":{"size_mib":4}}}]}"#;
-    h.engine.reconcile(vec![contract(1, ContractState::Deployed, spec(v0))]).await.unwrap();
-    let pass = h.engine.reconcile(vec![contract(1, ContractState::Active, spec(v1))]).await.unwrap();
-    assert!(matches!(&pass.to_report[0].outcomes[0].1, WorkloadOutcome::Failed(r) if r.contains("shrink")));
+    h.engine
+        .reconcile(vec![contract(1, ContractState::Deployed, spec(v0))])
+        .await
+        .unwrap();
+    let pass = h
+        .engine
+        .reconcile(vec![contract(1, ContractState::Active, spec(v1))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&pass.to_report[0].outcomes[0].1, WorkloadOutcome::Failed(r) if r.contains("shrink"))
+    );
 }
 
 /// Fifty contracts with a disk and a VM each on one node: every one converges in one pass.
@@ -292,16 +413,28 @@ async fn shrinking_a_disk_is_a_permanent_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_contracts_reconcile_on_one_node() {
     let h = harness(Duration::ZERO, 8);
-    let desired: Vec<_> = (1..=50).map(|i| contract(i, ContractState::Active, spec(VM_WITH_DISK))).collect();
+    let desired: Vec<_> = (1..=50)
+        .map(|i| contract(i, ContractState::Active, spec(VM_WITH_DISK)))
+        .collect();
     let started = std::time::Instant::now();
     let pass = h.engine.reconcile(desired.clone()).await.unwrap();
     let first = started.elapsed();
     assert_eq!(pass.to_report.len(), 50);
     for i in 1..=50 {
-        assert!(h.dir.path().join(format!("contracts/{i}/disks/data.raw")).exists());
+        assert!(h
+            .dir
+            .path()
+            .join(format!("contracts/{i}/disks/data.raw"))
+            .exists());
     }
     let started = std::time::Instant::now();
-    let desired: Vec<_> = desired.into_iter().map(|c| NodeContract { state: ContractState::Deployed, ..c }).collect();
+    let desired: Vec<_> = desired
+        .into_iter()
+        .map(|c| NodeContract {
+            state: ContractState::Deployed,
+            ..c
+        })
+        .collect();
     let pass = h.engine.reconcile(desired).await.unwrap();
     let steady = started.elapsed();
     assert!(pass.to_report.is_empty());

@@ -22,7 +22,9 @@ pub async fn run(chain: Arc<Chain>, store: Arc<Store>, wake: Arc<Notify>, metric
     loop {
         match follow(&chain, &store, &wake, &metrics).await {
             Ok(()) => warn!("finalized block stream ended; resubscribing"),
-            Err(e) => warn!(error = %format!("{e:#}"), "following finalized blocks failed; retrying"),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "following finalized blocks failed; retrying")
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(15));
@@ -30,7 +32,11 @@ pub async fn run(chain: Arc<Chain>, store: Arc<Store>, wake: Arc<Notify>, metric
 }
 
 async fn follow(chain: &Chain, store: &Store, wake: &Notify, metrics: &Metrics) -> Result<()> {
-    let mut blocks = chain.api.stream_blocks().await.context("subscribing to finalized blocks")?;
+    let mut blocks = chain
+        .api
+        .stream_blocks()
+        .await
+        .context("subscribing to finalized blocks")?;
     while let Some(block) = blocks.next().await {
         let block = block?;
         let head = block.number();
@@ -50,9 +56,23 @@ async fn follow(chain: &Chain, store: &Store, wake: &Notify, metrics: &Metrics) 
     Ok(())
 }
 
-async fn process_block(chain: &Chain, store: &Store, wake: &Notify, metrics: &Metrics, number: u64) -> Result<()> {
-    let at = chain.api.at_block(number).await.with_context(|| format!("block {number}"))?;
-    let events = at.events().fetch().await.with_context(|| format!("events of block {number}"))?;
+async fn process_block(
+    chain: &Chain,
+    store: &Store,
+    wake: &Notify,
+    metrics: &Metrics,
+    number: u64,
+) -> Result<()> {
+    let at = chain
+        .api
+        .at_block(number)
+        .await
+        .with_context(|| format!("block {number}"))?;
+    let events = at
+        .events()
+        .fetch()
+        .await
+        .with_context(|| format!("events of block {number}"))?;
     let mut relevant = 0usize;
     for event in events.iter() {
         let event = event?;
@@ -65,11 +85,20 @@ async fn process_block(chain: &Chain, store: &Store, wake: &Notify, metrics: &Me
         wake.notify_one();
     }
     let hash = at.block_hash();
-    store.set_cursor(Cursor { number, hash: hash.0 })?;
+    store.set_cursor(Cursor {
+        number,
+        hash: hash.0,
+    })?;
     metrics.finalized_block.set(number as i64);
-    if let Ok(value) = at.storage().fetch(crate::chain::runtime::storage().timestamp().now(), ()).await {
+    if let Ok(value) = at
+        .storage()
+        .fetch(crate::chain::runtime::storage().timestamp().now(), ())
+        .await
+    {
         if let Ok(now_ms) = value.decode() {
-            metrics.chain_lag_seconds.set((unix_ms().saturating_sub(now_ms) / 1000) as i64);
+            metrics
+                .chain_lag_seconds
+                .set((unix_ms().saturating_sub(now_ms) / 1000) as i64);
         }
     }
     Ok(())

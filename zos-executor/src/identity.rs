@@ -64,7 +64,8 @@ impl NodeIdentity {
             );
         }
         let text = Zeroizing::new(
-            fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?,
+            fs::read_to_string(path)
+                .with_context(|| format!("reading key file {}", path.display()))?,
         );
         let file: KeyFile = serde_json::from_str(&text)
             .with_context(|| format!("key file {} is not valid JSON", path.display()))?;
@@ -102,7 +103,12 @@ impl NodeIdentity {
         let account = Keypair::from_secret_key(*seed)
             .map_err(|e| anyhow::anyhow!("invalid account seed: {e:?}"))?;
         let box_public = zos_primitives::sealing::box_public_key(&box_secret);
-        Ok(Self { account, box_secret, box_public, path: path.to_owned() })
+        Ok(Self {
+            account,
+            box_secret,
+            box_public,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -138,7 +144,10 @@ mod tests {
         let path = dir.path().join("identity.json");
         NodeIdentity::load_or_create(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = NodeIdentity::load_or_create(&path).err().unwrap().to_string();
+        let err = NodeIdentity::load_or_create(&path)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("must not be accessible"), "{err}");
     }
 
@@ -146,8 +155,14 @@ mod tests {
     fn rejects_a_corrupt_key_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.json");
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap()
-            .write_all(br#"{"account_seed":"zz","box_secret":"00"}"#).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap()
+            .write_all(br#"{"account_seed":"zz","box_secret":"00"}"#)
+            .unwrap();
         assert!(NodeIdentity::load_or_create(&path).is_err());
     }
 

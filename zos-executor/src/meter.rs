@@ -22,21 +22,41 @@ impl Meter {
     /// End of the window that starts at `start`: the next multiple of the interval.
     pub fn window_end(&self, start: u64) -> u64 {
         let interval = self.interval.max(1);
-        (start / interval).saturating_add(1).saturating_mul(interval)
+        (start / interval)
+            .saturating_add(1)
+            .saturating_mul(interval)
     }
 
     /// A meter for a contract first seen up at `now`.
     pub fn start(&self, now: u64) -> MeterState {
-        MeterState { window_start: now, up_seconds: 0, last_sample: now, bytes_in: 0, bytes_out: 0 }
+        MeterState {
+            window_start: now,
+            up_seconds: 0,
+            last_sample: now,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
     }
 
     /// Accounts the time since the last sample and closes every window that ended by `now`.
-    pub fn sample(&self, contract: ContractId, mut st: MeterState, now: u64, up: bool) -> (MeterState, Vec<ConsumptionReport>) {
-        let counted = if up && now.saturating_sub(st.last_sample) <= self.max_gap { (st.last_sample, now) } else { (now, now) };
+    pub fn sample(
+        &self,
+        contract: ContractId,
+        mut st: MeterState,
+        now: u64,
+        up: bool,
+    ) -> (MeterState, Vec<ConsumptionReport>) {
+        let counted = if up && now.saturating_sub(st.last_sample) <= self.max_gap {
+            (st.last_sample, now)
+        } else {
+            (now, now)
+        };
         let mut reports = Vec::new();
         loop {
             let end = self.window_end(st.window_start);
-            st.up_seconds = st.up_seconds.saturating_add(overlap(counted, (st.window_start, end)));
+            st.up_seconds = st
+                .up_seconds
+                .saturating_add(overlap(counted, (st.window_start, end)));
             if now < end {
                 break;
             }
@@ -48,7 +68,13 @@ impl Meter {
                 public_bytes_in: st.bytes_in,
                 public_bytes_out: st.bytes_out,
             });
-            st = MeterState { window_start: end, up_seconds: 0, last_sample: st.last_sample, bytes_in: 0, bytes_out: 0 };
+            st = MeterState {
+                window_start: end,
+                up_seconds: 0,
+                last_sample: st.last_sample,
+                bytes_in: 0,
+                bytes_out: 0,
+            };
         }
         st.last_sample = now;
         (st, reports)
@@ -59,21 +85,44 @@ impl Meter {
 mod tests {
     use super::*;
 
-    const M: Meter = Meter { interval: 60, max_gap: 15 };
+    const M: Meter = Meter {
+        interval: 60,
+        max_gap: 15,
+    };
 
     #[test]
     fn windows_are_aligned_contiguous_and_count_only_uptime() {
         let mut st = M.start(1_000); // first window [1000, 1020)
         let mut all = Vec::new();
-        for (now, up) in [(1_010, true), (1_020, true), (1_030, false), (1_040, true), (1_080, true)] {
+        for (now, up) in [
+            (1_010, true),
+            (1_020, true),
+            (1_030, false),
+            (1_040, true),
+            (1_080, true),
+        ] {
             let (next, reports) = M.sample(7, st, now, up);
             st = next;
             all.extend(reports);
         }
         // [1000,1020): up 20; [1020,1080): 1020-1030 down, 1030-1040 up, 1040-1080 gap of 40 > max_gap.
         assert_eq!(all.len(), 2);
-        assert_eq!((all[0].window_start, all[0].window_end, all[0].uptime_seconds), (1_000, 1_020, 20));
-        assert_eq!((all[1].window_start, all[1].window_end, all[1].uptime_seconds), (1_020, 1_080, 10));
+        assert_eq!(
+            (
+                all[0].window_start,
+                all[0].window_end,
+                all[0].uptime_seconds
+            ),
+            (1_000, 1_020, 20)
+        );
+        assert_eq!(
+            (
+                all[1].window_start,
+                all[1].window_end,
+                all[1].uptime_seconds
+            ),
+            (1_020, 1_080, 10)
+        );
         assert_eq!(st.window_start, 1_080);
     }
 
@@ -91,7 +140,9 @@ mod tests {
         let st = M.start(0);
         let (st, r) = M.sample(1, st, 600, true);
         assert_eq!(r.len(), 10);
-        assert!(r.iter().all(|w| w.uptime_seconds == 0 && w.window_end - w.window_start == 60));
+        assert!(r
+            .iter()
+            .all(|w| w.uptime_seconds == 0 && w.window_end - w.window_start == 60));
         assert!(r.windows(2).all(|p| p[0].window_end == p[1].window_start));
         assert_eq!(st.window_start, 600);
     }

@@ -36,19 +36,47 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("zos_executor");
         let deployments = Family::<StateLabel, Gauge>::default();
-        registry.register("deployments", "Contracts on this node by local state", deployments.clone());
+        registry.register(
+            "deployments",
+            "Contracts on this node by local state",
+            deployments.clone(),
+        );
         let reconcile_seconds = Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]);
-        registry.register("reconcile_seconds", "Duration of a reconcile pass", reconcile_seconds.clone());
+        registry.register(
+            "reconcile_seconds",
+            "Duration of a reconcile pass",
+            reconcile_seconds.clone(),
+        );
         let finalized_block = Gauge::default();
-        registry.register("finalized_block", "Last finalized block processed", finalized_block.clone());
+        registry.register(
+            "finalized_block",
+            "Last finalized block processed",
+            finalized_block.clone(),
+        );
         let chain_lag_seconds = Gauge::default();
-        registry.register("chain_lag_seconds", "Age of the last processed finalized block", chain_lag_seconds.clone());
+        registry.register(
+            "chain_lag_seconds",
+            "Age of the last processed finalized block",
+            chain_lag_seconds.clone(),
+        );
         let reports_sent = Family::<KindLabel, Counter>::default();
-        registry.register("reports_sent", "Reports accepted on chain", reports_sent.clone());
+        registry.register(
+            "reports_sent",
+            "Reports accepted on chain",
+            reports_sent.clone(),
+        );
         let reports_failed = Family::<KindLabel, Counter>::default();
-        registry.register("reports_failed", "Report submissions that failed", reports_failed.clone());
+        registry.register(
+            "reports_failed",
+            "Report submissions that failed",
+            reports_failed.clone(),
+        );
         let vm_crashes = Counter::default();
-        registry.register("vm_crashes", "Guest crashes restarted by the VM driver", vm_crashes.clone());
+        registry.register(
+            "vm_crashes",
+            "Guest crashes restarted by the VM driver",
+            vm_crashes.clone(),
+        );
         Arc::new(Self {
             registry,
             deployments,
@@ -69,11 +97,15 @@ impl Metrics {
     }
 
     pub fn sent(&self, kind: &str) {
-        self.reports_sent.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.reports_sent
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 
     pub fn failed(&self, kind: &str) {
-        self.reports_failed.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        self.reports_failed
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 }
 
@@ -85,13 +117,18 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
             let metrics = metrics.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     metrics.render(),
                 )
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics on {addr}"))?;
     tracing::info!(%addr, "metrics endpoint listening");
     axum::serve(listener, app).await.context("metrics server")
 }

@@ -67,7 +67,7 @@ where
                 warn!(%what, attempt, error = %format!("{e:#}"), "retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
-            },
+            }
             other => return other,
         }
     }
@@ -99,10 +99,12 @@ impl Executor {
         } else {
             match vm_host_support() {
                 Ok(()) => {
-                    let vm_config = VmDriverConfig { guest_cache: config.guest_cache.clone() };
+                    let vm_config = VmDriverConfig {
+                        guest_cache: config.guest_cache.clone(),
+                    };
                     drivers.push(Arc::new(VmDriver::new(vm_config, metrics.clone())));
                     info!("VM driver enabled");
-                },
+                }
                 Err(reason) => warn!(
                     %reason,
                     "this host cannot run VMs: vm workloads will fail with \"this node has no driver for vm workloads\""
@@ -114,12 +116,26 @@ impl Executor {
             Engine::new(store.clone(), config.data_dir.join("contracts"), drivers)
                 .with_box_secret(*identity.box_secret()),
         );
-        Ok(Self { config, identity, store, chain, engine, metrics, node, wake: Arc::new(Notify::new()) })
+        Ok(Self {
+            config,
+            identity,
+            store,
+            chain,
+            engine,
+            metrics,
+            node,
+            wake: Arc::new(Notify::new()),
+        })
     }
 
     /// Runs until the process is stopped.
     pub async fn run(self: Arc<Self>) -> Result<()> {
-        let follower = tokio::spawn(follower::run(self.chain.clone(), self.store.clone(), self.wake.clone(), self.metrics.clone()));
+        let follower = tokio::spawn(follower::run(
+            self.chain.clone(),
+            self.store.clone(),
+            self.wake.clone(),
+            self.metrics.clone(),
+        ));
         let heartbeats = tokio::spawn(self.clone().heartbeat_loop());
         let metering = tokio::spawn(self.clone().metering_loop());
         let reconcile = tokio::spawn(self.clone().reconcile_loop());
@@ -137,10 +153,14 @@ impl Executor {
         let call = calls::heartbeat();
         loop {
             tick.tick().await;
-            match retry("heartbeat", || self.chain.submit(&call, &self.identity.account, TX_TIMEOUT)).await {
-                Ok(_) => {},
+            match retry("heartbeat", || {
+                self.chain.submit(&call, &self.identity.account, TX_TIMEOUT)
+            })
+            .await
+            {
+                Ok(_) => {}
                 // Too soon after the last one (e.g. right after a restart): the next tick sends.
-                Err(TxError::Dispatch(e)) if e.contains("HeartbeatTooSoon") => {},
+                Err(TxError::Dispatch(e)) if e.contains("HeartbeatTooSoon") => {}
                 Err(e) => warn!(error = %e, "heartbeat failed"),
             }
         }
@@ -163,10 +183,15 @@ impl Executor {
         let started = std::time::Instant::now();
         let desired: Vec<NodeContract> = self.chain.contracts_of_node(self.node).await?;
         let summary = self.engine.reconcile(desired.clone()).await?;
-        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.update_state_gauges(&desired);
         for result in summary.to_report {
-            let spec = desired.iter().find(|c| c.contract == result.contract).map(|c| &c.spec);
+            let spec = desired
+                .iter()
+                .find(|c| c.contract == result.contract)
+                .map(|c| &c.spec);
             if let Some(spec) = spec {
                 self.report_deployment(spec, &result).await;
             }
@@ -194,14 +219,30 @@ impl Executor {
                 GracePeriod => "grace",
                 Cancelled(_) => "cancelled",
             };
-            self.metrics.deployments.get_or_create(&StateLabel { state: state.into() }).inc();
+            self.metrics
+                .deployments
+                .get_or_create(&StateLabel {
+                    state: state.into(),
+                })
+                .inc();
         }
     }
 
     /// report_deployment, once per distinct result (remembered in the store).
-    async fn report_deployment(&self, spec: &zos_primitives::spec::DeploymentSpec, result: &DeploymentResult) {
+    async fn report_deployment(
+        &self,
+        spec: &zos_primitives::spec::DeploymentSpec,
+        result: &DeploymentResult,
+    ) {
         let key = (result.version, &result.outcomes).encode();
-        if self.store.deploy_report(result.contract).ok().flatten().as_deref() == Some(key.as_slice()) {
+        if self
+            .store
+            .deploy_report(result.contract)
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(key.as_slice())
+        {
             return;
         }
         // The pallet wants one entry per workload in spec order.
@@ -210,7 +251,12 @@ impl Executor {
             .iter()
             .map(|w| {
                 let name = w.name.as_bytes().to_vec();
-                let error = match result.outcomes.iter().find(|(n, _)| *n == name).map(|(_, o)| o) {
+                let error = match result
+                    .outcomes
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, o)| o)
+                {
                     Some(WorkloadOutcome::Ok) => None,
                     Some(WorkloadOutcome::Failed(reason)) => Some(reason.clone()),
                     None => Some("not deployed".into()),
@@ -220,24 +266,38 @@ impl Executor {
             .collect();
         let call = match calls::report_deployment(result.contract, result.version, &outcomes) {
             Ok(call) => call,
-            Err(e) => return error!(contract = result.contract, error = %format!("{e:#}"), "cannot build report"),
+            Err(e) => {
+                return error!(contract = result.contract, error = %format!("{e:#}"), "cannot build report")
+            }
         };
-        match retry("report_deployment", || self.chain.submit(&call, &self.identity.account, TX_TIMEOUT)).await {
+        match retry("report_deployment", || {
+            self.chain.submit(&call, &self.identity.account, TX_TIMEOUT)
+        })
+        .await
+        {
             Ok(_) => {
-                info!(contract = result.contract, version = result.version, ok = result.all_ok(), "deployment reported");
+                info!(
+                    contract = result.contract,
+                    version = result.version,
+                    ok = result.all_ok(),
+                    "deployment reported"
+                );
                 self.metrics.sent("deployment");
                 let _ = self.store.put_deploy_report(result.contract, &key);
-            },
+            }
             Err(e) => {
                 self.metrics.failed("deployment");
                 warn!(contract = result.contract, error = %e, "report_deployment failed; the next pass retries");
-            },
+            }
         }
     }
 
     fn meter(&self) -> Meter {
         let interval = self.config.report_interval.as_secs().clamp(1, 3600);
-        Meter { interval, max_gap: (interval / 2).max(15) }
+        Meter {
+            interval,
+            max_gap: (interval / 2).max(15),
+        }
     }
 
     async fn metering_loop(self: Arc<Self>) {
@@ -265,7 +325,10 @@ impl Executor {
                 None => continue,
             };
             let (next, reports) = meter.sample(local.contract, state, now, up);
-            let encoded: Vec<(u64, Vec<u8>)> = reports.iter().map(|r| (r.window_start, r.encode())).collect();
+            let encoded: Vec<(u64, Vec<u8>)> = reports
+                .iter()
+                .map(|r| (r.window_start, r.encode()))
+                .collect();
             if encoded.is_empty() {
                 self.store.put_meter(local.contract, &next)?;
             } else {
@@ -280,28 +343,36 @@ impl Executor {
     pub async fn flush_outbox(&self) -> Result<()> {
         let entries = self.store.outbox()?;
         for chunk in entries.chunks(REPORT_BATCH) {
-            let reports: Vec<ConsumptionReport> =
-                chunk.iter().map(|(_, bytes)| ConsumptionReport::decode(&mut &bytes[..])).collect::<Result<_, _>>()?;
+            let reports: Vec<ConsumptionReport> = chunk
+                .iter()
+                .map(|(_, bytes)| ConsumptionReport::decode(&mut &bytes[..]))
+                .collect::<Result<_, _>>()?;
             let call = calls::report_consumption(&reports)?;
-            match self.chain.submit(&call, &self.identity.account, TX_TIMEOUT).await {
+            match self
+                .chain
+                .submit(&call, &self.identity.account, TX_TIMEOUT)
+                .await
+            {
                 Ok(events) => {
                     self.metrics.sent("consumption");
-                    for rejected in events.find::<crate::chain::runtime::billing::events::ReportRejected>() {
+                    for rejected in
+                        events.find::<crate::chain::runtime::billing::events::ReportRejected>()
+                    {
                         let rejected = rejected?;
                         warn!(contract = rejected.contract, reason = ?rejected.reason, "consumption report rejected; resynchronising the window");
                         self.resync_meter(rejected.contract).await?;
                     }
                     let keys: Vec<_> = chunk.iter().map(|(k, _)| *k).collect();
                     self.store.remove_from_outbox(&keys)?;
-                },
+                }
                 Err(TxError::Dispatch(e)) => {
                     self.metrics.failed("consumption");
                     bail!("report_consumption refused: {e}");
-                },
+                }
                 Err(TxError::Transient(e)) => {
                     self.metrics.failed("consumption");
                     return Err(e);
-                },
+                }
             }
         }
         Ok(())
@@ -335,7 +406,11 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
             let on_chain: zos_primitives::Resources = crate::chain::convert(&record.capacity)?;
             if on_chain != capacity || record.box_key != identity.box_public {
                 let call = calls::update_capacity(capacity, identity.box_public, VERSION, &record)?;
-                match retry("update_node", || chain.submit(&call, &identity.account, TX_TIMEOUT)).await {
+                match retry("update_node", || {
+                    chain.submit(&call, &identity.account, TX_TIMEOUT)
+                })
+                .await
+                {
                     Ok(_) => info!(node, "node description updated"),
                     Err(e) => warn!(node, error = %e, "could not update the node's capacity"),
                 }
@@ -354,9 +429,13 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
             continue;
         }
         let call = calls::register_node(farm, capacity, identity.box_public, VERSION)?;
-        match retry("register_node", || chain.submit(&call, &identity.account, TX_TIMEOUT)).await {
-            Ok(_) => {},
-            Err(TxError::Dispatch(e)) if e.contains("AccountAlreadyHasNode") => {},
+        match retry("register_node", || {
+            chain.submit(&call, &identity.account, TX_TIMEOUT)
+        })
+        .await
+        {
+            Ok(_) => {}
+            Err(TxError::Dispatch(e)) if e.contains("AccountAlreadyHasNode") => {}
             Err(TxError::Dispatch(e)) => bail!("registering the node failed: {e}"),
             Err(e) => return Err(e.into()),
         }

@@ -90,7 +90,8 @@ impl Store {
 
     pub fn set_cursor(&self, cursor: Cursor) -> Result<()> {
         let tx = self.db.begin_write()?;
-        tx.open_table(META)?.insert("cursor", cursor.encode().as_slice())?;
+        tx.open_table(META)?
+            .insert("cursor", cursor.encode().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -115,7 +116,8 @@ impl Store {
 
     pub fn put_contract(&self, c: &LocalContract) -> Result<()> {
         let tx = self.db.begin_write()?;
-        tx.open_table(CONTRACTS)?.insert(c.contract, c.encode().as_slice())?;
+        tx.open_table(CONTRACTS)?
+            .insert(c.contract, c.encode().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -139,14 +141,20 @@ impl Store {
 
     pub fn put_meter(&self, id: ContractId, meter: &MeterState) -> Result<()> {
         let tx = self.db.begin_write()?;
-        tx.open_table(METERS)?.insert(id, meter.encode().as_slice())?;
+        tx.open_table(METERS)?
+            .insert(id, meter.encode().as_slice())?;
         tx.commit()?;
         Ok(())
     }
 
     /// Closes windows atomically: their reports go into the outbox and the meter moves on in
     /// the same transaction, so a crash can neither lose nor double a window.
-    pub fn close_windows(&self, id: ContractId, reports: &[(u64, Vec<u8>)], next: &MeterState) -> Result<()> {
+    pub fn close_windows(
+        &self,
+        id: ContractId,
+        reports: &[(u64, Vec<u8>)],
+        next: &MeterState,
+    ) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut outbox = tx.open_table(OUTBOX)?;
@@ -154,7 +162,8 @@ impl Store {
                 outbox.insert((id, *window_start), report.as_slice())?;
             }
         }
-        tx.open_table(METERS)?.insert(id, next.encode().as_slice())?;
+        tx.open_table(METERS)?
+            .insert(id, next.encode().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -209,12 +218,28 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.cursor().unwrap(), None);
-            store.set_cursor(Cursor { number: 7, hash: [1; 32] }).unwrap();
-            let meter = MeterState { window_start: 100, ..Default::default() };
-            store.close_windows(3, &[(40, b"report".to_vec())], &meter).unwrap();
+            store
+                .set_cursor(Cursor {
+                    number: 7,
+                    hash: [1; 32],
+                })
+                .unwrap();
+            let meter = MeterState {
+                window_start: 100,
+                ..Default::default()
+            };
+            store
+                .close_windows(3, &[(40, b"report".to_vec())], &meter)
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.cursor().unwrap(), Some(Cursor { number: 7, hash: [1; 32] }));
+        assert_eq!(
+            store.cursor().unwrap(),
+            Some(Cursor {
+                number: 7,
+                hash: [1; 32]
+            })
+        );
         assert_eq!(store.meter(3).unwrap().unwrap().window_start, 100);
         assert_eq!(store.outbox().unwrap(), vec![((3, 40), b"report".to_vec())]);
         store.remove_from_outbox(&[(3, 40)]).unwrap();

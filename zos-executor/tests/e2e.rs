@@ -43,18 +43,39 @@ struct Executor {
 
 impl Executor {
     fn spawn(data_dir: &Path, url: &str, farm: u32) -> Result<Self> {
-        let mut e = Self { child: None, data_dir: data_dir.into(), log: data_dir.join("executor.log"), url: url.into(), farm };
+        let mut e = Self {
+            child: None,
+            data_dir: data_dir.into(),
+            log: data_dir.join("executor.log"),
+            url: url.into(),
+            farm,
+        };
         e.start()?;
         Ok(e)
     }
 
     fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_zos-executor"))
-            .args(["--chain-url", &self.url, "--farm-id", &self.farm.to_string()])
+            .args([
+                "--chain-url",
+                &self.url,
+                "--farm-id",
+                &self.farm.to_string(),
+            ])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--report-interval", "6", "--heartbeat-interval", "20", "--metrics-addr", "off"])
+            .args([
+                "--report-interval",
+                "6",
+                "--heartbeat-interval",
+                "20",
+                "--metrics-addr",
+                "off",
+            ])
             .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
             .env("RUST_LOG", "info,zos_executor=debug")
             .stdout(log.try_clone()?)
@@ -98,9 +119,11 @@ where
     loop {
         match f().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => {},
-            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
-            Err(_) => {},
+            Ok(None) => {}
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("waiting for {what}")))
+            }
+            Err(_) => {}
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
@@ -120,7 +143,11 @@ async fn contracts_of(api: &Client, node: NodeId) -> Result<Vec<(ContractId, Nod
     runtime_call(api, "DeploymentsApi_contracts_of_node", &node.encode()).await
 }
 
-async fn submit_static<C: subxt::transactions::Payload>(api: &Client, call: &C, signer: &Keypair) -> Result<client::Events> {
+async fn submit_static<C: subxt::transactions::Payload>(
+    api: &Client,
+    call: &C,
+    signer: &Keypair,
+) -> Result<client::Events> {
     client::submit(api, call, signer).await
 }
 
@@ -132,8 +159,16 @@ struct Grid {
 async fn setup_farm(node: &ChainNode) -> Result<Grid> {
     let api = client::connect(&node.ws_url()).await?;
     client::wait_finalized(&api, 1, Duration::from_secs(60)).await?;
-    let events = client::submit(&api, &dynamic::tx("Grid", "create_farm", vec![Value::from_bytes(b"e2e-farm")]), &dev::alice()).await?;
-    let farm = client::find_event(&events, "Grid", "FarmCreated")?.at("farm_id").and_then(|v| v.as_u128()).context("farm id")? as u32;
+    let events = client::submit(
+        &api,
+        &dynamic::tx("Grid", "create_farm", vec![Value::from_bytes(b"e2e-farm")]),
+        &dev::alice(),
+    )
+    .await?;
+    let farm = client::find_event(&events, "Grid", "FarmCreated")?
+        .at("farm_id")
+        .and_then(|v| v.as_u128())
+        .context("farm id")? as u32;
     Ok(Grid { api, farm })
 }
 
@@ -146,22 +181,42 @@ async fn funded_identity(grid: &Grid, data_dir: &Path) -> Result<AccountId32> {
 }
 
 async fn registered_node(api: &Client, account: &AccountId32) -> Result<NodeId> {
-    until("node registration and first heartbeat", Duration::from_secs(120), || async {
-        let Some(node) = runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode()).await? else {
-            return Ok(None);
-        };
-        let status: Option<zos_primitives::NodeStatus> = runtime_call(api, "GridApi_node_status", &node.encode()).await?;
-        Ok((status == Some(zos_primitives::NodeStatus::Online)).then_some(node))
-    })
+    until(
+        "node registration and first heartbeat",
+        Duration::from_secs(120),
+        || async {
+            let Some(node) =
+                runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode())
+                    .await?
+            else {
+                return Ok(None);
+            };
+            let status: Option<zos_primitives::NodeStatus> =
+                runtime_call(api, "GridApi_node_status", &node.encode()).await?;
+            Ok((status == Some(zos_primitives::NodeStatus::Online)).then_some(node))
+        },
+    )
     .await
 }
 
 /// Alice creates a 2-of-2 contract with Bob (both required); Bob approves. Returns the id.
-async fn create_approved_contract(api: &Client, node: NodeId, spec: &DeploymentSpec) -> Result<ContractId> {
+async fn create_approved_contract(
+    api: &Client,
+    node: NodeId,
+    spec: &DeploymentSpec,
+) -> Result<ContractId> {
     use runtime::runtime_types::pallet_deployments::types::Signer;
     let signers = vec![
-        Signer { account: dev::alice().public_key().to_account_id(), weight: 1, required: true },
-        Signer { account: dev::bob().public_key().to_account_id(), weight: 1, required: true },
+        Signer {
+            account: dev::alice().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
+        Signer {
+            account: dev::bob().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
     ];
     let create = runtime::tx().deployments().create(
         node,
@@ -181,29 +236,60 @@ async fn create_approved_contract(api: &Client, node: NodeId, spec: &DeploymentS
 }
 
 async fn cancel(api: &Client, contract: ContractId) -> Result<()> {
-    submit_static(api, &runtime::tx().deployments().propose_cancel(contract), &dev::alice()).await?;
+    submit_static(
+        api,
+        &runtime::tx().deployments().propose_cancel(contract),
+        &dev::alice(),
+    )
+    .await?;
     let pending = until("cancel proposal", Duration::from_secs(30), || async {
         let c = contracts_of_owner_pending(api, contract).await?;
         Ok(c)
     })
     .await?;
-    let events = submit_static(api, &runtime::tx().deployments().approve(contract, pending), &dev::bob()).await?;
+    let events = submit_static(
+        api,
+        &runtime::tx().deployments().approve(contract, pending),
+        &dev::bob(),
+    )
+    .await?;
     client::find_event(&events, "Deployments", "ContractCancelled")?;
     Ok(())
 }
 
-async fn contracts_of_owner_pending(api: &Client, contract: ContractId) -> Result<Option<[u8; 32]>> {
-    let list: Vec<zos_primitives::contracts::ContractSummary> =
-        runtime_call(api, "DeploymentsApi_contracts_of_owner", &dev::alice().public_key().to_account_id().0.encode()).await?;
-    Ok(list.into_iter().find(|c| c.contract == contract).and_then(|c| c.pending_proposal))
+async fn contracts_of_owner_pending(
+    api: &Client,
+    contract: ContractId,
+) -> Result<Option<[u8; 32]>> {
+    let list: Vec<zos_primitives::contracts::ContractSummary> = runtime_call(
+        api,
+        "DeploymentsApi_contracts_of_owner",
+        &dev::alice().public_key().to_account_id().0.encode(),
+    )
+    .await?;
+    Ok(list
+        .into_iter()
+        .find(|c| c.contract == contract)
+        .and_then(|c| c.pending_proposal))
 }
 
 fn disk_file(data_dir: &Path, contract: ContractId) -> PathBuf {
-    data_dir.join("contracts").join(contract.to_string()).join("disks/data.raw")
+    data_dir
+        .join("contracts")
+        .join(contract.to_string())
+        .join("disks/data.raw")
 }
 
-async fn state_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<ContractState>> {
-    Ok(contracts_of(api, node).await?.into_iter().find(|(id, _)| *id == contract).map(|(_, c)| c.state))
+async fn state_of(
+    api: &Client,
+    node: NodeId,
+    contract: ContractId,
+) -> Result<Option<ContractState>> {
+    Ok(contracts_of(api, node)
+        .await?
+        .into_iter()
+        .find(|(id, _)| *id == contract)
+        .map(|(_, c)| c.state))
 }
 
 async fn settled_reports(api: &Client, from_block: u64) -> Result<Vec<(u64, u64, u64)>> {
@@ -215,7 +301,10 @@ async fn settled_reports(api: &Client, from_block: u64) -> Result<Vec<(u64, u64,
         for ev in at.events().fetch().await?.iter() {
             let ev = ev?;
             if ev.pallet_name() == "Billing" && ev.event_name() == "ReportRejected" {
-                bail!("a consumption report was rejected at block {n}: {}", ev.decode_fields_unchecked_as::<Value>()?);
+                bail!(
+                    "a consumption report was rejected at block {n}: {}",
+                    ev.decode_fields_unchecked_as::<Value>()?
+                );
             }
             if let Some(Ok(s)) = ev.decode_fields_as::<runtime::billing::events::ReportSettled>() {
                 out.push((s.contract, s.window_start, s.window_end));
@@ -241,27 +330,53 @@ async fn executor_deploys_reports_and_cancels_a_disk_contract() -> Result<()> {
     let start_block = grid.api.at_current_block().await?.block_number();
 
     let disk = disk_file(dir.path(), contract);
-    until("the disk file", Duration::from_secs(60), || async { Ok(disk.exists().then_some(())) }).await?;
-    ensure!(std::fs::metadata(&disk)?.len() == DISK_MIB << 20, "disk has the spec's size");
-    until("Deployed on chain", Duration::from_secs(90), || async {
-        Ok(matches!(state_of(&grid.api, node, contract).await?, Some(ContractState::Deployed)).then_some(()))
+    until("the disk file", Duration::from_secs(60), || async {
+        Ok(disk.exists().then_some(()))
     })
     .await?;
-    eprintln!("activation -> Deployed on chain: {:?}", activated_at.elapsed());
+    ensure!(
+        std::fs::metadata(&disk)?.len() == DISK_MIB << 20,
+        "disk has the spec's size"
+    );
+    until("Deployed on chain", Duration::from_secs(90), || async {
+        Ok(matches!(
+            state_of(&grid.api, node, contract).await?,
+            Some(ContractState::Deployed)
+        )
+        .then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "activation -> Deployed on chain: {:?}",
+        activated_at.elapsed()
+    );
 
     // Consumption reports settle: the owner pays, windows are contiguous, none rejected.
     let owner_before = client::free_balance(&grid.api, &owner).await?;
     let seen = settled_reports(&grid.api, start_block).await?.len();
-    let reports = until("two more settled consumption reports", Duration::from_secs(120), || async {
-        let r = settled_reports(&grid.api, start_block).await?;
-        Ok((r.len() >= seen + 2).then_some(r))
-    })
+    let reports = until(
+        "two more settled consumption reports",
+        Duration::from_secs(120),
+        || async {
+            let r = settled_reports(&grid.api, start_block).await?;
+            Ok((r.len() >= seen + 2).then_some(r))
+        },
+    )
     .await?;
-    ensure!(reports.windows(2).all(|w| w[0].2 == w[1].1), "windows not contiguous: {reports:?}");
-    ensure!(client::free_balance(&grid.api, &owner).await? < owner_before, "the owner paid nothing");
+    ensure!(
+        reports.windows(2).all(|w| w[0].2 == w[1].1),
+        "windows not contiguous: {reports:?}"
+    );
+    ensure!(
+        client::free_balance(&grid.api, &owner).await? < owner_before,
+        "the owner paid nothing"
+    );
 
     cancel(&grid.api, contract).await?;
-    until("the disk removed", Duration::from_secs(60), || async { Ok((!disk.exists()).then_some(())) }).await?;
+    until("the disk removed", Duration::from_secs(60), || async {
+        Ok((!disk.exists()).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 
@@ -279,9 +394,17 @@ async fn executor_survives_kill9_and_chain_restarts() -> Result<()> {
     let first = create_approved_contract(&grid.api, node, &disk_spec(0)).await?;
     executor.kill9();
     executor.start()?;
-    until("first contract Deployed after kill -9", Duration::from_secs(120), || async {
-        Ok(matches!(state_of(&grid.api, node, first).await?, Some(ContractState::Deployed)).then_some(()))
-    })
+    until(
+        "first contract Deployed after kill -9",
+        Duration::from_secs(120),
+        || async {
+            Ok(matches!(
+                state_of(&grid.api, node, first).await?,
+                Some(ContractState::Deployed)
+            )
+            .then_some(()))
+        },
+    )
     .await?;
 
     // Killed in the middle of metering: no window lost or billed twice.
@@ -298,23 +421,41 @@ async fn executor_survives_kill9_and_chain_restarts() -> Result<()> {
     chain.restart()?;
     let api = client::connect(&chain.ws_url()).await?;
     let second = create_approved_contract(&api, node, &disk_spec(0)).await?;
-    until("second contract's disk", Duration::from_secs(120), || async {
-        Ok(disk_file(dir.path(), second).exists().then_some(()))
-    })
+    until(
+        "second contract's disk",
+        Duration::from_secs(120),
+        || async { Ok(disk_file(dir.path(), second).exists().then_some(())) },
+    )
     .await?;
-    until("second contract Deployed", Duration::from_secs(120), || async {
-        Ok(matches!(state_of(&api, node, second).await?, Some(ContractState::Deployed)).then_some(()))
-    })
+    until(
+        "second contract Deployed",
+        Duration::from_secs(120),
+        || async {
+            Ok(matches!(
+                state_of(&api, node, second).await?,
+                Some(ContractState::Deployed)
+            )
+            .then_some(()))
+        },
+    )
     .await?;
-    let reports = until("reports of both contracts after the restarts", Duration::from_secs(120), || async {
-        let r = settled_reports(&api, start_block).await?;
-        let both = r.iter().any(|x| x.0 == first) && r.iter().filter(|x| x.0 == second).count() >= 1;
-        Ok(both.then_some(r))
-    })
+    let reports = until(
+        "reports of both contracts after the restarts",
+        Duration::from_secs(120),
+        || async {
+            let r = settled_reports(&api, start_block).await?;
+            let both =
+                r.iter().any(|x| x.0 == first) && r.iter().filter(|x| x.0 == second).count() >= 1;
+            Ok(both.then_some(r))
+        },
+    )
     .await?;
     for c in [first, second] {
         let mine: Vec<_> = reports.iter().filter(|r| r.0 == c).collect();
-        ensure!(mine.windows(2).all(|w| w[0].2 == w[1].1), "contract {c}: windows overlap or gap: {mine:?}");
+        ensure!(
+            mine.windows(2).all(|w| w[0].2 == w[1].1),
+            "contract {c}: windows overlap or gap: {mine:?}"
+        );
     }
     Ok(())
 }

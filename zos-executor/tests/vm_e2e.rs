@@ -46,12 +46,22 @@ struct Executor {
 impl Executor {
     fn spawn(data_dir: &Path, url: &str, farm: u32) -> Result<Self> {
         let log = data_dir.join("executor.log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_zos-executor"))
             .args(["--chain-url", url, "--farm-id", &farm.to_string()])
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--report-interval", "6", "--heartbeat-interval", "20", "--metrics-addr", "off"])
+            .args([
+                "--report-interval",
+                "6",
+                "--heartbeat-interval",
+                "20",
+                "--metrics-addr",
+                "off",
+            ])
             .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
             // No KVM probe: the development machines' /dev/kvm cannot run nested guests.
             .env("ZOS_VM_ACCEL", "tcg")
@@ -61,7 +71,10 @@ impl Executor {
             .stdin(Stdio::null())
             .spawn()
             .context("spawning zos-executor")?;
-        Ok(Self { child: Some(child), log })
+        Ok(Self {
+            child: Some(child),
+            log,
+        })
     }
 
     fn log_tail(&self) -> String {
@@ -101,9 +114,11 @@ where
     loop {
         match f().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => {},
-            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
-            Err(_) => {},
+            Ok(None) => {}
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("waiting for {what}")))
+            }
+            Err(_) => {}
         }
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
@@ -114,7 +129,9 @@ where
 
 fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 /// A minimal container image: busybox-static and its applets.
@@ -152,7 +169,8 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
         ],
     });
     let spec: DeploymentSpec = serde_json::from_value(spec)?;
-    spec.validate().map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
     Ok(spec)
 }
 
@@ -160,22 +178,45 @@ async fn contracts_of(api: &Client, node: NodeId) -> Result<Vec<(ContractId, Nod
     runtime_call(api, "DeploymentsApi_contracts_of_node", &node.encode()).await
 }
 
-async fn state_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<ContractState>> {
+async fn state_of(
+    api: &Client,
+    node: NodeId,
+    contract: ContractId,
+) -> Result<Option<ContractState>> {
     Ok(contract_of(api, node, contract).await?.map(|c| c.state))
 }
 
-async fn contract_of(api: &Client, node: NodeId, contract: ContractId) -> Result<Option<NodeContract>> {
-    Ok(contracts_of(api, node).await?.into_iter().find(|(id, _)| *id == contract).map(|(_, c)| c))
+async fn contract_of(
+    api: &Client,
+    node: NodeId,
+    contract: ContractId,
+) -> Result<Option<NodeContract>> {
+    Ok(contracts_of(api, node)
+        .await?
+        .into_iter()
+        .find(|(id, _)| *id == contract)
+        .map(|(_, c)| c))
 }
 
-async fn submit_static<C: subxt::transactions::Payload>(api: &Client, call: &C, signer: &Keypair) -> Result<client::Events> {
+async fn submit_static<C: subxt::transactions::Payload>(
+    api: &Client,
+    call: &C,
+    signer: &Keypair,
+) -> Result<client::Events> {
     client::submit(api, call, signer).await
 }
 
 async fn setup_farm(api: &Client) -> Result<u32> {
-    let call = subxt::dynamic::tx("Grid", "create_farm", vec![Value::from_bytes(b"vm-e2e-farm")]);
+    let call = subxt::dynamic::tx(
+        "Grid",
+        "create_farm",
+        vec![Value::from_bytes(b"vm-e2e-farm")],
+    );
     let events = client::submit(api, &call, &dev::alice()).await?;
-    let farm = client::find_event(&events, "Grid", "FarmCreated")?.at("farm_id").and_then(|v| v.as_u128()).context("farm id")?;
+    let farm = client::find_event(&events, "Grid", "FarmCreated")?
+        .at("farm_id")
+        .and_then(|v| v.as_u128())
+        .context("farm id")?;
     Ok(farm as u32)
 }
 
@@ -188,17 +229,32 @@ async fn funded_identity(api: &Client, data_dir: &Path) -> Result<AccountId32> {
 
 async fn registered_node(api: &Client, account: &AccountId32) -> Result<NodeId> {
     until("node registration", Duration::from_secs(120), || async {
-        Ok(runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode()).await?)
+        Ok(
+            runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode())
+                .await?,
+        )
     })
     .await
 }
 
 /// Alice creates a 2-of-2 contract with Bob; Bob approves (finalized). Returns the id.
-async fn create_approved_contract(api: &Client, node: NodeId, spec: &DeploymentSpec) -> Result<ContractId> {
+async fn create_approved_contract(
+    api: &Client,
+    node: NodeId,
+    spec: &DeploymentSpec,
+) -> Result<ContractId> {
     use runtime::runtime_types::pallet_deployments::types::Signer;
     let signers = vec![
-        Signer { account: dev::alice().public_key().to_account_id(), weight: 1, required: true },
-        Signer { account: dev::bob().public_key().to_account_id(), weight: 1, required: true },
+        Signer {
+            account: dev::alice().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
+        Signer {
+            account: dev::bob().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
     ];
     let create = runtime::tx().deployments().create(
         node,
@@ -211,21 +267,39 @@ async fn create_approved_contract(api: &Client, node: NodeId, spec: &DeploymentS
         .at("contract")
         .and_then(|v| v.as_u128())
         .context("contract id")? as ContractId;
-    let events = submit_static(api, &runtime::tx().deployments().approve(contract, spec.hash()), &dev::bob()).await?;
+    let events = submit_static(
+        api,
+        &runtime::tx().deployments().approve(contract, spec.hash()),
+        &dev::bob(),
+    )
+    .await?;
     client::find_event(&events, "Deployments", "ContractActivated")?;
     Ok(contract)
 }
 
 async fn cancel(api: &Client, contract: ContractId) -> Result<()> {
-    submit_static(api, &runtime::tx().deployments().propose_cancel(contract), &dev::alice()).await?;
+    submit_static(
+        api,
+        &runtime::tx().deployments().propose_cancel(contract),
+        &dev::alice(),
+    )
+    .await?;
     let owner = dev::alice().public_key().to_account_id();
     let pending = until("cancel proposal", Duration::from_secs(30), || async {
         let list: Vec<zos_primitives::contracts::ContractSummary> =
             runtime_call(api, "DeploymentsApi_contracts_of_owner", &owner.0.encode()).await?;
-        Ok(list.into_iter().find(|c| c.contract == contract).and_then(|c| c.pending_proposal))
+        Ok(list
+            .into_iter()
+            .find(|c| c.contract == contract)
+            .and_then(|c| c.pending_proposal))
     })
     .await?;
-    let events = submit_static(api, &runtime::tx().deployments().approve(contract, pending), &dev::bob()).await?;
+    let events = submit_static(
+        api,
+        &runtime::tx().deployments().approve(contract, pending),
+        &dev::bob(),
+    )
+    .await?;
     client::find_event(&events, "Deployments", "ContractCancelled")?;
     Ok(())
 }
@@ -233,7 +307,9 @@ async fn cancel(api: &Client, contract: ContractId) -> Result<()> {
 fn is_alive(pid: i32) -> bool {
     // A zombie is gone for our purposes (its parent may not have reaped it yet).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -248,8 +324,14 @@ fn mounted(path: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel() -> Result<()> {
-    ensure!(Path::new("/dev/fuse").exists(), "/dev/fuse is needed for the image mount");
-    ensure!(which("qemu-system-x86_64").is_some(), "qemu-system-x86_64 is needed");
+    ensure!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is needed for the image mount"
+    );
+    ensure!(
+        which("qemu-system-x86_64").is_some(),
+        "qemu-system-x86_64 is needed"
+    );
     let tmp = tempfile::tempdir()?;
 
     // The image: packed into a directory store, served by a hub on a loopback port.
@@ -258,7 +340,11 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store.clone(), None, &Default::default())?;
     let root = packed.root.to_hex();
-    let hub = zos_image::hub::spawn_background("127.0.0.1:0".parse()?, DirStore::open(tmp.path().join("hub-store"))?, "unused".into())?;
+    let hub = zos_image::hub::spawn_background(
+        "127.0.0.1:0".parse()?,
+        DirStore::open(tmp.path().join("hub-store"))?,
+        "unused".into(),
+    )?;
     let source = format!("http://{hub}");
 
     let chain = ChainNode::start(NodeOptions::default())?;
@@ -275,7 +361,10 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let spec = vm_spec(&root, &source, 0, 64)?;
     let contract = create_approved_contract(&api, node, &spec).await?;
     let activated = Instant::now();
-    let vm_dir = data_dir.join("contracts").join(contract.to_string()).join("vms/web");
+    let vm_dir = data_dir
+        .join("contracts")
+        .join(contract.to_string())
+        .join("vms/web");
     let console = vm_dir.join("console.log");
     // Both watched together so each time is measured from activation.
     let (mut to_deployed, mut to_entrypoint) = (None, None);
@@ -284,8 +373,10 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         if to_deployed.is_none() {
             match state_of(&api, node, contract).await? {
                 Some(ContractState::Deployed) => to_deployed = Some(activated.elapsed()),
-                Some(ContractState::Failed(reason)) => bail!("contract failed: {reason:?}\n{}", executor.log_tail()),
-                _ => {},
+                Some(ContractState::Failed(reason)) => {
+                    bail!("contract failed: {reason:?}\n{}", executor.log_tail())
+                }
+                _ => {}
             }
         }
         let text = std::fs::read_to_string(&console).unwrap_or_default();
@@ -302,64 +393,139 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let (to_deployed, to_entrypoint) = (to_deployed.unwrap_or_default(), to_entrypoint.unwrap_or_default());
-    for needle in [format!("GREETING={GREETING}"), "vm e2e image".into(), "disk-ok".into()] {
-        ensure!(text.contains(&needle), "missing {needle:?} on the console:\n{text}");
+    let (to_deployed, to_entrypoint) = (
+        to_deployed.unwrap_or_default(),
+        to_entrypoint.unwrap_or_default(),
+    );
+    for needle in [
+        format!("GREETING={GREETING}"),
+        "vm e2e image".into(),
+        "disk-ok".into(),
+    ] {
+        ensure!(
+            text.contains(&needle),
+            "missing {needle:?} on the console:\n{text}"
+        );
     }
-    ensure!(mounted(&vm_dir.join("rootfs")), "the image is not mounted at the VM's rootfs");
-    let pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?.trim().parse()?;
+    ensure!(
+        mounted(&vm_dir.join("rootfs")),
+        "the image is not mounted at the VM's rootfs"
+    );
+    let pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?
+        .trim()
+        .parse()?;
     ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
     eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
 
-    until("the guest seeing its 64 MiB disk", Duration::from_secs(30), || async {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        Ok(text.contains(&format!("VDA-SECTORS {}", 64 * 2048)).then_some(()))
-    })
+    until(
+        "the guest seeing its 64 MiB disk",
+        Duration::from_secs(30),
+        || async {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            Ok(text
+                .contains(&format!("VDA-SECTORS {}", 64 * 2048))
+                .then_some(()))
+        },
+    )
     .await?;
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
     let grown = vm_spec(&root, &source, 1, 128)?;
-    submit_static(&api, &runtime::tx().deployments().propose_update(contract, convert(&grown)?), &dev::alice()).await?;
-    submit_static(&api, &runtime::tx().deployments().approve(contract, grown.hash()), &dev::bob()).await?;
+    submit_static(
+        &api,
+        &runtime::tx()
+            .deployments()
+            .propose_update(contract, convert(&grown)?),
+        &dev::alice(),
+    )
+    .await?;
+    submit_static(
+        &api,
+        &runtime::tx().deployments().approve(contract, grown.hash()),
+        &dev::bob(),
+    )
+    .await?;
     let updated = Instant::now();
     until("version 1 Deployed", Duration::from_secs(120), || async {
         let c = contract_of(&api, node, contract).await?;
-        Ok(c.filter(|c| c.spec.version == 1 && c.state == ContractState::Deployed).map(|_| ()))
+        Ok(
+            c.filter(|c| c.spec.version == 1 && c.state == ContractState::Deployed)
+                .map(|_| ()),
+        )
     })
     .await?;
-    until("the guest seeing the grown disk", Duration::from_secs(60), || async {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        Ok(text.contains(&format!("VDA-SECTORS {}", 128 * 2048)).then_some(()))
-    })
+    until(
+        "the guest seeing the grown disk",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            Ok(text
+                .contains(&format!("VDA-SECTORS {}", 128 * 2048))
+                .then_some(()))
+        },
+    )
     .await
     .with_context(|| executor.log_tail())?;
-    let now_pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?.trim().parse()?;
-    ensure!(now_pid == pid && is_alive(pid), "the guest was restarted for a disk growth");
-    eprintln!("update (finalized) -> version 1 Deployed and the guest sees 128 MiB: {:?}", updated.elapsed());
+    let now_pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?
+        .trim()
+        .parse()?;
+    ensure!(
+        now_pid == pid && is_alive(pid),
+        "the guest was restarted for a disk growth"
+    );
+    eprintln!(
+        "update (finalized) -> version 1 Deployed and the guest sees 128 MiB: {:?}",
+        updated.elapsed()
+    );
 
     // ---- an image whose index does not hash to the pinned root is refused for good
     let fake_root = zos_image::Hash::of(b"not the index");
-    let index = store.get(Object::Index(packed.root))?.context("packed index")?;
+    let index = store
+        .get(Object::Index(packed.root))?
+        .context("packed index")?;
     store.put(Object::Index(fake_root), &index)?;
     let bad = vm_spec(&fake_root.to_hex(), &source, 0, 64)?;
     let bad_contract = create_approved_contract(&api, node, &bad).await?;
-    let reason = until("the tampered image's contract Failed", Duration::from_secs(120), || async {
-        Ok(match state_of(&api, node, bad_contract).await? {
-            Some(ContractState::Failed(f)) => Some(String::from_utf8_lossy(&f.reason).into_owned()),
-            _ => None,
-        })
-    })
+    let reason = until(
+        "the tampered image's contract Failed",
+        Duration::from_secs(120),
+        || async {
+            Ok(match state_of(&api, node, bad_contract).await? {
+                Some(ContractState::Failed(f)) => {
+                    Some(String::from_utf8_lossy(&f.reason).into_owned())
+                }
+                _ => None,
+            })
+        },
+    )
     .await?;
     eprintln!("tampered image refused: {reason}");
-    ensure!(reason.contains("refused: index content hashes to"), "unexpected failure reason: {reason}");
+    ensure!(
+        reason.contains("refused: index content hashes to"),
+        "unexpected failure reason: {reason}"
+    );
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed
     cancel(&api, contract).await?;
     let cancelled = Instant::now();
-    until("the VM directory removed", Duration::from_secs(90), || async { Ok((!vm_dir.exists()).then_some(())) }).await?;
-    until("QEMU gone", Duration::from_secs(30), || async { Ok((!is_alive(pid)).then_some(())) }).await?;
-    ensure!(!mounted(&vm_dir.join("rootfs")), "the image is still mounted");
-    eprintln!("cancel (finalized) -> QEMU gone and VM removed: {:?}", cancelled.elapsed());
+    until(
+        "the VM directory removed",
+        Duration::from_secs(90),
+        || async { Ok((!vm_dir.exists()).then_some(())) },
+    )
+    .await?;
+    until("QEMU gone", Duration::from_secs(30), || async {
+        Ok((!is_alive(pid)).then_some(()))
+    })
+    .await?;
+    ensure!(
+        !mounted(&vm_dir.join("rootfs")),
+        "the image is still mounted"
+    );
+    eprintln!(
+        "cancel (finalized) -> QEMU gone and VM removed: {:?}",
+        cancelled.elapsed()
+    );
     drop(executor);
     Ok(())
 }

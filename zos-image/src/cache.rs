@@ -99,13 +99,22 @@ impl ChunkCache {
             }
         }
         found.sort();
-        let mut lru = Lru { entries: HashMap::new(), by_tick: BTreeMap::new(), total: 0, tick: 0 };
+        let mut lru = Lru {
+            entries: HashMap::new(),
+            by_tick: BTreeMap::new(),
+            total: 0,
+            tick: 0,
+        };
         for (_, hash, size) in found {
             lru.touch(hash, size);
         }
         scan.entries = lru.entries.len() as u64;
         scan.bytes = lru.total;
-        let cache = ChunkCache { dir, capacity, lru: Mutex::new(lru) };
+        let cache = ChunkCache {
+            dir,
+            capacity,
+            lru: Mutex::new(lru),
+        };
         cache.evict();
         Ok((cache, scan))
     }
@@ -154,7 +163,9 @@ impl ChunkCache {
     fn evict(&self) {
         let mut lru = self.lock();
         while lru.total > self.capacity {
-            let Some((_, hash)) = lru.by_tick.iter().next().map(|(t, h)| (*t, *h)) else { break };
+            let Some((_, hash)) = lru.by_tick.iter().next().map(|(t, h)| (*t, *h)) else {
+                break;
+            };
             let _ = fs::remove_file(self.path_of(&hash));
             lru.remove(&hash);
         }

@@ -36,7 +36,9 @@ thread_local! {
 }
 
 fn compress_with(
-    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>>,
+    slot: &'static std::thread::LocalKey<
+        std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>,
+    >,
     level: i32,
     data: &[u8],
 ) -> Option<Vec<u8>> {
@@ -60,7 +62,10 @@ pub fn encode_chunk(plain: &[u8]) -> EncodedChunk {
     let hash = Hash::of(plain);
     let object = encode_object(plain);
     EncodedChunk {
-        info: ChunkInfo { hash, raw_len: plain.len() as u32 },
+        info: ChunkInfo {
+            hash,
+            raw_len: plain.len() as u32,
+        },
         object,
     }
 }
@@ -101,8 +106,13 @@ fn probe_compressible(plain: &[u8]) -> bool {
 
 /// Decode a stored object and check it against its name and expected length.
 pub fn decode_object(hash: &Hash, object: &[u8], expected_len: Option<u32>) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::ChunkCorrupt { hash: *hash, reason };
-    let (&codec, payload) = object.split_first().ok_or_else(|| bad("empty object".into()))?;
+    let bad = |reason: String| Error::ChunkCorrupt {
+        hash: *hash,
+        reason,
+    };
+    let (&codec, payload) = object
+        .split_first()
+        .ok_or_else(|| bad("empty object".into()))?;
     let plain = match codec {
         CODEC_RAW => payload.to_vec(),
         CODEC_ZSTD => {
@@ -147,7 +157,10 @@ pub fn chunk_reader(
 ) -> std::io::Result<u64> {
     if size <= SMALL_FILE_MAX {
         let mut buf = Vec::with_capacity(size as usize);
-        reader.by_ref().take(SMALL_FILE_MAX + 1).read_to_end(&mut buf)?;
+        reader
+            .by_ref()
+            .take(SMALL_FILE_MAX + 1)
+            .read_to_end(&mut buf)?;
         if !buf.is_empty() {
             sink(&buf).map_err(std::io::Error::other)?;
         }
@@ -174,7 +187,10 @@ mod tests {
         let text = b"hello world ".repeat(1000);
         let enc = encode_chunk(&text);
         assert_eq!(enc.object[0], CODEC_ZSTD);
-        assert_eq!(decode_object(&enc.info.hash, &enc.object, Some(enc.info.raw_len)).unwrap(), text);
+        assert_eq!(
+            decode_object(&enc.info.hash, &enc.object, Some(enc.info.raw_len)).unwrap(),
+            text
+        );
         let mut bad = enc.object.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;

@@ -63,8 +63,14 @@ pub enum Error {
     Store { store: String, message: String },
     #[error("{0}")]
     InvalidInput(String),
-    #[error("verification failed: {missing} missing and {corrupt} corrupt chunks (first: {first})")]
-    VerifyFailed { missing: usize, corrupt: usize, first: String },
+    #[error(
+        "verification failed: {missing} missing and {corrupt} corrupt chunks (first: {first})"
+    )]
+    VerifyFailed {
+        missing: usize,
+        corrupt: usize,
+        first: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,6 +82,9 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io { path: path.into(), source })
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
     }
 }

@@ -39,7 +39,9 @@ impl MemoryCache {
         self.map.insert(hash, data);
         self.order.push_back(hash);
         while self.bytes > MEMORY_CACHE_BYTES {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(d) = self.map.remove(&old) {
                 self.bytes -= d.len();
             }
@@ -80,7 +82,10 @@ impl Fetcher {
     }
 
     pub fn is_cached(&self, hash: &Hash) -> bool {
-        self.memory.lock().map(|m| m.map.contains_key(hash)).unwrap_or(false)
+        self.memory
+            .lock()
+            .map(|m| m.map.contains_key(hash))
+            .unwrap_or(false)
             || self.cache.as_ref().is_some_and(|c| c.contains(hash))
     }
 
@@ -118,7 +123,10 @@ impl Fetcher {
                 Some(result.as_ref().map(Arc::clone).map_err(|e| e.to_string()));
             cv.notify_all();
         }
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&info.hash);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&info.hash);
         result
     }
 
@@ -167,18 +175,22 @@ impl Fetcher {
             for k in 0..n {
                 let source = &self.sources[(start + k) % n];
                 match source.get(Object::Chunk(info.hash)) {
-                    Ok(Some(object)) => match decode_object(&info.hash, &object, Some(info.raw_len)) {
-                        Ok(plain) => {
-                            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                            self.stats.fetched_bytes.fetch_add(object.len() as u64, Ordering::Relaxed);
-                            return Ok(plain);
+                    Ok(Some(object)) => {
+                        match decode_object(&info.hash, &object, Some(info.raw_len)) {
+                            Ok(plain) => {
+                                self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                                self.stats
+                                    .fetched_bytes
+                                    .fetch_add(object.len() as u64, Ordering::Relaxed);
+                                return Ok(plain);
+                            }
+                            Err(e) => {
+                                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(store = %source.describe(), error = %e, "rejected chunk");
+                                last_corrupt = Some(e);
+                            }
                         }
-                        Err(e) => {
-                            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(store = %source.describe(), error = %e, "rejected chunk");
-                            last_corrupt = Some(e);
-                        }
-                    },
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(store = %source.describe(), error = %e, "chunk fetch failed");
@@ -190,6 +202,8 @@ impl Fetcher {
                 break; // every source answered "not found": retrying will not help
             }
         }
-        Err(last_corrupt.or(last_error).unwrap_or(Error::ChunkMissing(info.hash)))
+        Err(last_corrupt
+            .or(last_error)
+            .unwrap_or(Error::ChunkMissing(info.hash)))
     }
 }

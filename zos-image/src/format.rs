@@ -217,7 +217,9 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("header", &self.header).finish()
+        f.debug_struct("Index")
+            .field("header", &self.header)
+            .finish()
     }
 }
 
@@ -235,10 +237,17 @@ impl Index {
         let header = parse_header(&bytes)?;
         let expected = header.total_len()?;
         if expected != bytes.len() as u64 {
-            return Err(FormatError::LengthMismatch { expected, actual: bytes.len() as u64 });
+            return Err(FormatError::LengthMismatch {
+                expected,
+                actual: bytes.len() as u64,
+            });
         }
         let sections = header.section_ranges()?;
-        let index = Index { bytes, header, sections };
+        let index = Index {
+            bytes,
+            header,
+            sections,
+        };
         index.validate()?;
         Ok(index)
     }
@@ -296,7 +305,10 @@ impl Index {
             mtime_sec: u64_at(r, 24) as i64,
         };
         if meta.perm & !0o7777 != 0 {
-            return corrupt(format!("inode {ino}: mode {:o} has bits outside 0o7777", meta.perm));
+            return corrupt(format!(
+                "inode {ino}: mode {:o} has bits outside 0o7777",
+                meta.perm
+            ));
         }
         if meta.mtime_nsec >= 1_000_000_000 {
             return corrupt(format!("inode {ino}: nanoseconds out of range"));
@@ -320,7 +332,11 @@ impl Index {
         let r = self.record(DIRENTS, DIRENT_LEN, i)?;
         let end = u64::from(u32_at(r, 0));
         let ino = u32_at(r, 4);
-        let start = if i == 0 { 0 } else { u64::from(u32_at(self.record(DIRENTS, DIRENT_LEN, i - 1)?, 0)) };
+        let start = if i == 0 {
+            0
+        } else {
+            u64::from(u32_at(self.record(DIRENTS, DIRENT_LEN, i - 1)?, 0))
+        };
         let names = &self.bytes[self.sections[NAMES].clone()];
         if start >= end || end > names.len() as u64 {
             return corrupt(format!("dirent {i}: name out of range"));
@@ -332,7 +348,10 @@ impl Index {
         if inode.kind == kind {
             Ok(())
         } else {
-            corrupt(format!("inode {} is {:?}, expected {kind:?}", inode.ino, inode.kind))
+            corrupt(format!(
+                "inode {} is {:?}, expected {kind:?}",
+                inode.ino, inode.kind
+            ))
         }
     }
 
@@ -386,7 +405,10 @@ impl Index {
     /// Resolve a slash-separated path from the root without following symlinks.
     pub fn resolve(&self, path: &[u8]) -> FResult<Option<u32>> {
         let mut ino = 0u32;
-        for part in path.split(|b| *b == b'/').filter(|p| !p.is_empty() && *p != b".") {
+        for part in path
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
             let inode = self.inode(ino)?;
             if inode.kind != Kind::Dir {
                 return Ok(None);
@@ -419,7 +441,10 @@ impl Index {
             }
             let (name, rest) = rest.split_at(name_len);
             let (value, rest) = rest.split_at(value_len);
-            if out.last().is_some_and(|(prev, _): &(&[u8], &[u8])| *prev >= name) {
+            if out
+                .last()
+                .is_some_and(|(prev, _): &(&[u8], &[u8])| *prev >= name)
+            {
                 return corrupt("xattr names not strictly sorted");
             }
             out.push((name, value));
@@ -445,7 +470,10 @@ impl Index {
         let r = self.record(CHUNK_REFS, CHUNK_REF_LEN, file.a + u64::from(i))?;
         let file_offset = u64_at(r, 0);
         let end = if i + 1 < file.b {
-            u64_at(self.record(CHUNK_REFS, CHUNK_REF_LEN, file.a + u64::from(i) + 1)?, 0)
+            u64_at(
+                self.record(CHUNK_REFS, CHUNK_REF_LEN, file.a + u64::from(i) + 1)?,
+                0,
+            )
         } else {
             file.size
         };
@@ -453,8 +481,16 @@ impl Index {
             .checked_sub(file_offset)
             .and_then(|l| u32::try_from(l).ok())
             .filter(|l| *l > 0 && *l <= MAX_CHUNK_LEN)
-            .ok_or(FormatError::Corrupt(format!("file {}: bad piece {i}", file.ino)))?;
-        Ok(ChunkRef { file_offset, chunk: u32_at(r, 8), chunk_offset: u32_at(r, 12), len })
+            .ok_or(FormatError::Corrupt(format!(
+                "file {}: bad piece {i}",
+                file.ino
+            )))?;
+        Ok(ChunkRef {
+            file_offset,
+            chunk: u32_at(r, 8),
+            chunk_offset: u32_at(r, 12),
+            len,
+        })
     }
 
     /// Index (within the file) of the chunk reference covering byte `offset`.
@@ -480,7 +516,10 @@ impl Index {
         let r = self.record(CHUNKS, CHUNK_LEN, u64::from(i))?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&r[..32]);
-        Ok(ChunkInfo { hash: Hash(hash), raw_len: u32_at(r, 32) })
+        Ok(ChunkInfo {
+            hash: Hash(hash),
+            raw_len: u32_at(r, 32),
+        })
     }
 
     /// Check every structural invariant once, so later accessors can only fail on a bug.
@@ -533,9 +572,12 @@ impl Index {
                             return corrupt(format!("directory {ino}: names not strictly sorted"));
                         }
                         prev = Some(name);
-                        let slot = referenced.get_mut(child as usize).ok_or(
-                            FormatError::Corrupt(format!("dirent points at missing inode {child}")),
-                        )?;
+                        let slot =
+                            referenced
+                                .get_mut(child as usize)
+                                .ok_or(FormatError::Corrupt(format!(
+                                    "dirent points at missing inode {child}"
+                                )))?;
                         *slot = slot.saturating_add(1);
                     }
                 }
@@ -558,12 +600,16 @@ impl Index {
                             std::cmp::Ordering::Less => {}
                             std::cmp::Ordering::Equal => next_new_chunk += 1,
                             std::cmp::Ordering::Greater => {
-                                return corrupt(format!("file {ino}: chunk table not in order of first use"))
+                                return corrupt(format!(
+                                    "file {ino}: chunk table not in order of first use"
+                                ))
                             }
                         }
                         let c = self.chunk(r.chunk)?;
                         if u64::from(r.chunk_offset) + u64::from(r.len) > u64::from(c.raw_len) {
-                            return corrupt(format!("file {ino}: piece {i} lies outside its chunk"));
+                            return corrupt(format!(
+                                "file {ino}: piece {i} lies outside its chunk"
+                            ));
                         }
                         expect += u64::from(r.len);
                     }
@@ -578,14 +624,18 @@ impl Index {
                     self.symlink_target(&inode)?;
                 }
                 Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket => {
-                    let rdev_ok = matches!(inode.kind, Kind::CharDev | Kind::BlockDev) || inode.a == 0;
+                    let rdev_ok =
+                        matches!(inode.kind, Kind::CharDev | Kind::BlockDev) || inode.a == 0;
                     if !rdev_ok || inode.b != 0 || inode.size != 0 {
                         return corrupt(format!("special inode {ino}: unexpected payload"));
                     }
                 }
             }
         }
-        if next_dirent != h.dirent_count || next_ref != h.chunk_ref_count || next_new_chunk != h.chunk_count {
+        if next_dirent != h.dirent_count
+            || next_ref != h.chunk_ref_count
+            || next_new_chunk != h.chunk_count
+        {
             return corrupt("directory, chunk-ref or chunk section has unreferenced records");
         }
         let names_end = match h.dirent_count {
@@ -634,7 +684,10 @@ impl From<memmap2::Mmap> for IndexBytesInput {
 
 fn check_name(name: &[u8]) -> FResult<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN || name == b"." || name == b".." {
-        return corrupt(format!("invalid entry name {:?}", String::from_utf8_lossy(name)));
+        return corrupt(format!(
+            "invalid entry name {:?}",
+            String::from_utf8_lossy(name)
+        ));
     }
     if name.iter().any(|b| *b == b'/' || *b == 0) {
         return corrupt("entry name contains '/' or NUL");
@@ -677,7 +730,10 @@ pub fn parse_header(bytes: &[u8]) -> FResult<Header> {
 pub enum NodeKind {
     /// Entries: (raw name, node id). Any order; the encoder sorts.
     Dir(Vec<(Vec<u8>, usize)>),
-    File { size: u64, pieces: Vec<Piece> },
+    File {
+        size: u64,
+        pieces: Vec<Piece>,
+    },
     Symlink(Vec<u8>),
     CharDev(u64),
     BlockDev(u64),
@@ -696,7 +752,11 @@ pub struct Piece {
 impl Piece {
     /// A piece that is a whole chunk.
     pub fn whole(chunk: ChunkInfo) -> Piece {
-        Piece { chunk, offset: 0, len: chunk.raw_len }
+        Piece {
+            chunk,
+            offset: 0,
+            len: chunk.raw_len,
+        }
     }
 }
 
@@ -740,7 +800,10 @@ impl BlobWriter {
 pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
     let nodes = &tree.nodes;
     match nodes.first() {
-        Some(Node { kind: NodeKind::Dir(_), .. }) => {}
+        Some(Node {
+            kind: NodeKind::Dir(_),
+            ..
+        }) => {}
         _ => return corrupt("tree root must be a directory"),
     }
     // Breadth-first numbering over sorted entries: a directory's children are numbered when the
@@ -766,7 +829,9 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
             }
             for (name, child) in &entries {
                 check_name(name)?;
-                let node = nodes.get(*child).ok_or(FormatError::Corrupt("dangling node".into()))?;
+                let node = nodes
+                    .get(*child)
+                    .ok_or(FormatError::Corrupt("dangling node".into()))?;
                 nlink[*child] += 1;
                 if number[*child].is_none() {
                     number[*child] = Some(order.len() as u32);
@@ -803,7 +868,10 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
     let mut inodes = Vec::with_capacity(order.len() * INODE_LEN);
     let mut dirents = Vec::new();
     let mut refs = Vec::new();
-    let mut stats = EncodeStats { inodes: order.len() as u64, ..Default::default() };
+    let mut stats = EncodeStats {
+        inodes: order.len() as u64,
+        ..Default::default()
+    };
     for &id in &order {
         let node = &nodes[id];
         let (kind, size, a, b) = match &node.kind {
@@ -824,7 +892,9 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
                 let mut offset = 0u64;
                 for p in pieces {
                     let c = p.chunk;
-                    if c.raw_len == 0 || c.raw_len > MAX_CHUNK_LEN || p.len == 0
+                    if c.raw_len == 0
+                        || c.raw_len > MAX_CHUNK_LEN
+                        || p.len == 0
                         || u64::from(p.offset) + u64::from(p.len) > u64::from(c.raw_len)
                     {
                         return corrupt("file piece with invalid length");
@@ -863,7 +933,9 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
             xs.sort_by(|a, b| a.0.cmp(&b.0));
             let mut enc = Vec::new();
             for (i, (name, value)) in xs.iter().enumerate() {
-                if name.is_empty() || name.len() > u16::MAX as usize || (i > 0 && xs[i - 1].0 == *name)
+                if name.is_empty()
+                    || name.len() > u16::MAX as usize
+                    || (i > 0 && xs[i - 1].0 == *name)
                 {
                     return corrupt("invalid or duplicate xattr name");
                 }
@@ -883,7 +955,10 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
             return corrupt("invalid mode or timestamp");
         }
         let links = if kind == Kind::Dir {
-            2 + sorted_dirs[&id].iter().filter(|(_, c)| matches!(nodes[*c].kind, NodeKind::Dir(_))).count() as u32
+            2 + sorted_dirs[&id]
+                .iter()
+                .filter(|(_, c)| matches!(nodes[*c].kind, NodeKind::Dir(_)))
+                .count() as u32
         } else {
             nlink[id]
         };
@@ -911,7 +986,13 @@ pub fn encode(tree: &Tree) -> Result<(Vec<u8>, EncodeStats), FormatError> {
     stats.unique_chunks = chunk_table.len() as u64;
 
     let mut out = Vec::with_capacity(
-        HEADER_LEN + inodes.len() + dirents.len() + refs.len() + chunks.len() + names.len() + blob.data.len(),
+        HEADER_LEN
+            + inodes.len()
+            + dirents.len()
+            + refs.len()
+            + chunks.len()
+            + names.len()
+            + blob.data.len(),
     );
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -941,11 +1022,20 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        Meta { perm: 0o755, uid: 1, gid: 2, mtime_sec: 1_700_000_000, mtime_nsec: 123_456_789 }
+        Meta {
+            perm: 0o755,
+            uid: 1,
+            gid: 2,
+            mtime_sec: 1_700_000_000,
+            mtime_nsec: 123_456_789,
+        }
     }
 
     fn sample() -> Tree {
-        let chunk = Piece::whole(ChunkInfo { hash: Hash::of(b"hello"), raw_len: 5 });
+        let chunk = Piece::whole(ChunkInfo {
+            hash: Hash::of(b"hello"),
+            raw_len: 5,
+        });
         Tree {
             nodes: vec![
                 Node {
@@ -960,11 +1050,22 @@ mod tests {
                 },
                 Node {
                     meta: meta(),
-                    kind: NodeKind::File { size: 10, pieces: vec![chunk, chunk] },
+                    kind: NodeKind::File {
+                        size: 10,
+                        pieces: vec![chunk, chunk],
+                    },
                     xattrs: vec![(b"user.x".to_vec(), b"1".to_vec())],
                 },
-                Node { meta: meta(), kind: NodeKind::Symlink(b"b".to_vec()), xattrs: vec![] },
-                Node { meta: meta(), kind: NodeKind::Dir(vec![]), xattrs: vec![] },
+                Node {
+                    meta: meta(),
+                    kind: NodeKind::Symlink(b"b".to_vec()),
+                    xattrs: vec![],
+                },
+                Node {
+                    meta: meta(),
+                    kind: NodeKind::Dir(vec![]),
+                    xattrs: vec![],
+                },
             ],
         }
     }
@@ -975,15 +1076,29 @@ mod tests {
         assert_eq!(stats.unique_chunks, 1);
         let idx = Index::parse(bytes).unwrap();
         let root = idx.inode(0).unwrap();
-        let names: Vec<Vec<u8>> =
-            idx.dir_entries(&root).unwrap().map(|e| e.unwrap().0.to_vec()).collect();
-        assert_eq!(names, vec![b"a".to_vec(), b"b".to_vec(), b"link".to_vec(), b"sub".to_vec()]);
+        let names: Vec<Vec<u8>> = idx
+            .dir_entries(&root)
+            .unwrap()
+            .map(|e| e.unwrap().0.to_vec())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                b"a".to_vec(),
+                b"b".to_vec(),
+                b"link".to_vec(),
+                b"sub".to_vec()
+            ]
+        );
         let b = idx.lookup(&root, b"b").unwrap().unwrap();
         assert_eq!(idx.lookup(&root, b"link").unwrap(), Some(b));
         let file = idx.inode(b).unwrap();
         assert_eq!(file.nlink, 2);
         assert_eq!(idx.file_chunk_at(&file, 7).unwrap(), Some(1));
-        assert_eq!(idx.xattrs(&file).unwrap(), vec![(&b"user.x"[..], &b"1"[..])]);
+        assert_eq!(
+            idx.xattrs(&file).unwrap(),
+            vec![(&b"user.x"[..], &b"1"[..])]
+        );
         assert_eq!(root.nlink, 3);
         assert_eq!(idx.lookup(&root, b"zzz").unwrap(), None);
     }
@@ -991,7 +1106,10 @@ mod tests {
     #[test]
     fn truncation_and_bad_magic_are_typed_errors() {
         let (bytes, _) = encode(&sample()).unwrap();
-        assert!(matches!(Index::parse(&bytes[..10]), Err(FormatError::Truncated(_))));
+        assert!(matches!(
+            Index::parse(&bytes[..10]),
+            Err(FormatError::Truncated(_))
+        ));
         let mut bad = bytes.clone();
         bad[0] ^= 1;
         assert_eq!(Index::parse(bad).unwrap_err(), FormatError::BadMagic);

@@ -49,7 +49,9 @@ fn parse_object(kind: &str, name: &str) -> Option<Object> {
             if let Some(root) = name.strip_suffix(".idx") {
                 root.parse().ok().map(Object::Index)
             } else {
-                name.strip_suffix(".sig").and_then(|r| r.parse().ok()).map(Object::Signature)
+                name.strip_suffix(".sig")
+                    .and_then(|r| r.parse().ok())
+                    .map(Object::Signature)
             }
         }
         _ => None,
@@ -63,7 +65,9 @@ fn validate_upload(object: Object, body: &[u8]) -> Result<(), String> {
             if body.len() > MAX_CHUNK_LEN as usize + 1 {
                 return Err("chunk object too large".into());
             }
-            decode_object(&hash, body, None).map(|_| ()).map_err(|e| e.to_string())
+            decode_object(&hash, body, None)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
         Object::Index(root) => {
             let actual = Hash::of(body);
@@ -72,7 +76,9 @@ fn validate_upload(object: Object, body: &[u8]) -> Result<(), String> {
             }
             Index::parse(body).map(|_| ()).map_err(|e| e.to_string())
         }
-        Object::Signature(root) => sign::verify(&root, body).map(|_| ()).map_err(|e| e.to_string()),
+        Object::Signature(root) => sign::verify(&root, body)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -85,7 +91,9 @@ async fn get_object(
         ("images", None) => parse_object("images", &a),
         _ => None,
     };
-    let Some(object) = object else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(object) = object else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let result = tokio::task::spawn_blocking(move || state.store.get(object)).await;
     match result {
         Ok(Ok(Some(bytes))) => {
@@ -110,17 +118,24 @@ async fn put_object(
         return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
     }
     let object = match (kind.as_str(), b) {
-        ("chunks", Some(name)) if name.starts_with(&a) && a.len() == 2 => parse_object("chunks", &name),
+        ("chunks", Some(name)) if name.starts_with(&a) && a.len() == 2 => {
+            parse_object("chunks", &name)
+        }
         ("images", None) => parse_object("images", &a),
         _ => None,
     };
-    let Some(object) = object else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(object) = object else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let result = tokio::task::spawn_blocking(move || {
         validate_upload(object, &body)?;
         if state.store.has(object).unwrap_or(false) {
             return Ok(());
         }
-        state.store.put(object, &body).map_err(|e| format!("store: {e}"))
+        state
+            .store
+            .put(object, &body)
+            .map_err(|e| format!("store: {e}"))
     })
     .await;
     match result {
@@ -137,7 +152,10 @@ async fn get2(state: State<Arc<HubState>>, Path((kind, a)): Path<(String, String
     get_object(state, Path((kind, a, None))).await
 }
 
-async fn get3(state: State<Arc<HubState>>, Path((kind, a, b)): Path<(String, String, String)>) -> Response {
+async fn get3(
+    state: State<Arc<HubState>>,
+    Path((kind, a, b)): Path<(String, String, String)>,
+) -> Response {
     get_object(state, Path((kind, a, Some(b)))).await
 }
 
@@ -169,18 +187,30 @@ pub fn router(store: DirStore, token: String) -> Router {
 }
 
 /// Bind and serve until the returned future is dropped or fails.
-pub async fn serve(listener: tokio::net::TcpListener, store: DirStore, token: String) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: DirStore,
+    token: String,
+) -> std::io::Result<()> {
     axum::serve(listener, router(store, token)).await
 }
 
 /// Start a hub on a background thread with its own runtime; returns the bound address.
 /// Used by tests and benchmarks: bind to `127.0.0.1:0` for a free loopback port.
-pub fn spawn_background(addr: SocketAddr, store: DirStore, token: String) -> std::io::Result<SocketAddr> {
+pub fn spawn_background(
+    addr: SocketAddr,
+    store: DirStore,
+    token: String,
+) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
     std::thread::spawn(move || {
-        let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => return tracing::error!(error = %e, "hub runtime"),
         };

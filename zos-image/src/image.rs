@@ -39,13 +39,20 @@ pub fn open_image(sources: &[Arc<dyn Store>], root: &Hash, trust: &Trust) -> Res
         if actual != *root {
             // A store serving the wrong index is an attack or corruption; try another store.
             tracing::warn!(store = %source.describe(), %actual, "index does not match its root");
-            last_error = Some(Error::RootMismatch { expected: *root, actual });
+            last_error = Some(Error::RootMismatch {
+                expected: *root,
+                actual,
+            });
             continue;
         }
         let signature = source.get(Object::Signature(*root)).ok().flatten();
         sign::require_trusted(root, signature.as_deref(), &trust.keys)?;
         let index = Index::parse(bytes)?;
-        return Ok(Image { root: *root, index, signature });
+        return Ok(Image {
+            root: *root,
+            index,
+            signature,
+        });
     }
     Err(last_error.unwrap_or(Error::ImageNotFound(*root)))
 }

@@ -17,7 +17,11 @@ use zos_image::store::{open_store, DirStore, Store};
 use zos_image::{hub, oci, overlay, sign, transfer, unpack, verify, Hash};
 
 #[derive(Parser)]
-#[command(name = "zos-image", version, about = "Signed, deduplicated, lazily fetched filesystem images")]
+#[command(
+    name = "zos-image",
+    version,
+    about = "Signed, deduplicated, lazily fetched filesystem images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,8 +39,16 @@ struct Sources {
 
 impl Sources {
     fn open(&self) -> anyhow::Result<(Vec<Arc<dyn Store>>, Trust)> {
-        let stores = self.stores.iter().map(|s| open_store(s, None)).collect::<Result<Vec<_>, _>>()?;
-        let keys = self.trust.iter().map(|k| sign::load_verifying_key(k)).collect::<Result<Vec<_>, _>>()?;
+        let stores = self
+            .stores
+            .iter()
+            .map(|s| open_store(s, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = self
+            .trust
+            .iter()
+            .map(|k| sign::load_verifying_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((stores, Trust { keys }))
     }
 }
@@ -158,8 +170,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn read_token(file: &Option<PathBuf>) -> anyhow::Result<String> {
     let token = match file {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        None => std::env::var("ZOS_HUB_TOKEN").context("no --token-file given and ZOS_HUB_TOKEN is not set")?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => std::env::var("ZOS_HUB_TOKEN")
+            .context("no --token-file given and ZOS_HUB_TOKEN is not set")?,
     };
     let token = token.trim().to_string();
     if token.len() < 16 {
@@ -186,7 +201,10 @@ fn human(bytes: u64) -> String {
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -199,13 +217,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let key = sign::generate()?;
             let pub_path = PathBuf::from(format!("{}.pub", out.display()));
             write_secret(&out, &hex::encode(key.to_bytes()))?;
-            std::fs::write(&pub_path, format!("{}\n", hex::encode(key.verifying_key().as_bytes())))?;
-            eprintln!("secret key: {}\npublic key: {}", out.display(), pub_path.display());
+            std::fs::write(
+                &pub_path,
+                format!("{}\n", hex::encode(key.verifying_key().as_bytes())),
+            )?;
+            eprintln!(
+                "secret key: {}\npublic key: {}",
+                out.display(),
+                pub_path.display()
+            );
         }
-        Command::Pack { source, store, sign: key, oci: force_oci, threads } => {
+        Command::Pack {
+            source,
+            store,
+            sign: key,
+            oci: force_oci,
+            threads,
+        } => {
             let signer = key.map(|k| sign::load_signing_key(&k)).transpose()?;
             let store: Arc<dyn Store> = Arc::new(DirStore::open(&store)?);
-            let opts = PackOptions { threads, show_progress: progress_enabled() };
+            let opts = PackOptions {
+                threads,
+                show_progress: progress_enabled(),
+            };
             let started = std::time::Instant::now();
             let result = if force_oci || source.is_file() {
                 let scratch = tempdir_near(&source)?;
@@ -230,7 +264,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{}", result.root);
         }
-        Command::Inspect { root, sources, tree } => {
+        Command::Inspect {
+            root,
+            sources,
+            tree,
+        } => {
             let (stores, trust) = sources.open()?;
             let image = open_image(&stores, &root, &trust)?;
             inspect(&image, tree)?;
@@ -242,10 +280,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "ok: {} chunks, {} verified{}",
                 report.chunks,
                 human(report.bytes),
-                if report.signed { ", signed" } else { ", unsigned" }
+                if report.signed {
+                    ", signed"
+                } else {
+                    ", unsigned"
+                }
             );
         }
-        Command::Unpack { root, target, sources } => {
+        Command::Unpack {
+            root,
+            target,
+            sources,
+        } => {
             let (stores, trust) = sources.open()?;
             let image = open_image(&stores, &root, &trust)?;
             let fetcher = Fetcher::new(stores, None);
@@ -255,7 +301,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("unpacked {} files, {}", report.files, human(report.bytes));
         }
-        Command::Mount { root, mountpoint, sources, cache, cache_size, writable, record_trace, prefetch, threads } => {
+        Command::Mount {
+            root,
+            mountpoint,
+            sources,
+            cache,
+            cache_size,
+            writable,
+            record_trace,
+            prefetch,
+            threads,
+        } => {
             let (stores, trust) = sources.open()?;
             let image = open_image(&stores, &root, &trust)?;
             let (cache, scan) = ChunkCache::open(&cache, cache_size)?;
@@ -275,9 +331,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Vec::new(),
             };
             let fetcher = Arc::new(Fetcher::new(stores, Some(cache)));
-            let opts = MountOptions { threads, record_trace, prefetch, ..Default::default() };
-            let dirs = writable.as_deref().map(overlay::OverlayDirs::under).transpose()?;
-            let fuse_point = dirs.as_ref().map_or(mountpoint.clone(), |d| d.lower.clone());
+            let opts = MountOptions {
+                threads,
+                record_trace,
+                prefetch,
+                ..Default::default()
+            };
+            let dirs = writable
+                .as_deref()
+                .map(overlay::OverlayDirs::under)
+                .transpose()?;
+            let fuse_point = dirs
+                .as_ref()
+                .map_or(mountpoint.clone(), |d| d.lower.clone());
             let handle = mount(image.index, fetcher, &fuse_point, &opts)?;
             if let Some(d) = &dirs {
                 if let Err(e) = overlay::mount_overlay(d, &mountpoint) {
@@ -285,14 +351,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     return Err(e.into());
                 }
             }
-            eprintln!("mounted {root} at {}; interrupt to unmount", mountpoint.display());
-            let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            eprintln!(
+                "mounted {root} at {}; interrupt to unmount",
+                mountpoint.display()
+            );
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
             signals.forever().next();
             if dirs.is_some() {
                 overlay::unmount(&mountpoint)?;
             }
             let stats = &handle.fetcher().stats;
-            let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             eprintln!(
                 "fetched {} chunks ({} bytes), {} disk cache hits, {} rejected",
                 load(&stats.fetched_chunks),
@@ -302,11 +375,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             handle.unmount()?;
         }
-        Command::Push { root, from, to, token_file } => {
+        Command::Push {
+            root,
+            from,
+            to,
+            token_file,
+        } => {
             let token = read_token(&token_file)?;
             let src = open_store(&from, None)?;
             let dest = open_store(&to, Some(token))?;
-            let report = transfer::copy_image(&[src], dest.as_ref(), &root, &Trust::default(), progress_enabled())?;
+            let report = transfer::copy_image(
+                &[src],
+                dest.as_ref(),
+                &root,
+                &Trust::default(),
+                progress_enabled(),
+            )?;
             eprintln!(
                 "pushed {root}: {} of {} chunks uploaded ({})",
                 report.copied_chunks,
@@ -325,13 +409,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 human(report.copied_bytes)
             );
         }
-        Command::Serve { store, listen, token_file } => {
+        Command::Serve {
+            store,
+            listen,
+            token_file,
+        } => {
             let token = read_token(&token_file)?;
             let store = DirStore::open(&store)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen).await?;
-                eprintln!("serving {} on http://{}", store.root().display(), listener.local_addr()?);
+                eprintln!(
+                    "serving {} on http://{}",
+                    store.root().display(),
+                    listener.local_addr()?
+                );
                 hub::serve(listener, store, token).await
             })?;
         }
@@ -354,7 +446,10 @@ fn write_secret(path: &Path, hex_seed: &str) -> anyhow::Result<()> {
 
 /// Scratch space for container import, next to the input so large layers stay on that disk.
 fn tempdir_near(input: &Path) -> anyhow::Result<PathBuf> {
-    let base = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = input
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir = base.join(format!(".zos-image-import.{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -378,18 +473,30 @@ fn inspect(image: &zos_image::image::Image, tree: bool) -> anyhow::Result<()> {
     }
     refs_bytes += file_bytes;
     println!("root:        {}", image.root);
-    println!("signed:      {}", image.signature.as_deref().map_or("no".to_string(), |s| match sign::verify(&image.root, s) {
-        Ok(k) => format!("yes, by {}", hex::encode(k.as_bytes())),
-        Err(e) => format!("INVALID ({e})"),
-    }));
+    println!(
+        "signed:      {}",
+        image.signature.as_deref().map_or("no".to_string(), |s| {
+            match sign::verify(&image.root, s) {
+                Ok(k) => format!("yes, by {}", hex::encode(k.as_bytes())),
+                Err(e) => format!("INVALID ({e})"),
+            }
+        })
+    );
     println!("index:       {}", human(index.as_bytes().len() as u64));
     for (k, n) in &kinds {
         println!("{:<12} {n}", format!("{k}:"));
     }
     println!("file bytes:  {}", human(refs_bytes));
-    println!("chunks:      {} unique, {} plaintext", index.chunk_count(), human(unique));
+    println!(
+        "chunks:      {} unique, {} plaintext",
+        index.chunk_count(),
+        human(unique)
+    );
     if unique > 0 {
-        println!("dedup ratio: {:.2}x (file bytes / unique chunk bytes)", refs_bytes as f64 / unique as f64);
+        println!(
+            "dedup ratio: {:.2}x (file bytes / unique chunk bytes)",
+            refs_bytes as f64 / unique as f64
+        );
     }
     if tree {
         print_tree(index, 0, &mut Vec::new())?;
@@ -421,7 +528,15 @@ fn print_tree(index: &zos_image::Index, dir: u32, path: &mut Vec<u8>) -> anyhow:
             Kind::Symlink => format!(" -> {}", String::from_utf8_lossy(index.symlink_target(&c)?)),
             _ => String::new(),
         };
-        println!("{:>12} {:o} {}:{} {}{}", c.size, c.meta.perm, c.meta.uid, c.meta.gid, String::from_utf8_lossy(path), extra);
+        println!(
+            "{:>12} {:o} {}:{} {}{}",
+            c.size,
+            c.meta.perm,
+            c.meta.uid,
+            c.meta.gid,
+            String::from_utf8_lossy(path),
+            extra
+        );
         if c.kind == Kind::Dir {
             print_tree(index, child, path)?;
         }

@@ -116,7 +116,9 @@ fn attr_of(inode: &Inode) -> FileAttr {
 
 impl Shared {
     fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
-        let ino = image_ino(ino).filter(|i| *i < self.index.inode_count()).ok_or(Errno::ENOENT)?;
+        let ino = image_ino(ino)
+            .filter(|i| *i < self.index.inode_count())
+            .ok_or(Errno::ENOENT)?;
         self.index.inode(ino).map_err(|e| {
             tracing::error!(error = %e, "index read failed");
             Errno::EIO
@@ -141,17 +143,25 @@ impl Shared {
         let end = (pos + 1 + SIBLING_PREFETCH).min(self.index.dir_len(dir));
         let mut last_queued = None;
         for i in pos + 1..end {
-            let Ok((_, ino)) = self.index.dir_entry(dir, i) else { return };
-            let Ok(inode) = self.index.inode(ino) else { return };
+            let Ok((_, ino)) = self.index.dir_entry(dir, i) else {
+                return;
+            };
+            let Ok(inode) = self.index.inode(ino) else {
+                return;
+            };
             if inode.kind != Kind::File || self.index.file_chunk_count(&inode) == 0 {
                 continue;
             }
-            let Ok(first) = self.index.file_chunk(&inode, 0) else { return };
+            let Ok(first) = self.index.file_chunk(&inode, 0) else {
+                return;
+            };
             if last_queued == Some(first.chunk) {
                 continue; // packed into the same chunk as the previous file
             }
             last_queued = Some(first.chunk);
-            let Ok(info) = self.index.chunk(first.chunk) else { return };
+            let Ok(info) = self.index.chunk(first.chunk) else {
+                return;
+            };
             if !self.fetcher.is_cached(&info.hash) && self.queue.try_send(info).is_err() {
                 return;
             }
@@ -161,7 +171,9 @@ impl Shared {
     fn read(&self, inode: &Inode, offset: u64, size: u32) -> Result<Vec<u8>> {
         let end = offset.saturating_add(u64::from(size)).min(inode.size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
-        let Some(mut k) = self.index.file_chunk_at(inode, offset)? else { return Ok(out) };
+        let Some(mut k) = self.index.file_chunk_at(inode, offset)? else {
+            return Ok(out);
+        };
         let count = self.index.file_chunk_count(inode);
         let mut pos = offset;
         while pos < end && k < count {
@@ -171,7 +183,10 @@ impl Shared {
             let data = self.fetcher.get(&info)?;
             let piece = data
                 .get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize)
-                .ok_or_else(|| Error::ChunkCorrupt { hash: info.hash, reason: "chunk shorter than index says".into() })?;
+                .ok_or_else(|| Error::ChunkCorrupt {
+                    hash: info.hash,
+                    reason: "chunk shorter than index says".into(),
+                })?;
             let from = (pos - r.file_offset) as usize;
             let to = ((end - r.file_offset) as usize).min(piece.len());
             if from >= to {
@@ -183,7 +198,9 @@ impl Shared {
         }
         // Sequential readers almost always continue; fetch the next chunks in the background.
         for next in k..(k + self.readahead).min(count) {
-            let info = self.index.chunk(self.index.file_chunk(inode, next)?.chunk)?;
+            let info = self
+                .index
+                .chunk(self.index.file_chunk(inode, next)?.chunk)?;
             if self.fetcher.is_cached(&info.hash) {
                 continue;
             }
@@ -280,7 +297,14 @@ impl Filesystem for ImageFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let dir = match self.0.inode(ino) {
             Ok(dir) if dir.kind == Kind::Dir => dir,
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -290,21 +314,25 @@ impl Filesystem for ImageFs {
         let count = u64::from(self.0.index.dir_len(&dir));
         let mut pos = offset;
         while pos < count + 2 {
-            let full = match pos {
-                0 => reply.add(ino, 1, FileType::Directory, "."),
-                1 => reply.add(ino, 2, FileType::Directory, ".."),
-                _ => {
-                    let entry = self.0.index.dir_entry(&dir, (pos - 2) as u32).and_then(|(name, child)| {
-                        Ok((name, child, self.0.index.inode(child)?.kind))
-                    });
-                    match entry {
-                        Ok((name, child, kind)) => {
-                            reply.add(fuse_ino(child), pos + 1, file_type(kind), OsStr::from_bytes(name))
+            let full =
+                match pos {
+                    0 => reply.add(ino, 1, FileType::Directory, "."),
+                    1 => reply.add(ino, 2, FileType::Directory, ".."),
+                    _ => {
+                        let entry = self.0.index.dir_entry(&dir, (pos - 2) as u32).and_then(
+                            |(name, child)| Ok((name, child, self.0.index.inode(child)?.kind)),
+                        );
+                        match entry {
+                            Ok((name, child, kind)) => reply.add(
+                                fuse_ino(child),
+                                pos + 1,
+                                file_type(kind),
+                                OsStr::from_bytes(name),
+                            ),
+                            Err(_) => return reply.error(Errno::EIO),
                         }
-                        Err(_) => return reply.error(Errno::EIO),
                     }
-                }
-            };
+                };
             if full {
                 break;
             }
@@ -313,7 +341,14 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok(); // nothing is ever buffered for writing
     }
 
@@ -338,7 +373,16 @@ impl Filesystem for ImageFs {
         for i in 0..self.0.index.chunk_count() {
             bytes += self.0.index.chunk(i).map_or(0, |c| u64::from(c.raw_len));
         }
-        reply.statfs(bytes.div_ceil(4096), 0, 0, h.inode_count, 0, 4096, 255, 4096);
+        reply.statfs(
+            bytes.div_ceil(4096),
+            0,
+            0,
+            h.inode_count,
+            0,
+            4096,
+            255,
+            4096,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -419,7 +463,10 @@ impl MountHandle {
 
     fn finish(&mut self) -> Result<()> {
         if let Some(session) = self.session.take() {
-            session.umount_and_join().map_err(|e| Error::Store { store: "fuse".into(), message: e.to_string() })?;
+            session.umount_and_join().map_err(|e| Error::Store {
+                store: "fuse".into(),
+                message: e.to_string(),
+            })?;
         }
         if let (Some(path), Some(trace)) = (self.trace_path.take(), &self.shared.trace) {
             let t = trace.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,16 +486,25 @@ impl Drop for MountHandle {
 }
 
 /// Mount `index` at `mountpoint`, serving data through `fetcher`. Returns once the mount is live.
-pub fn mount(index: Index, fetcher: Arc<Fetcher>, mountpoint: &Path, opts: &MountOptions) -> Result<MountHandle> {
+pub fn mount(
+    index: Index,
+    fetcher: Arc<Fetcher>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> Result<MountHandle> {
     if !Path::new("/dev/fuse").exists() {
-        return Err(Error::InvalidInput("/dev/fuse is not available on this machine".into()));
+        return Err(Error::InvalidInput(
+            "/dev/fuse is not available on this machine".into(),
+        ));
     }
     let (tx, rx) = sync_channel(1024);
     spawn_workers(rx, fetcher.clone(), opts.prefetch_workers);
     let mut prefetch = Vec::new();
     if !opts.prefetch.is_empty() {
-        let by_hash: std::collections::HashMap<Hash, ChunkInfo> =
-            (0..index.chunk_count()).filter_map(|i| index.chunk(i).ok()).map(|c| (c.hash, c)).collect();
+        let by_hash: std::collections::HashMap<Hash, ChunkInfo> = (0..index.chunk_count())
+            .filter_map(|i| index.chunk(i).ok())
+            .map(|c| (c.hash, c))
+            .collect();
         prefetch.extend(opts.prefetch.iter().filter_map(|h| by_hash.get(h).copied()));
     }
     let shared = Arc::new(Shared {
@@ -456,7 +512,10 @@ pub fn mount(index: Index, fetcher: Arc<Fetcher>, mountpoint: &Path, opts: &Moun
         fetcher: fetcher.clone(),
         readahead: opts.readahead_chunks,
         queue: tx,
-        trace: opts.record_trace.as_ref().map(|_| Mutex::new((Vec::new(), HashSet::new()))),
+        trace: opts
+            .record_trace
+            .as_ref()
+            .map(|_| Mutex::new((Vec::new(), HashSet::new()))),
     });
     if !prefetch.is_empty() {
         // The trace is in first-use order; fetch it with a few threads so the earliest chunks
@@ -490,9 +549,18 @@ pub fn mount(index: Index, fetcher: Arc<Fetcher>, mountpoint: &Path, opts: &Moun
     // reliably outlive us. A mount left behind by a killed process is cleared here instead.
     clear_stale_mount(mountpoint);
     config.n_threads = Some(opts.threads.max(1));
-    let session = fuser::spawn_mount(ImageFs(shared.clone()), mountpoint, &config)
-        .map_err(|e| Error::Store { store: mountpoint.display().to_string(), message: format!("mount failed: {e}") })?;
-    Ok(MountHandle { session: Some(session), shared, trace_path: opts.record_trace.clone() })
+    let session =
+        fuser::spawn_mount(ImageFs(shared.clone()), mountpoint, &config).map_err(|e| {
+            Error::Store {
+                store: mountpoint.display().to_string(),
+                message: format!("mount failed: {e}"),
+            }
+        })?;
+    Ok(MountHandle {
+        session: Some(session),
+        shared,
+        trace_path: opts.record_trace.clone(),
+    })
 }
 
 /// A FUSE mount whose server died answers ENOTCONN; detach it so the path can be reused.

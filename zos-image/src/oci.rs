@@ -31,12 +31,18 @@ fn layer_paths(layout: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| bad("manifest.json has no Layers list"))?;
         return layers
             .iter()
-            .map(|l| l.as_str().map(|s| safe_join(layout, s)).ok_or_else(|| bad("layer entry is not a string"))?)
+            .map(|l| {
+                l.as_str()
+                    .map(|s| safe_join(layout, s))
+                    .ok_or_else(|| bad("layer entry is not a string"))?
+            })
             .collect();
     }
     let index = layout.join("index.json");
     if !index.exists() {
-        return Err(bad("neither manifest.json (docker save) nor index.json (OCI layout) found"));
+        return Err(bad(
+            "neither manifest.json (docker save) nor index.json (OCI layout) found",
+        ));
     }
     let mut doc = read_json(&index)?;
     // An index may point at another index (multi-platform); follow the first manifest.
@@ -45,7 +51,10 @@ fn layer_paths(layout: &Path) -> Result<Vec<PathBuf>> {
             return layers
                 .iter()
                 .map(|l| {
-                    let digest = l.get("digest").and_then(|d| d.as_str()).ok_or_else(|| bad("layer without digest"))?;
+                    let digest = l
+                        .get("digest")
+                        .and_then(|d| d.as_str())
+                        .ok_or_else(|| bad("layer without digest"))?;
                     blob_path(layout, digest)
                 })
                 .collect();
@@ -68,8 +77,12 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf> {
-    let (algo, hex) = digest.split_once(':').ok_or_else(|| bad(format!("bad digest {digest}")))?;
-    if !algo.chars().all(|c| c.is_ascii_alphanumeric()) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    let (algo, hex) = digest
+        .split_once(':')
+        .ok_or_else(|| bad(format!("bad digest {digest}")))?;
+    if !algo.chars().all(|c| c.is_ascii_alphanumeric())
+        || !hex.chars().all(|c| c.is_ascii_hexdigit())
+    {
         return Err(bad(format!("bad digest {digest}")));
     }
     Ok(layout.join("blobs").join(algo).join(hex))
@@ -113,7 +126,9 @@ fn remove_any(path: &Path) -> Result<()> {
 }
 
 fn entry_path(entry: &tar::Entry<'_, impl Read>) -> Result<String> {
-    let p = entry.path().map_err(|e| bad(format!("bad path in layer: {e}")))?;
+    let p = entry
+        .path()
+        .map_err(|e| bad(format!("bad path in layer: {e}")))?;
     Ok(p.to_string_lossy().into_owned())
 }
 
@@ -128,8 +143,14 @@ fn apply_layer(layer: &Path, rootfs: &Path, dir_mtimes: &mut HashMap<PathBuf, u6
         let entry = entry.at(layer)?;
         let path = entry_path(&entry)?;
         let p = Path::new(&path);
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = p.parent().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = p
+            .parent()
+            .map(|x| x.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name == OPAQUE_MARKER {
             opaque.push(parent);
         } else if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
@@ -158,7 +179,10 @@ fn apply_layer(layer: &Path, rootfs: &Path, dir_mtimes: &mut HashMap<PathBuf, u6
     for entry in archive.entries().at(layer)? {
         let mut entry = entry.at(layer)?;
         let path = entry_path(&entry)?;
-        let name = Path::new(&path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = Path::new(&path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with(WHITEOUT_PREFIX) {
             continue;
         }
@@ -191,7 +215,9 @@ pub fn build_rootfs(input: &Path, rootfs: &Path, scratch: &Path) -> Result<()> {
         let dir = scratch.join("layout");
         fs::create_dir_all(&dir).at(&dir)?;
         let f = fs::File::open(input).at(input)?;
-        tar::Archive::new(BufReader::new(f)).unpack(&dir).at(input)?;
+        tar::Archive::new(BufReader::new(f))
+            .unpack(&dir)
+            .at(input)?;
         dir
     };
     fs::create_dir_all(rootfs).at(rootfs)?;
@@ -207,7 +233,9 @@ pub fn build_rootfs(input: &Path, rootfs: &Path, scratch: &Path) -> Result<()> {
     for dir in dirs {
         let secs = dir_mtimes.get(&dir).copied().unwrap_or(0);
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-        fs::File::open(&dir).and_then(|f| f.set_modified(t)).at(&dir)?;
+        fs::File::open(&dir)
+            .and_then(|f| f.set_modified(t))
+            .at(&dir)?;
     }
     Ok(())
 }

@@ -18,7 +18,11 @@ pub struct OverlayDirs {
 
 impl OverlayDirs {
     pub fn under(state: &Path) -> Result<OverlayDirs> {
-        let dirs = OverlayDirs { lower: state.join("lower"), upper: state.join("upper"), work: state.join("work") };
+        let dirs = OverlayDirs {
+            lower: state.join("lower"),
+            upper: state.join("upper"),
+            work: state.join("work"),
+        };
         for d in [&dirs.lower, &dirs.upper, &dirs.work] {
             fs::create_dir_all(d).at(d)?;
         }
@@ -35,7 +39,9 @@ pub fn mount_overlay(dirs: &OverlayDirs, target: &Path) -> Result<()> {
     for d in [&dirs.lower, &dirs.upper, &dirs.work] {
         let s = d.to_string_lossy();
         if s.contains(',') || s.contains(':') {
-            return Err(Error::InvalidInput(format!("{s}: overlay paths may not contain ',' or ':'")));
+            return Err(Error::InvalidInput(format!(
+                "{s}: overlay paths may not contain ',' or ':'"
+            )));
         }
     }
     let opts = format!(
@@ -50,7 +56,13 @@ pub fn mount_overlay(dirs: &OverlayDirs, target: &Path) -> Result<()> {
     let data = cstr(opts.as_bytes())?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast())
+        libc::mount(
+            src.as_ptr(),
+            target_c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).at(target);

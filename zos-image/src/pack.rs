@@ -52,7 +52,12 @@ fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         Ok(names) => names,
         // Filesystems without xattr support simply have none.
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
-        Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     };
     for name in names {
         if let Some(value) = xattr::get(path, &name).at(path)? {
@@ -81,9 +86,18 @@ impl Walker {
         let kind = if ft.is_dir() {
             NodeKind::Dir(Vec::new())
         } else if ft.is_file() {
-            NodeKind::File { size: md.len(), pieces: Vec::new() }
+            NodeKind::File {
+                size: md.len(),
+                pieces: Vec::new(),
+            }
         } else if ft.is_symlink() {
-            NodeKind::Symlink(fs::read_link(path).at(path)?.as_os_str().as_bytes().to_vec())
+            NodeKind::Symlink(
+                fs::read_link(path)
+                    .at(path)?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
         } else if ft.is_char_device() {
             NodeKind::CharDev(md.rdev())
         } else if ft.is_block_device() {
@@ -93,13 +107,20 @@ impl Walker {
         } else if ft.is_socket() {
             NodeKind::Socket
         } else {
-            return Err(Error::InvalidInput(format!("{}: unsupported file type", path.display())));
+            return Err(Error::InvalidInput(format!(
+                "{}: unsupported file type",
+                path.display()
+            )));
         };
         let id = self.tree.nodes.len();
         if ft.is_file() {
             self.files.push((id, path.to_path_buf(), md.len()));
         }
-        self.tree.nodes.push(Node { meta: meta_of(md), kind, xattrs: read_xattrs(path)? });
+        self.tree.nodes.push(Node {
+            meta: meta_of(md),
+            kind,
+            xattrs: read_xattrs(path)?,
+        });
         if !ft.is_dir() && md.nlink() > 1 {
             self.seen.insert((md.dev(), md.ino()), id);
         }
@@ -130,9 +151,16 @@ type FileList = Vec<(usize, PathBuf, u64)>;
 fn walk(src: &Path) -> Result<(Tree, FileList)> {
     let md = fs::symlink_metadata(src).at(src)?;
     if !md.is_dir() {
-        return Err(Error::InvalidInput(format!("{} is not a directory", src.display())));
+        return Err(Error::InvalidInput(format!(
+            "{} is not a directory",
+            src.display()
+        )));
     }
-    let mut w = Walker { tree: Tree::default(), seen: HashMap::new(), files: Vec::new() };
+    let mut w = Walker {
+        tree: Tree::default(),
+        seen: HashMap::new(),
+        files: Vec::new(),
+    };
     w.add(src, &md)?;
     Ok((w.tree, w.files))
 }
@@ -141,7 +169,10 @@ fn walk(src: &Path) -> Result<(Tree, FileList)> {
 fn store_chunk(store: &dyn Store, plain: &[u8]) -> Result<(ChunkInfo, u64)> {
     let hash = Hash::of(plain);
     let object = Object::Chunk(hash);
-    let info = ChunkInfo { hash, raw_len: plain.len() as u32 };
+    let info = ChunkInfo {
+        hash,
+        raw_len: plain.len() as u32,
+    };
     if store.size(object)?.is_some_and(|n| n > 0) {
         return Ok((info, 0));
     }
@@ -166,12 +197,18 @@ enum Job<'a> {
 type JobResult = Result<(Vec<(usize, Vec<Piece>)>, u64)>;
 
 /// Small files are concatenated into one chunk; each gets a piece pointing into it.
-fn pack_small_files(store: &dyn Store, files: &[&(usize, PathBuf, u64)], progress: &Progress) -> JobResult {
+fn pack_small_files(
+    store: &dyn Store,
+    files: &[&(usize, PathBuf, u64)],
+    progress: &Progress,
+) -> JobResult {
     let mut buf = Vec::with_capacity(files.iter().map(|f| f.2 as usize).sum());
     let mut spans = Vec::with_capacity(files.len());
     for (id, path, size) in files.iter().map(|f| (f.0, &f.1, f.2)) {
         let start = buf.len();
-        fs::File::open(path).and_then(|f| f.take(size + 1).read_to_end(&mut buf)).at(path)?;
+        fs::File::open(path)
+            .and_then(|f| f.take(size + 1).read_to_end(&mut buf))
+            .at(path)?;
         let read = (buf.len() - start) as u64;
         if read != size {
             return Err(changed(path, size, read));
@@ -180,22 +217,44 @@ fn pack_small_files(store: &dyn Store, files: &[&(usize, PathBuf, u64)], progres
     }
     let (info, new_bytes) = store_chunk(store, &buf)?;
     progress.inc(buf.len() as u64);
-    let pieces = spans.into_iter().map(|(id, offset, len)| (id, vec![Piece { chunk: info, offset, len }])).collect();
+    let pieces = spans
+        .into_iter()
+        .map(|(id, offset, len)| {
+            (
+                id,
+                vec![Piece {
+                    chunk: info,
+                    offset,
+                    len,
+                }],
+            )
+        })
+        .collect();
     Ok((pieces, new_bytes))
 }
 
 /// A larger file: whole, or cut with FastCDC.
-fn pack_file(store: &dyn Store, id: usize, path: &Path, size: u64, progress: &Progress) -> JobResult {
+fn pack_file(
+    store: &dyn Store,
+    id: usize,
+    path: &Path,
+    size: u64,
+    progress: &Progress,
+) -> JobResult {
     let file = fs::File::open(path).at(path)?;
     let mut pieces = Vec::new();
     let mut new_bytes = 0u64;
-    let read = chunk_reader(std::io::BufReader::with_capacity(1 << 20, file), size, |plain| {
-        let (info, added) = store_chunk(store, plain)?;
-        new_bytes += added;
-        pieces.push(Piece::whole(info));
-        progress.inc(plain.len() as u64);
-        Ok(())
-    })
+    let read = chunk_reader(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        size,
+        |plain| {
+            let (info, added) = store_chunk(store, plain)?;
+            new_bytes += added;
+            pieces.push(Piece::whole(info));
+            progress.inc(plain.len() as u64);
+            Ok(())
+        },
+    )
     .at(path)?;
     if read != size {
         return Err(changed(path, size, read));
@@ -279,5 +338,10 @@ pub fn finish_image(
     if let Some(key) = signer {
         store.put(Object::Signature(root), &sign::sign(&root, key))?;
     }
-    Ok(PackResult { root, index_len: index.len() as u64, stats, new_bytes })
+    Ok(PackResult {
+        root,
+        index_len: index.len() as u64,
+        stats,
+        new_bytes,
+    })
 }

@@ -6,11 +6,21 @@ pub struct Progress(Option<ProgressBar>);
 
 impl Progress {
     pub fn bytes(enabled: bool, total: u64, what: &str) -> Progress {
-        Self::new(enabled, total, what, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        Self::new(
+            enabled,
+            total,
+            what,
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
     }
 
     pub fn items(enabled: bool, total: u64, what: &str) -> Progress {
-        Self::new(enabled, total, what, "{msg} [{bar:30}] {pos}/{len} eta {eta}")
+        Self::new(
+            enabled,
+            total,
+            what,
+            "{msg} [{bar:30}] {pos}/{len} eta {eta}",
+        )
     }
 
     fn new(enabled: bool, total: u64, what: &str, template: &str) -> Progress {

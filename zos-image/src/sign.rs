@@ -39,13 +39,17 @@ pub fn verify(root: &Hash, sig_file: &[u8]) -> Result<VerifyingKey, SignatureErr
     if sig_file[..8] != SIG_MAGIC {
         return Err(SignatureError::Malformed("bad magic"));
     }
-    let key_bytes: [u8; 32] = sig_file[8..40].try_into().map_err(|_| SignatureError::Malformed("key"))?;
+    let key_bytes: [u8; 32] = sig_file[8..40]
+        .try_into()
+        .map_err(|_| SignatureError::Malformed("key"))?;
     let key = VerifyingKey::from_bytes(&key_bytes)
         .map_err(|_| SignatureError::Malformed("public key is not a valid curve point"))?;
-    let sig_bytes: [u8; 64] =
-        sig_file[40..].try_into().map_err(|_| SignatureError::Malformed("signature"))?;
+    let sig_bytes: [u8; 64] = sig_file[40..]
+        .try_into()
+        .map_err(|_| SignatureError::Malformed("signature"))?;
     let sig = Signature::from_bytes(&sig_bytes);
-    key.verify_strict(&message(root), &sig).map_err(|_| SignatureError::Invalid(*root))?;
+    key.verify_strict(&message(root), &sig)
+        .map_err(|_| SignatureError::Invalid(*root))?;
     Ok(key)
 }
 
@@ -63,7 +67,9 @@ pub fn require_trusted(
     if trusted.iter().any(|k| k == &signer) {
         Ok(())
     } else {
-        Err(SignatureError::UntrustedKey { found: hex::encode(signer.as_bytes()) })
+        Err(SignatureError::UntrustedKey {
+            found: hex::encode(signer.as_bytes()),
+        })
     }
 }
 
@@ -80,7 +86,10 @@ fn read_hex_32(path: &Path) -> Result<[u8; 32]> {
     let text = std::fs::read_to_string(path).at(path)?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out).map_err(|_| {
-        Error::from(SignatureError::BadKey(format!("{}: expected 64 hex digits", path.display())))
+        Error::from(SignatureError::BadKey(format!(
+            "{}: expected 64 hex digits",
+            path.display()
+        )))
     })?;
     Ok(out)
 }
@@ -98,6 +107,7 @@ pub fn load_verifying_key(spec: &str) -> Result<VerifyingKey> {
     } else {
         read_hex_32(Path::new(spec))?
     };
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| SignatureError::BadKey(format!("{spec}: not a valid ed25519 public key")).into())
+    VerifyingKey::from_bytes(&bytes).map_err(|_| {
+        SignatureError::BadKey(format!("{spec}: not a valid ed25519 public key")).into()
+    })
 }

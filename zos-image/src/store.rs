@@ -66,11 +66,15 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Write `bytes` to `path` so that readers only ever see the complete file: write a unique
 /// temporary file in the same directory, then rename it over the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::InvalidInput(format!("{path:?} has no parent")))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::InvalidInput(format!("{path:?} has no parent")))?;
     fs::create_dir_all(dir).at(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -160,7 +164,11 @@ impl HttpStore {
             .timeout_connect(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build();
-        HttpStore { base: base.trim_end_matches('/').to_string(), token, agent }
+        HttpStore {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
     }
 
     fn url(&self, object: Object) -> String {
@@ -168,7 +176,10 @@ impl HttpStore {
     }
 
     fn err(&self, message: impl Into<String>) -> Error {
-        Error::Store { store: self.base.clone(), message: message.into() }
+        Error::Store {
+            store: self.base.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -200,9 +211,11 @@ impl Store for HttpStore {
 
     fn size(&self, object: Object) -> Result<Option<u64>> {
         match self.agent.head(&self.url(object)).call() {
-            Ok(resp) => {
-                Ok(Some(resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0)))
-            }
+            Ok(resp) => Ok(Some(
+                resp.header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(e) => Err(self.err(format!("HEAD {}: {e}", object.rel_path()))),
         }
@@ -220,7 +233,10 @@ impl Store for HttpStore {
             }
             Err(ureq::Error::Status(code, resp)) => {
                 let body = resp.into_string().unwrap_or_default();
-                Err(self.err(format!("PUT {} returned HTTP {code}: {body}", object.rel_path())))
+                Err(self.err(format!(
+                    "PUT {} returned HTTP {code}: {body}",
+                    object.rel_path()
+                )))
             }
             Err(e) => Err(self.err(format!("PUT {}: {e}", object.rel_path()))),
         }

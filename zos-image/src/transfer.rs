@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::chunk::encode_object;
 use crate::error::{Error, Result};
 use crate::fetch::Fetcher;
-use crate::chunk::encode_object;
 use crate::hash::Hash;
 use crate::image::{open_image, Trust};
 use crate::progress::Progress;
@@ -60,7 +60,10 @@ pub fn copy_image(
             .collect()
     });
     progress.finish();
-    let mut report = TransferReport { chunks: u64::from(count), ..Default::default() };
+    let mut report = TransferReport {
+        chunks: u64::from(count),
+        ..Default::default()
+    };
     for r in copied {
         if let Some(bytes) = r? {
             report.copied_chunks += 1;

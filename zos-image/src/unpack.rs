@@ -49,11 +49,19 @@ fn mknod(path: &Path, kind: Kind, perm: u32, rdev: u64) -> std::io::Result<()> {
 
 fn set_mtime(path: &Path, sec: i64, nsec: u32) -> Result<()> {
     let c = cpath(path)?;
-    let t = libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ };
+    let t = libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as _,
+    };
     let times = [t, t];
     // SAFETY: valid path pointer and a two-element timespec array as utimensat requires.
     let rc = unsafe {
-        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     if rc == 0 {
         Ok(())
@@ -63,7 +71,13 @@ fn set_mtime(path: &Path, sec: i64, nsec: u32) -> Result<()> {
 }
 
 /// Write one regular file, fetching chunks a window at a time.
-fn write_file(index: &Index, fetcher: &Fetcher, inode: &Inode, path: &Path, progress: &Progress) -> Result<()> {
+fn write_file(
+    index: &Index,
+    fetcher: &Fetcher,
+    inode: &Inode,
+    path: &Path,
+    progress: &Progress,
+) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(path).at(path)?);
     let count = index.file_chunk_count(inode);
     let mut start = 0;
@@ -78,23 +92,40 @@ fn write_file(index: &Index, fetcher: &Fetcher, inode: &Inode, path: &Path, prog
             .collect();
         for item in batch {
             let (data, r) = item?;
-            let piece = data.get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize).ok_or_else(|| {
-                Error::InvalidInput(format!("{}: chunk shorter than the index says", path.display()))
-            })?;
+            let piece = data
+                .get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{}: chunk shorter than the index says",
+                        path.display()
+                    ))
+                })?;
             out.write_all(piece).at(path)?;
             progress.inc(piece.len() as u64);
         }
         start = end;
     }
-    out.into_inner().map_err(|e| e.into_error()).at(path)?.sync_all().ok();
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .at(path)?
+        .sync_all()
+        .ok();
     Ok(())
 }
 
-pub fn unpack(index: &Index, fetcher: &Fetcher, target: &Path, show_progress: bool) -> Result<UnpackReport> {
+pub fn unpack(
+    index: &Index,
+    fetcher: &Fetcher,
+    target: &Path,
+    show_progress: bool,
+) -> Result<UnpackReport> {
     if target.exists() {
         let empty = fs::read_dir(target).at(target)?.next().is_none();
         if !empty {
-            return Err(Error::InvalidInput(format!("{} exists and is not empty", target.display())));
+            return Err(Error::InvalidInput(format!(
+                "{} exists and is not empty",
+                target.display()
+            )));
         }
     } else {
         fs::create_dir_all(target).at(target)?;
@@ -131,7 +162,9 @@ pub fn unpack(index: &Index, fetcher: &Fetcher, target: &Path, show_progress: bo
                 Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket => {
                     if let Err(e) = mknod(&path, inode.kind, inode.meta.perm, inode.rdev()) {
                         if e.raw_os_error() == Some(libc::EPERM) && !root_user {
-                            report.warnings.push(format!("{}: {e} (needs root)", path.display()));
+                            report
+                                .warnings
+                                .push(format!("{}: {e} (needs root)", path.display()));
                             continue;
                         }
                         return Err(e).at(&path);
@@ -166,7 +199,12 @@ pub fn unpack(index: &Index, fetcher: &Fetcher, target: &Path, show_progress: bo
             if root_user {
                 return Err(e).at(path);
             }
-            report.warnings.push(format!("{}: cannot set owner {}:{}: {e}", path.display(), m.uid, m.gid));
+            report.warnings.push(format!(
+                "{}: cannot set owner {}:{}: {e}",
+                path.display(),
+                m.uid,
+                m.gid
+            ));
         }
         if inode.kind != Kind::Symlink {
             // chown clears setuid/setgid, so the mode goes after it.

@@ -46,7 +46,10 @@ pub fn verify_image(
         })
         .collect();
     progress.finish();
-    let mut report = VerifyReport { signed: image.signature.is_some(), ..Default::default() };
+    let mut report = VerifyReport {
+        signed: image.signature.is_some(),
+        ..Default::default()
+    };
     for (hash, len, r) in results {
         report.chunks += 1;
         report.bytes += u64::from(len);

@@ -7,7 +7,9 @@ use zos_image::Hash;
 
 fn walk(index: &Index) {
     for ino in 0..index.inode_count() {
-        let Ok(inode) = index.inode(ino) else { continue };
+        let Ok(inode) = index.inode(ino) else {
+            continue;
+        };
         let _ = index.xattrs(&inode);
         match inode.kind {
             Kind::Dir => {
@@ -36,17 +38,68 @@ fn walk(index: &Index) {
 }
 
 fn sample_index() -> Vec<u8> {
-    let meta = Meta { perm: 0o644, uid: 1, gid: 2, mtime_sec: 5, mtime_nsec: 6 };
-    let c1 = ChunkInfo { hash: Hash::of(b"1"), raw_len: 10 };
-    let c2 = ChunkInfo { hash: Hash::of(b"2"), raw_len: 20 };
+    let meta = Meta {
+        perm: 0o644,
+        uid: 1,
+        gid: 2,
+        mtime_sec: 5,
+        mtime_nsec: 6,
+    };
+    let c1 = ChunkInfo {
+        hash: Hash::of(b"1"),
+        raw_len: 10,
+    };
+    let c2 = ChunkInfo {
+        hash: Hash::of(b"2"),
+        raw_len: 20,
+    };
     let tree = Tree {
         nodes: vec![
-            Node { meta, kind: NodeKind::Dir(vec![(b"f".to_vec(), 1), (b"d".to_vec(), 2), (b"l".to_vec(), 3), (b"h".to_vec(), 1)]), xattrs: vec![] },
-            Node { meta, kind: NodeKind::File { size: 27, pieces: vec![Piece::whole(c1), Piece { chunk: c2, offset: 3, len: 17 }] }, xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())] },
-            Node { meta, kind: NodeKind::Dir(vec![(b"dev".to_vec(), 4), (b"\xff\xfe".to_vec(), 5)]), xattrs: vec![] },
-            Node { meta, kind: NodeKind::Symlink(b"../x".to_vec()), xattrs: vec![] },
-            Node { meta, kind: NodeKind::CharDev(0x103), xattrs: vec![] },
-            Node { meta, kind: NodeKind::Fifo, xattrs: vec![] },
+            Node {
+                meta,
+                kind: NodeKind::Dir(vec![
+                    (b"f".to_vec(), 1),
+                    (b"d".to_vec(), 2),
+                    (b"l".to_vec(), 3),
+                    (b"h".to_vec(), 1),
+                ]),
+                xattrs: vec![],
+            },
+            Node {
+                meta,
+                kind: NodeKind::File {
+                    size: 27,
+                    pieces: vec![
+                        Piece::whole(c1),
+                        Piece {
+                            chunk: c2,
+                            offset: 3,
+                            len: 17,
+                        },
+                    ],
+                },
+                xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
+            },
+            Node {
+                meta,
+                kind: NodeKind::Dir(vec![(b"dev".to_vec(), 4), (b"\xff\xfe".to_vec(), 5)]),
+                xattrs: vec![],
+            },
+            Node {
+                meta,
+                kind: NodeKind::Symlink(b"../x".to_vec()),
+                xattrs: vec![],
+            },
+            Node {
+                meta,
+                kind: NodeKind::CharDev(0x103),
+                xattrs: vec![],
+            },
+            Node {
+                meta,
+                kind: NodeKind::Fifo,
+                xattrs: vec![],
+            },
         ],
     };
     encode(&tree).unwrap().0

@@ -21,11 +21,15 @@ use zos_image::Hash;
 
 fn pack(src: &Path, store: &Path) -> Hash {
     let store: Arc<dyn Store> = Arc::new(DirStore::open(store).unwrap());
-    pack_dir(src, store, None, &PackOptions::default()).unwrap().root
+    pack_dir(src, store, None, &PackOptions::default())
+        .unwrap()
+        .root
 }
 
 fn sources(dirs: &[&Path]) -> Vec<Arc<dyn Store>> {
-    dirs.iter().map(|d| Arc::new(DirStore::open(d).unwrap()) as Arc<dyn Store>).collect()
+    dirs.iter()
+        .map(|d| Arc::new(DirStore::open(d).unwrap()) as Arc<dyn Store>)
+        .collect()
 }
 
 fn chunk_path_of(store: &Path, root: &Hash, file: &[u8]) -> PathBuf {
@@ -33,7 +37,9 @@ fn chunk_path_of(store: &Path, root: &Hash, file: &[u8]) -> PathBuf {
     let idx = &image.index;
     let inode = idx.inode(idx.resolve(file).unwrap().unwrap()).unwrap();
     let chunk = idx.chunk(idx.file_chunk(&inode, 0).unwrap().chunk).unwrap();
-    DirStore::open(store).unwrap().path_of(Object::Chunk(chunk.hash))
+    DirStore::open(store)
+        .unwrap()
+        .path_of(Object::Chunk(chunk.hash))
 }
 
 #[test]
@@ -54,9 +60,18 @@ fn mount_shows_the_exact_tree() {
     let handle = mount(image.index, fetcher.clone(), &mnt, &MountOptions::default()).unwrap();
     assert_same_tree(&src, &mnt);
     // Lazy: nothing beyond what was read has been fetched, and re-reads hit the caches.
-    let fetched = fetcher.stats.fetched_chunks.load(std::sync::atomic::Ordering::Relaxed);
+    let fetched = fetcher
+        .stats
+        .fetched_chunks
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_same_tree(&src, &mnt);
-    assert_eq!(fetched, fetcher.stats.fetched_chunks.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(
+        fetched,
+        fetcher
+            .stats
+            .fetched_chunks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     handle.unmount().unwrap();
     assert!(!is_mounted(&mnt));
 }
@@ -90,12 +105,21 @@ fn tampered_chunk_gives_eio_and_a_good_replica_is_used() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(fs::read(mnt.join("hello.txt")).unwrap(), b"hello world\n");
     // Nothing unverified reached the cache.
-    let hash: Hash = chunk.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    let hash: Hash = chunk
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let (cache_check, _) = ChunkCache::open(tmp.path().join("cache"), 1 << 30).unwrap();
     assert!(cache_check.get(&hash).is_none());
     // Once the store is repaired the same mount serves the file: failures are not cached.
     fs::write(&chunk, &original).unwrap();
-    assert_eq!(fs::read(mnt.join("dir/sub/random.bin")).unwrap(), fs::read(src.join("dir/sub/random.bin")).unwrap());
+    assert_eq!(
+        fs::read(mnt.join("dir/sub/random.bin")).unwrap(),
+        fs::read(src.join("dir/sub/random.bin")).unwrap()
+    );
     handle.unmount().unwrap();
 
     // Tampered store first, good replica second: the read succeeds from the replica.
@@ -104,8 +128,17 @@ fn tampered_chunk_gives_eio_and_a_good_replica_is_used() {
     let fetcher = Arc::new(Fetcher::new(sources(&[&bad_store, &good_store]), None));
     let mnt2 = tmp.path().join("mnt2");
     fs::create_dir(&mnt2).unwrap();
-    let handle = mount(image.index, fetcher.clone(), &mnt2, &MountOptions::default()).unwrap();
-    assert_eq!(fs::read(mnt2.join("dir/sub/random.bin")).unwrap(), fs::read(src.join("dir/sub/random.bin")).unwrap());
+    let handle = mount(
+        image.index,
+        fetcher.clone(),
+        &mnt2,
+        &MountOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(mnt2.join("dir/sub/random.bin")).unwrap(),
+        fs::read(src.join("dir/sub/random.bin")).unwrap()
+    );
     handle.unmount().unwrap();
 }
 
@@ -137,7 +170,11 @@ fn assert_cache_entries_valid(cache: &Path) -> (usize, usize) {
                 continue;
             }
             let data = fs::read(e.path()).unwrap();
-            assert_eq!(Hash::of(&data).to_hex(), name, "torn or wrong cache entry {name}");
+            assert_eq!(
+                Hash::of(&data).to_hex(),
+                name,
+                "torn or wrong cache entry {name}"
+            );
             valid += 1;
         }
     }
@@ -185,7 +222,9 @@ fn cache_survives_kill_9_mid_write() {
         reader.join().unwrap();
         let (valid, temp) = assert_cache_entries_valid(&cache);
         interrupted += temp;
-        eprintln!("after kill at {delay_ms} ms: {valid} valid cache entries, {temp} interrupted writes");
+        eprintln!(
+            "after kill at {delay_ms} ms: {valid} valid cache entries, {temp} interrupted writes"
+        );
     }
     eprintln!("{interrupted} interrupted writes in total");
 
@@ -194,23 +233,39 @@ fn cache_survives_kill_9_mid_write() {
     let mut victim = None;
     for shard in fs::read_dir(&cache).unwrap() {
         let shard = shard.unwrap().path();
-        if let Some(e) = fs::read_dir(&shard).unwrap().flatten().find(|e| !e.file_name().to_string_lossy().ends_with(".tmp")) {
+        if let Some(e) = fs::read_dir(&shard)
+            .unwrap()
+            .flatten()
+            .find(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        {
             victim = Some(e.path());
             break;
         }
     }
     let victim = victim.expect("some chunk was cached before the kills");
     let len = fs::metadata(&victim).unwrap().len();
-    fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(len / 2).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     fs::write(victim.parent().unwrap().join(".junk.1.2.tmp"), b"partial").unwrap();
 
     let child = spawn_mount(&root, &mnt, &store, &cache);
     wait_mounted(&mnt);
     let read = fs::read(mnt.join("large.bin")).unwrap();
-    assert!(read == data, "content read after crashes differs from the source");
+    assert!(
+        read == data,
+        "content read after crashes differs from the source"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!is_mounted(&mnt));
     let (valid, temp) = assert_cache_entries_valid(&cache);
     assert_eq!(temp, 0, "interrupted writes must be cleaned up on open");
@@ -259,9 +314,15 @@ fn writable_overlay_keeps_the_image_untouched() {
     assert_eq!(fs::read(mnt.join("etc/hostname")).unwrap(), b"vm-1\n");
     assert!(!mnt.join("keep").exists());
     // The read-only lower layer still shows the image.
-    assert_eq!(fs::read(state.join("lower/etc/hostname")).unwrap(), b"image\n");
+    assert_eq!(
+        fs::read(state.join("lower/etc/hostname")).unwrap(),
+        b"image\n"
+    );
     assert!(state.join("lower/keep").exists());
-    assert_eq!(fs::read(state.join("upper/new-file")).unwrap(), b"created in the vm");
+    assert_eq!(
+        fs::read(state.join("upper/new-file")).unwrap(),
+        b"created in the vm"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success());

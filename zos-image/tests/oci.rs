@@ -101,13 +101,21 @@ fn oci_layout(dir: &Path) {
         r#"{{"schemaVersion":2,"layers":[{{"digest":"{l1}","mediaType":"application/vnd.oci.image.layer.v1.tar"}},{{"digest":"{l2}","mediaType":"application/vnd.oci.image.layer.v1.tar+gzip"}}]}}"#
     );
     let m = put(manifest.as_bytes());
-    fs::write(dir.join("index.json"), format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{m}"}}]}}"#)).unwrap();
+    fs::write(
+        dir.join("index.json"),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{m}"}}]}}"#),
+    )
+    .unwrap();
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 }
 
 fn pack_cli(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(bin()).arg("pack").args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -123,12 +131,23 @@ fn docker_and_oci_imports_apply_layers_and_whiteouts() {
     let store = tmp.path().join("store");
     let root = pack_cli(&[archive.as_os_str(), "--store".as_ref(), store.as_os_str()]);
     // Importing again gives the same root.
-    assert_eq!(pack_cli(&[archive.as_os_str(), "--store".as_ref(), store.as_os_str()]), root);
+    assert_eq!(
+        pack_cli(&[archive.as_os_str(), "--store".as_ref(), store.as_os_str()]),
+        root
+    );
 
     let layout = tmp.path().join("layout");
     oci_layout(&layout);
-    let oci_root = pack_cli(&[layout.as_os_str(), "--oci".as_ref(), "--store".as_ref(), store.as_os_str()]);
-    assert_eq!(oci_root, root, "docker-save and OCI layout of the same layers differ");
+    let oci_root = pack_cli(&[
+        layout.as_os_str(),
+        "--oci".as_ref(),
+        "--store".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(
+        oci_root, root,
+        "docker-save and OCI layout of the same layers differ"
+    );
 
     let out = tmp.path().join("out");
     let status = Command::new(bin())
@@ -141,18 +160,34 @@ fn docker_and_oci_imports_apply_layers_and_whiteouts() {
     assert!(status.success());
     assert_eq!(fs::read(out.join("etc/hostname")).unwrap(), b"layer2\n");
     assert!(!out.join("etc/remove-me").exists(), "whiteout not applied");
-    let mut opt: Vec<String> = fs::read_dir(out.join("opt/dir")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut opt: Vec<String> = fs::read_dir(out.join("opt/dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     opt.sort();
     assert_eq!(opt, vec!["c"], "opaque directory must hide lower entries");
-    assert_eq!(fs::metadata(out.join("opt/dir/c")).unwrap().mode() & 0o777, 0o600);
-    assert_eq!(fs::read_link(out.join("usr/bin/sh")).unwrap(), Path::new("/bin/sh"));
+    assert_eq!(
+        fs::metadata(out.join("opt/dir/c")).unwrap().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::read_link(out.join("usr/bin/sh")).unwrap(),
+        Path::new("/bin/sh")
+    );
     let a = fs::metadata(out.join("bin/sh")).unwrap();
     let b = fs::metadata(out.join("bin/sh2")).unwrap();
     assert_eq!(a.ino(), b.ino(), "hardlink lost");
     assert_eq!(a.mode() & 0o777, 0o755);
-    assert_eq!(fs::metadata(out.join("etc")).unwrap().mtime(), 1_650_000_000);
+    assert_eq!(
+        fs::metadata(out.join("etc")).unwrap().mtime(),
+        1_650_000_000
+    );
     // The scratch directory used for the import is gone.
-    assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".zos-image-import")));
+    assert!(fs::read_dir(tmp.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".zos-image-import")));
 }
 
 #[test]
@@ -163,8 +198,17 @@ fn bad_container_input_is_a_clear_error() {
     add_file(&mut b, "hello", b"not an image", 0o644);
     b.finish().unwrap();
     drop(b);
-    let out = Command::new(bin()).arg("pack").arg(&junk).arg("--store").arg(tmp.path().join("s")).output().unwrap();
+    let out = Command::new(bin())
+        .arg("pack")
+        .arg(&junk)
+        .arg("--store")
+        .arg(tmp.path().join("s"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("manifest.json") && err.contains("index.json"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("index.json"),
+        "{err}"
+    );
 }

@@ -14,9 +14,15 @@ use zos_image::pack::{pack_dir, PackOptions};
 use zos_image::store::{DirStore, Object, Store};
 use zos_image::{sign, unpack, verify, Hash};
 
-fn pack(src: &std::path::Path, store: &std::path::Path, key: Option<&ed25519_dalek::SigningKey>) -> Hash {
+fn pack(
+    src: &std::path::Path,
+    store: &std::path::Path,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> Hash {
     let store: Arc<dyn Store> = Arc::new(DirStore::open(store).unwrap());
-    pack_dir(src, store, key, &PackOptions::default()).unwrap().root
+    pack_dir(src, store, key, &PackOptions::default())
+        .unwrap()
+        .root
 }
 
 fn stores(p: &std::path::Path) -> Vec<Arc<dyn Store>> {
@@ -34,7 +40,11 @@ fn round_trip_is_byte_identical_including_metadata() {
     let fetcher = Fetcher::new(sources, None);
     let out = tmp.path().join("out");
     let report = unpack::unpack(&image.index, &fetcher, &out, false).unwrap();
-    assert!(report.warnings.is_empty() || !is_root(), "{:?}", report.warnings);
+    assert!(
+        report.warnings.is_empty() || !is_root(),
+        "{:?}",
+        report.warnings
+    );
     assert_same_tree(&src, &out);
 }
 
@@ -49,22 +59,48 @@ fn packing_is_deterministic_and_dedups() {
     let c = pack(&src, &tmp.path().join("a"), None);
     assert_eq!(a, b);
     assert_eq!(a, c);
-    let ia = fs::read(DirStore::open(tmp.path().join("a")).unwrap().path_of(Object::Index(a))).unwrap();
-    let ib = fs::read(DirStore::open(tmp.path().join("b")).unwrap().path_of(Object::Index(b))).unwrap();
+    let ia = fs::read(
+        DirStore::open(tmp.path().join("a"))
+            .unwrap()
+            .path_of(Object::Index(a)),
+    )
+    .unwrap();
+    let ib = fs::read(
+        DirStore::open(tmp.path().join("b"))
+            .unwrap()
+            .path_of(Object::Index(b)),
+    )
+    .unwrap();
     assert_eq!(ia, ib);
     assert_eq!(Hash::of(&ia), a);
     // A copied tree (different inode numbers, same content and metadata) packs identically.
     let copy = tmp.path().join("copy");
     let image = open_image(&stores(&tmp.path().join("a")), &a, &Trust::default()).unwrap();
-    unpack::unpack(&image.index, &Fetcher::new(stores(&tmp.path().join("a")), None), &copy, false).unwrap();
+    unpack::unpack(
+        &image.index,
+        &Fetcher::new(stores(&tmp.path().join("a")), None),
+        &copy,
+        false,
+    )
+    .unwrap();
     assert_eq!(pack(&copy, &tmp.path().join("c"), None), a);
     // big.bin and its copy share every chunk: the store holds them once.
     let stats = image.index.header();
     let idx = &image.index;
-    let big = idx.inode(idx.resolve(b"big.bin").unwrap().unwrap()).unwrap();
-    assert!(idx.file_chunk_count(&big) > 3, "big file must be cut into several chunks");
-    let unique: u64 = (0..idx.chunk_count()).map(|i| u64::from(idx.chunk(i).unwrap().raw_len)).sum();
-    assert!(unique < 4_000_000, "duplicate 3 MB file was stored twice ({unique} bytes)");
+    let big = idx
+        .inode(idx.resolve(b"big.bin").unwrap().unwrap())
+        .unwrap();
+    assert!(
+        idx.file_chunk_count(&big) > 3,
+        "big file must be cut into several chunks"
+    );
+    let unique: u64 = (0..idx.chunk_count())
+        .map(|i| u64::from(idx.chunk(i).unwrap().raw_len))
+        .sum();
+    assert!(
+        unique < 4_000_000,
+        "duplicate 3 MB file was stored twice ({unique} bytes)"
+    );
     assert!(stats.chunk_count < stats.chunk_ref_count);
 }
 
@@ -80,16 +116,24 @@ fn flipped_byte_in_a_chunk_fails_verification() {
 
     let image = open_image(&sources, &root, &Trust::default()).unwrap();
     let idx = &image.index;
-    let file = idx.inode(idx.resolve(b"dir/sub/random.bin").unwrap().unwrap()).unwrap();
+    let file = idx
+        .inode(idx.resolve(b"dir/sub/random.bin").unwrap().unwrap())
+        .unwrap();
     let chunk = idx.chunk(idx.file_chunk(&file, 0).unwrap().chunk).unwrap();
-    let path = DirStore::open(&store_dir).unwrap().path_of(Object::Chunk(chunk.hash));
+    let path = DirStore::open(&store_dir)
+        .unwrap()
+        .path_of(Object::Chunk(chunk.hash));
     let mut bytes = fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     fs::write(&path, &bytes).unwrap();
 
     match verify::verify_image(&sources, &root, &Trust::default(), false) {
-        Err(Error::VerifyFailed { corrupt: 1, missing: 0, .. }) => {}
+        Err(Error::VerifyFailed {
+            corrupt: 1,
+            missing: 0,
+            ..
+        }) => {}
         other => panic!("expected one corrupt chunk, got {other:?}"),
     }
     // Unpack refuses as well instead of writing bad data.
@@ -103,7 +147,11 @@ fn flipped_byte_in_a_chunk_fails_verification() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A missing chunk is reported as missing.
     fs::remove_file(&path).unwrap();
@@ -124,8 +172,12 @@ fn signatures_are_enforced() {
     let store_dir = tmp.path().join("store");
     let root = pack(&src, &store_dir, Some(&signer));
     let sources = stores(&store_dir);
-    let trust_signer = Trust { keys: vec![signer.verifying_key()] };
-    let trust_other = Trust { keys: vec![other.verifying_key()] };
+    let trust_signer = Trust {
+        keys: vec![signer.verifying_key()],
+    };
+    let trust_other = Trust {
+        keys: vec![other.verifying_key()],
+    };
 
     open_image(&sources, &root, &trust_signer).unwrap();
     open_image(&sources, &root, &Trust::default()).unwrap();
@@ -179,8 +231,18 @@ fn cli_pack_sign_verify_and_wrong_key() {
     fs::write(src.join("a"), b"alpha").unwrap();
     let key = tmp.path().join("key");
     let wrong = tmp.path().join("wrong");
-    assert!(Command::new(bin()).arg("keygen").arg(&key).status().unwrap().success());
-    assert!(Command::new(bin()).arg("keygen").arg(&wrong).status().unwrap().success());
+    assert!(Command::new(bin())
+        .arg("keygen")
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new(bin())
+        .arg("keygen")
+        .arg(&wrong)
+        .status()
+        .unwrap()
+        .success());
     let store = tmp.path().join("store");
     let out = Command::new(bin())
         .arg("pack")
@@ -191,7 +253,11 @@ fn cli_pack_sign_verify_and_wrong_key() {
         .arg(&key)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let root = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let verify = |k: &std::path::Path| {
         Command::new(bin())
@@ -203,7 +269,11 @@ fn cli_pack_sign_verify_and_wrong_key() {
             .unwrap()
     };
     let ok = verify(&key);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("signed"));
     let bad = verify(&wrong);
     assert!(!bad.status.success());
@@ -211,9 +281,17 @@ fn cli_pack_sign_verify_and_wrong_key() {
     // A corrupt index gives a clear error, not a panic.
     let idx = store.join("images").join(format!("{root}.idx"));
     fs::write(&idx, b"ZOSIMG\0\0garbage").unwrap();
-    let corrupt = Command::new(bin()).args(["inspect", &root, "--store"]).arg(&store).output().unwrap();
+    let corrupt = Command::new(bin())
+        .args(["inspect", &root, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
     assert_eq!(corrupt.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&corrupt.stderr).contains("error:"));
-    let inspect_missing = Command::new(bin()).args(["inspect", &"0".repeat(64), "--store"]).arg(&store).output().unwrap();
+    let inspect_missing = Command::new(bin())
+        .args(["inspect", &"0".repeat(64), "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&inspect_missing.stderr).contains("not found"));
 }

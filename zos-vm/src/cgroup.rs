@@ -31,11 +31,17 @@ fn controllers(dir: &Path) -> Option<String> {
 /// Why cgroup v2 limits cannot be applied under `root`, or `None` when they can.
 pub fn unavailable_reason(root: &Path) -> Option<String> {
     let Some(ctrl) = controllers(root) else {
-        return Some(format!("{} is not a cgroup v2 (unified) hierarchy", root.display()));
+        return Some(format!(
+            "{} is not a cgroup v2 (unified) hierarchy",
+            root.display()
+        ));
     };
     for c in ["cpu", "memory"] {
         if !ctrl.split_whitespace().any(|x| x == c) {
-            return Some(format!("the {c} controller is not available in {}", root.display()));
+            return Some(format!(
+                "the {c} controller is not available in {}",
+                root.display()
+            ));
         }
     }
     None
@@ -56,7 +62,13 @@ fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
 }
 
-fn apply_inner(root: &Path, name: &str, vcpus: u32, memory_mib: u64, pids: &[u32]) -> Result<PathBuf> {
+fn apply_inner(
+    root: &Path,
+    name: &str,
+    vcpus: u32,
+    memory_mib: u64,
+    pids: &[u32],
+) -> Result<PathBuf> {
     let parent = root.join("zos");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     write(&root.join("cgroup.subtree_control"), "+cpu +memory")?;
@@ -64,7 +76,10 @@ fn apply_inner(root: &Path, name: &str, vcpus: u32, memory_mib: u64, pids: &[u32
     let dir = parent.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let period = 100_000u64;
-    write(&dir.join("cpu.max"), &format!("{} {period}", u64::from(vcpus) * period))?;
+    write(
+        &dir.join("cpu.max"),
+        &format!("{} {period}", u64::from(vcpus) * period),
+    )?;
     let mem = (memory_mib << 20) + overhead_bytes(memory_mib);
     write(&dir.join("memory.max"), &mem.to_string())?;
     for pid in pids {
@@ -100,12 +115,22 @@ mod tests {
     fn limits_written_where_controllers_exist() {
         // A directory shaped like a delegated cgroup: the writes land in plain files.
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        std::fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .unwrap();
         let st = apply(dir.path(), "vm1", 2, 512, &[]);
         let cg = dir.path().join("zos/vm1");
         assert_eq!(st, CgroupStatus::Applied(cg.clone()));
-        assert_eq!(std::fs::read_to_string(cg.join("cpu.max")).unwrap(), "200000 100000");
-        let mem: u64 = std::fs::read_to_string(cg.join("memory.max")).unwrap().parse().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cg.join("cpu.max")).unwrap(),
+            "200000 100000"
+        );
+        let mem: u64 = std::fs::read_to_string(cg.join("memory.max"))
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(mem, (512 << 20) + overhead_bytes(512));
     }
 }

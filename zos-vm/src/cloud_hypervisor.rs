@@ -38,7 +38,9 @@ use crate::{
 /// `cloud-hypervisor` on PATH, if any.
 pub fn find_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("cloud-hypervisor")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("cloud-hypervisor"))
+        .find(|p| p.is_file())
 }
 
 pub struct CloudHypervisor {
@@ -49,7 +51,11 @@ pub struct CloudHypervisor {
 
 impl CloudHypervisor {
     pub fn new(binary: PathBuf, virtiofsd: PathBuf, assets: GuestAssets) -> Self {
-        Self { binary, virtiofsd, assets }
+        Self {
+            binary,
+            virtiofsd,
+            assets,
+        }
     }
 
     pub fn args(&self, cfg: &VmConfig, layout: &VmLayout) -> Vec<String> {
@@ -65,7 +71,15 @@ impl CloudHypervisor {
             "--cpus".into(),
             format!("boot={}", cfg.vcpus),
             "--memory".into(),
-            format!("size={}M,shared={}", cfg.memory_mib, if cfg.rootfs_dir().is_some() { "on" } else { "off" }),
+            format!(
+                "size={}M,shared={}",
+                cfg.memory_mib,
+                if cfg.rootfs_dir().is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
             "--serial".into(),
             format!("socket={}", layout.console_socket().display()),
             "--console".into(),
@@ -89,14 +103,22 @@ impl CloudHypervisor {
         }
         if cfg.rootfs_dir().is_some() {
             a.push("--fs".into());
-            a.push(format!("tag={ROOTFS_TAG},socket={}", layout.virtiofs_socket().display()));
+            a.push(format!(
+                "tag={ROOTFS_TAG},socket={}",
+                layout.virtiofs_socket().display()
+            ));
         }
         a
     }
 }
 
 /// Minimal HTTP/1.1 over a unix socket: one request per connection.
-async fn api(sock: &Path, method: &str, endpoint: &str, body: Option<&str>) -> Result<(u16, String)> {
+async fn api(
+    sock: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut s = tokio::net::UnixStream::connect(sock)
         .await
         .with_context(|| format!("connecting to {}", sock.display()))?;
@@ -117,9 +139,15 @@ async fn api(sock: &Path, method: &str, endpoint: &str, body: Option<&str>) -> R
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("malformed HTTP response from cloud-hypervisor"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     if !(200..300).contains(&status) {
-        bail!("cloud-hypervisor {endpoint}: HTTP {status}: {}", body.trim());
+        bail!(
+            "cloud-hypervisor {endpoint}: HTTP {status}: {}",
+            body.trim()
+        );
     }
     Ok((status, body))
 }
@@ -140,8 +168,12 @@ impl Hypervisor for CloudHypervisor {
     }
 
     async fn kill_stale(&self, layout: &VmLayout) -> Result<bool> {
-        let Ok(text) = std::fs::read_to_string(layout.pid_file()) else { return Ok(false) };
-        let Ok(pid) = text.trim().parse::<i32>() else { return Ok(false) };
+        let Ok(text) = std::fs::read_to_string(layout.pid_file()) else {
+            return Ok(false);
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return Ok(false);
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let sock = layout.control_socket();
         let needle = sock.as_os_str().as_encoded_bytes();
@@ -153,7 +185,12 @@ impl Hypervisor for CloudHypervisor {
         Ok(true)
     }
 
-    async fn launch(&self, cfg: &VmConfig, layout: &VmLayout, console_max_bytes: u64) -> Result<Box<dyn Instance>> {
+    async fn launch(
+        &self,
+        cfg: &VmConfig,
+        layout: &VmLayout,
+        console_max_bytes: u64,
+    ) -> Result<Box<dyn Instance>> {
         cfg.validate()?;
         cfg.check_disk_files()?;
         write_initrd(&self.assets.initramfs, cfg, &layout.initrd())?;
@@ -163,15 +200,26 @@ impl Hypervisor for CloudHypervisor {
         let mut helper = None;
         if let Some(dir) = cfg.rootfs_dir() {
             let child = Command::new(&self.virtiofsd)
-                .arg(format!("--socket-path={}", layout.virtiofs_socket().display()))
-                .args(["-o", &format!("source={}", dir.display()), "-o", "cache=auto"])
+                .arg(format!(
+                    "--socket-path={}",
+                    layout.virtiofs_socket().display()
+                ))
+                .args([
+                    "-o",
+                    &format!("source={}", dir.display()),
+                    "-o",
+                    "cache=auto",
+                ])
                 .stdin(Stdio::null())
                 .process_group(0)
                 .spawn()
                 .context("starting virtiofsd")?;
             helper = Some(child);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(layout.process_log())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(layout.process_log())?;
         let mut child = Command::new(&self.binary)
             .args(self.args(cfg, layout))
             .stdin(Stdio::null())
@@ -182,7 +230,12 @@ impl Hypervisor for CloudHypervisor {
             .with_context(|| format!("starting {}", self.binary.display()))?;
         let pid = child.id().context("no pid")?;
         std::fs::write(layout.pid_file(), format!("{pid}\n"))?;
-        let pump = console::start_pump(&layout.console_socket(), &layout.console_log(), console_max_bytes).await?;
+        let pump = console::start_pump(
+            &layout.console_socket(),
+            &layout.console_log(),
+            console_max_bytes,
+        )
+        .await?;
         let requested = Arc::new(AtomicBool::new(false));
         let (tx, rx) = watch::channel(None::<ExitInfo>);
         let helper_pids = helper.as_ref().and_then(|h| h.id()).into_iter().collect();
@@ -198,15 +251,26 @@ impl Hypervisor for CloudHypervisor {
                 use std::os::unix::process::ExitStatusExt;
                 let kind = match status {
                     Ok(s) if s.signal().is_some() => ExitKind::Killed(s.signal().unwrap_or(0)),
-                    Ok(s) if s.code() == Some(0) && requested.load(Ordering::SeqCst) => ExitKind::HostRequested,
+                    Ok(s) if s.code() == Some(0) && requested.load(Ordering::SeqCst) => {
+                        ExitKind::HostRequested
+                    }
                     Ok(s) if s.code() == Some(0) => ExitKind::GuestPoweroff,
                     Ok(s) => ExitKind::Failed(s.code().unwrap_or(-1)),
                     Err(e) => ExitKind::GuestFailure(e.to_string()),
                 };
-                let _ = tx.send(Some(ExitInfo { kind, detail: tail(&log_path) }));
+                let _ = tx.send(Some(ExitInfo {
+                    kind,
+                    detail: tail(&log_path),
+                }));
             });
         }
-        Ok(Box::new(ChInstance { pid, helper_pids, sock: layout.control_socket(), requested, exit: rx }))
+        Ok(Box::new(ChInstance {
+            pid,
+            helper_pids,
+            sock: layout.control_socket(),
+            requested,
+            exit: rx,
+        }))
     }
 }
 
@@ -257,13 +321,19 @@ impl Instance for ChInstance {
         let mut exit = self.exit.clone();
         if !grace.is_zero() {
             let _ = api(&self.sock, "PUT", "vm.power-button", None).await;
-            if tokio::time::timeout(grace, exit.wait_for(|e| e.is_some())).await.is_ok() {
+            if tokio::time::timeout(grace, exit.wait_for(|e| e.is_some()))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }
         let _ = api(&self.sock, "PUT", "vm.shutdown", None).await;
         let _ = api(&self.sock, "PUT", "vmm.shutdown", None).await;
-        if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some())).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some()))
+            .await
+            .is_err()
+        {
             // SAFETY: our child process.
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
             let _ = exit.wait_for(|e| e.is_some()).await;
@@ -272,7 +342,14 @@ impl Instance for ChInstance {
     }
     async fn wait(&self) -> ExitInfo {
         let mut exit = self.exit.clone();
-        let got = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone());
-        got.unwrap_or_else(|| ExitInfo { kind: ExitKind::Failed(-1), detail: "reaper vanished".into() })
+        let got = exit
+            .wait_for(|e| e.is_some())
+            .await
+            .ok()
+            .and_then(|e| e.clone());
+        got.unwrap_or_else(|| ExitInfo {
+            kind: ExitKind::Failed(-1),
+            detail: "reaper vanished".into(),
+        })
     }
 }

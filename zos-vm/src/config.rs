@@ -52,7 +52,10 @@ pub enum BootMode {
     Initramfs,
     /// Container mode: `rootfs_dir` (e.g. a zos-image FUSE mount) is exported read-only over
     /// virtio-fs and overlaid with a writable layer; the entrypoint runs chrooted in it.
-    Container { rootfs_dir: PathBuf, writable: WritableLayer },
+    Container {
+        rootfs_dir: PathBuf,
+        writable: WritableLayer,
+    },
     /// Full-disk image: the attached disk with this id holds the root filesystem (whole disk
     /// or its first mountable partition). Without an entrypoint its `/sbin/init` takes over.
     Disk { root_disk: String },
@@ -101,14 +104,19 @@ pub struct GuestConfig {
 
 impl NicConfig {
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 
 fn is_name(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c))
 }
 
 fn is_env_key(k: &str) -> bool {
@@ -125,22 +133,43 @@ impl VmConfig {
     /// Checks everything the backends and the guest init rely on. Errors here are permanent:
     /// the same config will never start.
     pub fn validate(&self) -> Result<()> {
-        ensure!(is_name(&self.name, 48, &['-', '_']), "VM name {:?} is not [a-z0-9_-]{{1,48}}", self.name);
-        ensure!((1..=255).contains(&self.vcpus), "vcpus must be 1..=255, not {}", self.vcpus);
-        ensure!(self.memory_mib >= 64, "memory must be at least 64 MiB, not {}", self.memory_mib);
+        ensure!(
+            is_name(&self.name, 48, &['-', '_']),
+            "VM name {:?} is not [a-z0-9_-]{{1,48}}",
+            self.name
+        );
+        ensure!(
+            (1..=255).contains(&self.vcpus),
+            "vcpus must be 1..=255, not {}",
+            self.vcpus
+        );
+        ensure!(
+            self.memory_mib >= 64,
+            "memory must be at least 64 MiB, not {}",
+            self.memory_mib
+        );
         let mut ids = std::collections::HashSet::new();
         for d in &self.disks {
             ensure!(
                 !d.id.is_empty()
                     && d.id.len() <= MAX_DISK_ID_LEN
-                    && d.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                    && d.id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
                 "disk id {:?} is not [A-Za-z0-9_-]{{1,20}}",
                 d.id
             );
-            ensure!(ids.insert(d.id.as_str()), "disk id {:?} is used twice", d.id);
+            ensure!(
+                ids.insert(d.id.as_str()),
+                "disk id {:?} is used twice",
+                d.id
+            );
             if let Some(m) = &d.mount {
                 ensure!(
-                    m.starts_with('/') && m.len() > 1 && !m.contains(char::is_whitespace) && !m.contains('\0'),
+                    m.starts_with('/')
+                        && m.len() > 1
+                        && !m.contains(char::is_whitespace)
+                        && !m.contains('\0'),
                     "mount path {m:?} of disk {} must be absolute, not /, without whitespace",
                     d.id
                 );
@@ -148,20 +177,39 @@ impl VmConfig {
         }
         match &self.boot {
             BootMode::Initramfs => {}
-            BootMode::Container { rootfs_dir, writable } => {
-                ensure!(rootfs_dir.is_absolute(), "container root {} must be absolute", rootfs_dir.display());
+            BootMode::Container {
+                rootfs_dir,
+                writable,
+            } => {
+                ensure!(
+                    rootfs_dir.is_absolute(),
+                    "container root {} must be absolute",
+                    rootfs_dir.display()
+                );
                 match writable {
-                    WritableLayer::Tmpfs { size_mib } => ensure!(*size_mib > 0, "tmpfs layer of 0 MiB"),
-                    WritableLayer::Disk(id) => ensure!(ids.contains(id.as_str()), "writable layer disk {id:?} is not attached"),
+                    WritableLayer::Tmpfs { size_mib } => {
+                        ensure!(*size_mib > 0, "tmpfs layer of 0 MiB")
+                    }
+                    WritableLayer::Disk(id) => ensure!(
+                        ids.contains(id.as_str()),
+                        "writable layer disk {id:?} is not attached"
+                    ),
                 }
             }
             BootMode::Disk { root_disk } => {
-                ensure!(ids.contains(root_disk.as_str()), "root disk {root_disk:?} is not attached")
+                ensure!(
+                    ids.contains(root_disk.as_str()),
+                    "root disk {root_disk:?} is not attached"
+                )
             }
         }
         for n in &self.nics {
             ensure!(
-                !n.tap.is_empty() && n.tap.len() < 16 && n.tap.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                !n.tap.is_empty()
+                    && n.tap.len() < 16
+                    && n.tap
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
                 "tap name {:?} is not a valid interface name",
                 n.tap
             );
@@ -180,7 +228,10 @@ impl VmConfig {
             ensure!(!v.contains('\0'), "environment variable {k} contains NUL");
         }
         for key in &g.ssh_keys {
-            ensure!(single_line(key) && !key.trim().is_empty(), "an SSH key must be one non-empty line");
+            ensure!(
+                single_line(key) && !key.trim().is_empty(),
+                "an SSH key must be one non-empty line"
+            );
         }
         self.entrypoint_argv()?;
         Ok(())
@@ -211,7 +262,10 @@ impl VmConfig {
     pub fn config_appendix(&self) -> Result<Vec<u8>> {
         self.validate()?;
         let mut w = CpioWriter::new();
-        w.dir("dev").char_dev("dev/console", 5, 1).dir("zos").dir("zos/config");
+        w.dir("dev")
+            .char_dev("dev/console", 5, 1)
+            .dir("zos")
+            .dir("zos/config");
         let c = |name: &str| format!("zos/config/{name}");
         let root = match &self.boot {
             BootMode::Initramfs => "none".to_string(),
@@ -237,14 +291,25 @@ impl VmConfig {
         if !mounts.is_empty() {
             w.file(&c("mounts"), mounts, 0o644);
         }
-        let hostname = if self.guest.hostname.is_empty() { &self.name } else { &self.guest.hostname };
-        w.file(&c("hostname"), format!("{}\n", hostname.replace('_', "-")), 0o644);
+        let hostname = if self.guest.hostname.is_empty() {
+            &self.name
+        } else {
+            &self.guest.hostname
+        };
+        w.file(
+            &c("hostname"),
+            format!("{}\n", hostname.replace('_', "-")),
+            0o644,
+        );
         let net: String = self
             .nics
             .iter()
             .filter_map(|n| {
                 n.address.map(|(ip, prefix)| {
-                    let gw = n.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+                    let gw = n
+                        .gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "-".into());
                     format!("{} {ip}/{prefix} {gw}\n", n.mac_string())
                 })
             })
@@ -253,7 +318,12 @@ impl VmConfig {
             w.file(&c("net"), net, 0o644);
         }
         if !self.guest.ssh_keys.is_empty() {
-            let keys: String = self.guest.ssh_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+            let keys: String = self
+                .guest
+                .ssh_keys
+                .iter()
+                .map(|k| format!("{}\n", k.trim()))
+                .collect();
             w.file(&c("ssh_authorized_keys"), keys, 0o600);
         }
         if !self.guest.env.is_empty() {
@@ -285,10 +355,19 @@ impl VmConfig {
         for d in &self.disks {
             let meta = std::fs::metadata(&d.path)
                 .with_context(|| format!("disk {} ({})", d.id, d.path.display()))?;
-            ensure!(meta.is_file(), "disk {} ({}) is not a regular file", d.id, d.path.display());
+            ensure!(
+                meta.is_file(),
+                "disk {} ({}) is not a regular file",
+                d.id,
+                d.path.display()
+            );
         }
         if let Some(dir) = self.rootfs_dir() {
-            ensure!(dir.is_dir(), "container root {} is not a directory", dir.display());
+            ensure!(
+                dir.is_dir(),
+                "container root {} is not a directory",
+                dir.display()
+            );
         }
         Ok(())
     }
@@ -314,7 +393,10 @@ mod tests {
     fn entrypoint_words_are_not_expanded() {
         let mut c = base();
         c.guest.entrypoint = r#"sh -c "echo $HOME; echo 'a b'""#.into();
-        assert_eq!(c.entrypoint_argv().unwrap(), vec!["sh", "-c", "echo $HOME; echo 'a b'"]);
+        assert_eq!(
+            c.entrypoint_argv().unwrap(),
+            vec!["sh", "-c", "echo $HOME; echo 'a b'"]
+        );
         c.guest.entrypoint = "sh -c \"unbalanced".into();
         assert!(c.validate().is_err());
     }
@@ -328,7 +410,9 @@ mod tests {
         c.guest.ssh_keys = vec!["ssh-ed25519 AAA\nevil".into()];
         assert!(c.validate().is_err());
         let mut c = base();
-        c.boot = BootMode::Disk { root_disk: "nope".into() };
+        c.boot = BootMode::Disk {
+            root_disk: "nope".into(),
+        };
         assert!(c.validate().is_err());
         let mut c = base();
         c.disks = vec![DiskAttachment {
@@ -346,7 +430,14 @@ mod tests {
         c.guest.env = vec![("GREETING".into(), "hello world".into())];
         c.guest.entrypoint = "echo hi".into();
         let a = String::from_utf8_lossy(&c.config_appendix().unwrap()).to_string();
-        for needle in ["zos/config/root", "none\n", "zos/config/env/GREETING", "hello world", "zos/config/argv/1", "dev/console"] {
+        for needle in [
+            "zos/config/root",
+            "none\n",
+            "zos/config/env/GREETING",
+            "hello world",
+            "zos/config/argv/1",
+            "dev/console",
+        ] {
             assert!(a.contains(needle), "missing {needle}");
         }
     }

@@ -31,7 +31,12 @@ impl RotatingLog {
             .await
             .with_context(|| format!("opening {}", path.display()))?;
         let size = file.metadata().await?.len();
-        Ok(Self { path: path.to_path_buf(), max_bytes: max_bytes.max(4096), file, size })
+        Ok(Self {
+            path: path.to_path_buf(),
+            max_bytes: max_bytes.max(4096),
+            file,
+            size,
+        })
     }
 
     pub fn rotated_path(path: &Path) -> PathBuf {
@@ -59,7 +64,11 @@ impl RotatingLog {
         tokio::fs::rename(&self.path, Self::rotated_path(&self.path))
             .await
             .with_context(|| format!("rotating {}", self.path.display()))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path).await?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await?;
         self.size = 0;
         Ok(())
     }
@@ -129,13 +138,17 @@ mod tests {
         let path = dir.path().join("console.log");
         let mut log = RotatingLog::open(&path, 4096).await.unwrap();
         for i in 0..300u32 {
-            log.write(format!("line {i:05} ..........................................\n").as_bytes())
-                .await
-                .unwrap();
+            log.write(
+                format!("line {i:05} ..........................................\n").as_bytes(),
+            )
+            .await
+            .unwrap();
         }
         log.file.flush().await.unwrap();
         let cur = std::fs::metadata(&path).unwrap().len();
-        let old = std::fs::metadata(RotatingLog::rotated_path(&path)).unwrap().len();
+        let old = std::fs::metadata(RotatingLog::rotated_path(&path))
+            .unwrap()
+            .len();
         assert!(cur <= 4096 && old == 4096, "cur {cur} old {old}");
         assert!(read_console(&path).contains("line 00299"));
         assert!(!read_console(&path).contains("line 00000"));

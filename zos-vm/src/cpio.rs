@@ -24,12 +24,14 @@ impl CpioWriter {
     }
 
     pub fn file(&mut self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> &mut Self {
-        self.entries.push(Entry::File(path.to_string(), data.into(), mode));
+        self.entries
+            .push(Entry::File(path.to_string(), data.into(), mode));
         self
     }
 
     pub fn char_dev(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
-        self.entries.push(Entry::CharDev(path.to_string(), major, minor));
+        self.entries
+            .push(Entry::CharDev(path.to_string(), major, minor));
         self
     }
 
@@ -41,9 +43,17 @@ impl CpioWriter {
             let ino = ino as u32 + 1;
             match e {
                 Entry::Dir(p) => header(&mut out, ino, 0o040755, 2, 0, 0, 0, p, &[]),
-                Entry::File(p, data, mode) => {
-                    header(&mut out, ino, 0o100000 | (mode & 0o7777), 1, 0, 0, 0, p, data)
-                }
+                Entry::File(p, data, mode) => header(
+                    &mut out,
+                    ino,
+                    0o100000 | (mode & 0o7777),
+                    1,
+                    0,
+                    0,
+                    0,
+                    p,
+                    data,
+                ),
                 Entry::CharDev(p, maj, min) => {
                     header(&mut out, ino, 0o020600, 1, *maj, *min, 0, p, &[])
                 }

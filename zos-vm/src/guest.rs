@@ -36,9 +36,16 @@ impl GuestAssets {
             Some(c) => run_script(
                 &scripts.join("build-initramfs.sh"),
                 Some(c),
-                &[kernel_dir.as_os_str(), c.join("initramfs.cpio.gz").as_os_str()],
+                &[
+                    kernel_dir.as_os_str(),
+                    c.join("initramfs.cpio.gz").as_os_str(),
+                ],
             )?,
-            None => run_script(&scripts.join("build-initramfs.sh"), None, &[kernel_dir.as_os_str()])?,
+            None => run_script(
+                &scripts.join("build-initramfs.sh"),
+                None,
+                &[kernel_dir.as_os_str()],
+            )?,
         };
         let kernel = kernel_dir.join("vmlinuz");
         let kernel_version = std::fs::read_to_string(kernel_dir.join("version"))
@@ -48,7 +55,11 @@ impl GuestAssets {
         if !kernel.is_file() {
             bail!("{} is missing after fetch-kernel.sh", kernel.display());
         }
-        Ok(Self { kernel, initramfs: PathBuf::from(initramfs), kernel_version })
+        Ok(Self {
+            kernel,
+            initramfs: PathBuf::from(initramfs),
+            kernel_version,
+        })
     }
 }
 
@@ -59,7 +70,9 @@ fn run_script(script: &Path, cache: Option<&Path>, args: &[&std::ffi::OsStr]) ->
         cmd.env("ZOS_GUEST_CACHE", c);
     }
     cmd.args(args);
-    let out = cmd.output().with_context(|| format!("running {}", script.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!(
             "{} failed ({}):\n{}",

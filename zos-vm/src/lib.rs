@@ -42,7 +42,11 @@ pub async fn select_hypervisor(opts: QemuOptions) -> Arc<dyn Hypervisor> {
         if qemu.accel().await.ok() == Some(Accel::Kvm) {
             let o = qemu.options();
             tracing::info!(binary = %bin.display(), "using cloud-hypervisor");
-            return Arc::new(CloudHypervisor::new(bin, o.virtiofsd_binary.clone(), o.assets.clone()));
+            return Arc::new(CloudHypervisor::new(
+                bin,
+                o.virtiofsd_binary.clone(),
+                o.assets.clone(),
+            ));
         }
         tracing::info!("cloud-hypervisor found but KVM does not work: using QEMU with TCG");
     }

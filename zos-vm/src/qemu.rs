@@ -81,11 +81,13 @@ impl QemuOptions {
     pub fn new(assets: GuestAssets) -> Self {
         Self {
             qemu_binary: PathBuf::from(
-                std::env::var_os("ZOS_QEMU").unwrap_or_else(|| OsString::from("qemu-system-x86_64")),
+                std::env::var_os("ZOS_QEMU")
+                    .unwrap_or_else(|| OsString::from("qemu-system-x86_64")),
             ),
             // Debian's qemu-system-common ships the C virtiofsd here.
             virtiofsd_binary: PathBuf::from(
-                std::env::var_os("ZOS_VIRTIOFSD").unwrap_or_else(|| OsString::from("/usr/lib/qemu/virtiofsd")),
+                std::env::var_os("ZOS_VIRTIOFSD")
+                    .unwrap_or_else(|| OsString::from("/usr/lib/qemu/virtiofsd")),
             ),
             accel: AccelChoice::Auto,
             assets,
@@ -106,7 +108,10 @@ type QmpService = QapiService<qapi::futures::QmpStreamTokio<WriteHalf<UnixStream
 
 impl Qemu {
     pub fn new(opts: QemuOptions) -> Self {
-        Self { opts, accel: OnceCell::new() }
+        Self {
+            opts,
+            accel: OnceCell::new(),
+        }
     }
 
     pub fn options(&self) -> &QemuOptions {
@@ -128,18 +133,34 @@ impl Qemu {
             boot: BootMode::Initramfs,
             disks: vec![],
             nics: vec![],
-            guest: GuestConfig { entrypoint: "true".into(), ..Default::default() },
+            guest: GuestConfig {
+                entrypoint: "true".into(),
+                ..Default::default()
+            },
         };
         let initrd = dir.join("initrd.img");
         write_initrd(&self.opts.assets.initramfs, &cfg, &initrd)?;
         let mut child = Command::new(&self.opts.qemu_binary)
-            .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-            .args(["-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256"])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args([
+                "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256",
+            ])
             .arg("-kernel")
             .arg(&self.opts.assets.kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet", "-serial", "stdio"])
+            .args([
+                "-append",
+                "console=ttyS0 panic=-1 quiet",
+                "-serial",
+                "stdio",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -167,7 +188,11 @@ impl Qemu {
         match found {
             Ok(true) => Ok(()),
             Ok(false) => bail!("the KVM probe guest ended before /init: {}", err.trim()),
-            Err(_) => bail!("the KVM probe guest did not reach /init within {:?} {}", self.opts.probe_timeout, err.trim()),
+            Err(_) => bail!(
+                "the KVM probe guest did not reach /init within {:?} {}",
+                self.opts.probe_timeout,
+                err.trim()
+            ),
         }
     }
 
@@ -189,11 +214,22 @@ impl Qemu {
         let mut push = |s: &str| a.push(s.into());
         push("-name");
         push(&format!("{},debug-threads=on", cfg.name));
-        for s in ["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-S"] {
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-S",
+        ] {
             push(s);
         }
         let shared_mem = cfg.rootfs_dir().is_some();
-        let machine = if shared_mem { "q35,memory-backend=mem" } else { "q35" };
+        let machine = if shared_mem {
+            "q35,memory-backend=mem"
+        } else {
+            "q35"
+        };
         push("-machine");
         push(machine);
         push("-accel");
@@ -209,7 +245,10 @@ impl Qemu {
         if shared_mem {
             // vhost-user devices (virtio-fs) need guest RAM the daemon can map.
             push("-object");
-            push(&format!("memory-backend-memfd,id=mem,size={}M,share=on", cfg.memory_mib));
+            push(&format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.memory_mib
+            ));
         }
         if self.opts.sandbox {
             push("-sandbox");
@@ -255,7 +294,13 @@ impl Qemu {
                 .into(),
             );
             a.push("-device".into());
-            a.push(format!("virtio-blk-pci,drive={id},id=blk-{id},serial={id}", id = d.id).into());
+            a.push(
+                format!(
+                    "virtio-blk-pci,drive={id},id=blk-{id},serial={id}",
+                    id = d.id
+                )
+                .into(),
+            );
         }
         for (i, n) in cfg.nics.iter().enumerate() {
             a.push("-netdev".into());
@@ -286,7 +331,14 @@ impl Qemu {
             .arg(sock_arg)
             .arg("-o")
             .arg(source)
-            .args(["-o", "cache=auto", "-o", "sandbox=namespace", "-o", "log_level=warn"])
+            .args([
+                "-o",
+                "cache=auto",
+                "-o",
+                "sandbox=namespace",
+                "-o",
+                "log_level=warn",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -297,7 +349,11 @@ impl Qemu {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if tokio::time::Instant::now() > deadline {
-                bail!("virtiofsd did not create {}: {}", sock.display(), tail(&layout.virtiofs_log()));
+                bail!(
+                    "virtiofsd did not create {}: {}",
+                    sock.display(),
+                    tail(&layout.virtiofs_log())
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -389,8 +445,12 @@ impl Hypervisor for Qemu {
     }
 
     async fn kill_stale(&self, layout: &VmLayout) -> Result<bool> {
-        let Ok(text) = std::fs::read_to_string(layout.pid_file()) else { return Ok(false) };
-        let Ok(pid) = text.trim().parse::<i32>() else { return Ok(false) };
+        let Ok(text) = std::fs::read_to_string(layout.pid_file()) else {
+            return Ok(false);
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return Ok(false);
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let pidfile = layout.pid_file();
         let needle = pidfile.as_os_str().as_encoded_bytes();
@@ -409,12 +469,21 @@ impl Hypervisor for Qemu {
         Ok(true)
     }
 
-    async fn launch(&self, cfg: &VmConfig, layout: &VmLayout, console_max_bytes: u64) -> Result<Box<dyn Instance>> {
+    async fn launch(
+        &self,
+        cfg: &VmConfig,
+        layout: &VmLayout,
+        console_max_bytes: u64,
+    ) -> Result<Box<dyn Instance>> {
         cfg.validate()?;
         cfg.check_disk_files()?;
         let accel = self.accel().await?;
         write_initrd(&self.opts.assets.initramfs, cfg, &layout.initrd())?;
-        for s in [layout.control_socket(), layout.console_socket(), layout.pid_file()] {
+        for s in [
+            layout.control_socket(),
+            layout.console_socket(),
+            layout.pid_file(),
+        ] {
             let _ = std::fs::remove_file(s);
         }
         let mut virtiofsd = match cfg.rootfs_dir() {
@@ -451,14 +520,20 @@ impl Hypervisor for Qemu {
         };
         let pid = child.id().context("qemu has no pid")?;
         let setup = async {
-            let stream = console::connect_retry(&layout.control_socket(), Duration::from_secs(15)).await?;
+            let stream =
+                console::connect_retry(&layout.control_socket(), Duration::from_secs(15)).await?;
             let (r, w) = tokio::io::split(stream);
             let negotiation = qapi::futures::QmpStreamTokio::open_split(r, w)
                 .await
                 .context("QMP greeting")?;
             let stream = negotiation.negotiate().await.context("QMP capabilities")?;
             let (service, events) = stream.into_parts();
-            let pump = console::start_pump(&layout.console_socket(), &layout.console_log(), console_max_bytes).await?;
+            let pump = console::start_pump(
+                &layout.console_socket(),
+                &layout.console_log(),
+                console_max_bytes,
+            )
+            .await?;
             Ok::<_, anyhow::Error>((service, events, pump))
         };
         let setup = tokio::select! {
@@ -472,7 +547,10 @@ impl Hypervisor for Qemu {
                 if let Some(v) = virtiofsd.as_mut() {
                     let _ = v.kill().await;
                 }
-                return Err(e.context(format!("QEMU start-up failed: {}", tail(&layout.process_log()))));
+                return Err(e.context(format!(
+                    "QEMU start-up failed: {}",
+                    tail(&layout.process_log())
+                )));
             }
         };
         let shutdown_reason = Arc::new(Mutex::new(None::<String>));
@@ -501,7 +579,11 @@ impl Hypervisor for Qemu {
             })
         };
         let (exit_tx, exit_rx) = watch::channel(None::<ExitInfo>);
-        let helper_pids: Vec<u32> = virtiofsd.as_ref().and_then(|v| v.id()).into_iter().collect();
+        let helper_pids: Vec<u32> = virtiofsd
+            .as_ref()
+            .and_then(|v| v.id())
+            .into_iter()
+            .collect();
         let reaper = {
             let reason = shutdown_reason.clone();
             let log_path = layout.process_log();
@@ -526,7 +608,10 @@ impl Hypervisor for Qemu {
                     },
                     (None, Err(e)) => ExitKind::GuestFailure(format!("wait failed: {e}")),
                 };
-                let _ = exit_tx.send(Some(ExitInfo { kind, detail: tail(&log_path) }));
+                let _ = exit_tx.send(Some(ExitInfo {
+                    kind,
+                    detail: tail(&log_path),
+                }));
             })
         };
         let inst = QemuInstance {
@@ -537,7 +622,11 @@ impl Hypervisor for Qemu {
             exit: exit_rx,
             _reaper: reaper,
         };
-        inst.qmp.execute(qmp::cont {}).await.map_err(qmp_err).context("QMP cont")?;
+        inst.qmp
+            .execute(qmp::cont {})
+            .await
+            .map_err(qmp_err)
+            .context("QMP cont")?;
         Ok(Box::new(inst))
     }
 }
@@ -574,24 +663,40 @@ impl Instance for QemuInstance {
     }
 
     async fn pause(&self) -> Result<()> {
-        self.qmp.execute(qmp::stop {}).await.map_err(qmp_err).context("QMP stop")?;
+        self.qmp
+            .execute(qmp::stop {})
+            .await
+            .map_err(qmp_err)
+            .context("QMP stop")?;
         Ok(())
     }
 
     async fn resume(&self) -> Result<()> {
-        self.qmp.execute(qmp::cont {}).await.map_err(qmp_err).context("QMP cont")?;
+        self.qmp
+            .execute(qmp::cont {})
+            .await
+            .map_err(qmp_err)
+            .context("QMP cont")?;
         Ok(())
     }
 
     async fn run_state(&self) -> Result<RunState> {
-        let info = self.qmp.execute(qmp::query_status {}).await.map_err(qmp_err).context("QMP query-status")?;
+        let info = self
+            .qmp
+            .execute(qmp::query_status {})
+            .await
+            .map_err(qmp_err)
+            .context("QMP query-status")?;
         Ok(match info.status {
             qmp::RunState::running => RunState::Running,
             qmp::RunState::paused => RunState::Paused,
             qmp::RunState::prelaunch => RunState::Prelaunch,
             qmp::RunState::shutdown => RunState::Shutdown,
             other => RunState::Other(
-                serde_json::to_value(other).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
             ),
         })
     }
@@ -599,7 +704,11 @@ impl Instance for QemuInstance {
     async fn resize_disk(&self, disk_id: &str, new_bytes: u64) -> Result<()> {
         let size = i64::try_from(new_bytes).context("disk size overflows i64")?;
         self.qmp
-            .execute(qmp::block_resize { device: None, node_name: Some(disk_id.to_string()), size })
+            .execute(qmp::block_resize {
+                device: None,
+                node_name: Some(disk_id.to_string()),
+                size,
+            })
             .await
             .map_err(qmp_err)
             .with_context(|| format!("QMP block_resize of disk {disk_id} to {new_bytes} bytes"))?;
@@ -613,24 +722,39 @@ impl Instance for QemuInstance {
         let mut exit = self.exit.clone();
         if !grace.is_zero() {
             let _ = self.qmp.execute(qmp::system_powerdown {}).await;
-            if tokio::time::timeout(grace, exit.wait_for(|e| e.is_some())).await.is_ok() {
+            if tokio::time::timeout(grace, exit.wait_for(|e| e.is_some()))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }
         let _ = self.qmp.execute(qmp::quit {}).await;
-        if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some())).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some()))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tracing::warn!(pid = self.pid, "qemu ignored quit: killing it");
         // SAFETY: signal to our own child process.
         unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        exit.wait_for(|e| e.is_some()).await.map_err(|_| anyhow!("qemu reaper vanished"))?;
+        exit.wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| anyhow!("qemu reaper vanished"))?;
         Ok(())
     }
 
     async fn wait(&self) -> ExitInfo {
         let mut exit = self.exit.clone();
-        let got = exit.wait_for(|e| e.is_some()).await.ok().and_then(|e| e.clone());
-        got.unwrap_or_else(|| ExitInfo { kind: ExitKind::Failed(-1), detail: "reaper vanished".into() })
+        let got = exit
+            .wait_for(|e| e.is_some())
+            .await
+            .ok()
+            .and_then(|e| e.clone());
+        got.unwrap_or_else(|| ExitInfo {
+            kind: ExitKind::Failed(-1),
+            detail: "reaper vanished".into(),
+        })
     }
 }

@@ -72,16 +72,38 @@ impl Default for VmOptions {
 /// What happened to a VM; every failure is reported, none is hidden.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmEvent {
-    Started { vm: String, pid: u32, accel: Accel, restarts: u32 },
+    Started {
+        vm: String,
+        pid: u32,
+        accel: Accel,
+        restarts: u32,
+    },
     /// The guest or its hypervisor failed; it is started again after `restart_in`.
-    Crashed { vm: String, reason: String, restarts: u32, restart_in: Duration },
+    Crashed {
+        vm: String,
+        reason: String,
+        restarts: u32,
+        restart_in: Duration,
+    },
     /// A restart attempt itself failed; retried after `retry_in`.
-    RestartFailed { vm: String, error: String, retry_in: Duration },
+    RestartFailed {
+        vm: String,
+        error: String,
+        retry_in: Duration,
+    },
     /// The guest powered itself off and the policy leaves it off.
-    PoweredOff { vm: String },
-    Stopped { vm: String },
-    Paused { vm: String },
-    Resumed { vm: String },
+    PoweredOff {
+        vm: String,
+    },
+    Stopped {
+        vm: String,
+    },
+    Paused {
+        vm: String,
+    },
+    Resumed {
+        vm: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +113,10 @@ pub enum VmState {
     Running,
     Paused,
     /// Failed; waiting to start again.
-    Restarting { restarts: u32, last_error: String },
+    Restarting {
+        restarts: u32,
+        last_error: String,
+    },
     PoweredOff,
     Stopped,
 }
@@ -125,10 +150,17 @@ pub struct Vm {
 
 impl Vm {
     /// Validates `cfg` and prepares `dir` (created if needed). Does not start anything.
-    pub async fn create(hv: Arc<dyn Hypervisor>, dir: impl Into<PathBuf>, cfg: VmConfig, opts: VmOptions) -> Result<Self> {
+    pub async fn create(
+        hv: Arc<dyn Hypervisor>,
+        dir: impl Into<PathBuf>,
+        cfg: VmConfig,
+        opts: VmOptions,
+    ) -> Result<Self> {
         cfg.validate().context("invalid VM configuration")?;
         let dir = dir.into();
-        tokio::fs::create_dir_all(&dir).await.with_context(|| format!("creating {}", dir.display()))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
         let (events, _) = broadcast::channel(256);
         let (stop_tx, _) = watch::channel(false);
         Ok(Self {
@@ -173,7 +205,13 @@ impl Vm {
     }
     /// Pid of the current hypervisor process.
     pub async fn pid(&self) -> Option<u32> {
-        self.inner.shared.lock().await.instance.as_ref().map(|i| i.pid())
+        self.inner
+            .shared
+            .lock()
+            .await
+            .instance
+            .as_ref()
+            .map(|i| i.pid())
     }
     /// What the cgroup set-up did at the last start.
     pub async fn cgroup_status(&self) -> Option<CgroupStatus> {
@@ -210,7 +248,9 @@ impl Vm {
             (sh.instance.clone(), sh.supervisor.take())
         };
         if let Some(i) = inst {
-            i.shutdown(self.inner.opts.stop_grace).await.context("stopping the guest")?;
+            i.shutdown(self.inner.opts.stop_grace)
+                .await
+                .context("stopping the guest")?;
         }
         if let Some(s) = sup {
             let _ = s.await;
@@ -233,14 +273,18 @@ impl Vm {
     pub async fn pause(&self) -> Result<()> {
         self.current().await?.pause().await?;
         self.inner.shared.lock().await.state = VmState::Paused;
-        let _ = self.inner.events.send(VmEvent::Paused { vm: self.inner.cfg.name.clone() });
+        let _ = self.inner.events.send(VmEvent::Paused {
+            vm: self.inner.cfg.name.clone(),
+        });
         Ok(())
     }
 
     pub async fn resume(&self) -> Result<()> {
         self.current().await?.resume().await?;
         self.inner.shared.lock().await.state = VmState::Running;
-        let _ = self.inner.events.send(VmEvent::Resumed { vm: self.inner.cfg.name.clone() });
+        let _ = self.inner.events.send(VmEvent::Resumed {
+            vm: self.inner.cfg.name.clone(),
+        });
         Ok(())
     }
 
@@ -253,8 +297,14 @@ impl Vm {
     /// running only the file grows; the guest sees the size at its next start. A running guest
     /// is told the size even when the file already has it (grown by someone else).
     pub async fn resize_disk(&self, id: &str, new_bytes: u64) -> Result<()> {
-        let disk = self.inner.cfg.disk(id).with_context(|| format!("no disk {id} attached"))?;
-        let cur = std::fs::metadata(&disk.path).with_context(|| format!("stat {}", disk.path.display()))?.len();
+        let disk = self
+            .inner
+            .cfg
+            .disk(id)
+            .with_context(|| format!("no disk {id} attached"))?;
+        let cur = std::fs::metadata(&disk.path)
+            .with_context(|| format!("stat {}", disk.path.display()))?
+            .len();
         if new_bytes < cur {
             bail!("disk {id} is {cur} bytes: shrinking to {new_bytes} would destroy data");
         }
@@ -264,7 +314,8 @@ impl Vm {
             None if new_bytes == cur => Ok(()),
             None => {
                 let f = std::fs::OpenOptions::new().write(true).open(&disk.path)?;
-                f.set_len(new_bytes).with_context(|| format!("growing {}", disk.path.display()))?;
+                f.set_len(new_bytes)
+                    .with_context(|| format!("growing {}", disk.path.display()))?;
                 Ok(())
             }
         }
@@ -289,7 +340,11 @@ impl Vm {
         for d in &self.inner.cfg.disks {
             disk += metering::allocated_bytes(&d.path).unwrap_or(0);
         }
-        Ok(VmUsage { cpu_time_ms: sh.cpu_ms_done + sh.cpu_ms_current, memory_bytes: memory, disk_bytes: disk })
+        Ok(VmUsage {
+            cpu_time_ms: sh.cpu_ms_done + sh.cpu_ms_current,
+            memory_bytes: memory,
+            disk_bytes: disk,
+        })
     }
 
     /// Console text so far (rotated part included).
@@ -306,7 +361,10 @@ impl Vm {
                 return Ok(text);
             }
             if Instant::now() > deadline {
-                bail!("{needle:?} not on the console of {} within {timeout:?}; console:\n{text}", self.name());
+                bail!(
+                    "{needle:?} not on the console of {} within {timeout:?}; console:\n{text}",
+                    self.name()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -322,19 +380,31 @@ impl Vm {
         match tokio::fs::remove_dir_all(&self.inner.layout.dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", self.inner.layout.dir.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("removing {}", self.inner.layout.dir.display()))
+            }
         }
     }
 }
 
 async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
     inner.hv.kill_stale(&inner.layout).await?;
-    let inst: Arc<dyn Instance> =
-        Arc::from(inner.hv.launch(&inner.cfg, &inner.layout, inner.opts.console_max_bytes).await?);
+    let inst: Arc<dyn Instance> = Arc::from(
+        inner
+            .hv
+            .launch(&inner.cfg, &inner.layout, inner.opts.console_max_bytes)
+            .await?,
+    );
     if let Some(root) = &inner.opts.cgroup_root {
         let mut pids = vec![inst.pid()];
         pids.extend(inst.helper_pids());
-        let st = cgroup::apply(root, &inner.cfg.name, inner.cfg.vcpus, inner.cfg.memory_mib, &pids);
+        let st = cgroup::apply(
+            root,
+            &inner.cfg.name,
+            inner.cfg.vcpus,
+            inner.cfg.memory_mib,
+            &pids,
+        );
         if let CgroupStatus::Unavailable(reason) = &st {
             tracing::debug!(vm = %inner.cfg.name, %reason, "no cgroup limits");
         }
@@ -400,11 +470,19 @@ async fn supervise(inner: Arc<Inner>, mut inst: Arc<dyn Instance>) {
         let restarts = {
             let mut sh = inner.shared.lock().await;
             sh.restarts += 1;
-            sh.state = VmState::Restarting { restarts: sh.restarts, last_error: reason.clone() };
+            sh.state = VmState::Restarting {
+                restarts: sh.restarts,
+                last_error: reason.clone(),
+            };
             sh.restarts
         };
         tracing::warn!(vm = %name, %reason, restarts, ?backoff, "guest crashed: restarting");
-        let _ = inner.events.send(VmEvent::Crashed { vm: name.clone(), reason, restarts, restart_in: backoff });
+        let _ = inner.events.send(VmEvent::Crashed {
+            vm: name.clone(),
+            reason,
+            restarts,
+            restart_in: backoff,
+        });
         // Back off, then launch; failed launches back off further. A stop ends the wait.
         loop {
             tokio::select! {
@@ -437,8 +515,15 @@ async fn supervise(inner: Arc<Inner>, mut inst: Arc<dyn Instance>) {
                 Err(e) => {
                     let error = format!("{e:#}");
                     tracing::warn!(vm = %name, %error, "restart failed");
-                    sh.state = VmState::Restarting { restarts: sh.restarts, last_error: error.clone() };
-                    let _ = inner.events.send(VmEvent::RestartFailed { vm: name.clone(), error, retry_in: backoff });
+                    sh.state = VmState::Restarting {
+                        restarts: sh.restarts,
+                        last_error: error.clone(),
+                    };
+                    let _ = inner.events.send(VmEvent::RestartFailed {
+                        vm: name.clone(),
+                        error,
+                        retry_in: backoff,
+                    });
                 }
             }
         }

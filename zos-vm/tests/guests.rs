@@ -109,21 +109,38 @@ async fn guest_writes_marker_to_disk_and_powers_off() {
     let disk = tmp.path().join("data.raw");
     sparse_disk(&disk, 16 * MIB);
     let mut cfg = base_config("marker-vm");
-    cfg.disks = vec![DiskAttachment { id: "data".into(), path: disk.clone(), mount: None, read_only: false }];
+    cfg.disks = vec![DiskAttachment {
+        id: "data".into(),
+        path: disk.clone(),
+        mount: None,
+        read_only: false,
+    }];
     // The only disk is /dev/vda; the marker carries the hostname set through the config channel.
-    cfg.guest.entrypoint = r#"sh -c 'echo "ZOS-DISK-MARKER $(hostname)" > /dev/vda && sync'"#.into();
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    cfg.guest.entrypoint =
+        r#"sh -c 'echo "ZOS-DISK-MARKER $(hostname)" > /dev/vda && sync'"#.into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
+        .await
+        .unwrap();
     let mut ev = vm.events();
     vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| {
+        matches!(e, VmEvent::PoweredOff { .. })
+    })
+    .await;
     assert_eq!(vm.state().await, VmState::PoweredOff);
     let console = vm.console_text();
     assert!(console.contains("ZOS-GUEST-EXIT 0"), "console:\n{console}");
     let head = std::fs::read(&disk).unwrap();
     let text = String::from_utf8_lossy(&head[..64]);
-    assert!(text.starts_with("ZOS-DISK-MARKER marker-vm\n"), "disk starts with {text:?}");
+    assert!(
+        text.starts_with("ZOS-DISK-MARKER marker-vm\n"),
+        "disk starts with {text:?}"
+    );
     vm.delete().await.unwrap();
-    assert!(disk.exists(), "delete must leave the disk driver's file alone");
+    assert!(
+        disk.exists(),
+        "delete must leave the disk driver's file alone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,20 +150,32 @@ async fn pause_resume_resize_and_restart_after_kill() {
     let disk = tmp.path().join("data.raw");
     sparse_disk(&disk, 8 * MIB);
     let mut cfg = base_config("long-vm");
-    cfg.disks = vec![DiskAttachment { id: "data".into(), path: disk.clone(), mount: None, read_only: false }];
+    cfg.disks = vec![DiskAttachment {
+        id: "data".into(),
+        path: disk.clone(),
+        mount: None,
+        read_only: false,
+    }];
     cfg.guest.entrypoint =
         r#"sh -c 'echo data > /dev/vda; sync; i=0; while :; do i=$((i+1)); echo "tick $i sectors=$(cat /sys/block/vda/size)"; sleep 1; done'"#.into();
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
+        .await
+        .unwrap();
     let mut ev = vm.events();
     vm.start().await.unwrap();
-    vm.wait_console("sectors=16384", Duration::from_secs(120)).await.unwrap();
+    vm.wait_console("sectors=16384", Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(vm.run_state().await.unwrap(), RunState::Running);
     // Least privilege: started as root, QEMU runs as nobody with a seccomp filter.
     let pid = vm.pid().await.unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     if unsafe { libc::geteuid() } == 0 {
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65534"), "{uid_line}");
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+            "{uid_line}"
+        );
     }
     let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
     assert!(seccomp.ends_with('2'), "no seccomp filter: {seccomp}");
@@ -157,7 +186,11 @@ async fn pause_resume_resize_and_restart_after_kill() {
     assert_eq!(vm.state().await, VmState::Paused);
     let frozen = vm.console_text().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(vm.console_text().len(), frozen, "a paused guest kept writing to its console");
+    assert_eq!(
+        vm.console_text().len(),
+        frozen,
+        "a paused guest kept writing to its console"
+    );
     vm.resume().await.unwrap();
     assert_eq!(vm.run_state().await.unwrap(), RunState::Running);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -169,27 +202,47 @@ async fn pause_resume_resize_and_restart_after_kill() {
     // Grow the disk in place: the guest sees the new capacity.
     vm.resize_disk("data", 16 * MIB).await.unwrap();
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 * MIB);
-    vm.wait_console("sectors=32768", Duration::from_secs(30)).await.unwrap();
+    vm.wait_console("sectors=32768", Duration::from_secs(30))
+        .await
+        .unwrap();
     let err = vm.resize_disk("data", 4 * MIB).await.unwrap_err();
     assert!(format!("{err:#}").contains("shrinking"), "{err:#}");
 
     let usage = vm.usage().await.unwrap();
-    assert!(usage.cpu_time_ms > 0 && usage.memory_bytes > 16 * MIB, "{usage:?}");
+    assert!(
+        usage.cpu_time_ms > 0 && usage.memory_bytes > 16 * MIB,
+        "{usage:?}"
+    );
     assert!(usage.disk_bytes > 0, "{usage:?}");
 
     // kill -9 the hypervisor: the supervisor reports the crash and starts it again.
     let old_pid = vm.pid().await.unwrap();
     assert!(unsafe { libc::kill(old_pid as i32, libc::SIGKILL) } == 0);
-    let crash = next_event(&mut ev, Duration::from_secs(30), "Crashed", |e| matches!(e, VmEvent::Crashed { .. })).await;
+    let crash = next_event(&mut ev, Duration::from_secs(30), "Crashed", |e| {
+        matches!(e, VmEvent::Crashed { .. })
+    })
+    .await;
     match &crash {
-        VmEvent::Crashed { reason, restarts, .. } => {
+        VmEvent::Crashed {
+            reason, restarts, ..
+        } => {
             assert!(reason.contains("signal 9"), "{reason}");
             assert_eq!(*restarts, 1);
         }
         _ => unreachable!(),
     }
-    let started = next_event(&mut ev, Duration::from_secs(30), "Started", |e| matches!(e, VmEvent::Started { .. })).await;
-    let VmEvent::Started { pid: new_pid, restarts, .. } = started else { unreachable!() };
+    let started = next_event(&mut ev, Duration::from_secs(30), "Started", |e| {
+        matches!(e, VmEvent::Started { .. })
+    })
+    .await;
+    let VmEvent::Started {
+        pid: new_pid,
+        restarts,
+        ..
+    } = started
+    else {
+        unreachable!()
+    };
     assert_ne!(new_pid, old_pid);
     assert_eq!(restarts, 1);
     assert!(!is_alive(old_pid));
@@ -198,17 +251,26 @@ async fn pause_resume_resize_and_restart_after_kill() {
     let before = vm.console_text().matches("tick 1 ").count();
     let deadline = Instant::now() + Duration::from_secs(120);
     while vm.console_text().matches("tick 1 ").count() == before {
-        assert!(Instant::now() < deadline, "restarted guest did not run its entrypoint");
+        assert!(
+            Instant::now() < deadline,
+            "restarted guest did not run its entrypoint"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = vm.usage().await.unwrap();
-    assert!(after.cpu_time_ms >= usage.cpu_time_ms, "CPU time must survive restarts: {after:?} < {usage:?}");
+    assert!(
+        after.cpu_time_ms >= usage.cpu_time_ms,
+        "CPU time must survive restarts: {after:?} < {usage:?}"
+    );
 
     let dir = vm.dir().to_path_buf();
     vm.stop().await.unwrap();
     assert_eq!(vm.state().await, VmState::Stopped);
     assert!(!is_alive(new_pid));
-    next_event(&mut ev, Duration::from_secs(10), "Stopped", |e| matches!(e, VmEvent::Stopped { .. })).await;
+    next_event(&mut ev, Duration::from_secs(10), "Stopped", |e| {
+        matches!(e, VmEvent::Stopped { .. })
+    })
+    .await;
     vm.delete().await.unwrap();
     assert!(!dir.exists());
 }
@@ -226,7 +288,9 @@ fn busybox_rootfs(dir: &Path) {
 
 fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,18 +302,31 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
     let data = tmp.path().join("data.raw");
     sparse_disk(&data, 32 * MIB);
     let mut cfg = base_config("container-vm");
-    cfg.boot = BootMode::Container { rootfs_dir: rootfs.clone(), writable: WritableLayer::Tmpfs { size_mib: 64 } };
-    cfg.disks = vec![DiskAttachment { id: "vol1".into(), path: data.clone(), mount: Some("/data".into()), read_only: false }];
+    cfg.boot = BootMode::Container {
+        rootfs_dir: rootfs.clone(),
+        writable: WritableLayer::Tmpfs { size_mib: 64 },
+    };
+    cfg.disks = vec![DiskAttachment {
+        id: "vol1".into(),
+        path: data.clone(),
+        mount: Some("/data".into()),
+        read_only: false,
+    }];
     cfg.guest = GuestConfig {
         hostname: "web-1".into(),
         env: vec![("GREETING".into(), "hello from the spec".into()), ("MODE".into(), "a $b 'c'".into())],
         entrypoint: r#"/bin/sh -c 'echo "ENV GREETING=$GREETING MODE=$MODE"; echo "ARGS $0 $1"; echo "HOST $(hostname)"; cat /etc/image-release; echo written > /data/f && cat /data/f; echo x > /etc/new && echo "overlay writable"; cat /root/.ssh/authorized_keys' first "second word""#.into(),
         ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos".into()],
     };
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
+        .await
+        .unwrap();
     let mut ev = vm.events();
     vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| {
+        matches!(e, VmEvent::PoweredOff { .. })
+    })
+    .await;
     let console = vm.console_text();
     for needle in [
         "ENV GREETING=hello from the spec MODE=a $b 'c'",
@@ -261,7 +338,10 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos",
         "ZOS-GUEST-EXIT 0",
     ] {
-        assert!(console.contains(needle), "missing {needle:?} in console:\n{console}");
+        assert!(
+            console.contains(needle),
+            "missing {needle:?} in console:\n{console}"
+        );
     }
     // The image directory is the read-only lower layer: guest writes do not reach it.
     assert!(!rootfs.join("etc/new").exists());
@@ -289,21 +369,44 @@ async fn full_disk_image_boots_from_its_root_filesystem() {
         .arg("64M")
         .output()
         .unwrap();
-    assert!(out.status.success(), "mke2fs: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cfg = base_config("disk-vm");
-    cfg.disks = vec![DiskAttachment { id: "root".into(), path: image.clone(), mount: None, read_only: false }];
-    cfg.boot = BootMode::Disk { root_disk: "root".into() };
-    cfg.guest.entrypoint = r#"/bin/sh -c 'cat /etc/image-release; echo persisted > /etc/written-by-guest'"#.into();
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+    cfg.disks = vec![DiskAttachment {
+        id: "root".into(),
+        path: image.clone(),
+        mount: None,
+        read_only: false,
+    }];
+    cfg.boot = BootMode::Disk {
+        root_disk: "root".into(),
+    };
+    cfg.guest.entrypoint =
+        r#"/bin/sh -c 'cat /etc/image-release; echo persisted > /etc/written-by-guest'"#.into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
+        .await
+        .unwrap();
     let mut ev = vm.events();
     vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| matches!(e, VmEvent::PoweredOff { .. })).await;
+    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| {
+        matches!(e, VmEvent::PoweredOff { .. })
+    })
+    .await;
     let console = vm.console_text();
-    assert!(console.contains("full disk image 7") && console.contains("ZOS-GUEST-EXIT 0"), "console:\n{console}");
+    assert!(
+        console.contains("full disk image 7") && console.contains("ZOS-GUEST-EXIT 0"),
+        "console:\n{console}"
+    );
     vm.delete().await.unwrap();
     // The write landed in the image's ext4 filesystem.
     let bytes = std::fs::read(&image).unwrap();
-    assert!(bytes.windows(10).any(|w| w == b"persisted\n"), "guest write not found in the disk image");
+    assert!(
+        bytes.windows(10).any(|w| w == b"persisted\n"),
+        "guest write not found in the disk image"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,15 +437,24 @@ async fn measure_boot_and_overhead() {
         let mut cfg = base_config(&format!("measure-{i}"));
         cfg.guest.entrypoint = "sleep 3600".into();
         let t0 = Instant::now();
-        let vm = Vm::create(hv.clone(), tmp.path().join("vm"), cfg, opts()).await.unwrap();
+        let vm = Vm::create(hv.clone(), tmp.path().join("vm"), cfg, opts())
+            .await
+            .unwrap();
         vm.start().await.unwrap();
         let started = t0.elapsed();
-        vm.wait_console("ZOS-GUEST-INIT", Duration::from_secs(120)).await.unwrap();
+        vm.wait_console("ZOS-GUEST-INIT", Duration::from_secs(120))
+            .await
+            .unwrap();
         let to_init = t0.elapsed();
-        vm.wait_console("ZOS-GUEST-READY", Duration::from_secs(60)).await.unwrap();
+        vm.wait_console("ZOS-GUEST-READY", Duration::from_secs(60))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let u = vm.usage().await.unwrap();
-        eprintln!("run {i}: start() {started:?}, to /init {to_init:?}, rss {} MiB", u.memory_bytes / MIB);
+        eprintln!(
+            "run {i}: start() {started:?}, to /init {to_init:?}, rss {} MiB",
+            u.memory_bytes / MIB
+        );
         starts.push(started);
         boots.push(to_init);
         rss.push(u.memory_bytes);

@@ -5,16 +5,18 @@
 use super::*;
 use alloc::{boxed::Box, vec::Vec};
 use frame_benchmarking::v2::*;
-use frame_support::traits::{fungible::{Inspect, Mutate}, Hooks};
-use frame_system::RawOrigin;
-use zos_primitives::{
-    contracts::FailureText,
-    spec::{MAX_PUBLIC_IPV4},
-    GIB, TIB,
+use frame_support::traits::{
+    fungible::{Inspect, Mutate},
+    Hooks,
 };
+use frame_system::RawOrigin;
+use zos_primitives::{contracts::FailureText, spec::MAX_PUBLIC_IPV4, GIB, TIB};
 
 fn node<T: Config>() -> (NodeId, T::AccountId) {
-    T::BenchmarkHelper::online_node(Resources::new(1024, 1024 * GIB, 64 * TIB, 0), MAX_PUBLIC_IPV4)
+    T::BenchmarkHelper::online_node(
+        Resources::new(1024, 1024 * GIB, 64 * TIB, 0),
+        MAX_PUBLIC_IPV4,
+    )
 }
 
 /// An account able to pay the deposits of `contracts` worst-case contracts.
@@ -33,8 +35,11 @@ fn funded<T: Config>(name: &'static str, index: u32, contracts: u32) -> T::Accou
 /// `MaxSigners` signers of weight 1 with `owner` first; the last one `required` if asked.
 fn signer_set<T: Config>(owner: &T::AccountId, last_required: bool) -> SignersOf<T> {
     let n = T::MaxSigners::get().max(1);
-    let mut list: Vec<Signer<T::AccountId>> =
-        alloc::vec![Signer { account: owner.clone(), weight: 1, required: false }];
+    let mut list: Vec<Signer<T::AccountId>> = alloc::vec![Signer {
+        account: owner.clone(),
+        weight: 1,
+        required: false
+    }];
     for i in 1..n {
         list.push(Signer {
             account: funded::<T>("signer", i, 1),
@@ -86,7 +91,13 @@ mod benchmarks {
         let id = NextContractId::<T>::get();
 
         #[extrinsic_call]
-        _(RawOrigin::Signed(owner), node, Box::new(worst_case::spec(0)), signers, 1);
+        _(
+            RawOrigin::Signed(owner),
+            node,
+            Box::new(worst_case::spec(0)),
+            signers,
+            1,
+        );
 
         assert!(Contracts::<T>::get(id).and_then(|c| c.active).is_some());
     }
@@ -109,9 +120,14 @@ mod benchmarks {
         )
         .is_ok());
         // Everyone but the last approves beforehand; the last approval activates.
-        let last = signers.last().map(|s| s.account.clone()).unwrap_or_else(|| account("none", 0, 0));
+        let last = signers
+            .last()
+            .map(|s| s.account.clone())
+            .unwrap_or_else(|| account("none", 0, 0));
         for s in signers.iter().skip(1).take(signers.len().saturating_sub(2)) {
-            assert!(Pallet::<T>::approve(RawOrigin::Signed(s.account.clone()).into(), id, hash).is_ok());
+            assert!(
+                Pallet::<T>::approve(RawOrigin::Signed(s.account.clone()).into(), id, hash).is_ok()
+            );
         }
 
         #[extrinsic_call]
@@ -129,9 +145,18 @@ mod benchmarks {
         let hash = spec.hash();
         let id = NextContractId::<T>::get();
         let n = signers.len() as u32;
-        assert!(Pallet::<T>::create(RawOrigin::Signed(owner).into(), node, Box::new(spec), signers.clone(), n)
-            .is_ok());
-        let vetoer = signers.last().map(|s| s.account.clone()).unwrap_or_else(|| account("none", 0, 0));
+        assert!(Pallet::<T>::create(
+            RawOrigin::Signed(owner).into(),
+            node,
+            Box::new(spec),
+            signers.clone(),
+            n
+        )
+        .is_ok());
+        let vetoer = signers
+            .last()
+            .map(|s| s.account.clone())
+            .unwrap_or_else(|| account("none", 0, 0));
 
         #[extrinsic_call]
         _(RawOrigin::Signed(vetoer), id, hash);
@@ -149,7 +174,12 @@ mod benchmarks {
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), id, Box::new(worst_case::spec(1)));
 
-        assert_eq!(Contracts::<T>::get(id).and_then(|c| c.active).map(|a| a.version), Some(1));
+        assert_eq!(
+            Contracts::<T>::get(id)
+                .and_then(|c| c.active)
+                .map(|a| a.version),
+            Some(1)
+        );
     }
 
     #[benchmark]
@@ -175,11 +205,19 @@ mod benchmarks {
         let reports: Vec<WorkloadReport> = spec
             .workloads
             .iter()
-            .map(|w| WorkloadReport { name: w.name.clone(), result: WorkloadResult::Error(reason.clone()) })
+            .map(|w| WorkloadReport {
+                name: w.name.clone(),
+                result: WorkloadResult::Error(reason.clone()),
+            })
             .collect();
 
         #[extrinsic_call]
-        _(RawOrigin::Signed(node_account), id, 0, BoundedVec::truncate_from(reports));
+        _(
+            RawOrigin::Signed(node_account),
+            id,
+            0,
+            BoundedVec::truncate_from(reports),
+        );
 
         assert!(Reports::<T>::contains_key(id));
     }

@@ -45,11 +45,7 @@ use codec::Encode;
 use frame_support::{
     dispatch::DispatchResult,
     ensure,
-    traits::{
-        fungible::MutateHold,
-        tokens::Precision,
-        Get,
-    },
+    traits::{fungible::MutateHold, tokens::Precision, Get},
     BoundedVec,
 };
 use frame_system::pallet_prelude::BlockNumberFor;
@@ -134,7 +130,8 @@ pub mod pallet {
     }
 
     #[pallet::storage]
-    pub type Contracts<T: Config> = StorageMap<_, Twox64Concat, ContractId, Contract<T>, OptionQuery>;
+    pub type Contracts<T: Config> =
+        StorageMap<_, Twox64Concat, ContractId, Contract<T>, OptionQuery>;
 
     /// The approved spec each activated contract runs (kept apart: it is large).
     #[pallet::storage]
@@ -143,7 +140,8 @@ pub mod pallet {
 
     /// The pending proposal of a contract; one at most.
     #[pallet::storage]
-    pub type Proposals<T: Config> = StorageMap<_, Twox64Concat, ContractId, Proposal<T>, OptionQuery>;
+    pub type Proposals<T: Config> =
+        StorageMap<_, Twox64Concat, ContractId, Proposal<T>, OptionQuery>;
 
     /// Contracts whose proposal expires at the start of a block.
     #[pallet::storage]
@@ -160,8 +158,15 @@ pub mod pallet {
         StorageDoubleMap<_, Twox64Concat, NodeId, Twox64Concat, ContractId, (), OptionQuery>;
 
     #[pallet::storage]
-    pub type ContractsByOwner<T: Config> =
-        StorageDoubleMap<_, Blake2_128Concat, T::AccountId, Twox64Concat, ContractId, (), OptionQuery>;
+    pub type ContractsByOwner<T: Config> = StorageDoubleMap<
+        _,
+        Blake2_128Concat,
+        T::AccountId,
+        Twox64Concat,
+        ContractId,
+        (),
+        OptionQuery,
+    >;
 
     /// Capacity this pallet holds reserved on each node: the sum over its activated contracts.
     #[pallet::storage]
@@ -200,14 +205,35 @@ pub mod pallet {
             hash: SpecHash,
             approved_weight: u32,
         },
-        ProposalRejected { contract: ContractId, signer: T::AccountId, hash: SpecHash },
-        ProposalExpired { contract: ContractId, hash: SpecHash },
+        ProposalRejected {
+            contract: ContractId,
+            signer: T::AccountId,
+            hash: SpecHash,
+        },
+        ProposalExpired {
+            contract: ContractId,
+            hash: SpecHash,
+        },
         /// The first spec passed: capacity is reserved and the node should deploy it.
-        ContractActivated { contract: ContractId, node: NodeId, spec_hash: SpecHash, version: u32 },
+        ContractActivated {
+            contract: ContractId,
+            node: NodeId,
+            spec_hash: SpecHash,
+            version: u32,
+        },
         /// A new version passed and replaced the active one.
-        ContractUpdated { contract: ContractId, node: NodeId, spec_hash: SpecHash, version: u32 },
+        ContractUpdated {
+            contract: ContractId,
+            node: NodeId,
+            spec_hash: SpecHash,
+            version: u32,
+        },
         /// The contract ended and was removed; its capacity, IPs and deposit are released.
-        ContractCancelled { contract: ContractId, node: NodeId, cause: CancelCause },
+        ContractCancelled {
+            contract: ContractId,
+            node: NodeId,
+            cause: CancelCause,
+        },
         /// `failed` names the first workload that failed, if any.
         DeploymentReported {
             contract: ContractId,
@@ -215,8 +241,12 @@ pub mod pallet {
             version: u32,
             failed: Option<WorkloadName>,
         },
-        GracePeriodStarted { contract: ContractId },
-        GracePeriodEnded { contract: ContractId },
+        GracePeriodStarted {
+            contract: ContractId,
+        },
+        GracePeriodEnded {
+            contract: ContractId,
+        },
     }
 
     #[pallet::error]
@@ -317,11 +347,16 @@ pub mod pallet {
             let owner = ensure_signed(origin)?;
             spec.validate().map_err(Error::<T>::InvalidSpec)?;
             ensure!(spec.version == 0, Error::<T>::FirstVersionMustBeZero);
-            ensure!(T::Grid::node_account(node).is_some(), Error::<T>::UnknownNode);
+            ensure!(
+                T::Grid::node_account(node).is_some(),
+                Error::<T>::UnknownNode
+            );
             Self::check_signers(&owner, &signers, threshold)?;
 
             let contract_id = NextContractId::<T>::get();
-            let next = contract_id.checked_add(1).ok_or(Error::<T>::ContractIdsExhausted)?;
+            let next = contract_id
+                .checked_add(1)
+                .ok_or(Error::<T>::ContractIdsExhausted)?;
             let deposit = Self::deposit_for(&spec, true)?;
             T::Currency::hold(&HoldReason::ContractDeposit.into(), &owner, deposit)?;
 
@@ -342,10 +377,22 @@ pub mod pallet {
             ContractsByNode::<T>::insert(node, contract_id, ());
             ContractsByOwner::<T>::insert(&owner, contract_id, ());
             NextContractId::<T>::put(next);
-            Self::deposit_event(Event::ContractCreated { contract: contract_id, owner: owner.clone(), node, deposit });
+            Self::deposit_event(Event::ContractCreated {
+                contract: contract_id,
+                owner: owner.clone(),
+                node,
+                deposit,
+            });
 
             let hash = spec.hash();
-            Self::open_proposal(contract_id, contract, owner, ProposalAction::Deploy(*spec), hash, Zero::zero())
+            Self::open_proposal(
+                contract_id,
+                contract,
+                owner,
+                ProposalAction::Deploy(*spec),
+                hash,
+                Zero::zero(),
+            )
         }
 
         /// Approves the contract's pending proposal, which must have `proposal_hash`. Passes it
@@ -359,12 +406,25 @@ pub mod pallet {
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-            let mut proposal = Proposals::<T>::get(contract_id).ok_or(Error::<T>::NoPendingProposal)?;
-            ensure!(proposal.hash == proposal_hash, Error::<T>::ProposalHashMismatch);
-            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
-            ensure!(!proposal.approvals.contains(&who), Error::<T>::AlreadyApproved);
+            let mut proposal =
+                Proposals::<T>::get(contract_id).ok_or(Error::<T>::NoPendingProposal)?;
+            ensure!(
+                proposal.hash == proposal_hash,
+                Error::<T>::ProposalHashMismatch
+            );
+            ensure!(
+                contract.signers.iter().any(|s| s.account == who),
+                Error::<T>::NotASigner
+            );
+            ensure!(
+                !proposal.approvals.contains(&who),
+                Error::<T>::AlreadyApproved
+            );
             // Approvals are distinct signers, so they fit in `MaxSigners`.
-            proposal.approvals.try_push(who.clone()).map_err(|_| Error::<T>::AlreadyApproved)?;
+            proposal
+                .approvals
+                .try_push(who.clone())
+                .map_err(|_| Error::<T>::AlreadyApproved)?;
             let approved_weight = Self::approved_weight(&contract, &proposal);
             Self::deposit_event(Event::ProposalApproved {
                 contract: contract_id,
@@ -392,13 +452,23 @@ pub mod pallet {
             let who = ensure_signed(origin)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
             let proposal = Proposals::<T>::get(contract_id).ok_or(Error::<T>::NoPendingProposal)?;
-            ensure!(proposal.hash == proposal_hash, Error::<T>::ProposalHashMismatch);
             ensure!(
-                contract.signers.iter().any(|s| s.account == who && s.required),
+                proposal.hash == proposal_hash,
+                Error::<T>::ProposalHashMismatch
+            );
+            ensure!(
+                contract
+                    .signers
+                    .iter()
+                    .any(|s| s.account == who && s.required),
                 Error::<T>::NotARequiredSigner
             );
             Self::close_proposal(contract_id, contract, &proposal)?;
-            Self::deposit_event(Event::ProposalRejected { contract: contract_id, signer: who, hash: proposal_hash });
+            Self::deposit_event(Event::ProposalRejected {
+                contract: contract_id,
+                signer: who,
+                hash: proposal_hash,
+            });
             if Self::never_activated(contract_id)? {
                 Self::do_cancel(contract_id, CancelCause::Rejected)?;
             }
@@ -416,21 +486,47 @@ pub mod pallet {
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
+            ensure!(
+                contract.signers.iter().any(|s| s.account == who),
+                Error::<T>::NotASigner
+            );
             let active = contract.active.ok_or(Error::<T>::NotActivated)?;
-            ensure!(contract.state != ContractState::GracePeriod, Error::<T>::InGracePeriod);
-            ensure!(!Proposals::<T>::contains_key(contract_id), Error::<T>::ProposalPending);
+            ensure!(
+                contract.state != ContractState::GracePeriod,
+                Error::<T>::InGracePeriod
+            );
+            ensure!(
+                !Proposals::<T>::contains_key(contract_id),
+                Error::<T>::ProposalPending
+            );
             spec.validate().map_err(Error::<T>::InvalidSpec)?;
-            let next = active.version.checked_add(1).ok_or(Error::<T>::VersionOverflow)?;
+            let next = active
+                .version
+                .checked_add(1)
+                .ok_or(Error::<T>::VersionOverflow)?;
             ensure!(spec.version == next, Error::<T>::NotTheNextVersion);
 
             let deposit = Self::deposit_for(&spec, false)?;
-            T::Currency::hold(&HoldReason::ContractDeposit.into(), &contract.owner, deposit)?;
+            T::Currency::hold(
+                &HoldReason::ContractDeposit.into(),
+                &contract.owner,
+                deposit,
+            )?;
             let mut contract = contract;
-            contract.deposit = contract.deposit.checked_add(&deposit).ok_or(Error::<T>::DepositOverflow)?;
+            contract.deposit = contract
+                .deposit
+                .checked_add(&deposit)
+                .ok_or(Error::<T>::DepositOverflow)?;
             Contracts::<T>::insert(contract_id, &contract);
             let hash = spec.hash();
-            Self::open_proposal(contract_id, contract, who, ProposalAction::Deploy(*spec), hash, deposit)
+            Self::open_proposal(
+                contract_id,
+                contract,
+                who,
+                ProposalAction::Deploy(*spec),
+                hash,
+                deposit,
+            )
         }
 
         /// Proposes to end an activated contract (needs the threshold like any proposal). For a
@@ -444,10 +540,23 @@ pub mod pallet {
                 ensure!(contract.owner == who, Error::<T>::NotOwner);
                 return Self::do_cancel(contract_id, CancelCause::Withdrawn);
             };
-            ensure!(contract.signers.iter().any(|s| s.account == who), Error::<T>::NotASigner);
-            ensure!(!Proposals::<T>::contains_key(contract_id), Error::<T>::ProposalPending);
+            ensure!(
+                contract.signers.iter().any(|s| s.account == who),
+                Error::<T>::NotASigner
+            );
+            ensure!(
+                !Proposals::<T>::contains_key(contract_id),
+                Error::<T>::ProposalPending
+            );
             let hash = Self::cancel_hash(contract_id, active.version);
-            Self::open_proposal(contract_id, contract, who, ProposalAction::Cancel, hash, Zero::zero())
+            Self::open_proposal(
+                contract_id,
+                contract,
+                who,
+                ProposalAction::Cancel,
+                hash,
+                Zero::zero(),
+            )
         }
 
         /// The contract's node reports the outcome of deploying `version` (the active one): one
@@ -461,14 +570,25 @@ pub mod pallet {
             workloads: WorkloadReports,
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            let mut contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-            ensure!(T::Grid::node_account(contract.node) == Some(who), Error::<T>::NotContractNode);
+            let mut contract =
+                Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+            ensure!(
+                T::Grid::node_account(contract.node) == Some(who),
+                Error::<T>::NotContractNode
+            );
             let active = contract.active.ok_or(Error::<T>::NotActivated)?;
-            ensure!(active.version == version, Error::<T>::ReportForInactiveVersion);
+            ensure!(
+                active.version == version,
+                Error::<T>::ReportForInactiveVersion
+            );
             let spec = ActiveSpecs::<T>::get(contract_id).ok_or(Error::<T>::NotActivated)?;
             ensure!(
-                spec.workloads.len() == workloads.len() &&
-                    spec.workloads.iter().zip(workloads.iter()).all(|(w, r)| w.name == r.name),
+                spec.workloads.len() == workloads.len()
+                    && spec
+                        .workloads
+                        .iter()
+                        .zip(workloads.iter())
+                        .all(|(w, r)| w.name == r.name),
                 Error::<T>::ReportDoesNotMatchSpec
             );
             let failure = Self::first_failure(&workloads);
@@ -481,7 +601,14 @@ pub mod pallet {
                 Contracts::<T>::insert(contract_id, &contract);
             }
             let at = frame_system::Pallet::<T>::block_number();
-            Reports::<T>::insert(contract_id, DeploymentReport { version, workloads, at });
+            Reports::<T>::insert(
+                contract_id,
+                DeploymentReport {
+                    version,
+                    workloads,
+                    at,
+                },
+            );
             Self::deposit_event(Event::DeploymentReported {
                 contract: contract_id,
                 node: contract.node,
@@ -501,17 +628,28 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Deposit for keeping `spec` in storage; `with_base` for the contract's own spec.
-    pub fn deposit_for(spec: &DeploymentSpec, with_base: bool) -> Result<BalanceOf<T>, DispatchError> {
+    pub fn deposit_for(
+        spec: &DeploymentSpec,
+        with_base: bool,
+    ) -> Result<BalanceOf<T>, DispatchError> {
         let len: BalanceOf<T> = (spec.encoded_size() as u32).into();
-        let bytes = T::DepositPerByte::get().checked_mul(&len).ok_or(Error::<T>::DepositOverflow)?;
+        let bytes = T::DepositPerByte::get()
+            .checked_mul(&len)
+            .ok_or(Error::<T>::DepositOverflow)?;
         if with_base {
-            Ok(bytes.checked_add(&T::DepositBase::get()).ok_or(Error::<T>::DepositOverflow)?)
+            Ok(bytes
+                .checked_add(&T::DepositBase::get())
+                .ok_or(Error::<T>::DepositOverflow)?)
         } else {
             Ok(bytes)
         }
     }
 
-    fn check_signers(owner: &T::AccountId, signers: &SignersOf<T>, threshold: u32) -> DispatchResult {
+    fn check_signers(
+        owner: &T::AccountId,
+        signers: &SignersOf<T>,
+        threshold: u32,
+    ) -> DispatchResult {
         ensure!(!signers.is_empty(), Error::<T>::NoSigners);
         let mut total: u32 = 0;
         for (i, s) in signers.iter().enumerate() {
@@ -520,9 +658,14 @@ impl<T: Config> Pallet<T> {
                 !signers.iter().take(i).any(|o| o.account == s.account),
                 Error::<T>::DuplicateSigner
             );
-            total = total.checked_add(s.weight).ok_or(Error::<T>::WeightOverflow)?;
+            total = total
+                .checked_add(s.weight)
+                .ok_or(Error::<T>::WeightOverflow)?;
         }
-        ensure!(signers.iter().any(|s| &s.account == owner), Error::<T>::OwnerNotSigner);
+        ensure!(
+            signers.iter().any(|s| &s.account == owner),
+            Error::<T>::OwnerNotSigner
+        );
         ensure!(threshold > 0, Error::<T>::ZeroThreshold);
         ensure!(total >= threshold, Error::<T>::ThresholdUnreachable);
         Ok(())
@@ -539,8 +682,8 @@ impl<T: Config> Pallet<T> {
 
     /// Threshold reached and every required signer approved.
     pub fn passes(contract: &Contract<T>, proposal: &Proposal<T>) -> bool {
-        Self::approved_weight(contract, proposal) >= contract.threshold &&
-            contract
+        Self::approved_weight(contract, proposal) >= contract.threshold
+            && contract
                 .signers
                 .iter()
                 .filter(|s| s.required)
@@ -548,7 +691,10 @@ impl<T: Config> Pallet<T> {
     }
 
     fn never_activated(contract_id: ContractId) -> Result<bool, DispatchError> {
-        Ok(Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?.active.is_none())
+        Ok(Contracts::<T>::get(contract_id)
+            .ok_or(Error::<T>::ContractNotFound)?
+            .active
+            .is_none())
     }
 
     /// Stores a proposal approved by its proposer, and passes it at once if that is enough.
@@ -562,13 +708,30 @@ impl<T: Config> Pallet<T> {
     ) -> DispatchResult {
         let expires_at = Self::schedule_expiry(contract_id)?;
         let kind = match &action {
-            ProposalAction::Deploy(spec) => ProposalKind::Deploy { version: spec.version },
+            ProposalAction::Deploy(spec) => ProposalKind::Deploy {
+                version: spec.version,
+            },
             ProposalAction::Cancel => ProposalKind::Cancel,
         };
         let mut approvals = BoundedVec::new();
-        approvals.try_push(proposer.clone()).map_err(|_| Error::<T>::NotASigner)?;
-        let proposal = Proposal::<T> { action, hash, proposer: proposer.clone(), approvals, expires_at, deposit };
-        Self::deposit_event(Event::ProposalCreated { contract: contract_id, proposer, hash, kind, expires_at });
+        approvals
+            .try_push(proposer.clone())
+            .map_err(|_| Error::<T>::NotASigner)?;
+        let proposal = Proposal::<T> {
+            action,
+            hash,
+            proposer: proposer.clone(),
+            approvals,
+            expires_at,
+            deposit,
+        };
+        Self::deposit_event(Event::ProposalCreated {
+            contract: contract_id,
+            proposer,
+            hash,
+            kind,
+            expires_at,
+        });
         if Self::passes(&contract, &proposal) {
             Self::execute(contract_id, contract, proposal)
         } else {
@@ -580,12 +743,16 @@ impl<T: Config> Pallet<T> {
     /// First block at or after `now + ProposalTtl` with room in its expiry queue.
     fn schedule_expiry(contract_id: ContractId) -> Result<BlockNumberFor<T>, DispatchError> {
         let now = frame_system::Pallet::<T>::block_number();
-        let mut at = now.checked_add(&T::ProposalTtl::get()).ok_or(Error::<T>::ExpiryQueueFull)?;
+        let mut at = now
+            .checked_add(&T::ProposalTtl::get())
+            .ok_or(Error::<T>::ExpiryQueueFull)?;
         for _ in 0..EXPIRY_SEARCH_BLOCKS {
             if ProposalExpiries::<T>::try_mutate(at, |q| q.try_push(contract_id)).is_ok() {
                 return Ok(at);
             }
-            at = at.checked_add(&One::one()).ok_or(Error::<T>::ExpiryQueueFull)?;
+            at = at
+                .checked_add(&One::one())
+                .ok_or(Error::<T>::ExpiryQueueFull)?;
         }
         Err(Error::<T>::ExpiryQueueFull.into())
     }
@@ -623,13 +790,18 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Carries out a proposal that passed.
-    fn execute(contract_id: ContractId, contract: Contract<T>, proposal: Proposal<T>) -> DispatchResult {
+    fn execute(
+        contract_id: ContractId,
+        contract: Contract<T>,
+        proposal: Proposal<T>,
+    ) -> DispatchResult {
         Proposals::<T>::remove(contract_id);
         Self::unschedule_expiry(contract_id, proposal.expires_at);
         match proposal.action {
             ProposalAction::Cancel => Self::do_cancel(contract_id, CancelCause::Signers),
-            ProposalAction::Deploy(spec) =>
-                Self::apply_spec(contract_id, contract, spec, proposal.hash),
+            ProposalAction::Deploy(spec) => {
+                Self::apply_spec(contract_id, contract, spec, proposal.hash)
+            }
         }
     }
 
@@ -685,15 +857,29 @@ impl<T: Config> Pallet<T> {
         }
 
         let version = spec.version;
-        contract.active = Some(ActiveSpecInfo { hash, version, required: new });
+        contract.active = Some(ActiveSpecInfo {
+            hash,
+            version,
+            required: new,
+        });
         contract.state = ContractState::Active;
         Contracts::<T>::insert(contract_id, &contract);
         ActiveSpecs::<T>::insert(contract_id, spec);
         Reports::<T>::remove(contract_id);
         if first {
-            Self::deposit_event(Event::ContractActivated { contract: contract_id, node, spec_hash: hash, version });
+            Self::deposit_event(Event::ContractActivated {
+                contract: contract_id,
+                node,
+                spec_hash: hash,
+                version,
+            });
         } else {
-            Self::deposit_event(Event::ContractUpdated { contract: contract_id, node, spec_hash: hash, version });
+            Self::deposit_event(Event::ContractUpdated {
+                contract: contract_id,
+                node,
+                spec_hash: hash,
+                version,
+            });
         }
         Ok(())
     }
@@ -709,7 +895,10 @@ impl<T: Config> Pallet<T> {
     ) -> Result<AssignedIps, DispatchError> {
         let node = contract.node;
         let wanted: Vec<WorkloadName> = spec.public_ipv4_workloads().cloned().collect();
-        let keep_all = contract.public_ips.iter().all(|(name, _)| wanted.contains(name));
+        let keep_all = contract
+            .public_ips
+            .iter()
+            .all(|(name, _)| wanted.contains(name));
         let mut result: Vec<_> = if keep_all {
             contract.public_ips.to_vec()
         } else {
@@ -770,20 +959,29 @@ impl<T: Config> Pallet<T> {
         Reports::<T>::remove(contract_id);
         ContractsByNode::<T>::remove(node, contract_id);
         ContractsByOwner::<T>::remove(&contract.owner, contract_id);
-        Self::deposit_event(Event::ContractCancelled { contract: contract_id, node, cause });
+        Self::deposit_event(Event::ContractCancelled {
+            contract: contract_id,
+            node,
+            cause,
+        });
         Ok(())
     }
 
     /// Drops a proposal whose time ran out; a contract whose creation expired ends.
     fn expire(contract_id: ContractId, now: BlockNumberFor<T>) {
-        let Some(proposal) = Proposals::<T>::get(contract_id) else { return };
+        let Some(proposal) = Proposals::<T>::get(contract_id) else {
+            return;
+        };
         if proposal.expires_at != now {
             return;
         }
         let result = frame_support::storage::with_storage_layer(|| -> DispatchResult {
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
             Self::close_proposal(contract_id, contract, &proposal)?;
-            Self::deposit_event(Event::ProposalExpired { contract: contract_id, hash: proposal.hash });
+            Self::deposit_event(Event::ProposalExpired {
+                contract: contract_id,
+                hash: proposal.hash,
+            });
             if Self::never_activated(contract_id)? {
                 Self::do_cancel(contract_id, CancelCause::Expired)?;
             }
@@ -797,23 +995,29 @@ impl<T: Config> Pallet<T> {
     fn first_failure(workloads: &WorkloadReports) -> Option<FailureReason> {
         workloads.iter().find_map(|w| match &w.result {
             WorkloadResult::Ok => None,
-            WorkloadResult::Error(reason) =>
-                Some(FailureReason { workload: w.name.clone(), reason: reason.clone() }),
+            WorkloadResult::Error(reason) => Some(FailureReason {
+                workload: w.name.clone(),
+                reason: reason.clone(),
+            }),
         })
     }
 
     /// The state the node's last report gives the active version (`Active` if none).
     fn reported_state(contract_id: ContractId, version: u32) -> ContractState {
         match Reports::<T>::get(contract_id) {
-            Some(report) if report.version == version => match Self::first_failure(&report.workloads) {
-                Some(reason) => ContractState::Failed(reason),
-                None => ContractState::Deployed,
-            },
+            Some(report) if report.version == version => {
+                match Self::first_failure(&report.workloads) {
+                    Some(reason) => ContractState::Failed(reason),
+                    None => ContractState::Deployed,
+                }
+            }
             _ => ContractState::Active,
         }
     }
 
-    fn billing_info(contract: &Contract<T>) -> Option<BillingInfo<T::AccountId, BlockNumberFor<T>>> {
+    fn billing_info(
+        contract: &Contract<T>,
+    ) -> Option<BillingInfo<T::AccountId, BlockNumberFor<T>>> {
         let active = contract.active?;
         Some(BillingInfo {
             owner: contract.owner.clone(),
@@ -888,9 +1092,13 @@ impl<T: Config> ContractsForBilling<T::AccountId, BlockNumberFor<T>> for Pallet<
         };
         Contracts::<T>::insert(contract_id, contract);
         Self::deposit_event(if in_grace {
-            Event::GracePeriodStarted { contract: contract_id }
+            Event::GracePeriodStarted {
+                contract: contract_id,
+            }
         } else {
-            Event::GracePeriodEnded { contract: contract_id }
+            Event::GracePeriodEnded {
+                contract: contract_id,
+            }
         });
         Ok(())
     }
@@ -916,47 +1124,82 @@ impl<T: Config> Pallet<T> {
         for (id, c) in Contracts::<T>::iter() {
             contract_count = contract_count.saturating_add(1);
             ensure!(id < next_id, "contract id not below NextContractId");
-            ensure!(ContractsByNode::<T>::contains_key(c.node, id), "contract missing from node index");
-            ensure!(ContractsByOwner::<T>::contains_key(&c.owner, id), "contract missing from owner index");
-            Self::check_signers(&c.owner, &c.signers, c.threshold).map_err(|_| "stored signer set invalid")?;
+            ensure!(
+                ContractsByNode::<T>::contains_key(c.node, id),
+                "contract missing from node index"
+            );
+            ensure!(
+                ContractsByOwner::<T>::contains_key(&c.owner, id),
+                "contract missing from owner index"
+            );
+            Self::check_signers(&c.owner, &c.signers, c.threshold)
+                .map_err(|_| "stored signer set invalid")?;
             let held = deposits.entry(c.owner.clone()).or_insert_with(Zero::zero);
             *held = held.saturating_add(c.deposit);
 
             let proposal = Proposals::<T>::get(id);
             match (&c.active, ActiveSpecs::<T>::get(id)) {
                 (None, None) => {
-                    ensure!(c.state == ContractState::PendingApproval, "inactive contract not pending");
+                    ensure!(
+                        c.state == ContractState::PendingApproval,
+                        "inactive contract not pending"
+                    );
                     ensure!(c.public_ips.is_empty(), "inactive contract holds IPs");
-                    let Some(ProposalAction::Deploy(spec)) = proposal.as_ref().map(|p| &p.action) else {
+                    let Some(ProposalAction::Deploy(spec)) = proposal.as_ref().map(|p| &p.action)
+                    else {
                         return Err("pending contract without a creation proposal".into());
                     };
                     let deposit = Self::deposit_for(spec, true).map_err(|_| "deposit overflow")?;
-                    ensure!(c.deposit == deposit, "pending contract deposit differs from its spec");
-                },
+                    ensure!(
+                        c.deposit == deposit,
+                        "pending contract deposit differs from its spec"
+                    );
+                }
                 (Some(active), Some(spec)) => {
-                    ensure!(c.state != ContractState::PendingApproval, "activated contract pending");
+                    ensure!(
+                        c.state != ContractState::PendingApproval,
+                        "activated contract pending"
+                    );
                     ensure!(spec.hash() == active.hash, "active spec hash differs");
-                    ensure!(spec.version == active.version, "active spec version differs");
-                    ensure!(spec.required_resources() == active.required, "stored requirement stale");
+                    ensure!(
+                        spec.version == active.version,
+                        "active spec version differs"
+                    );
+                    ensure!(
+                        spec.required_resources() == active.required,
+                        "stored requirement stale"
+                    );
                     let names: Vec<&WorkloadName> = spec.public_ipv4_workloads().collect();
                     ensure!(
-                        c.public_ips.len() == names.len() &&
-                            c.public_ips.iter().zip(names).all(|((n, _), w)| n == w),
+                        c.public_ips.len() == names.len()
+                            && c.public_ips.iter().zip(names).all(|((n, _), w)| n == w),
                         "assigned IPs differ from the spec's public IPv4 workloads"
                     );
                     let total = reserved.entry(c.node).or_insert_with(Resources::zero);
                     *total = total
                         .checked_add(&active.required.resources)
                         .ok_or("reserved sum overflows")?;
-                    ensure!(c.activated_at.is_some(), "activated contract without activation block");
+                    ensure!(
+                        c.activated_at.is_some(),
+                        "activated contract without activation block"
+                    );
                     let deposit = Self::deposit_for(&spec, true).map_err(|_| "deposit overflow")?;
-                    let pending = proposal.as_ref().map(|p| p.deposit).unwrap_or_else(Zero::zero);
-                    ensure!(c.deposit == deposit.saturating_add(pending), "contract deposit differs from its specs");
-                },
+                    let pending = proposal
+                        .as_ref()
+                        .map(|p| p.deposit)
+                        .unwrap_or_else(Zero::zero);
+                    ensure!(
+                        c.deposit == deposit.saturating_add(pending),
+                        "contract deposit differs from its specs"
+                    );
+                }
                 _ => return Err("active info and active spec disagree".into()),
             }
             if let Some(report) = Reports::<T>::get(id) {
-                ensure!(c.active.map(|a| a.version) == Some(report.version), "report for another version");
+                ensure!(
+                    c.active.map(|a| a.version) == Some(report.version),
+                    "report for another version"
+                );
             }
         }
 
@@ -997,28 +1240,49 @@ impl<T: Config> Pallet<T> {
             ensure!(scheduled.contains(&id), "proposal never expires");
             ensure!(!p.approvals.is_empty(), "proposal without approvals");
             for (i, a) in p.approvals.iter().enumerate() {
-                ensure!(c.signers.iter().any(|s| &s.account == a), "approval by a non-signer");
-                ensure!(!p.approvals.iter().take(i).any(|o| o == a), "approval counted twice");
+                ensure!(
+                    c.signers.iter().any(|s| &s.account == a),
+                    "approval by a non-signer"
+                );
+                ensure!(
+                    !p.approvals.iter().take(i).any(|o| o == a),
+                    "approval counted twice"
+                );
             }
             ensure!(!Self::passes(&c, &p), "a passing proposal was not executed");
         }
         // One storage entry per contract: at most one pending proposal each.
-        ensure!(proposal_count <= contract_count, "more proposals than contracts");
-        ensure!(scheduled.len() == proposal_count, "expiry queue and proposals differ");
+        ensure!(
+            proposal_count <= contract_count,
+            "more proposals than contracts"
+        );
+        ensure!(
+            scheduled.len() == proposal_count,
+            "expiry queue and proposals differ"
+        );
 
         for (node, id, ()) in ContractsByNode::<T>::iter() {
             let c = Contracts::<T>::get(id).ok_or("node index points at a missing contract")?;
-            ensure!(c.node == node, "node index puts the contract on another node");
+            ensure!(
+                c.node == node,
+                "node index puts the contract on another node"
+            );
         }
         for (owner, id, ()) in ContractsByOwner::<T>::iter() {
             let c = Contracts::<T>::get(id).ok_or("owner index points at a missing contract")?;
             ensure!(c.owner == owner, "owner index names another owner");
         }
         for (id, _) in ActiveSpecs::<T>::iter() {
-            ensure!(Contracts::<T>::contains_key(id), "active spec of a missing contract");
+            ensure!(
+                Contracts::<T>::contains_key(id),
+                "active spec of a missing contract"
+            );
         }
         for (id, _) in Reports::<T>::iter() {
-            ensure!(Contracts::<T>::contains_key(id), "report of a missing contract");
+            ensure!(
+                Contracts::<T>::contains_key(id),
+                "report of a missing contract"
+            );
         }
         Ok(())
     }

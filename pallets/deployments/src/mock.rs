@@ -117,7 +117,9 @@ impl pallet_deployments::Config for Test {
 }
 
 pub fn new_test_ext() -> sp_io::TestExternalities {
-    let mut storage = frame_system::GenesisConfig::<Test>::default().build_storage().unwrap();
+    let mut storage = frame_system::GenesisConfig::<Test>::default()
+        .build_storage()
+        .unwrap();
     pallet_balances::GenesisConfig::<Test> {
         balances: (1..=20).map(|a| (a, ENDOWMENT)).collect(),
         ..Default::default()
@@ -146,7 +148,10 @@ pub fn check_invariants() {
         let active = crate::Contracts::<Test>::iter_values()
             .filter(|c| c.node == id && c.active.is_some())
             .count() as u32;
-        assert_eq!(node.active_contracts, active, "active contract count of node {id}");
+        assert_eq!(
+            node.active_contracts, active,
+            "active contract count of node {id}"
+        );
     }
 }
 

@@ -23,14 +23,21 @@ fn wname(s: &str) -> WorkloadName {
 
 /// One VM with `vcpus` cores and `ips` public IPv4 workloads (named `ip0`, `ip1`, ...).
 fn spec(version: u32, vcpus: u32, ips: u32) -> DeploymentSpec {
-    spec_with_ip_names(version, vcpus, &(0..ips).map(|i| format!("ip{i}")).collect::<Vec<_>>())
+    spec_with_ip_names(
+        version,
+        vcpus,
+        &(0..ips).map(|i| format!("ip{i}")).collect::<Vec<_>>(),
+    )
 }
 
 fn spec_with_ip_names(version: u32, vcpus: u32, ip_names: &[String]) -> DeploymentSpec {
     let mut workloads = vec![Workload {
         name: wname("vm"),
         kind: WorkloadKind::Vm(VmSpec {
-            image: ImageRef { root_hash: [1; 32], source: ImageSource::try_from("https://hub/img").unwrap() },
+            image: ImageRef {
+                root_hash: [1; 32],
+                source: ImageSource::try_from("https://hub/img").unwrap(),
+            },
             vcpus,
             memory_mib: 1024,
             rootfs_mib: 1024,
@@ -45,10 +52,17 @@ fn spec_with_ip_names(version: u32, vcpus: u32, ip_names: &[String]) -> Deployme
     for n in ip_names {
         workloads.push(Workload {
             name: wname(n),
-            kind: WorkloadKind::PublicIp(PublicIpSpec { v4: true, v6: false }),
+            kind: WorkloadKind::PublicIp(PublicIpSpec {
+                v4: true,
+                v6: false,
+            }),
         });
     }
-    DeploymentSpec { version, workloads: workloads.try_into().unwrap(), metadata: Default::default() }
+    DeploymentSpec {
+        version,
+        workloads: workloads.try_into().unwrap(),
+        metadata: Default::default(),
+    }
 }
 
 fn needs(vcpus: u64) -> Resources {
@@ -57,15 +71,31 @@ fn needs(vcpus: u64) -> Resources {
 
 fn signers(list: &[(u64, u32, bool)]) -> SignersOf<Test> {
     list.iter()
-        .map(|&(account, weight, required)| Signer { account, weight, required })
+        .map(|&(account, weight, required)| Signer {
+            account,
+            weight,
+            required,
+        })
         .collect::<Vec<_>>()
         .try_into()
         .unwrap()
 }
 
-fn create(owner: u64, node: NodeId, spec: DeploymentSpec, s: &[(u64, u32, bool)], threshold: u32) -> ContractId {
+fn create(
+    owner: u64,
+    node: NodeId,
+    spec: DeploymentSpec,
+    s: &[(u64, u32, bool)],
+    threshold: u32,
+) -> ContractId {
     let id = NextContractId::<Test>::get();
-    assert_ok!(Deployments::create(RuntimeOrigin::signed(owner), node, Box::new(spec), signers(s), threshold));
+    assert_ok!(Deployments::create(
+        RuntimeOrigin::signed(owner),
+        node,
+        Box::new(spec),
+        signers(s),
+        threshold
+    ));
     id
 }
 
@@ -108,8 +138,16 @@ fn one_of_one_contract_activates_at_creation() {
         assert_eq!(c.active.unwrap().hash, hash);
         assert_eq!(c.public_ips.len(), 1);
         assert_eq!(reserved(node), needs(2));
-        assert_eq!(held(A), DEPOSIT_BASE + s.encoded_size() as u64 * DEPOSIT_PER_BYTE);
-        assert!(events().contains(&Event::ContractActivated { contract: id, node, spec_hash: hash, version: 0 }));
+        assert_eq!(
+            held(A),
+            DEPOSIT_BASE + s.encoded_size() as u64 * DEPOSIT_PER_BYTE
+        );
+        assert!(events().contains(&Event::ContractActivated {
+            contract: id,
+            node,
+            spec_hash: hash,
+            version: 0
+        }));
         assert_eq!(Proposals::<Test>::get(id), None);
         assert_eq!(ProposalExpiries::<Test>::iter().count(), 0);
     })
@@ -121,17 +159,37 @@ fn two_of_three_activates_on_the_second_approval() {
         let (node, _) = big_node();
         let s = spec(0, 1, 0);
         let hash = s.hash();
-        let id = create(A, node, s, &[(A, 1, false), (B, 1, false), (C, 1, false)], 2);
+        let id = create(
+            A,
+            node,
+            s,
+            &[(A, 1, false), (B, 1, false), (C, 1, false)],
+            2,
+        );
         assert_eq!(state(id), ContractState::PendingApproval);
         assert_eq!(reserved(node), Resources::zero());
-        assert_noop!(Deployments::approve(RuntimeOrigin::signed(A), id, hash), Error::<Test>::AlreadyApproved);
-        assert_noop!(Deployments::approve(RuntimeOrigin::signed(D), id, hash), Error::<Test>::NotASigner);
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(A), id, hash),
+            Error::<Test>::AlreadyApproved
+        );
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(D), id, hash),
+            Error::<Test>::NotASigner
+        );
         assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, hash));
         assert_eq!(state(id), ContractState::Active);
         assert_eq!(reserved(node), needs(1));
-        assert!(events().contains(&Event::ProposalApproved { contract: id, signer: B, hash, approved_weight: 2 }));
+        assert!(events().contains(&Event::ProposalApproved {
+            contract: id,
+            signer: B,
+            hash,
+            approved_weight: 2
+        }));
         // Nothing left to approve.
-        assert_noop!(Deployments::approve(RuntimeOrigin::signed(C), id, hash), Error::<Test>::NoPendingProposal);
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(C), id, hash),
+            Error::<Test>::NoPendingProposal
+        );
     })
 }
 
@@ -142,7 +200,13 @@ fn weights_add_up_to_the_threshold() {
         let s = spec(0, 1, 0);
         let hash = s.hash();
         // A weighs 2, B and C 1 each; 3 needed: A+B passes, B+C does not.
-        let id = create(B, node, s.clone(), &[(A, 2, false), (B, 1, false), (C, 1, false)], 3);
+        let id = create(
+            B,
+            node,
+            s.clone(),
+            &[(A, 2, false), (B, 1, false), (C, 1, false)],
+            3,
+        );
         assert_ok!(Deployments::approve(RuntimeOrigin::signed(C), id, hash));
         assert_eq!(state(id), ContractState::PendingApproval);
         assert_ok!(Deployments::approve(RuntimeOrigin::signed(A), id, hash));
@@ -178,15 +242,39 @@ fn signer_sets_are_checked() {
     run_test(|| {
         let (node, _) = big_node();
         let try_create = |s: &[(u64, u32, bool)], t: u32| {
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(spec(0, 1, 0)), signers(s), t)
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(s),
+                t,
+            )
         };
         assert_noop!(try_create(&[], 1), Error::<Test>::NoSigners);
-        assert_noop!(try_create(&[(A, 1, false), (B, 1, false), (A, 1, true)], 2), Error::<Test>::DuplicateSigner);
-        assert_noop!(try_create(&[(A, 1, false), (B, 0, false)], 1), Error::<Test>::ZeroSignerWeight);
-        assert_noop!(try_create(&[(B, 1, false), (C, 1, false)], 1), Error::<Test>::OwnerNotSigner);
-        assert_noop!(try_create(&[(A, 1, false)], 0), Error::<Test>::ZeroThreshold);
-        assert_noop!(try_create(&[(A, 1, false), (B, 2, false)], 4), Error::<Test>::ThresholdUnreachable);
-        assert_noop!(try_create(&[(A, u32::MAX, false), (B, 1, false)], 1), Error::<Test>::WeightOverflow);
+        assert_noop!(
+            try_create(&[(A, 1, false), (B, 1, false), (A, 1, true)], 2),
+            Error::<Test>::DuplicateSigner
+        );
+        assert_noop!(
+            try_create(&[(A, 1, false), (B, 0, false)], 1),
+            Error::<Test>::ZeroSignerWeight
+        );
+        assert_noop!(
+            try_create(&[(B, 1, false), (C, 1, false)], 1),
+            Error::<Test>::OwnerNotSigner
+        );
+        assert_noop!(
+            try_create(&[(A, 1, false)], 0),
+            Error::<Test>::ZeroThreshold
+        );
+        assert_noop!(
+            try_create(&[(A, 1, false), (B, 2, false)], 4),
+            Error::<Test>::ThresholdUnreachable
+        );
+        assert_noop!(
+            try_create(&[(A, u32::MAX, false), (B, 1, false)], 1),
+            Error::<Test>::WeightOverflow
+        );
     })
 }
 
@@ -196,22 +284,46 @@ fn create_checks_spec_version_and_node() {
         let (node, _) = big_node();
         let one = &[(A, 1, false)];
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(spec(1, 1, 0)), signers(one), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(spec(1, 1, 0)),
+                signers(one),
+                1
+            ),
             Error::<Test>::FirstVersionMustBeZero
         );
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), 99, Box::new(spec(0, 1, 0)), signers(one), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                99,
+                Box::new(spec(0, 1, 0)),
+                signers(one),
+                1
+            ),
             Error::<Test>::UnknownNode
         );
         let mut bad = spec(0, 1, 0);
         bad.workloads[0].name = wname("VM");
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(bad), signers(one), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(bad),
+                signers(one),
+                1
+            ),
             Error::<Test>::InvalidSpec(SpecError::InvalidWorkloadName)
         );
         // No funds for the deposit.
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(99), node, Box::new(spec(0, 1, 0)), signers(&[(99, 1, false)]), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(99),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(&[(99, 1, false)]),
+                1
+            ),
             sp_runtime::TokenError::FundsUnavailable
         );
     })
@@ -227,19 +339,41 @@ fn approving_a_stale_or_wrong_hash_fails() {
             Deployments::approve(RuntimeOrigin::signed(B), id, spec(0, 2, 0).hash()),
             Error::<Test>::ProposalHashMismatch
         );
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, v0.hash()));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            v0.hash()
+        ));
 
         // An update is proposed; approving the old spec's hash does not approve it.
         let v1 = spec(1, 2, 0);
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(v1.clone())));
-        assert_noop!(Deployments::approve(RuntimeOrigin::signed(B), id, v0.hash()), Error::<Test>::ProposalHashMismatch);
-        // Nor can a cancel approval be mistaken for it.
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(v1.clone())
+        ));
         assert_noop!(
-            Deployments::approve(RuntimeOrigin::signed(B), id, Deployments::cancel_hash(id, 0)),
+            Deployments::approve(RuntimeOrigin::signed(B), id, v0.hash()),
             Error::<Test>::ProposalHashMismatch
         );
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, v1.hash()));
-        assert_eq!(Contracts::<Test>::get(id).unwrap().active.unwrap().version, 1);
+        // Nor can a cancel approval be mistaken for it.
+        assert_noop!(
+            Deployments::approve(
+                RuntimeOrigin::signed(B),
+                id,
+                Deployments::cancel_hash(id, 0)
+            ),
+            Error::<Test>::ProposalHashMismatch
+        );
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            v1.hash()
+        ));
+        assert_eq!(
+            Contracts::<Test>::get(id).unwrap().active.unwrap().version,
+            1
+        );
     })
 }
 
@@ -256,9 +390,19 @@ fn creation_proposal_expires_and_the_contract_ends() {
         assert!(!Contracts::<Test>::contains_key(id));
         assert_eq!(held(A), 0);
         let evs = events();
-        assert!(evs.contains(&Event::ProposalExpired { contract: id, hash: s.hash() }));
-        assert!(evs.contains(&Event::ContractCancelled { contract: id, node, cause: CancelCause::Expired }));
-        assert_noop!(Deployments::approve(RuntimeOrigin::signed(B), id, s.hash()), Error::<Test>::ContractNotFound);
+        assert!(evs.contains(&Event::ProposalExpired {
+            contract: id,
+            hash: s.hash()
+        }));
+        assert!(evs.contains(&Event::ContractCancelled {
+            contract: id,
+            node,
+            cause: CancelCause::Expired
+        }));
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(B), id, s.hash()),
+            Error::<Test>::ContractNotFound
+        );
     })
 }
 
@@ -267,11 +411,22 @@ fn update_proposal_expires_and_the_active_version_stays() {
     run_test(|| {
         let (node, _) = big_node();
         let id = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, spec(0, 1, 0).hash()));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(0, 1, 0).hash()
+        ));
         let before = held(A);
         let v1 = spec(1, 3, 0);
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(B), id, Box::new(v1.clone())));
-        assert_eq!(held(A), before + v1.encoded_size() as u64 * DEPOSIT_PER_BYTE);
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(B),
+            id,
+            Box::new(v1.clone())
+        ));
+        assert_eq!(
+            held(A),
+            before + v1.encoded_size() as u64 * DEPOSIT_PER_BYTE
+        );
         assert_noop!(
             Deployments::propose_cancel(RuntimeOrigin::signed(A), id),
             Error::<Test>::ProposalPending
@@ -279,7 +434,10 @@ fn update_proposal_expires_and_the_active_version_stays() {
         run_to_block(System::block_number() + TTL);
         assert_eq!(Proposals::<Test>::get(id), None);
         assert_eq!(held(A), before);
-        assert_eq!(Contracts::<Test>::get(id).unwrap().active.unwrap().version, 0);
+        assert_eq!(
+            Contracts::<Test>::get(id).unwrap().active.unwrap().version,
+            0
+        );
         assert_eq!(reserved(node), needs(1));
     })
 }
@@ -290,13 +448,24 @@ fn a_full_expiry_slot_moves_the_expiry_later_up_to_a_limit() {
         let (node, _) = big_node();
         let two = &[(A, 1, false), (B, 1, false)];
         let per_window = (MAX_EXPIRIES * EXPIRY_SEARCH_BLOCKS) as usize;
-        let ids: Vec<_> = (0..per_window).map(|_| create(A, node, spec(0, 1, 0), two, 2)).collect();
+        let ids: Vec<_> = (0..per_window)
+            .map(|_| create(A, node, spec(0, 1, 0), two, 2))
+            .collect();
         let at = |id| Proposals::<Test>::get(id).unwrap().expires_at;
         assert_eq!(at(ids[0]), 1 + TTL);
         assert_eq!(at(ids[MAX_EXPIRIES as usize]), 2 + TTL);
-        assert_eq!(at(*ids.last().unwrap()), 1 + TTL + u64::from(EXPIRY_SEARCH_BLOCKS) - 1);
+        assert_eq!(
+            at(*ids.last().unwrap()),
+            1 + TTL + u64::from(EXPIRY_SEARCH_BLOCKS) - 1
+        );
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(spec(0, 1, 0)), signers(two), 2),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(two),
+                2
+            ),
             Error::<Test>::ExpiryQueueFull
         );
         // Every one of them expires in its block.
@@ -320,12 +489,22 @@ fn activation_fails_when_capacity_is_exhausted() {
         );
         // A 1-of-1 creation that does not fit fails entirely.
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(C), node, Box::new(spec(0, 2, 0)), signers(&[(C, 1, false)]), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(C),
+                node,
+                Box::new(spec(0, 2, 0)),
+                signers(&[(C, 1, false)]),
+                1
+            ),
             GridError::<Test>::InsufficientCapacity
         );
         // After the first contract ends, it fits.
         assert_ok!(Deployments::propose_cancel(RuntimeOrigin::signed(A), id));
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(C), id2, s.hash()));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(C),
+            id2,
+            s.hash()
+        ));
         assert_eq!(reserved(node), needs(2));
     })
 }
@@ -336,7 +515,13 @@ fn activation_fails_when_public_ips_run_out() {
         let (node, _) = online_node(Resources::new(16, 64 * GIB, 1024 * GIB, 0), 2);
         create(A, node, spec(0, 1, 1), &[(A, 1, false)], 1);
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(B), node, Box::new(spec(0, 1, 2)), signers(&[(B, 1, false)]), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(B),
+                node,
+                Box::new(spec(0, 1, 2)),
+                signers(&[(B, 1, false)]),
+                1
+            ),
             GridError::<Test>::NotEnoughFreeIps
         );
         // Nothing was reserved by the failed attempt.
@@ -349,16 +534,34 @@ fn activation_fails_when_public_ips_run_out() {
 fn activation_needs_a_node_that_accepts_workloads() {
     run_test(|| {
         let (node, account) = big_node();
-        assert_ok!(Grid::set_power_state(RuntimeOrigin::signed(account), pallet_grid::Power::Down));
+        assert_ok!(Grid::set_power_state(
+            RuntimeOrigin::signed(account),
+            pallet_grid::Power::Down
+        ));
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(spec(0, 1, 0)), signers(&[(A, 1, false)]), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(&[(A, 1, false)]),
+                1
+            ),
             GridError::<Test>::NodePoweredDown
         );
-        assert_ok!(Grid::set_power_state(RuntimeOrigin::signed(account), pallet_grid::Power::Up));
+        assert_ok!(Grid::set_power_state(
+            RuntimeOrigin::signed(account),
+            pallet_grid::Power::Up
+        ));
         // Offline: the clock moves past the heartbeat timeout.
         pallet_timestamp::Now::<Test>::put(START_MS + 11 * 60 * 1000);
         assert_noop!(
-            Deployments::create(RuntimeOrigin::signed(A), node, Box::new(spec(0, 1, 0)), signers(&[(A, 1, false)]), 1),
+            Deployments::create(
+                RuntimeOrigin::signed(A),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(&[(A, 1, false)]),
+                1
+            ),
             GridError::<Test>::NodeOffline
         );
     })
@@ -373,7 +576,11 @@ fn an_update_reserves_only_the_difference_and_keeps_addresses() {
         assert_eq!(free_ips(node), 3);
 
         // Grow: 2 -> 5 cores and a second address; the first address stays.
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(spec(1, 5, 2))));
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(spec(1, 5, 2))
+        ));
         assert_eq!(reserved(node), needs(5));
         let ips = Contracts::<Test>::get(id).unwrap().public_ips;
         assert_eq!(ips.len(), 2);
@@ -387,7 +594,11 @@ fn an_update_reserves_only_the_difference_and_keeps_addresses() {
         }));
 
         // Shrink: 5 -> 1 core, drop an address.
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(spec(2, 1, 1))));
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(spec(2, 1, 1))
+        ));
         assert_eq!(reserved(node), needs(1));
         assert_eq!(free_ips(node), 3);
         let ips = Contracts::<Test>::get(id).unwrap().public_ips;
@@ -408,13 +619,24 @@ fn an_update_that_does_not_fit_leaves_the_active_version_running() {
     run_test(|| {
         let (node, _) = online_node(Resources::new(4, 64 * GIB, 1024 * GIB, 0), 0);
         let id = create(A, node, spec(0, 2, 0), &[(A, 1, false), (B, 1, false)], 2);
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, spec(0, 2, 0).hash()));
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(spec(1, 5, 0))));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(0, 2, 0).hash()
+        ));
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(spec(1, 5, 0))
+        ));
         assert_noop!(
             Deployments::approve(RuntimeOrigin::signed(B), id, spec(1, 5, 0).hash()),
             GridError::<Test>::InsufficientCapacity
         );
-        assert_eq!(Contracts::<Test>::get(id).unwrap().active.unwrap().version, 0);
+        assert_eq!(
+            Contracts::<Test>::get(id).unwrap().active.unwrap().version,
+            0
+        );
         assert_eq!(reserved(node), needs(2));
     })
 }
@@ -424,7 +646,11 @@ fn cancel_releases_everything() {
     run_test(|| {
         let (node, _) = big_node();
         let id = create(A, node, spec(0, 2, 2), &[(A, 1, false), (B, 1, false)], 2);
-        assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, spec(0, 2, 2).hash()));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(0, 2, 2).hash()
+        ));
         assert_ok!(Deployments::report_deployment(
             RuntimeOrigin::signed(pallet_grid::Nodes::<Test>::get(node).unwrap().account),
             id,
@@ -445,10 +671,19 @@ fn cancel_releases_everything() {
         assert_eq!(NodeReserved::<Test>::iter().count(), 0);
         assert_eq!(reserved(node), Resources::zero());
         assert_eq!(free_ips(node), 4);
-        assert_eq!(pallet_grid::Nodes::<Test>::get(node).unwrap().active_contracts, 0);
+        assert_eq!(
+            pallet_grid::Nodes::<Test>::get(node)
+                .unwrap()
+                .active_contracts,
+            0
+        );
         assert_eq!(held(A), 0);
         assert_eq!(Balances::free_balance(A), ENDOWMENT);
-        assert!(events().contains(&Event::ContractCancelled { contract: id, node, cause: CancelCause::Signers }));
+        assert!(events().contains(&Event::ContractCancelled {
+            contract: id,
+            node,
+            cause: CancelCause::Signers
+        }));
     })
 }
 
@@ -457,11 +692,18 @@ fn the_owner_alone_withdraws_a_contract_that_never_activated() {
     run_test(|| {
         let (node, _) = big_node();
         let id = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
-        assert_noop!(Deployments::propose_cancel(RuntimeOrigin::signed(B), id), Error::<Test>::NotOwner);
+        assert_noop!(
+            Deployments::propose_cancel(RuntimeOrigin::signed(B), id),
+            Error::<Test>::NotOwner
+        );
         assert_ok!(Deployments::propose_cancel(RuntimeOrigin::signed(A), id));
         assert!(!Contracts::<Test>::contains_key(id));
         assert_eq!(held(A), 0);
-        assert!(events().contains(&Event::ContractCancelled { contract: id, node, cause: CancelCause::Withdrawn }));
+        assert!(events().contains(&Event::ContractCancelled {
+            contract: id,
+            node,
+            cause: CancelCause::Withdrawn
+        }));
     })
 }
 
@@ -470,8 +712,17 @@ fn only_required_signers_reject() {
     run_test(|| {
         let (node, _) = big_node();
         let s = spec(0, 1, 0);
-        let id = create(A, node, s.clone(), &[(A, 1, false), (B, 1, true), (C, 1, false)], 3);
-        assert_noop!(Deployments::reject(RuntimeOrigin::signed(C), id, s.hash()), Error::<Test>::NotARequiredSigner);
+        let id = create(
+            A,
+            node,
+            s.clone(),
+            &[(A, 1, false), (B, 1, true), (C, 1, false)],
+            3,
+        );
+        assert_noop!(
+            Deployments::reject(RuntimeOrigin::signed(C), id, s.hash()),
+            Error::<Test>::NotARequiredSigner
+        );
         assert_noop!(
             Deployments::reject(RuntimeOrigin::signed(B), id, [0; 32]),
             Error::<Test>::ProposalHashMismatch
@@ -479,14 +730,26 @@ fn only_required_signers_reject() {
         assert_ok!(Deployments::reject(RuntimeOrigin::signed(B), id, s.hash()));
         assert!(!Contracts::<Test>::contains_key(id));
         assert_eq!(held(A), 0);
-        assert!(events().contains(&Event::ContractCancelled { contract: id, node, cause: CancelCause::Rejected }));
+        assert!(events().contains(&Event::ContractCancelled {
+            contract: id,
+            node,
+            cause: CancelCause::Rejected
+        }));
 
         // Rejecting an update only drops the proposal.
         let id = create(A, node, s.clone(), &[(A, 1, false), (B, 1, true)], 1);
         assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, s.hash()));
         let base = held(A);
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(spec(1, 2, 0))));
-        assert_ok!(Deployments::reject(RuntimeOrigin::signed(B), id, spec(1, 2, 0).hash()));
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(spec(1, 2, 0))
+        ));
+        assert_ok!(Deployments::reject(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(1, 2, 0).hash()
+        ));
         assert_eq!(held(A), base);
         assert_eq!(state(id), ContractState::Active);
     })
@@ -495,7 +758,10 @@ fn only_required_signers_reject() {
 fn ok_report(s: &DeploymentSpec) -> WorkloadReports {
     s.workloads
         .iter()
-        .map(|w| WorkloadReport { name: w.name.clone(), result: WorkloadResult::Ok })
+        .map(|w| WorkloadReport {
+            name: w.name.clone(),
+            result: WorkloadResult::Ok,
+        })
         .collect::<Vec<_>>()
         .try_into()
         .unwrap()
@@ -525,22 +791,45 @@ fn only_the_node_reports_and_only_for_the_active_version() {
             Deployments::report_deployment(RuntimeOrigin::signed(account), id, 0, short),
             Error::<Test>::ReportDoesNotMatchSpec
         );
-        assert_ok!(Deployments::report_deployment(RuntimeOrigin::signed(account), id, 0, report.clone()));
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report.clone()
+        ));
         assert_eq!(state(id), ContractState::Deployed);
 
         let mut failed = report;
         failed[1].result = WorkloadResult::Error(b"no route".to_vec().try_into().unwrap());
-        assert_ok!(Deployments::report_deployment(RuntimeOrigin::signed(account), id, 0, failed));
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            failed
+        ));
         assert_eq!(
             state(id),
-            ContractState::Failed(FailureReason { workload: wname("ip0"), reason: b"no route".to_vec().try_into().unwrap() })
+            ContractState::Failed(FailureReason {
+                workload: wname("ip0"),
+                reason: b"no route".to_vec().try_into().unwrap()
+            })
         );
-        assert!(events().contains(&Event::DeploymentReported { contract: id, node, version: 0, failed: Some(wname("ip0")) }));
+        assert!(events().contains(&Event::DeploymentReported {
+            contract: id,
+            node,
+            version: 0,
+            failed: Some(wname("ip0"))
+        }));
 
         // A pending contract has nothing to report on.
         let pending = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
         assert_noop!(
-            Deployments::report_deployment(RuntimeOrigin::signed(account), pending, 0, ok_report(&spec(0, 1, 0))),
+            Deployments::report_deployment(
+                RuntimeOrigin::signed(account),
+                pending,
+                0,
+                ok_report(&spec(0, 1, 0))
+            ),
             Error::<Test>::NotActivated
         );
     })
@@ -556,12 +845,22 @@ fn billing_sets_the_grace_period_and_cancels_out_of_funds() {
         assert_eq!(info.owner, A);
         assert_eq!(info.required, s.required_resources());
         assert_eq!(info.activated_at, 1);
-        assert_ok!(Deployments::report_deployment(RuntimeOrigin::signed(account), id, 0, ok_report(&s)));
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            ok_report(&s)
+        ));
 
         assert_ok!(Deployments::set_grace_period(id, true));
         assert_eq!(state(id), ContractState::GracePeriod);
         // A report does not end the grace period; an update is refused.
-        assert_ok!(Deployments::report_deployment(RuntimeOrigin::signed(account), id, 0, ok_report(&s)));
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            ok_report(&s)
+        ));
         assert_eq!(state(id), ContractState::GracePeriod);
         assert_noop!(
             Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(spec(1, 2, 1))),
@@ -574,11 +873,18 @@ fn billing_sets_the_grace_period_and_cancels_out_of_funds() {
         assert_ok!(Deployments::cancel_out_of_funds(id));
         assert!(!Contracts::<Test>::contains_key(id));
         assert_eq!(reserved(node), Resources::zero());
-        assert!(events().contains(&Event::ContractCancelled { contract: id, node, cause: CancelCause::OutOfFunds }));
+        assert!(events().contains(&Event::ContractCancelled {
+            contract: id,
+            node,
+            cause: CancelCause::OutOfFunds
+        }));
 
         let pending = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
         assert_eq!(Deployments::contract_billing_info(pending), None);
-        assert_noop!(Deployments::set_grace_period(pending, true), Error::<Test>::NotActivated);
+        assert_noop!(
+            Deployments::set_grace_period(pending, true),
+            Error::<Test>::NotActivated
+        );
     })
 }
 
@@ -593,14 +899,20 @@ fn queries_give_the_node_its_desired_state() {
         create(B, other, spec(0, 1, 0), &[(B, 1, false)], 1);
 
         let desired = Deployments::contracts_of_node(node);
-        assert_eq!(desired.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(
+            desired.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![a, b]
+        );
         assert_eq!(desired[0].1.spec, spec(0, 1, 1));
         assert_eq!(desired[0].1.spec_hash, spec(0, 1, 1).hash());
         assert_eq!(desired[0].1.public_ips.len(), 1);
         assert_eq!(desired[0].1.public_ips[0].0, wname("ip0"));
 
         let mine = Deployments::contracts_of_owner(&A);
-        assert_eq!(mine.iter().map(|s| s.contract).collect::<Vec<_>>(), vec![a, pending]);
+        assert_eq!(
+            mine.iter().map(|s| s.contract).collect::<Vec<_>>(),
+            vec![a, pending]
+        );
         assert_eq!(mine[1].state, ContractState::PendingApproval);
         assert_eq!(mine[1].active, None);
         assert_eq!(mine[1].pending_proposal, Some(spec(0, 1, 0).hash()));
@@ -621,12 +933,25 @@ fn the_worst_case_spec_is_valid_and_accepted() {
             Deployments::deposit_for(&worst, true).unwrap()
         );
         assert!(size > 100 * 1024);
-        let (node, account) = online_node(Resources::new(64, 64 * GIB, 1024 * GIB, 0), MAX_PUBLIC_IPV4);
+        let (node, account) =
+            online_node(Resources::new(64, 64 * GIB, 1024 * GIB, 0), MAX_PUBLIC_IPV4);
         let id = create(A, node, worst.clone(), &[(A, 1, false)], 1);
         assert_eq!(state(id), ContractState::Active);
-        assert_ok!(Deployments::propose_update(RuntimeOrigin::signed(A), id, Box::new(worst_case::spec(1))));
-        assert_eq!(Contracts::<Test>::get(id).unwrap().public_ips.len() as u32, MAX_PUBLIC_IPV4);
-        assert_ok!(Deployments::report_deployment(RuntimeOrigin::signed(account), id, 1, ok_report(&worst_case::spec(1))));
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(worst_case::spec(1))
+        ));
+        assert_eq!(
+            Contracts::<Test>::get(id).unwrap().public_ips.len() as u32,
+            MAX_PUBLIC_IPV4
+        );
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            1,
+            ok_report(&worst_case::spec(1))
+        ));
     })
 }
 
@@ -636,33 +961,94 @@ mod random_sequences {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Create { owner: u64, node: usize, vcpus: u32, ips: u32, others: u8, threshold: u32, required: bool },
-        Approve { who: u64, contract: u64, stale: bool },
-        Reject { who: u64, contract: u64 },
-        Update { who: u64, contract: u64, vcpus: u32, ips: u32 },
-        Cancel { who: u64, contract: u64 },
-        Report { contract: u64, fail: bool },
-        Grace { contract: u64, on: bool },
-        OutOfFunds { contract: u64 },
-        Advance { blocks: u64 },
+        Create {
+            owner: u64,
+            node: usize,
+            vcpus: u32,
+            ips: u32,
+            others: u8,
+            threshold: u32,
+            required: bool,
+        },
+        Approve {
+            who: u64,
+            contract: u64,
+            stale: bool,
+        },
+        Reject {
+            who: u64,
+            contract: u64,
+        },
+        Update {
+            who: u64,
+            contract: u64,
+            vcpus: u32,
+            ips: u32,
+        },
+        Cancel {
+            who: u64,
+            contract: u64,
+        },
+        Report {
+            contract: u64,
+            fail: bool,
+        },
+        Grace {
+            contract: u64,
+            on: bool,
+        },
+        OutOfFunds {
+            contract: u64,
+        },
+        Advance {
+            blocks: u64,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         let who = 1u64..=4;
         let contract = 1u64..=8;
         prop_oneof![
-            (1u64..=4, 0usize..2, 1u32..=6, 0u32..=3, 0u8..=3, 1u32..=4, any::<bool>()).prop_map(
-                |(owner, node, vcpus, ips, others, threshold, required)| Op::Create {
-                    owner, node, vcpus, ips, others, threshold, required
+            (
+                1u64..=4,
+                0usize..2,
+                1u32..=6,
+                0u32..=3,
+                0u8..=3,
+                1u32..=4,
+                any::<bool>()
+            )
+                .prop_map(|(owner, node, vcpus, ips, others, threshold, required)| {
+                    Op::Create {
+                        owner,
+                        node,
+                        vcpus,
+                        ips,
+                        others,
+                        threshold,
+                        required,
+                    }
+                }),
+            (who.clone(), contract.clone(), any::<bool>()).prop_map(|(who, contract, stale)| {
+                Op::Approve {
+                    who,
+                    contract,
+                    stale,
+                }
+            }),
+            (who.clone(), contract.clone())
+                .prop_map(|(who, contract)| Op::Reject { who, contract }),
+            (who.clone(), contract.clone(), 1u32..=6, 0u32..=3).prop_map(
+                |(who, contract, vcpus, ips)| Op::Update {
+                    who,
+                    contract,
+                    vcpus,
+                    ips
                 }
             ),
-            (who.clone(), contract.clone(), any::<bool>())
-                .prop_map(|(who, contract, stale)| Op::Approve { who, contract, stale }),
-            (who.clone(), contract.clone()).prop_map(|(who, contract)| Op::Reject { who, contract }),
-            (who.clone(), contract.clone(), 1u32..=6, 0u32..=3)
-                .prop_map(|(who, contract, vcpus, ips)| Op::Update { who, contract, vcpus, ips }),
             (who, contract.clone()).prop_map(|(who, contract)| Op::Cancel { who, contract }),
-            (contract.clone(), any::<bool>()).prop_map(|(contract, fail)| Op::Report { contract, fail }),
+            (contract.clone(), any::<bool>())
+                .prop_map(|(contract, fail)| Op::Report { contract, fail }),
             (contract.clone(), any::<bool>()).prop_map(|(contract, on)| Op::Grace { contract, on }),
             contract.prop_map(|contract| Op::OutOfFunds { contract }),
             (1u64..=6).prop_map(|blocks| Op::Advance { blocks }),
@@ -672,7 +1058,15 @@ mod random_sequences {
     fn apply(op: &Op, nodes: &[(NodeId, u64)]) {
         // Errors are expected; each call is atomic, so state must stay consistent either way.
         let _ = match op.clone() {
-            Op::Create { owner, node, vcpus, ips, others, threshold, required } => {
+            Op::Create {
+                owner,
+                node,
+                vcpus,
+                ips,
+                others,
+                threshold,
+                required,
+            } => {
                 let mut list = vec![(owner, 1, false)];
                 for o in (1..=4u64).filter(|o| *o != owner).take(others as usize) {
                     list.push((o, 1, required && o % 2 == 0));
@@ -684,47 +1078,71 @@ mod random_sequences {
                     signers(&list),
                     threshold,
                 )
-            },
-            Op::Approve { who, contract, stale } => {
+            }
+            Op::Approve {
+                who,
+                contract,
+                stale,
+            } => {
                 let hash = match Proposals::<Test>::get(contract) {
                     Some(p) if !stale => p.hash,
                     _ => [7; 32],
                 };
                 Deployments::approve(RuntimeOrigin::signed(who), contract, hash)
-            },
+            }
             Op::Reject { who, contract } => {
-                let hash = Proposals::<Test>::get(contract).map(|p| p.hash).unwrap_or_default();
+                let hash = Proposals::<Test>::get(contract)
+                    .map(|p| p.hash)
+                    .unwrap_or_default();
                 Deployments::reject(RuntimeOrigin::signed(who), contract, hash)
-            },
-            Op::Update { who, contract, vcpus, ips } => {
+            }
+            Op::Update {
+                who,
+                contract,
+                vcpus,
+                ips,
+            } => {
                 let version = Contracts::<Test>::get(contract)
                     .and_then(|c| c.active)
                     .map(|a| a.version + 1)
                     .unwrap_or(1);
-                let names: Vec<String> = (0..ips).map(|i| format!("ip{}", (i + version) % 4)).collect();
+                let names: Vec<String> = (0..ips)
+                    .map(|i| format!("ip{}", (i + version) % 4))
+                    .collect();
                 Deployments::propose_update(
                     RuntimeOrigin::signed(who),
                     contract,
                     Box::new(spec_with_ip_names(version, vcpus, &names)),
                 )
-            },
-            Op::Cancel { who, contract } => Deployments::propose_cancel(RuntimeOrigin::signed(who), contract),
+            }
+            Op::Cancel { who, contract } => {
+                Deployments::propose_cancel(RuntimeOrigin::signed(who), contract)
+            }
             Op::Report { contract, fail } => {
-                let Some(c) = Contracts::<Test>::get(contract) else { return };
-                let Some(s) = ActiveSpecs::<Test>::get(contract) else { return };
+                let Some(c) = Contracts::<Test>::get(contract) else {
+                    return;
+                };
+                let Some(s) = ActiveSpecs::<Test>::get(contract) else {
+                    return;
+                };
                 let mut report = ok_report(&s);
                 if fail {
                     report[0].result = WorkloadResult::Error(Default::default());
                 }
                 let node_account = pallet_grid::Nodes::<Test>::get(c.node).unwrap().account;
-                Deployments::report_deployment(RuntimeOrigin::signed(node_account), contract, s.version, report)
-            },
+                Deployments::report_deployment(
+                    RuntimeOrigin::signed(node_account),
+                    contract,
+                    s.version,
+                    report,
+                )
+            }
             Op::Grace { contract, on } => Deployments::set_grace_period(contract, on),
             Op::OutOfFunds { contract } => Deployments::cancel_out_of_funds(contract),
             Op::Advance { blocks } => {
                 run_to_block(System::block_number() + blocks);
                 Ok(())
-            },
+            }
         };
     }
 

@@ -9,7 +9,9 @@ use frame_system::pallet_prelude::BlockNumberFor;
 use scale_info::TypeInfo;
 use zos_primitives::{
     contracts::{ContractState, FailureText},
-    spec::{DeploymentSpec, RequiredResources, SpecHash, WorkloadName, MAX_PUBLIC_IPV4, MAX_WORKLOADS},
+    spec::{
+        DeploymentSpec, RequiredResources, SpecHash, WorkloadName, MAX_PUBLIC_IPV4, MAX_WORKLOADS,
+    },
     NodeId, PublicIpv4Config,
 };
 
@@ -20,15 +22,7 @@ pub type BalanceOf<T> =
 
 /// One party of a contract's multisig.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub struct Signer<AccountId> {
     pub account: AccountId,
@@ -64,7 +58,9 @@ pub struct ActiveSpecInfo {
 /// Public IPv4 addresses held by a contract, one per IPv4 public IP workload of its spec.
 pub type AssignedIps = BoundedVec<(WorkloadName, PublicIpv4Config), ConstU32<MAX_PUBLIC_IPV4>>;
 
-#[derive(CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound)]
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
+)]
 #[scale_info(skip_type_params(T))]
 #[codec(mel_bound())]
 pub struct Contract<T: Config> {
@@ -93,13 +89,26 @@ pub enum ProposalAction {
 }
 
 /// Kind of a proposal, for events.
-#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug)]
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
 pub enum ProposalKind {
     Deploy { version: u32 },
     Cancel,
 }
 
-#[derive(CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound)]
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
+)]
 #[scale_info(skip_type_params(T))]
 #[codec(mel_bound())]
 pub struct Proposal<T: Config> {
@@ -116,15 +125,7 @@ pub struct Proposal<T: Config> {
 
 /// Outcome of one workload as the node reports it.
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub enum WorkloadResult {
     Ok,
@@ -132,15 +133,7 @@ pub enum WorkloadResult {
 }
 
 #[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
 )]
 pub struct WorkloadReport {
     pub name: WorkloadName,
@@ -151,7 +144,9 @@ pub struct WorkloadReport {
 pub type WorkloadReports = BoundedVec<WorkloadReport, ConstU32<MAX_WORKLOADS>>;
 
 /// The node's last report for the active version.
-#[derive(CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound)]
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
+)]
 #[scale_info(skip_type_params(T))]
 #[codec(mel_bound())]
 pub struct DeploymentReport<T: Config> {

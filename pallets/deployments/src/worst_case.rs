@@ -6,10 +6,7 @@
 
 use alloc::{format, string::String, vec::Vec};
 use frame_support::BoundedVec;
-use zos_primitives::{
-    spec::*,
-    Ipv4Cidr,
-};
+use zos_primitives::{spec::*, Ipv4Cidr};
 
 fn padded(prefix: &str, index: u32, len: u32) -> String {
     let digits = format!("{index}");
@@ -21,7 +18,8 @@ fn padded(prefix: &str, index: u32, len: u32) -> String {
 }
 
 fn name(prefix: &str, index: u32) -> WorkloadName {
-    WorkloadName::try_from(padded(prefix, index, MAX_WORKLOAD_NAME_LEN).as_str()).unwrap_or_default()
+    WorkloadName::try_from(padded(prefix, index, MAX_WORKLOAD_NAME_LEN).as_str())
+        .unwrap_or_default()
 }
 
 fn full<T: Clone, S: frame_support::traits::Get<u32>>(items: Vec<T>) -> BoundedVec<T, S> {
@@ -42,10 +40,16 @@ pub fn spec(version: u32) -> DeploymentSpec {
     let peers = (0..MAX_PEERS)
         .map(|p| WireguardPeer {
             public_key: [(p as u8).wrapping_add(1); 32],
-            endpoint: Some(PeerEndpoint::V6 { ip: [0x20; 16], port: 51820 }),
+            endpoint: Some(PeerEndpoint::V6 {
+                ip: [0x20; 16],
+                port: 51820,
+            }),
             allowed_ips: full(
                 (0..MAX_ALLOWED_IPS)
-                    .map(|a| Ipv4Cidr { ip: [10, 20, (a as u8).wrapping_add(100), 0], prefix_len: 24 })
+                    .map(|a| Ipv4Cidr {
+                        ip: [10, 20, (a as u8).wrapping_add(100), 0],
+                        prefix_len: 24,
+                    })
                     .collect(),
             ),
         })
@@ -53,8 +57,14 @@ pub fn spec(version: u32) -> DeploymentSpec {
     workloads.push(Workload {
         name: name("net", 0),
         kind: WorkloadKind::Network(NetworkSpec {
-            ip_range: Ipv4Cidr { ip: [10, 20, 0, 0], prefix_len: 16 },
-            subnet: Ipv4Cidr { ip: [10, 20, 1, 0], prefix_len: 24 },
+            ip_range: Ipv4Cidr {
+                ip: [10, 20, 0, 0],
+                prefix_len: 16,
+            },
+            subnet: Ipv4Cidr {
+                ip: [10, 20, 1, 0],
+                prefix_len: 24,
+            },
             listen_port: 51820,
             peers: full(peers),
             private_key: SealedSecret(full([0xab; SEALED_WIREGUARD_KEY_LEN as usize].to_vec())),
@@ -69,7 +79,9 @@ pub fn spec(version: u32) -> DeploymentSpec {
     for i in 0..MAX_MOUNTS {
         workloads.push(Workload {
             name: name("vol", i),
-            kind: WorkloadKind::Volume(VolumeSpec { size_mib: MIN_DISK_MIB }),
+            kind: WorkloadKind::Volume(VolumeSpec {
+                size_mib: MIN_DISK_MIB,
+            }),
         });
     }
     let text = |c: char, len: u32| -> String { core::iter::repeat(c).take(len as usize).collect() };
@@ -77,7 +89,8 @@ pub fn spec(version: u32) -> DeploymentSpec {
         let vm = VmSpec {
             image: ImageRef {
                 root_hash: [0x11; 32],
-                source: ImageSource::try_from(text('s', MAX_IMAGE_SOURCE_LEN).as_str()).unwrap_or_default(),
+                source: ImageSource::try_from(text('s', MAX_IMAGE_SOURCE_LEN).as_str())
+                    .unwrap_or_default(),
             },
             vcpus: MIN_VCPUS + parity,
             memory_mib: MIN_VM_MEMORY_MIB,
@@ -94,12 +107,15 @@ pub fn spec(version: u32) -> DeploymentSpec {
             env: full(
                 (0..MAX_ENV_VARS)
                     .map(|e| EnvVar {
-                        key: EnvKey::try_from(padded("K", e, MAX_ENV_KEY_LEN).as_str()).unwrap_or_default(),
-                        value: EnvValue::try_from(text('v', MAX_ENV_VALUE_LEN).as_str()).unwrap_or_default(),
+                        key: EnvKey::try_from(padded("K", e, MAX_ENV_KEY_LEN).as_str())
+                            .unwrap_or_default(),
+                        value: EnvValue::try_from(text('v', MAX_ENV_VALUE_LEN).as_str())
+                            .unwrap_or_default(),
                     })
                     .collect(),
             ),
-            entrypoint: Entrypoint::try_from(text('e', MAX_ENTRYPOINT_LEN).as_str()).unwrap_or_default(),
+            entrypoint: Entrypoint::try_from(text('e', MAX_ENTRYPOINT_LEN).as_str())
+                .unwrap_or_default(),
             ssh_keys: full(
                 (0..MAX_SSH_KEYS)
                     .map(|k| {
@@ -109,12 +125,18 @@ pub fn spec(version: u32) -> DeploymentSpec {
                     .collect(),
             ),
             networks: full(
-                [NetworkAttachment { network: name("net", 0), ip: [10, 20, 1, (v as u8).wrapping_add(2)] }]
-                    .to_vec(),
+                [NetworkAttachment {
+                    network: name("net", 0),
+                    ip: [10, 20, 1, (v as u8).wrapping_add(2)],
+                }]
+                .to_vec(),
             ),
             public_ip: (v < MAX_PUBLIC_IPV4).then(|| name(ip_prefix, v)),
         };
-        workloads.push(Workload { name: name("vm", v), kind: WorkloadKind::Vm(vm) });
+        workloads.push(Workload {
+            name: name("vm", v),
+            kind: WorkloadKind::Vm(vm),
+        });
     }
     DeploymentSpec {
         version,

@@ -29,7 +29,9 @@ fn vm(networks: Vec<NetworkAttachment>, mounts: Vec<Mount>, public_ip: Option<&s
             value: EnvValue::try_from("info").unwrap(),
         }]),
         entrypoint: Entrypoint::try_from("/sbin/init").unwrap(),
-        ssh_keys: bounded(vec![SshKey::try_from("ssh-ed25519 AAAAC3Nza user@host").unwrap()]),
+        ssh_keys: bounded(vec![
+            SshKey::try_from("ssh-ed25519 AAAAC3Nza user@host").unwrap()
+        ]),
         networks: bounded(networks),
         public_ip: public_ip.map(name),
     }
@@ -42,7 +44,10 @@ fn network() -> NetworkSpec {
         listen_port: 51820,
         peers: bounded(vec![WireguardPeer {
             public_key: [9u8; 32],
-            endpoint: Some(PeerEndpoint::V4 { ip: [185, 1, 2, 3], port: 51820 }),
+            endpoint: Some(PeerEndpoint::V4 {
+                ip: [185, 1, 2, 3],
+                port: 51820,
+            }),
             allowed_ips: bounded(vec![cidr([10, 20, 4, 0], 24)]),
         }]),
         private_key: SealedSecret(bounded(vec![1u8; SEALED_WIREGUARD_KEY_LEN as usize])),
@@ -50,21 +55,41 @@ fn network() -> NetworkSpec {
 }
 
 fn attach(ip: [u8; 4]) -> NetworkAttachment {
-    NetworkAttachment { network: name("net"), ip }
+    NetworkAttachment {
+        network: name("net"),
+        ip,
+    }
 }
 
 fn mount(target: &str, path: &str) -> Mount {
-    Mount { workload: name(target), path: MountPath::try_from(path).unwrap() }
+    Mount {
+        workload: name(target),
+        path: MountPath::try_from(path).unwrap(),
+    }
 }
 
 /// A spec using every kind: two VMs sharing a volume and a network, one with a disk and a
 /// public IP.
 pub(crate) fn valid_spec() -> DeploymentSpec {
     let workloads = vec![
-        Workload { name: name("net"), kind: WorkloadKind::Network(network()) },
-        Workload { name: name("data"), kind: WorkloadKind::Disk(DiskSpec { size_mib: 50 * 1024 }) },
-        Workload { name: name("shared"), kind: WorkloadKind::Volume(VolumeSpec { size_mib: 1024 }) },
-        Workload { name: name("ip"), kind: WorkloadKind::PublicIp(PublicIpSpec { v4: true, v6: true }) },
+        Workload {
+            name: name("net"),
+            kind: WorkloadKind::Network(network()),
+        },
+        Workload {
+            name: name("data"),
+            kind: WorkloadKind::Disk(DiskSpec {
+                size_mib: 50 * 1024,
+            }),
+        },
+        Workload {
+            name: name("shared"),
+            kind: WorkloadKind::Volume(VolumeSpec { size_mib: 1024 }),
+        },
+        Workload {
+            name: name("ip"),
+            kind: WorkloadKind::PublicIp(PublicIpSpec { v4: true, v6: true }),
+        },
         Workload {
             name: name("web"),
             kind: WorkloadKind::Vm(vm(
@@ -75,7 +100,11 @@ pub(crate) fn valid_spec() -> DeploymentSpec {
         },
         Workload {
             name: name("worker_1"),
-            kind: WorkloadKind::Vm(vm(vec![attach([10, 20, 3, 3])], vec![mount("shared", "/shared")], None)),
+            kind: WorkloadKind::Vm(vm(
+                vec![attach([10, 20, 3, 3])],
+                vec![mount("shared", "/shared")],
+                None,
+            )),
         },
     ];
     DeploymentSpec {
@@ -86,7 +115,11 @@ pub(crate) fn valid_spec() -> DeploymentSpec {
 }
 
 fn with_workload(spec: &mut DeploymentSpec, workload: &str, f: impl FnOnce(&mut WorkloadKind)) {
-    let w = spec.workloads.iter_mut().find(|w| w.name == name(workload)).unwrap();
+    let w = spec
+        .workloads
+        .iter_mut()
+        .find(|w| w.name == name(workload))
+        .unwrap();
     f(&mut w.kind)
 }
 
@@ -115,81 +148,182 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
     type Mutation = fn(&mut DeploymentSpec);
     let table: &[(SpecError, Mutation)] = &[
         (NoWorkloads, |s| s.workloads = Default::default()),
-        (MetadataNotUtf8, |s| s.metadata = Metadata::try_from(&[0xffu8, 0xfe][..]).unwrap()),
+        (MetadataNotUtf8, |s| {
+            s.metadata = Metadata::try_from(&[0xffu8, 0xfe][..]).unwrap()
+        }),
         (InvalidWorkloadName, |s| s.workloads[0].name = name("Net")),
         (InvalidWorkloadName, |s| s.workloads[0].name = name("")),
-        (DuplicateWorkloadName, |s| s.workloads[1].name = name("shared")),
-        (ImageHashZero, |s| with_vm(s, "web", |v| v.image.root_hash = [0; 32])),
-        (InvalidImageSource, |s| with_vm(s, "web", |v| v.image.source = ImageSource::try_from("a b").unwrap())),
+        (DuplicateWorkloadName, |s| {
+            s.workloads[1].name = name("shared")
+        }),
+        (ImageHashZero, |s| {
+            with_vm(s, "web", |v| v.image.root_hash = [0; 32])
+        }),
+        (InvalidImageSource, |s| {
+            with_vm(s, "web", |v| {
+                v.image.source = ImageSource::try_from("a b").unwrap()
+            })
+        }),
         (VcpusOutOfRange, |s| with_vm(s, "web", |v| v.vcpus = 0)),
-        (VcpusOutOfRange, |s| with_vm(s, "web", |v| v.vcpus = MAX_VCPUS + 1)),
-        (MemoryOutOfRange, |s| with_vm(s, "web", |v| v.memory_mib = MIN_VM_MEMORY_MIB - 1)),
-        (RootfsOutOfRange, |s| with_vm(s, "web", |v| v.rootfs_mib = MAX_ROOTFS_MIB + 1)),
-        (DiskSizeOutOfRange, |s| with_workload(s, "data", |k| *k = WorkloadKind::Disk(DiskSpec { size_mib: 0 }))),
+        (VcpusOutOfRange, |s| {
+            with_vm(s, "web", |v| v.vcpus = MAX_VCPUS + 1)
+        }),
+        (MemoryOutOfRange, |s| {
+            with_vm(s, "web", |v| v.memory_mib = MIN_VM_MEMORY_MIB - 1)
+        }),
+        (RootfsOutOfRange, |s| {
+            with_vm(s, "web", |v| v.rootfs_mib = MAX_ROOTFS_MIB + 1)
+        }),
+        (DiskSizeOutOfRange, |s| {
+            with_workload(s, "data", |k| {
+                *k = WorkloadKind::Disk(DiskSpec { size_mib: 0 })
+            })
+        }),
         (VolumeSizeOutOfRange, |s| {
-            with_workload(s, "shared", |k| *k = WorkloadKind::Volume(VolumeSpec { size_mib: MAX_DISK_MIB + 1 }))
+            with_workload(s, "shared", |k| {
+                *k = WorkloadKind::Volume(VolumeSpec {
+                    size_mib: MAX_DISK_MIB + 1,
+                })
+            })
         }),
-        (UnknownMountTarget, |s| with_vm(s, "web", |v| v.mounts[0].workload = name("nope"))),
-        (MountTargetNotDiskOrVolume, |s| with_vm(s, "web", |v| v.mounts[0].workload = name("net"))),
-        (InvalidMountPath, |s| with_vm(s, "web", |v| v.mounts[0].path = MountPath::try_from("relative").unwrap())),
-        (InvalidMountPath, |s| with_vm(s, "web", |v| v.mounts[0].path = MountPath::try_from("/a/../etc").unwrap())),
-        (DuplicateMountPath, |s| with_vm(s, "web", |v| v.mounts[1].path = v.mounts[0].path.clone())),
-        (DuplicateMountTarget, |s| with_vm(s, "web", |v| v.mounts[1].workload = name("data"))),
+        (UnknownMountTarget, |s| {
+            with_vm(s, "web", |v| v.mounts[0].workload = name("nope"))
+        }),
+        (MountTargetNotDiskOrVolume, |s| {
+            with_vm(s, "web", |v| v.mounts[0].workload = name("net"))
+        }),
+        (InvalidMountPath, |s| {
+            with_vm(s, "web", |v| {
+                v.mounts[0].path = MountPath::try_from("relative").unwrap()
+            })
+        }),
+        (InvalidMountPath, |s| {
+            with_vm(s, "web", |v| {
+                v.mounts[0].path = MountPath::try_from("/a/../etc").unwrap()
+            })
+        }),
+        (DuplicateMountPath, |s| {
+            with_vm(s, "web", |v| v.mounts[1].path = v.mounts[0].path.clone())
+        }),
+        (DuplicateMountTarget, |s| {
+            with_vm(s, "web", |v| v.mounts[1].workload = name("data"))
+        }),
         (DiskAttachedTwice, |s| {
-            with_vm(s, "worker_1", |v| v.mounts.try_push(mount("data", "/d")).unwrap())
+            with_vm(s, "worker_1", |v| {
+                v.mounts.try_push(mount("data", "/d")).unwrap()
+            })
         }),
-        (InvalidEnvKey, |s| with_vm(s, "web", |v| v.env[0].key = EnvKey::try_from("1X").unwrap())),
+        (InvalidEnvKey, |s| {
+            with_vm(s, "web", |v| v.env[0].key = EnvKey::try_from("1X").unwrap())
+        }),
         (DuplicateEnvKey, |s| {
             with_vm(s, "web", |v| {
                 let dup = v.env[0].clone();
                 v.env.try_push(dup).unwrap()
             })
         }),
-        (InvalidText, |s| with_vm(s, "web", |v| v.entrypoint = Entrypoint::try_from("a\0b").unwrap())),
-        (InvalidSshKey, |s| with_vm(s, "web", |v| v.ssh_keys[0] = SshKey::try_from("hello").unwrap())),
-        (UnknownNetwork, |s| with_vm(s, "web", |v| v.networks[0].network = name("other"))),
-        (NotANetwork, |s| with_vm(s, "web", |v| v.networks[0].network = name("data"))),
-        (DuplicateNetworkAttachment, |s| {
-            with_vm(s, "web", |v| v.networks.try_push(attach([10, 20, 3, 9])).unwrap())
+        (InvalidText, |s| {
+            with_vm(s, "web", |v| {
+                v.entrypoint = Entrypoint::try_from("a\0b").unwrap()
+            })
         }),
-        (IpOutsideSubnet, |s| with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 4, 2])),
-        (ReservedIp, |s| with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 3, 1])),
-        (ReservedIp, |s| with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 3, 255])),
-        (DuplicateIp, |s| with_vm(s, "worker_1", |v| v.networks[0].ip = [10, 20, 3, 2])),
-        (UnknownPublicIp, |s| with_vm(s, "web", |v| v.public_ip = Some(name("none")))),
-        (NotAPublicIp, |s| with_vm(s, "web", |v| v.public_ip = Some(name("shared")))),
-        (PublicIpUsedTwice, |s| with_vm(s, "worker_1", |v| v.public_ip = Some(name("ip")))),
+        (InvalidSshKey, |s| {
+            with_vm(s, "web", |v| {
+                v.ssh_keys[0] = SshKey::try_from("hello").unwrap()
+            })
+        }),
+        (UnknownNetwork, |s| {
+            with_vm(s, "web", |v| v.networks[0].network = name("other"))
+        }),
+        (NotANetwork, |s| {
+            with_vm(s, "web", |v| v.networks[0].network = name("data"))
+        }),
+        (DuplicateNetworkAttachment, |s| {
+            with_vm(s, "web", |v| {
+                v.networks.try_push(attach([10, 20, 3, 9])).unwrap()
+            })
+        }),
+        (IpOutsideSubnet, |s| {
+            with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 4, 2])
+        }),
+        (ReservedIp, |s| {
+            with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 3, 1])
+        }),
+        (ReservedIp, |s| {
+            with_vm(s, "web", |v| v.networks[0].ip = [10, 20, 3, 255])
+        }),
+        (DuplicateIp, |s| {
+            with_vm(s, "worker_1", |v| v.networks[0].ip = [10, 20, 3, 2])
+        }),
+        (UnknownPublicIp, |s| {
+            with_vm(s, "web", |v| v.public_ip = Some(name("none")))
+        }),
+        (NotAPublicIp, |s| {
+            with_vm(s, "web", |v| v.public_ip = Some(name("shared")))
+        }),
+        (PublicIpUsedTwice, |s| {
+            with_vm(s, "worker_1", |v| v.public_ip = Some(name("ip")))
+        }),
         (PublicIpWithoutFamily, |s| {
-            with_workload(s, "ip", |k| *k = WorkloadKind::PublicIp(PublicIpSpec { v4: false, v6: false }))
+            with_workload(s, "ip", |k| {
+                *k = WorkloadKind::PublicIp(PublicIpSpec {
+                    v4: false,
+                    v6: false,
+                })
+            })
         }),
         (TooManyPublicIpv4, |s| {
             for i in 0..MAX_PUBLIC_IPV4 {
                 s.workloads
                     .try_push(Workload {
                         name: name(&std::format!("ip{i}")),
-                        kind: WorkloadKind::PublicIp(PublicIpSpec { v4: true, v6: false }),
+                        kind: WorkloadKind::PublicIp(PublicIpSpec {
+                            v4: true,
+                            v6: false,
+                        }),
                     })
                     .unwrap();
             }
         }),
-        (InvalidIpRange, |s| with_net(s, |n| n.ip_range = cidr([8, 8, 0, 0], 16))),
-        (InvalidIpRange, |s| with_net(s, |n| n.ip_range = cidr([10, 0, 0, 0], 8))),
-        (CidrHostBitsSet, |s| with_net(s, |n| n.subnet = cidr([10, 20, 3, 7], 24))),
-        (SubnetNotSlash24, |s| with_net(s, |n| n.subnet = cidr([10, 20, 0, 0], 23))),
-        (SubnetOutsideRange, |s| with_net(s, |n| n.subnet = cidr([10, 21, 3, 0], 24))),
+        (InvalidIpRange, |s| {
+            with_net(s, |n| n.ip_range = cidr([8, 8, 0, 0], 16))
+        }),
+        (InvalidIpRange, |s| {
+            with_net(s, |n| n.ip_range = cidr([10, 0, 0, 0], 8))
+        }),
+        (CidrHostBitsSet, |s| {
+            with_net(s, |n| n.subnet = cidr([10, 20, 3, 7], 24))
+        }),
+        (SubnetNotSlash24, |s| {
+            with_net(s, |n| n.subnet = cidr([10, 20, 0, 0], 23))
+        }),
+        (SubnetOutsideRange, |s| {
+            with_net(s, |n| n.subnet = cidr([10, 21, 3, 0], 24))
+        }),
         (ListenPortZero, |s| with_net(s, |n| n.listen_port = 0)),
-        (PeerKeyZero, |s| with_net(s, |n| n.peers[0].public_key = [0; 32])),
+        (PeerKeyZero, |s| {
+            with_net(s, |n| n.peers[0].public_key = [0; 32])
+        }),
         (DuplicatePeer, |s| {
             with_net(s, |n| {
                 let dup = n.peers[0].clone();
                 n.peers.try_push(dup).unwrap()
             })
         }),
-        (InvalidAllowedIps, |s| with_net(s, |n| n.peers[0].allowed_ips = Default::default())),
-        (InvalidPeerEndpoint, |s| {
-            with_net(s, |n| n.peers[0].endpoint = Some(PeerEndpoint::V6 { ip: [0; 16], port: 0 }))
+        (InvalidAllowedIps, |s| {
+            with_net(s, |n| n.peers[0].allowed_ips = Default::default())
         }),
-        (SealedKeyWrongLength, |s| with_net(s, |n| n.private_key = SealedSecret(bounded(vec![1u8; 32])))),
+        (InvalidPeerEndpoint, |s| {
+            with_net(s, |n| {
+                n.peers[0].endpoint = Some(PeerEndpoint::V6 {
+                    ip: [0; 16],
+                    port: 0,
+                })
+            })
+        }),
+        (SealedKeyWrongLength, |s| {
+            with_net(s, |n| n.private_key = SealedSecret(bounded(vec![1u8; 32])))
+        }),
     ];
     assert!(table.len() >= 15);
     let mut distinct = std::collections::BTreeSet::new();
@@ -219,7 +353,12 @@ fn required_resources_sums_each_kind() {
         }
     );
     let mut v6_only = valid_spec();
-    with_workload(&mut v6_only, "ip", |k| *k = WorkloadKind::PublicIp(PublicIpSpec { v4: false, v6: true }));
+    with_workload(&mut v6_only, "ip", |k| {
+        *k = WorkloadKind::PublicIp(PublicIpSpec {
+            v4: false,
+            v6: true,
+        })
+    });
     assert_eq!(v6_only.required_resources().public_ipv4, 0);
 }
 

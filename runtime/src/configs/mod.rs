@@ -2,7 +2,8 @@
 
 use frame_support::{
     derive_impl,
-    dispatch::DispatchClass, parameter_types,
+    dispatch::DispatchClass,
+    parameter_types,
     traits::{ConstBool, ConstU128, ConstU32, ConstU64, ConstU8, VariantCountOf},
     weights::{
         constants::{ParityDbWeight, WEIGHT_REF_TIME_PER_SECOND},
@@ -10,17 +11,21 @@ use frame_support::{
     },
 };
 use frame_system::limits::{BlockLength, BlockWeights};
+use frame_system::EnsureRoot;
 use pallet_transaction_payment::{ConstFeeMultiplier, FungibleAdapter, Multiplier};
 use sp_consensus_aura::sr25519::AuthorityId as AuraId;
-use sp_runtime::{traits::{AccountIdConversion, One}, Perbill};
+use sp_runtime::{
+    traits::{AccountIdConversion, One},
+    Perbill,
+};
 use sp_version::RuntimeVersion;
-use frame_system::EnsureRoot;
 use zos_primitives::{Resources, GIB, MIB};
 
 use super::{
-    AccountId, Aura, Balance, Balances, Block, BlockNumber, Hash, Nonce, OriginCaller, PalletInfo,
-    Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason, RuntimeHoldReason, RuntimeOrigin,
-    RuntimeTask, System, Timestamp, Deployments, Grid, Billing, DAYS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, UNIT, EXISTENTIAL_DEPOSIT, SLOT_DURATION, SS58_PREFIX, VERSION,
+    AccountId, Aura, Balance, Balances, Billing, Block, BlockNumber, Deployments, Grid, Hash,
+    Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
+    RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, Timestamp, DAYS, EXISTENTIAL_DEPOSIT,
+    MILLI_SECS_PER_BLOCK, MILLI_UNIT, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.

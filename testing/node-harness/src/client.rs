@@ -16,7 +16,9 @@ pub type Client = OnlineClient<SubstrateConfig>;
 pub type Events = Vec<(String, String, Value)>;
 
 pub async fn connect(url: &str) -> Result<Client> {
-    Client::from_url(url).await.with_context(|| format!("connecting to {url}"))
+    Client::from_url(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
 }
 
 /// Waits until the finalized head is at least `number`.
@@ -51,13 +53,17 @@ pub async fn submit<C: Payload>(api: &Client, call: &C, signer: &Keypair) -> Res
             for event in events.iter() {
                 let event = event?;
                 let fields = event.decode_fields_unchecked_as::<Value>()?;
-                out.push((event.pallet_name().to_owned(), event.event_name().to_owned(), fields));
+                out.push((
+                    event.pallet_name().to_owned(),
+                    event.event_name().to_owned(),
+                    fields,
+                ));
             }
             Ok(out)
-        },
-        Err(TransactionFinalizedSuccessError::SuccessError(TransactionEventsError::ExtrinsicFailed(
-            DispatchError::Module(e),
-        ))) => Err(anyhow!("{}", e.details_string())),
+        }
+        Err(TransactionFinalizedSuccessError::SuccessError(
+            TransactionEventsError::ExtrinsicFailed(DispatchError::Module(e)),
+        )) => Err(anyhow!("{}", e.details_string())),
         Err(e) => Err(anyhow!("transaction failed: {e}")),
     }
 }
@@ -78,7 +84,11 @@ pub async fn free_balance(api: &Client, who: &AccountId32) -> Result<u128> {
     let at = api.at_current_block().await?;
     let addr = dynamic::storage::<(AccountId32,), Value>("System", "Account");
     let account = at.storage().fetch(&addr, (who.clone(),)).await?.decode()?;
-    account.at("data").at("free").and_then(|v| v.as_u128()).context("System.Account has no data.free")
+    account
+        .at("data")
+        .at("free")
+        .and_then(|v| v.as_u128())
+        .context("System.Account has no data.free")
 }
 
 /// `Balances.transfer_keep_alive` from `from` to `to`.
@@ -86,14 +96,21 @@ pub async fn fund(api: &Client, from: &Keypair, to: &AccountId32, amount: u128) 
     let call = dynamic::tx(
         "Balances",
         "transfer_keep_alive",
-        vec![Value::unnamed_variant("Id", [Value::from_bytes(to.0)]), Value::u128(amount)],
+        vec![
+            Value::unnamed_variant("Id", [Value::from_bytes(to.0)]),
+            Value::u128(amount),
+        ],
     );
     submit(api, &call, from).await.map(|_| ())
 }
 
 /// Calls a runtime API method with SCALE-encoded `args` at the latest finalized block and
 /// decodes the result with `codec`.
-pub async fn runtime_call<R: subxt::ext::codec::Decode>(api: &Client, method: &str, args: &[u8]) -> Result<R> {
+pub async fn runtime_call<R: subxt::ext::codec::Decode>(
+    api: &Client,
+    method: &str,
+    args: &[u8],
+) -> Result<R> {
     let at = api.at_current_block().await?;
     let bytes = at.runtime_apis().call_raw(method, Some(args)).await?;
     R::decode(&mut &bytes[..]).with_context(|| format!("decoding the result of {method}"))
@@ -107,14 +124,29 @@ pub fn call_value(pallet: &str, call: &str, args: Vec<Value>) -> Value {
 
 /// `Utility.batch_all(calls)` signed by `signer`: all calls in one extrinsic (one block), or none.
 pub async fn batch_all(api: &Client, calls: Vec<Value>, signer: &Keypair) -> Result<Events> {
-    submit(api, &dynamic::tx("Utility", "batch_all", vec![Value::unnamed_composite(calls)]), signer).await
+    submit(
+        api,
+        &dynamic::tx(
+            "Utility",
+            "batch_all",
+            vec![Value::unnamed_composite(calls)],
+        ),
+        signer,
+    )
+    .await
 }
 
 /// The value of argument `arg` of `Pallet::call` from its SCALE encoding, decoded against the
 /// chain's metadata: build complex arguments with the runtime's own Rust types, encode them,
 /// and pass the result to a dynamic call. Fails if the bytes do not match the argument's type
 /// exactly (nothing left over).
-pub async fn arg_from_scale(api: &Client, pallet: &str, call: &str, arg: &str, encoded: &[u8]) -> Result<Value> {
+pub async fn arg_from_scale(
+    api: &Client,
+    pallet: &str,
+    call: &str,
+    arg: &str,
+    encoded: &[u8],
+) -> Result<Value> {
     let at = api.at_current_block().await?;
     let metadata = at.metadata_ref();
     let variant = metadata
@@ -127,10 +159,14 @@ pub async fn arg_from_scale(api: &Client, pallet: &str, call: &str, arg: &str, e
         .find(|f| f.name.as_deref() == Some(arg))
         .with_context(|| format!("{pallet}.{call} has no argument `{arg}`"))?;
     let mut input = encoded;
-    let value = subxt::ext::scale_value::scale::decode_as_type(&mut input, field.ty.id, metadata.types())
-        .map_err(|e| anyhow!("decoding {pallet}.{call}({arg}): {e}"))?;
+    let value =
+        subxt::ext::scale_value::scale::decode_as_type(&mut input, field.ty.id, metadata.types())
+            .map_err(|e| anyhow!("decoding {pallet}.{call}({arg}): {e}"))?;
     if !input.is_empty() {
-        bail!("{} bytes left over decoding {pallet}.{call}({arg})", input.len());
+        bail!(
+            "{} bytes left over decoding {pallet}.{call}({arg})",
+            input.len()
+        );
     }
     Ok(value.remove_context())
 }
@@ -142,12 +178,16 @@ pub fn value_bytes(value: &Value) -> Option<Vec<u8>> {
         // A newtype around the bytes (an account id).
         ValueDef::Composite(Composite::Unnamed(items))
             if items.len() == 1 && matches!(items[0].value, ValueDef::Composite(_)) =>
-            value_bytes(&items[0]),
+        {
+            value_bytes(&items[0])
+        }
         ValueDef::Composite(Composite::Unnamed(items)) => items
             .iter()
             .map(|v| v.as_u128().and_then(|b| u8::try_from(b).ok()))
             .collect(),
-        ValueDef::Composite(Composite::Named(fields)) if fields.len() == 1 => value_bytes(&fields[0].1),
+        ValueDef::Composite(Composite::Named(fields)) if fields.len() == 1 => {
+            value_bytes(&fields[0].1)
+        }
         _ => None,
     }
 }

@@ -28,7 +28,10 @@ pub fn node_binary() -> Result<PathBuf> {
     let profile = std::env::var("CARGO_PROFILE").unwrap_or_else(|_| "ci".into());
     let path = Path::new(&target).join(profile).join("zos-chain-node");
     if !path.exists() {
-        bail!("chain node binary not found at {} (build it or set ZOS_CHAIN_NODE_BIN)", path.display());
+        bail!(
+            "chain node binary not found at {} (build it or set ZOS_CHAIN_NODE_BIN)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -131,7 +134,10 @@ impl ChainNode {
             None => node_binary()?,
         };
         let workdir = tempdir::TempDir::new("zos-node").context("creating the node's work dir")?;
-        let base_path = opts.base_path.clone().unwrap_or_else(|| workdir.path().join("db"));
+        let base_path = opts
+            .base_path
+            .clone()
+            .unwrap_or_else(|| workdir.path().join("db"));
         let log_path = workdir.path().join("node.log");
         let rpc_port = free_port()?;
         let p2p_port = free_port()?;
@@ -147,7 +153,13 @@ impl ChainNode {
             .arg(&base_path)
             .args(["--rpc-port", &rpc_port.to_string()])
             .args(["--listen-addr", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
-            .args(["--no-prometheus", "--no-telemetry", "--no-mdns", "--rpc-cors", "all"])
+            .args([
+                "--no-prometheus",
+                "--no-telemetry",
+                "--no-mdns",
+                "--rpc-cors",
+                "all",
+            ])
             .args(["--rpc-methods", "unsafe"])
             .args(&opts.extra_args);
         let command: Vec<std::ffi::OsString> = std::iter::once(cmd.get_program().to_owned())
@@ -205,7 +217,10 @@ impl ChainNode {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("node exited during start-up with {status}; log:\n{}", self.log_tail(40));
+                    bail!(
+                        "node exited during start-up with {status}; log:\n{}",
+                        self.log_tail(40)
+                    );
                 }
             }
             if TcpStream::connect((Ipv4Addr::LOCALHOST, self.rpc_port)).is_ok()
@@ -214,7 +229,10 @@ impl ChainNode {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("node RPC not ready after {timeout:?}; log:\n{}", self.log_tail(40));
+                bail!(
+                    "node RPC not ready after {timeout:?}; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -222,7 +240,12 @@ impl ChainNode {
 
     fn log_contains(&self, needle: &str) -> bool {
         File::open(&self.log_path)
-            .map(|f| BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle)))
+            .map(|f| {
+                BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains(needle))
+            })
             .unwrap_or(false)
     }
 

@@ -18,7 +18,10 @@ pub struct DiskDriver;
 
 /// The disk file of `workload` in `ctx`; shared with the VM driver, which attaches it.
 pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
-    ctx.dir.join("disks").join(format!("{}.raw", String::from_utf8_lossy(workload.name.as_bytes())))
+    ctx.dir.join("disks").join(format!(
+        "{}.raw",
+        String::from_utf8_lossy(workload.name.as_bytes())
+    ))
 }
 
 fn size_bytes(workload: &Workload) -> DriverResult<u64> {
@@ -68,7 +71,9 @@ impl Driver for DiskDriver {
 
     async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
         if size_bytes(new)? < size_bytes(old)? {
-            return Err(DriverError::permanent("a disk cannot shrink: its data would be cut off"));
+            return Err(DriverError::permanent(
+                "a disk cannot shrink: its data would be cut off",
+            ));
         }
         self.install(ctx, new).await
     }
@@ -78,7 +83,9 @@ impl Driver for DiskDriver {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::Transient(anyhow::Error::new(e).context(format!("removing {}", path.display())))),
+            Err(e) => Err(DriverError::Transient(
+                anyhow::Error::new(e).context(format!("removing {}", path.display())),
+            )),
         }
     }
 
@@ -95,7 +102,10 @@ impl Driver for DiskDriver {
         let want = size_bytes(workload)?;
         match tokio::fs::metadata(disk_path(ctx, workload)).await {
             Ok(meta) if meta.len() == want => Ok(Observed::Running),
-            Ok(meta) => Ok(Observed::Broken(format!("disk is {} bytes, spec says {want}", meta.len()))),
+            Ok(meta) => Ok(Observed::Broken(format!(
+                "disk is {} bytes, spec says {want}",
+                meta.len()
+            ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Observed::Missing),
             Err(e) => Err(DriverError::Transient(e.into())),
         }
@@ -103,8 +113,13 @@ impl Driver for DiskDriver {
 
     async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage> {
         use std::os::unix::fs::MetadataExt;
-        let meta = tokio::fs::metadata(disk_path(ctx, workload)).await.map_err(|e| DriverError::Transient(e.into()))?;
+        let meta = tokio::fs::metadata(disk_path(ctx, workload))
+            .await
+            .map_err(|e| DriverError::Transient(e.into()))?;
         // Allocated, not apparent, size: what the sparse file really occupies.
-        Ok(Usage { disk_bytes: meta.blocks().saturating_mul(512), ..Default::default() })
+        Ok(Usage {
+            disk_bytes: meta.blocks().saturating_mul(512),
+            ..Default::default()
+        })
     }
 }

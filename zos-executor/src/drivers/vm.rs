@@ -40,8 +40,8 @@ use zos_primitives::{
     ContractId,
 };
 use zos_vm::{
-    BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, RestartPolicy, Vm, VmConfig, VmEvent, VmOptions,
-    VmState, WritableLayer,
+    BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, RestartPolicy, Vm, VmConfig,
+    VmEvent, VmOptions, VmState, WritableLayer,
 };
 
 use super::{disk::disk_path, Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
@@ -164,7 +164,8 @@ fn open_source(source: &str) -> DriverResult<Arc<dyn Store>> {
             "image source {source}: not a directory store on this node (no images/ and chunks/)"
         )));
     }
-    let store = DirStore::open(path).map_err(|e| transient(anyhow!(e).context(format!("opening store {source}"))))?;
+    let store = DirStore::open(path)
+        .map_err(|e| transient(anyhow!(e).context(format!("opening store {source}"))))?;
     Ok(Arc::new(store))
 }
 
@@ -180,8 +181,10 @@ fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult
     let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
         E::RootMismatch { .. } | E::ImageNotFound(_) | E::Format(_) | E::Signature(_) => {
             DriverError::permanent(format!("image from {source} refused: {e}"))
-        },
-        other => transient(anyhow!(other).context(format!("fetching the index of image {root} from {source}"))),
+        }
+        other => transient(
+            anyhow!(other).context(format!("fetching the index of image {root} from {source}")),
+        ),
     })?;
     let cache = if remote {
         let (cache, _) = ChunkCache::open(cache_dir, IMAGE_CACHE_BYTES)
@@ -195,11 +198,19 @@ fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating {}", mountpoint.display()))
         .map_err(transient)?;
-    let opts = MountOptions { threads: 2, prefetch_workers: 4, ..Default::default() };
-    let handle = zos_image::mount::mount(image.index, fetcher, mountpoint, &opts)
-        .map_err(|e| transient(anyhow!(e).context(format!("mounting image {root} at {}", mountpoint.display()))))?;
+    let opts = MountOptions {
+        threads: 2,
+        prefetch_workers: 4,
+        ..Default::default()
+    };
+    let handle = zos_image::mount::mount(image.index, fetcher, mountpoint, &opts).map_err(|e| {
+        transient(anyhow!(e).context(format!("mounting image {root} at {}", mountpoint.display())))
+    })?;
     if !zos_image::mount::wait_until_mounted(mountpoint, Duration::from_secs(10)) {
-        return Err(transient(anyhow!("image mount at {} did not appear", mountpoint.display())));
+        return Err(transient(anyhow!(
+            "image mount at {} did not appear",
+            mountpoint.display()
+        )));
     }
     Ok(handle)
 }
@@ -208,7 +219,13 @@ fn disk_sizes(vm: &Vm) -> Vec<(String, PathBuf, u64)> {
     vm.config()
         .disks
         .iter()
-        .map(|d| (d.id.clone(), d.path.clone(), std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0)))
+        .map(|d| {
+            (
+                d.id.clone(),
+                d.path.clone(),
+                std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -216,7 +233,9 @@ fn disk_sizes(vm: &Vm) -> Vec<(String, PathBuf, u64)> {
 /// them in place on update; QEMU's `block_resize` makes the guest see the new capacity).
 async fn propagate_disk_growth(inst: &mut Installed) -> DriverResult<()> {
     for (id, path, known) in inst.disk_sizes.iter_mut() {
-        let Ok(meta) = tokio::fs::metadata(&*path).await else { continue };
+        let Ok(meta) = tokio::fs::metadata(&*path).await else {
+            continue;
+        };
         if meta.len() > *known {
             inst.vm
                 .resize_disk(id, meta.len())
@@ -239,12 +258,20 @@ async fn unmount(handle: MountHandle) -> DriverResult<()> {
 
 impl VmDriver {
     pub fn new(config: VmDriverConfig, metrics: Arc<Metrics>) -> Self {
-        Self { config, metrics, hypervisor: tokio::sync::OnceCell::new(), slots: StdMutex::new(HashMap::new()) }
+        Self {
+            config,
+            metrics,
+            hypervisor: tokio::sync::OnceCell::new(),
+            slots: StdMutex::new(HashMap::new()),
+        }
     }
 
     fn slot(&self, ctx: &WorkloadCtx, w: &Workload) -> Arc<Mutex<Option<Installed>>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry((ctx.contract, w.name.as_bytes().to_vec())).or_default().clone()
+        slots
+            .entry((ctx.contract, w.name.as_bytes().to_vec()))
+            .or_default()
+            .clone()
     }
 
     fn forget(&self, ctx: &WorkloadCtx, w: &Workload) {
@@ -258,11 +285,12 @@ impl VmDriver {
         self.hypervisor
             .get_or_try_init(|| async {
                 let cache = self.config.guest_cache.clone();
-                let assets = tokio::task::spawn_blocking(move || GuestAssets::prepare(cache.as_deref()))
-                    .await
-                    .map_err(|e| transient(e.into()))?
-                    .context("preparing the guest kernel and initramfs")
-                    .map_err(transient)?;
+                let assets =
+                    tokio::task::spawn_blocking(move || GuestAssets::prepare(cache.as_deref()))
+                        .await
+                        .map_err(|e| transient(e.into()))?
+                        .context("preparing the guest kernel and initramfs")
+                        .map_err(transient)?;
                 info!(kernel = %assets.kernel_version, "guest assets ready");
                 let mut opts = zos_vm::QemuOptions::new(assets);
                 opts.accel = zos_vm::AccelChoice::from_env().map_err(transient)?;
@@ -274,7 +302,10 @@ impl VmDriver {
 
     fn vm_options() -> VmOptions {
         VmOptions {
-            restart: RestartPolicy { restart_on_poweroff: true, ..Default::default() },
+            restart: RestartPolicy {
+                restart_on_poweroff: true,
+                ..Default::default()
+            },
             // The project's guest init has no ACPI handler: waiting for a power-down is useless.
             stop_grace: Duration::ZERO,
             ..Default::default()
@@ -285,11 +316,16 @@ impl VmDriver {
     fn vm_config(ctx: &WorkloadCtx, w: &Workload, rootfs: PathBuf) -> DriverResult<VmConfig> {
         let vm = vm_spec(w)?;
         if !vm.networks.is_empty() || vm.public_ip.is_some() {
-            return Err(DriverError::permanent("network attachments and public IPs are not supported by this node's VM driver yet"));
+            return Err(DriverError::permanent(
+                "network attachments and public IPs are not supported by this node's VM driver yet",
+            ));
         }
         let mut disks = Vec::new();
         for (i, m) in vm.mounts.iter().enumerate() {
-            let target = Workload { name: m.workload.clone(), kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }) };
+            let target = Workload {
+                name: m.workload.clone(),
+                kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }),
+            };
             let path = disk_path(ctx, &target);
             let target_name = name_str(&target);
             if !path.is_file() {
@@ -298,7 +334,11 @@ impl VmDriver {
                 )));
             }
             // The guest finds a disk by its virtio serial (at most 20 bytes).
-            let id = if target_name.len() <= zos_vm::config::MAX_DISK_ID_LEN { target_name } else { format!("d{i}") };
+            let id = if target_name.len() <= zos_vm::config::MAX_DISK_ID_LEN {
+                target_name
+            } else {
+                format!("d{i}")
+            };
             disks.push(DiskAttachment {
                 id,
                 path,
@@ -307,28 +347,44 @@ impl VmDriver {
             });
         }
         let text = |b: &[u8], what: &str| {
-            String::from_utf8(b.to_vec()).map_err(|_| DriverError::permanent(format!("{what} is not UTF-8")))
+            String::from_utf8(b.to_vec())
+                .map_err(|_| DriverError::permanent(format!("{what} is not UTF-8")))
         };
         let guest = GuestConfig {
             hostname: name_str(w).replace('_', "-"),
             env: vm
                 .env
                 .iter()
-                .map(|e| Ok((text(e.key.as_bytes(), "env key")?, text(e.value.as_bytes(), "env value")?)))
+                .map(|e| {
+                    Ok((
+                        text(e.key.as_bytes(), "env key")?,
+                        text(e.value.as_bytes(), "env value")?,
+                    ))
+                })
                 .collect::<DriverResult<_>>()?,
             entrypoint: text(vm.entrypoint.as_bytes(), "entrypoint")?,
-            ssh_keys: vm.ssh_keys.iter().map(|k| text(k.as_bytes(), "ssh key")).collect::<DriverResult<_>>()?,
+            ssh_keys: vm
+                .ssh_keys
+                .iter()
+                .map(|k| text(k.as_bytes(), "ssh key"))
+                .collect::<DriverResult<_>>()?,
         };
         let cfg = VmConfig {
             name: vm_name(ctx.contract, w),
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
-            boot: BootMode::Container { rootfs_dir: rootfs, writable: WritableLayer::Tmpfs { size_mib: vm.rootfs_mib } },
+            boot: BootMode::Container {
+                rootfs_dir: rootfs,
+                writable: WritableLayer::Tmpfs {
+                    size_mib: vm.rootfs_mib,
+                },
+            },
             disks,
             nics: Vec::new(),
             guest,
         };
-        cfg.validate().map_err(|e| DriverError::permanent(format!("VM configuration refused: {e:#}")))?;
+        cfg.validate()
+            .map_err(|e| DriverError::permanent(format!("VM configuration refused: {e:#}")))?;
         Ok(cfg)
     }
 
@@ -339,18 +395,32 @@ impl VmDriver {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 match rx.recv().await {
-                    Ok(VmEvent::Crashed { reason, restarts, restart_in, .. }) => {
+                    Ok(VmEvent::Crashed {
+                        reason,
+                        restarts,
+                        restart_in,
+                        ..
+                    }) => {
                         metrics.vm_crashes.inc();
                         warn!(contract, %workload, %reason, restarts, ?restart_in, "guest crashed; restarting it");
-                    },
-                    Ok(VmEvent::RestartFailed { error, retry_in, .. }) => {
+                    }
+                    Ok(VmEvent::RestartFailed {
+                        error, retry_in, ..
+                    }) => {
                         warn!(contract, %workload, %error, ?retry_in, "guest restart failed");
-                    },
-                    Ok(VmEvent::Started { pid, accel, restarts, .. }) => {
+                    }
+                    Ok(VmEvent::Started {
+                        pid,
+                        accel,
+                        restarts,
+                        ..
+                    }) => {
                         info!(contract, %workload, pid, %accel, restarts, "guest started");
-                    },
+                    }
                     Ok(other) => tracing::debug!(contract, %workload, event = ?other, "vm event"),
-                    Err(RecvError::Lagged(n)) => warn!(contract, %workload, missed = n, "vm events lagged"),
+                    Err(RecvError::Lagged(n)) => {
+                        warn!(contract, %workload, missed = n, "vm events lagged")
+                    }
                     Err(RecvError::Closed) => break,
                 }
             }
@@ -358,28 +428,43 @@ impl VmDriver {
     }
 
     /// Stops the guest, unmounts its image and removes its directory.
-    async fn teardown(&self, ctx: &WorkloadCtx, w: &Workload, slot: &mut Option<Installed>) -> DriverResult<()> {
+    async fn teardown(
+        &self,
+        ctx: &WorkloadCtx,
+        w: &Workload,
+        slot: &mut Option<Installed>,
+    ) -> DriverResult<()> {
         let dir = vm_dir(ctx, w);
         if let Some(inst) = slot.take() {
             inst.events.abort();
             if let Err(e) = inst.vm.stop().await {
                 // Keep everything so the next call retries.
                 let err = e.context(format!("stopping VM {}", inst.vm.name()));
-                *slot = Some(Installed { events: self.forward_events(&inst.vm, name_str(w), ctx.contract), ..inst });
+                *slot = Some(Installed {
+                    events: self.forward_events(&inst.vm, name_str(w), ctx.contract),
+                    ..inst
+                });
                 return Err(transient(err));
             }
             if let Some(mount) = inst.mount {
                 unmount(mount).await?;
             }
-            inst.vm.delete().await.map_err(|e| transient(e.context("deleting the VM")))?;
+            inst.vm
+                .delete()
+                .await
+                .map_err(|e| transient(e.context("deleting the VM")))?;
         } else if tokio::fs::try_exists(&dir).await.unwrap_or(true) {
             // Left by an earlier executor process: its QEMU may still run, its mount is dead.
             match self.hypervisor().await {
                 Ok(hv) => {
-                    if hv.kill_stale(&zos_vm::VmLayout::new(&dir)).await.map_err(transient)? {
+                    if hv
+                        .kill_stale(&zos_vm::VmLayout::new(&dir))
+                        .await
+                        .map_err(transient)?
+                    {
                         info!(dir = %dir.display(), "killed a guest left by an earlier run");
                     }
-                },
+                }
                 Err(e) => warn!(error = %e, "cannot check for a guest left by an earlier run"),
             }
             let rootfs = rootfs_dir(ctx, w);
@@ -390,16 +475,27 @@ impl VmDriver {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(transient(anyhow::Error::new(e).context(format!("removing {}", dir.display())))),
+            Err(e) => Err(transient(
+                anyhow::Error::new(e).context(format!("removing {}", dir.display())),
+            )),
         }
     }
 
-    async fn install_locked(&self, ctx: &WorkloadCtx, w: &Workload, slot: &mut Option<Installed>) -> DriverResult<()> {
+    async fn install_locked(
+        &self,
+        ctx: &WorkloadCtx,
+        w: &Workload,
+        slot: &mut Option<Installed>,
+    ) -> DriverResult<()> {
         if let Some(inst) = slot.as_ref() {
             if inst.workload == *w {
                 return match inst.vm.state().await {
                     VmState::Running | VmState::Paused | VmState::Restarting { .. } => Ok(()),
-                    _ => inst.vm.start().await.map_err(|e| transient(e.context("starting the guest again"))),
+                    _ => inst
+                        .vm
+                        .start()
+                        .await
+                        .map_err(|e| transient(e.context("starting the guest again"))),
                 };
             }
             info!(workload = %name_str(w), "installed VM differs from the spec: re-creating it");
@@ -427,7 +523,7 @@ impl VmDriver {
             Err(e) => {
                 unmount(mount).await?;
                 return Err(transient(e.context("creating the VM")));
-            },
+            }
         };
         let events = self.forward_events(&vm, name_str(w), ctx.contract);
         if let Err(e) = vm.start().await {
@@ -437,7 +533,13 @@ impl VmDriver {
         }
         info!(workload = %name_str(w), vm = %vm.name(), ?mounted, total = ?started.elapsed(), "VM installed");
         let disk_sizes = disk_sizes(&vm);
-        *slot = Some(Installed { workload: w.clone(), vm, mount: Some(mount), events, disk_sizes });
+        *slot = Some(Installed {
+            workload: w.clone(),
+            vm,
+            mount: Some(mount),
+            events,
+            disk_sizes,
+        });
         Ok(())
     }
 }
@@ -478,39 +580,56 @@ impl Driver for VmDriver {
     async fn pause(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
         let slot = self.slot(ctx, workload);
         let slot = slot.lock().await;
-        let inst = slot.as_ref().ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
+        let inst = slot
+            .as_ref()
+            .ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
         if inst.vm.state().await == VmState::Paused {
             return Ok(());
         }
-        inst.vm.pause().await.map_err(|e| transient(e.context("pausing the guest")))
+        inst.vm
+            .pause()
+            .await
+            .map_err(|e| transient(e.context("pausing the guest")))
     }
 
     async fn resume(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
         let slot = self.slot(ctx, workload);
         let slot = slot.lock().await;
-        let inst = slot.as_ref().ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
+        let inst = slot
+            .as_ref()
+            .ok_or_else(|| transient(anyhow!("VM {} is not installed", name_str(workload))))?;
         if inst.vm.state().await != VmState::Paused {
             return Ok(());
         }
-        inst.vm.resume().await.map_err(|e| transient(e.context("resuming the guest")))
+        inst.vm
+            .resume()
+            .await
+            .map_err(|e| transient(e.context("resuming the guest")))
     }
 
     async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed> {
         let slot = self.slot(ctx, workload);
         let mut slot = slot.lock().await;
-        let Some(inst) = slot.as_mut() else { return Ok(Observed::Missing) };
+        let Some(inst) = slot.as_mut() else {
+            return Ok(Observed::Missing);
+        };
         if inst.workload != *workload {
-            return Ok(Observed::Broken("the installed VM was made from another spec".into()));
+            return Ok(Observed::Broken(
+                "the installed VM was made from another spec".into(),
+            ));
         }
         Ok(match inst.vm.state().await {
             VmState::Running => {
                 propagate_disk_growth(inst).await?;
                 Observed::Running
-            },
+            }
             VmState::Paused => Observed::Paused,
-            VmState::Restarting { last_error, restarts } => {
-                Observed::Broken(format!("guest failed ({restarts} restarts so far): {last_error}"))
-            },
+            VmState::Restarting {
+                last_error,
+                restarts,
+            } => Observed::Broken(format!(
+                "guest failed ({restarts} restarts so far): {last_error}"
+            )),
             VmState::Created => Observed::Broken("guest created but not started".into()),
             VmState::Stopped => Observed::Broken("guest is stopped".into()),
             VmState::PoweredOff => Observed::Broken("guest powered off".into()),
@@ -520,10 +639,20 @@ impl Driver for VmDriver {
     async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage> {
         let slot = self.slot(ctx, workload);
         let slot = slot.lock().await;
-        let Some(inst) = slot.as_ref() else { return Ok(Usage::default()) };
-        let u = inst.vm.usage().await.map_err(|e| transient(e.context("metering the guest")))?;
+        let Some(inst) = slot.as_ref() else {
+            return Ok(Usage::default());
+        };
+        let u = inst
+            .vm
+            .usage()
+            .await
+            .map_err(|e| transient(e.context("metering the guest")))?;
         // Disk files are metered by the disk driver; counting them here too would bill twice.
-        Ok(Usage { cpu_time_ms: u.cpu_time_ms, memory_bytes: u.memory_bytes, ..Default::default() })
+        Ok(Usage {
+            cpu_time_ms: u.cpu_time_ms,
+            memory_bytes: u.memory_bytes,
+            ..Default::default()
+        })
     }
 }
 
@@ -552,18 +681,30 @@ mod tests {
     #[test]
     fn missing_disk_and_bad_source_are_permanent() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = WorkloadCtx { contract: 1, dir: dir.path().into() };
+        let ctx = WorkloadCtx {
+            contract: 1,
+            dir: dir.path().into(),
+        };
         let w = vm_workload("web");
         match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),
-            other => panic!("expected a permanent error, got {:?}", other.map(|c| c.name)),
+            other => panic!(
+                "expected a permanent error, got {:?}",
+                other.map(|c| c.name)
+            ),
         }
         std::fs::create_dir_all(dir.path().join("disks")).unwrap();
         std::fs::write(dir.path().join("disks/data.raw"), b"").unwrap();
         let cfg = VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")).unwrap();
         assert_eq!(cfg.disks[0].id, "data");
         assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
-        assert!(matches!(open_source("relative/store"), Err(DriverError::Permanent(_))));
-        assert!(matches!(open_source("/nonexistent-store"), Err(DriverError::Permanent(_))));
+        assert!(matches!(
+            open_source("relative/store"),
+            Err(DriverError::Permanent(_))
+        ));
+        assert!(matches!(
+            open_source("/nonexistent-store"),
+            Err(DriverError::Permanent(_))
+        ));
     }
 }

@@ -46,15 +46,31 @@ fn cpath(p: &Path) -> CString {
 }
 
 pub fn set_times(p: &Path, sec: i64, nsec: i64) {
-    let t = libc::timespec { tv_sec: sec, tv_nsec: nsec };
+    let t = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
     let ts = [t, t];
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cpath(p).as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     assert_eq!(rc, 0, "utimensat {}", p.display());
 }
 
 fn mknod(p: &Path, mode: u32, dev: u64) {
     let rc = unsafe { libc::mknod(cpath(p).as_ptr(), mode, dev as libc::dev_t) };
-    assert_eq!(rc, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Build a tree with every file type the format supports.
@@ -65,7 +81,11 @@ pub fn make_tree(root: &Path) {
     fs::create_dir(root.join("sticky")).unwrap();
     fs::write(root.join("empty"), b"").unwrap();
     fs::write(root.join("hello.txt"), b"hello world\n").unwrap();
-    fs::write(root.join("dir/text.txt"), "some text that compresses well. ".repeat(4000)).unwrap();
+    fs::write(
+        root.join("dir/text.txt"),
+        "some text that compresses well. ".repeat(4000),
+    )
+    .unwrap();
     fs::write(root.join("dir/sub/random.bin"), random_bytes(100_000, 1)).unwrap();
     // Large enough for several content-defined chunks.
     let big = random_bytes(3_000_000, 2);
@@ -77,7 +97,11 @@ pub fn make_tree(root: &Path) {
     fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(root.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("private/secret"), b"s3cret").unwrap();
-    fs::set_permissions(root.join("private/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        root.join("private/secret"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("hello.txt", root.join("link-rel")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", root.join("link-abs")).unwrap();
     std::os::unix::fs::symlink("does/not/exist", root.join("dir/dangling")).unwrap();
@@ -89,8 +113,16 @@ pub fn make_tree(root: &Path) {
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     }
     if root_user {
-        mknod(&root.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-        mknod(&root.join("loop9"), libc::S_IFBLK | 0o660, libc::makedev(7, 9));
+        mknod(
+            &root.join("null"),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(1, 3),
+        );
+        mknod(
+            &root.join("loop9"),
+            libc::S_IFBLK | 0o660,
+            libc::makedev(7, 9),
+        );
         std::os::unix::fs::lchown(root.join("dir/text.txt"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(root.join("link-rel"), Some(42), Some(43)).unwrap();
         std::os::unix::fs::lchown(root.join("private"), Some(1000), Some(1000)).unwrap();
@@ -151,7 +183,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     collect_rel(root, Path::new(""), &mut paths);
     paths.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     for rel in paths {
-        let p = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let p = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let md = fs::symlink_metadata(&p).unwrap();
         let ft = md.file_type();
         let kind = if ft.is_dir() {
@@ -170,7 +206,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
             "socket"
         };
         let key = rel.as_os_str().as_bytes().to_vec();
-        let link_group = groups.entry(md.ino()).or_insert_with(|| key.clone()).clone();
+        let link_group = groups
+            .entry(md.ino())
+            .or_insert_with(|| key.clone())
+            .clone();
         let mut xattrs = BTreeMap::new();
         for name in xattr::list(&p).unwrap() {
             let v = xattr::get(&p, &name).unwrap().unwrap_or_default();
@@ -187,7 +226,9 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
                 mtime: (md.mtime(), md.mtime_nsec()),
                 rdev: md.rdev(),
                 nlink: if ft.is_dir() { 0 } else { md.nlink() },
-                target: ft.is_symlink().then(|| fs::read_link(&p).unwrap().into_os_string().into_vec()),
+                target: ft
+                    .is_symlink()
+                    .then(|| fs::read_link(&p).unwrap().into_os_string().into_vec()),
                 content: ft.is_file().then(|| blake3::hash(&fs::read(&p).unwrap())),
                 xattrs,
                 link_group: if ft.is_dir() { Vec::new() } else { link_group },
@@ -198,7 +239,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
 }
 
 fn collect_rel(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    let mut names: Vec<OsString> = fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<OsString> = fs::read_dir(root.join(rel))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     for n in names {
         let r = rel.join(&n);
@@ -211,11 +255,22 @@ fn collect_rel(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
 
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let (sa, sb) = (snapshot(a), snapshot(b));
-    let ka: Vec<_> = sa.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
-    let kb: Vec<_> = sb.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    let ka: Vec<_> = sa
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let kb: Vec<_> = sb
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
     assert_eq!(ka, kb, "different entries");
     for (k, ea) in &sa {
-        assert_eq!(Some(ea), sb.get(k), "entry {:?} differs", OsStr::from_bytes(k));
+        assert_eq!(
+            Some(ea),
+            sb.get(k),
+            "entry {:?} differs",
+            OsStr::from_bytes(k)
+        );
     }
 }
 
@@ -240,7 +295,12 @@ pub fn wait_mounted(p: &Path) {
 }
 
 pub fn force_unmount(p: &Path) {
-    let quiet = |c: &mut Command| { let _ = c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status(); };
+    let quiet = |c: &mut Command| {
+        let _ = c
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    };
     quiet(Command::new("fusermount3").arg("-u").arg("-z").arg(p));
     quiet(Command::new("umount").arg("-l").arg(p));
 }
