@@ -373,6 +373,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 load(&stats.cache_hits),
                 load(&stats.rejected)
             );
+            let served = handle.stats();
+            eprintln!(
+                "answered {} reads ({} waited for a chunk), stored {} small files into the page cache ahead of their reads",
+                load(&served.reads),
+                load(&served.waited),
+                load(&served.pushed_files)
+            );
             handle.unmount()?;
         }
         Command::Push {

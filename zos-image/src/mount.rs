@@ -5,15 +5,16 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request, SessionACL,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request, SessionACL,
 };
 
 use crate::error::{Error, IoContext, Result};
@@ -61,6 +62,68 @@ struct Shared {
     readahead: u32,
     queue: SyncSender<ChunkInfo>,
     trace: Option<Mutex<(Vec<Hash>, HashSet<Hash>)>>,
+    /// The kernel agreed to skip OPEN/RELEASE (and OPENDIR/RELEASEDIR): an immutable image
+    /// keeps no per-handle state, so those round trips are pure overhead.
+    no_open: AtomicBool,
+    no_opendir: AtomicBool,
+    /// One past the last chunk number queued by image-order readahead.
+    queued_until: AtomicU32,
+    /// Inodes the kernel has been told about (LOOKUP or READDIRPLUS answers): only those can
+    /// be stored into its page cache.
+    announced: InodeSet,
+    /// Files already stored into the page cache, or read.
+    pushed: InodeSet,
+    /// (chunk, inode) of the files packed into shared chunks, sorted; built in the background.
+    packed: OnceLock<Vec<(u32, u32)>>,
+    /// Set once the session exists (the notifier comes from it).
+    notifier: OnceLock<Notifier>,
+    /// FUSE workers that may store into the page cache themselves; always one fewer than
+    /// there are workers, so one is left to answer the READ that a store may wait on.
+    push_slots: AtomicUsize,
+    /// Stores that found no free slot go to this thread.
+    pusher: OnceLock<SyncSender<PackedChunk>>,
+    stats: MountStats,
+}
+
+/// A fixed-size set of inode numbers, shared between FUSE workers without a lock.
+struct InodeSet(Vec<AtomicU64>);
+
+impl InodeSet {
+    fn new(len: u32) -> InodeSet {
+        InodeSet((0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn contains(&self, ino: u32) -> bool {
+        self.0
+            .get((ino / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (ino % 64)) != 0)
+    }
+
+    /// Adds `ino`; true if it was not there before.
+    fn insert(&self, ino: u32) -> bool {
+        self.0.get((ino / 64) as usize).is_some_and(|w| {
+            let bit = 1 << (ino % 64);
+            w.fetch_or(bit, Ordering::Relaxed) & bit == 0
+        })
+    }
+}
+
+/// What the kernel asked of the mount, for `mount` statistics and benchmarks.
+#[derive(Debug, Default)]
+pub struct MountStats {
+    /// READ requests answered with data.
+    pub reads: AtomicU64,
+    /// Small files stored into the page cache ahead of their first read.
+    pub pushed_files: AtomicU64,
+    /// READs that had to wait for a chunk to arrive.
+    pub waited: AtomicU64,
+}
+
+/// A chunk of small files of which one was just read.
+struct PackedChunk {
+    ino: u32,
+    chunk: u32,
+    data: Arc<Vec<u8>>,
 }
 
 struct ImageFs(Arc<Shared>);
@@ -135,14 +198,17 @@ impl Shared {
     }
 
     /// Tree walks (tar, cp -r, a program loading its modules) open the files of a directory
-    /// in name order, so looking up one file is a good hint to start fetching the next ones.
-    fn prefetch_siblings(&self, dir: &Inode, pos: u32) {
+    /// in name order, so looking up one file is a good hint to start fetching the first chunks
+    /// of the next files (from entry `from` on).
+    fn prefetch_files(&self, dir: &Inode, from: u32) {
         if self.readahead == 0 {
             return;
         }
-        let end = (pos + 1 + SIBLING_PREFETCH).min(self.index.dir_len(dir));
+        let end = from
+            .saturating_add(SIBLING_PREFETCH)
+            .min(self.index.dir_len(dir));
         let mut last_queued = None;
-        for i in pos + 1..end {
+        for i in from..end {
             let Ok((_, ino)) = self.index.dir_entry(dir, i) else {
                 return;
             };
@@ -168,31 +234,46 @@ impl Shared {
         }
     }
 
-    fn read(&self, inode: &Inode, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// The bytes of `inode` in `offset..offset+size`, as slices of verified chunks (most reads
+    /// fall inside one chunk and are answered without copying).
+    fn read(&self, inode: &Inode, offset: u64, size: u32) -> Result<Vec<Piece>> {
         let end = offset.saturating_add(u64::from(size)).min(inode.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pieces = Vec::new();
         let Some(mut k) = self.index.file_chunk_at(inode, offset)? else {
-            return Ok(out);
+            return Ok(pieces);
         };
         let count = self.index.file_chunk_count(inode);
         let mut pos = offset;
+        let mut last_chunk = None;
         while pos < end && k < count {
             let r = self.index.file_chunk(inode, k)?;
             let info = self.index.chunk(r.chunk)?;
             self.record(info.hash);
+            if !self.fetcher.is_cached(&info.hash) {
+                self.stats.waited.fetch_add(1, Ordering::Relaxed);
+            }
             let data = self.fetcher.get(&info)?;
-            let piece = data
-                .get(r.chunk_offset as usize..r.chunk_offset as usize + r.len as usize)
-                .ok_or_else(|| Error::ChunkCorrupt {
+            let piece_end = r.chunk_offset as usize + r.len as usize;
+            if data.len() < piece_end {
+                return Err(Error::ChunkCorrupt {
                     hash: info.hash,
                     reason: "chunk shorter than index says".into(),
-                })?;
+                });
+            }
             let from = (pos - r.file_offset) as usize;
-            let to = ((end - r.file_offset) as usize).min(piece.len());
+            let to = ((end - r.file_offset) as usize).min(r.len as usize);
             if from >= to {
                 break;
             }
-            out.extend_from_slice(&piece[from..to]);
+            let start = r.chunk_offset as usize;
+            if r.len as usize != data.len() {
+                self.push_packed_neighbours(inode.ino, r.chunk, &data);
+            }
+            pieces.push(Piece {
+                data,
+                range: start + from..start + to,
+            });
+            last_chunk = Some(r.chunk);
             pos += (to - from) as u64;
             k += 1;
         }
@@ -201,20 +282,190 @@ impl Shared {
             let info = self
                 .index
                 .chunk(self.index.file_chunk(inode, next)?.chunk)?;
-            if self.fetcher.is_cached(&info.hash) {
-                continue;
-            }
-            if let Err(TrySendError::Full(_)) = self.queue.try_send(info) {
-                break; // workers are saturated; the next read will ask again
+            if !self.queue_fetch(info) {
+                break;
             }
         }
-        Ok(out)
+        if let Some(chunk) = last_chunk {
+            self.readahead_image_order(chunk);
+        }
+        Ok(pieces)
     }
+
+    /// Queue a background fetch unless the chunk is already here. False when the workers are
+    /// saturated (the next read will ask again).
+    fn queue_fetch(&self, info: ChunkInfo) -> bool {
+        if self.fetcher.is_cached(&info.hash) {
+            return true;
+        }
+        !matches!(self.queue.try_send(info), Err(TrySendError::Full(_)))
+    }
+
+    /// Chunks are numbered in order of first use in inode order, and a directory's files are
+    /// consecutive inodes, so the chunks after the one just read are what a tree walk (tar,
+    /// cp -r, a program loading its modules) reads next, across file boundaries.
+    fn readahead_image_order(&self, chunk: u32) {
+        if self.readahead == 0 {
+            return;
+        }
+        let window_end = chunk
+            .saturating_add(1)
+            .saturating_add(self.readahead)
+            .min(self.index.chunk_count());
+        let queued = self.queued_until.load(Ordering::Relaxed);
+        // Continue where the previous call stopped, unless the reader jumped elsewhere.
+        let from = if queued > chunk && queued <= window_end {
+            queued
+        } else {
+            chunk + 1
+        };
+        if from >= window_end {
+            return;
+        }
+        self.queued_until.store(window_end, Ordering::Relaxed);
+        for next in from..window_end {
+            let Ok(info) = self.index.chunk(next) else {
+                return;
+            };
+            if !self.queue_fetch(info) {
+                // Saturated: remember how far we really got.
+                self.queued_until.store(next, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Small files are packed together, so reading one of them fetched its neighbours too.
+    /// Storing those into the kernel page cache before answering saves a READ round trip per
+    /// file when a tree walk opens them next. A store waits if another READ holds the page
+    /// locked, which only a free FUSE worker can release: a worker stores itself only while
+    /// another stays free, otherwise a separate thread does it.
+    fn push_packed_neighbours(&self, ino: u32, chunk: u32, data: &Arc<Vec<u8>>) {
+        self.pushed.insert(ino);
+        let (Some(notifier), Some(packed)) = (self.notifier.get(), self.packed.get()) else {
+            return;
+        };
+        let job = PackedChunk {
+            ino,
+            chunk,
+            data: data.clone(),
+        };
+        if !self.files_to_push(packed, &job).any(|_| true) {
+            return;
+        }
+        let slot = self
+            .push_slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if slot.is_ok() {
+            self.store_packed(notifier, packed, &job);
+            self.push_slots.fetch_add(1, Ordering::AcqRel);
+        } else if let Some(pusher) = self.pusher.get() {
+            let _ = pusher.try_send(job);
+        }
+    }
+
+    /// The files packed into `job.chunk` that the kernel knows and that are not in its page
+    /// cache yet (never the one being read: its pages are locked by that READ).
+    fn files_to_push<'a>(
+        &'a self,
+        packed: &'a [(u32, u32)],
+        job: &'a PackedChunk,
+    ) -> impl Iterator<Item = u32> + 'a {
+        let from = packed.partition_point(|&(chunk, _)| chunk < job.chunk);
+        packed[from..]
+            .iter()
+            .take_while(|(c, _)| *c == job.chunk)
+            .map(|&(_, ino)| ino)
+            .filter(|&ino| {
+                ino != job.ino && self.announced.contains(ino) && !self.pushed.contains(ino)
+            })
+    }
+
+    fn store_packed(&self, notifier: &Notifier, packed: &[(u32, u32)], job: &PackedChunk) {
+        for ino in self.files_to_push(packed, job) {
+            if !self.pushed.insert(ino) {
+                continue; // another worker got there first
+            }
+            let Ok(inode) = self.index.inode(ino) else {
+                continue;
+            };
+            let Ok(r) = self.index.file_chunk(&inode, 0) else {
+                continue;
+            };
+            let start = r.chunk_offset as usize;
+            let Some(bytes) = job.data.get(start..start + r.len as usize) else {
+                continue;
+            };
+            // The kernel may have forgotten the inode since; then this is a no-op.
+            match notifier.store(fuse_ino(ino), 0, bytes) {
+                Ok(()) => {
+                    self.stats.pushed_files.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(ino, error = %e, "page cache store failed"),
+            }
+        }
+    }
+
+    /// (chunk, inode) of every non-empty file that is one piece of a shared chunk, by chunk.
+    fn packed_files(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for ino in 0..self.index.inode_count() {
+            let Ok(inode) = self.index.inode(ino) else {
+                continue;
+            };
+            if inode.kind != Kind::File || self.index.file_chunk_count(&inode) != 1 {
+                continue;
+            }
+            let Ok(r) = self.index.file_chunk(&inode, 0) else {
+                continue;
+            };
+            let whole = self
+                .index
+                .chunk(r.chunk)
+                .map_or(true, |c| c.raw_len == r.len);
+            if !whole && r.len > 0 {
+                out.push((r.chunk, ino));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn entry_attr(&self, dir: &Inode, pos: u32) -> Result<(&[u8], Inode), Errno> {
+        let (name, child) = self.index.dir_entry(dir, pos).map_err(|_| Errno::EIO)?;
+        let inode = self.index.inode(child).map_err(|_| Errno::EIO)?;
+        Ok((name, inode))
+    }
+}
+
+/// A slice of a verified chunk.
+struct Piece {
+    data: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
 }
 
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        // Fewer round trips per file: no OPEN/RELEASE, no OPENDIR/RELEASEDIR, attributes of a
+        // listed directory's entries delivered with the listing instead of one LOOKUP each.
+        // Each is used only if this kernel offers it.
+        let wanted = [
+            InitFlags::FUSE_NO_OPEN_SUPPORT,
+            InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ];
+        for flag in wanted {
+            if config.add_capabilities(flag).is_ok() {
+                if flag == InitFlags::FUSE_NO_OPEN_SUPPORT {
+                    self.0.no_open.store(true, Ordering::Relaxed);
+                } else if flag == InitFlags::FUSE_NO_OPENDIR_SUPPORT {
+                    self.0.no_opendir.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -227,7 +478,7 @@ impl Filesystem for ImageFs {
                 Ok(Some((pos, child))) => {
                     let inode = self.0.index.inode(child).map_err(|_| Errno::EIO)?;
                     if inode.kind == Kind::File {
-                        self.0.prefetch_siblings(&dir, pos);
+                        self.0.prefetch_files(&dir, pos + 1);
                     }
                     Ok(inode)
                 }
@@ -236,7 +487,10 @@ impl Filesystem for ImageFs {
             }
         });
         match result {
-            Ok(inode) => reply.entry(&TTL, &attr_of(&inode), Generation(0)),
+            Ok(inode) => {
+                self.0.announced.insert(inode.ino);
+                reply.entry(&TTL, &attr_of(&inode), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -264,9 +518,25 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::EROFS);
         }
         match self.0.inode(ino) {
+            // ENOSYS (once) tells the kernel to stop sending OPEN; it then keeps the page cache
+            // across opens, as FOPEN_KEEP_CACHE does.
+            Ok(_) if self.0.no_open.load(Ordering::Relaxed) => reply.error(Errno::ENOSYS),
             // Content is immutable, so the kernel page cache may keep it across opens: warm
             // reads never reach this process.
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.0.inode(ino) {
+            Ok(dir) if dir.kind != Kind::Dir => reply.error(Errno::ENOTDIR),
+            // As for files: the kernel stops asking, and caches listings of this immutable tree.
+            Ok(_) if self.0.no_opendir.load(Ordering::Relaxed) => reply.error(Errno::ENOSYS),
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -287,8 +557,19 @@ impl Filesystem for ImageFs {
             Ok(_) => return reply.error(Errno::EISDIR),
             Err(e) => return reply.error(e),
         };
+        self.0.stats.reads.fetch_add(1, Ordering::Relaxed);
         match self.0.read(&inode, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(pieces) => match pieces.as_slice() {
+                [] => reply.data(&[]),
+                [one] => reply.data(&one.data[one.range.clone()]),
+                many => {
+                    let mut out = Vec::with_capacity(many.iter().map(|p| p.range.len()).sum());
+                    for p in many {
+                        out.extend_from_slice(&p.data[p.range.clone()]);
+                    }
+                    reply.data(&out)
+                }
+            },
             Err(e) => {
                 // Never hand out unverified bytes: the reader gets EIO, the next read retries.
                 tracing::error!(ino = inode.ino, offset, error = %e, "read failed");
@@ -341,6 +622,52 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = match self.0.inode(ino) {
+            Ok(dir) if dir.kind == Kind::Dir => dir,
+            Ok(_) => return reply.error(Errno::ENOTDIR),
+            Err(e) => return reply.error(e),
+        };
+        // Same offsets as readdir. "." and ".." carry no attributes the kernel would keep.
+        let count = u64::from(self.0.index.dir_len(&dir));
+        let mut pos = offset;
+        while pos < count + 2 {
+            let full = match pos {
+                0 => reply.add(ino, 1, ".", &TTL, &attr_of(&dir), Generation(0)),
+                1 => reply.add(ino, 2, "..", &TTL, &attr_of(&dir), Generation(0)),
+                _ => match self.0.entry_attr(&dir, (pos - 2) as u32) {
+                    Ok((name, inode)) => {
+                        let full = reply.add(
+                            fuse_ino(inode.ino),
+                            pos + 1,
+                            OsStr::from_bytes(name),
+                            &TTL,
+                            &attr_of(&inode),
+                            Generation(0),
+                        );
+                        if !full {
+                            self.0.announced.insert(inode.ino);
+                        }
+                        full
+                    }
+                    Err(e) => return reply.error(e),
+                },
+            };
+            if full {
+                break;
+            }
+            pos += 1;
+        }
+        reply.ok();
+    }
+
     fn flush(
         &self,
         _req: &Request,
@@ -349,7 +676,8 @@ impl Filesystem for ImageFs {
         _owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok(); // nothing is ever buffered for writing
+        // Nothing is ever buffered for writing; ENOSYS makes the kernel stop sending FLUSH.
+        reply.error(Errno::ENOSYS);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -457,6 +785,10 @@ impl MountHandle {
         &self.shared.fetcher
     }
 
+    pub fn stats(&self) -> &MountStats {
+        &self.shared.stats
+    }
+
     pub fn unmount(mut self) -> Result<()> {
         self.finish()
     }
@@ -507,6 +839,7 @@ pub fn mount(
             .collect();
         prefetch.extend(opts.prefetch.iter().filter_map(|h| by_hash.get(h).copied()));
     }
+    let inode_count = index.inode_count();
     let shared = Arc::new(Shared {
         index,
         fetcher: fetcher.clone(),
@@ -516,6 +849,16 @@ pub fn mount(
             .record_trace
             .as_ref()
             .map(|_| Mutex::new((Vec::new(), HashSet::new()))),
+        no_open: AtomicBool::new(false),
+        no_opendir: AtomicBool::new(false),
+        queued_until: AtomicU32::new(0),
+        announced: InodeSet::new(inode_count),
+        pushed: InodeSet::new(inode_count),
+        packed: OnceLock::new(),
+        notifier: OnceLock::new(),
+        push_slots: AtomicUsize::new(opts.threads.max(1) - 1),
+        pusher: OnceLock::new(),
+        stats: MountStats::default(),
     });
     if !prefetch.is_empty() {
         // The trace is in first-use order; fetch it with a few threads so the earliest chunks
@@ -556,11 +899,52 @@ pub fn mount(
                 message: format!("mount failed: {e}"),
             }
         })?;
+    raise_kernel_readahead(mountpoint);
+    if opts.readahead_chunks > 0 {
+        let _ = shared.notifier.set(session.notifier());
+        let (tx, rx) = sync_channel::<PackedChunk>(256);
+        let _ = shared.pusher.set(tx);
+        // Weak: the end of the session (which drops the sender) also ends this thread.
+        let weak = Arc::downgrade(&shared);
+        std::thread::spawn(move || {
+            if let Some(shared) = weak.upgrade() {
+                let _ = shared.packed.set(shared.packed_files());
+            }
+            while let Ok(job) = rx.recv() {
+                let Some(shared) = weak.upgrade() else { return };
+                if let (Some(notifier), Some(packed)) = (shared.notifier.get(), shared.packed.get())
+                {
+                    shared.store_packed(notifier, packed, &job);
+                }
+            }
+        });
+    }
     Ok(MountHandle {
         session: Some(session),
         shared,
         trace_path: opts.record_trace.clone(),
     })
+}
+
+/// Kernel readahead for the mount, in KiB. The kernel starts FUSE mounts at 128 KiB whatever
+/// the filesystem offers; a larger window means fewer, larger READs for sequential readers.
+const KERNEL_READAHEAD_KB: u32 = 1024;
+
+/// Best effort (needs root): set the mount's readahead window through its backing device info.
+fn raise_kernel_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = md.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, KERNEL_READAHEAD_KB.to_string()) {
+        tracing::debug!(path, error = %e, "could not raise the kernel readahead window");
+    }
 }
 
 /// A FUSE mount whose server died answers ENOTCONN; detach it so the path can be reused.

@@ -76,6 +76,50 @@ fn mount_shows_the_exact_tree() {
     assert!(!is_mounted(&mnt));
 }
 
+/// Small files are packed into shared chunks; once one is read, the mount stores the others
+/// into the kernel page cache, so a tree walk reads them without a READ each - and what the
+/// kernel then serves must be exactly the files' bytes.
+#[test]
+fn packed_small_files_reach_the_page_cache_with_exact_content() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut files = 0u64;
+    for dir in ["a", "a/inner", "b"] {
+        fs::create_dir_all(src.join(dir)).unwrap();
+        for i in 0..60u64 {
+            let len = 100 + (i * 397) % 4000;
+            fs::write(
+                src.join(dir).join(format!("f{i:03}")),
+                random_bytes(len as usize, i + 1000 * files),
+            )
+            .unwrap();
+            files += 1;
+        }
+    }
+    let store = tmp.path().join("store");
+    let root = pack(&src, &store);
+    let image = open_image(&sources(&[&store]), &root, &Trust::default()).unwrap();
+    let fetcher = Arc::new(Fetcher::new(sources(&[&store]), None));
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let handle = mount(image.index, fetcher, &mnt, &MountOptions::default()).unwrap();
+    assert_same_tree(&src, &mnt);
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let (reads, pushed) = (
+        load(&handle.stats().reads),
+        load(&handle.stats().pushed_files),
+    );
+    assert!(pushed > 0, "no small file was stored ahead of its read");
+    assert!(
+        reads < files / 2,
+        "{reads} READs for {files} small files: the page cache was not used"
+    );
+    handle.unmount().unwrap();
+}
+
 #[test]
 fn tampered_chunk_gives_eio_and_a_good_replica_is_used() {
     if !fuse_available() {
