@@ -13,6 +13,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 TREE="${BENCH_TREE:-/usr}"
 WORK="${BENCH_DIR:-/dev/shm/zos-image-bench}"
 BIG_MB="${BENCH_BIG_MB:-1024}"
+ROUNDS="${BENCH_ROUNDS:-3}"
 HELPER="python3 $HERE/helper.py"
 
 if [ "$(id -u)" != 0 ]; then echo "run as root (FUSE, bind mounts, chroot)" >&2; exit 1; fi
@@ -123,16 +124,31 @@ MNT_DISK=$($HELPER read-file "$WORK/bigmnt/random.bin")
 stop_mount "$pid" "$WORK/bigmnt" >/dev/null
 mbs() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(f\"{d['bytes']/d['seconds']/1e6:.0f}\")" "$1"; }
 
-echo "== full sequential read through a cold lazy mount vs unpack (both from the hub)"
+echo "== full sequential read through a cold lazy mount vs unpack (both from the hub, median of $ROUNDS)"
 SUB_ROOT=$("$BIN" pack rootfs/usr/lib --store store 2>/dev/null)
-t6=$(now); "$BIN" unpack "$SUB_ROOT" "$WORK/unpacked" --store "$HUB" 2>/dev/null; t7=$(now)
-pid=$(start_mount "$SUB_ROOT" "$WORK/seq" "$WORK/cache-seq" "$HUB"); PIDS+=("$pid"); MOUNTS+=("$WORK/seq")
-SEQ=$($HELPER read-tree "$WORK/seq")
-stop_mount "$pid" "$WORK/seq" >/dev/null
-SUB_BYTES=$(json "$SEQ" bytes)
+UNPACK_S=(); UNPACK_READ=(); SEQ_RUNS=()
+for round in $(seq "$ROUNDS"); do
+  rm -rf "$WORK/unpacked"
+  t6=$(now); "$BIN" unpack "$SUB_ROOT" "$WORK/unpacked" --store "$HUB" 2>/dev/null; t7=$(now)
+  UNPACK_S+=("$(python3 -c "print($t7-$t6)")")
+  # Unpacking is only half of that job: the tree still has to be read.
+  UNPACK_READ+=("$($HELPER read-tree "$WORK/unpacked")")
+  rm -rf "$WORK/unpacked" "$WORK/cache-seq"
+  pid=$(start_mount "$SUB_ROOT" "$WORK/seq" "$WORK/cache-seq" "$HUB"); PIDS+=("$pid"); MOUNTS+=("$WORK/seq")
+  SEQ_RUNS+=("$($HELPER read-tree "$WORK/seq")")
+  stop_mount "$pid" "$WORK/seq" >/dev/null
+done
+median() { python3 -c "import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
+median_json() { python3 -c "import sys,json,statistics; print(statistics.median(json.loads(x)['seconds'] for x in sys.argv[1:]))" "$@"; }
+UNPACK_MED=$(median "${UNPACK_S[@]}")
+UNPACK_READ_MED=$(median_json "${UNPACK_READ[@]}")
+SEQ_MED=$(median_json "${SEQ_RUNS[@]}")
+SEQ="${SEQ_RUNS[0]}"
+echo "   unpack s: ${UNPACK_S[*]}"
+echo "   lazy read: ${SEQ_RUNS[*]}"
 
 export TREE files TREE_BYTES IMAGE_BYTES t0 t1 t2 t3 t4 t5 t6 t7 IDX IDXZ SQL SQLZ COLD_FETCHED
-export MNT_WARM NATIVE NATIVE_DISK MNT_DISK SEQ PACK_MBS BIG_MB
+export MNT_WARM NATIVE NATIVE_DISK MNT_DISK SEQ PACK_MBS BIG_MB UNPACK_MED UNPACK_READ_MED SEQ_MED
 python3 - <<'PY'
 import json, os
 e = os.environ
@@ -141,7 +157,7 @@ def mbs(k):
     d = json.loads(e[k])
     return d["bytes"] / d["seconds"] / 1e6
 seq = json.loads(e["SEQ"])
-unpack_s = f("t7") - f("t6")
+seq_s, unpack_s, unpack_read_s = f("SEQ_MED"), f("UNPACK_MED"), f("UNPACK_READ_MED")
 rows = [
     ("tree", f"{e['TREE']}: {e['files']} entries, {f('TREE_BYTES')/1e9:.2f} GB", f"image {f('IMAGE_BYTES')/1e9:.2f} GB stored", ""),
     ("pack, all cores", f"{f('TREE_BYTES')/(f('t1')-f('t0'))/1e6:.0f} MB/s", f"{f('t1')-f('t0'):.1f} s", ""),
@@ -150,7 +166,8 @@ rows = [
     ("warm read, page cache", f"{mbs('MNT_WARM'):.0f} MB/s mount", f"{mbs('NATIVE_DISK'):.0f} MB/s native, disk fs", f"{100*mbs('MNT_WARM')/mbs('NATIVE_DISK'):.0f}% (goal >= 90%)"),
     ("", "", f"{mbs('NATIVE'):.0f} MB/s native tmpfs", f"{100*mbs('MNT_WARM')/mbs('NATIVE'):.0f}%"),
     ("warm read, chunk cache", f"{mbs('MNT_DISK'):.0f} MB/s (fresh mount)", "", ""),
-    ("cold lazy full read", f"{seq['seconds']:.2f} s for {seq['bytes']/1e6:.0f} MB", f"unpack {unpack_s:.2f} s", f"{seq['seconds']/unpack_s:.2f}x (goal <= 1.2x)"),
+    ("cold lazy full read", f"{seq_s:.2f} s for {seq['bytes']/1e6:.0f} MB", f"unpack {unpack_s:.2f} s + read {unpack_read_s:.2f} s", f"{seq_s/(unpack_s+unpack_read_s):.2f}x (goal <= 1.2x)"),
+    ("", "", "unpack alone", f"{seq_s/unpack_s:.2f}x"),
     ("pack 1 core, random", f"{e['PACK_MBS']} MB/s ({e['BIG_MB']} MiB)", "", "goal >= 300 MB/s"),
 ]
 w = [max(len(r[i]) for r in rows) for i in range(4)]

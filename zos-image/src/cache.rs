@@ -1,7 +1,10 @@
-//! Local, size-bounded, content-addressed cache of verified chunk plaintext.
+//! Local, size-bounded, content-addressed cache of verified chunks.
 //!
-//! Crash safety comes from two rules: entries only appear under their final name by rename of
-//! a fully written temporary file, and every entry is re-hashed when it is read. A process killed
+//! Entries are the chunk objects exactly as stores hold them (codec byte + payload, usually
+//! zstd), which keeps several times more chunks in the same space than plaintext would and
+//! costs less to write. Crash safety comes from two rules: entries only appear under their
+//! final name by rename of a fully written temporary file, and every entry is decoded and
+//! re-hashed when it is read. A process killed
 //! mid-write therefore leaves at most a stray temporary file (removed on the next open), and a
 //! file damaged any other way is detected, deleted and fetched again instead of being served.
 
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
+use crate::chunk::decode_object;
 use crate::error::{IoContext, Result};
 use crate::hash::Hash;
 use crate::store::write_atomic;
@@ -124,24 +128,30 @@ impl ChunkCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    /// A verified cached chunk, or None. A file that fails verification is deleted.
-    pub fn get(&self, hash: &Hash) -> Option<Vec<u8>> {
+    /// The verified plaintext of a cached chunk of `raw_len` bytes, or None. An entry that
+    /// fails to decode or verify is deleted.
+    pub fn get(&self, hash: &Hash, raw_len: u32) -> Option<Vec<u8>> {
         let path = self.path_of(hash);
-        let data = fs::read(&path).ok()?;
-        if Hash::of(&data) != *hash {
-            tracing::warn!(chunk = %hash, path = %path.display(), "cached chunk failed verification; discarding");
-            let _ = fs::remove_file(&path);
-            self.lock().remove(hash);
-            return None;
+        let object = fs::read(&path).ok()?;
+        match decode_object(hash, &object, Some(raw_len)) {
+            Ok(plain) => {
+                self.lock().touch(*hash, object.len() as u64);
+                Some(plain)
+            }
+            Err(e) => {
+                tracing::warn!(chunk = %hash, path = %path.display(), error = %e, "cached chunk failed verification; discarding");
+                let _ = fs::remove_file(&path);
+                self.lock().remove(hash);
+                None
+            }
         }
-        self.lock().touch(*hash, data.len() as u64);
-        Some(data)
     }
 
-    /// Insert verified plaintext. Callers must have checked `hash` already.
-    pub fn put(&self, hash: &Hash, plain: &[u8]) -> Result<()> {
-        write_atomic(&self.path_of(hash), plain)?;
-        self.lock().touch(*hash, plain.len() as u64);
+    /// Insert a chunk object (as a store holds it). Callers must have decoded and verified it
+    /// against `hash` already.
+    pub fn put(&self, hash: &Hash, object: &[u8]) -> Result<()> {
+        write_atomic(&self.path_of(hash), object)?;
+        self.lock().touch(*hash, object.len() as u64);
         self.evict();
         Ok(())
     }

@@ -132,18 +132,17 @@ impl Fetcher {
 
     fn load(&self, info: &ChunkInfo) -> Result<Arc<Vec<u8>>> {
         if let Some(cache) = &self.cache {
-            if let Some(data) = cache.get(&info.hash) {
-                if data.len() == info.raw_len as usize {
-                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    let data = Arc::new(data);
-                    self.remember(info.hash, &data);
-                    return Ok(data);
-                }
+            if let Some(data) = cache.get(&info.hash, info.raw_len) {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let data = Arc::new(data);
+                self.remember(info.hash, &data);
+                return Ok(data);
             }
         }
-        let data = Arc::new(self.fetch_remote(info)?);
+        let (object, plain) = self.fetch_object(info)?;
+        let data = Arc::new(plain);
         if let Some(cache) = &self.cache {
-            if let Err(e) = cache.put(&info.hash, &data) {
+            if let Err(e) = cache.put(&info.hash, &object) {
                 // Serving still works without the disk cache; only warm starts get slower.
                 tracing::warn!(chunk = %info.hash, error = %e, "could not write chunk to cache");
             }
@@ -158,9 +157,15 @@ impl Fetcher {
         }
     }
 
+    /// The verified plaintext of a chunk, from the sources only (no cache involved).
+    pub fn fetch_remote(&self, info: &ChunkInfo) -> Result<Vec<u8>> {
+        self.fetch_object(info).map(|(_, plain)| plain)
+    }
+
     /// Try every source (starting at one chosen by the hash, to spread load), each a couple of
     /// times; a corrupt object counts as a failure of that source and the next one is asked.
-    pub fn fetch_remote(&self, info: &ChunkInfo) -> Result<Vec<u8>> {
+    /// Returns the object as stored and its verified plaintext.
+    fn fetch_object(&self, info: &ChunkInfo) -> Result<(Vec<u8>, Vec<u8>)> {
         if self.sources.is_empty() {
             return Err(Error::ChunkMissing(info.hash));
         }
@@ -182,7 +187,7 @@ impl Fetcher {
                                 self.stats
                                     .fetched_bytes
                                     .fetch_add(object.len() as u64, Ordering::Relaxed);
-                                return Ok(plain);
+                                return Ok((object, plain));
                             }
                             Err(e) => {
                                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);

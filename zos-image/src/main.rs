@@ -116,8 +116,15 @@ enum Command {
         /// Fetch the chunks listed in this file in the background right after mounting.
         #[arg(long)]
         prefetch: Option<PathBuf>,
+        /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Chunks fetched ahead of a sequential reader (0 turns readahead off).
+        #[arg(long, default_value_t = MountOptions::default().readahead_chunks)]
+        readahead_chunks: u32,
+        /// Threads fetching readahead and prefetch chunks in the background.
+        #[arg(long, default_value_t = MountOptions::default().prefetch_workers)]
+        prefetch_workers: usize,
     },
     /// Upload an image (index, signature, missing chunks) to a hub.
     Push {
@@ -311,6 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             record_trace,
             prefetch,
             threads,
+            readahead_chunks,
+            prefetch_workers,
         } => {
             let (stores, trust) = sources.open()?;
             let image = open_image(&stores, &root, &trust)?;
@@ -333,6 +342,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let fetcher = Arc::new(Fetcher::new(stores, Some(cache)));
             let opts = MountOptions {
                 threads,
+                readahead_chunks,
+                prefetch_workers,
                 record_trace,
                 prefetch,
                 ..Default::default()

@@ -60,7 +60,10 @@ struct Shared {
     index: Index,
     fetcher: Arc<Fetcher>,
     readahead: u32,
-    queue: SyncSender<ChunkInfo>,
+    queue: SyncSender<(u32, ChunkInfo)>,
+    /// Chunks sitting in the queue or being fetched by a worker: asking twice would only tie
+    /// up a second worker waiting for the first.
+    queued: Arc<BitSet>,
     trace: Option<Mutex<(Vec<Hash>, HashSet<Hash>)>>,
     /// The kernel agreed to skip OPEN/RELEASE (and OPENDIR/RELEASEDIR): an immutable image
     /// keeps no per-handle state, so those round trips are pure overhead.
@@ -70,9 +73,9 @@ struct Shared {
     queued_until: AtomicU32,
     /// Inodes the kernel has been told about (LOOKUP or READDIRPLUS answers): only those can
     /// be stored into its page cache.
-    announced: InodeSet,
+    announced: BitSet,
     /// Files already stored into the page cache, or read.
-    pushed: InodeSet,
+    pushed: BitSet,
     /// (chunk, inode) of the files packed into shared chunks, sorted; built in the background.
     packed: OnceLock<Vec<(u32, u32)>>,
     /// Set once the session exists (the notifier comes from it).
@@ -85,12 +88,18 @@ struct Shared {
     stats: MountStats,
 }
 
-/// A fixed-size set of inode numbers, shared between FUSE workers without a lock.
-struct InodeSet(Vec<AtomicU64>);
+/// A fixed-size set of inode or chunk numbers, shared between threads without a lock.
+struct BitSet(Vec<AtomicU64>);
 
-impl InodeSet {
-    fn new(len: u32) -> InodeSet {
-        InodeSet((0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+impl BitSet {
+    fn new(len: u32) -> BitSet {
+        BitSet((0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn remove(&self, n: u32) {
+        if let Some(w) = self.0.get((n / 64) as usize) {
+            w.fetch_and(!(1 << (n % 64)), Ordering::Relaxed);
+        }
     }
 
     fn contains(&self, ino: u32) -> bool {
@@ -228,7 +237,7 @@ impl Shared {
             let Ok(info) = self.index.chunk(first.chunk) else {
                 return;
             };
-            if !self.fetcher.is_cached(&info.hash) && self.queue.try_send(info).is_err() {
+            if !self.queue_fetch(first.chunk, info) {
                 return;
             }
         }
@@ -279,10 +288,8 @@ impl Shared {
         }
         // Sequential readers almost always continue; fetch the next chunks in the background.
         for next in k..(k + self.readahead).min(count) {
-            let info = self
-                .index
-                .chunk(self.index.file_chunk(inode, next)?.chunk)?;
-            if !self.queue_fetch(info) {
+            let chunk = self.index.file_chunk(inode, next)?.chunk;
+            if !self.queue_fetch(chunk, self.index.chunk(chunk)?) {
                 break;
             }
         }
@@ -294,11 +301,17 @@ impl Shared {
 
     /// Queue a background fetch unless the chunk is already here. False when the workers are
     /// saturated (the next read will ask again).
-    fn queue_fetch(&self, info: ChunkInfo) -> bool {
-        if self.fetcher.is_cached(&info.hash) {
+    fn queue_fetch(&self, chunk: u32, info: ChunkInfo) -> bool {
+        if self.fetcher.is_cached(&info.hash) || !self.queued.insert(chunk) {
             return true;
         }
-        !matches!(self.queue.try_send(info), Err(TrySendError::Full(_)))
+        match self.queue.try_send((chunk, info)) {
+            Ok(()) => true,
+            Err(e) => {
+                self.queued.remove(chunk);
+                !matches!(e, TrySendError::Full(_))
+            }
+        }
     }
 
     /// Chunks are numbered in order of first use in inode order, and a directory's files are
@@ -327,7 +340,7 @@ impl Shared {
             let Ok(info) = self.index.chunk(next) else {
                 return;
             };
-            if !self.queue_fetch(info) {
+            if !self.queue_fetch(next, info) {
                 // Saturated: remember how far we really got.
                 self.queued_until.store(next, Ordering::Relaxed);
                 return;
@@ -758,17 +771,25 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
-fn spawn_workers(rx: Receiver<ChunkInfo>, fetcher: Arc<Fetcher>, n: usize) {
+fn spawn_workers(
+    rx: Receiver<(u32, ChunkInfo)>,
+    fetcher: Arc<Fetcher>,
+    queued: Arc<BitSet>,
+    n: usize,
+) {
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..n.max(1) {
         let rx = rx.clone();
         let fetcher = fetcher.clone();
+        let queued = queued.clone();
         std::thread::spawn(move || loop {
             let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok(info) = next else { return };
+            let Ok((chunk, info)) = next else { return };
             if let Err(e) = fetcher.get(&info) {
                 tracing::warn!(chunk = %info.hash, error = %e, "background fetch failed");
             }
+            // Done either way: a failed chunk may be asked for again.
+            queued.remove(chunk);
         });
     }
 }
@@ -830,7 +851,8 @@ pub fn mount(
         ));
     }
     let (tx, rx) = sync_channel(1024);
-    spawn_workers(rx, fetcher.clone(), opts.prefetch_workers);
+    let queued = Arc::new(BitSet::new(index.chunk_count()));
+    spawn_workers(rx, fetcher.clone(), queued.clone(), opts.prefetch_workers);
     let mut prefetch = Vec::new();
     if !opts.prefetch.is_empty() {
         let by_hash: std::collections::HashMap<Hash, ChunkInfo> = (0..index.chunk_count())
@@ -845,6 +867,7 @@ pub fn mount(
         fetcher: fetcher.clone(),
         readahead: opts.readahead_chunks,
         queue: tx,
+        queued,
         trace: opts
             .record_trace
             .as_ref()
@@ -852,8 +875,8 @@ pub fn mount(
         no_open: AtomicBool::new(false),
         no_opendir: AtomicBool::new(false),
         queued_until: AtomicU32::new(0),
-        announced: InodeSet::new(inode_count),
-        pushed: InodeSet::new(inode_count),
+        announced: BitSet::new(inode_count),
+        pushed: BitSet::new(inode_count),
         packed: OnceLock::new(),
         notifier: OnceLock::new(),
         push_slots: AtomicUsize::new(opts.threads.max(1) - 1),
