@@ -54,7 +54,8 @@ start_mount() { # root mnt cache store...
   mkdir -p "$mnt"
   "$BIN" mount "$root" "$mnt" --cache "$cache" "${args[@]}" >/dev/null 2>"$mnt.log" &
   local pid=$!
-  for _ in $(seq 200); do grep -q " $mnt fuse" /proc/mounts && break; sleep 0.05; done
+  # "mounted" is printed once the mount is fully set up (kernel readahead raised, workers running).
+  for _ in $(seq 200); do grep -q "^mounted " "$mnt.log" 2>/dev/null && break; sleep 0.05; done
   echo "$pid"
 }
 stop_mount() { # pid mnt -> prints bytes fetched
