@@ -151,6 +151,9 @@ impl Store for DirStore {
     }
 }
 
+/// Connections kept open to one hub: more than the fetch threads of a mount or an unpack.
+const MAX_PARALLEL_REQUESTS: usize = 64;
+
 /// A hub reached over HTTP. GETs are anonymous; PUTs carry a bearer token.
 pub struct HttpStore {
     base: String,
@@ -160,9 +163,12 @@ pub struct HttpStore {
 
 impl HttpStore {
     pub fn new(base: &str, token: Option<String>) -> HttpStore {
+        // Mounts and unpacks fetch with many threads at once; keep their connections alive
+        // instead of opening one per chunk (ureq keeps a single idle one per host by default).
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
+            .max_idle_connections_per_host(MAX_PARALLEL_REQUESTS)
             .build();
         HttpStore {
             base: base.trim_end_matches('/').to_string(),
