@@ -7,125 +7,37 @@
 //! Needs QEMU, /dev/fuse, root (FUSE mount with allow_other, virtiofsd) and busybox-static; the
 //! guest kernel comes from zos-vm's cache (fetched once by its scripts).
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use codec::Encode;
-use node_harness::{
-    client::{self, runtime_call, Client},
-    ChainNode, NodeOptions,
+use common::{
+    cancel, contract_of, create_approved_contract, funded_identity, registered_node, setup_farm,
+    state_of, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
-use subxt::{
-    dynamic::{At, Value},
-    utils::AccountId32,
-};
-use subxt_signer::sr25519::{dev, Keypair};
-use zos_executor::{
-    chain::{convert, runtime},
-    identity::NodeIdentity,
-};
+use node_harness::{client, ChainNode, NodeOptions};
+use subxt_signer::sr25519::dev;
+use zos_executor::chain::{convert, runtime};
 use zos_image::store::{DirStore, Object, Store};
-use zos_primitives::{
-    contracts::{ContractState, NodeContract},
-    spec::DeploymentSpec,
-    ContractId, NodeId,
-};
+use zos_primitives::{contracts::ContractState, spec::DeploymentSpec};
 
 const GREETING: &str = "hello from the chain";
 
-struct Executor {
-    child: Option<Child>,
-    log: PathBuf,
-}
+const POLLING: Polling = Polling::every(Duration::from_millis(250));
 
-impl Executor {
-    fn spawn(data_dir: &Path, url: &str, farm: u32) -> Result<Self> {
-        let log = data_dir.join("executor.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_zos-executor"))
-            .args(["--chain-url", url, "--farm-id", &farm.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--report-interval",
-                "6",
-                "--heartbeat-interval",
-                "20",
-                "--metrics-addr",
-                "off",
-            ])
-            .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
-            // No KVM probe: the development machines' /dev/kvm cannot run nested guests.
-            .env("ZOS_VM_ACCEL", "tcg")
-            .env("RUST_LOG", "info,zos_executor=debug,zos_vm=info")
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .context("spawning zos-executor")?;
-        Ok(Self {
-            child: Some(child),
-            log,
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-}
-
-impl Drop for Executor {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM is not handled by the executor; SIGINT is (ctrl_c): guests and mounts go
-            // down with its runtime.
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        eprintln!("---- executor log ----\n{}\n----", self.log_tail());
-    }
-}
-
-async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context(format!("waiting for {what}")))
-            }
-            Err(_) => {}
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// Stopped with SIGINT on drop so its guests and image mounts go down with it.
+const EXECUTOR: ExecutorOptions = ExecutorOptions {
+    log_filter: "info,zos_executor=debug,zos_vm=info",
+    // No KVM probe: the development machines' /dev/kvm cannot run nested guests.
+    env: &[("ZOS_VM_ACCEL", "tcg")],
+    stop_on_drop: StopOnDrop::Interrupt,
+    log_tail_lines: 80,
+};
 
 fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -174,136 +86,6 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
     Ok(spec)
 }
 
-async fn contracts_of(api: &Client, node: NodeId) -> Result<Vec<(ContractId, NodeContract)>> {
-    runtime_call(api, "DeploymentsApi_contracts_of_node", &node.encode()).await
-}
-
-async fn state_of(
-    api: &Client,
-    node: NodeId,
-    contract: ContractId,
-) -> Result<Option<ContractState>> {
-    Ok(contract_of(api, node, contract).await?.map(|c| c.state))
-}
-
-async fn contract_of(
-    api: &Client,
-    node: NodeId,
-    contract: ContractId,
-) -> Result<Option<NodeContract>> {
-    Ok(contracts_of(api, node)
-        .await?
-        .into_iter()
-        .find(|(id, _)| *id == contract)
-        .map(|(_, c)| c))
-}
-
-async fn submit_static<C: subxt::transactions::Payload>(
-    api: &Client,
-    call: &C,
-    signer: &Keypair,
-) -> Result<client::Events> {
-    client::submit(api, call, signer).await
-}
-
-async fn setup_farm(api: &Client) -> Result<u32> {
-    let call = subxt::dynamic::tx(
-        "Grid",
-        "create_farm",
-        vec![Value::from_bytes(b"vm-e2e-farm")],
-    );
-    let events = client::submit(api, &call, &dev::alice()).await?;
-    let farm = client::find_event(&events, "Grid", "FarmCreated")?
-        .at("farm_id")
-        .and_then(|v| v.as_u128())
-        .context("farm id")?;
-    Ok(farm as u32)
-}
-
-async fn funded_identity(api: &Client, data_dir: &Path) -> Result<AccountId32> {
-    let id = NodeIdentity::load_or_create(&data_dir.join("identity.json"))?;
-    let account = id.account_id();
-    client::fund(api, &dev::alice(), &account, 50_000_000_000_000).await?;
-    Ok(account)
-}
-
-async fn registered_node(api: &Client, account: &AccountId32) -> Result<NodeId> {
-    until("node registration", Duration::from_secs(120), || async {
-        Ok(
-            runtime_call::<Option<NodeId>>(api, "GridApi_node_by_account", &account.0.encode())
-                .await?,
-        )
-    })
-    .await
-}
-
-/// Alice creates a 2-of-2 contract with Bob; Bob approves (finalized). Returns the id.
-async fn create_approved_contract(
-    api: &Client,
-    node: NodeId,
-    spec: &DeploymentSpec,
-) -> Result<ContractId> {
-    use runtime::runtime_types::pallet_deployments::types::Signer;
-    let signers = vec![
-        Signer {
-            account: dev::alice().public_key().to_account_id(),
-            weight: 1,
-            required: true,
-        },
-        Signer {
-            account: dev::bob().public_key().to_account_id(),
-            weight: 1,
-            required: true,
-        },
-    ];
-    let create = runtime::tx().deployments().create(
-        node,
-        convert(spec)?,
-        runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec(signers),
-        2,
-    );
-    let events = submit_static(api, &create, &dev::alice()).await?;
-    let contract = client::find_event(&events, "Deployments", "ContractCreated")?
-        .at("contract")
-        .and_then(|v| v.as_u128())
-        .context("contract id")? as ContractId;
-    let events = submit_static(
-        api,
-        &runtime::tx().deployments().approve(contract, spec.hash()),
-        &dev::bob(),
-    )
-    .await?;
-    client::find_event(&events, "Deployments", "ContractActivated")?;
-    Ok(contract)
-}
-
-async fn cancel(api: &Client, contract: ContractId) -> Result<()> {
-    submit_static(
-        api,
-        &runtime::tx().deployments().propose_cancel(contract),
-        &dev::alice(),
-    )
-    .await?;
-    let owner = dev::alice().public_key().to_account_id();
-    let pending = until("cancel proposal", Duration::from_secs(30), || async {
-        let list: Vec<zos_primitives::contracts::ContractSummary> =
-            runtime_call(api, "DeploymentsApi_contracts_of_owner", &owner.0.encode()).await?;
-        Ok(list
-            .into_iter()
-            .find(|c| c.contract == contract)
-            .and_then(|c| c.pending_proposal))
-    })
-    .await?;
-    let events = submit_static(
-        api,
-        &runtime::tx().deployments().approve(contract, pending),
-        &dev::bob(),
-    )
-    .await?;
-    client::find_event(&events, "Deployments", "ContractCancelled")?;
-    Ok(())
-}
-
 fn is_alive(pid: i32) -> bool {
     // A zombie is gone for our purposes (its parent may not have reaped it yet).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -348,18 +130,16 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let source = format!("http://{hub}");
 
     let chain = ChainNode::start(NodeOptions::default())?;
-    let api = client::connect(&chain.ws_url()).await?;
-    client::wait_finalized(&api, 1, Duration::from_secs(60)).await?;
-    let farm = setup_farm(&api).await?;
+    let grid = setup_farm(&chain, b"vm-e2e-farm").await?;
     let data_dir = tmp.path().join("executor");
     std::fs::create_dir_all(&data_dir)?;
-    let account = funded_identity(&api, &data_dir).await?;
-    let executor = Executor::spawn(&data_dir, &chain.ws_url(), farm)?;
-    let node = registered_node(&api, &account).await?;
+    let account = funded_identity(&grid.api, &data_dir).await?;
+    let executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
+    let node = registered_node(&grid.api, &account, POLLING).await?;
 
     // ---- a VM + disk contract
     let spec = vm_spec(&root, &source, 0, 64)?;
-    let contract = create_approved_contract(&api, node, &spec).await?;
+    let contract = create_approved_contract(&grid.api, node, &spec).await?;
     let activated = Instant::now();
     let vm_dir = data_dir
         .join("contracts")
@@ -371,7 +151,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let deadline = activated + Duration::from_secs(300);
     let text = loop {
         if to_deployed.is_none() {
-            match state_of(&api, node, contract).await? {
+            match state_of(&grid.api, node, contract).await? {
                 Some(ContractState::Deployed) => to_deployed = Some(activated.elapsed()),
                 Some(ContractState::Failed(reason)) => {
                     bail!("contract failed: {reason:?}\n{}", executor.log_tail())
@@ -417,55 +197,58 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
     eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
 
-    until(
-        "the guest seeing its 64 MiB disk",
-        Duration::from_secs(30),
-        || async {
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            Ok(text
-                .contains(&format!("VDA-SECTORS {}", 64 * 2048))
-                .then_some(()))
-        },
-    )
-    .await?;
+    POLLING
+        .until(
+            "the guest seeing its 64 MiB disk",
+            Duration::from_secs(30),
+            || async {
+                let text = std::fs::read_to_string(&console).unwrap_or_default();
+                Ok(text
+                    .contains(&format!("VDA-SECTORS {}", 64 * 2048))
+                    .then_some(()))
+            },
+        )
+        .await?;
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
     let grown = vm_spec(&root, &source, 1, 128)?;
-    submit_static(
-        &api,
+    client::submit(
+        &grid.api,
         &runtime::tx()
             .deployments()
             .propose_update(contract, convert(&grown)?),
         &dev::alice(),
     )
     .await?;
-    submit_static(
-        &api,
+    client::submit(
+        &grid.api,
         &runtime::tx().deployments().approve(contract, grown.hash()),
         &dev::bob(),
     )
     .await?;
     let updated = Instant::now();
-    until("version 1 Deployed", Duration::from_secs(120), || async {
-        let c = contract_of(&api, node, contract).await?;
-        Ok(
-            c.filter(|c| c.spec.version == 1 && c.state == ContractState::Deployed)
-                .map(|_| ()),
+    POLLING
+        .until("version 1 Deployed", Duration::from_secs(120), || async {
+            let c = contract_of(&grid.api, node, contract).await?;
+            Ok(
+                c.filter(|c| c.spec.version == 1 && c.state == ContractState::Deployed)
+                    .map(|_| ()),
+            )
+        })
+        .await?;
+    POLLING
+        .until(
+            "the guest seeing the grown disk",
+            Duration::from_secs(60),
+            || async {
+                let text = std::fs::read_to_string(&console).unwrap_or_default();
+                Ok(text
+                    .contains(&format!("VDA-SECTORS {}", 128 * 2048))
+                    .then_some(()))
+            },
         )
-    })
-    .await?;
-    until(
-        "the guest seeing the grown disk",
-        Duration::from_secs(60),
-        || async {
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            Ok(text
-                .contains(&format!("VDA-SECTORS {}", 128 * 2048))
-                .then_some(()))
-        },
-    )
-    .await
-    .with_context(|| executor.log_tail())?;
+        .await
+        .with_context(|| executor.log_tail())?;
     let now_pid: i32 = std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?
         .trim()
         .parse()?;
@@ -485,20 +268,21 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         .context("packed index")?;
     store.put(Object::Index(fake_root), &index)?;
     let bad = vm_spec(&fake_root.to_hex(), &source, 0, 64)?;
-    let bad_contract = create_approved_contract(&api, node, &bad).await?;
-    let reason = until(
-        "the tampered image's contract Failed",
-        Duration::from_secs(120),
-        || async {
-            Ok(match state_of(&api, node, bad_contract).await? {
-                Some(ContractState::Failed(f)) => {
-                    Some(String::from_utf8_lossy(&f.reason).into_owned())
-                }
-                _ => None,
-            })
-        },
-    )
-    .await?;
+    let bad_contract = create_approved_contract(&grid.api, node, &bad).await?;
+    let reason = POLLING
+        .until(
+            "the tampered image's contract Failed",
+            Duration::from_secs(120),
+            || async {
+                Ok(match state_of(&grid.api, node, bad_contract).await? {
+                    Some(ContractState::Failed(f)) => {
+                        Some(String::from_utf8_lossy(&f.reason).into_owned())
+                    }
+                    _ => None,
+                })
+            },
+        )
+        .await?;
     eprintln!("tampered image refused: {reason}");
     ensure!(
         reason.contains("refused: index content hashes to"),
@@ -506,18 +290,20 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     );
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed
-    cancel(&api, contract).await?;
+    cancel(&grid.api, contract, POLLING).await?;
     let cancelled = Instant::now();
-    until(
-        "the VM directory removed",
-        Duration::from_secs(90),
-        || async { Ok((!vm_dir.exists()).then_some(())) },
-    )
-    .await?;
-    until("QEMU gone", Duration::from_secs(30), || async {
-        Ok((!is_alive(pid)).then_some(()))
-    })
-    .await?;
+    POLLING
+        .until(
+            "the VM directory removed",
+            Duration::from_secs(90),
+            || async { Ok((!vm_dir.exists()).then_some(())) },
+        )
+        .await?;
+    POLLING
+        .until("QEMU gone", Duration::from_secs(30), || async {
+            Ok((!is_alive(pid)).then_some(()))
+        })
+        .await?;
     ensure!(
         !mounted(&vm_dir.join("rootfs")),
         "the image is still mounted"

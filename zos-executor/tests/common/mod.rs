@@ -1,0 +1,358 @@
+//! Shared by the executor's end-to-end tests: the real executor binary as a child process,
+//! polling, and the chain steps every scenario needs (a farm, a funded node identity, a 2-of-2
+//! contract between Alice and Bob, its cancellation).
+//!
+//! Executor-specific rather than part of `node-harness`: it runs this crate's binary and signs
+//! with the executor's statically generated runtime calls.
+
+// Each test binary compiles its own copy of this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use codec::Encode;
+use node_harness::{
+    client::{self, runtime_call, Client},
+    ChainNode,
+};
+use subxt::{
+    dynamic::{self, At, Value},
+    utils::AccountId32,
+};
+use subxt_signer::sr25519::dev;
+use zos_executor::{
+    chain::{convert, runtime},
+    identity::NodeIdentity,
+};
+use zos_primitives::{
+    contracts::{ContractState, ContractSummary, NodeContract},
+    spec::DeploymentSpec,
+    ContractId, NodeId, NodeStatus,
+};
+
+/// How the executor process is stopped when its [`Executor`] is dropped.
+#[derive(Clone, Copy, Debug)]
+pub enum StopOnDrop {
+    /// SIGKILL: nothing the executor started is cleaned up.
+    Kill,
+    /// SIGINT, which the executor handles (SIGTERM it does not): guests and mounts go down with
+    /// its runtime. SIGKILL after a grace period.
+    Interrupt,
+}
+
+/// What differs between the scenarios' executors.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecutorOptions {
+    /// `RUST_LOG` of the executor.
+    pub log_filter: &'static str,
+    /// Further environment variables.
+    pub env: &'static [(&'static str, &'static str)],
+    pub stop_on_drop: StopOnDrop,
+    /// How many of the last log lines [`Executor::log_tail`] returns.
+    pub log_tail_lines: usize,
+}
+
+/// The `zos-executor` binary running against a chain node, its output in `executor.log` under
+/// its data directory. Stopped when dropped, and its log's tail printed (test output is shown
+/// only for failing tests).
+pub struct Executor {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    log: PathBuf,
+    url: String,
+    farm: u32,
+    options: ExecutorOptions,
+}
+
+impl Executor {
+    pub fn spawn(data_dir: &Path, url: &str, farm: u32, options: ExecutorOptions) -> Result<Self> {
+        let mut executor = Self {
+            child: None,
+            data_dir: data_dir.into(),
+            log: data_dir.join("executor.log"),
+            url: url.into(),
+            farm,
+            options,
+        };
+        executor.start()?;
+        Ok(executor)
+    }
+
+    /// Starts the process (again, after [`Self::kill9`]) with the same data directory; the log
+    /// is appended to.
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_zos-executor"))
+            .args([
+                "--chain-url",
+                &self.url,
+                "--farm-id",
+                &self.farm.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "--report-interval",
+                "6",
+                "--heartbeat-interval",
+                "20",
+                "--metrics-addr",
+                "off",
+            ])
+            .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
+            .envs(self.options.env.iter().copied())
+            .env("RUST_LOG", self.options.log_filter)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning zos-executor")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to clean up, as in a power cut.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGINT, then SIGKILL if the executor has not exited within 15 s.
+    fn interrupt(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(self.options.log_tail_lines)..].join("\n")
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        match self.options.stop_on_drop {
+            StopOnDrop::Kill => self.kill9(),
+            StopOnDrop::Interrupt => self.interrupt(),
+        }
+        eprintln!("---- executor log ----\n{}\n----", self.log_tail());
+    }
+}
+
+/// How often a test re-checks a condition it waits for.
+#[derive(Clone, Copy, Debug)]
+pub struct Polling {
+    interval: Duration,
+}
+
+impl Polling {
+    pub const fn every(interval: Duration) -> Self {
+        Self { interval }
+    }
+
+    /// Calls `check` until it returns `Some(value)`. Errors count as "not yet" (the chain or the
+    /// executor may be restarting); after `timeout` the last error, or a timeout, is returned.
+    pub async fn until<T, F, Fut>(self, what: &str, timeout: Duration, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match check().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("waiting for {what}")))
+                }
+                Err(_) => {}
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+}
+
+/// A client of the chain and the farm the executor joins.
+pub struct Grid {
+    pub api: Client,
+    pub farm: u32,
+}
+
+/// Connects to `node`, waits for the first finalized block and lets Alice create a farm.
+pub async fn setup_farm(node: &ChainNode, farm_name: &[u8]) -> Result<Grid> {
+    let api = client::connect(&node.ws_url()).await?;
+    client::wait_finalized(&api, 1, Duration::from_secs(60)).await?;
+    let events = client::submit(
+        &api,
+        &dynamic::tx("Grid", "create_farm", vec![Value::from_bytes(farm_name)]),
+        &dev::alice(),
+    )
+    .await?;
+    let farm = client::find_event(&events, "Grid", "FarmCreated")?
+        .at("farm_id")
+        .and_then(|v| v.as_u128())
+        .context("farm id")? as u32;
+    Ok(Grid { api, farm })
+}
+
+/// Pre-creates the executor's identity (as a farmer would before booting it) and funds it.
+pub async fn funded_identity(api: &Client, data_dir: &Path) -> Result<AccountId32> {
+    let id = NodeIdentity::load_or_create(&data_dir.join("identity.json"))?;
+    let account = id.account_id();
+    client::fund(api, &dev::alice(), &account, 50_000_000_000_000).await?;
+    Ok(account)
+}
+
+async fn node_by_account(api: &Client, account: &AccountId32) -> Result<Option<NodeId>> {
+    runtime_call(api, "GridApi_node_by_account", &account.0.encode()).await
+}
+
+/// Waits until the executor has registered its node.
+pub async fn registered_node(
+    api: &Client,
+    account: &AccountId32,
+    polling: Polling,
+) -> Result<NodeId> {
+    polling
+        .until("node registration", Duration::from_secs(120), || {
+            node_by_account(api, account)
+        })
+        .await
+}
+
+/// Waits until the executor has registered its node and the chain has its first heartbeat.
+pub async fn online_node(api: &Client, account: &AccountId32, polling: Polling) -> Result<NodeId> {
+    polling
+        .until(
+            "node registration and first heartbeat",
+            Duration::from_secs(120),
+            || async {
+                let Some(node) = node_by_account(api, account).await? else {
+                    return Ok(None);
+                };
+                let status: Option<NodeStatus> =
+                    runtime_call(api, "GridApi_node_status", &node.encode()).await?;
+                Ok((status == Some(NodeStatus::Online)).then_some(node))
+            },
+        )
+        .await
+}
+
+/// Alice creates a 2-of-2 contract with Bob (both required); Bob approves (finalized). Returns
+/// the id.
+pub async fn create_approved_contract(
+    api: &Client,
+    node: NodeId,
+    spec: &DeploymentSpec,
+) -> Result<ContractId> {
+    use runtime::runtime_types::pallet_deployments::types::Signer;
+    let signers = vec![
+        Signer {
+            account: dev::alice().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
+        Signer {
+            account: dev::bob().public_key().to_account_id(),
+            weight: 1,
+            required: true,
+        },
+    ];
+    let create = runtime::tx().deployments().create(
+        node,
+        convert(spec)?,
+        runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec(signers),
+        2,
+    );
+    let events = client::submit(api, &create, &dev::alice()).await?;
+    let contract = client::find_event(&events, "Deployments", "ContractCreated")?
+        .at("contract")
+        .and_then(|v| v.as_u128())
+        .context("contract id")? as ContractId;
+    let approve = runtime::tx().deployments().approve(contract, spec.hash());
+    let events = client::submit(api, &approve, &dev::bob()).await?;
+    client::find_event(&events, "Deployments", "ContractActivated")?;
+    Ok(contract)
+}
+
+/// Alice proposes the cancellation of a contract made by [`create_approved_contract`]; Bob
+/// approves it.
+pub async fn cancel(api: &Client, contract: ContractId, polling: Polling) -> Result<()> {
+    client::submit(
+        api,
+        &runtime::tx().deployments().propose_cancel(contract),
+        &dev::alice(),
+    )
+    .await?;
+    let pending = polling
+        .until("cancel proposal", Duration::from_secs(30), || {
+            pending_proposal(api, contract)
+        })
+        .await?;
+    let events = client::submit(
+        api,
+        &runtime::tx().deployments().approve(contract, pending),
+        &dev::bob(),
+    )
+    .await?;
+    client::find_event(&events, "Deployments", "ContractCancelled")?;
+    Ok(())
+}
+
+/// The hash of the proposal awaiting approval on one of Alice's contracts.
+async fn pending_proposal(api: &Client, contract: ContractId) -> Result<Option<[u8; 32]>> {
+    let owner = dev::alice().public_key().to_account_id();
+    let list: Vec<ContractSummary> =
+        runtime_call(api, "DeploymentsApi_contracts_of_owner", &owner.0.encode()).await?;
+    Ok(list
+        .into_iter()
+        .find(|c| c.contract == contract)
+        .and_then(|c| c.pending_proposal))
+}
+
+/// The contract as the chain tells `node` about it.
+pub async fn contract_of(
+    api: &Client,
+    node: NodeId,
+    contract: ContractId,
+) -> Result<Option<NodeContract>> {
+    let contracts: Vec<(ContractId, NodeContract)> =
+        runtime_call(api, "DeploymentsApi_contracts_of_node", &node.encode()).await?;
+    Ok(contracts
+        .into_iter()
+        .find(|(id, _)| *id == contract)
+        .map(|(_, c)| c))
+}
+
+pub async fn state_of(
+    api: &Client,
+    node: NodeId,
+    contract: ContractId,
+) -> Result<Option<ContractState>> {
+    Ok(contract_of(api, node, contract).await?.map(|c| c.state))
+}
