@@ -17,19 +17,72 @@ pub struct GuestAssets {
     pub kernel_version: String,
 }
 
+/// The scripts and the guest's /init, compiled into the binary: an executor deployed without
+/// the source tree still builds its guest, and a binary never runs another checkout's scripts.
+const EMBEDDED: [(&str, &str); 3] = [
+    (
+        "scripts/fetch-kernel.sh",
+        include_str!("../scripts/fetch-kernel.sh"),
+    ),
+    (
+        "scripts/build-initramfs.sh",
+        include_str!("../scripts/build-initramfs.sh"),
+    ),
+    ("guest/init", include_str!("../guest/init")),
+];
+
+/// The default cache, as the scripts compute it.
+fn default_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("zos-grid/guest")
+}
+
+/// Writes the embedded files under `base` (keeping their relative layout, which the scripts
+/// rely on) where missing or different; each is replaced atomically.
+fn materialize_embedded(base: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, content) in EMBEDDED {
+        let path = base.join(rel);
+        if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
+            continue;
+        }
+        let dir = path.parent().context("embedded file without a directory")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            rel.replace('/', "_"),
+            std::process::id()
+        ));
+        std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 impl GuestAssets {
-    /// Where the scripts are: `$ZOS_VM_SCRIPTS`, else this crate's `scripts/` directory.
-    pub fn scripts_dir() -> PathBuf {
-        std::env::var_os("ZOS_VM_SCRIPTS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+    /// Where the scripts are: `$ZOS_VM_SCRIPTS` (to try edited scripts without rebuilding),
+    /// else the copies embedded in this binary, written out under the guest cache.
+    pub fn scripts_dir(cache: Option<&Path>) -> Result<PathBuf> {
+        if let Some(dir) = std::env::var_os("ZOS_VM_SCRIPTS") {
+            return Ok(PathBuf::from(dir));
+        }
+        let base = cache
+            .map_or_else(default_cache, Path::to_path_buf)
+            .join("tools");
+        materialize_embedded(&base)?;
+        Ok(base.join("scripts"))
     }
 
     /// Fetches the kernel and builds the initramfs when missing or stale (both scripts are
     /// idempotent and fast when nothing changed). `cache` defaults as the scripts do. Blocking.
     /// Fails with the scripts' own message when the kernel cannot be obtained.
     pub fn prepare(cache: Option<&Path>) -> Result<Self> {
-        let scripts = Self::scripts_dir();
+        let scripts = Self::scripts_dir(cache)?;
         let kernel_dir = run_script(&scripts.join("fetch-kernel.sh"), cache, &[])?;
         let kernel_dir = PathBuf::from(kernel_dir);
         let initramfs = match cache {

@@ -4,7 +4,8 @@
 //!   [`Qemu`] (QMP over a unix socket; KVM when a probe guest boots, else TCG) and
 //!   [`CloudHypervisor`] (REST over a unix socket; only with KVM, compile-tested only).
 //! - [`GuestAssets`]: the project's guest kernel (Debian cloud kernel) and busybox initramfs,
-//!   fetched/built by `scripts/fetch-kernel.sh` and `scripts/build-initramfs.sh`.
+//!   fetched/built by `scripts/fetch-kernel.sh` and `scripts/build-initramfs.sh` (embedded in the
+//!   binary).
 //! - [`VmConfig`]: vCPUs, memory, boot mode (container over virtio-fs, full disk, initramfs),
 //!   disks, NICs and the guest configuration carried by the config channel (a cpio appendix
 //!   to the initramfs, see [`config`]).
