@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 use zos_executor::{
     config::{Config, Flags},
@@ -17,10 +18,17 @@ async fn main() -> Result<()> {
         .init();
     let config = Config::load(Flags::parse())?;
     let executor = Arc::new(Executor::start(config, Vec::new()).await?);
+    // Service managers stop daemons with SIGTERM, a terminal with SIGINT: both stop cleanly
+    // (workloads, mounts and guests go down with the runtime).
+    let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         r = executor.run() => r,
         _ = tokio::signal::ctrl_c() => {
-            tracing::info!("stopping");
+            tracing::info!("interrupted; stopping");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            tracing::info!("terminated; stopping");
             Ok(())
         }
     }

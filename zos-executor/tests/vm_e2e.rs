@@ -35,7 +35,7 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
     log_filter: "info,zos_executor=debug,zos_vm=info",
     // No KVM probe: the development machines' /dev/kvm cannot run nested guests.
     env: &[("ZOS_VM_ACCEL", "tcg")],
-    stop_on_drop: StopOnDrop::Interrupt,
+    stop_on_drop: StopOnDrop::Terminate,
     log_tail_lines: 80,
 };
 
@@ -134,7 +134,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let data_dir = tmp.path().join("executor");
     std::fs::create_dir_all(&data_dir)?;
     let account = funded_identity(&grid.api, &data_dir).await?;
-    let executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
+    let mut executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = registered_node(&grid.api, &account, POLLING).await?;
 
     // ---- a VM + disk contract
@@ -312,6 +312,12 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         "cancel (finalized) -> QEMU gone and VM removed: {:?}",
         cancelled.elapsed()
     );
-    drop(executor);
+
+    // ---- SIGTERM, as service managers stop daemons: a clean exit, not death by the signal
+    let status = executor.terminate()?;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "executor on SIGTERM: {status:?}"
+    );
     Ok(())
 }

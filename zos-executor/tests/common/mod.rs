@@ -40,9 +40,9 @@ use zos_primitives::{
 pub enum StopOnDrop {
     /// SIGKILL: nothing the executor started is cleaned up.
     Kill,
-    /// SIGINT, which the executor handles (SIGTERM it does not): guests and mounts go down with
-    /// its runtime. SIGKILL after a grace period.
-    Interrupt,
+    /// SIGTERM, which the executor handles like SIGINT: guests and mounts go down with its
+    /// runtime. SIGKILL after a grace period.
+    Terminate,
 }
 
 /// What differs between the scenarios' executors.
@@ -127,21 +127,24 @@ impl Executor {
         }
     }
 
-    /// SIGINT, then SIGKILL if the executor has not exited within 15 s.
-    fn interrupt(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+    /// SIGTERM, then SIGKILL if the executor has not exited within 15 s. Returns how it
+    /// exited (None when it was not running).
+    pub fn terminate(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(None);
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait()? {
+                return Ok(Some(status));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        bail!("the executor did not exit within 15 s of SIGTERM")
     }
 
     pub fn log_tail(&self) -> String {
@@ -155,7 +158,11 @@ impl Drop for Executor {
     fn drop(&mut self) {
         match self.options.stop_on_drop {
             StopOnDrop::Kill => self.kill9(),
-            StopOnDrop::Interrupt => self.interrupt(),
+            StopOnDrop::Terminate => {
+                if let Err(e) = self.terminate() {
+                    eprintln!("{e:#}");
+                }
+            }
         }
         eprintln!("---- executor log ----\n{}\n----", self.log_tail());
     }
