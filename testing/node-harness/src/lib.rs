@@ -16,10 +16,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// Where the node binary is: `ZOS_CHAIN_NODE_BIN`, else the shared build directory.
 /// subxt helpers for tests: connect, submit and wait for finality, read storage.
 pub mod client;
 
+/// Where the node binary is: `ZOS_CHAIN_NODE_BIN`, else the shared build directory.
 pub fn node_binary() -> Result<PathBuf> {
     if let Ok(path) = std::env::var("ZOS_CHAIN_NODE_BIN") {
         return Ok(PathBuf::from(path));
@@ -38,8 +38,8 @@ pub fn node_binary() -> Result<PathBuf> {
 
 /// A loopback TCP port that was free a moment ago.
 ///
-/// The port is released before the node binds it, so another process may race for it; the
-/// kernel hands out ephemeral ports round-robin, which makes that unlikely in practice.
+/// The port is released before the node binds it, so another process may take it meanwhile;
+/// the node then serves RPC on another port, which [`ChainNode::start`] reads from its log.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free port")?;
     Ok(listener.local_addr()?.port())
@@ -129,6 +129,18 @@ impl ChainNode {
     }
 
     pub fn start(opts: NodeOptions) -> Result<Self> {
+        Self::start_with_ports(opts, free_port)
+    }
+
+    /// [`ChainNode::start`] with the port picker given (tests force a taken port with it).
+    fn start_with_ports(
+        opts: NodeOptions,
+        mut pick_port: impl FnMut() -> Result<u16>,
+    ) -> Result<Self> {
+        Self::launch(&opts, pick_port()?, pick_port()?)
+    }
+
+    fn launch(opts: &NodeOptions, rpc_port: u16, p2p_port: u16) -> Result<Self> {
         let binary = match opts.binary.clone() {
             Some(b) => b,
             None => node_binary()?,
@@ -139,8 +151,6 @@ impl ChainNode {
             .clone()
             .unwrap_or_else(|| workdir.path().join("db"));
         let log_path = workdir.path().join("node.log");
-        let rpc_port = free_port()?;
-        let p2p_port = free_port()?;
 
         let mut cmd = Command::new(&binary);
         // A restarted node must find its database: keep it out of `--tmp`.
@@ -223,10 +233,19 @@ impl ChainNode {
                     );
                 }
             }
-            if TcpStream::connect((Ipv4Addr::LOCALHOST, self.rpc_port)).is_ok()
-                && self.log_contains("Running JSON-RPC server")
-            {
-                return Ok(());
+            // The node prints where it really listens: when the requested port was taken it
+            // falls back to another one (and something else answers on the requested port).
+            if let Some(port) = self.rpc_port_from_log() {
+                if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                    if port != self.rpc_port {
+                        eprintln!(
+                            "RPC port {} was taken; the node serves on {port}",
+                            self.rpc_port
+                        );
+                        self.rpc_port = port;
+                    }
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!(
@@ -238,15 +257,19 @@ impl ChainNode {
         }
     }
 
-    fn log_contains(&self, needle: &str) -> bool {
-        File::open(&self.log_path)
-            .map(|f| {
-                BufReader::new(f)
-                    .lines()
-                    .map_while(Result::ok)
-                    .any(|l| l.contains(needle))
+    /// The IPv4 port of the last "Running JSON-RPC server: addr=127.0.0.1:<port>,..." line.
+    fn rpc_port_from_log(&self) -> Option<u16> {
+        const MARK: &str = "Running JSON-RPC server: addr=127.0.0.1:";
+        let file = File::open(&self.log_path).ok()?;
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                let rest = &line[line.find(MARK)? + MARK.len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
             })
-            .unwrap_or(false)
+            .last()
     }
 
     /// The last `n` lines the node printed.
@@ -289,5 +312,26 @@ impl Drop for ChainNode {
                 self.log_tail(60)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race `free_port` leaves open, forced: the first RPC port handed to the node is held
+    /// by another socket; the node listens elsewhere and the harness must talk to that port.
+    #[test]
+    fn a_taken_rpc_port_is_followed_to_where_the_node_listens() {
+        let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        let mut first = Some(taken);
+        let node = ChainNode::start_with_ports(NodeOptions::default(), || match first.take() {
+            Some(port) => Ok(port),
+            None => free_port(),
+        })
+        .unwrap();
+        assert_ne!(node.rpc_port, taken);
+        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, node.rpc_port)).is_ok());
     }
 }
