@@ -444,10 +444,38 @@ impl Shared {
         out
     }
 
-    fn entry_attr(&self, dir: &Inode, pos: u32) -> Result<(&[u8], Inode), Errno> {
-        let (name, child) = self.index.dir_entry(dir, pos).map_err(|_| Errno::EIO)?;
-        let inode = self.index.inode(child).map_err(|_| Errno::EIO)?;
-        Ok((name, inode))
+    /// Walks the listing of directory `ino` from `offset` (0 is ".", 1 is "..", 2 + i is entry
+    /// i), handing `add` each entry's next offset, name and inode until it reports the reply
+    /// full. "." and ".." are given the directory's own inode, as the kernel ignores them.
+    fn list_dir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(u64, &[u8], &Inode) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self.inode(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let count = u64::from(self.index.dir_len(&dir));
+        for pos in offset..count + 2 {
+            let full = match pos {
+                0 => add(1, b".", &dir),
+                1 => add(2, b"..", &dir),
+                _ => {
+                    let (name, child) = self
+                        .index
+                        .dir_entry(&dir, (pos - 2) as u32)
+                        .map_err(|_| Errno::EIO)?;
+                    let inode = self.index.inode(child).map_err(|_| Errno::EIO)?;
+                    add(pos + 1, name, &inode)
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -599,40 +627,18 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = match self.0.inode(ino) {
-            Ok(dir) if dir.kind == Kind::Dir => dir,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
-            Err(e) => return reply.error(e),
-        };
-        // Offsets: 0 -> ".", 1 -> "..", 2 + i -> entry i.
-        let count = u64::from(self.0.index.dir_len(&dir));
-        let mut pos = offset;
-        while pos < count + 2 {
-            let full =
-                match pos {
-                    0 => reply.add(ino, 1, FileType::Directory, "."),
-                    1 => reply.add(ino, 2, FileType::Directory, ".."),
-                    _ => {
-                        let entry = self.0.index.dir_entry(&dir, (pos - 2) as u32).and_then(
-                            |(name, child)| Ok((name, child, self.0.index.inode(child)?.kind)),
-                        );
-                        match entry {
-                            Ok((name, child, kind)) => reply.add(
-                                fuse_ino(child),
-                                pos + 1,
-                                file_type(kind),
-                                OsStr::from_bytes(name),
-                            ),
-                            Err(_) => return reply.error(Errno::EIO),
-                        }
-                    }
-                };
-            if full {
-                break;
-            }
-            pos += 1;
+        let listed = self.0.list_dir(ino, offset, |next, name, inode| {
+            reply.add(
+                fuse_ino(inode.ino),
+                next,
+                file_type(inode.kind),
+                OsStr::from_bytes(name),
+            )
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -643,42 +649,24 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.0.inode(ino) {
-            Ok(dir) if dir.kind == Kind::Dir => dir,
-            Ok(_) => return reply.error(Errno::ENOTDIR),
-            Err(e) => return reply.error(e),
-        };
-        // Same offsets as readdir. "." and ".." carry no attributes the kernel would keep.
-        let count = u64::from(self.0.index.dir_len(&dir));
-        let mut pos = offset;
-        while pos < count + 2 {
-            let full = match pos {
-                0 => reply.add(ino, 1, ".", &TTL, &attr_of(&dir), Generation(0)),
-                1 => reply.add(ino, 2, "..", &TTL, &attr_of(&dir), Generation(0)),
-                _ => match self.0.entry_attr(&dir, (pos - 2) as u32) {
-                    Ok((name, inode)) => {
-                        let full = reply.add(
-                            fuse_ino(inode.ino),
-                            pos + 1,
-                            OsStr::from_bytes(name),
-                            &TTL,
-                            &attr_of(&inode),
-                            Generation(0),
-                        );
-                        if !full {
-                            self.0.announced.insert(inode.ino);
-                        }
-                        full
-                    }
-                    Err(e) => return reply.error(e),
-                },
-            };
-            if full {
-                break;
+        let listed = self.0.list_dir(ino, offset, |next, name, inode| {
+            let full = reply.add(
+                fuse_ino(inode.ino),
+                next,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr_of(inode),
+                Generation(0),
+            );
+            if !full {
+                self.0.announced.insert(inode.ino);
             }
-            pos += 1;
+            full
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn flush(
