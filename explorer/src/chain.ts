@@ -1,0 +1,186 @@
+// The connection to the node: @polkadot/api over the node's own RPC, nothing in between. Every
+// storage item, call, constant, type and error name comes from the runtime metadata.
+import { ApiPromise, WsProvider } from '@polkadot/api';
+import { blake2AsHex } from '@polkadot/util-crypto';
+import { signal } from './signal';
+
+export let api: ApiPromise;
+export let provider: WsProvider;
+
+/** Best block number: pages re-read their data when it changes. */
+export const bestBlock = signal(0);
+/** Finalized block number. */
+export const finalizedBlock = signal(0);
+/** Chain time (ms) at the best block. */
+export const chainNow = signal(0);
+export const connection = signal<'connecting' | 'connected' | 'disconnected'>('connecting');
+
+export const chainInfo = {
+  name: '',
+  isDev: false,
+  decimals: 12,
+  symbol: 'UNIT',
+  ss58: 42,
+};
+
+/** The RPC endpoint: `?rpc=` of the page, else the last one used, else this host on 9944. */
+export function rpcUrl(): string {
+  const q = new URLSearchParams(location.search).get('rpc');
+  if (q) return q;
+  return localStorage.getItem('zos-explorer-rpc') ?? `ws://${location.hostname || '127.0.0.1'}:9944`;
+}
+
+export async function connect(url: string): Promise<ApiPromise> {
+  provider = new WsProvider(url, 2000);
+  provider.on('disconnected', () => connection.set('disconnected'));
+  provider.on('connected', () => connection.set('connected'));
+  api = await ApiPromise.create({ provider, noInitWarn: true });
+  localStorage.setItem('zos-explorer-rpc', url);
+  const [chain, chainType, props] = await Promise.all([
+    api.rpc.system.chain(),
+    api.rpc.system.chainType(),
+    api.rpc.system.properties(),
+  ]);
+  chainInfo.name = chain.toString();
+  chainInfo.isDev = chainType.isDevelopment || chainType.isLocal || /dev/i.test(chainInfo.name);
+  chainInfo.decimals = props.tokenDecimals.unwrapOr([12] as any)[0]?.toNumber?.() ?? 12;
+  chainInfo.symbol = props.tokenSymbol.unwrapOr(['UNIT'] as any)[0]?.toString?.() ?? 'UNIT';
+  chainInfo.ss58 = api.registry.chainSS58 ?? 42;
+  connection.set('connected');
+  await api.rpc.chain.subscribeNewHeads(async (h) => {
+    const now = await api.query.timestamp.now();
+    chainNow.set(Number((now as any).toBigInt()));
+    bestBlock.set(h.number.toNumber());
+  });
+  await api.rpc.chain.subscribeFinalizedHeads((h) => finalizedBlock.set(h.number.toNumber()));
+  return api;
+}
+
+/** The registry name polkadot.js gives the metadata type at Rust path `path`. */
+export function typeName(path: string): string {
+  const entry = api.registry.lookup.types.find(
+    (t) => t.type.path.map((s) => s.toString()).join('::') === path,
+  );
+  if (!entry) throw new Error(`no type ${path} in the metadata`);
+  return api.registry.lookup.getTypeDef(entry.id).lookupName!;
+}
+
+export const SPEC_TYPE = 'zos_primitives::spec::DeploymentSpec';
+
+/** The encoded spec and its identity: blake2-256 of the SCALE encoding. */
+export function encodeSpec(spec: unknown): { hash: string; length: number; codec: any } {
+  const codec = api.createType(typeName(SPEC_TYPE), spec);
+  const u8a = codec.toU8a();
+  return { hash: blake2AsHex(u8a, 256), length: u8a.length, codec };
+}
+
+/** What approvals of a cancel proposal name: blake2-256 of SCALE `(b"zos/cancel", u64, u32)`. */
+export function cancelHash(contractId: number, version: number): string {
+  const buf = new Uint8Array(22);
+  buf.set(new TextEncoder().encode('zos/cancel'), 0);
+  const view = new DataView(buf.buffer);
+  view.setBigUint64(10, BigInt(contractId), true);
+  view.setUint32(18, version, true);
+  return blake2AsHex(buf, 256);
+}
+
+/** A Rust field named like a codec member (`hash`) is `hash_` in polkadot.js. */
+export function field(codec: any, name: string): any {
+  return codec[`${name}_`] ?? codec.get?.(`${name}_`) ?? codec[name];
+}
+
+export type ChainError = { section: string; name: string; docs: string; inner?: { name: string; docs: string }; text: string };
+
+/**
+ * A dispatch error by its pallet error name and doc line, from metadata alone. An error that
+ * carries an enum (e.g. `deployments.InvalidSpec(SpecError)`) names the inner variant too.
+ */
+export function describeDispatchError(dispatchError: any): ChainError {
+  if (dispatchError.isModule) {
+    const mod = dispatchError.asModule;
+    const meta = api.registry.findMetaError(mod);
+    const docs = meta.docs.join(' ');
+    let inner: ChainError['inner'];
+    try {
+      inner = innerError(mod.index.toNumber(), mod.error.toU8a());
+    } catch {
+      inner = undefined;
+    }
+    const name = inner ? `${meta.name}(${inner.name})` : meta.name;
+    const text = `${meta.section}.${name}: ${docs}${inner?.docs ? ` ${inner.docs}` : ''}`;
+    return { section: meta.section, name: meta.name, docs, inner, text };
+  }
+  if (dispatchError.isToken || dispatchError.isArithmetic || dispatchError.isTransactional) {
+    const kind = dispatchError.type;
+    const sub = dispatchError[`as${kind}`].type;
+    return { section: kind, name: sub, docs: '', text: `${kind}.${sub}` };
+  }
+  const t = dispatchError.type ?? 'Other';
+  return { section: 'dispatch', name: t, docs: '', text: dispatchError.toString() };
+}
+
+function innerError(palletIndex: number, bytes: Uint8Array) {
+  const pallet = api.registry.metadata.pallets.find((p) => p.index.toNumber() === palletIndex);
+  if (!pallet || pallet.errors.isNone) return undefined;
+  const errType = api.registry.lookup.getSiType(pallet.errors.unwrap().type);
+  const variant = errType.def.asVariant.variants.find((v) => v.index.toNumber() === bytes[0]);
+  if (!variant || variant.fields.length !== 1) return undefined;
+  const fieldType = api.registry.lookup.getSiType(variant.fields[0].type);
+  if (!fieldType.def.isVariant) return undefined;
+  const innerVariant = fieldType.def.asVariant.variants.find((v) => v.index.toNumber() === bytes[1]);
+  if (!innerVariant) return undefined;
+  return { name: innerVariant.name.toString(), docs: innerVariant.docs.map((d) => d.toString()).join(' ').trim() };
+}
+
+/** Doc line of a variant of the metadata enum at Rust path `path` (e.g. a SpecError). */
+export function variantDocs(path: string, variant: string): string {
+  const entry = api.registry.lookup.types.find((t) => t.type.path.map((s) => s.toString()).join('::') === path);
+  const v = entry?.type.def.asVariant.variants.find((x) => x.name.toString() === variant);
+  return v ? v.docs.map((d) => d.toString()).join(' ').trim() : '';
+}
+
+/** Doc line of a pallet error, from the metadata. */
+export function errorDocs(section: string, name: string): string {
+  const err = (api.errors as any)[section]?.[name];
+  return err ? err.meta.docs.map((d: any) => d.toString()).join(' ').trim() : '';
+}
+
+// ---- formatting
+
+export function formatBalance(v: bigint | { toBigInt(): bigint }, digits = 4): string {
+  const n = typeof v === 'bigint' ? v : v.toBigInt();
+  const unit = 10n ** BigInt(chainInfo.decimals);
+  const neg = n < 0n;
+  const a = neg ? -n : n;
+  const whole = a / unit;
+  const frac = (a % unit).toString().padStart(chainInfo.decimals, '0').slice(0, digits).replace(/0+$/, '');
+  return `${neg ? '-' : ''}${whole.toLocaleString('en')}${frac ? `.${frac}` : ''} ${chainInfo.symbol}`;
+}
+
+export function formatBytes(v: bigint | number): string {
+  const n = Number(v);
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let x = n;
+  while (x >= 1024 && i < units.length - 1) {
+    x /= 1024;
+    i++;
+  }
+  return `${x >= 100 || i === 0 ? Math.round(x) : x.toFixed(1).replace(/\.0$/, '')} ${units[i]}`;
+}
+
+export function shortAddress(a: string): string {
+  return a.length > 16 ? `${a.slice(0, 6)}…${a.slice(-6)}` : a;
+}
+
+export function ipText(bytes: any): string {
+  return [...(typeof bytes === 'string' ? [] : bytes)].join('.');
+}
+
+export function ago(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} h`;
+  return `${(s / 86400).toFixed(1)} d`;
+}

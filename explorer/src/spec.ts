@@ -1,0 +1,548 @@
+// Deployment specs in the readable file form deployers keep (the serde form of
+// `zos_primitives::spec::DeploymentSpec`, as `zos deploy` reads it from JSON or TOML): snake_case
+// names, `kind: { disk: { size_mib } }`, hex hashes, dotted-quad addresses, CIDR strings,
+// "host:port" endpoints. Converted to the object polkadot.js encodes from the metadata, and
+// checked with the same rules, in the same order, as `DeploymentSpec::validate` on chain.
+
+export const LIMITS = {
+  MAX_WORKLOADS: 32,
+  MAX_WORKLOAD_NAME_LEN: 36,
+  MAX_METADATA_LEN: 1024,
+  MAX_IMAGE_SOURCE_LEN: 256,
+  MAX_MOUNTS: 8,
+  MAX_MOUNT_PATH_LEN: 128,
+  MAX_ENV_VARS: 16,
+  MAX_ENV_KEY_LEN: 64,
+  MAX_ENV_VALUE_LEN: 256,
+  MAX_ENTRYPOINT_LEN: 256,
+  MAX_SSH_KEYS: 4,
+  MAX_SSH_KEY_LEN: 800,
+  MAX_NETWORK_ATTACHMENTS: 4,
+  MAX_PEERS: 32,
+  MAX_ALLOWED_IPS: 8,
+  MAX_PUBLIC_IPV4: 8,
+  SEALED_WIREGUARD_KEY_LEN: 80,
+  MIN_VCPUS: 1,
+  MAX_VCPUS: 64,
+  MIN_VM_MEMORY_MIB: 256,
+  MAX_VM_MEMORY_MIB: 512 * 1024,
+  MIN_ROOTFS_MIB: 256,
+  MAX_ROOTFS_MIB: 1024 * 1024,
+  MIN_DISK_MIB: 1,
+  MAX_DISK_MIB: 16 * 1024 * 1024,
+};
+
+const MIB = 1n << 20n;
+
+/** A spec as polkadot.js encodes it (camelCase fields, PascalCase variants). */
+export type ChainSpec = {
+  version: number;
+  workloads: { name: string; kind: Record<string, any> }[];
+  metadata: string;
+};
+
+export type Cidr = { ip: number[]; prefixLen: number };
+
+/** A problem found before anything is sent: a SpecError variant name, or a format problem. */
+export class SpecProblem extends Error {
+  constructor(
+    /** `SpecError` variant (what the chain would answer with `deployments.InvalidSpec`), or null. */
+    readonly specError: string | null,
+    message: string,
+    readonly path = '',
+  ) {
+    super(message);
+  }
+}
+
+const KINDS: Record<string, string> = {
+  vm: 'Vm', disk: 'Disk', volume: 'Volume', network: 'Network', public_ip: 'PublicIp',
+};
+
+const snake = (k: string) => k.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
+const camel = (k: string) => k.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+
+/** Object keys in snake_case whatever the input used (the chain's JSON is camelCase). */
+function snakeKeys(value: unknown): any {
+  if (Array.isArray(value)) return value.map(snakeKeys);
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[snake(k)] = snakeKeys(v);
+    return out;
+  }
+  return value;
+}
+
+const utf8 = new TextEncoder();
+const byteLen = (s: string) => utf8.encode(s).length;
+
+function fail(path: string, message: string): never {
+  throw new SpecProblem(null, `${path}: ${message}`, path);
+}
+
+function allowKeys(obj: Record<string, unknown>, keys: string[], path: string) {
+  for (const k of Object.keys(obj)) {
+    if (!keys.includes(k)) fail(path, `unknown field \`${k}\` (expected one of ${keys.join(', ')})`);
+  }
+}
+
+function str(v: unknown, path: string, max: number, dflt?: string): string {
+  if (v === undefined && dflt !== undefined) return dflt;
+  if (typeof v !== 'string') fail(path, 'expected a string');
+  if (byteLen(v) > max) fail(path, `longer than ${max} bytes`);
+  return v;
+}
+
+function int(v: unknown, path: string, max: number | bigint): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) fail(path, 'expected a non-negative integer');
+  if (BigInt(v) > BigInt(max)) fail(path, `larger than ${max}`);
+  return v;
+}
+
+function bool(v: unknown, path: string): boolean {
+  if (v === undefined) return false;
+  if (typeof v !== 'boolean') fail(path, 'expected true or false');
+  return v;
+}
+
+function list(v: unknown, path: string, max: number): unknown[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) fail(path, 'expected a list');
+  if (v.length > max) fail(path, `more than ${max} entries`);
+  return v;
+}
+
+function obj(v: unknown, path: string): Record<string, unknown> {
+  if (!v || typeof v !== 'object' || Array.isArray(v)) fail(path, 'expected an object');
+  return v as Record<string, unknown>;
+}
+
+function hexBytes(v: unknown, path: string, len?: number, max?: number): string {
+  if (typeof v !== 'string') fail(path, 'expected hex');
+  const digits = v.startsWith('0x') ? v.slice(2) : v;
+  if (!/^([0-9a-fA-F]{2})*$/.test(digits)) fail(path, 'not hex');
+  const n = digits.length / 2;
+  if (len !== undefined && n !== len) fail(path, `expected ${len} bytes of hex`);
+  if (max !== undefined && n > max) fail(path, `longer than ${max} bytes`);
+  return `0x${digits.toLowerCase()}`;
+}
+
+export function parseIpv4(v: unknown, path: string): number[] {
+  if (typeof v !== 'string') fail(path, 'expected an IPv4 address like "10.20.1.2"');
+  const parts = v.split('.');
+  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
+    fail(path, `\`${v}\` is not an IPv4 address`);
+  }
+  return parts.map(Number);
+}
+
+export function parseCidr(v: unknown, path: string): Cidr {
+  if (typeof v !== 'string' || !v.includes('/')) fail(path, 'expected address/prefix like "10.20.0.0/16"');
+  const [ip, prefix] = v.split('/');
+  if (!/^\d{1,2}$/.test(prefix) || Number(prefix) > 32) fail(path, `prefix /${prefix} is not 0-32`);
+  return { ip: parseIpv4(ip, path), prefixLen: Number(prefix) };
+}
+
+function parseEndpoint(v: unknown, path: string) {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'string') fail(path, 'expected "host:port"');
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([\d.]+)):(\d{1,5})$/.exec(v);
+  if (!m || Number(m[3]) > 65535) fail(path, `\`${v}\` is not host:port`);
+  const port = Number(m[3]);
+  if (m[2]) return { V4: { ip: parseIpv4(m[2], path), port } };
+  return { V6: { ip: parseIpv6(m[1], path), port } };
+}
+
+function parseIpv6(text: string, path: string): number[] {
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, null];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const fill = tail === null ? 0 : 8 - h.length - t.length;
+  const groups = [...h, ...Array(Math.max(fill, 0)).fill('0'), ...t];
+  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) fail(path, `\`${text}\` is not IPv6`);
+  return groups.flatMap((g) => [parseInt(g, 16) >> 8, parseInt(g, 16) & 255]);
+}
+
+/**
+ * Readable JSON text -> the object polkadot.js encodes. Refuses unknown fields like the serde
+ * form does (a typo must not silently drop a setting). Accepts camelCase keys too.
+ */
+export function parseSpec(text: string): ChainSpec {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new SpecProblem(null, `not JSON: ${(e as Error).message}`);
+  }
+  const s = snakeKeys(obj(raw, 'spec'));
+  allowKeys(s, ['version', 'workloads', 'metadata'], 'spec');
+  const version = int(s.version, 'version', 0xffffffff);
+  const metadata = str(s.metadata, 'metadata', LIMITS.MAX_METADATA_LEN, '');
+  const workloads = list(s.workloads, 'workloads', LIMITS.MAX_WORKLOADS).map((w, i) => {
+    const p = `workloads[${i}]`;
+    const o = obj(w, p);
+    allowKeys(o, ['name', 'kind'], p);
+    const name = str(o.name, `${p}.name`, LIMITS.MAX_WORKLOAD_NAME_LEN);
+    const kindObj = obj(o.kind, `${p}.kind`);
+    const keys = Object.keys(kindObj);
+    if (keys.length !== 1 || !KINDS[keys[0]]) {
+      fail(`${p}.kind`, `expected one of ${Object.keys(KINDS).join(', ')}`);
+    }
+    const kp = `${p}.kind.${keys[0]}`;
+    const body = obj(kindObj[keys[0]], kp);
+    return { name, kind: { [KINDS[keys[0]]]: parseKind(keys[0], body, kp) } };
+  });
+  return { version, workloads, metadata };
+}
+
+function parseKind(kind: string, b: Record<string, any>, p: string): Record<string, unknown> {
+  switch (kind) {
+    case 'disk':
+    case 'volume':
+      allowKeys(b, ['size_mib'], p);
+      return { sizeMib: int(b.size_mib, `${p}.size_mib`, Number.MAX_SAFE_INTEGER) };
+    case 'public_ip':
+      allowKeys(b, ['v4', 'v6'], p);
+      return { v4: bool(b.v4, `${p}.v4`), v6: bool(b.v6, `${p}.v6`) };
+    case 'network': {
+      allowKeys(b, ['ip_range', 'subnet', 'listen_port', 'peers', 'private_key'], p);
+      return {
+        ipRange: parseCidr(b.ip_range, `${p}.ip_range`),
+        subnet: parseCidr(b.subnet, `${p}.subnet`),
+        listenPort: int(b.listen_port, `${p}.listen_port`, 65535),
+        peers: list(b.peers, `${p}.peers`, LIMITS.MAX_PEERS).map((peer, i) => {
+          const pp = `${p}.peers[${i}]`;
+          const o = obj(peer, pp);
+          allowKeys(o, ['public_key', 'endpoint', 'allowed_ips'], pp);
+          return {
+            publicKey: hexBytes(o.public_key, `${pp}.public_key`, 32),
+            endpoint: parseEndpoint(o.endpoint, `${pp}.endpoint`),
+            allowedIps: list(o.allowed_ips, `${pp}.allowed_ips`, LIMITS.MAX_ALLOWED_IPS).map((c, j) =>
+              parseCidr(c, `${pp}.allowed_ips[${j}]`)),
+          };
+        }),
+        privateKey: hexBytes(b.private_key, `${p}.private_key`, undefined, LIMITS.SEALED_WIREGUARD_KEY_LEN),
+      };
+    }
+    case 'vm': {
+      allowKeys(b, ['image', 'vcpus', 'memory_mib', 'rootfs_mib', 'mounts', 'env', 'entrypoint', 'ssh_keys', 'networks', 'public_ip'], p);
+      const image = obj(b.image, `${p}.image`);
+      allowKeys(image, ['root_hash', 'source'], `${p}.image`);
+      return {
+        image: {
+          rootHash: hexBytes(image.root_hash, `${p}.image.root_hash`, 32),
+          source: str(image.source, `${p}.image.source`, LIMITS.MAX_IMAGE_SOURCE_LEN),
+        },
+        vcpus: int(b.vcpus, `${p}.vcpus`, 0xffffffff),
+        memoryMib: int(b.memory_mib, `${p}.memory_mib`, Number.MAX_SAFE_INTEGER),
+        rootfsMib: int(b.rootfs_mib, `${p}.rootfs_mib`, Number.MAX_SAFE_INTEGER),
+        mounts: list(b.mounts, `${p}.mounts`, LIMITS.MAX_MOUNTS).map((m, i) => {
+          const o = obj(m, `${p}.mounts[${i}]`);
+          allowKeys(o, ['workload', 'path'], `${p}.mounts[${i}]`);
+          return {
+            workload: str(o.workload, `${p}.mounts[${i}].workload`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+            path: str(o.path, `${p}.mounts[${i}].path`, LIMITS.MAX_MOUNT_PATH_LEN),
+          };
+        }),
+        env: list(b.env, `${p}.env`, LIMITS.MAX_ENV_VARS).map((e, i) => {
+          const o = obj(e, `${p}.env[${i}]`);
+          allowKeys(o, ['key', 'value'], `${p}.env[${i}]`);
+          return {
+            key: str(o.key, `${p}.env[${i}].key`, LIMITS.MAX_ENV_KEY_LEN),
+            value: str(o.value, `${p}.env[${i}].value`, LIMITS.MAX_ENV_VALUE_LEN),
+          };
+        }),
+        entrypoint: str(b.entrypoint, `${p}.entrypoint`, LIMITS.MAX_ENTRYPOINT_LEN, ''),
+        sshKeys: list(b.ssh_keys, `${p}.ssh_keys`, LIMITS.MAX_SSH_KEYS).map((k, i) =>
+          str(k, `${p}.ssh_keys[${i}]`, LIMITS.MAX_SSH_KEY_LEN)),
+        networks: list(b.networks, `${p}.networks`, LIMITS.MAX_NETWORK_ATTACHMENTS).map((n, i) => {
+          const o = obj(n, `${p}.networks[${i}]`);
+          allowKeys(o, ['network', 'ip'], `${p}.networks[${i}]`);
+          return {
+            network: str(o.network, `${p}.networks[${i}].network`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+            ip: parseIpv4(o.ip, `${p}.networks[${i}].ip`),
+          };
+        }),
+        publicIp: b.public_ip === undefined || b.public_ip === null
+          ? null
+          : str(b.public_ip, `${p}.public_ip`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+      };
+    }
+  }
+  fail(p, 'unknown workload kind');
+}
+
+// ---- validation: `DeploymentSpec::validate`, rule by rule, first broken rule wins.
+
+const u32 = (ip: number[]) => ((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0;
+const mask = (prefix: number) => (prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0);
+const network = (c: Cidr) => (u32(c.ip) & mask(c.prefixLen)) >>> 0;
+const broadcast = (c: Cidr) => (u32(c.ip) | (~mask(c.prefixLen) >>> 0)) >>> 0;
+const contains = (c: Cidr, ip: number[]) => ((u32(ip) & mask(c.prefixLen)) >>> 0) === network(c);
+const hostBitsClear = (c: Cidr) => c.prefixLen <= 32 && network(c) === u32(c.ip);
+const isPrivate = (ip: number[]) =>
+  ip[0] === 10 || (ip[0] === 172 && ip[1] >= 16 && ip[1] <= 31) || (ip[0] === 192 && ip[1] === 168);
+const isZeroHex = (h: string) => /^0x0*$/.test(h);
+const isPrintable = (s: string) => [...utf8.encode(s)].every((c) => c > 0x20 && c < 0x7f);
+const noNul = (s: string) => !s.includes('\0');
+
+/** `SpecError` variant of the first rule the spec breaks, or null if it passes. */
+export function validateSpec(spec: ChainSpec): string | null {
+  const ws = spec.workloads;
+  if (ws.length === 0) return 'NoWorkloads';
+  const seen = new Set<string>();
+  for (const w of ws) {
+    if (!/^[a-z0-9_-]+$/.test(w.name)) return 'InvalidWorkloadName';
+    if (seen.has(w.name)) return 'DuplicateWorkloadName';
+    seen.add(w.name);
+  }
+  const byName = (n: string) => ws.find((w) => w.name === n);
+  let ipv4 = 0;
+  for (const w of ws) {
+    const [kind, b] = Object.entries(w.kind)[0];
+    if (kind === 'Vm') {
+      const e = checkVm(b, byName);
+      if (e) return e;
+    } else if (kind === 'Disk') {
+      if (b.sizeMib < LIMITS.MIN_DISK_MIB || b.sizeMib > LIMITS.MAX_DISK_MIB) return 'DiskSizeOutOfRange';
+    } else if (kind === 'Volume') {
+      if (b.sizeMib < LIMITS.MIN_DISK_MIB || b.sizeMib > LIMITS.MAX_DISK_MIB) return 'VolumeSizeOutOfRange';
+    } else if (kind === 'Network') {
+      const e = checkNetwork(b);
+      if (e) return e;
+    } else if (kind === 'PublicIp') {
+      if (!b.v4 && !b.v6) return 'PublicIpWithoutFamily';
+      if (b.v4) ipv4 += 1;
+    }
+  }
+  if (ipv4 > LIMITS.MAX_PUBLIC_IPV4) return 'TooManyPublicIpv4';
+  // Rules spanning several VMs.
+  const vms = ws.filter((w) => w.kind.Vm).map((w) => w.kind.Vm);
+  for (let i = 0; i < vms.length; i++) {
+    const earlier = vms.slice(0, i);
+    for (const m of vms[i].mounts) {
+      if (byName(m.workload)?.kind.Disk && earlier.some((o) => o.mounts.some((om: any) => om.workload === m.workload))) {
+        return 'DiskAttachedTwice';
+      }
+    }
+    if (vms[i].publicIp && earlier.some((o) => o.publicIp === vms[i].publicIp)) return 'PublicIpUsedTwice';
+    for (const a of vms[i].networks) {
+      if (earlier.some((o) => o.networks.some((oa: any) => oa.network === a.network && u32(oa.ip) === u32(a.ip)))) {
+        return 'DuplicateIp';
+      }
+    }
+  }
+  return null;
+}
+
+function checkVm(vm: any, byName: (n: string) => any): string | null {
+  if (isZeroHex(vm.image.rootHash)) return 'ImageHashZero';
+  if (!vm.image.source || !isPrintable(vm.image.source)) return 'InvalidImageSource';
+  if (vm.vcpus < LIMITS.MIN_VCPUS || vm.vcpus > LIMITS.MAX_VCPUS) return 'VcpusOutOfRange';
+  if (vm.memoryMib < LIMITS.MIN_VM_MEMORY_MIB || vm.memoryMib > LIMITS.MAX_VM_MEMORY_MIB) return 'MemoryOutOfRange';
+  if (vm.rootfsMib < LIMITS.MIN_ROOTFS_MIB || vm.rootfsMib > LIMITS.MAX_ROOTFS_MIB) return 'RootfsOutOfRange';
+  for (let i = 0; i < vm.mounts.length; i++) {
+    const m = vm.mounts[i];
+    const target = byName(m.workload);
+    if (!target) return 'UnknownMountTarget';
+    if (!target.kind.Disk && !target.kind.Volume) return 'MountTargetNotDiskOrVolume';
+    if (!validMountPath(m.path)) return 'InvalidMountPath';
+    const earlier = vm.mounts.slice(0, i);
+    if (earlier.some((o: any) => o.path === m.path)) return 'DuplicateMountPath';
+    if (earlier.some((o: any) => o.workload === m.workload)) return 'DuplicateMountTarget';
+  }
+  for (let i = 0; i < vm.env.length; i++) {
+    const e = vm.env[i];
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(e.key)) return 'InvalidEnvKey';
+    if (vm.env.slice(0, i).some((o: any) => o.key === e.key)) return 'DuplicateEnvKey';
+    if (!noNul(e.value)) return 'InvalidText';
+  }
+  if (!noNul(vm.entrypoint)) return 'InvalidText';
+  for (const k of vm.sshKeys) {
+    const okStart = k.startsWith('ssh-') || k.startsWith('ecdsa-') || k.startsWith('sk-');
+    if (!okStart || ![...utf8.encode(k)].every((c) => c >= 0x20 && c < 0x7f)) return 'InvalidSshKey';
+  }
+  for (let i = 0; i < vm.networks.length; i++) {
+    const a = vm.networks[i];
+    const target = byName(a.network);
+    if (!target) return 'UnknownNetwork';
+    const net = target.kind.Network;
+    if (!net) return 'NotANetwork';
+    if (vm.networks.slice(0, i).some((o: any) => o.network === a.network)) return 'DuplicateNetworkAttachment';
+    if (!contains(net.subnet, a.ip)) return 'IpOutsideSubnet';
+    if (u32(a.ip) === network(net.subnet) || u32(a.ip) === broadcast(net.subnet) || a.ip[3] === 1) return 'ReservedIp';
+  }
+  if (vm.publicIp !== null) {
+    const target = byName(vm.publicIp);
+    if (!target) return 'UnknownPublicIp';
+    if (!target.kind.PublicIp) return 'NotAPublicIp';
+  }
+  return null;
+}
+
+function validMountPath(p: string): boolean {
+  return p.length > 1 && p.startsWith('/') && !p.endsWith('/') && /^[A-Za-z0-9._/-]+$/.test(p)
+    && p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');
+}
+
+function checkNetwork(net: any): string | null {
+  if (!(net.ipRange.prefixLen === 16 && isPrivate(net.ipRange.ip))) return 'InvalidIpRange';
+  if (!hostBitsClear(net.ipRange)) return 'CidrHostBitsSet';
+  if (net.subnet.prefixLen !== 24) return 'SubnetNotSlash24';
+  if (!hostBitsClear(net.subnet)) return 'CidrHostBitsSet';
+  if (!contains(net.ipRange, net.subnet.ip)) return 'SubnetOutsideRange';
+  if (net.listenPort === 0) return 'ListenPortZero';
+  const keys = new Set<string>();
+  for (const peer of net.peers) {
+    if (isZeroHex(peer.publicKey)) return 'PeerKeyZero';
+    if (keys.has(peer.publicKey)) return 'DuplicatePeer';
+    keys.add(peer.publicKey);
+    if (peer.allowedIps.length === 0 || !peer.allowedIps.every((c: Cidr) => c.prefixLen <= 32)) return 'InvalidAllowedIps';
+    const ep = peer.endpoint && (peer.endpoint.V4 ?? peer.endpoint.V6);
+    if (ep && ep.port === 0) return 'InvalidPeerEndpoint';
+  }
+  if ((net.privateKey.length - 2) / 2 !== LIMITS.SEALED_WIREGUARD_KEY_LEN) return 'SealedKeyWrongLength';
+  return null;
+}
+
+export type Required = { cru: bigint; mru: bigint; sru: bigint; hru: bigint; publicIpv4: number };
+
+/** `DeploymentSpec::required_resources`: what the chain reserves (and bills) for the spec. */
+export function requiredResources(spec: ChainSpec): Required {
+  const r: Required = { cru: 0n, mru: 0n, sru: 0n, hru: 0n, publicIpv4: 0 };
+  for (const w of spec.workloads) {
+    const [kind, b] = Object.entries(w.kind)[0];
+    if (kind === 'Vm') {
+      r.cru += BigInt(b.vcpus);
+      r.mru += BigInt(b.memoryMib) * MIB;
+      r.sru += BigInt(b.rootfsMib) * MIB;
+    } else if (kind === 'Disk' || kind === 'Volume') {
+      r.sru += BigInt(b.sizeMib) * MIB;
+    } else if (kind === 'PublicIp' && b.v4) {
+      r.publicIpv4 += 1;
+    }
+  }
+  return r;
+}
+
+// ---- chain value -> readable form (for display, diffs and the update editor)
+
+const hex = (v: any): string => (typeof v === 'string' ? v : v.toHex());
+const quad = (v: any): string => {
+  const bytes: number[] = typeof v === 'string' ? (v.slice(2).match(/../g) ?? []).map((b) => parseInt(b, 16)) : [...v];
+  return bytes.join('.');
+};
+const cidr = (c: any) => `${quad(c.ip)}/${Number(c.prefixLen)}`;
+const text = (v: any): string => (typeof v === 'string' ? v : v.toUtf8());
+const num = (v: any): number => (typeof v === 'number' ? v : v.toNumber());
+
+/** A decoded `DeploymentSpec` codec as the readable object deployers write. */
+export function readableSpec(spec: any): Record<string, unknown> {
+  return {
+    version: num(spec.version),
+    metadata: text(spec.metadata),
+    workloads: spec.workloads.map((w: any) => ({ name: text(w.name), kind: readableKind(w.kind) })),
+  };
+}
+
+function readableKind(kind: any): Record<string, unknown> {
+  const t: string = kind.type;
+  const b = kind.value;
+  switch (t) {
+    case 'Disk': return { disk: { size_mib: num(b.sizeMib) } };
+    case 'Volume': return { volume: { size_mib: num(b.sizeMib) } };
+    case 'PublicIp': return { public_ip: { v4: b.v4.isTrue, v6: b.v6.isTrue } };
+    case 'Network': return {
+      network: {
+        ip_range: cidr(b.ipRange),
+        subnet: cidr(b.subnet),
+        listen_port: num(b.listenPort),
+        peers: b.peers.map((p: any) => ({
+          public_key: hex(p.publicKey),
+          endpoint: p.endpoint.isNone ? null : endpointText(p.endpoint.unwrap()),
+          allowed_ips: p.allowedIps.map(cidr),
+        })),
+        private_key: hex(b.privateKey),
+      },
+    };
+    case 'Vm': return {
+      vm: {
+        image: { root_hash: hex(b.image.rootHash), source: text(b.image.source) },
+        vcpus: num(b.vcpus),
+        memory_mib: num(b.memoryMib),
+        rootfs_mib: num(b.rootfsMib),
+        mounts: b.mounts.map((m: any) => ({ workload: text(m.workload), path: text(m.path) })),
+        env: b.env.map((e: any) => ({ key: text(e.key), value: text(e.value) })),
+        entrypoint: text(b.entrypoint),
+        ssh_keys: b.sshKeys.map(text),
+        networks: b.networks.map((n: any) => ({ network: text(n.network), ip: quad(n.ip) })),
+        public_ip: b.publicIp.isNone ? null : text(b.publicIp.unwrap()),
+      },
+    };
+  }
+  return { [t]: kind.toJSON() };
+}
+
+function endpointText(e: any): string {
+  const v = e.value;
+  if (e.type === 'V4') return `${quad(v.ip)}:${num(v.port)}`;
+  const bytes = [...v.ip];
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
+  return `[${groups.join(':')}]:${num(v.port)}`;
+}
+
+/** Line diff (LCS) of two texts: [' ' | '-' | '+', line][]. */
+export function diffLines(a: string, b: string): [string, string][] {
+  const x = a.split('\n');
+  const y = b.split('\n');
+  const n = x.length;
+  const m = y.length;
+  const lcs: number[][] = Array.from({ length: n + 1 }, () => new Array(m + 1).fill(0));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i][j] = x[i] === y[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out: [string, string][] = [];
+  let i = 0;
+  let j = 0;
+  while (i < n && j < m) {
+    if (x[i] === y[j]) {
+      out.push([' ', x[i]]);
+      i++;
+      j++;
+    } else if (lcs[i + 1][j] >= lcs[i][j + 1]) {
+      out.push(['-', x[i++]]);
+    } else {
+      out.push(['+', y[j++]]);
+    }
+  }
+  while (i < n) out.push(['-', x[i++]]);
+  while (j < m) out.push(['+', y[j++]]);
+  return out;
+}
+
+export const EXAMPLE_SPEC = {
+  version: 0,
+  metadata: 'a disk and a small VM',
+  workloads: [
+    { name: 'data', kind: { disk: { size_mib: 1024 } } },
+    {
+      name: 'hello',
+      kind: {
+        vm: {
+          image: { root_hash: `0x${'00'.repeat(31)}ff`, source: 'http://127.0.0.1:8420' },
+          vcpus: 1,
+          memory_mib: 256,
+          rootfs_mib: 256,
+          mounts: [{ workload: 'data', path: '/data' }],
+          env: [{ key: 'GREETING_TARGET', value: 'a busybox VM' }],
+          entrypoint: "/bin/sh -c 'echo hello; sleep infinity'",
+        },
+      },
+    },
+  ],
+};
+
+export { snake, camel };
