@@ -14,7 +14,8 @@
 #     --no-build    use the binaries already built
 #   Environment: RPC_PORT (default 9944; --check picks a free one), HUB_PORT (default 8420;
 #   --check picks a free one), ZOS_RUN_SPEC (another spec to deploy), CHECK_TIMEOUT (s, 300),
-#   ZOS_EXECUTOR_ARGS (extra executor flags).
+#   ZOS_EXECUTOR_ARGS (extra executor flags), EXPLORER_PORT (default: a free one; the explorer
+#   is built and served when npm is installed, not in --check mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root_dir="$(pwd)"
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0 ;;
     --data-dir) data_dir="${2:?--data-dir needs a directory}"; shift ;;
     --data-dir=*) data_dir="${1#--data-dir=}" ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -182,6 +183,21 @@ spawn chain "$bin/zos-chain-node" --dev --base-path "$data_dir/chain" --rpc-port
 chain_pid="${pids[-1]}"
 wait_for "chain RPC" 60 zos farm list
 
+# ---- explorer: the browser UI (explorer/), built with npm and served on a free local port; it
+# talks to the chain's RPC itself. Skipped in --check mode and when npm is missing.
+explorer_url=""
+if [ "$check" = 0 ] && command -v npm >/dev/null 2>&1; then
+  step "Building the explorer (explorer/, npm)"
+  if (cd "$root_dir/explorer" && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && node build.mjs) >"$logs/explorer-build.log" 2>&1; then
+    spawn explorer node "$root_dir/explorer/serve.mjs" --port "${EXPLORER_PORT:-$(free_port)}" --rpc "$url"
+    wait_for "explorer server" 30 grep -q '^explorer: http' "$logs/explorer.log"
+    explorer_url="$(grep -o 'http://[^ ]*' "$logs/explorer.log" | head -n 1)"
+    say "  explorer: ${cyan}$explorer_url${off}"
+  else
+    say "  ${red}note:${off} the explorer did not build (see $logs/explorer-build.log); going on without it"
+  fi
+fi
+
 # ---- farm and node
 step "Registering a farm and a node"
 node_account="$(zos --json key new "$data_dir/node/identity.json" | json_str account)"
@@ -277,7 +293,8 @@ cat <<MSG
   try in another terminal:
     $bin/zos --url $url contract show $contract
     $bin/zos --url $url node show $node_id
-  logs: $logs
+${explorer_url:+  or open the explorer: $explorer_url#/contract/$contract
+}  logs: $logs
 MSG
 if [ -n "$console" ]; then
   tail --pid=$$ -n +1 -F "$console" 2>/dev/null | sed -u "s/^/${cyan}guest |${off} /" &

@@ -14,6 +14,8 @@ export const finalizedBlock = signal(0);
 /** Chain time (ms) at the best block. */
 export const chainNow = signal(0);
 export const connection = signal<'connecting' | 'connected' | 'disconnected'>('connecting');
+/** True once the metadata is loaded and `api` usable. */
+export const ready = signal(false);
 
 export const chainInfo = {
   name: '',
@@ -53,6 +55,7 @@ export async function connect(url: string): Promise<ApiPromise> {
     bestBlock.set(h.number.toNumber());
   });
   await api.rpc.chain.subscribeFinalizedHeads((h) => finalizedBlock.set(h.number.toNumber()));
+  ready.set(true);
   return api;
 }
 

@@ -2,7 +2,7 @@
 // every farm, node, contract and account has a link of its own.
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { bestBlock, chainInfo, connect, connection, finalizedBlock, rpcUrl } from './chain';
+import { bestBlock, chainInfo, connect, connection, finalizedBlock, ready, rpcUrl } from './chain';
 import { accounts, enableExtension, extensionState, loadDevAccounts, select, selected } from './accounts';
 import { startHistory } from './history';
 import { useSignal } from './signal';
@@ -108,8 +108,8 @@ function Header() {
 }
 
 function App({ error }: { error?: string }) {
-  const conn = useSignal(connection);
-  if (error) {
+  const isReady = useSignal(ready);
+  if (error && !isReady) {
     return (
       <div class="boot">
         <h1>zos grid explorer</h1>
@@ -118,7 +118,7 @@ function App({ error }: { error?: string }) {
       </div>
     );
   }
-  if (conn === 'connecting' && !chainInfo.name) return <div class="boot"><p class="muted">connecting to {rpcUrl()}…</p></div>;
+  if (!isReady) return <div class="boot"><p class="muted">connecting to {rpcUrl()}…</p></div>;
   return (
     <div>
       <Header />
@@ -129,6 +129,7 @@ function App({ error }: { error?: string }) {
 }
 
 const root = document.getElementById('app')!;
+root.textContent = '';
 render(<App />, root);
 const slow = setTimeout(() => render(<App error="no answer yet (still trying)" />, root), 10_000);
 connect(rpcUrl()).finally(() => clearTimeout(slow)).then(

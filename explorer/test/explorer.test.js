@@ -1,0 +1,374 @@
+// The explorer in a real browser (Debian's chromium, driven by puppeteer-core) against a real dev
+// chain: a farmer creates a farm and adds an IP in the UI, a node joins it (the executor without
+// VMs when it is built, else the test registers one with polkadot.js), a bad spec is refused with
+// the chain's error name, //Alice creates a 2-of-2 contract in the UI and //Bob approves it in a
+// second browser context, the contract becomes Active and then Deployed. Every page is
+// screenshotted into test-output/screens; timings and the bundle size go to test-output/metrics.json.
+//
+// The tests run in order and share the chain and the browser.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes, generateKeyPairSync } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import puppeteer from 'puppeteer-core';
+import { Keyring } from '@polkadot/keyring';
+import { blake2AsHex, cryptoWaitReady } from '@polkadot/util-crypto';
+import { startServer } from '../serve.mjs';
+import {
+  executorBinary, removeDir, startDevChain, startExecutor, submitInBlock, tail, tempDir, waitUntil,
+} from './lib.js';
+
+const here = fileURLToPath(new URL('..', import.meta.url));
+const out = join(here, 'test-output');
+const screens = join(out, 'screens');
+const UNIT = 1_000_000_000_000n;
+const GIB = 1n << 30n;
+
+let dir;
+let chain;
+let api;
+let server;
+let browser;
+let executor = null;
+const k = {};
+const s = {};
+const ctx = {}; // browser contexts and pages by role
+const metrics = { startedAt: new Date().toISOString() };
+const t0 = Date.now();
+
+const sel = (id) => `[data-testid="${id}"]`;
+
+before(async () => {
+  await cryptoWaitReady();
+  mkdirSync(screens, { recursive: true });
+  dir = tempDir();
+  if (!existsSync(join(here, 'dist', 'index.html'))) throw new Error('dist/ is missing: run `npm run build` first');
+  chain = await startDevChain(dir);
+  api = chain.api;
+  server = await startServer({ dir: join(here, 'dist') });
+  const keyring = new Keyring({ type: 'sr25519' });
+  for (const n of ['Alice', 'Bob', 'Dave', 'Ferdie']) k[n.toLowerCase()] = keyring.addFromUri(`//${n}`);
+  // The node's identity, as the executor keeps it: a 32-byte sr25519 mini secret and an x25519 key.
+  s.nodeSeed = randomBytes(32);
+  k.node = keyring.addFromSeed(s.nodeSeed);
+  const { publicKey, privateKey } = generateKeyPairSync('x25519');
+  s.boxPublic = `0x${Buffer.from(publicKey.export({ format: 'jwk' }).x, 'base64url').toString('hex')}`;
+  s.boxSecret = Buffer.from(privateKey.export({ format: 'jwk' }).d, 'base64url').toString('hex');
+  browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM_BIN ?? '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run'],
+  });
+});
+
+after(async () => {
+  metrics.totalSeconds = Math.round((Date.now() - t0) / 100) / 10;
+  try {
+    writeFileSync(join(out, 'metrics.json'), `${JSON.stringify(metrics, null, 2)}\n`);
+  } catch { /* nothing to keep */ }
+  await browser?.close().catch(() => {});
+  await executor?.stop();
+  await chain?.stop();
+  server?.server.close();
+  if (process.exitCode && dir) {
+    console.log(`---- node log\n${tail(chain.logPath)}`);
+    if (executor) console.log(`---- executor log\n${tail(executor.logPath)}`);
+  }
+  if (dir) removeDir(dir);
+});
+
+/** A page in its own browser context (own storage: own selected account). */
+async function newPage(role) {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  page.on('pageerror', (e) => console.log(`[${role} page error] ${e.message}`));
+  ctx[role] = { context, page };
+  return page;
+}
+
+function url(route) {
+  return `${server.url(chain.url)}${route}`;
+}
+
+async function go(page, route) {
+  if (page.url().startsWith(server.url(chain.url))) {
+    await page.evaluate((r) => { location.hash = r; }, route);
+  } else {
+    await page.goto(url(route));
+  }
+  await page.waitForSelector(sel('connection'));
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(screens, `${name}.png`), fullPage: true });
+}
+
+/** Waits until the element's text matches `re`; returns the text. */
+async function waitText(page, selector, re, timeout = 30_000) {
+  try {
+    await page.waitForFunction(
+      (q, src, flags) => {
+        const el = document.querySelector(q);
+        return el && new RegExp(src, flags).test(el.textContent);
+      },
+      { timeout, polling: 100 },
+      selector, re.source, re.flags,
+    );
+  } catch (e) {
+    const text = await page.$eval(selector, (el) => el.textContent).catch(() => '(absent)');
+    throw new Error(`${selector} never matched ${re} (now: ${text}): ${e.message}`);
+  }
+  return page.$eval(selector, (el) => el.textContent);
+}
+
+async function selectAccount(page, name) {
+  const value = await page.waitForFunction((n) => {
+    const opt = [...document.querySelectorAll('[data-testid="account-select"] option')].find((o) => o.textContent.startsWith(`${n} `));
+    return opt?.value;
+  }, { polling: 100, timeout: 30_000 }, name);
+  await page.select(sel('account-select'), await value.jsonValue());
+}
+
+async function setValue(page, selector, value) {
+  await page.$eval(selector, (el, v) => {
+    el.value = v;
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  }, value);
+}
+
+async function clickEnabled(page, selector) {
+  await page.waitForSelector(`${selector}:not([disabled])`, { timeout: 30_000 });
+  await page.click(selector);
+}
+
+const diskSpec = (sizeMib) => JSON.stringify({
+  version: 0,
+  metadata: 'explorer test: one disk',
+  workloads: [{ name: 'data', kind: { disk: { size_mib: sizeMib } } }],
+}, null, 2);
+
+test('the explorer connects to the chain and shows the empty grid', async () => {
+  const page = await newPage('alice');
+  const start = Date.now();
+  await page.goto(url('#/'));
+  await waitText(page, sel('count-farms'), /^0$/);
+  metrics.dashboardReadyMs = Date.now() - start;
+  const paint = await page.evaluate(() => Object.fromEntries(performance.getEntriesByType('paint').map((p) => [p.name, Math.round(p.startTime)])));
+  metrics.firstPaintMs = paint['first-paint'];
+  metrics.firstContentfulPaintMs = paint['first-contentful-paint'];
+  assert.match(await page.$eval(sel('connection'), (el) => el.textContent), /#\d+/);
+  await shot(page, '01-dashboard-empty');
+});
+
+test('a farmer creates a farm and adds a public IP in the UI', async () => {
+  const page = ctx.alice.page;
+  // The node's account needs fees for registering; //Ferdie funds it while the farm is created.
+  const funding = submitInBlock(api, api.tx.balances.transferKeepAlive(k.node.address, 100n * UNIT), k.ferdie);
+  await go(page, '#/farmer');
+  await selectAccount(page, '//Dave');
+  await setValue(page, sel('farm-name'), 'ui-farm');
+  await clickEnabled(page, sel('create-farm'));
+  await waitText(page, sel('farm-title'), /Farm \d+: ui-farm/);
+  s.farmId = Number(/#\/farm\/(\d+)/.exec(page.url())[1]);
+  assert.equal((await api.query.grid.farms(s.farmId)).unwrap().owner.toString(), k.dave.address);
+
+  await page.waitForSelector(sel('add-ip-form'));
+  await setValue(page, sel('ip-input'), '185.69.166.10/24');
+  await setValue(page, sel('gw-input'), '185.69.166.1');
+  await page.click(sel('add-ip'));
+  await waitText(page, sel('farm-ips'), /185\.69\.166\.10\/24.*185\.69\.166\.1.*free/);
+  await shot(page, '02-farm-with-ip');
+  await funding;
+});
+
+test('a node joins the farm and the explorer shows it online', async () => {
+  const bin = executorBinary();
+  if (bin) {
+    executor = startExecutor(bin, {
+      url: chain.url, farmId: s.farmId, dir, accountSeedHex: s.nodeSeed.toString('hex'), boxSecretHex: s.boxSecret,
+    });
+    metrics.node = 'zos-executor --no-vm';
+  } else {
+    // No executor built: the test registers the node and heartbeats from the node's key.
+    const capacity = { cru: 2, mru: 4n * GIB, sru: 50n * GIB, hru: 0 };
+    const location = { city: 'Ghent', country: 'Belgium', latitude: 51_054_300, longitude: 3_717_400 };
+    await submitInBlock(api, api.tx.grid.registerNode(s.farmId, capacity, s.boxPublic, location, null, 'v0.1.0'), k.node);
+    await submitInBlock(api, api.tx.grid.heartbeat(), k.node);
+    metrics.node = 'registered by the test (no executor binary)';
+  }
+  s.nodeId = await waitUntil('the node registered', 120_000, async () => {
+    if (executor?.exited() != null) throw new Error(`executor exited:\n${tail(executor.logPath)}`);
+    const id = await api.query.grid.nodeIdByAccount(k.node.address);
+    return id.isSome ? id.unwrap().toNumber() : null;
+  });
+  const page = ctx.alice.page;
+  await go(page, `#/node/${s.nodeId}`);
+  await waitText(page, sel('node-status'), /^online$/, 90_000);
+  await page.waitForSelector(sel('node-capacity'));
+  await shot(page, '03-node');
+  await go(page, `#/farm/${s.farmId}`);
+  await waitText(page, sel('farm-nodes'), new RegExp(`node ${s.nodeId}.*online`));
+  await shot(page, '04-farm-with-node');
+});
+
+test('a bad spec is caught before sending, and the chain refuses it by error name', async () => {
+  const page = ctx.alice.page;
+  await go(page, `#/deploy?node=${s.nodeId}`);
+  await selectAccount(page, '//Alice');
+  await page.waitForSelector(sel('spec-editor'));
+  await setValue(page, sel('spec-editor'), diskSpec(0));
+  await page.waitForSelector(`${sel('spec-check')}[data-result="DiskSizeOutOfRange"]`);
+  assert.match(await page.$eval(sel('spec-check'), (el) => el.textContent), /deployments\.InvalidSpec\(DiskSizeOutOfRange\)/);
+  assert.ok(await page.$eval(sel('submit-spec'), (el) => el.disabled), 'the local check blocks sending');
+  // Sent anyway, the chain answers with the same rule, decoded from the metadata.
+  await page.click(sel('skip-checks'));
+  await clickEnabled(page, sel('submit-spec'));
+  await page.waitForSelector(sel('tx-error'), { timeout: 60_000 });
+  const error = await page.$eval(sel('tx-error'), (el) => ({ name: el.dataset.error, text: el.textContent }));
+  assert.equal(error.name, 'deployments.InvalidSpec(DiskSizeOutOfRange)');
+  assert.match(error.text, /The spec breaks a rule/);
+  assert.match(error.text, /Disk size must be within/);
+  assert.doesNotMatch(error.text, /Module|index|0x/);
+  await shot(page, '05-deploy-bad-spec-chain-error');
+});
+
+test('//Alice creates a 2-of-2 contract in the UI', async () => {
+  const page = ctx.alice.page;
+  await go(page, '#/');
+  await go(page, `#/deploy?node=${s.nodeId}`);
+  await page.waitForSelector(sel('spec-editor'));
+  await setValue(page, sel('spec-editor'), diskSpec(1024));
+  await page.waitForSelector(`${sel('spec-check')}[data-result="ok"]`);
+  // The required resources are shown against the node's free capacity.
+  assert.match(await page.$eval(sel('required'), (el) => el.textContent), /SSD1 GiB50 GiB/);
+  const shownHash = await page.$eval(sel('spec-hash'), (el) => el.textContent);
+  const spec = { version: 0, metadata: 'explorer test: one disk', workloads: [{ name: 'data', kind: { Disk: { sizeMib: 1024 } } }] };
+  s.hash = blake2AsHex(api.createType('ZosPrimitivesSpecDeploymentSpec', spec).toU8a(), 256);
+  assert.equal(shownHash, s.hash, 'the editor shows the hash polkadot.js computes');
+
+  assert.equal(await page.$eval(sel('signer-0'), (el) => el.value), k.alice.address);
+  await page.click(sel('required-0'));
+  await page.click(sel('add-signer'));
+  await setValue(page, sel('signer-1'), k.bob.address);
+  await page.click(sel('required-1'));
+  await setValue(page, sel('threshold'), '2');
+  await shot(page, '06-deploy-editor');
+  await clickEnabled(page, sel('submit-spec'));
+  await waitText(page, sel('contract-state'), /^PendingApproval$/, 60_000);
+  s.contractId = Number(/#\/contract\/(\d+)/.exec(page.url())[1]);
+  assert.equal(await page.$eval(sel('proposal-hash'), (el) => el.textContent), s.hash);
+  await page.waitForSelector(sel('hash-verified'));
+  assert.match(await page.$eval(sel('approved-weight'), (el) => el.textContent), /^1 of 2/);
+  const contract = (await api.query.deployments.contracts(s.contractId)).unwrap();
+  assert.equal(contract.owner.toString(), k.alice.address);
+  assert.deepEqual(contract.signers.map((x) => [x.account.toString(), x.weight.toNumber(), x.required.isTrue]),
+    [[k.alice.address, 1, true], [k.bob.address, 1, true]]);
+  assert.equal(contract.threshold.toNumber(), 2);
+  await shot(page, '07-contract-pending');
+});
+
+test('//Bob approves in a second browser context and the contract becomes Active', async () => {
+  const page = await newPage('bob');
+  await page.goto(url(`#/contract/${s.contractId}`));
+  await selectAccount(page, '//Bob');
+  await page.waitForSelector(sel('proposal-spec'));
+  assert.match(await page.$eval(sel('proposal-spec'), (el) => el.textContent), /"size_mib": 1024/);
+  await page.waitForSelector(sel('hash-verified'));
+  await shot(page, '08-contract-bob-before-approval');
+  await clickEnabled(page, sel('approve'));
+  const state = await waitText(page, sel('contract-state'), /^(Active|Deployed)$/, 60_000);
+  metrics.activeAfterApprovalState = state;
+  const contract = (await api.query.deployments.contracts(s.contractId)).unwrap();
+  assert.ok(['Active', 'Deployed'].includes(contract.state.type));
+  // Alice's page follows the chain on its own.
+  await waitText(ctx.alice.page, sel('contract-state'), /^(Active|Deployed)$/, 30_000);
+  await shot(page, '09-contract-active');
+});
+
+test('the node reports the deployment: Deployed', async () => {
+  if (!executor) {
+    const reports = [{ name: 'data', result: 'Ok' }];
+    await submitInBlock(api, api.tx.deployments.reportDeployment(s.contractId, 0, reports), k.node);
+  }
+  const page = ctx.bob.page;
+  // The executor acts on finalized blocks: activation, finality, then its report.
+  await waitText(page, sel('contract-state'), /^Deployed$/, 120_000);
+  await page.waitForSelector(sel('deployment-report'));
+  assert.match(await page.$eval(sel('deployment-report'), (el) => el.textContent), /data: ok/);
+  await shot(page, '10-contract-deployed');
+});
+
+test('every page renders and links the objects', async () => {
+  const page = ctx.alice.page;
+  await go(page, '#/');
+  await waitText(page, sel('count-farms'), /^1$/);
+  await waitText(page, sel('count-nodes'), /^1 \/ 1$/);
+  await waitText(page, sel('count-contracts'), /^1$/);
+  await page.waitForSelector(sel('grid-capacity'));
+  await shot(page, '11-dashboard');
+
+  await go(page, '#/farms');
+  await waitText(page, sel(`farm-row-${s.farmId}`), /ui-farm/);
+  await shot(page, '12-farms');
+
+  await go(page, '#/nodes');
+  await waitText(page, sel(`node-row-${s.nodeId}`), /online/);
+  await shot(page, '13-nodes');
+
+  await go(page, `#/node/${s.nodeId}`);
+  await waitText(page, sel('node-contracts'), new RegExp(`contract ${s.contractId}`));
+  await page.waitForSelector(sel('node-uptime'));
+  await shot(page, '14-node-with-contract');
+
+  await go(page, '#/contracts');
+  await waitText(page, sel(`contract-row-${s.contractId}`), /Deployed/);
+  await shot(page, '15-contracts');
+
+  // Finalized events, live: the activation shows up once its block is finalized.
+  await go(page, '#/events');
+  await page.waitForSelector('[data-event="deployments.ContractActivated"]', { timeout: 60_000 });
+  await page.waitForSelector('[data-event="grid.FarmCreated"]');
+  await shot(page, '16-events');
+
+  await go(page, `#/account/${k.alice.address}`);
+  await waitText(page, 'main', new RegExp(`contract ${s.contractId}|${s.contractId}`));
+  await shot(page, '17-account');
+
+  await go(page, '#/farmer');
+  await shot(page, '18-farmer');
+
+  // Search by id: contract, node and farm 1 all exist.
+  await page.$eval(sel('search-input'), (el) => { el.value = ''; });
+  await page.type(sel('search-input'), String(s.contractId));
+  await page.keyboard.press('Enter');
+  await waitText(page, sel('search-results'), /contract/);
+  await shot(page, '19-search');
+  // Search by account: straight to its page.
+  await page.$eval(sel('search-input'), (el) => { el.value = ''; });
+  await page.type(sel('search-input'), k.bob.address);
+  await page.keyboard.press('Enter');
+  await waitText(page, sel('account-address'), new RegExp(k.bob.address));
+});
+
+test('timings: a fresh browser opening a contract link', async () => {
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  const start = Date.now();
+  await page.goto(url(`#/contract/${s.contractId}`));
+  await waitText(page, sel('contract-state'), /^Deployed$/);
+  metrics.contractPageMs = Date.now() - start;
+  const paint = await page.evaluate(() => Object.fromEntries(performance.getEntriesByType('paint').map((p) => [p.name, Math.round(p.startTime)])));
+  metrics.contractFirstPaintMs = paint['first-paint'];
+  metrics.contractFirstContentfulPaintMs = paint['first-contentful-paint'];
+  await shot(page, '20-contract-fresh');
+  await context.close();
+  const sizes = JSON.parse(readFileSync(join(here, 'dist', 'sizes.json'), 'utf8'));
+  metrics.bundleGzipKiB = Math.round(sizes.total.gzip / 102.4) / 10;
+  metrics.bundleRawKiB = Math.round(sizes.total.raw / 102.4) / 10;
+  assert.ok(sizes.total.gzip < 500 * 1024, `bundle ${metrics.bundleGzipKiB} KiB gzip`);
+  console.log(`explorer metrics: ${JSON.stringify(metrics)}`);
+});
