@@ -10,7 +10,7 @@ export type EventRec = {
   timeMs: number;
   section: string;
   method: string;
-  /** Field name (as in the metadata: snake_case) -> codec. */
+  /** Field name (camelCase, as polkadot.js names metadata fields) -> codec. */
   fields: [string, any][];
   docs: string;
 };

@@ -334,7 +334,7 @@ test('every page renders and links the objects', async () => {
   await shot(page, '16-events');
 
   await go(page, `#/account/${k.alice.address}`);
-  await waitText(page, 'main', new RegExp(`contract ${s.contractId}|${s.contractId}`));
+  await page.waitForSelector(sel(`contract-row-${s.contractId}`));
   await shot(page, '17-account');
 
   await go(page, '#/farmer');

@@ -98,9 +98,9 @@ export function ContractPage({ id }: { id: number }) {
   const me = account?.address;
   const signer = c.signers.find((s) => s.account === me);
   const charges = mine.filter((e) => e.section === 'billing' && e.method === 'ReportSettled').map((e) => ({
-    x: Number(ev(e, 'window_end').toBigInt()) * 1000,
+    x: Number(ev(e, 'windowEnd').toBigInt()) * 1000,
     y: Number(ev(e, 'charged').toBigInt()),
-    title: `window ${new Date(Number(ev(e, 'window_start').toBigInt()) * 1000).toLocaleTimeString()}–${new Date(Number(ev(e, 'window_end').toBigInt()) * 1000).toLocaleTimeString()}: charged ${formatBalance(ev(e, 'charged').toBigInt(), 6)}, collected ${formatBalance(ev(e, 'collected').toBigInt(), 6)}`,
+    title: `window ${new Date(Number(ev(e, 'windowStart').toBigInt()) * 1000).toLocaleTimeString()}–${new Date(Number(ev(e, 'windowEnd').toBigInt()) * 1000).toLocaleTimeString()}: charged ${formatBalance(ev(e, 'charged').toBigInt(), 6)}, collected ${formatBalance(ev(e, 'collected').toBigInt(), 6)}`,
   }));
   const totalCharged = charges.reduce((a, p) => a + BigInt(p.y), 0n);
   return (

@@ -6,9 +6,9 @@ import { useSignal } from '../signal';
 import { Addr } from '../ui';
 
 const LINKS: Record<string, string> = {
-  contract: 'contract', node: 'node', node_id: 'node', farm_id: 'farm',
+  contract: 'contract', node: 'node', nodeId: 'node', farmId: 'farm',
 };
-const BALANCE = /^(deposit|charged|collected|to_farm_owner|to_treasury|burned|debt|debt_written_off|amount|actual_fee|tip|free)$/;
+const BALANCE = /^(deposit|charged|collected|toFarmOwner|toTreasury|burned|debt|debtWrittenOff|amount|actualFee|tip|free)$/;
 
 export function FieldValue({ name, v }: { name: string; v: any }) {
   const t = v?.toRawType?.() ?? '';

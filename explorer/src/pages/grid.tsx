@@ -241,8 +241,8 @@ export function NodePage({ id }: { id: number }) {
   if (data === undefined) return <Loading what={`node ${id}`} />;
   if (data === null) return <p data-testid="not-found">No node {id} on chain.</p>;
   const { node, contracts } = data;
-  const beats = events.filter((e) => e.section === 'grid' && e.method === 'NodeHeartbeat' && Number(ev(e, 'node_id')) === id)
-    .map((e) => Number(ev(e, 'timestamp_ms').toBigInt()));
+  const beats = events.filter((e) => e.section === 'grid' && e.method === 'NodeHeartbeat' && Number(ev(e, 'nodeId')?.toString()) === id)
+    .map((e) => Number(ev(e, 'timestampMs').toBigInt()));
   const firstTime = events.find((e) => e.timeMs > 0)?.timeMs ?? now;
   const from = Math.max(firstTime, now - 3600_000);
   return (

@@ -1,5 +1,5 @@
 // Farmer actions, accounts, search.
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
 import { decodeAddress } from '@polkadot/util-crypto';
 import { api, formatBalance } from '../chain';
 import { selected, eventsNamed } from '../accounts';
@@ -100,11 +100,12 @@ export function Search({ q }: { q: string }) {
     }
     return out;
   }, [q]);
+  // One match: go straight to it.
+  useEffect(() => {
+    if (data?.length === 1) location.replace(data[0].href);
+  }, [data]);
   if (error) return <ErrorBox error={{ text: error }} />;
   if (!data) return <Loading what="search" />;
-  if (data.length === 1 && !location.hash.includes('?all')) {
-    location.replace(data[0].href);
-  }
   return (
     <div>
       <h1>Search: {q}</h1>
