@@ -104,6 +104,12 @@ fn probe_compressible(plain: &[u8]) -> bool {
     saved * 16 >= 3 * SAMPLE
 }
 
+/// The longest stored object a chunk of `raw_len` plaintext bytes can have: the encoder keeps
+/// the compressed form only when it is smaller, so one codec byte plus the plaintext.
+pub fn max_stored_len(raw_len: u32) -> u64 {
+    1 + u64::from(raw_len)
+}
+
 /// Decode a stored object and check it against its name and expected length.
 pub fn decode_object(hash: &Hash, object: &[u8], expected_len: Option<u32>) -> Result<Vec<u8>> {
     let bad = |reason: String| Error::ChunkCorrupt {

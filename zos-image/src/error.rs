@@ -61,6 +61,12 @@ pub enum Error {
     },
     #[error("store {store}: {message}")]
     Store { store: String, message: String },
+    #[error("store {store} sent more than the {limit} bytes {object} may have: refused")]
+    ObjectTooLarge {
+        store: String,
+        object: String,
+        limit: u64,
+    },
     #[error("{0}")]
     InvalidInput(String),
     #[error(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::cache::ChunkCache;
-use crate::chunk::decode_object;
+use crate::chunk::{decode_object, max_stored_len};
 use crate::error::{Error, Result};
 use crate::format::ChunkInfo;
 use crate::hash::Hash;
@@ -179,7 +179,7 @@ impl Fetcher {
             }
             for k in 0..n {
                 let source = &self.sources[(start + k) % n];
-                match source.get(Object::Chunk(info.hash)) {
+                match source.get_at_most(Object::Chunk(info.hash), max_stored_len(info.raw_len)) {
                     Ok(Some(object)) => {
                         match decode_object(&info.hash, &object, Some(info.raw_len)) {
                             Ok(plain) => {

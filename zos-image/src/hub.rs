@@ -22,7 +22,7 @@ use crate::sign;
 use crate::store::{DirStore, Object, Store};
 
 /// Largest accepted upload (an index for a very large tree).
-const MAX_UPLOAD: usize = 512 << 20;
+const MAX_UPLOAD: usize = crate::store::MAX_INDEX_LEN as usize;
 
 struct HubState {
     store: DirStore,

@@ -125,6 +125,10 @@ enum Command {
         /// Threads fetching readahead and prefetch chunks in the background.
         #[arg(long, default_value_t = MountOptions::default().prefetch_workers)]
         prefetch_workers: usize,
+        /// Let every user of this machine read the mount (by default only the mounting user
+        /// can). Device nodes and setuid bits stay inert either way (nodev, nosuid).
+        #[arg(long)]
+        allow_other: bool,
     },
     /// Upload an image (index, signature, missing chunks) to a hub.
     Push {
@@ -320,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             threads,
             readahead_chunks,
             prefetch_workers,
+            allow_other,
         } => {
             let (stores, trust) = sources.open()?;
             let image = open_image(&stores, &root, &trust)?;
@@ -346,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 prefetch_workers,
                 record_trace,
                 prefetch,
-                ..Default::default()
+                allow_other,
             };
             let dirs = writable
                 .as_deref()

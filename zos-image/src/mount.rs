@@ -35,7 +35,8 @@ pub struct MountOptions {
     pub readahead_chunks: u32,
     /// Background fetch workers (readahead and prefetch list).
     pub prefetch_workers: usize,
-    /// Let users other than the mounting one access the mount.
+    /// Let every user of the host access the mount. Off by default: an image is a stranger's
+    /// tree, so only the mounting user (the node's hypervisor side) may enter it.
     pub allow_other: bool,
     /// Record the order in which chunks are first read, written on unmount.
     pub record_trace: Option<PathBuf>,
@@ -49,7 +50,7 @@ impl Default for MountOptions {
             threads: 4,
             readahead_chunks: 16,
             prefetch_workers: 8,
-            allow_other: true,
+            allow_other: false,
             record_trace: None,
             prefetch: Vec::new(),
         }
@@ -893,8 +894,9 @@ pub fn mount(
         MountOption::FSName("zos-image".into()),
         MountOption::Subtype("zos-image".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        // An image may carry device nodes and setuid binaries: on the host they are inert.
+        MountOption::NoDev,
+        MountOption::NoSuid,
     ];
     if opts.allow_other {
         config.acl = SessionACL::All;

@@ -34,12 +34,33 @@ impl Object {
             Object::Signature(h) => format!("images/{h}.sig"),
         }
     }
+
+    /// The largest stored form any object of this kind may have. A store refuses to hand over
+    /// more (an index is the largest a hub accepts; a chunk is one compressed maximal chunk).
+    pub fn max_len(&self) -> u64 {
+        match self {
+            Object::Chunk(_) => crate::chunk::max_stored_len(crate::format::MAX_CHUNK_LEN),
+            Object::Index(_) => MAX_INDEX_LEN,
+            Object::Signature(_) => MAX_SIGNATURE_LEN,
+        }
+    }
 }
+
+/// Largest index a hub accepts and a client downloads.
+pub const MAX_INDEX_LEN: u64 = 512 << 20;
+/// Largest signature file (a few hundred bytes in practice).
+pub const MAX_SIGNATURE_LEN: u64 = 64 << 10;
 
 pub trait Store: Send + Sync {
     /// Human readable location for logs and errors.
     fn describe(&self) -> String;
-    fn get(&self, object: Object) -> Result<Option<Vec<u8>>>;
+    /// The object, refused with [`Error::ObjectTooLarge`] as soon as it proves longer than
+    /// `max_len` bytes (never read whole first): stores are untrusted.
+    fn get_at_most(&self, object: Object, max_len: u64) -> Result<Option<Vec<u8>>>;
+    /// The object, bounded by the largest size its kind may have.
+    fn get(&self, object: Object) -> Result<Option<Vec<u8>>> {
+        self.get_at_most(object, object.max_len())
+    }
     /// Size of a stored object, or None when absent.
     fn size(&self, object: Object) -> Result<Option<u64>>;
     fn has(&self, object: Object) -> Result<bool> {
@@ -128,13 +149,19 @@ impl Store for DirStore {
         self.root.display().to_string()
     }
 
-    fn get(&self, object: Object) -> Result<Option<Vec<u8>>> {
+    fn get_at_most(&self, object: Object, max_len: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path_of(object);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { path, source: e }),
-        }
+        let file = match fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Io { path, source: e }),
+        };
+        read_at_most(file, max_len, &self.describe(), object)
+            .map(Some)
+            .map_err(|e| match e {
+                ReadError::Io(source) => Error::Io { path, source },
+                ReadError::TooLarge(e) => e,
+            })
     }
 
     fn size(&self, object: Object) -> Result<Option<u64>> {
@@ -161,13 +188,22 @@ pub struct HttpStore {
     agent: ureq::Agent,
 }
 
+/// Longest a single request to a hub may take, body included: a hub that hangs or trickles
+/// bytes cannot hold a fetch thread longer than this.
+pub const HUB_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 impl HttpStore {
     pub fn new(base: &str, token: Option<String>) -> HttpStore {
+        Self::with_timeout(base, token, HUB_REQUEST_TIMEOUT)
+    }
+
+    /// A hub client whose requests each end after `timeout` (connecting, waiting and reading).
+    pub fn with_timeout(base: &str, token: Option<String>, timeout: Duration) -> HttpStore {
         // Mounts and unpacks fetch with many threads at once; keep their connections alive
         // instead of opening one per chunk (ureq keeps a single idle one per host by default).
         let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout_connect(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
             .max_idle_connections_per_host(MAX_PARALLEL_REQUESTS)
             .build();
         HttpStore {
@@ -189,23 +225,59 @@ impl HttpStore {
     }
 }
 
-/// Largest object a client accepts from a hub (a chunk or a big index).
-const MAX_DOWNLOAD: u64 = 1 << 30;
+enum ReadError {
+    Io(std::io::Error),
+    TooLarge(Error),
+}
+
+/// Reads `reader` to its end, stopping with `ObjectTooLarge` as soon as more than `max_len`
+/// bytes arrive: memory use is bounded by the limit whatever the other side sends.
+fn read_at_most(
+    reader: impl Read,
+    max_len: u64,
+    store: &str,
+    object: Object,
+) -> Result<Vec<u8>, ReadError> {
+    let mut body = Vec::new();
+    reader
+        .take(max_len.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(ReadError::Io)?;
+    if body.len() as u64 > max_len {
+        return Err(ReadError::TooLarge(Error::ObjectTooLarge {
+            store: store.to_string(),
+            object: object.rel_path(),
+            limit: max_len,
+        }));
+    }
+    Ok(body)
+}
 
 impl Store for HttpStore {
     fn describe(&self) -> String {
         self.base.clone()
     }
 
-    fn get(&self, object: Object) -> Result<Option<Vec<u8>>> {
+    fn get_at_most(&self, object: Object, max_len: u64) -> Result<Option<Vec<u8>>> {
         match self.agent.get(&self.url(object)).call() {
             Ok(resp) => {
-                let mut body = Vec::new();
-                resp.into_reader()
-                    .take(MAX_DOWNLOAD)
-                    .read_to_end(&mut body)
-                    .map_err(|e| self.err(format!("reading {}: {e}", object.rel_path())))?;
-                Ok(Some(body))
+                // A declared length over the limit is refused before reading any of the body.
+                let declared = resp
+                    .header("content-length")
+                    .and_then(|v| v.parse::<u64>().ok());
+                if declared.is_some_and(|len| len > max_len) {
+                    return Err(Error::ObjectTooLarge {
+                        store: self.base.clone(),
+                        object: object.rel_path(),
+                        limit: max_len,
+                    });
+                }
+                read_at_most(resp.into_reader(), max_len, &self.base, object)
+                    .map_err(|e| match e {
+                        ReadError::Io(e) => self.err(format!("reading {}: {e}", object.rel_path())),
+                        ReadError::TooLarge(e) => e,
+                    })
+                    .map(Some)
             }
             Err(ureq::Error::Status(404, _)) => Ok(None),
             Err(ureq::Error::Status(code, _)) => {

@@ -374,3 +374,133 @@ fn writable_overlay_keeps_the_image_untouched() {
     assert!(!is_mounted(&mnt));
     assert!(!is_mounted(&state.join("lower")));
 }
+
+/// Runs `program args` as the unprivileged user `nobody` (uid/gid 65534); returns its exit
+/// success and output.
+fn run_as_nobody(program: &Path, args: &[&str]) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    match Command::new(program)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+/// An image is a stranger's tree. One carrying a world-writable block device node of the host's
+/// own disk and a setuid-root binary must give nobody on the host anything: by default only the
+/// mounting user may enter the mount at all, the device node does not open even for root
+/// (nodev), and with the mount opened to every user the setuid bit does not elevate (nosuid).
+#[test]
+fn hostile_device_nodes_and_setuid_binaries_stay_inert_on_the_host() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !fuse_available() || !is_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // Let `nobody` traverse down to the mountpoint, as on a host where the data dir is 0755.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("dev")).unwrap();
+    fs::create_dir_all(src.join("bin")).unwrap();
+    // The block device holding the host's root filesystem, readable and writable by anyone.
+    let host_disk = fs::metadata("/").unwrap().dev();
+    let node = src.join("dev/hostdisk");
+    let c = std::ffi::CString::new(node.to_str().unwrap()).unwrap();
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o666, host_disk as libc::dev_t) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).unwrap();
+    // A setuid-root `id`: run by anyone it would report uid 0 where setuid works.
+    let id = ["/usr/bin/id", "/bin/id"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("coreutils id");
+    fs::copy(id, src.join("bin/id")).unwrap();
+    fs::set_permissions(src.join("bin/id"), fs::Permissions::from_mode(0o4755)).unwrap();
+
+    let store = tmp.path().join("store");
+    let root = pack(&src, &store);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    fs::set_permissions(&mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let mount_with = |opts: &MountOptions| {
+        let image = open_image(&sources(&[&store]), &root, &Trust::default()).unwrap();
+        let fetcher = Arc::new(Fetcher::new(sources(&[&store]), None));
+        mount(image.index, fetcher, &mnt, opts).unwrap()
+    };
+
+    // Default options: the image's tree exists for the mounting user only.
+    let handle = mount_with(&MountOptions::default());
+    let meta = fs::symlink_metadata(mnt.join("dev/hostdisk")).unwrap();
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o666,
+        "the node is in the image as packed"
+    );
+    assert_eq!(
+        fs::File::open(mnt.join("dev/hostdisk"))
+            .map(|_| ())
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "a device node inside an image must not open on the host, even for root"
+    );
+    let (ran, out) = run_as_nobody(&mnt.join("bin/id"), &["-u"]);
+    assert!(
+        !ran,
+        "an unprivileged user ran a binary from the image: {out}"
+    );
+    let (read, out) = run_as_nobody(
+        Path::new("/bin/cat"),
+        &[mnt.join("dev/hostdisk").to_str().unwrap()],
+    );
+    assert!(
+        !read,
+        "an unprivileged user read the host disk through the image: {out}"
+    );
+    let (listed, out) = run_as_nobody(Path::new("/bin/ls"), &[mnt.to_str().unwrap()]);
+    assert!(!listed, "an unprivileged user listed the image: {out}");
+    let stat = nix_statvfs(&mnt);
+    assert!(
+        stat & libc::ST_NODEV != 0 && stat & libc::ST_NOSUID != 0,
+        "flags {stat:#x}"
+    );
+    handle.unmount().unwrap();
+
+    // Even opened to every user (a developer's `--allow-other`), setuid does not elevate and
+    // the device node stays closed.
+    let handle = mount_with(&MountOptions {
+        allow_other: true,
+        ..Default::default()
+    });
+    let (ran, out) = run_as_nobody(&mnt.join("bin/id"), &["-u"]);
+    assert!(ran, "running the image's id as nobody: {out}");
+    assert_eq!(out.trim(), "65534", "the setuid bit elevated a user");
+    let (read, out) = run_as_nobody(
+        Path::new("/bin/cat"),
+        &[mnt.join("dev/hostdisk").to_str().unwrap()],
+    );
+    assert!(
+        !read,
+        "an unprivileged user read the host disk through the image: {out}"
+    );
+    handle.unmount().unwrap();
+}
+
+/// The mount flags of `path` (statvfs f_flag).
+fn nix_statvfs(path: &Path) -> libc::c_ulong {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_flag
+}

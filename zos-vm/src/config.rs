@@ -441,4 +441,22 @@ mod tests {
             assert!(a.contains(needle), "missing {needle}");
         }
     }
+
+    /// The initramfs with the config appendix carries the tenant's environment and keys: on
+    /// the host only its owner may read it, even where an older copy was world-readable.
+    #[test]
+    fn the_config_channel_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base_initramfs = dir.path().join("base.cpio");
+        std::fs::write(&base_initramfs, b"070701").unwrap();
+        let out = dir.path().join("initrd");
+        std::fs::write(&out, b"old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut c = base();
+        c.guest.env = vec![("TOKEN".into(), "secret".into())];
+        crate::qemu::write_initrd(&base_initramfs, &c, &out).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
 }

@@ -394,8 +394,11 @@ fn tempdir(prefix: &str) -> Result<PathBuf> {
     bail!("cannot create a temporary directory in {}", base.display())
 }
 
-/// Writes base initramfs + the config appendix for `cfg` to `out`.
+/// Writes base initramfs + the config appendix for `cfg` to `out`, readable by its owner only:
+/// the appendix carries the tenant's environment and keys.
 pub fn write_initrd(base: &Path, cfg: &VmConfig, out: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut data = std::fs::read(base).with_context(|| format!("reading {}", base.display()))?;
     // The kernel looks for the next archive on a 4-byte boundary.
     while data.len() % 4 != 0 {
@@ -403,7 +406,14 @@ pub fn write_initrd(base: &Path, cfg: &VmConfig, out: &Path) -> Result<()> {
     }
     data.extend(cfg.config_appendix()?);
     let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&data))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(())
 }

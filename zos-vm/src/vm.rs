@@ -161,6 +161,13 @@ impl Vm {
         tokio::fs::create_dir_all(&dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))?;
+        // The VM's files (console log, sockets, config channel) are the tenant's.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .await
+                .with_context(|| format!("restricting {}", dir.display()))?;
+        }
         let (events, _) = broadcast::channel(256);
         let (stop_tx, _) = watch::channel(false);
         Ok(Self {
