@@ -105,13 +105,24 @@ impl Chain {
     /// Calls a runtime API at the latest finalized block, decoding the answer with `codec`
     /// straight into primitives types.
     async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
+        Ok(self.runtime_call_numbered(method, args).await?.1)
+    }
+
+    /// [`Self::runtime_call`], also naming the finalized block the answer is from.
+    async fn runtime_call_numbered<R: Decode>(
+        &self,
+        method: &str,
+        args: &[u8],
+    ) -> Result<(u64, R)> {
         let at = self.api.at_current_block().await?;
         let bytes = at
             .runtime_apis()
             .call_raw(method, Some(args))
             .await
-            .with_context(|| format!("calling {method}"))?;
-        R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {method}"))
+            .with_context(|| format!("calling {method} at block {}", at.block_number()))?;
+        let value = R::decode(&mut &bytes[..])
+            .with_context(|| format!("decoding the answer of {method}"))?;
+        Ok((at.block_number(), value))
     }
 
     pub async fn node_of(&self, account: &subxt::utils::AccountId32) -> Result<Option<NodeId>> {
@@ -119,20 +130,45 @@ impl Chain {
             .await
     }
 
-    /// The desired state: every contract on `node` with its active spec.
-    pub async fn contracts_of_node(&self, node: NodeId) -> Result<Vec<NodeContract>> {
-        let list: Vec<(ContractId, NodeContract)> = self
-            .runtime_call("DeploymentsApi_contracts_of_node", &node.encode())
+    /// The desired state: every contract on `node` with its active spec, and the finalized
+    /// block it was read at.
+    pub async fn contracts_of_node(&self, node: NodeId) -> Result<(u64, Vec<NodeContract>)> {
+        let (at, list): (u64, Vec<(ContractId, NodeContract)>) = self
+            .runtime_call_numbered("DeploymentsApi_contracts_of_node", &node.encode())
             .await?;
-        Ok(list.into_iter().map(|(_, c)| c).collect())
+        Ok((at, list.into_iter().map(|(_, c)| c).collect()))
+    }
+
+    /// Billing state of a contract at the finalized block; `None` when the chain does not bill
+    /// it (ended, or never activated).
+    pub async fn billing_status(
+        &self,
+        contract: ContractId,
+    ) -> Result<Option<zos_primitives::billing::ContractBillingStatus<u128, u32>>> {
+        self.runtime_call("BillingApi_contract_billing", &contract.encode())
+            .await
     }
 
     /// Where billing stands for a contract: the end of its last accepted window (unix s).
     pub async fn billed_until(&self, contract: ContractId) -> Result<Option<u64>> {
-        let status: Option<zos_primitives::billing::ContractBillingStatus<u128, u32>> = self
-            .runtime_call("BillingApi_contract_billing", &contract.encode())
-            .await?;
-        Ok(status.and_then(|s| s.billed_until))
+        Ok(self
+            .billing_status(contract)
+            .await?
+            .and_then(|s| s.billed_until))
+    }
+
+    /// The account's nonce at the finalized block, and the next nonce counting transactions
+    /// still pending (in the pool or in blocks not finalized yet).
+    pub async fn account_nonces(&self, account: &subxt::utils::AccountId32) -> Result<(u64, u64)> {
+        let at = self.api.at_current_block().await?;
+        let finalized = at
+            .storage()
+            .fetch(runtime::storage().system().account(), (account.clone(),))
+            .await?
+            .decode()?
+            .nonce;
+        let next = self.rpc.system_account_next_index(account).await?;
+        Ok((u64::from(finalized), next))
     }
 
     pub async fn free_balance(&self, account: &subxt::utils::AccountId32) -> Result<u128> {

@@ -50,6 +50,21 @@ pub struct Flags {
     /// Capacity to offer, overriding what is measured: "cru=4,mru_mib=8192,sru_gib=100,hru_gib=0".
     #[arg(long, env = "ZOS_CAPACITY")]
     pub capacity: Option<String>,
+    /// What the node keeps for itself when the capacity is measured (the executor, the
+    /// hypervisor's per-VM overhead, image and guest caches), same format as --capacity.
+    /// Default: "cru=1,mru_mib=1024,sru_gib=20", plus 5 % of the memory. Ignored with
+    /// --capacity, which is what is offered.
+    #[arg(long, env = "ZOS_RESERVE")]
+    pub reserve: Option<String>,
+    /// Image sources specs may name, as prefixes (repeat, or comma-separate in the
+    /// environment): `https://hub.example/`, or a directory store path on this node. Default:
+    /// any http(s) hub and no local path.
+    #[arg(
+        long = "allow-image-source",
+        env = "ZOS_ALLOW_IMAGE_SOURCE",
+        value_delimiter = ','
+    )]
+    pub allow_image_source: Vec<String>,
     /// Do not run VM workloads on this node (they then fail with "no driver for vm workloads").
     #[arg(long, env = "ZOS_NO_VM")]
     pub no_vm: bool,
@@ -71,6 +86,8 @@ pub struct FileConfig {
     pub heartbeat_interval_secs: Option<u64>,
     pub metrics_addr: Option<String>,
     pub capacity: Option<String>,
+    pub reserve: Option<String>,
+    pub allow_image_source: Option<Vec<String>>,
     pub no_vm: Option<bool>,
     pub guest_cache: Option<PathBuf>,
 }
@@ -84,11 +101,15 @@ pub struct Config {
     pub report_interval: Duration,
     pub heartbeat_interval: Duration,
     pub metrics_addr: Option<SocketAddr>,
-    /// `None`: measure the host.
+    /// `None`: measure the host and offer it minus `reserve`.
     pub capacity: Option<Resources>,
+    /// Kept for the node itself out of a measured capacity; `None`: [`default_reserve`].
+    pub reserve: Option<Resources>,
     /// Run VM workloads when the host can (QEMU and FUSE present).
     pub vm_enabled: bool,
     pub guest_cache: Option<PathBuf>,
+    /// Image source prefixes specs may name; empty: any http(s) hub.
+    pub allowed_image_sources: Vec<String>,
 }
 
 impl Config {
@@ -139,7 +160,13 @@ impl Config {
             .or(file.capacity)
             .map(|s| parse_capacity(&s))
             .transpose()?;
+        let reserve = flags
+            .reserve
+            .or(file.reserve)
+            .map(|s| parse_capacity(&s))
+            .transpose()?;
         Ok(Self {
+            reserve,
             chain_url: flags
                 .chain_url
                 .or(file.chain_url)
@@ -153,6 +180,11 @@ impl Config {
             capacity,
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
+            allowed_image_sources: if flags.allow_image_source.is_empty() {
+                file.allow_image_source.unwrap_or_default()
+            } else {
+                flags.allow_image_source
+            },
         })
     }
 }
@@ -188,7 +220,37 @@ pub fn parse_capacity(text: &str) -> Result<Resources> {
     Ok(r)
 }
 
-/// What this host can offer: its CPUs, its memory, and the free space of the data directory.
+/// What a node keeps for itself by default out of a measured host: one CPU for the executor,
+/// the hypervisors' helper threads and the image mounts; 1 GiB plus 5 % of the memory for them
+/// and the per-VM overhead (QEMU and virtiofsd, tens of MiB per guest); 20 GiB of the data
+/// disk for image chunk caches, the guest kernel cache and the node's state.
+pub fn default_reserve(host: &Resources) -> Resources {
+    use zos_primitives::{GIB, MIB};
+    Resources {
+        cru: 1,
+        mru: (1024 * MIB).saturating_add(host.mru / 20),
+        sru: 20 * GIB,
+        hru: 0,
+    }
+}
+
+/// The capacity to offer: as configured, or the measured host minus the reserve (each
+/// resource at least zero; a CPU is always offered).
+pub fn offered_capacity(config: &Config) -> Result<Resources> {
+    if let Some(capacity) = config.capacity {
+        return Ok(capacity);
+    }
+    let host = measure_host(&config.data_dir)?;
+    let reserve = config.reserve.unwrap_or_else(|| default_reserve(&host));
+    Ok(Resources {
+        cru: host.cru.saturating_sub(reserve.cru).max(1),
+        mru: host.mru.saturating_sub(reserve.mru),
+        sru: host.sru.saturating_sub(reserve.sru),
+        hru: host.hru.saturating_sub(reserve.hru),
+    })
+}
+
+/// What this host has: its CPUs, its memory, and the free space of the data directory.
 pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
     let cru = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
@@ -257,6 +319,28 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn the_node_keeps_a_reserve_out_of_a_measured_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::load(Flags {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let host = measure_host(dir.path()).unwrap();
+        let offered = offered_capacity(&cfg).unwrap();
+        let reserve = default_reserve(&host);
+        assert_eq!(offered.cru, host.cru.saturating_sub(1).max(1));
+        assert_eq!(offered.mru, host.mru - reserve.mru);
+        assert!(offered.mru < host.mru - host.mru / 20);
+        assert!(offered.sru <= host.sru.saturating_sub(20 << 30));
+        // A configured reserve replaces the default; an explicit capacity is offered as is.
+        cfg.reserve = Some(parse_capacity("cru=0,mru_mib=0,sru_gib=0").unwrap());
+        assert_eq!(offered_capacity(&cfg).unwrap().cru, host.cru);
+        cfg.capacity = Some(parse_capacity("cru=1,mru_mib=512").unwrap());
+        assert_eq!(offered_capacity(&cfg).unwrap().mru, 512 << 20);
     }
 
     #[test]

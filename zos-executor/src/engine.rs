@@ -9,8 +9,11 @@
 //! - transient driver errors are retried with backoff and never become a terminal state;
 //! - a spec that fails validation, or a sealed secret this node cannot open, fails that contract
 //!   only, with the reason, which is reported on chain;
-//! - grace period pauses the workloads and keeps their data; Active again resumes them; a
-//!   contract that disappears from the desired state (cancelled) is removed with its data.
+//! - grace period pauses the workloads and keeps their data; Active again resumes them;
+//! - deletion needs proof: every pass names the finalized block its desired state was read at,
+//!   and a pass at an older block than one already acted on is refused (a lagging or resyncing
+//!   RPC backend never makes tenants' data disappear); a contract missing from the desired state
+//!   is only tombstoned, and removed with its data once a later finalized block confirms it.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -58,12 +61,26 @@ impl DeploymentResult {
     }
 }
 
+/// A desired state read at an older finalized block than one this node already acted on.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the chain view is at finalized block {seen}, behind block {acted_on} this node already \
+     acted on (a lagging or resyncing RPC node?): nothing is changed until it catches up"
+)]
+pub struct StaleChainView {
+    pub seen: u64,
+    pub acted_on: u64,
+}
+
 /// Summary of one pass.
 #[derive(Debug, Default)]
 pub struct PassSummary {
     /// Results that differ from what was last reported: to be sent with report_deployment.
     pub to_report: Vec<DeploymentResult>,
     pub removed: Vec<ContractId>,
+    /// Contracts that vanished from the desired state for the first time: kept until a later
+    /// finalized block confirms it.
+    pub tombstoned: Vec<ContractId>,
     /// Contracts left with transient errors (retried next pass).
     pub pending: Vec<ContractId>,
 }
@@ -90,8 +107,9 @@ pub struct Engine {
     /// Contracts reconciled at the same time.
     parallelism: usize,
     retry: RetryPolicy,
-    /// Opens secrets sealed to this node; `None` in tests without networks.
-    box_secret: Option<[u8; 32]>,
+    /// Opens secrets sealed to this node (wiped from memory on drop); `None` in tests without
+    /// networks.
+    box_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 /// What one contract task ended with.
@@ -125,7 +143,7 @@ impl Engine {
     }
 
     pub fn with_box_secret(mut self, secret: [u8; 32]) -> Self {
-        self.box_secret = Some(secret);
+        self.box_secret = Some(zeroize::Zeroizing::new(secret));
         self
     }
 
@@ -136,8 +154,20 @@ impl Engine {
         }
     }
 
-    /// One reconcile pass over every contract, desired or local.
-    pub async fn reconcile(self: &Arc<Self>, desired: Vec<NodeContract>) -> Result<PassSummary> {
+    /// One reconcile pass over every contract, desired or local. `desired` is this node's
+    /// contracts as of finalized block `at`.
+    pub async fn reconcile(
+        self: &Arc<Self>,
+        desired: Vec<NodeContract>,
+        at: u64,
+    ) -> Result<PassSummary> {
+        // Intent first: once this pass acts on block `at`, nothing older is ever acted on.
+        if let Some(acted_on) = self.store.high_water()? {
+            if at < acted_on {
+                return Err(StaleChainView { seen: at, acted_on }.into());
+            }
+        }
+        self.store.set_high_water(at)?;
         let local: HashMap<ContractId, LocalContract> = self
             .store
             .contracts()?
@@ -146,6 +176,29 @@ impl Engine {
             .collect();
         let desired_ids: std::collections::HashSet<ContractId> =
             desired.iter().map(|c| c.contract).collect();
+        // Whatever this node may hold for a contract: a finished install, one a crash cut
+        // short (its intent), or a bare directory from either.
+        let mut local = local;
+        for (id, spec) in self.store.intents()? {
+            let entry = local.entry(id).or_insert_with(|| nothing_deployed(id));
+            // Removal must undo the unfinished install's workloads too.
+            for w in spec.workloads.iter() {
+                if entry.spec.workload(&w.name).is_none() {
+                    let _ = entry.spec.workloads.try_push(w.clone());
+                }
+            }
+        }
+        for id in self.contract_dirs().await? {
+            local.entry(id).or_insert_with(|| nothing_deployed(id));
+        }
+        let tombstones = self.store.tombstones()?;
+        let revived: Vec<ContractId> = tombstones
+            .keys()
+            .copied()
+            .filter(|id| desired_ids.contains(id))
+            .collect();
+        self.store.clear_tombstones(&revived)?;
+        let mut summary = PassSummary::default();
 
         let permits = Arc::new(Semaphore::new(self.parallelism));
         let mut tasks = JoinSet::new();
@@ -167,6 +220,24 @@ impl Engine {
             .into_iter()
             .filter(|(id, _)| !desired_ids.contains(id))
         {
+            match tombstones.get(&id) {
+                // Missing at an earlier finalized block and still missing now: really gone.
+                Some(first_missing) if *first_missing < at => {}
+                Some(_) => {
+                    summary.tombstoned.push(id);
+                    continue;
+                }
+                None => {
+                    info!(
+                        contract = id,
+                        block = at,
+                        "contract no longer on this node in the chain's view: kept until a later finalized block confirms"
+                    );
+                    self.store.put_tombstone(id, at)?;
+                    summary.tombstoned.push(id);
+                    continue;
+                }
+            }
             let engine = self.clone();
             let permits = permits.clone();
             tasks.spawn(
@@ -178,7 +249,6 @@ impl Engine {
             );
         }
 
-        let mut summary = PassSummary::default();
         while let Some(joined) = tasks.join_next().await {
             let (id, outcome) = joined?;
             match outcome {
@@ -236,8 +306,9 @@ impl Engine {
             if let WorkloadKind::Network(net) = &w.kind {
                 let secret = self
                     .box_secret
+                    .as_ref()
                     .ok_or("this node has no box key to open sealed secrets")?;
-                zos_primitives::sealing::open(&secret, &net.private_key.0).map_err(|e| {
+                zos_primitives::sealing::open(secret, &net.private_key.0).map_err(|e| {
                     format!(
                         "cannot open the sealed private key of network '{}': {e}",
                         String::from_utf8_lossy(w.name.as_bytes())
@@ -316,6 +387,11 @@ impl Engine {
             }
         }
 
+        // Intent before side effects: a crash from here on leaves a record to clean up by.
+        if local.as_ref().map(|l| l.spec_hash) != Some(want.spec_hash) {
+            self.store.put_intent(want.contract, &want.spec)?;
+        }
+        create_private_dir(&ctx.dir).await?;
         let mut outcomes = Vec::new();
         let mut pending = false;
         for w in ordered(&want.spec) {
@@ -350,7 +426,56 @@ impl Engine {
             }
             return Ok(ContractOutcome::Pending);
         }
+        if let Err(e) = self
+            .stop_rest_of_failed(&ctx, &want.spec, &mut outcomes)
+            .await
+        {
+            warn!(error = %format!("{e:#}"), "stopping the rest of a failed contract; retried next pass");
+            return Ok(ContractOutcome::Pending);
+        }
         self.finish(want, local.as_ref(), outcomes, serving).await
+    }
+
+    /// Partial failure has one meaning: the contract failed. Its other workloads must not keep
+    /// running (a contract with a failed workload is never billed uptime), so everything but
+    /// data (disks, volumes) is removed and reported as stopped; data stays for an update that
+    /// fixes the spec.
+    async fn stop_rest_of_failed(
+        &self,
+        ctx: &WorkloadCtx,
+        spec: &DeploymentSpec,
+        outcomes: &mut [(Vec<u8>, WorkloadOutcome)],
+    ) -> Result<(), DriverError> {
+        let Some(failed) = outcomes.iter().find_map(|(name, o)| match o {
+            WorkloadOutcome::Failed(_) => Some(String::from_utf8_lossy(name).into_owned()),
+            WorkloadOutcome::Ok => None,
+        }) else {
+            return Ok(());
+        };
+        let mut running: Vec<&Workload> = ordered(spec)
+            .into_iter()
+            .filter(|w| !matches!(w.kind, WorkloadKind::Disk(_) | WorkloadKind::Volume(_)))
+            .filter(|w| {
+                outcomes
+                    .iter()
+                    .any(|(n, o)| n.as_slice() == w.name.as_bytes() && *o == WorkloadOutcome::Ok)
+            })
+            .collect();
+        running.reverse();
+        for w in running {
+            let driver = self.driver(w)?;
+            info!(workload = %String::from_utf8_lossy(w.name.as_bytes()), %failed, "stopping: another workload of the contract failed");
+            self.with_retries("remove", || driver.remove(ctx, w))
+                .await?;
+            for (name, outcome) in outcomes.iter_mut() {
+                if name.as_slice() == w.name.as_bytes() {
+                    *outcome = WorkloadOutcome::Failed(format!(
+                        "stopped: workload '{failed}' of this contract failed"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Brings one workload to the spec: install, update, repair, pause or resume as needed.
@@ -417,7 +542,7 @@ impl Engine {
             serving,
         };
         if previous != Some(&record) {
-            self.store.put_contract(&record)?;
+            self.store.finish_install(&record)?;
         }
         let result = DeploymentResult {
             contract: want.contract,
@@ -458,6 +583,22 @@ impl Engine {
         true
     }
 
+    /// Contracts with a directory under the contracts directory.
+    async fn contract_dirs(&self) -> Result<Vec<ContractId>> {
+        let mut ids = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.contracts_dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
     async fn remove_contract(&self, gone: &LocalContract) -> Result<ContractOutcome> {
         let ctx = self.ctx(gone.contract);
         let mut list = ordered(&gone.spec);
@@ -482,6 +623,43 @@ impl Engine {
         info!("contract removed");
         Ok(ContractOutcome::Removed)
     }
+}
+
+/// A contract this node holds nothing finished for (only an intent or a directory).
+fn nothing_deployed(contract: ContractId) -> LocalContract {
+    LocalContract {
+        contract,
+        spec: DeploymentSpec {
+            version: 0,
+            metadata: Default::default(),
+            workloads: Default::default(),
+        },
+        spec_hash: [0; 32],
+        outcomes: Vec::new(),
+        serving: false,
+    }
+}
+
+/// Creates `dir` (and missing parents) readable by the node only: a contract's directory holds
+/// a tenant's disks, image mount and config channel.
+pub async fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        // An older directory (or one made before this rule) is tightened too, with the parent
+        // holding every contract.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        if let Some(parent) = dir.parent() {
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    })
+    .await?
+    .map_err(|e: anyhow::Error| e.context("creating the contract directory"))
 }
 
 #[cfg(test)]

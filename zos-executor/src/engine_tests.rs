@@ -129,6 +129,19 @@ struct Harness {
     rec: Arc<Recorder>,
     store: Arc<Store>,
     dir: tempfile::TempDir,
+    /// The finalized block of the last pass.
+    block: std::sync::atomic::AtomicU64,
+}
+
+impl Harness {
+    /// One reconcile pass at the next finalized block, as the service makes them.
+    async fn pass(&self, desired: Vec<NodeContract>) -> Result<PassSummary> {
+        let at = self
+            .block
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.engine.reconcile(desired, at).await
+    }
 }
 
 fn harness(delay: Duration, parallelism: usize) -> Harness {
@@ -157,6 +170,7 @@ fn harness(delay: Duration, parallelism: usize) -> Harness {
         rec,
         store,
         dir,
+        block: Default::default(),
     }
 }
 
@@ -188,7 +202,7 @@ fn calls(h: &Harness) -> Vec<String> {
 async fn installs_in_dependency_order_and_reports_once() {
     let h = harness(Duration::ZERO, 4);
     let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
-    let pass = h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    let pass = h.pass(vec![c.clone()]).await.unwrap();
     assert_eq!(calls(&h), vec!["install:1:files", "install:1:web"]);
     // The real disk driver made the sparse file of the spec's size.
     let disk = h.dir.path().join("contracts/1/disks/data.raw");
@@ -201,7 +215,7 @@ async fn installs_in_dependency_order_and_reports_once() {
         state: ContractState::Deployed,
         ..c
     };
-    let pass = h.engine.reconcile(vec![deployed]).await.unwrap();
+    let pass = h.pass(vec![deployed]).await.unwrap();
     assert_eq!(calls(&h).len(), 2);
     assert!(pass.to_report.is_empty());
 }
@@ -214,7 +228,7 @@ async fn contracts_are_reconciled_concurrently() {
         .map(|i| contract(i, ContractState::Active, spec(one_vm)))
         .collect();
     let started = std::time::Instant::now();
-    let pass = h.engine.reconcile(desired).await.unwrap();
+    let pass = h.pass(desired).await.unwrap();
     assert_eq!(pass.to_report.len(), 6);
     assert!(
         h.rec.in_flight.lock().unwrap().1 >= 2,
@@ -233,13 +247,13 @@ async fn transient_errors_are_retried_and_never_terminal() {
     // More failures than one pass retries: the first pass leaves it pending, the next succeeds.
     h.rec.transient.lock().unwrap().insert("web".into(), 4);
     let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
-    let pass = h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    let pass = h.pass(vec![c.clone()]).await.unwrap();
     assert_eq!(pass.pending, vec![1]);
     assert!(
         pass.to_report.is_empty(),
         "a transient error must not be reported as a failure"
     );
-    let pass = h.engine.reconcile(vec![c]).await.unwrap();
+    let pass = h.pass(vec![c]).await.unwrap();
     assert!(pass.pending.is_empty());
     assert!(pass.to_report[0].all_ok());
 }
@@ -250,8 +264,7 @@ async fn a_bad_contract_fails_alone_with_its_reason() {
     h.rec.permanent.lock().unwrap().push("broken".into());
     let bad = r#"{"version":0,"workloads":[{"name":"broken","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}}]}"#;
     let pass = h
-        .engine
-        .reconcile(vec![
+        .pass(vec![
             contract(1, ContractState::Active, spec(bad)),
             contract(2, ContractState::Active, spec(VM_WITH_DISK)),
         ])
@@ -265,8 +278,7 @@ async fn a_bad_contract_fails_alone_with_its_reason() {
     assert!(by_id[&2].all_ok());
     // The failure of that exact spec is not retried on the next pass.
     let before = calls(&h).len();
-    h.engine
-        .reconcile(vec![contract(1, ContractState::Active, spec(bad))])
+    h.pass(vec![contract(1, ContractState::Active, spec(bad))])
         .await
         .unwrap();
     assert!(!calls(&h)[before..]
@@ -280,8 +292,7 @@ async fn an_invalid_spec_fails_before_anything_is_installed() {
     // Two workloads with the same name: validation rejects it.
     let dup = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":1}}},{"name":"d","kind":{"disk":{"size_mib":1}}}]}"#;
     let pass = h
-        .engine
-        .reconcile(vec![contract(9, ContractState::Active, spec(dup))])
+        .pass(vec![contract(9, ContractState::Active, spec(dup))])
         .await
         .unwrap();
     assert!(calls(&h).is_empty());
@@ -296,12 +307,10 @@ async fn an_invalid_spec_fails_before_anything_is_installed() {
 async fn grace_pauses_keeps_data_and_active_resumes() {
     let h = harness(Duration::ZERO, 2);
     let s = spec(VM_WITH_DISK);
-    h.engine
-        .reconcile(vec![contract(1, ContractState::Deployed, s.clone())])
+    h.pass(vec![contract(1, ContractState::Deployed, s.clone())])
         .await
         .unwrap();
-    h.engine
-        .reconcile(vec![contract(1, ContractState::GracePeriod, s.clone())])
+    h.pass(vec![contract(1, ContractState::GracePeriod, s.clone())])
         .await
         .unwrap();
     assert!(calls(&h).contains(&"pause:1:web".to_string()));
@@ -310,8 +319,7 @@ async fn grace_pauses_keeps_data_and_active_resumes() {
         "data kept in grace"
     );
     assert!(!h.store.contract(1).unwrap().unwrap().serving);
-    h.engine
-        .reconcile(vec![contract(1, ContractState::Deployed, s)])
+    h.pass(vec![contract(1, ContractState::Deployed, s)])
         .await
         .unwrap();
     assert!(calls(&h).contains(&"resume:1:web".to_string()));
@@ -321,15 +329,18 @@ async fn grace_pauses_keeps_data_and_active_resumes() {
 #[tokio::test]
 async fn cancellation_removes_in_reverse_order_with_data() {
     let h = harness(Duration::ZERO, 2);
-    h.engine
-        .reconcile(vec![contract(
-            1,
-            ContractState::Deployed,
-            spec(VM_WITH_DISK),
-        )])
-        .await
-        .unwrap();
-    let pass = h.engine.reconcile(vec![]).await.unwrap();
+    h.pass(vec![contract(
+        1,
+        ContractState::Deployed,
+        spec(VM_WITH_DISK),
+    )])
+    .await
+    .unwrap();
+    // Missing once: only tombstoned; missing again at a later block: removed.
+    let pass = h.pass(vec![]).await.unwrap();
+    assert_eq!(pass.tombstoned, vec![1]);
+    assert!(h.dir.path().join("contracts/1/disks/data.raw").exists());
+    let pass = h.pass(vec![]).await.unwrap();
     assert_eq!(pass.removed, vec![1]);
     let removes: Vec<_> = calls(&h)
         .into_iter()
@@ -343,14 +354,13 @@ async fn cancellation_removes_in_reverse_order_with_data() {
 #[tokio::test]
 async fn update_grows_the_disk_in_place_and_drops_removed_workloads() {
     let h = harness(Duration::ZERO, 2);
-    h.engine
-        .reconcile(vec![contract(
-            1,
-            ContractState::Deployed,
-            spec(VM_WITH_DISK),
-        )])
-        .await
-        .unwrap();
+    h.pass(vec![contract(
+        1,
+        ContractState::Deployed,
+        spec(VM_WITH_DISK),
+    )])
+    .await
+    .unwrap();
     let disk = h.dir.path().join("contracts/1/disks/data.raw");
     std::fs::write(&disk, b"keep me").unwrap();
     std::fs::OpenOptions::new()
@@ -368,8 +378,7 @@ async fn update_grows_the_disk_in_place_and_drops_removed_workloads() {
             "",
         );
     let pass = h
-        .engine
-        .reconcile(vec![contract(1, ContractState::Active, spec(&v1))])
+        .pass(vec![contract(1, ContractState::Active, spec(&v1))])
         .await
         .unwrap();
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20);
@@ -382,10 +391,10 @@ async fn update_grows_the_disk_in_place_and_drops_removed_workloads() {
 async fn a_deleted_disk_is_repaired() {
     let h = harness(Duration::ZERO, 2);
     let c = contract(1, ContractState::Deployed, spec(VM_WITH_DISK));
-    h.engine.reconcile(vec![c.clone()]).await.unwrap();
+    h.pass(vec![c.clone()]).await.unwrap();
     let disk = h.dir.path().join("contracts/1/disks/data.raw");
     std::fs::remove_file(&disk).unwrap();
-    h.engine.reconcile(vec![c]).await.unwrap();
+    h.pass(vec![c]).await.unwrap();
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 4 << 20);
 }
 
@@ -394,13 +403,11 @@ async fn shrinking_a_disk_is_a_permanent_failure() {
     let h = harness(Duration::ZERO, 2);
     let v0 = r#"{"version":0,"workloads":[{"name":"d","kind":{"disk":{"size_mib":8}}}]}"#;
     let v1 = r#"{"version":1,"workloads":[{"name":"d","kind":{"disk":{"size_mib":4}}}]}"#;
-    h.engine
-        .reconcile(vec![contract(1, ContractState::Deployed, spec(v0))])
+    h.pass(vec![contract(1, ContractState::Deployed, spec(v0))])
         .await
         .unwrap();
     let pass = h
-        .engine
-        .reconcile(vec![contract(1, ContractState::Active, spec(v1))])
+        .pass(vec![contract(1, ContractState::Active, spec(v1))])
         .await
         .unwrap();
     assert!(
@@ -417,7 +424,7 @@ async fn fifty_contracts_reconcile_on_one_node() {
         .map(|i| contract(i, ContractState::Active, spec(VM_WITH_DISK)))
         .collect();
     let started = std::time::Instant::now();
-    let pass = h.engine.reconcile(desired.clone()).await.unwrap();
+    let pass = h.pass(desired.clone()).await.unwrap();
     let first = started.elapsed();
     assert_eq!(pass.to_report.len(), 50);
     for i in 1..=50 {
@@ -435,8 +442,153 @@ async fn fifty_contracts_reconcile_on_one_node() {
             ..c
         })
         .collect();
-    let pass = h.engine.reconcile(desired).await.unwrap();
+    let pass = h.pass(desired).await.unwrap();
     let steady = started.elapsed();
     assert!(pass.to_report.is_empty());
     eprintln!("reconcile of 50 contracts: first pass {first:?}, steady-state pass {steady:?}");
+}
+
+/// A lagging or resyncing RPC node shows an older finalized state, in which a contract may not
+/// exist yet: acting on it would delete a tenant's data. Such a view is refused outright, and a
+/// contract missing from a newer view is only removed once a later block confirms it.
+#[tokio::test]
+async fn an_older_chain_view_never_removes_data() {
+    let h = harness(Duration::ZERO, 2);
+    let c = contract(1, ContractState::Deployed, spec(VM_WITH_DISK));
+    h.engine.reconcile(vec![c.clone()], 100).await.unwrap();
+    let disk = h.dir.path().join("contracts/1/disks/data.raw");
+    assert!(disk.exists());
+
+    // A backend far behind: the contract "does not exist" there.
+    let err = h.engine.reconcile(vec![], 40).await.unwrap_err();
+    let stale = err
+        .downcast_ref::<StaleChainView>()
+        .expect("a typed stale-view error");
+    assert_eq!((stale.seen, stale.acted_on), (40, 100));
+    assert!(disk.exists());
+    assert!(!calls(&h).iter().any(|c| c.starts_with("remove")));
+    assert_eq!(h.store.high_water().unwrap(), Some(100));
+
+    // The same block again without it (a glitch): tombstone only.
+    let pass = h.engine.reconcile(vec![], 100).await.unwrap();
+    assert_eq!(pass.tombstoned, vec![1]);
+    // It is back at the next block: the tombstone is forgotten, nothing was touched.
+    let pass = h.engine.reconcile(vec![c], 101).await.unwrap();
+    assert!(pass.removed.is_empty() && pass.tombstoned.is_empty());
+    assert!(h.store.tombstones().unwrap().is_empty());
+    assert!(disk.exists());
+    // Gone for real: missing at 102, confirmed at 103.
+    assert_eq!(
+        h.engine.reconcile(vec![], 102).await.unwrap().tombstoned,
+        vec![1]
+    );
+    assert_eq!(
+        h.engine.reconcile(vec![], 102).await.unwrap().tombstoned,
+        vec![1]
+    );
+    assert_eq!(
+        h.engine.reconcile(vec![], 103).await.unwrap().removed,
+        vec![1]
+    );
+    assert!(!disk.exists());
+    assert!(h.store.tombstones().unwrap().is_empty());
+}
+
+/// A contract's directory holds a tenant's disks and config: no other user of the host may
+/// even list it.
+#[tokio::test]
+async fn contract_directories_are_private_to_the_node() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = harness(Duration::ZERO, 2);
+    h.pass(vec![contract(1, ContractState::Active, spec(VM_WITH_DISK))])
+        .await
+        .unwrap();
+    for dir in ["contracts", "contracts/1"] {
+        let mode = std::fs::metadata(h.dir.path().join(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir} has mode {mode:o}");
+    }
+}
+
+/// A contract whose workloads cannot all be installed has failed as a whole: a VM installed
+/// beside the failed one must not keep running unbilled (uptime is only billed when every
+/// workload is up). Data stays for a fixing update.
+#[tokio::test]
+async fn a_partly_failed_contract_keeps_nothing_running() {
+    let h = harness(Duration::ZERO, 2);
+    h.rec.permanent.lock().unwrap().push("broken".into());
+    let mixed = r#"{"version":0,"workloads":[
+      {"name":"web","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}},
+      {"name":"broken","kind":{"vm":{"image":{"root_hash":"0707070707070707070707070707070707070707070707070707070707070707","source":"x"},"vcpus":1,"memory_mib":256,"rootfs_mib":256}}},
+      {"name":"data","kind":{"disk":{"size_mib":4}}}]}"#;
+    let c = contract(1, ContractState::Active, spec(mixed));
+    let pass = h.pass(vec![c.clone()]).await.unwrap();
+    let outcomes: HashMap<String, WorkloadOutcome> = pass.to_report[0]
+        .outcomes
+        .iter()
+        .map(|(n, o)| (String::from_utf8_lossy(n).into_owned(), o.clone()))
+        .collect();
+    assert_eq!(
+        outcomes["broken"],
+        WorkloadOutcome::Failed("image not bootable".into())
+    );
+    match &outcomes["web"] {
+        WorkloadOutcome::Failed(reason) => {
+            assert!(reason.contains("'broken'"), "{reason}")
+        }
+        other => panic!("the VM beside the failed one is {other:?}"),
+    }
+    assert_eq!(outcomes["data"], WorkloadOutcome::Ok);
+    assert!(calls(&h).contains(&"remove:1:web".to_string()));
+    assert!(!h
+        .rec
+        .installed
+        .lock()
+        .unwrap()
+        .contains_key(&(1, "web".to_string())));
+    assert!(h.dir.path().join("contracts/1/disks/data.raw").exists());
+    let local = h.store.contract(1).unwrap().unwrap();
+    assert!(!h.engine.is_up(&local).await);
+    // The next pass of the same spec starts nothing again.
+    let before = calls(&h).len();
+    h.pass(vec![c]).await.unwrap();
+    assert!(!calls(&h)[before..].iter().any(|c| c.starts_with("install")));
+}
+
+/// Intent is recorded before side effects: an install cut short (a crash, or an error that
+/// outlasts the pass) and then cancelled leaves nothing behind: its disk, directory and the
+/// workloads that did start are removed although no finished record exists.
+#[tokio::test]
+async fn an_unfinished_install_is_cleaned_up_when_the_contract_goes() {
+    let h = harness(Duration::ZERO, 2);
+    h.rec.transient.lock().unwrap().insert("web".into(), 100);
+    let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
+    let pass = h.pass(vec![c]).await.unwrap();
+    assert_eq!(pass.pending, vec![1]);
+    let disk = h.dir.path().join("contracts/1/disks/data.raw");
+    assert!(disk.exists(), "the disk was made before the VM failed");
+    assert!(h.store.contract(1).unwrap().is_none());
+    assert!(h.store.intents().unwrap().contains_key(&1));
+
+    // Cancelled before the install ever finished.
+    assert_eq!(h.pass(vec![]).await.unwrap().tombstoned, vec![1]);
+    assert_eq!(h.pass(vec![]).await.unwrap().removed, vec![1]);
+    assert!(!h.dir.path().join("contracts/1").exists());
+    assert!(calls(&h).contains(&"remove:1:files".to_string()));
+    assert!(h.store.intents().unwrap().is_empty());
+}
+
+/// A contract directory nothing on record knows about (left by an older version, or by hand)
+/// is an orphan: removed by the same two-block rule.
+#[tokio::test]
+async fn an_orphan_contract_directory_is_removed() {
+    let h = harness(Duration::ZERO, 2);
+    let orphan = h.dir.path().join("contracts/77/disks");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("x.raw"), b"x").unwrap();
+    assert_eq!(h.pass(vec![]).await.unwrap().tombstoned, vec![77]);
+    assert_eq!(h.pass(vec![]).await.unwrap().removed, vec![77]);
+    assert!(!h.dir.path().join("contracts/77").exists());
 }

@@ -1,6 +1,8 @@
 //! Follows FINALIZED blocks only. The last processed block is stored durably; after a restart
 //! or a reconnect every block since is processed (backfill), so no event is missed. Events only
-//! wake the reconciler early: it reads the desired state itself.
+//! wake the reconciler early: it reads the desired state itself. When the node no longer has
+//! the state of the blocks to backfill (pruned while the executor was down), the follower
+//! skips to the finalized head and the reconciler resyncs in full, instead of failing forever.
 
 use std::{sync::Arc, time::Duration};
 
@@ -50,7 +52,27 @@ async fn follow(chain: &Chain, store: &Store, wake: &Notify, metrics: &Metrics) 
             info!(from = first, to = head, "backfilling finalized blocks");
         }
         for number in first..=head {
-            process_block(chain, store, wake, metrics, number).await?;
+            if let Err(e) = process_block(chain, store, wake, metrics, number).await {
+                // The node may have pruned the state of blocks older than its window (this
+                // executor was down for long): if the head is readable, skip to it. Nothing is
+                // lost: events only wake the reconciler, which reads the current state in full.
+                if number < head
+                    && process_block(chain, store, wake, metrics, head)
+                        .await
+                        .is_ok()
+                {
+                    warn!(
+                        from = number,
+                        to = head,
+                        error = %format!("{e:#}"),
+                        "older blocks' state is not available on the node (pruned?): skipped to the finalized head, full resync"
+                    );
+                    metrics.skipped_blocks.inc_by(head - number);
+                    wake.notify_one();
+                    break;
+                }
+                return Err(e);
+            }
         }
     }
     Ok(())

@@ -9,5 +9,6 @@ pub mod follower;
 pub mod identity;
 pub mod meter;
 pub mod metrics;
+pub mod outbox;
 pub mod service;
 pub mod store;

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub reports_failed: Family<KindLabel, Counter>,
     /// Guest crashes (including entrypoint exits) seen by the VM driver.
     pub vm_crashes: Counter,
+    /// Reconcile passes refused because the chain view was older than one already acted on.
+    pub stale_views: Counter,
+    /// Finalized blocks skipped because the node had pruned their state.
+    pub skipped_blocks: Counter,
 }
 
 impl Metrics {
@@ -77,6 +81,18 @@ impl Metrics {
             "Guest crashes restarted by the VM driver",
             vm_crashes.clone(),
         );
+        let stale_views = Counter::default();
+        registry.register(
+            "stale_chain_views",
+            "Reconcile passes refused: the chain endpoint was behind a block already acted on",
+            stale_views.clone(),
+        );
+        let skipped_blocks = Counter::default();
+        registry.register(
+            "skipped_blocks",
+            "Finalized blocks not backfilled because the node had pruned their state",
+            skipped_blocks.clone(),
+        );
         Arc::new(Self {
             registry,
             deployments,
@@ -86,6 +102,8 @@ impl Metrics {
             reports_sent,
             reports_failed,
             vm_crashes,
+            stale_views,
+            skipped_blocks,
         })
     }
 

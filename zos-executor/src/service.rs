@@ -4,31 +4,30 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use codec::{Decode, Encode};
+use codec::Encode;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 use zos_primitives::{contracts::NodeContract, NodeId};
 
 use crate::{
-    chain::{calls, Chain, ConsumptionReport, TxError},
-    config::{measure_host, Config},
+    chain::{calls, Chain, TxError},
+    config::{offered_capacity, Config},
     drivers::{
         disk::DiskDriver,
-        vm::{host_support as vm_host_support, VmDriver, VmDriverConfig},
+        vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
         Driver,
     },
-    engine::{DeploymentResult, Engine},
+    engine::{DeploymentResult, Engine, StaleChainView},
     follower::{self, unix_ms},
     identity::NodeIdentity,
     meter::Meter,
     metrics::{self, Metrics, StateLabel},
-    store::{Store, WorkloadOutcome},
+    outbox::OutboxState,
+    store::{MeterSample, Store, WorkloadOutcome},
 };
 
-const TX_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const TX_TIMEOUT: Duration = Duration::from_secs(90);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Reports per `report_consumption` extrinsic (the runtime accepts up to 256).
-const REPORT_BATCH: usize = 128;
 
 pub struct Executor {
     pub config: Config,
@@ -39,6 +38,11 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     pub node: NodeId,
     wake: Arc<Notify>,
+    pub(crate) outbox: OutboxState,
+    /// Deployment results being reported: (contract, version, encoded outcomes).
+    reports_in_flight: std::sync::Mutex<std::collections::HashSet<(u64, u32, Vec<u8>)>>,
+    /// Deployment reports waiting for finality at once.
+    report_slots: tokio::sync::Semaphore,
 }
 
 /// Connects, retrying until the chain answers: a node may boot before its chain endpoint.
@@ -91,6 +95,7 @@ impl Executor {
         }
         info!(account = %identity.account_id(), url = %config.chain_url, "starting executor");
         let chain = connect(&config.chain_url).await;
+        let outbox = OutboxState::default();
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
         let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver)];
@@ -101,6 +106,9 @@ impl Executor {
                 Ok(()) => {
                     let vm_config = VmDriverConfig {
                         guest_cache: config.guest_cache.clone(),
+                        image_sources: ImageSourcePolicy {
+                            allowed: config.allowed_image_sources.clone(),
+                        },
                     };
                     drivers.push(Arc::new(VmDriver::new(vm_config, metrics.clone())));
                     info!("VM driver enabled");
@@ -125,11 +133,18 @@ impl Executor {
             metrics,
             node,
             wake: Arc::new(Notify::new()),
+            outbox,
+            reports_in_flight: Default::default(),
+            report_slots: tokio::sync::Semaphore::new(8),
         })
     }
 
     /// Runs until the process is stopped.
     pub async fn run(self: Arc<Self>) -> Result<()> {
+        // Before this process sends anything: what did the previous one leave pending?
+        if let Err(e) = self.note_earlier_transactions().await {
+            warn!(error = %format!("{e:#}"), "could not check for pending transactions of an earlier run");
+        }
         let follower = tokio::spawn(follower::run(
             self.chain.clone(),
             self.store.clone(),
@@ -170,6 +185,13 @@ impl Executor {
         let resync = Duration::from_secs(30);
         loop {
             if let Err(e) = self.reconcile_once().await {
+                if let Some(stale) = e.downcast_ref::<StaleChainView>() {
+                    // Nothing to retry quickly: the endpoint has to catch up first.
+                    self.metrics.stale_views.inc();
+                    warn!(%stale, "reconcile pass refused");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
                 warn!(error = %format!("{e:#}"), "reconcile pass failed; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
@@ -179,10 +201,11 @@ impl Executor {
         }
     }
 
-    pub async fn reconcile_once(&self) -> Result<()> {
+    pub async fn reconcile_once(self: &Arc<Self>) -> Result<()> {
         let started = std::time::Instant::now();
-        let desired: Vec<NodeContract> = self.chain.contracts_of_node(self.node).await?;
-        let summary = self.engine.reconcile(desired.clone()).await?;
+        let (at, desired): (u64, Vec<NodeContract>) =
+            self.chain.contracts_of_node(self.node).await?;
+        let summary = self.engine.reconcile(desired.clone(), at).await?;
         self.metrics
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -191,12 +214,12 @@ impl Executor {
             let spec = desired
                 .iter()
                 .find(|c| c.contract == result.contract)
-                .map(|c| &c.spec);
+                .map(|c| c.spec.clone());
             if let Some(spec) = spec {
-                self.report_deployment(spec, &result).await;
+                self.queue_deployment_report(spec, result);
             }
         }
-        if !summary.pending.is_empty() {
+        if !summary.pending.is_empty() || !summary.tombstoned.is_empty() {
             // Transient errors: come back soon rather than at the next resync.
             let wake = self.wake.clone();
             tokio::spawn(async move {
@@ -226,6 +249,34 @@ impl Executor {
                 })
                 .inc();
         }
+    }
+
+    /// Hands a deployment result to a reporter task: waiting for finality never holds up
+    /// reconciliation. A result already on its way is not queued twice; one that fails is
+    /// queued again by a later pass (the engine reports until the chain reflects it).
+    fn queue_deployment_report(
+        self: &Arc<Self>,
+        spec: zos_primitives::spec::DeploymentSpec,
+        result: DeploymentResult,
+    ) {
+        let key = (result.contract, result.version, result.outcomes.encode());
+        if !self
+            .reports_in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = this.report_slots.acquire().await;
+            this.report_deployment(&spec, &result).await;
+            this.reports_in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        });
     }
 
     /// report_deployment, once per distinct result (remembered in the store).
@@ -314,80 +365,39 @@ impl Executor {
         }
     }
 
+    /// Samples every contract's uptime; the whole pass is one store write, off the runtime.
     async fn sample_all(&self) -> Result<()> {
         let meter = self.meter();
         let now = unix_ms() / 1000;
-        for local in self.store.contracts()? {
+        let store = self.store.clone();
+        let local = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
+            store
+                .contracts()?
+                .into_iter()
+                .map(|c| Ok((store.meter(c.contract)?, c)))
+                .collect()
+        })
+        .await??;
+        let mut samples = Vec::with_capacity(local.len());
+        for (state, local) in local {
             let up = local.serving && self.engine.is_up(&local).await;
-            let state = match self.store.meter(local.contract)? {
+            let state = match state {
                 Some(state) => state,
                 None if up => meter.start(now),
                 None => continue,
             };
             let (next, reports) = meter.sample(local.contract, state, now, up);
-            let encoded: Vec<(u64, Vec<u8>)> = reports
-                .iter()
-                .map(|r| (r.window_start, r.encode()))
-                .collect();
-            if encoded.is_empty() {
-                self.store.put_meter(local.contract, &next)?;
-            } else {
-                self.store.close_windows(local.contract, &encoded, &next)?;
-            }
+            samples.push(MeterSample {
+                contract: local.contract,
+                meter: next,
+                closed: reports
+                    .iter()
+                    .map(|r| (r.window_start, r.encode()))
+                    .collect(),
+            });
         }
-        Ok(())
-    }
-
-    /// Sends the outbox, oldest windows first, in batches; a batch leaves the outbox only once
-    /// it is in a finalized block. Resending is safe: an identical report is a no-op on chain.
-    pub async fn flush_outbox(&self) -> Result<()> {
-        let entries = self.store.outbox()?;
-        for chunk in entries.chunks(REPORT_BATCH) {
-            let reports: Vec<ConsumptionReport> = chunk
-                .iter()
-                .map(|(_, bytes)| ConsumptionReport::decode(&mut &bytes[..]))
-                .collect::<Result<_, _>>()?;
-            let call = calls::report_consumption(&reports)?;
-            match self
-                .chain
-                .submit(&call, &self.identity.account, TX_TIMEOUT)
-                .await
-            {
-                Ok(events) => {
-                    self.metrics.sent("consumption");
-                    for rejected in
-                        events.find::<crate::chain::runtime::billing::events::ReportRejected>()
-                    {
-                        let rejected = rejected?;
-                        warn!(contract = rejected.contract, reason = ?rejected.reason, "consumption report rejected; resynchronising the window");
-                        self.resync_meter(rejected.contract).await?;
-                    }
-                    let keys: Vec<_> = chunk.iter().map(|(k, _)| *k).collect();
-                    self.store.remove_from_outbox(&keys)?;
-                }
-                Err(TxError::Dispatch(e)) => {
-                    self.metrics.failed("consumption");
-                    bail!("report_consumption refused: {e}");
-                }
-                Err(TxError::Transient(e)) => {
-                    self.metrics.failed("consumption");
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// After a rejected window, continue from where the chain says billing stands.
-    async fn resync_meter(&self, contract: zos_primitives::ContractId) -> Result<()> {
-        let now = unix_ms() / 1000;
-        let start = self.chain.billed_until(contract).await?.unwrap_or(now);
-        if let Some(mut st) = self.store.meter(contract)? {
-            st.window_start = start.min(now);
-            st.up_seconds = 0;
-            self.store.put_meter(contract, &st)?;
-        }
-        Ok(())
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.record_samples(&samples)).await?
     }
 }
 
@@ -395,10 +405,7 @@ impl Executor {
 /// its capacity up to date.
 async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Result<NodeId> {
     let account = identity.account_id();
-    let capacity = match config.capacity {
-        Some(c) => c,
-        None => measure_host(&config.data_dir)?,
-    };
+    let capacity = offered_capacity(config)?;
     let mut warned = false;
     loop {
         if let Some(node) = chain.node_of(&account).await? {

@@ -16,6 +16,11 @@ const METERS: TableDefinition<u64, &[u8]> = TableDefinition::new("meters");
 const OUTBOX: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("outbox");
 /// contract -> encoded deployment result last accepted on chain.
 const DEPLOY_REPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("deploy_reports");
+/// contract -> the finalized block at which it was first seen missing from the desired state.
+const TOMBSTONES: TableDefinition<u64, u64> = TableDefinition::new("tombstones");
+/// contract -> encoded spec whose installation started and has not finished: recorded before
+/// any side effect, so a crash mid-install leaves something to clean up by.
+const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
 
 /// The last finalized block whose events were processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -56,6 +61,15 @@ pub struct MeterState {
     pub bytes_out: u64,
 }
 
+/// What one metering sample of a contract changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterSample {
+    pub contract: ContractId,
+    pub meter: MeterState,
+    /// Windows closed by this sample: (window start, encoded report).
+    pub closed: Vec<(u64, Vec<u8>)>,
+}
+
 pub struct Store {
     db: Database,
 }
@@ -77,6 +91,8 @@ impl Store {
         tx.open_table(METERS)?;
         tx.open_table(OUTBOX)?;
         tx.open_table(DEPLOY_REPORTS)?;
+        tx.open_table(TOMBSTONES)?;
+        tx.open_table(INTENTS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -92,6 +108,63 @@ impl Store {
         let tx = self.db.begin_write()?;
         tx.open_table(META)?
             .insert("cursor", cursor.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest finalized block whose desired state this node acted on.
+    pub fn high_water(&self) -> Result<Option<u64>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(META)?;
+        let value = table.get("high_water")?;
+        value
+            .map(|v| decode::<u64>(v.value(), "high water"))
+            .transpose()
+    }
+
+    /// Raises the high-water mark (never lowers it).
+    pub fn set_high_water(&self, block: u64) -> Result<()> {
+        if self.high_water()?.is_some_and(|h| h >= block) {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?
+            .insert("high_water", block.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Contracts seen missing from the desired state, with the block they were first missing at.
+    pub fn tombstones(&self) -> Result<std::collections::HashMap<ContractId, u64>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TOMBSTONES)?;
+        let mut out = std::collections::HashMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value(), v.value());
+        }
+        Ok(out)
+    }
+
+    pub fn put_tombstone(&self, id: ContractId, block: u64) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(TOMBSTONES)?.insert(id, block)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets tombstones of contracts that are back in the desired state.
+    pub fn clear_tombstones(&self, ids: &[ContractId]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(TOMBSTONES)?;
+            for id in ids {
+                table.remove(*id)?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -128,6 +201,39 @@ impl Store {
         tx.open_table(CONTRACTS)?.remove(id)?;
         tx.open_table(METERS)?.remove(id)?;
         tx.open_table(DEPLOY_REPORTS)?.remove(id)?;
+        tx.open_table(TOMBSTONES)?.remove(id)?;
+        tx.open_table(INTENTS)?.remove(id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that installing `spec` for contract `id` is about to start.
+    pub fn put_intent(&self, id: ContractId, spec: &DeploymentSpec) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(INTENTS)?
+            .insert(id, spec.encode().as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Installations started and not finished (a crash, or still failing transiently).
+    pub fn intents(&self) -> Result<std::collections::HashMap<ContractId, DeploymentSpec>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INTENTS)?;
+        let mut out = std::collections::HashMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.insert(k.value(), decode(v.value(), "intent")?);
+        }
+        Ok(out)
+    }
+
+    /// Stores the contract's new local record and ends its installation intent, atomically.
+    pub fn finish_install(&self, c: &LocalContract) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(CONTRACTS)?
+            .insert(c.contract, c.encode().as_slice())?;
+        tx.open_table(INTENTS)?.remove(c.contract)?;
         tx.commit()?;
         Ok(())
     }
@@ -147,23 +253,24 @@ impl Store {
         Ok(())
     }
 
-    /// Closes windows atomically: their reports go into the outbox and the meter moves on in
-    /// the same transaction, so a crash can neither lose nor double a window.
-    pub fn close_windows(
-        &self,
-        id: ContractId,
-        reports: &[(u64, Vec<u8>)],
-        next: &MeterState,
-    ) -> Result<()> {
+    /// One metering pass in one transaction: per contract, its new meter and the windows it
+    /// closed (into the outbox), so a crash can neither lose nor double a window and a pass
+    /// costs one disk sync however many contracts there are.
+    pub fn record_samples(&self, samples: &[MeterSample]) -> Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
         let tx = self.db.begin_write()?;
         {
             let mut outbox = tx.open_table(OUTBOX)?;
-            for (window_start, report) in reports {
-                outbox.insert((id, *window_start), report.as_slice())?;
+            let mut meters = tx.open_table(METERS)?;
+            for sample in samples {
+                for (window_start, report) in &sample.closed {
+                    outbox.insert((sample.contract, *window_start), report.as_slice())?;
+                }
+                meters.insert(sample.contract, sample.meter.encode().as_slice())?;
             }
         }
-        tx.open_table(METERS)?
-            .insert(id, next.encode().as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -229,7 +336,11 @@ mod tests {
                 ..Default::default()
             };
             store
-                .close_windows(3, &[(40, b"report".to_vec())], &meter)
+                .record_samples(&[MeterSample {
+                    contract: 3,
+                    meter,
+                    closed: vec![(40, b"report".to_vec())],
+                }])
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();

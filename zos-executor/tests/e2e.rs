@@ -228,3 +228,296 @@ async fn executor_survives_kill9_and_chain_restarts() -> Result<()> {
     }
     Ok(())
 }
+
+/// Copies a directory tree (a stopped node's database).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A second RPC node far behind the chain (here: a copy of the database from before the
+/// contract existed, with no peers, so it never catches up) must not make the executor delete
+/// a tenant's disk: in its view the contract does not exist. The executor refuses a view older
+/// than the finalized block it already acted on, and carries on once pointed back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lagging_rpc_node_never_makes_the_executor_delete_data() -> Result<()> {
+    let mut chain = ChainNode::start(NodeOptions::default())?;
+    let grid = setup_farm(&chain, b"lag-farm").await?;
+    let dir = tempfile::tempdir()?;
+    let account = funded_identity(&grid.api, dir.path()).await?;
+    let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
+    let node = online_node(&grid.api, &account, POLLING).await?;
+
+    // The old state: the node registered, no contract yet.
+    chain.kill();
+    let snapshot = tempfile::tempdir()?;
+    copy_tree(&chain.base_path, snapshot.path())?;
+    chain.restart()?;
+    let api = client::connect(&chain.ws_url()).await?;
+
+    let contract = create_approved_contract(&api, node, &disk_spec(0)).await?;
+    POLLING
+        .until("Deployed on chain", Duration::from_secs(120), || async {
+            Ok(matches!(
+                state_of(&api, node, contract).await?,
+                Some(ContractState::Deployed)
+            )
+            .then_some(()))
+        })
+        .await?;
+    let disk = disk_file(dir.path(), contract);
+    ensure!(disk.exists(), "the disk was deployed");
+
+    // The lagging node: the same chain, no authoring key, no peers.
+    let lagging = ChainNode::start(NodeOptions {
+        chain: Some("dev".into()),
+        base_path: Some(snapshot.path().to_path_buf()),
+        ..Default::default()
+    })?;
+    executor.kill9();
+    executor.set_url(&lagging.ws_url());
+    executor.start()?;
+    let log = dir.path().join("executor.log");
+    POLLING
+        .until(
+            "the executor refusing the stale view",
+            Duration::from_secs(90),
+            || async {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(text.contains("reconcile pass refused").then_some(()))
+            },
+        )
+        .await?;
+    // Several more passes (one every 5 s while refused): the disk stays.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    ensure!(executor.is_running(), "the executor died on the stale view");
+    ensure!(
+        disk.exists(),
+        "the disk was deleted on a lagging node's view"
+    );
+
+    // Back on the real chain: still deployed, reporting, and a cancel still removes the disk.
+    executor.kill9();
+    executor.set_url(&chain.ws_url());
+    executor.start()?;
+    let since = api.at_current_block().await?.block_number();
+    POLLING
+        .until(
+            "a settled report after the switch back",
+            Duration::from_secs(120),
+            || async { Ok((!settled_reports(&api, since).await?.is_empty()).then_some(())) },
+        )
+        .await?;
+    ensure!(disk.exists());
+    cancel(&api, contract, POLLING).await?;
+    POLLING
+        .until(
+            "the disk removed after the cancel",
+            Duration::from_secs(90),
+            || async { Ok((!disk.exists()).then_some(())) },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Operator chaos: the executor is SIGKILLed every few seconds while contracts are created and
+/// cancelled and reports flow. The chain must see every window exactly once: no report rejected
+/// (each would cost the node a fee), windows contiguous, the uptime billed equal to the time
+/// covered minus at most one window, and reports flowing again soon after the last restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_stay_exactly_once_under_repeated_kill9() -> Result<()> {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    };
+    let chain = ChainNode::start(NodeOptions::default())?;
+    let grid = setup_farm(&chain, b"chaos-farm").await?;
+    let dir = tempfile::tempdir()?;
+    let account = funded_identity(&grid.api, dir.path()).await?;
+    let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
+    let node = online_node(&grid.api, &account, POLLING).await?;
+    let start_block = grid.api.at_current_block().await?.block_number();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicU32::new(0));
+    let killer = {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        std::thread::spawn(move || {
+            // Intervals of 2.5-6.5 s, varied so kills land in every phase of a pass.
+            let mut seed = 0x9e37_79b9_u64;
+            while !stop.load(Ordering::SeqCst) {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(2_500 + (seed >> 33) % 4_000));
+                executor.kill9();
+                if let Err(e) = executor.start() {
+                    eprintln!("restarting the executor: {e:#}");
+                }
+                kills.fetch_add(1, Ordering::SeqCst);
+            }
+            executor
+        })
+    };
+    let chaos_started = Instant::now();
+    let first = create_approved_contract(&grid.api, node, &disk_spec(0)).await?;
+    let second = create_approved_contract(&grid.api, node, &disk_spec(0)).await?;
+    let third = create_approved_contract(&grid.api, node, &disk_spec(0)).await?;
+    POLLING
+        .until(
+            "the second contract Deployed",
+            Duration::from_secs(120),
+            || async {
+                Ok(matches!(
+                    state_of(&grid.api, node, second).await?,
+                    Some(ContractState::Deployed)
+                )
+                .then_some(()))
+            },
+        )
+        .await?;
+    cancel(&grid.api, second, POLLING).await?;
+    while chaos_started.elapsed() < Duration::from_secs(100) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _executor = killer.join().expect("the killer thread");
+    let last_restart = follower_now();
+    let kills = kills.load(Ordering::SeqCst);
+    ensure!(kills >= 15, "only {kills} kills");
+
+    // Reports flow again: a window starting after the last restart settles for both contracts.
+    let reports = POLLING
+        .until(
+            "windows after the last restart settled",
+            Duration::from_secs(90),
+            || async {
+                let r = settled_reports(&grid.api, start_block).await?;
+                let fresh = [first, third].iter().all(|c| {
+                    r.iter()
+                        .any(|(id, start, _)| id == c && *start >= last_restart)
+                });
+                Ok(fresh.then_some(r))
+            },
+        )
+        .await?;
+    let after_restart = Instant::now();
+    // settled_reports fails on any ReportRejected since the start: none happened.
+    let uptimes = reported_uptimes(&grid.api, start_block).await?;
+    for c in [first, third] {
+        let mine: Vec<_> = reports.iter().filter(|r| r.0 == c).collect();
+        ensure!(
+            mine.windows(2).all(|w| w[0].2 == w[1].1),
+            "contract {c}: windows overlap or gap: {mine:?}"
+        );
+        let covered = mine.last().unwrap().2 - mine[0].1;
+        let up: u64 = mine
+            .iter()
+            .map(|w| uptimes.get(*w).copied().unwrap_or(0))
+            .sum();
+        eprintln!(
+            "contract {c}: {} windows, {covered} s covered, {up} s uptime billed",
+            mine.len()
+        );
+        ensure!(
+            up + 6 >= covered,
+            "contract {c}: {up} s billed of {covered} s deployed"
+        );
+    }
+    eprintln!(
+        "{kills} kills in {:?}; reports flowing again {:?} after the last restart",
+        chaos_started.elapsed(),
+        after_restart.elapsed()
+    );
+    Ok(())
+}
+
+fn follower_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Uptime of every reported window, by (contract, window start, window end), read from the
+/// `report_consumption` extrinsics of the blocks since `from_block`.
+async fn reported_uptimes(
+    api: &Client,
+    from_block: u64,
+) -> Result<std::collections::HashMap<(u64, u64, u64), u64>> {
+    use runtime::billing::calls::ReportConsumption;
+    let head = api.at_current_block().await?.block_number();
+    let mut out = std::collections::HashMap::new();
+    for n in from_block..=head {
+        let at = api.at_block(n).await?;
+        for call in at.extrinsics().fetch().await?.find::<ReportConsumption>() {
+            for r in call?.reports.0 {
+                out.insert((r.contract, r.window_start, r.window_end), r.uptime_seconds);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An executor down for longer than its node keeps state (`--state-pruning`) cannot backfill
+/// the events it missed: it skips to the finalized head (the reconciler reads the current
+/// state in full anyway) instead of failing forever, and goes on deploying.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_follower_skips_blocks_whose_state_was_pruned() -> Result<()> {
+    let chain = ChainNode::start(NodeOptions {
+        extra_args: vec!["--state-pruning".into(), "4".into()],
+        ..Default::default()
+    })?;
+    let grid = setup_farm(&chain, b"pruned-farm").await?;
+    let dir = tempfile::tempdir()?;
+    let account = funded_identity(&grid.api, dir.path()).await?;
+    let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
+    let node = online_node(&grid.api, &account, POLLING).await?;
+    executor.kill9();
+    let down_at = grid.api.at_current_block().await?.block_number();
+    POLLING
+        .until(
+            "ten finalized blocks beyond the pruning window",
+            Duration::from_secs(150),
+            || async {
+                let head = grid.api.at_current_block().await?.block_number();
+                Ok((head >= down_at + 10).then_some(()))
+            },
+        )
+        .await?;
+    executor.start()?;
+    let log = dir.path().join("executor.log");
+    POLLING
+        .until(
+            "the follower skipping to the head",
+            Duration::from_secs(60),
+            || async {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(text.contains("skipped to the finalized head").then_some(()))
+            },
+        )
+        .await?;
+    let contract = create_approved_contract(&grid.api, node, &disk_spec(0)).await?;
+    POLLING
+        .until(
+            "Deployed after the skip",
+            Duration::from_secs(120),
+            || async {
+                Ok(matches!(
+                    state_of(&grid.api, node, contract).await?,
+                    Some(ContractState::Deployed)
+                )
+                .then_some(()))
+            },
+        )
+        .await?;
+    ensure!(executor.is_running());
+    Ok(())
+}

@@ -58,6 +58,48 @@ pub struct VmDriverConfig {
     /// Guest kernel and initramfs cache; `None`: `$ZOS_GUEST_CACHE`, else
     /// `${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest`.
     pub guest_cache: Option<PathBuf>,
+    /// Where images may come from.
+    pub image_sources: ImageSourcePolicy,
+}
+
+/// The node's policy on image sources named by specs. A spec is a stranger's input: by default
+/// it may name any http(s) hub and nothing else (never a path on this host); a farmer can
+/// narrow that to a list of allowed prefixes (`https://hub.example/`), which is also the only
+/// way to let specs use a directory store on the node (`/srv/hub`).
+#[derive(Clone, Debug, Default)]
+pub struct ImageSourcePolicy {
+    /// Allowed source prefixes; empty: any `http://` or `https://` URL.
+    pub allowed: Vec<String>,
+}
+
+impl ImageSourcePolicy {
+    /// Why `source` is refused, if it is.
+    pub fn check(&self, source: &str) -> Result<(), String> {
+        let is_url = source.starts_with("http://") || source.starts_with("https://");
+        if self.allowed.is_empty() {
+            return if is_url {
+                Ok(())
+            } else {
+                Err(format!(
+                    "image source {source:?} is not an http(s) hub URL (this node takes images from hubs only)"
+                ))
+            };
+        }
+        let allowed = self.allowed.iter().any(|prefix| {
+            // A prefix matches at a path boundary only: "/srv/hub" does not allow "/srv/hub2".
+            source == prefix.trim_end_matches('/')
+                || source.starts_with(prefix.as_str())
+                    && (prefix.ends_with('/') || source[prefix.len()..].starts_with('/'))
+        });
+        if allowed && !source.split('/').any(|part| part == "..") {
+            Ok(())
+        } else {
+            Err(format!(
+                "image source {source:?} is not allowed by this node's policy (allowed: {})",
+                self.allowed.join(", ")
+            ))
+        }
+    }
 }
 
 /// Whether this host can run VM workloads: QEMU on PATH and FUSE for image mounts.
@@ -148,8 +190,10 @@ fn detach_dead_mount(path: &Path) {
     }
 }
 
-/// The store named by `source`: a hub URL or an existing directory store.
-fn open_source(source: &str) -> DriverResult<Arc<dyn Store>> {
+/// The store named by `source`: a hub URL or an existing directory store, if the node's policy
+/// allows it.
+fn open_source(source: &str, policy: &ImageSourcePolicy) -> DriverResult<Arc<dyn Store>> {
+    policy.check(source).map_err(DriverError::Permanent)?;
     if source.starts_with("http://") || source.starts_with("https://") {
         return Ok(Arc::new(HttpStore::new(source, None)));
     }
@@ -170,12 +214,17 @@ fn open_source(source: &str) -> DriverResult<Arc<dyn Store>> {
 }
 
 /// Fetches and checks the index, then mounts it read-only at `mountpoint`. Blocking.
-fn mount_image(vm: &VmSpec, mountpoint: &Path, cache_dir: &Path) -> DriverResult<MountHandle> {
+fn mount_image(
+    vm: &VmSpec,
+    mountpoint: &Path,
+    cache_dir: &Path,
+    policy: &ImageSourcePolicy,
+) -> DriverResult<MountHandle> {
     use zos_image::Error as E;
     let source = std::str::from_utf8(vm.image.source.as_bytes())
         .map_err(|_| DriverError::permanent("image source is not UTF-8"))?;
     let root = zos_image::Hash(vm.image.root_hash);
-    let store = open_source(source)?;
+    let store = open_source(source, policy)?;
     let remote = source.starts_with("http");
     let sources = vec![store];
     let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
@@ -513,7 +562,8 @@ impl VmDriver {
         let cache_dir = dir.join("image-cache");
         let mount = {
             let rootfs = rootfs.clone();
-            tokio::task::spawn_blocking(move || mount_image(&vm_spec, &rootfs, &cache_dir))
+            let policy = self.config.image_sources.clone();
+            tokio::task::spawn_blocking(move || mount_image(&vm_spec, &rootfs, &cache_dir, &policy))
                 .await
                 .map_err(|e| transient(e.into()))??
         };
@@ -698,13 +748,53 @@ mod tests {
         let cfg = VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")).unwrap();
         assert_eq!(cfg.disks[0].id, "data");
         assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
+        let anywhere = ImageSourcePolicy {
+            allowed: vec!["/".into()],
+        };
         assert!(matches!(
-            open_source("relative/store"),
+            open_source("relative/store", &anywhere),
             Err(DriverError::Permanent(_))
         ));
         assert!(matches!(
-            open_source("/nonexistent-store"),
+            open_source("/nonexistent-store", &anywhere),
             Err(DriverError::Permanent(_))
         ));
+    }
+
+    /// Specs are untrusted: by default they may name hubs only, never a path on the node.
+    #[test]
+    fn image_sources_follow_the_node_policy() {
+        let default = ImageSourcePolicy::default();
+        assert!(default.check("https://hub.example/").is_ok());
+        assert!(default.check("http://127.0.0.1:8420").is_ok());
+        for refused in [
+            "/",
+            "/etc",
+            "/var/lib/zos/contracts/7",
+            "file:///etc",
+            "ftp://x",
+        ] {
+            let reason = default.check(refused).unwrap_err();
+            assert!(reason.contains("not an http(s) hub URL"), "{reason}");
+        }
+        // A directory store on the node would otherwise be readable by any spec.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::create_dir_all(dir.path().join("chunks")).unwrap();
+        let path = dir.path().to_str().unwrap();
+        assert!(matches!(
+            open_source(path, &default),
+            Err(DriverError::Permanent(reason)) if reason.contains("hub URL")
+        ));
+        let narrow = ImageSourcePolicy {
+            allowed: vec!["https://hub.example/".into(), path.into()],
+        };
+        assert!(narrow.check("https://hub.example/").is_ok());
+        assert!(narrow.check("https://hub.example.evil/").is_err());
+        assert!(narrow.check("http://127.0.0.1:8420").is_err());
+        assert!(narrow.check(path).is_ok());
+        assert!(narrow.check(&format!("{path}2")).is_err());
+        assert!(narrow.check(&format!("{path}/../other")).is_err());
+        assert!(open_source(path, &narrow).is_ok());
     }
 }

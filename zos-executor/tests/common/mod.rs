@@ -119,6 +119,18 @@ impl Executor {
         Ok(())
     }
 
+    /// Points the next [`Self::start`] at another chain endpoint.
+    pub fn set_url(&mut self, url: &str) {
+        self.url = url.into();
+    }
+
+    /// Whether the process is still running (it may have exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no chance to clean up, as in a power cut.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
