@@ -3,6 +3,12 @@
 import { ApiPromise, WsProvider } from '@polkadot/api';
 import { blake2AsHex } from '@polkadot/util-crypto';
 import { signal } from './signal';
+import { SPEC_ERROR_DOCS } from './spec';
+
+/** Docs of enums whose variants the metadata may carry without docs (type docs are optional). */
+const FALLBACK_DOCS: Record<string, Record<string, string>> = {
+  'zos_primitives::spec::SpecError': SPEC_ERROR_DOCS,
+};
 
 export let api: ApiPromise;
 export let provider: WsProvider;
@@ -132,14 +138,17 @@ function innerError(palletIndex: number, bytes: Uint8Array) {
   if (!fieldType.def.isVariant) return undefined;
   const innerVariant = fieldType.def.asVariant.variants.find((v) => v.index.toNumber() === bytes[1]);
   if (!innerVariant) return undefined;
-  return { name: innerVariant.name.toString(), docs: innerVariant.docs.map((d) => d.toString()).join(' ').trim() };
+  const name = innerVariant.name.toString();
+  const docs = innerVariant.docs.map((d) => d.toString()).join(' ').trim()
+    || FALLBACK_DOCS[fieldType.path.map((p) => p.toString()).join('::')]?.[name] || '';
+  return { name, docs };
 }
 
 /** Doc line of a variant of the metadata enum at Rust path `path` (e.g. a SpecError). */
 export function variantDocs(path: string, variant: string): string {
   const entry = api.registry.lookup.types.find((t) => t.type.path.map((s) => s.toString()).join('::') === path);
   const v = entry?.type.def.asVariant.variants.find((x) => x.name.toString() === variant);
-  return v ? v.docs.map((d) => d.toString()).join(' ').trim() : '';
+  return (v ? v.docs.map((d) => d.toString()).join(' ').trim() : '') || FALLBACK_DOCS[path]?.[variant] || '';
 }
 
 /** Doc line of a pallet error, from the metadata. */

@@ -7,7 +7,7 @@ export function UsageBars({ rows, testid }: { rows: Usage[]; testid?: string }) 
   const w = 360;
   const rowH = 26;
   return (
-    <svg class="chart" width={w + 220} height={rows.length * rowH + 4} data-testid={testid} role="img">
+    <svg class="chart" width={w + 330} height={rows.length * rowH + 4} data-testid={testid} role="img">
       {rows.map((r, i) => {
         const frac = r.total > 0 ? Math.min(1, r.used / r.total) : 0;
         const y = i * rowH + 2;

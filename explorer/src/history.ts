@@ -3,6 +3,7 @@
 // heartbeats) and the live event list read from here; nothing is stored outside the browser.
 import { api, provider, finalizedBlock } from './chain';
 import { signal } from './signal';
+import { hexToU8a } from '@polkadot/util';
 
 export type EventRec = {
   block: number;
@@ -29,7 +30,8 @@ let pending: EventRec[][] = [];
 
 function decode(block: number, eventsHex: string | null, nowHex: string | null): EventRec[] {
   if (!eventsHex) return [];
-  const timeMs = nowHex ? Number(api.createType('u64', nowHex).toBigInt()) : 0;
+  // SCALE bytes (a hex string would be read as a big-endian number).
+  const timeMs = nowHex ? Number(api.createType('u64', hexToU8a(nowHex)).toBigInt()) : 0;
   const records = api.createType(eventsType, eventsHex) as any;
   return records.map((r: any, index: number) => {
     const ev = r.event;

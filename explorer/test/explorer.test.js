@@ -243,13 +243,13 @@ test('//Alice creates a 2-of-2 contract in the UI', async () => {
   await setValue(page, sel('spec-editor'), diskSpec(1024));
   await page.waitForSelector(`${sel('spec-check')}[data-result="ok"]`);
   // The required resources are shown against the node's free capacity.
-  assert.match(await page.$eval(sel('required'), (el) => el.textContent), /SSD1 GiB50 GiB/);
+  await waitText(page, sel('required'), /SSD1 GiB50 GiB/);
   const shownHash = await page.$eval(sel('spec-hash'), (el) => el.textContent);
   const spec = { version: 0, metadata: 'explorer test: one disk', workloads: [{ name: 'data', kind: { Disk: { sizeMib: 1024 } } }] };
   s.hash = blake2AsHex(api.createType('ZosPrimitivesSpecDeploymentSpec', spec).toU8a(), 256);
   assert.equal(shownHash, s.hash, 'the editor shows the hash polkadot.js computes');
 
-  assert.equal(await page.$eval(sel('signer-0'), (el) => el.value), k.alice.address);
+  await page.waitForFunction((q, a) => document.querySelector(q)?.value === a, { polling: 100, timeout: 10_000 }, sel('signer-0'), k.alice.address);
   await page.click(sel('required-0'));
   await page.click(sel('add-signer'));
   await setValue(page, sel('signer-1'), k.bob.address);
