@@ -1,6 +1,6 @@
 // The spec editor: readable JSON in, checked as the chain checks it, what it would reserve shown
 // against the node, then `deployments.create` (or `propose_update` for an existing contract).
-import { useEffect, useMemo, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { api, encodeSpec, errorDocs, formatBalance, formatBytes, variantDocs } from '../chain';
 import { accounts, selected, eventsNamed } from '../accounts';
 import { useSignal } from '../signal';
@@ -48,9 +48,13 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
   const [threshold, setThreshold] = useState(1);
   const [skipChecks, setSkipChecks] = useState(false);
 
-  // The signer table starts with the selected account.
+  // The signer table starts with the selected account, and follows it while that is the only row.
+  const prevAccount = useRef<string | null>(null);
   useEffect(() => {
-    if (account && signers.length === 0) setSigners([{ account: account.address, weight: 1, required: false }]);
+    if (account && (signers.length === 0 || (signers.length === 1 && signers[0].account === prevAccount.current))) {
+      setSigners([{ ...(signers[0] ?? { weight: 1, required: false }), account: account.address }]);
+    }
+    prevAccount.current = account?.address ?? null;
   }, [account]);
 
   const checked = useMemo(() => {

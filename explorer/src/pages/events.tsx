@@ -1,6 +1,6 @@
 // Finalized events as they come, each field linked to what it names.
 import { useState } from 'preact/hooks';
-import { formatBalance } from '../chain';
+import { formatBalance, formatBytes } from '../chain';
 import { history, historyState, type EventRec } from '../history';
 import { useSignal } from '../signal';
 import { Addr } from '../ui';
@@ -16,6 +16,10 @@ export function FieldValue({ name, v }: { name: string; v: any }) {
   if (t === 'AccountId32' || t === 'AccountId') return <Addr a={v.toString()} />;
   if (BALANCE.test(name) && v.toBigInt) return <span>{formatBalance(v.toBigInt())}</span>;
   if (v?.isSome !== undefined && v.isNone) return <span class="muted">none</span>;
+  if (v?.cru !== undefined && v?.mru !== undefined) {
+    return <span>{`${v.cru.toString()} vCPU, ${formatBytes(v.mru.toBigInt())} memory, ${formatBytes(v.sru.toBigInt())} SSD${v.hru.isZero() ? '' : `, ${formatBytes(v.hru.toBigInt())} HDD`}`}</span>;
+  }
+  if (/Ms$/.test(name) && v?.toBigInt && v.toBigInt() > 1_000_000_000_000n) return <span>{new Date(Number(v.toBigInt())).toLocaleTimeString()}</span>;
   const h = v?.toHuman?.();
   return <span>{typeof h === 'string' ? h : JSON.stringify(h)}</span>;
 }
@@ -24,7 +28,7 @@ export function EventRow({ e }: { e: EventRec }) {
   return (
     <tr data-testid="event-row" data-event={`${e.section}.${e.method}`}>
       <td>{e.block}</td>
-      <td class="muted">{e.timeMs ? new Date(e.timeMs).toLocaleTimeString() : ''}</td>
+      <td class="muted nowrap">{e.timeMs ? new Date(e.timeMs).toLocaleTimeString() : ''}</td>
       <td title={e.docs}><b>{e.section}.{e.method}</b></td>
       <td>
         {e.fields.map(([n, v]) => (

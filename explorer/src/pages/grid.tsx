@@ -77,8 +77,8 @@ export function Dashboard() {
           </tbody>
         </table>
       )}
-      <h2>Latest finalized events</h2>
-      <EventList limit={10} />
+      <h2>Latest finalized events of the grid <a class="small" href="#/events">(all)</a></h2>
+      <EventList limit={10} filter={(e) => ['grid', 'deployments', 'billing'].includes(e.section)} />
     </div>
   );
 }
