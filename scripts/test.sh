@@ -27,6 +27,9 @@ step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$p
 # contract, the guest's entrypoint line and a settled consumption report.
 step "local grid (make run --check)" bash scripts/run-local-grid.sh --check
 step "polkadot.js suite" bash -c 'cd tests/polkadot-js && { [ -d node_modules ] && npm ls >/dev/null 2>&1 || npm ci --no-audit --no-fund; } && npm test'
+# The explorer in Debian's chromium (puppeteer-core drives the system browser; nothing is
+# downloaded) against a dev chain and an executor node: build, then explorer/test/.
+step "explorer (chromium)" bash -c 'cd explorer && { command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); } && { [ -d node_modules ] && npm ls >/dev/null 2>&1 || npm ci --no-audit --no-fund; } && npm test'
 
 echo
 if [ "${#failed[@]}" -gt 0 ]; then
