@@ -165,7 +165,11 @@ export function formatBalance(v: bigint | { toBigInt(): bigint }, digits = 4): s
   const neg = n < 0n;
   const a = neg ? -n : n;
   const whole = a / unit;
-  const frac = (a % unit).toString().padStart(chainInfo.decimals, '0').slice(0, digits).replace(/0+$/, '');
+  const all = (a % unit).toString().padStart(chainInfo.decimals, '0');
+  // Amounts below one unit keep three significant digits (a few seconds of a disk cost little).
+  const firstDigit = all.search(/[1-9]/);
+  const keep = whole === 0n && firstDigit >= digits ? firstDigit + 3 : digits;
+  const frac = all.slice(0, keep).replace(/0+$/, '');
   return `${neg ? '-' : ''}${whole.toLocaleString('en')}${frac ? `.${frac}` : ''} ${chainInfo.symbol}`;
 }
 

@@ -2,7 +2,8 @@
 // chain: a farmer creates a farm and adds an IP in the UI, a node joins it (the executor without
 // VMs when it is built, else the test registers one with polkadot.js), a bad spec is refused with
 // the chain's error name, //Alice creates a 2-of-2 contract in the UI and //Bob approves it in a
-// second browser context, the contract becomes Active and then Deployed. Every page is
+// second browser context, the contract becomes Active and then Deployed; an update is proposed,
+// its diff approved, consumption shows as charges, and a cancel ends the contract. Every page is
 // screenshotted into test-output/screens; timings and the bundle size go to test-output/metrics.json.
 //
 // The tests run in order and share the chain and the browser.
@@ -372,3 +373,57 @@ test('timings: a fresh browser opening a contract link', async () => {
   assert.ok(sizes.total.gzip < 500 * 1024, `bundle ${metrics.bundleGzipKiB} KiB gzip`);
   console.log(`explorer metrics: ${JSON.stringify(metrics)}`);
 });
+
+test('//Alice proposes an update; //Bob sees the diff against the active spec and approves', async () => {
+  const alice = ctx.alice.page;
+  await go(alice, `#/contract/${s.contractId}`);
+  await selectAccount(alice, '//Alice');
+  await clickEnabled(alice, sel('propose-update'));
+  await page$(alice, sel('spec-editor'));
+  // The editor starts from the active spec with the next version.
+  await page$(alice, `${sel('spec-check')}[data-result="ok"]`);
+  assert.match(await alice.$eval(sel('spec-editor'), (el) => el.value), /"version": 1,[\s\S]*"size_mib": 1024/);
+  await setValue(alice, sel('spec-editor'), diskSpec(2048).replace('"version": 0', '"version": 1'));
+  await page$(alice, `${sel('spec-check')}[data-result="ok"]`);
+  await clickEnabled(alice, sel('submit-spec'));
+  await waitText(alice, sel('proposal'), /Pending proposal: deploy version 1/, 60_000);
+
+  const bob = ctx.bob.page;
+  await waitText(bob, sel('proposal-diff'), /-\s+"size_mib": 1024[\s\S]*\+\s+"size_mib": 2048/, 30_000);
+  await bob.waitForSelector(sel('hash-verified'));
+  await shot(bob, '21-contract-update-diff');
+  await clickEnabled(bob, sel('approve'));
+  await waitText(bob, sel('active-hash'), /^0x/, 30_000);
+  await waitUntil('version 1 active', 30_000, async () =>
+    (await api.query.deployments.contracts(s.contractId)).unwrap().active.unwrap().version.toNumber() === 1);
+  await waitText(bob, 'main', /version 1, hash/, 30_000);
+  await page$(bob, sel('no-proposal'));
+});
+
+test('billing: the node\'s consumption reports show as charges over time', async () => {
+  if (!executor) return; // only the executor reports consumption
+  const page = ctx.bob.page;
+  await page$(page, sel('billing'), 120_000);
+  await page$(page, `svg${sel('charges-chart')}`, 120_000);
+  assert.match(await page.$eval(sel('debt'), (el) => el.textContent), /ZGT/);
+  await shot(page, '22-contract-billing');
+});
+
+test('//Bob proposes to cancel, //Alice approves: the contract ends', async () => {
+  const bob = ctx.bob.page;
+  await clickEnabled(bob, sel('propose-cancel'));
+  await waitText(bob, sel('proposal'), /Pending proposal: cancel the contract/, 60_000);
+  const alice = ctx.alice.page;
+  await go(alice, `#/contract/${s.contractId}`);
+  await page$(alice, sel('hash-verified'));
+  await shot(alice, '23-contract-cancel-proposal');
+  await clickEnabled(alice, sel('approve'));
+  await waitUntil('the contract removed', 30_000, async () => (await api.query.deployments.contracts(s.contractId)).isNone);
+  // Once the block is finalized, its events tell how it ended.
+  await waitText(alice, sel('not-found'), /Cancelled at block \d+ \(Signers\)/, 60_000);
+  await shot(alice, '24-contract-cancelled');
+});
+
+async function page$(page, selector, timeout = 30_000) {
+  return page.waitForSelector(selector, { timeout });
+}
