@@ -73,7 +73,7 @@ function AccountPicker() {
           </optgroup>
         ) : null}
       </select>
-      {cur?.source === 'dev' ? <span class="dev-badge" title="A public development key: anybody can sign with it. Only for development chains.">DEV KEY</span> : null}
+      {cur?.source === 'dev' ? <span class="dev-badge" data-testid="dev-badge" title="A public development key: anybody can sign with it. Only for development chains.">DEV KEY</span> : null}
       {ext === 'unknown' ? <button class="link" data-testid="enable-extension" onClick={() => enableExtension()}>use browser extension</button> : null}
       {ext === 'none' ? <span class="muted" title="Install the polkadot.js extension and allow this page">no extension</span> : null}
     </div>

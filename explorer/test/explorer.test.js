@@ -424,6 +424,42 @@ test('//Bob proposes to cancel, //Alice approves: the contract ends', async () =
   await shot(alice, '24-contract-cancelled');
 });
 
+test('an account of the browser extension signs (an injected extension holding //Charlie)', async () => {
+  k.charlie = new Keyring({ type: 'sr25519' }).addFromUri('//Charlie');
+  const context = await browser.createBrowserContext();
+  const page = await context.newPage();
+  await page.setViewport({ width: 1280, height: 900 });
+  // What the polkadot.js extension injects: `injectedWeb3[name].enable()` giving accounts and a
+  // signer. The key stays in the test process; the page asks it to sign each payload.
+  await page.exposeFunction('zosTestSign', (payload) =>
+    api.registry.createType('ExtrinsicPayload', payload, { version: payload.version }).sign(k.charlie).signature);
+  await page.evaluateOnNewDocument((address) => {
+    window.injectedWeb3 = {
+      'polkadot-js': {
+        version: 'test',
+        enable: async () => ({
+          accounts: { get: async () => [{ address, name: 'Charlie (extension)', type: 'sr25519' }], subscribe: () => () => {} },
+          signer: {
+            signPayload: async (payload) => ({ id: 1, signature: await window.zosTestSign(payload) }),
+          },
+        }),
+      },
+    };
+  }, k.charlie.address);
+  await page.goto(url('#/farmer'));
+  await page.waitForSelector(sel('connection'));
+  await page.click(sel('enable-extension'));
+  await selectAccount(page, 'Charlie (extension)');
+  assert.equal(await page.$(sel('dev-badge')), null, 'an extension account is not marked as a dev key');
+  await setValue(page, sel('farm-name'), 'extension-farm');
+  await clickEnabled(page, sel('create-farm'));
+  await waitText(page, sel('farm-title'), /Farm \d+: extension-farm/, 60_000);
+  const farmId = Number(/#\/farm\/(\d+)/.exec(page.url())[1]);
+  assert.equal((await api.query.grid.farms(farmId)).unwrap().owner.toString(), k.charlie.address);
+  await shot(page, '25-extension-signed-farm');
+  await context.close();
+});
+
 async function page$(page, selector, timeout = 30_000) {
   return page.waitForSelector(selector, { timeout });
 }
