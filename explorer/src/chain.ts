@@ -50,7 +50,7 @@ export async function connect(url: string): Promise<ApiPromise> {
     api.rpc.system.properties(),
   ]);
   chainInfo.name = chain.toString();
-  chainInfo.isDev = chainType.isDevelopment || chainType.isLocal || /dev/i.test(chainInfo.name);
+  chainInfo.isDev = chainType.isDevelopment || chainType.isLocal;
   chainInfo.decimals = props.tokenDecimals.unwrapOr([12] as any)[0]?.toNumber?.() ?? 12;
   chainInfo.symbol = props.tokenSymbol.unwrapOr(['UNIT'] as any)[0]?.toString?.() ?? 'UNIT';
   chainInfo.ss58 = api.registry.chainSS58 ?? 42;

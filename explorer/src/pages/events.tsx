@@ -19,6 +19,13 @@ export function FieldValue({ name, v }: { name: string; v: any }) {
   if (v?.cru !== undefined && v?.mru !== undefined) {
     return <span>{`${v.cru.toString()} vCPU, ${formatBytes(v.mru.toBigInt())} memory, ${formatBytes(v.sru.toBigInt())} SSD${v.hru.isZero() ? '' : `, ${formatBytes(v.hru.toBigInt())} HDD`}`}</span>;
   }
+  if (v?.gateway !== undefined && v?.ip?.prefixLen !== undefined) {
+    return <span>{`${[...v.ip.ip].join('.')}/${v.ip.prefixLen.toString()} via ${[...v.gateway].join('.')}`}</span>;
+  }
+  if (v?.isBasic !== undefined && typeof v?.index === 'number' && typeof v?.type === 'string') {
+    const inner = v.value?.isEmpty || v.value?.toRawType?.() === 'Null' ? '' : ` ${JSON.stringify(v.value.toHuman())}`;
+    return <span>{`${v.type}${inner}`}</span>;
+  }
   if (/Ms$/.test(name) && v?.toBigInt && v.toBigInt() > 1_000_000_000_000n) return <span>{new Date(Number(v.toBigInt())).toLocaleTimeString()}</span>;
   const h = v?.toHuman?.();
   return <span>{typeof h === 'string' ? h : JSON.stringify(h)}</span>;
