@@ -30,6 +30,19 @@ pub mod runtime {}
 use runtime::runtime_types;
 
 pub type Client = OnlineClient<SubstrateConfig>;
+/// A contract's billing state as the billing runtime API returns it.
+pub type BillingStatus = zos_primitives::billing::ContractBillingStatus<u128, u32>;
+/// Used when the metadata does not carry the billing pallet's `MaxWindowSecs`.
+const DEFAULT_MAX_WINDOW_SECS: u64 = 3600;
+
+/// An account's nonces: at the finalized block (`at`), and the next one counting pending
+/// transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nonces {
+    pub finalized: u64,
+    pub pending: u64,
+    pub at: u64,
+}
 /// Events of one finalized extrinsic.
 pub type Events = subxt::extrinsics::ExtrinsicEvents<SubstrateConfig>;
 
@@ -64,6 +77,7 @@ pub struct Chain {
     /// Held from nonce lookup until the transaction is in the pool, so concurrent submissions
     /// from the node key get consecutive nonces; released before waiting for finality.
     submit_lock: tokio::sync::Mutex<()>,
+    max_window_secs: u64,
 }
 
 impl Chain {
@@ -77,15 +91,23 @@ impl Chain {
         let api = Client::from_rpc_client(rpc_client.clone())
             .await
             .context("fetching chain metadata")?;
-        if !runtime::is_codegen_valid_for(api.at_current_block().await?.metadata_ref()) {
+        let at = api.at_current_block().await?;
+        if !runtime::is_codegen_valid_for(at.metadata_ref()) {
             tracing::warn!(
                 "the chain's runtime differs from the metadata this executor was built with"
             );
         }
+        let max_window_secs = at
+            .metadata_ref()
+            .pallet_by_name("Billing")
+            .and_then(|p| p.constant_by_name("MaxWindowSecs"))
+            .and_then(|c| u64::decode(&mut c.value()).ok())
+            .unwrap_or(DEFAULT_MAX_WINDOW_SECS);
         Ok(Self {
             api,
             rpc: LegacyRpcMethods::new(rpc_client),
             submit_lock: Default::default(),
+            max_window_secs,
         })
     }
 
@@ -141,12 +163,27 @@ impl Chain {
 
     /// Billing state of a contract at the finalized block; `None` when the chain does not bill
     /// it (ended, or never activated).
-    pub async fn billing_status(
+    pub async fn billing_status(&self, contract: ContractId) -> Result<Option<BillingStatus>> {
+        Ok(self.billing_status_numbered(contract).await?.1)
+    }
+
+    /// [`Self::billing_status`] and the finalized block it was read at.
+    pub async fn billing_status_numbered(
         &self,
         contract: ContractId,
-    ) -> Result<Option<zos_primitives::billing::ContractBillingStatus<u128, u32>>> {
-        self.runtime_call("BillingApi_contract_billing", &contract.encode())
+    ) -> Result<(u64, Option<BillingStatus>)> {
+        self.runtime_call_numbered("BillingApi_contract_billing", &contract.encode())
             .await
+    }
+
+    /// The longest consumption window the chain accepts (the billing pallet's constant).
+    pub fn max_window_secs(&self) -> u64 {
+        self.max_window_secs
+    }
+
+    /// Whether the node behind the RPC says it is still syncing (its state may be old).
+    pub async fn is_syncing(&self) -> Result<bool> {
+        Ok(self.rpc.system_health().await?.is_syncing)
     }
 
     /// Where billing stands for a contract: the end of its last accepted window (unix s).
@@ -159,7 +196,7 @@ impl Chain {
 
     /// The account's nonce at the finalized block, and the next nonce counting transactions
     /// still pending (in the pool or in blocks not finalized yet).
-    pub async fn account_nonces(&self, account: &subxt::utils::AccountId32) -> Result<(u64, u64)> {
+    pub async fn account_nonces(&self, account: &subxt::utils::AccountId32) -> Result<Nonces> {
         let at = self.api.at_current_block().await?;
         let finalized = at
             .storage()
@@ -167,8 +204,12 @@ impl Chain {
             .await?
             .decode()?
             .nonce;
-        let next = self.rpc.system_account_next_index(account).await?;
-        Ok((u64::from(finalized), next))
+        let pending = self.rpc.system_account_next_index(account).await?;
+        Ok(Nonces {
+            finalized: u64::from(finalized),
+            pending,
+            at: at.block_number(),
+        })
     }
 
     pub async fn free_balance(&self, account: &subxt::utils::AccountId32) -> Result<u128> {

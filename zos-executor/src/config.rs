@@ -160,6 +160,18 @@ impl Config {
             .or(file.capacity)
             .map(|s| parse_capacity(&s))
             .transpose()?;
+        let allowed_image_sources = if flags.allow_image_source.is_empty() {
+            file.allow_image_source.unwrap_or_default()
+        } else {
+            flags.allow_image_source
+        };
+        for prefix in &allowed_image_sources {
+            let url = prefix.starts_with("http://") || prefix.starts_with("https://");
+            anyhow::ensure!(
+                url || (prefix.starts_with('/') && prefix.len() > 1),
+                "allowed image source {prefix:?} is neither an http(s) URL nor an absolute directory other than /"
+            );
+        }
         let reserve = flags
             .reserve
             .or(file.reserve)
@@ -180,11 +192,7 @@ impl Config {
             capacity,
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
-            allowed_image_sources: if flags.allow_image_source.is_empty() {
-                file.allow_image_source.unwrap_or_default()
-            } else {
-                flags.allow_image_source
-            },
+            allowed_image_sources,
         })
     }
 }
@@ -341,6 +349,22 @@ mod tests {
         assert_eq!(offered_capacity(&cfg).unwrap().cru, host.cru);
         cfg.capacity = Some(parse_capacity("cru=1,mru_mib=512").unwrap());
         assert_eq!(offered_capacity(&cfg).unwrap().mru, 512 << 20);
+    }
+
+    #[test]
+    fn image_source_prefixes_are_urls_or_absolute_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |prefixes: &[&str]| {
+            Config::load(Flags {
+                data_dir: Some(dir.path().into()),
+                allow_image_source: prefixes.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        assert!(load(&["https://hub.example/", "/srv/hub"]).is_ok());
+        for bad in ["", "/", "relative/hub", "ftp://hub"] {
+            assert!(load(&[bad]).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -162,7 +162,8 @@ impl Engine {
         at: u64,
     ) -> Result<PassSummary> {
         // Intent first: once this pass acts on block `at`, nothing older is ever acted on.
-        if let Some(acted_on) = self.store.high_water()? {
+        let had_high_water = self.store.high_water()?;
+        if let Some(acted_on) = had_high_water {
             if at < acted_on {
                 return Err(StaleChainView { seen: at, acted_on }.into());
             }
@@ -188,7 +189,14 @@ impl Engine {
                 }
             }
         }
-        for id in self.contract_dirs().await? {
+        // Bare directories only once this node has acted on some view before (a lost state
+        // database plus a syncing RPC node must not look like a list of orphans).
+        let dirs = if had_high_water.is_some() {
+            self.contract_dirs().await?
+        } else {
+            Vec::new()
+        };
+        for id in dirs {
             local.entry(id).or_insert_with(|| nothing_deployed(id));
         }
         let tombstones = self.store.tombstones()?;
@@ -332,6 +340,17 @@ impl Engine {
             .and_then(|()| self.check_secrets(&want.spec));
         if let Err(reason) = rejection {
             warn!(%reason, "contract cannot be deployed");
+            // An update that cannot run ends what the previous version ran (its record is
+            // replaced below, so nothing would stop it later); data stays.
+            if let Some(old) = local.as_ref().filter(|l| l.spec_hash != want.spec_hash) {
+                match self.remove_all_but_data(&ctx, &old.spec).await {
+                    Ok(()) => {}
+                    Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
+                    Err(DriverError::Permanent(reason)) => {
+                        warn!(%reason, "stopping the previous version failed permanently")
+                    }
+                }
+            }
             let outcomes = want
                 .spec
                 .workloads
@@ -426,7 +445,13 @@ impl Engine {
             }
             return Ok(ContractOutcome::Pending);
         }
-        if let Err(e) = self
+        // Once per failure: a later pass of the same failed spec finds it in the known outcomes.
+        let failure_known = known_outcomes
+            .values()
+            .any(|o| matches!(o, WorkloadOutcome::Failed(_)));
+        if failure_known {
+            // Nothing to stop: done when the failure was first seen.
+        } else if let Err(e) = self
             .stop_rest_of_failed(&ctx, &want.spec, &mut outcomes)
             .await
         {
@@ -438,8 +463,8 @@ impl Engine {
 
     /// Partial failure has one meaning: the contract failed. Its other workloads must not keep
     /// running (a contract with a failed workload is never billed uptime), so everything but
-    /// data (disks, volumes) is removed and reported as stopped; data stays for an update that
-    /// fixes the spec.
+    /// data is removed, the running ones reported as stopped (a failed one may still be
+    /// running too, e.g. a crash-looping guest); data stays for an update that fixes the spec.
     async fn stop_rest_of_failed(
         &self,
         ctx: &WorkloadCtx,
@@ -452,28 +477,36 @@ impl Engine {
         }) else {
             return Ok(());
         };
-        let mut running: Vec<&Workload> = ordered(spec)
-            .into_iter()
-            .filter(|w| !matches!(w.kind, WorkloadKind::Disk(_) | WorkloadKind::Volume(_)))
-            .filter(|w| {
-                outcomes
-                    .iter()
-                    .any(|(n, o)| n.as_slice() == w.name.as_bytes() && *o == WorkloadOutcome::Ok)
-            })
-            .collect();
-        running.reverse();
-        for w in running {
-            let driver = self.driver(w)?;
-            info!(workload = %String::from_utf8_lossy(w.name.as_bytes()), %failed, "stopping: another workload of the contract failed");
+        info!(%failed, "a workload of the contract failed: stopping the others");
+        self.remove_all_but_data(ctx, spec).await?;
+        for (name, outcome) in outcomes.iter_mut() {
+            let is_data = spec
+                .workloads
+                .iter()
+                .find(|w| w.name.as_bytes() == name.as_slice())
+                .is_some_and(is_data);
+            if *outcome == WorkloadOutcome::Ok && !is_data {
+                *outcome = WorkloadOutcome::Failed(format!(
+                    "stopped: workload '{failed}' of this contract failed"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every workload of `spec` except data (disks, volumes), in reverse dependency
+    /// order. Removing what is not installed is a no-op for every driver.
+    async fn remove_all_but_data(
+        &self,
+        ctx: &WorkloadCtx,
+        spec: &DeploymentSpec,
+    ) -> Result<(), DriverError> {
+        let mut list: Vec<&Workload> = ordered(spec).into_iter().filter(|w| !is_data(w)).collect();
+        list.reverse();
+        for w in list {
+            let Ok(driver) = self.driver(w) else { continue };
             self.with_retries("remove", || driver.remove(ctx, w))
                 .await?;
-            for (name, outcome) in outcomes.iter_mut() {
-                if name.as_slice() == w.name.as_bytes() {
-                    *outcome = WorkloadOutcome::Failed(format!(
-                        "stopped: workload '{failed}' of this contract failed"
-                    ));
-                }
-            }
         }
         Ok(())
     }
@@ -623,6 +656,11 @@ impl Engine {
         info!("contract removed");
         Ok(ContractOutcome::Removed)
     }
+}
+
+/// Workloads that hold a tenant's data rather than run.
+fn is_data(w: &Workload) -> bool {
+    matches!(w.kind, WorkloadKind::Disk(_) | WorkloadKind::Volume(_))
 }
 
 /// A contract this node holds nothing finished for (only an intent or a directory).

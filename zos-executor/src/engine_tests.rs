@@ -25,6 +25,8 @@ struct Recorder {
     transient: Mutex<HashMap<String, u32>>,
     /// Workload names whose install fails permanently.
     permanent: Mutex<Vec<String>>,
+    /// Workload names whose inspection reports a permanent failure (e.g. a crash loop).
+    broken_for_good: Mutex<HashMap<String, String>>,
     in_flight: Mutex<(usize, usize)>,
 }
 
@@ -110,6 +112,17 @@ impl Driver for TestDriver {
         Ok(())
     }
     async fn inspect(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Observed> {
+        let installed = self
+            .rec
+            .installed
+            .lock()
+            .unwrap()
+            .contains_key(&(ctx.contract, wname(w)));
+        if let Some(reason) = self.rec.broken_for_good.lock().unwrap().get(&wname(w)) {
+            if installed {
+                return Err(DriverError::permanent(reason.clone()));
+            }
+        }
         Ok(self
             .rec
             .installed
@@ -588,7 +601,49 @@ async fn an_orphan_contract_directory_is_removed() {
     let orphan = h.dir.path().join("contracts/77/disks");
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join("x.raw"), b"x").unwrap();
+    // Not on the first view this node ever acts on (its state database may have been lost
+    // while its RPC node shows an old state).
+    let first = h.pass(vec![]).await.unwrap();
+    assert!(first.tombstoned.is_empty() && first.removed.is_empty());
+    assert!(orphan.exists());
     assert_eq!(h.pass(vec![]).await.unwrap().tombstoned, vec![77]);
     assert_eq!(h.pass(vec![]).await.unwrap().removed, vec![77]);
     assert!(!h.dir.path().join("contracts/77").exists());
+}
+
+/// A workload that fails after it was deployed (a guest crash-looping) fails the contract:
+/// reported with its reason, stopped with everything else that runs, never counted up.
+#[tokio::test]
+async fn a_workload_failing_after_deployment_fails_the_contract() {
+    let h = harness(Duration::ZERO, 2);
+    let c = contract(1, ContractState::Active, spec(VM_WITH_DISK));
+    assert!(h.pass(vec![c.clone()]).await.unwrap().to_report[0].all_ok());
+    let deployed = NodeContract {
+        state: ContractState::Deployed,
+        ..c
+    };
+    h.rec.broken_for_good.lock().unwrap().insert(
+        "web".into(),
+        "guest is crash-looping: 5 crashes in a row".into(),
+    );
+    let pass = h.pass(vec![deployed.clone()]).await.unwrap();
+    let result = &pass.to_report[0];
+    let web = result
+        .outcomes
+        .iter()
+        .find(|(n, _)| n.as_slice() == b"web")
+        .map(|(_, o)| o.clone());
+    assert_eq!(
+        web,
+        Some(WorkloadOutcome::Failed(
+            "guest is crash-looping: 5 crashes in a row".into()
+        ))
+    );
+    assert!(calls(&h).contains(&"remove:1:web".to_string()));
+    let local = h.store.contract(1).unwrap().unwrap();
+    assert!(!h.engine.is_up(&local).await);
+    // Later passes neither restart it nor stop anything again.
+    let before = calls(&h).len();
+    h.pass(vec![deployed]).await.unwrap();
+    assert_eq!(calls(&h).len(), before, "{:?}", &calls(&h)[before..]);
 }

@@ -1,20 +1,18 @@
 //! The consumption-report outbox: closed metering windows waiting to be settled on chain.
 //!
 //! Exactly once, across crashes: a batch leaves the outbox only after it is finalized, so a
-//! crash between finality and removal leaves windows the chain already settled. Before sending
-//! after a start, a failure or a rejection, the outbox is aligned with the chain's finalized
-//! `billed_until` of each contract: settled windows are dropped, the first unsettled one is
-//! made to start exactly where billing stands, and windows of contracts the chain no longer
-//! bills are dropped. Transactions a killed process left in the pool are waited for (or for
-//! their mortality to run out) before anything is sent, so they cannot overlap a new batch.
-//! Nothing is sent that the chain would reject for its window, and each rejection would cost
+//! crash between finality and removal leaves windows the chain already settled. Before every
+//! send the outbox is aligned with each contract's `billed_until` at the finalized block (never
+//! at a block older than one the node already acted on): settled windows are dropped, the first
+//! unsettled one starts exactly where billing stands (a gap longer than the chain's longest
+//! window is filled with zero-uptime windows), and windows of contracts the chain no longer
+//! bills are dropped. Transactions a killed process left pending are waited for (until
+//! finalized, or until their 64-block mortality has surely run out) before anything is sent, so
+//! they cannot overlap a new batch. A rejected window stays in the outbox and is realigned;
+//! nothing is sent that the chain would reject for its window, and each rejection would cost
 //! the node a fee.
 
-use std::{
-    collections::BTreeMap,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use codec::Decode;
@@ -23,6 +21,7 @@ use zos_primitives::ContractId;
 
 use crate::{
     chain::{calls, runtime::billing::events::ReportRejected, ConsumptionReport, TxError},
+    engine::StaleChainView,
     follower::unix_ms,
     service::{Executor, TX_TIMEOUT},
 };
@@ -30,9 +29,10 @@ use crate::{
 /// Reports per `report_consumption` extrinsic (the runtime accepts up to 256).
 const REPORT_BATCH: usize = 128;
 
-/// How long transactions of an earlier process may stay pending before reports go out anyway:
-/// the executor signs mortal transactions valid for 64 blocks, about 6.4 minutes at 6 s blocks.
-const EARLIER_TX_PATIENCE: Duration = Duration::from_secs(400);
+/// Finalized blocks after which a pending transaction of an earlier process can no longer land:
+/// the executor signs mortal transactions valid for 64 blocks from the block they name (at most
+/// the finalized head when signed), plus a margin.
+const EARLIER_TX_MORTALITY_BLOCKS: u64 = 64 + 8;
 
 /// An outbox key: (contract, window start as first closed).
 pub type OutboxKey = (ContractId, u64);
@@ -64,7 +64,9 @@ pub struct Aligned {
 pub fn align(
     entries: Vec<(OutboxKey, ConsumptionReport)>,
     billing: impl Fn(ContractId) -> Billing,
+    max_window: u64,
 ) -> Aligned {
+    let max_window = max_window.max(1);
     let mut by_contract: BTreeMap<ContractId, Vec<(OutboxKey, ConsumptionReport)>> =
         BTreeMap::new();
     for (key, report) in entries {
@@ -86,6 +88,24 @@ pub fn align(
                     out.drop.push(key);
                     continue;
                 }
+                // A gap the chain would refuse as one window: zero-uptime windows fill it (the
+                // node was not reporting then; nothing is charged for it).
+                let mut start = start;
+                while report.window_end - start > max_window && report.window_start > start {
+                    let end = (start + max_window).min(report.window_start);
+                    out.send.push((
+                        Vec::new(),
+                        ConsumptionReport {
+                            contract,
+                            window_start: start,
+                            window_end: end,
+                            uptime_seconds: 0,
+                            public_bytes_in: 0,
+                            public_bytes_out: 0,
+                        },
+                    ));
+                    start = end;
+                }
                 report.window_start = start;
                 report.uptime_seconds = report
                     .uptime_seconds
@@ -99,75 +119,65 @@ pub fn align(
 }
 
 /// Outbox state kept by the running executor.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct OutboxState {
-    /// Align with the chain before the next send (set at start, after any failure or rejection).
-    pub(crate) must_align: std::sync::atomic::AtomicBool,
-    /// Transactions of an earlier process pending at start: wait until the chain's finalized
-    /// nonce of the node account reaches this, or the deadline passes.
-    pub(crate) earlier_pending: std::sync::Mutex<Option<(u64, Instant)>>,
-}
-
-impl Default for OutboxState {
-    fn default() -> Self {
-        Self {
-            must_align: true.into(),
-            earlier_pending: Default::default(),
-        }
-    }
+    /// Transactions pending at start or after a failed send: wait until the node account's
+    /// finalized nonce reaches `.0`, or the finalized head passes block `.1`.
+    pub(crate) earlier_pending: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl Executor {
-    /// Notes transactions a previous process of this node left pending (in the pool or in
-    /// blocks not yet finalized), so reports wait for them.
+    /// Notes transactions sent earlier (by a previous process, or a send that timed out) that
+    /// are still pending, in the pool or in blocks not yet finalized, so reports wait for them.
     pub(crate) async fn note_earlier_transactions(&self) -> Result<()> {
-        let (finalized, next) = self
+        let nonces = self
             .chain
             .account_nonces(&self.identity.account_id())
             .await?;
-        if next > finalized {
+        if nonces.pending > nonces.finalized {
             info!(
-                pending = next - finalized,
-                "transactions of an earlier run are still pending: consumption reports wait for them"
+                pending = nonces.pending - nonces.finalized,
+                "transactions sent earlier are still pending: consumption reports wait for them"
             );
             *self
                 .outbox
                 .earlier_pending
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) =
-                Some((next, Instant::now() + EARLIER_TX_PATIENCE));
+                .unwrap_or_else(|e| e.into_inner()) = Some((
+                nonces.pending,
+                nonces.at.saturating_add(EARLIER_TX_MORTALITY_BLOCKS),
+            ));
         }
         Ok(())
     }
 
-    /// Whether transactions of an earlier process may still land.
+    /// Whether transactions sent earlier may still land.
     async fn waiting_for_earlier_transactions(&self) -> Result<bool> {
         let pending = *self
             .outbox
             .earlier_pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let Some((target, deadline)) = pending else {
+        let Some((target, expired_after)) = pending else {
             return Ok(false);
         };
-        let (finalized, _) = self
+        let nonces = self
             .chain
             .account_nonces(&self.identity.account_id())
             .await?;
-        if finalized >= target || Instant::now() >= deadline {
+        if nonces.finalized >= target || nonces.at > expired_after {
             *self
                 .outbox
                 .earlier_pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = None;
-            self.outbox.must_align.store(true, Ordering::SeqCst);
             return Ok(false);
         }
         Ok(true)
     }
 
-    /// Sends the outbox, oldest windows first, in batches; a batch leaves the outbox only once
-    /// it is in a finalized block.
+    /// Sends the outbox, oldest windows first, in batches, each aligned with the chain first; a
+    /// window leaves the outbox once its batch is finalized and it was not rejected.
     pub async fn flush_outbox(&self) -> Result<()> {
         if self.waiting_for_earlier_transactions().await? {
             return Ok(());
@@ -179,23 +189,14 @@ impl Executor {
         if entries.is_empty() {
             return Ok(());
         }
-        let aligned = if self.outbox.must_align.load(Ordering::SeqCst) {
-            let aligned = self.align_with_chain(entries).await?;
-            if !aligned.drop.is_empty() {
-                info!(
-                    windows = aligned.drop.len(),
-                    "dropping reports the chain already settled (or no longer bills)"
-                );
-                self.store.remove_from_outbox(&aligned.drop)?;
-            }
-            self.outbox.must_align.store(false, Ordering::SeqCst);
-            aligned
-        } else {
-            Aligned {
-                send: entries.into_iter().map(|(k, r)| (vec![k], r)).collect(),
-                drop: Vec::new(),
-            }
-        };
+        let aligned = self.align_with_chain(entries).await?;
+        if !aligned.drop.is_empty() {
+            info!(
+                windows = aligned.drop.len(),
+                "dropping reports the chain already settled (or no longer bills)"
+            );
+            self.store.remove_from_outbox(&aligned.drop)?;
+        }
         for chunk in aligned.send.chunks(REPORT_BATCH) {
             let reports: Vec<ConsumptionReport> = chunk.iter().map(|(_, r)| r.clone()).collect();
             let call = calls::report_consumption(&reports)?;
@@ -206,21 +207,30 @@ impl Executor {
             {
                 Ok(events) => {
                     self.metrics.sent("consumption");
+                    let mut rejected_contracts = std::collections::BTreeSet::new();
                     for rejected in events.find::<ReportRejected>() {
                         let rejected = rejected?;
                         warn!(contract = rejected.contract, reason = ?rejected.reason, "consumption report rejected; realigning with the chain");
                         self.metrics.failed("consumption_window");
-                        self.outbox.must_align.store(true, Ordering::SeqCst);
-                        self.resync_meter(rejected.contract).await?;
+                        rejected_contracts.insert(rejected.contract);
                     }
-                    let keys: Vec<OutboxKey> =
-                        chunk.iter().flat_map(|(k, _)| k.iter().copied()).collect();
+                    // A rejected contract's windows stay (the next flush realigns them); the
+                    // ones after a rejected window were refused as a gap anyway.
+                    let keys: Vec<OutboxKey> = chunk
+                        .iter()
+                        .filter(|(_, r)| !rejected_contracts.contains(&r.contract))
+                        .flat_map(|(k, _)| k.iter().copied())
+                        .collect();
                     self.store.remove_from_outbox(&keys)?;
+                    for contract in &rejected_contracts {
+                        self.resync_meter(*contract).await?;
+                    }
+                    if !rejected_contracts.is_empty() {
+                        return Ok(());
+                    }
                 }
                 Err(e) => {
-                    // A timed-out batch may still land: wait until it did or expired, then look
-                    // at the chain before resending.
-                    self.outbox.must_align.store(true, Ordering::SeqCst);
+                    // A timed-out batch may still land: wait until it did or expired.
                     if let Err(e) = self.note_earlier_transactions().await {
                         warn!(error = %format!("{e:#}"), "could not check for pending transactions");
                     }
@@ -235,25 +245,34 @@ impl Executor {
         Ok(())
     }
 
-    /// Reads each contract's billing state at the finalized block and aligns the entries.
+    /// Reads each contract's billing state at the finalized block and aligns the entries. A
+    /// view older than one the node already acted on is refused: on a lagging node a live
+    /// contract looks unknown, and its windows would be dropped.
     async fn align_with_chain(
         &self,
         entries: Vec<(OutboxKey, ConsumptionReport)>,
     ) -> Result<Aligned> {
+        let acted_on = self.store.high_water()?.unwrap_or(0);
         let mut billing = BTreeMap::new();
         for ((contract, _), _) in &entries {
             if billing.contains_key(contract) {
                 continue;
             }
-            let state = match self.chain.billing_status(*contract).await? {
+            let (at, status) = self.chain.billing_status_numbered(*contract).await?;
+            if at < acted_on {
+                return Err(StaleChainView { seen: at, acted_on }.into());
+            }
+            let state = match status {
                 None => Billing::Unknown,
                 Some(status) => Billing::BilledUntil(status.billed_until),
             };
             billing.insert(*contract, state);
         }
-        Ok(align(entries, |c| {
-            billing.get(&c).copied().unwrap_or(Billing::Unknown)
-        }))
+        Ok(align(
+            entries,
+            |c| billing.get(&c).copied().unwrap_or(Billing::Unknown),
+            self.chain.max_window_secs(),
+        ))
     }
 
     /// After a rejected window, the open window continues from where the chain says billing
@@ -317,14 +336,18 @@ mod tests {
             report(2, 50, 60, 5),
             report(3, 10, 20, 10),
         ];
-        let aligned = align(entries, |c| match c {
-            // A batch with 100..120 was finalized just before a crash.
-            1 => Billing::BilledUntil(Some(120)),
-            // Nothing settled yet: sent as is.
-            2 => Billing::BilledUntil(None),
-            // Cancelled meanwhile: the chain would reject every window.
-            _ => Billing::Unknown,
-        });
+        let aligned = align(
+            entries,
+            |c| match c {
+                // A batch with 100..120 was finalized just before a crash.
+                1 => Billing::BilledUntil(Some(120)),
+                // Nothing settled yet: sent as is.
+                2 => Billing::BilledUntil(None),
+                // Cancelled meanwhile: the chain would reject every window.
+                _ => Billing::Unknown,
+            },
+            3600,
+        );
         assert_eq!(aligned.drop, vec![(1, 100), (1, 110), (3, 10)]);
         let sent: Vec<_> = aligned
             .send
@@ -340,6 +363,7 @@ mod tests {
         let aligned = align(
             vec![report(7, 110, 120, 10), report(7, 120, 130, 9)],
             |_| Billing::BilledUntil(Some(115)),
+            3600,
         );
         assert!(aligned.drop.is_empty());
         let first = &aligned.send[0].1;
@@ -349,9 +373,11 @@ mod tests {
         );
         assert_eq!(aligned.send[1].1.window_start, 120);
         // A gap (a rejected window was never settled): the next window reaches back to it.
-        let aligned = align(vec![report(7, 130, 140, 10)], |_| {
-            Billing::BilledUntil(Some(120))
-        });
+        let aligned = align(
+            vec![report(7, 130, 140, 10)],
+            |_| Billing::BilledUntil(Some(120)),
+            3600,
+        );
         let r = &aligned.send[0].1;
         assert_eq!(
             (r.window_start, r.window_end, r.uptime_seconds),
@@ -361,7 +387,36 @@ mod tests {
         let aligned = align(
             vec![report(7, 100, 110, 10), report(7, 130, 140, 10)],
             |_| Billing::BilledUntil(None),
+            3600,
         );
         assert_eq!(aligned.send[1].1.window_start, 110);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_chain_allows_is_filled_with_zero_uptime_windows() {
+        // Billed until 1000; the outbox resumes at 10_000 with a 300 s window; windows may be
+        // at most 3600 s long.
+        let aligned = align(
+            vec![report(3, 10_000, 10_300, 300)],
+            |_| Billing::BilledUntil(Some(1_000)),
+            3_600,
+        );
+        let spans: Vec<_> = aligned
+            .send
+            .iter()
+            .map(|(k, r)| (k.len(), r.window_start, r.window_end, r.uptime_seconds))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 1_000, 4_600, 0),
+                (0, 4_600, 8_200, 0),
+                (1, 8_200, 10_300, 300),
+            ]
+        );
+        assert!(aligned
+            .send
+            .iter()
+            .all(|(_, r)| r.window_end - r.window_start <= 3_600));
     }
 }

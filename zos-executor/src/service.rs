@@ -39,11 +39,18 @@ pub struct Executor {
     pub node: NodeId,
     wake: Arc<Notify>,
     pub(crate) outbox: OutboxState,
-    /// Deployment results being reported: (contract, version, encoded outcomes).
-    reports_in_flight: std::sync::Mutex<std::collections::HashSet<(u64, u32, Vec<u8>)>>,
+    /// Contracts whose deployment result is being reported.
+    reports_in_flight: std::sync::Mutex<std::collections::HashSet<zos_primitives::ContractId>>,
     /// Deployment reports waiting for finality at once.
     report_slots: tokio::sync::Semaphore,
 }
+
+/// The chain node behind the RPC says it is still syncing: its state may be far behind.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the chain node is still syncing (its state may be old): nothing is changed until it is done"
+)]
+pub struct NodeSyncing;
 
 /// Connects, retrying until the chain answers: a node may boot before its chain endpoint.
 async fn connect(url: &str) -> Arc<Chain> {
@@ -185,10 +192,10 @@ impl Executor {
         let resync = Duration::from_secs(30);
         loop {
             if let Err(e) = self.reconcile_once().await {
-                if let Some(stale) = e.downcast_ref::<StaleChainView>() {
+                if e.is::<StaleChainView>() || e.is::<NodeSyncing>() {
                     // Nothing to retry quickly: the endpoint has to catch up first.
                     self.metrics.stale_views.inc();
-                    warn!(%stale, "reconcile pass refused");
+                    warn!(reason = %e, "reconcile pass refused");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
@@ -203,6 +210,9 @@ impl Executor {
 
     pub async fn reconcile_once(self: &Arc<Self>) -> Result<()> {
         let started = std::time::Instant::now();
+        if self.chain.is_syncing().await? {
+            return Err(NodeSyncing.into());
+        }
         let (at, desired): (u64, Vec<NodeContract>) =
             self.chain.contracts_of_node(self.node).await?;
         let summary = self.engine.reconcile(desired.clone(), at).await?;
@@ -259,7 +269,9 @@ impl Executor {
         spec: zos_primitives::spec::DeploymentSpec,
         result: DeploymentResult,
     ) {
-        let key = (result.contract, result.version, result.outcomes.encode());
+        // One report per contract at a time, so an older result can never land after a newer
+        // one; a newer result waits for the next pass.
+        let key = result.contract;
         if !self
             .reports_in_flight
             .lock()
@@ -276,6 +288,8 @@ impl Executor {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&key);
+            // The next pass re-queues a newer result, if any.
+            this.wake.notify_one();
         });
     }
 

@@ -262,9 +262,14 @@ impl Store {
         }
         let tx = self.db.begin_write()?;
         {
+            let contracts = tx.open_table(CONTRACTS)?;
             let mut outbox = tx.open_table(OUTBOX)?;
             let mut meters = tx.open_table(METERS)?;
             for sample in samples {
+                // Removed while it was being sampled: its meter must not come back.
+                if contracts.get(sample.contract)?.is_none() {
+                    continue;
+                }
                 for (window_start, report) in &sample.closed {
                     outbox.insert((sample.contract, *window_start), report.as_slice())?;
                 }
@@ -335,6 +340,28 @@ mod tests {
                 window_start: 100,
                 ..Default::default()
             };
+            store
+                .put_contract(&LocalContract {
+                    contract: 3,
+                    spec: DeploymentSpec {
+                        version: 0,
+                        workloads: Default::default(),
+                        metadata: Default::default(),
+                    },
+                    spec_hash: [3; 32],
+                    outcomes: Vec::new(),
+                    serving: true,
+                })
+                .unwrap();
+            // A contract removed meanwhile gets no meter back.
+            store
+                .record_samples(&[MeterSample {
+                    contract: 4,
+                    meter,
+                    closed: vec![(40, b"gone".to_vec())],
+                }])
+                .unwrap();
+            assert_eq!(store.meter(4).unwrap(), None);
             store
                 .record_samples(&[MeterSample {
                     contract: 3,

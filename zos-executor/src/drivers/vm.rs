@@ -75,6 +75,16 @@ pub struct ImageSourcePolicy {
 impl ImageSourcePolicy {
     /// Why `source` is refused, if it is.
     pub fn check(&self, source: &str) -> Result<(), String> {
+        // Nothing that a URL parser or a path resolver could turn into another location.
+        if source.contains("..")
+            || source.contains('%')
+            || source.contains('\\')
+            || source.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "image source {source:?} contains '..', '%', a backslash or whitespace: refused"
+            ));
+        }
         let is_url = source.starts_with("http://") || source.starts_with("https://");
         if self.allowed.is_empty() {
             return if is_url {
@@ -91,7 +101,7 @@ impl ImageSourcePolicy {
                 || source.starts_with(prefix.as_str())
                     && (prefix.ends_with('/') || source[prefix.len()..].starts_with('/'))
         });
-        if allowed && !source.split('/').any(|part| part == "..") {
+        if allowed {
             Ok(())
         } else {
             Err(format!(
@@ -124,6 +134,46 @@ pub fn host_support() -> Result<(), String> {
 
 type Key = (ContractId, Vec<u8>);
 
+/// Crashes in a row, each soon after its start, that make a guest crash-looping: reported as
+/// failed instead of restarted for ever while counted healthy.
+const CRASH_LOOP_LIMIT: u32 = 5;
+/// A guest that ran this long before crashing starts a new count (zos-vm's `stable_after`).
+const STABLE_RUN: Duration = Duration::from_secs(600);
+
+/// Consecutive crashes of one guest, from its events.
+#[derive(Debug, Default)]
+struct CrashCount {
+    started: Option<std::time::Instant>,
+    in_a_row: u32,
+    last_reason: String,
+}
+
+impl CrashCount {
+    fn started(&mut self, at: std::time::Instant) {
+        self.started = Some(at);
+    }
+
+    fn crashed(&mut self, at: std::time::Instant, reason: &str) {
+        let stable = self
+            .started
+            .is_some_and(|s| at.saturating_duration_since(s) >= STABLE_RUN);
+        self.in_a_row = if stable { 1 } else { self.in_a_row + 1 };
+        self.last_reason = reason.to_string();
+    }
+
+    /// Why the guest counts as crash-looping, if it does.
+    fn looping(&self) -> Option<String> {
+        (self.in_a_row >= CRASH_LOOP_LIMIT).then(|| {
+            format!(
+                "guest is crash-looping: {} crashes in a row, each within {} s of starting; last: {}",
+                self.in_a_row,
+                STABLE_RUN.as_secs(),
+                self.last_reason
+            )
+        })
+    }
+}
+
 /// What the driver keeps for one installed VM.
 struct Installed {
     /// The workload as installed: a different one means re-create.
@@ -131,6 +181,7 @@ struct Installed {
     vm: Vm,
     mount: Option<MountHandle>,
     events: JoinHandle<()>,
+    crashes: Arc<StdMutex<CrashCount>>,
     /// Size of each attached disk file as the guest knows it: (id, file, bytes).
     disk_sizes: Vec<(String, PathBuf, u64)>,
 }
@@ -437,9 +488,18 @@ impl VmDriver {
         Ok(cfg)
     }
 
-    fn forward_events(&self, vm: &Vm, workload: String, contract: ContractId) -> JoinHandle<()> {
+    fn forward_events(
+        &self,
+        vm: &Vm,
+        workload: String,
+        contract: ContractId,
+        crashes: Arc<StdMutex<CrashCount>>,
+    ) -> JoinHandle<()> {
         let mut rx = vm.events();
         let metrics = self.metrics.clone();
+        let count = move |f: &dyn Fn(&mut CrashCount)| {
+            f(&mut crashes.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -451,6 +511,7 @@ impl VmDriver {
                         ..
                     }) => {
                         metrics.vm_crashes.inc();
+                        count(&|c| c.crashed(std::time::Instant::now(), &reason));
                         warn!(contract, %workload, %reason, restarts, ?restart_in, "guest crashed; restarting it");
                     }
                     Ok(VmEvent::RestartFailed {
@@ -464,6 +525,7 @@ impl VmDriver {
                         restarts,
                         ..
                     }) => {
+                        count(&|c| c.started(std::time::Instant::now()));
                         info!(contract, %workload, pid, %accel, restarts, "guest started");
                     }
                     Ok(other) => tracing::debug!(contract, %workload, event = ?other, "vm event"),
@@ -490,7 +552,12 @@ impl VmDriver {
                 // Keep everything so the next call retries.
                 let err = e.context(format!("stopping VM {}", inst.vm.name()));
                 *slot = Some(Installed {
-                    events: self.forward_events(&inst.vm, name_str(w), ctx.contract),
+                    events: self.forward_events(
+                        &inst.vm,
+                        name_str(w),
+                        ctx.contract,
+                        inst.crashes.clone(),
+                    ),
                     ..inst
                 });
                 return Err(transient(err));
@@ -575,7 +642,8 @@ impl VmDriver {
                 return Err(transient(e.context("creating the VM")));
             }
         };
-        let events = self.forward_events(&vm, name_str(w), ctx.contract);
+        let crashes = Arc::new(StdMutex::new(CrashCount::default()));
+        let events = self.forward_events(&vm, name_str(w), ctx.contract, crashes.clone());
         if let Err(e) = vm.start().await {
             events.abort();
             unmount(mount).await?;
@@ -588,6 +656,7 @@ impl VmDriver {
             vm,
             mount: Some(mount),
             events,
+            crashes,
             disk_sizes,
         });
         Ok(())
@@ -667,6 +736,15 @@ impl Driver for VmDriver {
             return Ok(Observed::Broken(
                 "the installed VM was made from another spec".into(),
             ));
+        }
+        let looping = inst
+            .crashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .looping();
+        if let Some(reason) = looping {
+            // Restarting it again would hide the failure: the deployer needs to fix the spec.
+            return Err(DriverError::Permanent(reason));
         }
         Ok(match inst.vm.state().await {
             VmState::Running => {
@@ -761,6 +839,31 @@ mod tests {
         ));
     }
 
+    /// A guest that keeps crashing soon after it starts is crash-looping after five crashes in
+    /// a row; one that ran for a stable while starts a new count.
+    #[test]
+    fn crash_loops_are_recognised() {
+        let t0 = std::time::Instant::now();
+        let mut c = CrashCount::default();
+        for i in 0..CRASH_LOOP_LIMIT {
+            assert!(c.looping().is_none(), "after {i} crashes");
+            let start = t0 + Duration::from_secs(u64::from(i) * 10);
+            c.started(start);
+            c.crashed(start + Duration::from_secs(3), "entrypoint exited with 1");
+        }
+        let reason = c.looping().expect("crash-looping");
+        assert!(
+            reason.contains("5 crashes in a row") && reason.contains("exited with 1"),
+            "{reason}"
+        );
+        // A long stable run resets the count.
+        let later = t0 + Duration::from_secs(1_000);
+        c.started(later);
+        c.crashed(later + STABLE_RUN, "oom");
+        assert_eq!(c.in_a_row, 1);
+        assert!(c.looping().is_none());
+    }
+
     /// Specs are untrusted: by default they may name hubs only, never a path on the node.
     #[test]
     fn image_sources_follow_the_node_policy() {
@@ -795,6 +898,8 @@ mod tests {
         assert!(narrow.check(path).is_ok());
         assert!(narrow.check(&format!("{path}2")).is_err());
         assert!(narrow.check(&format!("{path}/../other")).is_err());
+        assert!(narrow.check("https://hub.example/%2e%2e/x").is_err());
+        assert!(narrow.check("https://hub.example/a\\..\\b").is_err());
         assert!(open_source(path, &narrow).is_ok());
     }
 }
