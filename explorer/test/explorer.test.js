@@ -10,8 +10,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import puppeteer from 'puppeteer-core';
 import { Keyring } from '@polkadot/keyring';
@@ -73,9 +73,10 @@ after(async () => {
   await executor?.stop();
   await chain?.stop();
   server?.server.close();
-  if (process.exitCode && dir) {
-    console.log(`---- node log\n${tail(chain.logPath)}`);
-    if (executor) console.log(`---- executor log\n${tail(executor.logPath)}`);
+  // The chain's and the executor's logs are kept next to the screenshots.
+  mkdirSync(join(out, 'logs'), { recursive: true });
+  for (const log of [chain?.logPath, executor?.logPath]) {
+    if (log && existsSync(log)) copyFileSync(log, join(out, 'logs', basename(log)));
   }
   if (dir) removeDir(dir);
 });
