@@ -461,6 +461,21 @@ test('an account of the browser extension signs (an injected extension holding /
   await context.close();
 });
 
+test('a required signer rejects a new contract in the UI: it ends as Rejected', async () => {
+  const spec = { version: 0, metadata: 'explorer test: rejected', workloads: [{ name: 'data', kind: { Disk: { sizeMib: 64 } } }] };
+  const signers = [k.alice, k.bob].map((x) => ({ account: x.address, weight: 1, required: true }));
+  const events = await submitInBlock(api, api.tx.deployments.create(s.nodeId, spec, signers, 2), k.alice);
+  const id = events.find((e) => e.section === 'deployments' && e.method === 'ContractCreated').data.contract.toNumber();
+  const bob = ctx.bob.page;
+  await go(bob, `#/contract/${id}`);
+  await waitText(bob, sel('contract-state'), /^PendingApproval$/);
+  await page$(bob, sel('hash-verified'));
+  await clickEnabled(bob, sel('reject'));
+  await waitUntil('the contract removed', 30_000, async () => (await api.query.deployments.contracts(id)).isNone);
+  await waitText(bob, sel('not-found'), /Cancelled at block \d+ \(Rejected\)/, 60_000);
+  await shot(bob, '26-contract-rejected');
+});
+
 async function page$(page, selector, timeout = 30_000) {
   return page.waitForSelector(selector, { timeout });
 }

@@ -160,7 +160,7 @@ export function ContractPage({ id }: { id: number }) {
       {billing ? (
         <dl data-testid="billing">
           <Field k="billed until">{new Date(Number(billing.lastReport.windowEnd.toBigInt()) * 1000).toLocaleString()}</Field>
-          <Field k="last report">window {String(billing.lastReport.windowStart)}–{String(billing.lastReport.windowEnd)} s, uptime {String(billing.lastReport.uptimeSeconds)} s,
+          <Field k="last report">window {new Date(Number(billing.lastReport.windowStart.toBigInt()) * 1000).toLocaleTimeString()}–{new Date(Number(billing.lastReport.windowEnd.toBigInt()) * 1000).toLocaleTimeString()}, uptime {String(billing.lastReport.uptimeSeconds)} s,
             traffic in {formatBytes(billing.lastReport.publicBytesIn.toBigInt())} / out {formatBytes(billing.lastReport.publicBytesOut.toBigInt())}</Field>
           <Field k="debt" testid="debt">{formatBalance(billing.debt.toBigInt(), 6)}</Field>
           <Field k="grace period">{graceSince !== null ? <span class="error">since block {graceSince}</span> : 'no'}</Field>
