@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates zos-executor/metadata/zos-runtime.scale (the metadata the executor's static subxt
-# code is generated from) from the runtime built in this workspace. The executor's test
+# Regenerates zos-client/metadata/zos-runtime.scale (the metadata the chain client's static
+# subxt code is generated from) from the runtime built in this workspace. The client's test
 # `metadata_matches_runtime` fails when the committed file is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 node="${ZOS_CHAIN_NODE_BIN:-$CARGO_TARGET_DIR/${CARGO_PROFILE:-ci}/zos-chain-node}"
-out="zos-executor/metadata/zos-runtime.scale"
+out="zos-client/metadata/zos-runtime.scale"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$node" --dev --tmp --rpc-port "$port" --listen-addr /ip4/127.0.0.1/tcp/0 --no-prometheus \
   --no-telemetry --no-mdns >/dev/null 2>&1 &

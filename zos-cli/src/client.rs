@@ -152,7 +152,7 @@ impl Chain {
     }
 
     pub async fn free_balance(&self, account: &AccountId32) -> Result<u128> {
-        use zos_executor::chain::runtime;
+        use zos_client::chain::runtime;
         let at = self.api.at_current_block().await?;
         let info = at
             .storage()

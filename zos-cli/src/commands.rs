@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value as Json};
 use subxt::{dynamic::At, ext::scale_value::Value, utils::AccountId32};
 use subxt_signer::sr25519::Keypair;
-use zos_executor::chain::{convert, runtime};
+use zos_client::chain::{convert, runtime};
 use zos_primitives::{
     billing::ContractBillingStatus,
     contracts::{ContractState, ContractSummary},
@@ -112,7 +112,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::Key(KeyCmd::New { path }) => {
-            let id = zos_executor::identity::NodeIdentity::load_or_create(&path)?;
+            let id = zos_client::identity::NodeIdentity::load_or_create(&path)?;
             let account = id.account_id().to_string();
             Out::new(
                 json!({ "account": account, "box_key": hex::encode(id.box_public), "path": path.display().to_string() }),

@@ -424,7 +424,10 @@ impl Engine {
                 .converge_workload(&ctx, previous.get(&name), w, serving)
                 .await;
             match outcome {
-                Ok(()) => outcomes.push((name, WorkloadOutcome::Ok)),
+                Ok(()) => {
+                    outcomes.push((name, WorkloadOutcome::Ok));
+                    failpoint("install-midway");
+                }
                 Err(DriverError::Permanent(reason)) => {
                     warn!(workload = %String::from_utf8_lossy(&name), %reason, "workload failed");
                     outcomes.push((name, WorkloadOutcome::Failed(reason)));
@@ -639,7 +642,7 @@ impl Engine {
         for w in list {
             let Ok(driver) = self.driver(w) else { continue };
             match self.with_retries("remove", || driver.remove(&ctx, w)).await {
-                Ok(()) => {}
+                Ok(()) => failpoint("remove-midway"),
                 Err(DriverError::Transient(_)) => return Ok(ContractOutcome::Pending),
                 Err(DriverError::Permanent(reason)) => {
                     warn!(%reason, "removal failed permanently; forgetting it")
@@ -655,6 +658,15 @@ impl Engine {
         self.store.remove_contract(gone.contract)?;
         info!("contract removed");
         Ok(ContractOutcome::Removed)
+    }
+}
+
+/// Fault injection for the crash tests: the process aborts (as under kill -9: no cleanup) at
+/// the named point when `ZOS_FAILPOINT` names it. Never set outside tests.
+fn failpoint(name: &str) {
+    if std::env::var_os("ZOS_FAILPOINT").is_some_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
     }
 }
 

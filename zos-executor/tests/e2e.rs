@@ -522,3 +522,86 @@ async fn the_follower_skips_blocks_whose_state_was_pruned() -> Result<()> {
     ensure!(executor.is_running());
     Ok(())
 }
+
+/// kill -9 in the middle of an install and in the middle of a removal (the process aborts at
+/// a fault-injection point right after one of two disks was made, and right after one of them
+/// was removed): each restart converges, and nothing of the contract is left at the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_install_or_mid_remove_leaves_nothing_behind() -> Result<()> {
+    const CRASH_MID_INSTALL: ExecutorOptions = ExecutorOptions {
+        env: &[("ZOS_FAILPOINT", "install-midway")],
+        ..EXECUTOR
+    };
+    const CRASH_MID_REMOVE: ExecutorOptions = ExecutorOptions {
+        env: &[("ZOS_FAILPOINT", "remove-midway")],
+        ..EXECUTOR
+    };
+    let chain = ChainNode::start(NodeOptions::default())?;
+    let grid = setup_farm(&chain, b"crash-farm").await?;
+    let dir = tempfile::tempdir()?;
+    let account = funded_identity(&grid.api, dir.path()).await?;
+    let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, CRASH_MID_INSTALL)?;
+    let node = online_node(&grid.api, &account, POLLING).await?;
+
+    let spec: DeploymentSpec = serde_json::from_str(
+        r#"{"version":0,"workloads":[
+            {"name":"a","kind":{"disk":{"size_mib":64}}},
+            {"name":"b","kind":{"disk":{"size_mib":64}}}]}"#,
+    )?;
+    let contract = create_approved_contract(&grid.api, node, &spec).await?;
+    let contract_dir = dir.path().join("contracts").join(contract.to_string());
+    let disk = |name: &str| contract_dir.join(format!("disks/{name}.raw"));
+    POLLING
+        .until("the crash mid-install", Duration::from_secs(90), || {
+            let running = executor.is_running();
+            async move { Ok((!running).then_some(())) }
+        })
+        .await?;
+    ensure!(
+        disk("a").exists() && !disk("b").exists(),
+        "not stopped between the two disks"
+    );
+    drop(executor);
+
+    // Restart: the install completes; then a crash in the middle of removing it.
+    let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, CRASH_MID_REMOVE)?;
+    POLLING
+        .until(
+            "Deployed after the crash",
+            Duration::from_secs(120),
+            || async {
+                Ok(matches!(
+                    state_of(&grid.api, node, contract).await?,
+                    Some(ContractState::Deployed)
+                )
+                .then_some(()))
+            },
+        )
+        .await?;
+    ensure!(disk("a").exists() && disk("b").exists());
+    cancel(&grid.api, contract, POLLING).await?;
+    POLLING
+        .until("the crash mid-remove", Duration::from_secs(90), || {
+            let running = executor.is_running();
+            async move { Ok((!running).then_some(())) }
+        })
+        .await?;
+    ensure!(
+        disk("a").exists() && !disk("b").exists(),
+        "not stopped between the two removals"
+    );
+    drop(executor);
+
+    // Restart without faults: the removal completes, nothing of the contract is left.
+    let _executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
+    POLLING
+        .until(
+            "the contract directory removed",
+            Duration::from_secs(90),
+            || async { Ok((!contract_dir.exists()).then_some(())) },
+        )
+        .await?;
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("contracts"))?.collect();
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! cgroup v2 limits for a VM's processes: `<root>/zos/<vm>` with `cpu.max` (vCPUs worth of
-//! CPU time) and `memory.max` (guest memory plus hypervisor overhead).
+//! CPU time), `memory.max` (guest memory plus hypervisor overhead) and, where the `pids`
+//! controller is delegated, `pids.max` (threads of QEMU and virtiofsd).
 //!
 //! Applied only where the unified hierarchy is mounted at the root given (default
 //! `/sys/fs/cgroup`), is writable and delegates the `cpu` and `memory` controllers. Otherwise
@@ -58,6 +59,10 @@ pub fn apply(root: &Path, name: &str, vcpus: u32, memory_mib: u64, pids: &[u32])
     }
 }
 
+/// Tasks (threads included) a VM's host processes may have: QEMU's vCPU, I/O and worker
+/// threads and virtiofsd's pool stay far below; a runaway helper does not take the host's.
+pub const PIDS_MAX: u32 = 1024;
+
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
 }
@@ -71,8 +76,15 @@ fn apply_inner(
 ) -> Result<PathBuf> {
     let parent = root.join("zos");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    write(&root.join("cgroup.subtree_control"), "+cpu +memory")?;
-    write(&parent.join("cgroup.subtree_control"), "+cpu +memory")?;
+    let pids_controller =
+        controllers(root).is_some_and(|c| c.split_whitespace().any(|x| x == "pids"));
+    let enable = if pids_controller {
+        "+cpu +memory +pids"
+    } else {
+        "+cpu +memory"
+    };
+    write(&root.join("cgroup.subtree_control"), enable)?;
+    write(&parent.join("cgroup.subtree_control"), enable)?;
     let dir = parent.join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let period = 100_000u64;
@@ -82,6 +94,9 @@ fn apply_inner(
     )?;
     let mem = (memory_mib << 20) + overhead_bytes(memory_mib);
     write(&dir.join("memory.max"), &mem.to_string())?;
+    if pids_controller {
+        write(&dir.join("pids.max"), &PIDS_MAX.to_string())?;
+    }
     for pid in pids {
         write(&dir.join("cgroup.procs"), &pid.to_string())?;
     }
@@ -132,5 +147,9 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(mem, (512 << 20) + overhead_bytes(512));
+        assert_eq!(
+            std::fs::read_to_string(cg.join("pids.max")).unwrap(),
+            PIDS_MAX.to_string()
+        );
     }
 }

@@ -134,6 +134,28 @@ pub fn host_support() -> Result<(), String> {
 
 type Key = (ContractId, Vec<u8>);
 
+/// How long a missing image (404 from its hub) is retried before the deployment fails: a
+/// deployer may approve a contract before the image push has finished.
+const IMAGE_MISSING_GRACE: Duration = Duration::from_secs(600);
+
+/// The image's hub does not have it (yet).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ImageMissing(String);
+
+/// Classifies a missing image by how long it has been missing: transient within the grace,
+/// permanent after it.
+fn classify_missing(error: anyhow::Error, missing_for: Duration) -> DriverError {
+    if missing_for >= IMAGE_MISSING_GRACE {
+        DriverError::permanent(format!(
+            "{error:#} (still missing after {} s)",
+            missing_for.as_secs()
+        ))
+    } else {
+        DriverError::Transient(error)
+    }
+}
+
 /// Crashes in a row, each soon after its start, that make a guest crash-looping: reported as
 /// failed instead of restarted for ever while counted healthy.
 const CRASH_LOOP_LIMIT: u32 = 5;
@@ -192,6 +214,8 @@ pub struct VmDriver {
     hypervisor: tokio::sync::OnceCell<Arc<dyn Hypervisor>>,
     /// One slot per workload so calls on different VMs do not wait for each other.
     slots: StdMutex<HashMap<Key, Arc<Mutex<Option<Installed>>>>>,
+    /// When each workload's image was first found missing from its hub.
+    image_missing_since: StdMutex<HashMap<Key, std::time::Instant>>,
 }
 
 fn name_str(w: &Workload) -> String {
@@ -279,7 +303,11 @@ fn mount_image(
     let remote = source.starts_with("http");
     let sources = vec![store];
     let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
-        E::RootMismatch { .. } | E::ImageNotFound(_) | E::Format(_) | E::Signature(_) => {
+        // Perhaps not pushed yet: retried for a while before the deployment fails.
+        E::ImageNotFound(_) => transient(anyhow!(ImageMissing(format!(
+            "image {root} is not on {source}"
+        )))),
+        E::RootMismatch { .. } | E::Format(_) | E::Signature(_) => {
             DriverError::permanent(format!("image from {source} refused: {e}"))
         }
         other => transient(
@@ -363,6 +391,7 @@ impl VmDriver {
             metrics,
             hypervisor: tokio::sync::OnceCell::new(),
             slots: StdMutex::new(HashMap::new()),
+            image_missing_since: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -375,8 +404,15 @@ impl VmDriver {
     }
 
     fn forget(&self, ctx: &WorkloadCtx, w: &Workload) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.remove(&(ctx.contract, w.name.as_bytes().to_vec()));
+        let key = (ctx.contract, w.name.as_bytes().to_vec());
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        self.image_missing_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
 
     /// The hypervisor, prepared on first use: guest assets (kernel fetch, initramfs build) and
@@ -672,7 +708,25 @@ impl Driver for VmDriver {
     async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
         let slot = self.slot(ctx, workload);
         let mut slot = slot.lock().await;
-        self.install_locked(ctx, workload, &mut slot).await
+        let key = (ctx.contract, workload.name.as_bytes().to_vec());
+        match self.install_locked(ctx, workload, &mut slot).await {
+            Err(DriverError::Transient(e)) if e.is::<ImageMissing>() => {
+                let since = *self
+                    .image_missing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key)
+                    .or_insert_with(std::time::Instant::now);
+                Err(classify_missing(e, since.elapsed()))
+            }
+            other => {
+                self.image_missing_since
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                other
+            }
+        }
     }
 
     /// Any change of the VM itself needs a new guest (its configuration is read at boot):
@@ -837,6 +891,26 @@ mod tests {
             open_source("/nonexistent-store", &anywhere),
             Err(DriverError::Permanent(_))
         ));
+    }
+
+    /// A missing image (its hub answers 404) may just not be pushed yet: retried, and only
+    /// permanent once it stayed missing for the grace period.
+    #[test]
+    fn a_missing_image_is_retried_for_a_while_then_fails() {
+        let missing = || anyhow!(ImageMissing("image 11.. is not on http://hub".into()));
+        assert!(matches!(
+            classify_missing(missing(), Duration::from_secs(30)),
+            DriverError::Transient(_)
+        ));
+        match classify_missing(missing(), IMAGE_MISSING_GRACE) {
+            DriverError::Permanent(reason) => {
+                assert!(
+                    reason.contains("is not on") && reason.contains("still missing"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A guest that keeps crashing soon after it starts is crash-looping after five crashes in

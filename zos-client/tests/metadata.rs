@@ -1,4 +1,4 @@
-//! The committed metadata the executor's static code is generated from must match the runtime
+//! The committed metadata the client's static code is generated from must match the runtime
 //! built in this workspace. Refresh with `scripts/refresh-metadata.sh`.
 
 use anyhow::{ensure, Result};
@@ -10,8 +10,8 @@ async fn metadata_matches_runtime() -> Result<()> {
     let api = client::connect(&node.ws_url()).await?;
     let at = api.at_current_block().await?;
     ensure!(
-        zos_executor::chain::runtime::is_codegen_valid_for(at.metadata_ref()),
-        "zos-executor/metadata/zos-runtime.scale is stale: run scripts/refresh-metadata.sh"
+        zos_client::chain::runtime::is_codegen_valid_for(at.metadata_ref()),
+        "zos-client/metadata/zos-runtime.scale is stale: run scripts/refresh-metadata.sh"
     );
     Ok(())
 }

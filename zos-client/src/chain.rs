@@ -1,5 +1,5 @@
-//! The executor's only door to the chain: a subxt client with static code generated from the
-//! committed runtime metadata (`metadata/zos-runtime.scale`, refreshed by
+//! The door to the chain for the executor, the CLI and the tests: a subxt client with static
+//! code generated from the committed runtime metadata (`metadata/zos-runtime.scale`, refreshed by
 //! `scripts/refresh-metadata.sh`; a test fails when it no longer matches the runtime).
 //!
 //! Reads happen at the latest FINALIZED block. Writes are signed with the node key, mortal
