@@ -1,0 +1,272 @@
+//! Links, addresses and routes over rtnetlink; taps through the tun driver's ioctls. Every
+//! helper is idempotent: "already exists" and "already gone" are success.
+
+use std::{
+    ffi::CString,
+    fs::OpenOptions,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::{
+        link::{LinkAttribute, LinkMessage},
+        route::{RouteAttribute, RouteMessage},
+        AddressFamily,
+    },
+    Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::netns;
+
+/// A netlink handle for the namespace at `ns`, or for ours. Needs a tokio runtime.
+pub async fn handle(ns: Option<&Path>) -> Result<Handle> {
+    let (connection, handle, _) = match ns {
+        None => rtnetlink::new_connection().context("opening rtnetlink")?,
+        Some(ns) => {
+            let runtime = tokio::runtime::Handle::current();
+            let ns = ns.to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                netns::run_in(&ns, move || {
+                    let _entered = runtime.enter();
+                    rtnetlink::new_connection().context("opening rtnetlink")
+                })
+            })
+            .await??
+        }
+    };
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn errno_is(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == errno)
+}
+
+/// The index of the link called `name`, if it exists.
+pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>> {
+    Ok(get(h, name).await?.map(|m| m.header.index))
+}
+
+pub async fn get(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link),
+        Err(e) if errno_is(&e, libc::ENODEV) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
+}
+
+/// Names of all links whose name starts with `prefix`.
+pub async fn names_with_prefix(h: &Handle, prefix: &str) -> Result<Vec<String>> {
+    let mut links = h.link().get().execute();
+    let mut names = vec![];
+    while let Some(link) = links.try_next().await.context("listing links")? {
+        for attr in link.attributes {
+            if let LinkAttribute::IfName(name) = attr {
+                if name.starts_with(prefix) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+async fn require(h: &Handle, name: &str) -> Result<u32> {
+    index(h, name)
+        .await?
+        .with_context(|| format!("link {name} vanished"))
+}
+
+/// A bridge called `name`, up.
+pub async fn ensure_bridge(h: &Handle, name: &str) -> Result<u32> {
+    if index(h, name).await?.is_none() {
+        let add = h.link().add(LinkBridge::new(name).build()).execute().await;
+        match add {
+            Err(e) if !errno_is(&e, libc::EEXIST) => {
+                return Err(e).with_context(|| format!("creating bridge {name}"))
+            }
+            _ => {}
+        }
+    }
+    let index = require(h, name).await?;
+    set_up(h, index).await?;
+    Ok(index)
+}
+
+/// A veth pair `name` <-> `peer`, both in this namespace (unless `peer` already moved).
+pub async fn ensure_veth(h: &Handle, name: &str, peer: &str) -> Result<u32> {
+    if index(h, name).await?.is_none() {
+        let add = h
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await;
+        match add {
+            Err(e) if !errno_is(&e, libc::EEXIST) => {
+                return Err(e).with_context(|| format!("creating veth {name}"))
+            }
+            _ => {}
+        }
+    }
+    require(h, name).await
+}
+
+pub async fn set_up(h: &Handle, index: u32) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .context("setting a link up")
+}
+
+/// Puts link `index` on bridge `bridge`.
+pub async fn set_master(h: &Handle, index: u32, bridge: u32) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).controller(bridge).build())
+        .execute()
+        .await
+        .context("adding a link to a bridge")
+}
+
+/// Moves link `index` into the namespace at `ns`.
+pub async fn move_to(h: &Handle, index: u32, ns: &Path) -> Result<()> {
+    let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(file.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .context("moving a link into a namespace")
+}
+
+/// Deletes the link called `name`; fine when it does not exist.
+pub async fn delete(h: &Handle, name: &str) -> Result<()> {
+    let Some(index) = index(h, name).await? else {
+        return Ok(());
+    };
+    match h.link().del(index).execute().await {
+        Err(e) if !errno_is(&e, libc::ENODEV) => {
+            Err(e).with_context(|| format!("deleting link {name}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sets `addr/prefix` on link `index` (kept when already there).
+pub async fn ensure_address(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+    {
+        Err(e) if !errno_is(&e, libc::EEXIST) => {
+            Err(e).with_context(|| format!("adding address {addr}/{prefix}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Routes `dest` through link `index` (replacing any route for `dest`).
+pub async fn replace_route(h: &Handle, dest: Ipv4Net, index: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest.network(), dest.prefix_len())
+        .output_interface(index)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("routing {dest}"))
+}
+
+/// The IPv4 destinations routed through link `index` in the main table.
+pub async fn routes_via(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, RouteMessage)>> {
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut found = vec![];
+    while let Some(route) = routes.try_next().await.context("listing routes")? {
+        if route.header.address_family != AddressFamily::Inet {
+            continue;
+        }
+        let mut oif = None;
+        let mut dst = None;
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Destination(
+                    rtnetlink::packet_route::route::RouteAddress::Inet(a),
+                ) => dst = Some(*a),
+                _ => {}
+            }
+        }
+        if oif == Some(index) {
+            if let Some(dst) = dst {
+                if let Ok(net) = Ipv4Net::new(dst, route.header.destination_prefix_length) {
+                    found.push((net, route));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+pub async fn delete_route(h: &Handle, route: RouteMessage) -> Result<()> {
+    match h.route().del(route).execute().await {
+        Err(e) if !errno_is(&e, libc::ESRCH) => Err(e).context("deleting a route"),
+        _ => Ok(()),
+    }
+}
+
+/// A persistent tap called `name` (in this thread's namespace), usable by `owner` when given,
+/// so that a hypervisor opens it by name. Fine when it exists.
+pub fn create_tap(name: &str, owner: Option<u32>) -> Result<()> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .context("opening /dev/net/tun")?;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let c = CString::new(name)?;
+    let bytes = c.as_bytes_with_nul();
+    anyhow::ensure!(bytes.len() <= libc::IFNAMSIZ, "tap name {name:?} too long");
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a valid tun fd and an ifreq-sized buffer, as TUNSETIFF expects.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating tap {name}"));
+    }
+    if let Some(uid) = owner {
+        // SAFETY: TUNSETOWNER takes the uid by value.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOWNER, uid as libc::c_ulong) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting the tap's owner");
+        }
+    }
+    // SAFETY: TUNSETPERSIST takes a flag by value.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("making the tap persistent");
+    }
+    Ok(())
+}

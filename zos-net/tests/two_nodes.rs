@@ -1,0 +1,430 @@
+//! Two nodes on one host, each in its own underlay namespace joined by a link with
+//! documentation addresses; namespaces stand in for VMs on the networks' bridges. Needs root,
+//! nftables and WireGuard (kernel module or wireguard-go); traffic stays in these namespaces.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use zeroize::Zeroizing;
+use zos_net::{NetError, NetId, NetworkConfig, Networks, Peer, Prefix};
+
+const NAMESPACES: [&str; 5] = ["znt-u1", "znt-u2", "znt-vm1", "znt-vm2", "znt-vm3"];
+
+fn run(cmd: &[&str]) -> std::process::Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn ok(cmd: &[&str]) {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(cmd);
+    run(&full)
+}
+
+fn pings(ns: &str, target: &str) -> bool {
+    in_ns(ns, &["busybox", "ping", "-c", "1", "-W", "1", target])
+        .status
+        .success()
+}
+
+/// Pings until one answer, for up to `secs` (a WireGuard handshake takes a round trip).
+fn eventually_pings(ns: &str, target: &str, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if pings(ns, target) {
+            return true;
+        }
+    }
+    false
+}
+
+/// What a failed connectivity check needs: every namespace's addresses, routes and tunnels.
+fn diagnose() -> String {
+    let mut text = String::new();
+    let mut all: Vec<String> = NAMESPACES.iter().map(|s| s.to_string()).collect();
+    let listed = run(&["ip", "netns", "list"]);
+    all.extend(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with("ta-") || n.starts_with("tb-"))
+            .map(String::from),
+    );
+    for ns in all {
+        for cmd in [
+            &["ip", "-br", "addr"][..],
+            &["ip", "route"],
+            &["wg", "show"],
+            &["ss", "-uln"],
+        ] {
+            let out = in_ns(&ns, cmd);
+            text += &format!(
+                "--- {ns}: {}\n{}{}",
+                cmd.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    text
+}
+
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::env::var_os("ZOS_NET_TEST_KEEP").is_some() {
+            return; // left for debugging
+        }
+        for ns in NAMESPACES {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+fn random_key() -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut key[..])
+        .unwrap();
+    key
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn node_network(
+    id: &str,
+    subnet: &str,
+    port: u16,
+    key: &Zeroizing<[u8; 32]>,
+    peers: Vec<Peer>,
+) -> NetworkConfig {
+    NetworkConfig {
+        id: NetId::new(id).unwrap(),
+        ip_range: net("10.77.0.0/16"),
+        subnet: net(subnet),
+        listen_port: port,
+        private_key: key.clone(),
+        peers,
+    }
+}
+
+/// A namespace standing in for a VM: a veth whose other end the node attaches to a network.
+async fn vm_stand_in(node: &Networks, underlay: &str, network: &NetId, vm: &str, addr: &str) {
+    let port = format!("{vm}p");
+    let _ = run(&["ip", "netns", "add", vm]);
+    ok(&[
+        "ip", "link", "add", &port, "netns", underlay, "type", "veth", "peer", "eth0", "netns", vm,
+    ]);
+    node.attach_port(network, &port).await.unwrap();
+    ok(&["ip", "-n", vm, "addr", "add", addr, "dev", "eth0"]);
+    ok(&["ip", "-n", vm, "link", "set", "eth0", "up"]);
+    ok(&["ip", "-n", vm, "link", "set", "lo", "up"]);
+    let gw = format!("{}.1", addr.rsplit_once('.').unwrap().0);
+    ok(&["ip", "-n", vm, "route", "add", "default", "via", &gw]);
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_private_network_and_nothing_else() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !have("nft") {
+        eprintln!("skipped: needs root and nftables");
+        return;
+    }
+    drop(Cleanup); // namespaces of an aborted earlier run
+    let _cleanup = Cleanup;
+    for ns in &NAMESPACES[..2] {
+        ok(&["ip", "netns", "add", ns]);
+        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    ok(&[
+        "ip", "link", "add", "eth0", "netns", "znt-u1", "type", "veth", "peer", "eth0", "netns",
+        "znt-u2",
+    ]);
+    for (ns, addr) in [("znt-u1", "198.51.100.1/24"), ("znt-u2", "198.51.100.2/24")] {
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);
+        ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = |prefix: &'static str, underlay: &'static str| {
+        let run_dir = dir.path().join(prefix);
+        async move {
+            let prefix = Prefix::new(prefix).unwrap();
+            let u = PathBuf::from(format!("/run/netns/{underlay}"));
+            // Leftovers of an aborted earlier run go first.
+            Networks::new(prefix.clone(), Some(u.clone()), run_dir.clone())
+                .await
+                .unwrap()
+                .remove_all()
+                .await
+                .unwrap();
+            Networks::new(prefix, Some(u), run_dir).await.unwrap()
+        }
+    };
+    let n1 = node("ta", "znt-u1").await;
+    let n2 = node("tb", "znt-u2").await;
+    let Some(backend) = n1.backend() else {
+        panic!("no WireGuard on this host: install wireguard-go (scripts/setup-toolchain.sh)");
+    };
+    eprintln!("WireGuard backend: {}", backend.as_str());
+
+    let (k1, k2) = (random_key(), random_key());
+    let pub_of = |k: &Zeroizing<[u8; 32]>| zos_net::wireguard::public_key(k);
+    let endpoint = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+    let mut cfg1 = node_network(
+        "0000000a01",
+        "10.77.1.0/24",
+        51801,
+        &k1,
+        vec![Peer {
+            public_key: pub_of(&k2),
+            endpoint: endpoint("198.51.100.2:51802"),
+            allowed_ips: vec![net("10.77.2.0/24")],
+        }],
+    );
+    let cfg2 = node_network(
+        "0000000b01",
+        "10.77.2.0/24",
+        51802,
+        &k2,
+        vec![Peer {
+            public_key: pub_of(&k1),
+            endpoint: endpoint("198.51.100.1:51801"),
+            allowed_ips: vec![net("10.77.1.0/24")],
+        }],
+    );
+    let started = Instant::now();
+    n1.apply(&cfg1).await.unwrap();
+    n2.apply(&cfg2).await.unwrap();
+    eprintln!("both networks up in {:?}", started.elapsed());
+    // Applying again changes nothing and fails nothing.
+    n1.apply(&cfg1).await.unwrap();
+    assert!(n1.is_up(&cfg1.id).await.unwrap());
+
+    vm_stand_in(&n1, "znt-u1", &cfg1.id, "znt-vm1", "10.77.1.2/24").await;
+    vm_stand_in(&n2, "znt-u2", &cfg2.id, "znt-vm2", "10.77.2.2/24").await;
+    let t = Instant::now();
+    assert!(
+        eventually_pings("znt-vm1", "10.77.2.2", 20),
+        "VM to VM across WireGuard\n{}",
+        diagnose()
+    );
+    eprintln!("first ping across nodes after {:?}", t.elapsed());
+    assert!(pings("znt-vm2", "10.77.1.2"));
+
+    // A file moves across the tunnel unchanged.
+    let site = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..1_048_576u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(site.path().join("blob"), &blob).unwrap();
+    let mut httpd = Command::new("ip")
+        .args([
+            "netns", "exec", "znt-vm2", "busybox", "httpd", "-f", "-p", "8080", "-h",
+        ])
+        .arg(site.path())
+        .spawn()
+        .unwrap();
+    let mut fetched = vec![];
+    for _ in 0..50 {
+        let out = in_ns(
+            "znt-vm1",
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://10.77.2.2:8080/blob",
+            ],
+        );
+        if out.status.success() {
+            fetched = out.stdout;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+    assert!(
+        fetched == blob,
+        "the file arrived changed ({} bytes)",
+        fetched.len()
+    );
+
+    // A VM reaches neither its node nor the underlay, routed or directly on the bridge.
+    assert!(
+        !pings("znt-vm1", "198.51.100.1"),
+        "VM reached its node's underlay address"
+    );
+    assert!(
+        !pings("znt-vm1", "198.51.100.2"),
+        "VM reached another node's underlay"
+    );
+    ok(&[
+        "ip",
+        "-n",
+        "znt-vm1",
+        "addr",
+        "add",
+        "198.51.100.9/24",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        !pings("znt-vm1", "198.51.100.1"),
+        "VM reached its node directly over the bridge (ARP)"
+    );
+    // Even knowing the bridge's MAC without ARP, nothing the VM sends reaches the node.
+    let bridge = in_ns(
+        "znt-u1",
+        &[
+            "cat",
+            &format!("/sys/class/net/{}/address", n1.bridge_name(&cfg1.id)),
+        ],
+    );
+    let mac = String::from_utf8_lossy(&bridge.stdout).trim().to_string();
+    ok(&[
+        "ip",
+        "-n",
+        "znt-vm1",
+        "neigh",
+        "replace",
+        "198.51.100.1",
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+    ]);
+    let node_socket = zos_net::netns::run_in(Path::new("/run/netns/znt-u1"), || {
+        Ok(UdpSocket::bind("0.0.0.0:9999")?)
+    })
+    .unwrap();
+    node_socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    zos_net::netns::run_in(Path::new("/run/netns/znt-vm1"), || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..3 {
+            s.send_to(b"hello node", "198.51.100.1:9999")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        node_socket.recv_from(&mut buf).is_err(),
+        "a VM's packet reached a service of its node over the bridge"
+    );
+    ok(&[
+        "ip",
+        "-n",
+        "znt-vm1",
+        "addr",
+        "del",
+        "198.51.100.9/24",
+        "dev",
+        "eth0",
+    ]);
+
+    // A second tenant on node 1, even with the same addresses, is a separate world.
+    let k3 = random_key();
+    let cfg3 = node_network("0000000a02", "10.77.1.0/24", 51803, &k3, vec![]);
+    n1.apply(&cfg3).await.unwrap();
+    vm_stand_in(&n1, "znt-u1", &cfg3.id, "znt-vm3", "10.77.1.3/24").await;
+    assert!(
+        eventually_pings("znt-vm3", "10.77.1.1", 5),
+        "the second tenant's VM works"
+    );
+    assert!(
+        !pings("znt-vm1", "10.77.1.3"),
+        "tenant 1 reached tenant 2 on the same node"
+    );
+    assert!(
+        !pings("znt-vm3", "10.77.1.2"),
+        "tenant 2 reached tenant 1 on the same node"
+    );
+    assert!(
+        !pings("znt-vm3", "10.77.2.2"),
+        "tenant 2 reached tenant 1's other node"
+    );
+
+    // A taken listen port fails that network alone, before anything is made.
+    let k4 = random_key();
+    let taken = node_network("0000000a03", "10.77.3.0/24", 51801, &k4, vec![]);
+    let err = n1.apply(&taken).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<NetError>(),
+        Some(&NetError::ListenPortTaken(51801))
+    );
+    assert!(!n1.list().unwrap().contains(&taken.id));
+    assert!(pings("znt-vm1", "10.77.2.2"));
+
+    // Peers change in place: a laptop joins, the VMs keep talking.
+    let laptop = random_key();
+    cfg1.peers.push(Peer {
+        public_key: pub_of(&laptop),
+        endpoint: None,
+        allowed_ips: vec![net("100.64.77.2/32")],
+    });
+    n1.apply(&cfg1).await.unwrap();
+    let routes = in_ns(&format!("ta-net-{}", cfg1.id), &["ip", "route"]);
+    let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+    assert!(routes.contains("100.64.77.2 dev taw0000000a01"), "{routes}");
+    assert!(pings("znt-vm1", "10.77.2.2"));
+    cfg1.peers.pop();
+    n1.apply(&cfg1).await.unwrap();
+    let routes = in_ns(&format!("ta-net-{}", cfg1.id), &["ip", "route"]);
+    assert!(!String::from_utf8_lossy(&routes.stdout).contains("100.64.77.2"));
+
+    // Removing a network leaves nothing of it.
+    n1.remove(&cfg3.id).await.unwrap();
+    n1.remove(&cfg3.id).await.unwrap();
+    let links = in_ns("znt-u1", &["ip", "-o", "link"]);
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(!links.contains("0000000a02"), "{links}");
+    assert!(!n1.list().unwrap().contains(&cfg3.id));
+    let procs = run(&["pgrep", "-f", "taw0000000a02"]);
+    assert!(
+        !procs.status.success(),
+        "wireguard-go of a removed network still runs"
+    );
+    assert!(pings("znt-vm1", "10.77.2.2"));
+
+    n1.remove_all().await.unwrap();
+    n2.remove_all().await.unwrap();
+    assert!(n1.list().unwrap().is_empty());
+    let links = in_ns("znt-u1", &["ip", "-o", "link"]);
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(!links.contains(": ta"), "{links}");
+}
