@@ -72,6 +72,17 @@ pub struct Flags {
     /// ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
     #[arg(long, env = "ZOS_GUEST_CACHE")]
     pub guest_cache: Option<PathBuf>,
+    /// Do not serve private networks (network workloads and VM network cards then fail).
+    #[arg(long, env = "ZOS_NO_NETWORK")]
+    pub no_network: bool,
+    /// 1-3 characters `[a-z0-9]` starting every interface and namespace name of this node, so
+    /// that two nodes can share a host. Default "z".
+    #[arg(long, env = "ZOS_NET_PREFIX")]
+    pub net_prefix: Option<String>,
+    /// The node's own network namespace (a path such as /run/netns/u1), where WireGuard's UDP
+    /// sockets and the networks' bridges live. Default: the executor's namespace.
+    #[arg(long, env = "ZOS_UNDERLAY_NETNS")]
+    pub underlay_netns: Option<PathBuf>,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -90,6 +101,9 @@ pub struct FileConfig {
     pub allow_image_source: Option<Vec<String>>,
     pub no_vm: Option<bool>,
     pub guest_cache: Option<PathBuf>,
+    pub no_network: Option<bool>,
+    pub net_prefix: Option<String>,
+    pub underlay_netns: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +124,10 @@ pub struct Config {
     pub guest_cache: Option<PathBuf>,
     /// Image source prefixes specs may name; empty: any http(s) hub.
     pub allowed_image_sources: Vec<String>,
+    /// Serve private networks when the host can (root, nftables, WireGuard).
+    pub network_enabled: bool,
+    pub net_prefix: zos_net::Prefix,
+    pub underlay_netns: Option<PathBuf>,
 }
 
 impl Config {
@@ -193,6 +211,11 @@ impl Config {
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
             allowed_image_sources,
+            network_enabled: !(flags.no_network || file.no_network.unwrap_or(false)),
+            net_prefix: zos_net::Prefix::new(
+                flags.net_prefix.or(file.net_prefix).as_deref().unwrap_or("z"),
+            )?,
+            underlay_netns: flags.underlay_netns.or(file.underlay_netns),
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     config::{offered_capacity, Config},
     drivers::{
         disk::DiskDriver,
+        network::NetworkDriver,
         vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
         Driver,
     },
@@ -106,6 +107,13 @@ impl Executor {
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
         let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver)];
+        let networks = start_networks(&config).await;
+        if let Some(networks) = &networks {
+            drivers.push(Arc::new(NetworkDriver::new(
+                networks.clone(),
+                *identity.box_secret(),
+            )));
+        }
         if !config.vm_enabled {
             info!("VM workloads disabled by configuration: they will fail with \"this node has no driver for vm workloads\"");
         } else {
@@ -117,7 +125,11 @@ impl Executor {
                             allowed: config.allowed_image_sources.clone(),
                         },
                     };
-                    drivers.push(Arc::new(VmDriver::new(vm_config, metrics.clone())));
+                    let mut vm_driver = VmDriver::new(vm_config, metrics.clone());
+                    if let Some(networks) = &networks {
+                        vm_driver = vm_driver.with_networks(networks.clone());
+                    }
+                    drivers.push(Arc::new(vm_driver));
                     info!("VM driver enabled");
                 }
                 Err(reason) => warn!(
@@ -459,6 +471,35 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
             Err(TxError::Dispatch(e)) if e.contains("AccountAlreadyHasNode") => {}
             Err(TxError::Dispatch(e)) => bail!("registering the node failed: {e}"),
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The node's private networks, when enabled and the host can serve them (root, nftables,
+/// WireGuard); otherwise network workloads fail with "no driver for network workloads".
+async fn start_networks(config: &Config) -> Option<Arc<zos_net::Networks>> {
+    if !config.network_enabled {
+        info!("private networks disabled by configuration");
+        return None;
+    }
+    let run_dir = config.data_dir.join("net");
+    match zos_net::Networks::new(
+        config.net_prefix.clone(),
+        config.underlay_netns.clone(),
+        run_dir,
+    )
+    .await
+    {
+        Ok(networks) => {
+            match networks.backend() {
+                Some(backend) => info!(backend = backend.as_str(), prefix = %config.net_prefix, "private networks enabled"),
+                None => warn!("no WireGuard on this host (kernel module or wireguard-go): network workloads will fail"),
+            }
+            Some(Arc::new(networks))
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "this host cannot serve private networks: network workloads will fail with \"no driver for network workloads\"");
+            None
         }
     }
 }

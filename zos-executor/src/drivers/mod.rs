@@ -2,6 +2,7 @@
 //! doubles and each backend (disk files, QEMU, networks) stays at the edge.
 
 pub mod disk;
+pub mod network;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -39,12 +39,15 @@ use zos_primitives::{
     spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
 };
+use zos_net::{NetError, Networks};
 use zos_vm::{
-    BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, RestartPolicy, Vm, VmConfig,
-    VmEvent, VmOptions, VmState, WritableLayer,
+    BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, NicConfig, RestartPolicy, Vm,
+    VmConfig, VmEvent, VmOptions, VmState, WritableLayer,
 };
 
-use super::{disk::disk_path, Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
+use super::{
+    disk::disk_path, network, Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx,
+};
 use crate::metrics::Metrics;
 
 /// Chunk cache bound per VM (HTTP sources only; a directory store is local already).
@@ -216,6 +219,8 @@ pub struct VmDriver {
     slots: StdMutex<HashMap<Key, Arc<Mutex<Option<Installed>>>>>,
     /// When each workload's image was first found missing from its hub.
     image_missing_since: StdMutex<HashMap<Key, std::time::Instant>>,
+    /// Private networks for the VMs' cards; `None`: cards are refused.
+    networks: Option<Arc<Networks>>,
 }
 
 fn name_str(w: &Workload) -> String {
@@ -247,6 +252,37 @@ fn vm_name(contract: ContractId, w: &Workload) -> String {
     }
     let tag = &zos_image::Hash::of(full.as_bytes()).to_hex()[..8];
     format!("{}-{tag}", &full[..MAX_VM_NAME - 9])
+}
+
+/// A card per network attachment: address in the node's /24 of that network, the first card
+/// carrying the default route via the network's gateway `.1`.
+fn nics(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    vm: &VmSpec,
+    networks: Option<&Networks>,
+) -> DriverResult<Vec<NicConfig>> {
+    if vm.networks.is_empty() {
+        return Ok(vec![]);
+    }
+    let networks = networks.ok_or_else(|| {
+        DriverError::permanent("this node serves no private networks: network cards are refused")
+    })?;
+    Ok(vm
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let (tap, mac) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            let [x, y, z, _] = a.ip;
+            NicConfig {
+                tap: networks.tap_name(&tap),
+                mac,
+                address: Some((std::net::Ipv4Addr::from(a.ip), 24)),
+                gateway: (i == 0).then(|| std::net::Ipv4Addr::new(x, y, z, 1)),
+            }
+        })
+        .collect())
 }
 
 fn transient(e: anyhow::Error) -> DriverError {
@@ -392,7 +428,51 @@ impl VmDriver {
             hypervisor: tokio::sync::OnceCell::new(),
             slots: StdMutex::new(HashMap::new()),
             image_missing_since: StdMutex::new(HashMap::new()),
+            networks: None,
         }
+    }
+
+    /// Gives VMs network cards on these private networks.
+    pub fn with_networks(mut self, networks: Arc<Networks>) -> Self {
+        self.networks = Some(networks);
+        self
+    }
+
+    /// Puts a tap per network attachment of `w` on its network's bridge (before the guest starts,
+    /// so its first packet has somewhere to go).
+    async fn attach_taps(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        let vm = vm_spec(w)?;
+        let Some(networks) = &self.networks else {
+            return Ok(());
+        };
+        for a in vm.networks.iter() {
+            let (tap, _) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            let net = network::network_id(ctx.contract, a.network.as_bytes());
+            networks.attach_tap(&net, &tap, None).await.map_err(|e| {
+                if let Some(NetError::UnknownNetwork(_)) = e.downcast_ref::<NetError>() {
+                    // The network workload installs first; retry until it exists.
+                    transient(e.context(format!(
+                        "network '{}' is not up yet",
+                        String::from_utf8_lossy(a.network.as_bytes())
+                    )))
+                } else {
+                    transient(e)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the taps of `w` (fine when gone).
+    async fn remove_taps(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
+        let (Some(networks), Ok(vm)) = (&self.networks, vm_spec(w)) else {
+            return Ok(());
+        };
+        for a in vm.networks.iter() {
+            let (tap, _) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            networks.remove_tap(&tap).await.map_err(transient)?;
+        }
+        Ok(())
     }
 
     fn slot(&self, ctx: &WorkloadCtx, w: &Workload) -> Arc<Mutex<Option<Installed>>> {
@@ -449,13 +529,19 @@ impl VmDriver {
     }
 
     /// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here).
-    fn vm_config(ctx: &WorkloadCtx, w: &Workload, rootfs: PathBuf) -> DriverResult<VmConfig> {
+    fn vm_config(
+        ctx: &WorkloadCtx,
+        w: &Workload,
+        rootfs: PathBuf,
+        networks: Option<&Networks>,
+    ) -> DriverResult<VmConfig> {
         let vm = vm_spec(w)?;
-        if !vm.networks.is_empty() || vm.public_ip.is_some() {
+        if vm.public_ip.is_some() {
             return Err(DriverError::permanent(
-                "network attachments and public IPs are not supported by this node's VM driver yet",
+                "public IPs are not supported by this node's VM driver yet",
             ));
         }
+        let nics = nics(ctx, w, vm, networks)?;
         let mut disks = Vec::new();
         for (i, m) in vm.mounts.iter().enumerate() {
             let target = Workload {
@@ -516,7 +602,7 @@ impl VmDriver {
                 },
             },
             disks,
-            nics: Vec::new(),
+            nics,
             guest,
         };
         cfg.validate()
@@ -624,6 +710,7 @@ impl VmDriver {
                 .await
                 .map_err(|e| transient(e.into()))?;
         }
+        self.remove_taps(ctx, w).await?;
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -659,8 +746,9 @@ impl VmDriver {
             .map_err(transient)?;
         let rootfs = dir.join("rootfs");
         // Everything about the spec is checked before anything is fetched or mounted.
-        let cfg = Self::vm_config(ctx, w, rootfs.clone())?;
+        let cfg = Self::vm_config(ctx, w, rootfs.clone(), self.networks.as_deref())?;
         let hv = self.hypervisor().await?;
+        self.attach_taps(ctx, w).await?;
         let started = std::time::Instant::now();
         let cache_dir = dir.join("image-cache");
         let mount = {
@@ -868,7 +956,7 @@ mod tests {
             dir: dir.path().into(),
         };
         let w = vm_workload("web");
-        match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")) {
+        match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs"), None) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),
             other => panic!(
                 "expected a permanent error, got {:?}",
@@ -877,7 +965,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("disks")).unwrap();
         std::fs::write(dir.path().join("disks/data.raw"), b"").unwrap();
-        let cfg = VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs")).unwrap();
+        let cfg = VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs"), None).unwrap();
         assert_eq!(cfg.disks[0].id, "data");
         assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
         let anywhere = ImageSourcePolicy {
