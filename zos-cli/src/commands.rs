@@ -19,19 +19,19 @@ use crate::{
     format,
     keys::{parse_account, parse_key},
     specfile::{load_spec, parse_amount, parse_cidr, parse_hash, parse_ipv4, SignerArg},
-    Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NodeCmd,
+    Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NetworkCmd, NodeCmd,
 };
 
 use runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec;
 
 /// What a command prints.
-struct Out {
+pub(crate) struct Out {
     json: Json,
     human: String,
 }
 
 impl Out {
-    fn new(json: Json, human: impl Into<String>) -> Self {
+    pub(crate) fn new(json: Json, human: impl Into<String>) -> Self {
         Self {
             json,
             human: human.into(),
@@ -39,7 +39,7 @@ impl Out {
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     url: String,
     key: Option<String>,
     json: bool,
@@ -54,7 +54,7 @@ impl Ctx {
         parse_key(key).map_err(Into::into)
     }
 
-    async fn chain(&self) -> Result<Chain> {
+    pub(crate) async fn chain(&self) -> Result<Chain> {
         Chain::connect(&self.url).await
     }
 }
@@ -145,6 +145,9 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::SealKey { node, wg_key } => seal_key(&ctx, node, wg_key.as_deref()).await?,
+        Command::Network(NetworkCmd::Plan { file, out }) => {
+            crate::network_cmd::plan(&ctx, &file, out.as_deref()).await?
+        }
     };
     if ctx.json {
         println!("{}", out.json);

@@ -4,6 +4,8 @@ mod client;
 mod commands;
 mod format;
 mod keys;
+mod network_cmd;
+mod network_plan;
 mod specfile;
 
 use std::path::PathBuf;
@@ -115,6 +117,9 @@ pub enum Command {
         #[arg(long)]
         wg_key: Option<String>,
     },
+    /// Private networks across several nodes.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Run the zos-image tool (pack, serve, push, mount, ...) with these arguments.
     #[command(disable_help_flag = true)]
     Image {
@@ -163,6 +168,18 @@ pub enum ContractCmd {
     List {
         #[arg(long)]
         owner: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Plan a WireGuard network from a plan file (see examples/network-plan.toml): prints each
+    /// node's network workload for its deployment spec and a wg-quick config for your laptop.
+    Plan {
+        file: PathBuf,
+        /// Write DIR/node-<id>.network.toml per node and DIR/laptop.conf (mode 0600) instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
 }
 
