@@ -10,15 +10,15 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    cancel, contract_of, create_approved_contract, funded_identity, registered_node, setup_farm,
-    state_of, Executor, ExecutorOptions, Polling, StopOnDrop,
+    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
+    registered_node, setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
@@ -38,26 +38,6 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
     stop_on_drop: StopOnDrop::Terminate,
     log_tail_lines: 80,
 };
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
-}
-
-/// A minimal container image: busybox-static and its applets.
-fn busybox_rootfs(dir: &Path) -> Result<()> {
-    let bb = which("busybox").context("busybox (busybox-static) on PATH")?;
-    std::fs::create_dir_all(dir.join("bin"))?;
-    std::fs::create_dir_all(dir.join("etc"))?;
-    std::fs::copy(&bb, dir.join("bin/busybox"))?;
-    for applet in ["sh", "echo", "cat", "sleep", "hostname", "ls", "mount"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
-    }
-    std::fs::write(dir.join("etc/image-release"), "vm e2e image\n")?;
-    Ok(())
-}
 
 fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
     // Prints the env and proves the image and the disk, then reports the disk's size as the
@@ -118,7 +98,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
 
     // The image: packed into a directory store, served by a hub on a loopback port.
     let rootfs = tmp.path().join("image-tree");
-    busybox_rootfs(&rootfs)?;
+    busybox_rootfs(&rootfs, &[], &[("etc/image-release", "vm e2e image\n")])?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store.clone(), None, &Default::default())?;
     let root = packed.root.to_hex();

@@ -41,7 +41,8 @@ pub fn underlay_rules(prefix: &Prefix) -> String {
     )
 }
 
-/// A network namespace's rules: it forwards only between its LAN and its tunnel.
+/// A network namespace's rules: it forwards only between its LAN and its tunnel, and from
+/// tunnel to tunnel (an access node relays between hidden nodes, laptops and other nodes).
 pub fn network_rules(prefix: &Prefix, id: &NetId) -> String {
     let lan = ifname(prefix, Role::VethLan, id);
     let wg = ifname(prefix, Role::WireGuard, id);
@@ -52,6 +53,7 @@ pub fn network_rules(prefix: &Prefix, id: &NetId) -> String {
          \tchain forward {{ type filter hook forward priority 0; policy drop;\n\
          \t\tiifname \"{lan}\" oifname \"{wg}\" accept\n\
          \t\tiifname \"{wg}\" oifname \"{lan}\" accept\n\
+         \t\tiifname \"{wg}\" oifname \"{wg}\" accept\n\
          \t\tcounter\n\t}}\n\
          }}\n"
     )

@@ -88,6 +88,9 @@ pub fn start_userspace(name: &str, pid_file: &Path, log_file: &Path) -> Result<(
         return Ok(());
     }
     fs::create_dir_all(UAPI_DIR).context("creating the WireGuard socket directory")?;
+    // A socket nobody answers on was left by a killed process; wireguard-go refuses to start
+    // while it exists ("unix socket in use").
+    let _ = fs::remove_file(uapi_socket(name));
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -194,4 +197,9 @@ pub fn configure(
 /// The public key of a private key.
 pub fn public_key(private_key: &[u8; 32]) -> [u8; 32] {
     Key(*private_key).get_public().0
+}
+
+/// A key as WireGuard's tools write it (base64), e.g. for a wg-quick file.
+pub fn key_to_base64(key: &[u8; 32]) -> String {
+    Key(*key).to_base64()
 }

@@ -375,3 +375,29 @@ pub async fn state_of(
 ) -> Result<Option<ContractState>> {
     Ok(contract_of(api, node, contract).await?.map(|c| c.state))
 }
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// A minimal container image: busybox-static with a few applets (and `extra_applets`), plus
+/// `files` (relative path, content).
+pub fn busybox_rootfs(dir: &Path, extra_applets: &[&str], files: &[(&str, &str)]) -> Result<()> {
+    let bb = which("busybox").context("busybox (busybox-static) on PATH")?;
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::create_dir_all(dir.join("etc"))?;
+    std::fs::copy(&bb, dir.join("bin/busybox"))?;
+    let base = ["sh", "echo", "cat", "sleep", "hostname", "ls", "mount"];
+    for applet in base.iter().chain(extra_applets) {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().context("file path")?)?;
+        std::fs::write(path, content)?;
+    }
+    Ok(())
+}
