@@ -131,6 +131,26 @@ stop_pid() { # stop_pid <pid> <signal>: signal, wait up to 10 s, then SIGKILL
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
 }
+# The private network's leftovers: the node's namespaces, links and userspace WireGuard (they
+# outlive the executor by design), its nftables tables, and the laptop namespace.
+net_prefix="${ZOS_NET_PREFIX:-zr}"
+laptop_ns="zos-laptop"
+clean_networks() {
+  [ "$(id -u)" = 0 ] || return 0
+  ip netns del "$laptop_ns" 2>/dev/null || true
+  ip link del zos-lap-h 2>/dev/null || true
+  rm -f /var/run/wireguard/zoslap.sock
+  local ns link
+  for ns in $(ip netns list 2>/dev/null | awk -v p="$net_prefix-net-" 'index($1, p) == 1 { print $1 }'); do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  pkill -f "wireguard-go -f ${net_prefix}w" 2>/dev/null || true
+  for link in $(ip -o link 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep -E "^${net_prefix}[bvltw][0-9a-f]{10}$"); do
+    ip link del "$link" 2>/dev/null || true
+  done
+  nft delete table inet "zos_$net_prefix" 2>/dev/null || true
+  nft delete table arp "zos_$net_prefix" 2>/dev/null || true
+}
 cleaned=0
 cleanup() {
   [ "$cleaned" = 1 ] && return
@@ -156,6 +176,7 @@ cleanup() {
   done
   [ -n "$chain_pid" ] && stop_pid "$chain_pid" TERM
   wait 2>/dev/null || true
+  clean_networks
   if [ "$owned_dir" = 1 ] && [ "$keep" = 0 ]; then
     rm -rf "$data_dir" 2>/dev/null || true
     say "stopped; temporary data removed"
@@ -212,7 +233,7 @@ say "  farm $farm created by //Alice"
 wait "$fund_pid" || { cat "$logs/fund.out" >&2; fail "funding the node account"; }
 say "  node account $node_account funded with 1000 ZGT by //Ferdie"
 # shellcheck disable=SC2086
-spawn executor env RUST_LOG="${RUST_LOG:-info}" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
+spawn executor env RUST_LOG="${RUST_LOG:-info}" ZOS_NET_PREFIX="$net_prefix" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
   --data-dir "$data_dir/node" --report-interval 10 --heartbeat-interval 15 --metrics-addr off \
   --capacity cru=2,mru_mib=4096,sru_gib=50 ${ZOS_EXECUTOR_ARGS:-}
 executor_pid="${pids[-1]}"
@@ -254,6 +275,34 @@ if [ -z "$spec" ]; then
 fi
 has_vm=0
 grep -q 'kind.vm' "$spec" && has_vm=1
+
+# A private network for the example VM when this host can serve one (root, nftables,
+# WireGuard): `zos network plan` makes the node's network workload and a wg-quick file for a
+# "laptop" namespace joined to this host by a veth (documentation addresses 203.0.113.0/30).
+vm_ip="10.20.2.2"
+with_network=0
+if [ -z "${ZOS_RUN_SPEC:-}" ] && [ "$has_vm" = 1 ] && [ "$(id -u)" = 0 ] \
+  && command -v nft >/dev/null && command -v wg-quick >/dev/null \
+  && { [ -e /sys/module/wireguard ] || command -v wireguard-go >/dev/null; }; then
+  with_network=1
+  step "Planning a private network: node $node_id serves 10.20.2.0/24, a laptop namespace joins over WireGuard"
+  clean_networks
+  ip netns add "$laptop_ns"
+  ip link add zos-lap-h type veth peer name eth0 netns "$laptop_ns"
+  ip addr add 203.0.113.1/30 dev zos-lap-h && ip link set zos-lap-h up
+  ip -n "$laptop_ns" addr add 203.0.113.2/30 dev eth0
+  ip -n "$laptop_ns" link set eth0 up && ip -n "$laptop_ns" link set lo up
+  printf 'name = "net"\nip_range = "10.20.0.0/16"\nlaptop = true\n\n[[nodes]]\nnode = %s\nendpoint = "203.0.113.1"\n' \
+    "$node_id" >"$data_dir/network-plan.toml"
+  zos network plan "$data_dir/network-plan.toml" --out "$data_dir/network" >"$logs/network-plan.out" 2>&1 \
+    || { cat "$logs/network-plan.out" >&2; fail "planning the network"; }
+  # The example VM with a card on the network, plus the planned network workload.
+  awk -v ip="$vm_ip" '{ print } /^rootfs_mib = / { printf "networks = [{ network = \"net\", ip = \"%s\" }]\n", ip }' \
+    "$spec" >"$data_dir/vm-with-network.toml"
+  cat "$data_dir/network/node-$node_id.network.toml" >>"$data_dir/vm-with-network.toml"
+  spec="$data_dir/vm-with-network.toml"
+  cp "$data_dir/network/laptop.conf" "$data_dir/network/zoslap.conf"
+fi
 step "Deploying $(basename "$spec") on node $node_id: 2-of-2 contract, //Alice and //Bob required"
 deploy_out="$(zos --key //Alice --json deploy "$spec" --node "$node_id" \
   --signer //Alice:1:required --signer //Bob:1:required --threshold 2 \
@@ -279,6 +328,13 @@ if [ "$has_vm" = 1 ]; then
   wait_for "the entrypoint's line on the guest console" 180 grep -q "hello from" "$console"
 fi
 
+if [ "$with_network" = 1 ]; then
+  WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go ip netns exec "$laptop_ns" \
+    wg-quick up "$data_dir/network/zoslap.conf" >"$logs/wg-quick.log" 2>&1 || { cat "$logs/wg-quick.log" >&2; fail "wg-quick up in the laptop namespace"; }
+  laptop_pings() { ip netns exec "$laptop_ns" busybox ping -c 1 -W 1 "$vm_ip" >/dev/null 2>&1; }
+  wait_for "the VM answering the laptop namespace over WireGuard ($vm_ip)" 120 laptop_pings
+fi
+
 if [ "$check" = 1 ]; then
   wait_for "a settled consumption report (Billing.ReportSettled)" 120 grep -q "ReportSettled" "$logs/events.log"
   [ -n "$console" ] && { printf '%s---- guest console%s\n' "$bold" "$off"; grep -a "hello from" "$console" | head -n 3; }
@@ -296,6 +352,13 @@ cat <<MSG
 ${explorer_url:+  or open the explorer: $explorer_url#/contract/$contract
 }  logs: $logs
 MSG
+if [ "$with_network" = 1 ]; then
+  cat <<MSG
+  the VM is $vm_ip on private network 10.20.0.0/16; a laptop namespace is joined over WireGuard
+  (its wg-quick file: $data_dir/network/zoslap.conf):
+    sudo ip netns exec $laptop_ns ping $vm_ip
+MSG
+fi
 if [ -n "$console" ]; then
   tail --pid=$$ -n +1 -F "$console" 2>/dev/null | sed -u "s/^/${cyan}guest |${off} /" &
   pids+=("$!")

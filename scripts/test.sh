@@ -19,7 +19,8 @@ step() {
   fi
 }
 
-step "cargo test (workspace)" cargo test --profile "$profile" --workspace --no-fail-fast
+# The binaries first: end-to-end tests run the `zos` CLI and the chain node from the target dir.
+step "cargo test (workspace)" bash -c "cargo build --profile $profile --workspace --bins && cargo test --profile $profile --workspace --no-fail-fast"
 # FRAME benchmarks run as tests against the pallets' mock runtimes.
 step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$profile" \
   -p pallet-grid -p pallet-deployments -p pallet-billing --features runtime-benchmarks --no-fail-fast

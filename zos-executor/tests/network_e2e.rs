@@ -1,18 +1,30 @@
-//! Private networks with the real executor binary, a real chain node and a real guest: a
-//! contract with a `Network` (its WireGuard key sealed to the node) and a VM on it; a "laptop"
-//! namespace joined to the host by a veth with documentation addresses runs WireGuard with the
-//! network's laptop peer and reaches the VM (ping, HTTP). The guest itself shows that it
-//! reaches its gateway but not the node. A wrong sealed key and a taken listen port fail their
-//! own contracts with the reason on chain and disturb nothing; cancelling removes every link,
-//! namespace and WireGuard process of the network.
+//! Private networks across three nodes on one host, with the real executor binaries, a real
+//! chain node, real guests and the `zos` CLI:
 //!
-//! Needs root, QEMU, /dev/fuse, busybox-static, nftables and WireGuard (kernel or wireguard-go).
+//! ```text
+//!            WAN bridge (namespace zmn-wan), documentation addresses 198.51.100.0/24
+//!     ┌──────────────┬───────────────┬─────────────────────┬──────────────────┐
+//!  node A .1      node B .2       NAT .3 ── 192.168.77.0/24 ── node C     laptop .9
+//!  (access)        VM B          (masquerade)                (hidden)   (wg-quick)
+//!   VM A                                                  namespace stand-in
+//! ```
+//!
+//! Each executor keeps its networks in its own underlay namespace (`--underlay-netns`) under
+//! its own name prefix. `zos network plan` plans the network (keys sealed to each node, ports,
+//! mesh between A and B, C and the laptop through A) and writes the laptop's wg-quick file;
+//! every pair of VM, stand-in and laptop pings and fetches a page across WireGuard. Guests
+//! reach their gateway but not their node. Node B is killed mid-install by a fault point and
+//! converges after a restart. A wrong sealed key and a taken listen port fail their own
+//! contracts with the reason on chain; cancelling leaves no link, namespace or process.
+//!
+//! Needs root, QEMU, /dev/fuse, busybox-static, nftables, wireguard-tools and WireGuard
+//! (kernel module or wireguard-go); the `zos` binary built into the shared target directory.
 
 mod common;
 
 use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,26 +32,31 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node,
-    setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
+    setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions, Polling,
+    StopOnDrop,
 };
-use node_harness::{ChainNode, NodeOptions};
-use zos_executor::identity::NodeIdentity;
+use node_harness::{client::Client, ChainNode, NodeOptions};
+use zos_executor::drivers::network::network_id;
 use zos_image::store::DirStore;
-use zos_primitives::{contracts::ContractState, spec::DeploymentSpec};
+use zos_primitives::{
+    contracts::ContractState,
+    spec::{DeploymentSpec, Workload},
+    ContractId, NodeId,
+};
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
-const PREFIX: &str = "ne";
-const LAPTOP: &str = "zne-laptop";
-const PORT: u16 = 51891;
-/// The laptop's userspace WireGuard control socket.
-const LAPTOP_SOCKET: &str = "/var/run/wireguard/zlw0.sock";
-const PAGE: &str = "served from a VM on a private network\n";
+const NAMESPACES: [&str; 7] = [
+    "zmn-wan", "zmn-a", "zmn-b", "zmn-c", "zmn-nat", "zmn-laptop", "zmn-cvm",
+];
+/// The laptop's WireGuard interface: wg-quick names it after the file.
+const LAPTOP_IF: &str = "zmnlap";
+const PAGE: &str = "page-of-the-private-network\n";
 
 const EXECUTOR: ExecutorOptions = ExecutorOptions {
     log_filter: "info,zos_executor=debug,zos_net=debug,zos_vm=info",
-    env: &[("ZOS_VM_ACCEL", "tcg"), ("ZOS_NET_PREFIX", PREFIX)],
+    env: &[("ZOS_VM_ACCEL", "tcg")],
     stop_on_drop: StopOnDrop::Terminate,
-    log_tail_lines: 80,
+    log_tail_lines: 60,
 };
 
 fn run(cmd: &[&str]) -> std::process::Output {
@@ -60,123 +77,186 @@ fn ok(cmd: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn in_laptop(cmd: &[&str]) -> std::process::Output {
-    let mut full = vec!["ip", "netns", "exec", LAPTOP];
+fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
+    let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(cmd);
     run(&full)
 }
 
-/// The deployer's laptop: a namespace behind a veth (203.0.113.2 <-> the host's 203.0.113.1)
-/// running WireGuard as a wg-quick file would set it up.
-struct Laptop {
-    wireguard: Option<Child>,
-    dir: tempfile::TempDir,
+fn pings(ns: &str, target: &str) -> bool {
+    in_ns(ns, &["busybox", "ping", "-c", "1", "-W", "1", target])
+        .status
+        .success()
 }
 
-impl Laptop {
+fn fetch(ns: &str, url: &str) -> String {
+    let out = in_ns(ns, &["busybox", "wget", "-q", "-T", "5", "-O", "-", url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host's part of the test: namespaces for the WAN, three node underlays, a NAT in front
+/// of node C, the laptop and C's VM stand-in. Deleted on drop (with whatever runs in them).
+struct Topology;
+
+impl Topology {
     fn clean() {
-        let _ = run(&["ip", "netns", "del", LAPTOP]);
-        let _ = run(&["ip", "link", "del", "zne-h"]);
-        let _ = std::fs::remove_file(LAPTOP_SOCKET);
+        for ns in NAMESPACES {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{LAPTOP_IF}.sock"));
     }
 
-    fn start(key: &[u8; 32], node_public: &[u8; 32]) -> Result<Self> {
+    fn build() -> Result<Self> {
         Self::clean();
-        ok(&["ip", "netns", "add", LAPTOP])?;
-        ok(&["ip", "link", "add", "zne-h", "type", "veth", "peer", "name", "eth0", "netns", LAPTOP])?;
-        ok(&["ip", "addr", "add", "203.0.113.1/30", "dev", "zne-h"])?;
-        ok(&["ip", "link", "set", "zne-h", "up"])?;
-        for cmd in [
-            &["ip", "addr", "add", "203.0.113.2/30", "dev", "eth0"][..],
-            &["ip", "link", "set", "eth0", "up"],
-            &["ip", "link", "set", "lo", "up"],
-        ] {
-            let mut full = vec!["ip", "-n", LAPTOP];
-            full.extend_from_slice(&cmd[1..]);
-            ok(&full)?;
+        for ns in NAMESPACES {
+            ok(&["ip", "netns", "add", ns])?;
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
-        let dir = tempfile::tempdir()?;
-        let wireguard = if Path::new("/sys/module/wireguard").exists() {
-            ok(&["ip", "-n", LAPTOP, "link", "add", "zlw0", "type", "wireguard"])?;
-            None
-        } else {
-            let child = Command::new("ip")
-                .args(["netns", "exec", LAPTOP, "wireguard-go", "-f", "zlw0"])
-                .env("WG_PROCESS_FOREGROUND", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::os::unix::net::UnixStream::connect(LAPTOP_SOCKET).is_err() {
-                ensure!(Instant::now() < deadline, "laptop wireguard-go did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Some(child)
-        };
-        let key_file = dir.path().join("laptop.key");
-        std::fs::write(&key_file, zos_net::wireguard::key_to_base64(key))?;
-        let endpoint = format!("203.0.113.1:{PORT}");
-        let peer = zos_net::wireguard::key_to_base64(node_public);
+        ok(&["ip", "-n", "zmn-wan", "link", "add", "wan0", "type", "bridge"])?;
+        ok(&["ip", "-n", "zmn-wan", "link", "set", "wan0", "up"])?;
+        for (i, (ns, ifname, addr)) in [
+            ("zmn-a", "eth0", "198.51.100.1/24"),
+            ("zmn-b", "eth0", "198.51.100.2/24"),
+            ("zmn-nat", "wan", "198.51.100.3/24"),
+            ("zmn-laptop", "eth0", "198.51.100.9/24"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let port = format!("p{i}");
+            ok(&[
+                "ip", "link", "add", &port, "netns", "zmn-wan", "type", "veth", "peer", "name",
+                ifname, "netns", ns,
+            ])?;
+            ok(&["ip", "-n", "zmn-wan", "link", "set", &port, "master", "wan0", "up"])?;
+            ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname])?;
+            ok(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+        }
+        // Node C sits behind a masquerading NAT: it can dial out, nobody can dial it.
         ok(&[
-            "ip", "netns", "exec", LAPTOP, "wg", "set", "zlw0", "private-key",
-            key_file.to_str().context("path")?, "peer", &peer, "endpoint", &endpoint,
-            "allowed-ips", "10.91.0.0/16", "persistent-keepalive", "5",
+            "ip", "link", "add", "lan", "netns", "zmn-nat", "type", "veth", "peer", "name", "eth0",
+            "netns", "zmn-c",
         ])?;
-        ok(&["ip", "-n", LAPTOP, "addr", "add", "100.64.91.2/32", "dev", "zlw0"])?;
-        ok(&["ip", "-n", LAPTOP, "link", "set", "zlw0", "up"])?;
-        ok(&["ip", "-n", LAPTOP, "route", "add", "10.91.0.0/16", "dev", "zlw0"])?;
-        Ok(Self { wireguard, dir })
-    }
-
-    fn pings(&self, target: &str) -> bool {
-        in_laptop(&["busybox", "ping", "-c", "1", "-W", "1", target])
-            .status
-            .success()
+        ok(&["ip", "-n", "zmn-nat", "addr", "add", "192.168.77.1/24", "dev", "lan"])?;
+        ok(&["ip", "-n", "zmn-nat", "link", "set", "lan", "up"])?;
+        ok(&["ip", "-n", "zmn-c", "addr", "add", "192.168.77.2/24", "dev", "eth0"])?;
+        ok(&["ip", "-n", "zmn-c", "link", "set", "eth0", "up"])?;
+        ok(&["ip", "-n", "zmn-c", "route", "add", "default", "via", "192.168.77.1"])?;
+        ok(&["ip", "netns", "exec", "zmn-nat", "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        ok(&["ip", "netns", "exec", "zmn-nat", "nft", "add", "table", "ip", "nat"])?;
+        ok(&[
+            "ip", "netns", "exec", "zmn-nat", "nft", "add", "chain", "ip", "nat", "post",
+            "{ type nat hook postrouting priority 100; }",
+        ])?;
+        ok(&[
+            "ip", "netns", "exec", "zmn-nat", "nft", "add", "rule", "ip", "nat", "post", "oifname",
+            "wan", "masquerade",
+        ])?;
+        Ok(Self)
     }
 }
 
-impl Drop for Laptop {
+impl Drop for Topology {
     fn drop(&mut self) {
-        if let Some(mut child) = self.wireguard.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
         Self::clean();
-        let _ = &self.dir;
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A grid node: its executor in its own underlay namespace with its own name prefix.
+struct Node {
+    id: NodeId,
+    executor: Executor,
+    data_dir: PathBuf,
+    underlay: &'static str,
+    prefix: &'static str,
 }
 
-fn network_json(subnet: &str, port: u16, sealed_key: &[u8], laptop_public: &[u8; 32]) -> serde_json::Value {
-    serde_json::json!({ "name": "net", "kind": { "network": {
-        "ip_range": "10.91.0.0/16",
-        "subnet": subnet,
-        "listen_port": port,
-        "private_key": hex(sealed_key),
-        "peers": [ {
-            "public_key": format!("0x{}", hex(laptop_public)),
-            "allowed_ips": ["100.64.91.2/32"],
-        } ],
-    } } })
+async fn start_node(
+    api: &Client,
+    url: &str,
+    farm: u32,
+    dir: &Path,
+    underlay: &'static str,
+    prefix: &'static str,
+    extra_env: &[(&str, &str)],
+) -> Result<Node> {
+    let data_dir = dir.join(prefix);
+    std::fs::create_dir_all(&data_dir)?;
+    let account = funded_identity(api, &data_dir).await?;
+    let mut env = vec![
+        ("ZOS_UNDERLAY_NETNS".to_string(), format!("/run/netns/{underlay}")),
+        ("ZOS_NET_PREFIX".to_string(), prefix.to_string()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let executor = Executor::spawn_with_env(&data_dir, url, farm, EXECUTOR, env)?;
+    let id = registered_node(api, &account, POLLING).await?;
+    Ok(Node {
+        id,
+        executor,
+        data_dir,
+        underlay,
+        prefix,
+    })
 }
 
-fn spec_of(workloads: Vec<serde_json::Value>) -> Result<DeploymentSpec> {
-    let spec: DeploymentSpec =
-        serde_json::from_value(serde_json::json!({ "version": 0, "workloads": workloads }))?;
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
-    Ok(spec)
+impl Node {
+    fn console(&self, contract: ContractId) -> String {
+        let path = self
+            .data_dir
+            .join("contracts")
+            .join(contract.to_string())
+            .join("vms/web/console.log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// This node's links, namespaces and WireGuard processes still present.
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = vec![];
+        let links = in_ns(self.underlay, &["ip", "-o", "link"]);
+        for line in String::from_utf8_lossy(&links.stdout).lines() {
+            if let Some(name) = line.split(": ").nth(1) {
+                if name.starts_with(self.prefix) {
+                    found.push(name.to_string());
+                }
+            }
+        }
+        let spaces = run(&["ip", "netns", "list"]);
+        for line in String::from_utf8_lossy(&spaces.stdout).lines() {
+            if line.starts_with(&format!("{}-net-", self.prefix)) {
+                found.push(line.to_string());
+            }
+        }
+        let procs = run(&["pgrep", "-af", &format!("wireguard-go -f {}w", self.prefix)]);
+        found.extend(String::from_utf8_lossy(&procs.stdout).lines().map(String::from));
+        found
+    }
 }
 
-async fn failure_reason(api: &node_harness::client::Client, node: u32, contract: u64) -> Result<String> {
+async fn until_deployed(api: &Client, node: &Node, contract: ContractId, secs: u64) -> Result<()> {
+    POLLING
+        .until("the contract Deployed", Duration::from_secs(secs), || async {
+            match state_of(api, node.id, contract).await? {
+                Some(ContractState::Deployed) => Ok(Some(())),
+                Some(ContractState::Failed(f)) => bail!(
+                    "contract {contract} failed on node {}: {}\n{}",
+                    node.id,
+                    String::from_utf8_lossy(&f.reason),
+                    node.executor.log_tail()
+                ),
+                _ => Ok(None),
+            }
+        })
+        .await
+        .with_context(|| node.executor.log_tail())
+}
+
+async fn failure_reason(api: &Client, node: NodeId, contract: ContractId) -> Result<String> {
     POLLING
         .until("the contract Failed", Duration::from_secs(120), || async {
             Ok(match state_of(api, node, contract).await? {
-                Some(ContractState::Failed(f)) => Some(String::from_utf8_lossy(&f.reason).into_owned()),
+                Some(ContractState::Failed(f)) => {
+                    Some(String::from_utf8_lossy(&f.reason).into_owned())
+                }
                 Some(ContractState::Deployed) => Some("unexpectedly Deployed".into()),
                 _ => None,
             })
@@ -184,38 +264,70 @@ async fn failure_reason(api: &node_harness::client::Client, node: u32, contract:
         .await
 }
 
-/// This node's links and namespaces (by prefix).
-fn leftovers() -> Vec<String> {
-    let mut found = vec![];
-    let links = run(&["ip", "-o", "link"]);
-    for line in String::from_utf8_lossy(&links.stdout).lines() {
-        if let Some(name) = line.split(": ").nth(1) {
-            if name.starts_with(PREFIX) {
-                found.push(name.to_string());
-            }
-        }
-    }
-    let spaces = run(&["ip", "netns", "list"]);
-    for line in String::from_utf8_lossy(&spaces.stdout).lines() {
-        if line.starts_with(&format!("{PREFIX}-net-")) {
-            found.push(line.to_string());
-        }
-    }
-    let procs = run(&["pgrep", "-af", &format!("wireguard-go -f {PREFIX}w")]);
-    found.extend(String::from_utf8_lossy(&procs.stdout).lines().map(String::from));
-    found
+/// The network workload `zos network plan` wrote for `node`, as a spec.
+fn planned_spec(out: &Path, node: NodeId) -> Result<DeploymentSpec> {
+    let path = out.join(format!("node-{node}.network.toml"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    toml::from_str(&format!("version = 0\n{text}")).context("the planned workload as a spec")
+}
+
+/// What each guest runs: serves a page, then every 2 s pings its peers, fetches a page and
+/// tries its node, printing what worked (read from the console by the test).
+const PROBE: &str = r#"#!/bin/sh
+httpd -p 80 -h /www
+while true; do
+  for p in $PEERS; do ping -c1 -W1 "$p" >/dev/null && echo "REACH-$p"; done
+  [ -n "$FETCH" ] && wget -q -T 3 -O /tmp/f "http://$FETCH/index.html" && echo "GOT-$(cat /tmp/f)"
+  if ping -c1 -W1 "$NODE" >/dev/null; then echo NODE-REACHABLE; else echo NODE-UNREACHABLE; fi
+  sleep 2
+done
+"#;
+
+/// The planned spec plus a VM on the network at `ip` running [`PROBE`].
+fn with_vm(
+    mut spec: DeploymentSpec,
+    image: (&str, &str),
+    ip: &str,
+    peers: &str,
+    fetch: &str,
+    node: &str,
+) -> Result<DeploymentSpec> {
+    let vm: Workload = serde_json::from_value(serde_json::json!({ "name": "web", "kind": { "vm": {
+        "image": { "root_hash": image.0, "source": image.1 },
+        "vcpus": 1,
+        "memory_mib": 256,
+        "rootfs_mib": 256,
+        "networks": [ { "network": "net", "ip": ip } ],
+        "env": [
+            { "key": "PEERS", "value": peers },
+            { "key": "FETCH", "value": fetch },
+            { "key": "NODE", "value": node },
+        ],
+        "entrypoint": "/bin/sh /bin/probe",
+    } } }))?;
+    spec.workloads
+        .try_push(vm)
+        .map_err(|_| anyhow::anyhow!("too many workloads"))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    Ok(spec)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_laptop_reaches_a_vm_on_its_private_network_and_the_vm_reaches_nothing_else() -> Result<()> {
+async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "needs root (namespaces, taps, nftables)");
-    for tool in ["qemu-system-x86_64", "busybox", "nft", "wg"] {
+    for tool in ["qemu-system-x86_64", "busybox", "nft", "wg", "wg-quick"] {
         ensure!(which(tool).is_some(), "{tool} is needed");
     }
+    let zos = workspace_binary("zos")?;
     let tmp = tempfile::tempdir()?;
     let rootfs = tmp.path().join("image-tree");
-    busybox_rootfs(&rootfs, &["httpd", "ping"], &[("www/index.html", PAGE)])?;
+    busybox_rootfs(
+        &rootfs,
+        &["httpd", "ping", "wget"],
+        &[("www/index.html", PAGE), ("bin/probe", PROBE)],
+    )?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store, None, &Default::default())?;
     let hub = zos_image::hub::spawn_background(
@@ -223,127 +335,198 @@ async fn a_laptop_reaches_a_vm_on_its_private_network_and_the_vm_reaches_nothing
         DirStore::open(tmp.path().join("hub-store"))?,
         "unused".into(),
     )?;
+    let root = packed.root.to_hex();
+    let source = format!("http://{hub}");
+    let image = (root.as_str(), source.as_str());
 
+    let _topology = Topology::build()?;
     let chain = ChainNode::start(NodeOptions::default())?;
+    let url = chain.ws_url();
     let grid = setup_farm(&chain, b"network-e2e-farm").await?;
-    let data_dir = tmp.path().join("executor");
-    std::fs::create_dir_all(&data_dir)?;
-    let account = funded_identity(&grid.api, &data_dir).await?;
-    let box_public = NodeIdentity::load_or_create(&data_dir.join("identity.json"))?.box_public;
-    let mut executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
-    let node = registered_node(&grid.api, &account, POLLING).await?;
-
-    let (node_key, _) = zos_primitives::sealing::generate_box_keypair();
-    let node_public = zos_net::wireguard::public_key(&node_key);
-    let (laptop_key, _) = zos_primitives::sealing::generate_box_keypair();
-    let laptop_public = zos_net::wireguard::public_key(&laptop_key);
-    let sealed = zos_primitives::sealing::seal_wireguard_key(&box_public, &node_key)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let laptop = Laptop::start(&laptop_key, &node_public)?;
-
-    // The guest serves a page and says, every 2 s, what it can reach.
-    let entrypoint = "/bin/sh -c 'httpd -p 80 -h /www; while true; do \
-        ping -c1 -W1 10.91.1.1 >/dev/null && echo GW-OK; \
-        if ping -c1 -W1 203.0.113.1 >/dev/null; then echo NODE-REACHABLE; else echo NODE-UNREACHABLE; fi; \
-        sleep 2; done'";
-    let spec = spec_of(vec![
-        network_json("10.91.1.0/24", PORT, &sealed.0, &laptop_public),
-        serde_json::json!({ "name": "web", "kind": { "vm": {
-            "image": { "root_hash": packed.root.to_hex(), "source": format!("http://{hub}") },
-            "vcpus": 1,
-            "memory_mib": 256,
-            "rootfs_mib": 256,
-            "networks": [ { "network": "net", "ip": "10.91.1.2" } ],
-            "entrypoint": entrypoint,
-        } } }),
-    ])?;
-    let contract = create_approved_contract(&grid.api, node, &spec).await?;
-    let activated = Instant::now();
-    POLLING
-        .until("the contract Deployed", Duration::from_secs(300), || async {
-            match state_of(&grid.api, node, contract).await? {
-                Some(ContractState::Deployed) => Ok(Some(())),
-                Some(ContractState::Failed(f)) => bail!(
-                    "contract failed: {}\n{}",
-                    String::from_utf8_lossy(&f.reason),
-                    executor.log_tail()
-                ),
-                _ => Ok(None),
-            }
-        })
-        .await?;
-    let deployed = activated.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !laptop.pings("10.91.1.2") {
-        ensure!(
-            Instant::now() < deadline,
-            "the laptop never reached the VM\n{}",
-            executor.log_tail()
-        );
-    }
-    let first_ping = activated.elapsed();
-    eprintln!("activation -> Deployed {deployed:?}; -> first ping from the laptop {first_ping:?}");
-    let page = in_laptop(&["busybox", "wget", "-q", "-O", "-", "http://10.91.1.2/index.html"]);
-    ensure!(
-        String::from_utf8_lossy(&page.stdout) == PAGE,
-        "the page over WireGuard: {:?} {}",
-        String::from_utf8_lossy(&page.stdout),
-        String::from_utf8_lossy(&page.stderr)
-    );
-
-    let console = data_dir
-        .join("contracts")
-        .join(contract.to_string())
-        .join("vms/web/console.log");
-    POLLING
-        .until("the guest's reachability report", Duration::from_secs(60), || async {
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            Ok((text.contains("GW-OK") && text.contains("NODE-UNREACHABLE")).then_some(()))
-        })
-        .await?;
-    let text = std::fs::read_to_string(&console)?;
-    ensure!(!text.contains("NODE-REACHABLE"), "the VM reached its node:\n{text}");
-
-    // A key sealed to another node, and a listen port already taken: those contracts fail
-    // with the reason; the first keeps working.
-    let (_, stranger_box) = zos_primitives::sealing::generate_box_keypair();
-    let wrong = zos_primitives::sealing::seal_wireguard_key(&stranger_box, &node_key)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let wrong_key = create_approved_contract(
-        &grid.api,
-        node,
-        &spec_of(vec![network_json("10.91.2.0/24", PORT + 1, &wrong.0, &laptop_public)])?,
+    let api = &grid.api;
+    let a = start_node(api, &url, grid.farm, tmp.path(), "zmn-a", "ma", &[]).await?;
+    // B aborts in the middle of its first install, to be restarted.
+    let mut b = start_node(
+        api,
+        &url,
+        grid.farm,
+        tmp.path(),
+        "zmn-b",
+        "mb",
+        &[("ZOS_FAILPOINT", "install-midway")],
     )
     .await?;
-    let reason = failure_reason(&grid.api, node, wrong_key).await?;
+    let c = start_node(api, &url, grid.farm, tmp.path(), "zmn-c", "mc", &[]).await?;
+
+    // ---- the deployer plans the network with the CLI
+    let plan_file = tmp.path().join("plan.toml");
+    std::fs::write(
+        &plan_file,
+        format!(
+            "name = \"net\"\nip_range = \"10.92.0.0/16\"\nlaptop = true\n\
+             [[nodes]]\nnode = {}\nendpoint = \"198.51.100.1\"\n\
+             [[nodes]]\nnode = {}\nendpoint = \"198.51.100.2\"\n\
+             [[nodes]]\nnode = {}\n",
+            a.id, b.id, c.id
+        ),
+    )?;
+    let out = tmp.path().join("plan");
+    let planned = Command::new(&zos)
+        .args(["--url", &url, "network", "plan"])
+        .arg(&plan_file)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    ensure!(
+        planned.status.success(),
+        "zos network plan: {}",
+        String::from_utf8_lossy(&planned.stderr)
+    );
+
+    // ---- one contract per node: VMs on A and B, the network alone on C
+    let spec_a = with_vm(
+        planned_spec(&out, a.id)?,
+        image,
+        "10.92.2.2",
+        "10.92.3.2 10.92.4.2",
+        "10.92.3.2",
+        "198.51.100.1",
+    )?;
+    let spec_b = with_vm(
+        planned_spec(&out, b.id)?,
+        image,
+        "10.92.3.2",
+        "10.92.2.2 10.92.4.2",
+        "",
+        "198.51.100.2",
+    )?;
+    let spec_c = planned_spec(&out, c.id)?;
+    let contract_a = create_approved_contract(api, a.id, &spec_a).await?;
+    let activated = Instant::now();
+    let contract_b = create_approved_contract(api, b.id, &spec_b).await?;
+    let contract_c = create_approved_contract(api, c.id, &spec_c).await?;
+
+    // B dies half-way (its network made, its VM not), then converges after a restart.
+    POLLING
+        .until("node B's executor aborting mid-install", Duration::from_secs(120), || {
+            let running = b.executor.is_running();
+            async move { Ok((!running).then_some(())) }
+        })
+        .await?;
+    b.executor.env.retain(|(k, _)| k != "ZOS_FAILPOINT");
+    b.executor.start()?;
+
+    until_deployed(api, &a, contract_a, 300).await?;
+    until_deployed(api, &b, contract_b, 300).await?;
+    until_deployed(api, &c, contract_c, 120).await?;
+    eprintln!("activation of A -> all three Deployed: {:?}", activated.elapsed());
+
+    // C's "VM": a namespace on C's network bridge.
+    let bridge_c = format!("mcb{}", network_id(contract_c, b"net"));
+    ok(&[
+        "ip", "link", "add", "cv0", "netns", "zmn-c", "type", "veth", "peer", "name", "eth0",
+        "netns", "zmn-cvm",
+    ])?;
+    ok(&["ip", "-n", "zmn-c", "link", "set", "cv0", "master", &bridge_c, "up"])?;
+    ok(&["ip", "-n", "zmn-cvm", "addr", "add", "10.92.4.2/24", "dev", "eth0"])?;
+    ok(&["ip", "-n", "zmn-cvm", "link", "set", "eth0", "up"])?;
+    ok(&["ip", "-n", "zmn-cvm", "route", "add", "default", "via", "10.92.4.1"])?;
+
+    // ---- the laptop brings up the planned wg-quick file
+    let conf = tmp.path().join(format!("{LAPTOP_IF}.conf"));
+    std::fs::copy(out.join("laptop.conf"), &conf)?;
+    let wg_log = std::fs::File::create(tmp.path().join("wg-quick.log"))?;
+    let up = Command::new("ip")
+        .args(["netns", "exec", "zmn-laptop", "wg-quick", "up"])
+        .arg(&conf)
+        .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "wireguard-go")
+        .stdin(Stdio::null())
+        .stdout(wg_log.try_clone()?)
+        .stderr(wg_log)
+        .status()?;
+    ensure!(
+        up.success(),
+        "wg-quick up: {}",
+        std::fs::read_to_string(tmp.path().join("wg-quick.log")).unwrap_or_default()
+    );
+
+    for (target, what) in [
+        ("10.92.2.2", "VM A"),
+        ("10.92.3.2", "VM B (relayed by A)"),
+        ("10.92.4.2", "hidden C (relayed by A)"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !pings("zmn-laptop", target) {
+            ensure!(Instant::now() < deadline, "the laptop never reached {what}");
+        }
+        eprintln!("laptop reaches {what}: {:?} after A's activation", activated.elapsed());
+    }
+    for (ns, url) in [
+        ("zmn-laptop", "http://10.92.2.2/index.html"),
+        ("zmn-laptop", "http://10.92.3.2/index.html"),
+        ("zmn-cvm", "http://10.92.2.2/index.html"),
+        ("zmn-cvm", "http://10.92.3.2/index.html"),
+    ] {
+        ensure!(fetch(ns, url) == PAGE, "{ns} could not fetch {url}");
+    }
+    ensure!(pings("zmn-cvm", "100.64.92.2"), "hidden C cannot reach the laptop");
+
+    // The guests' own view: each other and C, but never their node.
+    for (node, contract, wanted) in [
+        (
+            &a,
+            contract_a,
+            &["REACH-10.92.3.2", "REACH-10.92.4.2", "GOT-page", "NODE-UNREACHABLE"][..],
+        ),
+        (
+            &b,
+            contract_b,
+            &["REACH-10.92.2.2", "REACH-10.92.4.2", "NODE-UNREACHABLE"][..],
+        ),
+    ] {
+        POLLING
+            .until("a guest reaching its peers", Duration::from_secs(120), || async {
+                let text = node.console(contract);
+                Ok(wanted.iter().all(|w| text.contains(w)).then_some(()))
+            })
+            .await
+            .with_context(|| node.console(contract))?;
+        let text = node.console(contract);
+        ensure!(!text.contains("NODE-REACHABLE"), "a VM reached its node:\n{text}");
+    }
+
+    // ---- a key sealed to another node and a taken port fail alone
+    let (_, stranger_box) = zos_primitives::sealing::generate_box_keypair();
+    let mut wrong = planned_spec(&out, a.id)?;
+    if let Some(zos_primitives::spec::WorkloadKind::Network(net)) =
+        wrong.workloads.get_mut(0).map(|w| &mut w.kind)
+    {
+        net.private_key = zos_primitives::sealing::seal_wireguard_key(&stranger_box, &[7; 32])
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        net.listen_port = net.listen_port.saturating_add(1);
+    }
+    let wrong_key = create_approved_contract(api, a.id, &wrong).await?;
+    let reason = failure_reason(api, a.id, wrong_key).await?;
     eprintln!("wrong sealed key: {reason}");
     ensure!(reason.contains("private key"), "unexpected reason: {reason}");
-    let taken = create_approved_contract(
-        &grid.api,
-        node,
-        &spec_of(vec![network_json("10.91.3.0/24", PORT, &sealed.0, &laptop_public)])?,
-    )
-    .await?;
-    let reason = failure_reason(&grid.api, node, taken).await?;
+    let taken = create_approved_contract(api, a.id, &planned_spec(&out, a.id)?).await?;
+    let reason = failure_reason(api, a.id, taken).await?;
     eprintln!("taken port: {reason}");
-    ensure!(
-        reason.contains(&format!("listen port {PORT} is taken")),
-        "unexpected reason: {reason}"
-    );
-    ensure!(laptop.pings("10.91.1.2"), "the first network broke");
+    ensure!(reason.contains("is taken"), "unexpected reason: {reason}");
+    ensure!(pings("zmn-laptop", "10.92.3.2"), "the network broke");
 
-    // Cancelling removes the VM's tap, the network's links, namespace and WireGuard.
-    cancel(&grid.api, contract, POLLING).await?;
-    POLLING
-        .until("no link, namespace or process of the node left", Duration::from_secs(120), || async {
-            Ok(leftovers().is_empty().then_some(()))
-        })
-        .await
-        .with_context(|| format!("left: {:?}\n{}", leftovers(), executor.log_tail()))?;
-    ensure!(!laptop.pings("10.91.1.2"), "the VM is still reachable after cancel");
-    drop(laptop);
-    executor.terminate()?;
-    let _ = run(&["nft", "delete", "table", "inet", &format!("zos_{PREFIX}")]);
-    let _ = run(&["nft", "delete", "table", "arp", &format!("zos_{PREFIX}")]);
+    // ---- cancel: nothing of the networks is left on any node
+    for contract in [contract_a, contract_b, contract_c] {
+        cancel(api, contract, POLLING).await?;
+    }
+    for node in [&a, &b, &c] {
+        POLLING
+            .until("no link, namespace or process left", Duration::from_secs(120), || async {
+                Ok(node.leftovers().is_empty().then_some(()))
+            })
+            .await
+            .with_context(|| format!("left on node {}: {:?}\n{}", node.id, node.leftovers(), node.executor.log_tail()))?;
+    }
+    ensure!(!pings("zmn-laptop", "10.92.2.2"), "VM A still reachable after cancel");
     Ok(())
 }

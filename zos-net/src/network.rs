@@ -113,6 +113,11 @@ impl Networks {
         self.backend
     }
 
+    /// The node's own namespace, when it is not the one this process runs in.
+    pub fn underlay(&self) -> Option<&Path> {
+        self.underlay.as_deref()
+    }
+
     pub fn prefix(&self) -> &Prefix {
         &self.prefix
     }

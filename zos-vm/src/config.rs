@@ -42,6 +42,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskAttachment>,
     pub nics: Vec<NicConfig>,
     pub guest: GuestConfig,
+    /// The network namespace the hypervisor runs in, where the NICs' taps are; `None`: ours.
+    pub netns: Option<PathBuf>,
 }
 
 /// What the guest's root filesystem is.
@@ -385,6 +387,7 @@ mod tests {
             boot: BootMode::Initramfs,
             disks: vec![],
             nics: vec![],
+            netns: None,
             guest: GuestConfig::default(),
         }
     }

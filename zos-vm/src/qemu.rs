@@ -133,6 +133,7 @@ impl Qemu {
             boot: BootMode::Initramfs,
             disks: vec![],
             nics: vec![],
+            netns: None,
             guest: GuestConfig {
                 entrypoint: "true".into(),
                 ..Default::default()
@@ -507,7 +508,27 @@ impl Hypervisor for Qemu {
             .context("opening the hypervisor log")?;
         let args = self.args(cfg, layout, accel);
         tracing::debug!(vm = %cfg.name, ?args, "starting qemu");
-        let spawned = Command::new(&self.opts.qemu_binary)
+        let mut command = Command::new(&self.opts.qemu_binary);
+        // Opened before the fork; the child enters it between fork and exec.
+        let netns = cfg
+            .netns
+            .as_ref()
+            .map(|p| std::fs::File::open(p).with_context(|| format!("opening {}", p.display())))
+            .transpose()?;
+        if let Some(ns) = &netns {
+            use std::os::fd::AsRawFd;
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let spawned = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

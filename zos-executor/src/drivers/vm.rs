@@ -604,6 +604,8 @@ impl VmDriver {
             disks,
             nics,
             guest,
+            // The taps live in the node's underlay namespace: the hypervisor opens them there.
+            netns: networks.and_then(|n| n.underlay().map(Path::to_path_buf)),
         };
         cfg.validate()
             .map_err(|e| DriverError::permanent(format!("VM configuration refused: {e:#}")))?;

@@ -67,11 +67,26 @@ pub struct Executor {
     url: String,
     farm: u32,
     options: ExecutorOptions,
+    /// This executor's own environment variables, applied at every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl Executor {
     pub fn spawn(data_dir: &Path, url: &str, farm: u32, options: ExecutorOptions) -> Result<Self> {
+        Self::spawn_with_env(data_dir, url, farm, options, vec![])
+    }
+
+    /// [`Self::spawn`] with further environment variables for this executor alone (kept for
+    /// restarts; change them through [`Self::env`]).
+    pub fn spawn_with_env(
+        data_dir: &Path,
+        url: &str,
+        farm: u32,
+        options: ExecutorOptions,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
         let mut executor = Self {
+            env,
             child: None,
             data_dir: data_dir.into(),
             log: data_dir.join("executor.log"),
@@ -109,6 +124,7 @@ impl Executor {
             ])
             .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
             .envs(self.options.env.iter().copied())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", self.options.log_filter)
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -400,4 +416,18 @@ pub fn busybox_rootfs(dir: &Path, extra_applets: &[&str], files: &[(&str, &str)]
         std::fs::write(path, content)?;
     }
     Ok(())
+}
+
+/// A binary of this workspace built into the shared target directory (e.g. the `zos` CLI;
+/// `cargo build --workspace --bins` makes them).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let profile = std::env::var("CARGO_PROFILE").unwrap_or_else(|_| "ci".into());
+    let path = Path::new(&target).join(profile).join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: build the workspace's binaries first (cargo build --profile ci --workspace --bins)",
+        path.display()
+    );
+    Ok(path)
 }
