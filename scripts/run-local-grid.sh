@@ -329,7 +329,9 @@ if [ "$has_vm" = 1 ]; then
 fi
 
 if [ "$with_network" = 1 ]; then
-  WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go ip netns exec "$laptop_ns" \
+  # nsenter rather than `ip netns exec`, whose private mount namespace the wireguard-go daemon
+  # would keep (with a copy of the VM's image mount) after the grid stops.
+  WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go nsenter --net="/run/netns/$laptop_ns" \
     wg-quick up "$data_dir/network/zoslap.conf" >"$logs/wg-quick.log" 2>&1 || { cat "$logs/wg-quick.log" >&2; fail "wg-quick up in the laptop namespace"; }
   laptop_pings() { ip netns exec "$laptop_ns" busybox ping -c 1 -W 1 "$vm_ip" >/dev/null 2>&1; }
   wait_for "the VM answering the laptop namespace over WireGuard ($vm_ip)" 120 laptop_pings

@@ -89,9 +89,19 @@ fn pings(ns: &str, target: &str) -> bool {
         .success()
 }
 
-fn fetch(ns: &str, url: &str) -> String {
-    let out = in_ns(ns, &["busybox", "wget", "-q", "-T", "5", "-O", "-", url]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The body at `url` fetched from namespace `ns` (a few tries), or what went wrong.
+fn fetch(ns: &str, url: &str) -> Result<String, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        // (busybox 1.35's `wget -T` crashes: the time limit comes from `timeout`.)
+        let out = in_ns(ns, &["timeout", "5", "busybox", "wget", "-q", "-O", "-", url]);
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(last)
 }
 
 /// The host's part of the test: namespaces for the WAN, three node underlays, a NAT in front
@@ -103,6 +113,15 @@ impl Topology {
         for ns in NAMESPACES {
             let _ = run(&["ip", "netns", "del", ns]);
         }
+        // The nodes' own namespaces and WireGuard processes of an aborted earlier run.
+        let spaces = run(&["ip", "netns", "list"]);
+        for line in String::from_utf8_lossy(&spaces.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if ["ma-net-", "mb-net-", "mc-net-"].iter().any(|p| name.starts_with(p)) {
+                let _ = run(&["ip", "netns", "del", name]);
+            }
+        }
+        let _ = run(&["pkill", "-f", "wireguard-go -f m[abc]w"]);
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{LAPTOP_IF}.sock"));
     }
 
@@ -164,7 +183,9 @@ impl Drop for Topology {
 
 /// A grid node: its executor in its own underlay namespace with its own name prefix.
 struct Node {
+    /// Set by [`Node::registered`].
     id: NodeId,
+    account: subxt::utils::AccountId32,
     executor: Executor,
     data_dir: PathBuf,
     underlay: &'static str,
@@ -189,9 +210,9 @@ async fn start_node(
     ];
     env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let executor = Executor::spawn_with_env(&data_dir, url, farm, EXECUTOR, env)?;
-    let id = registered_node(api, &account, POLLING).await?;
     Ok(Node {
-        id,
+        id: 0,
+        account,
         executor,
         data_dir,
         underlay,
@@ -200,6 +221,12 @@ async fn start_node(
 }
 
 impl Node {
+    /// Waits until the executor registered its node on chain.
+    async fn registered(mut self, api: &Client) -> Result<Self> {
+        self.id = registered_node(api, &self.account, POLLING).await?;
+        Ok(self)
+    }
+
     fn console(&self, contract: ContractId) -> String {
         let path = self
             .data_dir
@@ -277,7 +304,7 @@ const PROBE: &str = r#"#!/bin/sh
 httpd -p 80 -h /www
 while true; do
   for p in $PEERS; do ping -c1 -W1 "$p" >/dev/null && echo "REACH-$p"; done
-  [ -n "$FETCH" ] && wget -q -T 3 -O /tmp/f "http://$FETCH/index.html" && echo "GOT-$(cat /tmp/f)"
+  [ -n "$FETCH" ] && timeout 3 wget -q -O /tmp/f "http://$FETCH/index.html" && echo "GOT-$(cat /tmp/f)"
   if ping -c1 -W1 "$NODE" >/dev/null; then echo NODE-REACHABLE; else echo NODE-UNREACHABLE; fi
   sleep 2
 done
@@ -325,7 +352,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     let rootfs = tmp.path().join("image-tree");
     busybox_rootfs(
         &rootfs,
-        &["httpd", "ping", "wget"],
+        &["httpd", "ping", "wget", "timeout"],
         &[("www/index.html", PAGE), ("bin/probe", PROBE)],
     )?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
@@ -344,9 +371,10 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     let url = chain.ws_url();
     let grid = setup_farm(&chain, b"network-e2e-farm").await?;
     let api = &grid.api;
+    // The nodes are funded one after the other (one signer, one nonce sequence) and register
+    // concurrently; B aborts in the middle of its first install, to be restarted.
     let a = start_node(api, &url, grid.farm, tmp.path(), "zmn-a", "ma", &[]).await?;
-    // B aborts in the middle of its first install, to be restarted.
-    let mut b = start_node(
+    let b = start_node(
         api,
         &url,
         grid.farm,
@@ -357,6 +385,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     )
     .await?;
     let c = start_node(api, &url, grid.farm, tmp.path(), "zmn-c", "mc", &[]).await?;
+    let (a, mut b, c) = (a.registered(api).await?, b.registered(api).await?, c.registered(api).await?);
 
     // ---- the deployer plans the network with the CLI
     let plan_file = tmp.path().join("plan.toml");
@@ -436,8 +465,10 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     let conf = tmp.path().join(format!("{LAPTOP_IF}.conf"));
     std::fs::copy(out.join("laptop.conf"), &conf)?;
     let wg_log = std::fs::File::create(tmp.path().join("wg-quick.log"))?;
-    let up = Command::new("ip")
-        .args(["netns", "exec", "zmn-laptop", "wg-quick", "up"])
+    // nsenter, not `ip netns exec`: the latter gives wireguard-go (a daemon) a private copy
+    // of the host's mounts, which would keep the VMs' image mounts alive after teardown.
+    let up = Command::new("nsenter")
+        .args(["--net=/run/netns/zmn-laptop", "wg-quick", "up"])
         .arg(&conf)
         .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "wireguard-go")
         .stdin(Stdio::null())
@@ -467,7 +498,14 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         ("zmn-cvm", "http://10.92.2.2/index.html"),
         ("zmn-cvm", "http://10.92.3.2/index.html"),
     ] {
-        ensure!(fetch(ns, url) == PAGE, "{ns} could not fetch {url}");
+        match fetch(ns, url) {
+            Ok(body) if body == PAGE => {}
+            other => bail!(
+                "{ns} could not fetch {url}: {other:?}\nconsole of VM A:\n{}\nconsole of VM B:\n{}",
+                a.console(contract_a),
+                b.console(contract_b)
+            ),
+        }
     }
     ensure!(pings("zmn-cvm", "100.64.92.2"), "hidden C cannot reach the laptop");
 

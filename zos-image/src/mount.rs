@@ -784,6 +784,9 @@ fn spawn_workers(
 }
 
 /// A live mount; unmounts when dropped or via [`MountHandle::unmount`].
+/// How long an unmount waits for the FUSE server to finish.
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
     shared: Arc<Shared>,
@@ -805,10 +808,23 @@ impl MountHandle {
 
     fn finish(&mut self) -> Result<()> {
         if let Some(session) = self.session.take() {
-            session.umount_and_join().map_err(|e| Error::Store {
-                store: "fuse".into(),
-                message: e.to_string(),
-            })?;
+            // A copy of the mount in another mount namespace (a daemon started through
+            // `ip netns exec`, a service with private mounts) keeps the FUSE connection alive
+            // after our unmount, and the join would wait for it forever: wait a bounded time,
+            // then leave the server thread to end when that copy goes.
+            let (done, wait) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = done.send(session.umount_and_join());
+            });
+            match wait.recv_timeout(UNMOUNT_WAIT) {
+                Ok(result) => result.map_err(|e| Error::Store {
+                    store: "fuse".into(),
+                    message: e.to_string(),
+                })?,
+                Err(_) => tracing::warn!(
+                    "image unmounted here, but another mount namespace still holds it: its server runs until that copy goes"
+                ),
+            }
         }
         if let (Some(path), Some(trace)) = (self.trace_path.take(), &self.shared.trace) {
             let t = trace.lock().unwrap_or_else(|p| p.into_inner());
