@@ -42,12 +42,12 @@ impl Out {
 pub(crate) struct Ctx {
     url: String,
     key: Option<String>,
-    json: bool,
-    timeout: Duration,
+    pub(crate) json: bool,
+    pub(crate) timeout: Duration,
 }
 
 impl Ctx {
-    fn signer(&self) -> Result<Keypair> {
+    pub(crate) fn signer(&self) -> Result<Keypair> {
         let key = self.key.as_deref().ok_or_else(|| {
             anyhow!("this command signs a transaction: give --key (e.g. --key //Alice)")
         })?;
@@ -91,7 +91,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let spec = load_spec(&spec, &image)?;
             deploy(&ctx, spec, node, &signers.signers, signers.threshold).await?
         }
-        Command::Approve { contract, hash } => vote(&ctx, contract, hash.as_deref(), true).await?,
+        Command::Approve { contracts, hash } => match contracts.as_slice() {
+            [contract] => vote(&ctx, *contract, hash.as_deref(), true).await?,
+            _ if hash.is_some() => bail!(
+                "--hash names one proposal: with several contracts each pending proposal's hash \
+                 is read from the chain (and shown before approving)"
+            ),
+            _ => crate::multi_deploy::approve_all(&ctx, &contracts).await?,
+        },
         Command::Reject { contract, hash } => vote(&ctx, contract, hash.as_deref(), false).await?,
         Command::Update {
             contract,
@@ -147,6 +154,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::SealKey { node, wg_key } => seal_key(&ctx, node, wg_key.as_deref()).await?,
         Command::Network(NetworkCmd::Plan { file, out }) => {
             crate::network_cmd::plan(&ctx, &file, out.as_deref()).await?
+        }
+        Command::DeployMulti {
+            file,
+            signers,
+            image,
+            out,
+        } => {
+            crate::multi_deploy::deploy_multi(&ctx, &file, &signers, &image, out.as_deref()).await?
         }
     };
     if ctx.json {
@@ -403,32 +418,11 @@ async fn deploy(
     signers: &[String],
     threshold: Option<u32>,
 ) -> Result<Out> {
-    use runtime::runtime_types::pallet_deployments::types::Signer;
     let key = ctx.signer()?;
     let me = key.public_key().to_account_id();
-    let mut list: Vec<SignerArg> = signers.iter().map(|s| s.parse()).collect::<Result<_>>()?;
-    if list.is_empty() {
-        list.push(SignerArg {
-            account: me.clone(),
-            weight: 1,
-            required: true,
-        });
-    }
-    if !list.iter().any(|s| s.account == me) {
-        bail!("the account of --key ({me}) must be one of the --signer accounts: the creator approves by creating");
-    }
-    let total: u32 = list.iter().map(|s| s.weight).sum();
-    let threshold = threshold.unwrap_or(total);
+    let (signer_values, threshold) = contract_signers(&me, signers, threshold)?;
     let hash = spec.hash();
     let chain = ctx.chain().await?;
-    let signer_values: Vec<Signer<AccountId32>> = list
-        .iter()
-        .map(|s| Signer {
-            account: s.account.clone(),
-            weight: s.weight,
-            required: s.required,
-        })
-        .collect();
     let call = runtime::tx().deployments().create(
         node,
         convert(&spec)?,
@@ -464,6 +458,41 @@ async fn deploy(
         }),
         human,
     ))
+}
+
+/// A new contract's signers from `--signer` (default: `me` alone, required) and its threshold
+/// (default: their total weight).
+pub(crate) fn contract_signers(
+    me: &AccountId32,
+    signers: &[String],
+    threshold: Option<u32>,
+) -> Result<(
+    Vec<runtime::runtime_types::pallet_deployments::types::Signer<AccountId32>>,
+    u32,
+)> {
+    use runtime::runtime_types::pallet_deployments::types::Signer;
+    let mut list: Vec<SignerArg> = signers.iter().map(|s| s.parse()).collect::<Result<_>>()?;
+    if list.is_empty() {
+        list.push(SignerArg {
+            account: me.clone(),
+            weight: 1,
+            required: true,
+        });
+    }
+    if !list.iter().any(|s| &s.account == me) {
+        bail!("the account of --key ({me}) must be one of the --signer accounts: the creator approves by creating");
+    }
+    let total: u32 = list.iter().map(|s| s.weight).sum();
+    let threshold = threshold.unwrap_or(total);
+    let signer_values = list
+        .iter()
+        .map(|s| Signer {
+            account: s.account.clone(),
+            weight: s.weight,
+            required: s.required,
+        })
+        .collect();
+    Ok((signer_values, threshold))
 }
 
 async fn pending_hash(chain: &Chain, contract: ContractId) -> Result<[u8; 32]> {

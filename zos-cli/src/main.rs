@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod format;
 mod keys;
+mod multi_deploy;
 mod network_cmd;
 mod network_plan;
 mod specfile;
@@ -60,10 +61,24 @@ pub enum Command {
         #[command(flatten)]
         image: ImageOverride,
     },
-    /// Approve a contract's pending proposal.
+    /// Create contracts on several nodes in one transaction (all or none), optionally joined
+    /// by a private network planned like `zos network plan` (see examples/multi-node.toml).
+    DeployMulti {
+        file: PathBuf,
+        #[command(flatten)]
+        signers: SignerArgs,
+        #[command(flatten)]
+        image: ImageOverride,
+        /// Write the laptop's wg-quick config to DIR/laptop.conf (mode 0600), not to stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Approve contracts' pending proposals; several go in one transaction (all or none).
     Approve {
-        contract: u64,
-        /// Hash of the proposal (default: the pending proposal's, read from the chain).
+        #[arg(required = true)]
+        contracts: Vec<u64>,
+        /// Hash of the proposal (default: the pending proposal's, read from the chain); only
+        /// with a single contract.
         #[arg(long)]
         hash: Option<String>,
     },

@@ -25,18 +25,27 @@ pub(crate) async fn plan(ctx: &Ctx, file: &Path, out_dir: Option<&Path>) -> Resu
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let plan_file = PlanFile::parse(&text).with_context(|| format!("plan {}", file.display()))?;
     let chain = ctx.chain().await?;
-    let mut inputs = BTreeMap::new();
-    for entry in &plan_file.nodes {
-        if !inputs.contains_key(&entry.node) {
-            inputs.insert(entry.node, node_inputs(&chain, entry.node).await?);
-        }
-    }
+    let inputs = plan_inputs(&chain, &plan_file).await?;
     let plan = network_plan::plan(&plan_file, &inputs, network_plan::random_key)
         .with_context(|| format!("plan {}", file.display()))?;
     match out_dir {
         Some(dir) => write_files(&plan, dir),
         None => print_all(&plan),
     }
+}
+
+/// What the chain says about every node of the plan.
+pub(crate) async fn plan_inputs(
+    chain: &Chain,
+    plan_file: &PlanFile,
+) -> Result<BTreeMap<NodeId, NodeInputs>> {
+    let mut inputs = BTreeMap::new();
+    for entry in &plan_file.nodes {
+        if !inputs.contains_key(&entry.node) {
+            inputs.insert(entry.node, node_inputs(chain, entry.node).await?);
+        }
+    }
+    Ok(inputs)
 }
 
 /// The node's box key, and the listen ports of the networks in its contracts with an approved
@@ -175,7 +184,7 @@ fn write_files(plan: &NetworkPlan, dir: &Path) -> Result<Out> {
     Ok(Out::new(json, human))
 }
 
-fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
+pub(crate) fn write_file(path: &Path, text: &str, private: bool) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     if private {
