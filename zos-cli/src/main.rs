@@ -156,7 +156,7 @@ pub enum FarmCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum FarmIpCmd {
-    /// Add a public IPv4 (CIDR, e.g. 185.1.2.10/24) with its gateway to the farm's pool.
+    /// Add a public IPv4 (CIDR, e.g. 198.51.100.10/24) with its gateway to the farm's pool.
     Add {
         farm: u32,
         cidr: String,

@@ -658,7 +658,7 @@ mod tests {
 
         [[network.nodes]]
         node = 1
-        endpoint = "185.1.2.10"
+        endpoint = "198.51.100.10"
 
         [[network.nodes]]
         node = 2

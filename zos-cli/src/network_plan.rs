@@ -577,7 +577,7 @@ mod tests {
 
         [[nodes]]
         node = 1
-        endpoint = "185.1.2.3"
+        endpoint = "198.51.100.3"
 
         [[nodes]]
         node = 2
@@ -652,7 +652,7 @@ mod tests {
         assert_eq!(n1.listen_port, 51822);
         assert_eq!(n2.listen_port, 51900);
         assert_eq!(n3.listen_port, 51820);
-        assert_eq!(n1.endpoint, Some("185.1.2.3:51822".parse().unwrap()));
+        assert_eq!(n1.endpoint, Some("198.51.100.3:51822".parse().unwrap()));
         assert_eq!(n3.endpoint, None);
 
         let laptop = plan.laptop.as_ref().expect("a laptop");
@@ -726,7 +726,10 @@ mod tests {
         assert_eq!(n1.public_key, box_public_key(&[1; 32]));
 
         let config = laptop.wg_quick.as_str();
-        assert!(config.contains("Endpoint = 185.1.2.3:51822\n"), "{config}");
+        assert!(
+            config.contains("Endpoint = 198.51.100.3:51822\n"),
+            "{config}"
+        );
         assert!(config.contains("AllowedIPs = 10.20.0.0/16\n"), "{config}");
         assert!(config.contains("Address = 100.64.20.2/32\n"), "{config}");
         assert!(config.contains("PersistentKeepalive = 25\n"), "{config}");
@@ -801,7 +804,7 @@ mod tests {
             };
             assert!(err.contains(why), "{text}: {err}");
         };
-        let node = "[[nodes]]\nnode = 1\nendpoint = \"185.1.2.3\"\n";
+        let node = "[[nodes]]\nnode = 1\nendpoint = \"198.51.100.3\"\n";
         refuse(
             &format!("ip_range = \"10.20.1.0/16\"\n{node}"),
             "private /16",
@@ -823,7 +826,7 @@ mod tests {
             "not a port",
         );
         refuse(
-            "ip_range = \"10.20.0.0/16\"\n[[nodes]]\nnode = 9\nendpoint = \"185.1.2.3\"\n",
+            "ip_range = \"10.20.0.0/16\"\n[[nodes]]\nnode = 9\nendpoint = \"198.51.100.3\"\n",
             "node 9",
         );
         refuse(

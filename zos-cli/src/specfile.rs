@@ -192,14 +192,14 @@ mod tests {
     #[test]
     fn values_parse() {
         assert_eq!(
-            parse_cidr("185.1.2.10/24").unwrap(),
+            parse_cidr("198.51.100.10/24").unwrap(),
             Ipv4Cidr {
                 ip: [185, 1, 2, 10],
                 prefix_len: 24
             }
         );
-        assert!(parse_cidr("185.1.2.10").is_err());
-        assert!(parse_cidr("185.1.2.10/33").is_err());
+        assert!(parse_cidr("198.51.100.10").is_err());
+        assert!(parse_cidr("198.51.100.10/33").is_err());
         assert_eq!(parse_amount("1").unwrap(), 1_000_000_000_000);
         assert_eq!(parse_amount("0.5").unwrap(), 500_000_000_000);
         assert_eq!(parse_amount(".000000000001").unwrap(), 1);

@@ -213,7 +213,11 @@ impl Config {
             allowed_image_sources,
             network_enabled: !(flags.no_network || file.no_network.unwrap_or(false)),
             net_prefix: zos_net::Prefix::new(
-                flags.net_prefix.or(file.net_prefix).as_deref().unwrap_or("z"),
+                flags
+                    .net_prefix
+                    .or(file.net_prefix)
+                    .as_deref()
+                    .unwrap_or("z"),
             )?,
             underlay_netns: flags.underlay_netns.or(file.underlay_netns),
         })
@@ -374,10 +378,20 @@ mod tests {
         assert_eq!(offered.mru, 32 * GIB - GIB - 32 * GIB / 20);
         assert_eq!(offered.sru, 480 * GIB);
         // A host smaller than the reserve offers nothing of it, but always one CPU.
-        let tiny = Resources { cru: 1, mru: GIB / 2, sru: GIB, hru: 0 };
+        let tiny = Resources {
+            cru: 1,
+            mru: GIB / 2,
+            sru: GIB,
+            hru: 0,
+        };
         assert_eq!(
             capacity_after_reserve(&tiny, None),
-            Resources { cru: 1, mru: 0, sru: 0, hru: 0 }
+            Resources {
+                cru: 1,
+                mru: 0,
+                sru: 0,
+                hru: 0
+            }
         );
         // A configured reserve replaces the default; an explicit capacity is offered as is.
         let none = parse_capacity("cru=0,mru_mib=0,sru_gib=0").unwrap();

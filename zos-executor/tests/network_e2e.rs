@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Each executor keeps its networks in its own underlay namespace (`--underlay-netns`) under
-//! its own name prefix. `zos network plan` plans the network (keys sealed to each node, ports,
-//! mesh between A and B, C and the laptop through A) and writes the laptop's wg-quick file;
+//! its own name prefix. `zos deploy-multi` plans the network (keys sealed to each node, ports,
+//! mesh between A and B, C and the laptop through A), creates the three contracts in one batch
+//! and writes the laptop's wg-quick file; `zos approve` approves the three at once;
 //! every pair of VM, stand-in and laptop pings and fetches a page across WireGuard. Guests
 //! reach their gateway but not their node. Node B is killed mid-install by a fault point and
 //! converges after a restart. A wrong sealed key and a taken listen port fail their own
@@ -31,22 +32,23 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node,
-    setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions, Polling,
-    StopOnDrop,
+    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node, setup_farm,
+    state_of, which, workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
-use zos_executor::drivers::network::network_id;
+use zos_executor::{drivers::network::network_id, identity::NodeIdentity};
 use zos_image::store::DirStore;
-use zos_primitives::{
-    contracts::ContractState,
-    spec::{DeploymentSpec, Workload},
-    ContractId, NodeId,
-};
+use zos_primitives::{contracts::ContractState, spec::DeploymentSpec, ContractId, NodeId};
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
 const NAMESPACES: [&str; 7] = [
-    "zmn-wan", "zmn-a", "zmn-b", "zmn-c", "zmn-nat", "zmn-laptop", "zmn-cvm",
+    "zmn-wan",
+    "zmn-a",
+    "zmn-b",
+    "zmn-c",
+    "zmn-nat",
+    "zmn-laptop",
+    "zmn-cvm",
 ];
 /// The laptop's WireGuard interface: wg-quick names it after the file.
 const LAPTOP_IF: &str = "zmnlap";
@@ -94,7 +96,10 @@ fn fetch(ns: &str, url: &str) -> Result<String, String> {
     let mut last = String::new();
     for _ in 0..5 {
         // (busybox 1.35's `wget -T` crashes: the time limit comes from `timeout`.)
-        let out = in_ns(ns, &["timeout", "5", "busybox", "wget", "-q", "-O", "-", url]);
+        let out = in_ns(
+            ns,
+            &["timeout", "5", "busybox", "wget", "-q", "-O", "-", url],
+        );
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
@@ -117,7 +122,10 @@ impl Topology {
         let spaces = run(&["ip", "netns", "list"]);
         for line in String::from_utf8_lossy(&spaces.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
-            if ["ma-net-", "mb-net-", "mc-net-"].iter().any(|p| name.starts_with(p)) {
+            if ["ma-net-", "mb-net-", "mc-net-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }
@@ -131,7 +139,9 @@ impl Topology {
             ok(&["ip", "netns", "add", ns])?;
             ok(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
-        ok(&["ip", "-n", "zmn-wan", "link", "add", "wan0", "type", "bridge"])?;
+        ok(&[
+            "ip", "-n", "zmn-wan", "link", "add", "wan0", "type", "bridge",
+        ])?;
         ok(&["ip", "-n", "zmn-wan", "link", "set", "wan0", "up"])?;
         for (i, (ns, ifname, addr)) in [
             ("zmn-a", "eth0", "198.51.100.1/24"),
@@ -147,7 +157,9 @@ impl Topology {
                 "ip", "link", "add", &port, "netns", "zmn-wan", "type", "veth", "peer", "name",
                 ifname, "netns", ns,
             ])?;
-            ok(&["ip", "-n", "zmn-wan", "link", "set", &port, "master", "wan0", "up"])?;
+            ok(&[
+                "ip", "-n", "zmn-wan", "link", "set", &port, "master", "wan0", "up",
+            ])?;
             ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname])?;
             ok(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
         }
@@ -156,20 +168,77 @@ impl Topology {
             "ip", "link", "add", "lan", "netns", "zmn-nat", "type", "veth", "peer", "name", "eth0",
             "netns", "zmn-c",
         ])?;
-        ok(&["ip", "-n", "zmn-nat", "addr", "add", "192.168.77.1/24", "dev", "lan"])?;
-        ok(&["ip", "-n", "zmn-nat", "link", "set", "lan", "up"])?;
-        ok(&["ip", "-n", "zmn-c", "addr", "add", "192.168.77.2/24", "dev", "eth0"])?;
-        ok(&["ip", "-n", "zmn-c", "link", "set", "eth0", "up"])?;
-        ok(&["ip", "-n", "zmn-c", "route", "add", "default", "via", "192.168.77.1"])?;
-        ok(&["ip", "netns", "exec", "zmn-nat", "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
-        ok(&["ip", "netns", "exec", "zmn-nat", "nft", "add", "table", "ip", "nat"])?;
         ok(&[
-            "ip", "netns", "exec", "zmn-nat", "nft", "add", "chain", "ip", "nat", "post",
+            "ip",
+            "-n",
+            "zmn-nat",
+            "addr",
+            "add",
+            "192.168.77.1/24",
+            "dev",
+            "lan",
+        ])?;
+        ok(&["ip", "-n", "zmn-nat", "link", "set", "lan", "up"])?;
+        ok(&[
+            "ip",
+            "-n",
+            "zmn-c",
+            "addr",
+            "add",
+            "192.168.77.2/24",
+            "dev",
+            "eth0",
+        ])?;
+        ok(&["ip", "-n", "zmn-c", "link", "set", "eth0", "up"])?;
+        ok(&[
+            "ip",
+            "-n",
+            "zmn-c",
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.77.1",
+        ])?;
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "zmn-nat",
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ])?;
+        ok(&[
+            "ip", "netns", "exec", "zmn-nat", "nft", "add", "table", "ip", "nat",
+        ])?;
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "zmn-nat",
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "nat",
+            "post",
             "{ type nat hook postrouting priority 100; }",
         ])?;
         ok(&[
-            "ip", "netns", "exec", "zmn-nat", "nft", "add", "rule", "ip", "nat", "post", "oifname",
-            "wan", "masquerade",
+            "ip",
+            "netns",
+            "exec",
+            "zmn-nat",
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "nat",
+            "post",
+            "oifname",
+            "wan",
+            "masquerade",
         ])?;
         Ok(Self)
     }
@@ -205,10 +274,17 @@ async fn start_node(
     std::fs::create_dir_all(&data_dir)?;
     let account = funded_identity(api, &data_dir).await?;
     let mut env = vec![
-        ("ZOS_UNDERLAY_NETNS".to_string(), format!("/run/netns/{underlay}")),
+        (
+            "ZOS_UNDERLAY_NETNS".to_string(),
+            format!("/run/netns/{underlay}"),
+        ),
         ("ZOS_NET_PREFIX".to_string(), prefix.to_string()),
     ];
-    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let executor = Executor::spawn_with_env(&data_dir, url, farm, EXECUTOR, env)?;
     Ok(Node {
         id: 0,
@@ -254,25 +330,33 @@ impl Node {
             }
         }
         let procs = run(&["pgrep", "-af", &format!("wireguard-go -f {}w", self.prefix)]);
-        found.extend(String::from_utf8_lossy(&procs.stdout).lines().map(String::from));
+        found.extend(
+            String::from_utf8_lossy(&procs.stdout)
+                .lines()
+                .map(String::from),
+        );
         found
     }
 }
 
 async fn until_deployed(api: &Client, node: &Node, contract: ContractId, secs: u64) -> Result<()> {
     POLLING
-        .until("the contract Deployed", Duration::from_secs(secs), || async {
-            match state_of(api, node.id, contract).await? {
-                Some(ContractState::Deployed) => Ok(Some(())),
-                Some(ContractState::Failed(f)) => bail!(
-                    "contract {contract} failed on node {}: {}\n{}",
-                    node.id,
-                    String::from_utf8_lossy(&f.reason),
-                    node.executor.log_tail()
-                ),
-                _ => Ok(None),
-            }
-        })
+        .until(
+            "the contract Deployed",
+            Duration::from_secs(secs),
+            || async {
+                match state_of(api, node.id, contract).await? {
+                    Some(ContractState::Deployed) => Ok(Some(())),
+                    Some(ContractState::Failed(f)) => bail!(
+                        "contract {contract} failed on node {}: {}\n{}",
+                        node.id,
+                        String::from_utf8_lossy(&f.reason),
+                        node.executor.log_tail()
+                    ),
+                    _ => Ok(None),
+                }
+            },
+        )
         .await
         .with_context(|| node.executor.log_tail())
 }
@@ -291,11 +375,40 @@ async fn failure_reason(api: &Client, node: NodeId, contract: ContractId) -> Res
         .await
 }
 
-/// The network workload `zos network plan` wrote for `node`, as a spec.
-fn planned_spec(out: &Path, node: NodeId) -> Result<DeploymentSpec> {
-    let path = out.join(format!("node-{node}.network.toml"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-    toml::from_str(&format!("version = 0\n{text}")).context("the planned workload as a spec")
+/// Runs the `zos` CLI with `--json` and returns its output.
+fn zos_cli(zos: &Path, url: &str, key: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(zos)
+        .args(["--url", url, "--key", key, "--json"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "zos {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "zos {args:?} output: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// A contract holding one network workload: range 10.92.0.0/16, `subnet`, `port`, the key
+/// sealed as given, no peers.
+fn network_spec(subnet: &str, port: u16, sealed_key: &[u8]) -> Result<DeploymentSpec> {
+    let hex: String = sealed_key.iter().map(|b| format!("{b:02x}")).collect();
+    let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+        "version": 0,
+        "workloads": [ { "name": "net", "kind": { "network": {
+            "ip_range": "10.92.0.0/16", "subnet": subnet, "listen_port": port, "private_key": hex,
+        } } } ],
+    }))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    Ok(spec)
 }
 
 /// What each guest runs: serves a page, then every 2 s pings its peers, fetches a page and
@@ -310,40 +423,13 @@ while true; do
 done
 "#;
 
-/// The planned spec plus a VM on the network at `ip` running [`PROBE`].
-fn with_vm(
-    mut spec: DeploymentSpec,
-    image: (&str, &str),
-    ip: &str,
-    peers: &str,
-    fetch: &str,
-    node: &str,
-) -> Result<DeploymentSpec> {
-    let vm: Workload = serde_json::from_value(serde_json::json!({ "name": "web", "kind": { "vm": {
-        "image": { "root_hash": image.0, "source": image.1 },
-        "vcpus": 1,
-        "memory_mib": 256,
-        "rootfs_mib": 256,
-        "networks": [ { "network": "net", "ip": ip } ],
-        "env": [
-            { "key": "PEERS", "value": peers },
-            { "key": "FETCH", "value": fetch },
-            { "key": "NODE", "value": node },
-        ],
-        "entrypoint": "/bin/sh /bin/probe",
-    } } }))?;
-    spec.workloads
-        .try_push(vm)
-        .map_err(|_| anyhow::anyhow!("too many workloads"))?;
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
-    Ok(spec)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "needs root (namespaces, taps, nftables)");
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root (namespaces, taps, nftables)"
+    );
     for tool in ["qemu-system-x86_64", "busybox", "nft", "wg", "wg-quick"] {
         ensure!(which(tool).is_some(), "{tool} is needed");
     }
@@ -364,7 +450,6 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     )?;
     let root = packed.root.to_hex();
     let source = format!("http://{hub}");
-    let image = (root.as_str(), source.as_str());
 
     let _topology = Topology::build()?;
     let chain = ChainNode::start(NodeOptions::default())?;
@@ -385,62 +470,93 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     )
     .await?;
     let c = start_node(api, &url, grid.farm, tmp.path(), "zmn-c", "mc", &[]).await?;
-    let (a, mut b, c) = (a.registered(api).await?, b.registered(api).await?, c.registered(api).await?);
+    let (a, mut b, c) = (
+        a.registered(api).await?,
+        b.registered(api).await?,
+        c.registered(api).await?,
+    );
 
-    // ---- the deployer plans the network with the CLI
-    let plan_file = tmp.path().join("plan.toml");
-    std::fs::write(
-        &plan_file,
+    // ---- the deployer describes VMs on A and B and the network over all three (C gets a
+    // network-only contract), creates every contract in one batch and //Bob approves them all
+    let vm = |ip: &str, peers: &str, fetch: &str, node: &str| {
         format!(
-            "name = \"net\"\nip_range = \"10.92.0.0/16\"\nlaptop = true\n\
-             [[nodes]]\nnode = {}\nendpoint = \"198.51.100.1\"\n\
-             [[nodes]]\nnode = {}\nendpoint = \"198.51.100.2\"\n\
-             [[nodes]]\nnode = {}\n",
-            a.id, b.id, c.id
+            "[[deployments.workloads]]\nname = \"web\"\n\
+             [deployments.workloads.kind.vm]\nvcpus = 1\nmemory_mib = 256\nrootfs_mib = 256\n\
+             entrypoint = \"/bin/sh /bin/probe\"\n\
+             networks = [{{ network = \"net\", ip = \"{ip}\" }}]\n\
+             env = [{{ key = \"PEERS\", value = \"{peers}\" }}, {{ key = \"FETCH\", value = \"{fetch}\" }}, \
+             {{ key = \"NODE\", value = \"{node}\" }}]\n\
+             [deployments.workloads.kind.vm.image]\nroot_hash = \"{root}\"\nsource = \"{source}\"\n"
+        )
+    };
+    let file = tmp.path().join("grid.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[network]\nname = \"net\"\nip_range = \"10.92.0.0/16\"\nlaptop = true\n\
+             [[network.nodes]]\nnode = {a}\nendpoint = \"198.51.100.1\"\n\
+             [[network.nodes]]\nnode = {b}\nendpoint = \"198.51.100.2\"\n\
+             [[network.nodes]]\nnode = {c}\n\
+             [[deployments]]\nnode = {a}\n{vm_a}\
+             [[deployments]]\nnode = {b}\n{vm_b}",
+            a = a.id,
+            b = b.id,
+            c = c.id,
+            vm_a = vm(
+                "10.92.2.2",
+                "10.92.3.2 10.92.4.2",
+                "10.92.3.2",
+                "198.51.100.1"
+            ),
+            vm_b = vm("10.92.3.2", "10.92.2.2 10.92.4.2", "", "198.51.100.2"),
         ),
     )?;
     let out = tmp.path().join("plan");
-    let planned = Command::new(&zos)
-        .args(["--url", &url, "network", "plan"])
-        .arg(&plan_file)
-        .arg("--out")
-        .arg(&out)
-        .output()?;
-    ensure!(
-        planned.status.success(),
-        "zos network plan: {}",
-        String::from_utf8_lossy(&planned.stderr)
-    );
-
-    // ---- one contract per node: VMs on A and B, the network alone on C
-    let spec_a = with_vm(
-        planned_spec(&out, a.id)?,
-        image,
-        "10.92.2.2",
-        "10.92.3.2 10.92.4.2",
-        "10.92.3.2",
-        "198.51.100.1",
+    let deployed = zos_cli(
+        &zos,
+        &url,
+        "//Alice",
+        &[
+            "deploy-multi",
+            file.to_str().context("path")?,
+            "--signer",
+            "//Alice:1:required",
+            "--signer",
+            "//Bob:1:required",
+            "--threshold",
+            "2",
+            "--out",
+            out.to_str().context("path")?,
+        ],
     )?;
-    let spec_b = with_vm(
-        planned_spec(&out, b.id)?,
-        image,
-        "10.92.3.2",
-        "10.92.2.2 10.92.4.2",
-        "",
-        "198.51.100.2",
-    )?;
-    let spec_c = planned_spec(&out, c.id)?;
-    let contract_a = create_approved_contract(api, a.id, &spec_a).await?;
+    let contract_on = |node: NodeId| -> Result<ContractId> {
+        deployed["contracts"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["node"] == node))
+            .and_then(|r| r["contract"].as_u64())
+            .with_context(|| format!("no contract for node {node} in {deployed}"))
+    };
+    let (contract_a, contract_b, contract_c) =
+        (contract_on(a.id)?, contract_on(b.id)?, contract_on(c.id)?);
+    let ids: Vec<String> = [contract_a, contract_b, contract_c]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let mut approve = vec!["approve"];
+    approve.extend(ids.iter().map(String::as_str));
+    zos_cli(&zos, &url, "//Bob", &approve)?;
     let activated = Instant::now();
-    let contract_b = create_approved_contract(api, b.id, &spec_b).await?;
-    let contract_c = create_approved_contract(api, c.id, &spec_c).await?;
 
     // B dies half-way (its network made, its VM not), then converges after a restart.
     POLLING
-        .until("node B's executor aborting mid-install", Duration::from_secs(120), || {
-            let running = b.executor.is_running();
-            async move { Ok((!running).then_some(())) }
-        })
+        .until(
+            "node B's executor aborting mid-install",
+            Duration::from_secs(120),
+            || {
+                let running = b.executor.is_running();
+                async move { Ok((!running).then_some(())) }
+            },
+        )
         .await?;
     b.executor.env.retain(|(k, _)| k != "ZOS_FAILPOINT");
     b.executor.start()?;
@@ -448,7 +564,10 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     until_deployed(api, &a, contract_a, 300).await?;
     until_deployed(api, &b, contract_b, 300).await?;
     until_deployed(api, &c, contract_c, 120).await?;
-    eprintln!("activation of A -> all three Deployed: {:?}", activated.elapsed());
+    eprintln!(
+        "activation of A -> all three Deployed: {:?}",
+        activated.elapsed()
+    );
 
     // C's "VM": a namespace on C's network bridge.
     let bridge_c = format!("mcb{}", network_id(contract_c, b"net"));
@@ -456,10 +575,30 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         "ip", "link", "add", "cv0", "netns", "zmn-c", "type", "veth", "peer", "name", "eth0",
         "netns", "zmn-cvm",
     ])?;
-    ok(&["ip", "-n", "zmn-c", "link", "set", "cv0", "master", &bridge_c, "up"])?;
-    ok(&["ip", "-n", "zmn-cvm", "addr", "add", "10.92.4.2/24", "dev", "eth0"])?;
+    ok(&[
+        "ip", "-n", "zmn-c", "link", "set", "cv0", "master", &bridge_c, "up",
+    ])?;
+    ok(&[
+        "ip",
+        "-n",
+        "zmn-cvm",
+        "addr",
+        "add",
+        "10.92.4.2/24",
+        "dev",
+        "eth0",
+    ])?;
     ok(&["ip", "-n", "zmn-cvm", "link", "set", "eth0", "up"])?;
-    ok(&["ip", "-n", "zmn-cvm", "route", "add", "default", "via", "10.92.4.1"])?;
+    ok(&[
+        "ip",
+        "-n",
+        "zmn-cvm",
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.92.4.1",
+    ])?;
 
     // ---- the laptop brings up the planned wg-quick file
     let conf = tmp.path().join(format!("{LAPTOP_IF}.conf"));
@@ -490,7 +629,10 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         while !pings("zmn-laptop", target) {
             ensure!(Instant::now() < deadline, "the laptop never reached {what}");
         }
-        eprintln!("laptop reaches {what}: {:?} after A's activation", activated.elapsed());
+        eprintln!(
+            "laptop reaches {what}: {:?} after A's activation",
+            activated.elapsed()
+        );
     }
     for (ns, url) in [
         ("zmn-laptop", "http://10.92.2.2/index.html"),
@@ -507,14 +649,22 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
             ),
         }
     }
-    ensure!(pings("zmn-cvm", "100.64.92.2"), "hidden C cannot reach the laptop");
+    ensure!(
+        pings("zmn-cvm", "100.64.92.2"),
+        "hidden C cannot reach the laptop"
+    );
 
     // The guests' own view: each other and C, but never their node.
     for (node, contract, wanted) in [
         (
             &a,
             contract_a,
-            &["REACH-10.92.3.2", "REACH-10.92.4.2", "GOT-page", "NODE-UNREACHABLE"][..],
+            &[
+                "REACH-10.92.3.2",
+                "REACH-10.92.4.2",
+                "GOT-page",
+                "NODE-UNREACHABLE",
+            ][..],
         ),
         (
             &b,
@@ -523,31 +673,49 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         ),
     ] {
         POLLING
-            .until("a guest reaching its peers", Duration::from_secs(120), || async {
-                let text = node.console(contract);
-                Ok(wanted.iter().all(|w| text.contains(w)).then_some(()))
-            })
+            .until(
+                "a guest reaching its peers",
+                Duration::from_secs(120),
+                || async {
+                    let text = node.console(contract);
+                    Ok(wanted.iter().all(|w| text.contains(w)).then_some(()))
+                },
+            )
             .await
             .with_context(|| node.console(contract))?;
         let text = node.console(contract);
-        ensure!(!text.contains("NODE-REACHABLE"), "a VM reached its node:\n{text}");
+        ensure!(
+            !text.contains("NODE-REACHABLE"),
+            "a VM reached its node:\n{text}"
+        );
     }
 
     // ---- a key sealed to another node and a taken port fail alone
+    let port_a = deployed["network"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["node"] == a.id))
+        .and_then(|n| n["listen_port"].as_u64())
+        .context("node A's planned port")? as u16;
     let (_, stranger_box) = zos_primitives::sealing::generate_box_keypair();
-    let mut wrong = planned_spec(&out, a.id)?;
-    if let Some(zos_primitives::spec::WorkloadKind::Network(net)) =
-        wrong.workloads.get_mut(0).map(|w| &mut w.kind)
-    {
-        net.private_key = zos_primitives::sealing::seal_wireguard_key(&stranger_box, &[7; 32])
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        net.listen_port = net.listen_port.saturating_add(1);
-    }
+    let seal = |to: &[u8; 32]| {
+        zos_primitives::sealing::seal_wireguard_key(to, &[7; 32])
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    let wrong = network_spec("10.92.8.0/24", port_a + 1, &seal(&stranger_box)?.0)?;
     let wrong_key = create_approved_contract(api, a.id, &wrong).await?;
     let reason = failure_reason(api, a.id, wrong_key).await?;
     eprintln!("wrong sealed key: {reason}");
-    ensure!(reason.contains("private key"), "unexpected reason: {reason}");
-    let taken = create_approved_contract(api, a.id, &planned_spec(&out, a.id)?).await?;
+    ensure!(
+        reason.contains("private key"),
+        "unexpected reason: {reason}"
+    );
+    let a_box = NodeIdentity::load_or_create(&a.data_dir.join("identity.json"))?.box_public;
+    let taken = create_approved_contract(
+        api,
+        a.id,
+        &network_spec("10.92.9.0/24", port_a, &seal(&a_box)?.0)?,
+    )
+    .await?;
     let reason = failure_reason(api, a.id, taken).await?;
     eprintln!("taken port: {reason}");
     ensure!(reason.contains("is taken"), "unexpected reason: {reason}");
@@ -559,12 +727,24 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     }
     for node in [&a, &b, &c] {
         POLLING
-            .until("no link, namespace or process left", Duration::from_secs(120), || async {
-                Ok(node.leftovers().is_empty().then_some(()))
-            })
+            .until(
+                "no link, namespace or process left",
+                Duration::from_secs(120),
+                || async { Ok(node.leftovers().is_empty().then_some(())) },
+            )
             .await
-            .with_context(|| format!("left on node {}: {:?}\n{}", node.id, node.leftovers(), node.executor.log_tail()))?;
+            .with_context(|| {
+                format!(
+                    "left on node {}: {:?}\n{}",
+                    node.id,
+                    node.leftovers(),
+                    node.executor.log_tail()
+                )
+            })?;
     }
-    ensure!(!pings("zmn-laptop", "10.92.2.2"), "VM A still reachable after cancel");
+    ensure!(
+        !pings("zmn-laptop", "10.92.2.2"),
+        "VM A still reachable after cancel"
+    );
     Ok(())
 }

@@ -64,7 +64,11 @@ impl NetworkDriver {
         let WorkloadKind::Network(spec) = &w.kind else {
             return Err(DriverError::permanent("not a network workload"));
         };
-        network_config(network_id(ctx.contract, w.name.as_bytes()), spec, &self.box_secret)
+        network_config(
+            network_id(ctx.contract, w.name.as_bytes()),
+            spec,
+            &self.box_secret,
+        )
     }
 
     fn id(ctx: &WorkloadCtx, w: &Workload) -> NetId {
@@ -73,15 +77,16 @@ impl NetworkDriver {
 
     async fn apply(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
         let cfg = self.config(ctx, w)?;
-        self.networks.apply(&cfg).await.map_err(|e| {
-            match e.downcast_ref::<NetError>() {
+        self.networks
+            .apply(&cfg)
+            .await
+            .map_err(|e| match e.downcast_ref::<NetError>() {
                 Some(net) => DriverError::permanent(format!(
                     "network '{}': {net}",
                     String::from_utf8_lossy(w.name.as_bytes())
                 )),
                 None => DriverError::Transient(e),
-            }
-        })
+            })
     }
 }
 
@@ -106,7 +111,11 @@ pub fn network_config(
                     PeerEndpoint::V4 { ip, port } => (std::net::Ipv4Addr::from(*ip), *port).into(),
                     PeerEndpoint::V6 { ip, port } => (std::net::Ipv6Addr::from(*ip), *port).into(),
                 }),
-                allowed_ips: p.allowed_ips.iter().map(cidr).collect::<DriverResult<_>>()?,
+                allowed_ips: p
+                    .allowed_ips
+                    .iter()
+                    .map(cidr)
+                    .collect::<DriverResult<_>>()?,
             })
         })
         .collect::<DriverResult<_>>()?;

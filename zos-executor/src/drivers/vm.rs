@@ -35,11 +35,11 @@ use zos_image::{
     mount::{MountHandle, MountOptions},
     store::{DirStore, HttpStore, Store},
 };
+use zos_net::{NetError, Networks};
 use zos_primitives::{
     spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
 };
-use zos_net::{NetError, Networks};
 use zos_vm::{
     BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, NicConfig, RestartPolicy, Vm,
     VmConfig, VmEvent, VmOptions, VmState, WritableLayer,
