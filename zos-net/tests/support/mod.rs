@@ -156,7 +156,6 @@ pub fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-
 /// Builds the two underlays and a `Networks` in each (prefixes "ta" and "tb"), after removing
 /// what an aborted earlier run left. The returned guard deletes every namespace.
 pub async fn two_nodes(dir: &std::path::Path) -> (Cleanup, Networks, Networks) {
