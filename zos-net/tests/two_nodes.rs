@@ -4,12 +4,11 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
-use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 use zos_net::{NetError, Peer};
 

@@ -74,6 +74,7 @@ fn base_config(name: &str) -> VmConfig {
         boot: BootMode::Initramfs,
         disks: vec![],
         nics: vec![],
+        netns: None,
         guest: GuestConfig::default(),
     }
 }
