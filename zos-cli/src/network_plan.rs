@@ -581,7 +581,7 @@ mod tests {
 
         [[nodes]]
         node = 2
-        endpoint = "185.4.5.6"
+        endpoint = "198.51.100.6"
         listen_port = 51900
 
         [[nodes]]
@@ -659,11 +659,11 @@ mod tests {
         let laptop_ip = cidr("100.64.20.2/32");
         assert_eq!(laptop.address, laptop_ip);
         let n1_endpoint = Some(PeerEndpoint::V4 {
-            ip: [185, 1, 2, 3],
+            ip: [198, 51, 100, 3],
             port: 51822,
         });
         let n2_endpoint = Some(PeerEndpoint::V4 {
-            ip: [185, 4, 5, 6],
+            ip: [198, 51, 100, 6],
             port: 51900,
         });
         let peers = |n: &PlannedNode| -> Vec<([u8; 32], Option<PeerEndpoint>, Vec<Ipv4Cidr>)> {

@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(
             parse_cidr("198.51.100.10/24").unwrap(),
             Ipv4Cidr {
-                ip: [185, 1, 2, 10],
+                ip: [198, 51, 100, 10],
                 prefix_len: 24
             }
         );
