@@ -22,22 +22,34 @@ use crate::{
 pub fn underlay_rules(prefix: &Prefix) -> String {
     let table = format!("zos_{prefix}");
     let bridges = format!("{prefix}b*");
+    // Taps and veth ends are bridge ports, whose traffic the host sees as the bridge's; one
+    // that is off its bridge (its network just removed, a crash half-way) must not become a
+    // plain interface of the node.
+    let ports = [format!("{prefix}t*"), format!("{prefix}v*")];
+    let port_drops = |dir: &str| -> String {
+        ports
+            .iter()
+            .map(|p| format!("\t\t{dir}name \"{p}\" counter drop\n"))
+            .collect()
+    };
     format!(
         "table inet {table}\n\
          delete table inet {table}\n\
          table inet {table} {{\n\
          \tchain input {{ type filter hook input priority -10; policy accept;\n\
-         \t\tiifname \"{bridges}\" counter drop\n\t}}\n\
+         \t\tiifname \"{bridges}\" counter drop\n{in_ports}\t}}\n\
          \tchain forward {{ type filter hook forward priority -10; policy accept;\n\
          \t\tiifname \"{bridges}\" oifname != \"{bridges}\" counter drop\n\
-         \t\toifname \"{bridges}\" iifname != \"{bridges}\" counter drop\n\t}}\n\
+         \t\toifname \"{bridges}\" iifname != \"{bridges}\" counter drop\n{in_ports}{out_ports}\t}}\n\
          }}\n\
          table arp {table}\n\
          delete table arp {table}\n\
          table arp {table} {{\n\
          \tchain input {{ type filter hook input priority -10; policy accept;\n\
-         \t\tiifname \"{bridges}\" counter drop\n\t}}\n\
-         }}\n"
+         \t\tiifname \"{bridges}\" counter drop\n{in_ports}\t}}\n\
+         }}\n",
+        in_ports = port_drops("iif"),
+        out_ports = port_drops("oif"),
     )
 }
 
@@ -108,6 +120,8 @@ mod tests {
         let under = underlay_rules(&p);
         assert!(under.contains("iifname \"q1b*\" counter drop"));
         assert!(under.contains("table arp zos_q1"));
+        assert!(under.contains("iifname \"q1t*\" counter drop"));
+        assert!(under.contains("oifname \"q1v*\" counter drop"));
         let net = network_rules(&p, &id);
         assert!(net.contains("iifname \"q1l0123456789\" oifname \"q1w0123456789\" accept"));
         assert!(net.contains("policy drop"));

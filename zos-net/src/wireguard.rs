@@ -112,8 +112,12 @@ pub fn start_userspace(name: &str, pid_file: &Path, log_file: &Path) -> Result<(
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting wireguard-go")?;
+    let mut child = cmd.spawn().context("starting wireguard-go")?;
     fs::write(pid_file, child.id().to_string()).context("writing the wireguard-go pid")?;
+    // Reaped when it ends (stopped with its network), so no zombie stays behind.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     while !userspace_running(name) {
         anyhow::ensure!(
