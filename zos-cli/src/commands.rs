@@ -898,22 +898,10 @@ async fn seal_key(ctx: &Ctx, node: u32, wg_key: Option<&str>) -> Result<Out> {
             zeroize::Zeroizing::new(parse_hash(k).context("--wg-key")?),
             false,
         ),
-        None => {
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            getrandom::getrandom(&mut k[..]).map_err(|e| anyhow!("no randomness: {e}"))?;
-            (k, true)
-        }
+        None => (crate::network_plan::random_key()?, true),
     };
     let chain = ctx.chain().await?;
-    let at = chain.api.at_current_block().await?;
-    let Some(n) = at
-        .storage()
-        .try_fetch(runtime::storage().grid().nodes(), (node,))
-        .await?
-    else {
-        bail!("node {node} not found");
-    };
-    let box_key = n.decode()?.box_key;
+    let box_key = crate::network_cmd::node_box_key(&chain, node).await?;
     let sealed = zos_primitives::sealing::seal_wireguard_key(&box_key, &secret)
         .map_err(|e| anyhow!("sealing failed: {e:?}"))?;
     let public = zos_primitives::sealing::box_public_key(&secret);

@@ -48,10 +48,8 @@ pub(crate) async fn plan_inputs(
     Ok(inputs)
 }
 
-/// The node's box key, and the listen ports of the networks in its contracts with an approved
-/// spec. A contract still waiting for approval is not counted: if it takes the same port, the
-/// second network to deploy fails on the node and reports why.
-async fn node_inputs(chain: &Chain, node: NodeId) -> Result<NodeInputs> {
+/// The x25519 key secrets are sealed to for `node`, as registered on chain.
+pub(crate) async fn node_box_key(chain: &Chain, node: NodeId) -> Result<[u8; 32]> {
     let at = chain.api.at_current_block().await?;
     let Some(n) = at
         .storage()
@@ -60,7 +58,14 @@ async fn node_inputs(chain: &Chain, node: NodeId) -> Result<NodeInputs> {
     else {
         bail!("node {node} not found");
     };
-    let box_key = n.decode()?.box_key;
+    Ok(n.decode()?.box_key)
+}
+
+/// The node's box key, and the listen ports of the networks in its contracts with an approved
+/// spec. A contract still waiting for approval is not counted: if it takes the same port, the
+/// second network to deploy fails on the node and reports why.
+async fn node_inputs(chain: &Chain, node: NodeId) -> Result<NodeInputs> {
+    let box_key = node_box_key(chain, node).await?;
     let contracts: Vec<(ContractId, NodeContract)> = chain
         .runtime_call("DeploymentsApi_contracts_of_node", &arg(&node))
         .await
