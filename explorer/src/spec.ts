@@ -205,7 +205,7 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
       allowKeys(b, ['v4', 'v6'], p);
       return { v4: bool(b.v4, `${p}.v4`), v6: bool(b.v6, `${p}.v6`) };
     case 'network': {
-      allowKeys(b, ['ip_range', 'subnet', 'listen_port', 'peers', 'private_key'], p);
+      allowKeys(b, ['ip_range', 'subnet', 'listen_port', 'peers', 'private_key', 'outbound_internet'], p);
       return {
         ipRange: parseCidr(b.ip_range, `${p}.ip_range`),
         subnet: parseCidr(b.subnet, `${p}.subnet`),
@@ -222,6 +222,7 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
           };
         }),
         privateKey: hexBytes(b.private_key, `${p}.private_key`, undefined, LIMITS.SEALED_WIREGUARD_KEY_LEN),
+        outboundInternet: bool(b.outbound_internet, `${p}.outbound_internet`),
       };
     }
     case 'vm': {
@@ -316,6 +317,10 @@ export function validateSpec(spec: ChainSpec): string | null {
     }
   }
   if (ipv4 > LIMITS.MAX_PUBLIC_IPV4) return 'TooManyPublicIpv4';
+  const nets = ws.filter((w) => w.kind.Network).map((w) => w.kind.Network);
+  for (let i = 0; i < nets.length; i++) {
+    if (nets.slice(0, i).some((o: any) => overlaps(o.ipRange, nets[i].ipRange))) return 'OverlappingNetworks';
+  }
   // Rules spanning several VMs.
   const vms = ws.filter((w) => w.kind.Vm).map((w) => w.kind.Vm);
   for (let i = 0; i < vms.length; i++) {
@@ -385,6 +390,12 @@ function validMountPath(p: string): boolean {
     && p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');
 }
 
+/** Two subnets share an address exactly when one holds the other's first address. */
+function overlaps(a: Cidr, b: Cidr): boolean {
+  const holds = (c: Cidr, addr: number) => ((addr & mask(c.prefixLen)) >>> 0) === network(c);
+  return holds(a, network(b)) || holds(b, network(a));
+}
+
 function checkNetwork(net: any): string | null {
   if (!(net.ipRange.prefixLen === 16 && isPrivate(net.ipRange.ip))) return 'InvalidIpRange';
   if (!hostBitsClear(net.ipRange)) return 'CidrHostBitsSet';
@@ -400,6 +411,14 @@ function checkNetwork(net: any): string | null {
     if (peer.allowedIps.length === 0 || !peer.allowedIps.every((c: Cidr) => c.prefixLen <= 32)) return 'InvalidAllowedIps';
     const ep = peer.endpoint && (peer.endpoint.V4 ?? peer.endpoint.V6);
     if (ep && ep.port === 0) return 'InvalidPeerEndpoint';
+    if (peer.allowedIps.some((c: Cidr) => overlaps(net.subnet, c) && c.prefixLen >= net.subnet.prefixLen)) {
+      return 'AllowedIpsInsideOwnSubnet';
+    }
+    const earlier = net.peers.slice(0, net.peers.indexOf(peer)).flatMap((o: any) => o.allowedIps);
+    for (let j = 0; j < peer.allowedIps.length; j++) {
+      const c = peer.allowedIps[j];
+      if ([...earlier, ...peer.allowedIps.slice(0, j)].some((o: Cidr) => overlaps(o, c))) return 'OverlappingAllowedIps';
+    }
   }
   if ((net.privateKey.length - 2) / 2 !== LIMITS.SEALED_WIREGUARD_KEY_LEN) return 'SealedKeyWrongLength';
   return null;
@@ -463,6 +482,7 @@ function readableKind(kind: any): Record<string, unknown> {
           allowed_ips: p.allowedIps.map(cidr),
         })),
         private_key: hex(b.privateKey),
+        outbound_internet: b.outboundInternet.isTrue,
       },
     };
     case 'Vm': return {
@@ -590,4 +610,7 @@ export const SPEC_ERROR_DOCS: Record<string, string> = {
   InvalidAllowedIps: 'A peer needs at least one allowed-IP subnet, each with a prefix of at most 32.',
   InvalidPeerEndpoint: "A peer endpoint's port must not be 0.",
   SealedKeyWrongLength: "A network's sealed private key must be exactly `SEALED_WIREGUARD_KEY_LEN` bytes.",
+  OverlappingAllowedIps: 'Two peers of one network have overlapping allowed IPs (WireGuard would silently send that part to only one of them).',
+  AllowedIpsInsideOwnSubnet: "A peer's allowed IPs lie inside this node's own subnet (the peer could pose as local VMs).",
+  OverlappingNetworks: 'Two networks of one spec have overlapping ranges (a VM on both could not route both).',
 };

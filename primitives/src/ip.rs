@@ -63,6 +63,11 @@ impl Ipv4Cidr {
     pub fn contains(&self, addr: [u8; 4]) -> bool {
         u32::from_be_bytes(addr) & self.mask() == u32::from_be_bytes(self.ip) & self.mask()
     }
+
+    /// True if the two subnets share an address (then one holds the other's first address).
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network()) || other.contains(self.network())
+    }
 }
 
 /// A public IPv4 address as a farmer offers it: the address in its subnet plus the gateway.

@@ -485,6 +485,11 @@ pub struct NetworkSpec {
     pub peers: BoundedVec<WireguardPeer, ConstU32<MAX_PEERS>>,
     /// The node's WireGuard private key for this network, sealed to the node's box key.
     pub private_key: SealedSecret,
+    /// VMs on this network may open connections to the internet through the node (masqueraded
+    /// behind the node's address; nothing can dial in). Off unless asked for; a node whose
+    /// farmer forbids it fails the contract with that reason.
+    #[cfg_attr(feature = "std", serde(default))]
+    pub outbound_internet: bool,
 }
 
 /// A public address for one VM, taken from the node's farm pool (IPv4) or the node (IPv6).
@@ -630,6 +635,13 @@ pub enum SpecError {
     InvalidPeerEndpoint,
     /// A network's sealed private key must be exactly `SEALED_WIREGUARD_KEY_LEN` bytes.
     SealedKeyWrongLength,
+    /// Two peers of one network have overlapping allowed IPs (WireGuard would silently send
+    /// that part to only one of them).
+    OverlappingAllowedIps,
+    /// A peer's allowed IPs lie inside this node's own subnet (the peer could pose as local VMs).
+    AllowedIpsInsideOwnSubnet,
+    /// Two networks of one spec have overlapping ranges (a VM on both could not route both).
+    OverlappingNetworks,
 }
 
 fn is_valid_name(name: &WorkloadName) -> bool {
@@ -803,6 +815,20 @@ impl DeploymentSpec {
             }
         }
         ensure(public_ipv4 <= MAX_PUBLIC_IPV4, TooManyPublicIpv4)?;
+        let networks: Vec<&NetworkSpec> = self
+            .workloads
+            .iter()
+            .filter_map(Workload::as_network)
+            .collect();
+        for (i, net) in networks.iter().enumerate() {
+            ensure(
+                !networks
+                    .iter()
+                    .take(i)
+                    .any(|o| o.ip_range.overlaps(&net.ip_range)),
+                OverlappingNetworks,
+            )?;
+        }
         self.check_cross_vm_rules()
     }
 
@@ -938,6 +964,21 @@ fn check_network(net: &NetworkSpec) -> Result<(), SpecError> {
         )?;
         if let Some(endpoint) = &peer.endpoint {
             ensure(endpoint.port() != 0, InvalidPeerEndpoint)?;
+        }
+        ensure(
+            !peer
+                .allowed_ips
+                .iter()
+                .any(|c| net.subnet.overlaps(c) && c.prefix_len >= net.subnet.prefix_len),
+            AllowedIpsInsideOwnSubnet,
+        )?;
+        for (j, allowed) in peer.allowed_ips.iter().enumerate() {
+            let mut earlier = net.peers.iter().take(i).flat_map(|o| o.allowed_ips.iter());
+            ensure(
+                !earlier.any(|o| o.overlaps(allowed))
+                    && !peer.allowed_ips.iter().take(j).any(|o| o.overlaps(allowed)),
+                OverlappingAllowedIps,
+            )?;
         }
     }
     ensure(

@@ -105,11 +105,16 @@ pub fn spec_lines(spec: &DeploymentSpec) -> Vec<String> {
                 WorkloadKind::Disk(d) => format!("disk: {} MiB", d.size_mib),
                 WorkloadKind::Volume(v) => format!("volume: {} MiB", v.size_mib),
                 WorkloadKind::Network(n) => format!(
-                    "network: {} (this node {}), port {}, {} peer(s)",
+                    "network: {} (this node {}), port {}, {} peer(s){}",
                     cidr(&n.ip_range),
                     cidr(&n.subnet),
                     n.listen_port,
-                    n.peers.len()
+                    n.peers.len(),
+                    if n.outbound_internet {
+                        ", outbound internet"
+                    } else {
+                        ""
+                    }
                 ),
                 WorkloadKind::PublicIp(p) => format!(
                     "public ip:{}{}",

@@ -53,6 +53,9 @@ pub struct PlanFile {
     /// Also plan a WireGuard peer for the deployer's laptop.
     #[serde(default = "default_true")]
     pub laptop: bool,
+    /// Let the VMs open connections to the internet through their node (masqueraded).
+    #[serde(default)]
+    pub outbound_internet: bool,
     pub nodes: Vec<PlanNode>,
 }
 
@@ -249,6 +252,7 @@ pub fn plan(
             private_key: seal_wireguard_key(&me.box_key, &me.secret).with_context(|| {
                 format!("node {}: sealing its WireGuard key to its box key", me.node)
             })?,
+            outbound_internet: file.outbound_internet,
         };
         let workload = Workload {
             name: name.clone(),

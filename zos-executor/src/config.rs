@@ -83,6 +83,10 @@ pub struct Flags {
     /// sockets and the networks' bridges live. Default: the executor's namespace.
     #[arg(long, env = "ZOS_UNDERLAY_NETNS")]
     pub underlay_netns: Option<PathBuf>,
+    /// Refuse networks that ask for outbound internet (their contracts fail with that reason).
+    /// By default a network may let its VMs open connections out through the node.
+    #[arg(long, env = "ZOS_NO_OUTBOUND_INTERNET")]
+    pub no_outbound_internet: bool,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -104,6 +108,7 @@ pub struct FileConfig {
     pub no_network: Option<bool>,
     pub net_prefix: Option<String>,
     pub underlay_netns: Option<PathBuf>,
+    pub no_outbound_internet: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +133,8 @@ pub struct Config {
     pub network_enabled: bool,
     pub net_prefix: zos_net::Prefix,
     pub underlay_netns: Option<PathBuf>,
+    /// Networks may ask for outbound internet.
+    pub allow_outbound_internet: bool,
 }
 
 impl Config {
@@ -220,6 +227,8 @@ impl Config {
                     .unwrap_or("z"),
             )?,
             underlay_netns: flags.underlay_netns.or(file.underlay_netns),
+            allow_outbound_internet: !(flags.no_outbound_internet
+                || file.no_outbound_internet.unwrap_or(false)),
         })
     }
 }

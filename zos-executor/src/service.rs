@@ -14,7 +14,7 @@ use crate::{
     config::{offered_capacity, Config},
     drivers::{
         disk::DiskDriver,
-        network::NetworkDriver,
+        network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks},
         vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
         Driver,
     },
@@ -107,11 +107,19 @@ impl Executor {
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
         let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver)];
-        let networks = start_networks(&config).await;
+        let networks = start_networks(&config).await.map(|networks| {
+            Arc::new(NodeNetworks::new(
+                networks,
+                NetNaming::new(identity.box_secret()),
+            ))
+        });
         if let Some(networks) = &networks {
             drivers.push(Arc::new(NetworkDriver::new(
                 networks.clone(),
                 *identity.box_secret(),
+                NetworkPolicy {
+                    outbound_internet: config.allow_outbound_internet,
+                },
             )));
         }
         if !config.vm_enabled {
@@ -492,7 +500,12 @@ async fn start_networks(config: &Config) -> Option<Arc<zos_net::Networks>> {
     {
         Ok(networks) => {
             match networks.backend() {
-                Some(backend) => info!(backend = backend.as_str(), prefix = %config.net_prefix, "private networks enabled"),
+                Some(backend) => info!(
+                    backend = backend.as_str(),
+                    prefix = %config.net_prefix,
+                    outbound_internet = if config.allow_outbound_internet { "allowed" } else { "forbidden" },
+                    "private networks enabled"
+                ),
                 None => warn!("no WireGuard on this host (kernel module or wireguard-go): network workloads will fail"),
             }
             Some(Arc::new(networks))

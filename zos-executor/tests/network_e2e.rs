@@ -17,6 +17,8 @@
 //! reach their gateway but not their node. Node B is killed mid-install by a fault point and
 //! converges after a restart. A wrong sealed key and a taken listen port fail their own
 //! contracts with the reason on chain; cancelling leaves no link, namespace or process.
+//! The network has outbound internet: guests fetch a page of a web site on the WAN, through
+//! their node (and C's NAT), yet never reach their node or the farmer's LAN.
 //!
 //! Needs root, QEMU, /dev/fuse, busybox-static, nftables, wireguard-tools and WireGuard
 //! (kernel module or wireguard-go); the `zos` binary built into the shared target directory.
@@ -36,13 +38,14 @@ use common::{
     state_of, which, workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
-use zos_executor::{drivers::network::network_id, identity::NodeIdentity};
+use zos_executor::{drivers::network::NetNaming, identity::NodeIdentity};
 use zos_image::store::DirStore;
 use zos_primitives::{contracts::ContractState, spec::DeploymentSpec, ContractId, NodeId};
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
-const NAMESPACES: [&str; 7] = [
+const NAMESPACES: [&str; 8] = [
     "zmn-wan",
+    "zmn-web",
     "zmn-a",
     "zmn-b",
     "zmn-c",
@@ -53,6 +56,8 @@ const NAMESPACES: [&str; 7] = [
 /// The laptop's WireGuard interface: wg-quick names it after the file.
 const LAPTOP_IF: &str = "zmnlap";
 const PAGE: &str = "page-of-the-private-network\n";
+/// Served by a web site on the WAN (198.51.100.80), "the internet" of this test.
+const WORLD_PAGE: &str = "page-of-the-internet\n";
 
 const EXECUTOR: ExecutorOptions = ExecutorOptions {
     log_filter: "info,zos_executor=debug,zos_net=debug,zos_vm=info",
@@ -148,6 +153,7 @@ impl Topology {
             ("zmn-b", "eth0", "198.51.100.2/24"),
             ("zmn-nat", "wan", "198.51.100.3/24"),
             ("zmn-laptop", "eth0", "198.51.100.9/24"),
+            ("zmn-web", "eth0", "198.51.100.80/24"),
         ]
         .into_iter()
         .enumerate()
@@ -247,6 +253,16 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         Self::clean();
+    }
+}
+
+/// A helper process of the test, killed with it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -418,6 +434,7 @@ httpd -p 80 -h /www
 while true; do
   for p in $PEERS; do ping -c1 -W1 "$p" >/dev/null && echo "REACH-$p"; done
   [ -n "$FETCH" ] && timeout 3 wget -q -O /tmp/f "http://$FETCH/index.html" && echo "GOT-$(cat /tmp/f)"
+  [ -n "$WORLD" ] && timeout 3 wget -q -O /tmp/w "http://$WORLD/index.html" && echo "WORLD-$(cat /tmp/w)"
   if ping -c1 -W1 "$NODE" >/dev/null; then echo NODE-REACHABLE; else echo NODE-UNREACHABLE; fi
   sleep 2
 done
@@ -452,6 +469,24 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     let source = format!("http://{hub}");
 
     let _topology = Topology::build()?;
+    let world = tmp.path().join("world");
+    std::fs::create_dir_all(&world)?;
+    std::fs::write(world.join("index.html"), WORLD_PAGE)?;
+    let _web_site = KillOnDrop(
+        Command::new("nsenter")
+            .args([
+                "--net=/run/netns/zmn-web",
+                "busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+            ])
+            .arg(&world)
+            .stdin(Stdio::null())
+            .spawn()?,
+    );
     let chain = ChainNode::start(NodeOptions::default())?;
     let url = chain.ws_url();
     let grid = setup_farm(&chain, b"network-e2e-farm").await?;
@@ -485,7 +520,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
              entrypoint = \"/bin/sh /bin/probe\"\n\
              networks = [{{ network = \"net\", ip = \"{ip}\" }}]\n\
              env = [{{ key = \"PEERS\", value = \"{peers}\" }}, {{ key = \"FETCH\", value = \"{fetch}\" }}, \
-             {{ key = \"NODE\", value = \"{node}\" }}]\n\
+             {{ key = \"NODE\", value = \"{node}\" }}, {{ key = \"WORLD\", value = \"198.51.100.80\" }}]\n\
              [deployments.workloads.kind.vm.image]\nroot_hash = \"{root}\"\nsource = \"{source}\"\n"
         )
     };
@@ -494,6 +529,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         &file,
         format!(
             "[network]\nname = \"net\"\nip_range = \"10.92.0.0/16\"\nlaptop = true\n\
+             outbound_internet = true\n\
              [[network.nodes]]\nnode = {a}\nendpoint = \"198.51.100.1\"\n\
              [[network.nodes]]\nnode = {b}\nendpoint = \"198.51.100.2\"\n\
              [[network.nodes]]\nnode = {c}\n\
@@ -570,7 +606,11 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     );
 
     // C's "VM": a namespace on C's network bridge.
-    let bridge_c = format!("mcb{}", network_id(contract_c, b"net"));
+    let c_secret = *NodeIdentity::load_or_create(&c.data_dir.join("identity.json"))?.box_secret();
+    let bridge_c = format!(
+        "mcb{}",
+        NetNaming::new(&c_secret).network_id(contract_c, b"net")
+    );
     ok(&[
         "ip", "link", "add", "cv0", "netns", "zmn-c", "type", "veth", "peer", "name", "eth0",
         "netns", "zmn-cvm",
@@ -653,6 +693,20 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         pings("zmn-cvm", "100.64.92.2"),
         "hidden C cannot reach the laptop"
     );
+    // Outbound internet from the hidden node, through its NAT; never to its node or its LAN.
+    match fetch("zmn-cvm", "http://198.51.100.80/index.html") {
+        Ok(body) if body == WORLD_PAGE => {}
+        other => bail!(
+            "C's VM could not fetch from the internet: {other:?}\n{}",
+            c.executor.log_tail()
+        ),
+    }
+    for (target, what) in [
+        ("192.168.77.1", "the farmer's LAN"),
+        ("192.168.77.2", "its node"),
+    ] {
+        ensure!(!pings("zmn-cvm", target), "C's VM reached {what}");
+    }
 
     // The guests' own view: each other and C, but never their node.
     for (node, contract, wanted) in [
@@ -664,6 +718,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
                 "REACH-10.92.4.2",
                 "GOT-page",
                 "NODE-UNREACHABLE",
+                "WORLD-page-of-the-internet",
             ][..],
         ),
         (

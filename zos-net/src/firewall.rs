@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use crate::{
     names::{ifname, NetId, Prefix, Role},
     netns,
+    outbound::{BLOCKED_DESTINATIONS, OUTBOUND_RANGE},
 };
 
 /// The underlay's rules for all of this node's networks: nothing that arrives from a network
@@ -19,56 +20,84 @@ use crate::{
 /// br_netfilter is loaded, bridged frames pass the forward hook too, in and out of a bridge:
 /// only traffic entering or leaving the bridges at layer 3 (the node routing) is dropped. The
 /// node never routes to a bridge (they carry no address), so bridge to bridge stays bridged.
+///
+/// A network with outbound internet sends from its namespace's own address over its outbound
+/// link: forwarded (never delivered to the node) to anything outside [`BLOCKED_DESTINATIONS`]
+/// and masqueraded; only replies come back in.
 pub fn underlay_rules(prefix: &Prefix) -> String {
     let table = format!("zos_{prefix}");
     let bridges = format!("{prefix}b*");
+    let outbound = format!("{prefix}o*");
     // Taps and veth ends are bridge ports, whose traffic the host sees as the bridge's; one
     // that is off its bridge (its network just removed, a crash half-way) must not become a
-    // plain interface of the node.
-    let ports = [format!("{prefix}t*"), format!("{prefix}v*")];
+    // plain interface of the node. Nor must an outbound link's inside end left in the underlay.
+    let ports = [
+        format!("{prefix}t*"),
+        format!("{prefix}v*"),
+        format!("{prefix}i*"),
+    ];
     let port_drops = |dir: &str| -> String {
         ports
             .iter()
             .map(|p| format!("\t\t{dir}name \"{p}\" counter drop\n"))
             .collect()
     };
-    format!(
-        "table inet {table}\n\
-         delete table inet {table}\n\
-         table inet {table} {{\n\
-         \tchain input {{ type filter hook input priority -10; policy accept;\n\
-         \t\tiifname \"{bridges}\" counter drop\n{in_ports}\t}}\n\
-         \tchain forward {{ type filter hook forward priority -10; policy accept;\n\
-         \t\tiifname \"{bridges}\" oifname != \"{bridges}\" counter drop\n\
-         \t\toifname \"{bridges}\" iifname != \"{bridges}\" counter drop\n{in_ports}{out_ports}\t}}\n\
-         }}\n\
-         table arp {table}\n\
-         delete table arp {table}\n\
-         table arp {table} {{\n\
-         \tchain input {{ type filter hook input priority -10; policy accept;\n\
-         \t\tiifname \"{bridges}\" counter drop\n{in_ports}\t}}\n\
-         }}\n",
-        in_ports = port_drops("iif"),
-        out_ports = port_drops("oif"),
-    )
+    let (in_ports, out_ports) = (port_drops("iif"), port_drops("oif"));
+    let blocked = BLOCKED_DESTINATIONS.join(", ");
+    let mut rules = format!("table inet {table}\ndelete table inet {table}\n");
+    rules += &format!("table inet {table} {{\n");
+    rules += "\tchain input { type filter hook input priority -10; policy accept;\n";
+    rules += &format!("\t\tiifname \"{bridges}\" counter drop\n{in_ports}");
+    rules += &format!("\t\tiifname \"{outbound}\" counter drop\n\t}}\n");
+    rules += "\tchain forward { type filter hook forward priority -10; policy accept;\n";
+    rules += &format!("\t\tiifname \"{bridges}\" oifname != \"{bridges}\" counter drop\n");
+    rules += &format!("\t\toifname \"{bridges}\" iifname != \"{bridges}\" counter drop\n");
+    rules += &format!("{in_ports}{out_ports}");
+    rules += &format!("\t\tiifname \"{outbound}\" meta nfproto != ipv4 counter drop\n");
+    rules += &format!("\t\tiifname \"{outbound}\" ip saddr != {OUTBOUND_RANGE} counter drop\n");
+    rules += &format!("\t\tiifname \"{outbound}\" ip daddr {{ {blocked} }} counter drop\n");
+    rules += &format!("\t\tiifname \"{outbound}\" oifname \"{outbound}\" counter drop\n");
+    rules += &format!("\t\toifname \"{outbound}\" ct state established,related accept\n");
+    rules += &format!("\t\toifname \"{outbound}\" counter drop\n\t}}\n");
+    rules += "\tchain postrouting { type nat hook postrouting priority srcnat; policy accept;\n";
+    rules += &format!("\t\tiifname \"{outbound}\" counter masquerade\n\t}}\n}}\n");
+    rules += &format!("table arp {table}\ndelete table arp {table}\n");
+    rules += &format!("table arp {table} {{\n");
+    rules += "\tchain input { type filter hook input priority -10; policy accept;\n";
+    rules += &format!("\t\tiifname \"{bridges}\" counter drop\n{in_ports}\t}}\n}}\n");
+    rules
 }
 
 /// A network namespace's rules: it forwards only between its LAN and its tunnel, and from
 /// tunnel to tunnel (an access node relays between hidden nodes, laptops and other nodes).
-pub fn network_rules(prefix: &Prefix, id: &NetId) -> String {
+/// With `outbound_internet`, also its LAN's connections out of the outbound link, masqueraded
+/// behind the namespace's address, and their replies; nothing enters from that link.
+pub fn network_rules(prefix: &Prefix, id: &NetId, outbound_internet: bool) -> String {
     let lan = ifname(prefix, Role::VethLan, id);
     let wg = ifname(prefix, Role::WireGuard, id);
-    format!(
-        "table inet zos\n\
-         delete table inet zos\n\
-         table inet zos {{\n\
-         \tchain forward {{ type filter hook forward priority 0; policy drop;\n\
-         \t\tiifname \"{lan}\" oifname \"{wg}\" accept\n\
-         \t\tiifname \"{wg}\" oifname \"{lan}\" accept\n\
-         \t\tiifname \"{wg}\" oifname \"{wg}\" accept\n\
-         \t\tcounter\n\t}}\n\
-         }}\n"
-    )
+    let inside = ifname(prefix, Role::OutboundInside, id);
+    let mut rules = String::from("table inet zos\ndelete table inet zos\ntable inet zos {\n");
+    rules += "\tchain forward { type filter hook forward priority 0; policy drop;\n";
+    rules += &format!("\t\tiifname \"{lan}\" oifname \"{wg}\" accept\n");
+    rules += &format!("\t\tiifname \"{wg}\" oifname \"{lan}\" accept\n");
+    rules += &format!("\t\tiifname \"{wg}\" oifname \"{wg}\" accept\n");
+    if outbound_internet {
+        rules += &format!("\t\tiifname \"{lan}\" oifname \"{inside}\" accept\n");
+        rules += &format!(
+            "\t\tiifname \"{inside}\" oifname \"{lan}\" ct state established,related accept\n"
+        );
+    }
+    rules += "\t\tcounter\n\t}\n";
+    if outbound_internet {
+        rules +=
+            "\tchain postrouting { type nat hook postrouting priority srcnat; policy accept;\n";
+        rules += &format!("\t\toifname \"{inside}\" masquerade\n\t}}\n");
+        rules += "\tchain input { type filter hook input priority 0; policy accept;\n";
+        rules += &format!("\t\tiifname \"{inside}\" ct state established,related accept\n");
+        rules += &format!("\t\tiifname \"{inside}\" counter drop\n\t}}\n");
+    }
+    rules += "}\n";
+    rules
 }
 
 /// Removes the underlay table of `prefix` (fine when absent).
@@ -122,8 +151,15 @@ mod tests {
         assert!(under.contains("table arp zos_q1"));
         assert!(under.contains("iifname \"q1t*\" counter drop"));
         assert!(under.contains("oifname \"q1v*\" counter drop"));
-        let net = network_rules(&p, &id);
+        assert!(under.contains("iifname \"q1o*\" ip daddr { 0.0.0.0/8, 10.0.0.0/8,"));
+        assert!(under.contains("iifname \"q1o*\" counter masquerade"));
+        assert!(under.contains("iifname \"q1i*\" counter drop"));
+        let net = network_rules(&p, &id, false);
         assert!(net.contains("iifname \"q1l0123456789\" oifname \"q1w0123456789\" accept"));
         assert!(net.contains("policy drop"));
+        assert!(!net.contains("q1i0123456789"));
+        let open = network_rules(&p, &id, true);
+        assert!(open.contains("iifname \"q1l0123456789\" oifname \"q1i0123456789\" accept"));
+        assert!(open.contains("oifname \"q1i0123456789\" masquerade"));
     }
 }

@@ -17,14 +17,16 @@
 //! namespace, which forwards only between its LAN and its WireGuard tunnel: a VM reaches its
 //! own network's peers and nothing else. The bridge carries no address and nftables drops
 //! whatever arrives from it for the underlay itself (IPv4, ARP, IPv6 and forwarding), so a VM
-//! never reaches the node or the farmer's LAN. Every name carries the node's prefix, so two
-//! nodes (executors) can share one host.
+//! never reaches the node or the farmer's LAN. A network may also reach the internet through
+//! the node ([`outbound`]). Every name carries the node's prefix, so two nodes (executors) can
+//! share one host.
 
 pub mod firewall;
 pub mod link;
 pub mod names;
 pub mod netns;
 pub mod network;
+pub mod outbound;
 pub mod wireguard;
 
 pub use names::{NetId, Prefix};
@@ -45,4 +47,6 @@ pub enum NetError {
     NoWireGuard,
     #[error("network {0} does not exist on this node")]
     UnknownNetwork(String),
+    #[error("every outbound address of this node is in use")]
+    OutboundRangeFull,
 }

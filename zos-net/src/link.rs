@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
+        address::AddressAttribute,
         link::{LinkAttribute, LinkMessage},
         route::{RouteAttribute, RouteMessage},
         AddressFamily,
@@ -190,8 +191,49 @@ pub async fn replace_route(h: &Handle, dest: Ipv4Net, index: u32) -> Result<()> 
         .with_context(|| format!("routing {dest}"))
 }
 
+/// Sets the default route through `gateway` on link `index`, reachable on that link without a
+/// route of its own (onlink).
+pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, index: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .gateway(gateway)
+        .output_interface(index)
+        .onlink()
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("default route via {gateway}"))
+}
+
+/// The IPv4 addresses (with prefix length) on link `index`.
+pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+    let mut addresses = h.address().get().set_link_index_filter(index).execute();
+    let mut found = vec![];
+    while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                found.push((*ip, msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The IPv4 destinations routed through link `index` in the main table.
 pub async fn routes_via(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, RouteMessage)>> {
+    Ok(routes(h)
+        .await?
+        .into_iter()
+        .filter(|(_, oif, _)| *oif == Some(index))
+        .map(|(net, _, route)| (net, route))
+        .collect())
+}
+
+/// Every IPv4 route of the main table with a destination: (destination, output link, route).
+pub async fn routes(h: &Handle) -> Result<Vec<(Ipv4Net, Option<u32>, RouteMessage)>> {
     let mut routes = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -212,11 +254,9 @@ pub async fn routes_via(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, RouteMes
                 _ => {}
             }
         }
-        if oif == Some(index) {
-            if let Some(dst) = dst {
-                if let Ok(net) = Ipv4Net::new(dst, route.header.destination_prefix_length) {
-                    found.push((net, route));
-                }
+        if let Some(dst) = dst {
+            if let Ok(net) = Ipv4Net::new(dst, route.header.destination_prefix_length) {
+                found.push((net, oif, route));
             }
         }
     }

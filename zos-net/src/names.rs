@@ -87,6 +87,10 @@ pub enum Role {
     WireGuard,
     /// A VM's tap on the bridge.
     Tap,
+    /// The underlay end of a network's outbound (internet) link.
+    OutboundUnderlay,
+    /// The network-namespace end of the outbound link.
+    OutboundInside,
 }
 
 impl Role {
@@ -97,6 +101,8 @@ impl Role {
             Role::VethLan => 'l',
             Role::WireGuard => 'w',
             Role::Tap => 't',
+            Role::OutboundUnderlay => 'o',
+            Role::OutboundInside => 'i',
         }
     }
 }
@@ -129,6 +135,8 @@ pub fn parse_ifname(prefix: &Prefix, name: &str) -> Option<(Role, NetId)> {
         'l' => Role::VethLan,
         'w' => Role::WireGuard,
         't' => Role::Tap,
+        'o' => Role::OutboundUnderlay,
+        'i' => Role::OutboundInside,
         _ => return None,
     };
     NetId::new(chars.as_str()).ok().map(|id| (role, id))
@@ -148,6 +156,8 @@ mod tests {
             Role::VethLan,
             Role::WireGuard,
             Role::Tap,
+            Role::OutboundUnderlay,
+            Role::OutboundInside,
         ] {
             let name = ifname(&p, role, &id);
             assert!(name.len() <= MAX_IFNAME, "{name}");

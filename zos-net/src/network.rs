@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::{
     firewall, link,
     names::{ifname, netns_id, netns_name, NetId, Prefix, Role},
-    netns,
+    netns, outbound,
     wireguard::{self, WgBackend, WgPeer},
     NetError,
 };
@@ -37,6 +37,8 @@ pub struct NetworkConfig {
     pub listen_port: u16,
     pub private_key: Zeroizing<[u8; 32]>,
     pub peers: Vec<Peer>,
+    /// VMs may open connections to the internet through the node ([`crate::outbound`]).
+    pub outbound_internet: bool,
 }
 
 impl NetworkConfig {
@@ -84,6 +86,9 @@ pub struct Networks {
     underlay: Option<PathBuf>,
     /// Pid and log files of userspace WireGuard.
     run_dir: PathBuf,
+    /// One apply at a time: a listen port or an outbound address is checked free and then
+    /// taken, and two applies must not both find the same one free.
+    apply_lock: tokio::sync::Mutex<()>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -105,6 +110,7 @@ impl Networks {
             backend,
             underlay,
             run_dir,
+            apply_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -162,6 +168,7 @@ impl Networks {
     pub async fn apply(&self, cfg: &NetworkConfig) -> Result<()> {
         cfg.check()?;
         let backend = self.backend.ok_or(NetError::NoWireGuard)?;
+        let _one_at_a_time = self.apply_lock.lock().await;
         let id = &cfg.id;
         // A taken port fails the network before anything is made.
         let tunnel_exists = self.tunnel_exists(id).await?;
@@ -277,7 +284,28 @@ impl Networks {
             }
         }
 
-        let rules = firewall::network_rules(&self.prefix, id);
+        // The outbound link: made (or kept) when asked for, removed when no longer.
+        let outside = ifname(&self.prefix, Role::OutboundUnderlay, id);
+        if cfg.outbound_internet {
+            let inside = ifname(&self.prefix, Role::OutboundInside, id);
+            let address = outbound::ensure(&host, &inner, &ns, id, &outside, &inside).await?;
+            self.no_ipv6(&outside).await?;
+            let (under, arp) = (
+                self.underlay.clone(),
+                format!("net.ipv4.conf.{outside}.arp_ignore"),
+            );
+            blocking(move || {
+                // Answer ARP on the link only for its own address, not every node address.
+                netns::sysctl(under.as_deref(), &arp, "1")?;
+                netns::sysctl(under.as_deref(), "net.ipv4.ip_forward", "1")
+            })
+            .await?;
+            tracing::debug!(network = %id, %address, "outbound internet");
+        } else {
+            link::delete(&host, &outside).await?;
+        }
+
+        let rules = firewall::network_rules(&self.prefix, id, cfg.outbound_internet);
         blocking(move || firewall::load(Some(&ns), &rules)).await?;
         Ok(())
     }
@@ -333,6 +361,8 @@ impl Networks {
         // An interrupted install may have left the tunnel in the underlay.
         link::delete(&host, &wg).await?;
         link::delete(&host, &ifname(&self.prefix, Role::VethUnderlay, id)).await?;
+        link::delete(&host, &ifname(&self.prefix, Role::OutboundUnderlay, id)).await?;
+        link::delete(&host, &ifname(&self.prefix, Role::OutboundInside, id)).await?;
         link::delete(&host, &self.bridge_name(id)).await?;
         let name = netns_name(&self.prefix, id);
         blocking(move || netns::delete(&name)).await?;
@@ -428,6 +458,7 @@ mod tests {
                     allowed_ips: vec![net("10.5.1.0/24"), net("100.64.5.2/32")],
                 },
             ],
+            outbound_internet: false,
         };
         assert_eq!(
             cfg.tunnel_routes(),

@@ -238,6 +238,145 @@ async fn two_nodes_share_a_private_network_and_nothing_else() {
     let routes = in_ns(&format!("ta-net-{}", cfg1.id), &["ip", "route"]);
     assert!(!String::from_utf8_lossy(&routes.stdout).contains("100.64.77.2"));
 
+    // Outbound internet: node 2's side stands in for the world (203.0.113.80) and for the
+    // farmer's LAN (192.168.50.1), both routed by node 1 through node 2.
+    ok(&[
+        "ip",
+        "-n",
+        "znt-u2",
+        "addr",
+        "add",
+        "203.0.113.80/32",
+        "dev",
+        "lo",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        "znt-u2",
+        "addr",
+        "add",
+        "192.168.50.1/32",
+        "dev",
+        "lo",
+    ]);
+    for dest in ["203.0.113.0/24", "192.168.50.0/24"] {
+        ok(&[
+            "ip",
+            "-n",
+            "znt-u1",
+            "route",
+            "add",
+            dest,
+            "via",
+            "198.51.100.2",
+        ]);
+    }
+    assert!(pings("znt-u1", "192.168.50.1"), "the node reaches its LAN");
+    assert!(
+        !pings("znt-vm1", "203.0.113.80"),
+        "internet before it was asked for"
+    );
+    cfg1.outbound_internet = true;
+    n1.apply(&cfg1).await.unwrap();
+    n1.apply(&cfg1).await.unwrap();
+    assert!(
+        eventually_pings("znt-vm1", "203.0.113.80", 5),
+        "a VM of a network with outbound internet reaches the world\n{}",
+        diagnose()
+    );
+    let world = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "znt-u2",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "203.0.113.80:8080",
+            "-h",
+        ])
+        .arg(site.path())
+        .spawn();
+    let mut world = world.unwrap();
+    let mut got = vec![];
+    for _ in 0..50 {
+        let out = in_ns(
+            "znt-vm1",
+            &[
+                "busybox",
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://203.0.113.80:8080/blob",
+            ],
+        );
+        if out.status.success() {
+            got = out.stdout;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = world.kill();
+    let _ = world.wait();
+    assert!(
+        got == blob,
+        "a file from the world arrived changed ({} bytes)",
+        got.len()
+    );
+    assert!(
+        !pings("znt-vm1", "192.168.50.1"),
+        "a VM reached the farmer's LAN"
+    );
+    assert!(!pings("znt-vm1", "198.51.100.1"), "a VM reached its node");
+    assert!(pings("znt-vm1", "10.77.2.2"), "the private network broke");
+    assert!(
+        !pings("znt-vm3", "203.0.113.80"),
+        "another tenant got internet"
+    );
+    // Nothing dials in, neither from the world (given a route) nor from the node itself.
+    let ns_routes = in_ns(
+        "znt-u1",
+        &["ip", "-o", "route", "show", "root", "100.127.0.0/16"],
+    );
+    let ns_routes = String::from_utf8_lossy(&ns_routes.stdout).to_string();
+    let inner_address = ns_routes
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(inner_address.starts_with("100.127."), "{ns_routes}");
+    ok(&[
+        "ip",
+        "-n",
+        "znt-u2",
+        "route",
+        "add",
+        "100.127.0.0/16",
+        "via",
+        "198.51.100.1",
+    ]);
+    assert!(
+        !pings("znt-u2", &inner_address),
+        "the world reached a network namespace"
+    );
+    assert!(
+        !pings("znt-u1", &inner_address),
+        "the node reached a network namespace"
+    );
+    // Turned off in place: the link goes, the network stays.
+    cfg1.outbound_internet = false;
+    n1.apply(&cfg1).await.unwrap();
+    assert!(
+        !pings("znt-vm1", "203.0.113.80"),
+        "internet after it was turned off"
+    );
+    assert!(pings("znt-vm1", "10.77.2.2"));
+    let links = in_ns("znt-u1", &["ip", "-o", "link"]);
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("tao0000000a01"));
+
     // Removing a network leaves nothing of it.
     n1.remove(&cfg3.id).await.unwrap();
     n1.remove(&cfg3.id).await.unwrap();

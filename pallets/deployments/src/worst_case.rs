@@ -45,10 +45,14 @@ pub fn spec(version: u32) -> DeploymentSpec {
                 port: 51820,
             }),
             allowed_ips: full(
+                // Distinct /32s, so the overlap rule compares every pair to the end.
                 (0..MAX_ALLOWED_IPS)
-                    .map(|a| Ipv4Cidr {
-                        ip: [10, 20, (a as u8).wrapping_add(100), 0],
-                        prefix_len: 24,
+                    .map(|a| {
+                        let n = p.saturating_mul(MAX_ALLOWED_IPS).saturating_add(a);
+                        Ipv4Cidr {
+                            ip: [10, 20, 100u8.wrapping_add((n / 256) as u8), (n % 256) as u8],
+                            prefix_len: 32,
+                        }
                     })
                     .collect(),
             ),
@@ -68,6 +72,7 @@ pub fn spec(version: u32) -> DeploymentSpec {
             listen_port: 51820,
             peers: full(peers),
             private_key: SealedSecret(full([0xab; SEALED_WIREGUARD_KEY_LEN as usize].to_vec())),
+            outbound_internet: true,
         }),
     });
     for i in 0..MAX_PUBLIC_IPV4 {

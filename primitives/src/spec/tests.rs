@@ -51,6 +51,7 @@ fn network() -> NetworkSpec {
             allowed_ips: bounded(vec![cidr([10, 20, 4, 0], 24)]),
         }]),
         private_key: SealedSecret(bounded(vec![1u8; SEALED_WIREGUARD_KEY_LEN as usize])),
+        outbound_internet: false,
     }
 }
 
@@ -324,6 +325,40 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
         (SealedKeyWrongLength, |s| {
             with_net(s, |n| n.private_key = SealedSecret(bounded(vec![1u8; 32])))
         }),
+        (OverlappingAllowedIps, |s| {
+            with_net(s, |n| {
+                let mut other = n.peers[0].clone();
+                other.public_key = [9; 32];
+                other.allowed_ips = bounded(vec![cidr([10, 20, 4, 128], 25)]);
+                n.peers.try_push(other).unwrap()
+            })
+        }),
+        (OverlappingAllowedIps, |s| {
+            with_net(s, |n| {
+                n.peers[0].allowed_ips =
+                    bounded(vec![cidr([10, 20, 4, 0], 24), cidr([10, 20, 4, 9], 32)])
+            })
+        }),
+        (AllowedIpsInsideOwnSubnet, |s| {
+            with_net(s, |n| {
+                n.peers[0].allowed_ips = bounded(vec![cidr([10, 20, 3, 7], 32)])
+            })
+        }),
+        (AllowedIpsInsideOwnSubnet, |s| {
+            with_net(s, |n| {
+                n.peers[0].allowed_ips = bounded(vec![cidr([10, 20, 3, 0], 24)])
+            })
+        }),
+        (OverlappingNetworks, |s| {
+            let mut second = network();
+            second.subnet = cidr([10, 20, 9, 0], 24);
+            s.workloads
+                .try_push(Workload {
+                    name: name("net2"),
+                    kind: WorkloadKind::Network(second),
+                })
+                .unwrap();
+        }),
     ];
     assert!(table.len() >= 15);
     let mut distinct = std::collections::BTreeSet::new();
@@ -334,7 +369,7 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
         distinct.insert(std::format!("{expected:?}"));
     }
     // Every rule of the error enum has a case.
-    assert_eq!(distinct.len(), 42);
+    assert_eq!(distinct.len(), 45);
 }
 
 #[test]
@@ -436,4 +471,34 @@ fn worst_case_encoded_size_is_bounded() {
     // Resources of the largest valid spec cannot saturate.
     let max_sru = u64::from(MAX_WORKLOADS) * MAX_DISK_MIB * MIB;
     assert!(max_sru < u64::MAX / 2);
+}
+
+#[test]
+fn a_peer_may_hold_the_whole_range_around_the_own_subnet() {
+    // A hidden node reaches everything through its access node, whose allowed IPs are the range.
+    let mut spec = valid_spec();
+    with_net(&mut spec, |n| {
+        n.peers[0].allowed_ips = bounded(vec![cidr([10, 20, 0, 0], 16), cidr([100, 64, 20, 2], 32)])
+    });
+    assert_eq!(spec.validate(), Ok(()));
+    // Disjoint ranges in one spec are fine.
+    let mut second = network();
+    second.ip_range = cidr([10, 21, 0, 0], 16);
+    second.subnet = cidr([10, 21, 3, 0], 24);
+    spec.workloads
+        .try_push(Workload {
+            name: name("net2"),
+            kind: WorkloadKind::Network(second),
+        })
+        .unwrap();
+    assert_eq!(spec.validate(), Ok(()));
+}
+
+#[test]
+fn subnets_overlap_when_they_share_an_address() {
+    assert!(cidr([10, 0, 0, 0], 8).overlaps(&cidr([10, 1, 2, 0], 24)));
+    assert!(cidr([10, 1, 2, 0], 24).overlaps(&cidr([10, 0, 0, 0], 8)));
+    assert!(cidr([10, 1, 2, 3], 32).overlaps(&cidr([10, 1, 2, 3], 32)));
+    assert!(!cidr([10, 1, 2, 0], 24).overlaps(&cidr([10, 1, 3, 0], 24)));
+    assert!(cidr([0, 0, 0, 0], 0).overlaps(&cidr([192, 0, 2, 1], 32)));
 }

@@ -4,10 +4,12 @@
 //!
 //! Names are derived from (contract, workload), so a restarted executor finds what an earlier
 //! process made: `install` converges it in place, `remove` deletes whatever exists. The
-//! network's private key is opened with the node's box key at each apply and lives only in
-//! memory (and in the WireGuard device).
+//! derivation is keyed with a secret of the node: ids are 40 bits (to fit interface names),
+//! and a deployer who could compute them could grind a workload name onto another tenant's
+//! network. The network's private key is opened with the node's box key at each apply and
+//! lives only in memory (and in the WireGuard device).
 
-use std::sync::Arc;
+use std::{ops::Deref, sync::Arc};
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
@@ -20,26 +22,66 @@ use zos_primitives::{
 
 use super::{Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
 
-/// The id of network workload `network` of `contract` on this node.
-pub fn network_id(contract: ContractId, network: &[u8]) -> NetId {
-    let mut input = b"zos network\0".to_vec();
-    input.extend_from_slice(&contract.to_le_bytes());
-    input.extend_from_slice(network);
-    NetId::from_hash(&zos_image::Hash::of(&input).0)
+/// This node's private networks, with the node's naming of networks and cards.
+pub struct NodeNetworks {
+    networks: Arc<Networks>,
+    pub naming: NetNaming,
 }
 
-/// A VM's card on a network: the tap's id and the card's MAC (locally administered, unicast).
-pub fn card(contract: ContractId, vm: &[u8], network: &[u8]) -> (NetId, [u8; 6]) {
-    let mut input = b"zos card\0".to_vec();
-    input.extend_from_slice(&contract.to_le_bytes());
-    input.extend_from_slice(&(vm.len() as u32).to_le_bytes());
-    input.extend_from_slice(vm);
-    input.extend_from_slice(network);
-    let hash = zos_image::Hash::of(&input).0;
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&hash[5..11]);
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    (NetId::from_hash(&hash), mac)
+impl NodeNetworks {
+    pub fn new(networks: Arc<Networks>, naming: NetNaming) -> Self {
+        Self { networks, naming }
+    }
+}
+
+/// Names of networks and cards, keyed by a secret of the node.
+pub struct NetNaming {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl NetNaming {
+    /// `node_secret` (the node's box secret) keys the names; it never leaves the node.
+    pub fn new(node_secret: &[u8; 32]) -> Self {
+        Self {
+            key: Zeroizing::new(blake3::derive_key(
+                "zos-grid executor 2026 network and card names",
+                node_secret,
+            )),
+        }
+    }
+
+    fn hash(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        for part in parts {
+            // Length-prefixed, so ("vm", "net2") and ("vmn", "et2") differ.
+            hasher.update(&(part.len() as u32).to_le_bytes());
+            hasher.update(part);
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The id of network workload `network` of `contract` on this node.
+    pub fn network_id(&self, contract: ContractId, network: &[u8]) -> NetId {
+        NetId::from_hash(&self.hash(&[b"network", &contract.to_le_bytes(), network]))
+    }
+
+    /// A VM's card on a network: the tap's id and the card's MAC (locally administered,
+    /// unicast).
+    pub fn card(&self, contract: ContractId, vm: &[u8], network: &[u8]) -> (NetId, [u8; 6]) {
+        let hash = self.hash(&[b"card", &contract.to_le_bytes(), vm, network]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&hash[5..11]);
+        mac[0] = (mac[0] & 0xfe) | 0x02;
+        (NetId::from_hash(&hash), mac)
+    }
+}
+
+impl Deref for NodeNetworks {
+    type Target = Networks;
+
+    fn deref(&self) -> &Networks {
+        &self.networks
+    }
 }
 
 fn cidr(c: &Ipv4Cidr) -> DriverResult<Ipv4Net> {
@@ -48,15 +90,24 @@ fn cidr(c: &Ipv4Cidr) -> DriverResult<Ipv4Net> {
 }
 
 pub struct NetworkDriver {
-    networks: Arc<Networks>,
+    networks: Arc<NodeNetworks>,
     box_secret: Zeroizing<[u8; 32]>,
+    policy: NetworkPolicy,
+}
+
+/// What the farmer allows networks on this node to do.
+#[derive(Clone, Copy, Debug)]
+pub struct NetworkPolicy {
+    /// Networks may ask for outbound internet.
+    pub outbound_internet: bool,
 }
 
 impl NetworkDriver {
-    pub fn new(networks: Arc<Networks>, box_secret: [u8; 32]) -> Self {
+    pub fn new(networks: Arc<NodeNetworks>, box_secret: [u8; 32], policy: NetworkPolicy) -> Self {
         Self {
             networks,
             box_secret: Zeroizing::new(box_secret),
+            policy,
         }
     }
 
@@ -64,15 +115,13 @@ impl NetworkDriver {
         let WorkloadKind::Network(spec) = &w.kind else {
             return Err(DriverError::permanent("not a network workload"));
         };
-        network_config(
-            network_id(ctx.contract, w.name.as_bytes()),
-            spec,
-            &self.box_secret,
-        )
+        network_config(self.id(ctx, w), spec, &self.box_secret, self.policy)
     }
 
-    fn id(ctx: &WorkloadCtx, w: &Workload) -> NetId {
-        network_id(ctx.contract, w.name.as_bytes())
+    fn id(&self, ctx: &WorkloadCtx, w: &Workload) -> NetId {
+        self.networks
+            .naming
+            .network_id(ctx.contract, w.name.as_bytes())
     }
 
     async fn apply(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
@@ -90,13 +139,19 @@ impl NetworkDriver {
     }
 }
 
-/// The node-side configuration of a network spec; the key opens with `box_secret` or the
-/// spec is refused.
+/// The node-side configuration of a network spec; the key opens with `box_secret` and the
+/// spec asks only for what `policy` allows, or the spec is refused.
 pub fn network_config(
     id: NetId,
     spec: &NetworkSpec,
     box_secret: &[u8; 32],
+    policy: NetworkPolicy,
 ) -> DriverResult<NetworkConfig> {
+    if spec.outbound_internet && !policy.outbound_internet {
+        return Err(DriverError::permanent(
+            "this node's farmer does not allow outbound internet for networks",
+        ));
+    }
     let private_key = zos_primitives::sealing::open_wireguard_key(box_secret, &spec.private_key)
         .map_err(|e| {
             DriverError::permanent(format!("the network's private key does not open: {e:?}"))
@@ -126,6 +181,7 @@ pub fn network_config(
         listen_port: spec.listen_port,
         private_key,
         peers,
+        outbound_internet: spec.outbound_internet,
     })
 }
 
@@ -146,7 +202,7 @@ impl Driver for NetworkDriver {
 
     async fn remove(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
         self.networks
-            .remove(&Self::id(ctx, w))
+            .remove(&self.id(ctx, w))
             .await
             .map_err(DriverError::Transient)
     }
@@ -163,7 +219,7 @@ impl Driver for NetworkDriver {
     async fn inspect(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Observed> {
         let up = self
             .networks
-            .is_up(&Self::id(ctx, w))
+            .is_up(&self.id(ctx, w))
             .await
             .map_err(DriverError::Transient)?;
         Ok(if up {
@@ -181,19 +237,78 @@ impl Driver for NetworkDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zos_primitives::{
+        sealing::{generate_box_keypair, seal_wireguard_key},
+        spec::SealedSecret,
+    };
 
     #[test]
-    fn ids_and_macs_are_stable_distinct_and_valid() {
-        let a = network_id(1, b"net");
-        assert_eq!(a, network_id(1, b"net"));
-        assert_ne!(a, network_id(2, b"net"));
-        assert_ne!(a, network_id(1, b"net2"));
-        let (tap, mac) = card(1, b"vm", b"net");
-        assert_eq!((tap.clone(), mac), card(1, b"vm", b"net"));
-        assert_ne!(tap, card(1, b"vm2", b"net").0);
+    fn ids_and_macs_are_stable_distinct_valid_and_keyed_by_the_node() {
+        let naming = NetNaming::new(&[1; 32]);
+        let a = naming.network_id(1, b"net");
+        assert_eq!(a, naming.network_id(1, b"net"));
+        assert_ne!(a, naming.network_id(2, b"net"));
+        assert_ne!(a, naming.network_id(1, b"net2"));
+        assert_ne!(
+            a,
+            NetNaming::new(&[2; 32]).network_id(1, b"net"),
+            "keyed by the node"
+        );
+        let (tap, mac) = naming.card(1, b"vm", b"net");
+        assert_eq!((tap.clone(), mac), naming.card(1, b"vm", b"net"));
+        assert_ne!(tap, naming.card(1, b"vm2", b"net").0);
         // "vm"+"net2" and "vmn"+"et2" are different cards.
-        assert_ne!(card(1, b"vm", b"net2").0, card(1, b"vmn", b"et2").0);
+        assert_ne!(
+            naming.card(1, b"vm", b"net2").0,
+            naming.card(1, b"vmn", b"et2").0
+        );
         assert_eq!(mac[0] & 0x01, 0, "unicast");
         assert_eq!(mac[0] & 0x02, 0x02, "locally administered");
+    }
+
+    fn spec(outbound_internet: bool, sealed: SealedSecret) -> NetworkSpec {
+        NetworkSpec {
+            ip_range: Ipv4Cidr {
+                ip: [10, 9, 0, 0],
+                prefix_len: 16,
+            },
+            subnet: Ipv4Cidr {
+                ip: [10, 9, 2, 0],
+                prefix_len: 24,
+            },
+            listen_port: 51820,
+            peers: Default::default(),
+            private_key: sealed,
+            outbound_internet,
+        }
+    }
+
+    #[test]
+    fn outbound_internet_follows_the_farmers_policy_and_keys_must_open() {
+        let (secret, public) = generate_box_keypair();
+        let sealed = seal_wireguard_key(&public, &[7; 32]).unwrap();
+        let id = NetId::new("0000000001").unwrap();
+        let allow = NetworkPolicy {
+            outbound_internet: true,
+        };
+        let forbid = NetworkPolicy {
+            outbound_internet: false,
+        };
+        let cfg = network_config(id.clone(), &spec(true, sealed.clone()), &secret, allow).unwrap();
+        assert!(cfg.outbound_internet);
+        assert_eq!(*cfg.private_key, [7; 32]);
+        let err = network_config(id.clone(), &spec(true, sealed.clone()), &secret, forbid)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("does not allow outbound internet"),
+            "{err}"
+        );
+        assert!(network_config(id.clone(), &spec(false, sealed.clone()), &secret, forbid).is_ok());
+        let (stranger, _) = generate_box_keypair();
+        let err = network_config(id, &spec(false, sealed), &stranger, allow)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("private key"), "{err}");
     }
 }

@@ -35,7 +35,7 @@ use zos_image::{
     mount::{MountHandle, MountOptions},
     store::{DirStore, HttpStore, Store},
 };
-use zos_net::{NetError, Networks};
+use zos_net::NetError;
 use zos_primitives::{
     spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
@@ -46,7 +46,8 @@ use zos_vm::{
 };
 
 use super::{
-    disk::disk_path, network, Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx,
+    disk::disk_path, network::NodeNetworks, Driver, DriverError, DriverResult, Observed, Usage,
+    WorkloadCtx,
 };
 use crate::metrics::Metrics;
 
@@ -220,7 +221,7 @@ pub struct VmDriver {
     /// When each workload's image was first found missing from its hub.
     image_missing_since: StdMutex<HashMap<Key, std::time::Instant>>,
     /// Private networks for the VMs' cards; `None`: cards are refused.
-    networks: Option<Arc<Networks>>,
+    networks: Option<Arc<NodeNetworks>>,
 }
 
 fn name_str(w: &Workload) -> String {
@@ -260,7 +261,7 @@ fn nics(
     ctx: &WorkloadCtx,
     w: &Workload,
     vm: &VmSpec,
-    networks: Option<&Networks>,
+    networks: Option<&NodeNetworks>,
 ) -> DriverResult<Vec<NicConfig>> {
     if vm.networks.is_empty() {
         return Ok(vec![]);
@@ -273,7 +274,10 @@ fn nics(
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            let (tap, mac) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            let (tap, mac) =
+                networks
+                    .naming
+                    .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
             let [x, y, z, _] = a.ip;
             NicConfig {
                 tap: networks.tap_name(&tap),
@@ -433,7 +437,7 @@ impl VmDriver {
     }
 
     /// Gives VMs network cards on these private networks.
-    pub fn with_networks(mut self, networks: Arc<Networks>) -> Self {
+    pub fn with_networks(mut self, networks: Arc<NodeNetworks>) -> Self {
         self.networks = Some(networks);
         self
     }
@@ -446,8 +450,13 @@ impl VmDriver {
             return Ok(());
         };
         for a in vm.networks.iter() {
-            let (tap, _) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
-            let net = network::network_id(ctx.contract, a.network.as_bytes());
+            let (tap, _) =
+                networks
+                    .naming
+                    .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            let net = networks
+                .naming
+                .network_id(ctx.contract, a.network.as_bytes());
             networks.attach_tap(&net, &tap, None).await.map_err(|e| {
                 if let Some(NetError::UnknownNetwork(_)) = e.downcast_ref::<NetError>() {
                     // The network workload installs first; retry until it exists.
@@ -469,7 +478,10 @@ impl VmDriver {
             return Ok(());
         };
         for a in vm.networks.iter() {
-            let (tap, _) = network::card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+            let (tap, _) =
+                networks
+                    .naming
+                    .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
             networks.remove_tap(&tap).await.map_err(transient)?;
         }
         Ok(())
@@ -533,7 +545,7 @@ impl VmDriver {
         ctx: &WorkloadCtx,
         w: &Workload,
         rootfs: PathBuf,
-        networks: Option<&Networks>,
+        networks: Option<&NodeNetworks>,
     ) -> DriverResult<VmConfig> {
         let vm = vm_spec(w)?;
         if vm.public_ip.is_some() {

@@ -129,6 +129,7 @@ pub fn node_network(
         listen_port: port,
         private_key: key.clone(),
         peers,
+        outbound_internet: false,
     }
 }
 
