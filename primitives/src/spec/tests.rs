@@ -328,7 +328,7 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
         (OverlappingAllowedIps, |s| {
             with_net(s, |n| {
                 let mut other = n.peers[0].clone();
-                other.public_key = [9; 32];
+                other.public_key = [8; 32];
                 other.allowed_ips = bounded(vec![cidr([10, 20, 4, 128], 25)]);
                 n.peers.try_push(other).unwrap()
             })
