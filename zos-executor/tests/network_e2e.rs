@@ -34,13 +34,17 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node, setup_farm,
+    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity, registered_node, setup_farm,
     state_of, which, workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
 use zos_executor::{drivers::network::NetNaming, identity::NodeIdentity};
 use zos_image::store::DirStore;
-use zos_primitives::{contracts::ContractState, spec::DeploymentSpec, ContractId, NodeId};
+use zos_primitives::{
+    contracts::ContractState,
+    spec::{DeploymentSpec, WorkloadKind},
+    ContractId, NodeId,
+};
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
 const NAMESPACES: [&str; 8] = [
@@ -389,6 +393,16 @@ async fn failure_reason(api: &Client, node: NodeId, contract: ContractId) -> Res
             })
         })
         .await
+}
+
+/// The process id of the hypervisor of VM `vm` of `contract` (its control socket is in the
+/// VM's directory).
+fn hypervisor_pid(contract: ContractId, vm: &str) -> Option<String> {
+    let out = run(&["pgrep", "-f", &format!("contracts/{contract}/vms/{vm}/control.sock")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(String::from)
 }
 
 /// Runs the `zos` CLI with `--json` and returns its output.
@@ -744,6 +758,73 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
             "a VM reached its node:\n{text}"
         );
     }
+
+    // ---- a VM joins A's network in place and leaves again; VM A keeps running throughout
+    let vm_a = hypervisor_pid(contract_a, "web").context("VM A's hypervisor")?;
+    let a_secret = *NodeIdentity::load_or_create(&a.data_dir.join("identity.json"))?.box_secret();
+    let web2_tap = format!(
+        "mat{}",
+        NetNaming::new(&a_secret).card(contract_a, b"web2", b"net").0
+    );
+    let base = contract_of(api, a.id, contract_a)
+        .await?
+        .context("A's contract")?
+        .spec;
+    let mut grown = base.clone();
+    let mut web2 = base
+        .workloads
+        .iter()
+        .find(|w| w.name.as_bytes() == b"web")
+        .cloned()
+        .context("VM A in its spec")?;
+    web2.name = "web2".try_into().map_err(|_| anyhow::anyhow!("name"))?;
+    if let WorkloadKind::Vm(vm) = &mut web2.kind {
+        // The same probe (it serves the page) at the next address.
+        vm.networks[0].ip = [10, 92, 2, 3];
+    }
+    grown
+        .workloads
+        .try_push(web2)
+        .map_err(|_| anyhow::anyhow!("no room for a VM"))?;
+    let update = |spec: DeploymentSpec, tag: &'static str| {
+        let file = tmp.path().join(format!("{tag}.json"));
+        let (zos, url) = (zos.clone(), url.clone());
+        async move {
+            std::fs::write(&file, serde_json::to_vec(&spec)?)?;
+            let id = contract_a.to_string();
+            zos_cli(&zos, &url, "//Alice", &["update", &id, file.to_str().context("path")?])?;
+            zos_cli(&zos, &url, "//Bob", &["approve", &id])?;
+            anyhow::Ok(())
+        }
+    };
+    update(grown, "grown").await?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while fetch("zmn-laptop", "http://10.92.2.3/index.html").as_deref() != Ok(PAGE) {
+        ensure!(
+            Instant::now() < deadline,
+            "the added VM never answered\n{}",
+            a.executor.log_tail()
+        );
+    }
+    ensure!(
+        hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
+        "adding a VM restarted VM A"
+    );
+    update(base, "shrunk").await?;
+    POLLING
+        .until("the added VM gone", Duration::from_secs(120), || async {
+            let gone = hypervisor_pid(contract_a, "web2").is_none()
+                && !in_ns("zmn-a", &["ip", "link", "show", &web2_tap]).status.success();
+            Ok(gone.then_some(()))
+        })
+        .await
+        .with_context(|| a.executor.log_tail())?;
+    ensure!(!pings("zmn-laptop", "10.92.2.3"), "the removed VM still answers");
+    ensure!(
+        hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
+        "removing a VM restarted VM A"
+    );
+    ensure!(pings("zmn-laptop", "10.92.2.2"), "VM A lost its network");
 
     // ---- a key sealed to another node and a taken port fail alone
     let port_a = deployed["network"]["nodes"]
