@@ -19,7 +19,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use tokio::{sync::Semaphore, task::JoinSet};
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 use zos_primitives::{
     contracts::{ContractState, NodeContract},
     spec::{DeploymentSpec, Workload, WorkloadKind},
@@ -339,7 +339,15 @@ impl Engine {
             .map_err(|e| format!("invalid spec: {e:?}"))
             .and_then(|()| self.check_secrets(&want.spec));
         if let Err(reason) = rejection {
-            warn!(%reason, "contract cannot be deployed");
+            // Said once per spec version; later passes find the same version recorded.
+            if local
+                .as_ref()
+                .is_some_and(|l| l.spec_hash == want.spec_hash)
+            {
+                debug!(%reason, "contract cannot be deployed (known)");
+            } else {
+                warn!(%reason, "contract cannot be deployed");
+            }
             // An update that cannot run ends what the previous version ran (its record is
             // replaced below, so nothing would stop it later); data stays.
             if let Some(old) = local.as_ref().filter(|l| l.spec_hash != want.spec_hash) {

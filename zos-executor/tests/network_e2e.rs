@@ -34,8 +34,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity, registered_node, setup_farm,
-    state_of, which, workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
+    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
+    registered_node, setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions,
+    Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
 use zos_executor::{drivers::network::NetNaming, identity::NodeIdentity};
@@ -398,7 +399,11 @@ async fn failure_reason(api: &Client, node: NodeId, contract: ContractId) -> Res
 /// The process id of the hypervisor of VM `vm` of `contract` (its control socket is in the
 /// VM's directory).
 fn hypervisor_pid(contract: ContractId, vm: &str) -> Option<String> {
-    let out = run(&["pgrep", "-f", &format!("contracts/{contract}/vms/{vm}/control.sock")]);
+    let out = run(&[
+        "pgrep",
+        "-f",
+        &format!("contracts/{contract}/vms/{vm}/control.sock"),
+    ]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -764,7 +769,9 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     let a_secret = *NodeIdentity::load_or_create(&a.data_dir.join("identity.json"))?.box_secret();
     let web2_tap = format!(
         "mat{}",
-        NetNaming::new(&a_secret).card(contract_a, b"web2", b"net").0
+        NetNaming::new(&a_secret)
+            .card(contract_a, b"web2", b"net")
+            .0
     );
     let base = contract_of(api, a.id, contract_a)
         .await?
@@ -792,7 +799,12 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         async move {
             std::fs::write(&file, serde_json::to_vec(&spec)?)?;
             let id = contract_a.to_string();
-            zos_cli(&zos, &url, "//Alice", &["update", &id, file.to_str().context("path")?])?;
+            zos_cli(
+                &zos,
+                &url,
+                "//Alice",
+                &["update", &id, file.to_str().context("path")?],
+            )?;
             zos_cli(&zos, &url, "//Bob", &["approve", &id])?;
             anyhow::Ok(())
         }
@@ -814,12 +826,17 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     POLLING
         .until("the added VM gone", Duration::from_secs(120), || async {
             let gone = hypervisor_pid(contract_a, "web2").is_none()
-                && !in_ns("zmn-a", &["ip", "link", "show", &web2_tap]).status.success();
+                && !in_ns("zmn-a", &["ip", "link", "show", &web2_tap])
+                    .status
+                    .success();
             Ok(gone.then_some(()))
         })
         .await
         .with_context(|| a.executor.log_tail())?;
-    ensure!(!pings("zmn-laptop", "10.92.2.3"), "the removed VM still answers");
+    ensure!(
+        !pings("zmn-laptop", "10.92.2.3"),
+        "the removed VM still answers"
+    );
     ensure!(
         hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
         "removing a VM restarted VM A"

@@ -108,6 +108,25 @@ pub fn underlay_cleanup(prefix: &Prefix) -> String {
     )
 }
 
+/// Whether table `family name` exists in the namespace at `ns` (or ours).
+pub fn table_exists(ns: Option<&Path>, family: &str, name: &str) -> Result<bool> {
+    let (family, name) = (family.to_string(), name.to_string());
+    let run = move || -> Result<bool> {
+        let status = Command::new("nft")
+            .args(["list", "table", &family, &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running nft (is nftables installed?)")?;
+        Ok(status.success())
+    };
+    match ns {
+        Some(ns) => netns::run_in(ns, run),
+        None => run(),
+    }
+}
+
 /// Loads `rules` into the namespace at `ns` (or ours).
 pub fn load(ns: Option<&Path>, rules: &str) -> Result<()> {
     let rules = rules.to_string();

@@ -222,6 +222,33 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)
     Ok(found)
 }
 
+/// Removes every IPv4 address of link `index` but `keep` (e.g. an old gateway after the
+/// network's subnet changed).
+pub async fn remove_addresses_except(h: &Handle, index: u32, keep: (Ipv4Addr, u8)) -> Result<()> {
+    let mut addresses = h.address().get().set_link_index_filter(index).execute();
+    let mut stale = vec![];
+    while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local {
+            if (ip, msg.header.prefix_len) != keep {
+                stale.push(msg);
+            }
+        }
+    }
+    for msg in stale {
+        match h.address().del(msg).execute().await {
+            Err(e) if !errno_is(&e, libc::EADDRNOTAVAIL) => {
+                return Err(e).context("removing a stale address")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The IPv4 destinations routed through link `index` in the main table.
 pub async fn routes_via(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, RouteMessage)>> {
     Ok(routes(h)

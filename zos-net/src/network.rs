@@ -226,6 +226,7 @@ impl Networks {
             .await?
             .context("LAN end of the network vanished")?;
         link::ensure_address(&inner, lan_index, cfg.gateway(), 24).await?;
+        link::remove_addresses_except(&inner, lan_index, (cfg.gateway(), 24)).await?;
         link::set_up(&inner, lan_index).await?;
 
         // The tunnel: created in the underlay (its UDP socket stays there), then moved in.
@@ -327,6 +328,27 @@ impl Networks {
                 .await?
                 .is_some(),
         )
+    }
+
+    /// Reloads the underlay's isolation rules when they are gone (someone flushed the host's
+    /// ruleset); returns whether they had to be.
+    pub async fn heal_underlay_rules(&self) -> Result<bool> {
+        let (ns, table) = (self.underlay.clone(), format!("zos_{}", self.prefix));
+        let present = blocking(move || {
+            Ok(firewall::table_exists(ns.as_deref(), "inet", &table)?
+                && firewall::table_exists(ns.as_deref(), "arp", &table)?)
+        })
+        .await?;
+        if present {
+            return Ok(false);
+        }
+        tracing::warn!(prefix = %self.prefix, "the networks' isolation rules were gone: reloading them");
+        let (rules, ns) = (
+            firewall::underlay_rules(&self.prefix),
+            self.underlay.clone(),
+        );
+        blocking(move || firewall::load(ns.as_deref(), &rules)).await?;
+        Ok(true)
     }
 
     /// Whether network `id` is fully in place (namespace, bridge, tunnel).

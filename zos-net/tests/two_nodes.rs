@@ -377,6 +377,31 @@ async fn two_nodes_share_a_private_network_and_nothing_else() {
     let links = in_ns("znt-u1", &["ip", "-o", "link"]);
     assert!(!String::from_utf8_lossy(&links.stdout).contains("tao0000000a01"));
 
+    // A network moved to another subnet keeps only the new gateway.
+    let mut moved = cfg3.clone();
+    moved.subnet = net("10.77.5.0/24");
+    n1.apply(&moved).await.unwrap();
+    let lan = format!("tal{}", cfg3.id);
+    let addrs = in_ns(
+        &format!("ta-net-{}", cfg3.id),
+        &["ip", "-br", "addr", "show", &lan],
+    );
+    let addrs = String::from_utf8_lossy(&addrs.stdout).to_string();
+    assert!(
+        addrs.contains("10.77.5.1/24") && !addrs.contains("10.77.1.1"),
+        "{addrs}"
+    );
+
+    // Isolation rules flushed by someone else come back at the next check.
+    assert!(!n1.heal_underlay_rules().await.unwrap(), "nothing to heal");
+    ok(&["ip", "netns", "exec", "znt-u1", "nft", "flush", "ruleset"]);
+    assert!(n1.heal_underlay_rules().await.unwrap(), "healed");
+    assert!(!n1.heal_underlay_rules().await.unwrap());
+    assert!(
+        !pings("znt-vm1", "198.51.100.1"),
+        "a VM reached its node after the heal"
+    );
+
     // Removing a network leaves nothing of it.
     n1.remove(&cfg3.id).await.unwrap();
     n1.remove(&cfg3.id).await.unwrap();

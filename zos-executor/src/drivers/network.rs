@@ -217,6 +217,10 @@ impl Driver for NetworkDriver {
     }
 
     async fn inspect(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Observed> {
+        self.networks
+            .heal_underlay_rules()
+            .await
+            .map_err(DriverError::Transient)?;
         let up = self
             .networks
             .is_up(&self.id(ctx, w))
