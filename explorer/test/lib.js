@@ -121,11 +121,14 @@ export function startExecutor(bin, { url, farmId, dir, accountSeedHex, boxSecret
   };
 }
 
-/** Signs and sends `tx`; resolves with the events once a block includes it (not finalized). */
-export function submitInBlock(api, tx, signer) {
+/**
+ * Signs and sends `tx` (with `options` such as an explicit nonce); resolves with the events once
+ * a block includes it (not finalized).
+ */
+export function submitInBlock(api, tx, signer, options = {}) {
   return new Promise((resolve, reject) => {
     let unsub;
-    tx.signAndSend(signer, ({ status, events, dispatchError }) => {
+    tx.signAndSend(signer, options, ({ status, events, dispatchError }) => {
       if (dispatchError) {
         unsub?.();
         const e = dispatchError.isModule ? api.registry.findMetaError(dispatchError.asModule) : null;
@@ -139,6 +142,48 @@ export function submitInBlock(api, tx, signer) {
       }
     }).then((u) => { unsub = u; }, reject);
   });
+}
+
+/**
+ * Load for measurements: `signer` creates a farm, registers its own account as a node of it,
+ * heartbeats and creates `count` 1-of-1 contracts of `spec` on that node. A 1-of-1 contract is
+ * active at once, so it takes no room in the proposals' expiry queue (64 a block). The calls go
+ * in `utility.batchAll`s sized from the runtime's weights so that two fill the normal share of
+ * a block: about two blocks for 1,000 contracts. Resolves with the farm, the node and the ids.
+ */
+export async function seedContracts(api, signer, { count, farmName, boxKey, spec, capacity, location }) {
+  // The farm and the node get the next ids: nothing else registers any meanwhile.
+  const farmId = (await api.query.grid.nextFarmId()).toNumber();
+  const nodeId = (await api.query.grid.nextNodeId()).toNumber();
+  const create = () => api.tx.deployments.create(nodeId, spec, [{ account: signer.address, weight: 1, required: true }], 1);
+  const perCall = (await create().paymentInfo(signer)).weight.refTime.toBigInt();
+  const normal = api.consts.system.blockWeights.perClass.normal;
+  const maxTotal = normal.maxTotal.unwrap().refTime.toBigInt();
+  const maxExtrinsic = normal.maxExtrinsic.unwrap().refTime.toBigInt();
+  const room = (maxTotal / 2n < maxExtrinsic ? maxTotal / 2n : maxExtrinsic) * 9n / 10n;
+  const perBatch = Math.max(1, Number(room / perCall));
+  const setup = [
+    api.tx.grid.createFarm(farmName),
+    api.tx.grid.registerNode(farmId, capacity, boxKey, location, null, 'v0.1.0'),
+    api.tx.grid.heartbeat(),
+  ];
+  const creates = Array.from({ length: count }, create);
+  const batches = [];
+  for (let i = 0; i < creates.length; i += perBatch) batches.push(creates.slice(i, i + perBatch));
+  batches[0] = [...setup, ...batches[0]];
+  const nonce = (await api.rpc.system.accountNextIndex(signer.address)).toNumber();
+  const results = await Promise.all(batches.map((calls, i) =>
+    submitInBlock(api, api.tx.utility.batchAll(calls), signer, { nonce: nonce + i })));
+  const events = results.flat();
+  const named = (method) => events.filter((e) => e.method === method);
+  const ids = named('ContractCreated').map((e) => e.data.contract.toNumber()).sort((a, b) => a - b);
+  return {
+    farmId: named('FarmCreated')[0].data.farmId.toNumber(),
+    nodeId: named('NodeRegistered')[0].data.nodeId.toNumber(),
+    ids,
+    perBatch,
+    batches: batches.length,
+  };
 }
 
 export function tempDir() {

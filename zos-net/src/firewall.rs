@@ -127,6 +127,28 @@ pub fn table_exists(ns: Option<&Path>, family: &str, name: &str) -> Result<bool>
     }
 }
 
+/// `nft -j list counters table <family> <name>` in the namespace at `ns` (or ours).
+pub fn list_counters(ns: Option<&Path>, family: &str, name: &str) -> Result<String> {
+    let (family, name) = (family.to_string(), name.to_string());
+    let run = move || -> Result<String> {
+        let out = Command::new("nft")
+            .args(["-j", "list", "counters", "table", &family, &name])
+            .stdin(Stdio::null())
+            .output()
+            .context("running nft (is nftables installed?)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nft could not list the counters of {family} {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    match ns {
+        Some(ns) => netns::run_in(ns, run),
+        None => run(),
+    }
+}
+
 /// Loads `rules` into the namespace at `ns` (or ours).
 pub fn load(ns: Option<&Path>, rules: &str) -> Result<()> {
     let rules = rules.to_string();

@@ -27,6 +27,7 @@ pub mod names;
 pub mod netns;
 pub mod network;
 pub mod outbound;
+pub mod public;
 pub mod wireguard;
 
 pub use names::{NetId, Prefix};
@@ -49,4 +50,6 @@ pub enum NetError {
     UnknownNetwork(String),
     #[error("every outbound address of this node is in use")]
     OutboundRangeFull,
+    #[error("this node has no public bridge {0}: public IPs are not served here")]
+    NoPublicBridge(String),
 }

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::{
     firewall, link,
     names::{ifname, netns_id, netns_name, NetId, Prefix, Role},
-    netns, outbound,
+    netns, outbound, public,
     wireguard::{self, WgBackend, WgPeer},
     NetError,
 };
@@ -414,6 +414,60 @@ impl Networks {
             .await?;
         self.attach_port(id, &name).await?;
         Ok(name)
+    }
+
+    /// Puts an existing link of the underlay (a VM's tap, a test's veth) on the public bridge
+    /// `bridge` as `card`: its rules are in place before the link joins the bridge.
+    pub async fn attach_public_port(
+        &self,
+        bridge: &str,
+        link_name: &str,
+        card: &public::PublicCard,
+    ) -> Result<()> {
+        let host = link::handle(self.underlay.as_deref()).await?;
+        let bridge_index = link::index(&host, bridge)
+            .await?
+            .ok_or_else(|| NetError::NoPublicBridge(bridge.to_string()))?;
+        let port = link::index(&host, link_name)
+            .await?
+            .with_context(|| format!("link {link_name} does not exist"))?;
+        let (rules, ns) = (public::card_rules(link_name, card), self.underlay.clone());
+        blocking(move || firewall::load(ns.as_deref(), &rules)).await?;
+        self.no_ipv6(link_name).await?;
+        link::set_master(&host, port, bridge_index).await?;
+        link::set_up(&host, port).await
+    }
+
+    /// A VM's tap `tap` on the public bridge as `card`, openable by `owner`; returns its name.
+    pub async fn attach_public_tap(
+        &self,
+        bridge: &str,
+        tap: &NetId,
+        card: &public::PublicCard,
+        owner: Option<u32>,
+    ) -> Result<String> {
+        let name = self.tap_name(tap);
+        let n = name.clone();
+        self.in_underlay(move || link::create_tap(&n, owner))
+            .await?;
+        self.attach_public_port(bridge, &name, card).await?;
+        Ok(name)
+    }
+
+    /// Deletes a public card's link and rules; fine when gone.
+    pub async fn detach_public(&self, link_name: &str) -> Result<()> {
+        let host = link::handle(self.underlay.as_deref()).await?;
+        link::delete(&host, link_name).await?;
+        let (rules, ns) = (public::card_cleanup(link_name), self.underlay.clone());
+        blocking(move || firewall::load(ns.as_deref(), &rules)).await
+    }
+
+    /// What went through the public card on `link_name` since its rules were first loaded.
+    pub async fn public_traffic(&self, link_name: &str) -> Result<public::PublicTraffic> {
+        let (table, ns) = (public::table_name(link_name), self.underlay.clone());
+        let json =
+            blocking(move || firewall::list_counters(ns.as_deref(), "bridge", &table)).await?;
+        public::parse_traffic(&json)
     }
 
     /// Deletes tap `tap`; fine when it is gone.

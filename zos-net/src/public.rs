@@ -1,0 +1,162 @@
+//! Public cards: a VM's port on the node's public bridge (the farmer's bridge to the farm's
+//! public network), allowed to speak only as itself, with its traffic counted.
+//!
+//! Per card, one nftables `bridge` table `zos_<port>` in the underlay:
+//! - from the VM: its own MAC only; ARP only for its own IPv4 and MAC; IPv4 only from its own
+//!   address; IPv6 only from its own address, link-local or unspecified (duplicate address
+//!   detection); no router advertisements or redirects, no neighbour advertisements for
+//!   another global address, no DHCP or DHCPv6 server replies, nothing but IPv4, IPv6 and ARP
+//!   (no VLAN tags). Without an IPv4 (or IPv6) address, that family is dropped entirely.
+//! - named counters `from_vm` and `to_vm` (bytes and packets) the node reads for billing; they
+//!   live in the kernel, so an executor restart keeps them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context, Result};
+
+/// What a public card may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicCard {
+    pub mac: [u8; 6],
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// Bytes and packets through a public card, as the node counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublicTraffic {
+    /// Sent by the VM (to the internet).
+    pub bytes_out: u64,
+    /// Received by the VM.
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
+/// The nftables table of the card on port `port`.
+pub fn table_name(port: &str) -> String {
+    format!("zos_{port}")
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The card's rules (replacing any earlier version of them atomically).
+pub fn card_rules(port: &str, card: &PublicCard) -> String {
+    let table = table_name(port);
+    let mac = mac_text(&card.mac);
+    let mut check = format!("\t\tether saddr != {mac} counter drop\n");
+    check += "\t\tether type != { ip, ip6, arp } counter drop\n";
+    check += &format!("\t\tether type arp arp saddr ether != {mac} counter drop\n");
+    match card.ipv4 {
+        Some(ip) => {
+            check += &format!("\t\tether type arp arp saddr ip != {ip} counter drop\n");
+            check += &format!("\t\tether type ip ip saddr != {ip} counter drop\n");
+            check += "\t\tether type ip udp sport 67 counter drop\n";
+        }
+        None => check += "\t\tether type { ip, arp } counter drop\n",
+    }
+    match card.ipv6 {
+        Some(ip) => {
+            check += &format!(
+                "\t\tether type ip6 ip6 saddr != {{ {ip}, fe80::/10, :: }} counter drop\n"
+            );
+            check +=
+                "\t\tether type ip6 icmpv6 type { nd-router-advert, nd-redirect } counter drop\n";
+            // The target of a neighbour advertisement is the 128 bits after the first 64 of the
+            // ICMPv6 header; link-local targets (fe80::/10, first 10 bits 0x3fa) stay allowed.
+            check += &format!(
+                "\t\tether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != 0x{:032x} @th,64,10 != 0x3fa counter drop\n",
+                u128::from(ip)
+            );
+            check += "\t\tether type ip6 udp sport 547 counter drop\n";
+        }
+        None => check += "\t\tether type ip6 counter drop\n",
+    }
+    check += "\t\tcounter name from_vm\n";
+    let mut rules = format!("table bridge {table}\ndelete table bridge {table}\n");
+    rules += &format!("table bridge {table} {{\n");
+    rules += "\tcounter from_vm { }\n\tcounter to_vm { }\n";
+    rules += "\tchain prerouting { type filter hook prerouting priority -200; policy accept;\n";
+    rules += &format!("\t\tiifname \"{port}\" jump from_vm_check\n\t}}\n");
+    rules += &format!("\tchain from_vm_check {{\n{check}\t}}\n");
+    rules += "\tchain postrouting { type filter hook postrouting priority 200; policy accept;\n";
+    rules += &format!("\t\toifname \"{port}\" counter name to_vm\n\t}}\n}}\n");
+    rules
+}
+
+/// Removes the card's table (fine when absent).
+pub fn card_cleanup(port: &str) -> String {
+    let table = table_name(port);
+    format!("table bridge {table}\ndelete table bridge {table}\n")
+}
+
+/// Reads the counters of the card on `port` from `nft -j list counters` output.
+pub fn parse_traffic(json: &str) -> Result<PublicTraffic> {
+    let doc: serde_json::Value = serde_json::from_str(json).context("nft's JSON")?;
+    let mut traffic = PublicTraffic::default();
+    let items = doc["nftables"].as_array().context("no nftables array")?;
+    for item in items {
+        let Some(counter) = item.get("counter") else {
+            continue;
+        };
+        let bytes = counter["bytes"].as_u64().unwrap_or(0);
+        let packets = counter["packets"].as_u64().unwrap_or(0);
+        match counter["name"].as_str() {
+            Some("from_vm") => (traffic.bytes_out, traffic.packets_out) = (bytes, packets),
+            Some("to_vm") => (traffic.bytes_in, traffic.packets_in) = (bytes, packets),
+            _ => {}
+        }
+    }
+    Ok(traffic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_pin_the_cards_addresses_and_drop_what_it_has_not() {
+        let card = PublicCard {
+            mac: [2, 0, 0, 0, 0, 0x0a],
+            ipv4: Some(Ipv4Addr::new(198, 51, 100, 10)),
+            ipv6: Some("2001:db8::a".parse().unwrap()),
+        };
+        let rules = card_rules("zt0123456789", &card);
+        assert!(rules.contains("iifname \"zt0123456789\" jump from_vm_check"));
+        assert!(rules.contains("ether saddr != 02:00:00:00:00:0a counter drop"));
+        assert!(rules.contains("arp saddr ip != 198.51.100.10 counter drop"));
+        assert!(rules.contains("ip saddr != 198.51.100.10 counter drop"));
+        assert!(rules.contains("@th,64,128 != 0x20010db800000000000000000000000a"));
+        let v4_only = card_rules(
+            "zt0123456789",
+            &PublicCard {
+                ipv6: None,
+                ..card.clone()
+            },
+        );
+        assert!(v4_only.contains("ether type ip6 counter drop"));
+        let v6_only = card_rules("zt0123456789", &PublicCard { ipv4: None, ..card });
+        assert!(v6_only.contains("ether type { ip, arp } counter drop"));
+    }
+
+    #[test]
+    fn counters_are_read_by_name() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"counter": {"family": "bridge", "name": "from_vm", "table": "t", "handle": 4, "packets": 3, "bytes": 300}},
+            {"counter": {"family": "bridge", "name": "to_vm", "table": "t", "handle": 5, "packets": 2, "bytes": 120}}]}"#;
+        assert_eq!(
+            parse_traffic(json).unwrap(),
+            PublicTraffic {
+                bytes_out: 300,
+                bytes_in: 120,
+                packets_out: 3,
+                packets_in: 2
+            }
+        );
+    }
+}
