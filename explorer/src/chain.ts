@@ -38,30 +38,57 @@ export function rpcUrl(): string {
   return localStorage.getItem('zos-explorer-rpc') ?? `ws://${location.hostname || '127.0.0.1'}:9944`;
 }
 
+/**
+ * The runtime metadata of the last chain this browser opened, kept in localStorage under its
+ * genesis hash and spec version (the key @polkadot/api looks it up by): the next page load
+ * skips fetching it. A runtime upgrade changes the key, and the api then fetches it anew.
+ */
+const METADATA_KEY = 'zos-explorer-metadata';
+
+function cachedMetadata(): Record<string, `0x${string}`> | undefined {
+  try {
+    const kept = JSON.parse(localStorage.getItem(METADATA_KEY) ?? 'null');
+    return kept?.key && kept?.hex ? { [kept.key]: kept.hex } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function keepMetadata(api: ApiPromise) {
+  const key = `${api.genesisHash.toHex()}-${api.runtimeVersion.specVersion.toString()}`;
+  try {
+    if (JSON.parse(localStorage.getItem(METADATA_KEY) ?? 'null')?.key === key) return;
+    localStorage.setItem(METADATA_KEY, JSON.stringify({ key, hex: api.runtimeMetadata.toHex() }));
+  } catch {
+    // storage full or disabled: the next load fetches the metadata again
+  }
+}
+
 export async function connect(url: string): Promise<ApiPromise> {
   provider = new WsProvider(url, 2000);
   provider.on('disconnected', () => connection.set('disconnected'));
   provider.on('connected', () => connection.set('connected'));
-  api = await ApiPromise.create({ provider, noInitWarn: true });
+  api = await ApiPromise.create({ provider, noInitWarn: true, metadata: cachedMetadata() });
   localStorage.setItem('zos-explorer-rpc', url);
-  const [chain, chainType, props] = await Promise.all([
-    api.rpc.system.chain(),
-    api.rpc.system.chainType(),
-    api.rpc.system.properties(),
-  ]);
-  chainInfo.name = chain.toString();
-  chainInfo.isDev = chainType.isDevelopment || chainType.isLocal;
-  chainInfo.decimals = props.tokenDecimals.unwrapOr([12] as any)[0]?.toNumber?.() ?? 12;
-  chainInfo.symbol = props.tokenSymbol.unwrapOr(['UNIT'] as any)[0]?.toString?.() ?? 'UNIT';
+  // The chain's name and properties came with the metadata; the rest is asked at once.
+  const props = api.registry.getChainProperties();
+  chainInfo.name = api.runtimeChain.toString();
+  chainInfo.decimals = props?.tokenDecimals.unwrapOr([12] as any)[0]?.toNumber?.() ?? 12;
+  chainInfo.symbol = props?.tokenSymbol.unwrapOr(['UNIT'] as any)[0]?.toString?.() ?? 'UNIT';
   chainInfo.ss58 = api.registry.chainSS58 ?? 42;
+  const [chainType] = await Promise.all([
+    api.rpc.system.chainType(),
+    api.rpc.chain.subscribeNewHeads(async (h) => {
+      const now = await api.query.timestamp.now();
+      chainNow.set(Number((now as any).toBigInt()));
+      bestBlock.set(h.number.toNumber());
+    }),
+    api.rpc.chain.subscribeFinalizedHeads((h) => finalizedBlock.set(h.number.toNumber())),
+  ]);
+  chainInfo.isDev = chainType.isDevelopment || chainType.isLocal;
   connection.set('connected');
-  await api.rpc.chain.subscribeNewHeads(async (h) => {
-    const now = await api.query.timestamp.now();
-    chainNow.set(Number((now as any).toBigInt()));
-    bestBlock.set(h.number.toNumber());
-  });
-  await api.rpc.chain.subscribeFinalizedHeads((h) => finalizedBlock.set(h.number.toNumber()));
   ready.set(true);
+  setTimeout(() => keepMetadata(api), 0);
   return api;
 }
 

@@ -6,6 +6,7 @@ import { bestBlock, chainInfo, connect, connection, finalizedBlock, ready, rpcUr
 import { accounts, enableExtension, extensionState, loadDevAccounts, select, selected } from './accounts';
 import { startHistory } from './history';
 import { useSignal } from './signal';
+import { pageDataIn } from './ui';
 import { Dashboard, FarmPage, Farms, NodePage, Nodes } from './pages/grid';
 import { ContractPage, Contracts } from './pages/contract';
 import { Deploy } from './pages/deploy';
@@ -135,7 +136,10 @@ const slow = setTimeout(() => render(<App error="no answer yet (still trying)" /
 connect(rpcUrl()).finally(() => clearTimeout(slow)).then(
   () => {
     render(<App />, root);
-    startHistory().catch((e) => console.warn('history', e));
+    // The page's own data first; a page without reads of its own waits a second at most.
+    Promise.race([pageDataIn, new Promise((r) => setTimeout(r, 1000))])
+      .then(startHistory)
+      .catch((e) => console.warn('history', e));
     loadDevAccounts().catch((e) => console.warn('dev accounts', e));
   },
   (e) => render(<App error={String(e?.message ?? e)} />, root),

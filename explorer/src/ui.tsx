@@ -24,6 +24,15 @@ export const FarmLink = ({ id, name }: { id: number | string; name?: string }) =
   <a href={`#/farm/${id}`}>{name ? `${name} (farm ${id})` : `farm ${id}`}</a>
 );
 
+let firstData!: () => void;
+/**
+ * Settles once the first page's own reads are in (or failed). The event history (hundreds of
+ * blocks, decoded in the page) starts after it, so it does not hold up what the page shows.
+ */
+export const pageDataIn = new Promise<void>((resolve) => { firstData = resolve; });
+/** For pages whose data is the event history itself. */
+export const historyWanted = () => firstData();
+
 /**
  * Runs `load` now and again at every new best block (keeping the last result while it runs).
  * Returns [data, error].
@@ -38,7 +47,7 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): [T | undefi
     load().then(
       (data) => { if (seq.current === mine) setState({ data, error: null, key }); },
       (e) => { if (seq.current === mine) setState({ data: undefined, error: String(e?.message ?? e), key }); },
-    );
+    ).finally(firstData);
   }, [key, block]);
   return state.key === key ? [state.data, state.error] : [undefined, null];
 }

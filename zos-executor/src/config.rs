@@ -87,6 +87,10 @@ pub struct Flags {
     /// By default a network may let its VMs open connections out through the node.
     #[arg(long, env = "ZOS_NO_OUTBOUND_INTERNET")]
     pub no_outbound_internet: bool,
+    /// The bridge (in the underlay) to the farm's public network: VMs with a public IP get a
+    /// card on it. Without it, public IP workloads fail.
+    #[arg(long, env = "ZOS_PUBLIC_BRIDGE")]
+    pub public_bridge: Option<String>,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -109,6 +113,7 @@ pub struct FileConfig {
     pub net_prefix: Option<String>,
     pub underlay_netns: Option<PathBuf>,
     pub no_outbound_internet: Option<bool>,
+    pub public_bridge: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +140,8 @@ pub struct Config {
     pub underlay_netns: Option<PathBuf>,
     /// Networks may ask for outbound internet.
     pub allow_outbound_internet: bool,
+    /// The bridge to the farm's public network.
+    pub public_bridge: Option<String>,
 }
 
 impl Config {
@@ -229,6 +236,7 @@ impl Config {
             underlay_netns: flags.underlay_netns.or(file.underlay_netns),
             allow_outbound_internet: !(flags.no_outbound_internet
                 || file.no_outbound_internet.unwrap_or(false)),
+            public_bridge: flags.public_bridge.or(file.public_bridge),
         })
     }
 }

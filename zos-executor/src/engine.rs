@@ -22,8 +22,8 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{debug, info, warn, Instrument};
 use zos_primitives::{
     contracts::{ContractState, NodeContract},
-    spec::{DeploymentSpec, Workload, WorkloadKind},
-    ContractId,
+    spec::{DeploymentSpec, Workload, WorkloadKind, WorkloadName},
+    ContractId, PublicIpv4Config,
 };
 
 use crate::{
@@ -147,10 +147,17 @@ impl Engine {
         self
     }
 
-    fn ctx(&self, contract: ContractId) -> WorkloadCtx {
+    fn ctx(
+        &self,
+        contract: ContractId,
+        spec: &DeploymentSpec,
+        public_ips: &[(WorkloadName, PublicIpv4Config)],
+    ) -> WorkloadCtx {
         WorkloadCtx {
             contract,
             dir: self.contracts_dir.join(contract.to_string()),
+            spec: Arc::new(spec.clone()),
+            public_ips: public_ips.to_vec(),
         }
     }
 
@@ -328,7 +335,7 @@ impl Engine {
     }
 
     async fn reconcile_contract(&self, want: &NodeContract) -> Result<ContractOutcome> {
-        let ctx = self.ctx(want.contract);
+        let ctx = self.ctx(want.contract, &want.spec, &want.public_ips);
         let serving = !matches!(want.state, ContractState::GracePeriod);
         let mut local = self.store.contract(want.contract)?;
 
@@ -615,7 +622,7 @@ impl Engine {
         {
             return false;
         }
-        let ctx = self.ctx(local.contract);
+        let ctx = self.ctx(local.contract, &local.spec, &[]);
         for w in local.spec.workloads.iter() {
             let Ok(driver) = self.driver(w) else {
                 return false;
@@ -644,7 +651,7 @@ impl Engine {
     }
 
     async fn remove_contract(&self, gone: &LocalContract) -> Result<ContractOutcome> {
-        let ctx = self.ctx(gone.contract);
+        let ctx = self.ctx(gone.contract, &gone.spec, &[]);
         let mut list = ordered(&gone.spec);
         list.reverse();
         for w in list {

@@ -15,6 +15,7 @@ use crate::{
     drivers::{
         disk::DiskDriver,
         network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks},
+        public_ip::PublicIpDriver,
         vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
         Driver,
     },
@@ -111,6 +112,7 @@ impl Executor {
             Arc::new(NodeNetworks::new(
                 networks,
                 NetNaming::new(identity.box_secret()),
+                config.public_bridge.clone(),
             ))
         });
         if let Some(networks) = &networks {
@@ -121,6 +123,7 @@ impl Executor {
                     outbound_internet: config.allow_outbound_internet,
                 },
             )));
+            drivers.push(Arc::new(PublicIpDriver::new(networks.clone())));
         }
         if !config.vm_enabled {
             info!("VM workloads disabled by configuration: they will fail with \"this node has no driver for vm workloads\"");

@@ -91,7 +91,10 @@ pub struct NicConfig {
     pub mac: [u8; 6],
     /// IPv4 address with prefix length the guest sets on the interface.
     pub address: Option<(Ipv4Addr, u8)>,
+    /// The default route's next hop, on this interface.
     pub gateway: Option<Ipv4Addr>,
+    /// More routes through this interface: (destination, prefix length, next hop).
+    pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
 }
 
 /// What the guest's init applies before running the entrypoint.
@@ -312,7 +315,12 @@ impl VmConfig {
                         .gateway
                         .map(|g| g.to_string())
                         .unwrap_or_else(|| "-".into());
-                    format!("{} {ip}/{prefix} {gw}\n", n.mac_string())
+                    let routes: String = n
+                        .routes
+                        .iter()
+                        .map(|(dest, len, via)| format!(" {dest}/{len}={via}"))
+                        .collect();
+                    format!("{} {ip}/{prefix} {gw}{routes}\n", n.mac_string())
                 })
             })
             .collect();

@@ -1,9 +1,9 @@
 // Finalized events as they come, each field linked to what it names.
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
 import { formatBalance, formatBytes } from '../chain';
 import { history, historyState, type EventRec } from '../history';
 import { useSignal } from '../signal';
-import { Addr } from '../ui';
+import { Addr, historyWanted } from '../ui';
 
 const LINKS: Record<string, string> = {
   contract: 'contract', node: 'node', nodeId: 'node', farmId: 'farm',
@@ -63,6 +63,7 @@ export function EventList({ limit, filter }: { limit: number; filter?: (e: Event
 
 export function Events() {
   const hs = useSignal(historyState);
+  useEffect(historyWanted, []);
   const [q, setQ] = useState('');
   const [grid, setGrid] = useState(true);
   const f = (e: EventRec) => {

@@ -3,12 +3,16 @@
 
 pub mod disk;
 pub mod network;
+pub mod public_ip;
 pub mod vm;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
-use zos_primitives::{spec::Workload, ContractId};
+use zos_primitives::{
+    spec::{DeploymentSpec, Workload, WorkloadName},
+    ContractId, PublicIpv4Config,
+};
 
 /// Where a workload lives: its contract and a private directory for its files.
 #[derive(Clone, Debug)]
@@ -16,6 +20,21 @@ pub struct WorkloadCtx {
     pub contract: ContractId,
     /// `<data>/contracts/<contract>`; drivers keep their files beneath it.
     pub dir: PathBuf,
+    /// The spec the workload belongs to (its networks, public IPs, other VMs).
+    pub spec: Arc<DeploymentSpec>,
+    /// The farm IPv4 the chain assigned to each public IP workload of `spec` (empty when the
+    /// contract is gone).
+    pub public_ips: Vec<(WorkloadName, PublicIpv4Config)>,
+}
+
+impl WorkloadCtx {
+    /// The farm IPv4 assigned to public IP workload `name`.
+    pub fn public_ipv4(&self, name: &WorkloadName) -> Option<&PublicIpv4Config> {
+        self.public_ips
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, config)| config)
+    }
 }
 
 /// What a driver reports about an installed workload.

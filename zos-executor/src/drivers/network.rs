@@ -22,15 +22,28 @@ use zos_primitives::{
 
 use super::{Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
 
-/// This node's private networks, with the node's naming of networks and cards.
+/// This node's private networks, with the node's naming of networks and cards, and the
+/// farmer's public bridge when the node serves public IPs.
 pub struct NodeNetworks {
     networks: Arc<Networks>,
     pub naming: NetNaming,
+    /// The bridge (in the underlay) to the farm's public network.
+    pub public_bridge: Option<String>,
 }
 
 impl NodeNetworks {
-    pub fn new(networks: Arc<Networks>, naming: NetNaming) -> Self {
-        Self { networks, naming }
+    pub fn new(networks: Arc<Networks>, naming: NetNaming, public_bridge: Option<String>) -> Self {
+        Self {
+            networks,
+            naming,
+            public_bridge,
+        }
+    }
+
+    /// The public card of VM `vm`: its tap's id and MAC. (A NUL never appears in a workload
+    /// name, so this never equals a card on a private network.)
+    pub fn public_card(&self, contract: ContractId, vm: &[u8]) -> (NetId, [u8; 6]) {
+        self.naming.card(contract, vm, b"\0public")
     }
 }
 

@@ -255,38 +255,84 @@ fn vm_name(contract: ContractId, w: &Workload) -> String {
     format!("{}-{tag}", &full[..MAX_VM_NAME - 9])
 }
 
-/// A card per network attachment: address in the node's /24 of that network, the first card
-/// carrying the default route via the network's gateway `.1`.
+/// The VM's cards: a public card first when it names a public IP (carrying the default route
+/// via the farm's gateway), then one per network attachment with an address in the node's /24
+/// of that network and routes via the network's gateway `.1` for the network's range and its
+/// peers' addresses outside it (laptops); without a public card the first of these carries
+/// the default route instead.
 fn nics(
     ctx: &WorkloadCtx,
     w: &Workload,
     vm: &VmSpec,
     networks: Option<&NodeNetworks>,
 ) -> DriverResult<Vec<NicConfig>> {
-    if vm.networks.is_empty() {
+    if vm.networks.is_empty() && vm.public_ip.is_none() {
         return Ok(vec![]);
     }
     let networks = networks.ok_or_else(|| {
-        DriverError::permanent("this node serves no private networks: network cards are refused")
+        DriverError::permanent("this node serves no networks: network cards are refused")
     })?;
-    Ok(vm
-        .networks
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let (tap, mac) =
-                networks
-                    .naming
-                    .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
-            let [x, y, z, _] = a.ip;
-            NicConfig {
-                tap: networks.tap_name(&tap),
-                mac,
-                address: Some((std::net::Ipv4Addr::from(a.ip), 24)),
-                gateway: (i == 0).then(|| std::net::Ipv4Addr::new(x, y, z, 1)),
+    let mut cards = Vec::new();
+    if let Some(public) = public_card(ctx, w, vm, networks)? {
+        cards.push(public);
+    }
+    for a in vm.networks.iter() {
+        let (tap, mac) =
+            networks
+                .naming
+                .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+        let [x, y, z, _] = a.ip;
+        let gateway = std::net::Ipv4Addr::new(x, y, z, 1);
+        let mut routes = Vec::new();
+        if let Some(net) = ctx.spec.workload(&a.network).and_then(Workload::as_network) {
+            let range = net.ip_range;
+            routes.push((range.network().into(), range.prefix_len, gateway));
+            for peer in net.peers.iter() {
+                for allowed in peer.allowed_ips.iter() {
+                    let outside = !range.overlaps(allowed) && !allowed.overlaps(&net.subnet);
+                    let route = (allowed.network().into(), allowed.prefix_len, gateway);
+                    if outside && !routes.contains(&route) {
+                        routes.push(route);
+                    }
+                }
             }
-        })
-        .collect())
+        }
+        let default_here = cards.is_empty();
+        cards.push(NicConfig {
+            tap: networks.tap_name(&tap),
+            mac,
+            address: Some((std::net::Ipv4Addr::from(a.ip), 24)),
+            gateway: default_here.then_some(gateway),
+            routes: if default_here { vec![] } else { routes },
+        });
+    }
+    Ok(cards)
+}
+
+/// The card on the farmer's public bridge of a VM that names a public IP.
+fn public_card(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    vm: &VmSpec,
+    networks: &NodeNetworks,
+) -> DriverResult<Option<NicConfig>> {
+    let Some(name) = &vm.public_ip else {
+        return Ok(None);
+    };
+    let ip = ctx.public_ipv4(name).ok_or_else(|| {
+        DriverError::permanent(format!(
+            "public IP '{}': the chain assigned it no farm IPv4",
+            String::from_utf8_lossy(name.as_bytes())
+        ))
+    })?;
+    let (tap, mac) = networks.public_card(ctx.contract, w.name.as_bytes());
+    Ok(Some(NicConfig {
+        tap: networks.tap_name(&tap),
+        mac,
+        address: Some((ip.ip.ip.into(), ip.ip.prefix_len)),
+        gateway: Some(ip.gateway.into()),
+        routes: vec![],
+    }))
 }
 
 fn transient(e: anyhow::Error) -> DriverError {
@@ -469,6 +515,24 @@ impl VmDriver {
                 }
             })?;
         }
+        if let (Some(card), Some(bridge)) = (
+            public_card(ctx, w, vm, networks)?,
+            networks.public_bridge.as_deref(),
+        ) {
+            let (tap, _) = networks.public_card(ctx.contract, w.name.as_bytes());
+            let rules = zos_net::public::PublicCard {
+                mac: card.mac,
+                ipv4: card.address.map(|(ip, _)| ip),
+                ipv6: None,
+            };
+            networks
+                .attach_public_tap(bridge, &tap, &rules, None)
+                .await
+                .map_err(|e| match e.downcast_ref::<NetError>() {
+                    Some(NetError::NoPublicBridge(_)) => DriverError::permanent(e.to_string()),
+                    _ => transient(e),
+                })?;
+        }
         Ok(())
     }
 
@@ -483,6 +547,13 @@ impl VmDriver {
                     .naming
                     .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
             networks.remove_tap(&tap).await.map_err(transient)?;
+        }
+        if vm.public_ip.is_some() {
+            let (tap, _) = networks.public_card(ctx.contract, w.name.as_bytes());
+            networks
+                .detach_public(&networks.tap_name(&tap))
+                .await
+                .map_err(transient)?;
         }
         Ok(())
     }
@@ -965,11 +1036,16 @@ mod tests {
     #[test]
     fn missing_disk_and_bad_source_are_permanent() {
         let dir = tempfile::tempdir().unwrap();
+        let w = vm_workload("web");
         let ctx = WorkloadCtx {
             contract: 1,
             dir: dir.path().into(),
+            spec: Arc::new(
+                serde_json::from_value(serde_json::json!({"version": 0, "workloads": [w]}))
+                    .unwrap(),
+            ),
+            public_ips: vec![],
         };
-        let w = vm_workload("web");
         match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs"), None) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),
             other => panic!(
