@@ -267,15 +267,28 @@ pub fn classify_ipv4(ip: [u8; 4]) -> Option<SpecialRange> {
 
 /// Checks that `config` is a usable public IPv4 address: see [`IpError`] for each rule.
 pub fn validate_public_ipv4(config: &PublicIpv4Config) -> Result<(), IpError> {
+    validate_public_ipv4_in(config, false)
+}
+
+/// [`validate_public_ipv4`], where a test network may count the documentation ranges
+/// (RFC 5737) as public, so tests never use real addresses.
+pub fn validate_public_ipv4_in(
+    config: &PublicIpv4Config,
+    documentation_is_public: bool,
+) -> Result<(), IpError> {
     let cidr = &config.ip;
     let gw = config.gateway;
+    let special = |ip| {
+        classify_ipv4(ip)
+            .filter(|class| !(documentation_is_public && *class == SpecialRange::Documentation))
+    };
     if !(MIN_IPV4_PREFIX..=MAX_IPV4_PREFIX).contains(&cidr.prefix_len) {
         return Err(IpError::PrefixOutOfRange);
     }
-    if let Some(class) = classify_ipv4(cidr.ip) {
+    if let Some(class) = special(cidr.ip) {
         return Err(IpError::IpNotPublic(class));
     }
-    if let Some(class) = classify_ipv4(gw) {
+    if let Some(class) = special(gw) {
         return Err(IpError::GatewayNotPublic(class));
     }
     if gw == cidr.ip {

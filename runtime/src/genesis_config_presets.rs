@@ -57,6 +57,10 @@ fn testnet_genesis(
                 .collect::<Vec<_>>(),
         },
         sudo: SudoConfig { key: Some(root) },
+        // Development and local test networks: farms use documentation address ranges.
+        grid: pallet_grid::GenesisConfig {
+            documentation_ips_are_public: true,
+        },
     })
 }
 

@@ -38,7 +38,7 @@ use frame_support::{
 };
 use sp_runtime::DispatchError;
 use zos_primitives::{
-    validate_public_ipv4, validate_public_ipv6, ContractId, FarmId, GridCapacity, NodeId,
+    validate_public_ipv4_in, validate_public_ipv6, ContractId, FarmId, GridCapacity, NodeId,
     NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
 };
 
@@ -86,6 +86,27 @@ pub mod pallet {
 
     #[pallet::storage]
     pub type Farms<T: Config> = StorageMap<_, Twox64Concat, FarmId, Farm<T>, OptionQuery>;
+
+    /// On a test network: the documentation address ranges (RFC 5737) count as public, so
+    /// tests and local grids never put real addresses in farm pools. Set at genesis only.
+    #[pallet::storage]
+    pub type DocumentationIpsArePublic<T: Config> = StorageValue<_, bool, ValueQuery>;
+
+    #[pallet::genesis_config]
+    #[derive(frame_support::DefaultNoBound)]
+    pub struct GenesisConfig<T: Config> {
+        /// See [`DocumentationIpsArePublic`]; false unless a test network's preset sets it.
+        pub documentation_ips_are_public: bool,
+        #[serde(skip)]
+        pub _config: core::marker::PhantomData<T>,
+    }
+
+    #[pallet::genesis_build]
+    impl<T: Config> BuildGenesisConfig for GenesisConfig<T> {
+        fn build(&self) {
+            DocumentationIpsArePublic::<T>::put(self.documentation_ips_are_public);
+        }
+    }
 
     /// Lowercase farm name -> farm, for case-insensitive uniqueness.
     #[pallet::storage]
@@ -452,7 +473,8 @@ pub mod pallet {
         ) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let mut farm = Self::owned_farm(farm_id, &who)?;
-            validate_public_ipv4(&ip).map_err(Error::<T>::InvalidPublicIpv4)?;
+            validate_public_ipv4_in(&ip, DocumentationIpsArePublic::<T>::get())
+                .map_err(Error::<T>::InvalidPublicIpv4)?;
             ensure!(
                 !IpOwner::<T>::contains_key(ip.ip.ip),
                 Error::<T>::IpAlreadyRegistered
@@ -864,7 +886,8 @@ impl<T: Config> Pallet<T> {
         );
         if let Some(config) = public_config {
             if let Some(v4) = &config.ipv4 {
-                validate_public_ipv4(v4).map_err(Error::<T>::InvalidPublicIpv4)?;
+                validate_public_ipv4_in(v4, DocumentationIpsArePublic::<T>::get())
+                    .map_err(Error::<T>::InvalidPublicIpv4)?;
             }
             if let Some(v6) = &config.ipv6 {
                 validate_public_ipv6(v6).map_err(Error::<T>::InvalidPublicIpv6)?;
@@ -1125,7 +1148,8 @@ impl<T: Config> Pallet<T> {
                 "farm node count differs from its members"
             );
             for entry in farm.public_ips.iter() {
-                validate_public_ipv4(&entry.config).map_err(|_| "stored farm IP is invalid")?;
+                validate_public_ipv4_in(&entry.config, DocumentationIpsArePublic::<T>::get())
+                    .map_err(|_| "stored farm IP is invalid")?;
                 ensure!(
                     claimed_ips
                         .insert(entry.config.ip.ip, IpHolder::Farm(farm_id))

@@ -1419,3 +1419,22 @@ fn try_state_detects_broken_indexes() {
         });
     }
 }
+
+#[test]
+fn a_test_network_accepts_documentation_addresses_in_farm_pools() {
+    run_test(|| {
+        let id = create_farm(FARMER, "farm");
+        let doc = ipv4([198, 51, 100, 10], 24, [198, 51, 100, 1]);
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, doc),
+            GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Documentation))
+        );
+        DocumentationIpsArePublic::<Test>::put(true);
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), id, doc));
+        // Private ranges stay refused on any network.
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), id, ipv4([10, 0, 0, 10], 24, [10, 0, 0, 1])),
+            GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
+        );
+    });
+}

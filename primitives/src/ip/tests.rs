@@ -168,3 +168,19 @@ fn ip_error_fits_in_a_module_error() {
     // A pallet error variant holding an IpError must stay within the 4-byte module error.
     assert!(IpError::MAX_ENCODED_SIZE + 1 <= frame_support::MAX_MODULE_ERROR_ENCODED_SIZE);
 }
+
+#[test]
+fn a_test_network_may_count_documentation_ranges_as_public() {
+    let doc = v4([198, 51, 100, 5], 24, [198, 51, 100, 1]);
+    assert_eq!(
+        validate_public_ipv4(&doc),
+        Err(IpError::IpNotPublic(SpecialRange::Documentation))
+    );
+    assert_eq!(validate_public_ipv4_in(&doc, true), Ok(()));
+    // Only documentation ranges: private ones stay refused.
+    let private = v4([10, 1, 2, 5], 24, [10, 1, 2, 1]);
+    assert_eq!(
+        validate_public_ipv4_in(&private, true),
+        Err(IpError::IpNotPublic(SpecialRange::Private))
+    );
+}
