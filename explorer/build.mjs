@@ -1,9 +1,11 @@
 // Bundles src/ into dist/ with esbuild (ES modules, code splitting: the signing code loads when
-// first needed) and prints the size of what a browser downloads, raw and gzip.
+// first needed) and prints the size of what a browser downloads, raw and gzip. The WebAssembly of
+// @polkadot/wasm-crypto goes into dist/crypto.wasm, loaded by src/wasm-crypto-init.ts.
 import { build } from 'esbuild';
 import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
+import { wasmBytes } from '@polkadot/wasm-crypto-wasm';
 
 const dist = new URL('./dist/', import.meta.url).pathname;
 rmSync(dist, { recursive: true, force: true });
@@ -21,8 +23,17 @@ await build({
   legalComments: 'none',
   logLevel: 'warning',
   define: { 'process.env.NODE_ENV': '"production"' },
+  plugins: [{
+    name: 'wasm-crypto-file',
+    setup(b) {
+      b.onResolve({ filter: /^@polkadot\/wasm-crypto-init$/ }, () => ({
+        path: new URL('./src/wasm-crypto-init.ts', import.meta.url).pathname,
+      }));
+    },
+  }],
 });
 cpSync('index.html', join(dist, 'index.html'));
+writeFileSync(join(dist, 'crypto.wasm'), wasmBytes);
 
 const files = [];
 const walk = (dir) => {

@@ -76,14 +76,18 @@ export async function connect(url: string): Promise<ApiPromise> {
   chainInfo.decimals = props?.tokenDecimals.unwrapOr([12] as any)[0]?.toNumber?.() ?? 12;
   chainInfo.symbol = props?.tokenSymbol.unwrapOr(['UNIT'] as any)[0]?.toString?.() ?? 'UNIT';
   chainInfo.ss58 = api.registry.chainSS58 ?? 42;
+  // Ready once the best block is known: pages read their data once, not again at the first head.
+  let headSeen!: () => void;
+  const firstHead = new Promise<void>((resolve) => { headSeen = resolve; });
   const [chainType] = await Promise.all([
     api.rpc.system.chainType(),
-    api.rpc.chain.subscribeNewHeads(async (h) => {
-      const now = await api.query.timestamp.now();
-      chainNow.set(Number((now as any).toBigInt()));
+    api.rpc.chain.subscribeNewHeads((h) => {
       bestBlock.set(h.number.toNumber());
+      headSeen();
+      api.query.timestamp.now().then((now) => chainNow.set(Number((now as any).toBigInt())), () => {});
     }),
     api.rpc.chain.subscribeFinalizedHeads((h) => finalizedBlock.set(h.number.toNumber())),
+    firstHead,
   ]);
   chainInfo.isDev = chainType.isDevelopment || chainType.isLocal;
   connection.set('connected');

@@ -1,6 +1,7 @@
 // Reads of the grid's storage, shaped for the pages. Names come from the metadata
 // (api.query.grid.farms, api.query.deployments.contracts, ...).
-import { api, chainNow, field } from './chain';
+import { hexToU8a } from '@polkadot/util';
+import { api, chainNow, field, provider } from './chain';
 
 export type Res = { cru: bigint; mru: bigint; sru: bigint; hru: bigint };
 
@@ -160,4 +161,134 @@ export function freeCapacity(n: Node): Res {
 
 export function cruOvercommit(): number {
   return Math.max(1, (api.consts.grid.cruOvercommit as any).toNumber());
+}
+
+// ---- contract states without decoding the contracts
+//
+// The dashboard counts contracts by state and a node's page lists its contracts' states: with
+// thousands of contracts, decoding each into polkadot.js codecs (and its accounts into
+// addresses) costs more than reading them. These read the raw values and skip, by the types in
+// the metadata, the fields before `state`, whose variant index names the state.
+
+type Skip = (b: Uint8Array, at: number) => number;
+
+/** SCALE compact integer at `at`: [value, bytes it takes]. */
+function compactAt(b: Uint8Array, at: number): [number, number] {
+  const mode = b[at] & 3;
+  if (mode === 0) return [b[at] >> 2, 1];
+  if (mode === 1) return [(b[at] | (b[at + 1] << 8)) >> 2, 2];
+  if (mode === 2) return [((b[at] | (b[at + 1] << 8) | (b[at + 2] << 16)) >>> 2) + b[at + 3] * 2 ** 22, 4];
+  const n = (b[at] >> 2) + 4;
+  let v = 0;
+  for (let i = n; i >= 1; i--) v = v * 256 + b[at + i];
+  return [v, n + 1];
+}
+
+const PRIMITIVE: Record<string, number> = { Bool: 1, Char: 4, U8: 1, I8: 1, U16: 2, I16: 2, U32: 4, I32: 4, U64: 8, I64: 8, U128: 16, I128: 16, U256: 32, I256: 32 };
+const skips = new Map<number, Skip>();
+
+/** A function that steps over one SCALE value of metadata type `id`. */
+function skipOf(id: number): Skip {
+  const known = skips.get(id);
+  if (known) return known;
+  // Set before the parts are built: a type may contain itself.
+  let inner: Skip | undefined;
+  skips.set(id, (b, at) => inner!(b, at));
+  const def = api.registry.lookup.getSiType(id).def;
+  const seq = (f: Skip): Skip => (b, at) => {
+    const [n, len] = compactAt(b, at);
+    let p = at + len;
+    for (let i = 0; i < n; i++) p = f(b, p);
+    return p;
+  };
+  const all = (fs: Skip[]): Skip => (b, at) => fs.reduce((p, f) => f(b, p), at);
+  if (def.isPrimitive) {
+    const t = def.asPrimitive.type;
+    if (t === 'Str') inner = seq((_, at) => at + 1);
+    else if (PRIMITIVE[t]) inner = (_, at) => at + PRIMITIVE[t];
+  } else if (def.isComposite) {
+    inner = all(def.asComposite.fields.map((f) => skipOf(f.type.toNumber())));
+  } else if (def.isTuple) {
+    inner = all(def.asTuple.map((t) => skipOf(t.toNumber())));
+  } else if (def.isSequence) {
+    inner = seq(skipOf(def.asSequence.type.toNumber()));
+  } else if (def.isArray) {
+    const n = def.asArray.len.toNumber();
+    const f = skipOf(def.asArray.type.toNumber());
+    inner = (b, at) => { let p = at; for (let i = 0; i < n; i++) p = f(b, p); return p; };
+  } else if (def.isCompact) {
+    inner = (b, at) => at + compactAt(b, at)[1];
+  } else if (def.isVariant) {
+    const byIndex = new Map(def.asVariant.variants.map((v) => [v.index.toNumber(), all(v.fields.map((f) => skipOf(f.type.toNumber())))]));
+    inner = (b, at) => {
+      const f = byIndex.get(b[at]);
+      if (!f) throw new Error(`no variant ${b[at]} in type ${id}`);
+      return f(b, at + 1);
+    };
+  }
+  if (!inner) {
+    skips.delete(id);
+    throw new Error(`cannot step over type ${id} (${def.type})`);
+  }
+  return skips.get(id)!;
+}
+
+let stateReader: ((b: Uint8Array) => string) | null = null;
+
+/** The `state` variant name of an encoded `deployments.Contracts` value. */
+function contractState(b: Uint8Array): string {
+  if (!stateReader) {
+    const id = (api.query.deployments.contracts as any).creator.meta.type.asMap.value.toNumber();
+    const fields = api.registry.lookup.getSiType(id).def.asComposite.fields;
+    const at = fields.findIndex((f) => f.name.unwrapOr('').toString() === 'state');
+    if (at < 0) throw new Error('deployments.Contracts has no state field');
+    const before = fields.slice(0, at).map((f) => skipOf(f.type.toNumber()));
+    const names = new Map(api.registry.lookup.getSiType(fields[at].type).def.asVariant.variants.map((v) => [v.index.toNumber(), v.name.toString()]));
+    stateReader = (u8a) => names.get(u8a[before.reduce((p, f) => f(u8a, p), 0)]) ?? 'unknown';
+  }
+  return stateReader(b);
+}
+
+const PAGE = 1000;
+
+/** Raw values of `keys` (hex storage keys), in order; null where there is none. */
+async function rawValues(keys: string[]): Promise<(Uint8Array | null)[]> {
+  if (keys.length === 0) return [];
+  const pages: string[][] = [];
+  for (let i = 0; i < keys.length; i += PAGE) pages.push(keys.slice(i, i + PAGE));
+  const got = await Promise.all(pages.map(async (page) => {
+    const [res] = await provider.send('state_queryStorageAt', [page]);
+    return new Map<string, string | null>(res?.changes ?? []);
+  }));
+  const values = new Map(got.flatMap((m) => [...m]));
+  return keys.map((k) => {
+    const v = values.get(k);
+    return v ? hexToU8a(v) : null;
+  });
+}
+
+/** How many contracts there are in each state. */
+export async function contractStateCounts(): Promise<Map<string, number>> {
+  const prefix = api.query.deployments.contracts.keyPrefix();
+  // Each page's values are asked for while the next page of keys is.
+  const reads: Promise<(Uint8Array | null)[]>[] = [];
+  for (let last = prefix; ;) {
+    const page: string[] = await provider.send('state_getKeysPaged', [prefix, PAGE, last]);
+    reads.push(rawValues(page));
+    if (page.length < PAGE) break;
+    last = page[page.length - 1];
+  }
+  const counts = new Map<string, number>();
+  for (const v of (await Promise.all(reads)).flat()) {
+    if (!v) continue;
+    const state = contractState(v);
+    counts.set(state, (counts.get(state) ?? 0) + 1);
+  }
+  return counts;
+}
+
+/** The states of contracts `ids` (null for one that is gone). */
+export async function contractStatesOf(ids: number[]): Promise<(string | null)[]> {
+  const values = await rawValues(ids.map((id) => api.query.deployments.contracts.key(id)));
+  return values.map((v) => (v ? contractState(v) : null));
 }

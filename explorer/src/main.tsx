@@ -136,11 +136,11 @@ const slow = setTimeout(() => render(<App error="no answer yet (still trying)" /
 connect(rpcUrl()).finally(() => clearTimeout(slow)).then(
   () => {
     render(<App />, root);
-    // The page's own data first; a page without reads of its own waits a second at most.
-    Promise.race([pageDataIn, new Promise((r) => setTimeout(r, 1000))])
-      .then(startHistory)
-      .catch((e) => console.warn('history', e));
-    loadDevAccounts().catch((e) => console.warn('dev accounts', e));
+    // The page's own data first: the event history (decoding past blocks) and the dev keys
+    // (key derivations) wait for it, a second at most for a page without reads of its own.
+    const pageFirst = Promise.race([pageDataIn, new Promise((r) => setTimeout(r, 1000))]);
+    pageFirst.then(startHistory).catch((e) => console.warn('history', e));
+    pageFirst.then(loadDevAccounts).catch((e) => console.warn('dev accounts', e));
   },
   (e) => render(<App error={String(e?.message ?? e)} />, root),
 );

@@ -42,11 +42,21 @@ export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): [T | undefi
   const [state, setState] = useState<{ data?: T; error: string | null; key: string }>({ error: null, key: '' });
   const key = JSON.stringify(deps);
   const seq = useRef(0);
+  const shown = useRef(0);
+  const current = useRef(key);
+  current.current = key;
   useEffect(() => {
     const mine = ++seq.current;
+    // A result shows unless a newer one already did: a load slower than a block still shows.
+    const show = (s: { data?: T; error: string | null; key: string }) => {
+      if (mine > shown.current && current.current === key) {
+        shown.current = mine;
+        setState(s);
+      }
+    };
     load().then(
-      (data) => { if (seq.current === mine) setState({ data, error: null, key }); },
-      (e) => { if (seq.current === mine) setState({ data: undefined, error: String(e?.message ?? e), key }); },
+      (data) => show({ data, error: null, key }),
+      (e) => show({ data: undefined, error: String(e?.message ?? e), key }),
     ).finally(firstData);
   }, [key, block]);
   return state.key === key ? [state.data, state.error] : [undefined, null];

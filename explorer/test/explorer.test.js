@@ -2,15 +2,17 @@
 // chain: a farmer creates a farm and adds an IP in the UI, a node joins it (the executor without
 // VMs when it is built, else the test registers one with polkadot.js), a bad spec is refused with
 // the chain's error name, //Alice creates a 2-of-2 contract in the UI and //Bob approves it in a
-// second browser context, the contract becomes Active and then Deployed; an update is proposed,
-// its diff approved, consumption shows as charges, and a cancel ends the contract. Every page is
-// screenshotted into test-output/screens; timings and the bundle size go to test-output/metrics.json.
+// second browser context, the contract becomes Active and then Deployed; 1,000 more contracts are
+// seeded and the pages timed with them; an update is proposed, its diff approved, consumption shows
+// as charges, and a cancel ends the contract. Every page is screenshotted into test-output/screens;
+// timings and the bundle size go to test-output/metrics.json.
 //
 // The tests run in order and share the chain and the browser.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, generateKeyPairSync } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import puppeteer from 'puppeteer-core';
@@ -18,7 +20,7 @@ import { Keyring } from '@polkadot/keyring';
 import { blake2AsHex, cryptoWaitReady } from '@polkadot/util-crypto';
 import { startServer } from '../serve.mjs';
 import {
-  executorBinary, removeDir, startDevChain, startExecutor, submitInBlock, tail, tempDir, waitUntil,
+  executorBinary, removeDir, seedContracts, startDevChain, startExecutor, submitInBlock, tail, tempDir, waitUntil,
 } from './lib.js';
 
 const here = fileURLToPath(new URL('..', import.meta.url));
@@ -26,6 +28,7 @@ const out = join(here, 'test-output');
 const screens = join(out, 'screens');
 const UNIT = 1_000_000_000_000n;
 const GIB = 1n << 30n;
+const SEEDED = 1000; // contracts seeded for the measurements under load
 
 let dir;
 let chain;
@@ -50,7 +53,7 @@ before(async () => {
   api = chain.api;
   server = await startServer({ dir: join(here, 'dist') });
   const keyring = new Keyring({ type: 'sr25519' });
-  for (const n of ['Alice', 'Bob', 'Dave', 'Ferdie']) k[n.toLowerCase()] = keyring.addFromUri(`//${n}`);
+  for (const n of ['Alice', 'Bob', 'Dave', 'Eve', 'Ferdie']) k[n.toLowerCase()] = keyring.addFromUri(`//${n}`);
   // The node's identity, as the executor keeps it: a 32-byte sr25519 mini secret and an x25519 key.
   s.nodeSeed = randomBytes(32);
   k.node = keyring.addFromSeed(s.nodeSeed);
@@ -108,15 +111,15 @@ async function shot(page, name) {
   await page.screenshot({ path: join(screens, `${name}.png`), fullPage: true });
 }
 
-/** Waits until the element's text matches `re`; returns the text. */
-async function waitText(page, selector, re, timeout = 30_000) {
+/** Waits until the element's text matches `re` (checked at every DOM change with `polling` 'mutation'); returns the text. */
+async function waitText(page, selector, re, timeout = 30_000, polling = 100) {
   try {
     await page.waitForFunction(
       (q, src, flags) => {
         const el = document.querySelector(q);
         return el && new RegExp(src, flags).test(el.textContent);
       },
-      { timeout, polling: 100 },
+      { timeout, polling },
       selector, re.source, re.flags,
     );
   } catch (e) {
@@ -355,19 +358,110 @@ test('every page renders and links the objects', async () => {
   await waitText(page, sel('account-address'), new RegExp(k.bob.address));
 });
 
-test('timings: a fresh browser opening a contract link', async () => {
-  const context = await browser.createBrowserContext();
-  const page = await context.newPage();
-  await page.setViewport({ width: 1280, height: 900 });
+test(`${SEEDED} contracts are seeded on the chain`, async () => {
+  // //Eve runs a node of her own farm and creates 1-of-1 disk-only contracts on it: active at
+  // once, in a few blocks of utility.batchAll.
+  const alice = ctx.alice.page;
+  await go(alice, `#/contract/${s.contractId}`);
+  const { publicKey } = generateKeyPairSync('x25519');
+  const spec = { version: 0, metadata: 'explorer test: seeded', workloads: [{ name: 'data', kind: { Disk: { sizeMib: 1 } } }] };
   const start = Date.now();
-  await page.goto(url(`#/contract/${s.contractId}`));
-  await waitText(page, sel('contract-state'), /^Deployed$/);
-  metrics.contractPageMs = Date.now() - start;
-  const paint = await page.evaluate(() => Object.fromEntries(performance.getEntriesByType('paint').map((p) => [p.name, Math.round(p.startTime)])));
-  metrics.contractFirstPaintMs = paint['first-paint'];
-  metrics.contractFirstContentfulPaintMs = paint['first-contentful-paint'];
-  await shot(page, '20-contract-fresh');
+  const head = (await api.rpc.chain.getHeader()).number.toNumber();
+  const seeded = await seedContracts(api, k.eve, {
+    count: SEEDED,
+    farmName: 'load-farm',
+    boxKey: `0x${Buffer.from(publicKey.export({ format: 'jwk' }).x, 'base64url').toString('hex')}`,
+    spec,
+    capacity: { cru: 2, mru: 4n * GIB, sru: 50n * GIB, hru: 0 },
+    location: { city: 'Ghent', country: 'Belgium', latitude: 51_054_300, longitude: 3_717_400 },
+  });
+  metrics.with1000Contracts = {
+    seeded: seeded.ids.length,
+    seedSeconds: Math.round((Date.now() - start) / 100) / 10,
+    seedBlocks: (await api.rpc.chain.getHeader()).number.toNumber() - head,
+    seedBatches: `${seeded.batches} batchAll of up to ${seeded.perBatch} creates`,
+  };
+  assert.equal(seeded.ids.length, SEEDED);
+  s.seeded = { ...seeded, hash: blake2AsHex(api.createType('ZosPrimitivesSpecDeploymentSpec', spec).toU8a(), 256) };
+  const sample = (await api.query.deployments.contracts(seeded.ids[SEEDED / 2])).unwrap();
+  assert.equal(sample.state.type, 'Active');
+  assert.equal(sample.owner.toString(), k.eve.address);
+  s.contractsOnChain = (await api.query.deployments.contracts.keys()).length;
+  assert.equal(s.contractsOnChain, SEEDED + 1);
+  // The pages already open read the seeded blocks' events once they are finalized: the timings
+  // start after that, with the browser otherwise idle.
+  await go(alice, '#/events');
+  await page$(alice, `[data-event="deployments.ContractActivated"] a[href="#/contract/${seeded.ids.at(-1)}"]`, 90_000);
+  await go(alice, `#/contract/${s.contractId}`);
+  await waitText(alice, sel('contract-state'), /^Deployed$/);
+  await waitText(ctx.bob.page, sel('contract-state'), /^Deployed$/);
+  metrics.with1000Contracts.seedFinalizedSeconds = Math.round((Date.now() - start) / 100) / 10;
+});
+
+test(`timings with ${SEEDED} contracts: a contract link in a fresh browser, again, the dashboard`, async () => {
+  const m = metrics.with1000Contracts;
+  const paints = (page) => page.evaluate(() => Object.fromEntries(performance.getEntriesByType('paint').map((p) => [p.name, Math.round(p.startTime)])));
+  /** A page load of `route` in `context` until `selector`'s text matches `re`: [ms, page]. */
+  const load = async (context, route, selector, re) => {
+    const page = await context.newPage();
+    await page.setViewport({ width: 1280, height: 900 });
+    const start = Date.now();
+    await page.goto(url(route));
+    await waitText(page, selector, re, 30_000, 'mutation');
+    return [Date.now() - start, page];
+  };
+  /** The same within the loaded app (a link followed): ms. */
+  const follow = async (page, route, selector, re) => {
+    const start = Date.now();
+    await page.evaluate((r) => { location.hash = r; }, route);
+    await waitText(page, selector, re, 30_000, 'mutation');
+    return Date.now() - start;
+  };
+  const id = s.seeded.ids[SEEDED / 2];
+  const all = new RegExp(`^${s.contractsOnChain}$`);
+  m.loadAverage1min = Math.round(loadavg()[0] * 100) / 100;
+
+  // A fresh browser context opens a seeded contract's link: nothing cached.
+  const context = await browser.createBrowserContext();
+  let page;
+  [m.contractPageColdMs, page] = await load(context, `#/contract/${id}`, sel('contract-state'), /^Active$/);
+  const paint = await paints(page);
+  m.firstPaintMs = paint['first-paint'];
+  m.firstContentfulPaintMs = paint['first-contentful-paint'];
+  // The page shows the seeded contract as the chain has it.
+  assert.match(await page.$eval('main dl', (el) => el.textContent), new RegExp(`${k.eve.address}[\\s\\S]*node ${s.seeded.nodeId}`));
+  assert.equal(await page.$eval(sel('active-hash'), (el) => el.textContent), s.seeded.hash);
+  await page.waitForSelector(sel('active-spec'));
+  assert.match(await page.$eval(sel('active-spec'), (el) => el.textContent), /"size_mib": 1\b/);
+  await shot(page, '20-contract-1000-fresh');
+  await page.close();
+
+  // The same link again in the same browser: the metadata and the files are kept.
+  [m.contractPageWarmMs, page] = await load(context, `#/contract/${id}`, sel('contract-state'), /^Active$/);
+  await page.close();
+
+  // The dashboard counts every contract by state.
+  [m.dashboardWarmMs, page] = await load(context, '#/', sel('count-contracts'), all);
+  const cards = await page.$eval('.cards', (el) => el.textContent);
+  assert.match(cards, new RegExp(`contracts${SEEDED} Active, 1 Deployed|contracts1 Deployed, ${SEEDED} Active`));
+  assert.equal(await page.$eval(sel('count-farms'), (el) => el.textContent), '2');
+  assert.equal(await page.$eval(sel('count-nodes'), (el) => el.textContent), '2 / 2');
+  await shot(page, '20-dashboard-1000');
+
+  // Within the app: the contracts list has a row for each, the seeded node lists its contracts.
+  m.contractsListInAppMs = await follow(page, '#/contracts', sel(`contract-row-${s.seeded.ids.at(-1)}`), /Active/);
+  assert.equal(await page.$$eval('[data-testid^="contract-row-"]', (rows) => rows.length), s.contractsOnChain);
+  await page.waitForSelector(sel(`contract-row-${s.contractId}`));
+  m.nodePageInAppMs = await follow(page, `#/node/${s.seeded.nodeId}`, 'main', new RegExp(`Contracts \\(${SEEDED}\\)`));
+  await waitText(page, sel('node-contracts'), new RegExp(`contract ${s.seeded.ids[0]} Active[\\s\\S]*contract ${s.seeded.ids.at(-1)} Active`));
   await context.close();
+
+  // The dashboard in a fresh browser context.
+  const fresh = await browser.createBrowserContext();
+  [m.dashboardColdMs, page] = await load(fresh, '#/', sel('count-contracts'), all);
+  m.dashboardFirstPaintMs = (await paints(page))['first-paint'];
+  await fresh.close();
+
   const sizes = JSON.parse(readFileSync(join(here, 'dist', 'sizes.json'), 'utf8'));
   metrics.bundleGzipKiB = Math.round(sizes.total.gzip / 102.4) / 10;
   metrics.bundleRawKiB = Math.round(sizes.total.raw / 102.4) / 10;

@@ -60,15 +60,16 @@ export function ContractPage({ id }: { id: number }) {
   const account = useSignal(selected);
   const events = useSignal(history);
   const [data, error] = useLoad<Loaded | null>(async () => {
-    const c = await loadContract(id);
-    if (!c) return null;
-    const [proposal, active, report, billing, grace]: any[] = await Promise.all([
+    // All at once: the contract's parts are read whether or not it still exists.
+    const [c, proposal, active, report, billing, grace]: any[] = await Promise.all([
+      loadContract(id),
       api.query.deployments.proposals(id),
       api.query.deployments.activeSpecs(id),
       api.query.deployments.reports(id),
       api.query.billing.contractBillings(id),
       api.query.billing.graceSince(id),
     ]);
+    if (!c) return null;
     return {
       c,
       proposal: proposal.isSome ? proposal.unwrap() : null,

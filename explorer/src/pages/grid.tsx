@@ -6,7 +6,7 @@ import { history, historyState, ev } from '../history';
 import { useSignal } from '../signal';
 import { UsageBars, UptimeTimeline, type Usage } from '../charts';
 import {
-  addRes, cruOvercommit, farmNodeIds, heartbeatTimeoutMs, loadContracts, loadFarm, loadFarms, loadNode,
+  addRes, contractStateCounts, contractStatesOf, cruOvercommit, farmNodeIds, heartbeatTimeoutMs, loadFarm, loadFarms, loadNode,
   loadNodes, nodeContractIds, ZERO, type Node, type Res,
 } from '../data';
 import { Addr, ContractLink, ErrorBox, FarmLink, Field, Loading, NodeLink, TxButton, stateClass, useLoad } from '../ui';
@@ -32,17 +32,17 @@ export function usageRows(capacity: Res, reserved: Res): Usage[] {
 
 export function Dashboard() {
   const [data, error] = useLoad(async () => {
-    const [farms, nodes, contracts, totals] = await Promise.all([
-      loadFarms(), loadNodes(), loadContracts(), api.query.billing.ledgerTotals(),
+    const [farms, nodes, byState, totals] = await Promise.all([
+      loadFarms(), loadNodes(), contractStateCounts(), api.query.billing.ledgerTotals(),
     ]);
-    return { farms, nodes, contracts, totals: totals as any };
+    return { farms, nodes, byState, totals: totals as any };
   }, []);
   if (error) return <ErrorBox error={{ text: error }} />;
   if (!data) return <Loading what="the grid" />;
   const cap = data.nodes.reduce((a, n) => addRes(a, n.capacity), ZERO);
   const resv = data.nodes.reduce((a, n) => addRes(a, n.reserved), ZERO);
-  const byState = new Map<string, number>();
-  for (const c of data.contracts) byState.set(c.state, (byState.get(c.state) ?? 0) + 1);
+  const { byState } = data;
+  const contracts = [...byState.values()].reduce((a, n) => a + n, 0);
   const ips = data.farms.flatMap((f) => f.ips);
   return (
     <div>
@@ -50,7 +50,7 @@ export function Dashboard() {
       <div class="cards">
         <div class="card"><div class="big" data-testid="count-farms">{data.farms.length}</div>farms</div>
         <div class="card"><div class="big" data-testid="count-nodes">{data.nodes.filter((n) => n.online).length} / {data.nodes.length}</div>nodes online</div>
-        <div class="card"><div class="big" data-testid="count-contracts">{data.contracts.length}</div>contracts
+        <div class="card"><div class="big" data-testid="count-contracts">{contracts}</div>contracts
           <div class="muted">{[...byState].map(([s, n]) => `${n} ${s}`).join(', ')}</div></div>
         <div class="card"><div class="big">{ips.filter((i) => i.contract === null).length} / {ips.length}</div>public IPs free</div>
         <div class="card"><div class="big">{formatBalance(data.totals.collected.toBigInt(), 2)}</div>billed and collected</div>
@@ -234,7 +234,8 @@ export function NodePage({ id }: { id: number }) {
     const node = await loadNode(id);
     if (!node) return null;
     const ids = await nodeContractIds(id);
-    const contracts = await Promise.all(ids.map(async (c) => ({ id: c, state: ((await api.query.deployments.contracts(c)) as any).unwrap().state.type })));
+    const states = await contractStatesOf(ids);
+    const contracts = ids.map((c, i) => ({ id: c, state: states[i] })).filter((c): c is { id: number; state: string } => c.state !== null);
     return { node, contracts };
   }, [id]);
   if (error) return <ErrorBox error={{ text: error }} />;
