@@ -165,6 +165,19 @@ pub fn parse_amount(text: &str) -> Result<u128> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_example_specs_parse_and_pass_the_chains_rules() {
+        for (name, text) in [
+            ("vm.toml", include_str!("../../examples/vm.toml")),
+            ("network.toml", include_str!("../../examples/network.toml")),
+            ("public-ip.toml", include_str!("../../examples/public-ip.toml")),
+        ] {
+            let spec = parse_spec(text, Path::new(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            spec.validate()
+                .unwrap_or_else(|e| panic!("{name} breaks a rule: {e:?}"));
+        }
+    }
+
     use super::*;
     use subxt_signer::sr25519::dev;
 
