@@ -619,11 +619,6 @@ impl VmDriver {
         networks: Option<&NodeNetworks>,
     ) -> DriverResult<VmConfig> {
         let vm = vm_spec(w)?;
-        if vm.public_ip.is_some() {
-            return Err(DriverError::permanent(
-                "public IPs are not supported by this node's VM driver yet",
-            ));
-        }
         let nics = nics(ctx, w, vm, networks)?;
         let mut disks = Vec::new();
         for (i, m) in vm.mounts.iter().enumerate() {
