@@ -92,6 +92,7 @@ export async function connect(url: string): Promise<ApiPromise> {
   chainInfo.isDev = chainType.isDevelopment || chainType.isLocal;
   connection.set('connected');
   ready.set(true);
+  performance.mark('zos:connected');
   setTimeout(() => keepMetadata(api), 0);
   return api;
 }

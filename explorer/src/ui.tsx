@@ -30,6 +30,8 @@ let firstData!: () => void;
  * blocks, decoded in the page) starts after it, so it does not hold up what the page shows.
  */
 export const pageDataIn = new Promise<void>((resolve) => { firstData = resolve; });
+// A performance mark for measurements (the browser test reads it).
+pageDataIn.then(() => performance.mark('zos:page-data'));
 /** For pages whose data is the event history itself. */
 export const historyWanted = () => firstData();
 

@@ -401,6 +401,16 @@ test(`${SEEDED} contracts are seeded on the chain`, async () => {
 test(`timings with ${SEEDED} contracts: a contract link in a fresh browser, again, the dashboard`, async () => {
   const m = metrics.with1000Contracts;
   const paints = (page) => page.evaluate(() => Object.fromEntries(performance.getEntriesByType('paint').map((p) => [p.name, Math.round(p.startTime)])));
+  // Where a page load's time goes (ms after navigation): scripts run, connected (metadata and
+  // the first head), the page's first data in.
+  const phases = (page) => page.evaluate(() => {
+    const at = (name) => Math.round(performance.getEntriesByName(name)[0]?.startTime ?? -1);
+    return {
+      domContentLoaded: Math.round(performance.getEntriesByType('navigation')[0]?.domContentLoadedEventEnd ?? -1),
+      connected: at('zos:connected'),
+      pageData: at('zos:page-data'),
+    };
+  });
   /** A page load of `route` in `context` until `selector`'s text matches `re`: [ms, page]. */
   const load = async (context, route, selector, re) => {
     const page = await context.newPage();
@@ -428,6 +438,7 @@ test(`timings with ${SEEDED} contracts: a contract link in a fresh browser, agai
   const paint = await paints(page);
   m.firstPaintMs = paint['first-paint'];
   m.firstContentfulPaintMs = paint['first-contentful-paint'];
+  m.contractPageColdPhases = await phases(page);
   // The page shows the seeded contract as the chain has it.
   assert.match(await page.$eval('main dl', (el) => el.textContent), new RegExp(`${k.eve.address}[\\s\\S]*node ${s.seeded.nodeId}`));
   assert.equal(await page.$eval(sel('active-hash'), (el) => el.textContent), s.seeded.hash);
@@ -438,6 +449,7 @@ test(`timings with ${SEEDED} contracts: a contract link in a fresh browser, agai
 
   // The same link again in the same browser: the metadata and the files are kept.
   [m.contractPageWarmMs, page] = await load(context, `#/contract/${id}`, sel('contract-state'), /^Active$/);
+  m.contractPageWarmPhases = await phases(page);
   await page.close();
 
   // The dashboard counts every contract by state.
@@ -460,6 +472,7 @@ test(`timings with ${SEEDED} contracts: a contract link in a fresh browser, agai
   const fresh = await browser.createBrowserContext();
   [m.dashboardColdMs, page] = await load(fresh, '#/', sel('count-contracts'), all);
   m.dashboardFirstPaintMs = (await paints(page))['first-paint'];
+  m.dashboardColdPhases = await phases(page);
   await fresh.close();
 
   const sizes = JSON.parse(readFileSync(join(here, 'dist', 'sizes.json'), 'utf8'));
