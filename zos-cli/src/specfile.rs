@@ -170,9 +170,13 @@ mod tests {
         for (name, text) in [
             ("vm.toml", include_str!("../../examples/vm.toml")),
             ("network.toml", include_str!("../../examples/network.toml")),
-            ("public-ip.toml", include_str!("../../examples/public-ip.toml")),
+            (
+                "public-ip.toml",
+                include_str!("../../examples/public-ip.toml"),
+            ),
         ] {
-            let spec = parse_spec(text, Path::new(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let spec =
+                parse_spec(text, Path::new(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
             spec.validate()
                 .unwrap_or_else(|e| panic!("{name} breaks a rule: {e:?}"));
         }

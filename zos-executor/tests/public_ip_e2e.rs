@@ -26,16 +26,15 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node,
-    setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
+    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node, setup_farm,
+    state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
 use zos_executor::chain::{convert, runtime};
 use zos_image::store::DirStore;
 use zos_primitives::{
-    contracts::ContractState, spec::DeploymentSpec, ContractId, Ipv4Cidr, NodeId,
-    PublicIpv4Config,
+    contracts::ContractState, spec::DeploymentSpec, ContractId, Ipv4Cidr, NodeId, PublicIpv4Config,
 };
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
@@ -72,7 +71,17 @@ fn ok(cmd: &[&str]) -> Result<()> {
 fn fetch_from_router() -> Option<String> {
     let url = format!("http://{PUBLIC_IP}/index.html");
     let out = run(&[
-        "ip", "netns", "exec", "zpi-router", "timeout", "5", "busybox", "wget", "-q", "-O", "-",
+        "ip",
+        "netns",
+        "exec",
+        "zpi-router",
+        "timeout",
+        "5",
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
         &url,
     ]);
     out.status
@@ -82,7 +91,9 @@ fn fetch_from_router() -> Option<String> {
 
 /// The node's links on the public bridge and its nftables tables (what a public card leaves).
 fn public_leftovers() -> String {
-    let links = run(&["ip", "-n", "zpi-node", "-o", "link", "show", "master", "pub0"]);
+    let links = run(&[
+        "ip", "-n", "zpi-node", "-o", "link", "show", "master", "pub0",
+    ]);
     let tables = run(&["ip", "netns", "exec", "zpi-node", "nft", "list", "tables"]);
     let mut found = String::new();
     for line in String::from_utf8_lossy(&links.stdout).lines() {
@@ -115,14 +126,38 @@ impl Topology {
             ok(&["ip", "netns", "add", ns])?;
             ok(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
-        ok(&["ip", "-n", "zpi-node", "link", "add", "pub0", "type", "bridge"])?;
+        ok(&[
+            "ip", "-n", "zpi-node", "link", "add", "pub0", "type", "bridge",
+        ])?;
         ok(&["ip", "-n", "zpi-node", "link", "set", "pub0", "up"])?;
         ok(&[
-            "ip", "link", "add", "rt", "netns", "zpi-node", "type", "veth", "peer", "name",
-            "eth0", "netns", "zpi-router",
+            "ip",
+            "link",
+            "add",
+            "rt",
+            "netns",
+            "zpi-node",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            "zpi-router",
         ])?;
-        ok(&["ip", "-n", "zpi-node", "link", "set", "rt", "master", "pub0", "up"])?;
-        ok(&["ip", "-n", "zpi-router", "addr", "add", "198.51.100.1/24", "dev", "eth0"])?;
+        ok(&[
+            "ip", "-n", "zpi-node", "link", "set", "rt", "master", "pub0", "up",
+        ])?;
+        ok(&[
+            "ip",
+            "-n",
+            "zpi-router",
+            "addr",
+            "add",
+            "198.51.100.1/24",
+            "dev",
+            "eth0",
+        ])?;
         ok(&["ip", "-n", "zpi-router", "link", "set", "eth0", "up"])?;
         Ok(Self)
     }
@@ -239,7 +274,9 @@ async fn a_vm_answers_on_its_farm_ip_and_gives_it_back_on_cancel() -> Result<()>
     };
     client::submit(
         api,
-        &runtime::tx().grid().add_farm_ip(grid.farm, convert(&farm_ip)?),
+        &runtime::tx()
+            .grid()
+            .add_farm_ip(grid.farm, convert(&farm_ip)?),
         &dev::alice(),
     )
     .await?;
@@ -253,10 +290,7 @@ async fn a_vm_answers_on_its_farm_ip_and_gives_it_back_on_cancel() -> Result<()>
         grid.farm,
         EXECUTOR,
         vec![
-            (
-                "ZOS_UNDERLAY_NETNS".into(),
-                "/run/netns/zpi-node".into(),
-            ),
+            ("ZOS_UNDERLAY_NETNS".into(), "/run/netns/zpi-node".into()),
             ("ZOS_NET_PREFIX".into(), "pi".into()),
             ("ZOS_PUBLIC_BRIDGE".into(), "pub0".into()),
         ],
