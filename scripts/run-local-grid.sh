@@ -138,7 +138,7 @@ laptop_ns="zos-laptop"
 clean_networks() {
   [ "$(id -u)" = 0 ] || return 0
   ip netns del "$laptop_ns" 2>/dev/null || true
-  ip link del zos-lap-h 2>/dev/null || true
+  ip link del lap-zos-h 2>/dev/null || true
   rm -f /var/run/wireguard/zoslap.sock
   local ns link
   for ns in $(ip netns list 2>/dev/null | awk -v p="$net_prefix-net-" 'index($1, p) == 1 { print $1 }'); do
@@ -288,8 +288,8 @@ if [ -z "${ZOS_RUN_SPEC:-}" ] && [ "$has_vm" = 1 ] && [ "$(id -u)" = 0 ] \
   step "Planning a private network: node $node_id serves 10.20.2.0/24, a laptop namespace joins over WireGuard"
   clean_networks
   ip netns add "$laptop_ns"
-  ip link add zos-lap-h type veth peer name eth0 netns "$laptop_ns"
-  ip addr add 203.0.113.1/30 dev zos-lap-h && ip link set zos-lap-h up
+  ip link add lap-zos-h type veth peer name eth0 netns "$laptop_ns"
+  ip addr add 203.0.113.1/30 dev lap-zos-h && ip link set lap-zos-h up
   ip -n "$laptop_ns" addr add 203.0.113.2/30 dev eth0
   ip -n "$laptop_ns" link set eth0 up && ip -n "$laptop_ns" link set lo up
   printf 'name = "net"\nip_range = "10.20.0.0/16"\nlaptop = true\n\n[[nodes]]\nnode = %s\nendpoint = "203.0.113.1"\n' \

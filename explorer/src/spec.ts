@@ -414,11 +414,10 @@ function checkNetwork(net: any): string | null {
     if (peer.allowedIps.some((c: Cidr) => overlaps(net.subnet, c) && c.prefixLen >= net.subnet.prefixLen)) {
       return 'AllowedIpsInsideOwnSubnet';
     }
-    const earlier = net.peers.slice(0, net.peers.indexOf(peer)).flatMap((o: any) => o.allowedIps);
-    for (let j = 0; j < peer.allowedIps.length; j++) {
-      const c = peer.allowedIps[j];
-      if ([...earlier, ...peer.allowedIps.slice(0, j)].some((o: Cidr) => overlaps(o, c))) return 'OverlappingAllowedIps';
-    }
+  }
+  const allowed: Cidr[] = net.peers.flatMap((p: any) => p.allowedIps);
+  for (let i = 0; i < allowed.length; i++) {
+    if (allowed.slice(0, i).some((o) => overlaps(o, allowed[i]))) return 'OverlappingAllowedIps';
   }
   if ((net.privateKey.length - 2) / 2 !== LIMITS.SEALED_WIREGUARD_KEY_LEN) return 'SealedKeyWrongLength';
   return null;

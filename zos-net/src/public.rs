@@ -56,7 +56,9 @@ pub fn card_rules(port: &str, card: &PublicCard) -> String {
         Some(ip) => {
             check += &format!("\t\tether type arp arp saddr ip != {ip} counter drop\n");
             check += &format!("\t\tether type ip ip saddr != {ip} counter drop\n");
+            // DHCP clients take replies by destination port, whatever the source port.
             check += "\t\tether type ip udp sport 67 counter drop\n";
+            check += "\t\tether type ip udp dport 68 counter drop\n";
         }
         None => check += "\t\tether type { ip, arp } counter drop\n",
     }
@@ -74,6 +76,7 @@ pub fn card_rules(port: &str, card: &PublicCard) -> String {
                 u128::from(ip)
             );
             check += "\t\tether type ip6 udp sport 547 counter drop\n";
+            check += "\t\tether type ip6 udp dport 546 counter drop\n";
         }
         None => check += "\t\tether type ip6 counter drop\n",
     }

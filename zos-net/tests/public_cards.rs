@@ -115,7 +115,7 @@ async fn a_public_card_speaks_only_as_itself_and_is_counted() {
         chain input { type filter hook prerouting priority -300; policy accept;\n\
         ip saddr 198.51.100.99 counter name spoofed_source\n\
         icmpv6 type nd-router-advert counter name router_adverts\n\
-        udp sport 67 counter name dhcp_offers\n }\n}\n";
+        udp dport 68 counter name dhcp_offers\n }\n}\n";
     let mut nft = Command::new("ip")
         .args(["netns", "exec", "zpc-router", "nft", "-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -324,7 +324,12 @@ async fn a_public_card_speaks_only_as_itself_and_is_counted() {
          s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')\n\
          s.bind(('198.51.100.10', 67))\n\
-         for _ in range(3): s.sendto(b'\\x02' + bytes(240), ('255.255.255.255', 68))\n",
+         for _ in range(3): s.sendto(b'\\x02' + bytes(240), ('255.255.255.255', 68))\n\
+         t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         t.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n\
+         t.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'eth0')\n\
+         t.bind(('198.51.100.10', 6767))\n\
+         for _ in range(3): t.sendto(b'\\x02' + bytes(240), ('255.255.255.255', 68))\n",
     );
     assert_eq!(
         router_count("router_adverts"),
