@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::{
     packet_route::{
-        address::AddressAttribute,
+        address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
         route::{RouteAttribute, RouteMessage},
         AddressFamily,
@@ -183,12 +183,7 @@ pub async fn replace_route(h: &Handle, dest: Ipv4Net, index: u32) -> Result<()> 
         .destination_prefix(dest.network(), dest.prefix_len())
         .output_interface(index)
         .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .with_context(|| format!("routing {dest}"))
+    replace(h, route, || format!("routing {dest}")).await
 }
 
 /// Sets the default route through `gateway` on link `index`, reachable on that link without a
@@ -200,45 +195,34 @@ pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, index: u32) ->
         .output_interface(index)
         .onlink()
         .build();
+    replace(h, route, || format!("default route via {gateway}")).await
+}
+
+async fn replace(h: &Handle, route: RouteMessage, what: impl FnOnce() -> String) -> Result<()> {
     h.route()
         .add(route)
         .replace()
         .execute()
         .await
-        .with_context(|| format!("default route via {gateway}"))
+        .with_context(what)
 }
 
 /// The IPv4 addresses (with prefix length) on link `index`.
 pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-    let mut addresses = h.address().get().set_link_index_filter(index).execute();
-    let mut found = vec![];
-    while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
-        for attr in &msg.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
-                found.push((*ip, msg.header.prefix_len));
-            }
-        }
-    }
-    Ok(found)
+    Ok(ipv4_address_messages(h, index)
+        .await?
+        .into_iter()
+        .map(|(ip, prefix, _)| (ip, prefix))
+        .collect())
 }
 
 /// Removes every IPv4 address of link `index` but `keep` (e.g. an old gateway after the
 /// network's subnet changed).
 pub async fn remove_addresses_except(h: &Handle, index: u32, keep: (Ipv4Addr, u8)) -> Result<()> {
-    let mut addresses = h.address().get().set_link_index_filter(index).execute();
-    let mut stale = vec![];
-    while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
-        let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
-        if let Some(ip) = local {
-            if (ip, msg.header.prefix_len) != keep {
-                stale.push(msg);
-            }
+    for (ip, prefix, msg) in ipv4_address_messages(h, index).await? {
+        if (ip, prefix) == keep {
+            continue;
         }
-    }
-    for msg in stale {
         match h.address().del(msg).execute().await {
             Err(e) if !errno_is(&e, libc::EADDRNOTAVAIL) => {
                 return Err(e).context("removing a stale address")
@@ -247,6 +231,25 @@ pub async fn remove_addresses_except(h: &Handle, index: u32, keep: (Ipv4Addr, u8
         }
     }
     Ok(())
+}
+
+/// Each IPv4 address of link `index` with its prefix length and netlink message.
+async fn ipv4_address_messages(
+    h: &Handle,
+    index: u32,
+) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>> {
+    let mut addresses = h.address().get().set_link_index_filter(index).execute();
+    let mut found = vec![];
+    while let Some(msg) = addresses.try_next().await.context("listing addresses")? {
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local {
+            found.push((ip, msg.header.prefix_len, msg));
+        }
+    }
+    Ok(found)
 }
 
 /// The IPv4 destinations routed through link `index` in the main table.
