@@ -34,8 +34,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
-    registered_node, setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions,
+    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity, ok,
+    registered_node, run, setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions,
     Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
@@ -70,24 +70,6 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
     stop_on_drop: StopOnDrop::Terminate,
     log_tail_lines: 60,
 };
-
-fn run(cmd: &[&str]) -> std::process::Output {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn ok(cmd: &[&str]) -> Result<()> {
-    let out = run(cmd);
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
     let mut full = vec!["ip", "netns", "exec", ns];

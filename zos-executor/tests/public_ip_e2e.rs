@@ -19,15 +19,14 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, create_approved_contract, funded_identity, registered_node, setup_farm,
-    state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
+    busybox_rootfs, cancel, create_approved_contract, funded_identity, ok, registered_node, run,
+    setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
@@ -48,24 +47,6 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
     stop_on_drop: StopOnDrop::Terminate,
     log_tail_lines: 60,
 };
-
-fn run(cmd: &[&str]) -> std::process::Output {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn ok(cmd: &[&str]) -> Result<()> {
-    let out = run(cmd);
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// The guest's page fetched by the router over the public address, if it answers.
 fn fetch_from_router() -> Option<String> {

@@ -431,3 +431,24 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     );
     Ok(path)
 }
+
+/// Runs a command (e.g. `ip`, `nft`) with no input and returns its output; panics when it
+/// cannot be started.
+pub fn run(cmd: &[&str]) -> std::process::Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// [`run`], failing with its stderr unless it succeeds.
+pub fn ok(cmd: &[&str]) -> Result<()> {
+    let out = run(cmd);
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
