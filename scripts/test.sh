@@ -20,7 +20,27 @@ step() {
 }
 
 # The binaries first: end-to-end tests run the `zos` CLI and the chain node from the target dir.
-step "cargo test (workspace)" bash -c "cargo build --profile $profile --workspace --bins && cargo test --profile $profile --workspace --no-fail-fast"
+# Then two lanes at once: the single-host end-to-end binaries (mostly waiting for blocks and
+# guests) beside everything else. They use disjoint namespaces, name prefixes and free ports.
+cargo_tests() {
+  cargo build --profile "$profile" --workspace --bins &&
+    cargo test --profile "$profile" --workspace --no-run || return 1
+  local lane_log
+  lane_log=$(mktemp)
+  local lane_start=$SECONDS
+  cargo test --profile "$profile" -p zos-executor --no-fail-fast \
+    --test e2e --test vm_e2e --test public_ip_e2e >"$lane_log" 2>&1 &
+  local lane=$!
+  local rc=0
+  cargo test --profile "$profile" --workspace --exclude zos-executor --no-fail-fast || rc=1
+  cargo test --profile "$profile" -p zos-executor --no-fail-fast --lib --bins --test network_e2e || rc=1
+  wait "$lane" || rc=1
+  echo "---- lane: zos-executor e2e, vm_e2e, public_ip_e2e ($((SECONDS - lane_start)) s) ----"
+  cat "$lane_log"
+  rm -f "$lane_log"
+  return "$rc"
+}
+step "cargo test (workspace)" cargo_tests
 # FRAME benchmarks run as tests against the pallets' mock runtimes.
 step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$profile" \
   -p pallet-grid -p pallet-deployments -p pallet-billing --features runtime-benchmarks --no-fail-fast

@@ -144,6 +144,42 @@ pub struct PublicIpv6Config {
     pub gateway: [u8; 16],
 }
 
+/// Prefix lengths a node's IPv6 subnet may have and still give its VMs addresses: the host
+/// part must be wide enough that addresses derived from a hash do not collide.
+pub const MAX_IPV6_PREFIX_FOR_VMS: u8 = 64;
+
+impl PublicIpv6Config {
+    /// The address a VM's public IP workload `workload` of contract `contract` gets in this
+    /// node's subnet: deterministic (the deployer, the CLI and the node compute the same one),
+    /// never the subnet-router anycast address, the node's own address or the gateway. `None`
+    /// when the subnet is narrower than a /64.
+    pub fn vm_address(&self, contract: crate::ContractId, workload: &[u8]) -> Option<[u8; 16]> {
+        if self.ip.prefix_len > MAX_IPV6_PREFIX_FOR_VMS {
+            return None;
+        }
+        let host_mask = !self.ip.mask();
+        let network = u128::from_be_bytes(self.ip.network());
+        let taken = [
+            network,
+            u128::from_be_bytes(self.ip.ip),
+            u128::from_be_bytes(self.gateway),
+        ];
+        let mut input = b"zos public ipv6".to_vec();
+        input.extend_from_slice(&contract.to_le_bytes());
+        input.extend_from_slice(workload);
+        // A few rounds of rehashing get past the (vanishingly rare) taken addresses.
+        for _ in 0..4 {
+            let digest = sp_crypto_hashing::blake2_128(&input);
+            let addr = network | (u128::from_le_bytes(digest) & host_mask);
+            if !taken.contains(&addr) {
+                return Some(addr.to_be_bytes());
+            }
+            input = digest.to_vec();
+        }
+        None
+    }
+}
+
 /// Address blocks that are not globally routable unicast (IANA special-purpose registries).
 #[derive(
     Clone,
@@ -352,15 +388,28 @@ pub fn classify_ipv6(ip: [u8; 16]) -> Option<SpecialRange> {
 /// Checks that `config` is a usable public IPv6 address. The gateway is either a link-local
 /// address (the common router setup) or a public address inside the subnet.
 pub fn validate_public_ipv6(config: &PublicIpv6Config) -> Result<(), IpError> {
+    validate_public_ipv6_in(config, false)
+}
+
+/// [`validate_public_ipv6`], where a test network may count the documentation ranges
+/// (RFC 3849, RFC 9637) as public, so tests never use real addresses.
+pub fn validate_public_ipv6_in(
+    config: &PublicIpv6Config,
+    documentation_is_public: bool,
+) -> Result<(), IpError> {
     let cidr = &config.ip;
     let gw = config.gateway;
+    let special = |ip| {
+        classify_ipv6(ip)
+            .filter(|class| !(documentation_is_public && *class == SpecialRange::Documentation))
+    };
     if !(MIN_IPV6_PREFIX..=MAX_IPV6_PREFIX).contains(&cidr.prefix_len) {
         return Err(IpError::PrefixOutOfRange);
     }
-    if let Some(class) = classify_ipv6(cidr.ip) {
+    if let Some(class) = special(cidr.ip) {
         return Err(IpError::IpNotPublic(class));
     }
-    let gw_class = classify_ipv6(gw);
+    let gw_class = special(gw);
     match gw_class {
         Some(SpecialRange::LinkLocal) => {}
         Some(class) => return Err(IpError::GatewayNotPublic(class)),

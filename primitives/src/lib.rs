@@ -22,8 +22,9 @@ pub mod units;
 pub use capacity::{GridCapacity, NodeStatus, Resources, GIB, KIB, MIB, TIB};
 pub use ip::{
     classify_ipv4, classify_ipv6, validate_public_ipv4, validate_public_ipv4_in,
-    validate_public_ipv6, IpError, Ipv4Cidr, Ipv6Cidr, PublicIpv4Config, PublicIpv6Config,
-    SpecialRange, MAX_IPV4_PREFIX, MAX_IPV6_PREFIX, MIN_IPV4_PREFIX, MIN_IPV6_PREFIX,
+    validate_public_ipv6, validate_public_ipv6_in, IpError, Ipv4Cidr, Ipv6Cidr, PublicIpv4Config,
+    PublicIpv6Config, SpecialRange, MAX_IPV4_PREFIX, MAX_IPV6_PREFIX, MAX_IPV6_PREFIX_FOR_VMS,
+    MIN_IPV4_PREFIX, MIN_IPV6_PREFIX,
 };
 /// The client-side trait exists with `std` only; the runtime names `runtime_api::GridApi`.
 #[cfg(all(feature = "runtime-api", feature = "std"))]

@@ -10,15 +10,18 @@ use zos_client::chain::{convert, runtime};
 use zos_primitives::{
     billing::ContractBillingStatus,
     contracts::{ContractState, ContractSummary},
-    spec::DeploymentSpec,
-    ContractId, NodeStatus, PublicIpv4Config, Resources,
+    spec::{DeploymentSpec, WorkloadKind, WorkloadName},
+    ContractId, NodeStatus, PublicIpv4Config, PublicIpv6Config, Resources, MAX_IPV6_PREFIX_FOR_VMS,
 };
 
 use crate::{
     client::{arg, event_list, Chain, TxEvents},
     format,
     keys::{parse_account, parse_key},
-    specfile::{load_spec, parse_amount, parse_cidr, parse_hash, parse_ipv4, SignerArg},
+    specfile::{
+        load_spec, parse_amount, parse_cidr, parse_cidr6, parse_hash, parse_ipv4, parse_ipv6,
+        SignerArg,
+    },
     Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NetworkCmd, NodeCmd,
 };
 
@@ -82,6 +85,25 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Farm(FarmCmd::List) => farm_list(&ctx).await?,
         Command::Node(NodeCmd::List { farm }) => node_list(&ctx, farm).await?,
         Command::Node(NodeCmd::Show { id }) => node_show(&ctx, id).await?,
+        Command::Node(NodeCmd::PublicConfig {
+            id,
+            ipv4,
+            gw4,
+            ipv6,
+            gw6,
+            domain,
+            clear,
+        }) => {
+            let config = NodePublic::from_args(
+                ipv4.as_deref(),
+                gw4.as_deref(),
+                ipv6.as_deref(),
+                gw6.as_deref(),
+                domain.as_deref(),
+                clear,
+            )?;
+            node_public_config(&ctx, id, config).await?
+        }
         Command::Deploy {
             spec,
             node,
@@ -386,7 +408,12 @@ async fn node_show(ctx: &Ctx, id: u32) -> Result<Out> {
         .await?;
     let version = format::text(&n.executor_version.0);
     let heartbeat = n.last_heartbeat.as_ref().map(|h| h.block);
-    let human = format!(
+    let public = n
+        .public_config
+        .as_ref()
+        .map(NodePublic::from_chain)
+        .transpose()?;
+    let mut human = format!(
         "node {id} (farm {})\n  account    {}\n  status     {status}{}\n  executor   {version}\n  box key    {}\n  capacity   {}\n  reserved   {}\n  free       {}\n  contracts  {} (public IPs {})",
         n.farm_id,
         n.account,
@@ -398,13 +425,171 @@ async fn node_show(ctx: &Ctx, id: u32) -> Result<Out> {
         n.active_contracts,
         n.assigned_ips,
     );
+    match &public {
+        Some(p) => {
+            for line in p.lines() {
+                human.push_str(&format!("\n  {line}"));
+            }
+        }
+        None => human.push_str("\n  public     none declared (zos node public-config)"),
+    }
     Ok(Out::new(
         json!({
             "node": id, "farm": n.farm_id, "account": n.account.to_string(), "status": status,
             "executor_version": version, "box_key": hex::encode(n.box_key), "capacity": capacity,
             "reserved": reserved, "free": free, "active_contracts": n.active_contracts,
             "assigned_ips": n.assigned_ips, "last_heartbeat_block": heartbeat,
+            "public_config": public.as_ref().map(NodePublic::json),
         }),
+        human,
+    ))
+}
+
+/// The DNS limit on a name's length, which is also the chain's bound on a node's domain.
+const MAX_DOMAIN_LEN: usize = 253;
+
+/// A node's public config (pallet-grid's `PublicConfig`) in primitives types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NodePublic {
+    ipv4: Option<PublicIpv4Config>,
+    ipv6: Option<PublicIpv6Config>,
+    domain: Option<String>,
+}
+
+impl NodePublic {
+    /// What `zos node public-config` declares; `None` with `--clear`. The addresses are only
+    /// parsed here: the chain checks them (test networks accept documentation ranges) and its
+    /// error names say what is wrong.
+    fn from_args(
+        ipv4: Option<&str>,
+        gw4: Option<&str>,
+        ipv6: Option<&str>,
+        gw6: Option<&str>,
+        domain: Option<&str>,
+        clear: bool,
+    ) -> Result<Option<Self>> {
+        let given = [ipv4, gw4, ipv6, gw6, domain];
+        if clear {
+            if given.iter().any(Option::is_some) {
+                bail!(
+                    "--clear removes the node's whole public config: give it without --ipv4, \
+                     --gw4, --ipv6, --gw6 and --domain"
+                );
+            }
+            return Ok(None);
+        }
+        if given.iter().all(Option::is_none) {
+            bail!(
+                "nothing to declare: give --ipv4 with --gw4, --ipv6 with --gw6, --domain, or \
+                 --clear"
+            );
+        }
+        let ipv4 = match (ipv4, gw4) {
+            (Some(ip), Some(gw)) => Some(PublicIpv4Config {
+                ip: parse_cidr(ip).context("--ipv4")?,
+                gateway: parse_ipv4(gw).context("--gw4")?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => bail!("--ipv4 needs its gateway: add --gw4"),
+            (None, Some(_)) => bail!("--gw4 is the gateway of --ipv4: add --ipv4"),
+        };
+        let ipv6 = match (ipv6, gw6) {
+            (Some(ip), Some(gw)) => Some(PublicIpv6Config {
+                ip: parse_cidr6(ip).context("--ipv6")?,
+                gateway: parse_ipv6(gw).context("--gw6")?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => bail!("--ipv6 needs its gateway: add --gw6 (e.g. fe80::1)"),
+            (None, Some(_)) => bail!("--gw6 is the gateway of --ipv6: add --ipv6"),
+        };
+        if let Some(d) = domain {
+            if d.len() > MAX_DOMAIN_LEN {
+                bail!(
+                    "--domain: a DNS name has at most {MAX_DOMAIN_LEN} bytes, {d:?} has {}",
+                    d.len()
+                );
+            }
+        }
+        Ok(Some(Self {
+            ipv4,
+            ipv6,
+            domain: domain.map(str::to_owned),
+        }))
+    }
+
+    fn from_chain(
+        config: &runtime::runtime_types::pallet_grid::types::PublicConfig,
+    ) -> Result<Self> {
+        Ok(Self {
+            ipv4: config.ipv4.as_ref().map(convert).transpose()?,
+            ipv6: config.ipv6.as_ref().map(convert).transpose()?,
+            domain: config.domain.as_ref().map(|d| format::text(&d.0)),
+        })
+    }
+
+    fn to_chain(&self) -> Result<runtime::runtime_types::pallet_grid::types::PublicConfig> {
+        Ok(runtime::runtime_types::pallet_grid::types::PublicConfig {
+            ipv4: self.ipv4.as_ref().map(convert).transpose()?,
+            ipv6: self.ipv6.as_ref().map(convert).transpose()?,
+            domain: self
+                .domain
+                .as_ref()
+                .map(|d| BoundedVec(d.as_bytes().to_vec())),
+        })
+    }
+
+    fn json(&self) -> Json {
+        json!({
+            "ipv4": self.ipv4.map(|c| json!({ "ip": format::cidr(&c.ip), "gateway": format::ip(c.gateway) })),
+            "ipv6": self.ipv6.map(|c| json!({ "ip": format::cidr6(&c.ip), "gateway": format::ipv6(c.gateway) })),
+            "domain": self.domain,
+        })
+    }
+
+    /// One line each for IPv4, IPv6 and domain, "-" when not declared.
+    fn lines(&self) -> Vec<String> {
+        let ipv4 = self
+            .ipv4
+            .map(|c| format!("{}, gateway {}", format::cidr(&c.ip), format::ip(c.gateway)));
+        let ipv6 = self.ipv6.map(|c| {
+            format!(
+                "{}, gateway {}{}",
+                format::cidr6(&c.ip),
+                format::ipv6(c.gateway),
+                if c.ip.prefix_len > MAX_IPV6_PREFIX_FOR_VMS {
+                    " (narrower than a /64: no addresses for VMs)"
+                } else {
+                    ""
+                }
+            )
+        });
+        [
+            ("ipv4", ipv4),
+            ("ipv6", ipv6),
+            ("domain", self.domain.clone()),
+        ]
+        .into_iter()
+        .map(|(label, value)| format!("{label:<11}{}", value.unwrap_or_else(|| "-".into())))
+        .collect()
+    }
+}
+
+async fn node_public_config(ctx: &Ctx, id: u32, config: Option<NodePublic>) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let value = config.as_ref().map(NodePublic::to_chain).transpose()?;
+    let chain = ctx.chain().await?;
+    let call = runtime::tx().grid().set_node_public_config(id, value);
+    chain.submit(&call, &signer, ctx.timeout).await?;
+    let human = match &config {
+        Some(c) => {
+            let mut h = vec![format!("node {id}: public config set")];
+            h.extend(c.lines().into_iter().map(|l| format!("  {l}")));
+            h.join("\n")
+        }
+        None => format!("node {id}: public config cleared"),
+    };
+    Ok(Out::new(
+        json!({ "node": id, "public_config": config.as_ref().map(NodePublic::json) }),
         human,
     ))
 }
@@ -688,6 +873,32 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
     let billing: Option<ContractBillingStatus<u128, u32>> = chain
         .runtime_call("BillingApi_contract_billing", &arg(&id))
         .await?;
+    let assigned: Vec<(WorkloadName, PublicIpv4Config)> = convert(&c.public_ips)?;
+    let public_ip_workloads: Vec<(&WorkloadName, bool, bool)> = spec
+        .iter()
+        .flat_map(|s| s.workloads.iter())
+        .filter_map(|w| match &w.kind {
+            WorkloadKind::PublicIp(p) => Some((&w.name, p.v4, p.v6)),
+            _ => None,
+        })
+        .collect();
+    // IPv6 addresses come from the node's subnet as its farmer declared it.
+    let node_ipv6: Option<PublicIpv6Config> = if public_ip_workloads.iter().any(|w| w.2) {
+        match storage
+            .try_fetch(runtime::storage().grid().nodes(), (c.node,))
+            .await?
+        {
+            Some(n) => n
+                .decode()?
+                .public_config
+                .and_then(|p| p.ipv6)
+                .map(|v6| convert(&v6))
+                .transpose()?,
+            None => None,
+        }
+    } else {
+        None
+    };
 
     let mut h = Vec::new();
     h.push(format!(
@@ -731,6 +942,65 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             h.push(format!("    {line}"));
         }
     }
+    if !public_ip_workloads.is_empty() {
+        h.push("  public IPs:".into());
+    }
+    let public_ips: Vec<Json> = public_ip_workloads
+        .iter()
+        .map(|&(name, v4, v6)| {
+            let shown = format::text(name.as_bytes());
+            let mut parts = Vec::new();
+            let mut entry = json!({ "name": shown });
+            if v4 {
+                match assigned.iter().find(|(n, _)| n == name) {
+                    Some((_, ip)) => {
+                        parts.push(format!(
+                            "IPv4 {}, gateway {}",
+                            format::cidr(&ip.ip),
+                            format::ip(ip.gateway)
+                        ));
+                        entry["ipv4"] = json!({ "ip": format::cidr(&ip.ip), "gateway": format::ip(ip.gateway) });
+                    }
+                    None => {
+                        parts.push("IPv4 not assigned".into());
+                        entry["ipv4"] = Json::Null;
+                    }
+                }
+            }
+            if v6 {
+                let address = node_ipv6
+                    .as_ref()
+                    .map(|net| (net, net.vm_address(id, name.as_bytes())));
+                match address {
+                    Some((net, Some(addr))) => {
+                        let ip = format!("{}/{}", format::ipv6(addr), net.ip.prefix_len);
+                        parts.push(format!(
+                            "IPv6 {ip}, gateway {}",
+                            format::ipv6(net.gateway)
+                        ));
+                        entry["ipv6"] = json!({ "ip": ip, "gateway": format::ipv6(net.gateway) });
+                    }
+                    Some((net, None)) => {
+                        let why = format!(
+                            "the node's IPv6 subnet {} is narrower than a /{MAX_IPV6_PREFIX_FOR_VMS}",
+                            format::cidr6(&net.ip)
+                        );
+                        parts.push(format!("no IPv6: {why}"));
+                        entry["ipv6"] = Json::Null;
+                        entry["ipv6_missing"] = json!(why);
+                    }
+                    None => {
+                        let why = "no IPv6 subnet declared for the node";
+                        parts.push(format!("no IPv6: {why}"));
+                        entry["ipv6"] = Json::Null;
+                        entry["ipv6_missing"] = json!(why);
+                    }
+                }
+            }
+            h.push(format!("    {shown}: {}", parts.join("; ")));
+            entry
+        })
+        .collect();
     let proposal_json = proposal.as_ref().map(|p| {
         use runtime::runtime_types::pallet_deployments::types::ProposalAction;
         let kind = match &p.action {
@@ -789,7 +1059,8 @@ async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             "threshold": c.threshold, "signers": signers, "deposit": c.deposit.to_string(),
             "created_at": c.created_at, "activated_at": c.activated_at,
             "active": c.active.as_ref().map(|a| json!({ "version": a.version, "hash": hex0x(&a.hash) })),
-            "spec": spec, "proposal": proposal_json, "report": report_json, "billing": billing_json,
+            "spec": spec, "public_ips": public_ips, "proposal": proposal_json, "report": report_json,
+            "billing": billing_json,
         }),
         h.join("\n"),
     ))
@@ -1062,4 +1333,132 @@ fn byte_array(v: &Value) -> Option<Vec<u8>> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(
+        ipv4: Option<&str>,
+        gw4: Option<&str>,
+        ipv6: Option<&str>,
+        gw6: Option<&str>,
+        domain: Option<&str>,
+        clear: bool,
+    ) -> Result<Option<NodePublic>> {
+        NodePublic::from_args(ipv4, gw4, ipv6, gw6, domain, clear)
+    }
+
+    fn error(result: Result<Option<NodePublic>>) -> String {
+        format!("{:#}", result.expect_err("should be refused"))
+    }
+
+    #[test]
+    fn public_config_options_are_checked_before_anything_is_sent() {
+        let full = args(
+            Some("198.51.100.20/24"),
+            Some("198.51.100.1"),
+            Some("2001:db8:1::2/64"),
+            Some("fe80::1"),
+            Some("gw.example.com"),
+            false,
+        )
+        .unwrap()
+        .expect("a config");
+        assert_eq!(format::cidr(&full.ipv4.unwrap().ip), "198.51.100.20/24");
+        assert_eq!(format::ip(full.ipv4.unwrap().gateway), "198.51.100.1");
+        assert_eq!(format::cidr6(&full.ipv6.unwrap().ip), "2001:db8:1::2/64");
+        assert_eq!(format::ipv6(full.ipv6.unwrap().gateway), "fe80::1");
+        assert_eq!(full.domain.as_deref(), Some("gw.example.com"));
+
+        let v6_only = args(
+            None,
+            None,
+            Some("2001:db8:1::2/64"),
+            Some("fe80::1"),
+            None,
+            false,
+        )
+        .unwrap()
+        .expect("a config");
+        assert!(v6_only.ipv4.is_none() && v6_only.domain.is_none());
+
+        assert_eq!(args(None, None, None, None, None, true).unwrap(), None);
+
+        assert!(error(args(None, None, None, None, None, false)).contains("nothing to declare"));
+        assert!(error(args(
+            Some("198.51.100.20/24"),
+            None,
+            None,
+            None,
+            None,
+            false
+        ))
+        .contains("--gw4"));
+        assert!(
+            error(args(None, Some("198.51.100.1"), None, None, None, false)).contains("add --ipv4")
+        );
+        assert!(error(args(
+            None,
+            None,
+            Some("2001:db8:1::2/64"),
+            None,
+            None,
+            false
+        ))
+        .contains("--gw6"));
+        assert!(error(args(None, None, None, Some("fe80::1"), None, false)).contains("add --ipv6"));
+        assert!(error(args(None, None, None, None, Some("a.example"), true)).contains("--clear"));
+        assert!(error(args(
+            Some("198.51.100.20"),
+            Some("198.51.100.1"),
+            None,
+            None,
+            None,
+            false
+        ))
+        .contains("--ipv4"));
+        assert!(error(args(
+            None,
+            None,
+            Some("2001:db8:1::2/64"),
+            Some("198.51.100.1"),
+            None,
+            false
+        ))
+        .contains("--gw6"));
+        let long = "a".repeat(MAX_DOMAIN_LEN + 1);
+        assert!(error(args(None, None, None, None, Some(&long), false)).contains("--domain"));
+    }
+
+    #[test]
+    fn public_config_renders_what_is_declared() {
+        let config = args(
+            None,
+            None,
+            Some("2001:db8:1::2/64"),
+            Some("fe80::1"),
+            None,
+            false,
+        )
+        .unwrap()
+        .expect("a config");
+        assert_eq!(
+            config.lines(),
+            vec![
+                "ipv4       -".to_string(),
+                "ipv6       2001:db8:1::2/64, gateway fe80::1".to_string(),
+                "domain     -".to_string(),
+            ]
+        );
+        assert_eq!(
+            config.json(),
+            json!({
+                "ipv4": null,
+                "ipv6": { "ip": "2001:db8:1::2/64", "gateway": "fe80::1" },
+                "domain": null
+            })
+        );
+    }
 }

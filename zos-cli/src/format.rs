@@ -3,7 +3,7 @@
 use zos_primitives::{
     contracts::{CancelCause, ContractState},
     spec::{DeploymentSpec, WorkloadKind},
-    Ipv4Cidr, Resources,
+    Ipv4Cidr, Ipv6Cidr, Resources,
 };
 
 pub fn zgt(planck: u128) -> String {
@@ -27,6 +27,14 @@ pub fn cidr(c: &Ipv4Cidr) -> String {
 
 pub fn ip(octets: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(octets).to_string()
+}
+
+pub fn cidr6(c: &Ipv6Cidr) -> String {
+    format!("{}/{}", std::net::Ipv6Addr::from(c.ip), c.prefix_len)
+}
+
+pub fn ipv6(octets: [u8; 16]) -> String {
+    std::net::Ipv6Addr::from(octets).to_string()
 }
 
 pub fn bytes_human(bytes: u64) -> String {
@@ -136,5 +144,21 @@ mod tests {
         assert_eq!(zgt(0), "0 ZGT");
         assert_eq!(zgt(1_500_000_000_000), "1.5 ZGT");
         assert_eq!(zgt(1), "0.000000000001 ZGT");
+    }
+
+    #[test]
+    fn addresses() {
+        let mut ip = [0u8; 16];
+        ip[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        ip[15] = 2;
+        assert_eq!(ipv6(ip), "2001:db8::2");
+        assert_eq!(cidr6(&Ipv6Cidr { ip, prefix_len: 64 }), "2001:db8::2/64");
+        assert_eq!(
+            cidr(&Ipv4Cidr {
+                ip: [198, 51, 100, 10],
+                prefix_len: 24
+            }),
+            "198.51.100.10/24"
+        );
     }
 }

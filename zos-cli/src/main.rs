@@ -47,7 +47,7 @@ pub enum Command {
     /// Farms: create, add public IPs, list.
     #[command(subcommand)]
     Farm(FarmCmd),
-    /// Nodes: list, show.
+    /// Nodes: list, show, public config.
     #[command(subcommand)]
     Node(NodeCmd),
     /// Create a contract proposing a spec (TOML or JSON) to its signers.
@@ -171,8 +171,34 @@ pub enum NodeCmd {
         #[arg(long)]
         farm: Option<u32>,
     },
-    /// One node: capacity, reservations, status.
+    /// One node: capacity, reservations, status, public config.
     Show { id: u32 },
+    /// Declare how node ID reaches the public network (signed by the farm's owner): its own
+    /// IPv4 and gateway, the IPv6 subnet its VMs get addresses from and its gateway, a domain
+    /// for gateways. --clear removes it. The declaration is replaced as a whole: what is not
+    /// given is not declared.
+    PublicConfig {
+        id: u32,
+        /// The node's own IPv4 (CIDR, e.g. 198.51.100.20/24); needs --gw4.
+        #[arg(long)]
+        ipv4: Option<String>,
+        /// The IPv4 gateway (in the --ipv4 subnet); needs --ipv4.
+        #[arg(long)]
+        gw4: Option<String>,
+        /// The node's IPv6 in the subnet its VMs get addresses from (CIDR, e.g.
+        /// 2001:db8:1::2/64; a /64 or wider for VMs); needs --gw6.
+        #[arg(long)]
+        ipv6: Option<String>,
+        /// The IPv6 gateway (link-local, e.g. fe80::1, or in the --ipv6 subnet); needs --ipv6.
+        #[arg(long)]
+        gw6: Option<String>,
+        /// A DNS name the node serves gateway workloads under.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Remove the node's public config (no other option with it).
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

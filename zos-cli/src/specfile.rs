@@ -1,12 +1,16 @@
 //! Spec files (TOML or JSON), signer lists and small value parsers.
 
-use std::{net::Ipv4Addr, path::Path, str::FromStr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    str::FromStr,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use subxt::utils::AccountId32;
 use zos_primitives::{
     spec::{DeploymentSpec, ImageSource, WorkloadKind},
-    Ipv4Cidr,
+    Ipv4Cidr, Ipv6Cidr,
 };
 
 use crate::{keys::parse_account, ImageOverride};
@@ -137,6 +141,29 @@ pub fn parse_ipv4(text: &str) -> Result<[u8; 4]> {
         .octets())
 }
 
+/// `x:y::z/n`.
+pub fn parse_cidr6(text: &str) -> Result<Ipv6Cidr> {
+    let (ip, len) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{text:?} is not an IPv6 CIDR (e.g. 2001:db8:1::2/64)"))?;
+    let ip = Ipv6Addr::from_str(ip).map_err(|_| anyhow!("{ip:?} is not an IPv6 address"))?;
+    let prefix_len: u8 = len
+        .parse()
+        .ok()
+        .filter(|n| *n <= 128)
+        .ok_or_else(|| anyhow!("{len:?} is not a prefix length 0-128"))?;
+    Ok(Ipv6Cidr {
+        ip: ip.octets(),
+        prefix_len,
+    })
+}
+
+pub fn parse_ipv6(text: &str) -> Result<[u8; 16]> {
+    Ok(Ipv6Addr::from_str(text)
+        .map_err(|_| anyhow!("{text:?} is not an IPv6 address"))?
+        .octets())
+}
+
 /// Decimal ZGT (12 decimals) -> planck.
 pub fn parse_amount(text: &str) -> Result<u128> {
     const DECIMALS: usize = 12;
@@ -217,6 +244,22 @@ mod tests {
         );
         assert!(parse_cidr("198.51.100.10").is_err());
         assert!(parse_cidr("198.51.100.10/33").is_err());
+        assert_eq!(
+            parse_cidr6("2001:db8:1::2/64").unwrap(),
+            Ipv6Cidr {
+                ip: [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                prefix_len: 64
+            }
+        );
+        assert!(parse_cidr6("2001:db8:1::2").is_err());
+        assert!(parse_cidr6("2001:db8:1::2/129").is_err());
+        assert!(parse_cidr6("198.51.100.10/24").is_err());
+        assert_eq!(
+            parse_ipv6("fe80::1").unwrap(),
+            [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert!(parse_ipv6("198.51.100.1").is_err());
+        assert!(parse_ipv6("fe80::1/64").is_err());
         assert_eq!(parse_amount("1").unwrap(), 1_000_000_000_000);
         assert_eq!(parse_amount("0.5").unwrap(), 500_000_000_000);
         assert_eq!(parse_amount(".000000000001").unwrap(), 1);

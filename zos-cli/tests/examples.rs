@@ -120,3 +120,31 @@ fn bad_input_is_an_error_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn node_public_config_options_are_checked_before_connecting() {
+    // Nothing listens on port 9: an option error must come first.
+    let cases: [(&[&str], &str); 4] = [
+        (&["--ipv4", "198.51.100.20/24"], "--gw4"),
+        (&["--gw6", "fe80::1"], "--ipv6"),
+        (&["--clear", "--domain", "gw.example.com"], "--clear"),
+        (&[], "nothing to declare"),
+    ];
+    for (options, expected) in cases {
+        let mut args = vec![
+            "--url",
+            "ws://127.0.0.1:9",
+            "--key",
+            "//Alice",
+            "node",
+            "public-config",
+            "1",
+        ];
+        args.extend_from_slice(options);
+        let out = zos(&args);
+        assert_eq!(out.status.code(), Some(1), "{options:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{options:?}: {stderr}");
+        assert!(!stderr.contains("connecting"), "{options:?}: {stderr}");
+    }
+}

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use zos_primitives::{
     contracts::{ContractState, NodeContract},
     spec::{DeploymentSpec, Workload, WorkloadKind, WorkloadName},
-    ContractId, PublicIpv4Config,
+    ContractId, PublicIpv4Config, PublicIpv6Config,
 };
 
 use crate::{
@@ -110,6 +110,8 @@ pub struct Engine {
     /// Opens secrets sealed to this node (wiped from memory on drop); `None` in tests without
     /// networks.
     box_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// The node's public IPv6 subnet from its on-chain record (refreshed every pass).
+    node_ipv6: std::sync::RwLock<Option<PublicIpv6Config>>,
 }
 
 /// What one contract task ended with.
@@ -129,7 +131,13 @@ impl Engine {
             parallelism: 8,
             retry: RetryPolicy::default(),
             box_secret: None,
+            node_ipv6: std::sync::RwLock::new(None),
         }
+    }
+
+    /// The node's public IPv6 subnet as the chain declares it now; later passes use it.
+    pub fn set_node_ipv6(&self, subnet: Option<PublicIpv6Config>) {
+        *self.node_ipv6.write().unwrap_or_else(|p| p.into_inner()) = subnet;
     }
 
     pub fn with_parallelism(mut self, n: usize) -> Self {
@@ -158,6 +166,7 @@ impl Engine {
             dir: self.contracts_dir.join(contract.to_string()),
             spec: Arc::new(spec.clone()),
             public_ips: public_ips.to_vec(),
+            node_ipv6: *self.node_ipv6.read().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -632,6 +641,25 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// Public traffic (bytes in, bytes out) of a contract's workloads as the node counted it:
+    /// cumulative per card, so a counter that restarted (a re-created card) reads lower than
+    /// before. A workload whose counters cannot be read counts nothing this time.
+    pub async fn public_traffic(&self, local: &LocalContract) -> (u64, u64) {
+        let ctx = self.ctx(local.contract, &local.spec, &[]);
+        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+        for w in local.spec.workloads.iter() {
+            let Ok(driver) = self.driver(w) else { continue };
+            match driver.usage(&ctx, w).await {
+                Ok(usage) => {
+                    bytes_in = bytes_in.saturating_add(usage.public_bytes_in);
+                    bytes_out = bytes_out.saturating_add(usage.public_bytes_out);
+                }
+                Err(e) => debug!(contract = local.contract, error = %e, "no traffic reading"),
+            }
+        }
+        (bytes_in, bytes_out)
     }
 
     /// Contracts with a directory under the contracts directory.

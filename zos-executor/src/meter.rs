@@ -31,21 +31,27 @@ impl Meter {
     pub fn start(&self, now: u64) -> MeterState {
         MeterState {
             window_start: now,
-            up_seconds: 0,
             last_sample: now,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..Default::default()
         }
     }
 
-    /// Accounts the time since the last sample and closes every window that ended by `now`.
+    /// Accounts the time since the last sample and the public traffic since then (`traffic`:
+    /// the node's cumulative counters, bytes in and out), and closes every window that ended
+    /// by `now`. Traffic goes to the window open at the sample.
     pub fn sample(
         &self,
         contract: ContractId,
         mut st: MeterState,
         now: u64,
         up: bool,
+        traffic: (u64, u64),
     ) -> (MeterState, Vec<ConsumptionReport>) {
+        // A counter below what was seen restarted (a re-created card): all of it is new.
+        let since = |now: u64, seen: u64| if now >= seen { now - seen } else { now };
+        st.bytes_in = st.bytes_in.saturating_add(since(traffic.0, st.seen_in));
+        st.bytes_out = st.bytes_out.saturating_add(since(traffic.1, st.seen_out));
+        (st.seen_in, st.seen_out) = traffic;
         let counted = if up && now.saturating_sub(st.last_sample) <= self.max_gap {
             (st.last_sample, now)
         } else {
@@ -71,9 +77,9 @@ impl Meter {
             st = MeterState {
                 window_start: end,
                 up_seconds: 0,
-                last_sample: st.last_sample,
                 bytes_in: 0,
                 bytes_out: 0,
+                ..st
             };
         }
         st.last_sample = now;
@@ -101,7 +107,7 @@ mod tests {
             (1_040, true),
             (1_080, true),
         ] {
-            let (next, reports) = M.sample(7, st, now, up);
+            let (next, reports) = M.sample(7, st, now, up, (0, 0));
             st = next;
             all.extend(reports);
         }
@@ -129,7 +135,7 @@ mod tests {
     #[test]
     fn uptime_straddling_a_window_end_is_split() {
         let st = M.start(1_195);
-        let (st, r) = M.sample(1, st, 1_205, true);
+        let (st, r) = M.sample(1, st, 1_205, true, (0, 0));
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].window_end, r[0].uptime_seconds), (1_200, 5));
         assert_eq!((st.window_start, st.up_seconds), (1_200, 5));
@@ -138,12 +144,25 @@ mod tests {
     #[test]
     fn a_long_executor_outage_yields_zero_uptime_windows_not_charges() {
         let st = M.start(0);
-        let (st, r) = M.sample(1, st, 600, true);
+        let (st, r) = M.sample(1, st, 600, true, (0, 0));
         assert_eq!(r.len(), 10);
         assert!(r
             .iter()
             .all(|w| w.uptime_seconds == 0 && w.window_end - w.window_start == 60));
         assert!(r.windows(2).all(|p| p[0].window_end == p[1].window_start));
         assert_eq!(st.window_start, 600);
+    }
+
+    #[test]
+    fn traffic_is_billed_once_in_the_window_it_was_seen_even_across_counter_restarts() {
+        let st = M.start(1_000); // windows end at 1020, 1080, ...
+        let (st, r) = M.sample(1, st, 1_010, true, (100, 1_000));
+        assert!(r.is_empty());
+        let (st, r) = M.sample(1, st, 1_020, true, (150, 1_500));
+        assert_eq!((r[0].public_bytes_in, r[0].public_bytes_out), (150, 1_500));
+        // The card was re-created: its counters start again from zero.
+        let (st, _) = M.sample(1, st, 1_030, true, (40, 60));
+        let (_, r) = M.sample(1, st, 1_080, true, (50, 70));
+        assert_eq!((r[0].public_bytes_in, r[0].public_bytes_out), (50, 70));
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use codec::Encode;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
-use zos_primitives::{contracts::NodeContract, NodeId};
+use zos_primitives::{contracts::NodeContract, NodeId, PublicIpv6Config};
 
 use crate::{
     chain::{calls, Chain, TxError},
@@ -236,6 +236,7 @@ impl Executor {
         if self.chain.is_syncing().await? {
             return Err(NodeSyncing.into());
         }
+        self.refresh_node_ipv6().await;
         let (at, desired): (u64, Vec<NodeContract>) =
             self.chain.contracts_of_node(self.node).await?;
         let summary = self.engine.reconcile(desired.clone(), at).await?;
@@ -380,6 +381,25 @@ impl Executor {
         }
     }
 
+    /// The public IPv6 subnet the farmer declared for this node (pallet-grid's node public
+    /// config). Kept as it was when the chain cannot be read: the next pass tries again.
+    async fn refresh_node_ipv6(&self) {
+        let subnet = match crate::chain::node_record(&self.chain, self.node).await {
+            Ok(record) => record
+                .public_config
+                .and_then(|c| c.ipv6)
+                .map(|v6| crate::chain::convert::<_, PublicIpv6Config>(&v6)),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reading this node's public config failed");
+                return;
+            }
+        };
+        match subnet.transpose() {
+            Ok(subnet) => self.engine.set_node_ipv6(subnet),
+            Err(e) => warn!(error = %format!("{e:#}"), "this node's public IPv6 config"),
+        }
+    }
+
     fn meter(&self) -> Meter {
         let interval = self.config.report_interval.as_secs().clamp(1, 3600);
         Meter {
@@ -423,7 +443,8 @@ impl Executor {
                 None if up => meter.start(now),
                 None => continue,
             };
-            let (next, reports) = meter.sample(local.contract, state, now, up);
+            let traffic = self.engine.public_traffic(&local).await;
+            let (next, reports) = meter.sample(local.contract, state, now, up, traffic);
             samples.push(MeterSample {
                 contract: local.contract,
                 meter: next,

@@ -57,8 +57,38 @@ pub struct MeterState {
     pub up_seconds: u64,
     /// Last time uptime was sampled, unix seconds.
     pub last_sample: u64,
+    /// Public traffic in this window so far.
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The node's cumulative traffic counters at the last sample.
+    pub seen_in: u64,
+    pub seen_out: u64,
+}
+
+/// [`MeterState`] as stores written before traffic metering hold it.
+#[derive(Decode)]
+struct MeterStateV1 {
+    window_start: u64,
+    up_seconds: u64,
+    last_sample: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+fn decode_meter(bytes: &[u8]) -> Result<MeterState> {
+    if let Ok(state) = MeterState::decode(&mut &bytes[..]) {
+        return Ok(state);
+    }
+    let old: MeterStateV1 = decode(bytes, "meter")?;
+    Ok(MeterState {
+        window_start: old.window_start,
+        up_seconds: old.up_seconds,
+        last_sample: old.last_sample,
+        bytes_in: old.bytes_in,
+        bytes_out: old.bytes_out,
+        seen_in: 0,
+        seen_out: 0,
+    })
 }
 
 /// What one metering sample of a contract changed.
@@ -242,7 +272,7 @@ impl Store {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(METERS)?;
         let value = table.get(id)?;
-        value.map(|v| decode(v.value(), "meter")).transpose()
+        value.map(|v| decode_meter(v.value())).transpose()
     }
 
     pub fn put_meter(&self, id: ContractId, meter: &MeterState) -> Result<()> {

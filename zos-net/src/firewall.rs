@@ -68,6 +68,11 @@ pub fn underlay_rules(prefix: &Prefix) -> String {
     rules
 }
 
+/// Connections a network's VMs may hold open to the internet at once.
+pub const MAX_OUTBOUND_CONNECTIONS: u32 = 4096;
+/// New connections per second a network's VMs may open to the internet (and as many at once).
+pub const MAX_NEW_OUTBOUND_PER_SECOND: u32 = 200;
+
 /// A network namespace's rules: it forwards only between its LAN and its tunnel, and from
 /// tunnel to tunnel (an access node relays between hidden nodes, laptops and other nodes).
 /// With `outbound_internet`, also its LAN's connections out of the outbound link, masqueraded
@@ -82,7 +87,17 @@ pub fn network_rules(prefix: &Prefix, id: &NetId, outbound_internet: bool) -> St
     rules += &format!("\t\tiifname \"{wg}\" oifname \"{lan}\" accept\n");
     rules += &format!("\t\tiifname \"{wg}\" oifname \"{wg}\" accept\n");
     if outbound_internet {
-        rules += &format!("\t\tiifname \"{lan}\" oifname \"{inside}\" accept\n");
+        // Abuse limits on what the VMs open towards the internet: no direct mail (spam), and
+        // a bound on concurrent and new connections (conntrack is per namespace: per network).
+        let out = format!("iifname \"{lan}\" oifname \"{inside}\"");
+        rules += &format!("\t\t{out} tcp dport {{ 25, 465 }} counter drop\n");
+        rules += &format!(
+            "\t\t{out} ct state new ct count over {MAX_OUTBOUND_CONNECTIONS} counter drop\n"
+        );
+        rules += &format!(
+            "\t\t{out} ct state new limit rate over {MAX_NEW_OUTBOUND_PER_SECOND}/second burst {MAX_NEW_OUTBOUND_PER_SECOND} packets counter drop\n"
+        );
+        rules += &format!("\t\t{out} accept\n");
         rules += &format!(
             "\t\tiifname \"{inside}\" oifname \"{lan}\" ct state established,related accept\n"
         );
@@ -202,5 +217,7 @@ mod tests {
         let open = network_rules(&p, &id, true);
         assert!(open.contains("iifname \"q1l0123456789\" oifname \"q1i0123456789\" accept"));
         assert!(open.contains("oifname \"q1i0123456789\" masquerade"));
+        assert!(open.contains("tcp dport { 25, 465 } counter drop"));
+        assert!(open.contains("ct count over 4096 counter drop"));
     }
 }

@@ -431,8 +431,19 @@ impl Networks {
         let port = link::index(&host, link_name)
             .await?
             .with_context(|| format!("link {link_name} does not exist"))?;
-        let (rules, ns) = (public::card_rules(link_name, card), self.underlay.clone());
-        blocking(move || firewall::load(ns.as_deref(), &rules)).await?;
+        let (ns, card_link, card) = (self.underlay.clone(), link_name.to_string(), card.clone());
+        blocking(move || {
+            // Carry the counters over a reload (a read and a load are not one transaction: the
+            // few packets in between are not counted, never counted twice).
+            let table = public::table_name(&card_link);
+            let kept = if firewall::table_exists(ns.as_deref(), "bridge", &table)? {
+                public::parse_traffic(&firewall::list_counters(ns.as_deref(), "bridge", &table)?)?
+            } else {
+                public::PublicTraffic::default()
+            };
+            firewall::load(ns.as_deref(), &public::card_rules(&card_link, &card, kept))
+        })
+        .await?;
         self.no_ipv6(link_name).await?;
         link::set_master(&host, port, bridge_index).await?;
         link::set_up(&host, port).await

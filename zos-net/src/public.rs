@@ -7,8 +7,10 @@
 //!   detection); no router advertisements or redirects, no neighbour advertisements for
 //!   another global address, no DHCP or DHCPv6 server replies, nothing but IPv4, IPv6 and ARP
 //!   (no VLAN tags). Without an IPv4 (or IPv6) address, that family is dropped entirely.
+//! - nothing from the VM is delivered to the node itself (bridge input hook).
 //! - named counters `from_vm` and `to_vm` (bytes and packets) the node reads for billing; they
-//!   live in the kernel, so an executor restart keeps them.
+//!   live in the kernel, so an executor restart keeps them, and a reload of the rules starts
+//!   them from what they had counted.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -45,8 +47,9 @@ fn mac_text(mac: &[u8; 6]) -> String {
         .join(":")
 }
 
-/// The card's rules (replacing any earlier version of them atomically).
-pub fn card_rules(port: &str, card: &PublicCard) -> String {
+/// The card's rules (replacing any earlier version of them atomically). The counters start
+/// from `kept` (what the earlier version had counted), so reloading never loses billed traffic.
+pub fn card_rules(port: &str, card: &PublicCard, kept: PublicTraffic) -> String {
     let table = table_name(port);
     let mac = mac_text(&card.mac);
     let mut check = format!("\t\tether saddr != {mac} counter drop\n");
@@ -83,10 +86,18 @@ pub fn card_rules(port: &str, card: &PublicCard) -> String {
     check += "\t\tcounter name from_vm\n";
     let mut rules = format!("table bridge {table}\ndelete table bridge {table}\n");
     rules += &format!("table bridge {table} {{\n");
-    rules += "\tcounter from_vm { }\n\tcounter to_vm { }\n";
+    rules += &format!(
+        "\tcounter from_vm {{ packets {} bytes {} }}\n\tcounter to_vm {{ packets {} bytes {} }}\n",
+        kept.packets_out, kept.bytes_out, kept.packets_in, kept.bytes_in
+    );
     rules += "\tchain prerouting { type filter hook prerouting priority -200; policy accept;\n";
     rules += &format!("\t\tiifname \"{port}\" jump from_vm_check\n\t}}\n");
     rules += &format!("\tchain from_vm_check {{\n{check}\t}}\n");
+    // The node itself is not the VM's business: whatever the VM sends to the bridge's own
+    // addresses (the node's, when the farmer gave the bridge one) is dropped. The VM reaches
+    // the node like any internet host does, through the farm's router.
+    rules += "\tchain input { type filter hook input priority -200; policy accept;\n";
+    rules += &format!("\t\tiifname \"{port}\" counter drop\n\t}}\n");
     rules += "\tchain postrouting { type filter hook postrouting priority 200; policy accept;\n";
     rules += &format!("\t\toifname \"{port}\" counter name to_vm\n\t}}\n}}\n");
     rules
@@ -129,8 +140,11 @@ mod tests {
             ipv4: Some(Ipv4Addr::new(198, 51, 100, 10)),
             ipv6: Some("2001:db8::a".parse().unwrap()),
         };
-        let rules = card_rules("zt0123456789", &card);
+        let rules = card_rules("zt0123456789", &card, PublicTraffic::default());
         assert!(rules.contains("iifname \"zt0123456789\" jump from_vm_check"));
+        assert!(rules.contains(
+            "hook input priority -200; policy accept;\n\t\tiifname \"zt0123456789\" counter drop"
+        ));
         assert!(rules.contains("ether saddr != 02:00:00:00:00:0a counter drop"));
         assert!(rules.contains("arp saddr ip != 198.51.100.10 counter drop"));
         assert!(rules.contains("ip saddr != 198.51.100.10 counter drop"));
@@ -141,9 +155,18 @@ mod tests {
                 ipv6: None,
                 ..card.clone()
             },
+            PublicTraffic::default(),
         );
         assert!(v4_only.contains("ether type ip6 counter drop"));
-        let v6_only = card_rules("zt0123456789", &PublicCard { ipv4: None, ..card });
+        let kept = PublicTraffic {
+            bytes_out: 5,
+            bytes_in: 7,
+            packets_out: 1,
+            packets_in: 2,
+        };
+        let v6_only = card_rules("zt0123456789", &PublicCard { ipv4: None, ..card }, kept);
+        assert!(v6_only.contains("counter from_vm { packets 1 bytes 5 }"));
+        assert!(v6_only.contains("counter to_vm { packets 2 bytes 7 }"));
         assert!(v6_only.contains("ether type { ip, arp } counter drop"));
     }
 

@@ -431,6 +431,44 @@ async fn a_public_card_speaks_only_as_itself_and_is_counted() {
     let other = node.public_traffic("tpvm2").await.unwrap();
     assert!(other.bytes_out < 1 << 16, "VM 2 was charged VM 1's traffic");
 
+    // Reloading a card's rules (a re-attach) keeps what it had counted.
+    let card1 = PublicCard {
+        mac: mac(VM1_MAC),
+        ipv4: Some("198.51.100.10".parse().unwrap()),
+        ipv6: Some("2001:db8:100::10".parse().unwrap()),
+    };
+    node.attach_public_port("pubbr", "tpvm1", &card1)
+        .await
+        .unwrap();
+    let reloaded = node.public_traffic("tpvm1").await.unwrap();
+    assert!(
+        reloaded.bytes_out >= after.bytes_out && reloaded.bytes_in >= after.bytes_in,
+        "counters lost on reload: {reloaded:?} after {after:?}"
+    );
+
+    // The node's own address on the public bridge: the router reaches it, no VM does.
+    ok(&[
+        "ip",
+        "-n",
+        "zpc-u",
+        "addr",
+        "add",
+        "198.51.100.2/24",
+        "dev",
+        "pubbr",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pings("zpc-router", "198.51.100.2") {
+        assert!(
+            Instant::now() < deadline,
+            "the router never reached the node"
+        );
+    }
+    assert!(
+        !pings("zpc-vm2", "198.51.100.2"),
+        "a VM reached the node over its public card"
+    );
+
     // Detached: link and rules gone, twice is fine.
     node.detach_public("tpvm1").await.unwrap();
     node.detach_public("tpvm1").await.unwrap();

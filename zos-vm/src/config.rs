@@ -95,6 +95,11 @@ pub struct NicConfig {
     pub gateway: Option<Ipv4Addr>,
     /// More routes through this interface: (destination, prefix length, next hop).
     pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+    /// IPv6 address with prefix length (static: the guest ignores router advertisements and
+    /// skips duplicate address detection on this interface).
+    pub address6: Option<(std::net::Ipv6Addr, u8)>,
+    /// The IPv6 default route's next hop, on this interface.
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// What the guest's init applies before running the entrypoint.
@@ -306,22 +311,26 @@ impl VmConfig {
             format!("{}\n", hostname.replace('_', "-")),
             0o644,
         );
+        let gateway_text = |gw: Option<String>| gw.unwrap_or_else(|| "-".into());
         let net: String = self
             .nics
             .iter()
-            .filter_map(|n| {
-                n.address.map(|(ip, prefix)| {
-                    let gw = n
-                        .gateway
-                        .map(|g| g.to_string())
-                        .unwrap_or_else(|| "-".into());
+            .flat_map(|n| {
+                let v4 = n.address.map(|(ip, prefix)| {
+                    let gw = gateway_text(n.gateway.map(|g| g.to_string()));
                     let routes: String = n
                         .routes
                         .iter()
                         .map(|(dest, len, via)| format!(" {dest}/{len}={via}"))
                         .collect();
                     format!("{} {ip}/{prefix} {gw}{routes}\n", n.mac_string())
-                })
+                });
+                // A second line for the same card: the guest adds both families to it.
+                let v6 = n.address6.map(|(ip, prefix)| {
+                    let gw = gateway_text(n.gateway6.map(|g| g.to_string()));
+                    format!("{} {ip}/{prefix} {gw}\n", n.mac_string())
+                });
+                v4.into_iter().chain(v6)
             })
             .collect();
         if !net.is_empty() {

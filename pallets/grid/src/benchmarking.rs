@@ -352,5 +352,29 @@ mod benchmarks {
         Ok(())
     }
 
+    /// The owner of a full farm moves the node to another public IPv4 address, with every
+    /// field at its maximum size: both index entries change.
+    #[benchmark]
+    fn set_node_public_config() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+        let config = max_public_config::<T>(1_000_001);
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner), node_id, Some(config.clone()));
+
+        assert_last_event::<T>(Event::NodePublicConfigSet { node_id, farm_id });
+        let stored = Nodes::<T>::get(node_id).ok_or(BenchmarkError::Stop("node gone"))?;
+        assert_eq!(stored.public_config, Some(config));
+        assert_eq!(IpOwner::<T>::get(Grid::<T>::test_ip(1_000_000).ip.ip), None);
+        assert_eq!(
+            IpOwner::<T>::get(Grid::<T>::test_ip(1_000_001).ip.ip),
+            Some(IpHolder::Node(node_id))
+        );
+        Ok(())
+    }
+
     impl_benchmark_test_suite!(Grid, crate::mock::new_test_ext(), crate::mock::Test);
 }

@@ -7,6 +7,9 @@
 //! - A node registers itself with the account its executor signs with, declares its capacity,
 //!   and proves liveness with fee-free heartbeats. Online/Offline is derived from the time of
 //!   the last heartbeat, and the current uninterrupted uptime is stored.
+//! - The farm owner declares how each of its nodes reaches the public network (IPv4, the IPv6
+//!   prefix its VMs get addresses from, the domain for gateways); the node's executor applies
+//!   that declaration. A node's own IPv4 address is unique chain-wide, like a pool address.
 //! - The capacity ledger (`reserved` per node) and the IP assignments are changed only through
 //!   [`zos_primitives::GridCapacity`], implemented by this pallet for the deployments and
 //!   billing pallets. Memory and disks are never overcommitted; CPU by a constant factor.
@@ -38,7 +41,7 @@ use frame_support::{
 };
 use sp_runtime::DispatchError;
 use zos_primitives::{
-    validate_public_ipv4_in, validate_public_ipv6, ContractId, FarmId, GridCapacity, NodeId,
+    validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId, GridCapacity, NodeId,
     NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
 };
 
@@ -87,7 +90,7 @@ pub mod pallet {
     #[pallet::storage]
     pub type Farms<T: Config> = StorageMap<_, Twox64Concat, FarmId, Farm<T>, OptionQuery>;
 
-    /// On a test network: the documentation address ranges (RFC 5737) count as public, so
+    /// On a test network: the documentation address ranges (RFC 5737, RFC 3849) count as public, so
     /// tests and local grids never put real addresses in farm pools. Set at genesis only.
     #[pallet::storage]
     pub type DocumentationIpsArePublic<T: Config> = StorageValue<_, bool, ValueQuery>;
@@ -243,6 +246,9 @@ pub mod pallet {
             node_id: NodeId,
             active_contracts: u32,
         },
+        /// The farm owner set (or cleared) the node's public configuration; the node's
+        /// executor applies it.
+        NodePublicConfigSet { node_id: NodeId, farm_id: FarmId },
     }
 
     #[pallet::error]
@@ -554,7 +560,7 @@ pub mod pallet {
                 public_config.as_ref(),
                 &executor_version,
             )?;
-            let ipv4 = public_config.as_ref().and_then(|c| c.ipv4).map(|c| c.ip.ip);
+            let ipv4 = Self::config_ipv4(public_config.as_ref());
             if let Some(ip) = ipv4 {
                 ensure!(
                     !IpOwner::<T>::contains_key(ip),
@@ -631,22 +637,7 @@ pub mod pallet {
                 public_config.as_ref(),
                 &executor_version,
             )?;
-            let old_ip = Self::node_ipv4(&node);
-            let new_ip = public_config.as_ref().and_then(|c| c.ipv4).map(|c| c.ip.ip);
-            if old_ip != new_ip {
-                if let Some(ip) = new_ip {
-                    ensure!(
-                        !IpOwner::<T>::contains_key(ip),
-                        Error::<T>::IpAlreadyRegistered
-                    );
-                }
-                if let Some(ip) = old_ip {
-                    IpOwner::<T>::remove(ip);
-                }
-                if let Some(ip) = new_ip {
-                    IpOwner::<T>::insert(ip, IpHolder::Node(node_id));
-                }
-            }
+            Self::move_node_ipv4(node_id, &node, public_config.as_ref())?;
             node.capacity = capacity;
             node.location = location;
             node.public_config = public_config;
@@ -785,6 +776,34 @@ pub mod pallet {
             });
             Ok(())
         }
+
+        /// The farm owner declares how the node reaches the public network; `None` clears the
+        /// declaration. This is what the node's executor applies: the node's own IPv4 address
+        /// and gateway, the IPv6 prefix (and gateway) from which its VMs get their public
+        /// addresses, and the domain under which it serves gateway workloads.
+        ///
+        /// Validated exactly as in `register_node` and `update_node`, and the node's IPv4
+        /// address stays unique chain-wide: it may not be held by a farm pool or another node.
+        #[pallet::call_index(13)]
+        #[pallet::weight(T::WeightInfo::set_node_public_config())]
+        pub fn set_node_public_config(
+            origin: OriginFor<T>,
+            node_id: NodeId,
+            public_config: Option<PublicConfig>,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            Self::owned_farm(node.farm_id, &who)?;
+            if let Some(config) = &public_config {
+                Self::check_public_config(config)?;
+            }
+            Self::move_node_ipv4(node_id, &node, public_config.as_ref())?;
+            node.public_config = public_config;
+            let farm_id = node.farm_id;
+            Nodes::<T>::insert(node_id, node);
+            Self::deposit_event(Event::NodePublicConfigSet { node_id, farm_id });
+            Ok(())
+        }
     }
 
     #[pallet::view_functions]
@@ -885,25 +904,62 @@ impl<T: Config> Pallet<T> {
             Error::<T>::InvalidExecutorVersion
         );
         if let Some(config) = public_config {
-            if let Some(v4) = &config.ipv4 {
-                validate_public_ipv4_in(v4, DocumentationIpsArePublic::<T>::get())
-                    .map_err(Error::<T>::InvalidPublicIpv4)?;
-            }
-            if let Some(v6) = &config.ipv6 {
-                validate_public_ipv6(v6).map_err(Error::<T>::InvalidPublicIpv6)?;
-            }
-            if let Some(domain) = &config.domain {
-                ensure!(is_valid_domain(domain), Error::<T>::InvalidDomain);
-            }
+            Self::check_public_config(config)?;
         }
         Ok(())
     }
 
+    /// Validates a node's public configuration: usable public IPv4 and IPv6 addresses and a
+    /// valid DNS name. Whether the IPv4 address is free is checked by `move_node_ipv4`.
+    fn check_public_config(config: &PublicConfig) -> DispatchResult {
+        if let Some(v4) = &config.ipv4 {
+            validate_public_ipv4_in(v4, DocumentationIpsArePublic::<T>::get())
+                .map_err(Error::<T>::InvalidPublicIpv4)?;
+        }
+        if let Some(v6) = &config.ipv6 {
+            validate_public_ipv6_in(v6, DocumentationIpsArePublic::<T>::get())
+                .map_err(Error::<T>::InvalidPublicIpv6)?;
+        }
+        if let Some(domain) = &config.domain {
+            ensure!(is_valid_domain(domain), Error::<T>::InvalidDomain);
+        }
+        Ok(())
+    }
+
+    /// Moves the IP index entry of node `node_id` (stored as `node`) from its current IPv4
+    /// address to the one in `public_config`. Keeping the same address is not a conflict; a
+    /// new address held by a farm pool or another node is refused, with nothing changed.
+    fn move_node_ipv4(
+        node_id: NodeId,
+        node: &Node<T>,
+        public_config: Option<&PublicConfig>,
+    ) -> DispatchResult {
+        let old_ip = Self::node_ipv4(node);
+        let new_ip = Self::config_ipv4(public_config);
+        if old_ip == new_ip {
+            return Ok(());
+        }
+        if let Some(ip) = new_ip {
+            ensure!(
+                !IpOwner::<T>::contains_key(ip),
+                Error::<T>::IpAlreadyRegistered
+            );
+        }
+        if let Some(ip) = old_ip {
+            IpOwner::<T>::remove(ip);
+        }
+        if let Some(ip) = new_ip {
+            IpOwner::<T>::insert(ip, IpHolder::Node(node_id));
+        }
+        Ok(())
+    }
+
+    fn config_ipv4(public_config: Option<&PublicConfig>) -> Option<[u8; 4]> {
+        public_config.and_then(|c| c.ipv4).map(|c| c.ip.ip)
+    }
+
     fn node_ipv4(node: &Node<T>) -> Option<[u8; 4]> {
-        node.public_config
-            .as_ref()
-            .and_then(|c| c.ipv4)
-            .map(|c| c.ip.ip)
+        Self::config_ipv4(node.public_config.as_ref())
     }
 
     fn free_of(node: &Node<T>) -> Resources {

@@ -108,6 +108,10 @@ fn update(
     )
 }
 
+fn set_config(who: u64, node_id: NodeId, public_config: Option<PublicConfig>) -> DispatchResult {
+    Grid::set_node_public_config(signed(who), node_id, public_config)
+}
+
 fn public_v4(ip: PublicIpv4Config) -> Option<PublicConfig> {
     Some(PublicConfig {
         ipv4: Some(ip),
@@ -871,6 +875,253 @@ fn update_node_moves_its_public_ip_in_the_index() {
         );
         assert_ok!(update(NODE, capacity(), None));
         assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), None);
+    });
+}
+
+// ---------------------------------------------------------------- node public config
+
+#[test]
+fn farmer_sets_changes_and_clears_node_public_config() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let id = register(NODE, farm);
+        let config = PublicConfig {
+            ipv4: Some(farm_ip(50)),
+            ipv6: Some(PublicIpv6Config {
+                ip: Ipv6Cidr {
+                    ip: (0x2a02_1802_005eu128 << 80 | 0x10).to_be_bytes(),
+                    prefix_len: 64,
+                },
+                gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
+            }),
+            domain: Some(Domain::truncate_from(b"gw.example.com".to_vec())),
+        };
+        assert_ok!(set_config(FARMER, id, Some(config.clone())));
+        System::assert_last_event(
+            GridEvent::NodePublicConfigSet {
+                node_id: id,
+                farm_id: farm,
+            }
+            .into(),
+        );
+        assert_eq!(node(id).public_config, Some(config.clone()));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 50]),
+            Some(IpHolder::Node(id))
+        );
+
+        // Keeping the same address is not a conflict with itself.
+        let same_ip = PublicConfig {
+            domain: None,
+            ..config.clone()
+        };
+        assert_ok!(set_config(FARMER, id, Some(same_ip.clone())));
+        assert_eq!(node(id).public_config, Some(same_ip));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 50]),
+            Some(IpHolder::Node(id))
+        );
+
+        // A new address: the index follows, and the old one is free for anyone again.
+        assert_ok!(set_config(FARMER, id, public_v4(farm_ip(51))));
+        assert_eq!(node(id).public_config, public_v4(farm_ip(51)));
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 50]), None);
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 51]),
+            Some(IpHolder::Node(id))
+        );
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), farm, farm_ip(50)));
+
+        // No IPv4 any more: the node's address leaves the index.
+        let without_v4 = PublicConfig {
+            ipv4: None,
+            ..config
+        };
+        assert_ok!(set_config(FARMER, id, Some(without_v4.clone())));
+        assert_eq!(node(id).public_config, Some(without_v4));
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), None);
+
+        assert_ok!(set_config(FARMER, id, None));
+        System::assert_last_event(
+            GridEvent::NodePublicConfigSet {
+                node_id: id,
+                farm_id: farm,
+            }
+            .into(),
+        );
+        assert_eq!(node(id).public_config, None);
+        // Clearing twice is fine.
+        assert_ok!(set_config(FARMER, id, None));
+        // Only the farm's pool address is left in the index.
+        assert_eq!(IpOwner::<Test>::iter().count(), 1);
+        // The rest of the node's description is untouched.
+        let n = node(id);
+        assert_eq!(
+            (n.account, n.capacity, n.location, n.executor_version),
+            (NODE, capacity(), location(), version())
+        );
+    });
+}
+
+#[test]
+fn only_the_farm_owner_sets_node_public_config() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        create_farm(OTHER, "other");
+        let id = register_with(NODE, farm, public_v4(farm_ip(50)));
+        // Neither another farmer nor the node itself, whatever the config.
+        for who in [OTHER, NODE] {
+            assert_noop!(
+                set_config(who, id, public_v4(farm_ip(51))),
+                GridError::NotFarmOwner
+            );
+            assert_noop!(set_config(who, id, None), GridError::NotFarmOwner);
+            assert_noop!(
+                set_config(who, id, public_v4(ipv4([10, 0, 0, 5], 24, [10, 0, 0, 1]))),
+                GridError::NotFarmOwner
+            );
+        }
+        assert_eq!(node(id).public_config, public_v4(farm_ip(50)));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 50]),
+            Some(IpHolder::Node(id))
+        );
+        assert_eq!(IpOwner::<Test>::get([185, 69, 166, 51]), None);
+    });
+}
+
+#[test]
+fn node_public_config_keeps_ipv4_unique() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let other = create_farm(OTHER, "other");
+        assert_ok!(Grid::add_farm_ip(signed(FARMER), farm, farm_ip(10)));
+        assert_ok!(Grid::add_farm_ip(signed(OTHER), other, farm_ip(20)));
+        let id = register_with(NODE, farm, public_v4(farm_ip(50)));
+        let other_node = register_with(NODE2, other, public_v4(farm_ip(60)));
+        // Pool addresses of its own or another farm, and another node's address.
+        for taken in [10, 20, 60] {
+            assert_noop!(
+                set_config(FARMER, id, public_v4(farm_ip(taken))),
+                GridError::IpAlreadyRegistered
+            );
+        }
+        // Whatever the prefix, gateway or other fields.
+        assert_noop!(
+            set_config(
+                FARMER,
+                id,
+                Some(PublicConfig {
+                    ipv4: Some(ipv4([185, 69, 166, 60], 25, [185, 69, 166, 2])),
+                    ipv6: None,
+                    domain: Some(Domain::truncate_from(b"gw.example.com".to_vec())),
+                })
+            ),
+            GridError::IpAlreadyRegistered
+        );
+        // Also for a node that has no address yet.
+        let bare = register(12, farm);
+        assert_noop!(
+            set_config(FARMER, bare, public_v4(farm_ip(50))),
+            GridError::IpAlreadyRegistered
+        );
+        assert_eq!(node(id).public_config, public_v4(farm_ip(50)));
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 60]),
+            Some(IpHolder::Node(other_node))
+        );
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 10]),
+            Some(IpHolder::Farm(farm))
+        );
+    });
+}
+
+#[test]
+fn node_public_config_is_validated_like_update_node() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let id = register_with(NODE, farm, public_v4(farm_ip(50)));
+        let v6 = |ip: u128| {
+            Some(PublicConfig {
+                ipv4: None,
+                ipv6: Some(PublicIpv6Config {
+                    ip: Ipv6Cidr {
+                        ip: ip.to_be_bytes(),
+                        prefix_len: 64,
+                    },
+                    gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
+                }),
+                domain: None,
+            })
+        };
+        let domain = |name: Vec<u8>| {
+            Some(PublicConfig {
+                ipv4: None,
+                ipv6: None,
+                domain: Some(Domain::truncate_from(name)),
+            })
+        };
+        let cases: [(Option<PublicConfig>, DispatchError); 8] = [
+            (
+                public_v4(ipv4([185, 69, 166, 0], 24, [185, 69, 166, 1])),
+                GridError::InvalidPublicIpv4(IpError::IpIsNetworkAddress).into(),
+            ),
+            (
+                public_v4(ipv4([192, 168, 1, 2], 24, [192, 168, 1, 1])),
+                GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private)).into(),
+            ),
+            (
+                public_v4(ipv4([185, 69, 166, 20], 24, [185, 69, 166, 20])),
+                GridError::InvalidPublicIpv4(IpError::GatewayEqualsIp).into(),
+            ),
+            (
+                v6(0xfd00u128 << 112 | 1),
+                GridError::InvalidPublicIpv6(IpError::IpNotPublic(SpecialRange::Private)).into(),
+            ),
+            (domain(vec![]), GridError::InvalidDomain.into()),
+            (
+                domain(b"node..example.com".to_vec()),
+                GridError::InvalidDomain.into(),
+            ),
+            (
+                domain(b"node_1.example.com".to_vec()),
+                GridError::InvalidDomain.into(),
+            ),
+            (domain(vec![b'a'; 64]), GridError::InvalidDomain.into()),
+        ];
+        for (config, error) in cases {
+            assert_noop!(update(NODE, capacity(), config.clone()), error);
+            assert_noop!(set_config(FARMER, id, config), error);
+        }
+        // An invalid config is refused before the address check: the index is untouched.
+        assert_eq!(
+            IpOwner::<Test>::get([185, 69, 166, 50]),
+            Some(IpHolder::Node(id))
+        );
+        // Documentation addresses only on a test network, as for the node itself.
+        let doc = public_v4(ipv4([198, 51, 100, 10], 24, [198, 51, 100, 1]));
+        assert_noop!(
+            set_config(FARMER, id, doc.clone()),
+            GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Documentation))
+        );
+        DocumentationIpsArePublic::<Test>::put(true);
+        assert_ok!(set_config(FARMER, id, doc));
+    });
+}
+
+#[test]
+fn node_public_config_of_an_unknown_node() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        assert_noop!(
+            set_config(FARMER, 99, public_v4(farm_ip(50))),
+            GridError::NodeNotFound
+        );
+        // A removed node is unknown too.
+        let id = register(NODE, farm);
+        assert_ok!(Grid::remove_node(signed(NODE), id));
+        assert_noop!(set_config(FARMER, id, None), GridError::NodeNotFound);
     });
 }
 

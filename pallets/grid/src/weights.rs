@@ -35,6 +35,7 @@ pub trait WeightInfo {
 	fn heartbeat() -> Weight;
 	fn set_power_target() -> Weight;
 	fn set_power_state() -> Weight;
+	fn set_node_public_config() -> Weight;
 }
 
 /// Weights for `pallet_grid` using the Substrate node and recommended hardware.
@@ -245,6 +246,21 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
+	/// Storage: `Grid::Nodes` (r:1 w:1)
+	/// Proof: `Grid::Nodes` (`max_values`: None, `max_size`: Some(700), added: 3175, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::Farms` (r:1 w:0)
+	/// Proof: `Grid::Farms` (`max_values`: None, `max_size`: Some(5765), added: 8240, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::IpOwner` (r:1 w:2)
+	/// Proof: `Grid::IpOwner` (`max_values`: None, `max_size`: Some(25), added: 2500, mode: `MaxEncodedLen`)
+	fn set_node_public_config() -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `6500`
+		//  Estimated: `9230`
+		// Minimum execution time: 35_000_000 picoseconds.
+		Weight::from_parts(38_000_000, 9230)
+			.saturating_add(T::DbWeight::get().reads(3_u64))
+			.saturating_add(T::DbWeight::get().writes(3_u64))
+	}
 }
 
 // For backwards compatibility and tests.
@@ -453,5 +469,20 @@ impl WeightInfo for () {
 		Weight::from_parts(20_000_000, 4165)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
+	}
+	/// Storage: `Grid::Nodes` (r:1 w:1)
+	/// Proof: `Grid::Nodes` (`max_values`: None, `max_size`: Some(700), added: 3175, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::Farms` (r:1 w:0)
+	/// Proof: `Grid::Farms` (`max_values`: None, `max_size`: Some(5765), added: 8240, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::IpOwner` (r:1 w:2)
+	/// Proof: `Grid::IpOwner` (`max_values`: None, `max_size`: Some(25), added: 2500, mode: `MaxEncodedLen`)
+	fn set_node_public_config() -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `6500`
+		//  Estimated: `9230`
+		// Minimum execution time: 35_000_000 picoseconds.
+		Weight::from_parts(38_000_000, 9230)
+			.saturating_add(RocksDbWeight::get().reads(3_u64))
+			.saturating_add(RocksDbWeight::get().writes(3_u64))
 	}
 }

@@ -184,3 +184,46 @@ fn a_test_network_may_count_documentation_ranges_as_public() {
         Err(IpError::IpNotPublic(SpecialRange::Private))
     );
 }
+
+#[test]
+fn documentation_ipv6_counts_as_public_only_when_asked() {
+    let doc = PublicIpv6Config {
+        ip: Ipv6Cidr {
+            ip: (0x2001_0db8_0001u128 << 80 | 2).to_be_bytes(),
+            prefix_len: 64,
+        },
+        gateway: (0x2001_0db8_0001u128 << 80 | 1).to_be_bytes(),
+    };
+    assert_eq!(
+        validate_public_ipv6(&doc),
+        Err(IpError::IpNotPublic(SpecialRange::Documentation))
+    );
+    assert_eq!(validate_public_ipv6_in(&doc, true), Ok(()));
+}
+
+#[test]
+fn vm_addresses_are_deterministic_inside_the_subnet_and_avoid_taken_ones() {
+    let node = PublicIpv6Config {
+        ip: Ipv6Cidr {
+            ip: (0x2001_0db8_0001u128 << 80 | 2).to_be_bytes(),
+            prefix_len: 64,
+        },
+        gateway: (0xfe80u128 << 112 | 1).to_be_bytes(),
+    };
+    let a = node.vm_address(7, b"pip").unwrap();
+    assert_eq!(node.vm_address(7, b"pip"), Some(a));
+    assert!(node.ip.contains(a));
+    assert_ne!(a, node.ip.ip);
+    assert_ne!(a, node.ip.network());
+    assert_ne!(node.vm_address(8, b"pip"), Some(a));
+    assert_ne!(node.vm_address(7, b"pip2"), Some(a));
+    // Too narrow a subnet for hash-derived addresses.
+    let narrow = PublicIpv6Config {
+        ip: Ipv6Cidr {
+            prefix_len: 96,
+            ..node.ip
+        },
+        ..node
+    };
+    assert_eq!(narrow.vm_address(7, b"pip"), None);
+}

@@ -239,4 +239,20 @@ impl<T: frame_system::Config> pallet_grid::WeightInfo for WeightInfo<T> {
 			.saturating_add(T::DbWeight::get().reads(2))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
+	/// Storage: `Grid::Nodes` (r:1 w:1)
+	/// Proof: `Grid::Nodes` (`max_values`: None, `max_size`: Some(665), added: 3140, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::Farms` (r:1 w:0)
+	/// Proof: `Grid::Farms` (`max_values`: None, `max_size`: Some(5728), added: 8203, mode: `MaxEncodedLen`)
+	/// Storage: `Grid::IpOwner` (r:1 w:2)
+	/// Proof: `Grid::IpOwner` (`max_values`: None, `max_size`: Some(25), added: 2500, mode: `MaxEncodedLen`)
+	fn set_node_public_config() -> Weight {
+		// Proof Size summary in bytes:
+		//  Measured:  `3536`
+		//  Estimated: `9193`
+		// Minimum execution time: 29_193_000 picoseconds.
+		Weight::from_parts(31_357_000, 0)
+			.saturating_add(Weight::from_parts(0, 9193))
+			.saturating_add(T::DbWeight::get().reads(3))
+			.saturating_add(T::DbWeight::get().writes(3))
+	}
 }

@@ -11,7 +11,7 @@ use std::{path::PathBuf, sync::Arc};
 use async_trait::async_trait;
 use zos_primitives::{
     spec::{DeploymentSpec, Workload, WorkloadName},
-    ContractId, PublicIpv4Config,
+    ContractId, PublicIpv4Config, PublicIpv6Config,
 };
 
 /// Where a workload lives: its contract and a private directory for its files.
@@ -25,6 +25,9 @@ pub struct WorkloadCtx {
     /// The farm IPv4 the chain assigned to each public IP workload of `spec` (empty when the
     /// contract is gone).
     pub public_ips: Vec<(WorkloadName, PublicIpv4Config)>,
+    /// The node's public IPv6 subnet as its farmer declared it on chain, if any: public IP
+    /// workloads asking for IPv6 get an address derived from it.
+    pub node_ipv6: Option<PublicIpv6Config>,
 }
 
 impl WorkloadCtx {
@@ -34,6 +37,17 @@ impl WorkloadCtx {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, config)| config)
+    }
+
+    /// The IPv6 address (with the subnet's prefix length) and gateway of public IP workload
+    /// `name`: derived from the contract and the workload's name in the node's subnet.
+    pub fn public_ipv6(
+        &self,
+        name: &WorkloadName,
+    ) -> Option<(std::net::Ipv6Addr, u8, std::net::Ipv6Addr)> {
+        let node = self.node_ipv6.as_ref()?;
+        let address = node.vm_address(self.contract, name.as_bytes())?;
+        Some((address.into(), node.ip.prefix_len, node.gateway.into()))
     }
 }
 

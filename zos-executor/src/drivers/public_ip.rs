@@ -1,7 +1,8 @@
 //! Public IP driver: a `public_ip` workload is the farm IPv4 the chain assigned to the contract
 //! (in the contract's `public_ips`). The VM that names it gets a card on the farmer's public
-//! bridge with that address (the VM driver makes it, guarded by zos-net's anti-spoofing
-//! rules); this driver checks the node can serve it and reads the card's traffic.
+//! bridge with that address, and/or the IPv6 derived from the node's public subnet (the VM
+//! driver makes the card, guarded by zos-net's anti-spoofing rules); this driver checks the
+//! node can serve it.
 
 use std::sync::Arc;
 
@@ -32,9 +33,9 @@ impl PublicIpDriver {
                 "this node has no public bridge configured: it serves no public IPs",
             ));
         }
-        if spec.v6 {
+        if spec.v6 && ctx.public_ipv6(&w.name).is_none() {
             return Err(DriverError::permanent(format!(
-                "public IP '{name}': this node has no public IPv6 prefix to give addresses from"
+                "public IP '{name}': this node's farmer declared no public IPv6 subnet (/64 or wider) to give addresses from"
             )));
         }
         if spec.v4 && ctx.public_ipv4(&w.name).is_none() {
@@ -81,7 +82,7 @@ impl Driver for PublicIpDriver {
         })
     }
 
-    /// Traffic is billed from the VM card's counters (not yet in the consumption reports).
+    /// Traffic is counted on the card of the VM naming it (the VM driver's usage).
     async fn usage(&self, _ctx: &WorkloadCtx, _w: &Workload) -> DriverResult<Usage> {
         Ok(Usage::default())
     }

@@ -210,6 +210,10 @@ struct Installed {
     crashes: Arc<StdMutex<CrashCount>>,
     /// Size of each attached disk file as the guest knows it: (id, file, bytes).
     disk_sizes: Vec<(String, PathBuf, u64)>,
+    /// The cards as resolved at install: a public address the chain reassigned (an update
+    /// of the contract) or a changed node subnet means a new guest, never a card that keeps
+    /// an address another contract now holds.
+    nics: Vec<NicConfig>,
 }
 
 pub struct VmDriver {
@@ -297,19 +301,23 @@ fn nics(
                 }
             }
         }
-        let default_here = cards.is_empty();
+        let default_here = !cards.iter().any(|c| c.gateway.is_some());
         cards.push(NicConfig {
             tap: networks.tap_name(&tap),
             mac,
             address: Some((std::net::Ipv4Addr::from(a.ip), 24)),
+            // Without a public IPv4, the private network carries the IPv4 default route.
             gateway: default_here.then_some(gateway),
             routes: if default_here { vec![] } else { routes },
+            address6: None,
+            gateway6: None,
         });
     }
     Ok(cards)
 }
 
-/// The card on the farmer's public bridge of a VM that names a public IP.
+/// The card on the farmer's public bridge of a VM that names a public IP: the farm IPv4 the
+/// chain assigned and/or the IPv6 derived from the node's subnet, as the public IP asks.
 fn public_card(
     ctx: &WorkloadCtx,
     w: &Workload,
@@ -319,19 +327,37 @@ fn public_card(
     let Some(name) = &vm.public_ip else {
         return Ok(None);
     };
-    let ip = ctx.public_ipv4(name).ok_or_else(|| {
-        DriverError::permanent(format!(
-            "public IP '{}': the chain assigned it no farm IPv4",
-            String::from_utf8_lossy(name.as_bytes())
-        ))
-    })?;
+    let shown = String::from_utf8_lossy(name.as_bytes());
+    let Some(WorkloadKind::PublicIp(wanted)) = ctx.spec.workload(name).map(|p| &p.kind) else {
+        return Err(DriverError::permanent(format!(
+            "public IP '{shown}': no public IP workload of that name"
+        )));
+    };
+    let v4 = match wanted.v4 {
+        true => Some(ctx.public_ipv4(name).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "public IP '{shown}': the chain assigned it no farm IPv4"
+            ))
+        })?),
+        false => None,
+    };
+    let v6 = match wanted.v6 {
+        true => Some(ctx.public_ipv6(name).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "public IP '{shown}': this node has no public IPv6 subnet (/64 or wider) to give addresses from"
+            ))
+        })?),
+        false => None,
+    };
     let (tap, mac) = networks.public_card(ctx.contract, w.name.as_bytes());
     Ok(Some(NicConfig {
         tap: networks.tap_name(&tap),
         mac,
-        address: Some((ip.ip.ip.into(), ip.ip.prefix_len)),
-        gateway: Some(ip.gateway.into()),
+        address: v4.map(|ip| (ip.ip.ip.into(), ip.ip.prefix_len)),
+        gateway: v4.map(|ip| ip.gateway.into()),
         routes: vec![],
+        address6: v6.map(|(ip, len, _)| (ip, len)),
+        gateway6: v6.map(|(_, _, gw)| gw),
     }))
 }
 
@@ -523,7 +549,7 @@ impl VmDriver {
             let rules = zos_net::public::PublicCard {
                 mac: card.mac,
                 ipv4: card.address.map(|(ip, _)| ip),
-                ipv6: None,
+                ipv6: card.address6.map(|(ip, _)| ip),
             };
             networks
                 .attach_public_tap(bridge, &tap, &rules, None)
@@ -807,7 +833,8 @@ impl VmDriver {
         slot: &mut Option<Installed>,
     ) -> DriverResult<()> {
         if let Some(inst) = slot.as_ref() {
-            if inst.workload == *w {
+            let cards_now = nics(ctx, w, vm_spec(w)?, self.networks.as_deref())?;
+            if inst.workload == *w && inst.nics == cards_now {
                 return match inst.vm.state().await {
                     VmState::Running | VmState::Paused | VmState::Restarting { .. } => Ok(()),
                     _ => inst
@@ -855,7 +882,9 @@ impl VmDriver {
         }
         info!(workload = %name_str(w), vm = %vm.name(), ?mounted, total = ?started.elapsed(), "VM installed");
         let disk_sizes = disk_sizes(&vm);
+        let nics = vm.config().nics.clone();
         *slot = Some(Installed {
+            nics,
             workload: w.clone(),
             vm,
             mount: Some(mount),
@@ -959,6 +988,15 @@ impl Driver for VmDriver {
                 "the installed VM was made from another spec".into(),
             ));
         }
+        // Only a context that knows the contract's public addresses can tell (an uptime
+        // check does not carry them): then a card that differs means re-create.
+        if let Ok(cards) = nics(ctx, workload, vm_spec(workload)?, self.networks.as_deref()) {
+            if cards != inst.nics {
+                return Ok(Observed::Broken(
+                    "the VM's network cards changed (public address reassigned)".into(),
+                ));
+            }
+        }
         let looping = inst
             .crashes
             .lock()
@@ -997,10 +1035,22 @@ impl Driver for VmDriver {
             .usage()
             .await
             .map_err(|e| transient(e.context("metering the guest")))?;
+        // Public traffic: what the node counted on the VM's public card (cumulative since the
+        // card was made; the meter bills the differences).
+        let mut traffic = zos_net::public::PublicTraffic::default();
+        if let (Some(networks), Some(_)) = (&self.networks, &vm_spec(workload)?.public_ip) {
+            let (tap, _) = networks.public_card(ctx.contract, workload.name.as_bytes());
+            traffic = networks
+                .public_traffic(&networks.tap_name(&tap))
+                .await
+                .map_err(|e| transient(e.context("reading the public card's counters")))?;
+        }
         // Disk files are metered by the disk driver; counting them here too would bill twice.
         Ok(Usage {
             cpu_time_ms: u.cpu_time_ms,
             memory_bytes: u.memory_bytes,
+            public_bytes_in: traffic.bytes_in,
+            public_bytes_out: traffic.bytes_out,
             ..Default::default()
         })
     }
@@ -1040,6 +1090,7 @@ mod tests {
                     .unwrap(),
             ),
             public_ips: vec![],
+            node_ipv6: None,
         };
         match VmDriver::vm_config(&ctx, &w, dir.path().join("rootfs"), None) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),

@@ -452,3 +452,57 @@ pub fn ok(cmd: &[&str]) -> Result<()> {
     );
     Ok(())
 }
+
+/// One accepted consumption report of a contract and the price the chain charged for it.
+#[derive(Clone, Debug)]
+pub struct SettledReport {
+    pub window_start: u64,
+    pub window_end: u64,
+    pub uptime_seconds: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub charged: u128,
+}
+
+/// Every report of `contract` settled in the blocks since `from_block`: the
+/// `report_consumption` extrinsics' contents matched with their `ReportSettled` events.
+pub async fn settled_reports(
+    api: &Client,
+    from_block: u64,
+    contract: ContractId,
+) -> Result<Vec<SettledReport>> {
+    use runtime::billing::{calls::ReportConsumption, events::ReportSettled};
+    let head = api.at_current_block().await?.block_number();
+    let mut out = Vec::new();
+    for n in from_block..=head {
+        let at = api.at_block(n).await?;
+        let mut reports = std::collections::HashMap::new();
+        for call in at.extrinsics().fetch().await?.find::<ReportConsumption>() {
+            for r in call?.reports.0 {
+                if r.contract == contract {
+                    reports.insert(r.window_start, r);
+                }
+            }
+        }
+        if reports.is_empty() {
+            continue;
+        }
+        for settled in at.events().fetch().await?.find::<ReportSettled>() {
+            let settled = settled?;
+            if settled.contract != contract {
+                continue;
+            }
+            if let Some(r) = reports.get(&settled.window_start) {
+                out.push(SettledReport {
+                    window_start: r.window_start,
+                    window_end: r.window_end,
+                    uptime_seconds: r.uptime_seconds,
+                    bytes_in: r.public_bytes_in,
+                    bytes_out: r.public_bytes_out,
+                    charged: settled.charged,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
