@@ -20,22 +20,50 @@ step() {
 }
 
 # The binaries first: end-to-end tests run the `zos` CLI and the chain node from the target dir.
-# Then two lanes at once: the single-host end-to-end binaries (mostly waiting for blocks and
-# guests) beside everything else. They use disjoint namespaces, name prefixes and free ports.
+# Every test binary is built once with the workspace's feature set, then run directly (another
+# package selection would unify features differently and rebuild), in two lanes at once: the
+# single-host end-to-end binaries (mostly waiting for blocks and guests) beside everything
+# else. They use disjoint namespaces, name prefixes and free ports.
+LANE_TESTS=" e2e vm_e2e public_ip_e2e "
 cargo_tests() {
-  cargo build --profile "$profile" --workspace --bins &&
-    cargo test --profile "$profile" --workspace --no-run || return 1
-  local lane_log
+  cargo build --profile "$profile" --workspace --bins || return 1
+  local list
+  list=$(mktemp)
+  cargo test --profile "$profile" --workspace --no-run --message-format=json >"$list" || return 1
+  # "<package dir> <target name> <executable>" per test binary.
+  local binaries
+  binaries=$(python3 - "$list" <<'PY'
+import json, os, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(os.path.dirname(m["manifest_path"]), m["target"]["name"], m["executable"])
+PY
+  )
+  rm -f "$list"
+  # As cargo runs them: from the package's directory, with its manifest dir in the environment.
+  run_binaries() {
+    local rc=0 dir name exe
+    while read -r dir name exe; do
+      [ -n "$exe" ] || continue
+      echo "     Running $name ($exe)"
+      (cd "$dir" && CARGO_MANIFEST_DIR="$dir" "$exe") || { rc=1; echo "FAILED: $name"; }
+    done
+    return "$rc"
+  }
+  local lane_log lane rc=0 lane_start=$SECONDS
   lane_log=$(mktemp)
-  local lane_start=$SECONDS
-  cargo test --profile "$profile" -p zos-executor --no-fail-fast \
-    --test e2e --test vm_e2e --test public_ip_e2e >"$lane_log" 2>&1 &
-  local lane=$!
-  local rc=0
-  cargo test --profile "$profile" --workspace --exclude zos-executor --no-fail-fast || rc=1
-  cargo test --profile "$profile" -p zos-executor --no-fail-fast --lib --bins --test network_e2e || rc=1
+  grep -E " ($(echo $LANE_TESTS | tr ' ' '|')) " <<<"$binaries" | run_binaries >"$lane_log" 2>&1 &
+  lane=$!
+  trap 'kill "$lane" 2>/dev/null; cat "$lane_log"' INT TERM
+  grep -vE " ($(echo $LANE_TESTS | tr ' ' '|')) " <<<"$binaries" | run_binaries || rc=1
+  cargo test --profile "$profile" --workspace --doc || rc=1
   wait "$lane" || rc=1
-  echo "---- lane: zos-executor e2e, vm_e2e, public_ip_e2e ($((SECONDS - lane_start)) s) ----"
+  trap - INT TERM
+  echo "---- lane: $LANE_TESTS($((SECONDS - lane_start)) s) ----"
   cat "$lane_log"
   rm -f "$lane_log"
   return "$rc"

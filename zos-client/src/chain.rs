@@ -78,6 +78,7 @@ pub struct Chain {
     /// from the node key get consecutive nonces; released before waiting for finality.
     submit_lock: tokio::sync::Mutex<()>,
     max_window_secs: u64,
+    max_traffic_bytes_per_sec: u64,
 }
 
 impl Chain {
@@ -97,17 +98,22 @@ impl Chain {
                 "the chain's runtime differs from the metadata this executor was built with"
             );
         }
-        let max_window_secs = at
-            .metadata_ref()
-            .pallet_by_name("Billing")
-            .and_then(|p| p.constant_by_name("MaxWindowSecs"))
-            .and_then(|c| u64::decode(&mut c.value()).ok())
-            .unwrap_or(DEFAULT_MAX_WINDOW_SECS);
+        let billing_constant = |name: &str| {
+            at.metadata_ref()
+                .pallet_by_name("Billing")
+                .and_then(|p| p.constant_by_name(name))
+                .and_then(|c| u64::decode(&mut c.value()).ok())
+        };
+        let max_window_secs = billing_constant("MaxWindowSecs").unwrap_or(DEFAULT_MAX_WINDOW_SECS);
+        // A chain without the constant caps nothing.
+        let max_traffic_bytes_per_sec =
+            billing_constant("MaxTrafficBytesPerSec").unwrap_or(u64::MAX);
         Ok(Self {
             api,
             rpc: LegacyRpcMethods::new(rpc_client),
             submit_lock: Default::default(),
             max_window_secs,
+            max_traffic_bytes_per_sec,
         })
     }
 
@@ -179,6 +185,12 @@ impl Chain {
     /// The longest consumption window the chain accepts (the billing pallet's constant).
     pub fn max_window_secs(&self) -> u64 {
         self.max_window_secs
+    }
+
+    /// The most public traffic per second of a window the chain accepts in a report (the
+    /// billing pallet's constant).
+    pub fn max_traffic_bytes_per_sec(&self) -> u64 {
+        self.max_traffic_bytes_per_sec
     }
 
     /// Whether the node behind the RPC says it is still syncing (its state may be old).

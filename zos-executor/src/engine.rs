@@ -27,7 +27,7 @@ use zos_primitives::{
 };
 
 use crate::{
-    drivers::{kind_name, Driver, DriverError, Observed, WorkloadCtx},
+    drivers::{kind_name, CardReading, Driver, DriverError, Observed, WorkloadCtx},
     store::{LocalContract, Store, WorkloadOutcome},
 };
 
@@ -643,23 +643,16 @@ impl Engine {
         true
     }
 
-    /// Public traffic (bytes in, bytes out) of a contract's workloads as the node counted it:
-    /// cumulative per card, so a counter that restarted (a re-created card) reads lower than
-    /// before. A workload whose counters cannot be read counts nothing this time.
-    pub async fn public_traffic(&self, local: &LocalContract) -> (u64, u64) {
+    /// The counters of every public card of a contract's workloads, by card.
+    pub async fn public_traffic(&self, local: &LocalContract) -> Vec<(Vec<u8>, CardReading)> {
         let ctx = self.ctx(local.contract, &local.spec, &[]);
-        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+        let mut cards = Vec::new();
         for w in local.spec.workloads.iter() {
-            let Ok(driver) = self.driver(w) else { continue };
-            match driver.usage(&ctx, w).await {
-                Ok(usage) => {
-                    bytes_in = bytes_in.saturating_add(usage.public_bytes_in);
-                    bytes_out = bytes_out.saturating_add(usage.public_bytes_out);
-                }
-                Err(e) => debug!(contract = local.contract, error = %e, "no traffic reading"),
+            if let Ok(driver) = self.driver(w) {
+                cards.extend(driver.public_traffic(&ctx, w).await);
             }
         }
-        (bytes_in, bytes_out)
+        cards
     }
 
     /// Contracts with a directory under the contracts directory.

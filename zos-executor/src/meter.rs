@@ -3,7 +3,7 @@
 //! chain can check that nothing is billed twice or skipped. Time the executor itself was down
 //! (a sampling gap longer than `max_gap`) never counts as uptime.
 
-use crate::{chain::ConsumptionReport, store::MeterState};
+use crate::{chain::ConsumptionReport, drivers::CardReading, store::MeterState};
 use zos_primitives::ContractId;
 
 #[derive(Clone, Copy, Debug)]
@@ -12,6 +12,9 @@ pub struct Meter {
     pub interval: u64,
     /// Longest gap between two samples still counted as continuous uptime, seconds.
     pub max_gap: u64,
+    /// Most public traffic (in plus out) the chain accepts per second of a window; more moves
+    /// on to the next windows (traffic counted during an executor outage lands in one sample).
+    pub max_traffic_per_sec: u64,
 }
 
 fn overlap(a: (u64, u64), b: (u64, u64)) -> u64 {
@@ -19,6 +22,45 @@ fn overlap(a: (u64, u64), b: (u64, u64)) -> u64 {
 }
 
 impl Meter {
+    /// Traffic (in, out) since the last readings, and the new baselines in `st`. A card whose
+    /// counters are below its baseline was re-made (they start from zero): all of it is new.
+    /// A card that could not be read keeps its baseline and adds nothing this time; a card
+    /// that is gone loses it (a card made again later counts from zero).
+    fn new_traffic(st: &mut MeterState, traffic: &[(Vec<u8>, CardReading)]) -> (u64, u64) {
+        let since = |now: u64, seen: u64| if now >= seen { now - seen } else { now };
+        let (mut bytes_in, mut bytes_out) = (0u64, 0u64);
+        let mut seen = Vec::with_capacity(traffic.len());
+        for (card, reading) in traffic {
+            let before = st
+                .seen
+                .iter()
+                .find(|(c, _, _)| c == card)
+                .map(|(_, i, o)| (*i, *o));
+            match *reading {
+                CardReading::Counted {
+                    bytes_in: now_in,
+                    bytes_out: now_out,
+                } => {
+                    if st.baselines_known {
+                        let (was_in, was_out) = before.unwrap_or((0, 0));
+                        bytes_in = bytes_in.saturating_add(since(now_in, was_in));
+                        bytes_out = bytes_out.saturating_add(since(now_out, was_out));
+                    }
+                    seen.push((card.clone(), now_in, now_out));
+                }
+                CardReading::Unreadable => {
+                    if let Some((was_in, was_out)) = before {
+                        seen.push((card.clone(), was_in, was_out));
+                    }
+                }
+                CardReading::Absent => {}
+            }
+        }
+        st.seen = seen;
+        st.baselines_known = true;
+        (bytes_in, bytes_out)
+    }
+
     /// End of the window that starts at `start`: the next multiple of the interval.
     pub fn window_end(&self, start: u64) -> u64 {
         let interval = self.interval.max(1);
@@ -32,26 +74,27 @@ impl Meter {
         MeterState {
             window_start: now,
             last_sample: now,
+            // The contract's cards were made for it: everything they counted is its traffic.
+            baselines_known: true,
             ..Default::default()
         }
     }
 
     /// Accounts the time since the last sample and the public traffic since then (`traffic`:
-    /// the node's cumulative counters, bytes in and out), and closes every window that ended
-    /// by `now`. Traffic goes to the window open at the sample.
+    /// each public card's cumulative counters as read now), and closes every window that
+    /// ended by `now`. New traffic goes to the oldest window still open before this sample;
+    /// what exceeds the chain's cap for a window moves on to the next ones.
     pub fn sample(
         &self,
         contract: ContractId,
         mut st: MeterState,
         now: u64,
         up: bool,
-        traffic: (u64, u64),
+        traffic: &[(Vec<u8>, CardReading)],
     ) -> (MeterState, Vec<ConsumptionReport>) {
-        // A counter below what was seen restarted (a re-created card): all of it is new.
-        let since = |now: u64, seen: u64| if now >= seen { now - seen } else { now };
-        st.bytes_in = st.bytes_in.saturating_add(since(traffic.0, st.seen_in));
-        st.bytes_out = st.bytes_out.saturating_add(since(traffic.1, st.seen_out));
-        (st.seen_in, st.seen_out) = traffic;
+        let (bytes_in, bytes_out) = Self::new_traffic(&mut st, traffic);
+        st.bytes_in = st.bytes_in.saturating_add(bytes_in);
+        st.bytes_out = st.bytes_out.saturating_add(bytes_out);
         let counted = if up && now.saturating_sub(st.last_sample) <= self.max_gap {
             (st.last_sample, now)
         } else {
@@ -66,19 +109,23 @@ impl Meter {
             if now < end {
                 break;
             }
+            let length = end - st.window_start;
+            let fits = length.saturating_mul(self.max_traffic_per_sec);
+            let bytes_in = st.bytes_in.min(fits);
+            let bytes_out = st.bytes_out.min(fits - bytes_in);
             reports.push(ConsumptionReport {
                 contract,
                 window_start: st.window_start,
                 window_end: end,
-                uptime_seconds: st.up_seconds.min(end - st.window_start),
-                public_bytes_in: st.bytes_in,
-                public_bytes_out: st.bytes_out,
+                uptime_seconds: st.up_seconds.min(length),
+                public_bytes_in: bytes_in,
+                public_bytes_out: bytes_out,
             });
             st = MeterState {
                 window_start: end,
                 up_seconds: 0,
-                bytes_in: 0,
-                bytes_out: 0,
+                bytes_in: st.bytes_in - bytes_in,
+                bytes_out: st.bytes_out - bytes_out,
                 ..st
             };
         }
@@ -94,6 +141,7 @@ mod tests {
     const M: Meter = Meter {
         interval: 60,
         max_gap: 15,
+        max_traffic_per_sec: u64::MAX,
     };
 
     #[test]
@@ -107,7 +155,7 @@ mod tests {
             (1_040, true),
             (1_080, true),
         ] {
-            let (next, reports) = M.sample(7, st, now, up, (0, 0));
+            let (next, reports) = M.sample(7, st, now, up, &[]);
             st = next;
             all.extend(reports);
         }
@@ -135,7 +183,7 @@ mod tests {
     #[test]
     fn uptime_straddling_a_window_end_is_split() {
         let st = M.start(1_195);
-        let (st, r) = M.sample(1, st, 1_205, true, (0, 0));
+        let (st, r) = M.sample(1, st, 1_205, true, &[]);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].window_end, r[0].uptime_seconds), (1_200, 5));
         assert_eq!((st.window_start, st.up_seconds), (1_200, 5));
@@ -144,7 +192,7 @@ mod tests {
     #[test]
     fn a_long_executor_outage_yields_zero_uptime_windows_not_charges() {
         let st = M.start(0);
-        let (st, r) = M.sample(1, st, 600, true, (0, 0));
+        let (st, r) = M.sample(1, st, 600, true, &[]);
         assert_eq!(r.len(), 10);
         assert!(r
             .iter()
@@ -153,16 +201,77 @@ mod tests {
         assert_eq!(st.window_start, 600);
     }
 
+    fn counted(card: &str, bytes_in: u64, bytes_out: u64) -> Vec<(Vec<u8>, CardReading)> {
+        vec![(
+            card.as_bytes().to_vec(),
+            CardReading::Counted {
+                bytes_in,
+                bytes_out,
+            },
+        )]
+    }
+
+    fn billed(r: &[ConsumptionReport]) -> (u64, u64) {
+        (r[0].public_bytes_in, r[0].public_bytes_out)
+    }
+
     #[test]
-    fn traffic_is_billed_once_in_the_window_it_was_seen_even_across_counter_restarts() {
-        let st = M.start(1_000); // windows end at 1020, 1080, ...
-        let (st, r) = M.sample(1, st, 1_010, true, (100, 1_000));
+    fn traffic_is_billed_once_across_restarted_unreadable_and_vanished_cards() {
+        let st = M.start(1_000); // windows end at 1020, 1080, 1140, ...
+        let (st, r) = M.sample(1, st, 1_010, true, &counted("a", 100, 1_000));
         assert!(r.is_empty());
-        let (st, r) = M.sample(1, st, 1_020, true, (150, 1_500));
-        assert_eq!((r[0].public_bytes_in, r[0].public_bytes_out), (150, 1_500));
-        // The card was re-created: its counters start again from zero.
-        let (st, _) = M.sample(1, st, 1_030, true, (40, 60));
-        let (_, r) = M.sample(1, st, 1_080, true, (50, 70));
-        assert_eq!((r[0].public_bytes_in, r[0].public_bytes_out), (50, 70));
+        let (st, r) = M.sample(1, st, 1_020, true, &counted("a", 150, 1_500));
+        assert_eq!(billed(&r), (150, 1_500));
+        // Unreadable for a while (an nft hiccup, an executor restart): nothing counted twice.
+        let unreadable = vec![(b"a".to_vec(), CardReading::Unreadable)];
+        let (st, _) = M.sample(1, st, 1_030, true, &unreadable);
+        let (st, _) = M.sample(1, st, 1_040, true, &counted("a", 170, 1_600));
+        // The card was re-made: its counters start again from zero.
+        let (st, r) = M.sample(1, st, 1_080, true, &counted("a", 40, 60));
+        assert_eq!(billed(&r), (20 + 40, 100 + 60));
+        // Gone, then made again: its new counters are all new traffic.
+        let (st, _) = M.sample(1, st, 1_090, true, &[(b"a".to_vec(), CardReading::Absent)]);
+        let (st, r) = M.sample(1, st, 1_140, true, &counted("a", 500, 5));
+        assert_eq!(billed(&r), (500, 5));
+        // Two cards: one re-made does not bill the other's history again.
+        let mut two = counted("a", 600, 10);
+        two.extend(counted("b", 1_000, 1_000));
+        let (st, _) = M.sample(1, st, 1_150, true, &two);
+        let mut two = counted("a", 5, 0);
+        two.extend(counted("b", 1_010, 1_000));
+        let (_, r) = M.sample(1, st, 1_200, true, &two);
+        assert_eq!(billed(&r), (100 + 1_000 + 5 + 10, 5 + 1_000));
+    }
+
+    #[test]
+    fn a_meter_from_before_traffic_metering_bills_only_traffic_after_it() {
+        let legacy = MeterState {
+            window_start: 1_000,
+            last_sample: 1_000,
+            ..Default::default()
+        };
+        let (st, _) = M.sample(1, legacy, 1_010, true, &counted("a", 9_000, 9_000));
+        let (_, r) = M.sample(1, st, 1_020, true, &counted("a", 9_100, 9_050));
+        assert_eq!(billed(&r), (100, 50));
+    }
+
+    #[test]
+    fn traffic_above_what_a_window_carries_moves_to_the_next_windows() {
+        let capped = Meter {
+            max_traffic_per_sec: 10,
+            ..M
+        };
+        let st = capped.start(1_000); // [1000,1020) carries 200 bytes, then 600 per window
+                                      // An outage: 900 bytes in and 100 out seen at once, three windows closing.
+        let (st, r) = capped.sample(1, st, 1_150, true, &counted("a", 900, 100));
+        let carried: Vec<(u64, u64)> = r
+            .iter()
+            .map(|w| (w.public_bytes_in, w.public_bytes_out))
+            .collect();
+        assert_eq!(carried, vec![(200, 0), (600, 0), (100, 100)]);
+        assert_eq!((st.bytes_in, st.bytes_out), (0, 0));
+        assert!(r.iter().all(
+            |w| w.public_bytes_in + w.public_bytes_out <= 10 * (w.window_end - w.window_start)
+        ));
     }
 }

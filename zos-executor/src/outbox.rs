@@ -60,11 +60,13 @@ pub struct Aligned {
 /// A window is dropped when the chain billed past its end; the first one left starts exactly
 /// at `billed_until` (a crash can leave a window that overlaps the chain's last one, or a gap
 /// after a rejected window), each further one where the previous ends; an uptime longer than
-/// its (shortened) window is cut to it.
+/// its (shortened) window is cut to it, and so is traffic above what the window may carry
+/// (`max_traffic_per_sec`, the chain's cap), so that no aligned report can be refused for it.
 pub fn align(
     entries: Vec<(OutboxKey, ConsumptionReport)>,
     billing: impl Fn(ContractId) -> Billing,
     max_window: u64,
+    max_traffic_per_sec: u64,
 ) -> Aligned {
     let max_window = max_window.max(1);
     let mut by_contract: BTreeMap<ContractId, Vec<(OutboxKey, ConsumptionReport)>> =
@@ -111,6 +113,10 @@ pub fn align(
                     .uptime_seconds
                     .min(report.window_end - report.window_start);
             }
+            let fits =
+                (report.window_end - report.window_start).saturating_mul(max_traffic_per_sec);
+            report.public_bytes_in = report.public_bytes_in.min(fits);
+            report.public_bytes_out = report.public_bytes_out.min(fits - report.public_bytes_in);
             next_start = Some(report.window_end);
             out.send.push((vec![key], report));
         }
@@ -272,6 +278,7 @@ impl Executor {
             entries,
             |c| billing.get(&c).copied().unwrap_or(Billing::Unknown),
             self.chain.max_window_secs(),
+            self.chain.max_traffic_bytes_per_sec(),
         ))
     }
 
@@ -347,6 +354,7 @@ mod tests {
                 _ => Billing::Unknown,
             },
             3600,
+            u64::MAX,
         );
         assert_eq!(aligned.drop, vec![(1, 100), (1, 110), (3, 10)]);
         let sent: Vec<_> = aligned
@@ -364,6 +372,7 @@ mod tests {
             vec![report(7, 110, 120, 10), report(7, 120, 130, 9)],
             |_| Billing::BilledUntil(Some(115)),
             3600,
+            u64::MAX,
         );
         assert!(aligned.drop.is_empty());
         let first = &aligned.send[0].1;
@@ -377,6 +386,7 @@ mod tests {
             vec![report(7, 130, 140, 10)],
             |_| Billing::BilledUntil(Some(120)),
             3600,
+            u64::MAX,
         );
         let r = &aligned.send[0].1;
         assert_eq!(
@@ -388,6 +398,7 @@ mod tests {
             vec![report(7, 100, 110, 10), report(7, 130, 140, 10)],
             |_| Billing::BilledUntil(None),
             3600,
+            u64::MAX,
         );
         assert_eq!(aligned.send[1].1.window_start, 110);
     }
@@ -400,6 +411,7 @@ mod tests {
             vec![report(3, 10_000, 10_300, 300)],
             |_| Billing::BilledUntil(Some(1_000)),
             3_600,
+            u64::MAX,
         );
         let spans: Vec<_> = aligned
             .send
@@ -418,5 +430,20 @@ mod tests {
             .send
             .iter()
             .all(|(_, r)| r.window_end - r.window_start <= 3_600));
+    }
+
+    #[test]
+    fn a_shortened_window_keeps_only_the_traffic_it_could_carry() {
+        let (key, mut busy) = report(7, 110, 120, 10);
+        (busy.public_bytes_in, busy.public_bytes_out) = (60, 50);
+        // Cut to 115..120 by the chain's state: at 10 bytes/s it carries 50 bytes.
+        let aligned = align(
+            vec![(key, busy)],
+            |_| Billing::BilledUntil(Some(115)),
+            3600,
+            10,
+        );
+        let r = &aligned.send[0].1;
+        assert_eq!((r.public_bytes_in, r.public_bytes_out), (50, 0));
     }
 }

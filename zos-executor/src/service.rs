@@ -45,6 +45,8 @@ pub struct Executor {
     reports_in_flight: std::sync::Mutex<std::collections::HashSet<zos_primitives::ContractId>>,
     /// Deployment reports waiting for finality at once.
     report_slots: tokio::sync::Semaphore,
+    /// Whether this node's on-chain public config was read once since start.
+    node_config_read: std::sync::atomic::AtomicBool,
 }
 
 /// The chain node behind the RPC says it is still syncing: its state may be far behind.
@@ -166,6 +168,7 @@ impl Executor {
             outbox,
             reports_in_flight: Default::default(),
             report_slots: tokio::sync::Semaphore::new(8),
+            node_config_read: Default::default(),
         })
     }
 
@@ -236,7 +239,7 @@ impl Executor {
         if self.chain.is_syncing().await? {
             return Err(NodeSyncing.into());
         }
-        self.refresh_node_ipv6().await;
+        self.refresh_node_ipv6().await?;
         let (at, desired): (u64, Vec<NodeContract>) =
             self.chain.contracts_of_node(self.node).await?;
         let summary = self.engine.reconcile(desired.clone(), at).await?;
@@ -382,21 +385,33 @@ impl Executor {
     }
 
     /// The public IPv6 subnet the farmer declared for this node (pallet-grid's node public
-    /// config). Kept as it was when the chain cannot be read: the next pass tries again.
-    async fn refresh_node_ipv6(&self) {
-        let subnet = match crate::chain::node_record(&self.chain, self.node).await {
-            Ok(record) => record
+    /// config). Until one read succeeded, the pass waits (a VM asking for IPv6 would fail for
+    /// good on an unknown subnet); later failures keep the last one known.
+    async fn refresh_node_ipv6(&self) -> Result<()> {
+        let read = async {
+            let record = crate::chain::node_record(&self.chain, self.node).await?;
+            record
                 .public_config
                 .and_then(|c| c.ipv6)
-                .map(|v6| crate::chain::convert::<_, PublicIpv6Config>(&v6)),
-            Err(e) => {
-                warn!(error = %format!("{e:#}"), "reading this node's public config failed");
-                return;
-            }
+                .map(|v6| crate::chain::convert::<_, PublicIpv6Config>(&v6))
+                .transpose()
         };
-        match subnet.transpose() {
-            Ok(subnet) => self.engine.set_node_ipv6(subnet),
-            Err(e) => warn!(error = %format!("{e:#}"), "this node's public IPv6 config"),
+        match read.await {
+            Ok(subnet) => {
+                self.engine.set_node_ipv6(subnet);
+                self.node_config_read
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e)
+                if self
+                    .node_config_read
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                warn!(error = %format!("{e:#}"), "reading this node's public config failed; keeping the last one");
+                Ok(())
+            }
+            Err(e) => Err(e.context("reading this node's public config")),
         }
     }
 
@@ -405,6 +420,7 @@ impl Executor {
         Meter {
             interval,
             max_gap: (interval / 2).max(15),
+            max_traffic_per_sec: self.chain.max_traffic_bytes_per_sec(),
         }
     }
 
@@ -444,7 +460,7 @@ impl Executor {
                 None => continue,
             };
             let traffic = self.engine.public_traffic(&local).await;
-            let (next, reports) = meter.sample(local.contract, state, now, up, traffic);
+            let (next, reports) = meter.sample(local.contract, state, now, up, &traffic);
             samples.push(MeterSample {
                 contract: local.contract,
                 meter: next,

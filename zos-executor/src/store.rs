@@ -50,7 +50,7 @@ pub struct LocalContract {
 }
 
 /// Uptime accumulated in the current metering window of a contract.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct MeterState {
     /// Window start, unix seconds; equals the end of the last report handed to the outbox.
     pub window_start: u64,
@@ -60,9 +60,12 @@ pub struct MeterState {
     /// Public traffic in this window so far.
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// The node's cumulative traffic counters at the last sample.
-    pub seen_in: u64,
-    pub seen_out: u64,
+    /// Each public card's cumulative counters (card, bytes in, bytes out) at the last sample
+    /// that could read them: what the next reading is billed against.
+    pub seen: Vec<(Vec<u8>, u64, u64)>,
+    /// False for a meter carried over from a store written before traffic metering: its
+    /// cards' counters ran unbilled, so the first reading only sets the baselines.
+    pub baselines_known: bool,
 }
 
 /// [`MeterState`] as stores written before traffic metering hold it.
@@ -86,8 +89,8 @@ fn decode_meter(bytes: &[u8]) -> Result<MeterState> {
         last_sample: old.last_sample,
         bytes_in: old.bytes_in,
         bytes_out: old.bytes_out,
-        seen_in: 0,
-        seen_out: 0,
+        seen: Vec::new(),
+        baselines_known: false,
     })
 }
 
@@ -387,7 +390,7 @@ mod tests {
             store
                 .record_samples(&[MeterSample {
                     contract: 4,
-                    meter,
+                    meter: meter.clone(),
                     closed: vec![(40, b"gone".to_vec())],
                 }])
                 .unwrap();
@@ -412,5 +415,23 @@ mod tests {
         assert_eq!(store.outbox().unwrap(), vec![((3, 40), b"report".to_vec())]);
         store.remove_from_outbox(&[(3, 40)]).unwrap();
         assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_meter_written_before_traffic_metering_still_loads_with_unknown_baselines() {
+        let old = (100u64, 5u64, 105u64, 7u64, 9u64).encode();
+        let meter = decode_meter(&old).unwrap();
+        assert_eq!(
+            (meter.window_start, meter.up_seconds, meter.last_sample),
+            (100, 5, 105)
+        );
+        assert_eq!((meter.bytes_in, meter.bytes_out), (7, 9));
+        assert!(!meter.baselines_known && meter.seen.is_empty());
+        let now = MeterState {
+            seen: vec![(b"card".to_vec(), 1, 2)],
+            baselines_known: true,
+            ..meter
+        };
+        assert_eq!(decode_meter(&now.encode()).unwrap(), now);
     }
 }

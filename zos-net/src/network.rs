@@ -481,6 +481,22 @@ impl Networks {
         public::parse_traffic(&json)
     }
 
+    /// [`Self::public_traffic`], or `None` when the card has no rules (it does not exist).
+    pub async fn public_traffic_if_present(
+        &self,
+        link_name: &str,
+    ) -> Result<Option<public::PublicTraffic>> {
+        let (table, ns) = (public::table_name(link_name), self.underlay.clone());
+        let json = blocking(move || {
+            if !firewall::table_exists(ns.as_deref(), "bridge", &table)? {
+                return Ok(None);
+            }
+            firewall::list_counters(ns.as_deref(), "bridge", &table).map(Some)
+        })
+        .await?;
+        json.map(|j| public::parse_traffic(&j)).transpose()
+    }
+
     /// Deletes tap `tap`; fine when it is gone.
     pub async fn remove_tap(&self, tap: &NetId) -> Result<()> {
         let host = link::handle(self.underlay.as_deref()).await?;

@@ -8,7 +8,8 @@
 //!   another global address, no DHCP or DHCPv6 server replies, nothing but IPv4, IPv6 and ARP
 //!   (no VLAN tags). Without an IPv4 (or IPv6) address, that family is dropped entirely.
 //! - nothing from the VM is delivered to the node itself (bridge input hook).
-//! - named counters `from_vm` and `to_vm` (bytes and packets) the node reads for billing; they
+//! - named counters `from_vm` (forwarded from the VM) and `to_vm` (delivered to the VM's MAC:
+//!   not broadcasts and floods) in bytes and packets, that the node reads for billing; they
 //!   live in the kernel, so an executor restart keeps them, and a reload of the rules starts
 //!   them from what they had counted.
 
@@ -83,7 +84,7 @@ pub fn card_rules(port: &str, card: &PublicCard, kept: PublicTraffic) -> String 
         }
         None => check += "\t\tether type ip6 counter drop\n",
     }
-    check += "\t\tcounter name from_vm\n";
+
     let mut rules = format!("table bridge {table}\ndelete table bridge {table}\n");
     rules += &format!("table bridge {table} {{\n");
     rules += &format!(
@@ -98,8 +99,12 @@ pub fn card_rules(port: &str, card: &PublicCard, kept: PublicTraffic) -> String 
     // the node like any internet host does, through the farm's router.
     rules += "\tchain input { type filter hook input priority -200; policy accept;\n";
     rules += &format!("\t\tiifname \"{port}\" counter drop\n\t}}\n");
+    // Billed traffic: what the VM sent through the bridge (never what the node dropped), and
+    // what the bridge delivered to the VM's own MAC (not floods of other hosts' frames).
+    rules += "\tchain forward { type filter hook forward priority 200; policy accept;\n";
+    rules += &format!("\t\tiifname \"{port}\" counter name from_vm\n\t}}\n");
     rules += "\tchain postrouting { type filter hook postrouting priority 200; policy accept;\n";
-    rules += &format!("\t\toifname \"{port}\" counter name to_vm\n\t}}\n}}\n");
+    rules += &format!("\t\toifname \"{port}\" ether daddr {mac} counter name to_vm\n\t}}\n}}\n");
     rules
 }
 

@@ -20,7 +20,8 @@
 //! - the contract is activated and placed on the signer's node;
 //! - `window_start < window_end`, the window is at most [`Config::MaxWindowSecs`] long and ends
 //!   no later than chain time plus [`Config::MaxClockDriftSecs`];
-//! - `uptime_seconds` is at most the window length;
+//! - `uptime_seconds` is at most the window length, and the public traffic at most
+//!   [`Config::MaxTrafficBytesPerSec`] times it;
 //! - the window starts exactly where the previous accepted one ended (no gap, no overlap), or,
 //!   for the first report, not before the activation of the contract (see
 //!   [`Pallet::activation_floor`]);
@@ -169,6 +170,11 @@ pub mod pallet {
         /// Longest window one report may cover, seconds.
         #[pallet::constant]
         type MaxWindowSecs: Get<u64>;
+        /// Most public traffic (bytes in plus out) a node may report per second of a window: what
+        /// a node's uplink could carry at most. A report above it is rejected, so a node cannot
+        /// bill a contract for traffic that never fit through a wire.
+        #[pallet::constant]
+        type MaxTrafficBytesPerSec: Get<u64>;
         /// How far past chain time a window may end, seconds: node clocks and block times differ.
         #[pallet::constant]
         type MaxClockDriftSecs: Get<u64>;
@@ -459,6 +465,10 @@ impl<T: Config> Pallet<T> {
         let latest_end = (now_ms / 1000).saturating_add(T::MaxClockDriftSecs::get());
         check(report.window_end <= latest_end, WindowInFuture)?;
         check(report.uptime_seconds <= length, UptimeExceedsWindow)?;
+        let traffic =
+            u128::from(report.public_bytes_in).saturating_add(report.public_bytes_out.into());
+        let carried = u128::from(length).saturating_mul(T::MaxTrafficBytesPerSec::get().into());
+        check(traffic <= carried, TrafficAboveCapacity)?;
         match &previous {
             Some(billing) => match report.window_start.cmp(&billing.billed_until()) {
                 core::cmp::Ordering::Less => return Err(WindowOverlap),

@@ -68,6 +68,8 @@ impl pallet_balances::Config for Test {
 
 pub const MAX_BATCH: u32 = 16;
 pub const MAX_WINDOW: u64 = 3_600;
+/// 10 Gbit/s.
+pub const MAX_TRAFFIC_PER_SEC: u64 = 1_250_000_000;
 pub const DRIFT: u64 = 60;
 pub const BLOCK_MS: u64 = 6_000;
 pub const GRACE_BLOCKS: BlockNumber = 100;
@@ -102,6 +104,7 @@ impl pallet_billing::Config for Test {
     type TreasuryAccount = Treasury;
     type MaxReportsPerBatch = ConstU32<MAX_BATCH>;
     type MaxWindowSecs = ConstU64<MAX_WINDOW>;
+    type MaxTrafficBytesPerSec = ConstU64<MAX_TRAFFIC_PER_SEC>;
     type MaxClockDriftSecs = ConstU64<DRIFT>;
     type BlockTimeMs = ConstU64<BLOCK_MS>;
     type GracePeriodBlocks = ConstU64<GRACE_BLOCKS>;

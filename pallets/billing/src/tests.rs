@@ -247,8 +247,9 @@ fn an_unpayable_charge_at_the_bounds_becomes_debt_and_totals_still_add_up() {
         );
         advance_secs(MAX_WINDOW);
         let mut r = report(c, START, START + MAX_WINDOW, MAX_WINDOW);
-        r.public_bytes_in = u64::MAX;
-        r.public_bytes_out = u64::MAX;
+        // As much traffic as the window may carry.
+        r.public_bytes_in = MAX_WINDOW * MAX_TRAFFIC_PER_SEC / 2;
+        r.public_bytes_out = MAX_WINDOW * MAX_TRAFFIC_PER_SEC / 2;
         assert_eq!(submit(NODE_ACCOUNT, vec![r]).pays_fee, Pays::No);
         // Everything but the existential deposit was taken; the rest is debt.
         assert_eq!(balance(OWNER), ED);
@@ -450,6 +451,15 @@ fn window_rules_each_have_their_reason() {
             (
                 report(77, START, START + 100, 0),
                 RejectReason::UnknownContract,
+            ),
+            // More traffic than 100 s at the cap could carry, split between both directions.
+            (
+                ConsumptionReport {
+                    public_bytes_in: 50 * MAX_TRAFFIC_PER_SEC,
+                    public_bytes_out: 50 * MAX_TRAFFIC_PER_SEC + 1,
+                    ..report(c, START, START + 100, 100)
+                },
+                RejectReason::TrafficAboveCapacity,
             ),
         ];
         for (r, reason) in cases.iter() {

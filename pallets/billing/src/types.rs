@@ -190,6 +190,8 @@ pub enum RejectReason {
     FarmUnknown,
     /// The farm's pricing policy does not exist.
     NoPricingPolicy,
+    /// The window's public traffic is more than `MaxTrafficBytesPerSec` times its length.
+    TrafficAboveCapacity,
 }
 
 /// What billing keeps per contract from its first accepted report until the contract ends.

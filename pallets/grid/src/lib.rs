@@ -8,8 +8,9 @@
 //!   and proves liveness with fee-free heartbeats. Online/Offline is derived from the time of
 //!   the last heartbeat, and the current uninterrupted uptime is stored.
 //! - The farm owner declares how each of its nodes reaches the public network (IPv4, the IPv6
-//!   prefix its VMs get addresses from, the domain for gateways); the node's executor applies
-//!   that declaration. A node's own IPv4 address is unique chain-wide, like a pool address.
+//!   prefix its VMs get addresses from, the domain for gateways); the node's executor gives
+//!   VMs IPv6 addresses from the declared subnet. A node's own IPv4 address is unique
+//!   chain-wide, like a pool address.
 //! - The capacity ledger (`reserved` per node) and the IP assignments are changed only through
 //!   [`zos_primitives::GridCapacity`], implemented by this pallet for the deployments and
 //!   billing pallets. Memory and disks are never overcommitted; CPU by a constant factor.
@@ -246,8 +247,7 @@ pub mod pallet {
             node_id: NodeId,
             active_contracts: u32,
         },
-        /// The farm owner set (or cleared) the node's public configuration; the node's
-        /// executor applies it.
+        /// The farm owner set (or cleared) the node's public configuration.
         NodePublicConfigSet { node_id: NodeId, farm_id: FarmId },
     }
 
@@ -778,9 +778,9 @@ pub mod pallet {
         }
 
         /// The farm owner declares how the node reaches the public network; `None` clears the
-        /// declaration. This is what the node's executor applies: the node's own IPv4 address
-        /// and gateway, the IPv6 prefix (and gateway) from which its VMs get their public
-        /// addresses, and the domain under which it serves gateway workloads.
+        /// declaration: the node's own IPv4 address and gateway, the IPv6 subnet (and gateway)
+        /// from which the node's executor gives its VMs their public IPv6 addresses (a /64 or
+        /// wider), and the domain under which it serves gateway workloads.
         ///
         /// Validated exactly as in `register_node` and `update_node`, and the node's IPv4
         /// address stays unique chain-wide: it may not be held by a farm pool or another node.

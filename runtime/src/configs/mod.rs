@@ -190,6 +190,8 @@ impl pallet_billing::Config for Runtime {
     type MaxReportsPerBatch = ConstU32<256>;
     /// A window covers at most an hour of consumption.
     type MaxWindowSecs = ConstU64<3600>;
+    /// 100 Gbit/s: above any node's uplink today.
+    type MaxTrafficBytesPerSec = ConstU64<12_500_000_000>;
     /// Reports may end at most a minute after chain time (node clocks drift).
     type MaxClockDriftSecs = ConstU64<60>;
     type BlockTimeMs = ConstU64<MILLI_SECS_PER_BLOCK>;

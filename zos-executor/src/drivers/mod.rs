@@ -74,6 +74,20 @@ pub struct Usage {
     pub public_bytes_out: u64,
 }
 
+/// One public card's traffic counters as the node read them (cumulative since the card was
+/// made).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardReading {
+    Counted {
+        bytes_in: u64,
+        bytes_out: u64,
+    },
+    /// The card does not exist (not made yet, or removed).
+    Absent,
+    /// The card exists but its counters could not be read this time.
+    Unreadable,
+}
+
 /// Why a driver call failed. Only `Permanent` fails a deployment: everything else is retried
 /// with backoff, because a node must not turn a passing problem into a lost workload.
 #[derive(Debug, thiserror::Error)]
@@ -125,4 +139,13 @@ pub trait Driver: Send + Sync {
     async fn resume(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
     async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed>;
     async fn usage(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Usage>;
+    /// The counters of the workload's public cards, by card: what billing meters. Read from
+    /// the host whether or not this process installed the workload.
+    async fn public_traffic(
+        &self,
+        _ctx: &WorkloadCtx,
+        _workload: &Workload,
+    ) -> Vec<(Vec<u8>, CardReading)> {
+        Vec::new()
+    }
 }

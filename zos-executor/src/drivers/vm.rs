@@ -46,8 +46,8 @@ use zos_vm::{
 };
 
 use super::{
-    disk::disk_path, network::NodeNetworks, Driver, DriverError, DriverResult, Observed, Usage,
-    WorkloadCtx,
+    disk::disk_path, network::NodeNetworks, CardReading, Driver, DriverError, DriverResult,
+    Observed, Usage, WorkloadCtx,
 };
 use crate::metrics::Metrics;
 
@@ -210,10 +210,10 @@ struct Installed {
     crashes: Arc<StdMutex<CrashCount>>,
     /// Size of each attached disk file as the guest knows it: (id, file, bytes).
     disk_sizes: Vec<(String, PathBuf, u64)>,
-    /// The cards as resolved at install: a public address the chain reassigned (an update
-    /// of the contract) or a changed node subnet means a new guest, never a card that keeps
-    /// an address another contract now holds.
-    nics: Vec<NicConfig>,
+    /// The public card as resolved at install: a public address the chain reassigned (an
+    /// update of the contract) or a changed node subnet means a new guest, never a card that
+    /// keeps an address another contract now holds.
+    public_nic: Option<NicConfig>,
 }
 
 pub struct VmDriver {
@@ -512,6 +512,14 @@ impl VmDriver {
     pub fn with_networks(mut self, networks: Arc<NodeNetworks>) -> Self {
         self.networks = Some(networks);
         self
+    }
+
+    /// The public card `w` should have now, if any.
+    fn public_nic(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Option<NicConfig>> {
+        match &self.networks {
+            Some(networks) => public_card(ctx, w, vm_spec(w)?, networks),
+            None => Ok(None),
+        }
     }
 
     /// Puts a tap per network attachment of `w` on its network's bridge (before the guest starts,
@@ -833,8 +841,8 @@ impl VmDriver {
         slot: &mut Option<Installed>,
     ) -> DriverResult<()> {
         if let Some(inst) = slot.as_ref() {
-            let cards_now = nics(ctx, w, vm_spec(w)?, self.networks.as_deref())?;
-            if inst.workload == *w && inst.nics == cards_now {
+            let public_now = self.public_nic(ctx, w)?;
+            if inst.workload == *w && inst.public_nic == public_now {
                 return match inst.vm.state().await {
                     VmState::Running | VmState::Paused | VmState::Restarting { .. } => Ok(()),
                     _ => inst
@@ -882,9 +890,9 @@ impl VmDriver {
         }
         info!(workload = %name_str(w), vm = %vm.name(), ?mounted, total = ?started.elapsed(), "VM installed");
         let disk_sizes = disk_sizes(&vm);
-        let nics = vm.config().nics.clone();
+        let public_nic = self.public_nic(ctx, w)?;
         *slot = Some(Installed {
-            nics,
+            public_nic,
             workload: w.clone(),
             vm,
             mount: Some(mount),
@@ -989,11 +997,11 @@ impl Driver for VmDriver {
             ));
         }
         // Only a context that knows the contract's public addresses can tell (an uptime
-        // check does not carry them): then a card that differs means re-create.
-        if let Ok(cards) = nics(ctx, workload, vm_spec(workload)?, self.networks.as_deref()) {
-            if cards != inst.nics {
+        // check does not carry them): then a public card that differs means re-create.
+        if let Ok(card) = self.public_nic(ctx, workload) {
+            if card != inst.public_nic {
                 return Ok(Observed::Broken(
-                    "the VM's network cards changed (public address reassigned)".into(),
+                    "the VM's public address changed (reassigned by the chain)".into(),
                 ));
             }
         }
@@ -1035,24 +1043,36 @@ impl Driver for VmDriver {
             .usage()
             .await
             .map_err(|e| transient(e.context("metering the guest")))?;
-        // Public traffic: what the node counted on the VM's public card (cumulative since the
-        // card was made; the meter bills the differences).
-        let mut traffic = zos_net::public::PublicTraffic::default();
-        if let (Some(networks), Some(_)) = (&self.networks, &vm_spec(workload)?.public_ip) {
-            let (tap, _) = networks.public_card(ctx.contract, workload.name.as_bytes());
-            traffic = networks
-                .public_traffic(&networks.tap_name(&tap))
-                .await
-                .map_err(|e| transient(e.context("reading the public card's counters")))?;
-        }
-        // Disk files are metered by the disk driver; counting them here too would bill twice.
+        // Disk files are metered by the disk driver (and public traffic by `public_traffic`);
+        // counting them here too would bill twice.
         Ok(Usage {
             cpu_time_ms: u.cpu_time_ms,
             memory_bytes: u.memory_bytes,
-            public_bytes_in: traffic.bytes_in,
-            public_bytes_out: traffic.bytes_out,
             ..Default::default()
         })
+    }
+
+    async fn public_traffic(&self, ctx: &WorkloadCtx, w: &Workload) -> Vec<(Vec<u8>, CardReading)> {
+        let (Some(networks), Ok(vm)) = (&self.networks, vm_spec(w)) else {
+            return Vec::new();
+        };
+        if vm.public_ip.is_none() {
+            return Vec::new();
+        }
+        let (tap, _) = networks.public_card(ctx.contract, w.name.as_bytes());
+        let card = networks.tap_name(&tap);
+        let reading = match networks.public_traffic_if_present(&card).await {
+            Ok(Some(t)) => CardReading::Counted {
+                bytes_in: t.bytes_in,
+                bytes_out: t.bytes_out,
+            },
+            Ok(None) => CardReading::Absent,
+            Err(e) => {
+                warn!(card, error = %format!("{e:#}"), "reading a public card's counters failed");
+                CardReading::Unreadable
+            }
+        };
+        vec![(card.into_bytes(), reading)]
     }
 }
 
