@@ -243,6 +243,7 @@ fn rtt_ms(target: &str) -> Result<f64> {
         "netns",
         "exec",
         "zpi-router",
+        "busybox",
         "ping",
         "-c",
         "20",
@@ -252,7 +253,7 @@ fn rtt_ms(target: &str) -> Result<f64> {
         target,
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    // "rtt min/avg/max/mdev = 0.031/0.045/0.080/0.010 ms"
+    // "round-trip min/avg/max = 0.066/0.086/0.119 ms"
     text.lines()
         .find_map(|l| l.split(" = ").nth(1))
         .and_then(|v| v.split('/').nth(1))
