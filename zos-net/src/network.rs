@@ -435,12 +435,7 @@ impl Networks {
         blocking(move || {
             // Carry the counters over a reload (a read and a load are not one transaction: the
             // few packets in between are not counted, never counted twice).
-            let table = public::table_name(&card_link);
-            let kept = if firewall::table_exists(ns.as_deref(), "bridge", &table)? {
-                public::parse_traffic(&firewall::list_counters(ns.as_deref(), "bridge", &table)?)?
-            } else {
-                public::PublicTraffic::default()
-            };
+            let kept = card_counters(ns.as_deref(), &card_link)?.unwrap_or_default();
             firewall::load(ns.as_deref(), &public::card_rules(&card_link, &card, kept))
         })
         .await?;
@@ -475,10 +470,9 @@ impl Networks {
 
     /// What went through the public card on `link_name` since its rules were first loaded.
     pub async fn public_traffic(&self, link_name: &str) -> Result<public::PublicTraffic> {
-        let (table, ns) = (public::table_name(link_name), self.underlay.clone());
-        let json =
-            blocking(move || firewall::list_counters(ns.as_deref(), "bridge", &table)).await?;
-        public::parse_traffic(&json)
+        self.public_traffic_if_present(link_name)
+            .await?
+            .with_context(|| format!("public card {link_name} has no rules"))
     }
 
     /// [`Self::public_traffic`], or `None` when the card has no rules (it does not exist).
@@ -486,15 +480,8 @@ impl Networks {
         &self,
         link_name: &str,
     ) -> Result<Option<public::PublicTraffic>> {
-        let (table, ns) = (public::table_name(link_name), self.underlay.clone());
-        let json = blocking(move || {
-            if !firewall::table_exists(ns.as_deref(), "bridge", &table)? {
-                return Ok(None);
-            }
-            firewall::list_counters(ns.as_deref(), "bridge", &table).map(Some)
-        })
-        .await?;
-        json.map(|j| public::parse_traffic(&j)).transpose()
+        let (ns, link_name) = (self.underlay.clone(), link_name.to_string());
+        blocking(move || card_counters(ns.as_deref(), &link_name)).await
     }
 
     /// Deletes tap `tap`; fine when it is gone.
@@ -531,6 +518,16 @@ impl Networks {
 /// Where the node keeps its network runtime files by default.
 pub fn default_run_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("net")
+}
+
+/// The counters of the public card on `link_name` in the namespace at `ns`, `None` when the
+/// card has no rules.
+fn card_counters(ns: Option<&Path>, link_name: &str) -> Result<Option<public::PublicTraffic>> {
+    let table = public::table_name(link_name);
+    if !firewall::table_exists(ns, "bridge", &table)? {
+        return Ok(None);
+    }
+    public::parse_traffic(&firewall::list_counters(ns, "bridge", &table)?).map(Some)
 }
 
 #[cfg(test)]

@@ -70,8 +70,6 @@ pub struct Usage {
     pub cpu_time_ms: u64,
     pub memory_bytes: u64,
     pub disk_bytes: u64,
-    pub public_bytes_in: u64,
-    pub public_bytes_out: u64,
 }
 
 /// One public card's traffic counters as the node read them (cumulative since the card was
