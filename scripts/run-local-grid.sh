@@ -163,6 +163,14 @@ cleanup() {
     [ "$p" = "$executor_pid" ] || [ "$p" = "$chain_pid" ] || stop_pid "$p" TERM
   done
   [ -n "$executor_pid" ] && stop_pid "$executor_pid" INT
+  # Guests outlive the executor in their shims (`zos-executor vm-shim <dir>`): SIGTERM stops
+  # each guest and unmounts its image.
+  while IFS= read -r pidfile; do
+    local pid
+    pid="$(cat "$pidfile" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "vm-shim $(dirname "$pidfile")"; then stop_pid "$pid" TERM; fi
+  done < <(find "$data_dir/node" -name shim.pid 2>/dev/null)
   # A hypervisor the executor left behind: its pid file names it; the command line must too.
   while IFS= read -r pidfile; do
     local pid
@@ -264,7 +272,7 @@ wait_for "image hub" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$hub_port"
 # ---- the contract
 spec="${ZOS_RUN_SPEC:-}"
 if [ -z "$spec" ]; then
-  if [ -f "$root_dir/zos-executor/src/drivers/vm.rs" ]; then
+  if [ -e "$root_dir/zos-executor/src/drivers/vm.rs" ] || [ -d "$root_dir/zos-executor/src/drivers/vm" ]; then
     spec="$root_dir/examples/vm.toml"
   else
     # This executor has no VM driver yet: deploy the example's disk alone.

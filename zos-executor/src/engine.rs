@@ -636,8 +636,12 @@ impl Engine {
             let Ok(driver) = self.driver(w) else {
                 return false;
             };
-            if !matches!(driver.inspect(&ctx, w).await, Ok(Observed::Running)) {
-                return false;
+            match driver.inspect(&ctx, w).await {
+                Ok(Observed::Running) => {}
+                other => {
+                    tracing::debug!(contract = local.contract, workload = %String::from_utf8_lossy(w.name.as_bytes()), observed = ?other.map_err(|e| e.to_string()), "not up");
+                    return false;
+                }
             }
         }
         true

@@ -9,6 +9,7 @@ pub mod meter;
 pub mod metrics;
 pub mod outbox;
 pub mod service;
+pub mod shim;
 pub mod store;
 
 // The chain client and identity live in `zos-client`, shared with the CLI and the tests.

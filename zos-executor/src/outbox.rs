@@ -285,6 +285,7 @@ impl Executor {
     /// After a rejected window, the open window continues from where the chain says billing
     /// stands; the uptime measured in it so far is kept (cut to the window), never zeroed.
     async fn resync_meter(&self, contract: ContractId) -> Result<()> {
+        let _meter_states = self.meter_states.lock().await;
         let now = unix_ms() / 1000;
         let Some(start) = self.chain.billed_until(contract).await? else {
             return Ok(());

@@ -47,6 +47,9 @@ pub struct Executor {
     report_slots: tokio::sync::Semaphore,
     /// Whether this node's on-chain public config was read once since start.
     node_config_read: std::sync::atomic::AtomicBool,
+    /// Held while meter states are read and written (sampling, and a resync after a rejected
+    /// report), which run in different tasks.
+    pub(crate) meter_states: tokio::sync::Mutex<()>,
 }
 
 /// The chain node behind the RPC says it is still syncing: its state may be far behind.
@@ -169,6 +172,7 @@ impl Executor {
             reports_in_flight: Default::default(),
             report_slots: tokio::sync::Semaphore::new(8),
             node_config_read: Default::default(),
+            meter_states: Default::default(),
         })
     }
 
@@ -186,11 +190,13 @@ impl Executor {
         ));
         let heartbeats = tokio::spawn(self.clone().heartbeat_loop());
         let metering = tokio::spawn(self.clone().metering_loop());
+        let reporting = tokio::spawn(self.clone().reporting_loop());
         let reconcile = tokio::spawn(self.clone().reconcile_loop());
         tokio::select! {
             r = follower => r.context("follower task")?,
             r = heartbeats => r.context("heartbeat task")?,
             r = metering => r.context("metering task")?,
+            r = reporting => r.context("reporting task")?,
             r = reconcile => r.context("reconcile task")?,
         }
         bail!("a core task stopped")
@@ -424,14 +430,29 @@ impl Executor {
         }
     }
 
+    fn sample_every(&self) -> Duration {
+        Duration::from_secs((self.meter().interval / 6).clamp(1, 10))
+    }
+
+    /// Samples uptime on a steady beat: a sample late by more than the meter's `max_gap`
+    /// counts the time before it as down, so nothing that waits on the chain runs here.
     async fn metering_loop(self: Arc<Self>) {
-        let sample_every = Duration::from_secs((self.meter().interval / 6).clamp(1, 10));
-        let mut tick = tokio::time::interval(sample_every);
+        let mut tick = tokio::time::interval(self.sample_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if let Err(e) = self.sample_all().await {
                 warn!(error = %format!("{e:#}"), "metering failed");
             }
+        }
+    }
+
+    /// Sends closed windows; a batch waits for finality (several blocks) on its own beat.
+    async fn reporting_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.sample_every());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
             if let Err(e) = self.flush_outbox().await {
                 warn!(error = %format!("{e:#}"), "sending consumption reports failed; kept for retry");
             }
@@ -440,6 +461,7 @@ impl Executor {
 
     /// Samples every contract's uptime; the whole pass is one store write, off the runtime.
     async fn sample_all(&self) -> Result<()> {
+        let _meter_states = self.meter_states.lock().await;
         let meter = self.meter();
         let now = unix_ms() / 1000;
         let store = self.store.clone();

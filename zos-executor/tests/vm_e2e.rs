@@ -2,6 +2,8 @@
 //! (a busybox image packed with zos-image, served by a loopback hub) and a Disk mounted at
 //! /data boots a guest whose console shows the spec's env and entrypoint output; the chain
 //! shows Deployed; a disk grown by a spec update is seen by the running guest; an image whose index does not hash to the pinned root is refused for good;
+//! the guest outlives executor restarts (kill -9 and SIGTERM): same QEMU, same mount, its tick
+//! count goes on, the restarted executor adopts it and reports continue in contiguous windows;
 //! cancelling stops QEMU, unmounts the image and removes the VM's directory.
 //!
 //! Needs QEMU, /dev/fuse, root (FUSE mount with allow_other, virtiofsd) and busybox-static; the
@@ -18,7 +20,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
-    registered_node, setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
+    registered_node, settled_reports, setup_farm, state_of, which, Executor, ExecutorOptions,
+    Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
@@ -40,11 +43,13 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
 };
 
 fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
-    // Prints the env and proves the image and the disk, then reports the disk's size as the
-    // guest sees it every second (to see an in-place growth).
+    // Prints the env and proves the image and the disk, then every second a tick count (to
+    // see that the guest keeps running) and the disk's size as the guest sees it (to see an
+    // in-place growth).
     let entrypoint = "/bin/sh -c 'echo \"GREETING=$GREETING\"; cat /etc/image-release; \
                       echo disk-ok > /data/marker && cat /data/marker; echo ENTRYPOINT-DONE; \
-                      while true; do echo \"VDA-SECTORS $(cat /sys/class/block/vda/size)\"; sleep 1; done'";
+                      i=0; while true; do i=$((i+1)); \
+                      echo \"TICK $i VDA-SECTORS $(cat /sys/class/block/vda/size)\"; sleep 1; done'";
     let spec = serde_json::json!({
         "version": version,
         "workloads": [
@@ -74,6 +79,35 @@ fn is_alive(pid: i32) -> bool {
             .is_some_and(|(_, rest)| rest.starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// The guest's last printed tick count (0 before the first).
+fn last_tick(console: &Path) -> u64 {
+    let text = std::fs::read_to_string(console).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "TICK")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// How often the guest's entrypoint started (a restarted guest prints this again).
+fn boots(console: &Path) -> usize {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .matches("ENTRYPOINT-DONE")
+        .count()
+}
+
+fn read_pid(vm_dir: &Path) -> Result<i32> {
+    Ok(std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?
+        .trim()
+        .parse()?)
 }
 
 fn mounted(path: &Path) -> bool {
@@ -239,6 +273,102 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     eprintln!(
         "update (finalized) -> version 1 Deployed and the guest sees 128 MiB: {:?}",
         updated.elapsed()
+    );
+
+    // ---- executor restarts (kill -9, then SIGTERM as on an upgrade): the guest keeps running
+    // in its shim, the new executor adopts it; metering goes on in contiguous windows.
+    let restarts_from = grid.api.at_current_block().await?.block_number();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let first_stop = unix_now();
+    for how in ["kill -9", "SIGTERM"] {
+        let ticks_before = last_tick(&console);
+        let boots_before = boots(&console);
+        if how == "kill -9" {
+            executor.kill9();
+        } else {
+            executor.terminate()?;
+        }
+        let down = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(is_alive(pid), "the guest died with the executor ({how})");
+        executor.start()?;
+        POLLING
+            .until(
+                "the restarted executor adopting the guest",
+                Duration::from_secs(90),
+                || async {
+                    let log = std::fs::read_to_string(data_dir.join("executor.log"))?;
+                    let adopted = log.matches("adopted a running guest").count();
+                    Ok((adopted >= if how == "kill -9" { 1 } else { 2 }).then_some(()))
+                },
+            )
+            .await
+            .with_context(|| executor.log_tail())?;
+        let adopted_after = down.elapsed();
+        POLLING
+            .until("the guest ticking on", Duration::from_secs(30), || async {
+                Ok((last_tick(&console) >= ticks_before + 5).then_some(()))
+            })
+            .await?;
+        ensure!(
+            is_alive(pid) && read_pid(&vm_dir)? == pid,
+            "the guest was restarted by the executor restart ({how})"
+        );
+        ensure!(
+            boots(&console) == boots_before,
+            "the guest booted again after the executor restart ({how})"
+        );
+        ensure!(
+            mounted(&vm_dir.join("rootfs")),
+            "the image mount went away with the executor ({how})"
+        );
+        ensure!(
+            state_of(&grid.api, node, contract).await? == Some(ContractState::Deployed),
+            "the contract left Deployed after the executor restart ({how})"
+        );
+        eprintln!("executor {how}: guest kept running (ticks {ticks_before} -> {}), adopted {adopted_after:?} after the stop", last_tick(&console));
+    }
+    // Reports keep flowing after the restarts, in contiguous windows, and the time across
+    // them is billed as up (at most one window short).
+    let restarted = unix_now();
+    let reports = POLLING
+        .until(
+            "reports settled for the windows after the restarts",
+            Duration::from_secs(120),
+            || async {
+                let r = settled_reports(&grid.api, restarts_from, contract).await?;
+                Ok(r.iter()
+                    .any(|r| r.window_end >= restarted + 12)
+                    .then_some(r))
+            },
+        )
+        .await
+        .with_context(|| executor.log_tail())?;
+    for pair in reports.windows(2) {
+        ensure!(
+            pair[1].window_start == pair[0].window_end,
+            "a gap in the report windows across executor restarts: {reports:?}"
+        );
+    }
+    let across: Vec<_> = reports
+        .iter()
+        .filter(|r| r.window_end > first_stop)
+        .collect();
+    let (span, up): (u64, u64) = across.iter().fold((0, 0), |(s, u), r| {
+        (s + r.window_end - r.window_start, u + r.uptime_seconds)
+    });
+    eprintln!(
+        "reports across the restarts: {} windows, {up} s up of {span} s",
+        across.len()
+    );
+    ensure!(
+        up + 6 >= span,
+        "uptime lost across executor restarts ({up} s of {span} s): {reports:?}"
     );
 
     // ---- an image whose index does not hash to the pinned root is refused for good

@@ -32,7 +32,7 @@ pub const MAX_DISK_ID_LEN: usize = 20;
 
 /// A virtual machine as the hypervisor backends see it. Built by the executor's VM driver from
 /// a `VmSpec` (see README.md for the mapping).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// Unique on the node; `[a-z0-9_-]`, 1..=48 bytes. Names the cgroup and log lines.
     pub name: String,
@@ -47,7 +47,7 @@ pub struct VmConfig {
 }
 
 /// What the guest's root filesystem is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BootMode {
     /// No root filesystem: the entrypoint runs in the project's initramfs (busybox). For
     /// diagnostics, probes and tests.
@@ -64,7 +64,7 @@ pub enum BootMode {
 }
 
 /// Where container mode keeps the guest's writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum WritableLayer {
     /// Guest memory, bounded; lost when the guest stops.
     Tmpfs { size_mib: u64 },
@@ -73,7 +73,7 @@ pub enum WritableLayer {
 }
 
 /// A raw disk file attached as a virtio-blk device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskAttachment {
     /// The guest finds the disk by this virtio-blk serial: `[A-Za-z0-9_-]`, at most 20 bytes.
     pub id: String,
@@ -85,7 +85,7 @@ pub struct DiskAttachment {
 }
 
 /// A network interface backed by an existing host tap device (created by the network driver).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NicConfig {
     pub tap: String,
     pub mac: [u8; 6],
@@ -103,7 +103,7 @@ pub struct NicConfig {
 }
 
 /// What the guest's init applies before running the entrypoint.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestConfig {
     pub hostname: String,
     pub env: Vec<(String, String)>,

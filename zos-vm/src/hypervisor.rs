@@ -97,7 +97,7 @@ impl fmt::Display for ExitKind {
 }
 
 /// Which acceleration a backend ended up using.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Accel {
     Kvm,
     Tcg,

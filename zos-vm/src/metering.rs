@@ -61,7 +61,7 @@ pub fn allocated_bytes(path: &Path) -> Result<u64> {
 }
 
 /// What a VM uses: its processes (hypervisor + helpers) and its disks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmUsage {
     /// CPU time since the VM was created, over all restarts, milliseconds.
     pub cpu_time_ms: u64,

@@ -106,7 +106,7 @@ pub enum VmEvent {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmState {
     /// Created, never started (or deleted-in-progress).
     Created,

@@ -40,8 +40,9 @@ use zos_primitives::{
 pub enum StopOnDrop {
     /// SIGKILL: nothing the executor started is cleaned up.
     Kill,
-    /// SIGTERM, which the executor handles like SIGINT: guests and mounts go down with its
-    /// runtime. SIGKILL after a grace period.
+    /// SIGTERM, which the executor handles like SIGINT (SIGKILL after a grace period). Either
+    /// way the executor's guests outlive it in their shims: dropping an [`Executor`] stops them
+    /// too ([`stop_shims`]).
     Terminate,
 }
 
@@ -193,6 +194,61 @@ impl Drop for Executor {
             }
         }
         eprintln!("---- executor log ----\n{}\n----", self.log_tail());
+        // Guests outlive the executor by design; a test's guests end with its executor.
+        stop_shims(&self.data_dir);
+    }
+}
+
+/// The VM shims running for VMs under `data_dir` (pid, VM directory).
+pub fn running_shims(data_dir: &Path) -> Vec<(i32, PathBuf)> {
+    let mut found = Vec::new();
+    let Ok(contracts) = std::fs::read_dir(data_dir.join("contracts")) else {
+        return found;
+    };
+    for contract in contracts.flatten() {
+        let Ok(vms) = std::fs::read_dir(contract.path().join("vms")) else {
+            continue;
+        };
+        for vm in vms.flatten() {
+            let dir = vm.path();
+            let client = zos_executor::shim::client::ShimClient::new(&dir);
+            if let Some(pid) = client.running_pid() {
+                found.push((pid, dir));
+            }
+        }
+    }
+    found
+}
+
+/// Stops every VM shim under `data_dir` as a service manager would (SIGTERM: guest stopped,
+/// image unmounted), SIGKILL for one that takes over 20 s, and kills a hypervisor left behind.
+pub fn stop_shims(data_dir: &Path) {
+    let shims = running_shims(data_dir);
+    for (pid, _) in &shims {
+        // SAFETY: plain kill(2) on a pid whose command line names a shim of this test.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (pid, dir) in &shims {
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let hypervisor = std::fs::read_to_string(dir.join("hypervisor.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(qemu) = hypervisor {
+            let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap_or_default();
+            let pidfile = dir.join("hypervisor.pid");
+            let needle = pidfile.as_os_str().as_encoded_bytes();
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                // SAFETY: as above, for the hypervisor named by the VM's pid file.
+                unsafe { libc::kill(qemu, libc::SIGKILL) };
+            }
+        }
     }
 }
 

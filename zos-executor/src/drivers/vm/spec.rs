@@ -1,0 +1,230 @@
+//! The pure mapping of a `Vm` workload (and its contract's networks and public IPs) onto a
+//! zos-vm configuration: names, cards, disks, the guest's env and entrypoint. Nothing here
+//! touches the host.
+
+use std::path::{Path, PathBuf};
+
+use zos_primitives::{
+    spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
+    ContractId,
+};
+use zos_vm::{BootMode, DiskAttachment, GuestConfig, NicConfig, VmConfig, WritableLayer};
+
+use crate::drivers::{
+    disk::disk_path, network::NodeNetworks, DriverError, DriverResult, WorkloadCtx,
+};
+
+/// zos-vm's limit on VM names.
+pub(super) const MAX_VM_NAME: usize = 48;
+
+pub(super) fn name_str(w: &Workload) -> String {
+    String::from_utf8_lossy(w.name.as_bytes()).into_owned()
+}
+
+pub(super) fn vm_spec(w: &Workload) -> DriverResult<&VmSpec> {
+    match &w.kind {
+        WorkloadKind::Vm(vm) => Ok(vm),
+        _ => Err(DriverError::permanent("not a vm workload")),
+    }
+}
+
+/// `<contract dir>/vms/<name>`: the VM's files (console log, sockets) and its image mount.
+pub fn vm_dir(ctx: &WorkloadCtx, w: &Workload) -> PathBuf {
+    ctx.dir.join("vms").join(name_str(w))
+}
+
+pub(super) fn rootfs_dir(ctx: &WorkloadCtx, w: &Workload) -> PathBuf {
+    vm_dir(ctx, w).join("rootfs")
+}
+
+/// Unique on the node, `[a-z0-9_-]{1,48}`: `c<contract>-<workload>`, shortened with a hash
+/// suffix when too long.
+pub(super) fn vm_name(contract: ContractId, w: &Workload) -> String {
+    let full = format!("c{contract}-{}", name_str(w));
+    if full.len() <= MAX_VM_NAME {
+        return full;
+    }
+    let tag = &zos_image::Hash::of(full.as_bytes()).to_hex()[..8];
+    format!("{}-{tag}", &full[..MAX_VM_NAME - 9])
+}
+
+/// The VM's cards: a public card first when it names a public IP (carrying the default route
+/// via the farm's gateway), then one per network attachment with an address in the node's /24
+/// of that network and routes via the network's gateway `.1` for the network's range and its
+/// peers' addresses outside it (laptops); without a public card the first of these carries
+/// the default route instead.
+fn nics(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    vm: &VmSpec,
+    networks: Option<&NodeNetworks>,
+) -> DriverResult<Vec<NicConfig>> {
+    if vm.networks.is_empty() && vm.public_ip.is_none() {
+        return Ok(vec![]);
+    }
+    let networks = networks.ok_or_else(|| {
+        DriverError::permanent("this node serves no networks: network cards are refused")
+    })?;
+    let mut cards = Vec::new();
+    if let Some(public) = public_card(ctx, w, vm, networks)? {
+        cards.push(public);
+    }
+    for a in vm.networks.iter() {
+        let (tap, mac) =
+            networks
+                .naming
+                .card(ctx.contract, w.name.as_bytes(), a.network.as_bytes());
+        let [x, y, z, _] = a.ip;
+        let gateway = std::net::Ipv4Addr::new(x, y, z, 1);
+        let mut routes = Vec::new();
+        if let Some(net) = ctx.spec.workload(&a.network).and_then(Workload::as_network) {
+            let range = net.ip_range;
+            routes.push((range.network().into(), range.prefix_len, gateway));
+            for peer in net.peers.iter() {
+                for allowed in peer.allowed_ips.iter() {
+                    let outside = !range.overlaps(allowed) && !allowed.overlaps(&net.subnet);
+                    let route = (allowed.network().into(), allowed.prefix_len, gateway);
+                    if outside && !routes.contains(&route) {
+                        routes.push(route);
+                    }
+                }
+            }
+        }
+        let default_here = !cards.iter().any(|c| c.gateway.is_some());
+        cards.push(NicConfig {
+            tap: networks.tap_name(&tap),
+            mac,
+            address: Some((std::net::Ipv4Addr::from(a.ip), 24)),
+            // Without a public IPv4, the private network carries the IPv4 default route.
+            gateway: default_here.then_some(gateway),
+            routes: if default_here { vec![] } else { routes },
+            address6: None,
+            gateway6: None,
+        });
+    }
+    Ok(cards)
+}
+
+/// The card on the farmer's public bridge of a VM that names a public IP: the farm IPv4 the
+/// chain assigned and/or the IPv6 derived from the node's subnet, as the public IP asks.
+pub(super) fn public_card(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    vm: &VmSpec,
+    networks: &NodeNetworks,
+) -> DriverResult<Option<NicConfig>> {
+    let Some(name) = &vm.public_ip else {
+        return Ok(None);
+    };
+    let shown = String::from_utf8_lossy(name.as_bytes());
+    let Some(WorkloadKind::PublicIp(wanted)) = ctx.spec.workload(name).map(|p| &p.kind) else {
+        return Err(DriverError::permanent(format!(
+            "public IP '{shown}': no public IP workload of that name"
+        )));
+    };
+    let v4 = match wanted.v4 {
+        true => Some(ctx.public_ipv4(name).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "public IP '{shown}': the chain assigned it no farm IPv4"
+            ))
+        })?),
+        false => None,
+    };
+    let v6 = match wanted.v6 {
+        true => Some(ctx.public_ipv6(name).ok_or_else(|| {
+            DriverError::permanent(format!(
+                "public IP '{shown}': this node has no public IPv6 subnet (/64 or wider) to give addresses from"
+            ))
+        })?),
+        false => None,
+    };
+    let (tap, mac) = networks.public_card(ctx.contract, w.name.as_bytes());
+    Ok(Some(NicConfig {
+        tap: networks.tap_name(&tap),
+        mac,
+        address: v4.map(|ip| (ip.ip.ip.into(), ip.ip.prefix_len)),
+        gateway: v4.map(|ip| ip.gateway.into()),
+        routes: vec![],
+        address6: v6.map(|(ip, len, _)| (ip, len)),
+        gateway6: v6.map(|(_, _, gw)| gw),
+    }))
+}
+
+/// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here).
+pub fn vm_config(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    rootfs: PathBuf,
+    networks: Option<&NodeNetworks>,
+) -> DriverResult<VmConfig> {
+    let vm = vm_spec(w)?;
+    let nics = nics(ctx, w, vm, networks)?;
+    let mut disks = Vec::new();
+    for (i, m) in vm.mounts.iter().enumerate() {
+        let target = Workload {
+            name: m.workload.clone(),
+            kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }),
+        };
+        let path = disk_path(ctx, &target);
+        let target_name = name_str(&target);
+        if !path.is_file() {
+            return Err(DriverError::permanent(format!(
+                "mount {target_name}: no disk of that name on this node (only disks can be mounted; volumes are not supported yet)"
+            )));
+        }
+        // The guest finds a disk by its virtio serial (at most 20 bytes).
+        let id = if target_name.len() <= zos_vm::config::MAX_DISK_ID_LEN {
+            target_name
+        } else {
+            format!("d{i}")
+        };
+        disks.push(DiskAttachment {
+            id,
+            path,
+            mount: Some(String::from_utf8_lossy(m.path.as_bytes()).into_owned()),
+            read_only: false,
+        });
+    }
+    let text = |b: &[u8], what: &str| {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| DriverError::permanent(format!("{what} is not UTF-8")))
+    };
+    let guest = GuestConfig {
+        hostname: name_str(w).replace('_', "-"),
+        env: vm
+            .env
+            .iter()
+            .map(|e| {
+                Ok((
+                    text(e.key.as_bytes(), "env key")?,
+                    text(e.value.as_bytes(), "env value")?,
+                ))
+            })
+            .collect::<DriverResult<_>>()?,
+        entrypoint: text(vm.entrypoint.as_bytes(), "entrypoint")?,
+        ssh_keys: vm
+            .ssh_keys
+            .iter()
+            .map(|k| text(k.as_bytes(), "ssh key"))
+            .collect::<DriverResult<_>>()?,
+    };
+    let cfg = VmConfig {
+        name: vm_name(ctx.contract, w),
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        boot: BootMode::Container {
+            rootfs_dir: rootfs,
+            writable: WritableLayer::Tmpfs {
+                size_mib: vm.rootfs_mib,
+            },
+        },
+        disks,
+        nics,
+        guest,
+        // The taps live in the node's underlay namespace: the hypervisor opens them there.
+        netns: networks.and_then(|n| n.underlay().map(Path::to_path_buf)),
+    };
+    cfg.validate()
+        .map_err(|e| DriverError::permanent(format!("VM configuration refused: {e:#}")))?;
+    Ok(cfg)
+}
