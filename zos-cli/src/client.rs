@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use codec::{Decode, Encode};
+use codec::Decode;
 use subxt::{
     error::{DispatchError, TransactionEventsError, TransactionFinalizedSuccessError},
     ext::scale_value::Value,
@@ -107,16 +107,14 @@ impl Chain {
         Ok(Self { api })
     }
 
-    /// Calls a runtime API at the latest finalized block; the answer is decoded with `codec`
-    /// straight into primitives types.
-    pub async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
-        let at = self.api.at_current_block().await?;
-        let bytes = at
-            .runtime_apis()
-            .call_raw(method, Some(args))
-            .await
-            .with_context(|| format!("calling {method}"))?;
-        R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {method}"))
+    /// Calls a runtime API through its statically generated payload (`runtime::apis()...`) at
+    /// the latest finalized block; the answer is decoded straight into primitives types.
+    pub async fn runtime_api<P, R>(&self, payload: P) -> Result<R>
+    where
+        P: subxt::runtime_apis::Payload,
+        R: Decode,
+    {
+        Ok(zos_client::chain::call_runtime_api(&self.api, payload).await?.1)
     }
 
     /// Signs, submits and waits until the transaction is in a finalized block.
@@ -189,11 +187,6 @@ pub fn event_list(events: &TxEvents) -> Result<Vec<(String, String, Value)>> {
         ));
     }
     Ok(out)
-}
-
-/// SCALE-encodes a runtime-API argument.
-pub fn arg<T: Encode>(value: &T) -> Vec<u8> {
-    value.encode()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use zos_client::chain::runtime;
 use zos_primitives::{contracts::NodeContract, ContractId, NodeId};
 
 use crate::{
-    client::{arg, Chain},
+    client::Chain,
     commands::{Ctx, Out},
     format,
     network_plan::{self, base64, NetworkPlan, NodeInputs, PlanFile},
@@ -67,7 +67,7 @@ pub(crate) async fn node_box_key(chain: &Chain, node: NodeId) -> Result<[u8; 32]
 async fn node_inputs(chain: &Chain, node: NodeId) -> Result<NodeInputs> {
     let box_key = node_box_key(chain, node).await?;
     let contracts: Vec<(ContractId, NodeContract)> = chain
-        .runtime_call("DeploymentsApi_contracts_of_node", &arg(&node))
+        .runtime_api(runtime::runtime_apis().deployments_api().contracts_of_node(node))
         .await
         .with_context(|| format!("contracts of node {node}"))?;
     let used_ports = contracts

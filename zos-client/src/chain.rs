@@ -30,6 +30,33 @@ pub mod runtime {}
 use runtime::runtime_types;
 
 pub type Client = OnlineClient<SubstrateConfig>;
+
+/// Calls a runtime API through its statically generated payload (`runtime::runtime_apis()...`): trait,
+/// method and argument types are checked at compile time, and the live runtime's API is
+/// checked against the one compiled in before the call. The answer is decoded with `codec`
+/// straight into the primitives type of the same encoding. Read at the latest finalized
+/// block, whose number comes back with the answer.
+pub async fn call_runtime_api<P, R>(api: &Client, payload: P) -> Result<(u64, R)>
+where
+    P: subxt::runtime_apis::Payload,
+    R: Decode,
+{
+    let at = api.at_current_block().await?;
+    let apis = at.runtime_apis();
+    let name = apis.encode_name(&payload);
+    apis.validate(&payload)
+        .with_context(|| format!("{name}: this runtime's API differs from the one compiled in"))?;
+    let args = apis
+        .encode_args(&payload)
+        .with_context(|| format!("encoding the arguments of {name}"))?;
+    let bytes = apis
+        .call_raw(&name, Some(&args))
+        .await
+        .with_context(|| format!("calling {name} at block {}", at.block_number()))?;
+    let value =
+        R::decode(&mut &bytes[..]).with_context(|| format!("decoding the answer of {name}"))?;
+    Ok((at.block_number(), value))
+}
 /// A contract's billing state as the billing runtime API returns it.
 pub type BillingStatus = zos_primitives::billing::ContractBillingStatus<u128, u32>;
 /// Used when the metadata does not carry the billing pallet's `MaxWindowSecs`.
@@ -130,40 +157,17 @@ impl Chain {
         })
     }
 
-    /// Calls a runtime API at the latest finalized block, decoding the answer with `codec`
-    /// straight into primitives types.
-    async fn runtime_call<R: Decode>(&self, method: &str, args: &[u8]) -> Result<R> {
-        Ok(self.runtime_call_numbered(method, args).await?.1)
-    }
-
-    /// [`Self::runtime_call`], also naming the finalized block the answer is from.
-    async fn runtime_call_numbered<R: Decode>(
-        &self,
-        method: &str,
-        args: &[u8],
-    ) -> Result<(u64, R)> {
-        let at = self.api.at_current_block().await?;
-        let bytes = at
-            .runtime_apis()
-            .call_raw(method, Some(args))
-            .await
-            .with_context(|| format!("calling {method} at block {}", at.block_number()))?;
-        let value = R::decode(&mut &bytes[..])
-            .with_context(|| format!("decoding the answer of {method}"))?;
-        Ok((at.block_number(), value))
-    }
-
     pub async fn node_of(&self, account: &subxt::utils::AccountId32) -> Result<Option<NodeId>> {
-        self.runtime_call("GridApi_node_by_account", &account.0.encode())
-            .await
+        let payload = runtime::runtime_apis().grid_api().node_by_account(account.clone());
+        Ok(call_runtime_api(&self.api, payload).await?.1)
     }
 
     /// The desired state: every contract on `node` with its active spec, and the finalized
     /// block it was read at.
     pub async fn contracts_of_node(&self, node: NodeId) -> Result<(u64, Vec<NodeContract>)> {
-        let (at, list): (u64, Vec<(ContractId, NodeContract)>) = self
-            .runtime_call_numbered("DeploymentsApi_contracts_of_node", &node.encode())
-            .await?;
+        let payload = runtime::runtime_apis().deployments_api().contracts_of_node(node);
+        let (at, list): (u64, Vec<(ContractId, NodeContract)>) =
+            call_runtime_api(&self.api, payload).await?;
         Ok((at, list.into_iter().map(|(_, c)| c).collect()))
     }
 
@@ -178,8 +182,8 @@ impl Chain {
         &self,
         contract: ContractId,
     ) -> Result<(u64, Option<BillingStatus>)> {
-        self.runtime_call_numbered("BillingApi_contract_billing", &contract.encode())
-            .await
+        let payload = runtime::runtime_apis().billing_api().contract_billing(contract);
+        call_runtime_api(&self.api, payload).await
     }
 
     /// The longest consumption window the chain accepts (the billing pallet's constant).

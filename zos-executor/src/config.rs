@@ -72,6 +72,10 @@ pub struct Flags {
     /// ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
     #[arg(long, env = "ZOS_GUEST_CACHE")]
     pub guest_cache: Option<PathBuf>,
+    /// Seconds a guest gets to shut down cleanly (ACPI power button: its processes get
+    /// SIGTERM, its disks are unmounted) before it is stopped hard. Default 10.
+    #[arg(long = "vm-stop-grace", env = "ZOS_VM_STOP_GRACE")]
+    pub vm_stop_grace_secs: Option<u64>,
     /// Do not serve private networks (network workloads and VM network cards then fail).
     #[arg(long, env = "ZOS_NO_NETWORK")]
     pub no_network: bool,
@@ -109,6 +113,7 @@ pub struct FileConfig {
     pub allow_image_source: Option<Vec<String>>,
     pub no_vm: Option<bool>,
     pub guest_cache: Option<PathBuf>,
+    pub vm_stop_grace_secs: Option<u64>,
     pub no_network: Option<bool>,
     pub net_prefix: Option<String>,
     pub underlay_netns: Option<PathBuf>,
@@ -132,6 +137,8 @@ pub struct Config {
     /// Run VM workloads when the host can (QEMU and FUSE present).
     pub vm_enabled: bool,
     pub guest_cache: Option<PathBuf>,
+    /// How long a guest gets to shut down cleanly before a hard stop.
+    pub vm_stop_grace: Duration,
     /// Image source prefixes specs may name; empty: any http(s) hub.
     pub allowed_image_sources: Vec<String>,
     /// Serve private networks when the host can (root, nftables, WireGuard).
@@ -224,6 +231,13 @@ impl Config {
             capacity,
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
+            vm_stop_grace: Duration::from_secs(
+                flags
+                    .vm_stop_grace_secs
+                    .or(file.vm_stop_grace_secs)
+                    .unwrap_or(10)
+                    .min(600),
+            ),
             allowed_image_sources,
             network_enabled: !(flags.no_network || file.no_network.unwrap_or(false)),
             net_prefix: zos_net::Prefix::new(

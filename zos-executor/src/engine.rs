@@ -31,6 +31,10 @@ use crate::{
     store::{LocalContract, Store, WorkloadOutcome},
 };
 
+/// How long an uptime check waits for a workload's driver (a VM's slot is held for the whole
+/// of an install or a stop).
+const UP_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Install order of a workload kind: what others depend on comes first.
 fn install_rank(w: &Workload) -> u8 {
     match &w.kind {
@@ -636,7 +640,16 @@ impl Engine {
             let Ok(driver) = self.driver(w) else {
                 return false;
             };
-            match driver.inspect(&ctx, w).await {
+            // A workload busy with a long install or stop is not up, and must not hold up the
+            // samples of every other contract behind it.
+            let observed = tokio::time::timeout(UP_CHECK_TIMEOUT, driver.inspect(&ctx, w))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(DriverError::Transient(anyhow::anyhow!(
+                        "busy for over {UP_CHECK_TIMEOUT:?}"
+                    )))
+                });
+            match observed {
                 Ok(Observed::Running) => {}
                 other => {
                     tracing::debug!(contract = local.contract, workload = %String::from_utf8_lossy(w.name.as_bytes()), observed = ?other.map_err(|e| e.to_string()), "not up");

@@ -137,6 +137,7 @@ impl Executor {
                 Ok(()) => {
                     let vm_config = VmDriverConfig {
                         guest_cache: config.guest_cache.clone(),
+                        stop_grace: config.vm_stop_grace,
                         image_sources: ImageSourcePolicy {
                             allowed: config.allowed_image_sources.clone(),
                         },

@@ -4,7 +4,8 @@
 //! shows Deployed; a disk grown by a spec update is seen by the running guest; an image whose index does not hash to the pinned root is refused for good;
 //! the guest outlives executor restarts (kill -9 and SIGTERM): same QEMU, same mount, its tick
 //! count goes on, the restarted executor adopts it and reports continue in contiguous windows;
-//! cancelling stops QEMU, unmounts the image and removes the VM's directory.
+//! an update without the VM shuts its guest down cleanly (the ext4 data disk is clean and has
+//! the last writes); cancelling leaves nothing behind.
 //!
 //! Needs QEMU, /dev/fuse, root (FUSE mount with allow_other, virtiofsd) and busybox-static; the
 //! guest kernel comes from zos-vm's cache (fetched once by its scripts).
@@ -47,9 +48,9 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
     // see that the guest keeps running) and the disk's size as the guest sees it (to see an
     // in-place growth).
     let entrypoint = "/bin/sh -c 'echo \"GREETING=$GREETING\"; cat /etc/image-release; \
-                      echo disk-ok > /data/marker && cat /data/marker; echo ENTRYPOINT-DONE; \
-                      i=0; while true; do i=$((i+1)); \
-                      echo \"TICK $i VDA-SECTORS $(cat /sys/class/block/vda/size)\"; sleep 1; done'";
+                      echo disk-ok>/data/marker&&cat /data/marker; echo ENTRYPOINT-DONE; i=0; \
+                      while :; do i=$((i+1)); echo $i>>/data/ticks; \
+                      echo \"TICK $i VDA-SECTORS $(cat /sys/block/vda/size)\"; sleep 1; done'";
     let spec = serde_json::json!({
         "version": version,
         "workloads": [
@@ -69,6 +70,32 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
     spec.validate()
         .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
     Ok(spec)
+}
+
+/// The contract without its VM: the disk alone.
+fn disk_only_spec(version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
+    let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+        "version": version,
+        "workloads": [ { "name": "data", "kind": { "disk": { "size_mib": disk_mib } } } ],
+    }))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    Ok(spec)
+}
+
+/// Runs an e2fsprogs tool on a disk image: (success, stdout and stderr).
+fn e2fs(tool: &str, args: &[&str], image: &Path) -> Result<(bool, String)> {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(image)
+        .output()
+        .with_context(|| format!("running {tool} (e2fsprogs)"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
 }
 
 fn is_alive(pid: i32) -> bool {
@@ -398,6 +425,76 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         reason.contains("refused: index content hashes to"),
         "unexpected failure reason: {reason}"
     );
+
+    // ---- the VM leaves the contract (an update to the disk alone) while its guest writes to
+    // the disk every second: a clean shutdown (power button, entrypoint ended, disk
+    // unmounted), not a power cut. The disk is ext4, clean, and holds the last writes.
+    let ticks_seen = last_tick(&console);
+    let disk_only = disk_only_spec(2, 128)?;
+    client::submit(
+        &grid.api,
+        &runtime::tx()
+            .deployments()
+            .propose_update(contract, convert(&disk_only)?),
+        &dev::alice(),
+    )
+    .await?;
+    client::submit(
+        &grid.api,
+        &runtime::tx()
+            .deployments()
+            .approve(contract, disk_only.hash()),
+        &dev::bob(),
+    )
+    .await?;
+    let removed = Instant::now();
+    POLLING
+        .until(
+            "version 2 Deployed and the VM gone",
+            Duration::from_secs(120),
+            || async {
+                let c = contract_of(&grid.api, node, contract).await?;
+                Ok(c.filter(|c| {
+                    c.spec.version == 2 && c.state == ContractState::Deployed && !vm_dir.exists()
+                })
+                .map(|_| ()))
+            },
+        )
+        .await
+        .with_context(|| executor.log_tail())?;
+    ensure!(!is_alive(pid), "QEMU still runs after its VM left the contract");
+    eprintln!(
+        "update without the VM (finalized) -> guest shut down and removed: {:?}",
+        removed.elapsed()
+    );
+    let disk = data_dir
+        .join("contracts")
+        .join(contract.to_string())
+        .join("disks/data.raw");
+    let (_, header) = e2fs("dumpe2fs", &["-h"], &disk)?;
+    ensure!(
+        header.contains("has_journal") && !header.contains("needs_recovery"),
+        "the data disk is not a journaling filesystem shut down cleanly:\n{header}"
+    );
+    ensure!(
+        header
+            .lines()
+            .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean") && !l.contains("not clean")),
+        "the data disk was not unmounted cleanly:\n{header}"
+    );
+    let (clean, report) = e2fs("e2fsck", &["-fn"], &disk)?;
+    ensure!(clean, "e2fsck finds errors on the data disk:\n{report}");
+    let (_, ticks) = e2fs("debugfs", &["-R", "cat /ticks"], &disk)?;
+    let last_written: u64 = ticks
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .last()
+        .unwrap_or(0);
+    ensure!(
+        last_written >= ticks_seen,
+        "writes before the shutdown are missing: the disk's last tick is {last_written}, the console showed {ticks_seen}"
+    );
+    eprintln!("clean shutdown: ext4 clean, e2fsck without errors, last tick {last_written} on disk (console {ticks_seen})");
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed
     cancel(&grid.api, contract, POLLING).await?;

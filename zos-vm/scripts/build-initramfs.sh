@@ -38,8 +38,9 @@ for tool in cpio gzip sha256sum; do
 done
 
 # Modules the guest loads, in this order after their dependencies.
+# evdev and button: the ACPI power button, so a stop is a clean shutdown.
 wanted=(virtio virtio_ring virtio_pci virtio_mmio virtio_blk virtio_net virtio_console
-  fuse virtiofs overlay)
+  fuse virtiofs overlay evdev button)
 
 stamp_of() {
   {

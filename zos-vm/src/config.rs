@@ -9,7 +9,7 @@
 //! | `root` | `none`, `virtiofs <tag>` or `disk <serial>` |
 //! | `rootfs_size_mib` | size of the tmpfs writable layer in container mode |
 //! | `rootfs_disk` | serial of a disk holding the writable layer instead (formatted if blank) |
-//! | `mounts` | lines `<serial> <absolute path>` (a blank disk is formatted ext2 first) |
+//! | `mounts` | lines `<serial> <absolute path>` (an all-zero disk is formatted ext2 first; the executor's disks come formatted ext4) |
 //! | `hostname` | one line |
 //! | `net` | lines `<mac> <address/prefix> <gateway or ->` |
 //! | `ssh_authorized_keys` | installed as `/root/.ssh/authorized_keys` |

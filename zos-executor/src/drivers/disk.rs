@@ -1,6 +1,11 @@
 //! Disk driver: a raw block device for a VM, stored as a sparse file
 //! `<contract dir>/disks/<name>.raw` of exactly the spec's size. Grown in place on update;
 //! shrinking would destroy data, so it is refused. Removed with the contract.
+//!
+//! A new disk is made beside its final name, formatted ext4 (a journal: a guest that is cut
+//! off mid-write finds a consistent filesystem after the journal replay at its next mount),
+//! then renamed into place, so a crash never leaves a half-made disk under the final name.
+//! Without `mkfs.ext4` on the host the disk stays blank and the guest formats it (ext2).
 
 use std::path::PathBuf;
 
@@ -34,6 +39,45 @@ fn size_bytes(workload: &Workload) -> DriverResult<u64> {
     }
 }
 
+/// Opens (creating) `path` and sets its length; set_len extends sparsely: no blocks are
+/// allocated until the guest writes.
+fn sized_file(path: &std::path::Path, size: u64) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("sizing {}", path.display()))?;
+    file.sync_all().context("syncing the disk file")?;
+    Ok(())
+}
+
+/// Formats a new (all-zero) disk file ext4; on failure it stays blank for the guest to format.
+fn format_ext4(path: &std::path::Path) {
+    // No reserved blocks (the tenant's disk), nothing zeroed up front (the file is sparse and
+    // already zero), no discard (a file, not a device).
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => tracing::warn!(
+            disk = %path.display(),
+            error = %String::from_utf8_lossy(&out.stderr).trim(),
+            "mkfs.ext4 failed: the guest formats the disk (ext2) instead"
+        ),
+        Err(e) => tracing::warn!(
+            disk = %path.display(),
+            error = %e,
+            "mkfs.ext4 is not available: the guest formats the disk (ext2) instead"
+        ),
+    }
+}
+
 #[async_trait]
 impl Driver for DiskDriver {
     fn kind(&self) -> &'static str {
@@ -54,15 +98,18 @@ impl Driver for DiskDriver {
             }
             let dir = path.parent().context("disk path has no parent")?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            // set_len extends sparsely: no blocks are allocated until the guest writes.
-            file.set_len(size).with_context(|| format!("sizing {}", path.display()))?;
-            file.sync_all().context("syncing the disk file")?;
+            if !path.exists() {
+                let fresh = path.with_extension("raw.new");
+                sized_file(&fresh, size)?;
+                format_ext4(&fresh);
+                std::fs::rename(&fresh, &path)
+                    .with_context(|| format!("renaming {} into place", fresh.display()))?;
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("syncing {}", dir.display()))?;
+                return Ok(());
+            }
+            sized_file(&path, size)?;
             Ok(())
         })
         .await

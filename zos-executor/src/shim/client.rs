@@ -19,7 +19,7 @@ use super::{log_path, pid_path, socket_path, Reply, Request, Startup, Status, SH
 
 /// How long a shim may take to answer an ordinary request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a shim may take to stop its guest and unmount its image.
+/// How long a shim may take to stop its guest and unmount its image, beyond the guest's grace.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest reply read (a status is well below a kilobyte).
 const MAX_REPLY: u64 = 1 << 20;
@@ -99,9 +99,10 @@ impl ShimClient {
             .await
     }
 
-    /// Stops the guest, unmounts the image and removes the VM directory; the shim exits.
-    pub async fn shutdown(&self) -> Result<()> {
-        self.done(Request::Shutdown, SHUTDOWN_TIMEOUT).await
+    /// Stops the guest (waiting up to `grace` for a clean shutdown), unmounts the image and
+    /// removes the VM directory; the shim exits.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.done(Request::Shutdown, grace + SHUTDOWN_TIMEOUT).await
     }
 
     /// Ends a shim that does not answer (SIGKILL, only when its pid file names a shim of this

@@ -55,9 +55,16 @@ pub struct ShimConfig {
     pub assets: GuestAssets,
     /// The accelerator the executor's probe chose (the shim never probes).
     pub accel: Accel,
+    /// Seconds the guest gets to shut down cleanly (ACPI power-down) before a hard stop.
+    #[serde(default = "default_stop_grace_secs")]
+    pub stop_grace_secs: u64,
     /// Opaque to the shim: what the executor installed, handed back in [`Status`] so that an
     /// executor adopting the guest can tell whether it still matches the spec.
     pub label: String,
+}
+
+fn default_stop_grace_secs() -> u64 {
+    10
 }
 
 /// A request to a shim.

@@ -72,15 +72,14 @@ impl CrashCount {
 }
 
 /// How the executor's guests are supervised: a VM is a service, started again when it powers
-/// itself off.
-pub fn vm_options() -> VmOptions {
+/// itself off; a stop presses the power button and waits `stop_grace` for a clean shutdown.
+pub fn vm_options(stop_grace: Duration) -> VmOptions {
     VmOptions {
         restart: RestartPolicy {
             restart_on_poweroff: true,
             ..Default::default()
         },
-        // The project's guest init has no ACPI handler: waiting for a power-down is useless.
-        stop_grace: Duration::ZERO,
+        stop_grace,
         ..Default::default()
     }
 }
@@ -216,7 +215,12 @@ async fn start(dir: &Path, config: &ShimConfig) -> Result<Guest, Startup> {
         zos_vm::Accel::Tcg => AccelChoice::Tcg,
     };
     let hv: Arc<dyn Hypervisor> = Arc::new(Qemu::new(options));
-    let vm = match Vm::create(hv, dir, config.vm.clone(), vm_options()).await {
+    let vm = match Vm::create(
+        hv,
+        dir,
+        config.vm.clone(),
+        vm_options(Duration::from_secs(config.stop_grace_secs)),
+    ).await {
         Ok(vm) => vm,
         Err(e) => {
             let _ = unmount(mount).await;

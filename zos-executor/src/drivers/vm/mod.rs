@@ -67,6 +67,8 @@ pub struct VmDriverConfig {
     pub guest_cache: Option<PathBuf>,
     /// Where images may come from.
     pub image_sources: ImageSourcePolicy,
+    /// How long a guest gets to shut down cleanly (ACPI power-down) before a hard stop.
+    pub stop_grace: Duration,
 }
 
 /// Whether this host can run VM workloads: QEMU on PATH and FUSE for image mounts.
@@ -333,7 +335,7 @@ impl VmDriver {
             Some(inst) => inst.shim,
             None => ShimClient::new(&dir),
         };
-        match shim.shutdown().await {
+        match shim.shutdown(self.config.stop_grace).await {
             Ok(()) => {}
             Err(e) if shim.running_pid().is_some() && shim.status().await.is_ok() => {
                 // It answers but could not stop the guest: keep everything, retry next time.
@@ -419,6 +421,7 @@ impl VmDriver {
             image_policy: self.config.image_sources.clone(),
             assets,
             accel,
+            stop_grace_secs: self.config.stop_grace.as_secs(),
             label: serde_json::to_string(&wanted)
                 .context("encoding the shim label")
                 .map_err(transient)?,

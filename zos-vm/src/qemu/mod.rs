@@ -10,6 +10,9 @@
 //! an unprivileged user when started as root (QEMU opens disks, taps and sockets first, then
 //! drops privileges before the guest runs). `elevateprivileges=deny` is not used: it forbids
 //! the setuid/setgid that `-runas` itself needs (QEMU 7.2 dies with SIGSYS).
+//!
+//! Here: options, the backend and its `launch`; `args` builds the command line, `probe` the KVM
+//! probe, `instance` controls a running guest.
 
 use std::{
     ffi::OsString,
@@ -31,6 +34,15 @@ use tokio::{
     sync::{watch, OnceCell},
     task::JoinHandle,
 };
+
+mod args;
+mod instance;
+mod probe;
+
+pub use instance::QemuInstance;
+
+use args::escape_opt;
+use instance::qmp_err;
 
 use crate::{
     config::{BootMode, GuestConfig, VmConfig, ROOTFS_TAG},
@@ -117,86 +129,6 @@ impl Qemu {
     pub fn options(&self) -> &QemuOptions {
         &self.opts
     }
-
-    /// Boots a probe guest with KVM; `Ok(())` when it reaches /init.
-    pub async fn probe_kvm(&self) -> Result<()> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .context("/dev/kvm cannot be opened read-write")?;
-        let dir = tempdir("zos-kvm-probe")?;
-        let cfg = VmConfig {
-            name: "kvm-probe".into(),
-            vcpus: 1,
-            memory_mib: 256,
-            boot: BootMode::Initramfs,
-            disks: vec![],
-            nics: vec![],
-            netns: None,
-            guest: GuestConfig {
-                entrypoint: "true".into(),
-                ..Default::default()
-            },
-        };
-        let initrd = dir.join("initrd.img");
-        write_initrd(&self.opts.assets.initramfs, &cfg, &initrd)?;
-        let mut child = Command::new(&self.opts.qemu_binary)
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args([
-                "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "256",
-            ])
-            .arg("-kernel")
-            .arg(&self.opts.assets.kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 quiet",
-                "-serial",
-                "stdio",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the KVM probe")?;
-        let stdout = child.stdout.take().context("probe stdout")?;
-        let found = tokio::time::timeout(self.opts.probe_timeout, async {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("ZOS-GUEST-INIT") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        let _ = child.kill().await;
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            let _ = tokio::time::timeout(Duration::from_secs(1), e.read_to_string(&mut err)).await;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        match found {
-            Ok(true) => Ok(()),
-            Ok(false) => bail!("the KVM probe guest ended before /init: {}", err.trim()),
-            Err(_) => bail!(
-                "the KVM probe guest did not reach /init within {:?} {}",
-                self.opts.probe_timeout,
-                err.trim()
-            ),
-        }
-    }
-
     fn run_as_user(&self) -> Option<String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -209,116 +141,6 @@ impl Qemu {
         (!pw.is_null()).then_some(user)
     }
 
-    /// The QEMU command line for `cfg` (without the binary).
-    pub fn args(&self, cfg: &VmConfig, layout: &VmLayout, accel: Accel) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::new();
-        let mut push = |s: &str| a.push(s.into());
-        push("-name");
-        push(&format!("{},debug-threads=on", cfg.name));
-        for s in [
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-S",
-        ] {
-            push(s);
-        }
-        let shared_mem = cfg.rootfs_dir().is_some();
-        let machine = if shared_mem {
-            "q35,memory-backend=mem"
-        } else {
-            "q35"
-        };
-        push("-machine");
-        push(machine);
-        push("-accel");
-        push(&accel.to_string());
-        if accel == Accel::Kvm {
-            push("-cpu");
-            push("host");
-        }
-        push("-smp");
-        push(&cfg.vcpus.to_string());
-        push("-m");
-        push(&format!("{}M", cfg.memory_mib));
-        if shared_mem {
-            // vhost-user devices (virtio-fs) need guest RAM the daemon can map.
-            push("-object");
-            push(&format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                cfg.memory_mib
-            ));
-        }
-        if self.opts.sandbox {
-            push("-sandbox");
-            push("on,obsolete=deny,spawn=deny,resourcecontrol=deny");
-        }
-        if let Some(user) = self.run_as_user() {
-            push("-runas");
-            push(&user);
-        }
-        push("-append");
-        let mut cmdline = String::from("console=ttyS0 panic=-1 quiet");
-        if !self.opts.extra_cmdline.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&self.opts.extra_cmdline);
-        }
-        push(&cmdline);
-        a.push("-kernel".into());
-        a.push(self.opts.assets.kernel.clone().into());
-        a.push("-initrd".into());
-        a.push(layout.initrd().into());
-        a.push("-chardev".into());
-        a.push(chardev_socket("con0", &layout.console_socket(), true));
-        a.push("-serial".into());
-        a.push("chardev:con0".into());
-        a.push("-chardev".into());
-        a.push(chardev_socket("qmp0", &layout.control_socket(), true));
-        a.push("-mon".into());
-        a.push("chardev=qmp0,mode=control".into());
-        a.push("-pidfile".into());
-        a.push(layout.pid_file().into());
-        for d in &cfg.disks {
-            let mut file = OsString::from(format!("driver=file,node-name=file-{},filename=", d.id));
-            file.push(escape_opt(d.path.as_os_str()));
-            a.push("-blockdev".into());
-            a.push(file);
-            a.push("-blockdev".into());
-            a.push(
-                format!(
-                    "driver=raw,node-name={id},file=file-{id},read-only={ro}",
-                    id = d.id,
-                    ro = if d.read_only { "on" } else { "off" }
-                )
-                .into(),
-            );
-            a.push("-device".into());
-            a.push(
-                format!(
-                    "virtio-blk-pci,drive={id},id=blk-{id},serial={id}",
-                    id = d.id
-                )
-                .into(),
-            );
-        }
-        for (i, n) in cfg.nics.iter().enumerate() {
-            a.push("-netdev".into());
-            a.push(format!("tap,id=net{i},ifname={},script=no,downscript=no", n.tap).into());
-            a.push("-device".into());
-            a.push(format!("virtio-net-pci,netdev=net{i},mac={}", n.mac_string()).into());
-        }
-        if shared_mem {
-            a.push("-chardev".into());
-            a.push(chardev_socket("vfs0", &layout.virtiofs_socket(), false));
-            a.push("-device".into());
-            a.push(format!("vhost-user-fs-pci,chardev=vfs0,tag={ROOTFS_TAG}").into());
-        }
-        a.push("-device".into());
-        a.push("virtio-rng-pci".into());
-        a
-    }
 
     async fn start_virtiofsd(&self, dir: &Path, layout: &VmLayout) -> Result<Child> {
         let sock = layout.virtiofs_socket();
@@ -362,38 +184,6 @@ impl Qemu {
     }
 }
 
-fn chardev_socket(id: &str, path: &Path, server: bool) -> OsString {
-    let mut s = OsString::from(format!("socket,id={id},path="));
-    s.push(escape_opt(path.as_os_str()));
-    if server {
-        s.push(",server=on,wait=off");
-    }
-    s
-}
-
-/// QEMU option values escape `,` by doubling it.
-fn escape_opt(v: &std::ffi::OsStr) -> OsString {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let mut out = Vec::new();
-    for &b in v.as_bytes() {
-        out.push(b);
-        if b == b',' {
-            out.push(b',');
-        }
-    }
-    OsString::from_vec(out)
-}
-
-fn tempdir(prefix: &str) -> Result<PathBuf> {
-    let base = std::env::temp_dir();
-    for i in 0..100u32 {
-        let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
-        if std::fs::create_dir(&p).is_ok() {
-            return Ok(p);
-        }
-    }
-    bail!("cannot create a temporary directory in {}", base.display())
-}
 
 /// Writes base initramfs + the config appendix for `cfg` to `out`, readable by its owner only:
 /// the appendix carries the tenant's environment and keys.
@@ -662,130 +452,3 @@ impl Hypervisor for Qemu {
     }
 }
 
-fn qmp_err(e: qapi::ExecuteError) -> anyhow::Error {
-    anyhow!("{e}")
-}
-
-pub struct QemuInstance {
-    pid: u32,
-    helper_pids: Vec<u32>,
-    accel: Accel,
-    qmp: QmpService,
-    exit: watch::Receiver<Option<ExitInfo>>,
-    _reaper: JoinHandle<()>,
-}
-
-impl QemuInstance {
-    fn exited(&self) -> bool {
-        self.exit.borrow().is_some()
-    }
-}
-
-#[async_trait]
-impl Instance for QemuInstance {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    fn helper_pids(&self) -> Vec<u32> {
-        self.helper_pids.clone()
-    }
-    fn accel(&self) -> Accel {
-        self.accel
-    }
-
-    async fn pause(&self) -> Result<()> {
-        self.qmp
-            .execute(qmp::stop {})
-            .await
-            .map_err(qmp_err)
-            .context("QMP stop")?;
-        Ok(())
-    }
-
-    async fn resume(&self) -> Result<()> {
-        self.qmp
-            .execute(qmp::cont {})
-            .await
-            .map_err(qmp_err)
-            .context("QMP cont")?;
-        Ok(())
-    }
-
-    async fn run_state(&self) -> Result<RunState> {
-        let info = self
-            .qmp
-            .execute(qmp::query_status {})
-            .await
-            .map_err(qmp_err)
-            .context("QMP query-status")?;
-        Ok(match info.status {
-            qmp::RunState::running => RunState::Running,
-            qmp::RunState::paused => RunState::Paused,
-            qmp::RunState::prelaunch => RunState::Prelaunch,
-            qmp::RunState::shutdown => RunState::Shutdown,
-            other => RunState::Other(
-                serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-            ),
-        })
-    }
-
-    async fn resize_disk(&self, disk_id: &str, new_bytes: u64) -> Result<()> {
-        let size = i64::try_from(new_bytes).context("disk size overflows i64")?;
-        self.qmp
-            .execute(qmp::block_resize {
-                device: None,
-                node_name: Some(disk_id.to_string()),
-                size,
-            })
-            .await
-            .map_err(qmp_err)
-            .with_context(|| format!("QMP block_resize of disk {disk_id} to {new_bytes} bytes"))?;
-        Ok(())
-    }
-
-    async fn shutdown(&self, grace: Duration) -> Result<()> {
-        if self.exited() {
-            return Ok(());
-        }
-        let mut exit = self.exit.clone();
-        if !grace.is_zero() {
-            let _ = self.qmp.execute(qmp::system_powerdown {}).await;
-            if tokio::time::timeout(grace, exit.wait_for(|e| e.is_some()))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-        }
-        let _ = self.qmp.execute(qmp::quit {}).await;
-        if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some()))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tracing::warn!(pid = self.pid, "qemu ignored quit: killing it");
-        // SAFETY: signal to our own child process.
-        unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-        exit.wait_for(|e| e.is_some())
-            .await
-            .map_err(|_| anyhow!("qemu reaper vanished"))?;
-        Ok(())
-    }
-
-    async fn wait(&self) -> ExitInfo {
-        let mut exit = self.exit.clone();
-        let got = exit
-            .wait_for(|e| e.is_some())
-            .await
-            .ok()
-            .and_then(|e| e.clone());
-        got.unwrap_or_else(|| ExitInfo {
-            kind: ExitKind::Failed(-1),
-            detail: "reaper vanished".into(),
-        })
-    }
-}
