@@ -169,14 +169,14 @@ cleanup() {
     local pid
     pid="$(cat "$pidfile" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "vm-shim $(dirname "$pidfile")"; then stop_pid "$pid" TERM; fi
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF "vm-shim $(dirname "$pidfile")"; then stop_pid "$pid" TERM; fi
   done < <(find "$data_dir/node" -name shim.pid 2>/dev/null)
   # A hypervisor the executor left behind: its pid file names it; the command line must too.
   while IFS= read -r pidfile; do
     local pid
     pid="$(cat "$pidfile" 2>/dev/null || true)"
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$pidfile"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF "$pidfile"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done < <(find "$data_dir/node" -name hypervisor.pid 2>/dev/null)
   # Image mounts left under the data directory.
   awk -v d="$data_dir/" 'index($2, d) == 1 { print $2 }' /proc/mounts 2>/dev/null | sort -r | while read -r m; do
