@@ -114,7 +114,9 @@ impl Chain {
         P: subxt::runtime_apis::Payload,
         R: Decode,
     {
-        Ok(zos_client::chain::call_runtime_api(&self.api, payload).await?.1)
+        Ok(zos_client::chain::call_runtime_api(&self.api, payload)
+            .await?
+            .1)
     }
 
     /// Signs, submits and waits until the transaction is in a finalized block.

@@ -67,7 +67,11 @@ pub(crate) async fn node_box_key(chain: &Chain, node: NodeId) -> Result<[u8; 32]
 async fn node_inputs(chain: &Chain, node: NodeId) -> Result<NodeInputs> {
     let box_key = node_box_key(chain, node).await?;
     let contracts: Vec<(ContractId, NodeContract)> = chain
-        .runtime_api(runtime::runtime_apis().deployments_api().contracts_of_node(node))
+        .runtime_api(
+            runtime::runtime_apis()
+                .deployments_api()
+                .contracts_of_node(node),
+        )
         .await
         .with_context(|| format!("contracts of node {node}"))?;
     let used_ports = contracts

@@ -158,14 +158,18 @@ impl Chain {
     }
 
     pub async fn node_of(&self, account: &subxt::utils::AccountId32) -> Result<Option<NodeId>> {
-        let payload = runtime::runtime_apis().grid_api().node_by_account(account.clone());
+        let payload = runtime::runtime_apis()
+            .grid_api()
+            .node_by_account(account.clone());
         Ok(call_runtime_api(&self.api, payload).await?.1)
     }
 
     /// The desired state: every contract on `node` with its active spec, and the finalized
     /// block it was read at.
     pub async fn contracts_of_node(&self, node: NodeId) -> Result<(u64, Vec<NodeContract>)> {
-        let payload = runtime::runtime_apis().deployments_api().contracts_of_node(node);
+        let payload = runtime::runtime_apis()
+            .deployments_api()
+            .contracts_of_node(node);
         let (at, list): (u64, Vec<(ContractId, NodeContract)>) =
             call_runtime_api(&self.api, payload).await?;
         Ok((at, list.into_iter().map(|(_, c)| c).collect()))
@@ -182,7 +186,9 @@ impl Chain {
         &self,
         contract: ContractId,
     ) -> Result<(u64, Option<BillingStatus>)> {
-        let payload = runtime::runtime_apis().billing_api().contract_billing(contract);
+        let payload = runtime::runtime_apis()
+            .billing_api()
+            .contract_billing(contract);
         call_runtime_api(&self.api, payload).await
     }
 

@@ -72,6 +72,21 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
     Ok(spec)
 }
 
+/// Alice proposes `spec` as the contract's update and Bob approves it.
+async fn update_approved(
+    api: &node_harness::client::Client,
+    contract: u64,
+    spec: &DeploymentSpec,
+) -> Result<()> {
+    let propose = runtime::tx()
+        .deployments()
+        .propose_update(contract, convert(spec)?);
+    client::submit(api, &propose, &dev::alice()).await?;
+    let approve = runtime::tx().deployments().approve(contract, spec.hash());
+    client::submit(api, &approve, &dev::bob()).await?;
+    Ok(())
+}
+
 /// The contract without its VM: the disk alone.
 fn disk_only_spec(version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
     let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
@@ -253,20 +268,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
     let grown = vm_spec(&root, &source, 1, 128)?;
-    client::submit(
-        &grid.api,
-        &runtime::tx()
-            .deployments()
-            .propose_update(contract, convert(&grown)?),
-        &dev::alice(),
-    )
-    .await?;
-    client::submit(
-        &grid.api,
-        &runtime::tx().deployments().approve(contract, grown.hash()),
-        &dev::bob(),
-    )
-    .await?;
+    update_approved(&grid.api, contract, &grown).await?;
     let updated = Instant::now();
     POLLING
         .until("version 1 Deployed", Duration::from_secs(120), || async {
@@ -431,22 +433,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     // unmounted), not a power cut. The disk is ext4, clean, and holds the last writes.
     let ticks_seen = last_tick(&console);
     let disk_only = disk_only_spec(2, 128)?;
-    client::submit(
-        &grid.api,
-        &runtime::tx()
-            .deployments()
-            .propose_update(contract, convert(&disk_only)?),
-        &dev::alice(),
-    )
-    .await?;
-    client::submit(
-        &grid.api,
-        &runtime::tx()
-            .deployments()
-            .approve(contract, disk_only.hash()),
-        &dev::bob(),
-    )
-    .await?;
+    update_approved(&grid.api, contract, &disk_only).await?;
     let removed = Instant::now();
     POLLING
         .until(
@@ -462,7 +449,10 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         )
         .await
         .with_context(|| executor.log_tail())?;
-    ensure!(!is_alive(pid), "QEMU still runs after its VM left the contract");
+    ensure!(
+        !is_alive(pid),
+        "QEMU still runs after its VM left the contract"
+    );
     eprintln!(
         "update without the VM (finalized) -> guest shut down and removed: {:?}",
         removed.elapsed()
@@ -477,9 +467,9 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         "the data disk is not a journaling filesystem shut down cleanly:\n{header}"
     );
     ensure!(
-        header
-            .lines()
-            .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean") && !l.contains("not clean")),
+        header.lines().any(|l| l.starts_with("Filesystem state:")
+            && l.trim_end().ends_with("clean")
+            && !l.contains("not clean")),
         "the data disk was not unmounted cleanly:\n{header}"
     );
     let (clean, report) = e2fs("e2fsck", &["-fn"], &disk)?;

@@ -106,7 +106,12 @@ pub(super) async fn pending_hash(chain: &Chain, contract: ContractId) -> Result<
     Ok(p.decode()?.hash)
 }
 
-pub(super) async fn vote(ctx: &Ctx, contract: ContractId, hash: Option<&str>, approve: bool) -> Result<Out> {
+pub(super) async fn vote(
+    ctx: &Ctx,
+    contract: ContractId,
+    hash: Option<&str>,
+    approve: bool,
+) -> Result<Out> {
     use runtime::deployments::events::{
         ContractActivated, ContractCancelled, ContractUpdated, ProposalApproved,
     };
@@ -482,7 +487,11 @@ pub(super) async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out>
     let list: Vec<ContractSummary> = match &owner {
         Some(o) => {
             chain
-                .runtime_api(runtime::runtime_apis().deployments_api().contracts_of_owner(o.clone()))
+                .runtime_api(
+                    runtime::runtime_apis()
+                        .deployments_api()
+                        .contracts_of_owner(o.clone()),
+                )
                 .await?
         }
         None => {
@@ -501,7 +510,11 @@ pub(super) async fn contract_list(ctx: &Ctx, owner: Option<&str>) -> Result<Out>
             for o in owners {
                 let owner = subxt::utils::AccountId32(o);
                 let mine: Vec<ContractSummary> = chain
-                    .runtime_api(runtime::runtime_apis().deployments_api().contracts_of_owner(owner))
+                    .runtime_api(
+                        runtime::runtime_apis()
+                            .deployments_api()
+                            .contracts_of_owner(owner),
+                    )
                     .await?;
                 for s in mine {
                     if ids.insert(s.contract) {

@@ -21,8 +21,8 @@ mod farm;
 mod node;
 
 use account::*;
-use contract::*;
 pub(crate) use contract::contract_signers;
+use contract::*;
 use events::*;
 use farm::*;
 use node::*;

@@ -241,7 +241,11 @@ impl NodePublic {
     }
 }
 
-pub(super) async fn node_public_config(ctx: &Ctx, id: u32, config: Option<NodePublic>) -> Result<Out> {
+pub(super) async fn node_public_config(
+    ctx: &Ctx,
+    id: u32,
+    config: Option<NodePublic>,
+) -> Result<Out> {
     let signer = ctx.signer()?;
     let value = config.as_ref().map(NodePublic::to_chain).transpose()?;
     let chain = ctx.chain().await?;
@@ -260,7 +264,6 @@ pub(super) async fn node_public_config(ctx: &Ctx, id: u32, config: Option<NodePu
         human,
     ))
 }
-
 
 #[cfg(test)]
 mod tests {

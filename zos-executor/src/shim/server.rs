@@ -220,7 +220,9 @@ async fn start(dir: &Path, config: &ShimConfig) -> Result<Guest, Startup> {
         dir,
         config.vm.clone(),
         vm_options(Duration::from_secs(config.stop_grace_secs)),
-    ).await {
+    )
+    .await
+    {
         Ok(vm) => vm,
         Err(e) => {
             let _ = unmount(mount).await;

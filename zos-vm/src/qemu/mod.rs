@@ -141,7 +141,6 @@ impl Qemu {
         (!pw.is_null()).then_some(user)
     }
 
-
     async fn start_virtiofsd(&self, dir: &Path, layout: &VmLayout) -> Result<Child> {
         let sock = layout.virtiofs_socket();
         let _ = std::fs::remove_file(&sock);
@@ -183,7 +182,6 @@ impl Qemu {
         Ok(child)
     }
 }
-
 
 /// Writes base initramfs + the config appendix for `cfg` to `out`, readable by its owner only:
 /// the appendix carries the tenant's environment and keys.
@@ -451,4 +449,3 @@ impl Hypervisor for Qemu {
         Ok(Box::new(inst))
     }
 }
-

@@ -309,7 +309,7 @@ impl VmDriver {
 
     /// The guest of `w` as a shim left it running (after an executor restart), if one answers.
     async fn adopt(&self, ctx: &WorkloadCtx, w: &Workload) -> Option<Installed> {
-        let shim = ShimClient::new(std::path::absolute(vm_dir(ctx, w)).ok()?);
+        let shim = ShimClient::new(absolute_vm_dir(ctx, w).ok()?);
         let status = shim.status().await.ok()?;
         let label: Label = serde_json::from_str(&status.label).ok()?;
         info!(workload = %name_str(w), contract = ctx.contract, pid = ?status.hypervisor_pid, state = ?status.state, "adopted a running guest");
@@ -328,9 +328,7 @@ impl VmDriver {
         w: &Workload,
         slot: &mut Option<Installed>,
     ) -> DriverResult<()> {
-        let dir = std::path::absolute(vm_dir(ctx, w))
-            .with_context(|| format!("resolving {}", vm_dir(ctx, w).display()))
-            .map_err(transient)?;
+        let dir = absolute_vm_dir(ctx, w)?;
         let shim = match slot.take() {
             Some(inst) => inst.shim,
             None => ShimClient::new(&dir),
@@ -405,9 +403,7 @@ impl VmDriver {
             .image_sources
             .check(&image_source)
             .map_err(DriverError::Permanent)?;
-        let dir = std::path::absolute(vm_dir(ctx, w))
-            .with_context(|| format!("resolving {}", vm_dir(ctx, w).display()))
-            .map_err(transient)?;
+        let dir = absolute_vm_dir(ctx, w)?;
         // Everything about the spec is checked before anything is fetched or started.
         let cfg = spec::vm_config(ctx, w, dir.join("rootfs"), self.networks.as_deref())?;
         let (_, assets, accel) = self.hypervisor().await?;
@@ -458,6 +454,13 @@ impl VmDriver {
         });
         Ok(())
     }
+}
+
+/// The VM's directory as an absolute path (shims and QEMU get it on their command lines).
+fn absolute_vm_dir(ctx: &WorkloadCtx, w: &Workload) -> DriverResult<PathBuf> {
+    std::path::absolute(vm_dir(ctx, w))
+        .with_context(|| format!("resolving {}", vm_dir(ctx, w).display()))
+        .map_err(transient)
 }
 
 /// Writes `bytes` to `path` readable by its owner only, creating `dir` (0700) first.
