@@ -285,11 +285,12 @@ impl Executor {
     /// After a rejected window, the open window continues from where the chain says billing
     /// stands; the uptime measured in it so far is kept (cut to the window), never zeroed.
     async fn resync_meter(&self, contract: ContractId) -> Result<()> {
-        let _meter_states = self.meter_states.lock().await;
         let now = unix_ms() / 1000;
         let Some(start) = self.chain.billed_until(contract).await? else {
             return Ok(());
         };
+        // Held for the store read and write only: a sample never waits on the chain.
+        let _meter_states = self.meter_states.lock().await;
         if let Some(mut st) = self.store.meter(contract)? {
             // Later windows already in the outbox are realigned before sending; the open one
             // starts after them.

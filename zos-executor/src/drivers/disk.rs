@@ -56,8 +56,9 @@ fn sized_file(path: &std::path::Path, size: u64) -> anyhow::Result<()> {
 
 /// Formats a new (all-zero) disk file ext4; on failure it stays blank for the guest to format.
 fn format_ext4(path: &std::path::Path) {
-    // No reserved blocks (the tenant's disk), nothing zeroed up front (the file is sparse and
-    // already zero), no discard (a file, not a device).
+    // No reserved blocks (the tenant's disk); the file is sparse and already zero, so nothing
+    // is zeroed, now or later by the guest kernel (which would allocate, and bill, the inode
+    // tables); no discard (a file, not a device).
     let out = std::process::Command::new("mkfs.ext4")
         .args([
             "-q",
@@ -65,7 +66,7 @@ fn format_ext4(path: &std::path::Path) {
             "-m",
             "0",
             "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+            "assume_storage_prezeroed=1,nodiscard",
         ])
         .arg(path)
         .env(
@@ -110,6 +111,8 @@ impl Driver for DiskDriver {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             if !path.exists() {
                 let fresh = path.with_extension("raw.new");
+                // Left by a crash mid-create: start from zero again.
+                let _ = std::fs::remove_file(&fresh);
                 sized_file(&fresh, size)?;
                 format_ext4(&fresh);
                 std::fs::rename(&fresh, &path)

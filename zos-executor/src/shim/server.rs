@@ -109,6 +109,11 @@ pub async fn run(dir: PathBuf) -> Result<()> {
             .with_context(|| format!("reading {}", config_path(&dir).display()))?,
     )
     .context("parsing the shim configuration")?;
+    // Taken before the start: a signal during the image fetch or the hypervisor's start is
+    // handled once the guest runs (stopped cleanly), never by the default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let guest = match start(&dir, &config).await {
         Ok(guest) => guest,
         Err(failure) => {
@@ -131,9 +136,6 @@ pub async fn run(dir: PathBuf) -> Result<()> {
     });
     announce(&Startup::Ready);
     info!(dir = %dir.display(), "guest running; serving requests");
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

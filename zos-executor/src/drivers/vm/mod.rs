@@ -355,7 +355,12 @@ impl VmDriver {
                                 info!(dir = %dir.display(), "killed a guest left by a dead shim");
                             }
                         }
-                        Err(e) => warn!(error = %e, "cannot check for a guest left by a dead shim"),
+                        Err(e) => {
+                            // Never report a removal while its guest may still run.
+                            return Err(transient(anyhow!(
+                                "cannot check for a guest left by a dead shim: {e}"
+                            )));
+                        }
                     }
                     let rootfs = rootfs_dir(ctx, w);
                     tokio::task::spawn_blocking(move || detach_dead_mount(&rootfs))
@@ -393,7 +398,9 @@ impl VmDriver {
                 return Ok(());
             }
             info!(workload = %name_str(w), "installed VM differs from the spec: re-creating it");
-            self.teardown(ctx, w, slot).await?;
+            // Torn down as installed: taps of networks only the old spec had go too.
+            let installed = inst.label.workload.clone();
+            self.teardown(ctx, &installed, slot).await?;
         }
         let vm = vm_spec(w)?;
         let image_source = std::str::from_utf8(vm.image.source.as_bytes())
