@@ -19,6 +19,9 @@ pub struct ContractBillingStatus<Balance, BlockNumber> {
     /// No consumption was reported for longer than the chain's stale limit. A stale contract
     /// accrues no charge: nothing is billed without a report.
     pub stale: bool,
+    /// Set when the contract ended (unix seconds): its node may still report the final
+    /// window, ending at or before this time, for a limited number of blocks.
+    pub ended_at: Option<u64>,
 }
 
 #[cfg(feature = "runtime-api")]
@@ -28,7 +31,8 @@ sp_api::decl_runtime_apis! {
         Balance: codec::Codec,
         BlockNumber: codec::Codec,
     {
-        /// Billing state of an activated contract; `None` for an unknown one.
+        /// Billing state of an activated contract, or of an ended one whose final window may
+        /// still be reported; `None` for an unknown one.
         fn contract_billing(contract: ContractId) -> Option<ContractBillingStatus<Balance, BlockNumber>>;
         /// `(contract, node, billed_until)` by ascending contract id, for every contract whose
         /// last accepted window ended longer ago than the stale limit. Only contracts with at

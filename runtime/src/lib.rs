@@ -56,7 +56,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     impl_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     authoring_version: 1,
-    spec_version: 100,
+    spec_version: 101,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -113,7 +113,7 @@ pub type UncheckedExtrinsic =
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
 
 /// Storage migrations run at the next runtime upgrade.
-type Migrations = ();
+type Migrations = (pallet_billing::migrations::V1ToV2<Runtime>,);
 
 pub type Executive = frame_executive::Executive<
     Runtime,

@@ -708,7 +708,8 @@ impl Engine {
                 return Ok(ContractOutcome::Pending);
             }
         }
-        self.store.remove_contract(gone.contract)?;
+        self.store
+            .remove_contract(gone.contract, crate::follower::unix_ms() / 1000)?;
         info!("contract removed");
         Ok(ContractOutcome::Removed)
     }

@@ -134,6 +134,21 @@ impl Meter {
     }
 }
 
+/// The open window of a contract that is being removed, cut at `now`: the contract's final
+/// window (`None` when nothing of it elapsed). The chain accepts a final window shorter than the
+/// interval and ending anywhere up to the contract's end time.
+pub fn final_window(contract: ContractId, st: &MeterState, now: u64) -> Option<ConsumptionReport> {
+    let length = now.checked_sub(st.window_start).filter(|l| *l > 0)?;
+    Some(ConsumptionReport {
+        contract,
+        window_start: st.window_start,
+        window_end: now,
+        uptime_seconds: st.up_seconds.min(length),
+        public_bytes_in: st.bytes_in,
+        public_bytes_out: st.bytes_out,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

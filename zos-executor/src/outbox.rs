@@ -40,11 +40,15 @@ pub type OutboxKey = (ContractId, u64);
 /// What the chain says about one contract's billing, as the alignment needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Billing {
-    /// The chain does not bill this contract (it ended, or never existed): reports would be
-    /// rejected as `UnknownContract`.
+    /// The chain does not bill this contract (it ended and was settled, or never existed):
+    /// reports would be rejected as `UnknownContract`.
     Unknown,
-    /// Billed until this unix second (`None`: no window accepted yet).
-    BilledUntil(Option<u64>),
+    /// Billed until `until` (unix seconds; `None`: no window accepted yet). `ended_at` is set
+    /// for a contract that ended: windows may reach up to that time, not beyond.
+    Billed {
+        until: Option<u64>,
+        ended_at: Option<u64>,
+    },
 }
 
 /// The result of aligning the outbox with the chain.
@@ -59,9 +63,11 @@ pub struct Aligned {
 /// Aligns outbox entries with the chain's billing state per contract (pure, for testing).
 /// A window is dropped when the chain billed past its end; the first one left starts exactly
 /// at `billed_until` (a crash can leave a window that overlaps the chain's last one, or a gap
-/// after a rejected window), each further one where the previous ends; an uptime longer than
-/// its (shortened) window is cut to it, and so is traffic above what the window may carry
-/// (`max_traffic_per_sec`, the chain's cap), so that no aligned report can be refused for it.
+/// after a rejected window), each further one where the previous ends; for an ended contract,
+/// a window reaching past the end time is cut there (the final window) and later ones are
+/// dropped; an uptime longer than its (shortened) window is cut to it, and so is traffic above
+/// what the window may carry (`max_traffic_per_sec`, the chain's cap), so that no aligned
+/// report can be refused for it.
 pub fn align(
     entries: Vec<(OutboxKey, ConsumptionReport)>,
     billing: impl Fn(ContractId) -> Billing,
@@ -77,14 +83,24 @@ pub fn align(
     let mut out = Aligned::default();
     for (contract, mut windows) in by_contract {
         windows.sort_by_key(|(_, r)| r.window_start);
-        let mut next_start = match billing(contract) {
+        let (mut next_start, ended_at) = match billing(contract) {
             Billing::Unknown => {
                 out.drop.extend(windows.into_iter().map(|(k, _)| k));
                 continue;
             }
-            Billing::BilledUntil(until) => until,
+            Billing::Billed { until, ended_at } => (until, ended_at),
         };
         for (key, mut report) in windows {
+            if let Some(end) = ended_at {
+                if report.window_start >= end || next_start.is_some_and(|s| s >= end) {
+                    out.drop.push(key);
+                    continue;
+                }
+                report.window_end = report.window_end.min(end);
+                report.uptime_seconds = report
+                    .uptime_seconds
+                    .min(report.window_end - report.window_start);
+            }
             if let Some(start) = next_start {
                 if report.window_end <= start {
                     out.drop.push(key);
@@ -270,7 +286,10 @@ impl Executor {
             }
             let state = match status {
                 None => Billing::Unknown,
-                Some(status) => Billing::BilledUntil(status.billed_until),
+                Some(status) => Billing::Billed {
+                    until: status.billed_until,
+                    ended_at: status.ended_at,
+                },
             };
             billing.insert(*contract, state);
         }
@@ -317,6 +336,71 @@ impl Executor {
 mod tests {
     use super::*;
 
+    /// A live contract billed until `until`.
+    fn billed(until: Option<u64>) -> Billing {
+        Billing::Billed {
+            until,
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn an_ended_contracts_windows_are_cut_at_its_end_and_later_ones_dropped() {
+        // Billed until 300, ended at 390; the outbox has the regular window 300..600 (closed
+        // after the end, before the removal was confirmed), a later one, and the final window
+        // the removal wrote (600..610).
+        let mut busy = report(5, 300, 600, 300);
+        busy.1.public_bytes_in = 1_000;
+        let aligned = align(
+            vec![busy, report(5, 600, 605, 5), report(5, 605, 610, 5)],
+            |_| Billing::Billed {
+                until: Some(300),
+                ended_at: Some(390),
+            },
+            3600,
+            10,
+        );
+        assert_eq!(aligned.drop, vec![(5, 600), (5, 605)]);
+        let r = &aligned.send[0].1;
+        assert_eq!(
+            (
+                r.window_start,
+                r.window_end,
+                r.uptime_seconds,
+                r.public_bytes_in
+            ),
+            (300, 390, 90, 900)
+        );
+        // Nothing reported yet, removed 10 s after a 90 s life: the final window starts at
+        // the meter's start and ends at the end.
+        let aligned = align(
+            vec![report(6, 1_000, 1_100, 95)],
+            |_| Billing::Billed {
+                until: None,
+                ended_at: Some(1_090),
+            },
+            3600,
+            10,
+        );
+        let r = &aligned.send[0].1;
+        assert_eq!(
+            (r.window_start, r.window_end, r.uptime_seconds),
+            (1_000, 1_090, 90)
+        );
+        // Already billed up to the end: everything is dropped.
+        let aligned = align(
+            vec![report(7, 390, 400, 10)],
+            |_| Billing::Billed {
+                until: Some(390),
+                ended_at: Some(390),
+            },
+            3600,
+            10,
+        );
+        assert!(aligned.send.is_empty());
+        assert_eq!(aligned.drop, vec![(7, 390)]);
+    }
+
     fn report(
         contract: ContractId,
         start: u64,
@@ -349,9 +433,9 @@ mod tests {
             entries,
             |c| match c {
                 // A batch with 100..120 was finalized just before a crash.
-                1 => Billing::BilledUntil(Some(120)),
+                1 => billed(Some(120)),
                 // Nothing settled yet: sent as is.
-                2 => Billing::BilledUntil(None),
+                2 => billed(None),
                 // Cancelled meanwhile: the chain would reject every window.
                 _ => Billing::Unknown,
             },
@@ -372,7 +456,7 @@ mod tests {
         // The chain is at 115 (a window the outbox no longer has), the outbox at 110..120..130.
         let aligned = align(
             vec![report(7, 110, 120, 10), report(7, 120, 130, 9)],
-            |_| Billing::BilledUntil(Some(115)),
+            |_| billed(Some(115)),
             3600,
             u64::MAX,
         );
@@ -386,7 +470,7 @@ mod tests {
         // A gap (a rejected window was never settled): the next window reaches back to it.
         let aligned = align(
             vec![report(7, 130, 140, 10)],
-            |_| Billing::BilledUntil(Some(120)),
+            |_| billed(Some(120)),
             3600,
             u64::MAX,
         );
@@ -398,7 +482,7 @@ mod tests {
         // Windows stay contiguous among themselves after a jump.
         let aligned = align(
             vec![report(7, 100, 110, 10), report(7, 130, 140, 10)],
-            |_| Billing::BilledUntil(None),
+            |_| billed(None),
             3600,
             u64::MAX,
         );
@@ -411,7 +495,7 @@ mod tests {
         // at most 3600 s long.
         let aligned = align(
             vec![report(3, 10_000, 10_300, 300)],
-            |_| Billing::BilledUntil(Some(1_000)),
+            |_| billed(Some(1_000)),
             3_600,
             u64::MAX,
         );
@@ -439,12 +523,7 @@ mod tests {
         let (key, mut busy) = report(7, 110, 120, 10);
         (busy.public_bytes_in, busy.public_bytes_out) = (60, 50);
         // Cut to 115..120 by the chain's state: at 10 bytes/s it carries 50 bytes.
-        let aligned = align(
-            vec![(key, busy)],
-            |_| Billing::BilledUntil(Some(115)),
-            3600,
-            10,
-        );
+        let aligned = align(vec![(key, busy)], |_| billed(Some(115)), 3600, 10);
         let r = &aligned.send[0].1;
         assert_eq!((r.public_bytes_in, r.public_bytes_out), (50, 0));
     }

@@ -228,11 +228,22 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a removed contract and its meter (its outbox entries stay until accepted).
-    pub fn remove_contract(&self, id: ContractId) -> Result<()> {
+    /// Forgets a removed contract and its meter. The meter's open window goes to the outbox
+    /// as the contract's final window, ending `now` (unix seconds): the chain bills an ended
+    /// contract up to its end time, and the outbox cuts the window there. Outbox entries stay
+    /// until accepted.
+    pub fn remove_contract(&self, id: ContractId, now: u64) -> Result<()> {
         let tx = self.db.begin_write()?;
         tx.open_table(CONTRACTS)?.remove(id)?;
-        tx.open_table(METERS)?.remove(id)?;
+        let meter = tx
+            .open_table(METERS)?
+            .remove(id)?
+            .map(|v| decode_meter(v.value()))
+            .transpose()?;
+        if let Some(last) = meter.and_then(|st| crate::meter::final_window(id, &st, now)) {
+            tx.open_table(OUTBOX)?
+                .insert((id, last.window_start), last.encode().as_slice())?;
+        }
         tx.open_table(DEPLOY_REPORTS)?.remove(id)?;
         tx.open_table(TOMBSTONES)?.remove(id)?;
         tx.open_table(INTENTS)?.remove(id)?;
@@ -355,6 +366,55 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_contracts_open_window_goes_to_the_outbox_as_its_final_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let contract = |id| LocalContract {
+            contract: id,
+            spec: DeploymentSpec {
+                version: 0,
+                workloads: Default::default(),
+                metadata: Default::default(),
+            },
+            spec_hash: [0; 32],
+            outcomes: Vec::new(),
+            serving: true,
+        };
+        store.put_contract(&contract(8)).unwrap();
+        store
+            .put_meter(
+                8,
+                &MeterState {
+                    window_start: 300,
+                    up_seconds: 80,
+                    last_sample: 380,
+                    bytes_out: 7,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        store.remove_contract(8, 395).unwrap();
+        assert_eq!(store.meter(8).unwrap(), None);
+        let outbox = store.outbox().unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].0, (8, 300));
+        let last = crate::chain::ConsumptionReport::decode(&mut &outbox[0].1[..]).unwrap();
+        assert_eq!(
+            (
+                last.window_start,
+                last.window_end,
+                last.uptime_seconds,
+                last.public_bytes_out
+            ),
+            (300, 395, 80, 7)
+        );
+        // A contract without a meter (never up) leaves nothing.
+        store.put_contract(&contract(9)).unwrap();
+        store.remove_contract(9, 400).unwrap();
+        assert_eq!(store.outbox().unwrap().len(), 1);
+    }
 
     #[test]
     fn state_survives_reopen() {

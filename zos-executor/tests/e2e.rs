@@ -135,13 +135,79 @@ async fn executor_deploys_reports_and_cancels_a_disk_contract() -> Result<()> {
         "the owner paid nothing"
     );
 
+    let cancel_block = grid.api.at_current_block().await?.block_number();
+    let cancelled_at = Instant::now();
     cancel(&grid.api, contract, POLLING).await?;
     POLLING
         .until("the disk removed", Duration::from_secs(60), || async {
             Ok((!disk.exists()).then_some(()))
         })
         .await?;
+
+    // Every second is billed: the node reports the final window up to the end time (shorter
+    // than its interval), and billing closes the contract without estimating anything.
+    let (ended_at, last_end) = POLLING
+        .until(
+            "the final window settled and billing closed",
+            Duration::from_secs(90),
+            || final_window(&grid.api, cancel_block, contract),
+        )
+        .await?;
+    ensure!(
+        last_end == ended_at,
+        "the last settled window ends at {last_end}, the contract at {ended_at}"
+    );
+    eprintln!(
+        "cancel -> final window settled and billing closed: {:?}",
+        cancelled_at.elapsed()
+    );
+    let reports = settled_reports(&grid.api, start_block).await?;
+    ensure!(
+        reports.windows(2).all(|w| w[0].2 == w[1].1),
+        "windows not contiguous up to the end: {reports:?}"
+    );
     Ok(())
+}
+
+/// `(ended_at, end of the last settled window)` once billing closed `contract` after it
+/// ended (searching from `from_block`); fails if billing had to estimate the final window.
+async fn final_window(
+    api: &Client,
+    from_block: u64,
+    contract: ContractId,
+) -> Result<Option<(u64, u64)>> {
+    use runtime::billing::events::{AwaitingFinalReport, BillingClosed, FinalWindowEstimated};
+    let head = api.at_current_block().await?.block_number();
+    let (mut ended_at, mut last_end, mut closed) = (None, None, false);
+    for n in from_block..=head {
+        let at = api.at_block(n).await?;
+        for ev in at.events().fetch().await?.iter() {
+            let ev = ev?;
+            if let Some(Ok(e)) = ev.decode_fields_as::<AwaitingFinalReport>() {
+                if e.contract == contract {
+                    ended_at = Some(e.ended_at);
+                }
+            }
+            if let Some(Ok(e)) = ev.decode_fields_as::<runtime::billing::events::ReportSettled>() {
+                if e.contract == contract {
+                    last_end = Some(e.window_end);
+                }
+            }
+            if let Some(Ok(e)) = ev.decode_fields_as::<FinalWindowEstimated>() {
+                ensure!(
+                    e.contract != contract,
+                    "the node did not report the final window: billing estimated it"
+                );
+            }
+            if let Some(Ok(e)) = ev.decode_fields_as::<BillingClosed>() {
+                closed |= e.contract == contract;
+            }
+        }
+    }
+    Ok(match (ended_at, last_end, closed) {
+        (Some(ended_at), Some(last_end), true) => Some((ended_at, last_end)),
+        _ => None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

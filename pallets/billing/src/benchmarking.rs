@@ -4,7 +4,11 @@
 //! grace with a debt; the report charges for a full window, so settlement collects the debt and
 //! the charge, pays the farm owner and the treasury, burns, and takes the contract out of grace.
 //!
-//! `on_idle_step`: the sweep finds one contract whose grace ran out and cancels it.
+//! `grace_expiry`: `on_initialize` finds one contract whose grace ran out and cancels it.
+//!
+//! `final_report_deadline`: `on_initialize` finds an ended contract whose node did not report
+//! the final window, charges it at the last window's uptime (with a traffic-free but full
+//! price: every resource kind and an IPv4), pays out and closes the billing state.
 
 use super::*;
 use crate::Pallet as Billing;
@@ -74,6 +78,11 @@ fn contract_in_grace<T: Config>(
         },
     );
     GraceSince::<T>::insert(contract, frame_system::Pallet::<T>::block_number());
+    Billing::<T>::queue_deadline(
+        DeadlineKind::GraceExpiry,
+        contract,
+        T::GracePeriodBlocks::get(),
+    );
     LedgerTotals::<T>::mutate(|t| {
         t.charged = t.charged.saturating_add(debt);
         t.debt = t.debt.saturating_add(debt);
@@ -137,7 +146,7 @@ mod benchmarks {
     }
 
     #[benchmark]
-    fn on_idle_step() -> Result<(), BenchmarkError> {
+    fn grace_expiry() -> Result<(), BenchmarkError> {
         T::BenchmarkHelper::set_time_ms(START_MS);
         let (_, node) = node::<T>();
         let owner = funded::<T>("owner", 0);
@@ -152,11 +161,62 @@ mod benchmarks {
 
         #[block]
         {
-            Billing::<T>::on_idle(now, Weight::MAX);
+            Billing::<T>::on_initialize(now);
         }
 
         assert!(!GraceSince::<T>::contains_key(contract));
         assert!(ContractBillings::<T>::get(contract).is_none());
+        Ok(())
+    }
+
+    #[benchmark]
+    fn final_report_deadline() -> Result<(), BenchmarkError> {
+        T::BenchmarkHelper::set_time_ms(START_MS);
+        let (_, node) = node::<T>();
+        let owner = funded::<T>("owner", 0);
+        let contract = T::BenchmarkHelper::create_contract(&owner, node, &required());
+        ContractBillings::<T>::insert(
+            contract,
+            ContractBilling {
+                node,
+                last_report: ConsumptionReport {
+                    contract,
+                    window_start: START - WINDOW,
+                    window_end: START,
+                    uptime_seconds: WINDOW,
+                    public_bytes_in: 0,
+                    public_bytes_out: 0,
+                },
+                debt: Zero::zero(),
+            },
+        );
+        EndedContracts::<T>::insert(
+            contract,
+            EndedContract {
+                owner,
+                node,
+                required: required(),
+                activated_at: frame_system::Pallet::<T>::block_number(),
+                ended_at: START + WINDOW / 2,
+            },
+        );
+        Billing::<T>::queue_deadline(
+            DeadlineKind::FinalReport,
+            contract,
+            T::FinalReportBlocks::get(),
+        );
+        let now =
+            frame_system::Pallet::<T>::block_number().saturating_add(T::FinalReportBlocks::get());
+        frame_system::Pallet::<T>::set_block_number(now);
+
+        #[block]
+        {
+            Billing::<T>::on_initialize(now);
+        }
+
+        assert!(EndedContracts::<T>::get(contract).is_none());
+        assert!(ContractBillings::<T>::get(contract).is_none());
+        assert!(!LedgerTotals::<T>::get().collected.is_zero());
         Ok(())
     }
 

@@ -57,13 +57,26 @@
 //! period ([`ContractsForBilling::set_grace_period`], [`Event::GracePeriodStarted`]): the
 //! executor stops serving but keeps data, and keeps reporting (with zero uptime). The first
 //! report after a top-up collects the debt and returns the contract to its previous state
-//! ([`Event::ContractResumed`]). After [`Config::GracePeriodBlocks`] without full settlement,
-//! [`Hooks::on_idle`] cancels it with [`ContractsForBilling::cancel_out_of_funds`], which
-//! releases its capacity and IPs. The sweep is a cursor over the contracts in grace, resumed
-//! from block to block and bounded by the idle weight.
+//! ([`Event::ContractResumed`]). After [`Config::GracePeriodBlocks`] without full settlement, a
+//! deadline handled in `on_initialize` cancels it with
+//! [`ContractsForBilling::cancel_out_of_funds`], which releases its capacity and IPs. Deadlines
+//! live in FIFO queues (see the `deadlines` module): handled in every block, full or not, at
+//! most [`Config::MaxDeadlinesPerBlock`] per queue and block, the rest in the next blocks.
 //!
-//! When a contract ends for any reason, [`OnContractEnded`] removes its billing state; a debt
-//! left is written off (counted in [`Totals::written_off`]).
+//! ## The final window
+//!
+//! Every second of a contract is billed, including the last ones: when a contract ends with
+//! time after its last accepted window (or after its activation, if none), billing keeps it in
+//! [`EndedContracts`] ([`Event::AwaitingFinalReport`]) and its node may report the remaining
+//! windows up to the end time, the last one shorter than usual, within
+//! [`Config::FinalReportBlocks`]. The window ending exactly at the end time closes the
+//! contract's billing at once. If the node does not report in time, billing charges the
+//! unreported time at the uptime ratio of the last accepted window
+//! ([`Event::FinalWindowEstimated`]), but only when that window ended at most
+//! [`Config::MaxWindowSecs`] before the end (the node was reporting until then); a node that
+//! was already silent gets nothing charged for the silence. A contract cancelled for lack of
+//! funds closes at once: in grace the node serves nothing. An ended contract is never in grace;
+//! its remaining debt is written off (counted in [`Totals::written_off`]) when it closes.
 //!
 //! ## Arithmetic
 //!
@@ -76,6 +89,8 @@ extern crate alloc;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+mod deadlines;
+pub mod migrations;
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
@@ -142,7 +157,9 @@ pub mod pallet {
     };
     use frame_system::pallet_prelude::*;
 
-    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+    /// 2: grace expiry moved from the `on_idle` sweep (and its `GraceCursor`) to the deadline
+    /// queues; see [`crate::migrations`].
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -184,6 +201,14 @@ pub mod pallet {
         /// Blocks a contract may stay in grace before it is cancelled.
         #[pallet::constant]
         type GracePeriodBlocks: Get<BlockNumberFor<Self>>;
+        /// Blocks after a contract ends during which its node may report the final window (up
+        /// to the end time). After them billing estimates what was not reported and closes.
+        #[pallet::constant]
+        type FinalReportBlocks: Get<BlockNumberFor<Self>>;
+        /// Most deadlines of each queue handled in one block's `on_initialize`; later ones fall
+        /// through to the next blocks. Bounds the mandatory weight of every block.
+        #[pallet::constant]
+        type MaxDeadlinesPerBlock: Get<u32>;
         /// A contract whose last accepted window ended longer ago than this, in seconds, is
         /// stale.
         #[pallet::constant]
@@ -193,6 +218,7 @@ pub mod pallet {
         type BenchmarkHelper: BenchmarkHelper<Self::AccountId>;
     }
 
+    /// Pricing policies by id; farms reference one.
     #[pallet::storage]
     pub type PricingPolicies<T: Config> =
         StorageMap<_, Twox64Concat, PricingPolicyId, PricingPolicy<BalanceOf<T>>, OptionQuery>;
@@ -208,10 +234,35 @@ pub mod pallet {
     pub type GraceSince<T: Config> =
         StorageMap<_, Twox64Concat, ContractId, BlockNumberFor<T>, OptionQuery>;
 
-    /// The last contract the grace sweep looked at; the next block goes on after it. `None`:
-    /// start from the beginning.
+    /// Contracts that ended with time not billed yet, until their node reports the final
+    /// window or the final-report deadline passes. Bounded by the contracts that ended in the
+    /// last [`Config::FinalReportBlocks`] blocks; each held a deployment deposit.
     #[pallet::storage]
-    pub type GraceCursor<T: Config> = StorageValue<_, ContractId, OptionQuery>;
+    pub type EndedContracts<T: Config> = StorageMap<
+        _,
+        Twox64Concat,
+        ContractId,
+        EndedContract<T::AccountId, BlockNumberFor<T>>,
+        OptionQuery,
+    >;
+
+    /// Deadline queues by kind and sequence number, handled in `on_initialize` in due order
+    /// (see [`DeadlineKind`]).
+    #[pallet::storage]
+    pub type Deadlines<T: Config> = StorageDoubleMap<
+        _,
+        Twox64Concat,
+        DeadlineKind,
+        Twox64Concat,
+        u64,
+        Deadline<BlockNumberFor<T>>,
+        OptionQuery,
+    >;
+
+    /// `(head, tail)` of each deadline queue: sequence numbers `head..tail` are queued.
+    #[pallet::storage]
+    pub type DeadlineQueueEnds<T: Config> =
+        StorageMap<_, Twox64Concat, DeadlineKind, (u64, u64), ValueQuery>;
 
     /// Running totals of everything billed; see [`Totals`] for how they add up.
     #[pallet::storage]
@@ -258,6 +309,7 @@ pub mod pallet {
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
+        /// Governance created or replaced a pricing policy.
         PricingPolicySet {
             policy_id: PricingPolicyId,
             policy: PricingPolicy<BalanceOf<T>>,
@@ -298,10 +350,26 @@ pub mod pallet {
             contract: ContractId,
             debt: BalanceOf<T>,
         },
-        /// Cancelling a contract whose grace period ran out failed; the sweep retries it.
+        /// Cancelling a contract whose grace period ran out failed; it is retried after another
+        /// grace period.
         GraceExpiryFailed {
             contract: ContractId,
             error: DispatchError,
+        },
+        /// A contract ended with time not billed yet: its node may report the final window, up
+        /// to `ended_at` (unix seconds), until block `report_by`.
+        AwaitingFinalReport {
+            contract: ContractId,
+            ended_at: u64,
+            report_by: BlockNumberFor<T>,
+        },
+        /// The node did not report an ended contract's final window in time: billing charged it
+        /// at the uptime ratio of the last accepted window (see the pallet documentation).
+        FinalWindowEstimated {
+            contract: ContractId,
+            window_start: u64,
+            window_end: u64,
+            uptime_seconds: u64,
         },
         /// A contract ended and its billing state was removed; its debt was written off.
         BillingClosed {
@@ -320,8 +388,17 @@ pub mod pallet {
 
     #[pallet::hooks]
     impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
-        fn on_idle(now: BlockNumberFor<T>, limit: Weight) -> Weight {
-            Self::sweep_grace(now, limit)
+        /// Handles due deadlines: in every block, full or not (`on_idle` never runs in a full
+        /// block, so an attacker filling blocks could otherwise keep unpaid contracts alive).
+        fn on_initialize(now: BlockNumberFor<T>) -> Weight {
+            Self::handle_deadlines(now)
+        }
+
+        fn integrity_test() {
+            assert!(
+                T::MaxDeadlinesPerBlock::get() > 0,
+                "deadlines would never be handled"
+            );
         }
 
         #[cfg(feature = "try-runtime")]
@@ -447,8 +524,8 @@ impl<T: Config> Pallet<T> {
         now_block: BlockNumberFor<T>,
     ) -> Result<ReportOutcome, RejectReason> {
         use RejectReason::*;
-        let info = T::Contracts::contract_billing_info(report.contract).ok_or(UnknownContract)?;
-        if T::Grid::node_account(info.node).as_ref() != Some(signer) {
+        let payer = Self::payer(report.contract).ok_or(UnknownContract)?;
+        if T::Grid::node_account(payer.node).as_ref() != Some(signer) {
             return Err(NotContractNode);
         }
         let previous = ContractBillings::<T>::get(report.contract);
@@ -464,6 +541,9 @@ impl<T: Config> Pallet<T> {
         check(length <= T::MaxWindowSecs::get(), WindowTooLong)?;
         let latest_end = (now_ms / 1000).saturating_add(T::MaxClockDriftSecs::get());
         check(report.window_end <= latest_end, WindowInFuture)?;
+        if let Some(ended_at) = payer.ended_at {
+            check(report.window_end <= ended_at, AfterContractEnd)?;
+        }
         check(report.uptime_seconds <= length, UptimeExceedsWindow)?;
         let traffic =
             u128::from(report.public_bytes_in).saturating_add(report.public_bytes_out.into());
@@ -476,36 +556,75 @@ impl<T: Config> Pallet<T> {
                 core::cmp::Ordering::Equal => {}
             },
             None => check(
-                report.window_start >= Self::activation_floor(info.activated_at, now_ms, now_block),
+                report.window_start
+                    >= Self::activation_floor(payer.activated_at, now_ms, now_block),
                 StartsBeforeActivation,
             )?,
         }
 
-        let farm = T::Grid::node_farm(info.node).ok_or(FarmUnknown)?;
+        let debt_before = previous.map(|b| b.debt).unwrap_or_else(Zero::zero);
+        Self::charge_and_settle(report, &payer, debt_before, now_block)?;
+        if payer.ended_at == Some(report.window_end) {
+            // The final window: nothing of the contract is left to bill.
+            Self::close(report.contract);
+        }
+        Ok(ReportOutcome::Settled)
+    }
+
+    /// Who pays for `contract` and what it holds: a live activated contract, or one that ended
+    /// and whose final window is still open.
+    fn payer(contract: ContractId) -> Option<Payer<T::AccountId, BlockNumberFor<T>>> {
+        match T::Contracts::contract_billing_info(contract) {
+            Some(info) => Some(Payer {
+                owner: info.owner,
+                node: info.node,
+                required: info.required,
+                activated_at: info.activated_at,
+                ended_at: None,
+            }),
+            None => EndedContracts::<T>::get(contract).map(|ended| Payer {
+                owner: ended.owner,
+                node: ended.node,
+                required: ended.required,
+                activated_at: ended.activated_at,
+                ended_at: Some(ended.ended_at),
+            }),
+        }
+    }
+
+    /// Prices a checked report by the farm's policy and settles it. Fails (before any write)
+    /// when the node's farm, its owner or its policy is gone.
+    fn charge_and_settle(
+        report: &ConsumptionReport,
+        payer: &Payer<T::AccountId, BlockNumberFor<T>>,
+        debt_before: BalanceOf<T>,
+        now_block: BlockNumberFor<T>,
+    ) -> Result<(), RejectReason> {
+        use RejectReason::*;
+        let farm = T::Grid::node_farm(payer.node).ok_or(FarmUnknown)?;
         let farm_owner = T::Grid::farm_owner(farm).ok_or(FarmUnknown)?;
         let policy = T::Grid::farm_pricing_policy(farm)
             .and_then(PricingPolicies::<T>::get)
             .ok_or(NoPricingPolicy)?;
-
-        let charge = policy.charge(&info.required, report);
-        let debt_before = previous.map(|b| b.debt).unwrap_or_else(Zero::zero);
+        let charge = policy.charge(&payer.required, report);
         Self::settle(
             report,
-            &info,
+            payer,
             &farm_owner,
             &policy,
             charge,
             debt_before,
             now_block,
         );
-        Ok(ReportOutcome::Settled)
+        Ok(())
     }
 
     /// Collects `charge` plus the earlier debt, pays out, records the new billing state and
-    /// moves the contract into or out of grace.
+    /// moves a live contract into or out of grace (an ended one keeps its debt until it is
+    /// closed, which writes it off).
     fn settle(
         report: &ConsumptionReport,
-        info: &BillingInfo<T::AccountId, BlockNumberFor<T>>,
+        payer: &Payer<T::AccountId, BlockNumberFor<T>>,
         farm_owner: &T::AccountId,
         policy: &PricingPolicy<BalanceOf<T>>,
         charge: BalanceOf<T>,
@@ -514,7 +633,7 @@ impl<T: Config> Pallet<T> {
     ) {
         let contract = report.contract;
         let due = debt_before.saturating_add(charge);
-        let payout = Self::collect(&info.owner, farm_owner, policy, due);
+        let payout = Self::collect(&payer.owner, farm_owner, policy, due);
         let collected = payout
             .farm_owner
             .saturating_add(payout.treasury)
@@ -532,14 +651,14 @@ impl<T: Config> Pallet<T> {
         ContractBillings::<T>::insert(
             contract,
             ContractBilling {
-                node: info.node,
+                node: payer.node,
                 last_report: report.clone(),
                 debt,
             },
         );
         Self::deposit_event(Event::ReportSettled {
             contract,
-            owner: info.owner.clone(),
+            owner: payer.owner.clone(),
             window_start: report.window_start,
             window_end: report.window_end,
             charged: charge,
@@ -551,16 +670,24 @@ impl<T: Config> Pallet<T> {
             debt,
         });
 
+        if payer.ended_at.is_some() {
+            return;
+        }
         if !debt.is_zero() {
             if !GraceSince::<T>::contains_key(contract) {
                 GraceSince::<T>::insert(contract, now_block);
+                Self::queue_deadline(
+                    DeadlineKind::GraceExpiry,
+                    contract,
+                    T::GracePeriodBlocks::get(),
+                );
                 if let Err(e) = T::Contracts::set_grace_period(contract, true) {
                     // The debt stands and the sweep will cancel the contract if it stays unpaid.
                     log::error!(target: LOG_TARGET, "contract {contract}: entering grace failed: {e:?}");
                 }
                 Self::deposit_event(Event::GracePeriodStarted {
                     contract,
-                    owner: info.owner.clone(),
+                    owner: payer.owner.clone(),
                     debt,
                 });
             }
@@ -570,7 +697,7 @@ impl<T: Config> Pallet<T> {
             }
             Self::deposit_event(Event::ContractResumed {
                 contract,
-                owner: info.owner.clone(),
+                owner: payer.owner.clone(),
             });
         }
     }
@@ -647,54 +774,9 @@ impl<T: Config> Pallet<T> {
         payout
     }
 
-    /// One step of the grace sweep per contract in grace, from the cursor on, while `limit`
-    /// allows; cancels the contracts whose grace period ran out.
-    fn sweep_grace(now: BlockNumberFor<T>, limit: Weight) -> Weight {
-        let base = T::DbWeight::get().reads_writes(1, 1);
-        let step = T::WeightInfo::on_idle_step();
-        let Some(budget) = limit.checked_sub(&base) else {
-            return Weight::zero();
-        };
-        // A zero component of `step` does not limit the count; the constant cap still does.
-        let by_time = budget
-            .ref_time()
-            .checked_div(step.ref_time())
-            .unwrap_or(u64::MAX);
-        let by_proof = budget
-            .proof_size()
-            .checked_div(step.proof_size())
-            .unwrap_or(u64::MAX);
-        let steps = by_time
-            .min(by_proof)
-            .min(u64::from(MAX_GRACE_STEPS_PER_BLOCK));
-        if steps == 0 {
-            return Weight::zero();
-        }
-
-        let iter = match GraceCursor::<T>::get() {
-            Some(after) => GraceSince::<T>::iter_from(GraceSince::<T>::hashed_key_for(after)),
-            None => GraceSince::<T>::iter(),
-        };
-        // Collected first: the map changes while contracts are cancelled.
-        let steps = usize::try_from(steps).unwrap_or(usize::MAX);
-        let batch: Vec<(ContractId, BlockNumberFor<T>)> = iter.take(steps).collect();
-        let done = batch.len() < steps;
-        let grace = T::GracePeriodBlocks::get();
-        for (contract, since) in batch.iter() {
-            if now >= since.saturating_add(grace) {
-                Self::expire_grace(*contract);
-            }
-        }
-        match (done, batch.last()) {
-            (false, Some((last, _))) => GraceCursor::<T>::put(last),
-            _ => GraceCursor::<T>::kill(),
-        }
-        let looked_at = u64::try_from(batch.len()).unwrap_or(u64::MAX).max(1);
-        base.saturating_add(step.saturating_mul(looked_at))
-    }
-
-    /// Cancels a contract whose grace period ran out.
-    fn expire_grace(contract: ContractId) {
+    /// Cancels a contract whose grace period ran out. False if cancelling failed and the
+    /// contract is still there (to be retried).
+    fn expire_grace(contract: ContractId) -> bool {
         let debt = ContractBillings::<T>::get(contract)
             .map(|b| b.debt)
             .unwrap_or_else(Zero::zero);
@@ -703,13 +785,16 @@ impl<T: Config> Pallet<T> {
                 Self::deposit_event(Event::GracePeriodExpired { contract, debt });
                 // Normally done already through `OnContractEnded`; idempotent.
                 Self::close(contract);
+                true
             }
             Err(error) => {
                 if T::Contracts::contract_billing_info(contract).is_none() {
                     // Already gone without telling billing.
                     Self::close(contract);
+                    true
                 } else {
                     Self::deposit_event(Event::GraceExpiryFailed { contract, error });
+                    false
                 }
             }
         }
@@ -718,6 +803,7 @@ impl<T: Config> Pallet<T> {
     /// Removes the billing state of an ended contract, writing off its debt.
     fn close(contract: ContractId) {
         GraceSince::<T>::remove(contract);
+        EndedContracts::<T>::remove(contract);
         if let Some(billing) = ContractBillings::<T>::take(contract) {
             let debt = billing.debt;
             if !debt.is_zero() {
@@ -738,14 +824,14 @@ impl<T: Config> Pallet<T> {
         contract: ContractId,
     ) -> Option<ContractBillingStatus<BalanceOf<T>, BlockNumberFor<T>>> {
         let billing = ContractBillings::<T>::get(contract);
-        let info = T::Contracts::contract_billing_info(contract);
+        let payer = Self::payer(contract);
         let now_ms = Self::now_ms();
-        let (node, last_activity) = match (&billing, &info) {
+        let (node, last_activity) = match (&billing, &payer) {
             (Some(b), _) => (b.node, b.billed_until()),
-            (None, Some(i)) => (
-                i.node,
+            (None, Some(p)) => (
+                p.node,
                 Self::activation_floor(
-                    i.activated_at,
+                    p.activated_at,
                     now_ms,
                     frame_system::Pallet::<T>::block_number(),
                 )
@@ -760,6 +846,7 @@ impl<T: Config> Pallet<T> {
             debt: billing.map(|b| b.debt).unwrap_or_else(Zero::zero),
             grace_since: GraceSince::<T>::get(contract),
             stale: Self::is_stale(last_activity, now_ms),
+            ended_at: payer.and_then(|p| p.ended_at),
         })
     }
 
@@ -782,7 +869,12 @@ impl<T: Config> Pallet<T> {
 
     /// Checks the storage invariants:
     /// - the totals add up (see [`Totals`]) and their debt is the sum of the contracts' debts;
-    /// - a contract is in grace exactly when it has a debt, and has billing state then;
+    /// - a live contract is in grace exactly when it has a debt, and has billing state then;
+    ///   the contracts pallet agrees that it is in grace (across pallets);
+    /// - an ended contract is not in grace, is unknown to the contracts pallet, is billed at
+    ///   most up to its end and has a final-report deadline queued;
+    /// - each grace period has its expiry deadline queued, and each queue holds exactly the
+    ///   sequence numbers between its head and tail;
     /// - each contract's last report is its own, non-empty and not beyond chain time plus
     ///   drift (billed-until only moves forward: each accepted window starts at the previous
     ///   end and is non-empty, which is checked at acceptance);
@@ -812,19 +904,69 @@ impl<T: Config> Pallet<T> {
                 billing.billed_until() <= latest_end,
                 "billed beyond chain time"
             );
-            ensure!(
-                billing.debt.is_zero() != GraceSince::<T>::contains_key(id),
-                "a contract is in grace exactly when it has a debt"
-            );
+            match EndedContracts::<T>::get(id) {
+                Some(ended) => ensure!(
+                    billing.billed_until() <= ended.ended_at,
+                    "an ended contract billed beyond its end"
+                ),
+                None => ensure!(
+                    billing.debt.is_zero() != GraceSince::<T>::contains_key(id),
+                    "a contract is in grace exactly when it has a debt"
+                ),
+            }
         }
         ensure!(
             debt == totals.debt,
             "total debt is not the sum of contract debts"
         );
-        for (id, _) in GraceSince::<T>::iter() {
+        let mut queued = alloc::collections::BTreeSet::new();
+        for kind in DeadlineKind::ALL {
+            let (head, tail) = DeadlineQueueEnds::<T>::get(kind);
+            ensure!(head <= tail, "a deadline queue's head is past its tail");
+            let mut count = 0u64;
+            for (seq, deadline) in Deadlines::<T>::iter_prefix(kind) {
+                ensure!(
+                    (head..tail).contains(&seq),
+                    "a deadline outside its queue's range"
+                );
+                count = count.saturating_add(1);
+                let queued_at = match kind {
+                    // A final-report deadline is found by contract alone.
+                    DeadlineKind::FinalReport => Zero::zero(),
+                    DeadlineKind::GraceExpiry => deadline.queued_at,
+                };
+                queued.insert((kind, deadline.contract, queued_at));
+            }
+            ensure!(count == tail - head, "a deadline queue has holes");
+        }
+        for (id, since) in GraceSince::<T>::iter() {
             ensure!(
                 ContractBillings::<T>::contains_key(id),
                 "contract in grace without billing state"
+            );
+            ensure!(
+                queued.contains(&(DeadlineKind::GraceExpiry, id, since)),
+                "a grace period without its expiry deadline"
+            );
+            ensure!(
+                T::Contracts::contract_billing_info(id).is_some_and(
+                    |info| info.state == zos_primitives::contracts::ContractState::GracePeriod
+                ),
+                "billing holds a contract in grace that the contracts pallet does not"
+            );
+        }
+        for (id, _) in EndedContracts::<T>::iter() {
+            ensure!(
+                !GraceSince::<T>::contains_key(id),
+                "an ended contract in grace"
+            );
+            ensure!(
+                T::Contracts::contract_billing_info(id).is_none(),
+                "an ended contract still known to the contracts pallet"
+            );
+            ensure!(
+                queued.contains(&(DeadlineKind::FinalReport, id, Zero::zero())),
+                "an ended contract without its final-report deadline"
             );
         }
         for (_, policy) in PricingPolicies::<T>::iter() {
@@ -838,20 +980,64 @@ impl<T: Config> Pallet<T> {
 }
 
 impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
+    /// Closes the contract's billing state, or, when time since the last accepted window (or
+    /// since activation) is not billed yet, keeps it open for the final window; see the pallet
+    /// documentation.
     fn on_contract_ended(
         contract: ContractId,
-        _cause: CancelCause,
-        _info: Option<BillingInfo<T::AccountId, BlockNumberFor<T>>>,
+        cause: CancelCause,
+        info: Option<BillingInfo<T::AccountId, BlockNumberFor<T>>>,
     ) {
-        // No report, no charge: the time since the last accepted window is not billed.
-        Self::close(contract);
+        let Some(info) = info else {
+            // Never activated: nothing was consumed.
+            return Self::close(contract);
+        };
+        if cause == CancelCause::OutOfFunds {
+            // It ran out its grace period, in which the node serves nothing.
+            return Self::close(contract);
+        }
+        let now_ms = Self::now_ms();
+        let now_block = frame_system::Pallet::<T>::block_number();
+        let ended_at = now_ms / 1000;
+        let billed_until = ContractBillings::<T>::get(contract)
+            .map(|b| b.billed_until())
+            .unwrap_or_else(|| Self::activation_floor(info.activated_at, now_ms, now_block));
+        if billed_until >= ended_at {
+            return Self::close(contract);
+        }
+        // Ended: no longer in grace (the debt stays until it is paid or written off).
+        GraceSince::<T>::remove(contract);
+        EndedContracts::<T>::insert(
+            contract,
+            EndedContract {
+                owner: info.owner,
+                node: info.node,
+                required: info.required,
+                activated_at: info.activated_at,
+                ended_at,
+            },
+        );
+        let after = T::FinalReportBlocks::get();
+        Self::queue_deadline(DeadlineKind::FinalReport, contract, after);
+        Self::deposit_event(Event::AwaitingFinalReport {
+            contract,
+            ended_at,
+            report_by: now_block.saturating_add(after),
+        });
     }
 }
 
 const LOG_TARGET: &str = "runtime::billing";
 
-/// Most contracts in grace the sweep looks at in one block, however much idle weight is left.
-pub const MAX_GRACE_STEPS_PER_BLOCK: u32 = 1_000;
+/// Who pays for a contract being billed and what it holds.
+struct Payer<AccountId, BlockNumber> {
+    owner: AccountId,
+    node: NodeId,
+    required: zos_primitives::spec::RequiredResources,
+    activated_at: BlockNumber,
+    /// Set for a contract that ended: its windows may not end later.
+    ended_at: Option<u64>,
+}
 
 fn check(condition: bool, reason: RejectReason) -> Result<(), RejectReason> {
     if condition {

@@ -74,6 +74,8 @@ pub const DRIFT: u64 = 60;
 pub const BLOCK_MS: u64 = 6_000;
 pub const GRACE_BLOCKS: BlockNumber = 100;
 pub const STALE_AFTER: u64 = 7_200;
+pub const FINAL_REPORT_BLOCKS: BlockNumber = 50;
+pub const MAX_DEADLINES_PER_BLOCK: u32 = 2;
 /// Chain time at the start of each test: any plausible "now", far from zero.
 pub const START_MS: u64 = 1_700_000_000_000;
 pub const START: u64 = START_MS / 1000;
@@ -108,6 +110,8 @@ impl pallet_billing::Config for Test {
     type MaxClockDriftSecs = ConstU64<DRIFT>;
     type BlockTimeMs = ConstU64<BLOCK_MS>;
     type GracePeriodBlocks = ConstU64<GRACE_BLOCKS>;
+    type FinalReportBlocks = ConstU64<FINAL_REPORT_BLOCKS>;
+    type MaxDeadlinesPerBlock = ConstU32<MAX_DEADLINES_PER_BLOCK>;
     type StaleAfterSecs = ConstU64<STALE_AFTER>;
     type WeightInfo = ();
     #[cfg(feature = "runtime-benchmarks")]
@@ -306,6 +310,27 @@ fn insert_contract(owner: AccountId, node: NodeId, required: RequiredResources) 
         )
     });
     id
+}
+
+/// Ends a contract as the deployments pallet does: removed, capacity and IPs released, billing
+/// told with the contract's last billing data.
+pub fn end_contract(contract: ContractId, cause: CancelCause) {
+    let info = with_world(|w| w.contracts.remove(&contract))
+        .expect("the contract exists")
+        .info;
+    let _ = MockGrid::release(info.node, &info.required.resources);
+    MockGrid::release_public_ips(info.node, contract).expect("infallible");
+    <Billing as OnContractEnded<_, _>>::on_contract_ended(contract, cause, Some(info));
+}
+
+/// Moves block by block (6 s each), running billing's `on_initialize` in each.
+pub fn run_blocks(blocks: BlockNumber) {
+    for _ in 0..blocks {
+        advance_secs(BLOCK_MS / 1000);
+        <Billing as frame_support::traits::Hooks<BlockNumber>>::on_initialize(
+            System::block_number(),
+        );
+    }
 }
 
 pub fn contract_state(contract: ContractId) -> Option<ContractState> {

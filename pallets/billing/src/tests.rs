@@ -2,12 +2,15 @@ use crate::{mock::*, *};
 use frame_support::{
     assert_noop, assert_ok,
     dispatch::{Pays, PostDispatchInfo},
-    traits::{fungible::Mutate, Get, Hooks},
-    weights::Weight,
+    traits::{fungible::Mutate, Hooks},
     BoundedVec,
 };
 use sp_runtime::{DispatchError, Perbill};
-use zos_primitives::{contracts::ContractState, spec::RequiredResources, Resources, GIB};
+use zos_primitives::{
+    contracts::{CancelCause, ContractState},
+    spec::RequiredResources,
+    Resources, GIB,
+};
 
 /// 2 CPUs and 4 GiB (1 CU), 100 GiB SSD (0.5 SU), one public IPv4.
 fn small_vm() -> RequiredResources {
@@ -636,9 +639,9 @@ fn grace_then_top_up_then_resume() {
             .into(),
         );
 
-        // And the grace sweep leaves it alone.
+        // And its grace deadline, when due, leaves it alone.
         advance_blocks(GRACE_BLOCKS * 2);
-        Billing::on_idle(System::block_number(), Weight::MAX);
+        Billing::on_initialize(System::block_number());
         assert_eq!(contract_state(c), Some(ContractState::Deployed));
     });
 }
@@ -656,11 +659,11 @@ fn grace_expiry_cancels_and_releases_capacity() {
 
         // One block short of the grace length: nothing happens.
         System::set_block_number(since + GRACE_BLOCKS - 1);
-        Billing::on_idle(System::block_number(), Weight::MAX);
+        Billing::on_initialize(System::block_number());
         assert_eq!(contract_state(c), Some(ContractState::GracePeriod));
 
         System::set_block_number(since + GRACE_BLOCKS);
-        Billing::on_idle(System::block_number(), Weight::MAX);
+        Billing::on_initialize(System::block_number());
         assert_eq!(contract_state(c), None);
         assert_eq!(with_world(|w| w.cancelled.clone()), vec![c]);
         assert_eq!(reserved(NODE), Resources::zero());
@@ -694,7 +697,7 @@ fn grace_expiry_cancels_and_releases_capacity() {
 }
 
 #[test]
-fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
+fn grace_expiries_beyond_the_per_block_maximum_fall_through_to_the_next_blocks() {
     run_test(|| {
         let contracts: Vec<_> = (0..5)
             .map(|_| add_contract(POOR, NODE, RequiredResources::default()))
@@ -709,35 +712,22 @@ fn the_grace_sweep_is_bounded_by_weight_and_resumes() {
         assert_eq!(GraceSince::<Test>::iter().count(), 5);
         advance_blocks(GRACE_BLOCKS);
 
-        let base = <<Test as frame_system::Config>::DbWeight as Get<
-            frame_support::weights::RuntimeDbWeight,
-        >>::get()
-        .reads_writes(1, 1);
-        let step = <() as WeightInfo>::on_idle_step();
-        // Not even one step fits: nothing is done.
-        assert_eq!(
-            Billing::on_idle(System::block_number(), base),
-            Weight::zero()
-        );
-        assert_eq!(GraceSince::<Test>::iter().count(), 5);
-        // Two steps per block.
-        let limit = base + step * 2;
-        let used = Billing::on_idle(System::block_number(), limit);
-        assert!(used.all_lte(limit));
+        // Two per block (MAX_DEADLINES_PER_BLOCK), each block's weight counting what it did.
+        let one = Billing::on_initialize(System::block_number());
+        assert!(one.all_gte(<() as WeightInfo>::grace_expiry() * 2));
         assert_eq!(GraceSince::<Test>::iter().count(), 3);
-        assert!(GraceCursor::<Test>::get().is_some());
-        Billing::on_idle(System::block_number(), limit);
+        System::set_block_number(System::block_number() + 1);
+        Billing::on_initialize(System::block_number());
         assert_eq!(GraceSince::<Test>::iter().count(), 1);
-        Billing::on_idle(System::block_number(), limit);
+        System::set_block_number(System::block_number() + 1);
+        Billing::on_initialize(System::block_number());
         assert_eq!(GraceSince::<Test>::iter().count(), 0);
-        assert_eq!(
-            GraceCursor::<Test>::get(),
-            None,
-            "a finished pass resets the cursor"
-        );
         let mut cancelled = with_world(|w| w.cancelled.clone());
         cancelled.sort();
         assert_eq!(cancelled, contracts);
+        // The queue is empty: a block with nothing due costs only the head reads.
+        let idle = Billing::on_initialize(System::block_number() + 1);
+        assert!(idle.all_lt(<() as WeightInfo>::grace_expiry()));
     });
 }
 
@@ -757,7 +747,7 @@ fn the_sweep_skips_contracts_whose_grace_has_not_run_out() {
         r.public_bytes_out = GIB;
         submit(NODE_ACCOUNT, vec![r]);
         advance_blocks(GRACE_BLOCKS / 2);
-        Billing::on_idle(System::block_number(), Weight::MAX);
+        Billing::on_initialize(System::block_number());
         assert_eq!(contract_state(early), None);
         assert_eq!(contract_state(late), Some(ContractState::GracePeriod));
     });
@@ -824,7 +814,7 @@ fn stale_contracts_are_listed_and_accrue_nothing() {
 
         // Time passing without reports costs nothing.
         advance_blocks(10 * GRACE_BLOCKS);
-        Billing::on_idle(System::block_number(), Weight::MAX);
+        Billing::on_initialize(System::block_number());
         assert_eq!(balance(OWNER), paid);
     });
 }
@@ -924,4 +914,271 @@ fn reports_per_hour_fit_the_goal() {
         );
     }
     assert!(per_hour(256) > 400_000);
+}
+
+/// The `ReportSettled` charges of `contract`, with their windows.
+fn settled(contract: ContractId) -> Vec<(u64, u64, Balance)> {
+    billing_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ReportSettled {
+                contract: c,
+                window_start,
+                window_end,
+                charged,
+                ..
+            } if c == contract => Some((window_start, window_end, charged)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_contract_cancelled_90_s_into_a_300_s_window_pays_for_the_90_s() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(300);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 300, 300)]);
+        advance_secs(90);
+        end_contract(c, CancelCause::Signers);
+        let ended_at = START + 390;
+        System::assert_last_event(
+            Event::<Test>::AwaitingFinalReport {
+                contract: c,
+                ended_at,
+                report_by: System::block_number() + FINAL_REPORT_BLOCKS,
+            }
+            .into(),
+        );
+        let status = Billing::contract_billing(c).expect("still billed");
+        assert_eq!(
+            (status.ended_at, status.billed_until),
+            (Some(ended_at), Some(START + 300))
+        );
+
+        // The node sees the end a few blocks later: a window past the end is refused.
+        run_blocks(3);
+        System::reset_events();
+        let info = submit(NODE_ACCOUNT, vec![report(c, START + 300, START + 420, 108)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::AfterContractEnd)]);
+        assert_eq!(info.pays_fee, Pays::Yes);
+
+        // The final window, 90 s long, is charged for 90 s and closes the contract's billing.
+        let paid_before = balance(OWNER);
+        let final_window = report(c, START + 300, ended_at, 90);
+        let info = submit(NODE_ACCOUNT, vec![final_window.clone()]);
+        assert_eq!(info.pays_fee, Pays::No);
+        let price = test_policy().charge(&small_vm(), &final_window);
+        assert!(price > 0);
+        assert_eq!(settled(c), vec![(START + 300, ended_at, price)]);
+        assert_eq!(balance(OWNER), paid_before - price);
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        assert_eq!(Billing::contract_billing(c), None);
+        System::assert_last_event(
+            Event::<Test>::BillingClosed {
+                contract: c,
+                debt_written_off: 0,
+            }
+            .into(),
+        );
+        // Its deadline later finds nothing to do.
+        System::reset_events();
+        run_blocks(FINAL_REPORT_BLOCKS);
+        assert!(billing_events().is_empty());
+    });
+}
+
+#[test]
+fn a_contract_that_never_reported_bills_its_whole_life_as_the_final_window() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(90);
+        end_contract(c, CancelCause::Signers);
+        run_blocks(2);
+        let window = report(c, START, START + 90, 90);
+        submit(NODE_ACCOUNT, vec![window.clone()]);
+        assert_eq!(
+            settled(c),
+            vec![(
+                START,
+                START + 90,
+                test_policy().charge(&small_vm(), &window)
+            )]
+        );
+        assert!(EndedContracts::<Test>::get(c).is_none());
+    });
+}
+
+#[test]
+fn an_unreported_final_window_is_charged_at_the_last_windows_uptime() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(300);
+        // Up half of the last window.
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 300, 150)]);
+        advance_secs(90);
+        end_contract(c, CancelCause::Signers);
+        System::reset_events();
+
+        run_blocks(FINAL_REPORT_BLOCKS - 1);
+        assert!(EndedContracts::<Test>::get(c).is_some(), "not due yet");
+        run_blocks(1);
+        let estimated = report(c, START + 300, START + 390, 45);
+        System::assert_has_event(
+            Event::<Test>::FinalWindowEstimated {
+                contract: c,
+                window_start: START + 300,
+                window_end: START + 390,
+                uptime_seconds: 45,
+            }
+            .into(),
+        );
+        assert_eq!(
+            settled(c),
+            vec![(
+                START + 300,
+                START + 390,
+                test_policy().charge(&small_vm(), &estimated)
+            )]
+        );
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        // Too late now: the node's report is refused.
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START + 300, START + 390, 90)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::UnknownContract)]);
+    });
+}
+
+#[test]
+fn a_node_silent_long_before_the_end_gets_no_estimate() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(300);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 300, 300)]);
+        // Silent for longer than the longest window, then the contract ends.
+        advance_secs(MAX_WINDOW + 60);
+        end_contract(c, CancelCause::Signers);
+        System::reset_events();
+        let paid_before = balance(OWNER);
+        run_blocks(FINAL_REPORT_BLOCKS);
+        assert!(settled(c).is_empty());
+        assert_eq!(balance(OWNER), paid_before);
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        System::assert_last_event(
+            Event::<Test>::BillingClosed {
+                contract: c,
+                debt_written_off: 0,
+            }
+            .into(),
+        );
+    });
+}
+
+#[test]
+fn a_contract_ended_in_grace_leaves_grace_and_its_debt_is_written_off_at_the_end() {
+    run_test(|| {
+        let c = add_contract(POOR, NODE, small_vm());
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        let owed = debt(c);
+        assert!(owed > 0 && GraceSince::<Test>::contains_key(c));
+        advance_secs(60);
+        end_contract(c, CancelCause::Signers);
+        assert!(!GraceSince::<Test>::contains_key(c));
+        assert_eq!(debt(c), owed, "the debt stays until the contract closes");
+        // The node stopped serving in grace: a zero-uptime final window.
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 3_600, START + 3_660, 0)],
+        );
+        System::assert_last_event(
+            Event::<Test>::BillingClosed {
+                contract: c,
+                debt_written_off: owed,
+            }
+            .into(),
+        );
+        // The old grace deadline is skipped: the contract is gone, nothing is cancelled.
+        run_blocks(GRACE_BLOCKS);
+        assert!(with_world(|w| w.cancelled.is_empty()));
+    });
+}
+
+#[test]
+fn a_contract_billed_up_to_its_end_closes_at_once() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        end_contract(c, CancelCause::Signers);
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        assert!(ContractBillings::<Test>::get(c).is_none());
+        assert_eq!(
+            DeadlineQueueEnds::<Test>::get(DeadlineKind::FinalReport),
+            (0, 0)
+        );
+    });
+}
+
+#[test]
+fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
+    use frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+    run_test(|| {
+        // Three contracts in grace since blocks 30, 10 and 20 (map order is by hash, not age).
+        let contracts: Vec<_> = (0..3)
+            .map(|_| add_contract(POOR, NODE, RequiredResources::default()))
+            .collect();
+        let mut total = 0;
+        for (c, since) in contracts.iter().zip([30u64, 10, 20]) {
+            ContractBillings::<Test>::insert(
+                c,
+                ContractBilling {
+                    node: NODE,
+                    last_report: report(*c, START - 60, START, 0),
+                    debt: 5,
+                },
+            );
+            GraceSince::<Test>::insert(c, since);
+            assert_ok!(MockContracts::set_grace_period(*c, true));
+            total += 5;
+        }
+        LedgerTotals::<Test>::mutate(|t| {
+            t.charged += total;
+            t.debt += total;
+        });
+        let cursor = frame_support::storage::storage_prefix(b"Billing", b"GraceCursor");
+        frame_support::storage::unhashed::put(&cursor, &contracts[0]);
+        StorageVersion::new(1).put::<Billing>();
+
+        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+
+        assert_eq!(Billing::on_chain_storage_version(), 2);
+        assert!(frame_support::storage::unhashed::get_raw(&cursor).is_none());
+        let queued: Vec<_> = (0..3)
+            .map(|seq| {
+                let d = Deadlines::<Test>::get(DeadlineKind::GraceExpiry, seq).unwrap();
+                (d.queued_at, d.due, d.contract)
+            })
+            .collect();
+        assert_eq!(
+            queued,
+            vec![
+                (10, 10 + GRACE_BLOCKS, contracts[1]),
+                (20, 20 + GRACE_BLOCKS, contracts[2]),
+                (30, 30 + GRACE_BLOCKS, contracts[0]),
+            ]
+        );
+        Billing::do_try_state().expect("consistent after the migration");
+        // A second run does nothing: the version is 2 now.
+        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+        assert_eq!(
+            DeadlineQueueEnds::<Test>::get(DeadlineKind::GraceExpiry),
+            (0, 3)
+        );
+        // And the deadlines fire when due.
+        System::set_block_number(10 + GRACE_BLOCKS);
+        Billing::on_initialize(System::block_number());
+        assert_eq!(with_world(|w| w.cancelled.clone()), vec![contracts[1]]);
+    });
 }

@@ -192,6 +192,8 @@ pub enum RejectReason {
     NoPricingPolicy,
     /// The window's public traffic is more than `MaxTrafficBytesPerSec` times its length.
     TrafficAboveCapacity,
+    /// The contract ended: its final window must end at or before the end time.
+    AfterContractEnd,
 }
 
 /// What billing keeps per contract from its first accepted report until the contract ends.
@@ -211,6 +213,65 @@ impl<Balance> ContractBilling<Balance> {
     pub fn billed_until(&self) -> u64 {
         self.last_report.window_end
     }
+}
+
+/// A contract that ended while part of its time was not billed yet: its node may still report
+/// the final window, up to `ended_at`, until the contract's [`DeadlineKind::FinalReport`]
+/// deadline.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
+)]
+pub struct EndedContract<AccountId, BlockNumber> {
+    /// Pays for the final window.
+    pub owner: AccountId,
+    pub node: NodeId,
+    /// What the contract held when it ended (and is charged for).
+    pub required: RequiredResources,
+    /// Block of the contract's first activation.
+    pub activated_at: BlockNumber,
+    /// Chain time the contract ended at, unix seconds: the end of its final window.
+    pub ended_at: u64,
+}
+
+/// The queues of [`crate::Deadlines`]. Each queue's deadlines are a fixed number of blocks after
+/// the event that queued them, so each queue is in due order by construction.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+    PartialOrd,
+    Ord,
+)]
+pub enum DeadlineKind {
+    /// A grace period runs out: the contract is cancelled if still in that grace period.
+    GraceExpiry,
+    /// The time to report an ended contract's final window runs out: billing estimates it (see
+    /// the pallet documentation) and closes the contract's billing state.
+    FinalReport,
+}
+
+impl DeadlineKind {
+    pub const ALL: [DeadlineKind; 2] = [DeadlineKind::GraceExpiry, DeadlineKind::FinalReport];
+}
+
+/// One queued deadline.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
+)]
+pub struct Deadline<BlockNumber> {
+    /// First block whose `on_initialize` handles it.
+    pub due: BlockNumber,
+    pub contract: ContractId,
+    /// The block the deadline was queued at (a grace period's start): a deadline whose grace
+    /// period ended and a later one started is recognised as out of date and skipped.
+    pub queued_at: BlockNumber,
 }
 
 /// Running totals of everything billing moved, for audits and `try_state`.

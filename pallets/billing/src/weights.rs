@@ -31,7 +31,8 @@ use core::marker::PhantomData;
 pub trait WeightInfo {
 	fn set_pricing_policy() -> Weight;
 	fn report_consumption(n: u32, ) -> Weight;
-	fn on_idle_step() -> Weight;
+	fn grace_expiry() -> Weight;
+	fn final_report_deadline() -> Weight;
 }
 
 /// Weights for `pallet_billing` using the Substrate node and recommended hardware.
@@ -86,8 +87,6 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().writes((4_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 19599).saturating_mul(n.into()))
 	}
-	/// Storage: `Billing::GraceCursor` (r:1 w:1)
-	/// Proof: `Billing::GraceCursor` (`max_values`: Some(1), `max_size`: Some(8), added: 503, mode: `MaxEncodedLen`)
 	/// Storage: `Billing::GraceSince` (r:1 w:1)
 	/// Proof: `Billing::GraceSince` (`max_values`: None, `max_size`: Some(20), added: 2495, mode: `MaxEncodedLen`)
 	/// Storage: `Billing::ContractBillings` (r:1 w:1)
@@ -112,7 +111,7 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 	/// Proof: `Balances::Holds` (`max_values`: None, `max_size`: Some(85), added: 2560, mode: `MaxEncodedLen`)
 	/// Storage: `System::Account` (r:1 w:1)
 	/// Proof: `System::Account` (`max_values`: None, `max_size`: Some(128), added: 2603, mode: `MaxEncodedLen`)
-	fn on_idle_step() -> Weight {
+	fn grace_expiry() -> Weight {
 		// Proof Size summary in bytes:
 		//  Measured:  `2100`
 		//  Estimated: `43000`
@@ -120,6 +119,12 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		Weight::from_parts(70_000_000, 43000)
 			.saturating_add(T::DbWeight::get().reads(10_u64))
 			.saturating_add(T::DbWeight::get().writes(13_u64))
+	}
+	/// One report settled (as `report_consumption(1)`) plus closing the contract's billing.
+	fn final_report_deadline() -> Weight {
+		Weight::from_parts(70_000_000, 21165)
+			.saturating_add(T::DbWeight::get().reads(12_u64))
+			.saturating_add(T::DbWeight::get().writes(9_u64))
 	}
 }
 
@@ -138,9 +143,14 @@ impl WeightInfo for () {
 			.saturating_add(RocksDbWeight::get().writes((4_u64).saturating_mul(n.into())))
 			.saturating_add(Weight::from_parts(0, 19599).saturating_mul(n.into()))
 	}
-	fn on_idle_step() -> Weight {
+	fn grace_expiry() -> Weight {
 		Weight::from_parts(70_000_000, 43000)
 			.saturating_add(RocksDbWeight::get().reads(10_u64))
 			.saturating_add(RocksDbWeight::get().writes(13_u64))
+	}
+	fn final_report_deadline() -> Weight {
+		Weight::from_parts(70_000_000, 21165)
+			.saturating_add(RocksDbWeight::get().reads(12_u64))
+			.saturating_add(RocksDbWeight::get().writes(9_u64))
 	}
 }

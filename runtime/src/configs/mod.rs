@@ -25,7 +25,7 @@ use super::{
     AccountId, Aura, Balance, Balances, Billing, Block, BlockNumber, Deployments, Grid, Hash,
     Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
     RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, Timestamp, DAYS, EXISTENTIAL_DEPOSIT,
-    MILLI_SECS_PER_BLOCK, MILLI_UNIT, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
+    MILLI_SECS_PER_BLOCK, MILLI_UNIT, MINUTES, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -197,6 +197,11 @@ impl pallet_billing::Config for Runtime {
     type BlockTimeMs = ConstU64<MILLI_SECS_PER_BLOCK>;
     /// Unpaid contracts keep their data for a day, then are cancelled.
     type GracePeriodBlocks = ConstU32<DAYS>;
+    /// A node has ten minutes after a contract ends to report its final window.
+    type FinalReportBlocks = ConstU32<{ 10 * MINUTES }>;
+    /// Deadlines of each kind handled per block: 32 grace expiries (each a contract
+    /// cancellation) stay a small, fixed part of every block.
+    type MaxDeadlinesPerBlock = ConstU32<32>;
     /// A node silent for two hours makes its contracts stale.
     type StaleAfterSecs = ConstU64<{ 2 * 3600 }>;
     type WeightInfo = crate::weights::pallet_billing::WeightInfo<Runtime>;

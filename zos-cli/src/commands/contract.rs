@@ -462,7 +462,7 @@ pub(super) async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             b.grace_since.map(|g| format!(", in grace since block {g}")).unwrap_or_default(),
             if b.stale { ", STALE (no recent report)" } else { "" }
         ));
-        json!({ "billed_until": b.billed_until, "debt": b.debt.to_string(), "grace_since": b.grace_since, "stale": b.stale })
+        json!({ "billed_until": b.billed_until, "debt": b.debt.to_string(), "grace_since": b.grace_since, "stale": b.stale, "ended_at": b.ended_at })
     });
     Ok(Out::new(
         json!({
