@@ -113,7 +113,10 @@ pub type UncheckedExtrinsic =
 pub type SignedPayload = generic::SignedPayload<RuntimeCall, TxExtension>;
 
 /// Storage migrations run at the next runtime upgrade.
-type Migrations = (pallet_billing::migrations::V1ToV2<Runtime>,);
+type Migrations = (
+    pallet_billing::migrations::V1ToV2<Runtime>,
+    pallet_deployments::migrations::V1ToV2<Runtime>,
+);
 
 pub type Executive = frame_executive::Executive<
     Runtime,

@@ -50,19 +50,6 @@ fn signer_set<T: Config>(owner: &T::AccountId, last_required: bool) -> SignersOf
     BoundedVec::truncate_from(list)
 }
 
-/// Fills every expiry slot of the search window but the last, so scheduling reads them all.
-fn fill_expiry_window<T: Config>() {
-    let first = frame_system::Pallet::<T>::block_number().saturating_add(T::ProposalTtl::get());
-    let mut at = first;
-    for slot in 0..EXPIRY_SEARCH_BLOCKS.saturating_sub(1) {
-        let ids: Vec<ContractId> = (0..T::MaxExpiriesPerBlock::get())
-            .map(|i| u64::MAX - u64::from(slot) * 1_000 - u64::from(i))
-            .collect();
-        ProposalExpiries::<T>::insert(at, BoundedVec::truncate_from(ids));
-        at = at.saturating_add(One::one());
-    }
-}
-
 /// An activated 1-of-1 contract (with `MaxSigners` signers) running the worst-case spec.
 fn active_contract<T: Config>(owner: &T::AccountId, node: NodeId) -> ContractId {
     let id = NextContractId::<T>::get();
@@ -87,7 +74,6 @@ mod benchmarks {
         let (node, _) = node::<T>();
         let owner = funded::<T>("owner", 0, 1);
         let signers = signer_set::<T>(&owner, false);
-        fill_expiry_window::<T>();
         let id = NextContractId::<T>::get();
 
         #[extrinsic_call]
@@ -169,7 +155,6 @@ mod benchmarks {
         let (node, _) = node::<T>();
         let owner = funded::<T>("owner", 0, 2);
         let id = active_contract::<T>(&owner, node);
-        fill_expiry_window::<T>();
 
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), id, Box::new(worst_case::spec(1)));
@@ -187,7 +172,6 @@ mod benchmarks {
         let (node, _) = node::<T>();
         let owner = funded::<T>("owner", 0, 1);
         let id = active_contract::<T>(&owner, node);
-        fill_expiry_window::<T>();
 
         #[extrinsic_call]
         _(RawOrigin::Signed(owner), id);

@@ -11,7 +11,10 @@
 //!   or swapped proposal can never be approved by mistake.
 //! - A proposal passes when the approving weight reaches the threshold and every required
 //!   signer approved. A required signer may `reject` it; otherwise it expires after
-//!   `ProposalTtl` blocks.
+//!   `ProposalTtl` blocks. Expiries wait in one FIFO queue (every proposal lives the same
+//!   number of blocks, so the queue is in due order); `on_initialize` handles at most
+//!   `MaxExpiriesPerBlock` of them per block and the rest in the next blocks, so no number of
+//!   proposals can make scheduling fail for anybody else: a flood only delays expiries.
 //! - When a spec passes, the node must accept workloads; its resources are reserved and public
 //!   IPv4 addresses assigned from the node's farm, all or nothing (an update reserves only the
 //!   difference). Cancelling releases everything and removes the contract.
@@ -27,6 +30,7 @@ extern crate alloc;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+pub mod migrations;
 #[cfg(test)]
 mod mock;
 #[cfg(test)]
@@ -43,6 +47,7 @@ pub use weights::WeightInfo;
 use alloc::vec::Vec;
 use codec::Encode;
 use frame_support::{
+    defensive,
     dispatch::DispatchResult,
     ensure,
     traits::{fungible::MutateHold, tokens::Precision, Get},
@@ -50,7 +55,7 @@ use frame_support::{
 };
 use frame_system::pallet_prelude::BlockNumberFor;
 use sp_runtime::{
-    traits::{CheckedAdd, CheckedMul, One, Saturating, Zero},
+    traits::{CheckedAdd, CheckedMul, Saturating, Zero},
     DispatchError,
 };
 use zos_primitives::{
@@ -62,10 +67,6 @@ use zos_primitives::{
     ContractId, GridCapacity, NodeId, Resources,
 };
 
-/// Blocks after the TTL searched for room in the expiry queue before `create` and the
-/// propose calls give up (each step is one storage read).
-pub const EXPIRY_SEARCH_BLOCKS: u32 = 8;
-
 #[frame_support::pallet]
 pub mod pallet {
     use super::*;
@@ -73,7 +74,9 @@ pub mod pallet {
     use frame_system::pallet_prelude::*;
     use zos_primitives::spec::SpecError;
 
-    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+    /// 2: proposal expiries moved from per-block slots (`ProposalExpiries`) to one FIFO queue
+    /// ([`ExpiryQueue`]); see [`crate::migrations`].
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -103,7 +106,8 @@ pub mod pallet {
         /// Blocks a proposal may wait for approval.
         #[pallet::constant]
         type ProposalTtl: Get<BlockNumberFor<Self>>;
-        /// Proposals that may expire in one block (bounds the `on_initialize` work).
+        /// Proposal expiries handled in one block at most (bounds the `on_initialize` work);
+        /// later ones wait for the next blocks.
         #[pallet::constant]
         type MaxExpiriesPerBlock: Get<u32>;
         /// Deposit of every contract, whatever its size.
@@ -143,15 +147,17 @@ pub mod pallet {
     pub type Proposals<T: Config> =
         StorageMap<_, Twox64Concat, ContractId, Proposal<T>, OptionQuery>;
 
-    /// Contracts whose proposal expires at the start of a block.
+    /// Proposal expiries by sequence number: `(due block, contract)`, in due order. An entry
+    /// whose contract no longer has a proposal due then (approved, rejected, cancelled) is
+    /// skipped when reached. Bounded by the proposals opened in the last `ProposalTtl` blocks,
+    /// each of which held a deposit.
     #[pallet::storage]
-    pub type ProposalExpiries<T: Config> = StorageMap<
-        _,
-        Twox64Concat,
-        BlockNumberFor<T>,
-        BoundedVec<ContractId, T::MaxExpiriesPerBlock>,
-        ValueQuery,
-    >;
+    pub type ExpiryQueue<T: Config> =
+        StorageMap<_, Twox64Concat, u64, (BlockNumberFor<T>, ContractId), OptionQuery>;
+
+    /// `(head, tail)` of [`ExpiryQueue`]: sequence numbers `head..tail` are queued.
+    #[pallet::storage]
+    pub type ExpiryQueueEnds<T: Config> = StorageValue<_, (u64, u64), ValueQuery>;
 
     #[pallet::storage]
     pub type ContractsByNode<T: Config> =
@@ -300,8 +306,6 @@ pub mod pallet {
         ReportForInactiveVersion,
         /// The report must list every workload of the active spec, in spec order.
         ReportDoesNotMatchSpec,
-        /// Every expiry slot in the search window is full; try again in a later block.
-        ExpiryQueueFull,
         /// The deposit computation overflows.
         DepositOverflow,
         /// The node's capacity ledger in this pallet would overflow or underflow.
@@ -316,13 +320,27 @@ pub mod pallet {
 
     #[pallet::hooks]
     impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        /// Expires the due proposals, oldest first, at most `MaxExpiriesPerBlock`.
         fn on_initialize(now: BlockNumberFor<T>) -> Weight {
-            let expiring = ProposalExpiries::<T>::take(now);
-            let count = expiring.len() as u32;
-            for contract in expiring {
-                Self::expire(contract, now);
+            let (first, tail) = ExpiryQueueEnds::<T>::get();
+            let mut head = first;
+            let mut handled = 0u32;
+            while head < tail && handled < T::MaxExpiriesPerBlock::get() {
+                match ExpiryQueue::<T>::get(head) {
+                    Some((due, _)) if due > now => break,
+                    Some((due, contract)) => Self::expire(contract, due),
+                    None => {
+                        defensive!("a queued expiry is missing");
+                    }
+                }
+                ExpiryQueue::<T>::remove(head);
+                head = head.saturating_add(1);
+                handled = handled.saturating_add(1);
             }
-            T::WeightInfo::expire_proposals(count)
+            if head != first {
+                ExpiryQueueEnds::<T>::put((head, tail));
+            }
+            T::WeightInfo::expire_proposals(handled).saturating_add(T::DbWeight::get().reads(2))
         }
 
         #[cfg(feature = "try-runtime")]
@@ -706,7 +724,7 @@ impl<T: Config> Pallet<T> {
         hash: SpecHash,
         deposit: BalanceOf<T>,
     ) -> DispatchResult {
-        let expires_at = Self::schedule_expiry(contract_id)?;
+        let expires_at = Self::schedule_expiry(contract_id);
         let kind = match &action {
             ProposalAction::Deploy(spec) => ProposalKind::Deploy {
                 version: spec.version,
@@ -740,31 +758,19 @@ impl<T: Config> Pallet<T> {
         }
     }
 
-    /// First block at or after `now + ProposalTtl` with room in its expiry queue.
-    fn schedule_expiry(contract_id: ContractId) -> Result<BlockNumberFor<T>, DispatchError> {
-        let now = frame_system::Pallet::<T>::block_number();
-        let mut at = now
-            .checked_add(&T::ProposalTtl::get())
-            .ok_or(Error::<T>::ExpiryQueueFull)?;
-        for _ in 0..EXPIRY_SEARCH_BLOCKS {
-            if ProposalExpiries::<T>::try_mutate(at, |q| q.try_push(contract_id)).is_ok() {
-                return Ok(at);
-            }
-            at = at
-                .checked_add(&One::one())
-                .ok_or(Error::<T>::ExpiryQueueFull)?;
-        }
-        Err(Error::<T>::ExpiryQueueFull.into())
+    /// Queues the expiry of a proposal opened now, `ProposalTtl` blocks later (or later still
+    /// when many are due at once); returns the due block.
+    fn schedule_expiry(contract_id: ContractId) -> BlockNumberFor<T> {
+        let due = frame_system::Pallet::<T>::block_number().saturating_add(T::ProposalTtl::get());
+        Self::push_expiry(due, contract_id);
+        due
     }
 
-    fn unschedule_expiry(contract_id: ContractId, at: BlockNumberFor<T>) {
-        ProposalExpiries::<T>::mutate_exists(at, |q| {
-            if let Some(list) = q {
-                list.retain(|c| *c != contract_id);
-                if list.is_empty() {
-                    *q = None;
-                }
-            }
+    /// Appends an expiry to the queue; callers keep it in due order.
+    pub(crate) fn push_expiry(due: BlockNumberFor<T>, contract_id: ContractId) {
+        ExpiryQueueEnds::<T>::mutate(|(_, tail)| {
+            ExpiryQueue::<T>::insert(*tail, (due, contract_id));
+            *tail = tail.saturating_add(1);
         });
     }
 
@@ -774,8 +780,8 @@ impl<T: Config> Pallet<T> {
         mut contract: Contract<T>,
         proposal: &Proposal<T>,
     ) -> DispatchResult {
+        // Its queued expiry is skipped when reached.
         Proposals::<T>::remove(contract_id);
-        Self::unschedule_expiry(contract_id, proposal.expires_at);
         if !proposal.deposit.is_zero() {
             T::Currency::release(
                 &HoldReason::ContractDeposit.into(),
@@ -796,7 +802,6 @@ impl<T: Config> Pallet<T> {
         proposal: Proposal<T>,
     ) -> DispatchResult {
         Proposals::<T>::remove(contract_id);
-        Self::unschedule_expiry(contract_id, proposal.expires_at);
         match proposal.action {
             ProposalAction::Cancel => Self::do_cancel(contract_id, CancelCause::Signers),
             ProposalAction::Deploy(spec) => {
@@ -862,7 +867,11 @@ impl<T: Config> Pallet<T> {
             version,
             required: new,
         });
-        contract.state = ContractState::Active;
+        // An update approved during the grace period keeps the contract in grace: only paying
+        // the debt ends it (billing then restores the state the node reports).
+        if contract.state != ContractState::GracePeriod {
+            contract.state = ContractState::Active;
+        }
         Contracts::<T>::insert(contract_id, &contract);
         ActiveSpecs::<T>::insert(contract_id, spec);
         Reports::<T>::remove(contract_id);
@@ -926,9 +935,7 @@ impl<T: Config> Pallet<T> {
         let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
         let node = contract.node;
         let info = Self::billing_info(&contract);
-        if let Some(proposal) = Proposals::<T>::take(contract_id) {
-            Self::unschedule_expiry(contract_id, proposal.expires_at);
-        }
+        Proposals::<T>::remove(contract_id);
         if let Some(active) = contract.active {
             let resources = active.required.resources;
             if !resources.is_zero() {
@@ -967,12 +974,13 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// Drops a proposal whose time ran out; a contract whose creation expired ends.
-    fn expire(contract_id: ContractId, now: BlockNumberFor<T>) {
+    /// Drops a proposal whose time (`due`) ran out; a contract whose creation expired ends.
+    /// Nothing happens when the contract's proposal is not the one queued for `due`.
+    fn expire(contract_id: ContractId, due: BlockNumberFor<T>) {
         let Some(proposal) = Proposals::<T>::get(contract_id) else {
             return;
         };
-        if proposal.expires_at != now {
+        if proposal.expires_at != due {
             return;
         }
         let result = frame_support::storage::with_storage_layer(|| -> DispatchResult {
@@ -1224,20 +1232,32 @@ impl<T: Config> Pallet<T> {
             );
         }
 
-        let mut scheduled: BTreeSet<ContractId> = BTreeSet::new();
-        for (at, list) in ProposalExpiries::<T>::iter() {
-            ensure!(!list.is_empty(), "empty expiry queue kept");
-            for id in list {
-                ensure!(scheduled.insert(id), "contract scheduled to expire twice");
-                let p = Proposals::<T>::get(id).ok_or("expiry scheduled for a missing proposal")?;
-                ensure!(p.expires_at == at, "expiry scheduled at the wrong block");
-            }
+        // The queue: contiguous, in due order; each pending proposal has its entry.
+        let (head, tail) = ExpiryQueueEnds::<T>::get();
+        ensure!(head <= tail, "expiry queue head past its tail");
+        let mut scheduled: BTreeSet<(ContractId, BlockNumberFor<T>)> = BTreeSet::new();
+        let mut previous_due = None;
+        for seq in head..tail {
+            let (due, id) = ExpiryQueue::<T>::get(seq).ok_or("a hole in the expiry queue")?;
+            ensure!(
+                previous_due.is_none_or(|p| p <= due),
+                "expiry queue out of due order"
+            );
+            previous_due = Some(due);
+            scheduled.insert((id, due));
         }
+        ensure!(
+            ExpiryQueue::<T>::iter().count() as u64 == tail - head,
+            "expiry queue entries outside its range"
+        );
         let mut proposal_count: usize = 0;
         for (id, p) in Proposals::<T>::iter() {
             proposal_count = proposal_count.saturating_add(1);
             let c = Contracts::<T>::get(id).ok_or("proposal of a missing contract")?;
-            ensure!(scheduled.contains(&id), "proposal never expires");
+            ensure!(
+                scheduled.contains(&(id, p.expires_at)),
+                "proposal never expires"
+            );
             ensure!(!p.approvals.is_empty(), "proposal without approvals");
             for (i, a) in p.approvals.iter().enumerate() {
                 ensure!(
@@ -1255,10 +1275,6 @@ impl<T: Config> Pallet<T> {
         ensure!(
             proposal_count <= contract_count,
             "more proposals than contracts"
-        );
-        ensure!(
-            scheduled.len() == proposal_count,
-            "expiry queue and proposals differ"
         );
 
         for (node, id, ()) in ContractsByNode::<T>::iter() {

@@ -149,7 +149,10 @@ fn one_of_one_contract_activates_at_creation() {
             version: 0
         }));
         assert_eq!(Proposals::<Test>::get(id), None);
-        assert_eq!(ProposalExpiries::<Test>::iter().count(), 0);
+        // Its queued expiry stays and is skipped when reached.
+        run_to_block(1 + TTL);
+        assert_eq!(state(id), ContractState::Active);
+        assert_eq!(ExpiryQueueEnds::<Test>::get(), (1, 1));
     })
 }
 
@@ -443,34 +446,68 @@ fn update_proposal_expires_and_the_active_version_stays() {
 }
 
 #[test]
-fn a_full_expiry_slot_moves_the_expiry_later_up_to_a_limit() {
+fn a_flood_of_proposals_cannot_block_creation_and_expiries_fall_through() {
     run_test(|| {
         let (node, _) = big_node();
         let two = &[(A, 1, false), (B, 1, false)];
-        let per_window = (MAX_EXPIRIES * EXPIRY_SEARCH_BLOCKS) as usize;
-        let ids: Vec<_> = (0..per_window)
+        // Far more proposals than the old per-block slots (4 per block, 8 blocks searched)
+        // held, all in one block: the old scheme refused the 33rd with ExpiryQueueFull.
+        let flood = (MAX_EXPIRIES * 8) as usize + 5;
+        let ids: Vec<_> = (0..flood)
             .map(|_| create(A, node, spec(0, 1, 0), two, 2))
             .collect();
-        let at = |id| Proposals::<Test>::get(id).unwrap().expires_at;
-        assert_eq!(at(ids[0]), 1 + TTL);
-        assert_eq!(at(ids[MAX_EXPIRIES as usize]), 2 + TTL);
+        // Somebody else still creates a contract in that block.
+        let bystander = create(C, node, spec(0, 1, 0), &[(C, 1, false), (B, 1, false)], 2);
+        assert!(ids
+            .iter()
+            .all(|id| Proposals::<Test>::get(id).unwrap().expires_at == 1 + TTL));
+
+        // Due together, expired at most MAX_EXPIRIES per block, in creation order.
+        run_to_block(1 + TTL);
         assert_eq!(
-            at(*ids.last().unwrap()),
-            1 + TTL + u64::from(EXPIRY_SEARCH_BLOCKS) - 1
+            Contracts::<Test>::iter().count(),
+            flood + 1 - MAX_EXPIRIES as usize
         );
-        assert_noop!(
-            Deployments::create(
-                RuntimeOrigin::signed(A),
-                node,
-                Box::new(spec(0, 1, 0)),
-                signers(two),
-                2
-            ),
-            Error::<Test>::ExpiryQueueFull
-        );
-        // Every one of them expires in its block.
-        run_to_block(1 + TTL + u64::from(EXPIRY_SEARCH_BLOCKS));
+        assert!(Contracts::<Test>::get(ids[0]).is_none());
+        assert!(Contracts::<Test>::get(ids[MAX_EXPIRIES as usize]).is_some());
+        let blocks = (flood as u64 + 1).div_ceil(u64::from(MAX_EXPIRIES));
+        run_to_block(1 + TTL + blocks - 2);
+        assert!(Contracts::<Test>::get(bystander).is_some(), "last in line");
+        run_to_block(1 + TTL + blocks - 1);
         assert_eq!(Contracts::<Test>::iter().count(), 0);
+        assert_eq!(ExpiryQueue::<Test>::iter().count(), 0);
+    })
+}
+
+#[test]
+fn an_update_approved_in_grace_keeps_the_contract_in_grace() {
+    use zos_primitives::contracts::ContractsForBilling;
+    run_test(|| {
+        let (node, _) = big_node();
+        let id = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(0, 1, 0).hash()
+        ));
+        let update = spec(1, 2, 0);
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(update.clone())
+        ));
+        // Billing puts it in grace while the update waits for B.
+        assert_ok!(Deployments::set_grace_period(id, true));
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            update.hash()
+        ));
+        assert_eq!(state(id), ContractState::GracePeriod);
+        assert_eq!(reserved(node), needs(2), "the update applied");
+        // Paying the debt ends the grace: the new version waits for its deployment report.
+        assert_ok!(Deployments::set_grace_period(id, false));
+        assert_eq!(state(id), ContractState::Active);
     })
 }
 
@@ -1175,4 +1212,36 @@ mod random_sequences {
             });
         }
     }
+}
+
+#[test]
+fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
+    use frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+    run_test(|| {
+        let (node, _) = big_node();
+        let two = &[(A, 1, false), (B, 1, false)];
+        let late = create(A, node, spec(0, 1, 0), two, 2);
+        run_to_block(3);
+        let early = create(A, node, spec(0, 1, 0), two, 2);
+        // As version 1 kept them: per-block slots (here written back from the queue).
+        let _ = ExpiryQueue::<Test>::clear(u32::MAX, None);
+        ExpiryQueueEnds::<Test>::kill();
+        let slot = |ids: Vec<ContractId>| frame_support::BoundedVec::truncate_from(ids);
+        crate::migrations::ProposalExpiries::<Test>::insert(3 + TTL, slot(vec![early]));
+        crate::migrations::ProposalExpiries::<Test>::insert(1 + TTL, slot(vec![late]));
+        StorageVersion::new(1).put::<Deployments>();
+
+        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+
+        assert_eq!(Deployments::on_chain_storage_version(), 2);
+        assert_eq!(
+            crate::migrations::ProposalExpiries::<Test>::iter().count(),
+            0
+        );
+        assert_eq!(ExpiryQueue::<Test>::get(0), Some((1 + TTL, late)));
+        assert_eq!(ExpiryQueue::<Test>::get(1), Some((3 + TTL, early)));
+        Deployments::do_try_state().expect("consistent after the migration");
+        run_to_block(3 + TTL);
+        assert_eq!(Contracts::<Test>::iter().count(), 0);
+    })
 }

@@ -1,0 +1,48 @@
+//! Storage migrations. Each is versioned (`VersionedMigration`), so it runs once, from the
+//! version it expects.
+
+use super::*;
+use frame_support::{
+    migrations::VersionedMigration, pallet_prelude::ValueQuery, storage_alias,
+    traits::UncheckedOnRuntimeUpgrade, weights::Weight, Twox64Concat,
+};
+
+/// Version 1's per-block expiry slots.
+#[storage_alias]
+pub type ProposalExpiries<T: Config> = StorageMap<
+    Pallet<T>,
+    Twox64Concat,
+    BlockNumberFor<T>,
+    BoundedVec<ContractId, <T as Config>::MaxExpiriesPerBlock>,
+    ValueQuery,
+>;
+
+/// Version 1 to 2: the per-block expiry slots become one FIFO queue. Every slot's contracts
+/// are queued in block order and the slots removed.
+pub type V1ToV2<T> =
+    VersionedMigration<1, 2, InnerV1ToV2<T>, Pallet<T>, <T as frame_system::Config>::DbWeight>;
+
+/// The unversioned body of [`V1ToV2`]; use [`V1ToV2`].
+pub struct InnerV1ToV2<T>(core::marker::PhantomData<T>);
+
+impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
+    fn on_runtime_upgrade() -> Weight {
+        let mut slots: Vec<(
+            BlockNumberFor<T>,
+            BoundedVec<ContractId, T::MaxExpiriesPerBlock>,
+        )> = ProposalExpiries::<T>::drain().collect();
+        slots.sort_by_key(|(at, _)| *at);
+        let mut moved = 0u64;
+        for (at, contracts) in slots.iter() {
+            for contract in contracts.iter() {
+                Pallet::<T>::push_expiry(*at, *contract);
+                moved = moved.saturating_add(1);
+            }
+        }
+        let slots = u64::try_from(slots.len()).unwrap_or(u64::MAX);
+        T::DbWeight::get().reads_writes(
+            slots.saturating_add(1),
+            slots.saturating_add(moved).saturating_add(1),
+        )
+    }
+}
