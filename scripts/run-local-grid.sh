@@ -240,6 +240,9 @@ farm="$(zos --key //Alice --json farm create "local-farm" | json_num farm)"
 say "  farm $farm created by //Alice"
 wait "$fund_pid" || { cat "$logs/fund.out" >&2; fail "funding the node account"; }
 say "  node account $node_account funded with 1000 ZGT by //Ferdie"
+zos --key //Alice farm authorize-node "$farm" "$node_account" >"$logs/authorize.out" 2>&1 \
+  || { cat "$logs/authorize.out" >&2; fail "authorizing the node to join the farm"; }
+say "  node account authorized by //Alice to join farm $farm"
 # shellcheck disable=SC2086
 spawn executor env RUST_LOG="${RUST_LOG:-info}" ZOS_NET_PREFIX="$net_prefix" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
   --data-dir "$data_dir/node" --report-interval 10 --heartbeat-interval 15 --metrics-addr off \

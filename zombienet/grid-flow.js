@@ -144,6 +144,9 @@ async function run(nodeName, networkInfo, args) {
     oneEvent((await finalized(api, api.tx.grid.addFarmIp(farmId, ip), farmer)).events, 'grid', 'FarmIpAdded');
     step('public IP 185.69.166.20/24 added');
 
+    oneEvent((await finalized(api, api.tx.grid.authorizeNode(farmId, node.address), farmer)).events, 'grid', 'NodeAuthorized');
+    step('node account authorized by the farmer');
+
     const registered = await finalized(
       api,
       api.tx.grid.registerNode(

@@ -123,6 +123,7 @@ async fn online_node(api: &client::Client, node_key: &Keypair) -> Result<NodeId>
     )
     .await?;
     let farm_id = u128_field(find_event(&events, "Grid", "FarmCreated")?, "farm_id")?;
+    client::authorize_node(api, &dev::alice(), farm_id as u32, &account(node_key)).await?;
 
     let capacity = Resources::new(4, 8 * GIB, 100 * GIB, 0);
     let location = Value::named_composite([

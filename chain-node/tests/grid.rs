@@ -133,6 +133,16 @@ async fn farm_ip_node_and_heartbeat_over_rpc() -> Result<()> {
             text("0.1.0"),
         ],
     );
+    // Without the farmer's consent the node cannot join the farm.
+    let unasked = submit(&api, &register, &node_key).await;
+    ensure!(
+        unasked
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.to_string().contains("Grid::NodeNotAuthorized")),
+        "{unasked:?}"
+    );
+    client::authorize_node(&api, &farmer, farm_id, &node_account).await?;
     let events = submit(&api, &register, &node_key).await?;
     let node_id = find_event(&events, "Grid", "NodeRegistered")?
         .at("node_id")

@@ -202,6 +202,11 @@ test('a farmer creates a farm and adds a public IP in the UI', async () => {
   await page.click(sel('add-ip'));
   await waitText(page, sel('farm-ips'), /185\.69\.166\.10\/24.*185\.69\.166\.1.*free/);
   await shot(page, '02-farm-with-ip');
+  // The node may join only with the farmer's consent.
+  await setValue(page, sel('node-account-input'), k.node.address);
+  await clickEnabled(page, sel('authorize-node'));
+  await waitUntil('the node authorized', 60_000, async () =>
+    (await api.query.grid.nodeAuthorizations(s.farmId, k.node.address)).isSome || undefined);
   await funding;
 });
 

@@ -164,6 +164,7 @@ export async function seedContracts(api, signer, { count, farmName, boxKey, spec
   const perBatch = Math.max(1, Number(room / perCall));
   const setup = [
     api.tx.grid.createFarm(farmName),
+    api.tx.grid.authorizeNode(farmId, signer.address),
     api.tx.grid.registerNode(farmId, capacity, boxKey, location, null, 'v0.1.0'),
     api.tx.grid.heartbeat(),
   ];

@@ -52,7 +52,7 @@ async function expectModuleError(promise, section, name) {
 }
 
 test('the pallets, their calls and their types come from the metadata', () => {
-  for (const call of ['createFarm', 'addFarmIp', 'registerNode', 'heartbeat']) {
+  for (const call of ['createFarm', 'addFarmIp', 'authorizeNode', 'registerNode', 'heartbeat']) {
     assert.equal(typeof api.tx.grid[call], 'function', `grid.${call}`);
   }
   for (const call of ['create', 'approve', 'proposeCancel', 'reportDeployment']) {
@@ -93,6 +93,24 @@ test('grid: a taken farm name (any case) fails with grid.FarmNameTaken', async (
     submitFinalized(api, api.tx.grid.createFarm('ghent-farm-1'), k.other),
     'grid', 'FarmNameTaken',
   );
+});
+
+test('a node joins a farm only with the farm owner\'s consent: grid.NodeNotAuthorized', async () => {
+  const d = nodeDescription(s.boxKey);
+  await expectModuleError(
+    submitFinalized(
+      api,
+      api.tx.grid.registerNode(s.farmId, d.capacity, d.boxKey, d.location, d.publicConfig, d.executorVersion),
+      k.node,
+    ),
+    'grid', 'NodeNotAuthorized',
+  );
+  await expectModuleError(
+    submitFinalized(api, api.tx.grid.authorizeNode(s.farmId, k.node.address), k.other),
+    'grid', 'NotFarmOwner',
+  );
+  const events = await submitFinalized(api, api.tx.grid.authorizeNode(s.farmId, k.node.address), k.farmer);
+  oneEvent(events, 'grid', 'NodeAuthorized');
 });
 
 test('a node registers from its own key and heartbeats for free', async () => {

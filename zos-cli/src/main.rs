@@ -152,6 +152,11 @@ pub enum FarmCmd {
     Ip(FarmIpCmd),
     /// Every farm.
     List,
+    /// As the farm's owner (--key), consent to a node account (SS58 address, printed by the
+    /// executor at start) registering a node into the farm. A node joins a farm only this way.
+    AuthorizeNode { farm: u32, account: String },
+    /// Withdraw an authorization the node has not used yet.
+    RevokeNode { farm: u32, account: String },
 }
 
 #[derive(Subcommand, Debug)]

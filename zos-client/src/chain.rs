@@ -244,6 +244,24 @@ impl Chain {
         Ok(info.data.free)
     }
 
+    /// Whether the owner of `farm` authorized `account` to register a node into it (and the
+    /// authorization was not used or revoked), at the best block.
+    pub async fn node_authorized(
+        &self,
+        farm: u32,
+        account: &subxt::utils::AccountId32,
+    ) -> Result<bool> {
+        let at = self.api.at_current_block().await?;
+        Ok(at
+            .storage()
+            .try_fetch(
+                runtime::storage().grid().node_authorizations(),
+                (farm, account.clone()),
+            )
+            .await?
+            .is_some())
+    }
+
     /// Signs, submits and waits until finalized. The nonce includes pending pool transactions,
     /// so back-to-back submissions from the node key do not collide.
     pub async fn submit<C: Payload>(

@@ -504,6 +504,7 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
     let account = identity.account_id();
     let capacity = offered_capacity(config)?;
     let mut warned = false;
+    let mut unauthorized_warned = false;
     loop {
         if let Some(node) = chain.node_of(&account).await? {
             let record = crate::chain::node_record(chain, node).await?;
@@ -532,6 +533,14 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
             tokio::time::sleep(Duration::from_secs(3)).await;
             continue;
         }
+        if !chain.node_authorized(farm, &account).await? {
+            if !unauthorized_warned {
+                warn!(%account, farm, "the farm owner has not authorized this node yet: waiting (zos farm authorize-node {farm} {account})");
+                unauthorized_warned = true;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            continue;
+        }
         let call = calls::register_node(farm, capacity, identity.box_public, VERSION)?;
         match retry("register_node", || {
             chain.submit(&call, &identity.account, TX_TIMEOUT)
@@ -540,6 +549,8 @@ async fn register(chain: &Chain, identity: &NodeIdentity, config: &Config) -> Re
         {
             Ok(_) => {}
             Err(TxError::Dispatch(e)) if e.contains("AccountAlreadyHasNode") => {}
+            // Revoked between the check and the registration: wait again.
+            Err(TxError::Dispatch(e)) if e.contains("NodeNotAuthorized") => {}
             Err(TxError::Dispatch(e)) => bail!("registering the node failed: {e}"),
             Err(e) => return Err(e.into()),
         }

@@ -79,7 +79,7 @@ async fn executor_deploys_reports_and_cancels_a_disk_contract() -> Result<()> {
     let chain = ChainNode::start(NodeOptions::default())?;
     let grid = setup_farm(&chain, b"e2e-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let _executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
 
@@ -215,7 +215,7 @@ async fn executor_survives_kill9_and_chain_restarts() -> Result<()> {
     let mut chain = ChainNode::start(NodeOptions::default())?;
     let grid = setup_farm(&chain, b"e2e-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
     let start_block = grid.api.at_current_block().await?.block_number();
@@ -319,7 +319,7 @@ async fn a_lagging_rpc_node_never_makes_the_executor_delete_data() -> Result<()>
     let mut chain = ChainNode::start(NodeOptions::default())?;
     let grid = setup_farm(&chain, b"lag-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
 
@@ -408,7 +408,7 @@ async fn reports_stay_exactly_once_under_repeated_kill9() -> Result<()> {
     let chain = ChainNode::start(NodeOptions::default())?;
     let grid = setup_farm(&chain, b"chaos-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
     let start_block = grid.api.at_current_block().await?.block_number();
@@ -544,7 +544,7 @@ async fn the_follower_skips_blocks_whose_state_was_pruned() -> Result<()> {
     })?;
     let grid = setup_farm(&chain, b"pruned-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
     executor.kill9();
@@ -605,7 +605,7 @@ async fn a_crash_mid_install_or_mid_remove_leaves_nothing_behind() -> Result<()>
     let chain = ChainNode::start(NodeOptions::default())?;
     let grid = setup_farm(&chain, b"crash-farm").await?;
     let dir = tempfile::tempdir()?;
-    let account = funded_identity(&grid.api, dir.path()).await?;
+    let account = funded_identity(&grid.api, grid.farm, dir.path()).await?;
     let mut executor = Executor::spawn(dir.path(), &chain.ws_url(), grid.farm, CRASH_MID_INSTALL)?;
     let node = online_node(&grid.api, &account, POLLING).await?;
 

@@ -275,7 +275,7 @@ async fn start_node(
 ) -> Result<Node> {
     let data_dir = dir.join(prefix);
     std::fs::create_dir_all(&data_dir)?;
-    let account = funded_identity(api, &data_dir).await?;
+    let account = funded_identity(api, farm, &data_dir).await?;
     let mut env = vec![
         (
             "ZOS_UNDERLAY_NETNS".to_string(),

@@ -463,7 +463,7 @@ async fn a_vm_answers_on_its_farm_ip_and_gives_it_back_on_cancel() -> Result<()>
 
     let data_dir = tmp.path().join("node");
     std::fs::create_dir_all(&data_dir)?;
-    let account = funded_identity(api, &data_dir).await?;
+    let account = funded_identity(api, grid.farm, &data_dir).await?;
     let executor = Executor::spawn_with_env(
         &data_dir,
         &url,

@@ -189,7 +189,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let grid = setup_farm(&chain, b"vm-e2e-farm").await?;
     let data_dir = tmp.path().join("executor");
     std::fs::create_dir_all(&data_dir)?;
-    let account = funded_identity(&grid.api, &data_dir).await?;
+    let account = funded_identity(&grid.api, grid.farm, &data_dir).await?;
     let mut executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
     let node = registered_node(&grid.api, &account, POLLING).await?;
 

@@ -161,6 +161,7 @@ export function FarmPage({ id }: { id: number }) {
         </tbody>
       </table>
       {isOwner ? <AddIp farmId={farm.id} /> : <p class="muted">The farm's owner can add public IPs here.</p>}
+      {isOwner ? <AuthorizeNode farmId={farm.id} /> : null}
       <h2>Nodes</h2>
       <NodeTable nodes={nodes} testid="farm-nodes" />
     </div>
@@ -182,6 +183,19 @@ function AddIp({ farmId }: { farmId: number }) {
       <label>address/prefix <input data-testid="ip-input" value={ip} onInput={(e) => setIp((e.target as HTMLInputElement).value)} /></label>
       <label>gateway <input data-testid="gw-input" value={gw} onInput={(e) => setGw((e.target as HTMLInputElement).value)} /></label>
       <TxButton label="add IP" testid="add-ip" make={() => api.tx.grid.addFarmIp(farmId, parse())} />
+    </div>
+  );
+}
+
+/** The farm owner's consent for a node account to register into the farm (nodes cannot join unasked). */
+function AuthorizeNode({ farmId }: { farmId: number }) {
+  const [account, setAccount] = useState('');
+  return (
+    <div class="form" data-testid="authorize-node-form">
+      <h3>Authorize a node (farmer)</h3>
+      <p class="muted">A node joins this farm only after you authorize its account (the executor prints it at start).</p>
+      <label>node account <input data-testid="node-account-input" size={50} value={account} onInput={(e) => setAccount((e.target as HTMLInputElement).value.trim())} /></label>
+      <TxButton label="authorize" testid="authorize-node" disabled={!account} make={() => api.tx.grid.authorizeNode(farmId, account)} />
     </div>
   );
 }

@@ -75,8 +75,18 @@ fn farm_with_ips<T: Config>(owner: &T::AccountId, ips: u32) -> Result<FarmId, Be
     Ok(farm_id)
 }
 
+/// The farm's owner authorizes `account` to register a node into it.
+fn authorize<T: Config>(farm_id: FarmId, account: &T::AccountId) -> Result<(), BenchmarkError> {
+    let owner = Farms::<T>::get(farm_id)
+        .ok_or(BenchmarkError::Stop("no farm"))?
+        .owner;
+    Grid::<T>::authorize_node(RawOrigin::Signed(owner).into(), farm_id, account.clone())?;
+    Ok(())
+}
+
 /// A node with every field at its maximum size and a public IPv4 address of its own.
 fn max_node<T: Config>(account: &T::AccountId, farm_id: FarmId) -> Result<NodeId, BenchmarkError> {
+    authorize::<T>(farm_id, account)?;
     Grid::<T>::register_node(
         RawOrigin::Signed(account.clone()).into(),
         farm_id,
@@ -220,6 +230,7 @@ mod benchmarks {
         let owner: T::AccountId = whitelisted_caller();
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
+        authorize::<T>(farm_id, &node)?;
         let node_id = NextNodeId::<T>::get();
 
         #[extrinsic_call]
@@ -373,6 +384,33 @@ mod benchmarks {
             IpOwner::<T>::get(Grid::<T>::test_ip(1_000_001).ip.ip),
             Some(IpHolder::Node(node_id))
         );
+        Ok(())
+    }
+
+    #[benchmark]
+    fn authorize_node() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner), farm_id, node.clone());
+
+        assert!(NodeAuthorizations::<T>::contains_key(farm_id, &node));
+        Ok(())
+    }
+
+    #[benchmark]
+    fn revoke_node_authorization() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        authorize::<T>(farm_id, &node)?;
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner), farm_id, node.clone());
+
+        assert!(!NodeAuthorizations::<T>::contains_key(farm_id, &node));
         Ok(())
     }
 

@@ -5,7 +5,10 @@
 //! - A farm has an owner, a unique name (case-insensitive), a certification and a pricing policy
 //!   (both set by governance), and a pool of validated public IPv4 addresses.
 //! - A node registers itself with the account its executor signs with, declares its capacity,
-//!   and proves liveness with fee-free heartbeats. Online/Offline is derived from the time of
+//!   and proves liveness with fee-free heartbeats. It joins a farm only with the farm owner's
+//!   consent: the owner first authorizes the node's account (`authorize_node`, revocable until
+//!   used), and registering uses the authorization up. Nobody can squat a farm, its node count
+//!   or its IP pool with nodes of their own. Online/Offline is derived from the time of
 //!   the last heartbeat, and the current uninterrupted uptime is stored.
 //! - The farm owner declares how each of its nodes reaches the public network (IPv4, the IPv6
 //!   prefix its VMs get addresses from, the domain for gateways); the node's executor gives
@@ -128,6 +131,20 @@ pub mod pallet {
     #[pallet::storage]
     pub type Nodes<T: Config> = StorageMap<_, Twox64Concat, NodeId, Node<T>, OptionQuery>;
 
+    /// Node accounts a farm owner authorized to register into the farm, with the block of the
+    /// authorization; used up by `register_node`. Grows only through the farm owner's
+    /// fee-paying calls.
+    #[pallet::storage]
+    pub type NodeAuthorizations<T: Config> = StorageDoubleMap<
+        _,
+        Twox64Concat,
+        FarmId,
+        Blake2_128Concat,
+        T::AccountId,
+        BlockNumberFor<T>,
+        OptionQuery,
+    >;
+
     /// The node an account runs; one node per account.
     #[pallet::storage]
     pub type NodeIdByAccount<T: Config> =
@@ -185,6 +202,16 @@ pub mod pallet {
         },
         NodeRegistered {
             node_id: NodeId,
+            farm_id: FarmId,
+            account: T::AccountId,
+        },
+        /// The farm owner authorized `account` to register a node into the farm.
+        NodeAuthorized {
+            farm_id: FarmId,
+            account: T::AccountId,
+        },
+        /// The farm owner withdrew an authorization before it was used.
+        NodeAuthorizationRevoked {
             farm_id: FarmId,
             account: T::AccountId,
         },
@@ -260,6 +287,9 @@ pub mod pallet {
         /// Another farm has this name (compared case-insensitively).
         FarmNameTaken,
         FarmNotFound,
+        /// The farm owner has not authorized this account to register a node into the farm
+        /// (`authorize_node`), or the authorization was revoked.
+        NodeNotAuthorized,
         /// Only the farm's owner may do this.
         NotFarmOwner,
         /// Remove the farm's nodes first.
@@ -532,7 +562,9 @@ pub mod pallet {
             Ok(Some(T::WeightInfo::remove_farm_ip(before)).into())
         }
 
-        /// Registers the signer as a node of `farm_id`. The signer is the executor's account.
+        /// Registers the signer as a node of `farm_id`. The signer is the executor's account,
+        /// which the farm owner must have authorized (`authorize_node`); the authorization is
+        /// used up.
         #[pallet::call_index(7)]
         #[pallet::weight(T::WeightInfo::register_node())]
         pub fn register_node(
@@ -550,6 +582,10 @@ pub mod pallet {
                 Error::<T>::AccountAlreadyHasNode
             );
             ensure!(Farms::<T>::contains_key(farm_id), Error::<T>::FarmNotFound);
+            ensure!(
+                NodeAuthorizations::<T>::take(farm_id, &account).is_some(),
+                Error::<T>::NodeNotAuthorized
+            );
             ensure!(
                 capacity.all_at_least(&T::MinNodeCapacity::get()),
                 Error::<T>::CapacityBelowMinimum
@@ -802,6 +838,48 @@ pub mod pallet {
             let farm_id = node.farm_id;
             Nodes::<T>::insert(node_id, node);
             Self::deposit_event(Event::NodePublicConfigSet { node_id, farm_id });
+            Ok(())
+        }
+
+        /// The farm owner consents to `account` (a node's executor account) registering a node
+        /// into `farm_id`. Authorizing again keeps one authorization.
+        #[pallet::call_index(14)]
+        #[pallet::weight(T::WeightInfo::authorize_node())]
+        pub fn authorize_node(
+            origin: OriginFor<T>,
+            farm_id: FarmId,
+            account: T::AccountId,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            Self::owned_farm(farm_id, &who)?;
+            ensure!(
+                !NodeIdByAccount::<T>::contains_key(&account),
+                Error::<T>::AccountAlreadyHasNode
+            );
+            NodeAuthorizations::<T>::insert(
+                farm_id,
+                &account,
+                frame_system::Pallet::<T>::block_number(),
+            );
+            Self::deposit_event(Event::NodeAuthorized { farm_id, account });
+            Ok(())
+        }
+
+        /// The farm owner withdraws an authorization that was not used yet.
+        #[pallet::call_index(15)]
+        #[pallet::weight(T::WeightInfo::revoke_node_authorization())]
+        pub fn revoke_node_authorization(
+            origin: OriginFor<T>,
+            farm_id: FarmId,
+            account: T::AccountId,
+        ) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            Self::owned_farm(farm_id, &who)?;
+            ensure!(
+                NodeAuthorizations::<T>::take(farm_id, &account).is_some(),
+                Error::<T>::NodeNotAuthorized
+            );
+            Self::deposit_event(Event::NodeAuthorizationRevoked { farm_id, account });
             Ok(())
         }
     }
@@ -1338,6 +1416,11 @@ impl<T: Config> Pallet<T> {
             )
             .map_err(|e| e.error)?;
         }
+        Self::authorize_node(
+            RawOrigin::Signed(farm_owner.clone()).into(),
+            farm_id,
+            node_account.clone(),
+        )?;
         Self::register_node(
             RawOrigin::Signed(node_account.clone()).into(),
             farm_id,

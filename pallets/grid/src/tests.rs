@@ -60,7 +60,14 @@ fn create_farm(owner: u64, farm_name: &str) -> FarmId {
     id
 }
 
+/// The farm's owner authorizes `account` to register a node into it.
+fn authorize(farm_id: FarmId, account: u64) {
+    let owner = Farms::<Test>::get(farm_id).expect("farm exists").owner;
+    assert_ok!(Grid::authorize_node(signed(owner), farm_id, account));
+}
+
 fn register_with(account: u64, farm_id: FarmId, public_config: Option<PublicConfig>) -> NodeId {
+    authorize(farm_id, account);
     let id = NextNodeId::<Test>::get();
     assert_ok!(Grid::register_node(
         signed(account),
@@ -541,6 +548,7 @@ fn register_node_stores_node_and_indexes() {
             ),
             GridError::AccountAlreadyHasNode
         );
+        authorize(farm, NODE2);
         assert_noop!(
             Grid::register_node(
                 signed(NODE2),
@@ -560,6 +568,7 @@ fn register_node_stores_node_and_indexes() {
 fn register_node_rejects_bad_fields() {
     run_test(|| {
         let farm = create_farm(FARMER, "farm");
+        authorize(farm, NODE);
         let reg = |farm_id: FarmId,
                    cap: Resources,
                    key: BoxKey,
@@ -604,6 +613,7 @@ fn register_node_rejects_bad_fields() {
         // Exactly the minimum is enough (hru minimum is 0: SSD-only nodes).
         assert_ok!(reg(farm, min, [9; 32], location(), None, v));
         assert_ok!(Grid::remove_node(signed(NODE), 1));
+        authorize(farm, NODE);
 
         assert_noop!(
             reg(farm, capacity(), [0; 32], location(), None, v),
@@ -632,6 +642,7 @@ fn register_node_rejects_bad_fields() {
         };
         assert_ok!(reg(farm, capacity(), [9; 32], edge, None, v));
         assert_ok!(Grid::remove_node(signed(NODE), 2));
+        authorize(farm, NODE);
 
         let bad_city = Location {
             city: BoundedVec::truncate_from(vec![0xff, 0xfe]),
@@ -713,6 +724,7 @@ fn register_node_rejects_bad_fields() {
 fn node_ids_exhausted() {
     run_test(|| {
         let farm = create_farm(FARMER, "farm");
+        authorize(farm, NODE);
         NextNodeId::<Test>::put(u32::MAX);
         assert_noop!(
             Grid::register_node(
@@ -1450,6 +1462,7 @@ fn reservation_arithmetic_at_u64_max() {
     run_test(|| {
         let farm = create_farm(FARMER, "farm");
         let max = Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        authorize(farm, NODE);
         assert_ok!(Grid::register_node(
             signed(NODE),
             farm,
@@ -1686,6 +1699,76 @@ fn a_test_network_accepts_documentation_addresses_in_farm_pools() {
         assert_noop!(
             Grid::add_farm_ip(signed(FARMER), id, ipv4([10, 0, 0, 10], 24, [10, 0, 0, 1])),
             GridError::InvalidPublicIpv4(IpError::IpNotPublic(SpecialRange::Private))
+        );
+    });
+}
+
+#[test]
+fn a_node_joins_a_farm_only_with_the_farm_owners_consent() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let join = |account| {
+            Grid::register_node(
+                signed(account),
+                farm,
+                capacity(),
+                [9; 32],
+                location(),
+                None,
+                version(),
+            )
+        };
+        // Unasked: refused, and nothing changes.
+        assert_noop!(join(NODE), GridError::NodeNotAuthorized);
+        // Only the farm owner authorizes.
+        assert_noop!(
+            Grid::authorize_node(signed(NODE2), farm, NODE),
+            GridError::NotFarmOwner
+        );
+        assert_noop!(
+            Grid::authorize_node(signed(FARMER), 99, NODE),
+            GridError::FarmNotFound
+        );
+        assert_ok!(Grid::authorize_node(signed(FARMER), farm, NODE));
+        System::assert_last_event(
+            Event::NodeAuthorized {
+                farm_id: farm,
+                account: NODE,
+            }
+            .into(),
+        );
+        // An authorization for one farm does not open another.
+        let other = create_farm(OTHER, "other");
+        assert_noop!(
+            Grid::register_node(
+                signed(NODE),
+                other,
+                capacity(),
+                [9; 32],
+                location(),
+                None,
+                version(),
+            ),
+            GridError::NodeNotAuthorized
+        );
+        // Used up by the registration.
+        assert_ok!(join(NODE));
+        assert!(!NodeAuthorizations::<Test>::contains_key(farm, NODE));
+        assert_noop!(
+            Grid::authorize_node(signed(FARMER), farm, NODE),
+            GridError::AccountAlreadyHasNode
+        );
+        // Revoked before use: refused again.
+        assert_ok!(Grid::authorize_node(signed(FARMER), farm, NODE2));
+        assert_noop!(
+            Grid::revoke_node_authorization(signed(NODE2), farm, NODE2),
+            GridError::NotFarmOwner
+        );
+        assert_ok!(Grid::revoke_node_authorization(signed(FARMER), farm, NODE2));
+        assert_noop!(join(NODE2), GridError::NodeNotAuthorized);
+        assert_noop!(
+            Grid::revoke_node_authorization(signed(FARMER), farm, NODE2),
+            GridError::NodeNotAuthorized
         );
     });
 }

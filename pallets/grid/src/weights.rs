@@ -36,6 +36,8 @@ pub trait WeightInfo {
 	fn set_power_target() -> Weight;
 	fn set_power_state() -> Weight;
 	fn set_node_public_config() -> Weight;
+	fn authorize_node() -> Weight;
+	fn revoke_node_authorization() -> Weight;
 }
 
 /// Weights for `pallet_grid` using the Substrate node and recommended hardware.
@@ -261,6 +263,19 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(3_u64))
 	}
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeIdByAccount` (r:1 w:0),
+	/// `Grid::NodeAuthorizations` (r:0 w:1)
+	fn authorize_node() -> Weight {
+		Weight::from_parts(20_000_000, 10_800)
+			.saturating_add(T::DbWeight::get().reads(2_u64))
+			.saturating_add(T::DbWeight::get().writes(1_u64))
+	}
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeAuthorizations` (r:1 w:1)
+	fn revoke_node_authorization() -> Weight {
+		Weight::from_parts(18_000_000, 10_800)
+			.saturating_add(T::DbWeight::get().reads(2_u64))
+			.saturating_add(T::DbWeight::get().writes(1_u64))
+	}
 }
 
 // For backwards compatibility and tests.
@@ -484,5 +499,18 @@ impl WeightInfo for () {
 		Weight::from_parts(38_000_000, 9230)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(3_u64))
+	}
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeIdByAccount` (r:1 w:0),
+	/// `Grid::NodeAuthorizations` (r:0 w:1)
+	fn authorize_node() -> Weight {
+		Weight::from_parts(20_000_000, 10_800)
+			.saturating_add(RocksDbWeight::get().reads(2_u64))
+			.saturating_add(RocksDbWeight::get().writes(1_u64))
+	}
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeAuthorizations` (r:1 w:1)
+	fn revoke_node_authorization() -> Weight {
+		Weight::from_parts(18_000_000, 10_800)
+			.saturating_add(RocksDbWeight::get().reads(2_u64))
+			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 }

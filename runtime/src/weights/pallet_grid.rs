@@ -255,4 +255,22 @@ impl<T: frame_system::Config> pallet_grid::WeightInfo for WeightInfo<T> {
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().writes(3))
 	}
+	/// Not measured yet (added after the last `scripts/benchmark-weights.sh` run): estimated
+	/// from `set_node_public_config` (the same farm-owner check) with one map write.
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeIdByAccount` (r:1 w:0),
+	/// `Grid::NodeAuthorizations` (r:0 w:1)
+	fn authorize_node() -> Weight {
+		Weight::from_parts(25_000_000, 0)
+			.saturating_add(Weight::from_parts(0, 10_800))
+			.saturating_add(T::DbWeight::get().reads(2))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
+	/// Not measured yet; estimated as `authorize_node`.
+	/// Storage: `Grid::Farms` (r:1 w:0), `Grid::NodeAuthorizations` (r:1 w:1)
+	fn revoke_node_authorization() -> Weight {
+		Weight::from_parts(25_000_000, 0)
+			.saturating_add(Weight::from_parts(0, 10_800))
+			.saturating_add(T::DbWeight::get().reads(2))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
 }

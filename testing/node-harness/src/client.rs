@@ -91,6 +91,22 @@ pub async fn free_balance(api: &Client, who: &AccountId32) -> Result<u128> {
         .context("System.Account has no data.free")
 }
 
+/// `Grid.authorize_node`: the owner of `farm` consents to `node_account` registering a node
+/// into it (a node joins a farm only with its owner's consent).
+pub async fn authorize_node(
+    api: &Client,
+    farm_owner: &Keypair,
+    farm: u32,
+    node_account: &AccountId32,
+) -> Result<()> {
+    let call = dynamic::tx(
+        "Grid",
+        "authorize_node",
+        vec![Value::u128(farm.into()), Value::from_bytes(node_account.0)],
+    );
+    submit(api, &call, farm_owner).await.map(|_| ())
+}
+
 /// `Balances.transfer_keep_alive` from `from` to `to`.
 pub async fn fund(api: &Client, from: &Keypair, to: &AccountId32, amount: u128) -> Result<()> {
     let call = dynamic::tx(

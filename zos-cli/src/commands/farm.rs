@@ -1,4 +1,4 @@
-//! `zos farm`: create a farm, add public IPs to it, list farms.
+//! `zos farm`: create a farm, add public IPs to it, authorize nodes to join it, list farms.
 
 use super::*;
 
@@ -34,6 +34,38 @@ pub(super) async fn farm_ip_add(ctx: &Ctx, farm: u32, cidr: &str, gateway: &str)
             format::cidr(&config.ip),
             format::ip(config.gateway)
         ),
+    ))
+}
+
+/// Authorizes (`grant`) or revokes a node account's registration into `farm`.
+pub(super) async fn farm_authorize_node(
+    ctx: &Ctx,
+    farm: u32,
+    account: &str,
+    grant: bool,
+) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let node_account = crate::keys::parse_account(account)?;
+    let chain = ctx.chain().await?;
+    if grant {
+        let call = runtime::tx()
+            .grid()
+            .authorize_node(farm, node_account.clone());
+        chain.submit(&call, &signer, ctx.timeout).await?;
+    } else {
+        let call = runtime::tx()
+            .grid()
+            .revoke_node_authorization(farm, node_account.clone());
+        chain.submit(&call, &signer, ctx.timeout).await?;
+    }
+    let verb = if grant {
+        "authorized"
+    } else {
+        "no longer authorized"
+    };
+    Ok(Out::new(
+        json!({ "farm": farm, "account": node_account.to_string(), "authorized": grant }),
+        format!("farm {farm}: node account {node_account} {verb} to register"),
     ))
 }
 

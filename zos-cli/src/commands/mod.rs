@@ -96,6 +96,12 @@ pub async fn run(cli: Cli) -> Result<i32> {
             gateway,
         })) => farm_ip_add(&ctx, farm, &cidr, &gateway).await?,
         Command::Farm(FarmCmd::List) => farm_list(&ctx).await?,
+        Command::Farm(FarmCmd::AuthorizeNode { farm, account }) => {
+            farm_authorize_node(&ctx, farm, &account, true).await?
+        }
+        Command::Farm(FarmCmd::RevokeNode { farm, account }) => {
+            farm_authorize_node(&ctx, farm, &account, false).await?
+        }
         Command::Node(NodeCmd::List { farm }) => node_list(&ctx, farm).await?,
         Command::Node(NodeCmd::Show { id }) => node_show(&ctx, id).await?,
         Command::Node(NodeCmd::PublicConfig {

@@ -311,11 +311,13 @@ pub async fn setup_farm(node: &ChainNode, farm_name: &[u8]) -> Result<Grid> {
     Ok(Grid { api, farm })
 }
 
-/// Pre-creates the executor's identity (as a farmer would before booting it) and funds it.
-pub async fn funded_identity(api: &Client, data_dir: &Path) -> Result<AccountId32> {
+/// Pre-creates the executor's identity (as a farmer would before booting it), funds it and
+/// authorizes it to join Alice's `farm`.
+pub async fn funded_identity(api: &Client, farm: u32, data_dir: &Path) -> Result<AccountId32> {
     let id = NodeIdentity::load_or_create(&data_dir.join("identity.json"))?;
     let account = id.account_id();
     client::fund(api, &dev::alice(), &account, 50_000_000_000_000).await?;
+    client::authorize_node(api, &dev::alice(), farm, &account).await?;
     Ok(account)
 }
 
