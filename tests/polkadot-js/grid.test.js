@@ -279,13 +279,28 @@ test('the signers cancel the contract: propose_cancel, then an approval naming t
   const events = await submitFinalized(api, api.tx.deployments.approve(s.contractId, hash), k.charlie);
   const cancelled = oneEvent(events, 'deployments', 'ContractCancelled');
   assert.equal(cancelled.data.cause.type, 'Signers');
-  oneEvent(events, 'billing', 'BillingClosed');
   oneEvent(events, 'grid', 'CapacityReleased');
   oneEvent(events, 'grid', 'PublicIpsReleased');
   oneEvent(events, 'grid', 'NodeContractEnded');
+  // Billing stays open for the final window, up to the end time.
+  const awaiting = oneEvent(events, 'billing', 'AwaitingFinalReport');
+  const endedAt = awaiting.data.endedAt.toBigInt();
 
   assert.ok((await api.query.deployments.contracts(s.contractId)).isNone);
+  const billed = (await api.query.billing.contractBillings(s.contractId)).unwrap();
+  const windowStart = billed.lastReport.windowEnd.toBigInt();
+  const final = {
+    contract: s.contractId, windowStart, windowEnd: endedAt,
+    uptimeSeconds: endedAt - windowStart, publicBytesIn: 0, publicBytesOut: 0,
+  };
+  // A window past the end is refused; the one ending at the end closes billing.
+  const late = await submitFinalized(api, api.tx.billing.reportConsumption([{ ...final, windowEnd: endedAt + 1n }]), k.node);
+  assert.equal(oneEvent(late, 'billing', 'ReportRejected').data.reason.type, 'AfterContractEnd');
+  const closing = await submitFinalized(api, api.tx.billing.reportConsumption([final]), k.node);
+  assert.equal(oneEvent(closing, 'billing', 'ReportSettled').data.windowEnd.toBigInt(), endedAt);
+  oneEvent(closing, 'billing', 'BillingClosed');
   assert.ok((await api.query.billing.contractBillings(s.contractId)).isNone);
+  assert.ok((await api.query.billing.endedContracts(s.contractId)).isNone);
   assert.equal((await api.query.system.account(k.owner.address)).data.reserved.toBigInt(), 0n, 'deposit released');
   const node = (await api.query.grid.nodes(s.nodeId)).unwrap();
   assert.equal(node.activeContracts.toNumber(), 0);
