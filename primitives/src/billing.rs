@@ -17,7 +17,8 @@ pub struct ContractBillingStatus<Balance, BlockNumber> {
     /// Block the grace period started at, while the contract is in grace.
     pub grace_since: Option<BlockNumber>,
     /// No consumption was reported for longer than the chain's stale limit. A stale contract
-    /// accrues no charge: nothing is billed without a report.
+    /// accrues no charge while it runs (only an ended contract's unreported final window is
+    /// ever estimated).
     pub stale: bool,
     /// Set when the contract ended (unix seconds): its node may still report the final
     /// window, ending at or before this time, for a limited number of blocks.

@@ -96,10 +96,15 @@ pub fn align(
                     out.drop.push(key);
                     continue;
                 }
-                report.window_end = report.window_end.min(end);
-                report.uptime_seconds = report
-                    .uptime_seconds
-                    .min(report.window_end - report.window_start);
+                if report.window_end > end {
+                    // What the cut part carried is unknown: it keeps its share.
+                    let whole = report.window_end - report.window_start;
+                    let part = end - report.window_start;
+                    report.uptime_seconds = share(report.uptime_seconds, part, whole).min(part);
+                    report.public_bytes_in = share(report.public_bytes_in, part, whole);
+                    report.public_bytes_out = share(report.public_bytes_out, part, whole);
+                    report.window_end = end;
+                }
             }
             if let Some(start) = next_start {
                 if report.window_end <= start {
@@ -129,15 +134,60 @@ pub fn align(
                     .uptime_seconds
                     .min(report.window_end - report.window_start);
             }
-            let fits =
-                (report.window_end - report.window_start).saturating_mul(max_traffic_per_sec);
-            report.public_bytes_in = report.public_bytes_in.min(fits);
-            report.public_bytes_out = report.public_bytes_out.min(fits - report.public_bytes_in);
             next_start = Some(report.window_end);
-            out.send.push((vec![key], report));
+            // A window longer than the chain accepts (the executor was down across window
+            // ends before the contract was removed) goes in pieces; the key leaves with the last.
+            let pieces = split_long(report, max_window);
+            let count = pieces.len();
+            for (index, mut piece) in pieces.into_iter().enumerate() {
+                let fits =
+                    (piece.window_end - piece.window_start).saturating_mul(max_traffic_per_sec);
+                piece.public_bytes_in = piece.public_bytes_in.min(fits);
+                piece.public_bytes_out = piece.public_bytes_out.min(fits - piece.public_bytes_in);
+                let keys = if index + 1 == count {
+                    vec![key]
+                } else {
+                    Vec::new()
+                };
+                out.send.push((keys, piece));
+            }
         }
     }
     out
+}
+
+/// `value` measured over `whole` seconds, scaled to `part` of them (rounded down).
+fn share(value: u64, part: u64, whole: u64) -> u64 {
+    if whole == 0 {
+        return 0;
+    }
+    (u128::from(value) * u128::from(part) / u128::from(whole)) as u64
+}
+
+/// `report` cut into consecutive windows of at most `max_window` seconds; uptime and traffic
+/// are shared in proportion to length, and the pieces add up to the whole.
+fn split_long(report: ConsumptionReport, max_window: u64) -> Vec<ConsumptionReport> {
+    let whole = report.window_end - report.window_start;
+    if whole <= max_window {
+        return vec![report];
+    }
+    let mut pieces = Vec::new();
+    let mut start = report.window_start;
+    while start < report.window_end {
+        let end = start.saturating_add(max_window).min(report.window_end);
+        let (from, to) = (start - report.window_start, end - report.window_start);
+        let part = |value: u64| share(value, to, whole) - share(value, from, whole);
+        pieces.push(ConsumptionReport {
+            window_start: start,
+            window_end: end,
+            uptime_seconds: part(report.uptime_seconds).min(end - start),
+            public_bytes_in: part(report.public_bytes_in),
+            public_bytes_out: part(report.public_bytes_out),
+            ..report.clone()
+        });
+        start = end;
+    }
+    pieces
 }
 
 /// Outbox state kept by the running executor.
@@ -369,7 +419,7 @@ mod tests {
                 r.uptime_seconds,
                 r.public_bytes_in
             ),
-            (300, 390, 90, 900)
+            (300, 390, 90, 300)
         );
         // Nothing reported yet, removed 10 s after a 90 s life: the final window starts at
         // the meter's start and ends at the end.
@@ -516,6 +566,30 @@ mod tests {
             .send
             .iter()
             .all(|(_, r)| r.window_end - r.window_start <= 3_600));
+    }
+
+    #[test]
+    fn a_final_window_longer_than_the_chain_allows_goes_in_pieces_that_add_up() {
+        // The executor was down from 1000 and removed the contract at 9100: one open window of
+        // 8100 s, 4050 s up, with 8100 bytes in. The chain accepts windows of at most 3600 s.
+        let mut long = report(9, 1_000, 9_100, 4_050);
+        long.1.public_bytes_in = 8_100;
+        let aligned = align(vec![long], |_| billed(Some(1_000)), 3600, u64::MAX);
+        let sent: Vec<_> = aligned
+            .send
+            .iter()
+            .map(|(k, r)| (k.clone(), r.window_start, r.window_end, r.uptime_seconds))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![
+                (vec![], 1_000, 4_600, 1_800),
+                (vec![], 4_600, 8_200, 1_800),
+                (vec![(9, 1_000)], 8_200, 9_100, 450),
+            ]
+        );
+        let bytes: u64 = aligned.send.iter().map(|(_, r)| r.public_bytes_in).sum();
+        assert_eq!(bytes, 8_100);
     }
 
     #[test]

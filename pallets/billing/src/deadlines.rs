@@ -61,7 +61,7 @@ impl<T: Config> Pallet<T> {
                 handled = handled.saturating_add(1);
                 weight.saturating_accrue(match kind {
                     DeadlineKind::GraceExpiry => {
-                        Self::grace_deadline(&deadline);
+                        Self::grace_deadline(&deadline, now);
                         T::WeightInfo::grace_expiry()
                     }
                     DeadlineKind::FinalReport => {
@@ -80,16 +80,19 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Cancels the contract if it is still in the grace period that queued the deadline.
-    fn grace_deadline(deadline: &Deadline<BlockNumberFor<T>>) {
+    fn grace_deadline(deadline: &Deadline<BlockNumberFor<T>>, now: BlockNumberFor<T>) {
         if GraceSince::<T>::get(deadline.contract) != Some(deadline.queued_at) {
             // Paid meanwhile (and maybe in grace again since: that grace has its own deadline).
             return;
         }
         if !Self::expire_grace(deadline.contract) {
+            // Retried a grace period from now (not from the old due block, which may be long
+            // past): every deadline in the queue was queued at or before `now`, so it stays in
+            // due order.
             Self::push_deadline(
                 DeadlineKind::GraceExpiry,
                 Deadline {
-                    due: deadline.due.saturating_add(T::GracePeriodBlocks::get()),
+                    due: now.saturating_add(T::GracePeriodBlocks::get()),
                     ..deadline.clone()
                 },
             );
@@ -101,7 +104,7 @@ impl<T: Config> Pallet<T> {
     ///
     /// Only when the last window ended at most [`Config::MaxWindowSecs`] before the end, that is
     /// when the node was reporting regularly up to the end; a node that had gone silent earlier,
-    /// or never reported, gets nothing charged for the silence (no report, no charge).
+    /// or never reported, gets nothing charged for the silence.
     fn final_report_deadline(deadline: &Deadline<BlockNumberFor<T>>, now: BlockNumberFor<T>) {
         let contract = deadline.contract;
         let Some(ended) = EndedContracts::<T>::get(contract) else {

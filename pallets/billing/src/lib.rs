@@ -40,8 +40,11 @@
 //! ## Settlement
 //!
 //! `charge = (CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour) x uptime / 1 h + traffic / GiB x
-//! traffic_gib`, every term rounded down. No report, no charge: a contract whose node does not
-//! report (a stale contract, see [`Pallet::stale_contracts`]) accrues nothing.
+//! traffic_gib`, every term rounded down. A running contract whose node does not report (a
+//! stale contract, see [`Pallet::stale_contracts`]) accrues nothing. The one charge without a
+//! report is an ended contract's final window that its node did not send within
+//! [`Config::FinalReportBlocks`]: it is estimated at the last accepted window's uptime ratio,
+//! and only when that window ended at most [`Config::MaxWindowSecs`] before the end.
 //!
 //! The charge plus any earlier debt is taken at once from the owner's free balance. Billing
 //! never reaps the owner: it keeps the existential deposit and respects holds and freezes
@@ -682,7 +685,7 @@ impl<T: Config> Pallet<T> {
                     T::GracePeriodBlocks::get(),
                 );
                 if let Err(e) = T::Contracts::set_grace_period(contract, true) {
-                    // The debt stands and the sweep will cancel the contract if it stays unpaid.
+                    // The debt stands and the grace deadline cancels the contract if it stays unpaid.
                     log::error!(target: LOG_TARGET, "contract {contract}: entering grace failed: {e:?}");
                 }
                 Self::deposit_event(Event::GracePeriodStarted {
@@ -801,7 +804,7 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Removes the billing state of an ended contract, writing off its debt.
-    fn close(contract: ContractId) {
+    pub(crate) fn close(contract: ContractId) {
         GraceSince::<T>::remove(contract);
         EndedContracts::<T>::remove(contract);
         if let Some(billing) = ContractBillings::<T>::take(contract) {
@@ -992,8 +995,9 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
             // Never activated: nothing was consumed.
             return Self::close(contract);
         };
-        if cause == CancelCause::OutOfFunds {
-            // It ran out its grace period, in which the node serves nothing.
+        if cause == CancelCause::OutOfFunds || GraceSince::<T>::contains_key(contract) {
+            // It ended in (or after) its grace period, in which the node serves nothing:
+            // everything before the grace period was billed when it started.
             return Self::close(contract);
         }
         let now_ms = Self::now_ms();
@@ -1005,8 +1009,6 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
         if billed_until >= ended_at {
             return Self::close(contract);
         }
-        // Ended: no longer in grace (the debt stays until it is paid or written off).
-        GraceSince::<T>::remove(contract);
         EndedContracts::<T>::insert(
             contract,
             EndedContract {

@@ -9,7 +9,10 @@ use frame_support::{
 
 /// Version 1 to 2: grace expiry moves from the `on_idle` sweep to the deadline queue. Removes
 /// the sweep's cursor and queues an expiry deadline for every contract in grace, oldest grace
-/// period first, so the queue stays in due order.
+/// period first, so the queue stays in due order. Repairs what version 1 could leave behind: a
+/// contract in grace here but not in the contracts pallet (an update approved during grace
+/// ended it there) is put back in grace, and the billing state of a contract that no longer
+/// exists is closed.
 pub type V1ToV2<T> =
     VersionedMigration<1, 2, InnerV1ToV2<T>, Pallet<T>, <T as frame_system::Config>::DbWeight>;
 
@@ -26,7 +29,16 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
         let mut in_grace: Vec<(ContractId, BlockNumberFor<T>)> = GraceSince::<T>::iter().collect();
         in_grace.sort_by_key(|(contract, since)| (*since, *contract));
         let grace = T::GracePeriodBlocks::get();
+        let mut closed = 0u64;
         for (contract, since) in &in_grace {
+            if T::Contracts::contract_billing_info(*contract).is_none() {
+                Pallet::<T>::close(*contract);
+                closed = closed.saturating_add(1);
+                continue;
+            }
+            if let Err(e) = T::Contracts::set_grace_period(*contract, true) {
+                log::error!(target: LOG_TARGET, "contract {contract}: restoring grace failed: {e:?}");
+            }
             Pallet::<T>::push_deadline(
                 DeadlineKind::GraceExpiry,
                 Deadline {
@@ -37,9 +49,14 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
             );
         }
         let count = u64::try_from(in_grace.len()).unwrap_or(u64::MAX);
+        // Per contract: its grace entry and its contract read, the contract and a deadline
+        // written (or, for a closed one, its three billing entries removed).
         T::DbWeight::get().reads_writes(
-            count.saturating_add(1),
-            count.saturating_mul(2).saturating_add(2),
+            count.saturating_mul(2).saturating_add(1),
+            count
+                .saturating_mul(3)
+                .saturating_add(closed)
+                .saturating_add(2),
         )
     }
 
@@ -55,8 +72,9 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
         let in_grace = u64::decode(&mut &state[..])
             .map_err(|_| sp_runtime::TryRuntimeError::Other("pre-upgrade state"))?;
         let (head, tail) = DeadlineQueueEnds::<T>::get(DeadlineKind::GraceExpiry);
+        let still_in_grace = GraceSince::<T>::iter().count() as u64;
         frame_support::ensure!(
-            tail.saturating_sub(head) >= in_grace,
+            still_in_grace <= in_grace && tail.saturating_sub(head) >= still_in_grace,
             "a contract in grace lost its expiry"
         );
         Pallet::<T>::do_try_state()

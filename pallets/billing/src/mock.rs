@@ -142,6 +142,8 @@ pub struct World {
     pub contracts: BTreeMap<ContractId, MockContract>,
     pub cancelled: Vec<ContractId>,
     pub next_contract: ContractId,
+    /// Makes `cancel_out_of_funds` fail (a contracts pallet that cannot cancel right now).
+    pub refuse_cancel: bool,
 }
 
 thread_local! {
@@ -247,6 +249,9 @@ impl ContractsForBilling<AccountId, BlockNumber> for MockContracts {
         })
     }
     fn cancel_out_of_funds(contract: ContractId) -> DispatchResult {
+        if with_world(|w| w.refuse_cancel) {
+            return Err(DispatchError::Other("cancel refused"));
+        }
         let info = with_world(|w| w.contracts.remove(&contract))
             .ok_or(DispatchError::Other("no contract"))?
             .info;

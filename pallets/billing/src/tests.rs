@@ -732,7 +732,7 @@ fn grace_expiries_beyond_the_per_block_maximum_fall_through_to_the_next_blocks()
 }
 
 #[test]
-fn the_sweep_skips_contracts_whose_grace_has_not_run_out() {
+fn grace_expiry_skips_contracts_whose_grace_has_not_run_out() {
     run_test(|| {
         let early = add_contract(POOR, NODE, RequiredResources::default());
         advance_secs(60);
@@ -1077,22 +1077,17 @@ fn a_node_silent_long_before_the_end_gets_no_estimate() {
 }
 
 #[test]
-fn a_contract_ended_in_grace_leaves_grace_and_its_debt_is_written_off_at_the_end() {
+fn a_contract_ended_in_grace_closes_at_once_and_its_grace_time_is_never_charged() {
     run_test(|| {
         let c = add_contract(POOR, NODE, small_vm());
         advance_secs(3_600);
         submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
         let owed = debt(c);
         assert!(owed > 0 && GraceSince::<Test>::contains_key(c));
-        advance_secs(60);
+        // Ended by its signers well into grace: the node served nothing since the last window
+        // (which was full), so no final window is awaited or estimated.
+        advance_secs(3_000);
         end_contract(c, CancelCause::Signers);
-        assert!(!GraceSince::<Test>::contains_key(c));
-        assert_eq!(debt(c), owed, "the debt stays until the contract closes");
-        // The node stopped serving in grace: a zero-uptime final window.
-        submit(
-            NODE_ACCOUNT,
-            vec![report(c, START + 3_600, START + 3_660, 0)],
-        );
         System::assert_last_event(
             Event::<Test>::BillingClosed {
                 contract: c,
@@ -1100,9 +1095,49 @@ fn a_contract_ended_in_grace_leaves_grace_and_its_debt_is_written_off_at_the_end
             }
             .into(),
         );
+        assert!(!GraceSince::<Test>::contains_key(c));
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        assert_eq!(
+            DeadlineQueueEnds::<Test>::get(DeadlineKind::FinalReport),
+            (0, 0)
+        );
         // The old grace deadline is skipped: the contract is gone, nothing is cancelled.
         run_blocks(GRACE_BLOCKS);
         assert!(with_world(|w| w.cancelled.is_empty()));
+        assert_eq!(LedgerTotals::<Test>::get().written_off, owed);
+    });
+}
+
+#[test]
+fn a_failed_grace_expiry_is_retried_a_grace_period_after_it_was_handled() {
+    run_test(|| {
+        let c = add_contract(POOR, NODE, small_vm());
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        let since = GraceSince::<Test>::get(c).expect("in grace");
+        let due = since + GRACE_BLOCKS;
+        with_world(|w| w.refuse_cancel = true);
+        // Handled late (a backlog of deadlines): the retry counts from now, not from `due`,
+        // so it lands behind every deadline queued meanwhile.
+        let late = due + 100;
+        System::set_block_number(late);
+        Billing::on_initialize(late);
+        System::assert_has_event(
+            Event::<Test>::GraceExpiryFailed {
+                contract: c,
+                // The message is not stored in events.
+                error: DispatchError::Other(""),
+            }
+            .into(),
+        );
+        let (head, tail) = DeadlineQueueEnds::<Test>::get(DeadlineKind::GraceExpiry);
+        assert_eq!(tail - head, 1);
+        let retry = Deadlines::<Test>::get(DeadlineKind::GraceExpiry, head).unwrap();
+        assert_eq!((retry.due, retry.queued_at), (late + GRACE_BLOCKS, since));
+        with_world(|w| w.refuse_cancel = false);
+        System::set_block_number(late + GRACE_BLOCKS);
+        Billing::on_initialize(late + GRACE_BLOCKS);
+        assert_eq!(with_world(|w| w.cancelled.clone()), vec![c]);
     });
 }
 
@@ -1140,9 +1175,26 @@ fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
                 },
             );
             GraceSince::<Test>::insert(c, since);
-            assert_ok!(MockContracts::set_grace_period(*c, true));
             total += 5;
         }
+        // Version 1 let an update approved during grace end the grace in the contracts pallet
+        // only: the first contract is Deployed there while billing holds it in grace.
+        for c in &contracts[1..] {
+            assert_ok!(MockContracts::set_grace_period(*c, true));
+        }
+        // And a contract that is gone without billing hearing of it.
+        let gone = add_contract(POOR, NODE, RequiredResources::default());
+        ContractBillings::<Test>::insert(
+            gone,
+            ContractBilling {
+                node: NODE,
+                last_report: report(gone, START - 60, START, 0),
+                debt: 5,
+            },
+        );
+        GraceSince::<Test>::insert(gone, 5);
+        with_world(|w| w.contracts.remove(&gone));
+        total += 5;
         LedgerTotals::<Test>::mutate(|t| {
             t.charged += total;
             t.debt += total;
@@ -1169,6 +1221,13 @@ fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
                 (30, 30 + GRACE_BLOCKS, contracts[0]),
             ]
         );
+        assert_eq!(
+            contract_state(contracts[0]),
+            Some(ContractState::GracePeriod)
+        );
+        assert!(!GraceSince::<Test>::contains_key(gone));
+        assert!(!ContractBillings::<Test>::contains_key(gone));
+        assert_eq!(LedgerTotals::<Test>::get().written_off, 5);
         Billing::do_try_state().expect("consistent after the migration");
         // A second run does nothing: the version is 2 now.
         crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();

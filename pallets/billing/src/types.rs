@@ -224,6 +224,7 @@ impl<Balance> ContractBilling<Balance> {
 pub struct EndedContract<AccountId, BlockNumber> {
     /// Pays for the final window.
     pub owner: AccountId,
+    /// The node that ran it: the only one that may report its final window.
     pub node: NodeId,
     /// What the contract held when it ended (and is charged for).
     pub required: RequiredResources,
@@ -258,6 +259,7 @@ pub enum DeadlineKind {
 }
 
 impl DeadlineKind {
+    /// Every queue, in the order `on_initialize` handles them.
     pub const ALL: [DeadlineKind; 2] = [DeadlineKind::GraceExpiry, DeadlineKind::FinalReport];
 }
 
@@ -268,6 +270,7 @@ impl DeadlineKind {
 pub struct Deadline<BlockNumber> {
     /// First block whose `on_initialize` handles it.
     pub due: BlockNumber,
+    /// The contract the deadline is for.
     pub contract: ContractId,
     /// The block the deadline was queued at (a grace period's start): a deadline whose grace
     /// period ended and a later one started is recognised as out of date and skipped.
