@@ -316,6 +316,9 @@ pub mod pallet {
         ContractIdsExhausted,
         /// The contract is already in (or out of) its grace period.
         GracePeriodUnchanged,
+        /// The proposal's time ran out; it is removed in one of the next blocks (or by the
+        /// next proposal on the contract) and can no longer be approved or rejected.
+        ProposalOverdue,
     }
 
     #[pallet::hooks]
@@ -430,6 +433,7 @@ pub mod pallet {
                 proposal.hash == proposal_hash,
                 Error::<T>::ProposalHashMismatch
             );
+            Self::ensure_not_overdue(&proposal)?;
             ensure!(
                 contract.signers.iter().any(|s| s.account == who),
                 Error::<T>::NotASigner
@@ -474,6 +478,7 @@ pub mod pallet {
                 proposal.hash == proposal_hash,
                 Error::<T>::ProposalHashMismatch
             );
+            Self::ensure_not_overdue(&proposal)?;
             ensure!(
                 contract
                     .signers
@@ -503,6 +508,7 @@ pub mod pallet {
             spec: alloc::boxed::Box<DeploymentSpec>,
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
+            Self::expire_overdue_proposal(contract_id)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
             ensure!(
                 contract.signers.iter().any(|s| s.account == who),
@@ -553,6 +559,7 @@ pub mod pallet {
         #[pallet::weight(T::WeightInfo::propose_cancel())]
         pub fn propose_cancel(origin: OriginFor<T>, contract_id: ContractId) -> DispatchResult {
             let who = ensure_signed(origin)?;
+            Self::expire_overdue_proposal(contract_id)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
             let Some(active) = contract.active else {
                 ensure!(contract.owner == who, Error::<T>::NotOwner);
@@ -764,6 +771,35 @@ impl<T: Config> Pallet<T> {
         let due = frame_system::Pallet::<T>::block_number().saturating_add(T::ProposalTtl::get());
         Self::push_expiry(due, contract_id);
         due
+    }
+
+    /// A proposal whose expiry block has begun is over, even while a backlog in the expiry
+    /// queue has not removed it yet.
+    fn ensure_not_overdue(proposal: &Proposal<T>) -> DispatchResult {
+        ensure!(
+            proposal.expires_at > frame_system::Pallet::<T>::block_number(),
+            Error::<T>::ProposalOverdue
+        );
+        Ok(())
+    }
+
+    /// Expires the contract's pending proposal now if its time ran out, so that a backlog in
+    /// the expiry queue never blocks a new proposal. Only for activated contracts (an expired
+    /// creation ends the contract, which the queue does).
+    fn expire_overdue_proposal(contract_id: ContractId) -> DispatchResult {
+        let Some(proposal) = Proposals::<T>::get(contract_id) else {
+            return Ok(());
+        };
+        if Self::ensure_not_overdue(&proposal).is_ok() || Self::never_activated(contract_id)? {
+            return Ok(());
+        }
+        let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
+        Self::close_proposal(contract_id, contract, &proposal)?;
+        Self::deposit_event(Event::ProposalExpired {
+            contract: contract_id,
+            hash: proposal.hash,
+        });
+        Ok(())
     }
 
     /// Appends an expiry to the queue; callers keep it in due order.

@@ -18,7 +18,10 @@ pub type ProposalExpiries<T: Config> = StorageMap<
 >;
 
 /// Version 1 to 2: the per-block expiry slots become one FIFO queue. Every slot's contracts
-/// are queued in block order and the slots removed.
+/// are queued in block order and the slots removed. Version 1 could put an expiry up to 7
+/// blocks past the TTL (when the slots before were full); such proposals expire at the TTL from
+/// the upgrade block instead, so that the queue stays in due order behind proposals made after
+/// the upgrade.
 pub type V1ToV2<T> =
     VersionedMigration<1, 2, InnerV1ToV2<T>, Pallet<T>, <T as frame_system::Config>::DbWeight>;
 
@@ -32,17 +35,31 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
             BoundedVec<ContractId, T::MaxExpiriesPerBlock>,
         )> = ProposalExpiries::<T>::drain().collect();
         slots.sort_by_key(|(at, _)| *at);
-        let mut moved = 0u64;
+        let latest =
+            frame_system::Pallet::<T>::block_number().saturating_add(T::ProposalTtl::get());
+        let (mut moved, mut moved_earlier) = (0u64, 0u64);
         for (at, contracts) in slots.iter() {
+            let due = (*at).min(latest);
             for contract in contracts.iter() {
-                Pallet::<T>::push_expiry(*at, *contract);
+                if due != *at {
+                    Proposals::<T>::mutate(contract, |proposal| {
+                        if let Some(p) = proposal.as_mut().filter(|p| p.expires_at == *at) {
+                            p.expires_at = due;
+                            moved_earlier = moved_earlier.saturating_add(1);
+                        }
+                    });
+                }
+                Pallet::<T>::push_expiry(due, *contract);
                 moved = moved.saturating_add(1);
             }
         }
         let slots = u64::try_from(slots.len()).unwrap_or(u64::MAX);
         T::DbWeight::get().reads_writes(
-            slots.saturating_add(1),
-            slots.saturating_add(moved).saturating_add(1),
+            slots.saturating_add(moved_earlier).saturating_add(1),
+            slots
+                .saturating_add(moved)
+                .saturating_add(moved_earlier)
+                .saturating_add(1),
         )
     }
 }

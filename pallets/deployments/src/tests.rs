@@ -480,6 +480,64 @@ fn a_flood_of_proposals_cannot_block_creation_and_expiries_fall_through() {
 }
 
 #[test]
+fn an_overdue_proposal_cannot_be_approved_and_gives_way_to_the_next_one() {
+    run_test(|| {
+        let (node, _) = big_node();
+        let two = &[(A, 1, false), (B, 1, false)];
+        let id = create(A, node, spec(0, 1, 0), two, 2);
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(B),
+            id,
+            spec(0, 1, 0).hash()
+        ));
+        // A backlog queued ahead of the update: its expiry is handled blocks late.
+        let flood: Vec<_> = (0..MAX_EXPIRIES * 3)
+            .map(|_| create(C, node, spec(0, 1, 0), &[(C, 1, false), (B, 1, false)], 2))
+            .collect();
+        run_to_block(2);
+        let before = held(A);
+        let v1 = spec(1, 2, 0);
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            id,
+            Box::new(v1.clone())
+        ));
+        run_to_block(2 + TTL);
+        assert!(Proposals::<Test>::get(id).is_some(), "still queued");
+        // Its time is up: approving it now would pass an expired proposal, and so would
+        // approving a creation of the backlog.
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(B), id, v1.hash()),
+            Error::<Test>::ProposalOverdue
+        );
+        let last = *flood.last().unwrap();
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(B), last, spec(0, 1, 0).hash()),
+            Error::<Test>::ProposalOverdue
+        );
+        assert_noop!(
+            Deployments::reject(RuntimeOrigin::signed(B), id, v1.hash()),
+            Error::<Test>::ProposalOverdue
+        );
+        // A new proposal expires it on the spot instead of waiting for the queue.
+        assert_ok!(Deployments::propose_cancel(RuntimeOrigin::signed(B), id));
+        assert!(events().contains(&Event::ProposalExpired {
+            contract: id,
+            hash: v1.hash()
+        }));
+        assert_eq!(held(A), before, "the update's deposit is back");
+        assert_eq!(
+            Proposals::<Test>::get(id).unwrap().expires_at,
+            2 + TTL + TTL
+        );
+        // The stale queue entry is skipped: the cancel proposal stays until its own time.
+        run_to_block(2 + TTL + 3);
+        assert!(Proposals::<Test>::get(id).is_some());
+        assert!(Contracts::<Test>::get(last).is_none());
+    })
+}
+
+#[test]
 fn an_update_approved_in_grace_keeps_the_contract_in_grace() {
     use zos_primitives::contracts::ContractsForBilling;
     run_test(|| {
@@ -1223,12 +1281,16 @@ fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
         let late = create(A, node, spec(0, 1, 0), two, 2);
         run_to_block(3);
         let early = create(A, node, spec(0, 1, 0), two, 2);
+        let pushed = create(A, node, spec(0, 1, 0), two, 2);
         // As version 1 kept them: per-block slots (here written back from the queue).
         let _ = ExpiryQueue::<Test>::clear(u32::MAX, None);
         ExpiryQueueEnds::<Test>::kill();
         let slot = |ids: Vec<ContractId>| frame_support::BoundedVec::truncate_from(ids);
         crate::migrations::ProposalExpiries::<Test>::insert(3 + TTL, slot(vec![early]));
         crate::migrations::ProposalExpiries::<Test>::insert(1 + TTL, slot(vec![late]));
+        // Version 1 pushed this one 7 blocks past its TTL (full slots before it).
+        Proposals::<Test>::mutate(pushed, |p| p.as_mut().unwrap().expires_at = 3 + TTL + 7);
+        crate::migrations::ProposalExpiries::<Test>::insert(3 + TTL + 7, slot(vec![pushed]));
         StorageVersion::new(1).put::<Deployments>();
 
         crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
@@ -1240,8 +1302,17 @@ fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
         );
         assert_eq!(ExpiryQueue::<Test>::get(0), Some((1 + TTL, late)));
         assert_eq!(ExpiryQueue::<Test>::get(1), Some((3 + TTL, early)));
+        // It expires at the TTL from the upgrade block, so it cannot hold up later proposals.
+        assert_eq!(ExpiryQueue::<Test>::get(2), Some((3 + TTL, pushed)));
+        assert_eq!(Proposals::<Test>::get(pushed).unwrap().expires_at, 3 + TTL);
         Deployments::do_try_state().expect("consistent after the migration");
+        run_to_block(4);
+        let after = create(A, node, spec(0, 1, 0), two, 2);
+        Deployments::do_try_state().expect("a new proposal queues in due order");
         run_to_block(3 + TTL);
+        assert_eq!(Contracts::<Test>::iter().count(), 1);
+        run_to_block(4 + TTL);
+        assert!(Contracts::<Test>::get(after).is_none());
         assert_eq!(Contracts::<Test>::iter().count(), 0);
     })
 }
