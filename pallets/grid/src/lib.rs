@@ -357,6 +357,8 @@ pub mod pallet {
         CounterOverflow,
         /// A contract ended on a node with no active contracts.
         NoActiveContracts,
+        /// The farm has node authorizations nobody used: revoke them first.
+        FarmHasNodeAuthorizations,
     }
 
     #[pallet::hooks]
@@ -443,6 +445,12 @@ pub mod pallet {
             ensure!(
                 farm.public_ips.iter().all(|e| e.assigned.is_none()),
                 Error::<T>::FarmHasAssignedIps
+            );
+            // One read: the owner revokes what they granted (each revocation is bounded),
+            // rather than this call clearing an unbounded prefix.
+            ensure!(
+                NodeAuthorizations::<T>::iter_prefix(farm_id).next().is_none(),
+                Error::<T>::FarmHasNodeAuthorizations
             );
             for entry in farm.public_ips.iter() {
                 IpOwner::<T>::remove(entry.config.ip.ip);
@@ -1359,6 +1367,13 @@ impl<T: Config> Pallet<T> {
             ensure!(
                 node.farm_id == farm_id,
                 "farm index puts the node in another farm"
+            );
+        }
+
+        for (farm_id, _) in NodeAuthorizations::<T>::iter_keys() {
+            ensure!(
+                Farms::<T>::contains_key(farm_id),
+                "a node authorization outlived its farm"
             );
         }
 

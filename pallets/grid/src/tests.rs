@@ -274,6 +274,13 @@ fn remove_farm_cleans_every_index() {
             Grid::remove_farm(signed(FARMER), 99),
             GridError::FarmNotFound
         );
+        // An authorization nobody used would outlive the farm.
+        authorize(id, NODE);
+        assert_noop!(
+            Grid::remove_farm(signed(FARMER), id),
+            GridError::FarmHasNodeAuthorizations
+        );
+        assert_ok!(Grid::revoke_node_authorization(signed(FARMER), id, NODE));
         let result = Grid::remove_farm(signed(FARMER), id).unwrap();
         // The fee is for the IPs actually removed.
         assert_eq!(
