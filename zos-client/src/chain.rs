@@ -105,6 +105,7 @@ pub struct Chain {
     /// from the node key get consecutive nonces; released before waiting for finality.
     submit_lock: tokio::sync::Mutex<()>,
     max_window_secs: u64,
+    min_window_secs: u64,
     max_traffic_bytes_per_sec: u64,
 }
 
@@ -132,6 +133,7 @@ impl Chain {
                 .and_then(|c| u64::decode(&mut c.value()).ok())
         };
         let max_window_secs = billing_constant("MaxWindowSecs").unwrap_or(DEFAULT_MAX_WINDOW_SECS);
+        let min_window_secs = billing_constant("MinWindowSecs").unwrap_or(1).max(1);
         // A chain without the constant caps nothing.
         let max_traffic_bytes_per_sec =
             billing_constant("MaxTrafficBytesPerSec").unwrap_or(u64::MAX);
@@ -140,6 +142,7 @@ impl Chain {
             rpc: LegacyRpcMethods::new(rpc_client),
             submit_lock: Default::default(),
             max_window_secs,
+            min_window_secs,
             max_traffic_bytes_per_sec,
         })
     }
@@ -195,6 +198,12 @@ impl Chain {
     /// The longest consumption window the chain accepts (the billing pallet's constant).
     pub fn max_window_secs(&self) -> u64 {
         self.max_window_secs
+    }
+
+    /// The shortest window the chain accepts unless it ends on a multiple of it (the billing
+    /// pallet's constant): report intervals must be multiples of it.
+    pub fn min_window_secs(&self) -> u64 {
+        self.min_window_secs
     }
 
     /// The most public traffic per second of a window the chain accepts in a report (the

@@ -134,6 +134,19 @@ impl Meter {
     }
 }
 
+/// The report interval to meter with: `wanted` rounded up to a multiple of the chain's minimum
+/// window (a window shorter than that must end on its grid), and no longer than the longest
+/// window the chain accepts.
+pub fn aligned_interval(wanted: u64, min_window: u64, max_window: u64) -> u64 {
+    let grid = min_window.max(1);
+    let longest = (max_window / grid).max(1).saturating_mul(grid);
+    wanted
+        .max(1)
+        .div_ceil(grid)
+        .saturating_mul(grid)
+        .min(longest)
+}
+
 /// The open window of a contract that is being removed, cut at `now`: the contract's final
 /// window (`None` when nothing of it elapsed). The chain accepts a final window shorter than the
 /// interval and ending anywhere up to the contract's end time.
@@ -158,6 +171,16 @@ mod tests {
         max_gap: 15,
         max_traffic_per_sec: u64::MAX,
     };
+
+    #[test]
+    fn the_interval_is_a_multiple_of_the_chains_minimum_window() {
+        assert_eq!(aligned_interval(10, 10, 3600), 10);
+        assert_eq!(aligned_interval(15, 10, 3600), 20);
+        assert_eq!(aligned_interval(1, 10, 3600), 10);
+        assert_eq!(aligned_interval(7, 1, 3600), 7);
+        assert_eq!(aligned_interval(5000, 10, 3600), 3600);
+        assert_eq!(aligned_interval(5000, 7, 3600), 3598);
+    }
 
     #[test]
     fn windows_are_aligned_contiguous_and_count_only_uptime() {

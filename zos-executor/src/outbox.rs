@@ -51,6 +51,17 @@ pub enum Billing {
     },
 }
 
+/// What the chain accepts of a window (the billing pallet's constants).
+#[derive(Clone, Copy, Debug)]
+pub struct WindowLimits {
+    /// Shortest window, seconds, unless it ends on a multiple of it or at the contract's end.
+    pub min_window: u64,
+    /// Longest window, seconds.
+    pub max_window: u64,
+    /// Most public traffic per second of a window.
+    pub max_traffic_per_sec: u64,
+}
+
 /// The result of aligning the outbox with the chain.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Aligned {
@@ -67,14 +78,17 @@ pub struct Aligned {
 /// a window reaching past the end time is cut there (the final window) and later ones are
 /// dropped; an uptime longer than its (shortened) window is cut to it, and so is traffic above
 /// what the window may carry (`max_traffic_per_sec`, the chain's cap), so that no aligned
-/// report can be refused for it.
+/// report can be refused for it. An ended contract's last window that stops short of the end
+/// off the chain's grid (the final window, cut by a clock behind the chain's) is stretched to
+/// the end, with no uptime added: otherwise the chain would refuse it as too short.
 pub fn align(
     entries: Vec<(OutboxKey, ConsumptionReport)>,
     billing: impl Fn(ContractId) -> Billing,
-    max_window: u64,
-    max_traffic_per_sec: u64,
+    limits: &WindowLimits,
 ) -> Aligned {
-    let max_window = max_window.max(1);
+    let max_window = limits.max_window.max(1);
+    let min_window = limits.min_window.max(1);
+    let max_traffic_per_sec = limits.max_traffic_per_sec;
     let mut by_contract: BTreeMap<ContractId, Vec<(OutboxKey, ConsumptionReport)>> =
         BTreeMap::new();
     for (key, report) in entries {
@@ -90,8 +104,15 @@ pub fn align(
             }
             Billing::Billed { until, ended_at } => (until, ended_at),
         };
-        for (key, mut report) in windows {
+        let count = windows.len();
+        for (index, (key, mut report)) in windows.into_iter().enumerate() {
             if let Some(end) = ended_at {
+                if index + 1 == count
+                    && report.window_end < end
+                    && report.window_end % min_window != 0
+                {
+                    report.window_end = end;
+                }
                 if report.window_start >= end || next_start.is_some_and(|s| s >= end) {
                     out.drop.push(key);
                     continue;
@@ -343,11 +364,15 @@ impl Executor {
             };
             billing.insert(*contract, state);
         }
+        let limits = WindowLimits {
+            min_window: self.chain.min_window_secs(),
+            max_window: self.chain.max_window_secs(),
+            max_traffic_per_sec: self.chain.max_traffic_bytes_per_sec(),
+        };
         Ok(align(
             entries,
             |c| billing.get(&c).copied().unwrap_or(Billing::Unknown),
-            self.chain.max_window_secs(),
-            self.chain.max_traffic_bytes_per_sec(),
+            &limits,
         ))
     }
 
@@ -386,6 +411,21 @@ impl Executor {
 mod tests {
     use super::*;
 
+    /// `align` with no minimum window.
+    fn align_t(
+        entries: Vec<(OutboxKey, ConsumptionReport)>,
+        billing: impl Fn(ContractId) -> Billing,
+        max_window: u64,
+        max_traffic_per_sec: u64,
+    ) -> Aligned {
+        let limits = WindowLimits {
+            min_window: 1,
+            max_window,
+            max_traffic_per_sec,
+        };
+        align(entries, billing, &limits)
+    }
+
     /// A live contract billed until `until`.
     fn billed(until: Option<u64>) -> Billing {
         Billing::Billed {
@@ -401,7 +441,7 @@ mod tests {
         // the removal wrote (600..610).
         let mut busy = report(5, 300, 600, 300);
         busy.1.public_bytes_in = 1_000;
-        let aligned = align(
+        let aligned = align_t(
             vec![busy, report(5, 600, 605, 5), report(5, 605, 610, 5)],
             |_| Billing::Billed {
                 until: Some(300),
@@ -422,8 +462,8 @@ mod tests {
             (300, 390, 90, 300)
         );
         // Nothing reported yet, removed 10 s after a 90 s life: the final window starts at
-        // the meter's start and ends at the end.
-        let aligned = align(
+        // the meter's start and ends at the end, with its share (90/100) of the 95 s up.
+        let aligned = align_t(
             vec![report(6, 1_000, 1_100, 95)],
             |_| Billing::Billed {
                 until: None,
@@ -435,10 +475,10 @@ mod tests {
         let r = &aligned.send[0].1;
         assert_eq!(
             (r.window_start, r.window_end, r.uptime_seconds),
-            (1_000, 1_090, 90)
+            (1_000, 1_090, 85)
         );
         // Already billed up to the end: everything is dropped.
-        let aligned = align(
+        let aligned = align_t(
             vec![report(7, 390, 400, 10)],
             |_| Billing::Billed {
                 until: Some(390),
@@ -479,7 +519,7 @@ mod tests {
             report(2, 50, 60, 5),
             report(3, 10, 20, 10),
         ];
-        let aligned = align(
+        let aligned = align_t(
             entries,
             |c| match c {
                 // A batch with 100..120 was finalized just before a crash.
@@ -504,7 +544,7 @@ mod tests {
     #[test]
     fn an_overlap_or_a_gap_is_closed_and_uptime_stays_within_the_window() {
         // The chain is at 115 (a window the outbox no longer has), the outbox at 110..120..130.
-        let aligned = align(
+        let aligned = align_t(
             vec![report(7, 110, 120, 10), report(7, 120, 130, 9)],
             |_| billed(Some(115)),
             3600,
@@ -518,7 +558,7 @@ mod tests {
         );
         assert_eq!(aligned.send[1].1.window_start, 120);
         // A gap (a rejected window was never settled): the next window reaches back to it.
-        let aligned = align(
+        let aligned = align_t(
             vec![report(7, 130, 140, 10)],
             |_| billed(Some(120)),
             3600,
@@ -530,7 +570,7 @@ mod tests {
             (120, 140, 10)
         );
         // Windows stay contiguous among themselves after a jump.
-        let aligned = align(
+        let aligned = align_t(
             vec![report(7, 100, 110, 10), report(7, 130, 140, 10)],
             |_| billed(None),
             3600,
@@ -543,7 +583,7 @@ mod tests {
     fn a_gap_longer_than_the_chain_allows_is_filled_with_zero_uptime_windows() {
         // Billed until 1000; the outbox resumes at 10_000 with a 300 s window; windows may be
         // at most 3600 s long.
-        let aligned = align(
+        let aligned = align_t(
             vec![report(3, 10_000, 10_300, 300)],
             |_| billed(Some(1_000)),
             3_600,
@@ -574,7 +614,7 @@ mod tests {
         // 8100 s, 4050 s up, with 8100 bytes in. The chain accepts windows of at most 3600 s.
         let mut long = report(9, 1_000, 9_100, 4_050);
         long.1.public_bytes_in = 8_100;
-        let aligned = align(vec![long], |_| billed(Some(1_000)), 3600, u64::MAX);
+        let aligned = align_t(vec![long], |_| billed(Some(1_000)), 3600, u64::MAX);
         let sent: Vec<_> = aligned
             .send
             .iter()
@@ -593,11 +633,34 @@ mod tests {
     }
 
     #[test]
+    fn a_final_window_cut_short_by_a_slow_clock_is_stretched_to_the_end() {
+        let limits = WindowLimits {
+            min_window: 10,
+            max_window: 3600,
+            max_traffic_per_sec: u64::MAX,
+        };
+        let ended = |_| Billing::Billed {
+            until: Some(1_000),
+            ended_at: Some(1_013),
+        };
+        // The executor's clock is 2 s behind: its final window ends at 1011, not 1013.
+        let aligned = align(vec![report(4, 1_000, 1_011, 11)], ended, &limits);
+        let r = &aligned.send[0].1;
+        assert_eq!(
+            (r.window_start, r.window_end, r.uptime_seconds),
+            (1_000, 1_013, 11)
+        );
+        // A regular window on the grid is left alone: the final one may still follow.
+        let aligned = align(vec![report(4, 1_000, 1_010, 10)], ended, &limits);
+        assert_eq!(aligned.send[0].1.window_end, 1_010);
+    }
+
+    #[test]
     fn a_shortened_window_keeps_only_the_traffic_it_could_carry() {
         let (key, mut busy) = report(7, 110, 120, 10);
         (busy.public_bytes_in, busy.public_bytes_out) = (60, 50);
         // Cut to 115..120 by the chain's state: at 10 bytes/s it carries 50 bytes.
-        let aligned = align(vec![(key, busy)], |_| billed(Some(115)), 3600, 10);
+        let aligned = align_t(vec![(key, busy)], |_| billed(Some(115)), 3600, 10);
         let r = &aligned.send[0].1;
         assert_eq!((r.public_bytes_in, r.public_bytes_out), (50, 0));
     }

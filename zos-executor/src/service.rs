@@ -183,6 +183,15 @@ impl Executor {
         if let Err(e) = self.note_earlier_transactions().await {
             warn!(error = %format!("{e:#}"), "could not check for pending transactions of an earlier run");
         }
+        let wanted = self.config.report_interval.as_secs();
+        if self.meter().interval != wanted {
+            warn!(
+                wanted,
+                using = self.meter().interval,
+                min_window = self.chain.min_window_secs(),
+                "the report interval must be a multiple of the chain's minimum window (and at most its longest one)"
+            );
+        }
         let follower = tokio::spawn(follower::run(
             self.chain.clone(),
             self.store.clone(),
@@ -423,7 +432,11 @@ impl Executor {
     }
 
     fn meter(&self) -> Meter {
-        let interval = self.config.report_interval.as_secs().clamp(1, 3600);
+        let interval = crate::meter::aligned_interval(
+            self.config.report_interval.as_secs(),
+            self.chain.min_window_secs(),
+            self.chain.max_window_secs(),
+        );
         Meter {
             interval,
             max_gap: (interval / 2).max(15),

@@ -20,6 +20,10 @@
 //! - the contract is activated and placed on the signer's node;
 //! - `window_start < window_end`, the window is at most [`Config::MaxWindowSecs`] long and ends
 //!   no later than chain time plus [`Config::MaxClockDriftSecs`];
+//! - the window is at least [`Config::MinWindowSecs`] long, or ends on a multiple of it (the
+//!   report interval's grid, so a contract's first window may be short), or is the final window
+//!   of an ended contract (ending at the end time). A contract so has at most two windows per
+//!   `MinWindowSecs`, however a node cuts them;
 //! - `uptime_seconds` is at most the window length, and the public traffic at most
 //!   [`Config::MaxTrafficBytesPerSec`] times it;
 //! - the window starts exactly where the previous accepted one ended (no gap, no overlap), or,
@@ -33,9 +37,12 @@
 //! contract only moves forward.
 //!
 //! Fees: a batch is free (`Pays::No`) when it had no rejected report and at least one newly
-//! accepted one. A batch with a rejected report pays, and so does a batch made only of resends:
-//! an honest node retries a batch only when it did not see it land, so that fee is rare, while
-//! free rejections or free resends would let a node fill blocks for nothing.
+//! accepted one, and the node has free batches left: [`Config::FreeBatchesPerPeriod`] per
+//! [`Config::FreeBatchPeriodBlocks`] (counted in [`FreeBatchesUsed`]). A batch with a rejected
+//! report pays, and so does a batch made only of resends: an honest node retries a batch only
+//! when it did not see it land, so that fee is rare, while free rejections or free resends
+//! would let a node fill blocks for nothing. The quota bounds what a node can put in blocks
+//! for free whatever it reports.
 //!
 //! ## Settlement
 //!
@@ -190,6 +197,16 @@ pub mod pallet {
         /// Longest window one report may cover, seconds.
         #[pallet::constant]
         type MaxWindowSecs: Get<u64>;
+        /// Shortest window one report may cover, seconds, unless it ends on a multiple of this
+        /// (or is an ended contract's final window). Report intervals are multiples of it.
+        #[pallet::constant]
+        type MinWindowSecs: Get<u64>;
+        /// Fee-free report batches per node account and period; later ones pay the normal fee.
+        #[pallet::constant]
+        type FreeBatchesPerPeriod: Get<u32>;
+        /// Length of the free-batch period, blocks.
+        #[pallet::constant]
+        type FreeBatchPeriodBlocks: Get<BlockNumberFor<Self>>;
         /// Most public traffic (bytes in plus out) a node may report per second of a window: what
         /// a node's uplink could carry at most. A report above it is rejected, so a node cannot
         /// bill a contract for traffic that never fit through a wire.
@@ -248,6 +265,14 @@ pub mod pallet {
         EndedContract<T::AccountId, BlockNumberFor<T>>,
         OptionQuery,
     >;
+
+    /// Fee-free report batches each node account used: `(period, used)`, the period being the
+    /// block number divided by [`Config::FreeBatchPeriodBlocks`]. One entry per node account
+    /// that ever sent a free batch (only a node's account gets one: the batch must settle a
+    /// report of a contract on its node).
+    #[pallet::storage]
+    pub type FreeBatchesUsed<T: Config> =
+        StorageMap<_, Blake2_128Concat, T::AccountId, (BlockNumberFor<T>, u32), OptionQuery>;
 
     /// Deadline queues by kind and sequence number, handled in `on_initialize` in due order
     /// (see [`DeadlineKind`]).
@@ -415,7 +440,8 @@ pub mod pallet {
         /// Reports what contracts on the signer's node consumed, and settles each accepted
         /// report at once. See the pallet documentation for the rules and the fee.
         #[pallet::call_index(0)]
-        #[pallet::weight(T::WeightInfo::report_consumption(reports.len().saturated_into()))]
+        #[pallet::weight(T::WeightInfo::report_consumption(reports.len().saturated_into())
+            .saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
         pub fn report_consumption(
             origin: OriginFor<T>,
             reports: BoundedVec<ConsumptionReport, T::MaxReportsPerBatch>,
@@ -439,7 +465,8 @@ pub mod pallet {
                     }
                 }
             }
-            let pays_fee = if accepted_new && !rejected {
+            let pays_fee = if accepted_new && !rejected && Self::use_free_batch(&signer, now_block)
+            {
                 Pays::No
             } else {
                 Pays::Yes
@@ -493,6 +520,23 @@ enum ReportOutcome {
 }
 
 impl<T: Config> Pallet<T> {
+    /// Counts a fee-free batch of `node_account`; false when its quota for this period is used.
+    fn use_free_batch(node_account: &T::AccountId, now_block: BlockNumberFor<T>) -> bool {
+        let period_blocks = T::FreeBatchPeriodBlocks::get().max(sp_runtime::traits::One::one());
+        let period = now_block / period_blocks;
+        FreeBatchesUsed::<T>::mutate(node_account, |entry| {
+            let used = match *entry {
+                Some((p, used)) if p == period => used,
+                _ => 0,
+            };
+            if used >= T::FreeBatchesPerPeriod::get() {
+                return false;
+            }
+            *entry = Some((period, used.saturating_add(1)));
+            true
+        })
+    }
+
     /// Chain time in milliseconds.
     fn now_ms() -> u64 {
         u64::try_from(T::Time::now().as_millis()).unwrap_or(u64::MAX)
@@ -547,6 +591,13 @@ impl<T: Config> Pallet<T> {
         if let Some(ended_at) = payer.ended_at {
             check(report.window_end <= ended_at, AfterContractEnd)?;
         }
+        let min_window = T::MinWindowSecs::get().max(1);
+        check(
+            length >= min_window
+                || report.window_end % min_window == 0
+                || payer.ended_at == Some(report.window_end),
+            WindowTooShort,
+        )?;
         check(report.uptime_seconds <= length, UptimeExceedsWindow)?;
         let traffic =
             u128::from(report.public_bytes_in).saturating_add(report.public_bytes_out.into());

@@ -344,6 +344,71 @@ fn zero_uptime_windows_charge_nothing_for_compute() {
 }
 
 #[test]
+fn windows_shorter_than_the_minimum_must_end_on_its_grid() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        // START is on the 10 s grid. A 1-second window off the grid is refused: without the
+        // rule a node could cut an hour into 3,600 free reports.
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 1, 1)]);
+        assert_eq!(rejections(), vec![(c, RejectReason::WindowTooShort)]);
+        // Shorter than the minimum but ending on the grid (a first window after a deploy in
+        // the middle of an interval, or a gap filler): accepted; so is any longer window.
+        let first = report(c, START, START + MIN_WINDOW, MIN_WINDOW);
+        let long = report(c, START + MIN_WINDOW, START + 3 * MIN_WINDOW + 3, 23);
+        assert_eq!(submit(NODE_ACCOUNT, vec![first, long]).pays_fee, Pays::No);
+        let short = report(c, START + 3 * MIN_WINDOW + 3, START + 4 * MIN_WINDOW, 7);
+        let rest = report(c, START + 4 * MIN_WINDOW, START + 3_600, 0);
+        submit(NODE_ACCOUNT, vec![short, rest]);
+        assert_eq!(rejections().len(), 1);
+        // The final window of an ended contract may be short and end off the grid: at the end.
+        advance_secs(3);
+        end_contract(c, CancelCause::Signers);
+        let ended_at = EndedContracts::<Test>::get(c).unwrap().ended_at;
+        assert_eq!(ended_at, START + 3_603);
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 3_600, ended_at - 1, 0)],
+        );
+        assert_eq!(
+            rejections().last(),
+            Some(&(c, RejectReason::WindowTooShort)),
+            "only the window ending at the end is exempt"
+        );
+        submit(NODE_ACCOUNT, vec![report(c, START + 3_600, ended_at, 3)]);
+        assert_eq!(rejections().len(), 2);
+        assert!(ContractBillings::<Test>::get(c).is_none(), "billing closed");
+    });
+}
+
+#[test]
+fn a_node_has_a_quota_of_free_batches_per_period() {
+    run_test(|| {
+        let c = contract_after_an_hour();
+        let period_start = System::block_number();
+        let mut start = START;
+        let mut next = || {
+            let r = report(c, start, start + MIN_WINDOW, MIN_WINDOW);
+            start += MIN_WINDOW;
+            r
+        };
+        for _ in 0..FREE_BATCHES {
+            assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::No);
+        }
+        // Accepted like any other, but it pays.
+        assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::Yes);
+        assert!(rejections().is_empty());
+        // The next period starts afresh.
+        let next_period = (period_start / FREE_BATCH_PERIOD + 1) * FREE_BATCH_PERIOD;
+        System::set_block_number(next_period);
+        assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::No);
+        assert_eq!(
+            FreeBatchesUsed::<Test>::get(NODE_ACCOUNT),
+            Some((next_period / FREE_BATCH_PERIOD, 1))
+        );
+    });
+}
+
+#[test]
 fn resending_the_last_accepted_report_is_a_no_op() {
     run_test(|| {
         let c = contract_after_an_hour();

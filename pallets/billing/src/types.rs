@@ -194,6 +194,9 @@ pub enum RejectReason {
     TrafficAboveCapacity,
     /// The contract ended: its final window must end at or before the end time.
     AfterContractEnd,
+    /// The window is shorter than `MinWindowSecs` and does not end on a multiple of it (nor
+    /// at the end of an ended contract).
+    WindowTooShort,
 }
 
 /// What billing keeps per contract from its first accepted report until the contract ends.

@@ -449,7 +449,9 @@ pub mod pallet {
             // One read: the owner revokes what they granted (each revocation is bounded),
             // rather than this call clearing an unbounded prefix.
             ensure!(
-                NodeAuthorizations::<T>::iter_prefix(farm_id).next().is_none(),
+                NodeAuthorizations::<T>::iter_prefix(farm_id)
+                    .next()
+                    .is_none(),
                 Error::<T>::FarmHasNodeAuthorizations
             );
             for entry in farm.public_ips.iter() {

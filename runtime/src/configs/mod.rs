@@ -25,7 +25,7 @@ use super::{
     AccountId, Aura, Balance, Balances, Billing, Block, BlockNumber, Deployments, Grid, Hash,
     Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
     RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, Timestamp, DAYS, EXISTENTIAL_DEPOSIT,
-    MILLI_SECS_PER_BLOCK, MILLI_UNIT, MINUTES, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
+    HOURS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, MINUTES, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
 };
 
 /// Share of a block that ordinary (non-operational) extrinsics may fill.
@@ -190,6 +190,13 @@ impl pallet_billing::Config for Runtime {
     type MaxReportsPerBatch = ConstU32<256>;
     /// A window covers at most an hour of consumption.
     type MaxWindowSecs = ConstU64<3600>;
+    /// Windows are at least 10 s long or end on the 10 s grid: report intervals are
+    /// multiples of 10 s, so a contract has at most two windows per 10 s.
+    type MinWindowSecs = ConstU64<10>;
+    /// 720 fee-free batches an hour per node: one every 5 s, twice what a node reporting every
+    /// 10 s sends; a node with more to say (or more contracts than a batch holds) pays fees.
+    type FreeBatchesPerPeriod = ConstU32<720>;
+    type FreeBatchPeriodBlocks = ConstU32<HOURS>;
     /// 100 Gbit/s: above any node's uplink today.
     type MaxTrafficBytesPerSec = ConstU64<12_500_000_000>;
     /// Reports may end at most a minute after chain time (node clocks drift).
