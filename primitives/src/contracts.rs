@@ -3,7 +3,7 @@
 
 use alloc::vec::Vec;
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
-use frame_support::{pallet_prelude::ConstU32, BoundedVec};
+use frame_support::{pallet_prelude::ConstU32, weights::Weight, BoundedVec};
 use scale_info::TypeInfo;
 use sp_runtime::DispatchResult;
 
@@ -51,6 +51,11 @@ pub enum CancelCause {
     Expired,
     /// Billing ended it after its grace period.
     OutOfFunds,
+    /// Its node left the grid: removed by the farm owner or the node after a notice period,
+    /// or by governance.
+    NodeRemoved,
+    /// Governance removed a farm IP it held.
+    PublicIpRemoved,
 }
 
 /// Life cycle of a contract.
@@ -119,6 +124,31 @@ pub trait ContractsForBilling<AccountId, BlockNumber> {
     fn set_grace_period(contract: ContractId, in_grace: bool) -> DispatchResult;
     /// Cancels the contract with cause `OutOfFunds`, releasing its capacity, IPs and deposit.
     fn cancel_out_of_funds(contract: ContractId) -> DispatchResult;
+}
+
+/// What the grid asks of the deployments pallet when a node or a farm IP leaves: end the
+/// contracts that use it, releasing their capacity, IPs and deposits.
+pub trait EndContracts {
+    /// Ends up to `max` contracts placed on `node` (cause [`CancelCause::NodeRemoved`]).
+    /// Returns how many ended and whether any are left on the node.
+    fn end_contracts_on_node(node: NodeId, max: u32) -> (u32, bool);
+    /// Ends `contract` (cause [`CancelCause::PublicIpRemoved`]).
+    fn end_contract_holding_ip(contract: ContractId) -> DispatchResult;
+    /// Upper bound of the weight of ending one contract.
+    fn end_contract_weight() -> Weight;
+}
+
+/// No contracts: nothing to end (a grid without the deployments pallet, and unit tests).
+impl EndContracts for () {
+    fn end_contracts_on_node(_node: NodeId, _max: u32) -> (u32, bool) {
+        (0, false)
+    }
+    fn end_contract_holding_ip(_contract: ContractId) -> DispatchResult {
+        Ok(())
+    }
+    fn end_contract_weight() -> Weight {
+        Weight::zero()
+    }
 }
 
 /// Told when a contract ends, before it is removed, so billing can settle the last period.

@@ -313,3 +313,46 @@ test('the signers cancel the contract: propose_cancel, then an approval naming t
   const farm = (await api.query.grid.farms(s.farmId)).unwrap();
   assert.ok(farm.publicIps.every((e) => e.assigned.isNone));
 });
+
+test('the farm owner evicts the node: no new contracts, and governance cuts the notice short', async () => {
+  const spec = demoSpec(0);
+  const one = [{ account: k.owner.address, weight: 1, required: false }];
+  await submitFinalized(api, api.tx.grid.heartbeat(), k.node).catch(() => {}); // stay online
+  const created = await submitFinalized(api, api.tx.deployments.create(s.nodeId, spec, one, 1), k.owner);
+  const contractId = oneEvent(created, 'deployments', 'ContractCreated').data.contract.toNumber();
+  oneEvent(created, 'deployments', 'ContractActivated');
+
+  // The farm owner asks: the node runs contracts, so they get the notice period.
+  const asked = await submitFinalized(api, api.tx.grid.removeNode(s.nodeId), k.farmer);
+  const scheduled = oneEvent(asked, 'grid', 'NodeRemovalScheduled').data;
+  assert.equal(scheduled.requestedBy.unwrap().toString(), k.farmer.address);
+  assert.ok((await api.query.grid.nodeRemovals(s.nodeId)).isSome);
+  await expectModuleError(
+    submitFinalized(api, api.tx.deployments.create(s.nodeId, spec, one, 1), k.owner),
+    'grid', 'NodeLeaving',
+  );
+
+  // Governance (sudo on the development chain) removes it now: the next blocks end its
+  // contracts and remove it.
+  const { blockHash } = await submitFinalizedAt(api, api.tx.sudo.sudo(api.tx.grid.forceRemoveNode(s.nodeId)), k.owner);
+  const from = (await api.rpc.chain.getHeader(blockHash)).number.toNumber();
+  while ((await api.query.grid.nodes(s.nodeId)).isSome) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  const to = (await api.rpc.chain.getHeader()).number.toNumber();
+  const events = [];
+  for (let n = from; n <= to; n += 1) {
+    const hash = await api.rpc.chain.getBlockHash(n);
+    events.push(...(await api.query.system.events.at(hash)).map((record) => record.event));
+  }
+  const cancelled = eventsNamed(events, 'deployments', 'ContractCancelled')
+    .find((e) => e.data.contract.toNumber() === contractId);
+  assert.ok(cancelled, 'the contract was cancelled');
+  assert.equal(cancelled.data.cause.type, 'NodeRemoved');
+  const removed = eventsNamed(events, 'grid', 'NodeRemoved')[0];
+  assert.ok(removed.data.removedBy.isNone, 'removed by governance');
+  assert.ok((await api.query.deployments.contracts(contractId)).isNone);
+  assert.ok((await api.query.grid.nodeRemovals(s.nodeId)).isNone);
+  const farm = (await api.query.grid.farms(s.farmId)).unwrap();
+  assert.ok(farm.publicIps.every((e) => e.assigned.isNone), 'the farm IPs are free again');
+});

@@ -79,6 +79,8 @@ pub fn cause(c: &CancelCause) -> &'static str {
         CancelCause::Rejected => "rejected",
         CancelCause::Expired => "creation proposal expired",
         CancelCause::OutOfFunds => "out of funds",
+        CancelCause::NodeRemoved => "its node left the grid",
+        CancelCause::PublicIpRemoved => "governance removed its public IP",
     }
 }
 

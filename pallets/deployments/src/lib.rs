@@ -1154,6 +1154,41 @@ impl<T: Config> ContractsForBilling<T::AccountId, BlockNumberFor<T>> for Pallet<
     }
 }
 
+impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
+    fn end_contracts_on_node(node: NodeId, max: u32) -> (u32, bool) {
+        let ids: Vec<ContractId> = ContractsByNode::<T>::iter_key_prefix(node)
+            .take(max as usize)
+            .collect();
+        let mut ended = 0u32;
+        let mut failed = false;
+        for id in ids {
+            let result = frame_support::storage::with_storage_layer(|| {
+                Self::do_cancel(id, CancelCause::NodeRemoved)
+            });
+            match result {
+                Ok(()) => ended = ended.saturating_add(1),
+                Err(e) => {
+                    failed = true;
+                    log::error!(target: "runtime::deployments", "ending contract {id} of leaving node {node} failed: {e:?}");
+                }
+            }
+        }
+        let more = failed || ContractsByNode::<T>::iter_key_prefix(node).next().is_some();
+        (ended, more)
+    }
+
+    fn end_contract_holding_ip(contract: ContractId) -> DispatchResult {
+        frame_support::storage::with_storage_layer(|| {
+            Self::do_cancel(contract, CancelCause::PublicIpRemoved)
+        })
+    }
+
+    fn end_contract_weight() -> frame_support::weights::Weight {
+        // Passing a cancel proposal ends the contract the same way, at the worst case.
+        T::WeightInfo::approve()
+    }
+}
+
 #[cfg(any(feature = "try-runtime", feature = "std"))]
 impl<T: Config> Pallet<T> {
     /// Checks every invariant of the pallet's storage; used by `try_state` and after each test.

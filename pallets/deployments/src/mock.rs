@@ -71,9 +71,14 @@ impl pallet_grid::Config for Test {
     type HeartbeatTimeoutMs = ConstU64<{ 10 * 60 * 1000 }>;
     type MinHeartbeatIntervalMs = ConstU64<{ 60 * 1000 }>;
     type Time = Timestamp;
+    type Contracts = Deployments;
+    type NodeRemovalNoticeBlocks = ConstU64<NOTICE_BLOCKS>;
+    type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type WeightInfo = ();
 }
 
+pub const NOTICE_BLOCKS: u64 = 20;
+pub const MAX_ENDED_PER_BLOCK: u32 = 3;
 pub const TTL: u64 = 10;
 pub const MAX_EXPIRIES: u32 = 4;
 pub const MAX_SIGNERS: u32 = 8;
@@ -168,6 +173,7 @@ pub fn run_to_block(n: u64) {
     while System::block_number() < n {
         let next = System::block_number() + 1;
         System::set_block_number(next);
+        Grid::on_initialize(next);
         Deployments::on_initialize(next);
     }
 }

@@ -538,6 +538,50 @@ fn an_overdue_proposal_cannot_be_approved_and_gives_way_to_the_next_one() {
 }
 
 #[test]
+fn a_node_evicted_by_its_farm_owner_ends_its_contracts_after_the_notice() {
+    run_test(|| {
+        let (node, owner) = big_node();
+        let farm = pallet_grid::Nodes::<Test>::get(node).unwrap().farm_id;
+        let farmer = pallet_grid::Farms::<Test>::get(farm).unwrap().owner;
+        let a = create(A, node, spec(0, 1, 1), &[(A, 1, false)], 1);
+        let b = create(B, node, spec(0, 2, 0), &[(B, 1, false)], 1);
+        let (held_a, held_b) = (held(A), held(B));
+        assert!(held_a > 0 && held_b > 0);
+        assert_ok!(pallet_grid::Pallet::<Test>::remove_node(
+            RuntimeOrigin::signed(farmer),
+            node
+        ));
+        // The node takes nothing new while its contracts run out their notice.
+        assert_noop!(
+            Deployments::create(
+                RuntimeOrigin::signed(C),
+                node,
+                Box::new(spec(0, 1, 0)),
+                signers(&[(C, 1, false)]),
+                1
+            ),
+            pallet_grid::Error::<Test>::NodeLeaving
+        );
+        run_to_block(1 + NOTICE_BLOCKS - 1);
+        assert_eq!(state(a), ContractState::Active);
+        run_to_block(1 + NOTICE_BLOCKS);
+        for id in [a, b] {
+            assert!(Contracts::<Test>::get(id).is_none());
+            assert!(events().contains(&Event::ContractCancelled {
+                contract: id,
+                node,
+                cause: CancelCause::NodeRemoved,
+            }));
+        }
+        assert_eq!((held(A), held(B)), (0, 0), "deposits returned");
+        assert_eq!(NodeReserved::<Test>::get(node), Resources::zero());
+        assert!(pallet_grid::Nodes::<Test>::get(node).is_none());
+        assert!(pallet_grid::NodeIdByAccount::<Test>::get(owner).is_none());
+        assert_eq!(Grid::free_public_ips(farm).len(), 4);
+    })
+}
+
+#[test]
 fn an_update_approved_in_grace_keeps_the_contract_in_grace() {
     use zos_primitives::contracts::ContractsForBilling;
     run_test(|| {

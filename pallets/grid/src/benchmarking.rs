@@ -293,7 +293,7 @@ mod benchmarks {
             node_id,
             farm_id,
             account: node,
-            removed_by: owner,
+            removed_by: Some(owner),
         });
         Ok(())
     }
@@ -411,6 +411,62 @@ mod benchmarks {
         _(RawOrigin::Signed(owner), farm_id, node.clone());
 
         assert!(!NodeAuthorizations::<T>::contains_key(farm_id, &node));
+        Ok(())
+    }
+
+    /// A node without contracts, removed at once (the branch with every index write; one with
+    /// contracts only queues its removal, whose steps `on_initialize` accounts for).
+    #[benchmark]
+    fn force_remove_node() -> Result<(), BenchmarkError> {
+        let origin =
+            T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+
+        #[extrinsic_call]
+        _(origin as T::RuntimeOrigin, node_id);
+
+        assert!(!Nodes::<T>::contains_key(node_id));
+        Ok(())
+    }
+
+    /// A farm with `i` pool addresses and the most unused authorizations one call clears.
+    #[benchmark]
+    fn force_remove_farm(i: Linear<0, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
+        let origin =
+            T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, i)?;
+        for n in 0..MAX_AUTHORIZATIONS_FORCE_REMOVED {
+            authorize::<T>(farm_id, &account("node", n, 0))?;
+        }
+
+        #[extrinsic_call]
+        _(origin as T::RuntimeOrigin, farm_id);
+
+        assert!(!Farms::<T>::contains_key(farm_id));
+        assert_eq!(NodeAuthorizations::<T>::iter().count(), 0);
+        Ok(())
+    }
+
+    /// The last of `i` pool addresses, unassigned (ending a contract that holds it is added
+    /// to the call's weight from the deployments pallet's own benchmark).
+    #[benchmark]
+    fn force_remove_farm_ip(
+        i: Linear<1, { T::MaxIpsPerFarm::get() }>,
+    ) -> Result<(), BenchmarkError> {
+        let origin =
+            T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
+        let owner: T::AccountId = whitelisted_caller();
+        let farm_id = farm_with_ips::<T>(&owner, i)?;
+        let ip = Grid::<T>::test_ip(i - 1).ip.ip;
+
+        #[extrinsic_call]
+        _(origin as T::RuntimeOrigin, farm_id, ip);
+
+        assert!(!IpOwner::<T>::contains_key(ip));
         Ok(())
     }
 

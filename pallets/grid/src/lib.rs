@@ -14,6 +14,12 @@
 //!   prefix its VMs get addresses from, the domain for gateways); the node's executor gives
 //!   VMs IPv6 addresses from the declared subnet. A node's own IPv4 address is unique
 //!   chain-wide, like a pool address.
+//! - The farm owner can evict a node (`remove_node`; the node can leave the same way): a node
+//!   without contracts goes at once, one with contracts takes no new contracts or updates
+//!   (`NodeLeaving`) and, after [`Config::NodeRemovalNoticeBlocks`], its contracts end (cause
+//!   `NodeRemoved`, capacity, IPs and deposits released) and it is removed. Governance can
+//!   force the removal of a node (no notice), of an emptied farm, and of a pool address (the
+//!   contract holding it ends). See the `removal` module for the bounded queue behind it.
 //! - The capacity ledger (`reserved` per node) and the IP assignments are changed only through
 //!   [`zos_primitives::GridCapacity`], implemented by this pallet for the deployments and
 //!   billing pallets. Memory and disks are never overcommitted; CPU by a constant factor.
@@ -28,6 +34,7 @@ extern crate alloc;
 mod benchmarking;
 #[cfg(test)]
 mod mock;
+mod removal;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -45,8 +52,8 @@ use frame_support::{
 };
 use sp_runtime::DispatchError;
 use zos_primitives::{
-    validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId, GridCapacity, NodeId,
-    NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
+    contracts::EndContracts, validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId,
+    GridCapacity, NodeId, NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
 };
 
 #[frame_support::pallet]
@@ -83,6 +90,17 @@ pub mod pallet {
         type MinHeartbeatIntervalMs: Get<u64>;
         /// Chain time; the timestamp pallet in the runtime.
         type Time: UnixTime;
+        /// Ends the contracts of a node or a farm IP that leaves the grid (the deployments
+        /// pallet).
+        type Contracts: EndContracts;
+        /// Blocks between a farm owner's (or a node's) request to remove a node that still
+        /// runs contracts and the end of those contracts: the deployers' notice.
+        #[pallet::constant]
+        type NodeRemovalNoticeBlocks: Get<BlockNumberFor<Self>>;
+        /// Most contracts of leaving nodes ended in one block's `on_initialize`; the rest wait
+        /// for the next blocks. Bounds the mandatory weight of every block.
+        #[pallet::constant]
+        type MaxContractsEndedPerBlock: Get<u32>;
         type WeightInfo: WeightInfo;
     }
 
@@ -163,6 +181,31 @@ pub mod pallet {
     #[pallet::storage]
     pub type IpOwner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 4], IpHolder, OptionQuery>;
 
+    /// Nodes leaving the grid: they take no new contracts, and when the removal is due their
+    /// contracts end and they are removed. One entry per node at most.
+    #[pallet::storage]
+    pub type NodeRemovals<T: Config> =
+        StorageMap<_, Twox64Concat, NodeId, NodeRemoval<T>, OptionQuery>;
+
+    /// Removal queues by kind and sequence number: `(node, due)`, in due order. An entry whose
+    /// node has no removal with that kind and due any more (removed at once, or forced since)
+    /// is skipped.
+    #[pallet::storage]
+    pub type NodeRemovalQueue<T: Config> = StorageDoubleMap<
+        _,
+        Twox64Concat,
+        RemovalKind,
+        Twox64Concat,
+        u64,
+        (NodeId, BlockNumberFor<T>),
+        OptionQuery,
+    >;
+
+    /// `(head, tail)` of each removal queue: entries `head..tail` are waiting.
+    #[pallet::storage]
+    pub type NodeRemovalQueueEnds<T: Config> =
+        StorageMap<_, Twox64Concat, RemovalKind, (u64, u64), ValueQuery>;
+
     #[pallet::event]
     #[pallet::generate_deposit(pub(super) fn deposit_event)]
     pub enum Event<T: Config> {
@@ -220,11 +263,30 @@ pub mod pallet {
             farm_id: FarmId,
             account: T::AccountId,
         },
+        /// The node left the grid. `removed_by` is the farm owner or the node that asked, or
+        /// `None` when governance forced it.
         NodeRemoved {
             node_id: NodeId,
             farm_id: FarmId,
             account: T::AccountId,
-            removed_by: T::AccountId,
+            removed_by: Option<T::AccountId>,
+        },
+        /// The node still runs contracts: it takes no new ones, and at block `due` its
+        /// contracts end and it is removed. `requested_by` is `None` for governance.
+        NodeRemovalScheduled {
+            node_id: NodeId,
+            farm_id: FarmId,
+            due: BlockNumberFor<T>,
+            requested_by: Option<T::AccountId>,
+        },
+        /// Governance removed a farm; its nodes had been removed before.
+        FarmForceRemoved { farm_id: FarmId, ips_released: u32 },
+        /// Governance removed an address from a farm's pool; `contract`, if any, held it and
+        /// was ended.
+        FarmIpForceRemoved {
+            farm_id: FarmId,
+            ip: [u8; 4],
+            contract: Option<ContractId>,
         },
         NodeHeartbeat {
             node_id: NodeId,
@@ -359,10 +421,21 @@ pub mod pallet {
         NoActiveContracts,
         /// The farm has node authorizations nobody used: revoke them first.
         FarmHasNodeAuthorizations,
+        /// The node is leaving the grid: it takes no new contracts.
+        NodeLeaving,
+        /// The node's removal is scheduled already (governance may still force it).
+        NodeRemovalPending,
+        /// More unused node authorizations than one call removes: revoke some first.
+        TooManyNodeAuthorizations,
     }
 
     #[pallet::hooks]
     impl<T: Config> Hooks<BlockNumberFor<T>> for Pallet<T> {
+        /// Ends the contracts of leaving nodes whose removal is due, and removes the nodes.
+        fn on_initialize(now: BlockNumberFor<T>) -> Weight {
+            Self::handle_removals(now)
+        }
+
         #[cfg(feature = "try-runtime")]
         fn try_state(_n: BlockNumberFor<T>) -> Result<(), sp_runtime::TryRuntimeError> {
             Self::do_try_state()
@@ -699,8 +772,11 @@ pub mod pallet {
             Ok(())
         }
 
-        /// Removes a node with no active contracts and no assigned IPs. Signed by the node
-        /// itself or by the owner of its farm.
+        /// Removes a node. Signed by the node itself or by the owner of its farm (who so
+        /// evicts a node it no longer wants). A node without contracts is removed at once; one
+        /// that still runs contracts stops taking new ones, and after
+        /// [`Config::NodeRemovalNoticeBlocks`] its contracts end (their capacity, IPs and
+        /// deposits released) and it is removed.
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::remove_node())]
         pub fn remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
@@ -710,25 +786,14 @@ pub mod pallet {
                 let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
                 ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
             }
-            ensure!(
-                node.active_contracts == 0,
-                Error::<T>::NodeHasActiveContracts
-            );
-            ensure!(node.assigned_ips == 0, Error::<T>::NodeHasAssignedIps);
-
-            if let Some(ip) = Self::node_ipv4(&node) {
-                IpOwner::<T>::remove(ip);
+            if node.active_contracts == 0 {
+                return Self::remove_node_now(node_id, node, Some(who));
             }
-            NodeIdByAccount::<T>::remove(&node.account);
-            NodesByFarm::<T>::remove(node.farm_id, node_id);
-            FarmNodeCount::<T>::mutate(node.farm_id, |n| *n = n.saturating_sub(1));
-            Nodes::<T>::remove(node_id);
-            Self::deposit_event(Event::NodeRemoved {
-                node_id,
-                farm_id: node.farm_id,
-                account: node.account,
-                removed_by: who,
-            });
+            ensure!(
+                !NodeRemovals::<T>::contains_key(node_id),
+                Error::<T>::NodeRemovalPending
+            );
+            Self::schedule_removal(node_id, &node, RemovalKind::Notice, Some(who));
             Ok(())
         }
 
@@ -890,6 +955,94 @@ pub mod pallet {
                 Error::<T>::NodeNotAuthorized
             );
             Self::deposit_event(Event::NodeAuthorizationRevoked { farm_id, account });
+            Ok(())
+        }
+
+        /// Governance removes a node without notice: at once if it runs no contracts, else in
+        /// the next blocks, ending its contracts first (a pending notice is cut short).
+        #[pallet::call_index(16)]
+        #[pallet::weight(T::WeightInfo::force_remove_node())]
+        pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
+            T::GovernanceOrigin::ensure_origin(origin)?;
+            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            if node.active_contracts == 0 {
+                return Self::remove_node_now(node_id, node, None);
+            }
+            // A removal waiting for its notice is replaced; its queue entry is skipped.
+            Self::schedule_removal(node_id, &node, RemovalKind::Forced, None);
+            Ok(())
+        }
+
+        /// Governance removes a farm whose nodes are gone (force-remove them first), with its
+        /// address pool and unused node authorizations.
+        #[pallet::call_index(17)]
+        #[pallet::weight(T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()))]
+        pub fn force_remove_farm(
+            origin: OriginFor<T>,
+            farm_id: FarmId,
+        ) -> DispatchResultWithPostInfo {
+            T::GovernanceOrigin::ensure_origin(origin)?;
+            let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
+            ensure!(
+                FarmNodeCount::<T>::get(farm_id) == 0,
+                Error::<T>::FarmHasNodes
+            );
+            // Without nodes no address is assigned (a try_state invariant).
+            let cleared = NodeAuthorizations::<T>::clear_prefix(
+                farm_id,
+                MAX_AUTHORIZATIONS_FORCE_REMOVED,
+                None,
+            );
+            ensure!(
+                cleared.maybe_cursor.is_none(),
+                Error::<T>::TooManyNodeAuthorizations
+            );
+            for entry in farm.public_ips.iter() {
+                IpOwner::<T>::remove(entry.config.ip.ip);
+            }
+            FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
+            FarmNodeCount::<T>::remove(farm_id);
+            Farms::<T>::remove(farm_id);
+            let ips_released = farm.public_ips.len() as u32;
+            Self::deposit_event(Event::FarmForceRemoved {
+                farm_id,
+                ips_released,
+            });
+            Ok(Some(T::WeightInfo::force_remove_farm(ips_released)).into())
+        }
+
+        /// Governance removes an address from a farm's pool (one the farm had no right to, say).
+        /// A contract holding it ends.
+        #[pallet::call_index(18)]
+        #[pallet::weight(T::WeightInfo::force_remove_farm_ip(T::MaxIpsPerFarm::get())
+            .saturating_add(T::Contracts::end_contract_weight()))]
+        pub fn force_remove_farm_ip(
+            origin: OriginFor<T>,
+            farm_id: FarmId,
+            ip: [u8; 4],
+        ) -> DispatchResult {
+            T::GovernanceOrigin::ensure_origin(origin)?;
+            let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
+            let entry = farm
+                .public_ips
+                .iter()
+                .find(|e| e.config.ip.ip == ip)
+                .copied()
+                .ok_or(Error::<T>::IpNotInFarm)?;
+            let contract = entry.assigned.map(|a| a.contract);
+            if let Some(contract) = contract {
+                // Releases the contract's addresses, this one among them.
+                T::Contracts::end_contract_holding_ip(contract)?;
+            }
+            let mut farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
+            farm.public_ips.retain(|e| e.config.ip.ip != ip);
+            IpOwner::<T>::remove(ip);
+            Farms::<T>::insert(farm_id, farm);
+            Self::deposit_event(Event::FarmIpForceRemoved {
+                farm_id,
+                ip,
+                contract,
+            });
             Ok(())
         }
     }
@@ -1104,8 +1257,12 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
         Self::node_status(node) == Some(NodeStatus::Online)
     }
 
-    fn node_accepts_workloads(node: NodeId) -> Result<(), DispatchError> {
-        let node = Nodes::<T>::get(node).ok_or(Error::<T>::NodeNotFound)?;
+    fn node_accepts_workloads(node_id: NodeId) -> Result<(), DispatchError> {
+        let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+        ensure!(
+            !NodeRemovals::<T>::contains_key(node_id),
+            Error::<T>::NodeLeaving
+        );
         ensure!(
             Self::status_of(&node) == NodeStatus::Online,
             Error::<T>::NodeOffline
@@ -1372,6 +1529,7 @@ impl<T: Config> Pallet<T> {
             );
         }
 
+        Self::removals_try_state()?;
         for (farm_id, _) in NodeAuthorizations::<T>::iter_keys() {
             ensure!(
                 Farms::<T>::contains_key(farm_id),

@@ -52,6 +52,70 @@ parameter_types! {
     pub const MinCapacity: Resources = Resources::new(1, GIB, 10 * GIB, 0);
 }
 
+pub const NOTICE_BLOCKS: u64 = 20;
+pub const MAX_ENDED_PER_BLOCK: u32 = 3;
+
+/// A double of the deployments pallet: contracts on nodes, ended through the real grid ledger.
+pub struct MockContracts;
+
+thread_local! {
+    /// Contracts by id: node, reserved resources.
+    pub static CONTRACTS: core::cell::RefCell<std::collections::BTreeMap<zos_primitives::ContractId, (zos_primitives::NodeId, Resources)>> =
+        Default::default();
+}
+
+/// Places a contract on `node`: reserves `resources`, takes `ips` farm IPs, counts it active.
+pub fn add_contract(
+    id: zos_primitives::ContractId,
+    node: zos_primitives::NodeId,
+    resources: Resources,
+    ips: u32,
+) {
+    use zos_primitives::GridCapacity;
+    Grid::reserve(node, &resources).expect("fits");
+    Grid::assign_public_ips(node, id, ips).expect("free IPs");
+    Grid::contract_started(node).expect("counted");
+    CONTRACTS.with(|c| c.borrow_mut().insert(id, (node, resources)));
+}
+
+/// Contracts still placed on `node`.
+pub fn contracts_on(node: zos_primitives::NodeId) -> usize {
+    CONTRACTS.with(|c| c.borrow().values().filter(|(n, _)| *n == node).count())
+}
+
+fn end(id: zos_primitives::ContractId) -> sp_runtime::DispatchResult {
+    use zos_primitives::GridCapacity;
+    let (node, resources) = CONTRACTS
+        .with(|c| c.borrow_mut().remove(&id))
+        .ok_or(sp_runtime::DispatchError::Other("no contract"))?;
+    Grid::release(node, &resources)?;
+    Grid::release_public_ips(node, id)?;
+    Grid::contract_ended(node)
+}
+
+impl zos_primitives::contracts::EndContracts for MockContracts {
+    fn end_contracts_on_node(node: zos_primitives::NodeId, max: u32) -> (u32, bool) {
+        let ids: Vec<_> = CONTRACTS.with(|c| {
+            c.borrow()
+                .iter()
+                .filter(|(_, (n, _))| *n == node)
+                .map(|(id, _)| *id)
+                .take(max as usize)
+                .collect()
+        });
+        for id in &ids {
+            end(*id).expect("ends");
+        }
+        (ids.len() as u32, contracts_on(node) > 0)
+    }
+    fn end_contract_holding_ip(contract: zos_primitives::ContractId) -> sp_runtime::DispatchResult {
+        end(contract)
+    }
+    fn end_contract_weight() -> frame_support::weights::Weight {
+        frame_support::weights::Weight::from_parts(1_000_000, 0)
+    }
+}
+
 impl pallet_grid::Config for Test {
     type GovernanceOrigin = EnsureRoot<u64>;
     type MaxIpsPerFarm = ConstU32<MAX_IPS>;
@@ -60,6 +124,9 @@ impl pallet_grid::Config for Test {
     type HeartbeatTimeoutMs = frame_support::traits::ConstU64<TIMEOUT_MS>;
     type MinHeartbeatIntervalMs = frame_support::traits::ConstU64<MIN_INTERVAL_MS>;
     type Time = Timestamp;
+    type Contracts = MockContracts;
+    type NodeRemovalNoticeBlocks = frame_support::traits::ConstU64<NOTICE_BLOCKS>;
+    type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type WeightInfo = ();
 }
 
@@ -78,6 +145,7 @@ pub fn new_test_ext() -> sp_io::TestExternalities {
 
 /// Runs `test` in a fresh externality and checks every storage invariant afterwards.
 pub fn run_test(test: impl FnOnce()) {
+    CONTRACTS.with(|c| c.borrow_mut().clear());
     new_test_ext().execute_with(|| {
         test();
         Grid::do_try_state().expect("storage invariants hold");

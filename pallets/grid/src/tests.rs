@@ -1166,7 +1166,7 @@ fn remove_node_by_node_or_farmer_cleans_every_index() {
                 node_id: a,
                 farm_id: farm,
                 account: NODE,
-                removed_by: NODE,
+                removed_by: Some(NODE),
             }
             .into(),
         );
@@ -1177,7 +1177,7 @@ fn remove_node_by_node_or_farmer_cleans_every_index() {
                 node_id: b,
                 farm_id: farm,
                 account: NODE2,
-                removed_by: FARMER,
+                removed_by: Some(FARMER),
             }
             .into(),
         );
@@ -1194,27 +1194,184 @@ fn remove_node_by_node_or_farmer_cleans_every_index() {
     });
 }
 
+/// Runs `on_initialize` for each block up to `n`.
+fn run_to_block(n: u64) {
+    use frame_support::traits::Hooks;
+    while System::block_number() < n {
+        let next = System::block_number() + 1;
+        System::set_block_number(next);
+        Grid::on_initialize(next);
+    }
+}
+
 #[test]
-fn remove_node_refuses_with_contracts_or_ips() {
+fn the_farm_owner_evicts_a_node_with_contracts_after_a_notice_period() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(2);
+        let vm = Resources::new(1, GIB, 0, 0);
+        add_contract(7, id, vm, 1);
+        add_contract(8, id, vm, 1);
+        // Asked by the farm owner: the node stays until the notice runs out.
+        assert_ok!(Grid::remove_node(signed(FARMER), id));
+        let due = 1 + NOTICE_BLOCKS;
+        System::assert_last_event(
+            GridEvent::NodeRemovalScheduled {
+                node_id: id,
+                farm_id: farm,
+                due,
+                requested_by: Some(FARMER),
+            }
+            .into(),
+        );
+        assert_noop!(
+            Grid::remove_node(signed(NODE), id),
+            GridError::NodeRemovalPending
+        );
+        // No new work meanwhile.
+        assert_noop!(
+            <Grid as GridCapacity<u64>>::node_accepts_workloads(id),
+            GridError::NodeLeaving
+        );
+        run_to_block(due - 1);
+        assert_eq!(contracts_on(id), 2);
+        run_to_block(due);
+        // Contracts ended, capacity and IPs released, the node gone with its indexes.
+        assert_eq!(contracts_on(id), 0);
+        assert!(Nodes::<Test>::get(id).is_none());
+        assert!(NodeRemovals::<Test>::get(id).is_none());
+        assert_eq!(Grid::free_public_ips(farm).len(), 2);
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 0);
+        System::assert_has_event(
+            GridEvent::NodeRemoved {
+                node_id: id,
+                farm_id: farm,
+                account: NODE,
+                removed_by: Some(FARMER),
+            }
+            .into(),
+        );
+    });
+}
+
+#[test]
+fn node_removals_end_a_bounded_number_of_contracts_per_block() {
+    run_test(|| {
+        let (farm, a) = farm_with_online_node(0);
+        let b = register(NODE2, farm);
+        assert_ok!(Grid::heartbeat(signed(NODE2)));
+        let vm = Resources::new(1, GIB, 0, 0);
+        for c in 0..5 {
+            add_contract(c, a, vm, 0);
+        }
+        add_contract(10, b, vm, 0);
+        assert_ok!(Grid::remove_node(signed(FARMER), a));
+        assert_ok!(Grid::remove_node(signed(NODE2), b));
+        let due = 1 + NOTICE_BLOCKS;
+        run_to_block(due);
+        // 3 a block: the first node keeps 2 contracts, the second waits behind it.
+        assert_eq!((contracts_on(a), contracts_on(b)), (2, 1));
+        run_to_block(due + 1);
+        assert!(Nodes::<Test>::get(a).is_none());
+        assert!(Nodes::<Test>::get(b).is_none());
+        assert_eq!(
+            NodeRemovalQueueEnds::<Test>::get(RemovalKind::Notice),
+            (2, 2)
+        );
+    });
+}
+
+#[test]
+fn governance_forces_a_removal_without_notice() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(1);
+        add_contract(7, id, Resources::new(1, GIB, 0, 0), 1);
+        assert_noop!(
+            Grid::force_remove_node(signed(FARMER), id),
+            sp_runtime::DispatchError::BadOrigin
+        );
+        // A notice was running; governance cuts it short.
+        assert_ok!(Grid::remove_node(signed(NODE), id));
+        assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), id));
+        run_to_block(2);
+        assert!(Nodes::<Test>::get(id).is_none());
+        System::assert_has_event(
+            GridEvent::NodeRemoved {
+                node_id: id,
+                farm_id: farm,
+                account: NODE,
+                removed_by: None,
+            }
+            .into(),
+        );
+        // The notice's stale queue entry is skipped when it comes.
+        run_to_block(2 + NOTICE_BLOCKS);
+        assert_eq!(
+            NodeRemovalQueueEnds::<Test>::get(RemovalKind::Notice),
+            (1, 1)
+        );
+        // The emptied farm: governance removes it with its pool and authorizations.
+        authorize(farm, OTHER);
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert!(Farms::<Test>::get(farm).is_none());
+        assert_eq!(NodeAuthorizations::<Test>::iter().count(), 0);
+        assert_eq!(IpOwner::<Test>::iter().count(), 0);
+    });
+}
+
+#[test]
+fn governance_removes_a_farm_ip_ending_the_contract_that_holds_it() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(2);
+        add_contract(7, id, Resources::new(1, GIB, 0, 0), 1);
+        let held = Farms::<Test>::get(farm)
+            .unwrap()
+            .public_ips
+            .iter()
+            .find(|e| e.assigned.is_some())
+            .unwrap()
+            .config
+            .ip
+            .ip;
+        assert_noop!(
+            Grid::force_remove_farm_ip(signed(FARMER), farm, held),
+            sp_runtime::DispatchError::BadOrigin
+        );
+        assert_ok!(Grid::force_remove_farm_ip(
+            RuntimeOrigin::root(),
+            farm,
+            held
+        ));
+        System::assert_last_event(
+            GridEvent::FarmIpForceRemoved {
+                farm_id: farm,
+                ip: held,
+                contract: Some(7),
+            }
+            .into(),
+        );
+        assert_eq!(contracts_on(id), 0);
+        let farm_now = Farms::<Test>::get(farm).unwrap();
+        assert_eq!(farm_now.public_ips.len(), 1);
+        assert!(IpOwner::<Test>::get(held).is_none());
+        assert_eq!(Nodes::<Test>::get(id).unwrap().assigned_ips, 0);
+        // A farm with nodes cannot be force-removed.
+        assert_noop!(
+            Grid::force_remove_farm(RuntimeOrigin::root(), farm),
+            GridError::FarmHasNodes
+        );
+    });
+}
+
+#[test]
+fn a_node_without_contracts_is_removed_at_once() {
     run_test(|| {
         let (_, id) = farm_with_online_node(1);
-        assert_ok!(Grid::contract_started(id));
-        assert_noop!(
-            Grid::remove_node(signed(FARMER), id),
-            GridError::NodeHasActiveContracts
-        );
-        assert_noop!(
-            Grid::remove_node(signed(NODE), id),
-            GridError::NodeHasActiveContracts
-        );
-        assert_ok!(Grid::assign_public_ips(id, 1, 1));
-        assert_ok!(Grid::contract_ended(id));
-        assert_noop!(
-            Grid::remove_node(signed(NODE), id),
-            GridError::NodeHasAssignedIps
-        );
-        assert_ok!(Grid::release_public_ips(id, 1));
         assert_ok!(Grid::remove_node(signed(NODE), id));
+        assert!(Nodes::<Test>::get(id).is_none());
+        assert_eq!(
+            NodeRemovalQueueEnds::<Test>::get(RemovalKind::Notice),
+            (0, 0)
+        );
     });
 }
 

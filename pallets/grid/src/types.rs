@@ -18,6 +18,9 @@ pub const MAX_LOCATION_NAME_LEN: u32 = 64;
 /// Longest DNS name (RFC 1035, without the trailing dot).
 pub const MAX_DOMAIN_LEN: u32 = 253;
 pub const MAX_EXECUTOR_VERSION_LEN: u32 = 32;
+/// Most unused node authorizations `force_remove_farm` clears (it fails above, so the call
+/// stays bounded; the farm owner's revocations clear the rest).
+pub const MAX_AUTHORIZATIONS_FORCE_REMOVED: u32 = 256;
 /// Latitude range in micro-degrees.
 pub const MAX_LATITUDE: i32 = 90_000_000;
 /// Longitude range in micro-degrees.
@@ -224,4 +227,49 @@ pub struct Node<T: Config> {
     /// Length of that run, seconds.
     pub uptime_seconds: u64,
     pub registered_at: BlockNumberFor<T>,
+}
+
+/// The queues of [`crate::NodeRemovalQueue`]: a removal after the notice period, or one
+/// governance forced (due at once). Each queue's removals are due a fixed number of blocks
+/// after they were scheduled, so each is in due order by construction.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub enum RemovalKind {
+    /// Asked by the farm owner or the node: due after [`crate::Config::NodeRemovalNoticeBlocks`].
+    Notice,
+    /// Forced by governance: due at once.
+    Forced,
+}
+
+impl RemovalKind {
+    /// Every queue, in the order `on_initialize` handles them.
+    pub const ALL: [RemovalKind; 2] = [RemovalKind::Forced, RemovalKind::Notice];
+}
+
+/// A node that is leaving the grid: it takes no new contracts, and when `due` comes its
+/// contracts are ended and the node removed.
+#[derive(
+    CloneNoBound, PartialEqNoBound, EqNoBound, Encode, Decode, MaxEncodedLen, TypeInfo, DebugNoBound,
+)]
+#[scale_info(skip_type_params(T))]
+#[codec(mel_bound())]
+pub struct NodeRemoval<T: Config> {
+    /// The queue the removal waits in.
+    pub kind: RemovalKind,
+    /// First block whose `on_initialize` ends the node's contracts and removes it.
+    pub due: BlockNumberFor<T>,
+    /// Who asked for it: the farm owner or the node; `None` for governance.
+    pub requested_by: Option<T::AccountId>,
 }

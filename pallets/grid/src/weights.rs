@@ -38,6 +38,9 @@ pub trait WeightInfo {
 	fn set_node_public_config() -> Weight;
 	fn authorize_node() -> Weight;
 	fn revoke_node_authorization() -> Weight;
+	fn force_remove_node() -> Weight;
+	fn force_remove_farm(i: u32, ) -> Weight;
+	fn force_remove_farm_ip(i: u32, ) -> Weight;
 }
 
 /// Weights for `pallet_grid` using the Substrate node and recommended hardware.
@@ -276,6 +279,28 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(T::DbWeight::get().reads(2_u64))
 			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
+	/// Storage: `Grid::Nodes` (r:1 w:1), `Grid::NodeRemovals` (r:0 w:1),
+	/// `Grid::NodeRemovalQueue` (r:0 w:1), `Grid::NodeRemovalQueueEnds` (r:1 w:1)
+	fn force_remove_node() -> Weight {
+		Weight::from_parts(45_000_000, 9230)
+			.saturating_add(T::DbWeight::get().reads(3_u64))
+			.saturating_add(T::DbWeight::get().writes(6_u64))
+	}
+	/// Storage: as `remove_farm`, plus `Grid::NodeAuthorizations` (r:256 w:256)
+	fn force_remove_farm(i: u32, ) -> Weight {
+		Weight::from_parts(32_000_000, 9230)
+			.saturating_add(Weight::from_parts(2_000_000, 0).saturating_mul(i.into()))
+			.saturating_add(T::DbWeight::get().reads(258_u64))
+			.saturating_add(T::DbWeight::get().writes(259_u64))
+			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(i.into())))
+	}
+	/// Storage: `Grid::Farms` (r:2 w:1), `Grid::IpOwner` (r:0 w:1)
+	fn force_remove_farm_ip(i: u32, ) -> Weight {
+		Weight::from_parts(30_000_000, 9230)
+			.saturating_add(Weight::from_parts(500_000, 0).saturating_mul(i.into()))
+			.saturating_add(T::DbWeight::get().reads(2_u64))
+			.saturating_add(T::DbWeight::get().writes(2_u64))
+	}
 }
 
 // For backwards compatibility and tests.
@@ -512,5 +537,27 @@ impl WeightInfo for () {
 		Weight::from_parts(18_000_000, 10_800)
 			.saturating_add(RocksDbWeight::get().reads(2_u64))
 			.saturating_add(RocksDbWeight::get().writes(1_u64))
+	}
+	/// Storage: `Grid::Nodes` (r:1 w:1), `Grid::NodeRemovals` (r:0 w:1),
+	/// `Grid::NodeRemovalQueue` (r:0 w:1), `Grid::NodeRemovalQueueEnds` (r:1 w:1)
+	fn force_remove_node() -> Weight {
+		Weight::from_parts(45_000_000, 9230)
+			.saturating_add(RocksDbWeight::get().reads(3_u64))
+			.saturating_add(RocksDbWeight::get().writes(6_u64))
+	}
+	/// Storage: as `remove_farm`, plus `Grid::NodeAuthorizations` (r:256 w:256)
+	fn force_remove_farm(i: u32, ) -> Weight {
+		Weight::from_parts(32_000_000, 9230)
+			.saturating_add(Weight::from_parts(2_000_000, 0).saturating_mul(i.into()))
+			.saturating_add(RocksDbWeight::get().reads(258_u64))
+			.saturating_add(RocksDbWeight::get().writes(259_u64))
+			.saturating_add(RocksDbWeight::get().writes((1_u64).saturating_mul(i.into())))
+	}
+	/// Storage: `Grid::Farms` (r:2 w:1), `Grid::IpOwner` (r:0 w:1)
+	fn force_remove_farm_ip(i: u32, ) -> Weight {
+		Weight::from_parts(30_000_000, 9230)
+			.saturating_add(Weight::from_parts(500_000, 0).saturating_mul(i.into()))
+			.saturating_add(RocksDbWeight::get().reads(2_u64))
+			.saturating_add(RocksDbWeight::get().writes(2_u64))
 	}
 }

@@ -148,6 +148,11 @@ impl pallet_grid::Config for Runtime {
     type HeartbeatTimeoutMs = ConstU64<{ 5 * 60 * 1000 }>;
     type MinHeartbeatIntervalMs = ConstU64<{ 10 * 1000 }>;
     type Time = Timestamp;
+    type Contracts = Deployments;
+    /// Deployers of a node being removed get a day to move their workloads.
+    type NodeRemovalNoticeBlocks = ConstU32<DAYS>;
+    /// 16 contract cancellations a block stay a small, fixed part of every block.
+    type MaxContractsEndedPerBlock = ConstU32<16>;
     type WeightInfo = crate::weights::pallet_grid::WeightInfo<Runtime>;
 }
 

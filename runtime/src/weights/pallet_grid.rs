@@ -273,4 +273,30 @@ impl<T: frame_system::Config> pallet_grid::WeightInfo for WeightInfo<T> {
 			.saturating_add(T::DbWeight::get().reads(2))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
+	/// Not measured yet: estimated from `remove_node` (the same removal) plus the removal
+	/// queue entry. Storage: `Grid::Nodes` (r:1 w:1), `Grid::NodeRemovals` (r:0 w:1),
+	/// `Grid::NodeRemovalQueue` (r:0 w:1), `Grid::NodeRemovalQueueEnds` (r:1 w:1), and
+	/// `remove_node`'s indexes.
+	fn force_remove_node() -> Weight {
+		Weight::from_parts(45_000_000, 9230)
+			.saturating_add(T::DbWeight::get().reads(3))
+			.saturating_add(T::DbWeight::get().writes(6))
+	}
+	/// Not measured yet: estimated as `remove_farm` plus clearing up to 256 node
+	/// authorizations (`MAX_AUTHORIZATIONS_FORCE_REMOVED`).
+	fn force_remove_farm(i: u32, ) -> Weight {
+		Weight::from_parts(32_000_000, 9230)
+			.saturating_add(Weight::from_parts(2_000_000, 0).saturating_mul(i.into()))
+			.saturating_add(T::DbWeight::get().reads(258))
+			.saturating_add(T::DbWeight::get().writes(259))
+			.saturating_add(T::DbWeight::get().writes((1).saturating_mul(i.into())))
+	}
+	/// Not measured yet: estimated as `remove_farm_ip` with the farm read twice (the ended
+	/// contract's weight is added by the call).
+	fn force_remove_farm_ip(i: u32, ) -> Weight {
+		Weight::from_parts(30_000_000, 9230)
+			.saturating_add(Weight::from_parts(500_000, 0).saturating_mul(i.into()))
+			.saturating_add(T::DbWeight::get().reads(2))
+			.saturating_add(T::DbWeight::get().writes(2))
+	}
 }

@@ -265,6 +265,26 @@ pub(super) async fn node_public_config(
     ))
 }
 
+pub(super) async fn node_remove(ctx: &Ctx, id: u32) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let call = runtime::tx().grid().remove_node(id);
+    let events = chain.submit(&call, &signer, ctx.timeout).await?;
+    if let Some(scheduled) = events.find_first::<runtime::grid::events::NodeRemovalScheduled>()? {
+        return Ok(Out::new(
+            json!({ "node": id, "removed": false, "due_block": scheduled.due }),
+            format!(
+                "node {id}: leaving; takes no new contracts, and its contracts end at block {}",
+                scheduled.due
+            ),
+        ));
+    }
+    Ok(Out::new(
+        json!({ "node": id, "removed": true }),
+        format!("node {id}: removed"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,181 @@
+//! Nodes leaving the grid: removal at once, or after a notice period (asked by the farm owner
+//! or the node) or forced by governance, in bounded steps from `on_initialize`.
+//!
+//! A node with contracts is not removed in the call that asks for it: it gets a
+//! [`NodeRemoval`] (no new contracts from then on) and an entry in the queue of its
+//! [`RemovalKind`]. When the entry is due, `on_initialize` ends the node's contracts through
+//! [`Config::Contracts`], at most [`Config::MaxContractsEndedPerBlock`] a block over all
+//! nodes, and removes the node once none is left. Deadlines in a queue are a fixed number of
+//! blocks after the block that queued them, so a queue is in due order and only its head is
+//! looked at.
+
+use super::*;
+use frame_support::{defensive, weights::Weight};
+use frame_system::pallet_prelude::BlockNumberFor;
+use sp_runtime::Saturating;
+
+impl<T: Config> Pallet<T> {
+    /// Removes a node without contracts and every index entry pointing at it.
+    pub(crate) fn remove_node_now(
+        node_id: NodeId,
+        node: Node<T>,
+        removed_by: Option<T::AccountId>,
+    ) -> DispatchResult {
+        ensure!(
+            node.active_contracts == 0,
+            Error::<T>::NodeHasActiveContracts
+        );
+        ensure!(node.assigned_ips == 0, Error::<T>::NodeHasAssignedIps);
+        if let Some(ip) = Self::node_ipv4(&node) {
+            IpOwner::<T>::remove(ip);
+        }
+        // A queued entry of a pending removal is skipped once this is gone.
+        NodeRemovals::<T>::remove(node_id);
+        NodeIdByAccount::<T>::remove(&node.account);
+        NodesByFarm::<T>::remove(node.farm_id, node_id);
+        FarmNodeCount::<T>::mutate(node.farm_id, |n| *n = n.saturating_sub(1));
+        Nodes::<T>::remove(node_id);
+        Self::deposit_event(Event::NodeRemoved {
+            node_id,
+            farm_id: node.farm_id,
+            account: node.account,
+            removed_by,
+        });
+        Ok(())
+    }
+
+    /// Marks the node as leaving and queues its removal: after the notice period, or at once
+    /// when forced. Replaces a pending removal (whose queue entry is then skipped).
+    pub(crate) fn schedule_removal(
+        node_id: NodeId,
+        node: &Node<T>,
+        kind: RemovalKind,
+        requested_by: Option<T::AccountId>,
+    ) {
+        let now = frame_system::Pallet::<T>::block_number();
+        let due = match kind {
+            RemovalKind::Notice => now.saturating_add(T::NodeRemovalNoticeBlocks::get()),
+            RemovalKind::Forced => now,
+        };
+        NodeRemovalQueueEnds::<T>::mutate(kind, |(_, tail)| {
+            NodeRemovalQueue::<T>::insert(kind, *tail, (node_id, due));
+            *tail = tail.saturating_add(1);
+        });
+        NodeRemovals::<T>::insert(
+            node_id,
+            NodeRemoval {
+                kind,
+                due,
+                requested_by: requested_by.clone(),
+            },
+        );
+        Self::deposit_event(Event::NodeRemovalScheduled {
+            node_id,
+            farm_id: node.farm_id,
+            due,
+            requested_by,
+        });
+    }
+
+    /// Works through the due removals: ends contracts of the node at the head of each queue
+    /// (forced first) within this block's budget, and removes each node that has none left.
+    pub(crate) fn handle_removals(now: BlockNumberFor<T>) -> Weight {
+        let db = T::DbWeight::get();
+        let mut budget = T::MaxContractsEndedPerBlock::get();
+        // Queue entries looked at, finished or skipped: bounded like the contracts.
+        let mut steps = T::MaxContractsEndedPerBlock::get().saturating_add(2);
+        let mut weight = Weight::zero();
+        for kind in RemovalKind::ALL {
+            let (first, tail) = NodeRemovalQueueEnds::<T>::get(kind);
+            weight.saturating_accrue(db.reads(1));
+            let mut head = first;
+            while head < tail && steps > 0 {
+                steps = steps.saturating_sub(1);
+                weight.saturating_accrue(db.reads(2));
+                let Some((node_id, due)) = NodeRemovalQueue::<T>::get(kind, head) else {
+                    defensive!("a queued node removal is missing");
+                    head = head.saturating_add(1);
+                    continue;
+                };
+                if due > now {
+                    break;
+                }
+                let current = NodeRemovals::<T>::get(node_id);
+                if current.as_ref().map(|r| (r.kind, r.due)) != Some((kind, due)) {
+                    // Removed at once meanwhile, or forced after a notice: out of date.
+                    NodeRemovalQueue::<T>::remove(kind, head);
+                    weight.saturating_accrue(db.writes(1));
+                    head = head.saturating_add(1);
+                    continue;
+                }
+                if budget == 0 {
+                    break;
+                }
+                let (ended, more) = T::Contracts::end_contracts_on_node(node_id, budget);
+                budget = budget.saturating_sub(ended);
+                weight.saturating_accrue(
+                    T::Contracts::end_contract_weight().saturating_mul(u64::from(ended.max(1))),
+                );
+                if more {
+                    // Budget spent (or a contract refused to end): go on next block.
+                    break;
+                }
+                let requested_by = current.and_then(|r| r.requested_by);
+                let removed = Nodes::<T>::get(node_id)
+                    .ok_or_else(|| DispatchError::from(Error::<T>::NodeNotFound))
+                    .and_then(|node| Self::remove_node_now(node_id, node, requested_by));
+                if let Err(e) = removed {
+                    defensive!("a leaving node without contracts could not be removed");
+                    log::error!(target: "runtime::grid", "removing node {node_id}: {e:?}");
+                    NodeRemovals::<T>::remove(node_id);
+                }
+                weight.saturating_accrue(T::WeightInfo::remove_node());
+                NodeRemovalQueue::<T>::remove(kind, head);
+                head = head.saturating_add(1);
+            }
+            if head != first {
+                NodeRemovalQueueEnds::<T>::mutate(kind, |ends| ends.0 = head);
+                weight.saturating_accrue(db.writes(1));
+            }
+        }
+        weight
+    }
+
+    /// Each removal belongs to an existing node and waits in its queue; queues are contiguous
+    /// and in due order.
+    #[cfg(any(feature = "try-runtime", feature = "std"))]
+    pub(crate) fn removals_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
+        use alloc::collections::btree_set::BTreeSet;
+        let mut queued = BTreeSet::new();
+        for kind in RemovalKind::ALL {
+            let (head, tail) = NodeRemovalQueueEnds::<T>::get(kind);
+            ensure!(head <= tail, "removal queue head past its tail");
+            let mut last_due = None;
+            for seq in head..tail {
+                let (node, due) = NodeRemovalQueue::<T>::get(kind, seq)
+                    .ok_or("a removal queue entry is missing")?;
+                ensure!(
+                    last_due.map_or(true, |last| last <= due),
+                    "removal queue out of due order"
+                );
+                last_due = Some(due);
+                queued.insert((node, kind, due));
+            }
+            ensure!(
+                NodeRemovalQueue::<T>::iter_prefix(kind).count() as u64 == tail - head,
+                "removal queue has entries outside head..tail"
+            );
+        }
+        for (node_id, removal) in NodeRemovals::<T>::iter() {
+            ensure!(
+                Nodes::<T>::contains_key(node_id),
+                "a removal outlived its node"
+            );
+            ensure!(
+                queued.contains(&(node_id, removal.kind, removal.due)),
+                "a removal is not queued"
+            );
+        }
+        Ok(())
+    }
+}
