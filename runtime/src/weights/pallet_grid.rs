@@ -289,7 +289,7 @@ impl<T: frame_system::Config> pallet_grid::WeightInfo for WeightInfo<T> {
 			.saturating_add(Weight::from_parts(2_000_000, 0).saturating_mul(i.into()))
 			.saturating_add(T::DbWeight::get().reads(258))
 			.saturating_add(T::DbWeight::get().writes(259))
-			.saturating_add(T::DbWeight::get().writes((1).saturating_mul(i.into())))
+			.saturating_add(T::DbWeight::get().writes((1_u64).saturating_mul(i.into())))
 	}
 	/// Not measured yet: estimated as `remove_farm_ip` with the farm read twice (the ended
 	/// contract's weight is added by the call).
