@@ -26,7 +26,7 @@ fn from_preset(name: &str, id: &str, kind: ChainType, preset: &str) -> Result<Ch
         .build())
 }
 
-/// Single validator (Alice), Alice is sudo.
+/// Single validator (Alice), Alice is sudo; the council is Alice, Bob and Charlie.
 pub fn development() -> Result<ChainSpec, String> {
     from_preset(
         "ZOS Grid Development",
@@ -36,12 +36,23 @@ pub fn development() -> Result<ChainSpec, String> {
     )
 }
 
-/// Alice and Bob validate.
+/// Alice and Bob validate; no sudo key, the council governs.
 pub fn local_testnet() -> Result<ChainSpec, String> {
     from_preset(
         "ZOS Grid Local Testnet",
         "zos_local",
         ChainType::Local,
         sp_genesis_builder::LOCAL_TESTNET_RUNTIME_PRESET,
+    )
+}
+
+/// Production-like: no sudo key, the council governs, farms must use real public addresses.
+/// A real network replaces the authorities and the council (the well-known development keys).
+pub fn production() -> Result<ChainSpec, String> {
+    from_preset(
+        "ZOS Grid",
+        "zos_production",
+        ChainType::Live,
+        zos_runtime::genesis_config_presets::PRODUCTION_RUNTIME_PRESET,
     )
 }

@@ -39,6 +39,7 @@ impl SubstrateCli for Cli {
         Ok(match id {
             "dev" | "development" => Box::new(chain_spec::development()?),
             "" | "local" | "local_testnet" => Box::new(chain_spec::local_testnet()?),
+            "production" => Box::new(chain_spec::production()?),
             path => Box::new(chain_spec::ChainSpec::from_json_file(
                 std::path::PathBuf::from(path),
             )?),

@@ -137,7 +137,28 @@ async fn chain_properties_are_set_for_wallets() -> Result<()> {
 /// committed JSON, with the properties wallets need.
 #[test]
 fn build_spec_from_presets() -> Result<()> {
-    for chain in ["dev", "local"] {
+    // Sudo only in development; the council everywhere.
+    for (chain, sudo) in [("dev", true), ("local", false), ("production", false)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zos-chain-node"))
+            .args(["build-spec", "--chain", chain])
+            .output()?;
+        ensure!(out.status.success(), "build-spec --chain {chain}");
+        let spec: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let patch = &spec["genesis"]["runtimeGenesis"]["patch"];
+        ensure!(
+            patch["sudo"]["key"].is_string() == sudo,
+            "{chain}: sudo key {}",
+            patch["sudo"]
+        );
+        ensure!(
+            patch["councilMembership"]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3),
+            "{chain}: council {}",
+            patch["councilMembership"]
+        );
+    }
+    for chain in ["dev", "local", "production"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_zos-chain-node"))
             .args(["build-spec", "--chain", chain, "--raw"])
             .output()?;

@@ -8,6 +8,7 @@ frame_benchmarking::define_benchmarks!(
     [pallet_grid, Grid]
     [pallet_deployments, Deployments]
     [pallet_billing, Billing]
+    [pallet_releases, Releases]
 );
 
 /// Sets up farms, nodes and contracts through the real grid and deployments pallets for the

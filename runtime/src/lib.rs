@@ -1,7 +1,8 @@
 //! The FRAME runtime of the Zero-OS compute grid chain.
 //!
-//! Aura block production, GRANDPA finality, balances with transaction payment, sudo as the
-//! development governance, utility for batching. The grid pallets are added beside these.
+//! Aura block production, GRANDPA finality, balances with transaction payment, a council
+//! (collective + membership) holding the privileged calls, sudo only in the development
+//! preset, utility for batching. The grid pallets are added beside these.
 #![cfg_attr(not(feature = "std"), no_std)]
 // `construct_runtime` and `impl_runtime_apis` expand to large items.
 #![recursion_limit = "256"]
@@ -56,7 +57,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     impl_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     authoring_version: 1,
-    spec_version: 103,
+    spec_version: 104,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -160,6 +161,15 @@ mod runtime {
     pub type Sudo = pallet_sudo;
     #[runtime::pallet_index(7)]
     pub type Utility = pallet_utility;
+    /// Holds the privileged calls (certification, pricing, forced removals) by motion.
+    #[runtime::pallet_index(8)]
+    pub type Council = pallet_collective<Instance1>;
+    /// Who sits on the council; changed by the council itself (two thirds).
+    #[runtime::pallet_index(9)]
+    pub type CouncilMembership = pallet_membership<Instance1>;
+    /// Runtime upgrades the council authorizes (the only way to upgrade without sudo).
+    #[runtime::pallet_index(10)]
+    pub type Releases = pallet_releases;
 
     // The grid: farms and nodes, deployment contracts, billing.
     #[runtime::pallet_index(20)]

@@ -37,8 +37,8 @@
 //! contract only moves forward.
 //!
 //! Fees: a batch is free (`Pays::No`) when it had no rejected report and at least one newly
-//! accepted one, and the node has free batches left: [`Config::FreeBatchesPerPeriod`] per
-//! [`Config::FreeBatchPeriodBlocks`] (counted in [`FreeBatchesUsed`]). A batch with a rejected
+//! accepted one, and its reports fit in the node's free quota: [`Config::FreeReportsPerPeriod`]
+//! per [`Config::FreeReportPeriodBlocks`] (counted in [`FreeReportsUsed`]). A batch with a rejected
 //! report pays, and so does a batch made only of resends: an honest node retries a batch only
 //! when it did not see it land, so that fee is rare, while free rejections or free resends
 //! would let a node fill blocks for nothing. The quota bounds what a node can put in blocks
@@ -201,12 +201,13 @@ pub mod pallet {
         /// (or is an ended contract's final window). Report intervals are multiples of it.
         #[pallet::constant]
         type MinWindowSecs: Get<u64>;
-        /// Fee-free report batches per node account and period; later ones pay the normal fee.
+        /// Reports a node account may send fee-free per period; a batch that does not fit in
+        /// what is left pays the normal fee (and uses none of the quota).
         #[pallet::constant]
-        type FreeBatchesPerPeriod: Get<u32>;
-        /// Length of the free-batch period, blocks.
+        type FreeReportsPerPeriod: Get<u32>;
+        /// Length of the free-report period, blocks.
         #[pallet::constant]
-        type FreeBatchPeriodBlocks: Get<BlockNumberFor<Self>>;
+        type FreeReportPeriodBlocks: Get<BlockNumberFor<Self>>;
         /// Most public traffic (bytes in plus out) a node may report per second of a window: what
         /// a node's uplink could carry at most. A report above it is rejected, so a node cannot
         /// bill a contract for traffic that never fit through a wire.
@@ -266,12 +267,12 @@ pub mod pallet {
         OptionQuery,
     >;
 
-    /// Fee-free report batches each node account used: `(period, used)`, the period being the
-    /// block number divided by [`Config::FreeBatchPeriodBlocks`]. One entry per node account
-    /// that ever sent a free batch (only a node's account gets one: the batch must settle a
-    /// report of a contract on its node).
+    /// Fee-free reports each node account sent: `(period, used)`, the period being the block
+    /// number divided by [`Config::FreeReportPeriodBlocks`]. One entry per node account that
+    /// ever sent a free batch (only a node's account gets one: the batch must settle a report
+    /// of a contract on its node).
     #[pallet::storage]
-    pub type FreeBatchesUsed<T: Config> =
+    pub type FreeReportsUsed<T: Config> =
         StorageMap<_, Blake2_128Concat, T::AccountId, (BlockNumberFor<T>, u32), OptionQuery>;
 
     /// Deadline queues by kind and sequence number, handled in `on_initialize` in due order
@@ -465,7 +466,9 @@ pub mod pallet {
                     }
                 }
             }
-            let pays_fee = if accepted_new && !rejected && Self::use_free_batch(&signer, now_block)
+            let pays_fee = if accepted_new
+                && !rejected
+                && Self::use_free_reports(&signer, reports.len(), now_block)
             {
                 Pays::No
             } else {
@@ -520,20 +523,28 @@ enum ReportOutcome {
 }
 
 impl<T: Config> Pallet<T> {
-    /// Counts a fee-free batch of `node_account`; false when its quota for this period is used.
-    fn use_free_batch(node_account: &T::AccountId, now_block: BlockNumberFor<T>) -> bool {
-        let period_blocks = T::FreeBatchPeriodBlocks::get().max(sp_runtime::traits::One::one());
+    /// Counts `count` fee-free reports of `node_account`; false (nothing counted) when they do
+    /// not fit in what is left of its quota for this period.
+    fn use_free_reports(
+        node_account: &T::AccountId,
+        count: usize,
+        now_block: BlockNumberFor<T>,
+    ) -> bool {
+        let period_blocks = T::FreeReportPeriodBlocks::get().max(sp_runtime::traits::One::one());
         let period = now_block / period_blocks;
-        FreeBatchesUsed::<T>::mutate(node_account, |entry| {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        FreeReportsUsed::<T>::mutate(node_account, |entry| {
             let used = match *entry {
                 Some((p, used)) if p == period => used,
                 _ => 0,
             };
-            if used >= T::FreeBatchesPerPeriod::get() {
-                return false;
+            match used.checked_add(count) {
+                Some(total) if total <= T::FreeReportsPerPeriod::get() => {
+                    *entry = Some((period, total));
+                    true
+                }
+                _ => false,
             }
-            *entry = Some((period, used.saturating_add(1)));
-            true
         })
     }
 

@@ -69,8 +69,8 @@ impl pallet_balances::Config for Test {
 pub const MAX_BATCH: u32 = 16;
 pub const MAX_WINDOW: u64 = 3_600;
 pub const MIN_WINDOW: u64 = 10;
-pub const FREE_BATCHES: u32 = 20;
-pub const FREE_BATCH_PERIOD: BlockNumber = 100;
+pub const FREE_REPORTS: u32 = 20;
+pub const FREE_REPORT_PERIOD: BlockNumber = 100;
 /// 10 Gbit/s.
 pub const MAX_TRAFFIC_PER_SEC: u64 = 1_250_000_000;
 pub const DRIFT: u64 = 60;
@@ -110,8 +110,8 @@ impl pallet_billing::Config for Test {
     type MaxReportsPerBatch = ConstU32<MAX_BATCH>;
     type MaxWindowSecs = ConstU64<MAX_WINDOW>;
     type MinWindowSecs = ConstU64<MIN_WINDOW>;
-    type FreeBatchesPerPeriod = ConstU32<FREE_BATCHES>;
-    type FreeBatchPeriodBlocks = ConstU64<FREE_BATCH_PERIOD>;
+    type FreeReportsPerPeriod = ConstU32<FREE_REPORTS>;
+    type FreeReportPeriodBlocks = ConstU64<FREE_REPORT_PERIOD>;
     type MaxTrafficBytesPerSec = ConstU64<MAX_TRAFFIC_PER_SEC>;
     type MaxClockDriftSecs = ConstU64<DRIFT>;
     type BlockTimeMs = ConstU64<BLOCK_MS>;

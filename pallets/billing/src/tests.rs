@@ -381,29 +381,36 @@ fn windows_shorter_than_the_minimum_must_end_on_its_grid() {
 }
 
 #[test]
-fn a_node_has_a_quota_of_free_batches_per_period() {
+fn a_node_has_a_quota_of_free_reports_per_period() {
     run_test(|| {
         let c = contract_after_an_hour();
         let period_start = System::block_number();
         let mut start = START;
-        let mut next = || {
-            let r = report(c, start, start + MIN_WINDOW, MIN_WINDOW);
-            start += MIN_WINDOW;
-            r
+        let mut next = |windows: u64| -> Vec<ConsumptionReport> {
+            (0..windows)
+                .map(|_| {
+                    let r = report(c, start, start + MIN_WINDOW, MIN_WINDOW);
+                    start += MIN_WINDOW;
+                    r
+                })
+                .collect()
         };
-        for _ in 0..FREE_BATCHES {
-            assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::No);
+        // Batches of one report each, then a batch that does not fit in what is left.
+        for _ in 0..FREE_REPORTS - 2 {
+            assert_eq!(submit(NODE_ACCOUNT, next(1)).pays_fee, Pays::No);
         }
-        // Accepted like any other, but it pays.
-        assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::Yes);
+        assert_eq!(submit(NODE_ACCOUNT, next(3)).pays_fee, Pays::Yes);
+        // Accepted like any other, and it used none of the quota: two more still fit.
         assert!(rejections().is_empty());
+        assert_eq!(submit(NODE_ACCOUNT, next(2)).pays_fee, Pays::No);
+        assert_eq!(submit(NODE_ACCOUNT, next(1)).pays_fee, Pays::Yes);
         // The next period starts afresh.
-        let next_period = (period_start / FREE_BATCH_PERIOD + 1) * FREE_BATCH_PERIOD;
+        let next_period = (period_start / FREE_REPORT_PERIOD + 1) * FREE_REPORT_PERIOD;
         System::set_block_number(next_period);
-        assert_eq!(submit(NODE_ACCOUNT, vec![next()]).pays_fee, Pays::No);
+        assert_eq!(submit(NODE_ACCOUNT, next(1)).pays_fee, Pays::No);
         assert_eq!(
-            FreeBatchesUsed::<Test>::get(NODE_ACCOUNT),
-            Some((next_period / FREE_BATCH_PERIOD, 1))
+            FreeReportsUsed::<Test>::get(NODE_ACCOUNT),
+            Some((next_period / FREE_REPORT_PERIOD, 1))
         );
     });
 }

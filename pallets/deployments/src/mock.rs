@@ -74,6 +74,7 @@ impl pallet_grid::Config for Test {
     type Contracts = Deployments;
     type NodeRemovalNoticeBlocks = ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
+    type DeadNodeAfterBlocks = ConstU64<1_000>;
     type WeightInfo = ();
 }
 

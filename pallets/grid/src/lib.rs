@@ -101,6 +101,11 @@ pub mod pallet {
         /// for the next blocks. Bounds the mandatory weight of every block.
         #[pallet::constant]
         type MaxContractsEndedPerBlock: Get<u32>;
+        /// A node silent this many blocks (no heartbeat, or none since registering) is dead:
+        /// anyone may have it removed, ending its contracts (which are not charged while it is
+        /// silent) and releasing their capacity and IPs.
+        #[pallet::constant]
+        type DeadNodeAfterBlocks: Get<BlockNumberFor<Self>>;
         type WeightInfo: WeightInfo;
     }
 
@@ -264,7 +269,7 @@ pub mod pallet {
             account: T::AccountId,
         },
         /// The node left the grid. `removed_by` is the farm owner or the node that asked, or
-        /// `None` when governance forced it.
+        /// whoever found it dead; `None` when governance forced it.
         NodeRemoved {
             node_id: NodeId,
             farm_id: FarmId,
@@ -427,6 +432,8 @@ pub mod pallet {
         NodeRemovalPending,
         /// More unused node authorizations than one call removes: revoke some first.
         TooManyNodeAuthorizations,
+        /// The node heartbeated within `DeadNodeAfterBlocks`: it is not dead.
+        NodeNotDead,
     }
 
     #[pallet::hooks]
@@ -970,6 +977,37 @@ pub mod pallet {
             }
             // A removal waiting for its notice is replaced; its queue entry is skipped.
             Self::schedule_removal(node_id, &node, RemovalKind::Forced, None);
+            Ok(())
+        }
+
+        /// Anyone removes a dead node (silent for [`Config::DeadNodeAfterBlocks`]): at once if
+        /// it runs no contracts, else in the next blocks, ending its contracts first. Their
+        /// deployers get their deposits back, the farm its IPs.
+        #[pallet::call_index(19)]
+        #[pallet::weight(T::WeightInfo::force_remove_node())]
+        pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            let silent_since = node
+                .last_heartbeat
+                .map(|hb| hb.block)
+                .unwrap_or(node.registered_at);
+            let now = frame_system::Pallet::<T>::block_number();
+            ensure!(
+                now >= sp_runtime::Saturating::saturating_add(
+                    silent_since,
+                    T::DeadNodeAfterBlocks::get()
+                ),
+                Error::<T>::NodeNotDead
+            );
+            if node.active_contracts == 0 {
+                return Self::remove_node_now(node_id, node, Some(who));
+            }
+            ensure!(
+                NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced),
+                Error::<T>::NodeRemovalPending
+            );
+            Self::schedule_removal(node_id, &node, RemovalKind::Forced, Some(who));
             Ok(())
         }
 

@@ -54,6 +54,7 @@ parameter_types! {
 
 pub const NOTICE_BLOCKS: u64 = 20;
 pub const MAX_ENDED_PER_BLOCK: u32 = 3;
+pub const DEAD_AFTER_BLOCKS: u64 = 100;
 
 /// A double of the deployments pallet: contracts on nodes, ended through the real grid ledger.
 pub struct MockContracts;
@@ -127,6 +128,7 @@ impl pallet_grid::Config for Test {
     type Contracts = MockContracts;
     type NodeRemovalNoticeBlocks = frame_support::traits::ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
+    type DeadNodeAfterBlocks = frame_support::traits::ConstU64<DEAD_AFTER_BLOCKS>;
     type WeightInfo = ();
 }
 

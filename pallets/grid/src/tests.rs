@@ -1363,6 +1363,49 @@ fn governance_removes_a_farm_ip_ending_the_contract_that_holds_it() {
 }
 
 #[test]
+fn anyone_removes_a_dead_node_and_its_contracts_end() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(1);
+        add_contract(7, id, Resources::new(1, GIB, 0, 0), 1);
+        // Last heartbeat at block 1: alive until block 1 + DEAD_AFTER_BLOCKS.
+        System::set_block_number(DEAD_AFTER_BLOCKS);
+        assert_noop!(
+            Grid::remove_dead_node(signed(OTHER), id),
+            GridError::NodeNotDead
+        );
+        System::set_block_number(1 + DEAD_AFTER_BLOCKS);
+        assert_ok!(Grid::remove_dead_node(signed(OTHER), id));
+        assert_noop!(
+            Grid::remove_dead_node(signed(OTHER), id),
+            GridError::NodeRemovalPending
+        );
+        run_to_block(2 + DEAD_AFTER_BLOCKS);
+        assert_eq!(contracts_on(id), 0);
+        assert!(Nodes::<Test>::get(id).is_none());
+        assert_eq!(Grid::free_public_ips(farm).len(), 1);
+        System::assert_has_event(
+            GridEvent::NodeRemoved {
+                node_id: id,
+                farm_id: farm,
+                account: NODE,
+                removed_by: Some(OTHER),
+            }
+            .into(),
+        );
+        // A node that never heartbeated counts from its registration.
+        let silent = register(NODE2, farm);
+        let registered = System::block_number();
+        assert_noop!(
+            Grid::remove_dead_node(signed(OTHER), silent),
+            GridError::NodeNotDead
+        );
+        System::set_block_number(registered + DEAD_AFTER_BLOCKS);
+        assert_ok!(Grid::remove_dead_node(signed(OTHER), silent));
+        assert!(Nodes::<Test>::get(silent).is_none());
+    });
+}
+
+#[test]
 fn a_node_without_contracts_is_removed_at_once() {
     run_test(|| {
         let (_, id) = farm_with_online_node(1);

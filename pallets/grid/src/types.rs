@@ -249,7 +249,7 @@ pub struct Node<T: Config> {
 pub enum RemovalKind {
     /// Asked by the farm owner or the node: due after [`crate::Config::NodeRemovalNoticeBlocks`].
     Notice,
-    /// Forced by governance: due at once.
+    /// Forced by governance, or asked for a dead node: due at once.
     Forced,
 }
 
@@ -270,6 +270,7 @@ pub struct NodeRemoval<T: Config> {
     pub kind: RemovalKind,
     /// First block whose `on_initialize` ends the node's contracts and removes it.
     pub due: BlockNumberFor<T>,
-    /// Who asked for it: the farm owner or the node; `None` for governance.
+    /// Who asked for it: the farm owner, the node, or whoever found it dead; `None` for
+    /// governance.
     pub requested_by: Option<T::AccountId>,
 }

@@ -22,8 +22,8 @@ use sp_version::RuntimeVersion;
 use zos_primitives::{Resources, GIB, MIB};
 
 use super::{
-    AccountId, Aura, Balance, Balances, Billing, Block, BlockNumber, Deployments, Grid, Hash,
-    Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
+    AccountId, Aura, Balance, Balances, Billing, Block, BlockNumber, Council, Deployments, Grid,
+    Hash, Nonce, OriginCaller, PalletInfo, Runtime, RuntimeCall, RuntimeEvent, RuntimeFreezeReason,
     RuntimeHoldReason, RuntimeOrigin, RuntimeTask, System, Timestamp, DAYS, EXISTENTIAL_DEPOSIT,
     HOURS, MILLI_SECS_PER_BLOCK, MILLI_UNIT, MINUTES, SLOT_DURATION, SS58_PREFIX, UNIT, VERSION,
 };
@@ -126,6 +126,67 @@ impl pallet_sudo::Config for Runtime {
     type WeightInfo = pallet_sudo::weights::SubstrateWeight<Runtime>;
 }
 
+/// The council: motions pass by a majority of its members, membership changes by two thirds.
+pub type CouncilCollective = pallet_collective::Instance1;
+
+/// Root (sudo, on a development chain) or more than half of the council.
+pub type RootOrCouncilMajority = frame_support::traits::EitherOfDiverse<
+    EnsureRoot<AccountId>,
+    pallet_collective::EnsureProportionMoreThan<AccountId, CouncilCollective, 1, 2>,
+>;
+
+/// Root (sudo, on a development chain) or at least two thirds of the council.
+pub type RootOrCouncilTwoThirds = frame_support::traits::EitherOfDiverse<
+    EnsureRoot<AccountId>,
+    pallet_collective::EnsureProportionAtLeast<AccountId, CouncilCollective, 2, 3>,
+>;
+
+parameter_types! {
+    /// A motion not decided within three days can be closed as disapproved.
+    pub const CouncilMotionDuration: BlockNumber = 3 * DAYS;
+    /// A motion may use at most half a block.
+    pub MaxCouncilProposalWeight: Weight =
+        Perbill::from_percent(50) * RuntimeBlockWeights::get().max_block;
+}
+
+impl pallet_collective::Config<CouncilCollective> for Runtime {
+    type RuntimeOrigin = RuntimeOrigin;
+    type Proposal = RuntimeCall;
+    type RuntimeEvent = RuntimeEvent;
+    type MotionDuration = CouncilMotionDuration;
+    type MaxProposals = ConstU32<100>;
+    type MaxMembers = ConstU32<32>;
+    /// Members who do not vote count as voting with the prime member.
+    type DefaultVote = pallet_collective::PrimeDefaultVote;
+    type WeightInfo = pallet_collective::weights::SubstrateWeight<Runtime>;
+    /// Membership goes through `CouncilMembership`; root may reset it (development only).
+    type SetMembersOrigin = EnsureRoot<AccountId>;
+    type MaxProposalWeight = MaxCouncilProposalWeight;
+    type DisapproveOrigin = RootOrCouncilTwoThirds;
+    type KillOrigin = RootOrCouncilTwoThirds;
+    /// Only members propose, and there are at most 100 open motions: no deposit.
+    type Consideration = ();
+}
+
+impl pallet_membership::Config<pallet_membership::Instance1> for Runtime {
+    type RuntimeEvent = RuntimeEvent;
+    type AddOrigin = RootOrCouncilTwoThirds;
+    type RemoveOrigin = RootOrCouncilTwoThirds;
+    type SwapOrigin = RootOrCouncilTwoThirds;
+    type ResetOrigin = RootOrCouncilTwoThirds;
+    type PrimeOrigin = RootOrCouncilTwoThirds;
+    type MembershipInitialized = Council;
+    type MembershipChanged = Council;
+    type MaxMembers = ConstU32<32>;
+    type WeightInfo = pallet_membership::weights::SubstrateWeight<Runtime>;
+}
+
+impl pallet_releases::Config for Runtime {
+    /// A runtime upgrade needs two thirds of the council (or sudo on a development chain).
+    type ReleaseOrigin = RootOrCouncilTwoThirds;
+    type WeightInfo = pallet_releases::weights::SubstrateWeight<Runtime>;
+}
+
 impl pallet_utility::Config for Runtime {
     type RuntimeEvent = RuntimeEvent;
     type RuntimeCall = RuntimeCall;
@@ -139,7 +200,7 @@ parameter_types! {
 }
 
 impl pallet_grid::Config for Runtime {
-    type GovernanceOrigin = EnsureRoot<AccountId>;
+    type GovernanceOrigin = RootOrCouncilMajority;
     type MaxIpsPerFarm = ConstU32<256>;
     type MinNodeCapacity = MinNodeCapacity;
     /// Logical cores may be sold twice; memory and disks never.
@@ -153,6 +214,8 @@ impl pallet_grid::Config for Runtime {
     type NodeRemovalNoticeBlocks = ConstU32<DAYS>;
     /// 16 contract cancellations a block stay a small, fixed part of every block.
     type MaxContractsEndedPerBlock = ConstU32<16>;
+    /// A node silent for three days is dead: anyone may have it removed.
+    type DeadNodeAfterBlocks = ConstU32<{ 3 * DAYS }>;
     type WeightInfo = crate::weights::pallet_grid::WeightInfo<Runtime>;
 }
 
@@ -187,7 +250,7 @@ parameter_types! {
 
 impl pallet_billing::Config for Runtime {
     type Currency = Balances;
-    type GovernanceOrigin = EnsureRoot<AccountId>;
+    type GovernanceOrigin = RootOrCouncilMajority;
     type Grid = Grid;
     type Contracts = Deployments;
     type Time = Timestamp;
@@ -198,10 +261,11 @@ impl pallet_billing::Config for Runtime {
     /// Windows are at least 10 s long or end on the 10 s grid: report intervals are
     /// multiples of 10 s, so a contract has at most two windows per 10 s.
     type MinWindowSecs = ConstU64<10>;
-    /// 720 fee-free batches an hour per node: one every 5 s, twice what a node reporting every
-    /// 10 s sends; a node with more to say (or more contracts than a batch holds) pays fees.
-    type FreeBatchesPerPeriod = ConstU32<720>;
-    type FreeBatchPeriodBlocks = ConstU32<HOURS>;
+    /// 3,600 fee-free reports an hour per node: 10 contracts reported every 10 s, or 300 every
+    /// 5 minutes. A node with more contracts pays fees for the rest (at 5-minute windows a
+    /// fraction of what the windows earn), and a node cannot fill blocks for free.
+    type FreeReportsPerPeriod = ConstU32<3_600>;
+    type FreeReportPeriodBlocks = ConstU32<HOURS>;
     /// 100 Gbit/s: above any node's uplink today.
     type MaxTrafficBytesPerSec = ConstU64<12_500_000_000>;
     /// Reports may end at most a minute after chain time (node clocks drift).

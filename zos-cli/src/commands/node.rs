@@ -270,7 +270,10 @@ pub(super) async fn node_remove(ctx: &Ctx, id: u32) -> Result<Out> {
     let chain = ctx.chain().await?;
     let call = runtime::tx().grid().remove_node(id);
     let events = chain.submit(&call, &signer, ctx.timeout).await?;
-    if let Some(scheduled) = events.find_first::<runtime::grid::events::NodeRemovalScheduled>()? {
+    if let Some(scheduled) = events
+        .find_first::<runtime::grid::events::NodeRemovalScheduled>()
+        .transpose()?
+    {
         return Ok(Out::new(
             json!({ "node": id, "removed": false, "due_block": scheduled.due }),
             format!(

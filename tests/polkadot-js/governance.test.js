@@ -1,0 +1,95 @@
+// Governance through polkadot.js: the council (Alice, Bob, Charlie in every preset) passes a
+// motion that changes a pricing policy; a single member or any other account cannot.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Keyring } from '@polkadot/keyring';
+import { cryptoWaitReady } from '@polkadot/util-crypto';
+import { startDevChain, submitFinalized } from './lib/chain.js';
+import { oneEvent } from './lib/grid.js';
+
+let chain;
+let api;
+const k = {};
+
+before(async () => {
+  await cryptoWaitReady();
+  chain = await startDevChain();
+  api = chain.api;
+  const keyring = new Keyring({ type: 'sr25519' });
+  for (const name of ['Alice', 'Bob', 'Charlie', 'Dave']) {
+    k[name.toLowerCase()] = keyring.addFromUri(`//${name}`);
+  }
+});
+
+after(async () => {
+  await chain?.stop();
+});
+
+/** Policy 1 with a new price per CU-hour. */
+async function repriced(cuHour) {
+  const policy = (await api.query.billing.pricingPolicies(1)).unwrap().toJSON();
+  return api.tx.billing.setPricingPolicy(1, { ...policy, cuHour });
+}
+
+test('the council is Alice, Bob and Charlie', async () => {
+  const members = (await api.query.council.members()).map((m) => m.toString());
+  assert.deepEqual(members.sort(), [k.alice, k.bob, k.charlie].map((x) => x.address).sort());
+});
+
+test('a pricing policy cannot be set by a plain account', async () => {
+  await assert.rejects(submitFinalized(api, await repriced(1), k.dave), /BadOrigin/);
+});
+
+test('one member alone is not the council: a motion of one executes and is refused', async () => {
+  const call = await repriced(2);
+  const events = await submitFinalized(api, api.tx.council.propose(1, call, call.method.encodedLength), k.alice);
+  const executed = oneEvent(events, 'council', 'Executed').data;
+  assert.ok(executed.result.isErr, 'one of three is not a majority');
+  assert.ok(executed.result.asErr.isBadOrigin);
+  const policy = (await api.query.billing.pricingPolicies(1)).unwrap();
+  assert.notEqual(policy.cuHour.toBigInt(), 2n);
+});
+
+test('a council motion passed by two of three members changes the pricing policy', async () => {
+  const price = 123_456_789n;
+  const call = await repriced(price);
+  const length = call.method.encodedLength;
+  const proposed = oneEvent(
+    await submitFinalized(api, api.tx.council.propose(2, call, length), k.alice),
+    'council', 'Proposed',
+  ).data;
+  const hash = proposed.proposalHash;
+  const index = proposed.proposalIndex;
+  await submitFinalized(api, api.tx.council.vote(hash, index, true), k.bob);
+  const weight = (await call.paymentInfo(k.alice.address)).weight;
+  const closed = await submitFinalized(api, api.tx.council.close(hash, index, weight, length), k.charlie);
+  oneEvent(closed, 'council', 'Approved');
+  assert.ok(oneEvent(closed, 'council', 'Executed').data.result.isOk);
+  oneEvent(closed, 'billing', 'PricingPolicySet');
+  const policy = (await api.query.billing.pricingPolicies(1)).unwrap();
+  assert.equal(policy.cuHour.toBigInt(), price);
+});
+
+test('the council authorizes a runtime upgrade by a two-thirds motion', async () => {
+  const codeHash = `0x${'ab'.repeat(32)}`;
+  const call = api.tx.releases.authorizeRuntimeUpgrade(codeHash);
+  const length = call.method.encodedLength;
+  const weight = (await call.paymentInfo(k.alice.address)).weight;
+  const pass = async (threshold, voters) => {
+    const proposed = oneEvent(
+      await submitFinalized(api, api.tx.council.propose(threshold, call, length), k.alice),
+      'council', 'Proposed',
+    ).data;
+    for (const voter of voters) {
+      await submitFinalized(api, api.tx.council.vote(proposed.proposalHash, proposed.proposalIndex, true), voter);
+    }
+    const closed = await submitFinalized(
+      api, api.tx.council.close(proposed.proposalHash, proposed.proposalIndex, weight, length), k.charlie,
+    );
+    return oneEvent(closed, 'council', 'Executed').data.result;
+  };
+  // Two of three is two thirds: authorized, and `system.applyAuthorizedUpgrade` would apply it.
+  assert.ok((await pass(2, [k.bob])).isOk);
+  const authorized = (await api.query.system.authorizedUpgrade()).unwrap();
+  assert.equal(authorized.codeHash.toHex(), codeHash);
+});
