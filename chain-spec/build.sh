@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 node="${ZOS_CHAIN_NODE_BIN:-$CARGO_TARGET_DIR/${CARGO_PROFILE:-ci}/zos-chain-node}"
 mkdir -p out
-for chain in dev local; do
+for chain in dev local production; do
   "$node" build-spec --chain "$chain" --disable-default-bootnode >"out/$chain.json" 2>/dev/null
   "$node" build-spec --chain "$chain" --raw --disable-default-bootnode >"out/$chain-raw.json" 2>/dev/null
   echo "chain-spec/out/$chain.json chain-spec/out/$chain-raw.json"

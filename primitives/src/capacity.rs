@@ -160,6 +160,9 @@ pub trait GridCapacity<AccountId> {
     /// `Ok` if the node exists, is online, and is powered up with power target up; otherwise
     /// the error naming the first failed condition.
     fn node_accepts_workloads(node: NodeId) -> Result<(), DispatchError>;
+    /// True while the node's removal is pending: it takes no new contracts, not even pending
+    /// ones, so its removal is never held up.
+    fn node_is_leaving(node: NodeId) -> bool;
     /// Capacity left for reservations (CPU including overcommit); `None` for an unknown node.
     fn free_capacity(node: NodeId) -> Option<Resources>;
     /// Adds `resources` to the node's reserved capacity, failing if it does not fit.

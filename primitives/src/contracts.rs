@@ -126,12 +126,22 @@ pub trait ContractsForBilling<AccountId, BlockNumber> {
     fn cancel_out_of_funds(contract: ContractId) -> DispatchResult;
 }
 
+/// The outcome of [`EndContracts::end_contracts_on_node`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndedOnNode {
+    /// Contracts it tried to end (each costs up to [`EndContracts::end_contract_weight`]).
+    pub attempted: u32,
+    /// Some of them could not be ended: the node cannot be emptied.
+    pub failed: bool,
+    /// Contracts are left on the node.
+    pub more: bool,
+}
+
 /// What the grid asks of the deployments pallet when a node or a farm IP leaves: end the
 /// contracts that use it, releasing their capacity, IPs and deposits.
 pub trait EndContracts {
-    /// Ends up to `max` contracts placed on `node` (cause [`CancelCause::NodeRemoved`]).
-    /// Returns how many ended and whether any are left on the node.
-    fn end_contracts_on_node(node: NodeId, max: u32) -> (u32, bool);
+    /// Tries to end up to `max` contracts placed on `node` (cause [`CancelCause::NodeRemoved`]).
+    fn end_contracts_on_node(node: NodeId, max: u32) -> EndedOnNode;
     /// Ends `contract` (cause [`CancelCause::PublicIpRemoved`]).
     fn end_contract_holding_ip(contract: ContractId) -> DispatchResult;
     /// Upper bound of the weight of ending one contract.
@@ -140,8 +150,8 @@ pub trait EndContracts {
 
 /// No contracts: nothing to end (a grid without the deployments pallet, and unit tests).
 impl EndContracts for () {
-    fn end_contracts_on_node(_node: NodeId, _max: u32) -> (u32, bool) {
-        (0, false)
+    fn end_contracts_on_node(_node: NodeId, _max: u32) -> EndedOnNode {
+        EndedOnNode::default()
     }
     fn end_contract_holding_ip(_contract: ContractId) -> DispatchResult {
         Ok(())

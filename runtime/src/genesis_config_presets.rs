@@ -100,7 +100,7 @@ fn genesis(network: Network) -> Value {
     })
 }
 
-/// The well-known development accounts, funded in every preset.
+/// The well-known development accounts, funded in the development and local presets.
 fn dev_accounts() -> Vec<AccountId> {
     Sr25519Keyring::iter()
         .filter(|k| *k != Sr25519Keyring::One && *k != Sr25519Keyring::Two)

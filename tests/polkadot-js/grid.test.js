@@ -336,7 +336,9 @@ test('the farm owner evicts the node: no new contracts, and governance cuts the 
   // contracts and remove it.
   const { blockHash } = await submitFinalizedAt(api, api.tx.sudo.sudo(api.tx.grid.forceRemoveNode(s.nodeId)), k.owner);
   const from = (await api.rpc.chain.getHeader(blockHash)).number.toNumber();
+  const deadline = Date.now() + 120_000;
   while ((await api.query.grid.nodes(s.nodeId)).isSome) {
+    assert.ok(Date.now() < deadline, 'the node was not removed within 2 minutes');
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
   const to = (await api.rpc.chain.getHeader()).number.toNumber();

@@ -428,6 +428,15 @@ pub mod pallet {
                 T::MaxDeadlinesPerBlock::get() > 0,
                 "deadlines would never be handled"
             );
+            let (min, max) = (T::MinWindowSecs::get(), T::MaxWindowSecs::get());
+            assert!(
+                min > 0 && min <= max && max % min == 0,
+                "the longest window must be a whole number of minimum windows"
+            );
+            assert!(
+                !T::FreeReportPeriodBlocks::get().is_zero(),
+                "the free-report period must be at least a block"
+            );
         }
 
         #[cfg(feature = "try-runtime")]
@@ -1060,6 +1069,12 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
         if cause == CancelCause::OutOfFunds || GraceSince::<T>::contains_key(contract) {
             // It ended in (or after) its grace period, in which the node serves nothing:
             // everything before the grace period was billed when it started.
+            return Self::close(contract);
+        }
+        if cause == CancelCause::NodeRemoved {
+            // Its node leaves in the same block: nobody can report the final window, and
+            // without the node there is no farm to pay. The time since the last window is
+            // not charged.
             return Self::close(contract);
         }
         let now_ms = Self::now_ms();

@@ -178,6 +178,9 @@ impl GridCapacity<AccountId> for MockGrid {
     fn node_is_online(node: NodeId) -> bool {
         with_world(|w| w.nodes.contains_key(&node))
     }
+    fn node_is_leaving(_node: NodeId) -> bool {
+        false
+    }
     fn node_accepts_workloads(_node: NodeId) -> Result<(), DispatchError> {
         Ok(())
     }

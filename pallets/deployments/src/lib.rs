@@ -319,6 +319,8 @@ pub mod pallet {
         /// The proposal's time ran out; it is removed in one of the next blocks (or by the
         /// next proposal on the contract) and can no longer be approved or rejected.
         ProposalOverdue,
+        /// The node is leaving the grid: it takes no new contracts.
+        NodeLeaving,
     }
 
     #[pallet::hooks]
@@ -372,6 +374,8 @@ pub mod pallet {
                 T::Grid::node_account(node).is_some(),
                 Error::<T>::UnknownNode
             );
+            // Even a pending contract would hold up the node's removal.
+            ensure!(!T::Grid::node_is_leaving(node), Error::<T>::NodeLeaving);
             Self::check_signers(&owner, &signers, threshold)?;
 
             let contract_id = NextContractId::<T>::get();
@@ -501,7 +505,8 @@ pub mod pallet {
         /// Proposes the next version of an activated contract's spec. The node keeps running
         /// the active version until this one passes. Holds a deposit for the proposed spec.
         #[pallet::call_index(3)]
-        #[pallet::weight(T::WeightInfo::propose_update())]
+        #[pallet::weight(T::WeightInfo::propose_update()
+            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
         pub fn propose_update(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -556,7 +561,8 @@ pub mod pallet {
         /// Proposes to end an activated contract (needs the threshold like any proposal). For a
         /// contract that never activated, the owner alone withdraws it at once.
         #[pallet::call_index(4)]
-        #[pallet::weight(T::WeightInfo::propose_cancel())]
+        #[pallet::weight(T::WeightInfo::propose_cancel()
+            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
         pub fn propose_cancel(origin: OriginFor<T>, contract_id: ContractId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             Self::expire_overdue_proposal(contract_id)?;
@@ -1155,26 +1161,25 @@ impl<T: Config> ContractsForBilling<T::AccountId, BlockNumberFor<T>> for Pallet<
 }
 
 impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
-    fn end_contracts_on_node(node: NodeId, max: u32) -> (u32, bool) {
+    fn end_contracts_on_node(node: NodeId, max: u32) -> zos_primitives::contracts::EndedOnNode {
         let ids: Vec<ContractId> = ContractsByNode::<T>::iter_key_prefix(node)
             .take(max as usize)
             .collect();
-        let mut ended = 0u32;
-        let mut failed = false;
+        let mut outcome = zos_primitives::contracts::EndedOnNode {
+            attempted: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            ..Default::default()
+        };
         for id in ids {
             let result = frame_support::storage::with_storage_layer(|| {
                 Self::do_cancel(id, CancelCause::NodeRemoved)
             });
-            match result {
-                Ok(()) => ended = ended.saturating_add(1),
-                Err(e) => {
-                    failed = true;
-                    log::error!(target: "runtime::deployments", "ending contract {id} of leaving node {node} failed: {e:?}");
-                }
+            if let Err(e) = result {
+                outcome.failed = true;
+                log::error!(target: "runtime::deployments", "ending contract {id} of leaving node {node} failed: {e:?}");
             }
         }
-        let more = failed || ContractsByNode::<T>::iter_key_prefix(node).next().is_some();
-        (ended, more)
+        outcome.more = ContractsByNode::<T>::iter_key_prefix(node).next().is_some();
+        outcome
     }
 
     fn end_contract_holding_ip(contract: ContractId) -> DispatchResult {
@@ -1184,8 +1189,9 @@ impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
     }
 
     fn end_contract_weight() -> frame_support::weights::Weight {
-        // Passing a cancel proposal ends the contract the same way, at the worst case.
-        T::WeightInfo::approve()
+        // A cancel proposal that passes at once ends the contract the same way, and approving
+        // one does: the larger of the two, at their worst cases.
+        T::WeightInfo::approve().max(T::WeightInfo::propose_cancel())
     }
 }
 

@@ -551,16 +551,17 @@ fn a_node_evicted_by_its_farm_owner_ends_its_contracts_after_the_notice() {
             RuntimeOrigin::signed(farmer),
             node
         ));
-        // The node takes nothing new while its contracts run out their notice.
+        // The node takes nothing new while its contracts run out their notice, not even a
+        // pending creation (enough of them would hold its removal up).
         assert_noop!(
             Deployments::create(
                 RuntimeOrigin::signed(C),
                 node,
                 Box::new(spec(0, 1, 0)),
-                signers(&[(C, 1, false)]),
-                1
+                signers(&[(C, 1, false), (A, 1, false)]),
+                2
             ),
-            pallet_grid::Error::<Test>::NodeLeaving
+            Error::<Test>::NodeLeaving
         );
         run_to_block(1 + NOTICE_BLOCKS - 1);
         assert_eq!(state(a), ContractState::Active);

@@ -284,8 +284,14 @@ pub mod pallet {
             due: BlockNumberFor<T>,
             requested_by: Option<T::AccountId>,
         },
+        /// A contract of the leaving node could not be ended: its removal was dropped and the
+        /// node takes work again (see the runtime log).
+        NodeRemovalFailed { node_id: NodeId },
         /// Governance removed a farm; its nodes had been removed before.
         FarmForceRemoved { farm_id: FarmId, ips_released: u32 },
+        /// Governance cleared `cleared` of the farm's unused node authorizations; more are
+        /// left, so the farm stays until the next `force_remove_farm`.
+        FarmNodeAuthorizationsCleared { farm_id: FarmId, cleared: u32 },
         /// Governance removed an address from a farm's pool; `contract`, if any, held it and
         /// was ended.
         FarmIpForceRemoved {
@@ -400,9 +406,9 @@ pub mod pallet {
         InvalidExecutorVersion,
         /// Only the node itself or its farm's owner may remove it.
         NotNodeOrFarmOwner,
-        /// The node runs contracts: it cannot be removed or powered down.
+        /// The node runs contracts: it cannot be powered down (or removed before they end).
         NodeHasActiveContracts,
-        /// Contracts on the node hold farm IPs: it cannot be removed.
+        /// Contracts on the node hold farm IPs: it cannot be removed before they end.
         NodeHasAssignedIps,
         /// Less than `MinHeartbeatIntervalMs` passed since the last heartbeat.
         HeartbeatTooSoon,
@@ -430,10 +436,11 @@ pub mod pallet {
         NodeLeaving,
         /// The node's removal is scheduled already (governance may still force it).
         NodeRemovalPending,
-        /// More unused node authorizations than one call removes: revoke some first.
-        TooManyNodeAuthorizations,
         /// The node heartbeated within `DeadNodeAfterBlocks`: it is not dead.
         NodeNotDead,
+        /// A dead node without contracts holds nothing of anyone else: only its farm owner
+        /// removes it.
+        DeadNodeHasNoContracts,
     }
 
     #[pallet::hooks]
@@ -441,6 +448,13 @@ pub mod pallet {
         /// Ends the contracts of leaving nodes whose removal is due, and removes the nodes.
         fn on_initialize(now: BlockNumberFor<T>) -> Weight {
             Self::handle_removals(now)
+        }
+
+        fn integrity_test() {
+            assert!(
+                T::MaxContractsEndedPerBlock::get() > 0,
+                "leaving nodes would never be removed"
+            );
         }
 
         #[cfg(feature = "try-runtime")]
@@ -549,6 +563,7 @@ pub mod pallet {
             Ok(Some(T::WeightInfo::remove_farm(ips_released)).into())
         }
 
+        /// Governance (the council) sets a farm's certification.
         #[pallet::call_index(3)]
         #[pallet::weight(T::WeightInfo::set_farm_certification())]
         pub fn set_farm_certification(
@@ -569,6 +584,7 @@ pub mod pallet {
             Ok(())
         }
 
+        /// Governance (the council) sets the pricing policy the farm's contracts are billed by.
         #[pallet::call_index(4)]
         #[pallet::weight(T::WeightInfo::set_farm_pricing_policy())]
         pub fn set_farm_pricing_policy(
@@ -785,7 +801,8 @@ pub mod pallet {
         /// [`Config::NodeRemovalNoticeBlocks`] its contracts end (their capacity, IPs and
         /// deposits released) and it is removed.
         #[pallet::call_index(9)]
-        #[pallet::weight(T::WeightInfo::remove_node())]
+        #[pallet::weight(T::WeightInfo::remove_node()
+            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
         pub fn remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -793,15 +810,11 @@ pub mod pallet {
                 let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
                 ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
             }
-            if node.active_contracts == 0 {
-                return Self::remove_node_now(node_id, node, Some(who));
-            }
             ensure!(
-                !NodeRemovals::<T>::contains_key(node_id),
+                node.active_contracts == 0 || !NodeRemovals::<T>::contains_key(node_id),
                 Error::<T>::NodeRemovalPending
             );
-            Self::schedule_removal(node_id, &node, RemovalKind::Notice, Some(who));
-            Ok(())
+            Self::remove_or_schedule(node_id, node, RemovalKind::Notice, Some(who))
         }
 
         /// Proof of liveness from the node. Free when accepted; rate-limited.
@@ -972,17 +985,19 @@ pub mod pallet {
         pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            if node.active_contracts == 0 {
-                return Self::remove_node_now(node_id, node, None);
+            if node.active_contracts > 0
+                && NodeRemovals::<T>::get(node_id).map(|r| r.kind) == Some(RemovalKind::Forced)
+            {
+                // Already under way: keep its place in the queue.
+                return Ok(());
             }
             // A removal waiting for its notice is replaced; its queue entry is skipped.
-            Self::schedule_removal(node_id, &node, RemovalKind::Forced, None);
-            Ok(())
+            Self::remove_or_schedule(node_id, node, RemovalKind::Forced, None)
         }
 
-        /// Anyone removes a dead node (silent for [`Config::DeadNodeAfterBlocks`]): at once if
-        /// it runs no contracts, else in the next blocks, ending its contracts first. Their
-        /// deployers get their deposits back, the farm its IPs.
+        /// Anyone removes a dead node (silent for [`Config::DeadNodeAfterBlocks`]) that still
+        /// holds contracts: in the next blocks its contracts end (their deployers get their
+        /// deposits back, the farm its IPs) and the node is removed.
         #[pallet::call_index(19)]
         #[pallet::weight(T::WeightInfo::force_remove_node())]
         pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
@@ -1000,19 +1015,22 @@ pub mod pallet {
                 ),
                 Error::<T>::NodeNotDead
             );
-            if node.active_contracts == 0 {
-                return Self::remove_node_now(node_id, node, Some(who));
-            }
+            // Only contracts are freed this way: an idle node (powered down, say) is its
+            // farm's business.
+            ensure!(
+                node.active_contracts > 0,
+                Error::<T>::DeadNodeHasNoContracts
+            );
             ensure!(
                 NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced),
                 Error::<T>::NodeRemovalPending
             );
-            Self::schedule_removal(node_id, &node, RemovalKind::Forced, Some(who));
-            Ok(())
+            Self::remove_or_schedule(node_id, node, RemovalKind::Forced, Some(who))
         }
 
         /// Governance removes a farm whose nodes are gone (force-remove them first), with its
-        /// address pool and unused node authorizations.
+        /// address pool and unused node authorizations. With more authorizations than one call
+        /// clears, the call clears that many and leaves the farm: call it again.
         #[pallet::call_index(17)]
         #[pallet::weight(T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()))]
         pub fn force_remove_farm(
@@ -1026,15 +1044,25 @@ pub mod pallet {
                 Error::<T>::FarmHasNodes
             );
             // Without nodes no address is assigned (a try_state invariant).
-            let cleared = NodeAuthorizations::<T>::clear_prefix(
-                farm_id,
-                MAX_AUTHORIZATIONS_FORCE_REMOVED,
-                None,
-            );
-            ensure!(
-                cleared.maybe_cursor.is_none(),
-                Error::<T>::TooManyNodeAuthorizations
-            );
+            // Counted by hand (one more than the limit tells whether any are left), so the
+            // bound holds whatever is in the storage overlay.
+            let accounts: Vec<T::AccountId> = NodeAuthorizations::<T>::iter_key_prefix(farm_id)
+                .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize + 1)
+                .collect();
+            let more = accounts.len() > MAX_AUTHORIZATIONS_FORCE_REMOVED as usize;
+            for account in accounts
+                .iter()
+                .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize)
+            {
+                NodeAuthorizations::<T>::remove(farm_id, account);
+            }
+            if more {
+                Self::deposit_event(Event::FarmNodeAuthorizationsCleared {
+                    farm_id,
+                    cleared: MAX_AUTHORIZATIONS_FORCE_REMOVED,
+                });
+                return Ok(Some(T::WeightInfo::force_remove_farm(0)).into());
+            }
             for entry in farm.public_ips.iter() {
                 IpOwner::<T>::remove(entry.config.ip.ip);
             }
@@ -1293,6 +1321,10 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
 
     fn node_is_online(node: NodeId) -> bool {
         Self::node_status(node) == Some(NodeStatus::Online)
+    }
+
+    fn node_is_leaving(node: NodeId) -> bool {
+        NodeRemovals::<T>::contains_key(node)
     }
 
     fn node_accepts_workloads(node_id: NodeId) -> Result<(), DispatchError> {

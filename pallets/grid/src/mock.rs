@@ -65,6 +65,12 @@ thread_local! {
         Default::default();
 }
 
+thread_local! {
+    /// Contracts whose ending fails (a deployments pallet that cannot cancel them).
+    pub static UNENDABLE: core::cell::RefCell<std::collections::BTreeSet<zos_primitives::ContractId>> =
+        Default::default();
+}
+
 /// Places a contract on `node`: reserves `resources`, takes `ips` farm IPs, counts it active.
 pub fn add_contract(
     id: zos_primitives::ContractId,
@@ -95,7 +101,10 @@ fn end(id: zos_primitives::ContractId) -> sp_runtime::DispatchResult {
 }
 
 impl zos_primitives::contracts::EndContracts for MockContracts {
-    fn end_contracts_on_node(node: zos_primitives::NodeId, max: u32) -> (u32, bool) {
+    fn end_contracts_on_node(
+        node: zos_primitives::NodeId,
+        max: u32,
+    ) -> zos_primitives::contracts::EndedOnNode {
         let ids: Vec<_> = CONTRACTS.with(|c| {
             c.borrow()
                 .iter()
@@ -104,10 +113,19 @@ impl zos_primitives::contracts::EndContracts for MockContracts {
                 .take(max as usize)
                 .collect()
         });
+        let mut failed = false;
         for id in &ids {
+            if UNENDABLE.with(|u| u.borrow().contains(id)) {
+                failed = true;
+                continue;
+            }
             end(*id).expect("ends");
         }
-        (ids.len() as u32, contracts_on(node) > 0)
+        zos_primitives::contracts::EndedOnNode {
+            attempted: ids.len() as u32,
+            failed,
+            more: contracts_on(node) > 0,
+        }
     }
     fn end_contract_holding_ip(contract: zos_primitives::ContractId) -> sp_runtime::DispatchResult {
         end(contract)
@@ -148,6 +166,7 @@ pub fn new_test_ext() -> sp_io::TestExternalities {
 /// Runs `test` in a fresh externality and checks every storage invariant afterwards.
 pub fn run_test(test: impl FnOnce()) {
     CONTRACTS.with(|c| c.borrow_mut().clear());
+    UNENDABLE.with(|u| u.borrow_mut().clear());
     new_test_ext().execute_with(|| {
         test();
         Grid::do_try_state().expect("storage invariants hold");

@@ -44,6 +44,21 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
+    /// Removes the node at once when it runs no contracts; else marks it leaving and queues
+    /// its removal.
+    pub(crate) fn remove_or_schedule(
+        node_id: NodeId,
+        node: Node<T>,
+        kind: RemovalKind,
+        requested_by: Option<T::AccountId>,
+    ) -> DispatchResult {
+        if node.active_contracts == 0 {
+            return Self::remove_node_now(node_id, node, requested_by);
+        }
+        Self::schedule_removal(node_id, &node, kind, requested_by);
+        Ok(())
+    }
+
     /// Marks the node as leaving and queues its removal: after the notice period, or at once
     /// when forced. Replaces a pending removal (whose queue entry is then skipped).
     pub(crate) fn schedule_removal(
@@ -111,13 +126,24 @@ impl<T: Config> Pallet<T> {
                 if budget == 0 {
                     break;
                 }
-                let (ended, more) = T::Contracts::end_contracts_on_node(node_id, budget);
-                budget = budget.saturating_sub(ended);
+                let ended = T::Contracts::end_contracts_on_node(node_id, budget);
+                budget = budget.saturating_sub(ended.attempted);
                 weight.saturating_accrue(
-                    T::Contracts::end_contract_weight().saturating_mul(u64::from(ended.max(1))),
+                    T::Contracts::end_contract_weight()
+                        .saturating_mul(u64::from(ended.attempted.max(1))),
                 );
-                if more {
-                    // Budget spent (or a contract refused to end): go on next block.
+                if ended.failed {
+                    // A contract that cannot end would hold this queue forever: the removal
+                    // is dropped (the node stays and takes work again) for governance to see.
+                    log::error!(target: "runtime::grid", "node {node_id}: a contract could not be ended; removal dropped");
+                    NodeRemovals::<T>::remove(node_id);
+                    Self::deposit_event(Event::NodeRemovalFailed { node_id });
+                    NodeRemovalQueue::<T>::remove(kind, head);
+                    head = head.saturating_add(1);
+                    continue;
+                }
+                if ended.more {
+                    // Budget spent: go on next block.
                     break;
                 }
                 let requested_by = current.and_then(|r| r.requested_by);

@@ -1392,7 +1392,7 @@ fn anyone_removes_a_dead_node_and_its_contracts_end() {
             }
             .into(),
         );
-        // A node that never heartbeated counts from its registration.
+        // A silent node without contracts holds nothing of anyone else: left to its farm.
         let silent = register(NODE2, farm);
         let registered = System::block_number();
         assert_noop!(
@@ -1400,8 +1400,63 @@ fn anyone_removes_a_dead_node_and_its_contracts_end() {
             GridError::NodeNotDead
         );
         System::set_block_number(registered + DEAD_AFTER_BLOCKS);
-        assert_ok!(Grid::remove_dead_node(signed(OTHER), silent));
-        assert!(Nodes::<Test>::get(silent).is_none());
+        assert_noop!(
+            Grid::remove_dead_node(signed(OTHER), silent),
+            GridError::DeadNodeHasNoContracts
+        );
+    });
+}
+
+#[test]
+fn a_contract_that_cannot_end_drops_the_removal_instead_of_blocking_the_queue() {
+    run_test(|| {
+        let (farm, a) = farm_with_online_node(0);
+        let b = register(NODE2, farm);
+        assert_ok!(Grid::heartbeat(signed(NODE2)));
+        let vm = Resources::new(1, GIB, 0, 0);
+        add_contract(7, a, vm, 0);
+        add_contract(8, b, vm, 0);
+        UNENDABLE.with(|u| u.borrow_mut().insert(7));
+        assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), a));
+        assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), b));
+        // Forcing again keeps its place in the queue.
+        assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), b));
+        assert_eq!(
+            NodeRemovalQueueEnds::<Test>::get(RemovalKind::Forced),
+            (0, 2)
+        );
+        run_to_block(2);
+        System::assert_has_event(GridEvent::NodeRemovalFailed { node_id: a }.into());
+        assert!(Nodes::<Test>::get(a).is_some());
+        assert!(!<Grid as GridCapacity<u64>>::node_is_leaving(a));
+        // The node behind it was not held up.
+        assert!(Nodes::<Test>::get(b).is_none());
+        assert_eq!(
+            NodeRemovalQueueEnds::<Test>::get(RemovalKind::Forced),
+            (2, 2)
+        );
+    });
+}
+
+#[test]
+fn a_farm_with_many_authorizations_is_force_removed_in_steps() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "crowded");
+        for n in 0..=MAX_AUTHORIZATIONS_FORCE_REMOVED {
+            authorize(farm, 1_000 + u64::from(n));
+        }
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_last_event(
+            GridEvent::FarmNodeAuthorizationsCleared {
+                farm_id: farm,
+                cleared: MAX_AUTHORIZATIONS_FORCE_REMOVED,
+            }
+            .into(),
+        );
+        assert!(Farms::<Test>::get(farm).is_some());
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert!(Farms::<Test>::get(farm).is_none());
+        assert_eq!(NodeAuthorizations::<Test>::iter().count(), 0);
     });
 }
 

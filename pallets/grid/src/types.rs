@@ -18,8 +18,8 @@ pub const MAX_LOCATION_NAME_LEN: u32 = 64;
 /// Longest DNS name (RFC 1035, without the trailing dot).
 pub const MAX_DOMAIN_LEN: u32 = 253;
 pub const MAX_EXECUTOR_VERSION_LEN: u32 = 32;
-/// Most unused node authorizations `force_remove_farm` clears (it fails above, so the call
-/// stays bounded; the farm owner's revocations clear the rest).
+/// Most unused node authorizations one `force_remove_farm` clears (with more, it clears that
+/// many and is called again), so the call stays bounded.
 pub const MAX_AUTHORIZATIONS_FORCE_REMOVED: u32 = 256;
 /// Latitude range in micro-degrees.
 pub const MAX_LATITUDE: i32 = 90_000_000;
@@ -216,7 +216,8 @@ pub struct Node<T: Config> {
     pub executor_version: ExecutorVersion,
     pub power_target: Power,
     pub power_state: Power,
-    /// Contracts running here; a node with any cannot be removed or powered down.
+    /// Contracts running here; a node with any cannot be powered down, and is removed only
+    /// after they end.
     pub active_contracts: u32,
     /// Farm IPs assigned to contracts on this node.
     pub assigned_ips: u32,
