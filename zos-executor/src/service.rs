@@ -225,6 +225,13 @@ impl Executor {
                 Ok(_) => {}
                 // Too soon after the last one (e.g. right after a restart): the next tick sends.
                 Err(TxError::Dispatch(e)) if e.contains("HeartbeatTooSoon") => {}
+                // Removed from the grid (evicted, found dead, or by governance): every further
+                // heartbeat would pay a fee for nothing. Stopping a core task ends the process;
+                // started again, it waits for a new authorization without paying fees.
+                Err(TxError::Dispatch(e)) if e.contains("NotANode") => {
+                    warn!("this node is no longer registered on the grid; stopping");
+                    return;
+                }
                 Err(e) => warn!(error = %e, "heartbeat failed"),
             }
         }
