@@ -329,7 +329,7 @@ test('the farm owner evicts the node: no new contracts, and governance cuts the 
   assert.ok((await api.query.grid.nodeRemovals(s.nodeId)).isSome);
   await expectModuleError(
     submitFinalized(api, api.tx.deployments.create(s.nodeId, spec, one, 1), k.owner),
-    'grid', 'NodeLeaving',
+    'deployments', 'NodeLeaving',
   );
 
   // Governance (sudo on the development chain) removes it now: the next blocks end its
