@@ -799,12 +799,8 @@ impl<T: Config> Pallet<T> {
         if Self::ensure_not_overdue(&proposal).is_ok() || Self::never_activated(contract_id)? {
             return Ok(());
         }
-        let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-        Self::close_proposal(contract_id, contract, &proposal)?;
-        Self::deposit_event(Event::ProposalExpired {
-            contract: contract_id,
-            hash: proposal.hash,
-        });
+        // What the queue would do when it reaches the entry (which it then skips).
+        Self::expire(contract_id, proposal.expires_at);
         Ok(())
     }
 

@@ -548,13 +548,7 @@ pub mod pallet {
                     .is_none(),
                 Error::<T>::FarmHasNodeAuthorizations
             );
-            for entry in farm.public_ips.iter() {
-                IpOwner::<T>::remove(entry.config.ip.ip);
-            }
-            FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
-            FarmNodeCount::<T>::remove(farm_id);
-            Farms::<T>::remove(farm_id);
-            let ips_released = farm.public_ips.len() as u32;
+            let ips_released = Self::remove_farm_entries(farm_id, &farm);
             Self::deposit_event(Event::FarmRemoved {
                 farm_id,
                 owner: who,
@@ -1063,13 +1057,7 @@ pub mod pallet {
                 });
                 return Ok(Some(T::WeightInfo::force_remove_farm(0)).into());
             }
-            for entry in farm.public_ips.iter() {
-                IpOwner::<T>::remove(entry.config.ip.ip);
-            }
-            FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
-            FarmNodeCount::<T>::remove(farm_id);
-            Farms::<T>::remove(farm_id);
-            let ips_released = farm.public_ips.len() as u32;
+            let ips_released = Self::remove_farm_entries(farm_id, &farm);
             Self::deposit_event(Event::FarmForceRemoved {
                 farm_id,
                 ips_released,
@@ -1180,6 +1168,18 @@ impl<T: Config> Pallet<T> {
             Error::<T>::FarmNameInvalidCharacter
         );
         Ok(Self::lowercase(name))
+    }
+
+    /// Removes a farm without nodes and every index entry pointing at it; returns how many
+    /// pool addresses were released.
+    fn remove_farm_entries(farm_id: FarmId, farm: &Farm<T>) -> u32 {
+        for entry in farm.public_ips.iter() {
+            IpOwner::<T>::remove(entry.config.ip.ip);
+        }
+        FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
+        FarmNodeCount::<T>::remove(farm_id);
+        Farms::<T>::remove(farm_id);
+        farm.public_ips.len() as u32
     }
 
     fn owned_farm(farm_id: FarmId, who: &T::AccountId) -> Result<Farm<T>, Error<T>> {
