@@ -352,6 +352,11 @@ if [ "$check" = 1 ]; then
   wait_for "a settled consumption report (Billing.ReportSettled)" 120 grep -q "ReportSettled" "$logs/events.log"
   [ -n "$console" ] && { printf '%s---- guest console%s\n' "$bold" "$off"; grep -a "hello from" "$console" | head -n 3; }
   grep ReportSettled "$logs/events.log" | head -n 3
+  # The farmer's eviction with notice, withdrawn through the CLI: the node keeps its contract.
+  removal="$(zos --key //Alice --json node remove "$node_id")" || fail "zos node remove"
+  grep -q '"removed":false' <<<"$removal" || fail "a node running a contract was not given notice: $removal"
+  zos --key //Alice node keep "$node_id" | sed 's/^/  /' || fail "zos node keep"
+  [ "$(zos --json contract show "$contract" | json_str state)" = Deployed ] || fail "the contract did not survive a withdrawn removal"
   step "${green}local grid check passed${off} in $((SECONDS - t0))s"
   exit 0
 fi

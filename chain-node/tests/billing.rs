@@ -1,7 +1,8 @@
 //! pallet-billing on a real node: the node of an active contract reports one window of
 //! consumption; the owner pays exactly the farm's price for it, split between the farm owner,
 //! the treasury and the burn, and the report costs the node nothing. A resend changes nothing
-//! and a window that leaves a gap is rejected.
+//! and a window that leaves a gap is rejected. An update approved inside a window is charged
+//! pro rata: the old resources up to the change, the new ones after.
 
 use std::time::Duration;
 
@@ -390,6 +391,88 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
     ensure!(
         status.and_then(|s| s.billed_until) == Some(first.window_end),
         "billed-until moved"
+    );
+
+    // Once chain time is past the billed end, Bob (the only signer: proposing approves) doubles
+    // the VM. Billing records what the contract held until then.
+    while client::now_ms(&api).await? / 1000 <= first.window_end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut bigger = spec.clone();
+    bigger.version = 1;
+    if let WorkloadKind::Vm(vm) = &mut bigger.workloads[0].kind {
+        vm.vcpus = 2;
+        vm.memory_mib = 2048;
+    }
+    let update = dynamic::tx(
+        "Deployments",
+        "propose_update",
+        vec![
+            Value::u128(contract.into()),
+            arg_from_scale(
+                &api,
+                "Deployments",
+                "propose_update",
+                "spec",
+                &bigger.encode(),
+            )
+            .await?,
+        ],
+    );
+    let events = submit(&api, &update, &bob).await?;
+    find_event(&events, "Deployments", "ContractUpdated")?;
+    let changes = api
+        .at_current_block()
+        .await?
+        .storage()
+        .fetch(
+            &dynamic::storage::<(ContractId,), Value>("Billing", "ResourceChanges"),
+            (contract,),
+        )
+        .await?
+        .decode()?;
+    let changed_at = changes
+        .at(0)
+        .and_then(|c| c.at("at"))
+        .and_then(|v| v.as_u128())
+        .context("the change's time")? as u64;
+    ensure!(
+        changed_at > first.window_end,
+        "the change at {changed_at} is not inside the next window"
+    );
+
+    // The next window spans the change: up the whole time, no traffic.
+    let second = Report {
+        contract,
+        window_start: first.window_end,
+        window_end: changed_at + 20,
+        uptime_seconds: changed_at + 20 - first.window_end,
+        public_bytes_in: 0,
+        public_bytes_out: 0,
+    };
+    let compute = |required: &zos_primitives::spec::RequiredResources, secs: u64| -> Result<u128> {
+        Ok(units::price_for(
+            units::cu_milli(&required.resources),
+            secs,
+            price("cu_hour")?,
+        ) + units::price_for(
+            units::su_milli(&required.resources),
+            secs,
+            price("su_hour")?,
+        ))
+    };
+    let expected = compute(&required, changed_at - second.window_start)?
+        + compute(&bigger.required_resources(), second.window_end - changed_at)?;
+    let events = submit(&api, &report_consumption(&[&second]), &node_key).await?;
+    let charged = u128_field(find_event(&events, "Billing", "ReportSettled")?, "charged")?;
+    ensure!(
+        charged == expected,
+        "charged {charged}; pro rata the window costs {expected}"
+    );
+    let whole_window_at_new = compute(&bigger.required_resources(), second.uptime_seconds)?;
+    ensure!(
+        charged < whole_window_at_new,
+        "the old resources were charged at the new price"
     );
     Ok(())
 }

@@ -182,3 +182,15 @@ impl<AccountId, BlockNumber> OnContractEnded<AccountId, BlockNumber> for () {
 
 /// The executor's view of a node: every contract with an active spec.
 pub type NodeContracts = Vec<NodeContract>;
+
+/// Told when an approved update changes what an activated contract holds, so billing charges
+/// the resources held before the change up to it, and the new ones after (pro rata inside a
+/// window).
+pub trait OnResourcesChanged {
+    /// `previous` was held by `contract` until now.
+    fn on_resources_changed(contract: ContractId, previous: &RequiredResources);
+}
+
+impl OnResourcesChanged for () {
+    fn on_resources_changed(_contract: ContractId, _previous: &RequiredResources) {}
+}

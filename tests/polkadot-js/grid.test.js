@@ -51,6 +51,14 @@ async function expectModuleError(promise, section, name) {
   return err;
 }
 
+/** What `address` has on hold for `reason` of `pallet` (e.g. Grid, FarmDeposit). */
+async function heldFor(address, pallet, reason) {
+  const holds = await api.query.balances.holds(address);
+  return holds
+    .filter((h) => h.id.type === pallet && h.id.value.type === reason)
+    .reduce((sum, h) => sum + h.amount.toBigInt(), 0n);
+}
+
 test('the pallets, their calls and their types come from the metadata', () => {
   for (const call of ['createFarm', 'addFarmIp', 'authorizeNode', 'registerNode', 'heartbeat']) {
     assert.equal(typeof api.tx.grid[call], 'function', `grid.${call}`);
@@ -86,6 +94,12 @@ test('a farmer creates a farm and adds public IPs', async () => {
   assert.equal(farm.publicIps.length, 2);
   assert.ok(farm.publicIps.every((e) => e.assigned.isNone));
   assert.equal((await api.query.grid.farmIdByName('ghent-farm-1')).unwrap().toNumber(), s.farmId);
+
+  // The farm and each pool address hold a deposit on the farmer's account.
+  assert.equal(await heldFor(k.farmer.address, 'Grid', 'FarmDeposit'), api.consts.grid.farmDeposit.toBigInt());
+  assert.equal(await heldFor(k.farmer.address, 'Grid', 'FarmIpDeposit'), 2n * api.consts.grid.farmIpDeposit.toBigInt());
+  const record = (await api.query.grid.deposits({ Farm: s.farmId })).unwrap();
+  assert.equal(record.depositor.toString(), k.farmer.address);
 });
 
 test('grid: a taken farm name (any case) fails with grid.FarmNameTaken', async () => {
@@ -111,6 +125,8 @@ test('a node joins a farm only with the farm owner\'s consent: grid.NodeNotAutho
   );
   const events = await submitFinalized(api, api.tx.grid.authorizeNode(s.farmId, k.node.address), k.farmer);
   oneEvent(events, 'grid', 'NodeAuthorized');
+  // The farmer pays the node's deposit, so the node needs no funds to join.
+  assert.equal(await heldFor(k.farmer.address, 'Grid', 'NodeDeposit'), api.consts.grid.nodeDeposit.toBigInt());
 });
 
 test('a node registers from its own key and heartbeats for free', async () => {
@@ -357,4 +373,5 @@ test('the farm owner evicts the node: no new contracts, and governance cuts the 
   assert.ok((await api.query.grid.nodeRemovals(s.nodeId)).isNone);
   const farm = (await api.query.grid.farms(s.farmId)).unwrap();
   assert.ok(farm.publicIps.every((e) => e.assigned.isNone), 'the farm IPs are free again');
+  assert.equal(await heldFor(k.farmer.address, 'Grid', 'NodeDeposit'), 0n, 'the node deposit is returned');
 });

@@ -182,6 +182,9 @@ pub enum NodeCmd {
     /// it). A node without contracts goes at once; one with contracts takes no new ones and
     /// leaves, ending them, when the chain's notice period is over.
     Remove { id: u32 },
+    /// Withdraw node ID's pending removal (asked with `node remove`) before it is due: the
+    /// node takes new contracts again. Signed by the node or its farm's owner.
+    Keep { id: u32 },
     /// Declare how node ID reaches the public network (signed by the farm's owner): its own
     /// IPv4 and gateway, the IPv6 subnet its VMs get addresses from and its gateway, a domain
     /// for gateways. --clear removes it. The declaration is replaced as a whole: what is not

@@ -119,6 +119,17 @@ mod benchmarks {
         for i in 0..n {
             let owner = funded::<T>("owner", i);
             let contract = contract_in_grace::<T>(&owner, node, debt);
+            // The most resource changes inside the window: the most spans to price.
+            let changes: Vec<ResourceChange> = (0..MAX_RESOURCE_CHANGES)
+                .map(|k| ResourceChange {
+                    at: START + 1 + u64::from(k),
+                    before: Default::default(),
+                })
+                .collect();
+            ResourceChanges::<T>::insert(
+                contract,
+                BoundedVec::try_from(changes).map_err(|_| BenchmarkError::Weightless)?,
+            );
             reports.push(ConsumptionReport {
                 contract,
                 window_start: START,
@@ -141,6 +152,7 @@ mod benchmarks {
             assert_eq!(billing.billed_until(), START + WINDOW);
             assert!(billing.debt.is_zero());
             assert!(!GraceSince::<T>::contains_key(contract));
+            assert!(!ResourceChanges::<T>::contains_key(contract));
         }
         Ok(())
     }

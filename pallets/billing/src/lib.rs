@@ -47,7 +47,9 @@
 //! ## Settlement
 //!
 //! `charge = (CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour) x uptime / 1 h + traffic / GiB x
-//! traffic_gib`, every term rounded down. A running contract whose node does not report (a
+//! traffic_gib`, every term rounded down. An update approved inside a window changes what the
+//! contract holds at once: the window is charged span by span at what was held in each, the
+//! uptime shared by the spans' lengths (see the `resource_changes` module). A running contract whose node does not report (a
 //! stale contract, see [`Pallet::stale_contracts`]) accrues nothing. The one charge without a
 //! report is an ended contract's final window that its node did not send within
 //! [`Config::FinalReportBlocks`]: it is estimated at the last accepted window's uptime ratio,
@@ -103,6 +105,7 @@ mod deadlines;
 pub mod migrations;
 #[cfg(test)]
 mod mock;
+mod resource_changes;
 #[cfg(test)]
 mod tests;
 pub mod types;
@@ -254,6 +257,19 @@ pub mod pallet {
     #[pallet::storage]
     pub type GraceSince<T: Config> =
         StorageMap<_, Twox64Concat, ContractId, BlockNumberFor<T>, OptionQuery>;
+
+    /// Resources a contract held before each approved update not yet covered by an accepted
+    /// window, oldest first: a window spanning a change is charged pro rata (see the
+    /// `resource_changes` module). Bounded by [`MAX_RESOURCE_CHANGES`] per contract, removed
+    /// when the contract's billing closes; covered by the contract's deposit.
+    #[pallet::storage]
+    pub type ResourceChanges<T: Config> = StorageMap<
+        _,
+        Twox64Concat,
+        ContractId,
+        BoundedVec<ResourceChange, ConstU32<MAX_RESOURCE_CHANGES>>,
+        OptionQuery,
+    >;
 
     /// Contracts that ended with time not billed yet, until their node reports the final
     /// window or the final-report deadline passes. Bounded by the contracts that ended in the
@@ -680,7 +696,7 @@ impl<T: Config> Pallet<T> {
         let policy = T::Grid::farm_pricing_policy(farm)
             .and_then(PricingPolicies::<T>::get)
             .ok_or(NoPricingPolicy)?;
-        let charge = policy.charge(&payer.required, report);
+        let charge = Self::charge_window(&policy, &payer.required, report);
         Self::settle(
             report,
             payer,
@@ -730,6 +746,7 @@ impl<T: Config> Pallet<T> {
                 debt,
             },
         );
+        Self::forget_changes_until(contract, report.window_end);
         Self::deposit_event(Event::ReportSettled {
             contract,
             owner: payer.owner.clone(),
@@ -877,6 +894,7 @@ impl<T: Config> Pallet<T> {
     /// Removes the billing state of an ended contract, writing off its debt.
     pub(crate) fn close(contract: ContractId) {
         GraceSince::<T>::remove(contract);
+        ResourceChanges::<T>::remove(contract);
         EndedContracts::<T>::remove(contract);
         if let Some(billing) = ContractBillings::<T>::take(contract) {
             let debt = billing.debt;
@@ -993,6 +1011,7 @@ impl<T: Config> Pallet<T> {
             debt == totals.debt,
             "total debt is not the sum of contract debts"
         );
+        Self::resource_changes_try_state()?;
         let mut queued = alloc::collections::BTreeSet::new();
         for kind in DeadlineKind::ALL {
             let (head, tail) = DeadlineQueueEnds::<T>::get(kind);

@@ -1313,3 +1313,114 @@ fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
         assert_eq!(with_world(|w| w.cancelled.clone()), vec![contracts[1]]);
     });
 }
+
+/// An approved update: the contract now holds `new`; billing is told what it held before.
+fn update_resources(contract: ContractId, new: RequiredResources) {
+    use zos_primitives::contracts::OnResourcesChanged;
+    let old = with_world(|w| {
+        let c = w.contracts.get_mut(&contract).expect("contract exists");
+        core::mem::replace(&mut c.info.required, new)
+    });
+    Billing::on_resources_changed(contract, &old);
+}
+
+/// `small_vm` with twice the compute and storage.
+fn big_vm() -> RequiredResources {
+    RequiredResources {
+        resources: Resources::new(4, 8 * GIB, 200 * GIB, 0),
+        public_ipv4: 1,
+    }
+}
+
+#[test]
+fn a_resource_change_inside_a_window_is_charged_pro_rata() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(1_200);
+        update_resources(c, big_vm());
+        advance_secs(2_400);
+        let window = ConsumptionReport {
+            public_bytes_out: 3 * GIB,
+            ..report(c, START, START + 3_600, 3_600)
+        };
+        submit(NODE_ACCOUNT, vec![window.clone()]);
+        let policy = test_policy();
+        let part = |required: &RequiredResources, uptime: u64| {
+            policy.charge(required, &report(c, START, START + 3_600, uptime))
+        };
+        let traffic = policy.charge(
+            &RequiredResources::default(),
+            &ConsumptionReport {
+                uptime_seconds: 0,
+                ..window.clone()
+            },
+        );
+        assert!(traffic > 0);
+        // 20 minutes of the small VM, 40 of the big one, the traffic once.
+        let expected = part(&small_vm(), 1_200) + part(&big_vm(), 2_400) + traffic;
+        assert_eq!(settled(c), vec![(START, START + 3_600, expected)]);
+        assert!(expected > part(&small_vm(), 3_600) + traffic);
+        assert!(expected < part(&big_vm(), 3_600) + traffic);
+        // The change is covered: the next window is the big VM's alone.
+        assert!(ResourceChanges::<Test>::get(c).is_none());
+        advance_secs(600);
+        System::reset_events();
+        submit(
+            NODE_ACCOUNT,
+            vec![report(c, START + 3_600, START + 4_200, 600)],
+        );
+        let next = test_policy().charge(&big_vm(), &report(c, START + 3_600, START + 4_200, 600));
+        assert_eq!(settled(c), vec![(START + 3_600, START + 4_200, next)]);
+    });
+}
+
+#[test]
+fn changes_after_a_window_wait_for_the_next_one_and_the_uptime_adds_up() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(100);
+        update_resources(c, big_vm());
+        advance_secs(100);
+        update_resources(c, small_vm());
+        advance_secs(400);
+        let policy = test_policy();
+        let charge = |required: RequiredResources, start: u64, end: u64, uptime: u64| {
+            policy.charge(&required, &report(c, START + start, START + end, uptime))
+        };
+        // [0, 150): small until 100, then big; 149 s of uptime shared 99 + 50 (rounded down
+        // cumulatively, so the parts add up).
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 150, 149)]);
+        let first = charge(small_vm(), 0, 150, 99) + charge(big_vm(), 0, 150, 50);
+        assert_eq!(settled(c), vec![(START, START + 150, first)]);
+        // The change at 200 is kept for the next window.
+        let kept = ResourceChanges::<Test>::get(c).expect("one change left");
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].at, kept[0].before), (START + 200, big_vm()));
+        // [150, 600): big until 200, small after.
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START + 150, START + 600, 450)]);
+        let second = charge(big_vm(), 150, 600, 50) + charge(small_vm(), 150, 600, 400);
+        assert_eq!(settled(c), vec![(START + 150, START + 600, second)]);
+        assert!(ResourceChanges::<Test>::get(c).is_none());
+    });
+}
+
+#[test]
+fn many_changes_in_a_window_merge_the_oldest_at_the_larger_resources() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        for i in 0..=MAX_RESOURCE_CHANGES {
+            advance_secs(10);
+            update_resources(c, if i % 2 == 0 { big_vm() } else { small_vm() });
+        }
+        // Two changes in the same second count as one.
+        update_resources(c, big_vm());
+        let changes = ResourceChanges::<Test>::get(c).unwrap();
+        assert_eq!(changes.len() as u32, MAX_RESOURCE_CHANGES);
+        // The first two spans ([.., 10) small and [10, 20) big) were merged: big until 20.
+        assert_eq!((changes[0].at, changes[0].before), (START + 20, big_vm()));
+        // Closing the contract's billing forgets them.
+        end_contract(c, CancelCause::OutOfFunds);
+        assert!(ResourceChanges::<Test>::get(c).is_none());
+    });
+}

@@ -326,3 +326,27 @@ impl<Balance: BalanceT> Totals<Balance> {
         accounted == self.charged && paid == self.collected
     }
 }
+
+/// Most resource changes kept per contract between two accepted windows; a further change
+/// merges the two oldest, charging the larger of their resources over both spans (never less
+/// than was held).
+pub const MAX_RESOURCE_CHANGES: u32 = 8;
+
+/// What a contract held until `at` (unix seconds of the chain clock), when an approved update
+/// changed it.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Encode,
+    Decode,
+    DecodeWithMemTracking,
+    MaxEncodedLen,
+    TypeInfo,
+    Debug,
+)]
+pub struct ResourceChange {
+    pub at: u64,
+    pub before: zos_primitives::spec::RequiredResources,
+}

@@ -30,11 +30,15 @@ extern crate alloc;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+mod interfaces;
 pub mod migrations;
 #[cfg(test)]
 mod mock;
+mod proposals;
 #[cfg(test)]
 mod tests;
+#[cfg(any(feature = "try-runtime", feature = "std"))]
+mod try_state;
 pub mod types;
 pub mod weights;
 #[cfg(any(feature = "std", feature = "runtime-benchmarks"))]
@@ -100,6 +104,9 @@ pub mod pallet {
         type Grid: GridCapacity<Self::AccountId>;
         /// Told when a contract ends (billing settles the last period).
         type OnContractEnded: OnContractEnded<Self::AccountId, BlockNumberFor<Self>>;
+        /// Told when an approved update changes the resources or IPs a contract holds
+        /// (billing charges the old ones up to the change).
+        type OnResourcesChanged: zos_primitives::contracts::OnResourcesChanged;
         /// Signers of one contract.
         #[pallet::constant]
         type MaxSigners: Get<u32>;
@@ -321,6 +328,9 @@ pub mod pallet {
         ProposalOverdue,
         /// The node is leaving the grid: it takes no new contracts.
         NodeLeaving,
+        /// A proposal holds as many approvals as the contract can have signers. Approvals are
+        /// distinct signers, so this means corrupted storage; nothing was changed.
+        ApprovalsFull,
     }
 
     #[pallet::hooks]
@@ -438,10 +448,7 @@ pub mod pallet {
                 Error::<T>::ProposalHashMismatch
             );
             Self::ensure_not_overdue(&proposal)?;
-            ensure!(
-                contract.signers.iter().any(|s| s.account == who),
-                Error::<T>::NotASigner
-            );
+            Self::ensure_signer(&contract, &who)?;
             ensure!(
                 !proposal.approvals.contains(&who),
                 Error::<T>::AlreadyApproved
@@ -450,7 +457,7 @@ pub mod pallet {
             proposal
                 .approvals
                 .try_push(who.clone())
-                .map_err(|_| Error::<T>::AlreadyApproved)?;
+                .map_err(|_| Error::<T>::ApprovalsFull)?;
             let approved_weight = Self::approved_weight(&contract, &proposal);
             Self::deposit_event(Event::ProposalApproved {
                 contract: contract_id,
@@ -515,10 +522,7 @@ pub mod pallet {
             let who = ensure_signed(origin)?;
             Self::expire_overdue_proposal(contract_id)?;
             let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-            ensure!(
-                contract.signers.iter().any(|s| s.account == who),
-                Error::<T>::NotASigner
-            );
+            Self::ensure_signer(&contract, &who)?;
             let active = contract.active.ok_or(Error::<T>::NotActivated)?;
             ensure!(
                 contract.state != ContractState::GracePeriod,
@@ -571,10 +575,7 @@ pub mod pallet {
                 ensure!(contract.owner == who, Error::<T>::NotOwner);
                 return Self::do_cancel(contract_id, CancelCause::Withdrawn);
             };
-            ensure!(
-                contract.signers.iter().any(|s| s.account == who),
-                Error::<T>::NotASigner
-            );
+            Self::ensure_signer(&contract, &who)?;
             ensure!(
                 !Proposals::<T>::contains_key(contract_id),
                 Error::<T>::ProposalPending
@@ -702,152 +703,6 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// Sum of the approving signers' weights (cannot overflow: checked at creation).
-    fn approved_weight(contract: &Contract<T>, proposal: &Proposal<T>) -> u32 {
-        contract
-            .signers
-            .iter()
-            .filter(|s| proposal.approvals.contains(&s.account))
-            .fold(0u32, |acc, s| acc.saturating_add(s.weight))
-    }
-
-    /// Threshold reached and every required signer approved.
-    pub fn passes(contract: &Contract<T>, proposal: &Proposal<T>) -> bool {
-        Self::approved_weight(contract, proposal) >= contract.threshold
-            && contract
-                .signers
-                .iter()
-                .filter(|s| s.required)
-                .all(|s| proposal.approvals.contains(&s.account))
-    }
-
-    fn never_activated(contract_id: ContractId) -> Result<bool, DispatchError> {
-        Ok(Contracts::<T>::get(contract_id)
-            .ok_or(Error::<T>::ContractNotFound)?
-            .active
-            .is_none())
-    }
-
-    /// Stores a proposal approved by its proposer, and passes it at once if that is enough.
-    fn open_proposal(
-        contract_id: ContractId,
-        contract: Contract<T>,
-        proposer: T::AccountId,
-        action: ProposalAction,
-        hash: SpecHash,
-        deposit: BalanceOf<T>,
-    ) -> DispatchResult {
-        let expires_at = Self::schedule_expiry(contract_id);
-        let kind = match &action {
-            ProposalAction::Deploy(spec) => ProposalKind::Deploy {
-                version: spec.version,
-            },
-            ProposalAction::Cancel => ProposalKind::Cancel,
-        };
-        let mut approvals = BoundedVec::new();
-        approvals
-            .try_push(proposer.clone())
-            .map_err(|_| Error::<T>::NotASigner)?;
-        let proposal = Proposal::<T> {
-            action,
-            hash,
-            proposer: proposer.clone(),
-            approvals,
-            expires_at,
-            deposit,
-        };
-        Self::deposit_event(Event::ProposalCreated {
-            contract: contract_id,
-            proposer,
-            hash,
-            kind,
-            expires_at,
-        });
-        if Self::passes(&contract, &proposal) {
-            Self::execute(contract_id, contract, proposal)
-        } else {
-            Proposals::<T>::insert(contract_id, proposal);
-            Ok(())
-        }
-    }
-
-    /// Queues the expiry of a proposal opened now, `ProposalTtl` blocks later (or later still
-    /// when many are due at once); returns the due block.
-    fn schedule_expiry(contract_id: ContractId) -> BlockNumberFor<T> {
-        let due = frame_system::Pallet::<T>::block_number().saturating_add(T::ProposalTtl::get());
-        Self::push_expiry(due, contract_id);
-        due
-    }
-
-    /// A proposal whose expiry block has begun is over, even while a backlog in the expiry
-    /// queue has not removed it yet.
-    fn ensure_not_overdue(proposal: &Proposal<T>) -> DispatchResult {
-        ensure!(
-            proposal.expires_at > frame_system::Pallet::<T>::block_number(),
-            Error::<T>::ProposalOverdue
-        );
-        Ok(())
-    }
-
-    /// Expires the contract's pending proposal now if its time ran out, so that a backlog in
-    /// the expiry queue never blocks a new proposal. Only for activated contracts (an expired
-    /// creation ends the contract, which the queue does).
-    fn expire_overdue_proposal(contract_id: ContractId) -> DispatchResult {
-        let Some(proposal) = Proposals::<T>::get(contract_id) else {
-            return Ok(());
-        };
-        if Self::ensure_not_overdue(&proposal).is_ok() || Self::never_activated(contract_id)? {
-            return Ok(());
-        }
-        // What the queue would do when it reaches the entry (which it then skips).
-        Self::expire(contract_id, proposal.expires_at);
-        Ok(())
-    }
-
-    /// Appends an expiry to the queue; callers keep it in due order.
-    pub(crate) fn push_expiry(due: BlockNumberFor<T>, contract_id: ContractId) {
-        ExpiryQueueEnds::<T>::mutate(|(_, tail)| {
-            ExpiryQueue::<T>::insert(*tail, (due, contract_id));
-            *tail = tail.saturating_add(1);
-        });
-    }
-
-    /// Removes a proposal that did not pass and releases its part of the deposit.
-    fn close_proposal(
-        contract_id: ContractId,
-        mut contract: Contract<T>,
-        proposal: &Proposal<T>,
-    ) -> DispatchResult {
-        // Its queued expiry is skipped when reached.
-        Proposals::<T>::remove(contract_id);
-        if !proposal.deposit.is_zero() {
-            T::Currency::release(
-                &HoldReason::ContractDeposit.into(),
-                &contract.owner,
-                proposal.deposit,
-                Precision::BestEffort,
-            )?;
-            contract.deposit = contract.deposit.saturating_sub(proposal.deposit);
-            Contracts::<T>::insert(contract_id, contract);
-        }
-        Ok(())
-    }
-
-    /// Carries out a proposal that passed.
-    fn execute(
-        contract_id: ContractId,
-        contract: Contract<T>,
-        proposal: Proposal<T>,
-    ) -> DispatchResult {
-        Proposals::<T>::remove(contract_id);
-        match proposal.action {
-            ProposalAction::Cancel => Self::do_cancel(contract_id, CancelCause::Signers),
-            ProposalAction::Deploy(spec) => {
-                Self::apply_spec(contract_id, contract, spec, proposal.hash)
-            }
-        }
-    }
-
     /// Makes `spec` the active one: checks the node, reserves the resource difference and
     /// assigns the public IPs, adjusts the deposit. Any failure fails the whole call.
     fn apply_spec(
@@ -885,6 +740,11 @@ impl<T: Config> Pallet<T> {
         if first {
             T::Grid::contract_started(node)?;
             contract.activated_at = Some(now);
+        } else if old != new {
+            <T::OnResourcesChanged as zos_primitives::contracts::OnResourcesChanged>::on_resources_changed(
+                contract_id,
+                &old,
+            );
         }
         // The contract keeps the deposit of the new spec alone (the old spec's and the
         // proposal's were held until now); the rest goes back to the owner.
@@ -1012,32 +872,6 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// Drops a proposal whose time (`due`) ran out; a contract whose creation expired ends.
-    /// Nothing happens when the contract's proposal is not the one queued for `due`.
-    fn expire(contract_id: ContractId, due: BlockNumberFor<T>) {
-        let Some(proposal) = Proposals::<T>::get(contract_id) else {
-            return;
-        };
-        if proposal.expires_at != due {
-            return;
-        }
-        let result = frame_support::storage::with_storage_layer(|| -> DispatchResult {
-            let contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-            Self::close_proposal(contract_id, contract, &proposal)?;
-            Self::deposit_event(Event::ProposalExpired {
-                contract: contract_id,
-                hash: proposal.hash,
-            });
-            if Self::never_activated(contract_id)? {
-                Self::do_cancel(contract_id, CancelCause::Expired)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            log::error!(target: "runtime::deployments", "expiring proposal of contract {contract_id} failed: {e:?}");
-        }
-    }
-
     fn first_failure(workloads: &WorkloadReports) -> Option<FailureReason> {
         workloads.iter().find_map(|w| match &w.result {
             WorkloadResult::Ok => None,
@@ -1114,265 +948,5 @@ impl<T: Config> Pallet<T> {
                 })
             })
             .collect()
-    }
-}
-
-impl<T: Config> ContractsForBilling<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
-    fn contract_billing_info(
-        contract: ContractId,
-    ) -> Option<BillingInfo<T::AccountId, BlockNumberFor<T>>> {
-        Contracts::<T>::get(contract).and_then(|c| Self::billing_info(&c))
-    }
-
-    fn set_grace_period(contract_id: ContractId, in_grace: bool) -> DispatchResult {
-        let mut contract = Contracts::<T>::get(contract_id).ok_or(Error::<T>::ContractNotFound)?;
-        let active = contract.active.ok_or(Error::<T>::NotActivated)?;
-        let is_in_grace = contract.state == ContractState::GracePeriod;
-        if in_grace == is_in_grace {
-            return Ok(());
-        }
-        contract.state = if in_grace {
-            ContractState::GracePeriod
-        } else {
-            Self::reported_state(contract_id, active.version)
-        };
-        Contracts::<T>::insert(contract_id, contract);
-        Self::deposit_event(if in_grace {
-            Event::GracePeriodStarted {
-                contract: contract_id,
-            }
-        } else {
-            Event::GracePeriodEnded {
-                contract: contract_id,
-            }
-        });
-        Ok(())
-    }
-
-    fn cancel_out_of_funds(contract: ContractId) -> DispatchResult {
-        frame_support::storage::with_storage_layer(|| {
-            Self::do_cancel(contract, CancelCause::OutOfFunds)
-        })
-    }
-}
-
-impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
-    fn end_contracts_on_node(node: NodeId, max: u32) -> zos_primitives::contracts::EndedOnNode {
-        let ids: Vec<ContractId> = ContractsByNode::<T>::iter_key_prefix(node)
-            .take(max as usize)
-            .collect();
-        let mut outcome = zos_primitives::contracts::EndedOnNode {
-            attempted: u32::try_from(ids.len()).unwrap_or(u32::MAX),
-            ..Default::default()
-        };
-        for id in ids {
-            let result = frame_support::storage::with_storage_layer(|| {
-                Self::do_cancel(id, CancelCause::NodeRemoved)
-            });
-            if let Err(e) = result {
-                outcome.failed = true;
-                log::error!(target: "runtime::deployments", "ending contract {id} of leaving node {node} failed: {e:?}");
-            }
-        }
-        outcome.more = ContractsByNode::<T>::iter_key_prefix(node).next().is_some();
-        outcome
-    }
-
-    fn end_contract_holding_ip(contract: ContractId) -> DispatchResult {
-        frame_support::storage::with_storage_layer(|| {
-            Self::do_cancel(contract, CancelCause::PublicIpRemoved)
-        })
-    }
-
-    fn end_contract_weight() -> frame_support::weights::Weight {
-        // A cancel proposal that passes at once ends the contract the same way, and approving
-        // one does: the larger of the two, at their worst cases.
-        T::WeightInfo::approve().max(T::WeightInfo::propose_cancel())
-    }
-}
-
-#[cfg(any(feature = "try-runtime", feature = "std"))]
-impl<T: Config> Pallet<T> {
-    /// Checks every invariant of the pallet's storage; used by `try_state` and after each test.
-    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
-        use alloc::collections::{btree_map::BTreeMap, btree_set::BTreeSet};
-        use frame_support::traits::fungible::InspectHold;
-        let next_id = NextContractId::<T>::get();
-        let mut reserved: BTreeMap<NodeId, Resources> = BTreeMap::new();
-        let mut deposits: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
-        let mut contract_count: usize = 0;
-
-        for (id, c) in Contracts::<T>::iter() {
-            contract_count = contract_count.saturating_add(1);
-            ensure!(id < next_id, "contract id not below NextContractId");
-            ensure!(
-                ContractsByNode::<T>::contains_key(c.node, id),
-                "contract missing from node index"
-            );
-            ensure!(
-                ContractsByOwner::<T>::contains_key(&c.owner, id),
-                "contract missing from owner index"
-            );
-            Self::check_signers(&c.owner, &c.signers, c.threshold)
-                .map_err(|_| "stored signer set invalid")?;
-            let held = deposits.entry(c.owner.clone()).or_insert_with(Zero::zero);
-            *held = held.saturating_add(c.deposit);
-
-            let proposal = Proposals::<T>::get(id);
-            match (&c.active, ActiveSpecs::<T>::get(id)) {
-                (None, None) => {
-                    ensure!(
-                        c.state == ContractState::PendingApproval,
-                        "inactive contract not pending"
-                    );
-                    ensure!(c.public_ips.is_empty(), "inactive contract holds IPs");
-                    let Some(ProposalAction::Deploy(spec)) = proposal.as_ref().map(|p| &p.action)
-                    else {
-                        return Err("pending contract without a creation proposal".into());
-                    };
-                    let deposit = Self::deposit_for(spec, true).map_err(|_| "deposit overflow")?;
-                    ensure!(
-                        c.deposit == deposit,
-                        "pending contract deposit differs from its spec"
-                    );
-                }
-                (Some(active), Some(spec)) => {
-                    ensure!(
-                        c.state != ContractState::PendingApproval,
-                        "activated contract pending"
-                    );
-                    ensure!(spec.hash() == active.hash, "active spec hash differs");
-                    ensure!(
-                        spec.version == active.version,
-                        "active spec version differs"
-                    );
-                    ensure!(
-                        spec.required_resources() == active.required,
-                        "stored requirement stale"
-                    );
-                    let names: Vec<&WorkloadName> = spec.public_ipv4_workloads().collect();
-                    ensure!(
-                        c.public_ips.len() == names.len()
-                            && c.public_ips.iter().zip(names).all(|((n, _), w)| n == w),
-                        "assigned IPs differ from the spec's public IPv4 workloads"
-                    );
-                    let total = reserved.entry(c.node).or_insert_with(Resources::zero);
-                    *total = total
-                        .checked_add(&active.required.resources)
-                        .ok_or("reserved sum overflows")?;
-                    ensure!(
-                        c.activated_at.is_some(),
-                        "activated contract without activation block"
-                    );
-                    let deposit = Self::deposit_for(&spec, true).map_err(|_| "deposit overflow")?;
-                    let pending = proposal
-                        .as_ref()
-                        .map(|p| p.deposit)
-                        .unwrap_or_else(Zero::zero);
-                    ensure!(
-                        c.deposit == deposit.saturating_add(pending),
-                        "contract deposit differs from its specs"
-                    );
-                }
-                _ => return Err("active info and active spec disagree".into()),
-            }
-            if let Some(report) = Reports::<T>::get(id) {
-                ensure!(
-                    c.active.map(|a| a.version) == Some(report.version),
-                    "report for another version"
-                );
-            }
-        }
-
-        for (node, total) in NodeReserved::<T>::iter() {
-            ensure!(!total.is_zero(), "zero reservation entry kept");
-            ensure!(
-                reserved.get(&node).copied().unwrap_or_default() == total,
-                "node reservation differs from the sum over its contracts"
-            );
-        }
-        for (node, total) in reserved.iter() {
-            ensure!(
-                total.is_zero() || NodeReserved::<T>::get(node) == *total,
-                "contracts reserve capacity the node ledger lacks"
-            );
-        }
-
-        for (owner, total) in deposits {
-            ensure!(
-                T::Currency::balance_on_hold(&HoldReason::ContractDeposit.into(), &owner) == total,
-                "held deposit differs from the owner's contracts"
-            );
-        }
-
-        // The queue: contiguous, in due order; each pending proposal has its entry.
-        let (head, tail) = ExpiryQueueEnds::<T>::get();
-        ensure!(head <= tail, "expiry queue head past its tail");
-        let mut scheduled: BTreeSet<(ContractId, BlockNumberFor<T>)> = BTreeSet::new();
-        let mut previous_due = None;
-        for seq in head..tail {
-            let (due, id) = ExpiryQueue::<T>::get(seq).ok_or("a hole in the expiry queue")?;
-            ensure!(
-                previous_due.is_none_or(|p| p <= due),
-                "expiry queue out of due order"
-            );
-            previous_due = Some(due);
-            scheduled.insert((id, due));
-        }
-        ensure!(
-            ExpiryQueue::<T>::iter().count() as u64 == tail - head,
-            "expiry queue entries outside its range"
-        );
-        let mut proposal_count: usize = 0;
-        for (id, p) in Proposals::<T>::iter() {
-            proposal_count = proposal_count.saturating_add(1);
-            let c = Contracts::<T>::get(id).ok_or("proposal of a missing contract")?;
-            ensure!(
-                scheduled.contains(&(id, p.expires_at)),
-                "proposal never expires"
-            );
-            ensure!(!p.approvals.is_empty(), "proposal without approvals");
-            for (i, a) in p.approvals.iter().enumerate() {
-                ensure!(
-                    c.signers.iter().any(|s| &s.account == a),
-                    "approval by a non-signer"
-                );
-                ensure!(
-                    !p.approvals.iter().take(i).any(|o| o == a),
-                    "approval counted twice"
-                );
-            }
-            ensure!(!Self::passes(&c, &p), "a passing proposal was not executed");
-        }
-        // One storage entry per contract: at most one pending proposal each.
-        ensure!(
-            proposal_count <= contract_count,
-            "more proposals than contracts"
-        );
-
-        for (node, id, ()) in ContractsByNode::<T>::iter() {
-            let c = Contracts::<T>::get(id).ok_or("node index points at a missing contract")?;
-            ensure!(
-                c.node == node,
-                "node index puts the contract on another node"
-            );
-        }
-        for (owner, id, ()) in ContractsByOwner::<T>::iter() {
-            let c = Contracts::<T>::get(id).ok_or("owner index points at a missing contract")?;
-            ensure!(c.owner == owner, "owner index names another owner");
-        }
-        for (id, _) in ActiveSpecs::<T>::iter() {
-            ensure!(
-                Contracts::<T>::contains_key(id),
-                "active spec of a missing contract"
-            );
-        }
-        for (id, _) in Reports::<T>::iter() {
-            ensure!(
-                Contracts::<T>::contains_key(id),
-                "report of a missing contract"
-            );
-        }
-        Ok(())
     }
 }

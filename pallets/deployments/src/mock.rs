@@ -75,6 +75,11 @@ impl pallet_grid::Config for Test {
     type NodeRemovalNoticeBlocks = ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type DeadNodeAfterBlocks = ConstU64<1_000>;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Currency = Balances;
+    type FarmDeposit = ConstU64<1_000>;
+    type FarmIpDeposit = ConstU64<100>;
+    type NodeDeposit = ConstU64<300>;
     type WeightInfo = ();
 }
 
@@ -112,6 +117,7 @@ impl pallet_deployments::Config for Test {
     type Currency = Balances;
     type Grid = Grid;
     type OnContractEnded = ();
+    type OnResourcesChanged = ();
     type MaxSigners = ConstU32<MAX_SIGNERS>;
     type ProposalTtl = ConstU64<TTL>;
     type MaxExpiriesPerBlock = ConstU32<MAX_EXPIRIES>;
@@ -127,7 +133,7 @@ pub fn new_test_ext() -> sp_io::TestExternalities {
         .build_storage()
         .unwrap();
     pallet_balances::GenesisConfig::<Test> {
-        balances: (1..=20).map(|a| (a, ENDOWMENT)).collect(),
+        balances: (1..=20).chain([FARMER]).map(|a| (a, ENDOWMENT)).collect(),
         ..Default::default()
     }
     .assimilate_storage(&mut storage)

@@ -58,6 +58,14 @@ fn max_version() -> ExecutorVersion {
     ExecutorVersion::truncate_from(alloc::vec![b'v'; MAX_EXECUTOR_VERSION_LEN as usize])
 }
 
+/// `who` with enough balance for any number of deposits.
+fn funded<T: Config>(who: T::AccountId) -> T::AccountId {
+    use frame_support::traits::fungible::Mutate;
+    use sp_runtime::traits::Bounded;
+    T::Currency::set_balance(&who, BalanceOf::<T>::max_value() / 8u32.into());
+    who
+}
+
 /// A farm with a maximum-length name and `ips` pool addresses.
 fn farm_with_ips<T: Config>(owner: &T::AccountId, ips: u32) -> Result<FarmId, BenchmarkError> {
     let farm_id = NextFarmId::<T>::get();
@@ -105,7 +113,7 @@ mod benchmarks {
 
     #[benchmark]
     fn create_farm() {
-        let caller: T::AccountId = whitelisted_caller();
+        let caller: T::AccountId = funded::<T>(whitelisted_caller());
         let name = max_name(0);
         let farm_id = NextFarmId::<T>::get();
 
@@ -121,7 +129,7 @@ mod benchmarks {
 
     #[benchmark]
     fn rename_farm() -> Result<(), BenchmarkError> {
-        let caller: T::AccountId = whitelisted_caller();
+        let caller: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&caller, T::MaxIpsPerFarm::get())?;
         let name = max_name(25);
 
@@ -138,7 +146,7 @@ mod benchmarks {
 
     #[benchmark]
     fn remove_farm(i: Linear<0, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
-        let caller: T::AccountId = whitelisted_caller();
+        let caller: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&caller, i)?;
 
         #[extrinsic_call]
@@ -157,7 +165,7 @@ mod benchmarks {
     fn set_farm_certification() -> Result<(), BenchmarkError> {
         let origin =
             T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
 
         #[extrinsic_call]
@@ -174,7 +182,7 @@ mod benchmarks {
     fn set_farm_pricing_policy() -> Result<(), BenchmarkError> {
         let origin =
             T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
 
         #[extrinsic_call]
@@ -192,7 +200,7 @@ mod benchmarks {
     fn add_farm_ip(
         i: Linear<0, { T::MaxIpsPerFarm::get().saturating_sub(1) }>,
     ) -> Result<(), BenchmarkError> {
-        let caller: T::AccountId = whitelisted_caller();
+        let caller: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&caller, i)?;
         let ip = Grid::<T>::test_ip(i);
 
@@ -210,7 +218,7 @@ mod benchmarks {
     /// `i` addresses in the pool; the one removed is the last, found after a full scan.
     #[benchmark]
     fn remove_farm_ip(i: Linear<1, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
-        let caller: T::AccountId = whitelisted_caller();
+        let caller: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&caller, i)?;
         let ip = Grid::<T>::test_ip(i - 1).ip.ip;
 
@@ -227,7 +235,7 @@ mod benchmarks {
 
     #[benchmark]
     fn register_node() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
         authorize::<T>(farm_id, &node)?;
@@ -255,7 +263,7 @@ mod benchmarks {
     /// The node moves to another public IPv4 address: both index entries change.
     #[benchmark]
     fn update_node() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -281,7 +289,7 @@ mod benchmarks {
     /// Removed by the farm owner (one more read than by the node) with a public IP to free.
     #[benchmark]
     fn remove_node() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -301,7 +309,7 @@ mod benchmarks {
     /// A heartbeat continuing a run (the uptime branch) when the clock allows setting one up.
     #[benchmark]
     fn heartbeat() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -328,7 +336,7 @@ mod benchmarks {
 
     #[benchmark]
     fn set_power_target() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -347,7 +355,7 @@ mod benchmarks {
 
     #[benchmark]
     fn set_power_state() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -367,7 +375,7 @@ mod benchmarks {
     /// field at its maximum size: both index entries change.
     #[benchmark]
     fn set_node_public_config() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -389,7 +397,7 @@ mod benchmarks {
 
     #[benchmark]
     fn authorize_node() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
 
@@ -402,7 +410,7 @@ mod benchmarks {
 
     #[benchmark]
     fn revoke_node_authorization() -> Result<(), BenchmarkError> {
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         authorize::<T>(farm_id, &node)?;
@@ -414,13 +422,34 @@ mod benchmarks {
         Ok(())
     }
 
+    /// Withdrawn by the farm owner (the branch that also reads the farm).
+    #[benchmark]
+    fn cancel_node_removal() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node_id = max_node::<T>(&account("node", 0, 0), farm_id)?;
+        <Grid<T> as GridCapacity<T::AccountId>>::contract_started(node_id)?;
+        Grid::<T>::remove_node(RawOrigin::Signed(owner.clone()).into(), node_id)?;
+        assert!(NodeRemovals::<T>::contains_key(node_id));
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(owner.clone()), node_id);
+
+        assert!(!NodeRemovals::<T>::contains_key(node_id));
+        assert_last_event::<T>(Event::NodeRemovalCancelled {
+            node_id,
+            cancelled_by: owner,
+        });
+        Ok(())
+    }
+
     /// A node without contracts, removed at once (the branch with every index write; one with
     /// contracts only queues its removal, whose steps `on_initialize` accounts for).
     #[benchmark]
     fn force_remove_node() -> Result<(), BenchmarkError> {
         let origin =
             T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
@@ -437,7 +466,7 @@ mod benchmarks {
     fn force_remove_farm(i: Linear<0, { T::MaxIpsPerFarm::get() }>) -> Result<(), BenchmarkError> {
         let origin =
             T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, i)?;
         for n in 0..MAX_AUTHORIZATIONS_FORCE_REMOVED {
             authorize::<T>(farm_id, &account("node", n, 0))?;
@@ -459,7 +488,7 @@ mod benchmarks {
     ) -> Result<(), BenchmarkError> {
         let origin =
             T::GovernanceOrigin::try_successful_origin().map_err(|_| BenchmarkError::Weightless)?;
-        let owner: T::AccountId = whitelisted_caller();
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, i)?;
         let ip = Grid::<T>::test_ip(i - 1).ip.ip;
 

@@ -13,7 +13,7 @@
 //! - The farm owner declares how each of its nodes reaches the public network (IPv4, the IPv6
 //!   prefix its VMs get addresses from, the domain for gateways); the node's executor gives
 //!   VMs IPv6 addresses from the declared subnet. A node's own IPv4 address is unique
-//!   chain-wide, like a pool address.
+//!   chain-wide, like a pool address, and so is its own IPv6 address.
 //! - The farm owner can evict a node (`remove_node`; the node can leave the same way): a node
 //!   without contracts goes at once, one with contracts takes no new contracts or updates
 //!   (`NodeLeaving`) and, after [`Config::NodeRemovalNoticeBlocks`], its contracts end (cause
@@ -24,6 +24,12 @@
 //!   [`zos_primitives::GridCapacity`], implemented by this pallet for the deployments and
 //!   billing pallets. Memory and disks are never overcommitted; CPU by a constant factor.
 //!
+//! - Storage costs a deposit (see the `deposits` module), held from the farm owner and returned
+//!   on removal: [`Config::FarmDeposit`] per farm, [`Config::FarmIpDeposit`] per pool address,
+//!   [`Config::NodeDeposit`] per node authorization, kept for the node it becomes (the node's
+//!   indexes, addresses, pending removal and billing's per-node entries), so squatting names,
+//!   addresses or node slots costs, and a new node needs no funds of its own.
+//!
 //! Every index (name, account, farm membership, IP ownership, node counts) is kept in step with
 //! the items it points at; `try_state` checks all of them.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -32,11 +38,20 @@ extern crate alloc;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+mod capacity;
+mod checks;
+mod deposits;
+pub mod migrations;
 #[cfg(test)]
 mod mock;
+mod nodes;
 mod removal;
+#[cfg(any(feature = "std", feature = "runtime-benchmarks"))]
+mod setup;
 #[cfg(test)]
 mod tests;
+#[cfg(any(feature = "try-runtime", feature = "std"))]
+mod try_state;
 pub mod types;
 pub mod weights;
 
@@ -48,13 +63,17 @@ use alloc::vec::Vec;
 use frame_support::{
     dispatch::DispatchResult,
     ensure,
-    traits::{Get, UnixTime},
+    traits::{fungible, Get, UnixTime},
 };
 use sp_runtime::DispatchError;
 use zos_primitives::{
     contracts::EndContracts, validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId,
     GridCapacity, NodeId, NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
 };
+
+/// Balance of the currency deposits are held in.
+pub type BalanceOf<T> =
+    <<T as Config>::Currency as fungible::Inspect<<T as frame_system::Config>::AccountId>>::Balance;
 
 #[frame_support::pallet]
 pub mod pallet {
@@ -63,7 +82,7 @@ pub mod pallet {
     use frame_system::pallet_prelude::*;
     use zos_primitives::{IpError, DEFAULT_PRICING_POLICY};
 
-    const STORAGE_VERSION: StorageVersion = StorageVersion::new(1);
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -106,7 +125,32 @@ pub mod pallet {
         /// silent) and releasing their capacity and IPs.
         #[pallet::constant]
         type DeadNodeAfterBlocks: Get<BlockNumberFor<Self>>;
+        type RuntimeHoldReason: From<HoldReason>;
+        /// Holds the storage deposits (see the `deposits` module).
+        type Currency: fungible::MutateHold<Self::AccountId, Reason = Self::RuntimeHoldReason>
+            + fungible::Mutate<Self::AccountId>;
+        /// Held from the owner for each farm (its name is unique, so squatting names costs).
+        #[pallet::constant]
+        type FarmDeposit: Get<BalanceOf<Self>>;
+        /// Held from the farm owner for each address of the farm's pool.
+        #[pallet::constant]
+        type FarmIpDeposit: Get<BalanceOf<Self>>;
+        /// Held from the farm owner for each node authorization, and then for the node it
+        /// registers, until the node is removed.
+        #[pallet::constant]
+        type NodeDeposit: Get<BalanceOf<Self>>;
         type WeightInfo: WeightInfo;
+    }
+
+    /// Why this pallet holds funds.
+    #[pallet::composite_enum]
+    pub enum HoldReason {
+        /// Deposit of a farm.
+        FarmDeposit,
+        /// Deposit of an address in a farm's pool.
+        FarmIpDeposit,
+        /// Deposit of a node authorization, then of the node.
+        NodeDeposit,
     }
 
     #[pallet::type_value]
@@ -185,6 +229,23 @@ pub mod pallet {
     /// Who holds each public IPv4 address, so an address is registered once chain-wide.
     #[pallet::storage]
     pub type IpOwner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 4], IpHolder, OptionQuery>;
+
+    /// The node whose own public IPv6 address this is, so an address is registered once
+    /// chain-wide (VM addresses come from the node's prefix, so two nodes claiming one address
+    /// would hand out colliding ones).
+    #[pallet::storage]
+    pub type Ipv6Owner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 16], NodeId, OptionQuery>;
+
+    /// Deposits held for farms, pool addresses, node authorizations and nodes, with who gets
+    /// each back. See the `deposits` module.
+    #[pallet::storage]
+    pub type Deposits<T: Config> = StorageMap<
+        _,
+        Blake2_128Concat,
+        DepositItem<T::AccountId>,
+        HeldDeposit<T::AccountId, BalanceOf<T>>,
+        OptionQuery,
+    >;
 
     /// Nodes leaving the grid: they take no new contracts, and when the removal is due their
     /// contracts end and they are removed. One entry per node at most.
@@ -284,6 +345,11 @@ pub mod pallet {
             due: BlockNumberFor<T>,
             requested_by: Option<T::AccountId>,
         },
+        /// A removal with notice was withdrawn: the node takes work again.
+        NodeRemovalCancelled {
+            node_id: NodeId,
+            cancelled_by: T::AccountId,
+        },
         /// A contract of the leaving node could not be ended: its removal was dropped and the
         /// node takes work again (see the runtime log).
         NodeRemovalFailed { node_id: NodeId },
@@ -375,6 +441,10 @@ pub mod pallet {
         TooManyFarmIps,
         /// The IPv4 address is already registered by a farm or node.
         IpAlreadyRegistered,
+        /// The node's public IPv6 address is already another node's.
+        Ipv6AlreadyRegistered,
+        /// The signer cannot pay the deposit this item holds (free balance too low).
+        InsufficientBalanceForDeposit,
         /// The farm has no such IP in its pool.
         IpNotInFarm,
         /// The IP is assigned to a contract and cannot be removed.
@@ -436,6 +506,10 @@ pub mod pallet {
         NodeLeaving,
         /// The node's removal is scheduled already (governance may still force it).
         NodeRemovalPending,
+        /// The node has no pending removal to withdraw.
+        NoNodeRemoval,
+        /// A removal forced by governance or asked for a dead node cannot be withdrawn.
+        NodeRemovalForced,
         /// The node heartbeated within `DeadNodeAfterBlocks`: it is not dead.
         NodeNotDead,
         /// A dead node without contracts holds nothing of anyone else: only its farm owner
@@ -467,7 +541,7 @@ pub mod pallet {
     impl<T: Config> Pallet<T> {
         /// Creates a farm owned by the signer.
         #[pallet::call_index(0)]
-        #[pallet::weight(T::WeightInfo::create_farm())]
+        #[pallet::weight(T::WeightInfo::create_farm().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn create_farm(origin: OriginFor<T>, name: FarmName) -> DispatchResult {
             let owner = ensure_signed(origin)?;
             let key = Self::name_key(&name)?;
@@ -477,6 +551,7 @@ pub mod pallet {
             );
             let farm_id = NextFarmId::<T>::get();
             let next = farm_id.checked_add(1).ok_or(Error::<T>::FarmIdsExhausted)?;
+            Self::hold_deposit(DepositItem::Farm(farm_id), &owner, T::FarmDeposit::get())?;
 
             Farms::<T>::insert(
                 farm_id,
@@ -528,7 +603,8 @@ pub mod pallet {
 
         /// Removes an empty farm: no nodes and no assigned IPs. Its IP pool is released.
         #[pallet::call_index(2)]
-        #[pallet::weight(T::WeightInfo::remove_farm(T::MaxIpsPerFarm::get()))]
+        #[pallet::weight(T::WeightInfo::remove_farm(T::MaxIpsPerFarm::get())
+            .saturating_add(deposits::deposits_weight::<T>(T::MaxIpsPerFarm::get().saturating_add(1))))]
         pub fn remove_farm(origin: OriginFor<T>, farm_id: FarmId) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let farm = Self::owned_farm(farm_id, &who)?;
@@ -554,7 +630,12 @@ pub mod pallet {
                 owner: who,
                 ips_released,
             });
-            Ok(Some(T::WeightInfo::remove_farm(ips_released)).into())
+            Ok(
+                Some(T::WeightInfo::remove_farm(ips_released).saturating_add(
+                    deposits::deposits_weight::<T>(ips_released.saturating_add(1)),
+                ))
+                .into(),
+            )
         }
 
         /// Governance (the council) sets a farm's certification.
@@ -601,7 +682,7 @@ pub mod pallet {
 
         /// Adds a validated public IPv4 address to the farm's pool.
         #[pallet::call_index(5)]
-        #[pallet::weight(T::WeightInfo::add_farm_ip(T::MaxIpsPerFarm::get()))]
+        #[pallet::weight(T::WeightInfo::add_farm_ip(T::MaxIpsPerFarm::get()).saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn add_farm_ip(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -622,6 +703,7 @@ pub mod pallet {
                     assigned: None,
                 })
                 .map_err(|_| Error::<T>::TooManyFarmIps)?;
+            Self::hold_deposit(DepositItem::FarmIp(ip.ip.ip), &who, T::FarmIpDeposit::get())?;
             IpOwner::<T>::insert(ip.ip.ip, IpHolder::Farm(farm_id));
             Farms::<T>::insert(farm_id, farm);
             Self::deposit_event(Event::FarmIpAdded {
@@ -629,44 +711,44 @@ pub mod pallet {
                 owner: who,
                 ip,
             });
-            Ok(Some(T::WeightInfo::add_farm_ip(before)).into())
+            Ok(Some(
+                T::WeightInfo::add_farm_ip(before)
+                    .saturating_add(deposits::deposits_weight::<T>(1)),
+            )
+            .into())
         }
 
         /// Removes a free address from the farm's pool.
         #[pallet::call_index(6)]
-        #[pallet::weight(T::WeightInfo::remove_farm_ip(T::MaxIpsPerFarm::get()))]
+        #[pallet::weight(T::WeightInfo::remove_farm_ip(T::MaxIpsPerFarm::get()).saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn remove_farm_ip(
             origin: OriginFor<T>,
             farm_id: FarmId,
             ip: [u8; 4],
         ) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
-            let mut farm = Self::owned_farm(farm_id, &who)?;
+            let farm = Self::owned_farm(farm_id, &who)?;
             let before = farm.public_ips.len() as u32;
-            let (index, entry) = farm
-                .public_ips
-                .iter()
-                .enumerate()
-                .find(|(_, e)| e.config.ip.ip == ip)
-                .map(|(i, e)| (i, *e))
-                .ok_or(Error::<T>::IpNotInFarm)?;
+            let entry = Self::pool_entry(&farm, ip)?;
             ensure!(entry.assigned.is_none(), Error::<T>::IpAssigned);
-            farm.public_ips.remove(index);
-            IpOwner::<T>::remove(ip);
-            Farms::<T>::insert(farm_id, farm);
+            Self::drop_pool_ip(farm_id, farm, ip);
             Self::deposit_event(Event::FarmIpRemoved {
                 farm_id,
                 owner: who,
                 ip,
             });
-            Ok(Some(T::WeightInfo::remove_farm_ip(before)).into())
+            Ok(Some(
+                T::WeightInfo::remove_farm_ip(before)
+                    .saturating_add(deposits::deposits_weight::<T>(1)),
+            )
+            .into())
         }
 
         /// Registers the signer as a node of `farm_id`. The signer is the executor's account,
         /// which the farm owner must have authorized (`authorize_node`); the authorization is
         /// used up.
         #[pallet::call_index(7)]
-        #[pallet::weight(T::WeightInfo::register_node())]
+        #[pallet::weight(T::WeightInfo::register_node().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn register_node(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -696,58 +778,22 @@ pub mod pallet {
                 public_config.as_ref(),
                 &executor_version,
             )?;
-            let ipv4 = Self::config_ipv4(public_config.as_ref());
-            if let Some(ip) = ipv4 {
-                ensure!(
-                    !IpOwner::<T>::contains_key(ip),
-                    Error::<T>::IpAlreadyRegistered
-                );
-            }
-            let node_id = NextNodeId::<T>::get();
-            let next = node_id.checked_add(1).ok_or(Error::<T>::NodeIdsExhausted)?;
-
-            Nodes::<T>::insert(
-                node_id,
-                Node {
-                    id: node_id,
-                    farm_id,
-                    account: account.clone(),
-                    capacity,
-                    reserved: Resources::zero(),
-                    box_key,
-                    location,
-                    public_config,
-                    executor_version,
-                    power_target: Power::Up,
-                    power_state: Power::Up,
-                    active_contracts: 0,
-                    assigned_ips: 0,
-                    last_heartbeat: None,
-                    online_since_ms: 0,
-                    uptime_seconds: 0,
-                    registered_at: frame_system::Pallet::<T>::block_number(),
-                },
-            );
-            NodeIdByAccount::<T>::insert(&account, node_id);
-            NodesByFarm::<T>::insert(farm_id, node_id, ());
-            // Bounded by the number of node ids, which is a u32 too.
-            FarmNodeCount::<T>::mutate(farm_id, |n| *n = n.saturating_add(1));
-            if let Some(ip) = ipv4 {
-                IpOwner::<T>::insert(ip, IpHolder::Node(node_id));
-            }
-            NextNodeId::<T>::put(next);
-            Self::deposit_event(Event::NodeRegistered {
-                node_id,
+            Self::insert_node(
                 farm_id,
                 account,
-            });
-            Ok(())
+                capacity,
+                box_key,
+                location,
+                public_config,
+                executor_version,
+            )
         }
 
         /// Replaces the signer's node description. Capacity may shrink only down to what is
         /// reserved.
         #[pallet::call_index(8)]
-        #[pallet::weight(T::WeightInfo::update_node())]
+        #[pallet::weight(T::WeightInfo::update_node()
+            .saturating_add(T::DbWeight::get().reads_writes(1, 2)))]
         pub fn update_node(
             origin: OriginFor<T>,
             capacity: Resources,
@@ -773,7 +819,7 @@ pub mod pallet {
                 public_config.as_ref(),
                 &executor_version,
             )?;
-            Self::move_node_ipv4(node_id, &node, public_config.as_ref())?;
+            Self::move_node_ips(node_id, node.public_config.as_ref(), public_config.as_ref())?;
             node.capacity = capacity;
             node.location = location;
             node.public_config = public_config;
@@ -796,7 +842,8 @@ pub mod pallet {
         /// deposits released) and it is removed.
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::remove_node()
-            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
+            .saturating_add(T::DbWeight::get().reads_writes(2, 3))
+            .saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -811,42 +858,39 @@ pub mod pallet {
             Self::remove_or_schedule(node_id, node, RemovalKind::Notice, Some(who))
         }
 
+        /// Withdraws a removal with notice (`remove_node`) before it is due. Signed by the node
+        /// or the owner of its farm, whichever asked; the node takes new contracts again.
+        /// Forced removals stay.
+        #[pallet::call_index(20)]
+        #[pallet::weight(T::WeightInfo::cancel_node_removal())]
+        pub fn cancel_node_removal(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
+            let who = ensure_signed(origin)?;
+            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            if who != node.account {
+                let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
+                ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
+            }
+            let removal = NodeRemovals::<T>::get(node_id).ok_or(Error::<T>::NoNodeRemoval)?;
+            ensure!(
+                removal.kind == RemovalKind::Notice,
+                Error::<T>::NodeRemovalForced
+            );
+            // Its queue entry no longer matches a removal and is skipped when reached.
+            NodeRemovals::<T>::remove(node_id);
+            Self::deposit_event(Event::NodeRemovalCancelled {
+                node_id,
+                cancelled_by: who,
+            });
+            Ok(())
+        }
+
         /// Proof of liveness from the node. Free when accepted; rate-limited.
         #[pallet::call_index(10)]
         #[pallet::weight(T::WeightInfo::heartbeat())]
         pub fn heartbeat(origin: OriginFor<T>) -> DispatchResultWithPostInfo {
             let account = ensure_signed(origin)?;
             let node_id = NodeIdByAccount::<T>::get(&account).ok_or(Error::<T>::NotANode)?;
-            let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            let now = Self::now_ms();
-            let continuous = match node.last_heartbeat {
-                Some(last) => {
-                    let gap = now.saturating_sub(last.timestamp_ms);
-                    ensure!(
-                        gap >= T::MinHeartbeatIntervalMs::get(),
-                        Error::<T>::HeartbeatTooSoon
-                    );
-                    gap <= T::HeartbeatTimeoutMs::get()
-                }
-                None => false,
-            };
-            if !continuous {
-                node.online_since_ms = now;
-            }
-            // Derived from the run's start rather than summed per beat: no rounding drift.
-            node.uptime_seconds = now.saturating_sub(node.online_since_ms) / 1000;
-            node.last_heartbeat = Some(Heartbeat {
-                block: frame_system::Pallet::<T>::block_number(),
-                timestamp_ms: now,
-            });
-            let uptime_seconds = node.uptime_seconds;
-            Nodes::<T>::insert(node_id, node);
-            Self::deposit_event(Event::NodeHeartbeat {
-                node_id,
-                account,
-                timestamp_ms: now,
-                uptime_seconds,
-            });
+            Self::record_heartbeat(node_id, account)?;
             Ok(Pays::No.into())
         }
 
@@ -910,7 +954,8 @@ pub mod pallet {
         /// Validated exactly as in `register_node` and `update_node`, and the node's IPv4
         /// address stays unique chain-wide: it may not be held by a farm pool or another node.
         #[pallet::call_index(13)]
-        #[pallet::weight(T::WeightInfo::set_node_public_config())]
+        #[pallet::weight(T::WeightInfo::set_node_public_config()
+            .saturating_add(T::DbWeight::get().reads_writes(1, 2)))]
         pub fn set_node_public_config(
             origin: OriginFor<T>,
             node_id: NodeId,
@@ -922,7 +967,7 @@ pub mod pallet {
             if let Some(config) = &public_config {
                 Self::check_public_config(config)?;
             }
-            Self::move_node_ipv4(node_id, &node, public_config.as_ref())?;
+            Self::move_node_ips(node_id, node.public_config.as_ref(), public_config.as_ref())?;
             node.public_config = public_config;
             let farm_id = node.farm_id;
             Nodes::<T>::insert(node_id, node);
@@ -933,7 +978,7 @@ pub mod pallet {
         /// The farm owner consents to `account` (a node's executor account) registering a node
         /// into `farm_id`. Authorizing again keeps one authorization.
         #[pallet::call_index(14)]
-        #[pallet::weight(T::WeightInfo::authorize_node())]
+        #[pallet::weight(T::WeightInfo::authorize_node().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn authorize_node(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -945,6 +990,10 @@ pub mod pallet {
                 !NodeIdByAccount::<T>::contains_key(&account),
                 Error::<T>::AccountAlreadyHasNode
             );
+            let item = DepositItem::NodeAuthorization(farm_id, account.clone());
+            if !Deposits::<T>::contains_key(&item) {
+                Self::hold_deposit(item, &who, T::NodeDeposit::get())?;
+            }
             NodeAuthorizations::<T>::insert(
                 farm_id,
                 &account,
@@ -956,7 +1005,7 @@ pub mod pallet {
 
         /// The farm owner withdraws an authorization that was not used yet.
         #[pallet::call_index(15)]
-        #[pallet::weight(T::WeightInfo::revoke_node_authorization())]
+        #[pallet::weight(T::WeightInfo::revoke_node_authorization().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn revoke_node_authorization(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -968,6 +1017,7 @@ pub mod pallet {
                 NodeAuthorizations::<T>::take(farm_id, &account).is_some(),
                 Error::<T>::NodeNotAuthorized
             );
+            Self::release_deposit(DepositItem::NodeAuthorization(farm_id, account.clone()));
             Self::deposit_event(Event::NodeAuthorizationRevoked { farm_id, account });
             Ok(())
         }
@@ -975,7 +1025,7 @@ pub mod pallet {
         /// Governance removes a node without notice: at once if it runs no contracts, else in
         /// the next blocks, ending its contracts first (a pending notice is cut short).
         #[pallet::call_index(16)]
-        #[pallet::weight(T::WeightInfo::force_remove_node())]
+        #[pallet::weight(T::WeightInfo::force_remove_node().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -993,7 +1043,7 @@ pub mod pallet {
         /// holds contracts: in the next blocks its contracts end (their deployers get their
         /// deposits back, the farm its IPs) and the node is removed.
         #[pallet::call_index(19)]
-        #[pallet::weight(T::WeightInfo::force_remove_node())]
+        #[pallet::weight(T::WeightInfo::force_remove_node().saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -1026,7 +1076,10 @@ pub mod pallet {
         /// address pool and unused node authorizations. With more authorizations than one call
         /// clears, the call clears that many and leaves the farm: call it again.
         #[pallet::call_index(17)]
-        #[pallet::weight(T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()))]
+        #[pallet::weight(T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get())
+            .saturating_add(deposits::deposits_weight::<T>(
+                T::MaxIpsPerFarm::get().saturating_add(1).saturating_add(MAX_AUTHORIZATIONS_FORCE_REMOVED),
+            )))]
         pub fn force_remove_farm(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -1038,37 +1091,32 @@ pub mod pallet {
                 Error::<T>::FarmHasNodes
             );
             // Without nodes no address is assigned (a try_state invariant).
-            // Counted by hand (one more than the limit tells whether any are left), so the
-            // bound holds whatever is in the storage overlay.
-            let accounts: Vec<T::AccountId> = NodeAuthorizations::<T>::iter_key_prefix(farm_id)
-                .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize + 1)
-                .collect();
-            let more = accounts.len() > MAX_AUTHORIZATIONS_FORCE_REMOVED as usize;
-            for account in accounts
-                .iter()
-                .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize)
-            {
-                NodeAuthorizations::<T>::remove(farm_id, account);
-            }
+            let (cleared, more) = Self::clear_farm_authorizations(farm_id);
             if more {
-                Self::deposit_event(Event::FarmNodeAuthorizationsCleared {
-                    farm_id,
-                    cleared: MAX_AUTHORIZATIONS_FORCE_REMOVED,
-                });
-                return Ok(Some(T::WeightInfo::force_remove_farm(0)).into());
+                Self::deposit_event(Event::FarmNodeAuthorizationsCleared { farm_id, cleared });
+                return Ok(Some(T::WeightInfo::force_remove_farm(0).saturating_add(
+                    deposits::deposits_weight::<T>(MAX_AUTHORIZATIONS_FORCE_REMOVED),
+                ))
+                .into());
             }
             let ips_released = Self::remove_farm_entries(farm_id, &farm);
             Self::deposit_event(Event::FarmForceRemoved {
                 farm_id,
                 ips_released,
             });
-            Ok(Some(T::WeightInfo::force_remove_farm(ips_released)).into())
+            let released = cleared.saturating_add(ips_released).saturating_add(1);
+            Ok(Some(
+                T::WeightInfo::force_remove_farm(ips_released)
+                    .saturating_add(deposits::deposits_weight::<T>(released)),
+            )
+            .into())
         }
 
         /// Governance removes an address from a farm's pool (one the farm had no right to, say).
         /// A contract holding it ends.
         #[pallet::call_index(18)]
         #[pallet::weight(T::WeightInfo::force_remove_farm_ip(T::MaxIpsPerFarm::get())
+            .saturating_add(deposits::deposits_weight::<T>(1))
             .saturating_add(T::Contracts::end_contract_weight()))]
         pub fn force_remove_farm_ip(
             origin: OriginFor<T>,
@@ -1077,21 +1125,13 @@ pub mod pallet {
         ) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-            let entry = farm
-                .public_ips
-                .iter()
-                .find(|e| e.config.ip.ip == ip)
-                .copied()
-                .ok_or(Error::<T>::IpNotInFarm)?;
-            let contract = entry.assigned.map(|a| a.contract);
+            let contract = Self::pool_entry(&farm, ip)?.assigned.map(|a| a.contract);
             if let Some(contract) = contract {
                 // Releases the contract's addresses, this one among them.
                 T::Contracts::end_contract_holding_ip(contract)?;
             }
-            let mut farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-            farm.public_ips.retain(|e| e.config.ip.ip != ip);
-            IpOwner::<T>::remove(ip);
-            Farms::<T>::insert(farm_id, farm);
+            let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
+            Self::drop_pool_ip(farm_id, farm, ip);
             Self::deposit_event(Event::FarmIpForceRemoved {
                 farm_id,
                 ip,
@@ -1143,540 +1183,5 @@ pub mod pallet {
             let key = FarmName::try_from(name).ok()?;
             FarmIdByName::<T>::get(Self::lowercase(&key))
         }
-    }
-}
-
-impl<T: Config> Pallet<T> {
-    fn now_ms() -> u64 {
-        u64::try_from(T::Time::now().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn lowercase(name: &FarmName) -> FarmName {
-        // Same length as the input, so nothing is ever truncated.
-        FarmName::truncate_from(name.iter().map(u8::to_ascii_lowercase).collect())
-    }
-
-    /// Validates a farm name and returns its index key.
-    fn name_key(name: &FarmName) -> Result<FarmName, Error<T>> {
-        ensure!(
-            name.len() as u32 >= MIN_FARM_NAME_LEN,
-            Error::<T>::FarmNameTooShort
-        );
-        ensure!(
-            name.iter()
-                .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-'),
-            Error::<T>::FarmNameInvalidCharacter
-        );
-        Ok(Self::lowercase(name))
-    }
-
-    /// Removes a farm without nodes and every index entry pointing at it; returns how many
-    /// pool addresses were released.
-    fn remove_farm_entries(farm_id: FarmId, farm: &Farm<T>) -> u32 {
-        for entry in farm.public_ips.iter() {
-            IpOwner::<T>::remove(entry.config.ip.ip);
-        }
-        FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
-        FarmNodeCount::<T>::remove(farm_id);
-        Farms::<T>::remove(farm_id);
-        farm.public_ips.len() as u32
-    }
-
-    fn owned_farm(farm_id: FarmId, who: &T::AccountId) -> Result<Farm<T>, Error<T>> {
-        let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-        ensure!(&farm.owner == who, Error::<T>::NotFarmOwner);
-        Ok(farm)
-    }
-
-    fn check_node_fields(
-        box_key: &BoxKey,
-        location: &Location,
-        public_config: Option<&PublicConfig>,
-        executor_version: &ExecutorVersion,
-    ) -> DispatchResult {
-        // The all-zero point is a low-order x25519 key: sealing to it protects nothing.
-        ensure!(box_key.iter().any(|b| *b != 0), Error::<T>::InvalidBoxKey);
-        ensure!(
-            (-MAX_LATITUDE..=MAX_LATITUDE).contains(&location.latitude)
-                && (-MAX_LONGITUDE..=MAX_LONGITUDE).contains(&location.longitude),
-            Error::<T>::InvalidCoordinates
-        );
-        ensure!(
-            core::str::from_utf8(&location.city).is_ok()
-                && core::str::from_utf8(&location.country).is_ok(),
-            Error::<T>::InvalidLocationName
-        );
-        ensure!(
-            !executor_version.is_empty() && executor_version.iter().all(|c| c.is_ascii_graphic()),
-            Error::<T>::InvalidExecutorVersion
-        );
-        if let Some(config) = public_config {
-            Self::check_public_config(config)?;
-        }
-        Ok(())
-    }
-
-    /// Validates a node's public configuration: usable public IPv4 and IPv6 addresses and a
-    /// valid DNS name. Whether the IPv4 address is free is checked by `move_node_ipv4`.
-    fn check_public_config(config: &PublicConfig) -> DispatchResult {
-        if let Some(v4) = &config.ipv4 {
-            validate_public_ipv4_in(v4, DocumentationIpsArePublic::<T>::get())
-                .map_err(Error::<T>::InvalidPublicIpv4)?;
-        }
-        if let Some(v6) = &config.ipv6 {
-            validate_public_ipv6_in(v6, DocumentationIpsArePublic::<T>::get())
-                .map_err(Error::<T>::InvalidPublicIpv6)?;
-        }
-        if let Some(domain) = &config.domain {
-            ensure!(is_valid_domain(domain), Error::<T>::InvalidDomain);
-        }
-        Ok(())
-    }
-
-    /// Moves the IP index entry of node `node_id` (stored as `node`) from its current IPv4
-    /// address to the one in `public_config`. Keeping the same address is not a conflict; a
-    /// new address held by a farm pool or another node is refused, with nothing changed.
-    fn move_node_ipv4(
-        node_id: NodeId,
-        node: &Node<T>,
-        public_config: Option<&PublicConfig>,
-    ) -> DispatchResult {
-        let old_ip = Self::node_ipv4(node);
-        let new_ip = Self::config_ipv4(public_config);
-        if old_ip == new_ip {
-            return Ok(());
-        }
-        if let Some(ip) = new_ip {
-            ensure!(
-                !IpOwner::<T>::contains_key(ip),
-                Error::<T>::IpAlreadyRegistered
-            );
-        }
-        if let Some(ip) = old_ip {
-            IpOwner::<T>::remove(ip);
-        }
-        if let Some(ip) = new_ip {
-            IpOwner::<T>::insert(ip, IpHolder::Node(node_id));
-        }
-        Ok(())
-    }
-
-    fn config_ipv4(public_config: Option<&PublicConfig>) -> Option<[u8; 4]> {
-        public_config.and_then(|c| c.ipv4).map(|c| c.ip.ip)
-    }
-
-    fn node_ipv4(node: &Node<T>) -> Option<[u8; 4]> {
-        Self::config_ipv4(node.public_config.as_ref())
-    }
-
-    fn free_of(node: &Node<T>) -> Resources {
-        node.capacity
-            .with_cru_overcommit(T::CruOvercommit::get())
-            .saturating_sub(&node.reserved)
-    }
-
-    fn status_of(node: &Node<T>) -> NodeStatus {
-        match node.last_heartbeat {
-            Some(hb)
-                if Self::now_ms().saturating_sub(hb.timestamp_ms)
-                    <= T::HeartbeatTimeoutMs::get() =>
-            {
-                NodeStatus::Online
-            }
-            _ => NodeStatus::Offline,
-        }
-    }
-}
-
-/// RFC 1123 host name: dot-separated labels of 1-63 letters, digits and inner hyphens.
-fn is_valid_domain(domain: &[u8]) -> bool {
-    !domain.is_empty()
-        && domain.split(|c| *c == b'.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .iter()
-                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-                && label.first() != Some(&b'-')
-                && label.last() != Some(&b'-')
-        })
-}
-
-impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
-    fn node_account(node: NodeId) -> Option<T::AccountId> {
-        Nodes::<T>::get(node).map(|n| n.account)
-    }
-
-    fn node_farm(node: NodeId) -> Option<FarmId> {
-        Nodes::<T>::get(node).map(|n| n.farm_id)
-    }
-
-    fn farm_owner(farm: FarmId) -> Option<T::AccountId> {
-        Farms::<T>::get(farm).map(|f| f.owner)
-    }
-
-    fn farm_pricing_policy(farm: FarmId) -> Option<PricingPolicyId> {
-        Farms::<T>::get(farm).map(|f| f.pricing_policy)
-    }
-
-    fn node_is_online(node: NodeId) -> bool {
-        Self::node_status(node) == Some(NodeStatus::Online)
-    }
-
-    fn node_is_leaving(node: NodeId) -> bool {
-        NodeRemovals::<T>::contains_key(node)
-    }
-
-    fn node_accepts_workloads(node_id: NodeId) -> Result<(), DispatchError> {
-        let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        ensure!(
-            !NodeRemovals::<T>::contains_key(node_id),
-            Error::<T>::NodeLeaving
-        );
-        ensure!(
-            Self::status_of(&node) == NodeStatus::Online,
-            Error::<T>::NodeOffline
-        );
-        ensure!(
-            node.power_target == Power::Up,
-            Error::<T>::NodePowerTargetDown
-        );
-        ensure!(node.power_state == Power::Up, Error::<T>::NodePoweredDown);
-        Ok(())
-    }
-
-    fn free_capacity(node: NodeId) -> Option<Resources> {
-        Pallet::<T>::free_capacity(node)
-    }
-
-    fn reserve(node_id: NodeId, resources: &Resources) -> DispatchResult {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        let reserved = node
-            .reserved
-            .checked_add(resources)
-            .ok_or(Error::<T>::CapacityOverflow)?;
-        ensure!(
-            reserved.fits_in(&node.capacity, T::CruOvercommit::get()),
-            Error::<T>::InsufficientCapacity
-        );
-        node.reserved = reserved;
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::CapacityReserved {
-            node_id,
-            resources: *resources,
-            reserved,
-        });
-        Ok(())
-    }
-
-    fn release(node_id: NodeId, resources: &Resources) -> DispatchResult {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        let reserved = node
-            .reserved
-            .checked_sub(resources)
-            .ok_or(Error::<T>::ReleaseExceedsReserved)?;
-        node.reserved = reserved;
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::CapacityReleased {
-            node_id,
-            resources: *resources,
-            reserved,
-        });
-        Ok(())
-    }
-
-    fn assign_public_ips(
-        node_id: NodeId,
-        contract: ContractId,
-        count: u32,
-    ) -> Result<Vec<PublicIpv4Config>, DispatchError> {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let farm_id = node.farm_id;
-        let mut farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-        let free: Vec<usize> = farm
-            .public_ips
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.assigned.is_none())
-            .map(|(i, _)| i)
-            .take(count as usize)
-            .collect();
-        ensure!(free.len() as u32 == count, Error::<T>::NotEnoughFreeIps);
-        node.assigned_ips = node
-            .assigned_ips
-            .checked_add(count)
-            .ok_or(Error::<T>::CounterOverflow)?;
-
-        let mut configs = Vec::with_capacity(free.len());
-        for i in free {
-            if let Some(entry) = farm.public_ips.get_mut(i) {
-                entry.assigned = Some(IpAssignment {
-                    contract,
-                    node: node_id,
-                });
-                configs.push(entry.config);
-            }
-        }
-        Farms::<T>::insert(farm_id, farm);
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::PublicIpsAssigned {
-            farm_id,
-            node_id,
-            contract_id: contract,
-            ips: configs.iter().map(|c| c.ip.ip).collect(),
-        });
-        Ok(configs)
-    }
-
-    fn release_public_ips(node_id: NodeId, contract: ContractId) -> DispatchResult {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        let farm_id = node.farm_id;
-        let mut farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-        let holder = Some(IpAssignment {
-            contract,
-            node: node_id,
-        });
-        let mut ips = Vec::new();
-        for entry in farm.public_ips.iter_mut().filter(|e| e.assigned == holder) {
-            entry.assigned = None;
-            ips.push(entry.config.ip.ip);
-        }
-        if ips.is_empty() {
-            return Ok(());
-        }
-        // The counter equals the number of entries held by the node (a try_state invariant).
-        node.assigned_ips = node.assigned_ips.saturating_sub(ips.len() as u32);
-        Farms::<T>::insert(farm_id, farm);
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::PublicIpsReleased {
-            farm_id,
-            node_id,
-            contract_id: contract,
-            ips,
-        });
-        Ok(())
-    }
-
-    fn contract_started(node_id: NodeId) -> DispatchResult {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        node.active_contracts = node
-            .active_contracts
-            .checked_add(1)
-            .ok_or(Error::<T>::CounterOverflow)?;
-        let active_contracts = node.active_contracts;
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::NodeContractStarted {
-            node_id,
-            active_contracts,
-        });
-        Ok(())
-    }
-
-    fn contract_ended(node_id: NodeId) -> DispatchResult {
-        let mut node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-        node.active_contracts = node
-            .active_contracts
-            .checked_sub(1)
-            .ok_or(Error::<T>::NoActiveContracts)?;
-        let active_contracts = node.active_contracts;
-        Nodes::<T>::insert(node_id, node);
-        Self::deposit_event(Event::NodeContractEnded {
-            node_id,
-            active_contracts,
-        });
-        Ok(())
-    }
-}
-
-#[cfg(any(feature = "try-runtime", feature = "std"))]
-impl<T: Config> Pallet<T> {
-    /// Checks every invariant of the pallet's storage; used by `try_state` and after each test.
-    pub fn do_try_state() -> Result<(), sp_runtime::TryRuntimeError> {
-        use alloc::collections::btree_map::BTreeMap;
-        let overcommit = T::CruOvercommit::get();
-        let next_farm = NextFarmId::<T>::get();
-        let next_node = NextNodeId::<T>::get();
-        // Addresses the items claim, to compare with the IP index afterwards.
-        let mut claimed_ips: BTreeMap<[u8; 4], IpHolder> = BTreeMap::new();
-        // Farm IPs assigned per node, to compare with each node's counter.
-        let mut ips_per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
-
-        for (farm_id, farm) in Farms::<T>::iter() {
-            ensure!(farm.id == farm_id, "farm stored under another id");
-            ensure!(farm_id < next_farm, "farm id not below NextFarmId");
-            Self::name_key(&farm.name).map_err(|_| "stored farm name is invalid")?;
-            ensure!(
-                FarmIdByName::<T>::get(Self::lowercase(&farm.name)) == Some(farm_id),
-                "farm name index does not point at the farm"
-            );
-            let members = NodesByFarm::<T>::iter_key_prefix(farm_id).count() as u32;
-            ensure!(
-                FarmNodeCount::<T>::contains_key(farm_id)
-                    && FarmNodeCount::<T>::get(farm_id) == members,
-                "farm node count differs from its members"
-            );
-            for entry in farm.public_ips.iter() {
-                validate_public_ipv4_in(&entry.config, DocumentationIpsArePublic::<T>::get())
-                    .map_err(|_| "stored farm IP is invalid")?;
-                ensure!(
-                    claimed_ips
-                        .insert(entry.config.ip.ip, IpHolder::Farm(farm_id))
-                        .is_none(),
-                    "IP listed twice"
-                );
-                if let Some(assignment) = entry.assigned {
-                    // The holder is a live node of this farm that has the IP in its counter.
-                    let node =
-                        Nodes::<T>::get(assignment.node).ok_or("IP assigned to a missing node")?;
-                    ensure!(
-                        node.farm_id == farm_id,
-                        "IP assigned to a node of another farm"
-                    );
-                    let n = ips_per_node.entry(assignment.node).or_insert(0);
-                    *n = n.saturating_add(1);
-                }
-            }
-        }
-        for (key, farm_id) in FarmIdByName::<T>::iter() {
-            let farm = Farms::<T>::get(farm_id).ok_or("name index points at a missing farm")?;
-            ensure!(
-                Self::lowercase(&farm.name) == key,
-                "name index key is not the farm's name"
-            );
-        }
-        for (farm_id, _) in FarmNodeCount::<T>::iter() {
-            ensure!(
-                Farms::<T>::contains_key(farm_id),
-                "node count kept for a missing farm"
-            );
-        }
-
-        for (node_id, node) in Nodes::<T>::iter() {
-            ensure!(node.id == node_id, "node stored under another id");
-            ensure!(node_id < next_node, "node id not below NextNodeId");
-            ensure!(
-                Farms::<T>::contains_key(node.farm_id),
-                "node of a missing farm"
-            );
-            ensure!(
-                NodesByFarm::<T>::contains_key(node.farm_id, node_id),
-                "node missing from its farm's index"
-            );
-            ensure!(
-                NodeIdByAccount::<T>::get(&node.account) == Some(node_id),
-                "account index does not point at the node"
-            );
-            ensure!(
-                node.reserved.fits_in(&node.capacity, overcommit),
-                "reserved above capacity"
-            );
-            ensure!(
-                ips_per_node.get(&node_id).copied().unwrap_or(0) == node.assigned_ips,
-                "node IP counter differs from the farm's assignments"
-            );
-            if let Some(ip) = Self::node_ipv4(&node) {
-                ensure!(
-                    claimed_ips.insert(ip, IpHolder::Node(node_id)).is_none(),
-                    "IP held twice"
-                );
-            }
-        }
-        for (account, node_id) in NodeIdByAccount::<T>::iter() {
-            let node = Nodes::<T>::get(node_id).ok_or("account index points at a missing node")?;
-            ensure!(
-                node.account == account,
-                "account index key is not the node's account"
-            );
-        }
-        for (farm_id, node_id, ()) in NodesByFarm::<T>::iter() {
-            let node = Nodes::<T>::get(node_id).ok_or("farm index points at a missing node")?;
-            ensure!(
-                node.farm_id == farm_id,
-                "farm index puts the node in another farm"
-            );
-        }
-
-        Self::removals_try_state()?;
-        for (farm_id, _) in NodeAuthorizations::<T>::iter_keys() {
-            ensure!(
-                Farms::<T>::contains_key(farm_id),
-                "a node authorization outlived its farm"
-            );
-        }
-
-        ensure!(
-            IpOwner::<T>::iter().count() == claimed_ips.len(),
-            "IP index size differs from the IPs held"
-        );
-        for (ip, holder) in claimed_ips {
-            ensure!(
-                IpOwner::<T>::get(ip) == Some(holder),
-                "IP index does not point at the holder"
-            );
-        }
-        Ok(())
-    }
-}
-
-#[cfg(any(feature = "std", feature = "runtime-benchmarks"))]
-impl<T: Config> Pallet<T> {
-    /// A valid public IPv4 address in 45.0.0.0/8 derived from `seed`, for tests and benchmarks.
-    /// Distinct seeds below 2^24 - 3 give distinct addresses.
-    pub fn test_ip(seed: u32) -> PublicIpv4Config {
-        // Hosts 2 ..= 2^24 - 2: never the network, the gateway (.0.0.1) or the broadcast.
-        let host = 2 + seed % ((1 << 24) - 3);
-        let ip = (45u32 << 24 | host).to_be_bytes();
-        PublicIpv4Config {
-            ip: zos_primitives::Ipv4Cidr { ip, prefix_len: 8 },
-            gateway: [45, 0, 0, 1],
-        }
-    }
-
-    /// Creates a farm with `ip_count` public IPs and an online node in it, through the same
-    /// paths as the extrinsics. For other pallets' tests and benchmarks, which need a node to
-    /// place contracts on.
-    pub fn setup_online_node(
-        farm_owner: T::AccountId,
-        node_account: T::AccountId,
-        capacity: Resources,
-        ip_count: u32,
-    ) -> Result<(FarmId, NodeId), DispatchError> {
-        use frame_system::RawOrigin;
-        let farm_id = NextFarmId::<T>::get();
-        let mut name = b"farm-".to_vec();
-        name.extend_from_slice(alloc::format!("{farm_id}").as_bytes());
-        Self::create_farm(
-            RawOrigin::Signed(farm_owner.clone()).into(),
-            FarmName::truncate_from(name),
-        )?;
-        for i in 0..ip_count {
-            let seed = farm_id.wrapping_mul(4096).wrapping_add(i);
-            Self::add_farm_ip(
-                RawOrigin::Signed(farm_owner.clone()).into(),
-                farm_id,
-                Self::test_ip(seed),
-            )
-            .map_err(|e| e.error)?;
-        }
-        Self::authorize_node(
-            RawOrigin::Signed(farm_owner.clone()).into(),
-            farm_id,
-            node_account.clone(),
-        )?;
-        Self::register_node(
-            RawOrigin::Signed(node_account.clone()).into(),
-            farm_id,
-            capacity,
-            [7u8; 32],
-            Location::default(),
-            None,
-            ExecutorVersion::truncate_from(b"v0.1.0".to_vec()),
-        )?;
-        let node_id = NodeIdByAccount::<T>::get(&node_account).ok_or(Error::<T>::NotANode)?;
-        Self::heartbeat(RawOrigin::Signed(node_account).into()).map_err(|e| e.error)?;
-        Ok((farm_id, node_id))
     }
 }

@@ -31,12 +31,26 @@ mod runtime {
     pub type Timestamp = pallet_timestamp;
     #[runtime::pallet_index(2)]
     pub type Grid = pallet_grid;
+    #[runtime::pallet_index(3)]
+    pub type Balances = pallet_balances;
 }
 
 #[derive_impl(frame_system::config_preludes::TestDefaultConfig)]
 impl frame_system::Config for Test {
     type Block = Block;
+    type AccountData = pallet_balances::AccountData<u64>;
 }
+
+#[derive_impl(pallet_balances::config_preludes::TestDefaultConfig)]
+impl pallet_balances::Config for Test {
+    type AccountStore = System;
+}
+
+pub const FARM_DEPOSIT: u64 = 1_000;
+pub const FARM_IP_DEPOSIT: u64 = 100;
+pub const NODE_DEPOSIT: u64 = 300;
+/// Balance of accounts 1..=20 at the start of each test.
+pub const ENDOWMENT: u64 = 1_000_000;
 
 #[derive_impl(pallet_timestamp::config_preludes::TestDefaultConfig)]
 impl pallet_timestamp::Config for Test {}
@@ -147,13 +161,24 @@ impl pallet_grid::Config for Test {
     type NodeRemovalNoticeBlocks = frame_support::traits::ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type DeadNodeAfterBlocks = frame_support::traits::ConstU64<DEAD_AFTER_BLOCKS>;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Currency = Balances;
+    type FarmDeposit = frame_support::traits::ConstU64<FARM_DEPOSIT>;
+    type FarmIpDeposit = frame_support::traits::ConstU64<FARM_IP_DEPOSIT>;
+    type NodeDeposit = frame_support::traits::ConstU64<NODE_DEPOSIT>;
     type WeightInfo = ();
 }
 
 pub fn new_test_ext() -> sp_io::TestExternalities {
-    let storage = frame_system::GenesisConfig::<Test>::default()
+    let mut storage = frame_system::GenesisConfig::<Test>::default()
         .build_storage()
         .unwrap();
+    pallet_balances::GenesisConfig::<Test> {
+        balances: (1..=20).map(|a| (a, ENDOWMENT)).collect(),
+        ..Default::default()
+    }
+    .assimilate_storage(&mut storage)
+    .unwrap();
     let mut ext = sp_io::TestExternalities::new(storage);
     ext.execute_with(|| {
         // Events are only collected from block 1 on.

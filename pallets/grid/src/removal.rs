@@ -15,6 +15,27 @@ use frame_system::pallet_prelude::BlockNumberFor;
 use sp_runtime::Saturating;
 
 impl<T: Config> Pallet<T> {
+    /// Removes up to [`MAX_AUTHORIZATIONS_FORCE_REMOVED`] unused node authorizations of a
+    /// farm, returning their deposits; returns how many, and whether more are left.
+    pub(crate) fn clear_farm_authorizations(farm_id: FarmId) -> (u32, bool) {
+        // Counted by hand (one more than the limit tells whether any are left), so the bound
+        // holds whatever is in the storage overlay.
+        let accounts: Vec<T::AccountId> = NodeAuthorizations::<T>::iter_key_prefix(farm_id)
+            .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize + 1)
+            .collect();
+        let more = accounts.len() > MAX_AUTHORIZATIONS_FORCE_REMOVED as usize;
+        let mut cleared = 0u32;
+        for account in accounts
+            .into_iter()
+            .take(MAX_AUTHORIZATIONS_FORCE_REMOVED as usize)
+        {
+            NodeAuthorizations::<T>::remove(farm_id, &account);
+            Self::release_deposit(DepositItem::NodeAuthorization(farm_id, account));
+            cleared = cleared.saturating_add(1);
+        }
+        (cleared, more)
+    }
+
     /// Removes a node without contracts and every index entry pointing at it.
     pub(crate) fn remove_node_now(
         node_id: NodeId,
@@ -26,9 +47,8 @@ impl<T: Config> Pallet<T> {
             Error::<T>::NodeHasActiveContracts
         );
         ensure!(node.assigned_ips == 0, Error::<T>::NodeHasAssignedIps);
-        if let Some(ip) = Self::node_ipv4(&node) {
-            IpOwner::<T>::remove(ip);
-        }
+        Self::move_node_ips(node_id, node.public_config.as_ref(), None)?;
+        Self::release_deposit(DepositItem::Node(node_id));
         // A queued entry of a pending removal is skipped once this is gone.
         NodeRemovals::<T>::remove(node_id);
         NodeIdByAccount::<T>::remove(&node.account);
@@ -155,7 +175,9 @@ impl<T: Config> Pallet<T> {
                     log::error!(target: "runtime::grid", "removing node {node_id}: {e:?}");
                     NodeRemovals::<T>::remove(node_id);
                 }
-                weight.saturating_accrue(T::WeightInfo::remove_node());
+                weight.saturating_accrue(
+                    T::WeightInfo::remove_node().saturating_add(deposits::deposits_weight::<T>(1)),
+                );
                 NodeRemovalQueue::<T>::remove(kind, head);
                 head = head.saturating_add(1);
             }

@@ -1914,8 +1914,23 @@ fn setup_online_node_helper() {
 
 #[test]
 fn try_state_detects_broken_indexes() {
-    let broken: [fn(); 12] = [
+    let broken: [fn(); 15] = [
         || FarmIdByName::<Test>::remove(name("farm")),
+        || {
+            Deposits::<Test>::insert(
+                DepositItem::Node(42),
+                HeldDeposit {
+                    depositor: FARMER,
+                    amount: 1,
+                },
+            )
+        },
+        || {
+            Deposits::<Test>::mutate(DepositItem::Farm(1), |d| {
+                d.as_mut().unwrap().amount = FARM_DEPOSIT + 1
+            })
+        },
+        || Ipv6Owner::<Test>::insert([0x20; 16], 1),
         || FarmIdByName::<Test>::insert(name("ghost"), 1),
         || FarmNodeCount::<Test>::insert(1, 5),
         || NodeIdByAccount::<Test>::remove(NODE),
@@ -2031,6 +2046,238 @@ fn a_node_joins_a_farm_only_with_the_farm_owners_consent() {
         assert_noop!(
             Grid::revoke_node_authorization(signed(FARMER), farm, NODE2),
             GridError::NodeNotAuthorized
+        );
+    });
+}
+
+fn held(who: u64, reason: HoldReason) -> u64 {
+    use frame_support::traits::fungible::InspectHold;
+    <Balances as InspectHold<u64>>::balance_on_hold(&reason.into(), &who)
+}
+
+fn public_v6(last: u8) -> Option<PublicConfig> {
+    let mut ip = [0u8; 16];
+    ip[..4].copy_from_slice(&[0x2a, 0x02, 0x18, 0x02]);
+    ip[15] = last;
+    let mut gateway = ip;
+    gateway[15] = 1;
+    Some(PublicConfig {
+        ipv4: None,
+        ipv6: Some(PublicIpv6Config {
+            ip: Ipv6Cidr { ip, prefix_len: 64 },
+            gateway,
+        }),
+        domain: None,
+    })
+}
+
+#[test]
+fn farms_and_their_addresses_hold_deposits_returned_on_removal() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        assert_eq!(held(FARMER, HoldReason::FarmDeposit), FARM_DEPOSIT);
+        for last in 10..13 {
+            assert_ok!(Grid::add_farm_ip(signed(FARMER), farm, farm_ip(last)));
+        }
+        assert_eq!(held(FARMER, HoldReason::FarmIpDeposit), 3 * FARM_IP_DEPOSIT);
+        assert_eq!(
+            Balances::free_balance(FARMER),
+            ENDOWMENT - FARM_DEPOSIT - 3 * FARM_IP_DEPOSIT
+        );
+        assert_ok!(Grid::remove_farm_ip(
+            signed(FARMER),
+            farm,
+            farm_ip(10).ip.ip
+        ));
+        assert_eq!(held(FARMER, HoldReason::FarmIpDeposit), 2 * FARM_IP_DEPOSIT);
+        assert_ok!(Grid::force_remove_farm_ip(
+            RuntimeOrigin::root(),
+            farm,
+            farm_ip(11).ip.ip
+        ));
+        assert_eq!(held(FARMER, HoldReason::FarmIpDeposit), FARM_IP_DEPOSIT);
+        // Removing the farm returns its own deposit and its last address's.
+        assert_ok!(Grid::remove_farm(signed(FARMER), farm));
+        assert_eq!(held(FARMER, HoldReason::FarmDeposit), 0);
+        assert_eq!(held(FARMER, HoldReason::FarmIpDeposit), 0);
+        assert_eq!(Balances::free_balance(FARMER), ENDOWMENT);
+        assert_eq!(Deposits::<Test>::iter().count(), 0);
+    });
+}
+
+#[test]
+fn an_account_that_cannot_pay_the_deposit_creates_nothing() {
+    run_test(|| {
+        const POOR: u64 = 99;
+        assert_ok!(Balances::force_set_balance(
+            RuntimeOrigin::root(),
+            POOR,
+            FARM_DEPOSIT - 1
+        ));
+        assert_noop!(
+            Grid::create_farm(signed(POOR), name("squat")),
+            GridError::InsufficientBalanceForDeposit
+        );
+        assert_ok!(Balances::force_set_balance(
+            RuntimeOrigin::root(),
+            POOR,
+            FARM_DEPOSIT + FARM_IP_DEPOSIT - 1
+        ));
+        let farm = create_farm(POOR, "squat");
+        // The rest is below the next deposit (the existential deposit stays free too).
+        assert_noop!(
+            Grid::add_farm_ip(signed(POOR), farm, farm_ip(10)),
+            GridError::InsufficientBalanceForDeposit
+        );
+        assert_noop!(
+            Grid::authorize_node(signed(POOR), farm, NODE),
+            GridError::InsufficientBalanceForDeposit
+        );
+        assert!(IpOwner::<Test>::iter().next().is_none());
+        assert!(NodeAuthorizations::<Test>::iter().next().is_none());
+    });
+}
+
+#[test]
+fn the_farm_owner_pays_the_node_deposit_from_authorization_to_removal() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        authorize(farm, NODE);
+        // Authorizing again holds nothing more.
+        authorize(farm, NODE);
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), NODE_DEPOSIT);
+        assert_ok!(Grid::revoke_node_authorization(signed(FARMER), farm, NODE));
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), 0);
+
+        // The node itself pays nothing: the authorization's deposit becomes the node's.
+        let id = register(NODE, farm);
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), NODE_DEPOSIT);
+        assert_eq!(held(NODE, HoldReason::NodeDeposit), 0);
+        assert_eq!(Balances::free_balance(NODE), ENDOWMENT);
+        assert_eq!(
+            Deposits::<Test>::get(DepositItem::Node(id)),
+            Some(HeldDeposit {
+                depositor: FARMER,
+                amount: NODE_DEPOSIT
+            })
+        );
+        // Evicted after the notice: the deposit comes back with the removal.
+        add_contract(7, id, Resources::new(1, GIB, 0, 0), 0);
+        assert_ok!(Grid::remove_node(signed(NODE), id));
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), NODE_DEPOSIT);
+        run_to_block(1 + NOTICE_BLOCKS);
+        assert!(Nodes::<Test>::get(id).is_none());
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), 0);
+
+        // Governance clearing unused authorizations returns their deposits too.
+        authorize(farm, NODE2);
+        authorize(farm, 12);
+        assert_eq!(held(FARMER, HoldReason::NodeDeposit), 2 * NODE_DEPOSIT);
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert_eq!(Balances::free_balance(FARMER), ENDOWMENT);
+        assert_eq!(Deposits::<Test>::iter().count(), 0);
+    });
+}
+
+#[test]
+fn an_item_from_before_deposits_returns_nothing_it_did_not_hold() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let other = create_farm(FARMER, "other");
+        // As if `farm` predated deposits: no record, nothing of its own held.
+        assert_ok!(<Balances as frame_support::traits::fungible::MutateHold<
+            u64,
+        >>::release(
+            &HoldReason::FarmDeposit.into(),
+            &FARMER,
+            FARM_DEPOSIT,
+            frame_support::traits::tokens::Precision::Exact,
+        ));
+        Deposits::<Test>::remove(DepositItem::Farm(farm));
+        assert_ok!(Grid::remove_farm(signed(FARMER), farm));
+        // The other farm's deposit stays held.
+        assert_eq!(held(FARMER, HoldReason::FarmDeposit), FARM_DEPOSIT);
+        assert!(Deposits::<Test>::contains_key(DepositItem::Farm(other)));
+    });
+}
+
+#[test]
+fn a_node_ipv6_address_is_registered_once_chain_wide() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let other = create_farm(OTHER, "other");
+        let first = register_with(NODE, farm, public_v6(2));
+        authorize(other, NODE2);
+        assert_noop!(
+            Grid::register_node(
+                signed(NODE2),
+                other,
+                capacity(),
+                [9; 32],
+                location(),
+                public_v6(2),
+                version()
+            ),
+            GridError::Ipv6AlreadyRegistered
+        );
+        let second = register_with(NODE2, other, public_v6(3));
+        assert_noop!(
+            set_config(OTHER, second, public_v6(2)),
+            GridError::Ipv6AlreadyRegistered
+        );
+        assert_noop!(
+            update(NODE2, capacity(), public_v6(2)),
+            GridError::Ipv6AlreadyRegistered
+        );
+        // Keeping one's own address is no conflict; moving frees the old one.
+        assert_ok!(set_config(FARMER, first, public_v6(2)));
+        assert_ok!(set_config(FARMER, first, public_v6(4)));
+        assert_eq!(
+            Ipv6Owner::<Test>::get(public_v6(4).unwrap().ipv6.unwrap().ip.ip),
+            Some(first)
+        );
+        assert_ok!(set_config(OTHER, second, public_v6(2)));
+        // A removed node's address is free again.
+        assert_ok!(Grid::remove_node(signed(NODE), first));
+        assert_ok!(set_config(OTHER, second, public_v6(4)));
+        assert_eq!(Ipv6Owner::<Test>::iter().count(), 1);
+    });
+}
+
+#[test]
+fn a_removal_with_notice_can_be_withdrawn_before_it_is_due() {
+    run_test(|| {
+        let (farm, id) = farm_with_online_node(1);
+        add_contract(7, id, Resources::new(1, GIB, 0, 0), 1);
+        assert_noop!(
+            Grid::cancel_node_removal(signed(FARMER), id),
+            GridError::NoNodeRemoval
+        );
+        assert_ok!(Grid::remove_node(signed(NODE), id));
+        assert_noop!(
+            Grid::cancel_node_removal(signed(OTHER), id),
+            GridError::NotNodeOrFarmOwner
+        );
+        // The farm owner withdraws what the node asked for.
+        assert_ok!(Grid::cancel_node_removal(signed(FARMER), id));
+        System::assert_last_event(
+            GridEvent::NodeRemovalCancelled {
+                node_id: id,
+                cancelled_by: FARMER,
+            }
+            .into(),
+        );
+        assert_ok!(<Grid as GridCapacity<u64>>::node_accepts_workloads(id));
+        // The stale queue entry is skipped: the node and its contract stay.
+        run_to_block(1 + NOTICE_BLOCKS + 1);
+        assert!(Nodes::<Test>::get(id).is_some());
+        assert_eq!(contracts_on(id), 1);
+        assert_eq!(Grid::free_public_ips(farm).len(), 0);
+        // A forced removal cannot be withdrawn.
+        assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), id));
+        assert_noop!(
+            Grid::cancel_node_removal(signed(FARMER), id),
+            GridError::NodeRemovalForced
         );
     });
 }

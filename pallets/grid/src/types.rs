@@ -275,3 +275,30 @@ pub struct NodeRemoval<T: Config> {
     /// governance.
     pub requested_by: Option<T::AccountId>,
 }
+
+/// What a storage deposit pays for; each is held from the farm owner when the item is created
+/// and returned to them when it goes.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
+)]
+pub enum DepositItem<AccountId> {
+    /// A farm, its name index entry and node count.
+    Farm(FarmId),
+    /// An address of a farm's pool and its IP index entry.
+    FarmIp([u8; 4]),
+    /// An unused node authorization; the deposit moves to the node when it registers.
+    NodeAuthorization(FarmId, AccountId),
+    /// A node and what grows with it: its index entries and addresses, its pending removal,
+    /// and the per-node entries of other pallets (deployments' reserved capacity, billing's
+    /// fee-free report quota).
+    Node(NodeId),
+}
+
+/// A deposit held for a [`DepositItem`]: who gets it back, and how much is held.
+#[derive(
+    Clone, PartialEq, Eq, Encode, Decode, DecodeWithMemTracking, MaxEncodedLen, TypeInfo, Debug,
+)]
+pub struct HeldDeposit<AccountId, Balance> {
+    pub depositor: AccountId,
+    pub amount: Balance,
+}

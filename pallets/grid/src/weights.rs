@@ -39,6 +39,7 @@ pub trait WeightInfo {
 	fn authorize_node() -> Weight;
 	fn revoke_node_authorization() -> Weight;
 	fn force_remove_node() -> Weight;
+	fn cancel_node_removal() -> Weight;
 	fn force_remove_farm(i: u32, ) -> Weight;
 	fn force_remove_farm_ip(i: u32, ) -> Weight;
 }
@@ -285,6 +286,12 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 		Weight::from_parts(45_000_000, 9230)
 			.saturating_add(T::DbWeight::get().reads(3_u64))
 			.saturating_add(T::DbWeight::get().writes(6_u64))
+	}
+	/// Storage: `Grid::Nodes` (r:1), `Grid::Farms` (r:1), `Grid::NodeRemovals` (r:1 w:1)
+	fn cancel_node_removal() -> Weight {
+		Weight::from_parts(25_000_000, 9230)
+			.saturating_add(T::DbWeight::get().reads(3_u64))
+			.saturating_add(T::DbWeight::get().writes(1_u64))
 	}
 	/// Storage: as `remove_farm`, plus `Grid::NodeAuthorizations` (r:256 w:256)
 	fn force_remove_farm(i: u32, ) -> Weight {
@@ -544,6 +551,12 @@ impl WeightInfo for () {
 		Weight::from_parts(45_000_000, 9230)
 			.saturating_add(RocksDbWeight::get().reads(3_u64))
 			.saturating_add(RocksDbWeight::get().writes(6_u64))
+	}
+	/// Storage: `Grid::Nodes` (r:1), `Grid::Farms` (r:1), `Grid::NodeRemovals` (r:1 w:1)
+	fn cancel_node_removal() -> Weight {
+		Weight::from_parts(25_000_000, 9230)
+			.saturating_add(RocksDbWeight::get().reads(3_u64))
+			.saturating_add(RocksDbWeight::get().writes(1_u64))
 	}
 	/// Storage: as `remove_farm`, plus `Grid::NodeAuthorizations` (r:256 w:256)
 	fn force_remove_farm(i: u32, ) -> Weight {

@@ -199,6 +199,16 @@ parameter_types! {
     pub const MinNodeCapacity: Resources = Resources::new(1, 256 * MIB, GIB, 0);
 }
 
+parameter_types! {
+    /// Farm names are unique: squatting one costs ten tokens (returned on removal).
+    pub const FarmDeposit: Balance = 10 * UNIT;
+    /// Each address of a farm's pool, with its index entry.
+    pub const FarmIpDeposit: Balance = UNIT;
+    /// Each node authorization and the node it becomes, paid by the farm owner, so a new
+    /// node needs no funds to join.
+    pub const NodeDeposit: Balance = UNIT;
+}
+
 impl pallet_grid::Config for Runtime {
     type GovernanceOrigin = RootOrCouncilMajority;
     type MaxIpsPerFarm = ConstU32<256>;
@@ -216,6 +226,11 @@ impl pallet_grid::Config for Runtime {
     type MaxContractsEndedPerBlock = ConstU32<16>;
     /// A node silent for three days is dead: anyone may have it removed.
     type DeadNodeAfterBlocks = ConstU32<{ 3 * DAYS }>;
+    type RuntimeHoldReason = RuntimeHoldReason;
+    type Currency = Balances;
+    type FarmDeposit = FarmDeposit;
+    type FarmIpDeposit = FarmIpDeposit;
+    type NodeDeposit = NodeDeposit;
     type WeightInfo = crate::weights::pallet_grid::WeightInfo<Runtime>;
 }
 
@@ -231,6 +246,7 @@ impl pallet_deployments::Config for Runtime {
     type Currency = Balances;
     type Grid = Grid;
     type OnContractEnded = Billing;
+    type OnResourcesChanged = Billing;
     type MaxSigners = ConstU32<16>;
     /// A proposal not approved within a day expires.
     type ProposalTtl = ConstU32<DAYS>;

@@ -282,6 +282,14 @@ impl<T: frame_system::Config> pallet_grid::WeightInfo for WeightInfo<T> {
 			.saturating_add(T::DbWeight::get().reads(3))
 			.saturating_add(T::DbWeight::get().writes(6))
 	}
+	/// Not measured yet: estimated from `force_remove_node` (reads the node, its farm and
+	/// the removal; removes the removal). Storage: `Grid::Nodes` (r:1), `Grid::Farms` (r:1),
+	/// `Grid::NodeRemovals` (r:1 w:1)
+	fn cancel_node_removal() -> Weight {
+		Weight::from_parts(25_000_000, 9230)
+			.saturating_add(T::DbWeight::get().reads(3))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
 	/// Not measured yet: estimated as `remove_farm` plus clearing up to 256 node
 	/// authorizations (`MAX_AUTHORIZATIONS_FORCE_REMOVED`).
 	fn force_remove_farm(i: u32, ) -> Weight {

@@ -105,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Node(NodeCmd::List { farm }) => node_list(&ctx, farm).await?,
         Command::Node(NodeCmd::Show { id }) => node_show(&ctx, id).await?,
         Command::Node(NodeCmd::Remove { id }) => node_remove(&ctx, id).await?,
+        Command::Node(NodeCmd::Keep { id }) => node_keep(&ctx, id).await?,
         Command::Node(NodeCmd::PublicConfig {
             id,
             ipv4,

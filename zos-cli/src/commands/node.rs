@@ -288,6 +288,17 @@ pub(super) async fn node_remove(ctx: &Ctx, id: u32) -> Result<Out> {
     ))
 }
 
+pub(super) async fn node_keep(ctx: &Ctx, id: u32) -> Result<Out> {
+    let signer = ctx.signer()?;
+    let chain = ctx.chain().await?;
+    let call = runtime::tx().grid().cancel_node_removal(id);
+    chain.submit(&call, &signer, ctx.timeout).await?;
+    Ok(Out::new(
+        json!({ "node": id, "leaving": false }),
+        format!("node {id}: removal withdrawn; it takes new contracts again"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
