@@ -105,6 +105,11 @@ impl<T: Config> Pallet<T> {
 impl<T: Config> OnResourcesChanged for Pallet<T> {
     fn on_resources_changed(contract: ContractId, previous: &RequiredResources) {
         let at = Self::now_ms() / 1000;
+        // A window may end a little in the future (clock drift): a change at or before the
+        // billed end comes before every window still to report, which pay the new resources.
+        if ContractBillings::<T>::get(contract).is_some_and(|b| at <= b.billed_until()) {
+            return;
+        }
         ResourceChanges::<T>::mutate(contract, |entry| {
             let list = entry.get_or_insert_with(Default::default);
             match list.last() {

@@ -1406,6 +1406,24 @@ fn changes_after_a_window_wait_for_the_next_one_and_the_uptime_adds_up() {
 }
 
 #[test]
+fn a_change_before_the_billed_end_is_not_recorded() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(100);
+        // The node's clock runs ahead: its window ends 30 s in the chain's future.
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 130, 130)]);
+        update_resources(c, big_vm());
+        assert!(ResourceChanges::<Test>::get(c).is_none());
+        // The next window is the big VM's alone.
+        advance_secs(100);
+        System::reset_events();
+        submit(NODE_ACCOUNT, vec![report(c, START + 130, START + 200, 70)]);
+        let price = test_policy().charge(&big_vm(), &report(c, START + 130, START + 200, 70));
+        assert_eq!(settled(c), vec![(START + 130, START + 200, price)]);
+    });
+}
+
+#[test]
 fn many_changes_in_a_window_merge_the_oldest_at_the_larger_resources() {
     run_test(|| {
         let c = add_contract(OWNER, NODE, small_vm());

@@ -433,7 +433,9 @@ pub mod pallet {
         /// Approves the contract's pending proposal, which must have `proposal_hash`. Passes it
         /// when the threshold and all required signers are reached.
         #[pallet::call_index(1)]
-        #[pallet::weight(T::WeightInfo::approve())]
+        // Plus billing's record of a resource change (an update that passes).
+        #[pallet::weight(T::WeightInfo::approve()
+            .saturating_add(T::DbWeight::get().reads_writes(2, 1)))]
         pub fn approve(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -513,7 +515,7 @@ pub mod pallet {
         /// the active version until this one passes. Holds a deposit for the proposed spec.
         #[pallet::call_index(3)]
         #[pallet::weight(T::WeightInfo::propose_update()
-            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
+            .saturating_add(T::DbWeight::get().reads_writes(4, 4)))]
         pub fn propose_update(
             origin: OriginFor<T>,
             contract_id: ContractId,

@@ -159,10 +159,6 @@ impl<T: Config> Pallet<T> {
         public_config.and_then(|c| c.ipv4).map(|c| c.ip.ip)
     }
 
-    pub(crate) fn node_ipv4(node: &Node<T>) -> Option<[u8; 4]> {
-        Self::config_ipv4(node.public_config.as_ref())
-    }
-
     pub(crate) fn free_of(node: &Node<T>) -> Resources {
         node.capacity
             .with_cru_overcommit(T::CruOvercommit::get())

@@ -231,8 +231,8 @@ pub mod pallet {
     pub type IpOwner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 4], IpHolder, OptionQuery>;
 
     /// The node whose own public IPv6 address this is, so an address is registered once
-    /// chain-wide (VM addresses come from the node's prefix, so two nodes claiming one address
-    /// would hand out colliding ones).
+    /// chain-wide, like a node's IPv4 address (two nodes answering for one address break
+    /// each other's routing). Several nodes may share a subnet (one farm LAN).
     #[pallet::storage]
     pub type Ipv6Owner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 16], NodeId, OptionQuery>;
 
@@ -345,11 +345,6 @@ pub mod pallet {
             due: BlockNumberFor<T>,
             requested_by: Option<T::AccountId>,
         },
-        /// A removal with notice was withdrawn: the node takes work again.
-        NodeRemovalCancelled {
-            node_id: NodeId,
-            cancelled_by: T::AccountId,
-        },
         /// A contract of the leaving node could not be ended: its removal was dropped and the
         /// node takes work again (see the runtime log).
         NodeRemovalFailed { node_id: NodeId },
@@ -415,6 +410,11 @@ pub mod pallet {
         },
         /// The farm owner set (or cleared) the node's public configuration.
         NodePublicConfigSet { node_id: NodeId, farm_id: FarmId },
+        /// A removal with notice was withdrawn: the node takes work again.
+        NodeRemovalCancelled {
+            node_id: NodeId,
+            cancelled_by: T::AccountId,
+        },
     }
 
     #[pallet::error]
@@ -441,10 +441,6 @@ pub mod pallet {
         TooManyFarmIps,
         /// The IPv4 address is already registered by a farm or node.
         IpAlreadyRegistered,
-        /// The node's public IPv6 address is already another node's.
-        Ipv6AlreadyRegistered,
-        /// The signer cannot pay the deposit this item holds (free balance too low).
-        InsufficientBalanceForDeposit,
         /// The farm has no such IP in its pool.
         IpNotInFarm,
         /// The IP is assigned to a contract and cannot be removed.
@@ -506,15 +502,23 @@ pub mod pallet {
         NodeLeaving,
         /// The node's removal is scheduled already (governance may still force it).
         NodeRemovalPending,
-        /// The node has no pending removal to withdraw.
-        NoNodeRemoval,
-        /// A removal forced by governance or asked for a dead node cannot be withdrawn.
-        NodeRemovalForced,
         /// The node heartbeated within `DeadNodeAfterBlocks`: it is not dead.
         NodeNotDead,
         /// A dead node without contracts holds nothing of anyone else: only its farm owner
         /// removes it.
         DeadNodeHasNoContracts,
+        /// The node's public IPv6 address is already another node's.
+        Ipv6AlreadyRegistered,
+        /// The signer cannot pay the deposit this item holds (free balance too low).
+        InsufficientBalanceForDeposit,
+        /// The node has no pending removal to withdraw.
+        NoNodeRemoval,
+        /// A removal forced by governance or asked for a dead node cannot be withdrawn.
+        NodeRemovalForced,
+        /// The node may withdraw only a removal it asked for; its farm owner's stands.
+        RemovalRequestedByFarmOwner,
+        /// The removal is due: its contracts are being ended and it cannot be withdrawn.
+        NodeRemovalUnderWay,
     }
 
     #[pallet::hooks]
@@ -842,7 +846,7 @@ pub mod pallet {
         /// deposits released) and it is removed.
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::remove_node()
-            .saturating_add(T::DbWeight::get().reads_writes(2, 3))
+            .saturating_add(T::DbWeight::get().reads_writes(2, 4))
             .saturating_add(deposits::deposits_weight::<T>(1)))]
         pub fn remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
@@ -858,9 +862,9 @@ pub mod pallet {
             Self::remove_or_schedule(node_id, node, RemovalKind::Notice, Some(who))
         }
 
-        /// Withdraws a removal with notice (`remove_node`) before it is due. Signed by the node
-        /// or the owner of its farm, whichever asked; the node takes new contracts again.
-        /// Forced removals stay.
+        /// Withdraws a removal with notice (`remove_node`) before it is due: the node takes new
+        /// contracts again. Signed by the farm owner (any notice) or by the node (one it asked
+        /// for itself). Forced removals stay.
         #[pallet::call_index(20)]
         #[pallet::weight(T::WeightInfo::cancel_node_removal())]
         pub fn cancel_node_removal(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
@@ -874,6 +878,15 @@ pub mod pallet {
             ensure!(
                 removal.kind == RemovalKind::Notice,
                 Error::<T>::NodeRemovalForced
+            );
+            // Else a node could put off its eviction forever, withdrawing each notice.
+            ensure!(
+                who != node.account || removal.requested_by.as_ref() == Some(&who),
+                Error::<T>::RemovalRequestedByFarmOwner
+            );
+            ensure!(
+                removal.due > frame_system::Pallet::<T>::block_number(),
+                Error::<T>::NodeRemovalUnderWay
             );
             // Its queue entry no longer matches a removal and is skipped when reached.
             NodeRemovals::<T>::remove(node_id);
@@ -951,8 +964,9 @@ pub mod pallet {
         /// from which the node's executor gives its VMs their public IPv6 addresses (a /64 or
         /// wider), and the domain under which it serves gateway workloads.
         ///
-        /// Validated exactly as in `register_node` and `update_node`, and the node's IPv4
-        /// address stays unique chain-wide: it may not be held by a farm pool or another node.
+        /// Validated exactly as in `register_node` and `update_node`, and the node's own
+        /// addresses stay unique chain-wide: its IPv4 address may not be held by a farm pool or
+        /// another node, its IPv6 address not by another node.
         #[pallet::call_index(13)]
         #[pallet::weight(T::WeightInfo::set_node_public_config()
             .saturating_add(T::DbWeight::get().reads_writes(1, 2)))]
@@ -1025,7 +1039,9 @@ pub mod pallet {
         /// Governance removes a node without notice: at once if it runs no contracts, else in
         /// the next blocks, ending its contracts first (a pending notice is cut short).
         #[pallet::call_index(16)]
-        #[pallet::weight(T::WeightInfo::force_remove_node().saturating_add(deposits::deposits_weight::<T>(1)))]
+        #[pallet::weight(T::WeightInfo::force_remove_node()
+            .saturating_add(deposits::deposits_weight::<T>(1))
+            .saturating_add(T::DbWeight::get().writes(1)))]
         pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -1043,7 +1059,9 @@ pub mod pallet {
         /// holds contracts: in the next blocks its contracts end (their deployers get their
         /// deposits back, the farm its IPs) and the node is removed.
         #[pallet::call_index(19)]
-        #[pallet::weight(T::WeightInfo::force_remove_node().saturating_add(deposits::deposits_weight::<T>(1)))]
+        #[pallet::weight(T::WeightInfo::force_remove_node()
+            .saturating_add(deposits::deposits_weight::<T>(1))
+            .saturating_add(T::DbWeight::get().writes(1)))]
         pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;

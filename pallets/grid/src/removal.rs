@@ -176,7 +176,9 @@ impl<T: Config> Pallet<T> {
                     NodeRemovals::<T>::remove(node_id);
                 }
                 weight.saturating_accrue(
-                    T::WeightInfo::remove_node().saturating_add(deposits::deposits_weight::<T>(1)),
+                    T::WeightInfo::remove_node()
+                        .saturating_add(deposits::deposits_weight::<T>(1))
+                        .saturating_add(T::DbWeight::get().writes(1)),
                 );
                 NodeRemovalQueue::<T>::remove(kind, head);
                 head = head.saturating_add(1);

@@ -2273,11 +2273,38 @@ fn a_removal_with_notice_can_be_withdrawn_before_it_is_due() {
         assert!(Nodes::<Test>::get(id).is_some());
         assert_eq!(contracts_on(id), 1);
         assert_eq!(Grid::free_public_ips(farm).len(), 0);
+        // The node cannot withdraw its farm owner's eviction (it could put it off forever).
+        assert_ok!(Grid::remove_node(signed(FARMER), id));
+        assert_noop!(
+            Grid::cancel_node_removal(signed(NODE), id),
+            GridError::RemovalRequestedByFarmOwner
+        );
         // A forced removal cannot be withdrawn.
         assert_ok!(Grid::force_remove_node(RuntimeOrigin::root(), id));
         assert_noop!(
             Grid::cancel_node_removal(signed(FARMER), id),
             GridError::NodeRemovalForced
         );
+    });
+}
+
+#[test]
+fn a_removal_under_way_cannot_be_withdrawn() {
+    run_test(|| {
+        let (_, id) = farm_with_online_node(0);
+        for c in 0..(MAX_ENDED_PER_BLOCK as u64 + 2) {
+            add_contract(100 + c, id, Resources::new(1, GIB, 0, 0), 0);
+        }
+        assert_ok!(Grid::remove_node(signed(FARMER), id));
+        let due = 1 + NOTICE_BLOCKS;
+        run_to_block(due);
+        // Part of its contracts ended; the rest end in the next block.
+        assert_eq!(contracts_on(id), 2);
+        assert_noop!(
+            Grid::cancel_node_removal(signed(FARMER), id),
+            GridError::NodeRemovalUnderWay
+        );
+        run_to_block(due + 1);
+        assert!(Nodes::<Test>::get(id).is_none());
     });
 }

@@ -89,7 +89,7 @@ impl<T: Config> Pallet<T> {
                 ips_per_node.get(&node_id).copied().unwrap_or(0) == node.assigned_ips,
                 "node IP counter differs from the farm's assignments"
             );
-            if let Some(ip) = Self::node_ipv4(&node) {
+            if let Some(ip) = Self::config_ipv4(node.public_config.as_ref()) {
                 ensure!(
                     claimed_ips.insert(ip, IpHolder::Node(node_id)).is_none(),
                     "IP held twice"
