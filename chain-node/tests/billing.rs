@@ -431,11 +431,15 @@ async fn node_report_is_settled_free_resend_is_noop_gap_is_rejected() -> Result<
         )
         .await?
         .decode()?;
-    let changed_at = changes
+    // A BoundedVec decodes as a composite around the list.
+    let first_change = changes
         .at(0)
+        .filter(|c| c.at("at").is_some())
+        .or_else(|| changes.at(0).and_then(|list| list.at(0)));
+    let changed_at = first_change
         .and_then(|c| c.at("at"))
         .and_then(|v| v.as_u128())
-        .context("the change's time")? as u64;
+        .with_context(|| format!("the change's time in {changes}"))? as u64;
     ensure!(
         changed_at > first.window_end,
         "the change at {changed_at} is not inside the next window"
