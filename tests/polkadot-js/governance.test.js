@@ -1,5 +1,6 @@
 // Governance through polkadot.js: the council (Alice, Bob, Charlie in every preset) passes a
-// motion that changes a pricing policy; a single member or any other account cannot.
+// motion that changes a pricing policy; a single member or any other account cannot. With five
+// members, a majority motion and a two-thirds motion need different numbers of ayes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Keyring } from '@polkadot/keyring';
@@ -16,7 +17,7 @@ before(async () => {
   chain = await startDevChain();
   api = chain.api;
   const keyring = new Keyring({ type: 'sr25519' });
-  for (const name of ['Alice', 'Bob', 'Charlie', 'Dave']) {
+  for (const name of ['Alice', 'Bob', 'Charlie', 'Dave', 'Eve']) {
     k[name.toLowerCase()] = keyring.addFromUri(`//${name}`);
   }
 });
@@ -29,6 +30,26 @@ after(async () => {
 async function repriced(cuHour) {
   const policy = (await api.query.billing.pricingPolicies(0)).unwrap().toJSON();
   return api.tx.billing.setPricingPolicy(0, { ...policy, cuHour });
+}
+
+/**
+ * A council motion of `call` with `threshold`, voted aye by `voters` (at once: their
+ * transactions are independent) and closed; returns the dispatch result of `Executed`.
+ */
+async function passMotion(call, threshold, voters) {
+  const length = call.method.encodedLength;
+  const weight = (await call.paymentInfo(k.alice.address)).weight;
+  const proposed = oneEvent(
+    await submitFinalized(api, api.tx.council.propose(threshold, call, length), k.alice),
+    'council', 'Proposed',
+  ).data;
+  await Promise.all(voters.map((voter) => submitFinalized(
+    api, api.tx.council.vote(proposed.proposalHash, proposed.proposalIndex, true), voter,
+  )));
+  const closed = await submitFinalized(
+    api, api.tx.council.close(proposed.proposalHash, proposed.proposalIndex, weight, length), k.charlie,
+  );
+  return oneEvent(closed, 'council', 'Executed').data.result;
 }
 
 test('the council is Alice, Bob and Charlie', async () => {
@@ -75,24 +96,27 @@ test('a council motion passed by two of three members changes the pricing policy
 
 test('the council authorizes a runtime upgrade by a two-thirds motion', async () => {
   const codeHash = `0x${'ab'.repeat(32)}`;
-  const call = api.tx.releases.authorizeRuntimeUpgrade(codeHash);
-  const length = call.method.encodedLength;
-  const weight = (await call.paymentInfo(k.alice.address)).weight;
-  const pass = async (threshold, voters) => {
-    const proposed = oneEvent(
-      await submitFinalized(api, api.tx.council.propose(threshold, call, length), k.alice),
-      'council', 'Proposed',
-    ).data;
-    for (const voter of voters) {
-      await submitFinalized(api, api.tx.council.vote(proposed.proposalHash, proposed.proposalIndex, true), voter);
-    }
-    const closed = await submitFinalized(
-      api, api.tx.council.close(proposed.proposalHash, proposed.proposalIndex, weight, length), k.charlie,
-    );
-    return oneEvent(closed, 'council', 'Executed').data.result;
-  };
   // Two of three is two thirds: authorized, and `system.applyAuthorizedUpgrade` would apply it.
-  assert.ok((await pass(2, [k.alice, k.bob])).isOk);
+  const result = await passMotion(api.tx.releases.authorizeRuntimeUpgrade(codeHash), 2, [k.alice, k.bob]);
+  assert.ok(result.isOk);
   const authorized = (await api.query.system.authorizedUpgrade()).unwrap();
   assert.equal(authorized.codeHash.toHex(), codeHash);
+});
+
+test('of five members, three are a majority (pricing) but not two thirds (upgrades)', async () => {
+  // Sudo (development chain) sets the membership; the council itself could, by two thirds.
+  const members = [k.alice, k.bob, k.charlie, k.dave, k.eve].map((x) => x.address);
+  await submitFinalized(api, api.tx.sudo.sudo(api.tx.councilMembership.resetMembers(members)), k.alice);
+  assert.equal((await api.query.council.members()).length, 5);
+  const three = [k.alice, k.bob, k.charlie];
+
+  const price = 987_654_321n;
+  assert.ok((await passMotion(await repriced(price), 3, three)).isOk, '3 of 5 is a majority');
+  assert.equal((await api.query.billing.pricingPolicies(0)).unwrap().cuHour.toBigInt(), price);
+
+  const codeHash = `0x${'cd'.repeat(32)}`;
+  const refused = await passMotion(api.tx.releases.authorizeRuntimeUpgrade(codeHash), 3, three);
+  assert.ok(refused.isErr && refused.asErr.isBadOrigin, '3 of 5 is less than two thirds');
+  const authorized = (await api.query.system.authorizedUpgrade()).unwrap();
+  assert.notEqual(authorized.codeHash.toHex(), codeHash);
 });
