@@ -181,6 +181,20 @@ pub trait GridCapacity<AccountId> {
     fn contract_started(node: NodeId) -> DispatchResult;
     /// Undoes [`Self::contract_started`].
     fn contract_ended(node: NodeId) -> DispatchResult;
+    /// What the grid's ledger holds for a node, for other pallets' invariant checks
+    /// (`try_state`); `None` for an unknown node.
+    fn node_ledger(node: NodeId) -> Option<NodeLedger>;
+    /// The addresses of the node's farm pool assigned to `contract`, for invariant checks.
+    fn assigned_public_ips(node: NodeId, contract: ContractId) -> Vec<[u8; 4]>;
+}
+
+/// A node's entries in the grid's capacity ledger.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct NodeLedger {
+    /// Capacity reserved by contracts.
+    pub reserved: Resources,
+    /// Contracts counted as active ([`GridCapacity::contract_started`]).
+    pub active_contracts: u32,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub mod sealing;
 pub mod spec;
 pub mod units;
 
-pub use capacity::{GridCapacity, NodeStatus, Resources, GIB, KIB, MIB, TIB};
+pub use capacity::{GridCapacity, NodeLedger, NodeStatus, Resources, GIB, KIB, MIB, TIB};
 pub use ip::{
     classify_ipv4, classify_ipv6, validate_public_ipv4, validate_public_ipv4_in,
     validate_public_ipv6, validate_public_ipv6_in, IpError, Ipv4Cidr, Ipv6Cidr, PublicIpv4Config,

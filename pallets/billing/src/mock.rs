@@ -231,6 +231,12 @@ impl GridCapacity<AccountId> for MockGrid {
     fn contract_ended(_node: NodeId) -> DispatchResult {
         Ok(())
     }
+    fn node_ledger(_node: NodeId) -> Option<zos_primitives::NodeLedger> {
+        None
+    }
+    fn assigned_public_ips(_node: NodeId, _contract: ContractId) -> Vec<[u8; 4]> {
+        Vec::new()
+    }
 }
 
 pub struct MockContracts;

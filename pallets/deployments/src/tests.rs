@@ -1361,3 +1361,31 @@ fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
         assert_eq!(Contracts::<Test>::iter().count(), 0);
     })
 }
+
+#[test]
+fn try_state_catches_a_grid_ledger_that_disagrees_with_the_contracts() {
+    let corruptions: [fn(NodeId); 3] = [
+        |node| {
+            pallet_grid::Nodes::<Test>::mutate(node, |n| n.as_mut().unwrap().active_contracts += 1)
+        },
+        |node| pallet_grid::Nodes::<Test>::mutate(node, |n| n.as_mut().unwrap().reserved.cru += 1),
+        |node| {
+            let farm = pallet_grid::Nodes::<Test>::get(node).unwrap().farm_id;
+            pallet_grid::Farms::<Test>::mutate(farm, |f| {
+                for entry in f.as_mut().unwrap().public_ips.iter_mut() {
+                    entry.assigned = None;
+                }
+            })
+        },
+    ];
+    for corrupt in corruptions {
+        new_test_ext().execute_with(|| {
+            let (node, _) = big_node();
+            // One signer: active at once, with a farm IP.
+            create(A, node, spec(0, 2, 1), &[(A, 1, true)], 1);
+            assert_ok!(Deployments::do_try_state());
+            corrupt(node);
+            assert!(Deployments::do_try_state().is_err());
+        });
+    }
+}

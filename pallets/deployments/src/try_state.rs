@@ -12,6 +12,8 @@ impl<T: Config> Pallet<T> {
         let mut reserved: BTreeMap<NodeId, Resources> = BTreeMap::new();
         let mut deposits: BTreeMap<T::AccountId, BalanceOf<T>> = BTreeMap::new();
         let mut contract_count: usize = 0;
+        // Activated contracts per node, to compare with the grid's ledger.
+        let mut activated: BTreeMap<NodeId, u32> = BTreeMap::new();
 
         for (id, c) in Contracts::<T>::iter() {
             contract_count = contract_count.saturating_add(1);
@@ -67,6 +69,18 @@ impl<T: Config> Pallet<T> {
                             && c.public_ips.iter().zip(names).all(|((n, _), w)| n == w),
                         "assigned IPs differ from the spec's public IPv4 workloads"
                     );
+                    // Across pallets: the grid holds what this pallet thinks it assigned.
+                    let mut held = T::Grid::assigned_public_ips(c.node, id);
+                    let mut assigned: Vec<[u8; 4]> =
+                        c.public_ips.iter().map(|(_, ip)| ip.ip.ip).collect();
+                    held.sort();
+                    assigned.sort();
+                    ensure!(
+                        held == assigned,
+                        "the farm's IP assignments differ from the contract's public IPs"
+                    );
+                    let count = activated.entry(c.node).or_insert(0);
+                    *count = count.saturating_add(1);
                     let total = reserved.entry(c.node).or_insert_with(Resources::zero);
                     *total = total
                         .checked_add(&active.required.resources)
@@ -106,6 +120,19 @@ impl<T: Config> Pallet<T> {
             ensure!(
                 total.is_zero() || NodeReserved::<T>::get(node) == *total,
                 "contracts reserve capacity the node ledger lacks"
+            );
+        }
+
+        for (node, count) in activated.iter() {
+            let ledger =
+                T::Grid::node_ledger(*node).ok_or("an activated contract's node is gone")?;
+            ensure!(
+                ledger.active_contracts == *count,
+                "the grid counts another number of active contracts on the node"
+            );
+            ensure!(
+                ledger.reserved == NodeReserved::<T>::get(node),
+                "the grid's reservation of a node differs from its contracts'"
             );
         }
 

@@ -190,4 +190,25 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
         });
         Ok(())
     }
+
+    fn node_ledger(node_id: NodeId) -> Option<zos_primitives::NodeLedger> {
+        Nodes::<T>::get(node_id).map(|node| zos_primitives::NodeLedger {
+            reserved: node.reserved,
+            active_contracts: node.active_contracts,
+        })
+    }
+
+    fn assigned_public_ips(node_id: NodeId, contract: ContractId) -> Vec<[u8; 4]> {
+        let Some(farm) = Nodes::<T>::get(node_id).and_then(|n| Farms::<T>::get(n.farm_id)) else {
+            return Vec::new();
+        };
+        farm.public_ips
+            .iter()
+            .filter(|e| {
+                e.assigned
+                    .is_some_and(|a| a.contract == contract && a.node == node_id)
+            })
+            .map(|e| e.config.ip.ip)
+            .collect()
+    }
 }
