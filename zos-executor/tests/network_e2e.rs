@@ -802,7 +802,9 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     }
     ensure!(
         hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
-        "adding a VM restarted VM A"
+        "adding a VM restarted VM A (pid {vm_a}, now {:?})\n{}",
+        hypervisor_pid(contract_a, "web"),
+        a.executor.log_tail()
     );
     update(base, "shrunk").await?;
     POLLING
@@ -821,7 +823,9 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     );
     ensure!(
         hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
-        "removing a VM restarted VM A"
+        "removing a VM restarted VM A (pid {vm_a}, now {:?})\n{}",
+        hypervisor_pid(contract_a, "web"),
+        a.executor.log_tail()
     );
     ensure!(pings("zmn-laptop", "10.92.2.2"), "VM A lost its network");
 

@@ -58,6 +58,9 @@ use spec::{name_str, public_card, rootfs_dir, vm_spec};
 
 /// How long a shim may take to fetch the image index, mount it and start the guest.
 const SHIM_START_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a shim whose process lives may leave status requests unanswered before its guest
+/// is taken for hung and re-created: a slow answer alone must not cost a tenant its guest.
+const SHIM_SILENCE_TOLERATED: Duration = Duration::from_secs(120);
 
 /// Settings of the VM driver.
 #[derive(Clone, Debug, Default)]
@@ -110,6 +113,9 @@ struct Installed {
     shim: ShimClient,
     /// The shim's crash count when last looked at (for the crash metric).
     crashes_seen: u32,
+    /// Since when its live shim has not answered a status request (a loaded host, a guest's
+    /// QMP stalled under emulation): within [`SHIM_SILENCE_TOLERATED`] that is not a fault.
+    silent_since: Option<std::time::Instant>,
 }
 
 pub struct VmDriver {
@@ -125,6 +131,15 @@ pub struct VmDriver {
     networks: Option<Arc<NodeNetworks>>,
     /// The program run as `<binary> vm-shim <dir>`: this executor's own binary.
     shim_binary: PathBuf,
+}
+
+/// Whether the shim of `inst` has been silent longer than tolerated (its silence starts now
+/// if it was answering until this request).
+fn silent_too_long(inst: &mut Installed) -> bool {
+    inst.silent_since
+        .get_or_insert_with(std::time::Instant::now)
+        .elapsed()
+        > SHIM_SILENCE_TOLERATED
 }
 
 fn transient(e: anyhow::Error) -> DriverError {
@@ -317,6 +332,7 @@ impl VmDriver {
             label,
             shim,
             crashes_seen: status.crashes,
+            silent_since: None,
         })
     }
 
@@ -458,6 +474,7 @@ impl VmDriver {
             label: wanted,
             shim: ShimClient::new(&dir),
             crashes_seen: 0,
+            silent_since: None,
         });
         Ok(())
     }
@@ -575,7 +592,14 @@ impl Driver for VmDriver {
             }
         }
         let status = match inst.shim.status().await {
-            Ok(status) => status,
+            Ok(status) => {
+                inst.silent_since = None;
+                status
+            }
+            Err(e) if inst.shim.running_pid().is_some() && !silent_too_long(inst) => {
+                warn!(workload = %name_str(workload), contract = ctx.contract, error = %format!("{e:#}"), "the VM's shim is slow to answer; asked again later");
+                return Err(transient(e.context("the VM's shim is slow to answer")));
+            }
             Err(e) => {
                 // Gone or hung: the next install cleans up and starts the guest anew.
                 warn!(workload = %name_str(workload), contract = ctx.contract, error = %format!("{e:#}"), "the VM's shim does not answer");
