@@ -104,11 +104,15 @@ mkdir -p "$logs" "$data_dir/node"
 if [ "$check" = 1 ]; then
   rpc_port="${RPC_PORT:-$(free_port)}"
   hub_port="${HUB_PORT:-$(free_port)}"
+  access_port="${ACCESS_PORT:-$(free_port)}"
 else
   rpc_port="${RPC_PORT:-9944}"
   hub_port="${HUB_PORT:-8420}"
+  access_port="${ACCESS_PORT:-9102}"
 fi
 url="ws://127.0.0.1:$rpc_port"
+# The node's access endpoint: signers of a contract read its VMs' consoles there (`zos logs`).
+access_url="http://127.0.0.1:$access_port"
 hub_url="http://127.0.0.1:$hub_port"
 
 # ---- cleanup: every process started here, by pid
@@ -246,7 +250,7 @@ say "  node account authorized by //Alice to join farm $farm"
 # shellcheck disable=SC2086
 spawn executor env RUST_LOG="${RUST_LOG:-info}" ZOS_NET_PREFIX="$net_prefix" "$bin/zos-executor" --chain-url "$url" --farm-id "$farm" \
   --data-dir "$data_dir/node" --report-interval 10 --heartbeat-interval 15 --metrics-addr off \
-  --capacity cru=2,mru_mib=4096,sru_gib=50 ${ZOS_EXECUTOR_ARGS:-}
+  --access-addr "127.0.0.1:$access_port" --capacity cru=2,mru_mib=4096,sru_gib=50 ${ZOS_EXECUTOR_ARGS:-}
 executor_pid="${pids[-1]}"
 node_online() { zos --json node list --farm "$farm" | grep -q '"status":"online"'; }
 wait_for "node registered and online" 120 node_online
@@ -352,6 +356,13 @@ if [ "$check" = 1 ]; then
   wait_for "a settled consumption report (Billing.ReportSettled)" 120 grep -q "ReportSettled" "$logs/events.log"
   [ -n "$console" ] && { printf '%s---- guest console%s\n' "$bold" "$off"; grep -a "hello from" "$console" | head -n 3; }
   grep ReportSettled "$logs/events.log" | head -n 3
+  if [ "$has_vm" = 1 ]; then
+    # A signer reads the console from the node; a stranger's key is refused.
+    signer_view="$(zos --key //Bob logs "$contract" --node-url "$access_url")" || fail "zos logs as a signer"
+    grep -aq "hello from" <<<"$signer_view" || fail "zos logs: no entrypoint output in the console"
+    ! zos --key //Dave logs "$contract" --node-url "$access_url" 2>/dev/null || fail "zos logs served a stranger"
+    say "  zos logs: the signer //Bob read the console, //Dave was refused"
+  fi
   # The farmer's eviction with notice, withdrawn through the CLI: the node keeps its contract.
   removal="$(zos --key //Alice --json node remove "$node_id")" || fail "zos node remove"
   grep -q '"removed":false' <<<"$removal" || fail "a node running a contract was not given notice: $removal"
@@ -367,6 +378,7 @@ cat <<MSG
   try in another terminal:
     $bin/zos --url $url contract show $contract
     $bin/zos --url $url node show $node_id
+    $bin/zos --url $url --key //Bob logs $contract --follow --node-url $access_url
 ${explorer_url:+  or open the explorer: $explorer_url#/contract/$contract
 }  logs: $logs
 MSG

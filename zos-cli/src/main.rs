@@ -112,6 +112,23 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// A VM's console (boot and entrypoint output), read from its node: --key must be one of
+    /// the contract's signers.
+    Logs {
+        contract: u64,
+        /// The VM (default: the contract's only VM on the node).
+        #[arg(long)]
+        workload: Option<String>,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        lines: Option<usize>,
+        /// Keep printing what the console prints until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// The node's access endpoint (default: http://<its public address>:9102).
+        #[arg(long, value_name = "URL")]
+        node_url: Option<String>,
+    },
     /// Transfer ZGT (decimal amount, e.g. 12.5) to an account (SS58 or dev name).
     Transfer { to: String, amount: String },
     /// Keys: show the account of --key, or create an executor identity file.

@@ -253,6 +253,27 @@ impl Chain {
         Ok(info.data.free)
     }
 
+    /// The node a contract runs on and its signers' public keys, at the finalized block;
+    /// `None` when there is no such contract (an ended one is removed).
+    pub async fn contract_node_and_signers(
+        &self,
+        contract: ContractId,
+    ) -> Result<Option<(NodeId, Vec<[u8; 32]>)>> {
+        let at = self.api.at_current_block().await?;
+        let Some(value) = at
+            .storage()
+            .try_fetch(runtime::storage().deployments().contracts(), (contract,))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let c = value.decode()?;
+        Ok(Some((
+            c.node,
+            c.signers.0.iter().map(|s| s.account.0).collect(),
+        )))
+    }
+
     /// Whether the owner of `farm` authorized `account` to register a node into it (and the
     /// authorization was not used or revoked), at the best block.
     pub async fn node_authorized(

@@ -47,6 +47,10 @@ pub struct Flags {
     /// Prometheus endpoint address. Default 127.0.0.1:9101; "off" disables it.
     #[arg(long, env = "ZOS_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// Address where the contracts' signers read their workloads' logs (requests signed with a
+    /// signer's key). Default 0.0.0.0:9102; "off" disables it.
+    #[arg(long, env = "ZOS_ACCESS_ADDR")]
+    pub access_addr: Option<String>,
     /// Capacity to offer, overriding what is measured: "cru=4,mru_mib=8192,sru_gib=100,hru_gib=0".
     #[arg(long, env = "ZOS_CAPACITY")]
     pub capacity: Option<String>,
@@ -108,6 +112,7 @@ pub struct FileConfig {
     pub report_interval_secs: Option<u64>,
     pub heartbeat_interval_secs: Option<u64>,
     pub metrics_addr: Option<String>,
+    pub access_addr: Option<String>,
     pub capacity: Option<String>,
     pub reserve: Option<String>,
     pub allow_image_source: Option<Vec<String>>,
@@ -130,6 +135,8 @@ pub struct Config {
     pub report_interval: Duration,
     pub heartbeat_interval: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where deployers' signed requests (logs) are served; `None`: not served.
+    pub access_addr: Option<SocketAddr>,
     /// `None`: measure the host and offer it minus `reserve`.
     pub capacity: Option<Resources>,
     /// Kept for the node itself out of a measured capacity; `None`: [`default_reserve`].
@@ -186,14 +193,16 @@ impl Config {
             heartbeat_secs >= 1,
             "heartbeat interval must be at least 1 second"
         );
-        let metrics_addr = match flags.metrics_addr.or(file.metrics_addr).as_deref() {
-            None => Some("127.0.0.1:9101".parse()?),
-            Some("off") => None,
-            Some(addr) => Some(
-                addr.parse()
-                    .with_context(|| format!("metrics address {addr:?}"))?,
-            ),
-        };
+        let metrics_addr = optional_addr(
+            flags.metrics_addr.or(file.metrics_addr),
+            "127.0.0.1:9101",
+            "metrics",
+        )?;
+        let access_addr = optional_addr(
+            flags.access_addr.or(file.access_addr),
+            "0.0.0.0:9102",
+            "access",
+        )?;
         let capacity = flags
             .capacity
             .or(file.capacity)
@@ -228,6 +237,7 @@ impl Config {
             report_interval: Duration::from_secs(report_interval_secs),
             heartbeat_interval: Duration::from_secs(heartbeat_secs),
             metrics_addr,
+            access_addr,
             capacity,
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
@@ -252,6 +262,17 @@ impl Config {
                 || file.no_outbound_internet.unwrap_or(false)),
             public_bridge: flags.public_bridge.or(file.public_bridge),
         })
+    }
+}
+
+/// A listening address: `default` when not given, `None` when "off".
+fn optional_addr(given: Option<String>, default: &str, what: &str) -> Result<Option<SocketAddr>> {
+    match given.as_deref().unwrap_or(default) {
+        "off" => Ok(None),
+        addr => Ok(Some(
+            addr.parse()
+                .with_context(|| format!("{what} address {addr:?}"))?,
+        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The Zero-OS grid node executor: turns the chain's approved contracts for this node into
 //! running workloads and the node's real consumption into signed reports.
 
+pub mod access;
 pub mod config;
 pub mod drivers;
 pub mod engine;

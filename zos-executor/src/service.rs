@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use zos_primitives::{contracts::NodeContract, NodeId, PublicIpv6Config};
 
 use crate::{
+    access::{self, Access},
     chain::{calls, Chain, TxError},
     config::{offered_capacity, Config},
     drivers::{
@@ -191,6 +192,18 @@ impl Executor {
                 min_window = self.chain.min_window_secs(),
                 "the report interval must be a multiple of the chain's minimum window (and at most its longest one)"
             );
+        }
+        if let Some(addr) = self.config.access_addr {
+            let access = Arc::new(Access::new(
+                self.chain.clone(),
+                self.node,
+                self.config.data_dir.join("contracts"),
+            ));
+            tokio::spawn(async move {
+                if let Err(e) = access::serve(addr, access).await {
+                    error!(error = %format!("{e:#}"), "access endpoint stopped: deployers cannot read logs");
+                }
+            });
         }
         let follower = tokio::spawn(follower::run(
             self.chain.clone(),

@@ -2,6 +2,8 @@
 //! (a busybox image packed with zos-image, served by a loopback hub) and a Disk mounted at
 //! /data boots a guest whose console shows the spec's env and entrypoint output; the chain
 //! shows Deployed; a disk grown by a spec update is seen by the running guest; an image whose index does not hash to the pinned root is refused for good;
+//! a signer of the contract reads the guest's console from the node (`zos logs`, whole, last
+//! lines, followed) and a stranger's key is refused;
 //! the guest outlives executor restarts (kill -9 and SIGTERM): same QEMU, same mount, its tick
 //! count goes on, the restarted executor adopts it and reports continue in contiguous windows;
 //! an update without the VM shuts its guest down cleanly (the ext4 data disk is clean and has
@@ -21,8 +23,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
-    registered_node, settled_reports, setup_farm, state_of, which, Executor, ExecutorOptions,
-    Polling, StopOnDrop,
+    registered_node, settled_reports, setup_farm, state_of, which, workspace_binary, Executor,
+    ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
@@ -190,7 +192,15 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let data_dir = tmp.path().join("executor");
     std::fs::create_dir_all(&data_dir)?;
     let account = funded_identity(&grid.api, grid.farm, &data_dir).await?;
-    let mut executor = Executor::spawn(&data_dir, &chain.ws_url(), grid.farm, EXECUTOR)?;
+    // The node serves its contracts' signers their consoles on a loopback port.
+    let access_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut executor = Executor::spawn_with_env(
+        &data_dir,
+        &chain.ws_url(),
+        grid.farm,
+        EXECUTOR,
+        vec![("ZOS_ACCESS_ADDR".into(), access_addr.to_string())],
+    )?;
     let node = registered_node(&grid.api, &account, POLLING).await?;
 
     // ---- a VM + disk contract
@@ -265,6 +275,89 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
             },
         )
         .await?;
+
+    // ---- logs: a signer reads the console from the node (whole, last lines, followed);
+    // anyone else is refused
+    let node_url = format!("http://{access_addr}");
+    let ws = chain.ws_url();
+    let zos_logs = |key: &str, extra: &[&str]| -> Result<std::process::Output> {
+        let contract = contract.to_string();
+        let mut args = vec![
+            "--url",
+            ws.as_str(),
+            "--key",
+            key,
+            "logs",
+            contract.as_str(),
+        ];
+        args.extend(["--node-url", node_url.as_str()]);
+        args.extend(extra);
+        Ok(std::process::Command::new(workspace_binary("zos")?)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    };
+    let out = zos_logs("//Bob", &[])?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && shown.contains("ENTRYPOINT-DONE") && shown.contains(GREETING),
+        "zos logs as a signer: {shown}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        executor.log_tail()
+    );
+    let out = zos_logs("//Bob", &["--lines", "1"])?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 1,
+        "zos logs --lines 1: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = zos_logs("//Dave", &[])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && said.contains("not a signer") && out.stdout.is_empty(),
+        "zos logs as a stranger: {said}"
+    );
+    // Followed: a tick the guest prints after the request arrives on it.
+    let tick_before = last_tick(&console);
+    let mut follow = std::process::Command::new(workspace_binary("zos")?)
+        .args(["--url", ws.as_str(), "--key", "//Alice", "logs"])
+        .args([
+            contract.to_string().as_str(),
+            "--follow",
+            "--node-url",
+            node_url.as_str(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let followed = {
+        let stdout = follow.stdout.take().context("follow stdout")?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| {
+                    l.split_whitespace()
+                        .skip_while(|w| *w != "TICK")
+                        .nth(1)
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n > tick_before)
+                })
+        })
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(60), followed).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    ensure!(
+        matches!(seen, Ok(Ok(Some(_)))),
+        "zos logs --follow showed no tick after {tick_before}: {seen:?}"
+    );
+    let log = std::fs::read_to_string(data_dir.join("executor.log"))?;
+    ensure!(
+        log.matches("console read by a signer").count() >= 3,
+        "the node's log does not record who read the console"
+    );
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
     let grown = vm_spec(&root, &source, 1, 128)?;

@@ -18,6 +18,7 @@ mod account;
 mod contract;
 mod events;
 mod farm;
+mod logs;
 mod node;
 
 use account::*;
@@ -25,6 +26,7 @@ pub(crate) use contract::contract_signers;
 use contract::*;
 use events::*;
 use farm::*;
+use logs::*;
 use node::*;
 
 use crate::{
@@ -89,6 +91,22 @@ pub async fn run(cli: Cli) -> Result<i32> {
             from,
             follow,
         } => return events(&ctx, contract, from, follow).await,
+        Command::Logs {
+            contract,
+            workload,
+            lines,
+            follow,
+            node_url,
+        } => {
+            let request = LogsRequest {
+                contract,
+                workload: workload.as_deref(),
+                lines,
+                follow,
+                node_url: node_url.as_deref(),
+            };
+            return logs(&ctx, request).await;
+        }
         Command::Farm(FarmCmd::Create { name }) => farm_create(&ctx, &name).await?,
         Command::Farm(FarmCmd::Ip(FarmIpCmd::Add {
             farm,

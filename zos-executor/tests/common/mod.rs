@@ -124,6 +124,8 @@ impl Executor {
                 "off",
             ])
             .args(["--capacity", "cru=4,mru_mib=8192,sru_gib=50"])
+            // Off unless a scenario serves logs (several executors may share a namespace).
+            .env("ZOS_ACCESS_ADDR", "off")
             .envs(self.options.env.iter().copied())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", self.options.log_filter)
