@@ -69,9 +69,11 @@ PY
   return "$rc"
 }
 step "cargo test (workspace)" cargo_tests
-# FRAME benchmarks run as tests against the pallets' mock runtimes.
-step "pallet benchmarks as tests" env SKIP_WASM_BUILD=1 cargo test --profile "$profile" \
-  -p pallet-grid -p pallet-deployments -p pallet-billing --features runtime-benchmarks --no-fail-fast
+# FRAME benchmarks run as tests against the pallets' mock runtimes; in the same build, the
+# try-runtime checks: each storage migration's pre- and post-upgrade checks and try_state.
+step "pallet benchmarks and try-runtime checks as tests" env SKIP_WASM_BUILD=1 cargo test \
+  --profile "$profile" -p pallet-grid -p pallet-deployments -p pallet-billing \
+  --features runtime-benchmarks,try-runtime --no-fail-fast
 # The README's `make run` flow, non-interactively: chain, executor node, image hub, a 2-of-2
 # contract, the guest's entrypoint line and a settled consumption report.
 step "local grid (make run --check)" bash scripts/run-local-grid.sh --check

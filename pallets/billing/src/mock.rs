@@ -466,3 +466,12 @@ impl pallet_billing::BenchmarkHelper<AccountId> for MockHelper {
         pallet_timestamp::Now::<Test>::put(now_ms);
     }
 }
+
+/// Runs a storage migration as the runtime does; with the try-runtime feature, through its
+/// pre- and post-upgrade checks.
+pub fn upgrade<M: frame_support::traits::OnRuntimeUpgrade>() {
+    #[cfg(feature = "try-runtime")]
+    M::try_on_runtime_upgrade(true).expect("the migration's try-runtime checks");
+    #[cfg(not(feature = "try-runtime"))]
+    M::on_runtime_upgrade();
+}

@@ -1230,7 +1230,7 @@ fn a_contract_billed_up_to_its_end_closes_at_once() {
 
 #[test]
 fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
-    use frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+    use frame_support::traits::{GetStorageVersion, StorageVersion};
     run_test(|| {
         // Three contracts in grace since blocks 30, 10 and 20 (map order is by hash, not age).
         let contracts: Vec<_> = (0..3)
@@ -1275,7 +1275,7 @@ fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
         frame_support::storage::unhashed::put(&cursor, &contracts[0]);
         StorageVersion::new(1).put::<Billing>();
 
-        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+        upgrade::<crate::migrations::V1ToV2<Test>>();
 
         assert_eq!(Billing::on_chain_storage_version(), 2);
         assert!(frame_support::storage::unhashed::get_raw(&cursor).is_none());
@@ -1302,7 +1302,7 @@ fn the_v1_to_v2_migration_queues_each_grace_period_in_due_order() {
         assert_eq!(LedgerTotals::<Test>::get().written_off, 5);
         Billing::do_try_state().expect("consistent after the migration");
         // A second run does nothing: the version is 2 now.
-        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+        upgrade::<crate::migrations::V1ToV2<Test>>();
         assert_eq!(
             DeadlineQueueEnds::<Test>::get(DeadlineKind::GraceExpiry),
             (0, 3)

@@ -1,5 +1,5 @@
 //! Storage migrations. Each is versioned (`VersionedMigration`), so it runs once, from the
-//! version it expects.
+//! version it expects, and the try-runtime checks of each run in the test suite.
 
 use super::*;
 use frame_support::{
@@ -61,5 +61,32 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
                 .saturating_add(moved_earlier)
                 .saturating_add(1),
         )
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn pre_upgrade() -> Result<Vec<u8>, sp_runtime::TryRuntimeError> {
+        use codec::Encode;
+        let slotted: u64 = ProposalExpiries::<T>::iter_values()
+            .map(|slot| slot.len() as u64)
+            .sum();
+        let (head, tail) = ExpiryQueueEnds::<T>::get();
+        Ok((slotted, tail.saturating_sub(head)).encode())
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn post_upgrade(state: Vec<u8>) -> Result<(), sp_runtime::TryRuntimeError> {
+        use codec::Decode;
+        let (slotted, queued_before) = <(u64, u64)>::decode(&mut &state[..])
+            .map_err(|_| sp_runtime::TryRuntimeError::Other("pre-upgrade state"))?;
+        frame_support::ensure!(
+            ProposalExpiries::<T>::iter_keys().next().is_none(),
+            "an expiry slot was left behind"
+        );
+        let (head, tail) = ExpiryQueueEnds::<T>::get();
+        frame_support::ensure!(
+            tail.saturating_sub(head) == queued_before.saturating_add(slotted),
+            "an expiry was lost on the way into the queue"
+        );
+        Pallet::<T>::do_try_state()
     }
 }

@@ -1319,7 +1319,7 @@ mod random_sequences {
 
 #[test]
 fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
-    use frame_support::traits::{GetStorageVersion, OnRuntimeUpgrade, StorageVersion};
+    use frame_support::traits::{GetStorageVersion, StorageVersion};
     run_test(|| {
         let (node, _) = big_node();
         let two = &[(A, 1, false), (B, 1, false)];
@@ -1338,7 +1338,7 @@ fn the_v1_to_v2_migration_moves_expiry_slots_into_the_queue_in_block_order() {
         crate::migrations::ProposalExpiries::<Test>::insert(3 + TTL + 7, slot(vec![pushed]));
         StorageVersion::new(1).put::<Deployments>();
 
-        crate::migrations::V1ToV2::<Test>::on_runtime_upgrade();
+        upgrade::<crate::migrations::V1ToV2<Test>>();
 
         assert_eq!(Deployments::on_chain_storage_version(), 2);
         assert_eq!(

@@ -1,5 +1,5 @@
 //! Storage migrations. Each is versioned (`VersionedMigration`), so it runs once, from the
-//! version it expects.
+//! version it expects, and the try-runtime checks of each run in the test suite.
 
 use super::*;
 use frame_support::{
@@ -47,13 +47,44 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
                 .saturating_add(1),
         )
     }
+
+    #[cfg(feature = "try-runtime")]
+    fn pre_upgrade() -> Result<Vec<u8>, sp_runtime::TryRuntimeError> {
+        use codec::Encode;
+        let with_ipv6 = Nodes::<T>::iter_values()
+            .filter(|n| n.public_config.as_ref().is_some_and(|c| c.ipv6.is_some()))
+            .count() as u64;
+        Ok(with_ipv6.encode())
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn post_upgrade(state: Vec<u8>) -> Result<(), sp_runtime::TryRuntimeError> {
+        use codec::Decode;
+        let before = u64::decode(&mut &state[..])
+            .map_err(|_| sp_runtime::TryRuntimeError::Other("pre-upgrade state"))?;
+        let mut indexed = 0u64;
+        for (id, node) in Nodes::<T>::iter() {
+            if let Some(v6) = node.public_config.and_then(|c| c.ipv6) {
+                frame_support::ensure!(
+                    Ipv6Owner::<T>::get(v6.ip.ip) == Some(id),
+                    "a node's IPv6 address is not indexed to it"
+                );
+                indexed = indexed.saturating_add(1);
+            }
+        }
+        frame_support::ensure!(
+            indexed <= before && Ipv6Owner::<T>::iter().count() as u64 == indexed,
+            "the IPv6 index does not match the nodes"
+        );
+        Pallet::<T>::do_try_state()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mock::*;
-    use frame_support::traits::{OnRuntimeUpgrade, StorageVersion};
+    use frame_support::traits::StorageVersion;
     use zos_primitives::{Ipv6Cidr, PublicIpv6Config, GIB};
 
     fn with_ipv6(last: u8) -> Option<PublicConfig> {
@@ -90,7 +121,7 @@ mod tests {
                 });
                 nodes.push(node);
             }
-            V1ToV2::<Test>::on_runtime_upgrade();
+            crate::mock::upgrade::<V1ToV2<Test>>();
             assert_eq!(StorageVersion::get::<Pallet<Test>>(), 2);
             assert_eq!(Ipv6Owner::<Test>::iter().count(), 2);
             let ipv6_of = |node| {

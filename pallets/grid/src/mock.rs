@@ -203,3 +203,12 @@ pub fn advance_ms(ms: u64) {
     System::set_block_number(System::block_number() + 1);
     pallet_timestamp::Now::<Test>::mutate(|now| *now += ms);
 }
+
+/// Runs a storage migration as the runtime does; with the try-runtime feature, through its
+/// pre- and post-upgrade checks.
+pub fn upgrade<M: frame_support::traits::OnRuntimeUpgrade>() {
+    #[cfg(feature = "try-runtime")]
+    M::try_on_runtime_upgrade(true).expect("the migration's try-runtime checks");
+    #[cfg(not(feature = "try-runtime"))]
+    M::on_runtime_upgrade();
+}
