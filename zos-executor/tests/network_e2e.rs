@@ -380,12 +380,12 @@ async fn failure_reason(api: &Client, node: NodeId, contract: ContractId) -> Res
 
 /// The process id of the hypervisor of VM `vm` of `contract` (its control socket is in the
 /// VM's directory).
-fn hypervisor_pid(contract: ContractId, vm: &str) -> Option<String> {
-    let out = run(&[
-        "pgrep",
-        "-f",
-        &format!("contracts/{contract}/vms/{vm}/control.sock"),
-    ]);
+fn hypervisor_pid(node: &Node, contract: ContractId, vm: &str) -> Option<String> {
+    // The node's own VM directory: another test's node on this host may run a contract 1 with
+    // a VM of the same name.
+    let dir =
+        std::path::absolute(node.data_dir.join(format!("contracts/{contract}/vms/{vm}"))).ok()?;
+    let out = run(&["pgrep", "-f", &format!("{}/control.sock", dir.display())]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -747,7 +747,7 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     }
 
     // ---- a VM joins A's network in place and leaves again; VM A keeps running throughout
-    let vm_a = hypervisor_pid(contract_a, "web").context("VM A's hypervisor")?;
+    let vm_a = hypervisor_pid(&a, contract_a, "web").context("VM A's hypervisor")?;
     let a_secret = *NodeIdentity::load_or_create(&a.data_dir.join("identity.json"))?.box_secret();
     let web2_tap = format!(
         "mat{}",
@@ -801,15 +801,15 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         );
     }
     ensure!(
-        hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
+        hypervisor_pid(&a, contract_a, "web").as_deref() == Some(vm_a.as_str()),
         "adding a VM restarted VM A (pid {vm_a}, now {:?})\n{}",
-        hypervisor_pid(contract_a, "web"),
+        hypervisor_pid(&a, contract_a, "web"),
         a.executor.log_tail()
     );
     update(base, "shrunk").await?;
     POLLING
         .until("the added VM gone", Duration::from_secs(120), || async {
-            let gone = hypervisor_pid(contract_a, "web2").is_none()
+            let gone = hypervisor_pid(&a, contract_a, "web2").is_none()
                 && !in_ns("zmn-a", &["ip", "link", "show", &web2_tap])
                     .status
                     .success();
@@ -822,9 +822,9 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         "the removed VM still answers"
     );
     ensure!(
-        hypervisor_pid(contract_a, "web").as_deref() == Some(vm_a.as_str()),
+        hypervisor_pid(&a, contract_a, "web").as_deref() == Some(vm_a.as_str()),
         "removing a VM restarted VM A (pid {vm_a}, now {:?})\n{}",
-        hypervisor_pid(contract_a, "web"),
+        hypervisor_pid(&a, contract_a, "web"),
         a.executor.log_tail()
     );
     ensure!(pings("zmn-laptop", "10.92.2.2"), "VM A lost its network");

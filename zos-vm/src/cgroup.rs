@@ -1,4 +1,4 @@
-//! cgroup v2 limits for a VM's processes: `<root>/zos/<vm>` with `cpu.max` (vCPUs worth of
+//! cgroup v2 limits for a VM's processes: `<root>/zos/<vm>-<hash of its directory>` with `cpu.max` (vCPUs worth of
 //! CPU time), `memory.max` (guest memory plus hypervisor overhead) and, where the `pids`
 //! controller is delegated, `pids.max` (threads of QEMU and virtiofsd).
 //!

@@ -136,6 +136,8 @@ struct Inner {
     hv: Arc<dyn Hypervisor>,
     cfg: VmConfig,
     layout: VmLayout,
+    /// The VM's cgroup under `<root>/zos/`: [`cgroup_name`].
+    cgroup_name: String,
     opts: VmOptions,
     events: broadcast::Sender<VmEvent>,
     shared: Mutex<Shared>,
@@ -173,6 +175,7 @@ impl Vm {
         Ok(Self {
             inner: Arc::new(Inner {
                 hv,
+                cgroup_name: cgroup_name(&cfg.name, &dir),
                 cfg,
                 layout: VmLayout::new(dir),
                 opts,
@@ -382,7 +385,7 @@ impl Vm {
     pub async fn delete(self) -> Result<()> {
         self.stop().await?;
         if let Some(root) = &self.inner.opts.cgroup_root {
-            cgroup::remove(root, &self.inner.cfg.name);
+            cgroup::remove(root, &self.inner.cgroup_name);
         }
         match tokio::fs::remove_dir_all(&self.inner.layout.dir).await {
             Ok(()) => Ok(()),
@@ -407,7 +410,7 @@ async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
         pids.extend(inst.helper_pids());
         let st = cgroup::apply(
             root,
-            &inner.cfg.name,
+            &inner.cgroup_name,
             inner.cfg.vcpus,
             inner.cfg.memory_mib,
             &pids,
@@ -420,6 +423,15 @@ async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
     sh.instance = Some(inst.clone());
     sh.cpu_ms_current = 0;
     Ok(inst)
+}
+
+/// A VM's cgroup: its name plus a hash of its directory. VM names are unique on one node, but
+/// several nodes (or test chains) may share a host, and two VMs in one cgroup would share its
+/// memory limit - the kernel would kill one of them.
+fn cgroup_name(vm: &str, dir: &Path) -> String {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let hash = blake3::hash(dir.as_os_str().as_encoded_bytes());
+    format!("{vm}-{}", &hash.to_hex()[..10])
 }
 
 fn sample(inst: &dyn Instance) -> u64 {
@@ -534,5 +546,28 @@ async fn supervise(inner: Arc<Inner>, mut inst: Arc<dyn Instance>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two nodes on one host may both run a `c1-web`: their cgroups (and memory limits) must
+    /// not be one.
+    #[test]
+    fn vms_of_one_name_in_two_directories_get_two_cgroups() {
+        let a = cgroup_name("c1-web", Path::new("/var/lib/node-a/contracts/1/vms/web"));
+        let b = cgroup_name("c1-web", Path::new("/var/lib/node-b/contracts/1/vms/web"));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("c1-web-") && a.len() == "c1-web-".len() + 10,
+            "{a}"
+        );
+        assert_eq!(
+            a,
+            cgroup_name("c1-web", Path::new("/var/lib/node-a/contracts/1/vms/web")),
+            "stable, so a restarted shim finds (and removes) its cgroup"
+        );
     }
 }
