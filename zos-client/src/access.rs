@@ -46,6 +46,15 @@ pub enum AuthError {
     Replayed,
 }
 
+/// Whether `name` can be a workload's name (1-36 bytes of `[a-z0-9_-]`, as the chain checks):
+/// a name from a request never leaves the contract's directory.
+pub fn is_workload_name(name: &str) -> bool {
+    (1..=36).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// The bytes a signer signs for one request.
 pub fn signed_message(method: &str, path_and_query: &str, time: u64, nonce: &[u8; 16]) -> Vec<u8> {
     format!(

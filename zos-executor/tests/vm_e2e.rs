@@ -317,13 +317,15 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         !out.status.success() && said.contains("not a signer") && out.stdout.is_empty(),
         "zos logs as a stranger: {said}"
     );
-    // Followed: a tick the guest prints after the request arrives on it.
+    // Followed (none of the console before it): a tick the guest prints later arrives.
     let tick_before = last_tick(&console);
     let mut follow = std::process::Command::new(workspace_binary("zos")?)
         .args(["--url", ws.as_str(), "--key", "//Alice", "logs"])
         .args([
             contract.to_string().as_str(),
             "--follow",
+            "--lines",
+            "0",
             "--node-url",
             node_url.as_str(),
         ])

@@ -24,8 +24,22 @@ pub(super) async fn logs(ctx: &Ctx, req: LogsRequest<'_>) -> Result<i32> {
         )
     })?;
     let key = parse_key(key)?;
+    if let Some(w) = req.workload {
+        if !access::is_workload_name(w) {
+            bail!("--workload {w:?}: workload names are 1-36 characters of a-z, 0-9, '_' and '-'");
+        }
+    }
     let base = match req.node_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
+        Some(url) => {
+            let base = url.trim_end_matches('/');
+            let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+            if !(base.starts_with("http://") || base.starts_with("https://"))
+                || after_scheme.contains('/')
+            {
+                bail!("--node-url {url:?}: give the node's address as http://HOST:PORT, without a path");
+            }
+            base.to_string()
+        }
         None => node_access_url(ctx, req.contract).await?,
     };
     let mut path = format!("/v1/contracts/{}/logs", req.contract);
