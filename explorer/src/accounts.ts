@@ -131,6 +131,20 @@ export function submit(tx: any, account: Account, onStatus: (s: TxStatus) => voi
   });
 }
 
+/**
+ * Signs `message` with `account`: a dev pair signs the bytes as they are, an extension signs
+ * them wrapped in `<Bytes>…</Bytes>` (a node accepts both).
+ */
+export async function signBytes(account: Account, message: Uint8Array): Promise<Uint8Array> {
+  if (account.source === 'dev') return account.pair.sign(message);
+  const { web3FromSource } = await import('@polkadot/extension-dapp');
+  const { u8aToHex, hexToU8a } = await import('@polkadot/util');
+  const ext = await web3FromSource(account.extension!);
+  if (!ext.signer.signRaw) throw new Error('this extension cannot sign raw bytes');
+  const { signature } = await ext.signer.signRaw({ address: account.address, data: u8aToHex(message), type: 'bytes' });
+  return hexToU8a(signature);
+}
+
 /** Events `section.method` among `events`. */
 export function eventsNamed(events: any[], section: string, method: string) {
   return events.filter((e) => e.section === section && e.method === method);

@@ -20,7 +20,8 @@ import { Keyring } from '@polkadot/keyring';
 import { blake2AsHex, cryptoWaitReady } from '@polkadot/util-crypto';
 import { startServer } from '../serve.mjs';
 import {
-  executorBinary, removeDir, seedContracts, startDevChain, startExecutor, submitInBlock, tail, tempDir, waitUntil,
+  executorBinary, freePort, removeDir, seedContracts, startDevChain, startExecutor, submitInBlock, tail, tempDir,
+  waitUntil,
 } from './lib.js';
 
 const here = fileURLToPath(new URL('..', import.meta.url));
@@ -213,8 +214,10 @@ test('a farmer creates a farm and adds a public IP in the UI', async () => {
 test('a node joins the farm and the explorer shows it online', async () => {
   const bin = executorBinary();
   if (bin) {
+    s.accessPort = await freePort();
     executor = startExecutor(bin, {
       url: chain.url, farmId: s.farmId, dir, accountSeedHex: s.nodeSeed.toString('hex'), boxSecretHex: s.boxSecret,
+      accessPort: s.accessPort,
     });
     metrics.node = 'zos-executor --no-vm';
   } else {
@@ -325,6 +328,25 @@ test('the node reports the deployment: Deployed', async () => {
   await page.waitForSelector(sel('deployment-report'));
   assert.match(await page.$eval(sel('deployment-report'), (el) => el.textContent), /data: ok/);
   await shot(page, '10-contract-deployed');
+});
+
+test('the console: a signer\'s signed request reaches the node, a stranger\'s is refused', async () => {
+  if (!executor) return; // no node serves consoles without the executor binary
+  const page = ctx.bob.page;
+  await go(page, `#/contract/${s.contractId}`);
+  await page.waitForSelector(sel('console-url'));
+  await setValue(page, sel('console-url'), `http://127.0.0.1:${s.accessPort}`);
+  await clickEnabled(page, sel('console-read'));
+  // Signed by //Bob, accepted: the node answers that this disk-only contract runs no VM.
+  await waitText(page, sel('console-error'), /\(404\).*runs no VM on this node/, 30_000);
+  const stranger = await newPage('stranger');
+  await stranger.goto(url(`#/contract/${s.contractId}`));
+  await selectAccount(stranger, '//Charlie');
+  await stranger.waitForSelector(sel('console-url'));
+  await setValue(stranger, sel('console-url'), `http://127.0.0.1:${s.accessPort}`);
+  await clickEnabled(stranger, sel('console-read'));
+  await waitText(stranger, sel('console-error'), /\(403\).*not a signer of contract/, 30_000);
+  await ctx.stranger.context.close();
 });
 
 test('every page renders and links the objects', async () => {

@@ -93,9 +93,10 @@ export async function startDevChain(dir) {
 
 /**
  * Starts `zos-executor` the way scripts/run-local-grid.sh does, without VMs: its identity file
- * is written here so the test knows (and funds) its account before it starts.
+ * is written here so the test knows (and funds) its account before it starts. With
+ * `accessPort`, it serves consoles there (the access endpoint).
  */
-export function startExecutor(bin, { url, farmId, dir, accountSeedHex, boxSecretHex }) {
+export function startExecutor(bin, { url, farmId, dir, accountSeedHex, boxSecretHex, accessPort }) {
   const data = join(dir, 'executor');
   const keyFile = join(dir, 'identity.json');
   writeFileSync(keyFile, JSON.stringify({ account_seed: accountSeedHex, box_secret: boxSecretHex }), { mode: 0o600 });
@@ -105,6 +106,7 @@ export function startExecutor(bin, { url, farmId, dir, accountSeedHex, boxSecret
     '--chain-url', url, '--farm-id', String(farmId), '--data-dir', data, '--key-file', keyFile,
     '--report-interval', '10', '--heartbeat-interval', '15', '--metrics-addr', 'off',
     '--capacity', 'cru=2,mru_mib=4096,sru_gib=50', '--no-vm',
+    '--access-addr', accessPort ? `127.0.0.1:${accessPort}` : 'off',
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
   child.stdout.pipe(log);
   child.stderr.pipe(log);

@@ -10,6 +10,7 @@ import { diffLines, readableSpec } from '../spec';
 import { loadContract, loadContracts, type Contract } from '../data';
 import { Addr, ErrorBox, Field, Json, Loading, NodeLink, TxButton, stateClass, useLoad } from '../ui';
 import { EventRow } from './events';
+import { Console } from './console';
 
 export function Contracts() {
   const [list, error] = useLoad(loadContracts, []);
@@ -156,6 +157,9 @@ export function ContractPage({ id }: { id: number }) {
           </ul>
         </div>
       ) : <p class="muted">The node has not reported on the active version yet.</p>}
+
+      <h2>Console</h2>
+      <Console contractId={c.id} nodeId={c.node} />
 
       <h2>Billing</h2>
       {billing ? (
