@@ -5,7 +5,7 @@ use std::path::Path;
 use tokio::io::AsyncReadExt;
 
 /// Largest piece of a followed console sent at once.
-pub(super) const FOLLOW_CHUNK: usize = 64 * 1024;
+const FOLLOW_CHUNK: usize = 64 * 1024;
 /// Most of one console file read (the log and its rotated half are each bounded far below).
 const MAX_CONSOLE_FILE: u64 = 16 << 20;
 
@@ -23,8 +23,8 @@ pub(super) fn last_lines(text: &str, lines: Option<usize>) -> &str {
 /// Where a follower stands: the file (by inode) and the offset in it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Position {
-    pub(super) inode: Option<u64>,
-    pub(super) offset: u64,
+    inode: Option<u64>,
+    offset: u64,
 }
 
 pub(super) enum Next {
@@ -84,7 +84,7 @@ pub(super) async fn next_output(log: &Path, at: &mut Position) -> Next {
 /// Opens a console file for reading without following a symlink: the VM's directory is
 /// shared with processes of the tenant's (the guest's hypervisor), whose link to a host file
 /// must not be served. A hard link (more than one name) is refused for the same reason.
-pub(super) fn open_console(path: &Path) -> std::io::Result<std::fs::File> {
+fn open_console(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -128,7 +128,7 @@ pub(super) fn read_console(log: &Path) -> (String, Position) {
     (String::from_utf8_lossy(&out).into_owned(), position)
 }
 
-pub(super) async fn read_from(path: &Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+async fn read_from(path: &Path, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncSeekExt as _;
     let mut file = tokio::fs::File::from_std(open_console(path)?);
     file.seek(std::io::SeekFrom::Start(offset)).await?;
