@@ -1,0 +1,365 @@
+//! Certificates from an ACME CA (Let's Encrypt in production, pebble in tests) for the hosts
+//! whose TLS the gateway terminates: HTTP-01 challenges answered by the gateway's plain HTTP
+//! listener, certificates renewed before they expire, failures retried with exponential
+//! backoff and new orders capped per hour, so the CA's rate limits are never reached.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+use crate::{certs::CertStore, routes::Routes};
+
+/// Pending challenges kept at most (a bound against a flood of routes).
+const MAX_PENDING_CHALLENGES: usize = 4096;
+
+/// The HTTP-01 answers the plain HTTP listener serves while orders are pending.
+#[derive(Debug, Default)]
+pub struct Http01Challenges {
+    tokens: RwLock<HashMap<String, String>>,
+}
+
+impl Http01Challenges {
+    fn insert(&self, token: String, key_authorization: String) -> Result<()> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if tokens.len() >= MAX_PENDING_CHALLENGES {
+            bail!("too many pending challenges");
+        }
+        tokens.insert(token, key_authorization);
+        Ok(())
+    }
+
+    fn remove(&self, token: &str) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
+    }
+
+    /// The key authorization for a challenge token, while its order is pending.
+    pub fn key_authorization(&self, token: &str) -> Option<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
+/// Where and how certificates are ordered.
+#[derive(Clone, Debug)]
+pub struct AcmeSettings {
+    /// The CA's ACME directory URL.
+    pub directory_url: String,
+    /// The root (PEM file) of the CA's own HTTPS certificate when it is not publicly trusted,
+    /// as with a test CA.
+    pub server_root: Option<PathBuf>,
+    /// Contact URIs for the account (`mailto:...`).
+    pub contact: Vec<String>,
+    /// A certificate is renewed when it expires within this time.
+    pub renew_before: Duration,
+    /// The first retry after a failed order; doubled per failure up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// New orders per rolling hour over all hosts.
+    pub max_orders_per_hour: usize,
+}
+
+impl AcmeSettings {
+    /// Defaults for a CA at `directory_url`: renew 30 days ahead, retry after 1 min up to a
+    /// day, at most 20 orders an hour (Let's Encrypt allows 300 per 3 hours per account).
+    pub fn new(directory_url: impl Into<String>) -> Self {
+        Self {
+            directory_url: directory_url.into(),
+            server_root: None,
+            contact: Vec::new(),
+            renew_before: Duration::from_secs(30 * 24 * 3600),
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(24 * 3600),
+            max_orders_per_hour: 20,
+        }
+    }
+}
+
+/// What happened to a host in a renewal round.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Issued,
+    Failed(String),
+    /// Not tried: the host is backing off after failures.
+    BackingOff,
+    /// Not tried: the hourly order budget is spent.
+    OverBudget,
+}
+
+struct Backoff {
+    failures: u32,
+    next_try: Instant,
+}
+
+/// Keeps a certificate for every terminated route.
+pub struct CertManager {
+    settings: AcmeSettings,
+    account_file: PathBuf,
+    certs: Arc<CertStore>,
+    routes: Arc<Routes>,
+    challenges: Arc<Http01Challenges>,
+    account: tokio::sync::Mutex<Option<Account>>,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    orders: Mutex<VecDeque<Instant>>,
+}
+
+impl CertManager {
+    /// `state_dir` keeps the ACME account (0600).
+    pub fn new(
+        settings: AcmeSettings,
+        state_dir: &Path,
+        certs: Arc<CertStore>,
+        routes: Arc<Routes>,
+        challenges: Arc<Http01Challenges>,
+    ) -> Self {
+        Self {
+            settings,
+            account_file: state_dir.join("acme-account.json"),
+            certs,
+            routes,
+            challenges,
+            account: tokio::sync::Mutex::new(None),
+            backoff: Mutex::default(),
+            orders: Mutex::default(),
+        }
+    }
+
+    /// Renews what is due every `period`, forever.
+    pub async fn run(self: Arc<Self>, period: Duration) {
+        loop {
+            for (host, outcome) in self.renew_due().await {
+                if let Renewal::Failed(reason) = outcome {
+                    tracing::warn!(%host, "certificate order failed: {reason}");
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
+    /// The terminated hosts without a certificate or whose certificate expires within
+    /// `renew_before`.
+    pub fn due(&self) -> Vec<String> {
+        let horizon = SystemTime::now() + self.settings.renew_before;
+        self.routes
+            .terminated_hosts()
+            .into_iter()
+            .filter(|host| {
+                self.certs
+                    .lookup(host)
+                    .is_none_or(|c| c.not_after <= horizon)
+            })
+            .collect()
+    }
+
+    /// Orders a certificate for every due host that is not backing off, within the budget.
+    pub async fn renew_due(&self) -> Vec<(String, Renewal)> {
+        let mut outcomes = Vec::new();
+        for host in self.due() {
+            let now = Instant::now();
+            let waiting = self
+                .backoff
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&host)
+                .is_some_and(|b| b.next_try > now);
+            if waiting {
+                outcomes.push((host, Renewal::BackingOff));
+                continue;
+            }
+            if !self.take_order_slot(now) {
+                outcomes.push((host, Renewal::OverBudget));
+                continue;
+            }
+            let outcome = match self.issue(&host).await {
+                Ok(()) => {
+                    self.backoff
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&host);
+                    tracing::info!(%host, "certificate issued");
+                    Renewal::Issued
+                }
+                Err(e) => {
+                    let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = backoff.entry(host.clone()).or_insert(Backoff {
+                        failures: 0,
+                        next_try: now,
+                    });
+                    entry.failures = entry.failures.saturating_add(1);
+                    let delay = self
+                        .settings
+                        .retry_min
+                        .saturating_mul(1 << (entry.failures - 1).min(20))
+                        .min(self.settings.retry_max);
+                    entry.next_try = Instant::now() + delay;
+                    Renewal::Failed(format!("{e:#}"))
+                }
+            };
+            outcomes.push((host, outcome));
+        }
+        outcomes
+    }
+
+    fn take_order_slot(&self, now: Instant) -> bool {
+        let mut orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
+        while orders
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+        {
+            orders.pop_front();
+        }
+        if orders.len() >= self.settings.max_orders_per_hour {
+            return false;
+        }
+        orders.push_back(now);
+        true
+    }
+
+    async fn account(&self) -> Result<Account> {
+        let mut slot = self.account.lock().await;
+        if let Some(account) = slot.as_ref() {
+            return Ok(account.clone());
+        }
+        let builder = match &self.settings.server_root {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        }
+        .context("ACME HTTP client")?;
+        let account = match fs::read(&self.account_file) {
+            Ok(stored) => {
+                let credentials: AccountCredentials =
+                    serde_json::from_slice(&stored).context("stored ACME account")?;
+                builder
+                    .from_credentials(credentials)
+                    .await
+                    .context("restoring the ACME account")?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let contact: Vec<&str> = self.settings.contact.iter().map(String::as_str).collect();
+                let (account, credentials) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &contact,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.settings.directory_url.clone(),
+                        None,
+                    )
+                    .await
+                    .context("creating the ACME account")?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&self.account_file)
+                    .with_context(|| format!("writing {}", self.account_file.display()))?;
+                file.write_all(&serde_json::to_vec(&credentials)?)?;
+                account
+            }
+            Err(e) => return Err(e).context("reading the ACME account"),
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Orders, proves (HTTP-01) and installs a certificate for `host`.
+    pub async fn issue(&self, host: &str) -> Result<()> {
+        let account = self.account().await?;
+        let identifiers = [Identifier::Dns(host.to_string())];
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .context("new order")?;
+        let mut tokens = Vec::new();
+        let proved = self.answer_challenges(&mut order, &mut tokens).await;
+        let finished = match proved {
+            Ok(()) => self.finish(&mut order, host).await,
+            Err(e) => Err(e),
+        };
+        for token in tokens {
+            self.challenges.remove(&token);
+        }
+        finished
+    }
+
+    async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        tokens: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization.context("authorization")?;
+            match authorization.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => bail!("authorization is {status:?}"),
+            }
+            let mut challenge = authorization
+                .challenge(ChallengeType::Http01)
+                .ok_or_else(|| anyhow!("the CA offers no HTTP-01 challenge"))?;
+            let key_authorization = challenge.key_authorization().as_str().to_string();
+            self.challenges
+                .insert(challenge.token.clone(), key_authorization)?;
+            tokens.push(challenge.token.clone());
+            challenge.set_ready().await.context("challenge ready")?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, order: &mut instant_acme::Order, host: &str) -> Result<()> {
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(90));
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .context("waiting for validation")?;
+        if status != OrderStatus::Ready {
+            let mut reasons = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(authorization)) = authorizations.next().await {
+                for challenge in &authorization.challenges {
+                    if let Some(error) = &challenge.error {
+                        reasons.push(error.to_string());
+                    }
+                }
+            }
+            bail!("the order is {status:?}: {}", reasons.join("; "));
+        }
+        let mut params = rcgen::CertificateParams::new(vec![host.to_string()]);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let key = rcgen::Certificate::from_params(params).context("generating a key")?;
+        let csr = key.serialize_request_der().context("CSR")?;
+        order
+            .finalize_csr(&csr)
+            .await
+            .context("finalizing the order")?;
+        let chain = order
+            .poll_certificate(&retries)
+            .await
+            .context("downloading the certificate")?;
+        self.certs.install(
+            host,
+            chain.as_bytes(),
+            key.serialize_private_key_pem().as_bytes(),
+        )
+    }
+}
