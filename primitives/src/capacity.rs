@@ -169,6 +169,9 @@ pub trait GridCapacity<AccountId> {
     fn reserve(node: NodeId, resources: &Resources) -> DispatchResult;
     /// Returns `resources` from the node's reserved capacity, failing if more than reserved.
     fn release(node: NodeId, resources: &Resources) -> DispatchResult;
+    /// The domain under which the node serves gateway workloads (from its public config);
+    /// `None` if it has none or the node is unknown.
+    fn node_gateway_domain(node: NodeId) -> Option<alloc::vec::Vec<u8>>;
     /// Takes `count` free public IPs from the node's farm for `contract`: all of them or none.
     fn assign_public_ips(
         node: NodeId,

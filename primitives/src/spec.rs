@@ -209,6 +209,9 @@ bounded_text!(
     MAX_SSH_KEY_LEN
 );
 
+mod gateway;
+pub use gateway::*;
+
 /// A secret sealed to a node's x25519 key (a crypto_box sealed box). The chain stores only this
 /// ciphertext; only the node holding the matching secret key can open it.
 #[derive(
@@ -283,6 +286,8 @@ pub enum WorkloadKind {
     Network(NetworkSpec),
     /// A public address for one VM.
     PublicIp(PublicIpSpec),
+    /// A host name on a gateway node proxied to backends (see [`GatewaySpec`]).
+    Gateway(GatewaySpec),
 }
 
 /// The image a VM boots: the root hash of its content-addressed index, and where to get it.
@@ -532,6 +537,27 @@ pub struct PublicIpSpec {
 pub struct RequiredResources {
     pub resources: Resources,
     pub public_ipv4: u32,
+    /// Host names served by the node's gateway (gateway workloads).
+    #[cfg_attr(feature = "std", serde(default))]
+    pub gateway_hosts: u32,
+}
+
+/// [`RequiredResources`] as stored before gateway workloads existed, for the storage
+/// migrations of the pallets that keep it.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Encode, Decode, MaxEncodedLen, TypeInfo, Debug)]
+pub struct RequiredResourcesBeforeGateways {
+    pub resources: Resources,
+    pub public_ipv4: u32,
+}
+
+impl From<RequiredResourcesBeforeGateways> for RequiredResources {
+    fn from(old: RequiredResourcesBeforeGateways) -> Self {
+        RequiredResources {
+            resources: old.resources,
+            public_ipv4: old.public_ipv4,
+            gateway_hosts: 0,
+        }
+    }
 }
 
 /// The first rule a spec breaks. One variant per rule, so a deployer (and the chain's error)
@@ -642,6 +668,19 @@ pub enum SpecError {
     AllowedIpsInsideOwnSubnet,
     /// Two networks of one spec have overlapping ranges (a VM on both could not route both).
     OverlappingNetworks,
+    /// A gateway name must be one DNS label: 1-63 bytes of `[a-z0-9-]`, no hyphen at either end.
+    InvalidGatewayName,
+    /// A gateway FQDN must be a lowercase DNS name of at least two labels, at most 253 bytes.
+    InvalidGatewayFqdn,
+    /// A gateway needs at least one backend.
+    NoGatewayBackends,
+    /// A gateway backend has port 0, or (without a network) is not a public address: loopback,
+    /// private, link-local and similar addresses are refused.
+    GatewayBackendNotAllowed,
+    /// A gateway backend is outside the range of the network the gateway names (or is IPv6).
+    GatewayBackendOutsideNetwork,
+    /// Two gateways of one spec serve the same host.
+    DuplicateGatewayHost,
 }
 
 fn is_valid_name(name: &WorkloadName) -> bool {
@@ -713,6 +752,13 @@ impl Workload {
         }
     }
 
+    pub fn as_gateway(&self) -> Option<&GatewaySpec> {
+        match &self.kind {
+            WorkloadKind::Gateway(gateway) => Some(gateway),
+            _ => None,
+        }
+    }
+
     /// True for a public IP workload asking for an IPv4 address.
     pub fn needs_public_ipv4(&self) -> bool {
         matches!(&self.kind, WorkloadKind::PublicIp(p) if p.v4)
@@ -744,13 +790,14 @@ impl DeploymentSpec {
     /// The single place where workloads turn into capacity: the chain reserves and bills
     /// exactly this and the executor enforces it as limits. A VM counts its vCPUs (cru), memory
     /// (mru) and root filesystem (sru); a disk or volume its size (sru); a network nothing; a
-    /// public IP with IPv4 one address. Nothing uses HDD (hru) yet.
+    /// public IP with IPv4 one address; a gateway one host name. Nothing uses HDD (hru) yet.
     ///
     /// Arithmetic saturates; for a spec that passes [`Self::validate`] it never reaches the
     /// bound (at most `MAX_WORKLOADS` x 16 TiB of storage).
     pub fn required_resources(&self) -> RequiredResources {
         let mut r = Resources::zero();
         let mut public_ipv4: u32 = 0;
+        let mut gateway_hosts: u32 = 0;
         for w in self.workloads.iter() {
             match &w.kind {
                 WorkloadKind::Vm(vm) => {
@@ -766,11 +813,13 @@ impl DeploymentSpec {
                         public_ipv4 = public_ipv4.saturating_add(1);
                     }
                 }
+                WorkloadKind::Gateway(_) => gateway_hosts = gateway_hosts.saturating_add(1),
             }
         }
         RequiredResources {
             resources: r,
             public_ipv4,
+            gateway_hosts,
         }
     }
 
@@ -812,7 +861,19 @@ impl DeploymentSpec {
                         public_ipv4 = public_ipv4.saturating_add(1);
                     }
                 }
+                WorkloadKind::Gateway(g) => g.check(self)?,
             }
+        }
+        let gateways: Vec<&GatewaySpec> = self
+            .workloads
+            .iter()
+            .filter_map(Workload::as_gateway)
+            .collect();
+        for (i, g) in gateways.iter().enumerate() {
+            ensure(
+                !gateways.iter().take(i).any(|o| o.host == g.host),
+                DuplicateGatewayHost,
+            )?;
         }
         ensure(public_ipv4 <= MAX_PUBLIC_IPV4, TooManyPublicIpv4)?;
         let networks: Vec<&NetworkSpec> = self

@@ -2,7 +2,7 @@
 
 use zos_primitives::{
     contracts::{CancelCause, ContractState},
-    spec::{DeploymentSpec, WorkloadKind},
+    spec::{DeploymentSpec, GatewayHost, WorkloadKind},
     Ipv4Cidr, Ipv6Cidr, Resources,
 };
 
@@ -131,6 +131,32 @@ pub fn spec_lines(spec: &DeploymentSpec) -> Vec<String> {
                     if p.v4 { " v4" } else { "" },
                     if p.v6 { " v6" } else { "" }
                 ),
+                WorkloadKind::Gateway(g) => {
+                    let host = match &g.host {
+                        GatewayHost::Name(n) => {
+                            format!("{}.<node domain>", String::from_utf8_lossy(n.as_bytes()))
+                        }
+                        GatewayHost::Fqdn(f) => String::from_utf8_lossy(f.as_bytes()).into_owned(),
+                    };
+                    let backends: Vec<String> = g
+                        .backends
+                        .iter()
+                        .map(|b| b.socket_addr().to_string())
+                        .collect();
+                    format!(
+                        "gateway: https://{host} -> {}{}{}",
+                        backends.join(", "),
+                        g.network
+                            .as_ref()
+                            .map(|n| format!(" in {}", String::from_utf8_lossy(n.as_bytes())))
+                            .unwrap_or_default(),
+                        if g.tls_passthrough {
+                            ", TLS passthrough"
+                        } else {
+                            ""
+                        }
+                    )
+                }
             };
             format!("{name} — {what}")
         })

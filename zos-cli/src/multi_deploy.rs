@@ -227,6 +227,7 @@ fn kind_name(kind: &WorkloadKind) -> &'static str {
         WorkloadKind::Volume(_) => "volume",
         WorkloadKind::Network(_) => "network",
         WorkloadKind::PublicIp(_) => "public ip",
+        WorkloadKind::Gateway(_) => "gateway",
     }
 }
 

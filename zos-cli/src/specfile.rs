@@ -201,6 +201,7 @@ mod tests {
                 "public-ip.toml",
                 include_str!("../../examples/public-ip.toml"),
             ),
+            ("gateway.toml", include_str!("../../examples/gateway.toml")),
         ] {
             let spec =
                 parse_spec(text, Path::new(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));

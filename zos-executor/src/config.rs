@@ -99,6 +99,32 @@ pub struct Flags {
     /// card on it. Without it, public IP workloads fail.
     #[arg(long, env = "ZOS_PUBLIC_BRIDGE")]
     pub public_bridge: Option<String>,
+    /// Serve gateway workloads: the HTTPS address of this node's web gateway (e.g.
+    /// 0.0.0.0:443). Default: off (gateway workloads fail with "no driver").
+    #[arg(long, env = "ZOS_GATEWAY_HTTPS_ADDR")]
+    pub gateway_https_addr: Option<SocketAddr>,
+    /// The gateway's plain HTTP address (ACME challenges, redirects to HTTPS). Default: the
+    /// HTTPS address's IP, port 80.
+    #[arg(long, env = "ZOS_GATEWAY_HTTP_ADDR")]
+    pub gateway_http_addr: Option<SocketAddr>,
+    /// The HTTPS port clients use (redirects name it), when a port forward or load balancer
+    /// stands in front. Default: the port of the HTTPS address.
+    #[arg(long, env = "ZOS_GATEWAY_PUBLIC_HTTPS_PORT")]
+    pub gateway_public_https_port: Option<u16>,
+    /// ACME directory the gateway orders its certificates from, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory. Default: none (no certificates).
+    #[arg(long, env = "ZOS_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// PEM root of the ACME server's own HTTPS certificate, for a test CA.
+    #[arg(long, env = "ZOS_ACME_ROOT")]
+    pub acme_root: Option<PathBuf>,
+    /// Contact for the ACME account, e.g. mailto:farmer@example.org.
+    #[arg(long, env = "ZOS_ACME_CONTACT")]
+    pub acme_contact: Option<String>,
+    /// Name server (ip:port) for checking that deployers' domains point at this gateway.
+    /// Default: the system's resolver.
+    #[arg(long, env = "ZOS_GATEWAY_DNS")]
+    pub gateway_dns: Option<SocketAddr>,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -124,6 +150,28 @@ pub struct FileConfig {
     pub underlay_netns: Option<PathBuf>,
     pub no_outbound_internet: Option<bool>,
     pub public_bridge: Option<String>,
+    pub gateway_https_addr: Option<SocketAddr>,
+    pub gateway_http_addr: Option<SocketAddr>,
+    pub gateway_public_https_port: Option<u16>,
+    pub acme_directory: Option<String>,
+    pub acme_root: Option<PathBuf>,
+    pub acme_contact: Option<String>,
+    pub gateway_dns: Option<SocketAddr>,
+}
+
+/// The web gateway of a gateway node.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub https_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// The HTTPS port in redirects.
+    pub public_https_port: u16,
+    /// Where certificates are ordered; `None`: none are.
+    pub acme_directory: Option<String>,
+    pub acme_root: Option<PathBuf>,
+    pub acme_contact: Option<String>,
+    /// Name server for deployers' domains; `None`: the system's.
+    pub dns: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +204,8 @@ pub struct Config {
     pub allow_outbound_internet: bool,
     /// The bridge to the farm's public network.
     pub public_bridge: Option<String>,
+    /// Serve gateway workloads with this gateway; `None`: this is not a gateway node.
+    pub gateway: Option<GatewayConfig>,
 }
 
 impl Config {
@@ -220,6 +270,24 @@ impl Config {
                 "allowed image source {prefix:?} is neither an http(s) URL nor an absolute directory other than /"
             );
         }
+        let gateway = match flags.gateway_https_addr.or(file.gateway_https_addr) {
+            None => None,
+            Some(https_addr) => Some(GatewayConfig {
+                https_addr,
+                http_addr: flags
+                    .gateway_http_addr
+                    .or(file.gateway_http_addr)
+                    .unwrap_or(SocketAddr::new(https_addr.ip(), 80)),
+                public_https_port: flags
+                    .gateway_public_https_port
+                    .or(file.gateway_public_https_port)
+                    .unwrap_or(https_addr.port()),
+                acme_directory: flags.acme_directory.or(file.acme_directory),
+                acme_root: flags.acme_root.or(file.acme_root),
+                acme_contact: flags.acme_contact.or(file.acme_contact),
+                dns: flags.gateway_dns.or(file.gateway_dns),
+            }),
+        };
         let reserve = flags
             .reserve
             .or(file.reserve)
@@ -261,6 +329,7 @@ impl Config {
             allow_outbound_internet: !(flags.no_outbound_internet
                 || file.no_outbound_internet.unwrap_or(false)),
             public_bridge: flags.public_bridge.or(file.public_bridge),
+            gateway,
         })
     }
 }

@@ -42,6 +42,8 @@ fn install_rank(w: &Workload) -> u8 {
         WorkloadKind::Network(_) => 1,
         WorkloadKind::PublicIp(_) => 2,
         WorkloadKind::Vm(_) => 3,
+        // Routes to the VMs once they are up (and after the networks they are reached in).
+        WorkloadKind::Gateway(_) => 4,
     }
 }
 
@@ -116,6 +118,9 @@ pub struct Engine {
     box_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
     /// The node's public IPv6 subnet from its on-chain record (refreshed every pass).
     node_ipv6: std::sync::RwLock<Option<PublicIpv6Config>>,
+    /// The node's gateway domain and public addresses from its on-chain record (refreshed
+    /// every pass).
+    node_domain: std::sync::RwLock<(Option<String>, Vec<std::net::IpAddr>)>,
 }
 
 /// What one contract task ended with.
@@ -136,12 +141,19 @@ impl Engine {
             retry: RetryPolicy::default(),
             box_secret: None,
             node_ipv6: std::sync::RwLock::new(None),
+            node_domain: std::sync::RwLock::new((None, Vec::new())),
         }
     }
 
     /// The node's public IPv6 subnet as the chain declares it now; later passes use it.
     pub fn set_node_ipv6(&self, subnet: Option<PublicIpv6Config>) {
         *self.node_ipv6.write().unwrap_or_else(|p| p.into_inner()) = subnet;
+    }
+
+    /// The node's gateway domain and public addresses as the chain declares them now; later
+    /// passes use them.
+    pub fn set_node_domain(&self, domain: Option<String>, addresses: Vec<std::net::IpAddr>) {
+        *self.node_domain.write().unwrap_or_else(|p| p.into_inner()) = (domain, addresses);
     }
 
     pub fn with_parallelism(mut self, n: usize) -> Self {
@@ -171,6 +183,18 @@ impl Engine {
             spec: Arc::new(spec.clone()),
             public_ips: public_ips.to_vec(),
             node_ipv6: *self.node_ipv6.read().unwrap_or_else(|p| p.into_inner()),
+            node_domain: self
+                .node_domain
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone(),
+            node_addresses: self
+                .node_domain
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .1
+                .clone(),
         }
     }
 

@@ -131,6 +131,13 @@ impl Executor {
             )));
             drivers.push(Arc::new(PublicIpDriver::new(networks.clone())));
         }
+        if let Some(gateway) = &config.gateway {
+            let driver =
+                crate::drivers::gateway::start(gateway, &config.data_dir, networks.clone())
+                    .await
+                    .context("starting the web gateway")?;
+            drivers.push(Arc::new(driver));
+        }
         if !config.vm_enabled {
             info!("VM workloads disabled by configuration: they will fail with \"this node has no driver for vm workloads\"");
         } else {
@@ -426,15 +433,29 @@ impl Executor {
     async fn refresh_node_ipv6(&self) -> Result<()> {
         let read = async {
             let record = crate::chain::node_record(&self.chain, self.node).await?;
-            record
-                .public_config
-                .and_then(|c| c.ipv6)
-                .map(|v6| crate::chain::convert::<_, PublicIpv6Config>(&v6))
-                .transpose()
+            let config = record.public_config;
+            let subnet = config
+                .as_ref()
+                .and_then(|c| c.ipv6.as_ref())
+                .map(|v6| crate::chain::convert::<_, PublicIpv6Config>(v6))
+                .transpose()?;
+            let ipv4 = config
+                .as_ref()
+                .and_then(|c| c.ipv4.as_ref())
+                .map(|v4| crate::chain::convert::<_, zos_primitives::PublicIpv4Config>(v4))
+                .transpose()?;
+            let domain = config
+                .and_then(|c| c.domain)
+                .map(|d| String::from_utf8_lossy(&d.0).to_ascii_lowercase());
+            let mut addresses: Vec<std::net::IpAddr> = Vec::new();
+            addresses.extend(ipv4.map(|v4| std::net::IpAddr::from(v4.ip.ip)));
+            addresses.extend(subnet.map(|v6| std::net::IpAddr::from(v6.ip.ip)));
+            anyhow::Ok((subnet, domain, addresses))
         };
         match read.await {
-            Ok(subnet) => {
+            Ok((subnet, domain, addresses)) => {
                 self.engine.set_node_ipv6(subnet);
+                self.engine.set_node_domain(domain, addresses);
                 self.node_config_read
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())

@@ -141,15 +141,19 @@ impl CertManager {
         }
     }
 
-    /// Renews what is due every `period`, forever.
-    pub async fn run(self: Arc<Self>, period: Duration) {
+    /// Renews what is due every `period`, and whenever `wake` is notified (a route was
+    /// added), forever.
+    pub async fn run(self: Arc<Self>, period: Duration, wake: Arc<tokio::sync::Notify>) {
         loop {
             for (host, outcome) in self.renew_due().await {
                 if let Renewal::Failed(reason) = outcome {
                     tracing::warn!(%host, "certificate order failed: {reason}");
                 }
             }
-            tokio::time::sleep(period).await;
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = wake.notified() => {}
+            }
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod acme;
 pub mod certs;
 mod dial;
+pub mod dns;
 pub mod meter;
 mod proxy;
 pub mod routes;
@@ -25,6 +26,7 @@ mod sni;
 
 pub use acme::{AcmeSettings, CertManager, Http01Challenges, Renewal};
 pub use certs::CertStore;
+pub use dns::{DomainCheck, DomainError};
 pub use meter::TrafficSnapshot;
 pub use routes::{Route, RouteError, Routes, TlsMode};
 pub use server::{Gateway, GatewayLimits};

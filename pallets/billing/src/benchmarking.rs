@@ -28,6 +28,7 @@ fn required() -> RequiredResources {
     RequiredResources {
         resources: Resources::new(4, 8 * GIB, 200 * GIB, 1_000 * GIB),
         public_ipv4: 1,
+        gateway_hosts: 1,
     }
 }
 

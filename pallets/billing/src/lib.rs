@@ -46,8 +46,8 @@
 //!
 //! ## Settlement
 //!
-//! `charge = (CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour) x uptime / 1 h + traffic / GiB x
-//! traffic_gib`, every term rounded down. An update approved inside a window changes what the
+//! `charge = (CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour + gateway hosts x
+//! gateway_host_hour) x uptime / 1 h + traffic / GiB x traffic_gib`, every term rounded down. An update approved inside a window changes what the
 //! contract holds at once: the window is charged span by span at what was held in each, the
 //! uptime shared by the spans' lengths (see the `resource_changes` module). A running contract whose node does not report (a
 //! stale contract, see [`Pallet::stale_contracts`]) accrues nothing. The one charge without a
@@ -172,7 +172,7 @@ pub mod pallet {
 
     /// 2: grace expiry moved from the `on_idle` sweep (and its `GraceCursor`) to the deadline
     /// queues; see [`crate::migrations`].
-    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -529,7 +529,8 @@ pub mod pallet {
 }
 
 /// The development pricing policy (12-decimal currency): 0.1 per CU-hour, 0.01 per SU-hour,
-/// 0.05 per IPv4-hour, 0.01 per GiB of traffic; 70% farm owner, 20% treasury, 10% burned.
+/// 0.05 per IPv4-hour, 0.01 per GiB of traffic, 0.01 per gateway host-hour; 70% farm owner, 20%
+/// treasury, 10% burned.
 pub fn dev_pricing_policy() -> PricingPolicy<u128> {
     const UNIT: u128 = 1_000_000_000_000;
     PricingPolicy {
@@ -537,6 +538,7 @@ pub fn dev_pricing_policy() -> PricingPolicy<u128> {
         su_hour: UNIT / 100,
         ipv4_hour: UNIT / 20,
         traffic_gib: UNIT / 100,
+        gateway_host_hour: UNIT / 100,
         farm_owner_share: Perbill::from_percent(70),
         treasury_share: Perbill::from_percent(20),
         burn_share: Perbill::from_percent(10),

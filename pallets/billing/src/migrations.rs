@@ -80,3 +80,109 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV1ToV2<T> {
         Pallet::<T>::do_try_state()
     }
 }
+
+/// A version 2 pricing policy: no price for gateway hosts.
+#[derive(codec::Encode, codec::Decode)]
+pub struct PricingPolicyV2<Balance> {
+    pub cu_hour: Balance,
+    pub su_hour: Balance,
+    pub ipv4_hour: Balance,
+    pub traffic_gib: Balance,
+    pub farm_owner_share: sp_runtime::Perbill,
+    pub treasury_share: sp_runtime::Perbill,
+    pub burn_share: sp_runtime::Perbill,
+}
+
+#[derive(codec::Encode, codec::Decode)]
+pub struct ResourceChangeV2 {
+    pub at: u64,
+    pub before: zos_primitives::spec::RequiredResourcesBeforeGateways,
+}
+
+#[derive(codec::Encode, codec::Decode)]
+pub struct EndedContractV2<AccountId, BlockNumber> {
+    pub owner: AccountId,
+    pub node: NodeId,
+    pub required: zos_primitives::spec::RequiredResourcesBeforeGateways,
+    pub activated_at: BlockNumber,
+    pub ended_at: u64,
+}
+
+/// Version 2 to 3: gateway workloads. Pricing policies gain a price per gateway host-hour,
+/// 0 (free) until the council sets one; the stored required resources (resource changes,
+/// ended contracts) gain a gateway host count of 0 (no contract could have had a gateway).
+pub type V2ToV3<T> =
+    VersionedMigration<2, 3, InnerV2ToV3<T>, Pallet<T>, <T as frame_system::Config>::DbWeight>;
+
+/// The unversioned body of [`V2ToV3`]; use [`V2ToV3`].
+pub struct InnerV2ToV3<T>(core::marker::PhantomData<T>);
+
+impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV2ToV3<T> {
+    fn on_runtime_upgrade() -> Weight {
+        let mut count = 0u64;
+        PricingPolicies::<T>::translate::<PricingPolicyV2<BalanceOf<T>>, _>(|_, old| {
+            count = count.saturating_add(1);
+            Some(PricingPolicy {
+                cu_hour: old.cu_hour,
+                su_hour: old.su_hour,
+                ipv4_hour: old.ipv4_hour,
+                traffic_gib: old.traffic_gib,
+                gateway_host_hour: Zero::zero(),
+                farm_owner_share: old.farm_owner_share,
+                treasury_share: old.treasury_share,
+                burn_share: old.burn_share,
+            })
+        });
+        ResourceChanges::<T>::translate::<Vec<ResourceChangeV2>, _>(|_, old| {
+            count = count.saturating_add(1);
+            let changes: Vec<ResourceChange> = old
+                .into_iter()
+                .map(|c| ResourceChange {
+                    at: c.at,
+                    before: c.before.into(),
+                })
+                .collect();
+            // As many as before, which fitted the same bound.
+            Some(frame_support::BoundedVec::truncate_from(changes))
+        });
+        EndedContracts::<T>::translate::<EndedContractV2<T::AccountId, BlockNumberFor<T>>, _>(
+            |_, old| {
+                count = count.saturating_add(1);
+                Some(EndedContract {
+                    owner: old.owner,
+                    node: old.node,
+                    required: old.required.into(),
+                    activated_at: old.activated_at,
+                    ended_at: old.ended_at,
+                })
+            },
+        );
+        T::DbWeight::get().reads_writes(count.saturating_add(1), count.saturating_add(1))
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn pre_upgrade() -> Result<Vec<u8>, sp_runtime::TryRuntimeError> {
+        use codec::Encode;
+        let counts = (
+            PricingPolicies::<T>::iter_keys().count() as u64,
+            ResourceChanges::<T>::iter_keys().count() as u64,
+            EndedContracts::<T>::iter_keys().count() as u64,
+        );
+        Ok(counts.encode())
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn post_upgrade(state: Vec<u8>) -> Result<(), sp_runtime::TryRuntimeError> {
+        use codec::Decode;
+        let before = <(u64, u64, u64)>::decode(&mut &state[..])
+            .map_err(|_| sp_runtime::TryRuntimeError::Other("pre-upgrade state"))?;
+        // `iter` decodes every entry: one left in the old layout would be skipped here.
+        let after = (
+            PricingPolicies::<T>::iter().count() as u64,
+            ResourceChanges::<T>::iter().count() as u64,
+            EndedContracts::<T>::iter().count() as u64,
+        );
+        frame_support::ensure!(after == before, "an entry was lost or left undecodable");
+        Pallet::<T>::do_try_state()
+    }
+}

@@ -213,6 +213,9 @@ impl GridCapacity<AccountId> for MockGrid {
             Ok(())
         })
     }
+    fn node_gateway_domain(_node: NodeId) -> Option<Vec<u8>> {
+        None
+    }
     fn assign_public_ips(
         node: NodeId,
         contract: ContractId,
@@ -362,13 +365,14 @@ pub fn reserved(node: NodeId) -> Resources {
 }
 
 /// A policy with round numbers: 3600 per CU-hour (1 per CU-second), 360 per SU-hour, 7200 per
-/// IPv4-hour, 1000 per GiB; 70/20/10.
+/// IPv4-hour, 1000 per GiB, 1800 per gateway host-hour; 70/20/10.
 pub fn test_policy() -> pallet_billing::PricingPolicy<Balance> {
     pallet_billing::PricingPolicy {
         cu_hour: 3_600,
         su_hour: 360,
         ipv4_hour: 7_200,
         traffic_gib: 1_000,
+        gateway_host_hour: 1_800,
         farm_owner_share: Perbill::from_percent(70),
         treasury_share: Perbill::from_percent(20),
         burn_share: Perbill::from_percent(10),

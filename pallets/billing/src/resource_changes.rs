@@ -145,5 +145,6 @@ fn larger(a: &RequiredResources, b: &RequiredResources) -> RequiredResources {
             a.resources.hru.max(b.resources.hru),
         ),
         public_ipv4: a.public_ipv4.max(b.public_ipv4),
+        gateway_hosts: a.gateway_hosts.max(b.gateway_hosts),
     }
 }

@@ -17,6 +17,7 @@ fn small_vm() -> RequiredResources {
     RequiredResources {
         resources: Resources::new(2, 4 * GIB, 100 * GIB, 0),
         public_ipv4: 1,
+        gateway_hosts: 0,
     }
 }
 
@@ -176,12 +177,14 @@ fn charge_at_the_bounds_saturates_instead_of_overflowing() {
     let max = RequiredResources {
         resources: Resources::new(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
         public_ipv4: u32::MAX,
+        gateway_hosts: u32::MAX,
     };
     let priciest = PricingPolicy::<Balance> {
         cu_hour: u128::MAX,
         su_hour: u128::MAX,
         ipv4_hour: u128::MAX,
         traffic_gib: u128::MAX,
+        gateway_host_hour: u128::MAX,
         ..test_policy()
     };
     let long = ConsumptionReport {
@@ -215,6 +218,7 @@ fn charge_at_the_bounds_saturates_instead_of_overflowing() {
         su_hour: 0,
         ipv4_hour: 0,
         traffic_gib: 0,
+        gateway_host_hour: 0,
         ..test_policy()
     };
     let hour = ConsumptionReport {
@@ -235,6 +239,7 @@ fn an_unpayable_charge_at_the_bounds_becomes_debt_and_totals_still_add_up() {
             su_hour: u128::MAX,
             ipv4_hour: u128::MAX,
             traffic_gib: u128::MAX,
+            gateway_host_hour: u128::MAX,
             ..test_policy()
         };
         assert_ok!(Billing::set_pricing_policy(RuntimeOrigin::root(), 1, huge));
@@ -246,6 +251,7 @@ fn an_unpayable_charge_at_the_bounds_becomes_debt_and_totals_still_add_up() {
             RequiredResources {
                 resources: max,
                 public_ipv4: u32::MAX,
+                gateway_hosts: u32::MAX,
             },
         );
         advance_secs(MAX_WINDOW);
@@ -1329,6 +1335,7 @@ fn big_vm() -> RequiredResources {
     RequiredResources {
         resources: Resources::new(4, 8 * GIB, 200 * GIB, 0),
         public_ipv4: 1,
+        gateway_hosts: 0,
     }
 }
 
@@ -1440,5 +1447,103 @@ fn many_changes_in_a_window_merge_the_oldest_at_the_larger_resources() {
         // Closing the contract's billing forgets them.
         end_contract(c, CancelCause::OutOfFunds);
         assert!(ResourceChanges::<Test>::get(c).is_none());
+    });
+}
+
+#[test]
+fn gateway_hosts_are_charged_per_host_hour() {
+    run_test(|| {
+        let with_hosts = RequiredResources {
+            gateway_hosts: 2,
+            ..small_vm()
+        };
+        let c = add_contract(OWNER, NODE, with_hosts);
+        advance_secs(3_600);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 3_600, 3_600)]);
+        // The VM's hour plus two hosts at 1,800 each.
+        assert_eq!(balance(OWNER), OWNER_FUNDS - SMALL_VM_HOUR - 2 * 1_800);
+    });
+}
+
+#[test]
+fn the_v2_to_v3_migration_prices_gateway_hosts_at_zero_and_keeps_stored_requirements() {
+    use crate::migrations::{EndedContractV2, PricingPolicyV2, ResourceChangeV2};
+    use frame_support::traits::{GetStorageVersion, StorageVersion};
+    use zos_primitives::spec::RequiredResourcesBeforeGateways;
+    let old_required = |r: RequiredResources| RequiredResourcesBeforeGateways {
+        resources: r.resources,
+        public_ipv4: r.public_ipv4,
+    };
+    run_test(|| {
+        // A resource change and an ended contract, as the current version stores them.
+        let changed = add_contract(OWNER, NODE, small_vm());
+        advance_secs(600);
+        update_resources(changed, big_vm());
+        let ended = add_contract(OWNER, NODE, small_vm());
+        advance_secs(600);
+        end_contract(ended, CancelCause::Signers);
+        let changes = ResourceChanges::<Test>::get(changed).unwrap();
+        let ended_entry = EndedContracts::<Test>::get(ended).unwrap();
+        let policies: Vec<_> = PricingPolicies::<Test>::iter().collect();
+
+        // Rewritten in version 2's layout.
+        for (id, p) in &policies {
+            let old = PricingPolicyV2 {
+                cu_hour: p.cu_hour,
+                su_hour: p.su_hour,
+                ipv4_hour: p.ipv4_hour,
+                traffic_gib: p.traffic_gib,
+                farm_owner_share: p.farm_owner_share,
+                treasury_share: p.treasury_share,
+                burn_share: p.burn_share,
+            };
+            frame_support::storage::unhashed::put(
+                &PricingPolicies::<Test>::hashed_key_for(id),
+                &old,
+            );
+        }
+        let old_changes: Vec<ResourceChangeV2> = changes
+            .iter()
+            .map(|c| ResourceChangeV2 {
+                at: c.at,
+                before: old_required(c.before),
+            })
+            .collect();
+        frame_support::storage::unhashed::put(
+            &ResourceChanges::<Test>::hashed_key_for(changed),
+            &old_changes,
+        );
+        let old_ended = EndedContractV2 {
+            owner: ended_entry.owner,
+            node: ended_entry.node,
+            required: old_required(ended_entry.required),
+            activated_at: ended_entry.activated_at,
+            ended_at: ended_entry.ended_at,
+        };
+        frame_support::storage::unhashed::put(
+            &EndedContracts::<Test>::hashed_key_for(ended),
+            &old_ended,
+        );
+        assert!(
+            EndedContracts::<Test>::try_get(ended).is_err(),
+            "the old layout does not decode"
+        );
+        StorageVersion::new(2).put::<Billing>();
+
+        upgrade::<crate::migrations::V2ToV3<Test>>();
+
+        assert_eq!(Billing::on_chain_storage_version(), 3);
+        for (id, p) in policies {
+            let migrated = PricingPolicies::<Test>::get(id).unwrap();
+            assert_eq!(
+                migrated,
+                PricingPolicy {
+                    gateway_host_hour: 0,
+                    ..p
+                }
+            );
+        }
+        assert_eq!(ResourceChanges::<Test>::get(changed).unwrap(), changes);
+        assert_eq!(EndedContracts::<Test>::get(ended).unwrap(), ended_entry);
     });
 }

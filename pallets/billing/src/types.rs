@@ -12,8 +12,8 @@ use zos_primitives::{
 
 /// Prices of a farm's capacity and how each payment is split.
 ///
-/// Prices are in the smallest balance unit: per whole CU, SU or IPv4 address held for one hour,
-/// and per GiB (2^30 bytes) of public traffic. The three shares must add up to exactly 100%.
+/// Prices are in the smallest balance unit: per whole CU, SU, IPv4 address or gateway host held
+/// for one hour, and per GiB (2^30 bytes) of public traffic. The three shares must add up to exactly 100%.
 #[derive(
     Clone,
     PartialEq,
@@ -33,6 +33,8 @@ pub struct PricingPolicy<Balance> {
     pub su_hour: Balance,
     pub ipv4_hour: Balance,
     pub traffic_gib: Balance,
+    /// Per host name (gateway workload) served by a gateway node.
+    pub gateway_host_hour: Balance,
     /// Paid to the owner of the farm of the contract's node.
     pub farm_owner_share: Perbill,
     /// Paid to the treasury account, which also receives every rounding remainder.
@@ -52,6 +54,7 @@ impl<Balance> PricingPolicy<Balance> {
             su_hour: f(self.su_hour),
             ipv4_hour: f(self.ipv4_hour),
             traffic_gib: f(self.traffic_gib),
+            gateway_host_hour: f(self.gateway_host_hour),
             farm_owner_share: self.farm_owner_share,
             treasury_share: self.treasury_share,
             burn_share: self.burn_share,
@@ -85,8 +88,8 @@ impl<Balance: BalanceT> PricingPolicy<Balance> {
     }
 
     /// What `report` costs for a contract holding `required`, in the smallest balance unit:
-    /// `(CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour) x uptime / 1 h + traffic / GiB x
-    /// traffic_gib`. Every term rounds down (see [`zos_primitives::units`]); the sum saturates
+    /// `(CU x cu_hour + SU x su_hour + IPv4 x ipv4_hour + hosts x gateway_host_hour) x uptime
+    /// / 1 h + traffic / GiB x traffic_gib`. Every term rounds down (see [`zos_primitives::units`]); the sum saturates
     /// at the largest balance, which no account can hold, so the excess only becomes debt.
     pub fn charge(&self, required: &RequiredResources, report: &ConsumptionReport) -> Balance {
         let price = |b: Balance| -> u128 { b.saturated_into_u128() };
@@ -106,12 +109,18 @@ impl<Balance: BalanceT> PricingPolicy<Balance> {
             uptime,
             price(self.ipv4_hour),
         );
+        let hosts = units::price_for(
+            u128::from(required.gateway_hosts).saturating_mul(MILLI),
+            uptime,
+            price(self.gateway_host_hour),
+        );
         let bytes =
             u128::from(report.public_bytes_in).saturating_add(u128::from(report.public_bytes_out));
         let traffic = units::traffic_price(bytes, price(self.traffic_gib));
         let total = cu
             .saturating_add(su)
             .saturating_add(ipv4)
+            .saturating_add(hosts)
             .saturating_add(traffic);
         sp_runtime::traits::UniqueSaturatedFrom::unique_saturated_from(total)
     }

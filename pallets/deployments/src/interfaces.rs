@@ -73,6 +73,8 @@ impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
     fn end_contract_weight() -> frame_support::weights::Weight {
         // A cancel proposal that passes at once ends the contract the same way, and approving
         // one does: the larger of the two, at their worst cases.
-        T::WeightInfo::approve().max(T::WeightInfo::propose_cancel())
+        T::WeightInfo::approve()
+            .max(T::WeightInfo::propose_cancel())
+            .saturating_add(Pallet::<T>::gateway_hosts_weight())
     }
 }

@@ -30,6 +30,7 @@ extern crate alloc;
 
 #[cfg(feature = "runtime-benchmarks")]
 mod benchmarking;
+pub mod gateway_hosts;
 mod interfaces;
 pub mod migrations;
 #[cfg(test)]
@@ -80,7 +81,7 @@ pub mod pallet {
 
     /// 2: proposal expiries moved from per-block slots (`ProposalExpiries`) to one FIFO queue
     /// ([`ExpiryQueue`]); see [`crate::migrations`].
-    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -189,6 +190,18 @@ pub mod pallet {
     #[pallet::storage]
     pub type Reports<T: Config> =
         StorageMap<_, Twox64Concat, ContractId, DeploymentReport<T>, OptionQuery>;
+
+    /// The contract serving each gateway host (keyed by
+    /// [`zos_primitives::spec::gateway_host_key`]): claimed when a spec with the gateway
+    /// passes, freed when an update drops it or the contract ends. Bounded by the contracts'
+    /// gateway workloads, whose spec deposits cover it.
+    #[pallet::storage]
+    pub type GatewayHosts<T: Config> = StorageMap<_, Identity, [u8; 32], ContractId, OptionQuery>;
+
+    /// The gateway host keys each contract holds, to free them when it changes or ends.
+    #[pallet::storage]
+    pub type ContractGatewayHosts<T: Config> =
+        StorageMap<_, Twox64Concat, ContractId, gateway_hosts::GatewayHostKeys, OptionQuery>;
 
     /// Id the next contract gets; ids start at 1 and are never reused.
     #[pallet::storage]
@@ -328,6 +341,11 @@ pub mod pallet {
         ProposalOverdue,
         /// The node is leaving the grid: it takes no new contracts.
         NodeLeaving,
+        /// Another contract already serves this gateway host: the name under this gateway
+        /// domain, or the FQDN on this node. Choose another name.
+        GatewayHostTaken,
+        /// A gateway name needs a node whose public config has a domain (a gateway node).
+        NodeHasNoGatewayDomain,
         /// A proposal holds as many approvals as the contract can have signers. Approvals are
         /// distinct signers, so this means corrupted storage; nothing was changed.
         ApprovalsFull,
@@ -369,7 +387,7 @@ pub mod pallet {
         /// Creates a contract on `node` proposing `spec` (version 0) to `signers`; the signer
         /// (the owner, who must be one of them) approves by creating. Holds the deposit.
         #[pallet::call_index(0)]
-        #[pallet::weight(T::WeightInfo::create())]
+        #[pallet::weight(T::WeightInfo::create().saturating_add(Pallet::<T>::gateway_hosts_weight()))]
         pub fn create(
             origin: OriginFor<T>,
             node: NodeId,
@@ -389,6 +407,7 @@ pub mod pallet {
             Self::check_signers(&owner, &signers, threshold)?;
 
             let contract_id = NextContractId::<T>::get();
+            Self::ensure_gateway_hosts_free(contract_id, node, &spec)?;
             let next = contract_id
                 .checked_add(1)
                 .ok_or(Error::<T>::ContractIdsExhausted)?;
@@ -435,7 +454,8 @@ pub mod pallet {
         #[pallet::call_index(1)]
         // Plus billing's record of a resource change (an update that passes).
         #[pallet::weight(T::WeightInfo::approve()
-            .saturating_add(T::DbWeight::get().reads_writes(2, 1)))]
+            .saturating_add(T::DbWeight::get().reads_writes(2, 1))
+            .saturating_add(Pallet::<T>::gateway_hosts_weight()))]
         pub fn approve(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -515,7 +535,8 @@ pub mod pallet {
         /// the active version until this one passes. Holds a deposit for the proposed spec.
         #[pallet::call_index(3)]
         #[pallet::weight(T::WeightInfo::propose_update()
-            .saturating_add(T::DbWeight::get().reads_writes(4, 4)))]
+            .saturating_add(T::DbWeight::get().reads_writes(4, 4))
+            .saturating_add(Pallet::<T>::gateway_hosts_weight()))]
         pub fn propose_update(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -540,6 +561,7 @@ pub mod pallet {
                 .checked_add(1)
                 .ok_or(Error::<T>::VersionOverflow)?;
             ensure!(spec.version == next, Error::<T>::NotTheNextVersion);
+            Self::ensure_gateway_hosts_free(contract_id, contract.node, &spec)?;
 
             let deposit = Self::deposit_for(&spec, false)?;
             T::Currency::hold(
@@ -568,7 +590,8 @@ pub mod pallet {
         /// contract that never activated, the owner alone withdraws it at once.
         #[pallet::call_index(4)]
         #[pallet::weight(T::WeightInfo::propose_cancel()
-            .saturating_add(T::DbWeight::get().reads_writes(2, 3)))]
+            .saturating_add(T::DbWeight::get().reads_writes(2, 3))
+            .saturating_add(Pallet::<T>::gateway_hosts_weight()))]
         pub fn propose_cancel(origin: OriginFor<T>, contract_id: ContractId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             Self::expire_overdue_proposal(contract_id)?;
@@ -736,6 +759,7 @@ impl<T: Config> Pallet<T> {
         })?;
 
         contract.public_ips = Self::assign_ips(contract_id, &contract, &spec)?;
+        Self::claim_gateway_hosts(contract_id, node, &spec)?;
 
         let now = frame_system::Pallet::<T>::block_number();
         let first = contract.active.is_none();
@@ -854,6 +878,7 @@ impl<T: Config> Pallet<T> {
             }
             T::Grid::contract_ended(node)?;
         }
+        Self::release_gateway_hosts(contract_id);
         T::Currency::release(
             &HoldReason::ContractDeposit.into(),
             &contract.owner,

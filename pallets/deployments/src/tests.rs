@@ -1389,3 +1389,226 @@ fn try_state_catches_a_grid_ledger_that_disagrees_with_the_contracts() {
         });
     }
 }
+
+/// Gives `node` a gateway domain, as its farmer's public config would.
+fn set_domain(node: NodeId, domain: &str) {
+    pallet_grid::Nodes::<Test>::mutate(node, |n| {
+        n.as_mut().unwrap().public_config = Some(pallet_grid::PublicConfig {
+            ipv4: None,
+            ipv6: None,
+            domain: Some(frame_support::BoundedVec::truncate_from(
+                domain.as_bytes().to_vec(),
+            )),
+        })
+    });
+}
+
+/// A VM spec plus gateways serving `hosts` (a public backend each).
+fn gateway_spec(version: u32, hosts: &[GatewayHost]) -> DeploymentSpec {
+    let mut s = spec(version, 1, 0);
+    for (i, host) in hosts.iter().enumerate() {
+        s.workloads
+            .try_push(Workload {
+                name: wname(&format!("gw{i}")),
+                kind: WorkloadKind::Gateway(GatewaySpec {
+                    host: host.clone(),
+                    network: None,
+                    backends: vec![GatewayBackend::V4 {
+                        ip: [198, 51, 100, 20],
+                        port: 80,
+                    }]
+                    .try_into()
+                    .unwrap(),
+                    tls_passthrough: false,
+                }),
+            })
+            .unwrap();
+    }
+    s
+}
+
+fn gw_name(s: &str) -> GatewayHost {
+    GatewayHost::Name(GatewayName::try_from(s).unwrap())
+}
+
+fn gw_fqdn(s: &str) -> GatewayHost {
+    GatewayHost::Fqdn(Fqdn::try_from(s).unwrap())
+}
+
+#[test]
+fn gateway_names_are_unique_per_domain_and_live_as_long_as_their_contract() {
+    run_test(|| {
+        let (n1, _) = big_node();
+        let (n2, _) = big_node();
+        let (bare, _) = big_node();
+        // Two gateway nodes sharing one domain (a farm's gateway pair), one without a domain.
+        set_domain(n1, "gw.example.com");
+        set_domain(n2, "gw.example.com");
+        let solo = &[(A, 1, false)];
+
+        let first = create(A, n1, gateway_spec(0, &[gw_name("myapp")]), solo, 1);
+        assert_eq!(
+            Contracts::<Test>::get(first)
+                .unwrap()
+                .active
+                .unwrap()
+                .required
+                .gateway_hosts,
+            1
+        );
+        // The same name under the same domain, even on the other node: taken.
+        let taken = Deployments::create(
+            RuntimeOrigin::signed(B),
+            n2,
+            Box::new(gateway_spec(0, &[gw_name("myapp")])),
+            signers(&[(B, 1, false)]),
+            1,
+        );
+        assert_eq!(taken, Err(Error::<Test>::GatewayHostTaken.into()));
+        // A name needs a node with a domain.
+        let no_domain = Deployments::create(
+            RuntimeOrigin::signed(B),
+            bare,
+            Box::new(gateway_spec(0, &[gw_name("other")])),
+            signers(&[(B, 1, false)]),
+            1,
+        );
+        assert_eq!(no_domain, Err(Error::<Test>::NodeHasNoGatewayDomain.into()));
+        // An FQDN is unique per node: another node may serve it too (its DNS decides).
+        let shop = create(
+            B,
+            n1,
+            gateway_spec(0, &[gw_fqdn("shop.example.org")]),
+            &[(B, 1, false)],
+            1,
+        );
+        create(
+            C,
+            n2,
+            gateway_spec(0, &[gw_fqdn("shop.example.org")]),
+            &[(C, 1, false)],
+            1,
+        );
+        let again = Deployments::create(
+            RuntimeOrigin::signed(C),
+            n1,
+            Box::new(gateway_spec(0, &[gw_fqdn("shop.example.org")])),
+            signers(&[(C, 1, false)]),
+            1,
+        );
+        assert_eq!(again, Err(Error::<Test>::GatewayHostTaken.into()));
+        // An FQDN on a node without a domain is fine.
+        create(
+            C,
+            bare,
+            gateway_spec(0, &[gw_fqdn("c.example.net")]),
+            &[(C, 1, false)],
+            1,
+        );
+
+        // An update that drops the name frees it; another deployer takes it at once.
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(A),
+            first,
+            Box::new(gateway_spec(1, &[]))
+        ));
+        assert_eq!(ContractGatewayHosts::<Test>::get(first), None);
+        let second = create(
+            B,
+            n2,
+            gateway_spec(0, &[gw_name("myapp")]),
+            &[(B, 1, false)],
+            1,
+        );
+        // Ending the contract frees its names too.
+        assert_ok!(Deployments::propose_cancel(
+            RuntimeOrigin::signed(B),
+            second
+        ));
+        assert_ok!(Deployments::propose_cancel(RuntimeOrigin::signed(B), shop));
+        create(
+            D,
+            n1,
+            gateway_spec(0, &[gw_name("myapp"), gw_fqdn("shop.example.org")]),
+            &[(D, 1, false)],
+            1,
+        );
+        assert_eq!(GatewayHosts::<Test>::iter().count(), 4);
+    });
+}
+
+#[test]
+fn a_name_taken_while_a_proposal_waits_fails_that_proposal_at_approval_not_the_contract() {
+    run_test(|| {
+        let (node, _) = big_node();
+        set_domain(node, "gw.example.com");
+        let two = &[(A, 1, false), (B, 1, false)];
+        let waiting = create(A, node, gateway_spec(0, &[gw_name("shop")]), two, 2);
+        // Someone else claims the name first.
+        create(
+            C,
+            node,
+            gateway_spec(0, &[gw_name("shop")]),
+            &[(C, 1, false)],
+            1,
+        );
+        let hash = gateway_spec(0, &[gw_name("shop")]).hash();
+        assert_noop!(
+            Deployments::approve(RuntimeOrigin::signed(B), waiting, hash),
+            Error::<Test>::GatewayHostTaken
+        );
+        assert_eq!(state(waiting), ContractState::PendingApproval);
+        assert!(Proposals::<Test>::contains_key(waiting));
+    });
+}
+
+#[test]
+fn the_v2_to_v3_migration_gives_every_contract_a_gateway_host_count() {
+    use crate::migrations::{ActiveSpecInfoV2, ContractV2};
+    use frame_support::traits::{GetStorageVersion, StorageVersion};
+    use zos_primitives::spec::RequiredResourcesBeforeGateways;
+    run_test(|| {
+        let (node, _) = big_node();
+        let active = create(A, node, spec(0, 2, 1), &[(A, 1, false)], 1);
+        let pending = create(A, node, spec(0, 1, 0), &[(A, 1, false), (B, 1, false)], 2);
+        let before: Vec<_> = [active, pending]
+            .iter()
+            .map(|id| (*id, Contracts::<Test>::get(id).unwrap()))
+            .collect();
+        // As version 2 stored them.
+        for (id, c) in &before {
+            let old = ContractV2 {
+                owner: c.owner,
+                node: c.node,
+                signers: c.signers.clone(),
+                threshold: c.threshold,
+                state: c.state.clone(),
+                active: c.active.map(|a| ActiveSpecInfoV2 {
+                    hash: a.hash,
+                    version: a.version,
+                    required: RequiredResourcesBeforeGateways {
+                        resources: a.required.resources,
+                        public_ipv4: a.required.public_ipv4,
+                    },
+                }),
+                public_ips: c.public_ips.clone(),
+                deposit: c.deposit,
+                created_at: c.created_at,
+                activated_at: c.activated_at,
+            };
+            frame_support::storage::unhashed::put(&Contracts::<Test>::hashed_key_for(id), &old);
+        }
+        assert!(
+            Contracts::<Test>::try_get(active).is_err(),
+            "the old layout does not decode"
+        );
+        StorageVersion::new(2).put::<Deployments>();
+
+        upgrade::<crate::migrations::V2ToV3<Test>>();
+
+        assert_eq!(Deployments::on_chain_storage_version(), 3);
+        for (id, c) in before {
+            assert_eq!(Contracts::<Test>::get(id).unwrap(), c);
+        }
+    });
+}

@@ -211,6 +211,29 @@ impl<T: Config> Pallet<T> {
                 "report of a missing contract"
             );
         }
+        // Gateway hosts: each claimed by exactly the contract whose list names it, and that
+        // list is the hosts of its active spec.
+        let mut listed: usize = 0;
+        for (id, keys) in ContractGatewayHosts::<T>::iter() {
+            ensure!(
+                Contracts::<T>::contains_key(id),
+                "gateway hosts of a missing contract"
+            );
+            let spec = ActiveSpecs::<T>::get(id).ok_or("gateway hosts of an inactive contract")?;
+            ensure!(
+                u32::try_from(keys.len()).ok() == Some(spec.required_resources().gateway_hosts),
+                "a contract holds another number of gateway hosts than its spec has"
+            );
+            ensure!(
+                keys.iter().all(|k| GatewayHosts::<T>::get(k) == Some(id)),
+                "a contract's gateway host is claimed by another contract"
+            );
+            listed = listed.saturating_add(keys.len());
+        }
+        ensure!(
+            GatewayHosts::<T>::iter().count() == listed,
+            "a gateway host is claimed without its contract listing it"
+        );
         Ok(())
     }
 }

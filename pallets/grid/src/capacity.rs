@@ -86,6 +86,13 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
         Ok(())
     }
 
+    fn node_gateway_domain(node: NodeId) -> Option<alloc::vec::Vec<u8>> {
+        Nodes::<T>::get(node)?
+            .public_config?
+            .domain
+            .map(|d| d.into_inner())
+    }
+
     fn assign_public_ips(
         node_id: NodeId,
         contract: ContractId,

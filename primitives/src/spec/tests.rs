@@ -115,6 +115,31 @@ pub(crate) fn valid_spec() -> DeploymentSpec {
     }
 }
 
+/// A gateway `myapp` under the node's domain to the web VM in `net`.
+fn gateway() -> GatewaySpec {
+    GatewaySpec {
+        host: GatewayHost::Name(GatewayName::try_from("myapp").unwrap()),
+        network: Some(name("net")),
+        backends: bounded(vec![GatewayBackend::V4 {
+            ip: [10, 20, 3, 2],
+            port: 80,
+        }]),
+        tls_passthrough: false,
+    }
+}
+
+/// Adds `gateway()` changed by `f` as workload `site`.
+fn with_gateway(spec: &mut DeploymentSpec, f: impl FnOnce(&mut GatewaySpec)) {
+    let mut g = gateway();
+    f(&mut g);
+    spec.workloads
+        .try_push(Workload {
+            name: name("site"),
+            kind: WorkloadKind::Gateway(g),
+        })
+        .unwrap();
+}
+
 fn with_workload(spec: &mut DeploymentSpec, workload: &str, f: impl FnOnce(&mut WorkloadKind)) {
     let w = spec
         .workloads
@@ -359,6 +384,95 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
                 })
                 .unwrap();
         }),
+        (InvalidGatewayName, |s| {
+            with_gateway(s, |g| {
+                g.host = GatewayHost::Name(GatewayName::try_from("My-App").unwrap())
+            })
+        }),
+        (InvalidGatewayName, |s| {
+            with_gateway(s, |g| {
+                g.host = GatewayHost::Name(GatewayName::try_from("a.b").unwrap())
+            })
+        }),
+        (InvalidGatewayFqdn, |s| {
+            with_gateway(s, |g| {
+                g.host = GatewayHost::Fqdn(Fqdn::try_from("localhost").unwrap())
+            })
+        }),
+        (InvalidGatewayFqdn, |s| {
+            with_gateway(s, |g| {
+                g.host = GatewayHost::Fqdn(Fqdn::try_from("-x.example.org").unwrap())
+            })
+        }),
+        (NoGatewayBackends, |s| {
+            with_gateway(s, |g| g.backends = Default::default())
+        }),
+        (GatewayBackendNotAllowed, |s| {
+            with_gateway(s, |g| {
+                g.network = None;
+                g.backends = bounded(vec![GatewayBackend::V4 {
+                    ip: [127, 0, 0, 1],
+                    port: 80,
+                }]);
+            })
+        }),
+        (GatewayBackendNotAllowed, |s| {
+            with_gateway(s, |g| {
+                g.network = None;
+                let mut mapped = [0u8; 16];
+                mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+                mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+                g.backends = bounded(vec![GatewayBackend::V6 {
+                    ip: mapped,
+                    port: 80,
+                }]);
+            })
+        }),
+        (GatewayBackendNotAllowed, |s| {
+            with_gateway(s, |g| {
+                g.network = None;
+                g.backends = bounded(vec![GatewayBackend::V4 {
+                    ip: [10, 20, 3, 2],
+                    port: 80,
+                }]);
+            })
+        }),
+        (GatewayBackendNotAllowed, |s| {
+            with_gateway(s, |g| {
+                g.backends = bounded(vec![GatewayBackend::V4 {
+                    ip: [10, 20, 3, 2],
+                    port: 0,
+                }])
+            })
+        }),
+        (GatewayBackendOutsideNetwork, |s| {
+            with_gateway(s, |g| {
+                g.backends = bounded(vec![GatewayBackend::V4 {
+                    ip: [10, 21, 3, 2],
+                    port: 80,
+                }])
+            })
+        }),
+        (UnknownNetwork, |s| {
+            with_gateway(s, |g| g.network = Some(name("nonet")))
+        }),
+        (NotANetwork, |s| {
+            with_gateway(s, |g| g.network = Some(name("data")))
+        }),
+        (DuplicateGatewayHost, |s| {
+            with_gateway(s, |_| {});
+            let mut again = gateway();
+            again.backends = bounded(vec![GatewayBackend::V4 {
+                ip: [10, 20, 3, 3],
+                port: 80,
+            }]);
+            s.workloads
+                .try_push(Workload {
+                    name: name("site2"),
+                    kind: WorkloadKind::Gateway(again),
+                })
+                .unwrap();
+        }),
     ];
     assert!(table.len() >= 15);
     let mut distinct = std::collections::BTreeSet::new();
@@ -369,7 +483,7 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
         distinct.insert(std::format!("{expected:?}"));
     }
     // Every rule of the error enum has a case.
-    assert_eq!(distinct.len(), 45);
+    assert_eq!(distinct.len(), 51);
 }
 
 #[test]
@@ -385,6 +499,7 @@ fn required_resources_sums_each_kind() {
                 hru: 0,
             },
             public_ipv4: 1,
+            gateway_hosts: 0,
         }
     );
     let mut v6_only = valid_spec();
@@ -501,4 +616,86 @@ fn subnets_overlap_when_they_share_an_address() {
     assert!(cidr([10, 1, 2, 3], 32).overlaps(&cidr([10, 1, 2, 3], 32)));
     assert!(!cidr([10, 1, 2, 0], 24).overlaps(&cidr([10, 1, 3, 0], 24)));
     assert!(cidr([0, 0, 0, 0], 0).overlaps(&cidr([192, 0, 2, 1], 32)));
+}
+
+#[test]
+fn gateways_are_valid_counted_and_keyed_by_domain_or_node() {
+    let mut spec = valid_spec();
+    with_gateway(&mut spec, |_| {});
+    let mut public = gateway();
+    public.host = GatewayHost::Fqdn(Fqdn::try_from("shop.example.org").unwrap());
+    public.network = None;
+    public.tls_passthrough = true;
+    public.backends = bounded(vec![
+        GatewayBackend::V4 {
+            ip: [198, 51, 100, 20],
+            port: 443,
+        },
+        GatewayBackend::V6 {
+            ip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            port: 443,
+        },
+    ]);
+    spec.workloads
+        .try_push(Workload {
+            name: name("shop"),
+            kind: WorkloadKind::Gateway(public),
+        })
+        .unwrap();
+    assert_eq!(spec.validate(), Ok(()));
+    assert_eq!(spec.required_resources().gateway_hosts, 2);
+
+    let name_host = GatewayHost::Name(GatewayName::try_from("myapp").unwrap());
+    let fqdn_host = GatewayHost::Fqdn(Fqdn::try_from("shop.example.org").unwrap());
+    let domain: &[u8] = b"GW.Example.com";
+    assert_eq!(
+        gateway_full_host(&name_host, Some(domain)).unwrap(),
+        b"myapp.gw.example.com".to_vec()
+    );
+    // A name: one key per domain, whichever node; none without a domain.
+    assert_eq!(
+        gateway_host_key(1, &name_host, Some(domain)),
+        gateway_host_key(2, &name_host, Some(b"gw.example.com"))
+    );
+    assert_eq!(gateway_host_key(1, &name_host, None), None);
+    // An FQDN: one key per node.
+    assert_ne!(
+        gateway_host_key(1, &fqdn_host, None),
+        gateway_host_key(2, &fqdn_host, None)
+    );
+    assert!(gateway_host_key(1, &fqdn_host, None).is_some());
+}
+
+#[test]
+fn gateway_specs_read_from_json() {
+    let json = r#"{"version": 0, "workloads": [
+        {"name": "net", "kind": {"network": {"ip_range": "10.20.0.0/16", "subnet": "10.20.3.0/24",
+            "listen_port": 51820, "private_key": "0x00"}}},
+        {"name": "site", "kind": {"gateway": {"host": {"name": "myapp"}, "network": "net",
+            "backends": ["10.20.3.2:8080"]}}},
+        {"name": "shop", "kind": {"gateway": {"host": {"fqdn": "shop.example.org"},
+            "backends": ["[2001:db8::7]:443"], "tls_passthrough": true}}}
+    ]}"#;
+    let spec: DeploymentSpec = serde_json::from_str(json).unwrap();
+    let site = spec.workloads[1].as_gateway().unwrap();
+    assert_eq!(
+        site.backends[0],
+        GatewayBackend::V4 {
+            ip: [10, 20, 3, 2],
+            port: 8080
+        }
+    );
+    assert!(!site.tls_passthrough);
+    let shop = spec.workloads[2].as_gateway().unwrap();
+    assert_eq!(
+        shop.backends[0].socket_addr().to_string(),
+        "[2001:db8::7]:443"
+    );
+    let back: DeploymentSpec =
+        serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    assert!(
+        serde_json::from_str::<DeploymentSpec>(&json.replace("10.20.3.2:8080", "10.20.3.2"))
+            .is_err()
+    );
 }

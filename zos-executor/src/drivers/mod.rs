@@ -2,6 +2,7 @@
 //! doubles and each backend (disk files, QEMU, networks) stays at the edge.
 
 pub mod disk;
+pub mod gateway;
 pub mod network;
 pub mod public_ip;
 pub mod vm;
@@ -28,6 +29,11 @@ pub struct WorkloadCtx {
     /// The node's public IPv6 subnet as its farmer declared it on chain, if any: public IP
     /// workloads asking for IPv6 get an address derived from it.
     pub node_ipv6: Option<PublicIpv6Config>,
+    /// The domain under which the node serves gateway names, as its farmer declared it on
+    /// chain, if any.
+    pub node_domain: Option<String>,
+    /// The node's public IPv4 and IPv6 addresses from its on-chain public config.
+    pub node_addresses: Vec<std::net::IpAddr>,
 }
 
 impl WorkloadCtx {
@@ -115,6 +121,7 @@ pub fn kind_name(w: &Workload) -> &'static str {
         Volume(_) => "volume",
         Network(_) => "network",
         PublicIp(_) => "public_ip",
+        Gateway(_) => "gateway",
     }
 }
 

@@ -718,6 +718,8 @@ mod tests {
             ),
             public_ips: vec![],
             node_ipv6: None,
+            node_domain: None,
+            node_addresses: vec![],
         };
         match spec::vm_config(&ctx, &w, dir.path().join("rootfs"), None) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),

@@ -1,0 +1,92 @@
+//! The name registry of gateway workloads: which contract serves each host on the gateways.
+//!
+//! A gateway workload's host is claimed when its spec passes (with the rest of the spec's
+//! reservations, all or nothing) and freed when an update drops it or the contract ends, so a
+//! name lives exactly as long as the contract serving it. A name under a gateway domain is
+//! unique per domain; a deployer's own FQDN is unique per node (see
+//! [`zos_primitives::spec::gateway_host_key`]). Names are billed per hour through the
+//! contract's required resources (`gateway_hosts`).
+
+use super::*;
+use frame_support::{pallet_prelude::ConstU32, weights::Weight};
+use zos_primitives::spec::{gateway_host_key, MAX_WORKLOADS};
+
+/// The host keys a contract holds, in spec order.
+pub type GatewayHostKeys = BoundedVec<[u8; 32], ConstU32<MAX_WORKLOADS>>;
+
+impl<T: Config> Pallet<T> {
+    /// The keys of the hosts `spec`'s gateway workloads serve on `node`.
+    pub(crate) fn gateway_host_keys(
+        node: NodeId,
+        spec: &DeploymentSpec,
+    ) -> Result<GatewayHostKeys, DispatchError> {
+        let mut keys = GatewayHostKeys::new();
+        let mut domain = None;
+        for gateway in spec.workloads.iter().filter_map(|w| w.as_gateway()) {
+            let domain = domain.get_or_insert_with(|| T::Grid::node_gateway_domain(node));
+            let key = gateway_host_key(node, &gateway.host, domain.as_deref())
+                .ok_or(Error::<T>::NodeHasNoGatewayDomain)?;
+            if keys.try_push(key).is_err() {
+                defensive!("a spec has more gateways than workloads");
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Fails with `GatewayHostTaken` if another contract serves one of `spec`'s hosts on
+    /// `node`: checked when a spec is proposed, so signers do not approve a spec that cannot
+    /// pass (the claim itself happens when it passes).
+    pub(crate) fn ensure_gateway_hosts_free(
+        contract_id: ContractId,
+        node: NodeId,
+        spec: &DeploymentSpec,
+    ) -> DispatchResult {
+        for key in Self::gateway_host_keys(node, spec)? {
+            if let Some(holder) = GatewayHosts::<T>::get(key) {
+                ensure!(holder == contract_id, Error::<T>::GatewayHostTaken);
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the hosts of the contract's new spec and frees those it no longer serves.
+    pub(crate) fn claim_gateway_hosts(
+        contract_id: ContractId,
+        node: NodeId,
+        spec: &DeploymentSpec,
+    ) -> DispatchResult {
+        let new = Self::gateway_host_keys(node, spec)?;
+        let old = ContractGatewayHosts::<T>::get(contract_id).unwrap_or_default();
+        for key in old.iter().filter(|k| !new.contains(k)) {
+            GatewayHosts::<T>::remove(key);
+        }
+        for key in new.iter().filter(|k| !old.contains(k)) {
+            if let Some(holder) = GatewayHosts::<T>::get(key) {
+                ensure!(holder == contract_id, Error::<T>::GatewayHostTaken);
+            }
+            GatewayHosts::<T>::insert(key, contract_id);
+        }
+        if new.is_empty() {
+            ContractGatewayHosts::<T>::remove(contract_id);
+        } else {
+            ContractGatewayHosts::<T>::insert(contract_id, new);
+        }
+        Ok(())
+    }
+
+    /// Frees every host the contract holds.
+    pub(crate) fn release_gateway_hosts(contract_id: ContractId) {
+        for key in ContractGatewayHosts::<T>::take(contract_id).unwrap_or_default() {
+            if GatewayHosts::<T>::get(key) == Some(contract_id) {
+                GatewayHosts::<T>::remove(key);
+            }
+        }
+    }
+
+    /// What claiming or freeing a spec's hosts may cost beyond the benchmarked calls: every
+    /// host read and written, plus the contract's list.
+    pub fn gateway_hosts_weight() -> Weight {
+        let hosts = u64::from(MAX_WORKLOADS).saturating_mul(2);
+        T::DbWeight::get().reads_writes(hosts.saturating_add(2), hosts.saturating_add(1))
+    }
+}
