@@ -32,6 +32,7 @@ use common::{
     setup_farm, state_of, which, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, free_port, ChainNode, NodeOptions};
+use subxt::dynamic::At;
 use subxt_signer::sr25519::dev;
 use zos_executor::{
     chain::{convert, runtime},
@@ -47,7 +48,7 @@ const BIG_FILE_BYTES: usize = 4 << 20;
 
 const EXECUTOR: ExecutorOptions = ExecutorOptions {
     log_filter: "info,zos_executor=debug,zos_gateway=debug,zos_net=info",
-    env: &[("ZOS_NO_VM", "1")],
+    env: &[("ZOS_NO_VM", "true")],
     stop_on_drop: StopOnDrop::Terminate,
     log_tail_lines: 80,
 };
@@ -229,11 +230,16 @@ async fn until_state(
         .with_context(|| executor.log_tail())
 }
 
-/// The error a signed transaction fails with, as text (it must fail).
-async fn refused(api: &client::Client, spec: &DeploymentSpec, node: NodeId) -> Result<String> {
+/// `who` alone signs (and so activates at once) a contract of `spec` on `node`.
+async fn single_signer_contract(
+    api: &client::Client,
+    node: NodeId,
+    spec: &DeploymentSpec,
+    who: &subxt_signer::sr25519::Keypair,
+) -> Result<ContractId> {
     use runtime::runtime_types::pallet_deployments::types::Signer;
     let signers = vec![Signer {
-        account: dev::charlie().public_key().to_account_id(),
+        account: who.public_key().to_account_id(),
         weight: 1,
         required: false,
     }];
@@ -243,7 +249,24 @@ async fn refused(api: &client::Client, spec: &DeploymentSpec, node: NodeId) -> R
         runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec(signers),
         1,
     );
-    match client::submit(api, &create, &dev::charlie()).await {
+    let events = client::submit(api, &create, who).await?;
+    client::find_event(&events, "Deployments", "ContractActivated")?;
+    Ok(
+        client::find_event(&events, "Deployments", "ContractCreated")?
+            .at("contract")
+            .and_then(|v| v.as_u128())
+            .context("contract id")? as ContractId,
+    )
+}
+
+/// The error the chain refuses a contract with, as text (it must refuse it).
+async fn refused(
+    api: &client::Client,
+    spec: &DeploymentSpec,
+    node: NodeId,
+    who: &subxt_signer::sr25519::Keypair,
+) -> Result<String> {
+    match single_signer_contract(api, node, spec, who).await {
         Ok(_) => anyhow::bail!("the chain accepted a contract it must refuse"),
         Err(e) => Ok(format!("{e:#}")),
     }
@@ -346,8 +369,17 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
             { "name": "shop", "kind": { "gateway": shop } },
         ]),
     )?;
+    // Another deployer's domain points elsewhere (created meanwhile, by another account).
+    let mut elsewhere = backend(false);
+    elsewhere["host"] = serde_json::json!({ "fqdn": "elsewhere.example.org" });
+    elsewhere["backends"] = serde_json::json!(["198.51.100.20:80"]);
+    let elsewhere = gateway_only(elsewhere)?;
     let from_block = api.at_current_block().await?.block_number();
-    let contract = create_approved_contract(api, node, &app_spec).await?;
+    let ferdie = dev::ferdie();
+    let (contract, wrong_dns) = tokio::try_join!(
+        create_approved_contract(api, node, &app_spec),
+        single_signer_contract(api, node, &elsewhere, &ferdie),
+    )?;
     let activated = Instant::now();
 
     // The app: a namespace on the contract's network bridge, once the network exists.
@@ -460,8 +492,7 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
     let mut taken = backend(false);
     taken["host"] = serde_json::json!({ "name": "myapp" });
     taken["backends"] = serde_json::json!(["198.51.100.20:80"]);
-    let error = refused(api, &gateway_only(taken)?, node).await?;
-    ensure!(error.contains("GatewayHostTaken"), "{error}");
+    let taken = gateway_only(taken)?;
     let mut loopback = backend(false);
     loopback["host"] = serde_json::json!({ "fqdn": "mine.example.org" });
     loopback["backends"] = serde_json::json!(["127.0.0.1:80"]);
@@ -473,12 +504,16 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
         "{:?}",
         loopback.validate()
     );
-    let error = refused(api, &loopback, node).await?;
-    ensure!(error.contains("InvalidSpec"), "{error}");
-    let mut elsewhere = backend(false);
-    elsewhere["host"] = serde_json::json!({ "fqdn": "elsewhere.example.org" });
-    elsewhere["backends"] = serde_json::json!(["198.51.100.20:80"]);
-    let wrong_dns = create_approved_contract(api, node, &gateway_only(elsewhere)?).await?;
+    let (charlie, dave) = (dev::charlie(), dev::dave());
+    let (name_taken, loopback_refused) = tokio::try_join!(
+        refused(api, &taken, node, &charlie),
+        refused(api, &loopback, node, &dave),
+    )?;
+    ensure!(name_taken.contains("GatewayHostTaken"), "{name_taken}");
+    ensure!(
+        loopback_refused.contains("InvalidSpec"),
+        "{loopback_refused}"
+    );
     let failed = until_state(api, node, wrong_dns, &executor, |s| {
         matches!(s, ContractState::Failed(_))
     })
@@ -518,6 +553,6 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
     let mut again = backend(false);
     again["host"] = serde_json::json!({ "name": "myapp" });
     again["backends"] = serde_json::json!(["198.51.100.20:80"]);
-    create_approved_contract(api, node, &gateway_only(again)?).await?;
+    single_signer_contract(api, node, &gateway_only(again)?, &dev::eve()).await?;
     Ok(())
 }

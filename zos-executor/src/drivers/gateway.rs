@@ -106,7 +106,11 @@ impl GatewayDriver {
         if let WorkloadKind::Gateway(spec) = &w.kind {
             if matches!(spec.host, GatewayHost::Fqdn(_)) {
                 let mut ours = self.listen_addresses.clone();
-                ours.extend(ctx.node_addresses.iter().copied());
+                ours.extend(
+                    ctx.node_addresses
+                        .iter()
+                        .filter(|ip| !self.listen_addresses.contains(ip)),
+                );
                 self.domains
                     .points_at(&route.host, &ours)
                     .await
@@ -228,10 +232,11 @@ pub async fn start(
         AcmeSettings, CertManager, CertStore, Gateway, GatewayLimits, Http01Challenges,
     };
 
-    let listen: Vec<IpAddr> = [config.https_addr.ip(), config.http_addr.ip()]
+    let mut listen: Vec<IpAddr> = [config.https_addr.ip(), config.http_addr.ip()]
         .into_iter()
         .filter(|ip| !ip.is_unspecified())
         .collect();
+    listen.dedup();
     let routes = Arc::new(Routes::new(listen.clone()));
     let dir = data_dir.join("gateway");
     let certs = Arc::new(CertStore::open(&dir.join("certs"))?);
