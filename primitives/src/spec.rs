@@ -401,7 +401,8 @@ pub struct VolumeSpec {
     pub size_mib: u64,
 }
 
-/// Where a WireGuard peer is reached.
+/// An IP address and a port: where a WireGuard peer is reached, what a gateway forwards to.
+/// Written `"203.0.113.7:51820"` or `"[2001:db8::7]:443"` in spec files.
 #[derive(
     Clone,
     Copy,
@@ -414,41 +415,50 @@ pub struct VolumeSpec {
     TypeInfo,
     Debug,
 )]
-pub enum PeerEndpoint {
+pub enum SocketAddress {
     V4 { ip: [u8; 4], port: u16 },
     V6 { ip: [u8; 16], port: u16 },
 }
 
-impl PeerEndpoint {
+/// Where a WireGuard peer is reached.
+pub type PeerEndpoint = SocketAddress;
+
+impl SocketAddress {
     pub fn port(&self) -> u16 {
         match self {
-            PeerEndpoint::V4 { port, .. } | PeerEndpoint::V6 { port, .. } => *port,
+            SocketAddress::V4 { port, .. } | SocketAddress::V6 { port, .. } => *port,
+        }
+    }
+
+    #[cfg(feature = "std")]
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        match *self {
+            SocketAddress::V4 { ip, port } => (std::net::Ipv4Addr::from(ip), port).into(),
+            SocketAddress::V6 { ip, port } => (std::net::Ipv6Addr::from(ip), port).into(),
         }
     }
 }
 
 #[cfg(feature = "std")]
-impl serde::Serialize for PeerEndpoint {
+impl serde::Serialize for SocketAddress {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let addr: std::net::SocketAddr = match *self {
-            PeerEndpoint::V4 { ip, port } => (std::net::Ipv4Addr::from(ip), port).into(),
-            PeerEndpoint::V6 { ip, port } => (std::net::Ipv6Addr::from(ip), port).into(),
-        };
-        s.collect_str(&addr)
+        s.collect_str(&self.socket_addr())
     }
 }
 
 #[cfg(feature = "std")]
-impl<'de> serde::Deserialize<'de> for PeerEndpoint {
+impl<'de> serde::Deserialize<'de> for SocketAddress {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::string::String as serde::Deserialize>::deserialize(d)?;
-        let addr: std::net::SocketAddr = text.parse().map_err(serde::de::Error::custom)?;
+        let addr: std::net::SocketAddr = text
+            .parse()
+            .map_err(|_| serde::de::Error::custom(std::format!("`{text}` is not address:port")))?;
         Ok(match addr {
-            std::net::SocketAddr::V4(a) => PeerEndpoint::V4 {
+            std::net::SocketAddr::V4(a) => SocketAddress::V4 {
                 ip: a.ip().octets(),
                 port: a.port(),
             },
-            std::net::SocketAddr::V6(a) => PeerEndpoint::V6 {
+            std::net::SocketAddr::V6(a) => SocketAddress::V6 {
                 ip: a.ip().octets(),
                 port: a.port(),
             },

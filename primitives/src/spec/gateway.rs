@@ -44,65 +44,7 @@ pub enum GatewayHost {
 
 /// A backend a gateway forwards to: an address and a TCP port. Written `"10.20.1.2:80"` or
 /// `"[2001:db8::1]:443"` in spec files.
-#[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Encode,
-    Decode,
-    DecodeWithMemTracking,
-    MaxEncodedLen,
-    TypeInfo,
-    Debug,
-)]
-pub enum GatewayBackend {
-    V4 { ip: [u8; 4], port: u16 },
-    V6 { ip: [u8; 16], port: u16 },
-}
-
-impl GatewayBackend {
-    pub fn port(&self) -> u16 {
-        match self {
-            GatewayBackend::V4 { port, .. } | GatewayBackend::V6 { port, .. } => *port,
-        }
-    }
-
-    #[cfg(feature = "std")]
-    pub fn socket_addr(&self) -> std::net::SocketAddr {
-        match *self {
-            GatewayBackend::V4 { ip, port } => (std::net::Ipv4Addr::from(ip), port).into(),
-            GatewayBackend::V6 { ip, port } => (std::net::Ipv6Addr::from(ip), port).into(),
-        }
-    }
-}
-
-#[cfg(feature = "std")]
-impl serde::Serialize for GatewayBackend {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.socket_addr())
-    }
-}
-
-#[cfg(feature = "std")]
-impl<'de> serde::Deserialize<'de> for GatewayBackend {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::string::String as serde::Deserialize>::deserialize(d)?;
-        let addr: std::net::SocketAddr = text
-            .parse()
-            .map_err(|_| serde::de::Error::custom(std::format!("`{text}` is not address:port")))?;
-        Ok(match addr {
-            std::net::SocketAddr::V4(a) => GatewayBackend::V4 {
-                ip: a.ip().octets(),
-                port: a.port(),
-            },
-            std::net::SocketAddr::V6(a) => GatewayBackend::V6 {
-                ip: a.ip().octets(),
-                port: a.port(),
-            },
-        })
-    }
-}
+pub type GatewayBackend = SocketAddress;
 
 /// A host name on a gateway node, proxied to backends.
 #[derive(

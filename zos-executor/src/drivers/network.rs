@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use zeroize::Zeroizing;
 use zos_net::{NetError, NetId, NetworkConfig, Networks, Peer};
 use zos_primitives::{
-    spec::{NetworkSpec, PeerEndpoint, Workload, WorkloadKind},
+    spec::{NetworkSpec, Workload, WorkloadKind},
     ContractId, Ipv4Cidr,
 };
 
@@ -175,10 +175,7 @@ pub fn network_config(
         .map(|p| {
             Ok(Peer {
                 public_key: p.public_key,
-                endpoint: p.endpoint.as_ref().map(|e| match e {
-                    PeerEndpoint::V4 { ip, port } => (std::net::Ipv4Addr::from(*ip), *port).into(),
-                    PeerEndpoint::V6 { ip, port } => (std::net::Ipv6Addr::from(*ip), *port).into(),
-                }),
+                endpoint: p.endpoint.as_ref().map(|e| e.socket_addr()),
                 allowed_ips: p
                     .allowed_ips
                     .iter()
