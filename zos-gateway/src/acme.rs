@@ -175,6 +175,12 @@ impl CertManager {
     /// Orders a certificate for every due host that is not backing off, within the budget.
     pub async fn renew_due(&self) -> Vec<(String, Renewal)> {
         let mut outcomes = Vec::new();
+        // Failures of hosts no route serves any more are forgotten.
+        let served = self.routes.terminated_hosts();
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|host, _| served.contains(host));
         for host in self.due() {
             let now = Instant::now();
             let waiting = self

@@ -45,6 +45,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub(crate) struct Connection {
     pub route: Arc<RouteState>,
     pub client: SocketAddr,
+    /// The connection's places under the gateway's and the route's limits, released when the
+    /// last request (or relayed upgrade) of the connection is done.
+    pub _limits: Arc<dyn Send + Sync>,
 }
 
 pub(crate) fn text_response(status: StatusCode, text: impl Into<String>) -> Response<ProxyBody> {
@@ -111,7 +114,9 @@ async fn forward(mut request: Request<Incoming>, connection: &Connection) -> Res
         Err(response) => return response,
     };
     match client_upgrade {
-        Some(client_upgrade) => relay_upgrade(outgoing, client_upgrade, route).await,
+        Some(client_upgrade) => {
+            relay_upgrade(outgoing, client_upgrade, route, connection._limits.clone()).await
+        }
         None => send_pooled(outgoing, route).await,
     }
 }
@@ -169,17 +174,26 @@ fn prepare(
     let host = &connection.route.route.host;
     let host_value = HeaderValue::from_str(host).expect("route hosts are valid header values");
     parts.headers.insert(header::HOST, host_value.clone());
-    let client_ip = connection.client.ip().to_string();
-    let forwarded_for = match parts
+    // HTTP/2 clients split cookies into several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+    let cookies: Vec<String> = parts
         .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {client_ip}"),
-        None => client_ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    if cookies.len() > 1 {
+        if let Ok(joined) = HeaderValue::from_str(&cookies.join("; ")) {
+            parts.headers.insert(header::COOKIE, joined);
+        }
+    }
+    // The gateway is the first proxy a backend can trust: what a client claims about earlier
+    // hops is dropped, and the client's own address is the one given.
+    for claimed in ["forwarded", "x-real-ip", "x-forwarded-for"] {
+        parts.headers.remove(claimed);
+    }
+    if let Ok(value) = HeaderValue::from_str(&connection.client.ip().to_string()) {
+        parts.headers.insert("x-forwarded-for", value.clone());
+        parts.headers.insert("x-real-ip", value);
     }
     parts
         .headers
@@ -326,6 +340,7 @@ async fn relay_upgrade(
     request: Request<ProxyBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     route: &Arc<RouteState>,
+    limits: Arc<dyn Send + Sync>,
 ) -> Response<ProxyBody> {
     let stream = match dial(route).await {
         Ok(stream) => stream,
@@ -364,6 +379,7 @@ async fn relay_upgrade(
             }
             Err(e) => tracing::debug!(%host, "upgrade failed: {e}"),
         }
+        drop(limits);
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())

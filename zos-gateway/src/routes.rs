@@ -61,6 +61,8 @@ pub enum RouteError {
     BackendIsNode(SocketAddr),
     #[error("max_connections must be at least 1")]
     NoConnections,
+    #[error("another contract ({0}) serves this host")]
+    HostHeldByAnotherContract(u64),
 }
 
 /// Whether `host` is a lowercase DNS name of at least two labels (letters, digits, hyphens;
@@ -100,6 +102,11 @@ fn is_routable(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether `ip` is an address of this namespace: one can bind to it.
+fn is_local_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 impl Route {
     /// Checks the route against the rules every route obeys; `node_addresses` are the
     /// gateway's own addresses, which no backend may be.
@@ -114,7 +121,11 @@ impl Route {
             if !is_routable(backend.ip()) || backend.port() == 0 {
                 return Err(RouteError::BackendNotRoutable(*backend));
             }
-            if node_addresses.contains(&backend.ip()) {
+            // Dialled from the node's own namespace, an address the node holds (on any
+            // interface, whatever the configuration lists) would reach the node itself.
+            if node_addresses.contains(&backend.ip())
+                || (self.network.is_none() && is_local_address(backend.ip()))
+            {
                 return Err(RouteError::BackendIsNode(*backend));
             }
         }
@@ -195,12 +206,17 @@ impl Routes {
         refused
     }
 
-    /// Adds or replaces one route.
+    /// Adds or replaces one route; a host another contract's route serves is refused.
     pub fn upsert(&self, route: Route) -> Result<(), RouteError> {
         route.validate(&self.node_addresses)?;
         let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
         let mut table = (**guard).clone();
         let state = match table.get(&route.host) {
+            Some(existing) if existing.route.contract != route.contract => {
+                return Err(RouteError::HostHeldByAnotherContract(
+                    existing.route.contract,
+                ))
+            }
             Some(existing) if existing.route == route => return Ok(()),
             Some(existing) => RouteState::new(route, existing.traffic.clone()),
             None => RouteState::new(route, Arc::default()),
@@ -210,10 +226,13 @@ impl Routes {
         Ok(())
     }
 
-    /// Removes a host's route; its open connections finish.
-    pub fn remove(&self, host: &str) {
+    /// Removes a host's route if `contract`'s route serves it; its open connections finish.
+    pub fn remove(&self, host: &str, contract: u64) {
         let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if guard.contains_key(host) {
+        if guard
+            .get(host)
+            .is_some_and(|s| s.route.contract == contract)
+        {
             let mut table = (**guard).clone();
             table.remove(host);
             *guard = Arc::new(table);
@@ -334,8 +353,36 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(routes.traffic("a.example.com").unwrap().received, 10);
         assert!(routes.lookup("b.example.com").is_none());
-        routes.remove("a.example.com");
+        // Another contract can neither take the host over nor remove it.
+        let mut other = route("a.example.com", "10.0.0.9:80");
+        other.contract = 2;
+        assert_eq!(
+            routes.upsert(other),
+            Err(RouteError::HostHeldByAnotherContract(1))
+        );
+        routes.remove("a.example.com", 2);
+        assert_eq!(routes.routes().len(), 1);
+        routes.remove("a.example.com", 1);
         assert!(routes.routes().is_empty());
+    }
+
+    #[test]
+    fn an_address_of_the_node_itself_is_no_backend_unless_dialled_in_a_tenant_network() {
+        // A non-loopback address of this host: the source the kernel picks for a documentation
+        // address (connecting a UDP socket sends nothing).
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let Ok(()) = probe.connect("192.0.2.1:9") else {
+            return eprintln!("skipped: no route off loopback on this host");
+        };
+        let own = probe.local_addr().unwrap().ip();
+        let r = route("app.gw.example.com", &format!("{own}:22"));
+        assert!(
+            matches!(r.validate(&[]), Err(RouteError::BackendIsNode(_))),
+            "{own}"
+        );
+        let mut in_network = r.clone();
+        in_network.network = Some("/run/netns/tenant".into());
+        assert_eq!(in_network.validate(&[]), Ok(()));
     }
 
     #[test]

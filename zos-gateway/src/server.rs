@@ -84,22 +84,27 @@ impl Gateway {
         }))
     }
 
-    /// Accepts HTTPS clients until the listener fails.
+    /// Accepts HTTPS clients, forever.
     pub async fn serve_https(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
         loop {
-            let (stream, client) = listener.accept().await?;
+            let Some((stream, client)) = accept(&listener).await else {
+                continue;
+            };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 continue; // dropped: the gateway is at its connection limit
             };
             let gateway = self.clone();
-            tokio::spawn(async move {
-                gateway.tls_connection(stream, client).await;
-                drop(slot);
-            });
+            tokio::spawn(async move { gateway.tls_connection(stream, client, slot).await });
         }
     }
 
-    async fn tls_connection(&self, mut stream: TcpStream, client: SocketAddr) {
+    /// One HTTPS client; `slot` is its place under the gateway's connection limit.
+    async fn tls_connection(
+        &self,
+        mut stream: TcpStream,
+        client: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let _ = stream.set_nodelay(true);
         let hello = match tokio::time::timeout(
             self.limits.handshake_timeout,
@@ -117,7 +122,7 @@ impl Gateway {
         let Some(route) = self.routes.lookup(&host) else {
             return tracing::info!(target: "zos_gateway::access", %client, %host, "no route");
         };
-        let Ok(_permit) = route.connections.clone().try_acquire_owned() else {
+        let Ok(permit) = route.connections.clone().try_acquire_owned() else {
             route.traffic.refusal();
             return tracing::info!(
                 target: "zos_gateway::access",
@@ -141,6 +146,7 @@ impl Gateway {
                 }
                 let mut client_side = Metered::new(stream, traffic);
                 let _ = tokio::io::copy_bidirectional(&mut client_side, &mut backend).await;
+                drop((slot, permit));
             }
             TlsMode::Terminate => {
                 let handshake =
@@ -152,7 +158,13 @@ impl Gateway {
                     Ok(Err(e)) => return tracing::debug!(%client, %host, "TLS handshake: {e}"),
                     Err(_) => return tracing::debug!(%client, %host, "TLS handshake timed out"),
                 };
-                let connection = Connection { route, client };
+                // Held as long as anything of the connection lives, an upgraded stream relayed
+                // after hyper let go of it included.
+                let connection = Connection {
+                    route,
+                    client,
+                    _limits: Arc::new((slot, permit)),
+                };
                 let service = hyper::service::service_fn(move |request| {
                     proxy::handle(request, connection.clone())
                 });
@@ -164,7 +176,9 @@ impl Gateway {
                 builder
                     .http2()
                     .timer(TokioTimer::new())
-                    .max_concurrent_streams(256);
+                    .max_concurrent_streams(64)
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(20));
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await
@@ -175,10 +189,12 @@ impl Gateway {
         }
     }
 
-    /// Accepts plain HTTP clients until the listener fails.
+    /// Accepts plain HTTP clients, forever.
     pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
         loop {
-            let (stream, client) = listener.accept().await?;
+            let Some((stream, client)) = accept(&listener).await else {
+                continue;
+            };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 continue;
             };
@@ -240,5 +256,18 @@ impl Gateway {
             response.headers_mut().insert(header::LOCATION, value);
         }
         response
+    }
+}
+
+/// The next client; `None` after an accept error (out of descriptors, a connection reset
+/// before it was taken), which is logged and waited out instead of stopping the listener.
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            tracing::warn!("accepting a client failed: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
     }
 }

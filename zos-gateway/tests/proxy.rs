@@ -66,7 +66,7 @@ async fn gateway_routes_by_name_into_a_tenant_network() {
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(
-            body, "web GET /hi?x=1 host=app.gw.example.com xff=127.0.0.1 proto=https",
+            body, "web GET /hi?x=1 host=app.gw.example.com xff=127.0.0.1 proto=https cookie=-",
             "h2={h2}"
         );
     }
@@ -97,6 +97,33 @@ async fn gateway_routes_by_name_into_a_tenant_network() {
     // 22 requests so far over at most a few backend connections: the pool reuses them.
     let used = backend_connections.load(std::sync::atomic::Ordering::Relaxed);
     assert!(used <= 3, "{used} backend connections for 22 requests");
+
+    // What a client claims about earlier hops is not passed on; HTTP/2's split cookies are
+    // joined for the HTTP/1.1 backend.
+    {
+        use http_body_util::{BodyExt, Full};
+        let tls = tls_connect(gw.https, "app.gw.example.com", &roots, &[b"h2"])
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("https://app.gw.example.com/who")
+            .header("x-forwarded-for", "203.0.113.66")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Full::<bytes::Bytes>::default())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("xff=127.0.0.1 "), "{body}");
+        assert!(body.ends_with("cookie=a=1; b=2"), "{body}");
+    }
 
     // A name the connection was not opened for is not served through it (no fronting).
     let (status, _) = get(

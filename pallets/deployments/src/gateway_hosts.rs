@@ -9,7 +9,7 @@
 
 use super::*;
 use frame_support::{pallet_prelude::ConstU32, weights::Weight};
-use zos_primitives::spec::{gateway_host_key, MAX_WORKLOADS};
+use zos_primitives::spec::{gateway_host_key, GatewayHost, SpecError, MAX_WORKLOADS};
 
 /// The host keys a contract holds, in spec order.
 pub type GatewayHostKeys = BoundedVec<[u8; 32], ConstU32<MAX_WORKLOADS>>;
@@ -24,8 +24,19 @@ impl<T: Config> Pallet<T> {
         let mut domain = None;
         for gateway in spec.workloads.iter().filter_map(|w| w.as_gateway()) {
             let domain = domain.get_or_insert_with(|| T::Grid::node_gateway_domain(node));
-            let key = gateway_host_key(node, &gateway.host, domain.as_deref())
-                .ok_or(Error::<T>::NodeHasNoGatewayDomain)?;
+            let key = match gateway_host_key(node, &gateway.host, domain.as_deref()) {
+                Some(key) => key,
+                None if domain.is_none() && matches!(gateway.host, GatewayHost::Name(_)) => {
+                    return Err(Error::<T>::NodeHasNoGatewayDomain.into())
+                }
+                // `<name>.<domain>` longer than a DNS name may be.
+                None => return Err(Error::<T>::InvalidSpec(SpecError::InvalidGatewayName).into()),
+            };
+            // Two gateways of one spec spelling one host (a name and the FQDN it makes).
+            ensure!(
+                !keys.contains(&key),
+                Error::<T>::InvalidSpec(SpecError::DuplicateGatewayHost)
+            );
             if keys.try_push(key).is_err() {
                 defensive!("a spec has more gateways than workloads");
             }

@@ -498,7 +498,8 @@ pub mod pallet {
         /// A required signer vetoes the pending proposal. Rejecting the creation proposal
         /// ends the contract.
         #[pallet::call_index(2)]
-        #[pallet::weight(T::WeightInfo::reject())]
+        // Plus the contract's gateway host list, read when a rejected creation ends it.
+        #[pallet::weight(T::WeightInfo::reject().saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
         pub fn reject(
             origin: OriginFor<T>,
             contract_id: ContractId,

@@ -1474,6 +1474,30 @@ fn gateway_names_are_unique_per_domain_and_live_as_long_as_their_contract() {
             1,
         );
         assert_eq!(no_domain, Err(Error::<Test>::NodeHasNoGatewayDomain.into()));
+        // The FQDN a name spells under the node's domain is that name: no takeover by FQDN.
+        let spelled = Deployments::create(
+            RuntimeOrigin::signed(B),
+            n1,
+            Box::new(gateway_spec(0, &[gw_fqdn("myapp.gw.example.com")])),
+            signers(&[(B, 1, false)]),
+            1,
+        );
+        assert_eq!(spelled, Err(Error::<Test>::GatewayHostTaken.into()));
+        // Nor may one spec serve a name and the FQDN it spells twice.
+        let twice = Deployments::create(
+            RuntimeOrigin::signed(B),
+            n1,
+            Box::new(gateway_spec(
+                0,
+                &[gw_name("twice"), gw_fqdn("twice.gw.example.com")],
+            )),
+            signers(&[(B, 1, false)]),
+            1,
+        );
+        assert_eq!(
+            twice,
+            Err(Error::<Test>::InvalidSpec(SpecError::DuplicateGatewayHost).into())
+        );
         // An FQDN is unique per node: another node may serve it too (its DNS decides).
         let shop = create(
             B,

@@ -101,21 +101,32 @@ pub fn gateway_full_host(host: &GatewayHost, node_domain: Option<&[u8]>) -> Opti
 }
 
 /// The chain's key for a claimed host: a name is unique per domain (whichever node serves the
-/// domain), an FQDN per node (its DNS decides which node gets the traffic). `None` for a name
-/// on a node without a domain.
+/// domain), an FQDN per node (its DNS decides which node gets the traffic). An FQDN at or under
+/// the node's own gateway domain is keyed as the name it spells, so it can never take over a
+/// name someone holds. `None` for a name on a node without a domain, or a full host longer
+/// than a DNS name may be.
 pub fn gateway_host_key(
     node: NodeId,
     host: &GatewayHost,
     node_domain: Option<&[u8]>,
 ) -> Option<[u8; 32]> {
     let full = gateway_full_host(host, node_domain)?;
+    if full.len() > MAX_FQDN_LEN as usize {
+        return None;
+    }
+    let under_domain = node_domain.is_some_and(|domain| {
+        let domain = domain.to_ascii_lowercase();
+        full == domain
+            || (full.len() > domain.len()
+                && full.ends_with(&domain)
+                && full[full.len() - domain.len() - 1] == b'.')
+    });
     let mut preimage = Vec::with_capacity(full.len() + 16);
-    match host {
-        GatewayHost::Name(_) => preimage.extend_from_slice(b"zos/gw-name/"),
-        GatewayHost::Fqdn(_) => {
-            preimage.extend_from_slice(b"zos/gw-fqdn/");
-            preimage.extend_from_slice(&node.to_le_bytes());
-        }
+    if matches!(host, GatewayHost::Name(_)) || under_domain {
+        preimage.extend_from_slice(b"zos/gw-name/");
+    } else {
+        preimage.extend_from_slice(b"zos/gw-fqdn/");
+        preimage.extend_from_slice(&node.to_le_bytes());
     }
     preimage.extend_from_slice(&full);
     Some(sp_crypto_hashing::blake2_256(&preimage))

@@ -664,6 +664,22 @@ fn gateways_are_valid_counted_and_keyed_by_domain_or_node() {
         gateway_host_key(2, &fqdn_host, None)
     );
     assert!(gateway_host_key(1, &fqdn_host, None).is_some());
+    // An FQDN spelling a name under the node's domain is that name: it cannot take it over.
+    let spelled = GatewayHost::Fqdn(Fqdn::try_from("myapp.gw.example.com").unwrap());
+    assert_eq!(
+        gateway_host_key(7, &spelled, Some(domain)),
+        gateway_host_key(1, &name_host, Some(domain))
+    );
+    // A name whose full host would exceed a DNS name's 253 bytes has no key.
+    let long_domain = [
+        b"a".repeat(60),
+        b"b".repeat(60),
+        b"c".repeat(60),
+        b"d".repeat(60),
+    ]
+    .join(&b'.');
+    let long_name = GatewayHost::Name(GatewayName::try_from("x".repeat(20).as_str()).unwrap());
+    assert_eq!(gateway_host_key(1, &long_name, Some(&long_domain)), None);
 }
 
 #[test]

@@ -126,7 +126,7 @@ impl GatewayDriver {
             .installed_host(ctx, w)
             .filter(|(h, _)| *h != route.host)
         {
-            self.routes.remove(&old);
+            self.routes.remove(&old, ctx.contract);
         }
         let host = route.host.clone();
         let terminated = route.tls == TlsMode::Terminate;
@@ -151,7 +151,7 @@ impl GatewayDriver {
             .map(|(host, _)| host)
             .or_else(|| self.route(ctx, w).ok().map(|r| r.host));
         if let Some(host) = host {
-            self.routes.remove(&host);
+            self.routes.remove(&host, ctx.contract);
             if keep {
                 installed.insert(Self::key(ctx, w), (host, true));
             }

@@ -179,13 +179,19 @@ async fn backend(
             .unwrap_or("-")
             .to_string()
     };
+    let cookies: Vec<_> = request.headers().get_all("cookie").iter().collect();
+    assert!(
+        cookies.len() <= 1,
+        "several cookie fields reached an HTTP/1.1 backend"
+    );
     let body = format!(
-        "{label} {} {} host={} xff={} proto={}",
+        "{label} {} {} host={} xff={} proto={} cookie={}",
         request.method(),
         request.uri(),
         header("host"),
         header("x-forwarded-for"),
         header("x-forwarded-proto"),
+        header("cookie"),
     );
     Ok(Response::new(Full::new(Bytes::from(body))))
 }
