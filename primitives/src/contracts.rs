@@ -169,6 +169,10 @@ pub trait OnContractEnded<AccountId, BlockNumber> {
         cause: CancelCause,
         info: Option<BillingInfo<AccountId, BlockNumber>>,
     );
+    /// Upper bound of [`OnContractEnded::on_contract_ended`]'s weight where a caller's own
+    /// benchmark does not cover its heaviest path (settling a contract ended by its node's
+    /// removal).
+    fn on_contract_ended_weight() -> Weight;
 }
 
 impl<AccountId, BlockNumber> OnContractEnded<AccountId, BlockNumber> for () {
@@ -177,6 +181,9 @@ impl<AccountId, BlockNumber> OnContractEnded<AccountId, BlockNumber> for () {
         _cause: CancelCause,
         _info: Option<BillingInfo<AccountId, BlockNumber>>,
     ) {
+    }
+    fn on_contract_ended_weight() -> Weight {
+        Weight::zero()
     }
 }
 
@@ -193,4 +200,19 @@ pub trait OnResourcesChanged {
 
 impl OnResourcesChanged for () {
     fn on_resources_changed(_contract: ContractId, _previous: &RequiredResources) {}
+}
+
+/// Told when a node leaves the grid, so other pallets drop what they keep per node account
+/// (billing's free-report quota), covered by the node's deposit while it lived.
+pub trait OnNodeRemoved<AccountId> {
+    fn on_node_removed(node: NodeId, account: &AccountId);
+    /// Upper bound of [`OnNodeRemoved::on_node_removed`]'s weight.
+    fn on_node_removed_weight() -> Weight;
+}
+
+impl<AccountId> OnNodeRemoved<AccountId> for () {
+    fn on_node_removed(_node: NodeId, _account: &AccountId) {}
+    fn on_node_removed_weight() -> Weight {
+        Weight::zero()
+    }
 }

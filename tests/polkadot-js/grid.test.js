@@ -330,7 +330,7 @@ test('the signers cancel the contract: propose_cancel, then an approval naming t
   assert.ok(farm.publicIps.every((e) => e.assigned.isNone));
 });
 
-test('the farm owner evicts the node: no new contracts, and governance cuts the notice short', async () => {
+test('the farm owner evicts the node: no new contracts, and governance cuts the notice short by removing the farm', async () => {
   const spec = demoSpec(0);
   const one = [{ account: k.owner.address, weight: 1, required: false }];
   await submitFinalized(api, api.tx.grid.heartbeat(), k.node).catch(() => {}); // stay online
@@ -348,9 +348,10 @@ test('the farm owner evicts the node: no new contracts, and governance cuts the 
     'deployments', 'NodeLeaving',
   );
 
-  // Governance (sudo on the development chain) removes it now: the next blocks end its
-  // contracts and remove it.
-  const { blockHash } = await submitFinalizedAt(api, api.tx.sudo.sudo(api.tx.grid.forceRemoveNode(s.nodeId)), k.owner);
+  // Governance (sudo on the development chain) removes the whole farm now: the farm is frozen,
+  // and the next blocks end the node's contracts and remove it.
+  const { blockHash } = await submitFinalizedAt(api, api.tx.sudo.sudo(api.tx.grid.forceRemoveFarm(s.farmId)), k.owner);
+  assert.ok((await api.query.grid.farmsUnderRemoval.at(blockHash, s.farmId)).isSome, 'the farm is frozen');
   const from = (await api.rpc.chain.getHeader(blockHash)).number.toNumber();
   const deadline = Date.now() + 120_000;
   while ((await api.query.grid.nodes(s.nodeId)).isSome) {
@@ -374,4 +375,10 @@ test('the farm owner evicts the node: no new contracts, and governance cuts the 
   const farm = (await api.query.grid.farms(s.farmId)).unwrap();
   assert.ok(farm.publicIps.every((e) => e.assigned.isNone), 'the farm IPs are free again');
   assert.equal(await heldFor(k.farmer.address, 'Grid', 'NodeDeposit'), 0n, 'the node deposit is returned');
+
+  // Its nodes gone, the next call removes the farm with its pool.
+  const gone = await submitFinalized(api, api.tx.sudo.sudo(api.tx.grid.forceRemoveFarm(s.farmId)), k.owner);
+  oneEvent(gone, 'grid', 'FarmForceRemoved');
+  assert.ok((await api.query.grid.farms(s.farmId)).isNone);
+  assert.ok((await api.query.grid.farmsUnderRemoval(s.farmId)).isNone);
 });

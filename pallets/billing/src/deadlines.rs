@@ -101,51 +101,63 @@ impl<T: Config> Pallet<T> {
 
     /// The node did not report the final window in time: charges the unreported time at the
     /// uptime ratio of the last accepted window, then closes the contract's billing.
-    ///
-    /// Only when the last window ended at most [`Config::MaxWindowSecs`] before the end, that is
-    /// when the node was reporting regularly up to the end; a node that had gone silent earlier,
-    /// or never reported, gets nothing charged for the silence.
     fn final_report_deadline(deadline: &Deadline<BlockNumberFor<T>>, now: BlockNumberFor<T>) {
         let contract = deadline.contract;
         let Some(ended) = EndedContracts::<T>::get(contract) else {
             return;
         };
-        if let Some(billing) = ContractBillings::<T>::get(contract) {
-            let start = billing.billed_until();
-            let last = &billing.last_report;
-            let last_length = last.window_end.saturating_sub(last.window_start);
-            let length = ended.ended_at.saturating_sub(start);
-            if length > 0 && length <= T::MaxWindowSecs::get() && last_length > 0 {
-                let uptime = u128::from(length)
-                    .saturating_mul(u128::from(last.uptime_seconds.min(last_length)))
-                    / u128::from(last_length);
-                let report = ConsumptionReport {
-                    contract,
-                    window_start: start,
-                    window_end: ended.ended_at,
-                    uptime_seconds: u64::try_from(uptime).unwrap_or(length),
-                    public_bytes_in: 0,
-                    public_bytes_out: 0,
-                };
-                let payer = Payer {
-                    owner: ended.owner,
-                    node: ended.node,
-                    required: ended.required,
-                    activated_at: ended.activated_at,
-                    ended_at: Some(ended.ended_at),
-                };
-                Self::deposit_event(Event::FinalWindowEstimated {
-                    contract,
-                    window_start: report.window_start,
-                    window_end: report.window_end,
-                    uptime_seconds: report.uptime_seconds,
-                });
-                if let Err(reason) = Self::charge_and_settle(&report, &payer, billing.debt, now) {
-                    // The farm or its policy is gone: nothing can be charged.
-                    Self::deposit_event(Event::ReportRejected { contract, reason });
-                }
-            }
-        }
+        Self::estimate_final_window(contract, ended, now);
         Self::close(contract);
+    }
+
+    /// Charges an ended contract's unreported time, from its last accepted window to its end,
+    /// at that window's uptime ratio ([`Event::FinalWindowEstimated`]).
+    ///
+    /// Only when the last window ended at most [`Config::MaxWindowSecs`] before the end, that is
+    /// when the node was reporting regularly up to the end; a node that had gone silent earlier,
+    /// or never reported, gets nothing charged for the silence.
+    pub(crate) fn estimate_final_window(
+        contract: ContractId,
+        ended: EndedContract<T::AccountId, BlockNumberFor<T>>,
+        now: BlockNumberFor<T>,
+    ) {
+        let Some(billing) = ContractBillings::<T>::get(contract) else {
+            return;
+        };
+        let start = billing.billed_until();
+        let last = &billing.last_report;
+        let last_length = last.window_end.saturating_sub(last.window_start);
+        let length = ended.ended_at.saturating_sub(start);
+        if length == 0 || length > T::MaxWindowSecs::get() || last_length == 0 {
+            return;
+        }
+        let uptime = u128::from(length)
+            .saturating_mul(u128::from(last.uptime_seconds.min(last_length)))
+            / u128::from(last_length);
+        let report = ConsumptionReport {
+            contract,
+            window_start: start,
+            window_end: ended.ended_at,
+            uptime_seconds: u64::try_from(uptime).unwrap_or(length),
+            public_bytes_in: 0,
+            public_bytes_out: 0,
+        };
+        let payer = Payer {
+            owner: ended.owner,
+            node: ended.node,
+            required: ended.required,
+            activated_at: ended.activated_at,
+            ended_at: Some(ended.ended_at),
+        };
+        Self::deposit_event(Event::FinalWindowEstimated {
+            contract,
+            window_start: report.window_start,
+            window_end: report.window_end,
+            uptime_seconds: report.uptime_seconds,
+        });
+        if let Err(reason) = Self::charge_and_settle(&report, &payer, billing.debt, now) {
+            // The farm or its policy is gone: nothing can be charged.
+            Self::deposit_event(Event::ReportRejected { contract, reason });
+        }
     }
 }

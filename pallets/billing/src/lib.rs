@@ -52,7 +52,8 @@
 //! uptime shared by the spans' lengths (see the `resource_changes` module). A running contract whose node does not report (a
 //! stale contract, see [`Pallet::stale_contracts`]) accrues nothing. The one charge without a
 //! report is an ended contract's final window that its node did not send within
-//! [`Config::FinalReportBlocks`]: it is estimated at the last accepted window's uptime ratio,
+//! [`Config::FinalReportBlocks`], or could not send because the contract ended with its node's
+//! removal (estimated at once): it is estimated at the last accepted window's uptime ratio,
 //! and only when that window ended at most [`Config::MaxWindowSecs`] before the end.
 //!
 //! The charge plus any earlier debt is taken at once from the owner's free balance. Billing
@@ -86,7 +87,9 @@
 //! unreported time at the uptime ratio of the last accepted window
 //! ([`Event::FinalWindowEstimated`]), but only when that window ended at most
 //! [`Config::MaxWindowSecs`] before the end (the node was reporting until then); a node that
-//! was already silent gets nothing charged for the silence. A contract cancelled for lack of
+//! was already silent gets nothing charged for the silence. A contract ended by its node's
+//! removal (`CancelCause::NodeRemoved`) is estimated the same way at once, since its node
+//! leaves with it and cannot report. A contract cancelled for lack of
 //! funds closes at once: in grace the node serves nothing. An ended contract is never in grace;
 //! its remaining debt is written off (counted in [`Totals::written_off`]) when it closes.
 //!
@@ -132,7 +135,7 @@ use sp_runtime::{
 };
 use zos_primitives::{
     billing::ContractBillingStatus,
-    contracts::{BillingInfo, CancelCause, ContractsForBilling, OnContractEnded},
+    contracts::{BillingInfo, CancelCause, ContractsForBilling, OnContractEnded, OnNodeRemoved},
     ContractId, GridCapacity, NodeId, PricingPolicyId,
 };
 
@@ -285,8 +288,8 @@ pub mod pallet {
 
     /// Fee-free reports each node account sent: `(period, used)`, the period being the block
     /// number divided by [`Config::FreeReportPeriodBlocks`]. One entry per node account that
-    /// ever sent a free batch (only a node's account gets one: the batch must settle a report
-    /// of a contract on its node).
+    /// sent a free batch (only a node's account gets one: the batch must settle a report of a
+    /// contract on its node), removed with the node ([`OnNodeRemoved`]).
     #[pallet::storage]
     pub type FreeReportsUsed<T: Config> =
         StorageMap<_, Blake2_128Concat, T::AccountId, (BlockNumberFor<T>, u32), OptionQuery>;
@@ -1079,6 +1082,17 @@ impl<T: Config> Pallet<T> {
     }
 }
 
+impl<T: Config> OnNodeRemoved<T::AccountId> for Pallet<T> {
+    /// Drops the node account's free-report count: the account reports no more.
+    fn on_node_removed(_node: NodeId, account: &T::AccountId) {
+        FreeReportsUsed::<T>::remove(account);
+    }
+
+    fn on_node_removed_weight() -> Weight {
+        T::DbWeight::get().writes(1)
+    }
+}
+
 impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
     /// Closes the contract's billing state, or, when time since the last accepted window (or
     /// since activation) is not billed yet, keeps it open for the final window; see the pallet
@@ -1097,12 +1111,6 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
             // everything before the grace period was billed when it started.
             return Self::close(contract);
         }
-        if cause == CancelCause::NodeRemoved {
-            // Its node leaves in the same block: nobody can report the final window, and
-            // without the node there is no farm to pay. The time since the last window is
-            // not charged.
-            return Self::close(contract);
-        }
         let now_ms = Self::now_ms();
         let now_block = frame_system::Pallet::<T>::block_number();
         let ended_at = now_ms / 1000;
@@ -1112,16 +1120,21 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
         if billed_until >= ended_at {
             return Self::close(contract);
         }
-        EndedContracts::<T>::insert(
-            contract,
-            EndedContract {
-                owner: info.owner,
-                node: info.node,
-                required: info.required,
-                activated_at: info.activated_at,
-                ended_at,
-            },
-        );
+        let ended = EndedContract {
+            owner: info.owner,
+            node: info.node,
+            required: info.required,
+            activated_at: info.activated_at,
+            ended_at,
+        };
+        if cause == CancelCause::NodeRemoved {
+            // Its node leaves the grid with it (in this block or the next few) and can no
+            // longer report: the final window is estimated now, while the node's farm is
+            // known, as for a node that does not report in time.
+            Self::estimate_final_window(contract, ended, now_block);
+            return Self::close(contract);
+        }
+        EndedContracts::<T>::insert(contract, ended);
         let after = T::FinalReportBlocks::get();
         Self::queue_deadline(DeadlineKind::FinalReport, contract, after);
         Self::deposit_event(Event::AwaitingFinalReport {
@@ -1129,6 +1142,10 @@ impl<T: Config> OnContractEnded<T::AccountId, BlockNumberFor<T>> for Pallet<T> {
             ended_at,
             report_by: now_block.saturating_add(after),
         });
+    }
+
+    fn on_contract_ended_weight() -> Weight {
+        T::WeightInfo::final_report_deadline()
     }
 }
 

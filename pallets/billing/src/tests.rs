@@ -1130,6 +1130,48 @@ fn an_unreported_final_window_is_charged_at_the_last_windows_uptime() {
 }
 
 #[test]
+fn a_contract_ended_by_its_nodes_removal_pays_its_last_seconds_at_once() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(300);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 300, 300)]);
+        let owner_before = balance(OWNER);
+        advance_secs(90);
+        System::reset_events();
+        end_contract(c, CancelCause::NodeRemoved);
+        // No final report to wait for: the node leaves the grid with its contracts.
+        let estimated = report(c, START + 300, START + 390, 90);
+        System::assert_has_event(
+            Event::<Test>::FinalWindowEstimated {
+                contract: c,
+                window_start: START + 300,
+                window_end: START + 390,
+                uptime_seconds: 90,
+            }
+            .into(),
+        );
+        let charge = test_policy().charge(&small_vm(), &estimated);
+        assert!(charge > 0);
+        assert_eq!(settled(c), vec![(START + 300, START + 390, charge)]);
+        assert_eq!(owner_before - balance(OWNER), charge);
+        assert!(EndedContracts::<Test>::get(c).is_none());
+        assert!(ContractBillings::<Test>::get(c).is_none());
+    });
+}
+
+#[test]
+fn a_removed_nodes_free_report_count_goes_with_it() {
+    run_test(|| {
+        let c = add_contract(OWNER, NODE, small_vm());
+        advance_secs(300);
+        submit(NODE_ACCOUNT, vec![report(c, START, START + 300, 300)]);
+        assert!(FreeReportsUsed::<Test>::contains_key(NODE_ACCOUNT));
+        <Billing as OnNodeRemoved<AccountId>>::on_node_removed(NODE, &NODE_ACCOUNT);
+        assert!(!FreeReportsUsed::<Test>::contains_key(NODE_ACCOUNT));
+    });
+}
+
+#[test]
 fn a_node_silent_long_before_the_end_gets_no_estimate() {
     run_test(|| {
         let c = add_contract(OWNER, NODE, small_vm());

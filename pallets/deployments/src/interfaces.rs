@@ -76,5 +76,6 @@ impl<T: Config> zos_primitives::contracts::EndContracts for Pallet<T> {
         T::WeightInfo::approve()
             .max(T::WeightInfo::propose_cancel())
             .saturating_add(Pallet::<T>::gateway_hosts_weight())
+            .saturating_add(T::OnContractEnded::on_contract_ended_weight())
     }
 }

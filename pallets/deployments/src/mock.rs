@@ -72,6 +72,7 @@ impl pallet_grid::Config for Test {
     type MinHeartbeatIntervalMs = ConstU64<{ 60 * 1000 }>;
     type Time = Timestamp;
     type Contracts = Deployments;
+    type OnNodeRemoved = ();
     type NodeRemovalNoticeBlocks = ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type DeadNodeAfterBlocks = ConstU64<1_000>;

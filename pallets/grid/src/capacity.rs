@@ -34,6 +34,7 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
             !NodeRemovals::<T>::contains_key(node_id),
             Error::<T>::NodeLeaving
         );
+        Self::ensure_farm_not_frozen(node.farm_id)?;
         ensure!(
             Self::status_of(&node) == NodeStatus::Online,
             Error::<T>::NodeOffline

@@ -37,6 +37,7 @@ impl<T: Config> Pallet<T> {
         Self::release_deposit(DepositItem::Farm(farm_id));
         FarmIdByName::<T>::remove(Self::lowercase(&farm.name));
         FarmNodeCount::<T>::remove(farm_id);
+        FarmsUnderRemoval::<T>::remove(farm_id);
         Farms::<T>::remove(farm_id);
         farm.public_ips.len() as u32
     }
@@ -57,6 +58,27 @@ impl<T: Config> Pallet<T> {
         IpOwner::<T>::remove(ip);
         Self::release_deposit(DepositItem::FarmIp(ip));
         Farms::<T>::insert(farm_id, farm);
+    }
+
+    /// The node itself or the owner of its farm.
+    pub(crate) fn ensure_node_or_farm_owner(
+        node: &Node<T>,
+        who: &T::AccountId,
+    ) -> Result<(), Error<T>> {
+        if who != &node.account {
+            let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
+            ensure!(&farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
+        }
+        Ok(())
+    }
+
+    /// Fails with `FarmBeingRemoved` while governance removes the farm.
+    pub(crate) fn ensure_farm_not_frozen(farm_id: FarmId) -> Result<(), Error<T>> {
+        ensure!(
+            !FarmsUnderRemoval::<T>::contains_key(farm_id),
+            Error::<T>::FarmBeingRemoved
+        );
+        Ok(())
     }
 
     pub(crate) fn owned_farm(farm_id: FarmId, who: &T::AccountId) -> Result<Farm<T>, Error<T>> {

@@ -67,8 +67,9 @@ use frame_support::{
 };
 use sp_runtime::DispatchError;
 use zos_primitives::{
-    contracts::EndContracts, validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId,
-    GridCapacity, NodeId, NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
+    contracts::{EndContracts, OnNodeRemoved},
+    validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId, GridCapacity, NodeId,
+    NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
 };
 
 /// Balance of the currency deposits are held in.
@@ -112,6 +113,8 @@ pub mod pallet {
         /// Ends the contracts of a node or a farm IP that leaves the grid (the deployments
         /// pallet).
         type Contracts: EndContracts;
+        /// Told when a node is removed (billing drops its per-node entries).
+        type OnNodeRemoved: OnNodeRemoved<Self::AccountId>;
         /// Blocks between a farm owner's (or a node's) request to remove a node that still
         /// runs contracts and the end of those contracts: the deployers' notice.
         #[pallet::constant]
@@ -267,6 +270,13 @@ pub mod pallet {
         OptionQuery,
     >;
 
+    /// Farms governance is removing (`force_remove_farm`), with the block it began: frozen
+    /// until they are gone. A frozen farm takes no new node, authorization, address or name,
+    /// and its nodes no new contracts, so the farmer cannot outrun the removal.
+    #[pallet::storage]
+    pub type FarmsUnderRemoval<T: Config> =
+        StorageMap<_, Twox64Concat, FarmId, BlockNumberFor<T>, OptionQuery>;
+
     /// `(head, tail)` of each removal queue: entries `head..tail` are waiting.
     #[pallet::storage]
     pub type NodeRemovalQueueEnds<T: Config> =
@@ -348,8 +358,18 @@ pub mod pallet {
         /// A contract of the leaving node could not be ended: its removal was dropped and the
         /// node takes work again (see the runtime log).
         NodeRemovalFailed { node_id: NodeId },
-        /// Governance removed a farm; its nodes had been removed before.
+        /// Governance removed a farm, with its address pool and authorizations.
         FarmForceRemoved { farm_id: FarmId, ips_released: u32 },
+        /// Governance began removing a farm: it is frozen (see [`FarmsUnderRemoval`]).
+        FarmFrozen { farm_id: FarmId },
+        /// `force_remove_farm` removed `removed` of the farm's nodes at once (no contracts) and
+        /// scheduled the forced removal of `scheduled` (their contracts end in the next
+        /// blocks); the farm goes with a later `force_remove_farm`, once its nodes are gone.
+        FarmNodesForceRemoved {
+            farm_id: FarmId,
+            removed: u32,
+            scheduled: u32,
+        },
         /// Governance cleared `cleared` of the farm's unused node authorizations; more are
         /// left, so the farm stays until the next `force_remove_farm`.
         FarmNodeAuthorizationsCleared { farm_id: FarmId, cleared: u32 },
@@ -519,6 +539,9 @@ pub mod pallet {
         RemovalRequestedByFarmOwner,
         /// The removal is due: its contracts are being ended and it cannot be withdrawn.
         NodeRemovalUnderWay,
+        /// Governance is removing the farm: it takes no new nodes, authorizations, addresses or
+        /// names, and its nodes no new contracts.
+        FarmBeingRemoved,
     }
 
     #[pallet::hooks]
@@ -589,6 +612,7 @@ pub mod pallet {
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let mut farm = Self::owned_farm(farm_id, &who)?;
+            Self::ensure_farm_not_frozen(farm_id)?;
             let key = Self::name_key(&name)?;
             if let Some(holder) = FarmIdByName::<T>::get(&key) {
                 ensure!(holder == farm_id, Error::<T>::FarmNameTaken);
@@ -694,6 +718,7 @@ pub mod pallet {
         ) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let mut farm = Self::owned_farm(farm_id, &who)?;
+            Self::ensure_farm_not_frozen(farm_id)?;
             validate_public_ipv4_in(&ip, DocumentationIpsArePublic::<T>::get())
                 .map_err(Error::<T>::InvalidPublicIpv4)?;
             ensure!(
@@ -768,6 +793,7 @@ pub mod pallet {
                 Error::<T>::AccountAlreadyHasNode
             );
             ensure!(Farms::<T>::contains_key(farm_id), Error::<T>::FarmNotFound);
+            Self::ensure_farm_not_frozen(farm_id)?;
             ensure!(
                 NodeAuthorizations::<T>::take(farm_id, &account).is_some(),
                 Error::<T>::NodeNotAuthorized
@@ -847,14 +873,12 @@ pub mod pallet {
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::remove_node()
             .saturating_add(T::DbWeight::get().reads_writes(2, 4))
-            .saturating_add(deposits::deposits_weight::<T>(1)))]
+            .saturating_add(deposits::deposits_weight::<T>(1))
+            .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
         pub fn remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            if who != node.account {
-                let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
-                ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
-            }
+            Self::ensure_node_or_farm_owner(&node, &who)?;
             ensure!(
                 node.active_contracts == 0 || !NodeRemovals::<T>::contains_key(node_id),
                 Error::<T>::NodeRemovalPending
@@ -869,32 +893,7 @@ pub mod pallet {
         #[pallet::weight(T::WeightInfo::cancel_node_removal())]
         pub fn cancel_node_removal(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            if who != node.account {
-                let farm = Farms::<T>::get(node.farm_id).ok_or(Error::<T>::FarmNotFound)?;
-                ensure!(farm.owner == who, Error::<T>::NotNodeOrFarmOwner);
-            }
-            let removal = NodeRemovals::<T>::get(node_id).ok_or(Error::<T>::NoNodeRemoval)?;
-            ensure!(
-                removal.kind == RemovalKind::Notice,
-                Error::<T>::NodeRemovalForced
-            );
-            // Else a node could put off its eviction forever, withdrawing each notice.
-            ensure!(
-                who != node.account || removal.requested_by.as_ref() == Some(&who),
-                Error::<T>::RemovalRequestedByFarmOwner
-            );
-            ensure!(
-                removal.due > frame_system::Pallet::<T>::block_number(),
-                Error::<T>::NodeRemovalUnderWay
-            );
-            // Its queue entry no longer matches a removal and is skipped when reached.
-            NodeRemovals::<T>::remove(node_id);
-            Self::deposit_event(Event::NodeRemovalCancelled {
-                node_id,
-                cancelled_by: who,
-            });
-            Ok(())
+            Self::withdraw_removal(node_id, who)
         }
 
         /// Proof of liveness from the node. Free when accepted; rate-limited.
@@ -1000,6 +999,7 @@ pub mod pallet {
         ) -> DispatchResult {
             let who = ensure_signed(origin)?;
             Self::owned_farm(farm_id, &who)?;
+            Self::ensure_farm_not_frozen(farm_id)?;
             ensure!(
                 !NodeIdByAccount::<T>::contains_key(&account),
                 Error::<T>::AccountAlreadyHasNode
@@ -1041,7 +1041,8 @@ pub mod pallet {
         #[pallet::call_index(16)]
         #[pallet::weight(T::WeightInfo::force_remove_node()
             .saturating_add(deposits::deposits_weight::<T>(1))
-            .saturating_add(T::DbWeight::get().writes(1)))]
+            .saturating_add(T::DbWeight::get().writes(1))
+            .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
         pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -1061,73 +1062,29 @@ pub mod pallet {
         #[pallet::call_index(19)]
         #[pallet::weight(T::WeightInfo::force_remove_node()
             .saturating_add(deposits::deposits_weight::<T>(1))
-            .saturating_add(T::DbWeight::get().writes(1)))]
+            .saturating_add(T::DbWeight::get().writes(1))
+            .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
         pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
-            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
-            let silent_since = node
-                .last_heartbeat
-                .map(|hb| hb.block)
-                .unwrap_or(node.registered_at);
-            let now = frame_system::Pallet::<T>::block_number();
-            ensure!(
-                now >= sp_runtime::Saturating::saturating_add(
-                    silent_since,
-                    T::DeadNodeAfterBlocks::get()
-                ),
-                Error::<T>::NodeNotDead
-            );
-            // Only contracts are freed this way: an idle node (powered down, say) is its
-            // farm's business.
-            ensure!(
-                node.active_contracts > 0,
-                Error::<T>::DeadNodeHasNoContracts
-            );
-            ensure!(
-                NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced),
-                Error::<T>::NodeRemovalPending
-            );
-            Self::remove_or_schedule(node_id, node, RemovalKind::Forced, Some(who))
+            Self::remove_dead(node_id, who)
         }
 
-        /// Governance removes a farm whose nodes are gone (force-remove them first), with its
-        /// address pool and unused node authorizations. With more authorizations than one call
-        /// clears, the call clears that many and leaves the farm: call it again.
+        /// Governance removes a farm with its nodes, address pool and unused node
+        /// authorizations. The first call freezes the farm (see [`FarmsUnderRemoval`]) and
+        /// removes its nodes: at once those without contracts, the others after their
+        /// contracts end in the next blocks (forced removal). Each call handles at most
+        /// [`MAX_NODES_FORCE_REMOVED`] nodes and [`MAX_AUTHORIZATIONS_FORCE_REMOVED`]
+        /// authorizations; the call that finds neither left removes the farm. Call it again
+        /// until [`Event::FarmForceRemoved`].
         #[pallet::call_index(17)]
-        #[pallet::weight(T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get())
-            .saturating_add(deposits::deposits_weight::<T>(
-                T::MaxIpsPerFarm::get().saturating_add(1).saturating_add(MAX_AUTHORIZATIONS_FORCE_REMOVED),
-            )))]
+        #[pallet::weight(removal::force_remove_farm_weight::<T>())]
         pub fn force_remove_farm(
             origin: OriginFor<T>,
             farm_id: FarmId,
         ) -> DispatchResultWithPostInfo {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let farm = Farms::<T>::get(farm_id).ok_or(Error::<T>::FarmNotFound)?;
-            ensure!(
-                FarmNodeCount::<T>::get(farm_id) == 0,
-                Error::<T>::FarmHasNodes
-            );
-            // Without nodes no address is assigned (a try_state invariant).
-            let (cleared, more) = Self::clear_farm_authorizations(farm_id);
-            if more {
-                Self::deposit_event(Event::FarmNodeAuthorizationsCleared { farm_id, cleared });
-                return Ok(Some(T::WeightInfo::force_remove_farm(0).saturating_add(
-                    deposits::deposits_weight::<T>(MAX_AUTHORIZATIONS_FORCE_REMOVED),
-                ))
-                .into());
-            }
-            let ips_released = Self::remove_farm_entries(farm_id, &farm);
-            Self::deposit_event(Event::FarmForceRemoved {
-                farm_id,
-                ips_released,
-            });
-            let released = cleared.saturating_add(ips_released).saturating_add(1);
-            Ok(Some(
-                T::WeightInfo::force_remove_farm(ips_released)
-                    .saturating_add(deposits::deposits_weight::<T>(released)),
-            )
-            .into())
+            Self::force_remove_farm_step(farm_id, farm)
         }
 
         /// Governance removes an address from a farm's pool (one the farm had no right to, say).

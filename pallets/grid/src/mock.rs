@@ -79,7 +79,22 @@ thread_local! {
         Default::default();
 }
 
+/// Records the `(node, account)` of each removed node, as billing would drop its entries.
+pub struct RecordRemovedNodes;
+
+impl zos_primitives::contracts::OnNodeRemoved<u64> for RecordRemovedNodes {
+    fn on_node_removed(node: zos_primitives::NodeId, account: &u64) {
+        REMOVED_NODES.with(|r| r.borrow_mut().push((node, *account)));
+    }
+    fn on_node_removed_weight() -> frame_support::weights::Weight {
+        frame_support::weights::Weight::zero()
+    }
+}
+
 thread_local! {
+    /// What [`RecordRemovedNodes`] was told.
+    pub static REMOVED_NODES: core::cell::RefCell<Vec<(zos_primitives::NodeId, u64)>> =
+        Default::default();
     /// Contracts whose ending fails (a deployments pallet that cannot cancel them).
     pub static UNENDABLE: core::cell::RefCell<std::collections::BTreeSet<zos_primitives::ContractId>> =
         Default::default();
@@ -158,6 +173,7 @@ impl pallet_grid::Config for Test {
     type MinHeartbeatIntervalMs = frame_support::traits::ConstU64<MIN_INTERVAL_MS>;
     type Time = Timestamp;
     type Contracts = MockContracts;
+    type OnNodeRemoved = RecordRemovedNodes;
     type NodeRemovalNoticeBlocks = frame_support::traits::ConstU64<NOTICE_BLOCKS>;
     type MaxContractsEndedPerBlock = ConstU32<MAX_ENDED_PER_BLOCK>;
     type DeadNodeAfterBlocks = frame_support::traits::ConstU64<DEAD_AFTER_BLOCKS>;
@@ -192,6 +208,7 @@ pub fn new_test_ext() -> sp_io::TestExternalities {
 pub fn run_test(test: impl FnOnce()) {
     CONTRACTS.with(|c| c.borrow_mut().clear());
     UNENDABLE.with(|u| u.borrow_mut().clear());
+    REMOVED_NODES.with(|r| r.borrow_mut().clear());
     new_test_ext().execute_with(|| {
         test();
         Grid::do_try_state().expect("storage invariants hold");

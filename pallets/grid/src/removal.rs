@@ -14,7 +14,161 @@ use frame_support::{defensive, weights::Weight};
 use frame_system::pallet_prelude::BlockNumberFor;
 use sp_runtime::Saturating;
 
+/// Worst case of one `force_remove_farm`: the most nodes removed at once, or the farm with a
+/// full pool and the most authorizations (a call does one or the other).
+pub(crate) fn force_remove_farm_weight<T: Config>() -> Weight {
+    let per_node = T::WeightInfo::force_remove_node()
+        .saturating_add(deposits::deposits_weight::<T>(1))
+        .saturating_add(T::DbWeight::get().reads_writes(2, 1))
+        .saturating_add(T::OnNodeRemoved::on_node_removed_weight());
+    let nodes = per_node.saturating_mul(u64::from(MAX_NODES_FORCE_REMOVED));
+    let farm = T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()).saturating_add(
+        deposits::deposits_weight::<T>(
+            T::MaxIpsPerFarm::get()
+                .saturating_add(1)
+                .saturating_add(MAX_AUTHORIZATIONS_FORCE_REMOVED),
+        ),
+    );
+    nodes
+        .max(farm)
+        .saturating_add(T::DbWeight::get().reads_writes(2, 1))
+}
+
 impl<T: Config> Pallet<T> {
+    /// One step of `force_remove_farm`: freezes the farm, then removes (or schedules the
+    /// forced removal of) up to [`MAX_NODES_FORCE_REMOVED`] of its nodes; with none left,
+    /// clears its authorizations and removes it.
+    pub(crate) fn force_remove_farm_step(
+        farm_id: FarmId,
+        farm: Farm<T>,
+    ) -> frame_support::dispatch::DispatchResultWithPostInfo {
+        let db = T::DbWeight::get();
+        let mut weight = db.reads_writes(2, 0);
+        if !FarmsUnderRemoval::<T>::contains_key(farm_id) {
+            FarmsUnderRemoval::<T>::insert(farm_id, frame_system::Pallet::<T>::block_number());
+            weight.saturating_accrue(db.writes(1));
+            Self::deposit_event(Event::FarmFrozen { farm_id });
+        }
+        if FarmNodeCount::<T>::get(farm_id) > 0 {
+            let (removed, scheduled) = Self::force_remove_farm_nodes(farm_id)?;
+            Self::deposit_event(Event::FarmNodesForceRemoved {
+                farm_id,
+                removed,
+                scheduled,
+            });
+            let per_node = T::WeightInfo::force_remove_node()
+                .saturating_add(deposits::deposits_weight::<T>(1))
+                .saturating_add(db.reads_writes(2, 1))
+                .saturating_add(T::OnNodeRemoved::on_node_removed_weight());
+            let looked_at = removed.saturating_add(scheduled).max(1);
+            return Ok(
+                Some(weight.saturating_add(per_node.saturating_mul(u64::from(looked_at)))).into(),
+            );
+        }
+        // Without nodes no address is assigned (a try_state invariant).
+        let (cleared, more) = Self::clear_farm_authorizations(farm_id);
+        if more {
+            Self::deposit_event(Event::FarmNodeAuthorizationsCleared { farm_id, cleared });
+            return Ok(Some(
+                weight
+                    .saturating_add(T::WeightInfo::force_remove_farm(0))
+                    .saturating_add(deposits::deposits_weight::<T>(
+                        MAX_AUTHORIZATIONS_FORCE_REMOVED,
+                    )),
+            )
+            .into());
+        }
+        let ips_released = Self::remove_farm_entries(farm_id, &farm);
+        Self::deposit_event(Event::FarmForceRemoved {
+            farm_id,
+            ips_released,
+        });
+        let released = cleared.saturating_add(ips_released).saturating_add(1);
+        Ok(Some(
+            weight
+                .saturating_add(T::WeightInfo::force_remove_farm(ips_released))
+                .saturating_add(deposits::deposits_weight::<T>(released)),
+        )
+        .into())
+    }
+
+    /// Removes at once the farm's nodes without contracts and schedules the forced removal of
+    /// the others, looking at most at [`MAX_NODES_FORCE_REMOVED`] nodes; returns how many of
+    /// each. Nodes whose forced removal is under way are left to it (a later call looks at
+    /// them again until they are gone).
+    fn force_remove_farm_nodes(farm_id: FarmId) -> Result<(u32, u32), DispatchError> {
+        let node_ids: Vec<NodeId> = NodesByFarm::<T>::iter_key_prefix(farm_id)
+            .take(MAX_NODES_FORCE_REMOVED as usize)
+            .collect();
+        let (mut removed, mut scheduled) = (0u32, 0u32);
+        for node_id in node_ids {
+            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            if node.active_contracts == 0 {
+                Self::remove_node_now(node_id, node, None)?;
+                removed = removed.saturating_add(1);
+            } else if NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced) {
+                Self::schedule_removal(node_id, &node, RemovalKind::Forced, None);
+                scheduled = scheduled.saturating_add(1);
+            }
+        }
+        Ok((removed, scheduled))
+    }
+
+    /// `cancel_node_removal` signed by `who`.
+    pub(crate) fn withdraw_removal(node_id: NodeId, who: T::AccountId) -> DispatchResult {
+        let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+        Self::ensure_node_or_farm_owner(&node, &who)?;
+        let removal = NodeRemovals::<T>::get(node_id).ok_or(Error::<T>::NoNodeRemoval)?;
+        ensure!(
+            removal.kind == RemovalKind::Notice,
+            Error::<T>::NodeRemovalForced
+        );
+        // Else a node could put off its eviction forever, withdrawing each notice.
+        ensure!(
+            who != node.account || removal.requested_by.as_ref() == Some(&who),
+            Error::<T>::RemovalRequestedByFarmOwner
+        );
+        ensure!(
+            removal.due > frame_system::Pallet::<T>::block_number(),
+            Error::<T>::NodeRemovalUnderWay
+        );
+        // Its queue entry no longer matches a removal and is skipped when reached.
+        NodeRemovals::<T>::remove(node_id);
+        Self::deposit_event(Event::NodeRemovalCancelled {
+            node_id,
+            cancelled_by: who,
+        });
+        Ok(())
+    }
+
+    /// `remove_dead_node` signed by `who`.
+    pub(crate) fn remove_dead(node_id: NodeId, who: T::AccountId) -> DispatchResult {
+        let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+        let silent_since = node
+            .last_heartbeat
+            .map(|hb| hb.block)
+            .unwrap_or(node.registered_at);
+        let now = frame_system::Pallet::<T>::block_number();
+        ensure!(
+            now >= sp_runtime::Saturating::saturating_add(
+                silent_since,
+                T::DeadNodeAfterBlocks::get()
+            ),
+            Error::<T>::NodeNotDead
+        );
+        // Only contracts are freed this way: an idle node (powered down, say) is its
+        // farm's business.
+        ensure!(
+            node.active_contracts > 0,
+            Error::<T>::DeadNodeHasNoContracts
+        );
+        ensure!(
+            NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced),
+            Error::<T>::NodeRemovalPending
+        );
+        Self::remove_or_schedule(node_id, node, RemovalKind::Forced, Some(who))
+    }
+
     /// Removes up to [`MAX_AUTHORIZATIONS_FORCE_REMOVED`] unused node authorizations of a
     /// farm, returning their deposits; returns how many, and whether more are left.
     pub(crate) fn clear_farm_authorizations(farm_id: FarmId) -> (u32, bool) {
@@ -55,6 +209,7 @@ impl<T: Config> Pallet<T> {
         NodesByFarm::<T>::remove(node.farm_id, node_id);
         FarmNodeCount::<T>::mutate(node.farm_id, |n| *n = n.saturating_sub(1));
         Nodes::<T>::remove(node_id);
+        T::OnNodeRemoved::on_node_removed(node_id, &node.account);
         Self::deposit_event(Event::NodeRemoved {
             node_id,
             farm_id: node.farm_id,
@@ -178,7 +333,8 @@ impl<T: Config> Pallet<T> {
                 weight.saturating_accrue(
                     T::WeightInfo::remove_node()
                         .saturating_add(deposits::deposits_weight::<T>(1))
-                        .saturating_add(T::DbWeight::get().writes(1)),
+                        .saturating_add(T::DbWeight::get().writes(1))
+                        .saturating_add(T::OnNodeRemoved::on_node_removed_weight()),
                 );
                 NodeRemovalQueue::<T>::remove(kind, head);
                 head = head.saturating_add(1);

@@ -1187,6 +1187,11 @@ fn remove_node_by_node_or_farmer_cleans_every_index() {
         assert_eq!(IpOwner::<Test>::iter().count(), 0);
         assert_eq!(FarmNodeCount::<Test>::get(farm), 0);
         assert!(Grid::nodes_of_farm(farm).is_empty());
+        // Other pallets were told, to drop their per-node entries.
+        assert_eq!(
+            REMOVED_NODES.with(|r| r.borrow().clone()),
+            vec![(a, NODE), (b, NODE2)]
+        );
         // The account may register again, under a new id, and the farm can now go.
         assert_eq!(register(NODE, farm), b + 1);
         assert_ok!(Grid::remove_node(signed(NODE), b + 1));
@@ -1354,11 +1359,116 @@ fn governance_removes_a_farm_ip_ending_the_contract_that_holds_it() {
         assert_eq!(farm_now.public_ips.len(), 1);
         assert!(IpOwner::<Test>::get(held).is_none());
         assert_eq!(Nodes::<Test>::get(id).unwrap().assigned_ips, 0);
-        // A farm with nodes cannot be force-removed.
+    });
+}
+
+#[test]
+fn governance_removes_a_farm_with_its_nodes_and_the_farm_stays_frozen_meanwhile() {
+    run_test(|| {
+        let (farm, busy) = farm_with_online_node(2);
+        let idle = register(NODE2, farm);
+        add_contract(7, busy, Resources::new(1, GIB, 0, 0), 1);
+        authorize(farm, 30);
         assert_noop!(
-            Grid::force_remove_farm(RuntimeOrigin::root(), farm),
-            GridError::FarmHasNodes
+            Grid::force_remove_farm(signed(FARMER), farm),
+            sp_runtime::DispatchError::BadOrigin
         );
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_has_event(GridEvent::FarmFrozen { farm_id: farm }.into());
+        System::assert_last_event(
+            GridEvent::FarmNodesForceRemoved {
+                farm_id: farm,
+                removed: 1,
+                scheduled: 1,
+            }
+            .into(),
+        );
+        // The idle node went at once; the busy one waits for its contract to end.
+        assert!(Nodes::<Test>::get(idle).is_none());
+        assert!(Nodes::<Test>::get(busy).is_some());
+        assert!(FarmsUnderRemoval::<Test>::contains_key(farm));
+        // Frozen: the farmer cannot add what the removal would have to chase.
+        assert_noop!(
+            Grid::authorize_node(signed(FARMER), farm, 31),
+            GridError::FarmBeingRemoved
+        );
+        assert_noop!(
+            Grid::register_node(
+                signed(30),
+                farm,
+                capacity(),
+                [9; 32],
+                location(),
+                None,
+                version()
+            ),
+            GridError::FarmBeingRemoved
+        );
+        assert_noop!(
+            Grid::add_farm_ip(signed(FARMER), farm, farm_ip(40)),
+            GridError::FarmBeingRemoved
+        );
+        assert_noop!(
+            Grid::rename_farm(signed(FARMER), farm, name("elsewhere")),
+            GridError::FarmBeingRemoved
+        );
+        assert_noop!(
+            <Grid as GridCapacity<u64>>::node_accepts_workloads(busy),
+            GridError::NodeLeaving
+        );
+        // Calling again while the forced removal is under way changes nothing.
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_last_event(
+            GridEvent::FarmNodesForceRemoved {
+                farm_id: farm,
+                removed: 0,
+                scheduled: 0,
+            }
+            .into(),
+        );
+        run_to_block(2);
+        assert_eq!(contracts_on(busy), 0);
+        assert!(Nodes::<Test>::get(busy).is_none());
+        assert!(Farms::<Test>::get(farm).is_some());
+        // Nodes gone: the next call removes the farm, its pool and the unused authorization.
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_last_event(
+            GridEvent::FarmForceRemoved {
+                farm_id: farm,
+                ips_released: 2,
+            }
+            .into(),
+        );
+        assert!(Farms::<Test>::get(farm).is_none());
+        assert!(!FarmsUnderRemoval::<Test>::contains_key(farm));
+        assert_eq!(NodeAuthorizations::<Test>::iter().count(), 0);
+        assert_eq!(IpOwner::<Test>::iter().count(), 0);
+        assert_eq!(Deposits::<Test>::iter().count(), 0);
+    });
+}
+
+#[test]
+fn a_farm_with_more_nodes_than_one_call_removes_is_removed_in_steps() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "crowded");
+        for n in 0..=MAX_NODES_FORCE_REMOVED {
+            register(1_000 + u64::from(n), farm);
+        }
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_last_event(
+            GridEvent::FarmNodesForceRemoved {
+                farm_id: farm,
+                removed: MAX_NODES_FORCE_REMOVED,
+                scheduled: 0,
+            }
+            .into(),
+        );
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert_eq!(FarmNodeCount::<Test>::get(farm), 0);
+        assert!(Farms::<Test>::get(farm).is_some());
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert!(Farms::<Test>::get(farm).is_none());
     });
 }
 

@@ -123,6 +123,12 @@ impl<T: Config> Pallet<T> {
         }
 
         Self::removals_try_state()?;
+        for farm_id in FarmsUnderRemoval::<T>::iter_keys() {
+            ensure!(
+                Farms::<T>::contains_key(farm_id),
+                "a frozen farm is gone but still listed as under removal"
+            );
+        }
         Self::deposits_try_state()?;
         for (farm_id, _) in NodeAuthorizations::<T>::iter_keys() {
             ensure!(

@@ -21,6 +21,9 @@ pub const MAX_EXECUTOR_VERSION_LEN: u32 = 32;
 /// Most unused node authorizations one `force_remove_farm` clears (with more, it clears that
 /// many and is called again), so the call stays bounded.
 pub const MAX_AUTHORIZATIONS_FORCE_REMOVED: u32 = 256;
+/// Most nodes one `force_remove_farm` removes or schedules for removal (with more, it is
+/// called again once those are gone), so the call stays bounded.
+pub const MAX_NODES_FORCE_REMOVED: u32 = 32;
 /// Latitude range in micro-degrees.
 pub const MAX_LATITUDE: i32 = 90_000_000;
 /// Longitude range in micro-degrees.

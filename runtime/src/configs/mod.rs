@@ -220,6 +220,7 @@ impl pallet_grid::Config for Runtime {
     type MinHeartbeatIntervalMs = ConstU64<{ 10 * 1000 }>;
     type Time = Timestamp;
     type Contracts = Deployments;
+    type OnNodeRemoved = Billing;
     /// Deployers of a node being removed get a day to move their workloads.
     type NodeRemovalNoticeBlocks = ConstU32<DAYS>;
     /// 16 contract cancellations a block stay a small, fixed part of every block.
