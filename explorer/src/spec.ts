@@ -1,8 +1,9 @@
 // Deployment specs in the readable file form deployers keep (the serde form of
 // `zos_primitives::spec::DeploymentSpec`, as `zos deploy` reads it from JSON or TOML): snake_case
 // names, `kind: { disk: { size_mib } }`, hex hashes, dotted-quad addresses, CIDR strings,
-// "host:port" endpoints. Converted to the object polkadot.js encodes from the metadata, and
-// checked with the same rules, in the same order, as `DeploymentSpec::validate` on chain.
+// "host:port" endpoints and gateway backends. Converted to the object polkadot.js encodes from the
+// metadata, and checked with the same rules, in the same order, as `DeploymentSpec::validate` on
+// chain.
 
 export const LIMITS = {
   MAX_WORKLOADS: 32,
@@ -21,6 +22,9 @@ export const LIMITS = {
   MAX_PEERS: 32,
   MAX_ALLOWED_IPS: 8,
   MAX_PUBLIC_IPV4: 8,
+  MAX_GATEWAY_BACKENDS: 8,
+  MAX_GATEWAY_NAME_LEN: 63,
+  MAX_FQDN_LEN: 253,
   SEALED_WIREGUARD_KEY_LEN: 80,
   MIN_VCPUS: 1,
   MAX_VCPUS: 64,
@@ -56,7 +60,7 @@ export class SpecProblem extends Error {
 }
 
 const KINDS: Record<string, string> = {
-  vm: 'Vm', disk: 'Disk', volume: 'Volume', network: 'Network', public_ip: 'PublicIp',
+  vm: 'Vm', disk: 'Disk', volume: 'Volume', network: 'Network', public_ip: 'PublicIp', gateway: 'Gateway',
 };
 
 const snake = (k: string) => k.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
@@ -130,7 +134,8 @@ function hexBytes(v: unknown, path: string, len?: number, max?: number): string 
 export function parseIpv4(v: unknown, path: string): number[] {
   if (typeof v !== 'string') fail(path, 'expected an IPv4 address like "10.20.1.2"');
   const parts = v.split('.');
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
+  // No leading zeros: Rust's `Ipv4Addr` parser refuses them (`010` could be read as octal).
+  if (parts.length !== 4 || !parts.every((p) => /^(0|[1-9]\d{0,2})$/.test(p) && Number(p) <= 255)) {
     fail(path, `\`${v}\` is not an IPv4 address`);
   }
   return parts.map(Number);
@@ -145,21 +150,40 @@ export function parseCidr(v: unknown, path: string): Cidr {
 
 function parseEndpoint(v: unknown, path: string) {
   if (v === undefined || v === null) return null;
+  return parseSocketAddress(v, path);
+}
+
+/** `SocketAddress` (a peer endpoint, a gateway backend): "10.20.1.2:80" or "[2001:db8::1]:443". */
+function parseSocketAddress(v: unknown, path: string) {
   if (typeof v !== 'string') fail(path, 'expected "host:port"');
-  const m = /^(?:\[([0-9a-fA-F:]+)\]|([\d.]+)):(\d{1,5})$/.exec(v);
+  // Any number of port digits, as Rust's `SocketAddr` parser reads them; the value must fit a u16.
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([\d.]+)):(\d+)$/.exec(v);
   if (!m || Number(m[3]) > 65535) fail(path, `\`${v}\` is not host:port`);
   const port = Number(m[3]);
   if (m[2]) return { V4: { ip: parseIpv4(m[2], path), port } };
   return { V6: { ip: parseIpv6(m[1], path), port } };
 }
 
+/** Text IPv6 as Rust's `Ipv6Addr` parser reads it: one `::` at most, standing for at least one
+ * zero group, and optionally a dotted quad as the last two groups (`::ffff:10.0.0.1`). */
 function parseIpv6(text: string, path: string): number[] {
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, null];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const fill = tail === null ? 0 : 8 - h.length - t.length;
-  const groups = [...h, ...Array(Math.max(fill, 0)).fill('0'), ...t];
-  if (groups.length !== 8 || !groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) fail(path, `\`${text}\` is not IPv6`);
+  const bad = () => fail(path, `\`${text}\` is not IPv6`);
+  let hexText = text;
+  const lastColon = text.lastIndexOf(':');
+  if (text.slice(lastColon + 1).includes('.')) {
+    if (lastColon < 0) bad();
+    const q = parseIpv4(text.slice(lastColon + 1), path);
+    hexText = `${text.slice(0, lastColon + 1)}${((q[0] << 8) | q[1]).toString(16)}:${((q[2] << 8) | q[3]).toString(16)}`;
+  }
+  const halves = hexText.split('::');
+  if (halves.length > 2) bad();
+  const groupsOf = (s: string) => (s === '' ? [] : s.split(':'));
+  const head = groupsOf(halves[0]);
+  const tail = halves.length === 2 ? groupsOf(halves[1]) : [];
+  const elided = halves.length === 2 ? 8 - head.length - tail.length : 0;
+  if (halves.length === 2 ? elided < 1 : head.length !== 8) bad();
+  const groups = [...head, ...Array(elided).fill('0'), ...tail];
+  if (!groups.every((g) => /^[0-9a-fA-F]{1,4}$/.test(g))) bad();
   return groups.flatMap((g) => [parseInt(g, 16) >> 8, parseInt(g, 16) & 255]);
 }
 
@@ -204,6 +228,21 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
     case 'public_ip':
       allowKeys(b, ['v4', 'v6'], p);
       return { v4: bool(b.v4, `${p}.v4`), v6: bool(b.v6, `${p}.v6`) };
+    case 'gateway': {
+      allowKeys(b, ['host', 'network', 'backends', 'tls_passthrough'], p);
+      // Unlike most lists, `backends` has no serde default: a missing list is a format error,
+      // only an empty one is `NoGatewayBackends`.
+      if (!Array.isArray(b.backends)) fail(`${p}.backends`, 'expected a list of "address:port"');
+      return {
+        host: parseGatewayHost(b.host, `${p}.host`),
+        network: b.network === undefined || b.network === null
+          ? null
+          : str(b.network, `${p}.network`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+        backends: list(b.backends, `${p}.backends`, LIMITS.MAX_GATEWAY_BACKENDS).map((a, i) =>
+          parseSocketAddress(a, `${p}.backends[${i}]`)),
+        tlsPassthrough: bool(b.tls_passthrough, `${p}.tls_passthrough`),
+      };
+    }
     case 'network': {
       allowKeys(b, ['ip_range', 'subnet', 'listen_port', 'peers', 'private_key', 'outbound_internet'], p);
       return {
@@ -273,6 +312,15 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
   fail(p, 'unknown workload kind');
 }
 
+/** `GatewayHost`: `{ name: "myapp" }` (under the node's domain) or `{ fqdn: "shop.example.org" }`. */
+function parseGatewayHost(v: unknown, path: string) {
+  const o = obj(v, path);
+  const keys = Object.keys(o);
+  if (keys.length !== 1 || (keys[0] !== 'name' && keys[0] !== 'fqdn')) fail(path, 'expected { name } or { fqdn }');
+  if (keys[0] === 'name') return { Name: str(o.name, `${path}.name`, LIMITS.MAX_GATEWAY_NAME_LEN) };
+  return { Fqdn: str(o.fqdn, `${path}.fqdn`, LIMITS.MAX_FQDN_LEN) };
+}
+
 // ---- validation: `DeploymentSpec::validate`, rule by rule, first broken rule wins.
 
 const u32 = (ip: number[]) => ((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0;
@@ -314,8 +362,15 @@ export function validateSpec(spec: ChainSpec): string | null {
     } else if (kind === 'PublicIp') {
       if (!b.v4 && !b.v6) return 'PublicIpWithoutFamily';
       if (b.v4) ipv4 += 1;
+    } else if (kind === 'Gateway') {
+      const e = checkGateway(b, byName);
+      if (e) return e;
     }
   }
+  // Hosts compare by variant and text, as `GatewayHost`'s equality does.
+  const hostKey = (g: any) => (g.host.Name !== undefined ? `name:${g.host.Name}` : `fqdn:${g.host.Fqdn}`);
+  const hosts = ws.filter((w) => w.kind.Gateway).map((w) => hostKey(w.kind.Gateway));
+  if (new Set(hosts).size !== hosts.length) return 'DuplicateGatewayHost';
   if (ipv4 > LIMITS.MAX_PUBLIC_IPV4) return 'TooManyPublicIpv4';
   const nets = ws.filter((w) => w.kind.Network).map((w) => w.kind.Network);
   for (let i = 0; i < nets.length; i++) {
@@ -385,6 +440,89 @@ function checkVm(vm: any, byName: (n: string) => any): string | null {
   return null;
 }
 
+/** `is_valid_dns_label`: 1-63 bytes of `[a-z0-9-]`, no hyphen at either end; lowercase only. */
+const isDnsLabel = (label: string) =>
+  /^[a-z0-9-]{1,63}$/.test(label) && !label.startsWith('-') && !label.endsWith('-');
+/** `is_valid_fqdn`: at least two valid labels, at most 253 bytes (no trailing dot). */
+const isFqdn = (domain: string) =>
+  byteLen(domain) <= LIMITS.MAX_FQDN_LEN && domain.includes('.') && domain.split('.').every(isDnsLabel);
+
+/** `GatewaySpec::check`. */
+function checkGateway(g: any, byName: (n: string) => any): string | null {
+  if (g.host.Name !== undefined) {
+    if (!isDnsLabel(g.host.Name)) return 'InvalidGatewayName';
+  } else if (!isFqdn(g.host.Fqdn)) {
+    return 'InvalidGatewayFqdn';
+  }
+  if (g.backends.length === 0) return 'NoGatewayBackends';
+  let range: Cidr | null = null;
+  if (g.network !== null) {
+    const target = byName(g.network);
+    if (!target) return 'UnknownNetwork';
+    if (!target.kind.Network) return 'NotANetwork';
+    range = target.kind.Network.ipRange;
+  }
+  for (const backend of g.backends) {
+    if ((backend.V4 ?? backend.V6).port === 0) return 'GatewayBackendNotAllowed';
+    if (range) {
+      // The node dials backends from inside the network, which is IPv4 only.
+      if (!backend.V4 || !contains(range, backend.V4.ip)) return 'GatewayBackendOutsideNetwork';
+    } else {
+      // Without a network the node dials out from its public side: never its own loopback,
+      // private or link-local neighbours. Documentation addresses route nowhere, so they pass.
+      const special = backend.V4 ? classifyIpv4(backend.V4.ip) : classifyIpv6(backend.V6.ip);
+      if (special !== null && special !== 'Documentation') return 'GatewayBackendNotAllowed';
+    }
+  }
+  return null;
+}
+
+/** `classify_ipv4`: the special-purpose block `ip` is in, or null for a global unicast address. */
+function classifyIpv4(ip: number[]): string | null {
+  const table: [number[], number, string][] = [
+    [[0, 0, 0, 0], 32, 'Unspecified'],
+    [[255, 255, 255, 255], 32, 'Broadcast'],
+    [[0, 0, 0, 0], 8, 'ThisNetwork'],
+    [[10, 0, 0, 0], 8, 'Private'],
+    [[100, 64, 0, 0], 10, 'SharedCgnat'],
+    [[127, 0, 0, 0], 8, 'Loopback'],
+    [[169, 254, 0, 0], 16, 'LinkLocal'],
+    [[172, 16, 0, 0], 12, 'Private'],
+    [[192, 0, 0, 0], 24, 'ProtocolAssignment'],
+    [[192, 0, 2, 0], 24, 'Documentation'],
+    [[192, 88, 99, 0], 24, 'Relay6to4'],
+    [[192, 168, 0, 0], 16, 'Private'],
+    [[198, 18, 0, 0], 15, 'Benchmarking'],
+    [[198, 51, 100, 0], 24, 'Documentation'],
+    [[203, 0, 113, 0], 24, 'Documentation'],
+    [[224, 0, 0, 0], 4, 'Multicast'],
+    [[240, 0, 0, 0], 4, 'Reserved'],
+  ];
+  return table.find(([net, prefixLen]) => contains({ ip: net, prefixLen }, ip))?.[2] ?? null;
+}
+
+/** `classify_ipv6`: the special-purpose block `ip` (16 bytes) is in, or null for global unicast. */
+function classifyIpv6(ip: number[]): string | null {
+  const value = ip.reduce((a, byte) => (a << 8n) | BigInt(byte), 0n);
+  const inBlock = (net: bigint, prefixLen: number) => value >> BigInt(128 - prefixLen) === net >> BigInt(128 - prefixLen);
+  const table: [bigint, number, string][] = [
+    [0n, 128, 'Unspecified'],
+    [1n, 128, 'Loopback'],
+    [0xff00n << 112n, 8, 'Multicast'],
+    [0xfe80n << 112n, 10, 'LinkLocal'],
+    [0xfc00n << 112n, 7, 'Private'],
+    [0x2001_0db8n << 96n, 32, 'Documentation'],
+    [0x3fffn << 112n, 20, 'Documentation'],
+    [0x2001_0002n << 96n, 48, 'Benchmarking'],
+    [0x2001_0000n << 96n, 32, 'Teredo'],
+    [0x2001_0000n << 96n, 23, 'ProtocolAssignment'],
+    [0x2002n << 112n, 16, 'Relay6to4'],
+  ];
+  const found = table.find(([net, prefixLen]) => inBlock(net, prefixLen));
+  if (found) return found[2];
+  return inBlock(0x2000n << 112n, 3) ? null : 'NotGlobalUnicast';
+}
+
 function validMountPath(p: string): boolean {
   return p.length > 1 && p.startsWith('/') && !p.endsWith('/') && /^[A-Za-z0-9._/-]+$/.test(p)
     && p.split('/').slice(1).every((seg) => seg !== '' && seg !== '.' && seg !== '..');
@@ -423,11 +561,11 @@ function checkNetwork(net: any): string | null {
   return null;
 }
 
-export type Required = { cru: bigint; mru: bigint; sru: bigint; hru: bigint; publicIpv4: number };
+export type Required = { cru: bigint; mru: bigint; sru: bigint; hru: bigint; publicIpv4: number; gatewayHosts: number };
 
 /** `DeploymentSpec::required_resources`: what the chain reserves (and bills) for the spec. */
 export function requiredResources(spec: ChainSpec): Required {
-  const r: Required = { cru: 0n, mru: 0n, sru: 0n, hru: 0n, publicIpv4: 0 };
+  const r: Required = { cru: 0n, mru: 0n, sru: 0n, hru: 0n, publicIpv4: 0, gatewayHosts: 0 };
   for (const w of spec.workloads) {
     const [kind, b] = Object.entries(w.kind)[0];
     if (kind === 'Vm') {
@@ -438,6 +576,8 @@ export function requiredResources(spec: ChainSpec): Required {
       r.sru += BigInt(b.sizeMib) * MIB;
     } else if (kind === 'PublicIp' && b.v4) {
       r.publicIpv4 += 1;
+    } else if (kind === 'Gateway') {
+      r.gatewayHosts += 1; // billed per host-hour
     }
   }
   return r;
@@ -498,17 +638,39 @@ function readableKind(kind: any): Record<string, unknown> {
         public_ip: b.publicIp.isNone ? null : text(b.publicIp.unwrap()),
       },
     };
+    case 'Gateway': return {
+      gateway: {
+        host: b.host.isName ? { name: text(b.host.asName) } : { fqdn: text(b.host.asFqdn) },
+        network: b.network.isNone ? null : text(b.network.unwrap()),
+        backends: b.backends.map(endpointText),
+        tls_passthrough: b.tlsPassthrough.isTrue,
+      },
+    };
   }
   return { [t]: kind.toJSON() };
 }
 
+/** A `SocketAddress` as the CLI writes it (Rust's `Display`): "10.20.1.2:80", "[2001:db8::7]:443". */
 function endpointText(e: any): string {
   const v = e.value;
   if (e.type === 'V4') return `${quad(v.ip)}:${num(v.port)}`;
-  const bytes = [...v.ip];
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
-  return `[${groups.join(':')}]:${num(v.port)}`;
+  return `[${ipv6Text([...v.ip])}]:${num(v.port)}`;
+}
+
+/** Rust's `Ipv6Addr` display: an IPv4-mapped address as `::ffff:a.b.c.d`, else the first
+ * longest run of two or more zero groups written `::`. */
+function ipv6Text(bytes: number[]): string {
+  const groups = Array.from({ length: 8 }, (_, i) => (bytes[2 * i] << 8) | bytes[2 * i + 1]);
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) return `::ffff:${bytes.slice(12).join('.')}`;
+  let longest = { start: 0, len: 0 };
+  let run = { start: 0, len: 0 };
+  groups.forEach((g, i) => {
+    run = g === 0 ? { start: run.len === 0 ? i : run.start, len: run.len + 1 } : { start: 0, len: 0 };
+    if (run.len > longest.len) longest = run;
+  });
+  const hexGroups = (gs: number[]) => gs.map((g) => g.toString(16)).join(':');
+  if (longest.len < 2) return hexGroups(groups);
+  return `${hexGroups(groups.slice(0, longest.start))}::${hexGroups(groups.slice(longest.start + longest.len))}`;
 }
 
 /** Line diff (LCS) of two texts: [' ' | '-' | '+', line][]. */
@@ -612,4 +774,10 @@ export const SPEC_ERROR_DOCS: Record<string, string> = {
   OverlappingAllowedIps: 'Two peers of one network have overlapping allowed IPs (WireGuard would silently send that part to only one of them).',
   AllowedIpsInsideOwnSubnet: "A peer's allowed IPs lie inside this node's own subnet (the peer could pose as local VMs).",
   OverlappingNetworks: 'Two networks of one spec have overlapping ranges (a VM on both could not route both).',
+  InvalidGatewayName: 'A gateway name must be one DNS label: 1-63 bytes of `[a-z0-9-]`, no hyphen at either end.',
+  InvalidGatewayFqdn: 'A gateway FQDN must be a lowercase DNS name of at least two labels, at most 253 bytes.',
+  NoGatewayBackends: 'A gateway needs at least one backend.',
+  GatewayBackendNotAllowed: 'A gateway backend has port 0, or (without a network) is not a public address: loopback, private, link-local and similar addresses are refused.',
+  GatewayBackendOutsideNetwork: 'A gateway backend is outside the range of the network the gateway names (or is IPv6).',
+  DuplicateGatewayHost: 'Two gateways of one spec serve the same host.',
 };

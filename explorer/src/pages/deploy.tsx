@@ -122,7 +122,7 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
       <h1>{'update' in mode ? `Propose an update of contract ${mode.update}` : 'Deploy a spec'}</h1>
       <div class="editor">
         <div>
-          <p class="muted">The spec in the readable form <code>zos deploy</code> takes (JSON): workloads of kind <code>vm</code>, <code>disk</code>, <code>volume</code>, <code>network</code>, <code>public_ip</code>; sizes in MiB.</p>
+          <p class="muted">The spec in the readable form <code>zos deploy</code> takes (JSON): workloads of kind <code>vm</code>, <code>disk</code>, <code>volume</code>, <code>network</code>, <code>public_ip</code>, <code>gateway</code>; sizes in MiB.</p>
           <textarea data-testid="spec-editor" spellcheck={false} rows={28} value={text} onInput={(e) => setText((e.target as HTMLTextAreaElement).value)} />
         </div>
         <div class="side">
@@ -159,6 +159,8 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
                   <ReqRow label="memory" need={req.mru} free={target?.node ? freeCapacity(target.node).mru : null} fmt={formatBytes} />
                   <ReqRow label="SSD" need={req.sru} free={target?.node ? freeCapacity(target.node).sru : null} fmt={formatBytes} />
                   <ReqRow label="public IPv4" need={BigInt(req.publicIpv4)} free={target?.node ? BigInt(target.freeIps) : null} fmt={(v) => String(v)} />
+                  {/* Host names are not a capacity of the node, so nothing to compare with; they are billed per hour. */}
+                  {req.gatewayHosts > 0 ? <ReqRow label="gateway hosts" need={BigInt(req.gatewayHosts)} free={null} fmt={(v) => String(v)} /> : null}
                 </tbody>
               </table>
               {target?.node && !target.node.online ? <div class="error">node {nodeId} is offline: the chain refuses to place work on it</div> : null}

@@ -18,8 +18,10 @@
 //!   without contracts goes at once, one with contracts takes no new contracts or updates
 //!   (`NodeLeaving`) and, after [`Config::NodeRemovalNoticeBlocks`], its contracts end (cause
 //!   `NodeRemoved`, capacity, IPs and deposits released) and it is removed. Governance can
-//!   force the removal of a node (no notice), of an emptied farm, and of a pool address (the
-//!   contract holding it ends). See the `removal` module for the bounded queue behind it.
+//!   force the removal of a node (no notice), of a farm with its nodes (the farm is frozen
+//!   meanwhile: no new nodes, authorizations, addresses, names or contracts), and of a pool
+//!   address (the contract holding it ends). See the `removal` module for the bounded queue
+//!   behind it.
 //! - The capacity ledger (`reserved` per node) and the IP assignments are changed only through
 //!   [`zos_primitives::GridCapacity`], implemented by this pallet for the deployments and
 //!   billing pallets. Memory and disks are never overcommitted; CPU by a constant factor.

@@ -1,0 +1,220 @@
+// The spec rules of src/spec.ts without a chain or a browser: the file is bundled with esbuild
+// into a temporary module and imported. What the chain decodes is checked against the runtime's
+// own types (zos-client/metadata/zos-runtime.scale) with polkadot.js, offline.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { build } from 'esbuild';
+
+async function importSpecModule() {
+  const dir = mkdtempSync(join(tmpdir(), 'explorer-spec-'));
+  try {
+    const outfile = join(dir, 'spec.mjs');
+    await build({
+      entryPoints: [new URL('../src/spec.ts', import.meta.url).pathname],
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      target: ['es2022'],
+      outfile,
+      logLevel: 'warning',
+    });
+    return await import(pathToFileURL(outfile).href);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const spec = await importSpecModule();
+
+// examples/gateway.toml as JSON: a network, a web VM in it, and gateways in front of the VM.
+const network = {
+  ip_range: '10.20.0.0/16', subnet: '10.20.1.0/24', listen_port: 51820, private_key: `0x${'00'.repeat(80)}`,
+};
+const vm = {
+  image: { root_hash: `0x${'00'.repeat(31)}ff`, source: 'http://127.0.0.1:8420' },
+  vcpus: 1, memory_mib: 256, rootfs_mib: 256, networks: [{ network: 'net', ip: '10.20.1.2' }],
+};
+const site = { host: { name: 'myapp' }, network: 'net', backends: ['10.20.1.2:8080'] };
+const shop = {
+  host: { fqdn: 'shop.example.org' },
+  backends: ['198.51.100.20:443', '[2001:db8::7]:443'],
+  tls_passthrough: true,
+};
+
+/** The example spec whose `site` gateway is `gateway`, with `more` workloads appended. */
+function specText(gateway, ...more) {
+  return JSON.stringify({
+    version: 0,
+    metadata: 'explorer test: gateways',
+    workloads: [
+      { name: 'net', kind: { network } },
+      { name: 'web', kind: { vm } },
+      { name: 'site', kind: { gateway } },
+      ...more,
+    ],
+  });
+}
+const siteWith = (patch) => specText({ ...site, ...patch });
+const ruleBroken = (text) => spec.validateSpec(spec.parseSpec(text));
+
+test('a gateway workload parses to the object polkadot.js encodes, passes the rules and counts as a host', () => {
+  const parsed = spec.parseSpec(specText(site, { name: 'shop', kind: { gateway: shop } }));
+  assert.deepEqual(parsed.workloads[2], {
+    name: 'site',
+    kind: {
+      Gateway: {
+        host: { Name: 'myapp' },
+        network: 'net',
+        backends: [{ V4: { ip: [10, 20, 1, 2], port: 8080 } }],
+        tlsPassthrough: false,
+      },
+    },
+  });
+  assert.deepEqual(parsed.workloads[3], {
+    name: 'shop',
+    kind: {
+      Gateway: {
+        host: { Fqdn: 'shop.example.org' },
+        network: null,
+        backends: [
+          { V4: { ip: [198, 51, 100, 20], port: 443 } },
+          { V6: { ip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7], port: 443 } },
+        ],
+        tlsPassthrough: true,
+      },
+    },
+  });
+  assert.equal(spec.validateSpec(parsed), null);
+  const required = spec.requiredResources(parsed);
+  assert.equal(required.gatewayHosts, 2);
+  assert.equal(required.publicIpv4, 0);
+  assert.equal(required.cru, 1n);
+  // The chain's JSON (camelCase fields, PascalCase variants) reads the same.
+  const camel = spec.parseSpec(specText({ host: { Fqdn: 'shop.example.org' }, backends: ['198.51.100.20:443'], tlsPassthrough: true }));
+  assert.deepEqual(camel.workloads[2].kind.Gateway.host, { Fqdn: 'shop.example.org' });
+  assert.equal(camel.workloads[2].kind.Gateway.tlsPassthrough, true);
+});
+
+test('each broken gateway rule is named by the SpecError the chain returns', () => {
+  const net2 = { name: 'net2', kind: { network: { ...network, ip_range: '10.21.0.0/16', subnet: '10.21.1.0/24' } } };
+  const cases = [
+    ['InvalidGatewayName', siteWith({ host: { name: 'My-App' } })],
+    ['InvalidGatewayName', siteWith({ host: { name: 'a.b' } })],
+    ['InvalidGatewayName', siteWith({ host: { name: '-myapp' } })],
+    ['InvalidGatewayName', siteWith({ host: { name: 'myapp-' } })],
+    ['InvalidGatewayName', siteWith({ host: { name: '' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: 'localhost' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: '-x.example.org' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: 'Shop.example.org' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: 'shop.example.org.' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: 'shop..org' } })],
+    ['InvalidGatewayFqdn', siteWith({ host: { fqdn: `${'a'.repeat(64)}.org` } })],
+    ['NoGatewayBackends', siteWith({ backends: [] })],
+    ['GatewayBackendNotAllowed', siteWith({ backends: ['10.20.1.2:0'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['127.0.0.1:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['10.20.1.2:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['100.64.0.1:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['198.51.100.20:443', '169.254.1.1:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['[::ffff:127.0.0.1]:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['[::1]:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['[fe80::1]:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['[fd00::1]:80'] })],
+    ['GatewayBackendNotAllowed', siteWith({ network: null, backends: ['[2001::1]:80'] })],
+    ['GatewayBackendOutsideNetwork', siteWith({ backends: ['10.21.1.2:80'] })],
+    ['GatewayBackendOutsideNetwork', siteWith({ backends: ['10.20.1.2:80', '[2001:db8::7]:80'] })],
+    ['GatewayBackendOutsideNetwork', siteWith({ backends: ['198.51.100.20:443'] })],
+    ['UnknownNetwork', siteWith({ network: 'nonet' })],
+    ['NotANetwork', siteWith({ network: 'web' })],
+    ['DuplicateGatewayHost', specText(site, { name: 'site2', kind: { gateway: { ...site, backends: ['10.20.1.3:80'] } } })],
+    ['DuplicateGatewayHost', specText(shop, { name: 'site2', kind: { gateway: { ...shop, tls_passthrough: false } } })],
+    // The gateway is checked where it stands among the workloads: before a later broken network.
+    ['NoGatewayBackends', specText({ ...site, backends: [] }, { ...net2, kind: { network: { ...net2.kind.network, listen_port: 0 } } })],
+    // A name is claimed per spec before the networks are compared.
+    ['DuplicateGatewayHost', specText(site, { name: 'site2', kind: { gateway: site } }, { ...net2, kind: { network: { ...network } } })],
+  ];
+  for (const [expected, text] of cases) assert.equal(ruleBroken(text), expected, text);
+  for (const name of ['InvalidGatewayName', 'InvalidGatewayFqdn', 'NoGatewayBackends', 'GatewayBackendNotAllowed', 'GatewayBackendOutsideNetwork', 'DuplicateGatewayHost']) {
+    assert.ok(cases.some(([e]) => e === name), `no case for ${name}`);
+    assert.ok(spec.SPEC_ERROR_DOCS[name], `no doc line for ${name}`);
+  }
+});
+
+test('gateways at the edge of the rules pass', () => {
+  const cases = [
+    siteWith({ host: { name: 'a' } }),
+    siteWith({ host: { name: '0' } }),
+    siteWith({ host: { name: 'my-app-2' } }),
+    siteWith({ host: { name: 'x'.repeat(63) } }),
+    siteWith({ host: { fqdn: 'a.b' } }),
+    siteWith({ host: { fqdn: 'xn--bcher-kva.example' } }),
+    siteWith({ host: { fqdn: [61, 63, 63, 63].map((n) => 'a'.repeat(n)).join('.') } }), // 253 bytes
+    siteWith({ network: undefined, backends: ['1.1.1.1:443'] }),
+    siteWith({ network: null, backends: ['192.0.2.1:80', '203.0.113.9:65535'] }),
+    siteWith({ network: null, backends: ['[2606:4700::1111]:443', '[3fff::1]:80', '[2001:db8::]:80'] }),
+    siteWith({ backends: ['10.20.200.9:80'] }), // in the network's range, not only this node's subnet
+    siteWith({ backends: Array.from({ length: 8 }, (_, i) => `10.20.1.${i + 2}:80`) }),
+    siteWith({ tls_passthrough: true }),
+    // One host name each: a name, and FQDNs that differ.
+    specText(site, { name: 'shop', kind: { gateway: shop } }, { name: 'shop2', kind: { gateway: { ...shop, host: { fqdn: 'shop.example.com' } } } }),
+  ];
+  for (const text of cases) assert.equal(ruleBroken(text), null, text);
+});
+
+test('a gateway the file format cannot hold is refused before the rules, naming the field', () => {
+  const cases = [
+    [siteWith({ port: 80 }), /workloads\[2\]\.kind\.gateway: unknown field `port`/],
+    [siteWith({ host: { name: 'a', fqdn: 'a.b' } }), /\.host: expected \{ name \} or \{ fqdn \}/],
+    [siteWith({ host: { ip: '10.20.1.2' } }), /\.host: expected \{ name \} or \{ fqdn \}/],
+    [siteWith({ host: 'myapp' }), /\.host: expected an object/],
+    [siteWith({ host: undefined }), /\.host: expected an object/],
+    [siteWith({ host: { name: 'x'.repeat(64) } }), /\.host\.name: longer than 63 bytes/],
+    [siteWith({ host: { fqdn: `${'a'.repeat(250)}.org` } }), /\.host\.fqdn: longer than 253 bytes/],
+    [siteWith({ backends: undefined }), /\.backends: expected a list/],
+    [siteWith({ backends: '10.20.1.2:80' }), /\.backends: expected a list/],
+    [siteWith({ backends: Array.from({ length: 9 }, (_, i) => `10.20.1.${i + 2}:80`) }), /\.backends: more than 8 entries/],
+    [siteWith({ backends: ['10.20.1.2'] }), /\.backends\[0\]: `10\.20\.1\.2` is not host:port/],
+    [siteWith({ backends: ['10.20.1.2:65536'] }), /is not host:port/],
+    [siteWith({ backends: ['myapp.internal:80'] }), /is not host:port/],
+    [siteWith({ backends: ['2001:db8::7:443'] }), /is not host:port/],
+    [siteWith({ backends: ['010.20.1.2:80'] }), /is not an IPv4 address/],
+    [siteWith({ backends: ['[1::2::3]:80'] }), /is not IPv6/],
+    [siteWith({ backends: ['[1:2:3:4::5:6:7:8]:80'] }), /is not IPv6/],
+    [siteWith({ backends: ['[1:2:3:4:5:6:7]:80'] }), /is not IPv6/],
+    [siteWith({ backends: ['[1.2.3.4]:80'] }), /is not IPv6/],
+    [siteWith({ backends: ['[::12345]:80'] }), /is not IPv6/],
+    [siteWith({ backends: [80] }), /expected "host:port"/],
+    [siteWith({ network: 5 }), /\.network: expected a string/],
+    [siteWith({ tls_passthrough: 'yes' }), /\.tls_passthrough: expected true or false/],
+  ];
+  for (const [text, message] of cases) {
+    assert.throws(() => spec.parseSpec(text), (e) => e instanceof spec.SpecProblem && e.specError === null && message.test(e.message), text);
+  }
+  // The address forms Rust reads are read: leading zeros in the port, an embedded dotted quad.
+  const read = (backend) => spec.parseSpec(siteWith({ backends: [backend] })).workloads[2].kind.Gateway.backends[0];
+  assert.deepEqual(read('10.20.1.2:0080'), { V4: { ip: [10, 20, 1, 2], port: 80 } });
+  assert.deepEqual(read('[::ffff:10.20.1.2]:80'), { V6: { ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 20, 1, 2], port: 80 } });
+  assert.deepEqual(read('[::]:1'), { V6: { ip: Array(16).fill(0), port: 1 } });
+});
+
+test('a gateway read from chain shows in the readable form, which reads back to the same spec', async () => {
+  const { Metadata, TypeRegistry } = await import('@polkadot/types');
+  const registry = new TypeRegistry();
+  registry.setMetadata(new Metadata(registry, readFileSync(new URL('../../zos-client/metadata/zos-runtime.scale', import.meta.url))));
+  const mapped = { host: { name: 'legacy' }, backends: ['[::ffff:198.51.100.20]:443', '[2001:db8:0:0:1:0:0:7]:443'] };
+  const parsed = spec.parseSpec(specText(site, { name: 'shop', kind: { gateway: shop } }, { name: 'old', kind: { gateway: mapped } }));
+  const codec = registry.createType('ZosPrimitivesSpecDeploymentSpec', parsed);
+  const readable = spec.readableSpec(codec);
+  assert.deepEqual(readable.workloads.slice(2).map((w) => w.kind), [
+    { gateway: { host: { name: 'myapp' }, network: 'net', backends: ['10.20.1.2:8080'], tls_passthrough: false } },
+    { gateway: { host: { fqdn: 'shop.example.org' }, network: null, backends: ['198.51.100.20:443', '[2001:db8::7]:443'], tls_passthrough: true } },
+    // As Rust displays IPv6: a mapped IPv4 as a dotted quad, the first longest zero run as `::`.
+    { gateway: { host: { name: 'legacy' }, network: null, backends: ['[::ffff:198.51.100.20]:443', '[2001:db8::1:0:0:7]:443'], tls_passthrough: false } },
+  ]);
+  const again = spec.parseSpec(JSON.stringify(readable));
+  assert.deepEqual(again, parsed);
+  assert.deepEqual(registry.createType('ZosPrimitivesSpecDeploymentSpec', again).toU8a(), codec.toU8a());
+});
