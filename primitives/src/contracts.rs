@@ -205,6 +205,7 @@ impl OnResourcesChanged for () {
 /// Told when a node leaves the grid, so other pallets drop what they keep per node account
 /// (billing's free-report quota), covered by the node's deposit while it lived.
 pub trait OnNodeRemoved<AccountId> {
+    /// `node`, run by `account`, is gone with all its grid state.
     fn on_node_removed(node: NodeId, account: &AccountId);
     /// Upper bound of [`OnNodeRemoved::on_node_removed`]'s weight.
     fn on_node_removed_weight() -> Weight;

@@ -149,15 +149,15 @@ impl<T: Config> Pallet<T> {
             activated_at: ended.activated_at,
             ended_at: Some(ended.ended_at),
         };
-        Self::deposit_event(Event::FinalWindowEstimated {
-            contract,
-            window_start: report.window_start,
-            window_end: report.window_end,
-            uptime_seconds: report.uptime_seconds,
-        });
-        if let Err(reason) = Self::charge_and_settle(&report, &payer, billing.debt, now) {
+        match Self::charge_and_settle(&report, &payer, billing.debt, now) {
+            Ok(()) => Self::deposit_event(Event::FinalWindowEstimated {
+                contract,
+                window_start: report.window_start,
+                window_end: report.window_end,
+                uptime_seconds: report.uptime_seconds,
+            }),
             // The farm or its policy is gone: nothing can be charged.
-            Self::deposit_event(Event::ReportRejected { contract, reason });
+            Err(reason) => Self::deposit_event(Event::ReportRejected { contract, reason }),
         }
     }
 }

@@ -289,7 +289,8 @@ pub mod pallet {
     /// Fee-free reports each node account sent: `(period, used)`, the period being the block
     /// number divided by [`Config::FreeReportPeriodBlocks`]. One entry per node account that
     /// sent a free batch (only a node's account gets one: the batch must settle a report of a
-    /// contract on its node), removed with the node ([`OnNodeRemoved`]).
+    /// contract on its node), removed with the node ([`OnNodeRemoved`]; entries of nodes
+    /// removed before spec version 108 stay, a few bytes each).
     #[pallet::storage]
     pub type FreeReportsUsed<T: Config> =
         StorageMap<_, Blake2_128Concat, T::AccountId, (BlockNumberFor<T>, u32), OptionQuery>;
@@ -411,8 +412,9 @@ pub mod pallet {
             ended_at: u64,
             report_by: BlockNumberFor<T>,
         },
-        /// The node did not report an ended contract's final window in time: billing charged it
-        /// at the uptime ratio of the last accepted window (see the pallet documentation).
+        /// The node did not report an ended contract's final window in time, or could not
+        /// because the contract ended with its node's removal: billing charged it at the uptime
+        /// ratio of the last accepted window (see the pallet documentation).
         FinalWindowEstimated {
             contract: ContractId,
             window_start: u64,

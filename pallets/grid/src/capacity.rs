@@ -26,6 +26,8 @@ impl<T: Config> GridCapacity<T::AccountId> for Pallet<T> {
 
     fn node_is_leaving(node: NodeId) -> bool {
         NodeRemovals::<T>::contains_key(node)
+            || Nodes::<T>::get(node)
+                .is_some_and(|n| FarmsUnderRemoval::<T>::contains_key(n.farm_id))
     }
 
     fn node_accepts_workloads(node_id: NodeId) -> Result<(), DispatchError> {

@@ -273,8 +273,9 @@ pub mod pallet {
     >;
 
     /// Farms governance is removing (`force_remove_farm`), with the block it began: frozen
-    /// until they are gone. A frozen farm takes no new node, authorization, address or name,
-    /// and its nodes no new contracts, so the farmer cannot outrun the removal.
+    /// until they are gone (a freeze is not lifted). A frozen farm takes no new node,
+    /// authorization, address or name, and its nodes no new contracts or updates, so the
+    /// farmer cannot outrun the removal.
     #[pallet::storage]
     pub type FarmsUnderRemoval<T: Config> =
         StorageMap<_, Twox64Concat, FarmId, BlockNumberFor<T>, OptionQuery>;
@@ -634,7 +635,9 @@ pub mod pallet {
         /// Removes an empty farm: no nodes and no assigned IPs. Its IP pool is released.
         #[pallet::call_index(2)]
         #[pallet::weight(T::WeightInfo::remove_farm(T::MaxIpsPerFarm::get())
-            .saturating_add(deposits::deposits_weight::<T>(T::MaxIpsPerFarm::get().saturating_add(1))))]
+            .saturating_add(deposits::deposits_weight::<T>(T::MaxIpsPerFarm::get().saturating_add(1)))
+            // A farm governance froze goes out of `FarmsUnderRemoval` too.
+            .saturating_add(T::DbWeight::get().writes(1)))]
         pub fn remove_farm(origin: OriginFor<T>, farm_id: FarmId) -> DispatchResultWithPostInfo {
             let who = ensure_signed(origin)?;
             let farm = Self::owned_farm(farm_id, &who)?;
@@ -660,12 +663,14 @@ pub mod pallet {
                 owner: who,
                 ips_released,
             });
-            Ok(
-                Some(T::WeightInfo::remove_farm(ips_released).saturating_add(
-                    deposits::deposits_weight::<T>(ips_released.saturating_add(1)),
-                ))
-                .into(),
+            Ok(Some(
+                T::WeightInfo::remove_farm(ips_released)
+                    .saturating_add(deposits::deposits_weight::<T>(
+                        ips_released.saturating_add(1),
+                    ))
+                    .saturating_add(T::DbWeight::get().writes(1)),
             )
+            .into())
         }
 
         /// Governance (the council) sets a farm's certification.

@@ -14,14 +14,25 @@ use frame_support::{defensive, weights::Weight};
 use frame_system::pallet_prelude::BlockNumberFor;
 use sp_runtime::Saturating;
 
-/// Worst case of one `force_remove_farm`: the most nodes removed at once, or the farm with a
-/// full pool and the most authorizations (a call does one or the other).
-pub(crate) fn force_remove_farm_weight<T: Config>() -> Weight {
-    let per_node = T::WeightInfo::force_remove_node()
+/// Node entries of a farm one `force_remove_farm` reads: nodes whose forced removal is under way
+/// are passed over without counting against [`MAX_NODES_FORCE_REMOVED`], up to this many.
+pub(crate) const MAX_NODES_READ_FORCE_REMOVED: u32 = 4 * MAX_NODES_FORCE_REMOVED;
+
+/// Weight of removing (or scheduling the forced removal of) one node in `force_remove_farm`.
+fn farm_node_removal_weight<T: Config>() -> Weight {
+    T::WeightInfo::force_remove_node()
         .saturating_add(deposits::deposits_weight::<T>(1))
-        .saturating_add(T::DbWeight::get().reads_writes(2, 1))
-        .saturating_add(T::OnNodeRemoved::on_node_removed_weight());
-    let nodes = per_node.saturating_mul(u64::from(MAX_NODES_FORCE_REMOVED));
+        .saturating_add(T::DbWeight::get().writes(1))
+        .saturating_add(T::OnNodeRemoved::on_node_removed_weight())
+}
+
+/// Worst case of one `force_remove_farm`: the most node entries read and nodes removed, or the
+/// farm with a full pool and the most authorizations (a call does one or the other).
+pub(crate) fn force_remove_farm_weight<T: Config>() -> Weight {
+    let db = T::DbWeight::get();
+    let nodes = farm_node_removal_weight::<T>()
+        .saturating_mul(u64::from(MAX_NODES_FORCE_REMOVED))
+        .saturating_add(db.reads(2u64.saturating_mul(u64::from(MAX_NODES_READ_FORCE_REMOVED))));
     let farm = T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()).saturating_add(
         deposits::deposits_weight::<T>(
             T::MaxIpsPerFarm::get()
@@ -29,9 +40,8 @@ pub(crate) fn force_remove_farm_weight<T: Config>() -> Weight {
                 .saturating_add(MAX_AUTHORIZATIONS_FORCE_REMOVED),
         ),
     );
-    nodes
-        .max(farm)
-        .saturating_add(T::DbWeight::get().reads_writes(2, 1))
+    // The freeze, and the end of it when the farm goes.
+    nodes.max(farm).saturating_add(db.reads_writes(2, 2))
 }
 
 impl<T: Config> Pallet<T> {
@@ -43,27 +53,28 @@ impl<T: Config> Pallet<T> {
         farm: Farm<T>,
     ) -> frame_support::dispatch::DispatchResultWithPostInfo {
         let db = T::DbWeight::get();
-        let mut weight = db.reads_writes(2, 0);
+        let mut weight = db.reads_writes(2, 1);
         if !FarmsUnderRemoval::<T>::contains_key(farm_id) {
             FarmsUnderRemoval::<T>::insert(farm_id, frame_system::Pallet::<T>::block_number());
             weight.saturating_accrue(db.writes(1));
             Self::deposit_event(Event::FarmFrozen { farm_id });
         }
         if FarmNodeCount::<T>::get(farm_id) > 0 {
-            let (removed, scheduled) = Self::force_remove_farm_nodes(farm_id)?;
+            let step = Self::force_remove_farm_nodes(farm_id)?;
             Self::deposit_event(Event::FarmNodesForceRemoved {
                 farm_id,
-                removed,
-                scheduled,
+                removed: step.removed,
+                scheduled: step.scheduled,
             });
-            let per_node = T::WeightInfo::force_remove_node()
-                .saturating_add(deposits::deposits_weight::<T>(1))
-                .saturating_add(db.reads_writes(2, 1))
-                .saturating_add(T::OnNodeRemoved::on_node_removed_weight());
-            let looked_at = removed.saturating_add(scheduled).max(1);
-            return Ok(
-                Some(weight.saturating_add(per_node.saturating_mul(u64::from(looked_at)))).into(),
-            );
+            let acted_on = step.removed.saturating_add(step.scheduled);
+            return Ok(Some(
+                weight
+                    .saturating_add(db.reads(2u64.saturating_mul(u64::from(step.read))))
+                    .saturating_add(
+                        farm_node_removal_weight::<T>().saturating_mul(u64::from(acted_on)),
+                    ),
+            )
+            .into());
         }
         // Without nodes no address is assigned (a try_state invariant).
         let (cleared, more) = Self::clear_farm_authorizations(farm_id);
@@ -93,25 +104,33 @@ impl<T: Config> Pallet<T> {
     }
 
     /// Removes at once the farm's nodes without contracts and schedules the forced removal of
-    /// the others, looking at most at [`MAX_NODES_FORCE_REMOVED`] nodes; returns how many of
-    /// each. Nodes whose forced removal is under way are left to it (a later call looks at
-    /// them again until they are gone).
-    fn force_remove_farm_nodes(farm_id: FarmId) -> Result<(u32, u32), DispatchError> {
+    /// the others, at most [`MAX_NODES_FORCE_REMOVED`] of them, reading at most
+    /// [`MAX_NODES_READ_FORCE_REMOVED`] node entries. Nodes whose forced removal is under way
+    /// are left to it and not counted (a later call passes them over until they are gone).
+    fn force_remove_farm_nodes(farm_id: FarmId) -> Result<FarmNodesStep, DispatchError> {
         let node_ids: Vec<NodeId> = NodesByFarm::<T>::iter_key_prefix(farm_id)
-            .take(MAX_NODES_FORCE_REMOVED as usize)
+            .take(MAX_NODES_READ_FORCE_REMOVED as usize)
             .collect();
-        let (mut removed, mut scheduled) = (0u32, 0u32);
+        let mut step = FarmNodesStep::default();
         for node_id in node_ids {
-            let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
+            if step.removed.saturating_add(step.scheduled) >= MAX_NODES_FORCE_REMOVED {
+                break;
+            }
+            step.read = step.read.saturating_add(1);
+            let Some(node) = Nodes::<T>::get(node_id) else {
+                // Only a broken index gets here: one stale entry must not block the removal.
+                defensive!("a farm member is not a node");
+                continue;
+            };
             if node.active_contracts == 0 {
                 Self::remove_node_now(node_id, node, None)?;
-                removed = removed.saturating_add(1);
+                step.removed = step.removed.saturating_add(1);
             } else if NodeRemovals::<T>::get(node_id).map(|r| r.kind) != Some(RemovalKind::Forced) {
                 Self::schedule_removal(node_id, &node, RemovalKind::Forced, None);
-                scheduled = scheduled.saturating_add(1);
+                step.scheduled = step.scheduled.saturating_add(1);
             }
         }
-        Ok((removed, scheduled))
+        Ok(step)
     }
 
     /// `cancel_node_removal` signed by `who`.
@@ -384,4 +403,15 @@ impl<T: Config> Pallet<T> {
         }
         Ok(())
     }
+}
+
+/// What one `force_remove_farm` did to a farm's nodes.
+#[derive(Default)]
+struct FarmNodesStep {
+    /// Node entries read.
+    read: u32,
+    /// Nodes without contracts, removed at once.
+    removed: u32,
+    /// Nodes whose forced removal was scheduled.
+    scheduled: u32,
 }

@@ -1451,24 +1451,49 @@ fn governance_removes_a_farm_with_its_nodes_and_the_farm_stays_frozen_meanwhile(
 fn a_farm_with_more_nodes_than_one_call_removes_is_removed_in_steps() {
     run_test(|| {
         let farm = create_farm(FARMER, "crowded");
-        for n in 0..=MAX_NODES_FORCE_REMOVED {
-            register(1_000 + u64::from(n), farm);
+        let nodes: Vec<NodeId> = (0..=MAX_NODES_FORCE_REMOVED)
+            .map(|n| register(1_000 + u64::from(n), farm))
+            .collect();
+        for (n, node_id) in nodes.iter().enumerate() {
+            add_contract(n as u64 + 1, *node_id, Resources::new(1, GIB, 0, 0), 0);
         }
         assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
         System::assert_last_event(
             GridEvent::FarmNodesForceRemoved {
                 farm_id: farm,
-                removed: MAX_NODES_FORCE_REMOVED,
-                scheduled: 0,
+                removed: 0,
+                scheduled: MAX_NODES_FORCE_REMOVED,
             }
             .into(),
         );
-        assert_eq!(FarmNodeCount::<Test>::get(farm), 1);
+        // The one node not scheduled yet takes no work either: its farm is frozen.
+        let waiting = *nodes
+            .iter()
+            .find(|id| !NodeRemovals::<Test>::contains_key(**id))
+            .unwrap();
+        assert!(<Grid as GridCapacity<u64>>::node_is_leaving(waiting));
+        assert_noop!(
+            <Grid as GridCapacity<u64>>::node_accepts_workloads(waiting),
+            GridError::FarmBeingRemoved
+        );
+        // The next call passes over the removals under way and schedules the last node.
         assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        System::assert_last_event(
+            GridEvent::FarmNodesForceRemoved {
+                farm_id: farm,
+                removed: 0,
+                scheduled: 1,
+            }
+            .into(),
+        );
+        run_to_block(
+            2 + u64::from(MAX_NODES_FORCE_REMOVED + 1) / u64::from(MAX_ENDED_PER_BLOCK) + 1,
+        );
         assert_eq!(FarmNodeCount::<Test>::get(farm), 0);
-        assert!(Farms::<Test>::get(farm).is_some());
-        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        // Emptied, the frozen farm may also go by its owner's hand.
+        assert_ok!(Grid::remove_farm(signed(FARMER), farm));
         assert!(Farms::<Test>::get(farm).is_none());
+        assert!(!FarmsUnderRemoval::<Test>::contains_key(farm));
     });
 }
 
