@@ -472,12 +472,7 @@ pub mod pallet {
         /// report at once. See the pallet documentation for the rules and the fee.
         #[pallet::call_index(0)]
         #[pallet::weight(T::WeightInfo::report_consumption(reports.len().saturated_into())
-            .saturating_add(T::DbWeight::get().reads_writes(1, 1))
-            // Each report's resource changes (read, then pruned): not in the generated weights yet.
-            .saturating_add(T::DbWeight::get().reads_writes(
-                reports.len().saturated_into(),
-                reports.len().saturated_into(),
-            )))]
+            .saturating_add(T::DbWeight::get().reads_writes(1, 1)))]
         pub fn report_consumption(
             origin: OriginFor<T>,
             reports: BoundedVec<ConsumptionReport, T::MaxReportsPerBatch>,

@@ -972,8 +972,8 @@ fn time_worst_case_reports() {
 }
 
 /// The throughput goal: at least 50,000 contract-reports per hour in 25% of a block of 2 s of
-/// compute at 6 s blocks. Checked with the `()` weights, which price storage as RocksDB (slower
-/// than the runtime's ParityDB), in full batches, each paying the extrinsic base weight.
+/// compute at 6 s blocks. Checked with the `()` weights (the benchmarked times with ParityDB's
+/// storage costs, as in the runtime), in full batches, each paying the extrinsic base weight.
 #[test]
 fn reports_per_hour_fit_the_goal() {
     use frame_support::weights::constants::{ExtrinsicBaseWeight, WEIGHT_REF_TIME_PER_SECOND};

@@ -184,7 +184,7 @@ impl pallet_membership::Config<pallet_membership::Instance1> for Runtime {
 impl pallet_releases::Config for Runtime {
     /// A runtime upgrade needs two thirds of the council (or sudo on a development chain).
     type ReleaseOrigin = RootOrCouncilTwoThirds;
-    type WeightInfo = pallet_releases::weights::SubstrateWeight<Runtime>;
+    type WeightInfo = crate::weights::pallet_releases::WeightInfo<Runtime>;
 }
 
 impl pallet_utility::Config for Runtime {

@@ -4,3 +4,4 @@
 pub mod pallet_billing;
 pub mod pallet_deployments;
 pub mod pallet_grid;
+pub mod pallet_releases;
