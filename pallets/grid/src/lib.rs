@@ -1046,10 +1046,7 @@ pub mod pallet {
         /// Governance removes a node without notice: at once if it runs no contracts, else in
         /// the next blocks, ending its contracts first (a pending notice is cut short).
         #[pallet::call_index(16)]
-        #[pallet::weight(T::WeightInfo::force_remove_node()
-            .saturating_add(deposits::deposits_weight::<T>(1))
-            .saturating_add(T::DbWeight::get().writes(1))
-            .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
+        #[pallet::weight(removal::forced_node_removal_weight::<T>())]
         pub fn force_remove_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             T::GovernanceOrigin::ensure_origin(origin)?;
             let node = Nodes::<T>::get(node_id).ok_or(Error::<T>::NodeNotFound)?;
@@ -1067,10 +1064,7 @@ pub mod pallet {
         /// holds contracts: in the next blocks its contracts end (their deployers get their
         /// deposits back, the farm its IPs) and the node is removed.
         #[pallet::call_index(19)]
-        #[pallet::weight(T::WeightInfo::force_remove_node()
-            .saturating_add(deposits::deposits_weight::<T>(1))
-            .saturating_add(T::DbWeight::get().writes(1))
-            .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
+        #[pallet::weight(removal::forced_node_removal_weight::<T>())]
         pub fn remove_dead_node(origin: OriginFor<T>, node_id: NodeId) -> DispatchResult {
             let who = ensure_signed(origin)?;
             Self::remove_dead(node_id, who)

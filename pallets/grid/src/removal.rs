@@ -18,8 +18,9 @@ use sp_runtime::Saturating;
 /// are passed over without counting against [`MAX_NODES_FORCE_REMOVED`], up to this many.
 pub(crate) const MAX_NODES_READ_FORCE_REMOVED: u32 = 4 * MAX_NODES_FORCE_REMOVED;
 
-/// Weight of removing (or scheduling the forced removal of) one node in `force_remove_farm`.
-fn farm_node_removal_weight<T: Config>() -> Weight {
+/// Weight of removing a node by force, or of scheduling its forced removal (`force_remove_node`,
+/// `remove_dead_node`, each node of `force_remove_farm`).
+pub(crate) fn forced_node_removal_weight<T: Config>() -> Weight {
     T::WeightInfo::force_remove_node()
         .saturating_add(deposits::deposits_weight::<T>(1))
         .saturating_add(T::DbWeight::get().writes(1))
@@ -30,7 +31,7 @@ fn farm_node_removal_weight<T: Config>() -> Weight {
 /// farm with a full pool and the most authorizations (a call does one or the other).
 pub(crate) fn force_remove_farm_weight<T: Config>() -> Weight {
     let db = T::DbWeight::get();
-    let nodes = farm_node_removal_weight::<T>()
+    let nodes = forced_node_removal_weight::<T>()
         .saturating_mul(u64::from(MAX_NODES_FORCE_REMOVED))
         .saturating_add(db.reads(2u64.saturating_mul(u64::from(MAX_NODES_READ_FORCE_REMOVED))));
     let farm = T::WeightInfo::force_remove_farm(T::MaxIpsPerFarm::get()).saturating_add(
@@ -71,7 +72,7 @@ impl<T: Config> Pallet<T> {
                 weight
                     .saturating_add(db.reads(2u64.saturating_mul(u64::from(step.read))))
                     .saturating_add(
-                        farm_node_removal_weight::<T>().saturating_mul(u64::from(acted_on)),
+                        forced_node_removal_weight::<T>().saturating_mul(u64::from(acted_on)),
                     ),
             )
             .into());
