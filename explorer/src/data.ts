@@ -21,6 +21,8 @@ export type Node = {
   lastHeartbeatMs: number | null; onlineSinceMs: number; uptimeSeconds: number; activeContracts: number;
   assignedIps: number; city: string; country: string; version: string; powerTarget: string; powerState: string;
   registeredAt: number; boxKey: string;
+  /** The domain of its public config, under which it serves gateway names; null: none. */
+  gatewayDomain: string | null;
 };
 
 export type Contract = {
@@ -74,6 +76,8 @@ export function toNode(id: number, n: any): Node {
     powerState: n.powerState.type,
     registeredAt: n.registeredAt.toNumber(),
     boxKey: n.boxKey.toHex(),
+    // The grid pallet only stores ASCII domains (`is_valid_domain`), so the text is exact.
+    gatewayDomain: n.publicConfig.isSome && n.publicConfig.unwrap().domain.isSome ? n.publicConfig.unwrap().domain.unwrap().toUtf8() : null,
   };
 }
 

@@ -583,6 +583,129 @@ export function requiredResources(spec: ChainSpec): Required {
   return r;
 }
 
+// ---- gateway hosts on the target node: `Pallet::gateway_host_keys` and
+// `ensure_gateway_hosts_free` of pallets/deployments, checked after the spec rules (as the chain
+// does) once a node is picked, since they need its domain and deployments.GatewayHosts.
+
+/** A gateway workload's claim: the host clients use and its `GatewayHosts` key (0x hex). */
+export type GatewayHostKey = { workload: string; host: string; key: string; perNode: boolean };
+
+/** What the chain would answer: a `deployments` error (`InvalidSpec` with its `SpecError`). */
+export type GatewayHostProblem = { error: string; specError?: string; message: string };
+
+/** blake2b with a 32-byte output (`sp_crypto_hashing::blake2_256`), passed in so this file needs no crypto package. */
+export type Blake2_256 = (data: Uint8Array) => Uint8Array;
+
+// `to_ascii_lowercase`: only A-Z change.
+const asciiLower = (b: Uint8Array) => b.map((c) => (c >= 0x41 && c <= 0x5a ? c + 0x20 : c));
+const fromUtf8 = new TextDecoder();
+const bytesHex = (b: Uint8Array) => `0x${Array.from(b, (c) => c.toString(16).padStart(2, '0')).join('')}`;
+const concat = (...parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+};
+const domainBytes = (d: string | Uint8Array | null): Uint8Array | null => (d === null ? null : typeof d === 'string' ? utf8.encode(d) : d);
+
+/** `gateway_full_host`: `<name>.<node domain, lowercased>` or the FQDN; null for a name without a domain. */
+export function gatewayFullHost(host: { Name?: string; Fqdn?: string }, nodeDomain: string | Uint8Array | null): Uint8Array | null {
+  const domain = domainBytes(nodeDomain);
+  if (host.Name !== undefined) {
+    if (domain === null) return null;
+    return concat(utf8.encode(host.Name), utf8.encode('.'), asciiLower(domain));
+  }
+  return utf8.encode(host.Fqdn!);
+}
+
+/**
+ * What `gateway_host_key` hashes: `zos/gw-name/<full host>` for a name (unique per domain) and
+ * for an FQDN at or under the node's domain (so it cannot take over a name), else
+ * `zos/gw-fqdn/<node id, u32 LE><fqdn>` (unique per node). Null where the chain has no key.
+ */
+export function gatewayHostPreimage(node: number, host: { Name?: string; Fqdn?: string }, nodeDomain: string | Uint8Array | null): { preimage: Uint8Array; full: Uint8Array; perNode: boolean } | null {
+  const full = gatewayFullHost(host, nodeDomain);
+  if (full === null || full.length > LIMITS.MAX_FQDN_LEN) return null;
+  const raw = domainBytes(nodeDomain);
+  const domain = raw === null ? null : asciiLower(raw);
+  const endsWith = (d: Uint8Array) => d.every((c, i) => full[full.length - d.length + i] === c);
+  const underDomain = domain !== null && (
+    (full.length === domain.length && endsWith(domain))
+    || (full.length > domain.length && endsWith(domain) && full[full.length - domain.length - 1] === 0x2e)
+  );
+  if (host.Name !== undefined || underDomain) {
+    return { preimage: concat(utf8.encode('zos/gw-name/'), full), full, perNode: false };
+  }
+  const le = new Uint8Array(4);
+  new DataView(le.buffer).setUint32(0, node, true);
+  return { preimage: concat(utf8.encode('zos/gw-fqdn/'), le, full), full, perNode: true };
+}
+
+/** `Pallet::gateway_host_keys`: each gateway's key on `node`, in spec order, or the error the chain raises first. */
+export function gatewayHostKeys(spec: ChainSpec, node: number, nodeDomain: string | Uint8Array | null, blake2_256: Blake2_256): { keys: GatewayHostKey[]; problem: null } | { keys: null; problem: GatewayHostProblem } {
+  const keys: GatewayHostKey[] = [];
+  for (const w of spec.workloads) {
+    const g = w.kind.Gateway;
+    if (!g) continue;
+    const claim = gatewayHostPreimage(node, g.host, nodeDomain);
+    if (claim === null) {
+      if (nodeDomain === null && g.host.Name !== undefined) {
+        return { keys: null, problem: {
+          error: 'NodeHasNoGatewayDomain',
+          message: `gateway \`${w.name}\` asks for the name \`${g.host.Name}\` under node ${node}'s domain, but node ${node}'s public config declares no domain (only FQDN hosts can be served there)`,
+        } };
+      }
+      return { keys: null, problem: {
+        error: 'InvalidSpec',
+        specError: 'InvalidGatewayName',
+        message: `gateway \`${w.name}\`: \`${g.host.Name ?? g.host.Fqdn}\` under node ${node}'s domain is longer than a DNS name's ${LIMITS.MAX_FQDN_LEN} bytes`,
+      } };
+    }
+    const entry = { workload: w.name, host: fromUtf8.decode(claim.full), key: bytesHex(blake2_256(claim.preimage)), perNode: claim.perNode };
+    // A name and the FQDN it spells under the node's domain are one host.
+    const twin = keys.find((k) => k.key === entry.key);
+    if (twin) {
+      return { keys: null, problem: {
+        error: 'InvalidSpec',
+        specError: 'DuplicateGatewayHost',
+        message: `gateways \`${twin.workload}\` and \`${w.name}\` both serve \`${entry.host}\` on node ${node}`,
+      } };
+    }
+    keys.push(entry);
+  }
+  return { keys, problem: null };
+}
+
+/**
+ * `ensure_gateway_hosts_free` as `deployments.create` (`contractId` null: a new contract holds
+ * nothing) and `propose_update` (the contract may keep its own hosts) run it. `holderOf` gives
+ * the contract a `GatewayHosts` key names, if any.
+ */
+export function gatewayHostProblem(
+  spec: ChainSpec,
+  node: number,
+  nodeDomain: string | Uint8Array | null,
+  holderOf: (key: string) => number | null | undefined,
+  contractId: number | null,
+  blake2_256: Blake2_256,
+): GatewayHostProblem | null {
+  const { keys, problem } = gatewayHostKeys(spec, node, nodeDomain, blake2_256);
+  if (problem) return problem;
+  for (const k of keys) {
+    const holder = holderOf(k.key);
+    if (holder === null || holder === undefined || holder === contractId) continue;
+    const scope = k.perNode ? `an FQDN is unique per node, here node ${node}` : 'a name is unique per gateway domain, whichever node serves it';
+    return {
+      error: 'GatewayHostTaken',
+      message: `host \`${k.host}\` (gateway \`${k.workload}\`) is already held by another contract, contract ${holder}: ${scope}`,
+    };
+  }
+  return null;
+}
+
 // ---- chain value -> readable form (for display, diffs and the update editor)
 
 const hex = (v: any): string => (typeof v === 'string' ? v : v.toHex());

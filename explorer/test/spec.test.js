@@ -218,3 +218,114 @@ test('a gateway read from chain shows in the readable form, which reads back to 
   assert.deepEqual(again, parsed);
   assert.deepEqual(registry.createType('ZosPrimitivesSpecDeploymentSpec', again).toU8a(), codec.toU8a());
 });
+
+// Gateway hosts on the picked node (`gateway_host_keys` and `ensure_gateway_hosts_free` of
+// pallets/deployments): the node's domain and who holds each key in deployments.GatewayHosts.
+const { blake2AsU8a, blake2AsHex } = await import('@polkadot/util-crypto');
+const blake2 = (data) => blake2AsU8a(data, 256);
+const domain = 'gw.example.com';
+const publicSite = (host) => specText({ host, backends: ['198.51.100.20:443'] });
+const parsedSite = (host) => spec.parseSpec(publicSite(host));
+/** The `GatewayHosts` entries of `contract`'s spec on `node`, as the chain stores them. */
+function held(contract, node, nodeDomain, ...hosts) {
+  const holders = new Map();
+  for (const host of hosts) {
+    const { keys } = spec.gatewayHostKeys(parsedSite(host), node, nodeDomain, blake2);
+    for (const k of keys) holders.set(k.key, contract);
+  }
+  return holders;
+}
+const hostCheck = (host, node, nodeDomain, holders, contractId = null) =>
+  spec.gatewayHostProblem(parsedSite(host), node, nodeDomain, (k) => holders.get(k), contractId, blake2);
+
+test('gateway host keys are the preimages the chain hashes', () => {
+  const enc = (s) => new TextEncoder().encode(s);
+  const name = spec.gatewayHostKeys(parsedSite({ name: 'myapp' }), 1, 'GW.Example.com', blake2).keys[0];
+  assert.deepEqual(name, { workload: 'site', host: 'myapp.gw.example.com', key: blake2AsHex(enc('zos/gw-name/myapp.gw.example.com'), 256), perNode: false });
+  // An FQDN: `zos/gw-fqdn/`, the node id as u32 little-endian, the FQDN.
+  const fqdn = spec.gatewayHostPreimage(0x01020304, { Fqdn: 'shop.example.org' }, null);
+  assert.deepEqual([...fqdn.preimage], [...enc('zos/gw-fqdn/'), 4, 3, 2, 1, ...enc('shop.example.org')]);
+  // A name: one key per domain, whichever node; an FQDN: one key per node.
+  const key = (host, node, d) => spec.gatewayHostKeys(parsedSite(host), node, d, blake2).keys[0].key;
+  assert.equal(key({ name: 'myapp' }, 1, 'GW.Example.com'), key({ name: 'myapp' }, 2, domain));
+  assert.notEqual(key({ fqdn: 'shop.example.org' }, 1, null), key({ fqdn: 'shop.example.org' }, 2, null));
+  assert.equal(key({ fqdn: 'shop.example.org' }, 1, null), key({ fqdn: 'shop.example.org' }, 1, domain));
+  // An FQDN at or under the node's domain is keyed as the name it spells, on any node.
+  assert.equal(key({ fqdn: 'myapp.gw.example.com' }, 7, 'GW.Example.com'), key({ name: 'myapp' }, 1, domain));
+  assert.equal(spec.gatewayHostPreimage(7, { Fqdn: domain }, domain).perNode, false);
+  // Only after a dot: `xgw.example.com` is not under `gw.example.com`.
+  assert.equal(spec.gatewayHostPreimage(7, { Fqdn: 'xgw.example.com' }, domain).perNode, true);
+});
+
+test('a gateway name on a node without a domain is NodeHasNoGatewayDomain', () => {
+  const problem = hostCheck({ name: 'myapp' }, 3, null, new Map());
+  assert.equal(problem.error, 'NodeHasNoGatewayDomain');
+  assert.match(problem.message, /`myapp`/);
+  assert.match(problem.message, /node 3/);
+  // An FQDN needs no domain.
+  assert.equal(hostCheck({ fqdn: 'c.example.net' }, 3, null, new Map()), null);
+  // The first gateway that cannot be keyed wins, before any holder is looked at.
+  const mixed = spec.parseSpec(specText({ host: { fqdn: 'c.example.net' }, backends: ['198.51.100.20:443'] }, { name: 'site2', kind: { gateway: { host: { name: 'myapp' }, backends: ['198.51.100.20:443'] } } }));
+  assert.equal(spec.gatewayHostProblem(mixed, 3, null, () => 9, null, blake2).error, 'NodeHasNoGatewayDomain');
+});
+
+test('a host another contract holds is GatewayHostTaken, naming the host and the holder', () => {
+  const holders = held(4, 1, domain, { name: 'myapp' }, { fqdn: 'shop.example.org' });
+  // The same name under the same domain, even on another node serving it.
+  const taken = hostCheck({ name: 'myapp' }, 2, domain, holders);
+  assert.equal(taken.error, 'GatewayHostTaken');
+  assert.match(taken.message, /`myapp\.gw\.example\.com`/);
+  assert.match(taken.message, /another contract, contract 4/);
+  // The domain compares lowercased, as the chain stores the key.
+  assert.equal(hostCheck({ name: 'myapp' }, 2, 'GW.EXAMPLE.COM', holders)?.error, 'GatewayHostTaken');
+  // The FQDN a held name spells under the node's domain: no takeover by FQDN.
+  const spelled = hostCheck({ fqdn: 'myapp.gw.example.com' }, 2, domain, holders);
+  assert.equal(spelled?.error, 'GatewayHostTaken');
+  assert.match(spelled.message, /`myapp\.gw\.example\.com`.*contract 4/);
+  // An FQDN on the node that serves it.
+  assert.equal(hostCheck({ fqdn: 'shop.example.org' }, 1, domain, holders)?.error, 'GatewayHostTaken');
+  // A new contract (create: no id yet) and another contract's update alike.
+  assert.equal(hostCheck({ name: 'myapp' }, 1, domain, holders, 5)?.error, 'GatewayHostTaken');
+});
+
+test('a contract keeps its own hosts, and free hosts pass', () => {
+  const holders = held(4, 1, domain, { name: 'myapp' }, { fqdn: 'shop.example.org' });
+  // An update of contract 4 serving what it already holds.
+  assert.equal(hostCheck({ name: 'myapp' }, 1, domain, holders, 4), null);
+  assert.equal(hostCheck({ fqdn: 'myapp.gw.example.com' }, 1, domain, holders, 4), null);
+  assert.equal(hostCheck({ fqdn: 'shop.example.org' }, 1, domain, holders, 4), null);
+  // Free: another name, the name under another domain, the FQDN on another node.
+  assert.equal(hostCheck({ name: 'other' }, 1, domain, holders), null);
+  assert.equal(hostCheck({ name: 'myapp' }, 1, 'gw2.example.com', holders), null);
+  assert.equal(hostCheck({ fqdn: 'shop.example.org' }, 2, domain, holders), null);
+  assert.equal(hostCheck({ fqdn: 'myapp.gw.example.com' }, 2, 'gw2.example.com', holders), null);
+  // A spec without gateways needs neither a domain nor a lookup.
+  assert.equal(spec.gatewayHostProblem(spec.parseSpec(JSON.stringify(spec.EXAMPLE_SPEC)), 3, null, () => 9, null, blake2), null);
+});
+
+test('what only the node domain breaks is the InvalidSpec the chain returns', () => {
+  // A name and the FQDN it spells on this node: one host twice.
+  const twice = spec.parseSpec(specText({ host: { name: 'twice' }, backends: ['198.51.100.20:443'] }, { name: 'site2', kind: { gateway: { host: { fqdn: 'twice.gw.example.com' }, backends: ['198.51.100.20:443'] } } }));
+  assert.equal(spec.validateSpec(twice), null);
+  const dup = spec.gatewayHostProblem(twice, 1, domain, () => null, null, blake2);
+  assert.deepEqual([dup.error, dup.specError], ['InvalidSpec', 'DuplicateGatewayHost']);
+  // Under another domain they are two hosts.
+  assert.equal(spec.gatewayHostProblem(twice, 1, 'gw2.example.com', () => null, null, blake2), null);
+  // `<name>.<domain>` longer than a DNS name may be.
+  const long = [60, 60, 60, 60].map((n, i) => 'abcd'[i].repeat(n)).join('.');
+  const tooLong = hostCheck({ name: 'x'.repeat(20) }, 1, long, new Map());
+  assert.deepEqual([tooLong.error, tooLong.specError], ['InvalidSpec', 'InvalidGatewayName']);
+});
+
+test('the gateway host errors are the runtime\'s deployments errors', async () => {
+  const { Metadata, TypeRegistry } = await import('@polkadot/types');
+  const registry = new TypeRegistry();
+  const metadata = new Metadata(registry, readFileSync(new URL('../../zos-client/metadata/zos-runtime.scale', import.meta.url)));
+  registry.setMetadata(metadata);
+  const pallet = metadata.asLatest.pallets.find((p) => p.name.toString() === 'Deployments');
+  const errors = registry.lookup.getSiType(pallet.errors.unwrap().type).def.asVariant.variants.map((v) => v.name.toString());
+  for (const name of ['NodeHasNoGatewayDomain', 'GatewayHostTaken', 'InvalidSpec']) assert.ok(errors.includes(name), name);
+  // GatewayHosts is keyed by the 32 bytes themselves (Identity), as the page reads it.
+  const hosts = pallet.storage.unwrap().items.find((i) => i.name.toString() === 'GatewayHosts');
+  assert.deepEqual(hosts.type.asMap.hashers.map((h) => h.toString()), ['Identity']);
+});

@@ -1,16 +1,18 @@
 // The spec editor: readable JSON in, checked as the chain checks it, what it would reserve shown
 // against the node, then `deployments.create` (or `propose_update` for an existing contract).
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { blake2AsU8a } from '@polkadot/util-crypto';
 import { api, encodeSpec, errorDocs, formatBalance, formatBytes, variantDocs } from '../chain';
 import { accounts, selected, eventsNamed } from '../accounts';
 import { useSignal } from '../signal';
-import { EXAMPLE_SPEC, parseSpec, readableSpec, requiredResources, SpecProblem, validateSpec } from '../spec';
+import { EXAMPLE_SPEC, gatewayHostKeys, gatewayHostProblem, parseSpec, readableSpec, requiredResources, SpecProblem, validateSpec } from '../spec';
 import { freeCapacity, loadFarm, loadNode } from '../data';
 import { ErrorBox, Loading, TxButton, useLoad } from '../ui';
 
 type SignerRow = { account: string; weight: number; required: boolean };
 
 const SPEC_ERROR = 'zos_primitives::spec::SpecError';
+const blake2_256 = (data: Uint8Array) => blake2AsU8a(data, 256);
 
 export function Deploy({ params }: { params: URLSearchParams }) {
   const updateId = params.get('update') ? Number(params.get('update')) : null;
@@ -82,6 +84,20 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
     return { node, freeIps: farm ? farm.ips.filter((i) => i.contract === null).length : 0 };
   }, [nodeId]);
 
+  // Gateway hosts on the picked node, checked (as on chain) once the spec rules pass: the node's
+  // domain gives the keys, deployments.GatewayHosts who holds them.
+  const hostNode = checked.spec && checked.specError === null && target?.node ? target.node : null;
+  const hostKeys = hostNode ? gatewayHostKeys(checked.spec!, hostNode.id, hostNode.gatewayDomain, blake2_256) : null;
+  const keysToRead = hostKeys?.keys?.map((k) => k.key) ?? [];
+  const [holders] = useLoad(async () => {
+    if (keysToRead.length === 0) return new Map<string, number>();
+    const held: any[] = await api.query.deployments.gatewayHosts.multi(keysToRead);
+    return new Map(keysToRead.flatMap((k, i): [string, number][] => (held[i].isSome ? [[k, held[i].unwrap().toNumber()]] : [])));
+  }, [keysToRead]);
+  const hostProblem = hostNode && (hostKeys?.problem || holders)
+    ? gatewayHostProblem(checked.spec!, hostNode.id, hostNode.gatewayDomain, (k) => holders?.get(k), isUpdate ? mode.update : null, blake2_256)
+    : null;
+
   const req = checked.spec ? requiredResources(checked.spec) : null;
   const deposit = checked.encoded
     ? (api.consts.deployments.depositPerByte as any).toBigInt() * BigInt(checked.encoded.length)
@@ -102,7 +118,7 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
       if (target && target.node === null) callProblems.push('UnknownNode');
     }
   }
-  const blocked = !checked.spec || !checked.encoded || (!skipChecks && (checked.specError !== null || callProblems.length > 0));
+  const blocked = !checked.spec || !checked.encoded || (!skipChecks && (checked.specError !== null || callProblems.length > 0 || hostProblem !== null));
 
   const make = () => {
     const spec = checked.spec!;
@@ -142,6 +158,12 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
           {callProblems.map((p) => (
             <div class="error" key={p} data-testid="call-check">The chain would refuse the call: <b>deployments.{p}</b> {errorDocs('deployments', p)}</div>
           ))}
+          {hostProblem ? (
+            <div class="error" data-testid="host-check" data-result={hostProblem.specError ?? hostProblem.error}>
+              The chain would refuse the call: <b>deployments.{hostProblem.specError ? `InvalidSpec(${hostProblem.specError})` : hostProblem.error}</b>
+              <div>{hostProblem.message}</div>
+            </div>
+          ) : null}
           {checked.encoded ? (
             <dl>
               <dt>spec hash</dt><dd><code data-testid="spec-hash">{checked.encoded.hash}</code></dd>
