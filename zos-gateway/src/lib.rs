@@ -18,6 +18,7 @@ pub mod acme;
 pub mod certs;
 mod dial;
 pub mod dns;
+mod guard;
 pub mod meter;
 mod proxy;
 pub mod routes;

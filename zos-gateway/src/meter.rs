@@ -13,6 +13,8 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::guard::Activity;
+
 /// What a route has carried since it was first added.
 #[derive(Debug, Default)]
 pub struct Traffic {
@@ -58,15 +60,39 @@ impl Traffic {
     }
 }
 
-/// A stream whose bytes are added to a route's counters.
+/// A client's stream: its bytes are added to a route's counters (when it has a route yet) and
+/// mark the connection active.
 pub(crate) struct Metered<S> {
     inner: S,
-    traffic: Arc<Traffic>,
+    traffic: Option<Arc<Traffic>>,
+    activity: Arc<Activity>,
 }
 
 impl<S> Metered<S> {
-    pub fn new(inner: S, traffic: Arc<Traffic>) -> Self {
-        Self { inner, traffic }
+    pub fn new(inner: S, traffic: Option<Arc<Traffic>>, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            traffic,
+            activity,
+        }
+    }
+
+    fn received(&self, n: usize) {
+        if n > 0 {
+            self.activity.touch();
+            if let Some(traffic) = &self.traffic {
+                traffic.add_received(n as u64);
+            }
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        if n > 0 {
+            self.activity.touch();
+            if let Some(traffic) = &self.traffic {
+                traffic.add_sent(n as u64);
+            }
+        }
     }
 }
 
@@ -79,8 +105,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            self.traffic
-                .add_received((buf.filled().len() - before) as u64);
+            self.received(buf.filled().len() - before);
         }
         poll
     }
@@ -94,7 +119,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = poll {
-            self.traffic.add_sent(n as u64);
+            self.sent(n);
         }
         poll
     }
@@ -106,7 +131,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
-            self.traffic.add_sent(n as u64);
+            self.sent(n);
         }
         poll
     }

@@ -18,8 +18,11 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::{
     dial::dial,
+    guard::{guarded, Activity},
     routes::{normalize_host, RouteState, MAX_IDLE_PER_ROUTE},
 };
 
@@ -45,6 +48,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub(crate) struct Connection {
     pub route: Arc<RouteState>,
     pub client: SocketAddr,
+    /// When the client's side last moved a byte, and how long it may stay silent (an
+    /// upgraded stream relayed after hyper let go of it is still this connection).
+    pub activity: Arc<Activity>,
+    pub idle_timeout: Duration,
     /// The connection's places under the gateway's and the route's limits, released when the
     /// last request (or relayed upgrade) of the connection is done.
     pub _limits: Arc<dyn Send + Sync>,
@@ -114,9 +121,7 @@ async fn forward(mut request: Request<Incoming>, connection: &Connection) -> Res
         Err(response) => return response,
     };
     match client_upgrade {
-        Some(client_upgrade) => {
-            relay_upgrade(outgoing, client_upgrade, route, connection._limits.clone()).await
-        }
+        Some(client_upgrade) => relay_upgrade(outgoing, client_upgrade, connection).await,
         None => send_pooled(outgoing, route).await,
     }
 }
@@ -211,21 +216,56 @@ fn backend_failed(
     text_response(StatusCode::BAD_GATEWAY, format!("the backend {what}"))
 }
 
-/// A connection to a backend: a pooled idle one when it is ready, else a new one.
-async fn backend_connection(
-    route: &RouteState,
-) -> Result<SendRequest<ProxyBody>, Response<ProxyBody>> {
+/// A pooled idle connection to a backend that is ready for a request.
+async fn pooled_connection(route: &RouteState) -> Option<SendRequest<ProxyBody>> {
     loop {
-        let idle = route.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let Some(mut sender) = idle else { break };
+        let mut sender = route.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
         if sender.is_closed() {
             continue;
         }
         // Given back at the end of a body, the connection turns ready once its task has run.
         if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), sender.ready()).await {
-            return Ok(sender);
+            return Some(sender);
         }
     }
+}
+
+/// A place under the route's backend connection limit, or a pooled connection given back
+/// while waiting for one; a 503 when neither comes within the response timeout.
+async fn backend_slot_or_pooled(
+    route: &RouteState,
+) -> Result<Result<OwnedSemaphorePermit, SendRequest<ProxyBody>>, Response<ProxyBody>> {
+    let wait = async {
+        loop {
+            let returned = route.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(sender) = pooled_connection(route).await {
+                return Err(sender);
+            }
+            tokio::select! {
+                slot = route.backend_slots.clone().acquire_owned() => {
+                    return Ok(slot.expect("the semaphore is never closed"));
+                }
+                _ = returned => {}
+            }
+        }
+    };
+    tokio::time::timeout(RESPONSE_TIMEOUT, wait)
+        .await
+        .map_err(|_| {
+            text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route's backend connections are all busy",
+            )
+        })
+}
+
+/// A new connection to a backend; it holds `slot` for as long as it lives.
+async fn new_backend_connection(
+    route: &RouteState,
+    slot: OwnedSemaphorePermit,
+) -> Result<SendRequest<ProxyBody>, Response<ProxyBody>> {
     let stream = dial(route)
         .await
         .map_err(|e| backend_failed(route, "is unreachable", e))?;
@@ -236,8 +276,23 @@ async fn backend_connection(
         if let Err(e) = conn.await {
             tracing::debug!("backend connection ended: {e}");
         }
+        drop(slot);
     });
     Ok(sender)
+}
+
+/// A connection to a backend: a pooled idle one when it is ready, else a new one once the
+/// route's backend connection limit allows.
+async fn backend_connection(
+    route: &RouteState,
+) -> Result<SendRequest<ProxyBody>, Response<ProxyBody>> {
+    if let Some(sender) = pooled_connection(route).await {
+        return Ok(sender);
+    }
+    match backend_slot_or_pooled(route).await? {
+        Ok(slot) => new_backend_connection(route, slot).await,
+        Err(pooled) => Ok(pooled),
+    }
 }
 
 async fn send_pooled(request: Request<ProxyBody>, route: &Arc<RouteState>) -> Response<ProxyBody> {
@@ -292,6 +347,7 @@ impl PoolReturningBody {
             let mut idle = route.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE_PER_ROUTE && !sender.is_closed() {
                 idle.push(sender);
+                route.returned.notify_one();
             }
         }
     }
@@ -339,9 +395,18 @@ impl Body for PoolReturningBody {
 async fn relay_upgrade(
     request: Request<ProxyBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
-    route: &Arc<RouteState>,
-    limits: Arc<dyn Send + Sync>,
+    connection: &Connection,
 ) -> Response<ProxyBody> {
+    let route = &connection.route;
+    // An upgrade needs a connection of its own: pooled ones offered instead are closed, which
+    // gives their places back.
+    let backend_slot = loop {
+        match backend_slot_or_pooled(route).await {
+            Ok(Ok(slot)) => break slot,
+            Ok(Err(pooled)) => drop(pooled),
+            Err(response) => return response,
+        }
+    };
     let stream = match dial(route).await {
         Ok(stream) => stream,
         Err(e) => return backend_failed(route, "is unreachable", e),
@@ -368,18 +433,29 @@ async fn relay_upgrade(
         return Response::from_parts(parts, body.boxed());
     }
     let backend_upgrade = hyper::upgrade::on(&mut response);
-    let host = route.route.host.clone();
+    let connection = connection.clone();
     tokio::spawn(async move {
+        let route = &connection.route;
+        let host = &route.route.host;
         match futures::future::try_join(client_upgrade, backend_upgrade).await {
             Ok((client, backend)) => {
                 let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                    tracing::debug!(%host, "upgraded connection ended: {e}");
+                let relay = tokio::io::copy_bidirectional(&mut client, &mut backend);
+                let idle = connection.idle_timeout;
+                match guarded(relay, &connection.activity, idle, route.retired()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(%host, "upgraded connection ended: {e}"),
+                    Err(cut) => tracing::info!(
+                        target: "zos_gateway::access",
+                        client = %connection.client,
+                        %host,
+                        "upgraded connection closed: {cut:?}"
+                    ),
                 }
             }
             Err(e) => tracing::debug!(%host, "upgrade failed: {e}"),
         }
-        drop(limits);
+        drop((connection, backend_slot));
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())

@@ -12,7 +12,7 @@ use std::{
 };
 
 use hyper::client::conn::http1::SendRequest;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::meter::{Traffic, TrafficSnapshot};
 
@@ -144,17 +144,39 @@ pub(crate) struct RouteState {
     next_backend: AtomicUsize,
     /// Idle HTTP/1.1 connections to the backends, reused by later requests.
     pub idle: Mutex<Vec<SendRequest<crate::proxy::ProxyBody>>>,
+    /// Connections to the backends at once (pooled, busy or upgraded): as many as the route
+    /// serves clients, so HTTP/2's many streams per client cannot fan out without bound.
+    pub backend_slots: Arc<Semaphore>,
+    /// Woken when a backend connection goes back to the pool.
+    pub returned: Notify,
+    /// Set once the route is removed or replaced: its open connections end.
+    retired: watch::Sender<bool>,
 }
 
 impl RouteState {
     fn new(route: Route, traffic: Arc<Traffic>) -> Self {
         Self {
             connections: Arc::new(Semaphore::new(route.max_connections as usize)),
+            backend_slots: Arc::new(Semaphore::new(route.max_connections as usize)),
             route,
             traffic,
             next_backend: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            retired: watch::Sender::new(false),
         }
+    }
+
+    /// Completes once the route is no longer served as it was when the connection began.
+    pub async fn retired(&self) {
+        let mut retired = self.retired.subscribe();
+        let _ = retired.wait_for(|r| *r).await;
+    }
+
+    fn retire(&self) {
+        self.retired.send_replace(true);
+        // Pooled backend connections close with their senders.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// The backends in the order to try them this time (round robin).
@@ -202,7 +224,9 @@ impl Routes {
             };
             table.insert(state.route.host.clone(), state);
         }
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
+        retire_dropped(&guard, &table);
+        *guard = Arc::new(table);
         refused
     }
 
@@ -222,11 +246,12 @@ impl Routes {
             None => RouteState::new(route, Arc::default()),
         };
         table.insert(state.route.host.clone(), Arc::new(state));
+        retire_dropped(&guard, &table);
         *guard = Arc::new(table);
         Ok(())
     }
 
-    /// Removes a host's route if `contract`'s route serves it; its open connections finish.
+    /// Removes a host's route if `contract`'s route serves it; its open connections end.
     pub fn remove(&self, host: &str, contract: u64) {
         let mut guard = self.table.write().unwrap_or_else(|e| e.into_inner());
         if guard
@@ -235,6 +260,7 @@ impl Routes {
         {
             let mut table = (**guard).clone();
             table.remove(host);
+            retire_dropped(&guard, &table);
             *guard = Arc::new(table);
         }
     }
@@ -269,6 +295,16 @@ impl Routes {
             .collect();
         hosts.sort();
         hosts
+    }
+}
+
+/// Retires the routes of `old` that `new` no longer holds as they were, so that connections
+/// opened under them end (a removed contract's clients, or a changed route's old backends).
+fn retire_dropped(old: &HashMap<String, Arc<RouteState>>, new: &HashMap<String, Arc<RouteState>>) {
+    for (host, state) in old {
+        if !new.get(host).is_some_and(|kept| Arc::ptr_eq(kept, state)) {
+            state.retire();
+        }
     }
 }
 
@@ -383,6 +419,39 @@ mod tests {
         let mut in_network = r.clone();
         in_network.network = Some("/run/netns/tenant".into());
         assert_eq!(in_network.validate(&[]), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn removed_and_changed_routes_are_retired_unchanged_ones_kept() {
+        let routes = Routes::new(vec![]);
+        routes.replace(vec![
+            route("a.example.com", "10.0.0.2:80"),
+            route("b.example.com", "10.0.0.3:80"),
+            route("c.example.com", "10.0.0.4:80"),
+        ]);
+        let [a, b, c] =
+            ["a", "b", "c"].map(|h| routes.lookup(&format!("{h}.example.com")).unwrap());
+        let is_retired = |s: &Arc<RouteState>| {
+            let s = s.clone();
+            async move {
+                tokio::time::timeout(std::time::Duration::from_millis(50), s.retired())
+                    .await
+                    .is_ok()
+            }
+        };
+        // a unchanged, b changed, c gone.
+        routes.replace(vec![
+            route("a.example.com", "10.0.0.2:80"),
+            route("b.example.com", "10.0.0.9:80"),
+        ]);
+        assert!(!is_retired(&a).await);
+        assert!(is_retired(&b).await);
+        assert!(is_retired(&c).await);
+        // Another contract's removal leaves it; its own contract's removal retires it.
+        routes.remove("a.example.com", 99);
+        assert!(!is_retired(&a).await);
+        routes.remove("a.example.com", 1);
+        assert!(is_retired(&a).await);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::{
     acme::Http01Challenges,
     certs::CertStore,
     dial::dial,
+    guard::{guarded, Activity, ClientLimiter, ClientSlot},
     meter::Metered,
     proxy::{self, text_response, Connection, ProxyBody},
     routes::{normalize_host, Routes, TlsMode},
@@ -37,6 +38,12 @@ pub struct GatewayLimits {
     pub handshake_timeout: Duration,
     /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
+    /// Connections at once from one client address (an IPv6 client: its /64), over both
+    /// listeners, so one client cannot take the gateway's or a route's whole limit.
+    pub max_connections_per_client: usize,
+    /// A connection that moves no byte either way for this long is closed: before its first
+    /// request, between requests, and passthrough and upgraded (WebSocket) streams.
+    pub idle_timeout: Duration,
 }
 
 impl Default for GatewayLimits {
@@ -45,8 +52,16 @@ impl Default for GatewayLimits {
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            max_connections_per_client: 256,
+            idle_timeout: Duration::from_secs(300),
         }
     }
+}
+
+/// A connection's places under the gateway's limits, given back when it ends.
+struct Admission {
+    _gateway: tokio::sync::OwnedSemaphorePermit,
+    _client: ClientSlot,
 }
 
 /// A gateway: its routes, certificates and pending ACME challenges.
@@ -56,6 +71,7 @@ pub struct Gateway {
     tls: Arc<ServerConfig>,
     limits: GatewayLimits,
     slots: Arc<Semaphore>,
+    clients: Arc<ClientLimiter>,
     /// The HTTPS port clients use, for redirects (omitted from URLs when 443).
     public_https_port: u16,
 }
@@ -79,9 +95,30 @@ impl Gateway {
             challenges,
             tls: Arc::new(tls),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
+            clients: ClientLimiter::new(limits.max_connections_per_client),
             limits,
             public_https_port,
         }))
+    }
+
+    /// A place for a new client under the gateway's and its address's limits; `None` drops it.
+    fn admit(&self, client: SocketAddr) -> Option<Admission> {
+        let Ok(gateway) = self.slots.clone().try_acquire_owned() else {
+            tracing::debug!(%client, "refused: the gateway is at its connection limit");
+            return None;
+        };
+        let Some(slot) = self.clients.try_acquire(client.ip()) else {
+            tracing::info!(
+                target: "zos_gateway::access",
+                %client,
+                "refused: the client's connection limit is reached"
+            );
+            return None;
+        };
+        Some(Admission {
+            _gateway: gateway,
+            _client: slot,
+        })
     }
 
     /// Accepts HTTPS clients, forever.
@@ -90,21 +127,16 @@ impl Gateway {
             let Some((stream, client)) = accept(&listener).await else {
                 continue;
             };
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                continue; // dropped: the gateway is at its connection limit
+            let Some(slot) = self.admit(client) else {
+                continue;
             };
             let gateway = self.clone();
             tokio::spawn(async move { gateway.tls_connection(stream, client, slot).await });
         }
     }
 
-    /// One HTTPS client; `slot` is its place under the gateway's connection limit.
-    async fn tls_connection(
-        &self,
-        mut stream: TcpStream,
-        client: SocketAddr,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    /// One HTTPS client; `slot` is its place under the gateway's connection limits.
+    async fn tls_connection(&self, mut stream: TcpStream, client: SocketAddr, slot: Admission) {
         let _ = stream.set_nodelay(true);
         let hello = match tokio::time::timeout(
             self.limits.handshake_timeout,
@@ -133,7 +165,8 @@ impl Gateway {
         };
         route.traffic.connection();
         route.traffic.add_received(hello.bytes.len() as u64);
-        let traffic = route.traffic.clone();
+        let activity = Activity::new();
+        let client_side = Metered::new(stream, Some(route.traffic.clone()), activity.clone());
         match route.route.tls {
             TlsMode::Passthrough => {
                 let mut backend = match dial(&route).await {
@@ -144,14 +177,18 @@ impl Gateway {
                 if backend.write_all(&hello.bytes).await.is_err() {
                     return;
                 }
-                let mut client_side = Metered::new(stream, traffic);
-                let _ = tokio::io::copy_bidirectional(&mut client_side, &mut backend).await;
+                let mut client_side = client_side;
+                let relay = tokio::io::copy_bidirectional(&mut client_side, &mut backend);
+                if let Err(cut) =
+                    guarded(relay, &activity, self.limits.idle_timeout, route.retired()).await
+                {
+                    tracing::info!(target: "zos_gateway::access", %client, %host, "closed: {cut:?}");
+                }
                 drop((slot, permit));
             }
             TlsMode::Terminate => {
-                let handshake =
-                    StartHandshake::from_parts(hello.accepted, Metered::new(stream, traffic))
-                        .into_stream(self.tls.clone());
+                let handshake = StartHandshake::from_parts(hello.accepted, client_side)
+                    .into_stream(self.tls.clone());
                 let tls = match tokio::time::timeout(self.limits.handshake_timeout, handshake).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -161,8 +198,10 @@ impl Gateway {
                 // Held as long as anything of the connection lives, an upgraded stream relayed
                 // after hyper let go of it included.
                 let connection = Connection {
-                    route,
+                    route: route.clone(),
                     client,
+                    activity: activity.clone(),
+                    idle_timeout: self.limits.idle_timeout,
                     _limits: Arc::new((slot, permit)),
                 };
                 let service = hyper::service::service_fn(move |request| {
@@ -179,11 +218,13 @@ impl Gateway {
                     .max_concurrent_streams(64)
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .keep_alive_timeout(Duration::from_secs(20));
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
-                {
-                    tracing::debug!(%client, %host, "connection ended: {e}");
+                let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                match guarded(served, &activity, self.limits.idle_timeout, route.retired()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%client, %host, "connection ended: {e}"),
+                    Err(cut) => tracing::info!(
+                        target: "zos_gateway::access", %client, %host, "closed: {cut:?}"
+                    ),
                 }
             }
         }
@@ -195,11 +236,13 @@ impl Gateway {
             let Some((stream, client)) = accept(&listener).await else {
                 continue;
             };
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let Some(slot) = self.admit(client) else {
                 continue;
             };
             let gateway = self.clone();
             tokio::spawn(async move {
+                let activity = Activity::new();
+                let stream = Metered::new(stream, None, activity.clone());
                 let service = hyper::service::service_fn(|request| {
                     let gateway = gateway.clone();
                     async move { Ok::<_, std::convert::Infallible>(gateway.plain_http(request)) }
@@ -207,10 +250,13 @@ impl Gateway {
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%client, "plain HTTP connection ended: {e}");
+                    .serve_connection(TokioIo::new(stream), service);
+                let never_retired = std::future::pending();
+                let idle = gateway.limits.idle_timeout;
+                match guarded(served, &activity, idle, never_retired).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%client, "plain HTTP connection ended: {e}"),
+                    Err(cut) => tracing::debug!(%client, "plain HTTP connection closed: {cut:?}"),
                 }
                 drop(slot);
             });

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 use zos_gateway::TlsMode;
 
 mod support;
@@ -266,4 +269,205 @@ async fn http_get_plain(addr: std::net::SocketAddr, host: &str, path: &str) -> S
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// The limits that keep one client from holding the gateway: silent connections closed after
+/// the idle timeout (terminated before the first request, passthrough, upgraded), a cap per
+/// client address, a removed route's open connections ended, and HTTP/2 streams of one client
+/// sharing the route's backend connections instead of opening one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_limits_idle_clients_greedy_clients_and_removed_routes() {
+    use std::time::Instant;
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = BackendNet::new("lim", 2);
+    let backend_connections = spawn_http_backend(net.listen(8080), "web");
+    spawn_silent_backend(net.listen(8443));
+    let ca = TestCa::new("gateway test CA");
+    let limits = zos_gateway::GatewayLimits {
+        max_connections_per_client: 3,
+        idle_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let gw = start_gateway_with(dir.path(), vec![], limits).await;
+    for host in ["app.gw.example.com", "other.gw.example.com"] {
+        let (chain, key) = ca.leaf(&[host]);
+        gw.certs
+            .install(host, chain.as_bytes(), key.as_bytes())
+            .unwrap();
+    }
+    let mut app = route("app.gw.example.com", &net, 8080, TlsMode::Terminate);
+    app.max_connections = 2;
+    let refused = gw.routes.replace(vec![
+        app.clone(),
+        route("other.gw.example.com", &net, 8080, TlsMode::Terminate),
+        route("silent.gw.example.com", &net, 8443, TlsMode::Passthrough),
+    ]);
+    assert!(refused.is_empty(), "{refused:?}");
+    let roots = [ca.der()];
+
+    // Silent after the TLS handshake (no first request): closed after about the idle timeout.
+    let mut quiet = tls_connect(gw.https, "app.gw.example.com", &roots, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), quiet.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1600),
+        "closed after {waited:?}"
+    );
+
+    // Passthrough to a backend that never answers: the handshake is cut, not left hanging.
+    let started = Instant::now();
+    let through = tokio::time::timeout(
+        Duration::from_secs(10),
+        tls_connect(gw.https, "silent.gw.example.com", &roots, &[]),
+    )
+    .await
+    .expect("a silent passthrough stream is closed");
+    assert!(through.is_err());
+    assert!(started.elapsed() >= Duration::from_millis(1600));
+
+    // An upgraded (WebSocket) stream that goes silent is closed too; while it talks it stays.
+    let mut ws = upgrade(gw.https, &roots).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ws.write_all(b"tick").await.unwrap();
+        let mut echoed = [0u8; 4];
+        ws.read_exact(&mut echoed).await.unwrap();
+    }
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // One client address holds at most 3 connections; another address is still served.
+    let limited = gw.routes.traffic("app.gw.example.com").unwrap().refused;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tls_connect(gw.https, "app.gw.example.com", &roots, &[])
+                .await
+                .unwrap(),
+        );
+    }
+    // The third from 127.0.0.1 is within its cap but over the route's limit of 2.
+    assert!(tls_connect(gw.https, "app.gw.example.com", &roots, &[])
+        .await
+        .is_err());
+    assert_eq!(
+        gw.routes.traffic("app.gw.example.com").unwrap().refused,
+        limited + 1
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut raw = Vec::new();
+    raw.push(TcpStream::connect(gw.https).await.unwrap());
+    // Now 3 from 127.0.0.1: the fourth is dropped before any route is looked at.
+    let mut over = TcpStream::connect(gw.https).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(tls_connect(gw.https, "other.gw.example.com", &roots, &[])
+        .await
+        .is_err());
+    let other = tls_connect_from(
+        Some("127.0.0.2".parse().unwrap()),
+        gw.https,
+        "other.gw.example.com",
+        &roots,
+        &[],
+    );
+    assert!(other.await.is_ok(), "another client address is served");
+    drop((held, raw));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // HTTP/2: 12 concurrent slow requests over one client connection use at most the route's
+    // 2 backend connections, and all are answered.
+    let before = backend_connections.load(std::sync::atomic::Ordering::Relaxed);
+    {
+        use http_body_util::{BodyExt, Full};
+        let tls = tls_connect(gw.https, "app.gw.example.com", &roots, &[b"h2"])
+            .await
+            .unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let requests = (0..12).map(|i| {
+            let mut sender = sender.clone();
+            async move {
+                let request = http::Request::get(format!("https://app.gw.example.com/slow?{i}"))
+                    .body(Full::<bytes::Bytes>::default())
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        });
+        for (status, body) in futures::future::join_all(requests).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let opened = backend_connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        opened <= 2,
+        "{opened} backend connections for one HTTP/2 client"
+    );
+
+    // Removing the route ends its open connections: a keep-alive client and an upgraded one.
+    let (mut sender, mut kept) = {
+        let tls = tls_connect(gw.https, "app.gw.example.com", &roots, &[b"http/1.1"])
+            .await
+            .unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let request = http::Request::get("/")
+        .header("host", "app.gw.example.com")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut ws = upgrade(gw.https, &roots).await;
+    gw.routes.remove("app.gw.example.com", app.contract);
+    // Well within the 2 s idle timeout: closed by the removal.
+    let ended = tokio::time::timeout(Duration::from_millis(500), &mut kept).await;
+    assert!(
+        ended.is_ok(),
+        "the keep-alive connection outlived its route"
+    );
+    let read = tokio::time::timeout(Duration::from_millis(500), ws.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+/// An upgraded stream through the gateway to the echo backend.
+async fn upgrade(
+    gateway: std::net::SocketAddr,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = tls_connect(gateway, "app.gw.example.com", roots, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.gw.example.com\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut tls, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls
 }

@@ -114,7 +114,8 @@ impl Drop for BackendNet {
     }
 }
 
-/// An HTTP/1.1 backend: `/` describes the request, `/big` sends 10 MiB, an upgrade request
+/// An HTTP/1.1 backend: `/` describes the request, `/slow` too after 200 ms, `/big` sends
+/// 10 MiB, an upgrade request
 /// gets 101 and then its bytes echoed.
 /// Returns the count of connections it accepted.
 pub fn spawn_http_backend(
@@ -168,6 +169,9 @@ async fn backend(
             .body(Full::default())
             .unwrap());
     }
+    if request.uri().path() == "/slow" {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     if request.uri().path() == "/big" {
         return Ok(Response::new(Full::new(Bytes::from(vec![b'x'; 10 << 20]))));
     }
@@ -194,6 +198,25 @@ async fn backend(
         header("cookie"),
     );
     Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+/// A backend that accepts connections and never sends a byte (holds them until closed).
+pub fn spawn_silent_backend(listener: TcpListener) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// A TLS backend (for passthrough) that answers every connection with `greeting`.
@@ -243,6 +266,14 @@ pub struct TestGateway {
 }
 
 pub async fn start_gateway(cert_dir: &Path, node_addresses: Vec<std::net::IpAddr>) -> TestGateway {
+    start_gateway_with(cert_dir, node_addresses, GatewayLimits::default()).await
+}
+
+pub async fn start_gateway_with(
+    cert_dir: &Path,
+    node_addresses: Vec<std::net::IpAddr>,
+    limits: GatewayLimits,
+) -> TestGateway {
     let routes = Arc::new(Routes::new(node_addresses));
     let certs = Arc::new(CertStore::open(cert_dir).unwrap());
     let challenges = Arc::new(Http01Challenges::default());
@@ -254,7 +285,7 @@ pub async fn start_gateway(cert_dir: &Path, node_addresses: Vec<std::net::IpAddr
         routes.clone(),
         certs.clone(),
         challenges.clone(),
-        GatewayLimits::default(),
+        limits,
         https.port(),
     )
     .unwrap();
@@ -287,6 +318,17 @@ pub async fn tls_connect(
     roots: &[CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect_from(None, addr, host, roots, alpn).await
+}
+
+/// As `tls_connect`, from the source address `from` when given (another loopback address).
+pub async fn tls_connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    host: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store.add(root.clone()).unwrap();
@@ -299,7 +341,14 @@ pub async fn tls_connect(
     .with_root_certificates(store)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let stream = TcpStream::connect(addr).await?;
+    let stream = match from {
+        None => TcpStream::connect(addr).await?,
+        Some(source) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await?
+        }
+    };
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(host.to_string()).unwrap(), stream)
         .await
