@@ -1,7 +1,9 @@
 //! Certificates from an ACME CA (Let's Encrypt in production, pebble in tests) for the hosts
 //! whose TLS the gateway terminates: HTTP-01 challenges answered by the gateway's plain HTTP
-//! listener, certificates renewed before they expire, failures retried with exponential
-//! backoff and new orders capped per hour, so the CA's rate limits are never reached.
+//! listener, or, with the gateway domain's own name server (`zone`), one wildcard certificate
+//! for every name under the domain proved over DNS-01; certificates renewed before they
+//! expire, failures retried with exponential backoff and new orders capped per hour, so the
+//! CA's rate limits are never reached.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -19,7 +21,11 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use crate::{certs::CertStore, routes::Routes};
+use crate::{
+    certs::CertStore,
+    routes::Routes,
+    zone::{challenge_name, Zone},
+};
 
 /// Pending challenges kept at most (a bound against a flood of routes).
 const MAX_PENDING_CHALLENGES: usize = 4096;
@@ -118,6 +124,15 @@ pub struct CertManager {
     account: tokio::sync::Mutex<Option<Account>>,
     backoff: Mutex<HashMap<String, Backoff>>,
     orders: Mutex<VecDeque<Instant>>,
+    /// With the gateway domain's own name server: one wildcard certificate for the names
+    /// under the domain, proved over DNS-01.
+    zone: Option<Arc<Zone>>,
+}
+
+/// What an order put up to prove control, taken down when the order is done.
+enum Proof {
+    Http01 { token: String },
+    Dns01 { name: String, value: String },
 }
 
 impl CertManager {
@@ -138,7 +153,37 @@ impl CertManager {
             account: tokio::sync::Mutex::new(None),
             backoff: Mutex::default(),
             orders: Mutex::default(),
+            zone: None,
         }
+    }
+
+    /// Orders the names under `zone`'s domain as one wildcard certificate, proved by DNS-01
+    /// answers that the zone's name server gives (other hosts keep HTTP-01).
+    pub fn with_dns01(mut self, zone: Arc<Zone>) -> Self {
+        self.zone = Some(zone);
+        self
+    }
+
+    /// The certificate that serves `host`: the wildcard of the gateway domain for a name
+    /// directly under it (with DNS-01), else the host's own.
+    pub fn certificate_name(&self, host: &str) -> String {
+        let domain = self.zone.as_ref().and_then(|zone| zone.domain());
+        match (domain, host.split_once('.')) {
+            (Some(domain), Some((_, parent))) if parent == domain => format!("*.{domain}"),
+            _ => host.to_string(),
+        }
+    }
+
+    fn served_certificates(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .routes
+            .terminated_hosts()
+            .iter()
+            .map(|host| self.certificate_name(host))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Renews what is due every `period`, and whenever `wake` is notified (a route was
@@ -157,12 +202,11 @@ impl CertManager {
         }
     }
 
-    /// The terminated hosts without a certificate or whose certificate expires within
-    /// `renew_before`.
+    /// The certificates (a terminated host's, or the domain's wildcard) missing or expiring
+    /// within `renew_before`.
     pub fn due(&self) -> Vec<String> {
         let horizon = SystemTime::now() + self.settings.renew_before;
-        self.routes
-            .terminated_hosts()
+        self.served_certificates()
             .into_iter()
             .filter(|host| {
                 self.certs
@@ -176,7 +220,7 @@ impl CertManager {
     pub async fn renew_due(&self) -> Vec<(String, Renewal)> {
         let mut outcomes = Vec::new();
         // Failures of hosts no route serves any more are forgotten.
-        let served = self.routes.terminated_hosts();
+        let served = self.served_certificates();
         self.backoff
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -290,7 +334,8 @@ impl CertManager {
         Ok(account)
     }
 
-    /// Orders, proves (HTTP-01) and installs a certificate for `host`.
+    /// Orders, proves (HTTP-01, or DNS-01 for a wildcard) and installs a certificate for
+    /// `host` (`*.<domain>` for the wildcard).
     pub async fn issue(&self, host: &str) -> Result<()> {
         let account = self.account().await?;
         let identifiers = [Identifier::Dns(host.to_string())];
@@ -298,14 +343,21 @@ impl CertManager {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .context("new order")?;
-        let mut tokens = Vec::new();
-        let proved = self.answer_challenges(&mut order, &mut tokens).await;
+        let mut proofs = Vec::new();
+        let proved = self.answer_challenges(&mut order, host, &mut proofs).await;
         let finished = match proved {
             Ok(()) => self.finish(&mut order, host).await,
             Err(e) => Err(e),
         };
-        for token in tokens {
-            self.challenges.remove(&token);
+        for proof in proofs {
+            match proof {
+                Proof::Http01 { token } => self.challenges.remove(&token),
+                Proof::Dns01 { name, value } => {
+                    if let Some(zone) = &self.zone {
+                        zone.remove_challenge(&name, &value);
+                    }
+                }
+            }
         }
         finished
     }
@@ -313,8 +365,10 @@ impl CertManager {
     async fn answer_challenges(
         &self,
         order: &mut instant_acme::Order,
-        tokens: &mut Vec<String>,
+        host: &str,
+        proofs: &mut Vec<Proof>,
     ) -> Result<()> {
+        let wildcard_of = host.strip_prefix("*.");
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
             let mut authorization = authorization.context("authorization")?;
@@ -323,14 +377,33 @@ impl CertManager {
                 AuthorizationStatus::Valid => continue,
                 status => bail!("authorization is {status:?}"),
             }
-            let mut challenge = authorization
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| anyhow!("the CA offers no HTTP-01 challenge"))?;
-            let key_authorization = challenge.key_authorization().as_str().to_string();
-            self.challenges
-                .insert(challenge.token.clone(), key_authorization)?;
-            tokens.push(challenge.token.clone());
-            challenge.set_ready().await.context("challenge ready")?;
+            match (wildcard_of, &self.zone) {
+                (Some(domain), Some(zone)) => {
+                    let mut challenge = authorization
+                        .challenge(ChallengeType::Dns01)
+                        .ok_or_else(|| anyhow!("the CA offers no DNS-01 challenge"))?;
+                    let (name, value) = (
+                        challenge_name(domain),
+                        challenge.key_authorization().dns_value(),
+                    );
+                    zone.add_challenge(&name, value.clone())?;
+                    proofs.push(Proof::Dns01 { name, value });
+                    challenge.set_ready().await.context("challenge ready")?;
+                }
+                (Some(_), None) => bail!("a wildcard needs the gateway domain's name server"),
+                (None, _) => {
+                    let mut challenge = authorization
+                        .challenge(ChallengeType::Http01)
+                        .ok_or_else(|| anyhow!("the CA offers no HTTP-01 challenge"))?;
+                    let key_authorization = challenge.key_authorization().as_str().to_string();
+                    self.challenges
+                        .insert(challenge.token.clone(), key_authorization)?;
+                    proofs.push(Proof::Http01 {
+                        token: challenge.token.clone(),
+                    });
+                    challenge.set_ready().await.context("challenge ready")?;
+                }
+            }
         }
         Ok(())
     }

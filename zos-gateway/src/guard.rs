@@ -149,7 +149,9 @@ mod tests {
         assert!(limiter.try_acquire(a).is_none());
         assert!(limiter.try_acquire("192.0.2.2".parse().unwrap()).is_some());
         drop(first);
-        let _third = limiter.try_acquire(a).expect("a released slot is free again");
+        let _third = limiter
+            .try_acquire(a)
+            .expect("a released slot is free again");
         // One /64, two addresses: one budget; the IPv4-mapped form is the IPv4 client.
         let _x = limiter
             .try_acquire("2001:db8:1:2::1".parse().unwrap())

@@ -24,6 +24,7 @@ mod proxy;
 pub mod routes;
 mod server;
 mod sni;
+pub mod zone;
 
 pub use acme::{AcmeSettings, CertManager, Http01Challenges, Renewal};
 pub use certs::CertStore;
@@ -31,3 +32,4 @@ pub use dns::{DomainCheck, DomainError};
 pub use meter::TrafficSnapshot;
 pub use routes::{Route, RouteError, Routes, TlsMode};
 pub use server::{Gateway, GatewayLimits};
+pub use zone::Zone;

@@ -55,12 +55,85 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificates_are_issued_by_acme_served_and_renewed() {
-    if !is_root() {
-        eprintln!("skipped: needs root (network namespaces)");
-        return;
+/// Debian's pebble on free loopback ports, with its own HTTPS certificate from a test CA,
+/// validating HTTP-01 on `http_port` and asking the name server on `dns_port`.
+struct Pebble {
+    _process: Killed,
+    files: std::path::PathBuf,
+    acme_port: u16,
+    issuer_root: std::path::PathBuf,
+}
+
+impl Pebble {
+    fn start(files: &std::path::Path, http_port: u16, dns_port: u16) -> Self {
+        let server_ca = TestCa::new("pebble server CA");
+        let (chain, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
+        std::fs::write(files.join("server-ca.pem"), server_ca.pem()).unwrap();
+        std::fs::write(files.join("pebble-cert.pem"), chain).unwrap();
+        std::fs::write(files.join("pebble-key.pem"), key).unwrap();
+        let (acme_port, acme_admin) = (free_port(), free_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{acme_admin}"),
+            "certificate": files.join("pebble-cert.pem"),
+            "privateKey": files.join("pebble-key.pem"),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": 600,
+        }});
+        std::fs::write(files.join("pebble.json"), config.to_string()).unwrap();
+        let process = Killed(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(files.join("pebble.json"))
+                .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(acme_port);
+        wait_for_port(acme_admin);
+        // The root that signs what pebble issues.
+        let root = curl(&[
+            "--cacert",
+            files.join("server-ca.pem").to_str().unwrap(),
+            &format!("https://127.0.0.1:{acme_admin}/roots/0"),
+        ]);
+        let issuer_root = files.join("issuer-root.pem");
+        std::fs::write(&issuer_root, root).unwrap();
+        Self {
+            _process: process,
+            files: files.to_path_buf(),
+            acme_port,
+            issuer_root,
+        }
     }
+
+    fn settings(&self) -> AcmeSettings {
+        let mut settings = AcmeSettings::new(format!("https://127.0.0.1:{}/dir", self.acme_port));
+        settings.server_root = Some(self.files.join("server-ca.pem"));
+        settings
+    }
+
+    /// GET `path` on `host` through the gateway, verifying its certificate against pebble's
+    /// issuing root.
+    fn fetch_through(&self, gw: &TestGateway, host: &str, path: &str) -> String {
+        let port = gw.https.port();
+        curl(&[
+            "--cacert",
+            self.issuer_root.to_str().unwrap(),
+            "--resolve",
+            &format!("{host}:{port}:127.0.0.1"),
+            &format!("https://{host}:{port}{path}"),
+        ])
+    }
+}
+
+fn require_tools() {
     for tool in ["pebble", "pebble-challtestsrv", "curl"] {
         assert!(
             Command::new("sh")
@@ -72,6 +145,15 @@ async fn certificates_are_issued_by_acme_served_and_renewed() {
             "{tool} is missing: run scripts/setup-toolchain.sh"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_issued_by_acme_served_and_renewed() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    require_tools();
     let dir = tempfile::tempdir().unwrap();
     let net = BackendNet::new("ac", 2);
     spawn_http_backend(net.listen(8080), "web");
@@ -103,43 +185,11 @@ async fn certificates_are_issued_by_acme_served_and_renewed() {
         r#"{"host":"elsewhere.gw.example.com.","addresses":["127.0.0.2"]}"#,
     ]);
 
-    // The CA, with its own HTTPS certificate from a test CA, validating HTTP-01 on the
-    // gateway's plain HTTP port.
-    let server_ca = TestCa::new("pebble server CA");
-    let (chain, key) = server_ca.leaf(&["localhost", "127.0.0.1"]);
+    // The CA, validating HTTP-01 on the gateway's plain HTTP port.
     let files = dir.path();
-    std::fs::write(files.join("server-ca.pem"), server_ca.pem()).unwrap();
-    std::fs::write(files.join("pebble-cert.pem"), chain).unwrap();
-    std::fs::write(files.join("pebble-key.pem"), key).unwrap();
-    let (acme_port, acme_admin) = (free_port(), free_port());
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{acme_port}"),
-        "managementListenAddress": format!("127.0.0.1:{acme_admin}"),
-        "certificate": files.join("pebble-cert.pem"),
-        "privateKey": files.join("pebble-key.pem"),
-        "httpPort": gw.http.port(),
-        "tlsPort": free_port(),
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false,
-        "certificateValidityPeriod": 600,
-    }});
-    std::fs::write(files.join("pebble.json"), config.to_string()).unwrap();
-    let _ca = Killed(
-        Command::new("pebble")
-            .arg("-config")
-            .arg(files.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(acme_port);
-    wait_for_port(acme_admin);
+    let pebble = Pebble::start(files, gw.http.port(), dns_port);
 
-    let mut settings = AcmeSettings::new(format!("https://127.0.0.1:{acme_port}/dir"));
-    settings.server_root = Some(files.join("server-ca.pem"));
+    let mut settings = pebble.settings();
     settings.renew_before = Duration::from_secs(3600); // > 10 min: always due, to renew
     let manager = CertManager::new(
         settings,
@@ -163,21 +213,7 @@ async fn certificates_are_issued_by_acme_served_and_renewed() {
     let first_expiry = gw.certs.not_after("app.gw.example.com").unwrap();
 
     // Served by the gateway and trusted through pebble's root.
-    let root = curl(&[
-        "--cacert",
-        files.join("server-ca.pem").to_str().unwrap(),
-        &format!("https://127.0.0.1:{acme_admin}/roots/0"),
-    ]);
-    std::fs::write(files.join("issuer-root.pem"), root).unwrap();
-    let fetch = || {
-        curl(&[
-            "--cacert",
-            files.join("issuer-root.pem").to_str().unwrap(),
-            "--resolve",
-            &format!("app.gw.example.com:{}:127.0.0.1", gw.https.port()),
-            &format!("https://app.gw.example.com:{}/hello", gw.https.port()),
-        ])
-    };
+    let fetch = || pebble.fetch_through(&gw, "app.gw.example.com", "/hello");
     assert!(fetch().starts_with("web GET /hello host=app.gw.example.com"));
 
     // Due again (it expires within `renew_before`): renewed; the failed name waits its backoff.
@@ -209,4 +245,112 @@ async fn certificates_are_issued_by_acme_served_and_renewed() {
             std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(files.join(file)).unwrap());
         assert_eq!(mode & 0o077, 0, "{file} is readable by others");
     }
+}
+
+/// The gateway domain's own name server answers the CA: one wildcard certificate, proved over
+/// DNS-01, serves every name under the domain, names added later included, without another
+/// order; a name two labels down gets its own certificate over HTTP-01, resolved by the same
+/// name server; the challenge's TXT record is gone once the order is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_domain_gets_one_wildcard_certificate_over_dns01() {
+    use hickory_resolver::{
+        config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+        TokioAsyncResolver,
+    };
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let net = BackendNet::new("wc", 3);
+    spawn_http_backend(net.listen(8080), "web");
+    let gw = start_gateway(&dir.path().join("certs"), vec![]).await;
+    let zone = zos_gateway::Zone::new(vec!["127.0.0.1".parse().unwrap()]);
+    zone.set_domain("gw.example.test");
+    let dns = zos_gateway::zone::serve(zone.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let files = dir.path();
+    let pebble = Pebble::start(files, gw.http.port(), dns.port());
+
+    let hosts = [
+        "app.gw.example.test",
+        "two.gw.example.test",
+        "deep.a.gw.example.test",
+    ];
+    let refused = gw.routes.replace(
+        hosts
+            .iter()
+            .map(|host| route(host, &net, 8080, TlsMode::Terminate))
+            .collect(),
+    );
+    assert!(refused.is_empty());
+    let mut settings = pebble.settings();
+    settings.renew_before = Duration::from_secs(60); // 10-minute certificates: not due again
+    let manager = CertManager::new(
+        settings,
+        files,
+        gw.certs.clone(),
+        gw.routes.clone(),
+        gw.challenges.clone(),
+    )
+    .with_dns01(zone.clone());
+    let started = Instant::now();
+    let mut outcomes = manager.renew_due().await;
+    eprintln!("first round in {:?}: {outcomes:?}", started.elapsed());
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        outcomes,
+        vec![
+            ("*.gw.example.test".to_string(), Renewal::Issued),
+            ("deep.a.gw.example.test".to_string(), Renewal::Issued),
+        ]
+    );
+    for host in hosts {
+        let page = pebble.fetch_through(&gw, host, "/hi");
+        assert!(
+            page.starts_with(&format!("web GET /hi host={host}")),
+            "{page}"
+        );
+    }
+    // A name added later is served by the wildcard at once: no order.
+    let mut later: Vec<_> = hosts
+        .iter()
+        .map(|host| route(host, &net, 8080, TlsMode::Terminate))
+        .collect();
+    later.push(route(
+        "later.gw.example.test",
+        &net,
+        8080,
+        TlsMode::Terminate,
+    ));
+    assert!(gw.routes.replace(later).is_empty());
+    assert_eq!(manager.renew_due().await, vec![]);
+    assert!(pebble
+        .fetch_through(&gw, "later.gw.example.test", "/")
+        .starts_with("web GET / host=later.gw.example.test"));
+
+    // Over real DNS: names in the zone are the gateway, the proof is gone, others refused.
+    let mut options = ResolverOpts::default();
+    options.cache_size = 0;
+    options.attempts = 1;
+    let servers = NameServerConfigGroup::from_ips_clear(&[dns.ip()], dns.port(), true);
+    let resolver =
+        TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], servers), options);
+    let found = resolver
+        .ipv4_lookup("anything.gw.example.test.")
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![std::net::Ipv4Addr::LOCALHOST]
+    );
+    assert!(resolver
+        .txt_lookup("_acme-challenge.gw.example.test.")
+        .await
+        .is_err());
+    assert!(resolver.ipv4_lookup("example.org.").await.is_err());
+    let stored = std::fs::metadata(files.join("certs/_wildcard.gw.example.test/key.pem")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mode(&stored) & 0o077, 0);
 }
