@@ -125,6 +125,12 @@ pub struct Flags {
     /// Default: the system's resolver.
     #[arg(long, env = "ZOS_GATEWAY_DNS")]
     pub gateway_dns: Option<SocketAddr>,
+    /// Answer DNS for the node's gateway domain on this address (UDP and TCP, e.g.
+    /// 0.0.0.0:53), once the farmer delegates the domain to the node (an NS record): every
+    /// name in it resolves to the node's public addresses, and the names under it share one
+    /// wildcard certificate proved over DNS-01. Default: off (a certificate per name, HTTP-01).
+    #[arg(long, env = "ZOS_GATEWAY_ZONE_ADDR")]
+    pub gateway_zone_addr: Option<SocketAddr>,
 }
 
 /// The TOML file's shape: every key optional, same names as the flags.
@@ -157,6 +163,7 @@ pub struct FileConfig {
     pub acme_root: Option<PathBuf>,
     pub acme_contact: Option<String>,
     pub gateway_dns: Option<SocketAddr>,
+    pub gateway_zone_addr: Option<SocketAddr>,
 }
 
 /// The web gateway of a gateway node.
@@ -172,6 +179,8 @@ pub struct GatewayConfig {
     pub acme_contact: Option<String>,
     /// Name server for deployers' domains; `None`: the system's.
     pub dns: Option<SocketAddr>,
+    /// Where the node answers DNS for its gateway domain; `None`: it does not.
+    pub zone_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +295,7 @@ impl Config {
                 acme_root: flags.acme_root.or(file.acme_root),
                 acme_contact: flags.acme_contact.or(file.acme_contact),
                 dns: flags.gateway_dns.or(file.gateway_dns),
+                zone_addr: flags.gateway_zone_addr.or(file.gateway_zone_addr),
             }),
         };
         let reserve = flags

@@ -13,7 +13,7 @@ use std::{
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use zos_gateway::{DomainCheck, Route, Routes, TlsMode};
+use zos_gateway::{DomainCheck, Route, Routes, TlsMode, Zone};
 use zos_primitives::{
     spec::{gateway_full_host, GatewayHost, Workload, WorkloadKind},
     ContractId,
@@ -36,6 +36,9 @@ pub struct GatewayDriver {
     listen_addresses: Vec<IpAddr>,
     /// Woken when a terminated route is added, so its certificate is ordered at once.
     certificates_due: Arc<Notify>,
+    /// The gateway domain's name server, when the node answers for its domain: told the
+    /// domain and addresses the chain has for the node.
+    zone: Option<Arc<Zone>>,
     /// The host each installed workload serves (to remove it whatever the spec says now) and
     /// whether it is paused (grace period: no route, the name kept).
     installed: Mutex<HashMap<(ContractId, Vec<u8>), (String, bool)>>,
@@ -48,6 +51,7 @@ impl GatewayDriver {
         domains: DomainCheck,
         listen_addresses: Vec<IpAddr>,
         certificates_due: Arc<Notify>,
+        zone: Option<Arc<Zone>>,
     ) -> Self {
         Self {
             routes,
@@ -55,8 +59,21 @@ impl GatewayDriver {
             domains,
             listen_addresses,
             certificates_due,
+            zone,
             installed: Mutex::default(),
         }
+    }
+
+    /// The node's own addresses: the gateway's specific listen ones, then its public ones on
+    /// chain.
+    fn own_addresses(&self, ctx: &WorkloadCtx) -> Vec<IpAddr> {
+        let mut ours = self.listen_addresses.clone();
+        ours.extend(
+            ctx.node_addresses
+                .iter()
+                .filter(|ip| !self.listen_addresses.contains(ip)),
+        );
+        ours
     }
 
     fn route(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<Route> {
@@ -105,14 +122,8 @@ impl GatewayDriver {
         let route = self.route(ctx, w)?;
         if let WorkloadKind::Gateway(spec) = &w.kind {
             if matches!(spec.host, GatewayHost::Fqdn(_)) {
-                let mut ours = self.listen_addresses.clone();
-                ours.extend(
-                    ctx.node_addresses
-                        .iter()
-                        .filter(|ip| !self.listen_addresses.contains(ip)),
-                );
                 self.domains
-                    .points_at(&route.host, &ours)
+                    .points_at(&route.host, &self.own_addresses(ctx))
                     .await
                     .map_err(|e| match e {
                         zos_gateway::DomainError::Lookup { .. } => {
@@ -127,6 +138,10 @@ impl GatewayDriver {
             .filter(|(h, _)| *h != route.host)
         {
             self.routes.remove(&old, ctx.contract);
+        }
+        if let (Some(zone), Some(domain)) = (&self.zone, &ctx.node_domain) {
+            zone.set_domain(domain);
+            zone.set_addresses(self.own_addresses(ctx));
         }
         let host = route.host.clone();
         let terminated = route.tls == TlsMode::Terminate;
@@ -232,6 +247,20 @@ pub async fn start(
         AcmeSettings, CertManager, CertStore, Gateway, GatewayLimits, Http01Challenges,
     };
 
+    // Before the listeners: the zone answers nothing until a gateway workload tells it the
+    // node's domain.
+    let zone = match config.zone_addr {
+        Some(addr) => {
+            let zone = Zone::new(Vec::new());
+            let bound = zos_gateway::zone::serve(zone.clone(), addr)
+                .await
+                .with_context(|| format!("gateway domain name server address {addr}"))?;
+            tracing::info!(%bound, "answering DNS for the gateway domain");
+            Some(zone)
+        }
+        None => None,
+    };
+
     let mut listen: Vec<IpAddr> = [config.https_addr.ip(), config.http_addr.ip()]
         .into_iter()
         .filter(|ip| !ip.is_unspecified())
@@ -271,13 +300,11 @@ pub async fn start(
             let mut settings = AcmeSettings::new(directory.clone());
             settings.server_root = config.acme_root.clone();
             settings.contact = config.acme_contact.iter().cloned().collect();
-            let manager = Arc::new(CertManager::new(
-                settings,
-                &dir,
-                certs,
-                routes.clone(),
-                challenges,
-            ));
+            let mut manager = CertManager::new(settings, &dir, certs, routes.clone(), challenges);
+            if let Some(zone) = &zone {
+                manager = manager.with_dns01(zone.clone());
+            }
+            let manager = Arc::new(manager);
             tokio::spawn(manager.run(
                 std::time::Duration::from_secs(3600),
                 certificates_due.clone(),
@@ -295,5 +322,6 @@ pub async fn start(
         DomainCheck::new(config.dns)?,
         listen,
         certificates_due,
+        zone,
     ))
 }
