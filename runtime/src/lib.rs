@@ -57,7 +57,7 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     impl_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     authoring_version: 1,
-    spec_version: 108,
+    spec_version: 109,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
     transaction_version: 1,
@@ -120,6 +120,7 @@ type Migrations = (
     pallet_grid::migrations::V1ToV2<Runtime>,
     pallet_billing::migrations::V2ToV3<Runtime>,
     pallet_deployments::migrations::V2ToV3<Runtime>,
+    pallet_grid::migrations::V2ToV3<Runtime>,
 );
 
 pub type Executive = frame_executive::Executive<

@@ -13,7 +13,8 @@
 //! a network and two gateways (`myapp.gw.example.com` and `shop.example.org`) to the app. curl
 //! fetches the page by both names over HTTPS, trusting only pebble's root; plain HTTP
 //! redirects. A name someone else holds and a loopback backend are refused by the chain, a
-//! domain whose DNS points elsewhere fails its contract with the reason on chain. The bytes
+//! domain whose DNS points elsewhere fails its contract with the reason on chain and is freed
+//! on that node for another deployer. The bytes
 //! through the gateway are billed as the contract's public traffic; cancelling frees the name.
 //!
 //! Needs root, busybox, nftables, WireGuard (kernel module or wireguard-go), curl and pebble.
@@ -553,6 +554,11 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
     let mut again = backend(false);
     again["host"] = serde_json::json!({ "name": "myapp" });
     again["backends"] = serde_json::json!(["198.51.100.20:80"]);
-    single_signer_contract(api, node, &gateway_only(again)?, &dev::eve()).await?;
+    // The domain that failed its check on this node was freed on chain: its real owner (here
+    // another account) claims it on the same node.
+    tokio::try_join!(
+        single_signer_contract(api, node, &gateway_only(again)?, &dev::eve()),
+        single_signer_contract(api, node, &elsewhere, &dev::bob()),
+    )?;
     Ok(())
 }

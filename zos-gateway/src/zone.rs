@@ -81,7 +81,10 @@ impl Zone {
 
     /// Sets the addresses every name in the zone resolves to (the node's public addresses).
     pub fn set_addresses(&self, addresses: Vec<IpAddr>) {
-        self.state.write().unwrap_or_else(|e| e.into_inner()).addresses = addresses;
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .addresses = addresses;
     }
 
     /// The gateway domain, once known.

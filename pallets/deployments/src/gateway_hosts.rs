@@ -9,7 +9,9 @@
 
 use super::*;
 use frame_support::{pallet_prelude::ConstU32, weights::Weight};
-use zos_primitives::spec::{gateway_host_key, GatewayHost, SpecError, MAX_WORKLOADS};
+use zos_primitives::spec::{
+    gateway_host_is_name, gateway_host_key, GatewayHost, SpecError, MAX_WORKLOADS,
+};
 
 /// The host keys a contract holds, in spec order.
 pub type GatewayHostKeys = BoundedVec<[u8; 32], ConstU32<MAX_WORKLOADS>>;
@@ -91,6 +93,51 @@ impl<T: Config> Pallet<T> {
             if GatewayHosts::<T>::get(key) == Some(contract_id) {
                 GatewayHosts::<T>::remove(key);
             }
+        }
+    }
+
+    /// Frees the FQDNs of the gateway workloads the node reports failed. A failed workload
+    /// serves nothing, and an FQDN held on a node whose check it fails (its DNS points
+    /// elsewhere) would keep the domain's owner from that node for as long as the contract
+    /// lives. Names under the node's domain stay held: the node can always serve them.
+    pub(crate) fn release_failed_fqdns(
+        contract_id: ContractId,
+        node: NodeId,
+        spec: &DeploymentSpec,
+        reports: &WorkloadReports,
+    ) {
+        let Some(mut held) = ContractGatewayHosts::<T>::get(contract_id) else {
+            return;
+        };
+        let mut domain = None;
+        for (workload, report) in spec.workloads.iter().zip(reports.iter()) {
+            let (Some(gateway), WorkloadResult::Error(_)) = (workload.as_gateway(), &report.result)
+            else {
+                continue;
+            };
+            let domain = domain.get_or_insert_with(|| T::Grid::node_gateway_domain(node));
+            if gateway_host_is_name(&gateway.host, domain.as_deref()) {
+                continue;
+            }
+            let Some(key) = gateway_host_key(node, &gateway.host, domain.as_deref()) else {
+                continue;
+            };
+            if !held.contains(&key) {
+                continue;
+            }
+            held.retain(|k| *k != key);
+            if GatewayHosts::<T>::get(key) == Some(contract_id) {
+                GatewayHosts::<T>::remove(key);
+            }
+            Self::deposit_event(Event::GatewayFqdnFreed {
+                contract: contract_id,
+                workload: workload.name.clone(),
+            });
+        }
+        if held.is_empty() {
+            ContractGatewayHosts::<T>::remove(contract_id);
+        } else {
+            ContractGatewayHosts::<T>::insert(contract_id, held);
         }
     }
 

@@ -273,6 +273,13 @@ pub mod pallet {
         GracePeriodEnded {
             contract: ContractId,
         },
+        /// The node reported gateway workload `workload` failed (its domain does not point at
+        /// the node, say): the deployer's domain it claimed on that node is free again, so a
+        /// claim nobody can serve does not keep the domain's owner away.
+        GatewayFqdnFreed {
+            contract: ContractId,
+            workload: WorkloadName,
+        },
     }
 
     #[pallet::error]
@@ -620,7 +627,8 @@ pub mod pallet {
         /// The contract's node reports the outcome of deploying `version` (the active one): one
         /// entry per workload, in spec order.
         #[pallet::call_index(5)]
-        #[pallet::weight(T::WeightInfo::report_deployment())]
+        #[pallet::weight(T::WeightInfo::report_deployment()
+            .saturating_add(Pallet::<T>::gateway_hosts_weight()))]
         pub fn report_deployment(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -651,6 +659,9 @@ pub mod pallet {
             );
             let failure = Self::first_failure(&workloads);
             let failed = failure.as_ref().map(|f| f.workload.clone());
+            if failure.is_some() {
+                Self::release_failed_fqdns(contract_id, contract.node, &spec, &workloads);
+            }
             if contract.state != ContractState::GracePeriod {
                 contract.state = match failure {
                     Some(reason) => ContractState::Failed(reason),

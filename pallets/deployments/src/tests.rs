@@ -1390,17 +1390,42 @@ fn try_state_catches_a_grid_ledger_that_disagrees_with_the_contracts() {
     }
 }
 
-/// Gives `node` a gateway domain, as its farmer's public config would.
+/// Gives `node` a gateway domain through its farmer's public config.
 fn set_domain(node: NodeId, domain: &str) {
-    pallet_grid::Nodes::<Test>::mutate(node, |n| {
-        n.as_mut().unwrap().public_config = Some(pallet_grid::PublicConfig {
+    assert_ok!(Grid::set_node_public_config(
+        RuntimeOrigin::signed(FARMER),
+        node,
+        Some(pallet_grid::PublicConfig {
             ipv4: None,
             ipv6: None,
             domain: Some(frame_support::BoundedVec::truncate_from(
                 domain.as_bytes().to_vec(),
             )),
         })
-    });
+    ));
+}
+
+/// Another online node in the farm of `node` (a domain belongs to one farm: a gateway pair).
+fn big_node_beside(node: NodeId) -> NodeId {
+    let first = pallet_grid::Nodes::<Test>::get(node).unwrap();
+    let account = 1_000 + u64::from(pallet_grid::NextNodeId::<Test>::get());
+    assert_ok!(Grid::authorize_node(
+        RuntimeOrigin::signed(FARMER),
+        first.farm_id,
+        account
+    ));
+    let id = pallet_grid::NextNodeId::<Test>::get();
+    assert_ok!(Grid::register_node(
+        RuntimeOrigin::signed(account),
+        first.farm_id,
+        first.capacity,
+        first.box_key,
+        first.location,
+        None,
+        first.executor_version
+    ));
+    assert_ok!(Grid::heartbeat(RuntimeOrigin::signed(account)));
+    id
 }
 
 /// A VM spec plus gateways serving `hosts` (a public backend each).
@@ -1439,7 +1464,7 @@ fn gw_fqdn(s: &str) -> GatewayHost {
 fn gateway_names_are_unique_per_domain_and_live_as_long_as_their_contract() {
     run_test(|| {
         let (n1, _) = big_node();
-        let (n2, _) = big_node();
+        let n2 = big_node_beside(n1);
         let (bare, _) = big_node();
         // Two gateway nodes sharing one domain (a farm's gateway pair), one without a domain.
         set_domain(n1, "gw.example.com");
@@ -1558,6 +1583,92 @@ fn gateway_names_are_unique_per_domain_and_live_as_long_as_their_contract() {
             1,
         );
         assert_eq!(GatewayHosts::<Test>::iter().count(), 4);
+    });
+}
+
+#[test]
+fn a_failed_fqdn_is_freed_on_its_node_and_names_stay_held() {
+    run_test(|| {
+        let (node, account) = big_node();
+        set_domain(node, "gw.example.com");
+        let hosts = [
+            gw_name("myapp"),
+            gw_fqdn("shop.example.org"),
+            gw_fqdn("spelled.gw.example.com"),
+        ];
+        let s = gateway_spec(0, &hosts);
+        let id = create(A, node, s.clone(), &[(A, 1, false)], 1);
+        assert_eq!(ContractGatewayHosts::<Test>::get(id).unwrap().len(), 3);
+        let fail = |report: &mut WorkloadReports, workload: &str| {
+            let entry = report
+                .iter_mut()
+                .find(|r| r.name == wname(workload))
+                .unwrap();
+            entry.result = WorkloadResult::Error(b"points elsewhere".to_vec().try_into().unwrap());
+        };
+        // The name and the FQDN spelling a name fail: both stay held (the node can serve them).
+        let mut report = ok_report(&s);
+        fail(&mut report, "gw0");
+        fail(&mut report, "gw2");
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report
+        ));
+        assert_eq!(ContractGatewayHosts::<Test>::get(id).unwrap().len(), 3);
+        let taken = Deployments::create(
+            RuntimeOrigin::signed(B),
+            node,
+            Box::new(gateway_spec(0, &[gw_fqdn("shop.example.org")])),
+            signers(&[(B, 1, false)]),
+            1,
+        );
+        assert_eq!(taken, Err(Error::<Test>::GatewayHostTaken.into()));
+        // The deployer's own domain fails its check on this node: freed, and its owner takes it.
+        let mut report = ok_report(&s);
+        fail(&mut report, "gw1");
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report.clone()
+        ));
+        System::assert_has_event(
+            Event::GatewayFqdnFreed {
+                contract: id,
+                workload: wname("gw1"),
+            }
+            .into(),
+        );
+        assert_eq!(ContractGatewayHosts::<Test>::get(id).unwrap().len(), 2);
+        let owner = create(
+            B,
+            node,
+            gateway_spec(0, &[gw_fqdn("shop.example.org")]),
+            &[(B, 1, false)],
+            1,
+        );
+        // A repeated failure report frees nothing of the new holder's.
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report
+        ));
+        assert_eq!(ContractGatewayHosts::<Test>::get(owner).unwrap().len(), 1);
+        assert_eq!(GatewayHosts::<Test>::iter().count(), 3);
+        // Updating back to the same spec claims it again: taken now.
+        assert_noop!(
+            Deployments::propose_update(
+                RuntimeOrigin::signed(A),
+                id,
+                Box::new(gateway_spec(1, &hosts))
+            ),
+            Error::<Test>::GatewayHostTaken
+        );
+        assert_ok!(Deployments::propose_cancel(RuntimeOrigin::signed(A), id));
+        assert_eq!(GatewayHosts::<Test>::iter().count(), 1);
     });
 }
 

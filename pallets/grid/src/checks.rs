@@ -128,18 +128,25 @@ impl<T: Config> Pallet<T> {
         }
         if let Some(domain) = &config.domain {
             ensure!(is_valid_domain(domain), Error::<T>::InvalidDomain);
+            ensure!(
+                domains::has_allowed_depth(domain),
+                Error::<T>::GatewayDomainTooDeep
+            );
         }
         Ok(())
     }
 
-    /// Moves the IP index entries of node `node_id` from the addresses of its `old` public
-    /// configuration to those of `new`. Keeping an address is not a conflict; a new address
-    /// held by a farm pool or another node is refused, with nothing changed.
+    /// Moves the IP and gateway domain index entries of node `node_id` (of farm `farm_id`)
+    /// from its `old` public configuration to `new`. Keeping an address or a domain is not a
+    /// conflict; a new address held by a farm pool or another node, or a domain of another
+    /// farm, is refused, with nothing changed.
     pub(crate) fn move_node_ips(
         node_id: NodeId,
+        farm_id: FarmId,
         old: Option<&PublicConfig>,
         new: Option<&PublicConfig>,
     ) -> DispatchResult {
+        Self::move_node_domain(farm_id, old, new)?;
         let (old_v4, new_v4) = (Self::config_ipv4(old), Self::config_ipv4(new));
         let (old_v6, new_v6) = (Self::config_ipv6(old), Self::config_ipv6(new));
         if let Some(ip) = new_v4.filter(|_| new_v4 != old_v4) {

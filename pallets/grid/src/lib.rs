@@ -43,6 +43,7 @@ mod benchmarking;
 mod capacity;
 mod checks;
 mod deposits;
+pub mod domains;
 pub mod migrations;
 #[cfg(test)]
 mod mock;
@@ -85,7 +86,7 @@ pub mod pallet {
     use frame_system::pallet_prelude::*;
     use zos_primitives::{IpError, DEFAULT_PRICING_POLICY};
 
-    const STORAGE_VERSION: StorageVersion = StorageVersion::new(2);
+    const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]
@@ -240,6 +241,18 @@ pub mod pallet {
     /// each other's routing). Several nodes may share a subnet (one farm LAN).
     #[pallet::storage]
     pub type Ipv6Owner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 16], NodeId, OptionQuery>;
+
+    /// The farm whose nodes declare each gateway domain (lowercase), and how many of them do:
+    /// a domain, its parents and its subdomains belong to one farm (see the `domains` module).
+    #[pallet::storage]
+    pub type GatewayDomainFarm<T: Config> =
+        StorageMap<_, Blake2_128Concat, Domain, (FarmId, u32), OptionQuery>;
+
+    /// Per parent domain (lowercase) and farm: how many gateway domains that farm's nodes
+    /// declare below it, so a domain whose subdomain another farm declared is refused.
+    #[pallet::storage]
+    pub type GatewayDomainsBelow<T: Config> =
+        StorageDoubleMap<_, Blake2_128Concat, Domain, Twox64Concat, FarmId, u32, ValueQuery>;
 
     /// Deposits held for farms, pool addresses, node authorizations and nodes, with who gets
     /// each back. See the `deposits` module.
@@ -474,6 +487,11 @@ pub mod pallet {
         InvalidPublicIpv6(IpError),
         /// The domain is not a valid DNS name.
         InvalidDomain,
+        /// Another farm's node declares this gateway domain, a parent or a subdomain of it: a
+        /// domain's names belong to one farm.
+        GatewayDomainOfAnotherFarm,
+        /// A gateway domain may have at most `domains::MAX_GATEWAY_DOMAIN_LABELS` labels.
+        GatewayDomainTooDeep,
         NodeNotFound,
         /// The signer has not registered a node.
         NotANode,
@@ -784,7 +802,9 @@ pub mod pallet {
         /// which the farm owner must have authorized (`authorize_node`); the authorization is
         /// used up.
         #[pallet::call_index(7)]
-        #[pallet::weight(T::WeightInfo::register_node().saturating_add(deposits::deposits_weight::<T>(1)))]
+        #[pallet::weight(T::WeightInfo::register_node()
+            .saturating_add(deposits::deposits_weight::<T>(1))
+            .saturating_add(Pallet::<T>::domain_index_weight()))]
         pub fn register_node(
             origin: OriginFor<T>,
             farm_id: FarmId,
@@ -830,6 +850,7 @@ pub mod pallet {
         /// reserved.
         #[pallet::call_index(8)]
         #[pallet::weight(T::WeightInfo::update_node()
+            .saturating_add(Pallet::<T>::domain_index_weight())
             .saturating_add(T::DbWeight::get().reads_writes(1, 2)))]
         pub fn update_node(
             origin: OriginFor<T>,
@@ -856,7 +877,12 @@ pub mod pallet {
                 public_config.as_ref(),
                 &executor_version,
             )?;
-            Self::move_node_ips(node_id, node.public_config.as_ref(), public_config.as_ref())?;
+            Self::move_node_ips(
+                node_id,
+                node.farm_id,
+                node.public_config.as_ref(),
+                public_config.as_ref(),
+            )?;
             node.capacity = capacity;
             node.location = location;
             node.public_config = public_config;
@@ -879,6 +905,7 @@ pub mod pallet {
         /// deposits released) and it is removed.
         #[pallet::call_index(9)]
         #[pallet::weight(T::WeightInfo::remove_node()
+            .saturating_add(Pallet::<T>::domain_index_weight())
             .saturating_add(T::DbWeight::get().reads_writes(2, 4))
             .saturating_add(deposits::deposits_weight::<T>(1))
             .saturating_add(T::OnNodeRemoved::on_node_removed_weight()))]
@@ -975,6 +1002,7 @@ pub mod pallet {
         /// another node, its IPv6 address not by another node.
         #[pallet::call_index(13)]
         #[pallet::weight(T::WeightInfo::set_node_public_config()
+            .saturating_add(Pallet::<T>::domain_index_weight())
             .saturating_add(T::DbWeight::get().reads_writes(1, 2)))]
         pub fn set_node_public_config(
             origin: OriginFor<T>,
@@ -987,7 +1015,12 @@ pub mod pallet {
             if let Some(config) = &public_config {
                 Self::check_public_config(config)?;
             }
-            Self::move_node_ips(node_id, node.public_config.as_ref(), public_config.as_ref())?;
+            Self::move_node_ips(
+                node_id,
+                node.farm_id,
+                node.public_config.as_ref(),
+                public_config.as_ref(),
+            )?;
             node.public_config = public_config;
             let farm_id = node.farm_id;
             Nodes::<T>::insert(node_id, node);

@@ -17,7 +17,7 @@ impl<T: Config> Pallet<T> {
     ) -> DispatchResult {
         let node_id = NextNodeId::<T>::get();
         let next = node_id.checked_add(1).ok_or(Error::<T>::NodeIdsExhausted)?;
-        Self::move_node_ips(node_id, None, public_config.as_ref())?;
+        Self::move_node_ips(node_id, farm_id, None, public_config.as_ref())?;
         Self::move_deposit(
             DepositItem::NodeAuthorization(farm_id, account.clone()),
             DepositItem::Node(node_id),

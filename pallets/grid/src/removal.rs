@@ -25,6 +25,7 @@ pub(crate) fn forced_node_removal_weight<T: Config>() -> Weight {
         .saturating_add(deposits::deposits_weight::<T>(1))
         .saturating_add(T::DbWeight::get().writes(1))
         .saturating_add(T::OnNodeRemoved::on_node_removed_weight())
+        .saturating_add(Pallet::<T>::domain_index_weight())
 }
 
 /// Worst case of one `force_remove_farm`: the most node entries read and nodes removed, or the
@@ -221,7 +222,7 @@ impl<T: Config> Pallet<T> {
             Error::<T>::NodeHasActiveContracts
         );
         ensure!(node.assigned_ips == 0, Error::<T>::NodeHasAssignedIps);
-        Self::move_node_ips(node_id, node.public_config.as_ref(), None)?;
+        Self::move_node_ips(node_id, node.farm_id, node.public_config.as_ref(), None)?;
         Self::release_deposit(DepositItem::Node(node_id));
         // A queued entry of a pending removal is skipped once this is gone.
         NodeRemovals::<T>::remove(node_id);
@@ -354,7 +355,8 @@ impl<T: Config> Pallet<T> {
                     T::WeightInfo::remove_node()
                         .saturating_add(deposits::deposits_weight::<T>(1))
                         .saturating_add(T::DbWeight::get().writes(1))
-                        .saturating_add(T::OnNodeRemoved::on_node_removed_weight()),
+                        .saturating_add(T::OnNodeRemoved::on_node_removed_weight())
+                        .saturating_add(Self::domain_index_weight()),
                 );
                 NodeRemovalQueue::<T>::remove(kind, head);
                 head = head.saturating_add(1);

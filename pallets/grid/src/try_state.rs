@@ -147,6 +147,7 @@ impl<T: Config> Pallet<T> {
                 "IP index does not point at the holder"
             );
         }
+        Self::check_domain_index()?;
         Ok(())
     }
 }

@@ -100,6 +100,22 @@ pub fn gateway_full_host(host: &GatewayHost, node_domain: Option<&[u8]>) -> Opti
     }
 }
 
+/// Whether the chain holds `host` as a name under the node's gateway domain: a name, or an
+/// FQDN at or under that domain (which spells a name).
+pub fn gateway_host_is_name(host: &GatewayHost, node_domain: Option<&[u8]>) -> bool {
+    let GatewayHost::Fqdn(fqdn) = host else {
+        return true;
+    };
+    let full = fqdn.as_bytes();
+    node_domain.is_some_and(|domain| {
+        let domain = domain.to_ascii_lowercase();
+        full == domain.as_slice()
+            || (full.len() > domain.len()
+                && full.ends_with(&domain)
+                && full[full.len() - domain.len() - 1] == b'.')
+    })
+}
+
 /// The chain's key for a claimed host: a name is unique per domain (whichever node serves the
 /// domain), an FQDN per node (its DNS decides which node gets the traffic). An FQDN at or under
 /// the node's own gateway domain is keyed as the name it spells, so it can never take over a
@@ -114,15 +130,8 @@ pub fn gateway_host_key(
     if full.len() > MAX_FQDN_LEN as usize {
         return None;
     }
-    let under_domain = node_domain.is_some_and(|domain| {
-        let domain = domain.to_ascii_lowercase();
-        full == domain
-            || (full.len() > domain.len()
-                && full.ends_with(&domain)
-                && full[full.len() - domain.len() - 1] == b'.')
-    });
     let mut preimage = Vec::with_capacity(full.len() + 16);
-    if matches!(host, GatewayHost::Name(_)) || under_domain {
+    if gateway_host_is_name(host, node_domain) {
         preimage.extend_from_slice(b"zos/gw-name/");
     } else {
         preimage.extend_from_slice(b"zos/gw-fqdn/");
