@@ -124,14 +124,19 @@ impl CertStore {
             .map(|c| c.not_after)
     }
 
-    /// The certificate a client asking for `host` gets: the host's own, else the wildcard of
-    /// its parent domain.
+    /// The certificate a client asking for `host` gets: of the host's own and the wildcard of
+    /// its parent domain, the one that expires last (a host's own certificate left from before
+    /// a wildcard is not renewed any more).
     pub fn lookup(&self, host: &str) -> Option<Arc<StoredCert>> {
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
-        certs.get(host).cloned().or_else(|| {
-            let (_, parent) = host.split_once('.')?;
-            certs.get(&format!("*.{parent}")).cloned()
-        })
+        let own = certs.get(host).cloned();
+        let wildcard = host
+            .split_once('.')
+            .and_then(|(_, parent)| certs.get(&format!("*.{parent}")).cloned());
+        match (own, wildcard) {
+            (Some(own), Some(wildcard)) if wildcard.not_after > own.not_after => Some(wildcard),
+            (own, wildcard) => own.or(wildcard),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 use hyper_util::rt::TokioIo;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     dial::dial,
@@ -28,8 +28,12 @@ use crate::{
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// How long a backend may take to send its response headers.
+/// How long a backend may take to send its response headers (and a request may wait for a
+/// backend connection).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Backend connections one client connection uses at once: HTTP/2 streams beyond it wait, so
+/// one client cannot take a route's every backend connection.
+pub(crate) const BACKENDS_PER_CLIENT_CONNECTION: usize = 4;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -52,6 +56,8 @@ pub(crate) struct Connection {
     /// upgraded stream relayed after hyper let go of it is still this connection).
     pub activity: Arc<Activity>,
     pub idle_timeout: Duration,
+    /// The connection's share of backend connections ([`BACKENDS_PER_CLIENT_CONNECTION`]).
+    pub backend_share: Arc<Semaphore>,
     /// The connection's places under the gateway's and the route's limits, released when the
     /// last request (or relayed upgrade) of the connection is done.
     pub _limits: Arc<dyn Send + Sync>,
@@ -122,7 +128,7 @@ async fn forward(mut request: Request<Incoming>, connection: &Connection) -> Res
     };
     match client_upgrade {
         Some(client_upgrade) => relay_upgrade(outgoing, client_upgrade, connection).await,
-        None => send_pooled(outgoing, route).await,
+        None => send_pooled(outgoing, connection).await,
     }
 }
 
@@ -253,12 +259,14 @@ async fn backend_slot_or_pooled(
     };
     tokio::time::timeout(RESPONSE_TIMEOUT, wait)
         .await
-        .map_err(|_| {
-            text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the route's backend connections are all busy",
-            )
-        })
+        .map_err(|_| all_busy())
+}
+
+fn all_busy() -> Response<ProxyBody> {
+    text_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the route's backend connections are all busy",
+    )
 }
 
 /// A new connection to a backend; it holds `slot` for as long as it lives.
@@ -295,7 +303,12 @@ async fn backend_connection(
     }
 }
 
-async fn send_pooled(request: Request<ProxyBody>, route: &Arc<RouteState>) -> Response<ProxyBody> {
+async fn send_pooled(request: Request<ProxyBody>, connection: &Connection) -> Response<ProxyBody> {
+    let route = &connection.route;
+    let share = connection.backend_share.clone().acquire_owned();
+    let Ok(Ok(share)) = tokio::time::timeout(RESPONSE_TIMEOUT, share).await else {
+        return all_busy();
+    };
     let mut sender = match backend_connection(route).await {
         Ok(sender) => sender,
         Err(response) => return response,
@@ -329,6 +342,7 @@ async fn send_pooled(request: Request<ProxyBody>, route: &Arc<RouteState>) -> Re
         body,
         sender: Some(sender),
         route: Arc::downgrade(route),
+        _share: share,
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -339,6 +353,8 @@ struct PoolReturningBody {
     body: Incoming,
     sender: Option<SendRequest<ProxyBody>>,
     route: Weak<RouteState>,
+    /// The client connection's place among its backend connections, held while the body runs.
+    _share: OwnedSemaphorePermit,
 }
 
 impl PoolReturningBody {
@@ -398,14 +414,22 @@ async fn relay_upgrade(
     connection: &Connection,
 ) -> Response<ProxyBody> {
     let route = &connection.route;
-    // An upgrade needs a connection of its own: pooled ones offered instead are closed, which
-    // gives their places back.
-    let backend_slot = loop {
-        match backend_slot_or_pooled(route).await {
-            Ok(Ok(slot)) => break slot,
-            Ok(Err(pooled)) => drop(pooled),
-            Err(response) => return response,
+    // An upgrade needs a connection of its own. With none free, one idle pooled connection is
+    // closed (its place comes back when its task ends); then it waits its turn, once.
+    let slot = match route.backend_slots.clone().try_acquire_owned() {
+        Ok(slot) => Ok(slot),
+        Err(_) => {
+            drop(route.idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+            let slot = route.backend_slots.clone().acquire_owned();
+            match tokio::time::timeout(RESPONSE_TIMEOUT, slot).await {
+                Ok(Ok(slot)) => Ok(slot),
+                _ => Err(all_busy()),
+            }
         }
+    };
+    let backend_slot = match slot {
+        Ok(slot) => Arc::new(slot),
+        Err(response) => return response,
     };
     let stream = match dial(route).await {
         Ok(stream) => stream,
@@ -416,10 +440,13 @@ async fn relay_upgrade(
         Ok(pair) => pair,
         Err(e) => return backend_failed(route, "refused HTTP", e),
     };
+    // The place is held as long as either the backend connection or the relay lives.
+    let held_by_connection = backend_slot.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("backend upgrade connection ended: {e}");
         }
+        drop(held_by_connection);
     });
     let mut response = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(request))
         .await

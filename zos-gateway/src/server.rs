@@ -202,6 +202,7 @@ impl Gateway {
                     client,
                     activity: activity.clone(),
                     idle_timeout: self.limits.idle_timeout,
+                    backend_share: Arc::new(Semaphore::new(proxy::BACKENDS_PER_CLIENT_CONNECTION)),
                     _limits: Arc::new((slot, permit)),
                 };
                 let service = hyper::service::service_fn(move |request| {
@@ -212,12 +213,13 @@ impl Gateway {
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(self.limits.header_timeout);
+                // No HTTP/2 keep-alive pings: their answers would keep a silent client active
+                // for ever; the idle timeout closes dead and silent connections alike.
                 builder
                     .http2()
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(64)
-                    .keep_alive_interval(Some(Duration::from_secs(30)))
-                    .keep_alive_timeout(Duration::from_secs(20));
+                    .keep_alive_interval(None);
                 let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 match guarded(served, &activity, self.limits.idle_timeout, route.retired()).await {
                     Ok(Ok(())) => {}

@@ -26,7 +26,9 @@ use tokio::{
 };
 
 /// Pending DNS-01 answers kept at most per name (one per authorization of an order).
-const MAX_CHALLENGE_VALUES: usize = 16;
+const MAX_CHALLENGE_VALUES: usize = 4;
+/// The largest UDP answer sent: longer ones go truncated (the client asks again over TCP).
+const MAX_UDP_RESPONSE: usize = 512;
 /// Time-to-live of the answers: short, since challenge values and addresses change.
 const TTL_SECS: u32 = 60;
 /// A TCP client has this long to send its query.
@@ -165,7 +167,8 @@ impl Zone {
     }
 
     /// The response to a query message; `None` for what is not a query (dropped silently).
-    pub(crate) fn respond(&self, query: &[u8]) -> Option<Vec<u8>> {
+    /// Over `max_len`, the answers are left out and the response marked truncated.
+    pub(crate) fn respond(&self, query: &[u8], max_len: usize) -> Option<Vec<u8>> {
         let request = Message::from_vec(query).ok()?;
         if request.message_type() != MessageType::Query {
             return None;
@@ -202,6 +205,12 @@ impl Zone {
                 response.set_response_code(ResponseCode::NotImp);
             }
         }
+        let encoded = response.to_vec().ok()?;
+        if encoded.len() <= max_len {
+            return Some(encoded);
+        }
+        response.take_answers();
+        response.set_truncated(true);
         response.to_vec().ok()
     }
 
@@ -216,9 +225,7 @@ impl Zone {
                     continue;
                 }
             };
-            if let Some(response) = self.respond(&buf[..len]) {
-                // The answers are small (a few addresses, a few challenge values): they fit a
-                // 512-byte datagram, and a response never exceeds the query's size by much.
+            if let Some(response) = self.respond(&buf[..len], MAX_UDP_RESPONSE) {
                 let _ = socket.send_to(&response, client).await;
             }
         }
@@ -241,7 +248,7 @@ impl Zone {
                     let len = stream.read_u16().await? as usize;
                     let mut query = vec![0u8; len];
                     stream.read_exact(&mut query).await?;
-                    if let Some(response) = zone.respond(&query) {
+                    if let Some(response) = zone.respond(&query, u16::MAX as usize) {
                         stream.write_u16(response.len() as u16).await?;
                         stream.write_all(&response).await?;
                     }
@@ -334,11 +341,35 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_too_long_for_a_datagram_goes_truncated() {
+        use hickory_proto::{op::Query, rr::Name};
+        let zone = zone();
+        let name = challenge_name("gw.example.com");
+        for value in ["a", "b", "c", "d"] {
+            zone.add_challenge(&name, value.repeat(43)).unwrap();
+        }
+        let mut query = Message::new();
+        query.set_id(7).add_query(Query::query(
+            Name::from_ascii(&name).unwrap(),
+            RecordType::TXT,
+        ));
+        let query = query.to_vec().unwrap();
+        let whole = Message::from_vec(&zone.respond(&query, 512).unwrap()).unwrap();
+        assert_eq!((whole.answers().len(), whole.truncated()), (4, false));
+        assert!(whole.authoritative());
+        let cut = Message::from_vec(&zone.respond(&query, 100).unwrap()).unwrap();
+        assert_eq!(
+            (cut.answers().len(), cut.truncated(), cut.id()),
+            (0, true, 7)
+        );
+    }
+
+    #[test]
     fn garbage_and_non_queries_get_no_answer() {
         let zone = zone();
-        assert_eq!(zone.respond(b"\x00\x01garbage"), None);
+        assert_eq!(zone.respond(b"\x00\x01garbage", 512), None);
         let mut response = Message::new();
         response.set_message_type(MessageType::Response);
-        assert_eq!(zone.respond(&response.to_vec().unwrap()), None);
+        assert_eq!(zone.respond(&response.to_vec().unwrap(), 512), None);
     }
 }

@@ -389,39 +389,44 @@ async fn gateway_limits_idle_clients_greedy_clients_and_removed_routes() {
     // HTTP/2: 12 concurrent slow requests over one client connection use at most the route's
     // 2 backend connections, and all are answered.
     let before = backend_connections.load(std::sync::atomic::Ordering::Relaxed);
-    {
-        use http_body_util::{BodyExt, Full};
-        let tls = tls_connect(gw.https, "app.gw.example.com", &roots, &[b"h2"])
-            .await
-            .unwrap();
-        let (sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let requests = (0..12).map(|i| {
-            let mut sender = sender.clone();
-            async move {
-                let request = http::Request::get(format!("https://app.gw.example.com/slow?{i}"))
-                    .body(Full::<bytes::Bytes>::default())
-                    .unwrap();
-                let response = sender.send_request(request).await.unwrap();
-                let status = response.status();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                (status, String::from_utf8_lossy(&body).into_owned())
-            }
-        });
-        for (status, body) in futures::future::join_all(requests).await {
-            assert_eq!(status, StatusCode::OK, "{body}");
-        }
-    }
+    let statuses = h2_concurrent(gw.https, "app.gw.example.com", &roots, 12).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
     let opened = backend_connections.load(std::sync::atomic::Ordering::Relaxed) - before;
     assert!(
         opened <= 2,
         "{opened} backend connections for one HTTP/2 client"
     );
+    // On a route with room for 64, one HTTP/2 client connection still uses at most 4.
+    let before = backend_connections.load(std::sync::atomic::Ordering::Relaxed);
+    let statuses = h2_concurrent(gw.https, "other.gw.example.com", &roots, 12).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let opened = backend_connections.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        opened <= 4,
+        "{opened} backend connections for one HTTP/2 client connection"
+    );
+    // A silent HTTP/2 client is closed after the idle timeout too (no keep-alive pings keep
+    // it active).
+    let tls = tls_connect(gw.https, "other.gw.example.com", &roots, &[b"h2"])
+        .await
+        .unwrap();
+    let (_sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "a silent HTTP/2 connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(1600));
 
     // Removing the route ends its open connections: a keep-alive client and an upgraded one.
     let (mut sender, mut kept) = {
@@ -452,6 +457,38 @@ async fn gateway_limits_idle_clients_greedy_clients_and_removed_routes() {
     );
     let read = tokio::time::timeout(Duration::from_millis(500), ws.read(&mut byte)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
+
+/// `n` concurrent GETs of `/slow` over one HTTP/2 connection to `host`: their statuses.
+async fn h2_concurrent(
+    gateway: std::net::SocketAddr,
+    host: &str,
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+    n: usize,
+) -> Vec<StatusCode> {
+    use http_body_util::{BodyExt, Full};
+    let tls = tls_connect(gateway, host, roots, &[b"h2"]).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let requests = (0..n).map(|i| {
+        let mut sender = sender.clone();
+        let uri = format!("https://{host}/slow?{i}");
+        async move {
+            let request = http::Request::get(uri)
+                .body(Full::<bytes::Bytes>::default())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            response.into_body().collect().await.unwrap();
+            status
+        }
+    });
+    futures::future::join_all(requests).await
 }
 
 /// An upgraded stream through the gateway to the echo backend.

@@ -130,7 +130,7 @@ impl<T: Config> Pallet<T> {
             ensure!(is_valid_domain(domain), Error::<T>::InvalidDomain);
             ensure!(
                 domains::has_allowed_depth(domain),
-                Error::<T>::GatewayDomainTooDeep
+                Error::<T>::GatewayDomainLabelCount
             );
         }
         Ok(())

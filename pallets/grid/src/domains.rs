@@ -11,8 +11,12 @@
 use super::*;
 use frame_support::weights::Weight;
 
-/// A gateway domain has at most this many labels (`gw.example.com` has 3): bounds the parents
-/// checked and counted per declaration.
+/// A gateway domain has at least this many labels (`gw.example.com` has 3), so no farm takes a
+/// top-level domain (`com`) or a registrable domain's parent (`co.uk`, `example.com`) and with
+/// it every domain below.
+pub const MIN_GATEWAY_DOMAIN_LABELS: u32 = 3;
+/// A gateway domain has at most this many labels: bounds the parents checked and counted per
+/// declaration.
 pub const MAX_GATEWAY_DOMAIN_LABELS: u32 = 8;
 
 /// A domain as the index keys it: lowercase (DNS names are case-insensitive).
@@ -29,9 +33,10 @@ fn parents(domain: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(move |(i, _)| &domain[i + 1..])
 }
 
-/// Whether a declared domain is shallow enough to index.
+/// Whether a declared domain has an allowed number of labels.
 pub(crate) fn has_allowed_depth(domain: &[u8]) -> bool {
-    parents(domain).count() < MAX_GATEWAY_DOMAIN_LABELS as usize
+    let labels = parents(domain).count().saturating_add(1);
+    (MIN_GATEWAY_DOMAIN_LABELS as usize..=MAX_GATEWAY_DOMAIN_LABELS as usize).contains(&labels)
 }
 
 impl<T: Config> Pallet<T> {
@@ -112,11 +117,13 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
-    /// What moving a domain may cost: the domain and each parent read and written, and two
-    /// entries of the farms below.
+    /// What moving a domain may cost: the new domain and its parents read (the check), two
+    /// entries of the farms below, then the old and the new domain with their parents read
+    /// and written.
     pub fn domain_index_weight() -> Weight {
-        let entries = u64::from(MAX_GATEWAY_DOMAIN_LABELS).saturating_mul(2);
-        T::DbWeight::get().reads_writes(entries.saturating_add(2), entries)
+        let labels = u64::from(MAX_GATEWAY_DOMAIN_LABELS);
+        let moved = labels.saturating_mul(2);
+        T::DbWeight::get().reads_writes(labels.saturating_add(2).saturating_add(moved), moved)
     }
 
     /// try_state: the index counts exactly the domains the nodes declare.

@@ -490,8 +490,10 @@ pub mod pallet {
         /// Another farm's node declares this gateway domain, a parent or a subdomain of it: a
         /// domain's names belong to one farm.
         GatewayDomainOfAnotherFarm,
-        /// A gateway domain may have at most `domains::MAX_GATEWAY_DOMAIN_LABELS` labels.
-        GatewayDomainTooDeep,
+        /// A gateway domain has 3 to 8 labels (`gw.example.com` has 3): no farm takes a
+        /// top-level domain or a registrable domain's parent, and the domain index stays
+        /// bounded.
+        GatewayDomainLabelCount,
         NodeNotFound,
         /// The signer has not registered a node.
         NotANode,

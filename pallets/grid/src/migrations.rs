@@ -223,9 +223,9 @@ mod tests {
             // a parent of the first's domain, the third a domain too deep to index.
             let mut first_farm = None;
             for (owner, account, domain) in [
-                (1, 10, "gw.example.com"),
-                (1, 11, "gw.example.com"),
-                (2, 12, "example.com"),
+                (1, 10, "gw.zone.example.com"),
+                (1, 11, "gw.zone.example.com"),
+                (2, 12, "zone.example.com"),
                 (3, 13, "a.b.c.d.e.f.g.h.i"),
                 (4, 14, "gw.example.org"),
             ] {

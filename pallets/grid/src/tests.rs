@@ -720,7 +720,7 @@ fn register_node_rejects_bad_fields() {
             ipv4: None,
             ipv6: None,
             domain: Some(Domain::truncate_from(
-                [vec![b'a'; 63], b".io".to_vec()].concat(),
+                [vec![b'a'; 63], b".example.io".to_vec()].concat(),
             )),
         });
         assert_ok!(reg(farm, capacity(), [9; 32], location(), long_label, v));
@@ -2457,20 +2457,20 @@ fn a_gateway_domain_its_parents_and_subdomains_belong_to_one_farm() {
     run_test(|| {
         let mine = create_farm(FARMER, "mine");
         let theirs = create_farm(OTHER, "theirs");
-        let a = register_with(NODE, mine, with_domain("gw.example.com"));
+        let a = register_with(NODE, mine, with_domain("gw.zone.example.com"));
         // A second node of the same farm serves the same domain (a gateway pair), in any case.
-        let b = register_with(NODE2, mine, with_domain("GW.example.com"));
+        let b = register_with(NODE2, mine, with_domain("GW.Zone.example.com"));
         assert_eq!(
-            GatewayDomainFarm::<Test>::get(Domain::truncate_from(b"gw.example.com".to_vec())),
+            GatewayDomainFarm::<Test>::get(Domain::truncate_from(b"gw.zone.example.com".to_vec())),
             Some((mine, 2))
         );
         // Another farm's node: not the domain, not a parent, not a subdomain.
         let c = register(7, theirs);
         for taken in [
-            "gw.example.com",
-            "Gw.Example.Com",
-            "example.com",
-            "x.gw.example.com",
+            "gw.zone.example.com",
+            "Gw.Zone.Example.Com",
+            "zone.example.com",
+            "x.gw.zone.example.com",
         ] {
             assert_noop!(
                 set_config(OTHER, c, with_domain(taken)),
@@ -2485,35 +2485,37 @@ fn a_gateway_domain_its_parents_and_subdomains_belong_to_one_farm() {
                 capacity(),
                 [9; 32],
                 location(),
-                with_domain("a.b.gw.example.com"),
+                with_domain("a.b.gw.zone.example.com"),
                 version()
             ),
             GridError::GatewayDomainOfAnotherFarm
         );
         // Siblings and unrelated domains are free; the shared top-level parent blocks nobody.
-        assert_ok!(set_config(OTHER, c, with_domain("gw2.example.com")));
+        assert_ok!(set_config(OTHER, c, with_domain("gw2.zone.example.com")));
         assert_ok!(set_config(OTHER, c, with_domain("gw.example.org")));
         // The owning farm may nest its own domains.
-        assert_ok!(set_config(FARMER, b, with_domain("eu.gw.example.com")));
-        // A domain deeper than 8 labels is refused outright.
-        assert_noop!(
-            set_config(OTHER, c, with_domain("a.b.c.d.e.f.g.h.i")),
-            GridError::GatewayDomainTooDeep
-        );
+        assert_ok!(set_config(FARMER, b, with_domain("eu.gw.zone.example.com")));
+        // Fewer than 3 or more than 8 labels are refused outright: nobody takes `com`, `co.uk`.
+        for refused in ["a.b.c.d.e.f.g.h.i", "co.uk", "com"] {
+            assert_noop!(
+                set_config(OTHER, c, with_domain(refused)),
+                GridError::GatewayDomainLabelCount
+            );
+        }
         // Once no node of the farm declares it (cleared, moved, removed), it is free.
         assert_noop!(
-            set_config(OTHER, c, with_domain("example.com")),
+            set_config(OTHER, c, with_domain("zone.example.com")),
             GridError::GatewayDomainOfAnotherFarm
         );
         assert_ok!(set_config(FARMER, a, None));
         assert_ok!(update(NODE2, capacity(), with_domain("gw.example.net")));
-        assert_ok!(set_config(OTHER, c, with_domain("example.com")));
+        assert_ok!(set_config(OTHER, c, with_domain("zone.example.com")));
         assert_noop!(
-            set_config(FARMER, a, with_domain("gw.example.com")),
+            set_config(FARMER, a, with_domain("gw.zone.example.com")),
             GridError::GatewayDomainOfAnotherFarm
         );
         assert_ok!(Grid::remove_node(signed(7), c));
-        assert_ok!(set_config(FARMER, a, with_domain("gw.example.com")));
+        assert_ok!(set_config(FARMER, a, with_domain("gw.zone.example.com")));
         assert_eq!(GatewayDomainFarm::<Test>::iter().count(), 2);
     });
 }
