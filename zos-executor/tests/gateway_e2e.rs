@@ -556,9 +556,10 @@ async fn a_gateway_serves_a_private_app_by_name_and_by_domain_with_acme_certific
     again["backends"] = serde_json::json!(["198.51.100.20:80"]);
     // The domain that failed its check on this node was freed on chain: its real owner (here
     // another account) claims it on the same node.
+    let (again, eve, bob) = (gateway_only(again)?, dev::eve(), dev::bob());
     tokio::try_join!(
-        single_signer_contract(api, node, &gateway_only(again)?, &dev::eve()),
-        single_signer_contract(api, node, &elsewhere, &dev::bob()),
+        single_signer_contract(api, node, &again, &eve),
+        single_signer_contract(api, node, &elsewhere, &bob),
     )?;
     Ok(())
 }
