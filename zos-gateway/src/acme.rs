@@ -174,13 +174,26 @@ impl CertManager {
         }
     }
 
+    /// The certificates the terminated routes need. While the wildcard fails (its domain not
+    /// delegated to the node yet, say), the names under it get their own over HTTP-01 too,
+    /// and the wildcard is tried again as its backoff allows.
     fn served_certificates(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .routes
-            .terminated_hosts()
-            .iter()
-            .map(|host| self.certificate_name(host))
+        let failing: Vec<String> = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|name| name.starts_with("*."))
+            .cloned()
             .collect();
+        let mut names = Vec::new();
+        for host in self.routes.terminated_hosts() {
+            let name = self.certificate_name(&host);
+            if name != host && failing.contains(&name) {
+                names.push(host);
+            }
+            names.push(name);
+        }
         names.sort();
         names.dedup();
         names

@@ -354,3 +354,72 @@ async fn the_gateway_domain_gets_one_wildcard_certificate_over_dns01() {
     let stored = std::fs::metadata(files.join("certs/_wildcard.gw.example.test/key.pem")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::mode(&stored) & 0o077, 0);
 }
+
+/// A wildcard that cannot be proved (the CA's DNS is not the node's name server: the domain is
+/// not delegated) does not leave the names under it without certificates: they get their own
+/// over HTTP-01 while the wildcard backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_fall_back_to_their_own_certificates_while_the_wildcard_fails() {
+    if !is_root() {
+        eprintln!("skipped: needs root (network namespaces)");
+        return;
+    }
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let net = BackendNet::new("fb", 4);
+    spawn_http_backend(net.listen(8080), "web");
+    let gw = start_gateway(&dir.path().join("certs"), vec![]).await;
+    let zone = zos_gateway::Zone::new(vec!["127.0.0.1".parse().unwrap()]);
+    zone.set_domain("gw.example.test");
+    // The CA asks pebble's own DNS (every name at 127.0.0.1, no TXT of ours).
+    let (dns_port, dns_admin) = (free_port(), free_port());
+    let _dns = Killed(
+        Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{dns_admin}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(dns_admin);
+    let files = dir.path();
+    let pebble = Pebble::start(files, gw.http.port(), dns_port);
+    assert!(gw
+        .routes
+        .replace(vec![route(
+            "app.gw.example.test",
+            &net,
+            8080,
+            TlsMode::Terminate
+        )])
+        .is_empty());
+    let mut settings = pebble.settings();
+    settings.renew_before = Duration::from_secs(60);
+    let manager = CertManager::new(
+        settings,
+        files,
+        gw.certs.clone(),
+        gw.routes.clone(),
+        gw.challenges.clone(),
+    )
+    .with_dns01(zone);
+    let first = manager.renew_due().await;
+    assert!(
+        matches!(first.as_slice(), [(name, Renewal::Failed(_))] if name == "*.gw.example.test"),
+        "{first:?}"
+    );
+    let mut second = manager.renew_due().await;
+    second.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        second,
+        vec![
+            ("*.gw.example.test".to_string(), Renewal::BackingOff),
+            ("app.gw.example.test".to_string(), Renewal::Issued),
+        ]
+    );
+    assert!(pebble
+        .fetch_through(&gw, "app.gw.example.test", "/")
+        .starts_with("web GET / host=app.gw.example.test"));
+}
