@@ -55,6 +55,24 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Debian's pebble-challtestsrv as the CA's DNS on free ports, every name at 127.0.0.1:
+/// (process, DNS port, management port).
+fn start_test_dns() -> (Killed, u16, u16) {
+    let (dns_port, dns_admin) = (free_port(), free_port());
+    let process = Killed(
+        Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{dns_admin}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(dns_admin);
+    (process, dns_port, dns_admin)
+}
+
 /// Debian's pebble on free loopback ports, with its own HTTPS certificate from a test CA,
 /// validating HTTP-01 on `http_port` and asking the name server on `dns_port`.
 struct Pebble {
@@ -165,18 +183,7 @@ async fn certificates_are_issued_by_acme_served_and_renewed() {
     assert!(refused.is_empty());
 
     // The CA's DNS: every name at 127.0.0.1 (the gateway), one name elsewhere.
-    let (dns_port, dns_admin) = (free_port(), free_port());
-    let _dns = Killed(
-        Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_admin}")])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(dns_admin);
+    let (_dns, dns_port, dns_admin) = start_test_dns();
     curl(&[
         "-X",
         "POST",
@@ -372,18 +379,7 @@ async fn names_fall_back_to_their_own_certificates_while_the_wildcard_fails() {
     let zone = zos_gateway::Zone::new(vec!["127.0.0.1".parse().unwrap()]);
     zone.set_domain("gw.example.test");
     // The CA asks pebble's own DNS (every name at 127.0.0.1, no TXT of ours).
-    let (dns_port, dns_admin) = (free_port(), free_port());
-    let _dns = Killed(
-        Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_admin}")])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(dns_admin);
+    let (_dns, dns_port, _) = start_test_dns();
     let files = dir.path();
     let pebble = Pebble::start(files, gw.http.port(), dns_port);
     assert!(gw
