@@ -25,7 +25,8 @@ need_root() {
 # ---- apt packages --------------------------------------------------------------------------
 apt_packages=(clang protobuf-compiler libssl-dev pkg-config make git curl ca-certificates
   qemu-system-x86 busybox-static fuse3 libfuse3-dev iproute2 cpio xz-utils
-  nftables wireguard-go wireguard-tools python3 e2fsprogs pebble)
+  nftables wireguard-go wireguard-tools python3 e2fsprogs pebble util-linux dropbear-bin
+  openssh-client)
 # Node.js may come from another source than Debian (with npm bundled): check the commands.
 command -v node >/dev/null || apt_packages+=(nodejs)
 command -v npm >/dev/null || apt_packages+=(npm)

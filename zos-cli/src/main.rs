@@ -42,6 +42,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which VM of a contract a session goes to, and through which node address.
+#[derive(clap::Args, Debug)]
+pub struct SessionTarget {
+    /// The VM (default: the contract's only VM on the node).
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// The node's access endpoint (default: http://<its public address>:9102).
+    #[arg(long, value_name = "URL")]
+    pub node_url: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Farms: create, add public IPs, list.
@@ -128,6 +139,48 @@ pub enum Command {
         /// The node's access endpoint (default: http://<its public address>:9102).
         #[arg(long, value_name = "URL")]
         node_url: Option<String>,
+    },
+    /// Runs a command inside a VM through its agent (as `ssh host cmd`): output as it comes,
+    /// standard input forwarded, the command's exit code as zos's. --key must be one of the
+    /// contract's signers.
+    Exec {
+        contract: u64,
+        #[command(flatten)]
+        target: SessionTarget,
+        /// On a terminal (as `ssh -t`): for interactive programs.
+        #[arg(long, short)]
+        tty: bool,
+        /// In the background: prints its pid and returns (its output goes to the console log).
+        #[arg(long, short, conflicts_with = "tty")]
+        detach: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// An interactive shell inside a VM on a terminal (`exit` ends it).
+    Shell {
+        contract: u64,
+        #[command(flatten)]
+        target: SessionTarget,
+        /// The shell to run.
+        #[arg(long, default_value = "/bin/sh")]
+        shell: String,
+    },
+    /// The processes running inside a VM.
+    Ps {
+        contract: u64,
+        #[command(flatten)]
+        target: SessionTarget,
+    },
+    /// Sends a signal to a process inside a VM.
+    Kill {
+        contract: u64,
+        pid: i32,
+        /// Name (TERM, KILL, HUP, INT, ...) or number.
+        #[arg(long, short, default_value = "TERM")]
+        signal: String,
+        #[command(flatten)]
+        target: SessionTarget,
     },
     /// Transfer ZGT (decimal amount, e.g. 12.5) to an account (SS58 or dev name).
     Transfer { to: String, amount: String },

@@ -726,6 +726,16 @@ impl Engine {
                 }
             }
         }
+        // A volume left mounted (an orphan directory, a removal cut short) is unmounted first:
+        // the removal must not walk into it, nor leave its mount behind.
+        let dir = ctx.dir.clone();
+        let unmounted =
+            tokio::task::spawn_blocking(move || crate::drivers::volume::unmount_all_below(&dir))
+                .await;
+        if let Err(e) = unmounted.map_err(anyhow::Error::from).and_then(|r| r) {
+            warn!(error = %format!("{e:#}"), dir = %ctx.dir.display(), "could not unmount below the contract directory");
+            return Ok(ContractOutcome::Pending);
+        }
         if let Err(e) = tokio::fs::remove_dir_all(&ctx.dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(error = %e, dir = %ctx.dir.display(), "could not remove the contract directory");

@@ -18,6 +18,7 @@ use crate::{
         network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks},
         public_ip::PublicIpDriver,
         vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
+        volume::VolumeDriver,
         Driver,
     },
     engine::{DeploymentResult, Engine, StaleChainView},
@@ -113,7 +114,7 @@ impl Executor {
         let outbox = OutboxState::default();
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
-        let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver)];
+        let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver), Arc::new(VolumeDriver)];
         let networks = start_networks(&config).await.map(|networks| {
             Arc::new(NodeNetworks::new(
                 networks,

@@ -34,9 +34,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity, ok,
-    registered_node, run, setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions,
-    Polling, StopOnDrop,
+    busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
+    install_host_program, ok, registered_node, run, setup_farm, state_of, which, workspace_binary,
+    Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client::Client, ChainNode, NodeOptions};
 use zos_executor::{drivers::network::NetNaming, identity::NodeIdentity};
@@ -457,8 +457,24 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
     busybox_rootfs(
         &rootfs,
         &["httpd", "ping", "wget", "timeout"],
-        &[("www/index.html", PAGE), ("bin/probe", PROBE)],
+        &[
+            ("www/index.html", PAGE),
+            ("bin/probe", PROBE),
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ],
     )?;
+    // The image brings its SSH server (Debian's dropbear); the deployer's key is in VM A's spec.
+    install_host_program(&rootfs, Path::new("/usr/sbin/dropbear"))?;
+    let ssh_key = tmp.path().join("id_ed25519");
+    let stranger_key = tmp.path().join("stranger_ed25519");
+    for key in [&ssh_key, &stranger_key] {
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "deployer", "-f"])
+            .arg(key)
+            .status()?;
+        ensure!(made.success(), "ssh-keygen failed");
+    }
+    let ssh_public = std::fs::read_to_string(ssh_key.with_extension("pub"))?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store, None, &Default::default())?;
     let hub = zos_image::hub::spawn_background(
@@ -514,11 +530,11 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
 
     // ---- the deployer describes VMs on A and B and the network over all three (C gets a
     // network-only contract), creates every contract in one batch and //Bob approves them all
-    let vm = |ip: &str, peers: &str, fetch: &str, node: &str| {
+    let vm = |ip: &str, peers: &str, fetch: &str, node: &str, ssh_keys: &str| {
         format!(
             "[[deployments.workloads]]\nname = \"web\"\n\
              [deployments.workloads.kind.vm]\nvcpus = 1\nmemory_mib = 256\nrootfs_mib = 256\n\
-             entrypoint = \"/bin/sh /bin/probe\"\n\
+             entrypoint = \"/bin/sh /bin/probe\"\nssh_keys = [{ssh_keys}]\n\
              networks = [{{ network = \"net\", ip = \"{ip}\" }}]\n\
              env = [{{ key = \"PEERS\", value = \"{peers}\" }}, {{ key = \"FETCH\", value = \"{fetch}\" }}, \
              {{ key = \"NODE\", value = \"{node}\" }}, {{ key = \"WORLD\", value = \"198.51.100.80\" }}]\n\
@@ -543,9 +559,10 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
                 "10.92.2.2",
                 "10.92.3.2 10.92.4.2",
                 "10.92.3.2",
-                "198.51.100.1"
+                "198.51.100.1",
+                &format!("{:?}", ssh_public.trim()),
             ),
-            vm_b = vm("10.92.3.2", "10.92.2.2 10.92.4.2", "", "198.51.100.2"),
+            vm_b = vm("10.92.3.2", "10.92.2.2 10.92.4.2", "", "198.51.100.2", ""),
         ),
     )?;
     let out = tmp.path().join("plan");
@@ -694,6 +711,51 @@ async fn three_nodes_a_hidden_one_and_a_laptop_share_a_private_network() -> Resu
         pings("zmn-cvm", "100.64.92.2"),
         "hidden C cannot reach the laptop"
     );
+    // SSH from the laptop into VM A over the private network: the spec's key runs a command,
+    // another key is refused.
+    let ssh = |key: &Path, command: &str| {
+        Command::new("nsenter")
+            .args(["--net=/run/netns/zmn-laptop", "ssh", "-i"])
+            .arg(key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "root@10.92.2.2",
+                command,
+            ])
+            .stdin(Stdio::null())
+            .output()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ssh(&ssh_key, "echo SSH-OK; hostname")?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && said.contains("SSH-OK") && said.contains("web") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "ssh root@10.92.2.2 from the laptop: {:?} {said} {}\nconsole of VM A:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            a.console(contract_a)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let out = ssh(&stranger_key, "echo SSH-OK")?;
+    ensure!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("SSH-OK"),
+        "a key outside the spec logged in over SSH"
+    );
+    eprintln!("ssh from the laptop into VM A with the spec's key: ok; another key refused");
     // Outbound internet from the hidden node, through its NAT; never to its node or its LAN.
     match fetch("zmn-cvm", "http://198.51.100.80/index.html") {
         Ok(body) if body == WORLD_PAGE => {}

@@ -15,7 +15,7 @@
 mod common;
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -45,24 +45,38 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
     log_tail_lines: 80,
 };
 
+/// Run by the guest: proves the disk, fills its 32 MiB volume past the end, then leaves a
+/// note on it.
+const VOLUME_CHECK: &str = "echo disk-ok >/data/marker && cat /data/marker
+if dd if=/dev/zero of=/shared/fill bs=1M count=48 2>/dev/null
+then echo VOLUME-UNBOUNDED; else echo VOLUME-FULL; fi
+rm -f /shared/fill
+echo written-by-the-guest >>/shared/note
+";
+
 fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
     // Prints the env and proves the image and the disk, then every second a tick count (to
     // see that the guest keeps running) and the disk's size as the guest sees it (to see an
-    // in-place growth).
+    // in-place growth). /bin/vol: a write past the volume's 32 MiB is refused, a note stays.
     let entrypoint = "/bin/sh -c 'echo \"GREETING=$GREETING\"; cat /etc/image-release; \
-                      echo disk-ok>/data/marker&&cat /data/marker; echo ENTRYPOINT-DONE; i=0; \
+                      sh /bin/vol; \
+                      echo ENTRYPOINT-DONE; i=0; \
                       while :; do i=$((i+1)); echo $i>>/data/ticks; \
                       echo \"TICK $i VDA-SECTORS $(cat /sys/block/vda/size)\"; sleep 1; done'";
     let spec = serde_json::json!({
         "version": version,
         "workloads": [
             { "name": "data", "kind": { "disk": { "size_mib": disk_mib } } },
+            { "name": "shared", "kind": { "volume": { "size_mib": 32 } } },
             { "name": "web", "kind": { "vm": {
                 "image": { "root_hash": root, "source": source },
                 "vcpus": 1,
                 "memory_mib": 256,
                 "rootfs_mib": 256,
-                "mounts": [ { "workload": "data", "path": "/data" } ],
+                "mounts": [
+                    { "workload": "data", "path": "/data" },
+                    { "workload": "shared", "path": "/shared" },
+                ],
                 "env": [ { "key": "GREETING", "value": GREETING } ],
                 "entrypoint": entrypoint,
             } } },
@@ -89,11 +103,14 @@ async fn update_approved(
     Ok(())
 }
 
-/// The contract without its VM: the disk alone.
-fn disk_only_spec(version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
+/// The contract without its VM: the disk and the volume alone.
+fn data_only_spec(version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
     let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
         "version": version,
-        "workloads": [ { "name": "data", "kind": { "disk": { "size_mib": disk_mib } } } ],
+        "workloads": [
+            { "name": "data", "kind": { "disk": { "size_mib": disk_mib } } },
+            { "name": "shared", "kind": { "volume": { "size_mib": 32 } } },
+        ],
     }))?;
     spec.validate()
         .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
@@ -154,6 +171,28 @@ fn read_pid(vm_dir: &Path) -> Result<i32> {
         .parse()?)
 }
 
+/// Unmounts (detached) whatever is still mounted below a directory when the test ends, pass
+/// or fail: volumes are loop mounts that outlive the executor.
+struct UnmountBelow(PathBuf);
+
+impl Drop for UnmountBelow {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().into_owned();
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(needle.as_str()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", point])
+                .status();
+        }
+    }
+}
+
 fn mounted(path: &Path) -> bool {
     let needle = path.to_string_lossy();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -176,7 +215,11 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
 
     // The image: packed into a directory store, served by a hub on a loopback port.
     let rootfs = tmp.path().join("image-tree");
-    busybox_rootfs(&rootfs, &[], &[("etc/image-release", "vm e2e image\n")])?;
+    busybox_rootfs(
+        &rootfs,
+        &["dd", "rm", "tty"],
+        &[("etc/image-release", "vm e2e image\n"), ("bin/vol", VOLUME_CHECK)],
+    )?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store.clone(), None, &Default::default())?;
     let root = packed.root.to_hex();
@@ -191,6 +234,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let grid = setup_farm(&chain, b"vm-e2e-farm").await?;
     let data_dir = tmp.path().join("executor");
     std::fs::create_dir_all(&data_dir)?;
+    let _unmount = UnmountBelow(data_dir.clone());
     let account = funded_identity(&grid.api, grid.farm, &data_dir).await?;
     // The node serves its contracts' signers their consoles on a loopback port.
     let access_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -247,6 +291,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         format!("GREETING={GREETING}"),
         "vm e2e image".into(),
         "disk-ok".into(),
+        "VOLUME-FULL".into(),
     ] {
         ensure!(
             text.contains(&needle),
@@ -359,6 +404,136 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     ensure!(
         log.matches("console read by a signer").count() >= 3,
         "the node's log does not record who read the console"
+    );
+
+    // ---- sessions with the guest's agent: commands (exit codes, stdin, stderr), a shell on a
+    // terminal, a background process found with ps and ended with kill; strangers refused
+    let zos_session = |key: &str, args: &[&str], input: &str| -> Result<std::process::Output> {
+        use std::io::Write as _;
+        let contract = contract.to_string();
+        let (command, rest) = args.split_first().context("a session command")?;
+        let mut child = std::process::Command::new(workspace_binary("zos")?)
+            .args([
+                "--url",
+                ws.as_str(),
+                "--key",
+                key,
+                command,
+                contract.as_str(),
+            ])
+            .args(["--node-url", node_url.as_str()])
+            .args(rest)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input.as_bytes())?;
+        drop(stdin);
+        Ok(child.wait_with_output()?)
+    };
+    let shown = |o: &std::process::Output| {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let sessions_from = Instant::now();
+    let out = zos_session("//Bob", &["exec", "--", "cat", "/etc/image-release"], "")?;
+    ensure!(
+        out.status.code() == Some(0) && String::from_utf8_lossy(&out.stdout) == "vm e2e image\n",
+        "zos exec cat: {}\n{}",
+        shown(&out),
+        executor.log_tail()
+    );
+    let out = zos_session(
+        "//Bob",
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; echo to-stderr >&2; exit 3",
+        ],
+        "",
+    )?;
+    ensure!(
+        out.status.code() == Some(3)
+            && String::from_utf8_lossy(&out.stdout).contains(GREETING)
+            && String::from_utf8_lossy(&out.stderr).contains("to-stderr")
+            && !String::from_utf8_lossy(&out.stdout).contains("to-stderr"),
+        "zos exec with an exit code, the VM's env and stderr: {}",
+        shown(&out)
+    );
+    let out = zos_session("//Alice", &["exec", "--", "cat"], "piped input\n")?;
+    ensure!(
+        out.status.code() == Some(0) && String::from_utf8_lossy(&out.stdout) == "piped input\n",
+        "zos exec with stdin: {}",
+        shown(&out)
+    );
+    let out = zos_session("//Alice", &["shell"], "tty; echo $((6*7)); exit 4\n")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.code() == Some(4)
+            && text.lines().any(|l| l.trim() == "42")
+            && text.contains("/dev/pts/"),
+        "zos shell on a terminal: {}",
+        shown(&out)
+    );
+    let out = zos_session("//Alice", &["exec", "--detach", "--", "sleep", "600"], "")?;
+    let started = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid: i32 = started
+        .trim()
+        .strip_prefix("started pid ")
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("zos exec --detach: {}", shown(&out)))?;
+    let out = zos_session("//Bob", &["ps"], "")?;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = |pid: i32| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(pid.to_string().as_str()))
+            .map(str::to_string)
+    };
+    ensure!(
+        out.status.code() == Some(0) && row(pid).is_some_and(|r| r.ends_with("sleep 600")),
+        "zos ps does not show the background sleep (pid {pid}): {}",
+        shown(&out)
+    );
+    let out = zos_session("//Bob", &["kill", &pid.to_string(), "--signal", "KILL"], "")?;
+    ensure!(out.status.code() == Some(0), "zos kill: {}", shown(&out));
+    POLLING
+        .until(
+            "the killed process gone from ps",
+            Duration::from_secs(20),
+            || async {
+                let out = zos_session("//Bob", &["ps"], "")?;
+                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok((out.status.success()
+                    && !listed
+                        .lines()
+                        .any(|l| l.split_whitespace().next() == Some(pid.to_string().as_str())))
+                .then_some(()))
+            },
+        )
+        .await?;
+    let out = zos_session("//Dave", &["exec", "--", "true"], "")?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a signer"),
+        "zos exec as a stranger: {}",
+        shown(&out)
+    );
+    let log = std::fs::read_to_string(data_dir.join("executor.log"))?;
+    ensure!(
+        log.matches("agent session opened by a signer").count() >= 8
+            && log.contains(r#"argv: ["sleep", "600"]"#),
+        "the node's log does not record the sessions (who, what)"
+    );
+    eprintln!(
+        "agent sessions (exec, stdin, shell on a pty, detach, ps, kill, refusal): {:?}",
+        sessions_from.elapsed()
     );
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
@@ -527,8 +702,8 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     // the disk every second: a clean shutdown (power button, entrypoint ended, disk
     // unmounted), not a power cut. The disk is ext4, clean, and holds the last writes.
     let ticks_seen = last_tick(&console);
-    let disk_only = disk_only_spec(2, 128)?;
-    update_approved(&grid.api, contract, &disk_only).await?;
+    let data_only = data_only_spec(2, 128)?;
+    update_approved(&grid.api, contract, &data_only).await?;
     let removed = Instant::now();
     POLLING
         .until(
@@ -580,6 +755,17 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         "writes before the shutdown are missing: the disk's last tick is {last_written}, the console showed {ticks_seen}"
     );
     eprintln!("clean shutdown: ext4 clean, e2fsck without errors, last tick {last_written} on disk (console {ticks_seen})");
+    // The volume outlives its VM: still mounted on the node, holding what the guest wrote.
+    let volume = data_dir
+        .join("contracts")
+        .join(contract.to_string())
+        .join("volumes/shared");
+    ensure!(mounted(&volume), "the volume was unmounted with its VM");
+    let note = std::fs::read_to_string(volume.join("note")).unwrap_or_default();
+    ensure!(
+        note == "written-by-the-guest\n",
+        "the volume does not hold the guest's note: {note:?}"
+    );
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed
     cancel(&grid.api, contract, POLLING).await?;
@@ -600,6 +786,13 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         !mounted(&vm_dir.join("rootfs")),
         "the image is still mounted"
     );
+    POLLING
+        .until(
+            "the volume unmounted and removed",
+            Duration::from_secs(60),
+            || async { Ok((!mounted(&volume) && !volume.exists()).then_some(())) },
+        )
+        .await?;
     eprintln!(
         "cancel (finalized) -> QEMU gone and VM removed: {:?}",
         cancelled.elapsed()

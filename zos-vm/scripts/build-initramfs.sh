@@ -7,6 +7,8 @@
 #   OUTPUT      default: <cache>/initramfs.cpio.gz
 #   <cache> is $ZOS_GUEST_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
 #   BUSYBOX names a static busybox binary (default: busybox on PATH; package busybox-static).
+#   AGENT names the guest agent binary (zos-guest-agent) to ship as /bin/zos-guest-agent with the
+#   shared libraries it links; without it the guests have no agent (no exec or shell sessions).
 # Idempotent: rebuilds only when the init script, this script, the kernel or busybox changed.
 # Prints the output path on stdout; everything else goes to stderr.
 #
@@ -33,6 +35,8 @@ busybox="${BUSYBOX:-$(command -v busybox || true)}"
 if ldd "$busybox" >/dev/null 2>&1; then
   die "$busybox is dynamically linked; install busybox-static or set BUSYBOX"
 fi
+agent="${AGENT:-}"
+if [ -n "$agent" ] && [ ! -x "$agent" ]; then die "AGENT=$agent is not an executable"; fi
 for tool in cpio gzip sha256sum; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -45,6 +49,7 @@ wanted=(virtio virtio_ring virtio_pci virtio_mmio virtio_blk virtio_net virtio_c
 stamp_of() {
   {
     sha256sum "$init_src" "${BASH_SOURCE[0]}" "$busybox" | cut -d' ' -f1
+    if [ -n "$agent" ]; then sha256sum "$agent" | cut -d' ' -f1; else echo no-agent; fi
     cat "$kdir/version"
     printf '%s\n' "${wanted[@]}"
   } | sha256sum | cut -d' ' -f1
@@ -109,6 +114,16 @@ for m in "${order[@]}"; do
   ko_text "${path_of[$m]}" >"$stage/lib/modules/$m.ko"
   printf '%s\n' "$m" >>"$stage/lib/modules/load-order"
 done
+if [ -n "$agent" ]; then
+  cp "$agent" "$stage/bin/zos-guest-agent"
+  # The agent links glibc dynamically: its libraries and loader go where ldd finds them.
+  command -v ldd >/dev/null || die "ldd not found (libc-bin) to ship the agent's libraries"
+  for lib in $(ldd "$agent" | grep -o '/[^ ]*'); do
+    [ -f "$lib" ] || continue
+    mkdir -p "$stage$(dirname "$lib")"
+    cp -L "$lib" "$stage$lib"
+  done
+fi
 cp "$init_src" "$stage/init"
 chmod 0755 "$stage/init"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"

@@ -192,6 +192,10 @@ impl Hypervisor for CloudHypervisor {
         console_max_bytes: u64,
     ) -> Result<Box<dyn Instance>> {
         cfg.validate()?;
+        anyhow::ensure!(
+            cfg.shares.is_empty(),
+            "volumes (shared directories) are served with QEMU only: configure the node with QEMU"
+        );
         cfg.check_disk_files()?;
         write_initrd(&self.assets.initramfs, cfg, &layout.initrd())?;
         for s in [layout.control_socket(), layout.console_socket()] {

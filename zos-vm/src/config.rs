@@ -10,6 +10,7 @@
 //! | `rootfs_size_mib` | size of the tmpfs writable layer in container mode |
 //! | `rootfs_disk` | serial of a disk holding the writable layer instead (formatted if blank) |
 //! | `mounts` | lines `<serial> <absolute path>` (an all-zero disk is formatted ext2 first; the executor's disks come formatted ext4) |
+//! | `shares` | lines `<virtio-fs tag> <absolute path>`: host directories (volumes) mounted read-write |
 //! | `hostname` | one line |
 //! | `net` | lines `<mac> <address/prefix> <gateway or ->` |
 //! | `ssh_authorized_keys` | installed as `/root/.ssh/authorized_keys` |
@@ -30,6 +31,9 @@ pub const ROOTFS_TAG: &str = "zosroot";
 /// Longest virtio-blk serial QEMU passes to the guest.
 pub const MAX_DISK_ID_LEN: usize = 20;
 
+/// Longest virtio-fs tag the device carries.
+pub const MAX_SHARE_TAG_LEN: usize = 36;
+
 /// A virtual machine as the hypervisor backends see it. Built by the executor's VM driver from
 /// a `VmSpec` (see README.md for the mapping).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -40,6 +44,9 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub boot: BootMode,
     pub disks: Vec<DiskAttachment>,
+    /// Host directories shared into the guest over virtio-fs (the executor's volumes).
+    #[serde(default)]
+    pub shares: Vec<SharedDir>,
     pub nics: Vec<NicConfig>,
     pub guest: GuestConfig,
     /// The network namespace the hypervisor runs in, where the NICs' taps are; `None`: ours.
@@ -82,6 +89,18 @@ pub struct DiskAttachment {
     /// Where the guest mounts it (absolute), or `None` to leave it as a bare block device.
     pub mount: Option<String>,
     pub read_only: bool,
+}
+
+/// A host directory the guest mounts read-write over virtio-fs, served by its own virtiofsd:
+/// several guests may share one, and its content outlives them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedDir {
+    /// The virtio-fs tag the guest mounts by: `[a-z0-9_-]`, at most 36 bytes.
+    pub tag: String,
+    /// The host directory (absolute).
+    pub dir: PathBuf,
+    /// Where the guest mounts it (absolute, not /).
+    pub mount: String,
 }
 
 /// A network interface backed by an existing host tap device (created by the network driver).
@@ -135,6 +154,15 @@ fn is_env_key(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A guest mount point the init script can take as one word.
+fn check_mount_path(m: &str, what: &str) -> Result<()> {
+    ensure!(
+        m.starts_with('/') && m.len() > 1 && !m.contains(char::is_whitespace) && !m.contains('\0'),
+        "mount path {m:?} of {what} must be absolute, not /, without whitespace"
+    );
+    Ok(())
+}
+
 fn single_line(s: &str) -> bool {
     !s.contains('\n') && !s.contains('\r') && !s.contains('\0')
 }
@@ -175,15 +203,27 @@ impl VmConfig {
                 d.id
             );
             if let Some(m) = &d.mount {
-                ensure!(
-                    m.starts_with('/')
-                        && m.len() > 1
-                        && !m.contains(char::is_whitespace)
-                        && !m.contains('\0'),
-                    "mount path {m:?} of disk {} must be absolute, not /, without whitespace",
-                    d.id
-                );
+                check_mount_path(m, &format!("disk {}", d.id))?;
             }
+        }
+        let mut tags = std::collections::HashSet::from([ROOTFS_TAG]);
+        for s in &self.shares {
+            ensure!(
+                is_name(&s.tag, MAX_SHARE_TAG_LEN, &['-', '_']),
+                "share tag {:?} is not [a-z0-9_-]{{1,{MAX_SHARE_TAG_LEN}}}",
+                s.tag
+            );
+            ensure!(
+                tags.insert(s.tag.as_str()),
+                "share tag {:?} is used twice",
+                s.tag
+            );
+            ensure!(
+                s.dir.is_absolute(),
+                "shared directory {} must be absolute",
+                s.dir.display()
+            );
+            check_mount_path(&s.mount, &format!("share {}", s.tag))?;
         }
         match &self.boot {
             BootMode::Initramfs => {}
@@ -301,6 +341,14 @@ impl VmConfig {
         if !mounts.is_empty() {
             w.file(&c("mounts"), mounts, 0o644);
         }
+        let shares: String = self
+            .shares
+            .iter()
+            .map(|s| format!("{} {}\n", s.tag, s.mount))
+            .collect();
+        if !shares.is_empty() {
+            w.file(&c("shares"), shares, 0o644);
+        }
         let hostname = if self.guest.hostname.is_empty() {
             &self.name
         } else {
@@ -369,6 +417,11 @@ impl VmConfig {
         }
     }
 
+    /// Whether the guest RAM must be shareable with vhost-user daemons (virtiofsd).
+    pub fn needs_shared_memory(&self) -> bool {
+        self.rootfs_dir().is_some() || !self.shares.is_empty()
+    }
+
     /// Ensures every attached disk file exists (the Disk driver creates them).
     pub fn check_disk_files(&self) -> Result<()> {
         for d in &self.disks {
@@ -388,6 +441,14 @@ impl VmConfig {
                 dir.display()
             );
         }
+        for s in &self.shares {
+            ensure!(
+                s.dir.is_dir(),
+                "shared directory {} ({}) is not a directory",
+                s.tag,
+                s.dir.display()
+            );
+        }
         Ok(())
     }
 }
@@ -403,6 +464,7 @@ mod tests {
             memory_mib: 256,
             boot: BootMode::Initramfs,
             disks: vec![],
+            shares: vec![],
             nics: vec![],
             netns: None,
             guest: GuestConfig::default(),
@@ -442,6 +504,27 @@ mod tests {
             read_only: false,
         }];
         assert!(c.validate().is_err());
+        let share = |tag: &str, mount: &str| SharedDir {
+            tag: tag.into(),
+            dir: "/srv/v".into(),
+            mount: mount.into(),
+        };
+        for bad in [
+            vec![share(ROOTFS_TAG, "/data")],
+            vec![share("vol0", "/a"), share("vol0", "/b")],
+            vec![share("Vol0", "/data")],
+            vec![share("vol0", "data")],
+            vec![share("vol0", "/da ta")],
+        ] {
+            let mut c = base();
+            c.shares = bad.clone();
+            assert!(c.validate().is_err(), "{bad:?} accepted");
+        }
+        let mut c = base();
+        c.shares = vec![share("vol0", "/data"), share("vol1", "/logs")];
+        c.validate().unwrap();
+        let a = String::from_utf8_lossy(&c.config_appendix().unwrap()).to_string();
+        assert!(a.contains("vol0 /data\nvol1 /logs\n"), "{a}");
     }
 
     #[test]

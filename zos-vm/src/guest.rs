@@ -83,12 +83,17 @@ impl GuestAssets {
     /// Fails with the scripts' own message when the kernel cannot be obtained.
     pub fn prepare(cache: Option<&Path>) -> Result<Self> {
         let scripts = Self::scripts_dir(cache)?;
-        let kernel_dir = run_script(&scripts.join("fetch-kernel.sh"), cache, &[])?;
+        let kernel_dir = run_script(&scripts.join("fetch-kernel.sh"), cache, None, &[])?;
+        let agent = agent_binary();
+        if agent.is_none() {
+            tracing::warn!("no zos-guest-agent binary beside this program (or $ZOS_GUEST_AGENT): guests get no agent, so no exec or shell sessions");
+        }
         let kernel_dir = PathBuf::from(kernel_dir);
         let initramfs = match cache {
             Some(c) => run_script(
                 &scripts.join("build-initramfs.sh"),
                 Some(c),
+                agent.as_deref(),
                 &[
                     kernel_dir.as_os_str(),
                     c.join("initramfs.cpio.gz").as_os_str(),
@@ -97,6 +102,7 @@ impl GuestAssets {
             None => run_script(
                 &scripts.join("build-initramfs.sh"),
                 None,
+                agent.as_deref(),
                 &[kernel_dir.as_os_str()],
             )?,
         };
@@ -116,11 +122,33 @@ impl GuestAssets {
     }
 }
 
-fn run_script(script: &Path, cache: Option<&Path>, args: &[&std::ffi::OsStr]) -> Result<String> {
+/// The guest agent the initramfs ships: `$ZOS_GUEST_AGENT`, else `zos-guest-agent` beside
+/// this program (or one directory up, where test binaries run from).
+fn agent_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ZOS_GUEST_AGENT") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("zos-guest-agent"))
+        .find(|p| p.is_file())
+}
+
+fn run_script(
+    script: &Path,
+    cache: Option<&Path>,
+    agent: Option<&Path>,
+    args: &[&std::ffi::OsStr],
+) -> Result<String> {
     let mut cmd = Command::new("bash");
     cmd.arg(script);
     if let Some(c) = cache {
         cmd.env("ZOS_GUEST_CACHE", c);
+    }
+    if let Some(agent) = agent {
+        cmd.env("AGENT", agent);
     }
     cmd.args(args);
     let out = cmd

@@ -48,6 +48,17 @@ impl VmLayout {
     pub fn virtiofs_log(&self) -> PathBuf {
         self.dir.join("virtiofsd.log")
     }
+    /// The guest agent's virtio-serial port, served by the hypervisor (the executor connects).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+    /// The virtiofsd socket of a shared directory (by its tag).
+    pub fn share_socket(&self, tag: &str) -> PathBuf {
+        self.dir.join(format!("share-{tag}.sock"))
+    }
+    pub fn share_log(&self, tag: &str) -> PathBuf {
+        self.dir.join(format!("share-{tag}.log"))
+    }
 }
 
 /// The guest's run state as the hypervisor reports it.

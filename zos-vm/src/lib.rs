@@ -28,11 +28,13 @@ pub mod vm;
 use std::sync::Arc;
 
 pub use cloud_hypervisor::CloudHypervisor;
-pub use config::{BootMode, DiskAttachment, GuestConfig, NicConfig, VmConfig, WritableLayer};
+pub use config::{
+    BootMode, DiskAttachment, GuestConfig, NicConfig, SharedDir, VmConfig, WritableLayer,
+};
 pub use guest::GuestAssets;
 pub use hypervisor::{Accel, ExitInfo, ExitKind, Hypervisor, Instance, RunState, VmLayout};
 pub use metering::VmUsage;
-pub use qemu::{AccelChoice, Qemu, QemuOptions};
+pub use qemu::{AccelChoice, Qemu, QemuOptions, AGENT_PORT_NAME};
 pub use vm::{RestartPolicy, Vm, VmEvent, VmOptions, VmState};
 
 /// The backend for this host: cloud-hypervisor when its binary is on PATH and a KVM probe

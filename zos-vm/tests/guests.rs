@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::broadcast;
 use zos_vm::{
     AccelChoice, BootMode, DiskAttachment, GuestAssets, GuestConfig, Hypervisor, Qemu, QemuOptions,
-    RestartPolicy, RunState, Vm, VmConfig, VmEvent, VmOptions, VmState, WritableLayer,
+    RestartPolicy, RunState, SharedDir, Vm, VmConfig, VmEvent, VmOptions, VmState, WritableLayer,
 };
 
 const MIB: u64 = 1 << 20;
@@ -73,6 +73,7 @@ fn base_config(name: &str) -> VmConfig {
         memory_mib: 256,
         boot: BootMode::Initramfs,
         disks: vec![],
+        shares: vec![],
         nics: vec![],
         netns: None,
         guest: GuestConfig::default(),
@@ -313,10 +314,19 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
         mount: Some("/data".into()),
         read_only: false,
     }];
+    // A host directory shared read-write (the executor's volumes).
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("from-host"), "put there by the host\n").unwrap();
+    cfg.shares = vec![SharedDir {
+        tag: "vol0".into(),
+        dir: shared.clone(),
+        mount: "/shared".into(),
+    }];
     cfg.guest = GuestConfig {
         hostname: "web-1".into(),
         env: vec![("GREETING".into(), "hello from the spec".into()), ("MODE".into(), "a $b 'c'".into())],
-        entrypoint: r#"/bin/sh -c 'echo "ENV GREETING=$GREETING MODE=$MODE"; echo "ARGS $0 $1"; echo "HOST $(hostname)"; cat /etc/image-release; echo written > /data/f && cat /data/f; echo x > /etc/new && echo "overlay writable"; cat /root/.ssh/authorized_keys' first "second word""#.into(),
+        entrypoint: r#"/bin/sh -c 'echo "ENV GREETING=$GREETING MODE=$MODE"; echo "ARGS $0 $1"; echo "HOST $(hostname)"; cat /etc/image-release; echo written > /data/f && cat /data/f; echo x > /etc/new && echo "overlay writable"; cat /root/.ssh/authorized_keys; cat /shared/from-host; echo from-the-guest > /shared/from-guest' first "second word""#.into(),
         ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos".into()],
     };
     let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
@@ -337,6 +347,7 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
         "written",
         "overlay writable",
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos",
+        "put there by the host",
         "ZOS-GUEST-EXIT 0",
     ] {
         assert!(
@@ -346,6 +357,39 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
     }
     // The image directory is the read-only lower layer: guest writes do not reach it.
     assert!(!rootfs.join("etc/new").exists());
+    vm.delete().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest")).unwrap_or_default(),
+        "from-the-guest\n",
+        "the guest's write did not reach the shared directory"
+    );
+
+    // Another guest (a restart, an update) finds it there.
+    let mut cfg = base_config("container-vm-2");
+    cfg.boot = BootMode::Container {
+        rootfs_dir: rootfs.clone(),
+        writable: WritableLayer::Tmpfs { size_mib: 64 },
+    };
+    cfg.shares = vec![SharedDir {
+        tag: "vol0".into(),
+        dir: shared.clone(),
+        mount: "/srv/kept".into(),
+    }];
+    cfg.guest.entrypoint = "cat /srv/kept/from-guest".into();
+    let vm = Vm::create(qemu(), tmp.path().join("vm2"), cfg, opts())
+        .await
+        .unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| {
+        matches!(e, VmEvent::PoweredOff { .. })
+    })
+    .await;
+    let console = vm.console_text();
+    assert!(
+        console.contains("from-the-guest") && console.contains("ZOS-GUEST-EXIT 0"),
+        "the next guest does not read the shared file:\n{console}"
+    );
     vm.delete().await.unwrap();
 }
 

@@ -29,19 +29,7 @@ pub(super) async fn logs(ctx: &Ctx, req: LogsRequest<'_>) -> Result<i32> {
             bail!("--workload {w:?}: workload names are 1-36 characters of a-z, 0-9, '_' and '-'");
         }
     }
-    let base = match req.node_url {
-        Some(url) => {
-            let base = url.trim_end_matches('/');
-            let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
-            if !(base.starts_with("http://") || base.starts_with("https://"))
-                || after_scheme.contains('/')
-            {
-                bail!("--node-url {url:?}: give the node's address as http://HOST:PORT, without a path");
-            }
-            base.to_string()
-        }
-        None => node_access_url(ctx, req.contract).await?,
-    };
+    let base = node_base_url(ctx, req.contract, req.node_url).await?;
     let mut path = format!("/v1/contracts/{}/logs", req.contract);
     let mut query = Vec::new();
     if let Some(w) = req.workload {
@@ -64,6 +52,27 @@ pub(super) async fn logs(ctx: &Ctx, req: LogsRequest<'_>) -> Result<i32> {
     // Blocking HTTP on its own thread: the console is copied to stdout as it arrives.
     tokio::task::spawn_blocking(move || fetch(&url, &authorization)).await??;
     Ok(0)
+}
+
+/// The node's access endpoint: `--node-url` when given (checked), else from the chain.
+pub(super) async fn node_base_url(
+    ctx: &Ctx,
+    contract: ContractId,
+    node_url: Option<&str>,
+) -> Result<String> {
+    match node_url {
+        Some(url) => {
+            let base = url.trim_end_matches('/');
+            let after_scheme = base.split_once("://").map_or(base, |(_, rest)| rest);
+            if !(base.starts_with("http://") || base.starts_with("https://"))
+                || after_scheme.contains('/')
+            {
+                bail!("--node-url {url:?}: give the node's address as http://HOST:PORT, without a path");
+            }
+            Ok(base.to_string())
+        }
+        None => node_access_url(ctx, contract).await,
+    }
 }
 
 fn fetch(url: &str, authorization: &str) -> Result<()> {

@@ -20,6 +20,7 @@ mod events;
 mod farm;
 mod logs;
 mod node;
+mod session;
 
 use account::*;
 pub(crate) use contract::contract_signers;
@@ -28,6 +29,7 @@ use events::*;
 use farm::*;
 use logs::*;
 use node::*;
+use session::*;
 
 use crate::{
     client::{event_list, Chain, TxEvents},
@@ -37,7 +39,7 @@ use crate::{
         load_spec, parse_amount, parse_cidr, parse_cidr6, parse_hash, parse_ipv4, parse_ipv6,
         SignerArg,
     },
-    Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NetworkCmd, NodeCmd,
+    Cli, Command, ContractCmd, FarmCmd, FarmIpCmd, KeyCmd, NetworkCmd, NodeCmd, SessionTarget,
 };
 
 use runtime::runtime_types::bounded_collections::bounded_vec::BoundedVec;
@@ -106,6 +108,60 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 node_url: node_url.as_deref(),
             };
             return logs(&ctx, request).await;
+        }
+        Command::Exec {
+            contract,
+            target,
+            tty,
+            detach,
+            command,
+        } => {
+            let (rows, cols) = if tty {
+                terminal_size().unwrap_or((24, 80))
+            } else {
+                (0, 0)
+            };
+            let request = zos_guest_agent::Request::Exec(zos_guest_agent::Exec {
+                argv: command,
+                tty,
+                rows,
+                cols,
+                detach,
+            });
+            return session(&ctx, session_request(contract, &target, request)).await;
+        }
+        Command::Shell {
+            contract,
+            target,
+            shell,
+        } => {
+            let (rows, cols) = terminal_size().unwrap_or((24, 80));
+            let request = zos_guest_agent::Request::Exec(zos_guest_agent::Exec {
+                argv: vec![shell],
+                tty: true,
+                rows,
+                cols,
+                detach: false,
+            });
+            return session(&ctx, session_request(contract, &target, request)).await;
+        }
+        Command::Ps { contract, target } => {
+            let request = zos_guest_agent::Request::Ps;
+            return session(&ctx, session_request(contract, &target, request)).await;
+        }
+        Command::Kill {
+            contract,
+            pid,
+            signal,
+            target,
+        } => {
+            let signal = zos_guest_agent::signal_number(&signal).ok_or_else(|| {
+                anyhow!(
+                    "--signal {signal:?}: give a name (TERM, KILL, HUP, INT, ...) or a number 1-64"
+                )
+            })?;
+            let request = zos_guest_agent::Request::Kill { pid, signal };
+            return session(&ctx, session_request(contract, &target, request)).await;
         }
         Command::Farm(FarmCmd::Create { name }) => farm_create(&ctx, &name).await?,
         Command::Farm(FarmCmd::Ip(FarmIpCmd::Add {
@@ -280,4 +336,17 @@ fn events_json(events: &TxEvents) -> Result<Json> {
 
 fn field_u128(v: &Value, name: &str) -> Option<u128> {
     v.at(name).and_then(|x| x.as_u128())
+}
+
+fn session_request(
+    contract: ContractId,
+    target: &SessionTarget,
+    request: zos_guest_agent::Request,
+) -> SessionRequest<'_> {
+    SessionRequest {
+        contract,
+        workload: target.workload.as_deref(),
+        node_url: target.node_url.as_deref(),
+        request,
+    }
 }

@@ -6,6 +6,10 @@
 //!
 //! Query: `workload=<name>` (may be left out when the contract has one VM here), `lines=<n>`
 //! (the last n lines only), `follow=1`.
+//!
+//! `GET /v1/contracts/{id}/agent?request=<hex of a JSON zos_guest_agent::Request>` with
+//! `Upgrade: zos-agent/1` opens a session with the agent inside the VM (a command, a shell on a
+//! terminal, the process list, a signal), authorized the same way; see [`agent`].
 
 use std::{
     collections::HashMap,
@@ -21,7 +25,7 @@ use axum::{
     http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
-use tokio::sync::Semaphore;
+use tokio::{io::AsyncWriteExt as _, sync::Semaphore};
 use tracing::{info, warn};
 use zos_client::{
     access::{self, is_workload_name, AuthError, MAX_CLOCK_SKEW_SECS},
@@ -29,8 +33,11 @@ use zos_client::{
 };
 use zos_primitives::{ContractId, NodeId};
 
+pub mod agent;
 mod console;
 mod listener;
+
+use agent::{AgentLinks, AgentSession};
 
 use console::{last_lines, next_output, read_console, Next};
 use listener::CappedListener;
@@ -52,6 +59,11 @@ const FOLLOW_POLL: Duration = Duration::from_millis(250);
 const MAX_LOOKUPS: usize = 4;
 /// Whole-console reads at once on this node (each holds a console in memory).
 const MAX_READERS: usize = 8;
+/// Agent sessions open at once on this node, and of one signer.
+const MAX_SESSIONS: usize = 32;
+const MAX_SESSIONS_PER_SIGNER: usize = 4;
+/// An agent session in which nothing moved for this long is closed.
+const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 
 /// Where contracts' signers come from: the chain, or a fixed table in tests.
 #[async_trait::async_trait]
@@ -86,6 +98,11 @@ pub struct Access {
     followers: Arc<Semaphore>,
     /// Open follow streams per signer.
     following: Arc<Mutex<HashMap<[u8; 32], usize>>>,
+    /// Connections to the guests' agents.
+    agents: Arc<AgentLinks>,
+    sessions: Arc<Semaphore>,
+    /// Open agent sessions per signer.
+    signer_sessions: Arc<Mutex<HashMap<[u8; 32], usize>>>,
     readers: Arc<Semaphore>,
     /// Chain reads of contracts' signers at once (each is an RPC call).
     lookups: Semaphore,
@@ -134,6 +151,9 @@ impl Access {
             signers: Mutex::default(),
             followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
             following: Arc::default(),
+            agents: Arc::default(),
+            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            signer_sessions: Arc::default(),
             readers: Arc::new(Semaphore::new(MAX_READERS)),
             lookups: Semaphore::new(MAX_LOOKUPS),
         }
@@ -146,6 +166,7 @@ impl Access {
                 "/v1/contracts/{contract}/logs",
                 axum::routing::get(logs).options(preflight),
             )
+            .route("/v1/contracts/{contract}/agent", axum::routing::get(agent))
             .with_state(self)
     }
 
@@ -254,6 +275,16 @@ impl Access {
         contract: ContractId,
         workload: Option<&str>,
     ) -> Result<(String, PathBuf), Refused> {
+        let (name, dir) = self.vm_dir_of(contract, workload).await?;
+        Ok((name, zos_vm::VmLayout::new(&dir).console_log()))
+    }
+
+    /// The directory of the named VM, or of the contract's only VM here.
+    async fn vm_dir_of(
+        &self,
+        contract: ContractId,
+        workload: Option<&str>,
+    ) -> Result<(String, PathBuf), Refused> {
         let vms = self.contracts_dir.join(contract.to_string()).join("vms");
         let name = match workload {
             Some(name) => {
@@ -299,7 +330,7 @@ impl Access {
                 format!("contract {contract} runs no VM named {name:?} on this node"),
             ));
         }
-        Ok((name, zos_vm::VmLayout::new(&dir).console_log()))
+        Ok((name, dir))
     }
 }
 
@@ -434,12 +465,14 @@ async fn serve_logs(
             .map_err(|_| busy("followed"))?;
         Some((
             all,
-            FollowSlot::take(&access.following, signer).ok_or_else(|| {
-                refused(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("this key follows {MAX_FOLLOWERS_PER_SIGNER} consoles already"),
-                )
-            })?,
+            SignerSlot::take(&access.following, signer, MAX_FOLLOWERS_PER_SIGNER).ok_or_else(
+                || {
+                    refused(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("this key follows {MAX_FOLLOWERS_PER_SIGNER} consoles already"),
+                    )
+                },
+            )?,
         ))
     } else {
         None
@@ -482,17 +515,21 @@ async fn serve_logs(
     Ok((content_type, Body::from_stream(start.chain(rest))).into_response())
 }
 
-/// One of a signer's follow streams; given back when dropped.
-struct FollowSlot {
+/// One of a signer's follow streams or sessions; given back when dropped.
+struct SignerSlot {
     following: Arc<Mutex<HashMap<[u8; 32], usize>>>,
     signer: [u8; 32],
 }
 
-impl FollowSlot {
-    fn take(following: &Arc<Mutex<HashMap<[u8; 32], usize>>>, signer: [u8; 32]) -> Option<Self> {
+impl SignerSlot {
+    fn take(
+        following: &Arc<Mutex<HashMap<[u8; 32], usize>>>,
+        signer: [u8; 32],
+        max: usize,
+    ) -> Option<Self> {
         let mut map = following.lock().unwrap_or_else(|p| p.into_inner());
         let open = map.entry(signer).or_default();
-        if *open >= MAX_FOLLOWERS_PER_SIGNER {
+        if *open >= max {
             return None;
         }
         *open += 1;
@@ -503,7 +540,7 @@ impl FollowSlot {
     }
 }
 
-impl Drop for FollowSlot {
+impl Drop for SignerSlot {
     fn drop(&mut self) {
         let mut map = self.following.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(open) = map.get_mut(&self.signer) {
@@ -513,6 +550,230 @@ impl Drop for FollowSlot {
             }
         }
     }
+}
+
+/// The query of an agent session request.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct AgentQuery {
+    workload: Option<String>,
+    /// Hex of the JSON `zos_guest_agent::Request`: inside the signed path, so the signature
+    /// covers what is run.
+    request: Vec<u8>,
+}
+
+fn parse_agent_query(query: Option<&str>) -> Result<AgentQuery, Refused> {
+    let mut out = AgentQuery::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "workload" => out.workload = Some(value.to_string()),
+            "request" => {
+                out.request = hex::decode(value).map_err(|_| {
+                    refused(
+                        StatusCode::BAD_REQUEST,
+                        "request= takes the hex of a JSON request",
+                    )
+                })?
+            }
+            _ => {
+                return Err(refused(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {key:?} (workload, request)"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn agent(
+    state: State<Arc<Access>>,
+    contract: UrlPath<ContractId>,
+    request: axum::extract::Request,
+) -> Response {
+    match serve_agent(state, contract, request).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// A session with the agent in a VM: authorized like a console read, then the connection is
+/// upgraded to the agent's frame protocol and relayed.
+async fn serve_agent(
+    State(access): State<Arc<Access>>,
+    UrlPath(contract): UrlPath<ContractId>,
+    mut request: axum::extract::Request,
+) -> Result<Response, Refused> {
+    let creds = access.authenticate(request.method(), request.uri(), request.headers())?;
+    let query = parse_agent_query(request.uri().query())?;
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
+    if upgrade != Some(zos_guest_agent::UPGRADE_TOKEN) {
+        return Err(refused(
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "agent sessions upgrade the connection (Upgrade: {}); use zos exec, shell, ps or kill",
+                zos_guest_agent::UPGRADE_TOKEN
+            ),
+        ));
+    }
+    let wanted: zos_guest_agent::Request = serde_json::from_slice(&query.request).map_err(|e| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("the request is not understood: {e}"),
+        )
+    })?;
+    wanted.check().map_err(|why| {
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("the request is refused: {why}"),
+        )
+    })?;
+    access.authorize(contract, &creds.signer).await?;
+    access.use_nonce(&creds)?;
+    let signer = creds.signer;
+    let (workload, dir) = access
+        .vm_dir_of(contract, query.workload.as_deref())
+        .await?;
+    let all = access.sessions.clone().try_acquire_owned().map_err(|_| {
+        refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sessions on this node right now: try again later",
+        )
+    })?;
+    let mine = SignerSlot::take(&access.signer_sessions, signer, MAX_SESSIONS_PER_SIGNER)
+        .ok_or_else(|| {
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("this key has {MAX_SESSIONS_PER_SIGNER} sessions open already"),
+            )
+        })?;
+    let socket = zos_vm::VmLayout::new(&dir).agent_socket();
+    let (session, first) = access
+        .agents
+        .open(&socket, &query.request)
+        .await
+        .map_err(|e| {
+            refused(
+                StatusCode::BAD_GATEWAY,
+                format!("the VM {workload:?} cannot take a session: {e:#}"),
+            )
+        })?;
+    info!(
+        contract,
+        %workload,
+        signer = %hex::encode(signer),
+        request = ?wanted,
+        "agent session opened by a signer of the contract"
+    );
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let _slots = (all, mine);
+        let started = Instant::now();
+        let outcome = match upgraded.await {
+            Ok(io) => relay(hyper_util::rt::TokioIo::new(io), session, first).await,
+            Err(e) => format!("the upgrade failed: {e}"),
+        };
+        info!(
+            contract,
+            %workload,
+            signer = %hex::encode(signer),
+            seconds = started.elapsed().as_secs(),
+            %outcome,
+            "agent session ended"
+        );
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static(zos_guest_agent::UPGRADE_TOKEN),
+    );
+    Ok(response)
+}
+
+/// Copies a session both ways until it ends; returns how it ended. The deployer may send
+/// input, terminal sizes and signals; the node forwards the agent's frames as they come.
+async fn relay(
+    client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    mut session: AgentSession,
+    first: zos_guest_agent::Frame,
+) -> String {
+    use zos_guest_agent::{Frame, Kind};
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let to_client = |f: Frame| Frame { session: 0, ..f };
+    let ends = |f: &Frame| matches!(f.kind, Kind::Exit | Kind::Error);
+    let describe = |f: &Frame| match f.kind {
+        Kind::Exit => format!("exit {}", f.int().unwrap_or(-1)),
+        _ => format!("error: {}", String::from_utf8_lossy(&f.payload)),
+    };
+    if ends(&first) {
+        session.ended();
+        let how = describe(&first);
+        let _ = agent::write_frame(&mut client_w, &to_client(first)).await;
+        return how;
+    }
+    if agent::write_frame(&mut client_w, &to_client(first))
+        .await
+        .is_err()
+    {
+        return "the deployer went away".into();
+    }
+    // The deployer's frames through a channel: reading them is not cancel-safe.
+    let (input_tx, mut input) = tokio::sync::mpsc::channel::<Frame>(16);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(frame)) = agent::read_frame(&mut client_r).await {
+            if input_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let outcome = loop {
+        tokio::select! {
+            from_client = input.recv() => match from_client {
+                Some(f) if matches!(f.kind, Kind::Stdin | Kind::StdinEof | Kind::Resize | Kind::Signal) => {
+                    if let Err(e) = session.send(f.kind, f.payload).await {
+                        break format!("the agent link failed: {e:#}");
+                    }
+                }
+                Some(_) => break "the deployer sent a frame it may not send".into(),
+                None => break "the deployer went away".into(),
+            },
+            from_agent = session.frames.recv() => match from_agent {
+                Some(f) => {
+                    let end = ends(&f).then(|| describe(&f));
+                    if end.is_some() {
+                        session.ended();
+                    }
+                    let sent = agent::write_frame(&mut client_w, &to_client(f)).await;
+                    if let Some(how) = end {
+                        break how;
+                    }
+                    if sent.is_err() {
+                        break "the deployer went away".into();
+                    }
+                }
+                None => {
+                    session.ended();
+                    let _ = agent::write_frame(&mut client_w, &Frame::error(0, "the connection to the guest's agent closed (the VM stopped or restarted)")).await;
+                    break "the agent link closed".into();
+                }
+            },
+            _ = tokio::time::sleep(SESSION_IDLE) => {
+                let _ = agent::write_frame(&mut client_w, &Frame::error(0, format!("nothing moved for {} minutes: the session is closed", SESSION_IDLE.as_secs() / 60))).await;
+                break "idle".into();
+            }
+        }
+    };
+    reader.abort();
+    let _ = client_w.shutdown().await;
+    outcome
 }
 
 /// Serves the access endpoint until the task is dropped.

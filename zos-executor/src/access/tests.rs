@@ -269,3 +269,147 @@ async fn a_web_page_of_any_origin_may_ask() {
         "{refused}"
     );
 }
+
+#[test]
+fn the_guest_agent_port_has_one_name() {
+    assert_eq!(zos_vm::AGENT_PORT_NAME, zos_guest_agent::PORT_NAME);
+}
+
+/// Agent sessions through the endpoint, with a stand-in agent on the VM's agent socket: the
+/// upgrade, the relay both ways over one link, refusals, and a deployer who goes away.
+#[tokio::test]
+async fn agent_sessions_are_relayed_for_signers_only() {
+    use subxt_signer::sr25519::dev;
+    use tokio::io::AsyncWriteExt as _;
+    use zos_guest_agent::{Frame, Kind, Request};
+    let tmp = tempfile::tempdir().unwrap();
+    let contracts = tmp.path().join("contracts");
+    for vm in ["1/vms/web", "2/vms/silent"] {
+        std::fs::create_dir_all(contracts.join(vm)).unwrap();
+    }
+    // The stand-in agent: acknowledges an exec with its pid, echoes input, exits 7 on
+    // end of input; reports the signals it gets.
+    let listener = tokio::net::UnixListener::bind(contracts.join("1/vms/web/agent.sock")).unwrap();
+    let (signals_tx, mut signals) = tokio::sync::mpsc::unbounded_channel::<(u32, i32)>();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (mut r, w) = stream.into_split();
+        let w = Arc::new(tokio::sync::Mutex::new(w));
+        while let Ok(Some(f)) = agent::read_frame(&mut r).await {
+            let reply = match f.kind {
+                Kind::Open => Frame::new(f.session, Kind::Reply, br#"{"pid":42}"#.to_vec()),
+                Kind::Stdin => Frame::new(f.session, Kind::Stdout, f.payload),
+                Kind::StdinEof => Frame::exit(f.session, 7),
+                Kind::Signal => {
+                    let _ = signals_tx.send((f.session, f.int().unwrap()));
+                    continue;
+                }
+                _ => continue,
+            };
+            agent::write_frame(&mut *w.lock().await, &reply)
+                .await
+                .unwrap();
+        }
+    });
+    let alice = dev::alice().public_key().0;
+    let directory = Directory(HashMap::from([
+        (1, (5, vec![alice])),
+        (2, (5, vec![alice])),
+    ]));
+    let access = Arc::new(Access::new(Arc::new(directory), 5, contracts.clone()));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let router = access.clone().router();
+    tokio::spawn(async move { axum::serve(tcp, router).await });
+
+    let path_of = |contract: u32, request: &Request| {
+        format!(
+            "/v1/contracts/{contract}/agent?request={}",
+            hex::encode(serde_json::to_vec(request).unwrap())
+        )
+    };
+    let cat = Request::Exec(zos_guest_agent::Exec {
+        argv: vec!["cat".into()],
+        tty: false,
+        rows: 0,
+        cols: 0,
+        detach: false,
+    });
+    // Opens a session: the status, and the stream when upgraded.
+    let open = |path: String, key: subxt_signer::sr25519::Keypair, upgrade: bool| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = signed(&key, &path);
+        let upgrade = if upgrade {
+            "Connection: Upgrade\r\nUpgrade: zos-agent/1\r\n"
+        } else {
+            ""
+        };
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: node\r\nAuthorization: {auth}\r\n{upgrade}\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        (text[9..12].parse::<u16>().unwrap(), text, stream)
+    };
+
+    let (status, head, mut one) = open(path_of(1, &cat), dev::alice(), true).await;
+    assert_eq!(status, 101, "{head}");
+    let ack = agent::read_frame(&mut one).await.unwrap().unwrap();
+    assert_eq!(
+        (ack.kind, ack.payload.as_slice()),
+        (Kind::Reply, &br#"{"pid":42}"#[..])
+    );
+    // A second session shares the link; each gets its own frames.
+    let (status, _, mut two) = open(path_of(1, &cat), dev::alice(), true).await;
+    assert_eq!(status, 101);
+    agent::read_frame(&mut two).await.unwrap().unwrap();
+    agent::write_frame(&mut one, &Frame::new(0, Kind::Stdin, b"to one".to_vec()))
+        .await
+        .unwrap();
+    agent::write_frame(&mut two, &Frame::new(0, Kind::Stdin, b"to two".to_vec()))
+        .await
+        .unwrap();
+    let echoed = agent::read_frame(&mut two).await.unwrap().unwrap();
+    assert_eq!(
+        (echoed.session, echoed.payload.as_slice()),
+        (0, &b"to two"[..])
+    );
+    let echoed = agent::read_frame(&mut one).await.unwrap().unwrap();
+    assert_eq!(echoed.payload, b"to one");
+    agent::write_frame(&mut one, &Frame::new(0, Kind::StdinEof, vec![]))
+        .await
+        .unwrap();
+    let exit = agent::read_frame(&mut one).await.unwrap().unwrap();
+    assert_eq!((exit.kind, exit.int()), (Kind::Exit, Some(7)));
+    // The deployer of the second session goes away: its process is killed.
+    drop(two);
+    let (_, signal) = tokio::time::timeout(Duration::from_secs(5), signals.recv())
+        .await
+        .expect("no kill for the abandoned session")
+        .unwrap();
+    assert_eq!(signal, libc::SIGKILL);
+
+    // Refusals: no upgrade, a stranger, a bad request, a VM without an agent.
+    let (status, head, _) = open(path_of(1, &cat), dev::alice(), false).await;
+    assert_eq!(status, 426, "{head}");
+    let (status, _, _) = open(path_of(1, &cat), dev::bob(), true).await;
+    assert_eq!(status, 403);
+    let empty = Request::Exec(zos_guest_agent::Exec {
+        argv: vec![],
+        tty: false,
+        rows: 0,
+        cols: 0,
+        detach: false,
+    });
+    let (status, _, _) = open(path_of(1, &empty), dev::alice(), true).await;
+    assert_eq!(status, 400);
+    let (status, head, _) = open(path_of(2, &Request::Ps), dev::alice(), true).await;
+    assert_eq!(status, 502, "{head}");
+}

@@ -6,6 +6,7 @@ pub mod gateway;
 pub mod network;
 pub mod public_ip;
 pub mod vm;
+pub mod volume;
 
 use std::{path::PathBuf, sync::Arc};
 

@@ -478,6 +478,26 @@ pub fn busybox_rootfs(dir: &Path, extra_applets: &[&str], files: &[(&str, &str)]
     Ok(())
 }
 
+/// Copies a host program into an image tree with the shared libraries it links (as `ldd`
+/// lists them), at the same paths.
+pub fn install_host_program(rootfs: &Path, program: &Path) -> Result<()> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("running ldd")?;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let libs = listed
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(PathBuf::from);
+    for file in std::iter::once(program.to_path_buf()).chain(libs) {
+        let to = rootfs.join(file.strip_prefix("/")?);
+        std::fs::create_dir_all(to.parent().context("a file in a directory")?)?;
+        std::fs::copy(&file, &to).with_context(|| format!("copying {}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// A binary of this workspace built into the shared target directory (e.g. the `zos` CLI;
 /// `cargo build --workspace --bins` makes them).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {

@@ -19,7 +19,7 @@ impl Qemu {
         ] {
             push(s);
         }
-        let shared_mem = cfg.rootfs_dir().is_some();
+        let shared_mem = cfg.needs_shared_memory();
         let machine = if shared_mem {
             "q35,memory-backend=mem"
         } else {
@@ -103,17 +103,36 @@ impl Qemu {
             a.push("-device".into());
             a.push(format!("virtio-net-pci,netdev=net{i},mac={}", n.mac_string()).into());
         }
-        if shared_mem {
+        if cfg.rootfs_dir().is_some() {
             a.push("-chardev".into());
             a.push(chardev_socket("vfs0", &layout.virtiofs_socket(), false));
             a.push("-device".into());
             a.push(format!("vhost-user-fs-pci,chardev=vfs0,tag={ROOTFS_TAG}").into());
         }
+        for (i, share) in cfg.shares.iter().enumerate() {
+            let id = format!("share{i}");
+            a.push("-chardev".into());
+            a.push(chardev_socket(&id, &layout.share_socket(&share.tag), false));
+            a.push("-device".into());
+            a.push(format!("vhost-user-fs-pci,chardev={id},tag={}", share.tag).into());
+        }
+        // The guest agent's port, found in the guest by its name.
+        a.push("-device".into());
+        a.push("virtio-serial-pci,id=agentbus".into());
+        a.push("-chardev".into());
+        a.push(chardev_socket("agent0", &layout.agent_socket(), true));
+        a.push("-device".into());
+        a.push(
+            format!("virtserialport,bus=agentbus.0,chardev=agent0,name={AGENT_PORT_NAME}").into(),
+        );
         a.push("-device".into());
         a.push("virtio-rng-pci".into());
         a
     }
 }
+
+/// The port name the guest agent looks for (`zos_guest_agent::PORT_NAME`).
+pub const AGENT_PORT_NAME: &str = "org.zos.agent";
 
 pub(super) fn chardev_socket(id: &str, path: &Path, server: bool) -> OsString {
     let mut s = OsString::from(format!("socket,id={id},path="));

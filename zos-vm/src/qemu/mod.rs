@@ -39,6 +39,7 @@ mod args;
 mod instance;
 mod probe;
 
+pub use args::AGENT_PORT_NAME;
 pub use instance::QemuInstance;
 
 use args::escape_opt;
@@ -141,14 +142,14 @@ impl Qemu {
         (!pw.is_null()).then_some(user)
     }
 
-    async fn start_virtiofsd(&self, dir: &Path, layout: &VmLayout) -> Result<Child> {
-        let sock = layout.virtiofs_socket();
-        let _ = std::fs::remove_file(&sock);
-        let log = std::fs::File::create(layout.virtiofs_log()).context("virtiofsd log")?;
+    /// One virtiofsd serving `dir` on `sock`, its output in `log`.
+    async fn start_virtiofsd(&self, dir: &Path, sock: &Path, log_path: &Path) -> Result<Child> {
+        let _ = std::fs::remove_file(sock);
+        let log = std::fs::File::create(log_path).context("virtiofsd log")?;
         let mut source = OsString::from("source=");
         source.push(escape_opt(dir.as_os_str()));
         let mut sock_arg = OsString::from("--socket-path=");
-        sock_arg.push(&sock);
+        sock_arg.push(sock);
         let child = Command::new(&self.opts.virtiofsd_binary)
             .arg(sock_arg)
             .arg("-o")
@@ -174,12 +175,44 @@ impl Qemu {
                 bail!(
                     "virtiofsd did not create {}: {}",
                     sock.display(),
-                    tail(&layout.virtiofs_log())
+                    tail(log_path)
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(child)
+    }
+
+    /// The virtiofsd daemons of `cfg`: the container root's, then one per shared directory.
+    async fn start_file_servers(&self, cfg: &VmConfig, layout: &VmLayout) -> Result<Vec<Child>> {
+        let mut wanted = Vec::new();
+        if let Some(dir) = cfg.rootfs_dir() {
+            wanted.push((dir.clone(), layout.virtiofs_socket(), layout.virtiofs_log()));
+        }
+        for s in &cfg.shares {
+            wanted.push((
+                s.dir.clone(),
+                layout.share_socket(&s.tag),
+                layout.share_log(&s.tag),
+            ));
+        }
+        let mut started = Vec::new();
+        for (dir, sock, log) in wanted {
+            match self.start_virtiofsd(&dir, &sock, &log).await {
+                Ok(child) => started.push(child),
+                Err(e) => {
+                    stop_all(&mut started).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+}
+
+async fn stop_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill().await;
     }
 }
 
@@ -281,14 +314,12 @@ impl Hypervisor for Qemu {
         for s in [
             layout.control_socket(),
             layout.console_socket(),
+            layout.agent_socket(),
             layout.pid_file(),
         ] {
             let _ = std::fs::remove_file(s);
         }
-        let mut virtiofsd = match cfg.rootfs_dir() {
-            Some(dir) => Some(self.start_virtiofsd(dir, layout).await?),
-            None => None,
-        };
+        let mut virtiofsd = self.start_file_servers(cfg, layout).await?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -331,9 +362,7 @@ impl Hypervisor for Qemu {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                if let Some(v) = virtiofsd.as_mut() {
-                    let _ = v.kill().await;
-                }
+                stop_all(&mut virtiofsd).await;
                 return Err(e);
             }
         };
@@ -363,9 +392,7 @@ impl Hypervisor for Qemu {
             Ok(x) => x,
             Err(e) => {
                 let _ = child.kill().await;
-                if let Some(v) = virtiofsd.as_mut() {
-                    let _ = v.kill().await;
-                }
+                stop_all(&mut virtiofsd).await;
                 return Err(e.context(format!(
                     "QEMU start-up failed: {}",
                     tail(&layout.process_log())
@@ -398,11 +425,7 @@ impl Hypervisor for Qemu {
             })
         };
         let (exit_tx, exit_rx) = watch::channel(None::<ExitInfo>);
-        let helper_pids: Vec<u32> = virtiofsd
-            .as_ref()
-            .and_then(|v| v.id())
-            .into_iter()
-            .collect();
+        let helper_pids: Vec<u32> = virtiofsd.iter().filter_map(Child::id).collect();
         let reaper = {
             let reason = shutdown_reason.clone();
             let log_path = layout.process_log();
@@ -411,9 +434,7 @@ impl Hypervisor for Qemu {
                 // Give the QMP stream a moment to deliver the SHUTDOWN event written before exit.
                 let _ = tokio::time::timeout(Duration::from_millis(500), events_task).await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
-                if let Some(mut v) = virtiofsd {
-                    let _ = v.kill().await;
-                }
+                stop_all(&mut virtiofsd).await;
                 let reason = reason.lock().unwrap().clone();
                 let kind = match (reason.as_deref(), status) {
                     (Some("guest-shutdown"), _) => ExitKind::GuestPoweroff,

@@ -18,6 +18,7 @@ impl Qemu {
             memory_mib: 256,
             boot: BootMode::Initramfs,
             disks: vec![],
+            shares: vec![],
             nics: vec![],
             netns: None,
             guest: GuestConfig {

@@ -8,10 +8,15 @@ use zos_primitives::{
     spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
 };
-use zos_vm::{BootMode, DiskAttachment, GuestConfig, NicConfig, VmConfig, WritableLayer};
+use zos_vm::{
+    BootMode, DiskAttachment, GuestConfig, NicConfig, SharedDir, VmConfig, WritableLayer,
+};
 
 use crate::drivers::{
-    disk::disk_path, network::NodeNetworks, DriverError, DriverResult, WorkloadCtx,
+    disk::disk_path,
+    network::NodeNetworks,
+    volume::{is_mounted, volume_dir},
+    DriverError, DriverResult, WorkloadCtx,
 };
 
 /// zos-vm's limit on VM names.
@@ -150,7 +155,8 @@ pub(super) fn public_card(
     }))
 }
 
-/// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here).
+/// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here), except a
+/// volume not mounted yet.
 pub fn vm_config(
     ctx: &WorkloadCtx,
     w: &Workload,
@@ -160,16 +166,40 @@ pub fn vm_config(
     let vm = vm_spec(w)?;
     let nics = nics(ctx, w, vm, networks)?;
     let mut disks = Vec::new();
+    let mut shares = Vec::new();
     for (i, m) in vm.mounts.iter().enumerate() {
+        let mount = String::from_utf8_lossy(m.path.as_bytes()).into_owned();
+        let target_name = String::from_utf8_lossy(m.workload.as_bytes()).into_owned();
+        if let Some(
+            target @ Workload {
+                kind: WorkloadKind::Volume(_),
+                ..
+            },
+        ) = ctx.spec.workload(&m.workload)
+        {
+            // Mounted by the volume driver before the VMs; never share the bare mount point
+            // (what the guest wrote there would vanish under the volume once it is mounted).
+            let dir = volume_dir(ctx, target);
+            if !is_mounted(&dir).map_err(DriverError::Transient)? {
+                return Err(DriverError::Transient(anyhow::anyhow!(
+                    "volume {target_name} is not mounted yet"
+                )));
+            }
+            shares.push(SharedDir {
+                tag: format!("vol{i}"),
+                dir,
+                mount,
+            });
+            continue;
+        }
         let target = Workload {
             name: m.workload.clone(),
             kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }),
         };
         let path = disk_path(ctx, &target);
-        let target_name = name_str(&target);
         if !path.is_file() {
             return Err(DriverError::permanent(format!(
-                "mount {target_name}: no disk of that name on this node (only disks can be mounted; volumes are not supported yet)"
+                "mount {target_name}: no disk or volume of that name on this node"
             )));
         }
         // The guest finds a disk by its virtio serial (at most 20 bytes).
@@ -181,7 +211,7 @@ pub fn vm_config(
         disks.push(DiskAttachment {
             id,
             path,
-            mount: Some(String::from_utf8_lossy(m.path.as_bytes()).into_owned()),
+            mount: Some(mount),
             read_only: false,
         });
     }
@@ -219,6 +249,7 @@ pub fn vm_config(
             },
         },
         disks,
+        shares,
         nics,
         guest,
         // The taps live in the node's underlay namespace: the hypervisor opens them there.
