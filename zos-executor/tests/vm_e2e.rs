@@ -48,8 +48,8 @@ const EXECUTOR: ExecutorOptions = ExecutorOptions {
 /// Run by the guest: proves the disk, fills its 32 MiB volume past the end, then leaves a
 /// note on it.
 const VOLUME_CHECK: &str = "echo disk-ok >/data/marker && cat /data/marker
-if dd if=/dev/zero of=/shared/fill bs=1M count=48 2>/dev/null
-then echo VOLUME-UNBOUNDED; else echo VOLUME-FULL; fi
+dd if=/dev/zero of=/shared/fill bs=1M count=48 2>/tmp/dd.err
+grep -q 'No space left' /tmp/dd.err && echo VOLUME-FULL
 rm -f /shared/fill
 echo written-by-the-guest >>/shared/note
 ";
@@ -217,8 +217,11 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let rootfs = tmp.path().join("image-tree");
     busybox_rootfs(
         &rootfs,
-        &["dd", "rm", "tty"],
-        &[("etc/image-release", "vm e2e image\n"), ("bin/vol", VOLUME_CHECK)],
+        &["dd", "rm", "tty", "grep"],
+        &[
+            ("etc/image-release", "vm e2e image\n"),
+            ("bin/vol", VOLUME_CHECK),
+        ],
     )?;
     let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
     let packed = zos_image::pack::pack_dir(&rootfs, store.clone(), None, &Default::default())?;
@@ -484,7 +487,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     );
     let out = zos_session("//Alice", &["exec", "--detach", "--", "sleep", "600"], "")?;
     let started = String::from_utf8_lossy(&out.stdout).into_owned();
-    let pid: i32 = started
+    let sleep_pid: i32 = started
         .trim()
         .strip_prefix("started pid ")
         .and_then(|p| p.parse().ok())
@@ -498,11 +501,15 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
             .map(str::to_string)
     };
     ensure!(
-        out.status.code() == Some(0) && row(pid).is_some_and(|r| r.ends_with("sleep 600")),
-        "zos ps does not show the background sleep (pid {pid}): {}",
+        out.status.code() == Some(0) && row(sleep_pid).is_some_and(|r| r.ends_with("sleep 600")),
+        "zos ps does not show the background sleep (pid {sleep_pid}): {}",
         shown(&out)
     );
-    let out = zos_session("//Bob", &["kill", &pid.to_string(), "--signal", "KILL"], "")?;
+    let out = zos_session(
+        "//Bob",
+        &["kill", &sleep_pid.to_string(), "--signal", "KILL"],
+        "",
+    )?;
     ensure!(out.status.code() == Some(0), "zos kill: {}", shown(&out));
     POLLING
         .until(
@@ -512,9 +519,9 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
                 let out = zos_session("//Bob", &["ps"], "")?;
                 let listed = String::from_utf8_lossy(&out.stdout).into_owned();
                 Ok((out.status.success()
-                    && !listed
-                        .lines()
-                        .any(|l| l.split_whitespace().next() == Some(pid.to_string().as_str())))
+                    && !listed.lines().any(|l| {
+                        l.split_whitespace().next() == Some(sleep_pid.to_string().as_str())
+                    }))
                 .then_some(()))
             },
         )

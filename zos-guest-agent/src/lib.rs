@@ -12,6 +12,9 @@ use std::io::{self, Read, Write};
 
 /// Largest payload of one frame: output is cut into frames of at most this size.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Output is sent in frames of at most this size: a virtio port takes a write of this size
+/// whole, so a host that reconnects while output flows never starts in the middle of a frame.
+pub const MAX_OUTPUT_CHUNK: usize = 16 * 1024;
 /// Longest command line (all words together) a request may carry.
 pub const MAX_ARGV_BYTES: usize = 16 * 1024;
 /// Most words in a command line.

@@ -19,7 +19,10 @@
 //!
 //! The archive also carries `/dev/console` so the kernel has a console before `/init` runs.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -224,6 +227,19 @@ impl VmConfig {
                 s.dir.display()
             );
             check_mount_path(&s.mount, &format!("share {}", s.tag))?;
+            // Shares are mounted after the disks: one above a disk would hide it.
+            for d in &self.disks {
+                if let Some(m) = &d.mount {
+                    let below = Path::new(m).starts_with(Path::new(&s.mount));
+                    ensure!(
+                        !below,
+                        "disk {} at {m} would be hidden by share {} at {}: mount it elsewhere",
+                        d.id,
+                        s.tag,
+                        s.mount
+                    );
+                }
+            }
         }
         match &self.boot {
             BootMode::Initramfs => {}
@@ -509,6 +525,17 @@ mod tests {
             dir: "/srv/v".into(),
             mount: mount.into(),
         };
+        let mut c = base();
+        c.disks = vec![DiskAttachment {
+            id: "db".into(),
+            path: "/x".into(),
+            mount: Some("/srv/db".into()),
+            read_only: false,
+        }];
+        c.shares = vec![share("vol0", "/srv")];
+        assert!(c.validate().is_err(), "a share above a disk hides it");
+        c.shares = vec![share("vol0", "/srv/db/files")];
+        c.validate().unwrap();
         for bad in [
             vec![share(ROOTFS_TAG, "/data")],
             vec![share("vol0", "/a"), share("vol0", "/b")],

@@ -98,6 +98,20 @@ async fn next_event(
     }
 }
 
+/// Boots `cfg` in `dir` and waits (at most `secs`) for the guest to power itself off;
+/// returns the VM (to delete) and its console.
+async fn run_to_poweroff(dir: PathBuf, cfg: VmConfig, secs: u64) -> (Vm, String) {
+    let vm = Vm::create(qemu(), dir, cfg, opts()).await.unwrap();
+    let mut ev = vm.events();
+    vm.start().await.unwrap();
+    next_event(&mut ev, Duration::from_secs(secs), "PoweredOff", |e| {
+        matches!(e, VmEvent::PoweredOff { .. })
+    })
+    .await;
+    let console = vm.console_text();
+    (vm, console)
+}
+
 fn is_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
@@ -329,16 +343,7 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
         entrypoint: r#"/bin/sh -c 'echo "ENV GREETING=$GREETING MODE=$MODE"; echo "ARGS $0 $1"; echo "HOST $(hostname)"; cat /etc/image-release; echo written > /data/f && cat /data/f; echo x > /etc/new && echo "overlay writable"; cat /root/.ssh/authorized_keys; cat /shared/from-host; echo from-the-guest > /shared/from-guest' first "second word""#.into(),
         ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITestKeyOnly test@zos".into()],
     };
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
-        .await
-        .unwrap();
-    let mut ev = vm.events();
-    vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| {
-        matches!(e, VmEvent::PoweredOff { .. })
-    })
-    .await;
-    let console = vm.console_text();
+    let (vm, console) = run_to_poweroff(tmp.path().join("vm"), cfg, 180).await;
     for needle in [
         "ENV GREETING=hello from the spec MODE=a $b 'c'",
         "ARGS first second word",
@@ -376,16 +381,7 @@ async fn container_mode_runs_entrypoint_with_env_from_config_channel() {
         mount: "/srv/kept".into(),
     }];
     cfg.guest.entrypoint = "cat /srv/kept/from-guest".into();
-    let vm = Vm::create(qemu(), tmp.path().join("vm2"), cfg, opts())
-        .await
-        .unwrap();
-    let mut ev = vm.events();
-    vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(180), "PoweredOff", |e| {
-        matches!(e, VmEvent::PoweredOff { .. })
-    })
-    .await;
-    let console = vm.console_text();
+    let (vm, console) = run_to_poweroff(tmp.path().join("vm2"), cfg, 180).await;
     assert!(
         console.contains("from-the-guest") && console.contains("ZOS-GUEST-EXIT 0"),
         "the next guest does not read the shared file:\n{console}"
@@ -431,16 +427,7 @@ async fn full_disk_image_boots_from_its_root_filesystem() {
     };
     cfg.guest.entrypoint =
         r#"/bin/sh -c 'cat /etc/image-release; echo persisted > /etc/written-by-guest'"#.into();
-    let vm = Vm::create(qemu(), tmp.path().join("vm"), cfg, opts())
-        .await
-        .unwrap();
-    let mut ev = vm.events();
-    vm.start().await.unwrap();
-    next_event(&mut ev, Duration::from_secs(120), "PoweredOff", |e| {
-        matches!(e, VmEvent::PoweredOff { .. })
-    })
-    .await;
-    let console = vm.console_text();
+    let (vm, console) = run_to_poweroff(tmp.path().join("vm"), cfg, 120).await;
     assert!(
         console.contains("full disk image 7") && console.contains("ZOS-GUEST-EXIT 0"),
         "console:\n{console}"

@@ -29,6 +29,9 @@ use zos_guest_agent::{Frame, Kind, HEADER_LEN};
 const SESSION_QUEUE: usize = 64;
 /// How long the agent may take to acknowledge a session (it answers at once when it runs).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write to the agent that takes longer means the guest stopped reading: the link is
+/// dropped (the next session connects again).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads one frame from an async stream; `Ok(None)` at a clean end between frames.
 pub async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<Frame>> {
@@ -66,6 +69,8 @@ pub struct AgentLinks {
 /// One connection to one guest's agent.
 struct Link {
     socket: PathBuf,
+    /// To drop this link from the map when it fails.
+    links: std::sync::Weak<AgentLinks>,
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     sessions: Mutex<HashMap<u32, mpsc::Sender<Frame>>>,
     next_id: AtomicU32,
@@ -101,6 +106,7 @@ impl AgentLinks {
         getrandom::getrandom(&mut seed).context("random source")?;
         let link = Arc::new(Link {
             socket: socket.to_path_buf(),
+            links: Arc::downgrade(self),
             writer: tokio::sync::Mutex::new(writer),
             sessions: Mutex::default(),
             next_id: AtomicU32::new(u32::from_be_bytes(seed) | 1),
@@ -113,43 +119,17 @@ impl AgentLinks {
             }
             links.insert(socket.to_path_buf(), link.clone());
         }
-        let links = Arc::downgrade(self);
         let routed = link.clone();
         tokio::spawn(async move {
             let end = loop {
                 match read_frame(&mut reader).await {
-                    Ok(Some(frame)) => {
-                        let to = routed
-                            .sessions
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get(&frame.session)
-                            .cloned();
-                        if let Some(to) = to {
-                            // A slow deployer slows only this guest's link.
-                            let _ = to.send(frame).await;
-                        }
-                    }
+                    Ok(Some(frame)) => routed.route(frame),
                     Ok(None) => break "closed".to_string(),
                     Err(e) => break e.to_string(),
                 }
             };
             debug!(socket = %routed.socket.display(), %end, "guest agent link ended");
-            // Its sessions see their channel close; the next request connects again.
-            routed
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-            if let Some(links) = links.upgrade() {
-                let mut map = links.links.lock().unwrap_or_else(|p| p.into_inner());
-                if map
-                    .get(&routed.socket)
-                    .is_some_and(|l| Arc::ptr_eq(l, &routed))
-                {
-                    map.remove(&routed.socket);
-                }
-            }
+            routed.evict();
         });
         Ok(link)
     }
@@ -188,14 +168,65 @@ impl AgentLinks {
     }
 }
 
+impl Link {
+    /// Hands a frame to its session. Never waits: a session whose deployer does not keep up
+    /// is ended (its process killed) rather than stalling the guest's other sessions.
+    fn route(&self, frame: Frame) {
+        let id = frame.session;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let full = match sessions.get(&id) {
+            Some(to) => matches!(to.try_send(frame), Err(mpsc::error::TrySendError::Full(_))),
+            None => return,
+        };
+        if full {
+            // Dropping its sender ends the session; the relay then kills its process.
+            sessions.remove(&id);
+            info!(socket = %self.socket.display(), session = id, "agent session ended: its deployer does not read its output");
+        }
+    }
+
+    /// Drops this link: its sessions see their channel close; the next request connects again.
+    fn evict(self: &Arc<Self>) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        if let Some(links) = self.links.upgrade() {
+            let mut map = links.links.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&self.socket).is_some_and(|l| Arc::ptr_eq(l, self)) {
+                map.remove(&self.socket);
+            }
+        }
+    }
+
+    /// Writes a frame to the agent, bounded in time; a failed link is dropped.
+    async fn write(self: &Arc<Self>, frame: &Frame) -> Result<()> {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            let mut writer = self.writer.lock().await;
+            write_frame(&mut *writer, frame).await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.evict();
+                Err(anyhow!(e).context("writing to the guest agent"))
+            }
+            Err(_) => {
+                self.evict();
+                Err(anyhow!(
+                    "the guest's agent does not read (for {} s)",
+                    WRITE_TIMEOUT.as_secs()
+                ))
+            }
+        }
+    }
+}
+
 impl AgentSession {
     /// Sends a frame of this session to the agent.
     pub async fn send(&self, kind: Kind, payload: Vec<u8>) -> Result<()> {
-        let frame = Frame::new(self.id, kind, payload);
-        let mut writer = self.link.writer.lock().await;
-        write_frame(&mut *writer, &frame)
-            .await
-            .context("writing to the guest agent")
+        self.link.write(&Frame::new(self.id, kind, payload)).await
     }
 
     /// Marks the session ended (the agent sent Exit or Error): nothing to kill on drop.
@@ -216,9 +247,7 @@ impl Drop for AgentSession {
             let link = self.link.clone();
             let id = self.id;
             tokio::spawn(async move {
-                let frame = Frame::signal(id, libc::SIGKILL);
-                let mut writer = link.writer.lock().await;
-                let _ = write_frame(&mut *writer, &frame).await;
+                let _ = link.write(&Frame::signal(id, libc::SIGKILL)).await;
                 info!(socket = %link.socket.display(), session = id, "agent session abandoned by the deployer: its processes killed");
             });
         }

@@ -64,6 +64,8 @@ const MAX_SESSIONS: usize = 32;
 const MAX_SESSIONS_PER_SIGNER: usize = 4;
 /// An agent session in which nothing moved for this long is closed.
 const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// A deployer who does not take a frame for this long loses the session.
+const DEPLOYER_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where contracts' signers come from: the chain, or a fixed table in tests.
 #[async_trait::async_trait]
@@ -106,6 +108,9 @@ pub struct Access {
     readers: Arc<Semaphore>,
     /// Chain reads of contracts' signers at once (each is an RPC call).
     lookups: Semaphore,
+    /// When this endpoint started (unix s): the nonces seen before are forgotten, so a request
+    /// signed earlier is refused rather than replayable.
+    started: u64,
 }
 
 /// A refusal: a status and a sentence for the deployer.
@@ -156,6 +161,7 @@ impl Access {
             signer_sessions: Arc::default(),
             readers: Arc::new(Semaphore::new(MAX_READERS)),
             lookups: Semaphore::new(MAX_LOOKUPS),
+            started: unix_now(),
         }
     }
 
@@ -189,6 +195,12 @@ impl Access {
         creds
             .verify(method.as_str(), path, unix_now())
             .map_err(unauthorized)?;
+        if creds.time < self.started {
+            return Err(refused(
+                StatusCode::UNAUTHORIZED,
+                "the request was signed before the node's endpoint (re)started: sign it again",
+            ));
+        }
         Ok(creds)
     }
 
@@ -698,6 +710,17 @@ async fn serve_agent(
     Ok(response)
 }
 
+/// A write to the deployer, bounded: one who stops reading loses the session instead of
+/// holding it (and its slot) open.
+async fn to_deployer(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frame: zos_guest_agent::Frame,
+) -> std::io::Result<()> {
+    tokio::time::timeout(DEPLOYER_WRITE_TIMEOUT, agent::write_frame(w, &frame))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 /// Copies a session both ways until it ends; returns how it ended. The deployer may send
 /// input, terminal sizes and signals; the node forwards the agent's frames as they come.
 async fn relay(
@@ -716,13 +739,10 @@ async fn relay(
     if ends(&first) {
         session.ended();
         let how = describe(&first);
-        let _ = agent::write_frame(&mut client_w, &to_client(first)).await;
+        let _ = to_deployer(&mut client_w, to_client(first)).await;
         return how;
     }
-    if agent::write_frame(&mut client_w, &to_client(first))
-        .await
-        .is_err()
-    {
+    if to_deployer(&mut client_w, to_client(first)).await.is_err() {
         return "the deployer went away".into();
     }
     // The deployer's frames through a channel: reading them is not cancel-safe.
@@ -751,22 +771,22 @@ async fn relay(
                     if end.is_some() {
                         session.ended();
                     }
-                    let sent = agent::write_frame(&mut client_w, &to_client(f)).await;
+                    let sent = to_deployer(&mut client_w, to_client(f)).await;
                     if let Some(how) = end {
                         break how;
                     }
                     if sent.is_err() {
-                        break "the deployer went away".into();
+                        break "the deployer went away or stopped reading".into();
                     }
                 }
                 None => {
-                    session.ended();
-                    let _ = agent::write_frame(&mut client_w, &Frame::error(0, "the connection to the guest's agent closed (the VM stopped or restarted)")).await;
-                    break "the agent link closed".into();
+                    // Not marked ended: the process is killed if the guest still runs it.
+                    let _ = to_deployer(&mut client_w, Frame::error(0, "the session ended: the guest's agent went away (the VM stopped or restarted) or its output was not read fast enough")).await;
+                    break "the agent link closed or the deployer did not keep up".into();
                 }
             },
             _ = tokio::time::sleep(SESSION_IDLE) => {
-                let _ = agent::write_frame(&mut client_w, &Frame::error(0, format!("nothing moved for {} minutes: the session is closed", SESSION_IDLE.as_secs() / 60))).await;
+                let _ = to_deployer(&mut client_w, Frame::error(0, format!("nothing moved for {} minutes: the session is closed", SESSION_IDLE.as_secs() / 60))).await;
                 break "idle".into();
             }
         }

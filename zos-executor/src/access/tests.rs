@@ -396,6 +396,17 @@ async fn agent_sessions_are_relayed_for_signers_only() {
         .unwrap();
     assert_eq!(signal, libc::SIGKILL);
 
+    // A request signed before the endpoint started (one captured before a node restart)
+    // cannot be replayed after it, though its nonce is forgotten.
+    let path = path_of(1, &cat);
+    let before = access::authorization(&dev::alice(), "GET", &path, unix_now() - 30);
+    let (status, body) = get(addr, &path, Some(&before), None).await;
+    assert_eq!(
+        (status, body.contains("sign it again")),
+        (401, true),
+        "{body}"
+    );
+
     // Refusals: no upgrade, a stranger, a bad request, a VM without an agent.
     let (status, head, _) = open(path_of(1, &cat), dev::alice(), false).await;
     assert_eq!(status, 426, "{head}");

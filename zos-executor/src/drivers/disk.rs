@@ -130,11 +130,7 @@ impl Driver for DiskDriver {
     }
 
     async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
-        if size_bytes(new)? < size_bytes(old)? {
-            return Err(DriverError::permanent(
-                "a disk cannot shrink: its data would be cut off",
-            ));
-        }
+        super::refuse_shrink("disk", size_bytes(old)?, size_bytes(new)?)?;
         self.install(ctx, new).await
     }
 

@@ -113,6 +113,17 @@ impl DriverError {
 
 pub type DriverResult<T> = Result<T, DriverError>;
 
+/// Data workloads (disks, volumes) grow in place and never shrink: the cut-off data would be
+/// lost.
+pub(crate) fn refuse_shrink(what: &str, old_bytes: u64, new_bytes: u64) -> DriverResult<()> {
+    if new_bytes < old_bytes {
+        return Err(DriverError::permanent(format!(
+            "a {what} cannot shrink: its data would be cut off"
+        )));
+    }
+    Ok(())
+}
+
 /// The kind names the engine dispatches on (`WorkloadKind` variant names).
 pub fn kind_name(w: &Workload) -> &'static str {
     use zos_primitives::spec::WorkloadKind::*;

@@ -117,12 +117,19 @@ fn mounts() -> anyhow::Result<Vec<(PathBuf, String)>> {
         .collect())
 }
 
+/// `path` as the kernel records mount points: absolute, without links (the data directory
+/// may be given relative or through a link). Left as is when it does not exist.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The source (loop device) mounted at `dir`, if `dir` is a mount point.
 fn mounted_source(dir: &Path) -> anyhow::Result<Option<String>> {
+    let dir = canonical(dir);
     Ok(mounts()?
         .into_iter()
         .rev()
-        .find(|(point, _)| point == dir)
+        .find(|(point, _)| *point == dir)
         .map(|(_, source)| source))
 }
 
@@ -152,10 +159,11 @@ fn unmount(dir: &Path) -> anyhow::Result<()> {
 /// Unmounts every mount at or below `dir` (deepest first): a contract directory is removed
 /// only after, so a removal never walks into a mounted volume or leaves a mount behind.
 pub fn unmount_all_below(dir: &Path) -> anyhow::Result<()> {
+    let dir = canonical(dir);
     let mut below: Vec<PathBuf> = mounts()?
         .into_iter()
         .map(|(point, _)| point)
-        .filter(|point| point.starts_with(dir))
+        .filter(|point| point.starts_with(&dir))
         .collect();
     below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     below.dedup();
@@ -258,20 +266,50 @@ fn grow(image: &Path, dir: &Path, source: &str, current: u64, size: u64) -> Driv
     let Err(online) = run("resize2fs", &[source.as_ref()]) else {
         return Ok(());
     };
+    let in_use = |why: String| -> DriverResult<()> {
+        // The filesystem did not grow: neither does the file, so inspect keeps seeing the old
+        // size and a later update (with the VMs gone) can try again.
+        set_file_len(image, current)?;
+        run("losetup", &["-c".as_ref(), source.as_ref()])
+            .map_err(|e| DriverError::Transient(e.context("refreshing the loop device size")))?;
+        Err(DriverError::permanent(format!(
+            "this node cannot grow a volume while a VM uses it ({online:#}; {why}): \
+             grow it in a later update, after one that removes the VMs mounting it"
+        )))
+    };
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).context("path with NUL")?;
     // SAFETY: a valid NUL-terminated path. No detach: this fails while a guest uses it.
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         let busy = std::io::Error::last_os_error();
-        // The filesystem did not grow: neither does the file, so inspect keeps seeing the old
-        // size and a later update (with the VMs stopped) can try again.
-        set_file_len(image, current)?;
-        run("losetup", &["-c".as_ref(), source.as_ref()])
-            .map_err(|e| DriverError::Transient(e.context("refreshing the loop device size")))?;
-        return Err(DriverError::permanent(format!(
-            "this node cannot grow a volume while a VM uses it ({online:#}; unmounting: {busy}): \
-             grow it in an update that also removes the VMs mounting it, or keep its size"
-        )));
+        return in_use(format!("unmounting: {busy}"));
+    }
+    // A virtiofsd holds its own copy of the mount in its namespace: the loop device then
+    // stays attached after our unmount, and the filesystem is live. Mount the same device
+    // back (the same superblock) and leave it alone.
+    let loop_name = source.rsplit('/').next().unwrap_or_default();
+    let attached = Path::new("/sys/block")
+        .join(loop_name)
+        .join("loop/backing_file");
+    // The kernel lets a free loop device go shortly after the unmount, not always at once.
+    for _ in 0..40 {
+        if !attached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if attached.exists() {
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "nosuid,nodev,noatime".as_ref(),
+                source.as_ref(),
+                dir.as_os_str(),
+            ],
+        )
+        .map_err(|e| DriverError::Transient(e.context("mounting the volume back")))?;
+        return in_use("a guest's file server still holds it".into());
     }
     // e2fsck exits 1 when it fixed something, which still leaves a consistent filesystem.
     let checked = Command::new("e2fsck")
@@ -314,11 +352,7 @@ impl Driver for VolumeDriver {
     }
 
     async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()> {
-        if size_bytes(new)? < size_bytes(old)? {
-            return Err(DriverError::permanent(
-                "a volume cannot shrink: its data would be cut off",
-            ));
-        }
+        super::refuse_shrink("volume", size_bytes(old)?, size_bytes(new)?)?;
         self.install(ctx, new).await
     }
 
@@ -464,7 +498,42 @@ mod tests {
         let used = driver.usage(&ctx, &volume(32)).await.unwrap().disk_bytes;
         assert!(used > 0 && used < 32 * MIB, "usage {used}");
 
-        // Grown online: the files stay, the new space is usable.
+        // A guest's file server holds the volume from its own mount namespace (as virtiofsd
+        // does): grown online where the host can, else refused with nothing changed (never
+        // resized under a live mount).
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let can_resize_online = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+            // Bit 24: CAP_SYS_RESOURCE, which online resizing needs.
+            .is_some_and(|caps| caps & (1 << 24) != 0);
+        match driver.update(&ctx, &volume(32), &volume(64)).await {
+            Ok(()) => assert!(can_resize_online, "grown offline under a live mount"),
+            Err(DriverError::Permanent(why)) => {
+                assert!(why.contains("while a VM uses it"), "{why}");
+                let len = std::fs::metadata(image_path(&ctx, &volume(32)))
+                    .unwrap()
+                    .len();
+                assert_eq!(len, 32 * MIB);
+                assert!(is_mounted(&dir).unwrap());
+                assert_eq!(
+                    std::fs::read_to_string(dir.join("kept")).unwrap(),
+                    "tenant data"
+                );
+            }
+            Err(other) => panic!("{other}"),
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+
+        // Grown (online, or offline now that nothing holds it): the files stay, the new space
+        // is usable.
         driver.update(&ctx, &volume(32), &volume(64)).await.unwrap();
         assert_eq!(
             driver.inspect(&ctx, &volume(64)).await.unwrap(),

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use zos_guest_agent::{Exec, Frame, Kind, MAX_PAYLOAD};
+use zos_guest_agent::{Exec, Frame, Kind, MAX_OUTPUT_CHUNK};
 
 use super::{Agent, Input, Live, Shared};
 
@@ -71,6 +71,20 @@ fn new_session() -> io::Result<()> {
     Ok(())
 }
 
+/// The child gets default signals, the tenant's root and a session of its own (so a signal
+/// to the session reaches its whole process group).
+fn in_own_session_in_root(cmd: &mut Command, agent: &Agent) {
+    let root = agent.root_c.clone();
+    // SAFETY: the closure makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            default_signals();
+            enter_root(root.as_deref())?;
+            new_session()
+        });
+    }
+}
+
 impl Agent {
     fn command(&self, program: &Path, argv: &[String], tty: bool) -> Command {
         let mut cmd = Command::new(program);
@@ -111,7 +125,7 @@ fn abandon(mut child: Child) {
 
 /// Copies a pipe's bytes into frames of `kind` until it closes.
 fn pump(mut from: impl Read, shared: &Shared, id: u32, kind: Kind, ended: &AtomicBool) {
-    let mut buf = vec![0u8; MAX_PAYLOAD];
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     loop {
         match from.read(&mut buf) {
             Ok(0) => return,
@@ -127,7 +141,7 @@ fn pump(mut from: impl Read, shared: &Shared, id: u32, kind: Kind, ended: &Atomi
 /// Copies a terminal's output into `Stdout` frames until its last user closes it (EIO) or
 /// the session ends.
 fn pump_tty(master: &File, shared: &Shared, id: u32, ended: &AtomicBool) {
-    let mut buf = vec![0u8; MAX_PAYLOAD];
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
     while !ended.load(Ordering::SeqCst) {
         let mut pfd = libc::pollfd {
             fd: master.as_raw_fd(),
@@ -188,15 +202,7 @@ pub fn spawn_piped(agent: &Agent, id: u32, program: &Path, argv: &[String]) -> i
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let root = agent.root_c.clone();
-    // SAFETY: the closure makes only async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            default_signals();
-            enter_root(root.as_deref())?;
-            new_session()
-        });
-    }
+    in_own_session_in_root(&mut cmd, agent);
     let mut child = cmd.spawn()?;
     let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -358,15 +364,7 @@ pub fn spawn_detached(agent: &Agent, program: &Path, argv: &[String]) -> io::Res
     };
     let mut cmd = agent.command(program, argv, false);
     cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    let root = agent.root_c.clone();
-    // SAFETY: the closure makes only async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            default_signals();
-            enter_root(root.as_deref())?;
-            new_session()
-        });
-    }
+    in_own_session_in_root(&mut cmd, agent);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
     // Reaped when it ends, so it leaves the process list.
