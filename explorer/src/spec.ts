@@ -1,7 +1,7 @@
 // Deployment specs in the readable file form deployers keep (the serde form of
 // `zos_primitives::spec::DeploymentSpec`, as `zos deploy` reads it from JSON or TOML): snake_case
 // names, `kind: { disk: { size_mib } }`, hex hashes, dotted-quad addresses, CIDR strings,
-// "host:port" endpoints and gateway backends. Converted to the object polkadot.js encodes from the
+// "host:port" endpoints and gateway backends, health probes as `{ http: { port, path } }`. Converted to the object polkadot.js encodes from the
 // metadata, and checked with the same rules, in the same order, as `DeploymentSpec::validate` on
 // chain.
 
@@ -26,6 +26,13 @@ export const LIMITS = {
   MAX_GATEWAY_NAME_LEN: 63,
   MAX_FQDN_LEN: 253,
   SEALED_WIREGUARD_KEY_LEN: 80,
+  MAX_HEALTH_COMMAND_LEN: 256,
+  MAX_HTTP_PATH_LEN: 128,
+  MIN_HEALTH_INTERVAL_SECS: 5,
+  MAX_HEALTH_INTERVAL_SECS: 3600,
+  MAX_HEALTH_RETRIES: 20,
+  MAX_HEALTH_TIMEOUT_SECS: 60,
+  MAX_HEALTH_START_PERIOD_SECS: 3600,
   MIN_VCPUS: 1,
   MAX_VCPUS: 64,
   MIN_VM_MEMORY_MIB: 256,
@@ -61,6 +68,12 @@ export class SpecProblem extends Error {
 
 const KINDS: Record<string, string> = {
   vm: 'Vm', disk: 'Disk', volume: 'Volume', network: 'Network', public_ip: 'PublicIp', gateway: 'Gateway',
+  health_check: 'HealthCheck',
+};
+
+/** `HealthCheckSpec`'s serde defaults, for the fields a file leaves out. */
+export const HEALTH_DEFAULTS = {
+  interval_secs: 30, timeout_secs: 5, retries: 3, start_period_secs: 120, on_unhealthy: 'restart',
 };
 
 const snake = (k: string) => k.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
@@ -243,6 +256,20 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
         tlsPassthrough: bool(b.tls_passthrough, `${p}.tls_passthrough`),
       };
     }
+    case 'health_check': {
+      allowKeys(b, ['vm', 'probe', 'interval_secs', 'timeout_secs', 'retries', 'start_period_secs', 'on_unhealthy'], p);
+      const d = HEALTH_DEFAULTS;
+      const orDefault = (v: unknown, path: string, max: number, dflt: number) => (v === undefined ? dflt : int(v, path, max));
+      return {
+        vm: str(b.vm, `${p}.vm`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+        probe: parseHealthProbe(b.probe, `${p}.probe`),
+        intervalSecs: orDefault(b.interval_secs, `${p}.interval_secs`, 0xffff, d.interval_secs),
+        timeoutSecs: orDefault(b.timeout_secs, `${p}.timeout_secs`, 0xffff, d.timeout_secs),
+        retries: orDefault(b.retries, `${p}.retries`, 0xff, d.retries),
+        startPeriodSecs: orDefault(b.start_period_secs, `${p}.start_period_secs`, 0xffff, d.start_period_secs),
+        onUnhealthy: parseOnUnhealthy(b.on_unhealthy === undefined ? d.on_unhealthy : b.on_unhealthy, `${p}.on_unhealthy`),
+      };
+    }
     case 'network': {
       allowKeys(b, ['ip_range', 'subnet', 'listen_port', 'peers', 'private_key', 'outbound_internet'], p);
       return {
@@ -321,6 +348,30 @@ function parseGatewayHost(v: unknown, path: string) {
   return { Fqdn: str(o.fqdn, `${path}.fqdn`, LIMITS.MAX_FQDN_LEN) };
 }
 
+/** `HealthProbe`: `{ command: "pgrep nginx" }`, `{ tcp: 22 }` or `{ http: { port: 80, path: "/healthz" } }`. */
+function parseHealthProbe(v: unknown, path: string) {
+  const o = obj(v, path);
+  const keys = Object.keys(o);
+  if (keys.length !== 1 || !['command', 'tcp', 'http'].includes(keys[0])) fail(path, 'expected { command }, { tcp } or { http }');
+  if (keys[0] === 'command') return { Command: str(o.command, `${path}.command`, LIMITS.MAX_HEALTH_COMMAND_LEN) };
+  if (keys[0] === 'tcp') return { Tcp: int(o.tcp, `${path}.tcp`, 0xffff) };
+  const http = obj(o.http, `${path}.http`);
+  allowKeys(http, ['port', 'path'], `${path}.http`);
+  return {
+    Http: {
+      port: int(http.port, `${path}.http.port`, 0xffff),
+      path: str(http.path, `${path}.http.path`, LIMITS.MAX_HTTP_PATH_LEN),
+    },
+  };
+}
+
+/** `OnUnhealthy`: "restart" or "report" (the chain's JSON writes them "Restart", "Report"). */
+function parseOnUnhealthy(v: unknown, path: string): string {
+  const variants: Record<string, string> = { restart: 'Restart', report: 'Report', Restart: 'Restart', Report: 'Report' };
+  if (typeof v !== 'string' || !variants[v]) fail(path, 'expected "restart" or "report"');
+  return variants[v];
+}
+
 // ---- validation: `DeploymentSpec::validate`, rule by rule, first broken rule wins.
 
 const u32 = (ip: number[]) => ((ip[0] << 24) | (ip[1] << 16) | (ip[2] << 8) | ip[3]) >>> 0;
@@ -365,8 +416,14 @@ export function validateSpec(spec: ChainSpec): string | null {
     } else if (kind === 'Gateway') {
       const e = checkGateway(b, byName);
       if (e) return e;
+    } else if (kind === 'HealthCheck') {
+      const e = checkHealthCheck(b, byName);
+      if (e) return e;
     }
   }
+  // One check per VM.
+  const checked = ws.filter((w) => w.kind.HealthCheck).map((w) => w.kind.HealthCheck.vm);
+  if (new Set(checked).size !== checked.length) return 'DuplicateHealthCheck';
   // Hosts compare by variant and text, as `GatewayHost`'s equality does.
   const hostKey = (g: any) => (g.host.Name !== undefined ? `name:${g.host.Name}` : `fqdn:${g.host.Fqdn}`);
   const hosts = ws.filter((w) => w.kind.Gateway).map((w) => hostKey(w.kind.Gateway));
@@ -416,6 +473,7 @@ function checkVm(vm: any, byName: (n: string) => any): string | null {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(e.key)) return 'InvalidEnvKey';
     if (vm.env.slice(0, i).some((o: any) => o.key === e.key)) return 'DuplicateEnvKey';
     if (!noNul(e.value)) return 'InvalidText';
+    if (e.value.startsWith(SEALED_ENV_PREFIX) && !wellFormedSealedEnvValue(e.value)) return 'InvalidSealedEnvValue';
   }
   if (!noNul(vm.entrypoint)) return 'InvalidText';
   for (const k of vm.sshKeys) {
@@ -475,6 +533,29 @@ function checkGateway(g: any, byName: (n: string) => any): string | null {
     }
   }
   return null;
+}
+
+/** `HealthCheckSpec::check`. */
+function checkHealthCheck(h: any, byName: (n: string) => any): string | null {
+  const target = byName(h.vm);
+  if (!target) return 'UnknownHealthCheckTarget';
+  if (!target.kind.Vm) return 'HealthCheckTargetNotAVm';
+  const timingOk = h.intervalSecs >= LIMITS.MIN_HEALTH_INTERVAL_SECS && h.intervalSecs <= LIMITS.MAX_HEALTH_INTERVAL_SECS
+    && h.timeoutSecs >= 1 && h.timeoutSecs <= Math.min(h.intervalSecs, LIMITS.MAX_HEALTH_TIMEOUT_SECS)
+    && h.retries >= 1 && h.retries <= LIMITS.MAX_HEALTH_RETRIES
+    && h.startPeriodSecs <= LIMITS.MAX_HEALTH_START_PERIOD_SECS;
+  if (!timingOk) return 'HealthTimingOutOfRange';
+  const probe = h.probe;
+  let probeOk: boolean;
+  if (probe.Command !== undefined) {
+    // Not blank: `u8::is_ascii_whitespace` is space, \t, \n, \f and \r (not \v).
+    probeOk = probe.Command !== '' && noNul(probe.Command) && !/^[ \t\n\f\r]*$/.test(probe.Command);
+  } else if (probe.Tcp !== undefined) {
+    probeOk = probe.Tcp !== 0;
+  } else {
+    probeOk = probe.Http.port !== 0 && probe.Http.path.startsWith('/') && isPrintable(probe.Http.path);
+  }
+  return probeOk ? null : 'InvalidHealthProbe';
 }
 
 /** `classify_ipv4`: the special-purpose block `ip` is in, or null for a global unicast address. */
@@ -578,7 +659,7 @@ export function requiredResources(spec: ChainSpec): Required {
       r.publicIpv4 += 1;
     } else if (kind === 'Gateway') {
       r.gatewayHosts += 1; // billed per host-hour
-    }
+    } // a network or a health check reserves nothing
   }
   return r;
 }
@@ -769,8 +850,26 @@ function readableKind(kind: any): Record<string, unknown> {
         tls_passthrough: b.tlsPassthrough.isTrue,
       },
     };
+    case 'HealthCheck': return {
+      health_check: {
+        vm: text(b.vm),
+        probe: readableProbe(b.probe),
+        interval_secs: num(b.intervalSecs),
+        timeout_secs: num(b.timeoutSecs),
+        retries: num(b.retries),
+        start_period_secs: num(b.startPeriodSecs),
+        on_unhealthy: b.onUnhealthy.isReport ? 'report' : 'restart',
+      },
+    };
   }
   return { [t]: kind.toJSON() };
+}
+
+/** A `HealthProbe` as the file form writes it. */
+function readableProbe(p: any): Record<string, unknown> {
+  if (p.isCommand) return { command: text(p.asCommand) };
+  if (p.isTcp) return { tcp: num(p.asTcp) };
+  return { http: { port: num(p.asHttp.port), path: text(p.asHttp.path) } };
 }
 
 /** A `SocketAddress` as the CLI writes it (Rust's `Display`): "10.20.1.2:80", "[2001:db8::7]:443". */
@@ -903,4 +1002,23 @@ export const SPEC_ERROR_DOCS: Record<string, string> = {
   GatewayBackendNotAllowed: 'A gateway backend has port 0, or (without a network) is not a public address: loopback, private, link-local and similar addresses are refused.',
   GatewayBackendOutsideNetwork: 'A gateway backend is outside the range of the network the gateway names (or is IPv6).',
   DuplicateGatewayHost: 'Two gateways of one spec serve the same host.',
+  UnknownHealthCheckTarget: 'A health check names no workload of the spec.',
+  HealthCheckTargetNotAVm: 'A health check names a workload that is not a VM.',
+  DuplicateHealthCheck: 'One VM has two health checks.',
+  HealthTimingOutOfRange: "A health check's interval must be 5-3600 s, its timeout 1 s to the interval (at most 60 s), its retries 1-20 and its start period at most 3600 s.",
+  InvalidHealthProbe: 'A health probe needs a non-zero port, a non-blank UTF-8 command, or an HTTP path of printable ASCII starting with `/`.',
+  InvalidSealedEnvValue: 'An environment value starting with `zos-sealed:v1:` must continue with the padded base64 of a sealed box (see `zos seal-env`).',
 };
+
+/** How an environment value sealed to the node starts (`zos seal-env`); base64 follows. */
+export const SEALED_ENV_PREFIX = 'zos-sealed:v1:';
+
+/** The chain's shape check of a sealed value: padded standard base64, long enough for a sealed
+ * box (48 bytes) holding the 16-byte binding tag. */
+function wellFormedSealedEnvValue(value: string): boolean {
+  const b64 = value.slice(SEALED_ENV_PREFIX.length);
+  const padding = b64.length - b64.replace(/=+$/, '').length;
+  const body = b64.slice(0, b64.length - padding);
+  return b64.length % 4 === 0 && padding <= 2 && /^[A-Za-z0-9+/]*$/.test(body)
+    && Math.max(0, (b64.length / 4) * 3 - padding) >= 48 + 16;
+}

@@ -329,3 +329,249 @@ test('the gateway host errors are the runtime\'s deployments errors', async () =
   const hosts = pallet.storage.unwrap().items.find((i) => i.name.toString() === 'GatewayHosts');
   assert.deepEqual(hosts.type.asMap.hashers.map((h) => h.toString()), ['Identity']);
 });
+
+// Health checks (`HealthCheckSpec`): a probe of one VM of the spec, a workload of its own. The
+// example of primitives/src/spec/tests.rs: an HTTP check of the web VM.
+const webHealth = {
+  vm: 'web', probe: { http: { port: 80, path: '/healthz' } },
+  interval_secs: 10, timeout_secs: 2, retries: 3, start_period_secs: 60, on_unhealthy: 'restart',
+};
+/** The network and web VM of the gateway example, the health check `check` of it, then `more`. */
+function healthText(check, ...more) {
+  return JSON.stringify({
+    version: 0,
+    metadata: 'explorer test: health checks',
+    workloads: [
+      { name: 'net', kind: { network } },
+      { name: 'web', kind: { vm } },
+      { name: 'web-health', kind: { health_check: check } },
+      ...more,
+    ],
+  });
+}
+const healthWith = (patch) => healthText({ ...webHealth, ...patch });
+const probeWith = (probe) => healthWith({ probe });
+const parsedCheck = (text) => spec.parseSpec(text).workloads[2].kind.HealthCheck;
+
+test('a health check parses to the object polkadot.js encodes, passes the rules and reserves nothing', () => {
+  const parsed = spec.parseSpec(healthText(webHealth));
+  assert.deepEqual(parsed.workloads[2], {
+    name: 'web-health',
+    kind: {
+      HealthCheck: {
+        vm: 'web',
+        probe: { Http: { port: 80, path: '/healthz' } },
+        intervalSecs: 10,
+        timeoutSecs: 2,
+        retries: 3,
+        startPeriodSecs: 60,
+        onUnhealthy: 'Restart',
+      },
+    },
+  });
+  assert.equal(spec.validateSpec(parsed), null);
+  const without = spec.parseSpec(JSON.stringify({ version: 0, workloads: [{ name: 'net', kind: { network } }, { name: 'web', kind: { vm } }] }));
+  assert.deepEqual(spec.requiredResources(parsed), spec.requiredResources(without));
+  // The other probes and the other reaction.
+  assert.deepEqual(parsedCheck(probeWith({ command: 'pgrep nginx' })).probe, { Command: 'pgrep nginx' });
+  assert.deepEqual(parsedCheck(probeWith({ tcp: 22 })).probe, { Tcp: 22 });
+  assert.equal(parsedCheck(healthWith({ on_unhealthy: 'report' })).onUnhealthy, 'Report');
+  // The chain's JSON (camelCase fields, PascalCase variants) reads the same.
+  const camel = parsedCheck(healthText({ vm: 'web', probe: { Tcp: 22 }, intervalSecs: 60, startPeriodSecs: 0, onUnhealthy: 'Report' }));
+  assert.deepEqual(camel, { vm: 'web', probe: { Tcp: 22 }, intervalSecs: 60, timeoutSecs: 5, retries: 3, startPeriodSecs: 0, onUnhealthy: 'Report' });
+  assert.deepEqual(parsedCheck(probeWith({ Http: { port: 8080, path: '/' } })).probe, { Http: { port: 8080, path: '/' } });
+});
+
+test('a health check written with only its VM and probe takes the serde defaults', () => {
+  const check = parsedCheck(healthText({ vm: 'web', probe: { http: { port: 8080, path: '/healthz' } } }));
+  assert.deepEqual(
+    [check.intervalSecs, check.timeoutSecs, check.retries, check.startPeriodSecs, check.onUnhealthy],
+    [30, 5, 3, 120, 'Restart'],
+  );
+  assert.deepEqual(spec.HEALTH_DEFAULTS, { interval_secs: 30, timeout_secs: 5, retries: 3, start_period_secs: 120, on_unhealthy: 'restart' });
+  assert.equal(ruleBroken(healthText({ vm: 'web', probe: { command: 'pgrep nginx' } })), null);
+  // The default timeout (5 s) is checked against the interval like a written one.
+  assert.equal(ruleBroken(healthText({ vm: 'web', probe: { tcp: 22 }, interval_secs: 5 })), null);
+});
+
+test('each broken health check rule is named by the SpecError the chain returns, in the chain\'s order', () => {
+  const disk = { name: 'data', kind: { disk: { size_mib: 1024 } } };
+  const net2 = { name: 'net2', kind: { network: { ...network, ip_range: '10.21.0.0/16', subnet: '10.21.1.0/24' } } };
+  const brokenNet2 = { ...net2, kind: { network: { ...net2.kind.network, listen_port: 0 } } };
+  const second = (patch) => ({ name: 'web-health-2', kind: { health_check: { ...webHealth, probe: { tcp: 22 }, ...patch } } });
+  const cases = [
+    ['UnknownHealthCheckTarget', healthWith({ vm: 'nobody' })],
+    ['HealthCheckTargetNotAVm', healthWith({ vm: 'net' })],
+    ['HealthCheckTargetNotAVm', healthText({ ...webHealth, vm: 'data' }, disk)],
+    ['HealthCheckTargetNotAVm', healthWith({ vm: 'web-health' })],
+    ['DuplicateHealthCheck', healthText(webHealth, second({}))],
+    ['HealthTimingOutOfRange', healthWith({ interval_secs: 4 })],
+    ['HealthTimingOutOfRange', healthWith({ interval_secs: 3601, timeout_secs: 2 })],
+    ['HealthTimingOutOfRange', healthWith({ timeout_secs: 11 })],
+    ['HealthTimingOutOfRange', healthWith({ timeout_secs: 0 })],
+    ['HealthTimingOutOfRange', healthWith({ interval_secs: 600, timeout_secs: 61 })],
+    ['HealthTimingOutOfRange', healthWith({ retries: 0 })],
+    ['HealthTimingOutOfRange', healthWith({ retries: 21 })],
+    ['HealthTimingOutOfRange', healthWith({ start_period_secs: 3601 })],
+    ['HealthTimingOutOfRange', healthText({ vm: 'web', probe: { tcp: 22 }, interval_secs: 4 })],
+    ['InvalidHealthProbe', probeWith({ tcp: 0 })],
+    ['InvalidHealthProbe', probeWith({ http: { port: 0, path: '/healthz' } })],
+    ['InvalidHealthProbe', probeWith({ http: { port: 80, path: 'healthz' } })],
+    ['InvalidHealthProbe', probeWith({ http: { port: 80, path: '' } })],
+    ['InvalidHealthProbe', probeWith({ http: { port: 80, path: '/a b' } })],
+    ['InvalidHealthProbe', probeWith({ http: { port: 80, path: '/caf\u00e9' } })],
+    ['InvalidHealthProbe', probeWith({ command: '' })],
+    ['InvalidHealthProbe', probeWith({ command: '  ' })],
+    ['InvalidHealthProbe', probeWith({ command: ' \t\n\f\r' })],
+    ['InvalidHealthProbe', probeWith({ command: 'true\u0000' })],
+    // Within a check: the target, then the timing, then the probe.
+    ['UnknownHealthCheckTarget', healthWith({ vm: 'nobody', interval_secs: 0, probe: { tcp: 0 } })],
+    ['HealthCheckTargetNotAVm', healthWith({ vm: 'net', interval_secs: 0, probe: { tcp: 0 } })],
+    ['HealthTimingOutOfRange', healthWith({ retries: 0, probe: { tcp: 0 } })],
+    // The check is checked where it stands among the workloads: before a later broken network.
+    ['HealthTimingOutOfRange', healthText({ ...webHealth, retries: 0 }, brokenNet2)],
+    // One check per VM is compared after every workload's own rules...
+    ['ListenPortZero', healthText(webHealth, second({}), brokenNet2)],
+    ['InvalidHealthProbe', healthText(webHealth, second({ probe: { tcp: 0 } }))],
+    // ...and before gateway hosts, public IPv4 and networks are compared across the spec.
+    ['DuplicateHealthCheck', healthText(webHealth, second({}), { name: 'site', kind: { gateway: site } }, { name: 'site2', kind: { gateway: site } })],
+    ['DuplicateHealthCheck', healthText(webHealth, second({}), { ...net2, kind: { network: { ...network } } })],
+  ];
+  for (const [expected, text] of cases) assert.equal(ruleBroken(text), expected, text);
+  for (const name of ['UnknownHealthCheckTarget', 'HealthCheckTargetNotAVm', 'DuplicateHealthCheck', 'HealthTimingOutOfRange', 'InvalidHealthProbe']) {
+    assert.ok(cases.some(([e]) => e === name), `no case for ${name}`);
+    assert.ok(spec.SPEC_ERROR_DOCS[name], `no doc line for ${name}`);
+  }
+});
+
+test('health checks at the edge of the rules pass', () => {
+  const cases = [
+    healthWith({ interval_secs: 5, timeout_secs: 5 }),
+    healthWith({ interval_secs: 3600, timeout_secs: 60 }),
+    healthWith({ timeout_secs: 1 }),
+    healthWith({ retries: 1 }),
+    healthWith({ retries: 20 }),
+    healthWith({ start_period_secs: 0 }),
+    healthWith({ start_period_secs: 3600 }),
+    healthWith({ on_unhealthy: 'report' }),
+    probeWith({ tcp: 65535 }),
+    probeWith({ http: { port: 65535, path: '/' } }),
+    probeWith({ http: { port: 80, path: `/${'a'.repeat(127)}` } }),
+    probeWith({ http: { port: 80, path: '/health?full=1&x=%20' } }),
+    probeWith({ command: 'x'.repeat(256) }),
+    probeWith({ command: '  pgrep nginx  ' }),
+    probeWith({ command: 'test -f /run/caf\u00e9' }),
+    // `u8::is_ascii_whitespace` leaves out the vertical tab: a command of one is not blank.
+    probeWith({ command: '\u000b' }),
+    // One check per VM: two VMs, a check each.
+    healthText(webHealth, { name: 'web2', kind: { vm: { ...vm, networks: [{ network: 'net', ip: '10.20.1.3' }] } } },
+      { name: 'web2-health', kind: { health_check: { ...webHealth, vm: 'web2' } } }),
+    // The check may come before its VM.
+    JSON.stringify({ version: 0, workloads: [{ name: 'a-check', kind: { health_check: webHealth } }, { name: 'net', kind: { network } }, { name: 'web', kind: { vm } }] }),
+  ];
+  for (const text of cases) assert.equal(ruleBroken(text), null, text);
+});
+
+test('a health check the file format cannot hold is refused before the rules, naming the field', () => {
+  const cases = [
+    [healthWith({ port: 80 }), /workloads\[2\]\.kind\.health_check: unknown field `port`/],
+    [healthWith({ vm: undefined }), /\.health_check\.vm: expected a string/],
+    [healthWith({ vm: 'x'.repeat(37) }), /\.vm: longer than 36 bytes/],
+    [healthWith({ probe: undefined }), /\.probe: expected an object/],
+    [probeWith('tcp'), /\.probe: expected an object/],
+    [probeWith({}), /\.probe: expected \{ command \}, \{ tcp \} or \{ http \}/],
+    [probeWith({ udp: 53 }), /\.probe: expected \{ command \}, \{ tcp \} or \{ http \}/],
+    [probeWith({ tcp: 22, command: 'true' }), /\.probe: expected \{ command \}, \{ tcp \} or \{ http \}/],
+    [probeWith({ tcp: 65536 }), /\.probe\.tcp: larger than 65535/],
+    [probeWith({ tcp: '22' }), /\.probe\.tcp: expected a non-negative integer/],
+    [probeWith({ command: 'x'.repeat(257) }), /\.probe\.command: longer than 256 bytes/],
+    [probeWith({ command: ['pgrep', 'nginx'] }), /\.probe\.command: expected a string/],
+    [probeWith({ http: { port: 80, path: '/', method: 'GET' } }), /\.probe\.http: unknown field `method`/],
+    [probeWith({ http: { port: 80 } }), /\.probe\.http\.path: expected a string/],
+    [probeWith({ http: { path: '/' } }), /\.probe\.http\.port: expected a non-negative integer/],
+    [probeWith({ http: { port: 80, path: `/${'a'.repeat(128)}` } }), /\.probe\.http\.path: longer than 128 bytes/],
+    [probeWith({ http: 80 }), /\.probe\.http: expected an object/],
+    [healthWith({ interval_secs: 65536 }), /\.interval_secs: larger than 65535/],
+    [healthWith({ timeout_secs: -1 }), /\.timeout_secs: expected a non-negative integer/],
+    [healthWith({ retries: 256 }), /\.retries: larger than 255/],
+    [healthWith({ start_period_secs: 1.5 }), /\.start_period_secs: expected a non-negative integer/],
+    [healthWith({ interval_secs: null }), /\.interval_secs: expected a non-negative integer/],
+    [healthWith({ on_unhealthy: 'ignore' }), /\.on_unhealthy: expected "restart" or "report"/],
+    [healthWith({ on_unhealthy: null }), /\.on_unhealthy: expected "restart" or "report"/],
+    [healthText('web'), /\.health_check: expected an object/],
+  ];
+  for (const [text, message] of cases) {
+    assert.throws(() => spec.parseSpec(text), (e) => e instanceof spec.SpecProblem && e.specError === null && message.test(e.message), text);
+  }
+  // The kind is offered among the others.
+  assert.throws(() => spec.parseSpec(healthText(webHealth).replace('"health_check"', '"healthcheck"')), /expected one of .*health_check/);
+});
+
+// Needs zos-client/metadata/zos-runtime.scale regenerated from a node with health checks.
+test('a health check read from chain shows in the readable form, which reads back to the same spec', async () => {
+  const { Metadata, TypeRegistry } = await import('@polkadot/types');
+  const registry = new TypeRegistry();
+  registry.setMetadata(new Metadata(registry, readFileSync(new URL('../../zos-client/metadata/zos-runtime.scale', import.meta.url))));
+  const parsed = spec.parseSpec(healthText(webHealth,
+    { name: 'web-cmd', kind: { health_check: { vm: 'web', probe: { command: 'pgrep nginx' }, on_unhealthy: 'report' } } },
+    { name: 'web-tcp', kind: { health_check: { vm: 'web', probe: { tcp: 22 } } } }));
+  const codec = registry.createType('ZosPrimitivesSpecDeploymentSpec', parsed);
+  // Added last: variant 6, after the gateway; then the fields in order (SCALE, little-endian).
+  const enc = (s) => [...new TextEncoder().encode(s)];
+  assert.deepEqual([...codec.workloads[2].kind.toU8a()], [
+    6, 3 << 2, ...enc('web'), 2, 80, 0, 8 << 2, ...enc('/healthz'), 10, 0, 2, 0, 3, 60, 0, 0,
+  ]);
+  assert.deepEqual([...codec.workloads[3].kind.toU8a()], [6, 3 << 2, ...enc('web'), 0, 11 << 2, ...enc('pgrep nginx'), 30, 0, 5, 0, 3, 120, 0, 1]);
+  assert.deepEqual([...codec.workloads[4].kind.toU8a()], [6, 3 << 2, ...enc('web'), 1, 22, 0, 30, 0, 5, 0, 3, 120, 0, 0]);
+  const readable = spec.readableSpec(codec);
+  assert.deepEqual(readable.workloads.slice(2).map((w) => w.kind), [
+    { health_check: webHealth },
+    { health_check: { vm: 'web', probe: { command: 'pgrep nginx' }, interval_secs: 30, timeout_secs: 5, retries: 3, start_period_secs: 120, on_unhealthy: 'report' } },
+    { health_check: { vm: 'web', probe: { tcp: 22 }, interval_secs: 30, timeout_secs: 5, retries: 3, start_period_secs: 120, on_unhealthy: 'restart' } },
+  ]);
+  const again = spec.parseSpec(JSON.stringify(readable));
+  assert.deepEqual(again, parsed);
+  assert.deepEqual(registry.createType('ZosPrimitivesSpecDeploymentSpec', again).toU8a(), codec.toU8a());
+});
+
+// Needs the refreshed metadata too: what the contract page and the event list read.
+test('the runtime reports health: WorkloadResult::Unhealthy and the WorkloadUnhealthy, WorkloadRecovered events', async () => {
+  const { Metadata, TypeRegistry } = await import('@polkadot/types');
+  const registry = new TypeRegistry();
+  const metadata = new Metadata(registry, readFileSync(new URL('../../zos-client/metadata/zos-runtime.scale', import.meta.url)));
+  registry.setMetadata(metadata);
+  // The contract page shows `isUnhealthy` / `asUnhealthy` as "unhealthy: <reason>".
+  const result = registry.createType('PalletDeploymentsWorkloadResult', { Unhealthy: 'connection refused' });
+  assert.equal(result.isUnhealthy, true);
+  assert.equal(result.asUnhealthy.toUtf8(), 'connection refused');
+  assert.equal(result.index, 2);
+  assert.equal(registry.createType('PalletDeploymentsWorkloadResult', { Error: 'boom' }).isUnhealthy, false);
+  const pallet = metadata.asLatest.pallets.find((p) => p.name.toString() === 'Deployments');
+  const events = registry.lookup.getSiType(pallet.events.unwrap().type).def.asVariant.variants;
+  const fields = (name) => events.find((v) => v.name.toString() === name)?.fields.map((f) => f.name.toString());
+  assert.deepEqual(fields('WorkloadUnhealthy'), ['contract', 'workload', 'reason']);
+  assert.deepEqual(fields('WorkloadRecovered'), ['contract', 'workload']);
+  // The spec errors the editor names are the runtime's, in its order.
+  const specErrors = registry.createType('ZosPrimitivesSpecSpecError').defKeys;
+  assert.deepEqual(specErrors, Object.keys(spec.SPEC_ERROR_DOCS));
+});
+
+test('a sealed environment value must be a well-formed sealed box, as the chain checks', () => {
+  const withEnv = (value) => JSON.stringify({
+    version: 0,
+    workloads: [
+      { name: 'net', kind: { network } },
+      { name: 'web', kind: { vm: { ...vm, env: [{ key: 'API_TOKEN', value }] } } },
+    ],
+  });
+  // 48 bytes of box and 16 of tag at least: 64 bytes are 88 base64 characters (one '=').
+  const sealed = `zos-sealed:v1:${Buffer.alloc(70, 7).toString('base64')}`;
+  assert.equal(ruleBroken(withEnv(sealed)), null);
+  assert.equal(ruleBroken(withEnv(`zos-sealed:v1:${Buffer.alloc(64, 1).toString('base64')}`)), null);
+  for (const bad of ['zos-sealed:v1:', 'zos-sealed:v1:AAAA', 'zos-sealed:v1:not base64!', `${sealed}=`, `zos-sealed:v1:${Buffer.alloc(63, 1).toString('base64')}`]) {
+    assert.equal(ruleBroken(withEnv(bad)), 'InvalidSealedEnvValue', bad);
+  }
+  // Plain values are public and unchecked.
+  assert.equal(ruleBroken(withEnv('zos-sealed:v2:anything')), null);
+  assert.ok(spec.SPEC_ERROR_DOCS.InvalidSealedEnvValue.includes('zos seal-env'));
+});

@@ -11,7 +11,10 @@ use alloc::vec::Vec;
 use crypto_box::{aead::OsRng, PublicKey, SecretKey};
 use zeroize::Zeroizing;
 
-use crate::spec::{SealedSecret, SEALED_BOX_OVERHEAD, SEALED_WIREGUARD_KEY_LEN, WIREGUARD_KEY_LEN};
+use crate::spec::{
+    SealedSecret, MAX_SEALED_ENV_SECRET_LEN, SEALED_BOX_OVERHEAD, SEALED_ENV_PREFIX,
+    SEALED_ENV_TAG_LEN, SEALED_WIREGUARD_KEY_LEN, WIREGUARD_KEY_LEN,
+};
 
 /// Why sealing or opening failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -24,6 +27,13 @@ pub enum SealError {
     SealFailed,
     /// Not sealed to this key, or tampered with.
     OpenFailed,
+    /// A sealed environment value made for another owner or another variable (copied from
+    /// someone else's spec, say).
+    WrongBinding,
+    /// A sealed environment value that is not `zos-sealed:v1:` and base64.
+    NotSealedEnv,
+    /// A secret longer than a sealed environment value holds.
+    SecretTooLong,
 }
 
 impl core::fmt::Display for SealError {
@@ -33,6 +43,9 @@ impl core::fmt::Display for SealError {
             SealError::WrongLength => "sealed data has the wrong length",
             SealError::SealFailed => "sealing failed",
             SealError::OpenFailed => "not sealed to this key, or tampered with",
+            SealError::WrongBinding => "sealed for another contract owner or another variable name",
+            SealError::NotSealedEnv => "not a sealed value (zos-sealed:v1: and base64)",
+            SealError::SecretTooLong => "the secret is too long for a sealed environment value",
         };
         f.write_str(text)
     }
@@ -103,9 +116,117 @@ pub fn open_wireguard_key(
     Ok(Zeroizing::new(key))
 }
 
+/// What binds a sealed environment value to the contract owner and the variable: only a
+/// contract of that owner gets the secret, under that name.
+fn env_binding(owner: &[u8; 32], key: &[u8]) -> [u8; SEALED_ENV_TAG_LEN] {
+    let mut input = Vec::with_capacity(8 + 32 + key.len());
+    input.extend_from_slice(b"zos/env\0");
+    input.extend_from_slice(owner);
+    input.extend_from_slice(key);
+    sp_crypto_hashing::blake2_128(&input)
+}
+
+/// Seals `secret` as the value of environment variable `key` for contracts owned by `owner`
+/// on the node with box key `node_box_key`: the text to put in the spec.
+pub fn seal_env_value(
+    node_box_key: &[u8; 32],
+    owner: &[u8; 32],
+    key: &[u8],
+    secret: &[u8],
+) -> Result<alloc::string::String, SealError> {
+    use base64::Engine as _;
+    if secret.len() > MAX_SEALED_ENV_SECRET_LEN {
+        return Err(SealError::SecretTooLong);
+    }
+    let mut plain = Zeroizing::new(Vec::with_capacity(SEALED_ENV_TAG_LEN + secret.len()));
+    plain.extend_from_slice(&env_binding(owner, key));
+    plain.extend_from_slice(secret);
+    let sealed = seal(node_box_key, &plain)?;
+    Ok(alloc::format!(
+        "{SEALED_ENV_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(sealed)
+    ))
+}
+
+/// Opens a sealed environment value of variable `key` in a contract owned by `owner`.
+pub fn open_env_value(
+    node_secret: &[u8; 32],
+    owner: &[u8; 32],
+    key: &[u8],
+    value: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    use base64::Engine as _;
+    let b64 = value
+        .strip_prefix(SEALED_ENV_PREFIX.as_bytes())
+        .ok_or(SealError::NotSealedEnv)?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| SealError::NotSealedEnv)?;
+    let plain = open(node_secret, &sealed)?;
+    let (tag, secret) = plain
+        .split_at_checked(SEALED_ENV_TAG_LEN)
+        .ok_or(SealError::WrongLength)?;
+    if tag != env_binding(owner, key) {
+        return Err(SealError::WrongBinding);
+    }
+    Ok(Zeroizing::new(secret.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_env_values_open_only_for_their_owner_and_variable() {
+        use crate::spec::{EnvValue, MAX_ENV_VALUE_LEN};
+        let (node_secret, node_public) = generate_box_keypair();
+        let (owner, other) = ([1u8; 32], [2u8; 32]);
+        let secret = b"postgres://app:hunter2@db/app";
+        let text = seal_env_value(&node_public, &owner, b"DATABASE_URL", secret).unwrap();
+        assert!(text.starts_with(SEALED_ENV_PREFIX) && !text.contains("hunter2"));
+        let open = |owner: &[u8; 32], key: &[u8], value: &[u8]| {
+            open_env_value(&node_secret, owner, key, value).map(|s| s.to_vec())
+        };
+        assert_eq!(
+            open(&owner, b"DATABASE_URL", text.as_bytes()),
+            Ok(secret.to_vec())
+        );
+        // Copied into another owner's spec, or under another name: refused.
+        assert_eq!(
+            open(&other, b"DATABASE_URL", text.as_bytes()),
+            Err(SealError::WrongBinding)
+        );
+        assert_eq!(
+            open(&owner, b"PRINTED", text.as_bytes()),
+            Err(SealError::WrongBinding)
+        );
+        let (stranger, _) = generate_box_keypair();
+        assert_eq!(
+            open_env_value(&stranger, &owner, b"DATABASE_URL", text.as_bytes()),
+            Err(SealError::OpenFailed)
+        );
+        assert_eq!(
+            open(&owner, b"DATABASE_URL", b"zos-sealed:v1:not base64!"),
+            Err(SealError::NotSealedEnv)
+        );
+        assert_eq!(open(&owner, b"X", b"plain"), Err(SealError::NotSealedEnv));
+        // The longest secret fits an `EnvValue` and passes the chain's shape check; one byte
+        // more is refused.
+        let longest = std::vec![b'x'; MAX_SEALED_ENV_SECRET_LEN];
+        let text = seal_env_value(&node_public, &owner, b"K", &longest).unwrap();
+        assert!(text.len() <= MAX_ENV_VALUE_LEN as usize, "{}", text.len());
+        assert!(EnvValue::try_from(text.as_str()).is_ok());
+        assert_eq!(open(&owner, b"K", text.as_bytes()), Ok(longest.clone()));
+        assert_eq!(
+            seal_env_value(
+                &node_public,
+                &owner,
+                b"K",
+                &[longest, std::vec![b'x']].concat()
+            ),
+            Err(SealError::SecretTooLong)
+        );
+    }
 
     #[test]
     fn sealed_secret_opens_only_with_the_node_key() {

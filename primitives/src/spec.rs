@@ -9,6 +9,9 @@
 //! JSON or TOML files: names and paths are strings, hashes and ciphertext are hex, addresses are
 //! dotted quads (`"10.20.1.2"`), subnets CIDR strings (`"10.20.1.0/24"`), endpoints
 //! `"host:port"`. Unknown fields are refused, so a typo cannot silently drop a setting.
+//!
+//! Everything in a spec is public, environment values included; a secret goes in as a value
+//! sealed to the node ([`SEALED_ENV_PREFIX`], `sealing::seal_env_value`).
 
 use alloc::vec::Vec;
 use codec::{Decode, DecodeWithMemTracking, Encode, MaxEncodedLen};
@@ -194,10 +197,45 @@ bounded_text!(
     MAX_ENV_KEY_LEN
 );
 bounded_text!(
-    /// Environment variable value (UTF-8).
+    /// Environment variable value (UTF-8). Public on chain, unless sealed to the node: a value
+    /// of the form [`SEALED_ENV_PREFIX`]`<base64>` is a sealed box only the node can open (see
+    /// `sealing::seal_env_value`), bound to the contract's owner and the variable's name.
     EnvValue,
     MAX_ENV_VALUE_LEN
 );
+
+/// How a sealed environment value starts; base64 (standard alphabet, padded) follows.
+pub const SEALED_ENV_PREFIX: &str = "zos-sealed:v1:";
+/// Bytes binding a sealed environment value to its owner and variable (inside the box).
+pub const SEALED_ENV_TAG_LEN: usize = 16;
+/// Longest secret a sealed environment value holds: what base64 fits in an `EnvValue` after
+/// the prefix, less the sealed box and the binding tag.
+pub const MAX_SEALED_ENV_SECRET_LEN: usize =
+    (MAX_ENV_VALUE_LEN as usize - SEALED_ENV_PREFIX.len()) / 4 * 3
+        - SEALED_BOX_OVERHEAD as usize
+        - SEALED_ENV_TAG_LEN;
+
+/// Whether `value` is meant as a sealed environment value (it starts with the prefix).
+pub fn is_sealed_env_value(value: &[u8]) -> bool {
+    value.starts_with(SEALED_ENV_PREFIX.as_bytes())
+}
+
+/// The shape of a sealed value's base64: padded, of the standard alphabet, long enough for a
+/// sealed box holding a tag. Opening it is the node's business.
+fn is_well_formed_sealed_env_value(value: &[u8]) -> bool {
+    let Some(b64) = value.get(SEALED_ENV_PREFIX.len()..) else {
+        return false;
+    };
+    let padding = b64.iter().rev().take_while(|c| **c == b'=').count();
+    let body = &b64[..b64.len() - padding];
+    b64.len() % 4 == 0
+        && padding <= 2
+        && body
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        && (b64.len() / 4 * 3).saturating_sub(padding)
+            >= SEALED_BOX_OVERHEAD as usize + SEALED_ENV_TAG_LEN
+}
 bounded_text!(
     /// Command line the VM starts with; empty for the image's default.
     Entrypoint,
@@ -211,6 +249,8 @@ bounded_text!(
 
 mod gateway;
 pub use gateway::*;
+mod health;
+pub use health::*;
 
 /// A secret sealed to a node's x25519 key (a crypto_box sealed box). The chain stores only this
 /// ciphertext; only the node holding the matching secret key can open it.
@@ -288,6 +328,8 @@ pub enum WorkloadKind {
     PublicIp(PublicIpSpec),
     /// A host name on a gateway node proxied to backends (see [`GatewaySpec`]).
     Gateway(GatewaySpec),
+    /// A probe of one VM of the spec, reported on chain (see [`HealthCheckSpec`]).
+    HealthCheck(HealthCheckSpec),
 }
 
 /// The image a VM boots: the root hash of its content-addressed index, and where to get it.
@@ -691,6 +733,21 @@ pub enum SpecError {
     GatewayBackendOutsideNetwork,
     /// Two gateways of one spec serve the same host.
     DuplicateGatewayHost,
+    /// A health check names no workload of the spec.
+    UnknownHealthCheckTarget,
+    /// A health check names a workload that is not a VM.
+    HealthCheckTargetNotAVm,
+    /// One VM has two health checks.
+    DuplicateHealthCheck,
+    /// A health check's interval must be 5-3600 s, its timeout 1 s to the interval (at most
+    /// 60 s), its retries 1-20 and its start period at most 3600 s.
+    HealthTimingOutOfRange,
+    /// A health probe needs a non-zero port, a non-blank UTF-8 command, or an HTTP path of
+    /// printable ASCII starting with `/`.
+    InvalidHealthProbe,
+    /// An environment value starting with `zos-sealed:v1:` must continue with the padded
+    /// base64 of a sealed box (see `zos seal-env`).
+    InvalidSealedEnvValue,
 }
 
 fn is_valid_name(name: &WorkloadName) -> bool {
@@ -769,6 +826,13 @@ impl Workload {
         }
     }
 
+    pub fn as_health_check(&self) -> Option<&HealthCheckSpec> {
+        match &self.kind {
+            WorkloadKind::HealthCheck(check) => Some(check),
+            _ => None,
+        }
+    }
+
     /// True for a public IP workload asking for an IPv4 address.
     pub fn needs_public_ipv4(&self) -> bool {
         matches!(&self.kind, WorkloadKind::PublicIp(p) if p.v4)
@@ -799,8 +863,8 @@ impl DeploymentSpec {
     ///
     /// The single place where workloads turn into capacity: the chain reserves and bills
     /// exactly this and the executor enforces it as limits. A VM counts its vCPUs (cru), memory
-    /// (mru) and root filesystem (sru); a disk or volume its size (sru); a network nothing; a
-    /// public IP with IPv4 one address; a gateway one host name. Nothing uses HDD (hru) yet.
+    /// (mru) and root filesystem (sru); a disk or volume its size (sru); a network or health check
+    /// nothing; a public IP with IPv4 one address; a gateway one host name. Nothing uses HDD (hru) yet.
     ///
     /// Arithmetic saturates; for a spec that passes [`Self::validate`] it never reaches the
     /// bound (at most `MAX_WORKLOADS` x 16 TiB of storage).
@@ -817,7 +881,7 @@ impl DeploymentSpec {
                 }
                 WorkloadKind::Disk(d) => r.sru = r.sru.saturating_add(mib_to_bytes(d.size_mib)),
                 WorkloadKind::Volume(v) => r.sru = r.sru.saturating_add(mib_to_bytes(v.size_mib)),
-                WorkloadKind::Network(_) => {}
+                WorkloadKind::Network(_) | WorkloadKind::HealthCheck(_) => {}
                 WorkloadKind::PublicIp(p) => {
                     if p.v4 {
                         public_ipv4 = public_ipv4.saturating_add(1);
@@ -872,7 +936,19 @@ impl DeploymentSpec {
                     }
                 }
                 WorkloadKind::Gateway(g) => g.check(self)?,
+                WorkloadKind::HealthCheck(h) => h.check(self)?,
             }
+        }
+        let checks: Vec<&HealthCheckSpec> = self
+            .workloads
+            .iter()
+            .filter_map(Workload::as_health_check)
+            .collect();
+        for (i, h) in checks.iter().enumerate() {
+            ensure(
+                !checks.iter().take(i).any(|o| o.vm == h.vm),
+                DuplicateHealthCheck,
+            )?;
         }
         let gateways: Vec<&GatewaySpec> = self
             .workloads
@@ -942,6 +1018,11 @@ impl DeploymentSpec {
                 DuplicateEnvKey,
             )?;
             ensure(is_text(e.value.as_bytes()), InvalidText)?;
+            ensure(
+                !is_sealed_env_value(e.value.as_bytes())
+                    || is_well_formed_sealed_env_value(e.value.as_bytes()),
+                InvalidSealedEnvValue,
+            )?;
         }
         ensure(is_text(vm.entrypoint.as_bytes()), InvalidText)?;
         ensure(vm.ssh_keys.iter().all(is_valid_ssh_key), InvalidSshKey)?;

@@ -2,7 +2,7 @@
 
 use zos_primitives::{
     contracts::{CancelCause, ContractState},
-    spec::{DeploymentSpec, GatewayHost, WorkloadKind},
+    spec::{DeploymentSpec, GatewayHost, HealthProbe, OnUnhealthy, WorkloadKind},
     Ipv4Cidr, Ipv6Cidr, Resources,
 };
 
@@ -154,6 +154,27 @@ pub fn spec_lines(spec: &DeploymentSpec) -> Vec<String> {
                             ", TLS passthrough"
                         } else {
                             ""
+                        }
+                    )
+                }
+                WorkloadKind::HealthCheck(h) => {
+                    let probe = match &h.probe {
+                        HealthProbe::Command(c) => format!("`{}`", text(c.as_bytes())),
+                        HealthProbe::Tcp(port) => format!("tcp port {port}"),
+                        HealthProbe::Http { port, path } => {
+                            format!("http://localhost:{port}{}", text(path.as_bytes()))
+                        }
+                    };
+                    format!(
+                        "health check of {}: {probe} every {} s (timeout {} s), unhealthy after {} failures past a {} s start period, then {}",
+                        text(h.vm.as_bytes()),
+                        h.interval_secs,
+                        h.timeout_secs,
+                        h.retries,
+                        h.start_period_secs,
+                        match h.on_unhealthy {
+                            OnUnhealthy::Restart => "restarts the VM",
+                            OnUnhealthy::Report => "reports only",
                         }
                     )
                 }

@@ -202,6 +202,18 @@ pub enum Command {
         #[arg(long)]
         wg_key: Option<String>,
     },
+    /// Seal a secret (read from standard input) as a VM's environment value: only the node
+    /// opens it, and only for contracts of the owner, under this variable name.
+    SealEnv {
+        /// The node the VM runs on.
+        #[arg(long)]
+        node: u32,
+        /// The contract's owner (default: the account of --key).
+        #[arg(long)]
+        owner: Option<String>,
+        /// The environment variable's name.
+        name: String,
+    },
     /// Private networks across several nodes.
     #[command(subcommand)]
     Network(NetworkCmd),

@@ -228,6 +228,7 @@ fn kind_name(kind: &WorkloadKind) -> &'static str {
         WorkloadKind::Network(_) => "network",
         WorkloadKind::PublicIp(_) => "public ip",
         WorkloadKind::Gateway(_) => "gateway",
+        WorkloadKind::HealthCheck(_) => "health check",
     }
 }
 

@@ -202,6 +202,10 @@ mod tests {
                 include_str!("../../examples/public-ip.toml"),
             ),
             ("gateway.toml", include_str!("../../examples/gateway.toml")),
+            (
+                "health-check.toml",
+                include_str!("../../examples/health-check.toml"),
+            ),
         ] {
             let spec =
                 parse_spec(text, Path::new(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));

@@ -64,7 +64,7 @@ fn network_example_is_a_valid_spec_with_a_sealed_key_of_the_right_length() {
 
 #[test]
 fn zos_check_accepts_the_examples_and_applies_image_overrides() {
-    for name in ["vm.toml", "network.toml"] {
+    for name in ["vm.toml", "network.toml", "health-check.toml"] {
         let out = zos(&["check", example(name).to_str().unwrap()]);
         assert!(
             out.status.success(),
@@ -72,6 +72,13 @@ fn zos_check_accepts_the_examples_and_applies_image_overrides() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The health check is described in words.
+    let out = zos(&["check", example("health-check.toml").to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("health check of web: http://localhost:8080/ every 10 s"),
+        "{said}"
+    );
     let root = "ab".repeat(32);
     let out = zos(&[
         "--json",

@@ -259,6 +259,25 @@ impl Chain {
         &self,
         contract: ContractId,
     ) -> Result<Option<(NodeId, Vec<[u8; 32]>)>> {
+        Ok(self
+            .contract_parties(contract)
+            .await?
+            .map(|(node, _, signers)| (node, signers)))
+    }
+
+    /// The owner of `contract` (it never changes), if the contract exists.
+    pub async fn contract_owner(&self, contract: ContractId) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .contract_parties(contract)
+            .await?
+            .map(|(_, owner, _)| owner))
+    }
+
+    /// A contract's node, owner and signers' public keys, at the finalized block.
+    async fn contract_parties(
+        &self,
+        contract: ContractId,
+    ) -> Result<Option<(NodeId, [u8; 32], Vec<[u8; 32]>)>> {
         let at = self.api.at_current_block().await?;
         let Some(value) = at
             .storage()
@@ -270,6 +289,7 @@ impl Chain {
         let c = value.decode()?;
         Ok(Some((
             c.node,
+            c.owner.0,
             c.signers.0.iter().map(|s| s.account.0).collect(),
         )))
     }
@@ -339,6 +359,16 @@ impl Chain {
     }
 }
 
+/// What a node reports for one workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReportedOutcome {
+    Ok,
+    /// The workload failed: the contract fails with this reason.
+    Failed(String),
+    /// A health check's VM fails its probe: the contract stays deployed.
+    Unhealthy(String),
+}
+
 /// Calls the executor sends, built from primitives values.
 pub mod calls {
     use super::*;
@@ -389,24 +419,25 @@ pub mod calls {
     pub fn report_deployment(
         contract: ContractId,
         version: u32,
-        outcomes: &[(Vec<u8>, Option<String>)],
+        outcomes: &[(Vec<u8>, ReportedOutcome)],
     ) -> Result<impl Payload> {
         use runtime_types::pallet_deployments::types::{WorkloadReport, WorkloadResult};
+        // Reasons longer than the chain's bound are cut at a char boundary.
+        let bounded = |reason: &str| -> Result<_> {
+            let max = zos_primitives::contracts::MAX_FAILURE_REASON_LEN as usize;
+            let mut end = reason.len().min(max);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let text: FailureText = FailureText::truncate_from(reason.as_bytes()[..end].to_vec());
+            convert(&text)
+        };
         let mut reports = Vec::with_capacity(outcomes.len());
-        for (name, error) in outcomes {
-            let result = match error {
-                None => WorkloadResult::Ok,
-                Some(reason) => {
-                    // Reasons longer than the chain's bound are cut at a char boundary.
-                    let max = zos_primitives::contracts::MAX_FAILURE_REASON_LEN as usize;
-                    let mut end = reason.len().min(max);
-                    while !reason.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    let text: FailureText =
-                        FailureText::truncate_from(reason.as_bytes()[..end].to_vec());
-                    WorkloadResult::Error(convert(&text)?)
-                }
+        for (name, outcome) in outcomes {
+            let result = match outcome {
+                ReportedOutcome::Ok => WorkloadResult::Ok,
+                ReportedOutcome::Failed(reason) => WorkloadResult::Error(bounded(reason)?),
+                ReportedOutcome::Unhealthy(reason) => WorkloadResult::Unhealthy(bounded(reason)?),
             };
             reports.push(WorkloadReport {
                 name: convert(

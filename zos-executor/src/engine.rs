@@ -44,6 +44,8 @@ fn install_rank(w: &Workload) -> u8 {
         WorkloadKind::Vm(_) => 3,
         // Routes to the VMs once they are up (and after the networks they are reached in).
         WorkloadKind::Gateway(_) => 4,
+        // Probes the VMs once they run.
+        WorkloadKind::HealthCheck(_) => 5,
     }
 }
 
@@ -62,9 +64,28 @@ pub struct DeploymentResult {
 }
 
 impl DeploymentResult {
+    /// No workload failed (an unhealthy check is not a failure: the contract runs).
     pub fn all_ok(&self) -> bool {
-        self.outcomes.iter().all(|(_, o)| *o == WorkloadOutcome::Ok)
+        !self
+            .outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, WorkloadOutcome::Failed(_)))
     }
+
+    /// The unhealthy checks and why, in order.
+    pub fn unhealthy(&self) -> Vec<(Vec<u8>, String)> {
+        unhealthy_of(&self.outcomes)
+    }
+}
+
+fn unhealthy_of(outcomes: &[(Vec<u8>, WorkloadOutcome)]) -> Vec<(Vec<u8>, String)> {
+    outcomes
+        .iter()
+        .filter_map(|(name, o)| match o {
+            WorkloadOutcome::Unhealthy(reason) => Some((name.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A desired state read at an older finalized block than one this node already acted on.
@@ -121,6 +142,12 @@ pub struct Engine {
     /// The node's gateway domain and public addresses from its on-chain record (refreshed
     /// every pass).
     node_domain: std::sync::RwLock<(Option<String>, Vec<std::net::IpAddr>)>,
+    /// Per contract, the version and the health verdicts the chain last accepted from this
+    /// process (unknown after a restart: reported again once).
+    reported_health: std::sync::Mutex<HashMap<ContractId, (u32, Vec<(Vec<u8>, String)>)>>,
+    /// Contract owners read from the chain (for sealed environment values; an owner never
+    /// changes).
+    owners: std::sync::RwLock<HashMap<ContractId, [u8; 32]>>,
 }
 
 /// What one contract task ended with.
@@ -142,7 +169,45 @@ impl Engine {
             box_secret: None,
             node_ipv6: std::sync::RwLock::new(None),
             node_domain: std::sync::RwLock::new((None, Vec::new())),
+            reported_health: Default::default(),
+            owners: Default::default(),
         }
+    }
+
+    /// Drops what is remembered about a removed contract.
+    fn forget_contract(&self, contract: ContractId) {
+        self.reported_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&contract);
+        self.owners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&contract);
+    }
+
+    /// Whether the owner of `contract` is known.
+    pub fn knows_owner(&self, contract: ContractId) -> bool {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&contract)
+    }
+
+    /// Records the owner of `contract` as the chain says it.
+    pub fn set_owner(&self, contract: ContractId, owner: [u8; 32]) {
+        self.owners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(contract, owner);
+    }
+
+    /// The chain accepted `result`: its health verdicts need no report until they change.
+    pub fn note_reported(&self, result: &DeploymentResult) {
+        self.reported_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(result.contract, (result.version, result.unhealthy()));
     }
 
     /// The node's public IPv6 subnet as the chain declares it now; later passes use it.
@@ -195,6 +260,12 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .1
                 .clone(),
+            owner: self
+                .owners
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&contract)
+                .copied(),
         }
     }
 
@@ -306,7 +377,10 @@ impl Engine {
             match outcome {
                 Ok(ContractOutcome::Reconciled(Some(result))) => summary.to_report.push(result),
                 Ok(ContractOutcome::Reconciled(None)) => {}
-                Ok(ContractOutcome::Removed) => summary.removed.push(id),
+                Ok(ContractOutcome::Removed) => {
+                    self.forget_contract(id);
+                    summary.removed.push(id)
+                }
                 Ok(ContractOutcome::Pending) => summary.pending.push(id),
                 Err(e) => {
                     warn!(contract = id, error = %format!("{e:#}"), "reconcile failed; retried next pass");
@@ -473,13 +547,20 @@ impl Engine {
                 continue;
             }
             let outcome = self
-                .converge_workload(&ctx, previous.get(&name), w, serving)
+                .converge_workload(
+                    &ctx,
+                    previous.get(&name),
+                    known_outcomes.get(&name),
+                    w,
+                    serving,
+                )
                 .await;
             match outcome {
-                Ok(()) => {
+                Ok(None) => {
                     outcomes.push((name, WorkloadOutcome::Ok));
                     failpoint("install-midway");
                 }
+                Ok(Some(unhealthy)) => outcomes.push((name, WorkloadOutcome::Unhealthy(unhealthy))),
                 Err(DriverError::Permanent(reason)) => {
                     warn!(workload = %String::from_utf8_lossy(&name), %reason, "workload failed");
                     outcomes.push((name, WorkloadOutcome::Failed(reason)));
@@ -528,7 +609,7 @@ impl Engine {
     ) -> Result<(), DriverError> {
         let Some(failed) = outcomes.iter().find_map(|(name, o)| match o {
             WorkloadOutcome::Failed(_) => Some(String::from_utf8_lossy(name).into_owned()),
-            WorkloadOutcome::Ok => None,
+            WorkloadOutcome::Ok | WorkloadOutcome::Unhealthy(_) => None,
         }) else {
             return Ok(());
         };
@@ -540,7 +621,7 @@ impl Engine {
                 .iter()
                 .find(|w| w.name.as_bytes() == name.as_slice())
                 .is_some_and(is_data);
-            if *outcome == WorkloadOutcome::Ok && !is_data {
+            if !matches!(outcome, WorkloadOutcome::Failed(_)) && !is_data {
                 *outcome = WorkloadOutcome::Failed(format!(
                     "stopped: workload '{failed}' of this contract failed"
                 ));
@@ -571,9 +652,10 @@ impl Engine {
         &self,
         ctx: &WorkloadCtx,
         previous: Option<&Workload>,
+        known: Option<&WorkloadOutcome>,
         w: &Workload,
         serving: bool,
-    ) -> Result<(), DriverError> {
+    ) -> Result<Option<String>, DriverError> {
         let driver = self.driver(w)?;
         match previous {
             Some(old) if old != w && kind_name(old) == kind_name(w) => {
@@ -587,6 +669,9 @@ impl Engine {
             .await?;
         match observed {
             Observed::Missing => {
+                if let Some(WorkloadOutcome::Unhealthy(reason)) = known {
+                    driver.recall(ctx, w, reason).await;
+                }
                 info!(workload = %String::from_utf8_lossy(w.name.as_bytes()), kind = kind_name(w), "installing");
                 self.with_retries("install", || driver.install(ctx, w))
                     .await?;
@@ -596,22 +681,23 @@ impl Engine {
                 self.with_retries("install", || driver.install(ctx, w))
                     .await?;
             }
-            Observed::Running | Observed::Paused => {}
+            Observed::Running | Observed::Paused | Observed::Unhealthy(_) => {}
         }
         let observed = self
             .with_retries("inspect", || driver.inspect(ctx, w))
             .await?;
         match (serving, observed) {
-            (false, Observed::Running) => {
+            (false, Observed::Running | Observed::Unhealthy(_)) => {
                 self.with_retries("pause", || driver.pause(ctx, w)).await?
             }
             (true, Observed::Paused) => {
                 self.with_retries("resume", || driver.resume(ctx, w))
                     .await?
             }
+            (true, Observed::Unhealthy(reason)) => return Ok(Some(reason)),
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Stores the new local record; returns the result when it must be (re)reported.
@@ -639,7 +725,7 @@ impl Engine {
         };
         // Report while the chain does not reflect this version's result yet.
         let chain_has_it = match &want.state {
-            ContractState::Deployed => result.all_ok(),
+            ContractState::Deployed => result.all_ok() && self.health_known(want, &result),
             ContractState::Failed(_) => !result.all_ok(),
             ContractState::GracePeriod => true,
             _ => false,
@@ -649,18 +735,42 @@ impl Engine {
         ))
     }
 
+    /// Whether the chain has the health verdicts of `result` (trivially when the spec has no
+    /// health check).
+    fn health_known(&self, want: &NodeContract, result: &DeploymentResult) -> bool {
+        let has_checks = want
+            .spec
+            .workloads
+            .iter()
+            .any(|w| w.as_health_check().is_some());
+        !has_checks
+            || self
+                .reported_health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&want.contract)
+                == Some(&(result.version, result.unhealthy()))
+    }
+
     /// Whether every workload of a deployed contract is up right now (what uptime counts).
     pub async fn is_up(&self, local: &LocalContract) -> bool {
         if local.outcomes.is_empty()
             || local
                 .outcomes
                 .iter()
-                .any(|(_, o)| *o != WorkloadOutcome::Ok)
+                .any(|(_, o)| matches!(o, WorkloadOutcome::Failed(_)))
         {
             return false;
         }
         let ctx = self.ctx(local.contract, &local.spec, &[]);
-        for w in local.spec.workloads.iter() {
+        // A health check holds nothing (its VM counts); it is unknown to a restarted executor
+        // until the next pass, which must not count as down time.
+        for w in local
+            .spec
+            .workloads
+            .iter()
+            .filter(|w| w.as_health_check().is_none())
+        {
             let Ok(driver) = self.driver(w) else {
                 return false;
             };
@@ -674,7 +784,8 @@ impl Engine {
                     )))
                 });
             match observed {
-                Ok(Observed::Running) => {}
+                // A failing health check is the tenant's service, not the node's uptime.
+                Ok(Observed::Running | Observed::Unhealthy(_)) => {}
                 other => {
                     tracing::debug!(contract = local.contract, workload = %String::from_utf8_lossy(w.name.as_bytes()), observed = ?other.map_err(|e| e.to_string()), "not up");
                     return false;

@@ -10,14 +10,18 @@ use tracing::{error, info, warn};
 use zos_primitives::{contracts::NodeContract, NodeId, PublicIpv6Config};
 
 use crate::{
-    access::{self, Access},
-    chain::{calls, Chain, TxError},
+    access::{self, agent::AgentLinks, Access},
+    chain::{calls, Chain, ReportedOutcome, TxError},
     config::{offered_capacity, Config},
     drivers::{
         disk::DiskDriver,
+        health::HealthDriver,
         network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks},
         public_ip::PublicIpDriver,
-        vm::{host_support as vm_host_support, ImageSourcePolicy, VmDriver, VmDriverConfig},
+        vm::{
+            host_support as vm_host_support, probes::AgentProbes, ImageSourcePolicy, VmDriver,
+            VmDriverConfig,
+        },
         volume::VolumeDriver,
         Driver,
     },
@@ -42,6 +46,8 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     pub node: NodeId,
     wake: Arc<Notify>,
+    /// Connections to the guests' agents (deployers' sessions and health probes).
+    agents: Arc<AgentLinks>,
     pub(crate) outbox: OutboxState,
     /// Contracts whose deployment result is being reported.
     reports_in_flight: std::sync::Mutex<std::collections::HashSet<zos_primitives::ContractId>>,
@@ -115,6 +121,9 @@ impl Executor {
         let node = register(&chain, &identity, &config).await?;
         info!(node, "node registered");
         let mut drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(DiskDriver), Arc::new(VolumeDriver)];
+        // A health check's change of verdict wakes a reconcile pass, which reports it.
+        let wake = Arc::new(Notify::new());
+        let agents = Arc::new(AgentLinks::default());
         let networks = start_networks(&config).await.map(|networks| {
             Arc::new(NodeNetworks::new(
                 networks,
@@ -151,12 +160,18 @@ impl Executor {
                             allowed: config.allowed_image_sources.clone(),
                         },
                     };
-                    let mut vm_driver = VmDriver::new(vm_config, metrics.clone());
+                    let mut vm_driver = VmDriver::new(vm_config, metrics.clone())
+                        .with_box_secret(*identity.box_secret());
                     if let Some(networks) = &networks {
                         vm_driver = vm_driver.with_networks(networks.clone());
                     }
-                    drivers.push(Arc::new(vm_driver));
-                    info!("VM driver enabled");
+                    let vm_driver = Arc::new(vm_driver);
+                    drivers.push(vm_driver.clone());
+                    drivers.push(Arc::new(HealthDriver::start(
+                        Arc::new(AgentProbes::new(agents.clone(), vm_driver)),
+                        wake.clone(),
+                    )));
+                    info!("VM and health-check drivers enabled");
                 }
                 Err(reason) => warn!(
                     %reason,
@@ -177,7 +192,8 @@ impl Executor {
             engine,
             metrics,
             node,
-            wake: Arc::new(Notify::new()),
+            wake,
+            agents,
             outbox,
             reports_in_flight: Default::default(),
             report_slots: tokio::sync::Semaphore::new(8),
@@ -202,11 +218,14 @@ impl Executor {
             );
         }
         if let Some(addr) = self.config.access_addr {
-            let access = Arc::new(Access::new(
-                self.chain.clone(),
-                self.node,
-                self.config.data_dir.join("contracts"),
-            ));
+            let access = Arc::new(
+                Access::new(
+                    self.chain.clone(),
+                    self.node,
+                    self.config.data_dir.join("contracts"),
+                )
+                .with_agents(self.agents.clone()),
+            );
             tokio::spawn(async move {
                 if let Err(e) = access::serve(addr, access).await {
                     error!(error = %format!("{e:#}"), "access endpoint stopped: deployers cannot read logs");
@@ -286,6 +305,7 @@ impl Executor {
         self.refresh_node_ipv6().await?;
         let (at, desired): (u64, Vec<NodeContract>) =
             self.chain.contracts_of_node(self.node).await?;
+        self.learn_owners(&desired).await;
         let summary = self.engine.reconcile(desired.clone(), at).await?;
         self.metrics
             .reconcile_seconds
@@ -309,6 +329,28 @@ impl Executor {
             });
         }
         Ok(())
+    }
+
+    /// Reads the owners of contracts with sealed environment values (they are bound to it)
+    /// that the engine does not know yet. A failed read leaves the VM waiting for the next pass.
+    async fn learn_owners(&self, desired: &[NodeContract]) {
+        for c in desired {
+            let sealed = c.spec.workloads.iter().filter_map(|w| w.as_vm()).any(|vm| {
+                vm.env
+                    .iter()
+                    .any(|e| zos_primitives::spec::is_sealed_env_value(e.value.as_bytes()))
+            });
+            if !sealed || self.engine.knows_owner(c.contract) {
+                continue;
+            }
+            match self.chain.contract_owner(c.contract).await {
+                Ok(Some(owner)) => self.engine.set_owner(c.contract, owner),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(contract = c.contract, error = %format!("{e:#}"), "reading the contract's owner")
+                }
+            }
+        }
     }
 
     fn update_state_gauges(&self, desired: &[NodeContract]) {
@@ -379,25 +421,31 @@ impl Executor {
             .as_deref()
             == Some(key.as_slice())
         {
+            self.engine.note_reported(result);
             return;
         }
         // The pallet wants one entry per workload in spec order.
-        let outcomes: Vec<(Vec<u8>, Option<String>)> = spec
+        let outcomes: Vec<(Vec<u8>, ReportedOutcome)> = spec
             .workloads
             .iter()
             .map(|w| {
                 let name = w.name.as_bytes().to_vec();
-                let error = match result
+                let outcome = match result
                     .outcomes
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, o)| o)
                 {
-                    Some(WorkloadOutcome::Ok) => None,
-                    Some(WorkloadOutcome::Failed(reason)) => Some(reason.clone()),
-                    None => Some("not deployed".into()),
+                    Some(WorkloadOutcome::Ok) => ReportedOutcome::Ok,
+                    Some(WorkloadOutcome::Failed(reason)) => {
+                        ReportedOutcome::Failed(reason.clone())
+                    }
+                    Some(WorkloadOutcome::Unhealthy(reason)) => {
+                        ReportedOutcome::Unhealthy(reason.clone())
+                    }
+                    None => ReportedOutcome::Failed("not deployed".into()),
                 };
-                (name, error)
+                (name, outcome)
             })
             .collect();
         let call = match calls::report_deployment(result.contract, result.version, &outcomes) {
@@ -416,8 +464,10 @@ impl Executor {
                     contract = result.contract,
                     version = result.version,
                     ok = result.all_ok(),
+                    unhealthy = result.unhealthy().len(),
                     "deployment reported"
                 );
+                self.engine.note_reported(result);
                 self.metrics.sent("deployment");
                 let _ = self.store.put_deploy_report(result.contract, &key);
             }

@@ -35,6 +35,8 @@ pub enum WorkloadOutcome {
     Ok,
     /// Permanent failure with the reason reported on chain.
     Failed(String),
+    /// A health check whose VM fails its probe: reported on chain, the contract keeps running.
+    Unhealthy(String),
 }
 
 /// What this node has deployed for one contract.

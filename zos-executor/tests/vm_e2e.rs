@@ -1,9 +1,13 @@
 //! The real executor binary, a real chain node and a real guest: a 2-of-2 contract with a Vm
 //! (a busybox image packed with zos-image, served by a loopback hub) and a Disk mounted at
-//! /data boots a guest whose console shows the spec's env and entrypoint output; the chain
+//! /data boots a guest whose console shows the spec's env and entrypoint output (and whose
+//! environment holds a secret sealed to the node, which neither the chain nor the node's log
+//! shows); the chain
 //! shows Deployed; a disk grown by a spec update is seen by the running guest; an image whose index does not hash to the pinned root is refused for good;
 //! a signer of the contract reads the guest's console from the node (`zos logs`, whole, last
-//! lines, followed) and a stranger's key is refused;
+//! lines, followed) and a stranger's key is refused; a failing health check is reported
+//! unhealthy on chain (the contract stays deployed), restarts its VM and is reported healthy
+//! once it passes again;
 //! the guest outlives executor restarts (kill -9 and SIGTERM): same QEMU, same mount, its tick
 //! count goes on, the restarted executor adopts it and reports continue in contiguous windows;
 //! an update without the VM shuts its guest down cleanly (the ext4 data disk is clean and has
@@ -23,8 +27,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     busybox_rootfs, cancel, contract_of, create_approved_contract, funded_identity,
-    registered_node, settled_reports, setup_farm, state_of, which, workspace_binary, Executor,
-    ExecutorOptions, Polling, StopOnDrop,
+    registered_node, reported_health, settled_reports, setup_farm, state_of, which,
+    workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
 };
 use node_harness::{client, ChainNode, NodeOptions};
 use subxt_signer::sr25519::dev;
@@ -33,6 +37,8 @@ use zos_image::store::{DirStore, Object, Store};
 use zos_primitives::{contracts::ContractState, spec::DeploymentSpec};
 
 const GREETING: &str = "hello from the chain";
+/// Sealed to the node in the spec: the chain never sees it, the guest does.
+const SECRET: &str = "sealed-for-this-node-only";
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
 
@@ -54,7 +60,13 @@ rm -f /shared/fill
 echo written-by-the-guest >>/shared/note
 ";
 
-fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<DeploymentSpec> {
+fn vm_spec(
+    root: &str,
+    source: &str,
+    version: u32,
+    disk_mib: u64,
+    sealed_token: &str,
+) -> Result<DeploymentSpec> {
     // Prints the env and proves the image and the disk, then every second a tick count (to
     // see that the guest keeps running) and the disk's size as the guest sees it (to see an
     // in-place growth). /bin/vol: a write past the volume's 32 MiB is refused, a note stays.
@@ -77,8 +89,22 @@ fn vm_spec(root: &str, source: &str, version: u32, disk_mib: u64) -> Result<Depl
                     { "workload": "data", "path": "/data" },
                     { "workload": "shared", "path": "/shared" },
                 ],
-                "env": [ { "key": "GREETING", "value": GREETING } ],
+                "env": [
+                    { "key": "GREETING", "value": GREETING },
+                    { "key": "API_TOKEN", "value": sealed_token },
+                ],
                 "entrypoint": entrypoint,
+            } } },
+            // Sick while /data/sick exists (the disk keeps it across the restart it causes). The
+    // start period covers a boot under emulation.
+            { "name": "web-health", "kind": { "health_check": {
+                "vm": "web",
+                "probe": { "command": "test ! -e /data/sick" },
+                "interval_secs": 5,
+                "timeout_secs": 5,
+                "retries": 2,
+                "start_period_secs": 45,
+                "on_unhealthy": "restart",
             } } },
         ],
     });
@@ -217,7 +243,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let rootfs = tmp.path().join("image-tree");
     busybox_rootfs(
         &rootfs,
-        &["dd", "rm", "tty", "grep"],
+        &["dd", "rm", "tty", "grep", "touch"],
         &[
             ("etc/image-release", "vm e2e image\n"),
             ("bin/vol", VOLUME_CHECK),
@@ -251,7 +277,45 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     let node = registered_node(&grid.api, &account, POLLING).await?;
 
     // ---- a VM + disk contract
-    let spec = vm_spec(&root, &source, 0, 64)?;
+    // A secret sealed to the node for Alice's contracts (`zos seal-env`, from stdin).
+    let sealed_token = {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(workspace_binary("zos")?)
+            .args([
+                "--url",
+                &chain.ws_url(),
+                "--key",
+                "//Alice",
+                "--json",
+                "seal-env",
+            ])
+            .args(["--node", &node.to_string(), "API_TOKEN"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(format!("{SECRET}\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "zos seal-env: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        said["value"]
+            .as_str()
+            .context("zos seal-env printed no value")?
+            .to_string()
+    };
+    ensure!(
+        sealed_token.starts_with("zos-sealed:v1:") && !sealed_token.contains(SECRET),
+        "not sealed: {sealed_token}"
+    );
+    let spec = vm_spec(&root, &source, 0, 64, &sealed_token)?;
     let contract = create_approved_contract(&grid.api, node, &spec).await?;
     let activated = Instant::now();
     let vm_dir = data_dir
@@ -470,6 +534,26 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         "zos exec with an exit code, the VM's env and stderr: {}",
         shown(&out)
     );
+    // The sealed secret is in the guest's environment, opened by the node; neither the chain
+    // nor the node's log shows it.
+    let out = zos_session(
+        "//Bob",
+        &["exec", "--", "sh", "-c", "echo \"token=$API_TOKEN\""],
+        "",
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&out.stdout) == format!("token={SECRET}\n"),
+        "the guest's sealed variable: {}",
+        shown(&out)
+    );
+    let on_chain = contract_of(&grid.api, node, contract)
+        .await?
+        .context("contract on chain")?;
+    ensure!(
+        !format!("{:?}", on_chain.spec).contains(SECRET)
+            && !serde_json::to_string(&on_chain.spec)?.contains(SECRET),
+        "the secret is readable on chain"
+    );
     let out = zos_session("//Alice", &["exec", "--", "cat"], "piped input\n")?;
     ensure!(
         out.status.code() == Some(0) && String::from_utf8_lossy(&out.stdout) == "piped input\n",
@@ -533,6 +617,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         shown(&out)
     );
     let log = std::fs::read_to_string(data_dir.join("executor.log"))?;
+    ensure!(!log.contains(SECRET), "the node logged the sealed secret");
     ensure!(
         log.matches("agent session opened by a signer").count() >= 8
             && log.contains(r#"argv: ["sleep", "600"]"#),
@@ -544,7 +629,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     );
 
     // ---- update: the disk grows 64 -> 128 MiB in place; the running guest sees it, no reboot
-    let grown = vm_spec(&root, &source, 1, 128)?;
+    let grown = vm_spec(&root, &source, 1, 128, &sealed_token)?;
     update_approved(&grid.api, contract, &grown).await?;
     let updated = Instant::now();
     POLLING
@@ -579,6 +664,86 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     eprintln!(
         "update (finalized) -> version 1 Deployed and the guest sees 128 MiB: {:?}",
         updated.elapsed()
+    );
+
+    // ---- health: the check's command fails while /data/sick exists. Two failures make it
+    // unhealthy: reported on chain with the reason, the contract stays deployed, the VM is
+    // restarted (a new boot, same disk). Once the file is gone the check passes and the chain
+    // hears it has recovered.
+    let health_from = Instant::now();
+    let boots_before = boots(&console);
+    ensure!(
+        reported_health(&grid.api, contract, "web-health").await? == Some(None),
+        "the health check is not reported healthy before it is made sick"
+    );
+    let out = zos_session("//Alice", &["exec", "--", "touch", "/data/sick"], "")?;
+    ensure!(
+        out.status.code() == Some(0),
+        "zos exec touch: {}",
+        shown(&out)
+    );
+    let reason = POLLING
+        .until(
+            "the health check reported unhealthy",
+            Duration::from_secs(120),
+            || async {
+                Ok(reported_health(&grid.api, contract, "web-health")
+                    .await?
+                    .flatten())
+            },
+        )
+        .await
+        .with_context(|| executor.log_tail())?;
+    let unhealthy_after = health_from.elapsed();
+    ensure!(
+        reason.contains("2 probes failed in a row") && reason.contains("exited with 1"),
+        "unexpected unhealthy reason: {reason}"
+    );
+    ensure!(
+        state_of(&grid.api, node, contract).await? == Some(ContractState::Deployed),
+        "an unhealthy check took the contract out of Deployed"
+    );
+    POLLING
+        .until(
+            "the unhealthy VM restarted",
+            Duration::from_secs(120),
+            || async { Ok((boots(&console) > boots_before).then_some(())) },
+        )
+        .await
+        .with_context(|| executor.log_tail())?;
+    let restarted_after = health_from.elapsed();
+    let pid = read_pid(&vm_dir)?;
+    // The agent answers again once the new boot is up.
+    let healed = POLLING
+        .until(
+            "the sick marker removed in the restarted guest",
+            Duration::from_secs(120),
+            || async {
+                let out = zos_session("//Alice", &["exec", "--", "rm", "-f", "/data/sick"], "")?;
+                Ok((out.status.code() == Some(0)).then_some(Instant::now()))
+            },
+        )
+        .await?;
+    POLLING
+        .until(
+            "the health check reported healthy again",
+            Duration::from_secs(120),
+            || async {
+                Ok(
+                    (reported_health(&grid.api, contract, "web-health").await? == Some(None))
+                        .then_some(()),
+                )
+            },
+        )
+        .await
+        .with_context(|| executor.log_tail())?;
+    ensure!(
+        state_of(&grid.api, node, contract).await? == Some(ContractState::Deployed),
+        "the contract left Deployed during the health episode"
+    );
+    eprintln!(
+        "health: sick -> unhealthy on chain {unhealthy_after:?}, -> VM restarted {restarted_after:?}; healed -> healthy on chain {:?} (reason: {reason})",
+        healed.elapsed()
     );
 
     // ---- executor restarts (kill -9, then SIGTERM as on an upgrade): the guest keeps running
@@ -683,7 +848,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         .get(Object::Index(packed.root))?
         .context("packed index")?;
     store.put(Object::Index(fake_root), &index)?;
-    let bad = vm_spec(&fake_root.to_hex(), &source, 0, 64)?;
+    let bad = vm_spec(&fake_root.to_hex(), &source, 0, 64, &sealed_token)?;
     let bad_contract = create_approved_contract(&grid.api, node, &bad).await?;
     let reason = POLLING
         .until(
@@ -709,6 +874,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     // the disk every second: a clean shutdown (power button, entrypoint ended, disk
     // unmounted), not a power cut. The disk is ext4, clean, and holds the last writes.
     let ticks_seen = last_tick(&console);
+    let boots_seen = boots(&console);
     let data_only = data_only_spec(2, 128)?;
     update_approved(&grid.api, contract, &data_only).await?;
     let removed = Instant::now();
@@ -768,10 +934,11 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         .join(contract.to_string())
         .join("volumes/shared");
     ensure!(mounted(&volume), "the volume was unmounted with its VM");
+    // One note per boot (the health check restarted the guest once).
     let note = std::fs::read_to_string(volume.join("note")).unwrap_or_default();
     ensure!(
-        note == "written-by-the-guest\n",
-        "the volume does not hold the guest's note: {note:?}"
+        note == "written-by-the-guest\n".repeat(boots_seen) && boots_seen == 2,
+        "the volume does not hold the guest's notes of its {boots_seen} boots: {note:?}"
     );
 
     // ---- cancel: QEMU stopped, image unmounted, VM directory removed

@@ -194,6 +194,25 @@ pub enum Request {
     Ps,
     /// Sends a signal to a process of the guest.
     Kill { pid: i32, signal: i32 },
+    /// Probes a port on the guest's loopback for a health check. The session ends with exit
+    /// status 0 when healthy; otherwise a [`Kind::Stdout`] frame says why and the status is 1.
+    Probe(Probe),
+}
+
+/// Longest HTTP path a probe may ask for.
+pub const MAX_PROBE_PATH: usize = 128;
+/// Longest time a probe may take.
+pub const MAX_PROBE_TIMEOUT_MS: u32 = 60_000;
+
+/// A TCP or HTTP health probe run inside the guest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub port: u16,
+    /// `GET` this path and want a 2xx or 3xx status; without, a TCP connection is enough.
+    #[serde(default)]
+    pub http_path: Option<String>,
+    pub timeout_ms: u32,
 }
 
 /// A command to run.
@@ -213,6 +232,14 @@ pub struct Exec {
     /// session with its pid in a [`Started`] reply.
     #[serde(default)]
     pub detach: bool,
+    /// Not logged on the guest's console (health probes run every few seconds). Left out of
+    /// the JSON when false, so agents of before it take the request.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub quiet: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Request {
@@ -239,6 +266,28 @@ impl Request {
                 Ok(())
             }
             Request::Ps => Ok(()),
+            Request::Probe(p) => {
+                if p.port == 0 {
+                    return Err("probe port 0".into());
+                }
+                if !(1..=MAX_PROBE_TIMEOUT_MS).contains(&p.timeout_ms) {
+                    return Err(format!(
+                        "a probe timeout of {} ms (1 to {MAX_PROBE_TIMEOUT_MS})",
+                        p.timeout_ms
+                    ));
+                }
+                if let Some(path) = &p.http_path {
+                    if !path.starts_with('/')
+                        || path.len() > MAX_PROBE_PATH
+                        || !path.bytes().all(|b| b.is_ascii_graphic())
+                    {
+                        return Err(format!(
+                            "an HTTP probe path must be printable ASCII starting with '/', at most {MAX_PROBE_PATH} bytes"
+                        ));
+                    }
+                }
+                Ok(())
+            }
             Request::Kill { pid, signal } => {
                 if *pid <= 1 {
                     return Err(
@@ -344,6 +393,7 @@ mod tests {
                 rows: 0,
                 cols: 0,
                 detach,
+                quiet: false,
             })
         };
         assert!(exec(vec!["ls", "-l"], false, false).check().is_ok());
@@ -355,6 +405,22 @@ mod tests {
         assert!(Request::Kill { pid: 1, signal: 9 }.check().is_err());
         assert!(Request::Kill { pid: 5, signal: 0 }.check().is_err());
         assert!(Request::Kill { pid: 5, signal: 15 }.check().is_ok());
+        let probe = |port, http_path: Option<&str>, timeout_ms| {
+            Request::Probe(Probe {
+                port,
+                http_path: http_path.map(str::to_string),
+                timeout_ms,
+            })
+            .check()
+        };
+        assert!(probe(80, Some("/healthz"), 2000).is_ok());
+        assert!(probe(22, None, 1).is_ok());
+        assert!(probe(0, None, 1000).is_err());
+        assert!(probe(80, None, 0).is_err());
+        assert!(probe(80, None, MAX_PROBE_TIMEOUT_MS + 1).is_err());
+        assert!(probe(80, Some("healthz"), 1000).is_err());
+        assert!(probe(80, Some("/a b"), 1000).is_err());
+        assert!(probe(80, Some(&format!("/{}", "a".repeat(MAX_PROBE_PATH))), 1000).is_err());
         let json = serde_json::to_string(&exec(vec!["ls"], true, false)).unwrap();
         assert_eq!(
             serde_json::from_str::<Request>(&json).unwrap(),

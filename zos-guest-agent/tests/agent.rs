@@ -145,6 +145,7 @@ fn exec(argv: &[&str], tty: bool) -> Request {
         rows: 0,
         cols: 0,
         detach: false,
+        quiet: false,
     })
 }
 
@@ -296,6 +297,7 @@ fn background_processes_are_listed_and_killed() {
             rows: 0,
             cols: 0,
             detach: true,
+            quiet: false,
         }),
     );
     let pid = agent.started(1);
@@ -422,4 +424,66 @@ fn is_static_elf64(elf: &[u8]) -> bool {
         let at = phoff + i * phentsize;
         elf.get(at..at + 4).is_some_and(|t| t != 3u32.to_le_bytes())
     })
+}
+
+#[test]
+fn probes_answer_healthy_or_why_not_without_holding_up_other_sessions() {
+    use std::io::Read;
+    let mut agent = Agent::start();
+    let probe = |port, http_path: Option<&str>, timeout_ms| {
+        Request::Probe(zos_guest_agent::Probe {
+            port,
+            http_path: http_path.map(str::to_string),
+            timeout_ms,
+        })
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    agent.open(1, &probe(open, None, 2000));
+    // Acknowledged at once, then the verdict.
+    assert_eq!(
+        agent.until_end(1),
+        vec![
+            Frame::new(1, Kind::Reply, b"{}".to_vec()),
+            Frame::exit(1, 0)
+        ]
+    );
+
+    // An HTTP server that answers 500: unhealthy, with the status line as the reason.
+    drop(listener);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 512];
+        let _ = conn.read(&mut buf);
+        conn.write_all(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+            .unwrap();
+    });
+    agent.open(2, &probe(open, Some("/healthz"), 2000));
+    let (out, _, last) = outputs(&agent.until_end(2));
+    assert_eq!(last, Frame::exit(2, 1));
+    assert!(out.contains("status 500"), "{out}");
+    server.join().unwrap();
+
+    // A port that does not answer HTTP within the timeout: a command started after the probe
+    // ends first.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    agent.open(3, &probe(port, Some("/"), 3000));
+    agent.open(4, &exec(&["echo", "meanwhile"], false));
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let frame = agent.recv();
+        if matches!(frame.kind, Kind::Exit | Kind::Error) {
+            ended.push((frame.session, frame.int()));
+        }
+    }
+    assert_eq!(ended, vec![(4, Some(0)), (3, Some(1))]);
+    drop(silent);
+
+    // Bad requests are refused with a reason.
+    agent.open(5, &probe(0, None, 1000));
+    assert_eq!(agent.until_end(5).last().unwrap().kind, Kind::Error);
+    assert!(agent.close().success());
 }

@@ -152,7 +152,7 @@ export function ContractPage({ id }: { id: number }) {
           <p>version {report.version.toNumber()} at block {report.at.toNumber()}</p>
           <ul>
             {report.workloads.map((w: any) => (
-              <li key={w.name.toUtf8()}>{w.name.toUtf8()}: {w.result.isOk ? <span class="ok">ok</span> : <span class="error">{w.result.asError.toUtf8()}</span>}</li>
+              <li key={w.name.toUtf8()}>{w.name.toUtf8()}: <ReportResult r={w.result} /></li>
             ))}
           </ul>
         </div>
@@ -183,6 +183,14 @@ export function ContractPage({ id }: { id: number }) {
       <ContractEvents list={mine} />
     </div>
   );
+}
+
+/** A workload's `WorkloadResult`: `Ok`, `Error(reason)` (the contract failed), or `Unhealthy(reason)`
+ * (a health check's VM fails its probe; the contract stays deployed). */
+function ReportResult({ r }: { r: any }) {
+  if (r.isOk) return <span class="ok">ok</span>;
+  if (r.isUnhealthy) return <span class="warn" data-result="unhealthy">unhealthy: {r.asUnhealthy.toUtf8()}</span>;
+  return <span class="error">{r.asError.toUtf8()}</span>;
 }
 
 function ContractEvents({ list }: { list: any[] }) {

@@ -138,7 +138,7 @@ function Editor({ mode, initialText, initialNode }: { mode: { update: number } |
       <h1>{'update' in mode ? `Propose an update of contract ${mode.update}` : 'Deploy a spec'}</h1>
       <div class="editor">
         <div>
-          <p class="muted">The spec in the readable form <code>zos deploy</code> takes (JSON): workloads of kind <code>vm</code>, <code>disk</code>, <code>volume</code>, <code>network</code>, <code>public_ip</code>, <code>gateway</code>; sizes in MiB.</p>
+          <p class="muted">The spec in the readable form <code>zos deploy</code> takes (JSON): workloads of kind <code>vm</code>, <code>disk</code>, <code>volume</code>, <code>network</code>, <code>public_ip</code>, <code>gateway</code>, <code>health_check</code>; sizes in MiB.</p>
           <textarea data-testid="spec-editor" spellcheck={false} rows={28} value={text} onInput={(e) => setText((e.target as HTMLTextAreaElement).value)} />
         </div>
         <div class="side">

@@ -66,7 +66,7 @@ use sp_runtime::{
 use zos_primitives::{
     contracts::{
         BillingInfo, CancelCause, ContractState, ContractSummary, ContractsForBilling,
-        FailureReason, NodeContract, OnContractEnded,
+        FailureReason, FailureText, NodeContract, OnContractEnded,
     },
     spec::{DeploymentSpec, SpecHash, WorkloadName},
     ContractId, GridCapacity, NodeId, Resources,
@@ -277,6 +277,19 @@ pub mod pallet {
         /// the node, say): the deployer's domain it claimed on that node is free again, so a
         /// claim nobody can serve does not keep the domain's owner away.
         GatewayFqdnFreed {
+            contract: ContractId,
+            workload: WorkloadName,
+        },
+        /// The node reported health check `workload` failing: `reason` is the probe's last
+        /// answer. Emitted when the check turns unhealthy, not again while it stays so.
+        WorkloadUnhealthy {
+            contract: ContractId,
+            workload: WorkloadName,
+            reason: FailureText,
+        },
+        /// The node reported health check `workload`, unhealthy in its previous report,
+        /// passing again.
+        WorkloadRecovered {
             contract: ContractId,
             workload: WorkloadName,
         },
@@ -625,10 +638,12 @@ pub mod pallet {
         }
 
         /// The contract's node reports the outcome of deploying `version` (the active one): one
-        /// entry per workload, in spec order.
+        /// entry per workload, in spec order. `Unhealthy` is for health-check workloads only;
+        /// it leaves the contract deployed.
         #[pallet::call_index(5)]
         #[pallet::weight(T::WeightInfo::report_deployment()
-            .saturating_add(Pallet::<T>::gateway_hosts_weight()))]
+            .saturating_add(Pallet::<T>::gateway_hosts_weight())
+            .saturating_add(Pallet::<T>::previous_report_weight()))]
         pub fn report_deployment(
             origin: OriginFor<T>,
             contract_id: ContractId,
@@ -654,7 +669,9 @@ pub mod pallet {
                         .workloads
                         .iter()
                         .zip(workloads.iter())
-                        .all(|(w, r)| w.name == r.name),
+                        .all(|(w, r)| w.name == r.name
+                            && (!matches!(r.result, WorkloadResult::Unhealthy(_))
+                                || w.as_health_check().is_some())),
                 Error::<T>::ReportDoesNotMatchSpec
             );
             let failure = Self::first_failure(&workloads);
@@ -669,6 +686,9 @@ pub mod pallet {
                 };
                 Contracts::<T>::insert(contract_id, &contract);
             }
+            // Any version: a check that recovered across an update is announced too.
+            let earlier = Reports::<T>::get(contract_id);
+            Self::note_health_changes(contract_id, earlier.as_ref(), &workloads);
             let at = frame_system::Pallet::<T>::block_number();
             Reports::<T>::insert(
                 contract_id,
@@ -911,9 +931,53 @@ impl<T: Config> Pallet<T> {
         Ok(())
     }
 
+    /// Reading the previous report (for the health changes): one read of at most a report's
+    /// size, not in the benchmarked path.
+    pub fn previous_report_weight() -> frame_support::weights::Weight {
+        use codec::MaxEncodedLen;
+        let proof = (DeploymentReport::<T>::max_encoded_len() as u64).saturating_add(48);
+        T::DbWeight::get()
+            .reads(1)
+            .saturating_add(frame_support::weights::Weight::from_parts(0, proof))
+    }
+
+    /// Emits the health checks that turned unhealthy or recovered since `earlier` (the
+    /// contract's previous report, of any version).
+    fn note_health_changes(
+        contract: ContractId,
+        earlier: Option<&DeploymentReport<T>>,
+        workloads: &WorkloadReports,
+    ) {
+        let was_unhealthy = |name: &WorkloadName| {
+            earlier.is_some_and(|r| {
+                r.workloads
+                    .iter()
+                    .any(|w| w.name == *name && matches!(w.result, WorkloadResult::Unhealthy(_)))
+            })
+        };
+        for w in workloads.iter() {
+            match &w.result {
+                WorkloadResult::Unhealthy(reason) if !was_unhealthy(&w.name) => {
+                    Self::deposit_event(Event::WorkloadUnhealthy {
+                        contract,
+                        workload: w.name.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+                WorkloadResult::Ok if was_unhealthy(&w.name) => {
+                    Self::deposit_event(Event::WorkloadRecovered {
+                        contract,
+                        workload: w.name.clone(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn first_failure(workloads: &WorkloadReports) -> Option<FailureReason> {
         workloads.iter().find_map(|w| match &w.result {
-            WorkloadResult::Ok => None,
+            WorkloadResult::Ok | WorkloadResult::Unhealthy(_) => None,
             WorkloadResult::Error(reason) => Some(FailureReason {
                 workload: w.name.clone(),
                 reason: reason.clone(),

@@ -976,6 +976,97 @@ fn only_the_node_reports_and_only_for_the_active_version() {
 }
 
 #[test]
+fn an_unhealthy_check_keeps_the_contract_deployed_and_is_announced_once() {
+    run_test(|| {
+        let (node, account) = big_node();
+        let mut s = spec(0, 1, 0);
+        s.workloads
+            .try_push(Workload {
+                name: wname("vm-health"),
+                kind: WorkloadKind::HealthCheck(HealthCheckSpec {
+                    vm: wname("vm"),
+                    probe: HealthProbe::Tcp(80),
+                    interval_secs: 10,
+                    timeout_secs: 2,
+                    retries: 3,
+                    start_period_secs: 60,
+                    on_unhealthy: OnUnhealthy::Restart,
+                }),
+            })
+            .unwrap();
+        let id = create(A, node, s.clone(), &[(A, 1, false)], 1);
+        let report = |vm: WorkloadResult, check: WorkloadResult| -> WorkloadReports {
+            vec![
+                WorkloadReport {
+                    name: wname("vm"),
+                    result: vm,
+                },
+                WorkloadReport {
+                    name: wname("vm-health"),
+                    result: check,
+                },
+            ]
+            .try_into()
+            .unwrap()
+        };
+        let why: FailureText = b"connection refused".to_vec().try_into().unwrap();
+        let unhealthy = WorkloadResult::Unhealthy(why.clone());
+        // Only a health check can be unhealthy.
+        assert_noop!(
+            Deployments::report_deployment(
+                RuntimeOrigin::signed(account),
+                id,
+                0,
+                report(unhealthy.clone(), WorkloadResult::Ok)
+            ),
+            Error::<Test>::ReportDoesNotMatchSpec
+        );
+        let unhealthy_event = Event::WorkloadUnhealthy {
+            contract: id,
+            workload: wname("vm-health"),
+            reason: why.clone(),
+        };
+        let count = |e: &Event<Test>| events().iter().filter(|x| *x == e).count();
+        for _ in 0..2 {
+            assert_ok!(Deployments::report_deployment(
+                RuntimeOrigin::signed(account),
+                id,
+                0,
+                report(WorkloadResult::Ok, unhealthy.clone())
+            ));
+            assert_eq!(state(id), ContractState::Deployed);
+        }
+        // Announced when it turns unhealthy, not again while it stays so.
+        assert_eq!(count(&unhealthy_event), 1);
+        assert_eq!(
+            Reports::<Test>::get(id).unwrap().workloads[1].result,
+            unhealthy
+        );
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report(WorkloadResult::Ok, WorkloadResult::Ok)
+        ));
+        let recovered = Event::WorkloadRecovered {
+            contract: id,
+            workload: wname("vm-health"),
+        };
+        assert_eq!(count(&recovered), 1);
+        assert_eq!(state(id), ContractState::Deployed);
+        // A failure of the VM itself still fails the contract.
+        assert_ok!(Deployments::report_deployment(
+            RuntimeOrigin::signed(account),
+            id,
+            0,
+            report(WorkloadResult::Error(why.clone()), unhealthy)
+        ));
+        assert!(matches!(state(id), ContractState::Failed(_)));
+        assert_eq!(count(&unhealthy_event), 2);
+    })
+}
+
+#[test]
 fn billing_sets_the_grace_period_and_cancels_out_of_funds() {
     run_test(|| {
         let (node, account) = big_node();

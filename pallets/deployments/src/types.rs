@@ -129,7 +129,11 @@ pub struct Proposal<T: Config> {
 )]
 pub enum WorkloadResult {
     Ok,
+    /// The workload failed; the contract is `Failed` with this reason.
     Error(FailureText),
+    /// A health check's VM fails its probe (only for health-check workloads): the contract stays
+    /// deployed and the reason is kept in the report.
+    Unhealthy(FailureText),
 }
 
 #[derive(

@@ -107,12 +107,39 @@ pub(crate) fn valid_spec() -> DeploymentSpec {
                 None,
             )),
         },
+        Workload {
+            name: name("web-health"),
+            kind: WorkloadKind::HealthCheck(health_check()),
+        },
     ];
     DeploymentSpec {
         version: 0,
         workloads: bounded(workloads),
         metadata: Metadata::try_from("web + worker").unwrap(),
     }
+}
+
+/// An HTTP check of the web VM.
+fn health_check() -> HealthCheckSpec {
+    HealthCheckSpec {
+        vm: name("web"),
+        probe: HealthProbe::Http {
+            port: 80,
+            path: HttpPath::try_from("/healthz").unwrap(),
+        },
+        interval_secs: 10,
+        timeout_secs: 2,
+        retries: 3,
+        start_period_secs: 60,
+        on_unhealthy: OnUnhealthy::Restart,
+    }
+}
+
+fn with_health(spec: &mut DeploymentSpec, f: impl FnOnce(&mut HealthCheckSpec)) {
+    with_workload(spec, "web-health", |k| match k {
+        WorkloadKind::HealthCheck(h) => f(h),
+        _ => panic!("not a health check"),
+    })
 }
 
 /// A gateway `myapp` under the node's domain to the web VM in `net`.
@@ -473,6 +500,87 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
                 })
                 .unwrap();
         }),
+        (InvalidSealedEnvValue, |s| {
+            with_vm(s, "web", |v| {
+                v.env[0].value = EnvValue::try_from("zos-sealed:v1:not base64").unwrap()
+            })
+        }),
+        (InvalidSealedEnvValue, |s| {
+            // Base64, but too short to hold a sealed box.
+            with_vm(s, "web", |v| {
+                v.env[0].value = EnvValue::try_from("zos-sealed:v1:AAAA").unwrap()
+            })
+        }),
+        (UnknownHealthCheckTarget, |s| {
+            with_health(s, |h| h.vm = name("nobody"))
+        }),
+        (HealthCheckTargetNotAVm, |s| {
+            with_health(s, |h| h.vm = name("data"))
+        }),
+        (DuplicateHealthCheck, |s| {
+            s.workloads
+                .try_push(Workload {
+                    name: name("web-health-2"),
+                    kind: WorkloadKind::HealthCheck(HealthCheckSpec {
+                        probe: HealthProbe::Tcp(22),
+                        ..health_check()
+                    }),
+                })
+                .unwrap();
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.interval_secs = 4)
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.timeout_secs = 11)
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.timeout_secs = 0)
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| {
+                h.interval_secs = 600;
+                h.timeout_secs = 61
+            })
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.retries = 0)
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.retries = 21)
+        }),
+        (HealthTimingOutOfRange, |s| {
+            with_health(s, |h| h.start_period_secs = 3601)
+        }),
+        (InvalidHealthProbe, |s| {
+            with_health(s, |h| h.probe = HealthProbe::Tcp(0))
+        }),
+        (InvalidHealthProbe, |s| {
+            with_health(s, |h| {
+                h.probe = HealthProbe::Http {
+                    port: 80,
+                    path: HttpPath::try_from("healthz").unwrap(),
+                }
+            })
+        }),
+        (InvalidHealthProbe, |s| {
+            with_health(s, |h| {
+                h.probe = HealthProbe::Http {
+                    port: 80,
+                    path: HttpPath::try_from("/a b").unwrap(),
+                }
+            })
+        }),
+        (InvalidHealthProbe, |s| {
+            with_health(s, |h| {
+                h.probe = HealthProbe::Command(HealthCommand::try_from("  ").unwrap())
+            })
+        }),
+        (InvalidHealthProbe, |s| {
+            with_health(s, |h| {
+                h.probe = HealthProbe::Command(HealthCommand::try_from(&b"true\0"[..]).unwrap())
+            })
+        }),
     ];
     assert!(table.len() >= 15);
     let mut distinct = std::collections::BTreeSet::new();
@@ -483,7 +591,19 @@ fn invalid_specs_are_each_rejected_with_their_own_error() {
         distinct.insert(std::format!("{expected:?}"));
     }
     // Every rule of the error enum has a case.
-    assert_eq!(distinct.len(), 51);
+    assert_eq!(distinct.len(), 57);
+}
+
+#[test]
+fn a_sealed_env_value_passes_the_chains_shape_check() {
+    let (_, node_public) = crate::sealing::generate_box_keypair();
+    let sealed =
+        crate::sealing::seal_env_value(&node_public, &[7; 32], b"TOKEN", b"s3cret").unwrap();
+    let mut spec = valid_spec();
+    with_vm(&mut spec, "web", |v| {
+        v.env[0].value = EnvValue::try_from(sealed.as_str()).unwrap()
+    });
+    assert_eq!(spec.validate(), Ok(()));
 }
 
 #[test]
@@ -516,6 +636,12 @@ fn required_resources_sums_each_kind() {
 fn hash_is_blake2_of_scale_and_changes_with_any_field() {
     let spec = valid_spec();
     assert_eq!(spec.hash(), sp_crypto_hashing::blake2_256(&spec.encode()));
+    // Kinds added later come last: the specs stored before keep their encoding and hash.
+    assert_eq!(
+        WorkloadKind::HealthCheck(health_check()).encode()[0],
+        6,
+        "a new kind must not renumber the existing ones"
+    );
     let mut other = spec.clone();
     other.version = 1;
     assert_ne!(spec.hash(), other.hash());
@@ -571,6 +697,41 @@ fn a_hand_written_json_file_parses_and_unknown_fields_are_refused() {
     let spec: DeploymentSpec = serde_json::from_str(json).unwrap();
     assert_eq!(spec.validate(), Ok(()));
     assert_eq!(spec.required_resources().resources.sru, 2 * GIB);
+
+    // A health check written with only what it needs takes the documented defaults.
+    let check: Workload = toml::from_str(
+        r#"
+        name = "vm-health"
+        kind.health_check = { vm = "vm", probe = { http = { port = 8080, path = "/healthz" } } }
+        "#,
+    )
+    .unwrap();
+    let Some(h) = check.as_health_check() else {
+        panic!("not a health check: {check:?}")
+    };
+    assert_eq!(
+        (
+            h.interval_secs,
+            h.timeout_secs,
+            h.retries,
+            h.start_period_secs,
+            h.on_unhealthy
+        ),
+        (30, 5, 3, 120, OnUnhealthy::Restart)
+    );
+    let command: HealthProbe =
+        toml::from_str::<toml::Value>(r#"probe = { command = "pgrep nginx" }"#).unwrap()["probe"]
+            .clone()
+            .try_into()
+            .unwrap();
+    assert_eq!(
+        command,
+        HealthProbe::Command(HealthCommand::try_from("pgrep nginx").unwrap())
+    );
+    let mut with_check = spec.clone();
+    with_check.workloads.try_push(check).unwrap();
+    assert_eq!(with_check.validate(), Ok(()));
+    assert_eq!(with_check.required_resources(), spec.required_resources());
 
     let typo = json.replace("\"vcpus\"", "\"vcpu\"");
     assert!(serde_json::from_str::<DeploymentSpec>(&typo).is_err());

@@ -1,4 +1,4 @@
-//! `zos transfer` and `zos seal-key`.
+//! `zos transfer`, `zos seal-key` and `zos seal-env`.
 
 use super::*;
 
@@ -52,6 +52,49 @@ pub(super) async fn seal_key(ctx: &Ctx, node: u32, wg_key: Option<&str>) -> Resu
             "private_key": generated.then(|| hex::encode(*secret)),
         }),
         human,
+    ))
+}
+
+pub(super) async fn seal_env(
+    ctx: &Ctx,
+    node: u32,
+    owner: Option<&str>,
+    name: &str,
+    secret: &[u8],
+) -> Result<Out> {
+    let key = zos_primitives::spec::EnvKey::try_from(name).map_err(|_| {
+        anyhow!(
+            "the variable name is longer than {} bytes",
+            zos_primitives::spec::MAX_ENV_KEY_LEN
+        )
+    })?;
+    if secret.is_empty() {
+        bail!("no secret on standard input (e.g. `printf %s \"$TOKEN\" | zos seal-env ...`)");
+    }
+    std::str::from_utf8(secret)
+        .context("the secret must be UTF-8 (environment values are text)")?;
+    let owner = match owner {
+        Some(o) => parse_account(o)?,
+        None => ctx
+            .signer()
+            .context("give --owner, or --key for the owner's account")?
+            .public_key()
+            .to_account_id(),
+    };
+    let chain = ctx.chain().await?;
+    let box_key = crate::network_cmd::node_box_key(&chain, node).await?;
+    let value = zos_primitives::sealing::seal_env_value(&box_key, &owner.0, key.as_bytes(), secret)
+        .map_err(|e| match e {
+            zos_primitives::sealing::SealError::SecretTooLong => anyhow!(
+                "the secret is {} bytes; a sealed value holds at most {}",
+                secret.len(),
+                zos_primitives::spec::MAX_SEALED_ENV_SECRET_LEN
+            ),
+            e => anyhow!("sealing failed: {e}"),
+        })?;
+    Ok(Out::new(
+        json!({ "node": node, "owner": owner.to_string(), "key": name, "value": value }),
+        format!("{{ key = \"{name}\", value = \"{value}\" }}   # sealed to node {node} for contracts of {owner}"),
     ))
 }
 

@@ -439,17 +439,18 @@ pub(super) async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             .iter()
             .map(|w| {
                 let name = format::text(&w.name.0 .0);
-                let (ok, why) = match &w.result {
-                    WorkloadResult::Ok => (true, None),
-                    WorkloadResult::Error(e) => (false, Some(format::text(&e.0))),
+                let (ok, why, unhealthy) = match &w.result {
+                    WorkloadResult::Ok => (true, None, None),
+                    WorkloadResult::Error(e) => (false, Some(format::text(&e.0)), None),
+                    WorkloadResult::Unhealthy(e) => (true, None, Some(format::text(&e.0))),
                 };
-                h.push(format!(
-                    "    {name}: {}",
-                    why.clone()
-                        .map(|w| format!("error: {w}"))
-                        .unwrap_or_else(|| "ok".into())
-                ));
-                json!({ "name": name, "ok": ok, "error": why })
+                let line = match (&why, &unhealthy) {
+                    (Some(w), _) => format!("error: {w}"),
+                    (None, Some(u)) => format!("unhealthy: {u}"),
+                    (None, None) => "ok".into(),
+                };
+                h.push(format!("    {name}: {line}"));
+                json!({ "name": name, "ok": ok, "error": why, "unhealthy": unhealthy })
             })
             .collect();
         json!({ "version": r.version, "at": r.at, "workloads": workloads })

@@ -127,6 +127,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rows,
                 cols,
                 detach,
+                quiet: false,
             });
             return session(&ctx, session_request(contract, &target, request)).await;
         }
@@ -142,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 rows,
                 cols,
                 detach: false,
+                quiet: false,
             });
             return session(&ctx, session_request(contract, &target, request)).await;
         }
@@ -269,6 +271,16 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )
         }
         Command::SealKey { node, wg_key } => seal_key(&ctx, node, wg_key.as_deref()).await?,
+        Command::SealEnv { node, owner, name } => {
+            let mut secret = zeroize::Zeroizing::new(Vec::new());
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut secret)
+                .context("reading the secret from standard input")?;
+            // `echo secret | zos seal-env` seals the secret, not its newline.
+            if secret.last() == Some(&b'\n') {
+                secret.pop();
+            }
+            seal_env(&ctx, node, owner.as_deref(), &name, &secret).await?
+        }
         Command::Network(NetworkCmd::Plan { file, out }) => {
             crate::network_cmd::plan(&ctx, &file, out.as_deref()).await?
         }

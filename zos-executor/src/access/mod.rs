@@ -165,6 +165,13 @@ impl Access {
         }
     }
 
+    /// Shares the connections to the guests' agents (the health checks use them too: a guest's
+    /// agent port takes one connection).
+    pub fn with_agents(mut self, agents: Arc<AgentLinks>) -> Self {
+        self.agents = agents;
+        self
+    }
+
     /// The router, for [`serve`] and tests.
     pub fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new()

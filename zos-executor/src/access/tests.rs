@@ -334,6 +334,7 @@ async fn agent_sessions_are_relayed_for_signers_only() {
         rows: 0,
         cols: 0,
         detach: false,
+        quiet: false,
     });
     // Opens a session: the status, and the stream when upgraded.
     let open = |path: String, key: subxt_signer::sr25519::Keypair, upgrade: bool| async move {
@@ -418,6 +419,7 @@ async fn agent_sessions_are_relayed_for_signers_only() {
         rows: 0,
         cols: 0,
         detach: false,
+        quiet: false,
     });
     let (status, _, _) = open(path_of(1, &empty), dev::alice(), true).await;
     assert_eq!(status, 400);

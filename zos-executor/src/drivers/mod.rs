@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod gateway;
+pub mod health;
 pub mod network;
 pub mod public_ip;
 pub mod vm;
@@ -35,6 +36,8 @@ pub struct WorkloadCtx {
     pub node_domain: Option<String>,
     /// The node's public IPv4 and IPv6 addresses from its on-chain public config.
     pub node_addresses: Vec<std::net::IpAddr>,
+    /// The contract's owner, when known: sealed environment values are bound to it.
+    pub owner: Option<[u8; 32]>,
 }
 
 impl WorkloadCtx {
@@ -69,6 +72,9 @@ pub enum Observed {
     Missing,
     /// Installed but broken; the engine repairs it (reinstall) and reports the reason.
     Broken(String),
+    /// Installed and running, but failing its health check: reported, not repaired by the
+    /// engine (the check restarts its VM if it says so).
+    Unhealthy(String),
 }
 
 /// Resource use measured from the real backend since install.
@@ -134,6 +140,7 @@ pub fn kind_name(w: &Workload) -> &'static str {
         Network(_) => "network",
         PublicIp(_) => "public_ip",
         Gateway(_) => "gateway",
+        HealthCheck(_) => "health_check",
     }
 }
 
@@ -146,6 +153,9 @@ pub trait Driver: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Creates the workload; succeeds without change when it already exists as specified.
     async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()>;
+    /// Before `install` of a workload this process does not know: the verdict an earlier run
+    /// reported for it (`unhealthy`), so a restart of the executor changes nothing on chain.
+    async fn recall(&self, _ctx: &WorkloadCtx, _workload: &Workload, _unhealthy: &str) {}
     /// Moves an installed workload from `old` to `new` (same name and kind).
     async fn update(&self, ctx: &WorkloadCtx, old: &Workload, new: &Workload) -> DriverResult<()>;
     /// Removes the workload and its data; succeeds when it is already gone.

@@ -473,6 +473,7 @@ mod tests {
             node_ipv6: None,
             node_domain: None,
             node_addresses: vec![],
+            owner: None,
         };
         // Unmounted whatever happens below.
         struct Cleanup(PathBuf);

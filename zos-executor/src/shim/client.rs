@@ -99,6 +99,11 @@ impl ShimClient {
             .await
     }
 
+    /// Stops the guest (waiting up to `grace` for a clean shutdown) and starts it again.
+    pub async fn restart(&self, grace: Duration) -> Result<()> {
+        self.done(Request::Restart, grace + SHUTDOWN_TIMEOUT).await
+    }
+
     /// Stops the guest (waiting up to `grace` for a clean shutdown), unmounts the image and
     /// removes the VM directory; the shim exits.
     pub async fn shutdown(&self, grace: Duration) -> Result<()> {

@@ -82,6 +82,9 @@ pub enum Request {
     },
     /// Stop the guest, unmount the image, remove the VM directory, exit.
     Shutdown,
+    /// Stop the guest (within the grace period) and start it again, on the same image and
+    /// disks: a failing health check's remedy.
+    Restart,
 }
 
 /// What a shim says about its guest.

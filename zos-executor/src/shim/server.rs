@@ -392,6 +392,16 @@ async fn handle(shim: &Shim, request: Request) -> Reply {
                 }
                 Reply::Done
             }
+            Request::Restart => {
+                if guest.vm.state().await == VmState::Paused {
+                    // Paused in a grace period: its memory is what is kept.
+                    return Ok(Reply::Failed("the guest is paused".into()));
+                }
+                info!("restarting the guest on request");
+                guest.vm.stop().await?;
+                guest.vm.start().await?;
+                Reply::Done
+            }
             Request::Shutdown => Reply::Done,
         })
     }

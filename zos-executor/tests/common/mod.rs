@@ -544,6 +544,40 @@ pub struct SettledReport {
     pub charged: u128,
 }
 
+/// What the node last reported for workload `workload` of `contract`: `Ok(None)` when it is
+/// fine, `Ok(Some(reason))` when unhealthy, an error when it failed or nothing is reported.
+pub async fn reported_health(
+    api: &Client,
+    contract: ContractId,
+    workload: &str,
+) -> Result<Option<Option<String>>> {
+    use runtime::runtime_types::pallet_deployments::types::WorkloadResult;
+    let at = api.at_current_block().await?;
+    let Some(report) = at
+        .storage()
+        .try_fetch(runtime::storage().deployments().reports(), (contract,))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let report = report.decode()?;
+    let Some(entry) = report
+        .workloads
+        .0
+        .iter()
+        .find(|w| w.name.0 .0 == workload.as_bytes())
+    else {
+        anyhow::bail!("no {workload} in the report");
+    };
+    Ok(Some(match &entry.result {
+        WorkloadResult::Ok => None,
+        WorkloadResult::Unhealthy(reason) => Some(String::from_utf8_lossy(&reason.0).into_owned()),
+        WorkloadResult::Error(reason) => {
+            anyhow::bail!("{workload} failed: {}", String::from_utf8_lossy(&reason.0))
+        }
+    }))
+}
+
 /// Every report of `contract` settled in the blocks since `from_block`: the
 /// `report_consumption` extrinsics' contents matched with their `ReportSettled` events.
 pub async fn settled_reports(

@@ -197,7 +197,13 @@ fn feed_tty(master: &File, input: Receiver<Input>) {
 }
 
 /// Starts a command with its standard streams piped to the session.
-pub fn spawn_piped(agent: &Agent, id: u32, program: &Path, argv: &[String]) -> io::Result<()> {
+pub fn spawn_piped(
+    agent: &Agent,
+    id: u32,
+    program: &Path,
+    argv: &[String],
+    quiet: bool,
+) -> io::Result<()> {
     let mut cmd = agent.command(program, argv, false);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -216,6 +222,7 @@ pub fn spawn_piped(agent: &Agent, id: u32, program: &Path, argv: &[String]) -> i
         pid: child.id() as i32,
         input,
         master: None,
+        quiet,
         ended: ended.clone(),
     });
     agent.register(id, &live);
@@ -320,6 +327,7 @@ pub fn spawn_tty(agent: &Agent, id: u32, program: &Path, exec: &Exec) -> io::Res
         pid: child.id() as i32,
         input,
         master: Some(master.clone()),
+        quiet: false,
         ended: ended.clone(),
     });
     agent.register(id, &live);

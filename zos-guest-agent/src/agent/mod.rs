@@ -2,6 +2,7 @@
 
 mod env;
 mod exec;
+mod probe;
 mod procs;
 
 use std::{
@@ -41,6 +42,8 @@ pub struct Live {
     pub input: SyncSender<Input>,
     /// The terminal's master side, for a session with a tty.
     pub master: Option<Arc<File>>,
+    /// Not logged on the console (see [`Exec::quiet`]).
+    pub quiet: bool,
     /// Set once the session's last frame went out (or the host left): nothing more is sent.
     pub ended: Arc<AtomicBool>,
 }
@@ -108,7 +111,7 @@ impl Shared {
     /// Ends a session whose process exited: it leaves the table, then `Exit` goes out.
     pub fn end(&self, id: u32, live: &Arc<Live>, code: i32) {
         self.remove(id, live);
-        if self.host.finish(&live.ended, &Frame::exit(id, code)) {
+        if self.host.finish(&live.ended, &Frame::exit(id, code)) && !live.quiet {
             log!("session {id}: exit {code}");
         }
     }
@@ -211,6 +214,7 @@ impl Agent {
                 self.shared.host.send(&Frame::new(id, Kind::Reply, list));
                 self.shared.host.send(&Frame::exit(id, 0));
             }
+            Request::Probe(p) => self.probe(id, p),
             Request::Kill { pid, signal } => {
                 log!("session {id}: kill {pid} with signal {signal}");
                 match procs::kill(pid, signal) {
@@ -224,13 +228,45 @@ impl Agent {
         }
     }
 
+    /// Runs a health probe on a thread of its own; its answer ends the session.
+    fn probe(&self, id: u32, request: zos_guest_agent::Probe) {
+        let Some(slot) = probe::slot() else {
+            return self.refuse(id, "too many probes running in this guest");
+        };
+        // Acknowledged at once, like every session; the verdict follows.
+        self.shared
+            .host
+            .send(&Frame::new(id, Kind::Reply, b"{}".to_vec()));
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let _slot = slot;
+                match probe::run(&request) {
+                    Ok(()) => shared.host.send(&Frame::exit(id, 0)),
+                    Err(why) => {
+                        log!("session {id}: probe of port {} failed: {why}", request.port);
+                        shared
+                            .host
+                            .send(&Frame::new(id, Kind::Stdout, why.into_bytes()));
+                        shared.host.send(&Frame::exit(id, 1));
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.refuse(id, format!("cannot start the probe: {e}"));
+        }
+    }
+
     fn exec(&self, id: u32, exec: Exec) {
-        log!(
-            "session {id}: exec {:?} tty={} detach={}",
-            exec.argv,
-            exec.tty,
-            exec.detach
-        );
+        if !exec.quiet {
+            log!(
+                "session {id}: exec {:?} tty={} detach={}",
+                exec.argv,
+                exec.tty,
+                exec.detach
+            );
+        }
         let Some(name) = exec.argv.first() else {
             return self.refuse(id, "no command given");
         };
@@ -254,7 +290,7 @@ impl Agent {
         let spawned = if exec.tty {
             exec::spawn_tty(self, id, &program, &exec)
         } else {
-            exec::spawn_piped(self, id, &program, &exec.argv)
+            exec::spawn_piped(self, id, &program, &exec.argv, exec.quiet)
         };
         if let Err(e) = spawned {
             self.refuse(id, cannot_run(e));

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -49,6 +49,7 @@ use crate::{
 };
 
 pub mod image;
+pub mod probes;
 pub mod spec;
 
 pub use image::ImageSourcePolicy;
@@ -61,6 +62,8 @@ const SHIM_START_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a shim whose process lives may leave status requests unanswered before its guest
 /// is taken for hung and re-created: a slow answer alone must not cost a tenant its guest.
 const SHIM_SILENCE_TOLERATED: Duration = Duration::from_secs(120);
+/// The longest clean shutdown a health restart waits for (well within the tolerated silence).
+const RESTART_GRACE_MAX: Duration = Duration::from_secs(30);
 
 /// Settings of the VM driver.
 #[derive(Clone, Debug, Default)]
@@ -131,6 +134,8 @@ pub struct VmDriver {
     networks: Option<Arc<NodeNetworks>>,
     /// The program run as `<binary> vm-shim <dir>`: this executor's own binary.
     shim_binary: PathBuf,
+    /// Opens sealed environment values; `None`: they are refused.
+    box_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 /// Whether the shim of `inst` has been silent longer than tolerated (its silence starts now
@@ -176,7 +181,14 @@ impl VmDriver {
             image_missing_since: StdMutex::new(HashMap::new()),
             networks: None,
             shim_binary: std::env::current_exe().unwrap_or_else(|_| "zos-executor".into()),
+            box_secret: None,
         }
+    }
+
+    /// Lets the driver open environment values sealed to this node.
+    pub fn with_box_secret(mut self, secret: [u8; 32]) -> Self {
+        self.box_secret = Some(zeroize::Zeroizing::new(secret));
+        self
     }
 
     /// Gives VMs network cards on these private networks.
@@ -281,6 +293,29 @@ impl VmDriver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+    }
+
+    /// Restarts an installed VM's guest in place (same image, disks and cards). Holds the
+    /// VM's slot: no update, pause or repair runs across it.
+    pub async fn restart(&self, ctx: &WorkloadCtx, w: &Workload) -> anyhow::Result<()> {
+        let slot = self.slot(ctx, w);
+        let mut slot = slot.lock().await;
+        if slot.is_none() {
+            *slot = self.adopt(ctx, w).await;
+        }
+        let inst = slot
+            .as_ref()
+            .ok_or_else(|| anyhow!("VM {} is not installed", name_str(w)))?;
+        if inst.label.workload != *w {
+            bail!("the installed VM was made from another spec");
+        }
+        // Shorter than the silence the driver tolerates from a shim: a long grace must not
+        // get the VM declared dead in the middle of its restart.
+        let grace = self.config.stop_grace.min(RESTART_GRACE_MAX);
+        inst.shim
+            .restart(grace)
+            .await
+            .context("restarting the guest")
     }
 
     /// The shim of an installed (or adoptable) VM.
@@ -428,7 +463,13 @@ impl VmDriver {
             .map_err(DriverError::Permanent)?;
         let dir = absolute_vm_dir(ctx, w)?;
         // Everything about the spec is checked before anything is fetched or started.
-        let cfg = spec::vm_config(ctx, w, dir.join("rootfs"), self.networks.as_deref())?;
+        let cfg = spec::vm_config(
+            ctx,
+            w,
+            dir.join("rootfs"),
+            self.networks.as_deref(),
+            self.box_secret.as_deref(),
+        )?;
         let (_, assets, accel) = self.hypervisor().await?;
         // A shim or guest left from an interrupted install goes first.
         self.teardown(ctx, w, &mut None).await?;
@@ -720,8 +761,9 @@ mod tests {
             node_ipv6: None,
             node_domain: None,
             node_addresses: vec![],
+            owner: None,
         };
-        match spec::vm_config(&ctx, &w, dir.path().join("rootfs"), None) {
+        match spec::vm_config(&ctx, &w, dir.path().join("rootfs"), None, None) {
             Err(DriverError::Permanent(reason)) => assert!(reason.contains("no disk"), "{reason}"),
             other => panic!(
                 "expected a permanent error, got {:?}",
@@ -730,7 +772,7 @@ mod tests {
         }
         std::fs::create_dir_all(dir.path().join("disks")).unwrap();
         std::fs::write(dir.path().join("disks/data.raw"), b"").unwrap();
-        let cfg = spec::vm_config(&ctx, &w, dir.path().join("rootfs"), None).unwrap();
+        let cfg = spec::vm_config(&ctx, &w, dir.path().join("rootfs"), None, None).unwrap();
         assert_eq!(cfg.disks[0].id, "data");
         assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
         let anywhere = ImageSourcePolicy {

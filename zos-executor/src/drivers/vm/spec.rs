@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use zos_primitives::{
-    spec::{DiskSpec, VmSpec, Workload, WorkloadKind},
+    spec::{is_sealed_env_value, DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
 };
 use zos_vm::{
@@ -155,6 +155,34 @@ pub(super) fn public_card(
     }))
 }
 
+/// The secret of a sealed environment value, opened with the node's box key for the
+/// contract's owner. Only written to the VM's private configuration, never logged.
+fn open_sealed_env(
+    ctx: &WorkloadCtx,
+    key: &str,
+    value: &[u8],
+    box_secret: Option<&[u8; 32]>,
+) -> DriverResult<String> {
+    let secret = box_secret.ok_or_else(|| {
+        DriverError::permanent(format!(
+            "env {key}: sealed values need the node's box key, which this node does not load"
+        ))
+    })?;
+    let owner = ctx.owner.ok_or_else(|| {
+        DriverError::Transient(anyhow::anyhow!(
+            "env {key}: the contract's owner is not known yet (read from the chain)"
+        ))
+    })?;
+    let plain = zos_primitives::sealing::open_env_value(secret, &owner, key.as_bytes(), value)
+        .map_err(|e| {
+            DriverError::permanent(format!(
+                "env {key}: the sealed value cannot be opened on this node: {e}"
+            ))
+        })?;
+    String::from_utf8(plain.to_vec())
+        .map_err(|_| DriverError::permanent(format!("env {key}: the sealed secret is not UTF-8")))
+}
+
 /// The zos-vm configuration of `w`; errors are permanent (the spec cannot run here), except a
 /// volume not mounted yet.
 pub fn vm_config(
@@ -162,6 +190,7 @@ pub fn vm_config(
     w: &Workload,
     rootfs: PathBuf,
     networks: Option<&NodeNetworks>,
+    box_secret: Option<&[u8; 32]>,
 ) -> DriverResult<VmConfig> {
     let vm = vm_spec(w)?;
     let nics = nics(ctx, w, vm, networks)?;
@@ -225,10 +254,13 @@ pub fn vm_config(
             .env
             .iter()
             .map(|e| {
-                Ok((
-                    text(e.key.as_bytes(), "env key")?,
-                    text(e.value.as_bytes(), "env value")?,
-                ))
+                let key = text(e.key.as_bytes(), "env key")?;
+                let value = if is_sealed_env_value(e.value.as_bytes()) {
+                    open_sealed_env(ctx, &key, e.value.as_bytes(), box_secret)?
+                } else {
+                    text(e.value.as_bytes(), "env value")?
+                };
+                Ok((key, value))
             })
             .collect::<DriverResult<_>>()?,
         entrypoint: text(vm.entrypoint.as_bytes(), "entrypoint")?,
