@@ -80,6 +80,20 @@ pub struct Flags {
     /// SIGTERM, its disks are unmounted) before it is stopped hard. Default 10.
     #[arg(long = "vm-stop-grace", env = "ZOS_VM_STOP_GRACE")]
     pub vm_stop_grace_secs: Option<u64>,
+    /// uids/gids (`FIRST-LAST`) given one per VM to its hypervisor, so that no guest's QEMU can
+    /// signal or read another's. They must belong to no account. Default
+    /// 1000000000-1000065535; `off` runs every QEMU as `nobody`.
+    #[arg(long, env = "ZOS_VM_USERS")]
+    pub vm_users: Option<String>,
+    /// Where the host's executors record which VM holds which of those ids. Default
+    /// /var/lib/zos-grid/vm-users.
+    #[arg(long, env = "ZOS_VM_USER_REGISTRY")]
+    pub vm_user_registry: Option<PathBuf>,
+    /// Disk bandwidth and IOPS each VM may use on each disk holding its files (cgroup v2
+    /// `io.max`, where the io controller is delegated): `rbps=N,wbps=N,riops=N,wiops=N`, any
+    /// subset. Default: unlimited (disks differ too much for one default).
+    #[arg(long, env = "ZOS_VM_IO_MAX")]
+    pub vm_io_max: Option<String>,
     /// Do not serve private networks (network workloads and VM network cards then fail).
     #[arg(long, env = "ZOS_NO_NETWORK")]
     pub no_network: bool,
@@ -151,6 +165,9 @@ pub struct FileConfig {
     pub no_vm: Option<bool>,
     pub guest_cache: Option<PathBuf>,
     pub vm_stop_grace_secs: Option<u64>,
+    pub vm_users: Option<String>,
+    pub vm_user_registry: Option<PathBuf>,
+    pub vm_io_max: Option<String>,
     pub no_network: Option<bool>,
     pub net_prefix: Option<String>,
     pub underlay_netns: Option<PathBuf>,
@@ -203,6 +220,10 @@ pub struct Config {
     pub guest_cache: Option<PathBuf>,
     /// How long a guest gets to shut down cleanly before a hard stop.
     pub vm_stop_grace: Duration,
+    /// Where each VM's own uid/gid comes from; `None`: every QEMU runs as `nobody`.
+    pub vm_users: Option<zos_vm::UserRegistry>,
+    /// Each VM's `io.max`; `None`: unlimited.
+    pub vm_io_limit: Option<zos_vm::cgroup::IoLimit>,
     /// Image source prefixes specs may name; empty: any http(s) hub.
     pub allowed_image_sources: Vec<String>,
     /// Serve private networks when the host can (root, nftables, WireGuard).
@@ -326,6 +347,26 @@ impl Config {
                     .unwrap_or(10)
                     .min(600),
             ),
+            vm_io_limit: flags
+                .vm_io_max
+                .or(file.vm_io_max)
+                .map(|s| zos_vm::cgroup::IoLimit::parse(&s))
+                .transpose()
+                .context("--vm-io-max")?,
+            vm_users: match flags.vm_users.or(file.vm_users).as_deref() {
+                Some("off") => None,
+                range => Some(zos_vm::UserRegistry::new(
+                    flags
+                        .vm_user_registry
+                        .or(file.vm_user_registry)
+                        .unwrap_or_else(|| zos_vm::UserRegistry::DEFAULT_DIR.into()),
+                    range
+                        .map(zos_vm::IdRange::parse)
+                        .transpose()
+                        .context("--vm-users")?
+                        .unwrap_or(zos_vm::IdRange::DEFAULT),
+                )),
+            },
             allowed_image_sources,
             network_enabled: !(flags.no_network || file.no_network.unwrap_or(false)),
             net_prefix: zos_net::Prefix::new(

@@ -156,6 +156,8 @@ impl Executor {
                     let vm_config = VmDriverConfig {
                         guest_cache: config.guest_cache.clone(),
                         stop_grace: config.vm_stop_grace,
+                        vm_users: config.vm_users.clone(),
+                        io_limit: config.vm_io_limit,
                         image_sources: ImageSourcePolicy {
                             allowed: config.allowed_image_sources.clone(),
                         },
@@ -172,6 +174,14 @@ impl Executor {
                         wake.clone(),
                     )));
                     info!("VM and health-check drivers enabled");
+                    if let Some(reason) = zos_vm::cgroup::unavailable_reason(std::path::Path::new(
+                        zos_vm::cgroup::DEFAULT_ROOT,
+                    )) {
+                        warn!(%reason, "VMs will run without cgroup limits: their vCPUs and memory are bounded by QEMU's arguments only, their host threads and disk bandwidth not at all");
+                    }
+                    if config.vm_users.is_none() {
+                        warn!("--vm-users off: every VM's QEMU runs as nobody, so a guest escaping into its QEMU could signal the others'");
+                    }
                 }
                 Err(reason) => warn!(
                     %reason,

@@ -191,6 +191,44 @@ fn boots(console: &Path) -> usize {
         .count()
 }
 
+/// The executor's default registry of VM users (zos_vm::UserRegistry::DEFAULT_DIR).
+const VM_USER_REGISTRY: &str = "/var/lib/zos-grid/vm-users";
+
+/// The uid QEMU (`pid`) runs as: one of the default range, with gid equal, and claimed in the
+/// registry for this VM's directory; no other VM shares it.
+fn own_user_of(pid: i32, vm_dir: &Path) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let ids = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (uids, gids) = (ids("Uid:"), ids("Gid:"));
+    let uid = uids.first().copied().unwrap_or(0);
+    ensure!(
+        (1_000_000_000..=1_000_065_535).contains(&uid)
+            && uids.iter().all(|u| *u == uid)
+            && gids.iter().all(|g| *g == uid),
+        "QEMU does not run as a VM user of its own: uids {uids:?}, gids {gids:?}"
+    );
+    let holder = std::fs::read(Path::new(VM_USER_REGISTRY).join(uid.to_string()))?;
+    let dir = std::path::absolute(vm_dir)?;
+    ensure!(
+        holder == dir.as_os_str().as_encoded_bytes(),
+        "user {uid} is claimed by {:?}, not {}",
+        String::from_utf8_lossy(&holder),
+        dir.display()
+    );
+    Ok(uid)
+}
+
 fn read_pid(vm_dir: &Path) -> Result<i32> {
     Ok(std::fs::read_to_string(vm_dir.join("hypervisor.pid"))?
         .trim()
@@ -373,6 +411,7 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         .trim()
         .parse()?;
     ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
+    let vm_uid = own_user_of(pid, &vm_dir)?;
     eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
 
     POLLING
@@ -895,6 +934,12 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
     ensure!(
         !is_alive(pid),
         "QEMU still runs after its VM left the contract"
+    );
+    ensure!(
+        !Path::new(VM_USER_REGISTRY)
+            .join(vm_uid.to_string())
+            .exists(),
+        "the removed VM still holds its user {vm_uid}"
     );
     eprintln!(
         "update without the VM (finalized) -> guest shut down and removed: {:?}",

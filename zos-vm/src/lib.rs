@@ -11,6 +11,7 @@
 //!   to the initramfs, see [`config`]).
 //! - [`Vm`]: lifecycle (create/start/stop/pause/resume/delete), supervision with restarts and
 //!   backoff reported as [`VmEvent`]s, console log rotation, metering and cgroup v2 limits.
+//! - [`UserRegistry`]: one unprivileged uid/gid per VM for its hypervisor.
 //!
 //! See README.md for how the executor's VM driver maps a `VmSpec` onto these.
 
@@ -23,6 +24,7 @@ pub mod guest;
 pub mod hypervisor;
 pub mod metering;
 pub mod qemu;
+pub mod users;
 pub mod vm;
 
 use std::sync::Arc;
@@ -34,7 +36,8 @@ pub use config::{
 pub use guest::GuestAssets;
 pub use hypervisor::{Accel, ExitInfo, ExitKind, Hypervisor, Instance, RunState, VmLayout};
 pub use metering::VmUsage;
-pub use qemu::{AccelChoice, Qemu, QemuOptions, AGENT_PORT_NAME};
+pub use qemu::{AccelChoice, Qemu, QemuOptions, RunAs, AGENT_PORT_NAME};
+pub use users::{IdRange, UserRegistry, VmUser};
 pub use vm::{RestartPolicy, Vm, VmEvent, VmOptions, VmState};
 
 /// The backend for this host: cloud-hypervisor when its binary is on PATH and a KVM probe

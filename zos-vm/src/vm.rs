@@ -55,6 +55,12 @@ pub struct VmOptions {
     pub cgroup_root: Option<PathBuf>,
     /// How often the supervisor samples CPU time (kept across restarts).
     pub sample_every: Duration,
+    /// Put the calling process into the VM's cgroup too: a per-VM supervisor (the executor's
+    /// shim) that also serves the guest's image, so that fetching, decompressing and verifying
+    /// it is charged to the VM rather than to the node.
+    pub charge_supervisor: bool,
+    /// Disk bandwidth and IOPS per disk under the VM's files (`io.max`); `None`: unlimited.
+    pub io_limit: Option<cgroup::IoLimit>,
 }
 
 impl Default for VmOptions {
@@ -65,6 +71,8 @@ impl Default for VmOptions {
             stop_grace: Duration::from_secs(10),
             cgroup_root: Some(PathBuf::from(cgroup::DEFAULT_ROOT)),
             sample_every: Duration::from_secs(5),
+            charge_supervisor: false,
+            io_limit: None,
         }
     }
 }
@@ -385,6 +393,9 @@ impl Vm {
     pub async fn delete(self) -> Result<()> {
         self.stop().await?;
         if let Some(root) = &self.inner.opts.cgroup_root {
+            if self.inner.opts.charge_supervisor {
+                cgroup::leave(root);
+            }
             cgroup::remove(root, &self.inner.cgroup_name);
         }
         match tokio::fs::remove_dir_all(&self.inner.layout.dir).await {
@@ -408,13 +419,16 @@ async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
     if let Some(root) = &inner.opts.cgroup_root {
         let mut pids = vec![inst.pid()];
         pids.extend(inst.helper_pids());
-        let st = cgroup::apply(
-            root,
-            &inner.cgroup_name,
-            inner.cfg.vcpus,
-            inner.cfg.memory_mib,
-            &pids,
-        );
+        if inner.opts.charge_supervisor {
+            pids.push(std::process::id());
+        }
+        let limits = cgroup::Limits {
+            vcpus: inner.cfg.vcpus,
+            memory_mib: inner.cfg.memory_mib,
+            io: inner.opts.io_limit,
+            io_devices: io_devices(&inner.cfg, &inner.layout),
+        };
+        let st = cgroup::apply(root, &inner.cgroup_name, &limits, &pids);
         if let CgroupStatus::Unavailable(reason) = &st {
             tracing::debug!(vm = %inner.cfg.name, %reason, "no cgroup limits");
         }
@@ -423,6 +437,21 @@ async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
     sh.instance = Some(inst.clone());
     sh.cpu_ms_current = 0;
     Ok(inst)
+}
+
+/// The disks under the VM's files: its disk files, and its directory (image cache, volumes).
+fn io_devices(cfg: &VmConfig, layout: &VmLayout) -> Vec<(u32, u32)> {
+    let mut devices: Vec<(u32, u32)> = cfg
+        .disks
+        .iter()
+        .map(|d| d.path.as_path())
+        .chain(cfg.shares.iter().map(|s| s.dir.as_path()))
+        .chain([layout.dir.as_path()])
+        .filter_map(cgroup::disk_of)
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    devices
 }
 
 /// A VM's cgroup: its name plus a hash of its directory. VM names are unique on one node, but

@@ -500,3 +500,97 @@ async fn measure_boot_and_overhead() {
         boots[2], boots[0], boots[4], starts[2], rss[2] / MIB
     );
 }
+
+/// The uid/gid fields of `/proc/<pid>/status` (real, effective, saved, filesystem).
+fn process_ids(pid: u32) -> (Vec<u32>, Vec<u32>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    (ids("Uid:"), ids("Gid:"))
+}
+
+/// Runs `args` as `uid` (gid equal, no supplementary groups) and says whether it succeeded.
+fn as_user(uid: u32, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_guest_runs_as_its_own_user() {
+    init_tracing();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "dropping QEMU to a VM's own user needs root"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = zos_vm::UserRegistry::new(
+        tmp.path().join("registry"),
+        zos_vm::IdRange::parse("1900000000-1900000099").unwrap(),
+    );
+    let mut vms = Vec::new();
+    for name in ["user-a", "user-b"] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let user = registry.claim(&dir).unwrap();
+        let mut o = QemuOptions::new(assets());
+        o.accel = AccelChoice::Tcg;
+        o.run_as = Some(zos_vm::RunAs::Ids(user));
+        let mut cfg = base_config(name);
+        cfg.guest.entrypoint = r#"sh -c 'echo ZOS-USER-UP; sleep 600'"#.into();
+        let vm = Vm::create(Arc::new(Qemu::new(o)), &dir, cfg, opts())
+            .await
+            .unwrap();
+        vm.start().await.unwrap();
+        vms.push((vm, user, dir));
+    }
+    let mut pids = Vec::new();
+    for (vm, user, _) in &vms {
+        vm.wait_console("ZOS-USER-UP", Duration::from_secs(120))
+            .await
+            .unwrap();
+        let pid = vm.pid().await.unwrap();
+        let (uids, gids) = process_ids(pid);
+        assert!(uids.iter().all(|u| *u == user.uid), "{uids:?} vs {user:?}");
+        assert!(gids.iter().all(|g| *g == user.gid), "{gids:?} vs {user:?}");
+        pids.push(pid);
+    }
+    let (a, b) = (vms[0].1, vms[1].1);
+    assert_ne!(a.uid, b.uid);
+    // A process with A's ids (what a guest breaking out into its QEMU would be) may signal A's
+    // QEMU but not B's, and cannot read B's console.
+    let (own, err) = as_user(a.uid, &["kill", "-0", &pids[0].to_string()]);
+    assert!(own, "cannot signal its own QEMU: {err}");
+    let (other, err) = as_user(a.uid, &["kill", "-0", &pids[1].to_string()]);
+    assert!(!other, "signalled the other VM's QEMU");
+    assert!(err.contains("not permitted"), "{err}");
+    let b_console = vms[1].2.join("console.log");
+    let (read, err) = as_user(a.uid, &["cat", b_console.to_str().unwrap()]);
+    assert!(!read, "read the other VM's console");
+    assert!(err.contains("Permission denied"), "{err}");
+    for (vm, _, dir) in vms {
+        vm.delete().await.unwrap();
+        registry.release(&dir).unwrap();
+    }
+}

@@ -61,6 +61,13 @@ pub struct ShimConfig {
     /// Opaque to the shim: what the executor installed, handed back in [`Status`] so that an
     /// executor adopting the guest can tell whether it still matches the spec.
     pub label: String,
+    /// The VM's own uid/gid for its hypervisor; `None` (or a shim config written before they
+    /// existed): `nobody`.
+    #[serde(default)]
+    pub vm_user: Option<zos_vm::VmUser>,
+    /// The VM's disk bandwidth and IOPS (`io.max`); `None`: unlimited.
+    #[serde(default)]
+    pub io_limit: Option<zos_vm::cgroup::IoLimit>,
 }
 
 fn default_stop_grace_secs() -> u64 {

@@ -17,7 +17,8 @@ use tokio::{
 use tracing::{info, warn};
 use zos_image::mount::MountHandle;
 use zos_vm::{
-    AccelChoice, Hypervisor, Qemu, QemuOptions, RestartPolicy, Vm, VmEvent, VmOptions, VmState,
+    cgroup::IoLimit, AccelChoice, Hypervisor, Qemu, QemuOptions, RestartPolicy, RunAs, Vm, VmEvent,
+    VmOptions, VmState,
 };
 
 use super::{config_path, pid_path, socket_path, Reply, Request, ShimConfig, Startup, Status};
@@ -73,13 +74,16 @@ impl CrashCount {
 
 /// How the executor's guests are supervised: a VM is a service, started again when it powers
 /// itself off; a stop presses the power button and waits `stop_grace` for a clean shutdown.
-pub fn vm_options(stop_grace: Duration) -> VmOptions {
+pub fn vm_options(stop_grace: Duration, io_limit: Option<IoLimit>) -> VmOptions {
     VmOptions {
+        io_limit,
         restart: RestartPolicy {
             restart_on_poweroff: true,
             ..Default::default()
         },
         stop_grace,
+        // The shim serves the guest's image: that CPU and memory are the VM's.
+        charge_supervisor: true,
         ..Default::default()
     }
 }
@@ -216,12 +220,15 @@ async fn start(dir: &Path, config: &ShimConfig) -> Result<Guest, Startup> {
         zos_vm::Accel::Kvm => AccelChoice::Kvm,
         zos_vm::Accel::Tcg => AccelChoice::Tcg,
     };
+    if let Some(user) = config.vm_user {
+        options.run_as = Some(RunAs::Ids(user));
+    }
     let hv: Arc<dyn Hypervisor> = Arc::new(Qemu::new(options));
     let vm = match Vm::create(
         hv,
         dir,
         config.vm.clone(),
-        vm_options(Duration::from_secs(config.stop_grace_secs)),
+        vm_options(Duration::from_secs(config.stop_grace_secs), config.io_limit),
     )
     .await
     {

@@ -7,7 +7,8 @@
 //!
 //! Least privilege: `-nodefaults -no-user-config`, no network device unless the config has a
 //! NIC, `-sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny` (seccomp), and `-runas`
-//! an unprivileged user when started as root (QEMU opens disks, taps and sockets first, then
+//! an unprivileged user when started as root: the VM's own uid/gid from the
+//! [`crate::UserRegistry`], else `nobody` (QEMU opens disks, taps and sockets first, then
 //! drops privileges before the guest runs). `elevateprivileges=deny` is not used: it forbids
 //! the setuid/setgid that `-runas` itself needs (QEMU 7.2 dies with SIGSYS).
 //!
@@ -73,6 +74,16 @@ impl AccelChoice {
     }
 }
 
+/// Whom QEMU runs as once it has opened its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunAs {
+    /// An account of the host (`nobody` by default).
+    User(String),
+    /// The VM's own ids from the [`crate::UserRegistry`]: no other guest's hypervisor shares
+    /// them.
+    Ids(crate::VmUser),
+}
+
 #[derive(Clone, Debug)]
 pub struct QemuOptions {
     pub qemu_binary: PathBuf,
@@ -81,9 +92,9 @@ pub struct QemuOptions {
     pub assets: GuestAssets,
     /// seccomp filter (`-sandbox on,...`).
     pub sandbox: bool,
-    /// Drop to this user after start-up (`-runas`); used only when running as root and the
-    /// user exists. `None` keeps QEMU's user.
-    pub run_as: Option<String>,
+    /// Drop to this user after start-up (`-runas`); used only when running as root (and, for
+    /// a name, when the user exists). `None` keeps QEMU's user.
+    pub run_as: Option<RunAs>,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
     /// How long the KVM probe guest may take to reach /init.
@@ -105,7 +116,7 @@ impl QemuOptions {
             accel: AccelChoice::Auto,
             assets,
             sandbox: true,
-            run_as: Some("nobody".into()),
+            run_as: Some(RunAs::User("nobody".into())),
             extra_cmdline: String::new(),
             probe_timeout: Duration::from_secs(15),
         }
@@ -130,16 +141,21 @@ impl Qemu {
     pub fn options(&self) -> &QemuOptions {
         &self.opts
     }
+    /// The `-runas` argument: `uid:gid` for a VM's own user, else a user name that exists.
     fn run_as_user(&self) -> Option<String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return None;
         }
-        let user = self.opts.run_as.clone()?;
-        let cname = std::ffi::CString::new(user.clone()).ok()?;
-        // SAFETY: valid NUL-terminated name; the result is only checked for NULL.
-        let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-        (!pw.is_null()).then_some(user)
+        match self.opts.run_as.clone()? {
+            RunAs::Ids(user) => Some(format!("{}:{}", user.uid, user.gid)),
+            RunAs::User(name) => {
+                let cname = std::ffi::CString::new(name.clone()).ok()?;
+                // SAFETY: valid NUL-terminated name; the result is only checked for NULL.
+                let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+                (!pw.is_null()).then_some(name)
+            }
+        }
     }
 
     /// One virtiofsd serving `dir` on `sock`, its output in `log`.

@@ -75,6 +75,10 @@ pub struct VmDriverConfig {
     pub image_sources: ImageSourcePolicy,
     /// How long a guest gets to shut down cleanly (ACPI power-down) before a hard stop.
     pub stop_grace: Duration,
+    /// Gives each VM's hypervisor its own uid/gid; `None`: QEMU runs as `nobody`.
+    pub vm_users: Option<zos_vm::UserRegistry>,
+    /// Each VM's disk bandwidth and IOPS (`io.max`); `None`: unlimited.
+    pub io_limit: Option<zos_vm::cgroup::IoLimit>,
 }
 
 /// Whether this host can run VM workloads: QEMU on PATH and FUSE for image mounts.
@@ -192,6 +196,14 @@ impl VmDriver {
     }
 
     /// Gives VMs network cards on these private networks.
+    /// The registry of VM users, when this process may hand them out (only root can make
+    /// QEMU drop to another uid).
+    fn own_users(&self) -> Option<zos_vm::UserRegistry> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        self.config.vm_users.clone().filter(|_| root)
+    }
+
     pub fn with_networks(mut self, networks: Arc<NodeNetworks>) -> Self {
         self.networks = Some(networks);
         self
@@ -421,6 +433,14 @@ impl VmDriver {
             }
         }
         self.remove_taps(ctx, w).await?;
+        if let Some(registry) = self.own_users() {
+            // Nothing of the VM runs any more: its id may go to another VM.
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || registry.release(&dir))
+                .await
+                .map_err(|e| transient(e.into()))?
+                .map_err(transient)?;
+        }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -474,7 +494,24 @@ impl VmDriver {
         // A shim or guest left from an interrupted install goes first.
         self.teardown(ctx, w, &mut None).await?;
         self.attach_taps(ctx, w).await?;
+        // The directory exists before its claim: a claim without its directory is stale.
+        create_private_dir(&dir).map_err(transient)?;
+        let vm_user = match self.own_users() {
+            Some(registry) => {
+                let dir = dir.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || registry.claim(&dir))
+                        .await
+                        .map_err(|e| transient(e.into()))?
+                        .context("claiming the VM's own user")
+                        .map_err(transient)?,
+                )
+            }
+            None => None,
+        };
         let config = ShimConfig {
+            vm_user,
+            io_limit: self.config.io_limit,
             vm: cfg,
             image_source,
             image_root: zos_image::Hash(vm.image.root_hash).to_hex(),
@@ -528,11 +565,19 @@ fn absolute_vm_dir(ctx: &WorkloadCtx, w: &Workload) -> DriverResult<PathBuf> {
         .map_err(transient)
 }
 
-/// Writes `bytes` to `path` readable by its owner only, creating `dir` (0700) first.
-fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+/// Creates `dir`, readable by its owner (root) only: not by the VM's own user either, which
+/// QEMU drops to only after it has opened the VM's files.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` readable by its owner only, creating `dir` (0700) first.
+fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    create_private_dir(dir)?;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
