@@ -1,6 +1,5 @@
 //! `zos`: the command line of the Zero-OS grid for deployers and farmers.
 
-mod client;
 mod commands;
 mod format;
 mod keys;
@@ -370,7 +369,13 @@ fn main() {
 }
 
 fn report_error(e: &anyhow::Error, json: bool) {
-    let chain = e.downcast_ref::<client::ChainError>();
+    use zos_client::chain::{ChainError, TxError};
+    let chain = e
+        .downcast_ref::<ChainError>()
+        .or_else(|| match e.downcast_ref::<TxError>() {
+            Some(TxError::Dispatch(c)) => Some(c),
+            _ => None,
+        });
     if json {
         let value = match chain {
             Some(c) => serde_json::json!({ "error": format!("{e:#}"), "chain_error": c }),

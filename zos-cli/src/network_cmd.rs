@@ -10,11 +10,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value as Json};
-use zos_client::chain::runtime;
+use zos_client::chain::{runtime, Chain};
 use zos_primitives::{contracts::NodeContract, ContractId, NodeId};
 
 use crate::{
-    client::Chain,
     commands::{Ctx, Out},
     format,
     network_plan::{self, base64, NetworkPlan, NodeInputs, PlanFile},

@@ -29,6 +29,9 @@ pub mod runtime {}
 
 use runtime::runtime_types;
 
+mod error;
+pub use error::{ChainError, TxError};
+
 pub type Client = OnlineClient<SubstrateConfig>;
 
 /// Calls a runtime API through its statically generated payload (`runtime::runtime_apis()...`): trait,
@@ -73,22 +76,28 @@ pub struct Nonces {
 /// Events of one finalized extrinsic.
 pub type Events = subxt::extrinsics::ExtrinsicEvents<SubstrateConfig>;
 
+/// Every event of a finished transaction as `(pallet, name, fields)`.
+pub fn event_list(
+    events: &Events,
+) -> Result<Vec<(String, String, subxt::ext::scale_value::Value)>> {
+    let mut out = Vec::new();
+    for ev in events.iter() {
+        let ev = ev?;
+        let fields = ev.decode_fields_unchecked_as::<subxt::ext::scale_value::Value>()?;
+        out.push((
+            ev.pallet_name().to_string(),
+            ev.event_name().to_string(),
+            fields,
+        ));
+    }
+    Ok(out)
+}
+
 /// A finalized block the follower has seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockRef {
     pub number: u64,
     pub hash: [u8; 32],
-}
-
-/// Why an extrinsic did not land.
-#[derive(Debug, thiserror::Error)]
-pub enum TxError {
-    /// The runtime refused it: `Pallet::Error` from the metadata. Retrying is pointless.
-    #[error("{0}")]
-    Dispatch(String),
-    /// Connection, pool or timeout trouble: retry.
-    #[error(transparent)]
-    Transient(#[from] anyhow::Error),
 }
 
 /// SCALE re-encoding between a primitives type and its generated twin: the runtime defines
@@ -112,10 +121,13 @@ pub struct Chain {
 impl Chain {
     /// Connects through a reconnecting RPC client: a node restart does not kill the executor.
     pub async fn connect(url: &str) -> Result<Self> {
-        let inner = ReconnectingRpcClient::builder()
-            .build(url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
+        let inner = tokio::time::timeout(
+            Duration::from_secs(30),
+            ReconnectingRpcClient::builder().build(url),
+        )
+        .await
+        .map_err(|_| anyhow!("connecting to {url}: no answer within 30 s"))?
+        .with_context(|| format!("connecting to {url}"))?;
         let rpc_client = RpcClient::new(inner);
         let api = Client::from_rpc_client(rpc_client.clone())
             .await
@@ -145,6 +157,16 @@ impl Chain {
             min_window_secs,
             max_traffic_bytes_per_sec,
         })
+    }
+
+    /// Calls a runtime API (`runtime::apis()...`) at the latest finalized block; see
+    /// [`call_runtime_api`].
+    pub async fn runtime_api<P, R>(&self, payload: P) -> Result<R>
+    where
+        P: subxt::runtime_apis::Payload,
+        R: Decode,
+    {
+        Ok(call_runtime_api(&self.api, payload).await?.1)
     }
 
     pub async fn finalized(&self) -> Result<BlockRef> {
@@ -340,16 +362,19 @@ impl Chain {
                     .tx()
                     .sign_and_submit_then_watch(call, signer, params)
                     .await
-                    .map_err(|e| TxError::Transient(anyhow!("submitting: {e}")))?
+                    .map_err(|e| TxError::submission(e.to_string()))?
             };
             match progress.wait_for_finalized_success().await {
                 Ok(events) => Ok(events),
                 Err(TransactionFinalizedSuccessError::SuccessError(
                     TransactionEventsError::ExtrinsicFailed(DispatchError::Module(e)),
-                )) => Err(TxError::Dispatch(e.details_string())),
+                )) => Err(TxError::Dispatch(ChainError::from_module(&e))),
                 Err(TransactionFinalizedSuccessError::SuccessError(
                     TransactionEventsError::ExtrinsicFailed(e),
-                )) => Err(TxError::Dispatch(e.to_string())),
+                )) => Err(TxError::Dispatch(ChainError::other(
+                    "DispatchError",
+                    e.to_string(),
+                ))),
                 Err(e) => Err(TxError::Transient(anyhow!("waiting for finality: {e}"))),
             }
         };

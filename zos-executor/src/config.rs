@@ -76,6 +76,11 @@ pub struct Flags {
     /// ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
     #[arg(long, env = "ZOS_GUEST_CACHE")]
     pub guest_cache: Option<PathBuf>,
+    /// The guest kernel this node boots VMs with, by the BLAKE3 of its tree (the executor logs
+    /// it as `kernel_blake3` at start): any other kernel in the cache is refused. Without it
+    /// the kernel is pinned to what the cache held when first used.
+    #[arg(long, env = "ZOS_GUEST_KERNEL_BLAKE3")]
+    pub guest_kernel_blake3: Option<String>,
     /// Seconds a guest gets to shut down cleanly (ACPI power button: its processes get
     /// SIGTERM, its disks are unmounted) before it is stopped hard. Default 10.
     #[arg(long = "vm-stop-grace", env = "ZOS_VM_STOP_GRACE")]
@@ -164,6 +169,7 @@ pub struct FileConfig {
     pub allow_image_source: Option<Vec<String>>,
     pub no_vm: Option<bool>,
     pub guest_cache: Option<PathBuf>,
+    pub guest_kernel_blake3: Option<String>,
     pub vm_stop_grace_secs: Option<u64>,
     pub vm_users: Option<String>,
     pub vm_user_registry: Option<PathBuf>,
@@ -218,6 +224,8 @@ pub struct Config {
     /// Run VM workloads when the host can (QEMU and FUSE present).
     pub vm_enabled: bool,
     pub guest_cache: Option<PathBuf>,
+    /// The guest kernel's pinned tree hash (hex BLAKE3); `None`: pinned on first use.
+    pub guest_kernel_blake3: Option<String>,
     /// How long a guest gets to shut down cleanly before a hard stop.
     pub vm_stop_grace: Duration,
     /// Where each VM's own uid/gid comes from; `None`: every QEMU runs as `nobody`.
@@ -340,6 +348,13 @@ impl Config {
             capacity,
             vm_enabled: !(flags.no_vm || file.no_vm.unwrap_or(false)),
             guest_cache: flags.guest_cache.or(file.guest_cache),
+            guest_kernel_blake3: match flags.guest_kernel_blake3.or(file.guest_kernel_blake3) {
+                Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    Some(h.to_ascii_lowercase())
+                }
+                Some(h) => anyhow::bail!("--guest-kernel-blake3 {h:?}: expected 64 hex digits"),
+                None => None,
+            },
             vm_stop_grace: Duration::from_secs(
                 flags
                     .vm_stop_grace_secs

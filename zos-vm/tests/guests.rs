@@ -594,3 +594,25 @@ async fn each_guest_runs_as_its_own_user() {
         registry.release(&dir).unwrap();
     }
 }
+
+#[test]
+fn the_real_guest_kernel_is_checked_against_its_pin() {
+    let a = assets();
+    assert_eq!(a.kernel_blake3.len(), 64, "{a:?}");
+    let kernel_dir = a.kernel.parent().unwrap();
+    assert_eq!(
+        zos_vm::guest::kernel_tree_hash(kernel_dir).unwrap(),
+        a.kernel_blake3
+    );
+    let pinned = GuestAssets::prepare_pinned(None, Some(&a.kernel_blake3)).unwrap();
+    assert_eq!(pinned.kernel_blake3, a.kernel_blake3);
+    let wrong = "f".repeat(64);
+    let err = format!(
+        "{:#}",
+        GuestAssets::prepare_pinned(None, Some(&wrong)).unwrap_err()
+    );
+    assert!(
+        err.contains(&wrong) && err.contains(&a.kernel_blake3),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value as Json};
 use subxt::{dynamic::At, ext::scale_value::Value, utils::AccountId32};
 use subxt_signer::sr25519::Keypair;
-use zos_client::chain::{convert, runtime};
+use zos_client::chain::{convert, event_list, runtime, Chain, Events as TxEvents};
 use zos_primitives::{
     billing::ContractBillingStatus,
     contracts::{ContractState, ContractSummary},
@@ -32,7 +32,6 @@ use node::*;
 use session::*;
 
 use crate::{
-    client::{event_list, Chain, TxEvents},
     format,
     keys::{parse_account, parse_key},
     specfile::{
@@ -75,7 +74,9 @@ impl Ctx {
     }
 
     pub(crate) async fn chain(&self) -> Result<Chain> {
-        Chain::connect(&self.url).await
+        Chain::connect(&self.url)
+            .await
+            .context("is the chain running? `make chain` starts one")
     }
 }
 

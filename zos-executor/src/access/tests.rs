@@ -1,4 +1,5 @@
 //! The endpoint over real loopback connections, with a fixed table of contracts.
+use super::logs::{parse_query, LogsQuery};
 use super::*;
 use tokio::io::AsyncReadExt;
 
