@@ -128,7 +128,21 @@ impl Chain {
         .await
         .map_err(|_| anyhow!("connecting to {url}: no answer within 30 s"))?
         .with_context(|| format!("connecting to {url}"))?;
-        let rpc_client = RpcClient::new(inner);
+        Self::with_rpc(RpcClient::new(inner)).await
+    }
+
+    /// Connects once, without reconnecting: for a command that should fail at once when the
+    /// chain is not there (the CLI), rather than wait for it.
+    pub async fn connect_once(url: &str) -> Result<Self> {
+        let rpc_client =
+            tokio::time::timeout(Duration::from_secs(30), RpcClient::from_insecure_url(url))
+                .await
+                .map_err(|_| anyhow!("connecting to {url}: no answer within 30 s"))?
+                .with_context(|| format!("connecting to {url}"))?;
+        Self::with_rpc(rpc_client).await
+    }
+
+    async fn with_rpc(rpc_client: RpcClient) -> Result<Self> {
         let api = Client::from_rpc_client(rpc_client.clone())
             .await
             .context("fetching chain metadata")?;

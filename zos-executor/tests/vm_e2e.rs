@@ -412,6 +412,12 @@ async fn executor_boots_a_vm_from_an_approved_contract_and_removes_it_on_cancel(
         .parse()?;
     ensure!(is_alive(pid), "QEMU (pid {pid}) is not running");
     let vm_uid = own_user_of(pid, &vm_dir)?;
+    // Jailed: the image's FUSE mount (and any other tenant's) is not in QEMU's namespace.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    ensure!(
+        !mounts.contains("fuse") && mounts.lines().count() < 20,
+        "QEMU's mount namespace holds more than its jail:\n{mounts}"
+    );
     eprintln!("activation (finalized) -> Deployed on chain: {to_deployed:?}; -> entrypoint output on the console: {to_entrypoint:?}");
 
     POLLING

@@ -51,11 +51,16 @@ stamp_of() {
     sha256sum "$init_src" "${BASH_SOURCE[0]}" "$busybox" | cut -d' ' -f1
     if [ -n "$agent" ]; then sha256sum "$agent" | cut -d' ' -f1; else echo no-agent; fi
     cat "$kdir/version"
+    # The kernel tree's hash (recorded by the executor before this runs): another kernel of
+    # the same version string still gets its own modules.
+    cat "$kdir/.blake3" 2>/dev/null || echo no-kernel-hash
     printf '%s\n' "${wanted[@]}"
   } | sha256sum | cut -d' ' -f1
 }
 stamp="$(stamp_of)"
-if [ -f "$out" ] && [ -f "$out.stamp" ] && [ "$(cat "$out.stamp")" = "$stamp" ]; then
+# Reused only when built from the same inputs and unchanged since.
+if [ -f "$out" ] && [ -f "$out.stamp" ] && [ "$(cat "$out.stamp")" = "$stamp" ] \
+  && [ -f "$out.sha256" ] && [ "$(sha256sum "$out" | cut -d' ' -f1)" = "$(cat "$out.sha256")" ]; then
   printf '%s\n' "$out"
   exit 0
 fi
@@ -136,6 +141,7 @@ mkdir -p "$(dirname "$out")"
 tmp_out="$out.tmp.$$"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
   | gzip -9 -n >"$tmp_out"
+sha256sum "$tmp_out" | cut -d' ' -f1 >"$out.sha256"
 mv "$tmp_out" "$out"
 printf '%s\n' "$stamp" >"$out.stamp"
 log "built $out ($(du -h "$out" | cut -f1), modules: ${order[*]})"

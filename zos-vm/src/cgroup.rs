@@ -140,8 +140,9 @@ pub fn apply(root: &Path, name: &str, limits: &Limits, pids: &[u32]) -> CgroupSt
 }
 
 /// Tasks (threads included) a VM's host processes may have: QEMU's vCPU, I/O and worker
-/// threads and virtiofsd's pool stay far below; a runaway helper does not take the host's.
-pub const PIDS_MAX: u32 = 1024;
+/// threads, virtiofsd's pool and the shim's runtime (its blocking pool may grow to 512) stay
+/// below; a runaway helper does not take the host's.
+pub const PIDS_MAX: u32 = 4096;
 
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
@@ -178,9 +179,13 @@ fn apply_inner(root: &Path, name: &str, limits: &Limits, pids: &[u32]) -> Result
         write(&dir.join("pids.max"), &PIDS_MAX.to_string())?;
     }
     if let Some(io) = io {
+        // Best effort: a kernel without throttling, or a device refusing it (ENODEV), must not
+        // cost the VM its CPU and memory limits.
         for device in &limits.io_devices {
             // One line per write: the kernel parses each write as one device's settings.
-            write(&dir.join("io.max"), &io.line(*device))?;
+            if let Err(e) = write(&dir.join("io.max"), &io.line(*device)) {
+                tracing::warn!(error = %format!("{e:#}"), "no io.max for this device");
+            }
         }
     } else if limits.io.is_some() {
         tracing::warn!(cgroup = %dir.display(), "no io.max: the io controller is not delegated or the VM's files are on no disk");

@@ -197,7 +197,7 @@ impl Hypervisor for CloudHypervisor {
             "volumes (shared directories) are served with QEMU only: configure the node with QEMU"
         );
         cfg.check_disk_files()?;
-        write_initrd(&self.assets.initramfs, cfg, &layout.initrd())?;
+        write_initrd(&self.assets, cfg, &layout.initrd())?;
         for s in [layout.control_socket(), layout.console_socket()] {
             let _ = std::fs::remove_file(s);
         }

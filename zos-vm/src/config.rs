@@ -585,8 +585,23 @@ mod tests {
         std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut c = base();
         c.guest.env = vec![("TOKEN".into(), "secret".into())];
-        crate::qemu::write_initrd(&base_initramfs, &c, &out).unwrap();
+        let mut assets = crate::GuestAssets {
+            kernel: dir.path().join("vmlinuz"),
+            initramfs: base_initramfs.clone(),
+            kernel_version: "test".into(),
+            kernel_blake3: String::new(),
+            initramfs_blake3: blake3::hash(b"070701").to_hex().to_string(),
+        };
+        crate::qemu::write_initrd(&assets, &c, &out).unwrap();
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        // A base changed since it was built is refused.
+        std::fs::write(&base_initramfs, b"070702").unwrap();
+        let err = crate::qemu::write_initrd(&assets, &c, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("changed since it was built"), "{err}");
+        assets.initramfs_blake3.clear();
+        crate::qemu::write_initrd(&assets, &c, &out).unwrap();
     }
 }

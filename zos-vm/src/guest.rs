@@ -19,6 +19,10 @@ pub struct GuestAssets {
     /// the node was given, else against the hash recorded when the kernel was fetched.
     #[serde(default)]
     pub kernel_blake3: String,
+    /// BLAKE3 of `initramfs` when it was built (or found up to date); checked whenever a
+    /// guest's initrd is made from it.
+    #[serde(default)]
+    pub initramfs_blake3: String,
 }
 
 /// Where the hash of a fetched kernel is recorded, beside it in the cache.
@@ -195,11 +199,19 @@ impl GuestAssets {
         if !kernel.is_file() {
             bail!("{} is missing after fetch-kernel.sh", kernel.display());
         }
+        let initramfs = PathBuf::from(initramfs);
+        let initramfs_blake3 = blake3::hash(
+            &std::fs::read(&initramfs)
+                .with_context(|| format!("reading {}", initramfs.display()))?,
+        )
+        .to_hex()
+        .to_string();
         Ok(Self {
             kernel,
-            initramfs: PathBuf::from(initramfs),
+            initramfs,
             kernel_version,
             kernel_blake3,
+            initramfs_blake3,
         })
     }
 }

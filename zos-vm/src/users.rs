@@ -55,6 +55,32 @@ impl IdRange {
     }
 }
 
+/// Every uid (real, effective, saved or filesystem) a process of the host runs as.
+fn uids_in_use() -> std::collections::HashSet<u32> {
+    let mut uids = std::collections::HashSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return uids;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        // A process may exit between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            uids.extend(
+                line.split_whitespace()
+                    .skip(1)
+                    .filter_map(|v| v.parse::<u32>().ok()),
+            );
+        }
+    }
+    uids
+}
+
 /// The host-wide registry of VM users.
 #[derive(Clone, Debug)]
 pub struct UserRegistry {
@@ -145,12 +171,16 @@ impl UserRegistry {
                 .try_into()
                 .expect("8 bytes"),
         ) % count;
+        // An id some process still runs as is never handed out, claimed or not: a QEMU left
+        // behind, or one of an executor whose VM directories this one cannot see.
+        let running = uids_in_use();
         let free = (0..count)
             // offset < count, and first + count - 1 fits in u32 (checked by `parse`).
             .map(|step| self.range.first + ((start + step) % count) as u32)
+            .filter(|uid| !running.contains(uid))
             .find(|uid| match claims.get(uid) {
                 None => true,
-                // A claim whose VM directory is gone is stale.
+                // A claim whose VM directory is gone (and whose id nothing runs as) is stale.
                 Some(holder) => !Path::new(std::ffi::OsStr::from_bytes(holder)).exists(),
             });
         let Some(uid) = free else {
@@ -267,6 +297,23 @@ mod tests {
         uids.sort();
         uids.dedup();
         assert_eq!(uids.len(), 32);
+    }
+
+    #[test]
+    fn an_id_a_process_runs_as_is_never_handed_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        // This test process's own uid stands for a QEMU left running as that id.
+        // SAFETY: getuid has no preconditions.
+        let mine = unsafe { libc::getuid() };
+        let reg = UserRegistry::new(
+            tmp.path().join("registry"),
+            IdRange {
+                first: mine,
+                count: 1,
+            },
+        );
+        let err = reg.claim(&vm_dir(tmp.path(), "a")).unwrap_err().to_string();
+        assert!(err.contains("all 1 VM users"), "{err}");
     }
 
     #[test]

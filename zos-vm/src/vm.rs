@@ -430,7 +430,13 @@ async fn launch(inner: &Inner, sh: &mut Shared) -> Result<Arc<dyn Instance>> {
         };
         let st = cgroup::apply(root, &inner.cgroup_name, &limits, &pids);
         if let CgroupStatus::Unavailable(reason) = &st {
-            tracing::debug!(vm = %inner.cfg.name, %reason, "no cgroup limits");
+            if cgroup::unavailable_reason(root).is_none() {
+                // The host has cgroups, yet this VM got none: that needs attention.
+                tracing::warn!(vm = %inner.cfg.name, %reason, "the VM runs without cgroup limits");
+            } else {
+                // Said once at the executor's start.
+                tracing::debug!(vm = %inner.cfg.name, %reason, "no cgroup limits");
+            }
         }
         sh.cgroup = Some(st);
     }

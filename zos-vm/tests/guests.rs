@@ -585,6 +585,38 @@ async fn each_guest_runs_as_its_own_user() {
     let (other, err) = as_user(a.uid, &["kill", "-0", &pids[1].to_string()]);
     assert!(!other, "signalled the other VM's QEMU");
     assert!(err.contains("not permitted"), "{err}");
+    // Each QEMU lives in a jail: the system's /usr, its own directory but not the other VM's,
+    // no host configuration, few mounts, and a /proc that hides other users' processes.
+    let jail_of = |pid: u32, path: &Path| {
+        PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
+    };
+    assert!(jail_of(pids[0], &vms[0].2.join("control.sock")).exists());
+    assert!(jail_of(pids[0], Path::new("/usr/bin")).is_dir());
+    assert!(
+        !jail_of(pids[0], &vms[1].2).exists(),
+        "A's jail shows B's directory"
+    );
+    assert!(!jail_of(pids[0], Path::new("/etc/passwd")).exists());
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", pids[0])).unwrap();
+    assert!(mounts.lines().count() < 20, "{mounts}");
+    let (uid_a, pid_a) = (a.uid.to_string(), pids[0].to_string());
+    let listed = std::process::Command::new("nsenter")
+        .args(["-t", &pid_a, "-m", "-r", "--", "/usr/bin/setpriv"])
+        .args([&format!("--reuid={uid_a}"), &format!("--regid={uid_a}")])
+        .args(["--clear-groups", "/usr/bin/ls", "/proc"])
+        .output()
+        .expect("nsenter (util-linux)");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let visible: Vec<&str> = listed
+        .split_whitespace()
+        .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    // Only `ls` itself: QEMU is not dumpable after dropping its privileges, so even its own
+    // user cannot inspect it, and every other process is hidden.
+    assert!(
+        !visible.contains(&pids[1].to_string().as_str()) && visible.len() == 1,
+        "A's /proc shows other processes: {visible:?}"
+    );
     let b_console = vms[1].2.join("console.log");
     let (read, err) = as_user(a.uid, &["cat", b_console.to_str().unwrap()]);
     assert!(!read, "read the other VM's console");

@@ -74,7 +74,7 @@ impl Ctx {
     }
 
     pub(crate) async fn chain(&self) -> Result<Chain> {
-        Chain::connect(&self.url)
+        Chain::connect_once(&self.url)
             .await
             .context("is the chain running? `make chain` starts one")
     }

@@ -59,6 +59,14 @@ pub(super) async fn register(
             Err(TxError::Dispatch(e)) if e.is("Grid", "AccountAlreadyHasNode") => {}
             // Revoked between the check and the registration: wait again.
             Err(TxError::Dispatch(e)) if e.is("Grid", "NodeNotAuthorized") => {}
+            // Funds below the fee (not just zero): wait for the farmer, as above.
+            Err(TxError::Dispatch(e)) if e.is("System", "Payment") => {
+                if !warned {
+                    warn!(%account, "the node account cannot pay the registration fee: waiting for the farmer to fund it");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             Err(TxError::Dispatch(e)) => bail!("registering the node failed: {e}"),
             Err(e) => return Err(e.into()),
         }

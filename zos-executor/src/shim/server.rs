@@ -204,6 +204,22 @@ async fn start(dir: &Path, config: &ShimConfig) -> Result<Guest, Startup> {
         )))
     })?;
     let started = Instant::now();
+    if !config.assets.kernel_blake3.is_empty() {
+        // The kernel the executor checked is the one this guest boots.
+        let kernel_dir = config.assets.kernel.parent().map(Path::to_path_buf);
+        let expected = config.assets.kernel_blake3.clone();
+        tokio::task::spawn_blocking(move || match kernel_dir {
+            Some(dir) => zos_vm::guest::check_kernel(&dir, Some(&expected)).map(drop),
+            None => Err(anyhow!("the guest kernel has no directory")),
+        })
+        .await
+        .map_err(|e| failed(DriverError::Transient(e.into())))?
+        .map_err(|e| {
+            failed(DriverError::Transient(
+                e.context("checking the guest kernel"),
+            ))
+        })?;
+    }
     let mount = {
         let (source, policy) = (config.image_source.clone(), config.image_policy.clone());
         let cache_dir = dir.join("image-cache");

@@ -38,6 +38,7 @@ use tokio::{
 
 mod args;
 mod instance;
+pub mod jail;
 mod probe;
 
 pub use args::AGENT_PORT_NAME;
@@ -95,6 +96,8 @@ pub struct QemuOptions {
     /// Drop to this user after start-up (`-runas`); used only when running as root (and, for
     /// a name, when the user exists). `None` keeps QEMU's user.
     pub run_as: Option<RunAs>,
+    /// Run each guest's QEMU in its own jail ([`jail`]); only when started as root.
+    pub jail: bool,
     /// Appended to the kernel command line.
     pub extra_cmdline: String,
     /// How long the KVM probe guest may take to reach /init.
@@ -117,6 +120,10 @@ impl QemuOptions {
             assets,
             sandbox: true,
             run_as: Some(RunAs::User("nobody".into())),
+            // `ZOS_VM_JAIL=off` for a host the jail cannot work on (a kernel before 5.8, which
+            // lacks per-mount `hidepid`, or a root filesystem that is the initramfs itself,
+            // where `pivot_root` is refused).
+            jail: std::env::var_os("ZOS_VM_JAIL").is_none_or(|v| v != "off"),
             extra_cmdline: String::new(),
             probe_timeout: Duration::from_secs(15),
         }
@@ -141,7 +148,8 @@ impl Qemu {
     pub fn options(&self) -> &QemuOptions {
         &self.opts
     }
-    /// The `-runas` argument: `uid:gid` for a VM's own user, else a user name that exists.
+    /// The `-runas` argument, `uid:gid` (a jailed QEMU has no user database to look a name
+    /// up in): the VM's own user, else the named account's ids when it exists.
     fn run_as_user(&self) -> Option<String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -150,12 +158,46 @@ impl Qemu {
         match self.opts.run_as.clone()? {
             RunAs::Ids(user) => Some(format!("{}:{}", user.uid, user.gid)),
             RunAs::User(name) => {
-                let cname = std::ffi::CString::new(name.clone()).ok()?;
-                // SAFETY: valid NUL-terminated name; the result is only checked for NULL.
+                let cname = std::ffi::CString::new(name).ok()?;
+                // SAFETY: valid NUL-terminated name; the entry is read at once, before any
+                // other call that could overwrite it.
                 let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-                (!pw.is_null()).then_some(name)
+                if pw.is_null() {
+                    return None;
+                }
+                // SAFETY: non-null entry from getpwnam.
+                let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+                Some(format!("{uid}:{gid}"))
             }
         }
+    }
+
+    /// The jail of the guest `cfg` in `layout`, when QEMU is to be jailed.
+    /// Also returns the QEMU binary as found on the host, which the jail exposes at that path.
+    fn plan_jail(
+        &self,
+        cfg: &VmConfig,
+        layout: &VmLayout,
+    ) -> Result<Option<(jail::Jail, PathBuf)>> {
+        // SAFETY: geteuid has no preconditions.
+        if !self.opts.jail || unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let mut paths = jail::system_paths();
+        paths.push(jail::Exposed::writable(&layout.dir));
+        paths.push(jail::Exposed::read_only(&self.opts.assets.kernel));
+        for d in &cfg.disks {
+            paths.push(if d.read_only {
+                jail::Exposed::read_only(&d.path)
+            } else {
+                jail::Exposed::writable(&d.path)
+            });
+        }
+        let binary = resolve_binary(&self.opts.qemu_binary)?;
+        paths.push(jail::Exposed::read_only(&binary));
+        let root = layout.dir.join("jail");
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        Ok(Some((jail::Jail::plan(&root, &paths)?, binary)))
     }
 
     /// One virtiofsd serving `dir` on `sock`, its output in `log`.
@@ -234,10 +276,22 @@ async fn stop_all(children: &mut [Child]) {
 
 /// Writes base initramfs + the config appendix for `cfg` to `out`, readable by its owner only:
 /// the appendix carries the tenant's environment and keys.
-pub fn write_initrd(base: &Path, cfg: &VmConfig, out: &Path) -> Result<()> {
+/// `assets`' initramfs must still have the hash recorded when it was built (when one was).
+pub fn write_initrd(assets: &GuestAssets, cfg: &VmConfig, out: &Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let base = &assets.initramfs;
     let mut data = std::fs::read(base).with_context(|| format!("reading {}", base.display()))?;
+    if !assets.initramfs_blake3.is_empty() {
+        let found = blake3::hash(&data).to_hex();
+        if found.as_str() != assets.initramfs_blake3 {
+            bail!(
+                "the guest initramfs {} changed since it was built (BLAKE3 {} then, {found} now)",
+                base.display(),
+                assets.initramfs_blake3
+            );
+        }
+    }
     // The kernel looks for the next archive on a 4-byte boundary.
     while data.len() % 4 != 0 {
         data.push(0);
@@ -254,6 +308,22 @@ pub fn write_initrd(base: &Path, cfg: &VmConfig, out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(())
+}
+
+/// `binary` as an absolute path (searched on PATH when it is a bare name), so that the jail
+/// can expose it.
+fn resolve_binary(binary: &Path) -> Result<PathBuf> {
+    if binary.components().count() > 1 {
+        return std::path::absolute(binary)
+            .with_context(|| format!("resolving {}", binary.display()));
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(binary))
+                .find(|c| c.is_file())
+        })
+        .with_context(|| format!("{} is not on PATH", binary.display()))
 }
 
 /// Last lines of a log file, for error messages.
@@ -326,7 +396,7 @@ impl Hypervisor for Qemu {
         cfg.validate()?;
         cfg.check_disk_files()?;
         let accel = self.accel().await?;
-        write_initrd(&self.opts.assets.initramfs, cfg, &layout.initrd())?;
+        write_initrd(&self.opts.assets, cfg, &layout.initrd())?;
         for s in [
             layout.control_socket(),
             layout.console_socket(),
@@ -343,7 +413,19 @@ impl Hypervisor for Qemu {
             .context("opening the hypervisor log")?;
         let args = self.args(cfg, layout, accel);
         tracing::debug!(vm = %cfg.name, ?args, "starting qemu");
-        let mut command = Command::new(&self.opts.qemu_binary);
+        let jail = match self.plan_jail(cfg, layout) {
+            Ok(j) => j,
+            Err(e) => {
+                stop_all(&mut virtiofsd).await;
+                return Err(e.context("planning QEMU's jail"));
+            }
+        };
+        let mut command = Command::new(
+            jail.as_ref()
+                .map_or(self.opts.qemu_binary.as_path(), |(_, binary)| {
+                    binary.as_path()
+                }),
+        );
         // Opened before the fork; the child enters it between fork and exec.
         let netns = cfg
             .netns
@@ -361,6 +443,13 @@ impl Hypervisor for Qemu {
                     }
                     Ok(())
                 });
+            }
+        }
+        if let Some((jail, _)) = jail {
+            // SAFETY: `enter` only makes syscalls on data prepared before the fork; it runs
+            // after the network namespace is joined.
+            unsafe {
+                command.pre_exec(move || jail.enter());
             }
         }
         let spawned = command

@@ -27,7 +27,7 @@ impl Qemu {
             },
         };
         let initrd = dir.join("initrd.img");
-        write_initrd(&self.opts.assets.initramfs, &cfg, &initrd)?;
+        write_initrd(&self.opts.assets, &cfg, &initrd)?;
         let mut child = Command::new(&self.opts.qemu_binary)
             .args([
                 "-nodefaults",

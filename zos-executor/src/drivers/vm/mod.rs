@@ -198,7 +198,6 @@ impl VmDriver {
         self
     }
 
-    /// Gives VMs network cards on these private networks.
     /// The registry of VM users, when this process may hand them out (only root can make
     /// QEMU drop to another uid).
     fn own_users(&self) -> Option<zos_vm::UserRegistry> {
@@ -207,6 +206,7 @@ impl VmDriver {
         self.config.vm_users.clone().filter(|_| root)
     }
 
+    /// Gives VMs network cards on these private networks.
     pub fn with_networks(mut self, networks: Arc<NodeNetworks>) -> Self {
         self.networks = Some(networks);
         self
