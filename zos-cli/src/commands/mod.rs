@@ -74,9 +74,12 @@ impl Ctx {
     }
 
     pub(crate) async fn chain(&self) -> Result<Chain> {
-        Chain::connect_once(&self.url)
-            .await
-            .context("is the chain running? `make chain` starts one")
+        Chain::connect_once(&self.url).await.with_context(|| {
+            format!(
+                "no chain at {} (is it running? `make chain` starts one)",
+                self.url
+            )
+        })
     }
 }
 
