@@ -26,7 +26,7 @@ need_root() {
 apt_packages=(clang protobuf-compiler libssl-dev pkg-config make git curl ca-certificates
   qemu-system-x86 busybox-static fuse3 libfuse3-dev iproute2 cpio xz-utils
   nftables wireguard-go wireguard-tools python3 e2fsprogs pebble util-linux dropbear-bin
-  openssh-client)
+  openssh-client ipxe xorriso)
 # Node.js may come from another source than Debian (with npm bundled): check the commands.
 command -v node >/dev/null || apt_packages+=(nodejs)
 command -v npm >/dev/null || apt_packages+=(npm)

@@ -27,6 +27,8 @@ step() {
 LANE_TESTS=" e2e vm_e2e public_ip_e2e "
 cargo_tests() {
   cargo build --profile "$profile" --workspace --bins || return 1
+  # The node OS's static PID 1, for the boot tests (its own target directory: no rebuilds).
+  bash boot/build.sh --core-0-only >/dev/null || return 1
   local list
   list=$(mktemp)
   cargo test --profile "$profile" --workspace --no-run --message-format=json >"$list" || return 1
@@ -78,7 +80,7 @@ pjs=$!
 # FRAME benchmarks run as tests against the pallets' mock runtimes; in the same build, the
 # try-runtime checks: each storage migration's pre- and post-upgrade checks and try_state.
 step "pallet benchmarks and try-runtime checks as tests" env SKIP_WASM_BUILD=1 cargo test \
-  --profile "$profile" -p pallet-grid -p pallet-deployments -p pallet-billing \
+  --profile "$profile" -p pallet-grid -p pallet-deployments -p pallet-billing -p pallet-releases \
   --features runtime-benchmarks,try-runtime --no-fail-fast
 # The README's `make run` flow, non-interactively: chain, executor node, image hub, a 2-of-2
 # contract, the guest's entrypoint line and a settled consumption report.

@@ -14,6 +14,7 @@ pub mod billing;
 pub mod contracts;
 #[cfg(feature = "runtime-api")]
 pub mod deployments_api;
+pub mod releases;
 #[cfg(feature = "sealing")]
 pub mod sealing;
 pub mod spec;

@@ -103,6 +103,34 @@ test('the council authorizes a runtime upgrade by a two-thirds motion', async ()
   assert.equal(authorized.codeHash.toHex(), codeHash);
 });
 
+test('the council sets a node OS release per runmode; versions only go up', async () => {
+  const release = (patch) => ({
+    version: { major: 1, minor: 0, patch },
+    manifestBlake3: `0x${'5a'.repeat(32)}`,
+    safeToUpgrade: true,
+    pilotFarms: [7],
+    generalFrom: 1_000,
+  });
+  // A plain account cannot.
+  await assert.rejects(
+    submitFinalized(api, api.tx.releases.setNodeRelease('Test', release(1)), k.dave),
+    /BadOrigin/,
+  );
+  assert.ok((await passMotion(api.tx.releases.setNodeRelease('Test', release(1)), 2, [k.alice, k.bob])).isOk);
+  const stored = (await api.query.releases.nodeReleases('Test')).unwrap();
+  assert.equal(stored.version.patch.toNumber(), 1);
+  assert.deepEqual(stored.pilotFarms.toJSON(), [7]);
+  assert.ok((await api.query.releases.nodeReleases('Main')).isNone, 'runmodes are separate');
+  // The same version again is refused with the pallet's own error.
+  const again = await passMotion(api.tx.releases.setNodeRelease('Test', release(1)), 2, [k.alice, k.bob]);
+  assert.ok(again.isErr);
+  const { section, name } = api.registry.findMetaError(again.asErr.asModule);
+  assert.equal(`${section}.${name}`, 'releases.VersionNotNewer');
+  // A halt stops the rollout.
+  assert.ok((await passMotion(api.tx.releases.haltNodeRelease('Test'), 2, [k.alice, k.bob])).isOk);
+  assert.equal((await api.query.releases.nodeReleases('Test')).unwrap().safeToUpgrade.isTrue, false);
+});
+
 test('of five members, three are a majority (pricing) but not two thirds (upgrades)', async () => {
   // Sudo (development chain) sets the membership; the council itself could, by two thirds.
   const members = [k.alice, k.bob, k.charlie, k.dave, k.eve].map((x) => x.address);

@@ -9,6 +9,9 @@
 #   BUSYBOX names a static busybox binary (default: busybox on PATH; package busybox-static).
 #   AGENT names the guest agent binary (zos-guest-agent) to ship as /bin/zos-guest-agent with the
 #   shared libraries it links; without it the guests have no agent (no exec or shell sessions).
+#   INIT names another /init (default: guest/init); boot/build.sh passes the static core-0.
+#   EXTRA_DIR names a directory copied over the archive's root (the node OS's /etc/zos).
+#   EXTRA_MODULES lists more modules to ship and load when the kernel has them (NIC drivers).
 # Idempotent: rebuilds only when the init script, this script, the kernel or busybox changed.
 # Prints the output path on stdout; everything else goes to stderr.
 #
@@ -20,7 +23,7 @@ log() { printf '[build-initramfs] %s\n' "$*" >&2; }
 die() { printf '[build-initramfs] ERROR: %s\n' "$*" >&2; exit 1; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-init_src="$here/../guest/init"
+init_src="${INIT:-$here/../guest/init}"
 cache="${ZOS_GUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest}"
 kdir="${1:-}"
 if [ -z "$kdir" ]; then
@@ -45,6 +48,9 @@ done
 # evdev and button: the ACPI power button, so a stop is a clean shutdown.
 wanted=(virtio virtio_ring virtio_pci virtio_mmio virtio_blk virtio_net virtio_console
   fuse virtiofs overlay evdev button)
+extra_dir="${EXTRA_DIR:-}"
+if [ -n "$extra_dir" ] && [ ! -d "$extra_dir" ]; then die "EXTRA_DIR=$extra_dir is not a directory"; fi
+read -r -a extra_modules <<<"${EXTRA_MODULES:-}"
 
 stamp_of() {
   {
@@ -54,7 +60,10 @@ stamp_of() {
     # The kernel tree's hash (recorded by the executor before this runs): another kernel of
     # the same version string still gets its own modules.
     cat "$kdir/.blake3" 2>/dev/null || echo no-kernel-hash
-    printf '%s\n' "${wanted[@]}"
+    printf '%s\n' "${wanted[@]}" "${extra_modules[@]}"
+    if [ -n "$extra_dir" ]; then
+      (cd "$extra_dir" && find . -type f | LC_ALL=C sort | xargs -r sha256sum)
+    fi
   } | sha256sum | cut -d' ' -f1
 }
 stamp="$(stamp_of)"
@@ -102,6 +111,10 @@ visit() {
   order+=("$m")
 }
 for m in "${wanted[@]}"; do visit "$m"; done
+# Drivers for hardware the kernel may lack are optional: shipped when the package has them.
+for m in "${extra_modules[@]}"; do
+  if [ -n "${path_of[${m//-/_}]:-}" ] || builtin_of "$m"; then visit "$m"; else log "optional module $m not in this kernel"; fi
+done
 
 stage="$(mktemp -d "${TMPDIR:-/tmp}/zos-initramfs.XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
@@ -131,6 +144,7 @@ if [ -n "$agent" ]; then
 fi
 cp "$init_src" "$stage/init"
 chmod 0755 "$stage/init"
+if [ -n "$extra_dir" ]; then cp -a "$extra_dir/." "$stage/"; fi
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
 printf 'root:x:0:\n' >"$stage/etc/group"
 # The kernel opens /dev/console before /init runs; only root can create the node here. The VM

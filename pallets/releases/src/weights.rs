@@ -21,6 +21,8 @@ use core::marker::PhantomData;
 /// Weight functions needed for `pallet_releases`.
 pub trait WeightInfo {
 	fn authorize_runtime_upgrade() -> Weight;
+	fn set_node_release() -> Weight;
+	fn halt_node_release() -> Weight;
 }
 
 /// Weights for `pallet_releases` with the database weights of the runtime (`T::DbWeight`).
@@ -37,6 +39,23 @@ impl<T: frame_system::Config> WeightInfo for SubstrateWeight<T> {
 			.saturating_add(Weight::from_parts(0, 0))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured: an estimate above the authorize call's measured cost plus one
+	/// bounded map read and write, until scripts/benchmark-weights.sh runs for it.
+	fn set_node_release() -> Weight {
+		Weight::from_parts(45_000_000, 3588)
+			.saturating_add(T::DbWeight::get().reads(1))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured (as above).
+	fn halt_node_release() -> Weight {
+		Weight::from_parts(40_000_000, 3588)
+			.saturating_add(T::DbWeight::get().reads(1))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
 }
 
 /// The same weights with ParityDB's read and write costs, for tests and mocks.
@@ -50,6 +69,23 @@ impl WeightInfo for () {
 		// Minimum execution time: 22_962_000 picoseconds.
 		Weight::from_parts(34_735_000, 0)
 			.saturating_add(Weight::from_parts(0, 0))
+			.saturating_add(ParityDbWeight::get().writes(1))
+	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured: an estimate above the authorize call's measured cost plus one
+	/// bounded map read and write, until scripts/benchmark-weights.sh runs for it.
+	fn set_node_release() -> Weight {
+		Weight::from_parts(45_000_000, 3588)
+			.saturating_add(ParityDbWeight::get().reads(1))
+			.saturating_add(ParityDbWeight::get().writes(1))
+	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured (as above).
+	fn halt_node_release() -> Weight {
+		Weight::from_parts(40_000_000, 3588)
+			.saturating_add(ParityDbWeight::get().reads(1))
 			.saturating_add(ParityDbWeight::get().writes(1))
 	}
 }

@@ -32,4 +32,21 @@ impl<T: frame_system::Config> pallet_releases::WeightInfo for WeightInfo<T> {
 			.saturating_add(Weight::from_parts(0, 0))
 			.saturating_add(T::DbWeight::get().writes(1))
 	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured: an estimate above the authorize call's measured cost plus one
+	/// bounded map read and write, until scripts/benchmark-weights.sh runs for it.
+	fn set_node_release() -> Weight {
+		Weight::from_parts(45_000_000, 3588)
+			.saturating_add(T::DbWeight::get().reads(1))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
+	/// Storage: `Releases::NodeReleases` (r:1 w:1)
+	/// Proof: `Releases::NodeReleases` (`max_values`: None, `max_size`: Some(123), added: 2598, mode: `MaxEncodedLen`)
+	/// Not yet measured (as above).
+	fn halt_node_release() -> Weight {
+		Weight::from_parts(40_000_000, 3588)
+			.saturating_add(T::DbWeight::get().reads(1))
+			.saturating_add(T::DbWeight::get().writes(1))
+	}
 }

@@ -1,0 +1,132 @@
+//! The boot service: what a node's firmware and core-0 fetch over HTTP.
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use zos_release::{BootParams, Runmode};
+
+/// What the boot service tells nodes.
+#[derive(Clone, Debug)]
+pub struct BootConfig {
+    /// Holds `kernel`, `initramfs` and `release/<runmode>/manifest.{json,sig}`.
+    pub dir: PathBuf,
+    /// This service's address as the nodes reach it (put into their command line as `boot=`).
+    pub public_url: String,
+    /// The chain RPC endpoint each runmode's nodes use.
+    pub chain: String,
+    /// The image hub the nodes use.
+    pub hub: String,
+    /// Extra kernel arguments (the console, for example).
+    pub kernel_args: String,
+}
+
+/// The iPXE script that boots a node of `farm` in `runmode`: kernel, initramfs, and the
+/// command line core-0 reads.
+pub fn ipxe_script(cfg: &BootConfig, runmode: Runmode, farm: u32) -> String {
+    let params = BootParams {
+        farm,
+        runmode,
+        chain: cfg.chain.clone(),
+        hub: cfg.hub.clone(),
+        boot: cfg.public_url.trim_end_matches('/').to_string(),
+    };
+    let base = &params.boot;
+    let extra = if cfg.kernel_args.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", cfg.kernel_args)
+    };
+    format!(
+        "#!ipxe\necho Zero-OS node: farm {farm}, runmode {runmode}\nkernel {base}/kernel initrd=initramfs {}{extra}\ninitrd --name initramfs {base}/initramfs\nboot\n",
+        params.to_cmdline()
+    )
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn file(cfg: &BootConfig, rel: &str) -> Response {
+    match tokio::fs::read(cfg.dir.join(rel)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            text(StatusCode::NOT_FOUND, format!("{rel} is not published\n"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, file = rel, "boot file unreadable");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{rel} cannot be read\n"),
+            )
+        }
+    }
+}
+
+async fn ipxe(
+    State(cfg): State<Arc<BootConfig>>,
+    Path((runmode, farm)): Path<(String, String)>,
+) -> Response {
+    let runmode: Runmode = match runmode.parse() {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let Some(farm) = farm
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| farm.parse::<u32>().ok())
+        .flatten()
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the farm is a decimal farm id\n".into(),
+        );
+    };
+    text(StatusCode::OK, ipxe_script(&cfg, runmode, farm))
+}
+
+async fn kernel(State(cfg): State<Arc<BootConfig>>) -> Response {
+    file(&cfg, "kernel").await
+}
+
+async fn initramfs(State(cfg): State<Arc<BootConfig>>) -> Response {
+    file(&cfg, "initramfs").await
+}
+
+async fn release(
+    State(cfg): State<Arc<BootConfig>>,
+    Path((runmode, name)): Path<(String, String)>,
+) -> Response {
+    let runmode: Runmode = match runmode.parse() {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    // Only the two published files; never a path from the request.
+    if name != "manifest.json" && name != "manifest.sig" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "only manifest.json and manifest.sig are published\n".into(),
+        );
+    }
+    file(&cfg, &format!("release/{runmode}/{name}")).await
+}
+
+/// The boot service's routes.
+pub fn router(cfg: BootConfig) -> Router {
+    Router::new()
+        .route("/ipxe/{runmode}/{farm}", get(ipxe))
+        .route("/kernel", get(kernel))
+        .route("/initramfs", get(initramfs))
+        .route("/release/{runmode}/{name}", get(release))
+        .with_state(Arc::new(cfg))
+}

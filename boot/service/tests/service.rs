@@ -1,0 +1,115 @@
+//! The boot service over real HTTP: scripts, artefacts, published releases, and bad requests.
+
+use std::path::Path;
+
+use zos_boot::{publish, BootConfig, ReleaseInput};
+use zos_release::{manifest, Runmode, Service, SigningKey};
+
+fn serve(dir: &Path) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cfg = BootConfig {
+        dir: dir.to_path_buf(),
+        public_url: "http://boot.example:8088/".into(),
+        chain: "wss://rpc.example".into(),
+        hub: "https://hub.example".into(),
+        kernel_args: "console=ttyS0".into(),
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, zos_boot::router(cfg)).await.unwrap();
+        });
+    });
+    url
+}
+
+fn get(url: &str) -> (u16, Vec<u8>) {
+    let response = match ureq::get(url).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{url}: {e}"),
+    };
+    let status = response.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+    (status, body)
+}
+
+#[test]
+fn the_boot_service_serves_a_farms_script_its_artefacts_and_the_signed_release() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kernel"), b"a kernel").unwrap();
+    std::fs::write(dir.path().join("initramfs"), b"an initramfs").unwrap();
+    let url = serve(dir.path());
+
+    let (status, script) = get(&format!("{url}/ipxe/test/42"));
+    assert_eq!(status, 200);
+    let script = String::from_utf8(script).unwrap();
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    let kernel_line = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    assert!(
+        kernel_line.starts_with("kernel http://boot.example:8088/kernel initrd=initramfs "),
+        "{kernel_line}"
+    );
+    // The command line core-0 will read describes exactly this farm.
+    let params = zos_release::BootParams::parse(kernel_line).unwrap();
+    assert_eq!((params.farm, params.runmode), (42, Runmode::Test));
+    assert_eq!(params.boot, "http://boot.example:8088");
+    assert!(script.contains("initrd --name initramfs http://boot.example:8088/initramfs\n"));
+
+    assert_eq!(get(&format!("{url}/kernel")), (200, b"a kernel".to_vec()));
+    // Nothing published yet.
+    assert_eq!(get(&format!("{url}/release/test/manifest.json")).0, 404);
+
+    let key = SigningKey::from_bytes(&[4; 32]);
+    let input = ReleaseInput {
+        runmode: Runmode::Test,
+        version: "3.1.4".parse().unwrap(),
+        image_root: "f".repeat(64),
+        artifacts: vec![
+            ("kernel".into(), dir.path().join("kernel")),
+            ("initramfs".into(), dir.path().join("initramfs")),
+        ],
+        services: vec![Service {
+            name: "executor".into(),
+            exec: vec!["{os}/bin/zos-executor".into()],
+        }],
+    };
+    publish(dir.path(), &input, &key).unwrap();
+    let (_, json) = get(&format!("{url}/release/test/manifest.json"));
+    let (_, sig) = get(&format!("{url}/release/test/manifest.sig"));
+    let m = manifest::verify(&json, Some(&sig), &key.verifying_key(), Runmode::Test, None).unwrap();
+    assert_eq!(m.version.to_string(), "3.1.4");
+    m.check_artifact("kernel", b"a kernel").unwrap();
+    m.check_artifact("initramfs", b"an initramfs").unwrap();
+    // Publishing refuses what a node would refuse.
+    let mut bad = input;
+    bad.image_root = "not a hash".into();
+    assert!(publish(dir.path(), &bad, &key).is_err());
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_no_files_outside_the_published_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.key"), b"never served").unwrap();
+    let url = serve(dir.path());
+    let (status, body) = get(&format!("{url}/ipxe/prod/1"));
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not one of dev, test, main"));
+    for farm in ["x", "-1", "4294967296", "1%20console=tty0"] {
+        assert_eq!(get(&format!("{url}/ipxe/dev/{farm}")).0, 400, "farm {farm}");
+    }
+    assert_eq!(get(&format!("{url}/release/dev/secret.key")).0, 404);
+    assert_eq!(
+        get(&format!("{url}/release/dev/..%2f..%2fsecret.key")).0,
+        404
+    );
+    assert_eq!(get(&format!("{url}/secret.key")).0, 404);
+    assert_eq!(get(&format!("{url}/kernel")).0, 404);
+}
