@@ -32,7 +32,7 @@ done
 if [ -z "$core0_only" ]; then
   [ -n "$key" ] || die "--release-key FILE.pub is required"
   [ -f "$key" ] || die "$key: no such file"
-  grep -qE '^[0-9a-f]{64}$' "$key" || die "$key is not a public key in 64 hex digits"
+  [[ "$(cat "$key")" =~ ^[0-9a-f]{64}$ ]] || die "$key is not a public key in 64 hex digits (one line)"
 fi
 if [ -n "$min" ] && ! [[ "$min" =~ ^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$ ]]; then
   die "--min-release $min is not MAJOR.MINOR.PATCH"

@@ -184,9 +184,9 @@ mod tests {
         let mut bad_bool = good.clone();
         bad_bool[44] = 2;
         assert_eq!(decode(&bad_bool), None);
-        let mut too_many = encoded(&[]);
-        too_many[45] = 17 << 2;
+        let too_many = encoded(&(0..17).collect::<Vec<u32>>());
         assert_eq!(decode(&too_many), None);
+        assert!(decode(&encoded(&(0..16).collect::<Vec<u32>>())).is_some());
     }
 
     #[test]

@@ -192,11 +192,14 @@ pub fn negotiate(
     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     let deadline = Instant::now() + timeout;
     sock.send_to(&encode(DISCOVER, xid, mac, None), to)?;
-    let Some(offer) = wait_for(&sock, xid, mac, &[OFFER], deadline)? else {
-        return Ok(None);
-    };
-    let Some(server) = offer.server else {
-        return Ok(None);
+    // An offer without a server identifier cannot be requested: wait for another.
+    let (offer, server) = loop {
+        let Some(offer) = wait_for(&sock, xid, mac, &[OFFER], deadline)? else {
+            return Ok(None);
+        };
+        if let Some(server) = offer.server {
+            break (offer, server);
+        }
     };
     sock.send_to(
         &encode(REQUEST, xid, mac, Some((offer.address, server))),

@@ -9,7 +9,9 @@ use std::{
 use core_0::{
     chain,
     console::Backoff,
-    dhcp, netconf, release, say,
+    dhcp, netconf, release,
+    release::ChainDecision,
+    say,
     supervisor::{self, Ring, Supervisor},
     system,
 };
@@ -29,7 +31,13 @@ const OS_ROOT: &str = "/os";
 fn halt(reason: &str) -> ! {
     loop {
         say!("cannot continue: {reason}");
-        std::thread::sleep(Duration::from_secs(30));
+        for _ in 0..30 {
+            // Still PID 1: orphans are reaped while waiting.
+            let mut status = 0;
+            // SAFETY: waitpid on any child without blocking.
+            while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 }
 
@@ -147,26 +155,34 @@ fn run() {
 
     let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
     let manifest = loop {
-        let decided = match chain::finalized_release(&params.chain, params.runmode) {
+        let decision = match chain::finalized_release(&params.chain, params.runmode) {
             Ok((block, Some(r))) if r.applies_to(params.farm, block) => {
-                say!(
-                    "the chain set release {} for {} (finalized block {block})",
-                    r.version,
-                    params.runmode
-                );
-                Some((r.version, r.manifest_blake3))
+                say!("the chain set release {} for {} (finalized block {block})", r.version, params.runmode);
+                ChainDecision::Run(r.version, r.manifest_blake3)
             }
-            Ok((block, Some(r))) => {
-                say!("the chain's release {} for {} is not for farm {} yet (halted, or general from block {}; now {block}): running the boot service's signed release", r.version, params.runmode, params.farm, r.general_from);
+            Ok((block, Some(r))) => ChainDecision::Undecided(format!(
+                "its release {} is not for farm {} now (halted, or for every farm from block {}; finalized: {block})",
+                r.version, params.farm, r.general_from
+            )),
+            Ok((_, None)) => ChainDecision::Undecided(format!("it has set no release for {}", params.runmode)),
+            Err(e) => ChainDecision::Undecided(format!("the chain cannot be asked ({e})")),
+        };
+        let decided = match release::choose(&params, &decision) {
+            Ok(Some(chosen)) => Some(chosen),
+            Ok(None) => {
+                if let ChainDecision::Undecided(why) = &decision {
+                    say!(
+                        "{why}: running the boot service's current signed release ({} only)",
+                        params.runmode
+                    );
+                }
                 None
             }
-            Ok((_, None)) => {
-                say!("the chain has set no release for {}: running the boot service's signed release", params.runmode);
-                None
-            }
-            Err(e) => {
-                say!("the chain cannot be asked which release to run ({e}): running the boot service's signed release");
-                None
+            Err(wait_reason) => {
+                let wait = backoff.next_wait();
+                say!("{wait_reason}; asking again in {} s", wait.as_secs());
+                std::thread::sleep(wait);
+                continue;
             }
         };
         match release::fetch_verified(&params, &key, floor, decided) {
@@ -186,7 +202,7 @@ fn run() {
                 let wait = backoff.next_wait();
                 say!(
                     "release manifest {}: {e}; retrying in {} s",
-                    release::manifest_url(&params),
+                    release::manifest_url(&params, decided.map(|(v, _)| v)),
                     wait.as_secs()
                 );
                 std::thread::sleep(wait);

@@ -71,9 +71,16 @@ pub fn get(url: &str, limit: usize) -> Result<Fetched, String> {
     })
 }
 
-/// Where a runmode's current manifest is published on the boot service.
-pub fn manifest_url(params: &BootParams) -> String {
-    format!("{}/release/{}/manifest.json", params.boot, params.runmode)
+/// Where a runmode's manifest is published on the boot service: a given version's, or the
+/// current one.
+pub fn manifest_url(params: &BootParams, version: Option<Version>) -> String {
+    match version {
+        Some(v) => format!(
+            "{}/release/{}/{v}/manifest.json",
+            params.boot, params.runmode
+        ),
+        None => format!("{}/release/{}/manifest.json", params.boot, params.runmode),
+    }
 }
 
 /// One attempt: fetch `manifest.json` and `manifest.sig`, verify them against the release key,
@@ -85,7 +92,7 @@ pub fn fetch_verified(
     floor: Option<Version>,
     chain: Option<(Version, [u8; 32])>,
 ) -> Result<(ReleaseManifest, Option<SystemTime>), FetchError> {
-    let url = manifest_url(params);
+    let url = manifest_url(params, chain.map(|(v, _)| v));
     let json = get(&url, manifest::MAX_MANIFEST_BYTES).map_err(FetchError::Transport)?;
     let server_time = json.server_time;
     let json = json.body.ok_or_else(|| {
@@ -109,13 +116,59 @@ pub fn fetch_verified(
     Ok((manifest, server_time))
 }
 
-/// The placeholders of a service's command line filled from the boot parameters.
+/// The placeholders of a service's command line filled from the boot parameters, in one pass
+/// (a value is never expanded again).
 pub fn expand(arg: &str, params: &BootParams, os_root: &str) -> String {
-    arg.replace("{farm}", &params.farm.to_string())
-        .replace("{chain}", &params.chain)
-        .replace("{hub}", &params.hub)
-        .replace("{runmode}", params.runmode.as_str())
-        .replace("{os}", os_root)
+    let farm = params.farm.to_string();
+    let values: [(&str, &str); 5] = [
+        ("{farm}", &farm),
+        ("{chain}", &params.chain),
+        ("{hub}", &params.hub),
+        ("{runmode}", params.runmode.as_str()),
+        ("{os}", os_root),
+    ];
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    'scan: while !rest.is_empty() {
+        for (name, value) in values {
+            if let Some(after) = rest.strip_prefix(name) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// What the chain said about this node's release, as core-0 acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainDecision {
+    /// Run exactly this release (version and BLAKE3 of its manifest).
+    Run(Version, [u8; 32]),
+    /// The chain has not chosen a release for this node now: why, in words.
+    Undecided(String),
+}
+
+/// Which manifest to fetch, or why to wait. On `dev` a node without the chain's decision runs
+/// the boot service's current signed release; on `test` and `main` it runs only what the chain
+/// chose for it, and waits otherwise: an unreachable or lying RPC endpoint, or a halted
+/// rollout, must not make it run a release the chain did not choose for it now.
+pub fn choose(
+    params: &BootParams,
+    decision: &ChainDecision,
+) -> Result<Option<(Version, [u8; 32])>, String> {
+    match decision {
+        ChainDecision::Run(version, hash) => Ok(Some((*version, *hash))),
+        ChainDecision::Undecided(_) if params.runmode == zos_release::Runmode::Dev => Ok(None),
+        ChainDecision::Undecided(why) => Err(format!(
+            "waiting for the chain to choose a release for farm {} on {}: {why}",
+            params.farm, params.runmode
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +190,39 @@ mod tests {
             ),
             "/os/bin/x --chain ws://10.0.2.2:9944 --hub=http://h dev"
         );
-        assert_eq!(manifest_url(&p), "http://b/release/dev/manifest.json");
+        assert_eq!(manifest_url(&p, None), "http://b/release/dev/manifest.json");
+        assert_eq!(
+            manifest_url(&p, Some(Version::new(1, 2, 3))),
+            "http://b/release/dev/1.2.3/manifest.json"
+        );
+        // One pass: a value holding a placeholder's name is not expanded again.
+        let q = BootParams {
+            hub: "http://h/{farm}".into(),
+            ..p.clone()
+        };
+        assert_eq!(expand("{hub}{farm}", &q, "/os"), "http://h/{farm}3");
+        assert_eq!(expand("{unknown}{os", &q, "/os"), "{unknown}{os");
+    }
+
+    #[test]
+    fn test_and_main_nodes_run_only_what_the_chain_chose() {
+        let mut p = BootParams::parse("farm=3 runmode=dev chain=ws://c hub=http://h boot=http://b")
+            .unwrap();
+        let undecided = ChainDecision::Undecided("the chain cannot be asked".into());
+        let chosen = ChainDecision::Run(Version::new(1, 0, 0), [1; 32]);
+        assert_eq!(choose(&p, &undecided), Ok(None));
+        assert_eq!(
+            choose(&p, &chosen),
+            Ok(Some((Version::new(1, 0, 0), [1; 32])))
+        );
+        for runmode in [zos_release::Runmode::Test, zos_release::Runmode::Main] {
+            p.runmode = runmode;
+            let wait = choose(&p, &undecided).unwrap_err();
+            assert!(
+                wait.contains("waiting for the chain") && wait.contains("cannot be asked"),
+                "{wait}"
+            );
+            assert!(choose(&p, &chosen).is_ok());
+        }
     }
 }

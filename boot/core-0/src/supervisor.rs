@@ -70,7 +70,11 @@ pub fn serve_ring(ring: SharedRing, socket: &Path) -> std::io::Result<()> {
                 Ok(r) => r.lines().flat_map(|l| [l, "\n"]).collect(),
                 Err(_) => continue,
             };
-            let _ = conn.write_all(text.as_bytes());
+            // A reader that stops reading costs one thread for at most the timeout.
+            let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+            std::thread::spawn(move || {
+                let _ = conn.write_all(text.as_bytes());
+            });
         }
     });
     Ok(())
@@ -151,6 +155,8 @@ impl Supervisor {
                 continue;
             }
             slot.due = None;
+            // Every attempt counts: a program that cannot start never looks "healthy".
+            slot.started = now;
             let mut cmd = Command::new(&slot.argv[0]);
             cmd.args(&slot.argv[1..])
                 .stdin(Stdio::null())
@@ -166,7 +172,6 @@ impl Supervisor {
                         pump(err, prefix, self.ring.clone());
                     }
                     slot.pid = Some(child.id());
-                    slot.started = now;
                     log_line(
                         &self.ring,
                         format!("core-0: service {} started (pid {})", slot.name, child.id()),

@@ -106,16 +106,17 @@ pub fn loopback_up() -> io::Result<()> {
     crate::netconf::up("lo")
 }
 
-/// Time sanity: a node whose clock is far from the boot server's (no RTC, a dead battery)
-/// takes the server's time. Signatures do not depend on the clock; TLS and the chain do.
-/// Returns the correction made, if any.
+/// Time sanity: a node whose clock is far behind the boot server's (no RTC, a dead battery)
+/// takes the server's time. Only forward: the `Date` header is unauthenticated, and a clock
+/// moved back could make expired certificates look valid. Signatures do not depend on the
+/// clock; TLS and the chain do. Returns the correction made, if any.
 pub fn sync_clock(server_time: SystemTime, tolerance: Duration) -> io::Result<Option<i64>> {
     let now = SystemTime::now();
     let skew = match server_time.duration_since(now) {
         Ok(ahead) => ahead.as_secs() as i64,
         Err(behind) => -(behind.duration().as_secs() as i64),
     };
-    if skew.unsigned_abs() <= tolerance.as_secs() {
+    if skew <= tolerance.as_secs() as i64 {
         return Ok(None);
     }
     let since = server_time

@@ -66,7 +66,9 @@ pub enum CmdlineError {
     BadFarm(String),
     #[error("runmode=`{0}` is not one of dev, test, main")]
     BadRunmode(String),
-    #[error("{key}=`{value}` is not a {schemes} URL with a host")]
+    #[error(
+        "{key}=`{value}` is not a {schemes} URL with a host (letters, digits and -._~:/[]@% only)"
+    )]
     BadUrl {
         key: &'static str,
         value: String,
@@ -99,11 +101,9 @@ fn check_url(
         return Err(bad());
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty()
-        || host.starts_with(':')
-        || value.len() > 512
-        || value.chars().any(|c| c.is_control())
-    {
+    // Plain URL characters only: the values reach service command lines (shells included).
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._~:/[]@%".contains(c);
+    if host.is_empty() || host.starts_with(':') || value.len() > 512 || !value.chars().all(plain) {
         return Err(bad());
     }
     Ok(value.trim_end_matches('/').to_string())
@@ -169,7 +169,15 @@ mod tests {
 
     #[test]
     fn bad_lines_get_typed_errors() {
-        let cases: [(&str, CmdlineError); 7] = [
+        let cases: [(&str, CmdlineError); 8] = [
+            (
+                "farm=1 runmode=dev chain=ws://a$(reboot) hub=http://b boot=http://c",
+                CmdlineError::BadUrl {
+                    key: "chain",
+                    value: "ws://a$(reboot)".into(),
+                    schemes: "ws/wss",
+                },
+            ),
             (
                 "farm=1 runmode=dev chain=ws://a hub=http://b",
                 CmdlineError::Missing("boot"),

@@ -9,4 +9,4 @@ pub mod publish;
 pub mod serve;
 
 pub use publish::{publish, ReleaseInput};
-pub use serve::{ipxe_script, router, BootConfig};
+pub use serve::{ipxe_script, router, spawn_background, BootConfig};

@@ -49,22 +49,37 @@ pub fn release_dir(boot_dir: &Path, runmode: Runmode) -> PathBuf {
     boot_dir.join("release").join(runmode.as_str())
 }
 
-/// Signs and publishes `input` as the runmode's current release (replacing the previous one
-/// atomically per file: the signature is written last, so a node reading in between sees a
-/// mismatch and retries rather than a wrong release).
-pub fn publish(boot_dir: &Path, input: &ReleaseInput, key: &SigningKey) -> Result<ReleaseManifest> {
-    let m = build(input)?;
-    let dir = release_dir(boot_dir, input.runmode);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bytes = m.to_bytes();
-    let sig = manifest::sign(&bytes, key);
-    for (name, data) in [
-        ("manifest.json", bytes.as_slice()),
-        ("manifest.sig", sig.as_bytes()),
-    ] {
+/// Writes a manifest and its signature into `dir`, each file replaced atomically; the
+/// signature last, so a node reading in between sees a mismatch and retries rather than a
+/// wrong release. `None` removes the signature (an unsigned release, for tests).
+pub fn write_release(dir: &Path, manifest_json: &[u8], signature: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = vec![("manifest.json", manifest_json)];
+    match signature {
+        Some(sig) => files.push(("manifest.sig", sig.as_bytes())),
+        None => match std::fs::remove_file(dir.join("manifest.sig")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).context("removing manifest.sig")
+            }
+            _ => {}
+        },
+    }
+    for (name, data) in files {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("publishing {name}"))?;
     }
+    Ok(())
+}
+
+/// Signs and publishes `input`: under its version (what nodes fetch when the chain chose it)
+/// and as the runmode's current release (what `dev` nodes run without the chain's choice).
+pub fn publish(boot_dir: &Path, input: &ReleaseInput, key: &SigningKey) -> Result<ReleaseManifest> {
+    let m = build(input)?;
+    let bytes = m.to_bytes();
+    let sig = manifest::sign(&bytes, key);
+    let current = release_dir(boot_dir, input.runmode);
+    write_release(&current.join(m.version.to_string()), &bytes, Some(&sig))?;
+    write_release(&current, &bytes, Some(&sig))?;
     Ok(m)
 }

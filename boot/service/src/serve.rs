@@ -1,6 +1,6 @@
 //! The boot service: what a node's firmware and core-0 fetch over HTTP.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use axum::{
     extract::{Path, State},
@@ -9,7 +9,7 @@ use axum::{
     routing::get,
     Router,
 };
-use zos_release::{BootParams, Runmode};
+use zos_release::{BootParams, Runmode, Version};
 
 /// What the boot service tells nodes.
 #[derive(Clone, Debug)]
@@ -103,22 +103,46 @@ async fn initramfs(State(cfg): State<Arc<BootConfig>>) -> Response {
     file(&cfg, "initramfs").await
 }
 
-async fn release(
-    State(cfg): State<Arc<BootConfig>>,
-    Path((runmode, name)): Path<(String, String)>,
+/// A published manifest file: the runmode's current one, or a version's. Only these two
+/// names, under a parsed runmode and version: never a path from the request.
+async fn manifest_file(
+    cfg: &BootConfig,
+    runmode: &str,
+    version: Option<&str>,
+    name: &str,
 ) -> Response {
     let runmode: Runmode = match runmode.parse() {
         Ok(r) => r,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    // Only the two published files; never a path from the request.
+    let version: Option<Version> = match version.map(str::parse).transpose() {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
     if name != "manifest.json" && name != "manifest.sig" {
         return text(
             StatusCode::NOT_FOUND,
             "only manifest.json and manifest.sig are published\n".into(),
         );
     }
-    file(&cfg, &format!("release/{runmode}/{name}")).await
+    match version {
+        Some(v) => file(cfg, &format!("release/{runmode}/{v}/{name}")).await,
+        None => file(cfg, &format!("release/{runmode}/{name}")).await,
+    }
+}
+
+async fn release(
+    State(cfg): State<Arc<BootConfig>>,
+    Path((runmode, name)): Path<(String, String)>,
+) -> Response {
+    manifest_file(&cfg, &runmode, None, &name).await
+}
+
+async fn versioned_release(
+    State(cfg): State<Arc<BootConfig>>,
+    Path((runmode, version, name)): Path<(String, String, String)>,
+) -> Response {
+    manifest_file(&cfg, &runmode, Some(&version), &name).await
 }
 
 /// The boot service's routes.
@@ -128,5 +152,33 @@ pub fn router(cfg: BootConfig) -> Router {
         .route("/kernel", get(kernel))
         .route("/initramfs", get(initramfs))
         .route("/release/{runmode}/{name}", get(release))
+        .route(
+            "/release/{runmode}/{version}/{name}",
+            get(versioned_release),
+        )
         .with_state(Arc::new(cfg))
+}
+
+/// Serves `cfg` on `addr` from a thread with its own runtime; returns the bound address (bind
+/// `127.0.0.1:0` for a free loopback port). For tests and embedding.
+pub fn spawn_background(addr: SocketAddr, cfg: BootConfig) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    if let Err(e) = axum::serve(listener, router(cfg)).await {
+                        tracing::error!(error = %e, "boot service stopped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "boot service listener"),
+            }
+        })
+    });
+    Ok(local)
 }

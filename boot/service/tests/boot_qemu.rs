@@ -13,7 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use zos_boot::{publish, publish::release_dir, BootConfig, ReleaseInput};
+use zos_boot::{
+    publish,
+    publish::{release_dir, write_release},
+    BootConfig, ReleaseInput,
+};
 use zos_release::{Runmode, Service, SigningKey};
 use zos_vm::{
     hypervisor::Hypervisor,
@@ -52,27 +56,16 @@ fn build(work: &Path, min_release: &str) -> (PathBuf, SigningKey) {
 
 /// The boot service on a free loopback port; the guest reaches it as 10.0.2.2.
 fn serve(dir: &Path) -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
+    // The iPXE script names the service's own port, so it is chosen before binding.
+    let port = node_harness::free_port().unwrap();
     let cfg = BootConfig {
         dir: dir.to_path_buf(),
-        public_url: format!("http://10.0.2.2:{}", addr.port()),
+        public_url: format!("http://10.0.2.2:{port}"),
         chain: "ws://10.0.2.2:9944".into(),
         hub: "http://10.0.2.2:8080".into(),
         kernel_args: "console=ttyS0 panic=-1".into(),
     };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, zos_boot::router(cfg)).await.unwrap();
-        });
-    });
-    addr
+    zos_boot::spawn_background(SocketAddr::from(([127, 0, 0, 1], port)), cfg).unwrap()
 }
 
 fn release(dir: &Path, key: &SigningKey, version: &str) {
@@ -181,6 +174,31 @@ impl Guest {
         }
     }
 
+    /// Boots the built kernel and initramfs directly, with the farm's command line: the chain
+    /// and the boot service on the host's loopback ports, as 10.0.2.2.
+    fn boot_direct(dir: &Path, chain_port: u16, boot_port: u16) -> Guest {
+        let params = zos_release::BootParams {
+            farm: FARM,
+            runmode: Runmode::Dev,
+            chain: format!("ws://10.0.2.2:{chain_port}"),
+            hub: "http://10.0.2.2:8080".into(),
+            boot: format!("http://10.0.2.2:{boot_port}"),
+        };
+        let cmdline = format!("console=ttyS0 panic=-1 {}", params.to_cmdline());
+        let (kernel, initramfs) = (dir.join("kernel"), dir.join("initramfs"));
+        Guest::boot(
+            accel(),
+            &[
+                "-kernel",
+                kernel.to_str().unwrap(),
+                "-initrd",
+                initramfs.to_str().unwrap(),
+                "-append",
+                &cmdline,
+            ],
+        )
+    }
+
     /// Waits for a console line containing `want`; returns it.
     fn expect(&self, want: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -236,21 +254,7 @@ fn a_node_boots_verifies_its_release_and_supervises_its_services() {
     let (dir, key) = build(work.path(), "1.0.0");
     // A release older than the initramfs's floor, properly signed: a downgrade.
     release(&dir, &key, "0.9.0");
-    let port = serve(&dir).port();
-    let cmdline = format!(
-        "console=ttyS0 panic=-1 farm={FARM} runmode=dev chain=ws://10.0.2.2:9944 hub=http://10.0.2.2:8080 boot=http://10.0.2.2:{port}"
-    );
-    let guest = Guest::boot(
-        accel(),
-        &[
-            "-kernel",
-            dir.join("kernel").to_str().unwrap(),
-            "-initrd",
-            dir.join("initramfs").to_str().unwrap(),
-            "-append",
-            &cmdline,
-        ],
-    );
+    let guest = Guest::boot_direct(&dir, 9944, serve(&dir).port());
     let lease = guest.expect("/24 via 10.0.2.2 from DHCP server", boot_timeout(accel()));
     assert!(lease.contains("10.0.2.15/24"), "{lease}");
     let power_on_to_lease = guest.started.elapsed();
@@ -260,13 +264,17 @@ fn a_node_boots_verifies_its_release_and_supervises_its_services() {
         "{refused}"
     );
 
-    // Tampered: a signed 1.0.0 whose bytes are changed afterwards.
-    release(&dir, &key, "1.0.0");
-    let manifest = release_dir(&dir, Runmode::Dev).join("manifest.json");
-    let text = std::fs::read_to_string(&manifest)
+    // Tampered: a signed 1.0.0 whose bytes are changed afterwards (written as one state, so a
+    // node never sees the good one in between).
+    let current = release_dir(&dir, Runmode::Dev);
+    let good = zos_boot::publish::build(&input(&dir, "1.0.0"))
+        .unwrap()
+        .to_bytes();
+    let sig = zos_release::manifest::sign(&good, &key);
+    let tampered = String::from_utf8(good.clone())
         .unwrap()
         .replace("greeter of farm", "evil of farm");
-    std::fs::write(&manifest, text).unwrap();
+    write_release(&current, tampered.as_bytes(), Some(&sig)).unwrap();
     let refused = guest.expect("REFUSED", Duration::from_secs(60));
     assert!(
         refused.contains("tampered with or signed by another key"),
@@ -274,8 +282,7 @@ fn a_node_boots_verifies_its_release_and_supervises_its_services() {
     );
 
     // Unsigned.
-    release(&dir, &key, "1.0.0");
-    std::fs::remove_file(release_dir(&dir, Runmode::Dev).join("manifest.sig")).unwrap();
+    write_release(&current, &good, None).unwrap();
     let refused = guest.expect("REFUSED", Duration::from_secs(60));
     assert!(refused.contains("not signed"), "{refused}");
 
@@ -454,8 +461,8 @@ fn the_chain_decides_which_signed_release_a_node_runs() {
     let chain_port: u16 = chain.ws_url().rsplit(':').next().unwrap().parse().unwrap();
     let work = tempfile::tempdir().unwrap();
     let (dir, key) = build(work.path(), "1.0.0");
-    // The council chose 1.0.1 (pilot farm: this one); the boot service still serves 1.0.0,
-    // properly signed.
+    // The council chose 1.0.1 (pilot farm: this one); the boot service serves a properly
+    // signed 1.0.0, as its current release and under the chosen version's path.
     let chosen = zos_boot::publish::build(&input(&dir, "1.0.1"))
         .unwrap()
         .to_bytes();
@@ -465,21 +472,11 @@ fn the_chain_decides_which_signed_release_a_node_runs() {
         *blake3::hash(&chosen).as_bytes(),
     );
     release(&dir, &key, "1.0.0");
-    let port = serve(&dir).port();
-    let cmdline = format!(
-        "console=ttyS0 panic=-1 farm={FARM} runmode=dev chain=ws://10.0.2.2:{chain_port} hub=http://10.0.2.2:8080 boot=http://10.0.2.2:{port}"
-    );
-    let guest = Guest::boot(
-        accel(),
-        &[
-            "-kernel",
-            dir.join("kernel").to_str().unwrap(),
-            "-initrd",
-            dir.join("initramfs").to_str().unwrap(),
-            "-append",
-            &cmdline,
-        ],
-    );
+    let current = release_dir(&dir, Runmode::Dev);
+    let old = std::fs::read(current.join("manifest.json")).unwrap();
+    let old_sig = std::fs::read_to_string(current.join("manifest.sig")).unwrap();
+    write_release(&current.join("1.0.1"), &old, Some(&old_sig)).unwrap();
+    let guest = Guest::boot_direct(&dir, chain_port, serve(&dir).port());
     guest.expect("the chain set release 1.0.1 for dev", boot_timeout(accel()));
     let refused = guest.expect("REFUSED", Duration::from_secs(60));
     assert!(

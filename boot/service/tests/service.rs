@@ -6,9 +6,6 @@ use zos_boot::{publish, BootConfig, ReleaseInput};
 use zos_release::{manifest, Runmode, Service, SigningKey};
 
 fn serve(dir: &Path) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let cfg = BootConfig {
         dir: dir.to_path_buf(),
         public_url: "http://boot.example:8088/".into(),
@@ -16,17 +13,8 @@ fn serve(dir: &Path) -> String {
         hub: "https://hub.example".into(),
         kernel_args: "console=ttyS0".into(),
     };
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, zos_boot::router(cfg)).await.unwrap();
-        });
-    });
-    url
+    let addr = zos_boot::spawn_background("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    format!("http://{addr}")
 }
 
 fn get(url: &str) -> (u16, Vec<u8>) {
@@ -87,6 +75,19 @@ fn the_boot_service_serves_a_farms_script_its_artefacts_and_the_signed_release()
     let m = manifest::verify(&json, Some(&sig), &key.verifying_key(), Runmode::Test, None).unwrap();
     assert_eq!(m.version.to_string(), "3.1.4");
     m.check_artifact("kernel", b"a kernel").unwrap();
+    // The same release under its version, for nodes the chain pointed at it.
+    assert_eq!(
+        get(&format!("{url}/release/test/3.1.4/manifest.json")).1,
+        json
+    );
+    assert_eq!(
+        get(&format!("{url}/release/test/3.1.4/manifest.sig")).1,
+        sig
+    );
+    assert_eq!(
+        get(&format!("{url}/release/test/3.1.5/manifest.json")).0,
+        404
+    );
     m.check_artifact("initramfs", b"an initramfs").unwrap();
     // Publishing refuses what a node would refuse.
     let mut bad = input;
@@ -106,6 +107,11 @@ fn bad_requests_get_clear_errors_and_no_files_outside_the_published_ones() {
         assert_eq!(get(&format!("{url}/ipxe/dev/{farm}")).0, 400, "farm {farm}");
     }
     assert_eq!(get(&format!("{url}/release/dev/secret.key")).0, 404);
+    assert_eq!(get(&format!("{url}/release/dev/1.0/manifest.json")).0, 400);
+    assert_eq!(
+        get(&format!("{url}/release/dev/..%2f..%2f/secret.key")).0,
+        400
+    );
     assert_eq!(
         get(&format!("{url}/release/dev/..%2f..%2fsecret.key")).0,
         404
