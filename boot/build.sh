@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the node OS's boot artefacts into a boot directory:
 #   <out>/kernel      the pinned Debian cloud kernel (zos-vm/scripts/fetch-kernel.sh)
-#   <out>/initramfs   busybox, NIC/virtio/FUSE modules, /etc/zos/release.pub, and the static
-#                     core-0 as /init
+#   <out>/initramfs   busybox, NIC/virtio/FUSE modules, /etc/zos/release.pub, zos-image (which
+#                     mounts the OS payload) and the static core-0 as /init
+#   <out>/os-store    the OS payload image (boot/build-os.sh), its root in <out>/os-root
 # A boot directory is what `zos-boot serve --dir` serves and `zos-boot publish --dir` signs.
 #
 # Usage: boot/build.sh --release-key FILE.pub [--min-release X.Y.Z] [--out DIR]
@@ -65,8 +66,12 @@ trap 'rm -rf "$extra"' EXIT
 mkdir -p "$extra/etc/zos"
 cp "$key" "$extra/etc/zos/release.pub"
 if [ -n "$min" ]; then printf '%s\n' "$min" >"$extra/etc/zos/min-release"; fi
-# NIC drivers of common server hardware, beside virtio (optional: shipped when the kernel has them).
-INIT="$core0" EXTRA_DIR="$extra" EXTRA_MODULES="e1000 e1000e igb ixgbe i40e r8169 tg3 bnxt_en" \
+# The OS payload image core-0 mounts (<out>/os-store, <out>/os-root).
+"$here/build-os.sh" --out "$out" >/dev/null
+# Optional modules, shipped when the kernel has them: NIC drivers of common server hardware
+# beside virtio, and what the executor's networks and VMs use.
+INIT="$core0" EXTRA_DIR="$extra" EXTRA_BINS="$CARGO_TARGET_DIR/$profile/zos-image" \
+  EXTRA_MODULES="e1000 e1000e igb ixgbe i40e r8169 tg3 bnxt_en tun bridge veth nf_tables kvm_intel kvm_amd" \
   "$root/zos-vm/scripts/build-initramfs.sh" "$kdir" "$out/initramfs.cpio.gz" >/dev/null
 cp "$out/initramfs.cpio.gz" "$out/initramfs.tmp" && mv "$out/initramfs.tmp" "$out/initramfs"
 cp "$kdir/vmlinuz" "$out/kernel.tmp" && mv "$out/kernel.tmp" "$out/kernel"

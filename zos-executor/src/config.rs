@@ -72,6 +72,10 @@ pub struct Flags {
     /// Do not run VM workloads on this node (they then fail with "no driver for vm workloads").
     #[arg(long, env = "ZOS_NO_VM")]
     pub no_vm: bool,
+    /// The node OS release this executor runs in (core-0 passes it): the chain's node record
+    /// then shows `<executor version>+<release>`, so farmers see which release each node runs.
+    #[arg(long, env = "ZOS_OS_RELEASE")]
+    pub os_release: Option<String>,
     /// Cache of the guest kernel and initramfs. Default $ZOS_GUEST_CACHE, else
     /// ${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/guest.
     #[arg(long, env = "ZOS_GUEST_CACHE")]
@@ -208,6 +212,8 @@ pub struct GatewayConfig {
 
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// What the node record's version says: the executor's, with the OS release if given.
+    pub reported_version: String,
     pub chain_url: String,
     pub farm_id: Option<FarmId>,
     pub data_dir: PathBuf,
@@ -333,6 +339,7 @@ impl Config {
             .map(|s| parse_capacity(&s))
             .transpose()?;
         Ok(Self {
+            reported_version: reported_version(flags.os_release.as_deref())?,
             reserve,
             chain_url: flags
                 .chain_url
@@ -504,6 +511,30 @@ pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
     })
 }
 
+/// The node record's version (at most 32 bytes on chain): `<executor>+<release>`, or the
+/// release alone when both do not fit.
+fn reported_version(os_release: Option<&str>) -> Result<String> {
+    const MAX: usize = 32;
+    let executor = env!("CARGO_PKG_VERSION");
+    let Some(release) = os_release else {
+        return Ok(executor.to_string());
+    };
+    if release.is_empty()
+        || release.len() > MAX
+        || !release
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+    {
+        anyhow::bail!("--os-release {release:?}: expected up to {MAX} of [A-Za-z0-9._+-]");
+    }
+    let both = format!("{executor}+{release}");
+    Ok(if both.len() <= MAX {
+        both
+    } else {
+        release.to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,5 +646,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = measure_host(dir.path()).unwrap();
         assert!(r.cru >= 1 && r.mru > 0 && r.sru > 0);
+    }
+
+    #[test]
+    fn the_reported_version_names_the_os_release_when_it_fits() {
+        let executor = env!("CARGO_PKG_VERSION");
+        assert_eq!(reported_version(None).unwrap(), executor);
+        assert_eq!(
+            reported_version(Some("1.0.1")).unwrap(),
+            format!("{executor}+1.0.1")
+        );
+        let long = "4294967295.4294967295.4294967295";
+        assert_eq!(reported_version(Some(long)).unwrap(), long);
+        for bad in ["", "1.0 1", "1.0.1;rm", &"9".repeat(33)] {
+            assert!(reported_version(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -177,6 +177,21 @@ async fn put3(
     put_object(state, Path((kind, a, Some(b))), headers, body).await
 }
 
+/// Read-only hub routes over `store` (no uploads): for serving a store beside other routes,
+/// as the boot service does with the node OS image.
+pub fn read_only_router(store: DirStore) -> Router {
+    // The token is never compared: no PUT route exists.
+    let state = Arc::new(HubState {
+        store,
+        token: String::new(),
+    });
+    Router::new()
+        .route("/v1/{kind}/{a}", get(get2))
+        .route("/v1/{kind}/{a}/{b}", get(get3))
+        .with_state(state)
+}
+
+/// Hub routes over `store`: GET for everyone, PUT with the bearer `token`.
 pub fn router(store: DirStore, token: String) -> Router {
     let state = Arc::new(HubState { store, token });
     Router::new()

@@ -12,6 +12,8 @@
 #   INIT names another /init (default: guest/init); boot/build.sh passes the static core-0.
 #   EXTRA_DIR names a directory copied over the archive's root (the node OS's /etc/zos).
 #   EXTRA_MODULES lists more modules to ship and load when the kernel has them (NIC drivers).
+#   EXTRA_BINS lists more programs to ship as /bin/<name>, with the shared libraries they link
+#   (the node OS's zos-image, which mounts the OS payload).
 # Idempotent: rebuilds only when the init script, this script, the kernel or busybox changed.
 # Prints the output path on stdout; everything else goes to stderr.
 #
@@ -40,6 +42,8 @@ if ldd "$busybox" >/dev/null 2>&1; then
 fi
 agent="${AGENT:-}"
 if [ -n "$agent" ] && [ ! -x "$agent" ]; then die "AGENT=$agent is not an executable"; fi
+read -r -a extra_bins <<<"${EXTRA_BINS:-}"
+for b in "${extra_bins[@]}"; do [ -x "$b" ] || die "EXTRA_BINS: $b is not an executable"; done
 for tool in cpio gzip sha256sum; do
   command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -56,6 +60,7 @@ stamp_of() {
   {
     sha256sum "$init_src" "${BASH_SOURCE[0]}" "$busybox" | cut -d' ' -f1
     if [ -n "$agent" ]; then sha256sum "$agent" | cut -d' ' -f1; else echo no-agent; fi
+    for b in "${extra_bins[@]}"; do sha256sum "$b" | cut -d' ' -f1; done
     cat "$kdir/version"
     # The kernel tree's hash (recorded by the executor before this runs): another kernel of
     # the same version string still gets its own modules.
@@ -132,16 +137,18 @@ for m in "${order[@]}"; do
   ko_text "${path_of[$m]}" >"$stage/lib/modules/$m.ko"
   printf '%s\n' "$m" >>"$stage/lib/modules/load-order"
 done
-if [ -n "$agent" ]; then
-  cp "$agent" "$stage/bin/zos-guest-agent"
-  # The agent links glibc dynamically: its libraries and loader go where ldd finds them.
-  command -v ldd >/dev/null || die "ldd not found (libc-bin) to ship the agent's libraries"
-  for lib in $(ldd "$agent" | grep -o '/[^ ]*'); do
+ship_with_libraries() { # program, its name under /bin
+  cp "$1" "$stage/bin/$2"
+  # Linked to glibc dynamically: the libraries and loader go where ldd finds them.
+  command -v ldd >/dev/null || die "ldd not found (libc-bin) to ship $2's libraries"
+  for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
     [ -f "$lib" ] || continue
     mkdir -p "$stage$(dirname "$lib")"
     cp -L "$lib" "$stage$lib"
   done
-fi
+}
+if [ -n "$agent" ]; then ship_with_libraries "$agent" zos-guest-agent; fi
+for b in "${extra_bins[@]}"; do ship_with_libraries "$b" "$(basename "$b")"; done
 cp "$init_src" "$stage/init"
 chmod 0755 "$stage/init"
 if [ -n "$extra_dir" ]; then cp -a "$extra_dir/." "$stage/"; fi

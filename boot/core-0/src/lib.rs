@@ -8,7 +8,10 @@
 pub mod chain;
 pub mod console;
 pub mod dhcp;
+pub mod disk;
 pub mod netconf;
+pub mod os;
 pub mod release;
 pub mod supervisor;
 pub mod system;
+pub mod upgrade;

@@ -1,7 +1,7 @@
 //! core-0: PID 1 of the node OS. See the library for each step.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -9,11 +9,11 @@ use std::{
 use core_0::{
     chain,
     console::Backoff,
-    dhcp, netconf, release,
+    dhcp, disk, netconf, os, release,
     release::ChainDecision,
     say,
     supervisor::{self, Ring, Supervisor},
-    system,
+    system, upgrade,
 };
 use zos_release::{manifest, BootParams};
 
@@ -24,8 +24,8 @@ const MIN_RELEASE: &str = "/etc/zos/min-release";
 /// Where the verified manifest is kept for the node's services.
 const RUNNING_MANIFEST: &str = "/run/zos/release.json";
 const LOG_SOCKET: &str = "/run/zos/core-0.sock";
-/// Where the OS image is mounted; services name their programs under it with `{os}`.
-const OS_ROOT: &str = "/os";
+/// The node's data directory (identity, executor state, workloads): the data disk, or memory.
+const DATA_DIR: &str = "/var/lib/zos";
 
 /// A problem only a different boot can fix: say it on the console, periodically, forever.
 fn halt(reason: &str) -> ! {
@@ -226,7 +226,110 @@ fn run() {
     if let Err(e) = supervisor::serve_ring(ring.clone(), Path::new(LOG_SOCKET)) {
         say!("{LOG_SOCKET}: {e}");
     }
-    let services = manifest
+
+    // The data disk first when it is already the node's: the OS image's chunk cache survives
+    // reboots there. A blank disk is formatted with the OS image's mkfs, once it is mounted.
+    let data = DataDisk::find();
+    let cache = match data {
+        DataDisk::Node => Path::new(DATA_DIR).join("cache/os-image"),
+        _ => PathBuf::from("/run/zos/cache/os-image"),
+    };
+    let paths = os::OsPaths::for_release(&manifest.version.to_string(), &cache);
+    let mount_pid = bring_up_os(&manifest, &params, &paths, &ring);
+    data.finish(&paths.root);
+    if let Err(e) = os::bind_data(&paths.root, Path::new(DATA_DIR)) {
+        say!("the data directory is not in the OS root: {e}");
+    }
+
+    let mut running = Running {
+        sup: Supervisor::new(services_of(&manifest, &params), ring.clone())
+            .in_root(paths.root.clone()),
+        manifest,
+        paths,
+        mount_pid,
+    };
+    let offers = upgrade::follow(
+        params.clone(),
+        key,
+        running.manifest.version,
+        FOLLOW_INTERVAL,
+    );
+    // PID 1's loop: start what is due, reap every child (orphans included), switch releases.
+    loop {
+        if let Ok(next) = offers.try_recv() {
+            switch_release(&mut running, next, &params, &cache, &ring);
+        }
+        running.sup.start_due(Instant::now());
+        let mut status = 0;
+        // SAFETY: waitpid on any child without blocking.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            use std::os::unix::process::ExitStatusExt;
+            running.reaped(
+                pid as u32,
+                std::process::ExitStatus::from_raw(status),
+                &params,
+                &ring,
+            );
+            continue;
+        }
+        let idle = running
+            .sup
+            .next_due()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1));
+        std::thread::sleep(idle.clamp(Duration::from_millis(10), Duration::from_millis(200)));
+    }
+}
+
+/// How often a running node asks the chain for its release.
+const FOLLOW_INTERVAL: Duration = Duration::from_secs(6);
+/// How long each new service must keep running during a switch.
+const SETTLE: Duration = Duration::from_secs(10);
+/// How long a stopped service gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The release this node runs.
+struct Running {
+    manifest: manifest::ReleaseManifest,
+    paths: os::OsPaths,
+    mount_pid: u32,
+    sup: Supervisor,
+}
+
+impl Running {
+    /// A child ended: a service (restarted by its supervisor), the OS image's mount process
+    /// (mounted again), or an orphan.
+    fn reaped(
+        &mut self,
+        pid: u32,
+        status: std::process::ExitStatus,
+        params: &BootParams,
+        ring: &supervisor::SharedRing,
+    ) {
+        if pid != self.mount_pid {
+            self.sup.exited(pid, status, Instant::now());
+            return;
+        }
+        // The filesystem the services run from is gone: mount it again; the services fail on
+        // the dead root and are restarted into the new one.
+        say!(
+            "the OS image's mount process {}; mounting it again",
+            supervisor::describe(status)
+        );
+        os::detach(&self.paths);
+        self.mount_pid = bring_up_os(&self.manifest, params, &self.paths, ring);
+        if let Err(e) = os::bind_data(&self.paths.root, Path::new(DATA_DIR)) {
+            say!("the data directory is not in the OS root: {e}");
+        }
+    }
+}
+
+fn services_of(
+    manifest: &manifest::ReleaseManifest,
+    params: &BootParams,
+) -> Vec<(String, Vec<String>)> {
+    manifest
         .services
         .iter()
         .map(|s| {
@@ -234,31 +337,223 @@ fn run() {
                 s.name.clone(),
                 s.exec
                     .iter()
-                    .map(|a| release::expand(a, &params, OS_ROOT))
+                    .map(|a| release::expand(a, params, manifest.version))
                     .collect(),
             )
         })
-        .collect();
-    let mut sup = Supervisor::new(services, ring);
-    // PID 1's loop: start what is due, reap every child (orphans included).
-    loop {
-        sup.start_due(Instant::now());
-        let mut status = 0;
-        // SAFETY: waitpid on any child without blocking.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            use std::os::unix::process::ExitStatusExt;
-            sup.exited(
-                pid as u32,
-                std::process::ExitStatus::from_raw(status),
-                Instant::now(),
+        .collect()
+}
+
+/// Switches to the release the chain set: its OS image mounted beside the running one, then
+/// its services in place of the old ones one by one; any that does not stay up brings the old
+/// release back. The old OS image stays mounted: guests started from it keep their programs.
+fn switch_release(
+    running: &mut Running,
+    next: manifest::ReleaseManifest,
+    params: &BootParams,
+    cache: &Path,
+    ring: &supervisor::SharedRing,
+) {
+    let started = Instant::now();
+    let (from, to) = (running.manifest.version, next.version);
+    let paths = os::OsPaths::for_release(&to.to_string(), cache);
+    let mount_pid = match os::mount(
+        &next.image_root,
+        &params.hub,
+        &paths,
+        ring,
+        Duration::from_secs(120),
+    ) {
+        Ok(pid) => pid,
+        Err(e) => {
+            say!(
+                "release {to}: its OS image {} does not mount ({e}); release {from} keeps running",
+                next.image_root
             );
-            continue;
+            os::detach(&paths);
+            return;
         }
-        let idle = sup
-            .next_due()
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_secs(1));
-        std::thread::sleep(idle.clamp(Duration::from_millis(10), Duration::from_millis(200)));
+    };
+    if let Err(e) =
+        os::bind_system(&paths.root).and_then(|()| os::bind_data(&paths.root, Path::new(DATA_DIR)))
+    {
+        say!("release {to}: its OS root is incomplete: {e}");
+    }
+    let mut next_sup = Supervisor::new(services_of(&next, params), ring.clone())
+        .in_root(paths.root.clone())
+        .paused();
+    let mut strays = Vec::new();
+    match upgrade::switch(
+        &mut running.sup,
+        &mut next_sup,
+        SETTLE,
+        STOP_GRACE,
+        |pid, status| strays.push((pid, status)),
+    ) {
+        upgrade::Switch::Done => {
+            say!(
+                "switched from release {from} to {to} in {:.1} s (services restarted one by one)",
+                started.elapsed().as_secs_f64()
+            );
+            if let Err(e) = std::fs::write(RUNNING_MANIFEST, next.to_bytes()) {
+                say!("{RUNNING_MANIFEST}: {e}");
+            }
+            let old = std::mem::replace(
+                running,
+                Running {
+                    manifest: next,
+                    paths,
+                    mount_pid,
+                    sup: next_sup,
+                },
+            );
+            // Still mounted (its process is reaped as an orphan if it ever ends).
+            drop(old);
+        }
+        upgrade::Switch::RolledBack(reason) => {
+            say!("ROLLED BACK release {to}: {reason}; release {from} runs again");
+            // SAFETY: SIGTERM to the new image's mount process (a child): it unmounts.
+            unsafe { libc::kill(mount_pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    for (pid, status) in strays {
+        running.reaped(pid, status, params, ring);
+    }
+}
+
+/// Mounts the release's OS image (retrying with backoff: the hub may be down) and binds the
+/// machine's filesystems into it. Returns the mount process's pid.
+fn bring_up_os(
+    manifest: &manifest::ReleaseManifest,
+    params: &BootParams,
+    paths: &os::OsPaths,
+    ring: &supervisor::SharedRing,
+) -> u32 {
+    let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    loop {
+        let started = Instant::now();
+        match os::mount(
+            &manifest.image_root,
+            &params.hub,
+            paths,
+            ring,
+            Duration::from_secs(120),
+        ) {
+            Ok(pid) => {
+                say!(
+                    "OS image {} mounted lazily at {} in {} ms (chunks from {}, verified by BLAKE3)",
+                    manifest.image_root,
+                    paths.root.display(),
+                    started.elapsed().as_millis(),
+                    params.hub
+                );
+                if let Err(e) = os::bind_system(&paths.root) {
+                    say!("the OS root is incomplete: {e}");
+                }
+                return pid;
+            }
+            Err(e) => {
+                let wait = backoff.next_wait();
+                say!(
+                    "OS image {} from {}: {e}; retrying in {} s",
+                    manifest.image_root,
+                    params.hub,
+                    wait.as_secs()
+                );
+                os::detach(paths);
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// The node's data disk, as found at boot.
+enum DataDisk {
+    /// Already a node data disk: mounted.
+    Node,
+    /// Blank: formatted once the OS image (with mkfs) is mounted.
+    Blank(PathBuf),
+    /// None usable: the data lives in memory.
+    Memory,
+}
+
+impl DataDisk {
+    fn find() -> Self {
+        let Some(name) = disk::first_disk(Path::new("/sys/block")) else {
+            say!("no disk: the node identity lives in memory and is made anew at every boot");
+            return Self::in_memory();
+        };
+        let device = disk::device(&name);
+        let head = match disk::read_head(&device) {
+            Ok(h) => h,
+            Err(e) => {
+                say!(
+                    "{}: unreadable ({e}); the node identity lives in memory",
+                    device.display()
+                );
+                return Self::in_memory();
+            }
+        };
+        match disk::classify(&head) {
+            disk::DiskContents::NodeData => match disk::mount_data(&device, Path::new(DATA_DIR)) {
+                Ok(()) => {
+                    say!(
+                        "{}: node data disk mounted; the node keeps its identity",
+                        device.display()
+                    );
+                    Self::Node
+                }
+                Err(e) => {
+                    say!("{}: the node data disk does not mount ({e}); the node identity lives in memory", device.display());
+                    Self::in_memory()
+                }
+            },
+            disk::DiskContents::Blank => Self::Blank(device),
+            disk::DiskContents::Foreign(what) => {
+                say!(
+                    "{} holds {what} and is left untouched (wipe its first MiB to give it to the node); the node identity lives in memory",
+                    device.display()
+                );
+                Self::in_memory()
+            }
+        }
+    }
+
+    fn in_memory() -> Self {
+        if let Err(e) = disk::mount_memory(Path::new(DATA_DIR)) {
+            say!("{DATA_DIR}: {e}");
+        }
+        Self::Memory
+    }
+
+    /// Formats a blank disk with the OS image's mkfs (run inside `root`) and mounts it.
+    fn finish(&self, root: &Path) {
+        let Self::Blank(device) = self else { return };
+        let mut mkfs = std::process::Command::new("/usr/sbin/mkfs.ext4");
+        mkfs.args(["-q", "-F", "-L", disk::LABEL, "-m", "0"])
+            .arg(device)
+            .stdin(std::process::Stdio::null());
+        supervisor::in_root(&mut mkfs, root);
+        let made = match mkfs.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "mkfs.ext4 {}: {}",
+                supervisor::describe(out.status),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("mkfs.ext4: {e}")),
+        }
+        .and_then(|()| disk::mount_data(device, Path::new(DATA_DIR)).map_err(|e| e.to_string()));
+        match made {
+            Ok(()) => say!(
+                "{}: blank disk formatted as the node data disk ({}); the node identity is kept there",
+                device.display(),
+                disk::LABEL
+            ),
+            Err(e) => {
+                say!("{}: formatting failed ({e}); the node identity lives in memory", device.display());
+                Self::in_memory();
+            }
+        }
     }
 }

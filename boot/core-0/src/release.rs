@@ -118,14 +118,15 @@ pub fn fetch_verified(
 
 /// The placeholders of a service's command line filled from the boot parameters, in one pass
 /// (a value is never expanded again).
-pub fn expand(arg: &str, params: &BootParams, os_root: &str) -> String {
+pub fn expand(arg: &str, params: &BootParams, release: Version) -> String {
     let farm = params.farm.to_string();
+    let release = release.to_string();
     let values: [(&str, &str); 5] = [
+        ("{version}", &release),
         ("{farm}", &farm),
         ("{chain}", &params.chain),
         ("{hub}", &params.hub),
         ("{runmode}", params.runmode.as_str()),
-        ("{os}", os_root),
     ];
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
@@ -181,14 +182,15 @@ mod tests {
             "farm=3 runmode=dev chain=ws://10.0.2.2:9944 hub=http://h boot=http://b",
         )
         .unwrap();
-        assert_eq!(expand("--farm={farm}", &p, "/os"), "--farm=3");
+        let v = Version::new(1, 2, 3);
+        assert_eq!(expand("--farm={farm}", &p, v), "--farm=3");
         assert_eq!(
             expand(
-                "{os}/bin/x --chain {chain} --hub={hub} {runmode}",
+                "/bin/x --chain {chain} --hub={hub} {runmode} {version}",
                 &p,
-                "/os"
+                v
             ),
-            "/os/bin/x --chain ws://10.0.2.2:9944 --hub=http://h dev"
+            "/bin/x --chain ws://10.0.2.2:9944 --hub=http://h dev 1.2.3"
         );
         assert_eq!(manifest_url(&p, None), "http://b/release/dev/manifest.json");
         assert_eq!(
@@ -200,8 +202,8 @@ mod tests {
             hub: "http://h/{farm}".into(),
             ..p.clone()
         };
-        assert_eq!(expand("{hub}{farm}", &q, "/os"), "http://h/{farm}3");
-        assert_eq!(expand("{unknown}{os", &q, "/os"), "{unknown}{os");
+        assert_eq!(expand("{hub}{farm}", &q, v), "http://h/{farm}3");
+        assert_eq!(expand("{unknown}{farm", &q, v), "{unknown}{farm");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 use std::{
     collections::VecDeque,
     io::{BufRead, BufReader, Read, Write},
-    os::unix::{net::UnixListener, process::ExitStatusExt},
-    path::Path,
+    os::unix::{
+        net::UnixListener,
+        process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -88,12 +91,59 @@ struct Slot {
     backoff: Duration,
     due: Option<Instant>,
     restarts: u32,
+    /// Stopped on purpose (a release switch): not restarted until started again.
+    stopped: bool,
 }
 
 /// The services of one release.
 pub struct Supervisor {
     slots: Vec<Slot>,
     ring: SharedRing,
+    /// The root directory services run in (the mounted OS image); `None` runs them in
+    /// core-0's own root.
+    root: Option<PathBuf>,
+}
+
+/// The services' search path, inside their root.
+pub const SERVICE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Makes `cmd` run with `root` as its root directory (and working directory).
+pub fn in_root(cmd: &mut Command, root: &Path) {
+    let root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+        .unwrap_or_else(|_| c"/nonexistent".into());
+    // SAFETY: between fork and exec only async-signal-safe calls (chroot, chdir) are made,
+    // on a string allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// SIGTERM to `pid`, SIGKILL once `grace` has passed; waits for it and returns how it ended.
+pub fn stop_process(pid: u32, grace: Duration) -> std::process::ExitStatus {
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill and waitpid on a child of this process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    let mut killed = false;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on one child, without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid || r < 0 {
+            return std::process::ExitStatus::from_raw(status);
+        }
+        if !killed && Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// How a process ended, in words.
@@ -105,7 +155,8 @@ pub fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn pump(stream: impl Read + Send + 'static, prefix: String, ring: SharedRing) {
+/// Copies `stream` line by line, each prefixed, into the ring (and so onto the console).
+pub fn pump(stream: impl Read + Send + 'static, prefix: String, ring: SharedRing) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -143,9 +194,20 @@ impl Supervisor {
                 backoff: FIRST_BACKOFF,
                 due: Some(now),
                 restarts: 0,
+                stopped: false,
             })
             .collect();
-        Self { slots, ring }
+        Self {
+            slots,
+            ring,
+            root: None,
+        }
+    }
+
+    /// Runs the services with `root` as their root directory.
+    pub fn in_root(mut self, root: PathBuf) -> Self {
+        self.root = Some(root);
+        self
     }
 
     /// Starts every service whose (re)start is due.
@@ -159,9 +221,17 @@ impl Supervisor {
             slot.started = now;
             let mut cmd = Command::new(&slot.argv[0]);
             cmd.args(&slot.argv[1..])
+                .env_clear()
+                .env("PATH", SERVICE_PATH)
+                .env("HOME", "/root")
+                // Their output is a console and a ring buffer, not a terminal.
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
+            if let Some(root) = &self.root {
+                in_root(&mut cmd, root);
+            }
             match cmd.spawn() {
                 Ok(mut child) => {
                     let prefix = format!("[{}] ", slot.name);
@@ -210,6 +280,13 @@ impl Supervisor {
             return false;
         };
         slot.pid = None;
+        if slot.stopped {
+            log_line(
+                &self.ring,
+                format!("core-0: service {} {}", slot.name, describe(status)),
+            );
+            return true;
+        }
         let wait = Self::schedule(slot, now);
         let line = format!(
             "core-0: service {} {}; restart {} in {} s",
@@ -220,6 +297,69 @@ impl Supervisor {
         );
         log_line(&self.ring, line);
         true
+    }
+
+    /// Holds every service back until [`Supervisor::start`]: a release being switched to.
+    pub fn paused(mut self) -> Self {
+        for slot in &mut self.slots {
+            slot.due = None;
+            slot.stopped = true;
+        }
+        self
+    }
+
+    /// The services' names, in start order.
+    pub fn names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Whether `pid` is one of these services.
+    pub fn owns(&self, pid: u32) -> bool {
+        self.slots.iter().any(|s| s.pid == Some(pid))
+    }
+
+    /// The running process of service `name`.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.slots.iter().find(|s| s.name == name)?.pid
+    }
+
+    /// Starts service `name` now, and supervises it again if it was stopped.
+    pub fn start(&mut self, name: &str, now: Instant) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.name == name) {
+            slot.stopped = false;
+            slot.backoff = FIRST_BACKOFF;
+            if slot.pid.is_none() {
+                slot.due = Some(now);
+            }
+        }
+        self.start_due(now);
+    }
+
+    /// Stops service `name` (SIGTERM, SIGKILL after `grace`) and reaps it; it is not restarted
+    /// until [`Supervisor::start`].
+    pub fn stop(&mut self, name: &str, grace: Duration) {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.name == name) else {
+            return;
+        };
+        slot.stopped = true;
+        slot.due = None;
+        let Some(pid) = slot.pid.take() else { return };
+        let status = stop_process(pid, grace);
+        log_line(
+            &self.ring,
+            format!(
+                "core-0: service {} stopped ({})",
+                slot.name,
+                describe(status)
+            ),
+        );
+    }
+
+    /// Stops every service.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for name in self.names() {
+            self.stop(&name, grace);
+        }
     }
 
     /// The earliest pending restart.
@@ -237,8 +377,12 @@ impl Supervisor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Tests that reap children (waitpid) run one at a time: waitpid(-1) would take another
+    /// test's child.
+    pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
     #[test]
     fn the_ring_keeps_the_newest_lines() {
@@ -258,6 +402,7 @@ mod tests {
 
     #[test]
     fn a_failing_service_is_restarted_with_a_growing_backoff_and_its_output_kept() {
+        let _alone = SERIAL.lock().unwrap();
         let ring: SharedRing = Arc::new(Mutex::new(Ring::new(100)));
         let argv = vec![
             "/bin/sh".to_string(),

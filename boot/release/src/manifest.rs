@@ -50,10 +50,9 @@ pub struct Artifact {
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
-    /// The program (an absolute path in the initramfs, or `{os}/...` in the mounted OS image)
-    /// and its arguments.
-    /// `{farm}`, `{chain}`, `{hub}`, `{runmode}` and `{os}` (where the OS image is mounted) are
-    /// replaced from the boot parameters.
+    /// The program (an absolute path in the OS image: services run with the mounted image as
+    /// their root) and its arguments. `{farm}`, `{chain}`, `{hub}` and `{runmode}` are
+    /// replaced from the boot parameters, `{version}` by this release's version.
     pub exec: Vec<String>,
 }
 
@@ -154,9 +153,7 @@ impl ReleaseManifest {
                 ));
             }
             match s.exec.first() {
-                Some(p)
-                    if (p.starts_with('/') || p.starts_with("{os}/"))
-                        && !p.split('/').any(|c| c == "..") => {}
+                Some(p) if p.starts_with('/') && !p.split('/').any(|c| c == "..") => {}
                 _ => {
                     return invalid(format!(
                         "service `{}`: exec must start with an absolute program path",
@@ -279,7 +276,7 @@ mod tests {
             services: vec![
                 Service {
                     name: "executor".into(),
-                    exec: vec!["{os}/bin/zos-executor".into(), "--farm={farm}".into()],
+                    exec: vec!["/usr/bin/zos-executor".into(), "--farm={farm}".into()],
                 },
                 Service {
                     name: "console".into(),
@@ -384,7 +381,7 @@ mod tests {
         m.services[0].exec = vec!["/os/../bin/sh".into()];
         cases.push((m, "absolute"));
         let mut m = manifest("1.0.0");
-        m.services[0].exec = vec!["{os}/../sh".into()];
+        m.services[0].exec = vec!["{chain}/sh".into()];
         cases.push((m, "absolute"));
         let mut m = manifest("1.0.0");
         m.artifacts

@@ -28,9 +28,10 @@ enum Command {
         runmode: Runmode,
         #[arg(long)]
         version: Version,
-        /// Root hash of the OS payload image (zos-image).
+        /// Root hash of the OS payload image (zos-image). Default: the one boot/build.sh packed
+        /// into the directory (`<dir>/os-root`).
         #[arg(long)]
-        image_root: String,
+        image_root: Option<String>,
         /// NAME=FILE, hashed into the manifest (repeatable); defaults to the directory's
         /// `kernel` and `initramfs`.
         #[arg(long = "artifact", value_parser = parse_pair)]
@@ -54,9 +55,10 @@ enum Command {
         /// Chain RPC endpoint for the nodes.
         #[arg(long)]
         chain: String,
-        /// Image hub for the nodes.
+        /// Image hub for the nodes (default: this service's own `/hub`, which serves the
+        /// directory's OS store).
         #[arg(long)]
-        hub: String,
+        hub: Option<String>,
         /// Extra kernel arguments in the iPXE scripts.
         #[arg(long, default_value = "console=ttyS0")]
         kernel_args: String,
@@ -100,6 +102,19 @@ fn main() -> Result<()> {
             key,
         } => {
             let key = zos_image::sign::load_signing_key(&key).context("loading the release key")?;
+            let image_root = match image_root {
+                Some(root) => root,
+                None => std::fs::read_to_string(dir.join(zos_boot::serve::OS_ROOT_FILE))
+                    .with_context(|| {
+                        format!(
+                            "no --image-root and no {} in {} (run boot/build.sh)",
+                            zos_boot::serve::OS_ROOT_FILE,
+                            dir.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            };
             let artifacts = if artifacts.is_empty() {
                 ["kernel", "initramfs"]
                     .iter()
@@ -143,12 +158,14 @@ fn main() -> Result<()> {
             kernel_args,
         } => {
             let public_url = public_url.unwrap_or_else(|| format!("http://{listen}"));
+            let hub = hub.unwrap_or_else(|| format!("{}/hub", public_url.trim_end_matches('/')));
             let cfg = BootConfig {
                 dir,
                 public_url,
                 chain,
                 hub,
                 kernel_args,
+                hub_bytes_served: Default::default(),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -180,7 +197,8 @@ fn main() -> Result<()> {
                         public_url,
                         chain,
                         hub,
-                        kernel_args
+                        kernel_args,
+                        hub_bytes_served: Default::default(),
                     },
                     runmode,
                     farm

@@ -1,8 +1,16 @@
 //! The boot service: what a node's firmware and core-0 fetch over HTTP.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use axum::{
+    body::HttpBody,
     extract::{Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
@@ -24,7 +32,15 @@ pub struct BootConfig {
     pub hub: String,
     /// Extra kernel arguments (the console, for example).
     pub kernel_args: String,
+    /// Bytes of OS image objects served under `/hub` so far (what nodes fetched lazily).
+    pub hub_bytes_served: Arc<AtomicU64>,
 }
+
+/// The directory store under a boot directory that holds the OS payload images (written by
+/// boot/build.sh, served read-only under `/hub`).
+pub const OS_STORE: &str = "os-store";
+/// The file under a boot directory naming the OS payload image boot/build.sh packed last.
+pub const OS_ROOT_FILE: &str = "os-root";
 
 /// The iPXE script that boots a node of `farm` in `runmode`: kernel, initramfs, and the
 /// command line core-0 reads.
@@ -145,9 +161,36 @@ async fn versioned_release(
     manifest_file(&cfg, &runmode, Some(&version), &name).await
 }
 
-/// The boot service's routes.
+/// The boot service's routes. A boot directory with an OS store also serves it read-only
+/// under `/hub` (the zos-image hub protocol), so one service is all a farm needs to boot.
 pub fn router(cfg: BootConfig) -> Router {
-    Router::new()
+    let store = cfg.dir.join(OS_STORE);
+    let hub =
+        if store.join("images").is_dir() {
+            match zos_image::store::DirStore::open(&store) {
+                Ok(store) => {
+                    let served = cfg.hub_bytes_served.clone();
+                    Some(zos_image::hub::read_only_router(store).layer(
+                        axum::middleware::map_response(move |response: Response| {
+                            let served = served.clone();
+                            async move {
+                                if let Some(n) = response.body().size_hint().exact() {
+                                    served.fetch_add(n, Ordering::Relaxed);
+                                }
+                                response
+                            }
+                        }),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the OS store is unreadable; /hub is not served");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+    let routes = Router::new()
         .route("/ipxe/{runmode}/{farm}", get(ipxe))
         .route("/kernel", get(kernel))
         .route("/initramfs", get(initramfs))
@@ -156,7 +199,11 @@ pub fn router(cfg: BootConfig) -> Router {
             "/release/{runmode}/{version}/{name}",
             get(versioned_release),
         )
-        .with_state(Arc::new(cfg))
+        .with_state(Arc::new(cfg));
+    match hub {
+        Some(hub) => routes.nest("/hub", hub),
+        None => routes,
+    }
 }
 
 /// Serves `cfg` on `addr` from a thread with its own runtime; returns the bound address (bind

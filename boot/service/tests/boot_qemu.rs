@@ -9,7 +9,10 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -56,16 +59,24 @@ fn build(work: &Path, min_release: &str) -> (PathBuf, SigningKey) {
 
 /// The boot service on a free loopback port; the guest reaches it as 10.0.2.2.
 fn serve(dir: &Path) -> SocketAddr {
+    serve_counted(dir).0
+}
+
+/// [`serve`], with the count of OS image bytes the service has sent.
+fn serve_counted(dir: &Path) -> (SocketAddr, Arc<AtomicU64>) {
     // The iPXE script names the service's own port, so it is chosen before binding.
     let port = node_harness::free_port().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
     let cfg = BootConfig {
         dir: dir.to_path_buf(),
         public_url: format!("http://10.0.2.2:{port}"),
         chain: "ws://10.0.2.2:9944".into(),
-        hub: "http://10.0.2.2:8080".into(),
+        hub: format!("http://10.0.2.2:{port}/hub"),
         kernel_args: "console=ttyS0 panic=-1".into(),
+        hub_bytes_served: served.clone(),
     };
-    zos_boot::spawn_background(SocketAddr::from(([127, 0, 0, 1], port)), cfg).unwrap()
+    let addr = zos_boot::spawn_background(SocketAddr::from(([127, 0, 0, 1], port)), cfg).unwrap();
+    (addr, served)
 }
 
 fn release(dir: &Path, key: &SigningKey, version: &str) {
@@ -76,7 +87,10 @@ fn input(dir: &Path, version: &str) -> ReleaseInput {
     ReleaseInput {
         runmode: Runmode::Dev,
         version: version.parse().unwrap(),
-        image_root: "0".repeat(64),
+        image_root: std::fs::read_to_string(dir.join(zos_boot::serve::OS_ROOT_FILE))
+            .unwrap()
+            .trim()
+            .to_string(),
         artifacts: vec![
             ("kernel".into(), dir.join("kernel")),
             ("initramfs".into(), dir.join("initramfs")),
@@ -140,7 +154,7 @@ impl Guest {
                     "-accel",
                     accel,
                     "-m",
-                    "512",
+                    "1024",
                 ])
                 .args([
                     "-netdev",
@@ -177,26 +191,30 @@ impl Guest {
     /// Boots the built kernel and initramfs directly, with the farm's command line: the chain
     /// and the boot service on the host's loopback ports, as 10.0.2.2.
     fn boot_direct(dir: &Path, chain_port: u16, boot_port: u16) -> Guest {
+        Guest::boot_node(dir, FARM, chain_port, boot_port, &[])
+    }
+
+    /// As [`Guest::boot_direct`], for `farm` and with more QEMU arguments (disks).
+    fn boot_node(dir: &Path, farm: u32, chain_port: u16, boot_port: u16, extra: &[&str]) -> Guest {
         let params = zos_release::BootParams {
-            farm: FARM,
+            farm,
             runmode: Runmode::Dev,
             chain: format!("ws://10.0.2.2:{chain_port}"),
-            hub: "http://10.0.2.2:8080".into(),
+            hub: format!("http://10.0.2.2:{boot_port}/hub"),
             boot: format!("http://10.0.2.2:{boot_port}"),
         };
         let cmdline = format!("console=ttyS0 panic=-1 {}", params.to_cmdline());
         let (kernel, initramfs) = (dir.join("kernel"), dir.join("initramfs"));
-        Guest::boot(
-            accel(),
-            &[
-                "-kernel",
-                kernel.to_str().unwrap(),
-                "-initrd",
-                initramfs.to_str().unwrap(),
-                "-append",
-                &cmdline,
-            ],
-        )
+        let mut args = vec![
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initramfs.to_str().unwrap(),
+            "-append",
+            &cmdline,
+        ];
+        args.extend_from_slice(extra);
+        Guest::boot(accel(), &args)
     }
 
     /// Waits for a console line containing `want`; returns it.
@@ -402,7 +420,7 @@ fn a_farm_boot_image_boots_a_node_with_nothing_installed() {
 
 /// Sets the dev runmode's node release on a dev chain (sudo stands in for the council, whose
 /// motion the polkadot.js suite covers).
-fn set_chain_release(ws_url: &str, version: (u32, u32, u32), manifest_blake3: [u8; 32]) {
+fn set_chain_release(ws_url: &str, farm: u32, version: (u32, u32, u32), manifest_blake3: [u8; 32]) {
     use codec::Encode;
     use node_harness::client;
     use zos_primitives::releases::{
@@ -416,7 +434,7 @@ fn set_chain_release(ws_url: &str, version: (u32, u32, u32), manifest_blake3: [u
         },
         manifest_blake3,
         safe_to_upgrade: true,
-        pilot_farms: PilotFarms::truncate_from(vec![FARM]),
+        pilot_farms: PilotFarms::truncate_from(vec![farm]),
         general_from: u32::MAX,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -468,6 +486,7 @@ fn the_chain_decides_which_signed_release_a_node_runs() {
         .to_bytes();
     set_chain_release(
         &chain.ws_url(),
+        FARM,
         (1, 0, 1),
         *blake3::hash(&chosen).as_bytes(),
     );
@@ -485,6 +504,241 @@ fn the_chain_decides_which_signed_release_a_node_runs() {
     );
     release(&dir, &key, "1.0.1");
     guest.expect("release 1.0.1 for dev verified", Duration::from_secs(90));
+    drop(guest);
+    drop(chain);
+}
+
+/// The executor as the release's one service: it registers the node in the boot line's farm
+/// and heartbeats. No VMs (TCG inside TCG), a fixed capacity, quick heartbeats.
+fn executor_release(dir: &Path, version: &str) -> ReleaseInput {
+    let mut input = input(dir, version);
+    input.services = vec![Service {
+        name: "executor".into(),
+        exec: [
+            "/usr/bin/zos-executor",
+            "--chain-url",
+            "{chain}",
+            "--farm-id",
+            "{farm}",
+            "--data-dir",
+            "/var/lib/zos",
+            "--no-vm",
+            "--metrics-addr",
+            "off",
+            "--access-addr",
+            "off",
+            "--heartbeat-interval",
+            "5",
+            "--capacity",
+            "cru=1,mru_mib=256,sru_gib=1,hru_gib=0",
+            "--os-release",
+            "{version}",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }];
+    input
+}
+
+/// The value of `key=` in a log line (tracing's fields), up to the next space.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line}"));
+    line[at + key.len() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+}
+
+#[test]
+fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk() {
+    use node_harness::client;
+    use subxt::dynamic::At;
+    use subxt_signer::sr25519::dev;
+    use zos_primitives::{NodeId, NodeStatus};
+
+    let chain = node_harness::ChainNode::start_dev().unwrap();
+    let chain_port: u16 = chain.ws_url().rsplit(':').next().unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(client::connect(&chain.ws_url())).unwrap();
+    let farm = rt.block_on(async {
+        client::wait_finalized(&api, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let events = client::submit(
+            &api,
+            &subxt::dynamic::tx(
+                "Grid",
+                "create_farm",
+                vec![subxt::dynamic::Value::from_bytes(b"boot-farm")],
+            ),
+            &dev::alice(),
+        )
+        .await
+        .unwrap();
+        client::find_event(&events, "Grid", "FarmCreated")
+            .unwrap()
+            .at("farm_id")
+            .and_then(|v| v.as_u128())
+            .unwrap() as u32
+    });
+    let node_of = |account: &subxt::utils::AccountId32| -> Option<NodeId> {
+        use codec::Encode;
+        rt.block_on(client::runtime_call(
+            &api,
+            "GridApi_node_by_account",
+            &account.0.encode(),
+        ))
+        .unwrap()
+    };
+    let status_of = |node: NodeId| -> Option<NodeStatus> {
+        use codec::Encode;
+        rt.block_on(client::runtime_call(
+            &api,
+            "GridApi_node_status",
+            &node.encode(),
+        ))
+        .unwrap()
+    };
+
+    let work = tempfile::tempdir().unwrap();
+    let (dir, key) = build(work.path(), "1.0.0");
+    publish(&dir, &executor_release(&dir, "1.0.0"), &key).unwrap();
+    let (boot, served) = serve_counted(&dir);
+    // A blank disk: core-0 makes it the node's data disk.
+    let disk = work.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let drive = format!("file={},if=virtio,format=raw", disk.display());
+    let boot_node = || Guest::boot_node(&dir, farm, chain_port, boot.port(), &["-drive", &drive]);
+
+    let guest = boot_node();
+    let timeout = boot_timeout(accel());
+    let mounted = guest.expect("mounted lazily at /os/1.0.0", timeout);
+    guest.expect("blank disk formatted as the node data disk", timeout);
+    let starting = guest.expect("starting executor", timeout);
+    let account: subxt::utils::AccountId32 = field(&starting, "account").parse().unwrap();
+    // The farmer funds the node's account and consents to it joining the farm.
+    rt.block_on(async {
+        client::fund(&api, &dev::alice(), &account, 50_000_000_000_000)
+            .await
+            .unwrap();
+        client::authorize_node(&api, &dev::alice(), farm, &account)
+            .await
+            .unwrap();
+    });
+    let registered = guest.expect("node registered", Duration::from_secs(120));
+    let node: NodeId = field(&registered, "node").parse().unwrap();
+    let power_on_to_registered = guest.started.elapsed();
+    // The chain's view (finalized): the node is the account's, and its heartbeat arrived.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node_of(&account) != Some(node) || status_of(node) != Some(NodeStatus::Online) {
+        assert!(
+            Instant::now() < deadline,
+            "node {node} never came online; console:\n{}",
+            guest.console()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let fetched = served.load(Ordering::Relaxed);
+    eprintln!("first boot's console:\n{}", guest.console());
+    let payload: u64 = std::fs::read_to_string(dir.join("os-size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(guest);
+
+    // Power-cycled: the same identity from the disk, the same node; nothing registered anew.
+    let guest = boot_node();
+    guest.expect(
+        "node data disk mounted; the node keeps its identity",
+        timeout,
+    );
+    let again = guest.expect("starting executor", timeout);
+    assert_eq!(field(&again, "account"), account.to_string());
+    let registered = guest.expect("node registered", Duration::from_secs(120));
+    assert_eq!(field(&registered, "node"), node.to_string());
+    let refetched = served.load(Ordering::Relaxed) - fetched;
+
+    // The council sets 1.0.1 (sudo stands in): the running node switches to it, and its node
+    // record names the release it runs.
+    let executor_version = |node: NodeId| -> String {
+        rt.block_on(async {
+            let at = api.at_current_block().await.unwrap();
+            let addr = subxt::dynamic::storage::<(u32,), subxt::dynamic::Value>("Grid", "Nodes");
+            let record = at
+                .storage()
+                .fetch(&addr, (node,))
+                .await
+                .unwrap()
+                .decode()
+                .unwrap();
+            String::from_utf8(client::value_bytes(record.at("executor_version").unwrap()).unwrap())
+                .unwrap()
+        })
+    };
+    let release_on_chain = |input: &ReleaseInput, v: (u32, u32, u32)| {
+        let m = publish(&dir, input, &key).unwrap();
+        set_chain_release(
+            &chain.ws_url(),
+            farm,
+            v,
+            *blake3::hash(&m.to_bytes()).as_bytes(),
+        );
+    };
+    let asked = Instant::now();
+    release_on_chain(&executor_release(&dir, "1.0.1"), (1, 0, 1));
+    let switched = guest.expect(
+        "switched from release 1.0.0 to 1.0.1",
+        Duration::from_secs(180),
+    );
+    let switch_time = asked.elapsed();
+    let want = format!("{}+1.0.1", env!("CARGO_PKG_VERSION"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while executor_version(node) != want {
+        assert!(
+            Instant::now() < deadline,
+            "the node record never said {want}; console:\n{}",
+            guest.console()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // A broken 1.0.2 (its executor refuses its arguments): rolled back to 1.0.1, which keeps
+    // heartbeating.
+    let mut broken = executor_release(&dir, "1.0.2");
+    broken.services[0].exec.push("--no-such-flag".into());
+    release_on_chain(&broken, (1, 0, 2));
+    let rolled = guest.expect("ROLLED BACK release 1.0.2", Duration::from_secs(180));
+    assert!(rolled.contains("release 1.0.1 runs again"), "{rolled}");
+    guest.expect("[executor]", Duration::from_secs(60));
+    assert_eq!(executor_version(node), want);
+    assert_eq!(status_of(node), Some(NodeStatus::Online));
+    eprintln!("first boot: {mounted}");
+    eprintln!(
+        "boot ({}): power-on to node {node} registered {:.1} s (funding included); OS image bytes fetched {} of a {} byte payload ({:.1} %); second boot fetched {} bytes (chunk cache on the data disk)",
+        accel(),
+        power_on_to_registered.as_secs_f64(),
+        fetched,
+        payload,
+        fetched as f64 * 100.0 / payload as f64,
+        refetched
+    );
+    eprintln!(
+        "release switch 1.0.0 -> 1.0.1: {:.1} s from the chain call to services up ({switched})",
+        switch_time.as_secs_f64()
+    );
+    assert!(
+        fetched < payload / 2,
+        "the lazy OS image fetched {fetched} of {payload} bytes"
+    );
     drop(guest);
     drop(chain);
 }

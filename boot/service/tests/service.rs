@@ -12,6 +12,7 @@ fn serve(dir: &Path) -> String {
         chain: "wss://rpc.example".into(),
         hub: "https://hub.example".into(),
         kernel_args: "console=ttyS0".into(),
+        hub_bytes_served: Default::default(),
     };
     let addr = zos_boot::spawn_background("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
     format!("http://{addr}")

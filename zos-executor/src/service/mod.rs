@@ -41,7 +41,6 @@ use crate::{
 };
 
 pub(crate) const TX_TIMEOUT: Duration = Duration::from_secs(90);
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub struct Executor {
     pub config: Config,

@@ -17,8 +17,16 @@ pub(super) async fn register(
         if let Some(node) = chain.node_of(&account).await? {
             let record = crate::chain::node_record(chain, node).await?;
             let on_chain: zos_primitives::Resources = crate::chain::convert(&record.capacity)?;
-            if on_chain != capacity || record.box_key != identity.box_public {
-                let call = calls::update_capacity(capacity, identity.box_public, VERSION, &record)?;
+            if on_chain != capacity
+                || record.box_key != identity.box_public
+                || record.executor_version.0 != config.reported_version.as_bytes()
+            {
+                let call = calls::update_capacity(
+                    capacity,
+                    identity.box_public,
+                    &config.reported_version,
+                    &record,
+                )?;
                 match retry("update_node", || {
                     chain.submit(&call, &identity.account, TX_TIMEOUT)
                 })
@@ -49,7 +57,12 @@ pub(super) async fn register(
             tokio::time::sleep(Duration::from_secs(3)).await;
             continue;
         }
-        let call = calls::register_node(farm, capacity, identity.box_public, VERSION)?;
+        let call = calls::register_node(
+            farm,
+            capacity,
+            identity.box_public,
+            &config.reported_version,
+        )?;
         match retry("register_node", || {
             chain.submit(&call, &identity.account, TX_TIMEOUT)
         })

@@ -1,0 +1,189 @@
+//! The OS payload: the release's image, mounted lazily and verified chunk by chunk by
+//! zos-image, made into the root the services run in.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::supervisor::{pump, SharedRing};
+
+/// zos-image in the initramfs (with the libraries it links), put there by boot/build.sh.
+pub const ZOS_IMAGE: &str = "/bin/zos-image";
+/// Chunk cache bound: the payload is read lazily, most of it never.
+const CACHE_SIZE: &str = "2G";
+
+/// Where one release's OS lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OsPaths {
+    /// The services' root: the image with a writable layer over it.
+    pub root: PathBuf,
+    /// The writable layer and the image's read-only mount (under `lower`).
+    pub state: PathBuf,
+    /// The chunk cache.
+    pub cache: PathBuf,
+}
+
+impl OsPaths {
+    /// Paths for release `version`, with the chunk cache under `cache_dir`.
+    pub fn for_release(version: &str, cache_dir: &Path) -> Self {
+        Self {
+            root: PathBuf::from("/os").join(version),
+            state: PathBuf::from("/run/zos/os").join(version),
+            cache: cache_dir.to_path_buf(),
+        }
+    }
+}
+
+/// The zos-image command that mounts `image_root` from `hub` at `paths.root`.
+pub fn mount_command(image_root: &str, hub: &str, paths: &OsPaths) -> Command {
+    let mut cmd = Command::new(ZOS_IMAGE);
+    cmd.arg("mount")
+        .arg(image_root)
+        .arg(&paths.root)
+        .args(["--store", hub, "--cache"])
+        .arg(&paths.cache)
+        .args(["--cache-size", CACHE_SIZE, "--writable"])
+        .arg(&paths.state);
+    cmd
+}
+
+/// Whether `path` is a mount point, from `/proc/self/mountinfo`'s text.
+pub fn is_mount_point(mountinfo: &str, path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    // Field 5 is the mount point (spaces escaped as \040; these paths have none).
+    mountinfo
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_ref()))
+}
+
+/// Mounts the image and waits until its root is there. The mount process keeps running (it is
+/// the filesystem); its output goes to the ring. Returns its pid.
+pub fn mount(
+    image_root: &str,
+    hub: &str,
+    paths: &OsPaths,
+    ring: &SharedRing,
+    timeout: Duration,
+) -> io::Result<u32> {
+    for dir in [&paths.root, &paths.state, &paths.cache] {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut child = mount_command(image_root, hub, paths)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{ZOS_IMAGE}: {e}")))?;
+    if let Some(out) = child.stdout.take() {
+        pump(out, "[os-image] ".into(), ring.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        pump(err, "[os-image] ".into(), ring.clone());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        if is_mount_point(&info, &paths.root) {
+            return Ok(child.id());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "zos-image mount {}",
+                crate::supervisor::describe(status)
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the image was not mounted within {} s", timeout.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn bind(source: &Path, target: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let s = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())?;
+    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: live NUL-terminated strings; a recursive bind mount takes no data.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("binding {} to {}: {e}", source.display(), target.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The machine's pseudo filesystems and scratch space inside the services' root, and the
+/// resolver configuration DHCP wrote.
+pub fn bind_system(root: &Path) -> io::Result<()> {
+    for dir in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        bind(Path::new(dir), &root.join(&dir[1..]))?;
+    }
+    if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
+        std::fs::create_dir_all(root.join("etc"))?;
+        std::fs::write(root.join("etc/resolv.conf"), resolv)?;
+    }
+    Ok(())
+}
+
+/// The node's data directory (identity, state, workloads) as the services' `/var/lib/zos`.
+pub fn bind_data(root: &Path, data: &Path) -> io::Result<()> {
+    bind(data, &root.join("var/lib/zos"))
+}
+
+/// Detaches a dead mount (its process ended) so it can be mounted again.
+pub fn detach(paths: &OsPaths) {
+    for p in [paths.root.clone(), paths.state.join("lower")] {
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 on a NUL-terminated path; failure (not mounted) is fine.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_mounts_under_its_version_with_the_cache_where_asked() {
+        let p = OsPaths::for_release("1.2.3", Path::new("/var/lib/zos/cache/os"));
+        assert_eq!(p.root, Path::new("/os/1.2.3"));
+        let cmd = mount_command(&"ab".repeat(32), "http://10.0.2.2:8088/hub", &p);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "mount {} /os/1.2.3 --store http://10.0.2.2:8088/hub --cache /var/lib/zos/cache/os --cache-size 2G --writable /run/zos/os/1.2.3",
+                "ab".repeat(32)
+            )
+        );
+    }
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo() {
+        let info = "22 1 0:20 / / rw - rootfs rootfs rw\n\
+                    41 22 0:35 / /os/1.0.0 rw,relatime - overlay overlay rw,lowerdir=x\n";
+        assert!(is_mount_point(info, Path::new("/os/1.0.0")));
+        assert!(!is_mount_point(info, Path::new("/os/1.0")));
+        assert!(!is_mount_point(info, Path::new("/os")));
+    }
+}
