@@ -31,6 +31,10 @@ bins="$CARGO_TARGET_DIR/${CARGO_PROFILE:-ci}"
 for b in zos-executor zos-image; do
   [ -x "$bins/$b" ] || die "$bins/$b is missing: build the workspace first (make build)"
 done
+# The image records owners and modes: everything in it is root's, so no other user of a node
+# could replace a program through the writable layer, and the root does not depend on who built.
+[ "$(id -u)" = 0 ] || die "run as root: the OS image's files must be owned by root"
+umask 022
 busybox="${BUSYBOX:-$(command -v busybox || true)}"
 [ -n "$busybox" ] && ! ldd "$busybox" >/dev/null 2>&1 || die "a static busybox is needed (busybox-static)"
 
@@ -93,11 +97,14 @@ printf 'hosts: files dns\n' >"$stage/etc/nsswitch.conf"
 printf 'NAME="Zero-OS node"\nID=zos\n' >"$stage/etc/os-release"
 : >"$stage/etc/resolv.conf"
 
-# Fixed times: the same inputs give the same image root.
+# Fixed owners, modes and times: the same inputs give the same image root.
+chown -R -h 0:0 "$stage"
+chmod -R u+rwX,go+rX,go-w "$stage"
+chmod 1777 "$stage/tmp"
 find "$stage" -exec touch -h -d @0 {} +
 mkdir -p "$out"
 size="$(du -sb "$stage" | cut -f1)"
-image_root="$("$bins/zos-image" pack "$stage" --store "$out/os-store" 2>/dev/null | tail -n1)"
+image_root="$("$bins/zos-image" pack "$stage" --store "$out/os-store" | tail -n1)"
 [[ "$image_root" =~ ^[0-9a-f]{64}$ ]] || die "zos-image pack printed no image root"
 printf '%s\n' "$image_root" >"$out/os-root.tmp" && mv "$out/os-root.tmp" "$out/os-root"
 printf '%s\n' "$size" >"$out/os-size"

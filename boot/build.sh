@@ -71,7 +71,7 @@ if [ -n "$min" ]; then printf '%s\n' "$min" >"$extra/etc/zos/min-release"; fi
 # Optional modules, shipped when the kernel has them: NIC drivers of common server hardware
 # beside virtio, and what the executor's networks and VMs use.
 INIT="$core0" EXTRA_DIR="$extra" EXTRA_BINS="$CARGO_TARGET_DIR/$profile/zos-image" \
-  EXTRA_MODULES="e1000 e1000e igb ixgbe i40e r8169 tg3 bnxt_en tun bridge veth nf_tables kvm_intel kvm_amd" \
+  EXTRA_MODULES="e1000 e1000e igb ixgbe i40e r8169 tg3 bnxt_en tun bridge br_netfilter veth macvlan vhost_net nf_tables nft_ct nft_chain_nat nft_nat nft_masq nft_fib_inet nft_reject_inet nft_limit kvm_intel kvm_amd" \
   "$root/zos-vm/scripts/build-initramfs.sh" "$kdir" "$out/initramfs.cpio.gz" >/dev/null
 cp "$out/initramfs.cpio.gz" "$out/initramfs.tmp" && mv "$out/initramfs.tmp" "$out/initramfs"
 cp "$kdir/vmlinuz" "$out/kernel.tmp" && mv "$out/kernel.tmp" "$out/kernel"

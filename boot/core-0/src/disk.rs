@@ -70,7 +70,15 @@ pub fn first_disk(sys_block: &Path) -> Option<String> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| is_candidate(n) && !flag(n, "removable") && !flag(n, "ro"))
+        .filter(|n| {
+            is_candidate(n)
+                && !flag(n, "removable")
+                && !flag(n, "ro")
+                // NVMe multipath paths (no device node of their own) and empty devices.
+                && !flag(n, "hidden")
+                && std::fs::read_to_string(sys_block.join(n).join("size"))
+                    .is_ok_and(|v| v.trim().parse::<u64>().is_ok_and(|sectors| sectors > 0))
+        })
         .collect();
     names.sort();
     names.into_iter().next()
@@ -83,6 +91,24 @@ pub fn read_head(device: &Path) -> io::Result<Vec<u8>> {
         .take(BLANK_PREFIX as u64)
         .read_to_end(&mut head)?;
     Ok(head)
+}
+
+/// Whether the last [`BLANK_PREFIX`] bytes of a device are zero: a backup GPT and RAID
+/// superblocks (md 0.90/1.0) live at the end of a disk whose start may be blank.
+pub fn tail_is_blank(device: &Path) -> io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(device)?;
+    let size = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(size.saturating_sub(BLANK_PREFIX as u64)))?;
+    let mut tail = Vec::with_capacity(BLANK_PREFIX);
+    f.take(BLANK_PREFIX as u64).read_to_end(&mut tail)?;
+    Ok(tail.iter().all(|b| *b == 0))
+}
+
+/// Whether a device may be formatted now: blank at its start and its end (read again right
+/// before formatting).
+pub fn still_blank(device: &Path) -> io::Result<bool> {
+    Ok(classify(&read_head(device)?) == DiskContents::Blank && tail_is_blank(device)?)
 }
 
 /// Mounts a node data filesystem (ext4) at `target`.
@@ -174,20 +200,37 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_with_a_signature_at_its_end_is_not_blank() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        let f = std::fs::File::create(&disk).unwrap();
+        f.set_len(4 * BLANK_PREFIX as u64).unwrap();
+        assert!(still_blank(&disk).unwrap());
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"EFI PART", 4 * BLANK_PREFIX as u64 - 512)
+            .unwrap();
+        assert!(!still_blank(&disk).unwrap());
+    }
+
+    #[test]
     fn the_first_fixed_writable_disk_is_chosen() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, removable, ro) in [
-            ("sr0", "0", "0"),
-            ("loop0", "0", "0"),
-            ("vdb", "0", "0"),
-            ("sda", "1", "0"),
-            ("nvme0n1", "0", "1"),
-            ("vdc", "0", "0"),
+        for (name, removable, ro, hidden, size) in [
+            ("sr0", "0", "0", "0", "100"),
+            ("loop0", "0", "0", "0", "100"),
+            ("nvme0c0n1", "0", "0", "1", "100"),
+            ("vda", "0", "0", "0", "0"),
+            ("vdb", "0", "0", "0", "100"),
+            ("sda", "1", "0", "0", "100"),
+            ("nvme0n1", "0", "1", "0", "100"),
+            ("vdc", "0", "0", "0", "100"),
         ] {
             let d = dir.path().join(name);
             std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join("removable"), removable).unwrap();
             std::fs::write(d.join("ro"), ro).unwrap();
+            std::fs::write(d.join("hidden"), hidden).unwrap();
+            std::fs::write(d.join("size"), size).unwrap();
         }
         assert_eq!(first_disk(dir.path()).as_deref(), Some("vdb"));
         assert_eq!(first_disk(&dir.path().join("missing")), None);

@@ -230,13 +230,15 @@ fn run() {
     // The data disk first when it is already the node's: the OS image's chunk cache survives
     // reboots there. A blank disk is formatted with the OS image's mkfs, once it is mounted.
     let data = DataDisk::find();
-    let cache = match data {
-        DataDisk::Node => Path::new(DATA_DIR).join("cache/os-image"),
-        _ => PathBuf::from("/run/zos/cache/os-image"),
-    };
-    let paths = os::OsPaths::for_release(&manifest.version.to_string(), &cache);
+    let paths = os::OsPaths::for_release(
+        &manifest.version.to_string(),
+        &data.cache_dir(),
+        matches!(data, DataDisk::Node),
+    );
     let mount_pid = bring_up_os(&manifest, &params, &paths, &ring);
-    data.finish(&paths.root);
+    // From here on (release switches) the cache is on the disk once it is formatted.
+    let data = data.finish(&paths.root);
+    let cache = (data.cache_dir(), matches!(data, DataDisk::Node));
     if let Err(e) = os::bind_data(&paths.root, Path::new(DATA_DIR)) {
         say!("the data directory is not in the OS root: {e}");
     }
@@ -248,7 +250,7 @@ fn run() {
         paths,
         mount_pid,
     };
-    let offers = upgrade::follow(
+    let (offers, retry) = upgrade::follow(
         params.clone(),
         key,
         running.manifest.version,
@@ -257,7 +259,9 @@ fn run() {
     // PID 1's loop: start what is due, reap every child (orphans included), switch releases.
     loop {
         if let Ok(next) = offers.try_recv() {
-            switch_release(&mut running, next, &params, &cache, &ring);
+            if let Err(not_tried) = switch_release(&mut running, next, &params, &cache, &ring) {
+                let _ = retry.send(not_tried);
+            }
         }
         running.sup.start_due(Instant::now());
         let mut status = 0;
@@ -317,10 +321,16 @@ impl Running {
             "the OS image's mount process {}; mounting it again",
             supervisor::describe(status)
         );
+        // The services stop first: none may keep writing into the old layer while the new
+        // mount reuses it.
+        self.sup.stop_all(STOP_GRACE);
         os::detach(&self.paths);
         self.mount_pid = bring_up_os(&self.manifest, params, &self.paths, ring);
         if let Err(e) = os::bind_data(&self.paths.root, Path::new(DATA_DIR)) {
             say!("the data directory is not in the OS root: {e}");
+        }
+        for name in self.sup.names() {
+            self.sup.start(&name, Instant::now());
         }
     }
 }
@@ -347,16 +357,17 @@ fn services_of(
 /// Switches to the release the chain set: its OS image mounted beside the running one, then
 /// its services in place of the old ones one by one; any that does not stay up brings the old
 /// release back. The old OS image stays mounted: guests started from it keep their programs.
+/// A release whose image does not mount is not tried: `Err` carries the running version.
 fn switch_release(
     running: &mut Running,
     next: manifest::ReleaseManifest,
     params: &BootParams,
-    cache: &Path,
+    cache: &(PathBuf, bool),
     ring: &supervisor::SharedRing,
-) {
+) -> Result<(), zos_release::Version> {
     let started = Instant::now();
     let (from, to) = (running.manifest.version, next.version);
-    let paths = os::OsPaths::for_release(&to.to_string(), cache);
+    let paths = os::OsPaths::for_release(&to.to_string(), &cache.0, cache.1);
     let mount_pid = match os::mount(
         &next.image_root,
         &params.hub,
@@ -371,7 +382,7 @@ fn switch_release(
                 next.image_root
             );
             os::detach(&paths);
-            return;
+            return Err(from);
         }
     };
     if let Err(e) =
@@ -412,13 +423,17 @@ fn switch_release(
         }
         upgrade::Switch::RolledBack(reason) => {
             say!("ROLLED BACK release {to}: {reason}; release {from} runs again");
-            // SAFETY: SIGTERM to the new image's mount process (a child): it unmounts.
+            // Its root and the binds in it go first (lazily), then its mount process ends.
+            os::detach(&paths);
+            // SAFETY: SIGTERM to the new image's mount process, a child not reaped yet
+            // (strays are handled below).
             unsafe { libc::kill(mount_pid as libc::pid_t, libc::SIGTERM) };
         }
     }
     for (pid, status) in strays {
         running.reaped(pid, status, params, ring);
     }
+    Ok(())
 }
 
 /// Mounts the release's OS image (retrying with backoff: the hub may be down) and binds the
@@ -508,7 +523,16 @@ impl DataDisk {
                     Self::in_memory()
                 }
             },
-            disk::DiskContents::Blank => Self::Blank(device),
+            disk::DiskContents::Blank => match disk::tail_is_blank(&device) {
+                Ok(true) => Self::Blank(device),
+                _ => {
+                    say!(
+                        "{} is blank at its start but not at its end (a backup partition table or RAID superblock?) and is left untouched; the node identity lives in memory",
+                        device.display()
+                    );
+                    Self::in_memory()
+                }
+            },
             disk::DiskContents::Foreign(what) => {
                 say!(
                     "{} holds {what} and is left untouched (wipe its first MiB to give it to the node); the node identity lives in memory",
@@ -526,11 +550,29 @@ impl DataDisk {
         Self::Memory
     }
 
+    /// Where the OS image's chunks are cached: on the data disk, else in memory.
+    fn cache_dir(&self) -> PathBuf {
+        match self {
+            Self::Node => Path::new(DATA_DIR).join("cache/os-image"),
+            _ => PathBuf::from("/run/zos/cache/os-image"),
+        }
+    }
+
     /// Formats a blank disk with the OS image's mkfs (run inside `root`) and mounts it.
-    fn finish(&self, root: &Path) {
-        let Self::Blank(device) = self else { return };
+    fn finish(self, root: &Path) -> Self {
+        let Self::Blank(device) = self else {
+            return self;
+        };
+        // Read again right before writing: nothing but a blank disk is ever formatted.
+        if !disk::still_blank(&device).unwrap_or(false) {
+            say!(
+                "{} is no longer blank and is left untouched; the node identity lives in memory",
+                device.display()
+            );
+            return Self::in_memory();
+        }
         let mut mkfs = std::process::Command::new("/usr/sbin/mkfs.ext4");
-        mkfs.args(["-q", "-F", "-L", disk::LABEL, "-m", "0"])
+        mkfs.args(["-q", "-L", disk::LABEL, "-m", "0"])
             .arg(device)
             .stdin(std::process::Stdio::null());
         supervisor::in_root(&mut mkfs, root);
@@ -543,16 +585,22 @@ impl DataDisk {
             )),
             Err(e) => Err(format!("mkfs.ext4: {e}")),
         }
-        .and_then(|()| disk::mount_data(device, Path::new(DATA_DIR)).map_err(|e| e.to_string()));
+        .and_then(|()| disk::mount_data(&device, Path::new(DATA_DIR)).map_err(|e| e.to_string()));
         match made {
-            Ok(()) => say!(
-                "{}: blank disk formatted as the node data disk ({}); the node identity is kept there",
-                device.display(),
-                disk::LABEL
-            ),
+            Ok(()) => {
+                say!(
+                    "{}: blank disk formatted as the node data disk ({}); the node identity is kept there",
+                    device.display(),
+                    disk::LABEL
+                );
+                Self::Node
+            }
             Err(e) => {
-                say!("{}: formatting failed ({e}); the node identity lives in memory", device.display());
-                Self::in_memory();
+                say!(
+                    "{}: formatting failed ({e}); the node identity lives in memory",
+                    device.display()
+                );
+                Self::in_memory()
             }
         }
     }

@@ -12,8 +12,10 @@ use crate::supervisor::{pump, SharedRing};
 
 /// zos-image in the initramfs (with the libraries it links), put there by boot/build.sh.
 pub const ZOS_IMAGE: &str = "/bin/zos-image";
-/// Chunk cache bound: the payload is read lazily, most of it never.
-const CACHE_SIZE: &str = "2G";
+/// Chunk cache bounds: the payload is read lazily, most of it never. In memory (no data
+/// disk) the cache takes RAM from workloads, so it is kept small.
+const CACHE_SIZE_ON_DISK: &str = "2G";
+const CACHE_SIZE_IN_MEMORY: &str = "256M";
 
 /// Where one release's OS lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,15 +26,18 @@ pub struct OsPaths {
     pub state: PathBuf,
     /// The chunk cache.
     pub cache: PathBuf,
+    /// Whether the cache is on the data disk (else in memory).
+    pub cache_on_disk: bool,
 }
 
 impl OsPaths {
     /// Paths for release `version`, with the chunk cache under `cache_dir`.
-    pub fn for_release(version: &str, cache_dir: &Path) -> Self {
+    pub fn for_release(version: &str, cache_dir: &Path, cache_on_disk: bool) -> Self {
         Self {
             root: PathBuf::from("/os").join(version),
             state: PathBuf::from("/run/zos/os").join(version),
             cache: cache_dir.to_path_buf(),
+            cache_on_disk,
         }
     }
 }
@@ -45,7 +50,13 @@ pub fn mount_command(image_root: &str, hub: &str, paths: &OsPaths) -> Command {
         .arg(&paths.root)
         .args(["--store", hub, "--cache"])
         .arg(&paths.cache)
-        .args(["--cache-size", CACHE_SIZE, "--writable"])
+        .arg("--cache-size")
+        .arg(if paths.cache_on_disk {
+            CACHE_SIZE_ON_DISK
+        } else {
+            CACHE_SIZE_IN_MEMORY
+        })
+        .arg("--writable")
         .arg(&paths.state);
     cmd
 }
@@ -85,7 +96,7 @@ pub fn mount(
     }
     let deadline = Instant::now() + timeout;
     loop {
-        let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         if is_mount_point(&info, &paths.root) {
             return Ok(child.id());
         }
@@ -107,7 +118,7 @@ pub fn mount(
     }
 }
 
-fn bind(source: &Path, target: &Path) -> io::Result<()> {
+fn bind(source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
     let s = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())?;
     let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
@@ -117,7 +128,11 @@ fn bind(source: &Path, target: &Path) -> io::Result<()> {
             s.as_ptr(),
             t.as_ptr(),
             std::ptr::null(),
-            libc::MS_BIND | libc::MS_REC,
+            if recursive {
+                libc::MS_BIND | libc::MS_REC
+            } else {
+                libc::MS_BIND
+            },
             std::ptr::null(),
         )
     };
@@ -134,8 +149,16 @@ fn bind(source: &Path, target: &Path) -> io::Result<()> {
 /// The machine's pseudo filesystems and scratch space inside the services' root, and the
 /// resolver configuration DHCP wrote.
 pub fn bind_system(root: &Path) -> io::Result<()> {
-    for dir in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
-        bind(Path::new(dir), &root.join(&dir[1..]))?;
+    // /run and /tmp without what is mounted under them: /run holds every release's image
+    // mounts, which a release's root must not pin.
+    for (dir, recursive) in [
+        ("/dev", true),
+        ("/proc", true),
+        ("/sys", true),
+        ("/run", false),
+        ("/tmp", false),
+    ] {
+        bind(Path::new(dir), &root.join(&dir[1..]), recursive)?;
     }
     if let Ok(resolv) = std::fs::read("/etc/resolv.conf") {
         std::fs::create_dir_all(root.join("etc"))?;
@@ -146,7 +169,7 @@ pub fn bind_system(root: &Path) -> io::Result<()> {
 
 /// The node's data directory (identity, state, workloads) as the services' `/var/lib/zos`.
 pub fn bind_data(root: &Path, data: &Path) -> io::Result<()> {
-    bind(data, &root.join("var/lib/zos"))
+    bind(data, &root.join("var/lib/zos"), true)
 }
 
 /// Detaches a dead mount (its process ended) so it can be mounted again.
@@ -165,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_release_mounts_under_its_version_with_the_cache_where_asked() {
-        let p = OsPaths::for_release("1.2.3", Path::new("/var/lib/zos/cache/os"));
+        let p = OsPaths::for_release("1.2.3", Path::new("/var/lib/zos/cache/os"), true);
         assert_eq!(p.root, Path::new("/os/1.2.3"));
         let cmd = mount_command(&"ab".repeat(32), "http://10.0.2.2:8088/hub", &p);
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();

@@ -123,24 +123,34 @@ pub fn in_root(cmd: &mut Command, root: &Path) {
     }
 }
 
-/// SIGTERM to `pid`, SIGKILL once `grace` has passed; waits for it and returns how it ended.
-pub fn stop_process(pid: u32, grace: Duration) -> std::process::ExitStatus {
+/// SIGTERM to `pid`, SIGKILL once `grace` has passed; waits for it (a bounded time after the
+/// SIGKILL: a process stuck in the kernel is left to the PID-1 reaping) and says how it ended.
+pub fn stop_process(pid: u32, grace: Duration) -> String {
     let pid = pid as libc::pid_t;
     // SAFETY: kill and waitpid on a child of this process.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    let mut killed = false;
+    let term_deadline = Instant::now() + grace;
+    let mut kill_deadline = None;
     loop {
         let mut status = 0;
         // SAFETY: waitpid on one child, without blocking.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid || r < 0 {
-            return std::process::ExitStatus::from_raw(status);
+        if r == pid {
+            return describe(std::process::ExitStatus::from_raw(status));
         }
-        if !killed && Instant::now() > deadline {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            killed = true;
+        if r < 0 {
+            return format!("not waited for: {}", std::io::Error::last_os_error());
+        }
+        match kill_deadline {
+            None if Instant::now() > term_deadline => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                kill_deadline = Some(Instant::now() + Duration::from_secs(5));
+            }
+            Some(d) if Instant::now() > d => {
+                return "killed, but still not gone after 5 s".into();
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -344,14 +354,10 @@ impl Supervisor {
         slot.stopped = true;
         slot.due = None;
         let Some(pid) = slot.pid.take() else { return };
-        let status = stop_process(pid, grace);
+        let how = stop_process(pid, grace);
         log_line(
             &self.ring,
-            format!(
-                "core-0: service {} stopped ({})",
-                slot.name,
-                describe(status)
-            ),
+            format!("core-0: service {} stopped ({how})", slot.name),
         );
     }
 

@@ -34,27 +34,37 @@ pub fn switch(
     mut other: impl FnMut(u32, ExitStatus),
 ) -> Switch {
     let old_names = current.names();
+    let mut roll_back = |current: &mut Supervisor, next: &mut Supervisor, reason: String| {
+        next.stop_all(stop_grace);
+        for old in &old_names {
+            current.start(old, Instant::now());
+        }
+        Switch::RolledBack(reason)
+    };
+    let mut switched: Vec<(String, u32)> = Vec::new();
     for name in next.names() {
         current.stop(&name, stop_grace);
         next.start(&name, Instant::now());
+        let Some(started) = next.pid_of(&name) else {
+            return roll_back(current, next, format!("service {name} did not start"));
+        };
+        switched.push((name.clone(), started));
         let deadline = Instant::now() + settle;
         while Instant::now() < deadline {
             let Some((pid, status)) = reap_one() else {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             };
-            if next.pid_of(&name) == Some(pid) {
+            // Any new service that ends while the switch goes on fails it, not only the one
+            // settling now.
+            if let Some((failed, _)) = switched.iter().find(|(_, p)| *p == pid) {
                 let reason = format!(
-                    "service {name} {} within {} s of its start",
+                    "service {failed} {} while settling ({} s each)",
                     crate::supervisor::describe(status),
                     settle.as_secs()
                 );
                 next.exited(pid, status, Instant::now());
-                next.stop_all(stop_grace);
-                for old in &old_names {
-                    current.start(old, Instant::now());
-                }
-                return Switch::RolledBack(reason);
+                return roll_back(current, next, reason);
             }
             if !next.exited(pid, status, Instant::now())
                 && !current.exited(pid, status, Instant::now())
@@ -82,17 +92,24 @@ fn reap_one() -> Option<(u32, ExitStatus)> {
 /// this node's farm is fetched, verified (release key, runmode, no downgrade, the chain's
 /// manifest hash) and sent. Each version is offered once: a release that was rolled back
 /// is not tried again; the council sets a newer one.
+///
+/// A release that could not even be tried (its OS image did not mount) is sent back on the
+/// returned sender with the version still running, and is offered again.
 pub fn follow(
     params: BootParams,
     key: VerifyingKey,
     running: Version,
     interval: Duration,
-) -> mpsc::Receiver<ReleaseManifest> {
+) -> (mpsc::Receiver<ReleaseManifest>, mpsc::Sender<Version>) {
     let (tx, rx) = mpsc::channel();
+    let (retry_tx, retry_rx) = mpsc::channel::<Version>();
     std::thread::spawn(move || {
         let mut offered = running;
         loop {
             std::thread::sleep(interval);
+            while let Ok(still_running) = retry_rx.try_recv() {
+                offered = still_running;
+            }
             let r = match chain::finalized_release(&params.chain, params.runmode) {
                 Ok((block, Some(r))) if r.applies_to(params.farm, block) => r,
                 // Not for this node yet, or the chain is unreachable: ask again later.
@@ -126,7 +143,7 @@ pub fn follow(
             }
         }
     });
-    rx
+    (rx, retry_tx)
 }
 
 #[cfg(test)]
@@ -177,13 +194,32 @@ mod tests {
         );
         assert_eq!(
             outcome,
-            Switch::RolledBack("service b exited with 7 within 1 s of its start".into())
+            Switch::RolledBack("service b exited with 7 while settling (1 s each)".into())
         );
         assert!(!running(&broken, "a") && !running(&broken, "b"));
         assert!(running(&current, "a") && running(&current, "b"));
         // Both old services were stopped in turn and run again as new processes.
         assert_ne!(current.pid_of("a"), Some(old_a));
         assert_ne!(current.pid_of("b"), Some(old_b));
+
+        // A release whose program is missing: rolled back at once.
+        let mut missing_slots = Supervisor::new(
+            vec![("a".into(), vec!["/nonexistent/program".into()])],
+            Arc::new(Mutex::new(Ring::new(RING_LINES))),
+        )
+        .paused();
+        let outcome = switch(
+            &mut current,
+            &mut missing_slots,
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            |pid, _| strays.push(pid),
+        );
+        assert_eq!(
+            outcome,
+            Switch::RolledBack("service a did not start".into())
+        );
+        assert!(running(&current, "a") && running(&current, "b"));
 
         // v2: both come up; the old ones are gone, and a service v2 lacks is stopped too.
         let mut good = sup(&[("a", "exec sleep 1000")]).paused();
