@@ -573,7 +573,7 @@ impl DataDisk {
         }
         let mut mkfs = std::process::Command::new("/usr/sbin/mkfs.ext4");
         mkfs.args(["-q", "-L", disk::LABEL, "-m", "0"])
-            .arg(device)
+            .arg(&device)
             .stdin(std::process::Stdio::null());
         supervisor::in_root(&mut mkfs, root);
         let made = match mkfs.output() {

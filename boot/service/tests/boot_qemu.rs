@@ -686,6 +686,7 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
         std::thread::sleep(Duration::from_secs(2));
     }
     let fetched = served.load(Ordering::Relaxed);
+    let stored = dir_bytes(&dir.join(zos_boot::serve::OS_STORE));
     eprintln!("first boot's console:\n{}", guest.console());
     let payload: u64 = std::fs::read_to_string(dir.join("os-size"))
         .unwrap()
@@ -851,7 +852,6 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
     );
     // Compared with what the hub holds for this image (compressed chunks and index), not the
     // unpacked size: the lazy mount leaves a good part of it unfetched.
-    let stored = dir_bytes(&dir.join(zos_boot::serve::OS_STORE));
     assert!(
         fetched * 10 < stored * 9,
         "the lazy OS image fetched {fetched} of the {stored} bytes its store holds"

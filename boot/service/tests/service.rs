@@ -67,7 +67,7 @@ fn the_boot_service_serves_a_farms_script_its_artefacts_and_the_signed_release()
         ],
         services: vec![Service {
             name: "executor".into(),
-            exec: vec!["{os}/bin/zos-executor".into()],
+            exec: vec!["/usr/bin/zos-executor".into()],
         }],
     };
     publish(dir.path(), &input, &key).unwrap();
@@ -119,4 +119,41 @@ fn bad_requests_get_clear_errors_and_no_files_outside_the_published_ones() {
     );
     assert_eq!(get(&format!("{url}/secret.key")).0, 404);
     assert_eq!(get(&format!("{url}/kernel")).0, 404);
+}
+
+#[test]
+fn the_os_store_is_served_read_only_under_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join(zos_boot::serve::OS_STORE);
+    let root = "ab".repeat(32);
+    std::fs::create_dir_all(store.join("images")).unwrap();
+    std::fs::create_dir_all(store.join("chunks")).unwrap();
+    std::fs::write(
+        store.join("images").join(format!("{root}.idx")),
+        b"not really an index",
+    )
+    .unwrap();
+    let url = serve(dir.path());
+    let (status, body) = get(&format!("{url}/hub/v1/images/{root}.idx"));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"not really an index"[..])
+    );
+    assert_eq!(
+        get(&format!("{url}/hub/v1/images/{}.idx", "cd".repeat(32))).0,
+        404
+    );
+    assert_eq!(get(&format!("{url}/hub/v1/images/..%2f..%2fkernel")).0, 404);
+    // No uploads, whatever the token.
+    let put = ureq::put(&format!("{url}/hub/v1/images/{}.idx", "cd".repeat(32)))
+        .set("authorization", "Bearer ")
+        .send_bytes(b"x");
+    match put {
+        Err(ureq::Error::Status(code, _)) => assert_eq!(code, 405),
+        other => panic!("an upload was not refused: {other:?}"),
+    }
+    assert!(!store
+        .join("images")
+        .join(format!("{}.idx", "cd".repeat(32)))
+        .exists());
 }
