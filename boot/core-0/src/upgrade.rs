@@ -34,7 +34,7 @@ pub fn switch(
     mut other: impl FnMut(u32, ExitStatus),
 ) -> Switch {
     let old_names = current.names();
-    let mut roll_back = |current: &mut Supervisor, next: &mut Supervisor, reason: String| {
+    let roll_back = |current: &mut Supervisor, next: &mut Supervisor, reason: String| {
         next.stop_all(stop_grace);
         for old in &old_names {
             current.start(old, Instant::now());
