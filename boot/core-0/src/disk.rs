@@ -113,43 +113,24 @@ pub fn still_blank(device: &Path) -> io::Result<bool> {
 
 /// Mounts a node data filesystem (ext4) at `target`.
 pub fn mount_data(device: &Path, target: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
-    let d = std::ffi::CString::new(device.as_os_str().as_encoded_bytes())?;
-    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: live NUL-terminated strings; ext4 takes no mount data here.
-    let rc = unsafe {
-        libc::mount(
-            d.as_ptr(),
-            t.as_ptr(),
-            c"ext4".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::system::mount_at(
+        device,
+        target,
+        Some("ext4"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
 }
 
 /// Mounts a memory-backed data directory at `target` (no usable disk).
 pub fn mount_memory(target: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
-    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: live NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            t.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=0700".as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::system::mount_at(
+        Path::new("tmpfs"),
+        target,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0700"),
+    )
 }
 
 /// The device node of a disk name.

@@ -119,31 +119,12 @@ pub fn mount(
 }
 
 fn bind(source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
-    let s = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())?;
-    let t = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: live NUL-terminated strings; a recursive bind mount takes no data.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            std::ptr::null(),
-            if recursive {
-                libc::MS_BIND | libc::MS_REC
-            } else {
-                libc::MS_BIND
-            },
-            std::ptr::null(),
-        )
+    let flags = if recursive {
+        libc::MS_BIND | libc::MS_REC
+    } else {
+        libc::MS_BIND
     };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("binding {} to {}: {e}", source.display(), target.display()),
-        ));
-    }
-    Ok(())
+    crate::system::mount_at(source, target, None, flags, None)
 }
 
 /// The machine's pseudo filesystems and scratch space inside the services' root, and the

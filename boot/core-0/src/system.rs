@@ -12,6 +12,57 @@ fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in a constant path")
 }
 
+/// mount(2) of `source` on `target` (created first); `fstype` `None` for a bind mount.
+/// Returns the raw OS error.
+fn mount_raw(
+    source: &Path,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let s = CString::new(source.as_os_str().as_encoded_bytes())?;
+    let t = CString::new(target.as_os_str().as_encoded_bytes())?;
+    let f = fstype.map(CString::new).transpose()?;
+    let d = data.map(CString::new).transpose()?;
+    // SAFETY: live NUL-terminated strings or null pointers, as mount(2) accepts.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+            flags,
+            d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`mount_raw`], with an error that names what was mounted where.
+pub fn mount_at(
+    source: &Path,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    mount_raw(source, target, fstype, flags, data).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "mounting {} ({}) on {}: {e}",
+                source.display(),
+                fstype.unwrap_or("bind"),
+                target.display()
+            ),
+        )
+    })
+}
+
 fn mount(
     source: &str,
     target: &str,
@@ -19,21 +70,21 @@ fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
-    let (s, t, f, d) = (cstr(source), cstr(target), cstr(fstype), cstr(data));
-    // SAFETY: all pointers are live NUL-terminated strings.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
+    match mount_raw(
+        Path::new(source),
+        Path::new(target),
+        Some(fstype),
+        flags,
+        Some(data),
+    ) {
         // Already mounted (the kernel mounts devtmpfs itself with CONFIG_DEVTMPFS_MOUNT).
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mounting {fstype} on {target}: {e}"),
-            ));
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("mounting {fstype} on {target}: {e}"),
+        )),
+        Ok(()) => Ok(()),
     }
-    Ok(())
 }
 
 /// /proc, /sys, /dev, /run and /tmp, then stdin/stdout/stderr on /dev/console.
