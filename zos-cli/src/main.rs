@@ -222,6 +222,13 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Join the overlay network (`zos overlay up --key FILE --peer ADDR`): every node's and
+    /// VM's key-derived 400::/7 address is then reachable from this machine. Runs zos-overlay.
+    #[command(disable_help_flag = true)]
+    Overlay {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

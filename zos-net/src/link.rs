@@ -4,7 +4,7 @@
 use std::{
     ffi::CString,
     fs::OpenOptions,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::Path,
 };
@@ -198,6 +198,39 @@ pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, index: u32) ->
     replace(h, route, || format!("default route via {gateway}")).await
 }
 
+/// Sets the IPv6 `addr/prefix` on link `index` (kept when already there).
+pub async fn ensure_address6(h: &Handle, index: u32, addr: Ipv6Addr, prefix: u8) -> Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V6(addr), prefix)
+        .execute()
+        .await
+    {
+        Err(e) if !errno_is(&e, libc::EEXIST) => {
+            Err(e).with_context(|| format!("adding address {addr}/{prefix}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Routes the IPv6 prefix `dest/prefix` through link `index` (replacing any route for it).
+pub async fn replace_route6(h: &Handle, dest: Ipv6Addr, prefix: u8, index: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dest, prefix)
+        .output_interface(index)
+        .build();
+    replace(h, route, || format!("routing {dest}/{prefix}")).await
+}
+
+/// Sets link `index`'s MTU.
+pub async fn set_mtu(h: &Handle, index: u32, mtu: u32) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+        .execute()
+        .await
+        .with_context(|| format!("setting MTU {mtu}"))
+}
+
 async fn replace(h: &Handle, route: RouteMessage, what: impl FnOnce() -> String) -> Result<()> {
     h.route()
         .add(route)
@@ -300,9 +333,9 @@ pub async fn delete_route(h: &Handle, route: RouteMessage) -> Result<()> {
     }
 }
 
-/// A persistent tap called `name` (in this thread's namespace), usable by `owner` when given,
-/// so that a hypervisor opens it by name. Fine when it exists.
-pub fn create_tap(name: &str, owner: Option<u32>) -> Result<()> {
+/// Opens `/dev/net/tun` and attaches it to the tun/tap device `name` with `flags` (created
+/// when absent), in this thread's namespace.
+fn attach_tun(name: &str, flags: libc::c_int) -> Result<std::fs::File> {
     let tun = OpenOptions::new()
         .read(true)
         .write(true)
@@ -316,18 +349,28 @@ pub fn create_tap(name: &str, owner: Option<u32>) -> Result<()> {
     }
     let c = CString::new(name)?;
     let bytes = c.as_bytes_with_nul();
-    anyhow::ensure!(bytes.len() <= libc::IFNAMSIZ, "tap name {name:?} too long");
+    anyhow::ensure!(
+        bytes.len() <= libc::IFNAMSIZ,
+        "device name {name:?} too long"
+    );
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+        flags: flags as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..bytes.len()].copy_from_slice(bytes);
     // SAFETY: a valid tun fd and an ifreq-sized buffer, as TUNSETIFF expects.
     if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating tap {name}"));
+            .with_context(|| format!("attaching to tun/tap device {name}"));
     }
+    Ok(tun)
+}
+
+/// A persistent tap called `name` (in this thread's namespace), usable by `owner` when given,
+/// so that a hypervisor opens it by name. Fine when it exists.
+pub fn create_tap(name: &str, owner: Option<u32>) -> Result<()> {
+    let tun = attach_tun(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)?;
     if let Some(uid) = owner {
         // SAFETY: TUNSETOWNER takes the uid by value.
         if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETOWNER, uid as libc::c_ulong) } != 0 {
@@ -339,4 +382,18 @@ pub fn create_tap(name: &str, owner: Option<u32>) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("making the tap persistent");
     }
     Ok(())
+}
+
+/// A layer-3 tun device called `name` for IP packets without a packet-info header, open in
+/// non-blocking mode. It lives as long as the returned file.
+pub fn open_tun(name: &str) -> Result<std::fs::File> {
+    let tun = attach_tun(name, libc::IFF_TUN | libc::IFF_NO_PI)?;
+    // SAFETY: F_GETFL/F_SETFL on a valid fd.
+    let flags = unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(std::io::Error::last_os_error()).context("making the tun non-blocking");
+    }
+    Ok(tun)
 }

@@ -32,6 +32,8 @@ pub enum PacketError {
     Spoofed { from: Ipv6Addr, peer: NodeSubnet },
     #[error("destination {0} is outside the overlay")]
     NotOverlay(Ipv6Addr),
+    #[error("destination {0} is not this participant's")]
+    NotOurs(Ipv6Addr),
 }
 
 /// `packet` as a frame.

@@ -91,7 +91,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
     };
     let out = match cli.command {
-        Command::Image { args } => return image_passthrough(&args),
+        Command::Image { args } => return passthrough("zos-image", "ZOS_IMAGE_BIN", &args),
+        Command::Overlay { args } => return passthrough("zos-overlay", "ZOS_OVERLAY_BIN", &args),
         Command::Events {
             contract,
             from,
@@ -310,26 +311,28 @@ fn hex0x(bytes: &[u8]) -> String {
 }
 
 /// The zos-image binary: `ZOS_IMAGE_BIN`, else next to this executable, else on PATH.
-fn image_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("ZOS_IMAGE_BIN") {
+/// A companion tool: `$<env>` when set, else the binary beside this one, else from `PATH`.
+fn tool_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
         return path.into();
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            let sibling = dir.join("zos-image");
+            let sibling = dir.join(name);
             if sibling.is_file() {
                 return sibling;
             }
         }
     }
-    PathBuf::from("zos-image")
+    PathBuf::from(name)
 }
 
-fn image_passthrough(args: &[String]) -> Result<i32> {
-    let bin = image_binary();
+/// Runs a companion tool (its package is named like it) with `args`; its exit code is ours.
+fn passthrough(name: &str, env: &str, args: &[String]) -> Result<i32> {
+    let bin = tool_binary(name, env);
     let status = Process::new(&bin).args(args).status().with_context(|| {
         format!(
-            "running {} (build it with `cargo build -p zos-image` or set ZOS_IMAGE_BIN)",
+            "running {} (build it with `cargo build -p {name}` or set {env})",
             bin.display()
         )
     })?;

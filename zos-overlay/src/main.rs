@@ -1,0 +1,113 @@
+//! `zos-overlay`: joins the overlay with a key file and routes the overlay prefix through a
+//! TUN device, so any program reaches any participant's key-derived address.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use zos_overlay::{identity, tun, Config, Overlay};
+
+#[derive(Parser)]
+#[command(name = "zos-overlay", about = "The key-addressed overlay network")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prints the peer id and overlay address of the key (created when absent).
+    Id {
+        #[arg(long, env = "ZOS_OVERLAY_KEY")]
+        key: PathBuf,
+    },
+    /// Joins the overlay and routes 400::/7 through a TUN device until stopped.
+    #[command(alias = "run")]
+    Up {
+        /// The identity key file (created, 0600, when absent).
+        #[arg(long, env = "ZOS_OVERLAY_KEY")]
+        key: PathBuf,
+        /// Where to accept peers; repeat for more.
+        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/9651")]
+        listen: Vec<Multiaddr>,
+        /// A peer to join through (`.../p2p/<peer id>`); repeat for more.
+        #[arg(long)]
+        peer: Vec<Multiaddr>,
+        /// The TUN device's name.
+        #[arg(long, default_value = "zos-overlay")]
+        tun: String,
+        /// Ask the DHT without answering for it (a laptop).
+        #[arg(long)]
+        client: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn,netlink_packet_route=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Id { key } => {
+            let key = identity::load_or_create(&key)?;
+            let subnet = identity::subnet_of_key(&key.public())
+                .expect("load_or_create only returns ed25519 keys");
+            println!("peer {}", key.public().to_peer_id());
+            println!("address {}", subnet.host());
+            println!("subnet {subnet}");
+            Ok(())
+        }
+        Command::Up {
+            key,
+            listen,
+            peer,
+            tun,
+            client,
+        } => {
+            let keypair = identity::load_or_create(&key)?;
+            let mut overlay = Overlay::start(Config {
+                keypair,
+                listen,
+                bootstrap: peer,
+                client,
+            })
+            .await?;
+            let device = tun::Tun::create(&tun, overlay.subnet).await?;
+            println!(
+                "up {} peer {} tun {tun}",
+                overlay.address(),
+                overlay.peer_id
+            );
+            let from_overlay =
+                std::mem::replace(&mut overlay.from_overlay, tokio::sync::mpsc::channel(1).1);
+            let pump = tun::pump(device, overlay.to_overlay.clone(), from_overlay);
+            let stats = overlay.stats.clone();
+            let report = async {
+                let mut last = String::new();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let now = stats.summary();
+                    if now != last {
+                        tracing::info!("{now}");
+                        last = now;
+                    }
+                }
+            };
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = pump => result?,
+                () = report => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("stopping: {}", overlay.stats.summary());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! One overlay participant: a libp2p swarm (TCP, noise, yamux; identify, ping, Kademlia) that
+//! carries IPv6 packets between participants on one stream per peer, and finds the peer owning
+//! a /64 through a Kademlia record whose value is the owner's public key (checked against the
+//! subnet it claims, so a forged record routes nothing).
+//!
+//! The participant is a pair of channels: packets written to [`Overlay::to_overlay`] leave
+//! (they must come from this participant's /64), and checked packets for this participant
+//! arrive on [`Overlay::from_overlay`]. The TUN device is a thin edge on top ([`crate::tun`]).
+
+use std::{
+    collections::HashMap,
+    net::Ipv6Addr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{
+    identify,
+    identity::Keypair,
+    kad::{self, store::MemoryStore, GetRecordOk, Mode, QueryResult, Quorum, Record},
+    multiaddr::Protocol,
+    noise, ping,
+    swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    address::NodeSubnet,
+    identity::{public_key_of_peer, subnet_of_key, subnet_of_peer},
+    packet::{self, FrameDecoder, PacketError},
+};
+
+/// The stream protocol carrying framed packets.
+pub const PACKET_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/packets/1");
+/// The overlay's own Kademlia network (apart from the chain's).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/kad/1");
+const IDENTIFY_PROTOCOL: &str = "/zos-overlay/1";
+const RECORD_PREFIX: &[u8] = b"/zos-overlay/subnet/";
+/// How often a participant publishes its record again and refreshes its routing table.
+const REPUBLISH: Duration = Duration::from_secs(60);
+/// A destination that could not be found is looked up again after this long at the earliest.
+const LOOKUP_THROTTLE: Duration = Duration::from_secs(2);
+/// Packets queued per peer link before new ones are dropped (a router drops, never blocks).
+const LINK_QUEUE: usize = 1024;
+
+/// What a participant is configured with.
+pub struct Config {
+    pub keypair: Keypair,
+    /// Addresses to listen on (`/ip4/0.0.0.0/tcp/9651`, ...).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// A client (a laptop) asks the DHT but does not answer for it.
+    pub client: bool,
+}
+
+/// Counters of what passed and what was dropped, and why.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Packets handed to a peer link.
+    pub sent: AtomicU64,
+    /// Packets from peers delivered to this participant.
+    pub received: AtomicU64,
+    /// From a peer, with a source outside that peer's /64.
+    pub dropped_spoofed: AtomicU64,
+    /// From a peer, malformed (not IPv6, bad length, an empty frame).
+    pub dropped_malformed: AtomicU64,
+    /// From a peer, for an address that is not this participant's.
+    pub dropped_not_ours: AtomicU64,
+    /// Leaving, with a source outside this participant's /64.
+    pub dropped_foreign_source: AtomicU64,
+    /// Leaving, for a /64 whose owner is not (yet) connected.
+    pub dropped_no_route: AtomicU64,
+    /// Leaving, with the peer link's queue full.
+    pub dropped_queue_full: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "sent {} received {} dropped: spoofed {} malformed {} not-ours {} foreign-source {} no-route {} queue-full {}",
+            g(&self.sent),
+            g(&self.received),
+            g(&self.dropped_spoofed),
+            g(&self.dropped_malformed),
+            g(&self.dropped_not_ours),
+            g(&self.dropped_foreign_source),
+            g(&self.dropped_no_route),
+            g(&self.dropped_queue_full),
+        )
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A running participant.
+pub struct Overlay {
+    pub peer_id: PeerId,
+    pub subnet: NodeSubnet,
+    pub stats: Arc<Stats>,
+    /// Packets leaving this participant.
+    pub to_overlay: mpsc::Sender<Vec<u8>>,
+    /// Checked packets for this participant.
+    pub from_overlay: mpsc::Receiver<Vec<u8>>,
+    /// The addresses the swarm listens on, as they become known.
+    pub listening: watch::Receiver<Vec<Multiaddr>>,
+    /// The peers with an open connection.
+    pub connected: watch::Receiver<Vec<PeerId>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Peer links by the /64 their peer owns.
+type Routes = Arc<Mutex<HashMap<NodeSubnet, mpsc::Sender<Vec<u8>>>>>;
+
+enum Command {
+    /// Find and connect the owner of a /64.
+    Find(NodeSubnet),
+}
+
+impl Overlay {
+    /// Starts the participant on the current tokio runtime.
+    pub async fn start(config: Config) -> Result<Self> {
+        let peer_id = config.keypair.public().to_peer_id();
+        let subnet = subnet_of_key(&config.keypair.public())
+            .context("the overlay key must be an ed25519 key")?;
+        let mut swarm = build_swarm(config.keypair.clone(), config.client)?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("listening on {addr}"))?;
+        }
+        for addr in &config.bootstrap {
+            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+                anyhow::bail!("bootstrap address {addr} does not end in /p2p/<peer id>");
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .dial(addr.clone())
+                .with_context(|| format!("dialing {addr}"))?;
+        }
+
+        let stats = Arc::new(Stats::default());
+        let routes: Routes = Arc::default();
+        let (to_overlay, outbound) = mpsc::channel(LINK_QUEUE);
+        let (deliver, from_overlay) = mpsc::channel(LINK_QUEUE);
+        let (commands, command_rx) = mpsc::channel(64);
+        let (listening_tx, listening) = watch::channel(Vec::new());
+        let (connected_tx, connected) = watch::channel(Vec::new());
+
+        let mut control = swarm.behaviour().stream.new_control();
+        let incoming = control
+            .accept(PACKET_PROTOCOL)
+            .context("registering the packet protocol")?;
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            SwarmLoop {
+                swarm,
+                subnet,
+                keypair: config.keypair,
+                routes: routes.clone(),
+                control,
+                listening: listening_tx,
+                connected: connected_tx,
+                wanted: HashMap::new(),
+            }
+            .run(command_rx),
+        ));
+        tasks.push(tokio::spawn(route_outbound(
+            outbound,
+            subnet,
+            routes,
+            commands,
+            deliver.clone(),
+            stats.clone(),
+        )));
+        tasks.push(tokio::spawn(accept_inbound(
+            incoming,
+            subnet,
+            deliver,
+            stats.clone(),
+        )));
+        Ok(Self {
+            peer_id,
+            subnet,
+            stats,
+            to_overlay,
+            from_overlay,
+            listening,
+            connected,
+            tasks,
+        })
+    }
+
+    /// This participant's own overlay address (`<subnet>::1`).
+    pub fn address(&self) -> Ipv6Addr {
+        self.subnet.host()
+    }
+}
+
+fn build_swarm(keypair: Keypair, client: bool) -> Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("building the TCP transport")?
+        .with_dns()
+        .context("building the DNS resolver")?
+        .with_behaviour(|key| {
+            let peer = key.public().to_peer_id();
+            let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+            kad_config.set_query_timeout(Duration::from_secs(30));
+            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
+            // Without AutoNAT a participant cannot learn that it is reachable, so the role is
+            // configured: nodes answer DHT queries, laptops only ask.
+            kad.set_mode(Some(if client { Mode::Client } else { Mode::Server }));
+            Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::default(),
+                kad,
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .context("building the overlay behaviour")?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+fn record_key(subnet: &NodeSubnet) -> kad::RecordKey {
+    let mut key = RECORD_PREFIX.to_vec();
+    key.extend_from_slice(&subnet.host().octets()[..8]);
+    kad::RecordKey::new(&key)
+}
+
+/// The /64 a record key names.
+fn subnet_of_record_key(key: &kad::RecordKey) -> Option<NodeSubnet> {
+    let bits = key.as_ref().strip_prefix(RECORD_PREFIX)?;
+    let bits: [u8; 8] = bits.try_into().ok()?;
+    let mut octets = [0u8; 16];
+    octets[..8].copy_from_slice(&bits);
+    NodeSubnet::of_address(&Ipv6Addr::from(octets))
+}
+
+struct SwarmLoop {
+    swarm: Swarm<Behaviour>,
+    subnet: NodeSubnet,
+    keypair: Keypair,
+    routes: Routes,
+    control: libp2p_stream::Control,
+    listening: watch::Sender<Vec<Multiaddr>>,
+    connected: watch::Sender<Vec<PeerId>>,
+    /// Peers found by a lookup that are still to be dialed once their addresses are known.
+    wanted: HashMap<PeerId, Instant>,
+}
+
+impl SwarmLoop {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut republish = tokio::time::interval(REPUBLISH);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_event(event),
+                Some(command) = commands.recv() => match command {
+                    Command::Find(subnet) => {
+                        self.swarm.behaviour_mut().kad.get_record(record_key(&subnet));
+                    }
+                },
+                _ = republish.tick() => self.publish(),
+            }
+        }
+    }
+
+    /// Publishes "this /64 belongs to this key" and refreshes the routing table.
+    fn publish(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let Ok(public) = self.keypair.public().try_into_ed25519() else {
+            return;
+        };
+        let record = Record::new(record_key(&self.subnet), public.to_bytes().to_vec());
+        if let Err(e) = kad.put_record(record, Quorum::One) {
+            tracing::warn!("storing the overlay record: {e}");
+        }
+        let _ = kad.bootstrap();
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listening.send_modify(|l| l.push(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    self.add_link(peer_id);
+                    self.publish_connected();
+                    if self.wanted.is_empty() && self.swarm.connected_peers().count() == 1 {
+                        // The first peer: join the DHT and announce ourselves.
+                        self.publish();
+                    }
+                }
+                self.wanted.remove(&peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
+                tracing::info!(peer = %peer_id, ?cause, "disconnected");
+                if let Some(subnet) = subnet_of_peer(&peer_id) {
+                    self.routes.lock().unwrap().remove(&subnet);
+                }
+                self.publish_connected();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, "dial failed: {error}");
+                if let Some(peer) = peer_id.filter(|p| self.wanted.contains_key(p)) {
+                    // No usable address yet: ask the DHT where the peer is.
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result,
+                ..
+            })) => self.on_query(result),
+            _ => {}
+        }
+    }
+
+    fn on_query(&mut self, result: QueryResult) {
+        match result {
+            QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
+                let record = found.record;
+                let Some(subnet) = subnet_of_record_key(&record.key) else {
+                    return;
+                };
+                // The value is a public key; only the key that owns the /64 is believed.
+                let Some(peer) = peer_owning(&subnet, &record.value) else {
+                    tracing::warn!(%subnet, "a record names a key that does not own the subnet");
+                    return;
+                };
+                if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                    return;
+                }
+                tracing::info!(%subnet, %peer, "found the owner of a subnet");
+                self.wanted.insert(peer, Instant::now());
+                if self.swarm.dial(peer).is_err() {
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                }
+            }
+            QueryResult::GetClosestPeers(Ok(ok)) => {
+                for info in ok.peers {
+                    if self.wanted.contains_key(&info.peer_id) && !info.addrs.is_empty() {
+                        let opts = DialOpts::peer_id(info.peer_id)
+                            .addresses(info.addrs)
+                            .build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            tracing::debug!(peer = %info.peer_id, "dial: {e}");
+                        }
+                    }
+                }
+                self.wanted
+                    .retain(|_, since| since.elapsed() < Duration::from_secs(60));
+            }
+            QueryResult::PutRecord(Err(e)) => tracing::debug!("publishing the record: {e}"),
+            _ => {}
+        }
+    }
+
+    fn publish_connected(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.connected.send_replace(peers);
+    }
+
+    /// A link to a newly connected peer: a queue and a task writing it to one stream.
+    fn add_link(&mut self, peer: PeerId) {
+        let Some(subnet) = subnet_of_peer(&peer) else {
+            tracing::debug!(%peer, "not an ed25519 peer: no overlay subnet");
+            return;
+        };
+        let mut routes = self.routes.lock().unwrap();
+        if routes.get(&subnet).is_some_and(|tx| !tx.is_closed()) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        routes.insert(subnet, tx);
+        tokio::spawn(peer_link(peer, self.control.clone(), rx));
+    }
+}
+
+/// The peer owning `subnet`, if `value` is a public key that owns it.
+fn peer_owning(subnet: &NodeSubnet, value: &[u8]) -> Option<PeerId> {
+    let bytes: [u8; 32] = value.try_into().ok()?;
+    if NodeSubnet::of_key(&bytes) != *subnet {
+        return None;
+    }
+    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&bytes).ok()?;
+    let public = libp2p::identity::PublicKey::from(public);
+    let peer = public.to_peer_id();
+    debug_assert_eq!(public_key_of_peer(&peer), Some(public));
+    Some(peer)
+}
+
+/// Writes the queued packets to one stream to `peer`, opening it again when it breaks. Ends
+/// when the route is removed (the queue's sender dropped) or the peer cannot be reached.
+async fn peer_link(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut failures = 0u32;
+    'streams: loop {
+        let mut stream = match control.open_stream(peer, PACKET_PROTOCOL).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(%peer, "opening a packet stream: {e}");
+                if failures >= 3 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        let mut batch = Vec::with_capacity(64 * 1024);
+        loop {
+            let Some(packet) = queue.recv().await else {
+                return;
+            };
+            batch.clear();
+            batch.extend_from_slice(&packet::frame(&packet));
+            // Whatever else is already queued goes in the same write.
+            while batch.len() < 60 * 1024 {
+                match queue.try_recv() {
+                    Ok(packet) => batch.extend_from_slice(&packet::frame(&packet)),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = async {
+                stream.write_all(&batch).await?;
+                stream.flush().await
+            }
+            .await
+            {
+                tracing::debug!(%peer, "packet stream broke: {e}");
+                continue 'streams;
+            }
+        }
+    }
+}
+
+/// Sends each packet leaving this participant to the peer owning its destination.
+async fn route_outbound(
+    mut outbound: mpsc::Receiver<Vec<u8>>,
+    subnet: NodeSubnet,
+    routes: Routes,
+    commands: mpsc::Sender<Command>,
+    deliver: mpsc::Sender<Vec<u8>>,
+    stats: Arc<Stats>,
+) {
+    let mut looked_up: HashMap<NodeSubnet, Instant> = HashMap::new();
+    while let Some(packet) = outbound.recv().await {
+        let Ok((source, destination)) = packet::addresses(&packet) else {
+            Stats::bump(&stats.dropped_malformed);
+            continue;
+        };
+        if !subnet.contains(&source) {
+            Stats::bump(&stats.dropped_foreign_source);
+            continue;
+        }
+        let Some(target) = NodeSubnet::of_address(&destination) else {
+            Stats::bump(&stats.dropped_no_route);
+            continue;
+        };
+        if target == subnet {
+            // To ourselves (another address of our /64).
+            let _ = deliver.try_send(packet);
+            continue;
+        }
+        let link = routes.lock().unwrap().get(&target).cloned();
+        match link.map(|tx| tx.try_send(packet)) {
+            Some(Ok(())) => Stats::bump(&stats.sent),
+            Some(Err(mpsc::error::TrySendError::Full(_))) => Stats::bump(&stats.dropped_queue_full),
+            Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
+                Stats::bump(&stats.dropped_no_route);
+                let due = looked_up
+                    .get(&target)
+                    .is_none_or(|at| at.elapsed() >= LOOKUP_THROTTLE);
+                if due {
+                    looked_up.insert(target, Instant::now());
+                    let _ = commands.try_send(Command::Find(target));
+                }
+                looked_up.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Reads every peer's packet streams, delivering what passes the checks.
+async fn accept_inbound(
+    mut incoming: libp2p_stream::IncomingStreams,
+    subnet: NodeSubnet,
+    deliver: mpsc::Sender<Vec<u8>>,
+    stats: Arc<Stats>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(peer_subnet) = subnet_of_peer(&peer) else {
+            continue;
+        };
+        tokio::spawn(read_stream(
+            stream,
+            peer_subnet,
+            subnet,
+            deliver.clone(),
+            stats.clone(),
+        ));
+    }
+}
+
+/// Why a packet from a peer is not delivered, if it is not.
+pub fn check_inbound(packet: &[u8], peer: NodeSubnet, ours: NodeSubnet) -> Result<(), PacketError> {
+    let destination = packet::check_from_peer(packet, peer)?;
+    if !ours.contains(&destination) {
+        return Err(PacketError::NotOurs(destination));
+    }
+    Ok(())
+}
+
+async fn read_stream(
+    mut stream: libp2p::Stream,
+    peer: NodeSubnet,
+    ours: NodeSubnet,
+    deliver: mpsc::Sender<Vec<u8>>,
+    stats: Arc<Stats>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            match decoder.next_packet() {
+                Ok(Some(packet)) => match check_inbound(&packet, peer, ours) {
+                    Ok(()) => {
+                        Stats::bump(&stats.received);
+                        if deliver.send(packet).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, "dropped: {e}");
+                        Stats::bump(match e {
+                            PacketError::Spoofed { .. } => &stats.dropped_spoofed,
+                            PacketError::NotOurs(_) | PacketError::NotOverlay(_) => {
+                                &stats.dropped_not_ours
+                            }
+                            _ => &stats.dropped_malformed,
+                        });
+                    }
+                },
+                Ok(None) => break,
+                Err(_) => {
+                    // A peer that breaks the framing loses the stream.
+                    Stats::bump(&stats.dropped_malformed);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_key_names_its_subnet_and_nothing_else() {
+        let s = NodeSubnet::of_key(&[3; 32]);
+        assert_eq!(subnet_of_record_key(&record_key(&s)), Some(s));
+        assert_eq!(
+            subnet_of_record_key(&kad::RecordKey::new(&b"/other/12345678")),
+            None
+        );
+        let mut short = RECORD_PREFIX.to_vec();
+        short.extend_from_slice(&[4; 7]);
+        assert_eq!(subnet_of_record_key(&kad::RecordKey::new(&short)), None);
+    }
+
+    #[test]
+    fn only_the_key_that_owns_a_subnet_is_believed() {
+        let owner = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let subnet = subnet_of_key(&owner.public()).unwrap();
+        let bytes = |k: &Keypair| k.public().try_into_ed25519().unwrap().to_bytes().to_vec();
+        assert_eq!(
+            peer_owning(&subnet, &bytes(&owner)),
+            Some(owner.public().to_peer_id())
+        );
+        assert_eq!(peer_owning(&subnet, &bytes(&other)), None);
+        assert_eq!(peer_owning(&subnet, b"short"), None);
+    }
+}

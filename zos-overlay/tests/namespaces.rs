@@ -1,0 +1,359 @@
+//! Real `zos-overlay` processes with real TUN devices, each in its own network namespace on
+//! a LAN namespace's bridge (documentation addresses, nothing routed off the host): three nodes
+//! and a laptop (a DHT client). Ping and TCP between overlay addresses, a peer found through
+//! the DHT, the bootstrap node killed and restarted.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const LAN: &str = "zov-lan";
+/// Node namespaces and their LAN addresses; the last is the laptop.
+const HOSTS: [(&str, &str); 4] = [
+    ("zov-a", "198.51.100.1"),
+    ("zov-b", "198.51.100.2"),
+    ("zov-c", "198.51.100.3"),
+    ("zov-l", "198.51.100.9"),
+];
+const PORT: u16 = 9651;
+
+fn run(cmd: &[&str]) -> std::process::Output {
+    Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn ok(cmd: &[&str]) {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cleanup() {
+    for (ns, _) in HOSTS {
+        let _ = run(&["ip", "netns", "del", ns]);
+    }
+    let _ = run(&["ip", "netns", "del", LAN]);
+}
+
+/// The LAN namespace with a bridge, and each host's namespace on it through a veth.
+fn lan() {
+    cleanup();
+    ok(&["ip", "netns", "add", LAN]);
+    ok(&["ip", "-n", LAN, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", LAN, "link", "set", "br0", "up"]);
+    for (i, (ns, addr)) in HOSTS.iter().enumerate() {
+        let port = format!("p{i}");
+        ok(&["ip", "netns", "add", ns]);
+        ok(&[
+            "ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", &port, "netns", LAN,
+        ]);
+        ok(&["ip", "-n", LAN, "link", "set", &port, "master", "br0", "up"]);
+        ok(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+}
+
+struct Participant {
+    ns: &'static str,
+    key: PathBuf,
+    peer: String,
+    address: Ipv6Addr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Participant {
+    fn new(dir: &Path, ns: &'static str) -> Self {
+        let key = dir.join(format!("{ns}.key"));
+        let out = run(&[
+            env!("CARGO_BIN_EXE_zos-overlay"),
+            "id",
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .trim()
+                .to_string()
+        };
+        Self {
+            ns,
+            key,
+            peer: field("peer "),
+            address: field("address ").parse().unwrap(),
+            child: None,
+            log: dir.join(format!("{ns}.log")),
+        }
+    }
+
+    fn multiaddr(&self) -> String {
+        let lan = HOSTS.iter().find(|(n, _)| *n == self.ns).unwrap().1;
+        format!("/ip4/{lan}/tcp/{PORT}/p2p/{}", self.peer)
+    }
+
+    /// Starts the process and waits for its TUN to be up.
+    fn start(&mut self, peers: &[String], client: bool) {
+        let lan = HOSTS.iter().find(|(n, _)| *n == self.ns).unwrap().1;
+        let listen = format!("/ip4/{lan}/tcp/{PORT}");
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.ns.into(),
+            env!("CARGO_BIN_EXE_zos-overlay").into(),
+            "up".into(),
+            "--key".into(),
+            self.key.to_str().unwrap().into(),
+            "--listen".into(),
+            listen,
+            "--tun".into(),
+            "zov0".into(),
+        ];
+        for p in peers {
+            args.push("--peer".into());
+            args.push(p.clone());
+        }
+        if client {
+            args.push("--client".into());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new("ip")
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                "info,zos_overlay=debug,libp2p=warn,netlink_packet_route=error",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with(&format!("up {}", self.address)),
+            "{}: {line:?}\n{}",
+            self.ns,
+            self.logs()
+        );
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pings(ns: &str, target: Ipv6Addr) -> bool {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "busybox",
+        "ping6",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        &target.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// Pings `to` from `from` until it answers, within `secs`; the time to the first answer.
+fn reach(from: &Participant, to: &Participant, secs: u64, all: &[&Participant]) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if pings(from.ns, to.address) {
+            return start.elapsed();
+        }
+    }
+    let logs: String = all
+        .iter()
+        .map(|p| format!("--- {}\n{}\n", p.ns, p.logs()))
+        .collect();
+    panic!(
+        "{} never reached {} within {secs} s\n{logs}",
+        from.ns, to.ns
+    );
+}
+
+/// A socket created inside namespace `ns` (it stays there when the thread returns).
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> T {
+    zos_net::netns::run_in(&zos_net::netns::path_of(ns), move || Ok(f()?)).unwrap()
+}
+
+/// Sends `bytes` over TCP from `from` to `to`'s overlay address; the receiver's BLAKE3 of
+/// what it read must match. Returns the transfer's throughput in Mbit/s.
+fn tcp_transfer(from: &Participant, to: &Participant, bytes: usize) -> f64 {
+    let target = SocketAddr::from((to.address, 7000));
+    let listener = in_ns(to.ns, move || TcpListener::bind(target));
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n;
+        }
+        (total, hasher.finalize())
+    });
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let expected = blake3::hash(&data);
+    let mut conn = in_ns(from.ns, move || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(10))
+    });
+    let start = Instant::now();
+    conn.write_all(&data).unwrap();
+    conn.shutdown(std::net::Shutdown::Write).unwrap();
+    let (total, hash) = receiver.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(total, bytes);
+    assert_eq!(hash, expected, "the bytes arrive intact");
+    bytes as f64 * 8.0 / secs / 1e6
+}
+
+#[test]
+fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    lan();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Participant::new(dir.path(), "zov-a");
+    let mut b = Participant::new(dir.path(), "zov-b");
+    let mut c = Participant::new(dir.path(), "zov-c");
+    let mut laptop = Participant::new(dir.path(), "zov-l");
+    // Every address is in 400::/7 and distinct.
+    for p in [&a, &b, &c, &laptop] {
+        assert_eq!(p.address.octets()[0] & 0xfe, 0x04, "{}", p.address);
+    }
+
+    a.start(&[], false);
+    let bootstrap = vec![a.multiaddr()];
+    b.start(&bootstrap, false);
+    c.start(&bootstrap, false);
+    laptop.start(&bootstrap, true);
+
+    // B and C only know A: each finds the other's /64 through the DHT.
+    let all = [&a, &b, &c, &laptop];
+    let first = reach(&b, &c, 60, &all);
+    eprintln!("b -> c: first answer after {first:?}");
+    reach(&c, &b, 30, &all);
+    reach(&laptop, &c, 60, &all);
+    reach(&c, &laptop, 30, &all);
+    reach(&laptop, &a, 30, &all);
+
+    let mbit = tcp_transfer(&laptop, &c, 16 << 20);
+    eprintln!("laptop -> c: 16 MiB over TCP at {mbit:.0} Mbit/s");
+    let mbit = tcp_transfer(&b, &c, 16 << 20);
+    eprintln!("b -> c: 16 MiB over TCP at {mbit:.0} Mbit/s");
+
+    // The bootstrap node dies: the others keep talking, and find each other without it.
+    a.stop();
+    let all = [&a, &b, &c, &laptop];
+    reach(&b, &c, 10, &all);
+    reach(&laptop, &b, 60, &all);
+    // It comes back (same key, joining through B) and is reachable again.
+    a.start(&[b.multiaddr()], false);
+    let all = [&a, &b, &c, &laptop];
+    reach(&a, &laptop, 60, &all);
+    reach(&laptop, &a, 30, &all);
+
+    // Traffic from an address outside the sender's /64 never leaves it.
+    let foreign = zos_overlay::NodeSubnet::of_key(&[9; 32]).host();
+    ok(&[
+        "ip",
+        "-n",
+        b.ns,
+        "addr",
+        "add",
+        &format!("{foreign}/128"),
+        "dev",
+        "zov0",
+    ]);
+    let spoofed = run(&[
+        "ip",
+        "netns",
+        "exec",
+        b.ns,
+        "busybox",
+        "ping6",
+        "-c",
+        "2",
+        "-W",
+        "1",
+        "-I",
+        &foreign.to_string(),
+        &c.address.to_string(),
+    ]);
+    assert!(
+        !spoofed.status.success(),
+        "a ping from a foreign source got an answer"
+    );
+    if std::env::var_os("ZOS_OVERLAY_TEST_LOGS").is_some() {
+        for p in [&a, &b, &c, &laptop] {
+            eprintln!("--- {}\n{}", p.ns, p.logs());
+        }
+    }
+    drop((a, b, c, laptop));
+    cleanup();
+}
