@@ -40,6 +40,13 @@ enum Command {
         /// Ask the DHT without answering for it (a laptop).
         #[arg(long)]
         client: bool,
+        /// A relay to hold a reservation on (`.../p2p/<peer id>`), for a participant behind
+        /// NAT; repeat for more.
+        #[arg(long)]
+        relay: Vec<Multiaddr>,
+        /// Relay circuits for participants behind NAT (a node with a public address).
+        #[arg(long)]
+        relay_server: bool,
     },
 }
 
@@ -68,6 +75,8 @@ async fn main() -> Result<()> {
             peer,
             tun,
             client,
+            relay,
+            relay_server,
         } => {
             let keypair = identity::load_or_create(&key)?;
             let mut overlay = Overlay::start(Config {
@@ -75,6 +84,8 @@ async fn main() -> Result<()> {
                 listen,
                 bootstrap: peer,
                 client,
+                relays: relay,
+                relay_server,
             })
             .await?;
             let device = tun::Tun::create(&tun, overlay.subnet).await?;

@@ -1,7 +1,9 @@
-//! One overlay participant: a libp2p swarm (TCP, noise, yamux; identify, ping, Kademlia) that
-//! carries IPv6 packets between participants on one stream per peer, and finds the peer owning
-//! a /64 through a Kademlia record whose value is the owner's public key (checked against the
-//! subnet it claims, so a forged record routes nothing).
+//! One overlay participant: a libp2p swarm (TCP or QUIC; noise, yamux; identify, ping,
+//! Kademlia; relay v2 and DCUtR) that carries IPv6 packets between participants on one stream
+//! per peer, and finds the peer owning a /64 through a Kademlia record: the owner's public key
+//! (checked against the subnet it claims, so a forged record routes nothing) and the addresses
+//! to dial it at, its relayed ones included, so a participant behind NAT is reachable through
+//! a relay and then, when hole punching succeeds, directly.
 //!
 //! The participant is a pair of channels: packets written to [`Overlay::to_overlay`] leave
 //! (they must come from this participant's /64), and checked packets for this participant
@@ -20,13 +22,14 @@ use std::{
 use anyhow::{Context, Result};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
+    core::{transport::ListenerId, upgrade::Version},
     identify,
     identity::Keypair,
     kad::{self, store::MemoryStore, GetRecordOk, Mode, QueryResult, Quorum, Record},
     multiaddr::Protocol,
     noise, ping,
-    swarm::{dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
-    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +51,11 @@ const REPUBLISH: Duration = Duration::from_secs(60);
 const LOOKUP_THROTTLE: Duration = Duration::from_secs(2);
 /// Packets queued per peer link before new ones are dropped (a router drops, never blocks).
 const LINK_QUEUE: usize = 1024;
+/// How often a lost relay reservation is asked for again.
+const RESERVE_RETRY: Duration = Duration::from_secs(5);
+/// Addresses a record carries at most, and the longest one.
+const MAX_RECORD_ADDRESSES: usize = 8;
+const MAX_ADDRESS_LEN: usize = 255;
 
 /// What a participant is configured with.
 pub struct Config {
@@ -58,6 +66,11 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// A client (a laptop) asks the DHT but does not answer for it.
     pub client: bool,
+    /// Relays (`.../p2p/<peer id>`) to hold a reservation on, so that peers reach this
+    /// participant through them when it is behind NAT.
+    pub relays: Vec<Multiaddr>,
+    /// Relay circuits for other participants (a node with a public address).
+    pub relay_server: bool,
 }
 
 /// Counters of what passed and what was dropped, and why.
@@ -75,7 +88,7 @@ pub struct Stats {
     pub dropped_not_ours: AtomicU64,
     /// Leaving, with a source outside this participant's /64.
     pub dropped_foreign_source: AtomicU64,
-    /// Leaving, for a /64 whose owner is not (yet) connected.
+    /// Leaving, for a /64 whose owner is not (yet) connected, or outside the overlay.
     pub dropped_no_route: AtomicU64,
     /// Leaving, with the peer link's queue full.
     pub dropped_queue_full: AtomicU64,
@@ -108,6 +121,9 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
+    relay_client: libp2p_relay::client::Behaviour,
+    relay: Toggle<libp2p_relay::Behaviour>,
+    dcutr: libp2p_dcutr::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -149,7 +165,13 @@ impl Overlay {
         let peer_id = config.keypair.public().to_peer_id();
         let subnet = subnet_of_key(&config.keypair.public())
             .context("the overlay key must be an ed25519 key")?;
-        let mut swarm = build_swarm(config.keypair.clone(), config.client)?;
+        let mut swarm = build_swarm(config.keypair.clone(), config.client, config.relay_server)?;
+        for relay in &config.relays {
+            anyhow::ensure!(
+                matches!(relay.iter().last(), Some(Protocol::P2p(_))),
+                "relay address {relay} does not end in /p2p/<peer id>"
+            );
+        }
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -189,6 +211,9 @@ impl Overlay {
                 listening: listening_tx,
                 connected: connected_tx,
                 wanted: HashMap::new(),
+                relays: config.relays,
+                reservations: HashMap::new(),
+                advertised: Vec::new(),
             }
             .run(command_rx),
         ));
@@ -224,7 +249,20 @@ impl Overlay {
     }
 }
 
-fn build_swarm(keypair: Keypair, client: bool) -> Result<Swarm<Behaviour>> {
+/// A relay serves whole overlay links, not just a hole-punching handshake: no byte limit, and
+/// circuits last an hour (then the peers reconnect).
+fn relay_config() -> libp2p_relay::Config {
+    libp2p_relay::Config {
+        max_circuits: 64,
+        max_circuits_per_peer: 8,
+        max_circuit_duration: Duration::from_secs(3600),
+        max_circuit_bytes: 0,
+        ..Default::default()
+    }
+}
+
+fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swarm<Behaviour>> {
+    let (relay_transport, relay_client) = libp2p_relay::client::new(keypair.public().to_peer_id());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -233,6 +271,19 @@ fn build_swarm(keypair: Keypair, client: bool) -> Result<Swarm<Behaviour>> {
             yamux::Config::default,
         )
         .context("building the TCP transport")?
+        .with_other_transport(|key| {
+            libp2p_quic::tokio::Transport::new(libp2p_quic::Config::new(key))
+        })
+        .context("building the QUIC transport")?
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(relay_transport
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default()))
+            },
+        )
+        .context("building the relayed transport")?
         .with_dns()
         .context("building the DNS resolver")?
         .with_behaviour(|key| {
@@ -250,6 +301,11 @@ fn build_swarm(keypair: Keypair, client: bool) -> Result<Swarm<Behaviour>> {
                 )),
                 ping: ping::Behaviour::default(),
                 kad,
+                relay_client,
+                relay: Toggle::from(
+                    relay_server.then(|| libp2p_relay::Behaviour::new(peer, relay_config())),
+                ),
+                dcutr: libp2p_dcutr::Behaviour::new(peer),
                 stream: libp2p_stream::Behaviour::new(),
             }
         })
@@ -284,13 +340,21 @@ struct SwarmLoop {
     connected: watch::Sender<Vec<PeerId>>,
     /// Peers found by a lookup that are still to be dialed once their addresses are known.
     wanted: HashMap<PeerId, Instant>,
+    /// Relays to hold a reservation on.
+    relays: Vec<Multiaddr>,
+    /// The relay circuits this participant listens on.
+    reservations: HashMap<ListenerId, Multiaddr>,
+    /// The addresses this participant's record gives out.
+    advertised: Vec<Multiaddr>,
 }
 
 impl SwarmLoop {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut republish = tokio::time::interval(REPUBLISH);
+        let mut reserve = tokio::time::interval(RESERVE_RETRY);
         loop {
             tokio::select! {
+                _ = reserve.tick() => self.reserve(),
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(command) = commands.recv() => match command {
                     Command::Find(subnet) => {
@@ -308,19 +372,71 @@ impl SwarmLoop {
         let Ok(public) = self.keypair.public().try_into_ed25519() else {
             return;
         };
-        let record = Record::new(record_key(&self.subnet), public.to_bytes().to_vec());
+        let value = encode_record(&public.to_bytes(), &self.advertised);
+        let record = Record::new(record_key(&self.subnet), value);
         if let Err(e) = kad.put_record(record, Quorum::One) {
             tracing::warn!("storing the overlay record: {e}");
         }
         let _ = kad.bootstrap();
     }
 
+    /// Asks each configured relay for a reservation this participant does not hold.
+    fn reserve(&mut self) {
+        for relay in self.relays.clone() {
+            if self.reservations.values().any(|r| *r == relay) {
+                continue;
+            }
+            match self
+                .swarm
+                .listen_on(relay.clone().with(Protocol::P2pCircuit))
+            {
+                Ok(id) => {
+                    self.reservations.insert(id, relay);
+                }
+                Err(e) => tracing::warn!(%relay, "asking for a relay reservation: {e}"),
+            }
+        }
+    }
+
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                if advertisable(&address) && !self.advertised.contains(&address) {
+                    if self.swarm.behaviour().relay.is_enabled() && !is_relayed(&address) {
+                        // A relay tells its clients where it is reached: its own addresses,
+                        // which a relay (configured on a public address) vouches for.
+                        self.swarm.add_external_address(address.clone());
+                    }
+                    self.advertised.push(address.clone());
+                    self.advertised.truncate(MAX_RECORD_ADDRESSES);
+                    self.publish();
+                }
                 self.listening.send_modify(|l| l.push(address));
             }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.advertised.retain(|a| *a != address);
+                self.listening.send_modify(|l| l.retain(|a| *a != address));
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some(relay) = self.reservations.remove(&listener_id) {
+                    tracing::info!(%relay, ?reason, "relay reservation lost");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p_relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => tracing::info!(relay = %relay_peer_id, "relay reservation accepted"),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(libp2p_dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => tracing::info!(peer = %remote_peer_id, "hole punched: direct connection"),
+                Err(e) => tracing::info!(peer = %remote_peer_id, "hole punching failed: {e}"),
+            },
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -329,6 +445,11 @@ impl SwarmLoop {
             } => {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                    let is_relay = |r: &Multiaddr| r.iter().last() == Some(Protocol::P2p(peer_id));
+                    if self.relays.iter().any(is_relay) {
+                        // Reachable again through it at once, not at the next retry.
+                        self.reserve();
+                    }
                     self.add_link(peer_id);
                     self.publish_connected();
                     if self.wanted.is_empty() && self.swarm.connected_peers().count() == 1 {
@@ -383,17 +504,22 @@ impl SwarmLoop {
                 let Some(subnet) = subnet_of_record_key(&record.key) else {
                     return;
                 };
-                // The value is a public key; only the key that owns the /64 is believed.
-                let Some(peer) = peer_owning(&subnet, &record.value) else {
+                // Only the key that owns the /64 is believed; its addresses are hints (the
+                // connection authenticates the key).
+                let Some((peer, addresses)) = decode_record(&subnet, &record.value) else {
                     tracing::warn!(%subnet, "a record names a key that does not own the subnet");
                     return;
                 };
                 if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
                     return;
                 }
-                tracing::info!(%subnet, %peer, "found the owner of a subnet");
+                tracing::info!(%subnet, %peer, ?addresses, "found the owner of a subnet");
                 self.wanted.insert(peer, Instant::now());
-                if self.swarm.dial(peer).is_err() {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addresses)
+                    .extend_addresses_through_behaviour()
+                    .build();
+                if self.swarm.dial(opts).is_err() {
                     self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }
             }
@@ -437,17 +563,60 @@ impl SwarmLoop {
     }
 }
 
-/// The peer owning `subnet`, if `value` is a public key that owns it.
-fn peer_owning(subnet: &NodeSubnet, value: &[u8]) -> Option<PeerId> {
-    let bytes: [u8; 32] = value.try_into().ok()?;
-    if NodeSubnet::of_key(&bytes) != *subnet {
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// Whether others could dial `addr`: not loopback, not unspecified.
+fn advertisable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_loopback() || ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// A subnet record's value: the 32-byte public key, then each address as a length byte and
+/// its bytes.
+fn encode_record(public_key: &[u8; 32], addresses: &[Multiaddr]) -> Vec<u8> {
+    let mut value = public_key.to_vec();
+    for addr in addresses.iter().take(MAX_RECORD_ADDRESSES) {
+        let bytes = addr.to_vec();
+        if bytes.len() <= MAX_ADDRESS_LEN {
+            value.push(bytes.len() as u8);
+            value.extend_from_slice(&bytes);
+        }
+    }
+    value
+}
+
+/// The peer owning `subnet` and where to dial it, if `value` starts with a public key that
+/// owns the subnet. Unreadable addresses are skipped, and at most [`MAX_RECORD_ADDRESSES`]
+/// are read.
+fn decode_record(subnet: &NodeSubnet, value: &[u8]) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let key: [u8; 32] = value.get(..32)?.try_into().ok()?;
+    if NodeSubnet::of_key(&key) != *subnet {
         return None;
     }
-    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&bytes).ok()?;
+    let public = libp2p::identity::ed25519::PublicKey::try_from_bytes(&key).ok()?;
     let public = libp2p::identity::PublicKey::from(public);
     let peer = public.to_peer_id();
     debug_assert_eq!(public_key_of_peer(&peer), Some(public));
-    Some(peer)
+    let mut rest = &value[32..];
+    let mut addresses = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let Some(bytes) = tail.get(..len as usize) else {
+            break;
+        };
+        if let Ok(addr) = Multiaddr::try_from(bytes.to_vec()) {
+            addresses.push(addr);
+        }
+        rest = &tail[len as usize..];
+        if addresses.len() == MAX_RECORD_ADDRESSES {
+            break;
+        }
+    }
+    Some((peer, addresses))
 }
 
 /// Writes the queued packets to one stream to `peer`, opening it again when it breaks. Ends
@@ -514,14 +683,15 @@ async fn route_outbound(
             Stats::bump(&stats.dropped_malformed);
             continue;
         };
+        let Some(target) = NodeSubnet::of_address(&destination) else {
+            // Not for the overlay (the kernel's own link-local and multicast traffic).
+            Stats::bump(&stats.dropped_no_route);
+            continue;
+        };
         if !subnet.contains(&source) {
             Stats::bump(&stats.dropped_foreign_source);
             continue;
         }
-        let Some(target) = NodeSubnet::of_address(&destination) else {
-            Stats::bump(&stats.dropped_no_route);
-            continue;
-        };
         if target == subnet {
             // To ourselves (another address of our /64).
             let _ = deliver.try_send(packet);
@@ -640,16 +810,46 @@ mod tests {
     }
 
     #[test]
-    fn only_the_key_that_owns_a_subnet_is_believed() {
+    fn only_the_key_that_owns_a_subnet_is_believed_with_its_addresses() {
         let owner = Keypair::generate_ed25519();
         let other = Keypair::generate_ed25519();
         let subnet = subnet_of_key(&owner.public()).unwrap();
-        let bytes = |k: &Keypair| k.public().try_into_ed25519().unwrap().to_bytes().to_vec();
+        let key = |k: &Keypair| k.public().try_into_ed25519().unwrap().to_bytes();
+        let addrs: Vec<Multiaddr> = vec![
+            "/ip4/198.51.100.1/tcp/9651".parse().unwrap(),
+            "/ip4/198.51.100.1/tcp/9651/p2p/12D3KooWKvQHDTKCK5YYNJNcFpDD3oNiTqwP1FRq6mG7LgYKi367/p2p-circuit"
+                .parse()
+                .unwrap(),
+        ];
+        let value = encode_record(&key(&owner), &addrs);
         assert_eq!(
-            peer_owning(&subnet, &bytes(&owner)),
-            Some(owner.public().to_peer_id())
+            decode_record(&subnet, &value),
+            Some((owner.public().to_peer_id(), addrs.clone()))
         );
-        assert_eq!(peer_owning(&subnet, &bytes(&other)), None);
-        assert_eq!(peer_owning(&subnet, b"short"), None);
+        assert_eq!(
+            decode_record(&subnet, &encode_record(&key(&other), &addrs)),
+            None
+        );
+        assert_eq!(decode_record(&subnet, b"short"), None);
+        // A key alone, garbage addresses, a truncated address: the key still counts.
+        assert_eq!(
+            decode_record(&subnet, &key(&owner)),
+            Some((owner.public().to_peer_id(), vec![]))
+        );
+        let mut garbage = key(&owner).to_vec();
+        garbage.extend_from_slice(&[3, 0xff, 0xff, 0xff, 200, 1, 2]);
+        assert_eq!(
+            decode_record(&subnet, &garbage),
+            Some((owner.public().to_peer_id(), vec![]))
+        );
+        // At most eight addresses are read, and loopback ones are never given out.
+        let many: Vec<Multiaddr> = (0..20)
+            .map(|i| format!("/ip4/198.51.100.{i}/tcp/1").parse().unwrap())
+            .collect();
+        let (_, read) = decode_record(&subnet, &encode_record(&key(&owner), &many)).unwrap();
+        assert_eq!(read.len(), MAX_RECORD_ADDRESSES);
+        assert!(!advertisable(&"/ip4/127.0.0.1/tcp/1".parse().unwrap()));
+        assert!(!advertisable(&"/ip4/0.0.0.0/tcp/1".parse().unwrap()));
+        assert!(advertisable(&addrs[1]));
     }
 }

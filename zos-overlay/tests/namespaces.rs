@@ -1,7 +1,8 @@
 //! Real `zos-overlay` processes with real TUN devices, each in its own network namespace on
-//! a LAN namespace's bridge (documentation addresses, nothing routed off the host): three nodes
-//! and a laptop (a DHT client). Ping and TCP between overlay addresses, a peer found through
-//! the DHT, the bootstrap node killed and restarted.
+//! a LAN namespace's bridge (documentation addresses, nothing routed off the host): three nodes,
+//! one of them a relay, a laptop (a DHT client), and a node behind a NAT router namespace that
+//! only dials out. Ping and TCP between overlay addresses, peers found through the DHT, the NAT
+//! node reached through the relay, the relay killed and restarted.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -13,12 +14,16 @@ use std::{
 
 const LAN: &str = "zov-lan";
 /// Node namespaces and their LAN addresses; the last is the laptop.
-const HOSTS: [(&str, &str); 4] = [
+const HOSTS: [(&str, &str); 5] = [
     ("zov-a", "198.51.100.1"),
     ("zov-b", "198.51.100.2"),
     ("zov-c", "198.51.100.3"),
     ("zov-l", "198.51.100.9"),
+    ("zov-r", "198.51.100.5"),
 ];
+/// The NAT router's namespace (on the LAN), and the node behind it with its private address.
+const ROUTER: &str = "zov-r";
+const NATTED: (&str, &str) = ("zov-n", "10.77.0.2");
 const PORT: u16 = 9651;
 
 fn run(cmd: &[&str]) -> std::process::Output {
@@ -39,7 +44,7 @@ fn ok(cmd: &[&str]) {
 }
 
 fn cleanup() {
-    for (ns, _) in HOSTS {
+    for (ns, _) in HOSTS.iter().chain([&NATTED]) {
         let _ = run(&["ip", "netns", "del", ns]);
     }
     let _ = run(&["ip", "netns", "del", LAN]);
@@ -71,6 +76,68 @@ fn lan() {
         ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
+    // Behind the router: a private link, a default route, masquerading on the way out.
+    let (natted, private) = NATTED;
+    ok(&["ip", "netns", "add", natted]);
+    ok(&[
+        "ip", "link", "add", "eth0", "netns", natted, "type", "veth", "peer", "eth1", "netns",
+        ROUTER,
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        ROUTER,
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "dev",
+        "eth1",
+    ]);
+    ok(&["ip", "-n", ROUTER, "link", "set", "eth1", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        natted,
+        "addr",
+        "add",
+        &format!("{private}/24"),
+        "dev",
+        "eth0",
+    ]);
+    ok(&["ip", "-n", natted, "link", "set", "eth0", "up"]);
+    ok(&["ip", "-n", natted, "link", "set", "lo", "up"]);
+    ok(&[
+        "ip",
+        "-n",
+        natted,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.77.0.1",
+    ]);
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        ROUTER,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    ok(&[
+        "ip", "netns", "exec", ROUTER, "nft",
+        "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname eth0 masquerade",
+    ]);
+}
+
+fn listen_ip(ns: &str) -> &'static str {
+    HOSTS
+        .iter()
+        .chain([&NATTED])
+        .find(|(n, _)| *n == ns)
+        .unwrap()
+        .1
 }
 
 struct Participant {
@@ -115,14 +182,12 @@ impl Participant {
     }
 
     fn multiaddr(&self) -> String {
-        let lan = HOSTS.iter().find(|(n, _)| *n == self.ns).unwrap().1;
-        format!("/ip4/{lan}/tcp/{PORT}/p2p/{}", self.peer)
+        format!("/ip4/{}/tcp/{PORT}/p2p/{}", listen_ip(self.ns), self.peer)
     }
 
     /// Starts the process and waits for its TUN to be up.
-    fn start(&mut self, peers: &[String], client: bool) {
-        let lan = HOSTS.iter().find(|(n, _)| *n == self.ns).unwrap().1;
-        let listen = format!("/ip4/{lan}/tcp/{PORT}");
+    fn start(&mut self, peers: &[String], extra: &[&str]) {
+        let listen = format!("/ip4/{}/tcp/{PORT}", listen_ip(self.ns));
         let mut args = vec![
             "netns".to_string(),
             "exec".into(),
@@ -140,9 +205,7 @@ impl Participant {
             args.push("--peer".into());
             args.push(p.clone());
         }
-        if client {
-            args.push("--client".into());
-        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -287,11 +350,11 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
         assert_eq!(p.address.octets()[0] & 0xfe, 0x04, "{}", p.address);
     }
 
-    a.start(&[], false);
+    a.start(&[], &["--relay-server"]);
     let bootstrap = vec![a.multiaddr()];
-    b.start(&bootstrap, false);
-    c.start(&bootstrap, false);
-    laptop.start(&bootstrap, true);
+    b.start(&bootstrap, &[]);
+    c.start(&bootstrap, &[]);
+    laptop.start(&bootstrap, &["--client"]);
 
     // B and C only know A: each finds the other's /64 through the DHT.
     let all = [&a, &b, &c, &laptop];
@@ -307,16 +370,40 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
     let mbit = tcp_transfer(&b, &c, 16 << 20);
     eprintln!("b -> c: 16 MiB over TCP at {mbit:.0} Mbit/s");
 
+    // Behind NAT: the node dials out only, holds a reservation on A, and publishes its relayed
+    // address. The laptop, which the NAT node never dials (a DHT client), reaches it through A.
+    let mut natted = Participant::new(dir.path(), NATTED.0);
+    natted.start(&bootstrap, &["--relay", &a.multiaddr()]);
+    let all = [&a, &b, &c, &laptop, &natted];
+    let took = reach(&laptop, &natted, 60, &all);
+    eprintln!("laptop -> NAT node: first answer after {took:?}");
+    let relayed = "p2p-circuit";
+    assert!(
+        laptop
+            .logs()
+            .lines()
+            .any(|l| l.contains("connected") && l.contains(&natted.peer) && l.contains(relayed)),
+        "the laptop's first connection to the NAT node is relayed\n{}",
+        laptop.logs()
+    );
+    let mbit = tcp_transfer(&laptop, &natted, 4 << 20);
+    eprintln!("laptop -> NAT node: 4 MiB over TCP at {mbit:.0} Mbit/s");
+    reach(&natted, &laptop, 10, &all);
+    reach(&b, &natted, 30, &all);
+
     // The bootstrap node dies: the others keep talking, and find each other without it.
     a.stop();
-    let all = [&a, &b, &c, &laptop];
+    let all = [&a, &b, &c, &laptop, &natted];
     reach(&b, &c, 10, &all);
     reach(&laptop, &b, 60, &all);
     // It comes back (same key, joining through B) and is reachable again.
-    a.start(&[b.multiaddr()], false);
-    let all = [&a, &b, &c, &laptop];
+    a.start(&[b.multiaddr()], &["--relay-server"]);
+    let all = [&a, &b, &c, &laptop, &natted];
     reach(&a, &laptop, 60, &all);
     reach(&laptop, &a, 30, &all);
+    // The NAT node is reachable from both again, whatever became of its old connections.
+    reach(&a, &natted, 60, &all);
+    reach(&laptop, &natted, 60, &all);
 
     // Traffic from an address outside the sender's /64 never leaves it.
     let foreign = zos_overlay::NodeSubnet::of_key(&[9; 32]).host();
@@ -350,10 +437,10 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
         "a ping from a foreign source got an answer"
     );
     if std::env::var_os("ZOS_OVERLAY_TEST_LOGS").is_some() {
-        for p in [&a, &b, &c, &laptop] {
+        for p in [&a, &b, &c, &laptop, &natted] {
             eprintln!("--- {}\n{}", p.ns, p.logs());
         }
     }
-    drop((a, b, c, laptop));
+    drop((a, b, c, laptop, natted));
     cleanup();
 }

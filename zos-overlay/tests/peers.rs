@@ -33,6 +33,8 @@ async fn participant(bootstrap: Vec<Multiaddr>) -> Overlay {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
         client: false,
+        relays: vec![],
+        relay_server: false,
     })
     .await
     .unwrap();
