@@ -65,6 +65,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     || die "apt-get install ${missing[*]} failed; the wasm route needs Debian bookworm-security's rustc-web/rust-web-src/rust-web-llvm and lld-22"
 fi
 
+# ---- yggdrasil: the overlay benchmark's peer anchor ----------------------------------------------
+# Unpacked, not installed: the package's service would start a daemon that announces itself by
+# multicast on the host's LAN. The tests run it only inside their own namespaces.
+ygg_dir="${XDG_CACHE_HOME:-$HOME/.cache}/zos-grid/tools/yggdrasil"
+if [ ! -x "$ygg_dir/usr/sbin/yggdrasil" ]; then
+  log "unpacking Debian's yggdrasil into $ygg_dir"
+  ygg_tmp="$(mktemp -d)"
+  chmod 0777 "$ygg_tmp"
+  (cd "$ygg_tmp" && apt-get download yggdrasil >/dev/null 2>&1) \
+    || { SUDO=$(need_root "apt-get update"); $SUDO apt-get update -qq && (cd "$ygg_tmp" && apt-get download yggdrasil >/dev/null 2>&1); } \
+    || die "apt-get download yggdrasil failed (is a Debian mirror reachable?)"
+  mkdir -p "$ygg_dir"
+  dpkg -x "$ygg_tmp"/yggdrasil_*.deb "$ygg_dir"
+  rm -rf "$ygg_tmp"
+fi
+
 # ---- Debian toolchain route --------------------------------------------------------------------
 if [ "$wasm_route" != rustup ]; then
   [ -x /usr/bin/rustc ] || die "/usr/bin/rustc missing after installing rustc-web"

@@ -47,6 +47,9 @@ enum Command {
         /// Relay circuits for participants behind NAT (a node with a public address).
         #[arg(long)]
         relay_server: bool,
+        /// The TUN device's MTU.
+        #[arg(long, default_value_t = tun::MTU)]
+        mtu: u32,
     },
 }
 
@@ -77,6 +80,7 @@ async fn main() -> Result<()> {
             client,
             relay,
             relay_server,
+            mtu,
         } => {
             let keypair = identity::load_or_create(&key)?;
             let mut overlay = Overlay::start(Config {
@@ -88,7 +92,7 @@ async fn main() -> Result<()> {
                 relay_server,
             })
             .await?;
-            let device = tun::Tun::create(&tun, overlay.subnet).await?;
+            let device = tun::Tun::create(&tun, overlay.subnet, mtu).await?;
             println!(
                 "up {} peer {} tun {tun}",
                 overlay.address(),

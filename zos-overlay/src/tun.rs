@@ -11,7 +11,8 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::address::{NodeSubnet, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
 
-/// Leaves room for the IPv6 header and the stream's framing inside a TCP segment.
+/// The default MTU: what fits a typical link's packet with room to spare, so a participant's
+/// packets cross any bridge or tap unfragmented.
 pub const MTU: u32 = 1400;
 
 /// A configured TUN device.
@@ -21,15 +22,19 @@ pub struct Tun {
 }
 
 impl Tun {
-    /// Creates `name` with `<subnet>::1/64` and a route for the whole overlay prefix, and
-    /// sets it up.
-    pub async fn create(name: &str, subnet: NodeSubnet) -> Result<Self> {
+    /// Creates `name` with `<subnet>::1/64`, `mtu` and a route for the whole overlay prefix,
+    /// and sets it up.
+    pub async fn create(name: &str, subnet: NodeSubnet, mtu: u32) -> Result<Self> {
+        anyhow::ensure!(
+            (1280..=65_535).contains(&mtu),
+            "an MTU of {mtu}: IPv6 needs at least 1280, a frame carries at most 65535"
+        );
         let file = zos_net::link::open_tun(name)?;
         let h = zos_net::link::handle(None).await?;
         let index = zos_net::link::index(&h, name)
             .await?
             .with_context(|| format!("tun device {name} vanished"))?;
-        zos_net::link::set_mtu(&h, index, MTU).await?;
+        zos_net::link::set_mtu(&h, index, mtu).await?;
         zos_net::link::ensure_address6(&h, index, subnet.host(), 64).await?;
         zos_net::link::set_up(&h, index).await?;
         zos_net::link::replace_route6(&h, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN, index).await?;
