@@ -25,7 +25,7 @@ use crate::store::{DirStore, Object, Store};
 const MAX_UPLOAD: usize = crate::store::MAX_INDEX_LEN as usize;
 
 struct HubState {
-    store: DirStore,
+    store: Arc<dyn Store>,
     token: String,
 }
 
@@ -58,8 +58,10 @@ fn parse_object(kind: &str, name: &str) -> Option<Object> {
     }
 }
 
-/// Check an upload against its name; returns why it is refused.
-fn validate_upload(object: Object, body: &[u8]) -> Result<(), String> {
+/// Checks an object's bytes against its name (an upload, or an object from an untrusted
+/// peer); returns why they are refused. A signature is checked for its own consistency only:
+/// whether its key is trusted is for whoever opens the image.
+pub fn validate_object(object: Object, body: &[u8]) -> Result<(), String> {
     match object {
         Object::Chunk(hash) => {
             if body.len() > MAX_CHUNK_LEN as usize + 1 {
@@ -128,7 +130,7 @@ async fn put_object(
         return StatusCode::NOT_FOUND.into_response();
     };
     let result = tokio::task::spawn_blocking(move || {
-        validate_upload(object, &body)?;
+        validate_object(object, &body)?;
         if state.store.has(object).unwrap_or(false) {
             return Ok(());
         }
@@ -178,8 +180,8 @@ async fn put3(
 }
 
 /// Read-only hub routes over `store` (no uploads): for serving a store beside other routes,
-/// as the boot service does with the node OS image.
-pub fn read_only_router(store: DirStore) -> Router {
+/// as the boot service does with the node OS image, or any [`Store`] in the hub's URL space.
+pub fn read_only_router(store: Arc<dyn Store>) -> Router {
     // The token is never compared: no PUT route exists.
     let state = Arc::new(HubState {
         store,
@@ -193,7 +195,10 @@ pub fn read_only_router(store: DirStore) -> Router {
 
 /// Hub routes over `store`: GET for everyone, PUT with the bearer `token`.
 pub fn router(store: DirStore, token: String) -> Router {
-    let state = Arc::new(HubState { store, token });
+    let state = Arc::new(HubState {
+        store: Arc::new(store),
+        token,
+    });
     Router::new()
         .route("/v1/{kind}/{a}", get(get2).put(put2))
         .route("/v1/{kind}/{a}/{b}", get(get3).put(put3))

@@ -78,6 +78,7 @@ pub fn open_store(spec: &str, token: Option<String>) -> Result<Arc<dyn Store>> {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct DirStore {
     root: PathBuf,
 }

@@ -7,10 +7,12 @@
 //!   from the addresses its key owns;
 //! - [`identity`]: the participant's key file and the /64 a peer id owns;
 //! - [`overlay`]: the participant itself, a libp2p swarm carrying packets between peers;
+//! - [`objects`]: the distributed hub, image objects fetched from peers before hubs;
 //! - [`tun`]: the TUN device that connects it to the kernel's IPv6 stack.
 
 pub mod address;
 pub mod identity;
+pub mod objects;
 pub mod overlay;
 pub mod packet;
 pub mod tun;

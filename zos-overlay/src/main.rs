@@ -6,7 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
-use zos_overlay::{identity, tun, Config, Overlay};
+use zos_image::store::{open_store, DirStore};
+use zos_overlay::{identity, objects::PeerStore, tun, Config, Overlay};
 
 #[derive(Parser)]
 #[command(name = "zos-overlay", about = "The key-addressed overlay network")]
@@ -50,6 +51,17 @@ enum Command {
         /// The TUN device's MTU.
         #[arg(long, default_value_t = tun::MTU)]
         mtu: u32,
+        /// The distributed hub: a directory store whose image objects are served to peers and
+        /// announced, and where objects fetched through `--hub-listen` are kept.
+        #[arg(long)]
+        hub_store: Option<PathBuf>,
+        /// Serve a read-only hub here (for `zos-image --store http://ADDR`) that answers from
+        /// the hub store, then overlay peers, then the `--upstream` hubs. Needs --hub-store.
+        #[arg(long, requires = "hub_store")]
+        hub_listen: Option<std::net::SocketAddr>,
+        /// A hub asked when no peer has an object; repeat for more.
+        #[arg(long)]
+        upstream: Vec<String>,
     },
 }
 
@@ -81,8 +93,17 @@ async fn main() -> Result<()> {
             relay,
             relay_server,
             mtu,
+            hub_store,
+            hub_listen,
+            upstream,
         } => {
             let keypair = identity::load_or_create(&key)?;
+            let store = hub_store
+                .map(|dir| {
+                    std::fs::create_dir_all(&dir)?;
+                    anyhow::Ok(std::sync::Arc::new(DirStore::open(&dir)?))
+                })
+                .transpose()?;
             let mut overlay = Overlay::start(Config {
                 keypair,
                 listen,
@@ -90,6 +111,7 @@ async fn main() -> Result<()> {
                 client,
                 relays: relay,
                 relay_server,
+                objects: store.clone(),
             })
             .await?;
             let device = tun::Tun::create(&tun, overlay.subnet, mtu).await?;
@@ -98,6 +120,26 @@ async fn main() -> Result<()> {
                 overlay.address(),
                 overlay.peer_id
             );
+            if let (Some(addr), Some(store)) = (hub_listen, store) {
+                let upstream = upstream
+                    .iter()
+                    .map(|u| open_store(u, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let peers = PeerStore::new(
+                    (*store).clone(),
+                    overlay.objects(),
+                    upstream,
+                    tokio::runtime::Handle::current(),
+                );
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                println!("hub http://{}", listener.local_addr()?);
+                let router = zos_image::hub::read_only_router(std::sync::Arc::new(peers));
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!("the local hub stopped: {e}");
+                    }
+                });
+            }
             let from_overlay =
                 std::mem::replace(&mut overlay.from_overlay, tokio::sync::mpsc::channel(1).1);
             let pump = tun::pump(device, overlay.to_overlay.clone(), from_overlay);

@@ -25,17 +25,25 @@ use libp2p::{
     core::{transport::ListenerId, upgrade::Version},
     identify,
     identity::Keypair,
-    kad::{self, store::MemoryStore, GetRecordOk, Mode, QueryResult, Quorum, Record},
+    kad::{
+        self, store::MemoryStore, GetProvidersOk, GetRecordOk, Mode, QueryId, QueryResult, Quorum,
+        Record,
+    },
     multiaddr::Protocol,
     noise, ping,
+    request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     address::NodeSubnet,
     identity::{public_key_of_peer, subnet_of_key, subnet_of_peer},
+    objects::{
+        peer_limit, provider_key, stored_objects, ObjectClient, ObjectCodec, ObjectCommand,
+        MAX_ANNOUNCED_AT_START, OBJECT_PROTOCOL,
+    },
     packet::{self, FrameDecoder, PacketError},
 };
 
@@ -51,6 +59,8 @@ const REPUBLISH: Duration = Duration::from_secs(60);
 const LOOKUP_THROTTLE: Duration = Duration::from_secs(2);
 /// Packets queued per peer link before new ones are dropped (a router drops, never blocks).
 const LINK_QUEUE: usize = 1024;
+/// How long an object request waits for its peer to be found.
+const PARKED_FOR: Duration = Duration::from_secs(10);
 /// How often a lost relay reservation is asked for again.
 const RESERVE_RETRY: Duration = Duration::from_secs(5);
 /// Addresses a record carries at most, and the longest one.
@@ -71,6 +81,9 @@ pub struct Config {
     pub relays: Vec<Multiaddr>,
     /// Relay circuits for other participants (a node with a public address).
     pub relay_server: bool,
+    /// The image objects this participant serves to peers and announces (see
+    /// [`crate::objects`]).
+    pub objects: Option<Arc<zos_image::store::DirStore>>,
 }
 
 /// Counters of what passed and what was dropped, and why.
@@ -125,6 +138,7 @@ struct Behaviour {
     relay: Toggle<libp2p_relay::Behaviour>,
     dcutr: libp2p_dcutr::Behaviour,
     stream: libp2p_stream::Behaviour,
+    objects: request_response::Behaviour<ObjectCodec>,
 }
 
 /// A running participant.
@@ -140,6 +154,7 @@ pub struct Overlay {
     pub listening: watch::Receiver<Vec<Multiaddr>>,
     /// The peers with an open connection.
     pub connected: watch::Receiver<Vec<PeerId>>,
+    objects: ObjectClient,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -192,6 +207,7 @@ impl Overlay {
         let (to_overlay, outbound) = mpsc::channel(LINK_QUEUE);
         let (deliver, from_overlay) = mpsc::channel(LINK_QUEUE);
         let (commands, command_rx) = mpsc::channel(64);
+        let (object_commands, object_rx) = mpsc::channel(256);
         let (listening_tx, listening) = watch::channel(Vec::new());
         let (connected_tx, connected) = watch::channel(Vec::new());
 
@@ -214,8 +230,14 @@ impl Overlay {
                 relays: config.relays,
                 reservations: HashMap::new(),
                 advertised: Vec::new(),
+                store: config.objects,
+                object_commands: object_commands.clone(),
+                provider_queries: HashMap::new(),
+                requests: HashMap::new(),
+                announced: false,
+                parked: Vec::new(),
             }
-            .run(command_rx),
+            .run(command_rx, object_rx),
         ));
         tasks.push(tokio::spawn(route_outbound(
             outbound,
@@ -239,6 +261,9 @@ impl Overlay {
             from_overlay,
             listening,
             connected,
+            objects: ObjectClient {
+                commands: object_commands,
+            },
             tasks,
         })
     }
@@ -246,6 +271,11 @@ impl Overlay {
     /// This participant's own overlay address (`<subnet>::1`).
     pub fn address(&self) -> Ipv6Addr {
         self.subnet.host()
+    }
+
+    /// The object exchange (the distributed hub), for a [`crate::objects::PeerStore`].
+    pub fn objects(&self) -> ObjectClient {
+        self.objects.clone()
     }
 }
 
@@ -290,6 +320,7 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
             let peer = key.public().to_peer_id();
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);
             kad_config.set_query_timeout(Duration::from_secs(30));
+            kad_config.set_provider_publication_interval(Some(Duration::from_secs(600)));
             let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
             // Without AutoNAT a participant cannot learn that it is reachable, so the role is
             // configured: nodes answer DHT queries, laptops only ask.
@@ -307,6 +338,11 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
                 ),
                 dcutr: libp2p_dcutr::Behaviour::new(peer),
                 stream: libp2p_stream::Behaviour::new(),
+                objects: request_response::Behaviour::new(
+                    [(OBJECT_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                ),
             }
         })
         .context("building the overlay behaviour")?
@@ -346,15 +382,39 @@ struct SwarmLoop {
     reservations: HashMap<ListenerId, Multiaddr>,
     /// The addresses this participant's record gives out.
     advertised: Vec<Multiaddr>,
+    /// The image objects served to peers.
+    store: Option<Arc<zos_image::store::DirStore>>,
+    /// For answers read from the store off the event loop.
+    object_commands: mpsc::Sender<ObjectCommand>,
+    provider_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    requests: HashMap<OutboundRequestId, oneshot::Sender<Option<Vec<u8>>>>,
+    /// Whether the store's objects were announced (once there are peers to tell).
+    announced: bool,
+    /// Object requests waiting for their peer to be found and connected.
+    parked: Vec<(
+        PeerId,
+        zos_image::store::Object,
+        oneshot::Sender<Option<Vec<u8>>>,
+        Instant,
+    )>,
 }
 
 impl SwarmLoop {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut object_commands: mpsc::Receiver<ObjectCommand>,
+    ) {
         let mut republish = tokio::time::interval(REPUBLISH);
         let mut reserve = tokio::time::interval(RESERVE_RETRY);
         loop {
             tokio::select! {
-                _ = reserve.tick() => self.reserve(),
+                _ = reserve.tick() => {
+                    self.reserve();
+                    // Requests whose peer was not found in time get no answer.
+                    self.parked.retain(|(_, _, _, since)| since.elapsed() < PARKED_FOR);
+                }
+                Some(command) = object_commands.recv() => self.on_object_command(command),
                 event = self.swarm.select_next_some() => self.on_event(event),
                 Some(command) = commands.recv() => match command {
                     Command::Find(subnet) => {
@@ -378,6 +438,146 @@ impl SwarmLoop {
             tracing::warn!("storing the overlay record: {e}");
         }
         let _ = kad.bootstrap();
+    }
+
+    fn on_object_command(&mut self, command: ObjectCommand) {
+        match command {
+            ObjectCommand::Providers(object, reply) => {
+                let query = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(provider_key(object));
+                self.provider_queries.insert(query, reply);
+            }
+            ObjectCommand::Request(peer, object, reply) => {
+                if self.swarm.is_connected(&peer) || self.swarm.dial(peer).is_ok() {
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .objects
+                        .send_request(&peer, object);
+                    self.requests.insert(id, reply);
+                } else {
+                    // A provider whose addresses are unknown here: find it, then ask.
+                    self.parked.push((peer, object, reply, Instant::now()));
+                    self.wanted.insert(peer, Instant::now());
+                    self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                }
+            }
+            ObjectCommand::Announce(object) => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(provider_key(object))
+                {
+                    tracing::debug!("announcing {}: {e}", object.rel_path());
+                }
+            }
+            ObjectCommand::Respond(channel, bytes) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .objects
+                    .send_response(channel, bytes);
+            }
+        }
+    }
+
+    /// Sends the object requests that waited for `peer`.
+    fn send_parked(&mut self, peer: PeerId) {
+        let (ready, waiting) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|(p, ..)| *p == peer);
+        self.parked = waiting;
+        for (_, object, reply, _) in ready {
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .objects
+                .send_request(&peer, object);
+            self.requests.insert(id, reply);
+        }
+    }
+
+    /// Announces every object of the store (bounded), once peers are there to hear it.
+    fn announce_store(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        self.announced = true;
+        let commands = self.object_commands.clone();
+        tokio::spawn(async move {
+            let objects = tokio::task::spawn_blocking(move || stored_objects(&store))
+                .await
+                .unwrap_or_default();
+            for object in objects.into_iter().take(MAX_ANNOUNCED_AT_START) {
+                if commands
+                    .send(ObjectCommand::Announce(object))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_objects_event(
+        &mut self,
+        event: request_response::Event<zos_image::store::Object, Option<Vec<u8>>>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let Some(store) = self.store.clone() else {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .objects
+                        .send_response(channel, None);
+                    return;
+                };
+                let commands = self.object_commands.clone();
+                tokio::spawn(async move {
+                    use zos_image::store::Store;
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        store
+                            .get_at_most(request, peer_limit(request))
+                            .ok()
+                            .flatten()
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let _ = commands.send(ObjectCommand::Respond(channel, bytes)).await;
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(response);
+                }
+            }
+            request_response::Event::OutboundFailure { request_id, .. } => {
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(None);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Asks each configured relay for a reservation this participant does not hold.
@@ -456,6 +656,10 @@ impl SwarmLoop {
                         // The first peer: join the DHT and announce ourselves.
                         self.publish();
                     }
+                    if !self.announced {
+                        self.announce_store();
+                    }
+                    self.send_parked(peer_id);
                 }
                 self.wanted.remove(&peer_id);
             }
@@ -490,15 +694,32 @@ impl SwarmLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
                 result,
                 ..
-            })) => self.on_query(result),
+            })) => self.on_query(id, result),
+            SwarmEvent::Behaviour(BehaviourEvent::Objects(event)) => self.on_objects_event(event),
             _ => {}
         }
     }
 
-    fn on_query(&mut self, result: QueryResult) {
+    fn on_query(&mut self, id: QueryId, result: QueryResult) {
         match result {
+            QueryResult::GetProviders(result) => {
+                let me = *self.swarm.local_peer_id();
+                let providers = match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers,
+                    // Finished with no (more) providers, or failed.
+                    _ => Default::default(),
+                };
+                // The first answer is enough: a fetch asks providers one by one.
+                if let Some(reply) = self.provider_queries.remove(&id) {
+                    let _ = reply.send(providers.into_iter().filter(|p| *p != me).collect());
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
             QueryResult::GetRecord(Ok(GetRecordOk::FoundRecord(found))) => {
                 let record = found.record;
                 let Some(subnet) = subnet_of_record_key(&record.key) else {

@@ -8,10 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{dial_address, participant};
 use futures::{AsyncWriteExt, StreamExt};
-use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr};
+use libp2p::identity::Keypair;
 use zos_overlay::{
-    identity::subnet_of_key, overlay::PACKET_PROTOCOL, packet::frame, Config, NodeSubnet, Overlay,
+    identity::subnet_of_key, overlay::PACKET_PROTOCOL, packet::frame, NodeSubnet, Overlay,
 };
 
 /// A valid IPv6 packet (an ICMPv6 echo request's shape) with `payload`.
@@ -25,27 +28,6 @@ fn packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     p[24..40].copy_from_slice(&dst.octets());
     p.extend_from_slice(payload);
     p
-}
-
-async fn participant(bootstrap: Vec<Multiaddr>) -> Overlay {
-    let overlay = Overlay::start(Config {
-        keypair: Keypair::generate_ed25519(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        client: false,
-        relays: vec![],
-        relay_server: false,
-    })
-    .await
-    .unwrap();
-    overlay
-}
-
-/// The participant's dialable address, `/ip4/127.0.0.1/tcp/<port>/p2p/<id>`.
-async fn dial_address(overlay: &Overlay) -> Multiaddr {
-    let mut listening = overlay.listening.clone();
-    let addrs = listening.wait_for(|a| !a.is_empty()).await.unwrap().clone();
-    addrs[0].clone().with(Protocol::P2p(overlay.peer_id))
 }
 
 /// Sends `payload` from `from` to `to` until it arrives (the first packets to an unknown
@@ -72,10 +54,10 @@ async fn deliver(from: &Overlay, to: &mut Overlay, payload: &[u8], secs: u64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packets_reach_a_peer_found_through_the_dht_and_come_back() {
-    let a = participant(vec![]).await;
+    let a = participant(vec![], None).await;
     let a_addr = dial_address(&a).await;
-    let mut b = participant(vec![a_addr.clone()]).await;
-    let mut c = participant(vec![a_addr]).await;
+    let mut b = participant(vec![a_addr.clone()], None).await;
+    let mut c = participant(vec![a_addr], None).await;
     assert_ne!(b.subnet, c.subnet);
 
     // B knows only A; C's /64 is found through A's DHT, then B connects to C directly.
@@ -125,7 +107,7 @@ async fn packets_reach_a_peer_found_through_the_dht_and_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_peer_cannot_spoof_misdirect_or_break_framing() {
-    let mut victim = participant(vec![]).await;
+    let mut victim = participant(vec![], None).await;
     let victim_addr = dial_address(&victim).await;
     let bystander = NodeSubnet::of_key(&[9; 32]);
 

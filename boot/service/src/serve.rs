@@ -165,12 +165,12 @@ async fn versioned_release(
 /// under `/hub` (the zos-image hub protocol), so one service is all a farm needs to boot.
 pub fn router(cfg: BootConfig) -> Router {
     let store = cfg.dir.join(OS_STORE);
-    let hub =
-        if store.join("images").is_dir() {
-            match zos_image::store::DirStore::open(&store) {
-                Ok(store) => {
-                    let served = cfg.hub_bytes_served.clone();
-                    Some(zos_image::hub::read_only_router(store).layer(
+    let hub = if store.join("images").is_dir() {
+        match zos_image::store::DirStore::open(&store) {
+            Ok(store) => {
+                let served = cfg.hub_bytes_served.clone();
+                Some(
+                    zos_image::hub::read_only_router(std::sync::Arc::new(store)).layer(
                         axum::middleware::map_response(move |response: Response| {
                             let served = served.clone();
                             async move {
@@ -180,16 +180,17 @@ pub fn router(cfg: BootConfig) -> Router {
                                 response
                             }
                         }),
-                    ))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the OS store is unreadable; /hub is not served");
-                    None
-                }
+                    ),
+                )
             }
-        } else {
-            None
-        };
+            Err(e) => {
+                tracing::warn!(error = %e, "the OS store is unreadable; /hub is not served");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let routes = Router::new()
         .route("/ipxe/{runmode}/{farm}", get(ipxe))
         .route("/kernel", get(kernel))

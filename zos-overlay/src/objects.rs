@@ -1,0 +1,425 @@
+//! The distributed hub: image objects (chunks, indexes, signatures) fetched from overlay peers
+//! before hubs. A participant announces what its store holds with Kademlia provider records
+//! and answers `/zos-overlay/objects/1` requests from it; [`PeerStore`] asks the providers of
+//! an object one by one, checks what each sends against the object's name (a chunk must hash
+//! to its name, an index to its root) and stops asking a peer that sent wrong bytes, then falls
+//! back to the configured hubs. Whatever it fetched it keeps and announces in turn.
+
+use std::{
+    collections::HashSet,
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::{kad, request_response, PeerId, StreamProtocol};
+use tokio::sync::{mpsc, oneshot};
+use zos_image::{
+    store::{DirStore, Object, Store},
+    Hash,
+};
+
+/// The request-response protocol for objects.
+pub const OBJECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/objects/1");
+/// The largest object a peer is asked for: indexes above it come from hubs only.
+pub const MAX_PEER_OBJECT: u64 = 16 << 20;
+/// Providers asked for one object at most.
+const MAX_PROVIDERS_ASKED: usize = 4;
+/// How long a whole peer fetch may take before the hubs are asked.
+const PEER_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Objects announced from the store at startup at most.
+pub const MAX_ANNOUNCED_AT_START: usize = 10_000;
+
+const KIND_CHUNK: u8 = 0;
+const KIND_INDEX: u8 = 1;
+const KIND_SIGNATURE: u8 = 2;
+
+/// An object's name on the wire: its kind and hash.
+pub fn encode_name(object: Object) -> [u8; 33] {
+    let (kind, hash) = match object {
+        Object::Chunk(h) => (KIND_CHUNK, h),
+        Object::Index(h) => (KIND_INDEX, h),
+        Object::Signature(h) => (KIND_SIGNATURE, h),
+    };
+    let mut name = [0u8; 33];
+    name[0] = kind;
+    name[1..].copy_from_slice(&hash.0);
+    name
+}
+
+/// The object a wire name stands for.
+pub fn decode_name(name: &[u8]) -> Option<Object> {
+    let hash = Hash(name.get(1..33)?.try_into().ok()?);
+    match *name.first()? {
+        KIND_CHUNK => Some(Object::Chunk(hash)),
+        KIND_INDEX => Some(Object::Index(hash)),
+        KIND_SIGNATURE => Some(Object::Signature(hash)),
+        _ => None,
+    }
+    .filter(|_| name.len() == 33)
+}
+
+/// The Kademlia key under which providers of `object` are announced.
+pub fn provider_key(object: Object) -> kad::RecordKey {
+    let mut key = b"/zos-overlay/object/".to_vec();
+    key.extend_from_slice(&encode_name(object));
+    kad::RecordKey::new(&key)
+}
+
+/// The most bytes a peer may send for `object`.
+pub fn peer_limit(object: Object) -> u64 {
+    object.max_len().min(MAX_PEER_OBJECT)
+}
+
+/// Requests are a 33-byte name; responses a presence byte, then the object (bounded by the
+/// requested object's limit, which the codec cannot know: the largest limit applies here, the
+/// requester checks its own).
+#[derive(Clone, Default)]
+pub struct ObjectCodec;
+
+#[async_trait::async_trait]
+impl request_response::Codec for ObjectCodec {
+    type Protocol = StreamProtocol;
+    type Request = Object;
+    type Response = Option<Vec<u8>>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Object>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut name = [0u8; 33];
+        io.read_exact(&mut name).await?;
+        decode_name(&name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad name"))
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Option<Vec<u8>>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut present = [0u8; 1];
+        io.read_exact(&mut present).await?;
+        if present[0] == 0 {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        io.take(MAX_PEER_OBJECT + 1).read_to_end(&mut bytes).await?;
+        if bytes.len() as u64 > MAX_PEER_OBJECT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "object too large",
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Object,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&encode_name(req)).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Option<Vec<u8>>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match res {
+            None => io.write_all(&[0]).await?,
+            Some(bytes) => {
+                io.write_all(&[1]).await?;
+                io.write_all(&bytes).await?;
+            }
+        }
+        io.close().await
+    }
+}
+
+/// What the object exchange asks of the swarm.
+pub(crate) enum ObjectCommand {
+    /// The peers announcing `object`.
+    Providers(Object, oneshot::Sender<Vec<PeerId>>),
+    /// `object` from `peer` (None when it has none or does not answer).
+    Request(PeerId, Object, oneshot::Sender<Option<Vec<u8>>>),
+    /// Announce that this participant holds `object`.
+    Announce(Object),
+    /// Answer an inbound request with what the local store holds.
+    Respond(
+        request_response::ResponseChannel<Option<Vec<u8>>>,
+        Option<Vec<u8>>,
+    ),
+}
+
+/// A handle on the overlay's object exchange.
+#[derive(Clone)]
+pub struct ObjectClient {
+    pub(crate) commands: mpsc::Sender<ObjectCommand>,
+}
+
+impl ObjectClient {
+    async fn providers(&self, object: Object) -> Vec<PeerId> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(ObjectCommand::Providers(object, tx))
+            .await
+            .is_err()
+        {
+            return vec![];
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    async fn request(&self, peer: PeerId, object: Object) -> Option<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(ObjectCommand::Request(peer, object, tx))
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Announces that this participant holds `object`.
+    pub async fn announce(&self, object: Object) {
+        let _ = self.commands.send(ObjectCommand::Announce(object)).await;
+    }
+}
+
+/// Where a [`PeerStore`]'s objects came from, and what it refused.
+#[derive(Debug, Default)]
+pub struct PeerStoreStats {
+    pub from_store: AtomicU64,
+    pub from_peers: AtomicU64,
+    pub from_hubs: AtomicU64,
+    /// Objects from peers that did not match their name.
+    pub rejected_from_peers: AtomicU64,
+}
+
+/// A [`Store`]: the local store, then overlay peers, then the hubs. Its calls block: use it
+/// from a blocking thread, as the hub routes and the image tools do.
+pub struct PeerStore {
+    local: DirStore,
+    client: ObjectClient,
+    upstream: Vec<Arc<dyn Store>>,
+    runtime: tokio::runtime::Handle,
+    /// Peers that sent wrong bytes: never asked again.
+    distrusted: Mutex<HashSet<PeerId>>,
+    /// The peer that served the last object: asked first, since the chunks of an image
+    /// usually come from a peer that holds the whole image (no DHT lookup per chunk).
+    recent: Mutex<Option<PeerId>>,
+    pub stats: Arc<PeerStoreStats>,
+}
+
+impl PeerStore {
+    pub fn new(
+        local: DirStore,
+        client: ObjectClient,
+        upstream: Vec<Arc<dyn Store>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            local,
+            client,
+            upstream,
+            runtime,
+            distrusted: Mutex::default(),
+            recent: Mutex::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The peers no longer asked.
+    pub fn distrusted(&self) -> Vec<PeerId> {
+        self.distrusted.lock().unwrap().iter().copied().collect()
+    }
+
+    fn from_peers(&self, object: Object, max_len: u64) -> Option<Vec<u8>> {
+        let limit = peer_limit(object).min(max_len);
+        self.runtime.block_on(async {
+            tokio::time::timeout(PEER_FETCH_TIMEOUT, async {
+                let recent = *self.recent.lock().unwrap();
+                if let Some(peer) = recent {
+                    if let Some(bytes) = self.ask(peer, object, limit).await {
+                        return Some(bytes);
+                    }
+                }
+                let providers = self.client.providers(object).await;
+                let mut asked = 0;
+                for peer in providers.into_iter().filter(|p| Some(*p) != recent) {
+                    if asked == MAX_PROVIDERS_ASKED {
+                        break;
+                    }
+                    if self.distrusted.lock().unwrap().contains(&peer) {
+                        continue;
+                    }
+                    asked += 1;
+                    if let Some(bytes) = self.ask(peer, object, limit).await {
+                        *self.recent.lock().unwrap() = Some(peer);
+                        return Some(bytes);
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    }
+
+    /// `object` from `peer` if it has it and its bytes match the name; a peer that sends wrong
+    /// bytes is never asked again.
+    async fn ask(&self, peer: PeerId, object: Object, limit: u64) -> Option<Vec<u8>> {
+        if self.distrusted.lock().unwrap().contains(&peer) {
+            return None;
+        }
+        let bytes = self.client.request(peer, object).await?;
+        if bytes.len() as u64 <= limit && zos_image::hub::validate_object(object, &bytes).is_ok() {
+            return Some(bytes);
+        }
+        tracing::warn!(%peer, object = object.rel_path(), "a peer sent wrong bytes; no longer asked");
+        self.stats
+            .rejected_from_peers
+            .fetch_add(1, Ordering::Relaxed);
+        self.distrusted.lock().unwrap().insert(peer);
+        let mut recent = self.recent.lock().unwrap();
+        if *recent == Some(peer) {
+            *recent = None;
+        }
+        None
+    }
+
+    fn from_hubs(&self, object: Object, max_len: u64) -> Option<Vec<u8>> {
+        for hub in &self.upstream {
+            match hub.get_at_most(object, max_len) {
+                Ok(Some(bytes)) if zos_image::hub::validate_object(object, &bytes).is_ok() => {
+                    return Some(bytes)
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(hub = %hub.describe(), object = object.rel_path(), "a hub sent wrong bytes")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(hub = %hub.describe(), "{e}"),
+            }
+        }
+        None
+    }
+
+    /// Keeps a fetched object and announces it.
+    fn keep(&self, object: Object, bytes: &[u8]) {
+        if let Err(e) = self.local.put(object, bytes) {
+            tracing::warn!("keeping {}: {e}", object.rel_path());
+            return;
+        }
+        let client = self.client.clone();
+        self.runtime
+            .spawn(async move { client.announce(object).await });
+    }
+}
+
+impl Store for PeerStore {
+    fn describe(&self) -> String {
+        let hubs: Vec<String> = self.upstream.iter().map(|h| h.describe()).collect();
+        format!(
+            "{}, overlay peers, then {}",
+            self.local.describe(),
+            hubs.join(", ")
+        )
+    }
+
+    fn get_at_most(&self, object: Object, max_len: u64) -> zos_image::Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.local.get_at_most(object, max_len)? {
+            self.stats.from_store.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(bytes));
+        }
+        if let Some(bytes) = self.from_peers(object, max_len) {
+            self.stats.from_peers.fetch_add(1, Ordering::Relaxed);
+            self.keep(object, &bytes);
+            return Ok(Some(bytes));
+        }
+        if let Some(bytes) = self.from_hubs(object, max_len) {
+            self.stats.from_hubs.fetch_add(1, Ordering::Relaxed);
+            self.keep(object, &bytes);
+            return Ok(Some(bytes));
+        }
+        Ok(None)
+    }
+
+    fn size(&self, object: Object) -> zos_image::Result<Option<u64>> {
+        self.local.size(object)
+    }
+
+    fn put(&self, object: Object, bytes: &[u8]) -> zos_image::Result<()> {
+        zos_image::hub::validate_object(object, bytes).map_err(|message| {
+            zos_image::Error::Store {
+                store: self.describe(),
+                message,
+            }
+        })?;
+        self.keep(object, bytes);
+        Ok(())
+    }
+}
+
+/// Every object in `store`: chunks, then image indexes and signatures.
+pub fn stored_objects(store: &DirStore) -> Vec<Object> {
+    let mut objects: Vec<Object> = store
+        .list_chunks()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Object::Chunk)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(store.root().join("images")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(root) = name.strip_suffix(".idx").and_then(|r| r.parse().ok()) {
+                objects.push(Object::Index(root));
+            } else if let Some(root) = name.strip_suffix(".sig").and_then(|r| r.parse().ok()) {
+                objects.push(Object::Signature(root));
+            }
+        }
+    }
+    objects
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_garbage_is_refused() {
+        let h = Hash([7; 32]);
+        for object in [Object::Chunk(h), Object::Index(h), Object::Signature(h)] {
+            assert_eq!(decode_name(&encode_name(object)), Some(object));
+        }
+        let mut bad = encode_name(Object::Chunk(h));
+        bad[0] = 9;
+        assert_eq!(decode_name(&bad), None);
+        assert_eq!(decode_name(&[0; 10]), None);
+        assert_eq!(decode_name(&[0; 34]), None);
+        assert_ne!(
+            provider_key(Object::Chunk(h)),
+            provider_key(Object::Index(h))
+        );
+        assert_eq!(peer_limit(Object::Index(h)), MAX_PEER_OBJECT);
+        assert!(peer_limit(Object::Chunk(h)) < MAX_PEER_OBJECT);
+    }
+}
