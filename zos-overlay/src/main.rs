@@ -30,7 +30,10 @@ enum Command {
         #[arg(long, env = "ZOS_OVERLAY_KEY")]
         key: PathBuf,
         /// Where to accept peers; repeat for more.
-        #[arg(long, default_value = "/ip4/0.0.0.0/tcp/9651")]
+        #[arg(
+            long,
+            default_values = ["/ip4/0.0.0.0/tcp/9651", "/ip4/0.0.0.0/udp/9651/quic-v1"]
+        )]
         listen: Vec<Multiaddr>,
         /// A peer to join through (`.../p2p/<peer id>`); repeat for more.
         #[arg(long)]

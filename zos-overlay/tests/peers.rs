@@ -10,7 +10,7 @@ use std::{
 
 mod common;
 
-use common::{dial_address, participant};
+use common::{dial_address, participant, participant_on};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use zos_overlay::{
@@ -103,6 +103,18 @@ async fn packets_reach_a_peer_found_through_the_dht_and_come_back() {
         b.stats.dropped_foreign_source.load(Ordering::Relaxed),
         before + 1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_cross_a_quic_connection() {
+    let mut a = participant_on("/ip4/127.0.0.1/udp/0/quic-v1", vec![], None).await;
+    let a_addr = dial_address(&a).await;
+    assert!(a_addr.to_string().contains("/quic-v1/"), "{a_addr}");
+    let mut b = participant_on("/ip4/127.0.0.1/udp/0/quic-v1", vec![a_addr], None).await;
+    let got = deliver(&b, &mut a, b"over quic", 30).await;
+    assert_eq!(got, packet(b.address(), a.address(), b"over quic"));
+    let got = deliver(&a, &mut b, b"and back", 30).await;
+    assert_eq!(got, packet(a.address(), b.address(), b"and back"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,21 @@ use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr};
 use zos_image::store::DirStore;
 use zos_overlay::{Config, Overlay};
 
-/// A participant with a fresh key, joining through `bootstrap`, serving `objects`.
+/// A participant with a fresh key on loopback TCP, joining through `bootstrap`, serving
+/// `objects`.
 pub async fn participant(bootstrap: Vec<Multiaddr>, objects: Option<Arc<DirStore>>) -> Overlay {
+    participant_on("/ip4/127.0.0.1/tcp/0", bootstrap, objects).await
+}
+
+/// The same, listening on `listen`.
+pub async fn participant_on(
+    listen: &str,
+    bootstrap: Vec<Multiaddr>,
+    objects: Option<Arc<DirStore>>,
+) -> Overlay {
     Overlay::start(Config {
         keypair: Keypair::generate_ed25519(),
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        listen: vec![listen.parse().unwrap()],
         bootstrap,
         client: false,
         relays: vec![],
