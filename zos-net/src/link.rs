@@ -162,14 +162,15 @@ pub async fn delete(h: &Handle, name: &str) -> Result<()> {
     }
 }
 
-/// Sets `addr/prefix` on link `index` (kept when already there).
-pub async fn ensure_address(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-    match h
-        .address()
-        .add(index, IpAddr::V4(addr), prefix)
-        .execute()
-        .await
-    {
+/// Sets `addr/prefix` (IPv4 or IPv6) on link `index` (kept when already there).
+pub async fn ensure_address(
+    h: &Handle,
+    index: u32,
+    addr: impl Into<IpAddr>,
+    prefix: u8,
+) -> Result<()> {
+    let addr = addr.into();
+    match h.address().add(index, addr, prefix).execute().await {
         Err(e) if !errno_is(&e, libc::EEXIST) => {
             Err(e).with_context(|| format!("adding address {addr}/{prefix}"))
         }
@@ -196,21 +197,6 @@ pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, index: u32) ->
         .onlink()
         .build();
     replace(h, route, || format!("default route via {gateway}")).await
-}
-
-/// Sets the IPv6 `addr/prefix` on link `index` (kept when already there).
-pub async fn ensure_address6(h: &Handle, index: u32, addr: Ipv6Addr, prefix: u8) -> Result<()> {
-    match h
-        .address()
-        .add(index, IpAddr::V6(addr), prefix)
-        .execute()
-        .await
-    {
-        Err(e) if !errno_is(&e, libc::EEXIST) => {
-            Err(e).with_context(|| format!("adding address {addr}/{prefix}"))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Routes the IPv6 prefix `dest/prefix` through link `index` (replacing any route for it).

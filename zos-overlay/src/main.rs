@@ -65,6 +65,10 @@ enum Command {
         /// A hub asked when no peer has an object; repeat for more.
         #[arg(long)]
         upstream: Vec<String>,
+        /// A key (file or hex, as zos-image takes it) whose image signatures are taken from
+        /// peers; without one, signatures come from the hubs only. Repeat for more.
+        #[arg(long)]
+        trust: Vec<String>,
     },
 }
 
@@ -99,6 +103,7 @@ async fn main() -> Result<()> {
             hub_store,
             hub_listen,
             upstream,
+            trust,
         } => {
             let keypair = identity::load_or_create(&key)?;
             let store = hub_store
@@ -128,10 +133,15 @@ async fn main() -> Result<()> {
                     .iter()
                     .map(|u| open_store(u, None))
                     .collect::<Result<Vec<_>, _>>()?;
+                let trusted = trust
+                    .iter()
+                    .map(|k| zos_image::sign::load_verifying_key(k))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let peers = PeerStore::new(
                     (*store).clone(),
                     overlay.objects(),
                     upstream,
+                    trusted,
                     tokio::runtime::Handle::current(),
                 );
                 let listener = tokio::net::TcpListener::bind(addr).await?;

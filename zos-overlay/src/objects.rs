@@ -28,7 +28,7 @@ pub const OBJECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/ob
 /// The largest object a peer is asked for: indexes above it come from hubs only.
 pub const MAX_PEER_OBJECT: u64 = 16 << 20;
 /// Providers asked for one object at most.
-const MAX_PROVIDERS_ASKED: usize = 4;
+pub(crate) const MAX_PROVIDERS_ASKED: usize = 4;
 /// How long a whole peer fetch may take before the hubs are asked.
 const PEER_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Objects announced from the store at startup at most.
@@ -213,12 +213,36 @@ pub struct PeerStoreStats {
     pub rejected_from_peers: AtomicU64,
 }
 
+/// Whether `bytes` from a peer may stand for `object`: within `limit`, matching the object's
+/// name (a chunk its hash, an index its root) and, for a signature, made by a `trusted` key
+/// (any key can sign any root: a signature by another key would make the image unusable once
+/// kept). Without trusted keys no signature is taken from peers.
+pub fn acceptable_from_peer(
+    object: Object,
+    bytes: &[u8],
+    limit: u64,
+    trusted: &[ed25519_dalek::VerifyingKey],
+) -> bool {
+    if bytes.len() as u64 > limit || zos_image::hub::validate_object(object, bytes).is_err() {
+        return false;
+    }
+    match object {
+        Object::Signature(root) => {
+            !trusted.is_empty()
+                && zos_image::sign::require_trusted(&root, Some(bytes), trusted).is_ok()
+        }
+        _ => true,
+    }
+}
+
 /// A [`Store`]: the local store, then overlay peers, then the hubs. Its calls block: use it
-/// from a blocking thread, as the hub routes and the image tools do.
+/// from a blocking thread (never from async code), as the hub routes and the image tools do.
 pub struct PeerStore {
     local: DirStore,
     client: ObjectClient,
     upstream: Vec<Arc<dyn Store>>,
+    /// The keys whose signatures are taken from peers.
+    trusted: Vec<ed25519_dalek::VerifyingKey>,
     runtime: tokio::runtime::Handle,
     /// Peers that sent wrong bytes: never asked again.
     distrusted: Mutex<HashSet<PeerId>>,
@@ -233,12 +257,14 @@ impl PeerStore {
         local: DirStore,
         client: ObjectClient,
         upstream: Vec<Arc<dyn Store>>,
+        trusted: Vec<ed25519_dalek::VerifyingKey>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Self {
             local,
             client,
             upstream,
+            trusted,
             runtime,
             distrusted: Mutex::default(),
             recent: Mutex::default(),
@@ -252,6 +278,9 @@ impl PeerStore {
     }
 
     fn from_peers(&self, object: Object, max_len: u64) -> Option<Vec<u8>> {
+        if matches!(object, Object::Signature(_)) && self.trusted.is_empty() {
+            return None;
+        }
         let limit = peer_limit(object).min(max_len);
         self.runtime.block_on(async {
             tokio::time::timeout(PEER_FETCH_TIMEOUT, async {
@@ -291,7 +320,7 @@ impl PeerStore {
             return None;
         }
         let bytes = self.client.request(peer, object).await?;
-        if bytes.len() as u64 <= limit && zos_image::hub::validate_object(object, &bytes).is_ok() {
+        if acceptable_from_peer(object, &bytes, limit, &self.trusted) {
             return Some(bytes);
         }
         tracing::warn!(%peer, object = object.rel_path(), "a peer sent wrong bytes; no longer asked");
@@ -403,6 +432,41 @@ pub fn stored_objects(store: &DirStore) -> Vec<Object> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signature_from_a_peer_counts_only_by_a_trusted_key() {
+        let root = Hash([5; 32]);
+        let ours = zos_image::sign::generate().unwrap();
+        let theirs = zos_image::sign::generate().unwrap();
+        let trusted = [ours.verifying_key()];
+        let object = Object::Signature(root);
+        let good = zos_image::sign::sign(&root, &ours);
+        let forged = zos_image::sign::sign(&root, &theirs);
+        assert!(acceptable_from_peer(
+            object,
+            &good,
+            MAX_PEER_OBJECT,
+            &trusted
+        ));
+        assert!(!acceptable_from_peer(
+            object,
+            &forged,
+            MAX_PEER_OBJECT,
+            &trusted
+        ));
+        assert!(!acceptable_from_peer(object, &good, MAX_PEER_OBJECT, &[]));
+        assert!(!acceptable_from_peer(object, &good, 10, &trusted));
+        // A chunk must hash to its name.
+        let chunk = zos_image::chunk::encode_object(b"data");
+        let name = Object::Chunk(Hash::of(b"data"));
+        assert!(acceptable_from_peer(name, &chunk, MAX_PEER_OBJECT, &[]));
+        assert!(!acceptable_from_peer(
+            Object::Chunk(root),
+            &chunk,
+            MAX_PEER_OBJECT,
+            &[]
+        ));
+    }
 
     #[test]
     fn names_round_trip_and_garbage_is_refused() {

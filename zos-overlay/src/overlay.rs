@@ -42,7 +42,7 @@ use crate::{
     identity::{public_key_of_peer, subnet_of_key, subnet_of_peer},
     objects::{
         peer_limit, provider_key, stored_objects, ObjectClient, ObjectCodec, ObjectCommand,
-        MAX_ANNOUNCED_AT_START, OBJECT_PROTOCOL,
+        MAX_ANNOUNCED_AT_START, MAX_PROVIDERS_ASKED, OBJECT_PROTOCOL,
     },
     packet::{self, FrameDecoder, PacketError},
 };
@@ -59,6 +59,10 @@ const REPUBLISH: Duration = Duration::from_secs(60);
 const LOOKUP_THROTTLE: Duration = Duration::from_secs(2);
 /// Packets queued per peer link before new ones are dropped (a router drops, never blocks).
 const LINK_QUEUE: usize = 1024;
+/// Destinations looked up recently, at most (bounds the memory a flood of new ones takes).
+const MAX_LOOKUPS_REMEMBERED: usize = 4096;
+/// Object requests from peers answered at once, at most; more get "none".
+const MAX_OBJECT_READS: usize = 8;
 /// How long an object request waits for its peer to be found.
 const PARKED_FOR: Duration = Duration::from_secs(10);
 /// How often a lost relay reservation is asked for again.
@@ -236,6 +240,7 @@ impl Overlay {
                 requests: HashMap::new(),
                 announced: false,
                 parked: Vec::new(),
+                object_reads: Arc::new(tokio::sync::Semaphore::new(MAX_OBJECT_READS)),
             }
             .run(command_rx, object_rx),
         ));
@@ -244,7 +249,6 @@ impl Overlay {
             subnet,
             routes,
             commands,
-            deliver.clone(),
             stats.clone(),
         )));
         tasks.push(tokio::spawn(accept_inbound(
@@ -321,7 +325,17 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
             let mut kad_config = kad::Config::new(KAD_PROTOCOL);
             kad_config.set_query_timeout(Duration::from_secs(30));
             kad_config.set_provider_publication_interval(Some(Duration::from_secs(600)));
-            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
+            // Room to announce a large store's objects, and others' records within bounds.
+            let store = MemoryStore::with_config(
+                peer,
+                kad::store::MemoryStoreConfig {
+                    max_records: 4096,
+                    max_value_bytes: 4096,
+                    max_providers_per_key: kad::K_VALUE.get(),
+                    max_provided_keys: 2 * crate::objects::MAX_ANNOUNCED_AT_START,
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
             // Without AutoNAT a participant cannot learn that it is reachable, so the role is
             // configured: nodes answer DHT queries, laptops only ask.
             kad.set_mode(Some(if client { Mode::Client } else { Mode::Server }));
@@ -341,7 +355,8 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
                 objects: request_response::Behaviour::new(
                     [(OBJECT_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                        .with_request_timeout(Duration::from_secs(10))
+                        .with_max_concurrent_streams(MAX_OBJECT_READS),
                 ),
             }
         })
@@ -386,10 +401,12 @@ struct SwarmLoop {
     store: Option<Arc<zos_image::store::DirStore>>,
     /// For answers read from the store off the event loop.
     object_commands: mpsc::Sender<ObjectCommand>,
-    provider_queries: HashMap<QueryId, oneshot::Sender<Vec<PeerId>>>,
+    provider_queries: HashMap<QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
     requests: HashMap<OutboundRequestId, oneshot::Sender<Option<Vec<u8>>>>,
     /// Whether the store's objects were announced (once there are peers to tell).
     announced: bool,
+    /// Reads of the store for peers' requests in progress.
+    object_reads: Arc<tokio::sync::Semaphore>,
     /// Object requests waiting for their peer to be found and connected.
     parked: Vec<(
         PeerId,
@@ -448,16 +465,11 @@ impl SwarmLoop {
                     .behaviour_mut()
                     .kad
                     .get_providers(provider_key(object));
-                self.provider_queries.insert(query, reply);
+                self.provider_queries.insert(query, (reply, Vec::new()));
             }
             ObjectCommand::Request(peer, object, reply) => {
                 if self.swarm.is_connected(&peer) || self.swarm.dial(peer).is_ok() {
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .objects
-                        .send_request(&peer, object);
-                    self.requests.insert(id, reply);
+                    self.send_object_request(peer, object, reply);
                 } else {
                     // A provider whose addresses are unknown here: find it, then ask.
                     self.parked.push((peer, object, reply, Instant::now()));
@@ -492,13 +504,22 @@ impl SwarmLoop {
             .partition(|(p, ..)| *p == peer);
         self.parked = waiting;
         for (_, object, reply, _) in ready {
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .objects
-                .send_request(&peer, object);
-            self.requests.insert(id, reply);
+            self.send_object_request(peer, object, reply);
         }
+    }
+
+    fn send_object_request(
+        &mut self,
+        peer: PeerId,
+        object: zos_image::store::Object,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    ) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .objects
+            .send_request(&peer, object);
+        self.requests.insert(id, reply);
     }
 
     /// Announces every object of the store (bounded), once peers are there to hear it.
@@ -544,10 +565,20 @@ impl SwarmLoop {
                         .send_response(channel, None);
                     return;
                 };
+                let Ok(permit) = self.object_reads.clone().try_acquire_owned() else {
+                    // Busy: a peer cannot queue reads of 16 MiB objects without bound.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .objects
+                        .send_response(channel, None);
+                    return;
+                };
                 let commands = self.object_commands.clone();
                 tokio::spawn(async move {
                     use zos_image::store::Store;
                     let bytes = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
                         store
                             .get_at_most(request, peer_limit(request))
                             .ok()
@@ -608,14 +639,22 @@ impl SwarmLoop {
                         // which a relay (configured on a public address) vouches for.
                         self.swarm.add_external_address(address.clone());
                     }
-                    self.advertised.push(address.clone());
+                    // A relayed address is the one that works behind NAT: it goes first.
+                    if is_relayed(&address) {
+                        self.advertised.insert(0, address.clone());
+                    } else {
+                        self.advertised.push(address.clone());
+                    }
                     self.advertised.truncate(MAX_RECORD_ADDRESSES);
                     self.publish();
                 }
                 self.listening.send_modify(|l| l.push(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.advertised.retain(|a| *a != address);
+                if self.advertised.contains(&address) {
+                    self.advertised.retain(|a| *a != address);
+                    self.publish();
+                }
                 self.listening.send_modify(|l| l.retain(|a| *a != address));
             }
             SwarmEvent::ListenerClosed {
@@ -643,6 +682,8 @@ impl SwarmLoop {
                 endpoint,
                 ..
             } => {
+                // A link whose task ended is replaced (add_link keeps a live one).
+                self.add_link(peer_id);
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                     let is_relay = |r: &Multiaddr| r.iter().last() == Some(Protocol::P2p(peer_id));
@@ -650,7 +691,6 @@ impl SwarmLoop {
                         // Reachable again through it at once, not at the next retry.
                         self.reserve();
                     }
-                    self.add_link(peer_id);
                     self.publish_connected();
                     if self.wanted.is_empty() && self.swarm.connected_peers().count() == 1 {
                         // The first peer: join the DHT and announce ourselves.
@@ -707,14 +747,26 @@ impl SwarmLoop {
         match result {
             QueryResult::GetProviders(result) => {
                 let me = *self.swarm.local_peer_id();
-                let providers = match result {
-                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers,
-                    // Finished with no (more) providers, or failed.
-                    _ => Default::default(),
+                let Some((_, found)) = self.provider_queries.get_mut(&id) else {
+                    return;
                 };
-                // The first answer is enough: a fetch asks providers one by one.
-                if let Some(reply) = self.provider_queries.remove(&id) {
-                    let _ = reply.send(providers.into_iter().filter(|p| *p != me).collect());
+                let done = match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        for p in providers {
+                            if p != me && !found.contains(&p) {
+                                found.push(p);
+                            }
+                        }
+                        found.len() >= MAX_PROVIDERS_ASKED
+                    }
+                    // Finished with no more providers, or failed.
+                    _ => true,
+                };
+                // Enough to choose from, or all there is: a fetch asks them one by one.
+                if done {
+                    if let Some((reply, found)) = self.provider_queries.remove(&id) {
+                        let _ = reply.send(found);
+                    }
                     if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                         query.finish();
                     }
@@ -849,15 +901,17 @@ async fn peer_link(
 ) {
     let mut failures = 0u32;
     'streams: loop {
+        // The route is removed (the queue's sender dropped) when the peer disconnects; until
+        // then a stream that cannot be opened is tried again, never given up.
+        if queue.is_closed() {
+            return;
+        }
         let mut stream = match control.open_stream(peer, PACKET_PROTOCOL).await {
             Ok(stream) => stream,
             Err(e) => {
-                failures += 1;
+                failures = failures.saturating_add(1);
                 tracing::debug!(%peer, "opening a packet stream: {e}");
-                if failures >= 3 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                tokio::time::sleep(Duration::from_millis(100 << failures.min(5))).await;
                 continue;
             }
         };
@@ -895,7 +949,6 @@ async fn route_outbound(
     subnet: NodeSubnet,
     routes: Routes,
     commands: mpsc::Sender<Command>,
-    deliver: mpsc::Sender<Vec<u8>>,
     stats: Arc<Stats>,
 ) {
     let mut looked_up: HashMap<NodeSubnet, Instant> = HashMap::new();
@@ -904,6 +957,10 @@ async fn route_outbound(
             Stats::bump(&stats.dropped_malformed);
             continue;
         };
+        if packet.len() > packet::MAX_PACKET {
+            Stats::bump(&stats.dropped_malformed);
+            continue;
+        }
         let Some(target) = NodeSubnet::of_address(&destination) else {
             // Not for the overlay (the kernel's own link-local and multicast traffic).
             Stats::bump(&stats.dropped_no_route);
@@ -914,8 +971,9 @@ async fn route_outbound(
             continue;
         }
         if target == subnet {
-            // To ourselves (another address of our /64).
-            let _ = deliver.try_send(packet);
+            // Our own /64 but no local address or route for it: handing it back to the kernel
+            // would loop it (through forwarding) until its hop limit runs out.
+            Stats::bump(&stats.dropped_no_route);
             continue;
         }
         let link = routes.lock().unwrap().get(&target).cloned();
@@ -928,10 +986,16 @@ async fn route_outbound(
                     .get(&target)
                     .is_none_or(|at| at.elapsed() >= LOOKUP_THROTTLE);
                 if due {
-                    looked_up.insert(target, Instant::now());
-                    let _ = commands.try_send(Command::Find(target));
+                    if looked_up.len() >= MAX_LOOKUPS_REMEMBERED {
+                        looked_up.retain(|_, at| at.elapsed() < LOOKUP_THROTTLE);
+                    }
+                    // Past the bound (a flood of new destinations), no more lookups for now;
+                    // the channel to the swarm bounds the lookups in flight.
+                    if looked_up.len() < MAX_LOOKUPS_REMEMBERED {
+                        looked_up.insert(target, Instant::now());
+                        let _ = commands.try_send(Command::Find(target));
+                    }
                 }
-                looked_up.retain(|_, at| at.elapsed() < Duration::from_secs(60));
             }
         }
     }
@@ -944,17 +1008,24 @@ async fn accept_inbound(
     deliver: mpsc::Sender<Vec<u8>>,
     stats: Arc<Stats>,
 ) {
+    // One reader per peer: a peer opens a new stream when its last one broke, so the newest
+    // replaces the old one, and no peer holds more than one stream's buffers.
+    let mut readers: HashMap<PeerId, tokio::task::JoinHandle<()>> = HashMap::new();
     while let Some((peer, stream)) = incoming.next().await {
         let Some(peer_subnet) = subnet_of_peer(&peer) else {
             continue;
         };
-        tokio::spawn(read_stream(
+        readers.retain(|_, reader| !reader.is_finished());
+        let reader = tokio::spawn(read_stream(
             stream,
             peer_subnet,
             subnet,
             deliver.clone(),
             stats.clone(),
         ));
+        if let Some(old) = readers.insert(peer, reader) {
+            old.abort();
+        }
     }
 }
 

@@ -53,6 +53,9 @@ pub fn frame(packet: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`: consumed frames are dropped once per push, not
+    /// once per packet (which would copy the buffer for every small frame).
+    start: usize,
 }
 
 impl FrameDecoder {
@@ -62,24 +65,29 @@ impl FrameDecoder {
 
     /// Adds bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete packet, if one has arrived. The buffer never holds more than one
     /// frame beyond what the caller pushed: frames are at most 2 + [`MAX_PACKET`] bytes.
     pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        if self.buf.len() < 2 {
+        let rest = &self.buf[self.start..];
+        if rest.len() < 2 {
             return Ok(None);
         }
-        let len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
+        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        if self.buf.len() < 2 + len {
+        if rest.len() < 2 + len {
             return Ok(None);
         }
-        let packet = self.buf[2..2 + len].to_vec();
-        self.buf.drain(..2 + len);
+        let packet = rest[2..2 + len].to_vec();
+        self.start += 2 + len;
         Ok(Some(packet))
     }
 }

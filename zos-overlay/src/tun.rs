@@ -35,7 +35,7 @@ impl Tun {
             .await?
             .with_context(|| format!("tun device {name} vanished"))?;
         zos_net::link::set_mtu(&h, index, mtu).await?;
-        zos_net::link::ensure_address6(&h, index, subnet.host(), 64).await?;
+        zos_net::link::ensure_address(&h, index, subnet.host(), 64).await?;
         zos_net::link::set_up(&h, index).await?;
         zos_net::link::replace_route6(&h, OVERLAY_PREFIX, OVERLAY_PREFIX_LEN, index).await?;
         // SAFETY: a File owns its fd, which stays open and the same until the AsyncFd drops it.

@@ -20,17 +20,13 @@ use zos_image::{
 };
 use zos_overlay::objects::PeerStore;
 
-/// Deterministic, incompressible bytes.
+/// Deterministic, incompressible bytes (BLAKE3's extendable output).
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
     out
 }
 
@@ -97,12 +93,14 @@ async fn an_image_only_one_peer_holds_arrives_with_the_hub_stopped_and_a_liar_is
         (*b_store).clone(),
         b.objects(),
         vec![open_store("http://127.0.0.1:1", None).unwrap()],
+        trust.keys.clone(),
         runtime.clone(),
     ));
     let a_peers = Arc::new(PeerStore::new(
         (*a_store).clone(),
         a.objects(),
         vec![open_store(&hub_url, None).unwrap()],
+        trust.keys.clone(),
         runtime.clone(),
     ));
 
@@ -180,6 +178,7 @@ async fn an_image_only_one_peer_holds_arrives_with_the_hub_stopped_and_a_liar_is
         d_store,
         d.objects(),
         vec![open_store("http://127.0.0.1:1", None).unwrap()],
+        trust.keys.clone(),
         runtime.clone(),
     ));
     let timed = |sources: Vec<Arc<dyn Store>>, sink: &str| {

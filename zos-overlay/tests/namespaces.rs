@@ -47,6 +47,15 @@ fn ok(cmd: &[&str]) {
     );
 }
 
+/// Adds `cidr` to `dev` in namespace `ns`.
+fn add_address(ns: &str, dev: &str, cidr: &str) {
+    ok(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+}
+
+fn link_up(ns: &str, dev: &str) {
+    ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
+}
+
 fn cleanup() {
     for (ns, _) in HOSTS.iter().chain([&NATTED]) {
         let _ = run(&["ip", "netns", "del", ns]);
@@ -59,7 +68,7 @@ fn lan() {
     cleanup();
     ok(&["ip", "netns", "add", LAN]);
     ok(&["ip", "-n", LAN, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", LAN, "link", "set", "br0", "up"]);
+    link_up(LAN, "br0");
     for (i, (ns, addr)) in HOSTS.iter().enumerate() {
         let port = format!("p{i}");
         ok(&["ip", "netns", "add", ns]);
@@ -67,18 +76,9 @@ fn lan() {
             "ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", &port, "netns", LAN,
         ]);
         ok(&["ip", "-n", LAN, "link", "set", &port, "master", "br0", "up"]);
-        ok(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        add_address(ns, "eth0", &format!("{addr}/24"));
+        link_up(ns, "eth0");
+        link_up(ns, "lo");
     }
     // Behind the router: a private link, a default route, masquerading on the way out.
     let (natted, private) = NATTED;
@@ -87,29 +87,11 @@ fn lan() {
         "ip", "link", "add", "eth0", "netns", natted, "type", "veth", "peer", "eth1", "netns",
         ROUTER,
     ]);
-    ok(&[
-        "ip",
-        "-n",
-        ROUTER,
-        "addr",
-        "add",
-        "10.77.0.1/24",
-        "dev",
-        "eth1",
-    ]);
-    ok(&["ip", "-n", ROUTER, "link", "set", "eth1", "up"]);
-    ok(&[
-        "ip",
-        "-n",
-        natted,
-        "addr",
-        "add",
-        &format!("{private}/24"),
-        "dev",
-        "eth0",
-    ]);
-    ok(&["ip", "-n", natted, "link", "set", "eth0", "up"]);
-    ok(&["ip", "-n", natted, "link", "set", "lo", "up"]);
+    add_address(ROUTER, "eth1", "10.77.0.1/24");
+    link_up(ROUTER, "eth1");
+    add_address(natted, "eth0", &format!("{private}/24"));
+    link_up(natted, "eth0");
+    link_up(natted, "lo");
     ok(&[
         "ip",
         "-n",
@@ -458,6 +440,22 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
         !spoofed.status.success(),
         "a ping from a foreign source got an answer"
     );
+    // ... because B's overlay refused it: its counter says so (logged every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.logs().lines().any(|l| {
+        l.split("foreign-source ")
+            .nth(1)
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 2)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "B never counted the foreign-source pings\n{}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     if std::env::var_os("ZOS_OVERLAY_TEST_LOGS").is_some() {
         for p in [&a, &b, &c, &laptop, &natted] {
             eprintln!("--- {}\n{}", p.ns, p.logs());
@@ -594,17 +592,8 @@ fn start_wireguard(
         "allowed-ips",
         &format!("{peer_addr}/32"),
     ]);
-    ok(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{addr}/24"),
-        "dev",
-        dev,
-    ]);
-    ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    add_address(ns, dev, &format!("{addr}/24"));
+    link_up(ns, dev);
     child
 }
 
@@ -642,23 +631,14 @@ fn the_overlay_against_wireguard_and_yggdrasil_on_one_link() {
     for ns in [ONE, TWO] {
         let _ = run(&["ip", "netns", "del", ns]);
         ok(&["ip", "netns", "add", ns]);
-        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        link_up(ns, "lo");
     }
     ok(&[
         "ip", "link", "add", "eth0", "netns", ONE, "type", "veth", "peer", "eth0", "netns", TWO,
     ]);
     for (ns, ip) in [(ONE, ip1), (TWO, ip2)] {
-        ok(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ok(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        add_address(ns, "eth0", &format!("{ip}/24"));
+        link_up(ns, "eth0");
     }
     let dir = tempfile::tempdir().unwrap();
     const BYTES: usize = 32 << 20;
