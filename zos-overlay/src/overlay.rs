@@ -557,16 +557,13 @@ impl SwarmLoop {
                     },
                 ..
             } => {
-                let Some(store) = self.store.clone() else {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .objects
-                        .send_response(channel, None);
-                    return;
-                };
-                let Ok(permit) = self.object_reads.clone().try_acquire_owned() else {
-                    // Busy: a peer cannot queue reads of 16 MiB objects without bound.
+                // No store, or busy (a peer cannot queue reads of 16 MiB objects without
+                // bound): the answer is "none".
+                let reader = self.store.clone().and_then(|store| {
+                    let permit = self.object_reads.clone().try_acquire_owned().ok()?;
+                    Some((store, permit))
+                });
+                let Some((store, permit)) = reader else {
                     let _ = self
                         .swarm
                         .behaviour_mut()
