@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the node OS payload, the root filesystem core-0 mounts lazily from a release's image:
-# the workspace's zos-executor and zos-image, the hypervisor (QEMU, its firmware and TCG
+# the workspace's zos-executor, zos-image and zos-overlay, the hypervisor (QEMU, its firmware and TCG
 # accelerator, virtiofsd), the tools the executor runs (e2fsprogs, nftables, iproute2,
 # util-linux's unshare and mount, wireguard-go, bash), busybox for the rest, and every shared
 # library they link. Packs it with zos-image into <out>/os-store and writes the image root to
@@ -28,7 +28,7 @@ done
 # shellcheck disable=SC1091
 source "$root/scripts/env.sh"
 bins="$CARGO_TARGET_DIR/${CARGO_PROFILE:-ci}"
-for b in zos-executor zos-image; do
+for b in zos-executor zos-image zos-overlay; do
   [ -x "$bins/$b" ] || die "$bins/$b is missing: build the workspace first (make build)"
 done
 # The image records owners and modes: everything in it is root's, so no other user of a node
@@ -66,6 +66,8 @@ add_tool() { # name required|optional: from PATH (including sbin)
 
 add_file "$bins/zos-executor" /usr/bin/zos-executor
 add_file "$bins/zos-image" /usr/bin/zos-image
+# The overlay daemon: a release runs it as a service beside the executor (see the README).
+add_file "$bins/zos-overlay" /usr/bin/zos-overlay
 for t in qemu-system-x86_64 mke2fs mkfs.ext4 e2fsck resize2fs nft ip unshare mount umount bash; do
   add_tool "$t" required
 done

@@ -50,6 +50,7 @@ fn spec() -> DeploymentSpec {
         ssh_keys: Default::default(),
         networks: Default::default(),
         public_ip: None,
+        overlay: false,
     };
     DeploymentSpec {
         version: 0,

@@ -292,7 +292,7 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
       };
     }
     case 'vm': {
-      allowKeys(b, ['image', 'vcpus', 'memory_mib', 'rootfs_mib', 'mounts', 'env', 'entrypoint', 'ssh_keys', 'networks', 'public_ip'], p);
+      allowKeys(b, ['image', 'vcpus', 'memory_mib', 'rootfs_mib', 'mounts', 'env', 'entrypoint', 'ssh_keys', 'networks', 'public_ip', 'overlay'], p);
       const image = obj(b.image, `${p}.image`);
       allowKeys(image, ['root_hash', 'source'], `${p}.image`);
       return {
@@ -333,6 +333,7 @@ function parseKind(kind: string, b: Record<string, any>, p: string): Record<stri
         publicIp: b.public_ip === undefined || b.public_ip === null
           ? null
           : str(b.public_ip, `${p}.public_ip`, LIMITS.MAX_WORKLOAD_NAME_LEN),
+        overlay: bool(b.overlay, `${p}.overlay`),
       };
     }
   }
@@ -840,6 +841,7 @@ function readableKind(kind: any): Record<string, unknown> {
         ssh_keys: b.sshKeys.map(text),
         networks: b.networks.map((n: any) => ({ network: text(n.network), ip: quad(n.ip) })),
         public_ip: b.publicIp.isNone ? null : text(b.publicIp.unwrap()),
+        ...(b.overlay.isTrue ? { overlay: true } : {}),
       },
     };
     case 'Gateway': return {

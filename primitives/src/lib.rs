@@ -7,6 +7,7 @@ extern crate alloc;
 
 mod capacity;
 mod ip;
+mod overlay;
 #[cfg(feature = "runtime-api")]
 pub mod runtime_api;
 
@@ -26,6 +27,10 @@ pub use ip::{
     validate_public_ipv6, validate_public_ipv6_in, IpError, Ipv4Cidr, Ipv6Cidr, PublicIpv4Config,
     PublicIpv6Config, SpecialRange, MAX_IPV4_PREFIX, MAX_IPV6_PREFIX, MAX_IPV6_PREFIX_FOR_VMS,
     MIN_IPV4_PREFIX, MIN_IPV6_PREFIX,
+};
+pub use overlay::{
+    validate_overlay_address, OverlayAddress, OverlayAddressError, OverlayEndpoint,
+    MAX_OVERLAY_ADDRESSES, MAX_OVERLAY_ADDRESS_LEN,
 };
 /// The client-side trait exists with `std` only; the runtime names `runtime_api::GridApi`.
 #[cfg(all(feature = "runtime-api", feature = "std"))]

@@ -405,6 +405,10 @@ pub struct VmSpec {
     /// Name of a `PublicIp` workload this VM (alone) uses.
     #[cfg_attr(feature = "std", serde(default))]
     pub public_ip: Option<WorkloadName>,
+    /// A card on the node's overlay network: an address in the node's overlay /64, derived
+    /// from the contract and the workload name, reachable from every overlay participant.
+    #[cfg_attr(feature = "std", serde(default))]
+    pub overlay: bool,
 }
 
 #[derive(

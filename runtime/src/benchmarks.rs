@@ -67,6 +67,7 @@ mod setup {
             ssh_keys: Default::default(),
             networks: Default::default(),
             public_ip: (required.public_ipv4 > 0).then(|| name(b"ip")),
+            overlay: false,
         };
         let mut workloads = vec![Workload {
             name: name(b"vm"),

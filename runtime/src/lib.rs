@@ -121,6 +121,7 @@ type Migrations = (
     pallet_billing::migrations::V2ToV3<Runtime>,
     pallet_deployments::migrations::V2ToV3<Runtime>,
     pallet_grid::migrations::V2ToV3<Runtime>,
+    pallet_deployments::migrations::V3ToV4<Runtime>,
 );
 
 pub type Executive = frame_executive::Executive<

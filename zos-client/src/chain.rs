@@ -450,6 +450,15 @@ pub mod calls {
         ))
     }
 
+    /// Publishes (or, with `None`, withdraws) the node's overlay endpoint.
+    pub fn set_node_overlay(
+        endpoint: Option<&zos_primitives::OverlayEndpoint>,
+    ) -> Result<impl Payload> {
+        Ok(runtime::tx()
+            .grid()
+            .set_node_overlay(endpoint.map(convert).transpose()?))
+    }
+
     pub fn heartbeat() -> impl Payload {
         runtime::tx().grid().heartbeat()
     }
@@ -517,6 +526,22 @@ pub struct ConsumptionReport {
     pub uptime_seconds: u64,
     pub public_bytes_in: u64,
     pub public_bytes_out: u64,
+}
+
+/// The overlay endpoint node `node` publishes, if any.
+pub async fn node_overlay(
+    chain: &Chain,
+    node: NodeId,
+) -> Result<Option<zos_primitives::OverlayEndpoint>> {
+    let at = chain.api.at_current_block().await?;
+    match at
+        .storage()
+        .try_fetch(runtime::storage().grid().node_overlays(), (node,))
+        .await?
+    {
+        Some(endpoint) => Ok(Some(convert(&endpoint.decode()?)?)),
+        None => Ok(None),
+    }
 }
 
 /// Reads the node's on-chain record (for capacity updates).

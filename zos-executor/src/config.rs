@@ -122,6 +122,18 @@ pub struct Flags {
     /// card on it. Without it, public IP workloads fail.
     #[arg(long, env = "ZOS_PUBLIC_BRIDGE")]
     pub public_bridge: Option<String>,
+    /// The node's overlay identity (the key file `zos-overlay up --key` uses; created when
+    /// missing): VMs that ask for it get an address in its /64. Without it, such VMs fail.
+    #[arg(long, env = "ZOS_OVERLAY_KEY")]
+    pub overlay_key: Option<PathBuf>,
+    /// The namespace holding the overlay daemon's TUN (its `--tun-netns`). Default
+    /// "zos-overlay".
+    #[arg(long, env = "ZOS_OVERLAY_NETNS")]
+    pub overlay_netns: Option<String>,
+    /// An address where the node's overlay daemon listens, published on chain for deployers
+    /// and peers to join through (`/ip4/198.51.100.1/tcp/9651`); repeat for more (at most 4).
+    #[arg(long, env = "ZOS_OVERLAY_ADDRESSES", value_delimiter = ',')]
+    pub overlay_address: Vec<String>,
     /// Serve gateway workloads: the HTTPS address of this node's web gateway (e.g.
     /// 0.0.0.0:443). Default: off (gateway workloads fail with "no driver").
     #[arg(long, env = "ZOS_GATEWAY_HTTPS_ADDR")]
@@ -183,6 +195,9 @@ pub struct FileConfig {
     pub underlay_netns: Option<PathBuf>,
     pub no_outbound_internet: Option<bool>,
     pub public_bridge: Option<String>,
+    pub overlay_key: Option<PathBuf>,
+    pub overlay_netns: Option<String>,
+    pub overlay_address: Option<Vec<String>>,
     pub gateway_https_addr: Option<SocketAddr>,
     pub gateway_http_addr: Option<SocketAddr>,
     pub gateway_public_https_port: Option<u16>,
@@ -250,6 +265,18 @@ pub struct Config {
     pub public_bridge: Option<String>,
     /// Serve gateway workloads with this gateway; `None`: this is not a gateway node.
     pub gateway: Option<GatewayConfig>,
+    /// The node's overlay; `None`: VMs asking for an overlay address fail.
+    pub overlay: Option<OverlayConfig>,
+}
+
+/// The node's place on the overlay network.
+#[derive(Clone, Debug)]
+pub struct OverlayConfig {
+    pub key_file: PathBuf,
+    /// The overlay daemon's TUN namespace.
+    pub netns: PathBuf,
+    /// Published on chain as the node's overlay addresses.
+    pub addresses: Vec<String>,
 }
 
 impl Config {
@@ -403,6 +430,23 @@ impl Config {
                 || file.no_outbound_internet.unwrap_or(false)),
             public_bridge: flags.public_bridge.or(file.public_bridge),
             gateway,
+            overlay: flags
+                .overlay_key
+                .or(file.overlay_key)
+                .map(|key_file| OverlayConfig {
+                    key_file,
+                    netns: zos_net::netns::path_of(
+                        flags
+                            .overlay_netns
+                            .or(file.overlay_netns)
+                            .as_deref()
+                            .unwrap_or("zos-overlay"),
+                    ),
+                    addresses: match flags.overlay_address.is_empty() {
+                        true => file.overlay_address.unwrap_or_default(),
+                        false => flags.overlay_address,
+                    },
+                }),
         })
     }
 }

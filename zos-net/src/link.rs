@@ -208,6 +208,20 @@ pub async fn replace_route6(h: &Handle, dest: Ipv6Addr, prefix: u8, index: u32) 
     replace(h, route, || format!("routing {dest}/{prefix}")).await
 }
 
+/// Removes the route for `dest/prefix` through link `index`; fine when there is none.
+pub async fn delete_route6(h: &Handle, dest: Ipv6Addr, prefix: u8, index: u32) -> Result<()> {
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dest, prefix)
+        .output_interface(index)
+        .build();
+    match h.route().del(route).execute().await {
+        Err(e) if !errno_is(&e, libc::ESRCH) && !errno_is(&e, libc::ENOENT) => {
+            Err(e).with_context(|| format!("removing the route for {dest}/{prefix}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Sets link `index`'s MTU.
 pub async fn set_mtu(h: &Handle, index: u32, mtu: u32) -> Result<()> {
     h.link()

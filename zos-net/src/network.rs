@@ -1,5 +1,8 @@
 //! The private networks of one node: create, update in place, remove, and VM ports.
 
+mod overlay;
+pub use overlay::OVERLAY_GATEWAY;
+
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},

@@ -41,6 +41,11 @@ enum Command {
         /// The TUN device's name.
         #[arg(long, default_value = "zos-overlay")]
         tun: String,
+        /// A network namespace (under /run/netns, created when missing) to move the TUN
+        /// device into: a grid node routes its VMs' overlay addresses there (the executor's
+        /// `--overlay-netns`), so IPv6 forwarding stays off in the node's own namespace.
+        #[arg(long)]
+        tun_netns: Option<String>,
         /// Ask the DHT without answering for it (a laptop).
         #[arg(long)]
         client: bool,
@@ -96,6 +101,7 @@ async fn main() -> Result<()> {
             listen,
             peer,
             tun,
+            tun_netns,
             client,
             relay,
             relay_server,
@@ -122,7 +128,7 @@ async fn main() -> Result<()> {
                 objects: store.clone(),
             })
             .await?;
-            let device = tun::Tun::create(&tun, overlay.subnet, mtu).await?;
+            let device = tun::Tun::create(&tun, overlay.subnet, mtu, tun_netns.as_deref()).await?;
             println!(
                 "up {} peer {} tun {tun}",
                 overlay.address(),

@@ -23,17 +23,39 @@ pub struct Tun {
 
 impl Tun {
     /// Creates `name` with `<subnet>::1/64`, `mtu` and a route for the whole overlay prefix,
-    /// and sets it up.
-    pub async fn create(name: &str, subnet: NodeSubnet, mtu: u32) -> Result<Self> {
+    /// and sets it up. With `netns`, the device is moved into that namespace (created when
+    /// missing, IPv6 forwarding on) before it is configured: a node routes its VMs' addresses
+    /// there, never in its own namespace. The device stays this process's.
+    pub async fn create(
+        name: &str,
+        subnet: NodeSubnet,
+        mtu: u32,
+        netns: Option<&str>,
+    ) -> Result<Self> {
         anyhow::ensure!(
             (1280..=65_535).contains(&mtu),
             "an MTU of {mtu}: IPv6 needs at least 1280, a frame carries at most 65535"
         );
         let file = zos_net::link::open_tun(name)?;
-        let h = zos_net::link::handle(None).await?;
-        let index = zos_net::link::index(&h, name)
+        let here = zos_net::link::handle(None).await?;
+        let mut index = zos_net::link::index(&here, name)
             .await?
             .with_context(|| format!("tun device {name} vanished"))?;
+        let ns = match netns {
+            Some(ns) => {
+                let path = zos_net::netns::create(ns)?;
+                zos_net::netns::sysctl(Some(&path), "net.ipv6.conf.all.forwarding", "1")?;
+                zos_net::link::move_to(&here, index, &path).await?;
+                Some(path)
+            }
+            None => None,
+        };
+        let h = zos_net::link::handle(ns.as_deref()).await?;
+        if ns.is_some() {
+            index = zos_net::link::index(&h, name)
+                .await?
+                .with_context(|| format!("tun device {name} did not arrive in its namespace"))?;
+        }
         zos_net::link::set_mtu(&h, index, mtu).await?;
         zos_net::link::ensure_address(&h, index, subnet.host(), 64).await?;
         zos_net::link::set_up(&h, index).await?;

@@ -122,6 +122,9 @@ pub struct NicConfig {
     pub address6: Option<(std::net::Ipv6Addr, u8)>,
     /// The IPv6 default route's next hop, on this interface.
     pub gateway6: Option<std::net::Ipv6Addr>,
+    /// More IPv6 routes through this interface: (destination, prefix length, next hop).
+    #[serde(default)]
+    pub routes6: Vec<(std::net::Ipv6Addr, u8, std::net::Ipv6Addr)>,
 }
 
 /// What the guest's init applies before running the entrypoint.
@@ -392,7 +395,12 @@ impl VmConfig {
                 // A second line for the same card: the guest adds both families to it.
                 let v6 = n.address6.map(|(ip, prefix)| {
                     let gw = gateway_text(n.gateway6.map(|g| g.to_string()));
-                    format!("{} {ip}/{prefix} {gw}\n", n.mac_string())
+                    let routes: String = n
+                        .routes6
+                        .iter()
+                        .map(|(dest, len, via)| format!(" {dest}/{len}={via}"))
+                        .collect();
+                    format!("{} {ip}/{prefix} {gw}{routes}\n", n.mac_string())
                 });
                 v4.into_iter().chain(v6)
             })

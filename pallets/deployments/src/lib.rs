@@ -80,8 +80,9 @@ pub mod pallet {
     use zos_primitives::spec::SpecError;
 
     /// 2: proposal expiries moved from per-block slots (`ProposalExpiries`) to one FIFO queue
-    /// ([`ExpiryQueue`]); see [`crate::migrations`].
-    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
+    /// ([`ExpiryQueue`]); 3: gateway host counts in the required resources; 4: VMs' overlay
+    /// card in stored specs. See [`crate::migrations`].
+    pub const STORAGE_VERSION: StorageVersion = StorageVersion::new(4);
 
     #[pallet::pallet]
     #[pallet::storage_version(STORAGE_VERSION)]

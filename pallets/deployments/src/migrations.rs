@@ -4,8 +4,17 @@
 use super::*;
 use codec::{Decode, Encode};
 use frame_support::{
-    migrations::VersionedMigration, pallet_prelude::ValueQuery, storage_alias,
-    traits::UncheckedOnRuntimeUpgrade, weights::Weight, Twox64Concat,
+    migrations::VersionedMigration,
+    pallet_prelude::{ConstU32, ValueQuery},
+    storage_alias,
+    traits::UncheckedOnRuntimeUpgrade,
+    weights::Weight,
+    Twox64Concat,
+};
+use zos_primitives::spec::{
+    DiskSpec, Entrypoint, EnvVar, GatewaySpec, HealthCheckSpec, ImageRef, Metadata, Mount,
+    NetworkAttachment, NetworkSpec, PublicIpSpec, SshKey, VmSpec, VolumeSpec, Workload,
+    WorkloadKind, MAX_ENV_VARS, MAX_MOUNTS, MAX_NETWORK_ATTACHMENTS, MAX_SSH_KEYS, MAX_WORKLOADS,
 };
 
 /// Version 1's per-block expiry slots.
@@ -166,6 +175,277 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV2ToV3<T> {
         frame_support::ensure!(
             Contracts::<T>::iter().count() as u64 == before,
             "a contract was lost or left undecodable"
+        );
+        Pallet::<T>::do_try_state()
+    }
+}
+
+/// What version 3 stored for a VM: [`VmSpec`] before the overlay card.
+#[derive(Encode, Decode)]
+pub struct VmSpecV3 {
+    pub image: ImageRef,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub rootfs_mib: u64,
+    pub mounts: BoundedVec<Mount, ConstU32<MAX_MOUNTS>>,
+    pub env: BoundedVec<EnvVar, ConstU32<MAX_ENV_VARS>>,
+    pub entrypoint: Entrypoint,
+    pub ssh_keys: BoundedVec<SshKey, ConstU32<MAX_SSH_KEYS>>,
+    pub networks: BoundedVec<NetworkAttachment, ConstU32<MAX_NETWORK_ATTACHMENTS>>,
+    pub public_ip: Option<WorkloadName>,
+}
+
+impl VmSpecV3 {
+    /// The same VM, without an overlay card (version 3 had none).
+    pub fn upgrade(self) -> VmSpec {
+        VmSpec {
+            image: self.image,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            rootfs_mib: self.rootfs_mib,
+            mounts: self.mounts,
+            env: self.env,
+            entrypoint: self.entrypoint,
+            ssh_keys: self.ssh_keys,
+            networks: self.networks,
+            public_ip: self.public_ip,
+            overlay: false,
+        }
+    }
+}
+
+/// What version 3 stored for a workload's kind: [`WorkloadKind`] with the old VM layout. The
+/// variants keep their order, hence their SCALE indices.
+#[derive(Encode, Decode)]
+pub enum WorkloadKindV3 {
+    Vm(VmSpecV3),
+    Disk(DiskSpec),
+    Volume(VolumeSpec),
+    Network(NetworkSpec),
+    PublicIp(PublicIpSpec),
+    Gateway(GatewaySpec),
+    HealthCheck(HealthCheckSpec),
+}
+
+impl WorkloadKindV3 {
+    /// The same workload kind in the current layout.
+    pub fn upgrade(self) -> WorkloadKind {
+        match self {
+            Self::Vm(vm) => WorkloadKind::Vm(vm.upgrade()),
+            Self::Disk(disk) => WorkloadKind::Disk(disk),
+            Self::Volume(volume) => WorkloadKind::Volume(volume),
+            Self::Network(network) => WorkloadKind::Network(network),
+            Self::PublicIp(ip) => WorkloadKind::PublicIp(ip),
+            Self::Gateway(gateway) => WorkloadKind::Gateway(gateway),
+            Self::HealthCheck(check) => WorkloadKind::HealthCheck(check),
+        }
+    }
+}
+
+/// What version 3 stored for a workload: [`Workload`] with the old VM layout.
+#[derive(Encode, Decode)]
+pub struct WorkloadV3 {
+    pub name: WorkloadName,
+    pub kind: WorkloadKindV3,
+}
+
+impl WorkloadV3 {
+    /// The same workload in the current layout.
+    pub fn upgrade(self) -> Workload {
+        Workload {
+            name: self.name,
+            kind: self.kind.upgrade(),
+        }
+    }
+}
+
+/// What version 3 stored as a spec: [`DeploymentSpec`] with the old VM layout.
+#[derive(Encode, Decode)]
+pub struct DeploymentSpecV3 {
+    pub version: u32,
+    pub workloads: BoundedVec<WorkloadV3, ConstU32<MAX_WORKLOADS>>,
+    pub metadata: Metadata,
+}
+
+impl DeploymentSpecV3 {
+    /// The same spec in the current layout: it runs the same workloads, but its encoding, hence
+    /// its hash and size, differ.
+    pub fn upgrade(self) -> DeploymentSpec {
+        DeploymentSpec {
+            version: self.version,
+            // Same bound on both sides: nothing is truncated.
+            workloads: BoundedVec::truncate_from(
+                self.workloads
+                    .into_iter()
+                    .map(WorkloadV3::upgrade)
+                    .collect::<Vec<_>>(),
+            ),
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// What version 3 stored as a proposal's action: [`ProposalAction`] with the old spec layout.
+#[derive(Encode, Decode)]
+pub enum ProposalActionV3 {
+    Deploy(DeploymentSpecV3),
+    Cancel,
+}
+
+impl ProposalActionV3 {
+    /// The same action in the current layout.
+    pub fn upgrade(self) -> ProposalAction {
+        match self {
+            Self::Deploy(spec) => ProposalAction::Deploy(spec.upgrade()),
+            Self::Cancel => ProposalAction::Cancel,
+        }
+    }
+}
+
+/// What version 3 stored as a proposal: [`Proposal`] with the old spec layout.
+#[derive(Encode, Decode)]
+pub struct ProposalV3<T: Config> {
+    pub action: ProposalActionV3,
+    pub hash: SpecHash,
+    pub proposer: T::AccountId,
+    pub approvals: BoundedVec<T::AccountId, T::MaxSigners>,
+    pub expires_at: BlockNumberFor<T>,
+    pub deposit: BalanceOf<T>,
+}
+
+impl<T: Config> ProposalV3<T> {
+    /// The same proposal in the current layout. A deploy proposal is named by its spec's new
+    /// hash; its approvals stand, since the spec means exactly what they approved. A cancel
+    /// hash does not depend on any spec. The deposit is left to the migration.
+    pub fn upgrade(self) -> Proposal<T> {
+        let action = self.action.upgrade();
+        let hash = match &action {
+            ProposalAction::Deploy(spec) => spec.hash(),
+            ProposalAction::Cancel => self.hash,
+        };
+        Proposal {
+            action,
+            hash,
+            proposer: self.proposer,
+            approvals: self.approvals,
+            expires_at: self.expires_at,
+            deposit: self.deposit,
+        }
+    }
+}
+
+/// Version 3 to 4: VMs gain an overlay card (`VmSpec::overlay`), off for every existing VM.
+/// Every stored spec, active or proposed, is re-encoded, and what names a spec follows its new
+/// hash: the contract's active hash and a deploy proposal's hash (its approvals are kept). Each
+/// VM adds one byte to its spec, so the owner's deposit grows by that many bytes' worth, held
+/// like any deposit; an owner who cannot pay it keeps the old deposit (logged, and reported by
+/// try-state).
+pub type V3ToV4<T> =
+    VersionedMigration<3, 4, InnerV3ToV4<T>, Pallet<T>, <T as frame_system::Config>::DbWeight>;
+
+/// The unversioned body of [`V3ToV4`]; use [`V3ToV4`].
+pub struct InnerV3ToV4<T>(core::marker::PhantomData<T>);
+
+/// Holds the deposit for `grown` more stored bytes from `contract`'s owner and adds it to the
+/// contract's deposit. Returns what was held: zero if the owner cannot pay (or nothing is due).
+fn top_up_deposit<T: Config>(
+    id: ContractId,
+    contract: &mut Contract<T>,
+    grown: usize,
+) -> BalanceOf<T> {
+    let bytes: BalanceOf<T> = u32::try_from(grown).unwrap_or(u32::MAX).into();
+    let Some(due) = T::DepositPerByte::get().checked_mul(&bytes) else {
+        log::error!(target: "runtime::deployments", "contract {id}: deposit top-up overflows");
+        return Zero::zero();
+    };
+    if due.is_zero() {
+        return due;
+    }
+    match T::Currency::hold(&HoldReason::ContractDeposit.into(), &contract.owner, due) {
+        Ok(()) => {
+            contract.deposit = contract.deposit.saturating_add(due);
+            due
+        }
+        Err(e) => {
+            log::error!(target: "runtime::deployments", "contract {id}: deposit top-up failed: {e:?}");
+            Zero::zero()
+        }
+    }
+}
+
+impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV3ToV4<T> {
+    fn on_runtime_upgrade() -> Weight {
+        let (mut reads, mut writes) = (0u64, 0u64);
+        ActiveSpecs::<T>::translate::<DeploymentSpecV3, _>(|id, old| {
+            let old_len = old.encoded_size();
+            let spec = old.upgrade();
+            let grown = spec.encoded_size().saturating_sub(old_len);
+            let hash = spec.hash();
+            Contracts::<T>::mutate(id, |contract| {
+                if let Some(contract) = contract.as_mut() {
+                    if let Some(active) = contract.active.as_mut() {
+                        active.hash = hash;
+                    }
+                    if grown > 0 {
+                        top_up_deposit::<T>(id, contract, grown);
+                        // A hold reads and writes the owner's account and holds.
+                        reads = reads.saturating_add(2);
+                        writes = writes.saturating_add(2);
+                    }
+                }
+            });
+            // The spec and its contract.
+            reads = reads.saturating_add(2);
+            writes = writes.saturating_add(2);
+            Some(spec)
+        });
+        Proposals::<T>::translate::<ProposalV3<T>, _>(|id, old| {
+            let old_len = old.action.encoded_size();
+            let mut proposal = old.upgrade();
+            let grown = proposal.action.encoded_size().saturating_sub(old_len);
+            reads = reads.saturating_add(1);
+            writes = writes.saturating_add(1);
+            if grown > 0 {
+                Contracts::<T>::mutate(id, |contract| {
+                    if let Some(contract) = contract.as_mut() {
+                        let held = top_up_deposit::<T>(id, contract, grown);
+                        // An update's spec has its own part of the deposit; a creation
+                        // proposal's spec is the contract's own, covered by its deposit alone.
+                        if contract.active.is_some() {
+                            proposal.deposit = proposal.deposit.saturating_add(held);
+                        }
+                    }
+                });
+                // The contract, and the hold.
+                reads = reads.saturating_add(3);
+                writes = writes.saturating_add(3);
+            }
+            Some(proposal)
+        });
+        T::DbWeight::get().reads_writes(reads, writes)
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn pre_upgrade() -> Result<Vec<u8>, sp_runtime::TryRuntimeError> {
+        use codec::Encode;
+        let specs = ActiveSpecs::<T>::iter_keys().count() as u64;
+        let proposals = Proposals::<T>::iter_keys().count() as u64;
+        Ok((specs, proposals).encode())
+    }
+
+    #[cfg(feature = "try-runtime")]
+    fn post_upgrade(state: Vec<u8>) -> Result<(), sp_runtime::TryRuntimeError> {
+        use codec::Decode;
+        let (specs, proposals) = <(u64, u64)>::decode(&mut &state[..])
+            .map_err(|_| sp_runtime::TryRuntimeError::Other("pre-upgrade state"))?;
+        // `iter` decodes every entry: one left in the old layout would be skipped here.
+        frame_support::ensure!(
+            ActiveSpecs::<T>::iter().count() as u64 == specs,
+            "an active spec was lost or left undecodable"
+        );
+        frame_support::ensure!(
+            Proposals::<T>::iter().count() as u64 == proposals,
+            "a proposal was lost or left undecodable"
         );
         Pallet::<T>::do_try_state()
     }

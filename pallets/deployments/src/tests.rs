@@ -47,6 +47,7 @@ fn spec_with_ip_names(version: u32, vcpus: u32, ip_names: &[String]) -> Deployme
             ssh_keys: Default::default(),
             networks: Default::default(),
             public_ip: ip_names.first().map(|n| wname(n)),
+            overlay: false,
         }),
     }];
     for n in ip_names {
@@ -1836,5 +1837,186 @@ fn the_v2_to_v3_migration_gives_every_contract_a_gateway_host_count() {
         for (id, c) in before {
             assert_eq!(Contracts::<Test>::get(id).unwrap(), c);
         }
+    });
+}
+
+#[test]
+fn the_v3_to_v4_migration_re_encodes_specs_with_the_overlay_off_and_follows_their_new_hashes() {
+    use crate::migrations::{
+        DeploymentSpecV3, ProposalActionV3, ProposalV3, VmSpecV3, WorkloadKindV3, WorkloadV3,
+    };
+    use frame_support::{
+        storage::unhashed,
+        traits::{fungible::MutateHold, tokens::Precision, GetStorageVersion, StorageVersion},
+    };
+    /// `spec` as version 3 stored it, its hash then, and the deposit it needed less.
+    fn v3(spec: &DeploymentSpec) -> (DeploymentSpecV3, SpecHash, u64) {
+        let workloads = spec.workloads.iter().cloned().map(|w| WorkloadV3 {
+            name: w.name,
+            kind: match w.kind {
+                WorkloadKind::Vm(vm) => WorkloadKindV3::Vm(VmSpecV3 {
+                    image: vm.image,
+                    vcpus: vm.vcpus,
+                    memory_mib: vm.memory_mib,
+                    rootfs_mib: vm.rootfs_mib,
+                    mounts: vm.mounts,
+                    env: vm.env,
+                    entrypoint: vm.entrypoint,
+                    ssh_keys: vm.ssh_keys,
+                    networks: vm.networks,
+                    public_ip: vm.public_ip,
+                }),
+                WorkloadKind::Disk(d) => WorkloadKindV3::Disk(d),
+                WorkloadKind::Volume(v) => WorkloadKindV3::Volume(v),
+                WorkloadKind::Network(n) => WorkloadKindV3::Network(n),
+                WorkloadKind::PublicIp(p) => WorkloadKindV3::PublicIp(p),
+                WorkloadKind::Gateway(g) => WorkloadKindV3::Gateway(g),
+                WorkloadKind::HealthCheck(h) => WorkloadKindV3::HealthCheck(h),
+            },
+        });
+        let old = DeploymentSpecV3 {
+            version: spec.version,
+            workloads: frame_support::BoundedVec::truncate_from(workloads.collect()),
+            metadata: spec.metadata.clone(),
+        };
+        let less = (spec.encoded_size() - old.encoded_size()) as u64 * DEPOSIT_PER_BYTE;
+        let hash = sp_crypto_hashing::blake2_256(&old.encode());
+        (old, hash, less)
+    }
+    run_test(|| {
+        let (node, _) = big_node();
+        let two = &[(A, 1, false), (B, 1, false)];
+        // Active with an update waiting, active with a cancellation waiting, never activated.
+        let updating = create(A, node, spec(0, 1, 1), two, 2);
+        let cancelling = create(A, node, spec(0, 2, 0), two, 2);
+        for id in [updating, cancelling] {
+            let hash = Proposals::<Test>::get(id).unwrap().hash;
+            assert_ok!(Deployments::approve(RuntimeOrigin::signed(B), id, hash));
+        }
+        assert_ok!(Deployments::propose_update(
+            RuntimeOrigin::signed(B),
+            updating,
+            Box::new(spec(1, 3, 1))
+        ));
+        assert_ok!(Deployments::propose_cancel(
+            RuntimeOrigin::signed(A),
+            cancelling
+        ));
+        let pending = create(A, node, spec(0, 1, 0), two, 2);
+        let ids = [updating, cancelling, pending];
+        let before: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                (
+                    Contracts::<Test>::get(id).unwrap(),
+                    ActiveSpecs::<Test>::get(id),
+                    Proposals::<Test>::get(id).unwrap(),
+                )
+            })
+            .collect();
+        let held_before = held(A);
+
+        // As version 3 stored them: shorter VMs, hashes of that encoding, deposits for it.
+        for id in ids {
+            let mut c = Contracts::<Test>::get(id).unwrap();
+            if let Some(spec) = ActiveSpecs::<Test>::get(id) {
+                let (old, hash, less) = v3(&spec);
+                unhashed::put_raw(&ActiveSpecs::<Test>::hashed_key_for(id), &old.encode());
+                c.active.as_mut().unwrap().hash = hash;
+                c.deposit -= less;
+            }
+            let p = Proposals::<Test>::get(id).unwrap();
+            let (action, hash, deposit) = match &p.action {
+                ProposalAction::Deploy(spec) => {
+                    let (old, hash, less) = v3(spec);
+                    c.deposit -= less;
+                    // A creation proposal's spec is paid for by the contract's deposit alone.
+                    let deposit = if c.active.is_some() {
+                        p.deposit - less
+                    } else {
+                        p.deposit
+                    };
+                    (ProposalActionV3::Deploy(old), hash, deposit)
+                }
+                ProposalAction::Cancel => (ProposalActionV3::Cancel, p.hash, p.deposit),
+            };
+            let old = ProposalV3::<Test> {
+                action,
+                hash,
+                proposer: p.proposer,
+                approvals: p.approvals,
+                expires_at: p.expires_at,
+                deposit,
+            };
+            unhashed::put_raw(&Proposals::<Test>::hashed_key_for(id), &old.encode());
+            let less = Contracts::<Test>::get(id).unwrap().deposit - c.deposit;
+            assert_ok!(Balances::release(
+                &HoldReason::ContractDeposit.into(),
+                &A,
+                less,
+                Precision::Exact
+            ));
+            Contracts::<Test>::insert(id, c);
+        }
+        assert!(held(A) < held_before);
+        assert!(
+            ActiveSpecs::<Test>::try_get(updating).is_err()
+                && Proposals::<Test>::try_get(updating).is_err(),
+            "the old layout does not decode"
+        );
+        StorageVersion::new(3).put::<Deployments>();
+
+        upgrade::<crate::migrations::V3ToV4<Test>>();
+
+        assert_eq!(Deployments::on_chain_storage_version(), 4);
+        // Specs, hashes, approvals and deposits are back to what the pallet made of the same
+        // calls with the current layout.
+        for (id, (c, spec, p)) in ids.into_iter().zip(before) {
+            assert_eq!(Contracts::<Test>::get(id).unwrap(), c);
+            assert_eq!(ActiveSpecs::<Test>::get(id), spec);
+            assert_eq!(Proposals::<Test>::get(id).unwrap(), p);
+        }
+        assert_eq!(held(A), held_before);
+        let specs: Vec<DeploymentSpec> = ActiveSpecs::<Test>::iter_values()
+            .chain(
+                Proposals::<Test>::iter_values().filter_map(|p| match p.action {
+                    ProposalAction::Deploy(s) => Some(s),
+                    ProposalAction::Cancel => None,
+                }),
+            )
+            .collect();
+        assert_eq!(specs.len(), 4);
+        for s in &specs {
+            for w in s.workloads.iter() {
+                if let WorkloadKind::Vm(vm) = &w.kind {
+                    assert!(!vm.overlay);
+                }
+            }
+        }
+        let active = Contracts::<Test>::get(updating).unwrap().active.unwrap();
+        assert_eq!(active.hash, spec(0, 1, 1).hash());
+        assert_eq!(
+            Proposals::<Test>::get(updating).unwrap().hash,
+            spec(1, 3, 1).hash()
+        );
+        assert_eq!(
+            Proposals::<Test>::get(cancelling).unwrap().hash,
+            Deployments::cancel_hash(cancelling, 0)
+        );
+        Deployments::do_try_state().expect("consistent after the migration");
+        // The kept approval counts: the second one passes the update under its new hash.
+        assert_ok!(Deployments::approve(
+            RuntimeOrigin::signed(A),
+            updating,
+            spec(1, 3, 1).hash()
+        ));
+        assert_eq!(
+            Contracts::<Test>::get(updating)
+                .unwrap()
+                .active
+                .unwrap()
+                .version,
+            1
+        );
     });
 }

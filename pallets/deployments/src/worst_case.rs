@@ -137,6 +137,7 @@ pub fn spec(version: u32) -> DeploymentSpec {
                 .to_vec(),
             ),
             public_ip: (v < MAX_PUBLIC_IPV4).then(|| name(ip_prefix, v)),
+            overlay: false,
         };
         workloads.push(Workload {
             name: name("vm", v),

@@ -4,9 +4,11 @@
 use super::*;
 use crate::Pallet as Grid;
 use frame_benchmarking::v2::*;
-use frame_support::traits::EnsureOrigin;
+use frame_support::{traits::EnsureOrigin, BoundedVec};
 use frame_system::RawOrigin;
-use zos_primitives::{Ipv6Cidr, PublicIpv6Config};
+use zos_primitives::{
+    Ipv6Cidr, OverlayAddress, PublicIpv6Config, MAX_OVERLAY_ADDRESSES, MAX_OVERLAY_ADDRESS_LEN,
+};
 
 fn assert_last_event<T: Config>(event: Event<T>) {
     frame_system::Pallet::<T>::assert_last_event(event.into());
@@ -56,6 +58,32 @@ fn max_public_config<T: Config>(ip_seed: u32) -> PublicConfig {
 
 fn max_version() -> ExecutorVersion {
     ExecutorVersion::truncate_from(alloc::vec![b'v'; MAX_EXECUTOR_VERSION_LEN as usize])
+}
+
+/// The largest overlay endpoint: the most addresses, each at the maximum length and differing
+/// from the others only in its last byte (so the duplicate check compares them in full).
+fn max_overlay() -> OverlayEndpoint {
+    let addresses = (0..MAX_OVERLAY_ADDRESSES)
+        .map(|i| {
+            let mut text = alloc::vec![b'x'; MAX_OVERLAY_ADDRESS_LEN as usize];
+            text[0] = b'/';
+            text[MAX_OVERLAY_ADDRESS_LEN as usize - 1] = b'0' + i as u8;
+            OverlayAddress::truncate_from(text)
+        })
+        .collect::<Vec<_>>();
+    OverlayEndpoint {
+        key: [3; 32],
+        addresses: BoundedVec::truncate_from(addresses),
+    }
+}
+
+/// The node of `account` publishes the largest overlay endpoint.
+fn with_max_overlay<T: Config>(account: &T::AccountId) -> Result<(), BenchmarkError> {
+    Grid::<T>::set_node_overlay(
+        RawOrigin::Signed(account.clone()).into(),
+        Some(max_overlay()),
+    )?;
+    Ok(())
 }
 
 /// `who` with enough balance for any number of deposits.
@@ -286,17 +314,20 @@ mod benchmarks {
         Ok(())
     }
 
-    /// Removed by the farm owner (one more read than by the node) with a public IP to free.
+    /// Removed by the farm owner (one more read than by the node) with a public IP to free
+    /// and an overlay endpoint to drop.
     #[benchmark]
     fn remove_node() -> Result<(), BenchmarkError> {
         let owner: T::AccountId = funded::<T>(whitelisted_caller());
         let farm_id = farm_with_ips::<T>(&owner, T::MaxIpsPerFarm::get())?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
+        with_max_overlay::<T>(&node)?;
 
         #[extrinsic_call]
         _(RawOrigin::Signed(owner.clone()), node_id);
 
+        assert!(!NodeOverlays::<T>::contains_key(node_id));
         assert_last_event::<T>(Event::NodeRemoved {
             node_id,
             farm_id,
@@ -453,11 +484,38 @@ mod benchmarks {
         let farm_id = farm_with_ips::<T>(&owner, 0)?;
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
+        with_max_overlay::<T>(&node)?;
 
         #[extrinsic_call]
         _(origin as T::RuntimeOrigin, node_id);
 
         assert!(!Nodes::<T>::contains_key(node_id));
+        assert!(!NodeOverlays::<T>::contains_key(node_id));
+        Ok(())
+    }
+
+    /// The node replaces its overlay endpoint with the largest one: the most addresses at the
+    /// maximum length, every byte and every pair checked.
+    #[benchmark]
+    fn set_node_overlay() -> Result<(), BenchmarkError> {
+        let owner: T::AccountId = funded::<T>(whitelisted_caller());
+        let farm_id = farm_with_ips::<T>(&owner, 0)?;
+        let node: T::AccountId = account("node", 0, 0);
+        let node_id = max_node::<T>(&node, farm_id)?;
+        with_max_overlay::<T>(&node)?;
+        let endpoint = OverlayEndpoint {
+            key: [4; 32],
+            ..max_overlay()
+        };
+
+        #[extrinsic_call]
+        _(RawOrigin::Signed(node), Some(endpoint.clone()));
+
+        assert_eq!(NodeOverlays::<T>::get(node_id), Some(endpoint.clone()));
+        assert_last_event::<T>(Event::NodeOverlaySet {
+            node_id,
+            endpoint: Some(endpoint),
+        });
         Ok(())
     }
 

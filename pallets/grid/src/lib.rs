@@ -14,6 +14,9 @@
 //!   prefix its VMs get addresses from, the domain for gateways); the node's executor gives
 //!   VMs IPv6 addresses from the declared subnet. A node's own IPv4 address is unique
 //!   chain-wide, like a pool address, and so is its own IPv6 address.
+//! - A node publishes its overlay-network endpoint (`set_node_overlay`): its overlay key, from
+//!   which deployers derive the overlay addresses of its VMs, and the multiaddrs others
+//!   bootstrap into the overlay through. It goes with the node.
 //! - The farm owner can evict a node (`remove_node`; the node can leave the same way): a node
 //!   without contracts goes at once, one with contracts takes no new contracts or updates
 //!   (`NodeLeaving`) and, after [`Config::NodeRemovalNoticeBlocks`], its contracts end (cause
@@ -29,8 +32,8 @@
 //! - Storage costs a deposit (see the `deposits` module), held from the farm owner and returned
 //!   on removal: [`Config::FarmDeposit`] per farm, [`Config::FarmIpDeposit`] per pool address,
 //!   [`Config::NodeDeposit`] per node authorization, kept for the node it becomes (the node's
-//!   indexes, addresses, pending removal and billing's per-node entries), so squatting names,
-//!   addresses or node slots costs, and a new node needs no funds of its own.
+//!   indexes, addresses, overlay endpoint, pending removal and billing's per-node entries), so
+//!   squatting names, addresses or node slots costs, and a new node needs no funds of its own.
 //!
 //! Every index (name, account, farm membership, IP ownership, node counts) is kept in step with
 //! the items it points at; `try_state` checks all of them.
@@ -72,7 +75,7 @@ use sp_runtime::DispatchError;
 use zos_primitives::{
     contracts::{EndContracts, OnNodeRemoved},
     validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId, GridCapacity, NodeId,
-    NodeStatus, PricingPolicyId, PublicIpv4Config, Resources,
+    NodeStatus, OverlayEndpoint, PricingPolicyId, PublicIpv4Config, Resources,
 };
 
 /// Balance of the currency deposits are held in.
@@ -84,7 +87,7 @@ pub mod pallet {
     use super::*;
     use frame_support::pallet_prelude::*;
     use frame_system::pallet_prelude::*;
-    use zos_primitives::{IpError, DEFAULT_PRICING_POLICY};
+    use zos_primitives::{IpError, OverlayAddressError, DEFAULT_PRICING_POLICY};
 
     const STORAGE_VERSION: StorageVersion = StorageVersion::new(3);
 
@@ -241,6 +244,15 @@ pub mod pallet {
     /// each other's routing). Several nodes may share a subnet (one farm LAN).
     #[pallet::storage]
     pub type Ipv6Owner<T: Config> = StorageMap<_, Blake2_128Concat, [u8; 16], NodeId, OptionQuery>;
+
+    /// The overlay-network endpoint each node published (`set_node_overlay`): its overlay key,
+    /// from which deployers derive the overlay addresses of the node's VMs, and the multiaddrs
+    /// others bootstrap into the overlay through. One bounded entry per node at most (see
+    /// [`OverlayEndpoint`]); its storage is covered by the node's deposit, which the farm owner
+    /// holds for the node. Removed with the node.
+    #[pallet::storage]
+    pub type NodeOverlays<T: Config> =
+        StorageMap<_, Twox64Concat, NodeId, OverlayEndpoint, OptionQuery>;
 
     /// The farm whose nodes declare each gateway domain (lowercase), and how many of them do:
     /// a domain, its parents and its subdomains belong to one farm (see the `domains` module).
@@ -451,6 +463,12 @@ pub mod pallet {
             node_id: NodeId,
             cancelled_by: T::AccountId,
         },
+        /// The node published its overlay endpoint (`Some`, replacing any earlier one) or
+        /// withdrew it (`None`).
+        NodeOverlaySet {
+            node_id: NodeId,
+            endpoint: Option<OverlayEndpoint>,
+        },
     }
 
     #[pallet::error]
@@ -565,6 +583,9 @@ pub mod pallet {
         /// Governance is removing the farm: it takes no new nodes, authorizations, addresses or
         /// names, and its nodes no new contracts.
         FarmBeingRemoved,
+        /// An overlay listen address is unusable (empty, not multiaddr text starting with `/`,
+        /// not printable ASCII, or listed twice); the field says which.
+        InvalidOverlayAddress(OverlayAddressError),
     }
 
     #[pallet::hooks]
@@ -1148,6 +1169,34 @@ pub mod pallet {
                 ip,
                 contract,
             });
+            Ok(())
+        }
+
+        /// The node publishes its overlay-network endpoint (`Some`, replacing any earlier one)
+        /// or withdraws it (`None`): its overlay public key, from which deployers derive the
+        /// overlay addresses of its VMs, and the multiaddrs (text, such as
+        /// `/ip4/198.51.100.1/tcp/9651`) through which others bootstrap into the overlay.
+        /// Signed by the node's own account. Each address must be non-empty printable ASCII
+        /// starting with `/`, and none may be listed twice.
+        #[pallet::call_index(21)]
+        #[pallet::weight(T::WeightInfo::set_node_overlay())]
+        pub fn set_node_overlay(
+            origin: OriginFor<T>,
+            endpoint: Option<OverlayEndpoint>,
+        ) -> DispatchResult {
+            let account = ensure_signed(origin)?;
+            let node_id = NodeIdByAccount::<T>::get(&account).ok_or(Error::<T>::NotANode)?;
+            ensure!(Nodes::<T>::contains_key(node_id), Error::<T>::NodeNotFound);
+            match &endpoint {
+                Some(endpoint) => {
+                    endpoint
+                        .validate()
+                        .map_err(Error::<T>::InvalidOverlayAddress)?;
+                    NodeOverlays::<T>::insert(node_id, endpoint);
+                }
+                None => NodeOverlays::<T>::remove(node_id),
+            }
+            Self::deposit_event(Event::NodeOverlaySet { node_id, endpoint });
             Ok(())
         }
     }

@@ -226,6 +226,7 @@ impl<T: Config> Pallet<T> {
         Self::release_deposit(DepositItem::Node(node_id));
         // A queued entry of a pending removal is skipped once this is gone.
         NodeRemovals::<T>::remove(node_id);
+        NodeOverlays::<T>::remove(node_id);
         NodeIdByAccount::<T>::remove(&node.account);
         NodesByFarm::<T>::remove(node.farm_id, node_id);
         FarmNodeCount::<T>::mutate(node.farm_id, |n| *n = n.saturating_sub(1));

@@ -6,8 +6,8 @@ use frame_support::{
 };
 use sp_runtime::{DispatchError, DispatchResult};
 use zos_primitives::{
-    GridCapacity, IpError, Ipv4Cidr, Ipv6Cidr, NodeStatus, PublicIpv4Config, PublicIpv6Config,
-    Resources, SpecialRange, DEFAULT_PRICING_POLICY, GIB,
+    GridCapacity, IpError, Ipv4Cidr, Ipv6Cidr, NodeStatus, OverlayAddress, OverlayAddressError,
+    PublicIpv4Config, PublicIpv6Config, Resources, SpecialRange, DEFAULT_PRICING_POLICY, GIB,
 };
 
 const FARMER: u64 = 1;
@@ -2049,8 +2049,10 @@ fn setup_online_node_helper() {
 
 #[test]
 fn try_state_detects_broken_indexes() {
-    let broken: [fn(); 15] = [
+    let broken: [fn(); 17] = [
         || FarmIdByName::<Test>::remove(name("farm")),
+        || NodeOverlays::<Test>::insert(42, overlay(1, &[TCP])),
+        || NodeOverlays::<Test>::insert(1, overlay(1, &["no-slash"])),
         || {
             Deposits::<Test>::insert(
                 DepositItem::Node(42),
@@ -2517,5 +2519,114 @@ fn a_gateway_domain_its_parents_and_subdomains_belong_to_one_farm() {
         assert_ok!(Grid::remove_node(signed(7), c));
         assert_ok!(set_config(FARMER, a, with_domain("gw.zone.example.com")));
         assert_eq!(GatewayDomainFarm::<Test>::iter().count(), 2);
+    });
+}
+
+// ---------------------------------------------------------------- overlay endpoint
+
+/// An overlay endpoint with key `[key; 32]` listening on `addresses`.
+fn overlay(key: u8, addresses: &[&str]) -> OverlayEndpoint {
+    OverlayEndpoint {
+        key: [key; 32],
+        addresses: BoundedVec::truncate_from(
+            addresses
+                .iter()
+                .map(|a| OverlayAddress::truncate_from(a.as_bytes().to_vec()))
+                .collect(),
+        ),
+    }
+}
+
+fn set_overlay(who: u64, endpoint: Option<OverlayEndpoint>) -> DispatchResult {
+    Grid::set_node_overlay(signed(who), endpoint)
+}
+
+const TCP: &str = "/ip4/198.51.100.1/tcp/9651";
+const QUIC: &str = "/ip4/198.51.100.1/udp/9651/quic-v1";
+
+#[test]
+fn a_node_sets_replaces_and_clears_its_overlay_endpoint() {
+    run_test(|| {
+        let id = register(NODE, create_farm(FARMER, "farm"));
+        let first = overlay(1, &[TCP, QUIC]);
+        assert_ok!(set_overlay(NODE, Some(first.clone())));
+        System::assert_last_event(
+            GridEvent::NodeOverlaySet {
+                node_id: id,
+                endpoint: Some(first.clone()),
+            }
+            .into(),
+        );
+        assert_eq!(NodeOverlays::<Test>::get(id), Some(first));
+        // Replaced whole: another key, and no address (a node nobody can dial).
+        let second = overlay(2, &[]);
+        assert_ok!(set_overlay(NODE, Some(second.clone())));
+        assert_eq!(NodeOverlays::<Test>::get(id), Some(second));
+        assert_ok!(set_overlay(NODE, None));
+        System::assert_last_event(
+            GridEvent::NodeOverlaySet {
+                node_id: id,
+                endpoint: None,
+            }
+            .into(),
+        );
+        assert_eq!(NodeOverlays::<Test>::iter().count(), 0);
+        // Clearing twice is fine.
+        assert_ok!(set_overlay(NODE, None));
+    });
+}
+
+#[test]
+fn only_a_node_sets_an_overlay_endpoint_with_valid_addresses() {
+    use OverlayAddressError::*;
+    run_test(|| {
+        let id = register(NODE, create_farm(FARMER, "farm"));
+        // Not even its farm owner: the endpoint is the node's own.
+        for who in [FARMER, OTHER] {
+            assert_noop!(
+                set_overlay(who, Some(overlay(1, &[TCP]))),
+                GridError::NotANode
+            );
+            assert_noop!(set_overlay(who, None), GridError::NotANode);
+        }
+        let cases: [(&[&str], OverlayAddressError); 6] = [
+            (&[TCP, ""], Empty),
+            (&["ip4/198.51.100.1/tcp/9651"], NotAMultiaddr),
+            (&["/ip4/198.51.100.1 /tcp/9651"], NotPrintable),
+            (&["/ip4/198.51.100.1/tcp/9651\n"], NotPrintable),
+            (&["/dns/caf\u{e9}.example/tcp/9651"], NotPrintable),
+            (&[TCP, QUIC, TCP], Duplicate),
+        ];
+        for (addresses, error) in cases {
+            assert_noop!(
+                set_overlay(NODE, Some(overlay(1, addresses))),
+                GridError::InvalidOverlayAddress(error)
+            );
+        }
+        assert!(NodeOverlays::<Test>::get(id).is_none());
+    });
+}
+
+#[test]
+fn the_overlay_endpoint_goes_with_the_node() {
+    run_test(|| {
+        let (farm, a) = farm_with_online_node(0);
+        let b = register(NODE2, farm);
+        assert_ok!(set_overlay(NODE, Some(overlay(1, &[TCP]))));
+        assert_ok!(set_overlay(NODE2, Some(overlay(2, &[QUIC]))));
+        // Evicted with a contract: the endpoint stays through the notice period.
+        add_contract(7, a, Resources::new(1, GIB, 0, 0), 0);
+        assert_ok!(Grid::remove_node(signed(FARMER), a));
+        run_to_block(NOTICE_BLOCKS);
+        assert!(NodeOverlays::<Test>::contains_key(a));
+        run_to_block(1 + NOTICE_BLOCKS);
+        assert!(Nodes::<Test>::get(a).is_none());
+        assert!(!NodeOverlays::<Test>::contains_key(a));
+        // Removed with its farm by governance.
+        assert_ok!(Grid::force_remove_farm(RuntimeOrigin::root(), farm));
+        assert!(Nodes::<Test>::get(b).is_none());
+        assert_eq!(NodeOverlays::<Test>::iter().count(), 0);
+        // The accounts run no node any more.
+        assert_noop!(set_overlay(NODE, None), GridError::NotANode);
     });
 }

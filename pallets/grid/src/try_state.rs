@@ -122,6 +122,17 @@ impl<T: Config> Pallet<T> {
             );
         }
 
+        for (node_id, endpoint) in NodeOverlays::<T>::iter() {
+            ensure!(
+                Nodes::<T>::contains_key(node_id),
+                "an overlay endpoint outlived its node"
+            );
+            ensure!(
+                endpoint.validate().is_ok(),
+                "stored overlay endpoint is invalid"
+            );
+        }
+
         Self::removals_try_state()?;
         for farm_id in FarmsUnderRemoval::<T>::iter_keys() {
             ensure!(

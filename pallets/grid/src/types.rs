@@ -291,9 +291,9 @@ pub enum DepositItem<AccountId> {
     FarmIp([u8; 4]),
     /// An unused node authorization; the deposit moves to the node when it registers.
     NodeAuthorization(FarmId, AccountId),
-    /// A node and what grows with it: its index entries and addresses, its pending removal,
-    /// and the per-node entries of other pallets (deployments' reserved capacity, billing's
-    /// fee-free report quota).
+    /// A node and what grows with it: its index entries and addresses, its overlay endpoint,
+    /// its pending removal, and the per-node entries of other pallets (deployments' reserved
+    /// capacity, billing's fee-free report quota).
     Node(NodeId),
 }
 

@@ -34,6 +34,7 @@ fn vm(networks: Vec<NetworkAttachment>, mounts: Vec<Mount>, public_ip: Option<&s
         ]),
         networks: bounded(networks),
         public_ip: public_ip.map(name),
+        overlay: false,
     }
 }
 

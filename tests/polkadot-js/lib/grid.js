@@ -95,6 +95,7 @@ export function demoSpec(version = 0) {
             sshKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeploymentTestKeyOnly deployer@grid'],
             networks: [],
             publicIp: 'pub',
+            overlay: true,
           },
         },
       },

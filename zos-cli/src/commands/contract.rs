@@ -310,6 +310,24 @@ pub(super) async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
     } else {
         None
     };
+    // Overlay addresses follow from the overlay key the node publishes.
+    let overlay_vms: Vec<&WorkloadName> = spec
+        .iter()
+        .flat_map(|s| s.workloads.iter())
+        .filter(|w| matches!(&w.kind, WorkloadKind::Vm(vm) if vm.overlay))
+        .map(|w| &w.name)
+        .collect();
+    let node_overlay: Option<zos_primitives::OverlayEndpoint> = if overlay_vms.is_empty() {
+        None
+    } else {
+        match storage
+            .try_fetch(runtime::storage().grid().node_overlays(), (c.node,))
+            .await?
+        {
+            Some(e) => Some(convert(&e.decode()?)?),
+            None => None,
+        }
+    };
 
     let mut h = Vec::new();
     h.push(format!(
@@ -412,6 +430,28 @@ pub(super) async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             entry
         })
         .collect();
+    if !overlay_vms.is_empty() {
+        h.push("  overlay addresses:".into());
+    }
+    let overlay_json: Vec<Json> = overlay_vms
+        .iter()
+        .map(|name| {
+            let shown = format::text(name.as_bytes());
+            let address = node_overlay.as_ref().map(|e| {
+                zos_overlay::address::NodeSubnet::of_key(&e.key)
+                    .workload(id, &String::from_utf8_lossy(name.as_bytes()))
+                    .to_string()
+            });
+            match &address {
+                Some(a) => h.push(format!("    {shown}: {a}")),
+                None => h.push(format!(
+                    "    {shown}: unknown (node {} publishes no overlay endpoint)",
+                    c.node
+                )),
+            }
+            json!({ "name": shown, "address": address })
+        })
+        .collect();
     let proposal_json = proposal.as_ref().map(|p| {
         use runtime::runtime_types::pallet_deployments::types::ProposalAction;
         let kind = match &p.action {
@@ -471,7 +511,7 @@ pub(super) async fn contract_show(ctx: &Ctx, id: ContractId) -> Result<Out> {
             "threshold": c.threshold, "signers": signers, "deposit": c.deposit.to_string(),
             "created_at": c.created_at, "activated_at": c.activated_at,
             "active": c.active.as_ref().map(|a| json!({ "version": a.version, "hash": hex0x(&a.hash) })),
-            "spec": spec, "public_ips": public_ips, "proposal": proposal_json, "report": report_json,
+            "spec": spec, "public_ips": public_ips, "overlay": overlay_json, "proposal": proposal_json, "report": report_json,
             "billing": billing_json,
         }),
         h.join("\n"),

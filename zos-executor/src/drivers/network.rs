@@ -29,6 +29,17 @@ pub struct NodeNetworks {
     pub naming: NetNaming,
     /// The bridge (in the underlay) to the farm's public network.
     pub public_bridge: Option<String>,
+    /// The node's overlay; `None`: VMs asking for an overlay address are refused.
+    pub overlay: Option<NodeOverlay>,
+}
+
+/// The node's place on the overlay: its /64 and the namespace of the overlay daemon's TUN.
+#[derive(Clone, Debug)]
+pub struct NodeOverlay {
+    /// The node's overlay public key (ed25519), which decides the subnet.
+    pub key: [u8; 32],
+    pub subnet: zos_overlay::address::NodeSubnet,
+    pub netns: std::path::PathBuf,
 }
 
 impl NodeNetworks {
@@ -37,7 +48,19 @@ impl NodeNetworks {
             networks,
             naming,
             public_bridge,
+            overlay: None,
         }
+    }
+
+    /// Gives VMs overlay cards on `overlay`.
+    pub fn with_overlay(mut self, overlay: Option<NodeOverlay>) -> Self {
+        self.overlay = overlay;
+        self
+    }
+
+    /// The overlay card of VM `vm`: its tap's id and MAC.
+    pub fn overlay_card(&self, contract: ContractId, vm: &[u8]) -> (NetId, [u8; 6]) {
+        self.naming.card(contract, vm, b"\0overlay")
     }
 
     /// The public card of VM `vm`: its tap's id and MAC. (A NUL never appears in a workload

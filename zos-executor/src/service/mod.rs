@@ -18,11 +18,11 @@ use zos_primitives::{contracts::NodeContract, NodeId, PublicIpv6Config};
 use crate::{
     access::{self, agent::AgentLinks, Access},
     chain::{calls, Chain, ReportedOutcome, TxError},
-    config::{offered_capacity, Config},
+    config::{offered_capacity, Config, OverlayConfig},
     drivers::{
         disk::DiskDriver,
         health::HealthDriver,
-        network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks},
+        network::{NetNaming, NetworkDriver, NetworkPolicy, NodeNetworks, NodeOverlay},
         public_ip::PublicIpDriver,
         vm::{
             host_support as vm_host_support, probes::AgentProbes, ImageSourcePolicy, VmDriver,
@@ -129,12 +129,22 @@ impl Executor {
         // A health check's change of verdict wakes a reconcile pass, which reports it.
         let wake = Arc::new(Notify::new());
         let agents = Arc::new(AgentLinks::default());
+        let overlay = match &config.overlay {
+            Some(overlay) => Some(node_overlay(overlay).await?),
+            None => None,
+        };
+        if let (Some(overlay), Some(settings)) = (&overlay, &config.overlay) {
+            publish_overlay(&chain, &identity, node, overlay, &settings.addresses).await?;
+        }
         let networks = start_networks(&config).await.map(|networks| {
-            Arc::new(NodeNetworks::new(
-                networks,
-                NetNaming::new(identity.box_secret()),
-                config.public_bridge.clone(),
-            ))
+            Arc::new(
+                NodeNetworks::new(
+                    networks,
+                    NetNaming::new(identity.box_secret()),
+                    config.public_bridge.clone(),
+                )
+                .with_overlay(overlay.clone()),
+            )
         });
         if let Some(networks) = &networks {
             drivers.push(Arc::new(NetworkDriver::new(
@@ -434,6 +444,82 @@ impl Executor {
             Err(e) => Err(e.context("reading this node's public config")),
         }
     }
+}
+
+/// The node's overlay /64, from the overlay key. The key is created when missing, so the
+/// executor may start before the overlay daemon; the daemon starting at the same moment may
+/// be half-way through writing it, so one failed read is tried again.
+async fn node_overlay(config: &OverlayConfig) -> Result<NodeOverlay> {
+    let path = config.key_file.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        zos_overlay::identity::load_or_create(&path).or_else(|_| {
+            std::thread::sleep(Duration::from_millis(500));
+            zos_overlay::identity::load_or_create(&path)
+        })
+    })
+    .await
+    .context("reading the overlay key")??;
+    let public = key
+        .public()
+        .try_into_ed25519()
+        .context("the overlay key is not an ed25519 key")?
+        .to_bytes();
+    let subnet = zos_overlay::address::NodeSubnet::of_key(&public);
+    info!(%subnet, netns = %config.netns.display(), "overlay: VMs that ask get addresses in this node's /64");
+    Ok(NodeOverlay {
+        key: public,
+        subnet,
+        netns: config.netns.clone(),
+    })
+}
+
+/// Publishes the node's overlay endpoint (its key and the daemon's listen addresses) unless
+/// the chain has exactly that already, so deployers can compute its VMs' overlay addresses
+/// and join the overlay through it. Addresses the chain would refuse are a configuration
+/// error; a failed submission is only warned about (VMs on the overlay work without it).
+async fn publish_overlay(
+    chain: &Chain,
+    identity: &NodeIdentity,
+    node: NodeId,
+    overlay: &NodeOverlay,
+    addresses: &[String],
+) -> Result<()> {
+    let listed = addresses
+        .iter()
+        .map(|a| {
+            a.as_bytes().to_vec().try_into().map_err(|_| {
+                anyhow::anyhow!(
+                    "overlay address {a:?} is longer than {} bytes",
+                    zos_primitives::MAX_OVERLAY_ADDRESS_LEN
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let wanted = zos_primitives::OverlayEndpoint {
+        key: overlay.key,
+        addresses: listed.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "more than {} overlay addresses",
+                zos_primitives::MAX_OVERLAY_ADDRESSES
+            )
+        })?,
+    };
+    if let Err(e) = wanted.validate() {
+        bail!("overlay addresses {addresses:?}: {e:?}");
+    }
+    if crate::chain::node_overlay(chain, node).await?.as_ref() == Some(&wanted) {
+        return Ok(());
+    }
+    let call = calls::set_node_overlay(Some(&wanted))?;
+    match retry("set_node_overlay", || {
+        chain.submit(&call, &identity.account, TX_TIMEOUT)
+    })
+    .await
+    {
+        Ok(_) => info!(node, "overlay endpoint published"),
+        Err(e) => warn!(node, error = %e, "could not publish the node's overlay endpoint"),
+    }
+    Ok(())
 }
 
 /// The node's private networks, when enabled and the host can serve them (root, nftables,

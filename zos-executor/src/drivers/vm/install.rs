@@ -97,6 +97,7 @@ impl VmDriver {
         let wanted = Label {
             workload: w.clone(),
             public_nic: self.public_nic(ctx, w)?,
+            overlay_address: self.overlay_address(ctx, w)?,
         };
         if let Some(inst) = slot.as_ref() {
             if inst.label == wanted {

@@ -114,6 +114,9 @@ struct Label {
     /// update of the contract) or a changed node subnet means a new guest, never a card that
     /// keeps an address another contract now holds.
     public_nic: Option<NicConfig>,
+    /// The overlay address as resolved at install: another node key means another address.
+    #[serde(default)]
+    overlay_address: Option<std::net::Ipv6Addr>,
 }
 
 /// What the driver keeps for one installed VM.
@@ -220,6 +223,19 @@ impl VmDriver {
         }
     }
 
+    /// The overlay address `w` should have now, if it asks for one.
+    fn overlay_address(
+        &self,
+        ctx: &WorkloadCtx,
+        w: &Workload,
+    ) -> DriverResult<Option<std::net::Ipv6Addr>> {
+        let overlay = self.networks.as_ref().and_then(|n| n.overlay.as_ref());
+        match (vm_spec(w)?.overlay, overlay) {
+            (true, Some(overlay)) => Ok(Some(spec::overlay_address(overlay, ctx.contract, w))),
+            _ => Ok(None),
+        }
+    }
+
     /// Puts a tap per network attachment of `w` on its network's bridge (before the guest starts,
     /// so its first packet has somewhere to go).
     async fn attach_taps(&self, ctx: &WorkloadCtx, w: &Workload) -> DriverResult<()> {
@@ -246,6 +262,20 @@ impl VmDriver {
                     transient(e)
                 }
             })?;
+        }
+        if let (Some(card), Some(overlay)) = (
+            spec::overlay_card(ctx, w, vm, networks)?,
+            networks.overlay.as_ref(),
+        ) {
+            let (tap, _) = networks.overlay_card(ctx.contract, w.name.as_bytes());
+            let address = card
+                .address6
+                .map(|(ip, _)| ip)
+                .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+            networks
+                .attach_overlay_tap(&overlay.netns, &tap, card.mac, address, None)
+                .await
+                .map_err(|e| transient(e.context("attaching the overlay card")))?;
         }
         if let (Some(card), Some(bridge)) = (
             public_card(ctx, w, vm, networks)?,
@@ -284,6 +314,14 @@ impl VmDriver {
             let (tap, _) = networks.public_card(ctx.contract, w.name.as_bytes());
             networks
                 .detach_public(&networks.tap_name(&tap))
+                .await
+                .map_err(transient)?;
+        }
+        if let (true, Some(overlay)) = (vm.overlay, networks.overlay.as_ref()) {
+            let (tap, _) = networks.overlay_card(ctx.contract, w.name.as_bytes());
+            let address = spec::overlay_address(overlay, ctx.contract, w);
+            networks
+                .detach_overlay_tap(&overlay.netns, &networks.tap_name(&tap), address)
                 .await
                 .map_err(transient)?;
         }
@@ -493,6 +531,11 @@ impl Driver for VmDriver {
                     "the VM's public address changed (reassigned by the chain)".into(),
                 ));
             }
+        }
+        if self.overlay_address(ctx, workload).ok() != Some(inst.label.overlay_address) {
+            return Ok(Observed::Broken(
+                "the VM's overlay address changed (the node's overlay key changed)".into(),
+            ));
         }
         let status = match inst.shim.status().await {
             Ok(status) => {

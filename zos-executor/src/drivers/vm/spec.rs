@@ -2,8 +2,13 @@
 //! zos-vm configuration: names, cards, disks, the guest's env and entrypoint. Nothing here
 //! touches the host.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::Ipv6Addr,
+    path::{Path, PathBuf},
+};
 
+use zos_net::network::OVERLAY_GATEWAY;
+use zos_overlay::address::{OVERLAY_PREFIX, OVERLAY_PREFIX_LEN};
 use zos_primitives::{
     spec::{is_sealed_env_value, DiskSpec, VmSpec, Workload, WorkloadKind},
     ContractId,
@@ -14,7 +19,7 @@ use zos_vm::{
 
 use crate::drivers::{
     disk::disk_path,
-    network::NodeNetworks,
+    network::{NodeNetworks, NodeOverlay},
     volume::{is_mounted, volume_dir},
     DriverError, DriverResult, WorkloadCtx,
 };
@@ -64,7 +69,7 @@ fn nics(
     vm: &VmSpec,
     networks: Option<&NodeNetworks>,
 ) -> DriverResult<Vec<NicConfig>> {
-    if vm.networks.is_empty() && vm.public_ip.is_none() {
+    if vm.networks.is_empty() && vm.public_ip.is_none() && !vm.overlay {
         return Ok(vec![]);
     }
     let networks = networks.ok_or_else(|| {
@@ -105,9 +110,46 @@ fn nics(
             routes: if default_here { vec![] } else { routes },
             address6: None,
             gateway6: None,
+            routes6: vec![],
         });
     }
+    cards.extend(overlay_card(ctx, w, vm, networks)?);
     Ok(cards)
+}
+
+/// The address VM `w` of `contract` has on the node's overlay.
+pub fn overlay_address(overlay: &NodeOverlay, contract: ContractId, w: &Workload) -> Ipv6Addr {
+    overlay.subnet.workload(contract, &name_str(w))
+}
+
+/// The overlay card of a VM that asks for one: its one address (a /128 in the node's overlay
+/// /64) and the overlay prefix routed via the overlay namespace's `fe80::1`. It carries no
+/// default route: the overlay is for reaching participants, not the internet.
+pub(super) fn overlay_card(
+    ctx: &WorkloadCtx,
+    w: &Workload,
+    vm: &VmSpec,
+    networks: &NodeNetworks,
+) -> DriverResult<Option<NicConfig>> {
+    if !vm.overlay {
+        return Ok(None);
+    }
+    let overlay = networks.overlay.as_ref().ok_or_else(|| {
+        DriverError::permanent(
+            "this node is not on the overlay network: VMs asking for an overlay address are refused",
+        )
+    })?;
+    let (tap, mac) = networks.overlay_card(ctx.contract, w.name.as_bytes());
+    Ok(Some(NicConfig {
+        tap: networks.tap_name(&tap),
+        mac,
+        address: None,
+        gateway: None,
+        routes: vec![],
+        address6: Some((overlay_address(overlay, ctx.contract, w), 128)),
+        gateway6: None,
+        routes6: vec![(OVERLAY_PREFIX, OVERLAY_PREFIX_LEN, OVERLAY_GATEWAY)],
+    }))
 }
 
 /// The card on the farmer's public bridge of a VM that names a public IP: the farm IPv4 the
@@ -152,6 +194,7 @@ pub(super) fn public_card(
         routes: vec![],
         address6: v6.map(|(ip, len, _)| (ip, len)),
         gateway6: v6.map(|(_, _, gw)| gw),
+        routes6: vec![],
     }))
 }
 

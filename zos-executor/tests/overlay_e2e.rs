@@ -1,0 +1,498 @@
+//! VMs on the overlay network, with the real executor binaries, a real chain node, real
+//! `zos-overlay` daemons and QEMU guests:
+//!
+//! ```text
+//!              LAN bridge (namespace zoe-lan), documentation addresses 198.51.100.0/24
+//!     ┌──────────────────────┬──────────────────────┬──────────────────┐
+//!  node A .1 (zoe-a)      node B .2 (zoe-b)      laptop .9 (zoe-laptop)
+//!  zos-overlay, TUN in     zos-overlay, TUN in    zos-overlay --client,
+//!  zoe-a-ov; executor      zoe-b-ov; executor     TUN in its own namespace
+//!  └─ VM "web" (overlay)   └─ VM "web" (overlay)
+//! ```
+//!
+//! Each node's executor gets the node's overlay key (`--overlay-key`) and the namespace of the
+//! daemon's TUN (`--overlay-netns`), and publishes its overlay endpoint on chain. A VM with
+//! `overlay = true` gets an address in its node's /64 derived from the contract and workload,
+//! computed here from the key the chain publishes, as a deployer's tools compute it. The
+//! laptop pings both VMs and downloads a file from each; VM A downloads the file from VM B
+//! over the overlay and pings it, and the laptop checks what A got. Cancelling removes the
+//! card and its route, and the address stops answering.
+//!
+//! Needs root, QEMU, /dev/fuse, busybox-static and nftables; the `zos-overlay` binary built
+//! into the shared target directory.
+
+mod common;
+
+use std::{
+    net::Ipv6Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use common::{
+    busybox_rootfs, cancel, create_approved_contract, funded_identity, ok, registered_node, run,
+    setup_farm, state_of, which, workspace_binary, Executor, ExecutorOptions, Polling, StopOnDrop,
+};
+use node_harness::{client, ChainNode, NodeOptions};
+use zos_executor::chain::runtime;
+use zos_image::store::DirStore;
+use zos_overlay::{address::NodeSubnet, identity};
+use zos_primitives::{contracts::ContractState, spec::DeploymentSpec, ContractId, NodeId};
+
+const POLLING: Polling = Polling::every(Duration::from_millis(250));
+const NAMESPACES: [&str; 6] = [
+    "zoe-lan",
+    "zoe-a",
+    "zoe-b",
+    "zoe-laptop",
+    "zoe-a-ov",
+    "zoe-b-ov",
+];
+/// Size of the file each guest serves.
+const FILE_BYTES: usize = 4 << 20;
+
+const EXECUTOR: ExecutorOptions = ExecutorOptions {
+    log_filter: "info,zos_executor=debug,zos_net=debug,zos_vm=info",
+    env: &[("ZOS_VM_ACCEL", "tcg")],
+    stop_on_drop: StopOnDrop::Terminate,
+    log_tail_lines: 60,
+};
+
+/// The LAN, the nodes' and the laptop's namespaces, and the nodes' overlay namespaces (made
+/// here: a namespace the daemon made inside `ip netns exec` would be mounted only in its own
+/// mount namespace, out of the executor's sight).
+struct Topology;
+
+impl Topology {
+    fn clean() {
+        for ns in NAMESPACES {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+
+    fn build() -> Result<Self> {
+        Self::clean();
+        for ns in NAMESPACES {
+            ok(&["ip", "netns", "add", ns])?;
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ok(&[
+            "ip", "-n", "zoe-lan", "link", "add", "lan0", "type", "bridge",
+        ])?;
+        ok(&["ip", "-n", "zoe-lan", "link", "set", "lan0", "up"])?;
+        for (ns, port, ip) in [
+            ("zoe-a", "pa", "198.51.100.1/24"),
+            ("zoe-b", "pb", "198.51.100.2/24"),
+            ("zoe-laptop", "pl", "198.51.100.9/24"),
+        ] {
+            ok(&[
+                "ip", "link", "add", port, "netns", "zoe-lan", "type", "veth", "peer", "name",
+                "eth0", "netns", ns,
+            ])?;
+            ok(&[
+                "ip", "-n", "zoe-lan", "link", "set", port, "master", "lan0", "up",
+            ])?;
+            ok(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
+            ok(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        Self::clean();
+    }
+}
+
+/// A `zos-overlay up` process in a namespace, killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(ns: &str, log: &Path, args: &[&str]) -> Result<Self> {
+        let bin = workspace_binary("zos-overlay")?;
+        let file = std::fs::File::create(log)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .arg("up")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()?;
+        Ok(Self {
+            child,
+            log: log.into(),
+        })
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(root: &str, source: &str, peer: Option<Ipv6Addr>) -> Result<DeploymentSpec> {
+    let env = match peer {
+        Some(peer) => serde_json::json!([{ "key": "PEER", "value": peer.to_string() }]),
+        None => serde_json::json!([]),
+    };
+    let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+        "version": 0,
+        "workloads": [
+            { "name": "web", "kind": { "vm": {
+                "image": { "root_hash": root, "source": source },
+                "vcpus": 1, "memory_mib": 256, "rootfs_mib": 256,
+                "entrypoint": "/bin/sh /bin/serve",
+                "env": env,
+                "overlay": true,
+            } } },
+        ],
+    }))?;
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("test spec invalid: {e:?}"))?;
+    Ok(spec)
+}
+
+async fn until_deployed(
+    api: &client::Client,
+    node: NodeId,
+    contract: ContractId,
+    executor: &Executor,
+) -> Result<()> {
+    POLLING
+        .until(
+            "the contract Deployed",
+            Duration::from_secs(300),
+            || async {
+                match state_of(api, node, contract).await? {
+                    Some(ContractState::Deployed) => Ok(Some(())),
+                    Some(ContractState::Failed(f)) => anyhow::bail!(
+                        "contract {contract} failed: {}",
+                        String::from_utf8_lossy(&f.reason)
+                    ),
+                    _ => Ok(None),
+                }
+            },
+        )
+        .await
+        .with_context(|| executor.log_tail())
+}
+
+/// What the laptop fetches from `http://[addr]/path`, if it answers within `timeout_s`.
+fn fetch_from_laptop(addr: Ipv6Addr, path: &str, timeout_s: u32) -> Option<Vec<u8>> {
+    let url = format!("http://[{addr}]/{path}");
+    let timeout = timeout_s.to_string();
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        "zoe-laptop",
+        "timeout",
+        &timeout,
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &url,
+    ]);
+    out.status.success().then_some(out.stdout)
+}
+
+fn laptop_pings(addr: Ipv6Addr) -> bool {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        "zoe-laptop",
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-W",
+        "3",
+        &addr.to_string(),
+    ])
+    .status
+    .success()
+}
+
+/// The node's overlay key as the chain publishes it, and its first address.
+async fn published_overlay(
+    api: &client::Client,
+    node: NodeId,
+) -> Result<Option<([u8; 32], String)>> {
+    let at = api.at_current_block().await?;
+    let endpoint = at
+        .storage()
+        .try_fetch(runtime::storage().grid().node_overlays(), (node,))
+        .await?;
+    let Some(endpoint) = endpoint else {
+        return Ok(None);
+    };
+    let endpoint = endpoint.decode()?;
+    let first = endpoint
+        .addresses
+        .0
+        .first()
+        .map(|a| String::from_utf8_lossy(&a.0).into_owned())
+        .unwrap_or_default();
+    Ok(Some((endpoint.key, first)))
+}
+
+/// A test file that differs byte by byte (so a truncated or shifted copy cannot pass).
+fn test_file() -> String {
+    (0..FILE_BYTES)
+        .map(|i| char::from(b'a' + (i % 23) as u8))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root (namespaces, taps, nftables)"
+    );
+    for tool in ["qemu-system-x86_64", "busybox", "nft", "ping"] {
+        ensure!(which(tool).is_some(), "{tool} is needed");
+    }
+    let tmp = tempfile::tempdir()?;
+    let file = test_file();
+    let rootfs = tmp.path().join("image-tree");
+    // Serves its file; with a PEER, pings it and downloads its file over the overlay, again
+    // and again, for the laptop to check.
+    let serve = "httpd -p 80 -h /www\n\
+                 while :; do\n\
+                 \tif [ -n \"$PEER\" ]; then\n\
+                 \t\tping -c 1 -W 3 \"$PEER\" >/dev/null 2>&1 && echo ok > /www/peer-ping\n\
+                 \t\twget -q -O /tmp/peer \"http://[$PEER]/file\" && mv /tmp/peer /www/from-peer\n\
+                 \tfi\n\
+                 \tsleep 2\n\
+                 done\n";
+    busybox_rootfs(
+        &rootfs,
+        &["httpd", "wget", "ping", "mv"],
+        &[("www/file", &file), ("tmp/.keep", ""), ("bin/serve", serve)],
+    )?;
+    let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
+    let packed = zos_image::pack::pack_dir(&rootfs, store, None, &Default::default())?;
+    let hub = zos_image::hub::spawn_background(
+        "127.0.0.1:0".parse()?,
+        DirStore::open(tmp.path().join("hub-store"))?,
+        "unused".into(),
+    )?;
+    let (root, source) = (packed.root.to_hex(), format!("http://{hub}"));
+
+    let _topology = Topology::build()?;
+    let keys = tmp.path().join("keys");
+    let key = |name: &str| keys.join(format!("{name}.key"));
+    let a_key = identity::load_or_create(&key("a"))?;
+    let a_peer = a_key.public().to_peer_id();
+    let a_join = format!("/ip4/198.51.100.1/tcp/9651/p2p/{a_peer}");
+    let arg = |p: &Path| p.to_string_lossy().into_owned();
+    let (ka, kb, kl) = (arg(&key("a")), arg(&key("b")), arg(&key("laptop")));
+    let _daemon_a = Daemon::start(
+        "zoe-a",
+        &tmp.path().join("overlay-a.log"),
+        &[
+            "--key",
+            &ka,
+            "--listen",
+            "/ip4/198.51.100.1/tcp/9651",
+            "--tun",
+            "zoa",
+            "--tun-netns",
+            "zoe-a-ov",
+        ],
+    )?;
+    let _daemon_b = Daemon::start(
+        "zoe-b",
+        &tmp.path().join("overlay-b.log"),
+        &[
+            "--key",
+            &kb,
+            "--listen",
+            "/ip4/198.51.100.2/tcp/9651",
+            "--tun",
+            "zob",
+            "--tun-netns",
+            "zoe-b-ov",
+            "--peer",
+            &a_join,
+        ],
+    )?;
+    let laptop = Daemon::start(
+        "zoe-laptop",
+        &tmp.path().join("overlay-laptop.log"),
+        &[
+            "--key",
+            &kl,
+            "--listen",
+            "/ip4/198.51.100.9/tcp/9651",
+            "--tun",
+            "zol",
+            "--client",
+            "--peer",
+            &a_join,
+        ],
+    )?;
+
+    let chain = ChainNode::start(NodeOptions::default())?;
+    let url = chain.ws_url();
+    let grid = setup_farm(&chain, b"overlay-e2e-farm").await?;
+    let api = &grid.api;
+    let mut nodes = Vec::new();
+    for (name, ns, prefix, listen) in [
+        ("a", "zoe-a", "oa", "/ip4/198.51.100.1/tcp/9651"),
+        ("b", "zoe-b", "ob", "/ip4/198.51.100.2/tcp/9651"),
+    ] {
+        let data_dir = tmp.path().join(format!("node-{name}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let account = funded_identity(api, grid.farm, &data_dir).await?;
+        let executor = Executor::spawn_with_env(
+            &data_dir,
+            &url,
+            grid.farm,
+            EXECUTOR,
+            vec![
+                ("ZOS_UNDERLAY_NETNS".into(), format!("/run/netns/{ns}")),
+                ("ZOS_NET_PREFIX".into(), prefix.into()),
+                ("ZOS_OVERLAY_KEY".into(), arg(&key(name))),
+                ("ZOS_OVERLAY_NETNS".into(), format!("{ns}-ov")),
+                ("ZOS_OVERLAY_ADDRESSES".into(), listen.into()),
+            ],
+        )?;
+        let node = registered_node(api, &account, POLLING).await?;
+        nodes.push((node, executor, data_dir));
+    }
+
+    // The nodes publish their overlay keys; a VM's address follows from its node's key.
+    let mut subnets = Vec::new();
+    for (node, executor, _) in &nodes {
+        let (published, address) = POLLING
+            .until(
+                "the node's overlay endpoint on chain",
+                Duration::from_secs(120),
+                || async { published_overlay(api, *node).await },
+            )
+            .await
+            .with_context(|| executor.log_tail())?;
+        ensure!(
+            address.starts_with("/ip4/198.51.100."),
+            "published address {address}"
+        );
+        subnets.push(NodeSubnet::of_key(&published));
+    }
+    let (node_a, node_b) = (nodes[0].0, nodes[1].0);
+    ensure!(
+        subnets[0] == identity::subnet_of_key(&a_key.public()).context("an ed25519 key")?,
+        "node A published another key than its daemon's"
+    );
+
+    // B's VM first: A's VM is told B's VM's address.
+    let on_b = create_approved_contract(api, node_b, &spec(&root, &source, None)?).await?;
+    let vm_b = subnets[1].workload(on_b, "web");
+    let on_a = create_approved_contract(api, node_a, &spec(&root, &source, Some(vm_b))?).await?;
+    let vm_a = subnets[0].workload(on_a, "web");
+    let activated = Instant::now();
+    until_deployed(api, node_b, on_b, &nodes[1].1).await?;
+    until_deployed(api, node_a, on_a, &nodes[0].1).await?;
+    let console = |i: usize, contract: ContractId| {
+        std::fs::read_to_string(
+            nodes[i]
+                .2
+                .join(format!("contracts/{contract}/vms/web/console.log")),
+        )
+        .unwrap_or_default()
+    };
+    for (i, contract, vm) in [(0, on_a, vm_a), (1, on_b, vm_b)] {
+        let body = POLLING
+            .until(
+                "the laptop fetching the VM's file over the overlay",
+                Duration::from_secs(300),
+                || async {
+                    Ok(fetch_from_laptop(vm, "file", 30).filter(|b| b.len() == FILE_BYTES))
+                },
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "{}\nconsole:\n{}\nlaptop:\n{}",
+                    nodes[i].1.log_tail(),
+                    console(i, contract),
+                    laptop.log()
+                )
+            })?;
+        ensure!(body == file.as_bytes(), "the file from {vm} differs");
+        ensure!(laptop_pings(vm), "the laptop cannot ping {vm}");
+    }
+    eprintln!(
+        "activation -> both VMs answer the laptop over the overlay: {:?}",
+        activated.elapsed()
+    );
+    let started = Instant::now();
+    let body = fetch_from_laptop(vm_a, "file", 60).context("timed download")?;
+    ensure!(body == file.as_bytes(), "the timed download differs");
+    eprintln!(
+        "laptop <- VM A over the overlay (QEMU TCG guest): {:.1} MiB/s",
+        FILE_BYTES as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // VM to VM across the nodes: A pinged B and holds B's file.
+    let copy = POLLING
+        .until(
+            "VM A reaching VM B over the overlay",
+            Duration::from_secs(120),
+            || async {
+                let pinged = fetch_from_laptop(vm_a, "peer-ping", 10).is_some();
+                let copied =
+                    fetch_from_laptop(vm_a, "from-peer", 30).filter(|b| b.len() == FILE_BYTES);
+                Ok(copied.filter(|_| pinged))
+            },
+        )
+        .await
+        .with_context(|| format!("console A:\n{}", console(0, on_a)))?;
+    ensure!(copy == file.as_bytes(), "A's copy of B's file differs");
+
+    // Cancelling A's contract removes its card and route: the address goes silent.
+    cancel(api, on_a, POLLING).await?;
+    POLLING
+        .until(
+            "the overlay card removed",
+            Duration::from_secs(120),
+            || async {
+                let routes = run(&[
+                    "ip",
+                    "-n",
+                    "zoe-a-ov",
+                    "-6",
+                    "route",
+                    "show",
+                    &vm_a.to_string(),
+                ]);
+                Ok(routes.stdout.is_empty().then_some(()))
+            },
+        )
+        .await
+        .with_context(|| nodes[0].1.log_tail())?;
+    ensure!(!laptop_pings(vm_a), "{vm_a} still answers after cancel");
+    ensure!(laptop_pings(vm_b), "{vm_b} stopped answering");
+    cancel(api, on_b, POLLING).await?;
+    Ok(())
+}
