@@ -24,7 +24,7 @@ step() {
 # package selection would unify features differently and rebuild), in two lanes at once: the
 # single-host end-to-end binaries (mostly waiting for blocks and guests) beside everything
 # else. They use disjoint namespaces, name prefixes and free ports.
-LANE_TESTS=" e2e vm_e2e public_ip_e2e "
+LANE_TESTS=" e2e vm_e2e public_ip_e2e overlay_e2e "
 cargo_tests() {
   cargo build --profile "$profile" --workspace --bins || return 1
   # The node OS's static PID 1, for the boot tests (its own target directory: no rebuilds).

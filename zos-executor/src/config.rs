@@ -134,6 +134,11 @@ pub struct Flags {
     /// and peers to join through (`/ip4/198.51.100.1/tcp/9651`); repeat for more (at most 4).
     #[arg(long, env = "ZOS_OVERLAY_ADDRESSES", value_delimiter = ',')]
     pub overlay_address: Vec<String>,
+    /// The overlay daemon's local hub (its `--hub-listen`, e.g. `http://127.0.0.1:7700`):
+    /// VM images are asked there first, so they come from overlay peers that have them, then
+    /// from the spec's source. Safe for any image: every object is checked against its hash.
+    #[arg(long, env = "ZOS_OVERLAY_HUB")]
+    pub overlay_hub: Option<String>,
     /// Serve gateway workloads: the HTTPS address of this node's web gateway (e.g.
     /// 0.0.0.0:443). Default: off (gateway workloads fail with "no driver").
     #[arg(long, env = "ZOS_GATEWAY_HTTPS_ADDR")]
@@ -198,6 +203,7 @@ pub struct FileConfig {
     pub overlay_key: Option<PathBuf>,
     pub overlay_netns: Option<String>,
     pub overlay_address: Option<Vec<String>>,
+    pub overlay_hub: Option<String>,
     pub gateway_https_addr: Option<SocketAddr>,
     pub gateway_http_addr: Option<SocketAddr>,
     pub gateway_public_https_port: Option<u16>,
@@ -255,6 +261,8 @@ pub struct Config {
     pub vm_io_limit: Option<zos_vm::cgroup::IoLimit>,
     /// Image source prefixes specs may name; empty: any http(s) hub.
     pub allowed_image_sources: Vec<String>,
+    /// The overlay daemon's local hub, asked for images before the spec's source.
+    pub overlay_hub: Option<String>,
     /// Serve private networks when the host can (root, nftables, WireGuard).
     pub network_enabled: bool,
     pub net_prefix: zos_net::Prefix,
@@ -341,6 +349,13 @@ impl Config {
                 "allowed image source {prefix:?} is neither an http(s) URL nor an absolute directory other than /"
             );
         }
+        let overlay_hub = flags.overlay_hub.or(file.overlay_hub);
+        if let Some(hub) = &overlay_hub {
+            anyhow::ensure!(
+                hub.starts_with("http://") || hub.starts_with("https://"),
+                "overlay hub {hub:?} is not an http(s) URL"
+            );
+        }
         let gateway = match flags.gateway_https_addr.or(file.gateway_https_addr) {
             None => None,
             Some(https_addr) => Some(GatewayConfig {
@@ -417,6 +432,7 @@ impl Config {
                 )),
             },
             allowed_image_sources,
+            overlay_hub,
             network_enabled: !(flags.no_network || file.no_network.unwrap_or(false)),
             net_prefix: zos_net::Prefix::new(
                 flags

@@ -51,6 +51,14 @@ const NAMESPACES: [&str; 6] = [
     "zoe-a-ov",
     "zoe-b-ov",
 ];
+/// Host <-> node links: (node namespace, host end, host address, node address). The host ends
+/// names match no executor's interface prefix (the host's nftables drop what comes in on those).
+const HOST_LINKS: [(&str, &str, &str, &str); 2] = [
+    ("zoe-a", "hlink-a", "203.0.113.1", "203.0.113.2"),
+    ("zoe-b", "hlink-b", "203.0.113.5", "203.0.113.6"),
+];
+/// Where each node's overlay daemon serves its local hub (on its host link).
+const LOCAL_HUB_PORT: u16 = 7700;
 /// Size of the file each guest serves.
 const FILE_BYTES: usize = 4 << 20;
 
@@ -70,6 +78,10 @@ impl Topology {
     fn clean() {
         for ns in NAMESPACES {
             let _ = run(&["ip", "netns", "del", ns]);
+        }
+        // A namespace is freed lazily: its veth may outlive `netns del` for a while.
+        for (_, host_end, _, _) in HOST_LINKS {
+            let _ = run(&["ip", "link", "del", host_end]);
         }
     }
 
@@ -97,6 +109,33 @@ impl Topology {
             ])?;
             ok(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
             ok(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        // Each node's own link to the host, where its executor runs: the executor reads images
+        // through the node's overlay daemon's local hub, listening on the node's side.
+        for (ns, host_end, host_ip, node_ip) in HOST_LINKS {
+            ok(&[
+                "ip", "link", "add", host_end, "type", "veth", "peer", "name", "host0", "netns", ns,
+            ])?;
+            ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{host_ip}/30"),
+                "dev",
+                host_end,
+            ])?;
+            ok(&["ip", "link", "set", host_end, "up"])?;
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{node_ip}/30"),
+                "dev",
+                "host0",
+            ])?;
+            ok(&["ip", "-n", ns, "link", "set", "host0", "up"])?;
         }
         Ok(Self)
     }
@@ -144,6 +183,22 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Files under `dir`, recursively (0 when it is missing).
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count_files(&e.path()),
+                    Ok(_) => 1,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn spec(root: &str, source: &str, peer: Option<Ipv6Addr>) -> Result<DeploymentSpec> {
@@ -290,14 +345,15 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         &["httpd", "wget", "ping", "mv"],
         &[("www/file", &file), ("tmp/.keep", ""), ("bin/serve", serve)],
     )?;
-    let store = Arc::new(DirStore::open(tmp.path().join("hub-store"))?);
+    // Node A holds the image (its overlay daemon's store); node B has nothing, and the hub
+    // the specs name is down (nothing listens there): B's VM starts from what A serves.
+    let a_store = tmp.path().join("a-objects");
+    let b_store = tmp.path().join("b-objects");
+    let store = Arc::new(DirStore::open(&a_store)?);
+    DirStore::open(&b_store)?;
     let packed = zos_image::pack::pack_dir(&rootfs, store, None, &Default::default())?;
-    let hub = zos_image::hub::spawn_background(
-        "127.0.0.1:0".parse()?,
-        DirStore::open(tmp.path().join("hub-store"))?,
-        "unused".into(),
-    )?;
-    let (root, source) = (packed.root.to_hex(), format!("http://{hub}"));
+    let hub_down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let (root, source) = (packed.root.to_hex(), format!("http://{hub_down}"));
 
     let _topology = Topology::build()?;
     let keys = tmp.path().join("keys");
@@ -307,6 +363,9 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     let a_join = format!("/ip4/198.51.100.1/tcp/9651/p2p/{a_peer}");
     let arg = |p: &Path| p.to_string_lossy().into_owned();
     let (ka, kb, kl) = (arg(&key("a")), arg(&key("b")), arg(&key("laptop")));
+    let (a_objects, b_objects) = (arg(&a_store), arg(&b_store));
+    let local_hub = |i: usize| format!("{}:{LOCAL_HUB_PORT}", HOST_LINKS[i].3);
+    let (a_hub, b_hub) = (local_hub(0), local_hub(1));
     let _daemon_a = Daemon::start(
         "zoe-a",
         &tmp.path().join("overlay-a.log"),
@@ -319,9 +378,13 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             "zoa",
             "--tun-netns",
             "zoe-a-ov",
+            "--hub-store",
+            &a_objects,
+            "--hub-listen",
+            &a_hub,
         ],
     )?;
-    let _daemon_b = Daemon::start(
+    let daemon_b = Daemon::start(
         "zoe-b",
         &tmp.path().join("overlay-b.log"),
         &[
@@ -333,6 +396,10 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             "zob",
             "--tun-netns",
             "zoe-b-ov",
+            "--hub-store",
+            &b_objects,
+            "--hub-listen",
+            &b_hub,
             "--peer",
             &a_join,
         ],
@@ -358,9 +425,9 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     let grid = setup_farm(&chain, b"overlay-e2e-farm").await?;
     let api = &grid.api;
     let mut nodes = Vec::new();
-    for (name, ns, prefix, listen) in [
-        ("a", "zoe-a", "oa", "/ip4/198.51.100.1/tcp/9651"),
-        ("b", "zoe-b", "ob", "/ip4/198.51.100.2/tcp/9651"),
+    for (name, ns, prefix, listen, hub) in [
+        ("a", "zoe-a", "oa", "/ip4/198.51.100.1/tcp/9651", &a_hub),
+        ("b", "zoe-b", "ob", "/ip4/198.51.100.2/tcp/9651", &b_hub),
     ] {
         let data_dir = tmp.path().join(format!("node-{name}"));
         std::fs::create_dir_all(&data_dir)?;
@@ -376,6 +443,7 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
                 ("ZOS_OVERLAY_KEY".into(), arg(&key(name))),
                 ("ZOS_OVERLAY_NETNS".into(), format!("{ns}-ov")),
                 ("ZOS_OVERLAY_ADDRESSES".into(), listen.into()),
+                ("ZOS_OVERLAY_HUB".into(), format!("http://{hub}")),
             ],
         )?;
         let node = registered_node(api, &account, POLLING).await?;
@@ -446,6 +514,14 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         "activation -> both VMs answer the laptop over the overlay: {:?}",
         activated.elapsed()
     );
+    // B's image came from A over the overlay: B's daemon keeps what it fetched.
+    let fetched_by_b = count_files(&b_store.join("chunks"));
+    ensure!(
+        fetched_by_b > 0,
+        "node B's overlay store holds no chunks: the image did not come from A\n{}",
+        daemon_b.log()
+    );
+    eprintln!("chunks node B fetched from node A with the hub down: {fetched_by_b}");
     let started = Instant::now();
     let body = fetch_from_laptop(vm_a, "file", 60).context("timed download")?;
     ensure!(body == file.as_bytes(), "the timed download differs");

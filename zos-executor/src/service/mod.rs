@@ -176,6 +176,7 @@ impl Executor {
                         io_limit: config.vm_io_limit,
                         image_sources: ImageSourcePolicy {
                             allowed: config.allowed_image_sources.clone(),
+                            overlay_hub: config.overlay_hub.clone(),
                         },
                     };
                     let mut vm_driver = VmDriver::new(vm_config, metrics.clone())

@@ -26,6 +26,11 @@ const IMAGE_CACHE_BYTES: u64 = 1 << 30;
 pub struct ImageSourcePolicy {
     /// Allowed source prefixes; empty: any `http://` or `https://` URL.
     pub allowed: Vec<String>,
+    /// The node's overlay hub (the overlay daemon's `--hub-listen`), asked before the spec's
+    /// source: it answers from overlay peers that hold the image. The farmer's choice, not the
+    /// spec's; any store may serve, as the index and every chunk are checked by hash.
+    #[serde(default)]
+    pub overlay_hub: Option<String>,
 }
 
 impl ImageSourcePolicy {
@@ -132,6 +137,21 @@ pub(super) fn open_source(
     Ok(Arc::new(store))
 }
 
+/// The stores an image is read from, in order: the node's overlay hub if it has one, then the
+/// spec's source (when the overlay hub is down or lacks an object, the source still serves).
+pub(super) fn image_stores(
+    source: &str,
+    policy: &ImageSourcePolicy,
+) -> DriverResult<Vec<Arc<dyn Store>>> {
+    let spec_store = open_source(source, policy)?;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::with_capacity(2);
+    if let Some(hub) = &policy.overlay_hub {
+        stores.push(Arc::new(HttpStore::new(hub, None)));
+    }
+    stores.push(spec_store);
+    Ok(stores)
+}
+
 /// Fetches the index of image `root` from `source` (checked against the node's policy and
 /// against `root`), then mounts it read-only at `mountpoint`. Blocking.
 pub fn mount_image(
@@ -142,19 +162,22 @@ pub fn mount_image(
     policy: &ImageSourcePolicy,
 ) -> DriverResult<MountHandle> {
     use zos_image::Error as E;
-    let store = open_source(source, policy)?;
-    let remote = source.starts_with("http");
-    let sources = vec![store];
+    let sources = image_stores(source, policy)?;
+    let remote = source.starts_with("http") || policy.overlay_hub.is_some();
+    let from = match &policy.overlay_hub {
+        Some(hub) => format!("{source} (or the overlay hub {hub})"),
+        None => source.to_string(),
+    };
     let image = open_image(&sources, &root, &Trust::default()).map_err(|e| match e {
         // Perhaps not pushed yet: retried for a while before the deployment fails.
         E::ImageNotFound(_) => transient(anyhow!(ImageMissing(format!(
-            "image {root} is not on {source}"
+            "image {root} is not on {from}"
         )))),
         E::RootMismatch { .. } | E::Format(_) | E::Signature(_) => {
-            DriverError::permanent(format!("image from {source} refused: {e}"))
+            DriverError::permanent(format!("image from {from} refused: {e}"))
         }
         other => transient(
-            anyhow!(other).context(format!("fetching the index of image {root} from {source}")),
+            anyhow!(other).context(format!("fetching the index of image {root} from {from}")),
         ),
     })?;
     let cache = if remote {

@@ -629,7 +629,7 @@ impl Driver for VmDriver {
 mod tests {
     use super::*;
     use super::{
-        image::{open_source, IMAGE_MISSING_GRACE},
+        image::{image_stores, open_source, IMAGE_MISSING_GRACE},
         spec::{vm_name, MAX_VM_NAME},
     };
 
@@ -682,6 +682,7 @@ mod tests {
         assert_eq!(cfg.disks[0].mount.as_deref(), Some("/data"));
         let anywhere = ImageSourcePolicy {
             allowed: vec!["/".into()],
+            overlay_hub: None,
         };
         assert!(matches!(
             open_source("relative/store", &anywhere),
@@ -740,6 +741,7 @@ mod tests {
         ));
         let narrow = ImageSourcePolicy {
             allowed: vec!["https://hub.example/".into(), path.into()],
+            overlay_hub: None,
         };
         assert!(narrow.check("https://hub.example/").is_ok());
         assert!(narrow.check("https://hub.example.evil/").is_err());
@@ -750,5 +752,30 @@ mod tests {
         assert!(narrow.check("https://hub.example/%2e%2e/x").is_err());
         assert!(narrow.check("https://hub.example/a\\..\\b").is_err());
         assert!(open_source(path, &narrow).is_ok());
+    }
+
+    /// The node's overlay hub is asked first, and never widens what a spec may name.
+    #[test]
+    fn the_overlay_hub_comes_before_the_spec_source() {
+        let policy = ImageSourcePolicy {
+            allowed: vec!["https://hub.example/".into()],
+            overlay_hub: Some("http://127.0.0.1:7700".into()),
+        };
+        let stores = image_stores("https://hub.example/", &policy).unwrap();
+        let described: Vec<String> = stores.iter().map(|s| s.describe()).collect();
+        assert_eq!(described.len(), 2, "{described:?}");
+        assert!(described[0].contains("127.0.0.1:7700"), "{described:?}");
+        assert!(described[1].contains("hub.example"), "{described:?}");
+        assert!(matches!(
+            image_stores("https://other.example/", &policy),
+            Err(DriverError::Permanent(_))
+        ));
+        let without = ImageSourcePolicy::default();
+        assert_eq!(
+            image_stores("https://hub.example/", &without)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }
