@@ -185,6 +185,23 @@ impl Drop for Daemon {
     }
 }
 
+/// The packets counted by the nftables rule in namespace `ns` whose line holds all of `parts`.
+fn counted_packets(ns: &str, parts: &[String]) -> Result<u64> {
+    let out = run(&["ip", "netns", "exec", ns, "nft", "list", "ruleset"]);
+    ensure!(out.status.success(), "nft list ruleset in {ns}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| parts.iter().all(|p| l.contains(p.as_str())))
+        .with_context(|| format!("no rule with {parts:?} in {ns}:\n{text}"))?;
+    let packets = line
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .with_context(|| format!("no packet count in {line:?}"))?;
+    Ok(packets.parse()?)
+}
+
 /// Files under `dir`, recursively (0 when it is missing).
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
@@ -201,11 +218,11 @@ fn count_files(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn spec(root: &str, source: &str, peer: Option<Ipv6Addr>) -> Result<DeploymentSpec> {
-    let env = match peer {
-        Some(peer) => serde_json::json!([{ "key": "PEER", "value": peer.to_string() }]),
-        None => serde_json::json!([]),
-    };
+fn spec(root: &str, source: &str, env: &[(&str, Ipv6Addr)]) -> Result<DeploymentSpec> {
+    let env: Vec<_> = env
+        .iter()
+        .map(|(key, value)| serde_json::json!({ "key": key, "value": value.to_string() }))
+        .collect();
     let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
         "version": 0,
         "workloads": [
@@ -331,18 +348,28 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     let file = test_file();
     let rootfs = tmp.path().join("image-tree");
     // Serves its file; with a PEER, pings it and downloads its file over the overlay, again
-    // and again, for the laptop to check.
+    // and again, for the laptop to check. With a LAPTOP, pings it from its own address and
+    // from SPOOF, another address of its node's /64 it takes for itself for that ping only
+    // (else the guest would pick it as the source of other traffic too).
     let serve = "httpd -p 80 -h /www\n\
-                 while :; do\n\
+                                  while :; do\n\
                  \tif [ -n \"$PEER\" ]; then\n\
                  \t\tping -c 1 -W 3 \"$PEER\" >/dev/null 2>&1 && echo ok > /www/peer-ping\n\
                  \t\twget -q -O /tmp/peer \"http://[$PEER]/file\" && mv /tmp/peer /www/from-peer\n\
+                 \tfi\n\
+                 \tif [ -n \"$LAPTOP\" ]; then\n\
+                 \t\tping -c 1 -W 1 \"$LAPTOP\" >/dev/null 2>&1\n\
+                 \t\tif ip -6 addr add \"$SPOOF/128\" dev eth0; then\n\
+                 \t\t\techo ok > /www/spoofing\n\
+                 \t\t\tping -c 1 -W 1 -I \"$SPOOF\" \"$LAPTOP\" >/dev/null 2>&1\n\
+                 \t\t\tip -6 addr del \"$SPOOF/128\" dev eth0\n\
+                 \t\tfi\n\
                  \tfi\n\
                  \tsleep 2\n\
                  done\n";
     busybox_rootfs(
         &rootfs,
-        &["httpd", "wget", "ping", "mv"],
+        &["httpd", "wget", "ping", "mv", "ip"],
         &[("www/file", &file), ("tmp/.keep", ""), ("bin/serve", serve)],
     )?;
     // Node A holds the image (its overlay daemon's store); node B has nothing, and the hub
@@ -359,6 +386,10 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     let keys = tmp.path().join("keys");
     let key = |name: &str| keys.join(format!("{name}.key"));
     let a_key = identity::load_or_create(&key("a"))?;
+    let laptop_address =
+        identity::subnet_of_key(&identity::load_or_create(&key("laptop"))?.public())
+            .context("an ed25519 key")?
+            .host();
     let a_peer = a_key.public().to_peer_id();
     let a_join = format!("/ip4/198.51.100.1/tcp/9651/p2p/{a_peer}");
     let arg = |p: &Path| p.to_string_lossy().into_owned();
@@ -473,11 +504,39 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         "node A published another key than its daemon's"
     );
 
-    // B's VM first: A's VM is told B's VM's address.
-    let on_b = create_approved_contract(api, node_b, &spec(&root, &source, None)?).await?;
+    // B's VM first: A's VM is told B's VM's address, and the laptop's, and an address of
+    // its node's /64 that is not its own (no contract has this id).
+    let on_b = create_approved_contract(api, node_b, &spec(&root, &source, &[])?).await?;
     let vm_b = subnets[1].workload(on_b, "web");
-    let on_a = create_approved_contract(api, node_a, &spec(&root, &source, Some(vm_b))?).await?;
+    let spoofed = subnets[0].workload(u64::MAX, "web");
+    let a_env = [
+        ("PEER", vm_b),
+        ("LAPTOP", laptop_address),
+        ("SPOOF", spoofed),
+    ];
+    let on_a = create_approved_contract(api, node_a, &spec(&root, &source, &a_env)?).await?;
     let vm_a = subnets[0].workload(on_a, "web");
+    // The laptop counts what reaches it from A's address and from the spoofed one.
+    let counters = format!(
+        "table ip6 zoe_seen {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tip6 saddr {vm_a} counter\n\
+         \t\tip6 saddr {spoofed} counter\n\
+         \t}}\n\
+         }}\n"
+    );
+    let counters_file = tmp.path().join("laptop-counters.nft");
+    std::fs::write(&counters_file, counters)?;
+    ok(&[
+        "ip",
+        "netns",
+        "exec",
+        "zoe-laptop",
+        "nft",
+        "-f",
+        &arg(&counters_file),
+    ])?;
     let activated = Instant::now();
     until_deployed(api, node_b, on_b, &nodes[1].1).await?;
     until_deployed(api, node_a, on_a, &nodes[0].1).await?;
@@ -545,6 +604,41 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         .await
         .with_context(|| format!("console A:\n{}", console(0, on_a)))?;
     ensure!(copy == file.as_bytes(), "A's copy of B's file differs");
+
+    // A's card carries only A's own address: its pings reach the laptop, the spoofed ones
+    // (sent over the same card, just as often) never do.
+    let (from_a, from_spoofed, dropped) = POLLING
+        .until(
+            "VM A's pings counted on the laptop",
+            Duration::from_secs(60),
+            || async {
+                let seen = |source: Ipv6Addr| {
+                    counted_packets("zoe-laptop", &[format!("ip6 saddr {source} counter")])
+                };
+                let (from_a, from_spoofed) = (seen(vm_a)?, seen(spoofed)?);
+                // The card's anti-spoofing rule, in node A's namespace.
+                let dropped = counted_packets(
+                    "zoe-a",
+                    &["ip6 saddr != {".into(), vm_a.to_string(), "drop".into()],
+                )?;
+                Ok((from_a >= 3 && dropped >= 3).then_some((from_a, from_spoofed, dropped)))
+            },
+        )
+        .await
+        .with_context(|| format!("console A:\n{}", console(0, on_a)))?;
+    ensure!(
+        fetch_from_laptop(vm_a, "spoofing", 10).is_some(),
+        "VM A did not take the spoofed address:\n{}",
+        console(0, on_a)
+    );
+    ensure!(
+        from_spoofed == 0,
+        "{from_spoofed} packets from the spoofed {spoofed} reached the laptop"
+    );
+    eprintln!(
+        "laptop saw {from_a} packets from VM A, {from_spoofed} from the address it spoofed; \
+         node A's card dropped {dropped}"
+    );
 
     // Cancelling A's contract removes its card and route: the address goes silent.
     cancel(api, on_a, POLLING).await?;
