@@ -251,6 +251,7 @@ mod gateway;
 pub use gateway::*;
 mod health;
 pub use health::*;
+pub mod v3;
 
 /// A secret sealed to a node's x25519 key (a crypto_box sealed box). The chain stores only this
 /// ciphertext; only the node holding the matching secret key can open it.

@@ -5,9 +5,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use codec::{Decode, Encode};
+use codec::{Decode, DecodeAll, Encode};
 use redb::{Database, ReadableTable, TableDefinition};
-use zos_primitives::{spec::DeploymentSpec, ContractId};
+use zos_primitives::{
+    spec::{v3::DeploymentSpecV3, DeploymentSpec},
+    ContractId,
+};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const CONTRACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("contracts");
@@ -21,6 +24,11 @@ const TOMBSTONES: TableDefinition<u64, u64> = TableDefinition::new("tombstones")
 /// contract -> encoded spec whose installation started and has not finished: recorded before
 /// any side effect, so a crash mid-install leaves something to clean up by.
 const INTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("intents");
+
+/// META key of the layout the spec-holding records (contracts, intents) are written in.
+const LAYOUT_KEY: &str = "layout";
+/// That layout: 2 since VM specs have the overlay card; stores without the key hold layout 1.
+const LAYOUT: u32 = 2;
 
 /// The last finalized block whose events were processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
@@ -113,6 +121,97 @@ fn decode<T: Decode>(bytes: &[u8], what: &str) -> Result<T> {
     T::decode(&mut &bytes[..]).with_context(|| format!("corrupt {what} record in the local store"))
 }
 
+/// [`LocalContract`] as layout 1 holds it: the spec without VM overlay cards.
+#[derive(Decode)]
+struct LocalContractV1 {
+    contract: ContractId,
+    spec: DeploymentSpecV3,
+    spec_hash: [u8; 32],
+    outcomes: Vec<(Vec<u8>, WorkloadOutcome)>,
+    serving: bool,
+}
+
+/// Rewrites the records of an older layout in the current one, in the transaction that opens
+/// the store (guests keep running across executor upgrades, and their records with them). A
+/// record already in the current layout (a store written between the change and the key) is
+/// kept; one that neither layout reads whole is an error, never guessed at.
+fn upgrade_layout(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = tx.open_table(META)?;
+    let layout = match meta.get(LAYOUT_KEY)? {
+        Some(v) => decode::<u32>(v.value(), "layout")?,
+        None => 1,
+    };
+    anyhow::ensure!(
+        layout <= LAYOUT,
+        "the local store was written by a newer executor (layout {layout}; this one reads {LAYOUT})"
+    );
+    if layout == LAYOUT {
+        return Ok(());
+    }
+    let mut contracts = tx.open_table(CONTRACTS)?;
+    let mut upgraded = Vec::new();
+    let mut rewritten = 0;
+    for entry in contracts.iter()? {
+        let (id, bytes) = entry?;
+        let bytes = bytes.value();
+        if let Ok(old) = LocalContractV1::decode_all(&mut &bytes[..]) {
+            // The chain re-hashed the spec in its own migration; a hash that named the old
+            // encoding names the new one now, so the contract is not seen as updated.
+            let old_hash = old.spec.hash();
+            let spec = old.spec.upgrade();
+            let spec_hash = match old.spec_hash == old_hash {
+                true => spec.hash(),
+                false => old.spec_hash,
+            };
+            let current = LocalContract {
+                contract: old.contract,
+                spec,
+                spec_hash,
+                outcomes: old.outcomes,
+                serving: old.serving,
+            };
+            upgraded.push((id.value(), current.encode()));
+        } else {
+            LocalContract::decode_all(&mut &bytes[..]).with_context(|| {
+                format!("contract {} in the local store: unreadable", id.value())
+            })?;
+        }
+    }
+    for (id, bytes) in &upgraded {
+        contracts.insert(*id, bytes.as_slice())?;
+    }
+    rewritten += upgraded.len();
+    let mut intents = tx.open_table(INTENTS)?;
+    let mut upgraded = Vec::new();
+    for entry in intents.iter()? {
+        let (id, bytes) = entry?;
+        let bytes = bytes.value();
+        if let Ok(old) = DeploymentSpecV3::decode_all(&mut &bytes[..]) {
+            upgraded.push((id.value(), old.upgrade().encode()));
+        } else {
+            DeploymentSpec::decode_all(&mut &bytes[..]).with_context(|| {
+                format!(
+                    "install intent of contract {} in the local store: unreadable",
+                    id.value()
+                )
+            })?;
+        }
+    }
+    for (id, bytes) in &upgraded {
+        intents.insert(*id, bytes.as_slice())?;
+    }
+    rewritten += upgraded.len();
+    meta.insert(LAYOUT_KEY, LAYOUT.encode().as_slice())?;
+    if rewritten > 0 {
+        tracing::info!(
+            from = layout,
+            records = rewritten,
+            "local store records rewritten in the current layout"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
@@ -128,6 +227,7 @@ impl Store {
         tx.open_table(DEPLOY_REPORTS)?;
         tx.open_table(TOMBSTONES)?;
         tx.open_table(INTENTS)?;
+        upgrade_layout(&tx)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -368,6 +468,119 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zos_primitives::spec::{
+        v3::{VmSpecV3, WorkloadKindV3, WorkloadV3},
+        WorkloadKind,
+    };
+
+    /// A spec with a VM, and the same spec as layout 1 wrote it.
+    fn vm_spec_in_both_layouts() -> (DeploymentSpec, DeploymentSpecV3) {
+        let spec: DeploymentSpec = serde_json::from_value(serde_json::json!({
+            "version": 3,
+            "workloads": [
+                { "name": "web", "kind": { "vm": {
+                    "image": { "root_hash": "ab".repeat(32), "source": "https://hub.example" },
+                    "vcpus": 1, "memory_mib": 256, "rootfs_mib": 256, "entrypoint": "/bin/serve",
+                } } },
+                { "name": "data", "kind": { "disk": { "size_mib": 64 } } },
+            ],
+        }))
+        .unwrap();
+        let workloads = spec.workloads.iter().cloned().map(|w| WorkloadV3 {
+            name: w.name,
+            kind: match w.kind {
+                WorkloadKind::Vm(vm) => WorkloadKindV3::Vm(VmSpecV3 {
+                    image: vm.image,
+                    vcpus: vm.vcpus,
+                    memory_mib: vm.memory_mib,
+                    rootfs_mib: vm.rootfs_mib,
+                    mounts: vm.mounts,
+                    env: vm.env,
+                    entrypoint: vm.entrypoint,
+                    ssh_keys: vm.ssh_keys,
+                    networks: vm.networks,
+                    public_ip: vm.public_ip,
+                }),
+                WorkloadKind::Disk(disk) => WorkloadKindV3::Disk(disk),
+                other => panic!("{other:?}"),
+            },
+        });
+        let old = DeploymentSpecV3 {
+            version: spec.version,
+            workloads: workloads.collect::<Vec<_>>().try_into().unwrap(),
+            metadata: spec.metadata.clone(),
+        };
+        (spec, old)
+    }
+
+    /// Guests outlive executor upgrades: records of the layout before overlay cards are read,
+    /// rewritten once, and their hash follows the chain's re-hashing; a newer layout is refused.
+    #[test]
+    fn records_of_the_layout_before_overlay_cards_are_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let (spec, old) = vm_spec_in_both_layouts();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            let record = (
+                7u64,
+                &old,
+                old.hash(),
+                Vec::<(Vec<u8>, WorkloadOutcome)>::new(),
+                true,
+            );
+            tx.open_table(CONTRACTS)
+                .unwrap()
+                .insert(7, record.encode().as_slice())
+                .unwrap();
+            let stale = (
+                8u64,
+                &old,
+                [9u8; 32],
+                vec![(b"web".to_vec(), WorkloadOutcome::Ok)],
+                false,
+            );
+            tx.open_table(CONTRACTS)
+                .unwrap()
+                .insert(8, stale.encode().as_slice())
+                .unwrap();
+            tx.open_table(INTENTS)
+                .unwrap()
+                .insert(7, old.encode().as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let seven = store.contract(7).unwrap().unwrap();
+        assert_eq!(seven.spec, spec);
+        assert_eq!(seven.spec_hash, spec.hash());
+        assert!(seven.serving);
+        let eight = store.contract(8).unwrap().unwrap();
+        assert_eq!(eight.spec, spec);
+        assert_eq!(eight.spec_hash, [9; 32], "a hash of something else is kept");
+        assert_eq!(eight.outcomes, vec![(b"web".to_vec(), WorkloadOutcome::Ok)]);
+        assert_eq!(store.intents().unwrap()[&7], spec);
+        drop(store);
+        // Opened again: nothing to do, same records.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.contract(7).unwrap().unwrap().spec, spec);
+        drop(store);
+
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert(LAYOUT_KEY, (LAYOUT + 1).encode().as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        drop(db);
+        let refused = Store::open(&path).err().expect("a newer layout is refused");
+        assert!(
+            format!("{refused:#}").contains("newer executor"),
+            "{refused:#}"
+        );
+    }
 
     #[test]
     fn a_removed_contracts_open_window_goes_to_the_outbox_as_its_final_window() {

@@ -573,6 +573,23 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         "activation -> both VMs answer the laptop over the overlay: {:?}",
         activated.elapsed()
     );
+    // Each VM's card is an isolated port of its node's overlay bridge: VMs on one node reach
+    // the overlay namespace only, never each other's links.
+    for (ns, prefix) in [("zoe-a", "oa"), ("zoe-b", "ob")] {
+        let bridge = format!("{prefix}-ovb");
+        let ports = run(&[
+            "ip", "-n", ns, "-d", "-o", "link", "show", "master", &bridge,
+        ]);
+        let text = String::from_utf8_lossy(&ports.stdout);
+        let cards: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains(&format!("{prefix}-ovu")))
+            .collect();
+        ensure!(
+            !cards.is_empty() && cards.iter().all(|l| l.contains("isolated on")),
+            "{bridge} in {ns}: cards not isolated:\n{text}"
+        );
+    }
     // B's image came from A over the overlay: B's daemon keeps what it fetched.
     let fetched_by_b = count_files(&b_store.join("chunks"));
     ensure!(

@@ -135,6 +135,20 @@ pub async fn set_master(h: &Handle, index: u32, bridge: u32) -> Result<()> {
         .context("adding a link to a bridge")
 }
 
+/// Makes bridge port `index` isolated (or not): isolated ports reach only the bridge's
+/// non-isolated ports, never each other.
+pub async fn set_port_isolated(h: &Handle, index: u32, isolated: bool) -> Result<()> {
+    h.link()
+        .set(
+            rtnetlink::LinkBridgePort::new(index)
+                .isolated(isolated)
+                .build(),
+        )
+        .execute()
+        .await
+        .context("setting a bridge port's isolation")
+}
+
 /// Moves link `index` into the namespace at `ns`.
 pub async fn move_to(h: &Handle, index: u32, ns: &Path) -> Result<()> {
     let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;

@@ -4,18 +4,10 @@
 use super::*;
 use codec::{Decode, Encode};
 use frame_support::{
-    migrations::VersionedMigration,
-    pallet_prelude::{ConstU32, ValueQuery},
-    storage_alias,
-    traits::UncheckedOnRuntimeUpgrade,
-    weights::Weight,
-    Twox64Concat,
+    migrations::VersionedMigration, pallet_prelude::ValueQuery, storage_alias,
+    traits::UncheckedOnRuntimeUpgrade, weights::Weight, Twox64Concat,
 };
-use zos_primitives::spec::{
-    DiskSpec, Entrypoint, EnvVar, GatewaySpec, HealthCheckSpec, ImageRef, Metadata, Mount,
-    NetworkAttachment, NetworkSpec, PublicIpSpec, SshKey, VmSpec, VolumeSpec, Workload,
-    WorkloadKind, MAX_ENV_VARS, MAX_MOUNTS, MAX_NETWORK_ATTACHMENTS, MAX_SSH_KEYS, MAX_WORKLOADS,
-};
+pub use zos_primitives::spec::v3::{DeploymentSpecV3, VmSpecV3, WorkloadKindV3, WorkloadV3};
 
 /// Version 1's per-block expiry slots.
 #[storage_alias]
@@ -177,111 +169,6 @@ impl<T: Config> UncheckedOnRuntimeUpgrade for InnerV2ToV3<T> {
             "a contract was lost or left undecodable"
         );
         Pallet::<T>::do_try_state()
-    }
-}
-
-/// What version 3 stored for a VM: [`VmSpec`] before the overlay card.
-#[derive(Encode, Decode)]
-pub struct VmSpecV3 {
-    pub image: ImageRef,
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub rootfs_mib: u64,
-    pub mounts: BoundedVec<Mount, ConstU32<MAX_MOUNTS>>,
-    pub env: BoundedVec<EnvVar, ConstU32<MAX_ENV_VARS>>,
-    pub entrypoint: Entrypoint,
-    pub ssh_keys: BoundedVec<SshKey, ConstU32<MAX_SSH_KEYS>>,
-    pub networks: BoundedVec<NetworkAttachment, ConstU32<MAX_NETWORK_ATTACHMENTS>>,
-    pub public_ip: Option<WorkloadName>,
-}
-
-impl VmSpecV3 {
-    /// The same VM, without an overlay card (version 3 had none).
-    pub fn upgrade(self) -> VmSpec {
-        VmSpec {
-            image: self.image,
-            vcpus: self.vcpus,
-            memory_mib: self.memory_mib,
-            rootfs_mib: self.rootfs_mib,
-            mounts: self.mounts,
-            env: self.env,
-            entrypoint: self.entrypoint,
-            ssh_keys: self.ssh_keys,
-            networks: self.networks,
-            public_ip: self.public_ip,
-            overlay: false,
-        }
-    }
-}
-
-/// What version 3 stored for a workload's kind: [`WorkloadKind`] with the old VM layout. The
-/// variants keep their order, hence their SCALE indices.
-#[derive(Encode, Decode)]
-pub enum WorkloadKindV3 {
-    Vm(VmSpecV3),
-    Disk(DiskSpec),
-    Volume(VolumeSpec),
-    Network(NetworkSpec),
-    PublicIp(PublicIpSpec),
-    Gateway(GatewaySpec),
-    HealthCheck(HealthCheckSpec),
-}
-
-impl WorkloadKindV3 {
-    /// The same workload kind in the current layout.
-    pub fn upgrade(self) -> WorkloadKind {
-        match self {
-            Self::Vm(vm) => WorkloadKind::Vm(vm.upgrade()),
-            Self::Disk(disk) => WorkloadKind::Disk(disk),
-            Self::Volume(volume) => WorkloadKind::Volume(volume),
-            Self::Network(network) => WorkloadKind::Network(network),
-            Self::PublicIp(ip) => WorkloadKind::PublicIp(ip),
-            Self::Gateway(gateway) => WorkloadKind::Gateway(gateway),
-            Self::HealthCheck(check) => WorkloadKind::HealthCheck(check),
-        }
-    }
-}
-
-/// What version 3 stored for a workload: [`Workload`] with the old VM layout.
-#[derive(Encode, Decode)]
-pub struct WorkloadV3 {
-    pub name: WorkloadName,
-    pub kind: WorkloadKindV3,
-}
-
-impl WorkloadV3 {
-    /// The same workload in the current layout.
-    pub fn upgrade(self) -> Workload {
-        Workload {
-            name: self.name,
-            kind: self.kind.upgrade(),
-        }
-    }
-}
-
-/// What version 3 stored as a spec: [`DeploymentSpec`] with the old VM layout.
-#[derive(Encode, Decode)]
-pub struct DeploymentSpecV3 {
-    pub version: u32,
-    pub workloads: BoundedVec<WorkloadV3, ConstU32<MAX_WORKLOADS>>,
-    pub metadata: Metadata,
-}
-
-impl DeploymentSpecV3 {
-    /// The same spec in the current layout: it runs the same workloads, but its encoding, hence
-    /// its hash and size, differ.
-    pub fn upgrade(self) -> DeploymentSpec {
-        DeploymentSpec {
-            version: self.version,
-            // Same bound on both sides: nothing is truncated.
-            workloads: BoundedVec::truncate_from(
-                self.workloads
-                    .into_iter()
-                    .map(WorkloadV3::upgrade)
-                    .collect::<Vec<_>>(),
-            ),
-            metadata: self.metadata,
-        }
     }
 }
 

@@ -86,6 +86,13 @@ impl Networks {
             ipv6: Some(address),
         };
         let name = self.attach_public_tap(&bridge, tap, &card, owner).await?;
+        // VMs reach only the overlay namespace's end, never each other at layer 2: no VM can
+        // answer for fe80::1, the others' next hop.
+        let host = link::handle(self.underlay()).await?;
+        let tap_index = link::index(&host, &name)
+            .await?
+            .with_context(|| format!("tap {name} vanished"))?;
+        link::set_port_isolated(&host, tap_index, true).await?;
         let inner = link::handle(Some(overlay_ns)).await?;
         let index = link::index(&inner, &over)
             .await?
