@@ -138,8 +138,9 @@ pub async fn set_master(h: &Handle, index: u32, bridge: u32) -> Result<()> {
 /// Makes bridge port `index` isolated (or not): isolated ports reach only the bridge's
 /// non-isolated ports, never each other.
 pub async fn set_port_isolated(h: &Handle, index: u32, isolated: bool) -> Result<()> {
+    // Port attributes go in RTM_NEWLINK (the kernel ignores them in RTM_SETLINK).
     h.link()
-        .set(
+        .set_port(
             rtnetlink::LinkBridgePort::new(index)
                 .isolated(isolated)
                 .build(),
