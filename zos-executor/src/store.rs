@@ -468,10 +468,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zos_primitives::spec::{
-        v3::{VmSpecV3, WorkloadKindV3, WorkloadV3},
-        WorkloadKind,
-    };
 
     /// A spec with a VM, and the same spec as layout 1 wrote it.
     fn vm_spec_in_both_layouts() -> (DeploymentSpec, DeploymentSpecV3) {
@@ -486,30 +482,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        let workloads = spec.workloads.iter().cloned().map(|w| WorkloadV3 {
-            name: w.name,
-            kind: match w.kind {
-                WorkloadKind::Vm(vm) => WorkloadKindV3::Vm(VmSpecV3 {
-                    image: vm.image,
-                    vcpus: vm.vcpus,
-                    memory_mib: vm.memory_mib,
-                    rootfs_mib: vm.rootfs_mib,
-                    mounts: vm.mounts,
-                    env: vm.env,
-                    entrypoint: vm.entrypoint,
-                    ssh_keys: vm.ssh_keys,
-                    networks: vm.networks,
-                    public_ip: vm.public_ip,
-                }),
-                WorkloadKind::Disk(disk) => WorkloadKindV3::Disk(disk),
-                other => panic!("{other:?}"),
-            },
-        });
-        let old = DeploymentSpecV3 {
-            version: spec.version,
-            workloads: workloads.collect::<Vec<_>>().try_into().unwrap(),
-            metadata: spec.metadata.clone(),
-        };
+        let old = DeploymentSpecV3::downgraded(&spec);
         (spec, old)
     }
 

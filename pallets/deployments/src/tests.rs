@@ -1842,43 +1842,14 @@ fn the_v2_to_v3_migration_gives_every_contract_a_gateway_host_count() {
 
 #[test]
 fn the_v3_to_v4_migration_re_encodes_specs_with_the_overlay_off_and_follows_their_new_hashes() {
-    use crate::migrations::{
-        DeploymentSpecV3, ProposalActionV3, ProposalV3, VmSpecV3, WorkloadKindV3, WorkloadV3,
-    };
+    use crate::migrations::{DeploymentSpecV3, ProposalActionV3, ProposalV3};
     use frame_support::{
         storage::unhashed,
         traits::{fungible::MutateHold, tokens::Precision, GetStorageVersion, StorageVersion},
     };
     /// `spec` as version 3 stored it, its hash then, and the deposit it needed less.
     fn v3(spec: &DeploymentSpec) -> (DeploymentSpecV3, SpecHash, u64) {
-        let workloads = spec.workloads.iter().cloned().map(|w| WorkloadV3 {
-            name: w.name,
-            kind: match w.kind {
-                WorkloadKind::Vm(vm) => WorkloadKindV3::Vm(VmSpecV3 {
-                    image: vm.image,
-                    vcpus: vm.vcpus,
-                    memory_mib: vm.memory_mib,
-                    rootfs_mib: vm.rootfs_mib,
-                    mounts: vm.mounts,
-                    env: vm.env,
-                    entrypoint: vm.entrypoint,
-                    ssh_keys: vm.ssh_keys,
-                    networks: vm.networks,
-                    public_ip: vm.public_ip,
-                }),
-                WorkloadKind::Disk(d) => WorkloadKindV3::Disk(d),
-                WorkloadKind::Volume(v) => WorkloadKindV3::Volume(v),
-                WorkloadKind::Network(n) => WorkloadKindV3::Network(n),
-                WorkloadKind::PublicIp(p) => WorkloadKindV3::PublicIp(p),
-                WorkloadKind::Gateway(g) => WorkloadKindV3::Gateway(g),
-                WorkloadKind::HealthCheck(h) => WorkloadKindV3::HealthCheck(h),
-            },
-        });
-        let old = DeploymentSpecV3 {
-            version: spec.version,
-            workloads: frame_support::BoundedVec::truncate_from(workloads.collect()),
-            metadata: spec.metadata.clone(),
-        };
+        let old = DeploymentSpecV3::downgraded(spec);
         let less = (spec.encoded_size() - old.encoded_size()) as u64 * DEPOSIT_PER_BYTE;
         let hash = sp_crypto_hashing::blake2_256(&old.encode());
         (old, hash, less)

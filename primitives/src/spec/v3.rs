@@ -101,6 +101,40 @@ pub struct DeploymentSpecV3 {
 }
 
 impl DeploymentSpecV3 {
+    /// `spec` as version 3 would have stored it (VMs without the overlay flag): what tests
+    /// of the upgrades start from.
+    pub fn downgraded(spec: &DeploymentSpec) -> Self {
+        let workloads = spec.workloads.iter().cloned().map(|w| WorkloadV3 {
+            name: w.name,
+            kind: match w.kind {
+                WorkloadKind::Vm(vm) => WorkloadKindV3::Vm(VmSpecV3 {
+                    image: vm.image,
+                    vcpus: vm.vcpus,
+                    memory_mib: vm.memory_mib,
+                    rootfs_mib: vm.rootfs_mib,
+                    mounts: vm.mounts,
+                    env: vm.env,
+                    entrypoint: vm.entrypoint,
+                    ssh_keys: vm.ssh_keys,
+                    networks: vm.networks,
+                    public_ip: vm.public_ip,
+                }),
+                WorkloadKind::Disk(d) => WorkloadKindV3::Disk(d),
+                WorkloadKind::Volume(v) => WorkloadKindV3::Volume(v),
+                WorkloadKind::Network(n) => WorkloadKindV3::Network(n),
+                WorkloadKind::PublicIp(p) => WorkloadKindV3::PublicIp(p),
+                WorkloadKind::Gateway(g) => WorkloadKindV3::Gateway(g),
+                WorkloadKind::HealthCheck(h) => WorkloadKindV3::HealthCheck(h),
+            },
+        });
+        DeploymentSpecV3 {
+            version: spec.version,
+            // Same bound on both sides: nothing is truncated.
+            workloads: BoundedVec::truncate_from(workloads.collect()),
+            metadata: spec.metadata.clone(),
+        }
+    }
+
     /// The hash the chain knew this spec by in version 3.
     pub fn hash(&self) -> SpecHash {
         sp_crypto_hashing::blake2_256(&self.encode())
