@@ -6,7 +6,7 @@
 //! back to the configured hubs. Whatever it fetched it keeps and announces in turn.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -16,15 +16,16 @@ use std::{
 };
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::{kad, request_response, PeerId, StreamProtocol};
+use libp2p::{kad, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot};
 use zos_image::{
     store::{DirStore, Object, Store},
     Hash,
 };
 
-/// The request-response protocol for objects.
-pub const OBJECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/objects/1");
+/// The stream protocol for objects: a request is a 33-byte name; the answer a presence byte,
+/// then (when present) the object's length as a little-endian u32 and its bytes.
+pub const OBJECT_PROTOCOL: StreamProtocol = StreamProtocol::new("/zos-overlay/objects/2");
 /// The largest object a peer is asked for: indexes above it come from hubs only.
 pub const MAX_PEER_OBJECT: u64 = 16 << 20;
 /// Providers asked for one object at most.
@@ -33,6 +34,15 @@ pub(crate) const MAX_PROVIDERS_ASKED: usize = 4;
 const PEER_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// Objects announced from the store at startup at most.
 pub const MAX_ANNOUNCED_AT_START: usize = 10_000;
+/// How long one object request may take once its peer is reachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may take to send the name it asks for.
+const NAME_TIMEOUT: Duration = Duration::from_secs(5);
+/// Store reads for peers at once, at most; requests beyond it are answered "none" (a peer
+/// cannot queue reads of 16 MiB objects without bound).
+const MAX_OBJECT_READS: usize = 8;
+/// Requests one peer may have in progress; streams beyond it are dropped unanswered.
+const MAX_REQUESTS_PER_PEER: usize = 8;
 
 const KIND_CHUNK: u8 = 0;
 const KIND_INDEX: u8 = 1;
@@ -75,103 +85,154 @@ pub fn peer_limit(object: Object) -> u64 {
     object.max_len().min(MAX_PEER_OBJECT)
 }
 
-/// Requests are a 33-byte name; responses a presence byte, then the object (bounded by the
-/// requested object's limit, which the codec cannot know: the largest limit applies here, the
-/// requester checks its own).
-#[derive(Clone, Default)]
-pub struct ObjectCodec;
+/// What a peer answered to an object request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The bytes it sent, still to be checked against the name.
+    Bytes(Vec<u8>),
+    /// It has no such object, is busy, or could not be reached in time.
+    Nothing,
+    /// It announced more bytes than the object may have, or broke the format: it lies.
+    Broken,
+}
 
-#[async_trait::async_trait]
-impl request_response::Codec for ObjectCodec {
-    type Protocol = StreamProtocol;
-    type Request = Object;
-    type Response = Option<Vec<u8>>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Object>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut name = [0u8; 33];
-        io.read_exact(&mut name).await?;
-        decode_name(&name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad name"))
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Option<Vec<u8>>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let mut present = [0u8; 1];
-        io.read_exact(&mut present).await?;
-        if present[0] == 0 {
-            return Ok(None);
+/// Writes the answer to a request: `object`'s bytes, or that there are none.
+async fn write_answer<S: AsyncWrite + Unpin>(io: &mut S, object: Option<&[u8]>) -> io::Result<()> {
+    match object {
+        None => io.write_all(&[0]).await?,
+        Some(bytes) => {
+            let len = u32::try_from(bytes.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "object too large"))?;
+            let mut head = [1u8; 5];
+            head[1..].copy_from_slice(&len.to_le_bytes());
+            io.write_all(&head).await?;
+            io.write_all(bytes).await?;
         }
-        let mut bytes = Vec::new();
-        io.take(MAX_PEER_OBJECT + 1).read_to_end(&mut bytes).await?;
-        if bytes.len() as u64 > MAX_PEER_OBJECT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "object too large",
-            ));
+    }
+    io.close().await
+}
+
+/// Reads the answer to a request, at most `limit` bytes of object: the length comes first, so
+/// an oversized answer is refused before anything is allocated for it.
+async fn read_answer<S: AsyncRead + Unpin>(io: &mut S, limit: u64) -> io::Result<Answer> {
+    let mut present = [0u8; 1];
+    io.read_exact(&mut present).await?;
+    match present[0] {
+        0 => return Ok(Answer::Nothing),
+        1 => {}
+        _ => return Ok(Answer::Broken),
+    }
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_le_bytes(len);
+    if u64::from(len) > limit {
+        return Ok(Answer::Broken);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    io.read_exact(&mut bytes).await?;
+    Ok(Answer::Bytes(bytes))
+}
+
+/// Answers peers' object requests from `store`, each on its own task, until the swarm ends.
+pub(crate) async fn serve_objects(
+    mut incoming: libp2p_stream::IncomingStreams,
+    store: Arc<DirStore>,
+) {
+    use futures::StreamExt;
+    let reads = Arc::new(tokio::sync::Semaphore::new(MAX_OBJECT_READS));
+    let in_progress: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(slot) = PeerSlot::take(&in_progress, peer) else {
+            tracing::debug!(%peer, "too many object requests at once; one dropped");
+            continue;
+        };
+        let (store, reads) = (store.clone(), reads.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = answer(stream, store, reads).await {
+                tracing::debug!(%peer, "answering an object request: {e}");
+            }
+        });
+    }
+}
+
+/// One of a peer's [`MAX_REQUESTS_PER_PEER`] requests in progress, given back on drop.
+struct PeerSlot {
+    peer: PeerId,
+    in_progress: Arc<Mutex<HashMap<PeerId, usize>>>,
+}
+
+impl PeerSlot {
+    fn take(in_progress: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Self> {
+        let mut counts = in_progress.lock().unwrap();
+        let count = counts.entry(peer).or_default();
+        if *count >= MAX_REQUESTS_PER_PEER {
+            return None;
         }
-        Ok(Some(bytes))
+        *count += 1;
+        Some(Self {
+            peer,
+            in_progress: in_progress.clone(),
+        })
     }
+}
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Object,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        io.write_all(&encode_name(req)).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Option<Vec<u8>>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        match res {
-            None => io.write_all(&[0]).await?,
-            Some(bytes) => {
-                io.write_all(&[1]).await?;
-                io.write_all(&bytes).await?;
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.in_progress.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
             }
         }
-        io.close().await
     }
+}
+
+async fn answer(
+    mut stream: libp2p::Stream,
+    store: Arc<DirStore>,
+    reads: Arc<tokio::sync::Semaphore>,
+) -> io::Result<()> {
+    let mut name = [0u8; 33];
+    tokio::time::timeout(NAME_TIMEOUT, stream.read_exact(&mut name))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let object =
+        decode_name(&name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad name"))?;
+    let bytes = match reads.try_acquire_owned() {
+        Ok(permit) => tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            store.get_at_most(object, peer_limit(object)).ok().flatten()
+        })
+        .await
+        .ok()
+        .flatten(),
+        Err(_) => None,
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, write_answer(&mut stream, bytes.as_deref()))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
 /// What the object exchange asks of the swarm.
 pub(crate) enum ObjectCommand {
     /// The peers announcing `object`.
     Providers(Object, oneshot::Sender<Vec<PeerId>>),
-    /// `object` from `peer` (None when it has none or does not answer).
-    Request(PeerId, Object, oneshot::Sender<Option<Vec<u8>>>),
+    /// Answers once `peer` is connected or being dialed (dropped when it cannot be found).
+    Reach(PeerId, oneshot::Sender<()>),
     /// Announce that this participant holds `object`.
     Announce(Object),
-    /// Answer an inbound request with what the local store holds.
-    Respond(
-        request_response::ResponseChannel<Option<Vec<u8>>>,
-        Option<Vec<u8>>,
-    ),
 }
 
 /// A handle on the overlay's object exchange.
 #[derive(Clone)]
 pub struct ObjectClient {
     pub(crate) commands: mpsc::Sender<ObjectCommand>,
+    /// Object streams are opened here, off the swarm's event loop.
+    pub(crate) control: libp2p_stream::Control,
+    /// The peers with an open connection: asked without a trip through the event loop.
+    pub(crate) connected: tokio::sync::watch::Receiver<Vec<PeerId>>,
 }
 
 impl ObjectClient {
@@ -188,13 +249,33 @@ impl ObjectClient {
         rx.await.unwrap_or_default()
     }
 
-    async fn request(&self, peer: PeerId, object: Object) -> Option<Vec<u8>> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(ObjectCommand::Request(peer, object, tx))
-            .await
-            .ok()?;
-        rx.await.ok().flatten()
+    /// Asks `peer` for `object`, accepting at most `limit` bytes.
+    async fn request(&self, peer: PeerId, object: Object, limit: u64) -> Answer {
+        if !self.connected.borrow().contains(&peer) {
+            let (tx, rx) = oneshot::channel();
+            let asked = self.commands.send(ObjectCommand::Reach(peer, tx)).await;
+            if asked.is_err() || rx.await.is_err() {
+                return Answer::Nothing;
+            }
+        }
+        let mut control = self.control.clone();
+        let exchange = async {
+            let mut stream = control
+                .open_stream(peer, OBJECT_PROTOCOL)
+                .await
+                .map_err(io::Error::other)?;
+            stream.write_all(&encode_name(object)).await?;
+            stream.close().await?;
+            read_answer(&mut stream, limit).await
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, object = object.rel_path(), "object request: {e}");
+                Answer::Nothing
+            }
+            Err(_) => Answer::Nothing,
+        }
     }
 
     /// Announces that this participant holds `object`.
@@ -319,9 +400,12 @@ impl PeerStore {
         if self.distrusted.lock().unwrap().contains(&peer) {
             return None;
         }
-        let bytes = self.client.request(peer, object).await?;
-        if acceptable_from_peer(object, &bytes, limit, &self.trusted) {
-            return Some(bytes);
+        match self.client.request(peer, object, limit).await {
+            Answer::Nothing => return None,
+            Answer::Bytes(bytes) if acceptable_from_peer(object, &bytes, limit, &self.trusted) => {
+                return Some(bytes)
+            }
+            Answer::Bytes(_) | Answer::Broken => {}
         }
         tracing::warn!(%peer, object = object.rel_path(), "a peer sent wrong bytes; no longer asked");
         self.stats
@@ -466,6 +550,44 @@ mod tests {
             MAX_PEER_OBJECT,
             &[]
         ));
+    }
+
+    #[tokio::test]
+    async fn answers_round_trip_and_an_oversized_or_garbled_one_is_refused_before_reading() {
+        use futures::io::Cursor;
+        let mut wire = Cursor::new(Vec::new());
+        write_answer(&mut wire, Some(b"chunk bytes")).await.unwrap();
+        let sent = wire.into_inner();
+        assert_eq!(sent.len(), 1 + 4 + 11);
+        let answer = read_answer(&mut Cursor::new(sent.clone()), 11)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Bytes(b"chunk bytes".to_vec()));
+        // One byte over the asker's limit: refused from the length alone.
+        let answer = read_answer(&mut Cursor::new(sent[..5].to_vec()), 10)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Broken);
+        // A length claiming 4 GiB with nothing behind it allocates nothing and is refused.
+        let huge = [1, 0xff, 0xff, 0xff, 0xff];
+        let answer = read_answer(&mut Cursor::new(huge.to_vec()), MAX_PEER_OBJECT)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Broken);
+        // An unknown presence byte, a truncated object, and "none".
+        let answer = read_answer(&mut Cursor::new(vec![7]), MAX_PEER_OBJECT)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Broken);
+        assert!(read_answer(&mut Cursor::new(sent[..9].to_vec()), 11)
+            .await
+            .is_err());
+        let mut wire = Cursor::new(Vec::new());
+        write_answer(&mut wire, None).await.unwrap();
+        let answer = read_answer(&mut Cursor::new(wire.into_inner()), 11)
+            .await
+            .unwrap();
+        assert_eq!(answer, Answer::Nothing);
     }
 
     #[test]

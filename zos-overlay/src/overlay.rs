@@ -31,7 +31,6 @@ use libp2p::{
     },
     multiaddr::Protocol,
     noise, ping,
-    request_response::{self, OutboundRequestId, ProtocolSupport},
     swarm::{behaviour::toggle::Toggle, dial_opts::DialOpts, NetworkBehaviour, SwarmEvent},
     tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport,
 };
@@ -41,7 +40,7 @@ use crate::{
     address::NodeSubnet,
     identity::{public_key_of_peer, subnet_of_key, subnet_of_peer},
     objects::{
-        peer_limit, provider_key, stored_objects, ObjectClient, ObjectCodec, ObjectCommand,
+        provider_key, serve_objects, stored_objects, ObjectClient, ObjectCommand,
         MAX_ANNOUNCED_AT_START, MAX_PROVIDERS_ASKED, OBJECT_PROTOCOL,
     },
     packet::{self, FrameDecoder, PacketError},
@@ -61,8 +60,6 @@ const LOOKUP_THROTTLE: Duration = Duration::from_secs(2);
 const LINK_QUEUE: usize = 1024;
 /// Destinations looked up recently, at most (bounds the memory a flood of new ones takes).
 const MAX_LOOKUPS_REMEMBERED: usize = 4096;
-/// Object requests from peers answered at once, at most; more get "none".
-const MAX_OBJECT_READS: usize = 8;
 /// How long an object request waits for its peer to be found.
 const PARKED_FOR: Duration = Duration::from_secs(10);
 /// How often a lost relay reservation is asked for again.
@@ -142,7 +139,6 @@ struct Behaviour {
     relay: Toggle<libp2p_relay::Behaviour>,
     dcutr: libp2p_dcutr::Behaviour,
     stream: libp2p_stream::Behaviour,
-    objects: request_response::Behaviour<ObjectCodec>,
 }
 
 /// A running participant.
@@ -219,8 +215,20 @@ impl Overlay {
         let incoming = control
             .accept(PACKET_PROTOCOL)
             .context("registering the packet protocol")?;
-
+        let object_client = ObjectClient {
+            commands: object_commands.clone(),
+            control: control.clone(),
+            connected: connected.clone(),
+        };
         let mut tasks = Vec::new();
+        if let Some(store) = config.objects.clone() {
+            // A participant without a store does not take object streams at all: askers see
+            // the protocol refused and go on.
+            let requests = control
+                .accept(OBJECT_PROTOCOL)
+                .context("registering the object protocol")?;
+            tasks.push(tokio::spawn(serve_objects(requests, store)));
+        }
         tasks.push(tokio::spawn(
             SwarmLoop {
                 swarm,
@@ -237,10 +245,8 @@ impl Overlay {
                 store: config.objects,
                 object_commands: object_commands.clone(),
                 provider_queries: HashMap::new(),
-                requests: HashMap::new(),
                 announced: false,
                 parked: Vec::new(),
-                object_reads: Arc::new(tokio::sync::Semaphore::new(MAX_OBJECT_READS)),
             }
             .run(command_rx, object_rx),
         ));
@@ -265,9 +271,7 @@ impl Overlay {
             from_overlay,
             listening,
             connected,
-            objects: ObjectClient {
-                commands: object_commands,
-            },
+            objects: object_client,
             tasks,
         })
     }
@@ -352,12 +356,6 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
                 ),
                 dcutr: libp2p_dcutr::Behaviour::new(peer),
                 stream: libp2p_stream::Behaviour::new(),
-                objects: request_response::Behaviour::new(
-                    [(OBJECT_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10))
-                        .with_max_concurrent_streams(MAX_OBJECT_READS),
-                ),
             }
         })
         .context("building the overlay behaviour")?
@@ -399,21 +397,13 @@ struct SwarmLoop {
     advertised: Vec<Multiaddr>,
     /// The image objects served to peers.
     store: Option<Arc<zos_image::store::DirStore>>,
-    /// For answers read from the store off the event loop.
+    /// For announcements of the store's objects, listed off the event loop.
     object_commands: mpsc::Sender<ObjectCommand>,
     provider_queries: HashMap<QueryId, (oneshot::Sender<Vec<PeerId>>, Vec<PeerId>)>,
-    requests: HashMap<OutboundRequestId, oneshot::Sender<Option<Vec<u8>>>>,
     /// Whether the store's objects were announced (once there are peers to tell).
     announced: bool,
-    /// Reads of the store for peers' requests in progress.
-    object_reads: Arc<tokio::sync::Semaphore>,
     /// Object requests waiting for their peer to be found and connected.
-    parked: Vec<(
-        PeerId,
-        zos_image::store::Object,
-        oneshot::Sender<Option<Vec<u8>>>,
-        Instant,
-    )>,
+    parked: Vec<(PeerId, oneshot::Sender<()>, Instant)>,
 }
 
 impl SwarmLoop {
@@ -429,7 +419,7 @@ impl SwarmLoop {
                 _ = reserve.tick() => {
                     self.reserve();
                     // Requests whose peer was not found in time get no answer.
-                    self.parked.retain(|(_, _, _, since)| since.elapsed() < PARKED_FOR);
+                    self.parked.retain(|(_, _, since)| since.elapsed() < PARKED_FOR);
                 }
                 Some(command) = object_commands.recv() => self.on_object_command(command),
                 event = self.swarm.select_next_some() => self.on_event(event),
@@ -467,16 +457,19 @@ impl SwarmLoop {
                     .get_providers(provider_key(object));
                 self.provider_queries.insert(query, (reply, Vec::new()));
             }
-            ObjectCommand::Request(peer, object, reply) => {
+            ObjectCommand::Reach(peer, reply) => {
                 if self.swarm.is_connected(&peer) || self.swarm.dial(peer).is_ok() {
-                    self.send_object_request(peer, object, reply);
+                    let _ = reply.send(());
                 } else {
                     // A provider whose addresses are unknown here: find it, then ask.
-                    self.parked.push((peer, object, reply, Instant::now()));
+                    self.parked.push((peer, reply, Instant::now()));
                     self.wanted.insert(peer, Instant::now());
                     self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }
             }
+            // Only what is served is announced: a participant without a store would send
+            // askers to a peer that refuses them.
+            ObjectCommand::Announce(_) if self.store.is_none() => {}
             ObjectCommand::Announce(object) => {
                 if let Err(e) = self
                     .swarm
@@ -487,39 +480,18 @@ impl SwarmLoop {
                     tracing::debug!("announcing {}: {e}", object.rel_path());
                 }
             }
-            ObjectCommand::Respond(channel, bytes) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .objects
-                    .send_response(channel, bytes);
-            }
         }
     }
 
-    /// Sends the object requests that waited for `peer`.
+    /// Lets the object requests that waited for `peer` go on.
     fn send_parked(&mut self, peer: PeerId) {
         let (ready, waiting) = std::mem::take(&mut self.parked)
             .into_iter()
             .partition(|(p, ..)| *p == peer);
         self.parked = waiting;
-        for (_, object, reply, _) in ready {
-            self.send_object_request(peer, object, reply);
+        for (_, reply, _) in ready {
+            let _ = reply.send(());
         }
-    }
-
-    fn send_object_request(
-        &mut self,
-        peer: PeerId,
-        object: zos_image::store::Object,
-        reply: oneshot::Sender<Option<Vec<u8>>>,
-    ) {
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .objects
-            .send_request(&peer, object);
-        self.requests.insert(id, reply);
     }
 
     /// Announces every object of the store (bounded), once peers are there to hear it.
@@ -543,69 +515,6 @@ impl SwarmLoop {
                 }
             }
         });
-    }
-
-    fn on_objects_event(
-        &mut self,
-        event: request_response::Event<zos_image::store::Object, Option<Vec<u8>>>,
-    ) {
-        match event {
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // No store, or busy (a peer cannot queue reads of 16 MiB objects without
-                // bound): the answer is "none".
-                let reader = self.store.clone().and_then(|store| {
-                    let permit = self.object_reads.clone().try_acquire_owned().ok()?;
-                    Some((store, permit))
-                });
-                let Some((store, permit)) = reader else {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .objects
-                        .send_response(channel, None);
-                    return;
-                };
-                let commands = self.object_commands.clone();
-                tokio::spawn(async move {
-                    use zos_image::store::Store;
-                    let bytes = tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        store
-                            .get_at_most(request, peer_limit(request))
-                            .ok()
-                            .flatten()
-                    })
-                    .await
-                    .ok()
-                    .flatten();
-                    let _ = commands.send(ObjectCommand::Respond(channel, bytes)).await;
-                });
-            }
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(response);
-                }
-            }
-            request_response::Event::OutboundFailure { request_id, .. } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(None);
-                }
-            }
-            _ => {}
-        }
     }
 
     /// Asks each configured relay for a reservation this participant does not hold.
@@ -735,7 +644,6 @@ impl SwarmLoop {
                 result,
                 ..
             })) => self.on_query(id, result),
-            SwarmEvent::Behaviour(BehaviourEvent::Objects(event)) => self.on_objects_event(event),
             _ => {}
         }
     }
