@@ -49,8 +49,8 @@ enum Command {
         /// Ask the DHT without answering for it (a laptop).
         #[arg(long)]
         client: bool,
-        /// A relay to hold a reservation on (`.../p2p/<peer id>`), for a participant behind
-        /// NAT; repeat for more.
+        /// A relay to hold a reservation on (`.../p2p/<peer id>`) unless peers can dial this
+        /// participant (AutoNAT finds it reachable); repeat for more.
         #[arg(long)]
         relay: Vec<Multiaddr>,
         /// Relay circuits for participants behind NAT (a node with a public address).

@@ -22,6 +22,7 @@ use std::{
 use anyhow::{Context, Result};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{
+    autonat::{self, NatStatus},
     core::{transport::ListenerId, upgrade::Version},
     identify,
     identity::Keypair,
@@ -62,6 +63,11 @@ const LINK_QUEUE: usize = 1024;
 const MAX_LOOKUPS_REMEMBERED: usize = 4096;
 /// How long an object request waits for its peer to be found.
 const PARKED_FOR: Duration = Duration::from_secs(10);
+/// AutoNAT: the first reachability probe after start, probes while the answer is unsure,
+/// and probes once it is sure.
+const NAT_PROBE_FIRST: Duration = Duration::from_secs(2);
+const NAT_PROBE_RETRY: Duration = Duration::from_secs(10);
+const NAT_PROBE_REFRESH: Duration = Duration::from_secs(300);
 /// How often a lost relay reservation is asked for again.
 const RESERVE_RETRY: Duration = Duration::from_secs(5);
 /// Addresses a record carries at most, and the longest one.
@@ -139,6 +145,7 @@ struct Behaviour {
     relay: Toggle<libp2p_relay::Behaviour>,
     dcutr: libp2p_dcutr::Behaviour,
     stream: libp2p_stream::Behaviour,
+    autonat: autonat::Behaviour,
 }
 
 /// A running participant.
@@ -241,6 +248,8 @@ impl Overlay {
                 wanted: HashMap::new(),
                 relays: config.relays,
                 reservations: HashMap::new(),
+                nat: NatStatus::Unknown,
+                client: config.client,
                 advertised: Vec::new(),
                 store: config.objects,
                 object_commands: object_commands.clone(),
@@ -299,6 +308,21 @@ fn relay_config() -> libp2p_relay::Config {
     }
 }
 
+/// Every participant asks its peers to dial it back (and dials back for them), to learn
+/// whether it is reachable or behind NAT. Private addresses count: farms run on private LANs
+/// too, and a server only dials back the IP address a request came from.
+fn nat_probe_config() -> autonat::Config {
+    autonat::Config {
+        timeout: Duration::from_secs(10),
+        boot_delay: NAT_PROBE_FIRST,
+        retry_interval: NAT_PROBE_RETRY,
+        refresh_interval: NAT_PROBE_REFRESH,
+        throttle_server_period: NAT_PROBE_RETRY,
+        only_global_ips: false,
+        ..Default::default()
+    }
+}
+
 fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swarm<Behaviour>> {
     let (relay_transport, relay_client) = libp2p_relay::client::new(keypair.public().to_peer_id());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -340,8 +364,8 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
                 },
             );
             let mut kad = kad::Behaviour::with_config(peer, store, kad_config);
-            // Without AutoNAT a participant cannot learn that it is reachable, so the role is
-            // configured: nodes answer DHT queries, laptops only ask.
+            // Nodes answer DHT queries and laptops only ask; a node AutoNAT finds behind NAT
+            // becomes a client too (see `on_nat_status`).
             kad.set_mode(Some(if client { Mode::Client } else { Mode::Server }));
             Behaviour {
                 identify: identify::Behaviour::new(identify::Config::new(
@@ -356,6 +380,7 @@ fn build_swarm(keypair: Keypair, client: bool, relay_server: bool) -> Result<Swa
                 ),
                 dcutr: libp2p_dcutr::Behaviour::new(peer),
                 stream: libp2p_stream::Behaviour::new(),
+                autonat: autonat::Behaviour::new(peer, nat_probe_config()),
             }
         })
         .context("building the overlay behaviour")?
@@ -393,6 +418,10 @@ struct SwarmLoop {
     relays: Vec<Multiaddr>,
     /// The relay circuits this participant listens on.
     reservations: HashMap<ListenerId, Multiaddr>,
+    /// Whether peers can dial this participant, as AutoNAT last found.
+    nat: NatStatus,
+    /// Configured as a DHT client (a laptop): never answers DHT queries.
+    client: bool,
     /// The addresses this participant's record gives out.
     advertised: Vec<Multiaddr>,
     /// The image objects served to peers.
@@ -519,6 +548,10 @@ impl SwarmLoop {
 
     /// Asks each configured relay for a reservation this participant does not hold.
     fn reserve(&mut self) {
+        if self.nat.is_public() {
+            // Dialed directly: a relay would only add a hop.
+            return;
+        }
         for relay in self.relays.clone() {
             if self.reservations.values().any(|r| *r == relay) {
                 continue;
@@ -569,7 +602,11 @@ impl SwarmLoop {
                 ..
             } => {
                 if let Some(relay) = self.reservations.remove(&listener_id) {
-                    tracing::info!(%relay, ?reason, "relay reservation lost");
+                    if self.nat.is_public() {
+                        tracing::info!(%relay, "relay reservation dropped: reachable directly");
+                    } else {
+                        tracing::info!(%relay, ?reason, "relay reservation lost");
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
@@ -628,6 +665,10 @@ impl SwarmLoop {
                     self.swarm.behaviour_mut().kad.get_closest_peers(peer);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => self.on_nat_status(new),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -646,6 +687,30 @@ impl SwarmLoop {
             })) => self.on_query(id, result),
             _ => {}
         }
+    }
+
+    /// Reachable: relay reservations are dropped and the DHT is served. Behind NAT: peers
+    /// could not dial the addresses a node would give out for the DHT, so it only asks, and it
+    /// is reached through its relays.
+    fn on_nat_status(&mut self, status: NatStatus) {
+        match &status {
+            NatStatus::Public(address) => {
+                tracing::info!(%address, "NAT status: publicly reachable");
+                for listener in self.reservations.keys().copied().collect::<Vec<_>>() {
+                    self.swarm.remove_listener(listener);
+                }
+            }
+            NatStatus::Private => tracing::info!("NAT status: behind NAT, reached through relays"),
+            NatStatus::Unknown => tracing::info!("NAT status: unknown"),
+        }
+        let serve_dht = !self.client && !matches!(status, NatStatus::Private);
+        self.swarm.behaviour_mut().kad.set_mode(Some(if serve_dht {
+            Mode::Server
+        } else {
+            Mode::Client
+        }));
+        self.nat = status;
+        self.reserve();
     }
 
     fn on_query(&mut self, id: QueryId, result: QueryResult) {

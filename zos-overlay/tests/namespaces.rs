@@ -356,7 +356,8 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
 
     a.start(&[], &["--relay-server"]);
     let bootstrap = vec![a.multiaddr()];
-    b.start(&bootstrap, &[]);
+    // B is given the relay too: reachable, it drops its reservation once AutoNAT says so.
+    b.start(&bootstrap, &["--relay", &a.multiaddr()]);
     c.start(&bootstrap, &[]);
     laptop.start(&bootstrap, &["--client"]);
 
@@ -394,6 +395,38 @@ fn nodes_and_a_laptop_reach_each_other_by_key_derived_address() {
     eprintln!("laptop -> NAT node: 4 MiB over TCP at {mbit:.0} Mbit/s");
     reach(&natted, &laptop, 10, &all);
     reach(&b, &natted, 30, &all);
+
+    // AutoNAT: peers could not dial the NAT node back, and could dial B.
+    let nat_found = |p: &Participant, wanted: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !wanted.iter().all(|w| p.logs().contains(w)) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {wanted:?}\n{}",
+                p.ns,
+                p.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    nat_found(&natted, &["NAT status: behind NAT"]);
+    nat_found(
+        &b,
+        &[
+            "NAT status: publicly reachable",
+            "relay reservation dropped",
+        ],
+    );
+    assert!(!natted.logs().contains("NAT status: publicly reachable"));
+    for p in [&natted, &b] {
+        for line in p
+            .logs()
+            .lines()
+            .filter(|l| l.contains("NAT status") || l.contains("reservation"))
+        {
+            eprintln!("{}: {line}", p.ns);
+        }
+    }
 
     // The bootstrap node dies: the others keep talking, and find each other without it.
     a.stop();
