@@ -1,6 +1,6 @@
 //! The distributed hub: image objects (chunks, indexes, signatures) fetched from overlay peers
 //! before hubs. A participant announces what its store holds with Kademlia provider records
-//! and answers `/zos-overlay/objects/1` requests from it; [`PeerStore`] asks the providers of
+//! and answers `/zos-overlay/objects/2` streams from it; [`PeerStore`] asks the providers of
 //! an object one by one, checks what each sends against the object's name (a chunk must hash
 //! to its name, an index to its root) and stops asking a peer that sent wrong bytes, then falls
 //! back to the configured hubs. Whatever it fetched it keeps and announces in turn.
