@@ -195,9 +195,7 @@ async fn answer(
     reads: Arc<tokio::sync::Semaphore>,
 ) -> io::Result<()> {
     let mut name = [0u8; 33];
-    tokio::time::timeout(NAME_TIMEOUT, stream.read_exact(&mut name))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    within(NAME_TIMEOUT, stream.read_exact(&mut name)).await?;
     let object =
         decode_name(&name).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad name"))?;
     let bytes = match reads.try_acquire_owned() {
@@ -210,7 +208,15 @@ async fn answer(
         .flatten(),
         Err(_) => None,
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, write_answer(&mut stream, bytes.as_deref()))
+    within(REQUEST_TIMEOUT, write_answer(&mut stream, bytes.as_deref())).await
+}
+
+/// `io` unless it takes longer than `limit`.
+async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, io)
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
@@ -268,14 +274,10 @@ impl ObjectClient {
             stream.close().await?;
             read_answer(&mut stream, limit).await
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, object = object.rel_path(), "object request: {e}");
-                Answer::Nothing
-            }
-            Err(_) => Answer::Nothing,
-        }
+        within(REQUEST_TIMEOUT, exchange).await.unwrap_or_else(|e| {
+            tracing::debug!(%peer, object = object.rel_path(), "object request: {e}");
+            Answer::Nothing
+        })
     }
 
     /// Announces that this participant holds `object`.
