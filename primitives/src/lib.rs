@@ -29,8 +29,9 @@ pub use ip::{
     MIN_IPV4_PREFIX, MIN_IPV6_PREFIX,
 };
 pub use overlay::{
-    validate_overlay_address, OverlayAddress, OverlayAddressError, OverlayEndpoint,
-    MAX_OVERLAY_ADDRESSES, MAX_OVERLAY_ADDRESS_LEN,
+    overlay_key_proof_message, validate_overlay_address, OverlayAddress, OverlayAddressError,
+    OverlayEndpoint, OverlayKeyProof, MAX_OVERLAY_ADDRESSES, MAX_OVERLAY_ADDRESS_LEN,
+    OVERLAY_KEY_PROOF_TAG,
 };
 /// The client-side trait exists with `std` only; the runtime names `runtime_api::GridApi`.
 #[cfg(all(feature = "runtime-api", feature = "std"))]

@@ -33,6 +33,22 @@ pub struct OverlayEndpoint {
     pub addresses: BoundedVec<OverlayAddress, ConstU32<MAX_OVERLAY_ADDRESSES>>,
 }
 
+/// What a node's overlay key signs (ed25519) to show that the node holds it, so no node can
+/// publish another participant's key as its own: this tag, then the node account's SCALE
+/// encoding. A proof made for one node's account fits no other.
+pub const OVERLAY_KEY_PROOF_TAG: &[u8] = b"zos-grid/overlay-key-of-node-account/v1:";
+
+/// An ed25519 signature by an endpoint's key over [`overlay_key_proof_message`].
+pub type OverlayKeyProof = [u8; 64];
+
+/// The bytes a node's overlay key signs for the node account `account` (SCALE-encoded).
+pub fn overlay_key_proof_message(account: &[u8]) -> alloc::vec::Vec<u8> {
+    let mut message = alloc::vec::Vec::with_capacity(OVERLAY_KEY_PROOF_TAG.len() + account.len());
+    message.extend_from_slice(OVERLAY_KEY_PROOF_TAG);
+    message.extend_from_slice(account);
+    message
+}
+
 /// Why an overlay listen address was refused.
 #[derive(
     Clone,

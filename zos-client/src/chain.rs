@@ -450,13 +450,18 @@ pub mod calls {
         ))
     }
 
-    /// Publishes (or, with `None`, withdraws) the node's overlay endpoint.
+    /// Publishes (or, with `None`, withdraws) the node's overlay endpoint, with its key's
+    /// proof (the key's signature over `overlay_key_proof_message` of the node account).
     pub fn set_node_overlay(
-        endpoint: Option<&zos_primitives::OverlayEndpoint>,
+        endpoint: Option<(
+            &zos_primitives::OverlayEndpoint,
+            zos_primitives::OverlayKeyProof,
+        )>,
     ) -> Result<impl Payload> {
-        Ok(runtime::tx()
-            .grid()
-            .set_node_overlay(endpoint.map(convert).transpose()?))
+        let endpoint = endpoint
+            .map(|(e, proof)| convert(e).map(|e| (e, proof)))
+            .transpose()?;
+        Ok(runtime::tx().grid().set_node_overlay(endpoint))
     }
 
     pub fn heartbeat() -> impl Payload {

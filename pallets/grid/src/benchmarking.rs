@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::Pallet as Grid;
+use codec::Encode;
 use frame_benchmarking::v2::*;
 use frame_support::{traits::EnsureOrigin, BoundedVec};
 use frame_system::RawOrigin;
@@ -60,6 +61,25 @@ fn max_version() -> ExecutorVersion {
     ExecutorVersion::truncate_from(alloc::vec![b'v'; MAX_EXECUTOR_VERSION_LEN as usize])
 }
 
+/// An overlay key pair from `seed` (ed25519).
+fn overlay_pair(seed: u8) -> sp_core::ed25519::Pair {
+    use sp_core::Pair;
+    sp_core::ed25519::Pair::from_seed(&[seed; 32])
+}
+
+/// `endpoint` with the proof, by `pair`, that the node of `account` holds its key.
+fn proven<T: Config>(
+    account: &T::AccountId,
+    endpoint: OverlayEndpoint,
+    pair: &sp_core::ed25519::Pair,
+) -> (OverlayEndpoint, zos_primitives::OverlayKeyProof) {
+    use sp_core::Pair;
+    let proof = pair.sign(&zos_primitives::overlay_key_proof_message(
+        &account.encode(),
+    ));
+    (endpoint, proof.0)
+}
+
 /// The largest overlay endpoint: the most addresses, each at the maximum length and differing
 /// from the others only in its last byte (so the duplicate check compares them in full).
 fn max_overlay() -> OverlayEndpoint {
@@ -72,7 +92,7 @@ fn max_overlay() -> OverlayEndpoint {
         })
         .collect::<Vec<_>>();
     OverlayEndpoint {
-        key: [3; 32],
+        key: sp_core::Pair::public(&overlay_pair(3)).0,
         addresses: BoundedVec::truncate_from(addresses),
     }
 }
@@ -81,7 +101,7 @@ fn max_overlay() -> OverlayEndpoint {
 fn with_max_overlay<T: Config>(account: &T::AccountId) -> Result<(), BenchmarkError> {
     Grid::<T>::set_node_overlay(
         RawOrigin::Signed(account.clone()).into(),
-        Some(max_overlay()),
+        Some(proven::<T>(account, max_overlay(), &overlay_pair(3))),
     )?;
     Ok(())
 }
@@ -495,7 +515,7 @@ mod benchmarks {
     }
 
     /// The node replaces its overlay endpoint with the largest one: the most addresses at the
-    /// maximum length, every byte and every pair checked.
+    /// maximum length, every byte and every pair checked, and the key's proof verified.
     #[benchmark]
     fn set_node_overlay() -> Result<(), BenchmarkError> {
         let owner: T::AccountId = funded::<T>(whitelisted_caller());
@@ -503,13 +523,15 @@ mod benchmarks {
         let node: T::AccountId = account("node", 0, 0);
         let node_id = max_node::<T>(&node, farm_id)?;
         with_max_overlay::<T>(&node)?;
+        let pair = overlay_pair(4);
         let endpoint = OverlayEndpoint {
-            key: [4; 32],
+            key: sp_core::Pair::public(&pair).0,
             ..max_overlay()
         };
+        let proven = proven::<T>(&node, endpoint.clone(), &pair);
 
         #[extrinsic_call]
-        _(RawOrigin::Signed(node), Some(endpoint.clone()));
+        _(RawOrigin::Signed(node), Some(proven));
 
         assert_eq!(NodeOverlays::<T>::get(node_id), Some(endpoint.clone()));
         assert_last_event::<T>(Event::NodeOverlaySet {

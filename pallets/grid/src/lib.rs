@@ -16,7 +16,8 @@
 //!   chain-wide, like a pool address, and so is its own IPv6 address.
 //! - A node publishes its overlay-network endpoint (`set_node_overlay`): its overlay key, from
 //!   which deployers derive the overlay addresses of its VMs, and the multiaddrs others
-//!   bootstrap into the overlay through. It goes with the node.
+//!   bootstrap into the overlay through, with the key's signature over the node's account as
+//!   proof that the node holds the key. It goes with the node.
 //! - The farm owner can evict a node (`remove_node`; the node can leave the same way): a node
 //!   without contracts goes at once, one with contracts takes no new contracts or updates
 //!   (`NodeLeaving`) and, after [`Config::NodeRemovalNoticeBlocks`], its contracts end (cause
@@ -74,8 +75,9 @@ use frame_support::{
 use sp_runtime::DispatchError;
 use zos_primitives::{
     contracts::{EndContracts, OnNodeRemoved},
-    validate_public_ipv4_in, validate_public_ipv6_in, ContractId, FarmId, GridCapacity, NodeId,
-    NodeStatus, OverlayEndpoint, PricingPolicyId, PublicIpv4Config, Resources,
+    overlay_key_proof_message, validate_public_ipv4_in, validate_public_ipv6_in, ContractId,
+    FarmId, GridCapacity, NodeId, NodeStatus, OverlayEndpoint, OverlayKeyProof, PricingPolicyId,
+    PublicIpv4Config, Resources,
 };
 
 /// Balance of the currency deposits are held in.
@@ -586,6 +588,9 @@ pub mod pallet {
         /// An overlay listen address is unusable (empty, not multiaddr text starting with `/`,
         /// not printable ASCII, or listed twice); the field says which.
         InvalidOverlayAddress(OverlayAddressError),
+        /// The proof that the node holds the overlay key is wrong: it must be the key's ed25519
+        /// signature over `OVERLAY_KEY_PROOF_TAG` and the node account's encoding.
+        OverlayKeyNotProven,
     }
 
     #[pallet::hooks]
@@ -1177,25 +1182,40 @@ pub mod pallet {
         /// overlay addresses of its VMs, and the multiaddrs (text, such as
         /// `/ip4/198.51.100.1/tcp/9651`) through which others bootstrap into the overlay.
         /// Signed by the node's own account. Each address must be non-empty printable ASCII
-        /// starting with `/`, and none may be listed twice.
+        /// starting with `/`, and none may be listed twice. With the endpoint comes the key's
+        /// proof: its ed25519 signature over `overlay_key_proof_message(node account)`, so a
+        /// node cannot publish another participant's key (and the addresses derived from it).
         #[pallet::call_index(21)]
         #[pallet::weight(T::WeightInfo::set_node_overlay())]
         pub fn set_node_overlay(
             origin: OriginFor<T>,
-            endpoint: Option<OverlayEndpoint>,
+            endpoint: Option<(OverlayEndpoint, OverlayKeyProof)>,
         ) -> DispatchResult {
             let account = ensure_signed(origin)?;
             let node_id = NodeIdByAccount::<T>::get(&account).ok_or(Error::<T>::NotANode)?;
             ensure!(Nodes::<T>::contains_key(node_id), Error::<T>::NodeNotFound);
-            match &endpoint {
-                Some(endpoint) => {
+            let endpoint = match endpoint {
+                Some((endpoint, proof)) => {
                     endpoint
                         .validate()
                         .map_err(Error::<T>::InvalidOverlayAddress)?;
-                    NodeOverlays::<T>::insert(node_id, endpoint);
+                    let message = overlay_key_proof_message(&account.encode());
+                    ensure!(
+                        sp_io::crypto::ed25519_verify(
+                            &sp_core::ed25519::Signature::from_raw(proof),
+                            &message,
+                            &sp_core::ed25519::Public::from_raw(endpoint.key),
+                        ),
+                        Error::<T>::OverlayKeyNotProven
+                    );
+                    NodeOverlays::<T>::insert(node_id, &endpoint);
+                    Some(endpoint)
                 }
-                None => NodeOverlays::<T>::remove(node_id),
-            }
+                None => {
+                    NodeOverlays::<T>::remove(node_id);
+                    None
+                }
+            };
             Self::deposit_event(Event::NodeOverlaySet { node_id, endpoint });
             Ok(())
         }

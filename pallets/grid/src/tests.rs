@@ -2524,10 +2524,15 @@ fn a_gateway_domain_its_parents_and_subdomains_belong_to_one_farm() {
 
 // ---------------------------------------------------------------- overlay endpoint
 
-/// An overlay endpoint with key `[key; 32]` listening on `addresses`.
-fn overlay(key: u8, addresses: &[&str]) -> OverlayEndpoint {
+/// The overlay key pair of seed `[seed; 32]`.
+fn overlay_pair(seed: u8) -> sp_core::ed25519::Pair {
+    <sp_core::ed25519::Pair as sp_core::Pair>::from_seed(&[seed; 32])
+}
+
+/// An overlay endpoint with the key of seed `[seed; 32]`, listening on `addresses`.
+fn overlay(seed: u8, addresses: &[&str]) -> OverlayEndpoint {
     OverlayEndpoint {
-        key: [key; 32],
+        key: sp_core::Pair::public(&overlay_pair(seed)).0,
         addresses: BoundedVec::truncate_from(
             addresses
                 .iter()
@@ -2537,8 +2542,27 @@ fn overlay(key: u8, addresses: &[&str]) -> OverlayEndpoint {
     }
 }
 
+/// The key's ed25519 signature over the proof message for account `who`.
+fn key_proof(pair: &sp_core::ed25519::Pair, who: u64) -> zos_primitives::OverlayKeyProof {
+    use codec::Encode;
+    sp_core::Pair::sign(
+        pair,
+        &zos_primitives::overlay_key_proof_message(&who.encode()),
+    )
+    .0
+}
+
+/// `who` publishes `endpoint` (made by [`overlay`]) with its key's proof.
 fn set_overlay(who: u64, endpoint: Option<OverlayEndpoint>) -> DispatchResult {
-    Grid::set_node_overlay(signed(who), endpoint)
+    let proven = endpoint.map(|e| {
+        let pair = (0..=u8::MAX)
+            .map(overlay_pair)
+            .find(|p| sp_core::Pair::public(p).0 == e.key)
+            .expect("an endpoint made by overlay()");
+        let proof = key_proof(&pair, who);
+        (e, proof)
+    });
+    Grid::set_node_overlay(signed(who), proven)
 }
 
 const TCP: &str = "/ip4/198.51.100.1/tcp/9651";
@@ -2604,6 +2628,37 @@ fn only_a_node_sets_an_overlay_endpoint_with_valid_addresses() {
             );
         }
         assert!(NodeOverlays::<Test>::get(id).is_none());
+    });
+}
+
+#[test]
+fn an_overlay_key_is_published_only_with_its_proof_for_this_node() {
+    run_test(|| {
+        let farm = create_farm(FARMER, "farm");
+        let id = register(NODE, farm);
+        register(NODE2, farm);
+        let endpoint = overlay(1, &[TCP]);
+        // Another node's key, with the proof that node made for itself; signed by another key;
+        // garbage; all refused.
+        let proofs = [
+            key_proof(&overlay_pair(1), NODE2),
+            key_proof(&overlay_pair(2), NODE),
+            [0; 64],
+            [0xff; 64],
+        ];
+        for proof in proofs {
+            assert_noop!(
+                Grid::set_node_overlay(signed(NODE), Some((endpoint.clone(), proof))),
+                GridError::OverlayKeyNotProven
+            );
+        }
+        assert!(NodeOverlays::<Test>::get(id).is_none());
+        let proof = key_proof(&overlay_pair(1), NODE);
+        assert_ok!(Grid::set_node_overlay(
+            signed(NODE),
+            Some((endpoint.clone(), proof))
+        ));
+        assert_eq!(NodeOverlays::<Test>::get(id), Some(endpoint));
     });
 }
 

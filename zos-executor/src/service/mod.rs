@@ -133,9 +133,10 @@ impl Executor {
             Some(overlay) => Some(node_overlay(overlay).await?),
             None => None,
         };
-        if let (Some(overlay), Some(settings)) = (&overlay, &config.overlay) {
-            publish_overlay(&chain, &identity, node, overlay, &settings.addresses).await?;
+        if let (Some((overlay, key)), Some(settings)) = (&overlay, &config.overlay) {
+            publish_overlay(&chain, &identity, node, overlay, key, &settings.addresses).await?;
         }
+        let overlay = overlay.map(|(overlay, _)| overlay);
         let networks = start_networks(&config).await.map(|networks| {
             Arc::new(
                 NodeNetworks::new(
@@ -447,10 +448,13 @@ impl Executor {
     }
 }
 
-/// The node's overlay /64, from the overlay key. The key is created when missing, so the
-/// executor may start before the overlay daemon; the daemon starting at the same moment may
-/// be half-way through writing it, so one failed read is tried again.
-async fn node_overlay(config: &OverlayConfig) -> Result<NodeOverlay> {
+/// The node's overlay /64, from the overlay key, and the key (it proves the node holds it when
+/// publishing). The key is created when missing, so the executor may start before the overlay
+/// daemon; the daemon starting at the same moment may be half-way through writing it, so one
+/// failed read is tried again.
+async fn node_overlay(
+    config: &OverlayConfig,
+) -> Result<(NodeOverlay, zos_overlay::identity::Keypair)> {
     let path = config.key_file.clone();
     let key = tokio::task::spawn_blocking(move || {
         zos_overlay::identity::load_or_create(&path).or_else(|_| {
@@ -467,11 +471,14 @@ async fn node_overlay(config: &OverlayConfig) -> Result<NodeOverlay> {
         .to_bytes();
     let subnet = zos_overlay::address::NodeSubnet::of_key(&public);
     info!(%subnet, netns = %config.netns.display(), "overlay: VMs that ask get addresses in this node's /64");
-    Ok(NodeOverlay {
-        key: public,
-        subnet,
-        netns: config.netns.clone(),
-    })
+    Ok((
+        NodeOverlay {
+            key: public,
+            subnet,
+            netns: config.netns.clone(),
+        },
+        key,
+    ))
 }
 
 /// Publishes the node's overlay endpoint (its key and the daemon's listen addresses) unless
@@ -483,6 +490,7 @@ async fn publish_overlay(
     identity: &NodeIdentity,
     node: NodeId,
     overlay: &NodeOverlay,
+    key: &zos_overlay::identity::Keypair,
     addresses: &[String],
 ) -> Result<()> {
     let listed = addresses
@@ -511,7 +519,14 @@ async fn publish_overlay(
     if crate::chain::node_overlay(chain, node).await?.as_ref() == Some(&wanted) {
         return Ok(());
     }
-    let call = calls::set_node_overlay(Some(&wanted))?;
+    // The chain takes the key only with its signature over this node's account.
+    let message = zos_primitives::overlay_key_proof_message(&identity.account.public_key().0);
+    let proof: zos_primitives::OverlayKeyProof = key
+        .sign(&message)
+        .context("signing the overlay key's proof")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the overlay key's signature is not 64 bytes"))?;
+    let call = calls::set_node_overlay(Some((&wanted, proof)))?;
     match retry("set_node_overlay", || {
         chain.submit(&call, &identity.account, TX_TIMEOUT)
     })
