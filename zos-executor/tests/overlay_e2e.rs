@@ -4,11 +4,17 @@
 //! ```text
 //!              LAN bridge (namespace zoe-lan), documentation addresses 198.51.100.0/24
 //!     ┌──────────────────────┬──────────────────────┬──────────────────┐
-//!  node A .1 (zoe-a)      node B .2 (zoe-b)      laptop .9 (zoe-laptop)
-//!  zos-overlay, TUN in     zos-overlay, TUN in    zos-overlay --client,
-//!  zoe-a-ov; executor      zoe-b-ov; executor     TUN in its own namespace
-//!  └─ VM "web" (overlay)   └─ VM "web" (overlay)
+//!  node A .1 (zoe-a)      NAT router .5 (zoe-r)   laptop .9 (zoe-laptop)
+//!  zos-overlay, relay;        │ masquerade        zos-overlay --client,
+//!  TUN in zoe-a-ov;       node B 10.77.1.2        TUN in its own namespace
+//!  executor               (zoe-b): zos-overlay
+//!  └─ VM "web" (overlay)  with a reservation on A, TUN in zoe-b-ov; executor
+//!                         └─ VM "web" (overlay)
 //! ```
+//!
+//! Node B only dials out: the laptop reaches B's VM through A's relay (its first connection to
+//! B is a relayed one), B fetches A's image over its own outbound connection, and B publishes
+//! its relayed address on chain.
 //!
 //! Each node's executor gets the node's overlay key (`--overlay-key`) and the namespace of the
 //! daemon's TUN (`--overlay-netns`), and publishes its overlay endpoint on chain. A VM with
@@ -43,14 +49,18 @@ use zos_overlay::{address::NodeSubnet, identity};
 use zos_primitives::{contracts::ContractState, spec::DeploymentSpec, ContractId, NodeId};
 
 const POLLING: Polling = Polling::every(Duration::from_millis(250));
-const NAMESPACES: [&str; 6] = [
+const NAMESPACES: [&str; 7] = [
     "zoe-lan",
     "zoe-a",
     "zoe-b",
     "zoe-laptop",
     "zoe-a-ov",
     "zoe-b-ov",
+    "zoe-r",
 ];
+/// Node B's private address behind the NAT router, and the router's on that side.
+const B_PRIVATE: &str = "10.77.1.2";
+const ROUTER_PRIVATE: &str = "10.77.1.1";
 /// Host <-> node links: (node namespace, host end, host address, node address). The host ends
 /// names match no executor's interface prefix (the host's nftables drop what comes in on those).
 const HOST_LINKS: [(&str, &str, &str, &str); 2] = [
@@ -97,7 +107,7 @@ impl Topology {
         ok(&["ip", "-n", "zoe-lan", "link", "set", "lan0", "up"])?;
         for (ns, port, ip) in [
             ("zoe-a", "pa", "198.51.100.1/24"),
-            ("zoe-b", "pb", "198.51.100.2/24"),
+            ("zoe-r", "pr", "198.51.100.5/24"),
             ("zoe-laptop", "pl", "198.51.100.9/24"),
         ] {
             ok(&[
@@ -110,6 +120,54 @@ impl Topology {
             ok(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
             ok(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         }
+        // Node B behind the router, which masquerades what B sends to the LAN: nothing on the
+        // LAN can open a connection to B.
+        ok(&[
+            "ip", "link", "add", "eth1", "netns", "zoe-r", "type", "veth", "peer", "name", "eth0",
+            "netns", "zoe-b",
+        ])?;
+        for (ns, ip) in [("zoe-r", ROUTER_PRIVATE), ("zoe-b", B_PRIVATE)] {
+            let dev = if ns == "zoe-r" { "eth1" } else { "eth0" };
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ])?;
+            ok(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+        }
+        ok(&[
+            "ip",
+            "-n",
+            "zoe-b",
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTER_PRIVATE,
+        ])?;
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "zoe-r",
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            "zoe-r",
+            "nft",
+            "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; \
+             add rule ip nat post oifname eth0 masquerade",
+        ])?;
         // Each node's own link to the host, where its executor runs: the executor reads images
         // through the node's overlay daemon's local hub, listening on the node's side.
         for (ns, host_end, host_ip, node_ip) in HOST_LINKS {
@@ -392,6 +450,13 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             .host();
     let a_peer = a_key.public().to_peer_id();
     let a_join = format!("/ip4/198.51.100.1/tcp/9651/p2p/{a_peer}");
+    let b_peer = identity::load_or_create(&key("b"))?
+        .public()
+        .to_peer_id()
+        .to_string();
+    let b_listen = format!("/ip4/{B_PRIVATE}/tcp/9651");
+    // What B publishes: the only way in is through A's relay.
+    let b_relayed = format!("{a_join}/p2p-circuit");
     let arg = |p: &Path| p.to_string_lossy().into_owned();
     let (ka, kb, kl) = (arg(&key("a")), arg(&key("b")), arg(&key("laptop")));
     let (a_objects, b_objects) = (arg(&a_store), arg(&b_store));
@@ -413,6 +478,7 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             &a_objects,
             "--hub-listen",
             &a_hub,
+            "--relay-server",
         ],
     )?;
     let daemon_b = Daemon::start(
@@ -422,7 +488,7 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             "--key",
             &kb,
             "--listen",
-            "/ip4/198.51.100.2/tcp/9651",
+            &b_listen,
             "--tun",
             "zob",
             "--tun-netns",
@@ -432,6 +498,8 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             "--hub-listen",
             &b_hub,
             "--peer",
+            &a_join,
+            "--relay",
             &a_join,
         ],
     )?;
@@ -458,7 +526,7 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     let mut nodes = Vec::new();
     for (name, ns, prefix, listen, hub) in [
         ("a", "zoe-a", "oa", "/ip4/198.51.100.1/tcp/9651", &a_hub),
-        ("b", "zoe-b", "ob", "/ip4/198.51.100.2/tcp/9651", &b_hub),
+        ("b", "zoe-b", "ob", b_relayed.as_str(), &b_hub),
     ] {
         let data_dir = tmp.path().join(format!("node-{name}"));
         std::fs::create_dir_all(&data_dir)?;
@@ -495,6 +563,10 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         ensure!(
             address.starts_with("/ip4/198.51.100."),
             "published address {address}"
+        );
+        ensure!(
+            (*node == nodes[1].0) == address.ends_with("/p2p-circuit"),
+            "published address {address}: only B's is relayed"
         );
         subnets.push(NodeSubnet::of_key(&published));
     }
@@ -573,6 +645,21 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         "activation -> both VMs answer the laptop over the overlay: {:?}",
         activated.elapsed()
     );
+    // Node B is behind NAT: the laptop's first connection to it went through A's relay.
+    let laptop_log = laptop.log();
+    let to_b = |relayed: bool| {
+        laptop_log.lines().any(|l| {
+            l.contains(" connected") && l.contains(&b_peer) && l.contains("/p2p-circuit") == relayed
+        })
+    };
+    ensure!(
+        to_b(true),
+        "the laptop did not reach node B through the relay:\n{laptop_log}"
+    );
+    eprintln!(
+        "laptop -> node B (behind NAT): relayed first; a direct connection after hole punching: {}",
+        to_b(false)
+    );
     // Each VM's card is an isolated port of its node's overlay bridge: VMs on one node reach
     // the overlay namespace only, never each other's links.
     for (ns, prefix) in [("zoe-a", "oa"), ("zoe-b", "ob")] {
@@ -598,13 +685,18 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
         daemon_b.log()
     );
     eprintln!("chunks node B fetched from node A with the hub down: {fetched_by_b}");
-    let started = Instant::now();
-    let body = fetch_from_laptop(vm_a, "file", 60).context("timed download")?;
-    ensure!(body == file.as_bytes(), "the timed download differs");
-    eprintln!(
-        "laptop <- VM A over the overlay (QEMU TCG guest): {:.1} MiB/s",
-        FILE_BYTES as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
-    );
+    for (name, vm) in [("VM A", vm_a), ("VM B (node behind NAT)", vm_b)] {
+        let started = Instant::now();
+        let body = fetch_from_laptop(vm, "file", 60).context("timed download")?;
+        ensure!(
+            body == file.as_bytes(),
+            "the timed download from {name} differs"
+        );
+        eprintln!(
+            "laptop <- {name} over the overlay (QEMU TCG guest): {:.1} MiB/s",
+            FILE_BYTES as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
 
     // VM to VM across the nodes: A pinged B and holds B's file.
     let copy = POLLING

@@ -5,10 +5,9 @@
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 use anyhow::{bail, Context, Result};
-use libp2p::{
-    identity::{Keypair, PublicKey},
-    PeerId,
-};
+/// A participant's key pair, as [`load_or_create`] gives it (ed25519).
+pub use libp2p::identity::Keypair;
+use libp2p::{identity::PublicKey, PeerId};
 
 use crate::address::NodeSubnet;
 

@@ -318,6 +318,42 @@ pub fn acceptable_from_peer(
     }
 }
 
+/// The peers a [`PeerStore`] asks first, in turn.
+#[derive(Debug, Default)]
+struct Holders {
+    peers: Vec<PeerId>,
+    turn: usize,
+}
+
+impl Holders {
+    /// Enough for every holder of an image in a farm to take its share; a lookup refills it.
+    const MAX: usize = 8;
+
+    /// The peer whose turn it is.
+    fn next(&mut self) -> Option<PeerId> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let peer = self.peers[self.turn % self.peers.len()];
+        self.turn = self.turn.wrapping_add(1);
+        Some(peer)
+    }
+
+    fn add(&mut self, peer: PeerId) {
+        if self.peers.contains(&peer) {
+            return;
+        }
+        if self.peers.len() == Self::MAX {
+            self.peers.remove(0);
+        }
+        self.peers.push(peer);
+    }
+
+    fn remove(&mut self, peer: PeerId) {
+        self.peers.retain(|p| *p != peer);
+    }
+}
+
 /// A [`Store`]: the local store, then overlay peers, then the hubs. Its calls block: use it
 /// from a blocking thread (never from async code), as the hub routes and the image tools do.
 pub struct PeerStore {
@@ -329,9 +365,10 @@ pub struct PeerStore {
     runtime: tokio::runtime::Handle,
     /// Peers that sent wrong bytes: never asked again.
     distrusted: Mutex<HashSet<PeerId>>,
-    /// The peer that served the last object: asked first, since the chunks of an image
-    /// usually come from a peer that holds the whole image (no DHT lookup per chunk).
-    recent: Mutex<Option<PeerId>>,
+    /// Peers that served or announced an object of late, asked in turn before any DHT lookup:
+    /// the chunks of an image usually come from peers that hold the whole image, and taking
+    /// them in turn spreads one image's chunks over all of those peers.
+    holders: Mutex<Holders>,
     pub stats: Arc<PeerStoreStats>,
 }
 
@@ -350,7 +387,7 @@ impl PeerStore {
             trusted,
             runtime,
             distrusted: Mutex::default(),
-            recent: Mutex::default(),
+            holders: Mutex::default(),
             stats: Arc::default(),
         }
     }
@@ -367,15 +404,20 @@ impl PeerStore {
         let limit = peer_limit(object).min(max_len);
         self.runtime.block_on(async {
             tokio::time::timeout(PEER_FETCH_TIMEOUT, async {
-                let recent = *self.recent.lock().unwrap();
-                if let Some(peer) = recent {
+                let first = self.holders.lock().unwrap().next();
+                if let Some(peer) = first {
                     if let Some(bytes) = self.ask(peer, object, limit).await {
                         return Some(bytes);
                     }
+                    // Busy, or without this object: asked again once a lookup names it.
+                    self.holders.lock().unwrap().remove(peer);
                 }
                 let providers = self.client.providers(object).await;
                 let mut asked = 0;
-                for peer in providers.into_iter().filter(|p| Some(*p) != recent) {
+                for (i, &peer) in providers.iter().enumerate() {
+                    if Some(peer) == first {
+                        continue;
+                    }
                     if asked == MAX_PROVIDERS_ASKED {
                         break;
                     }
@@ -384,7 +426,15 @@ impl PeerStore {
                     }
                     asked += 1;
                     if let Some(bytes) = self.ask(peer, object, limit).await {
-                        *self.recent.lock().unwrap() = Some(peer);
+                        // It and the providers not asked yet likely hold the rest of the image.
+                        let distrusted = self.distrusted.lock().unwrap().clone();
+                        let mut holders = self.holders.lock().unwrap();
+                        holders.add(peer);
+                        for &other in &providers[i + 1..] {
+                            if !distrusted.contains(&other) {
+                                holders.add(other);
+                            }
+                        }
                         return Some(bytes);
                     }
                 }
@@ -402,22 +452,20 @@ impl PeerStore {
         if self.distrusted.lock().unwrap().contains(&peer) {
             return None;
         }
-        match self.client.request(peer, object, limit).await {
+        let fault = match self.client.request(peer, object, limit).await {
             Answer::Nothing => return None,
             Answer::Bytes(bytes) if acceptable_from_peer(object, &bytes, limit, &self.trusted) => {
                 return Some(bytes)
             }
-            Answer::Bytes(_) | Answer::Broken => {}
-        }
-        tracing::warn!(%peer, object = object.rel_path(), "a peer sent wrong bytes; no longer asked");
+            Answer::Bytes(_) => "sent bytes that do not match the object",
+            Answer::Broken => "sent a malformed answer (unknown presence byte or over the limit)",
+        };
+        tracing::warn!(%peer, object = object.rel_path(), "a peer {fault}; no longer asked");
         self.stats
             .rejected_from_peers
             .fetch_add(1, Ordering::Relaxed);
         self.distrusted.lock().unwrap().insert(peer);
-        let mut recent = self.recent.lock().unwrap();
-        if *recent == Some(peer) {
-            *recent = None;
-        }
+        self.holders.lock().unwrap().remove(peer);
         None
     }
 
@@ -518,6 +566,28 @@ pub fn stored_objects(store: &DirStore) -> Vec<Object> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holders_take_turns_and_the_oldest_makes_room() {
+        let mut holders = Holders::default();
+        assert_eq!(holders.next(), None);
+        let peers: Vec<PeerId> = (0..=Holders::MAX).map(|_| PeerId::random()).collect();
+        holders.add(peers[0]);
+        holders.add(peers[1]);
+        holders.add(peers[0]);
+        let turns: Vec<_> = (0..4).map(|_| holders.next().unwrap()).collect();
+        assert_eq!(turns, [peers[0], peers[1], peers[0], peers[1]]);
+        holders.remove(peers[0]);
+        assert_eq!(holders.next(), Some(peers[1]));
+        assert_eq!(holders.next(), Some(peers[1]));
+        for &peer in &peers {
+            holders.add(peer);
+        }
+        // One past the limit: the first added (peers[1]) went.
+        assert_eq!(holders.peers.len(), Holders::MAX);
+        assert!(!holders.peers.contains(&peers[1]));
+        assert!(holders.peers.contains(&peers[Holders::MAX]));
+    }
 
     #[test]
     fn a_signature_from_a_peer_counts_only_by_a_trusted_key() {
