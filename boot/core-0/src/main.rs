@@ -249,7 +249,9 @@ fn run() {
         manifest,
         paths,
         mount_pid,
+        retired: Vec::new(),
     };
+    let mut release_checked = Instant::now();
     let (offers, retry) = upgrade::follow(
         params.clone(),
         key,
@@ -264,6 +266,10 @@ fn run() {
             }
         }
         running.sup.start_due(Instant::now());
+        if release_checked.elapsed() >= RELEASE_CHECK_INTERVAL {
+            running.release_unused();
+            release_checked = Instant::now();
+        }
         let mut status = 0;
         // SAFETY: waitpid on any child without blocking.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
@@ -299,9 +305,40 @@ struct Running {
     paths: os::OsPaths,
     mount_pid: u32,
     sup: Supervisor,
+    /// Earlier releases' OS images, mounted while anything still runs from them.
+    retired: Vec<Retired>,
 }
 
+/// An earlier release's OS image: guests its executor started run its programs until they end.
+struct Retired {
+    version: zos_release::Version,
+    paths: os::OsPaths,
+    mount_pid: u32,
+}
+
+/// How often retired OS images are checked for processes still using them.
+const RELEASE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Running {
+    /// Unmounts the retired OS images nothing runs from any more, and ends their mount
+    /// processes: each held its own FUSE mount, cache handle and writable layer.
+    fn release_unused(&mut self) {
+        self.retired.retain(|r| {
+            if os::in_use(Path::new("/proc"), &r.paths.root) {
+                return true;
+            }
+            os::detach(&r.paths);
+            // SAFETY: SIGTERM to the retired image's mount process, a child of ours not reaped
+            // yet (`reaped` drops the entry when it is).
+            unsafe { libc::kill(r.mount_pid as libc::pid_t, libc::SIGTERM) };
+            say!(
+                "released the OS image of release {} (nothing runs from it)",
+                r.version
+            );
+            false
+        });
+    }
+
     /// A child ended: a service (restarted by its supervisor), the OS image's mount process
     /// (mounted again), or an orphan.
     fn reaped(
@@ -311,6 +348,11 @@ impl Running {
         params: &BootParams,
         ring: &supervisor::SharedRing,
     ) {
+        if let Some(i) = self.retired.iter().position(|r| r.mount_pid == pid) {
+            let gone = self.retired.remove(i);
+            os::detach(&gone.paths);
+            return;
+        }
         if pid != self.mount_pid {
             self.sup.exited(pid, status, Instant::now());
             return;
@@ -356,7 +398,7 @@ fn services_of(
 
 /// Switches to the release the chain set: its OS image mounted beside the running one, then
 /// its services in place of the old ones one by one; any that does not stay up brings the old
-/// release back. The old OS image stays mounted: guests started from it keep their programs.
+/// release back. The old OS image stays mounted while guests started from it run its programs.
 /// A release whose image does not mount is not tried: `Err` carries the running version.
 fn switch_release(
     running: &mut Running,
@@ -409,6 +451,7 @@ fn switch_release(
             if let Err(e) = std::fs::write(RUNNING_MANIFEST, next.to_bytes()) {
                 say!("{RUNNING_MANIFEST}: {e}");
             }
+            let retired = std::mem::take(&mut running.retired);
             let old = std::mem::replace(
                 running,
                 Running {
@@ -416,10 +459,14 @@ fn switch_release(
                     paths,
                     mount_pid,
                     sup: next_sup,
+                    retired,
                 },
             );
-            // Still mounted (its process is reaped as an orphan if it ever ends).
-            drop(old);
+            running.retired.push(Retired {
+                version: from,
+                paths: old.paths,
+                mount_pid: old.mount_pid,
+            });
         }
         upgrade::Switch::RolledBack(reason) => {
             say!("ROLLED BACK release {to}: {reason}; release {from} runs again");

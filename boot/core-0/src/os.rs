@@ -153,6 +153,28 @@ pub fn bind_data(root: &Path, data: &Path) -> io::Result<()> {
     bind(data, &root.join("var/lib/zos"), true)
 }
 
+/// Whether any process in `proc` (`/proc`) runs from under `root`: its root directory (services
+/// are chrooted there, and the guests they start keep it), its program or its working
+/// directory. When `proc` cannot be read the answer is yes: an image is never released blind.
+pub fn in_use(proc: &Path, root: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return true;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|e| {
+            ["root", "exe", "cwd"].iter().any(|link| {
+                std::fs::read_link(e.path().join(link)).is_ok_and(|target| target.starts_with(root))
+            })
+        })
+}
+
 /// Detaches a dead mount (its process ended) so it can be mounted again.
 pub fn detach(paths: &OsPaths) {
     for p in [paths.root.clone(), paths.state.join("lower")] {
@@ -180,6 +202,24 @@ mod tests {
                 "ab".repeat(32)
             )
         );
+    }
+
+    #[test]
+    fn an_image_is_in_use_while_a_process_works_under_it() {
+        let used = tempfile::tempdir().unwrap();
+        let unused = tempfile::tempdir().unwrap();
+        let proc = Path::new("/proc");
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .current_dir(used.path())
+            .spawn()
+            .unwrap();
+        assert!(in_use(proc, used.path()));
+        assert!(!in_use(proc, unused.path()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!in_use(proc, used.path()));
+        assert!(in_use(Path::new("/nonexistent-proc"), unused.path()));
     }
 
     #[test]
