@@ -57,10 +57,10 @@ pub const VERSION: RuntimeVersion = RuntimeVersion {
     spec_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     impl_name: alloc::borrow::Cow::Borrowed("zos-grid"),
     authoring_version: 1,
-    spec_version: 111,
+    spec_version: 112,
     impl_version: 1,
     apis: apis::RUNTIME_API_VERSIONS,
-    transaction_version: 1,
+    transaction_version: 2,
     system_version: 1,
 };
 

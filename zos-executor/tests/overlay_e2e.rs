@@ -117,8 +117,7 @@ impl Topology {
             ok(&[
                 "ip", "-n", "zoe-lan", "link", "set", port, "master", "lan0", "up",
             ])?;
-            ok(&["ip", "-n", ns, "addr", "add", ip, "dev", "eth0"])?;
-            ok(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+            address_up(ns, "eth0", ip)?;
         }
         // Node B behind the router, which masquerades what B sends to the LAN: nothing on the
         // LAN can open a connection to B.
@@ -128,46 +127,19 @@ impl Topology {
         ])?;
         for (ns, ip) in [("zoe-r", ROUTER_PRIVATE), ("zoe-b", B_PRIVATE)] {
             let dev = if ns == "zoe-r" { "eth1" } else { "eth0" };
-            ok(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                dev,
-            ])?;
-            ok(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            address_up(ns, dev, &format!("{ip}/24"))?;
         }
-        ok(&[
-            "ip",
-            "-n",
-            "zoe-b",
-            "route",
-            "add",
-            "default",
-            "via",
-            ROUTER_PRIVATE,
-        ])?;
-        ok(&[
-            "ip",
-            "netns",
-            "exec",
-            "zoe-r",
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
-        ok(&[
-            "ip",
-            "netns",
-            "exec",
-            "zoe-r",
-            "nft",
-            "add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; \
-             add rule ip nat post oifname eth0 masquerade",
-        ])?;
+        let gw = ROUTER_PRIVATE;
+        ok(&["ip", "-n", "zoe-b", "route", "add", "default", "via", gw])?;
+        let nat = "add table ip nat; \
+                   add chain ip nat post { type nat hook postrouting priority 100; }; \
+                   add rule ip nat post oifname eth0 masquerade";
+        for command in [
+            &["sysctl", "-qw", "net.ipv4.ip_forward=1"][..],
+            &["nft", nat],
+        ] {
+            ok(&[&["ip", "netns", "exec", "zoe-r"][..], command].concat())?;
+        }
         // Each node's own link to the host, where its executor runs: the executor reads images
         // through the node's overlay daemon's local hub, listening on the node's side.
         for (ns, host_end, host_ip, node_ip) in HOST_LINKS {
@@ -183,20 +155,16 @@ impl Topology {
                 host_end,
             ])?;
             ok(&["ip", "link", "set", host_end, "up"])?;
-            ok(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{node_ip}/30"),
-                "dev",
-                "host0",
-            ])?;
-            ok(&["ip", "-n", ns, "link", "set", "host0", "up"])?;
+            address_up(ns, "host0", &format!("{node_ip}/30"))?;
         }
         Ok(Self)
     }
+}
+
+/// Gives `dev` in namespace `ns` the address `cidr` and brings it up.
+fn address_up(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    ok(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev])?;
+    ok(&["ip", "-n", ns, "link", "set", dev, "up"])
 }
 
 impl Drop for Topology {
