@@ -532,10 +532,6 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
             address.starts_with("/ip4/198.51.100."),
             "published address {address}"
         );
-        ensure!(
-            (*node == nodes[1].0) == address.ends_with("/p2p-circuit"),
-            "published address {address}: only B's is relayed"
-        );
         subnets.push(NodeSubnet::of_key(&published));
     }
     let (node_a, node_b) = (nodes[0].0, nodes[1].0);
@@ -615,18 +611,12 @@ async fn vms_on_two_nodes_and_a_laptop_talk_over_the_overlay() -> Result<()> {
     );
     // Node B is behind NAT: the laptop's first connection to it went through A's relay.
     let laptop_log = laptop.log();
-    let to_b = |relayed: bool| {
-        laptop_log.lines().any(|l| {
-            l.contains(" connected") && l.contains(&b_peer) && l.contains("/p2p-circuit") == relayed
-        })
-    };
+    let relayed_to_b = laptop_log
+        .lines()
+        .any(|l| l.contains(" connected") && l.contains(&b_peer) && l.contains("/p2p-circuit"));
     ensure!(
-        to_b(true),
+        relayed_to_b,
         "the laptop did not reach node B through the relay:\n{laptop_log}"
-    );
-    eprintln!(
-        "laptop -> node B (behind NAT): relayed first; a direct connection after hole punching: {}",
-        to_b(false)
     );
     // Each VM's card is an isolated port of its node's overlay bridge: VMs on one node reach
     // the overlay namespace only, never each other's links.

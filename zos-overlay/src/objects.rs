@@ -365,9 +365,9 @@ pub struct PeerStore {
     runtime: tokio::runtime::Handle,
     /// Peers that sent wrong bytes: never asked again.
     distrusted: Mutex<HashSet<PeerId>>,
-    /// Peers that served or announced an object of late, asked in turn before any DHT lookup:
-    /// the chunks of an image usually come from peers that hold the whole image, and taking
-    /// them in turn spreads one image's chunks over all of those peers.
+    /// Peers that served an object of late, asked in turn before any DHT lookup: the chunks of
+    /// an image usually come from peers that hold the whole image, and taking them in turn
+    /// spreads one image's chunks over those peers.
     holders: Mutex<Holders>,
     pub stats: Arc<PeerStoreStats>,
 }
@@ -414,7 +414,7 @@ impl PeerStore {
                 }
                 let providers = self.client.providers(object).await;
                 let mut asked = 0;
-                for (i, &peer) in providers.iter().enumerate() {
+                for peer in providers {
                     if Some(peer) == first {
                         continue;
                     }
@@ -426,15 +426,9 @@ impl PeerStore {
                     }
                     asked += 1;
                     if let Some(bytes) = self.ask(peer, object, limit).await {
-                        // It and the providers not asked yet likely hold the rest of the image.
-                        let distrusted = self.distrusted.lock().unwrap().clone();
-                        let mut holders = self.holders.lock().unwrap();
-                        holders.add(peer);
-                        for &other in &providers[i + 1..] {
-                            if !distrusted.contains(&other) {
-                                holders.add(other);
-                            }
-                        }
+                        // Only a peer that served: one that merely announces (or stalls) never
+                        // takes a turn.
+                        self.holders.lock().unwrap().add(peer);
                         return Some(bytes);
                     }
                 }

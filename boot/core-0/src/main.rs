@@ -314,6 +314,8 @@ struct Retired {
     version: zos_release::Version,
     paths: os::OsPaths,
     mount_pid: u32,
+    /// Its filesystems, read while it was mounted ([`os::image_devices`]).
+    devices: Vec<u64>,
 }
 
 /// How often retired OS images are checked for processes still using them.
@@ -324,7 +326,7 @@ impl Running {
     /// processes: each held its own FUSE mount, cache handle and writable layer.
     fn release_unused(&mut self) {
         self.retired.retain(|r| {
-            if os::in_use(Path::new("/proc"), &r.paths.root) {
+            if os::in_use(Path::new("/proc"), &r.paths.root, &r.devices) {
                 return true;
             }
             os::detach(&r.paths);
@@ -340,7 +342,7 @@ impl Running {
     }
 
     /// A child ended: a service (restarted by its supervisor), the OS image's mount process
-    /// (mounted again), or an orphan.
+    /// (mounted again), a retired image's mount process (forgotten), or an orphan.
     fn reaped(
         &mut self,
         pid: u32,
@@ -464,6 +466,7 @@ fn switch_release(
             );
             running.retired.push(Retired {
                 version: from,
+                devices: os::image_devices(&old.paths),
                 paths: old.paths,
                 mount_pid: old.mount_pid,
             });

@@ -153,13 +153,33 @@ pub fn bind_data(root: &Path, data: &Path) -> io::Result<()> {
     bind(data, &root.join("var/lib/zos"), true)
 }
 
-/// Whether any process in `proc` (`/proc`) runs from under `root`: its root directory (services
-/// are chrooted there, and the guests they start keep it), its program or its working
-/// directory. When `proc` cannot be read the answer is yes: an image is never released blind.
-pub fn in_use(proc: &Path, root: &Path) -> bool {
+/// The filesystems of a mounted release's OS image: its root (the writable overlay) and the
+/// image's own mount under it. Read while mounted: a detached mount has no path to stat.
+pub fn image_devices(paths: &OsPaths) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    [paths.root.clone(), paths.state.join("lower")]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.dev())
+        .collect()
+}
+
+/// Whether any process in `proc` (`/proc`) uses a release's OS image: its root directory
+/// (services are chrooted there, and the guests they start keep it), its working directory or
+/// its program lies under `root`, or it maps a file (a program, a library) from one of
+/// `devices` (the image's filesystems, [`image_devices`]: a process in its own mount
+/// namespace, such as a sandboxed virtiofsd, shows other paths, but its mappings are still on
+/// these). Nothing here asks a filesystem (a hung FUSE server must not stall PID 1): links are
+/// read as text and devices from `maps`. When `proc` cannot be read the answer is yes: an
+/// image is never released blind.
+pub fn in_use(proc: &Path, root: &Path, devices: &[u64]) -> bool {
     let Ok(entries) = std::fs::read_dir(proc) else {
         return true;
     };
+    let wanted: Vec<(u32, u32)> = devices
+        .iter()
+        .map(|&d| (libc::major(d), libc::minor(d)))
+        .collect();
     entries
         .flatten()
         .filter(|e| {
@@ -169,10 +189,23 @@ pub fn in_use(proc: &Path, root: &Path) -> bool {
                 .all(|b| b.is_ascii_digit())
         })
         .any(|e| {
-            ["root", "exe", "cwd"].iter().any(|link| {
-                std::fs::read_link(e.path().join(link)).is_ok_and(|target| target.starts_with(root))
+            let pid = e.path();
+            ["root", "cwd", "exe"].iter().any(|link| {
+                std::fs::read_link(pid.join(link)).is_ok_and(|target| target.starts_with(root))
+            }) || std::fs::read_to_string(pid.join("maps")).is_ok_and(|maps| {
+                maps.lines()
+                    .any(|l| maps_device(l).is_some_and(|d| wanted.contains(&d)))
             })
         })
+}
+
+/// The device (major, minor) of one `/proc/<pid>/maps` line: its fourth field, in hex.
+fn maps_device(line: &str) -> Option<(u32, u32)> {
+    let (major, minor) = line.split_whitespace().nth(3)?.split_once(':')?;
+    Some((
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    ))
 }
 
 /// Detaches a dead mount (its process ended) so it can be mounted again.
@@ -214,12 +247,48 @@ mod tests {
             .current_dir(used.path())
             .spawn()
             .unwrap();
-        assert!(in_use(proc, used.path()));
-        assert!(!in_use(proc, unused.path()));
+        assert!(in_use(proc, used.path(), &[]));
+        assert!(!in_use(proc, unused.path(), &[]));
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!in_use(proc, used.path()));
-        assert!(in_use(Path::new("/nonexistent-proc"), unused.path()));
+        assert!(!in_use(proc, used.path(), &[]));
+        assert!(in_use(Path::new("/nonexistent-proc"), unused.path(), &[]));
+    }
+
+    /// A program mapped from the image's filesystem counts whatever its path looks like (as
+    /// in another mount namespace). Needs root: a tmpfs of its own stands in for the image.
+    #[test]
+    fn a_program_mapped_from_the_image_filesystem_counts() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (mounts a tmpfs)");
+        let image = tempfile::tempdir().unwrap();
+        crate::system::mount_at(Path::new("tmpfs"), image.path(), Some("tmpfs"), 0, None).unwrap();
+        let program = image.path().join("sleep");
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        let devices = [std::fs::metadata(image.path()).unwrap().dev()];
+        let elsewhere = Path::new("/nonexistent-root");
+        let proc = Path::new("/proc");
+        assert!(!in_use(proc, elsewhere, &devices));
+        let mut child = Command::new(&program).arg("30").spawn().unwrap();
+        assert!(in_use(proc, elsewhere, &devices));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!in_use(proc, elsewhere, &devices));
+        let c = std::ffi::CString::new(image.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2 on a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+
+    #[test]
+    fn maps_lines_name_their_device() {
+        let line = "7f1c2a000000-7f1c2a022000 r--p 00000000 fd:01 1048602    /usr/lib/libc.so.6";
+        assert_eq!(maps_device(line), Some((0xfd, 1)));
+        assert_eq!(
+            maps_device("7ffd1000-7ffd2000 rw-p 00000000 00:00 0 [stack]"),
+            Some((0, 0))
+        );
+        assert_eq!(maps_device("garbage"), None);
     }
 
     #[test]
