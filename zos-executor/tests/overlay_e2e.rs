@@ -125,8 +125,10 @@ impl Topology {
             "ip", "link", "add", "eth1", "netns", "zoe-r", "type", "veth", "peer", "name", "eth0",
             "netns", "zoe-b",
         ])?;
-        for (ns, ip) in [("zoe-r", ROUTER_PRIVATE), ("zoe-b", B_PRIVATE)] {
-            let dev = if ns == "zoe-r" { "eth1" } else { "eth0" };
+        for (ns, dev, ip) in [
+            ("zoe-r", "eth1", ROUTER_PRIVATE),
+            ("zoe-b", "eth0", B_PRIVATE),
+        ] {
             address_up(ns, dev, &format!("{ip}/24"))?;
         }
         let gw = ROUTER_PRIVATE;

@@ -40,6 +40,11 @@ impl OsPaths {
             cache_on_disk,
         }
     }
+
+    /// The release's two mounts: its root (the writable overlay) and the image under it.
+    fn mounts(&self) -> [PathBuf; 2] {
+        [self.root.clone(), self.state.join("lower")]
+    }
 }
 
 /// The zos-image command that mounts `image_root` from `hub` at `paths.root`.
@@ -157,7 +162,8 @@ pub fn bind_data(root: &Path, data: &Path) -> io::Result<()> {
 /// image's own mount under it. Read while mounted: a detached mount has no path to stat.
 pub fn image_devices(paths: &OsPaths) -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;
-    [paths.root.clone(), paths.state.join("lower")]
+    paths
+        .mounts()
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.dev())
@@ -208,9 +214,10 @@ fn maps_device(line: &str) -> Option<(u32, u32)> {
     ))
 }
 
-/// Detaches a dead mount (its process ended) so it can be mounted again.
+/// Detaches a release's mounts (lazily: what still uses them keeps them until it ends), so a
+/// dead mount can be mounted again or a retired one goes.
 pub fn detach(paths: &OsPaths) {
-    for p in [paths.root.clone(), paths.state.join("lower")] {
+    for p in paths.mounts() {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
             // SAFETY: umount2 on a NUL-terminated path; failure (not mounted) is fine.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
