@@ -1,7 +1,10 @@
-//! A DHCPv4 client (RFC 2131) for one thing: the first lease on a NIC at boot.
+//! A DHCPv4 client (RFC 2131): the first lease on a NIC at boot, then kept for as long as the
+//! node runs.
 //!
 //! DISCOVER, OFFER, REQUEST, ACK over a UDP socket bound to the interface, with the broadcast
-//! flag set so that replies reach an interface that has no address yet. Replies are untrusted
+//! flag set so that replies reach an interface that has no address yet. A held lease is
+//! extended at half its time from the server that gave it, from any server after 7/8 of it,
+//! and dropped when it expires or a server refuses it ([`Keeper`]). Replies are untrusted
 //! input: every option length is checked, and a reply for another transaction or hardware
 //! address is ignored.
 
@@ -19,6 +22,9 @@ const OFFER: u8 = 2;
 const REQUEST: u8 = 3;
 const ACK: u8 = 5;
 const NAK: u8 = 6;
+/// A shorter lease is kept as if it were this long: a server handing out zero-second leases
+/// would otherwise have the node negotiate in a tight loop.
+pub const MIN_LEASE_SECS: u32 = 4;
 
 /// What a server offered or acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +49,8 @@ pub struct Lease {
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
     pub server: Ipv4Addr,
+    /// The lease time the server gave; `None` (or `u32::MAX`) for a lease that never ends.
+    pub lease_secs: Option<u32>,
 }
 
 /// Builds a client message: DISCOVER, or REQUEST for `requested` from `server`.
@@ -69,6 +77,15 @@ pub fn encode(
     }
     // Subnet mask, router, DNS, lease time.
     p.extend_from_slice(&[55, 4, 1, 3, 6, 51, 255]);
+    p
+}
+
+/// A REQUEST that extends the lease on `address` (RENEWING and REBINDING: the address in
+/// `ciaddr`, no requested address or server identifier, replies sent to the address).
+pub fn encode_extension(xid: u32, mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
+    let mut p = encode(REQUEST, xid, mac, None);
+    p[10..12].copy_from_slice(&0u16.to_be_bytes());
+    p[12..16].copy_from_slice(&address.octets());
     p
 }
 
@@ -226,7 +243,121 @@ pub fn negotiate(
             ack.dns
         },
         server,
+        lease_secs: ack.lease_secs.or(offer.lease_secs),
     }))
+}
+
+/// What happened to a held lease at its next deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kept {
+    /// `server` extended the lease by `secs` (the same address).
+    Extended { server: Ipv4Addr, secs: u32 },
+    /// The address may no longer be used: drop it and negotiate a new lease.
+    Lost(String),
+}
+
+/// Keeps one lease (RFC 2131 4.4.5): from T1 (half the lease) a REQUEST to the server that gave
+/// it, from T2 (7/8) a broadcast one to any server, each retried within its phase; a NAK or the
+/// lease's end loses it.
+#[derive(Debug)]
+pub struct Keeper {
+    pub lease: Lease,
+    mac: [u8; 6],
+    xid: u32,
+    obtained: Instant,
+}
+
+impl Keeper {
+    /// Starts keeping `lease`, obtained now; `None` for a lease that never ends.
+    pub fn new(lease: Lease, mac: [u8; 6], xid: u32) -> Option<Self> {
+        if lease.lease_secs.is_none_or(|secs| secs == u32::MAX) {
+            return None;
+        }
+        Some(Self {
+            lease,
+            mac,
+            xid,
+            obtained: Instant::now(),
+        })
+    }
+
+    fn after(&self, eighths: u32) -> Instant {
+        let secs = u64::from(self.lease.lease_secs.unwrap_or(0).max(MIN_LEASE_SECS));
+        self.obtained + Duration::from_millis(secs * 1000 * u64::from(eighths) / 8)
+    }
+
+    /// When the lease is first extended (T1).
+    pub fn renew_at(&self) -> Instant {
+        self.after(4)
+    }
+
+    /// When the lease ends.
+    pub fn expires_at(&self) -> Instant {
+        self.after(8)
+    }
+
+    /// Sleeps until T1, then tries to extend the lease until it is extended or lost.
+    pub fn next(&mut self) -> io::Result<Kept> {
+        let rebind_at = self.after(7);
+        let expires_at = self.expires_at();
+        std::thread::sleep(self.renew_at().saturating_duration_since(Instant::now()));
+        let sock = bound_socket(&self.lease.interface)?;
+        loop {
+            let now = Instant::now();
+            if now >= expires_at {
+                return Ok(Kept::Lost(format!(
+                    "lease of {} expired with no server answering",
+                    self.lease.address
+                )));
+            }
+            // Unicast to our server until T2, then to any server; each try waits half the
+            // phase's remaining time (at least 1 s, at most 60 s), as the RFC suggests.
+            let (to, phase_end) = if now < rebind_at {
+                (self.lease.server, rebind_at)
+            } else {
+                (Ipv4Addr::BROADCAST, expires_at)
+            };
+            let wait =
+                ((phase_end - now) / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            self.xid = self.xid.wrapping_add(1);
+            let message = encode_extension(self.xid, self.mac, self.lease.address);
+            if let Err(e) = sock.send_to(&message, SocketAddrV4::new(to, 67)) {
+                // No route (a cable pulled): the phase goes on until its end.
+                std::thread::sleep(wait.min(phase_end.saturating_duration_since(now)));
+                if e.kind() != io::ErrorKind::NetworkUnreachable {
+                    crate::say!("{}: DHCP extension not sent: {e}", self.lease.interface);
+                }
+                continue;
+            }
+            // A try never outlasts its phase: the broadcast starts at T2 sharp.
+            let deadline = (now + wait).min(phase_end);
+            let Some(reply) = wait_for(&sock, self.xid, self.mac, &[ACK, NAK], deadline)? else {
+                continue;
+            };
+            if reply.kind == NAK {
+                return Ok(Kept::Lost(format!(
+                    "a DHCP server refused the lease of {} (NAK)",
+                    self.lease.address
+                )));
+            }
+            if reply.address != self.lease.address {
+                return Ok(Kept::Lost(format!(
+                    "a DHCP server acknowledged {} instead of {}",
+                    reply.address, self.lease.address
+                )));
+            }
+            let secs = reply.lease_secs.unwrap_or(u32::MAX);
+            self.obtained = Instant::now();
+            self.lease.lease_secs = Some(secs);
+            if let Some(server) = reply.server {
+                self.lease.server = server;
+            }
+            return Ok(Kept::Extended {
+                server: self.lease.server,
+                secs,
+            });
+        }
+    }
 }
 
 #[cfg(test)]

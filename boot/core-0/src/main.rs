@@ -83,6 +83,56 @@ fn network(backoff: &mut Backoff) -> dhcp::Lease {
     }
 }
 
+/// Keeps the node's lease for as long as it runs: extended before it ends; when a server
+/// refuses it or it expires, the address is dropped and a new lease negotiated on any NIC.
+fn keep_network(mut lease: dhcp::Lease) {
+    loop {
+        let Ok(mac) = netconf::mac(&lease.interface) else {
+            say!(
+                "{}: its hardware address is gone; the lease is not kept",
+                lease.interface
+            );
+            return;
+        };
+        let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]).rotate_left(16);
+        let Some(mut keeper) = dhcp::Keeper::new(lease.clone(), mac, xid) else {
+            return; // A lease that never ends.
+        };
+        let lost = loop {
+            match keeper.next() {
+                Ok(dhcp::Kept::Extended { server, secs }) => say!(
+                    "{}: lease of {} extended by {server} for {secs} s",
+                    lease.interface,
+                    lease.address
+                ),
+                Ok(dhcp::Kept::Lost(why)) => break why,
+                Err(e) => {
+                    say!("{}: DHCP socket: {e}; trying again in 5 s", lease.interface);
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+            }
+        };
+        say!(
+            "{}: {lost}; dropping the address and asking for a new lease",
+            lease.interface
+        );
+        if let Err(e) = netconf::clear(&lease.interface) {
+            say!("{}: the address could not be dropped: {e}", lease.interface);
+        }
+        lease = network(&mut Backoff::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        ));
+        say!(
+            "{}: new lease {}/{} from DHCP server {}",
+            lease.interface,
+            lease.address,
+            lease.prefix_len,
+            lease.server
+        );
+    }
+}
+
 fn main() {
     if std::process::id() != 1 {
         eprintln!("core-0 is the node OS's first process (PID 1); it is not run by hand");
@@ -152,6 +202,7 @@ fn run() {
             .unwrap_or_else(|| "no router".into()),
         lease.server
     );
+    std::thread::spawn(move || keep_network(lease));
 
     let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
     let manifest = loop {

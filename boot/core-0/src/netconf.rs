@@ -101,6 +101,18 @@ pub fn mac(name: &str) -> io::Result<[u8; 6]> {
 
 /// Applies a lease: address, netmask, default route, resolvers.
 pub fn apply(lease: &Lease) -> io::Result<()> {
+    configure(lease)?;
+    let resolv: String = lease
+        .dns
+        .iter()
+        .map(|d| format!("nameserver {d}\n"))
+        .collect();
+    std::fs::create_dir_all("/etc")?;
+    std::fs::write("/etc/resolv.conf", resolv)
+}
+
+/// Gives a lease's interface its address, netmask and default route.
+pub fn configure(lease: &Lease) -> io::Result<()> {
     let fd = control_socket()?;
     let mut req = request(&lease.interface)?;
     req.ifr_ifru.ifru_addr = sockaddr(lease.address);
@@ -134,11 +146,18 @@ pub fn apply(lease: &Lease) -> io::Result<()> {
             _ => {}
         }
     }
-    let resolv: String = lease
-        .dns
-        .iter()
-        .map(|d| format!("nameserver {d}\n"))
-        .collect();
-    std::fs::create_dir_all("/etc")?;
-    std::fs::write("/etc/resolv.conf", resolv)
+    Ok(())
+}
+
+/// Takes an interface's IPv4 address away (and the routes through it): a lost lease's address
+/// must not be used any more.
+pub fn clear(interface: &str) -> io::Result<()> {
+    let fd = control_socket()?;
+    let mut req = request(interface)?;
+    req.ifr_ifru.ifru_addr = sockaddr(Ipv4Addr::UNSPECIFIED);
+    ioctl(
+        &fd,
+        libc::SIOCSIFADDR,
+        (&mut req as *mut libc::ifreq).cast(),
+    )
 }
