@@ -530,7 +530,7 @@ pub fn offered_capacity(config: &Config) -> Result<Resources> {
         return Ok(capacity);
     }
     Ok(capacity_after_reserve(
-        &measure_host(&config.data_dir)?,
+        &measure_host(&config.data_dir, &capacity_roots(&config.data_dir))?,
         config.reserve,
     ))
 }
@@ -546,8 +546,10 @@ pub fn capacity_after_reserve(host: &Resources, reserve: Option<Resources>) -> R
     }
 }
 
-/// What this host has: its CPUs, its memory, and the free space of the data directory.
-pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
+/// What this host has: its CPUs, its memory, and the free space of the data directory and of
+/// the capacity disks (each filesystem counted once).
+pub fn measure_host(data_dir: &std::path::Path, capacity: &[PathBuf]) -> Result<Resources> {
+    use std::os::unix::fs::MetadataExt;
     let cru = std::thread::available_parallelism()
         .map(|n| n.get() as u64)
         .unwrap_or(1);
@@ -556,19 +558,56 @@ pub fn measure_host(data_dir: &std::path::Path) -> Result<Resources> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     let mru = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
     std::fs::create_dir_all(data_dir)?;
-    let path = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `st` a valid out pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("statvfs of the data directory");
+    let mut counted = Vec::new();
+    let mut sru = 0u64;
+    for dir in std::iter::once(data_dir).chain(capacity.iter().map(PathBuf::as_path)) {
+        let device = std::fs::metadata(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .dev();
+        if counted.contains(&device) {
+            continue;
+        }
+        counted.push(device);
+        sru = sru.saturating_add(free_bytes(dir)?);
     }
-    let sru = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
     Ok(Resources {
         cru,
         mru,
         sru,
         hru: 0,
     })
+}
+
+/// Bytes free for unprivileged writes on the filesystem of `path`, or of its nearest existing
+/// ancestor (a directory not made yet).
+pub fn free_bytes(path: &std::path::Path) -> Result<u64> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .context("no existing ancestor")?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid C string and `st` a valid out pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs of {}", existing.display()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The capacity disks core-0 mounted: every directory under `<data>/capacity`, by name.
+pub fn capacity_roots(data_dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("capacity")) else {
+        return Vec::new();
+    };
+    let mut roots: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    roots.sort();
+    roots
 }
 
 /// The node record's version (at most 32 bytes on chain): `<executor>+<release>`, or the
@@ -704,7 +743,7 @@ mod tests {
     #[test]
     fn host_is_measured() {
         let dir = tempfile::tempdir().unwrap();
-        let r = measure_host(dir.path()).unwrap();
+        let r = measure_host(dir.path(), &[]).unwrap();
         assert!(r.cru >= 1 && r.mru > 0 && r.sru > 0);
     }
 

@@ -160,7 +160,10 @@ if [ "$(id -u)" = 0 ]; then mknod -m 0600 "$stage/dev/console" c 5 1; fi
 
 mkdir -p "$(dirname "$out")"
 tmp_out="$out.tmp.$$"
-(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
+# Byte-reproducible: sorted names, one owner, one time, no inode or device numbers, no gzip
+# name or time, so the same inputs give the same archive (and the same manifest hash).
+find "$stage" -mindepth 1 -exec touch -h -d @0 {} +
+(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) \
   | gzip -9 -n >"$tmp_out"
 sha256sum "$tmp_out" | cut -d' ' -f1 >"$out.sha256"
 mv "$tmp_out" "$out"

@@ -2,6 +2,11 @@
 //! data) on the first disk, in an ext4 filesystem labelled [`LABEL`] that core-0 creates on a
 //! blank disk. A disk holding anything else is never written: the node then keeps its data in
 //! memory, and a new identity is made (and registered) at every boot.
+//!
+//! Every other disk is capacity for workloads: a blank one is formatted ext4 labelled
+//! [`CAPACITY_LABEL`], and each such filesystem is mounted under the data directory's
+//! `capacity/<filesystem UUID>`, where the executor places workload disks. Foreign disks are
+//! never written here either.
 
 use std::{
     io::{self, Read},
@@ -10,6 +15,8 @@ use std::{
 
 /// The filesystem label of a node's data disk.
 pub const LABEL: &str = "zos-node";
+/// The filesystem label of a disk given to workloads.
+pub const CAPACITY_LABEL: &str = "zos-capacity";
 /// How much of a disk's start must be zero for it to count as blank.
 pub const BLANK_PREFIX: usize = 1024 * 1024;
 
@@ -23,6 +30,8 @@ pub enum DiskContents {
     Blank,
     /// A node data filesystem made by core-0.
     NodeData,
+    /// A capacity filesystem made by core-0, with its UUID (32 hex digits).
+    Capacity(String),
     /// Something else (a partition table, another filesystem, data): left untouched.
     Foreign(&'static str),
 }
@@ -38,10 +47,12 @@ pub fn classify(head: &[u8]) -> DiskContents {
         if magic == EXT_MAGIC {
             let label = &sb[120..136];
             let end = label.iter().position(|b| *b == 0).unwrap_or(label.len());
-            return if &label[..end] == LABEL.as_bytes() {
-                DiskContents::NodeData
-            } else {
-                DiskContents::Foreign("another ext filesystem")
+            return match &label[..end] {
+                l if l == LABEL.as_bytes() => DiskContents::NodeData,
+                l if l == CAPACITY_LABEL.as_bytes() => {
+                    DiskContents::Capacity(hex::encode(&sb[104..120]))
+                }
+                _ => DiskContents::Foreign("another ext filesystem"),
             };
         }
     }
@@ -61,14 +72,16 @@ pub fn is_candidate(name: &str) -> bool {
     !name.is_empty() && !NOT_DISKS.iter().any(|p| name.starts_with(p))
 }
 
-/// The first disk in `sys_block` (`/sys/block`) by name, skipping non-disks, removable media
-/// (the boot stick) and read-only devices.
-pub fn first_disk(sys_block: &Path) -> Option<String> {
+/// The disks in `sys_block` (`/sys/block`) by name, skipping non-disks, removable media (the
+/// boot stick) and read-only devices.
+pub fn disks(sys_block: &Path) -> Vec<String> {
     let flag = |name: &str, attr: &str| {
         std::fs::read_to_string(sys_block.join(name).join(attr)).is_ok_and(|v| v.trim() == "1")
     };
-    let mut names: Vec<String> = std::fs::read_dir(sys_block)
-        .ok()?
+    let Ok(entries) = std::fs::read_dir(sys_block) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| {
             is_candidate(n)
@@ -81,7 +94,12 @@ pub fn first_disk(sys_block: &Path) -> Option<String> {
         })
         .collect();
     names.sort();
-    names.into_iter().next()
+    names
+}
+
+/// The first of [`disks`]: the one that holds the node's data.
+pub fn first_disk(sys_block: &Path) -> Option<String> {
+    disks(sys_block).into_iter().next()
 }
 
 /// The first [`BLANK_PREFIX`] bytes of a device (fewer if it is smaller).
@@ -133,6 +151,12 @@ pub fn mount_memory(target: &Path) -> io::Result<()> {
     )
 }
 
+/// A block device's size in bytes.
+pub fn size_bytes(device: &Path) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(device)?.seek(SeekFrom::End(0))
+}
+
 /// The device node of a disk name.
 pub fn device(name: &str) -> PathBuf {
     Path::new("/dev").join(name)
@@ -162,6 +186,9 @@ mod tests {
             classify(&ext_head(b"home")),
             DiskContents::Foreign("another ext filesystem")
         );
+        let mut capacity = ext_head(b"zos-capacity");
+        capacity[EXT_SUPERBLOCK + 104..EXT_SUPERBLOCK + 120].copy_from_slice(&[0xab; 16]);
+        assert_eq!(classify(&capacity), DiskContents::Capacity("ab".repeat(16)));
         let mut mbr = vec![0u8; BLANK_PREFIX];
         mbr[510] = 0x55;
         mbr[511] = 0xAA;
@@ -214,6 +241,7 @@ mod tests {
             std::fs::write(d.join("size"), size).unwrap();
         }
         assert_eq!(first_disk(dir.path()).as_deref(), Some("vdb"));
+        assert_eq!(disks(dir.path()), ["vdb", "vdc"]);
         assert_eq!(first_disk(&dir.path().join("missing")), None);
     }
 }

@@ -280,7 +280,8 @@ fn run() {
 
     // The data disk first when it is already the node's: the OS image's chunk cache survives
     // reboots there. A blank disk is formatted with the OS image's mkfs, once it is mounted.
-    let data = DataDisk::find();
+    let disks = disk::disks(Path::new("/sys/block"));
+    let (data, data_disk) = DataDisk::find(&disks);
     let paths = os::OsPaths::for_release(
         &manifest.version.to_string(),
         &data.cache_dir(),
@@ -290,6 +291,8 @@ fn run() {
     // From here on (release switches) the cache is on the disk once it is formatted.
     let data = data.finish(&paths.root);
     let cache = (data.cache_dir(), matches!(data, DataDisk::Node));
+    // Under the data directory, so the services' root sees them through its bind.
+    mount_capacity(&disks, data_disk.as_deref(), &paths.root);
     if let Err(e) = os::bind_data(&paths.root, Path::new(DATA_DIR)) {
         say!("the data directory is not in the OS root: {e}");
     }
@@ -583,6 +586,96 @@ fn bring_up_os(
     }
 }
 
+/// Formats `device` ext4 labelled `label` with the OS image's mkfs (run inside `root`).
+fn format_ext4(device: &Path, label: &str, root: &Path) -> Result<(), String> {
+    let mut mkfs = std::process::Command::new("/usr/sbin/mkfs.ext4");
+    mkfs.args(["-q", "-L", label, "-m", "0"])
+        .arg(device)
+        .stdin(std::process::Stdio::null());
+    supervisor::in_root(&mut mkfs, root);
+    match mkfs.output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "mkfs.ext4 {}: {}",
+            supervisor::describe(out.status),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("mkfs.ext4: {e}")),
+    }
+}
+
+/// Gives every disk but the data disk to workloads: a capacity filesystem is mounted under
+/// `<data>/capacity/<its UUID>`; a blank disk is formatted as one first (with the OS image's
+/// mkfs, inside `root`); anything else is left untouched.
+fn mount_capacity(disks: &[String], data_disk: Option<&str>, root: &Path) {
+    for name in disks.iter().filter(|n| Some(n.as_str()) != data_disk) {
+        let device = disk::device(name);
+        let contents = disk::read_head(&device).map(|h| disk::classify(&h));
+        let uuid = match contents {
+            Ok(disk::DiskContents::Capacity(uuid)) => uuid,
+            Ok(disk::DiskContents::Blank) => {
+                // Read again right before writing: nothing but a blank disk is formatted.
+                if !disk::still_blank(&device).unwrap_or(false) {
+                    say!(
+                        "{} is blank at its start but not at its end (a backup partition table or RAID superblock?) and is left untouched",
+                        device.display()
+                    );
+                    continue;
+                }
+                let formatted = format_ext4(&device, disk::CAPACITY_LABEL, root).and_then(|()| {
+                    match disk::read_head(&device).map(|h| disk::classify(&h)) {
+                        Ok(disk::DiskContents::Capacity(uuid)) => Ok(uuid),
+                        other => Err(format!("after mkfs it reads as {other:?}")),
+                    }
+                });
+                match formatted {
+                    Ok(uuid) => {
+                        say!(
+                            "{}: blank disk formatted as workload capacity",
+                            device.display()
+                        );
+                        uuid
+                    }
+                    Err(e) => {
+                        say!("{}: formatting failed ({e}); not used", device.display());
+                        continue;
+                    }
+                }
+            }
+            Ok(disk::DiskContents::NodeData) => {
+                say!(
+                    "{} holds another node data filesystem and is left untouched",
+                    device.display()
+                );
+                continue;
+            }
+            Ok(disk::DiskContents::Foreign(what)) => {
+                say!(
+                    "{} holds {what} and is left untouched (wipe its first MiB to give it to workloads)",
+                    device.display()
+                );
+                continue;
+            }
+            Err(e) => {
+                say!("{}: unreadable ({e}); not used", device.display());
+                continue;
+            }
+        };
+        let target = Path::new(DATA_DIR).join("capacity").join(&uuid);
+        match std::fs::create_dir_all(&target).and_then(|()| disk::mount_data(&device, &target)) {
+            Ok(()) => {
+                say!(
+                    "{}: workload capacity mounted at {} ({} MiB)",
+                    device.display(),
+                    target.display(),
+                    disk::size_bytes(&device).unwrap_or(0) >> 20
+                );
+            }
+            Err(e) => say!("{}: capacity disk not mounted: {e}", device.display()),
+        }
+    }
+}
+
 /// The node's data disk, as found at boot.
 enum DataDisk {
     /// Already a node data disk: mounted.
@@ -594,13 +687,30 @@ enum DataDisk {
 }
 
 impl DataDisk {
-    fn find() -> Self {
-        let Some(name) = disk::first_disk(Path::new("/sys/block")) else {
+    /// The node data disk wherever it is among `disks` (a disk added later may sort before
+    /// it), else the first disk; returns its name too.
+    fn find(disks: &[String]) -> (Self, Option<String>) {
+        let heads: Vec<(String, std::io::Result<Vec<u8>>)> = disks
+            .iter()
+            .map(|name| (name.clone(), disk::read_head(&disk::device(name))))
+            .collect();
+        let chosen = heads
+            .iter()
+            .find(|(_, head)| {
+                head.as_ref()
+                    .is_ok_and(|h| disk::classify(h) == disk::DiskContents::NodeData)
+            })
+            .or(heads.first());
+        let Some((name, head)) = chosen else {
             say!("no disk: the node identity lives in memory and is made anew at every boot");
-            return Self::in_memory();
+            return (Self::in_memory(), None);
         };
-        let device = disk::device(&name);
-        let head = match disk::read_head(&device) {
+        (Self::of(name, head), Some(name.clone()))
+    }
+
+    fn of(name: &str, head: &std::io::Result<Vec<u8>>) -> Self {
+        let device = disk::device(name);
+        let head = match head {
             Ok(h) => h,
             Err(e) => {
                 say!(
@@ -610,7 +720,7 @@ impl DataDisk {
                 return Self::in_memory();
             }
         };
-        match disk::classify(&head) {
+        match disk::classify(head) {
             disk::DiskContents::NodeData => match disk::mount_data(&device, Path::new(DATA_DIR)) {
                 Ok(()) => {
                     say!(
@@ -637,6 +747,13 @@ impl DataDisk {
             disk::DiskContents::Foreign(what) => {
                 say!(
                     "{} holds {what} and is left untouched (wipe its first MiB to give it to the node); the node identity lives in memory",
+                    device.display()
+                );
+                Self::in_memory()
+            }
+            disk::DiskContents::Capacity(_) => {
+                say!(
+                    "{} is a workload capacity disk, not the node's data disk; the node identity lives in memory",
                     device.display()
                 );
                 Self::in_memory()
@@ -672,21 +789,9 @@ impl DataDisk {
             );
             return Self::in_memory();
         }
-        let mut mkfs = std::process::Command::new("/usr/sbin/mkfs.ext4");
-        mkfs.args(["-q", "-L", disk::LABEL, "-m", "0"])
-            .arg(&device)
-            .stdin(std::process::Stdio::null());
-        supervisor::in_root(&mut mkfs, root);
-        let made = match mkfs.output() {
-            Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(format!(
-                "mkfs.ext4 {}: {}",
-                supervisor::describe(out.status),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => Err(format!("mkfs.ext4: {e}")),
-        }
-        .and_then(|()| disk::mount_data(&device, Path::new(DATA_DIR)).map_err(|e| e.to_string()));
+        let made = format_ext4(&device, disk::LABEL, root).and_then(|()| {
+            disk::mount_data(&device, Path::new(DATA_DIR)).map_err(|e| e.to_string())
+        });
         match made {
             Ok(()) => {
                 say!(

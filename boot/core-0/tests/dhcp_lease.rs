@@ -157,7 +157,7 @@ fn a_lease_is_extended_at_half_time_and_lost_when_no_server_keeps_it() {
         let mac = netconf::mac(CLIENT_NIC).unwrap();
 
         // A lease, then its extension from the same server at half its time.
-        let mut server = Server::start(&dir, 100);
+        let server = Server::start(&dir, 100);
         let lease = obtain(mac, 1);
         assert_eq!(lease.server, SERVER_ADDR);
         assert_eq!(lease.router, Some(SERVER_ADDR));

@@ -21,12 +21,44 @@ use super::{Driver, DriverError, DriverResult, Observed, Usage, WorkloadCtx};
 #[derive(Default)]
 pub struct DiskDriver;
 
-/// The disk file of `workload` in `ctx`; shared with the VM driver, which attaches it.
-pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
-    ctx.dir.join("disks").join(format!(
+/// A disk's file name under a contract directory.
+fn disk_file(workload: &Workload) -> PathBuf {
+    PathBuf::from("disks").join(format!(
         "{}.raw",
         String::from_utf8_lossy(workload.name.as_bytes())
     ))
+}
+
+/// The disk file of `workload` in `ctx`: where it is (the contract directory, or the contract's
+/// directory on a capacity disk), else its place in the contract directory. Shared with the VM
+/// driver, which attaches it.
+pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
+    let file = disk_file(workload);
+    std::iter::once(&ctx.dir)
+        .chain(&ctx.capacity_dirs)
+        .map(|dir| dir.join(&file))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| ctx.dir.join(file))
+}
+
+/// Where a new disk goes: into whichever of the contract directory and its capacity
+/// directories has the most free space (the contract directory on a tie, or when nothing can
+/// be measured).
+fn placement(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
+    let mut best = (
+        ctx.dir.clone(),
+        crate::config::free_bytes(&ctx.dir).unwrap_or(0),
+    );
+    for dir in &ctx.capacity_dirs {
+        match crate::config::free_bytes(dir) {
+            Ok(free) if free > best.1 => best = (dir.clone(), free),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "capacity disk not measurable")
+            }
+        }
+    }
+    best.0.join(disk_file(workload))
 }
 
 fn size_bytes(workload: &Workload) -> DriverResult<u64> {
@@ -37,6 +69,17 @@ fn size_bytes(workload: &Workload) -> DriverResult<u64> {
             .ok_or_else(|| DriverError::permanent("disk size overflows u64 bytes")),
         _ => Err(DriverError::permanent("not a disk workload")),
     }
+}
+
+/// Creates `dir` and its missing parents readable by the node only (a capacity disk's
+/// `contracts/<contract>/disks` as much as the contract directory's `disks`).
+fn create_private_dirs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Opens (creating) `path` and sets its length; set_len extends sparsely: no blocks are
@@ -96,9 +139,19 @@ impl Driver for DiskDriver {
     }
 
     async fn install(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
-        let path = disk_path(ctx, workload);
         let size = size_bytes(workload)?;
+        let (ctx, workload) = (ctx.clone(), workload.clone());
         tokio::task::spawn_blocking(move || -> DriverResult<()> {
+            let found = disk_path(&ctx, &workload);
+            let path = if found.exists() {
+                found
+            } else {
+                let placed = placement(&ctx, &workload);
+                if !placed.starts_with(&ctx.dir) {
+                    tracing::info!(disk = %placed.display(), "disk placed on a capacity disk");
+                }
+                placed
+            };
             if let Ok(meta) = std::fs::metadata(&path) {
                 if meta.len() > size {
                     return Err(DriverError::permanent(format!(
@@ -108,7 +161,7 @@ impl Driver for DiskDriver {
                 }
             }
             let dir = path.parent().context("disk path has no parent")?;
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            create_private_dirs(dir)?;
             if !path.exists() {
                 let fresh = path.with_extension("raw.new");
                 // Left by a crash mid-create: start from zero again.

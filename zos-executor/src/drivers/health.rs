@@ -495,6 +495,7 @@ mod tests {
         let ctx = WorkloadCtx {
             contract: 7,
             dir: "/nonexistent".into(),
+            capacity_dirs: Vec::new(),
             spec: Arc::new(spec),
             public_ips: vec![],
             node_ipv6: None,

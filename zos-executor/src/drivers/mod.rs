@@ -23,6 +23,10 @@ pub struct WorkloadCtx {
     pub contract: ContractId,
     /// `<data>/contracts/<contract>`; drivers keep their files beneath it.
     pub dir: PathBuf,
+    /// The contract's directories on the node's capacity disks
+    /// (`<capacity disk>/contracts/<contract>`), where big files (disks) may be placed
+    /// instead; created on first use, removed with the contract.
+    pub capacity_dirs: Vec<PathBuf>,
     /// The spec the workload belongs to (its networks, public IPs, other VMs).
     pub spec: Arc<DeploymentSpec>,
     /// The farm IPv4 the chain assigned to each public IP workload of `spec` (empty when the

@@ -464,6 +464,7 @@ mod tests {
         let ctx = WorkloadCtx {
             contract: 7,
             dir: tmp.path().join("contracts/7"),
+            capacity_dirs: Vec::new(),
             spec: Arc::new(DeploymentSpec {
                 version: 0,
                 workloads: Default::default(),

@@ -318,6 +318,16 @@ impl Engine {
             warn!(error = %format!("{e:#}"), dir = %ctx.dir.display(), "could not unmount below the contract directory");
             return Ok(ContractOutcome::Pending);
         }
+        // The contract's files on capacity disks before its directory: a removal cut short in
+        // between is retried while the directory (and so the contract) is still known.
+        for dir in &ctx.capacity_dirs {
+            if let Err(e) = tokio::fs::remove_dir_all(dir).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(error = %e, dir = %dir.display(), "could not remove the contract's directory on a capacity disk");
+                    return Ok(ContractOutcome::Pending);
+                }
+            }
+        }
         if let Err(e) = tokio::fs::remove_dir_all(&ctx.dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(error = %e, dir = %ctx.dir.display(), "could not remove the contract directory");

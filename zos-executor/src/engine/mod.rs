@@ -136,6 +136,8 @@ pub struct Engine {
     store: Arc<Store>,
     drivers: HashMap<&'static str, Arc<dyn Driver>>,
     contracts_dir: PathBuf,
+    /// Mounted capacity disks; each holds `contracts/<contract>` directories.
+    capacity_roots: Vec<PathBuf>,
     /// Contracts reconciled at the same time.
     parallelism: usize,
     retry: RetryPolicy,
@@ -169,6 +171,7 @@ impl Engine {
             store,
             drivers,
             contracts_dir,
+            capacity_roots: Vec::new(),
             parallelism: 8,
             retry: RetryPolicy::default(),
             box_secret: None,
@@ -226,6 +229,12 @@ impl Engine {
         *self.node_domain.write().unwrap_or_else(|p| p.into_inner()) = (domain, addresses);
     }
 
+    /// The node's capacity disks (mounted filesystems) where workload disks may be placed.
+    pub fn with_capacity_roots(mut self, roots: Vec<PathBuf>) -> Self {
+        self.capacity_roots = roots;
+        self
+    }
+
     pub fn with_parallelism(mut self, n: usize) -> Self {
         self.parallelism = n.max(1);
         self
@@ -250,6 +259,11 @@ impl Engine {
         WorkloadCtx {
             contract,
             dir: self.contracts_dir.join(contract.to_string()),
+            capacity_dirs: self
+                .capacity_roots
+                .iter()
+                .map(|root| root.join("contracts").join(contract.to_string()))
+                .collect(),
             spec: Arc::new(spec.clone()),
             public_ips: public_ips.to_vec(),
             node_ipv6: *self.node_ipv6.read().unwrap_or_else(|p| p.into_inner()),

@@ -158,7 +158,15 @@ impl Harness {
 }
 
 fn harness(delay: Duration, parallelism: usize) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
+    harness_in(tempfile::tempdir().unwrap(), Vec::new(), delay, parallelism)
+}
+
+fn harness_in(
+    dir: tempfile::TempDir,
+    capacity_roots: Vec<std::path::PathBuf>,
+    delay: Duration,
+    parallelism: usize,
+) -> Harness {
     let store = Arc::new(Store::open(&dir.path().join("state.redb")).unwrap());
     let rec = Arc::new(Recorder::default());
     let drivers: Vec<Arc<dyn Driver>> = ["vm", "volume", "network", "public_ip"]
@@ -173,6 +181,7 @@ fn harness(delay: Duration, parallelism: usize) -> Harness {
         .chain(std::iter::once(Arc::new(DiskDriver) as Arc<dyn Driver>))
         .collect();
     let engine = Engine::new(store.clone(), dir.path().join("contracts"), drivers)
+        .with_capacity_roots(capacity_roots)
         .with_parallelism(parallelism)
         .with_retry(RetryPolicy {
             attempts: 3,
@@ -646,4 +655,101 @@ async fn a_workload_failing_after_deployment_fails_the_contract() {
     let before = calls(&h).len();
     h.pass(vec![deployed]).await.unwrap();
     assert_eq!(calls(&h).len(), before, "{:?}", &calls(&h)[before..]);
+}
+
+/// A tmpfs of `mib` MiB at `dir`, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, mib: u64) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(dir.to_str().unwrap());
+        let options = c(&format!("size={mib}m"));
+        // SAFETY: mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                c("tmpfs").as_ptr(),
+                target.as_ptr(),
+                c("tmpfs").as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: umount2 with a valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[tokio::test]
+async fn disks_go_to_the_roomiest_capacity_disk_and_leave_with_the_contract() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting filesystems needs root");
+        return;
+    }
+    // The data directory and two capacity disks, each its own filesystem of its own size.
+    let base = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir_in(base.path()).unwrap();
+    let _data_fs = Tmpfs::mount(data.path().to_path_buf(), 16);
+    let (roomy, small) = (base.path().join("roomy"), base.path().join("small"));
+    let _roomy_fs = Tmpfs::mount(roomy.clone(), 64);
+    let _small_fs = Tmpfs::mount(small.clone(), 32);
+    let h = harness_in(data, vec![small.clone(), roomy.clone()], Duration::ZERO, 2);
+
+    h.pass(vec![contract(1, ContractState::Active, spec(VM_WITH_DISK))])
+        .await
+        .unwrap();
+    let placed = roomy.join("contracts/1/disks/data.raw");
+    assert_eq!(std::fs::metadata(&placed).unwrap().len(), 4 << 20);
+    assert!(!h.dir.path().join("contracts/1/disks/data.raw").exists());
+    assert!(!small.join("contracts/1").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(roomy.join("contracts/1"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "a tenant's disk directory is readable by others"
+    );
+
+    // Found where it is: grown in place there, its data kept.
+    std::fs::write(&placed, b"keep me").unwrap();
+    let v1 = VM_WITH_DISK
+        .replace(r#""version":0"#, r#""version":1"#)
+        .replace(r#""size_mib":4"#, r#""size_mib":16"#);
+    h.pass(vec![contract(1, ContractState::Active, spec(&v1))])
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&placed).unwrap().len(), 16 << 20);
+    assert_eq!(&std::fs::read(&placed).unwrap()[..7], b"keep me");
+
+    // The next contract's disk goes where there is the most room now: with 40 MiB written
+    // on the roomy disk (its disk file is sparse), that is the small one.
+    std::fs::write(roomy.join("ballast"), vec![1u8; 40 << 20]).unwrap();
+    h.pass(vec![
+        contract(1, ContractState::Active, spec(&v1)),
+        contract(2, ContractState::Active, spec(VM_WITH_DISK)),
+    ])
+    .await
+    .unwrap();
+    assert!(small.join("contracts/2/disks/data.raw").exists());
+
+    // Cancelled: the disks leave the capacity disks with the contract.
+    h.pass(vec![]).await.unwrap();
+    let pass = h.pass(vec![]).await.unwrap();
+    assert_eq!(pass.removed.len(), 2, "{pass:?}");
+    assert!(!roomy.join("contracts/1").exists());
+    assert!(!small.join("contracts/2").exists());
+    assert!(!h.dir.path().join("contracts/1").exists());
 }

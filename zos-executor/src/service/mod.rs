@@ -210,6 +210,7 @@ impl Executor {
         drivers.extend(extra_drivers);
         let engine = Arc::new(
             Engine::new(store.clone(), config.data_dir.join("contracts"), drivers)
+                .with_capacity_roots(crate::config::capacity_roots(&config.data_dir))
                 .with_box_secret(*identity.box_secret()),
         );
         Ok(Self {

@@ -658,6 +658,7 @@ mod tests {
         let ctx = WorkloadCtx {
             contract: 1,
             dir: dir.path().into(),
+            capacity_dirs: Vec::new(),
             spec: Arc::new(
                 serde_json::from_value(serde_json::json!({"version": 0, "workloads": [w]}))
                     .unwrap(),
