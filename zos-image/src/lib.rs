@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod error;
 pub mod fetch;
 pub mod format;
+pub mod gc;
 pub mod hash;
 pub mod hub;
 pub mod image;

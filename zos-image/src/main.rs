@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -87,6 +88,19 @@ enum Command {
         root: Hash,
         #[command(flatten)]
         sources: Sources,
+    },
+    /// Delete from a directory store every object the given images do not need (objects
+    /// younger than the grace period stay: a pack running beside it keeps its chunks).
+    Gc {
+        /// Directory store.
+        #[arg(long)]
+        store: PathBuf,
+        /// Root of an image to keep (repeatable; at least one).
+        #[arg(long = "keep", required = true)]
+        keep: Vec<Hash>,
+        /// Seconds an unreferenced object must be old before it is deleted.
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
     },
     /// Write an image out as a directory tree with all metadata.
     Unpack {
@@ -296,6 +310,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     ", unsigned"
                 }
+            );
+        }
+        Command::Gc {
+            store,
+            keep,
+            grace_secs,
+        } => {
+            let store = zos_image::store::DirStore::open(&store)?;
+            let r = zos_image::gc::collect(&store, &keep, Duration::from_secs(grace_secs))?;
+            println!(
+                "kept {} images ({} chunks); removed {} images and {} chunks ({}); {} recent objects spared",
+                r.images_kept,
+                r.chunks_kept,
+                r.images_removed,
+                r.chunks_removed,
+                human(r.bytes_removed),
+                r.recent_spared
             );
         }
         Command::Unpack {

@@ -688,7 +688,7 @@ enum DataDisk {
 
 impl DataDisk {
     /// The node data disk wherever it is among `disks` (a disk added later may sort before
-    /// it), else the first disk; returns its name too.
+    /// it), else the first disk; returns its name too when it holds the data.
     fn find(disks: &[String]) -> (Self, Option<String>) {
         let heads: Vec<(String, std::io::Result<Vec<u8>>)> = disks
             .iter()
@@ -705,7 +705,11 @@ impl DataDisk {
             say!("no disk: the node identity lives in memory and is made anew at every boot");
             return (Self::in_memory(), None);
         };
-        (Self::of(name, head), Some(name.clone()))
+        let data = Self::of(name, head);
+        // A disk that is not used for the data (a capacity disk first, say) stays a candidate
+        // for capacity.
+        let used = matches!(data, Self::Node | Self::Blank(_));
+        (data, used.then(|| name.clone()))
     }
 
     fn of(name: &str, head: &std::io::Result<Vec<u8>>) -> Self {

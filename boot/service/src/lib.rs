@@ -4,7 +4,9 @@
 //! - [`router`] serves that directory to booting nodes: `/ipxe/<runmode>/<farm>` (the iPXE
 //!   script that boots the node with its farm's command line), `/kernel`, `/initramfs` and
 //!   `/release/<runmode>/manifest.{json,sig}`.
+//! - [`prune`] removes old releases and the OS image objects only they need.
 
+pub mod prune;
 pub mod publish;
 pub mod serve;
 

@@ -63,6 +63,19 @@ enum Command {
         #[arg(long, default_value = "console=ttyS0")]
         kernel_args: String,
     },
+    /// Remove old releases from a boot directory and the OS image objects only they need:
+    /// each runmode keeps its current release and its newest ones.
+    Prune {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Published releases kept per runmode (besides the current one).
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        /// Seconds an unreferenced store object must be old before it is deleted (a build may
+        /// be packing into the store).
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+    },
     /// Print the iPXE script a farm's nodes boot with (for a boot image or a DHCP server).
     Ipxe {
         #[arg(long)]
@@ -147,6 +160,29 @@ fn main() -> Result<()> {
                 m.version,
                 m.artifacts.len(),
                 m.services.len()
+            );
+        }
+        Command::Prune {
+            dir,
+            keep,
+            grace_secs,
+        } => {
+            let r = zos_boot::prune::prune(&dir, keep, std::time::Duration::from_secs(grace_secs))?;
+            let list = |l: &[(Runmode, Version)]| {
+                l.iter()
+                    .map(|(r, v)| format!("{} {v}", r.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "kept releases: {}; removed: {}; OS store: removed {} images, {} chunks ({} bytes), kept {} chunks, {} recent objects spared",
+                list(&r.releases_kept),
+                list(&r.releases_removed),
+                r.store.images_removed,
+                r.store.chunks_removed,
+                r.store.bytes_removed,
+                r.store.chunks_kept,
+                r.store.recent_spared
             );
         }
         Command::Serve {

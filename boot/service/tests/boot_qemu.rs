@@ -674,13 +674,33 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
         .unwrap()
         .set_len(256 << 20)
         .unwrap();
+    // A second blank disk: capacity for workloads.
+    let capacity = work.path().join("capacity.raw");
+    std::fs::File::create(&capacity)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
     let drive = format!("file={},if=virtio,format=raw", disk.display());
-    let boot_node = || Guest::boot_node(&dir, farm, chain_port, boot.port(), &["-drive", &drive]);
+    let capacity_drive = format!("file={},if=virtio,format=raw", capacity.display());
+    let boot_node = || {
+        Guest::boot_node(
+            &dir,
+            farm,
+            chain_port,
+            boot.port(),
+            &["-drive", &drive, "-drive", &capacity_drive],
+        )
+    };
 
     let guest = boot_node();
     let timeout = boot_timeout(accel());
     let mounted = guest.expect("mounted lazily at /os/1.0.0", timeout);
     guest.expect("blank disk formatted as the node data disk", timeout);
+    guest.expect(
+        "/dev/vdb: blank disk formatted as workload capacity",
+        timeout,
+    );
+    let capacity_mount = guest.expect("/dev/vdb: workload capacity mounted at", timeout);
     let starting = guest.expect("starting executor", timeout);
     let account: subxt::utils::AccountId32 = field(&starting, "account").parse().unwrap();
     // The farmer funds the node's account and consents to it joining the farm.
@@ -721,10 +741,19 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
         "node data disk mounted; the node keeps its identity",
         timeout,
     );
+    // The capacity disk keeps its filesystem (and so its place) over the reboot.
+    assert_eq!(
+        guest.expect("/dev/vdb: workload capacity mounted at", timeout),
+        capacity_mount
+    );
     let again = guest.expect("starting executor", timeout);
     assert_eq!(field(&again, "account"), account.to_string());
     let registered = guest.expect("node registered", Duration::from_secs(120));
     assert_eq!(field(&registered, "node"), node.to_string());
+    assert!(
+        !guest.console().contains("formatted as workload capacity"),
+        "the capacity disk was formatted again"
+    );
     let refetched = served.load(Ordering::Relaxed) - fetched;
 
     // A disk workload on the node (Alice its only signer: active once created), to see it stay
@@ -784,6 +813,12 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+    // The workload's disk went to the capacity disk (more room than the data disk).
+    let placed = guest.expect("disk placed on a capacity disk", timeout);
+    assert!(
+        placed.contains("/var/lib/zos/capacity/") && placed.contains("/contracts/"),
+        "{placed}"
+    );
 
     // The council sets 1.0.1 (sudo stands in): the running node switches to it, and its node
     // record names the release it runs.

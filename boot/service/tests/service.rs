@@ -1,6 +1,6 @@
 //! The boot service over real HTTP: scripts, artefacts, published releases, and bad requests.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use zos_boot::{publish, BootConfig, ReleaseInput};
 use zos_release::{manifest, Runmode, Service, SigningKey};
@@ -156,4 +156,99 @@ fn the_os_store_is_served_read_only_under_hub() {
         .join("images")
         .join(format!("{}.idx", "cd".repeat(32)))
         .exists());
+}
+
+#[test]
+fn pruning_keeps_the_current_and_newest_releases_whole_and_frees_the_rest() {
+    use std::sync::Arc;
+    use zos_image::store::{DirStore, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(DirStore::open(dir.path().join(zos_boot::serve::OS_STORE)).unwrap());
+    // Each release's OS image: a file every release shares and one of its own.
+    let shared: Vec<u8> = (0..(2u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let pack = |own: u8| {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("shared"), &shared).unwrap();
+        let mine: Vec<u8> = (0..(1u32 << 20))
+            .map(|i| (i.wrapping_mul(40_503) >> 7) as u8 ^ own)
+            .collect();
+        std::fs::write(src.path().join("own"), mine).unwrap();
+        let opts = zos_image::pack::PackOptions {
+            threads: 1,
+            show_progress: false,
+        };
+        zos_image::pack::pack_dir(src.path(), store.clone(), None, &opts)
+            .unwrap()
+            .root
+    };
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let mut roots = Vec::new();
+    let mut release = |runmode: Runmode, version: &str, own: u8| {
+        let root = pack(own);
+        let input = ReleaseInput {
+            runmode,
+            version: version.parse().unwrap(),
+            image_root: root.to_string(),
+            artifacts: vec![],
+            services: vec![],
+        };
+        publish(dir.path(), &input, &key).unwrap();
+        roots.push((runmode, version.to_string(), root));
+    };
+    for (i, v) in ["1.0.0", "1.0.1", "1.0.2", "1.0.3"].iter().enumerate() {
+        release(Runmode::Test, v, i as u8 + 1);
+    }
+    release(Runmode::Dev, "0.9.0", 9);
+    let store_dir = DirStore::open(dir.path().join(zos_boot::serve::OS_STORE)).unwrap();
+    let chunks_before = store_dir.list_chunks().unwrap().len();
+
+    // Keeping nothing is refused.
+    assert!(zos_boot::prune::prune(dir.path(), 0, Duration::ZERO).is_err());
+    let report = zos_boot::prune::prune(dir.path(), 2, Duration::ZERO).unwrap();
+    let names = |l: &[(Runmode, zos_release::Version)]| {
+        l.iter()
+            .map(|(r, v)| format!("{} {v}", r.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&report.releases_removed),
+        ["test 1.0.1", "test 1.0.0"]
+    );
+    assert_eq!(
+        names(&report.releases_kept),
+        ["dev 0.9.0", "test 1.0.3", "test 1.0.2"]
+    );
+    assert_eq!(report.store.images_removed, 2);
+    assert!(report.store.chunks_removed > 0);
+    assert_eq!(
+        store_dir.list_chunks().unwrap().len(),
+        chunks_before - report.store.chunks_removed
+    );
+    let release_dir = zos_boot::publish::release_dir(dir.path(), Runmode::Test);
+    assert!(!release_dir.join("1.0.1").exists() && release_dir.join("1.0.2").exists());
+    assert!(release_dir.join("manifest.json").exists());
+    for (runmode, version, root) in &roots {
+        let whole = zos_image::verify::verify_image(
+            std::slice::from_ref(&store),
+            root,
+            &Default::default(),
+            false,
+        )
+        .is_ok();
+        let kept = *runmode == Runmode::Dev || version.as_str() >= "1.0.2";
+        assert_eq!(whole, kept, "{} {version}", runmode.as_str());
+    }
+    // A kept release whose image is not whole stops the prune before anything is removed.
+    std::fs::remove_file(
+        dir.path()
+            .join(zos_boot::serve::OS_STORE)
+            .join(format!("images/{}.idx", roots[4].2)),
+    )
+    .unwrap();
+    assert!(zos_boot::prune::prune(dir.path(), 1, Duration::ZERO).is_err());
+    assert!(release_dir.join("1.0.2").exists());
 }
