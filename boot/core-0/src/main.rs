@@ -407,6 +407,10 @@ impl Running {
         if let Some(i) = self.retired.iter().position(|r| r.mount_pid == pid) {
             let gone = self.retired.remove(i);
             os::detach(&gone.paths);
+            match os::discard_layer(&gone.paths) {
+                Ok(()) => say!("freed the writable layer of release {}", gone.version),
+                Err(e) => say!("the writable layer of release {} stays: {e}", gone.version),
+            }
             return;
         }
         if pid != self.mount_pid {

@@ -225,9 +225,63 @@ pub fn detach(paths: &OsPaths) {
     }
 }
 
+/// Frees a released image's writable layer (memory, under /run) and its mount point, once its
+/// mount process ended. Refused while its image is still mounted below the layer: the removal
+/// must not walk into it.
+pub fn discard_layer(paths: &OsPaths) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let state = match std::fs::symlink_metadata(&paths.state) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let lower = paths.state.join("lower");
+    if std::fs::symlink_metadata(&lower).is_ok_and(|m| m.dev() != state.dev()) {
+        return Err(io::Error::other(format!(
+            "{} is still mounted",
+            lower.display()
+        )));
+    }
+    std::fs::remove_dir_all(&paths.state)?;
+    match std::fs::remove_dir(&paths.root) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_layer_is_freed_only_when_nothing_is_mounted_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = OsPaths {
+            root: dir.path().join("os/1.0.0"),
+            state: dir.path().join("run/os/1.0.0"),
+            cache: dir.path().join("cache"),
+            cache_on_disk: false,
+        };
+        std::fs::create_dir_all(&paths.root).unwrap();
+        std::fs::create_dir_all(paths.state.join("upper/etc")).unwrap();
+        std::fs::create_dir_all(paths.state.join("lower")).unwrap();
+        std::fs::write(paths.state.join("upper/etc/written"), b"by a service").unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let lower = paths.state.join("lower");
+            crate::system::mount_at(Path::new("tmpfs"), &lower, Some("tmpfs"), 0, None).unwrap();
+            std::fs::write(lower.join("image file"), b"x").unwrap();
+            assert!(discard_layer(&paths).is_err());
+            assert!(lower.join("image file").exists(), "walked into the mount");
+            let c = std::ffi::CString::new(lower.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: umount2 on a NUL-terminated path.
+            assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+        }
+        discard_layer(&paths).unwrap();
+        assert!(!paths.state.exists() && !paths.root.exists());
+        // Already gone: nothing to do.
+        discard_layer(&paths).unwrap();
+    }
 
     #[test]
     fn a_release_mounts_under_its_version_with_the_cache_where_asked() {

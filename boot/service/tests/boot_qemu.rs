@@ -854,10 +854,14 @@ fn a_booted_node_registers_itself_heartbeats_and_keeps_its_identity_on_its_disk(
     );
     let switch_time = asked.elapsed();
     // Nothing runs from 1.0.0's OS image any more (a disk workload has no process): it is
-    // unmounted and its mount process ends.
+    // unmounted, its mount process ends and its writable layer (memory) is freed.
     guest.expect(
         "released the OS image of release 1.0.0",
         Duration::from_secs(60),
+    );
+    guest.expect(
+        "freed the writable layer of release 1.0.0",
+        Duration::from_secs(30),
     );
     let want = format!("{}+1.0.1", env!("CARGO_PKG_VERSION"));
     let deadline = Instant::now() + Duration::from_secs(120);
