@@ -287,7 +287,8 @@ fn run() {
         &data.cache_dir(),
         matches!(data, DataDisk::Node),
     );
-    let mount_pid = bring_up_os(&manifest, &params, &paths, &ring);
+    // No service runs yet: whatever ended while the OS image came up is no one's.
+    let (mount_pid, _) = bring_up_os(&manifest, &params, &paths, &ring);
     // From here on (release switches) the cache is on the disk once it is formatted.
     let data = data.finish(&paths.root);
     let cache = (data.cache_dir(), matches!(data, DataDisk::Node));
@@ -324,17 +325,8 @@ fn run() {
             running.release_unused();
             release_checked = Instant::now();
         }
-        let mut status = 0;
-        // SAFETY: waitpid on any child without blocking.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            use std::os::unix::process::ExitStatusExt;
-            running.reaped(
-                pid as u32,
-                std::process::ExitStatus::from_raw(status),
-                &params,
-                &ring,
-            );
+        if let Some((pid, status)) = upgrade::reap_one() {
+            running.reaped(pid, status, &params, &ring);
             continue;
         }
         let idle = running
@@ -427,12 +419,18 @@ impl Running {
         // mount reuses it.
         self.sup.stop_all(STOP_GRACE);
         os::detach(&self.paths);
-        self.mount_pid = bring_up_os(&self.manifest, params, &self.paths, ring);
+        let (mount_pid, ended) = bring_up_os(&self.manifest, params, &self.paths, ring);
+        self.mount_pid = mount_pid;
         if let Err(e) = os::bind_data(&self.paths.root, Path::new(DATA_DIR)) {
             say!("the data directory is not in the OS root: {e}");
         }
         for name in self.sup.names() {
             self.sup.start(&name, Instant::now());
+        }
+        // Reaped while the image was down (a retired image's mount process, an orphan): handed
+        // on as if reaped now.
+        for (pid, status) in ended {
+            self.reaped(pid, status, params, ring);
         }
     }
 }
@@ -546,12 +544,16 @@ fn switch_release(
 
 /// Mounts the release's OS image (retrying with backoff: the hub may be down) and binds the
 /// machine's filesystems into it. Returns the mount process's pid.
+///
+/// PID 1 keeps reaping while it waits between attempts (a hub may be down for long): the
+/// children that ended meanwhile are returned with the mount process's pid, for their owners.
 fn bring_up_os(
     manifest: &manifest::ReleaseManifest,
     params: &BootParams,
     paths: &os::OsPaths,
     ring: &supervisor::SharedRing,
-) -> u32 {
+) -> (u32, Vec<(u32, std::process::ExitStatus)>) {
+    let mut ended = Vec::new();
     let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
     loop {
         let started = Instant::now();
@@ -573,7 +575,7 @@ fn bring_up_os(
                 if let Err(e) = os::bind_system(&paths.root) {
                     say!("the OS root is incomplete: {e}");
                 }
-                return pid;
+                return (pid, ended);
             }
             Err(e) => {
                 let wait = backoff.next_wait();
@@ -584,7 +586,13 @@ fn bring_up_os(
                     wait.as_secs()
                 );
                 os::detach(paths);
-                std::thread::sleep(wait);
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    match upgrade::reap_one() {
+                        Some(child) => ended.push(child),
+                        None => std::thread::sleep(Duration::from_millis(200)),
+                    }
+                }
             }
         }
     }

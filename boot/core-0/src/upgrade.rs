@@ -80,7 +80,7 @@ pub fn switch(
 }
 
 /// Any ended child, without blocking.
-fn reap_one() -> Option<(u32, ExitStatus)> {
+pub fn reap_one() -> Option<(u32, ExitStatus)> {
     use std::os::unix::process::ExitStatusExt;
     let mut status = 0;
     // SAFETY: waitpid on any child without blocking.
