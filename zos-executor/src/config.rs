@@ -596,14 +596,22 @@ pub fn free_bytes(path: &std::path::Path) -> Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
-/// The capacity disks core-0 mounted: every directory under `<data>/capacity`, by name.
+/// The capacity disks core-0 mounted: the directories under `<data>/capacity` that are mount
+/// points (another filesystem than their parent's), by name. An unmounted disk's empty mount
+/// point is not capacity: whatever were put there would be hidden once the disk is back.
 pub fn capacity_roots(data_dir: &std::path::Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("capacity")) else {
+    use std::os::unix::fs::MetadataExt;
+    let parent = data_dir.join("capacity");
+    let (Ok(entries), Ok(parent_meta)) = (std::fs::read_dir(&parent), std::fs::metadata(&parent))
+    else {
         return Vec::new();
     };
     let mut roots: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| {
+            std::fs::symlink_metadata(e.path())
+                .is_ok_and(|m| m.is_dir() && m.dev() != parent_meta.dev())
+        })
         .map(|e| e.path())
         .collect();
     roots.sort();
@@ -637,6 +645,43 @@ fn reported_version(os_release: Option<&str>) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_mounted_capacity_disks_count() {
+        let data = tempfile::tempdir().unwrap();
+        let capacity = data.path().join("capacity");
+        // An empty mount point (a disk that did not mount) is not capacity.
+        std::fs::create_dir_all(capacity.join("unmounted")).unwrap();
+        assert!(capacity_roots(data.path()).is_empty());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let mounted = capacity.join("disk");
+        std::fs::create_dir_all(&mounted).unwrap();
+        // A tmpfs limit, not memory: nothing is written to it.
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let target = c(mounted.to_str().unwrap());
+        // SAFETY: mount(2) and umount2(2) with valid C strings.
+        unsafe {
+            assert_eq!(
+                libc::mount(
+                    c("tmpfs").as_ptr(),
+                    target.as_ptr(),
+                    c("tmpfs").as_ptr(),
+                    0,
+                    c("size=1g").as_ptr().cast()
+                ),
+                0
+            );
+        }
+        assert_eq!(capacity_roots(data.path()), [mounted.clone()]);
+        // Its free space is offered beside the data directory's.
+        let alone = measure_host(data.path(), &[]).unwrap().sru;
+        let with = measure_host(data.path(), &[mounted]).unwrap().sru;
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        assert!(with >= alone + (900 << 20), "{alone} -> {with}");
+    }
 
     #[test]
     fn capacity_strings_parse_with_units() {

@@ -4,7 +4,8 @@
 //! A store only grows as images are packed into it (a boot directory packs each node OS
 //! release); this is how an operator gives the space back. Objects written recently are spared:
 //! an image being packed writes its chunks before its index, so a pack running beside the
-//! collection keeps what it has written so far.
+//! collection keeps what it has written so far. Uploads that skip chunks the store already
+//! holds (`push`, a hub's PUT) do not refresh them: collect only when none is running.
 
 use std::{
     collections::HashSet,

@@ -301,7 +301,18 @@ impl Keeper {
         let rebind_at = self.after(7);
         let expires_at = self.expires_at();
         std::thread::sleep(self.renew_at().saturating_duration_since(Instant::now()));
-        let sock = bound_socket(&self.lease.interface)?;
+        let sock = match bound_socket(&self.lease.interface) {
+            Ok(sock) => sock,
+            // No way to ask (the NIC is gone, the port taken): past its end the lease is lost
+            // all the same.
+            Err(e) if Instant::now() >= expires_at => {
+                return Ok(Kept::Lost(format!(
+                    "lease of {} expired; it could not be extended ({e})",
+                    self.lease.address
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         loop {
             let now = Instant::now();
             if now >= expires_at {
@@ -311,7 +322,8 @@ impl Keeper {
                 )));
             }
             // Unicast to our server until T2, then to any server; each try waits half the
-            // phase's remaining time (at least 1 s, at most 60 s), as the RFC suggests.
+            // phase's remaining time, between 1 s and 60 s (the RFC's 60 s is a floor for
+            // long leases; short ones need shorter waits to try at all before T2).
             let (to, phase_end) = if now < rebind_at {
                 (self.lease.server, rebind_at)
             } else {

@@ -33,9 +33,7 @@ fn halt(reason: &str) -> ! {
         say!("cannot continue: {reason}");
         for _ in 0..30 {
             // Still PID 1: orphans are reaped while waiting.
-            let mut status = 0;
-            // SAFETY: waitpid on any child without blocking.
-            while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+            while upgrade::reap_one().is_some() {}
             std::thread::sleep(Duration::from_secs(1));
         }
     }
@@ -87,30 +85,15 @@ fn network(backoff: &mut Backoff) -> dhcp::Lease {
 /// refuses it or it expires, the address is dropped and a new lease negotiated on any NIC.
 fn keep_network(mut lease: dhcp::Lease) {
     loop {
-        let Ok(mac) = netconf::mac(&lease.interface) else {
-            say!(
-                "{}: its hardware address is gone; the lease is not kept",
-                lease.interface
-            );
-            return;
-        };
-        let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]).rotate_left(16);
-        let Some(mut keeper) = dhcp::Keeper::new(lease.clone(), mac, xid) else {
-            return; // A lease that never ends.
-        };
-        let lost = loop {
-            match keeper.next() {
-                Ok(dhcp::Kept::Extended { server, secs }) => say!(
-                    "{}: lease of {} extended by {server} for {secs} s",
-                    lease.interface,
-                    lease.address
-                ),
-                Ok(dhcp::Kept::Lost(why)) => break why,
-                Err(e) => {
-                    say!("{}: DHCP socket: {e}; trying again in 5 s", lease.interface);
-                    std::thread::sleep(Duration::from_secs(5));
-                }
+        let lost = match netconf::mac(&lease.interface) {
+            Ok(mac) => {
+                let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]).rotate_left(16);
+                let Some(keeper) = dhcp::Keeper::new(lease.clone(), mac, xid) else {
+                    return; // A lease that never ends.
+                };
+                keep_until_lost(keeper, &lease)
             }
+            Err(e) => format!("its hardware address cannot be read ({e})"),
         };
         say!(
             "{}: {lost}; dropping the address and asking for a new lease",
@@ -130,6 +113,24 @@ fn keep_network(mut lease: dhcp::Lease) {
             lease.prefix_len,
             lease.server
         );
+    }
+}
+
+/// Extends a lease for as long as its servers do; returns why it was lost.
+fn keep_until_lost(mut keeper: dhcp::Keeper, lease: &dhcp::Lease) -> String {
+    loop {
+        match keeper.next() {
+            Ok(dhcp::Kept::Extended { server, secs }) => say!(
+                "{}: lease of {} extended by {server} for {secs} s",
+                lease.interface,
+                lease.address
+            ),
+            Ok(dhcp::Kept::Lost(why)) => return why,
+            Err(e) => {
+                say!("{}: DHCP socket: {e}; trying again in 5 s", lease.interface);
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -362,6 +363,8 @@ struct Retired {
     mount_pid: u32,
     /// Its filesystems, read while it was mounted ([`os::image_devices`]).
     devices: Vec<u64>,
+    /// Unmounted and its mount process told to end: its writable layer goes once it has.
+    released: bool,
 }
 
 /// How often retired OS images are checked for processes still using them.
@@ -371,20 +374,20 @@ impl Running {
     /// Unmounts the retired OS images nothing runs from any more, and ends their mount
     /// processes: each held its own FUSE mount, cache handle and writable layer.
     fn release_unused(&mut self) {
-        self.retired.retain(|r| {
+        for r in self.retired.iter_mut().filter(|r| !r.released) {
             if os::in_use(Path::new("/proc"), &r.paths.root, &r.devices) {
-                return true;
+                continue;
             }
             os::detach(&r.paths);
             // SAFETY: SIGTERM to the retired image's mount process, a child of ours not reaped
-            // yet (`reaped` drops the entry when it is).
+            // yet (`reaped` drops the entry when it is, and frees its writable layer).
             unsafe { libc::kill(r.mount_pid as libc::pid_t, libc::SIGTERM) };
+            r.released = true;
             say!(
                 "released the OS image of release {} (nothing runs from it)",
                 r.version
             );
-            false
-        });
+        }
     }
 
     /// A child ended: a service (restarted by its supervisor), the OS image's mount process
@@ -399,6 +402,11 @@ impl Running {
         if let Some(i) = self.retired.iter().position(|r| r.mount_pid == pid) {
             let gone = self.retired.remove(i);
             os::detach(&gone.paths);
+            // A layer is freed only when nothing used the image any more; one whose mount
+            // process died under a guest stays for that guest's files.
+            if !gone.released {
+                return;
+            }
             match os::discard_layer(&gone.paths) {
                 Ok(()) => say!("freed the writable layer of release {}", gone.version),
                 Err(e) => say!("the writable layer of release {} stays: {e}", gone.version),
@@ -421,16 +429,16 @@ impl Running {
         os::detach(&self.paths);
         let (mount_pid, ended) = bring_up_os(&self.manifest, params, &self.paths, ring);
         self.mount_pid = mount_pid;
+        // Reaped while the image was down (a retired image's mount process, an orphan): handed
+        // on before anything new starts, so no new child can be taken for one of them.
+        for (pid, status) in ended {
+            self.reaped(pid, status, params, ring);
+        }
         if let Err(e) = os::bind_data(&self.paths.root, Path::new(DATA_DIR)) {
             say!("the data directory is not in the OS root: {e}");
         }
         for name in self.sup.names() {
             self.sup.start(&name, Instant::now());
-        }
-        // Reaped while the image was down (a retired image's mount process, an orphan): handed
-        // on as if reaped now.
-        for (pid, status) in ended {
-            self.reaped(pid, status, params, ring);
         }
     }
 }
@@ -525,6 +533,7 @@ fn switch_release(
                 devices: os::image_devices(&old.paths),
                 paths: old.paths,
                 mount_pid: old.mount_pid,
+                released: false,
             });
         }
         upgrade::Switch::RolledBack(reason) => {
@@ -534,6 +543,14 @@ fn switch_release(
             // SAFETY: SIGTERM to the new image's mount process, a child not reaped yet
             // (strays are handled below).
             unsafe { libc::kill(mount_pid as libc::pid_t, libc::SIGTERM) };
+            // Its writable layer goes once that process has ended.
+            running.retired.push(Retired {
+                version: to,
+                devices: Vec::new(),
+                paths,
+                mount_pid,
+                released: true,
+            });
         }
     }
     for (pid, status) in strays {
@@ -674,6 +691,14 @@ fn mount_capacity(disks: &[String], data_disk: Option<&str>, root: &Path) {
             }
         };
         let target = Path::new(DATA_DIR).join("capacity").join(&uuid);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if os::is_mount_point(&mounts, &target) {
+            say!(
+                "{}: another disk with filesystem {uuid} is mounted already (a cloned disk?); left untouched",
+                device.display()
+            );
+            continue;
+        }
         match std::fs::create_dir_all(&target).and_then(|()| disk::mount_data(&device, &target)) {
             Ok(()) => {
                 say!(

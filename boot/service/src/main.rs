@@ -71,6 +71,10 @@ enum Command {
         /// Published releases kept per runmode (besides the current one).
         #[arg(long, default_value_t = 3)]
         keep: usize,
+        /// RUNMODE=VERSION kept whatever its age (repeatable): the releases the chain set
+        /// (`releases.nodeReleases`), which nodes fetch by version.
+        #[arg(long = "keep-version", value_parser = parse_pair)]
+        keep_versions: Vec<(String, String)>,
         /// Seconds an unreferenced store object must be old before it is deleted (a build may
         /// be packing into the store).
         #[arg(long, default_value_t = 3600)]
@@ -165,9 +169,20 @@ fn main() -> Result<()> {
         Command::Prune {
             dir,
             keep,
+            keep_versions,
             grace_secs,
         } => {
-            let r = zos_boot::prune::prune(&dir, keep, std::time::Duration::from_secs(grace_secs))?;
+            let also = keep_versions
+                .iter()
+                .map(|(r, v)| -> Result<(Runmode, Version)> {
+                    Ok((
+                        r.parse().context("--keep-version")?,
+                        v.parse().context("--keep-version")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let grace = std::time::Duration::from_secs(grace_secs);
+            let r = zos_boot::prune::prune(&dir, keep, &also, grace)?;
             let list = |l: &[(Runmode, Version)]| {
                 l.iter()
                     .map(|(r, v)| format!("{} {v}", r.as_str()))

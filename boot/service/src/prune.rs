@@ -20,8 +20,6 @@ pub struct PruneReport {
     pub store: GcReport,
 }
 
-const RUNMODES: [Runmode; 3] = [Runmode::Dev, Runmode::Test, Runmode::Main];
-
 fn image_root(manifest_json: &Path) -> Result<(Version, Hash)> {
     let bytes = std::fs::read(manifest_json)
         .with_context(|| format!("reading {}", manifest_json.display()))?;
@@ -34,18 +32,24 @@ fn image_root(manifest_json: &Path) -> Result<(Version, Hash)> {
     Ok((m.version, root))
 }
 
-/// Keeps each runmode's `keep` newest published releases and its current one, removes the
-/// other releases' manifests, then deletes from the OS store every object that neither the
-/// kept releases' images nor the directory's last built image (`os-root`) need. Store objects
+/// Keeps each runmode's `keep` newest published releases, its current one and the versions in
+/// `also` (the releases the chain set: nodes fetch those by version), removes the other
+/// releases' manifests, then deletes from the OS store every object that neither the kept
+/// releases' images nor the directory's last built image (`os-root`) need. Store objects
 /// younger than `grace` stay (a build may be packing into the store).
-pub fn prune(boot_dir: &Path, keep: usize, grace: Duration) -> Result<PruneReport> {
+pub fn prune(
+    boot_dir: &Path,
+    keep: usize,
+    also: &[(Runmode, Version)],
+    grace: Duration,
+) -> Result<PruneReport> {
     if keep == 0 {
         bail!("keep at least one release per runmode");
     }
     let mut roots = Vec::new();
     let mut releases_kept = Vec::new();
     let mut doomed = Vec::new();
-    for runmode in RUNMODES {
+    for runmode in Runmode::ALL {
         let dir = release_dir(boot_dir, runmode);
         let current = dir.join("manifest.json");
         let current = if current.exists() {
@@ -68,7 +72,7 @@ pub fn prune(boot_dir: &Path, keep: usize, grace: Duration) -> Result<PruneRepor
             .collect();
         versions.sort_by(|a, b| b.0.cmp(&a.0));
         for (i, (version, path)) in versions.into_iter().enumerate() {
-            if i < keep || Some(version) == current {
+            if i < keep || Some(version) == current || also.contains(&(runmode, version)) {
                 let (_, root) = image_root(&path.join("manifest.json"))?;
                 roots.push(root);
                 releases_kept.push((runmode, version));
@@ -87,8 +91,8 @@ pub fn prune(boot_dir: &Path, keep: usize, grace: Duration) -> Result<PruneRepor
     }
     roots.sort();
     roots.dedup();
-    // Every kept image is checked to be whole before anything is removed: a release whose
-    // image is missing stops the prune.
+    // Every kept image's index is read before anything is removed: a release whose image is
+    // not in the store stops the prune.
     if roots.is_empty() {
         bail!(
             "no release and no built image in {}: nothing to keep",
@@ -97,7 +101,7 @@ pub fn prune(boot_dir: &Path, keep: usize, grace: Duration) -> Result<PruneRepor
     }
     let store = DirStore::open(boot_dir.join(OS_STORE))?;
     zos_image::gc::live_chunks(&store, &roots)
-        .context("an image to keep is not whole in the OS store; nothing removed")?;
+        .context("an image to keep is not in the OS store; nothing removed")?;
     let mut releases_removed = Vec::new();
     // Manifests first: a node never finds a release whose image is being removed.
     for (runmode, version, path) in doomed {

@@ -207,22 +207,21 @@ fn pruning_keeps_the_current_and_newest_releases_whole_and_frees_the_rest() {
     let chunks_before = store_dir.list_chunks().unwrap().len();
 
     // Keeping nothing is refused.
-    assert!(zos_boot::prune::prune(dir.path(), 0, Duration::ZERO).is_err());
-    let report = zos_boot::prune::prune(dir.path(), 2, Duration::ZERO).unwrap();
+    assert!(zos_boot::prune::prune(dir.path(), 0, &[], Duration::ZERO).is_err());
+    // 1.0.0 is what the chain set: kept whatever its age.
+    let chain_set = [(Runmode::Test, "1.0.0".parse().unwrap())];
+    let report = zos_boot::prune::prune(dir.path(), 2, &chain_set, Duration::ZERO).unwrap();
     let names = |l: &[(Runmode, zos_release::Version)]| {
         l.iter()
             .map(|(r, v)| format!("{} {v}", r.as_str()))
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        names(&report.releases_removed),
-        ["test 1.0.1", "test 1.0.0"]
-    );
+    assert_eq!(names(&report.releases_removed), ["test 1.0.1"]);
     assert_eq!(
         names(&report.releases_kept),
-        ["dev 0.9.0", "test 1.0.3", "test 1.0.2"]
+        ["dev 0.9.0", "test 1.0.3", "test 1.0.2", "test 1.0.0"]
     );
-    assert_eq!(report.store.images_removed, 2);
+    assert_eq!(report.store.images_removed, 1);
     assert!(report.store.chunks_removed > 0);
     assert_eq!(
         store_dir.list_chunks().unwrap().len(),
@@ -239,7 +238,7 @@ fn pruning_keeps_the_current_and_newest_releases_whole_and_frees_the_rest() {
             false,
         )
         .is_ok();
-        let kept = *runmode == Runmode::Dev || version.as_str() >= "1.0.2";
+        let kept = *runmode == Runmode::Dev || version.as_str() != "1.0.1";
         assert_eq!(whole, kept, "{} {version}", runmode.as_str());
     }
     // A kept release whose image is not whole stops the prune before anything is removed.
@@ -249,6 +248,6 @@ fn pruning_keeps_the_current_and_newest_releases_whole_and_frees_the_rest() {
             .join(format!("images/{}.idx", roots[4].2)),
     )
     .unwrap();
-    assert!(zos_boot::prune::prune(dir.path(), 1, Duration::ZERO).is_err());
+    assert!(zos_boot::prune::prune(dir.path(), 1, &[], Duration::ZERO).is_err());
     assert!(release_dir.join("1.0.2").exists());
 }

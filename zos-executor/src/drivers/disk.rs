@@ -2,6 +2,11 @@
 //! `<contract dir>/disks/<name>.raw` of exactly the spec's size. Grown in place on update;
 //! shrinking would destroy data, so it is refused. Removed with the contract.
 //!
+//! A new disk goes to the filesystem with the most free space among the data directory and the
+//! node's capacity disks; on a capacity disk (`<disk>/contracts/<contract>/disks/<name>.raw`)
+//! the contract directory keeps a symbolic link to it, so a disk whose capacity disk is not
+//! mounted is waited for, never made again empty.
+//!
 //! A new disk is made beside its final name, formatted ext4 (a journal: a guest that is cut
 //! off mid-write finds a consistent filesystem after the journal replay at its next mount),
 //! then renamed into place, so a crash never leaves a half-made disk under the final name.
@@ -29,16 +34,30 @@ fn disk_file(workload: &Workload) -> PathBuf {
     ))
 }
 
-/// The disk file of `workload` in `ctx`: where it is (the contract directory, or the contract's
-/// directory on a capacity disk), else its place in the contract directory. Shared with the VM
-/// driver, which attaches it.
+/// A disk's place in its contract directory: the disk file, or a symbolic link to it when it
+/// was placed on a capacity disk.
+fn disk_link(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
+    ctx.dir.join(disk_file(workload))
+}
+
+/// The disk file of `workload` in `ctx` (through its link when it lives on a capacity disk).
+/// Shared with the VM driver, which attaches it.
 pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
-    let file = disk_file(workload);
-    std::iter::once(&ctx.dir)
-        .chain(&ctx.capacity_dirs)
-        .map(|dir| dir.join(&file))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| ctx.dir.join(file))
+    let here = disk_link(ctx, workload);
+    std::fs::read_link(&here).unwrap_or(here)
+}
+
+/// The error for a disk whose capacity disk is not mounted: its link is there, its file is
+/// not. Never answered with a new, empty disk: the tenant's data may come back with the disk.
+fn out_of_reach(ctx: &WorkloadCtx, workload: &Workload) -> Option<DriverError> {
+    let target = std::fs::read_link(disk_link(ctx, workload)).ok()?;
+    (!target.exists()).then(|| {
+        DriverError::Transient(anyhow::anyhow!(
+            "disk {} lives on a capacity disk that is not mounted ({}): waiting for it",
+            String::from_utf8_lossy(workload.name.as_bytes()),
+            target.display()
+        ))
+    })
 }
 
 /// Where a new disk goes: into whichever of the contract directory and its capacity
@@ -71,15 +90,10 @@ fn size_bytes(workload: &Workload) -> DriverResult<u64> {
     }
 }
 
-/// Creates `dir` and its missing parents readable by the node only (a capacity disk's
-/// `contracts/<contract>/disks` as much as the contract directory's `disks`).
-fn create_private_dirs(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Opens (creating) `path` and sets its length; set_len extends sparsely: no blocks are
@@ -142,16 +156,10 @@ impl Driver for DiskDriver {
         let size = size_bytes(workload)?;
         let (ctx, workload) = (ctx.clone(), workload.clone());
         tokio::task::spawn_blocking(move || -> DriverResult<()> {
-            let found = disk_path(&ctx, &workload);
-            let path = if found.exists() {
-                found
-            } else {
-                let placed = placement(&ctx, &workload);
-                if !placed.starts_with(&ctx.dir) {
-                    tracing::info!(disk = %placed.display(), "disk placed on a capacity disk");
-                }
-                placed
-            };
+            if let Some(e) = out_of_reach(&ctx, &workload) {
+                return Err(e);
+            }
+            let path = disk_path(&ctx, &workload);
             if let Ok(meta) = std::fs::metadata(&path) {
                 if meta.len() > size {
                     return Err(DriverError::permanent(format!(
@@ -159,23 +167,35 @@ impl Driver for DiskDriver {
                         meta.len()
                     )));
                 }
-            }
-            let dir = path.parent().context("disk path has no parent")?;
-            create_private_dirs(dir)?;
-            if !path.exists() {
-                let fresh = path.with_extension("raw.new");
-                // Left by a crash mid-create: start from zero again.
-                let _ = std::fs::remove_file(&fresh);
-                sized_file(&fresh, size)?;
-                format_ext4(&fresh);
-                std::fs::rename(&fresh, &path)
-                    .with_context(|| format!("renaming {} into place", fresh.display()))?;
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .with_context(|| format!("syncing {}", dir.display()))?;
+                sized_file(&path, size)?;
                 return Ok(());
             }
-            sized_file(&path, size)?;
+            let placed = placement(&ctx, &workload);
+            let dir = placed.parent().context("disk path has no parent")?;
+            crate::engine::create_private_dir_now(dir)?;
+            let fresh = placed.with_extension("raw.new");
+            // Left by a crash mid-create: start from zero again.
+            let _ = std::fs::remove_file(&fresh);
+            sized_file(&fresh, size)?;
+            format_ext4(&fresh);
+            std::fs::rename(&fresh, &placed)
+                .with_context(|| format!("renaming {} into place", fresh.display()))?;
+            sync_dir(dir)?;
+            let here = disk_link(&ctx, &workload);
+            if placed != here {
+                // The contract directory names where the disk went, so it is found there (and
+                // never made again) whether or not that capacity disk is mounted.
+                let dir = here.parent().context("disk path has no parent")?;
+                crate::engine::create_private_dir_now(dir)?;
+                let link = here.with_extension("raw.link");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&placed, &link)
+                    .with_context(|| format!("linking {}", link.display()))?;
+                std::fs::rename(&link, &here)
+                    .with_context(|| format!("renaming {} into place", link.display()))?;
+                sync_dir(dir)?;
+                tracing::info!(disk = %placed.display(), "disk placed on a capacity disk");
+            }
             Ok(())
         })
         .await
@@ -188,14 +208,19 @@ impl Driver for DiskDriver {
     }
 
     async fn remove(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
-        let path = disk_path(ctx, workload);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DriverError::Transient(
-                anyhow::Error::new(e).context(format!("removing {}", path.display())),
-            )),
+        // The file (on a capacity disk, through the link), then the link.
+        for path in [disk_path(ctx, workload), disk_link(ctx, workload)] {
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(DriverError::Transient(
+                        anyhow::Error::new(e).context(format!("removing {}", path.display())),
+                    ))
+                }
+            }
         }
+        Ok(())
     }
 
     // A disk has nothing to serve by itself: the VM using it is paused instead.
@@ -209,6 +234,9 @@ impl Driver for DiskDriver {
 
     async fn inspect(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<Observed> {
         let want = size_bytes(workload)?;
+        if let Some(e) = out_of_reach(ctx, workload) {
+            return Err(e);
+        }
         match tokio::fs::metadata(disk_path(ctx, workload)).await {
             Ok(meta) if meta.len() == want => Ok(Observed::Running),
             Ok(meta) => Ok(Observed::Broken(format!(

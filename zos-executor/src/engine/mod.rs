@@ -22,7 +22,7 @@ mod contract;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::{debug, info, warn, Instrument};
 use zos_primitives::{
@@ -536,19 +536,24 @@ impl Engine {
         cards
     }
 
-    /// Contracts with a directory under the contracts directory.
+    /// Contracts with a directory under the contracts directory or on a capacity disk.
     async fn contract_dirs(&self) -> Result<Vec<ContractId>> {
         let mut ids = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.contracts_dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                ids.push(id);
+        let capacity = self.capacity_roots.iter().map(|r| r.join("contracts"));
+        for dir in std::iter::once(self.contracts_dir.clone()).chain(capacity) {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            while let Some(entry) = entries.next_entry().await? {
+                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    ids.push(id);
+                }
             }
         }
+        ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
     }
 }
@@ -585,23 +590,26 @@ fn nothing_deployed(contract: ContractId) -> LocalContract {
 /// Creates `dir` (and missing parents) readable by the node only: a contract's directory holds
 /// a tenant's disks, image mount and config channel.
 pub async fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        // An older directory (or one made before this rule) is tightened too, with the parent
-        // holding every contract.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some(parent) = dir.parent() {
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
-    })
-    .await?
-    .map_err(|e: anyhow::Error| e.context("creating the contract directory"))
+    tokio::task::spawn_blocking(move || create_private_dir_now(&dir))
+        .await?
+        .map_err(|e: anyhow::Error| e.context("creating the contract directory"))
+}
+
+/// [`create_private_dir`] on the calling thread (for code already off the async runtime).
+pub fn create_private_dir_now(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    // An older directory (or one made before this rule) is tightened too, with its parent.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -710,7 +710,9 @@ async fn disks_go_to_the_roomiest_capacity_disk_and_leave_with_the_contract() {
         .unwrap();
     let placed = roomy.join("contracts/1/disks/data.raw");
     assert_eq!(std::fs::metadata(&placed).unwrap().len(), 4 << 20);
-    assert!(!h.dir.path().join("contracts/1/disks/data.raw").exists());
+    // The contract directory names where it went.
+    let link = h.dir.path().join("contracts/1/disks/data.raw");
+    assert_eq!(std::fs::read_link(&link).unwrap(), placed);
     assert!(!small.join("contracts/1").exists());
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(roomy.join("contracts/1"))
@@ -722,6 +724,19 @@ async fn disks_go_to_the_roomiest_capacity_disk_and_leave_with_the_contract() {
         0,
         "a tenant's disk directory is readable by others"
     );
+
+    // Its capacity disk out of reach (the file gone from under the link): the disk is waited
+    // for, not made again empty elsewhere.
+    let away = roomy.join("away.raw");
+    std::fs::rename(&placed, &away).unwrap();
+    let pass = h
+        .pass(vec![contract(1, ContractState::Active, spec(VM_WITH_DISK))])
+        .await
+        .unwrap();
+    assert_eq!(pass.pending, vec![1], "{pass:?}");
+    assert!(!placed.exists() && !small.join("contracts/1").exists());
+    assert!(std::fs::read_link(&link).is_ok());
+    std::fs::rename(&away, &placed).unwrap();
 
     // Found where it is: grown in place there, its data kept.
     std::fs::write(&placed, b"keep me").unwrap();
