@@ -538,18 +538,14 @@ fn switch_release(
         }
         upgrade::Switch::RolledBack(reason) => {
             say!("ROLLED BACK release {to}: {reason}; release {from} runs again");
-            // Its root and the binds in it go first (lazily), then its mount process ends.
-            os::detach(&paths);
-            // SAFETY: SIGTERM to the new image's mount process, a child not reaped yet
-            // (strays are handled below).
-            unsafe { libc::kill(mount_pid as libc::pid_t, libc::SIGTERM) };
-            // Its writable layer goes once that process has ended.
+            // Retired like a release switched away from: a guest its executor started while
+            // settling may run from it; it is released (and its layer freed) once none does.
             running.retired.push(Retired {
                 version: to,
-                devices: Vec::new(),
+                devices: os::image_devices(&paths),
                 paths,
                 mount_pid,
-                released: true,
+                released: false,
             });
         }
     }

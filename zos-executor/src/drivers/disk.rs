@@ -49,7 +49,7 @@ pub fn disk_path(ctx: &WorkloadCtx, workload: &Workload) -> PathBuf {
 
 /// The error for a disk whose capacity disk is not mounted: its link is there, its file is
 /// not. Never answered with a new, empty disk: the tenant's data may come back with the disk.
-fn out_of_reach(ctx: &WorkloadCtx, workload: &Workload) -> Option<DriverError> {
+pub fn out_of_reach(ctx: &WorkloadCtx, workload: &Workload) -> Option<DriverError> {
     let target = std::fs::read_link(disk_link(ctx, workload)).ok()?;
     (!target.exists()).then(|| {
         DriverError::Transient(anyhow::anyhow!(
@@ -170,18 +170,35 @@ impl Driver for DiskDriver {
                 sized_file(&path, size)?;
                 return Ok(());
             }
-            let placed = placement(&ctx, &workload);
-            let dir = placed.parent().context("disk path has no parent")?;
-            crate::engine::create_private_dir_now(dir)?;
-            let fresh = placed.with_extension("raw.new");
-            // Left by a crash mid-create: start from zero again.
-            let _ = std::fs::remove_file(&fresh);
-            sized_file(&fresh, size)?;
-            format_ext4(&fresh);
-            std::fs::rename(&fresh, &placed)
-                .with_context(|| format!("renaming {} into place", fresh.display()))?;
-            sync_dir(dir)?;
             let here = disk_link(&ctx, &workload);
+            // A disk already on a capacity disk without its link (a crash between making it
+            // and linking it) is adopted, never made again over.
+            let file = disk_file(&workload);
+            let adopted = ctx
+                .capacity_dirs
+                .iter()
+                .map(|dir| dir.join(&file))
+                .find(|p| p.is_file());
+            let placed = match adopted {
+                Some(existing) => {
+                    sized_file(&existing, size)?;
+                    existing
+                }
+                None => {
+                    let placed = placement(&ctx, &workload);
+                    let dir = placed.parent().context("disk path has no parent")?;
+                    crate::engine::create_private_dir_now(dir)?;
+                    let fresh = placed.with_extension("raw.new");
+                    // Left by a crash mid-create: start from zero again.
+                    let _ = std::fs::remove_file(&fresh);
+                    sized_file(&fresh, size)?;
+                    format_ext4(&fresh);
+                    std::fs::rename(&fresh, &placed)
+                        .with_context(|| format!("renaming {} into place", fresh.display()))?;
+                    sync_dir(dir)?;
+                    placed
+                }
+            };
             if placed != here {
                 // The contract directory names where the disk went, so it is found there (and
                 // never made again) whether or not that capacity disk is mounted.
@@ -189,7 +206,9 @@ impl Driver for DiskDriver {
                 crate::engine::create_private_dir_now(dir)?;
                 let link = here.with_extension("raw.link");
                 let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(&placed, &link)
+                // Absolute: a relative data directory would make the link point elsewhere.
+                let target = std::path::absolute(&placed).context("the disk's absolute path")?;
+                std::os::unix::fs::symlink(&target, &link)
                     .with_context(|| format!("linking {}", link.display()))?;
                 std::fs::rename(&link, &here)
                     .with_context(|| format!("renaming {} into place", link.display()))?;
@@ -208,6 +227,11 @@ impl Driver for DiskDriver {
     }
 
     async fn remove(&self, ctx: &WorkloadCtx, workload: &Workload) -> DriverResult<()> {
+        // Its capacity disk away: removed once it is back (dropping the link now would leave
+        // the file there for good).
+        if let Some(e) = out_of_reach(ctx, workload) {
+            return Err(e);
+        }
         // The file (on a capacity disk, through the link), then the link.
         for path in [disk_path(ctx, workload), disk_link(ctx, workload)] {
             match tokio::fs::remove_file(&path).await {

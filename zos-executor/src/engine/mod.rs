@@ -540,22 +540,37 @@ impl Engine {
     async fn contract_dirs(&self) -> Result<Vec<ContractId>> {
         let mut ids = Vec::new();
         let capacity = self.capacity_roots.iter().map(|r| r.join("contracts"));
-        for dir in std::iter::once(self.contracts_dir.clone()).chain(capacity) {
-            let mut entries = match tokio::fs::read_dir(&dir).await {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            while let Some(entry) = entries.next_entry().await? {
-                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    ids.push(id);
+        for (i, dir) in std::iter::once(self.contracts_dir.clone())
+            .chain(capacity)
+            .enumerate()
+        {
+            if let Err(e) = read_contract_ids(&dir, &mut ids).await {
+                if i == 0 {
+                    return Err(e);
                 }
+                // A failing capacity disk must not stop every contract's reconciling.
+                warn!(dir = %dir.display(), error = %format!("{e:#}"), "capacity disk unreadable: its orphans wait");
             }
         }
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// Adds the contract ids named by `dir`'s entries to `ids` (none when `dir` does not exist).
+async fn read_contract_ids(dir: &std::path::Path, ids: &mut Vec<ContractId>) -> Result<()> {
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    while let Some(entry) = entries.next_entry().await? {
+        if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    Ok(())
 }
 
 /// Fault injection for the crash tests: the process aborts (as under kill -9: no cleanup) at

@@ -738,6 +738,16 @@ async fn disks_go_to_the_roomiest_capacity_disk_and_leave_with_the_contract() {
     assert!(std::fs::read_link(&link).is_ok());
     std::fs::rename(&away, &placed).unwrap();
 
+    // Its link lost (a crash between making the disk and linking it): the disk is adopted,
+    // not made again over.
+    std::fs::write(&placed, b"adopt me").unwrap();
+    std::fs::remove_file(&link).unwrap();
+    h.pass(vec![contract(1, ContractState::Active, spec(VM_WITH_DISK))])
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_link(&link).unwrap(), placed);
+    assert_eq!(&std::fs::read(&placed).unwrap()[..8], b"adopt me");
+
     // Found where it is: grown in place there, its data kept.
     std::fs::write(&placed, b"keep me").unwrap();
     let v1 = VM_WITH_DISK

@@ -268,6 +268,9 @@ pub fn vm_config(
             name: m.workload.clone(),
             kind: WorkloadKind::Disk(DiskSpec { size_mib: 0 }),
         };
+        if let Some(away) = super::super::disk::out_of_reach(ctx, &target) {
+            return Err(away);
+        }
         let path = disk_path(ctx, &target);
         if !path.is_file() {
             return Err(DriverError::permanent(format!(
