@@ -90,6 +90,20 @@ fn size_bytes(workload: &Workload) -> DriverResult<u64> {
     }
 }
 
+/// Brings an existing disk to `size`, which must not be smaller: shrinking destroys data.
+fn grow(path: &std::path::Path, size: u64) -> DriverResult<()> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > size {
+        return Err(DriverError::permanent(format!(
+            "existing disk is {len} bytes, larger than the spec's {size}: refusing to shrink"
+        )));
+    }
+    sized_file(path, size)?;
+    Ok(())
+}
+
 fn sync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -160,15 +174,8 @@ impl Driver for DiskDriver {
                 return Err(e);
             }
             let path = disk_path(&ctx, &workload);
-            if let Ok(meta) = std::fs::metadata(&path) {
-                if meta.len() > size {
-                    return Err(DriverError::permanent(format!(
-                        "existing disk is {} bytes, larger than the spec's {size}: refusing to shrink",
-                        meta.len()
-                    )));
-                }
-                sized_file(&path, size)?;
-                return Ok(());
+            if std::fs::metadata(&path).is_ok() {
+                return grow(&path, size);
             }
             let here = disk_link(&ctx, &workload);
             // A disk already on a capacity disk without its link (a crash between making it
@@ -181,7 +188,7 @@ impl Driver for DiskDriver {
                 .find(|p| p.is_file());
             let placed = match adopted {
                 Some(existing) => {
-                    sized_file(&existing, size)?;
+                    grow(&existing, size)?;
                     existing
                 }
                 None => {
