@@ -81,6 +81,26 @@ fn network(backoff: &mut Backoff) -> dhcp::Lease {
     }
 }
 
+/// A lease on the first NIC that answers, asked for until one does, and said on the console.
+fn obtain_lease() -> dhcp::Lease {
+    let lease = network(&mut Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    ));
+    say!(
+        "{}: {}/{} via {} from DHCP server {}",
+        lease.interface,
+        lease.address,
+        lease.prefix_len,
+        lease
+            .router
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "no router".into()),
+        lease.server
+    );
+    lease
+}
+
 /// Keeps the node's lease for as long as it runs: extended before it ends; when a server
 /// refuses it or it expires, the address is dropped and a new lease negotiated on any NIC.
 fn keep_network(mut lease: dhcp::Lease) {
@@ -102,17 +122,7 @@ fn keep_network(mut lease: dhcp::Lease) {
         if let Err(e) = netconf::clear(&lease.interface) {
             say!("{}: the address could not be dropped: {e}", lease.interface);
         }
-        lease = network(&mut Backoff::new(
-            Duration::from_secs(1),
-            Duration::from_secs(30),
-        ));
-        say!(
-            "{}: new lease {}/{} from DHCP server {}",
-            lease.interface,
-            lease.address,
-            lease.prefix_len,
-            lease.server
-        );
+        lease = obtain_lease();
     }
 }
 
@@ -188,21 +198,7 @@ fn run() {
         Err(_) => None,
     };
 
-    let lease = network(&mut Backoff::new(
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-    ));
-    say!(
-        "{}: {}/{} via {} from DHCP server {}",
-        lease.interface,
-        lease.address,
-        lease.prefix_len,
-        lease
-            .router
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "no router".into()),
-        lease.server
-    );
+    let lease = obtain_lease();
     std::thread::spawn(move || keep_network(lease));
 
     let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
